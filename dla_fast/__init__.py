@@ -1,0 +1,1 @@
+"""dla_fast: the optimised DLA implementation (torch, Triton)."""
