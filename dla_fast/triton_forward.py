@@ -1,0 +1,667 @@
+"""Triton prefill forward of DLA, scalar-decay backbone (NVIDIA GPUs; also runs under TRITON_INTERPRET=1).
+
+The call is five kernels and a little torch glue. Notation as in ``docs/chunked-algorithm.md``: chunk
+``c`` covers tokens ``[c*C, c*C + C)``, ``Gc`` is the cumulative log decay inside the chunk, ``N = Dk*Dv``.
+See ``docs/triton.md`` for the design, the FLOP and byte counts and the precision choices.
+
+1. ``_dla_table_kernel`` (parallel over (bh, chunk)): the chunk's score table ``I[t, p]`` (the score of
+   token ``t`` if the open slot is exactly ``p..t-1``) from the decayed Gram matrix by two ``C^3``
+   matmuls; ``next(p)`` (first ``t > p`` with ``I[t, p] >= tau``); and for every ``p`` the bitmask of its
+   orbit under ``next`` by pointer doubling (6 rounds of ``tl.gather``).
+2. ``_dla_carry_kernel`` (one program per (bh), sequential over chunks, FLA ``chunk_fwd_h``-shaped): the
+   scores of the tokens up to the chunk's first boundary against the carried open slot (one matmul),
+   the first boundary ``f``, the chunk's boundary mask ``= orbit(f)``, every token's score, and the open
+   slot carried into the next chunk (one masked matmul).
+3. ``_dla_merge_kernel`` (one program per (bh), sequential over boundary events): the cache-structure
+   simulation (counts, information sums, lowest-density merge) on K-wide vectors; writes each slot
+   start's death time, the merged index per token, the live slot starts at every chunk start and the
+   final counts / info / size.
+4. ``_dla_hstate_kernel`` (per (bh, Dv block), sequential over chunks): the single-state backbone's state
+   ``H`` at every chunk start (the prefix states the output is telescoped on).
+5. ``_dla_output_kernel`` (parallel over (bh, chunk, Dv block)): masked intra-chunk attention with the
+   recency weights, plus the slots before the chunk through the telescoped prefix states.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+CHUNK = 64
+INT32_MAX = 2**31 - 1
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared device helpers
+# ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _expm1(x):
+    """expm1 for x <= 0 in float32 (Kahan's trick: exact at small |x|, no cancellation)."""
+    u = tl.exp(x)
+    lu = tl.log(u)
+    r = tl.where(u == 1.0, x, (u - 1.0) * x / tl.where(lu == 0.0, 1.0, lu))
+    return tl.where(u == 0.0, -1.0, r)
+
+
+@triton.jit
+def _score(nP, x, ss, g, N, eps, norm_eps):
+    """The stable score from ||P||^2, <P, s_t>, ||s_t||^2 and g_t (docs/chunked-algorithm.md, section 1)."""
+    em1 = _expm1(2.0 * g)
+    a = tl.exp(g)
+    r2 = nP / N + norm_eps
+    delta = (em1 * nP + 2.0 * a * x + ss) / (N * r2)
+    sq = tl.sqrt(tl.maximum(1.0 + delta, 0.0))
+    r = tl.sqrt(r2)
+    rp = r * sq
+    c = (em1 - delta) / ((a + sq) * sq * r)
+    D2 = tl.maximum(c * c * nP + 2.0 * c * x / rp + ss / (rp * rp), 0.0)
+    return tl.sqrt(D2) / (tl.sqrt(nP) / r + eps)
+
+
+@triton.jit
+def _qdot(qc, qf, Hm, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """q^T H for a [C, Dk] query tile and an fp32 [Dk, BV] state: 16-bit operands for 16-bit inputs (as FLA
+    does), else fp32 at PREC."""
+    if LOWP:
+        return tl.dot(qc, Hm.to(qc.dtype))
+    else:
+        return tl.dot(qf, Hm, input_precision=PREC)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Per-chunk score tables and orbits (parallel)
+# ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dla_table_kernel(
+    k_ptr, v_ptr, g_ptr,
+    itab_ptr, anc_ptr, x0_ptr, np0_ptr, ss_ptr,
+    T, H, Dk, Dv, tau, eps, norm_eps,
+    C: tl.constexpr, BK: tl.constexpr, BVF: tl.constexpr,
+    NEED_ANC: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, LOGC: tl.constexpr,
+):
+    """Program (chunk c, bh): score table I[t, p] for p < t, orbit bitmasks, and the chunk-start column.
+
+    FLOPs per chunk: 2 C^2 (Dk + Dv) (Gram) + 4 C^3 (two table matmuls, fp32); bytes: C (Dk + Dv) input
+    elements in, 4 C^2 (table) + 8 C (bitmasks) + 12 C (columns) out.
+    """
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    NC = tl.cdiv(T, C)
+    t_idx = tl.arange(0, C)
+    tok = c * C + t_idx
+    valid = tok < T
+    kd = tl.arange(0, BK)
+    vd = tl.arange(0, BVF)
+    kmask = valid[:, None] & (kd[None, :] < Dk)
+    vmask = valid[:, None] & (vd[None, :] < Dv)
+    kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
+    vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
+    g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
+    Gc = tl.cumsum(g, 0)
+    Gm1 = Gc - g  # Gc[t-1]
+    kf = kc.to(tl.float32)
+    vf = vc.to(tl.float32)
+    ss = tl.sum(kf * kf, 1) * tl.sum(vf * vf, 1)
+    if LOWP:
+        KK = tl.dot(kc, tl.trans(kc))
+        VV = tl.dot(vc, tl.trans(vc))
+    else:
+        KK = tl.dot(kf, tl.trans(kf), input_precision=PREC)
+        VV = tl.dot(vf, tl.trans(vf), input_precision=PREC)
+    gram = KK * VV
+    row = t_idx[:, None]
+    col = t_idx[None, :]
+    lower = col < row  # s < t
+    Dm = tl.where(lower, tl.exp(tl.minimum(Gm1[:, None] - Gc[None, :], 0.0)), 0.0)
+    ge = tl.where(row >= col, 1.0, 0.0)  # ge[s, p] = [s >= p]
+    # X[t, p] = sum_{s=p}^{t-1} exp(Gc[t-1] - Gc[s]) Gram[t, s]  (= <P(p, t), s_t>)
+    X = tl.dot(Dm * gram, ge, input_precision="ieee")
+    a = tl.exp(g)
+    # Y[u, p] = (2 a_u X[u, p] + ss_u) [u >= p];  nP[t, p] = sum_{u < t} exp(2(Gc[t-1] - Gc[u])) Y[u, p]
+    Y = tl.where(row >= col, 2.0 * a[:, None] * X + ss[:, None], 0.0)
+    nPt = tl.dot(Dm * Dm, Y, input_precision="ieee")
+    N = (Dk * Dv).to(tl.float32)
+    I = _score(nPt, X, ss[:, None], g[:, None], N, eps, norm_eps)
+    I = tl.where(lower & valid[:, None], I, 0.0)
+    base = bh * NC + c
+    tl.store(itab_ptr + base * C * C + row * C + col, I)
+    # The chunk-start column (p = 0) for the carry scan.
+    X0 = tl.sum(tl.where(col == 0, X, 0.0), 1)
+    NP0 = tl.sum(tl.where(col == 0, nPt, 0.0), 1)
+    tl.store(x0_ptr + bh * NC * C + tok, X0)
+    tl.store(np0_ptr + bh * NC * C + tok, NP0)
+    tl.store(ss_ptr + bh * NC * C + tok, ss)
+    if NEED_ANC:
+        hit = lower & valid[:, None] & (I >= tau)
+        nxt = tl.min(tl.where(hit, row, C), 0)  # next(p), C if none in the chunk
+        one = tl.full([C], 1, tl.int64)
+        A = (one << t_idx.to(tl.int64)) | tl.where(nxt < C, one << tl.minimum(nxt, C - 1).to(tl.int64), 0)
+        J = nxt
+        for _ in tl.static_range(LOGC):
+            has = J < C
+            Jc = tl.where(has, J, 0)
+            AJ = tl.gather(A, Jc, 0)
+            JJ = tl.gather(J, Jc, 0)
+            A = tl.where(has, A | AJ, A)
+            J = tl.where(has, JJ, C)
+        tl.store(anc_ptr + base * C + t_idx, A)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. Carry scan: first boundary per chunk, boundary masks, scores, the carried open slot (sequential)
+# ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dla_carry_kernel(
+    k_ptr, v_ptr, g_ptr, bnd_ptr,
+    itab_ptr, anc_ptr, x0_ptr, np0_ptr, ss_ptr,
+    p_ptr, size_ptr, mask_ptr, score_ptr,
+    T, H, Dk, Dv, tau, eps, norm_eps,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr,
+    OVERRIDE: tl.constexpr, PREC: tl.constexpr,
+):
+    """Program (bh): walks the chunks. P (the open slot, fp32 [Dk, Dv]) lives in p_ptr (L2-resident),
+    processed in Dv blocks of BV. Per chunk: 2 C Dk Dv FLOPs for k^T P v and 2 C Dk Dv for the update."""
+    bh = tl.program_id(0)
+    b = bh // H
+    h = bh % H
+    NC = tl.cdiv(T, C)
+    t_idx = tl.arange(0, C)
+    kd = tl.arange(0, BK)
+    vd = tl.arange(0, BV)
+    row = t_idx[:, None]
+    col = t_idx[None, :]
+    N = (Dk * Dv).to(tl.float32)
+    emp = (tl.load(size_ptr + bh) == 0).to(tl.int32)
+    pbase = p_ptr + bh * Dk * Dv
+    for c in range(NC):
+        tok = c * C + t_idx
+        valid = tok < T
+        nvalid = tl.minimum(T - c * C, C)
+        kmask = valid[:, None] & (kd[None, :] < Dk)
+        kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
+        kf = kc.to(tl.float32)
+        g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
+        Gc = tl.cumsum(g, 0)
+        Gm1 = Gc - g
+        Glast = tl.sum(g, 0)
+        # y_t = k_t^T P_c v_t and ||P_c||^2, over Dv blocks
+        y = tl.zeros([C], dtype=tl.float32)
+        nPc0 = 0.0
+        for vb in tl.static_range(NVB):
+            vmask = valid[:, None] & ((vb * BV + vd)[None, :] < Dv)
+            vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vb * BV + vd[None, :], mask=vmask, other=0.0)
+            pm = (kd[:, None] < Dk) & ((vb * BV + vd)[None, :] < Dv)
+            P = tl.load(pbase + kd[:, None] * Dv + vb * BV + vd[None, :], mask=pm, other=0.0)
+            KP = tl.dot(kf, P, input_precision=PREC)
+            y += tl.sum(KP * vc.to(tl.float32), 1)
+            nPc0 += tl.sum(tl.sum(P * P, 1), 0)
+        Dm = tl.where(col < row, tl.exp(tl.minimum(Gm1[:, None] - Gc[None, :], 0.0)), 0.0)
+        z = tl.sum(Dm * y[None, :], 1)
+        eG = tl.exp(Gm1)
+        X0 = tl.load(x0_ptr + bh * NC * C + tok)
+        NP0 = tl.load(np0_ptr + bh * NC * C + tok)
+        ss = tl.load(ss_ptr + bh * NC * C + tok)
+        nPc = eG * eG * nPc0 + 2.0 * eG * z + NP0
+        xc = eG * y + X0
+        Ic = _score(nPc, xc, ss, g, N, eps, norm_eps)
+        fe = (t_idx == 0) & ((t_idx * 0 + c) == 0) & ((t_idx * 0 + emp) != 0)  # first token, empty cache
+        if OVERRIDE:
+            ob = tl.load(bnd_ptr + (b * T + tok) * H + h, mask=valid, other=0).to(tl.int1)
+            ob = ob | fe
+            bits = tl.where(ob & valid, tl.full([C], 1, tl.int64) << t_idx.to(tl.int64), 0)
+            mask = tl.sum(bits, 0)
+        else:
+            hit = ((Ic >= tau) | fe) & valid
+            f = tl.min(tl.where(hit, t_idx, C), 0)
+            mask = tl.load(anc_ptr + (bh * NC + c) * C + tl.minimum(f, C - 1))
+            mask = tl.where(f < C, mask, 0)
+        tl.store(mask_ptr + bh * NC + c, mask)
+        bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
+        # p(t): the last boundary strictly before t (-1: the carried slot)
+        pt = tl.max(tl.where(bvec[None, :] & (col < row), col, -1), 1)
+        itab = tl.load(itab_ptr + (bh * NC + c) * C * C + t_idx * C + tl.maximum(pt, 0))
+        sc = tl.where(pt >= 0, itab, Ic)
+        sc = tl.where(fe, 0.0, sc)
+        tl.store(score_ptr + bh * NC * C + tok, sc, mask=valid)
+        # The open slot at the chunk end.
+        L = tl.max(tl.where(bvec, t_idx, -1), 0)
+        w = tl.where(valid & (t_idx >= L), tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
+        keep = tl.where(L >= 0, 0.0, tl.exp(Glast))
+        kw = kf * w[:, None]
+        tl.debug_barrier()
+        for vb in tl.static_range(NVB):
+            vmask = valid[:, None] & ((vb * BV + vd)[None, :] < Dv)
+            vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vb * BV + vd[None, :], mask=vmask, other=0.0)
+            pm = (kd[:, None] < Dk) & ((vb * BV + vd)[None, :] < Dv)
+            P = tl.load(pbase + kd[:, None] * Dv + vb * BV + vd[None, :], mask=pm, other=0.0)
+            Pn = keep * P + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
+            tl.store(pbase + kd[:, None] * Dv + vb * BV + vd[None, :], Pn, mask=pm)
+        tl.debug_barrier()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. Structure simulation (sequential over boundary events)
+# ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dla_merge_kernel(
+    mask_ptr, score_ptr, cnt_ptr, info_ptr, size_ptr,
+    death_ptr, death0_ptr, merged_ptr, live_ptr, livem_ptr, fpos_ptr,
+    T, K,
+    C: tl.constexpr, KP: tl.constexpr,
+):
+    """Program (bh): counts n, information sums Ibar (float64) and start positions of the <= K slots
+    in K-wide vectors; one lowest-density merge (tie: oldest pair) per new slot with a full cache.
+    Initial slots have pseudo start positions -m0..-1. Costs O(K) per event, O(C) per chunk."""
+    bh = tl.program_id(0)
+    NC = tl.cdiv(T, C)
+    j = tl.arange(0, KP)
+    t_idx = tl.arange(0, C)
+    m0 = tl.load(size_ptr + bh).to(tl.int32)
+    m = m0
+    n = tl.load(cnt_ptr + bh * K + j, mask=j < K, other=0).to(tl.int64)
+    info = tl.load(info_ptr + bh * K + j, mask=j < K, other=0.0).to(tl.float64)
+    pos = tl.where(j < m0, j - m0, 2147483647)
+    shift_idx = tl.minimum(j + 1, KP - 1)
+    for c in range(NC):
+        tl.store(live_ptr + (bh * NC + c) * KP + j, pos)
+        tl.store(livem_ptr + bh * NC + c, m)
+        mask = tl.load(mask_ptr + bh * NC + c)
+        nvalid = tl.minimum(T - c * C, C)
+        sc = tl.load(score_ptr + bh * NC * C + c * C + t_idx, mask=t_idx < nvalid, other=0.0).to(tl.float64)
+        bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
+        nb = tl.sum(bvec.to(tl.int32), 0)
+        prev = 0
+        u = -1
+        for e in range(nb):
+            u = tl.min(tl.where(bvec & (t_idx > u), t_idx, C), 0)
+            seg = (t_idx >= prev) & (t_idx < u)
+            add_n = (u - prev).to(tl.int64)
+            add_i = tl.sum(tl.where(seg, sc, 0.0), 0)
+            is_open = j == m - 1
+            n = tl.where(is_open, n + add_n, n)
+            info = tl.where(is_open, info + add_i, info)
+            su = tl.sum(tl.where(t_idx == u, sc, 0.0), 0)
+            tglob = c * C + u
+            if m == K:
+                n1 = tl.gather(n, shift_idx, 0)
+                i1 = tl.gather(info, shift_idx, 0)
+                p1 = tl.gather(pos, shift_idx, 0)
+                dens = tl.where(j < K - 1, (info + i1) / tl.maximum(n + n1, 1).to(tl.float64), float("inf"))
+                dmin = tl.min(dens, 0)
+                istar = tl.min(tl.where(dens == dmin, j, KP), 0)
+                dpos = tl.sum(tl.where(j == istar + 1, pos, 0), 0)
+                if dpos >= 0:
+                    tl.store(death_ptr + bh * NC * C + dpos, tglob)
+                else:
+                    tl.store(death0_ptr + bh * K + dpos + m0, tglob)
+                tl.store(merged_ptr + bh * NC * C + tglob, istar.to(tl.int64))
+                n = tl.where(j < istar, n, tl.where(j == istar, n + n1, n1))
+                info = tl.where(j < istar, info, tl.where(j == istar, info + i1, i1))
+                pos = tl.where(j <= istar, pos, p1)
+                n = tl.where(j == K - 1, 1, n)
+                info = tl.where(j == K - 1, su, info)
+                pos = tl.where(j == K - 1, tglob, pos)
+            else:
+                n = tl.where(j == m, 1, n)
+                info = tl.where(j == m, su, info)
+                pos = tl.where(j == m, tglob, pos)
+                m += 1
+            prev = u + 1
+        seg = (t_idx >= prev) & (t_idx < nvalid)
+        is_open = j == m - 1
+        n = tl.where(is_open, n + (nvalid - prev).to(tl.int64), n)
+        info = tl.where(is_open, info + tl.sum(tl.where(seg, sc, 0.0), 0), info)
+    tl.store(cnt_ptr + bh * K + j, tl.where(j < m, n, 0), mask=j < K)
+    tl.store(info_ptr + bh * K + j, tl.where(j < m, info, 0.0), mask=j < K)
+    tl.store(size_ptr + bh, m.to(tl.int64))
+    tl.store(fpos_ptr + bh * KP + j, pos)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Prefix states of the single-state backbone at every chunk start (FLA chunk_fwd_h shape)
+# ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dla_hstate_kernel(
+    k_ptr, v_ptr, g_ptr, h0_ptr, hs_ptr,
+    T, H, Dk, Dv,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Program (bh, Dv block): hs[c] = H(c*C - 1), hs[NC] = H(T - 1). 2 C Dk BV FLOPs per chunk;
+    bytes per chunk: C (Dk + BV) inputs in, 4 Dk BV out (fp32)."""
+    bh = tl.program_id(0)
+    vb = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    NC = tl.cdiv(T, C)
+    t_idx = tl.arange(0, C)
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
+    S = tl.load(h0_ptr + bh * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+    for c in range(NC):
+        tl.store(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv + kd[:, None] * Dv + vd[None, :], S, mask=sm)
+        tok = c * C + t_idx
+        valid = tok < T
+        kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=valid[:, None] & (kd[None, :] < Dk), other=0.0)
+        vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
+        g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
+        Gc = tl.cumsum(g, 0)
+        Glast = tl.sum(g, 0)
+        w = tl.where(valid, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
+        kw = kc.to(tl.float32) * w[:, None]
+        S = tl.exp(Glast) * S + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
+    tl.store(hs_ptr + (bh * (NC + 1) + NC) * Dk * Dv + kd[:, None] * Dv + vd[None, :], S, mask=sm)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. Output (parallel over chunks)
+# ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dla_output_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
+    mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, hinit_ptr, gs_ptr,
+    T, H, Dk, Dv, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+):
+    """Program (chunk c, bh, Dv block).
+
+    o_t = sum_{s in chunk, s <= t} lambda_t[J[t,s]] e^{Gc[t]-Gc[s]} (q_t.k_s) v_s
+        + lambda_t[n_in(t)] e^{Gc[t]} q_t^T H(c0-1)
+        + sum_{live old starts a_j, j >= 1} alive_j(t) (lambda_t[r_j+1] - lambda_t[r_j]) q_t^T H_d(a_j - 1)
+    where H_d(a-1) (the prefix state before a, decayed to t) = decayed H(chunk(a) start) + a masked
+    attention over the part of a's chunk before a. FLOPs per chunk: 2 C^2 (Dk + BV) + 2 C Dk BV for the
+    chunk itself, and the same again per live old start.
+    """
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    vb = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    NC = tl.cdiv(T, C)
+    t_idx = tl.arange(0, C)
+    row = t_idx[:, None]
+    col = t_idx[None, :]
+    tok = c * C + t_idx
+    valid = tok < T
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    jj = tl.arange(0, KP)
+    kmask = valid[:, None] & (kd[None, :] < Dk)
+    qc = tl.load(q_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
+    kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
+    vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
+    g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
+    Gc = tl.cumsum(g, 0)
+    wrow = w_ptr + ((b * T + tok) * H + h) * K  # lambda_t
+    # Live starts inside the chunk at time t: A[t, u] = start(u) & u <= t & death(u) > t.
+    mask = tl.load(mask_ptr + bh * NC + c)
+    bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
+    dth = tl.load(death_ptr + bh * NC * C + tok)
+    A = bvec[None, :] & (col <= row) & (dth[None, :] > (c * C + row))
+    Af = A.to(tl.float32)
+    n_in = tl.sum(Af, 1)
+    J = (n_in[:, None] - tl.cumsum(Af, 1)).to(tl.int32)  # live starts in (s, t]
+    causal = (col <= row) & valid[:, None]
+    lamJ = tl.load(wrow[:, None] + J, mask=causal, other=0.0).to(tl.float32)
+    Dm = tl.where(causal, tl.exp(tl.minimum(Gc[:, None] - Gc[None, :], 0.0)), 0.0)
+    if LOWP:
+        S = tl.dot(qc, tl.trans(kc))
+        o = tl.dot((S * Dm * lamJ).to(vc.dtype), vc)
+    else:
+        S = tl.dot(qc.to(tl.float32), tl.trans(kc.to(tl.float32)), input_precision=PREC)
+        o = tl.dot(S * Dm * lamJ, vc.to(tl.float32), input_precision=PREC)
+    qf = qc.to(tl.float32)
+    n_in_i = n_in.to(tl.int32)
+    eGc = tl.exp(Gc)
+    # The state before the chunk, read with the recency of the piece holding token c0-1.
+    sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
+    Hc = tl.load(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+    lam_in = tl.load(wrow + n_in_i, mask=valid, other=0.0).to(tl.float32)
+    o += (lam_in * eGc)[:, None] * _qdot(qc, qf, Hc, LOWP, PREC)
+    # Old live starts (at the chunk start), oldest first; j = 0 (the oldest) has H(a_0 - 1) = 0.
+    m0 = tl.load(livem_ptr + bh * NC + c)
+    lpos = tl.load(live_ptr + (bh * NC + c) * KP + jj)
+    inlist = jj < m0
+    m0init = tl.load(livem_ptr + bh * NC)  # the initial cache's size (live list of chunk 0)
+    dpos = tl.where(lpos >= 0, lpos, 0)
+    d_old = tl.where(lpos >= 0, tl.load(death_ptr + bh * NC * C + dpos, mask=inlist, other=2147483647),
+                     tl.load(death0_ptr + bh * K + tl.where(lpos < 0, lpos + m0init, 0), mask=inlist, other=2147483647))
+    alive = inlist[None, :] & (d_old[None, :] > (c * C + row))  # [C, KP]
+    alf = alive.to(tl.float32)
+    after = tl.sum(alf, 1)[:, None] - tl.cumsum(alf, 1)  # alive starts after j
+    r = (after + n_in[:, None]).to(tl.int32)
+    cmask = alive & valid[:, None] & (jj[None, :] >= 1)
+    lam_r = tl.load(wrow[:, None] + r, mask=cmask, other=0.0).to(tl.float32)
+    lam_r1 = tl.load(wrow[:, None] + r + 1, mask=cmask, other=0.0).to(tl.float32)
+    coef = tl.where(cmask, lam_r1 - lam_r, 0.0)
+    gs_c = tl.load(gs_ptr + bh * (NC + 1) + c)  # float64: sum of g before chunk c
+    for jx in range(1, m0):
+        cj = tl.sum(tl.where(jj[None, :] == jx, coef, 0.0), 1)  # [C]
+        if tl.max(tl.abs(cj), 0) > 0.0:
+            a = tl.load(live_ptr + (bh * NC + c) * KP + jx)
+            if a < 0:
+                Hj = tl.load(hinit_ptr + (bh * K + a + m0init) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+                dec = tl.exp(gs_c.to(tl.float32) + Gc)
+                o += (cj * dec)[:, None] * _qdot(qc, qf, Hj, LOWP, PREC)
+            else:
+                cp = a // C
+                aloc = a - cp * C
+                dG = (gs_c - tl.load(gs_ptr + bh * (NC + 1) + cp)).to(tl.float32)
+                Hj = tl.load(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+                o += (cj * tl.exp(Gc + dG))[:, None] * _qdot(qc, qf, Hj, LOWP, PREC)
+                if aloc > 0:
+                    tokp = cp * C + t_idx
+                    pm = t_idx < aloc
+                    kp_ = tl.load(k_ptr + ((b * T + tokp) * H + h)[:, None] * Dk + kd[None, :], mask=pm[:, None] & (kd[None, :] < Dk), other=0.0)
+                    vp_ = tl.load(v_ptr + ((b * T + tokp) * H + h)[:, None] * Dv + vd[None, :], mask=pm[:, None] & (vd[None, :] < Dv), other=0.0)
+                    gp = tl.load(g_ptr + (b * T + tokp) * H + h, mask=pm, other=0.0).to(tl.float32)
+                    Gp = tl.cumsum(gp, 0)
+                    M = tl.where(pm[None, :], cj[:, None] * tl.exp(tl.minimum(Gc[:, None] + dG - Gp[None, :], 0.0)), 0.0)
+                    if LOWP:
+                        Sp = tl.dot(qc, tl.trans(kp_))
+                        o += tl.dot((Sp * M).to(vp_.dtype), vp_)
+                    else:
+                        Sp = tl.dot(qf, tl.trans(kp_.to(tl.float32)), input_precision=PREC)
+                        o += tl.dot(Sp * M, vp_.to(tl.float32), input_precision=PREC)
+    tl.store(o_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], o.to(o_ptr.dtype.element_ty),
+             mask=valid[:, None] & (vd[None, :] < Dv))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The wrapper
+# ---------------------------------------------------------------------------------------------------
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def _check_dims(Dk: int, Dv: int) -> None:
+    if Dk > 256 or Dv > 256:
+        raise ValueError(f"dla triton forward: Dk and Dv up to 256 are supported, got Dk={Dk}, Dv={Dv}")
+
+
+def forward_scalar_decay_triton(
+    q, k, v, g, slot_weights, *, tau, boundaries=None, states=None, counts=None, info=None, size=None,
+    eps=1e-6, norm_eps=1e-6, return_trace=True,
+):
+    """DLA forward, scalar-decay backbone, on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1).
+
+    Args:
+        q, k: ``[B, T, H, Dk]``; v: ``[B, T, H, Dv]`` (float32, bfloat16 or float16, one dtype).
+        g: ``[B, T, H]`` log decays (any float dtype, read as float32).
+        slot_weights: ``[B, T, H, K]`` the read weights lambda (any float dtype).
+        tau: the boundary threshold (float).
+        boundaries: bool ``[B, T, H]`` overriding the decisions, or None.
+        states, counts, info, size: the initial cache (``[B, H, K, Dk, Dv]`` float32, ``[B, H, K]`` int64,
+            ``[B, H, K]`` float32, ``[B, H]`` int64), or all None for an empty cache.
+        eps, norm_eps: the score's guards.
+        return_trace: also return ``(scores float32, starts bool, merged int64)``, each ``[B, T, H]``.
+
+    Returns:
+        ``(o, (states, counts, info, size), trace)`` with ``o`` ``[B, T, H, Dv]`` in q's dtype, the final
+        cache in the layout above and ``trace`` (or None).
+    """
+    B, T, H, Dk = q.shape
+    Dv = v.shape[-1]
+    K = slot_weights.shape[-1]
+    _check_dims(Dk, Dv)
+    dev = q.device
+    C = CHUNK
+    BH = B * H
+    NC = triton.cdiv(T, C)
+    KP = max(_next_pow2(K), 2)
+    BK = max(_next_pow2(Dk), 16)
+    BVF = max(_next_pow2(Dv), 16)
+    BV = min(BVF, 64)
+    NVB = triton.cdiv(BVF, BV)
+    # 16-bit tensor-core dots on the GPU; the interpreter (Triton 3.9) computes bf16 tl.dot wrongly, so
+    # it gets fp32 dots on the upcast operands.
+    lowp = q.dtype in (torch.bfloat16, torch.float16) and not _interpret()
+    prec = "ieee" if _interpret() else "tf32x3"
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    g = g.contiguous()
+    slot_weights = slot_weights.contiguous()
+    f32 = dict(device=dev, dtype=torch.float32)
+
+    if states is None:
+        states0 = torch.zeros(B, H, K, Dk, Dv, **f32)
+        counts0 = torch.zeros(B, H, K, device=dev, dtype=torch.int64)
+        info0 = torch.zeros(B, H, K, **f32)
+        size0 = torch.zeros(B, H, device=dev, dtype=torch.int64)
+    else:
+        states0, counts0, info0, size0 = states.float(), counts.long(), info.float(), size.long()
+    states0 = states0.reshape(BH, K, Dk, Dv)
+    size_flat = size0.reshape(BH).contiguous()
+    open_idx = (size_flat - 1).clamp(min=0)
+    P = (states0[torch.arange(BH, device=dev), open_idx] * (size_flat > 0)[:, None, None]).contiguous()
+
+    # 1. tables
+    itab = torch.empty(BH, NC, C, C, **f32)
+    anc = torch.empty(BH, NC, C, device=dev, dtype=torch.int64)
+    x0 = torch.empty(BH, NC * C, **f32)
+    np0 = torch.empty(BH, NC * C, **f32)
+    ssb = torch.empty(BH, NC * C, **f32)
+    override = boundaries is not None
+    _dla_table_kernel[(NC, BH)](
+        k, v, g, itab, anc, x0, np0, ssb, T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
+        C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=lowp, PREC=prec, LOGC=int(math.log2(C)),
+        num_warps=4,
+    )
+    # 2. carry scan
+    masks = torch.empty(BH, NC, device=dev, dtype=torch.int64)
+    scores = torch.empty(BH, NC * C, **f32)
+    bnd = boundaries.contiguous().to(torch.int8) if override else masks
+    _dla_carry_kernel[(BH,)](
+        k, v, g, bnd, itab, anc, x0, np0, ssb, P, size_flat, masks, scores,
+        T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
+        C=C, BK=BK, BV=BV, NVB=NVB, OVERRIDE=override, PREC=prec, num_warps=4,
+    )
+    # 3. structure simulation
+    cnt = counts0.reshape(BH, K).clone().contiguous()
+    inf64 = info0.reshape(BH, K).double().contiguous()
+    msize = size_flat.clone()
+    death = torch.full((BH, NC * C), INT32_MAX, device=dev, dtype=torch.int32)
+    death0 = torch.full((BH, K), INT32_MAX, device=dev, dtype=torch.int32)
+    merged = torch.full((BH, NC * C), -1, device=dev, dtype=torch.int64)
+    live = torch.empty(BH, NC, KP, device=dev, dtype=torch.int32)
+    livem = torch.empty(BH, NC, device=dev, dtype=torch.int32)
+    fpos = torch.empty(BH, KP, device=dev, dtype=torch.int32)
+    _dla_merge_kernel[(BH,)](
+        masks, scores, cnt, inf64, msize, death, death0, merged, live, livem, fpos, T, K,
+        C=C, KP=KP, num_warps=1,
+    )
+    # 4. prefix states at chunk starts
+    h0 = states0.sum(1).contiguous()
+    hs = torch.empty(BH, NC + 1, Dk, Dv, **f32)
+    _dla_hstate_kernel[(BH, NVB)](k, v, g, h0, hs, T, H, Dk, Dv, C=C, BK=BK, BV=BV, PREC=prec, num_warps=4)
+    hinit = (torch.cumsum(states0, 1) - states0).contiguous()  # sum of the initial slots before slot i
+    gpad = torch.zeros(BH, NC * C, device=dev, dtype=torch.float64)
+    gpad[:, :T] = g.double().permute(0, 2, 1).reshape(BH, T)
+    gs = torch.zeros(BH, NC + 1, device=dev, dtype=torch.float64)
+    gs[:, 1:] = gpad.view(BH, NC, C).sum(-1).cumsum(-1)
+    # 5. output
+    o = torch.empty(B, T, H, Dv, device=dev, dtype=q.dtype)
+    _dla_output_kernel[(NC, BH, NVB)](
+        q, k, v, g, slot_weights, o, masks, death, death0, live, livem, hs, hinit, gs,
+        T, H, Dk, Dv, K, C=C, BK=BK, BV=BV, KP=KP, LOWP=lowp, PREC=prec, num_warps=4,
+    )
+    # Final cache: the open slot from the carry scan; closed slots as differences of prefix states.
+    final_states = _final_states(k, v, g, hs, hinit, gs, fpos[:, :K].long(), msize, size_flat, P, B, T, H, K, Dk, Dv, C, NC)
+    cache = (
+        final_states.reshape(B, H, K, Dk, Dv),
+        cnt.reshape(B, H, K),
+        inf64.float().reshape(B, H, K),
+        msize.reshape(B, H),
+    )
+    trace = None
+    if return_trace:
+        bits = ((masks[:, :, None] >> torch.arange(C, device=dev, dtype=torch.int64)) & 1).bool()
+        starts = bits.reshape(BH, NC * C)[:, :T].reshape(B, H, T).permute(0, 2, 1)
+        trace = (
+            scores[:, :T].reshape(B, H, T).permute(0, 2, 1),
+            starts,
+            merged[:, :T].reshape(B, H, T).permute(0, 2, 1),
+        )
+    return o, cache, trace
+
+
+def _final_states(k, v, g, hs, hinit, gs, pos, size, m0init, P, B, T, H, K, Dk, Dv, C, NC):
+    """States of the final slots: slot i (closed) = H_d(a_{i+1} - 1) - H_d(a_i - 1) at time T-1, with
+    H_d(a-1) the prefix state before start a decayed to T-1 (float64 arithmetic on fp32 prefix states);
+    the open slot is the carry scan's P. O(K C (Dk + Dv) + K Dk Dv) per (b, h)."""
+    dev = k.device
+    BH = B * H
+    ar = torch.arange(BH, device=dev)
+    gtot = gs[:, NC]  # [BH]
+    a = pos.clamp(max=T)  # [BH, K]; INT32_MAX for unused slots
+    slot = torch.arange(K, device=dev)
+    used = slot[None, :] < size[:, None]
+    pseudo = a < 0
+    cp = torch.where(pseudo | ~used, 0, a // C)
+    aloc = torch.where(pseudo | ~used, 0, a - cp * C)
+    Hc = hs[ar[:, None], cp].double()  # [BH, K, Dk, Dv]
+    dec = torch.exp(gtot[:, None] - gs[ar[:, None], cp])  # [BH, K]
+    Hd = dec[..., None, None] * Hc
+    tok = (cp * C)[..., None] + torch.arange(C, device=dev)  # [BH, K, C]
+    tokc = tok.clamp(max=T - 1)
+    bidx = (ar // H)[:, None, None]
+    hidx = (ar % H)[:, None, None]
+    kk = k[bidx, tokc, hidx].double()  # [BH, K, C, Dk]
+    vv = v[bidx, tokc, hidx].double()
+    gg = g[bidx, tokc, hidx].double()
+    inside = torch.arange(C, device=dev)[None, None, :] < aloc[..., None]
+    Gp = torch.cumsum(torch.where(inside, gg, 0.0), -1)
+    w = torch.where(inside, torch.exp(gtot[:, None, None] - gs[ar[:, None], cp][..., None] - Gp), 0.0)
+    Hd = Hd + torch.einsum("bkcd,bkce->bkde", kk * w[..., None], vv)
+    hin = hinit[ar[:, None], torch.where(pseudo, a + m0init[:, None], 0).clamp(min=0, max=K - 1)].double()
+    Hd = torch.where(pseudo[..., None, None], torch.exp(gtot)[:, None, None, None] * hin, Hd)
+    Hd[:, 0] = 0.0  # the oldest start: nothing before it
+    Hnext = torch.cat([Hd[:, 1:], torch.zeros_like(Hd[:, :1])], 1)
+    S = (Hnext - Hd)
+    S = torch.where(used[..., None, None], S, 0.0).float()
+    last = (size - 1).clamp(min=0)
+    S[ar, last] = torch.where((size > 0)[:, None, None], P, S[ar, last])
+    return S

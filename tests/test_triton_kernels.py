@@ -1,0 +1,174 @@
+"""The Triton forward and decode step against dla_ref (float64), on small shapes.
+
+Runs in-process on a CUDA GPU or when ``TRITON_INTERPRET=1`` is set. On a machine with neither (CI),
+``test_interpreter_run`` runs this file once more in a subprocess with ``TRITON_INTERPRET=1`` (Triton reads
+the variable when the kernels are defined, so it cannot be switched on inside this process); without
+Triton everything skips.
+
+Decisions are compared exactly: for these seeds the float64 margins ``|I_t - tau|`` and the gap between
+the two lowest pair densities are far above the float32 score error (~1e-6, docs/triton.md); a mismatch
+prints the smallest margin so that a legitimate divergence can be told from a bug.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+triton = pytest.importorskip("triton")
+
+import dla_ref  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+CUDA = torch.cuda.is_available() and not INTERPRET
+RUN_HERE = INTERPRET or CUDA
+DEV = "cuda" if CUDA else "cpu"
+
+needs_kernels = pytest.mark.skipif(not RUN_HERE, reason="needs CUDA or TRITON_INTERPRET=1")
+
+
+@pytest.mark.skipif(RUN_HERE, reason="kernels run in this process")
+def test_interpreter_run():
+    """No GPU and no TRITON_INTERPRET: run this file in a subprocess under the Triton interpreter."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def regimes(B, T, H, Dk, Dv, K, *, seed, regime_length=12.0, jitter=0.3, decay=0.5):
+    """Tokens jittering around per-regime directions; g around log(decay); random read weights."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, T, H, Dk))
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    change = rng.random((B, T, H)) < 1.0 / regime_length
+    change[:, 0] = True
+    idx = np.cumsum(change, axis=1)  # regime index per token
+    dk = rng.standard_normal((B, int(idx.max()) + 1, H, Dk))
+    dv = rng.standard_normal((B, int(idx.max()) + 1, H, Dv))
+    dk /= np.linalg.norm(dk, axis=-1, keepdims=True)
+    dv /= np.linalg.norm(dv, axis=-1, keepdims=True)
+    bi, hi = np.arange(B)[:, None, None], np.arange(H)[None, None, :]
+    k = dk[bi, idx, hi] + jitter * rng.standard_normal((B, T, H, Dk)) / np.sqrt(Dk)
+    v = dv[bi, idx, hi] + jitter * rng.standard_normal((B, T, H, Dv)) / np.sqrt(Dv)
+    g = np.minimum(np.log(decay) + 0.1 * rng.standard_normal((B, T, H)), 0.0)
+    w = rng.random((B, T, H, K))
+    return q, k, v, g, w
+
+
+def _t(x, dtype=torch.float32):
+    return torch.tensor(np.asarray(x), dtype=dtype, device=DEV)
+
+
+def _np(x):
+    return x.detach().float().cpu().numpy() if x.dtype != torch.bool else x.cpu().numpy()
+
+
+def _check(o, cache, trace, ref, tau, *, o_tol):
+    o_r, c_r, tr_r = ref
+    same = _np(trace[1]) == tr_r.starts
+    if not same.all():
+        margin = np.abs(tr_r.scores - tau)[~same].min()
+        pytest.fail(f"decisions differ at {np.argwhere(~same)[:5].tolist()}, smallest |I - tau| there {margin:.2e}")
+    np.testing.assert_allclose(_np(trace[0]), tr_r.scores, atol=2e-5, rtol=1e-4)
+    assert (trace[2].cpu().numpy() == tr_r.merged).all()
+    assert np.linalg.norm(_np(o) - o_r) <= o_tol * np.linalg.norm(o_r)
+    assert (cache[1].cpu().numpy() == c_r.counts).all() and (cache[3].cpu().numpy() == c_r.size).all()
+    np.testing.assert_allclose(_np(cache[2]), c_r.info, atol=1e-4, rtol=1e-5)
+    assert np.linalg.norm(_np(cache[0]) - c_r.states) <= 1e-5 * np.linalg.norm(c_r.states)
+
+
+def _fwd(*args, **kw):
+    from dla_fast.triton_forward import forward_scalar_decay_triton
+
+    return forward_scalar_decay_triton(*args, **kw)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "B,T,H,Dk,Dv,K,tau,rl,jit",
+    [
+        (1, 150, 2, 16, 32, 5, 0.6, 12.0, 0.3),  # three chunks (ragged), moderate
+        (2, 130, 1, 16, 16, 3, 0.3, 3.0, 1.0),  # dense, a merge at almost every token
+        (1, 70, 1, 32, 16, 4, 0.6, 30.0, 0.2),  # sparse
+    ],
+)
+def test_forward_matches_reference_fp32(B, T, H, Dk, Dv, K, tau, rl, jit):
+    q, k, v, g, w = regimes(B, T, H, Dk, Dv, K, seed=T + K, regime_length=rl, jitter=jit)
+    ref = dla_ref.forward(q, k, v, g, w, tau=tau)
+    _check(*_fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=tau), ref, tau, o_tol=1e-5)
+
+
+@needs_kernels
+def test_forward_bf16_matches_reference_on_rounded_inputs():
+    q, k, v, g, w = regimes(1, 100, 2, 16, 16, 4, seed=7)
+    qb, kb, vb = (_t(x, torch.bfloat16) for x in (q, k, v))
+    ref = dla_ref.forward(*(_np(x).astype(np.float64) for x in (qb, kb, vb)), g, w, tau=0.6)
+    o, cache, trace = _fwd(qb, kb, vb, _t(g), _t(w), tau=0.6)
+    assert o.dtype == torch.bfloat16
+    _check(o, cache, trace, ref, 0.6, o_tol=1e-2)
+
+
+@needs_kernels
+def test_forward_with_boundary_override():
+    q, k, v, g, w = regimes(1, 90, 2, 16, 16, 3, seed=3, regime_length=4.0, jitter=1.0)
+    bnd = np.random.default_rng(5).random((1, 90, 2)) < 0.25
+    ref = dla_ref.forward(q, k, v, g, w, tau=0.4, boundaries=bnd)
+    out = _fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=0.4, boundaries=torch.tensor(bnd, device=DEV))
+    _check(*out, ref, 0.4, o_tol=1e-5)
+
+
+@needs_kernels
+def test_streaming_split_equals_one_call():
+    q, k, v, g, w = regimes(1, 140, 2, 16, 16, 4, seed=11, regime_length=5.0, jitter=0.8)
+    ref = dla_ref.forward(q, k, v, g, w, tau=0.5)
+    o1, c1, t1 = _fwd(*(_t(x[:, :70]) for x in (q, k, v, g, w)), tau=0.5)
+    o2, c2, t2 = _fwd(*(_t(x[:, 70:]) for x in (q, k, v, g, w)), tau=0.5, states=c1[0], counts=c1[1],
+                      info=c1[2], size=c1[3])
+    trace = tuple(torch.cat([a, b], 1) for a, b in zip(t1, t2))
+    _check(torch.cat([o1, o2], 1), c2, trace, ref, 0.5, o_tol=1e-5)
+
+
+@needs_kernels
+def test_forward_is_deterministic():
+    q, k, v, g, w = regimes(1, 80, 2, 16, 16, 3, seed=2, regime_length=4.0, jitter=1.0)
+    a = _fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=0.4)
+    b = _fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=0.4)
+    assert torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+    assert all(torch.equal(x, y) for x, y in zip(a[2], b[2]))
+
+
+@needs_kernels
+@pytest.mark.parametrize("K,T,tau", [(4, 40, 0.3), (5, 30, 0.6), (3, 1, 0.5), (4, 0, 0.5)])
+def test_step_matches_reference(K, T, tau):
+    from dla_fast.triton_step import step_triton
+
+    B, H, Dk, Dv = 2, 3, 16, 32
+    q, k, v, g, w = regimes(B, T + 1, H, Dk, Dv, K, seed=K + T, regime_length=3.0, jitter=1.0)
+    if T > 0:
+        _, cache, _ = dla_ref.forward(q[:, :T], k[:, :T], v[:, :T], g[:, :T], w[:, :T], tau=tau)
+    else:
+        cache = dla_ref.Cache.empty(B, H, K, Dk, Dv)
+    o_r, c_r, tr_r = dla_ref.forward(*(x[:, T:] for x in (q, k, v, g, w)), tau=tau, initial_cache=cache)
+    o, c, tr = step_triton(*(_t(x[:, T]) for x in (q, k, v, g, w)), tau=tau, states=_t(cache.states),
+                           counts=_t(cache.counts, torch.int64), info=_t(cache.info), size=_t(cache.size, torch.int64))
+    assert (tr[1].cpu().numpy() == tr_r.starts[:, 0]).all() and (tr[2].cpu().numpy() == tr_r.merged[:, 0]).all()
+    np.testing.assert_allclose(_np(tr[0]), tr_r.scores[:, 0], atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(_np(o), o_r[:, 0], atol=1e-5 * np.abs(o_r).max())
+    np.testing.assert_allclose(_np(c[0]), c_r.states, atol=1e-5 * np.abs(c_r.states).max())
+    assert (c[1].cpu().numpy() == c_r.counts).all() and (c[3].cpu().numpy() == c_r.size).all()
+    np.testing.assert_allclose(_np(c[2]), c_r.info, atol=1e-5)
+
+
+@needs_kernels
+def test_unsupported_head_sizes_raise():
+    from dla_fast.triton_forward import forward_scalar_decay_triton
+
+    q = torch.zeros(1, 4, 1, 300, device=DEV)
+    with pytest.raises(ValueError, match="Dk and Dv"):
+        forward_scalar_decay_triton(q, q, q, torch.zeros(1, 4, 1, device=DEV), torch.ones(1, 4, 1, 2, device=DEV), tau=0.6)
