@@ -1,0 +1,154 @@
+"""Input validation for the torch paths: ``dla_ref.validation``'s checks and messages, one host sync."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from dla_ref.validation import Dims, cache_value_checks, check_cache_shapes, check_scalars, check_shapes, value_checks
+
+from .cache import Cache
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def as_float_tensor(name: str, x, device=None) -> torch.Tensor:
+    """``x`` as a floating-point tensor (array-likes are converted; integer tensors become float32)."""
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x, device=device)
+    if x.dtype not in FLOAT_DTYPES:
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise ValueError(f"{name}: expected float16, bfloat16, float32 or float64, got dtype {x.dtype}")
+        x = x.to(torch.float32)
+    return x
+
+
+def all_finite(x: torch.Tensor) -> torch.Tensor:
+    """0-d bool: every entry of ``x`` is finite. One pass, no temporary (NaN and +-inf reach an extreme)."""
+    if x.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=x.device)
+    lo, hi = torch.aminmax(x)
+    return torch.isfinite(lo) & torch.isfinite(hi)
+
+
+def compute_dtype(q: torch.Tensor) -> torch.dtype:
+    """States and scores are float32, or float64 when the inputs are float64 (exact checks)."""
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+def check_same_device(**tensors) -> torch.device:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    first = next(iter(devices.values()))
+    for name, device in devices.items():
+        if device != first:
+            raise ValueError(f"{name}: expected a tensor on {first} (as q), got one on {device}")
+    return first
+
+
+def raise_first(checks: Sequence[tuple[Any, str]]) -> None:
+    """Evaluate every (violated, message) pair with one device synchronisation; raise the first violated."""
+    if not checks:
+        return
+    flags = torch.stack([torch.as_tensor(c).reshape(()).to(torch.bool) for c, _ in checks])
+    for flag, (_, message) in zip(flags.tolist(), checks):
+        if flag:
+            raise ValueError(message)
+
+
+def as_cache(cache, dims: Dims, device, dtype, name: str = "initial_cache") -> Cache:
+    """Shape-check a ``dla_fast.Cache`` (or ``dla_ref.Cache``, converted) and bring it to device/dtype."""
+    import dla_ref
+
+    if isinstance(cache, dla_ref.Cache):
+        cache = Cache.from_ref(cache, device=device, dtype=dtype)
+    if not isinstance(cache, Cache):
+        raise ValueError(f"{name}: expected a dla_fast.Cache (or dla_ref.Cache) or None, got {type(cache).__name__}")
+    check_cache_shapes(cache.states, cache.counts, cache.info, cache.size, dims, name=name)
+    for field in ("counts", "size"):
+        x = getattr(cache, field)
+        if x.dtype.is_floating_point or x.dtype.is_complex:
+            raise ValueError(f"{name}.{field}: expected an integer tensor, got dtype {x.dtype}")
+    return cache
+
+
+def cache_checks(cache: Cache, K: int, name: str = "initial_cache") -> list:
+    device = cache.states.device
+    return cache_value_checks(
+        cache.states, cache.counts, cache.info, cache.size, K,
+        isfinite=all_finite, arange=lambda n: torch.arange(n, device=device), name=name,
+    )
+
+
+def validate_forward(q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size):
+    """All of forward's checks; returns ``(tensors, tau, dims, cache)`` with the cache on q's device/dtype."""
+    q, k, v, g, slot_weights = (as_float_tensor(n, x) for n, x in
+                                zip(("q", "k", "v", "g", "slot_weights"), (q, k, v, g, slot_weights)))
+    device = q.device
+    beta = None if beta is None else as_float_tensor("beta", beta, device)
+    if boundaries is not None and not isinstance(boundaries, torch.Tensor):
+        boundaries = torch.as_tensor(boundaries, device=device)
+    check_same_device(q=q, k=k, v=v, g=g, slot_weights=slot_weights, beta=beta, boundaries=boundaries)
+    dims = check_shapes(q, k, v, g, slot_weights, beta, boundaries, is_bool=lambda x: x.dtype == torch.bool)
+    checked_tau = check_scalars(tau, eps, norm_eps)
+    tau = float(tau) if checked_tau is None else checked_tau
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
+    checks = value_checks(q, k, v, g, slot_weights, beta, isfinite=all_finite)
+    cache = None
+    if initial_cache is not None:
+        cache = as_cache(initial_cache, dims, device, compute_dtype(q))
+        checks += cache_checks(cache, dims.K)
+    raise_first(checks)
+    return (q, k, v, g, slot_weights, beta, boundaries), tau, dims, cache
+
+
+def _step_shape_error(name: str, expected: str, x) -> ValueError:
+    return ValueError(f"{name}: expected shape {expected}, got {tuple(x.shape)}")
+
+
+def validate_step(q, k, v, g, slot_weights, beta, tau, eps, norm_eps, cache):
+    """All of step's checks (one token per sequence: no time axis); returns ``(tensors, tau, dims, cache)``."""
+    q, k, v, g, slot_weights = (as_float_tensor(n, x) for n, x in
+                                zip(("q", "k", "v", "g", "slot_weights"), (q, k, v, g, slot_weights)))
+    device = q.device
+    beta = None if beta is None else as_float_tensor("beta", beta, device)
+    check_same_device(q=q, k=k, v=v, g=g, slot_weights=slot_weights, beta=beta)
+    if q.ndim != 3:
+        raise _step_shape_error("q", "[B, H, Dk]", q)
+    B, H, Dk = q.shape
+    if tuple(k.shape) != (B, H, Dk):
+        raise _step_shape_error("k", f"[B, H, Dk] = {[B, H, Dk]} (as q)", k)
+    if v.ndim != 3 or tuple(v.shape[:2]) != (B, H):
+        raise _step_shape_error("v", f"[B, H, Dv] with [B, H] = {[B, H]} (as q)", v)
+    Dv = v.shape[2]
+    if Dk < 1 or Dv < 1:
+        raise ValueError(f"q/v: Dk and Dv must be at least 1, got Dk={Dk}, Dv={Dv}")
+    if tuple(g.shape) != (B, H):
+        raise _step_shape_error("g", f"[B, H] = {[B, H]}", g)
+    if slot_weights.ndim != 3 or tuple(slot_weights.shape[:2]) != (B, H):
+        raise _step_shape_error("slot_weights", f"[B, H, K] with [B, H] = {[B, H]}", slot_weights)
+    K = slot_weights.shape[2]
+    if K < 2:
+        raise ValueError(f"slot_weights: the cache capacity K = slot_weights.shape[-1] must be >= 2, got {K}")
+    if beta is not None and tuple(beta.shape) != (B, H):
+        raise _step_shape_error("beta", f"[B, H] = {[B, H]}", beta)
+    checked_tau = check_scalars(tau, eps, norm_eps)
+    tau = float(tau) if checked_tau is None else checked_tau
+    dims = Dims(int(B), 1, int(H), int(Dk), int(Dv), int(K))
+    checks = value_checks(q, k, v, g, slot_weights, beta, isfinite=all_finite)
+    if cache is None:
+        cache = Cache.empty(B, H, K, Dk, Dv, dtype=compute_dtype(q), device=device)
+    else:
+        if not isinstance(cache, Cache):
+            raise ValueError(f"cache: expected a dla_fast.Cache or None, got {type(cache).__name__}")
+        check_cache_shapes(cache.states, cache.counts, cache.info, cache.size, dims, name="cache")
+        if cache.states.device != device:
+            raise ValueError(f"cache: expected a cache on {device} (as q), got one on {cache.states.device}")
+        if cache.states.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"cache.states: expected float32 or float64, got dtype {cache.states.dtype}")
+        if cache.counts.dtype != torch.int64 or cache.size.dtype != torch.int64:
+            raise ValueError("cache: expected int64 counts and size (step updates the cache in place)")
+        checks += cache_checks(cache, K, name="cache")
+    raise_first(checks)
+    return (q, k, v, g, slot_weights, beta), tau, dims, cache

@@ -1,0 +1,149 @@
+"""The public torch API: ``forward`` (a whole call) and ``step`` (decoding, one token per sequence)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._validation import compute_dtype, validate_forward, validate_step
+from .cache import Cache, Trace
+from .chunked import forward_scalar_decay
+from .recurrent import recurrent_forward, recurrent_step_
+
+
+def forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    slot_weights: torch.Tensor,
+    *,
+    tau: float = 0.6,
+    beta: Optional[torch.Tensor] = None,
+    boundaries: Optional[torch.Tensor] = None,
+    initial_cache: Optional[Cache] = None,
+    output_final_cache: bool = True,
+    return_trace: bool = False,
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+    norm_eps: float = 1e-6,
+):
+    """Dynamic Linear Attention on torch tensors, with ``dla_ref.forward``'s semantics.
+
+    Inputs may be float16, bfloat16, float32 or float64; states and scores are kept in float32 (float64
+    for float64 inputs), and ``o`` comes back in the input dtype. Any device: on the CPU the
+    scalar-decay backbone runs the chunked algorithm (docs/fast-path.md); the delta-rule backbone runs
+    a per-token torch recurrence.
+
+    Args:
+        q, k: ``[B, T, H, Dk]`` queries and keys, used as given.
+        v: ``[B, T, H, Dv]`` values.
+        g: ``[B, T, H]`` log decays, ``g <= 0``; the step's decay is ``exp(g)``.
+        slot_weights: ``[B, T, H, K]`` read weights; ``K >= 2`` is the cache capacity;
+            ``slot_weights[..., 0]`` weighs the open (newest) slot.
+        tau: boundary threshold: a token opens a new slot iff its score ``>= tau`` (default 0.6).
+        beta: ``[B, T, H]`` in ``[0, 1]`` for the gated delta-rule backbone; None for scalar decay.
+        boundaries: bool ``[B, T, H]`` overriding the decisions (scores are still computed).
+        initial_cache: a :class:`Cache` (or ``dla_ref.Cache``) to continue from; not modified.
+        output_final_cache: return the final cache (else None; saves the final copy).
+        return_trace: return the :class:`Trace` (else None).
+        chunk_size: tokens per chunk of the chunked algorithm (default 64; any positive integer).
+        eps, norm_eps: the score's denominator guard and the RMS-norm guard (default 1e-6).
+
+    Returns:
+        ``(o, cache, trace)``: ``o`` ``[B, T, H, Dv]`` in q's dtype; the final :class:`Cache` or None;
+        the :class:`Trace` ``[B, T, H]`` or None.
+    """
+    (q, k, v, g, slot_weights, beta, boundaries), tau, dims, cache = validate_forward(
+        q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size
+    )
+    B, T, H, Dk, Dv, K = dims.B, dims.T, dims.H, dims.Dk, dims.Dv, dims.K
+    cd = compute_dtype(q)
+    if cache is None:
+        cache = Cache.empty(B, H, K, Dk, Dv, dtype=cd, device=q.device)
+    # A working copy (the caller's cache is not modified); info accumulates in float64.
+    states = cache.states.to(cd, copy=True)
+    counts = cache.counts.to(torch.int64, copy=True)
+    info = cache.info.to(torch.float64, copy=True)
+    size = cache.size.to(torch.int64, copy=True)
+
+    if beta is None:
+        o, scores, starts, merged = forward_scalar_decay(
+            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size,
+            chunk_size=chunk_size, eps=eps, norm_eps=norm_eps,
+        )
+    else:
+        o, scores, starts, merged = _forward_delta_rule(
+            q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau, eps=eps, norm_eps=norm_eps
+        )
+
+    final = None
+    if output_final_cache:
+        final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size)
+    trace = Trace(scores.to(cd), starts, merged) if return_trace else None
+    return o.to(q.dtype), final, trace
+
+
+def _rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, T, H, *F]`` -> ``[B * H, T, *F]`` in ``dtype``."""
+    B, T, H = x.shape[:3]
+    return x.to(dtype).movedim(2, 1).reshape(B * H, T, *x.shape[3:])
+
+
+def _forward_delta_rule(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau, eps, norm_eps):
+    """The delta-rule backbone: the per-token recurrence over (batch, head) rows (cache updated in place)."""
+    B, T, H, _ = q.shape
+    K, Dk, Dv = states.shape[2:]
+    cd = states.dtype
+    R = B * H
+    o, scores, starts, merged = recurrent_forward(
+        _rows(q, cd), _rows(k, cd), _rows(v, cd), _rows(g, torch.float64), _rows(slot_weights, cd),
+        _rows(beta, cd), None if boundaries is None else _rows(boundaries, torch.bool),
+        states.view(R, K, Dk, Dv), counts.view(R, K), info.view(R, K), size.view(R),
+        tau=tau, eps=eps, norm_eps=norm_eps,
+    )
+    unrows = lambda x: x.view(B, H, T, *x.shape[2:]).movedim(1, 2)  # noqa: E731
+    return unrows(o), unrows(scores), unrows(starts), unrows(merged)
+
+
+def step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    slot_weights: torch.Tensor,
+    cache: Optional[Cache],
+    *,
+    tau: float = 0.6,
+    beta: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+    norm_eps: float = 1e-6,
+):
+    """Decode one token per sequence: ``forward`` with ``T = 1`` continuing from ``cache``.
+
+    The cache is updated **in place** (no copy of its states per token) and returned; pass ``None`` to
+    start from an empty cache. Vectorised over (batch, head) with gathers and scatters, no host sync on an
+    accelerator (on the CPU the merge is skipped when no row needs one).
+
+    Args:
+        q, k: ``[B, H, Dk]``; v: ``[B, H, Dv]``; g: ``[B, H]`` (``<= 0``); slot_weights: ``[B, H, K]``.
+        cache: a :class:`Cache` on q's device (states float32 or float64: the compute dtype), or None.
+        tau, beta (``[B, H]`` or None), eps, norm_eps: as in :func:`forward`.
+
+    Returns:
+        ``(o, cache)``: ``o`` ``[B, H, Dv]`` in q's dtype and the same cache object, advanced by one token.
+    """
+    (q, k, v, g, slot_weights, beta), tau, dims, cache = validate_step(
+        q, k, v, g, slot_weights, beta, tau, eps, norm_eps, cache
+    )
+    B, H, Dk, Dv, K = dims.B, dims.H, dims.Dk, dims.Dv, dims.K
+    cd = cache.states.dtype
+    R = B * H
+    o, _, _, _ = recurrent_step_(
+        cache.states.view(R, K, Dk, Dv), cache.counts.view(R, K), cache.info.view(R, K), cache.size.view(R),
+        q.reshape(R, Dk).to(cd), k.reshape(R, Dk).to(cd), v.reshape(R, Dv).to(cd), g.reshape(R),
+        slot_weights.reshape(R, K).to(cd), None if beta is None else beta.reshape(R),
+        tau=tau, eps=eps, norm_eps=norm_eps,
+    )
+    return o.view(B, H, Dv).to(q.dtype), cache

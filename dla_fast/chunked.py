@@ -1,0 +1,198 @@
+"""The chunked algorithm for the scalar-decay backbone: torch matrix work around a numba scalar scan.
+
+Follows docs/chunked-algorithm.md. Per chunk of ``C`` tokens (a Python loop over chunks, O(T / C)
+iterations):
+
+1. the carry ``k_t^T P_c v_t`` of the open state ``P_c`` into the chunk (one batched product);
+2. ``_kernels.scan_chunk``: scores, decisions, merges and the chunk's read tables (scalar, numba);
+3. the reads of the slot states live at the chunk start, as one product over (slot, Dk);
+4. the slot states at the chunk end: when no token opened a slot, a decay and one rank-C update of each
+   open slot; otherwise an ``index_add`` of the decayed start slots and of the tokens' outer products
+   into their end slots (merges only join neighbours, so every end slot is such a union).
+
+Everything that does not depend on the structure (Gram matrices, decays, ``Q K^T``) is computed for a
+block of chunks at once before the loop, and the masked intra-chunk attention after it.
+
+Internal layout: rows ``R = B * H`` and chunk-major ``[nC, R, C, ...]`` so that every chunk is a
+contiguous ``[R, C, ...]`` block (what the numba kernel reads).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import _kernels
+
+# Elements of one [block, R, C, C] tensor: bounds the memory of the per-block precomputation.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _to_chunks(x: torch.Tensor, C: int, nC: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, T, H, *F]`` -> zero-padded ``[nC, B * H, C, *F]`` (contiguous, in ``dtype``)."""
+    B, T, H = x.shape[:3]
+    feat = x.shape[3:]
+    pad = nC * C - T
+    x = x.to(dtype)
+    if pad:
+        x = torch.cat([x, x.new_zeros((B, pad, H, *feat))], dim=1)
+    x = x.view(B, nC, C, H, *feat).movedim(3, 2)  # [B, nC, H, C, *F]
+    return x.transpose(0, 1).reshape(nC, B * H, C, *feat).contiguous()
+
+
+def _from_chunks(x: torch.Tensor, B: int, H: int, T: int) -> torch.Tensor:
+    """``[nC, B * H, C, *F]`` -> ``[B, T, H, *F]``."""
+    nC, R, C = x.shape[:3]
+    feat = x.shape[3:]
+    x = x.view(nC, B, H, C, *feat).permute(1, 0, 3, 2, *range(4, 4 + len(feat)))
+    return x.reshape(B, nC * C, H, *feat)[:, :T]
+
+
+def forward_scalar_decay(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    slot_weights: torch.Tensor,
+    tau: float,
+    boundaries: Optional[torch.Tensor],
+    states: torch.Tensor,
+    counts: torch.Tensor,
+    info: torch.Tensor,
+    size: torch.Tensor,
+    *,
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+    norm_eps: float = 1e-6,
+):
+    """DLA with the scalar-decay backbone over one call: the seam the Triton path replaces on CUDA.
+
+    Inputs are validated already. The cache tensors are the state to continue from and are updated in
+    place to the state after the call.
+
+    Args:
+        q, k: ``[B, T, H, Dk]``; v: ``[B, T, H, Dv]``; slot_weights: ``[B, T, H, K]`` (any float dtype;
+            cast to the states' dtype). g: ``[B, T, H]`` (used in float64). tau: Python float.
+        boundaries: bool ``[B, T, H]`` or None.
+        states: ``[B, H, K, Dk, Dv]`` float32 or float64: the compute dtype ``cd``.
+        counts: ``[B, H, K]`` int64. info: ``[B, H, K]`` float32/float64 (accumulated in float64 inside).
+        size: ``[B, H]`` int64.
+        chunk_size, eps, norm_eps: as in ``dla_fast.forward``.
+
+    Returns:
+        ``(o [B, T, H, Dv] cd, scores [B, T, H] float64, starts [B, T, H] bool, merged [B, T, H] int64)``.
+    """
+    B, T, H, Dk = q.shape
+    Dv, K = v.shape[-1], slot_weights.shape[-1]
+    R, C = B * H, chunk_size
+    nC = -(-T // C)
+    cd, device = states.dtype, states.device
+    f64 = torch.float64
+
+    # Rows-first, chunk-major inputs (zero padding: padded tokens add nothing and are never decided).
+    qc, kc, vc = (_to_chunks(x, C, nC, cd) for x in (q, k, v))
+    lamc = _to_chunks(slot_weights, C, nC, cd)
+    gc = _to_chunks(g, C, nC, f64)
+    bnd = np.zeros((nC, R, C), dtype=np.bool_)
+    if boundaries is not None:
+        bnd = _to_chunks(boundaries, C, nC, torch.bool).cpu().numpy()
+
+    # Slot states live in R * K storages (+ one trash row); phys maps each row's slots to storages.
+    buf = torch.zeros((R * K + 1, Dk * Dv), dtype=cd, device=device)
+    buf[: R * K] = states.reshape(R * K, Dk * Dv)
+    storages = buf[: R * K].view(R, K * Dk, Dv)  # for the reads: rows of (storage, Dk)
+    counts_np = counts.reshape(R, K).cpu().numpy().astype(np.int64, copy=True)
+    info_np = info.reshape(R, K).cpu().numpy().astype(np.float64, copy=True)
+    size_np = size.reshape(R).cpu().numpy().astype(np.int64, copy=True)
+    live = np.arange(K) < size_np[:, None]
+    pos_np = np.where(live, np.arange(K) - size_np[:, None], 0).astype(np.int64)
+    phys_np = np.where(live, np.arange(K), -1).astype(np.int64)
+    row_base = np.arange(R, dtype=np.int64) * K
+
+    o = torch.empty((nC, R, C, Dv), dtype=cd, device=device)
+    scores = np.zeros((nC, R, C))
+    starts = np.zeros((nC, R, C), dtype=np.bool_)
+    merged = np.full((nC, R, C), -1, dtype=np.int64)
+    coef = np.zeros((R, C, K), dtype=np.float64 if cd == f64 else np.float32)
+    tok_slot = np.zeros((R, C), dtype=np.int64)
+    tok_target = np.zeros((R, K), dtype=np.int64)
+    add_src, add_dst, zero_rows = (np.zeros(R * K, dtype=np.int64) for _ in range(3))
+
+    causal = torch.ones((C, C), dtype=torch.bool, device=device).tril()
+    block = max(1, _BLOCK_ELEMENTS // (R * C * C))
+    for b0 in range(0, nC, block):
+        b1 = min(nC, b0 + block)
+        qb, kb, vb, gb, lamb = qc[b0:b1], kc[b0:b1], vc[b0:b1], gc[b0:b1], lamc[b0:b1]
+        # Decays inside each chunk: Gc[t] = g[c0] + ... + g[t] in float64; the exponentials in cd.
+        Gc = gb.cumsum(-1)
+        Gp = torch.nn.functional.pad(Gc[..., :-1], (1, 0))  # Gc[t - 1]
+        decay = torch.exp((Gc.unsqueeze(-1) - Gc.unsqueeze(-2)).to(cd).masked_fill(~causal, -torch.inf))
+        decay_prev = torch.nn.functional.pad(decay[..., :-1, :], (0, 0, 1, 0))  # exp(Gc[t-1] - Gc[s]), s < t
+        gram = (kb @ kb.transpose(-1, -2)) * (vb @ vb.transpose(-1, -2))
+        dgram = (decay_prev * gram).to(f64).cpu().numpy()
+        ss = ((kb * kb).sum(-1).to(f64) * (vb * vb).sum(-1).to(f64)).cpu().numpy()
+        carry_decay = torch.exp(Gp).to(cd)  # the open state from the chunk start to t - 1
+        decay_in = torch.exp(Gc).cpu().numpy()  # ... to t
+        end_decay = torch.exp(Gc[..., -1]).to(cd)  # ... to the chunk end: [nb, R]
+        token_decay = torch.exp(Gc[..., -1:] - Gc).to(cd)  # token s to the chunk end: [nb, R, C]
+        attn = (qb @ kb.transpose(-1, -2)) * decay  # (q_t . k_s) exp(Gc[t] - Gc[s]), s <= t
+        W = np.zeros((b1 - b0, R, C, C), dtype=coef.dtype)
+        gb_np, lamb_np = gb.cpu().numpy(), lamb.cpu().numpy()
+
+        for ci in range(b1 - b0):
+            c0 = (b0 + ci) * C
+            n = min(C, T - c0)
+            # 1. The open state carried in: k_t^T P_c v_t and ||P_c||^2 (trash row for an empty cache).
+            open_rows = np.where(size_np > 0, row_base + phys_np[np.arange(R), np.maximum(size_np - 1, 0)], R * K)
+            P = buf.index_select(0, torch.as_tensor(open_rows, device=device)).view(R, Dk, Dv)
+            carry_x = ((torch.bmm(kb[ci], P) * vb[ci]).sum(-1) * carry_decay[ci]).to(f64)
+            nP0 = P.to(f64).square().sum((1, 2))
+            n_store = int(phys_np.max()) + 1  # storages [0, n_store) hold every live slot
+            # 2. The scalar scan (numba).
+            Rt, n_add, n_zero = _kernels.scan_chunk(
+                n, c0, carry_x.cpu().numpy(), dgram[ci], ss[ci], gb_np[ci], decay_in[ci], lamb_np[ci],
+                nP0.cpu().numpy(), bnd[b0 + ci], boundaries is not None, tau, eps, norm_eps, float(Dk * Dv),
+                counts_np, info_np, size_np, pos_np, phys_np,
+                scores[b0 + ci], starts[b0 + ci], merged[b0 + ci], W[ci], coef, tok_slot, tok_target,
+                add_src, add_dst, zero_rows,
+            )
+            # 3. Reads of the slots live at the chunk start: sum_p coef[t, p] q_t^T S_p.
+            if n_store > 0:
+                coef_t = torch.as_tensor(coef[:, :, :n_store], device=device)
+                X = (coef_t.unsqueeze(-1) * qb[ci].unsqueeze(2)).reshape(R, C, n_store * Dk)
+                torch.bmm(X, storages[:, : n_store * Dk], out=o[b0 + ci])
+            else:
+                o[b0 + ci].zero_()
+            # 4. The storages at the chunk end: decay, merges of start slots, fresh storages, tokens.
+            buf[: R * K].view(R, K * Dk * Dv).mul_(end_decay[ci].unsqueeze(1))
+            if n_add:
+                src = torch.as_tensor(add_src[:n_add], device=device)
+                buf.index_add_(0, torch.as_tensor(add_dst[:n_add], device=device), buf.index_select(0, src))
+            if n_zero:
+                buf.index_fill_(0, torch.as_tensor(zero_rows[:n_zero], device=device), 0.0)
+            slot_id = torch.arange(Rt, device=device).view(1, Rt, 1)
+            onehot = (torch.as_tensor(tok_slot, device=device).unsqueeze(1) == slot_id).to(cd)
+            wk = (onehot * token_decay[ci].unsqueeze(1)).unsqueeze(-1) * kb[ci].unsqueeze(1)  # [R, Rt, C, Dk]
+            update = torch.matmul(wk.transpose(-1, -2), vb[ci].unsqueeze(1))  # [R, Rt, Dk, Dv]
+            buf.index_add_(0, torch.as_tensor(tok_target[:, :Rt], device=device).reshape(-1),
+                           update.reshape(R * Rt, Dk * Dv))
+
+        # The masked intra-chunk attention of the whole block, added to the reads.
+        weights = torch.as_tensor(W, device=device)
+        o[b0:b1] += (attn * weights) @ vb
+
+    # The final cache, slots back in order (unused slots zero).
+    gather_rows = torch.as_tensor(np.where(phys_np >= 0, row_base[:, None] + phys_np, R * K), device=device)
+    final = buf.index_select(0, gather_rows.view(-1)).view(B, H, K, Dk, Dv)
+    live_t = torch.as_tensor(phys_np >= 0, device=device).view(B, H, K, 1, 1)
+    states.copy_(torch.where(live_t, final, torch.zeros_like(final)))
+    counts.copy_(torch.as_tensor(counts_np, device=device).view(B, H, K))
+    info.copy_(torch.as_tensor(info_np, device=device).view(B, H, K))
+    size.copy_(torch.as_tensor(size_np, device=device).view(B, H))
+    trace = [torch.as_tensor(x, device=device).unsqueeze(-1) for x in (scores, starts, merged)]
+    return (
+        _from_chunks(o, B, H, T),
+        *(_from_chunks(x, B, H, T).squeeze(-1) for x in trace),
+    )

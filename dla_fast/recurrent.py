@@ -1,0 +1,165 @@
+"""The per-token recurrence in torch, vectorised over (batch, head) rows: decoding and the delta rule.
+
+One function, :func:`recurrent_step_`, advances every row's cache by one token in place (rules 1-4 of the
+contract), with gathers and scatters instead of a Python loop over rows and without a host sync on an
+accelerator. It serves
+
+- ``dla_fast.step`` (decoding, one token per sequence),
+- ``dla_fast.forward`` with the delta-rule backbone (:func:`recurrent_forward`, a loop over tokens), and
+- the straightforward per-token baseline of the benchmarks (:func:`recurrent_forward` with scalar decay),
+  an implementation independent of the chunked algorithm.
+
+Row layout: ``R = B * H`` rows; states ``[R, K, Dk, Dv]`` oldest slot first (the cache's own layout).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def information_score(nP, x, ss, g, numel: int, eps: float, norm_eps: float) -> torch.Tensor:
+    """The score from three scalars of the open state (float64 tensors, docs/chunked-algorithm.md §1).
+
+    ``nP = ||P||^2``, ``x = <P, u>``, ``ss = ||u||^2`` where ``u = P' - a P`` is the token's increment,
+    ``g`` the log decay. The torch twin of ``_kernels.information_score`` (same operations, same order).
+    """
+    a = torch.exp(g)
+    a2m1 = torch.expm1(2.0 * g)
+    r2 = nP / numel + norm_eps
+    delta = (a2m1 * nP + 2.0 * a * x + ss) / (numel * r2)
+    one_plus = torch.maximum(1.0 + delta, norm_eps / r2)
+    sq = torch.sqrt(one_plus)
+    r = torch.sqrt(r2)
+    rp = r * sq
+    c = (a2m1 - delta) / ((a + sq) * sq * r)
+    d2 = torch.clamp(c * c * nP + 2.0 * c * x / rp + ss / (rp * rp), min=0.0)
+    return torch.sqrt(d2) / (torch.sqrt(nP) / r + eps)
+
+
+def recurrent_step_(
+    states: torch.Tensor,
+    counts: torch.Tensor,
+    info: torch.Tensor,
+    size: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    slot_weights: torch.Tensor,
+    beta: Optional[torch.Tensor] = None,
+    boundary: Optional[torch.Tensor] = None,
+    *,
+    tau: float,
+    eps: float,
+    norm_eps: float,
+):
+    """Advance every row's cache by one token, in place.
+
+    Args:
+        states: ``[R, K, Dk, Dv]`` float32/float64 (the compute dtype ``cd``); counts ``[R, K]`` int64;
+            info ``[R, K]`` float; size ``[R]`` int64 — the cache, updated in place.
+        q, k: ``[R, Dk]`` and v ``[R, Dv]`` in ``cd``; g ``[R]`` (any float dtype); slot_weights ``[R, K]`` in ``cd``.
+        beta: ``[R]`` (delta rule) or None (scalar decay).
+        boundary: ``[R]`` bool overriding the decisions, or None.
+
+    Returns:
+        ``(o [R, Dv] cd, score [R] float64, start [R] bool, merged [R] int64)``.
+    """
+    R, K, Dk, Dv = states.shape
+    cd = states.dtype
+    rows = torch.arange(R, device=states.device)
+    slots = torch.arange(K, device=states.device)
+    g64 = g.to(torch.float64)
+    a = torch.exp(g64)
+    a_cd = a.to(cd)
+
+    # 1. Score, from the open slot P (before the step) and the token's increment u = P' - a P.
+    has_slot = size > 0
+    open_idx = (size - 1).clamp(min=0)
+    P = states[rows, open_idx]
+    kP = torch.bmm(k.unsqueeze(1), P).squeeze(1)  # k^T P, [R, Dv]
+    if beta is None:
+        bk, w = k, v  # u = k v^T
+    else:
+        bk = beta.to(cd).unsqueeze(1) * k
+        w = v - a_cd.unsqueeze(1) * kP  # u = beta k (v - a P^T k)^T
+    x = (bk * torch.bmm(P, w.unsqueeze(2)).squeeze(2)).sum(1).to(torch.float64)  # <P, u> = (beta k)^T P w
+    ss = (bk * bk).sum(1).to(torch.float64) * (w * w).sum(1).to(torch.float64)
+    nP = P.to(torch.float64).square().sum((1, 2))
+    score = information_score(nP, x, ss, g64, Dk * Dv, eps, norm_eps)
+    score = torch.where(has_slot, score, torch.zeros_like(score))
+    decided = score >= tau if boundary is None else boundary
+    start = ~has_slot | decided
+
+    # 2. Transition: every slot becomes A_t(S_i).
+    if beta is not None:
+        kS = torch.einsum("rd,rkde->rke", k, states)  # k^T S_i
+        states.view(R * K, Dk, Dv).baddbmm_(
+            bk.unsqueeze(1).expand(R, K, Dk).reshape(R * K, Dk, 1), kS.reshape(R * K, 1, Dv), alpha=-1.0
+        )
+    states.mul_(a_cd.view(R, 1, 1, 1))
+
+    # 3a. A new slot in a full cache first merges the lowest-density adjacent pair (ties: the oldest).
+    need_merge = start & (size == K)
+    merged = torch.full_like(size, -1)
+    if states.device.type != "cpu" or bool(need_merge.any()):  # on the host the test costs nothing
+        density = (info[:, :-1] + info[:, 1:]).to(torch.float64) / (counts[:, :-1] + counts[:, 1:])
+        i = density.argmin(1)  # the first minimum: the oldest pair
+        right = (i + 1).clamp(max=K - 1)
+        src = torch.where(need_merge.unsqueeze(1) & (slots > i.unsqueeze(1)), slots + 1, slots).clamp(max=K - 1)
+        left_state = states[rows, i] + states[rows, right]
+        left_count = counts[rows, i] + counts[rows, right]
+        left_info = info[rows, i] + info[rows, right]
+        states.copy_(states.gather(1, src.view(R, K, 1, 1).expand(R, K, Dk, Dv)))
+        counts.copy_(counts.gather(1, src))
+        info.copy_(info.gather(1, src))
+        states[rows, i] = torch.where(need_merge.view(R, 1, 1), left_state, states[rows, i])
+        counts[rows, i] = torch.where(need_merge, left_count, counts[rows, i])
+        info[rows, i] = torch.where(need_merge, left_info, info[rows, i])
+        merged = torch.where(need_merge, i, merged)
+        size.sub_(need_merge.to(size.dtype))
+
+    # 3b. Update: extend the open slot, or append the token's own slot.
+    target = torch.where(start, size, open_idx)
+    s = bk.unsqueeze(2) * v.unsqueeze(1)  # s_t = (beta) k v^T
+    current = states[rows, target]
+    states[rows, target] = torch.where(start.view(R, 1, 1), s, current + s)
+    counts[rows, target] = torch.where(start, torch.ones_like(target), counts[rows, target] + 1)
+    score_info = score.to(info.dtype)
+    info[rows, target] = torch.where(start, score_info, info[rows, target] + score_info)
+    size.add_(start.to(size.dtype))
+
+    # 4. Read: o = sum_j lambda[j] q^T S_{m-1-j}, as one product over (slot, Dk).
+    recency = size.unsqueeze(1) - 1 - slots
+    coef = torch.where(recency >= 0, slot_weights.gather(1, recency.clamp(min=0)), torch.zeros_like(slot_weights))
+    o = torch.bmm((coef.unsqueeze(2) * q.unsqueeze(1)).view(R, 1, K * Dk), states.view(R, K * Dk, Dv)).squeeze(1)
+    return o, score, start, merged
+
+
+def recurrent_forward(
+    q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau: float, eps: float, norm_eps: float
+):
+    """Run :func:`recurrent_step_` over the tokens of rows-first tensors.
+
+    Args:
+        q, k ``[R, T, Dk]``, v ``[R, T, Dv]``, slot_weights ``[R, T, K]`` in the states' dtype; g ``[R, T]``;
+        beta ``[R, T]`` or None; boundaries ``[R, T]`` bool or None; the cache tensors as in
+        :func:`recurrent_step_` (updated in place; use a float64 ``info`` for float64 merge densities).
+
+    Returns:
+        ``(o [R, T, Dv], scores [R, T] float64, starts [R, T] bool, merged [R, T] int64)``.
+    """
+    R, T = g.shape
+    o = q.new_empty((R, T, v.shape[-1]))
+    scores = torch.empty((R, T), dtype=torch.float64, device=q.device)
+    starts = torch.empty((R, T), dtype=torch.bool, device=q.device)
+    merged = torch.empty((R, T), dtype=torch.int64, device=q.device)
+    for t in range(T):
+        o[:, t], scores[:, t], starts[:, t], merged[:, t] = recurrent_step_(
+            states, counts, info, size, q[:, t], k[:, t], v[:, t], g[:, t], slot_weights[:, t],
+            None if beta is None else beta[:, t], None if boundaries is None else boundaries[:, t],
+            tau=tau, eps=eps, norm_eps=norm_eps,
+        )
+    return o, scores, starts, merged
