@@ -169,14 +169,17 @@ def _dla_table_kernel(
 @triton.jit
 def _dla_carry_kernel(
     k_ptr, v_ptr, g_ptr, bnd_ptr,
-    itab_ptr, anc_ptr, x0_ptr, np0_ptr, ss_ptr,
-    p_ptr, size_ptr, mask_ptr, score_ptr,
+    anc_ptr, x0_ptr, np0_ptr, ss_ptr,
+    p_ptr, size_ptr, mask_ptr, cscore_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr,
     OVERRIDE: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Program (bh): walks the chunks. P (the open slot, fp32 [Dk, Dv]) lives in p_ptr (L2-resident),
-    processed in Dv blocks of BV. Per chunk: 2 C Dk Dv FLOPs for k^T P v and 2 C Dk Dv for the update."""
+    """Program (bh): walks the chunks. P (the open slot, fp32 [Dk, Dv]) stays in registers when Dv fits
+    one block (NVB == 1), else lives in p_ptr (L2-resident) and is processed in Dv blocks of BV.
+    Per chunk: 2 C Dk Dv FLOPs for k^T P v, 2 C Dk Dv for the update, C^2 exps for the decayed prefix sum.
+    Writes the carry scores (the score of t against the carried slot, valid up to the first boundary)
+    and the chunk's boundary mask; _dla_scores_kernel assembles the final scores in parallel."""
     bh = tl.program_id(0)
     b = bh // H
     h = bh % H
@@ -189,70 +192,100 @@ def _dla_carry_kernel(
     N = (Dk * Dv).to(tl.float32)
     emp = (tl.load(size_ptr + bh) == 0).to(tl.int32)
     pbase = p_ptr + bh * Dk * Dv
+    pm0 = (kd[:, None] < Dk) & (vd[None, :] < Dv)
+    Preg = tl.load(pbase + kd[:, None] * Dv + vd[None, :], mask=pm0, other=0.0)
     for c in range(NC):
         tok = c * C + t_idx
         valid = tok < T
-        nvalid = tl.minimum(T - c * C, C)
         kmask = valid[:, None] & (kd[None, :] < Dk)
         kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
         kf = kc.to(tl.float32)
         g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
-        Gc = tl.cumsum(g, 0)
-        Gm1 = Gc - g
-        Glast = tl.sum(g, 0)
-        # y_t = k_t^T P_c v_t and ||P_c||^2, over Dv blocks
-        y = tl.zeros([C], dtype=tl.float32)
-        nPc0 = 0.0
-        for vb in tl.static_range(NVB):
-            vmask = valid[:, None] & ((vb * BV + vd)[None, :] < Dv)
-            vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vb * BV + vd[None, :], mask=vmask, other=0.0)
-            pm = (kd[:, None] < Dk) & ((vb * BV + vd)[None, :] < Dv)
-            P = tl.load(pbase + kd[:, None] * Dv + vb * BV + vd[None, :], mask=pm, other=0.0)
-            KP = tl.dot(kf, P, input_precision=PREC)
-            y += tl.sum(KP * vc.to(tl.float32), 1)
-            nPc0 += tl.sum(tl.sum(P * P, 1), 0)
-        Dm = tl.where(col < row, tl.exp(tl.minimum(Gm1[:, None] - Gc[None, :], 0.0)), 0.0)
-        z = tl.sum(Dm * y[None, :], 1)
-        eG = tl.exp(Gm1)
         X0 = tl.load(x0_ptr + bh * NC * C + tok)
         NP0 = tl.load(np0_ptr + bh * NC * C + tok)
         ss = tl.load(ss_ptr + bh * NC * C + tok)
+        if not OVERRIDE:
+            anc_row = tl.load(anc_ptr + (bh * NC + c) * C + t_idx)
+        Gc = tl.cumsum(g, 0)
+        Gm1 = Gc - g
+        Glast = tl.sum(g, 0)
+        # y_t = k_t^T P_c v_t and ||P_c||^2
+        if NVB == 1:
+            vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
+            vf = vc.to(tl.float32)
+            y = tl.sum(tl.dot(kf, Preg, input_precision=PREC) * vf, 1)
+            nPc0 = tl.sum(tl.sum(Preg * Preg, 1), 0)
+        else:
+            y = tl.zeros([C], dtype=tl.float32)
+            nPc0 = 0.0
+            for vb in tl.static_range(NVB):
+                vmask = valid[:, None] & ((vb * BV + vd)[None, :] < Dv)
+                vcb = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vb * BV + vd[None, :], mask=vmask, other=0.0)
+                pm = (kd[:, None] < Dk) & ((vb * BV + vd)[None, :] < Dv)
+                P = tl.load(pbase + kd[:, None] * Dv + vb * BV + vd[None, :], mask=pm, other=0.0)
+                y += tl.sum(tl.dot(kf, P, input_precision=PREC) * vcb.to(tl.float32), 1)
+                nPc0 += tl.sum(tl.sum(P * P, 1), 0)
+        Dm = tl.where(col < row, tl.exp(tl.minimum(Gm1[:, None] - Gc[None, :], 0.0)), 0.0)
+        z = tl.sum(Dm * y[None, :], 1)
+        eG = tl.exp(Gm1)
         nPc = eG * eG * nPc0 + 2.0 * eG * z + NP0
         xc = eG * y + X0
         Ic = _score(nPc, xc, ss, g, N, eps, norm_eps)
         fe = (t_idx == 0) & ((t_idx * 0 + c) == 0) & ((t_idx * 0 + emp) != 0)  # first token, empty cache
+        Ic = tl.where(fe, 0.0, Ic)
         if OVERRIDE:
-            ob = tl.load(bnd_ptr + (b * T + tok) * H + h, mask=valid, other=0).to(tl.int1)
+            ob = tl.load(bnd_ptr + (b * T + tok) * H + h, mask=valid, other=0) != 0
             ob = ob | fe
             bits = tl.where(ob & valid, tl.full([C], 1, tl.int64) << t_idx.to(tl.int64), 0)
             mask = tl.sum(bits, 0)
         else:
             hit = ((Ic >= tau) | fe) & valid
             f = tl.min(tl.where(hit, t_idx, C), 0)
-            mask = tl.load(anc_ptr + (bh * NC + c) * C + tl.minimum(f, C - 1))
-            mask = tl.where(f < C, mask, 0)
+            mask = tl.sum(tl.where(t_idx == f, anc_row, 0), 0)  # 0 when f == C (no boundary)
         tl.store(mask_ptr + bh * NC + c, mask)
-        bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
-        # p(t): the last boundary strictly before t (-1: the carried slot)
-        pt = tl.max(tl.where(bvec[None, :] & (col < row), col, -1), 1)
-        itab = tl.load(itab_ptr + (bh * NC + c) * C * C + t_idx * C + tl.maximum(pt, 0))
-        sc = tl.where(pt >= 0, itab, Ic)
-        sc = tl.where(fe, 0.0, sc)
-        tl.store(score_ptr + bh * NC * C + tok, sc, mask=valid)
+        tl.store(cscore_ptr + bh * NC * C + tok, Ic)
         # The open slot at the chunk end.
+        bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
         L = tl.max(tl.where(bvec, t_idx, -1), 0)
         w = tl.where(valid & (t_idx >= L), tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
         keep = tl.where(L >= 0, 0.0, tl.exp(Glast))
         kw = kf * w[:, None]
-        tl.debug_barrier()
-        for vb in tl.static_range(NVB):
-            vmask = valid[:, None] & ((vb * BV + vd)[None, :] < Dv)
-            vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vb * BV + vd[None, :], mask=vmask, other=0.0)
-            pm = (kd[:, None] < Dk) & ((vb * BV + vd)[None, :] < Dv)
-            P = tl.load(pbase + kd[:, None] * Dv + vb * BV + vd[None, :], mask=pm, other=0.0)
-            Pn = keep * P + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
-            tl.store(pbase + kd[:, None] * Dv + vb * BV + vd[None, :], Pn, mask=pm)
-        tl.debug_barrier()
+        if NVB == 1:
+            Preg = keep * Preg + tl.dot(tl.trans(kw), vf, input_precision=PREC)
+        else:
+            tl.debug_barrier()
+            for vb in tl.static_range(NVB):
+                vmask = valid[:, None] & ((vb * BV + vd)[None, :] < Dv)
+                vcb = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vb * BV + vd[None, :], mask=vmask, other=0.0)
+                pm = (kd[:, None] < Dk) & ((vb * BV + vd)[None, :] < Dv)
+                P = tl.load(pbase + kd[:, None] * Dv + vb * BV + vd[None, :], mask=pm, other=0.0)
+                Pn = keep * P + tl.dot(tl.trans(kw), vcb.to(tl.float32), input_precision=PREC)
+                tl.store(pbase + kd[:, None] * Dv + vb * BV + vd[None, :], Pn, mask=pm)
+            tl.debug_barrier()
+    if NVB == 1:
+        tl.store(pbase + kd[:, None] * Dv + vd[None, :], Preg, mask=pm0)
+
+
+@triton.jit
+def _dla_scores_kernel(
+    itab_ptr, mask_ptr, cscore_ptr, score_ptr, T,
+    C: tl.constexpr,
+):
+    """Program (chunk, bh): score[t] = carry score up to the chunk's first boundary, else I[t, p(t)] with
+    p(t) the last boundary before t. Reads C^2/.. a gather of C table entries."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    t_idx = tl.arange(0, C)
+    row = t_idx[:, None]
+    col = t_idx[None, :]
+    tok = c * C + t_idx
+    mask = tl.load(mask_ptr + bh * NC + c)
+    bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
+    pt = tl.max(tl.where(bvec[None, :] & (col < row), col, -1), 1)
+    itab = tl.load(itab_ptr + (bh * NC + c) * C * C + t_idx * C + tl.maximum(pt, 0), mask=pt >= 0, other=0.0)
+    Ic = tl.load(cscore_ptr + bh * NC * C + tok)
+    tl.store(score_ptr + bh * NC * C + tok, tl.where(pt >= 0, itab, Ic), mask=tok < T)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -505,7 +538,7 @@ def _check_dims(Dk: int, Dv: int) -> None:
 
 def forward_scalar_decay_triton(
     q, k, v, g, slot_weights, *, tau, boundaries=None, states=None, counts=None, info=None, size=None,
-    eps=1e-6, norm_eps=1e-6, return_trace=True,
+    eps=1e-6, norm_eps=1e-6, return_trace=True, profile=None,
 ):
     """DLA forward, scalar-decay backbone, on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1).
 
@@ -519,6 +552,8 @@ def forward_scalar_decay_triton(
             ``[B, H, K]`` float32, ``[B, H]`` int64), or all None for an empty cache.
         eps, norm_eps: the score's guards.
         return_trace: also return ``(scores float32, starts bool, merged int64)``, each ``[B, T, H]``.
+        profile: a dict, or None: if given, each stage's time in ms (CUDA events, synchronising) and
+            the mean number of live slot starts at chunk starts are written into it (benchmarks only).
 
     Returns:
         ``(o, (states, counts, info, size), trace)`` with ``o`` ``[B, T, H, Dv]`` in q's dtype, the final
@@ -559,6 +594,7 @@ def forward_scalar_decay_triton(
     P = (states0[torch.arange(BH, device=dev), open_idx] * (size_flat > 0)[:, None, None]).contiguous()
 
     # 1. tables
+    _mark(profile, 'table')
     itab = torch.empty(BH, NC, C, C, **f32)
     anc = torch.empty(BH, NC, C, device=dev, dtype=torch.int64)
     x0 = torch.empty(BH, NC * C, **f32)
@@ -571,15 +607,21 @@ def forward_scalar_decay_triton(
         num_warps=4,
     )
     # 2. carry scan
+    _mark(profile, 'carry')
     masks = torch.empty(BH, NC, device=dev, dtype=torch.int64)
+    cscores = torch.empty(BH, NC * C, **f32)
     scores = torch.empty(BH, NC * C, **f32)
     bnd = boundaries.contiguous().to(torch.int8) if override else masks
+    BVC = BVF if BVF <= 128 else 64  # the carry kernel keeps P in registers up to Dv = 128
     _dla_carry_kernel[(BH,)](
-        k, v, g, bnd, itab, anc, x0, np0, ssb, P, size_flat, masks, scores,
+        k, v, g, bnd, anc, x0, np0, ssb, P, size_flat, masks, cscores,
         T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
-        C=C, BK=BK, BV=BV, NVB=NVB, OVERRIDE=override, PREC=prec, num_warps=4,
+        C=C, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=prec,
+        num_warps=8 if BK * BVC > 64 * 64 else 4,
     )
+    _dla_scores_kernel[(NC, BH)](itab, masks, cscores, scores, T, C=C, num_warps=4)
     # 3. structure simulation
+    _mark(profile, 'merge')
     cnt = counts0.reshape(BH, K).clone().contiguous()
     inf64 = info0.reshape(BH, K).double().contiguous()
     msize = size_flat.clone()
@@ -594,6 +636,7 @@ def forward_scalar_decay_triton(
         C=C, KP=KP, num_warps=1,
     )
     # 4. prefix states at chunk starts
+    _mark(profile, 'hstate')
     h0 = states0.sum(1).contiguous()
     hs = torch.empty(BH, NC + 1, Dk, Dv, **f32)
     _dla_hstate_kernel[(BH, NVB)](k, v, g, h0, hs, T, H, Dk, Dv, C=C, BK=BK, BV=BV, PREC=prec, num_warps=4)
@@ -603,12 +646,14 @@ def forward_scalar_decay_triton(
     gs = torch.zeros(BH, NC + 1, device=dev, dtype=torch.float64)
     gs[:, 1:] = gpad.view(BH, NC, C).sum(-1).cumsum(-1)
     # 5. output
+    _mark(profile, 'output')
     o = torch.empty(B, T, H, Dv, device=dev, dtype=q.dtype)
     _dla_output_kernel[(NC, BH, NVB)](
         q, k, v, g, slot_weights, o, masks, death, death0, live, livem, hs, hinit, gs,
         T, H, Dk, Dv, K, C=C, BK=BK, BV=BV, KP=KP, LOWP=lowp, PREC=prec, num_warps=4,
     )
     # Final cache: the open slot from the carry scan; closed slots as differences of prefix states.
+    _mark(profile, 'final')
     final_states = _final_states(k, v, g, hs, hinit, gs, fpos[:, :K].long(), msize, size_flat, P, B, T, H, K, Dk, Dv, C, NC)
     cache = (
         final_states.reshape(B, H, K, Dk, Dv),
@@ -616,6 +661,7 @@ def forward_scalar_decay_triton(
         inf64.float().reshape(B, H, K),
         msize.reshape(B, H),
     )
+    _mark(profile, "trace")
     trace = None
     if return_trace:
         bits = ((masks[:, :, None] >> torch.arange(C, device=dev, dtype=torch.int64)) & 1).bool()
@@ -625,7 +671,25 @@ def forward_scalar_decay_triton(
             starts,
             merged[:, :T].reshape(B, H, T).permute(0, 2, 1),
         )
+    _mark(profile, None)
+    if profile is not None:
+        profile["mean_live_at_chunk_start"] = float(livem.float().mean())
     return o, cache, trace
+
+
+def _mark(profile, name):
+    """Record a CUDA event at a stage boundary; on the last call (name None) turn them into ms."""
+    if profile is None or not torch.cuda.is_available() or _interpret():
+        return
+    ev = torch.cuda.Event(enable_timing=True)
+    ev.record()
+    marks = profile.setdefault("_events", [])
+    marks.append((name, ev))
+    if name is None:
+        torch.cuda.synchronize()
+        for (n0, e0), (_, e1) in zip(marks[:-1], marks[1:]):
+            profile[n0 + "_ms"] = e0.elapsed_time(e1)
+        del profile["_events"]
 
 
 def _final_states(k, v, g, hs, hinit, gs, pos, size, m0init, P, B, T, H, K, Dk, Dv, C, NC):

@@ -1,0 +1,412 @@
+#!/usr/bin/env python
+"""GPU benchmark of the Triton DLA path, with its correctness checks, in one run.
+
+    python benchmarks/gpu_bench.py [--out DIR] [--quick]
+
+1. The card: name, measured device-to-device copy bandwidth (bytes read + written), bf16 matmul rate.
+2. Correctness: forward and step against dla_ref (float64 on the rounded inputs) at small shapes, fp32
+   and bf16; the T = 65,536 equivalence against references precomputed by ``benchmarks/gpu_reference.py``
+   (in ``.gpuref/``, if present); run-to-run bitwise determinism.
+3. Timings (median of ``triton.testing.do_bench``, bf16 inputs, K = 30, tau = 0.6): DLA forward on the
+   sparse / moderate / dense workloads (each one's measured boundary rate reported), FLA
+   ``chunk_simple_gla`` and ``chunk_log_linear_attn`` (ceil(log2 T) + 1 levels) and causal SDPA on the
+   same q/k/v/g; peak memory; the decode step at B = 1 and 64 with a full 30-slot cache.
+4. Raw JSON and a log under --out (default $OUT or .), a compact table printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import dla_ref  # noqa: E402
+
+CONFIGS = [(8, 4096, 16, 64, 64), (2, 16384, 16, 64, 64), (1, 65536, 16, 64, 64), (8, 4096, 16, 128, 128)]
+DEV = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1" else "cpu"
+SMOKE = False  # --smoke: tiny correctness shapes on the CPU interpreter, to test this script itself
+K_SLOTS = 30
+TAU = 0.6
+# Calibrated on the CPU with dla_ref (T = 1500, Dk = Dv = 64): boundary rates ~1.5 %, ~7 %, ~60 %.
+WORKLOADS = {
+    "sparse": dict(regime_length=80.0, jitter=0.2, decay=0.5),
+    "moderate": dict(regime_length=12.0, jitter=0.3, decay=0.6),
+    "dense": dict(regime_length=2.0, jitter=0.5, decay=0.5),
+}
+
+
+def workload(B, T, H, Dk, Dv, K, *, regime_length, jitter, decay, device=None, seed=0, dtype=torch.bfloat16,
+             random_weights=False):
+    """Tokens jittering around per-regime key/value directions (a new regime with probability
+    1/regime_length per token); constant decay; read weights 0.7**j (or uniform random)."""
+    device = device or DEV
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def r(*s):
+        return torch.randn(*s, generator=gen, device=device)
+
+    change = torch.rand(B, T, H, generator=gen, device=device) < 1.0 / regime_length
+    change[:, 0] = True
+    idx = torch.cumsum(change.long(), 1) - 1
+    dk = torch.nn.functional.normalize(r(B, T, H, Dk), dim=-1)
+    dv = torch.nn.functional.normalize(r(B, T, H, Dv), dim=-1)
+    k = torch.gather(dk, 1, idx[..., None].expand(B, T, H, Dk)) + jitter * r(B, T, H, Dk) / Dk**0.5
+    v = torch.gather(dv, 1, idx[..., None].expand(B, T, H, Dv)) + jitter * r(B, T, H, Dv) / Dv**0.5
+    q = torch.nn.functional.normalize(r(B, T, H, Dk), dim=-1)
+    g = torch.full((B, T, H), float(math.log(decay)), device=device)
+    if random_weights:
+        w = torch.rand(B, T, H, K, generator=gen, device=device)
+    else:
+        w = (0.7 ** torch.arange(K, device=device, dtype=torch.float32)).expand(B, T, H, K).contiguous()
+    return q.to(dtype), k.to(dtype), v.to(dtype), g, w
+
+
+def log(msg, fh=None):
+    print(msg, flush=True)
+    if fh is not None:
+        fh.write(msg + "\n")
+        fh.flush()
+
+
+def bench_ms(fn, rep=100):
+    import triton
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Correctness
+# ---------------------------------------------------------------------------------------------------
+
+
+def compare(o, cache, trace, ref, tau, *, o_idx=None):
+    """Errors of a fast result against a float64 reference (o may be subsampled at token indices o_idx)."""
+    o_r, c_r, tr_r = ref
+    starts = trace[1].cpu().numpy()
+    same = starts == tr_r["starts"]
+    first_bad = None
+    if not same.all():
+        bad = np.argwhere(~same)
+        first_bad = bad[np.argmin(bad[:, 1])].tolist()
+    margin = np.abs(tr_r["scores"] - tau)
+    res = dict(
+        decisions_equal=bool(same.all()), n_decision_diff=int((~same).sum()), first_diff=first_bad,
+        margin_at_first_diff=float(margin[tuple(first_bad)]) if first_bad else None,
+        boundary_rate=float(tr_r["starts"].mean()),
+    )
+    if first_bad is None:
+        ot = o.float().cpu().numpy()
+        if o_idx is not None:
+            ot = ot[:, o_idx]
+        res.update(
+            score_max_abs_err=float(np.abs(trace[0].cpu().numpy() - tr_r["scores"]).max()),
+            merged_equal=bool((trace[2].cpu().numpy() == tr_r["merged"]).all()),
+            o_rel_err=float(np.linalg.norm(ot - o_r) / np.linalg.norm(o_r)),
+            counts_equal=bool((cache[1].cpu().numpy() == c_r["counts"]).all()),
+            size_equal=bool((cache[3].cpu().numpy() == c_r["size"]).all()),
+            info_max_abs_err=float(np.abs(cache[2].cpu().numpy() - c_r["info"]).max()),
+            states_rel_err=float(np.linalg.norm(cache[0].cpu().numpy() - c_r["states"]) / np.linalg.norm(c_r["states"])),
+        )
+    return res
+
+
+def _ref(q, k, v, g, w, tau, **kw):
+    o, c, tr = dla_ref.forward(*(x.double().cpu().numpy() for x in (q, k, v, g, w)), tau=tau, **kw)
+    return o, dict(states=c.states, counts=c.counts, info=c.info, size=c.size), dict(scores=tr.scores, starts=tr.starts, merged=tr.merged)
+
+
+def correctness(fh):
+    from dla_fast.triton_forward import forward_scalar_decay_triton as fwd
+    from dla_fast.triton_step import step_triton
+
+    out = {}
+    for name, wl in [("moderate", WORKLOADS["moderate"]), ("dense", WORKLOADS["dense"])]:
+        for dt in (torch.float32, torch.bfloat16):
+            for D in ((64,) if SMOKE else (64, 128)):
+                q, k, v, g, w = workload(1, 100 if SMOKE else 300, 2, D, D, 8, **wl, seed=1, dtype=dt, random_weights=True)
+                ref = _ref(q, k, v, g, w, TAU)
+                o, cache, tr = fwd(q, k, v, g, w, tau=TAU)
+                key = f"fwd_{name}_{str(dt)[6:]}_D{D}"
+                out[key] = compare(o, cache, tr, ref, TAU)
+                log(f"{key}: {out[key]}", fh)
+        # streaming: two calls
+        q, k, v, g, w = workload(1, 300, 2, 64, 64, 8, **wl, seed=2, dtype=torch.float32, random_weights=True)
+        ref = _ref(q, k, v, g, w, TAU)
+        o1, c1, t1 = fwd(*(x[:, :130] for x in (q, k, v, g, w)), tau=TAU)
+        o2, c2, t2 = fwd(*(x[:, 130:] for x in (q, k, v, g, w)), tau=TAU, states=c1[0], counts=c1[1], info=c1[2], size=c1[3])
+        out[f"stream_{name}"] = compare(torch.cat([o1, o2], 1), c2, tuple(torch.cat([a, b], 1) for a, b in zip(t1, t2)), ref, TAU)
+        log(f"stream_{name}: {out[f'stream_{name}']}", fh)
+    # decode step after a prefix, fp32 and bf16, K = 8 and a full cache
+    for dt in (torch.float32, torch.bfloat16):
+        q, k, v, g, w = workload(2, 201, 3, 64, 64, 8, **WORKLOADS["dense"], seed=3, dtype=dt, random_weights=True)
+        ref_prefix = dla_ref.forward(*(x[:, :200].double().cpu().numpy() for x in (q, k, v, g, w)), tau=TAU)
+        c = ref_prefix[1]
+        o_r, c_r, tr_r = dla_ref.forward(*(x[:, 200:].double().cpu().numpy() for x in (q, k, v, g, w)), tau=TAU, initial_cache=c)
+        tens = lambda a, t=torch.float32: torch.tensor(a, device=DEV, dtype=t)  # noqa: E731
+        o, cn, tr = step_triton(*(x[:, 200] for x in (q, k, v, g, w)), tau=TAU, states=tens(c.states),
+                                counts=tens(c.counts, torch.int64), info=tens(c.info), size=tens(c.size, torch.int64))
+        res = dict(
+            decisions_equal=bool((tr[1].cpu().numpy() == tr_r.starts[:, 0]).all()),
+            merged_equal=bool((tr[2].cpu().numpy() == tr_r.merged[:, 0]).all()),
+            score_max_abs_err=float(np.abs(tr[0].cpu().numpy() - tr_r.scores[:, 0]).max()),
+            o_rel_err=float(np.linalg.norm(o.float().cpu().numpy() - o_r[:, 0]) / np.linalg.norm(o_r[:, 0])),
+            states_rel_err=float(np.linalg.norm(cn[0].cpu().numpy() - c_r.states) / np.linalg.norm(c_r.states)),
+            counts_equal=bool((cn[1].cpu().numpy() == c_r.counts).all()),
+            n_merges=int((tr_r.merged[:, 0] >= 0).sum()),
+        )
+        out[f"step_{str(dt)[6:]}"] = res
+        log(f"step_{str(dt)[6:]}: {res}", fh)
+    # T = 65,536 against precomputed references
+    refdir = os.path.join(ROOT, ".gpuref")
+    for dname in ("float32", "bfloat16"):
+        path = os.path.join(refdir, f"ref_T65536_{dname}.npz")
+        if not os.path.exists(path) or SMOKE:
+            log(f"big_{dname}: no reference at {path}", fh)
+            continue
+        z = np.load(path)
+        meta = json.loads(str(z["meta"]))
+        dt = getattr(torch, dname)
+        q, k, v, g, w = workload(*meta["shape"], **meta["workload"], device="cpu", seed=meta["seed"], dtype=dt, random_weights=True)
+        checksum = [float(x.double().sum()) for x in (q, k, v, g, w)]
+        q, k, v, g, w = (x.to(DEV) for x in (q, k, v, g, w))
+        o, cache, tr = fwd(q, k, v, g, w, tau=TAU)
+        ref = (z["o_sub"], dict(states=z["states"], counts=z["counts"], info=z["info"], size=z["size"]),
+               dict(scores=z["scores"], starts=z["starts"], merged=z["merged"]))
+        res = compare(o, cache, tr, ref, TAU, o_idx=z["o_idx"])
+        res["shape"] = meta["shape"]
+        res["inputs_match_reference"] = bool(np.allclose(checksum, meta["checksum"], rtol=1e-9))
+        out[f"big_{dname}"] = res
+        log(f"big_{dname}: {res}", fh)
+    # determinism
+    q, k, v, g, w = workload(*((1, 130, 2) if SMOKE else (2, 16384, 16)), 64, 64, K_SLOTS, **WORKLOADS["moderate"], seed=5)
+    a = fwd(q, k, v, g, w, tau=TAU)
+    b = fwd(q, k, v, g, w, tau=TAU)
+    det = torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1])) and all(
+        torch.equal(x, y) for x, y in zip(a[2], b[2]))
+    out["bitwise_deterministic"] = bool(det)
+    log(f"bitwise_deterministic (2,16384,16,64,64 moderate bf16): {det}", fh)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timings
+# ---------------------------------------------------------------------------------------------------
+
+
+def ceilings(fh):
+    n = 1 << 28  # 1 GiB of fp32
+    x = torch.empty(n, device="cuda")
+    x.normal_()
+    y = torch.empty_like(x)
+    ms = bench_ms(lambda: y.copy_(x))
+    bw = 2 * n * 4 / (ms * 1e-3)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms2 = bench_ms(lambda: a @ b)
+    fl = 2 * 8192**3 / (ms2 * 1e-3)
+    del x, y, a, b
+    torch.cuda.empty_cache()
+    log(f"copy bandwidth {bw / 1e12:.3f} TB/s, bf16 matmul {fl / 1e12:.1f} TFLOP/s", fh)
+    return bw, fl
+
+
+def counts_forward(B, T, H, Dk, Dv, K, mean_live, C=64):
+    """Counted FLOPs and bytes of the Triton forward (docs/triton.md)."""
+    NC = math.ceil(T / C)
+    BH = B * H
+    olds = max(mean_live - 1, 0)
+    per_chunk = (
+        2 * C * C * (Dk + Dv) + 4 * C**3  # table: Gram + two C^3 table matmuls
+        + 4 * C * Dk * Dv  # carry: k^T P v and the masked update
+        + 2 * C * Dk * Dv  # prefix states
+        + 2 * C * C * (Dk + Dv) + 2 * C * Dk * Dv  # output: intra-chunk attention + q^T H(c0-1)
+        + olds * (2 * C * Dk * Dv + 2 * C * C * (Dk + Dv))  # output: each live old start
+    )
+    flops = BH * NC * per_chunk
+    el = 2  # bf16 inputs
+    io_min = B * T * H * ((2 * Dk + Dv) * el + 4 + 4 * K + Dv * el)  # q, k, v, g, lambda in; o out
+    traffic = io_min + BH * NC * (
+        (Dk + Dv) * el * 3  # k, v re-read by carry, prefix-state and output kernels
+        + C * C * 4 + C * 4 * 8  # score table, orbit masks and per-token columns
+        + Dk * Dv * 4 * (1 + 1 + olds)  # prefix states written, read for the chunk and per old start
+        + olds * C * (Dk + Dv) * el  # the old starts' chunk tiles (mostly L2 hits)
+    )
+    return flops, io_min, traffic
+
+
+def time_forward(cfg, fh, bw, fl, quick=False):
+    from dla_fast.triton_forward import forward_scalar_decay_triton as fwd
+
+    B, T, H, Dk, Dv = cfg
+    rows = {}
+    base = None
+    for wname, wl in WORKLOADS.items():
+        q, k, v, g, w = workload(B, T, H, Dk, Dv, K_SLOTS, **wl, seed=11)
+        prof = {}
+        torch.cuda.synchronize()
+        o, cache, tr = fwd(q, k, v, g, w, tau=TAU, profile=prof)
+        rate = float(tr[1].float().mean())
+        del o, cache, tr
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        m0 = torch.cuda.memory_allocated()
+        fwd(q, k, v, g, w, tau=TAU)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - m0
+        ms = bench_ms(lambda: fwd(q, k, v, g, w, tau=TAU), rep=50 if quick else 100)
+        flops, io_min, traffic = counts_forward(B, T, H, Dk, Dv, K_SLOTS, prof.get("mean_live_at_chunk_start", K_SLOTS))
+        floor_ms = max(flops / fl, io_min / bw) * 1e3
+        rows[wname] = dict(
+            ms=ms, boundary_rate=rate, peak_mem_gib=peak / 2**30, stages_ms={kk: vv for kk, vv in prof.items() if kk.endswith("_ms")},
+            mean_live=prof.get("mean_live_at_chunk_start"), flops=flops, io_min_bytes=io_min, traffic_bytes=traffic,
+            tflops=flops / ms * 1e-9, floor_ms=floor_ms, roofline_fraction=floor_ms / ms,
+        )
+        log(f"{cfg} {wname}: {ms:.3f} ms rate {rate:.4f} peak {peak / 2**30:.2f} GiB stages {rows[wname]['stages_ms']} "
+            f"{rows[wname]['tflops']:.1f} TFLOP/s floor {floor_ms:.3f} ms", fh)
+        if wname == "moderate":
+            base = (q, k, v, g)
+        else:
+            del q, k, v, g, w
+    q, k, v, g = base
+    res = dict(dla=rows)
+    try:
+        from fla.ops.simple_gla import chunk_simple_gla
+
+        res["simple_gla_ms"] = bench_ms(lambda: chunk_simple_gla(q, k, v, g, scale=1.0))
+    except Exception as e:  # noqa: BLE001
+        res["simple_gla_error"] = repr(e)[:300]
+    try:
+        from fla.ops.log_linear_attn import chunk_log_linear_attn
+
+        L = math.ceil(math.log2(T)) + 1
+        ls = torch.rand(B, T, H, L, device="cuda", dtype=q.dtype)
+        res["log_linear_ms"] = bench_ms(lambda: chunk_log_linear_attn(q, k, v, g, ls, scale=1.0))
+        res["log_linear_levels"] = L
+    except Exception as e:  # noqa: BLE001
+        res["log_linear_error"] = repr(e)[:300]
+    qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+    res["sdpa_ms"] = bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True))
+    log(f"{cfg} baselines: { {kk: vv for kk, vv in res.items() if kk != 'dla'} }", fh)
+    return res
+
+
+def time_step(fh, bw):
+    from dla_fast.triton_step import step_triton
+
+    out = {}
+    for B in (1, 64):
+        for D in (64, 128):
+            H, K = 16, K_SLOTS
+            st = torch.randn(B, H, K, D, D, device="cuda")
+            cn = torch.randint(1, 50, (B, H, K), device="cuda")
+            inf = torch.rand(B, H, K, device="cuda") * cn
+            sz = torch.full((B, H), K, device="cuda", dtype=torch.long)
+            q, k, v = (torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+            g = torch.full((B, H), -0.1, device="cuda")
+            w = torch.rand(B, H, K, device="cuda")
+            fn = lambda: step_triton(q, k, v, g, w, tau=TAU, states=st, counts=cn, info=inf, size=sz)  # noqa: E731
+            fn()
+            ms = bench_ms(fn)
+            nbytes = 2 * B * H * K * D * D * 4
+            out[f"B{B}_D{D}"] = dict(ms=ms, bytes=nbytes, bandwidth=nbytes / (ms * 1e-3), fraction_of_copy=nbytes / (ms * 1e-3) / bw)
+            log(f"step B={B} D={D}: {ms * 1e3:.1f} us, {nbytes / (ms * 1e-3) / 1e12:.3f} TB/s = {nbytes / (ms * 1e-3) / bw:.2f} of copy", fh)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip-correctness", action="store_true")
+    ap.add_argument("--configs", default="all")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    if args.smoke:
+        global SMOKE
+        SMOKE = True
+        fh = open(os.path.join(args.out, "gpu_bench_smoke.log"), "w")
+        res = dict(card="cpu-interpreter", date="-", copy_bandwidth=1e12, bf16_matmul_flops=1e15, correctness=correctness(fh))
+        res["forward"] = {"(1, 64, 1, 16, 16)": dict(simple_gla_ms=1.0, log_linear_ms=2.0, sdpa_ms=3.0, dla={"x": dict(
+            ms=1.0, boundary_rate=0.1, roofline_fraction=counts_forward(1, 64, 1, 16, 16, 30, 20.0)[0] / 1e15)})}
+        res["step"] = {"B1_D64": dict(ms=0.01, bandwidth=1e12, fraction_of_copy=1.0)}
+        log(table(res), fh)
+        return
+    os.makedirs(args.out, exist_ok=True)
+    fh = open(os.path.join(args.out, "gpu_bench.log"), "w")
+    import triton
+
+    card = torch.cuda.get_device_name()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    res = dict(card=card, date=date, torch=torch.__version__, triton=triton.__version__, K=K_SLOTS, tau=TAU,
+               workloads=WORKLOADS)
+    try:
+        import fla
+
+        res["fla"] = fla.__version__
+    except Exception:  # noqa: BLE001
+        res["fla"] = None
+    log(f"{card} torch {torch.__version__} triton {triton.__version__} fla {res['fla']}", fh)
+    bw, fl = ceilings(fh)
+    res.update(copy_bandwidth=bw, bf16_matmul_flops=fl)
+    t0 = time.time()
+    if not args.skip_correctness:
+        try:
+            res["correctness"] = correctness(fh)
+        except Exception:  # noqa: BLE001
+            res["correctness_error"] = traceback.format_exc()
+            log(res["correctness_error"], fh)
+    log(f"correctness took {time.time() - t0:.0f} s", fh)
+    cfgs = CONFIGS if args.configs == "all" else [CONFIGS[int(i)] for i in args.configs.split(",")]
+    res["forward"] = {}
+    for cfg in cfgs:
+        try:
+            res["forward"][str(cfg)] = time_forward(cfg, fh, bw, fl, args.quick)
+        except Exception:  # noqa: BLE001
+            res["forward"][str(cfg)] = dict(error=traceback.format_exc())
+            log(res["forward"][str(cfg)]["error"], fh)
+        torch.cuda.empty_cache()
+    try:
+        res["step"] = time_step(fh, bw)
+    except Exception:  # noqa: BLE001
+        res["step_error"] = traceback.format_exc()
+        log(res["step_error"], fh)
+    tag = card.replace(" ", "_").replace("/", "_")
+    with open(os.path.join(args.out, f"gpu_bench_{tag}_{date}.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    log(table(res), fh)
+
+
+def table(res):
+    lines = [f"== {res['card']} {res['date']}: copy {res['copy_bandwidth'] / 1e12:.2f} TB/s, "
+             f"bf16 {res['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s; times ms (median)"]
+    lines.append("config | workload rate | dla | simple_gla | log_lin | sdpa | loglin/dla | dla/sgla | sdpa/dla | roofline")
+    for cfg, r in res.get("forward", {}).items():
+        if "dla" not in r:
+            lines.append(f"{cfg} | ERROR")
+            continue
+        sg, ll, sd = r.get("simple_gla_ms", float("nan")), r.get("log_linear_ms", float("nan")), r["sdpa_ms"]
+        for wn, d in r["dla"].items():
+            lines.append(f"{cfg} | {wn} {d['boundary_rate']:.3f} | {d['ms']:.3f} | {sg:.3f} | {ll:.3f} | {sd:.3f} | "
+                         f"{ll / d['ms']:.2f}x | {d['ms'] / sg:.2f}x | {sd / d['ms']:.2f}x | {d['roofline_fraction']:.3f}")
+    for kk, d in res.get("step", {}).items():
+        lines.append(f"step {kk} | {d['ms'] * 1e3:.1f} us | {d['bandwidth'] / 1e12:.3f} TB/s | {d['fraction_of_copy']:.2f} of copy")
+    c = res.get("correctness", {})
+    ok = [kk for kk, vv in c.items() if isinstance(vv, dict) and vv.get("decisions_equal")]
+    bad = [kk for kk, vv in c.items() if isinstance(vv, dict) and not vv.get("decisions_equal")]
+    lines.append(f"correctness: decisions equal in {len(ok)} checks, differ in {bad}; deterministic {c.get('bitwise_deterministic')}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
