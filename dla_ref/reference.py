@@ -197,7 +197,7 @@ def forward(
         ``(o, cache, trace)``: ``o`` ``[B, T, H, Dv]`` float64, the final :class:`Cache`, and the
         :class:`Trace` (scores, starts, merged) of every token.
     """
-    q, k, v, g, slot_weights, beta, boundaries, dims = _validated(
+    q, k, v, g, slot_weights, beta, boundaries, tau, dims = _validated(
         q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps
     )
     B, T, H, Dk, Dv, K = dims.B, dims.T, dims.H, dims.Dk, dims.Dv, dims.K
@@ -261,9 +261,9 @@ def _validated(q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps):
     beta = None if beta is None else as64(beta)
     boundaries = None if boundaries is None else np.asarray(boundaries)
     dims = check_shapes(q, k, v, g, slot_weights, beta, boundaries, is_bool=lambda x: x.dtype == np.bool_)
-    check_scalars(tau, eps, norm_eps)
+    tau = check_scalars(tau, eps, norm_eps)  # a Python float: the decision is taken in float64
     raise_first(value_checks(q, k, v, g, slot_weights, beta, isfinite=np.isfinite))
-    return q, k, v, g, slot_weights, beta, boundaries, dims
+    return q, k, v, g, slot_weights, beta, boundaries, tau, dims
 
 
 def _validated_cache(cache: Cache, dims: Dims) -> Cache:

@@ -9,6 +9,7 @@ single device synchronisation; :func:`raise_first` evaluates them for NumPy.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -58,8 +59,14 @@ def check_shapes(q, k, v, g, slot_weights, beta=None, boundaries=None, *, is_boo
     return Dims(int(B), int(T), int(H), int(Dk), int(Dv), int(K))
 
 
-def check_scalars(tau: float, eps: float, norm_eps: float) -> None:
-    """tau may be any real or +-inf (not NaN); the guards must be positive and finite."""
+def check_scalars(tau: float, eps: float, norm_eps: float) -> float:
+    """tau may be any real or +-inf (not NaN); the guards must be positive and finite.
+
+    Returns tau as a Python float, so that the decision ``I_t >= tau`` is taken at the caller's
+    precision (a NumPy float32 tau would otherwise pull the comparison down to float32).
+    """
+    if isinstance(tau, (str, bytes)):
+        raise ValueError(f"tau: expected a real number, got {tau!r}")
     try:
         tau = float(tau)
     except (TypeError, ValueError):
@@ -67,8 +74,9 @@ def check_scalars(tau: float, eps: float, norm_eps: float) -> None:
     if math.isnan(tau):
         raise ValueError("tau: expected a real number or +-inf, got NaN")
     for name, value in (("eps", eps), ("norm_eps", norm_eps)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return tau
 
 
 def value_checks(q, k, v, g, slot_weights, beta, *, isfinite: Callable[[Any], Any]) -> list[tuple[Any, str]]:
@@ -105,6 +113,8 @@ def cache_value_checks(states, counts, info, size, K: int, *, isfinite, arange, 
     used = arange(K) < size[..., None]
     return [
         (((size < 0) | (size > K)).any(), f"{name}.size: expected values in [0, K={K}]"),
+        ((size % 1 != 0).any(), f"{name}.size: expected whole numbers"),
+        ((counts % 1 != 0).any(), f"{name}.counts: expected whole numbers"),
         ((used & (counts < 1)).any(), f"{name}.counts: expected counts >= 1 on the first `size` slots"),
         ((~used & (counts != 0)).any(), f"{name}.counts: expected zero counts on unused slots"),
         (~isfinite(states).all(), f"{name}.states: expected finite values"),
