@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import time
 from typing import Optional, Sequence
 
@@ -98,9 +100,10 @@ def describe_head(
     n_starts, n_changes = int(starts.sum()), int(changes.sum())
     lines = [
         f"head {h}  (decay a = {decay:.3f})",
-        f"  boundary rate: {n_starts} of {T} tokens open a slot ({100.0 * n_starts / max(T, 1):.1f}%); "
-        f"{int((starts & changes).sum())} of the {n_changes} regime changes open one; "
-        f"{int((starts & ~changes).sum())} boundaries fall inside a regime; {int((merged >= 0).sum())} merges",
+        f"  boundary rate: {n_starts} of {T} tokens open a slot ({100.0 * n_starts / max(T, 1):.1f}%), "
+        f"{int((merged >= 0).sum())} of them merging first",
+        f"  regime changes: {n_changes}, of which {int((starts & changes).sum())} open a slot; "
+        f"{int((starts & ~changes).sum())} slots open inside a regime",
         "  scores around each new slot (t-2, t-1, [t], t+1; R: t begins a regime):",
     ]
     entries = [format_scores_around(scores, int(t), bool(changes[t])) for t in np.flatnonzero(starts)]
@@ -119,17 +122,16 @@ def describe_head(
     lines.append(f"    new slot {marker_row(starts, width, '^')}")
     times = sorted({min(T - 1, round((r + 1) * T / rows) - 1) for r in range(rows)})
     for t in times:
-        lines.append(f"    t={t:5d}  {layout_row(history[t], t, T, width)}")
+        lines.append(f"    t={t:5d}  {layout_row(history[t], t, T, width)}".rstrip())
 
-    lines.append("  final cache (oldest first):  slot  tokens        n      Ibar  density")
+    lines.append("  final cache (oldest first):")
+    lines.append("    slot  tokens        n      Ibar  density")
     final_starts = history[-1] if T else []
     for i in range(size):
         first = final_starts[i] if i < len(final_starts) else None
         last = (final_starts[i + 1] - 1) if i + 1 < len(final_starts) else T - 1
         span = f"{first:4d}-{last:<4d}" if first is not None else "   (earlier)"
-        lines.append(
-            f"                               {i:4d}  {span}  {int(counts[i]):5d}  {info[i]:8.3f}  {info[i] / counts[i]:7.4f}"
-        )
+        lines.append(f"    {i:4d}  {span}  {int(counts[i]):5d}  {info[i]:8.3f}  {info[i] / counts[i]:7.4f}")
     return lines
 
 
@@ -167,19 +169,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     changes = regime_starts(regimes)
 
     print(
-        f"DLA reference (float64 NumPy) on a synthetic piecewise-stationary sequence: seed {args.seed}, "
+        f"DLA reference (float64 NumPy, scalar decay) on a synthetic piecewise-stationary sequence, seed {args.seed}:\n"
         f"T = {args.T}, H = {args.heads}, Dk = Dv = {args.dim}, K = {args.capacity}, tau = {args.tau}, "
-        f"mean regime length {args.regime_length:g}, jitter {args.jitter:g}; scalar-decay backbone; "
-        f"forward took {elapsed:.2f} s"
+        f"mean regime length {args.regime_length:g}, jitter {args.jitter:g}; forward took {elapsed:.2f} s"
     )
-    for h in range(args.heads):
-        print()
-        lines = describe_head(
-            h, float(decays[h]),
-            trace.scores[0, :, h], trace.starts[0, :, h], trace.merged[0, :, h], changes[0, :, h],
-            cache.counts[0, h], cache.info[0, h], int(cache.size[0, h]),
-        )  # fmt: skip
-        print("\n".join(lines))
+    try:
+        for h in range(args.heads):
+            print()
+            lines = describe_head(
+                h, float(decays[h]),
+                trace.scores[0, :, h], trace.starts[0, :, h], trace.merged[0, :, h], changes[0, :, h],
+                cache.counts[0, h], cache.info[0, h], int(cache.size[0, h]),
+            )  # fmt: skip
+            print("\n".join(lines))
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `dla-demo | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
