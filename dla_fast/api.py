@@ -137,13 +137,23 @@ def step(
     (q, k, v, g, slot_weights, beta), tau, dims, cache = validate_step(
         q, k, v, g, slot_weights, beta, tau, eps, norm_eps, cache
     )
-    B, H, Dk, Dv, K = dims.B, dims.H, dims.Dk, dims.Dv, dims.K
+    o, _, _, _ = _step(q, k, v, g, slot_weights, cache, tau=tau, beta=beta, eps=eps, norm_eps=norm_eps)
+    return o, cache
+
+
+def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps, norm_eps):
+    """``step`` after validation, also taking a ``boundary`` override ``[B, H]`` and returning the trace.
+
+    Returns ``(o [B, H, Dv] in q's dtype, score [B, H] float64, start [B, H] bool, merged [B, H] int64)``.
+    """
+    B, H, Dk = q.shape
+    K, Dv = cache.states.shape[2], cache.states.shape[4]
     cd = cache.states.dtype
     R = B * H
-    o, _, _, _ = recurrent_step_(
+    o, score, start, merged = recurrent_step_(
         cache.states.view(R, K, Dk, Dv), cache.counts.view(R, K), cache.info.view(R, K), cache.size.view(R),
         q.reshape(R, Dk).to(cd), k.reshape(R, Dk).to(cd), v.reshape(R, Dv).to(cd), g.reshape(R),
         slot_weights.reshape(R, K).to(cd), None if beta is None else beta.reshape(R),
-        tau=tau, eps=eps, norm_eps=norm_eps,
+        None if boundary is None else boundary.reshape(R), tau=tau, eps=eps, norm_eps=norm_eps,
     )
-    return o.view(B, H, Dv).to(q.dtype), cache
+    return o.view(B, H, Dv).to(q.dtype), score.view(B, H), start.view(B, H), merged.view(B, H)

@@ -15,7 +15,7 @@ import torch
 
 import dla_ref
 
-from .api import forward, step
+from .api import _step, forward
 from .cache import Cache, Trace
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -31,9 +31,8 @@ def _torch_dtype(dtype) -> torch.dtype:
 def numpy_adapter(dtype="float64", *, chunk_size: int = 64, via: str = "forward"):
     """An adapter with ``dla_ref.forward``'s signature running ``dla_fast`` with inputs in ``dtype``.
 
-    ``via="forward"`` runs one ``dla_fast.forward`` call; ``via="step"`` feeds the tokens one by one
-    through ``dla_fast.step`` (boundaries are then not supported: step has no override) and rebuilds
-    the trace from the caches (scores are not observable through ``step`` and come back as NaN).
+    ``via="forward"`` runs one ``dla_fast.forward`` call; ``via="step"`` feeds the tokens one at a time
+    through the decoding step (``dla_fast.step`` after its validation, with the override and the trace).
     """
     dt = _torch_dtype(dtype)
     state_dt = torch.float64 if dt == torch.float64 else torch.float32
@@ -51,38 +50,33 @@ def numpy_adapter(dtype="float64", *, chunk_size: int = 64, via: str = "forward"
                 initial_cache=cache, return_trace=True, chunk_size=chunk_size, eps=eps, norm_eps=norm_eps,
             )
             return o.to(torch.float64).numpy(), final.to_ref(), trace.to_ref()
-        if boundaries is not None:
-            raise ValueError("numpy_adapter(via='step'): step has no boundaries override")
-        return _stepwise(to_t(q), to_t(k), to_t(v), to_t(g), to_t(slot_weights), to_t(beta), cache, tau, eps,
-                         norm_eps, state_dt)
+        bnd = None if boundaries is None else torch.as_tensor(np.asarray(boundaries, dtype=bool))
+        return _stepwise(to_t(q), to_t(k), to_t(v), to_t(g), to_t(slot_weights), to_t(beta), bnd, cache, tau,
+                         eps, norm_eps, state_dt)
 
     adapter.__name__ = f"dla_fast_{via}_{str(dt).replace('torch.', '')}"
     return adapter
 
 
-def _stepwise(q, k, v, g, w, beta, cache, tau, eps, norm_eps, state_dt):
+def _stepwise(q, k, v, g, w, beta, boundaries, cache, tau, eps, norm_eps, state_dt):
     B, T, H, _ = q.shape
-    K = w.shape[-1]
     if cache is None:
-        cache = Cache.empty(B, H, K, q.shape[-1], v.shape[-1], dtype=state_dt)
-    outs, starts, merged = [], np.zeros((B, T, H), bool), np.full((B, T, H), -1, np.int64)
+        cache = Cache.empty(B, H, w.shape[-1], q.shape[-1], v.shape[-1], dtype=state_dt)
+    outs, trace = [], [[], [], []]
     for t in range(T):
-        before = cache.size.clone()
-        counts_before = cache.counts.clone()
-        o, cache = step(q[:, t], k[:, t], v[:, t], g[:, t], w[:, t], cache, tau=tau,
-                        beta=None if beta is None else beta[:, t], eps=eps, norm_eps=norm_eps)
+        o, *events = _step(q[:, t], k[:, t], v[:, t], g[:, t], w[:, t], cache, tau=tau,
+                           beta=None if beta is None else beta[:, t],
+                           boundary=None if boundaries is None else boundaries[:, t], eps=eps, norm_eps=norm_eps)
         outs.append(o.to(torch.float64))
-        # A token opened a slot iff the open slot now holds one token; it merged iff the cache was full.
-        opened = cache.counts.gather(-1, (cache.size - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1) == 1
-        full_merge = opened & (before == K)
-        starts[:, t] = opened.numpy()
-        if bool(full_merge.any()):
-            # the merged pair is the first slot whose count changed
-            changed = cache.counts[..., : K - 1] != counts_before[..., : K - 1]
-            first = changed.to(torch.int64).argmax(-1)
-            merged[:, t] = torch.where(full_merge, first, torch.full_like(first, -1)).numpy()
-    o = torch.stack(outs, 1).numpy() if T else np.zeros((B, 0, H, v.shape[-1]))
-    trace = dla_ref.Trace(scores=np.full((B, T, H), np.nan), starts=starts, merged=merged)
+        for acc, x in zip(trace, events):
+            acc.append(x)
+    if T == 0:
+        o = np.zeros((B, 0, H, v.shape[-1]))
+        trace = dla_ref.Trace(np.zeros((B, 0, H)), np.zeros((B, 0, H), bool), np.zeros((B, 0, H), np.int64))
+    else:
+        o = torch.stack(outs, 1).numpy()
+        scores, starts, merged = (torch.stack(x, 1).numpy() for x in trace)
+        trace = dla_ref.Trace(scores.astype(np.float64), starts, merged)
     return o, cache.to_ref(), trace
 
 
