@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from . import autograd as _autograd
 from ._validation import compute_dtype, validate_forward, validate_step
 from .cache import Cache, Trace
 from .chunked import forward_scalar_decay
@@ -28,6 +29,7 @@ def forward(
     chunk_size: int = 64,
     eps: float = 1e-6,
     norm_eps: float = 1e-6,
+    surrogate_temperature: Optional[float] = None,
 ):
     """Dynamic Linear Attention on torch tensors, with ``dla_ref.forward``'s semantics.
 
@@ -50,11 +52,25 @@ def forward(
         return_trace: return the :class:`Trace` (else None).
         chunk_size: tokens per chunk of the chunked algorithm (default 64; any positive integer).
         eps, norm_eps: the score's denominator guard and the RMS-norm guard (default 1e-6).
+        surrogate_temperature: None (default) or ``T > 0``: with a 0-d tensor ``tau`` requiring grad, ``tau``
+            receives the straight-through surrogate gradient through ``sigmoid((I_t - tau) / T)``
+            (docs/training.md); the outputs are unchanged.
+
+    Gradients (docs/training.md): when an input requires grad, ``o`` and the final cache's ``states`` are
+    differentiable w.r.t. q, k, v, g, slot_weights, beta and ``initial_cache.states``, with the boundary and
+    merge decisions of this call held fixed (explicit backward passes, ``dla_fast.autograd``).
 
     Returns:
         ``(o, cache, trace)``: ``o`` ``[B, T, H, Dv]`` in q's dtype; the final :class:`Cache` or None;
         the :class:`Trace` ``[B, T, H]`` or None.
     """
+    _autograd.check_temperature(surrogate_temperature)
+    if _autograd.needs_grad(q, k, v, g, slot_weights, beta, tau, getattr(initial_cache, "states", None)):
+        return _autograd.differentiable_forward(
+            forward, q, k, v, g, slot_weights, tau=tau, beta=beta, boundaries=boundaries,
+            initial_cache=initial_cache, output_final_cache=output_final_cache, return_trace=return_trace,
+            chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, surrogate_temperature=surrogate_temperature,
+        )
     (q, k, v, g, slot_weights, beta, boundaries), tau, dims, cache = validate_forward(
         q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size
     )

@@ -560,6 +560,15 @@ def _sigmoid_slope(scores: torch.Tensor, tau: float, temperature: float) -> torc
     return h * (1.0 - h) / temperature
 
 
+def check_temperature(surrogate_temperature) -> None:
+    """``surrogate_temperature`` must be None (off) or a positive finite number."""
+    if surrogate_temperature is not None:
+        if not (isinstance(surrogate_temperature, (int, float)) and not isinstance(surrogate_temperature, bool)
+                and math.isfinite(surrogate_temperature) and surrogate_temperature > 0):
+            raise ValueError(f"surrogate_temperature: expected a positive finite number or None, "
+                             f"got {surrogate_temperature!r}")
+
+
 def needs_grad(*tensors) -> bool:
     """Whether ``forward`` must build a differentiable result."""
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
@@ -575,11 +584,7 @@ def differentiable_forward(forward: Callable, q, k, v, g, slot_weights, *, tau=0
     rule), ``initial_cache.states`` (a torch cache) and, with ``surrogate_temperature``, ``tau`` (a 0-d
     tensor). The cache's counts, info and size and the trace are not differentiable.
     """
-    if surrogate_temperature is not None:
-        if not (isinstance(surrogate_temperature, (int, float)) and not isinstance(surrogate_temperature, bool)
-                and math.isfinite(surrogate_temperature) and surrogate_temperature > 0):
-            raise ValueError(f"surrogate_temperature: expected a positive finite number or None, "
-                             f"got {surrogate_temperature!r}")
+    check_temperature(surrogate_temperature)
     tau_t = tau if isinstance(tau, torch.Tensor) else None
     tau_value = float(tau.detach()) if tau_t is not None else tau
     with torch.no_grad():
