@@ -92,8 +92,8 @@ class Policy:
 
     Per token t (quantities of the reference run on the rounded inputs, see :func:`analyse`):
 
-    - score:   ``c_score * u * n_t * kappa_t * E_t  +  c_cancel * min(sqrt(u) * E_t, u * E_t^2 / I_t)``
-      ``+ c_abs * u`` where ``E_t`` is the size of the two terms whose difference is ``N(P') - N(P)``
+    - score:   ``c_score * g_t * E_t  +  c_cancel * min(sqrt(g_t) * E_t, g_t * E_t^2 / I_t)  +  c_abs * u``
+      with ``g_t = u * n_t * kappa_t``, where ``E_t`` is the size of the two terms whose difference is ``N(P') - N(P)``
       (in units of ``I``: ``E_t >= I_t``), ``kappa_t = ||P||_abs / ||P||`` the cancellation in the open
       state, ``n_t = `` open-slot length + Dk + Dv (the longest sum behind each scalar).
     - density of a pair: the mean of its tokens' score tolerances, plus ``c_sum * u * n * density``.
@@ -122,10 +122,10 @@ class Policy:
         return cls(u=arith if u is None else u, u_in=u_in)
 
     def score_tol(self, a: "Analysis") -> np.ndarray:
-        u = self.u
         E, I = a.E, a.I
-        cancel = np.minimum(math.sqrt(u) * E, np.divide(u * E * E, I, out=np.full_like(E, np.inf), where=I > 0))
-        return self.c_score * u * a.n * a.kappa * E + self.c_cancel * cancel + self.c_abs * u
+        un = self.u * a.n * a.kappa  # relative error of the scalars behind the score (n-term sums)
+        cancel = np.minimum(np.sqrt(un) * E, np.divide(un * E * E, I, out=np.full_like(E, np.inf), where=I > 0))
+        return self.c_score * un * E + self.c_cancel * cancel + self.c_abs * self.u
 
     def output_tol(self, a: "Analysis") -> np.ndarray:
         return (self.c_out * self.u * a.seen + self.c_in * self.u_in) * a.o_bound + 1e-300
@@ -400,36 +400,36 @@ def check_equivalent(fast_forward: Callable, case, *, dtype="float64", policy: O
         return _finish(report, raise_on_failure)
 
     def first_events(run_trace, run):
-        """Per (b, h): the first token where decisions or merges differ; record the divergence."""
-        firsts = {}
+        """Per (b, h): the first decision flip and the first merge flip before it, each recorded with the
+        margin that may explain it. Returns ``(limits, score_limits)``: the first token not compared for
+        outputs and cache (either flip), and for scores (the decision flip; merges never move scores)."""
+        limits, score_limits = {}, {}
         for b in range(B):
             for h in range(H):
                 ds = np.flatnonzero(np.asarray(run_trace.starts[b, :, h]) != t_r.starts[b, :, h])
                 ms = np.flatnonzero(np.asarray(run_trace.merged[b, :, h]) != t_r.merged[b, :, h])
                 td = int(ds[0]) if ds.size else T
                 tm = int(ms[0]) if ms.size else T
-                if td == T and tm == T:
-                    continue
-                if td <= tm:
-                    t = td
-                    margin = abs(t_r.scores[b, t, h] - tau) if math.isfinite(tau) else math.inf
-                    bound = float(stol[b, t, h])
-                    forced = inputs["boundaries"] is not None or (t == 0 and _empty(inputs, b, h))
-                    explained = margin <= bound and not forced
-                    report.divergences.append(Divergence("decision", b, t, h, bool(t_r.starts[b, t, h]),
-                                                         bool(run_trace.starts[b, t, h]), margin, bound, explained, run))
-                else:
-                    t = tm
-                    i, j = int(t_r.merged[b, t, h]), int(run_trace.merged[b, t, h])
-                    gap, bound = density_bound(b, h, t, i, j)
+                if tm < td:
+                    i, j = int(t_r.merged[b, tm, h]), int(run_trace.merged[b, tm, h])
+                    gap, bound = density_bound(b, h, tm, i, j)
                     explained = i >= 0 and j >= 0 and gap <= bound
-                    report.divergences.append(Divergence("merge", b, t, h, i, j, gap, bound, explained, run))
-                firsts[(b, h)] = t
-        return firsts
+                    report.divergences.append(Divergence("merge", b, tm, h, i, j, gap, bound, explained, run))
+                if td < T:
+                    margin = abs(t_r.scores[b, td, h] - tau) if math.isfinite(tau) else math.inf
+                    bound = float(stol[b, td, h])
+                    forced = inputs["boundaries"] is not None or run == "forced" or (td == 0 and _empty(inputs, b, h))
+                    explained = margin <= bound and not forced
+                    report.divergences.append(Divergence("decision", b, td, h, bool(t_r.starts[b, td, h]),
+                                                         bool(run_trace.starts[b, td, h]), margin, bound, explained, run))
+                    score_limits[(b, h)] = td
+                if min(td, tm) < T:
+                    limits[(b, h)] = min(td, tm)
+        return limits, score_limits
 
     # 1. The free run: everything before the first divergence of each (b, h) must agree.
-    firsts = first_events(fast[2], "free")
-    _compare(report, policy, an, stol, fast, o_r, c_r, t_r, limit=firsts, run="free", compare_cache=not firsts)
+    limits, score_limits = first_events(fast[2], "free")
+    _compare(report, policy, an, stol, fast, o_r, c_r, t_r, limits, score_limits, run="free")
     unexplained = [d for d in report.divergences if not d.explained]
     for d in unexplained:
         report.fail(str(d))
@@ -441,15 +441,12 @@ def check_equivalent(fast_forward: Callable, case, *, dtype="float64", policy: O
         forced = _call(fast_forward, inputs, boundaries=np.asarray(t_r.starts).copy())
         if _shapes_ok(report, forced, o_r, c_r, t_r):
             n_before = len(report.divergences)
-            firsts = first_events(forced[2], "forced")
+            limits, score_limits = first_events(forced[2], "forced")
             for d in report.divergences[n_before:]:
-                if d.kind == "decision":
-                    d.explained = False  # forced decisions must be followed exactly
                 if not d.explained:
                     report.fail(str(d))
-            _compare(report, policy, an, stol, forced, o_r, c_r, t_r, limit=firsts, run="forced",
-                     compare_cache=True)
-    report.truncated = dict(firsts)  # merge flips (of the forced run, if any): structures part there
+            _compare(report, policy, an, stol, forced, o_r, c_r, t_r, limits, score_limits, run="forced")
+    report.truncated = dict(limits)  # where the structures part (after the forced rerun, if any)
     return _finish(report, raise_on_failure)
 
 
@@ -476,17 +473,17 @@ def _shapes_ok(report, run, o_r, c_r, t_r) -> bool:
     return not problems
 
 
-def _compare(report, policy, an, stol, result, o_r, c_r, t_r, *, limit: dict, run: str, compare_cache: bool):
-    """Scores everywhere up to a decision flip; outputs up to any flip; the cache where nothing flipped."""
+def _compare(report, policy, an, stol, result, o_r, c_r, t_r, limits: dict, score_limits: dict, *, run: str):
+    """Scores up to (and at) a decision flip; outputs up to any flip; the final cache of every (b, h)
+    without a flip."""
     o, cache, trace = result
     B, T, H = t_r.scores.shape
     valid = np.ones((B, T, H), dtype=bool)  # outputs compared
     score_valid = np.ones((B, T, H), dtype=bool)
-    for (b, h), t in limit.items():
+    for (b, h), t in limits.items():
         valid[b, t:, h] = False
-        kinds = [d.kind for d in report.divergences if (d.b, d.h, d.t, d.run) == (b, h, t, run)]
-        if "decision" in kinds:
-            score_valid[b, t + 1:, h] = False  # the score at the flip itself is still the same quantity
+    for (b, h), t in score_limits.items():
+        score_valid[b, t + 1:, h] = False  # the score at the flip itself is still the same quantity
     scores = np.asarray(trace.scores, dtype=np.float64)
     err = np.abs(scores - t_r.scores)
     ratio = np.where(score_valid, err / stol, 0.0)
@@ -505,14 +502,12 @@ def _compare(report, policy, an, stol, result, o_r, c_r, t_r, *, limit: dict, ru
         report.fail(f"output at (b={b}, t={t}, h={h}) [{run} run]: ||o_fast - o_ref|| = {oerr[b, t, h]:.3e} > "
                     f"tolerance {otol[b, t, h]:.3e} (reference o = {o_r[b, t, h].tolist()}, fast {o[b, t, h].tolist()}; "
                     f"{int((ratio > 1).sum())} outputs out of tolerance)")
-    if not compare_cache:
-        return
     K = c_r.counts.shape[-1]
     Dk = c_r.states.shape[-2]
     state_tol = policy.state_tol(an, T, Dk)
     for b in range(B):
         for h in range(H):
-            if (b, h) in limit:
+            if (b, h) in limits:
                 continue
             m = int(c_r.size[b, h])
             if int(np.asarray(cache.size)[b, h]) != m or list(np.asarray(cache.counts)[b, h]) != list(c_r.counts[b, h]):
@@ -567,16 +562,20 @@ def reference_adapter(q, k, v, g, slot_weights, **kwargs):
     return dla_ref.forward(q, k, v, g, slot_weights, **kwargs)
 
 
-def torch_adapter(torch_forward: Callable, dtype, device="cpu") -> Callable:
+def torch_adapter(torch_forward: Callable, dtype, device="cpu", *, cache_type=None, **extra) -> Callable:
     """An adapter for a torch fast path with the reference's signature, returning tensors.
 
     Inputs ``q, k, v, g, slot_weights, beta`` are converted to ``dtype`` on ``device`` (``boundaries`` to
-    bool, the initial cache's states/info to float32 and counts/size to int64); the outputs
-    ``(o, cache, trace)`` may hold tensors in any dtype: they come back as float64 / int64 / bool NumPy.
+    bool; the initial cache to ``cache_type`` -- default ``dla_ref.Cache`` -- holding float32 states/info,
+    or float64 when ``dtype`` is float64, and int64 counts/size); ``extra`` keywords are passed through
+    (e.g. ``return_trace=True, chunk_size=16`` for ``dla_fast.forward``). The outputs ``(o, cache,
+    trace)`` may hold tensors of any dtype: they come back as float64 / int64 / bool NumPy.
     """
     import torch
 
     tdtype = getattr(torch, dtype_name(dtype))
+    sdtype = torch.float64 if tdtype == torch.float64 else torch.float32
+    make_cache = cache_type or Cache
 
     def tensor(x, dt=tdtype):
         return None if x is None else torch.as_tensor(np.asarray(x)).to(device=device, dtype=dt)
@@ -591,11 +590,11 @@ def torch_adapter(torch_forward: Callable, dtype, device="cpu") -> Callable:
     def adapter(q, k, v, g, slot_weights, *, tau, beta=None, boundaries=None, initial_cache=None, eps, norm_eps):
         cache = None
         if initial_cache is not None:
-            cache = type(initial_cache)(tensor(initial_cache.states, torch.float32), tensor(initial_cache.counts, torch.int64),
-                                        tensor(initial_cache.info, torch.float32), tensor(initial_cache.size, torch.int64))
+            cache = make_cache(tensor(initial_cache.states, sdtype), tensor(initial_cache.counts, torch.int64),
+                               tensor(initial_cache.info, sdtype), tensor(initial_cache.size, torch.int64))
         o, c, t = torch_forward(tensor(q), tensor(k), tensor(v), tensor(g), tensor(slot_weights), tau=tau,
                                 beta=tensor(beta), boundaries=tensor(boundaries, torch.bool), initial_cache=cache,
-                                eps=eps, norm_eps=norm_eps)
+                                eps=eps, norm_eps=norm_eps, **extra)
         out_cache = Cache(numpy(c.states, np.float64), numpy(c.counts, np.int64), numpy(c.info, np.float64),
                           numpy(c.size, np.int64))
         out_trace = dla_ref.Trace(numpy(t.scores, np.float64), numpy(t.starts, np.bool_), numpy(t.merged, np.int64))

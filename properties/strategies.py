@@ -324,7 +324,7 @@ def specs(draw, **fixed) -> Spec:
     fixed = dict(fixed)
     max_T = fixed.pop("max_T", MAX_T)
     min_T = fixed.pop("min_T", 0)
-    T = draw(_pick(fixed, "T", st.one_of(st.integers(min_T, min(max_T, 3)), st.integers(min_T, max_T))))
+    T = draw(_pick(fixed, "T", st.one_of(st.integers(min_T, max(min_T, min(max_T, 3))), st.integers(min_T, max_T))))
     K = draw(_pick(fixed, "K", st.integers(2, max(2, min(T + 3, 10)))))
     tau_mode = draw(_pick(fixed, "tau_mode", st.sampled_from(TAU_MODES)))
     data = draw(_pick(fixed, "data", st.sampled_from(DATA)))

@@ -37,9 +37,26 @@ def test_output_reads_every_slot_in_recency_order(impl, case):
 
 @prop(cases(weights="ones"), examples=[DECAYED_SLOTS])
 def test_all_ones_weights_equal_the_single_state_backbone(impl, case):
-    """With lambda all ones, o is plain decayed linear attention / the gated delta rule, whatever tau, K."""
+    """With lambda all ones, o is plain decayed linear attention / the gated delta rule, whatever tau, K.
+
+    Both backbones are written out here, one state per (b, h), starting from the initial slots' sum."""
     o, _, _ = case.run(impl)
-    ind.assert_close(o, ind.single_state_outputs(case), ind.output_scale(case)[..., None], rtol=RTOL, atol=1e-300,
+    expected = np.zeros_like(o)
+    a = np.exp(case.g)
+    S = np.zeros((case.B, case.H, case.Dk, case.Dv))
+    if case.initial_cache is not None:
+        S = case.initial_cache.states.sum(2)
+    for t in range(case.T):
+        q, k, v = case.q[:, t], case.k[:, t], case.v[:, t]  # [B, H, D]
+        if case.beta is None:  # decayed linear attention: S_t = a_t S_{t-1} + k_t v_t^T
+            S = a[:, t, :, None, None] * S + k[..., :, None] * v[..., None, :]
+        else:  # gated delta rule: S_t = a_t (S_{t-1} - beta_t k_t (k_t^T S_{t-1})) + beta_t k_t v_t^T
+            beta = case.beta[:, t, :, None, None]
+            kS = np.einsum("bhd,bhde->bhe", k, S)
+            S = a[:, t, :, None, None] * (S - beta * k[..., :, None] * kS[..., None, :]) \
+                + beta * k[..., :, None] * v[..., None, :]
+        expected[:, t] = np.einsum("bhd,bhde->bhe", q, S)
+    ind.assert_close(o, expected, ind.output_scale(case)[..., None], rtol=RTOL, atol=1e-300,
                      what="o with lambda = 1 vs the single-state backbone")
 
 
