@@ -69,6 +69,35 @@ def _score(nP, x, ss, g, N, eps, norm_eps):
 
 
 @triton.jit
+def _split3(x):
+    """x (fp32) = hi + mid + lo, three bf16 parts (~24 significant bits): a bf16 operand times these
+    in three bf16 tensor-core dots is as accurate as an fp32 product, with fewer registers than tf32x3."""
+    hi = x.to(tl.bfloat16)
+    r = x - hi.to(tl.float32)
+    mid = r.to(tl.bfloat16)
+    lo = (r - mid.to(tl.float32)).to(tl.bfloat16)
+    return hi, mid, lo
+
+
+@triton.jit
+def _dot_split(a16, b32, PREC: tl.constexpr):
+    """a16 (bf16, exact) @ b32 (fp32) at fp32 accuracy by splitting b."""
+    hi, mid, lo = _split3(b32)
+    acc = tl.dot(a16, hi)
+    acc = tl.dot(a16, mid, acc)
+    return tl.dot(a16, lo, acc)
+
+
+@triton.jit
+def _dot_split_t(a32, b16, PREC: tl.constexpr):
+    """a32^T (fp32, split) @ b16 (bf16, exact) at fp32 accuracy."""
+    hi, mid, lo = _split3(a32)
+    acc = tl.dot(tl.trans(hi), b16)
+    acc = tl.dot(tl.trans(mid), b16, acc)
+    return tl.dot(tl.trans(lo), b16, acc)
+
+
+@triton.jit
 def _qdot(qc, qf, Hm, LOWP: tl.constexpr, PREC: tl.constexpr):
     """q^T H for a [C, Dk] query tile and an fp32 [Dk, BV] state: 16-bit operands for 16-bit inputs (as FLA
     does), else fp32 at PREC."""
@@ -129,11 +158,11 @@ def _dla_table_kernel(
     Dm = tl.where(lower, tl.exp(tl.minimum(Gm1[:, None] - Gc[None, :], 0.0)), 0.0)
     ge = tl.where(row >= col, 1.0, 0.0)  # ge[s, p] = [s >= p]
     # X[t, p] = sum_{s=p}^{t-1} exp(Gc[t-1] - Gc[s]) Gram[t, s]  (= <P(p, t), s_t>)
-    X = tl.dot(Dm * gram, ge, input_precision="ieee")
+    X = tl.dot(Dm * gram, ge, input_precision=PREC)
     a = tl.exp(g)
     # Y[u, p] = (2 a_u X[u, p] + ss_u) [u >= p];  nP[t, p] = sum_{u < t} exp(2(Gc[t-1] - Gc[u])) Y[u, p]
     Y = tl.where(row >= col, 2.0 * a[:, None] * X + ss[:, None], 0.0)
-    nPt = tl.dot(Dm * Dm, Y, input_precision="ieee")
+    nPt = tl.dot(Dm * Dm, Y, input_precision=PREC)
     N = (Dk * Dv).to(tl.float32)
     I = _score(nPt, X, ss[:, None], g[:, None], N, eps, norm_eps)
     I = tl.where(lower & valid[:, None], I, 0.0)
@@ -167,17 +196,24 @@ def _dla_table_kernel(
 
 
 @triton.jit
+def _decay_scan_combine(a1, b1, a2, b2):
+    """(a1, b1) then (a2, b2) for the recurrence z <- a z + b."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
 def _dla_carry_kernel(
     k_ptr, v_ptr, g_ptr, bnd_ptr,
     anc_ptr, x0_ptr, np0_ptr, ss_ptr,
     p_ptr, size_ptr, mask_ptr, cscore_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr,
-    OVERRIDE: tl.constexpr, PREC: tl.constexpr,
+    OVERRIDE: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Program (bh): walks the chunks. P (the open slot, fp32 [Dk, Dv]) stays in registers when Dv fits
     one block (NVB == 1), else lives in p_ptr (L2-resident) and is processed in Dv blocks of BV.
-    Per chunk: 2 C Dk Dv FLOPs for k^T P v, 2 C Dk Dv for the update, C^2 exps for the decayed prefix sum.
+    Per chunk: 2 C Dk Dv FLOPs for k^T P v, 2 C Dk Dv for the update, a C-long decayed scan.
+    The next chunk's inputs are loaded before this chunk's dependent chain (software prefetch).
     Writes the carry scores (the score of t against the carried slot, valid up to the first boundary)
     and the chunk's boundary mask; _dla_scores_kernel assembles the final scores in parallel."""
     bh = tl.program_id(0)
@@ -187,33 +223,47 @@ def _dla_carry_kernel(
     t_idx = tl.arange(0, C)
     kd = tl.arange(0, BK)
     vd = tl.arange(0, BV)
-    row = t_idx[:, None]
-    col = t_idx[None, :]
     N = (Dk * Dv).to(tl.float32)
     emp = (tl.load(size_ptr + bh) == 0).to(tl.int32)
     pbase = p_ptr + bh * Dk * Dv
     pm0 = (kd[:, None] < Dk) & (vd[None, :] < Dv)
     Preg = tl.load(pbase + kd[:, None] * Dv + vd[None, :], mask=pm0, other=0.0)
+    shift = tl.maximum(t_idx - 1, 0)
+    # chunk 0's inputs
+    tok = t_idx
+    valid = tok < T
+    kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=valid[:, None] & (kd[None, :] < Dk), other=0.0)
+    vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
+    g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
+    X0 = tl.load(x0_ptr + bh * NC * C + tok)
+    NP0 = tl.load(np0_ptr + bh * NC * C + tok)
+    ss = tl.load(ss_ptr + bh * NC * C + tok)
+    anc_row = tl.load(anc_ptr + bh * NC * C + tok)
     for c in range(NC):
         tok = c * C + t_idx
         valid = tok < T
-        kmask = valid[:, None] & (kd[None, :] < Dk)
-        kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
+        # prefetch chunk c + 1 (masked off past the end)
+        tokn = tok + C
+        validn = tokn < T
+        kn = tl.load(k_ptr + ((b * T + tokn) * H + h)[:, None] * Dk + kd[None, :], mask=validn[:, None] & (kd[None, :] < Dk), other=0.0)
+        vn = tl.load(v_ptr + ((b * T + tokn) * H + h)[:, None] * Dv + vd[None, :], mask=validn[:, None] & (vd[None, :] < Dv), other=0.0)
+        gn = tl.load(g_ptr + (b * T + tokn) * H + h, mask=validn, other=0.0)
+        inb = tokn < NC * C
+        X0n = tl.load(x0_ptr + bh * NC * C + tokn, mask=inb, other=0.0)
+        NP0n = tl.load(np0_ptr + bh * NC * C + tokn, mask=inb, other=0.0)
+        ssn = tl.load(ss_ptr + bh * NC * C + tokn, mask=inb, other=0.0)
+        ancn = tl.load(anc_ptr + bh * NC * C + tokn, mask=inb, other=0)
         kf = kc.to(tl.float32)
-        g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
-        X0 = tl.load(x0_ptr + bh * NC * C + tok)
-        NP0 = tl.load(np0_ptr + bh * NC * C + tok)
-        ss = tl.load(ss_ptr + bh * NC * C + tok)
-        if not OVERRIDE:
-            anc_row = tl.load(anc_ptr + (bh * NC + c) * C + t_idx)
         Gc = tl.cumsum(g, 0)
         Gm1 = Gc - g
         Glast = tl.sum(g, 0)
         # y_t = k_t^T P_c v_t and ||P_c||^2
         if NVB == 1:
-            vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
             vf = vc.to(tl.float32)
-            y = tl.sum(tl.dot(kf, Preg, input_precision=PREC) * vf, 1)
+            if SPLIT:
+                y = tl.sum(_dot_split(kc, Preg, PREC) * vf, 1)
+            else:
+                y = tl.sum(tl.dot(kf, Preg, input_precision=PREC) * vf, 1)
             nPc0 = tl.sum(tl.sum(Preg * Preg, 1), 0)
         else:
             y = tl.zeros([C], dtype=tl.float32)
@@ -225,8 +275,10 @@ def _dla_carry_kernel(
                 P = tl.load(pbase + kd[:, None] * Dv + vb * BV + vd[None, :], mask=pm, other=0.0)
                 y += tl.sum(tl.dot(kf, P, input_precision=PREC) * vcb.to(tl.float32), 1)
                 nPc0 += tl.sum(tl.sum(P * P, 1), 0)
-        Dm = tl.where(col < row, tl.exp(tl.minimum(Gm1[:, None] - Gc[None, :], 0.0)), 0.0)
-        z = tl.sum(Dm * y[None, :], 1)
+        # z_t = sum_{s<t} exp(Gc[t-1] - Gc[s]) y_s: the scan z <- a_{t-1} z + y_{t-1}
+        ysh = tl.where(t_idx > 0, tl.gather(y, shift, 0), 0.0)
+        ash = tl.where(t_idx > 0, tl.exp(tl.gather(g, shift, 0)), 1.0)
+        _, z = tl.associative_scan((ash, ysh), 0, _decay_scan_combine)
         eG = tl.exp(Gm1)
         nPc = eG * eG * nPc0 + 2.0 * eG * z + NP0
         xc = eG * y + X0
@@ -251,7 +303,10 @@ def _dla_carry_kernel(
         keep = tl.where(L >= 0, 0.0, tl.exp(Glast))
         kw = kf * w[:, None]
         if NVB == 1:
-            Preg = keep * Preg + tl.dot(tl.trans(kw), vf, input_precision=PREC)
+            if SPLIT:
+                Preg = keep * Preg + _dot_split_t(kw, vc, PREC)
+            else:
+                Preg = keep * Preg + tl.dot(tl.trans(kw), vf, input_precision=PREC)
         else:
             tl.debug_barrier()
             for vb in tl.static_range(NVB):
@@ -262,6 +317,7 @@ def _dla_carry_kernel(
                 Pn = keep * P + tl.dot(tl.trans(kw), vcb.to(tl.float32), input_precision=PREC)
                 tl.store(pbase + kd[:, None] * Dv + vb * BV + vd[None, :], Pn, mask=pm)
             tl.debug_barrier()
+        kc, vc, g, X0, NP0, ss, anc_row = kn, vn, gn.to(tl.float32), X0n, NP0n, ssn, ancn
     if NVB == 1:
         tl.store(pbase + kd[:, None] * Dv + vd[None, :], Preg, mask=pm0)
 
@@ -374,36 +430,61 @@ def _dla_merge_kernel(
 
 
 @triton.jit
-def _dla_hstate_kernel(
-    k_ptr, v_ptr, g_ptr, h0_ptr, hs_ptr,
+def _dla_chunkstate_kernel(
+    k_ptr, v_ptr, g_ptr, hs_ptr,
     T, H, Dk, Dv,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Program (bh, Dv block): hs[c] = H(c*C - 1), hs[NC] = H(T - 1). 2 C Dk BV FLOPs per chunk;
-    bytes per chunk: C (Dk + BV) inputs in, 4 Dk BV out (fp32)."""
-    bh = tl.program_id(0)
-    vb = tl.program_id(1)
+    """Program (chunk c, bh, Dv block): u_c = sum_{s in c} exp(Gc[last] - Gc[s]) k_s v_s^T, written to
+    hs[c + 1] (the scan kernel turns it into H at the chunk end). 2 C Dk BV FLOPs (x3 split)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    vb = tl.program_id(2)
     b = bh // H
     h = bh % H
     NC = tl.cdiv(T, C)
     t_idx = tl.arange(0, C)
     kd = tl.arange(0, BK)
     vd = vb * BV + tl.arange(0, BV)
+    tok = c * C + t_idx
+    valid = tok < T
+    kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=valid[:, None] & (kd[None, :] < Dk), other=0.0)
+    vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
+    g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
+    Gc = tl.cumsum(g, 0)
+    Glast = tl.sum(g, 0)
+    w = tl.where(valid, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
+    kw = kc.to(tl.float32) * w[:, None]
+    if SPLIT:
+        u = _dot_split_t(kw, vc, PREC)
+    else:
+        u = tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
     sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
-    S = tl.load(h0_ptr + bh * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+    tl.store(hs_ptr + (bh * (NC + 1) + c + 1) * Dk * Dv + kd[:, None] * Dv + vd[None, :], u, mask=sm)
+
+
+@triton.jit
+def _dla_hscan_kernel(
+    h0_ptr, hs_ptr, gs_ptr, T, DD,
+    C: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Program (bh, block of BLOCK state entries): H(c0 - 1) for every chunk, in place:
+    hs[0] = h0, hs[c + 1] = exp(sum of g over chunk c) hs[c] + u_c. Bandwidth-bound (8 bytes per entry
+    per chunk); every entry of the state is its own independent recurrence."""
+    bh = tl.program_id(0)
+    blk = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    e = blk * BLOCK + tl.arange(0, BLOCK)
+    em = e < DD
+    S = tl.load(h0_ptr + bh * DD + e, mask=em, other=0.0)
+    tl.store(hs_ptr + bh * (NC + 1) * DD + e, S, mask=em)
+    g0 = tl.load(gs_ptr + bh * (NC + 1))
     for c in range(NC):
-        tl.store(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv + kd[:, None] * Dv + vd[None, :], S, mask=sm)
-        tok = c * C + t_idx
-        valid = tok < T
-        kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=valid[:, None] & (kd[None, :] < Dk), other=0.0)
-        vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
-        g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
-        Gc = tl.cumsum(g, 0)
-        Glast = tl.sum(g, 0)
-        w = tl.where(valid, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
-        kw = kc.to(tl.float32) * w[:, None]
-        S = tl.exp(Glast) * S + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
-    tl.store(hs_ptr + (bh * (NC + 1) + NC) * Dk * Dv + kd[:, None] * Dv + vd[None, :], S, mask=sm)
+        g1 = tl.load(gs_ptr + bh * (NC + 1) + c + 1)
+        u = tl.load(hs_ptr + (bh * (NC + 1) + c + 1) * DD + e, mask=em, other=0.0)
+        S = tl.exp((g1 - g0).to(tl.float32)) * S + u
+        tl.store(hs_ptr + (bh * (NC + 1) + c + 1) * DD + e, S, mask=em)
+        g0 = g1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -582,17 +663,17 @@ def forward_scalar_decay_triton(
     f32 = dict(device=dev, dtype=torch.float32)
 
     if states is None:
-        states0 = torch.zeros(B, H, K, Dk, Dv, **f32)
+        states0 = None
         counts0 = torch.zeros(B, H, K, device=dev, dtype=torch.int64)
         info0 = torch.zeros(B, H, K, **f32)
-        size0 = torch.zeros(B, H, device=dev, dtype=torch.int64)
+        size_flat = torch.zeros(BH, device=dev, dtype=torch.int64)
+        P = torch.zeros(BH, Dk, Dv, **f32)
     else:
-        states0, counts0, info0, size0 = states.float(), counts.long(), info.float(), size.long()
-    states0 = states0.reshape(BH, K, Dk, Dv)
-    size_flat = size0.reshape(BH).contiguous()
-    open_idx = (size_flat - 1).clamp(min=0)
-    P = (states0[torch.arange(BH, device=dev), open_idx] * (size_flat > 0)[:, None, None]).contiguous()
-
+        states0 = states.float().reshape(BH, K, Dk, Dv)
+        counts0, info0 = counts.long(), info.float()
+        size_flat = size.long().reshape(BH).contiguous()
+        open_idx = (size_flat - 1).clamp(min=0)
+        P = (states0[torch.arange(BH, device=dev), open_idx] * (size_flat > 0)[:, None, None]).contiguous()
     # 1. tables
     _mark(profile, 'table')
     itab = torch.empty(BH, NC, C, C, **f32)
@@ -604,7 +685,7 @@ def forward_scalar_decay_triton(
     _dla_table_kernel[(NC, BH)](
         k, v, g, itab, anc, x0, np0, ssb, T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
         C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=lowp, PREC=prec, LOGC=int(math.log2(C)),
-        num_warps=4,
+        num_warps=8,
     )
     # 2. carry scan
     _mark(profile, 'carry')
@@ -617,6 +698,7 @@ def forward_scalar_decay_triton(
         k, v, g, bnd, anc, x0, np0, ssb, P, size_flat, masks, cscores,
         T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
         C=C, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=prec,
+        SPLIT=q.dtype == torch.bfloat16 and not _interpret(),
         num_warps=8 if BK * BVC > 64 * 64 else 4,
     )
     _dla_scores_kernel[(NC, BH)](itab, masks, cscores, scores, T, C=C, num_warps=4)
@@ -637,14 +719,22 @@ def forward_scalar_decay_triton(
     )
     # 4. prefix states at chunk starts
     _mark(profile, 'hstate')
-    h0 = states0.sum(1).contiguous()
-    hs = torch.empty(BH, NC + 1, Dk, Dv, **f32)
-    _dla_hstate_kernel[(BH, NVB)](k, v, g, h0, hs, T, H, Dk, Dv, C=C, BK=BK, BV=BV, PREC=prec, num_warps=4)
-    hinit = (torch.cumsum(states0, 1) - states0).contiguous()  # sum of the initial slots before slot i
     gpad = torch.zeros(BH, NC * C, device=dev, dtype=torch.float64)
     gpad[:, :T] = g.double().permute(0, 2, 1).reshape(BH, T)
     gs = torch.zeros(BH, NC + 1, device=dev, dtype=torch.float64)
     gs[:, 1:] = gpad.view(BH, NC, C).sum(-1).cumsum(-1)
+    hs = torch.empty(BH, NC + 1, Dk, Dv, **f32)
+    split = q.dtype == torch.bfloat16 and not _interpret()
+    _dla_chunkstate_kernel[(NC, BH, NVB)](k, v, g, hs, T, H, Dk, Dv, C=C, BK=BK, BV=BV, SPLIT=split, PREC=prec,
+                                          num_warps=4)
+    if states is None:
+        h0 = torch.zeros(BH, Dk, Dv, **f32)
+        hinit = h0  # never read: no pseudo starts without an initial cache
+    else:
+        h0 = states0.sum(1).contiguous()
+        hinit = (torch.cumsum(states0, 1) - states0).contiguous()  # sum of the initial slots before slot i
+    HBLK = 1024
+    _dla_hscan_kernel[(BH, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gs, T, Dk * Dv, C=C, BLOCK=HBLK, num_warps=4)
     # 5. output
     _mark(profile, 'output')
     o = torch.empty(B, T, H, Dv, device=dev, dtype=q.dtype)
@@ -694,38 +784,37 @@ def _mark(profile, name):
 
 def _final_states(k, v, g, hs, hinit, gs, pos, size, m0init, P, B, T, H, K, Dk, Dv, C, NC):
     """States of the final slots: slot i (closed) = H_d(a_{i+1} - 1) - H_d(a_i - 1) at time T-1, with
-    H_d(a-1) the prefix state before start a decayed to T-1 (float64 arithmetic on fp32 prefix states);
-    the open slot is the carry scan's P. O(K C (Dk + Dv) + K Dk Dv) per (b, h)."""
+    H_d(a-1) the prefix state before start a decayed to T-1, from the chunk prefix states; the open slot
+    is the carry scan's P. O(K C (Dk + Dv) + K Dk Dv) per (b, h), float32."""
     dev = k.device
     BH = B * H
     ar = torch.arange(BH, device=dev)
-    gtot = gs[:, NC]  # [BH]
+    gtot = gs[:, NC]  # [BH] float64
     a = pos.clamp(max=T)  # [BH, K]; INT32_MAX for unused slots
     slot = torch.arange(K, device=dev)
     used = slot[None, :] < size[:, None]
     pseudo = a < 0
     cp = torch.where(pseudo | ~used, 0, a // C)
     aloc = torch.where(pseudo | ~used, 0, a - cp * C)
-    Hc = hs[ar[:, None], cp].double()  # [BH, K, Dk, Dv]
-    dec = torch.exp(gtot[:, None] - gs[ar[:, None], cp])  # [BH, K]
-    Hd = dec[..., None, None] * Hc
-    tok = (cp * C)[..., None] + torch.arange(C, device=dev)  # [BH, K, C]
-    tokc = tok.clamp(max=T - 1)
+    gcp = gs[ar[:, None], cp]  # [BH, K] float64
+    dec = torch.exp(gtot[:, None] - gcp).float()
+    Hd = dec[..., None, None] * hs[ar[:, None], cp]  # [BH, K, Dk, Dv]
+    tok = ((cp * C)[..., None] + torch.arange(C, device=dev)).clamp(max=T - 1)  # [BH, K, C]
     bidx = (ar // H)[:, None, None]
     hidx = (ar % H)[:, None, None]
-    kk = k[bidx, tokc, hidx].double()  # [BH, K, C, Dk]
-    vv = v[bidx, tokc, hidx].double()
-    gg = g[bidx, tokc, hidx].double()
     inside = torch.arange(C, device=dev)[None, None, :] < aloc[..., None]
-    Gp = torch.cumsum(torch.where(inside, gg, 0.0), -1)
-    w = torch.where(inside, torch.exp(gtot[:, None, None] - gs[ar[:, None], cp][..., None] - Gp), 0.0)
-    Hd = Hd + torch.einsum("bkcd,bkce->bkde", kk * w[..., None], vv)
-    hin = hinit[ar[:, None], torch.where(pseudo, a + m0init[:, None], 0).clamp(min=0, max=K - 1)].double()
-    Hd = torch.where(pseudo[..., None, None], torch.exp(gtot)[:, None, None, None] * hin, Hd)
+    gg = torch.where(inside, g[bidx, tok, hidx].float(), 0.0)
+    Gp = torch.cumsum(gg, -1)
+    w = torch.where(inside, torch.exp((gtot[:, None] - gcp).float()[..., None] - Gp), 0.0)
+    kk = k[bidx, tok, hidx].float() * w[..., None]  # [BH, K, C, Dk]
+    vv = v[bidx, tok, hidx].float()
+    Hd = Hd + torch.matmul(kk.transpose(-1, -2), vv)
+    if hinit.dim() == 4:
+        hin = hinit[ar[:, None], torch.where(pseudo, a + m0init[:, None], 0).clamp(min=0, max=K - 1)]
+        Hd = torch.where(pseudo[..., None, None], torch.exp(gtot).float()[:, None, None, None] * hin, Hd)
     Hd[:, 0] = 0.0  # the oldest start: nothing before it
-    Hnext = torch.cat([Hd[:, 1:], torch.zeros_like(Hd[:, :1])], 1)
-    S = (Hnext - Hd)
-    S = torch.where(used[..., None, None], S, 0.0).float()
+    S = torch.cat([Hd[:, 1:], torch.zeros_like(Hd[:, :1])], 1) - Hd
+    S = torch.where(used[..., None, None], S, 0.0)
     last = (size - 1).clamp(min=0)
     S[ar, last] = torch.where((size > 0)[:, None, None], P, S[ar, last])
     return S
