@@ -78,50 +78,61 @@ def _slot_of(pos, m, position):
 
 @nb.njit(cache=True, nogil=True)
 def scan_chunk(
-    n, c0, carry_x, dgram, ss, g, decay_in, lam, nP0, boundaries, use_boundaries, tau, eps, norm_eps, numel,
+    n, c0, kP, v, P, q, k, dgram, ss, g, carry_decay, decay_in, token_decay, lam, boundaries, use_boundaries,
+    tau, eps, norm_eps,
     counts, info, size, pos, phys,
-    scores, starts, merged, W, coef, tok_slot, tok_target, add_src, add_dst, zero_rows,
+    scores, starts, merged, W, X, L, tok_target, add_src, add_dst, zero_rows,
 ):
-    """Decisions, merges and the read / update tables of one chunk, for every (batch, head) row.
+    """Decisions, merges and the read / update operands of one chunk, for every (batch, head) row.
 
     Sizes: ``R`` rows (batch x heads), chunk length ``C`` (the first ``n`` tokens are valid), capacity
     ``K``. Slot states live in a buffer of ``R * K`` *storages* plus one trash row (index ``R * K``);
     ``phys`` maps each row's live slots to its storages, so a merge never moves a state: the left
     slot's storage absorbs the right one's, and a new slot takes a free storage.
 
-    Args:
+    Args (``cd``: the compute dtype, float32 or float64):
         n, c0: the number of valid tokens and the index (in this call) of the chunk's first token.
-        carry_x: ``[R, C]`` float64, ``exp(Gc[t-1]) * k_t^T P_c v_t`` (``P_c``: open state at the chunk start).
-        dgram: ``[R, C, C]`` float64, ``exp(Gc[t-1] - Gc[s]) (k_t.k_s)(v_t.v_s)`` for ``s < t``.
+        kP: ``[R, C, Dv]`` cd, ``k_t^T P_c`` for the open state ``P_c`` at the chunk start.
+        v: ``[R, C, Dv]``, q, k: ``[R, C, Dk]`` cd, the chunk's tokens.  P: ``[R, Dk, Dv]`` cd, ``P_c``.
+        dgram: ``[R, C, C]`` cd, ``exp(Gc[t-1] - Gc[s]) (k_t.k_s)(v_t.v_s)`` for ``s < t``.
         ss: ``[R, C]`` float64, ``||k_t||^2 ||v_t||^2``.   g: ``[R, C]`` float64 log decays.
-        decay_in: ``[R, C]`` float64, ``exp(Gc[t])``: the decay of the chunk-start states through token t.
-        lam: ``[R, C, K]`` the read weights (float32 or float64).
-        nP0: ``[R]`` float64, ``||P_c||^2``.
-        boundaries: ``[R, C]`` bool, the override, used iff ``use_boundaries``.
+        carry_decay, decay_in, token_decay: ``[R, C]`` cd, ``exp(Gc[t-1])``, ``exp(Gc[t])``,
+            ``exp(Gc[C-1] - Gc[t])`` (``Gc``: the chunk's cumulative log decay).
+        lam: ``[R, C, K]`` cd, the read weights.  boundaries: ``[R, C]`` bool, used iff ``use_boundaries``.
         counts, info, size: ``[R, K]`` int64, ``[R, K]`` float64, ``[R]`` int64: the scalar cache, in place.
         pos: ``[R, K]`` int64, the first token of every live slot (initial-cache slots negative), in place.
         phys: ``[R, K]`` int64, the storage (``0..K-1`` within the row) of every live slot, in place.
 
     Outputs (written):
         scores, starts, merged: ``[R, C]`` float64 / bool / int64, the chunk's trace.
-        W: ``[R, C, C]`` (lam's dtype): ``lam_t[recency of token s at t]`` for ``s <= t``, else 0.
-        coef: ``[R, C, K]`` (lam's dtype): ``exp(Gc[t]) lam_t[recency at t of the slot in storage p]`` for
-            the storages p live at the chunk start, else 0.
-        tok_slot: ``[R, C]`` int64: token s lands in the end slot ``first + tok_slot`` (``first``: the end
-            slot of the chunk's first token); -1 for ``s >= n``.
-        tok_target: ``[R, K]`` int64: the flat storage ``r * K + p`` of end slot ``first + i``; trash beyond.
+        W: ``[R, C, C]`` cd: ``lam_t[recency of token s at t]`` for ``s <= t``, else 0.
+        X: ``[R, C, K * Dk]`` cd, the read operand: ``X[t, p * Dk + d] = exp(Gc[t]) lam_t[recency at t of
+            the slot in storage p] q_t[d]`` for the storages ``p < n_store`` live at the chunk start.
+        L: ``[R, K * Dk, C]`` cd, the update operand: ``L[i * Dk + d, s] = exp(Gc[C-1] - Gc[s]) k_s[d]`` if
+            token s lands in the i-th end slot holding chunk tokens, else 0 (rows ``i < Rt`` written).
+        tok_target: ``[R, K]`` int64: the flat storage ``r * K + p`` of that i-th end slot; trash beyond.
         add_src, add_dst: ``[R * K]`` int64, flat storages: add ``src`` into ``dst`` (start slots merged into
             an older start slot's storage). zero_rows: ``[R * K]`` int64, storages that new slots take.
 
-    Returns ``(Rt, n_add, n_zero)``: the most end slots receiving tokens in any row, and the list lengths.
+    Returns ``(n_store, Rt, n_add, n_zero)``: storages ``[0, n_store)`` hold every slot live at the chunk
+    start, at most ``Rt`` end slots per row receive tokens, and the list lengths.
     """
     R, K = counts.shape
     C = W.shape[1]
+    Dk = q.shape[2]
+    Dv = v.shape[2]
+    numel = float(Dk * Dv)
     trash = R * K
     start_pos = np.empty(K, dtype=np.int64)
     start_phys = np.empty(K, dtype=np.int64)
     anchor = np.empty(K, dtype=np.int64)
     used = np.empty(K, dtype=np.bool_)
+    coef = np.empty(K, dtype=np.float64)
+    tok_slot = np.empty((R, C), dtype=np.int64)
+    n_store = 0
+    for r in range(R):
+        for i in range(size[r]):
+            n_store = max(n_store, phys[r, i] + 1)
     Rt = 0
     n_add = 0
     n_zero = 0
@@ -131,7 +142,11 @@ def scan_chunk(
             start_pos[i] = pos[r, i]
             start_phys[i] = phys[r, i]
         m = m0
-        nP = nP0[r]
+        nP = 0.0
+        if m0 > 0:
+            for d in range(Dk):
+                for e in range(Dv):
+                    nP += float(P[r, d, e]) * float(P[r, d, e])
         for t in range(n):
             gt = g[r, t]
             x = 0.0
@@ -142,7 +157,9 @@ def scan_chunk(
                 first = pos[r, m - 1]
                 lo = 0
                 if first < c0:
-                    x = carry_x[r, t]
+                    for e in range(Dv):
+                        x += float(kP[r, t, e]) * float(v[r, t, e])
+                    x *= carry_decay[r, t]
                 else:
                     lo = first - c0
                 for s in range(lo, t):
@@ -177,21 +194,24 @@ def scan_chunk(
             for s in range(t + 1, C):
                 W[r, t, s] = 0.0
             # Reads of the slots live at the chunk start (each now inside one live slot).
-            for p in range(K):
-                coef[r, t, p] = 0.0
+            for p in range(n_store):
+                coef[p] = 0.0
             j = m - 1
             for i in range(m0 - 1, -1, -1):
                 while pos[r, j] > start_pos[i]:
                     j -= 1
-                coef[r, t, start_phys[i]] = lam[r, t, m - 1 - j] * decay_in[r, t]
+                coef[start_phys[i]] = lam[r, t, m - 1 - j] * decay_in[r, t]
+            for p in range(n_store):
+                for d in range(Dk):
+                    X[r, t, p * Dk + d] = coef[p] * q[r, t, d]
         for t in range(n, C):
             scores[r, t] = 0.0
             starts[r, t] = False
             merged[r, t] = -1
             for s in range(C):
                 W[r, t, s] = 0.0
-            for p in range(K):
-                coef[r, t, p] = 0.0
+            for p in range(n_store * Dk):
+                X[r, t, p] = 0.0
         size[r] = m
 
         # Storages at the chunk end: an end slot keeps the storage of its oldest start slot (the others
@@ -233,4 +253,14 @@ def scan_chunk(
         for i in range(K):
             tok_target[r, i] = r * K + phys[r, first + i] if first + i < m else trash
         Rt = max(Rt, m - first)
-    return Rt, n_add, n_zero
+    # The update operand, for the Rt end slots that can receive tokens in any row.
+    for r in range(R):
+        for i in range(Rt * Dk):
+            for s in range(C):
+                L[r, i, s] = 0.0
+        for s in range(C):
+            i = tok_slot[r, s]
+            if i >= 0:
+                for d in range(Dk):
+                    L[r, i * Dk + d, s] = token_decay[r, s] * k[r, s, d]
+    return n_store, Rt, n_add, n_zero

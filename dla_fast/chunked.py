@@ -50,6 +50,17 @@ def _from_chunks(x: torch.Tensor, B: int, H: int, T: int) -> torch.Tensor:
     return x.reshape(B, nC * C, H, *feat)[:, :T]
 
 
+def _host(x: torch.Tensor) -> np.ndarray:
+    """A NumPy view (CPU) or copy (other devices) of ``x`` for the numba kernel."""
+    return x.detach().cpu().numpy()
+
+
+def _on(device: torch.device, a: np.ndarray) -> torch.Tensor:
+    """A tensor on ``device`` sharing (CPU) or copying ``a``."""
+    t = torch.from_numpy(a)
+    return t if device.type == "cpu" else t.to(device)
+
+
 def forward_scalar_decay(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -110,15 +121,18 @@ def forward_scalar_decay(
     pos_np = np.where(live, np.arange(K) - size_np[:, None], 0).astype(np.int64)
     phys_np = np.where(live, np.arange(K), -1).astype(np.int64)
     row_base = np.arange(R, dtype=np.int64) * K
+    rows_np = np.arange(R)
 
     o = torch.empty((nC, R, C, Dv), dtype=cd, device=device)
     scores = np.zeros((nC, R, C))
     starts = np.zeros((nC, R, C), dtype=np.bool_)
     merged = np.full((nC, R, C), -1, dtype=np.int64)
-    coef = np.zeros((R, C, K), dtype=np.float64 if cd == f64 else np.float32)
-    tok_slot = np.zeros((R, C), dtype=np.int64)
+    npd = np.float64 if cd == f64 else np.float32
+    X = np.zeros((R, C, K * Dk), dtype=npd)  # the read operand of a chunk
+    L = np.zeros((R, K * Dk, C), dtype=npd)  # the update operand of a chunk
     tok_target = np.zeros((R, K), dtype=np.int64)
     add_src, add_dst, zero_rows = (np.zeros(R * K, dtype=np.int64) for _ in range(3))
+    X_t, L_t, tok_target_t = (_on(device, a) for a in (X, L, tok_target))
 
     causal = torch.ones((C, C), dtype=torch.bool, device=device).tril()
     block = max(1, _BLOCK_ELEMENTS // (R * C * C))
@@ -130,58 +144,47 @@ def forward_scalar_decay(
         Gp = torch.nn.functional.pad(Gc[..., :-1], (1, 0))  # Gc[t - 1]
         decay = torch.exp((Gc.unsqueeze(-1) - Gc.unsqueeze(-2)).to(cd).masked_fill(~causal, -torch.inf))
         decay_prev = torch.nn.functional.pad(decay[..., :-1, :], (0, 0, 1, 0))  # exp(Gc[t-1] - Gc[s]), s < t
-        gram = (kb @ kb.transpose(-1, -2)) * (vb @ vb.transpose(-1, -2))
-        dgram = (decay_prev * gram).to(f64).cpu().numpy()
-        ss = ((kb * kb).sum(-1).to(f64) * (vb * vb).sum(-1).to(f64)).cpu().numpy()
-        carry_decay = torch.exp(Gp).to(cd)  # the open state from the chunk start to t - 1
-        decay_in = torch.exp(Gc).cpu().numpy()  # ... to t
-        end_decay = torch.exp(Gc[..., -1]).to(cd)  # ... to the chunk end: [nb, R]
-        token_decay = torch.exp(Gc[..., -1:] - Gc).to(cd)  # token s to the chunk end: [nb, R, C]
+        dgram = _host(decay_prev * (kb @ kb.transpose(-1, -2)) * (vb @ vb.transpose(-1, -2)))
+        ss = _host((kb * kb).sum(-1).to(f64) * (vb * vb).sum(-1).to(f64))
+        carry_decay, decay_in = _host(torch.exp(Gp).to(cd)), _host(torch.exp(Gc).to(cd))
+        token_decay = _host(torch.exp(Gc[..., -1:] - Gc).to(cd))  # token s to the chunk end
+        end_decay = torch.exp(Gc[..., -1]).to(cd).unsqueeze(-1)  # the chunk start to its end: [nb, R, 1]
         attn = (qb @ kb.transpose(-1, -2)) * decay  # (q_t . k_s) exp(Gc[t] - Gc[s]), s <= t
-        W = np.zeros((b1 - b0, R, C, C), dtype=coef.dtype)
-        gb_np, lamb_np = gb.cpu().numpy(), lamb.cpu().numpy()
+        W = np.zeros((b1 - b0, R, C, C), dtype=npd)
+        q_np, k_np, v_np, g_np, lam_np = (_host(x) for x in (qb, kb, vb, gb, lamb))
 
         for ci in range(b1 - b0):
             c0 = (b0 + ci) * C
-            n = min(C, T - c0)
-            # 1. The open state carried in: k_t^T P_c v_t and ||P_c||^2 (trash row for an empty cache).
-            open_rows = np.where(size_np > 0, row_base + phys_np[np.arange(R), np.maximum(size_np - 1, 0)], R * K)
-            P = buf.index_select(0, torch.as_tensor(open_rows, device=device)).view(R, Dk, Dv)
-            carry_x = ((torch.bmm(kb[ci], P) * vb[ci]).sum(-1) * carry_decay[ci]).to(f64)
-            nP0 = P.to(f64).square().sum((1, 2))
-            n_store = int(phys_np.max()) + 1  # storages [0, n_store) hold every live slot
-            # 2. The scalar scan (numba).
-            Rt, n_add, n_zero = _kernels.scan_chunk(
-                n, c0, carry_x.cpu().numpy(), dgram[ci], ss[ci], gb_np[ci], decay_in[ci], lamb_np[ci],
-                nP0.cpu().numpy(), bnd[b0 + ci], boundaries is not None, tau, eps, norm_eps, float(Dk * Dv),
-                counts_np, info_np, size_np, pos_np, phys_np,
-                scores[b0 + ci], starts[b0 + ci], merged[b0 + ci], W[ci], coef, tok_slot, tok_target,
-                add_src, add_dst, zero_rows,
+            # 1. The open state carried in (the trash row for an empty cache) and k_t^T P_c.
+            open_rows = np.where(size_np > 0, row_base + phys_np[rows_np, np.maximum(size_np - 1, 0)], R * K)
+            P = buf.index_select(0, _on(device, open_rows)).view(R, Dk, Dv)
+            kP = torch.bmm(kb[ci], P)
+            # 2. The scalar scan (numba): decisions, merges, and the operands of 3. and 4.
+            n_store, Rt, n_add, n_zero = _kernels.scan_chunk(
+                min(C, T - c0), c0, _host(kP), v_np[ci], _host(P), q_np[ci], k_np[ci], dgram[ci], ss[ci], g_np[ci],
+                carry_decay[ci], decay_in[ci], token_decay[ci], lam_np[ci], bnd[b0 + ci], boundaries is not None,
+                tau, eps, norm_eps, counts_np, info_np, size_np, pos_np, phys_np,
+                scores[b0 + ci], starts[b0 + ci], merged[b0 + ci], W[ci], X, L, tok_target, add_src, add_dst,
+                zero_rows,
             )
-            # 3. Reads of the slots live at the chunk start: sum_p coef[t, p] q_t^T S_p.
-            if n_store > 0:
-                coef_t = torch.as_tensor(coef[:, :, :n_store], device=device)
-                X = (coef_t.unsqueeze(-1) * qb[ci].unsqueeze(2)).reshape(R, C, n_store * Dk)
-                torch.bmm(X, storages[:, : n_store * Dk], out=o[b0 + ci])
+            if device.type != "cpu":
+                X_t, L_t, tok_target_t = (_on(device, a) for a in (X, L, tok_target))
+            # 3. Reads of the slots live at the chunk start: sum_p coef[t, p] q_t^T S_p, one product.
+            if n_store:
+                torch.bmm(X_t[:, :, : n_store * Dk], storages[:, : n_store * Dk], out=o[b0 + ci])
             else:
                 o[b0 + ci].zero_()
             # 4. The storages at the chunk end: decay, merges of start slots, fresh storages, tokens.
-            buf[: R * K].view(R, K * Dk * Dv).mul_(end_decay[ci].unsqueeze(1))
+            buf[: R * K].view(R, K * Dk * Dv).mul_(end_decay[ci])
             if n_add:
-                src = torch.as_tensor(add_src[:n_add], device=device)
-                buf.index_add_(0, torch.as_tensor(add_dst[:n_add], device=device), buf.index_select(0, src))
+                buf.index_add_(0, _on(device, add_dst[:n_add]), buf.index_select(0, _on(device, add_src[:n_add])))
             if n_zero:
-                buf.index_fill_(0, torch.as_tensor(zero_rows[:n_zero], device=device), 0.0)
-            slot_id = torch.arange(Rt, device=device).view(1, Rt, 1)
-            onehot = (torch.as_tensor(tok_slot, device=device).unsqueeze(1) == slot_id).to(cd)
-            wk = (onehot * token_decay[ci].unsqueeze(1)).unsqueeze(-1) * kb[ci].unsqueeze(1)  # [R, Rt, C, Dk]
-            update = torch.matmul(wk.transpose(-1, -2), vb[ci].unsqueeze(1))  # [R, Rt, Dk, Dv]
-            buf.index_add_(0, torch.as_tensor(tok_target[:, :Rt], device=device).reshape(-1),
-                           update.reshape(R * Rt, Dk * Dv))
+                buf.index_fill_(0, _on(device, zero_rows[:n_zero]), 0.0)
+            update = torch.bmm(L_t[:, : Rt * Dk], vb[ci])  # [R, Rt * Dk, Dv]: the tokens of each end slot
+            buf.index_add_(0, tok_target_t[:, :Rt].reshape(-1), update.view(R * Rt, Dk * Dv))
 
         # The masked intra-chunk attention of the whole block, added to the reads.
-        weights = torch.as_tensor(W, device=device)
-        o[b0:b1] += (attn * weights) @ vb
+        o[b0:b1] += (attn * _on(device, W)) @ vb
 
     # The final cache, slots back in order (unused slots zero).
     gather_rows = torch.as_tensor(np.where(phys_np >= 0, row_base[:, None] + phys_np, R * K), device=device)
