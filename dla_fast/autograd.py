@@ -213,6 +213,10 @@ def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_fi
     cd, device = q.dtype, q.device
     C = chunk_size
     nC = max(1, -(-T // C))
+    if T == 0:  # nothing happened: the final states are the initial ones
+        dinit = torch.zeros_like(init) if dS_final is None else dS_final.clone()
+        zeros = lambda x: torch.zeros_like(x)  # noqa: E731
+        return zeros(q), zeros(k), zeros(v), zeros(g), zeros(lam), dinit
     starts_np, merged_np, size0_np = structure.numpy()
 
     JF_np = np.full((nC, R, C, K), -1, dtype=np.int64)
