@@ -33,6 +33,7 @@ import triton.language as tl
 
 CHUNK = 64
 INT32_MAX = 2**31 - 1
+BSTATE_CAP = 4  # materialised prefix states per chunk (for slot starts that outlive their chunk)
 
 
 def _interpret() -> bool:
@@ -369,34 +370,40 @@ def _dla_merge_kernel(
     info = tl.load(info_ptr + bh * K + j, mask=j < K, other=0.0).to(tl.float64)
     pos = tl.where(j < m0, j - m0, 2147483647)
     shift_idx = tl.minimum(j + 1, KP - 1)
+    mask = tl.load(mask_ptr + bh * NC)
+    sc = tl.load(score_ptr + bh * NC * C + t_idx, mask=t_idx < T, other=0.0)
     for c in range(NC):
         tl.store(live_ptr + (bh * NC + c) * KP + j, pos)
         tl.store(livem_ptr + bh * NC + c, m)
-        mask = tl.load(mask_ptr + bh * NC + c)
         nvalid = tl.minimum(T - c * C, C)
-        sc = tl.load(score_ptr + bh * NC * C + c * C + t_idx, mask=t_idx < nvalid, other=0.0).to(tl.float64)
-        bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
-        nb = tl.sum(bvec.to(tl.int32), 0)
+        # prefetch the next chunk's mask and scores
+        mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
+        sc_n = tl.load(score_ptr + bh * NC * C + (c + 1) * C + t_idx, mask=(c + 1) * C + t_idx < T, other=0.0)
+        sc64 = sc.to(tl.float64)
+        cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
+        nb = tl.sum((((mask >> t_idx.to(tl.int64)) & 1) != 0).to(tl.int32), 0)
+        rem = mask
         prev = 0
-        u = -1
+        cprev = tl.zeros([], dtype=tl.float64)  # prefix sum before `prev`
         for e in range(nb):
-            u = tl.min(tl.where(bvec & (t_idx > u), t_idx, C), 0)
-            seg = (t_idx >= prev) & (t_idx < u)
+            low = rem & (-rem)  # the lowest boundary left in the chunk, as a bit
+            rem = rem ^ low
+            u = (((low.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023).to(tl.int32)
+            su = tl.load(score_ptr + bh * NC * C + c * C + u).to(tl.float64)
+            csu = tl.sum(tl.where(t_idx == u, cs, 0.0), 0)
             add_n = (u - prev).to(tl.int64)
-            add_i = tl.sum(tl.where(seg, sc, 0.0), 0)
+            add_i = csu - su - cprev
             is_open = j == m - 1
             n = tl.where(is_open, n + add_n, n)
             info = tl.where(is_open, info + add_i, info)
-            su = tl.sum(tl.where(t_idx == u, sc, 0.0), 0)
             tglob = c * C + u
             if m == K:
                 n1 = tl.gather(n, shift_idx, 0)
                 i1 = tl.gather(info, shift_idx, 0)
                 p1 = tl.gather(pos, shift_idx, 0)
                 dens = tl.where(j < K - 1, (info + i1) / tl.maximum(n + n1, 1).to(tl.float64), float("inf"))
-                dmin = tl.min(dens, 0)
-                istar = tl.min(tl.where(dens == dmin, j, KP), 0)
-                dpos = tl.sum(tl.where(j == istar + 1, pos, 0), 0)
+                istar = tl.argmin(dens, 0, tie_break_left=True).to(tl.int32)
+                dpos = tl.sum(tl.where(j == istar, p1, 0), 0)
                 if dpos >= 0:
                     tl.store(death_ptr + bh * NC * C + dpos, tglob)
                 else:
@@ -414,10 +421,12 @@ def _dla_merge_kernel(
                 pos = tl.where(j == m, tglob, pos)
                 m += 1
             prev = u + 1
-        seg = (t_idx >= prev) & (t_idx < nvalid)
+            cprev = csu
         is_open = j == m - 1
         n = tl.where(is_open, n + (nvalid - prev).to(tl.int64), n)
-        info = tl.where(is_open, info + tl.sum(tl.where(seg, sc, 0.0), 0), info)
+        info = tl.where(is_open, info + (tl.sum(sc64, 0) - cprev), info)
+        mask = mask_n
+        sc = sc_n
     tl.store(cnt_ptr + bh * K + j, tl.where(j < m, n, 0), mask=j < K)
     tl.store(info_ptr + bh * K + j, tl.where(j < m, info, 0.0), mask=j < K)
     tl.store(size_ptr + bh, m.to(tl.int64))
@@ -487,6 +496,59 @@ def _dla_hscan_kernel(
         g0 = g1
 
 
+@triton.jit
+def _dla_bstate_kernel(
+    k_ptr, v_ptr, g_ptr, hs_ptr, mask_ptr, death_ptr, bidx_ptr, bst_ptr,
+    T, H, Dk, Dv,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CAP: tl.constexpr, SPLIT: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Program (chunk c, bh, Dv block): for the first CAP slot starts a of this chunk that are still live
+    at the next chunk start, the prefix state before a decayed to the chunk end,
+    B_a = e^{Gc[last]} H(c0-1) + sum_{s < a} e^{Gc[last] - Gc[s]} k_s v_s^T, so that later chunks read it
+    with one q^T B product. 2 C Dk BV FLOPs and 4 Dk BV bytes written per stored start."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    vb = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    NC = tl.cdiv(T, C)
+    t_idx = tl.arange(0, C)
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    tok = c * C + t_idx
+    valid = tok < T
+    mask = tl.load(mask_ptr + bh * NC + c)
+    bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
+    dth = tl.load(death_ptr + bh * NC * C + tok)
+    surv = bvec & (dth >= (c + 1) * C) & valid
+    nsurv = tl.minimum(tl.sum(surv.to(tl.int32), 0), CAP)
+    if nsurv > 0:
+        kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=valid[:, None] & (kd[None, :] < Dk), other=0.0)
+        vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
+        g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
+        Gc = tl.cumsum(g, 0)
+        Glast = tl.sum(g, 0)
+        w = tl.where(valid, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
+        sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
+        Hc = tl.load(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+        Hc = tl.exp(Glast) * Hc
+        kf = kc.to(tl.float32)
+        prev = -1
+        for r in range(nsurv):
+            a = tl.min(tl.where(surv & (t_idx > prev), t_idx, C), 0)
+            kw = kf * tl.where(t_idx < a, w, 0.0)[:, None]
+            if SPLIT:
+                Bm = Hc + _dot_split_t(kw, vc, PREC)
+            else:
+                Bm = Hc + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
+            tl.store(bst_ptr + ((bh * NC + c) * CAP + r) * Dk * Dv + kd[:, None] * Dv + vd[None, :],
+                     Bm.to(bst_ptr.dtype.element_ty), mask=sm)
+            if vb == 0:
+                tl.store(bidx_ptr + bh * NC * C + c * C + a, r)
+            prev = a
+
+
 # ---------------------------------------------------------------------------------------------------
 # 5. Output (parallel over chunks)
 # ---------------------------------------------------------------------------------------------------
@@ -495,9 +557,10 @@ def _dla_hscan_kernel(
 @triton.jit
 def _dla_output_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
-    mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, hinit_ptr, gs_ptr,
+    mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, hinit_ptr, gs_ptr, bidx_ptr, bst_ptr,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+    CAP: tl.constexpr,
 ):
     """Program (chunk c, bh, Dv block).
 
@@ -506,7 +569,9 @@ def _dla_output_kernel(
         + sum_{live old starts a_j, j >= 1} alive_j(t) (lambda_t[r_j+1] - lambda_t[r_j]) q_t^T H_d(a_j - 1)
     where H_d(a-1) (the prefix state before a, decayed to t) = decayed H(chunk(a) start) + a masked
     attention over the part of a's chunk before a. FLOPs per chunk: 2 C^2 (Dk + BV) + 2 C Dk BV for the
-    chunk itself, and the same again per live old start.
+    chunk itself, and per live old start either one read of its materialised prefix state
+    (_dla_bstate_kernel, 2 C Dk BV FLOPs) or, past that kernel's capacity, the chunk-start state and the
+    masked attention (2 C Dk BV + 2 C^2 (Dk + BV)).
     """
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -581,24 +646,30 @@ def _dla_output_kernel(
                 o += (cj * dec)[:, None] * _qdot(qc, qf, Hj, LOWP, PREC)
             else:
                 cp = a // C
-                aloc = a - cp * C
-                dG = (gs_c - tl.load(gs_ptr + bh * (NC + 1) + cp)).to(tl.float32)
-                Hj = tl.load(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
-                o += (cj * tl.exp(Gc + dG))[:, None] * _qdot(qc, qf, Hj, LOWP, PREC)
-                if aloc > 0:
-                    tokp = cp * C + t_idx
-                    pm = t_idx < aloc
-                    kp_ = tl.load(k_ptr + ((b * T + tokp) * H + h)[:, None] * Dk + kd[None, :], mask=pm[:, None] & (kd[None, :] < Dk), other=0.0)
-                    vp_ = tl.load(v_ptr + ((b * T + tokp) * H + h)[:, None] * Dv + vd[None, :], mask=pm[:, None] & (vd[None, :] < Dv), other=0.0)
-                    gp = tl.load(g_ptr + (b * T + tokp) * H + h, mask=pm, other=0.0).to(tl.float32)
-                    Gp = tl.cumsum(gp, 0)
-                    M = tl.where(pm[None, :], cj[:, None] * tl.exp(tl.minimum(Gc[:, None] + dG - Gp[None, :], 0.0)), 0.0)
-                    if LOWP:
-                        Sp = tl.dot(qc, tl.trans(kp_))
-                        o += tl.dot((Sp * M).to(vp_.dtype), vp_)
-                    else:
-                        Sp = tl.dot(qf, tl.trans(kp_.to(tl.float32)), input_precision=PREC)
-                        o += tl.dot(Sp * M, vp_.to(tl.float32), input_precision=PREC)
+                rb = tl.load(bidx_ptr + bh * NC * C + a)
+                if rb >= 0:
+                    dGe = (gs_c - tl.load(gs_ptr + bh * (NC + 1) + cp + 1)).to(tl.float32)
+                    Bj = tl.load(bst_ptr + ((bh * NC + cp) * CAP + rb) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+                    o += (cj * tl.exp(Gc + dGe))[:, None] * _qdot(qc, qf, Bj.to(tl.float32), LOWP, PREC)
+                else:
+                    aloc = a - cp * C
+                    dG = (gs_c - tl.load(gs_ptr + bh * (NC + 1) + cp)).to(tl.float32)
+                    Hj = tl.load(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+                    o += (cj * tl.exp(Gc + dG))[:, None] * _qdot(qc, qf, Hj, LOWP, PREC)
+                    if aloc > 0:
+                        tokp = cp * C + t_idx
+                        pm = t_idx < aloc
+                        kp_ = tl.load(k_ptr + ((b * T + tokp) * H + h)[:, None] * Dk + kd[None, :], mask=pm[:, None] & (kd[None, :] < Dk), other=0.0)
+                        vp_ = tl.load(v_ptr + ((b * T + tokp) * H + h)[:, None] * Dv + vd[None, :], mask=pm[:, None] & (vd[None, :] < Dv), other=0.0)
+                        gp = tl.load(g_ptr + (b * T + tokp) * H + h, mask=pm, other=0.0).to(tl.float32)
+                        Gp = tl.cumsum(gp, 0)
+                        M = tl.where(pm[None, :], cj[:, None] * tl.exp(tl.minimum(Gc[:, None] + dG - Gp[None, :], 0.0)), 0.0)
+                        if LOWP:
+                            Sp = tl.dot(qc, tl.trans(kp_))
+                            o += tl.dot((Sp * M).to(vp_.dtype), vp_)
+                        else:
+                            Sp = tl.dot(qf, tl.trans(kp_.to(tl.float32)), input_precision=PREC)
+                            o += tl.dot(Sp * M, vp_.to(tl.float32), input_precision=PREC)
     tl.store(o_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], o.to(o_ptr.dtype.element_ty),
              mask=valid[:, None] & (vd[None, :] < Dv))
 
@@ -684,7 +755,8 @@ def forward_scalar_decay_triton(
     override = boundaries is not None
     _dla_table_kernel[(NC, BH)](
         k, v, g, itab, anc, x0, np0, ssb, T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
-        C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=lowp, PREC=prec, LOGC=int(math.log2(C)),
+        C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=lowp, PREC=os.environ.get("DLA_TRITON_TABLE_PREC", prec),
+        LOGC=int(math.log2(C)),
         num_warps=8,
     )
     # 2. carry scan
@@ -737,10 +809,15 @@ def forward_scalar_decay_triton(
     _dla_hscan_kernel[(BH, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gs, T, Dk * Dv, C=C, BLOCK=HBLK, num_warps=4)
     # 5. output
     _mark(profile, 'output')
+    CAP = BSTATE_CAP
+    bidx = torch.full((BH, NC * C), -1, device=dev, dtype=torch.int32)
+    bst = torch.empty(BH, NC, CAP, Dk, Dv, device=dev, dtype=q.dtype if lowp else torch.float32)
+    _dla_bstate_kernel[(NC, BH, NVB)](k, v, g, hs, masks, death, bidx, bst, T, H, Dk, Dv, C=C, BK=BK, BV=BV, CAP=CAP,
+                                      SPLIT=split, PREC=prec, num_warps=8)
     o = torch.empty(B, T, H, Dv, device=dev, dtype=q.dtype)
     _dla_output_kernel[(NC, BH, NVB)](
-        q, k, v, g, slot_weights, o, masks, death, death0, live, livem, hs, hinit, gs,
-        T, H, Dk, Dv, K, C=C, BK=BK, BV=BV, KP=KP, LOWP=lowp, PREC=prec, num_warps=4,
+        q, k, v, g, slot_weights, o, masks, death, death0, live, livem, hs, hinit, gs, bidx, bst,
+        T, H, Dk, Dv, K, C=C, BK=BK, BV=BV, KP=KP, LOWP=lowp, PREC=prec, CAP=CAP, num_warps=8,
     )
     # Final cache: the open slot from the carry scan; closed slots as differences of prefix states.
     _mark(profile, 'final')

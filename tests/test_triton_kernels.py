@@ -172,3 +172,15 @@ def test_unsupported_head_sizes_raise():
     q = torch.zeros(1, 4, 1, 300, device=DEV)
     with pytest.raises(ValueError, match="Dk and Dv"):
         forward_scalar_decay_triton(q, q, q, torch.zeros(1, 4, 1, device=DEV), torch.ones(1, 4, 1, 2, device=DEV), tau=0.6)
+
+
+@needs_kernels
+@pytest.mark.parametrize("cap", [0, 1])
+def test_forward_without_materialised_prefix_states(monkeypatch, cap):
+    """The output's fallback for slot starts past the per-chunk capacity of materialised prefix states."""
+    import dla_fast.triton_forward as tf
+
+    monkeypatch.setattr(tf, "BSTATE_CAP", cap)
+    q, k, v, g, w = regimes(1, 150, 1, 16, 16, 6, seed=13, regime_length=3.0, jitter=1.0)
+    ref = dla_ref.forward(q, k, v, g, w, tau=0.4)
+    _check(*_fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=0.4), ref, 0.4, o_tol=1e-5)
