@@ -58,7 +58,7 @@ def _score_scalar(nP, x, ss, g, N, eps, norm_eps):
     w = f32(2) * a * x + ss  # ||P'||^2 - a^2 ||P||^2 = <s, 2 a P + s>
     rp2 = (a * a * nP + w) / Nf + ne
     r, rp = np.sqrt(r2), np.sqrt(rp2)
-    c = (am1 * ne - w / Nf) / (r * rp * (a * r + rp))
+    c = (am1 * ne - w / Nf) / r / rp / (a * r + rp)  # divided in turn: r^3 overflows float32 at 1e13
     D2 = max(c * c * nP + f32(2) * c * x / rp + ss / rp2, f32(0))
     return f32(np.sqrt(D2) / (np.sqrt(nP) / r + f32(eps)))
 
@@ -74,7 +74,7 @@ def _score_general(P, AP, s, a, eps, norm_eps):
     rp2 = (a * a * nP + w) / Nf + ne
     r, rp = np.sqrt(r2), np.sqrt(rp2)
     am1 = f32(a * a - f32(1))
-    c = (am1 * ne - w / Nf) / (r * rp * (a * r + rp))
+    c = (am1 * ne - w / Nf) / r / rp / (a * r + rp)  # divided in turn: r^3 overflows float32 at 1e13
     D = c * P + W / rp
     return f32(np.sqrt(np.sum(D * D, dtype=f32)) / (np.sqrt(nP) / r + f32(eps)))
 
