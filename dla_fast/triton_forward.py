@@ -33,7 +33,7 @@ import triton.language as tl
 
 CHUNK = 64
 INT32_MAX = 2**31 - 1
-BSTATE_CAP = 4  # materialised prefix states per chunk (for slot starts that outlive their chunk)
+OUTPUT_GROUP = 4  # old slot states read per tensor-core product in the output kernel
 
 
 def _interpret() -> bool:
@@ -500,13 +500,13 @@ def _dla_hscan_kernel(
 def _dla_bstate_kernel(
     k_ptr, v_ptr, g_ptr, hs_ptr, mask_ptr, death_ptr, bidx_ptr, bst_ptr,
     T, H, Dk, Dv,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CAP: tl.constexpr, SPLIT: tl.constexpr,
-    PREC: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Program (chunk c, bh, Dv block): for the first CAP slot starts a of this chunk that are still live
-    at the next chunk start, the prefix state before a decayed to the chunk end,
-    B_a = e^{Gc[last]} H(c0-1) + sum_{s < a} e^{Gc[last] - Gc[s]} k_s v_s^T, so that later chunks read it
-    with one q^T B product. 2 C Dk BV FLOPs and 4 Dk BV bytes written per stored start."""
+    """Program (chunk c, bh, Dv block): for every slot start a of this chunk still live at the chunk end
+    (so that later chunks may read it), the prefix state before a decayed to the chunk end,
+    B_a = e^{Gc[last]} H(c0-1) + sum_{s < a} e^{Gc[last] - Gc[s]} k_s v_s^T, at bst[bidx[a]] (compact).
+    Later chunks read it with one q^T B product. 2 C Dk BV FLOPs and Dk BV elements written per start;
+    16-bit storage and dots for 16-bit inputs (B only feeds the output)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
@@ -522,7 +522,7 @@ def _dla_bstate_kernel(
     bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
     dth = tl.load(death_ptr + bh * NC * C + tok)
     surv = bvec & (dth >= (c + 1) * C) & valid
-    nsurv = tl.minimum(tl.sum(surv.to(tl.int32), 0), CAP)
+    nsurv = tl.sum(surv.to(tl.int32), 0)
     if nsurv > 0:
         kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=valid[:, None] & (kd[None, :] < Dk), other=0.0)
         vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
@@ -531,22 +531,71 @@ def _dla_bstate_kernel(
         Glast = tl.sum(g, 0)
         w = tl.where(valid, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
         sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
-        Hc = tl.load(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
-        Hc = tl.exp(Glast) * Hc
+        Hc = tl.exp(Glast) * tl.load(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
         kf = kc.to(tl.float32)
-        prev = -1
+        rem = tl.sum(tl.where(surv, tl.full([C], 1, tl.int64) << t_idx.to(tl.int64), 0), 0)
         for r in range(nsurv):
-            a = tl.min(tl.where(surv & (t_idx > prev), t_idx, C), 0)
+            low = rem & (-rem)
+            rem = rem ^ low
+            a = (((low.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023).to(tl.int32)
             kw = kf * tl.where(t_idx < a, w, 0.0)[:, None]
-            if SPLIT:
-                Bm = Hc + _dot_split_t(kw, vc, PREC)
+            if LOWP:
+                Bm = Hc + tl.dot(tl.trans(kw.to(vc.dtype)), vc)
             else:
                 Bm = Hc + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
-            tl.store(bst_ptr + ((bh * NC + c) * CAP + r) * Dk * Dv + kd[:, None] * Dv + vd[None, :],
-                     Bm.to(bst_ptr.dtype.element_ty), mask=sm)
-            if vb == 0:
-                tl.store(bidx_ptr + bh * NC * C + c * C + a, r)
-            prev = a
+            slot = tl.load(bidx_ptr + bh * NC * C + c * C + a).to(tl.int64)
+            tl.store(bst_ptr + slot * Dk * Dv + kd[:, None] * Dv + vd[None, :], Bm.to(bst_ptr.dtype.element_ty), mask=sm)
+
+
+@triton.jit
+def _dla_prefix_at_kernel(
+    k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, fpos_ptr, size_ptr, hinit_ptr, m0_ptr, out_ptr,
+    T, H, Dk, Dv, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, SPLIT: tl.constexpr,
+    PREC: tl.constexpr, HAS_INIT: tl.constexpr,
+):
+    """Program (bh, final slot i, Dv block): H(a_i - 1) decayed to T-1 for the start a_i of final slot i
+    (0 for the oldest slot and unused slots), in float32; the final closed slot states are differences
+    of consecutive ones. 2 C Dk BV FLOPs (x3 split)."""
+    bh = tl.program_id(0)
+    i = tl.program_id(1)
+    vb = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    NC = tl.cdiv(T, C)
+    t_idx = tl.arange(0, C)
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
+    m = tl.load(size_ptr + bh)
+    a = tl.load(fpos_ptr + bh * KP + i)
+    gtot = tl.load(gs_ptr + bh * (NC + 1) + NC)
+    out = tl.zeros([BK, BV], dtype=tl.float32)
+    if (i > 0) & (i < m):
+        if a < 0:
+            if HAS_INIT:
+                m0 = tl.load(m0_ptr + bh)
+                out = tl.exp(gtot.to(tl.float32)) * tl.load(hinit_ptr + (bh * K + a + m0) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+        else:
+            cp = a // C
+            aloc = a - cp * C
+            tok = cp * C + t_idx
+            pm = t_idx < aloc
+            kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=pm[:, None] & (kd[None, :] < Dk), other=0.0)
+            vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=pm[:, None] & (vd[None, :] < Dv), other=0.0)
+            g = tl.load(g_ptr + (b * T + tok) * H + h, mask=tok < T, other=0.0).to(tl.float32)
+            Gc = tl.cumsum(g, 0)
+            Glast = tl.sum(g, 0)
+            w = tl.where(pm, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
+            kw = kc.to(tl.float32) * w[:, None]
+            Hc = tl.exp(Glast) * tl.load(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+            if SPLIT:
+                X = Hc + _dot_split_t(kw, vc, PREC)
+            else:
+                X = Hc + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
+            dec = tl.exp((gtot - tl.load(gs_ptr + bh * (NC + 1) + cp + 1)).to(tl.float32))
+            out = dec * X
+    tl.store(out_ptr + ((bh * KP + i) * Dk) * Dv + kd[:, None] * Dv + vd[None, :], out, mask=sm)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -557,21 +606,19 @@ def _dla_bstate_kernel(
 @triton.jit
 def _dla_output_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
-    mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, hinit_ptr, gs_ptr, bidx_ptr, bst_ptr,
+    mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bidx_ptr, bst_ptr, binit,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    CAP: tl.constexpr,
+    G: tl.constexpr,
 ):
     """Program (chunk c, bh, Dv block).
 
     o_t = sum_{s in chunk, s <= t} lambda_t[J[t,s]] e^{Gc[t]-Gc[s]} (q_t.k_s) v_s
         + lambda_t[n_in(t)] e^{Gc[t]} q_t^T H(c0-1)
         + sum_{live old starts a_j, j >= 1} alive_j(t) (lambda_t[r_j+1] - lambda_t[r_j]) q_t^T H_d(a_j - 1)
-    where H_d(a-1) (the prefix state before a, decayed to t) = decayed H(chunk(a) start) + a masked
-    attention over the part of a's chunk before a. FLOPs per chunk: 2 C^2 (Dk + BV) + 2 C Dk BV for the
-    chunk itself, and per live old start either one read of its materialised prefix state
-    (_dla_bstate_kernel, 2 C Dk BV FLOPs) or, past that kernel's capacity, the chunk-start state and the
-    masked attention (2 C Dk BV + 2 C^2 (Dk + BV)).
+    where H_d(a-1) is the prefix state before a, decayed to t. FLOPs per chunk: 2 C^2 (Dk + BV) + 2 C Dk BV for the
+    chunk itself, and per live old start one read of its materialised prefix state (_dla_bstate_kernel;
+    2 C Dk BV FLOPs, Dk BV elements from L2), G starts per tensor-core product.
     """
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -636,40 +683,30 @@ def _dla_output_kernel(
     lam_r1 = tl.load(wrow[:, None] + r + 1, mask=cmask, other=0.0).to(tl.float32)
     coef = tl.where(cmask, lam_r1 - lam_r, 0.0)
     gs_c = tl.load(gs_ptr + bh * (NC + 1) + c)  # float64: sum of g before chunk c
-    for jx in range(1, m0):
-        cj = tl.sum(tl.where(jj[None, :] == jx, coef, 0.0), 1)  # [C]
-        if tl.max(tl.abs(cj), 0) > 0.0:
-            a = tl.load(live_ptr + (bh * NC + c) * KP + jx)
-            if a < 0:
-                Hj = tl.load(hinit_ptr + (bh * K + a + m0init) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
-                dec = tl.exp(gs_c.to(tl.float32) + Gc)
-                o += (cj * dec)[:, None] * _qdot(qc, qf, Hj, LOWP, PREC)
-            else:
-                cp = a // C
-                rb = tl.load(bidx_ptr + bh * NC * C + a)
-                if rb >= 0:
-                    dGe = (gs_c - tl.load(gs_ptr + bh * (NC + 1) + cp + 1)).to(tl.float32)
-                    Bj = tl.load(bst_ptr + ((bh * NC + cp) * CAP + rb) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
-                    o += (cj * tl.exp(Gc + dGe))[:, None] * _qdot(qc, qf, Bj.to(tl.float32), LOWP, PREC)
-                else:
-                    aloc = a - cp * C
-                    dG = (gs_c - tl.load(gs_ptr + bh * (NC + 1) + cp)).to(tl.float32)
-                    Hj = tl.load(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
-                    o += (cj * tl.exp(Gc + dG))[:, None] * _qdot(qc, qf, Hj, LOWP, PREC)
-                    if aloc > 0:
-                        tokp = cp * C + t_idx
-                        pm = t_idx < aloc
-                        kp_ = tl.load(k_ptr + ((b * T + tokp) * H + h)[:, None] * Dk + kd[None, :], mask=pm[:, None] & (kd[None, :] < Dk), other=0.0)
-                        vp_ = tl.load(v_ptr + ((b * T + tokp) * H + h)[:, None] * Dv + vd[None, :], mask=pm[:, None] & (vd[None, :] < Dv), other=0.0)
-                        gp = tl.load(g_ptr + (b * T + tokp) * H + h, mask=pm, other=0.0).to(tl.float32)
-                        Gp = tl.cumsum(gp, 0)
-                        M = tl.where(pm[None, :], cj[:, None] * tl.exp(tl.minimum(Gc[:, None] + dG - Gp[None, :], 0.0)), 0.0)
-                        if LOWP:
-                            Sp = tl.dot(qc, tl.trans(kp_))
-                            o += tl.dot((Sp * M).to(vp_.dtype), vp_)
-                        else:
-                            Sp = tl.dot(qf, tl.trans(kp_.to(tl.float32)), input_precision=PREC)
-                            o += tl.dot(Sp * M, vp_.to(tl.float32), input_precision=PREC)
+    # Each old start's prefix state B (compact buffer) and its reference log decay (end of its chunk).
+    bslot = tl.where(lpos >= 0, tl.load(bidx_ptr + bh * NC * C + dpos, mask=inlist, other=-1).to(tl.int64),
+                     (binit + bh * K + lpos + m0init).to(tl.int64))
+    bslot = tl.where(inlist & (jj >= 1), bslot, -1)
+    gref = tl.where(lpos >= 0, tl.load(gs_ptr + bh * (NC + 1) + dpos // C + 1, mask=inlist, other=0.0), 0.0)
+    dG = (gs_c - gref).to(tl.float32)
+    scale = coef * tl.exp(tl.minimum(Gc[:, None] + dG[None, :], 0.0))  # [C, KP]
+    # Reads of the old starts' states, G at a time: o += (q * scale_j)[C, G*Dk] @ B[G*Dk, BV].
+    scale3 = tl.reshape(scale, [C, KP // G, G])
+    bslot2 = tl.reshape(bslot, [KP // G, G])
+    grp = tl.arange(0, KP // G)
+    gi = tl.arange(0, G)
+    for gx in range(0, tl.cdiv(m0, G)):
+        sg = tl.sum(tl.where(grp[None, :, None] == gx, scale3, 0.0), 1)  # [C, G]
+        bs = tl.sum(tl.where(grp[:, None] == gx, bslot2, 0), 0)  # [G]
+        bm = (bs >= 0)[:, None, None] & (kd[None, :, None] < Dk) & (vd[None, None, :] < Dv)
+        Bt = tl.load(bst_ptr + tl.maximum(bs, 0)[:, None, None] * Dk * Dv + kd[None, :, None] * Dv + vd[None, None, :],
+                     mask=bm, other=0.0)
+        Bt = tl.reshape(Bt, [G * BK, BV])
+        Qs = tl.reshape(qf[:, None, :] * sg[:, :, None], [C, G * BK])
+        if LOWP:
+            o += tl.dot(Qs.to(qc.dtype), Bt.to(qc.dtype))
+        else:
+            o += tl.dot(Qs, Bt.to(tl.float32), input_precision=PREC)
     tl.store(o_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], o.to(o_ptr.dtype.element_ty),
              mask=valid[:, None] & (vd[None, :] < Dv))
 
@@ -755,7 +792,7 @@ def forward_scalar_decay_triton(
     override = boundaries is not None
     _dla_table_kernel[(NC, BH)](
         k, v, g, itab, anc, x0, np0, ssb, T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
-        C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=lowp, PREC=os.environ.get("DLA_TRITON_TABLE_PREC", prec),
+        C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=lowp, PREC=os.environ.get("DLA_TRITON_TABLE_PREC", "ieee"),
         LOGC=int(math.log2(C)),
         num_warps=8,
     )
@@ -809,19 +846,35 @@ def forward_scalar_decay_triton(
     _dla_hscan_kernel[(BH, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gs, T, Dk * Dv, C=C, BLOCK=HBLK, num_warps=4)
     # 5. output
     _mark(profile, 'output')
-    CAP = BSTATE_CAP
-    bidx = torch.full((BH, NC * C), -1, device=dev, dtype=torch.int32)
-    bst = torch.empty(BH, NC, CAP, Dk, Dv, device=dev, dtype=q.dtype if lowp else torch.float32)
-    _dla_bstate_kernel[(NC, BH, NVB)](k, v, g, hs, masks, death, bidx, bst, T, H, Dk, Dv, C=C, BK=BK, BV=BV, CAP=CAP,
-                                      SPLIT=split, PREC=prec, num_warps=8)
+    # Compact storage for the prefix states of slot starts that outlive their chunk (+ the initial slots').
+    tpos = torch.arange(NC * C, device=dev)
+    bits = ((masks[:, :, None] >> torch.arange(C, device=dev, dtype=torch.int64)) & 1).bool().reshape(BH, NC * C)
+    surv = bits & (death >= (tpos // C + 1) * C)
+    nsurv = int(surv.sum())
+    bidx = torch.where(surv, torch.cumsum(surv.reshape(-1), 0).reshape(BH, NC * C) - 1, -1).to(torch.int32)
+    ninit = BH * K if states is not None else 0
+    bst = torch.empty(nsurv + ninit, Dk, Dv, device=dev, dtype=q.dtype if lowp else torch.float32)
+    if ninit:
+        bst[nsurv:] = hinit.reshape(BH * K, Dk, Dv).to(bst.dtype)  # reference decay: the call's start
+    _dla_bstate_kernel[(NC, BH, NVB)](k, v, g, hs, masks, death, bidx, bst, T, H, Dk, Dv, C=C, BK=BK, BV=BV,
+                                      LOWP=lowp, PREC=prec, num_warps=8)
     o = torch.empty(B, T, H, Dv, device=dev, dtype=q.dtype)
     _dla_output_kernel[(NC, BH, NVB)](
-        q, k, v, g, slot_weights, o, masks, death, death0, live, livem, hs, hinit, gs, bidx, bst,
-        T, H, Dk, Dv, K, C=C, BK=BK, BV=BV, KP=KP, LOWP=lowp, PREC=prec, CAP=CAP, num_warps=8,
+        q, k, v, g, slot_weights, o, masks, death, death0, live, livem, hs, gs, bidx, bst, nsurv,
+        T, H, Dk, Dv, K, C=C, BK=BK, BV=BV, KP=KP, LOWP=lowp, PREC=prec, G=min(OUTPUT_GROUP, KP), num_warps=8,
     )
     # Final cache: the open slot from the carry scan; closed slots as differences of prefix states.
     _mark(profile, 'final')
-    final_states = _final_states(k, v, g, hs, hinit, gs, fpos[:, :K].long(), msize, size_flat, P, B, T, H, K, Dk, Dv, C, NC)
+    Hd = torch.empty(BH, KP, Dk, Dv, **f32)
+    _dla_prefix_at_kernel[(BH, KP, NVB)](
+        k, v, g, hs, gs, fpos, msize, hinit, size_flat, Hd, T, H, Dk, Dv, K,
+        C=C, BK=BK, BV=BV, KP=KP, SPLIT=split, PREC=prec, HAS_INIT=states is not None, num_warps=4,
+    )
+    final_states = torch.cat([Hd[:, 1:K], torch.zeros_like(Hd[:, :1])], 1) - Hd[:, :K]
+    final_states = torch.where((torch.arange(K, device=dev)[None, :] < msize[:, None])[..., None, None], final_states, 0.0)
+    last = (msize - 1).clamp(min=0)
+    arb = torch.arange(BH, device=dev)
+    final_states[arb, last] = torch.where((msize > 0)[:, None, None], P, final_states[arb, last])
     cache = (
         final_states.reshape(B, H, K, Dk, Dv),
         cnt.reshape(B, H, K),
@@ -857,41 +910,3 @@ def _mark(profile, name):
         for (n0, e0), (_, e1) in zip(marks[:-1], marks[1:]):
             profile[n0 + "_ms"] = e0.elapsed_time(e1)
         del profile["_events"]
-
-
-def _final_states(k, v, g, hs, hinit, gs, pos, size, m0init, P, B, T, H, K, Dk, Dv, C, NC):
-    """States of the final slots: slot i (closed) = H_d(a_{i+1} - 1) - H_d(a_i - 1) at time T-1, with
-    H_d(a-1) the prefix state before start a decayed to T-1, from the chunk prefix states; the open slot
-    is the carry scan's P. O(K C (Dk + Dv) + K Dk Dv) per (b, h), float32."""
-    dev = k.device
-    BH = B * H
-    ar = torch.arange(BH, device=dev)
-    gtot = gs[:, NC]  # [BH] float64
-    a = pos.clamp(max=T)  # [BH, K]; INT32_MAX for unused slots
-    slot = torch.arange(K, device=dev)
-    used = slot[None, :] < size[:, None]
-    pseudo = a < 0
-    cp = torch.where(pseudo | ~used, 0, a // C)
-    aloc = torch.where(pseudo | ~used, 0, a - cp * C)
-    gcp = gs[ar[:, None], cp]  # [BH, K] float64
-    dec = torch.exp(gtot[:, None] - gcp).float()
-    Hd = dec[..., None, None] * hs[ar[:, None], cp]  # [BH, K, Dk, Dv]
-    tok = ((cp * C)[..., None] + torch.arange(C, device=dev)).clamp(max=T - 1)  # [BH, K, C]
-    bidx = (ar // H)[:, None, None]
-    hidx = (ar % H)[:, None, None]
-    inside = torch.arange(C, device=dev)[None, None, :] < aloc[..., None]
-    gg = torch.where(inside, g[bidx, tok, hidx].float(), 0.0)
-    Gp = torch.cumsum(gg, -1)
-    w = torch.where(inside, torch.exp((gtot[:, None] - gcp).float()[..., None] - Gp), 0.0)
-    kk = k[bidx, tok, hidx].float() * w[..., None]  # [BH, K, C, Dk]
-    vv = v[bidx, tok, hidx].float()
-    Hd = Hd + torch.matmul(kk.transpose(-1, -2), vv)
-    if hinit.dim() == 4:
-        hin = hinit[ar[:, None], torch.where(pseudo, a + m0init[:, None], 0).clamp(min=0, max=K - 1)]
-        Hd = torch.where(pseudo[..., None, None], torch.exp(gtot).float()[:, None, None, None] * hin, Hd)
-    Hd[:, 0] = 0.0  # the oldest start: nothing before it
-    S = torch.cat([Hd[:, 1:], torch.zeros_like(Hd[:, :1])], 1) - Hd
-    S = torch.where(used[..., None, None], S, 0.0)
-    last = (size - 1).clamp(min=0)
-    S[ar, last] = torch.where((size > 0)[:, None, None], P, S[ar, last])
-    return S
