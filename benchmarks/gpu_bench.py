@@ -293,14 +293,14 @@ def time_forward(cfg, fh, bw, fl, quick=False):
     res = dict(dla=rows)
     if cfg == (2, 16384, 16, 64, 64):
         w = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS["moderate"], seed=11)[4]
-        for p in ("ieee",):
-            os.environ["DLA_TRITON_TABLE_PREC"] = p
+        for knob, val in (("DLA_TRITON_TABLE_PREC", "tf32x3"), ("DLA_TRITON_CARRY_WARPS", "4")):
+            os.environ[knob] = val
             prof = {}
             fwd(q, k, v, g, w, tau=TAU, profile=prof)
             fwd(q, k, v, g, w, tau=TAU, profile=prof)
-            res[f"table_prec_{p}_ms"] = prof.get("table_ms")
-            del os.environ["DLA_TRITON_TABLE_PREC"]
-        log(f"table kernel with ieee dots: {res.get('table_prec_ieee_ms')} ms", fh)
+            res[f"{knob}={val}"] = {kk: vv for kk, vv in prof.items() if kk.endswith("_ms")}
+            del os.environ[knob]
+            log(f"variant {knob}={val}: {res[f'{knob}={val}']}", fh)
     try:
         from fla.ops.simple_gla import chunk_simple_gla
 

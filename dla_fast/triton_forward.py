@@ -389,7 +389,7 @@ def _dla_merge_kernel(
             low = rem & (-rem)  # the lowest boundary left in the chunk, as a bit
             rem = rem ^ low
             u = (((low.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023).to(tl.int32)
-            su = tl.load(score_ptr + bh * NC * C + c * C + u).to(tl.float64)
+            su = tl.sum(tl.where(t_idx == u, sc64, 0.0), 0)
             csu = tl.sum(tl.where(t_idx == u, cs, 0.0), 0)
             add_n = (u - prev).to(tl.int64)
             add_i = csu - su - cprev
@@ -808,7 +808,7 @@ def forward_scalar_decay_triton(
         T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
         C=C, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=prec,
         SPLIT=q.dtype == torch.bfloat16 and not _interpret(),
-        num_warps=8 if BK * BVC > 64 * 64 else 4,
+        num_warps=int(os.environ.get("DLA_TRITON_CARRY_WARPS", 8)),
     )
     _dla_scores_kernel[(NC, BH)](itab, masks, cscores, scores, T, C=C, num_warps=4)
     # 3. structure simulation
