@@ -269,20 +269,34 @@ def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_fi
         dlam[b0:b1].scatter_add_(-1, Jc, dP * A * valid)
 
     # 2. The slot states at every chunk start, recomputed from checkpoints; reverse pass carrying dS.
-    onehotF = [None] * nC  # [R, K(end j), K(start i)]
-    onehotT = [None] * nC  # [R, K(end j), C(token s)] with the token decays
+    # Per chunk: mF = the most slots live at its start in any row (the reads touch only those), and the end
+    # slots receiving its tokens, a suffix first_r .. first_r + Rt - 1 of each row's cache (the tokens are
+    # the newest); everything below is a 3-D bmm over rows of (slot, feature).
+    mF = m_start[:nC].max(1)
+    first_np = np.maximum(dest_np[:, :, 0], 0)  # [nC, R]
+    Rt_np = np.maximum((dest_np.max(2) - first_np).max(1) + 1, 1)  # [nC]
+    tables_cache: dict = {}
 
     def tables(c):
-        if onehotF[c] is None:
-            onehotF[c] = _onehot(destF[c], K, cd)
-            onehotT[c] = _onehot(dest[c], K, cd) * tok_decay[c].unsqueeze(1)
-        return onehotF[c], onehotT[c]
+        """``(Mf [R, K, K], idx [R, Rt], Md [R, Rt, C])``: start slot i -> end slot j, the token slots, and
+        ``Md[r, j, s] = exp(GL - Gc[s])`` iff token s lands in end slot ``first_r + j``."""
+        if c not in tables_cache:
+            Rt = int(Rt_np[c])
+            first = torch.as_tensor(first_np[c], device=device)
+            idx = (first.unsqueeze(1) + torch.arange(Rt, device=device)).clamp(max=K - 1)
+            rel = torch.where(dest[c] >= 0, dest[c] - first.unsqueeze(1), torch.full_like(dest[c], -1))
+            tables_cache[c] = (_onehot(destF[c], K, cd), idx, _onehot(rel, Rt, cd) * tok_decay[c].unsqueeze(1))
+        return tables_cache[c]
 
     def advance(F, c):
-        Mf, Md = tables(c)
-        S = torch.bmm(Mf, F.reshape(R, K, Dk * Dv)).view(R, K, Dk, Dv) * end_decay[c].view(R, 1, 1, 1)
-        # sum_s Md[j, s] k_s v_s^T: [R, K, Dk, C] @ [R, 1, C, Dv]
-        return S + (Md.unsqueeze(2) * kc[c].transpose(-1, -2).unsqueeze(1)) @ vc[c].unsqueeze(1)
+        """The slot states at the end of chunk c from those at its start."""
+        Mf, idx, Md = tables(c)
+        Rt = idx.shape[1]
+        S = torch.bmm(Mf, F.reshape(R, K, Dk * Dv)) * end_decay[c].view(R, 1, 1)
+        # sum_s Md[j, s] k_s v_s^T for the Rt token slots: [R, Rt * Dk, C] @ [R, C, Dv]
+        wk = (Md.unsqueeze(2) * kc[c].transpose(1, 2).unsqueeze(1)).reshape(R, Rt * Dk, C)
+        U = torch.bmm(wk, vc[c]).view(R, Rt, Dk * Dv)
+        return S.scatter_add_(1, idx.unsqueeze(-1).expand(R, Rt, Dk * Dv), U).view(R, K, Dk, Dv)
 
     every = checkpoint_every or max(1, math.isqrt(nC - 1) + 1 if nC > 1 else 1)
     checkpoints = []
@@ -301,23 +315,29 @@ def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_fi
             Fs.append(advance(Fs[-1], c))
         for c in range(c_b - 1, c_a - 1, -1):
             F = Fs[c - c_a]
-            Mf, Md = tables(c)
-            validF = JF[c] >= 0
-            coefF = torch.gather(lamc[c], -1, JF[c].clamp(min=0)) * validF * decay_in[c].unsqueeze(-1)  # [R, C, K]
-            # Reads of the start slots: o_t += sum_i coefF[t, i] q_t^T F_i.
-            Y = F @ dOc[c].transpose(-1, -2).unsqueeze(1)  # F_i dO_t: [R, K, Dk, C]
-            dq[c] += torch.einsum("rti,ridt->rtd", coefF, Y)
-            dcoef = torch.einsum("rtd,ridt->rti", qc[c], Y)
-            dlam[c].scatter_add_(-1, JF[c].clamp(min=0), dcoef * validF * decay_in[c].unsqueeze(-1))
-            dF = (coefF.transpose(1, 2).unsqueeze(-1) * qc[c].unsqueeze(1)).transpose(-1, -2) @ dOc[c].unsqueeze(1)
+            Mf, idx, Md = tables(c)
+            Rt = idx.shape[1]
+            qb, kb, vb, dOb = qc[c], kc[c], vc[c], dOc[c]
             # The state update S_end[j] = e^{GL} sum_{destF[i] = j} F_i + sum_{dest[s] = j} e^{GL - Gc[s]} k_s v_s^T.
-            dF = dF + torch.bmm(Mf.transpose(1, 2), dS.reshape(R, K, Dk * Dv)).view(R, K, Dk, Dv) \
-                * end_decay[c].view(R, 1, 1, 1)
-            dSv = dS @ vc[c].transpose(-1, -2).unsqueeze(1)  # dS_j v_s: [R, K, Dk, C]
-            dk[c] += torch.einsum("rjs,rjds->rsd", Md, dSv)
-            dSk = dS.transpose(-1, -2) @ kc[c].transpose(-1, -2).unsqueeze(1)  # dS_j^T k_s: [R, K, Dv, C]
-            dv[c] += torch.einsum("rjs,rjes->rse", Md, dSk)
-            dS = dF
+            dF = torch.bmm(Mf.transpose(1, 2), dS.reshape(R, K, Dk * Dv)) * end_decay[c].view(R, 1, 1)
+            dS_t = dS.reshape(R, K, Dk * Dv).gather(1, idx.unsqueeze(-1).expand(R, Rt, Dk * Dv)).view(R, Rt, Dk, Dv)
+            dSv = torch.bmm(dS_t.reshape(R, Rt * Dk, Dv), vb.transpose(1, 2)).view(R, Rt, Dk, C)  # dS_j v_s
+            dk[c] += (Md.unsqueeze(2) * dSv).sum(1).transpose(1, 2)
+            dSk = torch.bmm(kb, dS_t.transpose(1, 2).reshape(R, Dk, Rt * Dv)).view(R, C, Rt, Dv)  # k_s^T dS_j
+            dv[c] += (Md.transpose(1, 2).unsqueeze(-1) * dSk).sum(2)
+            # Reads of the start slots: o_t += sum_i coefF[t, i] q_t^T F_i (the first m slots are live).
+            m = int(mF[c])
+            if m:
+                JFc = JF[c, :, :, :m]
+                validF = JFc >= 0
+                coefF = torch.gather(lamc[c], -1, JFc.clamp(min=0)) * validF * decay_in[c].unsqueeze(-1)  # [R, C, m]
+                Z = torch.bmm(dOb, F[:, :m].reshape(R, m * Dk, Dv).transpose(1, 2)).view(R, C, m, Dk)  # (F_i dO_t)^T
+                dq[c] += (coefF.unsqueeze(-1) * Z).sum(2)
+                dcoef = (Z * qb.unsqueeze(2)).sum(-1)
+                dlam[c].scatter_add_(-1, JFc.clamp(min=0), dcoef * validF * decay_in[c].unsqueeze(-1))
+                X = (coefF.unsqueeze(-1) * qb.unsqueeze(2)).reshape(R, C, m * Dk)
+                dF[:, :m] += torch.bmm(X.transpose(1, 2), dOb).view(R, m, Dk * Dv)
+            dS = dF.view(R, K, Dk, Dv)
     dinit = dS
 
     dq, dk, dv, dlam = (_unchunk(x, T) for x in (dq, dk, dv, dlam))
