@@ -112,7 +112,8 @@ def recurrent_step_(
         left_state = states[rows, i] + states[rows, right]
         left_count = counts[rows, i] + counts[rows, right]
         left_info = info[rows, i] + info[rows, right]
-        states.copy_(states.gather(1, src.view(R, K, 1, 1).expand(R, K, Dk, Dv)))
+        flat_src = (rows * K).unsqueeze(1) + src  # whole-slot row copies, not an element-wise gather
+        states.copy_(states.view(R * K, Dk * Dv).index_select(0, flat_src.view(-1)).view(R, K, Dk, Dv))
         counts.copy_(counts.gather(1, src))
         info.copy_(info.gather(1, src))
         states[rows, i] = torch.where(need_merge.view(R, 1, 1), left_state, states[rows, i])
