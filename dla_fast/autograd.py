@@ -22,6 +22,7 @@ Row layout inside: ``R = B * H`` rows, time second (``[R, T, ...]``); chunk-majo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -29,6 +30,7 @@ from typing import Callable, Optional
 import numba as nb
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 # ---------------------------------------------------------------------------------------------
 # The structure, rebuilt from starts / merged / the initial size (numba, scalar work)
@@ -135,7 +137,7 @@ class Structure:
 
     Attributes:
         starts: ``[R, T]`` bool, token t opened a slot.
-        merged: ``[R, T]`` int64, the merged pair index at t, or -1.
+        merged: ``[R, T]`` integer (int8 when K <= 128), the merged pair index at t, or -1.
         size0: ``[R]`` int64, the initial cache's size.
         K: capacity.
     """
@@ -399,7 +401,7 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     rows = torch.arange(R, device=device)
     slots = torch.arange(K, device=device)
     sizes = structure.sizes_before()  # [R, T]
-    starts, merged = structure.starts, structure.merged
+    starts, merged = structure.starts, structure.merged.to(torch.int64)
     every = checkpoint_every or max(1, math.isqrt(max(T - 1, 0)) + 1)
 
     checkpoints = []
@@ -527,11 +529,13 @@ class DLAFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, slot_weights, beta, init_states, tau, record: _Record):
-        ctx.record = record
+        # The outputs are handed back, not kept: the context holds the structure and the scalars only.
+        ctx.record = dataclasses.replace(record, o=None, final_states=None)
         ctx.save_for_backward(q, k, v, g, slot_weights, beta, init_states, tau)
         return record.o, record.final_states
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dO, dS_final):
         q, k, v, g, lam, beta, init, tau = ctx.saved_tensors
         rec: _Record = ctx.record
@@ -626,12 +630,14 @@ def differentiable_forward(forward: Callable, q, k, v, g, slot_weights, *, tau=0
             init_states = initial_cache.states
         else:
             init_states = torch.as_tensor(np.asarray(initial_cache.states), device=o.device).to(final.states.dtype)
-    structure = Structure(_rows(trace.starts, torch.bool), _rows(trace.merged, torch.int64), size0, K)
+    small = torch.int8 if K <= 128 else torch.int16 if K <= 32768 else torch.int64  # merged < K - 1
+    structure = Structure(_rows(trace.starts, torch.bool), _rows(trace.merged, small).contiguous(), size0, K)
     decided = None
     if surrogate_temperature is not None and boundaries is None:
         before = structure.sizes_before()
         decided = before > 0  # the score took the decision (not an empty cache, no override)
-    record = _Record(o, final.states, structure, _rows(trace.scores, torch.float64), decided, chunk_size,
+    scores = None if decided is None else _rows(trace.scores, torch.float64)  # only the surrogate reads them
+    record = _Record(o, final.states, structure, scores, decided, chunk_size,
                      None if surrogate_temperature is None else float(surrogate_temperature))
     as_t = lambda x: x if (x is None or isinstance(x, torch.Tensor)) else torch.as_tensor(np.asarray(x))  # noqa: E731
     o, states = DLAFunction.apply(as_t(q), as_t(k), as_t(v), as_t(g), as_t(slot_weights), as_t(beta), init_states,

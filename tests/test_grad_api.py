@@ -147,3 +147,28 @@ def test_surrogate_switches():
     o4, _, _ = dla_fast.forward(**x, tau=tau, boundaries=tr.starts, surrogate_temperature=0.5)
     (dtau,) = torch.autograd.grad(o4.sum(), [tau])
     assert float(dtau) == 0.0
+
+
+def test_forward_saves_only_its_inputs_and_the_compact_structure():
+    """What the backward keeps alive: the caller's input tensors themselves (no copies, no states) and
+    ``starts`` (bool) / ``merged`` (int8) per token."""
+    x = inputs(7, T=100, K=4)
+    pre = inputs(8, T=10, K=4, grad=False)
+    with torch.no_grad():
+        _, cache, _ = dla_fast.forward(**pre, tau=0.4)
+    cache.states.requires_grad_(True)
+    packed = []
+
+    def pack(t):
+        packed.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        o, final, _ = dla_fast.forward(**x, tau=0.4, initial_cache=cache, chunk_size=16)
+    allowed = {t.data_ptr() for t in [*x.values(), cache.states]}
+    assert packed and all(t.data_ptr() in allowed for t in packed), [tuple(t.shape) for t in packed]
+    record = o.grad_fn.record
+    assert record.o is None and record.final_states is None and record.scores is None
+    B, T, H = o.shape[:3]
+    assert record.structure.starts.dtype == torch.bool and record.structure.merged.dtype == torch.int8
+    assert record.structure.starts.numel() == record.structure.merged.numel() == B * T * H
