@@ -145,11 +145,14 @@ def correctness(fh):
     for name, wl in [("moderate", WORKLOADS["moderate"]), ("dense", WORKLOADS["dense"])]:
         for dt in (torch.float32, torch.bfloat16):
             for D in ((64,) if SMOKE else (64, 128)):
-                q, k, v, g, w = workload(1, 100 if SMOKE else 300, 2, D, D, 8, **wl, seed=1, dtype=dt, random_weights=True)
-                ref = _ref(q, k, v, g, w, TAU)
-                o, cache, tr = fwd(q, k, v, g, w, tau=TAU)
                 key = f"fwd_{name}_{str(dt)[6:]}_D{D}"
-                out[key] = compare(o, cache, tr, ref, TAU)
+                try:
+                    q, k, v, g, w = workload(1, 100 if SMOKE else 300, 2, D, D, 8, **wl, seed=1, dtype=dt, random_weights=True)
+                    ref = _ref(q, k, v, g, w, TAU)
+                    o, cache, tr = fwd(q, k, v, g, w, tau=TAU)
+                    out[key] = compare(o, cache, tr, ref, TAU)
+                except Exception as e:  # noqa: BLE001
+                    out[key] = dict(error=repr(e)[:400])
                 log(f"{key}: {out[key]}", fh)
         # streaming: two calls
         q, k, v, g, w = workload(1, 300, 2, 64, 64, 8, **wl, seed=2, dtype=torch.float32, random_weights=True)
@@ -293,7 +296,8 @@ def time_forward(cfg, fh, bw, fl, quick=False):
     res = dict(dla=rows)
     if cfg == (2, 16384, 16, 64, 64):
         w = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS["moderate"], seed=11)[4]
-        for knob, val in (("DLA_TRITON_TABLE_PREC", "tf32x3"), ("DLA_TRITON_CARRY_WARPS", "4")):
+        for knob, val in (("DLA_TRITON_TABLE_SCAN", "0"), ("DLA_TRITON_CARRY_WARPS", "8"),
+                          ("DLA_TRITON_OUTPUT_GROUP", "2"), ("DLA_TRITON_OUTPUT_GROUP", "8")):
             os.environ[knob] = val
             prof = {}
             fwd(q, k, v, g, w, tau=TAU, profile=prof)

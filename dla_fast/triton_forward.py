@@ -119,7 +119,7 @@ def _dla_table_kernel(
     itab_ptr, anc_ptr, x0_ptr, np0_ptr, ss_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BVF: tl.constexpr,
-    NEED_ANC: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, LOGC: tl.constexpr,
+    NEED_ANC: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, LOGC: tl.constexpr, SCAN: tl.constexpr,
 ):
     """Program (chunk c, bh): score table I[t, p] for p < t, orbit bitmasks, and the chunk-start column.
 
@@ -157,13 +157,22 @@ def _dla_table_kernel(
     col = t_idx[None, :]
     lower = col < row  # s < t
     Dm = tl.where(lower, tl.exp(tl.minimum(Gm1[:, None] - Gc[None, :], 0.0)), 0.0)
-    ge = tl.where(row >= col, 1.0, 0.0)  # ge[s, p] = [s >= p]
-    # X[t, p] = sum_{s=p}^{t-1} exp(Gc[t-1] - Gc[s]) Gram[t, s]  (= <P(p, t), s_t>)
-    X = tl.dot(Dm * gram, ge, input_precision=PREC)
     a = tl.exp(g)
-    # Y[u, p] = (2 a_u X[u, p] + ss_u) [u >= p];  nP[t, p] = sum_{u < t} exp(2(Gc[t-1] - Gc[u])) Y[u, p]
-    Y = tl.where(row >= col, 2.0 * a[:, None] * X + ss[:, None], 0.0)
-    nPt = tl.dot(Dm * Dm, Y, input_precision=PREC)
+    if SCAN:
+        # X[t, p] = sum_{s=p}^{t-1} exp(Gc[t-1] - Gc[s]) Gram[t, s]: a suffix sum along each row.
+        X = tl.cumsum(Dm * gram, 1, reverse=True)
+        # Y[u, p] = (2 a_u X[u, p] + ss_u) [u >= p];  nP[t, p] = sum_{u < t} exp(2(Gc[t-1] - Gc[u])) Y[u, p]:
+        # the scan nP[t] = a_{t-1}^2 nP[t-1] + Y[t-1] down each column (Y and a shifted by one token).
+        Y = tl.where(row >= col, 2.0 * a[:, None] * X + ss[:, None], 0.0)
+        sh = tl.maximum(row - 1, 0) + col * 0
+        Ysh = tl.where(row > 0, tl.gather(Y, sh, 0), 0.0)
+        a2 = tl.where(row > 0, tl.exp(2.0 * tl.gather(g, tl.maximum(t_idx - 1, 0), 0))[:, None] + 0.0 * Y, 1.0)
+        _, nPt = tl.associative_scan((a2, Ysh), 0, _decay_scan_combine)
+    else:
+        ge = tl.where(row >= col, 1.0, 0.0)  # ge[s, p] = [s >= p]
+        X = tl.dot(Dm * gram, ge, input_precision=PREC)
+        Y = tl.where(row >= col, 2.0 * a[:, None] * X + ss[:, None], 0.0)
+        nPt = tl.dot(Dm * Dm, Y, input_precision=PREC)
     N = (Dk * Dv).to(tl.float32)
     I = _score(nPt, X, ss[:, None], g[:, None], N, eps, norm_eps)
     I = tl.where(lower & valid[:, None], I, 0.0)
@@ -720,6 +729,12 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
+def _group(KP: int, BK: int, lowp: bool) -> int:
+    """Old slot states per product in the output kernel: a [G*BK, BV] operand tile within shared memory."""
+    cap = (256 if lowp else 64) // BK
+    return max(1, min(int(os.environ.get("DLA_TRITON_OUTPUT_GROUP", OUTPUT_GROUP)), cap, KP))
+
+
 def _check_dims(Dk: int, Dv: int) -> None:
     if Dk > 256 or Dv > 256:
         raise ValueError(f"dla triton forward: Dk and Dv up to 256 are supported, got Dk={Dk}, Dv={Dv}")
@@ -793,7 +808,7 @@ def forward_scalar_decay_triton(
     _dla_table_kernel[(NC, BH)](
         k, v, g, itab, anc, x0, np0, ssb, T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
         C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=lowp, PREC=os.environ.get("DLA_TRITON_TABLE_PREC", "ieee"),
-        LOGC=int(math.log2(C)),
+        LOGC=int(math.log2(C)), SCAN=os.environ.get("DLA_TRITON_TABLE_SCAN", "1") == "1",
         num_warps=8,
     )
     # 2. carry scan
@@ -808,7 +823,7 @@ def forward_scalar_decay_triton(
         T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
         C=C, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=prec,
         SPLIT=q.dtype == torch.bfloat16 and not _interpret(),
-        num_warps=int(os.environ.get("DLA_TRITON_CARRY_WARPS", 8)),
+        num_warps=int(os.environ.get("DLA_TRITON_CARRY_WARPS", 8 if BK * BVC > 64 * 64 else 4)),
     )
     _dla_scores_kernel[(NC, BH)](itab, masks, cscores, scores, T, C=C, num_warps=4)
     # 3. structure simulation
@@ -861,7 +876,7 @@ def forward_scalar_decay_triton(
     o = torch.empty(B, T, H, Dv, device=dev, dtype=q.dtype)
     _dla_output_kernel[(NC, BH, NVB)](
         q, k, v, g, slot_weights, o, masks, death, death0, live, livem, hs, gs, bidx, bst, nsurv,
-        T, H, Dk, Dv, K, C=C, BK=BK, BV=BV, KP=KP, LOWP=lowp, PREC=prec, G=min(OUTPUT_GROUP, KP), num_warps=8,
+        T, H, Dk, Dv, K, C=C, BK=BK, BV=BV, KP=KP, LOWP=lowp, PREC=prec, G=_group(KP, BK, lowp), num_warps=8,
     )
     # Final cache: the open slot from the carry scan; closed slots as differences of prefix states.
     _mark(profile, 'final')
