@@ -12,11 +12,19 @@ from __future__ import annotations
 
 from math import exp, expm1, sqrt
 
-import numba as nb
 import numpy as np
 
+try:
+    import numba as nb
 
-@nb.njit(cache=True, nogil=True)
+    njit = nb.njit(cache=True, nogil=True)
+except ImportError:  # numba is a dependency; without it the same code runs as (slow) Python, for tiny checks
+
+    def njit(fn):
+        return fn
+
+
+@njit
 def information_score(nP, x, ss, g, numel, eps, norm_eps):
     """The score ``I_t`` from three scalars of the open state (stable form, docs/chunked-algorithm.md §1).
 
@@ -40,7 +48,7 @@ def information_score(nP, x, ss, g, numel, eps, norm_eps):
     return sqrt(d2) / (sqrt(nP) / r + eps)
 
 
-@nb.njit(cache=True, nogil=True)
+@njit
 def lowest_density_pair(counts, info, m):
     """Index i of the adjacent pair (i, i+1) among the first m slots with the lowest density; ties: oldest."""
     best = 0
@@ -53,7 +61,7 @@ def lowest_density_pair(counts, info, m):
     return best
 
 
-@nb.njit(cache=True, nogil=True)
+@njit
 def merge_pair(counts, info, pos, i, m):
     """Merge slots (i, i+1) of the first m in place: sums of counts and info, the left slot's start."""
     counts[i] += counts[i + 1]
@@ -67,7 +75,7 @@ def merge_pair(counts, info, pos, i, m):
     pos[m - 1] = 0
 
 
-@nb.njit(cache=True, nogil=True)
+@njit
 def _slot_of(pos, m, position):
     """The live slot (of the first m, starts ``pos`` increasing) holding token ``position``."""
     j = m - 1
@@ -76,7 +84,7 @@ def _slot_of(pos, m, position):
     return j
 
 
-@nb.njit(cache=True, nogil=True)
+@njit
 def scan_chunk(
     n, c0, kP, v, P, q, k, dgram, ss, g, carry_decay, decay_in, token_decay, lam, boundaries, use_boundaries,
     tau, eps, norm_eps,
