@@ -197,8 +197,12 @@ _BLOCK_ELEMENTS = 1 << 22
 
 
 def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_final, *, chunk_size: int = 64,
-                          checkpoint_every: Optional[int] = None):
-    """Gradients of ``<dO, o> + <dS_final, S_final>`` for the scalar-decay backbone, partition fixed.
+                          checkpoint_every: Optional[int] = None, dscores: Optional[torch.Tensor] = None,
+                          eps: float = 1e-6, norm_eps: float = 1e-6):
+    """Gradients of ``<dO, o> + <dS_final, S_final> (+ <dscores, I>)`` for the scalar-decay backbone, partition fixed.
+
+    ``dscores`` ``[R, T]`` float64 (zero on tokens the score did not decide): a gradient w.r.t. the scores
+    ``I_t`` (the surrogate's), propagated into k, v, g and the initial open state (docs/training.md).
 
     Args:
         q, k ``[R, T, Dk]``; v, dO ``[R, T, Dv]``; g ``[R, T]``; lam ``[R, T, K]``; init ``[R, K, Dk, Dv]``
@@ -244,32 +248,6 @@ def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_fi
     dv = torch.zeros_like(vc)
     dlam = torch.zeros_like(lamc)
 
-    # 1. Intra-chunk masked attention, batched over blocks of chunks.
-    block = max(1, _BLOCK_ELEMENTS // max(1, R * C * C))
-    causal = torch.ones((C, C), dtype=torch.bool, device=device).tril()
-    for b0 in range(0, nC, block):
-        b1 = min(nC, b0 + block)
-        J_np = np.empty((b1 - b0, R, C, C), dtype=np.int64)
-        if T:
-            _recency(starts_np, merged_np, C, m_start, pos_start, b0, J_np)
-        else:
-            J_np.fill(-1)
-        J = as_t(J_np)
-        valid = J >= 0
-        Jc = J.clamp(min=0)
-        lamb = lamc[b0:b1]
-        Wl = torch.gather(lamb, -1, Jc) * valid  # lam_t[J[t, s]]
-        Gb = Gc[b0:b1]
-        decay = torch.exp((Gb.unsqueeze(-1) - Gb.unsqueeze(-2)).masked_fill(~causal, -math.inf)).to(cd)
-        qb, kb, vb, dOb = qc[b0:b1], kc[b0:b1], vc[b0:b1], dOc[b0:b1]
-        A = (qb @ kb.transpose(-1, -2)) * decay  # (q_t . k_s) exp(Gc[t] - Gc[s])
-        dP = dOb @ vb.transpose(-1, -2)  # dO_t . v_s
-        dv[b0:b1] += (A * Wl).transpose(-1, -2) @ dOb
-        dM = dP * Wl * decay
-        dq[b0:b1] += dM @ kb
-        dk[b0:b1] += dM.transpose(-1, -2) @ qb
-        dlam[b0:b1].scatter_add_(-1, Jc, dP * A * valid)
-
     # 2. The slot states at every chunk start, recomputed from checkpoints; reverse pass carrying dS.
     # Per chunk: mF = the most slots live at its start in any row (the reads touch only those), and the end
     # slots receiving its tokens, a suffix first_r .. first_r + Rt - 1 of each row's cache (the tokens are
@@ -300,14 +278,94 @@ def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_fi
         U = torch.bmm(wk, vc[c]).view(R, Rt, Dk * Dv)
         return S.scatter_add_(1, idx.unsqueeze(-1).expand(R, Rt, Dk * Dv), U).view(R, K, Dk, Dv)
 
+    rows_i = torch.arange(R, device=device)
+    score_path = dscores is not None
+    if score_path:
+        # The open slot before token t began at p_t (the last start before t; -1: before the call). Its
+        # state is e^{Gc[t-1]} P_c (if p_t < c0, P_c = the open slot at the chunk start) plus the chunk's
+        # tokens max(p_t, c0) .. t-1. x_t = k_t^T P v_t enters the score and, through ||P||^2, later scores.
+        t_idx = torch.arange(T, device=device)
+        last = torch.where(structure.starts, t_idx, torch.full_like(t_idx, -1)).cummax(1).values
+        p_open = torch.nn.functional.pad(last[:, :-1], (1, 0), value=-1)
+        c0_of = (t_idx // C) * C
+        carried = (p_open < c0_of) & (structure.sizes_before() > 0)
+        carried_c = _chunks(carried.to(cd), C, nC)
+        lo_c = _chunks(torch.maximum(p_open, c0_of) - c0_of, C, nC)  # chunk-local first token of the run
+        open_at = torch.as_tensor(np.maximum(m_start[:nC] - 1, 0), device=device)  # [nC, R]
+        Gp = torch.nn.functional.pad(Gc[..., :-1], (1, 0))  # Gc[t - 1]
+        carry_decay = torch.exp(Gp).to(cd)
+        carry_x = torch.zeros((nC, R, C), dtype=cd, device=device)
+
     every = checkpoint_every or max(1, math.isqrt(nC - 1) + 1 if nC > 1 else 1)
     checkpoints = []
     F = init
     for c in range(nC):
         if c % every == 0:
             checkpoints.append(F)
+        if score_path:
+            P = F[rows_i, open_at[c]]
+            carry_x[c] = (torch.bmm(kc[c], P) * vc[c]).sum(-1) * carry_decay[c] * carried_c[c]
         F = advance(F, c)
     S_final = F
+
+    if score_path:
+        dk_reader = torch.zeros_like(kc)  # k_t as the reader of x_t: not a key, kept out of the dg identity
+        x_c = carry_x.clone()
+        run_masks = []
+        for b0 in range(0, nC, max(1, _BLOCK_ELEMENTS // max(1, R * C * C))):
+            b1 = min(nC, b0 + max(1, _BLOCK_ELEMENTS // max(1, R * C * C)))
+            Mx = _run_mask(lo_c[b0:b1], C)
+            Dp = torch.exp((Gp[b0:b1].unsqueeze(-1) - Gc[b0:b1].unsqueeze(-2)).masked_fill(~Mx, -math.inf)).to(cd)
+            kb, vb = kc[b0:b1], vc[b0:b1]
+            x_c[b0:b1] += (Dp * (kb @ kb.transpose(-1, -2)) * (vb @ vb.transpose(-1, -2))).sum(-1)
+        x = _unchunk(x_c, T).to(torch.float64)
+        ss = (k * k).sum(-1).to(torch.float64) * (v * v).sum(-1).to(torch.float64)
+        size0 = structure.size0
+        P0 = init[rows_i, (size0 - 1).clamp(min=0)]  # the initial open slot
+        nP0 = torch.where(size0 > 0, P0.to(torch.float64).square().sum((1, 2)), torch.zeros_like(ss[:, 0]))
+        dx, dss, dg_direct, lam0 = _score_adjoint(structure.starts, x, ss, g.to(torch.float64), nP0, dscores,
+                                                  float(Dk * Dv), eps, norm_eps)
+        dx_c = _chunks(dx.to(cd), C, nC)
+        dk_reader += _chunks((2.0 * dss * (v * v).sum(-1).to(torch.float64)).to(cd).unsqueeze(-1) * k, C, nC)
+        dv += _chunks((2.0 * dss * (k * k).sum(-1).to(torch.float64)).to(cd).unsqueeze(-1) * v, C, nC)
+        dG_reader = torch.nn.functional.pad((dx * x)[:, 1:], (0, 1))  # every term of x_t decays from t - 1
+
+    # 1. Intra-chunk masked attention, batched over blocks of chunks.
+    block = max(1, _BLOCK_ELEMENTS // max(1, R * C * C))
+    causal = torch.ones((C, C), dtype=torch.bool, device=device).tril()
+    for b0 in range(0, nC, block):
+        b1 = min(nC, b0 + block)
+        J_np = np.empty((b1 - b0, R, C, C), dtype=np.int64)
+        if T:
+            _recency(starts_np, merged_np, C, m_start, pos_start, b0, J_np)
+        else:
+            J_np.fill(-1)
+        J = as_t(J_np)
+        valid = J >= 0
+        Jc = J.clamp(min=0)
+        lamb = lamc[b0:b1]
+        Wl = torch.gather(lamb, -1, Jc) * valid  # lam_t[J[t, s]]
+        Gb = Gc[b0:b1]
+        decay = torch.exp((Gb.unsqueeze(-1) - Gb.unsqueeze(-2)).masked_fill(~causal, -math.inf)).to(cd)
+        qb, kb, vb, dOb = qc[b0:b1], kc[b0:b1], vc[b0:b1], dOc[b0:b1]
+        A = (qb @ kb.transpose(-1, -2)) * decay  # (q_t . k_s) exp(Gc[t] - Gc[s])
+        dP = dOb @ vb.transpose(-1, -2)  # dO_t . v_s
+        dv[b0:b1] += (A * Wl).transpose(-1, -2) @ dOb
+        dM = dP * Wl * decay
+        dq[b0:b1] += dM @ kb
+        dk[b0:b1] += dM.transpose(-1, -2) @ qb
+        dlam[b0:b1].scatter_add_(-1, Jc, dP * A * valid)
+
+        if score_path:  # x_t's intra-chunk part: sum_{s in run, s < t} e^{Gc[t-1]-Gc[s]} (k_t.k_s)(v_t.v_s)
+            Mx = _run_mask(lo_c[b0:b1], C)
+            Dp = torch.exp((Gp[b0:b1].unsqueeze(-1) - Gb.unsqueeze(-2)).masked_fill(~Mx, -math.inf)).to(cd)
+            E = dx_c[b0:b1].unsqueeze(-1) * Dp
+            EV = E * (vb @ vb.transpose(-1, -2))
+            EK = E * (kb @ kb.transpose(-1, -2))
+            dk_reader[b0:b1] += EV @ kb
+            dk[b0:b1] += EV.transpose(-1, -2) @ kb
+            dv[b0:b1] += EK @ vb + EK.transpose(-1, -2) @ vb
+
 
     dS = torch.zeros_like(init) if dS_final is None else dS_final.clone()
     for seg in range(len(checkpoints) - 1, -1, -1):
@@ -339,17 +397,117 @@ def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_fi
                 dlam[c].scatter_add_(-1, JFc.clamp(min=0), dcoef * validF * decay_in[c].unsqueeze(-1))
                 X = (coefF.unsqueeze(-1) * qb.unsqueeze(2)).reshape(R, C, m * Dk)
                 dF[:, :m] += torch.bmm(X.transpose(1, 2), dOb).view(R, m, Dk * Dv)
+            if score_path:  # x_t's carried part e^{Gc[t-1]} k_t^T P_c v_t (P_c: the open slot at the chunk start)
+                w = (dx_c[c] * carried_c[c] * carry_decay[c]).unsqueeze(-1)  # [R, C, 1]
+                P = F[rows_i, open_at[c]]
+                dk_reader[c] += w * (vb @ P.transpose(1, 2))
+                dv[c] += w * (kb @ P)
+                dF.view(R, K, Dk, Dv)[rows_i, open_at[c]] += (w * kb).transpose(1, 2) @ vb
             dS = dF.view(R, K, Dk, Dv)
     dinit = dS
+    if score_path:  # ||P||^2 of the initial open slot starts the recursion of the open norms
+        has = (structure.size0 > 0).to(cd).view(R, 1, 1)
+        dinit = dinit.clone()
+        dinit[rows_i, (structure.size0 - 1).clamp(min=0)] += 2.0 * lam0.to(cd).view(R, 1, 1) * P0 * has
 
     dq, dk, dv, dlam = (_unchunk(x, T) for x in (dq, dk, dv, dlam))
     # Every term depends on g only through exp(G[t] - G[s]) (G the cumulative log decay): dL/dG[t] =
     # q_t . dq_t - k_t . dk_t, plus <S_final, dS_final> at the last token; dg is its reverse cumsum.
     dG = (q * dq).sum(-1) - (k * dk).sum(-1)
-    dg = _reverse_cumsum(dG.to(torch.float64))
+    dG = dG.to(torch.float64)
+    if score_path:
+        dG = dG + dG_reader
+        dk = dk + _unchunk(dk_reader, T)
+    dg = _reverse_cumsum(dG)
     if dS_final is not None and T:
         dg = dg + (S_final * dS_final).sum((1, 2, 3)).to(torch.float64).unsqueeze(1)
+    if score_path:
+        dg = dg + dg_direct
     return dq, dk, dv, dg.to(cd), dlam, dinit
+
+
+def _run_mask(lo: torch.Tensor, C: int) -> torch.Tensor:
+    """``[..., C, C]``: ``lo[t] <= s < t`` (token s is in the open run before token t, same chunk)."""
+    s = torch.arange(C, device=lo.device)
+    return (s.view(1, C) >= lo.unsqueeze(-1)) & (s.view(1, C) < s.view(C, 1))
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt with gradient 0 at 0 (the norms in the score are not differentiable there; we take 0)."""
+    pos = x > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def _score_of(nP, x, ss, g, numel: float, eps: float, norm_eps: float) -> torch.Tensor:
+    """The score from ``||P||^2``, ``<P, k v^T>``, ``||k v^T||^2`` and g: the forward's stable form
+    (``_kernels.information_score``), differentiable (float64 tensors)."""
+    a = torch.exp(g)
+    a2m1 = torch.expm1(2.0 * g)
+    r2 = nP / numel + norm_eps
+    delta = (a2m1 * nP + 2.0 * a * x + ss) / (numel * r2)
+    one_plus = torch.maximum(1.0 + delta, norm_eps / r2)
+    sq = torch.sqrt(one_plus)
+    r = torch.sqrt(r2)
+    rp = r * sq
+    c = (a2m1 - delta) / ((a + sq) * sq * r)
+    d2 = torch.clamp(c * c * nP + 2.0 * c * x / rp + ss / (rp * rp), min=0.0)
+    return _safe_sqrt(d2) / (_safe_sqrt(nP) / r + eps)
+
+
+@nb.njit(cache=True, nogil=True)
+def _open_norms(starts, x, ss, g, nP0, nP):
+    """``nP[r, t] = ||P||^2`` of the open slot before token t, by the recursion of the forward's scan."""
+    R, T = x.shape
+    for r in range(R):
+        n = nP0[r]
+        for t in range(T):
+            nP[r, t] = n
+            if starts[r, t]:
+                n = ss[r, t]
+            else:
+                a = np.exp(g[r, t])
+                n = max(a * a * n + 2.0 * a * x[r, t] + ss[r, t], 0.0)
+
+
+@nb.njit(cache=True, nogil=True)
+def _open_norms_adjoint(starts, x, g, nP, f_nP, f_x, f_ss, f_g, dx, dss, dg, lam0):
+    """Reverse of :func:`_open_norms`: the gradients of x, ss, g and ``nP0`` given those of every ``nP``."""
+    R, T = x.shape
+    for r in range(R):
+        L = 0.0  # dL/d nP[t + 1]
+        for t in range(T - 1, -1, -1):
+            dx[r, t] = f_x[r, t]
+            dss[r, t] = f_ss[r, t] + L
+            dg[r, t] = f_g[r, t]
+            if starts[r, t]:
+                L = f_nP[r, t]
+            else:
+                a = np.exp(g[r, t])
+                dx[r, t] += 2.0 * a * L
+                dg[r, t] += L * (2.0 * a * a * nP[r, t] + 2.0 * a * x[r, t])
+                L = f_nP[r, t] + a * a * L
+        lam0[r] = L
+
+
+def _score_adjoint(starts, x, ss, g, nP0, dscores, numel, eps, norm_eps):
+    """``(dx, dss, dg, dnP0)`` of ``<dscores, I>`` through the score formula and the open-norm recursion."""
+    st = starts.cpu().numpy()
+    x_np, ss_np, g_np = (t.detach().cpu().numpy() for t in (x, ss, g))
+    nP = np.empty_like(x_np)
+    _open_norms(st, x_np, ss_np, g_np, nP0.cpu().numpy(), nP)
+    decided = dscores != 0
+    dev = x.device
+    safe = lambda t, fill: torch.where(decided, t, torch.full_like(t, fill))  # noqa: E731
+    leaves = [safe(torch.as_tensor(nP, device=dev), 1.0).requires_grad_(), safe(x, 0.0).requires_grad_(),
+              safe(ss, 1.0).requires_grad_(), safe(g, 0.0).requires_grad_()]
+    with torch.enable_grad():
+        I = _score_of(*leaves, numel, eps, norm_eps)
+        f = torch.autograd.grad(I, leaves, grad_outputs=torch.where(decided, dscores, torch.zeros_like(dscores)))
+    f = [torch.where(decided, t, torch.zeros_like(t)).cpu().numpy() for t in f]
+    dx, dss, dg = (np.zeros_like(x_np) for _ in range(3))
+    lam0 = np.zeros(x_np.shape[0])
+    _open_norms_adjoint(st, x_np, g_np, nP, *f, dx, dss, dg, lam0)
+    return tuple(torch.as_tensor(t, device=dev) for t in (dx, dss, dg, lam0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,14 +618,18 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
 # ---------------------------------------------------------------------------------------------
 
 
-def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chunk_size):
+def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chunk_size, dscores=None, eps=1e-6,
+                   norm_eps=1e-6):
     """The torch backward (any device): ``(dq, dk, dv, dg, dbeta, dlam, dinit)`` in row layout.
 
-    The signature every backend of :data:`BACKWARDS` implements. ``beta`` None: scalar decay.
+    The signature every backend of :data:`BACKWARDS` implements. ``beta`` None: scalar decay. ``dscores``
+    ``[R, T]`` float64 or None: a gradient w.r.t. the scores (the surrogate's), propagated into the inputs
+    for scalar decay; the delta rule's scores are treated as detached (docs/training.md).
     """
     if beta is None:
         dq, dk, dv, dg, dlam, dinit = scalar_decay_backward(q, k, v, g, lam, init, structure, dO, dS_final,
-                                                            chunk_size=chunk_size)
+                                                            chunk_size=chunk_size, dscores=dscores, eps=eps,
+                                                            norm_eps=norm_eps)
         return dq, dk, dv, dg, None, dlam, dinit
     dq, dk, dv, dg, dbeta, dlam, dinit, _ = delta_rule_backward(q, k, v, g, beta, lam, init, structure, dO,
                                                                 dS_final)
@@ -514,6 +676,9 @@ class _Record:
     decided: Optional[torch.Tensor]  # [R, T] bool: the score took the decision
     chunk_size: int
     temperature: Optional[float]
+    tau: float = 0.6
+    eps: float = 1e-6
+    norm_eps: float = 1e-6
 
 
 class DLAFunction(torch.autograd.Function):
@@ -556,17 +721,20 @@ class DLAFunction(torch.autograd.Function):
             dSf = dS_final.to(cd).reshape(R, K, Dk, Dv) * live.view(R, K, 1, 1)
         backend = _backend(q.device)
         with torch.no_grad():
-            dq, dk, dv, dg, dbeta, dlam, dinit = backend(*rows, g_r, beta_r, lam_r, init_r, rec.structure, dO_r,
-                                                         dSf, chunk_size=rec.chunk_size)
             dtau = None if tau is None else torch.zeros((), dtype=torch.float64, device=q.device)
-            if (tau is not None and ctx.needs_input_grad[7] and rec.temperature is not None
-                    and rec.decided is not None and bool(rec.decided.any())):
-                # eps_r = dL/d(h_r): the reverse-cumsum "dg" of the same backward with the shifted weights.
+            dI = None
+            if rec.temperature is not None and rec.decided is not None and bool(rec.decided.any()):
+                # The surrogate: eps_r = dL/dh_r is the "dg" of the same backward with the shifted weights;
+                # dL/dI_r = eps_r h_r (1 - h_r) / T on decided tokens, dL/dtau = -sum_r dL/dI_r.
                 _, _, _, eps_r, _, _, _ = backend(*rows, g_r, beta_r, shifted_weights(lam_r), init_r,
                                                   rec.structure, dO_r, None, chunk_size=rec.chunk_size)
-                h_slope = _sigmoid_slope(rec.scores, float(tau), rec.temperature) * rec.decided
+                h_slope = _sigmoid_slope(rec.scores, rec.tau, rec.temperature) * rec.decided
                 dI = eps_r.to(torch.float64) * h_slope
-                dtau = -dI.sum()
+                if dtau is not None:
+                    dtau = -dI.sum()
+            dq, dk, dv, dg, dbeta, dlam, dinit = backend(*rows, g_r, beta_r, lam_r, init_r, rec.structure, dO_r,
+                                                         dSf, chunk_size=rec.chunk_size, dscores=dI, eps=rec.eps,
+                                                         norm_eps=rec.norm_eps)
         back = lambda x, like: None if x is None else _unrows(x, B, H).to(like.dtype)  # noqa: E731
         grads = [back(dq, q), back(dk, k), back(dv, v), back(dg, g), back(dlam, lam), back(dbeta, beta) if
                  beta is not None else None]
@@ -638,7 +806,8 @@ def differentiable_forward(forward: Callable, q, k, v, g, slot_weights, *, tau=0
         decided = before > 0  # the score took the decision (not an empty cache, no override)
     scores = None if decided is None else _rows(trace.scores, torch.float64)  # only the surrogate reads them
     record = _Record(o, final.states, structure, scores, decided, chunk_size,
-                     None if surrogate_temperature is None else float(surrogate_temperature))
+                     None if surrogate_temperature is None else float(surrogate_temperature), float(tau_value),
+                     eps, norm_eps)
     as_t = lambda x: x if (x is None or isinstance(x, torch.Tensor)) else torch.as_tensor(np.asarray(x))  # noqa: E731
     o, states = DLAFunction.apply(as_t(q), as_t(k), as_t(v), as_t(g), as_t(slot_weights), as_t(beta), init_states,
                                   tau_t, record)
