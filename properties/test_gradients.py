@@ -69,6 +69,32 @@ def straightforward(q, k, v, g, lam, beta, init_states, init_size, starts, merge
     return torch.stack([torch.stack(r, 1) for r in outs]), torch.stack([torch.stack(r) for r in finals])
 
 
+def straightforward_scores(k, v, g, init_states, init_size, starts, merged, eps, norm_eps) -> dict:
+    """``{(b, t, h): I_t}`` for the tokens the score decided (non-empty cache), from the contract's formula
+    ``||N(P') - N(P)|| / (||N(P)|| + eps)`` on the open slot, decisions forced (scalar decay)."""
+    B, T, H, _ = k.shape
+    N = lambda X: X / torch.sqrt((X * X).mean() + norm_eps)  # noqa: E731
+    scores = {}
+    for b in range(B):
+        for h in range(H):
+            m0 = 0 if init_states is None else int(init_size[b, h])
+            slots = [init_states[b, h, i] for i in range(m0)]
+            for t in range(T):
+                a, s = torch.exp(g[b, t, h]), torch.outer(k[b, t, h], v[b, t, h])
+                if slots:
+                    P = slots[-1]
+                    scores[(b, t, h)] = torch.linalg.norm(N(a * P + s) - N(P)) / (torch.linalg.norm(N(P)) + eps)
+                slots = [a * X for X in slots]
+                if starts[b, t, h]:
+                    i = int(merged[b, t, h])
+                    if i >= 0:
+                        slots = slots[:i] + [slots[i] + slots[i + 1]] + slots[i + 2:]
+                    slots.append(s)
+                else:
+                    slots[-1] = slots[-1] + s
+    return scores
+
+
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
@@ -265,3 +291,47 @@ def test_examples_with_several_chunks_merges_and_initial_caches():
         for chunk_size in (1, 4, 64):
             trace = check_gradients(case, chunk_size, 7)
             assert (trace.merged >= 0).any()
+
+
+@settings(max_examples=max(4, EXAMPLES // 3))
+@given(case=grad_cases(min_T=2, boundaries="none", data=st.sampled_from(("random", "piecewise", "repeated", "large")),
+                       tau_mode=st.sampled_from(("observed", "value", "zero")), K=st.integers(2, 4)),
+       chunk_size=CHUNKS, temperature=st.sampled_from((0.1, 1.0)), seed=st.integers(0, 2**16))
+def test_surrogate_gradient_reaches_the_inputs_through_the_scores(case, chunk_size, temperature, seed):
+    """Scalar decay: the surrogate adds to every input's gradient exactly autograd's gradient of
+    ``sum_r sigmoid((I_r - tau) / T) eps_r`` (``eps_r`` held constant) with ``I_r`` from the contract's
+    formula on the oracle's open slot (1e-6 of that term, or 1e-9 of the whole gradient). Delta rule:
+    its scores are detached, the surrogate changes no input gradient."""
+    x, cache = tensors(case)
+    rng = np.random.default_rng(seed)
+    o, final, trace = run_fast(case, x, cache, chunk_size)
+    dO = torch.tensor(rng.standard_normal(tuple(o.shape)))
+    names = [n for n in ("q", "k", "v", "g", "slot_weights", "beta") if x[n] is not None]
+    leaves = [x[n] for n in names] + ([cache.states] if cache is not None else [])
+    names += ["initial_cache.states"] if cache is not None else []
+    zero = lambda: sum(0.0 * leaf.sum() for leaf in leaves)  # noqa: E731
+    off = torch.autograd.grad((o * dO).sum() + zero(), leaves)
+    o_on, _, _ = run_fast(case, x, cache, chunk_size, surrogate_temperature=temperature)
+    on = torch.autograd.grad((o_on * dO).sum() + zero(), leaves)
+    if case.beta is not None:
+        for name, a, b in zip(names, on, off):
+            assert torch.equal(a, b), f"d/d{name}: the delta rule's surrogate changed an input gradient"
+        return
+    detached = {n: None if t is None else t.detach() for n, t in x.items()}
+    cache_d = None if cache is None else dla_fast.Cache(cache.states.detach(), cache.counts, cache.info, cache.size)
+    g = detached["g"].clone().requires_grad_(True)
+    o1, _ = run_oracle(detached, cache_d, trace, lam=shifted_weights(detached["slot_weights"]), g=g)
+    (eps_r,) = torch.autograd.grad((o1 * dO).sum() + 0.0 * g.sum(), [g])
+    scores = straightforward_scores(x["k"], x["v"], x["g"], None if cache is None else cache.states,
+                                    None if cache is None else cache.size, trace.starts, trace.merged,
+                                    case.eps, case.norm_eps)
+    if not scores:
+        return
+    surrogate = sum(torch.sigmoid((I - case.tau) / temperature) * eps_r[key] for key, I in scores.items())
+    want = torch.autograd.grad(surrogate + zero(), leaves, allow_unused=True)
+    share = max(float(w.abs().max()) / max(float(b.abs().max()), 1e-300) for w, b in zip(want, off) if w is not None)
+    event(f"surrogate part / whole gradient: {'> 1e-3' if share > 1e-3 else '<= 1e-3'}")
+    for name, a, b, w, leaf in zip(names, on, off, want, leaves):
+        w = torch.zeros_like(leaf) if w is None else w
+        assert_rel_close(a - b, w, f"surrogate part of d/d{name} (chunk_size={chunk_size})",
+                         floor=1e-3 * float(b.abs().max()))
