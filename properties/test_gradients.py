@@ -8,6 +8,10 @@ the trace of the call under test, differentiated by torch autograd. It shares no
 Tolerance: float64 against float64, relative error ``<= 1e-6`` per gradient tensor, measured against the
 largest entry of the oracle's gradient (what the issue asks; observed errors are ~1e-15).
 
+The surrogate for tau is checked three ways: the forward bit for bit, ``d/dtau`` against the oracle and
+against finite differences of the documented surrogate function, and the part it adds to the input
+gradients (through the scores, scalar decay) against autograd of the contract's score formula.
+
 These properties exercise ``dla_fast`` itself (torch, float64, CPU): they do not take the ``impl`` fixture.
 Examples per property: a quarter of the profile's (the oracle's per-token loops are the slow part).
 """
