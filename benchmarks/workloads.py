@@ -21,6 +21,8 @@ Baselines:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -28,7 +30,7 @@ from dla_fast.recurrent import recurrent_forward as _recurrent_rows
 from dla_ref.synthetic import piecewise_stationary
 
 B, H, DK, DV, K, TAU = 1, 4, 64, 64, 30, 0.6
-THREADS = 2  # torch threads for every timing (the benchmark machine has 2 cores)
+THREADS = int(os.environ.get("DLA_BENCH_THREADS", "2"))  # torch threads for every timing (2 cores here)
 
 WORKLOADS = {
     "sparse": dict(decay=0.5, jitter=0.2, regime_length=100.0, min_regime_length=8),
