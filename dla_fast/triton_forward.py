@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext as _nullcontext
 
 import torch
 import triton
@@ -557,54 +558,73 @@ def _dla_bstate_kernel(
 
 
 @triton.jit
-def _dla_prefix_at_kernel(
-    k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, fpos_ptr, size_ptr, hinit_ptr, m0_ptr, out_ptr,
+def _prefix_before(k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, hinit_ptr, bh, b, h, a, m0, gtot, T, H, Dk, Dv, K, NC,
+                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+                   HAS_INIT: tl.constexpr, vb):
+    """H(a - 1) decayed to T-1 (a pseudo start a < 0 indexes the initial slots), [BK, BV] fp32."""
+    t_idx = tl.arange(0, C)
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
+    out = tl.zeros([BK, BV], dtype=tl.float32)
+    if a < 0:
+        if HAS_INIT:
+            out = tl.exp(gtot.to(tl.float32)) * tl.load(hinit_ptr + (bh * K + a + m0) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+    else:
+        cp = a // C
+        aloc = a - cp * C
+        tok = cp * C + t_idx
+        pm = t_idx < aloc
+        kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=pm[:, None] & (kd[None, :] < Dk), other=0.0)
+        vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=pm[:, None] & (vd[None, :] < Dv), other=0.0)
+        g = tl.load(g_ptr + (b * T + tok) * H + h, mask=tok < T, other=0.0).to(tl.float32)
+        Gc = tl.cumsum(g, 0)
+        Glast = tl.sum(g, 0)
+        w = tl.where(pm, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
+        kw = kc.to(tl.float32) * w[:, None]
+        Hc = tl.exp(Glast) * tl.load(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+        if SPLIT:
+            X = Hc + _dot_split_t(kw, vc, PREC)
+        else:
+            X = Hc + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
+        out = tl.exp((gtot - tl.load(gs_ptr + bh * (NC + 1) + cp + 1)).to(tl.float32)) * X
+    return out
+
+
+@triton.jit
+def _dla_final_kernel(
+    k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, fpos_ptr, size_ptr, hinit_ptr, m0_ptr, p_ptr, out_ptr,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, SPLIT: tl.constexpr,
     PREC: tl.constexpr, HAS_INIT: tl.constexpr,
 ):
-    """Program (bh, final slot i, Dv block): H(a_i - 1) decayed to T-1 for the start a_i of final slot i
-    (0 for the oldest slot and unused slots), in float32; the final closed slot states are differences
-    of consecutive ones. 2 C Dk BV FLOPs (x3 split)."""
+    """Program (bh, final slot i, Dv block): the final cache state of slot i, float32. Closed slot i
+    (covering a_i .. a_{i+1} - 1) = H(a_{i+1} - 1) - H(a_i - 1), both decayed to T-1 (H before the oldest
+    start is 0); the open slot is the carry scan's P; unused slots are 0. <= 4 C Dk BV FLOPs (x3 split)."""
     bh = tl.program_id(0)
     i = tl.program_id(1)
     vb = tl.program_id(2)
     b = bh // H
     h = bh % H
     NC = tl.cdiv(T, C)
-    t_idx = tl.arange(0, C)
     kd = tl.arange(0, BK)
     vd = vb * BV + tl.arange(0, BV)
     sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
     m = tl.load(size_ptr + bh)
-    a = tl.load(fpos_ptr + bh * KP + i)
+    m0 = tl.load(m0_ptr + bh)
     gtot = tl.load(gs_ptr + bh * (NC + 1) + NC)
     out = tl.zeros([BK, BV], dtype=tl.float32)
-    if (i > 0) & (i < m):
-        if a < 0:
-            if HAS_INIT:
-                m0 = tl.load(m0_ptr + bh)
-                out = tl.exp(gtot.to(tl.float32)) * tl.load(hinit_ptr + (bh * K + a + m0) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
-        else:
-            cp = a // C
-            aloc = a - cp * C
-            tok = cp * C + t_idx
-            pm = t_idx < aloc
-            kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=pm[:, None] & (kd[None, :] < Dk), other=0.0)
-            vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=pm[:, None] & (vd[None, :] < Dv), other=0.0)
-            g = tl.load(g_ptr + (b * T + tok) * H + h, mask=tok < T, other=0.0).to(tl.float32)
-            Gc = tl.cumsum(g, 0)
-            Glast = tl.sum(g, 0)
-            w = tl.where(pm, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
-            kw = kc.to(tl.float32) * w[:, None]
-            Hc = tl.exp(Glast) * tl.load(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
-            if SPLIT:
-                X = Hc + _dot_split_t(kw, vc, PREC)
-            else:
-                X = Hc + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
-            dec = tl.exp((gtot - tl.load(gs_ptr + bh * (NC + 1) + cp + 1)).to(tl.float32))
-            out = dec * X
-    tl.store(out_ptr + ((bh * KP + i) * Dk) * Dv + kd[:, None] * Dv + vd[None, :], out, mask=sm)
+    if i == m - 1:
+        out = tl.load(p_ptr + bh * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+    elif i < m - 1:
+        a1 = tl.load(fpos_ptr + bh * KP + i + 1)
+        out = _prefix_before(k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, hinit_ptr, bh, b, h, a1, m0, gtot, T, H, Dk, Dv, K, NC,
+                             C, BK, BV, SPLIT, PREC, HAS_INIT, vb)
+        if i > 0:
+            a0 = tl.load(fpos_ptr + bh * KP + i)
+            out -= _prefix_before(k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, hinit_ptr, bh, b, h, a0, m0, gtot, T, H, Dk, Dv, K,
+                                  NC, C, BK, BV, SPLIT, PREC, HAS_INIT, vb)
+    tl.store(out_ptr + ((bh * K + i) * Dk) * Dv + kd[:, None] * Dv + vd[None, :], out, mask=sm)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -811,6 +831,28 @@ def forward_scalar_decay_triton(
         LOGC=int(math.log2(C)), SCAN=os.environ.get("DLA_TRITON_TABLE_SCAN", "1") == "1",
         num_warps=8,
     )
+    # 4. prefix states at chunk starts: independent of the decisions, so on CUDA it runs on a side stream
+    # while the sequential carry scan and merge simulation (B*H programs) leave most of the GPU idle.
+    gpad = torch.zeros(BH, NC * C, device=dev, dtype=torch.float64)
+    gpad[:, :T] = g.double().permute(0, 2, 1).reshape(BH, T)
+    gs = torch.zeros(BH, NC + 1, device=dev, dtype=torch.float64)
+    gs[:, 1:] = gpad.view(BH, NC, C).sum(-1).cumsum(-1)
+    hs = torch.empty(BH, NC + 1, Dk, Dv, **f32)
+    split = q.dtype == torch.bfloat16 and not _interpret()
+    if states is None:
+        h0 = torch.zeros(BH, Dk, Dv, **f32)
+        hinit = h0  # never read: no pseudo starts without an initial cache
+    else:
+        h0 = states0.sum(1).contiguous()
+        hinit = (torch.cumsum(states0, 1) - states0).contiguous()  # sum of the initial slots before slot i
+    side = torch.cuda.Stream(device=dev) if (dev.type == "cuda" and not _interpret()) else None
+    if side is not None:
+        side.wait_stream(torch.cuda.current_stream(dev))
+    with (torch.cuda.stream(side) if side is not None else _nullcontext()):
+        _dla_chunkstate_kernel[(NC, BH, NVB)](k, v, g, hs, T, H, Dk, Dv, C=C, BK=BK, BV=BV, SPLIT=split, PREC=prec,
+                                              num_warps=4)
+        HBLK = 1024
+        _dla_hscan_kernel[(BH, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gs, T, Dk * Dv, C=C, BLOCK=HBLK, num_warps=4)
     # 2. carry scan
     _mark(profile, 'carry')
     masks = torch.empty(BH, NC, device=dev, dtype=torch.int64)
@@ -841,24 +883,8 @@ def forward_scalar_decay_triton(
         masks, scores, cnt, inf64, msize, death, death0, merged, live, livem, fpos, T, K,
         C=C, KP=KP, num_warps=1,
     )
-    # 4. prefix states at chunk starts
-    _mark(profile, 'hstate')
-    gpad = torch.zeros(BH, NC * C, device=dev, dtype=torch.float64)
-    gpad[:, :T] = g.double().permute(0, 2, 1).reshape(BH, T)
-    gs = torch.zeros(BH, NC + 1, device=dev, dtype=torch.float64)
-    gs[:, 1:] = gpad.view(BH, NC, C).sum(-1).cumsum(-1)
-    hs = torch.empty(BH, NC + 1, Dk, Dv, **f32)
-    split = q.dtype == torch.bfloat16 and not _interpret()
-    _dla_chunkstate_kernel[(NC, BH, NVB)](k, v, g, hs, T, H, Dk, Dv, C=C, BK=BK, BV=BV, SPLIT=split, PREC=prec,
-                                          num_warps=4)
-    if states is None:
-        h0 = torch.zeros(BH, Dk, Dv, **f32)
-        hinit = h0  # never read: no pseudo starts without an initial cache
-    else:
-        h0 = states0.sum(1).contiguous()
-        hinit = (torch.cumsum(states0, 1) - states0).contiguous()  # sum of the initial slots before slot i
-    HBLK = 1024
-    _dla_hscan_kernel[(BH, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gs, T, Dk * Dv, C=C, BLOCK=HBLK, num_warps=4)
+    if side is not None:
+        torch.cuda.current_stream(dev).wait_stream(side)
     # 5. output
     _mark(profile, 'output')
     # Compact storage for the prefix states of slot starts that outlive their chunk (+ the initial slots').
@@ -880,16 +906,11 @@ def forward_scalar_decay_triton(
     )
     # Final cache: the open slot from the carry scan; closed slots as differences of prefix states.
     _mark(profile, 'final')
-    Hd = torch.empty(BH, KP, Dk, Dv, **f32)
-    _dla_prefix_at_kernel[(BH, KP, NVB)](
-        k, v, g, hs, gs, fpos, msize, hinit, size_flat, Hd, T, H, Dk, Dv, K,
+    final_states = torch.empty(BH, K, Dk, Dv, **f32)
+    _dla_final_kernel[(BH, K, NVB)](
+        k, v, g, hs, gs, fpos, msize, hinit, size_flat, P, final_states, T, H, Dk, Dv, K,
         C=C, BK=BK, BV=BV, KP=KP, SPLIT=split, PREC=prec, HAS_INIT=states is not None, num_warps=4,
     )
-    final_states = torch.cat([Hd[:, 1:K], torch.zeros_like(Hd[:, :1])], 1) - Hd[:, :K]
-    final_states = torch.where((torch.arange(K, device=dev)[None, :] < msize[:, None])[..., None, None], final_states, 0.0)
-    last = (msize - 1).clamp(min=0)
-    arb = torch.arange(BH, device=dev)
-    final_states[arb, last] = torch.where((msize > 0)[:, None, None], P, final_states[arb, last])
     cache = (
         final_states.reshape(B, H, K, Dk, Dv),
         cnt.reshape(B, H, K),
