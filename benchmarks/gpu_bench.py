@@ -296,14 +296,18 @@ def time_forward(cfg, fh, bw, fl, quick=False):
     res = dict(dla=rows)
     if cfg == (2, 16384, 16, 64, 64):
         w = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS["moderate"], seed=11)[4]
-        for knob, val in (("DLA_TRITON_TABLE_SCAN", "0"), ("DLA_TRITON_CARRY_WARPS", "8"),
-                          ("DLA_TRITON_OUTPUT_GROUP", "2"), ("DLA_TRITON_OUTPUT_GROUP", "8")):
+        for knob, val in (("DLA_TRITON_PIPELINE", "0" if os.environ.get("DLA_TRITON_PIPELINE") == "1" else "1"),):
+            old = os.environ.get(knob)
             os.environ[knob] = val
             prof = {}
             fwd(q, k, v, g, w, tau=TAU, profile=prof)
             fwd(q, k, v, g, w, tau=TAU, profile=prof)
             res[f"{knob}={val}"] = {kk: vv for kk, vv in prof.items() if kk.endswith("_ms")}
-            del os.environ[knob]
+            res[f"{knob}={val}"]["total_ms"] = bench_ms(lambda: fwd(q, k, v, g, w, tau=TAU))
+            if old is None:
+                del os.environ[knob]
+            else:
+                os.environ[knob] = old
             log(f"variant {knob}={val}: {res[f'{knob}={val}']}", fh)
     try:
         from fla.ops.simple_gla import chunk_simple_gla
@@ -374,7 +378,7 @@ def main():
     card = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     res = dict(card=card, date=date, torch=torch.__version__, triton=triton.__version__, K=K_SLOTS, tau=TAU,
-               workloads=WORKLOADS)
+               workloads=WORKLOADS, pipeline=os.environ.get("DLA_TRITON_PIPELINE", "0"))
     try:
         import fla
 

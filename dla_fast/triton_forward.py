@@ -219,7 +219,7 @@ def _dla_carry_kernel(
     p_ptr, size_ptr, mask_ptr, cscore_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr,
-    OVERRIDE: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+    OVERRIDE: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PIPE: tl.constexpr, flag_ptr,
 ):
     """Program (bh): walks the chunks. P (the open slot, fp32 [Dk, Dv]) stays in registers when Dv fits
     one block (NVB == 1), else lives in p_ptr (L2-resident) and is processed in Dv blocks of BV.
@@ -307,6 +307,9 @@ def _dla_carry_kernel(
             mask = tl.sum(tl.where(t_idx == f, anc_row, 0), 0)  # 0 when f == C (no boundary)
         tl.store(mask_ptr + bh * NC + c, mask)
         tl.store(cscore_ptr + bh * NC * C + tok, Ic)
+        if PIPE:  # publish chunk c to the concurrently running merge simulation
+            tl.debug_barrier()
+            tl.atomic_xchg(flag_ptr + bh, c + 1, sem="release")
         # The open slot at the chunk end.
         bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
         L = tl.max(tl.where(bvec, t_idx, -1), 0)
@@ -364,12 +367,14 @@ def _dla_scores_kernel(
 def _dla_merge_kernel(
     mask_ptr, score_ptr, cnt_ptr, info_ptr, size_ptr,
     death_ptr, death0_ptr, merged_ptr, live_ptr, livem_ptr, fpos_ptr,
-    T, K,
-    C: tl.constexpr, KP: tl.constexpr,
+    T, K, itab_ptr, cscore_ptr, flag_ptr,
+    C: tl.constexpr, KP: tl.constexpr, PIPE: tl.constexpr,
 ):
     """Program (bh): counts n, information sums Ibar (float64) and start positions of the <= K slots
     in K-wide vectors; one lowest-density merge (tie: oldest pair) per new slot with a full cache.
-    Initial slots have pseudo start positions -m0..-1. Costs O(K) per event, O(C) per chunk."""
+    Initial slots have pseudo start positions -m0..-1. Costs O(K) per event, O(C) per chunk.
+    PIPE: runs concurrently with the carry scan, waiting on its per-chunk flag, and assembles the scores
+    itself (carry score up to the first boundary, else the table entry I[t, p(t)])."""
     bh = tl.program_id(0)
     NC = tl.cdiv(T, C)
     j = tl.arange(0, KP)
@@ -380,15 +385,37 @@ def _dla_merge_kernel(
     info = tl.load(info_ptr + bh * K + j, mask=j < K, other=0.0).to(tl.float64)
     pos = tl.where(j < m0, j - m0, 2147483647)
     shift_idx = tl.minimum(j + 1, KP - 1)
-    mask = tl.load(mask_ptr + bh * NC)
-    sc = tl.load(score_ptr + bh * NC * C + t_idx, mask=t_idx < T, other=0.0)
+    if not PIPE:
+        mask = tl.load(mask_ptr + bh * NC)
+        sc = tl.load(score_ptr + bh * NC * C + t_idx, mask=t_idx < T, other=0.0)
+    else:
+        mask = tl.zeros([], dtype=tl.int64)
+        sc = tl.zeros([C], dtype=tl.float32)
     for c in range(NC):
         tl.store(live_ptr + (bh * NC + c) * KP + j, pos)
         tl.store(livem_ptr + bh * NC + c, m)
         nvalid = tl.minimum(T - c * C, C)
-        # prefetch the next chunk's mask and scores
-        mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
-        sc_n = tl.load(score_ptr + bh * NC * C + (c + 1) * C + t_idx, mask=(c + 1) * C + t_idx < T, other=0.0)
+        if PIPE:
+            while tl.atomic_add(flag_ptr + bh, 0, sem="acquire") <= c:
+                pass
+            mask = tl.load(mask_ptr + bh * NC + c, volatile=True)
+            lt = mask & ((tl.full([C], 1, tl.int64) << t_idx.to(tl.int64)) - 1)  # boundaries before t
+            hi = lt >> 32
+            lo = lt & 0xFFFFFFFF
+            msb_hi = ((hi.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023 + 32
+            msb_lo = ((lo.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023
+            pt = tl.where(lt == 0, -1, tl.where(hi > 0, msb_hi, msb_lo)).to(tl.int32)
+            it = tl.load(itab_ptr + (bh * NC + c) * C * C + t_idx * C + tl.maximum(pt, 0), mask=pt >= 0, other=0.0)
+            cs0 = tl.load(cscore_ptr + bh * NC * C + c * C + t_idx, volatile=True)
+            sc = tl.where(pt >= 0, it, cs0)
+            sc = tl.where(t_idx < nvalid, sc, 0.0)
+            tl.store(score_ptr + bh * NC * C + c * C + t_idx, sc, mask=t_idx < nvalid)
+            mask_n = mask
+            sc_n = sc
+        else:
+            # prefetch the next chunk's mask and scores
+            mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
+            sc_n = tl.load(score_ptr + bh * NC * C + (c + 1) * C + t_idx, mask=(c + 1) * C + t_idx < T, other=0.0)
         sc64 = sc.to(tl.float64)
         cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
         nb = tl.sum((((mask >> t_idx.to(tl.int64)) & 1) != 0).to(tl.int32), 0)
@@ -859,17 +886,6 @@ def forward_scalar_decay_triton(
     cscores = torch.empty(BH, NC * C, **f32)
     scores = torch.empty(BH, NC * C, **f32)
     bnd = boundaries.contiguous().to(torch.int8) if override else masks
-    BVC = BVF if BVF <= 128 else 64  # the carry kernel keeps P in registers up to Dv = 128
-    _dla_carry_kernel[(BH,)](
-        k, v, g, bnd, anc, x0, np0, ssb, P, size_flat, masks, cscores,
-        T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
-        C=C, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=prec,
-        SPLIT=q.dtype == torch.bfloat16 and not _interpret(),
-        num_warps=int(os.environ.get("DLA_TRITON_CARRY_WARPS", 8 if BK * BVC > 64 * 64 else 4)),
-    )
-    _dla_scores_kernel[(NC, BH)](itab, masks, cscores, scores, T, C=C, num_warps=4)
-    # 3. structure simulation
-    _mark(profile, 'merge')
     cnt = counts0.reshape(BH, K).clone().contiguous()
     inf64 = info0.reshape(BH, K).double().contiguous()
     msize = size_flat.clone()
@@ -879,10 +895,32 @@ def forward_scalar_decay_triton(
     live = torch.empty(BH, NC, KP, device=dev, dtype=torch.int32)
     livem = torch.empty(BH, NC, device=dev, dtype=torch.int32)
     fpos = torch.empty(BH, KP, device=dev, dtype=torch.int32)
-    _dla_merge_kernel[(BH,)](
-        masks, scores, cnt, inf64, msize, death, death0, merged, live, livem, fpos, T, K,
-        C=C, KP=KP, num_warps=1,
+    # PIPE: the merge simulation runs concurrently with the carry scan (its own stream), one chunk behind,
+    # synchronised by a per-(b, h) flag; the two sequential passes then overlap.
+    pipe = os.environ.get("DLA_TRITON_PIPELINE", "0") == "1"
+    flag = torch.zeros(BH, device=dev, dtype=torch.int32)
+    mstream = torch.cuda.Stream(device=dev) if (pipe and dev.type == "cuda" and not _interpret()) else None
+    if mstream is not None:
+        mstream.wait_stream(torch.cuda.current_stream(dev))
+    BVC = BVF if BVF <= 128 else 64  # the carry kernel keeps P in registers up to Dv = 128
+    _dla_carry_kernel[(BH,)](
+        k, v, g, bnd, anc, x0, np0, ssb, P, size_flat, masks, cscores,
+        T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
+        C=C, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=prec,
+        SPLIT=q.dtype == torch.bfloat16 and not _interpret(), PIPE=pipe, flag_ptr=flag,
+        num_warps=int(os.environ.get("DLA_TRITON_CARRY_WARPS", 8 if BK * BVC > 64 * 64 else 4)),
     )
+    if not pipe:
+        _dla_scores_kernel[(NC, BH)](itab, masks, cscores, scores, T, C=C, num_warps=4)
+    # 3. structure simulation
+    _mark(profile, 'merge')
+    with (torch.cuda.stream(mstream) if mstream is not None else _nullcontext()):
+        _dla_merge_kernel[(BH,)](
+            masks, scores, cnt, inf64, msize, death, death0, merged, live, livem, fpos, T, K, itab, cscores, flag,
+            C=C, KP=KP, PIPE=pipe, num_warps=1,
+        )
+    if mstream is not None:
+        torch.cuda.current_stream(dev).wait_stream(mstream)
     if side is not None:
         torch.cuda.current_stream(dev).wait_stream(side)
     # 5. output
