@@ -53,8 +53,8 @@ def forward(
         chunk_size: tokens per chunk of the chunked algorithm (default 64; any positive integer).
         eps, norm_eps: the score's denominator guard and the RMS-norm guard (default 1e-6).
         surrogate_temperature: None (default, off) or ``T > 0``: a straight-through gradient through
-            ``sigmoid((I_t - tau) / T)`` into ``tau`` (pass a 0-d tensor requiring grad) and, for scalar decay,
-            through the scores into k, v, g (docs/training.md); the outputs are unchanged.
+            ``sigmoid((I_t - tau) / T)`` into ``tau`` (pass a 0-d tensor requiring grad) and through the
+            scores into the inputs (docs/training.md); the outputs are unchanged.
 
     Gradients (docs/training.md): when an input requires grad, ``o`` and the final cache's ``states`` are
     differentiable w.r.t. q, k, v, g, slot_weights, beta and ``initial_cache.states``, with the boundary and

@@ -489,25 +489,30 @@ def _open_norms_adjoint(starts, x, g, nP, f_nP, f_x, f_ss, f_g, dx, dss, dg, lam
         lam0[r] = L
 
 
+def _score_partials(nP, x, ss, g, dscores, numel, eps, norm_eps):
+    """``dscores * (dI/dnP, dI/dx, dI/dss, dI/dg)`` (float64 ``[R, T]``), zero where ``dscores`` is 0."""
+    decided = dscores != 0
+    safe = lambda t, fill: torch.where(decided, t, torch.full_like(t, fill))  # noqa: E731
+    leaves = [safe(nP, 1.0).requires_grad_(), safe(x, 0.0).requires_grad_(), safe(ss, 1.0).requires_grad_(),
+              safe(g, 0.0).requires_grad_()]
+    with torch.enable_grad():
+        I = _score_of(*leaves, numel, eps, norm_eps)
+        f = torch.autograd.grad(I, leaves, grad_outputs=torch.where(decided, dscores, torch.zeros_like(dscores)))
+    return [torch.where(decided, t, torch.zeros_like(t)) for t in f]
+
+
 def _score_adjoint(starts, x, ss, g, nP0, dscores, numel, eps, norm_eps):
     """``(dx, dss, dg, dnP0)`` of ``<dscores, I>`` through the score formula and the open-norm recursion."""
     st = starts.cpu().numpy()
     x_np, ss_np, g_np = (t.detach().cpu().numpy() for t in (x, ss, g))
     nP = np.empty_like(x_np)
     _open_norms(st, x_np, ss_np, g_np, nP0.cpu().numpy(), nP)
-    decided = dscores != 0
-    dev = x.device
-    safe = lambda t, fill: torch.where(decided, t, torch.full_like(t, fill))  # noqa: E731
-    leaves = [safe(torch.as_tensor(nP, device=dev), 1.0).requires_grad_(), safe(x, 0.0).requires_grad_(),
-              safe(ss, 1.0).requires_grad_(), safe(g, 0.0).requires_grad_()]
-    with torch.enable_grad():
-        I = _score_of(*leaves, numel, eps, norm_eps)
-        f = torch.autograd.grad(I, leaves, grad_outputs=torch.where(decided, dscores, torch.zeros_like(dscores)))
-    f = [torch.where(decided, t, torch.zeros_like(t)).cpu().numpy() for t in f]
+    f = [t.cpu().numpy() for t in _score_partials(torch.as_tensor(nP, device=x.device), x, ss, g, dscores, numel,
+                                                  eps, norm_eps)]
     dx, dss, dg = (np.zeros_like(x_np) for _ in range(3))
     lam0 = np.zeros(x_np.shape[0])
     _open_norms_adjoint(st, x_np, g_np, nP, *f, dx, dss, dg, lam0)
-    return tuple(torch.as_tensor(t, device=dev) for t in (dx, dss, dg, lam0))
+    return tuple(torch.as_tensor(t, device=x.device) for t in (dx, dss, dg, lam0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,8 +549,13 @@ def _delta_step(X, size, k, v, g, beta, start, merged):
 
 
 def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, dS_final, *,
-                        checkpoint_every: Optional[int] = None, **_):
-    """Gradients of ``<dO, o> + <dS_final, S_final>`` for the gated delta rule, partition fixed.
+                        checkpoint_every: Optional[int] = None, dscores: Optional[torch.Tensor] = None,
+                        eps: float = 1e-6, norm_eps: float = 1e-6, **_):
+    """Gradients of ``<dO, o> + <dS_final, S_final> (+ <dscores, I>)`` for the gated delta rule, partition fixed.
+
+    ``dscores``: as in :func:`scalar_decay_backward`. The score of token t reads the open slot ``P`` before
+    it: ``nP = ||P||^2``, ``y = P^T k``, ``w = v - a y``, ``x = beta y.w``, ``ss = beta^2 ||k||^2 ||w||^2``;
+    its adjoint is one more explicit term of the per-token step (``P`` is at hand there).
 
     Per-token adjoint steps, each vectorised over rows and slots (no autograd). The states before each
     token are recomputed segment by segment from checkpoints every ``checkpoint_every`` tokens (default
@@ -562,13 +572,28 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     starts, merged = structure.starts, structure.merged.to(torch.int64)
     every = checkpoint_every or max(1, math.isqrt(max(T - 1, 0)) + 1)
 
+    score_path = dscores is not None
+    open_idx = (sizes - 1).clamp(min=0)
+    if score_path:
+        nP, xs, ss = (torch.zeros((R, T), dtype=torch.float64, device=device) for _ in range(3))
     checkpoints = []
     X = init
     for t in range(T):
         if t % every == 0:
             checkpoints.append(X)
+        if score_path:
+            P = X[rows, open_idx[:, t]].to(torch.float64)
+            y = (P.transpose(1, 2) @ k[:, t].to(torch.float64).unsqueeze(-1)).squeeze(-1)
+            w = v[:, t].to(torch.float64) - torch.exp(g[:, t].to(torch.float64)).unsqueeze(1) * y
+            b64 = beta[:, t].to(torch.float64)
+            nP[:, t] = P.square().sum((1, 2))
+            xs[:, t] = b64 * (y * w).sum(1)
+            ss[:, t] = b64 * b64 * k[:, t].to(torch.float64).square().sum(1) * w.square().sum(1)
         X = _delta_step(X, sizes[:, t], k[:, t], v[:, t], g[:, t], beta[:, t], starts[:, t], merged[:, t])[2]
     S_final = X
+    if score_path:
+        f_nP, f_x, f_ss, f_g = (t.to(q.dtype) for t in _score_partials(nP, xs, ss, g.to(torch.float64), dscores,
+                                                                       float(Dk * v.shape[-1]), eps, norm_eps))
 
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     dg, dbeta, dlam = torch.zeros_like(g), torch.zeros_like(beta), torch.zeros_like(lam)
@@ -610,6 +635,24 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
             dk[:, t] -= (a * bt.view(R, 1, 1, 1)).view(R, 1) * (
                 torch.einsum("rjde,rje->rd", dY, u) + torch.einsum("rjde,rje->rd", S, w))
             dX = a * (dY - bt.view(R, 1, 1, 1) * kt.view(R, 1, -1, 1) * w.unsqueeze(2))
+            if score_path:  # the score of token t read the open slot P = S[open] before the step
+                P = S[rows, open_idx[:, t]]
+                a1 = a.view(R, 1)
+                fx, fss, fnP = f_x[:, t].unsqueeze(1), f_ss[:, t].unsqueeze(1), f_nP[:, t].view(R, 1, 1)
+                b1 = bt.view(R, 1)
+                y = (P.transpose(1, 2) @ kt.unsqueeze(-1)).squeeze(-1)  # P^T k
+                ws = vt - a1 * y
+                kk = kt.square().sum(1, keepdim=True)
+                dw = fss * 2.0 * b1 * b1 * kk * ws  # from ss = beta^2 |k|^2 |w|^2
+                dy = fx * b1 * (vt - 2.0 * a1 * y) - a1 * dw  # x = beta (y.v - a y.y); w = v - a y
+                dbeta[:, t] += (fx * (y * ws).sum(1, keepdim=True) + fss * 2.0 * b1 * kk * ws.square().sum(1,
+                                keepdim=True)).squeeze(1)
+                dv[:, t] += fx * b1 * y + dw
+                dk[:, t] += fss * 2.0 * b1 * b1 * ws.square().sum(1, keepdim=True) * kt \
+                    + (P @ dy.unsqueeze(-1)).squeeze(-1)
+                da = -fx * b1 * y.square().sum(1, keepdim=True) - (y * dw).sum(1, keepdim=True)
+                dg[:, t] += (a1 * da).squeeze(1) + f_g[:, t]
+                dX[rows, open_idx[:, t]] += 2.0 * fnP * P + kt.unsqueeze(-1) * dy.unsqueeze(1)
     return dq, dk, dv, dg, dbeta, dlam, dX, S_final
 
 
@@ -624,7 +667,7 @@ def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chun
 
     The signature every backend of :data:`BACKWARDS` implements. ``beta`` None: scalar decay. ``dscores``
     ``[R, T]`` float64 or None: a gradient w.r.t. the scores (the surrogate's), propagated into the inputs
-    for scalar decay; the delta rule's scores are treated as detached (docs/training.md).
+    (docs/training.md).
     """
     if beta is None:
         dq, dk, dv, dg, dlam, dinit = scalar_decay_backward(q, k, v, g, lam, init, structure, dO, dS_final,
@@ -632,7 +675,8 @@ def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chun
                                                             norm_eps=norm_eps)
         return dq, dk, dv, dg, None, dlam, dinit
     dq, dk, dv, dg, dbeta, dlam, dinit, _ = delta_rule_backward(q, k, v, g, beta, lam, init, structure, dO,
-                                                                dS_final)
+                                                                dS_final, dscores=dscores, eps=eps,
+                                                                norm_eps=norm_eps)
     return dq, dk, dv, dg, dbeta, dlam, dinit
 
 

@@ -10,7 +10,7 @@ largest entry of the oracle's gradient (what the issue asks; observed errors are
 
 The surrogate for tau is checked three ways: the forward bit for bit, ``d/dtau`` against the oracle and
 against finite differences of the documented surrogate function, and the part it adds to the input
-gradients (through the scores, scalar decay) against autograd of the contract's score formula.
+gradients (through the scores) against autograd of the contract's score formula.
 
 These properties exercise ``dla_fast`` itself (torch, float64, CPU): they do not take the ``impl`` fixture.
 Examples per property: a quarter of the profile's (the oracle's per-token loops are the slow part).
@@ -73,9 +73,9 @@ def straightforward(q, k, v, g, lam, beta, init_states, init_size, starts, merge
     return torch.stack([torch.stack(r, 1) for r in outs]), torch.stack([torch.stack(r) for r in finals])
 
 
-def straightforward_scores(k, v, g, init_states, init_size, starts, merged, eps, norm_eps) -> dict:
+def straightforward_scores(k, v, g, beta, init_states, init_size, starts, merged, eps, norm_eps) -> dict:
     """``{(b, t, h): I_t}`` for the tokens the score decided (non-empty cache), from the contract's formula
-    ``||N(P') - N(P)|| / (||N(P)|| + eps)`` on the open slot, decisions forced (scalar decay)."""
+    ``||N(P') - N(P)|| / (||N(P)|| + eps)``, ``P' = A_t(P) + s_t`` on the open slot, decisions forced."""
     B, T, H, _ = k.shape
     N = lambda X: X / torch.sqrt((X * X).mean() + norm_eps)  # noqa: E731
     scores = {}
@@ -84,11 +84,18 @@ def straightforward_scores(k, v, g, init_states, init_size, starts, merged, eps,
             m0 = 0 if init_states is None else int(init_size[b, h])
             slots = [init_states[b, h, i] for i in range(m0)]
             for t in range(T):
-                a, s = torch.exp(g[b, t, h]), torch.outer(k[b, t, h], v[b, t, h])
+                a, kt = torch.exp(g[b, t, h]), k[b, t, h]
+                if beta is None:
+                    A = lambda X: a * X  # noqa: E731
+                    s = torch.outer(kt, v[b, t, h])
+                else:
+                    bt = beta[b, t, h]
+                    A = lambda X: a * (X - bt * torch.outer(kt, kt @ X))  # noqa: E731
+                    s = bt * torch.outer(kt, v[b, t, h])
                 if slots:
                     P = slots[-1]
-                    scores[(b, t, h)] = torch.linalg.norm(N(a * P + s) - N(P)) / (torch.linalg.norm(N(P)) + eps)
-                slots = [a * X for X in slots]
+                    scores[(b, t, h)] = torch.linalg.norm(N(A(P) + s) - N(P)) / (torch.linalg.norm(N(P)) + eps)
+                slots = [A(X) for X in slots]
                 if starts[b, t, h]:
                     i = int(merged[b, t, h])
                     if i >= 0:
@@ -140,7 +147,8 @@ def assert_rel_close(actual, expected, what, rtol=RTOL, floor=0.0):
     scale = max(float(expected.abs().max()), floor)
     err = float((actual - expected).abs().max())
     assert err <= rtol * scale or err <= 1e-300, (
-        f"{what}: max |error| {err:.3e} > {rtol:g} * max |expected| {scale:.3e} (relative {err / max(scale, 1e-300):.3e})")
+        f"{what}: max |error| {err:.3e} > {rtol:g} * max |expected| {scale:.3e} "
+        f"(relative {err / max(scale, 1e-300):.3e})")
 
 
 def grad_cases(**fixed):
@@ -159,8 +167,8 @@ DELTA_WITH_MERGES = build(Spec(seed=32, B=1, T=15, H=2, Dk=3, Dv=3, K=2, backbon
 
 
 # Biased towards merges: T >= 6, small capacities, taus at observed scores or at zero (every token opens a slot).
-MERGY = dict(min_T=6, K=st.integers(2, 3), tau_mode=st.sampled_from(("observed", "observed", "zero", "negative", "value",
-                                                              "exact", "inf")))
+MERGY = dict(min_T=6, K=st.integers(2, 3),
+             tau_mode=st.sampled_from(("observed", "observed", "zero", "negative", "value", "exact", "inf")))
 
 
 @settings(max_examples=EXAMPLES)
@@ -217,8 +225,9 @@ def test_gradcheck_passes_with_the_decisions_forced(case, chunk_size):
         y = dict(zip(names, leaves[: len(names)]), beta=x["beta"])
         y.update(zip(names, leaves[: len(names)]))
         c = None
-        if cache is not None:
-            c = dla_fast.Cache(leaves[-1], cache.counts, cache.info, cache.size)
+        if cache is not None:  # only the live slots are inputs (unused slots are zero by the contract)
+            live = torch.arange(case.K).view(1, 1, -1) < cache.size.unsqueeze(-1)
+            c = dla_fast.Cache(leaves[-1] * live[..., None, None], cache.counts, cache.info, cache.size)
         o, final, tr = run_fast(forced, y, c, chunk_size)
         assert torch.equal(tr.merged, trace.merged), "a perturbation changed a merge (density gap too small)"
         return o, final.states
@@ -230,7 +239,9 @@ def test_gradcheck_passes_with_the_decisions_forced(case, chunk_size):
     if case.beta is not None and case.beta.size and (case.beta.min() < 1e-3 or case.beta.max() > 1 - 1e-3):
         leaves = [l for n, l in zip(names + ["init"], leaves) if n != "beta"]
         names = [n for n in names if n != "beta"]
-    assert torch.autograd.gradcheck(fn, tuple(leaves), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=FAST_GRADCHECK)
+    with torch.random.fork_rng():  # fast mode's random projections: the same whatever ran before
+        torch.manual_seed(case.spec.seed)
+        assert torch.autograd.gradcheck(fn, tuple(leaves), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=FAST_GRADCHECK)
 
 
 @settings(max_examples=max(4, EXAMPLES // 3))
@@ -274,7 +285,8 @@ def test_surrogate_leaves_the_forward_bit_for_bit_and_its_tau_gradient_is_the_do
 
     # (b) finite differences of the surrogate function itself.
     def surrogate(t):
-        shift = (torch.sigmoid((trace.scores - t) / temperature) - torch.sigmoid((trace.scores - case.tau) / temperature))
+        h_at = lambda tau: torch.sigmoid((trace.scores - tau) / temperature)  # noqa: E731
+        shift = h_at(t) - h_at(case.tau)
         shifted, _ = run_oracle(detached, cache_d, trace, lam=lam1, g=detached["g"] + shift * decided)
         base, _ = run_oracle(detached, cache_d, trace, lam=lam1)
         return float(((shifted - base) * dO).sum())
@@ -298,14 +310,14 @@ def test_examples_with_several_chunks_merges_and_initial_caches():
 
 
 @settings(max_examples=max(4, EXAMPLES // 3))
-@given(case=grad_cases(min_T=2, boundaries="none", data=st.sampled_from(("random", "piecewise", "repeated", "large")),
+@given(case=grad_cases(min_T=2, max_T=16, boundaries="none",
+                       data=st.sampled_from(("random", "piecewise", "repeated", "large")),
                        tau_mode=st.sampled_from(("observed", "value", "zero")), K=st.integers(2, 4)),
        chunk_size=CHUNKS, temperature=st.sampled_from((0.1, 1.0)), seed=st.integers(0, 2**16))
 def test_surrogate_gradient_reaches_the_inputs_through_the_scores(case, chunk_size, temperature, seed):
-    """Scalar decay: the surrogate adds to every input's gradient exactly autograd's gradient of
+    """The surrogate adds to every input's gradient exactly autograd's gradient of
     ``sum_r sigmoid((I_r - tau) / T) eps_r`` (``eps_r`` held constant) with ``I_r`` from the contract's
-    formula on the oracle's open slot (1e-6 of that term, or 1e-9 of the whole gradient). Delta rule:
-    its scores are detached, the surrogate changes no input gradient."""
+    formula on the oracle's open slot (1e-5 of that term, or 1e-8 of the whole gradient); both backbones."""
     x, cache = tensors(case)
     rng = np.random.default_rng(seed)
     o, final, trace = run_fast(case, x, cache, chunk_size)
@@ -317,16 +329,12 @@ def test_surrogate_gradient_reaches_the_inputs_through_the_scores(case, chunk_si
     off = torch.autograd.grad((o * dO).sum() + zero(), leaves)
     o_on, _, _ = run_fast(case, x, cache, chunk_size, surrogate_temperature=temperature)
     on = torch.autograd.grad((o_on * dO).sum() + zero(), leaves)
-    if case.beta is not None:
-        for name, a, b in zip(names, on, off):
-            assert torch.equal(a, b), f"d/d{name}: the delta rule's surrogate changed an input gradient"
-        return
     detached = {n: None if t is None else t.detach() for n, t in x.items()}
     cache_d = None if cache is None else dla_fast.Cache(cache.states.detach(), cache.counts, cache.info, cache.size)
     g = detached["g"].clone().requires_grad_(True)
     o1, _ = run_oracle(detached, cache_d, trace, lam=shifted_weights(detached["slot_weights"]), g=g)
     (eps_r,) = torch.autograd.grad((o1 * dO).sum() + 0.0 * g.sum(), [g])
-    scores = straightforward_scores(x["k"], x["v"], x["g"], None if cache is None else cache.states,
+    scores = straightforward_scores(x["k"], x["v"], x["g"], x["beta"], None if cache is None else cache.states,
                                     None if cache is None else cache.size, trace.starts, trace.merged,
                                     case.eps, case.norm_eps)
     if not scores:
@@ -337,5 +345,7 @@ def test_surrogate_gradient_reaches_the_inputs_through_the_scores(case, chunk_si
     event(f"surrogate part / whole gradient: {'> 1e-3' if share > 1e-3 else '<= 1e-3'}")
     for name, a, b, w, leaf in zip(names, on, off, want, leaves):
         w = torch.zeros_like(leaf) if w is None else w
-        assert_rel_close(a - b, w, f"surrogate part of d/d{name} (chunk_size={chunk_size})",
+        # 1e-5: the oracle's score subtracts N(P') - N(P) and loses digits when the score is small (the fast
+        # path differentiates the stable form of docs/chunked-algorithm.md); observed up to ~1e-6.
+        assert_rel_close(a - b, w, f"surrogate part of d/d{name} (chunk_size={chunk_size})", rtol=1e-5,
                          floor=1e-3 * float(b.abs().max()))
