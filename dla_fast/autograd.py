@@ -15,7 +15,8 @@ decays. This module holds
   steps vectorised over rows, states recomputed per segment from square-root checkpoints);
 - :class:`DLAFunction`, the ``torch.autograd.Function`` that wires a forward result to these backwards
   (the seam a Triton backward plugs into: :data:`BACKWARDS`), and the straight-through surrogate for
-  ``tau`` (``surrogate_temperature``).
+  ``tau`` (``surrogate_temperature``): its ``dL/dI_t`` goes to ``tau`` and, through the score's adjoint
+  (``_score_adjoint`` for scalar decay, a term of the delta rule's step), into the inputs.
 
 Row layout inside: ``R = B * H`` rows, time second (``[R, T, ...]``); chunk-major ``[nC, R, C, ...]``.
 """
@@ -523,8 +524,8 @@ def _score_adjoint(starts, x, ss, g, nP0, dscores, numel, eps, norm_eps):
 def _delta_step(X, size, k, v, g, beta, start, merged):
     """One token of the delta-rule recurrence with the decisions given (rows vectorised).
 
-    Returns ``(Y, Xpost, size_post, target)``: ``Y`` the transitioned slots (before the merge), ``Xpost`` the
-    slots after the update, ``target`` the slot receiving the token.
+    Returns ``(u, Y, Xpost, size_post, target)``: ``u_j = X_j^T k``, ``Y`` the transitioned slots (before the
+    merge), ``Xpost`` the slots after the update, ``target`` the slot receiving the token.
     """
     R, K = X.shape[:2]
     rows = torch.arange(R, device=X.device)

@@ -339,6 +339,11 @@ def test_surrogate_gradient_reaches_the_inputs_through_the_scores(case, chunk_si
                                     case.eps, case.norm_eps)
     if not scores:
         return
+    if min(float(I.detach()) for I in scores.values()) < 1e-7:
+        # A score of (nearly) 0: the open state did not change direction, and the norm in the score is not
+        # differentiable at 0 (the fast path takes gradient 0 there; the oracle's rounding picks a direction).
+        event("a score at the norm's kink: skipped")
+        return
     surrogate = sum(torch.sigmoid((I - case.tau) / temperature) * eps_r[key] for key, I in scores.items())
     want = torch.autograd.grad(surrogate + zero(), leaves, allow_unused=True)
     share = max(float(w.abs().max()) / max(float(b.abs().max()), 1e-300) for w, b in zip(want, off) if w is not None)
