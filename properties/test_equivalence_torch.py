@@ -20,13 +20,13 @@ CHUNKS = (1, 3, 16, 64)
 
 @given(case=cases(), dtype=st.sampled_from(DTYPES), chunk_size=st.sampled_from(CHUNKS))
 def test_dla_fast_forward_is_equivalent_to_the_reference(case, dtype, chunk_size):
-    assume(not (dtype == "float16" and case.spec.data == "large"))  # 1e6 overflows float16
+    assume(not (dtype == "float16" and case.spec.data in ("large", "small")))  # o in float16 over/underflows
     report = check_equivalent(numpy_adapter(dtype, chunk_size=chunk_size), case, dtype=dtype)
     assert all(d.explained for d in report.divergences), report
 
 
 @given(case=cases(), dtype=st.sampled_from(DTYPES))
 def test_dla_fast_step_is_equivalent_to_the_reference(case, dtype):
-    assume(not (dtype == "float16" and case.spec.data == "large"))  # 1e6 overflows float16
+    assume(not (dtype == "float16" and case.spec.data in ("large", "small")))  # o in float16 over/underflows
     report = check_equivalent(numpy_adapter(dtype, via="step"), case, dtype=dtype)
     assert all(d.explained for d in report.divergences), report
