@@ -253,3 +253,14 @@ def test_the_scalar_decay_seam_takes_raw_tensors_and_updates_the_cache_in_place(
     np.testing.assert_allclose(states.numpy(), cache_r.states, atol=1e-12)
     np.testing.assert_array_equal(starts.numpy(), trace_r.starts)
     assert scores.dtype == torch.float64 and merged.dtype == torch.int64
+
+
+@pytest.mark.parametrize("block_elements", [1, 3 * 16 * 16 * 2])
+def test_blocks_of_chunks_give_the_same_result(monkeypatch, block_elements):
+    """The per-block precomputation (1 chunk per block, or 2) changes nothing."""
+    import dla_fast.chunked as chunked
+
+    x = random_inputs(13, 1, 90, 3, 5, 4, 3)
+    ref = run_ref(x, tau=0.3)
+    monkeypatch.setattr(chunked, "_BLOCK_ELEMENTS", block_elements)
+    assert_equivalent(run_fast(x, tau=0.3, chunk_size=16), ref, **F64)
