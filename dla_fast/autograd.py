@@ -445,12 +445,15 @@ def _score_of(nP, x, ss, g, numel: float, eps: float, norm_eps: float) -> torch.
     a = torch.exp(g)
     a2m1 = torch.expm1(2.0 * g)
     r2 = nP / numel + norm_eps
-    delta = (a2m1 * nP + 2.0 * a * x + ss) / (numel * r2)
-    one_plus = torch.maximum(1.0 + delta, norm_eps / r2)
+    delta = (a2m1 * nP + 2.0 * a * x + ss) / (numel * r2)  # r'^2 / r^2 - 1
+    big = delta > -0.5  # else r' << r: form r'^2 / r^2 and a^2 - r'^2 / r^2 directly (no cancellation)
+    one_plus = torch.where(big, 1.0 + delta, ((a * a * nP + 2.0 * a * x + ss) / numel + norm_eps) / r2)
+    num = torch.where(big, a2m1 - delta, a * a - one_plus)
+    one_plus = torch.maximum(one_plus, norm_eps / r2)
     sq = torch.sqrt(one_plus)
     r = torch.sqrt(r2)
     rp = r * sq
-    c = (a2m1 - delta) / ((a + sq) * sq * r)
+    c = num / ((a + sq) * sq * r)
     d2 = torch.clamp(c * c * nP + 2.0 * c * x / rp + ss / (rp * rp), min=0.0)
     return _safe_sqrt(d2) / (_safe_sqrt(nP) / r + eps)
 
