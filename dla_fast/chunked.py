@@ -3,12 +3,15 @@
 Follows docs/chunked-algorithm.md. Per chunk of ``C`` tokens (a Python loop over chunks, O(T / C)
 iterations):
 
-1. the carry ``k_t^T P_c v_t`` of the open state ``P_c`` into the chunk (one batched product);
-2. ``_kernels.scan_chunk``: scores, decisions, merges and the chunk's read tables (scalar, numba);
-3. the reads of the slot states live at the chunk start, as one product over (slot, Dk);
-4. the slot states at the chunk end: when no token opened a slot, a decay and one rank-C update of each
-   open slot; otherwise an ``index_add`` of the decayed start slots and of the tokens' outer products
-   into their end slots (merges only join neighbours, so every end slot is such a union).
+1. ``kP = K_c P_c`` for the open state ``P_c`` carried into the chunk (one batched product);
+2. ``_kernels.scan_chunk``: scores, decisions and merges (scalar, numba, float64), and the operands of
+   steps 3 and 4;
+3. the reads of the slots live at the chunk start: one product ``X @ S`` over (storage, Dk);
+4. the slot states at the chunk end. States live in storages with an indirection (``phys``), so a merge
+   moves nothing: one in-place decay, an ``index_add`` of the start slots merged into an older one's
+   storage, fresh storages zeroed for slots made only of this chunk's tokens, and one product ``L^T V``
+   adding the chunk's tokens to the end slots that receive them (merges only join neighbours, so every
+   end slot is a union of whole start slots and a run of this chunk's tokens).
 
 Everything that does not depend on the structure (Gram matrices, decays, ``Q K^T``) is computed for a
 block of chunks at once before the loop, and the masked intra-chunk attention after it.
