@@ -270,16 +270,22 @@ def test_surrogate_leaves_the_forward_bit_for_bit_and_its_tau_gradient_is_the_do
     lam1 = shifted_weights(x["slot_weights"].detach())
     g = x["g"].detach().clone().requires_grad_(True)
     detached = {n: None if t is None else t.detach() for n, t in x.items()}
+    qk = [detached[n].clone().requires_grad_(True) for n in ("q", "k")]
     cache_d = None if cache is None else dla_fast.Cache(cache.states.detach(), cache.counts, cache.info, cache.size)
-    o1, _ = run_oracle(detached, cache_d, trace, lam=lam1, g=g)
-    (eps_r,) = torch.autograd.grad((o1 * dO).sum() + 0.0 * g.sum(), [g])
+    o1, _ = run_oracle(dict(detached, q=qk[0], k=qk[1]), cache_d, trace, lam=lam1, g=g)
+    eps_r, dq1, dk1 = torch.autograd.grad((o1 * dO).sum() + 0.0 * g.sum() + 0.0 * sum(t.sum() for t in qk),
+                                          [g, *qk])
+    # eps_r is a sum over token pairs (s < r <= t) that may cancel: its rounding scales with the terms'
+    # magnitudes, |q_t||dq_t| + |k_t||dk_t| summed from r on (the backward forms it by that identity).
+    terms = detached["q"].norm(dim=-1) * dq1.norm(dim=-1) + detached["k"].norm(dim=-1) * dk1.norm(dim=-1)
+    eps_mag = eps_r.abs() + terms.flip(1).cumsum(1).flip(1)
     size0 = torch.zeros(case.B, case.H, dtype=torch.int64) if cache is None else cache.size
     delta = trace.starts.long() - (trace.merged >= 0).long()
     decided = (size0.unsqueeze(1) + delta.cumsum(1) - delta) > 0
     h = torch.sigmoid((trace.scores - case.tau) / temperature)
     slope = h * (1 - h) / temperature * decided
     expected = -(slope * eps_r).sum()
-    scale = float((slope * eps_r).abs().sum())
+    scale = float((slope * eps_mag).sum())
     assert abs(float(dtau) - float(expected)) <= RTOL * scale + 1e-300, \
         f"d/dtau {float(dtau)!r} vs -sum slope * eps {float(expected)!r} (scale {scale:.3e})"
 
@@ -295,7 +301,8 @@ def test_surrogate_leaves_the_forward_bit_for_bit_and_its_tau_gradient_is_the_do
         step = 1e-4 * temperature
         fd = (surrogate(case.tau + step) - surrogate(case.tau - step)) / (2 * step)
         base, _ = run_oracle(detached, cache_d, trace, lam=lam1)
-        rounding = 1e-13 * float((base.abs() * dO.abs()).sum()) / step  # the differences' own rounding
+        # the differences' own rounding: of O', and of the sigmoid differences (weighted by |eps_r|)
+        rounding = 1e-13 * (float((base.abs() * dO.abs()).sum()) + float((eps_r.abs() * decided).sum())) / step
         assert abs(float(dtau) - fd) <= 1e-4 * scale + rounding + 1e-300, \
             f"d/dtau {float(dtau)!r} vs finite differences {fd!r}"
 
