@@ -17,7 +17,11 @@ import torch
 
 import dla_fast
 import dla_ref
-from benchmarks import workloads as wl
+
+try:
+    from benchmarks import workloads as wl
+except ImportError:  # `pytest benchmarks` without `python -m`: the repository root is not on sys.path
+    import workloads as wl
 
 torch.set_num_threads(wl.THREADS)
 
