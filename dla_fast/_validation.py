@@ -108,7 +108,11 @@ def _step_shape_error(name: str, expected: str, x) -> ValueError:
 
 
 def validate_step(q, k, v, g, slot_weights, beta, tau, eps, norm_eps, cache):
-    """All of step's checks (one token per sequence: no time axis); returns ``(tensors, tau, dims, cache)``."""
+    """step's checks (one token per sequence: no time axis); returns ``(tensors, tau, dims, cache)``.
+
+    Shapes, dtypes and scalars always; the value checks (finite inputs, ``g <= 0``, ``beta`` in [0, 1], the
+    cache's counts and sizes) on the CPU only, where reading them back costs no device synchronisation.
+    """
     q, k, v, g, slot_weights = (as_float_tensor(n, x) for n, x in
                                 zip(("q", "k", "v", "g", "slot_weights"), (q, k, v, g, slot_weights)))
     device = q.device
@@ -150,5 +154,6 @@ def validate_step(q, k, v, g, slot_weights, beta, tau, eps, norm_eps, cache):
         if cache.counts.dtype != torch.int64 or cache.size.dtype != torch.int64:
             raise ValueError("cache: expected int64 counts and size (step updates the cache in place)")
         checks += cache_checks(cache, K, name="cache")
-    raise_first(checks)
+    if device.type == "cpu":  # free on the host; on an accelerator it would be a sync per decoded token
+        raise_first(checks)
     return (q, k, v, g, slot_weights, beta), tau, dims, cache
