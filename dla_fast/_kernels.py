@@ -36,21 +36,13 @@ def information_score(nP, x, ss, g, numel, eps, norm_eps):
         numel: ``N = Dk * Dv``.
     """
     a = exp(g)
-    a2m1 = expm1(2.0 * g)  # a^2 - 1 without cancellation
-    r2 = nP / numel + norm_eps
-    delta = (a2m1 * nP + 2.0 * a * x + ss) / (numel * r2)  # r'^2 / r^2 - 1
-    if delta > -0.5:
-        one_plus = 1.0 + delta  # r'^2 / r^2
-        num = a2m1 - delta  # a^2 - r'^2 / r^2
-    else:  # r' << r: 1 + delta would cancel; form r'^2 / r^2 and a^2 - r'^2 / r^2 directly
-        one_plus = ((a * a * nP + 2.0 * a * x + ss) / numel + norm_eps) / r2
-        num = a * a - one_plus
-    one_plus = max(one_plus, norm_eps / r2)  # r'^2 >= norm_eps exactly; guard the rounding
-    sq = sqrt(one_plus)
+    r2 = nP / numel + norm_eps  # r^2
+    w = 2.0 * a * x + ss  # ||P'||^2 - a^2 ||P||^2
+    rp2 = max((a * a * nP + w) / numel + norm_eps, norm_eps)  # r'^2 (>= norm_eps exactly; guard the rounding)
     r = sqrt(r2)
-    rp = r * sq
-    c = num / ((a + sq) * sq * r)  # a / r' - 1 / r
-    d2 = max(c * c * nP + 2.0 * c * x / rp + ss / (rp * rp), 0.0)
+    rp = sqrt(rp2)
+    c = (expm1(2.0 * g) * norm_eps - w / numel) / r / rp / (a * r + rp)  # a/r' - 1/r = (a^2 r^2 - r'^2) / ...
+    d2 = max(c * c * nP + 2.0 * c * x / rp + ss / rp2, 0.0)
     return sqrt(d2) / (sqrt(nP) / r + eps)
 
 

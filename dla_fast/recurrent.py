@@ -26,19 +26,13 @@ def information_score(nP, x, ss, g, numel: int, eps: float, norm_eps: float) -> 
     ``g`` the log decay. The torch twin of ``_kernels.information_score`` (same operations, same order).
     """
     a = torch.exp(g)
-    a2m1 = torch.expm1(2.0 * g)
     r2 = nP / numel + norm_eps
-    delta = (a2m1 * nP + 2.0 * a * x + ss) / (numel * r2)
-    small = delta > -0.5  # else r' << r: form r'^2 / r^2 and a^2 - r'^2 / r^2 directly (no cancellation)
-    direct = ((a * a * nP + 2.0 * a * x + ss) / numel + norm_eps) / r2
-    one_plus = torch.where(small, 1.0 + delta, direct)
-    num = torch.where(small, a2m1 - delta, a * a - direct)
-    one_plus = torch.maximum(one_plus, norm_eps / r2)
-    sq = torch.sqrt(one_plus)
+    w = 2.0 * a * x + ss
+    rp2 = torch.clamp((a * a * nP + w) / numel + norm_eps, min=norm_eps)
     r = torch.sqrt(r2)
-    rp = r * sq
-    c = num / ((a + sq) * sq * r)
-    d2 = torch.clamp(c * c * nP + 2.0 * c * x / rp + ss / (rp * rp), min=0.0)
+    rp = torch.sqrt(rp2)
+    c = (torch.expm1(2.0 * g) * norm_eps - w / numel) / r / rp / (a * r + rp)
+    d2 = torch.clamp(c * c * nP + 2.0 * c * x / rp + ss / rp2, min=0.0)
     return torch.sqrt(d2) / (torch.sqrt(nP) / r + eps)
 
 
