@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from .recurrent import information_score
+
 # ---------------------------------------------------------------------------------------------
 # The structure, rebuilt from starts / merged / the initial size (numba, scalar work)
 # ---------------------------------------------------------------------------------------------
@@ -433,31 +435,6 @@ def _run_mask(lo: torch.Tensor, C: int) -> torch.Tensor:
     return (s.view(1, C) >= lo.unsqueeze(-1)) & (s.view(1, C) < s.view(C, 1))
 
 
-def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    """sqrt with gradient 0 at 0 (the norms in the score are not differentiable there; we take 0)."""
-    pos = x > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
-
-
-def _score_of(nP, x, ss, g, numel: float, eps: float, norm_eps: float) -> torch.Tensor:
-    """The score from ``||P||^2``, ``<P, k v^T>``, ``||k v^T||^2`` and g: the forward's stable form
-    (``_kernels.information_score``), differentiable (float64 tensors)."""
-    a = torch.exp(g)
-    a2m1 = torch.expm1(2.0 * g)
-    r2 = nP / numel + norm_eps
-    delta = (a2m1 * nP + 2.0 * a * x + ss) / (numel * r2)  # r'^2 / r^2 - 1
-    big = delta > -0.5  # else r' << r: form r'^2 / r^2 and a^2 - r'^2 / r^2 directly (no cancellation)
-    one_plus = torch.where(big, 1.0 + delta, ((a * a * nP + 2.0 * a * x + ss) / numel + norm_eps) / r2)
-    num = torch.where(big, a2m1 - delta, a * a - one_plus)
-    one_plus = torch.maximum(one_plus, norm_eps / r2)
-    sq = torch.sqrt(one_plus)
-    r = torch.sqrt(r2)
-    rp = r * sq
-    c = num / ((a + sq) * sq * r)
-    d2 = torch.clamp(c * c * nP + 2.0 * c * x / rp + ss / (rp * rp), min=0.0)
-    return _safe_sqrt(d2) / (_safe_sqrt(nP) / r + eps)
-
-
 @nb.njit(cache=True, nogil=True)
 def _open_norms(starts, x, ss, g, nP0, nP):
     """``nP[r, t] = ||P||^2`` of the open slot before token t, by the recursion of the forward's scan."""
@@ -499,10 +476,12 @@ def _score_partials(nP, x, ss, g, dscores, numel, eps, norm_eps):
     safe = lambda t, fill: torch.where(decided, t, torch.full_like(t, fill))  # noqa: E731
     leaves = [safe(nP, 1.0).requires_grad_(), safe(x, 0.0).requires_grad_(), safe(ss, 1.0).requires_grad_(),
               safe(g, 0.0).requires_grad_()]
-    with torch.enable_grad():
-        I = _score_of(*leaves, numel, eps, norm_eps)
+    with torch.enable_grad():  # the forward's own formula (recurrent.information_score), elementwise
+        I = information_score(*leaves, numel, eps, norm_eps)
         f = torch.autograd.grad(I, leaves, grad_outputs=torch.where(decided, dscores, torch.zeros_like(dscores)))
-    return [torch.where(decided, t, torch.zeros_like(t)) for t in f]
+    # Where the score's norms are 0 (a zero open state, or N(P) unchanged: score 0) they are not
+    # differentiable and sqrt's derivative is infinite: we take gradient 0 there.
+    return [torch.where(decided & torch.isfinite(t), t, torch.zeros_like(t)) for t in f]
 
 
 def _score_adjoint(starts, x, ss, g, nP0, dscores, numel, eps, norm_eps):
