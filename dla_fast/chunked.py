@@ -41,7 +41,7 @@ def _to_chunks(x: torch.Tensor, C: int, nC: int, dtype: torch.dtype) -> torch.Te
     x = x.to(dtype)
     if pad:
         x = torch.cat([x, x.new_zeros((B, pad, H, *feat))], dim=1)
-    x = x.view(B, nC, C, H, *feat).movedim(3, 2)  # [B, nC, H, C, *F]
+    x = x.reshape(B, nC, C, H, *feat).movedim(3, 2)  # [B, nC, H, C, *F]
     return x.transpose(0, 1).reshape(nC, B * H, C, *feat).contiguous()
 
 

@@ -264,3 +264,15 @@ def test_blocks_of_chunks_give_the_same_result(monkeypatch, block_elements):
     ref = run_ref(x, tau=0.3)
     monkeypatch.setattr(chunked, "_BLOCK_ELEMENTS", block_elements)
     assert_equivalent(run_fast(x, tau=0.3, chunk_size=16), ref, **F64)
+
+
+@pytest.mark.parametrize("beta", [False, True])
+def test_non_contiguous_inputs(beta):
+    """Inputs that are views in another layout (here [B, H, T, D] transposed) give the same result."""
+    x = random_inputs(14, 2, 64, 3, 5, 4, 3, beta=beta)
+    t = {n: torch.as_tensor(a).transpose(1, 2).contiguous().transpose(1, 2) for n, a in x.items()}
+    assert not t["q"].is_contiguous()
+    o, cache, _ = dla_fast.forward(*[t.pop(n) for n in ("q", "k", "v", "g", "slot_weights")], chunk_size=16, **t)
+    o_r, cache_r, _ = run_ref(x)
+    np.testing.assert_allclose(o.numpy(), o_r, atol=1e-12)
+    np.testing.assert_allclose(cache.states.numpy(), cache_r.states, atol=1e-12)
