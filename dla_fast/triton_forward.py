@@ -56,17 +56,29 @@ def _expm1(x):
 
 
 @triton.jit
+def _decay_to_end(g):
+    """exp(sum of g after s, through the chunk end) per token s and exp(sum of the chunk's g), in float64
+    (cumulative sums and exps): the weights that build states, where strong decay (|G| ~ 10-40) would lose
+    ~|G| * 2^-24 relative accuracy in float32 exponents."""
+    g64 = g.to(tl.float64)
+    G = tl.cumsum(g64, 0)
+    Gl = tl.sum(g64, 0)
+    return tl.exp(Gl - G).to(tl.float32), tl.exp(Gl).to(tl.float32)
+
+
+@triton.jit
 def _score(nP, x, ss, g, N, eps, norm_eps):
-    """The stable score from ||P||^2, <P, s_t>, ||s_t||^2 and g_t (docs/chunked-algorithm.md, section 1)."""
+    """The stable score from ||P||^2, <P, s_t>, ||s_t||^2 and g_t (docs/chunked-algorithm.md, section 1):
+    c = a/r' - 1/r from ((a^2 - 1) norm_eps - w/N) with w = 2 a x + ss, no difference of close numbers."""
     em1 = _expm1(2.0 * g)
     a = tl.exp(g)
     r2 = nP / N + norm_eps
-    delta = (em1 * nP + 2.0 * a * x + ss) / (N * r2)
-    sq = tl.sqrt(tl.maximum(1.0 + delta, 0.0))
+    w = 2.0 * a * x + ss
+    rp2 = tl.maximum((a * a * nP + w) / N + norm_eps, 0.0)
     r = tl.sqrt(r2)
-    rp = r * sq
-    c = (em1 - delta) / ((a + sq) * sq * r)
-    D2 = tl.maximum(c * c * nP + 2.0 * c * x / rp + ss / (rp * rp), 0.0)
+    rp = tl.sqrt(rp2)
+    c = (em1 * norm_eps - w / N) / r / rp / (a * r + rp)
+    D2 = tl.maximum(c * c * nP + 2.0 * c * x / rp + ss / rp2, 0.0)
     return tl.sqrt(D2) / (tl.sqrt(nP) / r + eps)
 
 
@@ -313,8 +325,9 @@ def _dla_carry_kernel(
         # The open slot at the chunk end.
         bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
         L = tl.max(tl.where(bvec, t_idx, -1), 0)
-        w = tl.where(valid & (t_idx >= L), tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
-        keep = tl.where(L >= 0, 0.0, tl.exp(Glast))
+        wd, eGl = _decay_to_end(g)
+        w = tl.where(valid & (t_idx >= L), wd, 0.0)
+        keep = tl.where(L >= 0, 0.0, eGl)
         kw = kf * w[:, None]
         if NVB == 1:
             if SPLIT:
@@ -497,9 +510,8 @@ def _dla_chunkstate_kernel(
     kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=valid[:, None] & (kd[None, :] < Dk), other=0.0)
     vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
     g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
-    Gc = tl.cumsum(g, 0)
-    Glast = tl.sum(g, 0)
-    w = tl.where(valid, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
+    wd, _ = _decay_to_end(g)
+    w = tl.where(valid, wd, 0.0)
     kw = kc.to(tl.float32) * w[:, None]
     if SPLIT:
         u = _dot_split_t(kw, vc, PREC)
@@ -528,7 +540,7 @@ def _dla_hscan_kernel(
     for c in range(NC):
         g1 = tl.load(gs_ptr + bh * (NC + 1) + c + 1)
         u = tl.load(hs_ptr + (bh * (NC + 1) + c + 1) * DD + e, mask=em, other=0.0)
-        S = tl.exp((g1 - g0).to(tl.float32)) * S + u
+        S = tl.exp(g1 - g0).to(tl.float32) * S + u
         tl.store(hs_ptr + (bh * (NC + 1) + c + 1) * DD + e, S, mask=em)
         g0 = g1
 
@@ -596,7 +608,7 @@ def _prefix_before(k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, hinit_ptr, bh, b, h, a, 
     out = tl.zeros([BK, BV], dtype=tl.float32)
     if a < 0:
         if HAS_INIT:
-            out = tl.exp(gtot.to(tl.float32)) * tl.load(hinit_ptr + (bh * K + a + m0) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+            out = tl.exp(gtot).to(tl.float32) * tl.load(hinit_ptr + (bh * K + a + m0) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
     else:
         cp = a // C
         aloc = a - cp * C
@@ -607,14 +619,15 @@ def _prefix_before(k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, hinit_ptr, bh, b, h, a, 
         g = tl.load(g_ptr + (b * T + tok) * H + h, mask=tok < T, other=0.0).to(tl.float32)
         Gc = tl.cumsum(g, 0)
         Glast = tl.sum(g, 0)
-        w = tl.where(pm, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
+        wd, eGl = _decay_to_end(g)
+        w = tl.where(pm, wd, 0.0)
         kw = kc.to(tl.float32) * w[:, None]
-        Hc = tl.exp(Glast) * tl.load(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+        Hc = eGl * tl.load(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
         if SPLIT:
             X = Hc + _dot_split_t(kw, vc, PREC)
         else:
             X = Hc + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
-        out = tl.exp((gtot - tl.load(gs_ptr + bh * (NC + 1) + cp + 1)).to(tl.float32)) * X
+        out = tl.exp(gtot - tl.load(gs_ptr + bh * (NC + 1) + cp + 1)).to(tl.float32) * X
     return out
 
 
@@ -827,6 +840,15 @@ def forward_scalar_decay_triton(
     # it gets fp32 dots on the upcast operands.
     lowp = q.dtype in (torch.bfloat16, torch.float16) and not _interpret()
     prec = "ieee" if _interpret() else "tf32x3"
+    if T == 0:  # nothing to do: empty outputs, the cache unchanged
+        if states is None:
+            cache = (torch.zeros(B, H, K, Dk, Dv, device=dev), torch.zeros(B, H, K, device=dev, dtype=torch.int64),
+                     torch.zeros(B, H, K, device=dev), torch.zeros(B, H, device=dev, dtype=torch.int64))
+        else:
+            cache = (states.float().clone(), counts.long().clone(), info.float().clone(), size.long().clone())
+        empty = torch.zeros(B, 0, H, device=dev)
+        trace = (empty, empty.bool(), empty.long()) if return_trace else None
+        return torch.zeros(B, 0, H, Dv, device=dev, dtype=q.dtype), cache, trace
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     g = g.contiguous()
     slot_weights = slot_weights.contiguous()

@@ -184,3 +184,43 @@ def test_forward_output_grouping(monkeypatch, group):
     q, k, v, g, w = regimes(1, 150, 1, 16, 16, 6, seed=13, regime_length=3.0, jitter=1.0)
     ref = dla_ref.forward(q, k, v, g, w, tau=0.4)
     _check(*_fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=0.4), ref, 0.4, o_tol=1e-5)
+
+
+def _harness_adapter(dtype):
+    """The Triton forward behind properties.harness's NumPy adapter interface."""
+    from types import SimpleNamespace
+
+    from dla_fast.triton_forward import forward_scalar_decay_triton
+    from properties.harness import torch_adapter
+
+    def fwd(q, k, v, g, w, *, tau, beta=None, boundaries=None, initial_cache=None, eps, norm_eps):
+        assert beta is None
+        kw = {}
+        if initial_cache is not None:
+            c = initial_cache
+            kw = dict(states=c.states.float(), counts=c.counts, info=c.info.float(), size=c.size)
+        o, c, t = forward_scalar_decay_triton(q, k, v, g, w, tau=tau, boundaries=boundaries, eps=eps,
+                                              norm_eps=norm_eps, **kw)
+        return (o, SimpleNamespace(states=c[0], counts=c[1], info=c[2], size=c[3]),
+                SimpleNamespace(scores=t[0], starts=t[1], merged=t[2]))
+
+    return torch_adapter(fwd, dtype, device=DEV)
+
+
+@needs_kernels
+def test_forward_passes_the_equivalence_harness():
+    """properties.harness.check_equivalent on drawn cases (scalar decay), float32 and bfloat16."""
+    hyp = pytest.importorskip("hypothesis")
+    harness = pytest.importorskip("properties.harness")
+    from properties.strategies import cases
+
+    @hyp.settings(max_examples=int(os.environ.get("DLA_TRITON_HARNESS_EXAMPLES", "12")), deadline=None,
+                  derandomize=True, database=None, suppress_health_check=list(hyp.HealthCheck),
+                  phases=(hyp.Phase.explicit, hyp.Phase.generate))  # no shrinking: the interpreter is slow
+    @hyp.given(case=cases(backbone="scalar"), dtype=hyp.strategies.sampled_from(["float32", "bfloat16"]))
+    def run(case, dtype):
+        hyp.assume(case.spec.data != "large" or dtype == "float32")
+        report = harness.check_equivalent(_harness_adapter(dtype), case, dtype=dtype)
+        assert all(d.explained for d in report.divergences), report
+
+    run()
