@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -84,7 +85,11 @@ def forward(
     info = cache.info.to(torch.float64, copy=True)
     size = cache.size.to(torch.int64, copy=True)
 
-    if beta is None:
+    if beta is None and uses_triton(q):
+        o, scores, starts, merged = _forward_triton(
+            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, eps=eps, norm_eps=norm_eps
+        )
+    elif beta is None:
         o, scores, starts, merged = forward_scalar_decay(
             q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size,
             chunk_size=chunk_size, eps=eps, norm_eps=norm_eps,
@@ -99,6 +104,35 @@ def forward(
         final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size)
     trace = Trace(scores.to(cd), starts, merged) if return_trace else None
     return o.to(q.dtype), final, trace
+
+
+def uses_triton(x: torch.Tensor) -> bool:
+    """Whether a scalar-decay call on ``x``'s device and dtype runs the Triton kernels.
+
+    CUDA tensors of float32, bfloat16 or float16 do, unless ``DLA_FAST_BACKEND=torch`` is set (then the
+    torch chunked path runs on the GPU too). float64 inputs always take the torch path (float64 states).
+    """
+    if not (x.is_cuda and x.dtype != torch.float64) or os.environ.get("DLA_FAST_BACKEND", "") == "torch":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, *, eps, norm_eps):
+    """The Triton prefill (docs/triton.md) behind ``forward_scalar_decay``'s contract: cache in place."""
+    from .triton_forward import forward_scalar_decay_triton
+
+    dtype = q.dtype
+    o, (states_out, counts_out, info_out, size_out), (scores, starts, merged) = forward_scalar_decay_triton(
+        q, k.to(dtype), v.to(dtype), g, slot_weights, tau=tau, boundaries=boundaries,
+        states=states, counts=counts, info=info.float(), size=size, eps=eps, norm_eps=norm_eps, return_trace=True,
+    )  # fmt: skip
+    for cache_tensor, result in ((states, states_out), (counts, counts_out), (info, info_out), (size, size_out)):
+        cache_tensor.copy_(result)
+    return o, scores, starts, merged
 
 
 def _rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -166,6 +200,17 @@ def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps
     K, Dv = cache.states.shape[2], cache.states.shape[4]
     cd = cache.states.dtype
     R = B * H
+    if beta is None and cd == torch.float32 and uses_triton(q):
+        from .triton_step import step_triton
+
+        # The kernel writes the new cache beside the old one (its programs read the whole open slot while
+        # others write): the cache object takes the new tensors, one read and one write of the states.
+        o, (cache.states, cache.counts, info, cache.size), (score, start, merged) = step_triton(
+            q, k.to(q.dtype), v.to(q.dtype), g, slot_weights, tau=tau, boundary=boundary, states=cache.states,
+            counts=cache.counts, info=cache.info, size=cache.size, eps=eps, norm_eps=norm_eps,
+        )  # fmt: skip
+        cache.info = info.to(cache.info.dtype)
+        return o, score, start, merged
     o, score, start, merged = recurrent_step_(
         cache.states.view(R, K, Dk, Dv), cache.counts.view(R, K), cache.info.view(R, K), cache.size.view(R),
         q.reshape(R, Dk).to(cd), k.reshape(R, Dk).to(cd), v.reshape(R, Dv).to(cd), g.reshape(R),

@@ -28,11 +28,11 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import numba as nb
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from ._kernels import njit
 from .recurrent import information_score
 
 # ---------------------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ from .recurrent import information_score
 # ---------------------------------------------------------------------------------------------
 
 
-@nb.njit(cache=True, nogil=True)
+@njit
 def _chunk_tables(starts, merged, size0, C, JF, destF, dest, m_start, pos_start):
     """Per-chunk tables of the fixed partition, every chunk (``O(T K)`` integers per row).
 
@@ -100,7 +100,7 @@ def _chunk_tables(starts, merged, size0, C, JF, destF, dest, m_start, pos_start)
         m_start[nC, r] = m
 
 
-@nb.njit(cache=True, nogil=True)
+@njit
 def _recency(starts, merged, C, m_start, pos_start, c_lo, J):
     """``J[c - c_lo, r, t, s]``: recency at token t of the slot holding token s (``s <= t``, same chunk); -1 else."""
     R, T = starts.shape
@@ -435,7 +435,7 @@ def _run_mask(lo: torch.Tensor, C: int) -> torch.Tensor:
     return (s.view(1, C) >= lo.unsqueeze(-1)) & (s.view(1, C) < s.view(C, 1))
 
 
-@nb.njit(cache=True, nogil=True)
+@njit
 def _open_norms(starts, x, ss, g, nP0, nP):
     """``nP[r, t] = ||P||^2`` of the open slot before token t, by the recursion of the forward's scan."""
     R, T = x.shape
@@ -450,7 +450,7 @@ def _open_norms(starts, x, ss, g, nP0, nP):
                 n = max(a * a * n + 2.0 * a * x[r, t] + ss[r, t], 0.0)
 
 
-@nb.njit(cache=True, nogil=True)
+@njit
 def _open_norms_adjoint(starts, x, g, nP, f_nP, f_x, f_ss, f_g, dx, dss, dg, lam0):
     """Reverse of :func:`_open_norms`: the gradients of x, ss, g and ``nP0`` given those of every ``nP``."""
     R, T = x.shape

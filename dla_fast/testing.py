@@ -28,40 +28,41 @@ def _torch_dtype(dtype) -> torch.dtype:
     return _DTYPES[name]
 
 
-def numpy_adapter(dtype="float64", *, chunk_size: int = 64, via: str = "forward"):
+def numpy_adapter(dtype="float64", *, chunk_size: int = 64, via: str = "forward", device: str = "cpu"):
     """An adapter with ``dla_ref.forward``'s signature running ``dla_fast`` with inputs in ``dtype``.
 
     ``via="forward"`` runs one ``dla_fast.forward`` call; ``via="step"`` feeds the tokens one at a time
     through the decoding step (``dla_fast.step`` after its validation, with the override and the trace).
+    ``device="cuda"`` runs on the GPU (the Triton kernels for scalar decay in float32/16-bit inputs).
     """
     dt = _torch_dtype(dtype)
     state_dt = torch.float64 if dt == torch.float64 else torch.float32
 
     def to_t(x):
-        return None if x is None else torch.as_tensor(np.asarray(x, dtype=np.float64)).to(dt)
+        return None if x is None else torch.as_tensor(np.asarray(x, dtype=np.float64)).to(device=device, dtype=dt)
 
     def adapter(q, k, v, g, slot_weights, *, tau=0.6, beta=None, boundaries=None, initial_cache=None,
                 eps=1e-6, norm_eps=1e-6):
-        cache = None if initial_cache is None else Cache.from_ref(initial_cache, dtype=state_dt)
+        cache = None if initial_cache is None else Cache.from_ref(initial_cache, dtype=state_dt, device=device)
         if via == "forward":
             o, final, trace = forward(
                 to_t(q), to_t(k), to_t(v), to_t(g), to_t(slot_weights), tau=tau, beta=to_t(beta),
-                boundaries=None if boundaries is None else torch.as_tensor(np.asarray(boundaries, dtype=bool)),
+                boundaries=None if boundaries is None else torch.as_tensor(np.asarray(boundaries, dtype=bool), device=device),
                 initial_cache=cache, return_trace=True, chunk_size=chunk_size, eps=eps, norm_eps=norm_eps,
             )
-            return o.to(torch.float64).numpy(), final.to_ref(), trace.to_ref()
-        bnd = None if boundaries is None else torch.as_tensor(np.asarray(boundaries, dtype=bool))
+            return o.to(torch.float64).cpu().numpy(), final.to_ref(), trace.to_ref()
+        bnd = None if boundaries is None else torch.as_tensor(np.asarray(boundaries, dtype=bool), device=device)
         return _stepwise(to_t(q), to_t(k), to_t(v), to_t(g), to_t(slot_weights), to_t(beta), bnd, cache, tau,
-                         eps, norm_eps, state_dt)
+                         eps, norm_eps, state_dt, device)
 
-    adapter.__name__ = f"dla_fast_{via}_{str(dt).replace('torch.', '')}"
+    adapter.__name__ = f"dla_fast_{via}_{str(dt).replace('torch.', '')}_{device}"
     return adapter
 
 
-def _stepwise(q, k, v, g, w, beta, boundaries, cache, tau, eps, norm_eps, state_dt):
+def _stepwise(q, k, v, g, w, beta, boundaries, cache, tau, eps, norm_eps, state_dt, device="cpu"):
     B, T, H, _ = q.shape
     if cache is None:
-        cache = Cache.empty(B, H, w.shape[-1], q.shape[-1], v.shape[-1], dtype=state_dt)
+        cache = Cache.empty(B, H, w.shape[-1], q.shape[-1], v.shape[-1], dtype=state_dt, device=device)
     outs, trace = [], [[], [], []]
     for t in range(T):
         o, *events = _step(q[:, t], k[:, t], v[:, t], g[:, t], w[:, t], cache, tau=tau,
@@ -74,8 +75,8 @@ def _stepwise(q, k, v, g, w, beta, boundaries, cache, tau, eps, norm_eps, state_
         o = np.zeros((B, 0, H, v.shape[-1]))
         trace = dla_ref.Trace(np.zeros((B, 0, H)), np.zeros((B, 0, H), bool), np.zeros((B, 0, H), np.int64))
     else:
-        o = torch.stack(outs, 1).numpy()
-        scores, starts, merged = (torch.stack(x, 1).numpy() for x in trace)
+        o = torch.stack(outs, 1).cpu().numpy()
+        scores, starts, merged = (torch.stack(x, 1).cpu().numpy() for x in trace)
         trace = dla_ref.Trace(scores.astype(np.float64), starts, merged)
     return o, cache.to_ref(), trace
 

@@ -7,6 +7,8 @@ do not divide T; ``step`` feeds the tokens one at a time through the decoding st
 
 from __future__ import annotations
 
+import pytest
+import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -30,4 +32,26 @@ def test_dla_fast_forward_is_equivalent_to_the_reference(case, dtype, chunk_size
 @given(case=cases(), dtype=st.sampled_from(DTYPES))
 def test_dla_fast_step_is_equivalent_to_the_reference(case, dtype):
     report = check_equivalent(numpy_adapter(dtype, via="step"), case, dtype=dtype)
+    assert all(d.explained for d in report.divergences), report
+
+
+# On a GPU: the same harness through the public API on CUDA tensors, which runs the Triton kernels for the
+# scalar-decay backbone (float32 and bfloat16 inputs) and the torch paths for the delta rule.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GPU_DTYPES = ("float32", "bfloat16")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@given(case=cases(), dtype=st.sampled_from(GPU_DTYPES))
+def test_dla_fast_forward_on_the_gpu_is_equivalent_to_the_reference(case, dtype):
+    report = check_equivalent(numpy_adapter(dtype, device="cuda"), case, dtype=dtype)
+    assert all(d.explained for d in report.divergences), report
+
+
+@pytest.mark.gpu
+@needs_cuda
+@given(case=cases(), dtype=st.sampled_from(GPU_DTYPES))
+def test_dla_fast_step_on_the_gpu_is_equivalent_to_the_reference(case, dtype):
+    report = check_equivalent(numpy_adapter(dtype, via="step", device="cuda"), case, dtype=dtype)
     assert all(d.explained for d in report.divergences), report
