@@ -85,7 +85,7 @@ def forward(
     info = cache.info.to(torch.float64, copy=True)
     size = cache.size.to(torch.int64, copy=True)
 
-    if beta is None and uses_triton(q):
+    if beta is None and uses_triton(q, Dk, Dv):
         o, scores, starts, merged = _forward_triton(
             q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, eps=eps, norm_eps=norm_eps
         )
@@ -106,13 +106,21 @@ def forward(
     return o.to(q.dtype), final, trace
 
 
-def uses_triton(x: torch.Tensor) -> bool:
-    """Whether a scalar-decay call on ``x``'s device and dtype runs the Triton kernels.
+# Head sizes below 32 take the torch path on CUDA (the Triton forward refuses them: a known fault at 16,
+# dla_fast.triton_forward.MIN_GPU_FORWARD_DIM); the step follows the same rule so both paths agree.
+TRITON_MIN_DIM = 32
 
-    CUDA tensors of float32, bfloat16 or float16 do, unless ``DLA_FAST_BACKEND=torch`` is set (then the
-    torch chunked path runs on the GPU too). float64 inputs always take the torch path (float64 states).
+
+def uses_triton(x: torch.Tensor, dk: int, dv: int) -> bool:
+    """Whether a scalar-decay call on ``x``'s device and dtype, with these head sizes, runs the Triton kernels.
+
+    CUDA tensors of float32, bfloat16 or float16 with ``32 <= Dk, Dv <= 256`` do, unless
+    ``DLA_FAST_BACKEND=torch`` is set (then the torch chunked path runs on the GPU too). float64 inputs
+    always take the torch path (float64 states).
     """
     if not (x.is_cuda and x.dtype != torch.float64) or os.environ.get("DLA_FAST_BACKEND", "") == "torch":
+        return False
+    if not (TRITON_MIN_DIM <= dk <= 256 and TRITON_MIN_DIM <= dv <= 256):
         return False
     try:
         import triton  # noqa: F401
@@ -200,7 +208,7 @@ def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps
     K, Dv = cache.states.shape[2], cache.states.shape[4]
     cd = cache.states.dtype
     R = B * H
-    if beta is None and cd == torch.float32 and uses_triton(q):
+    if beta is None and cd == torch.float32 and uses_triton(q, Dk, Dv):
         from .triton_step import step_triton
 
         # The kernel writes the new cache beside the old one (its programs read the whole open slot while

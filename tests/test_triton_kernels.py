@@ -84,9 +84,23 @@ def _check(o, cache, trace, ref, tau, *, o_tol):
 
 
 def _fwd(*args, **kw):
+    from dla_fast.triton_forward import MIN_GPU_FORWARD_DIM, forward_scalar_decay_triton
+
+    q, v = args[0], args[2]
+    if CUDA and min(q.shape[-1], v.shape[-1]) < MIN_GPU_FORWARD_DIM:
+        pytest.skip("the GPU forward refuses heads below 32 (known fault at 16, docs/triton.md); "
+                    "this case runs under the interpreter in CI")
+    return forward_scalar_decay_triton(*args, **kw)
+
+
+@pytest.mark.skipif(not CUDA, reason="the refusal applies on a GPU only")
+def test_gpu_forward_refuses_heads_below_32():
     from dla_fast.triton_forward import forward_scalar_decay_triton
 
-    return forward_scalar_decay_triton(*args, **kw)
+    x = torch.randn(1, 8, 1, 16, device="cuda")
+    with pytest.raises(ValueError, match="at least 32"):
+        forward_scalar_decay_triton(x, x, x, -torch.rand(1, 8, 1, device="cuda"), torch.rand(1, 8, 1, 4, device="cuda"),
+                                    tau=0.6)
 
 
 @needs_kernels
@@ -190,7 +204,6 @@ def _harness_adapter(dtype):
     """The Triton forward behind properties.harness's NumPy adapter interface."""
     from types import SimpleNamespace
 
-    from dla_fast.triton_forward import forward_scalar_decay_triton
     from properties.harness import torch_adapter
 
     def fwd(q, k, v, g, w, *, tau, beta=None, boundaries=None, initial_cache=None, eps, norm_eps):
@@ -199,8 +212,7 @@ def _harness_adapter(dtype):
         if initial_cache is not None:
             c = initial_cache
             kw = dict(states=c.states.float(), counts=c.counts, info=c.info.float(), size=c.size)
-        o, c, t = forward_scalar_decay_triton(q, k, v, g, w, tau=tau, boundaries=boundaries, eps=eps,
-                                              norm_eps=norm_eps, **kw)
+        o, c, t = _fwd(q, k, v, g, w, tau=tau, boundaries=boundaries, eps=eps, norm_eps=norm_eps, **kw)
         return (o, SimpleNamespace(states=c[0], counts=c[1], info=c[2], size=c[3]),
                 SimpleNamespace(scores=t[0], starts=t[1], merged=t[2]))
 
