@@ -118,7 +118,9 @@ def cache_value_checks(states, counts, info, size, K: int, *, isfinite, arange, 
         ((used & (counts < 1)).any(), f"{name}.counts: expected counts >= 1 on the first `size` slots"),
         ((~used & (counts != 0)).any(), f"{name}.counts: expected zero counts on unused slots"),
         (~isfinite(states).all(), f"{name}.states: expected finite values"),
+        ((~used[..., None, None] & (states != 0)).any(), f"{name}.states: expected zero states on unused slots"),
         ((~isfinite(info) | (info < 0)).any(), f"{name}.info: expected finite, non-negative sums of scores"),
+        ((~used & (info != 0)).any(), f"{name}.info: expected zero sums on unused slots"),
     ]
 
 

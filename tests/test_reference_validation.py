@@ -267,3 +267,20 @@ def test_zero_tokens_still_validate():
         call(**empty_in_time(initial_cache=a_cache(states=np.zeros((B, H, K, DK, DV + 1)))))
     with raises_naming("slot_weights"):
         call(**empty_in_time(slot_weights=np.zeros((B, 0, H, 1))))
+
+
+def test_initial_cache_with_nonzero_unused_slots_is_rejected():
+    """Unused slots are all zero (dla_ref.Cache); a cache that says otherwise is inconsistent."""
+    rng = np.random.default_rng(0)
+    B, T, H, D, K = 1, 3, 1, 2, 3
+    q, k, v = (rng.standard_normal((B, T, H, D)) for _ in range(3))
+    g, w = -rng.random((B, T, H)), rng.random((B, T, H, K))
+    _, cache, _ = dla_ref.forward(q, k, v, g, w, tau=float("inf"))  # one slot used of three
+    bad_states = cache.copy()
+    bad_states.states[0, 0, 2] = 1.0
+    with pytest.raises(ValueError, match=r"initial_cache\.states: expected zero states on unused slots"):
+        dla_ref.forward(q, k, v, g, w, initial_cache=bad_states)
+    bad_info = cache.copy()
+    bad_info.info[0, 0, 1] = 0.5
+    with pytest.raises(ValueError, match=r"initial_cache\.info: expected zero sums on unused slots"):
+        dla_ref.forward(q, k, v, g, w, initial_cache=bad_info)
