@@ -41,6 +41,18 @@ from .recurrent import information_score
 
 
 @njit
+def _open_slot(pos, m, merged_index, t):
+    """Token ``t`` opens a slot: the live slot starts ``pos[:m]`` lose the right start of the merged pair
+    (``merged_index``, -1 if none: slots (i, i + 1) became one) and gain ``t``. Returns the new ``m``."""
+    if merged_index >= 0:
+        for j in range(merged_index + 1, m - 1):
+            pos[j] = pos[j + 1]
+        m -= 1
+    pos[m] = t
+    return m + 1
+
+
+@njit
 def _chunk_tables(starts, merged, size0, C, JF, destF, dest, m_start, pos_start):
     """Per-chunk tables of the fixed partition, every chunk (``O(T K)`` integers per row).
 
@@ -75,13 +87,7 @@ def _chunk_tables(starts, merged, size0, C, JF, destF, dest, m_start, pos_start)
                 pos_start[c, r, i] = pos[i]
             for t in range(n):
                 if starts[r, c0 + t]:
-                    mi = merged[r, c0 + t]
-                    if mi >= 0:  # slots (mi, mi + 1) became one: the right one's start disappears
-                        for j in range(mi + 1, m - 1):
-                            pos[j] = pos[j + 1]
-                        m -= 1
-                    pos[m] = c0 + t
-                    m += 1
+                    m = _open_slot(pos, m, merged[r, c0 + t], c0 + t)
                 j = m - 1
                 for i in range(m0 - 1, -1, -1):
                     while pos[j] > sp[i]:
@@ -120,13 +126,7 @@ def _recency(starts, merged, C, m_start, pos_start, c_lo, J):
                     J[cc, r, t, s] = -1
             for t in range(n):
                 if starts[r, c0 + t]:
-                    mi = merged[r, c0 + t]
-                    if mi >= 0:
-                        for j in range(mi + 1, m - 1):
-                            pos[j] = pos[j + 1]
-                        m -= 1
-                    pos[m] = c0 + t
-                    m += 1
+                    m = _open_slot(pos, m, merged[r, c0 + t], c0 + t)
                 j = m - 1
                 for s in range(t, -1, -1):
                     while pos[j] > c0 + s:

@@ -39,6 +39,25 @@ FAST_GRADCHECK = settings.default.max_examples <= 100
 # ---------------------------------------------------------------------------------------------
 
 
+def _backbone(g, kt, vt, bt):
+    """The contract's transition and contribution: ``A_t(X) = a X``, ``s_t = k v^T`` (scalar decay) or
+    ``A_t(X) = a (X - beta k (k^T X))``, ``s_t = beta k v^T`` (delta rule)."""
+    a = torch.exp(g)
+    if bt is None:
+        return (lambda X: a * X), torch.outer(kt, vt)
+    return (lambda X: a * (X - bt * torch.outer(kt, kt @ X))), bt * torch.outer(kt, vt)
+
+
+def _update(slots, s, start, merged_index):
+    """Rule 3 with the decision forced: extend the open slot, or merge pair ``merged_index`` (if >= 0) and append."""
+    if not start:
+        return slots[:-1] + [slots[-1] + s]
+    if merged_index >= 0:
+        i = merged_index
+        slots = slots[:i] + [slots[i] + slots[i + 1]] + slots[i + 2:]
+    return slots + [s]
+
+
 def straightforward(q, k, v, g, lam, beta, init_states, init_size, starts, merged):
     """The contract, token by token, decisions forced: ``(o [B, T, H, Dv], final states [B, H, K, Dk, Dv])``."""
     B, T, H, Dk = q.shape
@@ -51,21 +70,8 @@ def straightforward(q, k, v, g, lam, beta, init_states, init_size, starts, merge
             slots = [init_states[b, h, i] for i in range(m0)]
             o = []
             for t in range(T):
-                a, kt, vt = torch.exp(g[b, t, h]), k[b, t, h], v[b, t, h]
-                if beta is None:  # A_t(X) = a X, s_t = k v^T
-                    slots = [a * X for X in slots]
-                    s = torch.outer(kt, vt)
-                else:  # A_t(X) = a (X - beta k (k^T X)), s_t = beta k v^T
-                    bt = beta[b, t, h]
-                    slots = [a * (X - bt * torch.outer(kt, kt @ X)) for X in slots]
-                    s = bt * torch.outer(kt, vt)
-                if starts[b, t, h]:
-                    i = int(merged[b, t, h])
-                    if i >= 0:
-                        slots = slots[:i] + [slots[i] + slots[i + 1]] + slots[i + 2:]
-                    slots.append(s)
-                else:
-                    slots[-1] = slots[-1] + s
+                A, s = _backbone(g[b, t, h], k[b, t, h], v[b, t, h], None if beta is None else beta[b, t, h])
+                slots = _update([A(X) for X in slots], s, starts[b, t, h], int(merged[b, t, h]))
                 m = len(slots)
                 o.append(sum(lam[b, t, h, j] * (q[b, t, h] @ slots[m - 1 - j]) for j in range(m)))
             outs[b][h] = torch.stack(o) if T else q.new_zeros((0, Dv))
@@ -84,25 +90,11 @@ def straightforward_scores(k, v, g, beta, init_states, init_size, starts, merged
             m0 = 0 if init_states is None else int(init_size[b, h])
             slots = [init_states[b, h, i] for i in range(m0)]
             for t in range(T):
-                a, kt = torch.exp(g[b, t, h]), k[b, t, h]
-                if beta is None:
-                    A = lambda X: a * X  # noqa: E731
-                    s = torch.outer(kt, v[b, t, h])
-                else:
-                    bt = beta[b, t, h]
-                    A = lambda X: a * (X - bt * torch.outer(kt, kt @ X))  # noqa: E731
-                    s = bt * torch.outer(kt, v[b, t, h])
+                A, s = _backbone(g[b, t, h], k[b, t, h], v[b, t, h], None if beta is None else beta[b, t, h])
                 if slots:
                     P = slots[-1]
                     scores[(b, t, h)] = torch.linalg.norm(N(A(P) + s) - N(P)) / (torch.linalg.norm(N(P)) + eps)
-                slots = [A(X) for X in slots]
-                if starts[b, t, h]:
-                    i = int(merged[b, t, h])
-                    if i >= 0:
-                        slots = slots[:i] + [slots[i] + slots[i + 1]] + slots[i + 2:]
-                    slots.append(s)
-                else:
-                    slots[-1] = slots[-1] + s
+                slots = _update([A(X) for X in slots], s, starts[b, t, h], int(merged[b, t, h]))
     return scores
 
 
