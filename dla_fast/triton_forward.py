@@ -279,7 +279,6 @@ def _dla_carry_kernel(
         kf = kc.to(tl.float32)
         Gc = tl.cumsum(g, 0)
         Gm1 = Gc - g
-        Glast = tl.sum(g, 0)
         # y_t = k_t^T P_c v_t and ||P_c||^2
         if NVB == 1:
             vf = vc.to(tl.float32)
@@ -617,8 +616,6 @@ def _prefix_before(k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, hinit_ptr, bh, b, h, a, 
         kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=pm[:, None] & (kd[None, :] < Dk), other=0.0)
         vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=pm[:, None] & (vd[None, :] < Dv), other=0.0)
         g = tl.load(g_ptr + (b * T + tok) * H + h, mask=tok < T, other=0.0).to(tl.float32)
-        Gc = tl.cumsum(g, 0)
-        Glast = tl.sum(g, 0)
         wd, eGl = _decay_to_end(g)
         w = tl.where(pm, wd, 0.0)
         kw = kc.to(tl.float32) * w[:, None]
@@ -733,7 +730,8 @@ def _dla_output_kernel(
     # The state before the chunk, read with the recency of the piece holding token c0-1.
     sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
     Hc = tl.load(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
-    lam_in = tl.load(wrow + n_in_i, mask=valid, other=0.0).to(tl.float32)
+    # n_in(t) = K only with an empty cache before the chunk (H = 0): no weight to read (and none in bounds).
+    lam_in = tl.load(wrow + n_in_i, mask=valid & (n_in_i < K), other=0.0).to(tl.float32)
     o += (lam_in * eGc)[:, None] * _qdot(qc, qf, Hc, LOWP, PREC)
     # Old live starts (at the chunk start), oldest first; j = 0 (the oldest) has H(a_0 - 1) = 0.
     m0 = tl.load(livem_ptr + bh * NC + c)
@@ -763,7 +761,6 @@ def _dla_output_kernel(
     scale3 = tl.reshape(scale, [C, KP // G, G])
     bslot2 = tl.reshape(bslot, [KP // G, G])
     grp = tl.arange(0, KP // G)
-    gi = tl.arange(0, G)
     for gx in range(0, tl.cdiv(m0, G)):
         sg = tl.sum(tl.where(grp[None, :, None] == gx, scale3, 0.0), 1)  # [C, G]
         bs = tl.sum(tl.where(grp[:, None] == gx, bslot2, 0), 0)  # [G]
@@ -817,9 +814,75 @@ def _check_forward_dims(Dk: int, Dv: int) -> None:
         )
 
 
+def _log_decay_sums(g, NC: int) -> torch.Tensor:
+    """``gs [BH, NC + 1]`` float64: the sum of ``g`` before each chunk (and over the whole call, last)."""
+    B, T, H = g.shape
+    gpad = torch.zeros(B * H, NC * CHUNK, device=g.device, dtype=torch.float64)
+    gpad[:, :T] = g.double().permute(0, 2, 1).reshape(B * H, T)
+    gs = torch.zeros(B * H, NC + 1, device=g.device, dtype=torch.float64)
+    gs[:, 1:] = gpad.view(B * H, NC, CHUNK).sum(-1).cumsum(-1)
+    return gs
+
+
+def _initial_prefixes(states0, BH: int, Dk: int, Dv: int, dev):
+    """``(h0, hinit)``: the sum of the initial slots (the prefix state before the call) and, per initial
+    slot i, the sum of the slots before it (its pseudo start's prefix state); zeros without a cache."""
+    if states0 is None:
+        h0 = torch.zeros(BH, Dk, Dv, device=dev, dtype=torch.float32)
+        return h0, h0  # hinit is never read: no pseudo starts without an initial cache
+    return states0.sum(1).contiguous(), (torch.cumsum(states0, 1) - states0).contiguous()
+
+
+def _prefix_states(k, v, g, gs, h0, *, split: bool, prec: str) -> torch.Tensor:
+    """``hs [BH, NC + 1, Dk, Dv]`` float32: the single-state prefix state H(c0 - 1) before every chunk
+    (and after the last), on the current stream."""
+    B, T, H, Dk = k.shape
+    Dv = v.shape[-1]
+    NC = gs.shape[1] - 1
+    BK, BVF = max(_next_pow2(Dk), 16), max(_next_pow2(Dv), 16)
+    BV = min(BVF, 64)
+    hs = torch.empty(B * H, NC + 1, Dk, Dv, device=k.device, dtype=torch.float32)
+    _dla_chunkstate_kernel[(NC, B * H, triton.cdiv(BVF, BV))](k, v, g, hs, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV,
+                                                             SPLIT=split, PREC=prec, num_warps=4)
+    HBLK = 1024
+    _dla_hscan_kernel[(B * H, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK, num_warps=4)
+    return hs
+
+
+def _surviving_starts(masks, death, T: int):
+    """Slot starts that outlive their chunk (later chunks read their prefix state): ``(surv [BH, NC*C]
+    bool, their number, bidx [BH, NC*C] int32)`` with ``bidx`` the compact index (row-major), -1 elsewhere."""
+    BH, NC = masks.shape
+    C = CHUNK
+    dev = masks.device
+    tpos = torch.arange(NC * C, device=dev)
+    bits = ((masks[:, :, None] >> torch.arange(C, device=dev, dtype=torch.int64)) & 1).bool().reshape(BH, NC * C)
+    surv = bits & (death >= (tpos // C + 1) * C) & (tpos < T)
+    nsurv = int(surv.sum())
+    bidx = torch.where(surv, torch.cumsum(surv.reshape(-1), 0).reshape(BH, NC * C) - 1, -1).to(torch.int32)
+    return surv, nsurv, bidx
+
+
+def _start_states(k, v, g, hs, masks, death, bidx, nsurv: int, hinit, K: int, *, lowp: bool, prec: str):
+    """The compact prefix states ``bst [nsurv (+ BH K), Dk, Dv]`` of the surviving starts, each decayed to
+    its chunk end, then the initial slots' pseudo starts (``hinit``, reference: the call's start)."""
+    B, T, H, Dk = k.shape
+    Dv = v.shape[-1]
+    BH, NC = masks.shape
+    BK, BVF = max(_next_pow2(Dk), 16), max(_next_pow2(Dv), 16)
+    BV = min(BVF, 64)
+    ninit = BH * K if hinit is not None else 0
+    bst = torch.empty(nsurv + ninit, Dk, Dv, device=k.device, dtype=k.dtype if lowp else torch.float32)
+    if ninit:
+        bst[nsurv:] = hinit.reshape(BH * K, Dk, Dv).to(bst.dtype)
+    _dla_bstate_kernel[(NC, BH, triton.cdiv(BVF, BV))](k, v, g, hs, masks, death, bidx, bst, T, H, Dk, Dv, C=CHUNK,
+                                                      BK=BK, BV=BV, LOWP=lowp, PREC=prec, num_warps=8)
+    return bst
+
+
 def forward_scalar_decay_triton(
     q, k, v, g, slot_weights, *, tau, boundaries=None, states=None, counts=None, info=None, size=None,
-    eps=1e-6, norm_eps=1e-6, return_trace=True, profile=None,
+    eps=1e-6, norm_eps=1e-6, return_trace=True, profile=None, keep=None,
 ):
     """DLA forward, scalar-decay backbone, on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1).
 
@@ -835,6 +898,8 @@ def forward_scalar_decay_triton(
         return_trace: also return ``(scores float32, starts bool, merged int64)``, each ``[B, T, H]``.
         profile: a dict, or None: if given, each stage's time in ms (CUDA events, synchronising) and
             the mean number of live slot starts at chunk starts are written into it (benchmarks only).
+        keep: a dict, or None: if given, the decided structure in the kernels' own form is written into it
+            (``Structure.triton``: what ``dla_fast.triton_backward`` needs; ``O(T)`` integers per row).
 
     Returns:
         ``(o, (states, counts, info, size), trace)`` with ``o`` ``[B, T, H, Dv]`` in q's dtype, the final
@@ -899,27 +964,16 @@ def forward_scalar_decay_triton(
     )
     # 4. prefix states at chunk starts: independent of the decisions, so on CUDA it runs on a side stream
     # while the sequential carry scan and merge simulation (B*H programs) leave most of the GPU idle.
-    gpad = torch.zeros(BH, NC * C, device=dev, dtype=torch.float64)
-    gpad[:, :T] = g.double().permute(0, 2, 1).reshape(BH, T)
-    gs = torch.zeros(BH, NC + 1, device=dev, dtype=torch.float64)
-    gs[:, 1:] = gpad.view(BH, NC, C).sum(-1).cumsum(-1)
-    hs = torch.empty(BH, NC + 1, Dk, Dv, **f32)
+    gs = _log_decay_sums(g, NC)
     split = q.dtype == torch.bfloat16 and not _interpret()
-    if states is None:
-        h0 = torch.zeros(BH, Dk, Dv, **f32)
-        hinit = h0  # never read: no pseudo starts without an initial cache
-    else:
-        h0 = states0.sum(1).contiguous()
-        hinit = (torch.cumsum(states0, 1) - states0).contiguous()  # sum of the initial slots before slot i
+    h0, hinit = _initial_prefixes(states0, BH, Dk, Dv, dev)
     use_side = dev.type == "cuda" and not _interpret() and os.environ.get("DLA_TRITON_SIDE_STREAM", "1") == "1"
     side = torch.cuda.Stream(device=dev) if use_side else None
     if side is not None:
         side.wait_stream(torch.cuda.current_stream(dev))
     with (torch.cuda.stream(side) if side is not None else _nullcontext()):
-        _dla_chunkstate_kernel[(NC, BH, NVB)](k, v, g, hs, T, H, Dk, Dv, C=C, BK=BK, BV=BV, SPLIT=split, PREC=prec,
-                                              num_warps=4)
-        HBLK = 1024
-        _dla_hscan_kernel[(BH, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gs, T, Dk * Dv, C=C, BLOCK=HBLK, num_warps=4)
+        hs = _prefix_states(k, v, g, gs, h0, split=split, prec=prec)
+
     # 2. carry scan
     _mark(profile, 'carry')
     masks = torch.empty(BH, NC, device=dev, dtype=torch.int64)
@@ -965,18 +1019,9 @@ def forward_scalar_decay_triton(
         torch.cuda.current_stream(dev).wait_stream(side)
     # 5. output
     _mark(profile, 'output')
-    # Compact storage for the prefix states of slot starts that outlive their chunk (+ the initial slots').
-    tpos = torch.arange(NC * C, device=dev)
-    bits = ((masks[:, :, None] >> torch.arange(C, device=dev, dtype=torch.int64)) & 1).bool().reshape(BH, NC * C)
-    surv = bits & (death >= (tpos // C + 1) * C)
-    nsurv = int(surv.sum())
-    bidx = torch.where(surv, torch.cumsum(surv.reshape(-1), 0).reshape(BH, NC * C) - 1, -1).to(torch.int32)
-    ninit = BH * K if states is not None else 0
-    bst = torch.empty(nsurv + ninit, Dk, Dv, device=dev, dtype=q.dtype if lowp else torch.float32)
-    if ninit:
-        bst[nsurv:] = hinit.reshape(BH * K, Dk, Dv).to(bst.dtype)  # reference decay: the call's start
-    _dla_bstate_kernel[(NC, BH, NVB)](k, v, g, hs, masks, death, bidx, bst, T, H, Dk, Dv, C=C, BK=BK, BV=BV,
-                                      LOWP=lowp, PREC=prec, num_warps=8)
+    surv, nsurv, bidx = _surviving_starts(masks, death, T)
+    bst = _start_states(k, v, g, hs, masks, death, bidx, nsurv, None if states is None else hinit, K,
+                        lowp=lowp, prec=prec)
     o = torch.empty(B, T, H, Dv, device=dev, dtype=q.dtype)
     _dla_output_kernel[(NC, BH, NVB)](
         q, k, v, g, slot_weights, o, masks, death, death0, live, livem, hs, gs, bidx, bst, nsurv,
@@ -989,6 +1034,8 @@ def forward_scalar_decay_triton(
         k, v, g, hs, gs, fpos, msize, hinit, size_flat, P, final_states, T, H, Dk, Dv, K,
         C=C, BK=BK, BV=BV, KP=KP, SPLIT=split, PREC=prec, HAS_INIT=states is not None, num_warps=4,
     )
+    if keep is not None:
+        keep.update(masks=masks, death=death, death0=death0, live=live, livem=livem, fpos=fpos, size=msize)
     cache = (
         final_states.reshape(B, H, K, Dk, Dv),
         cnt.reshape(B, H, K),
