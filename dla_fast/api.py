@@ -68,10 +68,19 @@ def forward(
     _autograd.check_temperature(surrogate_temperature)
     if _autograd.needs_grad(q, k, v, g, slot_weights, beta, tau, getattr(initial_cache, "states", None)):
         return _autograd.differentiable_forward(
-            forward, q, k, v, g, slot_weights, tau=tau, beta=beta, boundaries=boundaries,
+            _forward, q, k, v, g, slot_weights, tau=tau, beta=beta, boundaries=boundaries,
             initial_cache=initial_cache, output_final_cache=output_final_cache, return_trace=return_trace,
             chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, surrogate_temperature=surrogate_temperature,
         )
+    return _forward(q, k, v, g, slot_weights, tau=tau, beta=beta, boundaries=boundaries, initial_cache=initial_cache,
+                    output_final_cache=output_final_cache, return_trace=return_trace, chunk_size=chunk_size, eps=eps,
+                    norm_eps=norm_eps)
+
+
+def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, output_final_cache, return_trace,
+             chunk_size, eps, norm_eps, keep=None):
+    """``forward`` without gradients. ``keep``: a dict that receives the Triton forward's structure tensors
+    when the Triton kernels run (what their backward needs); untouched otherwise."""
     (q, k, v, g, slot_weights, beta, boundaries), tau, dims, cache = validate_forward(
         q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size
     )
@@ -87,7 +96,8 @@ def forward(
 
     if beta is None and uses_triton(q, Dk, Dv):
         o, scores, starts, merged = _forward_triton(
-            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, eps=eps, norm_eps=norm_eps
+            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, eps=eps, norm_eps=norm_eps,
+            keep=keep,
         )
     elif beta is None:
         o, scores, starts, merged = forward_scalar_decay(
@@ -116,9 +126,13 @@ def uses_triton(x: torch.Tensor, dk: int, dv: int) -> bool:
 
     CUDA tensors of float32, bfloat16 or float16 with ``32 <= Dk, Dv <= 256`` do, unless
     ``DLA_FAST_BACKEND=torch`` is set (then the torch chunked path runs on the GPU too). float64 inputs
-    always take the torch path (float64 states).
+    always take the torch path (float64 states). For testing, ``DLA_FAST_BACKEND=triton`` with
+    ``TRITON_INTERPRET=1`` runs the kernels on CPU tensors through Triton's interpreter.
     """
-    if not (x.is_cuda and x.dtype != torch.float64) or os.environ.get("DLA_FAST_BACKEND", "") == "torch":
+    backend = os.environ.get("DLA_FAST_BACKEND", "")
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET", "0") == "1" and x.dtype != torch.float64:
+        return dk <= 256 and dv <= 256  # testing: the kernels on CPU tensors through Triton's interpreter
+    if not (x.is_cuda and x.dtype != torch.float64) or backend == "torch":
         return False
     if not (TRITON_MIN_DIM <= dk <= 256 and TRITON_MIN_DIM <= dv <= 256):
         return False
@@ -129,7 +143,8 @@ def uses_triton(x: torch.Tensor, dk: int, dv: int) -> bool:
     return True
 
 
-def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, *, eps, norm_eps):
+def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, *, eps, norm_eps,
+                    keep=None):
     """The Triton prefill (docs/triton.md) behind ``forward_scalar_decay``'s contract: cache in place."""
     from .triton_forward import forward_scalar_decay_triton
 
@@ -137,6 +152,7 @@ def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, states, counts, i
     o, (states_out, counts_out, info_out, size_out), (scores, starts, merged) = forward_scalar_decay_triton(
         q, k.to(dtype), v.to(dtype), g, slot_weights, tau=tau, boundaries=boundaries,
         states=states, counts=counts, info=info.float(), size=size, eps=eps, norm_eps=norm_eps, return_trace=True,
+        keep=keep,
     )  # fmt: skip
     for cache_tensor, result in ((states, states_out), (counts, counts_out), (info, info_out), (size, size_out)):
         cache_tensor.copy_(result)

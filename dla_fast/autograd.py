@@ -14,7 +14,7 @@ decays. This module holds
 - :func:`delta_rule_backward`: the explicit backward of the gated delta-rule recurrence (per-token adjoint
   steps vectorised over rows, states recomputed per segment from square-root checkpoints);
 - :class:`DLAFunction`, the ``torch.autograd.Function`` that wires a forward result to these backwards
-  (the seam a Triton backward plugs into: :data:`BACKWARDS`), and the straight-through surrogate for
+  (a forward that ran the Triton kernels gets ``dla_fast.triton_backward``), and the straight-through surrogate for
   ``tau`` (``surrogate_temperature``): its ``dL/dI_t`` goes to ``tau`` and, through the score's adjoint
   (``_score_adjoint`` for scalar decay, a term of the delta rule's step), into the inputs.
 
@@ -149,6 +149,7 @@ class Structure:
     merged: torch.Tensor
     size0: torch.Tensor
     K: int
+    triton: Optional[dict] = None  # the Triton forward's own structure tensors, when it ran (its backward's input)
 
     def numpy(self):
         return (self.starts.cpu().numpy().astype(np.bool_), self.merged.cpu().numpy().astype(np.int64),
@@ -314,7 +315,6 @@ def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_fi
     if score_path:
         dk_reader = torch.zeros_like(kc)  # k_t as the reader of x_t: not a key, kept out of the dg identity
         x_c = carry_x.clone()
-        run_masks = []
         for b0 in range(0, nC, max(1, _BLOCK_ELEMENTS // max(1, R * C * C))):
             b1 = min(nC, b0 + max(1, _BLOCK_ELEMENTS // max(1, R * C * C)))
             Mx = _run_mask(lo_c[b0:b1], C)
@@ -648,9 +648,8 @@ def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chun
                    norm_eps=1e-6):
     """The torch backward (any device): ``(dq, dk, dv, dg, dbeta, dlam, dinit)`` in row layout.
 
-    The signature every backend of :data:`BACKWARDS` implements. ``beta`` None: scalar decay. ``dscores``
-    ``[R, T]`` float64 or None: a gradient w.r.t. the scores (the surrogate's), propagated into the inputs
-    (docs/training.md).
+    ``beta`` None: scalar decay. ``dscores`` ``[R, T]`` float64 or None: a gradient w.r.t. the scores (the
+    surrogate's), propagated into the inputs (docs/training.md).
     """
     if beta is None:
         dq, dk, dv, dg, dlam, dinit = scalar_decay_backward(q, k, v, g, lam, init, structure, dO, dS_final,
@@ -661,14 +660,6 @@ def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chun
                                                                 dS_final, dscores=dscores, eps=eps,
                                                                 norm_eps=norm_eps)
     return dq, dk, dv, dg, dbeta, dlam, dinit
-
-
-# Backends by device type: the Triton half registers BACKWARDS["cuda"] with torch_backward's signature.
-BACKWARDS: dict[str, Callable] = {}
-
-
-def _backend(device: torch.device) -> Callable:
-    return BACKWARDS.get(device.type, torch_backward)
 
 
 def shifted_weights(lam: torch.Tensor) -> torch.Tensor:
@@ -723,53 +714,82 @@ class DLAFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, g, slot_weights, beta, init_states, tau, record: _Record):
         # The outputs are handed back, not kept: the context holds the structure and the scalars only.
         ctx.record = dataclasses.replace(record, o=None, final_states=None)
-        ctx.save_for_backward(q, k, v, g, slot_weights, beta, init_states, tau)
+        # The Triton backward needs the final states for dg (the torch one recomputes them): an output, so
+        # saved through save_for_backward, the documented way to keep an output for the backward.
+        final = record.final_states if record.structure.triton is not None else None
+        ctx.save_for_backward(q, k, v, g, slot_weights, beta, init_states, tau, final)
         return record.o, record.final_states
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dO, dS_final):
-        q, k, v, g, lam, beta, init, tau = ctx.saved_tensors
+        q, k, v, g, lam, beta, init, tau, S_final = ctx.saved_tensors
         rec: _Record = ctx.record
         B, T, H, Dk = q.shape
         Dv, K = v.shape[-1], lam.shape[-1]
         R = B * H
         cd = torch.float64 if q.dtype == torch.float64 else torch.float32
-        rows = [_rows(x, cd) for x in (q, k, v)]
-        g_r = _rows(g, cd)
-        lam_r = _rows(lam, cd)
-        beta_r = _rows(beta, cd)
-        init_r = (torch.zeros((R, K, Dk, Dv), dtype=cd, device=q.device) if init is None
-                  else init.detach().to(cd).reshape(R, K, Dk, Dv))
-        dO_r = torch.zeros((R, T, Dv), dtype=cd, device=q.device) if dO is None else _rows(dO, cd)
         dSf = None
         if dS_final is not None:
             live = torch.arange(K, device=q.device).view(1, K) < _final_size(rec.structure).view(R, 1)
             dSf = dS_final.to(cd).reshape(R, K, Dk, Dv) * live.view(R, K, 1, 1)
-        backend = _backend(q.device)
+        # The Triton backward serves a Triton forward (scalar decay, its structure kept), in the inputs' own
+        # layout and dtype; everything else (and the score part of the surrogate) runs torch_backward on rows.
+        fast = rec.structure.triton is not None and beta is None
+
+        def torch_rows(lam_rows):
+            init_r = (torch.zeros((R, K, Dk, Dv), dtype=cd, device=q.device) if init is None
+                      else init.detach().to(cd).reshape(R, K, Dk, Dv))
+            dO_r = torch.zeros((R, T, Dv), dtype=cd, device=q.device) if dO is None else _rows(dO, cd)
+            return (*(_rows(x, cd) for x in (q, k, v, g)), _rows(beta, cd), lam_rows, init_r, rec.structure, dO_r)
+
         with torch.no_grad():
             dtau = None if tau is None else torch.zeros((), dtype=torch.float64, device=q.device)
             dI = None
             if rec.temperature is not None and rec.decided is not None and bool(rec.decided.any()):
                 # The surrogate: eps_r = dL/dh_r is the "dg" of the same backward with the shifted weights;
                 # dL/dI_r = eps_r h_r (1 - h_r) / T on decided tokens, dL/dtau = -sum_r dL/dI_r.
-                _, _, _, eps_r, _, _, _ = backend(*rows, g_r, beta_r, shifted_weights(lam_r), init_r,
-                                                  rec.structure, dO_r, None, chunk_size=rec.chunk_size)
+                if fast:
+                    eps_r = _rows(_triton_grads(q, k, v, g, shifted_weights(lam), init, rec, dO, None)[3],
+                                  torch.float64)
+                else:
+                    eps_r = torch_backward(*torch_rows(shifted_weights(_rows(lam, cd))), None,
+                                           chunk_size=rec.chunk_size)[3]
                 h_slope = _sigmoid_slope(rec.scores, rec.tau, rec.temperature) * rec.decided
                 dI = eps_r.to(torch.float64) * h_slope
                 if dtau is not None:
                     dtau = -dI.sum()
-            dq, dk, dv, dg, dbeta, dlam, dinit = backend(*rows, g_r, beta_r, lam_r, init_r, rec.structure, dO_r,
-                                                         dSf, chunk_size=rec.chunk_size, dscores=dI, eps=rec.eps,
-                                                         norm_eps=rec.norm_eps)
-        back = lambda x, like: None if x is None else _unrows(x, B, H).to(like.dtype)  # noqa: E731
+            if fast and dI is None:
+                dq, dk, dv, dg, dlam, dinit = _triton_grads(q, k, v, g, lam, init, rec, dO, dSf, S_final)
+                dbeta = None
+            else:
+                dq, dk, dv, dg, dbeta, dlam, dinit = torch_backward(
+                    *torch_rows(_rows(lam, cd)), dSf, chunk_size=rec.chunk_size, dscores=dI, eps=rec.eps,
+                    norm_eps=rec.norm_eps)
+                dq, dk, dv, dg, dbeta, dlam = (_unrows(x, B, H) for x in (dq, dk, dv, dg, dbeta, dlam))
+        back = lambda x, like: None if x is None else x.to(like.dtype)  # noqa: E731
         grads = [back(dq, q), back(dk, k), back(dv, v), back(dg, g), back(dlam, lam), back(dbeta, beta) if
                  beta is not None else None]
-        dinit_out = None if init is None else dinit.view(B, H, K, Dk, Dv).to(init.dtype)
+        dinit_out = None if init is None else dinit.reshape(B, H, K, Dk, Dv).to(init.dtype)
         dtau_out = None if (tau is None or dtau is None) else dtau.to(tau.dtype).reshape(tau.shape)
         needs = ctx.needs_input_grad
         out = grads + [dinit_out, dtau_out, None]
         return tuple(x if (i < len(needs) and needs[i]) else None for i, x in enumerate(out))
+
+
+def _triton_grads(q, k, v, g, lam, init, rec: _Record, dO, dS_final, S_final=None):
+    """The Triton backward (``dla_fast.triton_backward``) in the API's layout: ``(dq, dk, dv, dg, dlam, dinit)``
+    as ``[B, T, H, ...]`` (``dinit`` ``[B * H, K, Dk, Dv]`` or None)."""
+    from .triton_backward import backward_scalar_decay_triton
+
+    B, T, H, Dk = q.shape
+    if dO is None:
+        dO = torch.zeros(B, T, H, v.shape[-1], dtype=q.dtype, device=q.device)
+    kept = rec.structure.triton
+    return backward_scalar_decay_triton(q.detach(), k.detach().to(q.dtype), v.detach().to(q.dtype), g.detach(),
+                                        lam.detach(), None if init is None else init.detach(), rec.structure.size0,
+                                        kept, dO, None if dS_final is None else dS_final.float().contiguous(),
+                                        S_final)
 
 
 def _final_size(structure: Structure) -> torch.Tensor:
@@ -811,9 +831,10 @@ def differentiable_forward(forward: Callable, q, k, v, g, slot_weights, *, tau=0
     tau_t = tau if isinstance(tau, torch.Tensor) else None
     tau_value = float(tau.detach()) if tau_t is not None else tau
     with torch.no_grad():
+        keep: dict = {}
         o, final, trace = forward(q, k, v, g, slot_weights, tau=tau_value, beta=beta, boundaries=boundaries,
                                   initial_cache=initial_cache, output_final_cache=True, return_trace=True,
-                                  chunk_size=chunk_size, eps=eps, norm_eps=norm_eps)
+                                  chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, keep=keep)
     B, T, H = o.shape[:3]
     K = slot_weights.shape[-1]
     R = B * H
@@ -826,7 +847,8 @@ def differentiable_forward(forward: Callable, q, k, v, g, slot_weights, *, tau=0
         else:
             init_states = torch.as_tensor(np.asarray(initial_cache.states), device=o.device).to(final.states.dtype)
     small = torch.int8 if K <= 128 else torch.int16 if K <= 32768 else torch.int64  # merged < K - 1
-    structure = Structure(_rows(trace.starts, torch.bool), _rows(trace.merged, small).contiguous(), size0, K)
+    structure = Structure(_rows(trace.starts, torch.bool), _rows(trace.merged, small).contiguous(), size0, K,
+                          triton=keep or None)
     decided = None
     if surrogate_temperature is not None and boundaries is None:
         before = structure.sizes_before()

@@ -18,7 +18,13 @@ Examples per property: a quarter of the profile's (the oracle's per-token loops 
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -118,7 +124,7 @@ def tensors(case):
 def run_fast(case, x, cache, chunk_size, **kw):
     return dla_fast.forward(
         x["q"], x["k"], x["v"], x["g"], x["slot_weights"], tau=kw.pop("tau", case.tau), beta=x["beta"],
-        boundaries=None if case.boundaries is None else torch.as_tensor(case.boundaries),
+        boundaries=None if case.boundaries is None else torch.as_tensor(case.boundaries, device=x["q"].device),
         initial_cache=cache, return_trace=True, chunk_size=chunk_size, eps=case.eps, norm_eps=case.norm_eps, **kw,
     )
 
@@ -354,3 +360,84 @@ def test_surrogate_gradient_reaches_the_inputs_through_the_scores(case, chunk_si
         # path differentiates the stable form of docs/chunked-algorithm.md); observed up to ~1e-6.
         assert_rel_close(a - b, w, f"surrogate part of d/d{name} (chunk_size={chunk_size})", rtol=1e-5,
                          floor=1e-3 * float(b.abs().max()))
+
+
+# ---------------------------------------------------------------------------------------------
+# The Triton forward and backward through the public API: on a GPU, and in CI through the interpreter
+# ---------------------------------------------------------------------------------------------
+
+# Tolerances of the Triton gradients against the float64 oracle on the same rounded inputs and the kernels'
+# own decisions, relative to the largest entry of each oracle gradient (dg: with the floor above). float32
+# inputs: tf32x3 (GPU) or ieee (interpreter) products, float32 sums of at most a few hundred terms.
+# bfloat16 inputs (GPU only): 16-bit operands in every product (dO, the recomputed prefix states, the
+# attention weights and the state gradients rounded to bf16, 2^-9 relative each, as FLA's kernels do), plus
+# the gradients' own bf16 rounding. Observed maxima: docs/training.md.
+TRITON_GRAD_RTOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1" and os.environ.get("DLA_FAST_BACKEND") == "triton"
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu" if INTERPRETED else None
+TRITON_DTYPES = (torch.float32, torch.bfloat16) if TRITON_DEVICE == "cuda" else (torch.float32,)
+
+
+@pytest.mark.skipif(TRITON_DEVICE is not None or importlib.util.find_spec("triton") is None,
+                    reason="the Triton property runs in this process")
+def test_triton_gradients_under_the_interpreter():
+    """No GPU: run the Triton gradient property below in a subprocess under Triton's interpreter (Triton
+    reads TRITON_INTERPRET when the kernels are defined), through the public API (DLA_FAST_BACKEND=triton)."""
+    env = dict(os.environ, TRITON_INTERPRET="1", DLA_FAST_BACKEND="triton")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                        "test_triton_gradients_equal"], env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(TRITON_DEVICE is None, reason="needs a CUDA GPU, or TRITON_INTERPRET=1 DLA_FAST_BACKEND=triton")
+@settings(max_examples=max(4, EXAMPLES // (2 if TRITON_DEVICE == "cuda" else 5)), deadline=None)
+@given(case=grad_cases(backbone="scalar", Dk=32, Dv=32, max_T=150, **dict(MERGY, K=3)),
+       dtype=st.sampled_from(TRITON_DTYPES), seed=st.integers(0, 2**16))
+def test_triton_gradients_equal_autograd_through_the_straightforward_recurrence(case, dtype, seed):
+    """The Triton forward and backward (public API; float32 / bfloat16 inputs on a GPU) against the oracle
+    in float64 on the CPU, with the kernels' decisions forced.
+
+    One head size and capacity: every new one compiles the eleven kernels again (~20 s on a GPU); other
+    sizes are in ``tests/test_triton_backward.py`` and ``benchmarks/gpu_bench.py``."""
+    from dla_fast.api import uses_triton
+
+    dev = TRITON_DEVICE
+    leaf = lambda x, dt: torch.tensor(x, dtype=dt, device=dev).requires_grad_(True)  # noqa: E731
+    x = dict(q=leaf(case.q, dtype), k=leaf(case.k, dtype), v=leaf(case.v, dtype), g=leaf(case.g, torch.float32),
+             slot_weights=leaf(case.slot_weights, torch.float32), beta=None)
+    cache = None
+    if case.initial_cache is not None:
+        cache = dla_fast.Cache.from_ref(case.initial_cache, dtype=torch.float32, device=dev)
+        cache.states.requires_grad_(True)
+    assert uses_triton(x["q"], case.spec.Dk, case.spec.Dv)
+    o, final, trace = run_fast(case, x, cache, 64)
+    rng = np.random.default_rng(seed)
+    dO = torch.tensor(rng.standard_normal(tuple(o.shape)), device=dev).to(o.dtype)
+    dS = torch.tensor(rng.standard_normal(tuple(final.states.shape)), device=dev).float()
+    names = ["q", "k", "v", "g", "slot_weights"] + (["initial_cache.states"] if cache is not None else [])
+    leaves = [x[n] for n in names[:5]] + ([cache.states] if cache is not None else [])
+    zero = lambda ls: sum(0.0 * leaf.sum() for leaf in ls)  # noqa: E731
+    got = torch.autograd.grad((o.float() * dO.float()).sum() + (final.states * dS).sum() + zero(leaves), leaves,
+                              allow_unused=True)
+    # The oracle: float64 on the CPU, on the rounded inputs, with the kernels' decisions.
+    x64 = {n: None if x[n] is None else x[n].detach().double().cpu().requires_grad_(True) for n in x}
+    cache64 = None
+    if cache is not None:
+        cache64 = dla_fast.Cache.from_ref(case.initial_cache, dtype=torch.float64)
+        cache64.states = cache.states.detach().double().cpu().requires_grad_(True)
+    trace64 = dla_fast.Trace(trace.scores.cpu(), trace.starts.cpu(), trace.merged.cpu())
+    o_ref, S_ref = run_oracle(x64, cache64, trace64)
+    leaves64 = [x64[n] for n in names[:5]] + ([cache64.states] if cache64 is not None else [])
+    dO64, dS64 = dO.double().cpu(), dS.double().cpu()
+    want = torch.autograd.grad((o_ref * dO64).sum() + (S_ref * dS64).sum() + zero(leaves64), leaves64,
+                               allow_unused=True)
+    want = dict(zip(names, [torch.zeros_like(leaf) if w is None else w for w, leaf in zip(want, leaves64)]))
+    terms = ((x64["q"] * want["q"]).sum(-1).abs() + (x64["k"] * want["k"]).sum(-1).abs()).detach()
+    g_floor = float(terms.flip(1).cumsum(1).max()) if case.T else 0.0
+    g_floor += float((S_ref * dS64).sum((2, 3, 4)).abs().max().detach()) if case.T else 0.0
+    for name, a, leaf in zip(names, got, leaves64):
+        a = torch.zeros_like(leaf) if a is None else a.double().cpu()
+        assert_rel_close(a, want[name], f"d/d{name} ({dtype}, {dev})", rtol=TRITON_GRAD_RTOL[dtype],
+                         floor=g_floor if name == "g" else 0.0)
+    event(f"{dtype}; merges: {int((trace.merged >= 0).sum()) > 0}; chunks: {(case.T + 63) // 64}")

@@ -13,8 +13,6 @@ prints the smallest margin so that a legitimate divergence can be told from a bu
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,21 +22,13 @@ triton = pytest.importorskip("triton")
 
 import dla_ref  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRET
-RUN_HERE = INTERPRET or CUDA
-DEV = "cuda" if CUDA else "cpu"
-
-needs_kernels = pytest.mark.skipif(not RUN_HERE, reason="needs CUDA or TRITON_INTERPRET=1")
+from triton_here import CUDA, DEV, needs_kernels, rerun_under_interpreter, runs_elsewhere  # noqa: E402
 
 
-@pytest.mark.skipif(RUN_HERE, reason="kernels run in this process")
+@runs_elsewhere
 def test_interpreter_run():
     """No GPU and no TRITON_INTERPRET: run this file in a subprocess under the Triton interpreter."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                       env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    rerun_under_interpreter(__file__)
 
 
 def regimes(B, T, H, Dk, Dv, K, *, seed, regime_length=12.0, jitter=0.3, decay=0.5):

@@ -1,0 +1,483 @@
+"""Triton backward of DLA, scalar-decay backbone, with the forward's partition held fixed (docs/training.md).
+
+The forward (``triton_forward.py``) writes the output in telescoped form: for token ``t`` of chunk ``c``,
+
+    o_t = sum_{s in chunk, s <= t} lam_t[J[t,s]] e^{Gc[t]-Gc[s]} (q_t.k_s) v_s           (intra)
+        + lam_t[n_in(t)] e^{Gc[t]} q_t^T Hc                                               (Hc = H(c0 - 1))
+        + sum_{old live starts j >= 1} scale[t, j] q_t^T B_j                               (telescoped slots)
+
+with ``H`` the single-state prefix state and ``B_j`` the prefix state before start ``j`` (decayed to the
+end of its chunk; ``scale`` holds ``lam_t[r + 1] - lam_t[r]`` and the decay). With the partition fixed every
+term is linear in ``v``, bilinear in ``q`` and ``k``, linear in ``lam``. The backward is four kernels:
+
+1. ``_dla_bwd_q_kernel`` (chunk, bh): ``dq`` complete, ``dlam`` complete, and ``dHc`` per chunk — the
+   transposes of the three reads above (the old starts' ``B_j`` recomputed by the forward's own kernels).
+2. ``_dla_bwd_db_kernel`` (surviving start, Dv block): ``dB_j = sum_t scale[t, j] q_t dO_t^T`` over the
+   chunks where start ``j`` is live and old: the adjoint of each materialised prefix state.
+3. ``_dla_bwd_scan_kernel`` (bh, state block): the reverse scan over chunks of the single state's adjoint,
+   ``Y[c] = dHc[c] + e^{sum of g over chunk c} (Y[c + 1] + sum of the dB_j of chunk c's starts)``, the
+   transpose of ``_dla_hscan_kernel``.
+4. ``_dla_bwd_kv_kernel`` (chunk, bh): ``dk`` and ``dv``: the intra-chunk transpose plus
+   ``D_s = e^{GL - Gc[s]} (Y[c + 1] + sum_{starts j of the chunk after s} dB_j)`` applied to ``v_s`` and ``k_s``.
+
+``dg`` follows from the identity ``dL/dG[t] = q_t.dq_t - k_t.dk_t (+ <S_final, dS_final> at T - 1)`` and a
+reverse cumulative sum (the kernels write the two row sums). The final cache's gradient enters as
+``Y[NC]`` (the open slot is ``H(T-1)`` minus a prefix) and as ``dB`` of the final slots' starts.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_forward import (
+    CHUNK,
+    _decay_to_end,
+    _initial_prefixes,
+    _interpret,
+    _log_decay_sums,
+    _mark,
+    _next_pow2,
+    _prefix_states,
+    _start_states,
+    _surviving_starts,
+)
+
+
+@triton.jit
+def _live_in_chunk(mask_ptr, death_ptr, bh, c, NC, C: tl.constexpr):
+    """The chunk's starts live at each of its tokens: ``(n_in [C] int32, J [C, C] int32)`` with ``n_in(t)``
+    the starts u <= t of the chunk still live at t and ``J[t, s]`` those in (s, t] (as the forward)."""
+    t_idx = tl.arange(0, C)
+    row = t_idx[:, None]
+    col = t_idx[None, :]
+    mask = tl.load(mask_ptr + bh * NC + c)
+    bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
+    dth = tl.load(death_ptr + bh * NC * C + c * C + t_idx)
+    A = (bvec[None, :] & (col <= row) & (dth[None, :] > (c * C + row))).to(tl.float32)
+    n_in = tl.sum(A, 1)
+    J = (n_in[:, None] - tl.cumsum(A, 1)).to(tl.int32)
+    return n_in.to(tl.int32), J
+
+
+@triton.jit
+def _intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C: tl.constexpr):
+    """The chunk's intra-attention weights, as the forward's output kernel: ``(n_in, J, lamJ, Dm)`` with
+    ``lamJ[t, s] = lam_t[J[t, s]]`` and ``Dm[t, s] = e^{Gc[t] - Gc[s]}`` on the causal part (0 elsewhere)."""
+    t_idx = tl.arange(0, C)
+    tok = c * C + t_idx
+    valid = tok < T
+    causal = (t_idx[None, :] <= t_idx[:, None]) & valid[:, None]
+    n_in, J = _live_in_chunk(mask_ptr, death_ptr, bh, c, NC, C)
+    wrow = w_ptr + ((b * T + tok) * H + h) * K
+    lamJ = tl.load(wrow[:, None] + J, mask=causal, other=0.0).to(tl.float32)
+    Dm = tl.where(causal, tl.exp(tl.minimum(Gc[:, None] - Gc[None, :], 0.0)), 0.0)
+    return n_in, J, lamJ, Dm
+
+
+@triton.jit
+def _dot_nt(a, b, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """a @ b^T: 16-bit operands for 16-bit inputs (b cast to a's dtype), else fp32 at PREC."""
+    if LOWP:
+        return tl.dot(a, tl.trans(b.to(a.dtype)))
+    else:
+        return tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), input_precision=PREC)
+
+
+@triton.jit
+def _dot_nn(a, b, LOWP: tl.constexpr, PREC: tl.constexpr, dtype: tl.constexpr):
+    """a @ b: for 16-bit inputs both operands in ``dtype`` (fp32 accumulation), else fp32 at PREC."""
+    if LOWP:
+        return tl.dot(a.to(dtype), b.to(dtype))
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
+
+
+@triton.jit
+def _dla_bwd_q_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dq_ptr, dw_ptr, dgq_ptr, scale_ptr, dhc_ptr,
+    mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bidx_ptr, bst_ptr, binit,
+    T, H, Dk, Dv, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr, KP: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
+):
+    """Program (chunk c, bh): the transposes of the forward's three reads.
+
+    dq_t = sum_s dP[t,s] lam_t[J] e^{..} k_s + cin_t Hc dO_t + sum_j scale[t,j] B_j dO_t   (dP = dO V^T)
+    dlam_t[J[t,s]] += dP[t,s] (q_t.k_s) e^{..};  dlam_t[n_in] += e^{Gc[t]} q_t^T Hc dO_t;
+    dlam_t[r_j + 1] += e^{..} q_t^T B_j dO_t, dlam_t[r_j] -= the same;  dHc = sum_t cin_t q_t dO_t^T.
+    Also writes the read coefficients scale[t, j] (for the dB kernel) and q_t.dq_t (for dg).
+    FLOPs: 2 C^2 (Dk + Dv) + 2 C^2 Dk + 4 C Dk Dv + 2 C Dk Dv per live old start."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    NC = tl.cdiv(T, C)
+    t_idx = tl.arange(0, C)
+    tok = c * C + t_idx
+    valid = tok < T
+    kd = tl.arange(0, BK)
+    jj = tl.arange(0, KP)
+    kmask = valid[:, None] & (kd[None, :] < Dk)
+    qc = tl.load(q_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
+    kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
+    qf = qc.to(tl.float32)
+    g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
+    Gc = tl.cumsum(g, 0)
+    eGc = tl.exp(Gc)
+    wrow = w_ptr + ((b * T + tok) * H + h) * K
+    n_in, J, lamJ, Dm = _intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C)
+    # n_in(t) = K only with an empty cache before the chunk (H = 0): no weight to read (and none in bounds).
+    lam_in = tl.load(wrow + n_in, mask=valid & (n_in < K), other=0.0).to(tl.float32)
+    cin = tl.where(valid, lam_in * eGc, 0.0)
+    # dP = dO V^T and Z_H = dO Hc^T over the Dv blocks; dHc per block.
+    dP = tl.zeros([C, C], dtype=tl.float32)
+    ZH = tl.zeros([C, BK], dtype=tl.float32)
+    for vb in range(NVB):
+        vd = vb * BV + tl.arange(0, BV)
+        vmask = valid[:, None] & (vd[None, :] < Dv)
+        sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
+        vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
+        doc = tl.load(do_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
+        Hc = tl.load(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+        dP += _dot_nt(doc, vc, LOWP, PREC)
+        ZH += _dot_nt(doc, Hc, LOWP, PREC)
+        dHc = _dot_nn(tl.trans(qf * cin[:, None]), doc, LOWP, PREC, qc.dtype)
+        tl.debug_barrier()  # dhc may alias hs: every thread has read this block of Hc before any writes it
+        tl.store(dhc_ptr + (bh * (NC + 1) + c) * Dk * Dv + kd[:, None] * Dv + vd[None, :], dHc, mask=sm)
+    # Intra-chunk attention.
+    S = _dot_nt(qc, kc, LOWP, PREC)
+    dq = _dot_nn(dP * lamJ * Dm, kc, LOWP, PREC, qc.dtype)
+    X = dP * S * Dm
+    dlam = tl.zeros([C, KP], dtype=tl.float32)
+    for jx in range(0, tl.max(n_in, 0) + 1):  # J takes the values 0 .. n_in(t)
+        colx = tl.sum(tl.where(J == jx, X, 0.0), 1)
+        dlam += tl.where(jj[None, :] == jx, colx[:, None], 0.0)
+    # The state before the chunk, read with recency n_in(t).
+    dq += cin[:, None] * ZH
+    dlam += tl.where(jj[None, :] == n_in[:, None], (eGc * tl.sum(qf * ZH, 1))[:, None], 0.0)
+    # Old live starts (as the forward's output kernel: coefficients, ranks, decays).
+    m0 = tl.load(livem_ptr + bh * NC + c)
+    lpos = tl.load(live_ptr + (bh * NC + c) * KP + jj)
+    inlist = jj < m0
+    m0init = tl.load(livem_ptr + bh * NC)
+    dpos = tl.where(lpos >= 0, lpos, 0)
+    d_old = tl.where(lpos >= 0, tl.load(death_ptr + bh * NC * C + dpos, mask=inlist, other=2147483647),
+                     tl.load(death0_ptr + bh * K + tl.where(lpos < 0, lpos + m0init, 0), mask=inlist, other=2147483647))
+    gs_c = tl.load(gs_ptr + bh * (NC + 1) + c)
+    bslot = tl.where(lpos >= 0, tl.load(bidx_ptr + bh * NC * C + dpos, mask=inlist, other=-1).to(tl.int64),
+                     (binit + bh * K + lpos + m0init).to(tl.int64))
+    gref = tl.where(lpos >= 0, tl.load(gs_ptr + bh * (NC + 1) + dpos // C + 1, mask=inlist, other=0.0), 0.0)
+    dG = (gs_c - gref).to(tl.float32)
+    doc0 = tl.load(do_ptr + ((b * T + tok) * H + h)[:, None] * Dv + tl.arange(0, BV)[None, :],
+                   mask=valid[:, None] & (tl.arange(0, BV)[None, :] < Dv), other=0.0)
+    # Old starts from the newest (list index m0 - 1) to index 1 (the oldest, index 0, has H = 0 before it):
+    # start j's rank at t is n_in(t) + the old starts newer than j still live at t, counted as we go, so
+    # each start costs O(C) vector work besides its product.
+    after = tl.zeros([C], dtype=tl.int32)
+    for ii in tl.range(1, m0, num_stages=STAGES):
+        jx = m0 - ii
+        selj = jj == jx
+        d_j = tl.sum(tl.where(selj, d_old, 0), 0)
+        dG_j = tl.sum(tl.where(selj, dG, 0.0), 0)
+        bs = tl.sum(tl.where(selj, bslot, 0), 0)
+        alive_j = valid & (d_j > tok)
+        r_j = n_in + after
+        ex_j = tl.where(alive_j, tl.exp(tl.minimum(Gc + dG_j, 0.0)), 0.0)
+        lam_r = tl.load(wrow + r_j, mask=alive_j, other=0.0).to(tl.float32)
+        lam_r1 = tl.load(wrow + r_j + 1, mask=alive_j, other=0.0).to(tl.float32)
+        sc_j = (lam_r1 - lam_r) * ex_j
+        # start j's read coefficients: the dB kernel's weights
+        tl.store(scale_ptr + ((bh * NC + c) * KP + jx) * C + t_idx, sc_j.to(scale_ptr.dtype.element_ty))
+        if NVB == 1:  # dO's tile stays in registers
+            Bt = tl.load(bst_ptr + bs * Dk * Dv + kd[:, None] * Dv + tl.arange(0, BV)[None, :],
+                         mask=(kd[:, None] < Dk) & (tl.arange(0, BV)[None, :] < Dv), other=0.0)
+            Z = _dot_nt(doc0, Bt, LOWP, PREC)
+        else:
+            Z = tl.zeros([C, BK], dtype=tl.float32)
+            for vb in range(NVB):
+                vd = vb * BV + tl.arange(0, BV)
+                doc = tl.load(do_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :],
+                              mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
+                Bt = tl.load(bst_ptr + bs * Dk * Dv + kd[:, None] * Dv + vd[None, :],
+                             mask=(kd[:, None] < Dk) & (vd[None, :] < Dv), other=0.0)
+                Z += _dot_nt(doc, Bt, LOWP, PREC)
+        dq += sc_j[:, None] * Z
+        dc = (tl.sum(qf * Z, 1) * ex_j)[:, None]
+        dlam += tl.where(jj[None, :] == (r_j + 1)[:, None], dc, 0.0) - tl.where(jj[None, :] == r_j[:, None], dc, 0.0)
+        after += alive_j.to(tl.int32)
+    tl.store(dq_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], dq.to(dq_ptr.dtype.element_ty), mask=kmask)
+    tl.store(dgq_ptr + bh * T + tok, tl.sum(qf * dq, 1), mask=valid)
+    tl.store(dw_ptr + ((b * T + tok) * H + h)[:, None] * K + jj[None, :], dlam, mask=valid[:, None] & (jj[None, :] < K))
+
+
+@triton.jit
+def _dla_bwd_db_kernel(
+    q_ptr, do_ptr, scale_ptr, live_ptr, livem_ptr, death_ptr, death0_ptr, sbh_ptr, spos_ptr, db_ptr, nsurv,
+    T, H, Dk, Dv, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Program (compact start n, Dv block): dB_n = sum over the chunks where start n is live and old of
+    sum_t scale[t, n] q_t dO_t^T, with the read coefficients the dq kernel wrote. Starts ``n < nsurv`` are
+    real (bh, position); the others the initial slots' pseudo starts (bh * K + i). The oldest start (H = 0
+    before it, never read) and unused pseudo starts get 0. 2 C Dk BV FLOPs per chunk of life."""
+    n = tl.program_id(0)
+    vb = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    t_idx = tl.arange(0, C)
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    jj = tl.arange(0, KP)
+    real = n < nsurv
+    nr = tl.minimum(n, tl.maximum(nsurv - 1, 0))
+    i = tl.maximum(n - nsurv, 0) % K  # pseudo start: initial slot i
+    bh = tl.where(real, tl.load(sbh_ptr + nr, mask=real, other=0), tl.maximum(n - nsurv, 0) // K)
+    m0init = tl.load(livem_ptr + bh * NC)
+    a = tl.where(real, tl.load(spos_ptr + nr, mask=real, other=0), i - m0init)
+    dth = tl.where(real, tl.load(death_ptr + bh * NC * C + tl.maximum(a, 0), mask=real, other=0),
+                   tl.load(death0_ptr + bh * K + i, mask=~real, other=0))
+    first = tl.where(real, a // C + 1, 0)
+    skip = tl.where(real, (m0init == 0) & (a == 0), (i < 1) | (i >= m0init))
+    first = tl.where(skip, NC, first)
+    b = bh // H
+    h = bh % H
+    last = tl.cdiv(tl.minimum(dth, T), C)  # live at the start of chunks first .. last - 1
+    acc = tl.zeros([BK, BV], dtype=tl.float32)
+    for c in range(first, last):
+        tok = c * C + t_idx
+        valid = tok < T
+        lpos = tl.load(live_ptr + (bh * NC + c) * KP + jj)
+        m0 = tl.load(livem_ptr + bh * NC + c)
+        j = tl.sum(tl.where((jj < m0) & (lpos == a), jj, 0), 0)  # its index in the chunk's live list
+        sc = tl.load(scale_ptr + ((bh * NC + c) * KP + j) * C + t_idx).to(tl.float32)
+        qc = tl.load(q_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :],
+                     mask=valid[:, None] & (kd[None, :] < Dk), other=0.0)
+        doc = tl.load(do_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :],
+                      mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
+        acc += _dot_nn(tl.trans(qc.to(tl.float32) * sc[:, None]), doc, LOWP, PREC, qc.dtype)
+    tl.store(db_ptr + n * Dk * Dv + kd[:, None] * Dv + vd[None, :], acc.to(db_ptr.dtype.element_ty),
+             mask=(kd[:, None] < Dk) & (vd[None, :] < Dv))
+
+
+@triton.jit
+def _dla_bwd_scan_kernel(
+    dhc_ptr, db_ptr, off_ptr, gs_ptr, T, DD,
+    C: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Program (bh, block of state entries): in place, Y[NC] = dHc[NC] and for c = NC-1 .. 0
+    Y[c] = dHc[c] + e^{sum of g over chunk c} (Y[c + 1] + sum of dB over the starts of chunk c)
+    (the starts of chunk c are the compact range off[bh NC + c] .. off[bh NC + c + 1])."""
+    bh = tl.program_id(0)
+    blk = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    e = blk * BLOCK + tl.arange(0, BLOCK)
+    em = e < DD
+    Y = tl.load(dhc_ptr + (bh * (NC + 1) + NC) * DD + e, mask=em, other=0.0)
+    g1 = tl.load(gs_ptr + bh * (NC + 1) + NC)
+    for cc in range(NC):
+        c = NC - 1 - cc
+        n0 = tl.load(off_ptr + bh * NC + c)
+        n1 = tl.load(off_ptr + bh * NC + c + 1)
+        for nn in range(n0, n1):
+            Y += tl.load(db_ptr + nn * DD + e, mask=em, other=0.0).to(tl.float32)
+        g0 = tl.load(gs_ptr + bh * (NC + 1) + c)
+        Y = tl.load(dhc_ptr + (bh * (NC + 1) + c) * DD + e, mask=em, other=0.0) + tl.exp(g1 - g0).to(tl.float32) * Y
+        tl.store(dhc_ptr + (bh * (NC + 1) + c) * DD + e, Y, mask=em)
+        g1 = g0
+
+
+@triton.jit
+def _dla_bwd_kv_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dk_ptr, dv_ptr, dgk_ptr,
+    mask_ptr, death_ptr, y_ptr, db_ptr, off_ptr, spos_ptr,
+    T, H, Dk, Dv, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr, LOWP: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Program (chunk c, bh): dk and dv.
+
+    Intra: dv_s += sum_t P[t,s] dO_t (P the forward's weights), dk_s += sum_t dP[t,s] lam_t[J] e^{..} q_t.
+    States: D_s = e^{GL - Gc[s]} (Y[c + 1] + sum_{starts j of this chunk, a_j > s} dB_j);
+    dk_s += D_s v_s, dv_s += D_s^T k_s. Also writes k_t.dk_t (for dg). FLOPs: 2 C^2 (2 Dk + 2 Dv) +
+    4 C Dk Dv per state (Y, and each surviving start of the chunk)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    NC = tl.cdiv(T, C)
+    t_idx = tl.arange(0, C)
+    tok = c * C + t_idx
+    valid = tok < T
+    kd = tl.arange(0, BK)
+    kmask = valid[:, None] & (kd[None, :] < Dk)
+    qc = tl.load(q_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
+    kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
+    g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
+    Gc = tl.cumsum(g, 0)
+    wd, _ = _decay_to_end(g)
+    wd = tl.where(valid, wd, 0.0)
+    _, _, lamJ, Dm = _intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C)
+    M = lamJ * Dm
+    P = _dot_nt(qc, kc, LOWP, PREC) * M
+    dP = tl.zeros([C, C], dtype=tl.float32)
+    for vb in range(NVB):
+        vd = vb * BV + tl.arange(0, BV)
+        vmask = valid[:, None] & (vd[None, :] < Dv)
+        vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
+        doc = tl.load(do_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
+        dP += _dot_nt(doc, vc, LOWP, PREC)
+    dk = _dot_nn(tl.trans(dP * M), qc, LOWP, PREC, qc.dtype)
+    n0 = tl.load(off_ptr + bh * NC + c)
+    n1 = tl.load(off_ptr + bh * NC + c + 1)
+    for vb in range(NVB):
+        vd = vb * BV + tl.arange(0, BV)
+        vmask = valid[:, None] & (vd[None, :] < Dv)
+        sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
+        vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
+        doc = tl.load(do_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
+        dv = _dot_nn(tl.trans(P), doc, LOWP, PREC, qc.dtype)
+        Y = tl.load(y_ptr + (bh * (NC + 1) + c + 1) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+        dv += wd[:, None] * _dot_nn(kc, Y, LOWP, PREC, qc.dtype)
+        dk += wd[:, None] * _dot_nt(vc, Y, LOWP, PREC)
+        for nn in range(n0, n1):  # the chunk's surviving starts: tokens before a_j are in B_j
+            aloc = tl.load(spos_ptr + nn) - c * C
+            Bj = tl.load(db_ptr + nn * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+            wm = tl.where(t_idx < aloc, wd, 0.0)
+            dv += wm[:, None] * _dot_nn(kc, Bj, LOWP, PREC, qc.dtype)
+            dk += wm[:, None] * _dot_nt(vc, Bj, LOWP, PREC)
+        tl.store(dv_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], dv.to(dv_ptr.dtype.element_ty),
+                 mask=vmask)
+    tl.store(dk_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], dk.to(dk_ptr.dtype.element_ty), mask=kmask)
+    tl.store(dgk_ptr + bh * T + tok, tl.sum(kc.to(tl.float32) * dk, 1), mask=valid)
+
+
+def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, kept: dict, dO, dS_final,
+                                 final_states=None, *, profile=None):
+    """Gradients of ``<dO, o> + <dS_final, S_final>`` for a forward run by ``forward_scalar_decay_triton``.
+
+    Args:
+        q, k ``[B, T, H, Dk]``; v, dO ``[B, T, H, Dv]`` (one dtype: float32, bfloat16 or float16); g
+        ``[B, T, H]``; slot_weights ``[B, T, H, K]``: the forward's inputs.
+        init_states: ``[B, H, K, Dk, Dv]`` or None (empty initial cache); size0 ``[B * H]`` int64.
+        kept: the forward's ``keep`` dict (its structure tensors and final states).
+        dS_final: ``[B * H, K, Dk, Dv]`` float32 (zero on unused slots) or None.
+        final_states: the forward's final states (any shape with ``B * H * K * Dk * Dv`` elements); needed
+            with ``dS_final`` (their product enters ``dg``).
+        profile: a dict or None: each stage's time in ms (synchronising; benchmarks only).
+
+    Returns:
+        ``(dq, dk, dv)`` in q's dtype, ``dg [B, T, H]`` float64, ``dlam [B, T, H, K]`` float32 and
+        ``dinit [B * H, K, Dk, Dv]`` float32 (None without an initial cache).
+    """
+    B, T, H, Dk = q.shape
+    Dv, K = v.shape[-1], slot_weights.shape[-1]
+    dev = q.device
+    C = CHUNK
+    BH = B * H
+    NC = triton.cdiv(T, C)
+    KP = max(_next_pow2(K), 2)
+    BK = max(_next_pow2(Dk), 16)
+    BVF = max(_next_pow2(Dv), 16)
+    BV = min(BVF, 64)
+    NVB = triton.cdiv(BVF, BV)
+    DD = Dk * Dv
+    lowp = q.dtype in (torch.bfloat16, torch.float16) and not _interpret()
+    prec = "ieee" if _interpret() else "tf32x3"
+    q, k, v, dO = (x.contiguous() for x in (q, k, v, dO.to(q.dtype)))
+    g, slot_weights = g.contiguous(), slot_weights.contiguous()
+    masks, death, death0 = kept["masks"], kept["death"], kept["death0"]
+    live, livem, fpos, size_final = kept["live"], kept["livem"], kept["fpos"], kept["size"]
+
+    # The forward's prefix states (recomputed, not stored): H before every chunk and the surviving starts'.
+    _mark(profile, "recompute")
+    states0 = None if init_states is None else init_states.float().reshape(BH, K, Dk, Dv)
+    gs = _log_decay_sums(g, NC)
+    h0, hinit = _initial_prefixes(states0, BH, Dk, Dv, dev)
+    hs = _prefix_states(k, v, g, gs, h0, split=q.dtype == torch.bfloat16 and not _interpret(), prec=prec)
+    _mark(profile, "recompute_bst")
+    surv, nsurv, bidx = _surviving_starts(masks, death, T)
+    bst = _start_states(k, v, g, hs, masks, death, bidx, nsurv, hinit if states0 is not None else None, K,
+                        lowp=lowp, prec=prec)
+    ninit = BH * K if states0 is not None else 0
+    # 1. dq, dlam, dHc
+    _mark(profile, "dq")
+    dq = torch.empty_like(q)
+    dlam = torch.empty(B, T, H, K, device=dev, dtype=torch.float32)
+    dgq = torch.empty(BH, T, device=dev, dtype=torch.float32)  # time contiguous: the cumsum below
+    scale = torch.empty(BH, NC, KP, C, device=dev, dtype=q.dtype if lowp else torch.float32)
+    dhc = hs  # each program reads its chunk's H before writing that chunk's dHc in its place (H is then dead)
+    _dla_bwd_q_kernel[(NC, BH)](
+        q, k, v, g, slot_weights, dO, dq, dlam, dgq, scale, dhc, masks, death, death0, live, livem, hs, gs, bidx, bst,
+        nsurv, T, H, Dk, Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=KP, LOWP=lowp, PREC=prec,
+        STAGES=int(os.environ.get("DLA_TRITON_BWD_STAGES", 2)), num_warps=int(os.environ.get("DLA_TRITON_BWD_WARPS", 4)),
+    )
+    del bst
+    # 2. dB of every surviving start (and of the initial slots' pseudo starts).
+    _mark(profile, "dB")
+    pos_all = torch.nonzero(surv)  # row-major: the compact order of bidx
+    sbh = pos_all[:, 0].to(torch.int32).contiguous()
+    spos = pos_all[:, 1].to(torch.int32).contiguous()
+    # 16-bit storage for 16-bit inputs: every consumer casts dB to 16 bits for its products anyway.
+    db = torch.empty(max(nsurv + ninit, 1), Dk, Dv, device=dev, dtype=q.dtype if lowp else torch.float32)
+    if nsurv + ninit:
+        _dla_bwd_db_kernel[(nsurv + ninit, NVB)](
+            q, dO, scale, live, livem, death, death0, sbh, spos, db, nsurv, T, H, Dk, Dv, K,
+            C=C, BK=BK, BV=BV, KP=KP, LOWP=lowp, PREC=prec, num_warps=4,
+        )
+    del scale
+    # The final cache: closed slot i = H_d(a_{i+1} - 1) - H_d(a_i - 1), open slot = H(T-1) - H_d(a_last - 1),
+    # H_d decayed to T - 1: the starts a_i (i >= 1) of final slots receive dS[i-1] - dS[i], H(T-1) dS[last].
+    dhc[:, NC].zero_()
+    if dS_final is not None:
+        rows = torch.arange(BH, device=dev)
+        last = (size_final - 1).clamp(min=0)
+        dhc[:, NC] = dS_final[rows, last] * (size_final > 0).view(BH, 1, 1)
+        fp = fpos[:, :K].to(torch.int64)
+        i = torch.arange(K, device=dev).view(1, K)
+        use = (i >= 1) & (i < size_final.view(BH, 1))
+        real = fp >= 0
+        m0i = size0.view(BH, 1)
+        cidx = torch.where(real, bidx.gather(1, fp.clamp(min=0, max=NC * C - 1)).to(torch.int64),
+                           nsurv + rows.view(BH, 1) * K + fp + m0i)
+        gref = torch.where(real, gs.gather(1, (fp.clamp(min=0) // C + 1).clamp(max=NC)), torch.zeros_like(gs[:, :1]))
+        decay = torch.exp(gs[:, NC:NC + 1] - gref).float()  # [BH, K]
+        prev = torch.cat([torch.zeros_like(dS_final[:, :1]), dS_final[:, :-1]], 1)
+        inject = (prev - dS_final) * (decay * use).view(BH, K, 1, 1)
+        db.view(-1, DD).index_add_(0, cidx[use], inject[use].reshape(-1, DD).to(db.dtype))
+    # 3. the reverse scan of the single state's adjoint.
+    _mark(profile, "scan")
+    counts = surv[:, : NC * C].view(BH, NC, C).sum(-1).reshape(-1)
+    off = torch.zeros(BH * NC + 1, device=dev, dtype=torch.int64)
+    off[1:] = counts.cumsum(0)
+    HBLK = 256  # small blocks: B*H*DD/256 sequential programs hide each other's latency
+    _dla_bwd_scan_kernel[(BH, triton.cdiv(DD, HBLK))](dhc, db, off, gs, T, DD, C=C, BLOCK=HBLK, num_warps=2)
+    # 4. dk, dv
+    _mark(profile, "dkv")
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    dgk = torch.empty(BH, T, device=dev, dtype=torch.float32)
+    _dla_bwd_kv_kernel[(NC, BH)](
+        q, k, v, g, slot_weights, dO, dk, dv, dgk, masks, death, dhc, db, off, spos,
+        T, H, Dk, Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, LOWP=lowp, PREC=prec, num_warps=8,
+    )
+    # dg: dL/dG[t] = q_t.dq_t - k_t.dk_t (+ <S_final, dS_final> at T - 1), reverse cumulative sum.
+    _mark(profile, "dg")
+    dG = (dgq.double() - dgk.double()).flip(1).cumsum(1).flip(1)
+    if dS_final is not None:
+        dG += (final_states.double().reshape(BH, K, Dk, Dv) * dS_final.double()).sum((1, 2, 3)).view(BH, 1)
+    dG = dG.view(B, H, T).permute(0, 2, 1)
+    dinit = None
+    if states0 is not None:
+        # d states0[i'] = Y[0] (through h0 = sum of the initial slots) + the dB of every later pseudo start.
+        dpseudo = db[nsurv:nsurv + ninit].view(BH, K, Dk, Dv).float()
+        later = dpseudo.flip(1).cumsum(1).flip(1) - dpseudo
+        used = (torch.arange(K, device=dev).view(1, K) < size0.view(BH, 1)).view(BH, K, 1, 1)
+        dinit = (dhc[:, 0].unsqueeze(1) + later) * used  # unused slots (zero by contract) are not read
+    _mark(profile, None)
+    if profile is not None:
+        profile["surviving_starts"] = nsurv
+    return dq, dk, dv, dG, dlam, dinit

@@ -1,0 +1,170 @@
+"""The Triton backward against the torch backward in float64, with the Triton forward's partition.
+
+Both backwards take the same fixed partition (the Triton forward's ``starts``/``merged``); the torch one
+(``dla_fast.autograd.scalar_decay_backward``, verified against autograd of an independent implementation in
+``properties/test_gradients.py``) runs in float64 on the float32-rounded inputs. Tolerances: float32
+arithmetic throughout under the interpreter (``ieee`` dots) and ``tf32x3`` on a GPU, whose relative error on
+these sums of a few hundred terms is ~1e-6; the limit 2e-5 leaves 20x. bf16 inputs (GPU only) use 16-bit
+operands in the products as the forward does: limit 2e-2 relative (bf16 rounding 4e-3 of each operand).
+
+Runs in-process on a CUDA GPU or under ``TRITON_INTERPRET=1``; otherwise ``test_interpreter_run`` reruns this
+file in a subprocess with the interpreter (as ``tests/test_triton_kernels.py``).
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+
+torch = pytest.importorskip("torch")
+triton = pytest.importorskip("triton")
+
+from dla_fast.autograd import Structure, scalar_decay_backward  # noqa: E402
+
+from triton_here import CUDA, DEV, needs_kernels, rerun_under_interpreter, runs_elsewhere  # noqa: E402
+
+
+@runs_elsewhere
+def test_interpreter_run():
+    """No GPU and no TRITON_INTERPRET: run this file in a subprocess under the Triton interpreter."""
+    rerun_under_interpreter(__file__)
+
+
+def _inputs(B, T, H, Dk, Dv, K, *, seed, regime_length, dtype=torch.float32):
+    """Tokens around per-regime directions (so that slots open and merge), random g and read weights."""
+    gen = torch.Generator().manual_seed(seed)
+    change = torch.rand(B, T, H, generator=gen) < 1.0 / regime_length
+    idx = change.cumsum(1)
+    nreg = int(idx.max()) + 1
+    dirs_k = torch.nn.functional.normalize(torch.randn(B, nreg, H, Dk, generator=gen), dim=-1)
+    dirs_v = torch.nn.functional.normalize(torch.randn(B, nreg, H, Dv, generator=gen), dim=-1)
+    bi, hi = torch.arange(B).view(B, 1, 1), torch.arange(H).view(1, 1, H)
+    k = dirs_k[bi, idx, hi] + 0.3 * torch.randn(B, T, H, Dk, generator=gen) / Dk ** 0.5
+    v = dirs_v[bi, idx, hi] + 0.3 * torch.randn(B, T, H, Dv, generator=gen) / Dv ** 0.5
+    q = torch.randn(B, T, H, Dk, generator=gen) / Dk ** 0.5
+    g = (-0.7 + 0.2 * torch.randn(B, T, H, generator=gen)).clamp(max=0.0)
+    w = torch.rand(B, T, H, K, generator=gen)
+    dO = torch.randn(B, T, H, Dv, generator=gen)
+    dS = torch.randn(B * H, K, Dk, Dv, generator=gen)
+    to = lambda x: x.to(dtype).to(DEV)  # noqa: E731
+    return to(q), to(k), to(v), g.to(DEV), w.to(DEV), to(dO), dS.to(DEV)
+
+
+def _rows(x):
+    B, T, H = x.shape[:3]
+    return x.double().cpu().movedim(2, 1).reshape(B * H, T, *x.shape[3:])
+
+
+def _grads(B, T, H, Dk, Dv, K, *, seed, regime_length=10.0, dtype=torch.float32, with_cache=False, tau=0.6,
+           expect_merges=True):
+    """``(triton grads, float64 torch grads)`` as dicts of ``[B*H, T, ...]`` float64 CPU tensors."""
+    from dla_fast.triton_backward import backward_scalar_decay_triton
+    from dla_fast.triton_forward import forward_scalar_decay_triton
+
+    q, k, v, g, w, dO, dS = _inputs(B, T, H, Dk, Dv, K, seed=seed, regime_length=regime_length, dtype=dtype)
+    cache = dict(states=None, counts=None, info=None, size=None)
+    if with_cache:  # an initial cache: a first call's final cache
+        qa, ka, va, ga, wa, _, _ = _inputs(B, 70, H, Dk, Dv, K, seed=seed + 1, regime_length=regime_length,
+                                           dtype=dtype)
+        _, (s, n, i, m), _ = forward_scalar_decay_triton(qa, ka, va, ga, wa, tau=tau)
+        cache = dict(states=s, counts=n, info=i, size=m)
+    keep: dict = {}
+    _, (S_final, _, _, size_f), (_, starts, merged) = forward_scalar_decay_triton(q, k, v, g, w, tau=tau, keep=keep,
+                                                                                   **cache)
+    R = B * H
+    live = torch.arange(K, device=DEV).view(1, K) < size_f.reshape(R, 1)
+    dS = dS * live.view(R, K, 1, 1)
+    size0 = cache["size"].reshape(R) if with_cache else torch.zeros(R, dtype=torch.int64, device=DEV)
+    init = cache["states"]
+    dq, dk, dv, dg, dlam, dinit = backward_scalar_decay_triton(q, k, v, g, w, init, size0, keep, dO, dS, S_final)
+    fast = dict(q=_rows(dq), k=_rows(dk), v=_rows(dv), g=_rows(dg), lam=_rows(dlam))
+    if with_cache:
+        fast["init"] = dinit.double().cpu()
+
+    structure = Structure(_rows(starts).bool(), _rows(merged).long(), size0.cpu(), K)
+    init64 = (torch.zeros(R, K, Dk, Dv, dtype=torch.float64) if init is None
+              else init.double().cpu().reshape(R, K, Dk, Dv))
+    rq, rk, rv, rg, rlam, rinit = scalar_decay_backward(_rows(q), _rows(k), _rows(v), _rows(g), _rows(w), init64,
+                                                        structure, _rows(dO), dS.double().cpu())
+    ref = dict(q=rq, k=rk, v=rv, g=rg, lam=rlam)
+    if with_cache:
+        ref["init"] = rinit
+    n_starts, n_merges = int(starts.sum()), int((merged >= 0).sum())
+    assert n_starts > 2 * B * H and (n_merges > 0) == expect_merges, (n_starts, n_merges)
+    return fast, ref
+
+
+def _assert_close(fast, ref, tol):
+    for name in ref:
+        err = float((fast[name] - ref[name]).norm() / ref[name].norm().clamp(min=1e-30))
+        assert err <= tol, f"d{name}: relative error {err:.2e} > {tol:.0e}"
+
+
+@needs_kernels
+@pytest.mark.parametrize("B,T,H,Dk,Dv,K,seed", [
+    (1, 150, 2, 32, 32, 4, 0),     # three chunks, the last partial
+    (2, 128, 1, 32, 64, 3, 1),     # Dk != Dv, chunk-aligned T
+    (1, 70, 1, 64, 128, 5, 2),     # two Dv blocks
+])
+def test_backward_matches_float64_torch_backward(B, T, H, Dk, Dv, K, seed):
+    fast, ref = _grads(B, T, H, Dk, Dv, K, seed=seed, regime_length=6.0)
+    _assert_close(fast, ref, 2e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("knob,value", [("DLA_TRITON_BWD_STAGES", "1"), ("DLA_TRITON_BWD_WARPS", "8")])
+def test_backward_kernel_variants(monkeypatch, knob, value):
+    """The dq kernel's tuning knobs (software-pipelined old-start loop, warps) give the same gradients."""
+    monkeypatch.setenv(knob, value)
+    fast, ref = _grads(1, 200, 1, 32, 32, 6, seed=4, regime_length=5.0)
+    _assert_close(fast, ref, 2e-5)
+
+
+@needs_kernels
+def test_backward_without_merges():
+    fast, ref = _grads(1, 100, 2, 32, 32, 30, seed=3, regime_length=6.0, expect_merges=False)
+    _assert_close(fast, ref, 2e-5)
+
+
+@needs_kernels
+def test_backward_with_initial_cache():
+    fast, ref = _grads(2, 150, 1, 32, 32, 4, seed=5, regime_length=8.0, with_cache=True)
+    _assert_close(fast, ref, 2e-5)
+
+
+@needs_kernels
+@pytest.mark.skipif(not CUDA, reason="16-bit tensor-core products run on a GPU only")
+def test_backward_bf16():
+    fast, ref = _grads(2, 300, 2, 64, 64, 6, seed=7, dtype=torch.bfloat16, with_cache=True)
+    _assert_close(fast, ref, 2e-2)
+
+
+@needs_kernels
+def test_public_api_runs_the_triton_backward_and_frees_its_graph(monkeypatch):
+    """Through ``dla_fast.forward`` (Triton path: CUDA, or the interpreter with DLA_FAST_BACKEND=triton) the
+    backward is the Triton one, its gradients match the torch backward's, and dropping the outputs frees the
+    graph without the garbage collector (no reference cycle through the saved final states)."""
+    import dla_fast
+
+    monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
+    q, k, v, g, w, dO, _ = _inputs(1, 100, 2, 32, 32, 4, seed=9, regime_length=6.0)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v, g, w)]
+    o, cache, trace = dla_fast.forward(*leaves, tau=0.6, return_trace=True)
+    assert o.grad_fn.record.structure.triton is not None, "the Triton forward should have run"
+    got = torch.autograd.grad((o * dO).sum() + cache.states.square().sum(), leaves)
+    monkeypatch.setenv("DLA_FAST_BACKEND", "torch")  # the chunked torch forward and backward
+    leaves_t = [x.detach().clone().requires_grad_(True) for x in (q, k, v, g, w)]
+    o_t, cache_t, _ = dla_fast.forward(*leaves_t, tau=0.6, boundaries=trace.starts)  # the same partition
+    want = torch.autograd.grad((o_t * dO).sum() + cache_t.states.square().sum(), leaves_t)
+    for name, a, b in zip("qkvgw", got, want):
+        err = float((a - b).norm() / b.norm())
+        assert err <= 1e-4, f"d{name}: {err:.2e}"
+    ref = weakref.ref(cache.states)
+    gc.disable()
+    try:
+        del o, cache, got
+        assert ref() is None, "the outputs' graph outlived them (a reference cycle)"
+    finally:
+        gc.enable()
