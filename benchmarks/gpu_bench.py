@@ -330,6 +330,137 @@ def time_forward(cfg, fh, bw, fl, quick=False):
     return res
 
 
+# ---------------------------------------------------------------------------------------------------
+# Training: forward + backward through the public API
+# ---------------------------------------------------------------------------------------------------
+
+
+def _leaves(*xs):
+    return [x.detach().clone().requires_grad_(True) for x in xs]
+
+
+def _dla_fwd_bwd(q, k, v, g, w, dO):
+    import dla_fast
+
+    o, _, _ = dla_fast.forward(q, k, v, g, w, tau=TAU, output_final_cache=False)
+    o.backward(dO)
+
+
+def grad_correctness(fh):
+    """Triton gradients (public API on CUDA) against the float64 torch backward with the same partition
+    (``dla_fast.autograd.scalar_decay_backward``, itself checked against autograd of an independent
+    implementation by the property suite), at B = 1, T = 4096, H = 4, D = 64, K = 30, moderate workload."""
+    import dla_fast
+    from dla_fast.autograd import Structure, scalar_decay_backward
+
+    out = {}
+    for dt in (torch.float32, torch.bfloat16):
+        q, k, v, g, w = workload(1, 300 if SMOKE else 4096, 4, 64, 64, K_SLOTS, **WORKLOADS["moderate"], seed=21,
+                                 dtype=dt, random_weights=True)
+        g = g + 0.1 * torch.randn_like(g).clamp(max=0)
+        q, k, v, g, w = _leaves(q, k, v, g, w)
+        o, cache, trace = dla_fast.forward(q, k, v, g, w, tau=TAU, return_trace=True)
+        dO = torch.randn_like(o)
+        dS = torch.randn_like(cache.states) * (torch.arange(K_SLOTS, device=DEV) < cache.size[..., None]).view(
+            *cache.size.shape, K_SLOTS, 1, 1)
+        got = torch.autograd.grad((o.float() * dO.float()).sum() + (cache.states * dS).sum(), [q, k, v, g, w])
+        rows = lambda x: x.detach().double().movedim(2, 1).reshape(-1, *x.shape[1:2], *x.shape[3:])  # noqa: E731
+        R = q.shape[0] * q.shape[2]
+        st = Structure(rows(trace.starts).bool(), rows(trace.merged).long(), torch.zeros(R, dtype=torch.int64,
+                       device=DEV), K_SLOTS)
+        ref = scalar_decay_backward(rows(q), rows(k), rows(v), rows(g), rows(w),
+                                    torch.zeros(R, K_SLOTS, 64, 64, dtype=torch.float64, device=DEV), st, rows(dO),
+                                    dS.double().reshape(R, K_SLOTS, 64, 64))
+        res = {}
+        for name, a, b in zip(("q", "k", "v", "g", "slot_weights"), got, ref[:5]):
+            a = rows(a)
+            res[name] = float((a - b).norm() / b.norm())
+        res["boundary_rate"] = float(trace.starts.float().mean())
+        out[str(dt)[6:]] = res
+        log(f"gradients {str(dt)[6:]} vs float64 torch backward (relative error norms): {res}", fh)
+    return out
+
+
+def time_training(cfg, fh, quick=False):
+    """Forward + backward time and peak memory: DLA (public API, Triton fwd and bwd), FLA log-linear, SDPA."""
+    from dla_fast.triton_backward import backward_scalar_decay_triton  # noqa: F401  (import cost outside timing)
+
+    B, T, H, Dk, Dv = cfg
+    res = dict(dla={})
+    rep = 20 if quick else 50
+
+    def peak_and_ms(fn):
+        fn()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        m0 = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - m0) / 2**30
+        return bench_ms(fn, rep=rep), peak
+
+    for wname, wl in WORKLOADS.items():
+        q, k, v, g, w = _leaves(*workload(B, T, H, Dk, Dv, K_SLOTS, **wl, seed=11))
+        dO = torch.randn(B, T, H, Dv, device=DEV, dtype=q.dtype)
+        fn = lambda: _dla_fwd_bwd(q, k, v, g, w, dO)  # noqa: E731
+        ms, peak = peak_and_ms(fn)
+        prof, bwd_ms = _backward_profile(q, k, v, g, w, dO)
+        import dla_fast
+
+        with torch.no_grad():
+            fwd_ms = bench_ms(lambda: dla_fast.forward(q, k, v, g, w, tau=TAU, output_final_cache=False), rep=rep)
+        res["dla"][wname] = dict(ms=ms, peak_mem_gib=peak, backward_stages_ms=prof, forward_ms=fwd_ms,
+                                 backward_kernels_ms=bwd_ms)
+        log(f"{cfg} {wname} fwd+bwd: {ms:.3f} ms (forward alone {fwd_ms:.3f}, backward alone {bwd_ms:.3f}) peak "
+            f"{peak:.2f} GiB backward stages {prof}", fh)
+        if wname != "moderate":
+            del q, k, v, g, w, dO
+        else:
+            base = (q, k, v, g, dO)
+    q, k, v, g, dO = base
+    try:
+        from fla.ops.log_linear_attn import chunk_log_linear_attn
+
+        L = math.ceil(math.log2(T)) + 1
+        ls = torch.rand(B, T, H, L, device="cuda", dtype=q.dtype).requires_grad_(True)
+
+        def loglin():
+            out = chunk_log_linear_attn(q, k, v, g, ls, scale=1.0)
+            (out[0] if isinstance(out, tuple) else out).backward(dO)
+
+        res["log_linear_ms"], res["log_linear_peak_gib"] = peak_and_ms(loglin)
+    except Exception as e:  # noqa: BLE001
+        res["log_linear_error"] = repr(e)[:300]
+    qt, kt, vt = _leaves(*(x.transpose(1, 2).contiguous() for x in (q, k, v)))
+    dOt = dO.transpose(1, 2).contiguous()
+
+    def sdpa():
+        torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True).backward(dOt)
+
+    res["sdpa_ms"], res["sdpa_peak_gib"] = peak_and_ms(sdpa)
+    log(f"{cfg} fwd+bwd baselines: { {kk: vv for kk, vv in res.items() if kk != 'dla'} }", fh)
+    return res
+
+
+def _backward_profile(q, k, v, g, w, dO):
+    """Stage times of the Triton backward alone (ms), from the kept structure of one forward."""
+    import dla_fast
+
+    o, _, _ = dla_fast.forward(q, k, v, g, w, tau=TAU, output_final_cache=False)
+    from dla_fast.triton_backward import backward_scalar_decay_triton
+
+    prof = {}
+    kept = o.grad_fn.record.structure.triton  # the autograd context of DLAFunction
+    size0 = torch.zeros(q.shape[0] * q.shape[2], dtype=torch.int64, device=q.device)
+    args = (q.detach(), k.detach(), v.detach(), g.detach(), w.detach(), None, size0, kept, dO, None)
+    with torch.no_grad():
+        backward_scalar_decay_triton(*args, profile=prof)
+        backward_scalar_decay_triton(*args, profile=prof)
+        ms = bench_ms(lambda: backward_scalar_decay_triton(*args), rep=50)
+    return {kk: round(vv, 3) for kk, vv in prof.items() if kk.endswith("_ms")}, ms
+
+
 def time_step(fh, bw):
     from dla_fast.triton_step import step_triton
 
@@ -360,6 +491,8 @@ def main():
     ap.add_argument("--skip-correctness", action="store_true")
     ap.add_argument("--configs", default="all")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--skip-training", action="store_true")
+    ap.add_argument("--skip-forward", action="store_true")
     args = ap.parse_args()
     if args.smoke:
         global SMOKE
@@ -398,13 +531,28 @@ def main():
     log(f"correctness took {time.time() - t0:.0f} s", fh)
     cfgs = CONFIGS if args.configs == "all" else [CONFIGS[int(i)] for i in args.configs.split(",")]
     res["forward"] = {}
-    for cfg in cfgs:
+    for cfg in ([] if args.skip_forward else cfgs):
         try:
             res["forward"][str(cfg)] = time_forward(cfg, fh, bw, fl, args.quick)
         except Exception:  # noqa: BLE001
             res["forward"][str(cfg)] = dict(error=traceback.format_exc())
             log(res["forward"][str(cfg)]["error"], fh)
         torch.cuda.empty_cache()
+    if not args.skip_correctness:
+        try:
+            res["grad_correctness"] = grad_correctness(fh)
+        except Exception:  # noqa: BLE001
+            res["grad_correctness_error"] = traceback.format_exc()
+            log(res["grad_correctness_error"], fh)
+    res["training"] = {}
+    if not args.skip_training:
+        for cfg in cfgs:
+            try:
+                res["training"][str(cfg)] = time_training(cfg, fh, args.quick)
+            except Exception:  # noqa: BLE001
+                res["training"][str(cfg)] = dict(error=traceback.format_exc())
+                log(res["training"][str(cfg)]["error"], fh)
+            torch.cuda.empty_cache()
     try:
         res["step"] = time_step(fh, bw)
     except Exception:  # noqa: BLE001
@@ -428,6 +576,20 @@ def table(res):
         for wn, d in r["dla"].items():
             lines.append(f"{cfg} | {wn} {d['boundary_rate']:.3f} | {d['ms']:.3f} | {sg:.3f} | {ll:.3f} | {sd:.3f} | "
                          f"{ll / d['ms']:.2f}x | {d['ms'] / sg:.2f}x | {sd / d['ms']:.2f}x | {d['roofline_fraction']:.3f}")
+    if res.get("training"):
+        lines.append("fwd+bwd | workload | dla ms | log_lin ms | sdpa ms | dla/loglin (target <= 0.33 at T >= 16K) | "
+                     "sdpa/dla | peak GiB dla / loglin / sdpa")
+    for cfg, r in res.get("training", {}).items():
+        if "dla" not in r:
+            lines.append(f"{cfg} | ERROR")
+            continue
+        ll, sd = r.get("log_linear_ms", float("nan")), r["sdpa_ms"]
+        for wn, d in r["dla"].items():
+            lines.append(f"{cfg} | {wn} | {d['ms']:.3f} | {ll:.3f} | {sd:.3f} | {d['ms'] / ll:.2f} | {sd / d['ms']:.2f}x | "
+                         f"{d['peak_mem_gib']:.2f} / {r.get('log_linear_peak_gib', float('nan')):.2f} / "
+                         f"{r['sdpa_peak_gib']:.2f}")
+    if res.get("grad_correctness"):
+        lines.append(f"gradients vs float64: {res['grad_correctness']}")
     for kk, d in res.get("step", {}).items():
         lines.append(f"step {kk} | {d['ms'] * 1e3:.1f} us | {d['bandwidth'] / 1e12:.3f} TB/s | {d['fraction_of_copy']:.2f} of copy")
     c = res.get("correctness", {})
