@@ -168,3 +168,24 @@ def test_public_api_runs_the_triton_backward_and_frees_its_graph(monkeypatch):
         assert ref() is None, "the outputs' graph outlived them (a reference cycle)"
     finally:
         gc.enable()
+
+
+@needs_kernels
+def test_surrogate_after_a_triton_forward_matches_the_torch_path(monkeypatch):
+    """With ``surrogate_temperature`` the Triton backward gives the surrogate's eps (its dg with the shifted
+    weights) and the torch backward the score part: the gradients, tau's included, match the torch path's."""
+    import dla_fast
+
+    q, k, v, g, w, dO, _ = _inputs(1, 90, 2, 32, 32, 4, seed=13, regime_length=6.0)
+    grads = {}
+    for backend in ("triton", "torch"):
+        monkeypatch.setenv("DLA_FAST_BACKEND", backend)
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v, g, w)]
+        tau = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+        o, _, trace = dla_fast.forward(*leaves, tau=tau, surrogate_temperature=0.5, return_trace=True)
+        assert (o.grad_fn.record.structure.triton is not None) == (backend == "triton")
+        grads[backend] = (trace.starts.clone(), torch.autograd.grad((o * dO).sum(), leaves + [tau]))
+    assert torch.equal(grads["triton"][0], grads["torch"][0]), "the two forwards should decide alike here"
+    for name, a, b in zip(["q", "k", "v", "g", "w", "tau"], grads["triton"][1], grads["torch"][1]):
+        err = float((a - b).norm() / b.norm())
+        assert err <= 1e-4, f"d{name}: {err:.2e}"
