@@ -351,7 +351,7 @@ def grad_correctness(fh):
     (``dla_fast.autograd.scalar_decay_backward``, itself checked against autograd of an independent
     implementation by the property suite), at B = 1, T = 4096, H = 4, D = 64, K = 30, moderate workload."""
     import dla_fast
-    from dla_fast.autograd import Structure, scalar_decay_backward
+    from dla_fast.autograd import Structure, _rows, scalar_decay_backward
 
     out = {}
     for dt in (torch.float32, torch.bfloat16):
@@ -364,7 +364,7 @@ def grad_correctness(fh):
         dS = torch.randn_like(cache.states) * (torch.arange(K_SLOTS, device=DEV) < cache.size[..., None]).view(
             *cache.size.shape, K_SLOTS, 1, 1)
         got = torch.autograd.grad((o.float() * dO.float()).sum() + (cache.states * dS).sum(), [q, k, v, g, w])
-        rows = lambda x: x.detach().double().movedim(2, 1).reshape(-1, *x.shape[1:2], *x.shape[3:])  # noqa: E731
+        rows = lambda x: _rows(x.detach(), torch.float64)  # noqa: E731  ([B*H, T, ...], the torch backward's)
         R = q.shape[0] * q.shape[2]
         st = Structure(rows(trace.starts).bool(), rows(trace.merged).long(), torch.zeros(R, dtype=torch.int64,
                        device=DEV), K_SLOTS)
