@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -32,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import dla_ref  # noqa: E402
+from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
 
 CONFIGS = [(8, 4096, 16, 64, 64), (2, 16384, 16, 64, 64), (1, 65536, 16, 64, 64), (8, 4096, 16, 128, 128)]
 DEV = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1" else "cpu"
@@ -70,6 +72,13 @@ def workload(B, T, H, Dk, Dv, K, *, regime_length, jitter, decay, device=None, s
     else:
         w = (0.7 ** torch.arange(K, device=device, dtype=torch.float32)).expand(B, T, H, K).contiguous()
     return q.to(dtype), k.to(dtype), v.to(dtype), g, w
+
+
+def fwd(*args, **kwargs):
+    """The Triton forward's ``(o, cache, trace)`` (without its structure); imported on first use (CUDA)."""
+    from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
+
+    return forward_scalar_decay_triton(*args, **kwargs)[:3]
 
 
 def log(msg, fh=None):
@@ -134,12 +143,12 @@ def compare(o, cache, trace, ref, tau, *, o_idx=None):
 
 def _ref(q, k, v, g, w, tau, **kw):
     o, c, tr = dla_ref.forward(*(x.double().cpu().numpy() for x in (q, k, v, g, w)), tau=tau, **kw)
-    return o, dict(states=c.states, counts=c.counts, info=c.info, size=c.size), dict(scores=tr.scores, starts=tr.starts, merged=tr.merged)
+    cache = dict(states=c.states, counts=c.counts, info=c.info, size=c.size)
+    return o, cache, dict(scores=tr.scores, starts=tr.starts, merged=tr.merged)
 
 
 def correctness(fh):
-    from dla_fast.triton_forward import forward_scalar_decay_triton as fwd
-    from dla_fast.triton_step import step_triton
+    from dla_fast.ops.scalar_decay.fused_recurrent import step_triton
 
     out = {}
     for name, wl in [("moderate", WORKLOADS["moderate"]), ("dense", WORKLOADS["dense"])]:
@@ -147,7 +156,8 @@ def correctness(fh):
             for D in ((64,) if SMOKE else (64, 128)):
                 key = f"fwd_{name}_{str(dt)[6:]}_D{D}"
                 try:
-                    q, k, v, g, w = workload(1, 100 if SMOKE else 300, 2, D, D, 8, **wl, seed=1, dtype=dt, random_weights=True)
+                    q, k, v, g, w = workload(1, 100 if SMOKE else 300, 2, D, D, 8, **wl, seed=1, dtype=dt,
+                                             random_weights=True)
                     ref = _ref(q, k, v, g, w, TAU)
                     o, cache, tr = fwd(q, k, v, g, w, tau=TAU)
                     out[key] = compare(o, cache, tr, ref, TAU)
@@ -158,15 +168,18 @@ def correctness(fh):
         q, k, v, g, w = workload(1, 300, 2, 64, 64, 8, **wl, seed=2, dtype=torch.float32, random_weights=True)
         ref = _ref(q, k, v, g, w, TAU)
         o1, c1, t1 = fwd(*(x[:, :130] for x in (q, k, v, g, w)), tau=TAU)
-        o2, c2, t2 = fwd(*(x[:, 130:] for x in (q, k, v, g, w)), tau=TAU, states=c1[0], counts=c1[1], info=c1[2], size=c1[3])
-        out[f"stream_{name}"] = compare(torch.cat([o1, o2], 1), c2, tuple(torch.cat([a, b], 1) for a, b in zip(t1, t2)), ref, TAU)
+        o2, c2, t2 = fwd(*(x[:, 130:] for x in (q, k, v, g, w)), tau=TAU, states=c1[0], counts=c1[1], info=c1[2],
+                         size=c1[3])
+        joined = tuple(torch.cat([a, b], 1) for a, b in zip(t1, t2))
+        out[f"stream_{name}"] = compare(torch.cat([o1, o2], 1), c2, joined, ref, TAU)
         log(f"stream_{name}: {out[f'stream_{name}']}", fh)
     # decode step after a prefix, fp32 and bf16, K = 8 and a full cache
     for dt in (torch.float32, torch.bfloat16):
         q, k, v, g, w = workload(2, 201, 3, 64, 64, 8, **WORKLOADS["dense"], seed=3, dtype=dt, random_weights=True)
         ref_prefix = dla_ref.forward(*(x[:, :200].double().cpu().numpy() for x in (q, k, v, g, w)), tau=TAU)
         c = ref_prefix[1]
-        o_r, c_r, tr_r = dla_ref.forward(*(x[:, 200:].double().cpu().numpy() for x in (q, k, v, g, w)), tau=TAU, initial_cache=c)
+        o_r, c_r, tr_r = dla_ref.forward(*(x[:, 200:].double().cpu().numpy() for x in (q, k, v, g, w)), tau=TAU,
+                                         initial_cache=c)
         tens = lambda a, t=torch.float32: torch.tensor(a, device=DEV, dtype=t)  # noqa: E731
         o, cn, tr = step_triton(*(x[:, 200] for x in (q, k, v, g, w)), tau=TAU, states=tens(c.states),
                                 counts=tens(c.counts, torch.int64), info=tens(c.info), size=tens(c.size, torch.int64))
@@ -191,7 +204,8 @@ def correctness(fh):
         z = np.load(path)
         meta = json.loads(str(z["meta"]))
         dt = getattr(torch, dname)
-        q, k, v, g, w = workload(*meta["shape"], **meta["workload"], device="cpu", seed=meta["seed"], dtype=dt, random_weights=True)
+        q, k, v, g, w = workload(*meta["shape"], **meta["workload"], device="cpu", seed=meta["seed"], dtype=dt,
+                                 random_weights=True)
         checksum = [float(x.double().sum()) for x in (q, k, v, g, w)]
         q, k, v, g, w = (x.to(DEV) for x in (q, k, v, g, w))
         o, cache, tr = fwd(q, k, v, g, w, tau=TAU)
@@ -203,7 +217,8 @@ def correctness(fh):
         out[f"big_{dname}"] = res
         log(f"big_{dname}: {res}", fh)
     # determinism
-    q, k, v, g, w = workload(*((1, 130, 2) if SMOKE else (2, 16384, 16)), 64, 64, K_SLOTS, **WORKLOADS["moderate"], seed=5)
+    q, k, v, g, w = workload(*((1, 130, 2) if SMOKE else (2, 16384, 16)), 64, 64, K_SLOTS, **WORKLOADS["moderate"],
+                             seed=5)
     a = fwd(q, k, v, g, w, tau=TAU)
     b = fwd(q, k, v, g, w, tau=TAU)
     det = torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1])) and all(
@@ -229,7 +244,7 @@ def ceilings(fh):
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     ms2 = bench_ms(lambda: a @ b)
     fl = 2 * 8192**3 / (ms2 * 1e-3)
-    del x, y, a, b
+    x = y = a = b = None  # free the buffers before the cache is emptied
     torch.cuda.empty_cache()
     log(f"copy bandwidth {bw / 1e12:.3f} TB/s, bf16 matmul {fl / 1e12:.1f} TFLOP/s", fh)
     return bw, fl
@@ -260,8 +275,6 @@ def counts_forward(B, T, H, Dk, Dv, K, mean_live, C=64):
 
 
 def time_forward(cfg, fh, bw, fl, quick=False):
-    from dla_fast.triton_forward import forward_scalar_decay_triton as fwd
-
     B, T, H, Dk, Dv = cfg
     rows = {}
     base = None
@@ -282,7 +295,8 @@ def time_forward(cfg, fh, bw, fl, quick=False):
         flops, io_min, traffic = counts_forward(B, T, H, Dk, Dv, K_SLOTS, prof.get("mean_live_at_chunk_start", K_SLOTS))
         floor_ms = max(flops / fl, io_min / bw) * 1e3
         rows[wname] = dict(
-            ms=ms, boundary_rate=rate, peak_mem_gib=peak / 2**30, stages_ms={kk: vv for kk, vv in prof.items() if kk.endswith("_ms")},
+            ms=ms, boundary_rate=rate, peak_mem_gib=peak / 2**30,
+            stages_ms={kk: vv for kk, vv in prof.items() if kk.endswith("_ms")},
             mean_live=prof.get("mean_live_at_chunk_start"), flops=flops, io_min_bytes=io_min, traffic_bytes=traffic,
             tflops=flops / ms * 1e-9, floor_ms=floor_ms, roofline_fraction=floor_ms / ms,
         )
@@ -296,19 +310,14 @@ def time_forward(cfg, fh, bw, fl, quick=False):
     res = dict(dla=rows)
     if cfg == (2, 16384, 16, 64, 64):
         w = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS["moderate"], seed=11)[4]
-        for knob, val in (("DLA_TRITON_PIPELINE", "0" if os.environ.get("DLA_TRITON_PIPELINE") == "1" else "1"),):
-            old = os.environ.get(knob)
-            os.environ[knob] = val
-            prof = {}
-            fwd(q, k, v, g, w, tau=TAU, profile=prof)
-            fwd(q, k, v, g, w, tau=TAU, profile=prof)
-            res[f"{knob}={val}"] = {kk: vv for kk, vv in prof.items() if kk.endswith("_ms")}
-            res[f"{knob}={val}"]["total_ms"] = bench_ms(lambda: fwd(q, k, v, g, w, tau=TAU))
-            if old is None:
-                del os.environ[knob]
-            else:
-                os.environ[knob] = old
-            log(f"variant {knob}={val}: {res[f'{knob}={val}']}", fh)
+        variant = dataclasses.replace(DEFAULT_SETTINGS, pipeline=not DEFAULT_SETTINGS.pipeline)
+        name = f"pipeline={variant.pipeline}"
+        prof = {}
+        fwd(q, k, v, g, w, tau=TAU, profile=prof, settings=variant)
+        fwd(q, k, v, g, w, tau=TAU, profile=prof, settings=variant)
+        res[name] = {kk: vv for kk, vv in prof.items() if kk.endswith("_ms")}
+        res[name]["total_ms"] = bench_ms(lambda: fwd(q, k, v, g, w, tau=TAU, settings=variant))
+        log(f"variant {name}: {res[name]}", fh)
     try:
         from fla.ops.simple_gla import chunk_simple_gla
 
@@ -348,10 +357,13 @@ def _dla_fwd_bwd(q, k, v, g, w, dO):
 
 def grad_correctness(fh):
     """Triton gradients (public API on CUDA) against the float64 torch backward with the same partition
-    (``dla_fast.autograd.scalar_decay_backward``, itself checked against autograd of an independent
+    (``dla_fast.ops.scalar_decay.chunk_torch_bwd.scalar_decay_backward``,
+     itself checked against autograd of an independent
     implementation by the property suite), at B = 1, T = 4096, H = 4, D = 64, K = 30, moderate workload."""
     import dla_fast
-    from dla_fast.autograd import Structure, _rows, scalar_decay_backward
+    from dla_fast.ops.common.layout import rows as _rows
+    from dla_fast.ops.common.structure import Structure
+    from dla_fast.ops.scalar_decay.chunk_torch_bwd import scalar_decay_backward
 
     out = {}
     for dt in (torch.float32, torch.bfloat16):
@@ -383,7 +395,7 @@ def grad_correctness(fh):
 
 def time_training(cfg, fh, quick=False):
     """Forward + backward time and peak memory: DLA (public API, Triton fwd and bwd), FLA log-linear, SDPA."""
-    from dla_fast.triton_backward import backward_scalar_decay_triton  # noqa: F401  (import cost outside timing)
+    from dla_fast.ops.scalar_decay.chunk_bwd import backward_scalar_decay_triton  # noqa: F401  (import cost outside timing)
 
     B, T, H, Dk, Dv = cfg
     res = dict(dla={})
@@ -448,7 +460,7 @@ def _backward_profile(q, k, v, g, w, dO):
     import dla_fast
 
     o, _, _ = dla_fast.forward(q, k, v, g, w, tau=TAU, output_final_cache=False)
-    from dla_fast.triton_backward import backward_scalar_decay_triton
+    from dla_fast.ops.scalar_decay.chunk_bwd import backward_scalar_decay_triton
 
     prof = {}
     kept = o.grad_fn.record.structure.triton  # the autograd context of DLAFunction
@@ -462,7 +474,7 @@ def _backward_profile(q, k, v, g, w, dO):
 
 
 def time_step(fh, bw):
-    from dla_fast.triton_step import step_triton
+    from dla_fast.ops.scalar_decay.fused_recurrent import step_triton
 
     out = {}
     for B in (1, 64):
@@ -479,8 +491,10 @@ def time_step(fh, bw):
             fn()
             ms = bench_ms(fn)
             nbytes = 2 * B * H * K * D * D * 4
-            out[f"B{B}_D{D}"] = dict(ms=ms, bytes=nbytes, bandwidth=nbytes / (ms * 1e-3), fraction_of_copy=nbytes / (ms * 1e-3) / bw)
-            log(f"step B={B} D={D}: {ms * 1e3:.1f} us, {nbytes / (ms * 1e-3) / 1e12:.3f} TB/s = {nbytes / (ms * 1e-3) / bw:.2f} of copy", fh)
+            out[f"B{B}_D{D}"] = dict(ms=ms, bytes=nbytes, bandwidth=nbytes / (ms * 1e-3),
+                                     fraction_of_copy=nbytes / (ms * 1e-3) / bw)
+            rate = nbytes / (ms * 1e-3)
+            log(f"step B={B} D={D}: {ms * 1e3:.1f} us, {rate / 1e12:.3f} TB/s = {rate / bw:.2f} of copy", fh)
     return out
 
 
@@ -494,24 +508,35 @@ def main():
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-forward", action="store_true")
     args = ap.parse_args()
-    if args.smoke:
-        global SMOKE
-        SMOKE = True
-        fh = open(os.path.join(args.out, "gpu_bench_smoke.log"), "w")
-        res = dict(card="cpu-interpreter", date="-", copy_bandwidth=1e12, bf16_matmul_flops=1e15, correctness=correctness(fh))
-        res["forward"] = {"(1, 64, 1, 16, 16)": dict(simple_gla_ms=1.0, log_linear_ms=2.0, sdpa_ms=3.0, dla={"x": dict(
-            ms=1.0, boundary_rate=0.1, roofline_fraction=counts_forward(1, 64, 1, 16, 16, 30, 20.0)[0] / 1e15)})}
-        res["step"] = {"B1_D64": dict(ms=0.01, bandwidth=1e12, fraction_of_copy=1.0)}
-        log(table(res), fh)
-        return
     os.makedirs(args.out, exist_ok=True)
-    fh = open(os.path.join(args.out, "gpu_bench.log"), "w")
+    if args.smoke:
+        with open(os.path.join(args.out, "gpu_bench_smoke.log"), "w") as fh:
+            smoke(fh)
+        return
+    with open(os.path.join(args.out, "gpu_bench.log"), "w") as fh:
+        run(args, fh)
+
+
+def smoke(fh):
+    """Tiny correctness shapes (the CPU interpreter can run them) and the table on made-up timings."""
+    global SMOKE
+    SMOKE = True
+    res = dict(card="cpu-interpreter", date="-", copy_bandwidth=1e12, bf16_matmul_flops=1e15,
+               correctness=correctness(fh))
+    res["forward"] = {"(1, 64, 1, 16, 16)": dict(simple_gla_ms=1.0, log_linear_ms=2.0, sdpa_ms=3.0, dla={"x": dict(
+        ms=1.0, boundary_rate=0.1, roofline_fraction=counts_forward(1, 64, 1, 16, 16, 30, 20.0)[0] / 1e15)})}
+    res["step"] = {"B1_D64": dict(ms=0.01, bandwidth=1e12, fraction_of_copy=1.0)}
+    log(table(res), fh)
+
+
+def run(args, fh):
+    """Ceilings, correctness, forward and fwd+bwd timings against the baselines, the decode step; JSON + table."""
     import triton
 
     card = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     res = dict(card=card, date=date, torch=torch.__version__, triton=triton.__version__, K=K_SLOTS, tau=TAU,
-               workloads=WORKLOADS, pipeline=os.environ.get("DLA_TRITON_PIPELINE", "0"))
+               workloads=WORKLOADS, settings=dataclasses.asdict(DEFAULT_SETTINGS))
     try:
         import fla
 
@@ -567,7 +592,8 @@ def main():
 def table(res):
     lines = [f"== {res['card']} {res['date']}: copy {res['copy_bandwidth'] / 1e12:.2f} TB/s, "
              f"bf16 {res['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s; times ms (median)"]
-    lines.append("config | workload rate | dla | simple_gla | log_lin | sdpa | loglin/dla | dla/sgla | sdpa/dla | roofline")
+    lines.append("config | workload rate | dla | simple_gla | log_lin | sdpa | loglin/dla | dla/sgla | sdpa/dla | "
+                 "roofline")
     for cfg, r in res.get("forward", {}).items():
         if "dla" not in r:
             lines.append(f"{cfg} | ERROR")
@@ -575,7 +601,8 @@ def table(res):
         sg, ll, sd = r.get("simple_gla_ms", float("nan")), r.get("log_linear_ms", float("nan")), r["sdpa_ms"]
         for wn, d in r["dla"].items():
             lines.append(f"{cfg} | {wn} {d['boundary_rate']:.3f} | {d['ms']:.3f} | {sg:.3f} | {ll:.3f} | {sd:.3f} | "
-                         f"{ll / d['ms']:.2f}x | {d['ms'] / sg:.2f}x | {sd / d['ms']:.2f}x | {d['roofline_fraction']:.3f}")
+                         f"{ll / d['ms']:.2f}x | {d['ms'] / sg:.2f}x | {sd / d['ms']:.2f}x | "
+                         f"{d['roofline_fraction']:.3f}")
     if res.get("training"):
         lines.append("fwd+bwd | workload | dla ms | log_lin ms | sdpa ms | dla/loglin (target <= 0.33 at T >= 16K) | "
                      "sdpa/dla | peak GiB dla / loglin / sdpa")
@@ -585,17 +612,21 @@ def table(res):
             continue
         ll, sd = r.get("log_linear_ms", float("nan")), r["sdpa_ms"]
         for wn, d in r["dla"].items():
-            lines.append(f"{cfg} | {wn} | {d['ms']:.3f} | {ll:.3f} | {sd:.3f} | {d['ms'] / ll:.2f} | {sd / d['ms']:.2f}x | "
+            lines.append(f"{cfg} | {wn} | {d['ms']:.3f} | {ll:.3f} | {sd:.3f} | {d['ms'] / ll:.2f} | "
+                         f"{sd / d['ms']:.2f}x | "
                          f"{d['peak_mem_gib']:.2f} / {r.get('log_linear_peak_gib', float('nan')):.2f} / "
                          f"{r['sdpa_peak_gib']:.2f}")
     if res.get("grad_correctness"):
         lines.append(f"gradients vs float64: {res['grad_correctness']}")
     for kk, d in res.get("step", {}).items():
-        lines.append(f"step {kk} | {d['ms'] * 1e3:.1f} us | {d['bandwidth'] / 1e12:.3f} TB/s | {d['fraction_of_copy']:.2f} of copy")
+        lines.append(f"step {kk} | {d['ms'] * 1e3:.1f} us | {d['bandwidth'] / 1e12:.3f} TB/s | "
+                     f"{d['fraction_of_copy']:.2f} of copy")
     c = res.get("correctness", {})
     ok = [kk for kk, vv in c.items() if isinstance(vv, dict) and vv.get("decisions_equal")]
-    bad = {kk: vv.get("margins_at_first_diff") for kk, vv in c.items() if isinstance(vv, dict) and not vv.get("decisions_equal")}
-    lines.append(f"correctness: decisions equal in {len(ok)} checks; differ (margins |I-tau| at the first difference) in "
+    bad = {kk: vv.get("margins_at_first_diff") for kk, vv in c.items()
+           if isinstance(vv, dict) and not vv.get("decisions_equal")}
+    lines.append(f"correctness: decisions equal in {len(ok)} checks; "
+                 f"differ (margins |I-tau| at the first difference) in "
                  f"{bad}; deterministic {c.get('bitwise_deterministic')}")
     return "\n".join(lines)
 

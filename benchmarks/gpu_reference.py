@@ -16,8 +16,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import dla_ref  # noqa: E402
 from gpu_bench import TAU, WORKLOADS, workload  # noqa: E402
+
+import dla_ref  # noqa: E402
 
 SHAPE = (1, 65536, 2, 64, 64, 30)
 SEED = 7

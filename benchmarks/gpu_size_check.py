@@ -11,10 +11,9 @@ import torch
 
 sys.path.insert(0, ".")
 import dla_ref  # noqa: E402
-from dla_fast import triton_forward  # noqa: E402
-from tests.test_triton_kernels import regimes  # noqa: E402
-
-import os  # noqa: E402
+from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton  # noqa: E402
+from dla_fast.settings import TritonSettings  # noqa: E402
+from dla_ref.synthetic import jittered_regimes as regimes  # noqa: E402
 
 rows = []
 for D in (16, 32, 64, 128):
@@ -23,11 +22,10 @@ for D in (16, 32, 64, 128):
         q, k, v, g, w = regimes(B, T, H, D, D, K, seed=D + K, regime_length=rl, jitter=jit)
         o_r, c_r, tr_r = dla_ref.forward(q, k, v, g, w, tau=0.6)
         for side in (True, False):
-            os.environ["DLA_TRITON_SIDE_STREAM"] = "1" if side else "0"
             t = lambda x: torch.tensor(x, dtype=torch.float32, device="cuda")  # noqa: E731
             try:
-                o, cache, trace = triton_forward.forward_scalar_decay_triton(
-                    t(q), t(k), t(v), t(g), t(w), tau=0.6, return_trace=True)
+                o, cache, trace, _ = forward_scalar_decay_triton(
+                    t(q), t(k), t(v), t(g), t(w), tau=0.6, settings=TritonSettings(side_stream=side))
                 torch.cuda.synchronize()
                 agree = (trace[1].cpu().numpy() == tr_r.starts).mean()
                 oerr = np.linalg.norm(o.double().cpu().numpy() - o_r) / np.linalg.norm(o_r)

@@ -21,7 +21,6 @@ import dla_fast
 import dla_ref
 from benchmarks import workloads as wl
 
-
 CLOCK = time.perf_counter
 
 
@@ -47,13 +46,15 @@ def main() -> None:
     if args.cpu_time:
         CLOCK = time.process_time
     torch.set_num_threads(args.threads)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    with open("/proc/cpuinfo") as info:
+        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
+                   platform.processor())
     print(f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), numba {numba.__version__}, numpy {np.__version__}, "
           f"load average {os.getloadavg()[0]:.2f}, clock {CLOCK.__name__}")
     print()
-    print("| workload | T | boundary rate | dla_fast ms | us/token | recurrence ms | dla_ref ms | vs recurrence | vs dla_ref |")
+    print("| workload | T | boundary rate | dla_fast ms | us/token | recurrence ms | dla_ref ms | vs recurrence | "
+          "vs dla_ref |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     dla_fast.forward(*wl.torch_inputs("sparse", 64))  # numba compile (cached on disk after the first run)
     for name in args.workloads:

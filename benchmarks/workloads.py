@@ -15,22 +15,20 @@ Rates are measured, not assumed: :func:`boundary_rate` reports them from the tra
 Baselines:
 
 - ``dla_ref.forward`` (float64 NumPy, plain loops);
-- :func:`recurrent_forward`: the straightforward per-token torch recurrence, ``dla_fast.recurrent``
+- :func:`recurrent_forward`: the straightforward per-token torch recurrence, ``dla_fast.ops.common.recurrent``
   (the decode step, vectorised over (batch, head), in a Python loop over tokens) in float32.
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
-from dla_fast.recurrent import recurrent_forward as _recurrent_rows
+from dla_fast.ops.common.recurrent import recurrent_forward as _recurrent_rows
 from dla_ref.synthetic import piecewise_stationary
 
 B, H, DK, DV, K, TAU = 1, 4, 64, 64, 30, 0.6
-THREADS = int(os.environ.get("DLA_BENCH_THREADS", "2"))  # torch threads for every timing (2 cores here)
+THREADS = 2  # torch threads for every timing (2 cores here; report.py takes --threads)
 
 WORKLOADS = {
     "sparse": dict(decay=0.5, jitter=0.2, regime_length=100.0, min_regime_length=8),

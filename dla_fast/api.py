@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from typing import Optional
-
 import torch
 
 from . import autograd as _autograd
-from ._validation import compute_dtype, validate_forward, validate_step
+from .backend import uses_triton
 from .cache import Cache, Trace
-from .chunked import forward_scalar_decay
-from .recurrent import recurrent_forward, recurrent_step_
+from .ops.common.recurrent import recurrent_step_
+from .ops.delta_rule.recurrent import forward_delta_rule
+from .ops.scalar_decay.chunk_torch import forward_scalar_decay
+from .validation import compute_dtype, validate_forward, validate_step
 
 
 def forward(
@@ -22,15 +21,15 @@ def forward(
     slot_weights: torch.Tensor,
     *,
     tau: float = 0.6,
-    beta: Optional[torch.Tensor] = None,
-    boundaries: Optional[torch.Tensor] = None,
-    initial_cache: Optional[Cache] = None,
+    beta: torch.Tensor | None = None,
+    boundaries: torch.Tensor | None = None,
+    initial_cache: Cache | None = None,
     output_final_cache: bool = True,
     return_trace: bool = False,
     chunk_size: int = 64,
     eps: float = 1e-6,
     norm_eps: float = 1e-6,
-    surrogate_temperature: Optional[float] = None,
+    surrogate_temperature: float | None = None,
 ):
     """Dynamic Linear Attention on torch tensors, with ``dla_ref.forward``'s semantics.
 
@@ -66,25 +65,32 @@ def forward(
         the :class:`Trace` ``[B, T, H]`` or None.
     """
     _autograd.check_temperature(surrogate_temperature)
-    if _autograd.needs_grad(q, k, v, g, slot_weights, beta, tau, getattr(initial_cache, "states", None)):
-        return _autograd.differentiable_forward(
-            _forward, q, k, v, g, slot_weights, tau=tau, beta=beta, boundaries=boundaries,
-            initial_cache=initial_cache, output_final_cache=output_final_cache, return_trace=return_trace,
-            chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, surrogate_temperature=surrogate_temperature,
+    tau_value = tau.detach() if isinstance(tau, torch.Tensor) else tau  # validation makes it a Python float
+    grad = _autograd.needs_grad(q, k, v, g, slot_weights, beta, tau, getattr(initial_cache, "states", None))
+    with torch.no_grad():
+        o, final, trace, triton_structure = _forward(
+            q, k, v, g, slot_weights, tau=tau_value, beta=beta, boundaries=boundaries, initial_cache=initial_cache,
+            return_trace=return_trace or grad, chunk_size=chunk_size, eps=eps, norm_eps=norm_eps,
         )
-    return _forward(q, k, v, g, slot_weights, tau=tau, beta=beta, boundaries=boundaries, initial_cache=initial_cache,
-                    output_final_cache=output_final_cache, return_trace=return_trace, chunk_size=chunk_size, eps=eps,
-                    norm_eps=norm_eps)
+    if grad:
+        o, final = _autograd.attach_gradients(
+            o, final, trace, triton_structure, q, k, v, g, slot_weights, tau=tau, beta=beta, boundaries=boundaries,
+            initial_cache=initial_cache, chunk_size=chunk_size, eps=eps, norm_eps=norm_eps,
+            surrogate_temperature=surrogate_temperature,
+        )
+    return o, (final if output_final_cache else None), (trace if return_trace else None)
 
 
-def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, output_final_cache, return_trace,
-             chunk_size, eps, norm_eps, keep=None):
-    """``forward`` without gradients. ``keep``: a dict that receives the Triton forward's structure tensors
-    when the Triton kernels run (what their backward needs); untouched otherwise."""
+def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, return_trace, chunk_size, eps,
+             norm_eps):
+    """Validate, then run the path this call belongs to (``backend.uses_triton``); no gradients.
+
+    Returns ``(o, final Cache, Trace or None, the Triton forward's DecidedStructure or None)``.
+    """
     (q, k, v, g, slot_weights, beta, boundaries), tau, dims, cache = validate_forward(
         q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size
     )
-    B, T, H, Dk, Dv, K = dims.B, dims.T, dims.H, dims.Dk, dims.Dv, dims.K
+    B, H, K, Dk, Dv = dims.B, dims.H, dims.K, dims.Dk, dims.Dv
     cd = compute_dtype(q)
     if cache is None:
         cache = Cache.empty(B, H, K, Dk, Dv, dtype=cd, device=q.device)
@@ -93,11 +99,10 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
     counts = cache.counts.to(torch.int64, copy=True)
     info = cache.info.to(torch.float64, copy=True)
     size = cache.size.to(torch.int64, copy=True)
-
+    triton_structure = None
     if beta is None and uses_triton(q, Dk, Dv):
-        o, scores, starts, merged = _forward_triton(
-            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, eps=eps, norm_eps=norm_eps,
-            keep=keep,
+        o, scores, starts, merged, triton_structure = _forward_triton(
+            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, eps=eps, norm_eps=norm_eps
         )
     elif beta is None:
         o, scores, starts, merged = forward_scalar_decay(
@@ -105,80 +110,26 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
             chunk_size=chunk_size, eps=eps, norm_eps=norm_eps,
         )
     else:
-        o, scores, starts, merged = _forward_delta_rule(
+        o, scores, starts, merged = forward_delta_rule(
             q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau, eps=eps, norm_eps=norm_eps
         )
-
-    final = None
-    if output_final_cache:
-        final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size)
+    final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size)
     trace = Trace(scores.to(cd), starts, merged) if return_trace else None
-    return o.to(q.dtype), final, trace
+    return o.to(q.dtype), final, trace, triton_structure
 
 
-# Head sizes below 32 take the torch path on CUDA (the Triton forward refuses them: a known fault at 16,
-# dla_fast.triton_forward.MIN_GPU_FORWARD_DIM); the step follows the same rule so both paths agree.
-TRITON_MIN_DIM = 32
-
-
-def uses_triton(x: torch.Tensor, dk: int, dv: int) -> bool:
-    """Whether a scalar-decay call on ``x``'s device and dtype, with these head sizes, runs the Triton kernels.
-
-    CUDA tensors of float32, bfloat16 or float16 with ``32 <= Dk, Dv <= 256`` do, unless
-    ``DLA_FAST_BACKEND=torch`` is set (then the torch chunked path runs on the GPU too). float64 inputs
-    always take the torch path (float64 states). For testing, ``DLA_FAST_BACKEND=triton`` with
-    ``TRITON_INTERPRET=1`` runs the kernels on CPU tensors through Triton's interpreter.
-    """
-    backend = os.environ.get("DLA_FAST_BACKEND", "")
-    if backend == "triton" and os.environ.get("TRITON_INTERPRET", "0") == "1" and x.dtype != torch.float64:
-        return dk <= 256 and dv <= 256  # testing: the kernels on CPU tensors through Triton's interpreter
-    if not (x.is_cuda and x.dtype != torch.float64) or backend == "torch":
-        return False
-    if not (TRITON_MIN_DIM <= dk <= 256 and TRITON_MIN_DIM <= dv <= 256):
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, *, eps, norm_eps,
-                    keep=None):
-    """The Triton prefill (docs/triton.md) behind ``forward_scalar_decay``'s contract: cache in place."""
-    from .triton_forward import forward_scalar_decay_triton
+def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, *, eps, norm_eps):
+    """The Triton prefill (docs/triton.md) behind ``forward_scalar_decay``'s contract: the cache in place."""
+    from .ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
     dtype = q.dtype
-    o, (states_out, counts_out, info_out, size_out), (scores, starts, merged) = forward_scalar_decay_triton(
+    o, (states_out, counts_out, info_out, size_out), (scores, starts, merged), structure = forward_scalar_decay_triton(
         q, k.to(dtype), v.to(dtype), g, slot_weights, tau=tau, boundaries=boundaries,
-        states=states, counts=counts, info=info.float(), size=size, eps=eps, norm_eps=norm_eps, return_trace=True,
-        keep=keep,
+        states=states, counts=counts, info=info.float(), size=size, eps=eps, norm_eps=norm_eps,
     )  # fmt: skip
     for cache_tensor, result in ((states, states_out), (counts, counts_out), (info, info_out), (size, size_out)):
         cache_tensor.copy_(result)
-    return o, scores, starts, merged
-
-
-def _rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``[B, T, H, *F]`` -> ``[B * H, T, *F]`` in ``dtype``."""
-    B, T, H = x.shape[:3]
-    return x.to(dtype).movedim(2, 1).reshape(B * H, T, *x.shape[3:])
-
-
-def _forward_delta_rule(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau, eps, norm_eps):
-    """The delta-rule backbone: the per-token recurrence over (batch, head) rows (cache updated in place)."""
-    B, T, H, _ = q.shape
-    K, Dk, Dv = states.shape[2:]
-    cd = states.dtype
-    R = B * H
-    o, scores, starts, merged = recurrent_forward(
-        _rows(q, cd), _rows(k, cd), _rows(v, cd), _rows(g, torch.float64), _rows(slot_weights, cd),
-        _rows(beta, cd), None if boundaries is None else _rows(boundaries, torch.bool),
-        states.view(R, K, Dk, Dv), counts.view(R, K), info.view(R, K), size.view(R),
-        tau=tau, eps=eps, norm_eps=norm_eps,
-    )
-    unrows = lambda x: x.view(B, H, T, *x.shape[2:]).movedim(1, 2)  # noqa: E731
-    return unrows(o), unrows(scores), unrows(starts), unrows(merged)
+    return o, scores, starts, merged, structure
 
 
 def step(
@@ -187,10 +138,12 @@ def step(
     v: torch.Tensor,
     g: torch.Tensor,
     slot_weights: torch.Tensor,
-    cache: Optional[Cache],
+    cache: Cache | None,
     *,
     tau: float = 0.6,
-    beta: Optional[torch.Tensor] = None,
+    beta: torch.Tensor | None = None,
+    boundary: torch.Tensor | None = None,
+    return_trace: bool = False,
     eps: float = 1e-6,
     norm_eps: float = 1e-6,
 ):
@@ -204,15 +157,24 @@ def step(
         q, k: ``[B, H, Dk]``; v: ``[B, H, Dv]``; g: ``[B, H]`` (``<= 0``); slot_weights: ``[B, H, K]``.
         cache: a :class:`Cache` on q's device (states float32 or float64: the compute dtype), or None.
         tau, beta (``[B, H]`` or None), eps, norm_eps: as in :func:`forward`.
+        boundary: bool ``[B, H]`` overriding the decision (the score is still computed), or None.
+        return_trace: also return what happened: ``(score [B, H], started bool [B, H], merged int64 [B, H])``.
 
     Returns:
-        ``(o, cache)``: ``o`` ``[B, H, Dv]`` in q's dtype and the same cache object, advanced by one token.
+        ``(o, cache)``: ``o`` ``[B, H, Dv]`` in q's dtype and the same cache object, advanced by one token;
+        ``(o, cache, (score, started, merged))`` with ``return_trace=True``.
     """
     (q, k, v, g, slot_weights, beta), tau, dims, cache = validate_step(
         q, k, v, g, slot_weights, beta, tau, eps, norm_eps, cache
     )
-    o, _, _, _ = _step(q, k, v, g, slot_weights, cache, tau=tau, beta=beta, eps=eps, norm_eps=norm_eps)
-    return o, cache
+    if boundary is not None:
+        boundary = torch.as_tensor(boundary, device=q.device)
+        if boundary.dtype != torch.bool or tuple(boundary.shape) != (dims.B, dims.H):
+            raise ValueError(f"boundary: expected a bool tensor of shape [B, H] = {[dims.B, dims.H]}, "
+                             f"got {boundary.dtype} {tuple(boundary.shape)}")
+    o, score, started, merged = _step(q, k, v, g, slot_weights, cache, tau=tau, beta=beta, boundary=boundary,
+                                      eps=eps, norm_eps=norm_eps)
+    return (o, cache, (score, started, merged)) if return_trace else (o, cache)
 
 
 def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps, norm_eps):
@@ -225,7 +187,7 @@ def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps
     cd = cache.states.dtype
     R = B * H
     if beta is None and cd == torch.float32 and uses_triton(q, Dk, Dv):
-        from .triton_step import step_triton
+        from .ops.scalar_decay.fused_recurrent import step_triton
 
         # The kernel writes the new cache beside the old one (its programs read the whole open slot while
         # others write): the cache object takes the new tensors, one read and one write of the states.

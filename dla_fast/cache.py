@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ class Cache:
     size: torch.Tensor
 
     @classmethod
-    def empty(cls, B: int, H: int, K: int, Dk: int, Dv: int, *, dtype=torch.float32, device=None) -> "Cache":
+    def empty(cls, B: int, H: int, K: int, Dk: int, Dv: int, *, dtype=torch.float32, device=None) -> Cache:
         """An empty cache; ``dtype`` is the states' dtype (float32, or float64 for exact checks)."""
         return cls(
             states=torch.zeros((B, H, K, Dk, Dv), dtype=dtype, device=device),
@@ -44,7 +43,7 @@ class Cache:
         )
 
     @classmethod
-    def from_ref(cls, cache: dla_ref.Cache, *, device=None, dtype=torch.float32) -> "Cache":
+    def from_ref(cls, cache: dla_ref.Cache, *, device=None, dtype=torch.float32) -> Cache:
         """The torch twin of a ``dla_ref.Cache`` (states in ``dtype``, info float32 or float64 to match)."""
         return cls(
             states=torch.as_tensor(np.asarray(cache.states), device=device).to(dtype),
@@ -70,12 +69,12 @@ class Cache:
     def device(self) -> torch.device:
         return self.states.device
 
-    def clone(self) -> "Cache":
+    def clone(self) -> Cache:
         return Cache(self.states.clone(), self.counts.clone(), self.info.clone(), self.size.clone())
 
     copy = clone
 
-    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "Cache":
+    def to(self, device=None, dtype: torch.dtype | None = None) -> Cache:
         """This cache on ``device`` with states in ``dtype`` (info follows: float64 iff states are)."""
         dtype = self.states.dtype if dtype is None else dtype
         return Cache(

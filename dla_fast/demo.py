@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -49,8 +49,7 @@ def compare(T: int, heads: int, dim: int, capacity: int, tau: float, seed: int) 
     ref_starts = np.empty((1, T, heads), dtype=bool)
     began = time.perf_counter()
     for h in range(heads):  # one head at a time, to show progress: the reference takes a few seconds
-        part = lambda x: x[:, :, h : h + 1]  # noqa: E731
-        o_h, _, trace_h = dla_ref.forward(part(q), part(k), part(v), part(g), part(w), tau=tau)
+        o_h, _, trace_h = dla_ref.forward(*(x[:, :, h : h + 1] for x in (q, k, v, g, w)), tau=tau)
         ref_o[:, :, h : h + 1], ref_starts[:, :, h : h + 1] = o_h, trace_h.starts
         _say(f"  dla_ref (float64 NumPy): head {h + 1}/{heads} done, {time.perf_counter() - began:.1f} s")
     ref_time = time.perf_counter() - began
@@ -61,10 +60,11 @@ def compare(T: int, heads: int, dim: int, capacity: int, tau: float, seed: int) 
         runs += [("cuda", torch.float32), ("cuda", torch.bfloat16)]
     else:
         _say("  (no CUDA device: the GPU rows are skipped)")
-    _say(f"  {'device':<8}{'dtype':<10}{'time':>10}{'speed-up':>10}{'decisions agreed':>20}{'max |o - ref| / max |ref|':>28}")
+    _say(f"  {'device':<8}{'dtype':<10}{'time':>10}{'speed-up':>10}{'decisions agreed':>20}"
+         f"{'max |o - ref| / max |ref|':>28}")
     for device, dtype in runs:
         args = [torch.as_tensor(x, dtype=dtype, device=device) for x in (q, k, v, g, w)]
-        (o, _, trace), seconds = _timed(lambda: forward(*args, tau=tau, return_trace=True), repeats=3)
+        (o, _, trace), seconds = _timed(lambda args=args: forward(*args, tau=tau, return_trace=True), repeats=3)
         starts = trace.starts.cpu().numpy()
         agreed = (starts == ref_starts).mean()
         # Outputs are compared on the heads whose decisions all agree (elsewhere the partitions differ).
@@ -76,7 +76,7 @@ def compare(T: int, heads: int, dim: int, capacity: int, tau: float, seed: int) 
     _say("  (decisions may differ only where the reference's margin |I_t - tau| is tiny: docs/precision.md)")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--compare-T", type=int, default=2048, help="sequence length of the comparison (default 2048)")
     parser.add_argument("--no-compare", action="store_true", help="only the reference walkthrough")

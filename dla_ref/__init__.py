@@ -3,4 +3,6 @@
 from .cache import Cache, Trace
 from .reference import forward, step
 
-__all__ = ["Cache", "Trace", "forward", "step"]
+__version__ = "0.2.0"  # the distribution's version (pyproject.toml reads it); dla_fast shares it
+
+__all__ = ["Cache", "Trace", "__version__", "forward", "step"]

@@ -26,7 +26,7 @@ class Cache:
     size: np.ndarray
 
     @classmethod
-    def empty(cls, B: int, H: int, K: int, Dk: int, Dv: int) -> "Cache":
+    def empty(cls, B: int, H: int, K: int, Dk: int, Dv: int) -> Cache:
         return cls(
             states=np.zeros((B, H, K, Dk, Dv)),
             counts=np.zeros((B, H, K), dtype=np.int64),
@@ -38,7 +38,7 @@ class Cache:
     def capacity(self) -> int:
         return self.counts.shape[-1]
 
-    def copy(self) -> "Cache":
+    def copy(self) -> Cache:
         return Cache(self.states.copy(), self.counts.copy(), self.info.copy(), self.size.copy())
 
 

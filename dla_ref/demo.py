@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -135,7 +135,7 @@ def describe_head(
     return lines
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dla-demo",
         description="Run the DLA reference (dla_ref, float64) on a synthetic piecewise-stationary sequence "

@@ -1,19 +1,26 @@
-"""The DLA reference: float64 NumPy, plain loops, one function per rule of the contract.
+"""The DLA reference: float64 NumPy, plain loops, one function per rule of ``docs/semantics.md``.
 
-Read this beside ``shared/dla-semantics.md`` (and ``docs/algorithm.md``): every function below
-implements one numbered rule of "One step, token t", and :func:`step` applies them in order.
+Read this beside ``docs/semantics.md`` (and ``docs/algorithm.md``): every function below
+implements one numbered rule of "One token, four rules", and :func:`step` applies them in order.
 Every (batch, head) pair is independent, so :func:`forward` simply loops over them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
 from .cache import Cache, Trace
-from .validation import Dims, cache_value_checks, check_cache_shapes, check_scalars, check_shapes, raise_first, value_checks
+from .validation import (
+    Dims,
+    cache_value_checks,
+    check_cache_shapes,
+    check_scalars,
+    check_shapes,
+    raise_first,
+    value_checks,
+)
 
 
 @dataclass
@@ -30,13 +37,13 @@ class Slot:
 # ---------------------------------------------------------------------------------------------
 
 
-def contribution(k: np.ndarray, v: np.ndarray, beta: Optional[float]) -> np.ndarray:
+def contribution(k: np.ndarray, v: np.ndarray, beta: float | None) -> np.ndarray:
     """``s_t = k_t v_t^T`` (scalar decay) or ``s_t = beta_t k_t v_t^T`` (delta rule)."""
     s = np.outer(k, v)
     return s if beta is None else beta * s
 
 
-def transition(X: np.ndarray, a: float, k: np.ndarray, beta: Optional[float]) -> np.ndarray:
+def transition(X: np.ndarray, a: float, k: np.ndarray, beta: float | None) -> np.ndarray:
     """``A_t(X) = a_t X`` (scalar decay) or ``A_t(X) = a_t (X - beta_t k_t (k_t^T X))`` (delta rule)."""
     if beta is None:
         return a * X
@@ -120,8 +127,8 @@ def step(
     *,
     capacity: int,
     tau: float,
-    beta: Optional[float] = None,
-    boundary: Optional[bool] = None,
+    beta: float | None = None,
+    boundary: bool | None = None,
     eps: float = 1e-6,
     norm_eps: float = 1e-6,
 ) -> StepResult:
@@ -175,7 +182,7 @@ def forward(
     tau: float = 0.6,
     beta=None,
     boundaries=None,
-    initial_cache: Optional[Cache] = None,
+    initial_cache: Cache | None = None,
     eps: float = 1e-6,
     norm_eps: float = 1e-6,
 ) -> tuple[np.ndarray, Cache, Trace]:

@@ -16,7 +16,7 @@ slot becomes too stiff for a single token to reach ``tau`` and regime changes go
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,11 +34,11 @@ def piecewise_stationary(
     regime_length: float = 32.0,
     min_regime_length: int = 8,
     jitter: float = 0.4,
-    decay: Union[float, Sequence[float]] = 0.5,
+    decay: float | Sequence[float] = 0.5,
     decay_jitter: float = 0.0,
     recency: float = 0.7,
-    beta: Optional[float] = None,
-    seed: Optional[int] = 0,
+    beta: float | None = None,
+    seed: int | None = 0,
     return_regimes: bool = False,
 ):
     """Random DLA inputs whose statistics change at random regime boundaries.
@@ -62,7 +62,7 @@ def piecewise_stationary(
         return_regimes: also return the regime index of every token, int64 ``[B, T, H]``.
 
     Returns:
-        ``(q, k, v, g, slot_weights)`` as float64 NumPy arrays in the contract's layout
+        ``(q, k, v, g, slot_weights)`` as float64 NumPy arrays in ``dla_ref.forward``'s layout
         (``[B, T, H, Dk]``, ``[B, T, H, Dk]``, ``[B, T, H, Dv]``, ``[B, T, H]``, ``[B, T, H, K]``), then
         ``beta`` ``[B, T, H]`` if ``beta`` is given, then ``regimes`` if ``return_regimes``.
         Keys and queries have unit norm; values have norm about 1.
@@ -126,3 +126,23 @@ def _regime_index(T: int, mean_length: float, min_length: int, rng: np.random.Ge
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def jittered_regimes(B, T, H, Dk, Dv, K, *, seed, regime_length=12.0, jitter=0.3, decay=0.5):
+    """Tokens jittering around per-regime directions; g around log(decay); random read weights."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, T, H, Dk))
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    change = rng.random((B, T, H)) < 1.0 / regime_length
+    change[:, 0] = True
+    idx = np.cumsum(change, axis=1)  # regime index per token
+    dk = rng.standard_normal((B, int(idx.max()) + 1, H, Dk))
+    dv = rng.standard_normal((B, int(idx.max()) + 1, H, Dv))
+    dk /= np.linalg.norm(dk, axis=-1, keepdims=True)
+    dv /= np.linalg.norm(dv, axis=-1, keepdims=True)
+    bi, hi = np.arange(B)[:, None, None], np.arange(H)[None, None, :]
+    k = dk[bi, idx, hi] + jitter * rng.standard_normal((B, T, H, Dk)) / np.sqrt(Dk)
+    v = dv[bi, idx, hi] + jitter * rng.standard_normal((B, T, H, Dv)) / np.sqrt(Dv)
+    g = np.minimum(np.log(decay) + 0.1 * rng.standard_normal((B, T, H)), 0.0)
+    w = rng.random((B, T, H, K))
+    return q, k, v, g, w

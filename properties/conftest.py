@@ -1,64 +1,60 @@
-"""Hypothesis profiles and the implementation under test.
+"""The suite's command-line options, its Hypothesis profile and the implementation under test.
 
-Profiles (registered here, once; chosen with ``DLA_HYPOTHESIS_PROFILE``, default ``ci``):
+Profiles (``properties/profiles.py``), chosen with Hypothesis's own option ``--hypothesis-profile=NAME``:
+``ci`` (the default), ``thorough`` or ``mutation``. The suite adds:
 
-- ``ci``: deterministic (``derandomize=True``, no example database), a few dozen examples per property;
-  the whole ``properties/`` directory runs in a few minutes on 2 cores.
-- ``thorough``: random seeds, ``DLA_HYPOTHESIS_EXAMPLES`` examples per property (default 1000); the
-  seed of a failing run is printed by Hypothesis and every falsifying case prints as ``build(Spec(...))``.
-- ``mutation``: ``ci`` without shrinking, for the mutation check (a kill needs one counterexample).
+- ``--dla-examples=N``: N examples per property (the profile's own number otherwise: ci 100, thorough 1000);
+- ``--dla-max-t=N``: the longest call drawn (default 24; 48 under ``thorough``);
+- ``--dla-impl=package.module:function`` (repeatable, or comma-separated): run every property of the
+  contract against that float64 implementation too (``dla_ref.forward``'s signature, NumPy in, NumPy out;
+  e.g. ``dla_fast.testing:forward_float64``). The fixture ``impl`` is ``dla_ref.forward`` plus these. Fast
+  paths in lower precision go through ``dla_fast.testing.check_equivalent`` instead.
 
-Implementation under test: the fixture ``impl`` is ``dla_ref.forward`` by default. Set
-``DLA_PROPERTIES_IMPL="package.module:function"`` (comma-separated for several) to run every property
-against other float64 implementations with the reference's signature (NumPy in, NumPy out); fast paths in
-lower precision go through ``properties.harness.check_equivalent`` instead.
+These options exist when pytest starts in (or is given) ``properties/``, as the README's ``pytest`` does.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
 
 import dla_ref
+from properties import profiles
 
-_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
-          HealthCheck.function_scoped_fixture, HealthCheck.differing_executors]
-
-CI_EXAMPLES = 100
-
-settings.register_profile(
-    "ci", max_examples=CI_EXAMPLES, derandomize=True, database=None, deadline=None,
-    print_blob=True, suppress_health_check=_QUIET,
-)
-settings.register_profile(
-    "thorough", max_examples=int(os.environ.get("DLA_HYPOTHESIS_EXAMPLES", "1000")), derandomize=False,
-    database=None, deadline=None, print_blob=True, suppress_health_check=_QUIET,
-)
-settings.register_profile(
-    "mutation", max_examples=CI_EXAMPLES, derandomize=True, database=None, deadline=None,
-    suppress_health_check=_QUIET, phases=(Phase.explicit, Phase.generate), report_multiple_bugs=False,
-)
-
-PROFILE = os.environ.get("DLA_HYPOTHESIS_PROFILE", "ci")
-settings.load_profile(PROFILE)
+profiles.configure()  # the defaults, until pytest_configure reads the options
 
 
-def implementations() -> dict:
-    """``{"dla_ref": dla_ref.forward}`` plus those named in ``DLA_PROPERTIES_IMPL``."""
+def pytest_addoption(parser):
+    group = parser.getgroup("dla", "DLA property suite (properties/)")
+    group.addoption("--dla-impl", action="append", default=[], metavar="MODULE:FUNCTION",
+                    help="also run every property against this float64 implementation with dla_ref.forward's "
+                         "signature (repeatable; comma-separated lists too)")
+    group.addoption("--dla-examples", type=int, default=None, metavar="N",
+                    help="examples per property (default: the Hypothesis profile's, ci 100, thorough 1000)")
+    group.addoption("--dla-max-t", type=int, default=None, metavar="N",
+                    help="the longest call the strategies draw (default 24; 48 under the thorough profile)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # Before Hypothesis's own pytest_configure, which loads --hypothesis-profile (already registered anew here).
+    profiles.configure(config.getoption("hypothesis_profile", None), examples=config.getoption("dla_examples", None),
+                       max_T=config.getoption("dla_max_t", None))
+
+
+def implementations(config) -> dict:
+    """``{"dla_ref": dla_ref.forward}`` plus those named by ``--dla-impl``."""
     impls = {"dla_ref": dla_ref.forward}
-    for spec in filter(None, (s.strip() for s in os.environ.get("DLA_PROPERTIES_IMPL", "").split(","))):
-        module, _, attr = spec.partition(":")
-        impls[spec] = getattr(importlib.import_module(module), attr)
+    for option in config.getoption("dla_impl", None) or []:
+        for spec in filter(None, (s.strip() for s in option.split(","))):
+            module, _, attr = spec.partition(":")
+            impls[spec] = getattr(importlib.import_module(module), attr)
     return impls
 
 
-_IMPLS = implementations()
-
-
-@pytest.fixture(scope="session", params=list(_IMPLS), ids=list(_IMPLS))
-def impl(request):
-    """The implementation under test: a callable with ``dla_ref.forward``'s signature."""
-    return _IMPLS[request.param]
+def pytest_generate_tests(metafunc):
+    """The implementation under test, ``impl``: a callable with ``dla_ref.forward``'s signature."""
+    if "impl" in metafunc.fixturenames:
+        impls = implementations(metafunc.config)
+        metafunc.parametrize("impl", list(impls.values()), ids=list(impls), scope="session")

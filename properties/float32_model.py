@@ -6,7 +6,8 @@ information sum and density in float32, and the score from the three scalars of
 formula (scalar decay), in the stable variant of :func:`_score_scalar` (the docs' variant,
 :func:`_score_scalar_docs`, loses accuracy under strong decay: ``docs/precision.md``). For the delta rule
 (no three-scalar shortcut) it forms ``W = P' - a P`` and evaluates ``N(P') - N(P) = c P + W / r'``
-elementwise, again without subtracting close numbers. ``forward`` has the reference's signature: float64 NumPy in, float64 NumPy out.
+elementwise, again without subtracting close numbers. ``forward`` has the reference's signature: float64 NumPy in,
+float64 NumPy out.
 
 It is not an implementation of the project (``dla_fast`` is); ``docs/precision.md`` uses it to measure
 how far float32 arithmetic moves scores, outputs and states, and ``properties/test_harness.py`` uses it

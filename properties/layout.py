@@ -15,8 +15,8 @@ Two views, both small and written from the contract alone:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class StepView:
     score: float
 
 
-def initial_slots(cache: Optional[Cache], b: int, h: int) -> tuple:
+def initial_slots(cache: Cache | None, b: int, h: int) -> tuple:
     """The initial cache of (b, h) as SlotView's, its tokens numbered ``-N0 .. -1``."""
     if cache is None:
         return ()
@@ -58,7 +58,7 @@ def initial_slots(cache: Optional[Cache], b: int, h: int) -> tuple:
     return tuple(out)
 
 
-def replay(trace, initial_cache: Optional[Cache], K: int, b: int, h: int) -> list[StepView]:
+def replay(trace, initial_cache: Cache | None, K: int, b: int, h: int) -> list[StepView]:
     """Rebuild the slot layout of (b, h) after every token from the trace's claims (see module doc)."""
     slots = list(initial_slots(initial_cache, b, h))
     steps = []
@@ -107,7 +107,7 @@ def cache_starts(cache: Cache, b: int, h: int, first: int) -> tuple:
 @dataclass
 class Stepwise:
     caches: list  # Cache after every token (index t), plus caches[-1] = the initial cache at index -1 via .initial
-    initial: Optional[Cache]
+    initial: Cache | None
     trace: Trace
     outputs: np.ndarray
 

@@ -4,7 +4,7 @@
     python -m properties.measure_precision --cases 40 --max-T 256 --max-D 16
     python -m properties.measure_precision --docs-formula --dtypes float32   # the docs' score formula
 
-For each input dtype, every case drawn by ``properties.strategies.cases`` runs through
+For each input dtype, every case drawn by ``dla_fast.testing.strategies.cases`` runs through
 ``check_equivalent(float32_model.forward, case, dtype=...)``; the table gives, per compared quantity,
 the worst error as a fraction of its tolerance (1.0 = at the tolerance), the median of the per-case worst
 ratios, and the number of decision / merge flips that reference margins explained.
@@ -19,9 +19,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dla_fast.testing import check_equivalent
+from dla_fast.testing.strategies import cases
 from properties import float32_model
-from properties.harness import check_equivalent
-from properties.strategies import cases
 
 
 def measure(dtype: str, n: int, max_T: int, max_D: int, fast=float32_model.forward) -> dict:
@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--docs-formula", action="store_true",
                     help="score with docs/chunked-algorithm.md's formula as written (shows its failures)")
     args = ap.parse_args(argv)
-    print(f"| dtype | cases | T <= | D <= | quantity | worst error / tolerance | median | flips explained (decision, merge) |")
+    print("| dtype | cases | T <= | D <= | quantity | worst error / tolerance | median "
+          "| flips explained (decision, merge) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     bad = 0
     for dtype in args.dtypes.split(","):

@@ -1,12 +1,22 @@
-"""Mutation check: deliberately wrong references, and the properties that kill them.
+"""Mutation check: deliberately wrong implementations, and the properties that kill them.
 
 Each mutant is ``dla_ref.forward`` with one rule of ``dla_ref.reference`` replaced (monkeypatched only
-for the duration of the call, so case building and the properties' own formulas stay correct). Every
-property of the suite runs against every mutant under the ``mutation`` profile (the ``ci`` profile's
-examples and seed, without shrinking); a mutant is *killed* when at least one property fails.
+for the duration of the call, so case building and the properties' own formulas stay correct). Two kinds:
 
-    python -m properties.mutation            # the full table: mutant -> killing properties
-    python -m properties.mutation --first    # stop at the first kill per mutant (what CI asserts)
+- ``MUTANTS``, wrong references: every property of the contract (``properties/test_{structure,backbone,
+  streaming,symmetry}.py``) runs against them;
+- ``FAST_MUTANTS``, fast-path-style mutants: a rule written the way a fast path writes it (a loop keeping
+  the lowest density, a threshold comparison) with one comparison flipped. They compute every value bit for
+  bit as the reference does and break only a tie rule, and they are judged the way a fast path is judged:
+  only by the *gate* properties (``registry.prop(..., gate=True)``: ``properties/test_equivalence.py``,
+  ``check_equivalent`` at float64).
+
+Each runs under the ``mutation`` profile (the ``ci`` profile's examples and seed, without shrinking); a
+mutant is *killed* when at least one property fails.
+
+    python -m properties.mutation                # the full table: mutant -> killing properties
+    python -m properties.mutation --first        # stop at the first kill per mutant (what CI asserts)
+    python -m properties.mutation --drawn-only   # without the @example cases: the drawn cases alone
 
 ``properties/test_mutation.py`` asserts, in CI, that every mutant is killed.
 """
@@ -15,17 +25,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
-from hypothesis import settings
+from hypothesis import Phase, settings
 
-import dla_ref
 from dla_ref import reference as R
 from dla_ref.reference import Slot, StepResult
-
 
 # ---------------------------------------------------------------------------------------------
 # The mutants: small copies of the per-rule functions, each with one deliberate error
@@ -43,6 +52,18 @@ def _merge_ties_to_newest(slots):
 def _merge_highest_density(slots):
     d = [R.pair_density(slots[i], slots[i + 1]) for i in range(len(slots) - 1)]
     i = max(range(len(d)), key=lambda j: (d[j], -j))  # MUTANT: the highest density
+    left, right = slots[i], slots[i + 1]
+    slots[i : i + 2] = [Slot(left.state + right.state, left.count + right.count, left.info + right.info)]
+    return i
+
+
+def _merge_argmin_le(slots):
+    """The lowest-density merge as a fast path writes it (keep the best pair so far), with ``<=`` for ``<``."""
+    d = [R.pair_density(slots[i], slots[i + 1]) for i in range(len(slots) - 1)]
+    i = 0
+    for j in range(1, len(d)):
+        if d[j] <= d[i]:  # MUTANT: <= instead of <: ties go to the newest pair
+            i = j
     left, right = slots[i], slots[i + 1]
     slots[i : i + 2] = [Slot(left.state + right.state, left.count + right.count, left.info + right.info)]
     return i
@@ -129,10 +150,26 @@ MUTANTS: dict[str, tuple[str, dict]] = {
     "first_token_not_forced": ("the first token of an empty cache is not forced to open a slot",
                                {"step": _step("first_token_not_forced")}),
     # a few more, for good measure
-    "merge_highest_density": ("the highest-density pair is merged", {"merge_lowest_density_pair": _merge_highest_density}),
-    "read_before_update": ("the read comes before the update (o_t misses token t)", {"step": _step("read_before_update")}),
+    "merge_highest_density": ("the highest-density pair is merged",
+                              {"merge_lowest_density_pair": _merge_highest_density}),
+    "read_before_update": ("the read comes before the update (o_t misses token t)",
+                           {"step": _step("read_before_update")}),
     "info_not_accumulated": ("Ibar is not accumulated when a slot grows", {"step": _step("info_not_accumulated")}),
 }
+
+# name -> (what is wrong, {attribute of dla_ref.reference: replacement}); judged by the gate properties only
+FAST_MUTANTS: dict[str, tuple[str, dict]] = {
+    "fast_merge_argmin_le": ("the merge argmin keeps a pair with `<=` (ties go to the newest pair)",
+                             {"merge_lowest_density_pair": _merge_argmin_le}),
+    "fast_threshold_gt": ("the threshold compares with `>` (a score exactly at tau opens no slot)",
+                          {"step": _step("strict_threshold")}),
+}
+
+ALL_MUTANTS = {**MUTANTS, **FAST_MUTANTS}
+
+# The modules whose properties the check runs (imported here: the registry imports no test module).
+PROPERTY_MODULES = ("properties.test_structure", "properties.test_backbone", "properties.test_streaming",
+                    "properties.test_symmetry", "properties.test_equivalence")
 
 # The properties most likely to kill each mutant first (only an ordering: every property is tried).
 HINTS = {
@@ -159,8 +196,8 @@ def patched(replacements: dict):
 
 
 def mutant_forward(name: str) -> Callable:
-    """``dla_ref.forward`` with mutant ``name`` in place during the call."""
-    replacements = MUTANTS[name][1]
+    """``dla_ref.forward`` with mutant ``name`` (of ``MUTANTS`` or ``FAST_MUTANTS``) in place during the call."""
+    replacements = ALL_MUTANTS[name][1]
 
     def forward(*args, **kwargs):
         with patched(replacements):
@@ -170,33 +207,51 @@ def mutant_forward(name: str) -> Callable:
     return forward
 
 
-def kills(prop, impl: Callable) -> Optional[str]:
-    """Run property ``prop`` against ``impl`` under the ``mutation`` profile; the failure's first line, or None."""
+def load_properties() -> dict:
+    """Import the property modules (each registers its properties) and return the registry."""
+    from properties.registry import REGISTRY
+
+    for module in PROPERTY_MODULES:
+        importlib.import_module(module)
+    return REGISTRY
+
+
+def kills(prop, impl: Callable, *, drawn_only: bool = False) -> str | None:
+    """Run property ``prop`` against ``impl`` under the ``mutation`` profile; the failure's first line, or None.
+
+    ``drawn_only``: skip the property's ``@example`` cases (the generate phase alone)."""
     from properties.registry import hypothesis_test
 
-    test = hypothesis_test(prop, impl, settings(settings.get_profile("mutation")))
+    profile = settings.get_profile("mutation")
+    if drawn_only:
+        profile = settings(profile, phases=(Phase.generate,))
+    test = hypothesis_test(prop, impl, settings(profile))
     try:
         test()
     except Exception as exc:  # noqa: BLE001 - any failure (assertion or crash) kills the mutant
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"{type(exc).__name__}: {first[:160]}"
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        first = next((line.strip() for line in lines if line.strip().startswith("FAILURE:")), lines[0])
+        return f"{type(exc).__name__}: {first[:240]}"
     return None
 
 
-def kill_table(names=None, *, first_only: bool = False, log=None) -> dict[str, list[tuple[str, str]]]:
-    """``{mutant: [(property, failure), ...]}`` over the registered properties."""
-    import properties.conftest  # noqa: F401 - registers the profiles
-    from properties.registry import load_all
+def kill_table(names=None, *, first_only: bool = False, drawn_only: bool = False,
+               log=None) -> dict[str, list[tuple[str, str]]]:
+    """``{mutant: [(property, failure), ...]}``: reference mutants over the contract's properties, fast-path
+    mutants over the gate properties."""
+    import properties.profiles  # noqa: F401 - registers the profiles
 
-    props = load_all()
+    props = load_properties()
     table = {}
-    for name in names or MUTANTS:
+    for name in names or [*MUTANTS, *FAST_MUTANTS]:
         impl = mutant_forward(name)
-        order = HINTS.get(name, []) + [p for p in props if p not in HINTS.get(name, [])]
+        candidates = [p for p in props if props[p].gate == (name in FAST_MUTANTS)]
+        order = [p for p in HINTS.get(name, []) if p in candidates]
+        order += [p for p in candidates if p not in order]
         table[name] = []
         for pname in order:
             t0 = time.perf_counter()
-            failure = kills(props[pname], impl)
+            failure = kills(props[pname], impl, drawn_only=drawn_only)
             if log:
                 log(f"  {name:26s} {pname:66s} {'KILLED' if failure else 'survived'} ({time.perf_counter() - t0:.1f}s)")
             if failure:
@@ -209,15 +264,17 @@ def kill_table(names=None, *, first_only: bool = False, log=None) -> dict[str, l
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--first", action="store_true", help="stop at the first killing property per mutant")
+    ap.add_argument("--drawn-only", action="store_true", help="skip the @example cases (the drawn cases alone)")
     ap.add_argument("--verbose", action="store_true", help="log every (mutant, property) run")
-    ap.add_argument("mutants", nargs="*", help=f"subset of: {', '.join(MUTANTS)}")
+    ap.add_argument("mutants", nargs="*", help=f"subset of: {', '.join([*MUTANTS, *FAST_MUTANTS])}")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    table = kill_table(args.mutants or None, first_only=args.first, log=print if args.verbose else None)
-    print(f"\n| mutant | what is wrong | killed by |\n| --- | --- | --- |")
+    table = kill_table(args.mutants or None, first_only=args.first, drawn_only=args.drawn_only,
+                       log=print if args.verbose else None)
+    print("\n| mutant | what is wrong | killed by |\n| --- | --- | --- |")
     for name, killers in table.items():
         props = ", ".join(f"`{p}`" for p, _ in killers) or "**SURVIVED**"
-        print(f"| `{name}` | {MUTANTS[name][0]} | {props} |")
+        print(f"| `{name}` | {ALL_MUTANTS[name][0]} | {props} |")
     survivors = [n for n, k in table.items() if not k]
     print(f"\n{len(table) - len(survivors)}/{len(table)} mutants killed in {time.perf_counter() - t0:.0f}s")
     if "--verbose" in (argv or sys.argv):

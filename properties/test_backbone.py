@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from hypothesis import strategies as st
 
+from dla_fast.testing.strategies import DELTA_BETA_ONE, DELTA_BETA_ZERO, Spec, build, cases
 from properties import independent as ind
 from properties.layout import stepwise
 from properties.registry import prop
-from properties.strategies import Spec, build, cases
 
 RTOL = 1e-10  # float64 against float64, relative to a no-cancellation bound on |o| (independent.output_scale)
 
@@ -17,9 +19,15 @@ DECAYED_SLOTS = build(Spec(seed=11, T=12, K=4, Dk=2, Dv=3, data="piecewise", dec
 ONE_SLOT_PER_TOKEN = build(Spec(seed=12, T=8, K=8, Dk=2, Dv=2, data="random", decay="mild", tau_mode="zero"))
 ZERO_KEYS_AT_ZERO_TAU = build(Spec(seed=13, T=6, K=6, data="zero_keys", zero_frac=0.5, tau_mode="zero"))
 SEVERAL_SLOTS = build(Spec(seed=14, T=10, K=4, data="random", decay="mild", tau_mode="observed", tau_quantile=0.3))
+# the delta rule with beta exactly 0 / exactly 1 (keys of norm up to sqrt 2), read with lambda = 1
+DELTA_BETA_ZERO_ONES = build(dataclasses.replace(DELTA_BETA_ZERO.spec, weights="ones"))
+DELTA_BETA_ONE_ONES = build(dataclasses.replace(DELTA_BETA_ONE.spec, weights="ones"))
+# every token its own slot on the delta rule with beta exactly 0 (K >= T, empty cache)
+DELTA_BETA_ZERO_PER_TOKEN = build(Spec(seed=17, T=6, K=6, Dk=2, Dv=2, backbone="delta", beta_mode="zero",
+                                       key_norm="scaled", decay="mild", tau_mode="zero"))
 
 
-@prop(cases(), examples=[SEVERAL_SLOTS, DECAYED_SLOTS])
+@prop(cases(), examples=[SEVERAL_SLOTS, DECAYED_SLOTS, DELTA_BETA_ZERO, DELTA_BETA_ONE])
 def test_output_reads_every_slot_in_recency_order(impl, case):
     """``o_t = sum_j lambda_t[j] q_t^T S_{m-1-j}`` over the implementation's own cache after token t:
     the read comes after the update, includes the open slot, and weighs it with ``lambda_t[0]``."""
@@ -35,7 +43,7 @@ def test_output_reads_every_slot_in_recency_order(impl, case):
                                  what=f"(b={b}, h={h}, t={t}) output vs the read of the cache after the step")
 
 
-@prop(cases(weights="ones"), examples=[DECAYED_SLOTS])
+@prop(cases(weights="ones"), examples=[DECAYED_SLOTS, DELTA_BETA_ZERO_ONES, DELTA_BETA_ONE_ONES])
 def test_all_ones_weights_equal_the_single_state_backbone(impl, case):
     """With lambda all ones, o is plain decayed linear attention / the gated delta rule, whatever tau, K.
 
@@ -77,7 +85,7 @@ def test_infinite_tau_keeps_one_slot(impl, case):
     cases(tau_mode=st.sampled_from(("zero", "negative")), boundaries="none", prefix=0).map(
         lambda c: c if c.K >= c.T else c.replace(f"K={max(2, c.T)}", slot_weights=_widen(c.slot_weights, max(2, c.T)))
     ),
-    examples=[ONE_SLOT_PER_TOKEN, ZERO_KEYS_AT_ZERO_TAU],
+    examples=[ONE_SLOT_PER_TOKEN, ZERO_KEYS_AT_ZERO_TAU, DELTA_BETA_ZERO_PER_TOKEN],
 )
 def test_nonpositive_tau_with_room_gives_one_slot_per_token(impl, case):
     """``tau <= 0`` and ``K >= T``: every token is its own slot, and

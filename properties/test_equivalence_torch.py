@@ -2,19 +2,20 @@
 
 The adapters (``dla_fast.testing.numpy_adapter``) take the harness's float64 NumPy inputs, run dla_fast in
 the given dtype, and hand back NumPy. ``forward`` is drawn with several chunk sizes, including ones that
-do not divide T; ``step`` feeds the tokens one at a time through the decoding step.
+do not divide T; ``step`` feeds the tokens one at a time through the decoding step. The exact ties
+(``dla_fast.testing.strategies.TIE_CASES``) run as examples at float64 and float32: there a flip is held
+against dla_fast unless its own scores or densities differ from the reference's.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from dla_fast.testing import numpy_adapter
-from properties.harness import check_equivalent
-from properties.strategies import cases
+from dla_fast.testing import check_equivalent, numpy_adapter
+from dla_fast.testing.strategies import DELTA_BETA_ONE, DELTA_BETA_ZERO, TIE_CASES, cases
 
 # float16 is left out: o comes back in the input dtype, and float16 outputs under/overflow (tiny outputs
 # become subnormal, e.g. |o| ~ 7e-7 rounds by 3e-8) beyond the harness's relative output tolerance.
@@ -23,12 +24,30 @@ DTYPES = ("float64", "float32", "bfloat16")
 CHUNKS = (1, 3, 16, 64)
 
 
+def with_examples(arg_sets):
+    """``@example(**args)`` for each mapping in ``arg_sets``."""
+
+    def deco(test):
+        for args in reversed(arg_sets):
+            test = example(**args)(test)
+        return test
+
+    return deco
+
+
+# The exact ties and the delta rule's beta = 0 / 1 cases, at float64 and float32.
+EXAMPLES = [dict(case=case, dtype=dtype) for case in (*TIE_CASES, DELTA_BETA_ZERO, DELTA_BETA_ONE)
+            for dtype in ("float64", "float32")]
+
+
+@with_examples([dict(ex, chunk_size=(3, 16)[i % 2]) for i, ex in enumerate(EXAMPLES)])
 @given(case=cases(), dtype=st.sampled_from(DTYPES), chunk_size=st.sampled_from(CHUNKS))
 def test_dla_fast_forward_is_equivalent_to_the_reference(case, dtype, chunk_size):
     report = check_equivalent(numpy_adapter(dtype, chunk_size=chunk_size), case, dtype=dtype)
     assert all(d.explained for d in report.divergences), report
 
 
+@with_examples(EXAMPLES)
 @given(case=cases(), dtype=st.sampled_from(DTYPES))
 def test_dla_fast_step_is_equivalent_to_the_reference(case, dtype):
     report = check_equivalent(numpy_adapter(dtype, via="step"), case, dtype=dtype)
@@ -39,7 +58,7 @@ def test_dla_fast_step_is_equivalent_to_the_reference(case, dtype):
 # scalar-decay backbone (float32 and bfloat16 inputs) and the torch paths for the delta rule.
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 GPU_DTYPES = ("float32", "bfloat16")
-# Head sizes the Triton kernels take (dla_fast.api.TRITON_MIN_DIM and up); smaller ones run the torch path.
+# Head sizes the Triton kernels take (32 and up: dla_fast.backend.uses_triton); smaller ones run the torch path.
 gpu_cases = cases(Dk=st.sampled_from([32, 64]), Dv=st.sampled_from([32, 64]))
 
 

@@ -1,9 +1,10 @@
 """Gradients of ``dla_fast.forward`` with the partition held fixed (docs/training.md).
 
-The oracle is :func:`straightforward`: the contract's per-token recurrence written with Python lists of
-torch tensors (one list of slot states per (b, h)), with the decisions ``starts`` / ``merged`` forced from
-the trace of the call under test, differentiated by torch autograd. It shares no code with
-``dla_fast.autograd`` (neither the chunked tables nor the masked-attention form nor the ``dg`` identity).
+The oracle is :func:`properties.gradient_oracle.straightforward`: the contract's per-token recurrence
+written with Python lists of torch tensors (one list of slot states per (b, h)), with the decisions
+``starts`` / ``merged`` forced from the trace of the call under test, differentiated by torch autograd. It
+shares no code with ``dla_fast.autograd`` (neither the chunked tables nor the masked-attention form nor the
+``dg`` identity).
 
 Tolerance: float64 against float64, relative error ``<= 1e-6`` per gradient tensor, measured against the
 largest entry of the oracle's gradient (what the issue asks; observed errors are ~1e-15).
@@ -31,122 +32,22 @@ from hypothesis import strategies as st
 
 import dla_fast
 from dla_fast.autograd import shifted_weights
-from properties.strategies import Spec, build, specs
+from dla_fast.backend import uses_triton
+from dla_fast.testing.strategies import DELTA_BETA_ONE, DELTA_BETA_ZERO, Spec, build, specs
+from properties.gradient_oracle import (
+    RTOL,
+    assert_rel_close,
+    run_fast,
+    run_oracle,
+    straightforward,  # noqa: F401 - the oracle, also reachable from here
+    straightforward_scores,
+    tensors,
+)
 
-RTOL = 1e-6
 EXAMPLES = max(8, settings.default.max_examples // 2)
 CHUNKS = st.sampled_from((1, 2, 3, 5, 64))
 # gradcheck's fast mode (random projections of the Jacobian) in the ci profile; the full Jacobian otherwise.
 FAST_GRADCHECK = settings.default.max_examples <= 100
-
-
-# ---------------------------------------------------------------------------------------------
-# The oracle
-# ---------------------------------------------------------------------------------------------
-
-
-def _backbone(g, kt, vt, bt):
-    """The contract's transition and contribution: ``A_t(X) = a X``, ``s_t = k v^T`` (scalar decay) or
-    ``A_t(X) = a (X - beta k (k^T X))``, ``s_t = beta k v^T`` (delta rule)."""
-    a = torch.exp(g)
-    if bt is None:
-        return (lambda X: a * X), torch.outer(kt, vt)
-    return (lambda X: a * (X - bt * torch.outer(kt, kt @ X))), bt * torch.outer(kt, vt)
-
-
-def _update(slots, s, start, merged_index):
-    """Rule 3 with the decision forced: extend the open slot, or merge pair ``merged_index`` (if >= 0) and append."""
-    if not start:
-        return slots[:-1] + [slots[-1] + s]
-    if merged_index >= 0:
-        i = merged_index
-        slots = slots[:i] + [slots[i] + slots[i + 1]] + slots[i + 2:]
-    return slots + [s]
-
-
-def straightforward(q, k, v, g, lam, beta, init_states, init_size, starts, merged):
-    """The contract, token by token, decisions forced: ``(o [B, T, H, Dv], final states [B, H, K, Dk, Dv])``."""
-    B, T, H, Dk = q.shape
-    Dv, K = v.shape[-1], lam.shape[-1]
-    outs = [[None] * H for _ in range(B)]
-    finals = [[None] * H for _ in range(B)]
-    for b in range(B):
-        for h in range(H):
-            m0 = 0 if init_states is None else int(init_size[b, h])
-            slots = [init_states[b, h, i] for i in range(m0)]
-            o = []
-            for t in range(T):
-                A, s = _backbone(g[b, t, h], k[b, t, h], v[b, t, h], None if beta is None else beta[b, t, h])
-                slots = _update([A(X) for X in slots], s, starts[b, t, h], int(merged[b, t, h]))
-                m = len(slots)
-                o.append(sum(lam[b, t, h, j] * (q[b, t, h] @ slots[m - 1 - j]) for j in range(m)))
-            outs[b][h] = torch.stack(o) if T else q.new_zeros((0, Dv))
-            finals[b][h] = torch.stack(slots + [q.new_zeros((Dk, Dv))] * (K - len(slots)))
-    return torch.stack([torch.stack(r, 1) for r in outs]), torch.stack([torch.stack(r) for r in finals])
-
-
-def straightforward_scores(k, v, g, beta, init_states, init_size, starts, merged, eps, norm_eps) -> dict:
-    """``{(b, t, h): I_t}`` for the tokens the score decided (non-empty cache), from the contract's formula
-    ``||N(P') - N(P)|| / (||N(P)|| + eps)``, ``P' = A_t(P) + s_t`` on the open slot, decisions forced."""
-    B, T, H, _ = k.shape
-    N = lambda X: X / torch.sqrt((X * X).mean() + norm_eps)  # noqa: E731
-    scores = {}
-    for b in range(B):
-        for h in range(H):
-            m0 = 0 if init_states is None else int(init_size[b, h])
-            slots = [init_states[b, h, i] for i in range(m0)]
-            for t in range(T):
-                A, s = _backbone(g[b, t, h], k[b, t, h], v[b, t, h], None if beta is None else beta[b, t, h])
-                if slots:
-                    P = slots[-1]
-                    scores[(b, t, h)] = torch.linalg.norm(N(A(P) + s) - N(P)) / (torch.linalg.norm(N(P)) + eps)
-                slots = _update([A(X) for X in slots], s, starts[b, t, h], int(merged[b, t, h]))
-    return scores
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def tensors(case):
-    """float64 leaf tensors requiring grad: ``(inputs dict, dla_fast.Cache or None)``."""
-    leaf = lambda x: None if x is None else torch.tensor(x, dtype=torch.float64, requires_grad=True)  # noqa: E731
-    x = dict(q=leaf(case.q), k=leaf(case.k), v=leaf(case.v), g=leaf(case.g), slot_weights=leaf(case.slot_weights),
-             beta=leaf(case.beta))
-    cache = None
-    if case.initial_cache is not None:
-        cache = dla_fast.Cache.from_ref(case.initial_cache, dtype=torch.float64)
-        cache.states.requires_grad_(True)
-    return x, cache
-
-
-def run_fast(case, x, cache, chunk_size, **kw):
-    return dla_fast.forward(
-        x["q"], x["k"], x["v"], x["g"], x["slot_weights"], tau=kw.pop("tau", case.tau), beta=x["beta"],
-        boundaries=None if case.boundaries is None else torch.as_tensor(case.boundaries, device=x["q"].device),
-        initial_cache=cache, return_trace=True, chunk_size=chunk_size, eps=case.eps, norm_eps=case.norm_eps, **kw,
-    )
-
-
-def run_oracle(x, cache, trace, lam=None, g=None):
-    return straightforward(
-        x["q"], x["k"], x["v"], x["g"] if g is None else g, x["slot_weights"] if lam is None else lam, x["beta"],
-        None if cache is None else cache.states, None if cache is None else cache.size, trace.starts, trace.merged,
-    )
-
-
-def assert_rel_close(actual, expected, what, rtol=RTOL, floor=0.0):
-    """``max |actual - expected| <= rtol * max(max |expected|, floor)``."""
-    actual, expected = actual.detach(), expected.detach()
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    if expected.numel() == 0:
-        return
-    scale = max(float(expected.abs().max()), floor)
-    err = float((actual - expected).abs().max())
-    assert err <= rtol * scale or err <= 1e-300, (
-        f"{what}: max |error| {err:.3e} > {rtol:g} * max |expected| {scale:.3e} "
-        f"(relative {err / max(scale, 1e-300):.3e})")
 
 
 def grad_cases(**fixed):
@@ -176,7 +77,7 @@ def test_gradients_equal_autograd_through_the_straightforward_recurrence(case, c
     equals torch autograd through :func:`straightforward` with the same decisions, to 1e-6 relative."""
     trace = check_gradients(case, chunk_size, seed)
     event(f"backbone={case.spec.backbone}, {'initial cache' if case.initial_cache is not None else 'empty cache'}")
-    event(f"chunks: {'several' if case.T > chunk_size else 'one'}; merges: {int((trace.merged >= 0).sum()) > 0}")
+    event(f"chunks: {'several' if chunk_size < case.T else 'one'}; merges: {int((trace.merged >= 0).sum()) > 0}")
 
 
 def check_gradients(case, chunk_size, seed):
@@ -306,12 +207,16 @@ def test_surrogate_leaves_the_forward_bit_for_bit_and_its_tau_gradient_is_the_do
 
 
 def test_examples_with_several_chunks_merges_and_initial_caches():
-    """The deliberately built cases above, at chunk sizes 1, 4 and 64 (runs whatever the profile)."""
+    """The deliberately built cases above and the delta rule's beta = 0 and beta = 1 cases, at chunk sizes 1,
+    4 and 64 (runs whatever the profile)."""
     for case in (SEVERAL_CHUNKS_WITH_MERGES, DELTA_WITH_MERGES):
         assert case.initial_cache is not None
         for chunk_size in (1, 4, 64):
             trace = check_gradients(case, chunk_size, 7)
             assert (trace.merged >= 0).any()
+    for case in (DELTA_BETA_ZERO, DELTA_BETA_ONE):  # beta exactly 0 / exactly 1, keys of norm up to sqrt 2
+        for chunk_size in (1, 4, 64):
+            check_gradients(case, chunk_size, 7)
 
 
 @settings(max_examples=max(4, EXAMPLES // 3))
@@ -380,11 +285,14 @@ TRITON_DTYPES = (torch.float32, torch.bfloat16) if TRITON_DEVICE == "cuda" else 
 
 @pytest.mark.skipif(TRITON_DEVICE is not None or importlib.util.find_spec("triton") is None,
                     reason="the Triton property runs in this process")
-def test_triton_gradients_under_the_interpreter():
+def test_triton_gradients_under_the_interpreter(pytestconfig):
     """No GPU: run the Triton gradient property below in a subprocess under Triton's interpreter (Triton
-    reads TRITON_INTERPRET when the kernels are defined), through the public API (DLA_FAST_BACKEND=triton)."""
+    reads TRITON_INTERPRET when the kernels are defined), through the public API (DLA_FAST_BACKEND=triton),
+    with this run's profile options."""
     env = dict(os.environ, TRITON_INTERPRET="1", DLA_FAST_BACKEND="triton")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+    options = [f"--{name.replace('_', '-')}={value}" for name in ("hypothesis_profile", "dla_examples", "dla_max_t")
+               if (value := pytestconfig.getoption(name, None)) is not None]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, __file__, "-k",
                         "test_triton_gradients_equal"], env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
 
@@ -400,8 +308,6 @@ def test_triton_gradients_equal_autograd_through_the_straightforward_recurrence(
 
     One head size and capacity: every new one compiles the eleven kernels again (~20 s on a GPU); other
     sizes are in ``tests/test_triton_backward.py`` and ``benchmarks/gpu_bench.py``."""
-    from dla_fast.api import uses_triton
-
     dev = TRITON_DEVICE
     leaf = lambda x, dt: torch.tensor(x, dtype=dt, device=dev).requires_grad_(True)  # noqa: E731
     x = dict(q=leaf(case.q, dtype), k=leaf(case.k, dtype), v=leaf(case.v, dtype), g=leaf(case.g, torch.float32),

@@ -8,11 +8,20 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import dla_ref
+from dla_fast.testing import Policy, check_equivalent, reference_adapter, round_to, rounded_inputs
+from dla_fast.testing.strategies import (
+    SCORE_AT_TAU,
+    SCORE_AT_TAU_DELTA,
+    TIE_CASES,
+    TIED_DENSITIES,
+    ZERO_SCORE_TIES,
+    Spec,
+    build,
+    cases,
+)
+from dla_ref import reference as R
 from properties import float32_model
-from properties.harness import Policy, check_equivalent, reference_adapter, round_to, rounded_inputs
-from properties.mutation import mutant_forward
-from properties.strategies import Spec, build, cases
-from properties.test_structure import SCORE_AT_TAU, ZERO_SCORE_TIES
+from properties.mutation import FAST_MUTANTS, mutant_forward, patched
 
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 
@@ -35,22 +44,88 @@ def test_a_float32_fast_path_passes(case, dtype):
     assert all(d.explained for d in report.divergences)
 
 
-def test_a_flip_at_an_exact_tie_is_explained_and_rerun_with_forced_decisions():
-    case = SCORE_AT_TAU  # tau equals a score bit for bit: a fast path nudged past it decides otherwise
+def scores_times(factor):
+    """A "fast path": the reference whose every score is ``I * factor`` (rounded), decided on that score."""
+    score = R.information_score
 
-    def nudged(q, k, v, g, w, *, tau, **kw):
-        return dla_ref.forward(q, k, v, g, w, tau=np.nextafter(tau, np.inf), **kw)
+    def fast(*args, **kwargs):
+        with patched({"information_score": lambda *a: score(*a) * factor}):
+            return dla_ref.forward(*args, **kwargs)
 
-    report = check_equivalent(nudged, case, dtype="float64")
+    return fast
+
+
+@pytest.mark.parametrize("case", [SCORE_AT_TAU, SCORE_AT_TAU_DELTA], ids=["scalar decay", "delta rule"])
+def test_a_flip_at_an_exact_tie_is_explained_when_the_fast_score_differs(case):
+    """tau equals a score bit for bit. A fast path whose score there is one rounding lower (its own
+    arithmetic) legitimately opens no slot: explained by the margin 0, then rerun with forced decisions."""
+    report = check_equivalent(scores_times(1 - 2.0**-52), case, dtype="float64")
     assert report.forced_rerun, report
     flips = [d for d in report.divergences if d.kind == "decision"]
     assert flips and all(d.explained and d.margin == 0.0 for d in flips), report
 
 
-def test_a_merge_at_an_exact_density_tie_is_explained_and_the_structures_part():
-    report = check_equivalent(mutant_forward("ties_to_newest"), ZERO_SCORE_TIES, dtype="float32")
+@pytest.mark.parametrize("case", [SCORE_AT_TAU, SCORE_AT_TAU_DELTA], ids=["scalar decay", "delta rule"])
+def test_a_flip_at_an_exact_tie_with_the_same_score_fails(case):
+    """The same flip from a fast path that computed the reference's own score (here: one that compares
+    with a tau nudged upwards, i.e. ``>``): the tie rule ``>=`` decides, so the flip is not explained."""
+
+    def nudged(q, k, v, g, w, *, tau, **kw):
+        return dla_ref.forward(q, k, v, g, w, tau=np.nextafter(tau, np.inf), **kw)
+
+    with pytest.raises(AssertionError, match="an exact tie, and the fast path computed the same value"):
+        check_equivalent(nudged, case, dtype="float64")
+    report = check_equivalent(mutant_forward("fast_threshold_gt"), case, dtype="float64", raise_on_failure=False)
+    flips = [d for d in report.divergences if d.kind == "decision"]
+    assert not report.ok and flips and flips[0].same_values_at_a_tie and not flips[0].explained, report
+
+
+def repeated_tokens_after_a_tied_slot() -> dict:
+    """Identical tokens (no decay, tau = 0) after an initial slot holding one such token with ``Ibar`` = the
+    score every call token gets: all three slots have the same information when the first merge comes, so
+    the reference's pairs tie exactly, with densities computed from the scores (a float64 case: float32
+    would round the initial ``Ibar``)."""
+    base = build(Spec(seed=2, T=6, K=3, Dk=2, Dv=2, data="repeated", regime_len=6, decay="none", tau_mode="zero"))
+    k, v = base.k[0, 0, 0], base.v[0, 0, 0]
+    assert (base.k == k).all() and (base.v == v).all()
+    cache = dla_ref.Cache.empty(1, 1, 3, 2, 2)
+    cache.states[0, 0, 0], cache.counts[0, 0, 0], cache.size[0, 0] = np.outer(k, v), 1, 1
+    _, _, pilot = dla_ref.forward(*base.arrays(), tau=0.0, initial_cache=cache)
+    cache.info[0, 0, 0] = pilot.scores[0, 0, 0]
+    assert (pilot.scores == pilot.scores[0, 0, 0]).all()
+    return dict(q=base.q, k=base.k, v=base.v, g=base.g, slot_weights=base.slot_weights, tau=0.0, initial_cache=cache)
+
+
+@pytest.mark.parametrize("case, dtype", [
+    (ZERO_SCORE_TIES, "float64"), (ZERO_SCORE_TIES, "float32"), (TIED_DENSITIES, "float64"),
+    (TIED_DENSITIES, "float32"), ("repeated tokens", "float64")],
+    ids=["zero scores-float64", "zero scores-float32", "tied initial cache-float64", "tied initial cache-float32",
+         "repeated tokens-float64"])
+def test_a_merge_flip_at_an_exact_density_tie_with_the_same_densities_fails(case, dtype):
+    """Ties to the newest pair where both paths computed the tied densities bit for bit: not explained."""
+    case = repeated_tokens_after_a_tied_slot() if case == "repeated tokens" else case
+    report = check_equivalent(mutant_forward("fast_merge_argmin_le"), case, dtype=dtype, raise_on_failure=False)
     merges = [d for d in report.divergences if d.kind == "merge"]
-    assert merges and all(d.explained for d in merges) and report.truncated, report
+    assert not report.ok and merges and merges[0].margin == 0.0 and merges[0].same_values_at_a_tie, report
+    assert "the oldest of the tied pairs merges" in str(report)
+
+
+def test_a_merge_flip_at_an_exact_density_tie_is_explained_when_the_fast_densities_differ():
+    """The same reference tie. A fast path (with the right tie rule) whose scores are a few roundings lower
+    has, for itself, a strictly lowest newer pair and merges it: explained by the margin 0, and the
+    structures part from there on."""
+    report = check_equivalent(scores_times(1 - 2.0**-48), repeated_tokens_after_a_tied_slot(), dtype="float64")
+    merges = [d for d in report.divergences if d.kind == "merge"]
+    assert merges and all(d.explained and d.margin == 0.0 and not d.same_values_at_a_tie for d in merges), report
+    assert report.truncated, report
+
+
+@pytest.mark.parametrize("mutant", list(FAST_MUTANTS))
+def test_the_tie_cases_kill_the_fast_path_mutants(mutant):
+    """Each tie-rule mutant fails the harness at float64 on at least one of the named tie cases."""
+    failed = [case for case in TIE_CASES
+              if not check_equivalent(mutant_forward(mutant), case, dtype="float64", raise_on_failure=False).ok]
+    assert failed, f"{mutant} passed every tie case"
 
 
 def test_an_unexplained_decision_flip_fails_with_a_report():

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from dla_fast.testing.strategies import Spec, build, cases
 from dla_ref import Trace
-from properties import independent as ind
+from properties.checks import assert_same_call
 from properties.layout import stepwise
 from properties.registry import prop
-from properties.strategies import Spec, build, cases
-
-RTOL = 1e-12
 
 SPLIT_AT_MERGES = build(Spec(seed=21, T=14, K=3, data="piecewise", tau_mode="observed", tau_quantile=0.4,
                              splits=(1, 5, 9)))
@@ -30,19 +28,6 @@ def _run_in_pieces(impl, case, points):
         merged.append(trace.merged)
     return np.concatenate(outs, 1), cache, Trace(np.concatenate(scores, 1), np.concatenate(starts, 1),
                                                    np.concatenate(merged, 1))
-
-
-def assert_same_call(case, one, pieces, what):
-    """Same decisions and merges (exactly), same scores, outputs and final cache (to float64 rounding)."""
-    (o1, c1, t1), (o2, c2, t2) = one, pieces
-    assert (t1.starts == t2.starts).all(), f"{what}: decisions differ at {np.argwhere(t1.starts != t2.starts)[:3].tolist()}"
-    assert (t1.merged == t2.merged).all(), f"{what}: merges differ at {np.argwhere(t1.merged != t2.merged)[:3].tolist()}"
-    ind.assert_close(t2.scores, t1.scores, np.abs(t1.scores) + 1e-3, rtol=RTOL, what=f"{what}: scores")
-    ind.assert_close(o2, o1, ind.output_scale(case)[..., None], rtol=RTOL, atol=1e-300, what=f"{what}: outputs")
-    assert (c1.size == c2.size).all() and (c1.counts == c2.counts).all(), f"{what}: final cache structure differs"
-    ind.assert_close(c2.info, c1.info, np.abs(c1.info) + 1e-300, rtol=RTOL, what=f"{what}: final Ibar")
-    scale = ind.magnitude(case)[:, -1][:, :, None, None, None] if case.T else 1.0
-    ind.assert_close(c2.states, c1.states, scale, rtol=RTOL, atol=1e-300, what=f"{what}: final states")
 
 
 @prop(cases(), examples=[SPLIT_AT_MERGES, SPLIT_FULL_CACHE])

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from dla_fast.testing.strategies import (
+    DELTA_BETA_ONE,
+    DELTA_BETA_ZERO,
+    REPEATED_TIES,
+    SCORE_AT_TAU,
+    SCORE_AT_TAU_DELTA,
+    TIED_DENSITIES,
+    TIED_DENSITIES_AT_A_THRESHOLD,
+    ZERO_SCORE_TIES,
+    Spec,
+    build,
+    cases,
+)
 from properties import independent as ind
 from properties.layout import cache_starts, replay, stepwise
 from properties.registry import prop
-from properties.strategies import Spec, build, cases
 
-# Deliberately constructed cases (run in every profile, before the drawn ones):
-# every key zero -> every score exactly 0; tau = 0 -> every token opens a slot; K < T -> merges among
-# pairs whose densities are all exactly 0: the tie rule decides every merge.
-ZERO_SCORE_TIES = build(Spec(seed=1, T=9, K=3, Dk=2, Dv=2, data="zero_keys", zero_frac=1.0, tau_mode="zero"))
-# identical tokens, no decay, tau = 0: equal scores, equal densities among equal-sized pairs.
-REPEATED_TIES = build(Spec(seed=2, T=10, K=4, data="repeated", regime_len=10, tau_mode="zero", decay="none"))
-# tau equal, bit for bit, to a score that occurs: that token must open a slot (>=, not >).
-SCORE_AT_TAU = build(Spec(seed=3, T=16, K=4, Dk=3, Dv=2, data="random", tau_mode="exact", tau_value=0.6))
+# Deliberately constructed cases (run in every profile, before the drawn ones); the exact ties
+# (ZERO_SCORE_TIES, REPEATED_TIES, SCORE_AT_TAU, TIED_DENSITIES, ...) are in dla_fast.testing.strategies.
 # the forced merges of a boundary override into a full cache
 FORCED_MERGES = build(Spec(seed=4, T=14, K=3, data="piecewise", boundaries="random", boundary_p=0.5, tau_mode="inf"))
 # a continued stream whose first token meets a full cache
@@ -91,7 +97,7 @@ def ind_slots(case, b, h):
     return initial_slots(case.initial_cache, b, h)
 
 
-@prop(cases(), examples=[FORCED_MERGES, FULL_INITIAL_CACHE])
+@prop(cases(), examples=[FORCED_MERGES, FULL_INITIAL_CACHE, DELTA_BETA_ZERO, DELTA_BETA_ONE])
 def test_slot_states_hold_exactly_their_tokens(impl, case):
     """Every slot's state is the sum of its own tokens' contributions, each carried through every later
     transition (closed slots decay too): contiguity and coverage, checked on the states themselves."""
@@ -156,7 +162,7 @@ def test_partitions_only_coarsen(impl, case):
                 before = now
 
 
-@prop(cases(), examples=[FORCED_MERGES, FULL_INITIAL_CACHE, ZERO_SCORE_TIES])
+@prop(cases(), examples=[FORCED_MERGES, FULL_INITIAL_CACHE, ZERO_SCORE_TIES, TIED_DENSITIES])
 def test_merges_only_at_a_new_slot_with_a_full_cache(impl, case):
     sw = stepwise(impl, case)
     for t, cache in enumerate(sw.caches):
@@ -178,7 +184,8 @@ def test_merges_only_at_a_new_slot_with_a_full_cache(impl, case):
                 f"(a new slot holds exactly its first token)")
 
 
-@prop(cases(), examples=[ZERO_SCORE_TIES, REPEATED_TIES, FULL_INITIAL_CACHE])
+@prop(cases(), examples=[ZERO_SCORE_TIES, TIED_DENSITIES, TIED_DENSITIES_AT_A_THRESHOLD, REPEATED_TIES,
+                         FULL_INITIAL_CACHE, DELTA_BETA_ZERO])
 def test_merge_takes_the_lowest_density_pair_ties_to_the_oldest(impl, case):
     """Densities are computed from the implementation's own cache before the step (its own counts and
     information sums), so only the choice is judged: the lowest ``(Ibar_i + Ibar_i+1) / (n_i + n_i+1)``,
@@ -203,7 +210,8 @@ def test_merge_takes_the_lowest_density_pair_ties_to_the_oldest(impl, case):
                     f"{lowest!r}, first at pair {oldest}; densities {d.tolist()}, counts {n.tolist()}")
 
 
-@prop(cases(), examples=[SCORE_AT_TAU, ZERO_SCORE_TIES, HIGH_TAU, OVERRIDE_FIRST_FALSE])
+@prop(cases(), examples=[SCORE_AT_TAU, SCORE_AT_TAU_DELTA, ZERO_SCORE_TIES, HIGH_TAU, OVERRIDE_FIRST_FALSE,
+                         DELTA_BETA_ZERO])
 def test_decisions_follow_the_threshold_or_the_override(impl, case):
     """A token opens a slot iff ``I_t >= tau`` (or ``boundaries[t]``); the first token of an empty cache
     always opens one, with score 0."""
@@ -221,7 +229,7 @@ def test_decisions_follow_the_threshold_or_the_override(impl, case):
         assert (trace.scores[:, t][first] == 0).all(), f"token {t}: the first token of an empty cache must score 0"
 
 
-@prop(cases(), examples=[SCORE_AT_TAU, REPEATED_TIES])
+@prop(cases(), examples=[SCORE_AT_TAU, REPEATED_TIES, DELTA_BETA_ZERO, DELTA_BETA_ONE])
 def test_scores_follow_the_definition(impl, case):
     """``I_t`` computed from the open slot's state, rebuilt from the trace's own decisions."""
     _, _, trace = case.run(impl)

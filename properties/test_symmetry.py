@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
+from dla_fast.testing.strategies import Spec, build, cases
 from properties import independent as ind
+from properties.checks import assert_same_call
 from properties.layout import replay
 from properties.registry import prop
-from properties.strategies import Spec, build, cases
-from properties.test_streaming import assert_same_call
 
 SCALED_MERGES = build(Spec(seed=31, T=12, K=3, data="piecewise", tau_mode="observed", tau_quantile=0.3))
 

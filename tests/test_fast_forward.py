@@ -3,9 +3,9 @@
 float64 inputs run the same algorithm in float64, so everything must agree to rounding and the discrete
 structure (starts, merges, counts, sizes) exactly. For float32 and bfloat16 the decisions may differ from
 the reference only where the reference's own margin is tiny, so these tests measure the margins first
-(``dla_fast.testing.reference_margins``): a case whose decision margin is under ``DECISION_MARGIN`` is run
-with the reference's decisions forced (``boundaries=``), and every case must have merge density gaps
-above ``DENSITY_MARGIN`` (relative) — the inputs below are chosen so; the assertion says so if a change
+(``fast_cases.float_case``): a case whose decision margin is under ``DECISION_MARGIN`` is run with the
+reference's decisions forced (``boundaries=``), and every case must have merge density gaps above
+``DENSITY_MARGIN`` (relative) — the inputs below are chosen so; the assertion says so if a change
 to the generators breaks that. float32 scores carry relative errors near 1e-6, far inside both margins.
 """
 
@@ -16,76 +16,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from fast_cases import F32, F64, assert_equivalent, float_case, random_inputs, run_fast, run_ref, synthetic_inputs
 
 import dla_fast
 import dla_ref
-from dla_fast.testing import reference_margins
-from dla_ref.synthetic import piecewise_stationary
-
-DECISION_MARGIN = 1e-4  # |I_t - tau| (scores are O(1); float32 score errors are ~1e-6)
-DENSITY_MARGIN = 1e-5  # relative gap between the two lowest pair densities at a merge
-
-
-def random_inputs(seed, B, T, H, Dk, Dv, K, *, beta=False, decay=0.3):
-    rng = np.random.default_rng(seed)
-    x = dict(
-        q=rng.standard_normal((B, T, H, Dk)),
-        k=rng.standard_normal((B, T, H, Dk)) / math.sqrt(Dk),
-        v=rng.standard_normal((B, T, H, Dv)),
-        g=-decay * rng.random((B, T, H)),
-        slot_weights=rng.random((B, T, H, K)),
-    )
-    if beta:
-        x["beta"] = rng.random((B, T, H))
-    return x
-
-
-def synthetic_inputs(workload, B=1, T=200, H=2, Dk=8, Dv=8, K=4, seed=0, beta=None):
-    params = {"sparse": dict(decay=0.5, jitter=0.3), "dense": dict(decay=0.3, jitter=1.0)}[workload]
-    arrays = piecewise_stationary(B, T, H, Dk, Dv, K, seed=seed, beta=beta, **params)
-    names = ["q", "k", "v", "g", "slot_weights"] + (["beta"] if beta is not None else [])
-    return dict(zip(names, arrays))
-
-
-def rounded(x, dtype):
-    """Inputs rounded to ``dtype`` and back to float64 (what the reference must run on)."""
-    return {n: (a if n == "boundaries" else torch.as_tensor(a).to(dtype).to(torch.float64).numpy())
-            for n, a in x.items()}
-
-
-def run_fast(x, dtype=torch.float64, initial_cache=None, **kw):
-    t = {n: torch.as_tensor(a).to(dtype) if n != "boundaries" else torch.as_tensor(a) for n, a in x.items()}
-    cache = None
-    if initial_cache is not None:
-        cache = dla_fast.Cache.from_ref(initial_cache, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
-    o, final, trace = dla_fast.forward(t.pop("q"), t.pop("k"), t.pop("v"), t.pop("g"), t.pop("slot_weights"),
-                                       initial_cache=cache, return_trace=True, **t, **kw)
-    assert o.dtype == dtype
-    return o.to(torch.float64).numpy(), final.to_ref(), trace.to_ref()
-
-
-def run_ref(x, **kw):
-    x = dict(x)
-    return dla_ref.forward(x.pop("q"), x.pop("k"), x.pop("v"), x.pop("g"), x.pop("slot_weights"), **x, **kw)
-
-
-def assert_equivalent(fast, ref, *, o_tol, score_tol, state_tol):
-    (o, cache, trace), (o_r, cache_r, trace_r) = fast, ref
-    np.testing.assert_array_equal(trace.starts, trace_r.starts, err_msg="starts")
-    np.testing.assert_array_equal(trace.merged, trace_r.merged, err_msg="merged")
-    np.testing.assert_array_equal(cache.size, cache_r.size, err_msg="size")
-    np.testing.assert_array_equal(cache.counts, cache_r.counts, err_msg="counts")
-    scale = lambda a: max(1.0, float(np.abs(a).max())) if a.size else 1.0  # noqa: E731
-    np.testing.assert_allclose(trace.scores, trace_r.scores, rtol=score_tol, atol=score_tol, err_msg="scores")
-    np.testing.assert_allclose(o, o_r, rtol=0, atol=o_tol * scale(o_r), err_msg="o")
-    np.testing.assert_allclose(cache.states, cache_r.states, rtol=0, atol=state_tol * scale(cache_r.states),
-                               err_msg="states")
-    np.testing.assert_allclose(cache.info, cache_r.info, rtol=score_tol, atol=score_tol * scale(cache_r.info),
-                               err_msg="info")
-
-
-F64 = dict(o_tol=1e-11, score_tol=1e-11, state_tol=1e-12)
-F32 = dict(o_tol=2e-5, score_tol=2e-5, state_tol=2e-6)
 
 SHAPES = [  # B, T, H, Dk, Dv, K
     (1, 0, 2, 4, 3, 3),
@@ -138,8 +72,8 @@ def test_initial_cache_continuation_float64(beta, split):
     _, cache_head, _ = run_ref(head)
     o_r, cache_r, trace_r = run_ref(x)
     o, cache, trace = run_fast(tail, initial_cache=cache_head, chunk_size=16)
-    tail_ref = (o_r[:, split:], cache_r, dla_ref.Trace(*(a[:, split:] for a in (trace_r.scores, trace_r.starts,
-                                                                                 trace_r.merged))))
+    tail_trace = dla_ref.Trace(*(a[:, split:] for a in (trace_r.scores, trace_r.starts, trace_r.merged)))
+    tail_ref = (o_r[:, split:], cache_r, tail_trace)
     assert_equivalent((o, cache, trace), tail_ref, **F64)
 
 
@@ -156,19 +90,6 @@ def test_streaming_through_dla_fast_caches_equals_one_call():
     np.testing.assert_array_equal(cache.counts.numpy(), whole[1].counts)
 
 
-def _float_case(x, dtype, tau=0.6):
-    """Reference on the rounded inputs, with the decisions forced where its margin is tiny."""
-    xr = rounded(x, dtype)
-    ref = run_ref(xr, tau=tau)
-    decision, density = reference_margins(ref[2], tau)
-    if decision < DECISION_MARGIN:
-        xr["boundaries"] = ref[2].starts.copy()
-        ref = run_ref(xr, tau=tau)
-        decision, density = reference_margins(ref[2], tau, boundaries=xr["boundaries"])
-    assert density > DENSITY_MARGIN, f"inputs too close to a density tie ({density:.2e}); pick another seed"
-    return xr, ref
-
-
 @pytest.mark.parametrize("workload", ["random", "sparse", "dense"])
 @pytest.mark.parametrize("beta", [False, True])
 @pytest.mark.parametrize("chunk_size", [16, 64])
@@ -177,7 +98,7 @@ def test_float32_matches_the_reference_within_float32_tolerances(workload, beta,
         x = random_inputs(7, 2, 150, 2, 16, 16, 4, beta=beta)
     else:
         x = synthetic_inputs(workload, T=150, Dk=16, Dv=16, K=4, seed=3, beta=0.7 if beta else None)
-    xr, ref = _float_case(x, torch.float32)
+    xr, ref = float_case(x, torch.float32)
     fast = run_fast({n: a for n, a in xr.items()}, dtype=torch.float32, chunk_size=chunk_size)
     assert_equivalent(fast, ref, **F32)
 
@@ -186,7 +107,7 @@ def test_float32_matches_the_reference_within_float32_tolerances(workload, beta,
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_16_bit_inputs_keep_float32_states_and_scores(beta, dtype):
     x = synthetic_inputs("sparse", T=120, Dk=16, Dv=16, K=4, seed=5, beta=0.7 if beta else None)
-    xr, ref = _float_case(x, dtype)
+    xr, ref = float_case(x, dtype)
     t = {n: torch.as_tensor(a).to(dtype) if n != "boundaries" else torch.as_tensor(a) for n, a in xr.items()}
     args = [t.pop(n) for n in ("q", "k", "v", "g", "slot_weights")]
     o, cache, trace = dla_fast.forward(*args, return_trace=True, chunk_size=32, **t)
@@ -213,7 +134,8 @@ def test_outputs_optional_and_dtypes():
     o, cache, trace = dla_fast.forward(*x.values(), return_trace=True)
     assert cache.states.dtype == torch.float32 and cache.info.dtype == torch.float32
     assert cache.counts.dtype == torch.int64 and cache.size.dtype == torch.int64
-    assert trace.scores.dtype == torch.float32 and trace.starts.dtype == torch.bool and trace.merged.dtype == torch.int64
+    assert trace.scores.dtype == torch.float32 and trace.starts.dtype == torch.bool
+    assert trace.merged.dtype == torch.int64
     assert set(trace.keys()) == {"scores", "starts", "merged"} and trace["starts"] is trace.starts
 
 
@@ -239,7 +161,7 @@ def test_cache_conversions_round_trip():
 
 def test_the_scalar_decay_seam_takes_raw_tensors_and_updates_the_cache_in_place():
     """The function the Triton path replaces on CUDA: documented signature, dtypes, in-place cache."""
-    from dla_fast.chunked import forward_scalar_decay
+    from dla_fast.ops.scalar_decay.chunk_torch import forward_scalar_decay
 
     x = random_inputs(12, 1, 40, 2, 4, 4, 3)
     t = {n: torch.as_tensor(a) for n, a in x.items()}
@@ -260,7 +182,7 @@ def test_the_scalar_decay_seam_takes_raw_tensors_and_updates_the_cache_in_place(
 @pytest.mark.parametrize("block_elements", [1, 3 * 16 * 16 * 2])
 def test_blocks_of_chunks_give_the_same_result(monkeypatch, block_elements):
     """The per-block precomputation (1 chunk per block, or 2) changes nothing."""
-    import dla_fast.chunked as chunked
+    import dla_fast.ops.scalar_decay.chunk_torch as chunked
 
     x = random_inputs(13, 1, 90, 3, 5, 4, 3)
     ref = run_ref(x, tau=0.3)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from fast_cases import F32, F64, assert_equivalent, float_case, random_inputs, run_ref, synthetic_inputs
 
 import dla_fast
 from dla_fast.testing import numpy_adapter
-from test_fast_forward import F32, F64, _float_case, assert_equivalent, random_inputs, run_ref, synthetic_inputs
 
 step_adapter = {dt: numpy_adapter(dt, via="step") for dt in ("float64", "float32")}
 
@@ -26,7 +25,7 @@ def test_steps_float64_match_the_reference(beta, shape):
 @pytest.mark.parametrize("beta", [None, 0.7])
 def test_steps_float32_match_the_reference(workload, beta):
     x = synthetic_inputs(workload, T=100, Dk=16, Dv=16, K=4, seed=2, beta=beta)
-    xr, ref = _float_case(x, torch.float32)
+    xr, ref = float_case(x, torch.float32)
     assert_equivalent(step_adapter["float32"](**xr), ref, **F32)
 
 

@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 import torch
+from fast_cases import random_inputs
 
 import dla_fast
 import dla_ref
-from test_fast_forward import random_inputs
 
 
 def _good():
@@ -100,7 +100,8 @@ def test_bad_initial_caches_get_the_reference_message(case):
     x = _good()
     ref = _message(lambda: dla_ref.forward(**x, initial_cache=bad))
     t = {n: torch.as_tensor(a) for n, a in x.items()}
-    assert _message(lambda: dla_fast.forward(**t, initial_cache=dla_fast.Cache.from_ref(bad, dtype=torch.float64))) == ref
+    bad_fast = dla_fast.Cache.from_ref(bad, dtype=torch.float64)
+    assert _message(lambda: dla_fast.forward(**t, initial_cache=bad_fast)) == ref
 
 
 def test_forward_specific_arguments():
@@ -129,8 +130,8 @@ def test_step_checks():
 
 
 def test_value_checks_take_one_host_sync(monkeypatch):
-    """All value checks are stacked and read back once (dla_fast._validation.raise_first)."""
-    from dla_fast import _validation
+    """All value checks are stacked and read back once (dla_fast.validation.raise_first)."""
+    from dla_fast import validation
 
     calls = []
     original = torch.Tensor.tolist
@@ -138,6 +139,6 @@ def test_value_checks_take_one_host_sync(monkeypatch):
     t = {n: torch.as_tensor(a) for n, a in _good().items()}
     _, cache, _ = dla_fast.forward(**t)
     calls.clear()
-    _validation.validate_forward(*(t[n] for n in ("q", "k", "v", "g", "slot_weights", "beta")), None, 0.6,
+    validation.validate_forward(*(t[n] for n in ("q", "k", "v", "g", "slot_weights", "beta")), None, 0.6,
                                  1e-6, 1e-6, cache, 64)
     assert len(calls) == 1  # every flag (finite inputs, g, beta, the cache's checks) in one read-back

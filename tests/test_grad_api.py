@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import dla_fast
-from dla_fast.autograd import Structure, scalar_decay_backward
-from properties.test_gradients import assert_rel_close, straightforward
+from dla_fast.ops.common.structure import Structure
+from dla_fast.ops.scalar_decay.chunk_torch_bwd import scalar_decay_backward
+from properties.gradient_oracle import assert_rel_close, straightforward
 
 
 def inputs(seed, B=1, T=40, H=2, Dk=3, Dv=2, K=3, *, beta=False, dtype=torch.float64, grad=True):

@@ -1,4 +1,4 @@
-"""One hand-checked case per rule of shared/dla-semantics.md ("One step, token t" and its consequences).
+"""One hand-checked case per rule of docs/semantics.md ("One token, four rules" and its consequences).
 
 Every expected value below is worked out in the comments from the contract's formulas, not by calling
 dla_ref's own helpers. Shapes: the cases use B = H = 1 and Dk = Dv = 2 unless they say otherwise.
@@ -52,7 +52,8 @@ def test_first_token_of_an_empty_cache_scores_zero_and_opens_a_slot_even_against
     assert trace.scores[0, 0, 0] == 0.0 and trace.starts[0, 0, 0]
     assert cache.size[0, 0] == 1 and cache.counts[0, 0, 0] == 2
     # An explicitly empty initial cache is an empty cache too.
-    _, _, trace = dla_ref.forward(*seq([E1], [E1]), boundaries=per_token([False]), initial_cache=Cache.empty(1, 1, 2, 2, 2))
+    _, _, trace = dla_ref.forward(*seq([E1], [E1]), boundaries=per_token([False]),
+                                  initial_cache=Cache.empty(1, 1, 2, 2, 2))
     assert trace.starts[0, 0, 0] and trace.scores[0, 0, 0] == 0.0
 
 
@@ -127,7 +128,8 @@ def test_boundary_override_decides_but_the_scores_are_still_computed():
     """Token 1 repeats token 0 (I ~ 0), token 2 is orthogonal (I = 0.765): the override forces a slot at 1
     and none at 2; the scores are those of the same path computed without the override."""
     k, v = [E1, E1, E2], [E1, E1, E2]
-    _, cache, trace = dla_ref.forward(*seq(k, v, K=3), boundaries=per_token([True, True, False]), eps=TINY, norm_eps=TINY)
+    _, cache, trace = dla_ref.forward(*seq(k, v, K=3), boundaries=per_token([True, True, False]), eps=TINY,
+                                      norm_eps=TINY)
     np.testing.assert_array_equal(trace.starts[0, :, 0], [True, True, False])
     # After t = 1 the open slot is e1 e1^T alone; t = 2 turns it by 45 degrees.
     np.testing.assert_allclose(trace.scores[0, :, 0], [0.0, 0.0, np.sqrt(2 - np.sqrt(2))], rtol=1e-14, atol=0)
@@ -163,7 +165,8 @@ def test_scalar_decay_applies_to_closed_slots():
     """Slot A = e1 e1^T closes at t = 1 (forced); t = 1 has a = 1/4, so A becomes e1 e1^T / 4.
     q = (1, 1), lambda = (1, 8): o_1 = q^T (e2 e2^T) + 8 * (1/4, 0) = (2, 1)."""
     lam = np.tile([1.0, 8.0], (2, 1))
-    o, cache, _ = dla_ref.forward(*seq([E1, E2], [E1, E2], g=[0, np.log(0.25)], lam=lam), boundaries=per_token([True, True]))
+    o, cache, _ = dla_ref.forward(*seq([E1, E2], [E1, E2], g=[0, np.log(0.25)], lam=lam),
+                                  boundaries=per_token([True, True]))
     np.testing.assert_allclose(cache.states[0, 0, 0], [[0.25, 0], [0, 0]], rtol=1e-15)
     np.testing.assert_allclose(o[0, 1, 0], [2.0, 1.0], rtol=1e-15)
 
@@ -313,6 +316,7 @@ def test_read_weights_beyond_the_live_slots_are_unused():
 
 
 def test_read_includes_the_current_token():
-    """The output at t reads the cache after the update: o_0 = q_0^T k_0 v_0^T = 3 * (1, 2) for q = (1, 2), k = e2 * 1.5."""
+    """The output at t reads the cache after the update: o_0 = q_0^T k_0 v_0^T = 3 * (1, 2) for q = (1, 2),
+    k = e2 * 1.5."""
     o, _, _ = dla_ref.forward(*seq([[0.0, 1.5]], [[1.0, 2.0]], q=[[1.0, 2.0]]))
     np.testing.assert_array_equal(o[0, 0, 0], [3.0, 6.0])

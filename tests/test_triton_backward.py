@@ -1,7 +1,8 @@
 """The Triton backward against the torch backward in float64, with the Triton forward's partition.
 
 Both backwards take the same fixed partition (the Triton forward's ``starts``/``merged``); the torch one
-(``dla_fast.autograd.scalar_decay_backward``, verified against autograd of an independent implementation in
+(``dla_fast.ops.scalar_decay.chunk_torch_bwd.scalar_decay_backward``,
+ verified against autograd of an independent implementation in
 ``properties/test_gradients.py``) runs in float64 on the float32-rounded inputs. Tolerances: float32
 arithmetic throughout under the interpreter (``ieee`` dots) and ``tf32x3`` on a GPU, whose relative error on
 these sums of a few hundred terms is ~1e-6; the limit 2e-5 leaves 20x. bf16 inputs (GPU only) use 16-bit
@@ -24,10 +25,12 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
-from dla_fast.autograd import Structure, scalar_decay_backward  # noqa: E402
-from dla_fast.autograd import _rows as rows  # noqa: E402
-
 from triton_here import CUDA, DEV, needs_kernels, rerun_under_interpreter, runs_elsewhere  # noqa: E402
+
+from dla_fast.ops.common.layout import rows  # noqa: E402
+from dla_fast.ops.common.structure import Structure  # noqa: E402
+from dla_fast.ops.scalar_decay.chunk_torch_bwd import scalar_decay_backward  # noqa: E402
+from dla_fast.settings import DEFAULT_SETTINGS, TritonSettings  # noqa: E402
 
 
 @runs_elsewhere
@@ -62,27 +65,26 @@ def _rows(x):
 
 
 def _grads(B, T, H, Dk, Dv, K, *, seed, regime_length=10.0, dtype=torch.float32, with_cache=False, tau=0.6,
-           expect_merges=True):
+           expect_merges=True, settings=DEFAULT_SETTINGS):
     """``(triton grads, float64 torch grads)`` as dicts of ``[B*H, T, ...]`` float64 CPU tensors."""
-    from dla_fast.triton_backward import backward_scalar_decay_triton
-    from dla_fast.triton_forward import forward_scalar_decay_triton
+    from dla_fast.ops.scalar_decay.chunk_bwd import backward_scalar_decay_triton
+    from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
     q, k, v, g, w, dO, dS = _inputs(B, T, H, Dk, Dv, K, seed=seed, regime_length=regime_length, dtype=dtype)
     cache = dict(states=None, counts=None, info=None, size=None)
     if with_cache:  # an initial cache: a first call's final cache
         qa, ka, va, ga, wa, _, _ = _inputs(B, 70, H, Dk, Dv, K, seed=seed + 1, regime_length=regime_length,
                                            dtype=dtype)
-        _, (s, n, i, m), _ = forward_scalar_decay_triton(qa, ka, va, ga, wa, tau=tau)
+        _, (s, n, i, m), _, _ = forward_scalar_decay_triton(qa, ka, va, ga, wa, tau=tau)
         cache = dict(states=s, counts=n, info=i, size=m)
-    keep: dict = {}
-    _, (S_final, _, _, size_f), (_, starts, merged) = forward_scalar_decay_triton(q, k, v, g, w, tau=tau, keep=keep,
-                                                                                   **cache)
+    _, (S_final, _, _, size_f), (_, starts, merged), kept = forward_scalar_decay_triton(q, k, v, g, w, tau=tau, **cache)
     R = B * H
     live = torch.arange(K, device=DEV).view(1, K) < size_f.reshape(R, 1)
     dS = dS * live.view(R, K, 1, 1)
     size0 = cache["size"].reshape(R) if with_cache else torch.zeros(R, dtype=torch.int64, device=DEV)
     init = cache["states"]
-    dq, dk, dv, dg, dlam, dinit = backward_scalar_decay_triton(q, k, v, g, w, init, size0, keep, dO, dS, S_final)
+    dq, dk, dv, dg, dlam, dinit = backward_scalar_decay_triton(q, k, v, g, w, init, size0, kept, dO, dS, S_final,
+                                                               settings=settings)
     fast = dict(q=_rows(dq), k=_rows(dk), v=_rows(dv), g=_rows(dg), lam=_rows(dlam))
     if with_cache:
         fast["init"] = dinit.double().cpu()
@@ -118,11 +120,11 @@ def test_backward_matches_float64_torch_backward(B, T, H, Dk, Dv, K, seed):
 
 
 @needs_kernels
-@pytest.mark.parametrize("knob,value", [("DLA_TRITON_BWD_STAGES", "1"), ("DLA_TRITON_BWD_WARPS", "8")])
-def test_backward_kernel_variants(monkeypatch, knob, value):
+@pytest.mark.parametrize("settings", [TritonSettings(bwd_stages=1), TritonSettings(bwd_warps=8)],
+                         ids=["stages1", "warps8"])
+def test_backward_kernel_variants(settings):
     """The dq kernel's tuning knobs (software-pipelined old-start loop, warps) give the same gradients."""
-    monkeypatch.setenv(knob, value)
-    fast, ref = _grads(1, 200, 1, 32, 32, 6, seed=4, regime_length=5.0)
+    fast, ref = _grads(1, 200, 1, 32, 32, 6, seed=4, regime_length=5.0, settings=settings)
     _assert_close(fast, ref, 2e-5)
 
 

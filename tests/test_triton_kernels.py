@@ -12,43 +12,23 @@ prints the smallest margin so that a legitimate divergence can be told from a bu
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
-import dla_ref  # noqa: E402
-
 from triton_here import CUDA, DEV, needs_kernels, rerun_under_interpreter, runs_elsewhere  # noqa: E402
+
+import dla_ref  # noqa: E402
+from dla_fast.settings import TritonSettings  # noqa: E402
+from dla_ref.synthetic import jittered_regimes as regimes  # noqa: E402
 
 
 @runs_elsewhere
 def test_interpreter_run():
     """No GPU and no TRITON_INTERPRET: run this file in a subprocess under the Triton interpreter."""
     rerun_under_interpreter(__file__)
-
-
-def regimes(B, T, H, Dk, Dv, K, *, seed, regime_length=12.0, jitter=0.3, decay=0.5):
-    """Tokens jittering around per-regime directions; g around log(decay); random read weights."""
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((B, T, H, Dk))
-    q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    change = rng.random((B, T, H)) < 1.0 / regime_length
-    change[:, 0] = True
-    idx = np.cumsum(change, axis=1)  # regime index per token
-    dk = rng.standard_normal((B, int(idx.max()) + 1, H, Dk))
-    dv = rng.standard_normal((B, int(idx.max()) + 1, H, Dv))
-    dk /= np.linalg.norm(dk, axis=-1, keepdims=True)
-    dv /= np.linalg.norm(dv, axis=-1, keepdims=True)
-    bi, hi = np.arange(B)[:, None, None], np.arange(H)[None, None, :]
-    k = dk[bi, idx, hi] + jitter * rng.standard_normal((B, T, H, Dk)) / np.sqrt(Dk)
-    v = dv[bi, idx, hi] + jitter * rng.standard_normal((B, T, H, Dv)) / np.sqrt(Dv)
-    g = np.minimum(np.log(decay) + 0.1 * rng.standard_normal((B, T, H)), 0.0)
-    w = rng.random((B, T, H, K))
-    return q, k, v, g, w
 
 
 def _t(x, dtype=torch.float32):
@@ -74,18 +54,18 @@ def _check(o, cache, trace, ref, tau, *, o_tol):
 
 
 def _fwd(*args, **kw):
-    from dla_fast.triton_forward import MIN_GPU_FORWARD_DIM, forward_scalar_decay_triton
+    from dla_fast.ops.scalar_decay.chunk_fwd import MIN_GPU_FORWARD_DIM, forward_scalar_decay_triton
 
     q, v = args[0], args[2]
     if CUDA and min(q.shape[-1], v.shape[-1]) < MIN_GPU_FORWARD_DIM:
         pytest.skip("the GPU forward refuses heads below 32 (known fault at 16, docs/triton.md); "
                     "this case runs under the interpreter in CI")
-    return forward_scalar_decay_triton(*args, **kw)
+    return forward_scalar_decay_triton(*args, **kw)[:3]  # (o, cache, trace); not the structure
 
 
 @pytest.mark.skipif(not CUDA, reason="the refusal applies on a GPU only")
 def test_gpu_forward_refuses_heads_below_32():
-    from dla_fast.triton_forward import forward_scalar_decay_triton
+    from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
     x = torch.randn(1, 8, 1, 16, device="cuda")
     with pytest.raises(ValueError, match="at least 32"):
@@ -150,7 +130,7 @@ def test_forward_is_deterministic():
 @needs_kernels
 @pytest.mark.parametrize("K,T,tau", [(4, 40, 0.3), (5, 30, 0.6), (3, 1, 0.5), (4, 0, 0.5)])
 def test_step_matches_reference(K, T, tau):
-    from dla_fast.triton_step import step_triton
+    from dla_fast.ops.scalar_decay.fused_recurrent import step_triton
 
     B, H, Dk, Dv = 2, 3, 16, 32
     q, k, v, g, w = regimes(B, T + 1, H, Dk, Dv, K, seed=K + T, regime_length=3.0, jitter=1.0)
@@ -171,30 +151,42 @@ def test_step_matches_reference(K, T, tau):
 
 @needs_kernels
 def test_unsupported_head_sizes_raise():
-    from dla_fast.triton_forward import forward_scalar_decay_triton
+    from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
     q = torch.zeros(1, 4, 1, 300, device=DEV)
     with pytest.raises(ValueError, match="Dk and Dv"):
-        forward_scalar_decay_triton(q, q, q, torch.zeros(1, 4, 1, device=DEV), torch.ones(1, 4, 1, 2, device=DEV), tau=0.6)
+        forward_scalar_decay_triton(q, q, q, torch.zeros(1, 4, 1, device=DEV), torch.ones(1, 4, 1, 2, device=DEV),
+                                    tau=0.6)
 
 
 @needs_kernels
 @pytest.mark.parametrize("group", [1, 8])
-def test_forward_output_grouping(monkeypatch, group):
+def test_forward_output_grouping(group):
     """The output kernel reads old slot states `group` at a time; the result does not depend on it."""
-    import dla_fast.triton_forward as tf
-
-    monkeypatch.setattr(tf, "OUTPUT_GROUP", group)
     q, k, v, g, w = regimes(1, 150, 1, 16, 16, 6, seed=13, regime_length=3.0, jitter=1.0)
     ref = dla_ref.forward(q, k, v, g, w, tau=0.4)
-    _check(*_fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=0.4), ref, 0.4, o_tol=1e-5)
+    out = _fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=0.4, settings=TritonSettings(output_group=group))
+    _check(*out, ref, 0.4, o_tol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("settings", [TritonSettings(table_scan=False), TritonSettings(side_stream=False)],
+                         ids=["table_by_matmuls", "no_side_stream"])
+def test_forward_settings_change_speed_not_results(settings):
+    """The tuning knobs compute the same quantities in another order: the same decisions, outputs within fp32."""
+    q, k, v, g, w = regimes(1, 150, 2, 16, 16, 5, seed=17, regime_length=5.0, jitter=0.8)
+    ref = dla_ref.forward(q, k, v, g, w, tau=0.5)
+    _check(*_fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=0.5, settings=settings), ref, 0.5, o_tol=1e-5)
+
+
+HARNESS_EXAMPLES = 12  # drawn cases per run (each runs the kernels; the interpreter is slow)
 
 
 def _harness_adapter(dtype):
-    """The Triton forward behind properties.harness's NumPy adapter interface."""
+    """The Triton forward behind the equivalence harness's NumPy adapter interface."""
     from types import SimpleNamespace
 
-    from properties.harness import torch_adapter
+    from dla_fast.testing.harness import torch_adapter
 
     def fwd(q, k, v, g, w, *, tau, beta=None, boundaries=None, initial_cache=None, eps, norm_eps):
         assert beta is None
@@ -211,12 +203,12 @@ def _harness_adapter(dtype):
 
 @needs_kernels
 def test_forward_passes_the_equivalence_harness():
-    """properties.harness.check_equivalent on drawn cases (scalar decay), float32 and bfloat16."""
+    """dla_fast.testing.check_equivalent on drawn cases (scalar decay), float32 and bfloat16."""
     hyp = pytest.importorskip("hypothesis")
-    harness = pytest.importorskip("properties.harness")
-    from properties.strategies import cases
+    from dla_fast.testing import harness
+    from dla_fast.testing.strategies import cases
 
-    @hyp.settings(max_examples=int(os.environ.get("DLA_TRITON_HARNESS_EXAMPLES", "12")), deadline=None,
+    @hyp.settings(max_examples=HARNESS_EXAMPLES, deadline=None,
                   derandomize=True, database=None, suppress_health_check=list(hyp.HealthCheck),
                   phases=(hyp.Phase.explicit, hyp.Phase.generate))  # no shrinking: the interpreter is slow
     @hyp.given(case=cases(backbone="scalar"), dtype=hyp.strategies.sampled_from(["float32", "bfloat16"]))

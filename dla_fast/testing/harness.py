@@ -1,6 +1,6 @@
 """The equivalence harness: the gate every fast path (torch, Triton, backward) must pass.
 
-    from properties.harness import check_equivalent
+    from dla_fast.testing import check_equivalent
     report = check_equivalent(fast_forward, case, dtype="float32")   # raises AssertionError on failure
 
 ``fast_forward`` is an *adapter* with the reference's signature: it takes float64 NumPy arrays
@@ -9,7 +9,7 @@ eps, norm_eps``, runs the fast path in ``dtype`` (the adapter converts; the valu
 representable in ``dtype``), and returns ``(o, cache, trace)`` as NumPy: ``o`` ``[B, T, H, Dv]``, a
 ``dla_ref.Cache``, and any object with ``scores``/``starts``/``merged`` ``[B, T, H]``.
 
-``case`` is a :class:`properties.strategies.Case` (``build(Spec(...))`` or drawn by ``cases()``), or a
+``case`` is a :class:`dla_fast.testing.strategies.Case` (``build(Spec(...))`` or drawn by ``cases()``), or a
 mapping with the keys ``q, k, v, g, slot_weights`` and optionally ``beta, boundaries, initial_cache, tau,
 eps, norm_eps``.
 
@@ -23,6 +23,10 @@ What is compared (tolerances: ``docs/precision.md``, implemented in :class:`Poli
    the policy's bound: ``|I_t - tau|`` against the score tolerance, or the density gap between the pair
    the reference merged and the pair the fast path merged against the density tolerance. The first
    disagreement of each (b, h) must be explained so; everything before it is compared as usual.
+   **Exact ties** (a margin of exactly 0: ``I_t == tau``, or two equal lowest densities) are decided by the
+   tie rule (``>=`` opens a slot; the oldest pair merges). A flip there is explained only when the fast
+   path's own values differ from the reference's: its score at that token is not bitwise the reference's,
+   or its densities of the two pairs, recomputed from its own trace, are not.
 3. After an explained decision flip, the fast path runs again with the reference's decisions forced
    (``boundaries=`` the reference's ``starts``); then scores, merges, outputs and the final cache are
    compared again. After an explained merge flip the structures part for good: that (b, h) is compared
@@ -36,8 +40,9 @@ that explains it, and the worst error of each quantity as a fraction of its tole
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +67,7 @@ def dtype_name(dtype) -> str:
     return name
 
 
-def round_to(x: Optional[np.ndarray], dtype) -> Optional[np.ndarray]:
+def round_to(x: np.ndarray | None, dtype) -> np.ndarray | None:
     """``x`` rounded to ``dtype`` (round to nearest even) and returned as float64.
 
     bfloat16 goes through float32 first, exactly as torch's ``tensor.to(torch.bfloat16)`` does from
@@ -115,22 +120,22 @@ class Policy:
     c_in: float = 4.0
 
     @classmethod
-    def for_dtype(cls, dtype, *, u: Optional[float] = None) -> "Policy":
+    def for_dtype(cls, dtype, *, u: float | None = None) -> Policy:
         name = dtype_name(dtype)
         arith = UNIT_ROUNDOFF["float64"] if name == "float64" else UNIT_ROUNDOFF["float32"]
         u_in = UNIT_ROUNDOFF[name] if UNIT_ROUNDOFF[name] > UNIT_ROUNDOFF["float32"] else 0.0
         return cls(u=arith if u is None else u, u_in=u_in)
 
-    def score_tol(self, a: "Analysis") -> np.ndarray:
+    def score_tol(self, a: Analysis) -> np.ndarray:
         E, I = a.E, a.I
         un = self.u * a.n * a.kappa  # relative error of the scalars behind the score (n-term sums)
         cancel = np.minimum(np.sqrt(un) * E, np.divide(un * E * E, I, out=np.full_like(E, np.inf), where=I > 0))
         return self.c_score * un * E + self.c_cancel * cancel + self.c_abs * self.u
 
-    def output_tol(self, a: "Analysis") -> np.ndarray:
+    def output_tol(self, a: Analysis) -> np.ndarray:
         return (self.c_out * self.u * a.seen + self.c_in * self.u_in) * a.o_bound + 1e-300
 
-    def state_tol(self, a: "Analysis", T: int, Dk: int) -> np.ndarray:
+    def state_tol(self, a: Analysis, T: int, Dk: int) -> np.ndarray:
         """``[B, H]``"""
         return (self.c_out * self.u * (a.seen_final + Dk) + self.c_in * self.u_in) * a.c_final + 1e-300
 
@@ -231,10 +236,18 @@ class Divergence:
     bound: float  # the policy's bound on that margin
     explained: bool
     run: str  # "free" or "forced"
+    # An exact tie (margin exactly 0) where the fast path computed the reference's own value(s): the tie
+    # rule decides, so the flip is not explained whatever the bound.
+    same_values_at_a_tie: bool = False
 
     def __str__(self) -> str:
         what = "|I_t - tau|" if self.kind == "decision" else "density gap"
         verdict = "explained" if self.explained else "NOT EXPLAINED"
+        if self.same_values_at_a_tie:
+            rule = "I_t >= tau opens a slot" if self.kind == "decision" else "the oldest of the tied pairs merges"
+            values = "value" if self.kind == "decision" else "values"
+            verdict = (f"NOT EXPLAINED: an exact tie, and the fast path computed the same {values} as the reference, "
+                       f"so the tie rule decides ({rule})")
         return (f"{self.kind} at (b={self.b}, t={self.t}, h={self.h}) [{self.run} run]: reference {self.reference!r}, "
                 f"fast {self.fast!r}; {what} = {self.margin:.3e} vs bound {self.bound:.3e}: {verdict}")
 
@@ -284,27 +297,41 @@ class Report:
 # ---------------------------------------------------------------------------------------------
 
 
-def _densities_before(trace, cache: Optional[Cache], tol: np.ndarray, b: int, h: int, T: int):
-    """For each token t of (b, h): the reference's pairs' densities before t and their tolerances."""
+def _densities_before(trace, cache: Cache | None, tol: np.ndarray, b: int, h: int, T: int,
+                      acc: Callable[[float], float] = float):
+    """For each token t of (b, h): the pairs' densities before t (from ``trace``'s scores and structure,
+    each information sum rounded by ``acc`` after every addition: ``float`` for float64, ``np.float32`` as a
+    fast path keeps Ibar), their tolerances and their counts."""
     slots = []  # [count, info, summed score tolerance]
     if cache is not None:
         for i in range(int(cache.size[b, h])):
-            slots.append([int(cache.counts[b, h, i]), float(cache.info[b, h, i]), 0.0])
+            slots.append([int(cache.counts[b, h, i]), acc(cache.info[b, h, i]), 0.0])
     out = []
     for t in range(T):
-        d = [(x[1] + y[1]) / (x[0] + y[0]) for x, y in zip(slots[:-1], slots[1:])]
+        d = [float(acc(x[1] + y[1])) / (x[0] + y[0]) for x, y in zip(slots[:-1], slots[1:])]
         e = [(x[2] + y[2]) / (x[0] + y[0]) for x, y in zip(slots[:-1], slots[1:])]
         out.append((d, e, [x[0] + y[0] for x, y in zip(slots[:-1], slots[1:])]))
         i = int(trace.merged[b, t, h])
-        if i >= 0:
+        if 0 <= i < len(slots) - 1:
             x, y = slots[i], slots[i + 1]
-            slots[i : i + 2] = [[x[0] + y[0], x[1] + y[1], x[2] + y[2]]]
-        score = float(trace.scores[b, t, h])
-        if trace.starts[b, t, h]:
+            slots[i : i + 2] = [[x[0] + y[0], acc(x[1] + y[1]), x[2] + y[2]]]
+        score = acc(trace.scores[b, t, h])
+        if trace.starts[b, t, h] or not slots:
             slots.append([1, score, float(tol[b, t, h])])
         else:
-            slots[-1] = [slots[-1][0] + 1, slots[-1][1] + score, slots[-1][2] + float(tol[b, t, h])]
+            slots[-1] = [slots[-1][0] + 1, acc(slots[-1][1] + score), slots[-1][2] + float(tol[b, t, h])]
     return out
+
+
+def _same_densities(ref: list, fast_runs: list, t: int, i: int, j: int) -> bool:
+    """Whether every recomputation of the fast path's densities of pairs ``i`` and ``j`` before token ``t``
+    is bitwise the reference's (then both paths compared the same numbers)."""
+    d_ref = ref[t][0]
+    for run in fast_runs:
+        d = run[t][0]
+        if not (i < len(d) and j < len(d) and d[i] == d_ref[i] and d[j] == d_ref[j]):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,13 +382,91 @@ def _call(fn, inputs: dict, **override):
     return np.asarray(o, dtype=np.float64), cache, trace
 
 
-def check_equivalent(fast_forward: Callable, case, *, dtype="float64", policy: Optional[Policy] = None,
+@dataclass
+class _Judge:
+    """What the divergence checks read: the reference's run on the rounded inputs and the policy's bounds."""
+
+    report: Report
+    policy: Policy
+    inputs: dict
+    t_r: Any  # the reference's trace
+    stol: np.ndarray  # the score tolerance per token
+    dens: dict  # (b, h) -> the reference's pair densities before every token, with their error bounds
+    accumulations: tuple  # how a fast path may sum Ibar (float64; float32 too for narrower dtypes)
+
+    def density_bound(self, b, h, t, i, j):
+        """``(gap, bound)``: the density gap between pairs i and j before token t, and the policy's bound on it."""
+        d, e, n = self.dens[(b, h)][t]
+        gap = abs(d[i] - d[j]) if 0 <= i < len(d) and 0 <= j < len(d) else math.inf
+        if gap == math.inf:
+            return gap, 0.0
+        return gap, e[i] + e[j] + self.policy.c_sum * self.policy.u * (n[i] * abs(d[i]) + n[j] * abs(d[j]))
+
+    def merge_flip(self, run_trace, run, b, h, tm):
+        """Record the first merge flip of (b, h) at token tm with the margin that may explain it."""
+        i, j = int(self.t_r.merged[b, tm, h]), int(run_trace.merged[b, tm, h])
+        gap, bound = self.density_bound(b, h, tm, i, j)
+        explained = i >= 0 and j >= 0 and gap <= bound
+        # An exact tie is decided by the tie rule unless the fast path's own densities differ.
+        cache = self.inputs["initial_cache"]
+        same = explained and gap == 0 and _same_densities(
+            self.dens[(b, h)], [_densities_before(run_trace, cache, self.stol, b, h, tm + 1, acc)
+                                for acc in self.accumulations], tm, i, j)
+        self.report.divergences.append(Divergence("merge", b, tm, h, i, j, gap, bound, explained and not same,
+                                                  run, same))
+
+    def decision_flip(self, run_trace, run, b, h, td):
+        """Record the first decision flip of (b, h) at token td with the margin that may explain it."""
+        tau, t_r = self.inputs["tau"], self.t_r
+        margin = abs(t_r.scores[b, td, h] - tau) if math.isfinite(tau) else math.inf
+        bound = float(self.stol[b, td, h])
+        forced = self.inputs["boundaries"] is not None or run == "forced" or (td == 0 and _empty(self.inputs, b, h))
+        explained = margin <= bound and not forced
+        # I_t == tau exactly: ">=" decides, unless the fast path's own score differs.
+        same = explained and margin == 0 and float(run_trace.scores[b, td, h]) == float(t_r.scores[b, td, h])
+        self.report.divergences.append(Divergence("decision", b, td, h, bool(t_r.starts[b, td, h]),
+                                                  bool(run_trace.starts[b, td, h]), margin, bound,
+                                                  explained and not same, run, same))
+
+    def first_events(self, run_trace, run):
+        """Per (b, h): the first decision flip and the first merge flip before it, each recorded. Returns
+        ``(limits, score_limits)``: the first token not compared for outputs and cache (either flip), and for
+        scores (the decision flip; merges never move scores)."""
+        B, T, H = self.t_r.scores.shape
+        limits, score_limits = {}, {}
+        for b in range(B):
+            for h in range(H):
+                ds = np.flatnonzero(np.asarray(run_trace.starts[b, :, h]) != self.t_r.starts[b, :, h])
+                ms = np.flatnonzero(np.asarray(run_trace.merged[b, :, h]) != self.t_r.merged[b, :, h])
+                td = int(ds[0]) if ds.size else T
+                tm = int(ms[0]) if ms.size else T
+                if tm < td:
+                    self.merge_flip(run_trace, run, b, h, tm)
+                if td < T:
+                    self.decision_flip(run_trace, run, b, h, td)
+                    score_limits[(b, h)] = td
+                if min(td, tm) < T:
+                    limits[(b, h)] = min(td, tm)
+        return limits, score_limits
+
+
+def _input_rounding(case, inputs, o_r, t_r) -> dict:
+    """The effect of the input rounding itself (the reference on rounded vs original inputs): reported."""
+    o_orig, _, t_orig = _call(dla_ref.forward, rounded_inputs(case, "float64"))
+    return {
+        "decisions changed": int((t_orig.starts != t_r.starts).sum()),
+        "max |o change| / |o| bound": float(np.max(np.abs(o_orig - o_r).max(-1) / (
+            analyse(inputs, t_r).o_bound + 1e-300), initial=0.0)),
+    }
+
+
+def check_equivalent(fast_forward: Callable, case, *, dtype="float64", policy: Policy | None = None,
                      raise_on_failure: bool = True) -> Report:
     """Compare ``fast_forward`` with ``dla_ref.forward`` on ``case`` (see the module docstring).
 
     Args:
         fast_forward: the adapter (reference signature; float64 NumPy in and out).
-        case: a :class:`properties.strategies.Case` or a mapping of the call's arguments.
+        case: a :class:`dla_fast.testing.strategies.Case` or a mapping of the call's arguments.
         dtype: the input precision the fast path runs in: ``"float64"``, ``"float32"``, ``"bfloat16"``,
             ``"float16"`` (or the NumPy / torch dtype). Selects the rounding and the :class:`Policy`.
         policy: override the tolerances (e.g. ``Policy.for_dtype("float32", u=2**-11)`` for TF32 matmuls).
@@ -374,61 +479,21 @@ def check_equivalent(fast_forward: Callable, case, *, dtype="float64", policy: O
     policy = policy or Policy.for_dtype(name)
     inputs = rounded_inputs(case, name)
     report = Report(dtype=name, case=repr(case) if not isinstance(case, Mapping) else "<mapping>")
-
     o_r, c_r, t_r = _call(dla_ref.forward, inputs)
     if name != "float64":
-        o_orig, _, t_orig = _call(dla_ref.forward, rounded_inputs(case, "float64"))
-        report.input_rounding = {
-            "decisions changed": int((t_orig.starts != t_r.starts).sum()),
-            "max |o change| / |o| bound": float(np.max(np.abs(o_orig - o_r).max(-1) / (
-                analyse(inputs, t_r).o_bound + 1e-300), initial=0.0)),
-        }
+        report.input_rounding = _input_rounding(case, inputs, o_r, t_r)
     an = analyse(inputs, t_r)
     stol = policy.score_tol(an)
     B, T, H = t_r.scores.shape
-    tau = inputs["tau"]
     dens = {(b, h): _densities_before(t_r, inputs["initial_cache"], stol, b, h, T) for b in range(B) for h in range(H)}
-
-    def density_bound(b, h, t, i, j):
-        d, e, n = dens[(b, h)][t]
-        gap = abs(d[i] - d[j]) if 0 <= i < len(d) and 0 <= j < len(d) else math.inf
-        bound = e[i] + e[j] + policy.c_sum * policy.u * (n[i] * abs(d[i]) + n[j] * abs(d[j])) if gap < math.inf else 0.0
-        return gap, bound
-
+    # A tie is only held against the fast path when every one of these recomputations matches the reference.
+    judge = _Judge(report, policy, inputs, t_r, stol, dens, (float,) if name == "float64" else (float, np.float32))
     fast = _call(fast_forward, inputs)
     if not _shapes_ok(report, fast, o_r, c_r, t_r):
         return _finish(report, raise_on_failure)
 
-    def first_events(run_trace, run):
-        """Per (b, h): the first decision flip and the first merge flip before it, each recorded with the
-        margin that may explain it. Returns ``(limits, score_limits)``: the first token not compared for
-        outputs and cache (either flip), and for scores (the decision flip; merges never move scores)."""
-        limits, score_limits = {}, {}
-        for b in range(B):
-            for h in range(H):
-                ds = np.flatnonzero(np.asarray(run_trace.starts[b, :, h]) != t_r.starts[b, :, h])
-                ms = np.flatnonzero(np.asarray(run_trace.merged[b, :, h]) != t_r.merged[b, :, h])
-                td = int(ds[0]) if ds.size else T
-                tm = int(ms[0]) if ms.size else T
-                if tm < td:
-                    i, j = int(t_r.merged[b, tm, h]), int(run_trace.merged[b, tm, h])
-                    gap, bound = density_bound(b, h, tm, i, j)
-                    explained = i >= 0 and j >= 0 and gap <= bound
-                    report.divergences.append(Divergence("merge", b, tm, h, i, j, gap, bound, explained, run))
-                if td < T:
-                    margin = abs(t_r.scores[b, td, h] - tau) if math.isfinite(tau) else math.inf
-                    bound = float(stol[b, td, h])
-                    forced = inputs["boundaries"] is not None or run == "forced" or (td == 0 and _empty(inputs, b, h))
-                    explained = margin <= bound and not forced
-                    report.divergences.append(Divergence("decision", b, td, h, bool(t_r.starts[b, td, h]),
-                                                         bool(run_trace.starts[b, td, h]), margin, bound, explained, run))
-                    score_limits[(b, h)] = td
-                if min(td, tm) < T:
-                    limits[(b, h)] = min(td, tm)
-        return limits, score_limits
-
     # 1. The free run: everything before the first divergence of each (b, h) must agree.
-    limits, score_limits = first_events(fast[2], "free")
+    limits, score_limits = judge.first_events(fast[2], "free")
     _compare(report, policy, an, stol, fast, o_r, c_r, t_r, limits, score_limits, run="free")
     unexplained = [d for d in report.divergences if not d.explained]
     for d in unexplained:
@@ -441,7 +506,7 @@ def check_equivalent(fast_forward: Callable, case, *, dtype="float64", policy: O
         forced = _call(fast_forward, inputs, boundaries=np.asarray(t_r.starts).copy())
         if _shapes_ok(report, forced, o_r, c_r, t_r):
             n_before = len(report.divergences)
-            limits, score_limits = first_events(forced[2], "forced")
+            limits, score_limits = judge.first_events(forced[2], "forced")
             for d in report.divergences[n_before:]:
                 if not d.explained:
                     report.fail(str(d))
@@ -500,7 +565,8 @@ def _compare(report, policy, an, stol, result, o_r, c_r, t_r, limits: dict, scor
     if (ratio > 1).any():
         b, t, h = (int(x) for x in np.argwhere(ratio > 1)[0])
         report.fail(f"output at (b={b}, t={t}, h={h}) [{run} run]: ||o_fast - o_ref|| = {oerr[b, t, h]:.3e} > "
-                    f"tolerance {otol[b, t, h]:.3e} (reference o = {o_r[b, t, h].tolist()}, fast {o[b, t, h].tolist()}; "
+                    f"tolerance {otol[b, t, h]:.3e} (reference o = {o_r[b, t, h].tolist()}, "
+                    f"fast {o[b, t, h].tolist()}; "
                     f"{int((ratio > 1).sum())} outputs out of tolerance)")
     K = c_r.counts.shape[-1]
     Dk = c_r.states.shape[-2]
@@ -512,7 +578,8 @@ def _compare(report, policy, an, stol, result, o_r, c_r, t_r, limits: dict, scor
             m = int(c_r.size[b, h])
             if int(np.asarray(cache.size)[b, h]) != m or list(np.asarray(cache.counts)[b, h]) != list(c_r.counts[b, h]):
                 report.fail(f"final cache (b={b}, h={h}) [{run} run]: size {int(np.asarray(cache.size)[b, h])} counts "
-                            f"{np.asarray(cache.counts)[b, h].tolist()}, reference size {m} counts {c_r.counts[b, h].tolist()}")
+                            f"{np.asarray(cache.counts)[b, h].tolist()}, reference size {m} "
+                            f"counts {c_r.counts[b, h].tolist()}")
                 continue
             serr = np.linalg.norm(np.asarray(cache.states)[b, h, :m] - c_r.states[b, h, :m], axis=(-2, -1))
             ratio = serr / state_tol[b, h]
@@ -527,7 +594,8 @@ def _compare(report, policy, an, stol, result, o_r, c_r, t_r, limits: dict, scor
             report.record(f"information ({run})", ratio, (b, h))
             if (ratio > 1).any():
                 i = int(np.argmax(ratio))
-                report.fail(f"final Ibar (b={b}, h={h}, slot {i}) [{run} run]: fast {np.asarray(cache.info)[b, h, i]!r}, "
+                report.fail(f"final Ibar (b={b}, h={h}, slot {i}) [{run} run]: "
+                            f"fast {np.asarray(cache.info)[b, h, i]!r}, "
                             f"reference {c_r.info[b, h, i]!r}, |diff| {ierr[i]:.3e} > tolerance {info_tol[i]:.3e}")
 
 

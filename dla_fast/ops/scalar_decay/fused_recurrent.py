@@ -14,11 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_forward import _check_dims, _next_pow2, _score
+from ..common.score import information_score_triton
+from ..common.triton_utils import next_pow2
+from .chunk_fwd import check_dims
 
 
+# Long: one program streams every slot of its Dv block once (read, merge, update, write, read out).
 @triton.jit
-def _dla_step_kernel(
+def dla_step_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, bnd_ptr,
     s_ptr, cnt_ptr, info_ptr, size_ptr,
     so_ptr, cnto_ptr, infoo_ptr, sizeo_ptr, o_ptr, score_ptr, start_ptr, merged_ptr,
@@ -49,7 +52,7 @@ def _dla_step_kernel(
     x = tl.sum(tl.sum(P * kf[:, None] * vfull[None, :], 1), 0)
     ss = tl.sum(kf * kf, 0) * tl.sum(vfull * vfull, 0)
     N = (Dk * Dv).to(tl.float32)
-    score = tl.where(m > 0, _score(nP, x, ss, g, N, eps, norm_eps), 0.0)
+    score = tl.where(m > 0, information_score_triton(nP, x, ss, g, N, eps, norm_eps), 0.0)
     if OVERRIDE:
         start = (tl.load(bnd_ptr + bh) != 0) | (m == 0)
     else:
@@ -73,8 +76,11 @@ def _dla_step_kernel(
         is_new = start & (jx == m_new - 1)
         use_old = live_new & (~is_new)
         two = full & (jx == istar)
-        S = tl.load(sbase + src * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=smask & ((kd[:, None] * 0 + use_old.to(tl.int32)) != 0), other=0.0)
-        S2 = tl.load(sbase + (src + 1) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=smask & ((kd[:, None] * 0 + two.to(tl.int32)) != 0), other=0.0)
+        tile = kd[:, None] * Dv + vd[None, :]
+        S = tl.load(sbase + src * Dk * Dv + tile, mask=smask & ((kd[:, None] * 0 + use_old.to(tl.int32)) != 0),
+                    other=0.0)
+        S2 = tl.load(sbase + (src + 1) * Dk * Dv + tile, mask=smask & ((kd[:, None] * 0 + two.to(tl.int32)) != 0),
+                     other=0.0)
         add = is_new | ((~start) & (jx == m - 1))
         S = a * (S + S2) + tl.where(add, kv, 0.0)
         tl.store(so_ptr + (bh * K + jx) * Dk * Dv + kd[:, None] * Dv + vd[None, :], S, mask=smask)
@@ -123,14 +129,14 @@ def step_triton(q, k, v, g, slot_weights, *, tau, boundary=None, states, counts,
     B, H, Dk = q.shape
     Dv = v.shape[-1]
     K = slot_weights.shape[-1]
-    _check_dims(Dk, Dv)
+    check_dims(Dk, Dv)
     BH = B * H
     dev = q.device
-    BK = max(_next_pow2(Dk), 16)
-    BVF = max(_next_pow2(Dv), 16)
+    BK = max(next_pow2(Dk), 16)
+    BVF = max(next_pow2(Dv), 16)
     BV = min(BVF, 64 if BH * triton.cdiv(BVF, 64) >= 264 else 32)
     NVB = triton.cdiv(BVF, BV)
-    KP = max(_next_pow2(K), 2)
+    KP = max(next_pow2(K), 2)
     states = states.float().contiguous()
     so = torch.empty_like(states)
     cnto = torch.empty(B, H, K, device=dev, dtype=torch.int64)
@@ -142,7 +148,7 @@ def step_triton(q, k, v, g, slot_weights, *, tau, boundary=None, states, counts,
     merged = torch.empty(B, H, device=dev, dtype=torch.int64)
     override = boundary is not None
     bnd = boundary.to(torch.int8).contiguous() if override else started
-    _dla_step_kernel[(BH, NVB)](
+    dla_step_kernel[(BH, NVB)](
         q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), slot_weights.contiguous(), bnd,
         states, counts.long().contiguous(), info.float().contiguous(), size.long().contiguous(),
         so, cnto, infoo, sizeo, o, score, started, merged,

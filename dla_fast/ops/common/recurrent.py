@@ -14,26 +14,37 @@ Row layout: ``R = B * H`` rows; states ``[R, K, Dk, Dv]`` oldest slot first (the
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
+from .score import information_score_torch
 
-def information_score(nP, x, ss, g, numel: int, eps: float, norm_eps: float) -> torch.Tensor:
-    """The score from three scalars of the open state (float64 tensors, docs/chunked-algorithm.md §1).
 
-    ``nP = ||P||^2``, ``x = <P, u>``, ``ss = ||u||^2`` where ``u = P' - a P`` is the token's increment,
-    ``g`` the log decay. The torch twin of ``_kernels.information_score`` (same operations, same order).
-    """
-    a = torch.exp(g)
-    r2 = nP / numel + norm_eps
-    w = 2.0 * a * x + ss
-    rp2 = torch.clamp((a * a * nP + w) / numel + norm_eps, min=norm_eps)
-    r = torch.sqrt(r2)
-    rp = torch.sqrt(rp2)
-    c = (torch.expm1(2.0 * g) * norm_eps - w / numel) / r / rp / (a * r + rp)
-    d2 = torch.clamp(c * c * nP + 2.0 * c * x / rp + ss / rp2, min=0.0)
-    return torch.sqrt(d2) / (torch.sqrt(nP) / r + eps)
+def _merge_where_full_(states, counts, info, size, start) -> torch.Tensor:
+    """Rows whose new slot meets a full cache merge their lowest-density adjacent pair (ties: the oldest), in
+    place. Returns the merged pair's index per row (-1: none)."""
+    R, K, Dk, Dv = states.shape
+    rows = torch.arange(R, device=states.device)
+    slots = torch.arange(K, device=states.device)
+    need_merge = start & (size == K)
+    merged = torch.full_like(size, -1)
+    if states.device.type == "cpu" and not bool(need_merge.any()):  # on the host the test costs nothing
+        return merged
+    density = (info[:, :-1] + info[:, 1:]).to(torch.float64) / (counts[:, :-1] + counts[:, 1:])
+    i = density.argmin(1)  # the first minimum: the oldest pair
+    right = (i + 1).clamp(max=K - 1)
+    src = torch.where(need_merge.unsqueeze(1) & (slots > i.unsqueeze(1)), slots + 1, slots).clamp(max=K - 1)
+    left_state = states[rows, i] + states[rows, right]
+    left_count = counts[rows, i] + counts[rows, right]
+    left_info = info[rows, i] + info[rows, right]
+    flat_src = (rows * K).unsqueeze(1) + src  # whole-slot row copies, not an element-wise gather
+    states.copy_(states.view(R * K, Dk * Dv).index_select(0, flat_src.view(-1)).view(R, K, Dk, Dv))
+    counts.copy_(counts.gather(1, src))
+    info.copy_(info.gather(1, src))
+    states[rows, i] = torch.where(need_merge.view(R, 1, 1), left_state, states[rows, i])
+    counts[rows, i] = torch.where(need_merge, left_count, counts[rows, i])
+    info[rows, i] = torch.where(need_merge, left_info, info[rows, i])
+    size.sub_(need_merge.to(size.dtype))
+    return torch.where(need_merge, i, merged)
 
 
 def recurrent_step_(
@@ -46,8 +57,8 @@ def recurrent_step_(
     v: torch.Tensor,
     g: torch.Tensor,
     slot_weights: torch.Tensor,
-    beta: Optional[torch.Tensor] = None,
-    boundary: Optional[torch.Tensor] = None,
+    beta: torch.Tensor | None = None,
+    boundary: torch.Tensor | None = None,
     *,
     tau: float,
     eps: float,
@@ -86,7 +97,7 @@ def recurrent_step_(
     x = (bk * torch.bmm(P, w.unsqueeze(2)).squeeze(2)).sum(1).to(torch.float64)  # <P, u> = (beta k)^T P w
     ss = (bk * bk).sum(1).to(torch.float64) * (w * w).sum(1).to(torch.float64)
     nP = P.to(torch.float64).square().sum((1, 2))
-    score = information_score(nP, x, ss, g64, Dk * Dv, eps, norm_eps)
+    score = information_score_torch(nP, x, ss, g64, Dk * Dv, eps, norm_eps)
     score = torch.where(has_slot, score, torch.zeros_like(score))
     decided = score >= tau if boundary is None else boundary
     start = ~has_slot | decided
@@ -100,26 +111,7 @@ def recurrent_step_(
     states.mul_(a_cd.view(R, 1, 1, 1))
 
     # 3a. A new slot in a full cache first merges the lowest-density adjacent pair (ties: the oldest).
-    need_merge = start & (size == K)
-    merged = torch.full_like(size, -1)
-    if states.device.type != "cpu" or bool(need_merge.any()):  # on the host the test costs nothing
-        density = (info[:, :-1] + info[:, 1:]).to(torch.float64) / (counts[:, :-1] + counts[:, 1:])
-        i = density.argmin(1)  # the first minimum: the oldest pair
-        right = (i + 1).clamp(max=K - 1)
-        src = torch.where(need_merge.unsqueeze(1) & (slots > i.unsqueeze(1)), slots + 1, slots).clamp(max=K - 1)
-        left_state = states[rows, i] + states[rows, right]
-        left_count = counts[rows, i] + counts[rows, right]
-        left_info = info[rows, i] + info[rows, right]
-        flat_src = (rows * K).unsqueeze(1) + src  # whole-slot row copies, not an element-wise gather
-        states.copy_(states.view(R * K, Dk * Dv).index_select(0, flat_src.view(-1)).view(R, K, Dk, Dv))
-        counts.copy_(counts.gather(1, src))
-        info.copy_(info.gather(1, src))
-        states[rows, i] = torch.where(need_merge.view(R, 1, 1), left_state, states[rows, i])
-        counts[rows, i] = torch.where(need_merge, left_count, counts[rows, i])
-        info[rows, i] = torch.where(need_merge, left_info, info[rows, i])
-        merged = torch.where(need_merge, i, merged)
-        size.sub_(need_merge.to(size.dtype))
-
+    merged = _merge_where_full_(states, counts, info, size, start)
     # 3b. Update: extend the open slot, or append the token's own slot.
     target = torch.where(start, size, open_idx)
     s = bk.unsqueeze(2) * v.unsqueeze(1)  # s_t = (beta) k v^T

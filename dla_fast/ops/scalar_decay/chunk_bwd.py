@@ -1,6 +1,6 @@
 """Triton backward of DLA, scalar-decay backbone, with the forward's partition held fixed (docs/training.md).
 
-The forward (``triton_forward.py``) writes the output in telescoped form: for token ``t`` of chunk ``c``,
+The forward (``chunk_fwd``) writes the output in telescoped form: for token ``t`` of chunk ``c``,
 
     o_t = sum_{s in chunk, s <= t} lam_t[J[t,s]] e^{Gc[t]-Gc[s]} (q_t.k_s) v_s           (intra)
         + lam_t[n_in(t)] e^{Gc[t]} q_t^T Hc                                               (Hc = H(c0 - 1))
@@ -10,14 +10,14 @@ with ``H`` the single-state prefix state and ``B_j`` the prefix state before sta
 end of its chunk; ``scale`` holds ``lam_t[r + 1] - lam_t[r]`` and the decay). With the partition fixed every
 term is linear in ``v``, bilinear in ``q`` and ``k``, linear in ``lam``. The backward is four kernels:
 
-1. ``_dla_bwd_q_kernel`` (chunk, bh): ``dq`` complete, ``dlam`` complete, and ``dHc`` per chunk — the
+1. ``dla_bwd_q_kernel`` (chunk, bh): ``dq`` complete, ``dlam`` complete, and ``dHc`` per chunk — the
    transposes of the three reads above (the old starts' ``B_j`` recomputed by the forward's own kernels).
-2. ``_dla_bwd_db_kernel`` (surviving start, Dv block): ``dB_j = sum_t scale[t, j] q_t dO_t^T`` over the
+2. ``dla_bwd_db_kernel`` (surviving start, Dv block): ``dB_j = sum_t scale[t, j] q_t dO_t^T`` over the
    chunks where start ``j`` is live and old: the adjoint of each materialised prefix state.
-3. ``_dla_bwd_scan_kernel`` (bh, state block): the reverse scan over chunks of the single state's adjoint,
+3. ``dla_bwd_scan_kernel`` (bh, state block): the reverse scan over chunks of the single state's adjoint,
    ``Y[c] = dHc[c] + e^{sum of g over chunk c} (Y[c + 1] + sum of the dB_j of chunk c's starts)``, the
-   transpose of ``_dla_hscan_kernel``.
-4. ``_dla_bwd_kv_kernel`` (chunk, bh): ``dk`` and ``dv``: the intra-chunk transpose plus
+   transpose of ``dla_hscan_kernel``.
+4. ``dla_bwd_kv_kernel`` (chunk, bh): ``dk`` and ``dv``: the intra-chunk transpose plus
    ``D_s = e^{GL - Gc[s]} (Y[c + 1] + sum_{starts j of the chunk after s} dB_j)`` applied to ``v_s`` and ``k_s``.
 
 ``dg`` follows from the identity ``dL/dG[t] = q_t.dq_t - k_t.dk_t (+ <S_final, dS_final> at T - 1)`` and a
@@ -27,77 +27,31 @@ reverse cumulative sum (the kernels write the two row sums). The final cache's g
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from .triton_forward import (
-    CHUNK,
-    _decay_to_end,
-    _initial_prefixes,
-    _interpret,
-    _log_decay_sums,
-    _mark,
-    _next_pow2,
-    _prefix_states,
-    _start_states,
-    _surviving_starts,
+from ...settings import DEFAULT_SETTINGS, TritonSettings
+from ..common.profiling import mark_stage
+from ..common.triton_utils import (
+    block_sizes,
+    chunk_tokens,
+    decay_to_end,
+    dot_nn,
+    dot_nt,
+    load_rows,
+    load_scalars,
+    load_state,
+    store_state,
 )
+from .chunk_fwd import DecidedStructure, LaunchConfig, launch_config
+from .chunk_fwd_output import intra_weights
+from .chunk_fwd_states import CHUNK, initial_prefixes, log_decay_sums, prefix_states, start_states, surviving_starts
 
 
+# Long: the transposes of the forward's three reads share one chunk's tiles in registers.
 @triton.jit
-def _live_in_chunk(mask_ptr, death_ptr, bh, c, NC, C: tl.constexpr):
-    """The chunk's starts live at each of its tokens: ``(n_in [C] int32, J [C, C] int32)`` with ``n_in(t)``
-    the starts u <= t of the chunk still live at t and ``J[t, s]`` those in (s, t] (as the forward)."""
-    t_idx = tl.arange(0, C)
-    row = t_idx[:, None]
-    col = t_idx[None, :]
-    mask = tl.load(mask_ptr + bh * NC + c)
-    bvec = ((mask >> t_idx.to(tl.int64)) & 1) != 0
-    dth = tl.load(death_ptr + bh * NC * C + c * C + t_idx)
-    A = (bvec[None, :] & (col <= row) & (dth[None, :] > (c * C + row))).to(tl.float32)
-    n_in = tl.sum(A, 1)
-    J = (n_in[:, None] - tl.cumsum(A, 1)).to(tl.int32)
-    return n_in.to(tl.int32), J
-
-
-@triton.jit
-def _intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C: tl.constexpr):
-    """The chunk's intra-attention weights, as the forward's output kernel: ``(n_in, J, lamJ, Dm)`` with
-    ``lamJ[t, s] = lam_t[J[t, s]]`` and ``Dm[t, s] = e^{Gc[t] - Gc[s]}`` on the causal part (0 elsewhere)."""
-    t_idx = tl.arange(0, C)
-    tok = c * C + t_idx
-    valid = tok < T
-    causal = (t_idx[None, :] <= t_idx[:, None]) & valid[:, None]
-    n_in, J = _live_in_chunk(mask_ptr, death_ptr, bh, c, NC, C)
-    wrow = w_ptr + ((b * T + tok) * H + h) * K
-    lamJ = tl.load(wrow[:, None] + J, mask=causal, other=0.0).to(tl.float32)
-    Dm = tl.where(causal, tl.exp(tl.minimum(Gc[:, None] - Gc[None, :], 0.0)), 0.0)
-    return n_in, J, lamJ, Dm
-
-
-@triton.jit
-def _dot_nt(a, b, LOWP: tl.constexpr, PREC: tl.constexpr):
-    """a @ b^T: 16-bit operands for 16-bit inputs (b cast to a's dtype), else fp32 at PREC."""
-    if LOWP:
-        return tl.dot(a, tl.trans(b.to(a.dtype)))
-    else:
-        return tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), input_precision=PREC)
-
-
-@triton.jit
-def _dot_nn(a, b, LOWP: tl.constexpr, PREC: tl.constexpr, dtype: tl.constexpr):
-    """a @ b: for 16-bit inputs both operands in ``dtype`` (fp32 accumulation), else fp32 at PREC."""
-    if LOWP:
-        return tl.dot(a.to(dtype), b.to(dtype))
-    else:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
-
-
-@triton.jit
-def _dla_bwd_q_kernel(
+def dla_bwd_q_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dq_ptr, dw_ptr, dgq_ptr, scale_ptr, dhc_ptr,
     mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bidx_ptr, bst_ptr, binit,
     T, H, Dk, Dv, K,
@@ -113,23 +67,19 @@ def _dla_bwd_q_kernel(
     FLOPs: 2 C^2 (Dk + Dv) + 2 C^2 Dk + 4 C Dk Dv + 2 C Dk Dv per live old start."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
     NC = tl.cdiv(T, C)
-    t_idx = tl.arange(0, C)
-    tok = c * C + t_idx
-    valid = tok < T
+    b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
     kd = tl.arange(0, BK)
     jj = tl.arange(0, KP)
     kmask = valid[:, None] & (kd[None, :] < Dk)
-    qc = tl.load(q_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
-    kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
+    qc = load_rows(q_ptr, trow, valid, kd, Dk)
+    kc = load_rows(k_ptr, trow, valid, kd, Dk)
     qf = qc.to(tl.float32)
-    g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
+    g = load_scalars(g_ptr, trow, valid)
     Gc = tl.cumsum(g, 0)
     eGc = tl.exp(Gc)
-    wrow = w_ptr + ((b * T + tok) * H + h) * K
-    n_in, J, lamJ, Dm = _intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C)
+    wrow = w_ptr + trow * K
+    n_in, J, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C)
     # n_in(t) = K only with an empty cache before the chunk (H = 0): no weight to read (and none in bounds).
     lam_in = tl.load(wrow + n_in, mask=valid & (n_in < K), other=0.0).to(tl.float32)
     cin = tl.where(valid, lam_in * eGc, 0.0)
@@ -138,23 +88,21 @@ def _dla_bwd_q_kernel(
     ZH = tl.zeros([C, BK], dtype=tl.float32)
     for vb in range(NVB):
         vd = vb * BV + tl.arange(0, BV)
-        vmask = valid[:, None] & (vd[None, :] < Dv)
-        sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
-        vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
-        doc = tl.load(do_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
-        Hc = tl.load(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
-        dP += _dot_nt(doc, vc, LOWP, PREC)
-        ZH += _dot_nt(doc, Hc, LOWP, PREC)
-        dHc = _dot_nn(tl.trans(qf * cin[:, None]), doc, LOWP, PREC, qc.dtype)
+        vc = load_rows(v_ptr, trow, valid, vd, Dv)
+        doc = load_rows(do_ptr, trow, valid, vd, Dv)
+        Hc = load_state(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv, kd, vd, Dk, Dv)
+        dP += dot_nt(doc, vc, LOWP, PREC)
+        ZH += dot_nt(doc, Hc, LOWP, PREC)
+        dHc = dot_nn(tl.trans(qf * cin[:, None]), doc, LOWP, PREC, qc.dtype)
         tl.debug_barrier()  # dhc may alias hs: every thread has read this block of Hc before any writes it
-        tl.store(dhc_ptr + (bh * (NC + 1) + c) * Dk * Dv + kd[:, None] * Dv + vd[None, :], dHc, mask=sm)
+        store_state(dhc_ptr + (bh * (NC + 1) + c) * Dk * Dv, dHc, kd, vd, Dk, Dv)
     # Intra-chunk attention.
-    S = _dot_nt(qc, kc, LOWP, PREC)
-    dq = _dot_nn(dP * lamJ * Dm, kc, LOWP, PREC, qc.dtype)
+    S = dot_nt(qc, kc, LOWP, PREC)
+    dq = dot_nn(dP * lamJ * Dm, kc, LOWP, PREC, qc.dtype)
     X = dP * S * Dm
     dlam = tl.zeros([C, KP], dtype=tl.float32)
     for jx in range(0, tl.max(n_in, 0) + 1):  # J takes the values 0 .. n_in(t)
-        colx = tl.sum(tl.where(J == jx, X, 0.0), 1)
+        colx = tl.sum(tl.where(jx == J, X, 0.0), 1)
         dlam += tl.where(jj[None, :] == jx, colx[:, None], 0.0)
     # The state before the chunk, read with recency n_in(t).
     dq += cin[:, None] * ZH
@@ -172,7 +120,7 @@ def _dla_bwd_q_kernel(
                      (binit + bh * K + lpos + m0init).to(tl.int64))
     gref = tl.where(lpos >= 0, tl.load(gs_ptr + bh * (NC + 1) + dpos // C + 1, mask=inlist, other=0.0), 0.0)
     dG = (gs_c - gref).to(tl.float32)
-    doc0 = tl.load(do_ptr + ((b * T + tok) * H + h)[:, None] * Dv + tl.arange(0, BV)[None, :],
+    doc0 = tl.load(do_ptr + trow[:, None] * Dv + tl.arange(0, BV)[None, :],
                    mask=valid[:, None] & (tl.arange(0, BV)[None, :] < Dv), other=0.0)
     # Old starts from the newest (list index m0 - 1) to index 1 (the oldest, index 0, has H = 0 before it):
     # start j's rank at t is n_in(t) + the old starts newer than j still live at t, counted as we go, so
@@ -193,29 +141,26 @@ def _dla_bwd_q_kernel(
         # start j's read coefficients: the dB kernel's weights
         tl.store(scale_ptr + ((bh * NC + c) * KP + jx) * C + t_idx, sc_j.to(scale_ptr.dtype.element_ty))
         if NVB == 1:  # dO's tile stays in registers
-            Bt = tl.load(bst_ptr + bs * Dk * Dv + kd[:, None] * Dv + tl.arange(0, BV)[None, :],
-                         mask=(kd[:, None] < Dk) & (tl.arange(0, BV)[None, :] < Dv), other=0.0)
-            Z = _dot_nt(doc0, Bt, LOWP, PREC)
+            Bt = load_state(bst_ptr + bs * Dk * Dv, kd, tl.arange(0, BV), Dk, Dv)
+            Z = dot_nt(doc0, Bt, LOWP, PREC)
         else:
             Z = tl.zeros([C, BK], dtype=tl.float32)
             for vb in range(NVB):
                 vd = vb * BV + tl.arange(0, BV)
-                doc = tl.load(do_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :],
-                              mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
-                Bt = tl.load(bst_ptr + bs * Dk * Dv + kd[:, None] * Dv + vd[None, :],
-                             mask=(kd[:, None] < Dk) & (vd[None, :] < Dv), other=0.0)
-                Z += _dot_nt(doc, Bt, LOWP, PREC)
+                doc = load_rows(do_ptr, trow, valid, vd, Dv)
+                Bt = load_state(bst_ptr + bs * Dk * Dv, kd, vd, Dk, Dv)
+                Z += dot_nt(doc, Bt, LOWP, PREC)
         dq += sc_j[:, None] * Z
         dc = (tl.sum(qf * Z, 1) * ex_j)[:, None]
         dlam += tl.where(jj[None, :] == (r_j + 1)[:, None], dc, 0.0) - tl.where(jj[None, :] == r_j[:, None], dc, 0.0)
         after += alive_j.to(tl.int32)
-    tl.store(dq_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], dq.to(dq_ptr.dtype.element_ty), mask=kmask)
+    tl.store(dq_ptr + trow[:, None] * Dk + kd[None, :], dq.to(dq_ptr.dtype.element_ty), mask=kmask)
     tl.store(dgq_ptr + bh * T + tok, tl.sum(qf * dq, 1), mask=valid)
-    tl.store(dw_ptr + ((b * T + tok) * H + h)[:, None] * K + jj[None, :], dlam, mask=valid[:, None] & (jj[None, :] < K))
+    tl.store(dw_ptr + trow[:, None] * K + jj[None, :], dlam, mask=valid[:, None] & (jj[None, :] < K))
 
 
 @triton.jit
-def _dla_bwd_db_kernel(
+def dla_bwd_db_kernel(
     q_ptr, do_ptr, scale_ptr, live_ptr, livem_ptr, death_ptr, death0_ptr, sbh_ptr, spos_ptr, db_ptr, nsurv,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr,
@@ -250,21 +195,19 @@ def _dla_bwd_db_kernel(
     for c in range(first, last):
         tok = c * C + t_idx
         valid = tok < T
+        trow = (b * T + tok) * H + h
         lpos = tl.load(live_ptr + (bh * NC + c) * KP + jj)
         m0 = tl.load(livem_ptr + bh * NC + c)
         j = tl.sum(tl.where((jj < m0) & (lpos == a), jj, 0), 0)  # its index in the chunk's live list
         sc = tl.load(scale_ptr + ((bh * NC + c) * KP + j) * C + t_idx).to(tl.float32)
-        qc = tl.load(q_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :],
-                     mask=valid[:, None] & (kd[None, :] < Dk), other=0.0)
-        doc = tl.load(do_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :],
-                      mask=valid[:, None] & (vd[None, :] < Dv), other=0.0)
-        acc += _dot_nn(tl.trans(qc.to(tl.float32) * sc[:, None]), doc, LOWP, PREC, qc.dtype)
-    tl.store(db_ptr + n * Dk * Dv + kd[:, None] * Dv + vd[None, :], acc.to(db_ptr.dtype.element_ty),
-             mask=(kd[:, None] < Dk) & (vd[None, :] < Dv))
+        qc = load_rows(q_ptr, trow, valid, kd, Dk)
+        doc = load_rows(do_ptr, trow, valid, vd, Dv)
+        acc += dot_nn(tl.trans(qc.to(tl.float32) * sc[:, None]), doc, LOWP, PREC, qc.dtype)
+    store_state(db_ptr + n * Dk * Dv, acc, kd, vd, Dk, Dv)
 
 
 @triton.jit
-def _dla_bwd_scan_kernel(
+def dla_bwd_scan_kernel(
     dhc_ptr, db_ptr, off_ptr, gs_ptr, T, DD,
     C: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -290,8 +233,9 @@ def _dla_bwd_scan_kernel(
         g1 = g0
 
 
+# Long: dk and dv of a chunk from its intra part and every state that read it, one register tile each.
 @triton.jit
-def _dla_bwd_kv_kernel(
+def dla_bwd_kv_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dk_ptr, dv_ptr, dgk_ptr,
     mask_ptr, death_ptr, y_ptr, db_ptr, off_ptr, spos_ptr,
     T, H, Dk, Dv, K,
@@ -306,178 +250,184 @@ def _dla_bwd_kv_kernel(
     4 C Dk Dv per state (Y, and each surviving start of the chunk)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
     NC = tl.cdiv(T, C)
-    t_idx = tl.arange(0, C)
-    tok = c * C + t_idx
-    valid = tok < T
+    b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
     kd = tl.arange(0, BK)
     kmask = valid[:, None] & (kd[None, :] < Dk)
-    qc = tl.load(q_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
-    kc = tl.load(k_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], mask=kmask, other=0.0)
-    g = tl.load(g_ptr + (b * T + tok) * H + h, mask=valid, other=0.0).to(tl.float32)
+    qc = load_rows(q_ptr, trow, valid, kd, Dk)
+    kc = load_rows(k_ptr, trow, valid, kd, Dk)
+    g = load_scalars(g_ptr, trow, valid)
     Gc = tl.cumsum(g, 0)
-    wd, _ = _decay_to_end(g)
+    wd, _ = decay_to_end(g)
     wd = tl.where(valid, wd, 0.0)
-    _, _, lamJ, Dm = _intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C)
+    _, _, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C)
     M = lamJ * Dm
-    P = _dot_nt(qc, kc, LOWP, PREC) * M
+    P = dot_nt(qc, kc, LOWP, PREC) * M
     dP = tl.zeros([C, C], dtype=tl.float32)
     for vb in range(NVB):
         vd = vb * BV + tl.arange(0, BV)
-        vmask = valid[:, None] & (vd[None, :] < Dv)
-        vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
-        doc = tl.load(do_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
-        dP += _dot_nt(doc, vc, LOWP, PREC)
-    dk = _dot_nn(tl.trans(dP * M), qc, LOWP, PREC, qc.dtype)
+        vc = load_rows(v_ptr, trow, valid, vd, Dv)
+        doc = load_rows(do_ptr, trow, valid, vd, Dv)
+        dP += dot_nt(doc, vc, LOWP, PREC)
+    dk = dot_nn(tl.trans(dP * M), qc, LOWP, PREC, qc.dtype)
     n0 = tl.load(off_ptr + bh * NC + c)
     n1 = tl.load(off_ptr + bh * NC + c + 1)
     for vb in range(NVB):
         vd = vb * BV + tl.arange(0, BV)
         vmask = valid[:, None] & (vd[None, :] < Dv)
-        sm = (kd[:, None] < Dk) & (vd[None, :] < Dv)
-        vc = tl.load(v_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
-        doc = tl.load(do_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], mask=vmask, other=0.0)
-        dv = _dot_nn(tl.trans(P), doc, LOWP, PREC, qc.dtype)
-        Y = tl.load(y_ptr + (bh * (NC + 1) + c + 1) * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
-        dv += wd[:, None] * _dot_nn(kc, Y, LOWP, PREC, qc.dtype)
-        dk += wd[:, None] * _dot_nt(vc, Y, LOWP, PREC)
+        vc = load_rows(v_ptr, trow, valid, vd, Dv)
+        doc = load_rows(do_ptr, trow, valid, vd, Dv)
+        dv = dot_nn(tl.trans(P), doc, LOWP, PREC, qc.dtype)
+        Y = load_state(y_ptr + (bh * (NC + 1) + c + 1) * Dk * Dv, kd, vd, Dk, Dv)
+        dv += wd[:, None] * dot_nn(kc, Y, LOWP, PREC, qc.dtype)
+        dk += wd[:, None] * dot_nt(vc, Y, LOWP, PREC)
         for nn in range(n0, n1):  # the chunk's surviving starts: tokens before a_j are in B_j
             aloc = tl.load(spos_ptr + nn) - c * C
-            Bj = tl.load(db_ptr + nn * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=sm, other=0.0)
+            Bj = load_state(db_ptr + nn * Dk * Dv, kd, vd, Dk, Dv)
             wm = tl.where(t_idx < aloc, wd, 0.0)
-            dv += wm[:, None] * _dot_nn(kc, Bj, LOWP, PREC, qc.dtype)
-            dk += wm[:, None] * _dot_nt(vc, Bj, LOWP, PREC)
-        tl.store(dv_ptr + ((b * T + tok) * H + h)[:, None] * Dv + vd[None, :], dv.to(dv_ptr.dtype.element_ty),
+            dv += wm[:, None] * dot_nn(kc, Bj, LOWP, PREC, qc.dtype)
+            dk += wm[:, None] * dot_nt(vc, Bj, LOWP, PREC)
+        tl.store(dv_ptr + trow[:, None] * Dv + vd[None, :], dv.to(dv_ptr.dtype.element_ty),
                  mask=vmask)
-    tl.store(dk_ptr + ((b * T + tok) * H + h)[:, None] * Dk + kd[None, :], dk.to(dk_ptr.dtype.element_ty), mask=kmask)
+    tl.store(dk_ptr + trow[:, None] * Dk + kd[None, :], dk.to(dk_ptr.dtype.element_ty), mask=kmask)
     tl.store(dgk_ptr + bh * T + tok, tl.sum(kc.to(tl.float32) * dk, 1), mask=valid)
 
 
-def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, kept: dict, dO, dS_final,
-                                 final_states=None, *, profile=None):
+def _recompute(cfg: LaunchConfig, k, v, g, init_states, s: DecidedStructure):
+    """The forward's prefix states (recomputed, not stored): ``(states0, gs, hs, surv, nsurv, bidx, bst)``."""
+    states0 = None if init_states is None else init_states.float().reshape(cfg.BH, cfg.K, cfg.Dk, cfg.Dv)
+    gs = log_decay_sums(g, cfg.NC)
+    h0, hinit = initial_prefixes(states0, cfg.BH, cfg.Dk, cfg.Dv, k.device)
+    hs = prefix_states(k, v, g, gs, h0, split=cfg.split, prec=cfg.prec)
+    surv, nsurv, bidx = surviving_starts(s.masks, s.death, cfg.T)
+    bst = start_states(k, v, g, hs, s.masks, s.death, bidx, nsurv, hinit if states0 is not None else None, cfg.K,
+                       lowp=cfg.lowp, prec=cfg.prec)
+    return states0, gs, hs, surv, nsurv, bidx, bst
+
+
+def _final_cache_adjoint(cfg: LaunchConfig, s: DecidedStructure, dS_final, dhc, db, gs, bidx, nsurv: int, size0):
+    """Inject the final cache's gradient. Closed slot i = H_d(a_{i+1} - 1) - H_d(a_i - 1), the open slot =
+    H(T-1) - H_d(a_last - 1), H_d decayed to T - 1: the starts a_i (i >= 1) of final slots receive
+    dS[i-1] - dS[i] (into ``db``), and H(T-1) receives dS[last] (``dhc[:, NC]``)."""
+    BH, K, NC, C = cfg.BH, cfg.K, cfg.NC, CHUNK
+    dhc[:, NC].zero_()
+    if dS_final is None:
+        return
+    dev = dhc.device
+    rows = torch.arange(BH, device=dev)
+    last = (s.size - 1).clamp(min=0)
+    dhc[:, NC] = dS_final[rows, last] * (s.size > 0).view(BH, 1, 1)
+    fp = s.fpos[:, :K].to(torch.int64)
+    i = torch.arange(K, device=dev).view(1, K)
+    use = (i >= 1) & (i < s.size.view(BH, 1))
+    real = fp >= 0
+    cidx = torch.where(real, bidx.gather(1, fp.clamp(min=0, max=NC * C - 1)).to(torch.int64),
+                       nsurv + rows.view(BH, 1) * K + fp + size0.view(BH, 1))
+    gref = torch.where(real, gs.gather(1, (fp.clamp(min=0) // C + 1).clamp(max=NC)), torch.zeros_like(gs[:, :1]))
+    decay = torch.exp(gs[:, NC:NC + 1] - gref).float()  # [BH, K]
+    prev = torch.cat([torch.zeros_like(dS_final[:, :1]), dS_final[:, :-1]], 1)
+    inject = (prev - dS_final) * (decay * use).view(BH, K, 1, 1)
+    db.view(-1, cfg.Dk * cfg.Dv).index_add_(0, cidx[use], inject[use].reshape(-1, cfg.Dk * cfg.Dv).to(db.dtype))
+
+
+def _start_adjoints(cfg: LaunchConfig, q, dO, scale, s: DecidedStructure, surv, nsurv: int, ninit: int):
+    """Stage 2: ``(db, sbh, spos)``: dB of every surviving start (and of the initial slots' pseudo starts), and
+    the surviving starts' (bh, position) in the compact order."""
+    pos_all = torch.nonzero(surv)  # row-major: the compact order of bidx
+    sbh = pos_all[:, 0].to(torch.int32).contiguous()
+    spos = pos_all[:, 1].to(torch.int32).contiguous()
+    BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
+    # 16-bit storage for 16-bit inputs: every consumer casts dB to 16 bits for its products anyway.
+    db = torch.empty(max(nsurv + ninit, 1), cfg.Dk, cfg.Dv, device=q.device,
+                     dtype=q.dtype if cfg.lowp else torch.float32)
+    if nsurv + ninit:
+        dla_bwd_db_kernel[(nsurv + ninit, triton.cdiv(BVF, BV))](
+            q, dO, scale, s.live, s.livem, s.death, s.death0, sbh, spos, db, nsurv, cfg.T, cfg.H, cfg.Dk, cfg.Dv,
+            cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec, num_warps=4,
+        )
+    return db, sbh, spos
+
+
+def _initial_adjoint(cfg: LaunchConfig, dhc, db, nsurv: int, size0):
+    """d states0[i'] = Y[0] (through h0 = the sum of the initial slots) + the dB of every later pseudo start."""
+    dpseudo = db[nsurv:nsurv + cfg.BH * cfg.K].view(cfg.BH, cfg.K, cfg.Dk, cfg.Dv).float()
+    later = dpseudo.flip(1).cumsum(1).flip(1) - dpseudo
+    used = (torch.arange(cfg.K, device=db.device).view(1, cfg.K) < size0.view(cfg.BH, 1)).view(cfg.BH, cfg.K, 1, 1)
+    return (dhc[:, 0].unsqueeze(1) + later) * used  # unused slots (zero by the semantics) are not read
+
+
+def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, structure: DecidedStructure, dO,
+                                 dS_final, final_states=None, *, settings: TritonSettings = DEFAULT_SETTINGS,
+                                 profile=None):
     """Gradients of ``<dO, o> + <dS_final, S_final>`` for a forward run by ``forward_scalar_decay_triton``.
 
     Args:
         q, k ``[B, T, H, Dk]``; v, dO ``[B, T, H, Dv]`` (one dtype: float32, bfloat16 or float16); g
         ``[B, T, H]``; slot_weights ``[B, T, H, K]``: the forward's inputs.
         init_states: ``[B, H, K, Dk, Dv]`` or None (empty initial cache); size0 ``[B * H]`` int64.
-        kept: the forward's ``keep`` dict (its structure tensors and final states).
+        structure: the forward's :class:`DecidedStructure`.
         dS_final: ``[B * H, K, Dk, Dv]`` float32 (zero on unused slots) or None.
         final_states: the forward's final states (any shape with ``B * H * K * Dk * Dv`` elements); needed
             with ``dS_final`` (their product enters ``dg``).
+        settings: kernel tuning (``bwd_stages``, ``bwd_warps``).
         profile: a dict or None: each stage's time in ms (synchronising; benchmarks only).
 
     Returns:
         ``(dq, dk, dv)`` in q's dtype, ``dg [B, T, H]`` float64, ``dlam [B, T, H, K]`` float32 and
         ``dinit [B * H, K, Dk, Dv]`` float32 (None without an initial cache).
     """
-    B, T, H, Dk = q.shape
-    Dv, K = v.shape[-1], slot_weights.shape[-1]
-    dev = q.device
-    C = CHUNK
-    BH = B * H
-    NC = triton.cdiv(T, C)
-    KP = max(_next_pow2(K), 2)
-    BK = max(_next_pow2(Dk), 16)
-    BVF = max(_next_pow2(Dv), 16)
-    BV = min(BVF, 64)
+    cfg = launch_config(q, v, slot_weights)
+    B, T, H, K, NC, BH, C = cfg.B, cfg.T, cfg.H, cfg.K, cfg.NC, cfg.BH, CHUNK
+    BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
     NVB = triton.cdiv(BVF, BV)
-    DD = Dk * Dv
-    lowp = q.dtype in (torch.bfloat16, torch.float16) and not _interpret()
-    prec = "ieee" if _interpret() else "tf32x3"
+    dev = q.device
     q, k, v, dO = (x.contiguous() for x in (q, k, v, dO.to(q.dtype)))
     g, slot_weights = g.contiguous(), slot_weights.contiguous()
-    masks, death, death0 = kept["masks"], kept["death"], kept["death0"]
-    live, livem, fpos, size_final = kept["live"], kept["livem"], kept["fpos"], kept["size"]
-
-    # The forward's prefix states (recomputed, not stored): H before every chunk and the surviving starts'.
-    _mark(profile, "recompute")
-    states0 = None if init_states is None else init_states.float().reshape(BH, K, Dk, Dv)
-    gs = _log_decay_sums(g, NC)
-    h0, hinit = _initial_prefixes(states0, BH, Dk, Dv, dev)
-    hs = _prefix_states(k, v, g, gs, h0, split=q.dtype == torch.bfloat16 and not _interpret(), prec=prec)
-    _mark(profile, "recompute_bst")
-    surv, nsurv, bidx = _surviving_starts(masks, death, T)
-    bst = _start_states(k, v, g, hs, masks, death, bidx, nsurv, hinit if states0 is not None else None, K,
-                        lowp=lowp, prec=prec)
+    s = structure
+    mark_stage(profile, "recompute")
+    states0, gs, hs, surv, nsurv, bidx, bst = _recompute(cfg, k, v, g, init_states, s)
     ninit = BH * K if states0 is not None else 0
     # 1. dq, dlam, dHc
-    _mark(profile, "dq")
+    mark_stage(profile, "dq")
     dq = torch.empty_like(q)
     dlam = torch.empty(B, T, H, K, device=dev, dtype=torch.float32)
     dgq = torch.empty(BH, T, device=dev, dtype=torch.float32)  # time contiguous: the cumsum below
-    scale = torch.empty(BH, NC, KP, C, device=dev, dtype=q.dtype if lowp else torch.float32)
+    scale = torch.empty(BH, NC, cfg.KP, C, device=dev, dtype=q.dtype if cfg.lowp else torch.float32)
     dhc = hs  # each program reads its chunk's H before writing that chunk's dHc in its place (H is then dead)
-    _dla_bwd_q_kernel[(NC, BH)](
-        q, k, v, g, slot_weights, dO, dq, dlam, dgq, scale, dhc, masks, death, death0, live, livem, hs, gs, bidx, bst,
-        nsurv, T, H, Dk, Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=KP, LOWP=lowp, PREC=prec,
-        STAGES=int(os.environ.get("DLA_TRITON_BWD_STAGES", 2)), num_warps=int(os.environ.get("DLA_TRITON_BWD_WARPS", 4)),
+    dla_bwd_q_kernel[(NC, BH)](
+        q, k, v, g, slot_weights, dO, dq, dlam, dgq, scale, dhc, s.masks, s.death, s.death0, s.live, s.livem, hs, gs,
+        bidx, bst, nsurv, T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=cfg.KP, LOWP=cfg.lowp,
+        PREC=cfg.prec, STAGES=settings.bwd_stages, num_warps=settings.bwd_warps,
     )
     del bst
-    # 2. dB of every surviving start (and of the initial slots' pseudo starts).
-    _mark(profile, "dB")
-    pos_all = torch.nonzero(surv)  # row-major: the compact order of bidx
-    sbh = pos_all[:, 0].to(torch.int32).contiguous()
-    spos = pos_all[:, 1].to(torch.int32).contiguous()
-    # 16-bit storage for 16-bit inputs: every consumer casts dB to 16 bits for its products anyway.
-    db = torch.empty(max(nsurv + ninit, 1), Dk, Dv, device=dev, dtype=q.dtype if lowp else torch.float32)
-    if nsurv + ninit:
-        _dla_bwd_db_kernel[(nsurv + ninit, NVB)](
-            q, dO, scale, live, livem, death, death0, sbh, spos, db, nsurv, T, H, Dk, Dv, K,
-            C=C, BK=BK, BV=BV, KP=KP, LOWP=lowp, PREC=prec, num_warps=4,
-        )
+    # 2. dB of every surviving start, then the final cache's gradient.
+    mark_stage(profile, "dB")
+    db, sbh, spos = _start_adjoints(cfg, q, dO, scale, s, surv, nsurv, ninit)
     del scale
-    # The final cache: closed slot i = H_d(a_{i+1} - 1) - H_d(a_i - 1), open slot = H(T-1) - H_d(a_last - 1),
-    # H_d decayed to T - 1: the starts a_i (i >= 1) of final slots receive dS[i-1] - dS[i], H(T-1) dS[last].
-    dhc[:, NC].zero_()
-    if dS_final is not None:
-        rows = torch.arange(BH, device=dev)
-        last = (size_final - 1).clamp(min=0)
-        dhc[:, NC] = dS_final[rows, last] * (size_final > 0).view(BH, 1, 1)
-        fp = fpos[:, :K].to(torch.int64)
-        i = torch.arange(K, device=dev).view(1, K)
-        use = (i >= 1) & (i < size_final.view(BH, 1))
-        real = fp >= 0
-        m0i = size0.view(BH, 1)
-        cidx = torch.where(real, bidx.gather(1, fp.clamp(min=0, max=NC * C - 1)).to(torch.int64),
-                           nsurv + rows.view(BH, 1) * K + fp + m0i)
-        gref = torch.where(real, gs.gather(1, (fp.clamp(min=0) // C + 1).clamp(max=NC)), torch.zeros_like(gs[:, :1]))
-        decay = torch.exp(gs[:, NC:NC + 1] - gref).float()  # [BH, K]
-        prev = torch.cat([torch.zeros_like(dS_final[:, :1]), dS_final[:, :-1]], 1)
-        inject = (prev - dS_final) * (decay * use).view(BH, K, 1, 1)
-        db.view(-1, DD).index_add_(0, cidx[use], inject[use].reshape(-1, DD).to(db.dtype))
+    _final_cache_adjoint(cfg, s, dS_final, dhc, db, gs, bidx, nsurv, size0)
     # 3. the reverse scan of the single state's adjoint.
-    _mark(profile, "scan")
-    counts = surv[:, : NC * C].view(BH, NC, C).sum(-1).reshape(-1)
+    mark_stage(profile, "scan")
     off = torch.zeros(BH * NC + 1, device=dev, dtype=torch.int64)
-    off[1:] = counts.cumsum(0)
+    off[1:] = surv[:, : NC * C].view(BH, NC, C).sum(-1).reshape(-1).cumsum(0)
+    DD = cfg.Dk * cfg.Dv
     HBLK = 256  # small blocks: B*H*DD/256 sequential programs hide each other's latency
-    _dla_bwd_scan_kernel[(BH, triton.cdiv(DD, HBLK))](dhc, db, off, gs, T, DD, C=C, BLOCK=HBLK, num_warps=2)
+    dla_bwd_scan_kernel[(BH, triton.cdiv(DD, HBLK))](dhc, db, off, gs, T, DD, C=C, BLOCK=HBLK, num_warps=2)
     # 4. dk, dv
-    _mark(profile, "dkv")
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
+    mark_stage(profile, "dkv")
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
     dgk = torch.empty(BH, T, device=dev, dtype=torch.float32)
-    _dla_bwd_kv_kernel[(NC, BH)](
-        q, k, v, g, slot_weights, dO, dk, dv, dgk, masks, death, dhc, db, off, spos,
-        T, H, Dk, Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, LOWP=lowp, PREC=prec, num_warps=8,
+    dla_bwd_kv_kernel[(NC, BH)](
+        q, k, v, g, slot_weights, dO, dk, dv, dgk, s.masks, s.death, dhc, db, off, spos,
+        T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, LOWP=cfg.lowp, PREC=cfg.prec, num_warps=8,
     )
     # dg: dL/dG[t] = q_t.dq_t - k_t.dk_t (+ <S_final, dS_final> at T - 1), reverse cumulative sum.
-    _mark(profile, "dg")
+    mark_stage(profile, "dg")
     dG = (dgq.double() - dgk.double()).flip(1).cumsum(1).flip(1)
     if dS_final is not None:
-        dG += (final_states.double().reshape(BH, K, Dk, Dv) * dS_final.double()).sum((1, 2, 3)).view(BH, 1)
+        dG += (final_states.double().reshape(BH, K, cfg.Dk, cfg.Dv) * dS_final.double()).sum((1, 2, 3)).view(BH, 1)
     dG = dG.view(B, H, T).permute(0, 2, 1)
-    dinit = None
-    if states0 is not None:
-        # d states0[i'] = Y[0] (through h0 = sum of the initial slots) + the dB of every later pseudo start.
-        dpseudo = db[nsurv:nsurv + ninit].view(BH, K, Dk, Dv).float()
-        later = dpseudo.flip(1).cumsum(1).flip(1) - dpseudo
-        used = (torch.arange(K, device=dev).view(1, K) < size0.view(BH, 1)).view(BH, K, 1, 1)
-        dinit = (dhc[:, 0].unsqueeze(1) + later) * used  # unused slots (zero by contract) are not read
-    _mark(profile, None)
+    dinit = None if states0 is None else _initial_adjoint(cfg, dhc, db, nsurv, size0)
+    mark_stage(profile, None)
     if profile is not None:
         profile["surviving_starts"] = nsurv
     return dq, dk, dv, dG, dlam, dinit

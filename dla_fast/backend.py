@@ -1,0 +1,56 @@
+"""Which path runs a call: the Triton kernels or the torch code (docs/architecture.md).
+
+The one environment variable the library reads is ``DLA_FAST_BACKEND`` (with Triton's own
+``TRITON_INTERPRET``), and it is read here alone:
+
+- unset or ``auto``: CUDA tensors of float32, bfloat16 or float16 with ``32 <= Dk, Dv <= 256`` run the
+  Triton kernels (scalar-decay backbone); everything else runs torch;
+- ``torch``: torch everywhere (the chunked torch path on the GPU too);
+- ``triton`` with ``TRITON_INTERPRET=1``: the kernels on CPU tensors through Triton's interpreter (tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# Head sizes below 32 take the torch path on CUDA (the Triton forward refuses them: a known fault at 16,
+# docs/triton.md); the step follows the same rule so both paths agree.
+TRITON_MIN_DIM = 32
+TRITON_MAX_DIM = 256
+BACKENDS = ("auto", "torch", "triton")
+
+
+def requested_backend() -> str:
+    """The value of ``DLA_FAST_BACKEND`` (``auto`` when unset); anything else is an error."""
+    backend = os.environ.get("DLA_FAST_BACKEND", "") or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"DLA_FAST_BACKEND: expected one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def uses_triton(x: torch.Tensor, dk: int, dv: int) -> bool:
+    """Whether a scalar-decay call on ``x``'s device and dtype, with these head sizes, runs the Triton kernels."""
+    backend = requested_backend()
+    if x.dtype == torch.float64 or backend == "torch":
+        return False
+    if backend == "triton" and interpreting():
+        return dk <= TRITON_MAX_DIM and dv <= TRITON_MAX_DIM and triton_available()
+    if not x.is_cuda:
+        return False
+    in_range = TRITON_MIN_DIM <= dk <= TRITON_MAX_DIM and TRITON_MIN_DIM <= dv <= TRITON_MAX_DIM
+    return in_range and triton_available()

@@ -1,0 +1,1 @@
+"""Shared by every path: score, recurrence, partition record, layouts, Triton helpers."""

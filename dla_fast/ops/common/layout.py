@@ -1,0 +1,37 @@
+"""Layouts: the API's ``[B, T, H, ...]`` and the paths' rows-first ``[B * H, T, ...]`` and chunk-major forms."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rows(x: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """``[B, T, H, *F]`` -> ``[B * H, T, *F]`` (in ``dtype`` if given); None stays None."""
+    if x is None:
+        return None
+    B, T, H = x.shape[:3]
+    x = x if dtype is None else x.to(dtype)
+    return x.movedim(2, 1).reshape(B * H, T, *x.shape[3:])
+
+
+def unrows(x: torch.Tensor | None, B: int, H: int) -> torch.Tensor | None:
+    """``[B * H, T, *F]`` -> ``[B, T, H, *F]``; None stays None."""
+    if x is None:
+        return None
+    T = x.shape[1]
+    return x.reshape(B, H, T, *x.shape[2:]).movedim(1, 2)
+
+
+def chunks(x: torch.Tensor, C: int, nC: int) -> torch.Tensor:
+    """Rows-first ``[R, T, *F]`` -> zero-padded chunk-major ``[nC, R, C, *F]`` (a view when no padding)."""
+    R, T = x.shape[:2]
+    pad = nC * C - T
+    if pad:
+        x = torch.cat([x, x.new_zeros((R, pad, *x.shape[2:]))], 1)
+    return x.view(R, nC, C, *x.shape[2:]).transpose(0, 1)
+
+
+def unchunk(x: torch.Tensor, T: int) -> torch.Tensor:
+    """Chunk-major ``[nC, R, C, *F]`` -> rows-first ``[R, T, *F]`` (the padding dropped)."""
+    nC, R, C = x.shape[:3]
+    return x.transpose(0, 1).reshape(R, nC * C, *x.shape[3:])[:, :T]

@@ -1,0 +1,156 @@
+"""Triton helpers shared by the kernels: a program's tokens, masked tile loads, decays, exact-ish dots.
+
+Layout conventions: inputs are ``[B, T, H, D]`` (FLA's), so token ``t`` of head ``h`` in batch ``b`` is the
+flat row ``(b * T + t) * H + h`` and its features start at ``row * D``; per-row scalars (``g``) are
+``[B, T, H]``; states are row-major ``Dk x Dv``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+INT32_MAX = 2**31 - 1
+
+
+def next_pow2(x: int) -> int:
+    """The smallest power of two ``>= x`` (1 for ``x <= 1``)."""
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def block_sizes(Dk: int, Dv: int):
+    """``(BK, BVF, BV)``: the padded key width, the padded value width, and the Dv block of one program."""
+    BK, BVF = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
+    return BK, BVF, min(BVF, 64)
+
+
+@triton.jit
+def chunk_tokens(bh, c, T, H, C: tl.constexpr):
+    """Program (bh, chunk c) -> ``(b, h, t_idx, tok, valid, row)``: the chunk's positions, their token
+    indices, which exist (``tok < T``), and each token's flat row in ``[B, T, H]``."""
+    b = bh // H
+    h = bh % H
+    t_idx = tl.arange(0, C)
+    tok = c * C + t_idx
+    return b, h, t_idx, tok, tok < T, (b * T + tok) * H + h
+
+
+@triton.jit
+def load_rows(ptr, row, valid, cols, D):
+    """The tile ``x[row, cols]`` of a ``[B, T, H, D]`` tensor; 0 for invalid tokens and ``cols >= D``."""
+    return tl.load(ptr + row[:, None] * D + cols[None, :], mask=valid[:, None] & (cols[None, :] < D), other=0.0)
+
+
+@triton.jit
+def load_scalars(ptr, row, valid):
+    """``x[row]`` of a ``[B, T, H]`` tensor in float32 (the log decays); 0 for invalid tokens."""
+    return tl.load(ptr + row, mask=valid, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def load_state(ptr, kd, vd, Dk, Dv):
+    """The block ``(kd, vd)`` of the row-major ``Dk x Dv`` state at ``ptr``; 0 outside."""
+    return tl.load(ptr + kd[:, None] * Dv + vd[None, :], mask=(kd[:, None] < Dk) & (vd[None, :] < Dv), other=0.0)
+
+
+@triton.jit
+def store_state(ptr, x, kd, vd, Dk, Dv):
+    """Store the block ``(kd, vd)`` of the row-major ``Dk x Dv`` state at ``ptr``."""
+    mask = (kd[:, None] < Dk) & (vd[None, :] < Dv)
+    tl.store(ptr + kd[:, None] * Dv + vd[None, :], x.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def mask_bits(mask, t_idx):
+    """The chunk's boundary bitmask (int64) as a bool vector over its positions."""
+    return ((mask >> t_idx.to(tl.int64)) & 1) != 0
+
+
+@triton.jit
+def bit_index(low):
+    """The index of the single set bit of ``low`` (int64), by its float64 exponent."""
+    return (((low.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023).to(tl.int32)
+
+
+@triton.jit
+def decay_to_end(g):
+    """``(exp(sum of g after s through the chunk end) per token s, exp(sum of the chunk's g))`` in float32,
+    from float64 sums and exps: the weights that build states, where strong decay (|G| ~ 10-40) would lose
+    ~|G| * 2^-24 relative accuracy in float32 exponents."""
+    g64 = g.to(tl.float64)
+    G = tl.cumsum(g64, 0)
+    Gl = tl.sum(g64, 0)
+    return tl.exp(Gl - G).to(tl.float32), tl.exp(Gl).to(tl.float32)
+
+
+@triton.jit
+def decay_scan_combine(a1, b1, a2, b2):
+    """(a1, b1) then (a2, b2) for the recurrence z <- a z + b (an associative scan's combine)."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def split3(x):
+    """x (fp32) = hi + mid + lo, three bf16 parts (~24 significant bits): a bf16 operand times these in three
+    bf16 tensor-core dots is as accurate as an fp32 product, with fewer registers than tf32x3."""
+    hi = x.to(tl.bfloat16)
+    r = x - hi.to(tl.float32)
+    mid = r.to(tl.bfloat16)
+    lo = (r - mid.to(tl.float32)).to(tl.bfloat16)
+    return hi, mid, lo
+
+
+@triton.jit
+def dot_split(a16, b32):
+    """a16 (bf16, exact) @ b32 (fp32) at fp32 accuracy by splitting b."""
+    hi, mid, lo = split3(b32)
+    acc = tl.dot(a16, hi)
+    acc = tl.dot(a16, mid, acc)
+    return tl.dot(a16, lo, acc)
+
+
+@triton.jit
+def dot_split_t(a32, b16):
+    """a32^T (fp32, split) @ b16 (bf16, exact) at fp32 accuracy."""
+    hi, mid, lo = split3(a32)
+    acc = tl.dot(tl.trans(hi), b16)
+    acc = tl.dot(tl.trans(mid), b16, acc)
+    return tl.dot(tl.trans(lo), b16, acc)
+
+
+@triton.jit
+def dot_state_update(kw, vc, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """``kw^T v`` (fp32 ``[C, BK]`` weighted keys, ``[C, BV]`` values): the chunk's contribution to a state;
+    bf16 values with the keys split in three (SPLIT), else fp32 dots at PREC."""
+    if SPLIT:
+        return dot_split_t(kw, vc)
+    else:
+        return tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
+
+
+@triton.jit
+def qdot(qc, qf, Hm, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """q^T H for a ``[C, Dk]`` query tile and an fp32 ``[Dk, BV]`` state: 16-bit operands for 16-bit inputs
+    (as FLA does), else fp32 at PREC."""
+    if LOWP:
+        return tl.dot(qc, Hm.to(qc.dtype))
+    else:
+        return tl.dot(qf, Hm, input_precision=PREC)
+
+
+@triton.jit
+def dot_nt(a, b, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """a @ b^T: 16-bit operands for 16-bit inputs (b cast to a's dtype), else fp32 at PREC."""
+    if LOWP:
+        return tl.dot(a, tl.trans(b.to(a.dtype)))
+    else:
+        return tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), input_precision=PREC)
+
+
+@triton.jit
+def dot_nn(a, b, LOWP: tl.constexpr, PREC: tl.constexpr, dtype: tl.constexpr):
+    """a @ b: for 16-bit inputs both operands in ``dtype`` (fp32 accumulation), else fp32 at PREC."""
+    if LOWP:
+        return tl.dot(a.to(dtype), b.to(dtype))
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)

@@ -1,0 +1,328 @@
+"""Triton prefill forward of DLA, scalar-decay backbone (NVIDIA GPUs; also runs under TRITON_INTERPRET=1).
+
+The call is a few kernels and a little torch glue (docs/triton.md: the design, FLOP and byte counts,
+precision; docs/chunked-algorithm.md: the notation):
+
+1. ``dla_table_kernel`` (parallel over (bh, chunk)): each chunk's score table ``I[t, p]`` (the score of token
+   ``t`` if the open slot is exactly ``p..t-1``), ``next(p)`` and the bitmask of every ``p``'s orbit;
+2. ``dla_carry_kernel`` (one program per bh, sequential over chunks): the scores against the carried open
+   slot, each chunk's first boundary and boundary mask, the open slot carried on; ``dla_scores_kernel``
+   assembles every token's score;
+3. ``dla_merge_kernel`` (one program per bh, sequential over boundary events): counts, information sums and
+   the lowest-density merges; each start's death time, the live starts at every chunk start;
+4. prefix states ``H`` before every chunk (on a side stream, overlapping 2-3), the surviving starts' states;
+5. ``dla_output_kernel`` (parallel over (bh, chunk, Dv block)): masked intra-chunk attention plus the
+   telescoped reads of the older slots; ``dla_final_kernel``: the final cache.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from ...backend import interpreting
+from ...settings import DEFAULT_SETTINGS, TritonSettings
+from ..common.profiling import mark_stage
+from ..common.triton_utils import INT32_MAX, block_sizes, next_pow2
+from .chunk_fwd_decide import dla_carry_kernel, dla_merge_kernel, dla_scores_kernel, dla_table_kernel
+from .chunk_fwd_output import dla_output_kernel, output_group
+from .chunk_fwd_states import (
+    CHUNK,
+    final_states,
+    initial_prefixes,
+    log_decay_sums,
+    prefix_states,
+    start_bits,
+    start_states,
+    surviving_starts,
+)
+
+MAX_DIM = 256
+
+# On an H200 (2026-11-27) the forward's output was wrong at Dk = Dv = 16 (relative error 4e-2, states and
+# decisions right; benchmarks/gpu_size_check.py) and one small-head harness run hit an illegal memory
+# access; 32, 64 and 128 matched to 7e-7. The interpreter computes 16 correctly, so the fault is in how the
+# small tiles compile. Until it is found, the GPU forward refuses heads below 32 (dla_fast.forward routes
+# them to the torch path).
+MIN_GPU_FORWARD_DIM = 32
+
+
+def check_dims(Dk: int, Dv: int) -> None:
+    """The Triton kernels hold a ``Dk x 64`` state block in registers: heads up to 256 wide."""
+    if Dk > MAX_DIM or Dv > MAX_DIM:
+        raise ValueError(f"dla triton: Dk and Dv up to {MAX_DIM} are supported, got Dk={Dk}, Dv={Dv}")
+
+
+def check_forward_dims(Dk: int, Dv: int) -> None:
+    check_dims(Dk, Dv)
+    if not interpreting() and min(Dk, Dv) < MIN_GPU_FORWARD_DIM:
+        raise ValueError(
+            f"dla triton forward: on a GPU Dk and Dv must be at least {MIN_GPU_FORWARD_DIM} (a known fault at "
+            f"smaller heads, docs/triton.md), got Dk={Dk}, Dv={Dv}; dla_fast.forward runs them on the torch path"
+        )
+
+
+@dataclass
+class DecidedStructure:
+    """The partition as the kernels hold it (``O(T + T/C K)`` integers per row): what the output, the final
+    cache and the Triton backward read.
+
+    Attributes:
+        masks: ``[BH, NC]`` int64, each chunk's boundary bitmask.
+        death: ``[BH, NC*C]`` int32, the token at which a start's slot was merged into its left neighbour
+            (INT32_MAX: never); death0 ``[BH, K]`` the same for the initial slots.
+        live, livem: ``[BH, NC, KP]`` int32 start positions of the live slots at each chunk start (initial
+            slots as -m0..-1) and their number ``[BH, NC]``.
+        fpos: ``[BH, KP]`` int32, the final slots' start positions.
+        size: ``[BH]`` int64 final sizes; counts ``[BH, K]`` int64; info ``[BH, K]`` float64.
+        scores: ``[BH, NC*C]`` float32; merged ``[BH, NC*C]`` int64 (-1: no merge).
+    """
+
+    masks: torch.Tensor
+    death: torch.Tensor
+    death0: torch.Tensor
+    live: torch.Tensor
+    livem: torch.Tensor
+    fpos: torch.Tensor
+    size: torch.Tensor
+    counts: torch.Tensor
+    info: torch.Tensor
+    scores: torch.Tensor
+    merged: torch.Tensor
+
+
+@dataclass
+class LaunchConfig:
+    """Shapes and compile-time choices of one call."""
+
+    B: int
+    T: int
+    H: int
+    Dk: int
+    Dv: int
+    K: int
+    lowp: bool  # 16-bit tensor-core operands (16-bit inputs on a GPU)
+    split: bool  # bf16 inputs: fp32 state products as three bf16 dots
+    prec: str
+
+    @property
+    def BH(self):
+        return self.B * self.H
+
+    @property
+    def NC(self):
+        return triton.cdiv(self.T, CHUNK)
+
+    @property
+    def KP(self):
+        return max(next_pow2(self.K), 2)
+
+
+def launch_config(q, v, slot_weights) -> LaunchConfig:
+    B, T, H, Dk = q.shape
+    # 16-bit tensor-core dots on the GPU; the interpreter computes bf16 tl.dot wrongly, so it gets fp32 dots.
+    gpu = not interpreting()
+    return LaunchConfig(B, T, H, Dk, v.shape[-1], slot_weights.shape[-1],
+                   lowp=q.dtype in (torch.bfloat16, torch.float16) and gpu, split=q.dtype == torch.bfloat16 and gpu,
+                   prec="tf32x3" if gpu else "ieee")
+
+
+def _initial_cache(cfg: LaunchConfig, states, counts, info, size, dev):
+    """``(states0 [BH, K, Dk, Dv] or None, counts0, info0, size0 [BH], P [BH, Dk, Dv])``: the cache to continue
+    from and its open slot."""
+    f32 = dict(device=dev, dtype=torch.float32)
+    if states is None:
+        return (None, torch.zeros(cfg.B, cfg.H, cfg.K, device=dev, dtype=torch.int64),
+                torch.zeros(cfg.B, cfg.H, cfg.K, **f32), torch.zeros(cfg.BH, device=dev, dtype=torch.int64),
+                torch.zeros(cfg.BH, cfg.Dk, cfg.Dv, **f32))
+    states0 = states.float().reshape(cfg.BH, cfg.K, cfg.Dk, cfg.Dv)
+    size0 = size.long().reshape(cfg.BH).contiguous()
+    open_idx = (size0 - 1).clamp(min=0)
+    P = (states0[torch.arange(cfg.BH, device=dev), open_idx] * (size0 > 0)[:, None, None]).contiguous()
+    return states0, counts.long(), info.float(), size0, P
+
+
+def _score_tables(cfg: LaunchConfig, k, v, g, tau, eps, norm_eps, override: bool, settings: TritonSettings):
+    """Stage 1: ``(itab, anc, x0, np0, ss)``, the per-chunk score tables, orbits and chunk-start columns."""
+    f32 = dict(device=k.device, dtype=torch.float32)
+    C, NC, BH = CHUNK, cfg.NC, cfg.BH
+    BK, BVF, _ = block_sizes(cfg.Dk, cfg.Dv)
+    itab = torch.empty(BH, NC, C, C, **f32)
+    anc = torch.empty(BH, NC, C, device=k.device, dtype=torch.int64)
+    x0, np0, ss = (torch.empty(BH, NC * C, **f32) for _ in range(3))
+    dla_table_kernel[(NC, BH)](
+        k, v, g, itab, anc, x0, np0, ss, cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps),
+        C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=cfg.lowp, PREC=settings.table_precision,
+        LOGC=int(math.log2(C)), SCAN=settings.table_scan, num_warps=8,
+    )
+    return itab, anc, x0, np0, ss
+
+
+def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, tables, P, size0, tau, eps, norm_eps, flag,
+                settings: TritonSettings):
+    """Stage 2: ``(masks [BH, NC], carry scores [BH, NC*C])``; P (the open slot) advanced in place."""
+    itab, anc, x0, np0, ss = tables
+    dev = k.device
+    masks = torch.empty(cfg.BH, cfg.NC, device=dev, dtype=torch.int64)
+    cscores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
+    override = boundaries is not None
+    bnd = boundaries.contiguous().to(torch.int8) if override else masks
+    BK, BVF, _ = block_sizes(cfg.Dk, cfg.Dv)
+    BVC = BVF if BVF <= 128 else 64  # the carry kernel keeps P in registers up to Dv = 128
+    warps = settings.carry_warps or (8 if BK * BVC > 64 * 64 else 4)
+    dla_carry_kernel[(cfg.BH,)](
+        k, v, g, bnd, anc, x0, np0, ss, P, size0, masks, cscores,
+        cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps),
+        C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=cfg.prec,
+        SPLIT=cfg.split, PIPE=settings.pipeline, flag_ptr=flag, num_warps=warps,
+    )
+    return masks, cscores
+
+
+def _merge_simulation(cfg: LaunchConfig, masks, scores, itab, cscores, counts0, info0, size0, flag,
+                      pipeline: bool) -> DecidedStructure:
+    """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists)."""
+    dev = masks.device
+    BH, NC, K, KP = cfg.BH, cfg.NC, cfg.K, cfg.KP
+    s = DecidedStructure(
+        masks=masks,
+        death=torch.full((BH, NC * CHUNK), INT32_MAX, device=dev, dtype=torch.int32),
+        death0=torch.full((BH, K), INT32_MAX, device=dev, dtype=torch.int32),
+        live=torch.empty(BH, NC, KP, device=dev, dtype=torch.int32),
+        livem=torch.empty(BH, NC, device=dev, dtype=torch.int32),
+        fpos=torch.empty(BH, KP, device=dev, dtype=torch.int32),
+        size=size0.clone(),
+        counts=counts0.reshape(BH, K).clone().contiguous(),
+        info=info0.reshape(BH, K).double().contiguous(),
+        scores=scores,
+        merged=torch.full((BH, NC * CHUNK), -1, device=dev, dtype=torch.int64),
+    )
+    dla_merge_kernel[(BH,)](
+        masks, scores, s.counts, s.info, s.size, s.death, s.death0, s.merged, s.live, s.livem, s.fpos, cfg.T, K,
+        itab, cscores, flag, C=CHUNK, KP=KP, PIPE=pipeline, num_warps=1,
+    )
+    return s
+
+
+def _decide(cfg: LaunchConfig, k, v, g, boundaries, P, counts0, info0, size0, tau, eps, norm_eps,
+            settings: TritonSettings, profile) -> DecidedStructure:
+    """Stages 1-3 on the current stream (the merge simulation on its own stream when pipelined)."""
+    tables = _score_tables(cfg, k, v, g, tau, eps, norm_eps, boundaries is not None, settings)
+    mark_stage(profile, "carry")
+    # pipeline: the merge simulation runs concurrently with the carry scan (its own stream), one chunk behind,
+    # synchronised by a per-(b, h) flag; the two sequential passes then overlap.
+    flag = torch.zeros(cfg.BH, device=k.device, dtype=torch.int32)
+    on_gpu = k.device.type == "cuda" and not interpreting()
+    mstream = torch.cuda.Stream(device=k.device) if (settings.pipeline and on_gpu) else None
+    if mstream is not None:
+        mstream.wait_stream(torch.cuda.current_stream(k.device))
+    masks, cscores = _carry_scan(cfg, k, v, g, boundaries, tables, P, size0, tau, eps, norm_eps, flag, settings)
+    scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=k.device, dtype=torch.float32)
+    if not settings.pipeline:
+        dla_scores_kernel[(cfg.NC, cfg.BH)](tables[0], masks, cscores, scores, cfg.T, C=CHUNK, num_warps=4)
+    mark_stage(profile, "merge")
+    with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
+        structure = _merge_simulation(cfg, masks, scores, tables[0], cscores, counts0, info0, size0, flag,
+                                      settings.pipeline)
+    if mstream is not None:
+        torch.cuda.current_stream(k.device).wait_stream(mstream)
+    return structure
+
+
+def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit, settings: TritonSettings):
+    """Stage 5: ``o [B, T, H, Dv]`` in q's dtype."""
+    surv, nsurv, bidx = surviving_starts(s.masks, s.death, cfg.T)
+    bst = start_states(k, v, g, hs, s.masks, s.death, bidx, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec)
+    o = torch.empty(cfg.B, cfg.T, cfg.H, cfg.Dv, device=q.device, dtype=q.dtype)
+    BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
+    dla_output_kernel[(cfg.NC, cfg.BH, triton.cdiv(BVF, BV))](
+        q, k, v, g, slot_weights, o, s.masks, s.death, s.death0, s.live, s.livem, hs, gs, bidx, bst, nsurv,
+        cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
+        G=output_group(cfg.KP, BK, cfg.lowp, settings.output_group), num_warps=8,
+    )
+    return o
+
+
+def _trace(cfg: LaunchConfig, s: DecidedStructure):
+    """``(scores float32, starts bool, merged int64)``, each ``[B, T, H]``."""
+    def api_layout(x):
+        return x[:, : cfg.T].reshape(cfg.B, cfg.H, cfg.T).permute(0, 2, 1)
+
+    return api_layout(s.scores), api_layout(start_bits(s.masks)), api_layout(s.merged)
+
+
+def _empty_call(cfg: LaunchConfig, q, states, counts, info, size):
+    """T = 0: empty outputs, the cache unchanged."""
+    dev = q.device
+    B, H, K = cfg.B, cfg.H, cfg.K
+    if states is None:
+        cache = (torch.zeros(B, H, K, cfg.Dk, cfg.Dv, device=dev), torch.zeros(B, H, K, device=dev, dtype=torch.int64),
+                 torch.zeros(B, H, K, device=dev), torch.zeros(B, H, device=dev, dtype=torch.int64))
+    else:
+        cache = (states.float().clone(), counts.long().clone(), info.float().clone(), size.long().clone())
+    empty = torch.zeros(B, 0, H, device=dev)
+    return torch.zeros(B, 0, H, cfg.Dv, device=dev, dtype=q.dtype), cache, (empty, empty.bool(), empty.long()), None
+
+
+def forward_scalar_decay_triton(
+    q, k, v, g, slot_weights, *, tau, boundaries=None, states=None, counts=None, info=None, size=None,
+    eps=1e-6, norm_eps=1e-6, settings: TritonSettings = DEFAULT_SETTINGS, profile: dict | None = None,
+):
+    """DLA forward, scalar-decay backbone, on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1).
+
+    Args:
+        q, k: ``[B, T, H, Dk]``; v: ``[B, T, H, Dv]`` (float32, bfloat16 or float16, one dtype).
+        g: ``[B, T, H]`` log decays (any float dtype, read as float32).
+        slot_weights: ``[B, T, H, K]`` the read weights lambda (any float dtype).
+        tau: the boundary threshold (float).
+        boundaries: bool ``[B, T, H]`` overriding the decisions, or None.
+        states, counts, info, size: the initial cache (``[B, H, K, Dk, Dv]`` float32, ``[B, H, K]`` int64,
+            ``[B, H, K]`` float32, ``[B, H]`` int64), or all None for an empty cache.
+        eps, norm_eps: the score's guards.
+        settings: kernel tuning (:class:`dla_fast.settings.TritonSettings`).
+        profile: a dict, or None: if given, each stage's time in ms (CUDA events, synchronising) and the
+            mean number of live slot starts at chunk starts are written into it (benchmarks only).
+
+    Returns:
+        ``(o, (states, counts, info, size), (scores float32, starts bool, merged int64), structure)``: ``o``
+        ``[B, T, H, Dv]`` in q's dtype, the final cache in the layout above, the trace ``[B, T, H]`` each, and
+        the :class:`DecidedStructure` (the Triton backward's input; None for T = 0).
+    """
+    cfg = launch_config(q, v, slot_weights)
+    check_forward_dims(cfg.Dk, cfg.Dv)
+    if cfg.T == 0:
+        return _empty_call(cfg, q, states, counts, info, size)
+    dev = q.device
+    q, k, v, g, slot_weights = (x.contiguous() for x in (q, k, v, g, slot_weights))
+    states0, counts0, info0, size0, P = _initial_cache(cfg, states, counts, info, size, dev)
+    # Prefix states: independent of the decisions, so on CUDA they run on a side stream while the
+    # sequential carry scan and merge simulation (B*H programs) leave most of the GPU idle.
+    mark_stage(profile, "table")
+    gs = log_decay_sums(g, cfg.NC)
+    h0, hinit = initial_prefixes(states0, cfg.BH, cfg.Dk, cfg.Dv, dev)
+    use_side = dev.type == "cuda" and not interpreting() and settings.side_stream
+    side = torch.cuda.Stream(device=dev) if use_side else None
+    if side is not None:
+        side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side) if side is not None else nullcontext():
+        hs = prefix_states(k, v, g, gs, h0, split=cfg.split, prec=cfg.prec)
+    s = _decide(cfg, k, v, g, boundaries, P, counts0, info0, size0, tau, eps, norm_eps, settings, profile)
+    if side is not None:
+        torch.cuda.current_stream(dev).wait_stream(side)
+    mark_stage(profile, "output")
+    o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, None if states is None else hinit, settings)
+    mark_stage(profile, "final")
+    final = final_states(k, v, g, hs, gs, s.fpos, s.size, hinit, size0, P, cfg.K, has_init=states is not None,
+                         split=cfg.split, prec=cfg.prec)
+    mark_stage(profile, "trace")
+    cache = (final.reshape(cfg.B, cfg.H, cfg.K, cfg.Dk, cfg.Dv), s.counts.reshape(cfg.B, cfg.H, cfg.K),
+             s.info.float().reshape(cfg.B, cfg.H, cfg.K), s.size.reshape(cfg.B, cfg.H))
+    trace = _trace(cfg, s)
+    mark_stage(profile, None)
+    if profile is not None:
+        profile["mean_live_at_chunk_start"] = float(s.livem.float().mean())
+    return o, cache, trace, s

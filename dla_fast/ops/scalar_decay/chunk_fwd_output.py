@@ -1,0 +1,144 @@
+"""Triton forward, scalar decay, the output: masked intra-chunk attention plus the telescoped slot reads.
+
+Stage 6 of ``chunk_fwd`` (docs/triton.md): parallel over (chunk, bh, Dv block), reading the structure of
+``chunk_fwd_decide`` and the prefix states of ``chunk_fwd_states``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..common.triton_utils import chunk_tokens, load_rows, load_scalars, load_state, mask_bits, qdot
+
+
+def output_group(KP: int, BK: int, lowp: bool, group: int) -> int:
+    """Old slot states per product in the output kernel: ``group`` capped so that a [G*BK, BV] operand tile
+    fits shared memory (and at the padded capacity KP)."""
+    cap = (256 if lowp else 64) // BK
+    return max(1, min(group, cap, KP))
+
+
+@triton.jit
+def live_in_chunk(mask_ptr, death_ptr, bh, c, NC, C: tl.constexpr):
+    """The chunk's starts live at each of its tokens: ``(n_in [C] int32, J [C, C] int32)`` with ``n_in(t)``
+    the starts u <= t of the chunk still live at t and ``J[t, s]`` those in (s, t] (as the forward)."""
+    t_idx = tl.arange(0, C)
+    row = t_idx[:, None]
+    col = t_idx[None, :]
+    mask = tl.load(mask_ptr + bh * NC + c)
+    bvec = mask_bits(mask, t_idx)
+    dth = tl.load(death_ptr + bh * NC * C + c * C + t_idx)
+    A = (bvec[None, :] & (col <= row) & (dth[None, :] > (c * C + row))).to(tl.float32)
+    n_in = tl.sum(A, 1)
+    J = (n_in[:, None] - tl.cumsum(A, 1)).to(tl.int32)
+    return n_in.to(tl.int32), J
+
+
+@triton.jit
+def intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C: tl.constexpr):
+    """The chunk's intra-attention weights, as the forward's output kernel: ``(n_in, J, lamJ, Dm)`` with
+    ``lamJ[t, s] = lam_t[J[t, s]]`` and ``Dm[t, s] = e^{Gc[t] - Gc[s]}`` on the causal part (0 elsewhere)."""
+    t_idx = tl.arange(0, C)
+    tok = c * C + t_idx
+    valid = tok < T
+    causal = (t_idx[None, :] <= t_idx[:, None]) & valid[:, None]
+    n_in, J = live_in_chunk(mask_ptr, death_ptr, bh, c, NC, C)
+    wrow = w_ptr + ((b * T + tok) * H + h) * K
+    lamJ = tl.load(wrow[:, None] + J, mask=causal, other=0.0).to(tl.float32)
+    Dm = tl.where(causal, tl.exp(tl.minimum(Gc[:, None] - Gc[None, :], 0.0)), 0.0)
+    return n_in, J, lamJ, Dm
+
+
+# Long: one program's three reads accumulate into one register tile; splitting would re-read q and o.
+@triton.jit
+def dla_output_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
+    mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bidx_ptr, bst_ptr, binit,
+    T, H, Dk, Dv, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+    G: tl.constexpr,
+):
+    """Program (chunk c, bh, Dv block).
+
+    o_t = sum_{s in chunk, s <= t} lambda_t[J[t,s]] e^{Gc[t]-Gc[s]} (q_t.k_s) v_s
+        + lambda_t[n_in(t)] e^{Gc[t]} q_t^T H(c0-1)
+        + sum_{live old starts a_j, j >= 1} alive_j(t) (lambda_t[r_j+1] - lambda_t[r_j]) q_t^T H_d(a_j - 1)
+    where H_d(a-1) is the prefix state before a, decayed to t. FLOPs per chunk: 2 C^2 (Dk + BV) + 2 C Dk BV for the
+    chunk itself, and per live old start one read of its materialised prefix state (dla_bstate_kernel;
+    2 C Dk BV FLOPs, Dk BV elements from L2), G starts per tensor-core product.
+    """
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    vb = tl.program_id(2)
+    NC = tl.cdiv(T, C)
+    b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
+    row = t_idx[:, None]
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    jj = tl.arange(0, KP)
+    qc = load_rows(q_ptr, trow, valid, kd, Dk)
+    kc = load_rows(k_ptr, trow, valid, kd, Dk)
+    vc = load_rows(v_ptr, trow, valid, vd, Dv)
+    g = load_scalars(g_ptr, trow, valid)
+    Gc = tl.cumsum(g, 0)
+    wrow = w_ptr + trow * K  # lambda_t
+    n_in_i, J, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C)
+    n_in = n_in_i.to(tl.float32)
+    if LOWP:
+        S = tl.dot(qc, tl.trans(kc))
+        o = tl.dot((S * Dm * lamJ).to(vc.dtype), vc)
+    else:
+        S = tl.dot(qc.to(tl.float32), tl.trans(kc.to(tl.float32)), input_precision=PREC)
+        o = tl.dot(S * Dm * lamJ, vc.to(tl.float32), input_precision=PREC)
+    qf = qc.to(tl.float32)
+    eGc = tl.exp(Gc)
+    # The state before the chunk, read with the recency of the piece holding token c0-1.
+    Hc = load_state(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv, kd, vd, Dk, Dv)
+    # n_in(t) = K only with an empty cache before the chunk (H = 0): no weight to read (and none in bounds).
+    lam_in = tl.load(wrow + n_in_i, mask=valid & (n_in_i < K), other=0.0).to(tl.float32)
+    o += (lam_in * eGc)[:, None] * qdot(qc, qf, Hc, LOWP, PREC)
+    # Old live starts (at the chunk start), oldest first; j = 0 (the oldest) has H(a_0 - 1) = 0.
+    m0 = tl.load(livem_ptr + bh * NC + c)
+    lpos = tl.load(live_ptr + (bh * NC + c) * KP + jj)
+    inlist = jj < m0
+    m0init = tl.load(livem_ptr + bh * NC)  # the initial cache's size (live list of chunk 0)
+    dpos = tl.where(lpos >= 0, lpos, 0)
+    d_old = tl.where(lpos >= 0, tl.load(death_ptr + bh * NC * C + dpos, mask=inlist, other=2147483647),
+                     tl.load(death0_ptr + bh * K + tl.where(lpos < 0, lpos + m0init, 0), mask=inlist, other=2147483647))
+    alive = inlist[None, :] & (d_old[None, :] > (c * C + row))  # [C, KP]
+    alf = alive.to(tl.float32)
+    after = tl.sum(alf, 1)[:, None] - tl.cumsum(alf, 1)  # alive starts after j
+    r = (after + n_in[:, None]).to(tl.int32)
+    cmask = alive & valid[:, None] & (jj[None, :] >= 1)
+    lam_r = tl.load(wrow[:, None] + r, mask=cmask, other=0.0).to(tl.float32)
+    lam_r1 = tl.load(wrow[:, None] + r + 1, mask=cmask, other=0.0).to(tl.float32)
+    coef = tl.where(cmask, lam_r1 - lam_r, 0.0)
+    gs_c = tl.load(gs_ptr + bh * (NC + 1) + c)  # float64: sum of g before chunk c
+    # Each old start's prefix state B (compact buffer) and its reference log decay (end of its chunk).
+    bslot = tl.where(lpos >= 0, tl.load(bidx_ptr + bh * NC * C + dpos, mask=inlist, other=-1).to(tl.int64),
+                     (binit + bh * K + lpos + m0init).to(tl.int64))
+    bslot = tl.where(inlist & (jj >= 1), bslot, -1)
+    gref = tl.where(lpos >= 0, tl.load(gs_ptr + bh * (NC + 1) + dpos // C + 1, mask=inlist, other=0.0), 0.0)
+    dG = (gs_c - gref).to(tl.float32)
+    scale = coef * tl.exp(tl.minimum(Gc[:, None] + dG[None, :], 0.0))  # [C, KP]
+    # Reads of the old starts' states, G at a time: o += (q * scale_j)[C, G*Dk] @ B[G*Dk, BV].
+    scale3 = tl.reshape(scale, [C, KP // G, G])
+    bslot2 = tl.reshape(bslot, [KP // G, G])
+    grp = tl.arange(0, KP // G)
+    for gx in range(0, tl.cdiv(m0, G)):
+        sg = tl.sum(tl.where(grp[None, :, None] == gx, scale3, 0.0), 1)  # [C, G]
+        bs = tl.sum(tl.where(grp[:, None] == gx, bslot2, 0), 0)  # [G]
+        bm = (bs >= 0)[:, None, None] & (kd[None, :, None] < Dk) & (vd[None, None, :] < Dv)
+        Bt = tl.load(bst_ptr + tl.maximum(bs, 0)[:, None, None] * Dk * Dv + kd[None, :, None] * Dv + vd[None, None, :],
+                     mask=bm, other=0.0)
+        Bt = tl.reshape(Bt, [G * BK, BV])
+        Qs = tl.reshape(qf[:, None, :] * sg[:, :, None], [C, G * BK])
+        if LOWP:
+            o += tl.dot(Qs.to(qc.dtype), Bt.to(qc.dtype))
+        else:
+            o += tl.dot(Qs, Bt.to(tl.float32), input_precision=PREC)
+    tl.store(o_ptr + trow[:, None] * Dv + vd[None, :], o.to(o_ptr.dtype.element_ty),
+             mask=valid[:, None] & (vd[None, :] < Dv))
+
+

@@ -1,0 +1,278 @@
+"""Triton forward, scalar decay, the states: prefix states, surviving starts' states, the final cache.
+
+Stages 4-5 of ``chunk_fwd`` (docs/triton.md), shared with the backward (``chunk_bwd`` recomputes them).
+The output is *telescoped* on the single-state backbone's prefix state ``H(t)`` (every slot decays alike,
+so a closed slot is a difference of two prefix states): ``hs`` holds ``H`` before every chunk, ``bst`` the
+prefix state before every slot start that outlives its chunk, and the final cache is assembled from them.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common.triton_utils import (
+    bit_index,
+    block_sizes,
+    chunk_tokens,
+    decay_to_end,
+    dot_state_update,
+    load_rows,
+    load_scalars,
+    load_state,
+    mask_bits,
+    store_state,
+)
+
+CHUNK = 64  # tokens per chunk of the Triton paths (the boundary bitmasks are one int64 per chunk)
+
+
+@triton.jit
+def dla_chunkstate_kernel(
+    k_ptr, v_ptr, g_ptr, hs_ptr,
+    T, H, Dk, Dv,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+):
+    """Program (chunk c, bh, Dv block): u_c = sum_{s in c} exp(Gc[last] - Gc[s]) k_s v_s^T, written to
+    hs[c + 1] (the scan kernel turns it into H at the chunk end). 2 C Dk BV FLOPs (x3 split)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    vb = tl.program_id(2)
+    NC = tl.cdiv(T, C)
+    b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    kc = load_rows(k_ptr, trow, valid, kd, Dk)
+    vc = load_rows(v_ptr, trow, valid, vd, Dv)
+    g = load_scalars(g_ptr, trow, valid)
+    wd, _ = decay_to_end(g)
+    w = tl.where(valid, wd, 0.0)
+    kw = kc.to(tl.float32) * w[:, None]
+    u = dot_state_update(kw, vc, SPLIT, PREC)
+    store_state(hs_ptr + (bh * (NC + 1) + c + 1) * Dk * Dv, u, kd, vd, Dk, Dv)
+
+
+@triton.jit
+def dla_hscan_kernel(
+    h0_ptr, hs_ptr, gs_ptr, T, DD,
+    C: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Program (bh, block of BLOCK state entries): H(c0 - 1) for every chunk, in place:
+    hs[0] = h0, hs[c + 1] = exp(sum of g over chunk c) hs[c] + u_c. Bandwidth-bound (8 bytes per entry
+    per chunk); every entry of the state is its own independent recurrence."""
+    bh = tl.program_id(0)
+    blk = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    e = blk * BLOCK + tl.arange(0, BLOCK)
+    em = e < DD
+    S = tl.load(h0_ptr + bh * DD + e, mask=em, other=0.0)
+    tl.store(hs_ptr + bh * (NC + 1) * DD + e, S, mask=em)
+    g0 = tl.load(gs_ptr + bh * (NC + 1))
+    for c in range(NC):
+        g1 = tl.load(gs_ptr + bh * (NC + 1) + c + 1)
+        u = tl.load(hs_ptr + (bh * (NC + 1) + c + 1) * DD + e, mask=em, other=0.0)
+        S = tl.exp(g1 - g0).to(tl.float32) * S + u
+        tl.store(hs_ptr + (bh * (NC + 1) + c + 1) * DD + e, S, mask=em)
+        g0 = g1
+
+
+@triton.jit
+def dla_bstate_kernel(
+    k_ptr, v_ptr, g_ptr, hs_ptr, mask_ptr, death_ptr, bidx_ptr, bst_ptr,
+    T, H, Dk, Dv,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+):
+    """Program (chunk c, bh, Dv block): for every slot start a of this chunk still live at the chunk end
+    (so that later chunks may read it), the prefix state before a decayed to the chunk end,
+    B_a = e^{Gc[last]} H(c0-1) + sum_{s < a} e^{Gc[last] - Gc[s]} k_s v_s^T, at bst[bidx[a]] (compact).
+    Later chunks read it with one q^T B product. 2 C Dk BV FLOPs and Dk BV elements written per start;
+    16-bit storage and dots for 16-bit inputs (B only feeds the output)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    vb = tl.program_id(2)
+    NC = tl.cdiv(T, C)
+    b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    mask = tl.load(mask_ptr + bh * NC + c)
+    bvec = mask_bits(mask, t_idx)
+    dth = tl.load(death_ptr + bh * NC * C + tok)
+    surv = bvec & (dth >= (c + 1) * C) & valid
+    nsurv = tl.sum(surv.to(tl.int32), 0)
+    if nsurv > 0:
+        kc = load_rows(k_ptr, trow, valid, kd, Dk)
+        vc = load_rows(v_ptr, trow, valid, vd, Dv)
+        g = load_scalars(g_ptr, trow, valid)
+        Gc = tl.cumsum(g, 0)
+        Glast = tl.sum(g, 0)
+        w = tl.where(valid, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
+        Hc = tl.exp(Glast) * load_state(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv, kd, vd, Dk, Dv)
+        kf = kc.to(tl.float32)
+        rem = tl.sum(tl.where(surv, tl.full([C], 1, tl.int64) << t_idx.to(tl.int64), 0), 0)
+        for _ in range(nsurv):
+            low = rem & (-rem)
+            rem = rem ^ low
+            a = bit_index(low)
+            kw = kf * tl.where(t_idx < a, w, 0.0)[:, None]
+            if LOWP:
+                Bm = Hc + tl.dot(tl.trans(kw.to(vc.dtype)), vc)
+            else:
+                Bm = Hc + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
+            slot = tl.load(bidx_ptr + bh * NC * C + c * C + a).to(tl.int64)
+            store_state(bst_ptr + slot * Dk * Dv, Bm, kd, vd, Dk, Dv)
+
+
+@triton.jit
+def prefix_before(k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, hinit_ptr, bh, b, h, a, m0, gtot, T, H, Dk, Dv, K, NC,
+                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+                   HAS_INIT: tl.constexpr, vb):
+    """H(a - 1) decayed to T-1 (a pseudo start a < 0 indexes the initial slots), [BK, BV] fp32."""
+    t_idx = tl.arange(0, C)
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    out = tl.zeros([BK, BV], dtype=tl.float32)
+    if a < 0:
+        if HAS_INIT:
+            out = tl.exp(gtot).to(tl.float32) * load_state(hinit_ptr + (bh * K + a + m0) * Dk * Dv, kd, vd, Dk, Dv)
+    else:
+        cp = a // C
+        aloc = a - cp * C
+        tok = cp * C + t_idx
+        trow = (b * T + tok) * H + h
+        pm = t_idx < aloc
+        kc = load_rows(k_ptr, trow, pm, kd, Dk)
+        vc = load_rows(v_ptr, trow, pm, vd, Dv)
+        g = load_scalars(g_ptr, trow, tok < T)
+        wd, eGl = decay_to_end(g)
+        w = tl.where(pm, wd, 0.0)
+        kw = kc.to(tl.float32) * w[:, None]
+        Hc = eGl * load_state(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv, kd, vd, Dk, Dv)
+        X = Hc + dot_state_update(kw, vc, SPLIT, PREC)
+        out = tl.exp(gtot - tl.load(gs_ptr + bh * (NC + 1) + cp + 1)).to(tl.float32) * X
+    return out
+
+
+@triton.jit
+def dla_final_kernel(
+    k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, fpos_ptr, size_ptr, hinit_ptr, m0_ptr, p_ptr, out_ptr,
+    T, H, Dk, Dv, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, SPLIT: tl.constexpr,
+    PREC: tl.constexpr, HAS_INIT: tl.constexpr,
+):
+    """Program (bh, final slot i, Dv block): the final cache state of slot i, float32. Closed slot i
+    (covering a_i .. a_{i+1} - 1) = H(a_{i+1} - 1) - H(a_i - 1), both decayed to T-1 (H before the oldest
+    start is 0); the open slot is the carry scan's P; unused slots are 0. <= 4 C Dk BV FLOPs (x3 split)."""
+    bh = tl.program_id(0)
+    i = tl.program_id(1)
+    vb = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    NC = tl.cdiv(T, C)
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    m = tl.load(size_ptr + bh)
+    m0 = tl.load(m0_ptr + bh)
+    gtot = tl.load(gs_ptr + bh * (NC + 1) + NC)
+    out = tl.zeros([BK, BV], dtype=tl.float32)
+    if i == m - 1:
+        out = load_state(p_ptr + bh * Dk * Dv, kd, vd, Dk, Dv)
+    elif i < m - 1:
+        a1 = tl.load(fpos_ptr + bh * KP + i + 1)
+        out = prefix_before(k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, hinit_ptr, bh, b, h, a1, m0, gtot, T, H, Dk, Dv, K, NC,
+                             C, BK, BV, SPLIT, PREC, HAS_INIT, vb)
+        if i > 0:
+            a0 = tl.load(fpos_ptr + bh * KP + i)
+            out -= prefix_before(k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, hinit_ptr, bh, b, h, a0, m0, gtot, T, H, Dk, Dv,
+                                 K,
+                                  NC, C, BK, BV, SPLIT, PREC, HAS_INIT, vb)
+    store_state(out_ptr + (bh * K + i) * Dk * Dv, out, kd, vd, Dk, Dv)
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------------
+
+
+def log_decay_sums(g, NC: int) -> torch.Tensor:
+    """``gs [BH, NC + 1]`` float64: the sum of ``g`` before each chunk (and over the whole call, last)."""
+    B, T, H = g.shape
+    gpad = torch.zeros(B * H, NC * CHUNK, device=g.device, dtype=torch.float64)
+    gpad[:, :T] = g.double().permute(0, 2, 1).reshape(B * H, T)
+    gs = torch.zeros(B * H, NC + 1, device=g.device, dtype=torch.float64)
+    gs[:, 1:] = gpad.view(B * H, NC, CHUNK).sum(-1).cumsum(-1)
+    return gs
+
+
+def initial_prefixes(states0, BH: int, Dk: int, Dv: int, dev):
+    """``(h0, hinit)``: the sum of the initial slots (the prefix state before the call) and, per initial
+    slot i, the sum of the slots before it (its pseudo start's prefix state); zeros without a cache."""
+    if states0 is None:
+        h0 = torch.zeros(BH, Dk, Dv, device=dev, dtype=torch.float32)
+        return h0, h0  # hinit is never read: no pseudo starts without an initial cache
+    return states0.sum(1).contiguous(), (torch.cumsum(states0, 1) - states0).contiguous()
+
+
+def prefix_states(k, v, g, gs, h0, *, split: bool, prec: str) -> torch.Tensor:
+    """``hs [BH, NC + 1, Dk, Dv]`` float32: the single-state prefix state H(c0 - 1) before every chunk
+    (and after the last), on the current stream."""
+    B, T, H, Dk = k.shape
+    Dv = v.shape[-1]
+    NC = gs.shape[1] - 1
+    BK, BVF, BV = block_sizes(Dk, Dv)
+    hs = torch.empty(B * H, NC + 1, Dk, Dv, device=k.device, dtype=torch.float32)
+    dla_chunkstate_kernel[(NC, B * H, triton.cdiv(BVF, BV))](k, v, g, hs, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV,
+                                                            SPLIT=split, PREC=prec, num_warps=4)
+    HBLK = 1024
+    dla_hscan_kernel[(B * H, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK, num_warps=4)
+    return hs
+
+
+def start_bits(masks: torch.Tensor) -> torch.Tensor:
+    """``[BH, NC * C]`` bool: the per-chunk boundary bitmasks ``masks [BH, NC]`` unpacked per token."""
+    BH, NC = masks.shape
+    shifts = torch.arange(CHUNK, device=masks.device, dtype=torch.int64)
+    return ((masks[:, :, None] >> shifts) & 1).bool().reshape(BH, NC * CHUNK)
+
+
+def surviving_starts(masks, death, T: int):
+    """Slot starts that outlive their chunk (later chunks read their prefix state): ``(surv [BH, NC*C]
+    bool, their number, bidx [BH, NC*C] int32)`` with ``bidx`` the compact index (row-major), -1 elsewhere."""
+    BH, NC = masks.shape
+    tpos = torch.arange(NC * CHUNK, device=masks.device)
+    surv = start_bits(masks) & (death >= (tpos // CHUNK + 1) * CHUNK) & (tpos < T)
+    nsurv = int(surv.sum())
+    bidx = torch.where(surv, torch.cumsum(surv.reshape(-1), 0).reshape(BH, NC * CHUNK) - 1, -1).to(torch.int32)
+    return surv, nsurv, bidx
+
+
+def start_states(k, v, g, hs, masks, death, bidx, nsurv: int, hinit, K: int, *, lowp: bool, prec: str):
+    """The compact prefix states ``bst [nsurv (+ BH K), Dk, Dv]`` of the surviving starts, each decayed to
+    its chunk end, then the initial slots' pseudo starts (``hinit``, reference: the call's start)."""
+    B, T, H, Dk = k.shape
+    Dv = v.shape[-1]
+    BH, NC = masks.shape
+    BK, BVF, BV = block_sizes(Dk, Dv)
+    ninit = BH * K if hinit is not None else 0
+    bst = torch.empty(nsurv + ninit, Dk, Dv, device=k.device, dtype=k.dtype if lowp else torch.float32)
+    if ninit:
+        bst[nsurv:] = hinit.reshape(BH * K, Dk, Dv).to(bst.dtype)
+    dla_bstate_kernel[(NC, BH, triton.cdiv(BVF, BV))](k, v, g, hs, masks, death, bidx, bst, T, H, Dk, Dv, C=CHUNK,
+                                                     BK=BK, BV=BV, LOWP=lowp, PREC=prec, num_warps=8)
+    return bst
+
+
+def final_states(k, v, g, hs, gs, fpos, size, hinit, size0, P, K: int, *, has_init: bool, split: bool, prec: str):
+    """The final cache's states ``[BH, K, Dk, Dv]`` float32: the open slot from the carry scan (``P``), closed
+    slots as differences of prefix states, unused slots 0."""
+    B, T, H, Dk = k.shape
+    Dv = v.shape[-1]
+    BH = B * H
+    BK, BVF, BV = block_sizes(Dk, Dv)
+    out = torch.empty(BH, K, Dk, Dv, device=k.device, dtype=torch.float32)
+    dla_final_kernel[(BH, K, triton.cdiv(BVF, BV))](
+        k, v, g, hs, gs, fpos, size, hinit, size0, P, out, T, H, Dk, Dv, K,
+        C=CHUNK, BK=BK, BV=BV, KP=fpos.shape[1], SPLIT=split, PREC=prec, HAS_INIT=has_init, num_warps=4,
+    )
+    return out

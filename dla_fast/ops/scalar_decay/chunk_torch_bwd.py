@@ -1,0 +1,473 @@
+"""The torch backward of the scalar-decay backbone with the partition held fixed (docs/training.md).
+
+Given the decisions (which tokens opened a slot, which pairs merged), the output is linear in ``v``,
+bilinear in ``q`` and ``k``, linear in ``slot_weights`` and in the initial states, and depends on ``g``
+through the decays. The backward is chunked like the forward (``chunk_torch``):
+
+- the **partition tables** are rebuilt from the compact per-token record (numba, scalar work, no
+  ``Dk x Dv`` data): which slot each start slot and token belongs to at every chunk end, and the recency of
+  every read;
+- the slot states at every chunk start are **recomputed** from square-root checkpoints;
+- the **intra-chunk** masked attention's backward runs batched over blocks of chunks;
+- a **reverse pass** over chunks carries ``dS`` (the gradient w.r.t. every slot state at the chunk end)
+  through the state update and the reads of the start slots;
+- ``dg`` follows from the reverse-cumsum identity, and the straight-through surrogate's ``dL/dI_t`` (when
+  given) through the score's adjoint (``_score_adjoint``).
+
+Row layout: ``R = B * H`` rows, time second (``[R, T, ...]``); chunk-major ``[nC, R, C, ...]`` inside.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..common.layout import chunks, unchunk
+from ..common.numba import njit
+from ..common.score import score_partials
+from ..common.structure import Structure
+
+# Elements of one [block, R, C, C] tensor in the intra-chunk backward.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+# ---------------------------------------------------------------------------------------------
+# The partition tables, rebuilt from starts / merged / the initial size (numba, scalar work)
+# ---------------------------------------------------------------------------------------------
+
+
+@njit
+def _open_slot(pos, m, merged_index, t):
+    """Token ``t`` opens a slot: the live slot starts ``pos[:m]`` lose the right start of the merged pair
+    (``merged_index``, -1 if none: slots (i, i + 1) became one) and gain ``t``. Returns the new ``m``."""
+    if merged_index >= 0:
+        for j in range(merged_index + 1, m - 1):
+            pos[j] = pos[j + 1]
+        m -= 1
+    pos[m] = t
+    return m + 1
+
+
+@njit
+def _chunk_tables(starts, merged, size0, C, JF, destF, dest, m_start, pos_start):
+    """Per-chunk tables of the fixed partition, every chunk (``O(T K)`` integers per row).
+
+    Args:
+        starts: ``[R, T]`` bool; merged: ``[R, T]`` int64 (-1: none); size0: ``[R]`` int64 initial sizes.
+        C: chunk length.
+
+    Outputs (written; -1 marks unused entries):
+        JF: ``[nC, R, C, K]`` recency at token t of the slot holding start slot i (the i-th slot live at
+            the chunk start, oldest first).
+        destF: ``[nC, R, K]`` end slot (index in the cache at the chunk end) of start slot i.
+        dest: ``[nC, R, C]`` end slot of the chunk's token s.
+        m_start: ``[nC + 1, R]`` live slots at each chunk start (the last entry: at the end of the call).
+        pos_start: ``[nC, R, K]`` first token of every live slot at the chunk start (initial slots < 0).
+    """
+    R, T = starts.shape
+    K = JF.shape[3]
+    nC = m_start.shape[0] - 1
+    pos = np.empty(K, dtype=np.int64)
+    sp = np.empty(K, dtype=np.int64)
+    for r in range(R):
+        m = size0[r]
+        for i in range(m):
+            pos[i] = i - m
+        for c in range(nC):
+            c0 = c * C
+            n = min(C, T - c0)
+            m0 = m
+            m_start[c, r] = m0
+            for i in range(m0):
+                sp[i] = pos[i]
+                pos_start[c, r, i] = pos[i]
+            for t in range(n):
+                if starts[r, c0 + t]:
+                    m = _open_slot(pos, m, merged[r, c0 + t], c0 + t)
+                j = m - 1
+                for i in range(m0 - 1, -1, -1):
+                    while pos[j] > sp[i]:
+                        j -= 1
+                    JF[c, r, t, i] = m - 1 - j
+            j = m - 1
+            for i in range(m0 - 1, -1, -1):
+                while pos[j] > sp[i]:
+                    j -= 1
+                destF[c, r, i] = j
+            j = m - 1
+            for s in range(n - 1, -1, -1):
+                while pos[j] > c0 + s:
+                    j -= 1
+                dest[c, r, s] = j
+        m_start[nC, r] = m
+
+
+@njit
+def _recency(starts, merged, C, m_start, pos_start, c_lo, J):
+    """``J[c - c_lo, r, t, s]``: recency at token t of the slot holding token s (``s <= t``, same chunk); -1 else."""
+    R, T = starts.shape
+    nb_, _, _, _ = J.shape
+    K = pos_start.shape[2]
+    pos = np.empty(K, dtype=np.int64)
+    for r in range(R):
+        for cc in range(nb_):
+            c = c_lo + cc
+            c0 = c * C
+            n = min(C, T - c0)
+            m = m_start[c, r]
+            for i in range(m):
+                pos[i] = pos_start[c, r, i]
+            for t in range(C):
+                for s in range(C):
+                    J[cc, r, t, s] = -1
+            for t in range(n):
+                if starts[r, c0 + t]:
+                    m = _open_slot(pos, m, merged[r, c0 + t], c0 + t)
+                j = m - 1
+                for s in range(t, -1, -1):
+                    while pos[j] > c0 + s:
+                        j -= 1
+                    J[cc, r, t, s] = m - 1 - j
+
+
+
+def _onehot(index: torch.Tensor, K: int, dtype) -> torch.Tensor:
+    """``index [R, N]`` (-1: none) -> ``[R, K, N]`` with ``out[r, j, n] = (index[r, n] == j)``."""
+    return (index.unsqueeze(1) == torch.arange(K, device=index.device).view(1, K, 1)).to(dtype)
+
+
+class _Partition:
+    """The fixed partition as per-chunk tables, and the slot-state update it implies.
+
+    Per chunk: ``JF`` (recency at token t of the slot holding start slot i), ``destF`` (the end slot of start
+    slot i), ``dest`` (the end slot of the chunk's token s), the live slots at every chunk start. The end
+    slots receiving a chunk's tokens are a suffix ``first_r .. first_r + Rt - 1`` of each row's cache (the
+    tokens are the newest): the update is a 3-D bmm over rows of (slot, feature).
+    """
+
+    def __init__(self, structure: Structure, R: int, T: int, C: int, K: int, tok_decay, end_decay, kc, vc):
+        self.structure, self.R, self.T, self.C, self.K = structure, R, T, C, K
+        self.nC = nC = max(1, -(-T // C))
+        self.tok_decay, self.end_decay, self.kc, self.vc = tok_decay, end_decay, kc, vc
+        self.starts_np, self.merged_np, size0_np = structure.numpy()
+        JF = np.full((nC, R, C, K), -1, dtype=np.int64)
+        destF = np.full((nC, R, K), -1, dtype=np.int64)
+        dest = np.full((nC, R, C), -1, dtype=np.int64)
+        self.m_start = np.zeros((nC + 1, R), dtype=np.int64)
+        self.pos_start = np.zeros((nC, R, K), dtype=np.int64)
+        _chunk_tables(self.starts_np, self.merged_np, size0_np, C, JF, destF, dest, self.m_start, self.pos_start)
+        device = kc.device
+        self.JF, self.destF, self.dest = (torch.as_tensor(x, device=device) for x in (JF, destF, dest))
+        self.mF = self.m_start[:nC].max(1)  # the most slots live at a chunk start in any row: the reads' width
+        self.first = np.maximum(dest[:, :, 0], 0)  # [nC, R]
+        self.Rt = np.maximum((dest.max(2) - self.first).max(1) + 1, 1)  # [nC]
+        self._tables: dict = {}
+
+    def tables(self, c: int):
+        """``(Mf [R, K, K], idx [R, Rt], Md [R, Rt, C])``: start slot i -> end slot j, the token slots, and
+        ``Md[r, j, s] = exp(GL - Gc[s])`` iff token s lands in end slot ``first_r + j``."""
+        if c not in self._tables:
+            K, cd, device = self.K, self.kc.dtype, self.kc.device
+            Rt = int(self.Rt[c])
+            first = torch.as_tensor(self.first[c], device=device)
+            idx = (first.unsqueeze(1) + torch.arange(Rt, device=device)).clamp(max=K - 1)
+            dest = self.dest[c]
+            rel = torch.where(dest >= 0, dest - first.unsqueeze(1), torch.full_like(dest, -1))
+            self._tables[c] = (_onehot(self.destF[c], K, cd), idx,
+                               _onehot(rel, Rt, cd) * self.tok_decay[c].unsqueeze(1))
+        return self._tables[c]
+
+    def advance(self, F: torch.Tensor, c: int) -> torch.Tensor:
+        """The slot states at the end of chunk c from those at its start."""
+        R, K = self.R, self.K
+        Dk, Dv = F.shape[2:]
+        Mf, idx, Md = self.tables(c)
+        Rt = idx.shape[1]
+        S = torch.bmm(Mf, F.reshape(R, K, Dk * Dv)) * self.end_decay[c].view(R, 1, 1)
+        # sum_s Md[j, s] k_s v_s^T for the Rt token slots: [R, Rt * Dk, C] @ [R, C, Dv]
+        wk = (Md.unsqueeze(2) * self.kc[c].transpose(1, 2).unsqueeze(1)).reshape(R, Rt * Dk, self.C)
+        U = torch.bmm(wk, self.vc[c]).view(R, Rt, Dk * Dv)
+        return S.scatter_add_(1, idx.unsqueeze(-1).expand(R, Rt, Dk * Dv), U).view(R, K, Dk, Dv)
+
+    def recency(self, b0: int, b1: int) -> torch.Tensor:
+        """``J [b1 - b0, R, C, C]``: recency at token t of the slot holding token s (same chunk, s <= t); -1 else."""
+        J = np.empty((b1 - b0, self.R, self.C, self.C), dtype=np.int64)
+        _recency(self.starts_np, self.merged_np, self.C, self.m_start, self.pos_start, b0, J)
+        return torch.as_tensor(J, device=self.kc.device)
+
+
+class _ScorePath:
+    """The surrogate's score terms: ``x_t = <P, k_t v_t^T>`` read by each decided token's score.
+
+    The open slot before token t began at p_t (the last start before t; -1: before the call). Its state is
+    ``e^{Gc[t-1]} P_c`` (if p_t < c0, P_c = the open slot at the chunk start) plus the chunk's tokens
+    ``max(p_t, c0) .. t-1``. ``x_t`` enters the score and, through ``||P||^2``, later scores.
+    """
+
+    def __init__(self, part: _Partition, Gc, cd):
+        structure, C, nC, T = part.structure, part.C, part.nC, part.T
+        device = Gc.device
+        t_idx = torch.arange(T, device=device)
+        last = torch.where(structure.starts, t_idx, torch.full_like(t_idx, -1)).cummax(1).values
+        p_open = torch.nn.functional.pad(last[:, :-1], (1, 0), value=-1)
+        c0_of = (t_idx // C) * C
+        carried = (p_open < c0_of) & (structure.sizes_before() > 0)
+        self.carried = chunks(carried.to(cd), C, nC)
+        self.lo = chunks(torch.maximum(p_open, c0_of) - c0_of, C, nC)  # chunk-local first token of the run
+        self.open_at = torch.as_tensor(np.maximum(part.m_start[:nC] - 1, 0), device=device)  # [nC, R]
+        self.Gp = torch.nn.functional.pad(Gc[..., :-1], (1, 0))  # Gc[t - 1]
+        self.carry_decay = torch.exp(self.Gp).to(cd)
+        self.carry_x = torch.zeros((nC, part.R, C), dtype=cd, device=device)
+        self.C, self.Gc = C, Gc
+
+    def record_carry(self, c: int, F, kc, vc, rows):
+        """``x``'s carried part of chunk c from the slot states ``F`` at its start."""
+        P = F[rows, self.open_at[c]]
+        self.carry_x[c] = (torch.bmm(kc[c], P) * vc[c]).sum(-1) * self.carry_decay[c] * self.carried[c]
+
+    def run_decay(self, b0: int, b1: int, cd):
+        """``e^{Gc[t-1] - Gc[s]}`` for s in the open run before t (same chunk), else 0: ``[nb, R, C, C]``."""
+        Mx = _run_mask(self.lo[b0:b1], self.C)
+        exponent = (self.Gp[b0:b1].unsqueeze(-1) - self.Gc[b0:b1].unsqueeze(-2)).masked_fill(~Mx, -math.inf)
+        return torch.exp(exponent).to(cd)
+
+
+def _checkpointed_states(part: _Partition, init, every: int, score: _ScorePath | None):
+    """The slot states at every ``every``-th chunk start, and the final states (one forward pass)."""
+    rows = torch.arange(part.R, device=init.device)
+    checkpoints = []
+    F = init
+    for c in range(part.nC):
+        if c % every == 0:
+            checkpoints.append(F)
+        if score is not None:
+            score.record_carry(c, F, part.kc, part.vc, rows)
+        F = part.advance(F, c)
+    return checkpoints, F
+
+
+def _score_terms(score: _ScorePath, part: _Partition, q, k, v, g, init, dscores, grads, eps, norm_eps):
+    """The score's adjoint: ``dx`` per token (chunked), its direct terms into ``dk_reader`` and ``dv``, and
+    ``(dG_reader, dg_direct, lam0, P0)`` for the dg identity and the initial open slot."""
+    R, T, Dk = k.shape
+    C, nC, cd = part.C, part.nC, k.dtype
+    kc, vc = part.kc, part.vc
+    x_c = score.carry_x.clone()
+    block = max(1, _BLOCK_ELEMENTS // max(1, R * C * C))
+    for b0 in range(0, nC, block):
+        b1 = min(nC, b0 + block)
+        kb, vb = kc[b0:b1], vc[b0:b1]
+        x_c[b0:b1] += (score.run_decay(b0, b1, cd) * (kb @ kb.transpose(-1, -2)) * (vb @ vb.transpose(-1, -2))).sum(-1)
+    x = unchunk(x_c, T).to(torch.float64)
+    ss = (k * k).sum(-1).to(torch.float64) * (v * v).sum(-1).to(torch.float64)
+    size0 = part.structure.size0
+    rows = torch.arange(R, device=k.device)
+    P0 = init[rows, (size0 - 1).clamp(min=0)]  # the initial open slot
+    nP0 = torch.where(size0 > 0, P0.to(torch.float64).square().sum((1, 2)), torch.zeros_like(ss[:, 0]))
+    dx, dss, dg_direct, lam0 = _score_adjoint(part.structure.starts, x, ss, g.to(torch.float64), nP0, dscores,
+                                              float(Dk * v.shape[-1]), eps, norm_eps)
+    grads["dk_reader"] += chunks((2.0 * dss * (v * v).sum(-1).to(torch.float64)).to(cd).unsqueeze(-1) * k, C, nC)
+    grads["dv"] += chunks((2.0 * dss * (k * k).sum(-1).to(torch.float64)).to(cd).unsqueeze(-1) * v, C, nC)
+    dG_reader = torch.nn.functional.pad((dx * x)[:, 1:], (0, 1))  # every term of x_t decays from t - 1
+    return chunks(dx.to(cd), C, nC), dG_reader, dg_direct, lam0, P0
+
+
+def _intra_backward(part: _Partition, qc, dOc, lamc, Gc, grads, score: _ScorePath | None, dx_c):
+    """The intra-chunk masked attention's backward, batched over blocks of chunks (and the score's
+    intra-chunk part of ``x_t``: sum over the open run of e^{Gc[t-1]-Gc[s]} (k_t.k_s)(v_t.v_s))."""
+    R, C, nC = part.R, part.C, part.nC
+    kc, vc, cd = part.kc, part.vc, part.kc.dtype
+    block = max(1, _BLOCK_ELEMENTS // max(1, R * C * C))
+    causal = torch.ones((C, C), dtype=torch.bool, device=kc.device).tril()
+    for b0 in range(0, nC, block):
+        b1 = min(nC, b0 + block)
+        J = part.recency(b0, b1)
+        valid = J >= 0
+        Jc = J.clamp(min=0)
+        Wl = torch.gather(lamc[b0:b1], -1, Jc) * valid  # lam_t[J[t, s]]
+        Gb = Gc[b0:b1]
+        decay = torch.exp((Gb.unsqueeze(-1) - Gb.unsqueeze(-2)).masked_fill(~causal, -math.inf)).to(cd)
+        qb, kb, vb, dOb = qc[b0:b1], kc[b0:b1], vc[b0:b1], dOc[b0:b1]
+        A = (qb @ kb.transpose(-1, -2)) * decay  # (q_t . k_s) exp(Gc[t] - Gc[s])
+        dP = dOb @ vb.transpose(-1, -2)  # dO_t . v_s
+        grads["dv"][b0:b1] += (A * Wl).transpose(-1, -2) @ dOb
+        dM = dP * Wl * decay
+        grads["dq"][b0:b1] += dM @ kb
+        grads["dk"][b0:b1] += dM.transpose(-1, -2) @ qb
+        grads["dlam"][b0:b1].scatter_add_(-1, Jc, dP * A * valid)
+        if score is not None:
+            E = dx_c[b0:b1].unsqueeze(-1) * score.run_decay(b0, b1, cd)
+            EV = E * (vb @ vb.transpose(-1, -2))
+            EK = E * (kb @ kb.transpose(-1, -2))
+            grads["dk_reader"][b0:b1] += EV @ kb
+            grads["dk"][b0:b1] += EV.transpose(-1, -2) @ kb
+            grads["dv"][b0:b1] += EK @ vb + EK.transpose(-1, -2) @ vb
+
+
+def _chunk_adjoint(part: _Partition, c: int, F, dS, qc, dOc, lamc, decay_in, grads, score, dx_c):
+    """The adjoint of chunk c's state update and reads of its start slots: dS at its end -> dS at its start."""
+    R, K, C = part.R, part.K, part.C
+    Dk, Dv = F.shape[2:]
+    Mf, idx, Md = part.tables(c)
+    Rt = idx.shape[1]
+    qb, kb, vb, dOb = qc[c], part.kc[c], part.vc[c], dOc[c]
+    dq, dk, dv, dlam = grads["dq"], grads["dk"], grads["dv"], grads["dlam"]
+    # The state update S_end[j] = e^{GL} sum_{destF[i] = j} F_i + sum_{dest[s] = j} e^{GL - Gc[s]} k_s v_s^T.
+    dF = torch.bmm(Mf.transpose(1, 2), dS.reshape(R, K, Dk * Dv)) * part.end_decay[c].view(R, 1, 1)
+    dS_t = dS.reshape(R, K, Dk * Dv).gather(1, idx.unsqueeze(-1).expand(R, Rt, Dk * Dv)).view(R, Rt, Dk, Dv)
+    dSv = torch.bmm(dS_t.reshape(R, Rt * Dk, Dv), vb.transpose(1, 2)).view(R, Rt, Dk, C)  # dS_j v_s
+    dk[c] += (Md.unsqueeze(2) * dSv).sum(1).transpose(1, 2)
+    dSk = torch.bmm(kb, dS_t.transpose(1, 2).reshape(R, Dk, Rt * Dv)).view(R, C, Rt, Dv)  # k_s^T dS_j
+    dv[c] += (Md.transpose(1, 2).unsqueeze(-1) * dSk).sum(2)
+    # Reads of the start slots: o_t += sum_i coefF[t, i] q_t^T F_i (the first m slots are live).
+    m = int(part.mF[c])
+    if m:
+        JFc = part.JF[c, :, :, :m]
+        validF = JFc >= 0
+        coefF = torch.gather(lamc[c], -1, JFc.clamp(min=0)) * validF * decay_in[c].unsqueeze(-1)  # [R, C, m]
+        Z = torch.bmm(dOb, F[:, :m].reshape(R, m * Dk, Dv).transpose(1, 2)).view(R, C, m, Dk)  # (F_i dO_t)^T
+        dq[c] += (coefF.unsqueeze(-1) * Z).sum(2)
+        dcoef = (Z * qb.unsqueeze(2)).sum(-1)
+        dlam[c].scatter_add_(-1, JFc.clamp(min=0), dcoef * validF * decay_in[c].unsqueeze(-1))
+        X = (coefF.unsqueeze(-1) * qb.unsqueeze(2)).reshape(R, C, m * Dk)
+        dF[:, :m] += torch.bmm(X.transpose(1, 2), dOb).view(R, m, Dk * Dv)
+    if score is not None:  # x_t's carried part e^{Gc[t-1]} k_t^T P_c v_t (P_c: the open slot at the chunk start)
+        rows = torch.arange(R, device=F.device)
+        w = (dx_c[c] * score.carried[c] * score.carry_decay[c]).unsqueeze(-1)  # [R, C, 1]
+        P = F[rows, score.open_at[c]]
+        grads["dk_reader"][c] += w * (vb @ P.transpose(1, 2))
+        dv[c] += w * (kb @ P)
+        dF.view(R, K, Dk, Dv)[rows, score.open_at[c]] += (w * kb).transpose(1, 2) @ vb
+    return dF.view(R, K, Dk, Dv)
+
+
+def _reverse_pass(part: _Partition, checkpoints, every: int, dS, qc, dOc, lamc, decay_in, grads, score, dx_c):
+    """Chunks in reverse, each segment's start states recomputed from its checkpoint: dS -> dS at the start."""
+    nC = part.nC
+    for seg in range(len(checkpoints) - 1, -1, -1):
+        c_a, c_b = seg * every, min(nC, (seg + 1) * every)
+        Fs = [checkpoints[seg]]
+        for c in range(c_a, c_b - 1):
+            Fs.append(part.advance(Fs[-1], c))
+        for c in range(c_b - 1, c_a - 1, -1):
+            dS = _chunk_adjoint(part, c, Fs[c - c_a], dS, qc, dOc, lamc, decay_in, grads, score, dx_c)
+    return dS
+
+
+def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_final, *, chunk_size: int = 64,
+                          checkpoint_every: int | None = None, dscores: torch.Tensor | None = None,
+                          eps: float = 1e-6, norm_eps: float = 1e-6):
+    """Gradients of ``<dO, o> + <dS_final, S_final> (+ <dscores, I>)`` for the scalar-decay backbone, partition fixed.
+
+    ``dscores`` ``[R, T]`` float64 (zero on tokens the score did not decide): a gradient w.r.t. the scores
+    ``I_t`` (the surrogate's), propagated into k, v, g and the initial open state (docs/training.md).
+
+    Args:
+        q, k ``[R, T, Dk]``; v, dO ``[R, T, Dv]``; g ``[R, T]``; lam ``[R, T, K]``; init ``[R, K, Dk, Dv]``
+        (the initial slot states, zero beyond the initial size) — all in the compute dtype ``cd``.
+        dS_final: ``[R, K, Dk, Dv]`` or None: the gradient w.r.t. the final cache's states.
+        chunk_size: ``C``. checkpoint_every: chunks between stored states in the recomputation (default
+        ``ceil(sqrt(nC))``: ``O(sqrt(T / C) K Dk Dv)`` extra memory per row, two state passes).
+
+    Returns:
+        ``(dq, dk, dv, dg, dlam, dinit)`` in the layouts of the inputs.
+    """
+    R, T, Dk = q.shape
+    K, cd, C = lam.shape[-1], q.dtype, chunk_size
+    if T == 0:  # nothing happened: the final states are the initial ones
+        dinit = torch.zeros_like(init) if dS_final is None else dS_final.clone()
+        return (*(torch.zeros_like(x) for x in (q, k, v, g, lam)), dinit)
+    nC = max(1, -(-T // C))
+    qc, kc, vc, dOc, lamc = (chunks(x, C, nC) for x in (q, k, v, dO, lam))
+    Gc = chunks(g.to(torch.float64), C, nC).cumsum(-1)  # [nC, R, C] (padding: g = 0, flat)
+    decay_in = torch.exp(Gc).to(cd)  # chunk-start states through token t
+    part = _Partition(structure, R, T, C, K, torch.exp(Gc[..., -1:] - Gc).to(cd), torch.exp(Gc[..., -1]).to(cd), kc,
+                      vc)
+    grads = {name: torch.zeros_like(x) for name, x in (("dq", qc), ("dk", kc), ("dv", vc), ("dlam", lamc))}
+    score = _ScorePath(part, Gc, cd) if dscores is not None else None
+    every = checkpoint_every or max(1, math.isqrt(nC - 1) + 1 if nC > 1 else 1)
+    checkpoints, S_final = _checkpointed_states(part, init, every, score)
+    dx_c = None
+    if score is not None:
+        grads["dk_reader"] = torch.zeros_like(kc)  # k_t as the reader of x_t: not a key, kept out of the dg identity
+        dx_c, dG_reader, dg_direct, lam0, P0 = _score_terms(score, part, q, k, v, g, init, dscores, grads, eps,
+                                                            norm_eps)
+    _intra_backward(part, qc, dOc, lamc, Gc, grads, score, dx_c)
+    dS = torch.zeros_like(init) if dS_final is None else dS_final.clone()
+    dinit = _reverse_pass(part, checkpoints, every, dS, qc, dOc, lamc, decay_in, grads, score, dx_c)
+    if score is not None:  # ||P||^2 of the initial open slot starts the recursion of the open norms
+        rows = torch.arange(R, device=q.device)
+        has = (structure.size0 > 0).to(cd).view(R, 1, 1)
+        dinit = dinit.clone()
+        dinit[rows, (structure.size0 - 1).clamp(min=0)] += 2.0 * lam0.to(cd).view(R, 1, 1) * P0 * has
+
+    dq, dk, dv, dlam = (unchunk(grads[n], T) for n in ("dq", "dk", "dv", "dlam"))
+    # Every term depends on g only through exp(G[t] - G[s]) (G the cumulative log decay): dL/dG[t] =
+    # q_t . dq_t - k_t . dk_t, plus <S_final, dS_final> at the last token; dg is its reverse cumsum.
+    dG = ((q * dq).sum(-1) - (k * dk).sum(-1)).to(torch.float64)
+    if score is not None:
+        dG = dG + dG_reader
+        dk = dk + unchunk(grads["dk_reader"], T)
+    dg = dG.flip(1).cumsum(1).flip(1)
+    if dS_final is not None:
+        dg = dg + (S_final * dS_final).sum((1, 2, 3)).to(torch.float64).unsqueeze(1)
+    if score is not None:
+        dg = dg + dg_direct
+    return dq, dk, dv, dg.to(cd), dlam, dinit
+
+
+def _run_mask(lo: torch.Tensor, C: int) -> torch.Tensor:
+    """``[..., C, C]``: ``lo[t] <= s < t`` (token s is in the open run before token t, same chunk)."""
+    s = torch.arange(C, device=lo.device)
+    return (s.view(1, C) >= lo.unsqueeze(-1)) & (s.view(1, C) < s.view(C, 1))
+
+
+@njit
+def _open_norms(starts, x, ss, g, nP0, nP):
+    """``nP[r, t] = ||P||^2`` of the open slot before token t, by the recursion of the forward's scan."""
+    R, T = x.shape
+    for r in range(R):
+        n = nP0[r]
+        for t in range(T):
+            nP[r, t] = n
+            if starts[r, t]:
+                n = ss[r, t]
+            else:
+                a = np.exp(g[r, t])
+                n = max(a * a * n + 2.0 * a * x[r, t] + ss[r, t], 0.0)
+
+
+@njit
+def _open_norms_adjoint(starts, x, g, nP, f_nP, f_x, f_ss, f_g, dx, dss, dg, lam0):
+    """Reverse of :func:`_open_norms`: the gradients of x, ss, g and ``nP0`` given those of every ``nP``."""
+    R, T = x.shape
+    for r in range(R):
+        L = 0.0  # dL/d nP[t + 1]
+        for t in range(T - 1, -1, -1):
+            dx[r, t] = f_x[r, t]
+            dss[r, t] = f_ss[r, t] + L
+            dg[r, t] = f_g[r, t]
+            if starts[r, t]:
+                L = f_nP[r, t]
+            else:
+                a = np.exp(g[r, t])
+                dx[r, t] += 2.0 * a * L
+                dg[r, t] += L * (2.0 * a * a * nP[r, t] + 2.0 * a * x[r, t])
+                L = f_nP[r, t] + a * a * L
+        lam0[r] = L
+
+
+def _score_adjoint(starts, x, ss, g, nP0, dscores, numel, eps, norm_eps):
+    """``(dx, dss, dg, dnP0)`` of ``<dscores, I>`` through the score formula and the open-norm recursion."""
+    st = starts.cpu().numpy()
+    x_np, ss_np, g_np = (t.detach().cpu().numpy() for t in (x, ss, g))
+    nP = np.empty_like(x_np)
+    _open_norms(st, x_np, ss_np, g_np, nP0.cpu().numpy(), nP)
+    f = [t.cpu().numpy() for t in score_partials(torch.as_tensor(nP, device=x.device), x, ss, g, dscores, numel,
+                                                  eps, norm_eps)]
+    dx, dss, dg = (np.zeros_like(x_np) for _ in range(3))
+    lam0 = np.zeros(x_np.shape[0])
+    _open_norms_adjoint(st, x_np, g_np, nP, *f, dx, dss, dg, lam0)
+    return tuple(torch.as_tensor(t, device=x.device) for t in (dx, dss, dg, lam0))

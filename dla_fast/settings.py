@@ -1,0 +1,41 @@
+"""Kernel tuning settings of the Triton paths: one frozen object, read once, passed to the launchers.
+
+Every field was measured (docs/triton.md, docs/training.md); the defaults are the measured best on an
+H200. Settings change speed only, never results beyond float rounding: the pipeline and the table's
+scan/matmul forms compute the same quantities in another order. Benchmarks compare variants by passing a
+modified copy (``dataclasses.replace(DEFAULT_SETTINGS, pipeline=True)``) to the launchers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TritonSettings:
+    """Knobs of the scalar-decay Triton forward and backward.
+
+    Attributes:
+        table_scan: build the per-chunk score table with scans (True) or two ``C^3`` matmuls.
+        table_precision: ``input_precision`` of the table's fp32 dots ("ieee": the decisions read them).
+        side_stream: compute the prefix states on a side stream, overlapping the sequential carry scan and
+            merge simulation (which occupy only B * H programs).
+        pipeline: run the merge simulation concurrently with the carry scan, one chunk behind, through a
+            per-(b, h) flag (measured no faster on the H200; off).
+        carry_warps: warps of the carry scan; None: 8 when its state tile exceeds 64 x 64, else 4.
+        output_group: old slot states read per tensor-core product in the output kernel.
+        bwd_stages: software-pipelining stages of the backward's old-start loop (dq kernel).
+        bwd_warps: warps of the backward's dq kernel.
+    """
+
+    table_scan: bool = True
+    table_precision: str = "ieee"
+    side_stream: bool = True
+    pipeline: bool = False
+    carry_warps: int | None = None
+    output_group: int = 4
+    bwd_stages: int = 2
+    bwd_warps: int = 4
+
+
+DEFAULT_SETTINGS = TritonSettings()
