@@ -148,7 +148,7 @@ def _ref(q, k, v, g, w, tau, **kw):
 
 
 def correctness(fh):
-    from dla_fast.ops.scalar_decay.fused_recurrent import step_triton
+    from dla_fast.ops.scalar_decay.fused_recurrent import step_triton_
 
     out = {}
     for name, wl in [("moderate", WORKLOADS["moderate"]), ("dense", WORKLOADS["dense"])]:
@@ -181,8 +181,9 @@ def correctness(fh):
         o_r, c_r, tr_r = dla_ref.forward(*(x[:, 200:].double().cpu().numpy() for x in (q, k, v, g, w)), tau=TAU,
                                          initial_cache=c)
         tens = lambda a, t=torch.float32: torch.tensor(a, device=DEV, dtype=t)  # noqa: E731
-        o, cn, tr = step_triton(*(x[:, 200] for x in (q, k, v, g, w)), tau=TAU, states=tens(c.states),
-                                counts=tens(c.counts, torch.int64), info=tens(c.info), size=tens(c.size, torch.int64))
+        cn = (tens(c.states), tens(c.counts, torch.int64), tens(c.info), tens(c.size, torch.int64))
+        o, tr = step_triton_(*(x[:, 200] for x in (q, k, v, g, w)), tau=TAU, states=cn[0], counts=cn[1],
+                             info=cn[2], size=cn[3])  # in place
         res = dict(
             decisions_equal=bool((tr[1].cpu().numpy() == tr_r.starts[:, 0]).all()),
             merged_equal=bool((tr[2].cpu().numpy() == tr_r.merged[:, 0]).all()),
@@ -473,28 +474,58 @@ def _backward_profile(q, k, v, g, w, dO):
     return {kk: round(vv, 3) for kk, vv in prof.items() if kk.endswith("_ms")}, ms
 
 
+def _decode_inputs(B, D, H=16, K=K_SLOTS):
+    """A full K-slot cache (checked: as dla_fast builds them) and one bf16 token per row."""
+    import dla_fast
+
+    counts = torch.randint(1, 50, (B, H, K), device="cuda")
+    cache = dla_fast.Cache(0.1 * torch.randn(B, H, K, D, D, device="cuda"), counts,
+                           torch.rand(B, H, K, device="cuda") * counts, torch.full((B, H), K, device="cuda"),
+                           checked=True)
+    q, k, v = (torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    return cache, (q, k, v, torch.full((B, H), -0.1, device="cuda"), torch.rand(B, H, K, device="cuda"))
+
+
+def _host_loop_us(fn, n=200):
+    """Wall-clock microseconds per call of ``fn`` over n back-to-back calls (what a decode loop sees)."""
+    fn()
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - began) / n * 1e6
+
+
 def time_step(fh, bw):
-    from dla_fast.ops.scalar_decay.fused_recurrent import step_triton
+    """Decode at H = 16, K = 30, a full cache, tau = 0 (every token opens a slot: a merge at every step):
+    the in-place kernels alone, the public ``dla_fast.step``, and ``dla_fast.step`` replayed from a CUDA graph."""
+    import dla_fast
+    from dla_fast.ops.scalar_decay.fused_recurrent import step_triton_
 
     out = {}
     for B in (1, 64):
         for D in (64, 128):
-            H, K = 16, K_SLOTS
-            st = torch.randn(B, H, K, D, D, device="cuda")
-            cn = torch.randint(1, 50, (B, H, K), device="cuda")
-            inf = torch.rand(B, H, K, device="cuda") * cn
-            sz = torch.full((B, H), K, device="cuda", dtype=torch.long)
-            q, k, v = (torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-            g = torch.full((B, H), -0.1, device="cuda")
-            w = torch.rand(B, H, K, device="cuda")
-            fn = lambda: step_triton(q, k, v, g, w, tau=TAU, states=st, counts=cn, info=inf, size=sz)  # noqa: E731
-            fn()
-            ms = bench_ms(fn)
-            nbytes = 2 * B * H * K * D * D * 4
-            out[f"B{B}_D{D}"] = dict(ms=ms, bytes=nbytes, bandwidth=nbytes / (ms * 1e-3),
-                                     fraction_of_copy=nbytes / (ms * 1e-3) / bw)
-            rate = nbytes / (ms * 1e-3)
-            log(f"step B={B} D={D}: {ms * 1e3:.1f} us, {rate / 1e12:.3f} TB/s = {rate / bw:.2f} of copy", fh)
+            cache, token = _decode_inputs(B, D)
+            c = dict(states=cache.states, counts=cache.counts, info=cache.info, size=cache.size)
+            kernels = lambda: step_triton_(*token, tau=0.0, **c)  # noqa: E731
+            api = lambda: dla_fast.step(*token, cache, tau=0.0)  # noqa: E731
+            api()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                api()
+            nbytes = 2 * B * 16 * K_SLOTS * D * D * 4
+            row = dict(bytes=nbytes)
+            for name, fn in (("kernels", kernels), ("api", api), ("graph", graph.replay)):
+                row[f"{name}_us"] = bench_ms(fn) * 1e3
+                row[f"{name}_loop_us"] = _host_loop_us(fn)
+                row[f"{name}_fraction_of_copy"] = nbytes / (row[f"{name}_loop_us"] * 1e-6) / bw
+            row.update(ms=row["api_loop_us"] * 1e-3, bandwidth=nbytes / (row["api_loop_us"] * 1e-6),
+                       fraction_of_copy=row["api_fraction_of_copy"])
+            out[f"B{B}_D{D}"] = row
+            log(f"step B={B} D={D}: " + ", ".join(f"{n} {row[f'{n}_us']:.1f} us (loop {row[f'{n}_loop_us']:.1f} us, "
+                                                  f"{row[f'{n}_fraction_of_copy']:.2f} of copy)"
+                                                  for n in ("kernels", "api", "graph")), fh)
     return out
 
 
@@ -619,8 +650,11 @@ def table(res):
     if res.get("grad_correctness"):
         lines.append(f"gradients vs float64: {res['grad_correctness']}")
     for kk, d in res.get("step", {}).items():
-        lines.append(f"step {kk} | {d['ms'] * 1e3:.1f} us | {d['bandwidth'] / 1e12:.3f} TB/s | "
-                     f"{d['fraction_of_copy']:.2f} of copy")
+        if "kernels_us" not in d:
+            continue
+        lines.append(f"step {kk} | kernels {d['kernels_loop_us']:.1f} us | api {d['api_loop_us']:.1f} us "
+                     f"({d['api_loop_us'] / d['kernels_loop_us']:.2f}x) | graph {d['graph_loop_us']:.1f} us | "
+                     f"api {d['api_fraction_of_copy']:.2f} / graph {d['graph_fraction_of_copy']:.2f} of copy")
     c = res.get("correctness", {})
     ok = [kk for kk, vv in c.items() if isinstance(vv, dict) and vv.get("decisions_equal")]
     bad = {kk: vv.get("margins_at_first_diff") for kk, vv in c.items()

@@ -113,7 +113,7 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
         o, scores, starts, merged = forward_delta_rule(
             q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau, eps=eps, norm_eps=norm_eps
         )
-    final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size)
+    final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size, checked=True)
     trace = Trace(scores.to(cd), starts, merged) if return_trace else None
     return o.to(q.dtype), final, trace, triton_structure
 
@@ -177,6 +177,14 @@ def step(
     return (o, cache, (score, started, merged)) if return_trace else (o, cache)
 
 
+def _triton_step_cache(cache: Cache) -> bool:
+    """The in-place Triton step takes contiguous float32 states and info with int64 counts and size (the
+    layout ``forward`` and ``Cache.empty`` produce); any other cache takes the torch step."""
+    c = cache
+    return (c.states.dtype == torch.float32 and c.info.dtype == torch.float32 and c.counts.dtype == torch.int64
+            and c.size.dtype == torch.int64 and all(x.is_contiguous() for x in (c.states, c.counts, c.info, c.size)))
+
+
 def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps, norm_eps):
     """``step`` after validation, also taking a ``boundary`` override ``[B, H]`` and returning the trace.
 
@@ -186,16 +194,14 @@ def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps
     K, Dv = cache.states.shape[2], cache.states.shape[4]
     cd = cache.states.dtype
     R = B * H
-    if beta is None and cd == torch.float32 and uses_triton(q, Dk, Dv):
-        from .ops.scalar_decay.fused_recurrent import step_triton
+    if beta is None and _triton_step_cache(cache) and uses_triton(q, Dk, Dv):
+        from .ops.scalar_decay.fused_recurrent import step_triton_
 
-        # The kernel writes the new cache beside the old one (its programs read the whole open slot while
-        # others write): the cache object takes the new tensors, one read and one write of the states.
-        o, (cache.states, cache.counts, info, cache.size), (score, start, merged) = step_triton(
-            q, k.to(q.dtype), v.to(q.dtype), g, slot_weights, tau=tau, boundary=boundary, states=cache.states,
-            counts=cache.counts, info=cache.info, size=cache.size, eps=eps, norm_eps=norm_eps,
-        )  # fmt: skip
-        cache.info = info.to(cache.info.dtype)
+        # In place: the cache's tensors keep their storage (a CUDA graph can capture the step).
+        o, (score, start, merged) = step_triton_(
+            q, k, v, g, slot_weights, tau=tau, boundary=boundary, states=cache.states, counts=cache.counts,
+            info=cache.info, size=cache.size, eps=eps, norm_eps=norm_eps,
+        )
         return o, score, start, merged
     o, score, start, merged = recurrent_step_(
         cache.states.view(R, K, Dk, Dv), cache.counts.view(R, K), cache.info.view(R, K), cache.size.view(R),

@@ -3,7 +3,7 @@
 The one environment variable the library reads is ``DLA_FAST_BACKEND`` (with Triton's own
 ``TRITON_INTERPRET``), and it is read here alone:
 
-- unset or ``auto``: CUDA tensors of float32, bfloat16 or float16 with ``32 <= Dk, Dv <= 256`` run the
+- unset or ``auto``: CUDA tensors of float32, bfloat16 or float16 with ``32 <= Dk, Dv <= 128`` run the
   Triton kernels (scalar-decay backbone); everything else runs torch;
 - ``torch``: torch everywhere (the chunked torch path on the GPU too);
 - ``triton`` with ``TRITON_INTERPRET=1``: the kernels on CPU tensors through Triton's interpreter (tests).
@@ -18,7 +18,11 @@ import torch
 # Head sizes below 32 take the torch path on CUDA (the Triton forward refuses them: a known fault at 16,
 # docs/triton.md); the step follows the same rule so both paths agree.
 TRITON_MIN_DIM = 32
+# The kernels accept heads up to 256, but above 128 the forward exceeds the H200's shared memory on a GPU
+# (262,144 > 232,448 bytes at Dk = Dv = 256 in float32, bfloat16 and float16; measured 2026-11-30): wider
+# heads take the torch path there (the interpreter, which has no such limit, still runs them in tests).
 TRITON_MAX_DIM = 256
+TRITON_MAX_GPU_DIM = 128
 BACKENDS = ("auto", "torch", "triton")
 
 
@@ -52,5 +56,5 @@ def uses_triton(x: torch.Tensor, dk: int, dv: int) -> bool:
         return dk <= TRITON_MAX_DIM and dv <= TRITON_MAX_DIM and triton_available()
     if not x.is_cuda:
         return False
-    in_range = TRITON_MIN_DIM <= dk <= TRITON_MAX_DIM and TRITON_MIN_DIM <= dv <= TRITON_MAX_DIM
+    in_range = min(dk, dv) >= TRITON_MIN_DIM and max(dk, dv) <= TRITON_MAX_GPU_DIM
     return in_range and triton_available()

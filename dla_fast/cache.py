@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,12 +25,17 @@ class Cache:
         size:   ``[B, H]`` int64, how many slots are in use; the open (newest) slot is ``size - 1``.
 
     Slots at index ``>= size`` are unused and all zero. ``dla_fast.step`` updates a cache in place.
+
+    ``checked`` is True once the values were checked (sizes and counts in range, finite states, unused slots
+    zero) or the cache was built by ``dla_fast`` (``forward``, ``empty``, ``step``): ``step`` checks an
+    unchecked cache once, on its first call (one host sync on an accelerator), and never per token.
     """
 
     states: torch.Tensor
     counts: torch.Tensor
     info: torch.Tensor
     size: torch.Tensor
+    checked: bool = field(default=False, repr=False, compare=False)
 
     @classmethod
     def empty(cls, B: int, H: int, K: int, Dk: int, Dv: int, *, dtype=torch.float32, device=None) -> Cache:
@@ -40,6 +45,7 @@ class Cache:
             counts=torch.zeros((B, H, K), dtype=torch.int64, device=device),
             info=torch.zeros((B, H, K), dtype=_info_dtype(dtype), device=device),
             size=torch.zeros((B, H), dtype=torch.int64, device=device),
+            checked=True,
         )
 
     @classmethod
@@ -70,7 +76,7 @@ class Cache:
         return self.states.device
 
     def clone(self) -> Cache:
-        return Cache(self.states.clone(), self.counts.clone(), self.info.clone(), self.size.clone())
+        return Cache(self.states.clone(), self.counts.clone(), self.info.clone(), self.size.clone(), self.checked)
 
     copy = clone
 
@@ -82,6 +88,7 @@ class Cache:
             self.counts.to(device=device),
             self.info.to(device=device, dtype=_info_dtype(dtype)),
             self.size.to(device=device),
+            self.checked,
         )
 
 

@@ -15,14 +15,23 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def as_float_tensor(name: str, x, device=None) -> torch.Tensor:
-    """``x`` as a floating-point tensor (array-likes are converted; integer tensors become float32)."""
+    """``x`` as a floating-point tensor (array-likes are converted); integer, bool and complex data are refused
+    rather than silently cast (an integer ``q`` is almost always a bug upstream)."""
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(x, device=device)
     if x.dtype not in FLOAT_DTYPES:
-        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-            raise ValueError(f"{name}: expected float16, bfloat16, float32 or float64, got dtype {x.dtype}")
-        x = x.to(torch.float32)
+        raise ValueError(f"{name}: expected a floating-point tensor (float16, bfloat16, float32 or float64), "
+                         f"got dtype {x.dtype}")
     return x
+
+
+def check_same_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """q, k and v share one dtype: it is the dtype the products run in and that ``o`` comes back in (g,
+    slot_weights and beta may be any float dtype: they are read in float32, or float64 for float64 inputs)."""
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype != q.dtype:
+            raise ValueError(f"{name}: expected the dtype of q ({q.dtype}), got {x.dtype}; q, k and v must share "
+                             f"one dtype (cast them, e.g. k.to(q.dtype))")
 
 
 def all_finite(x: torch.Tensor) -> torch.Tensor:
@@ -90,6 +99,7 @@ def validate_forward(q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_
     if boundaries is not None and not isinstance(boundaries, torch.Tensor):
         boundaries = torch.as_tensor(boundaries, device=device)
     check_same_device(q=q, k=k, v=v, g=g, slot_weights=slot_weights, beta=beta, boundaries=boundaries)
+    check_same_dtype(q, k, v)
     dims = check_shapes(q, k, v, g, slot_weights, beta, boundaries, is_bool=lambda x: x.dtype == torch.bool)
     checked_tau = check_scalars(tau, eps, norm_eps)
     tau = float(tau) if checked_tau is None else checked_tau
@@ -111,14 +121,36 @@ def _step_shape_error(name: str, expected: str, x) -> ValueError:
 def validate_step(q, k, v, g, slot_weights, beta, tau, eps, norm_eps, cache):
     """step's checks (one token per sequence: no time axis); returns ``(tensors, tau, dims, cache)``.
 
-    Shapes, dtypes and scalars always; the value checks (finite inputs, ``g <= 0``, ``beta`` in [0, 1], the
-    cache's counts and sizes) on the CPU only, where reading them back costs no device synchronisation.
+    Shapes, dtypes and scalars always. The token's values (finite inputs, ``g <= 0``, ``beta`` in [0, 1]) on
+    the CPU only, where reading them back costs no device synchronisation. The cache's values once per
+    cache (``Cache.checked``): a cache built by dla_fast is valid by construction, one from elsewhere is
+    checked on its first step (one sync), never per token.
     """
     q, k, v, g, slot_weights = (as_float_tensor(n, x) for n, x in
                                 zip(("q", "k", "v", "g", "slot_weights"), (q, k, v, g, slot_weights)))
     device = q.device
     beta = None if beta is None else as_float_tensor("beta", beta, device)
     check_same_device(q=q, k=k, v=v, g=g, slot_weights=slot_weights, beta=beta)
+    check_same_dtype(q, k, v)
+    dims = _step_dims(q, k, v, g, slot_weights, beta)
+    checked_tau = check_scalars(tau, eps, norm_eps)
+    tau = float(tau) if checked_tau is None else checked_tau
+    checks = []
+    if device.type == "cpu":  # free on the host; on an accelerator it would be a sync per decoded token
+        checks = value_checks(q, k, v, g, slot_weights, beta, isfinite=all_finite)
+    if cache is None:
+        cache = Cache.empty(dims.B, dims.H, dims.K, dims.Dk, dims.Dv, dtype=compute_dtype(q), device=device)
+    else:
+        _check_step_cache(cache, dims, device)
+        if not cache.checked:
+            checks += cache_checks(cache, dims.K, name="cache")
+    raise_first(checks)
+    cache.checked = True
+    return (q, k, v, g, slot_weights, beta), tau, dims, cache
+
+
+def _step_dims(q, k, v, g, slot_weights, beta) -> Dims:
+    """The shapes of one decoding step (no time axis)."""
     if q.ndim != 3:
         raise _step_shape_error("q", "[B, H, Dk]", q)
     B, H, Dk = q.shape
@@ -138,23 +170,17 @@ def validate_step(q, k, v, g, slot_weights, beta, tau, eps, norm_eps, cache):
         raise ValueError(f"slot_weights: the cache capacity K = slot_weights.shape[-1] must be >= 2, got {K}")
     if beta is not None and tuple(beta.shape) != (B, H):
         raise _step_shape_error("beta", f"[B, H] = {[B, H]}", beta)
-    checked_tau = check_scalars(tau, eps, norm_eps)
-    tau = float(tau) if checked_tau is None else checked_tau
-    dims = Dims(int(B), 1, int(H), int(Dk), int(Dv), int(K))
-    checks = value_checks(q, k, v, g, slot_weights, beta, isfinite=all_finite)
-    if cache is None:
-        cache = Cache.empty(B, H, K, Dk, Dv, dtype=compute_dtype(q), device=device)
-    else:
-        if not isinstance(cache, Cache):
-            raise ValueError(f"cache: expected a dla_fast.Cache or None, got {type(cache).__name__}")
-        check_cache_shapes(cache.states, cache.counts, cache.info, cache.size, dims, name="cache")
-        if cache.states.device != device:
-            raise ValueError(f"cache: expected a cache on {device} (as q), got one on {cache.states.device}")
-        if cache.states.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"cache.states: expected float32 or float64, got dtype {cache.states.dtype}")
-        if cache.counts.dtype != torch.int64 or cache.size.dtype != torch.int64:
-            raise ValueError("cache: expected int64 counts and size (step updates the cache in place)")
-        checks += cache_checks(cache, K, name="cache")
-    if device.type == "cpu":  # free on the host; on an accelerator it would be a sync per decoded token
-        raise_first(checks)
-    return (q, k, v, g, slot_weights, beta), tau, dims, cache
+    return Dims(int(B), 1, int(H), int(Dk), int(Dv), int(K))
+
+
+def _check_step_cache(cache, dims: Dims, device) -> None:
+    """The cache's type, shapes, device and dtypes (no values: those are checked once, see ``validate_step``)."""
+    if not isinstance(cache, Cache):
+        raise ValueError(f"cache: expected a dla_fast.Cache or None, got {type(cache).__name__}")
+    check_cache_shapes(cache.states, cache.counts, cache.info, cache.size, dims, name="cache")
+    if cache.states.device != device:
+        raise ValueError(f"cache: expected a cache on {device} (as q), got one on {cache.states.device}")
+    if cache.states.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"cache.states: expected float32 or float64, got dtype {cache.states.dtype}")
+    if cache.counts.dtype != torch.int64 or cache.size.dtype != torch.int64:
+        raise ValueError("cache: expected int64 counts and size (step updates the cache in place)")

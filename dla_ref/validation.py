@@ -44,6 +44,9 @@ def check_shapes(q, k, v, g, slot_weights, beta=None, boundaries=None, *, is_boo
     if Dk < 1 or Dv < 1:
         raise ValueError(f"q/v: Dk and Dv must be at least 1, got Dk={Dk}, Dv={Dv}")
     if g.ndim != 3 or tuple(g.shape) != (B, T, H):
+        if tuple(g.shape) == (B, H, T) and H != T:
+            raise ValueError(f"g: expected shape [B, T, H] = {[B, T, H]} (from q), got {tuple(g.shape)}; q, k and v "
+                             f"look like [B, H, T, D]: DLA takes [B, T, H, D] (FLA's layout), e.g. q.transpose(1, 2)")
         raise _shape_error("g", f"[B, T, H] = {[B, T, H]}", g)
     if slot_weights.ndim != 4 or tuple(slot_weights.shape[:3]) != (B, T, H):
         raise _shape_error("slot_weights", f"[B, T, H, K] with [B, T, H] = {[B, T, H]}", slot_weights)

@@ -123,10 +123,31 @@ def test_step_checks():
     wrong = dla_fast.Cache.empty(2, 3, 5, 4, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match=re.escape("cache.states: expected shape [2, 3, 3, 4, 4]")):
         dla_fast.step(x["q"], x["k"], x["v"], x["g"], x["slot_weights"], wrong)
-    bad = dla_fast.Cache.empty(2, 3, 3, 4, 4, dtype=torch.float64)
+    empty = dla_fast.Cache.empty(2, 3, 3, 4, 4, dtype=torch.float64)
+    bad = dla_fast.Cache(empty.states, empty.counts, empty.info, empty.size.clone())  # built by hand: unchecked
     bad.size[0, 0] = 7
     with pytest.raises(ValueError, match=re.escape("cache.size: expected values in [0, K=3]")):
         dla_fast.step(x["q"], x["k"], x["v"], x["g"], x["slot_weights"], bad)
+
+
+def test_a_cache_is_checked_once_not_per_token(monkeypatch):
+    """A hand-built cache is checked on its first step; after that (and for caches dla_fast built) the step
+    reads back no cache values: the per-token path has no full-cache scan."""
+    from dla_fast import validation
+
+    x = {n: torch.as_tensor(a[:, 0]) for n, a in _good().items()}
+    empty = dla_fast.Cache.empty(2, 3, 3, 4, 4, dtype=torch.float64)
+    cache = dla_fast.Cache(empty.states.clone(), empty.counts.clone(), empty.info.clone(), empty.size.clone())
+    assert not cache.checked
+    seen = []
+    original = validation.cache_checks
+    monkeypatch.setattr(validation, "cache_checks", lambda *a, **kw: seen.append(1) or original(*a, **kw))
+    for _ in range(3):
+        dla_fast.step(x["q"], x["k"], x["v"], x["g"], x["slot_weights"], cache, beta=x["beta"])
+    assert seen == [1] and cache.checked
+    _, forwarded, _ = dla_fast.forward(**{n: torch.as_tensor(a) for n, a in _good().items()})
+    assert forwarded.checked and forwarded.clone().checked and dla_fast.Cache.empty(1, 1, 2, 1, 1).checked
+    assert not dla_fast.Cache.from_ref(forwarded.to_ref()).checked  # data from elsewhere is checked on use
 
 
 def test_value_checks_take_one_host_sync(monkeypatch):
@@ -142,3 +163,64 @@ def test_value_checks_take_one_host_sync(monkeypatch):
     validation.validate_forward(*(t[n] for n in ("q", "k", "v", "g", "slot_weights", "beta")), None, 0.6,
                                  1e-6, 1e-6, cache, 64)
     assert len(calls) == 1  # every flag (finite inputs, g, beta, the cache's checks) in one read-back
+
+
+# Input hygiene: what dla_fast refuses beyond dla_ref (which takes NumPy and computes in float64).
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+@pytest.mark.parametrize("name", ["q", "k", "v", "g", "slot_weights", "beta"])
+def test_non_float_inputs_are_refused_not_cast(name, dtype):
+    t = {n: torch.as_tensor(a, dtype=torch.float32) for n, a in _good().items()}
+    t[name] = t[name].to(dtype)
+    with pytest.raises(ValueError, match=rf"^{name}: expected a floating-point tensor .* got dtype {dtype}"):
+        dla_fast.forward(**t)
+
+
+@pytest.mark.parametrize("name", ["k", "v"])
+def test_q_k_v_must_share_a_dtype(name):
+    t = {n: torch.as_tensor(a, dtype=torch.float32) for n, a in _good().items()}
+    t[name] = t[name].to(torch.bfloat16)
+    with pytest.raises(ValueError, match=rf"^{name}: expected the dtype of q \(torch.float32\), got torch.bfloat16"):
+        dla_fast.forward(**t)
+    step = {n: x[:, 0] for n, x in t.items()}
+    with pytest.raises(ValueError, match=rf"^{name}: expected the dtype of q"):
+        dla_fast.step(step["q"], step["k"], step["v"], step["g"], step["slot_weights"], None, beta=step["beta"])
+
+
+def test_g_slot_weights_and_beta_may_have_their_own_float_dtype():
+    t = {n: torch.as_tensor(a, dtype=torch.float32) for n, a in _good().items()}
+    o, _, _ = dla_fast.forward(**t)
+    mixed = dict(t, g=t["g"].double(), slot_weights=t["slot_weights"].half(), beta=t["beta"].bfloat16())
+    o_mixed, _, _ = dla_fast.forward(**mixed)
+    assert o_mixed.dtype == torch.float32  # o follows q
+    # slot_weights in float16 and beta in bfloat16 are rounded first: compare with those rounded values.
+    rounded = dict(t, slot_weights=t["slot_weights"].half().float(), beta=t["beta"].bfloat16().float())
+    torch.testing.assert_close(o_mixed, dla_fast.forward(**rounded)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(o_mixed, o, rtol=2e-2, atol=2e-2)  # and close to the float32 call
+
+
+def test_a_b_h_t_d_layout_gets_a_hint():
+    """q, k, v transposed to [B, H, T, D] with g left as [B, T, H]: the error says what happened."""
+    t = {n: torch.as_tensor(a, dtype=torch.float32) for n, a in _good().items()}
+    for name in ("q", "k", "v", "slot_weights"):
+        t[name] = t[name].transpose(1, 2)
+    message = _message(lambda: dla_fast.forward(**t))
+    assert message.startswith("g: expected shape [B, T, H]") and "look like [B, H, T, D]" in message
+    assert "look like" in _message(lambda: dla_ref.forward(**{n: x.numpy() for n, x in t.items()}))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype,D", [(torch.float32, 256), (torch.float32, 192), (torch.bfloat16, 256),
+                                     (torch.float16, 256), (torch.float32, 16), (torch.bfloat16, 128)])
+def test_every_documented_head_size_runs_on_the_gpu(dtype, D):
+    """Dk = Dv up to 256 in every dtype (heads above 128 or below 32 take the torch path there)."""
+    x = random_inputs(41, 1, 70, 2, D, D, 4)
+    cpu = {n: torch.as_tensor(a, dtype=dtype) for n, a in x.items()}
+    gpu = {n: t.cuda() for n, t in cpu.items()}
+    o_ref, cache_ref, trace = dla_fast.forward(**{n: t.double() for n, t in cpu.items()}, return_trace=True)
+    o, cache, _ = dla_fast.forward(**gpu, boundaries=trace.starts.cuda())  # the same partition (no margin flips)
+    err = float((o.double().cpu() - o_ref).norm() / o_ref.norm())
+    assert err < (1e-5 if dtype == torch.float32 else 2e-2), err
+    assert torch.equal(cache.size.cpu(), cache_ref.size)

@@ -127,10 +127,15 @@ def test_forward_is_deterministic():
     assert all(torch.equal(x, y) for x, y in zip(a[2], b[2]))
 
 
+def _cache_tensors(cache):
+    return dict(states=_t(cache.states), counts=_t(cache.counts, torch.int64), info=_t(cache.info),
+                size=_t(cache.size, torch.int64))
+
+
 @needs_kernels
 @pytest.mark.parametrize("K,T,tau", [(4, 40, 0.3), (5, 30, 0.6), (3, 1, 0.5), (4, 0, 0.5)])
 def test_step_matches_reference(K, T, tau):
-    from dla_fast.ops.scalar_decay.fused_recurrent import step_triton
+    from dla_fast.ops.scalar_decay.fused_recurrent import step_triton_
 
     B, H, Dk, Dv = 2, 3, 16, 32
     q, k, v, g, w = regimes(B, T + 1, H, Dk, Dv, K, seed=K + T, regime_length=3.0, jitter=1.0)
@@ -139,14 +144,65 @@ def test_step_matches_reference(K, T, tau):
     else:
         cache = dla_ref.Cache.empty(B, H, K, Dk, Dv)
     o_r, c_r, tr_r = dla_ref.forward(*(x[:, T:] for x in (q, k, v, g, w)), tau=tau, initial_cache=cache)
-    o, c, tr = step_triton(*(_t(x[:, T]) for x in (q, k, v, g, w)), tau=tau, states=_t(cache.states),
-                           counts=_t(cache.counts, torch.int64), info=_t(cache.info), size=_t(cache.size, torch.int64))
+    c = _cache_tensors(cache)
+    o, tr = step_triton_(*(_t(x[:, T]) for x in (q, k, v, g, w)), tau=tau, **c)  # c advanced in place
     assert (tr[1].cpu().numpy() == tr_r.starts[:, 0]).all() and (tr[2].cpu().numpy() == tr_r.merged[:, 0]).all()
     np.testing.assert_allclose(_np(tr[0]), tr_r.scores[:, 0], atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(_np(o), o_r[:, 0], atol=1e-5 * np.abs(o_r).max())
-    np.testing.assert_allclose(_np(c[0]), c_r.states, atol=1e-5 * np.abs(c_r.states).max())
-    assert (c[1].cpu().numpy() == c_r.counts).all() and (c[3].cpu().numpy() == c_r.size).all()
-    np.testing.assert_allclose(_np(c[2]), c_r.info, atol=1e-5)
+    np.testing.assert_allclose(_np(c["states"]), c_r.states, atol=1e-5 * np.abs(c_r.states).max())
+    assert (c["counts"].cpu().numpy() == c_r.counts).all() and (c["size"].cpu().numpy() == c_r.size).all()
+    np.testing.assert_allclose(_np(c["info"]), c_r.info, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("Dv,K,tau", [(32, 3, 0.3), (80, 4, 0.0), (16, 2, 0.6)])
+def test_steps_in_place_over_a_sequence_match_the_reference(Dv, K, tau):
+    """Many in-place steps from an empty cache (merges at most tokens for tau = 0: every token opens a slot),
+    Dv over several value blocks and a ragged last block: the same outputs, trace and final cache."""
+    from dla_fast.ops.scalar_decay.fused_recurrent import step_triton_
+
+    B, T, H, Dk = 1, 24, 2, 16
+    q, k, v, g, w = regimes(B, T, H, Dk, Dv, K, seed=Dv + K, regime_length=3.0, jitter=1.0)
+    o_r, c_r, tr_r = dla_ref.forward(q, k, v, g, w, tau=tau)
+    c = _cache_tensors(dla_ref.Cache.empty(B, H, K, Dk, Dv))
+    for t in range(T):
+        o, (score, started, merged) = step_triton_(*(_t(x[:, t]) for x in (q, k, v, g, w)), tau=tau, **c)
+        assert (started.cpu().numpy() == tr_r.starts[:, t]).all() and (merged.cpu().numpy() == tr_r.merged[:, t]).all()
+        np.testing.assert_allclose(_np(o), o_r[:, t], atol=1e-5 * max(1.0, np.abs(o_r[:, t]).max()))
+    np.testing.assert_allclose(_np(c["states"]), c_r.states, atol=1e-5 * np.abs(c_r.states).max())
+    assert (c["size"].cpu().numpy() == c_r.size).all() and (c["counts"].cpu().numpy() == c_r.counts).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoding_replayed_from_a_cuda_graph_equals_eager_steps(dtype):
+    """dla_fast.step captured once in a CUDA graph and replayed per token (inputs copied into static buffers)
+    gives exactly the eager steps' outputs and cache: the step is in place and syncs nothing."""
+    import dla_fast
+
+    B, T, H, D, K = 2, 40, 4, 64, 6
+    q, k, v, g, w = (_t(x, dtype if i < 3 else torch.float32)
+                     for i, x in enumerate(regimes(B, T, H, D, D, K, seed=5, regime_length=3.0, jitter=1.0)))
+    eager_cache, graph_cache = dla_fast.Cache.empty(B, H, K, D, D, device="cuda"), None
+    eager = [dla_fast.step(*(x[:, t] for x in (q, k, v, g, w)), eager_cache, tau=0.3)[0] for t in range(T)]
+    graph_cache = dla_fast.Cache.empty(B, H, K, D, D, device="cuda")
+    static = [x[:, 0].clone() for x in (q, k, v, g, w)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (compiles) on a copy, then capture
+        dla_fast.step(*static, graph_cache.clone(), tau=0.3)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_o, _ = dla_fast.step(*static, graph_cache, tau=0.3)
+    for t in range(T):
+        for buf, x in zip(static, (q, k, v, g, w)):
+            buf.copy_(x[:, t])
+        graph.replay()
+        assert torch.equal(static_o, eager[t]), t
+    for name in ("states", "counts", "info", "size"):
+        assert torch.equal(getattr(graph_cache, name), getattr(eager_cache, name)), name
 
 
 @needs_kernels
