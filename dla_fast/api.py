@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from dla_ref.validation import check_shapes
+
 from . import autograd as _autograd
 from .backend import uses_triton
 from .cache import Cache, Trace
+from .custom_ops import forward_op, forward_traced, step_op
+from .ops.common import varlen
 from .ops.common.recurrent import recurrent_step_
 from .ops.delta_rule.recurrent import forward_delta_rule
 from .ops.scalar_decay.chunk_torch import forward_scalar_decay
-from .validation import compute_dtype, validate_forward, validate_step
+from .validation import as_float_tensor, compute_dtype, validate_forward, validate_step
 
 
 def forward(
@@ -30,6 +34,7 @@ def forward(
     eps: float = 1e-6,
     norm_eps: float = 1e-6,
     surrogate_temperature: float | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ):
     """Dynamic Linear Attention on torch tensors, with ``dla_ref.forward``'s semantics.
 
@@ -55,6 +60,10 @@ def forward(
         surrogate_temperature: None (default, off) or ``T > 0``: a straight-through gradient through
             ``sigmoid((I_t - tau) / T)`` into ``tau`` (pass a 0-d tensor requiring grad) and through the
             scores into the inputs (docs/training.md); the outputs are unchanged.
+        cu_seqlens: None, or ``[N + 1]`` integer offsets for N sequences packed along time (FLA's convention):
+            the inputs are ``[1, total_T, H, ...]``, sequence i is tokens ``cu_seqlens[i] .. cu_seqlens[i+1] - 1``
+            and runs exactly as a call of its own, from ``initial_cache`` row i (a cache of batch N) or an empty
+            cache; ``o`` and the trace come back packed, the final cache has batch N (``ops/common/varlen.py``).
 
     Gradients (docs/training.md): when an input requires grad, ``o`` and the final cache's ``states`` are
     differentiable w.r.t. q, k, v, g, slot_weights, beta and ``initial_cache.states``, with the boundary and
@@ -65,24 +74,57 @@ def forward(
         the :class:`Trace` ``[B, T, H]`` or None.
     """
     _autograd.check_temperature(surrogate_temperature)
+    options = dict(tau=tau, beta=beta, boundaries=boundaries, initial_cache=initial_cache,
+                   output_final_cache=output_final_cache, return_trace=return_trace, chunk_size=chunk_size, eps=eps,
+                   norm_eps=norm_eps, surrogate_temperature=surrogate_temperature)
+    if torch.compiler.is_compiling():  # torch.compile traces the dla::forward op, not the paths (custom_ops.py)
+        return forward_traced(q, k, v, g, slot_weights, cu_seqlens=cu_seqlens, **options)
+    if cu_seqlens is not None:
+        return _forward_packed(q, k, v, g, slot_weights, cu_seqlens, **options)
+    return _forward_batch(q, k, v, g, slot_weights, lengths=None, **options)
+
+
+def _forward_packed(q, k, v, g, slot_weights, cu_seqlens, *, beta, boundaries, return_trace, **options):
+    """``forward`` on sequences packed along time: pad to a batch (one gather), run it with each row's length,
+    pack ``o`` and the trace back."""
+    cu = varlen.check_cu_seqlens(cu_seqlens, q)
+    packed = [as_float_tensor(n, x, q.device) for n, x in zip(("q", "k", "v", "g", "slot_weights"), (q, k, v, g,
+                                                                                                 slot_weights))]
+    bnd = None if boundaries is None else torch.as_tensor(boundaries, device=q.device)
+    beta = None if beta is None else as_float_tensor("beta", beta, q.device)
+    check_shapes(*packed, beta, bnd, is_bool=lambda x: x.dtype == torch.bool)  # the packed shapes, named
+    q, k, v, g, slot_weights = packed
+    lengths = varlen.lengths_of(cu)
+    T_max, total = int(lengths.max()), q.shape[1]
+    padded = [varlen.pad(x, cu, T_max) for x in (q, k, v, g, slot_weights, beta, bnd)]
+    o, final, trace = _forward_batch(*padded[:5], beta=padded[5], boundaries=padded[6], return_trace=return_trace,
+                                     lengths=lengths, **options)
+    if trace is not None:
+        trace = Trace(*(varlen.unpad(x, cu, total) for x in (trace.scores, trace.starts, trace.merged)))
+    return varlen.unpad(o, cu, total), final, trace
+
+
+def _forward_batch(q, k, v, g, slot_weights, *, lengths, tau, beta, boundaries, initial_cache, output_final_cache,
+                   return_trace, chunk_size, eps, norm_eps, surrogate_temperature):
+    """``forward`` on a batch whose rows may end early (``lengths [B]``, zero padding after; None: all T)."""
     tau_value = tau.detach() if isinstance(tau, torch.Tensor) else tau  # validation makes it a Python float
     grad = _autograd.needs_grad(q, k, v, g, slot_weights, beta, tau, getattr(initial_cache, "states", None))
     with torch.no_grad():
         o, final, trace, triton_structure = _forward(
             q, k, v, g, slot_weights, tau=tau_value, beta=beta, boundaries=boundaries, initial_cache=initial_cache,
-            return_trace=return_trace or grad, chunk_size=chunk_size, eps=eps, norm_eps=norm_eps,
+            return_trace=return_trace or grad, chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
         )
     if grad:
         o, final = _autograd.attach_gradients(
             o, final, trace, triton_structure, q, k, v, g, slot_weights, tau=tau, beta=beta, boundaries=boundaries,
             initial_cache=initial_cache, chunk_size=chunk_size, eps=eps, norm_eps=norm_eps,
-            surrogate_temperature=surrogate_temperature,
+            surrogate_temperature=surrogate_temperature, lengths=lengths,
         )
     return o, (final if output_final_cache else None), (trace if return_trace else None)
 
 
 def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, return_trace, chunk_size, eps,
-             norm_eps):
+             norm_eps, lengths=None):
     """Validate, then run the path this call belongs to (``backend.uses_triton``); no gradients.
 
     Returns ``(o, final Cache, Trace or None, the Triton forward's DecidedStructure or None)``.
@@ -102,30 +144,33 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
     triton_structure = None
     if beta is None and uses_triton(q, Dk, Dv):
         o, scores, starts, merged, triton_structure = _forward_triton(
-            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, eps=eps, norm_eps=norm_eps
+            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, eps=eps, norm_eps=norm_eps,
+            lengths=lengths,
         )
     elif beta is None:
         o, scores, starts, merged = forward_scalar_decay(
             q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size,
-            chunk_size=chunk_size, eps=eps, norm_eps=norm_eps,
+            chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
         )
     else:
         o, scores, starts, merged = forward_delta_rule(
-            q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau, eps=eps, norm_eps=norm_eps
+            q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau, eps=eps, norm_eps=norm_eps,
+            lengths=lengths,
         )
     final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size, checked=True)
     trace = Trace(scores.to(cd), starts, merged) if return_trace else None
     return o.to(q.dtype), final, trace, triton_structure
 
 
-def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, *, eps, norm_eps):
+def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, *, eps, norm_eps,
+                    lengths=None):
     """The Triton prefill (docs/triton.md) behind ``forward_scalar_decay``'s contract: the cache in place."""
     from .ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
     dtype = q.dtype
     o, (states_out, counts_out, info_out, size_out), (scores, starts, merged), structure = forward_scalar_decay_triton(
         q, k.to(dtype), v.to(dtype), g, slot_weights, tau=tau, boundaries=boundaries,
-        states=states, counts=counts, info=info.float(), size=size, eps=eps, norm_eps=norm_eps,
+        states=states, counts=counts, info=info.float(), size=size, eps=eps, norm_eps=norm_eps, lengths=lengths,
     )  # fmt: skip
     for cache_tensor, result in ((states, states_out), (counts, counts_out), (info, info_out), (size, size_out)):
         cache_tensor.copy_(result)
@@ -172,8 +217,12 @@ def step(
         if boundary.dtype != torch.bool or tuple(boundary.shape) != (dims.B, dims.H):
             raise ValueError(f"boundary: expected a bool tensor of shape [B, H] = {[dims.B, dims.H]}, "
                              f"got {boundary.dtype} {tuple(boundary.shape)}")
-    o, score, started, merged = _step(q, k, v, g, slot_weights, cache, tau=tau, beta=beta, boundary=boundary,
-                                      eps=eps, norm_eps=norm_eps)
+    if torch.compiler.is_compiling():  # Dynamo sees the dla::step op (_step, opaque to it: custom_ops.py)
+        o, score, started, merged = step_op(q, k, v, g, slot_weights, beta, boundary, cache.states, cache.counts,
+                                            cache.info, cache.size, tau, eps, norm_eps)
+    else:
+        o, score, started, merged = _step(q, k, v, g, slot_weights, cache, tau=tau, beta=beta, boundary=boundary,
+                                          eps=eps, norm_eps=norm_eps)
     return (o, cache, (score, started, merged)) if return_trace else (o, cache)
 
 
@@ -210,3 +259,23 @@ def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps
         None if boundary is None else boundary.reshape(R), tau=tau, eps=eps, norm_eps=norm_eps,
     )
     return o.view(B, H, Dv).to(q.dtype), score.view(B, H), start.view(B, H), merged.view(B, H)
+
+
+# The kernels of dla::forward and dla::step (custom_ops.py): the eager functions above, on the ops' tensors.
+@forward_op.register_kernel(None)
+def _forward_kernel(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau, chunk_size, eps,
+                    norm_eps):
+    initial = None if states is None else Cache(states, counts, info, size)  # its values checked, as eagerly
+    o, final, trace, _ = _forward(q, k, v, g, slot_weights, tau=tau, beta=beta, boundaries=boundaries,
+                                  initial_cache=initial, return_trace=True, chunk_size=chunk_size, eps=eps,
+                                  norm_eps=norm_eps)
+    outs = (o, final.states, final.counts, final.info, final.size, trace.scores, trace.starts.to(torch.bool),
+            trace.merged.to(torch.int64))
+    return tuple(x.contiguous() for x in outs)
+
+
+@step_op.register_kernel(None)
+def _step_kernel(q, k, v, g, slot_weights, beta, boundary, states, counts, info, size, tau, eps, norm_eps):
+    outs = _step(q, k, v, g, slot_weights, Cache(states, counts, info, size), tau=tau, beta=beta, boundary=boundary,
+                 eps=eps, norm_eps=norm_eps)
+    return tuple(x.contiguous() for x in outs)

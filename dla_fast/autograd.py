@@ -5,7 +5,9 @@ constants for the step, as with argmax routing. :class:`DLAFunction` wires a for
 of the path that computed it: the Triton backward (``ops/scalar_decay/chunk_bwd``) after a Triton forward,
 else the torch backward of the backbone (``ops/scalar_decay/chunk_torch_bwd``, ``ops/delta_rule/recurrent``).
 The straight-through surrogate for ``tau`` (``surrogate_temperature``) sends ``dL/dI_t`` to ``tau`` and,
-through the score's adjoint, into the inputs.
+through the score's adjoint, into the inputs. :func:`partition_backward` is that backward as a function;
+:func:`grads_with_partition` runs it from a trace alone (the backward of the ``dla::forward`` op that
+``torch.compile`` sees, ``dla_fast/custom_ops.py``: always the torch backward).
 """
 
 from __future__ import annotations
@@ -87,58 +89,83 @@ class DLAFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dO, dS_final):
-        q, k, v, g, lam, beta, init, tau, S_final = ctx.saved_tensors
-        rec: _Record = ctx.record
-        B, T, H, Dk = q.shape
-        Dv, K = v.shape[-1], lam.shape[-1]
-        R = B * H
-        cd = torch.float64 if q.dtype == torch.float64 else torch.float32
-        dSf = None
-        if dS_final is not None:
-            live = torch.arange(K, device=q.device).view(1, K) < rec.structure.final_size().view(R, 1)
-            dSf = dS_final.to(cd).reshape(R, K, Dk, Dv) * live.view(R, K, 1, 1)
-        # The Triton backward serves a Triton forward (scalar decay, its structure kept), in the inputs' own
-        # layout and dtype; everything else (and the score part of the surrogate) runs torch_backward on rows.
-        fast = rec.structure.triton is not None and beta is None
-
-        def torchrows(lam_rows):
-            init_r = (torch.zeros((R, K, Dk, Dv), dtype=cd, device=q.device) if init is None
-                      else init.detach().to(cd).reshape(R, K, Dk, Dv))
-            dO_r = torch.zeros((R, T, Dv), dtype=cd, device=q.device) if dO is None else rows(dO, cd)
-            return (*(rows(x, cd) for x in (q, k, v, g)), rows(beta, cd), lam_rows, init_r, rec.structure, dO_r)
-
-        with torch.no_grad():
-            dtau = None if tau is None else torch.zeros((), dtype=torch.float64, device=q.device)
-            dI = None
-            if rec.temperature is not None and rec.decided is not None and bool(rec.decided.any()):
-                # The surrogate: eps_r = dL/dh_r is the "dg" of the same backward with the shifted weights;
-                # dL/dI_r = eps_r h_r (1 - h_r) / T on decided tokens, dL/dtau = -sum_r dL/dI_r.
-                if fast:
-                    eps_r = rows(_triton_grads(q, k, v, g, shifted_weights(lam), init, rec, dO, None)[3],
-                                  torch.float64)
-                else:
-                    eps_r = torch_backward(*torchrows(shifted_weights(rows(lam, cd))), None,
-                                           chunk_size=rec.chunk_size)[3]
-                h_slope = _sigmoid_slope(rec.scores, rec.tau, rec.temperature) * rec.decided
-                dI = eps_r.to(torch.float64) * h_slope
-                if dtau is not None:
-                    dtau = -dI.sum()
-            if fast and dI is None:
-                dq, dk, dv, dg, dlam, dinit = _triton_grads(q, k, v, g, lam, init, rec, dO, dSf, S_final)
-                dbeta = None
-            else:
-                dq, dk, dv, dg, dbeta, dlam, dinit = torch_backward(
-                    *torchrows(rows(lam, cd)), dSf, chunk_size=rec.chunk_size, dscores=dI, eps=rec.eps,
-                    norm_eps=rec.norm_eps)
-                dq, dk, dv, dg, dbeta, dlam = (unrows(x, B, H) for x in (dq, dk, dv, dg, dbeta, dlam))
-        back = lambda x, like: None if x is None else x.to(like.dtype)  # noqa: E731
-        grads = [back(dq, q), back(dk, k), back(dv, v), back(dg, g), back(dlam, lam), back(dbeta, beta) if
-                 beta is not None else None]
-        dinit_out = None if init is None else dinit.reshape(B, H, K, Dk, Dv).to(init.dtype)
-        dtau_out = None if (tau is None or dtau is None) else dtau.to(tau.dtype).reshape(tau.shape)
+        grads = partition_backward(*ctx.saved_tensors, ctx.record, dO, dS_final)
         needs = ctx.needs_input_grad
-        out = grads + [dinit_out, dtau_out, None]
-        return tuple(x if (i < len(needs) and needs[i]) else None for i, x in enumerate(out))
+        return tuple(x if (i < len(needs) and needs[i]) else None for i, x in enumerate([*grads, None]))
+
+
+def partition_backward(q, k, v, g, lam, beta, init, tau, S_final, rec: _Record, dO, dS_final):
+    """:class:`DLAFunction`'s backward: ``[dq, dk, dv, dg, dslot_weights, dbeta, dinit_states, dtau]`` (None where
+    the input is None), with the partition ``rec.structure`` held fixed. ``dO`` and ``dS_final`` may be None.
+
+    The Triton backward serves a Triton forward (``rec.structure.triton`` kept, scalar decay), in the inputs' own
+    layout and dtype; everything else (and the score part of the surrogate) runs :func:`torch_backward` on rows.
+    """
+    B, T, H, Dk = q.shape
+    Dv, K = v.shape[-1], lam.shape[-1]
+    R = B * H
+    cd = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dSf = None
+    if dS_final is not None:
+        live = torch.arange(K, device=q.device).view(1, K) < rec.structure.final_size().view(R, 1)
+        dSf = dS_final.to(cd).reshape(R, K, Dk, Dv) * live.view(R, K, 1, 1)
+    fast = rec.structure.triton is not None and beta is None
+
+    def torchrows(lam_rows):
+        init_r = (torch.zeros((R, K, Dk, Dv), dtype=cd, device=q.device) if init is None
+                  else init.detach().to(cd).reshape(R, K, Dk, Dv))
+        dO_r = torch.zeros((R, T, Dv), dtype=cd, device=q.device) if dO is None else rows(dO, cd)
+        return (*(rows(x, cd) for x in (q, k, v, g)), rows(beta, cd), lam_rows, init_r, rec.structure, dO_r)
+
+    with torch.no_grad():
+        dtau = None if tau is None else torch.zeros((), dtype=torch.float64, device=q.device)
+        dI = None
+        if rec.temperature is not None and rec.decided is not None and bool(rec.decided.any()):
+            # The surrogate: eps_r = dL/dh_r is the "dg" of the same backward with the shifted weights;
+            # dL/dI_r = eps_r h_r (1 - h_r) / T on decided tokens, dL/dtau = -sum_r dL/dI_r.
+            if fast:
+                eps_r = rows(_triton_grads(q, k, v, g, shifted_weights(lam), init, rec, dO, None)[3], torch.float64)
+            else:
+                eps_r = torch_backward(*torchrows(shifted_weights(rows(lam, cd))), None,
+                                       chunk_size=rec.chunk_size)[3]
+            h_slope = _sigmoid_slope(rec.scores, rec.tau, rec.temperature) * rec.decided
+            dI = eps_r.to(torch.float64) * h_slope
+            if dtau is not None:
+                dtau = -dI.sum()
+        if fast and dI is None:
+            dq, dk, dv, dg, dlam, dinit = _triton_grads(q, k, v, g, lam, init, rec, dO, dSf, S_final)
+            dbeta = None
+        else:
+            dq, dk, dv, dg, dbeta, dlam, dinit = torch_backward(
+                *torchrows(rows(lam, cd)), dSf, chunk_size=rec.chunk_size, dscores=dI, eps=rec.eps,
+                norm_eps=rec.norm_eps)
+            dq, dk, dv, dg, dbeta, dlam = (unrows(x, B, H) for x in (dq, dk, dv, dg, dbeta, dlam))
+    back = lambda x, like: None if x is None else x.to(like.dtype)  # noqa: E731
+    grads = [back(dq, q), back(dk, k), back(dv, v), back(dg, g), back(dlam, lam), back(dbeta, beta) if
+             beta is not None else None]
+    dinit_out = None if init is None else dinit.reshape(B, H, K, Dk, Dv).to(init.dtype)
+    dtau_out = None if (tau is None or dtau is None) else dtau.to(tau.dtype).reshape(tau.shape)
+    return grads + [dinit_out, dtau_out]
+
+
+def grads_with_partition(q, k, v, g, slot_weights, beta, init_states, starts, merged, size0, dO, dS_final, *,
+                         chunk_size: int, eps: float, norm_eps: float):
+    """The gradients of ``(o, final states)`` w.r.t. ``(q, k, v, g, slot_weights, beta, init_states)`` with the
+    partition ``starts`` / ``merged`` (``[B, T, H]``, a forward's trace) held fixed, by :func:`torch_backward`:
+    :func:`partition_backward` without a recorded forward (the backward of ``dla::forward``,
+    ``dla_fast.custom_ops``). ``size0``: ``[B, H]`` the initial cache's size; ``beta``, ``init_states``, ``dO``
+    and ``dS_final`` may be None. Returns 7 entries, None where the input is None.
+    """
+    structure = partition_structure(starts, merged, size0, slot_weights.shape[-1])
+    rec = _Record(None, None, structure, None, None, chunk_size, None, eps=eps, norm_eps=norm_eps)
+    return partition_backward(q, k, v, g, slot_weights, beta, init_states, None, None, rec, dO, dS_final)[:7]
+
+
+def partition_structure(starts, merged, size0, K: int, triton=None) -> Structure:
+    """The :class:`Structure` of a forward's trace (``starts``, ``merged`` ``[B, T, H]``; ``size0`` the initial
+    sizes, any shape with ``B * H`` entries), in rows, with ``merged`` in the smallest integer type."""
+    small = torch.int8 if K <= 128 else torch.int16 if K <= 32768 else torch.int64  # merged < K - 1
+    return Structure(rows(starts, torch.bool), rows(merged, small).contiguous(), size0.reshape(-1), K, triton=triton)
 
 
 def _triton_grads(q, k, v, g, lam, init, rec: _Record, dO, dS_final, S_final=None):
@@ -175,13 +202,14 @@ def needs_grad(*tensors) -> bool:
 
 def attach_gradients(o, final, trace, triton_structure, q, k, v, g, slot_weights, *, tau, beta, boundaries,
                      initial_cache, chunk_size: int, eps: float, norm_eps: float,
-                     surrogate_temperature: float | None):
+                     surrogate_temperature: float | None, lengths: torch.Tensor | None = None):
     """Make a forward result (computed without grad, with its trace) differentiable: ``(o, final)`` with
     ``o`` and ``final.states`` attached to :class:`DLAFunction`.
 
     ``o`` and the final cache's ``states`` are differentiable w.r.t. q, k, v, g, slot_weights, beta (delta
     rule), ``initial_cache.states`` (a torch cache) and, with ``surrogate_temperature``, ``tau`` (a 0-d
-    tensor). The cache's counts, info and size and the trace are not differentiable.
+    tensor). The cache's counts, info and size and the trace are not differentiable. ``lengths`` ``[B]``: rows
+    of a variable-length batch end early (their padding takes no part in the surrogate).
     """
     B, T, H = o.shape[:3]
     K = slot_weights.shape[-1]
@@ -195,12 +223,13 @@ def attach_gradients(o, final, trace, triton_structure, q, k, v, g, slot_weights
             init_states = initial_cache.states
         else:
             init_states = torch.as_tensor(np.asarray(initial_cache.states), device=o.device).to(final.states.dtype)
-    small = torch.int8 if K <= 128 else torch.int16 if K <= 32768 else torch.int64  # merged < K - 1
-    structure = Structure(rows(trace.starts, torch.bool), rows(trace.merged, small).contiguous(), size0, K,
-                          triton=triton_structure)
+    structure = partition_structure(trace.starts, trace.merged, size0, K, triton_structure)
     decided = None
     if surrogate_temperature is not None and boundaries is None:
         decided = structure.sizes_before() > 0  # the score took the decision (not an empty cache, no override)
+        if lengths is not None:  # nor the padding of a variable-length batch
+            row_lengths = lengths.to(o.device).repeat_interleave(H).view(R, 1)
+            decided &= torch.arange(T, device=o.device).view(1, T) < row_lengths
     scores = None if decided is None else rows(trace.scores, torch.float64)  # only the surrogate reads them
     tau_value = float(tau_t.detach()) if tau_t is not None else float(tau)  # validated by the forward
     record = _Record(o, final.states, structure, scores, decided, chunk_size,

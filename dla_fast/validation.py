@@ -105,11 +105,13 @@ def validate_forward(q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_
     tau = float(tau) if checked_tau is None else checked_tau
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
-    checks = value_checks(q, k, v, g, slot_weights, beta, isfinite=all_finite)
+    # While torch.compile traces, no value checks (a host read): dla::forward runs them when it runs (docs/api.md).
+    tracing = torch.compiler.is_compiling()
+    checks = [] if tracing else value_checks(q, k, v, g, slot_weights, beta, isfinite=all_finite)
     cache = None
     if initial_cache is not None:
         cache = as_cache(initial_cache, dims, device, compute_dtype(q))
-        checks += cache_checks(cache, dims.K)
+        checks += [] if tracing else cache_checks(cache, dims.K)
     raise_first(checks)
     return (q, k, v, g, slot_weights, beta, boundaries), tau, dims, cache
 
@@ -136,16 +138,17 @@ def validate_step(q, k, v, g, slot_weights, beta, tau, eps, norm_eps, cache):
     checked_tau = check_scalars(tau, eps, norm_eps)
     tau = float(tau) if checked_tau is None else checked_tau
     checks = []
-    if device.type == "cpu":  # free on the host; on an accelerator it would be a sync per decoded token
+    tracing = torch.compiler.is_compiling()  # while torch.compile traces: no value checks at all (docs/api.md)
+    if device.type == "cpu" and not tracing:  # free on the host; on an accelerator a sync per decoded token
         checks = value_checks(q, k, v, g, slot_weights, beta, isfinite=all_finite)
     if cache is None:
         cache = Cache.empty(dims.B, dims.H, dims.K, dims.Dk, dims.Dv, dtype=compute_dtype(q), device=device)
     else:
         _check_step_cache(cache, dims, device)
-        if not cache.checked:
+        if not cache.checked and not tracing:
             checks += cache_checks(cache, dims.K, name="cache")
     raise_first(checks)
-    cache.checked = True
+    cache.checked = cache.checked or not tracing
     return (q, k, v, g, slot_weights, beta), tau, dims, cache
 
 

@@ -23,9 +23,10 @@ needs_kernels = pytest.mark.skipif(not RUN_HERE, reason="needs CUDA or TRITON_IN
 runs_elsewhere = pytest.mark.skipif(RUN_HERE, reason="kernels run in this process")
 
 
-def rerun_under_interpreter(path: str) -> None:
-    """Run the test file ``path`` in a subprocess under Triton's interpreter; fail with its output."""
+def rerun_under_interpreter(path: str, *pytest_args: str) -> None:
+    """Run the test file ``path`` (with extra pytest arguments, e.g. ``-k``) in a subprocess under Triton's
+    interpreter; fail with its output."""
     env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path, *pytest_args],
                        env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]

@@ -47,6 +47,21 @@ def _merge_where_full_(states, counts, info, size, start) -> torch.Tensor:
     return torch.where(need_merge, i, merged)
 
 
+def _open_slot_score(P, k, v, g64, a_cd, beta, eps, norm_eps):
+    """``(score [R] float64, bk)``: the score of each row's token against its open slot ``P`` ``[R, Dk, Dv]``,
+    and ``bk`` (``beta k``, or ``k``), the key part of the token's increment ``u = bk w^T``."""
+    kP = torch.bmm(k.unsqueeze(1), P).squeeze(1)  # k^T P, [R, Dv]
+    if beta is None:
+        bk, w = k, v  # u = k v^T
+    else:
+        bk = beta.to(P.dtype).unsqueeze(1) * k
+        w = v - a_cd.unsqueeze(1) * kP  # u = beta k (v - a P^T k)^T
+    x = (bk * torch.bmm(P, w.unsqueeze(2)).squeeze(2)).sum(1).to(torch.float64)  # <P, u> = (beta k)^T P w
+    ss = (bk * bk).sum(1).to(torch.float64) * (w * w).sum(1).to(torch.float64)
+    nP = P.to(torch.float64).square().sum((1, 2))
+    return information_score_torch(nP, x, ss, g64, P.shape[1] * P.shape[2], eps, norm_eps), bk
+
+
 def recurrent_step_(
     states: torch.Tensor,
     counts: torch.Tensor,
@@ -59,6 +74,7 @@ def recurrent_step_(
     slot_weights: torch.Tensor,
     beta: torch.Tensor | None = None,
     boundary: torch.Tensor | None = None,
+    active: torch.Tensor | None = None,
     *,
     tau: float,
     eps: float,
@@ -72,6 +88,8 @@ def recurrent_step_(
         q, k: ``[R, Dk]`` and v ``[R, Dv]`` in ``cd``; g ``[R]`` (any float dtype); slot_weights ``[R, K]`` in ``cd``.
         beta: ``[R]`` (delta rule) or None (scalar decay).
         boundary: ``[R]`` bool overriding the decisions, or None.
+        active: ``[R]`` bool or None (all): rows past the end of their sequence (variable-length batches) take
+            no decision and count no token; their inputs must be zero with ``g = 0`` so the states stay.
 
     Returns:
         ``(o [R, Dv] cd, score [R] float64, start [R] bool, merged [R] int64)``.
@@ -87,20 +105,12 @@ def recurrent_step_(
     # 1. Score, from the open slot P (before the step) and the token's increment u = P' - a P.
     has_slot = size > 0
     open_idx = (size - 1).clamp(min=0)
-    P = states[rows, open_idx]
-    kP = torch.bmm(k.unsqueeze(1), P).squeeze(1)  # k^T P, [R, Dv]
-    if beta is None:
-        bk, w = k, v  # u = k v^T
-    else:
-        bk = beta.to(cd).unsqueeze(1) * k
-        w = v - a_cd.unsqueeze(1) * kP  # u = beta k (v - a P^T k)^T
-    x = (bk * torch.bmm(P, w.unsqueeze(2)).squeeze(2)).sum(1).to(torch.float64)  # <P, u> = (beta k)^T P w
-    ss = (bk * bk).sum(1).to(torch.float64) * (w * w).sum(1).to(torch.float64)
-    nP = P.to(torch.float64).square().sum((1, 2))
-    score = information_score_torch(nP, x, ss, g64, Dk * Dv, eps, norm_eps)
+    score, bk = _open_slot_score(states[rows, open_idx], k, v, g64, a_cd, beta, eps, norm_eps)
     score = torch.where(has_slot, score, torch.zeros_like(score))
     decided = score >= tau if boundary is None else boundary
     start = ~has_slot | decided
+    if active is not None:
+        start = start & active
 
     # 2. Transition: every slot becomes A_t(S_i).
     if beta is not None:
@@ -117,7 +127,8 @@ def recurrent_step_(
     s = bk.unsqueeze(2) * v.unsqueeze(1)  # s_t = (beta) k v^T
     current = states[rows, target]
     states[rows, target] = torch.where(start.view(R, 1, 1), s, current + s)
-    counts[rows, target] = torch.where(start, torch.ones_like(target), counts[rows, target] + 1)
+    step = torch.ones_like(target) if active is None else active.to(target.dtype)
+    counts[rows, target] = torch.where(start, torch.ones_like(target), counts[rows, target] + step)
     score_info = score.to(info.dtype)
     info[rows, target] = torch.where(start, score_info, info[rows, target] + score_info)
     size.add_(start.to(size.dtype))
@@ -130,7 +141,8 @@ def recurrent_step_(
 
 
 def recurrent_forward(
-    q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau: float, eps: float, norm_eps: float
+    q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau: float, eps: float, norm_eps: float,
+    lengths: torch.Tensor | None = None,
 ):
     """Run :func:`recurrent_step_` over the tokens of rows-first tensors.
 
@@ -138,6 +150,7 @@ def recurrent_forward(
         q, k ``[R, T, Dk]``, v ``[R, T, Dv]``, slot_weights ``[R, T, K]`` in the states' dtype; g ``[R, T]``;
         beta ``[R, T]`` or None; boundaries ``[R, T]`` bool or None; the cache tensors as in
         :func:`recurrent_step_` (updated in place; use a float64 ``info`` for float64 merge densities).
+        lengths: ``[R]`` int64 or None: row r's tokens are ``0 .. lengths[r] - 1`` (zero padding after them).
 
     Returns:
         ``(o [R, T, Dv], scores [R, T] float64, starts [R, T] bool, merged [R, T] int64)``.
@@ -151,6 +164,6 @@ def recurrent_forward(
         o[:, t], scores[:, t], starts[:, t], merged[:, t] = recurrent_step_(
             states, counts, info, size, q[:, t], k[:, t], v[:, t], g[:, t], slot_weights[:, t],
             None if beta is None else beta[:, t], None if boundaries is None else boundaries[:, t],
-            tau=tau, eps=eps, norm_eps=norm_eps,
+            None if lengths is None else lengths > t, tau=tau, eps=eps, norm_eps=norm_eps,
         )
     return o, scores, starts, merged

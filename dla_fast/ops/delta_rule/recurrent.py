@@ -18,8 +18,10 @@ from ..common.score import score_partials
 from ..common.structure import Structure
 
 
-def forward_delta_rule(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau, eps, norm_eps):
-    """The delta-rule forward over ``[B, T, H, ...]`` inputs, the cache (``[B, H, ...]``) updated in place.
+def forward_delta_rule(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau, eps, norm_eps,
+                       lengths=None):
+    """The delta-rule forward over ``[B, T, H, ...]`` inputs, the cache (``[B, H, ...]``) updated in place;
+    ``lengths`` ``[B]`` or None as in ``scalar_decay.chunk_torch.forward_scalar_decay``.
 
     Returns ``(o [B, T, H, Dv], scores, starts, merged [B, T, H])`` in the states' dtype / float64 / bool / int64.
     """
@@ -31,6 +33,7 @@ def forward_delta_rule(q, k, v, g, slot_weights, beta, boundaries, states, count
         rows(q, cd), rows(k, cd), rows(v, cd), rows(g, torch.float64), rows(slot_weights, cd),
         rows(beta, cd), rows(boundaries, torch.bool), states.view(R, K, Dk, Dv), counts.view(R, K), info.view(R, K),
         size.view(R), tau=tau, eps=eps, norm_eps=norm_eps,
+        lengths=None if lengths is None else lengths.to(q.device).repeat_interleave(H),
     )
     return unrows(o, B, H), unrows(scores, B, H), unrows(starts, B, H), unrows(merged, B, H)
 

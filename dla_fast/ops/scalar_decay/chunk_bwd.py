@@ -50,7 +50,7 @@ from .chunk_fwd_states import CHUNK, initial_prefixes, log_decay_sums, prefix_st
 
 
 # Long: the transposes of the forward's three reads share one chunk's tiles in registers.
-@triton.jit
+@triton.jit(do_not_specialize=["T", "binit"])
 def dla_bwd_q_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dq_ptr, dw_ptr, dgq_ptr, scale_ptr, dhc_ptr,
     mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bidx_ptr, bst_ptr, binit,
@@ -159,7 +159,7 @@ def dla_bwd_q_kernel(
     tl.store(dw_ptr + trow[:, None] * K + jj[None, :], dlam, mask=valid[:, None] & (jj[None, :] < K))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "nsurv"])
 def dla_bwd_db_kernel(
     q_ptr, do_ptr, scale_ptr, live_ptr, livem_ptr, death_ptr, death0_ptr, sbh_ptr, spos_ptr, db_ptr, nsurv,
     T, H, Dk, Dv, K,
@@ -206,7 +206,7 @@ def dla_bwd_db_kernel(
     store_state(db_ptr + n * Dk * Dv, acc, kd, vd, Dk, Dv)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def dla_bwd_scan_kernel(
     dhc_ptr, db_ptr, off_ptr, gs_ptr, T, DD,
     C: tl.constexpr, BLOCK: tl.constexpr,
@@ -234,7 +234,7 @@ def dla_bwd_scan_kernel(
 
 
 # Long: dk and dv of a chunk from its intra part and every state that read it, one register tile each.
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def dla_bwd_kv_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dk_ptr, dv_ptr, dgk_ptr,
     mask_ptr, death_ptr, y_ptr, db_ptr, off_ptr, spos_ptr,

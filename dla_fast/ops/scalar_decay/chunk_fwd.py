@@ -13,6 +13,10 @@ precision; docs/chunked-algorithm.md: the notation):
 4. prefix states ``H`` before every chunk (on a side stream, overlapping 2-3), the surviving starts' states;
 5. ``dla_output_kernel`` (parallel over (bh, chunk, Dv block)): masked intra-chunk attention plus the
    telescoped reads of the older slots; ``dla_final_kernel``: the final cache.
+
+The kernels do not specialise on the sequence length ``T`` nor on the data-dependent number of surviving
+starts (``do_not_specialize``): Triton would otherwise compile them again whenever ``T`` or that count
+changes divisibility by 16 (each compile takes seconds; docs/triton.md).
 """
 
 from __future__ import annotations
@@ -146,7 +150,8 @@ def _initial_cache(cfg: LaunchConfig, states, counts, info, size, dev):
     return states0, counts.long(), info.float(), size0, P
 
 
-def _score_tables(cfg: LaunchConfig, k, v, g, tau, eps, norm_eps, override: bool, settings: TritonSettings):
+def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, override: bool,
+                  settings: TritonSettings):
     """Stage 1: ``(itab, anc, x0, np0, ss)``, the per-chunk score tables, orbits and chunk-start columns."""
     f32 = dict(device=k.device, dtype=torch.float32)
     C, NC, BH = CHUNK, cfg.NC, cfg.BH
@@ -155,14 +160,14 @@ def _score_tables(cfg: LaunchConfig, k, v, g, tau, eps, norm_eps, override: bool
     anc = torch.empty(BH, NC, C, device=k.device, dtype=torch.int64)
     x0, np0, ss = (torch.empty(BH, NC * C, **f32) for _ in range(3))
     dla_table_kernel[(NC, BH)](
-        k, v, g, itab, anc, x0, np0, ss, cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps),
-        C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=cfg.lowp, PREC=settings.table_precision,
+        k, v, g, row_lengths, itab, anc, x0, np0, ss, cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps),
+        float(norm_eps), C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=cfg.lowp, PREC=settings.table_precision,
         LOGC=int(math.log2(C)), SCAN=settings.table_scan, num_warps=8,
     )
     return itab, anc, x0, np0, ss
 
 
-def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, tables, P, size0, tau, eps, norm_eps, flag,
+def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, size0, tau, eps, norm_eps, flag,
                 settings: TritonSettings):
     """Stage 2: ``(masks [BH, NC], carry scores [BH, NC*C])``; P (the open slot) advanced in place."""
     itab, anc, x0, np0, ss = tables
@@ -175,7 +180,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, tables, P, size0, tau, e
     BVC = BVF if BVF <= 128 else 64  # the carry kernel keeps P in registers up to Dv = 128
     warps = settings.carry_warps or (8 if BK * BVC > 64 * 64 else 4)
     dla_carry_kernel[(cfg.BH,)](
-        k, v, g, bnd, anc, x0, np0, ss, P, size0, masks, cscores,
+        k, v, g, bnd, row_lengths, anc, x0, np0, ss, P, size0, masks, cscores,
         cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps),
         C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=cfg.prec,
         SPLIT=cfg.split, PIPE=settings.pipeline, flag_ptr=flag, num_warps=warps,
@@ -183,7 +188,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, tables, P, size0, tau, e
     return masks, cscores
 
 
-def _merge_simulation(cfg: LaunchConfig, masks, scores, itab, cscores, counts0, info0, size0, flag,
+def _merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
                       pipeline: bool) -> DecidedStructure:
     """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists)."""
     dev = masks.device
@@ -202,16 +207,16 @@ def _merge_simulation(cfg: LaunchConfig, masks, scores, itab, cscores, counts0, 
         merged=torch.full((BH, NC * CHUNK), -1, device=dev, dtype=torch.int64),
     )
     dla_merge_kernel[(BH,)](
-        masks, scores, s.counts, s.info, s.size, s.death, s.death0, s.merged, s.live, s.livem, s.fpos, cfg.T, K,
-        itab, cscores, flag, C=CHUNK, KP=KP, PIPE=pipeline, num_warps=1,
+        masks, scores, row_lengths, s.counts, s.info, s.size, s.death, s.death0, s.merged, s.live, s.livem, s.fpos,
+        cfg.T, K, itab, cscores, flag, C=CHUNK, KP=KP, PIPE=pipeline, num_warps=1,
     )
     return s
 
 
-def _decide(cfg: LaunchConfig, k, v, g, boundaries, P, counts0, info0, size0, tau, eps, norm_eps,
+def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, tau, eps, norm_eps,
             settings: TritonSettings, profile) -> DecidedStructure:
     """Stages 1-3 on the current stream (the merge simulation on its own stream when pipelined)."""
-    tables = _score_tables(cfg, k, v, g, tau, eps, norm_eps, boundaries is not None, settings)
+    tables = _score_tables(cfg, k, v, g, row_lengths, tau, eps, norm_eps, boundaries is not None, settings)
     mark_stage(profile, "carry")
     # pipeline: the merge simulation runs concurrently with the carry scan (its own stream), one chunk behind,
     # synchronised by a per-(b, h) flag; the two sequential passes then overlap.
@@ -220,14 +225,15 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, P, counts0, info0, size0, ta
     mstream = torch.cuda.Stream(device=k.device) if (settings.pipeline and on_gpu) else None
     if mstream is not None:
         mstream.wait_stream(torch.cuda.current_stream(k.device))
-    masks, cscores = _carry_scan(cfg, k, v, g, boundaries, tables, P, size0, tau, eps, norm_eps, flag, settings)
+    masks, cscores = _carry_scan(cfg, k, v, g, boundaries, row_lengths, tables, P, size0, tau, eps, norm_eps, flag,
+                                 settings)
     scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=k.device, dtype=torch.float32)
     if not settings.pipeline:
         dla_scores_kernel[(cfg.NC, cfg.BH)](tables[0], masks, cscores, scores, cfg.T, C=CHUNK, num_warps=4)
     mark_stage(profile, "merge")
     with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
-        structure = _merge_simulation(cfg, masks, scores, tables[0], cscores, counts0, info0, size0, flag,
-                                      settings.pipeline)
+        structure = _merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
+                                      flag, settings.pipeline)
     if mstream is not None:
         torch.cuda.current_stream(k.device).wait_stream(mstream)
     return structure
@@ -270,7 +276,7 @@ def _empty_call(cfg: LaunchConfig, q, states, counts, info, size):
 
 def forward_scalar_decay_triton(
     q, k, v, g, slot_weights, *, tau, boundaries=None, states=None, counts=None, info=None, size=None,
-    eps=1e-6, norm_eps=1e-6, settings: TritonSettings = DEFAULT_SETTINGS, profile: dict | None = None,
+    eps=1e-6, norm_eps=1e-6, lengths=None, settings: TritonSettings = DEFAULT_SETTINGS, profile: dict | None = None,
 ):
     """DLA forward, scalar-decay backbone, on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1).
 
@@ -283,6 +289,9 @@ def forward_scalar_decay_triton(
         states, counts, info, size: the initial cache (``[B, H, K, Dk, Dv]`` float32, ``[B, H, K]`` int64,
             ``[B, H, K]`` float32, ``[B, H]`` int64), or all None for an empty cache.
         eps, norm_eps: the score's guards.
+        lengths: ``[B]`` integer or None: batch b's tokens are ``0 .. lengths[b] - 1``; the padding after them
+            must be zero q/k/v/slot_weights with g = 0 (it then changes no state) and takes no decision and
+            counts in no slot (variable-length batches, ``ops/common/varlen.py``). None: every row has T.
         settings: kernel tuning (:class:`dla_fast.settings.TritonSettings`).
         profile: a dict, or None: if given, each stage's time in ms (CUDA events, synchronising) and the
             mean number of live slot starts at chunk starts are written into it (benchmarks only).
@@ -310,7 +319,10 @@ def forward_scalar_decay_triton(
         side.wait_stream(torch.cuda.current_stream(dev))
     with torch.cuda.stream(side) if side is not None else nullcontext():
         hs = prefix_states(k, v, g, gs, h0, split=cfg.split, prec=cfg.prec)
-    s = _decide(cfg, k, v, g, boundaries, P, counts0, info0, size0, tau, eps, norm_eps, settings, profile)
+    full = torch.full((cfg.B,), cfg.T, device=dev, dtype=torch.int32)
+    row_lengths = (full if lengths is None else lengths.to(dev, torch.int32)).repeat_interleave(cfg.H).contiguous()
+    s = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, tau, eps, norm_eps, settings,
+                profile)
     if side is not None:
         torch.cuda.current_stream(dev).wait_stream(side)
     mark_stage(profile, "output")

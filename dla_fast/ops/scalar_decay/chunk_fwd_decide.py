@@ -30,9 +30,9 @@ from ..common.triton_utils import (
 
 
 # Long: one program's table, orbit and columns; splitting costs a [C, C] round trip through memory.
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def dla_table_kernel(
-    k_ptr, v_ptr, g_ptr,
+    k_ptr, v_ptr, g_ptr, rlen_ptr,
     itab_ptr, anc_ptr, x0_ptr, np0_ptr, ss_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BVF: tl.constexpr,
@@ -96,7 +96,8 @@ def dla_table_kernel(
     tl.store(np0_ptr + bh * NC * C + tok, NP0)
     tl.store(ss_ptr + bh * NC * C + tok, ss)
     if NEED_ANC:
-        hit = lower & valid[:, None] & (tau <= I)
+        own = tok < tl.load(rlen_ptr + bh)  # the row's own tokens (variable-length batches end early)
+        hit = lower & (valid & own)[:, None] & (tau <= I)
         nxt = tl.min(tl.where(hit, row, C), 0)  # next(p), C if none in the chunk
         one = tl.full([C], 1, tl.int64)
         A = (one << t_idx.to(tl.int64)) | tl.where(nxt < C, one << tl.minimum(nxt, C - 1).to(tl.int64), 0)
@@ -117,9 +118,9 @@ def dla_table_kernel(
 
 
 # Long: the sequential carry scan is one dependent chain per (b, h); the prefetch needs it in one body.
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def dla_carry_kernel(
-    k_ptr, v_ptr, g_ptr, bnd_ptr,
+    k_ptr, v_ptr, g_ptr, bnd_ptr, rlen_ptr,
     anc_ptr, x0_ptr, np0_ptr, ss_ptr,
     p_ptr, size_ptr, mask_ptr, cscore_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
@@ -141,6 +142,7 @@ def dla_carry_kernel(
     vd = tl.arange(0, BV)
     N = (Dk * Dv).to(tl.float32)
     emp = (tl.load(size_ptr + bh) == 0).to(tl.int32)
+    Tr = tl.load(rlen_ptr + bh)  # the row's length: no decision on the padding after it
     pbase = p_ptr + bh * Dk * Dv
     Preg = load_state(pbase, kd, vd, Dk, Dv)
     shift = tl.maximum(t_idx - 1, 0)
@@ -203,10 +205,10 @@ def dla_carry_kernel(
         if OVERRIDE:
             ob = tl.load(bnd_ptr + trow, mask=valid, other=0) != 0
             ob = ob | fe
-            bits = tl.where(ob & valid, tl.full([C], 1, tl.int64) << t_idx.to(tl.int64), 0)
+            bits = tl.where(ob & valid & (tok < Tr), tl.full([C], 1, tl.int64) << t_idx.to(tl.int64), 0)
             mask = tl.sum(bits, 0)
         else:
-            hit = ((Ic >= tau) | fe) & valid
+            hit = ((Ic >= tau) | fe) & valid & (tok < Tr)
             f = tl.min(tl.where(hit, t_idx, C), 0)
             mask = tl.sum(tl.where(t_idx == f, anc_row, 0), 0)  # 0 when f == C (no boundary)
         tl.store(mask_ptr + bh * NC + c, mask)
@@ -236,7 +238,7 @@ def dla_carry_kernel(
         store_state(pbase, Preg, kd, vd, Dk, Dv)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def dla_scores_kernel(
     itab_ptr, mask_ptr, cscore_ptr, score_ptr, T,
     C: tl.constexpr,
@@ -261,9 +263,9 @@ def dla_scores_kernel(
 
 
 # Long: the merge simulation keeps the K slots in registers across all events of the call.
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def dla_merge_kernel(
-    mask_ptr, score_ptr, cnt_ptr, info_ptr, size_ptr,
+    mask_ptr, score_ptr, rlen_ptr, cnt_ptr, info_ptr, size_ptr,
     death_ptr, death0_ptr, merged_ptr, live_ptr, livem_ptr, fpos_ptr,
     T, K, itab_ptr, cscore_ptr, flag_ptr,
     C: tl.constexpr, KP: tl.constexpr, PIPE: tl.constexpr,
@@ -278,6 +280,7 @@ def dla_merge_kernel(
     j = tl.arange(0, KP)
     t_idx = tl.arange(0, C)
     m0 = tl.load(size_ptr + bh).to(tl.int32)
+    Tr = tl.load(rlen_ptr + bh)  # the row's length: its padding counts in no slot
     m = m0
     n = tl.load(cnt_ptr + bh * K + j, mask=j < K, other=0).to(tl.int64)
     info = tl.load(info_ptr + bh * K + j, mask=j < K, other=0.0).to(tl.float64)
@@ -292,7 +295,7 @@ def dla_merge_kernel(
     for c in range(NC):
         tl.store(live_ptr + (bh * NC + c) * KP + j, pos)
         tl.store(livem_ptr + bh * NC + c, m)
-        nvalid = tl.minimum(T - c * C, C)
+        nvalid = tl.maximum(tl.minimum(tl.minimum(T, Tr) - c * C, C), 0)
         if PIPE:
             while tl.atomic_add(flag_ptr + bh, 0, sem="acquire") <= c:
                 pass
@@ -314,7 +317,7 @@ def dla_merge_kernel(
             # prefetch the next chunk's mask and scores
             mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
             sc_n = tl.load(score_ptr + bh * NC * C + (c + 1) * C + t_idx, mask=(c + 1) * C + t_idx < T, other=0.0)
-        sc64 = sc.to(tl.float64)
+        sc64 = tl.where(t_idx < nvalid, sc, 0.0).to(tl.float64)
         cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
         nb = tl.sum((mask_bits(mask, t_idx)).to(tl.int32), 0)
         rem = mask

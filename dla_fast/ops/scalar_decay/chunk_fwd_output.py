@@ -51,7 +51,7 @@ def intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C: t
 
 
 # Long: one program's three reads accumulate into one register tile; splitting would re-read q and o.
-@triton.jit
+@triton.jit(do_not_specialize=["T", "binit"])
 def dla_output_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
     mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bidx_ptr, bst_ptr, binit,

@@ -28,7 +28,7 @@ from ..common.triton_utils import (
 CHUNK = 64  # tokens per chunk of the Triton paths (the boundary bitmasks are one int64 per chunk)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def dla_chunkstate_kernel(
     k_ptr, v_ptr, g_ptr, hs_ptr,
     T, H, Dk, Dv,
@@ -53,7 +53,7 @@ def dla_chunkstate_kernel(
     store_state(hs_ptr + (bh * (NC + 1) + c + 1) * Dk * Dv, u, kd, vd, Dk, Dv)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def dla_hscan_kernel(
     h0_ptr, hs_ptr, gs_ptr, T, DD,
     C: tl.constexpr, BLOCK: tl.constexpr,
@@ -77,7 +77,7 @@ def dla_hscan_kernel(
         g0 = g1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def dla_bstate_kernel(
     k_ptr, v_ptr, g_ptr, hs_ptr, mask_ptr, death_ptr, bidx_ptr, bst_ptr,
     T, H, Dk, Dv,
@@ -153,7 +153,7 @@ def prefix_before(k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, hinit_ptr, bh, b, h, a, m
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def dla_final_kernel(
     k_ptr, v_ptr, g_ptr, hs_ptr, gs_ptr, fpos_ptr, size_ptr, hinit_ptr, m0_ptr, p_ptr, out_ptr,
     T, H, Dk, Dv, K,

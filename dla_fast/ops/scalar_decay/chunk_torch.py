@@ -192,6 +192,7 @@ def forward_scalar_decay(
     chunk_size: int = 64,
     eps: float = 1e-6,
     norm_eps: float = 1e-6,
+    lengths: torch.Tensor | None = None,
 ):
     """DLA with the scalar-decay backbone over one call: the seam the Triton path replaces on CUDA.
 
@@ -206,6 +207,9 @@ def forward_scalar_decay(
         counts: ``[B, H, K]`` int64. info: ``[B, H, K]`` float32/float64 (accumulated in float64 inside).
         size: ``[B, H]`` int64.
         chunk_size, eps, norm_eps: as in ``dla_fast.forward``.
+        lengths: ``[B]`` int64 or None: batch b's tokens are ``0 .. lengths[b] - 1`` (variable-length batches;
+            the padding beyond must be zero q/k/v/slot_weights and g = 0, so that it changes no state, and it
+            takes no decision and counts in no slot). None: every row has T tokens.
 
     Returns:
         ``(o [B, T, H, Dv] cd, scores [B, T, H] float64, starts [B, T, H] bool, merged [B, T, H] int64)``.
@@ -223,6 +227,8 @@ def forward_scalar_decay(
     if boundaries is not None:
         bnd = _to_chunks(boundaries, C, nC, torch.bool).cpu().numpy()
     store = _Storages(states, counts, info, size)
+    full = torch.full((B,), T, dtype=torch.int64)
+    row_lengths = (full if lengths is None else lengths.cpu()).repeat_interleave(H).numpy()  # [R]: b * H + h
 
     o = torch.empty((nC, R, C, Dv), dtype=cd, device=device)
     trace = (np.zeros((nC, R, C)), np.zeros((nC, R, C), dtype=np.bool_), np.full((nC, R, C), -1, dtype=np.int64))
@@ -235,7 +241,8 @@ def forward_scalar_decay(
         tables["W"] = np.zeros((b1 - b0, R, C, C), dtype=operands.dtype)
         host = [_host(x[b0:b1]) for x in (qc, kc, vc, gc, lamc)]
         for c in range(b0, b1):
-            scan = (min(C, T - c * C), c * C, tau, eps, norm_eps, boundaries is not None)
+            n_rows = np.clip(row_lengths - c * C, 0, C)  # each row's valid tokens in chunk c
+            scan = (n_rows, c * C, tau, eps, norm_eps, boundaries is not None)
             _chunk(store, operands, scan, c, c - b0, kc[c], vc[c], host, tables, bnd[c], [x[c] for x in trace], o[c])
         # The masked intra-chunk attention of the whole block, added to the reads.
         o[b0:b1] += (tables["attn"] * _on(device, tables["W"])) @ vc[b0:b1]

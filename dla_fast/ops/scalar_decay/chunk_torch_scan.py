@@ -169,6 +169,12 @@ def _token_targets(r, n, c0, m, pos, phys, tok_slot, tok_target):
     """Where the chunk's tokens land: the end slots ``first..m-1`` (a suffix: the tokens are the newest).
     Writes each token's slot relative to ``first`` and those slots' flat storages; returns ``m - first``."""
     R, K = phys.shape
+    if n == 0:  # a row past its end (variable-length batches): nothing lands, possibly no slot at all
+        for s in range(tok_slot.shape[1]):
+            tok_slot[r, s] = -1
+        for i in range(K):
+            tok_target[r, i] = R * K
+        return 0
     first = _slot_of(pos[r], m, c0)
     for s in range(n):
         tok_slot[r, s] = _slot_of(pos[r], m, c0 + s) - first
@@ -204,7 +210,7 @@ def _open_norm(P, r):
 
 
 @njit
-def scan_chunk(n, c0, tau, eps, norm_eps, use_boundaries, tokens, cache, out):
+def scan_chunk(n_rows, c0, tau, eps, norm_eps, use_boundaries, tokens, cache, out):
     """Decisions, merges and the read / update operands of one chunk, for every (batch, head) row.
 
     Sizes: ``R`` rows (batch x heads), chunk length ``C`` (the first ``n`` tokens are valid), capacity
@@ -213,7 +219,8 @@ def scan_chunk(n, c0, tau, eps, norm_eps, use_boundaries, tokens, cache, out):
     slot's storage absorbs the right one's, and a new slot takes a free storage.
 
     Args (``cd``: the compute dtype, float32 or float64), grouped in three tuples:
-        n, c0: the number of valid tokens and the index (in this call) of the chunk's first token.
+        n_rows, c0: ``[R]`` int64, the number of valid tokens of each row in this chunk (0 to C: rows end at
+            their own lengths), and the index (in this call) of the chunk's first token.
         tau, eps, norm_eps, use_boundaries: the decision's scalars.
         tokens = (kP, v, P, q, k, dgram, ss, g, carry_decay, decay_in, token_decay, lam, boundaries):
         kP: ``[R, C, Dv]`` cd, ``k_t^T P_c`` for the open state ``P_c`` at the chunk start.
@@ -264,6 +271,7 @@ def scan_chunk(n, c0, tau, eps, norm_eps, use_boundaries, tokens, cache, out):
             start_phys[i] = phys[r, i]
         m = m0
         nP = _open_norm(P, r) if m0 > 0 else 0.0
+        n = n_rows[r]
         for t in range(n):
             if m == 0:
                 score, x, start = 0.0, 0.0, True  # the first token of an empty cache always opens a slot
