@@ -9,7 +9,7 @@ from dla_ref.validation import check_shapes
 from . import autograd as _autograd
 from .backend import uses_triton
 from .cache import Cache, Trace
-from .custom_ops import forward_op, forward_traced, step_op
+from .custom_ops import forward_op, forward_traced, step_op, triton_step_applies
 from .ops.common import varlen
 from .ops.common.recurrent import recurrent_step_
 from .ops.delta_rule.recurrent import forward_delta_rule
@@ -226,14 +226,6 @@ def step(
     return (o, cache, (score, started, merged)) if return_trace else (o, cache)
 
 
-def _triton_step_cache(cache: Cache) -> bool:
-    """The in-place Triton step takes contiguous float32 states and info with int64 counts and size (the
-    layout ``forward`` and ``Cache.empty`` produce); any other cache takes the torch step."""
-    c = cache
-    return (c.states.dtype == torch.float32 and c.info.dtype == torch.float32 and c.counts.dtype == torch.int64
-            and c.size.dtype == torch.int64 and all(x.is_contiguous() for x in (c.states, c.counts, c.info, c.size)))
-
-
 def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps, norm_eps):
     """``step`` after validation, also taking a ``boundary`` override ``[B, H]`` and returning the trace.
 
@@ -243,7 +235,7 @@ def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps
     K, Dv = cache.states.shape[2], cache.states.shape[4]
     cd = cache.states.dtype
     R = B * H
-    if beta is None and _triton_step_cache(cache) and uses_triton(q, Dk, Dv):
+    if triton_step_applies(q, beta, cache.states, cache.counts, cache.info, cache.size):
         from .ops.scalar_decay.fused_recurrent import step_triton_
 
         # In place: the cache's tensors keep their storage (a CUDA graph can capture the step).

@@ -34,8 +34,8 @@ from .validation import compute_dtype, validate_forward
 def triton_step_applies(q, beta, states, counts, info, size) -> bool:
     """Whether ``step`` runs the in-place Triton step (whose score is float32; the torch step's is float64):
     a scalar-decay call ``backend.uses_triton`` sends to the kernels, on a cache of contiguous float32 states and
-    info with int64 counts and size. The same rule as ``api._triton_step_cache``; ``tests/test_compile.py``
-    checks the fake against the kernel (``torch.library.opcheck``)."""
+    info with int64 counts and size (the layout ``forward`` and ``Cache.empty`` produce; any other cache takes
+    the torch step). One rule for ``api._step`` and this op's fake."""
     layout = (states.dtype == torch.float32 and info.dtype == torch.float32 and counts.dtype == torch.int64
               and size.dtype == torch.int64 and all(x.is_contiguous() for x in (states, counts, info, size)))
     return beta is None and layout and uses_triton(q, q.shape[-1], states.shape[-1])
