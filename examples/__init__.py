@@ -1,0 +1,1 @@
+"""Runnable examples of DLA in a model (docs/model.md)."""
