@@ -87,7 +87,7 @@ def forward(
 def _forward_packed(q, k, v, g, slot_weights, cu_seqlens, *, beta, boundaries, return_trace, **options):
     """``forward`` on sequences packed along time: pad to a batch (one gather), run it with each row's length,
     pack ``o`` and the trace back."""
-    cu = varlen.check_cu_seqlens(cu_seqlens, q)
+    cu, T_max = varlen.check_cu_seqlens(cu_seqlens, q)
     packed = [as_float_tensor(n, x, q.device) for n, x in zip(("q", "k", "v", "g", "slot_weights"), (q, k, v, g,
                                                                                                  slot_weights))]
     bnd = None if boundaries is None else torch.as_tensor(boundaries, device=q.device)
@@ -95,7 +95,7 @@ def _forward_packed(q, k, v, g, slot_weights, cu_seqlens, *, beta, boundaries, r
     check_shapes(*packed, beta, bnd, is_bool=lambda x: x.dtype == torch.bool)  # the packed shapes, named
     q, k, v, g, slot_weights = packed
     lengths = varlen.lengths_of(cu)
-    T_max, total = int(lengths.max()), q.shape[1]
+    total = q.shape[1]
     padded = [varlen.pad(x, cu, T_max) for x in (q, k, v, g, slot_weights, beta, bnd)]
     o, final, trace = _forward_batch(*padded[:5], beta=padded[5], boundaries=padded[6], return_trace=return_trace,
                                      lengths=lengths, **options)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.common import varlen
+
 ACTIVATIONS = {"silu": F.silu, "swish": F.silu, None: lambda x: x}
 
 
@@ -61,9 +63,8 @@ class ShortConvolution(nn.Conv1d):
         W = self.kernel_size[0]
         lengths = None
         if cu_seqlens is not None:
-            lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-            rows = x[0]
-            x = pad_sequences(rows, cu_seqlens, int(lengths.max()) if lengths.numel() else 0)
+            lengths, total = varlen.lengths_of(cu_seqlens), x.shape[1]
+            x = varlen.pad(x, cu_seqlens, int(lengths.max()) if lengths.numel() else 0)
         N, L, C = x.shape
         prev = x.new_zeros(N, C, W) if cache is None else cache.to(x.dtype)
         buf = torch.cat([prev, x.transpose(1, 2)], dim=-1)  # [N, C, W + L]: the inputs, oldest first
@@ -76,7 +77,7 @@ class ShortConvolution(nn.Conv1d):
                 index = lengths.view(N, 1, 1) + torch.arange(W, device=x.device).view(1, 1, W)
                 final = buf.gather(-1, index.expand(N, C, W))
         if cu_seqlens is not None:
-            y = unpad_sequences(y, cu_seqlens, rows.shape[0]).unsqueeze(0)
+            y = varlen.unpad(y, cu_seqlens, total)
         return y, final
 
     def step(self, x: torch.Tensor, cache: torch.Tensor | None):
@@ -92,27 +93,6 @@ class ShortConvolution(nn.Conv1d):
         if cache is not None:
             window = cache.copy_(window)
         return self._act(y.to(x.dtype)), window
-
-
-def sequence_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each of ``total`` packed tokens: its sequence and its position in that sequence."""
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    seq = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths,
-                                  output_size=total)
-    return seq, torch.arange(total, device=cu_seqlens.device) - cu_seqlens[seq]
-
-
-def pad_sequences(rows: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int) -> torch.Tensor:
-    """Packed tokens ``[total, ...]`` -> ``[N, max_len, ...]``, each sequence from position 0, zeros after."""
-    seq, pos = sequence_index(cu_seqlens, rows.shape[0])
-    out = rows.new_zeros(cu_seqlens.numel() - 1, max_len, *rows.shape[1:])
-    return out.index_put((seq, pos), rows)
-
-
-def unpad_sequences(x: torch.Tensor, cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """``[N, L, ...]`` with each sequence from position 0 -> its ``total`` tokens packed, ``[total, ...]``."""
-    seq, pos = sequence_index(cu_seqlens, total)
-    return x[seq, pos]
 
 
 def unpad_input(hidden_states: torch.Tensor, mask: torch.Tensor):

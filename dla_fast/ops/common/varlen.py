@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 
 
-def check_cu_seqlens(cu_seqlens, q: torch.Tensor) -> torch.Tensor:
-    """Validate ``cu_seqlens`` against packed inputs ``q [1, total_T, H, Dk]``; return it as int64 on q's device.
+def check_cu_seqlens(cu_seqlens, q: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Validate ``cu_seqlens`` against packed inputs ``q [1, total_T, H, Dk]``; return it as int64 on q's device,
+    and the longest sequence's length ``T_max``.
 
     One host read of the offsets (their values decide the padded shape)."""
     if not isinstance(cu_seqlens, torch.Tensor):
@@ -31,7 +32,7 @@ def check_cu_seqlens(cu_seqlens, q: torch.Tensor) -> torch.Tensor:
     if int(offsets[0]) != 0 or int(offsets[-1]) != total or bool((offsets[1:] < offsets[:-1]).any()):
         raise ValueError(f"cu_seqlens: expected nondecreasing offsets from 0 to total_T = {total}, got "
                          f"{offsets.tolist()}")
-    return cu_seqlens.to(q.device, torch.int64)
+    return cu_seqlens.to(q.device, torch.int64), int((offsets[1:] - offsets[:-1]).max())
 
 
 def pad(x: torch.Tensor | None, cu_seqlens: torch.Tensor, T_max: int) -> torch.Tensor | None:
@@ -40,8 +41,7 @@ def pad(x: torch.Tensor | None, cu_seqlens: torch.Tensor, T_max: int) -> torch.T
         return None
     N = cu_seqlens.numel() - 1
     t = torch.arange(T_max, device=x.device)
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    valid = t.view(1, T_max) < lengths.view(N, 1)  # [N, T_max]
+    valid = t.view(1, T_max) < lengths_of(cu_seqlens).view(N, 1)  # [N, T_max]
     index = (cu_seqlens[:-1].view(N, 1) + t.view(1, T_max)).clamp(max=max(x.shape[1] - 1, 0))
     rows = x[0].index_select(0, index.reshape(-1)).view(N, T_max, *x.shape[2:])
     zero = torch.zeros((), dtype=x.dtype, device=x.device)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..common.layout import chunks, rows, unchunk, unrows
 from . import chunk_torch_scan
 
 # Elements of one [block, R, C, C] tensor: bounds the memory of the per-block precomputation.
@@ -32,23 +33,13 @@ _BLOCK_ELEMENTS = 1 << 18  # measured: 1 << 22 was 20 % slower (fresh large tens
 
 
 def _to_chunks(x: torch.Tensor, C: int, nC: int, dtype: torch.dtype) -> torch.Tensor:
-    """``[B, T, H, *F]`` -> zero-padded ``[nC, B * H, C, *F]`` (contiguous, in ``dtype``)."""
-    B, T, H = x.shape[:3]
-    feat = x.shape[3:]
-    pad = nC * C - T
-    x = x.to(dtype)
-    if pad:
-        x = torch.cat([x, x.new_zeros((B, pad, H, *feat))], dim=1)
-    x = x.reshape(B, nC, C, H, *feat).movedim(3, 2)  # [B, nC, H, C, *F]
-    return x.transpose(0, 1).reshape(nC, B * H, C, *feat).contiguous()
+    """``[B, T, H, *F]`` -> zero-padded ``[nC, B * H, C, *F]`` (contiguous, in ``dtype``): what the scan reads."""
+    return chunks(rows(x, dtype), C, nC).contiguous()
 
 
 def _from_chunks(x: torch.Tensor, B: int, H: int, T: int) -> torch.Tensor:
     """``[nC, B * H, C, *F]`` -> ``[B, T, H, *F]``."""
-    nC, R, C = x.shape[:3]
-    feat = x.shape[3:]
-    x = x.view(nC, B, H, C, *feat).permute(1, 0, 3, 2, *range(4, 4 + len(feat)))
-    return x.reshape(B, nC * C, H, *feat)[:, :T]
+    return unrows(unchunk(x, T), B, H)
 
 
 def _host(x: torch.Tensor) -> np.ndarray:

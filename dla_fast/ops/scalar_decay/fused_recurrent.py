@@ -148,7 +148,8 @@ def step_triton_(q, k, v, g, slot_weights, *, tau, boundary=None, states, counts
         q, k: ``[B, H, Dk]``; v: ``[B, H, Dv]`` (float32, bfloat16 or float16); g: ``[B, H]``;
         slot_weights: ``[B, H, K]``; boundary: bool ``[B, H]`` or None (override of the decision);
         states ``[B, H, K, Dk, Dv]`` float32, counts ``[B, H, K]`` int64, info ``[B, H, K]`` float32,
-        size ``[B, H]`` int64: the cache, contiguous, advanced by one token in place.
+        size ``[B, H]`` int64: the cache, contiguous, advanced by one token in place (``dla_fast.step`` sends
+        only such caches here: ``custom_ops.triton_step_applies``).
 
     Returns:
         ``(o [B, H, Dv] in q's dtype, (score float32 [B, H], started bool [B, H], merged int64 [B, H]))``.
@@ -157,11 +158,6 @@ def step_triton_(q, k, v, g, slot_weights, *, tau, boundary=None, states, counts
     Dv = v.shape[-1]
     K = slot_weights.shape[-1]
     check_dims(Dk, Dv)
-    for name, x, dtype in (("states", states, torch.float32), ("counts", counts, torch.int64),
-                           ("info", info, torch.float32), ("size", size, torch.int64)):
-        if x.dtype != dtype or not x.is_contiguous():
-            raise ValueError(f"cache.{name}: the in-place Triton step needs a contiguous {dtype} tensor, "
-                             f"got {x.dtype}{'' if x.is_contiguous() else ' (not contiguous)'}")
     BH = B * H
     dev = q.device
     BK, BVF = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
