@@ -209,39 +209,41 @@ def step(
         ``(o, cache)``: ``o`` ``[B, H, Dv]`` in q's dtype and the same cache object, advanced by one token;
         ``(o, cache, (score, started, merged))`` with ``return_trace=True``.
     """
-    (q, k, v, g, slot_weights, beta), tau, dims, cache = validate_step(
-        q, k, v, g, slot_weights, beta, tau, eps, norm_eps, cache
+    (q, k, v, g, slot_weights, beta), boundary, tau, dims, cache = validate_step(
+        q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps, cache
     )
-    if boundary is not None:
-        boundary = torch.as_tensor(boundary, device=q.device)
-        if boundary.dtype != torch.bool or tuple(boundary.shape) != (dims.B, dims.H):
-            raise ValueError(f"boundary: expected a bool tensor of shape [B, H] = {[dims.B, dims.H]}, "
-                             f"got {boundary.dtype} {tuple(boundary.shape)}")
     if torch.compiler.is_compiling():  # Dynamo sees the dla::step op (_step, opaque to it: custom_ops.py)
         o, score, started, merged = step_op(q, k, v, g, slot_weights, beta, boundary, cache.states, cache.counts,
                                             cache.info, cache.size, tau, eps, norm_eps)
     else:
         o, score, started, merged = _step(q, k, v, g, slot_weights, cache, tau=tau, beta=beta, boundary=boundary,
-                                          eps=eps, norm_eps=norm_eps)
+                                          eps=eps, norm_eps=norm_eps, fresh_trace=return_trace)
     return (o, cache, (score, started, merged)) if return_trace else (o, cache)
 
 
-def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps, norm_eps):
+def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps, norm_eps, fresh_trace=True):
     """``step`` after validation, also taking a ``boundary`` override ``[B, H]`` and returning the trace.
 
+    ``fresh_trace=False``: the Triton step writes the trace into the cache's scratch buffers (the caller drops it).
     Returns ``(o [B, H, Dv] in q's dtype, score [B, H] float64, start [B, H] bool, merged [B, H] int64)``.
     """
     B, H, Dk = q.shape
     K, Dv = cache.states.shape[2], cache.states.shape[4]
     cd = cache.states.dtype
     R = B * H
-    if triton_step_applies(q, beta, cache.states, cache.counts, cache.info, cache.size):
+    triton_step = cache.scratch.get("triton_step")
+    if triton_step is None:
+        triton_step = triton_step_applies(q, beta, cache.states, cache.counts, cache.info, cache.size)
+        cache.scratch["triton_step"] = triton_step
+    if triton_step:
         from .ops.scalar_decay.fused_recurrent import step_triton_
 
         # In place: the cache's tensors keep their storage (a CUDA graph can capture the step).
         o, (score, start, merged) = step_triton_(
             q, k, v, g, slot_weights, tau=tau, boundary=boundary, states=cache.states, counts=cache.counts,
-            info=cache.info, size=cache.size, eps=eps, norm_eps=norm_eps,
+            info=cache.info, size=cache.size, eps=eps, norm_eps=norm_eps, fresh_trace=fresh_trace,
+            # Buffers made before a CUDA graph's capture are not the graph's to keep: none while capturing.
+            scratch=None if torch.cuda.is_current_stream_capturing() else cache.scratch,
         )
         return o, score, start, merged
     o, score, start, merged = recurrent_step_(

@@ -29,6 +29,10 @@ class Cache:
     ``checked`` is True once the values were checked (sizes and counts in range, finite states, unused slots
     zero) or the cache was built by ``dla_fast`` (``forward``, ``empty``, ``step``): ``step`` checks an
     unchecked cache once, on its first call (one host sync on an accelerator), and never per token.
+
+    ``scratch`` belongs to ``step``, not to the state (never copied or compared): the signature of the last
+    call it validated and the decode kernels' buffers and compiled launches, so that a decode loop pays for
+    them once.
     """
 
     states: torch.Tensor
@@ -36,6 +40,7 @@ class Cache:
     info: torch.Tensor
     size: torch.Tensor
     checked: bool = field(default=False, repr=False, compare=False)
+    scratch: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def empty(cls, B: int, H: int, K: int, Dk: int, Dv: int, *, dtype=torch.float32, device=None) -> Cache:

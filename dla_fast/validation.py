@@ -120,14 +120,60 @@ def _step_shape_error(name: str, expected: str, x) -> ValueError:
     return ValueError(f"{name}: expected shape {expected}, got {tuple(x.shape)}")
 
 
-def validate_step(q, k, v, g, slot_weights, beta, tau, eps, norm_eps, cache):
-    """step's checks (one token per sequence: no time axis); returns ``(tensors, tau, dims, cache)``.
+def validate_step(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps, cache):
+    """step's checks (one token per sequence: no time axis); returns ``(tensors, boundary, tau, dims, cache)``.
 
-    Shapes, dtypes and scalars always. The token's values (finite inputs, ``g <= 0``, ``beta`` in [0, 1]) on
-    the CPU only, where reading them back costs no device synchronisation. The cache's values once per
-    cache (``Cache.checked``): a cache built by dla_fast is valid by construction, one from elsewhere is
-    checked on its first step (one sync), never per token.
+    Shapes, dtypes and scalars always, unless this cache's last step had the same signature (``step_signature``):
+    a decode loop pays for them once. The token's values (finite inputs, ``g <= 0``, ``beta`` in [0, 1]) on the
+    CPU only, where reading them back costs no device synchronisation. The cache's values once per cache
+    (``Cache.checked``): a cache built by dla_fast is valid by construction, one from elsewhere is checked on
+    its first step (one sync), never per token.
     """
+    tracing = torch.compiler.is_compiling()  # while torch.compile traces: no value checks at all (docs/api.md)
+    signature = None if tracing else step_signature(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps,
+                                                    cache)
+    known = signature is not None and cache.scratch.get("signature") == signature
+    if known:
+        tau, dims = cache.scratch["validated"]
+    else:
+        (q, k, v, g, slot_weights, beta), boundary, tau, dims = _check_step_structure(
+            q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps)
+    checks = []
+    if q.is_cpu and not tracing:  # free on the host; on an accelerator a sync per decoded token
+        checks = value_checks(q, k, v, g, slot_weights, beta, isfinite=all_finite)
+    if cache is None:
+        cache = Cache.empty(dims.B, dims.H, dims.K, dims.Dk, dims.Dv, dtype=compute_dtype(q), device=q.device)
+    elif not known:
+        _check_step_cache(cache, dims, q.device)
+        if not cache.checked and not tracing:
+            checks += cache_checks(cache, dims.K, name="cache")
+    raise_first(checks)
+    cache.checked = cache.checked or not tracing
+    if not known:
+        cache.scratch.clear()  # what the last signature decided, its buffers and compiled launches
+        if signature is not None:
+            cache.scratch.update(signature=signature, validated=(tau, dims))
+    return (q, k, v, g, slot_weights, beta), boundary, tau, dims, cache
+
+
+def step_signature(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps, cache):
+    """What step's checks and kernels depend on, for a cache and tensor inputs (None otherwise): each input's
+    shape, dtype and device, the scalars with their types, and the cache's tensors by identity (a tensor's
+    shape, dtype and device do not change). The step's kernels do not specialise on the inputs' alignment."""
+    tensors = (q, k, v, g, slot_weights, beta, boundary)
+    if not isinstance(cache, Cache) or not all(t is None or type(t) is torch.Tensor for t in tensors):
+        return None
+    if not all(type(x) in (int, float) for x in (tau, eps, norm_eps)):
+        return None
+    return (
+        tuple(None if t is None else (t.shape, t.dtype, t.get_device()) for t in tensors),
+        tuple((type(x), x) for x in (tau, eps, norm_eps)),
+        tuple(id(t) for t in (cache.states, cache.counts, cache.info, cache.size)),
+    )
+
+
+def _check_step_structure(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps):
+    """Types, dtypes, devices, shapes and scalars of one step; returns ``(tensors, boundary, tau, dims)``."""
     q, k, v, g, slot_weights = (as_float_tensor(n, x) for n, x in
                                 zip(("q", "k", "v", "g", "slot_weights"), (q, k, v, g, slot_weights)))
     device = q.device
@@ -135,21 +181,13 @@ def validate_step(q, k, v, g, slot_weights, beta, tau, eps, norm_eps, cache):
     check_same_device(q=q, k=k, v=v, g=g, slot_weights=slot_weights, beta=beta)
     check_same_dtype(q, k, v)
     dims = _step_dims(q, k, v, g, slot_weights, beta)
+    if boundary is not None:
+        boundary = torch.as_tensor(boundary, device=device)
+        if boundary.dtype != torch.bool or tuple(boundary.shape) != (dims.B, dims.H):
+            raise ValueError(f"boundary: expected a bool tensor of shape [B, H] = {[dims.B, dims.H]}, "
+                             f"got {boundary.dtype} {tuple(boundary.shape)}")
     checked_tau = check_scalars(tau, eps, norm_eps)
-    tau = float(tau) if checked_tau is None else checked_tau
-    checks = []
-    tracing = torch.compiler.is_compiling()  # while torch.compile traces: no value checks at all (docs/api.md)
-    if device.type == "cpu" and not tracing:  # free on the host; on an accelerator a sync per decoded token
-        checks = value_checks(q, k, v, g, slot_weights, beta, isfinite=all_finite)
-    if cache is None:
-        cache = Cache.empty(dims.B, dims.H, dims.K, dims.Dk, dims.Dv, dtype=compute_dtype(q), device=device)
-    else:
-        _check_step_cache(cache, dims, device)
-        if not cache.checked and not tracing:
-            checks += cache_checks(cache, dims.K, name="cache")
-    raise_first(checks)
-    cache.checked = cache.checked or not tracing
-    return (q, k, v, g, slot_weights, beta), tau, dims, cache
+    return (q, k, v, g, slot_weights, beta), boundary, float(tau) if checked_tau is None else checked_tau, dims
 
 
 def _step_dims(q, k, v, g, slot_weights, beta) -> Dims:

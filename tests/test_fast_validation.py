@@ -150,6 +150,36 @@ def test_a_cache_is_checked_once_not_per_token(monkeypatch):
     assert not dla_fast.Cache.from_ref(forwarded.to_ref()).checked  # data from elsewhere is checked on use
 
 
+def test_a_decode_loop_checks_its_signature_once_and_a_changed_call_again(monkeypatch):
+    """Shapes, dtypes and scalars are checked on a cache's first step and again whenever the call's signature
+    changes (step_signature): a bad call after good ones still gets its message, and the cache's scratch (the
+    kernels' buffers) is dropped with the old signature."""
+    from dla_fast import validation
+
+    x = {n: torch.as_tensor(a[:, 0]) for n, a in _good().items()}
+    token = [x[n] for n in ("q", "k", "v", "g", "slot_weights")]
+    cache = dla_fast.Cache.empty(2, 3, 3, 4, 4, dtype=torch.float64)
+    seen = []
+    original = validation._step_dims
+    monkeypatch.setattr(validation, "_step_dims", lambda *a: seen.append(1) or original(*a))
+    for _ in range(3):
+        dla_fast.step(*token, cache, beta=x["beta"])
+    assert seen == [1]
+    cache.scratch["sentinel"] = 1
+    dla_fast.step(*token, cache, beta=x["beta"], tau=0.5)  # a new tau: a new signature
+    assert seen == [1, 1] and "sentinel" not in cache.scratch
+    with pytest.raises(ValueError, match=re.escape("q: expected shape [B, H, Dk]")):
+        dla_fast.step(token[0][None], *token[1:], cache, beta=x["beta"], tau=0.5)
+    with pytest.raises(ValueError, match="tau: expected a real number or"):
+        dla_fast.step(*token, cache, beta=x["beta"], tau=float("nan"))
+    with pytest.raises(ValueError, match=re.escape("k: expected the dtype of q")):
+        dla_fast.step(token[0], token[1].float(), *token[2:], cache, beta=x["beta"], tau=0.5)
+    replaced = dla_fast.Cache.empty(2, 3, 5, 4, 4, dtype=torch.float64)
+    cache.states = replaced.states  # the wrong capacity: the identity of the cache's tensors is in the signature
+    with pytest.raises(ValueError, match=re.escape("cache.states: expected shape [2, 3, 3, 4, 4]")):
+        dla_fast.step(*token, cache, beta=x["beta"], tau=0.5)
+
+
 def test_value_checks_take_one_host_sync(monkeypatch):
     """All value checks are stacked and read back once (dla_fast.validation.raise_first)."""
     from dla_fast import validation

@@ -173,6 +173,31 @@ def test_steps_in_place_over_a_sequence_match_the_reference(Dv, K, tau):
     assert (c["size"].cpu().numpy() == c_r.size).all() and (c["counts"].cpu().numpy() == c_r.counts).all()
 
 
+@needs_kernels
+@pytest.mark.parametrize("plan", [(4, 1, 1, 4), (4, 1, 0, 4), (4, 1, 2, 4), (2, 1, -1, 3), (3, 0, -1, 3), (0, 1, -1, 1)])
+def test_update_kernel_loops_agree(plan):
+    """The update kernel's two loops (pipelined for small batches, lean for large ones) write the same slots
+    and read the same output (its sum runs in another order) for every kind of step: a merge of each pair of
+    a full cache (K = 4), a new slot, a token joining the open slot, the first slot."""
+    from dla_fast.ops.scalar_decay.fused_recurrent import dla_step_update_kernel
+
+    B, H, K, Dk, Dv = 1, 2, 4, 16, 48
+    gen = torch.Generator().manual_seed(sum(plan) + 10)
+    q, k, v = (torch.randn(B * H, D, generator=gen).to(DEV) for D in (Dk, Dk, Dv))
+    g = -torch.rand(B * H, generator=gen).to(DEV)
+    w = torch.randn(B * H, K, generator=gen).to(DEV)
+    states = torch.randn(B * H, K, Dk, Dv, generator=gen)
+    states[:, plan[0]:] = 0.0  # unused slots are zero
+    plans = torch.tensor([plan] * (B * H), dtype=torch.int32, device=DEV)
+    results = []
+    for pipeline in (True, False):
+        s, o = states.clone().to(DEV), torch.empty(B * H, Dv, device=DEV)
+        dla_step_update_kernel[(B * H, 3)](q, k, v, g, w, s, plans, o, K, Dk, Dv, BK=16, BV=16, PIPELINE=pipeline)
+        results.append((s.cpu(), o.cpu()))
+    assert torch.equal(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-5 * results[1][1].abs().max())
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -203,6 +228,36 @@ def test_decoding_replayed_from_a_cuda_graph_equals_eager_steps(dtype):
         assert torch.equal(static_o, eager[t]), t
     for name in ("states", "counts", "info", "size"):
         assert torch.equal(getattr(graph_cache, name), getattr(eager_cache, name)), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="the compiled-kernel launches run on a GPU only")
+def test_decoding_through_compiled_launches_equals_jit_launches():
+    """dla_fast.step launches the compiled kernels directly after a cache's first step (its scratch); a step
+    that always goes through Triton's JIT (no scratch) gives exactly the same outputs, traces and cache, also
+    across a signature change (a boundary override) and with the trace requested or not."""
+    import dla_fast
+    from dla_fast.ops.scalar_decay.fused_recurrent import step_triton_
+
+    B, T, H, D, K = 2, 30, 4, 64, 5
+    q, k, v, g, w = (_t(x, torch.bfloat16 if i < 3 else torch.float32)
+                     for i, x in enumerate(regimes(B, T, H, D, D, K, seed=6, regime_length=3.0, jitter=1.0)))
+    direct = dla_fast.Cache.empty(B, H, K, D, D, device="cuda")
+    jit = dla_fast.Cache.empty(B, H, K, D, D, device="cuda")
+    override = torch.rand(B, H, generator=torch.Generator().manual_seed(0)) < 0.5
+    for t in range(T):
+        token = [x[:, t] for x in (q, k, v, g, w)]
+        boundary = override.cuda() if t % 7 == 3 else None
+        if t % 2:  # without the trace: the decide kernel writes it into the scratch's buffers
+            (o_d, _), trace_d = dla_fast.step(*token, direct, tau=0.3, boundary=boundary), None
+        else:
+            o_d, _, trace_d = dla_fast.step(*token, direct, tau=0.3, boundary=boundary, return_trace=True)
+        o_j, trace_j = step_triton_(*token, tau=0.3, boundary=boundary, states=jit.states, counts=jit.counts,
+                                    info=jit.info, size=jit.size)
+        assert torch.equal(o_d, o_j), t
+        assert trace_d is None or all(torch.equal(a.to(b.dtype), b) for a, b in zip(trace_d, trace_j)), t
+    for name in ("states", "counts", "info", "size"):
+        assert torch.equal(getattr(direct, name), getattr(jit, name)), name
 
 
 @needs_kernels
