@@ -329,3 +329,86 @@ def test_forward_passes_the_equivalence_harness():
         assert all(d.explained for d in report.divergences), report
 
     run()
+
+
+def _merge_reference(bits, scores, counts0, info0, size0, T, K, C):
+    """The merge simulation event by event (what ``dla_merge_kernel`` computes) over tokens ``0..T-1``, in float64
+    NumPy: per row the death of every start, the merged pair per token, the live starts at each chunk start,
+    the final slots."""
+    BH = bits.shape[0]
+    NC = -(-T // C)
+    KP = max(1 << (K - 1).bit_length(), 2)
+    big = 2**31 - 1
+    out = dict(death=np.full((BH, NC * C), big, np.int32), death0=np.full((BH, K), big, np.int32),
+               merged=np.full((BH, NC * C), -1, np.int64), live=np.zeros((BH, NC, KP), np.int32),
+               livem=np.zeros((BH, NC), np.int32), fpos=np.zeros((BH, KP), np.int32),
+               cnt=np.zeros((BH, K), np.int64), info=np.zeros((BH, K)), size=np.zeros(BH, np.int64))
+    for r in range(BH):
+        m0 = int(size0[r])
+        slots = [[int(counts0[r, i]), float(info0[r, i]), i - m0] for i in range(m0)]  # [n, Ibar, start]
+        for t in range(T):
+            if t % C == 0:
+                pos = [s[2] for s in slots] + [big] * (KP - len(slots))
+                out["live"][r, t // C], out["livem"][r, t // C] = pos, len(slots)
+            if bits[r, t]:
+                if len(slots) == K:
+                    dens = [(slots[i][1] + slots[i + 1][1]) / (slots[i][0] + slots[i + 1][0]) for i in range(K - 1)]
+                    i = int(np.argmin(dens))  # the first of equal minima
+                    dying = slots[i + 1][2]
+                    if dying >= 0:
+                        out["death"][r, dying] = t
+                    else:
+                        out["death0"][r, dying + m0] = t
+                    out["merged"][r, t] = i
+                    slots[i:i + 2] = [[slots[i][0] + slots[i + 1][0], slots[i][1] + slots[i + 1][1], slots[i][2]]]
+                slots.append([1, float(scores[r, t]), t])
+            else:
+                slots[-1][0] += 1
+                slots[-1][1] += float(scores[r, t])
+        out["size"][r] = len(slots)
+        out["cnt"][r, :len(slots)] = [s[0] for s in slots]
+        out["info"][r, :len(slots)] = [s[1] for s in slots]
+        out["fpos"][r] = [s[2] for s in slots] + [big] * (KP - len(slots))
+    return out
+
+
+@needs_kernels
+@pytest.mark.parametrize("K,T,rate,seed", [(2, 130, 0.5, 0), (5, 200, 1.0, 1), (30, 150, 0.6, 2), (32, 140, 0.9, 3),
+                                           (8, 260, 0.05, 4)])
+def test_merge_kernel_matches_an_event_by_event_simulation(K, T, rate, seed):
+    """``dla_merge_kernel`` against the event-by-event simulation on drawn boundaries, with scores on a grid of
+    quarters: every sum is then exact in any order, so everything must be equal bit for bit, and pair densities
+    tie often (ties go to the oldest pair). Initial caches of every size, empty to full."""
+    from dla_fast.ops.scalar_decay.chunk_fwd_decide import dla_merge_kernel
+
+    C, BH = 64, 3
+    rng = np.random.default_rng(seed)
+    NC = -(-T // C)
+    KP = max(1 << (K - 1).bit_length(), 2)
+    bits = rng.random((BH, NC * C)) < rate
+    bits[:, T:] = False
+    size0 = np.array([0, K // 2, K])
+    bits[0, 0] = True  # an empty cache opens a slot at its first token
+    scores = np.where(np.arange(NC * C) < T, rng.integers(0, 9, (BH, NC * C)) / 4.0, 0.0)
+    counts0 = np.zeros((BH, K), np.int64)
+    info0 = np.zeros((BH, K))
+    for r in range(BH):
+        counts0[r, :size0[r]] = rng.integers(1, 4, size0[r])
+        info0[r, :size0[r]] = rng.integers(0, 9, size0[r]) / 4.0
+    ref = _merge_reference(bits, scores, counts0, info0, size0, T, K, C)
+    weights = np.int64(1) << np.arange(C, dtype=np.int64)
+    masks = (bits.reshape(BH, NC, C).astype(np.int64) * weights).sum(-1)  # wraps into bit 63 as int64 does
+    big = 2**31 - 1
+    got = dict(death=_t(np.full((BH, NC * C), big), torch.int32), death0=_t(np.full((BH, K), big), torch.int32),
+               merged=_t(np.full((BH, NC * C), -1), torch.int64), live=_t(np.zeros((BH, NC, KP)), torch.int32),
+               livem=_t(np.zeros((BH, NC)), torch.int32), fpos=_t(np.zeros((BH, KP)), torch.int32),
+               cnt=_t(counts0, torch.int64), info=_t(info0, torch.float64), size=_t(size0, torch.int64))
+    none = torch.zeros(1, device=DEV)
+    dla_merge_kernel[(BH,)](
+        _t(masks, torch.int64), _t(scores), _t(np.full(BH, T), torch.int64), got["cnt"], got["info"], got["size"],
+        got["death"], got["death0"], got["merged"], got["live"], got["livem"], got["fpos"], T, K, none, none,
+        torch.zeros(BH, device=DEV, dtype=torch.int32), C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=CUDA,
+        num_warps=1)
+    assert (ref["merged"] >= 0).sum() > 0
+    for name, want in ref.items():
+        np.testing.assert_array_equal(got[name].cpu().numpy(), want, err_msg=name)

@@ -111,6 +111,17 @@ def bit_index(low):
 
 
 @triton.jit
+def highest_bit_index(x):
+    """The index of the highest set bit of ``x`` (int64, any bit pattern), -1 for 0: each 32-bit half is exact
+    in float64, so its exponent is the index (a 63-bit value converted whole could round up)."""
+    hi = (x >> 32) & 0xFFFFFFFF
+    lo = x & 0xFFFFFFFF
+    msb_hi = ((hi.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023 + 32
+    msb_lo = ((lo.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023
+    return tl.where(x == 0, -1, tl.where(hi > 0, msb_hi, msb_lo)).to(tl.int32)
+
+
+@triton.jit
 def decay_to_end(g):
     """``(exp(sum of g after s through the chunk end) per token s, exp(sum of the chunk's g))`` in float32,
     from float64 sums and exps: the weights that build states, where strong decay (|G| ~ 10-40) would lose

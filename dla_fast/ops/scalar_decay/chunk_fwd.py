@@ -208,7 +208,8 @@ def _merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscor
     )
     dla_merge_kernel[(BH,)](
         masks, scores, row_lengths, s.counts, s.info, s.size, s.death, s.death0, s.merged, s.live, s.livem, s.fpos,
-        cfg.T, K, itab, cscores, flag, C=CHUNK, KP=KP, PIPE=pipeline, num_warps=1,
+        cfg.T, K, itab, cscores, flag, C=CHUNK, KP=KP, KW=max(KP, 32), PIPE=pipeline,
+        FAST=not interpreting(), num_warps=1,
     )
     return s
 

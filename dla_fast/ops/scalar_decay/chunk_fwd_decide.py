@@ -21,6 +21,7 @@ from ..common.triton_utils import (
     decay_to_end,
     dot_split,
     dot_state_update,
+    highest_bit_index,
     load_rows,
     load_scalars,
     load_state,
@@ -262,30 +263,202 @@ def dla_scores_kernel(
 
 
 
+# ---------------------------------------------------------------------------------------------------
+# 3. Merge simulation: the structure over the call (sequential over boundary events)
+# ---------------------------------------------------------------------------------------------------
+#
+# Just before the merge of an event the cache holds K items X_0..X_{K-1}: the closed slots and, last, the
+# slot O_e that the boundary closes. O_e, and the slot O_{e+1} that the next boundary closes, depend on the
+# boundaries and scores alone, never on the merges (a merge never touches the slot opened after it), so they
+# are formed per chunk, vectorised over its positions (`closing_slots`). The event loop (`merge_event`) keeps
+# the pair densities D_i = d(X_i, X_{i+1}) and, from X alone, the three densities that the merge can create,
+# whichever pair it takes (X_K = O_{e+1}):
+#     dR_i = d(X_i + X_{i+1}, X_{i+2})   the merged pair with its right neighbour, if pair i merges
+#     dL_i = d(X_i, X_{i+1} + X_{i+2})   the left neighbour with the merged pair, if pair i + 1 merges
+#     dN_i = d(X_{i+1}, X_{i+2})         the pair shifted into place i, if a pair left of i merges
+# computed while the argmin of D runs: from one event to the next the dependency chain is the argmin and a
+# few selects (docs/performance.md, "merge simulation"). Each is the float64 expression the direct formula
+# d(a, b) = (Ibar_a + Ibar_b) / (n_a + n_b) evaluates on the same operands, so every density, decision and sum
+# is bit-identical to recomputing all densities at every event.
+
+
+@triton.jit
+def lowest_set_lane(flag, j, KW: tl.constexpr, VOTE: tl.constexpr):
+    """The lowest lane where ``flag`` is set, as a [KW] vector (all lanes equal). VOTE (a GPU, KW == 32: one
+    lane per element): one warp ballot and a bit scan, instead of a reduction."""
+    if VOTE:
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .pred p;
+            .reg .b32 m;
+            setp.ne.s32 p, $1, 0;
+            vote.sync.ballot.b32 m, p, 0xffffffff;
+            brev.b32 m, m;
+            bfind.shiftamt.u32 $0, m;
+            }""", "=r,r", [flag.to(tl.int32)], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return tl.zeros([KW], dtype=tl.int32) + tl.min(tl.where(flag, j, KW), 0)
+
+
+@triton.jit
+def argmin_nonneg(d, valid, j, KW: tl.constexpr, VOTE: tl.constexpr):
+    """The smallest lane i with valid[i] and d[i] == min(d[valid]), for float64 d >= 0 (not NaN), as a [KW]
+    vector (all lanes equal), by 32-bit warp collectives (``redux.sync`` on sm_80+, then a ballot) instead of a
+    float64 shuffle tree: for such values the numeric order is the unsigned order of the bit patterns, and
+    equal values have equal patterns once -0.0 is folded into +0.0 (the sign bit cleared)."""
+    bits = d.to(tl.int64, bitcast=True) & 0x7FFFFFFFFFFFFFFF
+    hi = tl.where(valid, (bits >> 32).to(tl.int32), 2147483647)
+    lo = ((bits & 0xFFFFFFFF) - 2147483648).to(tl.int32)  # the unsigned order of the low halves, as signed
+    tie = hi == tl.min(hi, 0)
+    lo = tl.where(tie, lo, 2147483647)
+    return lowest_set_lane(tie & (lo == tl.min(lo, 0)), j, KW, VOTE)
+
+
+@triton.jit
+def div2_rn(a0, a1, b, FAST: tl.constexpr):
+    """``(a0 / b, a1 / b)`` in float64 for dividends ``a >= 0`` (sums of float32 scores: 0 or >= 2**-149) and a
+    divisor ``b``, a count in ``[1, 2**53]``. FAST (on a GPU): the instructions of the fast path that ptxas
+    emits for ``div.rn.f64`` (MUFU.RCP64H with low word 1 and two Newton steps for 1/b, which depend on b
+    alone and so are shared; then per dividend the quotient and one FMA correction), without the branch to
+    the slow path. That branch is taken only for a dividend below ~2**-969 (so for 0 here) or a subnormal
+    quotient (never here); otherwise ``div.rn.f64`` returns exactly the fast-path value, so the quotients are
+    the same float64 (an exact 0 may differ in sign, which the argmin ignores). ptxas merges this sequence
+    with a ``/`` of the same operands into one (seen in the sm_90 SASS): they are the same instructions.
+    Branch-free, ptxas can overlap it with the argmin; with the branches it serialises the divisions."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .f64 r, e, nb, q0, q1, e0, e1;
+            .reg .b32 lo, hi;
+            rcp.approx.ftz.f64 r, $3;
+            neg.f64 nb, $3;
+            mov.b64 {lo, hi}, r;
+            mov.b64 r, {1, hi};
+            fma.rn.f64 e, nb, r, 0d3FF0000000000000;
+            fma.rn.f64 e, e, e, e;
+            fma.rn.f64 r, r, e, r;
+            fma.rn.f64 e, nb, r, 0d3FF0000000000000;
+            fma.rn.f64 r, r, e, r;
+            mul.rn.f64 q0, $2, r;
+            mul.rn.f64 q1, $4, r;
+            fma.rn.f64 e0, nb, q0, $2;
+            fma.rn.f64 e1, nb, q1, $4;
+            fma.rn.f64 $0, r, e0, q0;
+            fma.rn.f64 $1, r, e1, q1;
+            }""", "=d,=d,d,d,d", [a0, b, a1], dtype=(tl.float64, tl.float64), is_pure=True, pack=1)
+    else:
+        return a0 / b, a1 / b
+
+
+@triton.jit
+def lane_shift(x, j, by: tl.constexpr, KW: tl.constexpr):
+    """``x[min(j + by, KW - 1)]``: the neighbour ``by`` lanes up (one warp shuffle)."""
+    return tl.gather(x, tl.minimum(j + by, KW - 1), 0)
+
+
+@triton.jit
+def closing_slots(mask, sc64, cs, t_idx, n_open, i_open, C: tl.constexpr):
+    """Per position t of the chunk (meaningful where t is a boundary): count and information sum of the slot
+    that t closes, of the slot that the chunk's next boundary closes (junk after its last boundary), and the
+    density of the two as a pair.
+    ``n_open``, ``i_open`` ([C], all equal): the open slot carried into the chunk, closed by its first boundary.
+    The sums are formed as the event-by-event updates form them (``cs``: the chunk's inclusive prefix sums of
+    the float64 scores): a slot opened at p < t in the chunk has ``score[p] + ((cs[t] - score[t]) - cs[p])``,
+    the carried one ``i_open + ((cs[t] - score[t]) - 0)``."""
+    tt = t_idx.to(tl.int64)
+    p = highest_bit_index(mask & ((tl.full([C], 1, tl.int64) << tt) - 1))  # the last boundary before t
+    has = p >= 0
+    pc = tl.maximum(p, 0)
+    add_i = cs - sc64 - tl.where(has, tl.gather(cs, pc, 0), 0.0)
+    ino = tl.where(has, tl.gather(sc64, pc, 0), i_open) + add_i
+    nno = tl.where(has, (t_idx - p).to(tl.int64), n_open + tt)
+    after = (((mask >> tt) >> 1) << 1) << tt  # the boundaries after t
+    q = tl.minimum(tl.maximum(bit_index(after & (-after)), 0), C - 1)
+    nnx = tl.gather(nno, q, 0)
+    inx = tl.gather(ino, q, 0)
+    return nno, ino, nnx, inx, (ino + inx) / (nno + nnx).to(tl.float64)
+
+
+@triton.jit
+def pair_densities(n, info, j, K, KW: tl.constexpr):
+    """d_i = (Ibar_i + Ibar_{i+1}) / (n_i + n_{i+1}) for the pairs i < K - 1, +inf elsewhere."""
+    dens = (info + lane_shift(info, j, 1, KW)) / tl.maximum(n + lane_shift(n, j, 1, KW), 1).to(tl.float64)
+    return tl.where(j < K - 1, dens, float("inf"))
+
+
+@triton.jit
+def merge_event(n, info, pos, d, n_next, i_next, d_next, tglob, j, K, KW: tl.constexpr, FAST: tl.constexpr):
+    """One boundary with a full cache: ``(n, info, pos, d)`` hold the K items (the last is the slot the
+    boundary closes) and their pair densities. Returns the items after the lowest-density merge (tie: the
+    oldest pair) with the slot the next boundary closes (``n_next``, ``i_next``, starting at ``tglob``)
+    appended, their pair densities (``d_next``: the density of the closing slot with the next one), the
+    merged pair ([KW], all lanes equal) and, at the merged lane, the start that dies (INT32_MAX elsewhere)."""
+    last = j == K - 1
+    n1 = tl.where(last, n_next, lane_shift(n, j, 1, KW))
+    i1 = tl.where(last, i_next, lane_shift(info, j, 1, KW))
+    p1 = tl.where(last, tglob, lane_shift(pos, j, 1, KW))
+    n2 = tl.where(j == K - 2, n_next, lane_shift(n, j, 2, KW))
+    i2 = tl.where(j == K - 2, i_next, lane_shift(info, j, 2, KW))
+    d_n = tl.where(j == K - 2, d_next, lane_shift(d, j, 1, KW))  # d(X_{i+1}, X_{i+2})
+    a0 = info + i1  # X_i + X_{i+1}
+    c0 = n + n1
+    # d(X_i + X_{i+1}, X_{i+2}) and d(X_i, X_{i+1} + X_{i+2}): one divisor, as counts add exactly
+    d_r, d_l = div2_rn(a0 + i2, info + (i1 + i2), (c0 + n2).to(tl.float64), FAST)
+    istar = argmin_nonneg(d, j < K - 1, j, KW, FAST and KW == 32)
+    left = j < istar
+    here = j == istar
+    n = tl.where(left, n, tl.where(here, c0, n1))
+    info = tl.where(left, info, tl.where(here, a0, i1))
+    pos = tl.where(left | here, pos, p1)
+    d = tl.where(j < istar - 1, d, tl.where(j == istar - 1, d_l, tl.where(here, d_r, d_n)))
+    return n, info, pos, d, istar, tl.where(here, p1, 2147483647)
+
+
+@triton.jit
+def pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore_ptr, C: tl.constexpr):
+    """The chunk's scores assembled by the merge simulation itself (pipelined mode): the carry score up to the
+    chunk's first boundary, else the table entry I[t, p(t)] with p(t) the last boundary before t."""
+    lt = mask & ((tl.full([C], 1, tl.int64) << t_idx.to(tl.int64)) - 1)  # boundaries before t
+    pt = highest_bit_index(lt)
+    it = tl.load(itab_ptr + (bh * NC + c) * C * C + t_idx * C + tl.maximum(pt, 0), mask=pt >= 0, other=0.0)
+    cs0 = tl.load(cscore_ptr + bh * NC * C + c * C + t_idx, volatile=True)
+    sc = tl.where(pt >= 0, it, cs0)
+    sc = tl.where(t_idx < nvalid, sc, 0.0)
+    tl.store(score_ptr + bh * NC * C + c * C + t_idx, sc, mask=t_idx < nvalid)
+    return sc
+
+
 # Long: the merge simulation keeps the K slots in registers across all events of the call.
 @triton.jit(do_not_specialize=["T"])
 def dla_merge_kernel(
     mask_ptr, score_ptr, rlen_ptr, cnt_ptr, info_ptr, size_ptr,
     death_ptr, death0_ptr, merged_ptr, live_ptr, livem_ptr, fpos_ptr,
     T, K, itab_ptr, cscore_ptr, flag_ptr,
-    C: tl.constexpr, KP: tl.constexpr, PIPE: tl.constexpr,
+    C: tl.constexpr, KP: tl.constexpr, KW: tl.constexpr, PIPE: tl.constexpr, FAST: tl.constexpr,
 ):
-    """Program (bh): counts n, information sums Ibar (float64) and start positions of the <= K slots
-    in K-wide vectors; one lowest-density merge (tie: oldest pair) per new slot with a full cache.
-    Initial slots have pseudo start positions -m0..-1. Costs O(K) per event, O(C) per chunk.
+    """Program (bh), one warp: counts n (int64), information sums Ibar (float64) and start positions of the
+    <= K slots in KW-wide vectors (KW = max(KP, 32): one lane per slot); one lowest-density merge (tie: the
+    oldest pair) per new slot with a full cache. Initial slots have pseudo start positions -m0..-1. The open
+    slot's count and sum are kept apart (``n_open``, ``i_open``, all lanes equal): the lanes hold it only
+    while it is being closed. Per chunk O(C) vector work; per event O(1) shuffles and reductions.
     PIPE: runs concurrently with the carry scan, waiting on its per-chunk flag, and assembles the scores
-    itself (carry score up to the first boundary, else the table entry I[t, p(t)])."""
+    itself (carry score up to the first boundary, else the table entry I[t, p(t)]).
+    FAST (a GPU; False under the interpreter): branch-free divisions and a warp ballot in inline PTX."""
     bh = tl.program_id(0)
     NC = tl.cdiv(T, C)
-    j = tl.arange(0, KP)
+    j = tl.arange(0, KW)
     t_idx = tl.arange(0, C)
+    zk = tl.zeros([KW], dtype=tl.int32)
+    zc = tl.zeros([C], dtype=tl.int32)
     m0 = tl.load(size_ptr + bh).to(tl.int32)
     Tr = tl.load(rlen_ptr + bh)  # the row's length: its padding counts in no slot
     m = m0
-    n = tl.load(cnt_ptr + bh * K + j, mask=j < K, other=0).to(tl.int64)
+    # lanes >= K hold count 1 (never read as a slot; keeps every shifted density finite)
+    n = tl.load(cnt_ptr + bh * K + j, mask=j < K, other=1).to(tl.int64)
     info = tl.load(info_ptr + bh * K + j, mask=j < K, other=0.0).to(tl.float64)
     pos = tl.where(j < m0, j - m0, 2147483647)
-    shift_idx = tl.minimum(j + 1, KP - 1)
+    n_open = tl.gather(n, tl.maximum(zk + m0 - 1, 0), 0)
+    i_open = tl.gather(info, tl.maximum(zk + m0 - 1, 0), 0)
     if not PIPE:
         mask = tl.load(mask_ptr + bh * NC)
         sc = tl.load(score_ptr + bh * NC * C + t_idx, mask=t_idx < T, other=0.0)
@@ -293,24 +466,14 @@ def dla_merge_kernel(
         mask = tl.zeros([], dtype=tl.int64)
         sc = tl.zeros([C], dtype=tl.float32)
     for c in range(NC):
-        tl.store(live_ptr + (bh * NC + c) * KP + j, pos)
+        tl.store(live_ptr + (bh * NC + c) * KP + j, pos, mask=j < KP)
         tl.store(livem_ptr + bh * NC + c, m)
         nvalid = tl.maximum(tl.minimum(tl.minimum(T, Tr) - c * C, C), 0)
         if PIPE:
             while tl.atomic_add(flag_ptr + bh, 0, sem="acquire") <= c:
                 pass
             mask = tl.load(mask_ptr + bh * NC + c, volatile=True)
-            lt = mask & ((tl.full([C], 1, tl.int64) << t_idx.to(tl.int64)) - 1)  # boundaries before t
-            hi = lt >> 32
-            lo = lt & 0xFFFFFFFF
-            msb_hi = ((hi.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023 + 32
-            msb_lo = ((lo.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023
-            pt = tl.where(lt == 0, -1, tl.where(hi > 0, msb_hi, msb_lo)).to(tl.int32)
-            it = tl.load(itab_ptr + (bh * NC + c) * C * C + t_idx * C + tl.maximum(pt, 0), mask=pt >= 0, other=0.0)
-            cs0 = tl.load(cscore_ptr + bh * NC * C + c * C + t_idx, volatile=True)
-            sc = tl.where(pt >= 0, it, cs0)
-            sc = tl.where(t_idx < nvalid, sc, 0.0)
-            tl.store(score_ptr + bh * NC * C + c * C + t_idx, sc, mask=t_idx < nvalid)
+            sc = pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore_ptr, C)
             mask_n = mask
             sc_n = sc
         else:
@@ -319,55 +482,50 @@ def dla_merge_kernel(
             sc_n = tl.load(score_ptr + bh * NC * C + (c + 1) * C + t_idx, mask=(c + 1) * C + t_idx < T, other=0.0)
         sc64 = tl.where(t_idx < nvalid, sc, 0.0).to(tl.float64)
         cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
+        tot = tl.sum(sc64, 0)
         nb = tl.sum((mask_bits(mask, t_idx)).to(tl.int32), 0)
-        rem = mask
-        prev = 0
-        cprev = tl.zeros([], dtype=tl.float64)  # prefix sum before `prev`
-        for _ in range(nb):
-            low = rem & (-rem)  # the lowest boundary left in the chunk, as a bit
-            rem = rem ^ low
-            u = bit_index(low)
-            su = tl.sum(tl.where(t_idx == u, sc64, 0.0), 0)
-            csu = tl.sum(tl.where(t_idx == u, cs, 0.0), 0)
-            add_n = (u - prev).to(tl.int64)
-            add_i = csu - su - cprev
-            is_open = j == m - 1
-            n = tl.where(is_open, n + add_n, n)
-            info = tl.where(is_open, info + add_i, info)
-            tglob = c * C + u
-            if m == K:
-                n1 = tl.gather(n, shift_idx, 0)
-                i1 = tl.gather(info, shift_idx, 0)
-                p1 = tl.gather(pos, shift_idx, 0)
-                dens = tl.where(j < K - 1, (info + i1) / tl.maximum(n + n1, 1).to(tl.float64), float("inf"))
-                istar = tl.argmin(dens, 0, tie_break_left=True).to(tl.int32)
-                dpos = tl.sum(tl.where(j == istar, p1, 0), 0)
-                if dpos >= 0:
-                    tl.store(death_ptr + bh * NC * C + dpos, tglob)
-                else:
-                    tl.store(death0_ptr + bh * K + dpos + m0, tglob)
-                tl.store(merged_ptr + bh * NC * C + tglob, istar.to(tl.int64))
-                n = tl.where(j < istar, n, tl.where(j == istar, n + n1, n1))
-                info = tl.where(j < istar, info, tl.where(j == istar, info + i1, i1))
-                pos = tl.where(j <= istar, pos, p1)
-                n = tl.where(j == K - 1, 1, n)
-                info = tl.where(j == K - 1, su, info)
-                pos = tl.where(j == K - 1, tglob, pos)
-            else:
-                n = tl.where(j == m, 1, n)
-                info = tl.where(j == m, su, info)
-                pos = tl.where(j == m, tglob, pos)
+        if nb > 0:
+            nno, ino, nnx, inx, dnx = closing_slots(mask, sc64, cs, t_idx, tl.gather(n_open, zc, 0),
+                                               tl.gather(i_open, zc, 0), C)
+            rem = mask
+            nadd = tl.minimum(nb, K - m)
+            for _ in range(nadd):  # room left: close the open slot, open one
+                low = rem & (-rem)
+                rem = rem ^ low
+                uu = zk + bit_index(low)
+                n = tl.where(j == m - 1, tl.gather(nno, uu, 0), n)
+                info = tl.where(j == m - 1, tl.gather(ino, uu, 0), info)
+                pos = tl.where(j == m, c * C + uu, pos)
                 m += 1
-            prev = u + 1
-            cprev = csu
-        is_open = j == m - 1
-        n = tl.where(is_open, n + (nvalid - prev).to(tl.int64), n)
-        info = tl.where(is_open, info + (tl.sum(sc64, 0) - cprev), info)
+            if nadd < nb:  # full: the closing slot into the last lane, then one merge per boundary
+                low = rem & (-rem)
+                rem = rem ^ low
+                u = bit_index(low)
+                n = tl.where(j == K - 1, tl.gather(nno, zk + u, 0), n)
+                info = tl.where(j == K - 1, tl.gather(ino, zk + u, 0), info)
+                d = pair_densities(n, info, j, K, KW)
+                for _ in range(nb - nadd):
+                    uu = zk + u
+                    tglob = c * C + u
+                    n, info, pos, d, istar, dying = merge_event(
+                        n, info, pos, d, tl.gather(nnx, uu, 0), tl.gather(inx, uu, 0), tl.gather(dnx, uu, 0), tglob,
+                        j, K, KW, FAST)
+                    tl.store(merged_ptr + bh * NC * C + tglob + zk, istar.to(tl.int64), mask=j == 0)
+                    tl.store(death_ptr + bh * NC * C + dying, zk + tglob, mask=(dying >= 0) & (dying < 2147483647))
+                    tl.store(death0_ptr + bh * K + dying + m0, zk + tglob, mask=dying < 0)
+                    low = rem & (-rem)  # the next event's position, one event ahead (junk after the last)
+                    rem = rem ^ low
+                    u = tl.maximum(bit_index(low), 0)
+            last = highest_bit_index(mask)  # the open slot at the chunk end was opened at its last boundary
+            n_open = (zk + nvalid - last).to(tl.int64)
+            i_open = tl.gather(sc64, zk + last, 0) + (tot - tl.gather(cs, zk + last, 0))
+        else:
+            n_open = n_open + nvalid
+            i_open = i_open + tot
         mask = mask_n
         sc = sc_n
-    tl.store(cnt_ptr + bh * K + j, tl.where(j < m, n, 0), mask=j < K)
-    tl.store(info_ptr + bh * K + j, tl.where(j < m, info, 0.0), mask=j < K)
+    is_open = j == m - 1
+    tl.store(cnt_ptr + bh * K + j, tl.where(j < m, tl.where(is_open, n_open, n), 0), mask=j < K)
+    tl.store(info_ptr + bh * K + j, tl.where(j < m, tl.where(is_open, i_open, info), 0.0), mask=j < K)
     tl.store(size_ptr + bh, m.to(tl.int64))
-    tl.store(fpos_ptr + bh * KP + j, pos)
-
-
+    tl.store(fpos_ptr + bh * KP + j, pos, mask=j < KP)
