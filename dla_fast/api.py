@@ -231,19 +231,19 @@ def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps
     K, Dv = cache.states.shape[2], cache.states.shape[4]
     cd = cache.states.dtype
     R = B * H
-    triton_step = cache.scratch.get("triton_step")
-    if triton_step is None:
-        triton_step = triton_step_applies(q, beta, cache.states, cache.counts, cache.info, cache.size)
-        cache.scratch["triton_step"] = triton_step
-    if triton_step:
-        from .ops.scalar_decay.fused_recurrent import step_triton_
-
+    step_triton_ = cache.scratch.get("step_triton_", False)
+    if step_triton_ is False:  # the backend for this signature, decided once (the cache's scratch)
+        step_triton_ = None
+        if triton_step_applies(q, beta, cache.states, cache.counts, cache.info, cache.size):
+            from .ops.scalar_decay.fused_recurrent import step_triton_
+        cache.scratch["step_triton_"] = step_triton_
+    if step_triton_ is not None:
         # In place: the cache's tensors keep their storage (a CUDA graph can capture the step).
         o, (score, start, merged) = step_triton_(
             q, k, v, g, slot_weights, tau=tau, boundary=boundary, states=cache.states, counts=cache.counts,
             info=cache.info, size=cache.size, eps=eps, norm_eps=norm_eps, fresh_trace=fresh_trace,
             # Buffers made before a CUDA graph's capture are not the graph's to keep: none while capturing.
-            scratch=None if torch.cuda.is_current_stream_capturing() else cache.scratch,
+            scratch=None if q.is_cuda and torch.cuda.is_current_stream_capturing() else cache.scratch,
         )
         return o, score, start, merged
     o, score, start, merged = recurrent_step_(

@@ -34,17 +34,22 @@ def launch_jit(kernel, grid, *args, **options):
     return compiled if knobs is not None and hasattr(compiled, "packed_metadata") else None
 
 
-def launch_compiled(compiled, grid, *args) -> None:
-    """Launch a kernel :func:`launch_jit` returned on the current stream; ``grid`` has three entries.
+def launch_compiled(compiled, grid, stream: int, *args) -> None:
+    """Launch a kernel :func:`launch_jit` returned on ``stream`` (:func:`current_stream`); ``grid`` has three
+    entries, ``args`` are every parameter in order (pointers as tensors or integer addresses).
 
     The compiled kernel's own launcher, without the Python around it: while a launch hook is registered (a
     profiler such as proton) the launch goes through ``CompiledKernel[grid]``, which builds the hooks' metadata.
     """
     if _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
-        compiled[grid](*args)
+        compiled[grid](*args, stream=stream)
         return
-    stream = driver.active.get_current_stream(driver.active.get_current_device())
     compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, None, None, None, *args)
+
+
+def current_stream(device_index: int) -> int:
+    """The handle of the current CUDA stream of a device, as Triton's launchers take it."""
+    return driver.active.get_current_stream(device_index)
 
 
 def _hooked(hook) -> bool:

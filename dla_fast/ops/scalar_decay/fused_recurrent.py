@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ..common.score import information_score_triton
-from ..common.triton_utils import launch_compiled, launch_jit, load_state, next_pow2, store_state
+from ..common.triton_utils import current_stream, launch_compiled, launch_jit, load_state, next_pow2, store_state
 from .chunk_fwd import check_dims
 
 # The token's inputs may sit anywhere (slices of a prompt): no specialisation on their alignment, so that a
@@ -201,6 +201,7 @@ class StepLaunch:
         self.plan = torch.empty(BH, 4, device=device, dtype=torch.int32)
         self.trace = new_trace(B, H, device)
         self.started = self.trace[1].view(torch.bool)
+        self.device_index = self.plan.get_device()
         self.decide = self.update = None
 
     def __call__(self, tokens, bnd, cache, trace, o, scalars) -> None:
@@ -218,8 +219,9 @@ class StepLaunch:
         trace = own_trace if trace is self.trace else [t.data_ptr() for t in trace]
         decide_args, update_args = self._arguments(*(t.data_ptr() for t in (*tokens, bnd)), states, counts, info,
                                                    size, plan, trace, o.data_ptr(), scalars)
-        launch_compiled(self.decide, self.decide_grid, *decide_args)
-        launch_compiled(self.update, self.update_grid, *update_args)
+        stream = current_stream(self.device_index)
+        launch_compiled(self.decide, self.decide_grid, stream, *decide_args)
+        launch_compiled(self.update, self.update_grid, stream, *update_args)
 
     def _arguments(self, q, k, v, g, slot_weights, bnd, states, counts, info, size, plan, trace, o, scalars):
         """Every parameter of the two kernels, in order (tensors or their addresses)."""
