@@ -181,8 +181,11 @@ def update_operand(Rt, token_decay, k, tok_slot, L):
 
 @njit
 def open_norm(P, r):
+    """``||P[r]||^2`` in float64. (``np.float64``, not ``float``: numba's ``float()`` of a float32 stays float32, and a
+    float32 ``nP`` against float64 ``x``, ``ss`` is the inconsistency docs/precision.md section 9 is about.)"""
     total = 0.0
     for d in range(P.shape[1]):
         for e in range(P.shape[2]):
-            total += float(P[r, d, e]) * float(P[r, d, e])
+            p = np.float64(P[r, d, e])
+            total += p * p
     return total

@@ -36,7 +36,7 @@ def _score_token(r, t, m, c0, pos, kP, v, dgram, ss, g, carry_decay, nP, numel, 
     lo = 0
     if first < c0:  # the open slot began before the chunk: its carried state, then this chunk's tokens
         for e in range(v.shape[2]):
-            x += float(kP[r, t, e]) * float(v[r, t, e])
+            x += np.float64(kP[r, t, e]) * np.float64(v[r, t, e])  # float64 (numba's float() keeps float32)
         x *= carry_decay[r, t]
     else:
         lo = first - c0
