@@ -41,7 +41,7 @@ def forward(
     Inputs may be float16, bfloat16, float32 or float64; states and scores are kept in float32 (float64
     for float64 inputs), and ``o`` comes back in the input dtype. Any device: on the CPU the
     scalar-decay backbone runs the chunked algorithm (docs/fast-path.md); the delta-rule backbone runs
-    a per-token torch recurrence.
+    its chunked form (docs/delta-rule-chunked.md) on any device.
 
     Args:
         q, k: ``[B, T, H, Dk]`` queries and keys, used as given.
