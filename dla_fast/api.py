@@ -12,7 +12,7 @@ from .cache import Cache, Trace
 from .custom_ops import forward_op, forward_traced, step_op, triton_step_applies
 from .ops.common import varlen
 from .ops.common.recurrent import recurrent_step_
-from .ops.delta_rule.recurrent import forward_delta_rule
+from .ops.delta_rule.chunk_torch import forward_delta_rule_chunked
 from .ops.scalar_decay.chunk_torch import forward_scalar_decay
 from .validation import as_float_tensor, compute_dtype, validate_forward, validate_step
 
@@ -41,7 +41,7 @@ def forward(
     Inputs may be float16, bfloat16, float32 or float64; states and scores are kept in float32 (float64
     for float64 inputs), and ``o`` comes back in the input dtype. Any device: on the CPU the
     scalar-decay backbone runs the chunked algorithm (docs/fast-path.md); the delta-rule backbone runs
-    a per-token torch recurrence.
+    its chunked form (docs/delta-rule-chunked.md) on any device.
 
     Args:
         q, k: ``[B, T, H, Dk]`` queries and keys, used as given.
@@ -153,9 +153,9 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
             chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
         )
     else:
-        o, scores, starts, merged = forward_delta_rule(
-            q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau, eps=eps, norm_eps=norm_eps,
-            lengths=lengths,
+        o, scores, starts, merged = forward_delta_rule_chunked(
+            q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau, chunk_size=chunk_size,
+            eps=eps, norm_eps=norm_eps, lengths=lengths,
         )
     final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size, checked=True)
     trace = Trace(scores.to(cd), starts, merged) if return_trace else None

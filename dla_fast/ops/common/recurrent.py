@@ -47,19 +47,29 @@ def _merge_where_full_(states, counts, info, size, start) -> torch.Tensor:
     return torch.where(need_merge, i, merged)
 
 
-def _open_slot_score(P, k, v, g64, a_cd, beta, eps, norm_eps):
+def _open_slot_score(P, k, v, g64, beta, eps, norm_eps):
     """``(score [R] float64, bk)``: the score of each row's token against its open slot ``P`` ``[R, Dk, Dv]``,
-    and ``bk`` (``beta k``, or ``k``), the key part of the token's increment ``u = bk w^T``."""
-    kP = torch.bmm(k.unsqueeze(1), P).squeeze(1)  # k^T P, [R, Dv]
+    and ``bk`` (``beta k``, or ``k``, in the states' dtype), the key part of the token's increment ``u = bk w^T``.
+
+    The three scalars are formed in float64 from the stored (float32) operands. With the delta rule the
+    increment's value ``w = v - a P^T k`` cancels when the open slot already holds ``v`` along ``k``: in float32
+    its relative error is ``u |v| / |w|``, which reached 2e-2 on the score (docs/delta-rule-chunked.md,
+    "Precision"); in float64 the stored state's own rounding (``~1e-7`` relative) is what is left. ``a`` is
+    ``exp(g)`` in float64 here, as in the score's formula: a float32 ``a`` in ``w`` alone is an inconsistency of
+    ``2^-24`` between the scalars that ``D2``'s cancellation (a score made of guard effects) turns into ``2e-4``.
+    """
+    f64 = torch.float64
+    P64, k64 = P.to(f64), k.to(f64)
+    kP = torch.bmm(k64.unsqueeze(1), P64).squeeze(1)  # k^T P, [R, Dv]
     if beta is None:
-        bk, w = k, v  # u = k v^T
+        bk64, w = k64, v.to(f64)  # u = k v^T
     else:
-        bk = beta.to(P.dtype).unsqueeze(1) * k
-        w = v - a_cd.unsqueeze(1) * kP  # u = beta k (v - a P^T k)^T
-    x = (bk * torch.bmm(P, w.unsqueeze(2)).squeeze(2)).sum(1).to(torch.float64)  # <P, u> = (beta k)^T P w
-    ss = (bk * bk).sum(1).to(torch.float64) * (w * w).sum(1).to(torch.float64)
-    nP = P.to(torch.float64).square().sum((1, 2))
-    return information_score_torch(nP, x, ss, g64, P.shape[1] * P.shape[2], eps, norm_eps), bk
+        bk64 = beta.to(P.dtype).to(f64).unsqueeze(1) * k64
+        w = v.to(f64) - torch.exp(g64).unsqueeze(1) * kP  # u = beta k (v - a P^T k)^T, a in float64 as the score's
+    x = (bk64 * torch.bmm(P64, w.unsqueeze(2)).squeeze(2)).sum(1)  # <P, u> = (beta k)^T P w
+    ss = bk64.square().sum(1) * w.square().sum(1)
+    nP = P64.square().sum((1, 2))
+    return information_score_torch(nP, x, ss, g64, P.shape[1] * P.shape[2], eps, norm_eps), bk64.to(P.dtype)
 
 
 def recurrent_step_(
@@ -105,7 +115,7 @@ def recurrent_step_(
     # 1. Score, from the open slot P (before the step) and the token's increment u = P' - a P.
     has_slot = size > 0
     open_idx = (size - 1).clamp(min=0)
-    score, bk = _open_slot_score(states[rows, open_idx], k, v, g64, a_cd, beta, eps, norm_eps)
+    score, bk = _open_slot_score(states[rows, open_idx], k, v, g64, beta, eps, norm_eps)
     score = torch.where(has_slot, score, torch.zeros_like(score))
     decided = score >= tau if boundary is None else boundary
     start = ~has_slot | decided

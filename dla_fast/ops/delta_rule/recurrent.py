@@ -1,9 +1,10 @@
 """The gated delta-rule backbone, per token: the forward over the shared torch recurrence, and its backward.
 
-All slots share the transition ``A_t(X) = a_t (X - beta_t k_t k_t^T X)``, so a closed slot is no longer a
-decayed copy of itself and the scalar-decay chunking does not apply; until the chunked form lands, the
-forward runs :func:`~dla_fast.ops.common.recurrent.recurrent_step_` token by token (vectorised over rows) and
-the backward takes explicit per-token adjoint steps.
+All slots share the transition ``A_t(X) = a_t (X - beta_t k_t k_t^T X)``. ``dla_fast.forward`` runs the chunked
+form (``chunk_torch.py``, docs/delta-rule-chunked.md); :func:`forward_delta_rule` runs
+:func:`~dla_fast.ops.common.recurrent.recurrent_step_` token by token (vectorised over rows) and stays as the
+per-token baseline. The backward (any forward: it takes the partition only) still takes explicit per-token
+adjoint steps.
 """
 
 from __future__ import annotations

@@ -25,90 +25,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..common.layout import chunks, rows, unchunk, unrows
+from ..common.chunked import ScanOperands, SlotStorages, from_chunks, host, on_device, to_chunks
 from . import chunk_torch_scan
 
 # Elements of one [block, R, C, C] tensor: bounds the memory of the per-block precomputation.
 _BLOCK_ELEMENTS = 1 << 18  # measured: 1 << 22 was 20 % slower (fresh large tensors), 1 << 14 too
-
-
-def _to_chunks(x: torch.Tensor, C: int, nC: int, dtype: torch.dtype) -> torch.Tensor:
-    """``[B, T, H, *F]`` -> zero-padded ``[nC, B * H, C, *F]`` (contiguous, in ``dtype``): what the scan reads."""
-    return chunks(rows(x, dtype), C, nC).contiguous()
-
-
-def _from_chunks(x: torch.Tensor, B: int, H: int, T: int) -> torch.Tensor:
-    """``[nC, B * H, C, *F]`` -> ``[B, T, H, *F]``."""
-    return unrows(unchunk(x, T), B, H)
-
-
-def _host(x: torch.Tensor) -> np.ndarray:
-    """A NumPy view (CPU) or copy (other devices) of ``x`` for the numba kernel."""
-    return x.detach().cpu().numpy()
-
-
-def _on(device: torch.device, a: np.ndarray) -> torch.Tensor:
-    """A tensor on ``device`` sharing (CPU) or copying ``a``."""
-    t = torch.from_numpy(a)
-    return t if device.type == "cpu" else t.to(device)
-
-
-class _Storages:
-    """Slot states in ``R * K`` storages (+ one trash row, index ``R * K``) with an indirection ``phys`` (each
-    row's slots -> its storages), so that a merge moves nothing; and the scalar cache the numba scan keeps."""
-
-    def __init__(self, states, counts, info, size):
-        R = states.shape[0] * states.shape[1]
-        K, Dk, Dv = states.shape[2:]
-        self.R, self.K, self.Dk, self.Dv = R, K, Dk, Dv
-        self.buf = torch.zeros((R * K + 1, Dk * Dv), dtype=states.dtype, device=states.device)
-        self.buf[: R * K] = states.reshape(R * K, Dk * Dv)
-        self.counts = counts.reshape(R, K).cpu().numpy().astype(np.int64, copy=True)
-        self.info = info.reshape(R, K).cpu().numpy().astype(np.float64, copy=True)
-        self.size = size.reshape(R).cpu().numpy().astype(np.int64, copy=True)
-        live = np.arange(K) < self.size[:, None]
-        self.pos = np.where(live, np.arange(K) - self.size[:, None], 0).astype(np.int64)  # first token of each slot
-        self.phys = np.where(live, np.arange(K), -1).astype(np.int64)
-        self.row_base = np.arange(R, dtype=np.int64) * K
-
-    @property
-    def scalar_cache(self):
-        return self.counts, self.info, self.size, self.pos, self.phys
-
-    def by_slot(self):
-        """``[R, K * Dk, Dv]``: the storages as rows of (storage, Dk), for the reads."""
-        return self.buf[: self.R * self.K].view(self.R, self.K * self.Dk, self.Dv)
-
-    def open_states(self) -> torch.Tensor:
-        """``[R, Dk, Dv]``: each row's open slot (the trash row, zero, for an empty cache)."""
-        R, K = self.R, self.K
-        open_rows = np.where(self.size > 0, self.row_base + self.phys[np.arange(R), np.maximum(self.size - 1, 0)],
-                             R * K)
-        return self.buf.index_select(0, _on(self.buf.device, open_rows)).view(R, self.Dk, self.Dv)
-
-    def advance(self, end_decay, n_add, add_src, add_dst, n_zero, zero_rows, L, v_chunk, tok_target, Rt):
-        """The storages at the chunk end: decay, merges of start slots, fresh storages, the chunk's tokens."""
-        R, K, device = self.R, self.K, self.buf.device
-        self.buf[: R * K].view(R, K * self.Dk * self.Dv).mul_(end_decay)
-        if n_add:
-            self.buf.index_add_(0, _on(device, add_dst[:n_add]), self.buf.index_select(0, _on(device, add_src[:n_add])))
-        if n_zero:
-            self.buf.index_fill_(0, _on(device, zero_rows[:n_zero]), 0.0)
-        update = torch.bmm(L[:, : Rt * self.Dk], v_chunk)  # [R, Rt * Dk, Dv]: the tokens of each end slot
-        self.buf.index_add_(0, tok_target[:, :Rt].reshape(-1), update.view(R * Rt, self.Dk * self.Dv))
-
-    def write_back(self, states, counts, info, size):
-        """The final cache, slots back in order (unused slots zero), into the caller's tensors."""
-        B, H = states.shape[:2]
-        R, K, device = self.R, self.K, states.device
-        gather_rows = torch.as_tensor(np.where(self.phys >= 0, self.row_base[:, None] + self.phys, R * K),
-                                      device=device)
-        final = self.buf.index_select(0, gather_rows.view(-1)).view(B, H, K, self.Dk, self.Dv)
-        live = torch.as_tensor(self.phys >= 0, device=device).view(B, H, K, 1, 1)
-        states.copy_(torch.where(live, final, torch.zeros_like(final)))
-        counts.copy_(torch.as_tensor(self.counts, device=device).view(B, H, K))
-        info.copy_(torch.as_tensor(self.info, device=device).view(B, H, K))
-        size.copy_(torch.as_tensor(self.size, device=device).view(B, H))
 
 
 def _block_tables(qb, kb, vb, gb, causal, cd):
@@ -121,41 +42,30 @@ def _block_tables(qb, kb, vb, gb, causal, cd):
     decay = torch.exp((Gc.unsqueeze(-1) - Gc.unsqueeze(-2)).to(cd).masked_fill(~causal, -torch.inf))
     decay_prev = torch.nn.functional.pad(decay[..., :-1, :], (0, 0, 1, 0))  # exp(Gc[t-1] - Gc[s]), s < t
     return dict(
-        dgram=_host(decay_prev * (kb @ kb.transpose(-1, -2)) * (vb @ vb.transpose(-1, -2))),
-        ss=_host((kb * kb).sum(-1).to(f64) * (vb * vb).sum(-1).to(f64)),
-        carry_decay=_host(torch.exp(Gp).to(cd)),
-        decay_in=_host(torch.exp(Gc).to(cd)),
-        token_decay=_host(torch.exp(Gc[..., -1:] - Gc).to(cd)),  # token s to the chunk end
+        dgram=host(decay_prev * (kb @ kb.transpose(-1, -2)) * (vb @ vb.transpose(-1, -2))),
+        ss=host((kb * kb).sum(-1).to(f64) * (vb * vb).sum(-1).to(f64)),
+        carry_decay=host(torch.exp(Gp).to(cd)),
+        decay_in=host(torch.exp(Gc).to(cd)),
+        token_decay=host(torch.exp(Gc[..., -1:] - Gc).to(cd)),  # token s to the chunk end
         end_decay=torch.exp(Gc[..., -1]).to(cd).unsqueeze(-1),  # the chunk start to its end: [nb, R, 1]
         attn=(qb @ kb.transpose(-1, -2)) * decay,
     )
 
 
-class _Operands:
-    """The numba scan's per-chunk outputs that the torch products read (reused across chunks)."""
-
-    def __init__(self, R, C, K, Dk, dtype):
-        self.dtype = dtype
-        self.X = np.zeros((R, C, K * Dk), dtype=dtype)  # the read operand of a chunk
-        self.L = np.zeros((R, K * Dk, C), dtype=dtype)  # the update operand of a chunk
-        self.tok_target = np.zeros((R, K), dtype=np.int64)
-        self.add_src, self.add_dst, self.zero_rows = (np.zeros(R * K, dtype=np.int64) for _ in range(3))
-
-
-def _chunk(store: _Storages, ops: _Operands, scan, c, ci, k_chunk, v_chunk, host, tables, bnd, trace, o_chunk):
+def _chunk(store: SlotStorages, ops: ScanOperands, scan, c, ci, k_chunk, v_chunk, inputs, tables, bnd, trace, o_chunk):
     """One chunk: the carried open state, the numba scan (decisions, merges, operands), the reads of the slots
     live at the chunk start (one product), the storages at the chunk end."""
-    q_np, k_np, v_np, g_np, lam_np = host
+    q_np, k_np, v_np, g_np, lam_np = inputs
     device = o_chunk.device
     # 1. The open state carried in and k_t^T P_c.
     P = store.open_states()
     kP = torch.bmm(k_chunk, P)
     # 2. The scalar scan (numba): decisions, merges, and the operands of 3. and 4.
-    tokens = (_host(kP), v_np[ci], _host(P), q_np[ci], k_np[ci], tables["dgram"][ci], tables["ss"][ci], g_np[ci],
+    tokens = (host(kP), v_np[ci], host(P), q_np[ci], k_np[ci], tables["dgram"][ci], tables["ss"][ci], g_np[ci],
               tables["carry_decay"][ci], tables["decay_in"][ci], tables["token_decay"][ci], lam_np[ci], bnd)
     out = (*trace, tables["W"][ci], ops.X, ops.L, ops.tok_target, ops.add_src, ops.add_dst, ops.zero_rows)
     n_store, Rt, n_add, n_zero = chunk_torch_scan.scan_chunk(*scan, tokens, store.scalar_cache, out)
-    X_t, L_t, tok_target_t = (_on(device, a) for a in (ops.X, ops.L, ops.tok_target))
+    X_t, L_t, tok_target_t = (on_device(device, a) for a in (ops.X, ops.L, ops.tok_target))
     # 3. Reads of the slots live at the chunk start: sum_p coef[t, p] q_t^T S_p, one product.
     if n_store:
         Dk = store.Dk
@@ -212,35 +122,35 @@ def forward_scalar_decay(
     cd, device = states.dtype, states.device
 
     # Rows-first, chunk-major inputs (zero padding: padded tokens add nothing and are never decided).
-    qc, kc, vc, lamc = (_to_chunks(x, C, nC, cd) for x in (q, k, v, slot_weights))
-    gc = _to_chunks(g, C, nC, torch.float64)
+    qc, kc, vc, lamc = (to_chunks(x, C, nC, cd) for x in (q, k, v, slot_weights))
+    gc = to_chunks(g, C, nC, torch.float64)
     bnd = np.zeros((nC, R, C), dtype=np.bool_)
     if boundaries is not None:
-        bnd = _to_chunks(boundaries, C, nC, torch.bool).cpu().numpy()
-    store = _Storages(states, counts, info, size)
+        bnd = to_chunks(boundaries, C, nC, torch.bool).cpu().numpy()
+    store = SlotStorages(states, counts, info, size)
     full = torch.full((B,), T, dtype=torch.int64)
     row_lengths = (full if lengths is None else lengths.cpu()).repeat_interleave(H).numpy()  # [R]: b * H + h
 
     o = torch.empty((nC, R, C, Dv), dtype=cd, device=device)
     trace = (np.zeros((nC, R, C)), np.zeros((nC, R, C), dtype=np.bool_), np.full((nC, R, C), -1, dtype=np.int64))
-    operands = _Operands(R, C, K, Dk, np.float64 if cd == torch.float64 else np.float32)
+    operands = ScanOperands(R, C, K, Dk, np.float64 if cd == torch.float64 else np.float32)
     causal = torch.ones((C, C), dtype=torch.bool, device=device).tril()
     block = max(1, _BLOCK_ELEMENTS // (R * C * C))
     for b0 in range(0, nC, block):
         b1 = min(nC, b0 + block)
         tables = _block_tables(qc[b0:b1], kc[b0:b1], vc[b0:b1], gc[b0:b1], causal, cd)
         tables["W"] = np.zeros((b1 - b0, R, C, C), dtype=operands.dtype)
-        host = [_host(x[b0:b1]) for x in (qc, kc, vc, gc, lamc)]
+        inputs = [host(x[b0:b1]) for x in (qc, kc, vc, gc, lamc)]
         for c in range(b0, b1):
             n_rows = np.clip(row_lengths - c * C, 0, C)  # each row's valid tokens in chunk c
             scan = (n_rows, c * C, tau, eps, norm_eps, boundaries is not None)
-            _chunk(store, operands, scan, c, c - b0, kc[c], vc[c], host, tables, bnd[c], [x[c] for x in trace], o[c])
+            _chunk(store, operands, scan, c, c - b0, kc[c], vc[c], inputs, tables, bnd[c], [x[c] for x in trace], o[c])
         # The masked intra-chunk attention of the whole block, added to the reads.
-        o[b0:b1] += (tables["attn"] * _on(device, tables["W"])) @ vc[b0:b1]
+        o[b0:b1] += (tables["attn"] * on_device(device, tables["W"])) @ vc[b0:b1]
 
     store.write_back(states, counts, info, size)
     trace = [torch.as_tensor(x, device=device).unsqueeze(-1) for x in trace]
     return (
-        _from_chunks(o, B, H, T),
-        *(_from_chunks(x, B, H, T).squeeze(-1) for x in trace),
+        from_chunks(o, B, H, T),
+        *(from_chunks(x, B, H, T).squeeze(-1) for x in trace),
     )
