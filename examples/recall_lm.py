@@ -20,7 +20,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,14 +84,24 @@ class MLP(nn.Module):
         return self.down(F.gelu(self.up(x)))
 
 
-class Block(nn.Module):
-    """``x + DLA(norm(x))``, then ``x + MLP(norm(x))``."""
+def dla_mixer(cfg: Config, layer_idx: int) -> nn.Module:
+    """The default token mixer: ``DynamicLinearAttention`` as ``cfg`` describes it."""
+    return DynamicLinearAttention(cfg.hidden_size, cfg.heads, backbone=cfg.backbone, capacity=cfg.capacity,
+                                  tau=cfg.tau, layer_idx=layer_idx)
 
-    def __init__(self, cfg: Config, layer_idx: int):
+
+#: ``mixer(cfg, layer_idx) -> module``: a token mixer with the layer's ``forward`` signature (studies/recall.py
+#: swaps in other partitions through it).
+Mixer = Callable[[Config, int], nn.Module]
+
+
+class Block(nn.Module):
+    """``x + mixer(norm(x))`` (DLA by default), then ``x + MLP(norm(x))``."""
+
+    def __init__(self, cfg: Config, layer_idx: int, mixer: Mixer = dla_mixer):
         super().__init__()
         self.attn_norm, self.mlp_norm = RMSNorm(cfg.hidden_size), RMSNorm(cfg.hidden_size)
-        self.attn = DynamicLinearAttention(cfg.hidden_size, cfg.heads, backbone=cfg.backbone, capacity=cfg.capacity,
-                                           tau=cfg.tau, layer_idx=layer_idx)
+        self.attn = mixer(cfg, layer_idx)
         self.mlp = MLP(cfg.hidden_size)
 
     def forward(self, x, attention_mask=None, past_key_values=None, use_cache=False):
@@ -102,12 +112,12 @@ class Block(nn.Module):
 
 
 class RecallLM(nn.Module):
-    """Embedding, ``layers`` blocks, a final norm and the LM head."""
+    """Embedding, ``layers`` blocks, a final norm and the LM head; ``mixer`` makes each block's token mixer."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, mixer: Mixer = dla_mixer):
         super().__init__()
         self.embed = nn.Embedding(cfg.vocab, cfg.hidden_size)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
+        self.blocks = nn.ModuleList(Block(cfg, i, mixer) for i in range(cfg.layers))
         self.norm = RMSNorm(cfg.hidden_size)
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab, bias=False)
 
@@ -125,8 +135,9 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def train(model: RecallLM, cfg: Config, device, seed: int, log_every: int) -> float:
-    """AdamW with a cosine schedule on fresh MQAR batches; returns training tokens/s."""
+def train(model: RecallLM, cfg: Config, device, seed: int, log_every: int, history: list | None = None) -> float:
+    """AdamW with a cosine schedule on fresh MQAR batches; returns training tokens/s. Every ``log_every`` steps
+    it prints the loss and the batch accuracy, and appends them to ``history`` (if given) as a dict."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -144,6 +155,8 @@ def train(model: RecallLM, cfg: Config, device, seed: int, log_every: int) -> fl
         tokens += x.numel()
         if step % log_every == 0 or step == cfg.steps:
             acc = (logits.argmax(-1) == y)[y >= 0].float().mean().item()
+            if history is not None:
+                history.append(dict(step=step, loss=loss.item(), accuracy=acc))
             print(f"step {step:5d}  loss {loss.item():.4f}  batch accuracy {acc:.3f}  "
                   f"({time.perf_counter() - began:.0f} s)", flush=True)
     sync(device)

@@ -8,8 +8,13 @@
   over the slot weights).
 - :mod:`studies.evidence`: the three experiments and the command line (``python -m studies.evidence``).
 - :mod:`studies.report`: markdown tables and matplotlib figures from the results JSON.
+- :mod:`studies.mixers`: the DLA layer's parameters with a fixed partition (Fenwick, uniform chunks, one state) in
+  the quadratic form, for trained comparisons.
+- :mod:`studies.recall`: the trained comparison at matched K on the recall task of ``examples/recall_lm.py``
+  (``python -m studies.recall``).
 
-The study is not part of the library: it uses ``dla_fast`` and ``dla_ref`` through their public API only.
+The study is not part of the library: it uses ``dla_fast`` and ``dla_ref`` through their public API only
+(:mod:`studies.mixers` subclasses the layer and uses its public attributes).
 """
 
 import os

@@ -1,4 +1,5 @@
-"""Markdown tables and matplotlib figures of the evidence study, made from its results (``evidence.json``).
+"""Markdown tables and matplotlib figures of the evidence study, made from its results (``evidence.json``), and
+of the trained comparison (``recall.json``, :mod:`studies.recall`).
 
 Everything here reads the results dictionary that :func:`studies.evidence.run_study` returns (or its JSON),
 so that ``docs/evidence.md``'s tables can be regenerated, and checked, from the committed JSON.
@@ -14,8 +15,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["LABELS", "fill_document", "fmt", "main", "named_tables", "render_tables", "select", "value",
-           "write_figures"]
+__all__ = ["LABELS", "document_tables", "fill_document", "fmt", "main", "named_tables", "recall_figure",
+           "recall_tables", "render_tables", "select", "value", "write_figures"]
 
 LABELS = {
     "dla": "DLA",
@@ -230,9 +231,131 @@ def run_table(results: dict) -> str:
     return table(["", ""], rows)
 
 
+# ---------------------------------------------------------------------------------------------
+# The trained comparison (studies/recall.py, recall.json)
+# ---------------------------------------------------------------------------------------------
+
+RECALL_LABELS = {"dla": "DLA", "fenwick": "Fenwick (log-linear)", "uniform": "uniform chunks",
+                 "single": "single state"}  # fmt: skip
+RECALL_COLORS = {"dla": "tab:red", "fenwick": "tab:blue", "uniform": "tab:green", "single": "0.4"}
+
+
+def spread(stats: dict | None) -> str:
+    """``mean ± std (min-max)`` of an accuracy summary, 3 decimals."""
+    if stats is None:
+        return "-"
+    if len(stats["per_seed"]) == 1:
+        return f"{stats['mean']:.3f}"
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f} ({stats['min']:.3f}-{stats['max']:.3f})"
+
+
+def first_step(history: list[dict], level: float) -> str:
+    """The first logged step whose batch accuracy reaches ``level`` ('-' if none does)."""
+    return next((str(h["step"]) for h in history if h["accuracy"] >= level), "-")
+
+
+def recall_accuracy_table(results: dict, level: float = 0.5) -> str:
+    """Rows (K, mixer): held-out accuracy over the seeds (best mean per K in bold), each seed, when training
+    reached ``level``, the states read after the context, the training time."""
+    summary, runs = results["recall"]["summary"], results["recall"]["runs"]
+    header = ["K", "mixer", "accuracy, teacher forced: mean ± std (min-max)", "per seed", "generated (DLA's cache)",
+              f"first step at {level:.0%} batch accuracy, per seed", "states after the context",
+              "training s per run"]  # fmt: skip
+    rows = []
+    for K in results["meta"]["settings"]["Ks"]:
+        group = [r for r in summary if r["K"] in (K, None)]
+        best = max(r["forced"]["mean"] for r in group)
+        for r in group:
+            text = spread(r["forced"])
+            text = f"**{text}**" if r["forced"]["mean"] >= best - 1e-9 else text
+            seeds = " / ".join(f"{x:.3f}" for x in r["forced"]["per_seed"])
+            steps = " / ".join(first_step(run["history"], level) for run in runs
+                               if (run["mixer"], run["K"]) == (r["mixer"], r["K"]))  # fmt: skip
+            rows.append([str(K), RECALL_LABELS[r["mixer"]] + (" (K-free)" if r["K"] is None else ""), text, seeds,
+                         spread(r.get("generated")), steps, f"{r['states_after_context']['mean']:.1f}",
+                         f"{r['train_seconds']['mean']:.0f}"])  # fmt: skip
+    return table(header, rows)
+
+
+def recall_run_table(results: dict) -> str:
+    """What ran, when, with which seeds, on which task and model."""
+    meta = results["meta"]
+    m, task, settings = meta["machine"], meta["task"], meta["settings"]
+    rows = [
+        ["command", f"`{meta.get('command', 'run_study')}`"],
+        ["date (UTC)", meta["date_utc"]],
+        ["machine", f"{m['cpu']}, {m['cores']} cores, {m['platform']}"],
+        ["software", f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} thread), dla {m['dla']}"],
+        ["seeds", ", ".join(str(x) for x in settings["seeds"])],
+        ["task", f"MQAR: {task['pairs']} pairs, {task['queries']} queries, T = {task['seq_len']}, "
+                 f"{task['num_keys']} keys, {task['num_values']} values"],
+        ["model", f"d = {task['hidden_size']}, {task['layers']} layers of {task['heads']} heads, "
+                  f"{task['backbone']} decay, tau = {task['tau']} (DLA)"],
+        ["training", f"{task['steps']} steps of {task['batch_size']} sequences, AdamW, peak lr {task['lr']} "
+                     f"(examples/recall_lm.py); {task['eval_sequences']} held-out sequences"],
+        ["wall time (s)", f"{meta['wall_seconds']} (figure not included)"],
+    ]  # fmt: skip
+    return table(["", ""], rows)
+
+
+def recall_tables(results: dict) -> dict:
+    """The trained comparison's tables, by name (``recall.json``)."""
+    return {"recall_run": recall_run_table(results), "recall_accuracy": recall_accuracy_table(results)}
+
+
+def recall_figure(results: dict, path: pathlib.Path) -> None:
+    """Training curves per K (each seed thin, the seeds' mean thick) and the held-out accuracy of every run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs, Ks = results["recall"]["runs"], results["meta"]["settings"]["Ks"]
+    mixers = list(dict.fromkeys(r["mixer"] for r in runs))
+    guess = 1 / results["meta"]["task"]["pairs"]  # the plateau: any value of the context
+    fig, axes = plt.subplots(1, len(Ks) + 1, figsize=(4.6 * (len(Ks) + 1), 3.8), squeeze=False)
+    for ax in axes[0]:
+        ax.axhline(guess, color="k", lw=0.8, ls=":", label="1 / pairs: a context value at random")
+    for j, K in enumerate(Ks):
+        ax = axes[0][j]
+        for name in mixers:
+            group = [r for r in runs if r["mixer"] == name and r["K"] in (K, None)]
+            steps = [h["step"] for h in group[0]["history"]]
+            curves = np.array([[h["accuracy"] for h in r["history"]] for r in group])
+            for curve in curves:
+                ax.plot(steps, curve, color=RECALL_COLORS[name], lw=0.6, alpha=0.5)
+            ax.plot(steps, curves.mean(0), color=RECALL_COLORS[name], lw=2, label=RECALL_LABELS[name])
+        ax.set_title(f"training, K = {K} (single state: K-free)", fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel("batch accuracy (values after query keys)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, alpha=0.3)
+    ax = axes[0][-1]
+    for i, K in enumerate(Ks):
+        for k, name in enumerate(mixers):
+            acc = [r["forced"] for r in runs if r["mixer"] == name and r["K"] in (K, None)]
+            x = i + (k - (len(mixers) - 1) / 2) * 0.18
+            ax.scatter([x] * len(acc), acc, color=RECALL_COLORS[name], s=18, zorder=3)
+            ax.hlines(np.mean(acc), x - 0.07, x + 0.07, color=RECALL_COLORS[name], lw=2)
+    ax.set_xticks(range(len(Ks)), [f"K = {K}" for K in Ks])
+    ax.set_ylabel("held-out accuracy (dots: seeds)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title("after training", fontsize=10)
+    fig.suptitle(f"MQAR (examples/recall_lm.py): the same model and training with {len(mixers)} partitions of the "
+                 "past (lines: each seed thin, their mean thick)", fontsize=11)  # fmt: skip
+    finish(fig, path, legend_from=axes[0][0], ncol=len(mixers) + 1)
+    fig.subplots_adjust(wspace=0.3)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def named_tables(results: dict) -> dict:
     """Every table, by name: ``docs/evidence.md`` embeds them between ``<!-- table: NAME -->`` and
-    ``<!-- /table -->``, and a test checks them against the committed ``docs/figures/evidence.json``."""
+    ``<!-- /table -->``, and a test checks them against the committed ``docs/figures/evidence.json`` and
+    ``recall.json``. ``results`` is either study's results (``meta["study"] == "recall"``: the trained one)."""
+    if results["meta"].get("study") == "recall":
+        return recall_tables(results)
     settings = results["meta"]["settings"]
     K_main = 16 if 16 in settings["Ks"] else settings["Ks"][-1]
     K_low = settings["Ks"][0]
@@ -451,9 +574,18 @@ def write_figures(results: dict, out: pathlib.Path) -> list[pathlib.Path]:
 TABLE_BLOCK = re.compile(r"(<!-- table: (\S+) -->\n)(.*?)(<!-- /table -->)", flags=re.S)
 
 
-def fill_document(text: str, results: dict) -> str:
-    """``text`` with every ``<!-- table: NAME -->`` ... ``<!-- /table -->`` block replaced by that table."""
-    tables = named_tables(results)
+def document_tables(*results: dict) -> dict:
+    """The tables of several studies' results (``evidence.json``, ``recall.json``), by name."""
+    tables: dict = {}
+    for item in results:
+        tables.update(named_tables(item))
+    return tables
+
+
+def fill_document(text: str, *results: dict) -> str:
+    """``text`` with every ``<!-- table: NAME -->`` ... ``<!-- /table -->`` block replaced by that table of one
+    of the ``results``."""
+    tables = document_tables(*results)
 
     def replace(match):
         name = match.group(2)
@@ -465,13 +597,14 @@ def fill_document(text: str, results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m studies.report RESULTS.json DOC.md``: refresh the tables embedded in the document."""
+    """``python -m studies.report RESULTS.json [RESULTS.json ...] DOC.md``: refresh the tables embedded in the
+    document from the results (``evidence.json``, ``recall.json``: every table the document embeds)."""
     parser = argparse.ArgumentParser(prog="python -m studies.report", description=main.__doc__)
-    parser.add_argument("results", type=pathlib.Path)
+    parser.add_argument("results", type=pathlib.Path, nargs="+")
     parser.add_argument("document", type=pathlib.Path)
     args = parser.parse_args(argv)
-    results = json.loads(args.results.read_text())
-    args.document.write_text(fill_document(args.document.read_text(), results))
+    results = [json.loads(path.read_text()) for path in args.results]
+    args.document.write_text(fill_document(args.document.read_text(), *results))
 
 
 if __name__ == "__main__":

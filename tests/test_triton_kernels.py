@@ -174,7 +174,8 @@ def test_steps_in_place_over_a_sequence_match_the_reference(Dv, K, tau):
 
 
 @needs_kernels
-@pytest.mark.parametrize("plan", [(4, 1, 1, 4), (4, 1, 0, 4), (4, 1, 2, 4), (2, 1, -1, 3), (3, 0, -1, 3), (0, 1, -1, 1)])
+@pytest.mark.parametrize("plan", [(4, 1, 1, 4), (4, 1, 0, 4), (4, 1, 2, 4), (2, 1, -1, 3), (3, 0, -1, 3),
+                                  (0, 1, -1, 1)])
 def test_update_kernel_loops_agree(plan):
     """The update kernel's two loops (pipelined for small batches, lean for large ones) write the same slots
     and read the same output (its sum runs in another order) for every kind of step: a merge of each pair of
