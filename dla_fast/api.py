@@ -227,10 +227,6 @@ def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps
     ``fresh_trace=False``: the Triton step writes the trace into the cache's scratch buffers (the caller drops it).
     Returns ``(o [B, H, Dv] in q's dtype, score [B, H] float64, start [B, H] bool, merged [B, H] int64)``.
     """
-    B, H, Dk = q.shape
-    K, Dv = cache.states.shape[2], cache.states.shape[4]
-    cd = cache.states.dtype
-    R = B * H
     step_triton_ = cache.scratch.get("step_triton_", False)
     if step_triton_ is False:  # the backend for this signature, decided once (the cache's scratch)
         step_triton_ = None
@@ -246,6 +242,10 @@ def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps
             scratch=None if q.is_cuda and torch.cuda.is_current_stream_capturing() else cache.scratch,
         )
         return o, score, start, merged
+    B, H, Dk = q.shape
+    K, Dv = cache.states.shape[2], cache.states.shape[4]
+    cd = cache.states.dtype
+    R = B * H
     o, score, start, merged = recurrent_step_(
         cache.states.view(R, K, Dk, Dv), cache.counts.view(R, K), cache.info.view(R, K), cache.size.view(R),
         q.reshape(R, Dk).to(cd), k.reshape(R, Dk).to(cd), v.reshape(R, Dv).to(cd), g.reshape(R),

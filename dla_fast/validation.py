@@ -166,9 +166,13 @@ def step_signature(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps,
     if not all(type(x) in (int, float) for x in (tau, eps, norm_eps)):
         return None
     return (
-        tuple(None if t is None else (t.shape, t.dtype, t.get_device()) for t in tensors),
-        tuple((type(x), x) for x in (tau, eps, norm_eps)),
-        tuple(id(t) for t in (cache.states, cache.counts, cache.info, cache.size)),
+        q.shape, k.shape, v.shape, g.shape, slot_weights.shape,
+        q.dtype, k.dtype, v.dtype, g.dtype, slot_weights.dtype,
+        q.get_device(), k.get_device(), v.get_device(), g.get_device(), slot_weights.get_device(),
+        None if beta is None else (beta.shape, beta.dtype, beta.get_device()),
+        None if boundary is None else (boundary.shape, boundary.dtype, boundary.get_device()),
+        type(tau), tau, type(eps), eps, type(norm_eps), norm_eps,
+        id(cache.states), id(cache.counts), id(cache.info), id(cache.size),
     )
 
 

@@ -35,7 +35,7 @@ def launch_jit(kernel, grid, *args, **options):
 
 
 def launch_compiled(compiled, grid, stream: int, *args) -> None:
-    """Launch a kernel :func:`launch_jit` returned on ``stream`` (:func:`current_stream`); ``grid`` has three
+    """Launch a kernel :func:`launch_jit` returned on ``stream`` (see :func:`stream_getter`); ``grid`` has three
     entries, ``args`` are every parameter in order (pointers as tensors or integer addresses).
 
     The compiled kernel's own launcher, without the Python around it: while a launch hook is registered (a
@@ -47,9 +47,10 @@ def launch_compiled(compiled, grid, stream: int, *args) -> None:
     compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, None, None, None, *args)
 
 
-def current_stream(device_index: int) -> int:
-    """The handle of the current CUDA stream of a device, as Triton's launchers take it."""
-    return driver.active.get_current_stream(device_index)
+def stream_getter():
+    """The active driver's function from a device index to the handle of its current stream, as Triton's
+    launchers take it (looked up once: a hot loop calls it per launch)."""
+    return driver.active.get_current_stream
 
 
 def _hooked(hook) -> bool:

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ..common.score import information_score_triton
-from ..common.triton_utils import current_stream, launch_compiled, launch_jit, load_state, next_pow2, store_state
+from ..common.triton_utils import launch_compiled, launch_jit, load_state, next_pow2, store_state, stream_getter
 from .chunk_fwd import check_dims
 
 # The token's inputs may sit anywhere (slices of a prompt): no specialisation on their alignment, so that a
@@ -214,12 +214,16 @@ class StepLaunch:
             self.decide = launch_jit(dla_step_decide_kernel, self.decide_grid, *decide_args, num_warps=4)
             self.update = launch_jit(dla_step_update_kernel, self.update_grid, *update_args,
                                      num_warps=self.update_warps)
+            if self.decide is not None:  # None under the interpreter: every launch through the JIT
+                self.current_stream = stream_getter()
             return
         states, counts, info, size, plan, *own_trace = self.pointers
         trace = own_trace if trace is self.trace else [t.data_ptr() for t in trace]
-        decide_args, update_args = self._arguments(*(t.data_ptr() for t in (*tokens, bnd)), states, counts, info,
+        q, k, v, g, slot_weights = tokens
+        decide_args, update_args = self._arguments(q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(),
+                                                   slot_weights.data_ptr(), bnd.data_ptr(), states, counts, info,
                                                    size, plan, trace, o.data_ptr(), scalars)
-        stream = current_stream(self.device_index)
+        stream = self.current_stream(self.device_index)
         launch_compiled(self.decide, self.decide_grid, stream, *decide_args)
         launch_compiled(self.update, self.update_grid, stream, *update_args)
 
@@ -261,8 +265,8 @@ def step_triton_(q, k, v, g, slot_weights, *, tau, boundary=None, states, counts
         launch = StepLaunch(B, H, slot_weights.shape[-1], q.shape[-1], v.shape[-1], boundary is not None, q.device)
         if scratch is not None:
             scratch["step_launch"] = launch
-    q, k, v, g, slot_weights = (x.contiguous() for x in (q, k, v, g, slot_weights))
-    o = torch.empty(B, H, v.shape[-1], device=q.device, dtype=q.dtype)
+    q, k, v, g, slot_weights = q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), slot_weights.contiguous()
+    o = torch.empty_like(v, dtype=q.dtype)
     trace = launch.trace if scratch is not None and not fresh_trace else new_trace(B, H, q.device)
     bnd = trace[1] if boundary is None else boundary.to(torch.int8).contiguous()
     launch((q, k, v, g, slot_weights), bnd, (states, counts, info, size), trace, o,
