@@ -42,6 +42,10 @@ class Cache:
     checked: bool = field(default=False, repr=False, compare=False)
     scratch: dict = field(default_factory=dict, repr=False, compare=False)
 
+    def __getstate__(self) -> dict:
+        """Pickling and deep copies leave ``scratch`` behind (compiled kernels, buffers: this process's)."""
+        return {**self.__dict__, "scratch": {}}
+
     @classmethod
     def empty(cls, B: int, H: int, K: int, Dk: int, Dv: int, *, dtype=torch.float32, device=None) -> Cache:
         """An empty cache; ``dtype`` is the states' dtype (float32, or float64 for exact checks)."""

@@ -132,7 +132,7 @@ def validate_step(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps, 
     tracing = torch.compiler.is_compiling()  # while torch.compile traces: no value checks at all (docs/api.md)
     signature = None if tracing else step_signature(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps,
                                                     cache)
-    known = signature is not None and cache.scratch.get("signature") == signature
+    known = signature is not None and cache.checked and cache.scratch.get("signature") == signature
     if known:
         tau, dims = cache.scratch["validated"]
     else:
@@ -151,8 +151,9 @@ def validate_step(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps, 
     cache.checked = cache.checked or not tracing
     if not known:
         cache.scratch.clear()  # what the last signature decided, its buffers and compiled launches
-        if signature is not None:
-            cache.scratch.update(signature=signature, validated=(tau, dims))
+        if signature is not None:  # the cache's tensors held too: their ids, in the signature, stay theirs
+            cache.scratch.update(signature=signature, validated=(tau, dims),
+                                 tensors=(cache.states, cache.counts, cache.info, cache.size))
     return (q, k, v, g, slot_weights, beta), boundary, tau, dims, cache
 
 

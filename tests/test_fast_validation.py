@@ -180,6 +180,24 @@ def test_a_decode_loop_checks_its_signature_once_and_a_changed_call_again(monkey
         dla_fast.step(*token, cache, beta=x["beta"], tau=0.5)
 
 
+def test_a_cache_pickles_and_copies_without_its_scratch():
+    """The step's scratch (compiled kernels, device buffers) is this process's: pickling or deep-copying a
+    cache leaves it behind, and the copy steps like the original."""
+    import copy
+    import pickle
+
+    x = {n: torch.as_tensor(a[:, 0]) for n, a in _good().items()}
+    token = [x[n] for n in ("q", "k", "v", "g", "slot_weights")]
+    cache = dla_fast.Cache.empty(2, 3, 3, 4, 4, dtype=torch.float64)
+    dla_fast.step(*token, cache, beta=x["beta"])
+    cache.scratch["unpicklable"] = lambda: None
+    copies = [pickle.loads(pickle.dumps(cache)), copy.deepcopy(cache)]
+    assert all(c.scratch == {} and c.checked for c in copies) and "unpicklable" in cache.scratch
+    outputs = [dla_fast.step(*token, c, beta=x["beta"])[0] for c in (*copies, cache)]
+    assert all(torch.equal(o, outputs[-1]) for o in outputs)
+    assert all(torch.equal(c.states, cache.states) and torch.equal(c.info, cache.info) for c in copies)
+
+
 def test_value_checks_take_one_host_sync(monkeypatch):
     """All value checks are stacked and read back once (dla_fast.validation.raise_first)."""
     from dla_fast import validation
