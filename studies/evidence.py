@@ -498,27 +498,36 @@ def dump_results(results: dict) -> str:
     return "\n".join(lines + ["}", ""])
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Command line: ``python -m studies.evidence [--smoke] [--out DIR] [--threads N]``. Returns the results."""
-    parser = argparse.ArgumentParser(prog="python -m studies.evidence", description=__doc__.splitlines()[0])
+def run_command(module: str, description: str, run_study, sizes: tuple, out_help: str, argv) -> tuple:
+    """The study commands' shared front: ``--smoke`` (the small CI size), ``--out``, ``--threads``,
+    ``--no-figures``; ``run_study(size, log)`` runs with that many torch threads, and its results come back
+    rounded as the JSON holds them, with the command line recorded. ``sizes`` is ``(full, smoke)``.
+    Returns ``(args, results)``."""
+    prog = f"python -m {module}"
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--smoke", action="store_true", help="the small CI size (seconds) instead of the full run")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/figures"),
-                        help="folder for evidence.json, evidence_tables.md and the PNG figures")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/figures"), help=out_help)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     parser.add_argument("--no-figures", action="store_true", help="skip the matplotlib figures")
     args = parser.parse_args(argv)
-
-    from .report import render_tables, write_figures  # matplotlib is imported only here
-
     previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        results = run_study(SMOKE if args.smoke else FULL, log=lambda line: print(line, flush=True))
+        results = run_study(sizes[1] if args.smoke else sizes[0], log=lambda line: print(line, flush=True))
     finally:
         torch.set_num_threads(previous)
-    results["meta"]["command"] = "python -m studies.evidence " + " ".join(argv if argv is not None else sys.argv[1:])
+    results["meta"]["command"] = prog + " " + " ".join(argv if argv is not None else sys.argv[1:])
     results = json.loads(json.dumps(rounded(results)))  # what the JSON holds: 6 significant digits, lists
     args.out.mkdir(parents=True, exist_ok=True)
+    return args, results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command line: ``python -m studies.evidence [--smoke] [--out DIR] [--threads N]``. Returns the results."""
+    args, results = run_command("studies.evidence", __doc__.splitlines()[0], run_study, (FULL, SMOKE),
+                                "folder for evidence.json, evidence_tables.md and the PNG figures", argv)
+    from .report import render_tables, write_figures  # matplotlib is imported only here
+
     (args.out / "evidence.json").write_text(dump_results(results))
     (args.out / "evidence_tables.md").write_text(render_tables(results))
     if not args.no_figures:

@@ -20,14 +20,10 @@ It writes ``<out>/recall.json`` (every number, the seeds, the date and the machi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime
 import io
-import json
-import pathlib
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +34,7 @@ import torch
 from examples.recall_lm import SMOKE as EXAMPLE_SMOKE
 from examples.recall_lm import Config, RecallLM, dla_mixer, generate_answers, mqar_batch, teacher_forced_accuracy, train
 
-from .evidence import dump_results, machine, rounded
+from .evidence import dump_results, machine, run_command
 from .mixers import PartitionedAttention, slot_index
 
 __all__ = ["FULL", "MIXERS", "SMOKE", "Settings", "main", "mixer_factory", "run_one", "run_study", "summarize"]
@@ -149,25 +145,10 @@ def run_study(settings: Settings, log: Callable[[str], None] = print) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Command line: ``python -m studies.recall [--smoke] [--out DIR] [--threads N]``. Returns the results."""
-    parser = argparse.ArgumentParser(prog="python -m studies.recall", description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="the small CI size (seconds) instead of the full run")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/figures"),
-                        help="folder for recall.json and recall.png")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
-    parser.add_argument("--no-figures", action="store_true", help="skip the matplotlib figure")
-    args = parser.parse_args(argv)
-
+    args, results = run_command("studies.recall", __doc__.splitlines()[0], run_study, (FULL, SMOKE),
+                                "folder for recall.json and recall.png", argv)
     from .report import recall_figure  # matplotlib is imported only here
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        results = run_study(SMOKE if args.smoke else FULL, log=lambda line: print(line, flush=True))
-    finally:
-        torch.set_num_threads(previous)
-    results["meta"]["command"] = "python -m studies.recall " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = json.loads(json.dumps(rounded(results)))
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recall.json").write_text(dump_results(results))
     if not args.no_figures:
         recall_figure(results, args.out / "recall.png")
