@@ -53,7 +53,7 @@ def main(argv=None) -> None:
 
     def forward_backward():
         x = [t.clone().requires_grad_(True) for t in f32]
-        o_g, _ = dla_fast.forward(*x[:5], beta=x[5])
+        o_g = dla_fast.forward(*x[:5], beta=x[5])[0]
         (o_g * dO).sum().backward()
 
     forward_backward()
