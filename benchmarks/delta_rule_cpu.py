@@ -1,10 +1,11 @@
-"""CPU time with 1 torch thread: the delta rule's chunked forward against the per-token forward and ``dla_ref``.
+"""CPU time with 1 torch thread: the delta rule's chunked forward against the per-token forward and ``dla_ref``,
+and forward + backward through ``dla_fast.forward`` (the partition fixed; ``--no-baselines`` times that alone).
 
 The issue #12 shape: ``(B, T, H, D) = (1, 2048, 2, 64)``, ``K = 30``, ``tau = 0.6``, the ``moderate`` workload of
 ``benchmarks/workloads.py`` with unit keys and ``beta ~ U(0.2, 0.8)``. CPU time (``time.process_time``), best of
 3 for ``dla_fast`` and of 1 for the baselines: it stays stable on a shared machine where wall clock does not.
 
-    python -m benchmarks.delta_rule_cpu [--T 2048] [--K 30]
+    python -m benchmarks.delta_rule_cpu [--T 2048] [--K 30] [--no-baselines]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main(argv=None) -> None:
     parser.add_argument("--T", type=int, default=2048)
     parser.add_argument("--H", type=int, default=2)
     parser.add_argument("--K", type=int, default=30)
+    parser.add_argument("--no-baselines", action="store_true", help="time dla_fast's forward and backward only")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     T, H, K = args.T, args.H, args.K
@@ -47,6 +49,19 @@ def main(argv=None) -> None:
     f32 = [torch.as_tensor(x, dtype=torch.float32) for x in (q, k, v, g, lam, beta)]
     dla_fast.forward(*f32[:5], beta=f32[5])  # numba compilation outside the timing
     t_fast, (o, _, trace) = _cpu_time(lambda: dla_fast.forward(*f32[:5], beta=f32[5], return_trace=True), 3)
+    dO = torch.randn(o.shape, generator=torch.Generator().manual_seed(0))
+
+    def forward_backward():
+        x = [t.clone().requires_grad_(True) for t in f32]
+        o_g = dla_fast.forward(*x[:5], beta=x[5])[0]
+        (o_g * dO).sum().backward()
+
+    forward_backward()
+    t_fb, _ = _cpu_time(forward_backward, 3)
+    print(f"(1, {T}, {H}, 64), K = {K}: dla_fast forward {t_fast * 1e3:.1f} ms, forward + backward {t_fb * 1e3:.1f} ms "
+          f"(backward {(t_fb - t_fast) * 1e3:.1f} ms)")
+    if args.no_baselines:
+        return
 
     def per_token():
         c = Cache.empty(1, H, K, 64, 64, dtype=torch.float32)

@@ -3,7 +3,7 @@
 The forward's discrete decisions (which tokens open a slot, which pair merges) are recorded and treated as
 constants for the step, as with argmax routing. :class:`DLAFunction` wires a forward result to the backward
 of the path that computed it: the Triton backward (``ops/scalar_decay/chunk_bwd``) after a Triton forward,
-else the torch backward of the backbone (``ops/scalar_decay/chunk_torch_bwd``, ``ops/delta_rule/recurrent``).
+else the torch backward of the backbone (``ops/scalar_decay/chunk_torch_bwd``, ``ops/delta_rule/chunk_torch_bwd``).
 The straight-through surrogate for ``tau`` (``surrogate_temperature``) sends ``dL/dI_t`` to ``tau`` and,
 through the score's adjoint, into the inputs. :func:`partition_backward` is that backward as a function;
 :func:`grads_with_partition` runs it from a trace alone (the backward of the ``dla::forward`` op that
@@ -22,7 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from .ops.common.layout import rows, unrows
 from .ops.common.structure import Structure
-from .ops.delta_rule.recurrent import delta_rule_backward
+from .ops.delta_rule.chunk_torch_bwd import delta_rule_backward
 from .ops.scalar_decay.chunk_torch_bwd import scalar_decay_backward
 
 
@@ -38,9 +38,8 @@ def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chun
                                                             chunk_size=chunk_size, dscores=dscores, eps=eps,
                                                             norm_eps=norm_eps)
         return dq, dk, dv, dg, None, dlam, dinit
-    dq, dk, dv, dg, dbeta, dlam, dinit, _ = delta_rule_backward(q, k, v, g, beta, lam, init, structure, dO,
-                                                                dS_final, dscores=dscores, eps=eps, norm_eps=norm_eps)
-    return dq, dk, dv, dg, dbeta, dlam, dinit
+    return delta_rule_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, chunk_size=chunk_size,
+                               dscores=dscores, eps=eps, norm_eps=norm_eps)
 
 
 def shifted_weights(lam: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dla_fast.ops.delta_rule.chunk_torch import ut_tables
+from dla_fast.ops.delta_rule.wy_tables import wy_tables, wy_tables_adjoint
 
 
 def _transition(lo: int, hi: int, k, a, b) -> np.ndarray:
@@ -38,3 +39,38 @@ def test_ut_tables_equal_the_explicit_transitions(seed):
     np.testing.assert_allclose(tab["kt"], kt, atol=1e-14)
     np.testing.assert_allclose(tab["kh"], kh, atol=1e-14)
     np.testing.assert_allclose(tab["Phi"], _transition(0, C - 1, k, a, b), atol=1e-14)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_wy_tables_agree_with_the_forwards_and_their_adjoint_with_autograd(seed):
+    """The backward's tables equal the forward's (``ut_tables``; ``attn`` and ``qt`` against the explicit
+    transitions), and :func:`wy_tables_adjoint` equals torch autograd through :func:`wy_tables` (float64)."""
+    rng = np.random.default_rng(seed)
+    nb, R, C, Dk = 2, 2, 6, 3
+    k = rng.standard_normal((nb, R, C, Dk))
+    k *= rng.uniform(0.1, np.sqrt(2.0), (nb, R, C, 1)) / np.linalg.norm(k, axis=-1, keepdims=True)
+    x = dict(q=rng.standard_normal((nb, R, C, Dk)), k=k, g=-rng.uniform(0.0, 1.0, (nb, R, C)),
+             b=rng.uniform(0.0, 1.0, (nb, R, C)))
+    x = {n: torch.tensor(a, requires_grad=True) for n, a in x.items()}
+    tab, saved = wy_tables(x["q"], x["k"], x["g"], x["b"])
+    ut = ut_tables(x["k"].detach(), x["g"].detach(), x["b"].detach(), torch.float64)
+    for name in ("akap", "kt", "Phi"):
+        torch.testing.assert_close(tab[name].detach(), ut[name], rtol=0, atol=1e-14)
+    gamma = np.exp(np.cumsum(x["g"].detach().numpy(), -1))
+    kh = ut["kh"] * torch.as_tensor(gamma[..., -1:] / gamma).unsqueeze(-1)
+    torch.testing.assert_close(tab["khd"].detach(), kh, rtol=0, atol=1e-14)
+    q0, k0, g0, b0 = (x[n][0, 0].detach().numpy() for n in ("q", "k", "g", "b"))
+    a0 = np.exp(g0)
+    attn = np.array([[q0[t] @ _transition(s + 1, t, k0, a0, b0) @ k0[s] if s <= t else 0.0 for s in range(C)]
+                     for t in range(C)])
+    qt = np.array([_transition(0, t, k0, a0, b0).T @ q0[t] for t in range(C)])
+    np.testing.assert_allclose(tab["attn"][0, 0].detach().numpy(), attn, atol=1e-14)
+    np.testing.assert_allclose(tab["qt"][0, 0].detach().numpy(), qt, atol=1e-14)
+    cot = {n: torch.tensor(rng.standard_normal(tuple(t.shape))) for n, t in tab.items()}
+    cot["attn"] *= torch.ones(C, C, dtype=torch.bool).tril()  # the backward's cotangents live on s <= t
+    cot["akap"] *= torch.ones(C, C, dtype=torch.bool).tril(-1)
+    want = torch.autograd.grad(sum((cot[n] * tab[n]).sum() for n in tab), [x[n] for n in ("q", "k", "g", "b")])
+    detached = {n: t.detach() for n, t in tab.items()}
+    got = wy_tables_adjoint(*(x[n].detach() for n in ("q", "k", "g", "b")), detached, saved, cot)
+    for name, a, w in zip(["q", "k", "g", "b"], got, want):
+        torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12, msg=f"d{name}")

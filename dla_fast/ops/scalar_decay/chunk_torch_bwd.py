@@ -12,7 +12,7 @@ through the decays. The backward is chunked like the forward (``chunk_torch``):
 - a **reverse pass** over chunks carries ``dS`` (the gradient w.r.t. every slot state at the chunk end)
   through the state update and the reads of the start slots;
 - ``dg`` follows from the reverse-cumsum identity, and the straight-through surrogate's ``dL/dI_t`` (when
-  given) through the score's adjoint (``_score_adjoint``).
+  given) through the score's adjoint (``common.partition.score_adjoint``).
 
 Row layout: ``R = B * H`` rows, time second (``[R, T, ...]``); chunk-major ``[nC, R, C, ...]`` inside.
 """
@@ -25,177 +25,12 @@ import numpy as np
 import torch
 
 from ..common.layout import chunks, unchunk
-from ..common.numba import njit
-from ..common.score import score_partials
+from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure
 
 # Elements of one [block, R, C, C] tensor in the intra-chunk backward.
 _BLOCK_ELEMENTS = 1 << 22
 
-
-# ---------------------------------------------------------------------------------------------
-# The partition tables, rebuilt from starts / merged / the initial size (numba, scalar work)
-# ---------------------------------------------------------------------------------------------
-
-
-@njit
-def _open_slot(pos, m, merged_index, t):
-    """Token ``t`` opens a slot: the live slot starts ``pos[:m]`` lose the right start of the merged pair
-    (``merged_index``, -1 if none: slots (i, i + 1) became one) and gain ``t``. Returns the new ``m``."""
-    if merged_index >= 0:
-        for j in range(merged_index + 1, m - 1):
-            pos[j] = pos[j + 1]
-        m -= 1
-    pos[m] = t
-    return m + 1
-
-
-@njit
-def _chunk_tables(starts, merged, size0, C, JF, destF, dest, m_start, pos_start):
-    """Per-chunk tables of the fixed partition, every chunk (``O(T K)`` integers per row).
-
-    Args:
-        starts: ``[R, T]`` bool; merged: ``[R, T]`` int64 (-1: none); size0: ``[R]`` int64 initial sizes.
-        C: chunk length.
-
-    Outputs (written; -1 marks unused entries):
-        JF: ``[nC, R, C, K]`` recency at token t of the slot holding start slot i (the i-th slot live at
-            the chunk start, oldest first).
-        destF: ``[nC, R, K]`` end slot (index in the cache at the chunk end) of start slot i.
-        dest: ``[nC, R, C]`` end slot of the chunk's token s.
-        m_start: ``[nC + 1, R]`` live slots at each chunk start (the last entry: at the end of the call).
-        pos_start: ``[nC, R, K]`` first token of every live slot at the chunk start (initial slots < 0).
-    """
-    R, T = starts.shape
-    K = JF.shape[3]
-    nC = m_start.shape[0] - 1
-    pos = np.empty(K, dtype=np.int64)
-    sp = np.empty(K, dtype=np.int64)
-    for r in range(R):
-        m = size0[r]
-        for i in range(m):
-            pos[i] = i - m
-        for c in range(nC):
-            c0 = c * C
-            n = min(C, T - c0)
-            m0 = m
-            m_start[c, r] = m0
-            for i in range(m0):
-                sp[i] = pos[i]
-                pos_start[c, r, i] = pos[i]
-            for t in range(n):
-                if starts[r, c0 + t]:
-                    m = _open_slot(pos, m, merged[r, c0 + t], c0 + t)
-                j = m - 1
-                for i in range(m0 - 1, -1, -1):
-                    while pos[j] > sp[i]:
-                        j -= 1
-                    JF[c, r, t, i] = m - 1 - j
-            j = m - 1
-            for i in range(m0 - 1, -1, -1):
-                while pos[j] > sp[i]:
-                    j -= 1
-                destF[c, r, i] = j
-            j = m - 1
-            for s in range(n - 1, -1, -1):
-                while pos[j] > c0 + s:
-                    j -= 1
-                dest[c, r, s] = j
-        m_start[nC, r] = m
-
-
-@njit
-def _recency(starts, merged, C, m_start, pos_start, c_lo, J):
-    """``J[c - c_lo, r, t, s]``: recency at token t of the slot holding token s (``s <= t``, same chunk); -1 else."""
-    R, T = starts.shape
-    nb_, _, _, _ = J.shape
-    K = pos_start.shape[2]
-    pos = np.empty(K, dtype=np.int64)
-    for r in range(R):
-        for cc in range(nb_):
-            c = c_lo + cc
-            c0 = c * C
-            n = min(C, T - c0)
-            m = m_start[c, r]
-            for i in range(m):
-                pos[i] = pos_start[c, r, i]
-            for t in range(C):
-                for s in range(C):
-                    J[cc, r, t, s] = -1
-            for t in range(n):
-                if starts[r, c0 + t]:
-                    m = _open_slot(pos, m, merged[r, c0 + t], c0 + t)
-                j = m - 1
-                for s in range(t, -1, -1):
-                    while pos[j] > c0 + s:
-                        j -= 1
-                    J[cc, r, t, s] = m - 1 - j
-
-
-
-def _onehot(index: torch.Tensor, K: int, dtype) -> torch.Tensor:
-    """``index [R, N]`` (-1: none) -> ``[R, K, N]`` with ``out[r, j, n] = (index[r, n] == j)``."""
-    return (index.unsqueeze(1) == torch.arange(K, device=index.device).view(1, K, 1)).to(dtype)
-
-
-class _Partition:
-    """The fixed partition as per-chunk tables, and the slot-state update it implies.
-
-    Per chunk: ``JF`` (recency at token t of the slot holding start slot i), ``destF`` (the end slot of start
-    slot i), ``dest`` (the end slot of the chunk's token s), the live slots at every chunk start. The end
-    slots receiving a chunk's tokens are a suffix ``first_r .. first_r + Rt - 1`` of each row's cache (the
-    tokens are the newest): the update is a 3-D bmm over rows of (slot, feature).
-    """
-
-    def __init__(self, structure: Structure, R: int, T: int, C: int, K: int, tok_decay, end_decay, kc, vc):
-        self.structure, self.R, self.T, self.C, self.K = structure, R, T, C, K
-        self.nC = nC = max(1, -(-T // C))
-        self.tok_decay, self.end_decay, self.kc, self.vc = tok_decay, end_decay, kc, vc
-        self.starts_np, self.merged_np, size0_np = structure.numpy()
-        JF = np.full((nC, R, C, K), -1, dtype=np.int64)
-        destF = np.full((nC, R, K), -1, dtype=np.int64)
-        dest = np.full((nC, R, C), -1, dtype=np.int64)
-        self.m_start = np.zeros((nC + 1, R), dtype=np.int64)
-        self.pos_start = np.zeros((nC, R, K), dtype=np.int64)
-        _chunk_tables(self.starts_np, self.merged_np, size0_np, C, JF, destF, dest, self.m_start, self.pos_start)
-        device = kc.device
-        self.JF, self.destF, self.dest = (torch.as_tensor(x, device=device) for x in (JF, destF, dest))
-        self.mF = self.m_start[:nC].max(1)  # the most slots live at a chunk start in any row: the reads' width
-        self.first = np.maximum(dest[:, :, 0], 0)  # [nC, R]
-        self.Rt = np.maximum((dest.max(2) - self.first).max(1) + 1, 1)  # [nC]
-        self._tables: dict = {}
-
-    def tables(self, c: int):
-        """``(Mf [R, K, K], idx [R, Rt], Md [R, Rt, C])``: start slot i -> end slot j, the token slots, and
-        ``Md[r, j, s] = exp(GL - Gc[s])`` iff token s lands in end slot ``first_r + j``."""
-        if c not in self._tables:
-            K, cd, device = self.K, self.kc.dtype, self.kc.device
-            Rt = int(self.Rt[c])
-            first = torch.as_tensor(self.first[c], device=device)
-            idx = (first.unsqueeze(1) + torch.arange(Rt, device=device)).clamp(max=K - 1)
-            dest = self.dest[c]
-            rel = torch.where(dest >= 0, dest - first.unsqueeze(1), torch.full_like(dest, -1))
-            self._tables[c] = (_onehot(self.destF[c], K, cd), idx,
-                               _onehot(rel, Rt, cd) * self.tok_decay[c].unsqueeze(1))
-        return self._tables[c]
-
-    def advance(self, F: torch.Tensor, c: int) -> torch.Tensor:
-        """The slot states at the end of chunk c from those at its start."""
-        R, K = self.R, self.K
-        Dk, Dv = F.shape[2:]
-        Mf, idx, Md = self.tables(c)
-        Rt = idx.shape[1]
-        S = torch.bmm(Mf, F.reshape(R, K, Dk * Dv)) * self.end_decay[c].view(R, 1, 1)
-        # sum_s Md[j, s] k_s v_s^T for the Rt token slots: [R, Rt * Dk, C] @ [R, C, Dv]
-        wk = (Md.unsqueeze(2) * self.kc[c].transpose(1, 2).unsqueeze(1)).reshape(R, Rt * Dk, self.C)
-        U = torch.bmm(wk, self.vc[c]).view(R, Rt, Dk * Dv)
-        return S.scatter_add_(1, idx.unsqueeze(-1).expand(R, Rt, Dk * Dv), U).view(R, K, Dk, Dv)
-
-    def recency(self, b0: int, b1: int) -> torch.Tensor:
-        """``J [b1 - b0, R, C, C]``: recency at token t of the slot holding token s (same chunk, s <= t); -1 else."""
-        J = np.empty((b1 - b0, self.R, self.C, self.C), dtype=np.int64)
-        _recency(self.starts_np, self.merged_np, self.C, self.m_start, self.pos_start, b0, J)
-        return torch.as_tensor(J, device=self.kc.device)
 
 
 class _ScorePath:
@@ -206,16 +41,11 @@ class _ScorePath:
     ``max(p_t, c0) .. t-1``. ``x_t`` enters the score and, through ``||P||^2``, later scores.
     """
 
-    def __init__(self, part: _Partition, Gc, cd):
-        structure, C, nC, T = part.structure, part.C, part.nC, part.T
+    def __init__(self, part: Partition, Gc, cd):
+        C, nC = part.C, part.nC
         device = Gc.device
-        t_idx = torch.arange(T, device=device)
-        last = torch.where(structure.starts, t_idx, torch.full_like(t_idx, -1)).cummax(1).values
-        p_open = torch.nn.functional.pad(last[:, :-1], (1, 0), value=-1)
-        c0_of = (t_idx // C) * C
-        carried = (p_open < c0_of) & (structure.sizes_before() > 0)
-        self.carried = chunks(carried.to(cd), C, nC)
-        self.lo = chunks(torch.maximum(p_open, c0_of) - c0_of, C, nC)  # chunk-local first token of the run
+        carried, self.lo = open_runs(part.structure, C, nC)  # lo: chunk-local first token of the run
+        self.carried = carried.to(cd)
         self.open_at = torch.as_tensor(np.maximum(part.m_start[:nC] - 1, 0), device=device)  # [nC, R]
         self.Gp = torch.nn.functional.pad(Gc[..., :-1], (1, 0))  # Gc[t - 1]
         self.carry_decay = torch.exp(self.Gp).to(cd)
@@ -229,12 +59,12 @@ class _ScorePath:
 
     def run_decay(self, b0: int, b1: int, cd):
         """``e^{Gc[t-1] - Gc[s]}`` for s in the open run before t (same chunk), else 0: ``[nb, R, C, C]``."""
-        Mx = _run_mask(self.lo[b0:b1], self.C)
+        Mx = run_mask(self.lo[b0:b1], self.C)
         exponent = (self.Gp[b0:b1].unsqueeze(-1) - self.Gc[b0:b1].unsqueeze(-2)).masked_fill(~Mx, -math.inf)
         return torch.exp(exponent).to(cd)
 
 
-def _checkpointed_states(part: _Partition, init, every: int, score: _ScorePath | None):
+def _checkpointed_states(part: Partition, init, every: int, score: _ScorePath | None):
     """The slot states at every ``every``-th chunk start, and the final states (one forward pass)."""
     rows = torch.arange(part.R, device=init.device)
     checkpoints = []
@@ -248,7 +78,7 @@ def _checkpointed_states(part: _Partition, init, every: int, score: _ScorePath |
     return checkpoints, F
 
 
-def _score_terms(score: _ScorePath, part: _Partition, q, k, v, g, init, dscores, grads, eps, norm_eps):
+def _score_terms(score: _ScorePath, part: Partition, q, k, v, g, init, dscores, grads, eps, norm_eps):
     """The score's adjoint: ``dx`` per token (chunked), its direct terms into ``dk_reader`` and ``dv``, and
     ``(dG_reader, dg_direct, lam0, P0)`` for the dg identity and the initial open slot."""
     R, T, Dk = k.shape
@@ -266,15 +96,16 @@ def _score_terms(score: _ScorePath, part: _Partition, q, k, v, g, init, dscores,
     rows = torch.arange(R, device=k.device)
     P0 = init[rows, (size0 - 1).clamp(min=0)]  # the initial open slot
     nP0 = torch.where(size0 > 0, P0.to(torch.float64).square().sum((1, 2)), torch.zeros_like(ss[:, 0]))
-    dx, dss, dg_direct, lam0 = _score_adjoint(part.structure.starts, x, ss, g.to(torch.float64), nP0, dscores,
-                                              float(Dk * v.shape[-1]), eps, norm_eps)
+    dx, dss, dfresh, dg_direct, lam0 = score_adjoint(part.structure.starts, x, ss, ss, g.to(torch.float64), nP0,
+                                                     dscores, float(Dk * v.shape[-1]), eps, norm_eps)
+    dss = dss + dfresh  # a new slot holds k v^T, of squared norm ss
     grads["dk_reader"] += chunks((2.0 * dss * (v * v).sum(-1).to(torch.float64)).to(cd).unsqueeze(-1) * k, C, nC)
     grads["dv"] += chunks((2.0 * dss * (k * k).sum(-1).to(torch.float64)).to(cd).unsqueeze(-1) * v, C, nC)
     dG_reader = torch.nn.functional.pad((dx * x)[:, 1:], (0, 1))  # every term of x_t decays from t - 1
     return chunks(dx.to(cd), C, nC), dG_reader, dg_direct, lam0, P0
 
 
-def _intra_backward(part: _Partition, qc, dOc, lamc, Gc, grads, score: _ScorePath | None, dx_c):
+def _intra_backward(part: Partition, qc, dOc, lamc, Gc, grads, score: _ScorePath | None, dx_c):
     """The intra-chunk masked attention's backward, batched over blocks of chunks (and the score's
     intra-chunk part of ``x_t``: sum over the open run of e^{Gc[t-1]-Gc[s]} (k_t.k_s)(v_t.v_s))."""
     R, C, nC = part.R, part.C, part.nC
@@ -306,7 +137,7 @@ def _intra_backward(part: _Partition, qc, dOc, lamc, Gc, grads, score: _ScorePat
             grads["dv"][b0:b1] += EK @ vb + EK.transpose(-1, -2) @ vb
 
 
-def _chunk_adjoint(part: _Partition, c: int, F, dS, qc, dOc, lamc, decay_in, grads, score, dx_c):
+def _chunk_adjoint(part: Partition, c: int, F, dS, qc, dOc, lamc, decay_in, grads, score, dx_c):
     """The adjoint of chunk c's state update and reads of its start slots: dS at its end -> dS at its start."""
     R, K, C = part.R, part.K, part.C
     Dk, Dv = F.shape[2:]
@@ -315,7 +146,7 @@ def _chunk_adjoint(part: _Partition, c: int, F, dS, qc, dOc, lamc, decay_in, gra
     qb, kb, vb, dOb = qc[c], part.kc[c], part.vc[c], dOc[c]
     dq, dk, dv, dlam = grads["dq"], grads["dk"], grads["dv"], grads["dlam"]
     # The state update S_end[j] = e^{GL} sum_{destF[i] = j} F_i + sum_{dest[s] = j} e^{GL - Gc[s]} k_s v_s^T.
-    dF = torch.bmm(Mf.transpose(1, 2), dS.reshape(R, K, Dk * Dv)) * part.end_decay[c].view(R, 1, 1)
+    dF = torch.bmm(Mf.transpose(1, 2), dS.reshape(R, K, Dk * Dv)) * part.end_transition[c].view(R, 1, 1)
     dS_t = dS.reshape(R, K, Dk * Dv).gather(1, idx.unsqueeze(-1).expand(R, Rt, Dk * Dv)).view(R, Rt, Dk, Dv)
     dSv = torch.bmm(dS_t.reshape(R, Rt * Dk, Dv), vb.transpose(1, 2)).view(R, Rt, Dk, C)  # dS_j v_s
     dk[c] += (Md.unsqueeze(2) * dSv).sum(1).transpose(1, 2)
@@ -343,7 +174,7 @@ def _chunk_adjoint(part: _Partition, c: int, F, dS, qc, dOc, lamc, decay_in, gra
     return dF.view(R, K, Dk, Dv)
 
 
-def _reverse_pass(part: _Partition, checkpoints, every: int, dS, qc, dOc, lamc, decay_in, grads, score, dx_c):
+def _reverse_pass(part: Partition, checkpoints, every: int, dS, qc, dOc, lamc, decay_in, grads, score, dx_c):
     """Chunks in reverse, each segment's start states recomputed from its checkpoint: dS -> dS at the start."""
     nC = part.nC
     for seg in range(len(checkpoints) - 1, -1, -1):
@@ -383,7 +214,7 @@ def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_fi
     qc, kc, vc, dOc, lamc = (chunks(x, C, nC) for x in (q, k, v, dO, lam))
     Gc = chunks(g.to(torch.float64), C, nC).cumsum(-1)  # [nC, R, C] (padding: g = 0, flat)
     decay_in = torch.exp(Gc).to(cd)  # chunk-start states through token t
-    part = _Partition(structure, R, T, C, K, torch.exp(Gc[..., -1:] - Gc).to(cd), torch.exp(Gc[..., -1]).to(cd), kc,
+    part = Partition(structure, R, T, C, K, torch.exp(Gc[..., -1:] - Gc).to(cd), torch.exp(Gc[..., -1]).to(cd), kc,
                       vc)
     grads = {name: torch.zeros_like(x) for name, x in (("dq", qc), ("dk", kc), ("dv", vc), ("dlam", lamc))}
     score = _ScorePath(part, Gc, cd) if dscores is not None else None
@@ -418,56 +249,3 @@ def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_fi
     return dq, dk, dv, dg.to(cd), dlam, dinit
 
 
-def _run_mask(lo: torch.Tensor, C: int) -> torch.Tensor:
-    """``[..., C, C]``: ``lo[t] <= s < t`` (token s is in the open run before token t, same chunk)."""
-    s = torch.arange(C, device=lo.device)
-    return (s.view(1, C) >= lo.unsqueeze(-1)) & (s.view(1, C) < s.view(C, 1))
-
-
-@njit
-def _open_norms(starts, x, ss, g, nP0, nP):
-    """``nP[r, t] = ||P||^2`` of the open slot before token t, by the recursion of the forward's scan."""
-    R, T = x.shape
-    for r in range(R):
-        n = nP0[r]
-        for t in range(T):
-            nP[r, t] = n
-            if starts[r, t]:
-                n = ss[r, t]
-            else:
-                a = np.exp(g[r, t])
-                n = max(a * a * n + 2.0 * a * x[r, t] + ss[r, t], 0.0)
-
-
-@njit
-def _open_norms_adjoint(starts, x, g, nP, f_nP, f_x, f_ss, f_g, dx, dss, dg, lam0):
-    """Reverse of :func:`_open_norms`: the gradients of x, ss, g and ``nP0`` given those of every ``nP``."""
-    R, T = x.shape
-    for r in range(R):
-        L = 0.0  # dL/d nP[t + 1]
-        for t in range(T - 1, -1, -1):
-            dx[r, t] = f_x[r, t]
-            dss[r, t] = f_ss[r, t] + L
-            dg[r, t] = f_g[r, t]
-            if starts[r, t]:
-                L = f_nP[r, t]
-            else:
-                a = np.exp(g[r, t])
-                dx[r, t] += 2.0 * a * L
-                dg[r, t] += L * (2.0 * a * a * nP[r, t] + 2.0 * a * x[r, t])
-                L = f_nP[r, t] + a * a * L
-        lam0[r] = L
-
-
-def _score_adjoint(starts, x, ss, g, nP0, dscores, numel, eps, norm_eps):
-    """``(dx, dss, dg, dnP0)`` of ``<dscores, I>`` through the score formula and the open-norm recursion."""
-    st = starts.cpu().numpy()
-    x_np, ss_np, g_np = (t.detach().cpu().numpy() for t in (x, ss, g))
-    nP = np.empty_like(x_np)
-    _open_norms(st, x_np, ss_np, g_np, nP0.cpu().numpy(), nP)
-    f = [t.cpu().numpy() for t in score_partials(torch.as_tensor(nP, device=x.device), x, ss, g, dscores, numel,
-                                                  eps, norm_eps)]
-    dx, dss, dg = (np.zeros_like(x_np) for _ in range(3))
-    lam0 = np.zeros(x_np.shape[0])
-    _open_norms_adjoint(st, x_np, g_np, nP, *f, dx, dss, dg, lam0)
-    return tuple(torch.as_tensor(t, device=x.device) for t in (dx, dss, dg, lam0))

@@ -1,0 +1,255 @@
+"""The torch backward of the gated delta rule with the partition held fixed, chunked (docs/delta-rule-chunked.md
+section 6, docs/training.md).
+
+The reverse of the chunked forward (``chunk_torch``), mirroring the scalar decay's (``scalar_decay/chunk_torch_bwd``).
+With the decisions fixed, chunk c's slot states at its end are fixed sums,
+``S_end[j] = Phi sum_{i -> j} F_i + sum_{s -> j} khd_s (b_s v_s)^T`` (``F``: the slots live at the chunk start),
+and its outputs ``o_t = sum_{s <= t} lam_t[J[t, s]] attn[t, s] b_s v_s + sum_i lam_t[JF[t, i]] qt_t^T F_i``:
+linear in the values and in the start states, and in ``q, k, g, beta`` only through the per-chunk tables
+(``wy_tables``). So:
+
+1. the tables of every chunk (blocks of chunks, float64);
+2. the slot states at the chunk starts, recomputed from square-root checkpoints (``common.partition.Partition``
+   with the matrix transition ``Phi``);
+3. the score's part (the surrogate's ``dL/dI_t``, when given): the open slot's ``y_t = P^T k_t`` per token
+   from the tables, the score's and the open-norm recursion's adjoint, down to ``dy_t``;
+4. a reverse pass over chunks carrying ``dS`` through ``Phi``, the merges (fixed sums), the chunk's tokens and
+   the reads of the start slots: the gradients w.r.t. the tables ``qt``, ``khd``, ``Phi``, ``kt``;
+5. blocks of chunks again: the intra-chunk attention's and the score run's gradients w.r.t. ``attn``,
+   ``akap`` and the values, then the tables' adjoint (``wy_tables_adjoint``) into ``q, k, g, beta``.
+
+Row layout: ``R = B * H`` rows, time second (``[R, T, ...]``); chunk-major ``[nC, R, C, ...]`` inside.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..common.layout import chunks, unchunk
+from ..common.partition import Partition, open_runs, run_mask, score_adjoint
+from ..common.structure import Structure
+from .wy_tables import TABLES, wy_tables, wy_tables_adjoint
+
+# Elements of one [block, R, C, C] tensor in the blocked table passes.
+_BLOCK_ELEMENTS = 1 << 20
+F64 = torch.float64
+
+
+class _Inputs:
+    """The chunk-major inputs and everything derived once: ``q, k, v, dO, lam [nC, R, C, ...]`` in cd, ``g, b``
+    float64, the stored tables ``qt, khd, Phi`` (cd) and, for the score, ``kt, akap`` (float64).
+
+    The tables are computed (and differentiated) in float64 when the score's part runs (its ``w = v - a y``
+    cancels: docs/delta-rule-chunked.md section 5), else in the compute dtype (``T`` is well conditioned)."""
+
+    def __init__(self, q, k, v, g, beta, lam, dO, C: int, score: bool):
+        T = q.shape[1]
+        self.C, self.nC, self.T, self.cd = C, max(1, -(-T // C)), T, q.dtype
+        self.tdt = F64 if score else q.dtype  # the tables' dtype
+        self.qc, self.kc, self.vc, self.dOc, self.lamc = (chunks(x, C, self.nC) for x in (q, k, v, dO, lam))
+        self.gc, self.bc = (chunks(x.to(F64), C, self.nC) for x in (g, beta))
+        self.bv = self.bc.to(self.cd).unsqueeze(-1) * self.vc
+        R, C = q.shape[0], self.C
+        self.block = max(1, _BLOCK_ELEMENTS // max(1, R * C * C))
+        keep = ("qt", "khd", "Phi") + (("kt", "akap") if score else ())
+        self.tables = {n: [] for n in keep}
+        for _, _, tab, _ in self.blocks():
+            for n in keep:
+                self.tables[n].append(tab[n] if n in ("kt", "akap") else tab[n].to(self.cd))
+        self.tables = {n: torch.cat(x) for n, x in self.tables.items()}
+
+    def blocks(self):
+        """``(b0, b1, tables, saved)`` for the blocks of chunks (the tables recomputed, in ``self.tdt``)."""
+        for b0 in range(0, self.nC, self.block):
+            b1 = min(self.nC, b0 + self.block)
+            yield (b0, b1, *wy_tables(*(x[b0:b1].to(self.tdt) for x in (self.qc, self.kc, self.gc, self.bc))))
+
+
+class _Score:
+    """The score's part: ``y_t = P^T k_t`` of the open slot ``P`` before every token, from the carried open state
+    (``kt_t^T P_c``) and the open run inside the chunk (``sum_s akap[t, s] b_s v_s``), and its adjoint."""
+
+    def __init__(self, part: Partition, x: _Inputs):
+        self.carried, self.lo = open_runs(part.structure, x.C, x.nC)
+        self.open_at = torch.as_tensor(np.maximum(part.m_start[:x.nC] - 1, 0), device=x.kc.device)  # [nC, R]
+        self.y_carry = torch.zeros((x.nC, part.R, x.C, x.vc.shape[-1]), dtype=F64, device=x.kc.device)
+        self.x = x
+
+    def record_carry(self, c: int, F: torch.Tensor, rows):
+        """``kt_t^T P_c`` for chunk c, from the slot states ``F`` at its start."""
+        self.y_carry[c] = self.x.tables["kt"][c] @ F[rows, self.open_at[c]].to(F64)
+
+    def run(self, b0: int, b1: int) -> torch.Tensor:
+        """``[nb, R, C, C]`` bool: s in the open run before t (same chunk)."""
+        return run_mask(self.lo[b0:b1], self.x.C)
+
+    def adjoint(self, structure: Structure, init, dscores, eps, norm_eps):
+        """The score's adjoint down to ``dy`` (``self.dy [nC, R, C, Dv]`` float64), the direct terms
+        ``(dk, dv, db, dg)`` (``[R, T, ...]`` float64) and the initial open slot's ``dinit`` term."""
+        x, C, T = self.x, self.x.C, self.x.T
+        bv = x.bv.to(F64)
+        y = self.carried.unsqueeze(-1) * self.y_carry
+        for b0 in range(0, x.nC, x.block):
+            b1 = min(x.nC, b0 + x.block)
+            y[b0:b1] += (x.tables["akap"][b0:b1] * self.run(b0, b1)) @ bv[b0:b1]
+        y = unchunk(y, T)
+        k, v, g, b = (unchunk(t, T).to(F64) for t in (x.kc, x.vc, x.gc, x.bc))
+        a, kk, vv, b1 = torch.exp(g).unsqueeze(-1), k.square().sum(-1), v.square().sum(-1), b.unsqueeze(-1)
+        w = v - a * y
+        ww = w.square().sum(-1)
+        R = k.shape[0]
+        rows = torch.arange(R, device=k.device)
+        P0 = init[rows, (structure.size0 - 1).clamp(min=0)]  # the initial open slot
+        nP0 = torch.where(structure.size0 > 0, P0.to(F64).square().sum((1, 2)), torch.zeros_like(g[:, 0]))
+        dx, dss, dfresh, dg, lam0 = score_adjoint(structure.starts, b * (y * w).sum(-1), b * b * kk * ww,
+                                                  b * b * kk * vv, g, nP0, dscores, float(k.shape[-1] * v.shape[-1]),
+                                                  eps, norm_eps)
+        dx1, dss1, dfresh1 = dx.unsqueeze(-1), dss.unsqueeze(-1), dfresh.unsqueeze(-1)
+        dw = dss1 * 2.0 * b1 * b1 * kk.unsqueeze(-1) * w  # ss = b^2 |k|^2 |w|^2, w = v - a y
+        self.dy = chunks(dx1 * b1 * (v - 2.0 * a * y) - a * dw, C, x.nC)  # x = b (y.v - a y.y)
+        dk = 2.0 * b1 * b1 * (dss1 * ww.unsqueeze(-1) + dfresh1 * vv.unsqueeze(-1)) * k
+        dv = dx1 * b1 * y + dw + dfresh1 * 2.0 * b1 * b1 * kk.unsqueeze(-1) * v
+        db = dx * (y * w).sum(-1) + 2.0 * b * kk * (dss * ww + dfresh * vv)
+        dg = dg - (a * (dx1 * b1 * y.square().sum(-1, keepdim=True) + (y * dw).sum(-1, keepdim=True))).squeeze(-1)
+        dinit0 = 2.0 * lam0.view(R, 1, 1) * P0.to(F64) * (structure.size0 > 0).view(R, 1, 1)
+        return (dk, dv, db, dg), dinit0
+
+
+def _checkpointed_states(part: Partition, init, every: int, score: _Score | None):
+    """The slot states at every ``every``-th chunk start, and the final states (one forward pass)."""
+    rows = torch.arange(part.R, device=init.device)
+    checkpoints = []
+    F = init
+    for c in range(part.nC):
+        if c % every == 0:
+            checkpoints.append(F)
+        if score is not None:
+            score.record_carry(c, F, rows)
+        F = part.advance(F, c)
+    return checkpoints, F
+
+
+def _chunk_adjoint(part: Partition, c: int, F, dS, x: _Inputs, cot, grads, score: _Score | None):
+    """The adjoint of chunk c's state update and reads of its start slots: dS at its end -> dS at its start; the
+    tables' cotangents ``cot`` (``qt``, ``khd``, ``Phi``, ``kt``) and ``grads`` (``bv``, ``lam``) accumulate."""
+    R, K, C = part.R, part.K, part.C
+    Dk, Dv = F.shape[2:]
+    Mf, idx, Md = part.tables(c)
+    Rt = idx.shape[1]
+    m = max(1, int(part.mF[c]))  # the start slots live in some row (the others are zero)
+    khd, bv, qt, dOb = x.tables["khd"][c], x.bv[c], x.tables["qt"][c], x.dOc[c]
+    # S_end[j] = Phi sum_{destF[i] = j} F_i + sum_{dest[s] = j} khd_s (b_s v_s)^T.
+    G = torch.bmm(Mf[:, :, :m].transpose(1, 2), dS.reshape(R, K, Dk * Dv)).view(R, m, Dk, Dv)
+    cot["Phi"][c] += torch.einsum("ridv,riev->rde", G, F[:, :m])
+    dF = torch.zeros_like(F)
+    dF[:, :m] = part.transition(c, G, transpose=True)
+    dS_t = dS.reshape(R, K, Dk * Dv).gather(1, idx.unsqueeze(-1).expand(R, Rt, Dk * Dv)).view(R, Rt, Dk, Dv)
+    dSv = torch.bmm(dS_t.reshape(R, Rt * Dk, Dv), bv.transpose(1, 2)).view(R, Rt, Dk, C)  # dS_j (b_s v_s)
+    cot["khd"][c] += (Md.unsqueeze(2) * dSv).sum(1).transpose(1, 2)
+    dSk = torch.bmm(khd, dS_t.transpose(1, 2).reshape(R, Dk, Rt * Dv)).view(R, C, Rt, Dv)  # khd_s^T dS_j
+    grads["bv"][c] += (Md.transpose(1, 2).unsqueeze(-1) * dSk).sum(2)
+    # Reads of the start slots: o_t += sum_i lam_t[JF[t, i]] qt_t^T F_i (the decay is inside qt).
+    JFc = part.JF[c, :, :, :m]
+    validF = JFc >= 0
+    coefF = torch.gather(x.lamc[c], -1, JFc.clamp(min=0)) * validF  # [R, C, m]
+    Zr = torch.bmm(dOb, F[:, :m].reshape(R, m * Dk, Dv).transpose(1, 2)).view(R, C, m, Dk)  # (F_i dO_t)^T
+    cot["qt"][c] += (coefF.unsqueeze(-1) * Zr).sum(2)
+    grads["lam"][c].scatter_add_(-1, JFc.clamp(min=0), (Zr * qt.unsqueeze(2)).sum(-1) * validF)
+    X = (coefF.unsqueeze(-1) * qt.unsqueeze(2)).reshape(R, C, m * Dk)
+    dF[:, :m] += torch.bmm(X.transpose(1, 2), dOb).view(R, m, Dk, Dv)
+    if score is not None:  # y_t's carried part kt_t^T P_c (P_c: the open slot at the chunk start)
+        rows = torch.arange(R, device=F.device)
+        dy = score.dy[c] * score.carried[c].unsqueeze(-1)  # [R, C, Dv] float64
+        P = F[rows, score.open_at[c]].to(F64)
+        cot["kt"][c] += dy @ P.transpose(1, 2)
+        dF[rows, score.open_at[c]] += (x.tables["kt"][c].transpose(1, 2) @ dy).to(F.dtype)
+    return dF
+
+
+def _reverse_pass(part: Partition, checkpoints, every: int, dS, x: _Inputs, cot, grads, score):
+    """Chunks in reverse, each segment's start states recomputed from its checkpoint: dS -> dS at the start."""
+    for seg in range(len(checkpoints) - 1, -1, -1):
+        c_a, c_b = seg * every, min(part.nC, (seg + 1) * every)
+        Fs = [checkpoints[seg]]
+        for c in range(c_a, c_b - 1):
+            Fs.append(part.advance(Fs[-1], c))
+        for c in range(c_b - 1, c_a - 1, -1):
+            dS = _chunk_adjoint(part, c, Fs[c - c_a], dS, x, cot, grads, score)
+    return dS
+
+
+def _blocks_adjoint(part: Partition, x: _Inputs, cot, grads, score: _Score | None):
+    """Per block of chunks: the intra-chunk attention's backward (``attn`` against ``lam_t[J[t, s]] dO_t . b_s
+    v_s``), the score run's (``y_t = sum_s akap[t, s] b_s v_s``), then the tables' adjoint into ``q, k, g, b``."""
+    out = {n: torch.zeros_like(x.gc) for n in ("g", "b")}
+    out.update(q=torch.zeros_like(x.qc, dtype=F64), k=torch.zeros_like(x.kc, dtype=F64))
+    for b0, b1, tab, saved in x.blocks():
+        J = part.recency(b0, b1)
+        valid = J >= 0
+        Jc = J.clamp(min=0)
+        Wl = torch.gather(x.lamc[b0:b1], -1, Jc) * valid  # lam_t[J[t, s]]
+        attn = tab["attn"].to(x.cd)
+        bv, dOb = x.bv[b0:b1], x.dOc[b0:b1]
+        dP = dOb @ bv.transpose(-1, -2)  # dO_t . b_s v_s
+        grads["bv"][b0:b1] += (attn * Wl).transpose(-1, -2) @ dOb
+        grads["lam"][b0:b1].scatter_add_(-1, Jc, dP * attn * valid)
+        c_b = {n: cot[n][b0:b1].to(x.tdt) for n in ("qt", "khd", "Phi")}
+        c_b["attn"] = (dP * Wl).to(x.tdt)
+        c_b["kt"] = cot["kt"][b0:b1] if score is not None else torch.zeros_like(tab["kt"])
+        c_b["akap"] = torch.zeros_like(tab["akap"])
+        if score is not None:
+            run = score.run(b0, b1)
+            dy, bv64 = score.dy[b0:b1], bv.to(F64)
+            c_b["akap"] = (dy @ bv64.transpose(-1, -2)) * run
+            grads["bv"][b0:b1] += ((tab["akap"] * run).transpose(-1, -2) @ dy).to(x.cd)
+        d = wy_tables_adjoint(*(t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)), tab, saved,
+                              {n: c_b[n] for n in TABLES})
+        for name, dd in zip(("q", "k", "g", "b"), d):
+            out[name][b0:b1] = dd
+    return out
+
+
+def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, dS_final, *, chunk_size: int = 64,
+                        checkpoint_every: int | None = None, dscores: torch.Tensor | None = None,
+                        eps: float = 1e-6, norm_eps: float = 1e-6):
+    """Gradients of ``<dO, o> + <dS_final, S_final> (+ <dscores, I>)`` for the gated delta rule, partition fixed.
+
+    As ``scalar_decay.chunk_torch_bwd.scalar_decay_backward`` with ``beta [R, T]`` added (same layouts, compute
+    dtype ``cd`` of ``q``): ``dscores`` ``[R, T]`` float64 (zero on tokens the score did not decide) is a gradient
+    w.r.t. the scores, propagated into k, v, g, beta and the initial open state. ``checkpoint_every``: chunks
+    between stored states (default ``ceil(sqrt(nC))``).
+
+    Returns ``(dq, dk, dv, dg, dbeta, dlam, dinit)`` in the layouts of the inputs.
+    """
+    R, T, Dk = q.shape
+    K, cd, C = lam.shape[-1], q.dtype, chunk_size
+    if T == 0:  # nothing happened: the final states are the initial ones
+        dinit = torch.zeros_like(init) if dS_final is None else dS_final.clone()
+        return (*(torch.zeros_like(t) for t in (q, k, v, g, beta, lam)), dinit)
+    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None)
+    nC = x.nC
+    ones = torch.ones_like(x.gc, dtype=cd)  # the token keys khd carry their decay to the chunk end
+    part = Partition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv)
+    score = _Score(part, x) if dscores is not None else None
+    every = checkpoint_every or max(1, math.isqrt(nC - 1) + 1 if nC > 1 else 1)
+    checkpoints, _ = _checkpointed_states(part, init, every, score)
+    direct, dinit0 = (None, None) if score is None else score.adjoint(structure, init, dscores, eps, norm_eps)
+    cot = {n: torch.zeros_like(x.tables[n]) for n in ("qt", "khd", "Phi")}
+    cot["kt"] = torch.zeros_like(x.tables["kt"]) if score is not None else None
+    grads = dict(bv=torch.zeros_like(x.bv), lam=torch.zeros_like(x.lamc))
+    dS = torch.zeros_like(init) if dS_final is None else dS_final.clone()
+    dinit = _reverse_pass(part, checkpoints, every, dS, x, cot, grads, score)
+    d = _blocks_adjoint(part, x, cot, grads, score)
+    dbv = grads["bv"].to(F64)
+    dv = x.bc.unsqueeze(-1) * dbv  # the values enter as b v
+    d["b"] = d["b"] + (x.vc.to(F64) * dbv).sum(-1)
+    dq, dk, dv, dg, db = (unchunk(t, T) for t in (d["q"], d["k"], dv, d["g"], d["b"]))
+    if score is not None:
+        dk, dv, db, dg = dk + direct[0], dv + direct[1], db + direct[2], dg + direct[3]
+        rows = torch.arange(R, device=q.device)
+        dinit = dinit.clone()
+        dinit[rows, (structure.size0 - 1).clamp(min=0)] += dinit0.to(cd)
+    return (dq.to(cd), dk.to(cd), dv.to(cd), dg.to(cd), db.to(cd), unchunk(grads["lam"], T), dinit)
