@@ -14,8 +14,8 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from dla_fast.testing import check_equivalent, numpy_adapter
-from dla_fast.testing.strategies import DELTA_BETA_ONE, DELTA_BETA_ZERO, TIE_CASES, cases
+from dla_fast.testing import check_equivalent, in_pieces, numpy_adapter
+from dla_fast.testing.strategies import DELTA_BETA_ONE, DELTA_BETA_ZERO, TIE_CASES, Spec, build, cases
 
 # float16 is left out: o comes back in the input dtype, and float16 outputs under/overflow (tiny outputs
 # become subnormal, e.g. |o| ~ 7e-7 rounds by 3e-8) beyond the harness's relative output tolerance.
@@ -51,6 +51,21 @@ def test_dla_fast_forward_is_equivalent_to_the_reference(case, dtype, chunk_size
 @given(case=cases(), dtype=st.sampled_from(DTYPES))
 def test_dla_fast_step_is_equivalent_to_the_reference(case, dtype):
     report = check_equivalent(numpy_adapter(dtype, via="step"), case, dtype=dtype)
+    assert all(d.explained for d in report.divergences), report
+
+
+# A stream: dla_fast.forward in pieces at the drawn split points (repeats and empty pieces allowed), each piece
+# continuing from the last one's cache, against one reference call. Both backbones; the example splits a
+# delta-rule stream inside chunks of 3, with merges and an initial cache.
+DELTA_SPLIT_AT_MERGES = build(Spec(seed=41, T=17, K=3, Dk=3, Dv=2, backbone="delta", data="piecewise", decay="mild",
+                                   tau_mode="zero", prefix=4, splits=(2, 7, 7, 13)))
+
+
+@with_examples([dict(case=DELTA_SPLIT_AT_MERGES, dtype=dtype, chunk_size=3) for dtype in ("float64", "float32")])
+@given(case=cases(), dtype=st.sampled_from(DTYPES), chunk_size=st.sampled_from(CHUNKS))
+def test_dla_fast_in_pieces_is_equivalent_to_the_reference(case, dtype, chunk_size):
+    adapter = in_pieces(numpy_adapter(dtype, chunk_size=chunk_size), list(case.spec.splits))
+    report = check_equivalent(adapter, case, dtype=dtype)
     assert all(d.explained for d in report.divergences), report
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import importlib
 
-from .adapters import forward_float64, numpy_adapter
+from .adapters import forward_float64, in_pieces, numpy_adapter
 from .harness import (
     UNIT_ROUNDOFF,
     Analysis,
@@ -67,6 +67,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "UNIT_ROUNDOFF", "Analysis", "Divergence", "Policy", "Report", "analyse", "check_equivalent", "dtype_name",
-    "forward_float64", "numpy_adapter", "reference_adapter", "reference_margins", "round_to", "rounded_inputs",
-    "torch_adapter",
+    "forward_float64", "in_pieces", "numpy_adapter", "reference_adapter", "reference_margins", "round_to",
+    "rounded_inputs", "torch_adapter",
 ]  # (the strategies' names are left out of ``*``: it must not need hypothesis)

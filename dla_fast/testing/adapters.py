@@ -4,6 +4,7 @@
 reference's signature, as :func:`dla_fast.testing.check_equivalent` and the property suite's
 ``--dla-impl`` expect: float64 NumPy arrays and ``dla_ref.Cache`` in, ``(o, dla_ref.Cache, dla_ref.Trace)``
 out. ``forward_float64`` is such an adapter at float64 (``--dla-impl=dla_fast.testing:forward_float64``).
+``in_pieces(adapter, points)`` runs any such adapter as a stream split at ``points``.
 """
 
 from __future__ import annotations
@@ -81,3 +82,26 @@ def _stepwise(q, k, v, g, w, beta, boundaries, cache, tau, eps, norm_eps, state_
 forward_float64 = numpy_adapter("float64")
 
 __all__ = ["numpy_adapter", "forward_float64"]
+
+
+def in_pieces(adapter, points):
+    """An adapter (same signature) that runs ``adapter`` on the time slices between ``points`` (sorted token
+    indices; repeats and empty pieces allowed), each call continuing from the previous call's cache: a stream.
+    :func:`dla_fast.testing.check_equivalent` on it checks that streaming matches one reference call."""
+
+    def run(q, k, v, g, slot_weights, *, beta=None, boundaries=None, initial_cache=None, **scalars):
+        edges = [0, *points, np.shape(q)[1]]
+        cache, outs, traces = initial_cache, [], []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            piece = [None if x is None else np.asarray(x)[:, lo:hi] for x in (q, k, v, g, slot_weights, beta,
+                                                                              boundaries)]
+            o, cache, trace = adapter(*piece[:5], beta=piece[5], boundaries=piece[6], initial_cache=cache, **scalars)
+            outs.append(o)
+            traces.append(trace)
+        if cache is None:  # no piece ran (T = 0 and no split): the reference's answer for an empty call
+            return adapter(q, k, v, g, slot_weights, beta=beta, boundaries=boundaries, initial_cache=None, **scalars)
+        fields = [np.concatenate([getattr(t, f) for t in traces], 1) for f in ("scores", "starts", "merged")]
+        return np.concatenate(outs, 1), cache, dla_ref.Trace(*fields)
+
+    run.__name__ = f"{getattr(adapter, '__name__', 'adapter')}_in_pieces_at_{'_'.join(map(str, points)) or 'none'}"
+    return run

@@ -108,10 +108,15 @@ class Policy:
       may round states / attention tiles to it before tensor-core products) and 0 otherwise.
     - state:   ``c_out * u * (T + Dk) * c_T`` per slot; information: the sum of its tokens' score
       tolerances plus ``c_sum * u * n * Ibar``.
+    - outputs and states also get ``c_out * u_decay * G_t * |bound|``, ``G_t`` the sum of ``|g|`` so far: a chunked
+      path weighs a token by ``exp`` of a difference of cumulative log decays, whose rounding (absolute
+      ``u_decay * G_t``, float64 sums by default) is that relative error in the weight; a per-token product of
+      decays has ``u`` per token instead, already counted in ``T_t``.
     """
 
     u: float
     u_in: float
+    u_decay: float = UNIT_ROUNDOFF["float64"]
     c_score: float = 4.0
     c_cancel: float = 4.0
     c_abs: float = 16.0
@@ -133,11 +138,13 @@ class Policy:
         return self.c_score * un * E + self.c_cancel * cancel + self.c_abs * self.u
 
     def output_tol(self, a: Analysis) -> np.ndarray:
-        return (self.c_out * self.u * a.seen + self.c_in * self.u_in) * a.o_bound + 1e-300
+        rounding = self.c_out * (self.u * a.seen + self.u_decay * a.decay_seen) + self.c_in * self.u_in
+        return rounding * a.o_bound + 1e-300
 
     def state_tol(self, a: Analysis, T: int, Dk: int) -> np.ndarray:
         """``[B, H]``"""
-        return (self.c_out * self.u * (a.seen_final + Dk) + self.c_in * self.u_in) * a.c_final + 1e-300
+        rounding = self.c_out * (self.u * (a.seen_final + Dk) + self.u_decay * a.decay_final) + self.c_in * self.u_in
+        return rounding * a.c_final + 1e-300
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +164,8 @@ class Analysis:
     o_bound: np.ndarray  # no-cancellation bound on |o_t|
     c_final: np.ndarray  # [B, H]: bound on the norm of the sum of the final states
     seen_final: np.ndarray  # [B, H]
+    decay_seen: np.ndarray  # sum of |g| up to and including t
+    decay_final: np.ndarray  # [B, H]: sum of |g| over the call
 
 
 def analyse(inputs: Mapping[str, Any], trace) -> Analysis:
@@ -174,6 +183,8 @@ def analyse(inputs: Mapping[str, Any], trace) -> Analysis:
     c_all = np.zeros((B, T, H))
     c_final = np.zeros((B, H))
     seen_final = np.zeros((B, H))
+    decay_seen = np.cumsum(np.abs(np.asarray(g, dtype=np.float64)), axis=1)
+    decay_final = decay_seen[:, -1] if T else np.zeros((B, H))
     for b in range(B):
         for h in range(H):
             P, Pabs, length = None, 0.0, 0
@@ -216,7 +227,7 @@ def analyse(inputs: Mapping[str, Any], trace) -> Analysis:
                 seen[b, t, h] = count + Dk + K
             c_final[b, h], seen_final[b, h] = c, count
     o_bound = np.linalg.norm(q, axis=-1) * np.abs(w).max(-1) * K * c_all
-    return Analysis(I, E, kappa, n, seen, o_bound, c_final, seen_final)
+    return Analysis(I, E, kappa, n, seen, o_bound, c_final, seen_final, decay_seen, decay_final)
 
 
 # ---------------------------------------------------------------------------------------------

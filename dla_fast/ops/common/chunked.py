@@ -68,6 +68,15 @@ class SlotStorages:
                              R * K)
         return self.buf.index_select(0, on_device(self.buf.device, open_rows)).view(R, self.Dk, self.Dv)
 
+    def set_open_states(self, P: np.ndarray) -> None:
+        """Write ``P`` ``[R, Dk, Dv]`` into each row's open slot (rows with an empty cache are left alone)."""
+        rows = np.nonzero(self.size > 0)[0]
+        if len(rows):
+            dst = self.row_base[rows] + self.phys[rows, self.size[rows] - 1]
+            device = self.buf.device
+            values = torch.as_tensor(P[rows], device=device).to(self.buf.dtype)
+            self.buf.index_copy_(0, on_device(device, dst), values.view(len(rows), *self.buf.shape[1:]))
+
     def advance(self, end, n_add, add_src, add_dst, n_zero, zero_rows, L, v_chunk, tok_target, Rt):
         """The storages at the chunk end: the transition ``end`` (``[R, 1]``: a decay; ``[R, Dk, Dk]``: the delta
         rule's chunk operator), merges of start slots, fresh storages, the chunk's tokens."""

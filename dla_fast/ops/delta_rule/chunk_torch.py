@@ -3,8 +3,9 @@
 Follows docs/delta-rule-chunked.md, and the scalar-decay torch path (``scalar_decay/chunk_torch.py``) step for
 step: the same storages, scan outputs and products, with the delta rule's tables. Per chunk of ``C`` tokens:
 
-1. ``y_carry = kt P_c`` for the open state ``P_c`` carried into the chunk (one batched product, float64);
-2. ``chunk_torch_scan.scan_chunk_delta``: scores, decisions and merges (numba, float64), and the operands;
+1. the open states carried into the chunk, in float64;
+2. ``chunk_torch_scan.scan_chunk_delta``: scores, decisions and merges (numba, float64; it advances each row's
+   open state explicitly, token by token), and the operands;
 3. the reads of the slots live at the chunk start, through the transported queries ``qt`` (one product);
 4. the storages at the chunk end: every one takes the chunk's transition ``Phi`` (``[Dk, Dk]``), then the
    merges and the chunk's tokens (their keys transported to the chunk end, ``kh``).
@@ -70,8 +71,7 @@ def _block_tables(qb, kb, vb, gb, bb, cd):
     qt = torch.exp(Gc).to(cd).unsqueeze(-1) * (qb - attn_plain @ bk)
     v64, b64 = vb.to(f64), bb
     return dict(
-        akap=host(tab["akap"]), kt=tab["kt"], Phi=tab["Phi"],
-        bv64=host(b64.unsqueeze(-1) * v64), v64=host(v64), kk=host(kb.to(f64).square().sum(-1)), beta=host(b64),
+        Phi=tab["Phi"], k64=host(kb.to(f64)), v64=host(v64), kk=host(kb.to(f64).square().sum(-1)), beta=host(b64),
         qt=host(qt), kh=host(tab["kh"]), token_decay=host(torch.exp(Gc[..., -1:] - Gc).to(cd)),
         attn=attn_plain * decay, bv=bb.to(cd).unsqueeze(-1) * vb,
     )
@@ -82,13 +82,11 @@ def _chunk(store: SlotStorages, ops: ScanOperands, scan, ci, inputs, tables, bnd
     live at the chunk start (one product), the storages at the chunk end."""
     g_np, lam_np = inputs
     device = o_chunk.device
-    # 1. The open state carried in, and its part of y_t = P^T k_t (float64).
-    P = store.open_states()
-    y_carry = torch.bmm(tables["kt"][ci], P.to(torch.float64))
+    # 1. The open states carried in (float64; the scan advances them to the chunk end in place).
+    P = host(store.open_states().to(torch.float64)).copy()
     # 2. The scan (numba): decisions, merges, and the operands of 3. and 4.
-    tokens = (host(y_carry), tables["akap"][ci], tables["bv64"][ci], tables["v64"][ci], tables["kk"][ci],
-              tables["beta"][ci], g_np[ci], host(P), tables["qt"][ci], tables["kh"][ci], tables["token_decay"][ci],
-              lam_np[ci], bnd)
+    tokens = (tables["k64"][ci], tables["v64"][ci], tables["kk"][ci], tables["beta"][ci], g_np[ci], P,
+              tables["qt"][ci], tables["kh"][ci], tables["token_decay"][ci], lam_np[ci], bnd)
     out = (*trace, tables["W"][ci], ops.X, ops.L, ops.tok_target, ops.add_src, ops.add_dst, ops.zero_rows)
     n_store, Rt, n_add, n_zero = chunk_torch_scan.scan_chunk_delta(*scan, tokens, store.scalar_cache, out)
     X_t, L_t, tok_target_t = (on_device(device, a) for a in (ops.X, ops.L, ops.tok_target))
@@ -101,6 +99,7 @@ def _chunk(store: SlotStorages, ops: ScanOperands, scan, ci, inputs, tables, bnd
     # 4. The storages at the chunk end: S <- Phi S, then the merges and the chunk's tokens (values b v).
     store.advance(tables["Phi"][ci], n_add, ops.add_src, ops.add_dst, n_zero, ops.zero_rows, L_t,
                   tables["bv"][ci], tok_target_t, Rt)
+    store.set_open_states(P)  # the scan's explicit open states replace the tables' (rounded) ones
 
 
 def forward_delta_rule_chunked(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau,

@@ -1,11 +1,15 @@
 """Numba kernel: the delta rule's sequential scan of one chunk (docs/delta-rule-chunked.md sections 2-3).
 
-The decisions need, per token, the open slot's ``y_t = P^T k_t`` (a ``Dv`` vector): the carried state's part
-``P_c^T kt_t`` plus ``sum_s Akap[t, s] b_s v_s`` over the open slot's tokens of this chunk. From it come
-``w = v - a y``, ``x = b y.w`` and ``ss = b^2 ||k||^2 ||w||^2``, all in float64 (``w`` cancels when the slot
-already holds ``v`` along ``k``: docs/precision.md section 9). Merges, read and update operands and the
-storages map are the scalar-decay scan's (``ops/common/chunk_scan.py``), fed with the transported queries and
-keys, so that the torch products are the same.
+The decisions need, per token, the open slot's state ``P`` before it: ``y_t = P^T k_t`` and ``||P||^2``. The scan
+keeps that one slot explicitly, in float64, and advances it per token exactly as the reference does
+(``P <- a (P - b k (k^T P)) + b k v^T``, or ``b k v^T`` for a new slot): ``O(Dk Dv)`` per token. Scores from a
+norm recursion (``||P'||^2 = a^2 ||P||^2 + 2 a x + ss``) or from tables cancel where the delta rule erases the
+state (``b = 1`` along a unit key): a residue of ~1e-16 of the erased norm then meets the score's guard ``eps``
+and moves guard-dominated scores by orders of magnitude (docs/delta-rule-chunked.md section 3). From ``y`` come
+``w = v - a y``, ``x = b y.w`` and ``ss = b^2 ||k||^2 ||w||^2`` (docs/precision.md section 9). The open state
+at the chunk end goes back to its storage. Merges, read and update operands and the storages map are the
+scalar-decay scan's (``ops/common/chunk_scan.py``), fed with the transported queries and keys, so that the
+torch products are the same.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import numpy as np
 from ..common.chunk_scan import (
     assign_storages,
     clear_padding,
-    open_norm,
     open_or_join,
     read_operands,
     token_targets,
@@ -28,29 +31,35 @@ from ..common.score import information_score_numba as information_score
 
 
 @njit
-def _open_slot_scalars(r, t, first, c0, y_carry, akap, bv, v, kk, beta, a):
-    """``(x, ss)`` of token t of row r against its open slot (first token ``first``): ``y`` built in float64."""
-    Dv = v.shape[2]
+def _open_slot_scalars(Popen, k, v, kk, b, a):
+    """``(nP, x, ss, y)`` of a token (key ``k``, value ``v``, ``b``, ``a``) against the open state ``Popen``."""
+    Dk, Dv = Popen.shape
     y = np.zeros(Dv)
-    lo = 0
-    if first < c0:  # the open slot was carried into the chunk: its state's part
+    nP = 0.0
+    for d in range(Dk):
         for e in range(Dv):
-            y[e] = y_carry[r, t, e]
-    else:
-        lo = first - c0
-    for s in range(lo, t):
-        coef = akap[r, t, s]
-        if coef != 0.0:
-            for e in range(Dv):
-                y[e] += coef * bv[r, s, e]
+            y[e] += k[d] * Popen[d, e]
+            nP += Popen[d, e] * Popen[d, e]
     yw = 0.0
     ww = 0.0
     for e in range(Dv):
-        w = v[r, t, e] - a * y[e]
+        w = v[e] - a * y[e]
         yw += y[e] * w
         ww += w * w
-    b = beta[r, t]
-    return b * yw, b * b * kk[r, t] * ww
+    return nP, b * yw, b * b * kk * ww, y
+
+
+@njit
+def _advance_open_slot(Popen, start, k, v, y, b, a):
+    """The open state after the token, in the reference's order: ``b k v^T`` for a new slot, else
+    ``a (P - b k y^T) + b k v^T`` with ``y = P^T k``."""
+    Dk, Dv = Popen.shape
+    for d in range(Dk):
+        for e in range(Dv):
+            if start:
+                Popen[d, e] = b * k[d] * v[e]
+            else:
+                Popen[d, e] = a * (Popen[d, e] - b * k[d] * y[e]) + b * k[d] * v[e]
 
 
 @njit
@@ -59,17 +68,16 @@ def scan_chunk_delta(n_rows, c0, tau, eps, norm_eps, use_boundaries, tokens, cac
 
     As ``scalar_decay.chunk_torch_scan.scan_chunk`` (the cache, the outputs and the return value are the same),
     with the delta rule's tokens:
-        tokens = (y_carry, akap, bv, v, kk, beta, g, P, qt, kh, token_decay, lam, boundaries):
-        y_carry: ``[R, C, Dv]`` float64, ``P_c^T kt_t`` for the open state ``P_c`` at the chunk start.
-        akap: ``[R, C, C]`` float64, ``k_t^T Phi(s, t-1] k_s`` (``s < t``).
-        bv, v: ``[R, C, Dv]`` float64, ``b_s v_s`` and ``v_s``.  kk, beta, g: ``[R, C]`` float64, ``||k_t||^2``,
-            ``beta_t``, ``g_t``.  P: ``[R, Dk, Dv]``, ``P_c``.
+        tokens = (k, v, kk, beta, g, P, qt, kh, token_decay, lam, boundaries):
+        k: ``[R, C, Dk]`` and v: ``[R, C, Dv]`` float64.  kk, beta, g: ``[R, C]`` float64, ``||k_t||^2``, ``beta_t``,
+            ``g_t``.  P: ``[R, Dk, Dv]`` float64, in: the open states at the chunk start (zero for an empty
+            cache), out: those at the chunk end.
         qt: ``[R, C, Dk]`` cd, the transported queries ``Phi(c0-1, t]^T q_t`` (the read operand, decay included).
         kh: ``[R, C, Dk]`` cd, the keys at the chunk end ``T^T K``; token_decay ``[R, C]`` cd,
             ``exp(Gc[C-1] - Gc[s])`` (the update operand).
         lam: ``[R, C, K]`` cd; boundaries: ``[R, C]`` bool.
     """
-    y_carry, akap, bv, v, kk, beta, g, P, qt, kh, token_decay, lam, boundaries = tokens
+    k, v, kk, beta, g, P, qt, kh, token_decay, lam, boundaries = tokens
     counts, info, size, pos, phys = cache
     scores, starts, merged, W, X, L, tok_target, add_src, add_dst, zero_rows = out
     R, K = counts.shape
@@ -91,22 +99,16 @@ def scan_chunk_delta(n_rows, c0, tau, eps, norm_eps, use_boundaries, tokens, cac
             start_pos[i] = pos[r, i]
             start_phys[i] = phys[r, i]
         m = m0
-        nP = open_norm(P, r) if m0 > 0 else 0.0
+        Popen = P[r]  # the open slot, advanced in place
         for t in range(n_rows[r]):
             a = exp(g[r, t])
-            score, x, ss, start = 0.0, 0.0, 0.0, True  # the first token of an empty cache always opens a slot
+            score, start, y = 0.0, True, np.zeros(v.shape[2])  # an empty cache's first token opens a slot
             if m > 0:
-                x, ss = _open_slot_scalars(r, t, pos[r, m - 1], c0, y_carry, akap, bv, v, kk, beta, a)
+                nP, x, ss, y = _open_slot_scalars(Popen, k[r, t], v[r, t], kk[r, t], beta[r, t], a)
                 score = information_score(nP, x, ss, g[r, t], numel, eps, norm_eps)
                 start = boundaries[r, t] if use_boundaries else score >= tau
             m, mi = open_or_join(r, t, c0, start, score, m, counts, info, pos)
-            if start:  # the new slot holds b k v^T
-                vv = 0.0
-                for e in range(v.shape[2]):
-                    vv += v[r, t, e] * v[r, t, e]
-                nP = beta[r, t] * beta[r, t] * kk[r, t] * vv
-            else:  # ||a P + b k w^T||^2
-                nP = max(a * a * nP + 2.0 * a * x + ss, 0.0)
+            _advance_open_slot(Popen, start, k[r, t], v[r, t], y, beta[r, t], a)
             scores[r, t] = score
             starts[r, t] = start
             merged[r, t] = mi
