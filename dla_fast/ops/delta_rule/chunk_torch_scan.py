@@ -21,6 +21,7 @@ import numpy as np
 from ..common.chunk_scan import (
     assign_storages,
     clear_padding,
+    open_norm,
     open_or_join,
     read_operands,
     token_targets,
@@ -32,34 +33,36 @@ from ..common.score import information_score_numba as information_score
 
 @njit
 def _open_slot_scalars(Popen, k, v, kk, b, a):
-    """``(nP, x, ss, y)`` of a token (key ``k``, value ``v``, ``b``, ``a``) against the open state ``Popen``."""
+    """``(x, ss, y)`` of a token (key ``k``, value ``v``, ``b``, ``a``) against the open state ``Popen``."""
     Dk, Dv = Popen.shape
     y = np.zeros(Dv)
-    nP = 0.0
     for d in range(Dk):
         for e in range(Dv):
             y[e] += k[d] * Popen[d, e]
-            nP += Popen[d, e] * Popen[d, e]
     yw = 0.0
     ww = 0.0
     for e in range(Dv):
         w = v[e] - a * y[e]
         yw += y[e] * w
         ww += w * w
-    return nP, b * yw, b * b * kk * ww, y
+    return b * yw, b * b * kk * ww, y
 
 
 @njit
 def _advance_open_slot(Popen, start, k, v, y, b, a):
     """The open state after the token, in the reference's order: ``b k v^T`` for a new slot, else
-    ``a (P - b k y^T) + b k v^T`` with ``y = P^T k``."""
+    ``a (P - b k y^T) + b k v^T`` with ``y = P^T k``. Returns its squared norm (the next token's ``nP``)."""
     Dk, Dv = Popen.shape
+    nP = 0.0
     for d in range(Dk):
         for e in range(Dv):
             if start:
-                Popen[d, e] = b * k[d] * v[e]
+                p = b * k[d] * v[e]
             else:
-                Popen[d, e] = a * (Popen[d, e] - b * k[d] * y[e]) + b * k[d] * v[e]
+                p = a * (Popen[d, e] - b * k[d] * y[e]) + b * k[d] * v[e]
+            Popen[d, e] = p
+            nP += p * p
+    return nP
 
 
 @njit
@@ -100,15 +103,16 @@ def scan_chunk_delta(n_rows, c0, tau, eps, norm_eps, use_boundaries, tokens, cac
             start_phys[i] = phys[r, i]
         m = m0
         Popen = P[r]  # the open slot, advanced in place
+        nP = open_norm(P, r)
         for t in range(n_rows[r]):
             a = exp(g[r, t])
             score, start, y = 0.0, True, np.zeros(v.shape[2])  # an empty cache's first token opens a slot
             if m > 0:
-                nP, x, ss, y = _open_slot_scalars(Popen, k[r, t], v[r, t], kk[r, t], beta[r, t], a)
+                x, ss, y = _open_slot_scalars(Popen, k[r, t], v[r, t], kk[r, t], beta[r, t], a)
                 score = information_score(nP, x, ss, g[r, t], numel, eps, norm_eps)
                 start = boundaries[r, t] if use_boundaries else score >= tau
             m, mi = open_or_join(r, t, c0, start, score, m, counts, info, pos)
-            _advance_open_slot(Popen, start, k[r, t], v[r, t], y, beta[r, t], a)
+            nP = _advance_open_slot(Popen, start, k[r, t], v[r, t], y, beta[r, t], a)
             scores[r, t] = score
             starts[r, t] = start
             merged[r, t] = mi
