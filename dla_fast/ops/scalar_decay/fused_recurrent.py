@@ -251,9 +251,9 @@ def step_triton_(q, k, v, g, slot_weights, *, tau, boundary=None, states, counts
         states ``[B, H, K, Dk, Dv]`` float32, counts ``[B, H, K]`` int64, info ``[B, H, K]`` float32,
         size ``[B, H]`` int64: the cache, contiguous, advanced by one token in place (``dla_fast.step`` sends
         only such caches here: ``custom_ops.triton_step_applies``).
-        scratch: a dict that lives as long as the call's signature (shapes, dtypes, devices and 16-byte alignment
-            of every tensor: ``Cache.scratch``, which ``dla_fast.step`` resets when it changes), or None. It keeps
-            the :class:`StepLaunch`, so that later calls launch the compiled kernels directly.
+        scratch: a dict that lives as long as the call's signature (the inputs' shapes, dtypes and devices, and
+            the same cache tensors: ``Cache.scratch``, which ``dla_fast.step`` resets when it changes), or None. It
+            keeps the :class:`StepLaunch`, so that later calls launch the compiled kernels directly.
         fresh_trace: return new trace tensors; False returns the scratch's, which the next call overwrites.
 
     Returns:
