@@ -27,29 +27,23 @@ _BLOCK_ELEMENTS = 1 << 18
 
 
 def ut_tables(kb, gb, bb, cd):
-    """The structure-independent tables of the decisions and of the state update (float64 where the scores
-    read them), for a block of chunks ``[nb, R, C, ...]``; ``kb`` in cd, ``gb``, ``bb`` float64.
+    """The structure-independent tables of the state update, for a block of chunks ``[nb, R, C, ...]``; ``kb`` in
+    cd, ``gb``, ``bb`` float64. (The scores read the scan's explicit open slot, not tables: section 2.)
 
-    Returns a dict: ``T`` (``(I + diag(b) tril(K K^T, -1))^{-1}``, float64), ``akap`` (``k_t^T Phi(s, t-1] k_s``,
-    float64), ``kt`` (``Phi(c0-1, t-1]^T k_t``, float64), ``kh`` (``T^T K``, cd), ``Phi`` (the chunk's transition,
-    ``[nb, R, Dk, Dk]`` cd), and the cumulative log decay ``Gc`` (float64).
+    Returns a dict: ``T`` (``(I + diag(b) tril(K K^T, -1))^{-1}``, float64), ``kh`` (``T^T K``, cd), ``Phi`` (the
+    chunk's transition, ``[nb, R, Dk, Dk]`` cd), and the cumulative log decay ``Gc`` (float64).
     """
     f64 = torch.float64
     C, Dk = kb.shape[-2:]
     k64 = kb.to(f64)
     Gc = gb.cumsum(-1)
-    Gp = torch.nn.functional.pad(Gc[..., :-1], (1, 0))  # Gc[t - 1]
     Gs = torch.tril(k64 @ k64.transpose(-1, -2), -1)
     eye = torch.eye(C, dtype=f64, device=kb.device)
     T = torch.linalg.solve_triangular(eye + bb.unsqueeze(-1) * Gs, eye.expand_as(Gs), upper=False, unitriangular=True)
-    strict = torch.ones((C, C), dtype=torch.bool, device=kb.device).tril(-1)
-    decay_prev = torch.exp((Gp.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~strict, -torch.inf))
     Z = T @ (bb.unsqueeze(-1) * k64)  # the WY factor: H_t ... H_{c0} = I - sum_{s <= t} k_s z_s^T
     Phi = torch.eye(Dk, dtype=f64, device=kb.device) - k64.transpose(-1, -2) @ Z
     return dict(
         T=T,
-        akap=(Gs @ T) * decay_prev,
-        kt=torch.exp(Gp).unsqueeze(-1) * (k64 - Gs @ Z),
         kh=(T.transpose(-1, -2) @ k64).to(cd),
         Phi=(torch.exp(Gc[..., -1]).view(*Gc.shape[:-1], 1, 1) * Phi).to(cd),
         Gc=Gc,
