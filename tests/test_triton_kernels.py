@@ -196,7 +196,11 @@ def test_update_kernel_loops_agree(plan):
         dla_step_update_kernel[(B * H, 3)](q, k, v, g, w, s, plans, o, K, Dk, Dv, BK=16, BV=16, PIPELINE=pipeline)
         results.append((s.cpu(), o.cpu()))
     assert torch.equal(results[0][0], results[1][0])
-    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-5 * results[1][1].abs().max())
+    # Each loop sums the K * Dk products lambda_j q_d S_j[d, e] in float32, in its own order: each is within
+    # gamma_(Dk + K) of the exact sum of their magnitudes, so the two differ by at most twice that.
+    magnitude = w.abs().amax(-1).cpu()[:, None] * torch.einsum("rd,rkde->re", q.abs().cpu(), results[1][0].abs())
+    bound = 2 * (Dk + K) * 2.0**-24 * magnitude
+    assert ((results[0][1] - results[1][1]).abs() <= bound).all()
 
 
 @pytest.mark.gpu

@@ -68,6 +68,14 @@ class SlotStorages:
                              R * K)
         return self.buf.index_select(0, on_device(self.buf.device, open_rows)).view(R, self.Dk, self.Dv)
 
+    def read_start_slots(self, X: torch.Tensor, n_store: int, out: torch.Tensor) -> None:
+        """``out [R, C, Dv] = sum_p X[:, t, p] . S_p`` over the storages ``[0, n_store)`` live at the chunk start
+        (the scan's read operand ``X [R, C, >= n_store * Dk]``): one product."""
+        if n_store:
+            torch.bmm(X[:, :, : n_store * self.Dk], self.by_slot()[:, : n_store * self.Dk], out=out)
+        else:
+            out.zero_()
+
     def set_open_states(self, P: np.ndarray) -> None:
         """Write ``P`` ``[R, Dk, Dv]`` into each row's open slot (rows with an empty cache are left alone)."""
         rows = np.nonzero(self.size > 0)[0]

@@ -179,6 +179,20 @@ class Partition:
         U = torch.bmm(wk, self.vc[c]).view(R, Rt, Dk * Dv)
         return S.scatter_add_(1, idx.unsqueeze(-1).expand(R, Rt, Dk * Dv), U).view(R, K, Dk, Dv)
 
+    def checkpoints(self, init: torch.Tensor, every: int, record=None):
+        """One forward pass over the chunks: the slot states at every ``every``-th chunk start and the final
+        states. ``record(c, F, rows)``, if given, sees the states ``F`` at each chunk start (the score path)."""
+        rows = torch.arange(self.R, device=init.device)
+        checkpoints = []
+        F = init
+        for c in range(self.nC):
+            if c % every == 0:
+                checkpoints.append(F)
+            if record is not None:
+                record(c, F, rows)
+            F = self.advance(F, c)
+        return checkpoints, F
+
     def transition(self, c: int, X: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """Chunk c's transition (or its transpose) applied to every slot of ``X [R, K, Dk, Dv]``."""
         A = self.end_transition[c]

@@ -85,11 +85,7 @@ def _chunk(store: SlotStorages, ops: ScanOperands, scan, ci, inputs, tables, bnd
     n_store, Rt, n_add, n_zero = chunk_torch_scan.scan_chunk_delta(*scan, tokens, store.scalar_cache, out)
     X_t, L_t, tok_target_t = (on_device(device, a) for a in (ops.X, ops.L, ops.tok_target))
     # 3. Reads of the slots live at the chunk start: sum_p coef[t, p] qt_t^T S_p, one product.
-    if n_store:
-        Dk = store.Dk
-        torch.bmm(X_t[:, :, : n_store * Dk], store.by_slot()[:, : n_store * Dk], out=o_chunk)
-    else:
-        o_chunk.zero_()
+    store.read_start_slots(X_t, n_store, o_chunk)
     # 4. The storages at the chunk end: S <- Phi S, then the merges and the chunk's tokens (values b v).
     store.advance(tables["Phi"][ci], n_add, ops.add_src, ops.add_dst, n_zero, ops.zero_rows, L_t,
                   tables["bv"][ci], tok_target_t, Rt)

@@ -118,20 +118,6 @@ class _Score:
         return (dk, dv, db, dg), dinit0
 
 
-def _checkpointed_states(part: Partition, init, every: int, score: _Score | None):
-    """The slot states at every ``every``-th chunk start, and the final states (one forward pass)."""
-    rows = torch.arange(part.R, device=init.device)
-    checkpoints = []
-    F = init
-    for c in range(part.nC):
-        if c % every == 0:
-            checkpoints.append(F)
-        if score is not None:
-            score.record_carry(c, F, rows)
-        F = part.advance(F, c)
-    return checkpoints, F
-
-
 def _chunk_adjoint(part: Partition, c: int, F, dS, x: _Inputs, cot, grads, score: _Score | None):
     """The adjoint of chunk c's state update and reads of its start slots: dS at its end -> dS at its start; the
     tables' cotangents ``cot`` (``qt``, ``khd``, ``Phi``, ``kt``) and ``grads`` (``bv``, ``lam``) accumulate."""
@@ -235,7 +221,7 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     part = Partition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv)
     score = _Score(part, x) if dscores is not None else None
     every = checkpoint_every or max(1, math.isqrt(nC - 1) + 1 if nC > 1 else 1)
-    checkpoints, _ = _checkpointed_states(part, init, every, score)
+    checkpoints, _ = part.checkpoints(init, every, None if score is None else score.record_carry)
     direct, dinit0 = (None, None) if score is None else score.adjoint(structure, init, dscores, eps, norm_eps)
     cot = {n: torch.zeros_like(x.tables[n]) for n in ("qt", "khd", "Phi")}
     cot["kt"] = torch.zeros_like(x.tables["kt"]) if score is not None else None

@@ -67,11 +67,7 @@ def _chunk(store: SlotStorages, ops: ScanOperands, scan, c, ci, k_chunk, v_chunk
     n_store, Rt, n_add, n_zero = chunk_torch_scan.scan_chunk(*scan, tokens, store.scalar_cache, out)
     X_t, L_t, tok_target_t = (on_device(device, a) for a in (ops.X, ops.L, ops.tok_target))
     # 3. Reads of the slots live at the chunk start: sum_p coef[t, p] q_t^T S_p, one product.
-    if n_store:
-        Dk = store.Dk
-        torch.bmm(X_t[:, :, : n_store * Dk], store.by_slot()[:, : n_store * Dk], out=o_chunk)
-    else:
-        o_chunk.zero_()
+    store.read_start_slots(X_t, n_store, o_chunk)
     # 4. The storages at the chunk end.
     store.advance(tables["end_decay"][ci], n_add, ops.add_src, ops.add_dst, n_zero, ops.zero_rows, L_t, v_chunk,
                   tok_target_t, Rt)

@@ -50,32 +50,18 @@ class _ScorePath:
         self.Gp = torch.nn.functional.pad(Gc[..., :-1], (1, 0))  # Gc[t - 1]
         self.carry_decay = torch.exp(self.Gp).to(cd)
         self.carry_x = torch.zeros((nC, part.R, C), dtype=cd, device=device)
-        self.C, self.Gc = C, Gc
+        self.C, self.Gc, self.kc, self.vc = C, Gc, part.kc, part.vc
 
-    def record_carry(self, c: int, F, kc, vc, rows):
+    def record_carry(self, c: int, F, rows):
         """``x``'s carried part of chunk c from the slot states ``F`` at its start."""
         P = F[rows, self.open_at[c]]
-        self.carry_x[c] = (torch.bmm(kc[c], P) * vc[c]).sum(-1) * self.carry_decay[c] * self.carried[c]
+        self.carry_x[c] = (torch.bmm(self.kc[c], P) * self.vc[c]).sum(-1) * self.carry_decay[c] * self.carried[c]
 
     def run_decay(self, b0: int, b1: int, cd):
         """``e^{Gc[t-1] - Gc[s]}`` for s in the open run before t (same chunk), else 0: ``[nb, R, C, C]``."""
         Mx = run_mask(self.lo[b0:b1], self.C)
         exponent = (self.Gp[b0:b1].unsqueeze(-1) - self.Gc[b0:b1].unsqueeze(-2)).masked_fill(~Mx, -math.inf)
         return torch.exp(exponent).to(cd)
-
-
-def _checkpointed_states(part: Partition, init, every: int, score: _ScorePath | None):
-    """The slot states at every ``every``-th chunk start, and the final states (one forward pass)."""
-    rows = torch.arange(part.R, device=init.device)
-    checkpoints = []
-    F = init
-    for c in range(part.nC):
-        if c % every == 0:
-            checkpoints.append(F)
-        if score is not None:
-            score.record_carry(c, F, part.kc, part.vc, rows)
-        F = part.advance(F, c)
-    return checkpoints, F
 
 
 def _score_terms(score: _ScorePath, part: Partition, q, k, v, g, init, dscores, grads, eps, norm_eps):
@@ -219,7 +205,7 @@ def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_fi
     grads = {name: torch.zeros_like(x) for name, x in (("dq", qc), ("dk", kc), ("dv", vc), ("dlam", lamc))}
     score = _ScorePath(part, Gc, cd) if dscores is not None else None
     every = checkpoint_every or max(1, math.isqrt(nC - 1) + 1 if nC > 1 else 1)
-    checkpoints, S_final = _checkpointed_states(part, init, every, score)
+    checkpoints, S_final = part.checkpoints(init, every, None if score is None else score.record_carry)
     dx_c = None
     if score is not None:
         grads["dk_reader"] = torch.zeros_like(kc)  # k_t as the reader of x_t: not a key, kept out of the dg identity

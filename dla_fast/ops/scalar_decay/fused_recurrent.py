@@ -31,11 +31,12 @@ from .chunk_fwd import check_dims
 
 # The token's inputs may sit anywhere (slices of a prompt): no specialisation on their alignment, so that a
 # decode loop launches one compiled kernel (fused_recurrent.StepLaunch) whatever their offsets.
-TOKEN_POINTERS = ["q_ptr", "k_ptr", "v_ptr", "g_ptr", "w_ptr", "bnd_ptr"]
+DECIDE_TOKEN_POINTERS = ["k_ptr", "v_ptr", "g_ptr", "bnd_ptr"]
+UPDATE_TOKEN_POINTERS = ["q_ptr", "k_ptr", "v_ptr", "g_ptr", "w_ptr"]
 
 
 # Long: one program's decision for its row: score, merge choice, and the scalar cache updated in place.
-@triton.jit(do_not_specialize_on_alignment=TOKEN_POINTERS[1:4] + TOKEN_POINTERS[5:])
+@triton.jit(do_not_specialize_on_alignment=DECIDE_TOKEN_POINTERS)
 def dla_step_decide_kernel(
     k_ptr, v_ptr, g_ptr, bnd_ptr, s_ptr, cnt_ptr, info_ptr, size_ptr,
     plan_ptr, score_ptr, start_ptr, merged_ptr,
@@ -102,7 +103,7 @@ def dla_step_decide_kernel(
 
 
 # Long: the in-place slot stream; at small batches its loads run two slots ahead of its stores.
-@triton.jit(do_not_specialize_on_alignment=TOKEN_POINTERS[:5])
+@triton.jit(do_not_specialize_on_alignment=UPDATE_TOKEN_POINTERS)
 def dla_step_update_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, s_ptr, plan_ptr, o_ptr,
     K, Dk, Dv,
