@@ -174,31 +174,42 @@ def test_steps_in_place_over_a_sequence_match_the_reference(Dv, K, tau):
 
 
 @needs_kernels
-@pytest.mark.parametrize("plan", [(4, 1, 1, 4), (4, 1, 0, 4), (4, 1, 2, 4), (2, 1, -1, 3), (3, 0, -1, 3),
-                                  (0, 1, -1, 1)])
-def test_update_kernel_loops_agree(plan):
-    """The update kernel's two loops (pipelined for small batches, lean for large ones) write the same slots
-    and read the same output (its sum runs in another order) for every kind of step: a merge of each pair of
-    a full cache (K = 4), a new slot, a token joining the open slot, the first slot."""
-    from dla_fast.ops.scalar_decay.fused_recurrent import dla_step_update_kernel
+@pytest.mark.parametrize("m,start,merged", [(4, True, 0), (4, True, 1), (4, True, 2), (2, True, -1), (3, False, -1),
+                                            (0, True, -1)])
+def test_step_kernel_loops_agree(m, start, merged):
+    """The step kernel's two loops (pipelined for small batches, lean for large ones) write the same slots and
+    read the same output (its sum runs in another order) for every kind of step: a merge of each pair of a full
+    cache (K = 4), a new slot, a token joining the open slot, the first slot. Three programs per row: the last
+    one to finish publishes the decided slot and the counts, and leaves the row's counter at zero."""
+    from dla_fast.ops.scalar_decay.fused_recurrent import dla_step_kernel, new_trace
 
     B, H, K, Dk, Dv = 1, 2, 4, 16, 48
-    gen = torch.Generator().manual_seed(sum(plan) + 10)
+    gen = torch.Generator().manual_seed(m + 3 * merged + 10)
     q, k, v = (torch.randn(B * H, D, generator=gen).to(DEV) for D in (Dk, Dk, Dv))
     g = -torch.rand(B * H, generator=gen).to(DEV)
     w = torch.randn(B * H, K, generator=gen).to(DEV)
     states = torch.randn(B * H, K, Dk, Dv, generator=gen)
-    states[:, plan[0]:] = 0.0  # unused slots are zero
-    plans = torch.tensor([plan] * (B * H), dtype=torch.int32, device=DEV)
+    states[:, m:] = 0.0  # unused slots are zero
+    counts = torch.where(torch.arange(K) < m, 1, 0).repeat(B * H, 1)
+    info = torch.where(torch.arange(K) < m, 1.0, 0.0).repeat(B * H, 1)
+    if merged >= 0:
+        info[:, merged:merged + 2] = 0.1  # the pair with the lowest density
+    bnd = torch.full((B * H,), int(start), dtype=torch.int8, device=DEV)
     results = []
     for pipeline in (True, False):
-        s, o = states.clone().to(DEV), torch.empty(B * H, Dv, device=DEV)
-        dla_step_update_kernel[(B * H, 3)](q, k, v, g, w, s, plans, o, K, Dk, Dv, BK=16, BV=16, PIPELINE=pipeline)
-        results.append((s.cpu(), o.cpu()))
-    assert torch.equal(results[0][0], results[1][0])
+        cache = [x.clone().to(DEV) for x in (states, counts, info, torch.full((B * H,), m))]
+        side, arrive = torch.empty(B * H, Dk, Dv, device=DEV), torch.zeros(B * H, dtype=torch.int32, device=DEV)
+        o, trace = torch.empty(B * H, Dv, device=DEV), new_trace(B, H, DEV)
+        dla_step_kernel[(B * H, 3)](q, k, v, g, w, bnd, *cache, side, arrive, o, *trace, K, Dk, Dv, 0.5, 1e-6, 1e-6,
+                                    BK=16, BV=16, BVD=64, NVD=1, KP=4, OVERRIDE=True, PIPELINE=pipeline, FENCE=CUDA)
+        assert (trace[1].cpu() == int(start)).all() and (trace[2].cpu() == merged).all()
+        assert (cache[3].cpu() == (min(m + 1, K) if start else m)).all()
+        assert (arrive.cpu() == 0).all()
+        results.append(([x.cpu() for x in cache], o.cpu()))
+    assert all(torch.equal(x, y) for x, y in zip(results[0][0], results[1][0]))
     # Each loop sums the K * Dk products lambda_j q_d S_j[d, e] in float32, in its own order: each is within
     # gamma_(Dk + K) of the exact sum of their magnitudes, so the two differ by at most twice that.
-    magnitude = w.abs().amax(-1).cpu()[:, None] * torch.einsum("rd,rkde->re", q.abs().cpu(), results[1][0].abs())
+    magnitude = w.abs().amax(-1).cpu()[:, None] * torch.einsum("rd,rkde->re", q.abs().cpu(), results[1][0][0].abs())
     bound = 2 * (Dk + K) * 2.0**-24 * magnitude
     assert ((results[0][1] - results[1][1]).abs() <= bound).all()
 

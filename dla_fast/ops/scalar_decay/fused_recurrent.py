@@ -1,22 +1,28 @@
 """Triton decode step of DLA, scalar-decay backbone: one token per (batch, head) against a K-slot cache, in place.
 
-Two kernels, so that the cache is updated in place (a CUDA graph can capture and replay the step) and the
-slot stream is spread over more programs than there are (batch, head) rows:
+One kernel, grid B*H x Dv blocks, so that a decode loop costs one launch per token and the slot stream is
+spread over more programs than there are (batch, head) rows. Every program of a row:
 
-1. ``dla_step_decide_kernel`` (grid B*H): reads the open slot (all of Dv: the score needs ``||P||^2`` and
-   ``k^T P v``), decides (score, boundary, the lowest-density merge of a full cache, tie: the oldest pair),
-   updates the counts, information sums and size in place and writes a four-integer plan per row
-   ``(m, start, merged index, m_new)``. Bytes: ``4 Dk Dv`` per row.
-2. ``dla_step_update_kernel`` (grid B*H x Dv blocks): streams its Dv block of every slot once, in place and
-   in ascending slot order: the new slot j is ``a (S[src] (+ S[src + 1] for the merged pair)) (+ k v^T)``
-   with ``src >= j``, so every slot is read before any later slot's write could touch it; then the read
-   ``o = sum_j lambda[j] q^T S_{m-1-j}`` from the registers. Bytes per row: ``4 K Dk Dv`` read and written;
-   FLOPs ``~4 K Dk Dv``. Bandwidth-bound at large batches; at B = 1 latency-bound (one program streams its
-   K slots in order), hence loads two slots ahead of the stores and one reduction for the read.
+1. decides (``step_decision``): reads the open slot (all of Dv: the score needs ``||P||^2`` and ``k^T P v``)
+   and the row's counts and information sums, and computes the score, the boundary and the lowest-density
+   merge of a full cache (tie: the oldest pair). All programs of a row compute the same decision from the same
+   bytes (the same arithmetic in the same order), so no program waits for another. Bytes: ``4 Dk Dv`` per program.
+2. streams its Dv block of every slot once, in place and in ascending slot order: the new slot j is
+   ``a (S[src] (+ S[src + 1] for the merged pair)) (+ k v^T)`` with ``src >= j``, so every slot is read before
+   any later slot's write could touch it; then the read ``o = sum_j lambda[j] q^T S_{m-1-j}``. Bytes per row:
+   ``4 K Dk Dv`` read and written; FLOPs ``~4 K Dk Dv``.
+3. The decision's inputs must not change while a sibling may still read them: the new value of the slot the
+   decision reads (``d = max(m - 1, 0)``) goes to a side buffer instead of the cache, and the last program of the
+   row to finish (an atomic counter per row) copies the side buffer into slot d and stores the counts,
+   information sums and size. The wait-free "last block" pattern: no program ever waits, so any number of
+   programs per row is safe, under the interpreter too (which runs programs one after another).
+
+At large batches the kernel is bandwidth-bound; at B = 1 latency-bound (one program streams its K slots in
+order), hence its loads run two slots ahead of the stores and the read reduces once after the loop.
 
 On the host, a decode loop through ``dla_fast.step`` keeps a :class:`StepLaunch` in the cache's scratch: the
-block sizes, the small buffers and the compiled kernels, launched directly after the first call
-(``triton_utils.launch_jit``), so that a step costs two launches and one allocation of host time.
+block sizes, the small buffers and the compiled kernel, launched directly after the first call
+(``triton_utils.launch_jit``), so that a step costs one launch and one allocation of host time.
 """
 
 from __future__ import annotations
@@ -25,25 +31,25 @@ import torch
 import triton
 import triton.language as tl
 
+from ...backend import interpreting
 from ..common.score import information_score_triton
 from ..common.triton_utils import launch_compiled, launch_jit, load_state, next_pow2, store_state, stream_getter
 from .chunk_fwd import check_dims
 
 # The token's inputs may sit anywhere (slices of a prompt): no specialisation on their alignment, so that a
 # decode loop launches one compiled kernel (fused_recurrent.StepLaunch) whatever their offsets.
-DECIDE_TOKEN_POINTERS = ["k_ptr", "v_ptr", "g_ptr", "bnd_ptr"]
-UPDATE_TOKEN_POINTERS = ["q_ptr", "k_ptr", "v_ptr", "g_ptr", "w_ptr"]
+STEP_TOKEN_POINTERS = ["q_ptr", "k_ptr", "v_ptr", "g_ptr", "w_ptr", "bnd_ptr"]
 
 
-# Long: one program's decision for its row: score, merge choice, and the scalar cache updated in place.
-@triton.jit(do_not_specialize_on_alignment=DECIDE_TOKEN_POINTERS)
-def dla_step_decide_kernel(
-    k_ptr, v_ptr, g_ptr, bnd_ptr, s_ptr, cnt_ptr, info_ptr, size_ptr,
-    plan_ptr, score_ptr, start_ptr, merged_ptr,
-    K, Dk, Dv, tau, eps, norm_eps,
-    BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr, KP: tl.constexpr, OVERRIDE: tl.constexpr,
+# Long: the decision is one chain (score, boundary, merge choice, the scalar cache after the step).
+@triton.jit
+def step_decision(
+    k_ptr, v_ptr, g_ptr, bnd_ptr, s_ptr, cnt_ptr, info_ptr, size_ptr, bh, K, Dk, Dv, tau, eps, norm_eps,
+    BK: tl.constexpr, BVD: tl.constexpr, NVD: tl.constexpr, KP: tl.constexpr, OVERRIDE: tl.constexpr,
 ):
-    bh = tl.program_id(0)
+    """Row ``bh``'s decision: ``(m, start, istar, m_new, score, n_new, i_new)``: the slots before and after
+    the step, whether the token opens a slot, the merged pair (-1: none), the score, and the counts and
+    information sums after the step (``[KP]``, float64 sums)."""
     kd = tl.arange(0, BK)
     j = tl.arange(0, KP)
     kf = tl.load(k_ptr + bh * Dk + kd, mask=kd < Dk, other=0.0).to(tl.float32)
@@ -51,13 +57,13 @@ def dla_step_decide_kernel(
     m = tl.load(size_ptr + bh).to(tl.int32)
     n = tl.load(cnt_ptr + bh * K + j, mask=j < K, other=0).to(tl.int64)
     inf = tl.load(info_ptr + bh * K + j, mask=j < K, other=0.0).to(tl.float64)
-    # 1. The open slot's three scalars, a Dv block at a time (an empty cache reads slot 0, all zero).
+    # 1. The open slot's three scalars, a Dv block at a time (an empty cache reads slot 0: its score is unused).
     open_slot = s_ptr + (bh * K + tl.maximum(m - 1, 0)) * Dk * Dv
     nP = 0.0
     x = 0.0
     vv = 0.0
-    for vb in tl.static_range(NVB):
-        vd = vb * BV + tl.arange(0, BV)
+    for vb in tl.static_range(NVD):
+        vd = vb * BVD + tl.arange(0, BVD)
         vf = tl.load(v_ptr + bh * Dv + vd, mask=vd < Dv, other=0.0).to(tl.float32)
         P = load_state(open_slot, kd, vd, Dk, Dv)
         nP += tl.sum(tl.sum(P * P, 1), 0)
@@ -92,32 +98,69 @@ def dla_step_decide_kernel(
     grown = (~startv) & (j == m - 1)
     n_new = tl.where(grown, n_new + 1, n_new)
     i_new = tl.where(grown, i_new + score.to(tl.float64), i_new)
-    tl.store(cnt_ptr + bh * K + j, tl.where(j < m_new, n_new, 0), mask=j < K)
-    tl.store(info_ptr + bh * K + j, tl.where(j < m_new, i_new, 0.0).to(tl.float32), mask=j < K)
-    tl.store(size_ptr + bh, m_new.to(tl.int64))
-    plan = tl.where(j == 0, m, tl.where(j == 1, start.to(tl.int32), tl.where(j == 2, istar, m_new)))
-    tl.store(plan_ptr + bh * 4 + j, plan, mask=j < 4)
-    tl.store(score_ptr + bh, score)
-    tl.store(start_ptr + bh, start.to(tl.int8))
-    tl.store(merged_ptr + bh, istar.to(tl.int64))
+    return m, start, istar, m_new, score, n_new, i_new
 
 
-# Long: the in-place slot stream; at small batches its loads run two slots ahead of its stores.
-@triton.jit(do_not_specialize_on_alignment=UPDATE_TOKEN_POINTERS)
-def dla_step_update_kernel(
-    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, s_ptr, plan_ptr, o_ptr,
-    K, Dk, Dv,
-    BK: tl.constexpr, BV: tl.constexpr, PIPELINE: tl.constexpr,
+@triton.jit
+def fence_gpu(dep, FENCE: tl.constexpr):
+    """``fence.acq_rel.gpu`` in every thread (CUDA's ``__threadfence``): this thread's earlier loads and
+    stores are ordered before its later ones for every program on the GPU. ``dep`` is any scalar (inline PTX
+    needs an operand). No-op where FENCE is off (the interpreter runs programs one after another)."""
+    if FENCE:
+        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [dep.to(tl.int32)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+# Long: the decision, the stream and the publication share the row's registers; each part is a function.
+@triton.jit(do_not_specialize_on_alignment=STEP_TOKEN_POINTERS)
+def dla_step_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, bnd_ptr, s_ptr, cnt_ptr, info_ptr, size_ptr,
+    side_ptr, arrive_ptr, o_ptr, score_ptr, start_ptr, merged_ptr,
+    K, Dk, Dv, tau, eps, norm_eps,
+    BK: tl.constexpr, BV: tl.constexpr, BVD: tl.constexpr, NVD: tl.constexpr, KP: tl.constexpr,
+    OVERRIDE: tl.constexpr, PIPELINE: tl.constexpr, FENCE: tl.constexpr,
 ):
     bh = tl.program_id(0)
     vb = tl.program_id(1)
+    m, start, istar, m_new, score, n_new, i_new = step_decision(
+        k_ptr, v_ptr, g_ptr, bnd_ptr, s_ptr, cnt_ptr, info_ptr, size_ptr, bh, K, Dk, Dv, tau, eps, norm_eps,
+        BK, BVD, NVD, KP, OVERRIDE)
+    if vb == 0:
+        tl.store(score_ptr + bh, score)
+        tl.store(start_ptr + bh, start.to(tl.int8))
+        tl.store(merged_ptr + bh, istar.to(tl.int64))
+    decided = tl.maximum(m - 1, 0)  # the slot every decision reads: its new block goes to the side buffer
+    side = side_ptr + bh * Dk * Dv
+    stream_slots(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, s_ptr, side, o_ptr, bh, vb, m, start, istar, m_new, decided,
+                 K, Dk, Dv, BK, BV, PIPELINE)
+    # 3. Publication: the last program of the row to get here (every sibling's decision reads are done and
+    # its side block is written) copies the side buffer into slot `decided` and stores the scalar cache.
+    fence_gpu(bh, FENCE)
+    tl.debug_barrier()
+    prior = tl.atomic_add(arrive_ptr + bh, 1, sem="acq_rel")
+    if prior == tl.num_programs(1) - 1:
+        fence_gpu(prior, FENCE)
+        kd = tl.arange(0, BK)
+        for vc in tl.static_range(NVD):
+            vd = vc * BVD + tl.arange(0, BVD)
+            block = tl.load(side + kd[:, None] * Dv + vd[None, :], mask=(kd[:, None] < Dk) & (vd[None, :] < Dv),
+                            other=0.0, cache_modifier=".cg")  # written by other SMs: not from this SM's L1
+            store_state(s_ptr + (bh * K + decided) * Dk * Dv, block, kd, vd, Dk, Dv)
+        j = tl.arange(0, KP)
+        tl.store(cnt_ptr + bh * K + j, tl.where(j < m_new, n_new, 0), mask=j < K)
+        tl.store(info_ptr + bh * K + j, tl.where(j < m_new, i_new, 0.0).to(tl.float32), mask=j < K)
+        tl.store(size_ptr + bh, m_new.to(tl.int64))
+        tl.store(arrive_ptr + bh, 0)  # ready for the next step (a later launch, ordered on the stream)
+
+
+@triton.jit
+def stream_slots(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, s_ptr, side, o_ptr, bh, vb, m, start, istar, m_new, decided,
+                 K, Dk, Dv, BK: tl.constexpr, BV: tl.constexpr, PIPELINE: tl.constexpr):
+    """The program's Dv block of every slot, advanced in place (slot ``decided`` into ``side``), and its block
+    of the output."""
+    full = start & (m == K)
     kd = tl.arange(0, BK)
     vd = vb * BV + tl.arange(0, BV)
-    m = tl.load(plan_ptr + bh * 4)
-    start = tl.load(plan_ptr + bh * 4 + 1) != 0
-    istar = tl.load(plan_ptr + bh * 4 + 2)
-    m_new = tl.load(plan_ptr + bh * 4 + 3)
-    full = start & (m == K)
     kf = tl.load(k_ptr + bh * Dk + kd, mask=kd < Dk, other=0.0).to(tl.float32)
     qf = tl.load(q_ptr + bh * Dk + kd, mask=kd < Dk, other=0.0).to(tl.float32)
     vf = tl.load(v_ptr + bh * Dv + vd, mask=vd < Dv, other=0.0).to(tl.float32)
@@ -145,7 +188,7 @@ def dla_step_update_kernel(
         S = a * S
         if (start & (jx == m_new - 1)) | ((~start) & (jx == m - 1)):  # the token's slot
             S += kf[:, None] * vf[None, :]
-        store_state(slots + jx * Dk * Dv, S, kd, vd, Dk, Dv)
+        store_state(tl.where(jx == decided, side, slots + jx * Dk * Dv), S, kd, vd, Dk, Dv)
         lam = tl.load(w_ptr + bh * K + m_new - 1 - jx).to(tl.float32)
         if PIPELINE:
             read += lam * S
@@ -169,20 +212,21 @@ def step_source(slots, jx, start, istar, m_new, full, kd, vd, Dk, Dv):
     return tl.load(slots + src * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=mask, other=0.0)
 
 
-def _update_blocks(BH: int, BK: int, BVF: int) -> tuple[int, bool, int]:
-    """``(BV, PIPELINE, num_warps)`` of the update kernel. When B*H rows already fill the GPU: Dv blocks of 64,
-    the lean loop, 4 warps (bandwidth-bound). Otherwise narrower blocks (more programs, each streaming fewer
-    bytes), the pipelined loop and 16 tile elements per thread (its five live tiles take ~255 registers on
-    sm_90 and spill nothing; measured on an H200, docs/benchmarks.md run 13)."""
+def _stream_blocks(BH: int, BK: int, BVF: int) -> tuple[int, bool, int]:
+    """``(BV, PIPELINE, num_warps)`` of the step kernel's stream. When B*H rows already fill the GPU: Dv blocks
+    of 64, the lean loop, 4 warps (bandwidth-bound). Otherwise narrower blocks (more programs, each streaming
+    fewer bytes), the pipelined loop and 8 warps from Dk = 64 on, whose tiles then fit in registers beside the
+    decision's (A/B on an H200 at B = 1, H = 16: D = 128 took 26.2 us with (16, 4 warps), 24.4 with (16, 8)
+    and 22.1 with (32, 8); D = 64 15.7 us with (16, 4), 14.1 with (16, 8); docs/benchmarks.md run 14)."""
     if BH * triton.cdiv(BVF, 64) >= 264:
         return min(BVF, 64), False, 4
-    BV = min(BVF, 32 if BH >= 64 else 16, max(16, 4096 // BK))
-    return BV, True, max(4, BK * BV // 512)
+    BV = min(BVF, 32 if BH >= 64 or BK >= 128 else 16)
+    return BV, True, 8 if BK >= 64 else 4
 
 
 class StepLaunch:
-    """The step's two launches for one signature (shapes, dtypes, devices; the same cache tensors): grids, block
-    sizes, the plan and trace buffers and, after the first launch, the compiled kernels.
+    """The step's launch for one signature (shapes, dtypes, devices; the same cache tensors): grid, block sizes,
+    the side buffer, the per-row counters, the trace buffers and, after the first launch, the compiled kernel.
 
     Later launches pass the pointers as integers: the cache's and the buffers' once read, the token's read per
     call. Triton's launcher would call each tensor's ``data_ptr`` and ask the driver about it (~0.5 us per
@@ -193,49 +237,48 @@ class StepLaunch:
         check_dims(Dk, Dv)
         BH = B * H
         BK, BVF = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
-        BV, pipeline, self.update_warps = _update_blocks(BH, BK, BVF)
-        BVD = min(BVF, 64)
-        self.decide_grid, self.update_grid = (BH, 1, 1), (BH, triton.cdiv(BVF, BV), 1)
-        self.decide_blocks = (BK, BVD, triton.cdiv(BVF, BVD), max(next_pow2(K), 4), override)
-        self.update_blocks = (BK, BV, pipeline)
+        BV, pipeline, self.num_warps = _stream_blocks(BH, BK, BVF)
+        BVD = min(BVF, 64)  # the decision's and the publication's Dv block
+        self.grid = (BH, triton.cdiv(BVF, BV), 1)
+        self.blocks = (BK, BV, BVD, triton.cdiv(BVF, BVD), max(next_pow2(K), 4), override, pipeline,
+                       not interpreting())
         self.dims = (K, Dk, Dv)
-        self.plan = torch.empty(BH, 4, device=device, dtype=torch.int32)
+        self.side = torch.empty(BH, Dk, Dv, device=device, dtype=torch.float32)
+        self.arrive = torch.zeros(BH, device=device, dtype=torch.int32)  # each kernel leaves them at zero
         self.trace = new_trace(B, H, device)
         self.started = self.trace[1].view(torch.bool)
-        self.device_index = self.plan.get_device()
-        self.decide = self.update = None
+        self.device_index = self.side.get_device()
+        self.kernel = None
 
     def __call__(self, tokens, bnd, cache, trace, o, scalars) -> None:
-        """Launch both kernels: ``tokens`` ``(q, k, v, g, slot_weights)`` contiguous, ``bnd`` the boundary
-        override (int8) or any tensor, ``cache`` ``(states, counts, info, size)``, ``trace`` the decide kernel's
+        """Launch the kernel: ``tokens`` ``(q, k, v, g, slot_weights)`` contiguous, ``bnd`` the boundary
+        override (int8) or any tensor, ``cache`` ``(states, counts, info, size)``, ``trace`` the
         ``(score, started, merged)`` outputs, ``o`` the output, ``scalars`` ``(tau, eps, norm_eps)``."""
-        if self.decide is None:
-            self.cache, self.pointers = cache, tuple(t.data_ptr() for t in (*cache, self.plan, *self.trace))
-            decide_args, update_args = self._arguments(*tokens, bnd, *cache, self.plan, trace, o, scalars)
-            self.decide = launch_jit(dla_step_decide_kernel, self.decide_grid, *decide_args, num_warps=4)
-            self.update = launch_jit(dla_step_update_kernel, self.update_grid, *update_args,
-                                     num_warps=self.update_warps)
-            if self.decide is not None:  # None under the interpreter: every launch through the JIT
+        if self.kernel is None:
+            self.cache, self.pointers = cache, tuple(t.data_ptr() for t in (*cache, self.side, self.arrive,
+                                                                             *self.trace))
+            args = self._arguments(*tokens, bnd, *cache, self.side, self.arrive, o, trace, scalars)
+            self.kernel = launch_jit(dla_step_kernel, self.grid, *args, num_warps=self.num_warps)
+            if self.kernel is not None:  # None under the interpreter: every launch through the JIT
                 self.current_stream = stream_getter()
             return
-        states, counts, info, size, plan, *own_trace = self.pointers
+        states, counts, info, size, side, arrive, *own_trace = self.pointers
         trace = own_trace if trace is self.trace else [t.data_ptr() for t in trace]
         q, k, v, g, slot_weights = tokens
-        decide_args, update_args = self._arguments(q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(),
-                                                   slot_weights.data_ptr(), bnd.data_ptr(), states, counts, info,
-                                                   size, plan, trace, o.data_ptr(), scalars)
-        stream = self.current_stream(self.device_index)
-        launch_compiled(self.decide, self.decide_grid, stream, *decide_args)
-        launch_compiled(self.update, self.update_grid, stream, *update_args)
+        args = self._arguments(q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), slot_weights.data_ptr(),
+                               bnd.data_ptr(), states, counts, info, size, side, arrive, o.data_ptr(), trace,
+                               scalars)
+        launch_compiled(self.kernel, self.grid, self.current_stream(self.device_index), *args)
 
-    def _arguments(self, q, k, v, g, slot_weights, bnd, states, counts, info, size, plan, trace, o, scalars):
-        """Every parameter of the two kernels, in order (tensors or their addresses)."""
-        return ((k, v, g, bnd, states, counts, info, size, plan, *trace, *self.dims, *scalars, *self.decide_blocks),
-                (q, k, v, g, slot_weights, states, plan, o, *self.dims, *self.update_blocks))
+    def _arguments(self, q, k, v, g, slot_weights, bnd, states, counts, info, size, side, arrive, o, trace,
+                   scalars):
+        """Every parameter of the kernel, in order (tensors or their addresses)."""
+        return (q, k, v, g, slot_weights, bnd, states, counts, info, size, side, arrive, o, *trace, *self.dims,
+                *scalars, *self.blocks)
 
 
 def new_trace(B: int, H: int, device):
-    """``(score float32, started int8, merged int64)`` ``[B, H]``: the decide kernel's trace outputs."""
+    """``(score float32, started int8, merged int64)`` ``[B, H]``: the kernel's trace outputs."""
     return (torch.empty(B, H, device=device, dtype=torch.float32),
             torch.empty(B, H, device=device, dtype=torch.int8),
             torch.empty(B, H, device=device, dtype=torch.int64))
