@@ -279,9 +279,7 @@ def dla_scores_kernel(
 # computed while the argmin of D runs: from one event to the next the dependency chain is the argmin and a
 # few selects (docs/performance.md, "merge simulation"). Each is the float64 expression the direct formula
 # d(a, b) = (Ibar_a + Ibar_b) / (n_a + n_b) evaluates on the same operands, so every density, decision and sum
-# is bit-identical to recomputing all densities at every event. The counts one and two lanes up (X_{i+1},
-# X_{i+2}) are carried from event to event as selects, like D, so that the division's divisor is known when the
-# event starts and its reciprocal overlaps the argmin from the first instruction.
+# is bit-identical to recomputing all densities at every event.
 #
 # Chunks without a boundary only add their scores to the open slot. Their totals (the same reductions as ever)
 # are formed CHUNK_GROUP chunks at a time, independent of each other and of the events, so that their latencies
@@ -308,16 +306,17 @@ def lowest_set_lane(flag, j, KW: tl.constexpr, VOTE: tl.constexpr):
 
 
 @triton.jit
-def argmin_nonneg(d, valid, j, KW: tl.constexpr, VOTE: tl.constexpr):
+def argmin_nonneg(d, valid, j, KW: tl.constexpr, VOTE: tl.constexpr, after):
     """The smallest lane i with valid[i] and d[i] == min(d[valid]), for float64 d >= 0 (not NaN), as a [KW]
     vector (all lanes equal), by 32-bit warp collectives (``redux.sync`` on sm_80+, then a ballot) instead of a
     float64 shuffle tree: for such values the numeric order is the unsigned order of the bit patterns, and
-    equal values have equal patterns once -0.0 is folded into +0.0 (the sign bit cleared)."""
+    equal values have equal patterns once -0.0 is folded into +0.0 (the sign bit cleared).
+    ``after`` (true wherever ``valid``): a value the second reduction waits for, to order it after other work."""
     bits = d.to(tl.int64, bitcast=True) & 0x7FFFFFFFFFFFFFFF
     hi = tl.where(valid, (bits >> 32).to(tl.int32), 2147483647)
     lo = ((bits & 0xFFFFFFFF) - 2147483648).to(tl.int32)  # the unsigned order of the low halves, as signed
     tie = hi == tl.min(hi, 0)
-    lo = tl.where(tie, lo, 2147483647)
+    lo = tl.where(tie & after, lo, 2147483647)
     return lowest_set_lane(tie & (lo == tl.min(lo, 0)), j, KW, VOTE)
 
 
@@ -421,36 +420,37 @@ def pair_densities(n, info, j, K, KW: tl.constexpr):
 
 
 @triton.jit
-def merge_event(n, n1, n2, info, pos, d, i_next, d_next, n_after, tglob, j, K, KW: tl.constexpr,
-                FAST: tl.constexpr):
+def merge_event(n, info, pos, d, n_next, i_next, d_next, tglob, j, K, KW: tl.constexpr, FAST: tl.constexpr):
     """One boundary with a full cache: ``(n, info, pos, d)`` hold the K items (the last is the slot the
-    boundary closes) and their pair densities, ``n1``, ``n2`` the counts one and two lanes up (the count of the
-    slot the next boundary closes at X_K). Returns the items after the lowest-density merge (tie: the oldest
-    pair) with the slot the next boundary closes (``i_next``, starting at ``tglob``) appended, their counts one
-    and two lanes up (``n_after``: the count of the slot the boundary after the next closes), their pair
-    densities (``d_next``: the density of the closing slot with the next one), the merged pair ([KW], all lanes
-    equal) and, at the merged lane, the start that dies (INT32_MAX elsewhere)."""
+    boundary closes) and their pair densities. Returns the items after the lowest-density merge (tie: the
+    oldest pair) with the slot the next boundary closes (``n_next``, ``i_next``, starting at ``tglob``)
+    appended, their pair densities (``d_next``: the density of the closing slot with the next one), the
+    merged pair ([KW], all lanes equal) and, at the merged lane, the start that dies (INT32_MAX elsewhere)."""
     last = j == K - 1
+    n1 = tl.where(last, n_next, lane_shift(n, j, 1, KW))
     i1 = tl.where(last, i_next, lane_shift(info, j, 1, KW))
     p1 = tl.where(last, tglob, lane_shift(pos, j, 1, KW))
+    n2 = tl.where(j == K - 2, n_next, lane_shift(n, j, 2, KW))
     i2 = tl.where(j == K - 2, i_next, lane_shift(info, j, 2, KW))
-    n3 = lane_shift(n1, j, 2, KW)  # the count three lanes up (lanes <= K - 3 read)
     d_n = tl.where(j == K - 2, d_next, lane_shift(d, j, 1, KW))  # d(X_{i+1}, X_{i+2})
     a0 = info + i1  # X_i + X_{i+1}
     c0 = n + n1
     # d(X_i + X_{i+1}, X_{i+2}) and d(X_i, X_{i+1} + X_{i+2}): one divisor, as counts add exactly
-    d_r, d_l = div2_rn(a0 + i2, info + (i1 + i2), (c0 + n2).to(tl.float64), FAST)
-    istar = argmin_nonneg(d, j < K - 1, j, KW, FAST and KW == 32)
+    divisor = (c0 + n2).to(tl.float64)
+    d_r, d_l = div2_rn(a0 + i2, info + (i1 + i2), divisor, FAST)
+    if FAST:  # the reciprocal (true: divisor >= 1) orders the division's start before the argmin's second reduction
+        issued = tl.inline_asm_elementwise("rcp.approx.ftz.f64 $0, $1;", "=d,d", [divisor], dtype=tl.float64,
+                                           is_pure=True, pack=1) > 0.0
+    else:
+        issued = j >= 0
+    istar = argmin_nonneg(d, j < K - 1, j, KW, FAST and KW == 32, issued)
     left = j < istar
     here = j == istar
     n = tl.where(left, n, tl.where(here, c0, n1))
-    # the new counts one and two lanes up, from the old ones (n1 + n2 is c0 one lane up): no shuffle after the argmin
-    n1 = tl.where(last, n_after, tl.where(j < istar - 1, n1, tl.where(j == istar - 1, n1 + n2, n2)))
-    n2 = tl.where(j == K - 2, n_after, tl.where(j < istar - 2, n2, tl.where(j == istar - 2, n2 + n3, n3)))
     info = tl.where(left, info, tl.where(here, a0, i1))
     pos = tl.where(left | here, pos, p1)
     d = tl.where(j < istar - 1, d, tl.where(j == istar - 1, d_l, tl.where(here, d_r, d_n)))
-    return n, n1, n2, info, pos, d, istar, tl.where(here, p1, 2147483647)
+    return n, info, pos, d, istar, tl.where(here, p1, 2147483647)
 
 
 @triton.jit
@@ -577,22 +577,18 @@ def dla_merge_kernel(
                     else:  # the pair (X_{K-2}, closing slot), as pair_densities forms it
                         d = tl.where(j == K - 2, div_rn(info + i_close, (n + n_close).to(tl.float64), FAST), d)
                     merging = 1
-                    n_next = tl.gather(nnx, zk + u, 0)
-                    n1 = tl.where(j == K - 1, n_next, lane_shift(n, j, 1, KW))
-                    n2 = tl.where(j == K - 2, n_next, lane_shift(n, j, 2, KW))
                     for _ in range(nb - nadd):
-                        low = rem & (-rem)  # the next event's position, one event ahead (junk after the last)
-                        rem = rem ^ low
-                        u_next = tl.maximum(bit_index(low), 0)
                         uu = zk + u
                         tglob = c * C + u
-                        n, n1, n2, info, pos, d, istar, dying = merge_event(
-                            n, n1, n2, info, pos, d, tl.gather(inx, uu, 0), tl.gather(dnx, uu, 0),
-                            tl.gather(nnx, zk + u_next, 0), tglob, j, K, KW, FAST)
+                        n, info, pos, d, istar, dying = merge_event(
+                            n, info, pos, d, tl.gather(nnx, uu, 0), tl.gather(inx, uu, 0), tl.gather(dnx, uu, 0),
+                            tglob, j, K, KW, FAST)
                         tl.store(merged_ptr + bh * NC * C + tglob + zk, istar.to(tl.int64), mask=j == 0)
                         tl.store(death_ptr + bh * NC * C + dying, zk + tglob, mask=(dying >= 0) & (dying < 2147483647))
                         tl.store(death0_ptr + bh * K + dying + m0, zk + tglob, mask=dying < 0)
-                        u = u_next
+                        low = rem & (-rem)  # the next event's position, one event ahead (junk after the last)
+                        rem = rem ^ low
+                        u = tl.maximum(bit_index(low), 0)
                 n_open = n_end
                 i_open = i_end
             else:
