@@ -95,13 +95,18 @@ if triton is not None:
     @triton.jit
     def information_score_triton(nP, x, ss, g, N, eps, norm_eps):
         """The score from float32 tensors of any shape (the Triton kernels)."""
-        a = tl.exp(g)
+        return information_score_from_decay_triton(nP, x, ss, tl.exp(g), expm1_triton(2.0 * g), N, eps, norm_eps)
+
+    @triton.jit
+    def information_score_from_decay_triton(nP, x, ss, a, em1, N, eps, norm_eps):
+        """The score with the decay's two terms given: ``a = exp(g)``, ``em1 = expm1(2 g)`` (the carry scan reads
+        them from its table instead of computing them in its sequential loop)."""
         r2 = nP / N + norm_eps
         w = 2.0 * a * x + ss
         rp2 = tl.maximum((a * a * nP + w) / N + norm_eps, norm_eps)
         r = tl.sqrt(r2)
         rp = tl.sqrt(rp2)
-        c = (expm1_triton(2.0 * g) * norm_eps - w / N) / r / rp / (a * r + rp)
+        c = (em1 * norm_eps - w / N) / r / rp / (a * r + rp)
         d2 = tl.maximum(c * c * nP + 2.0 * c * x / rp + ss / rp2, 0.0)
         return tl.sqrt(d2) / (tl.sqrt(nP) / r + eps)
 

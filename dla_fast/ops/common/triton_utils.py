@@ -168,6 +168,12 @@ def dot_split(a16, b32):
 def dot_split_t(a32, b16):
     """a32^T (fp32, split) @ b16 (bf16, exact) at fp32 accuracy."""
     hi, mid, lo = split3(a32)
+    return dot_split_parts_t(hi, mid, lo, b16)
+
+
+@triton.jit
+def dot_split_parts_t(hi, mid, lo, b16):
+    """(hi + mid + lo)^T @ b16 from the three bf16 parts of an fp32 operand (``split3``), hi first."""
     acc = tl.dot(tl.trans(hi), b16)
     acc = tl.dot(tl.trans(mid), b16, acc)
     return tl.dot(tl.trans(lo), b16, acc)

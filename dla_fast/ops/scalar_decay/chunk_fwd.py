@@ -32,7 +32,13 @@ from ...backend import interpreting
 from ...settings import DEFAULT_SETTINGS, TritonSettings
 from ..common.profiling import mark_stage
 from ..common.triton_utils import INT32_MAX, block_sizes, next_pow2
-from .chunk_fwd_decide import dla_carry_kernel, dla_merge_kernel, dla_scores_kernel, dla_table_kernel
+from .chunk_fwd_decide import (
+    CARRY_ROWS,
+    dla_carry_kernel,
+    dla_merge_kernel,
+    dla_scores_kernel,
+    dla_table_kernel,
+)
 from .chunk_fwd_output import dla_output_kernel, output_group
 from .chunk_fwd_states import (
     CHUNK,
@@ -152,25 +158,27 @@ def _initial_cache(cfg: LaunchConfig, states, counts, info, size, dev):
 
 def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, override: bool,
                   settings: TritonSettings):
-    """Stage 1: ``(itab, anc, x0, np0, ss)``, the per-chunk score tables, orbits and chunk-start columns."""
+    """Stage 1: ``(itab, anc, cvec, decay)``, the per-chunk score tables, orbits, the carry scan's per-token
+    vectors (``CARRY_ROWS`` per token) and each chunk's total decay ``exp(sum g)``."""
     f32 = dict(device=k.device, dtype=torch.float32)
     C, NC, BH = CHUNK, cfg.NC, cfg.BH
     BK, BVF, _ = block_sizes(cfg.Dk, cfg.Dv)
     itab = torch.empty(BH, NC, C, C, **f32)
     anc = torch.empty(BH, NC, C, device=k.device, dtype=torch.int64)
-    x0, np0, ss = (torch.empty(BH, NC * C, **f32) for _ in range(3))
+    cvec = torch.empty(BH, NC, CARRY_ROWS, C, **f32)
+    decay = torch.empty(BH, NC, **f32)
     dla_table_kernel[(NC, BH)](
-        k, v, g, row_lengths, itab, anc, x0, np0, ss, cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps),
+        k, v, g, row_lengths, itab, anc, cvec, decay, cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps),
         float(norm_eps), C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=cfg.lowp, PREC=settings.table_precision,
         LOGC=int(math.log2(C)), SCAN=settings.table_scan, num_warps=8,
     )
-    return itab, anc, x0, np0, ss
+    return itab, anc, cvec, decay
 
 
 def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, size0, tau, eps, norm_eps, flag,
                 settings: TritonSettings):
     """Stage 2: ``(masks [BH, NC], carry scores [BH, NC*C])``; P (the open slot) advanced in place."""
-    itab, anc, x0, np0, ss = tables
+    _, anc, cvec, decay = tables
     dev = k.device
     masks = torch.empty(cfg.BH, cfg.NC, device=dev, dtype=torch.int64)
     cscores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
@@ -180,7 +188,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     BVC = BVF if BVF <= 128 else 64  # the carry kernel keeps P in registers up to Dv = 128
     warps = settings.carry_warps or (8 if BK * BVC > 64 * 64 else 4)
     dla_carry_kernel[(cfg.BH,)](
-        k, v, g, bnd, row_lengths, anc, x0, np0, ss, P, size0, masks, cscores,
+        k, v, bnd, row_lengths, anc, cvec, decay, P, size0, masks, cscores,
         cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps),
         C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=cfg.prec,
         SPLIT=cfg.split, PIPE=settings.pipeline, flag_ptr=flag, num_warps=warps,

@@ -13,36 +13,52 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common.score import information_score_triton
+from ..common.score import expm1_triton, information_score_from_decay_triton, information_score_triton
 from ..common.triton_utils import (
     bit_index,
     chunk_tokens,
     decay_scan_combine,
     decay_to_end,
     dot_split,
-    dot_state_update,
+    dot_split_parts_t,
     highest_bit_index,
     load_rows,
     load_scalars,
     load_state,
     mask_bits,
+    split3,
     store_state,
 )
+
+# Rows of ``cvec`` ([BH, NC, CARRY_ROWS, C] float32): per token t of a chunk, what the carry scan needs besides
+# the carried slot: the chunk-start column X0, NP0 of the score table, ss = |k|^2 |v|^2, eG = exp(Gc[t-1]), the
+# scan's factor exp(g[t-1]) (1 at t = 0), a = exp(g), expm1(2 g), and the weight exp(Gc[C-1] - Gc[t]) of token
+# t in the chunk-end state (float64 sums and exp; 0 past T).
+CV_X0 = tl.constexpr(0)
+CV_NP0 = tl.constexpr(1)
+CV_SS = tl.constexpr(2)
+CV_EG = tl.constexpr(3)
+CV_ASH = tl.constexpr(4)
+CV_A = tl.constexpr(5)
+CV_EM1 = tl.constexpr(6)
+CV_WD = tl.constexpr(7)
+CARRY_ROWS = tl.constexpr(8)
 
 
 # Long: one program's table, orbit and columns; splitting costs a [C, C] round trip through memory.
 @triton.jit(do_not_specialize=["T"])
 def dla_table_kernel(
     k_ptr, v_ptr, g_ptr, rlen_ptr,
-    itab_ptr, anc_ptr, x0_ptr, np0_ptr, ss_ptr,
+    itab_ptr, anc_ptr, cvec_ptr, decay_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BVF: tl.constexpr,
     NEED_ANC: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, LOGC: tl.constexpr, SCAN: tl.constexpr,
 ):
-    """Program (chunk c, bh): score table I[t, p] for p < t, orbit bitmasks, and the chunk-start column.
+    """Program (chunk c, bh): score table I[t, p] for p < t, orbit bitmasks, and the carry scan's per-token
+    vectors (the chunk-start column and the decay terms, ``cvec``) and the chunk's total decay.
 
     FLOPs per chunk: 2 C^2 (Dk + Dv) (Gram) + 4 C^3 (two table matmuls, fp32); bytes: C (Dk + Dv) input
-    elements in, 4 C^2 (table) + 8 C (bitmasks) + 12 C (columns) out.
+    elements in, 4 C^2 (table) + 8 C (bitmasks) + 32 C (carry vectors) out.
     """
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -90,12 +106,19 @@ def dla_table_kernel(
     I = tl.where(lower & valid[:, None], I, 0.0)
     base = bh * NC + c
     tl.store(itab_ptr + base * C * C + row * C + col, I)
-    # The chunk-start column (p = 0) for the carry scan.
-    X0 = tl.sum(tl.where(col == 0, X, 0.0), 1)
-    NP0 = tl.sum(tl.where(col == 0, nPt, 0.0), 1)
-    tl.store(x0_ptr + bh * NC * C + tok, X0)
-    tl.store(np0_ptr + bh * NC * C + tok, NP0)
-    tl.store(ss_ptr + bh * NC * C + tok, ss)
+    # The carry scan's inputs that do not depend on the carried slot: the chunk-start column (p = 0) and the
+    # decay terms, so that its sequential loop only loads them.
+    cvec = cvec_ptr + base * CARRY_ROWS * C + t_idx
+    tl.store(cvec + CV_X0 * C, tl.sum(tl.where(col == 0, X, 0.0), 1))
+    tl.store(cvec + CV_NP0 * C, tl.sum(tl.where(col == 0, nPt, 0.0), 1))
+    tl.store(cvec + CV_SS * C, ss)
+    tl.store(cvec + CV_EG * C, tl.exp(Gm1))
+    tl.store(cvec + CV_ASH * C, tl.where(t_idx > 0, tl.exp(tl.gather(g, tl.maximum(t_idx - 1, 0), 0)), 1.0))
+    tl.store(cvec + CV_A * C, a)
+    tl.store(cvec + CV_EM1 * C, expm1_triton(2.0 * g))
+    wd, eGl = decay_to_end(g)
+    tl.store(cvec + CV_WD * C, tl.where(valid, wd, 0.0))
+    tl.store(decay_ptr + base, eGl)
     if NEED_ANC:
         own = tok < tl.load(rlen_ptr + bh)  # the row's own tokens (variable-length batches end early)
         hit = lower & (valid & own)[:, None] & (tau <= I)
@@ -118,11 +141,30 @@ def dla_table_kernel(
 # ---------------------------------------------------------------------------------------------------
 
 
+@triton.jit
+def load_carry_vectors(cvec_ptr, row_chunk, t_idx, inb, C: tl.constexpr):
+    """The table's carry vectors of one chunk (``row_chunk = bh * NC + c``; 0 where ``inb`` is false), in the
+    order of the ``CV_*`` rows."""
+    p = cvec_ptr + row_chunk * CARRY_ROWS * C + t_idx
+    return (tl.load(p + CV_X0 * C, mask=inb, other=0.0), tl.load(p + CV_NP0 * C, mask=inb, other=0.0),
+            tl.load(p + CV_SS * C, mask=inb, other=0.0), tl.load(p + CV_EG * C, mask=inb, other=0.0),
+            tl.load(p + CV_ASH * C, mask=inb, other=0.0), tl.load(p + CV_A * C, mask=inb, other=0.0),
+            tl.load(p + CV_EM1 * C, mask=inb, other=0.0), tl.load(p + CV_WD * C, mask=inb, other=0.0))
+
+
+@triton.jit
+def first_hit_combine(t1, orbit1, t2, orbit2):
+    """Of two (position, orbit) pairs the one at the lower position: the chunk's first boundary and its orbit
+    (the chunk's boundary mask) in one reduction instead of a minimum and then a select."""
+    first = t1 <= t2
+    return tl.where(first, t1, t2), tl.where(first, orbit1, orbit2)
+
+
 # Long: the sequential carry scan is one dependent chain per (b, h); the prefetch needs it in one body.
 @triton.jit(do_not_specialize=["T"])
 def dla_carry_kernel(
-    k_ptr, v_ptr, g_ptr, bnd_ptr, rlen_ptr,
-    anc_ptr, x0_ptr, np0_ptr, ss_ptr,
+    k_ptr, v_ptr, bnd_ptr, rlen_ptr,
+    anc_ptr, cvec_ptr, decay_ptr,
     p_ptr, size_ptr, mask_ptr, cscore_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr,
@@ -131,7 +173,11 @@ def dla_carry_kernel(
     """Program (bh): walks the chunks. P (the open slot, fp32 [Dk, Dv]) stays in registers when Dv fits
     one block (NVB == 1), else lives in p_ptr (L2-resident) and is processed in Dv blocks of BV.
     Per chunk: 2 C Dk Dv FLOPs for k^T P v, 2 C Dk Dv for the update, a C-long decayed scan.
-    The next chunk's inputs are loaded before this chunk's dependent chain (software prefetch).
+    Only what depends on P is in the loop's dependent chain (docs/performance.md, "Carry scan"): the product
+    y_t = k_t^T P v_t, the decayed scan of y, the scores, one reduction for the first boundary and its orbit
+    (the chunk's mask), the last boundary L by bit arithmetic on the mask, and the update, whose keys are
+    masked to t >= L. The per-token decay terms come from the table kernel (``cvec``); the next chunk's inputs
+    are loaded, and this chunk's weighted keys formed (and split), before the chain.
     Writes the carry scores (the score of t against the carried slot, valid up to the first boundary)
     and the chunk's boundary mask; dla_scores_kernel assembles the final scores in parallel."""
     bh = tl.program_id(0)
@@ -153,10 +199,8 @@ def dla_carry_kernel(
     trow = (b * T + tok) * H + h
     kc = load_rows(k_ptr, trow, valid, kd, Dk)
     vc = load_rows(v_ptr, trow, valid, vd, Dv)
-    g = load_scalars(g_ptr, trow, valid)
-    X0 = tl.load(x0_ptr + bh * NC * C + tok)
-    NP0 = tl.load(np0_ptr + bh * NC * C + tok)
-    ss = tl.load(ss_ptr + bh * NC * C + tok)
+    X0, NP0, ss, eG, ash, a, em1, wd = load_carry_vectors(cvec_ptr, bh * NC, t_idx, t_idx < C, C)
+    eGl = tl.load(decay_ptr + bh * NC)
     anc_row = tl.load(anc_ptr + bh * NC * C + tok)
     for c in range(NC):
         tok = c * C + t_idx
@@ -168,15 +212,16 @@ def dla_carry_kernel(
         rown = (b * T + tokn) * H + h
         kn = load_rows(k_ptr, rown, validn, kd, Dk)
         vn = load_rows(v_ptr, rown, validn, vd, Dv)
-        gn = load_scalars(g_ptr, rown, validn)
         inb = tokn < NC * C
-        X0n = tl.load(x0_ptr + bh * NC * C + tokn, mask=inb, other=0.0)
-        NP0n = tl.load(np0_ptr + bh * NC * C + tokn, mask=inb, other=0.0)
-        ssn = tl.load(ss_ptr + bh * NC * C + tokn, mask=inb, other=0.0)
+        X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn = load_carry_vectors(cvec_ptr, bh * NC + c + 1, t_idx, inb, C)
+        eGln = tl.load(decay_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0.0)
         ancn = tl.load(anc_ptr + bh * NC * C + tokn, mask=inb, other=0)
         kf = kc.to(tl.float32)
-        Gc = tl.cumsum(g, 0)
-        Gm1 = Gc - g
+        # Off the chain: every token's key weighted for the chunk-end state (and split for the bf16 product);
+        # the update masks the tokens before the last boundary.
+        kw = kf * wd[:, None]
+        if SPLIT:
+            kw_hi, kw_mid, kw_lo = split3(kw)
         # y_t = k_t^T P_c v_t and ||P_c||^2
         if NVB == 1:
             vf = vc.to(tl.float32)
@@ -195,12 +240,10 @@ def dla_carry_kernel(
                 nPc0 += tl.sum(tl.sum(P * P, 1), 0)
         # z_t = sum_{s<t} exp(Gc[t-1] - Gc[s]) y_s: the scan z <- a_{t-1} z + y_{t-1}
         ysh = tl.where(t_idx > 0, tl.gather(y, shift, 0), 0.0)
-        ash = tl.where(t_idx > 0, tl.exp(tl.gather(g, shift, 0)), 1.0)
         _, z = tl.associative_scan((ash, ysh), 0, decay_scan_combine)
-        eG = tl.exp(Gm1)
         nPc = eG * eG * nPc0 + 2.0 * eG * z + NP0
         xc = eG * y + X0
-        Ic = information_score_triton(nPc, xc, ss, g, N, eps, norm_eps)
+        Ic = information_score_from_decay_triton(nPc, xc, ss, a, em1, N, eps, norm_eps)
         fe = (t_idx == 0) & ((t_idx * 0 + c) == 0) & ((t_idx * 0 + emp) != 0)  # first token, empty cache
         Ic = tl.where(fe, 0.0, Ic)
         if OVERRIDE:
@@ -210,31 +253,34 @@ def dla_carry_kernel(
             mask = tl.sum(bits, 0)
         else:
             hit = ((Ic >= tau) | fe) & valid & (tok < Tr)
-            f = tl.min(tl.where(hit, t_idx, C), 0)
-            mask = tl.sum(tl.where(t_idx == f, anc_row, 0), 0)  # 0 when f == C (no boundary)
+            _, mask = tl.reduce((tl.where(hit, t_idx, C), tl.where(hit, anc_row, 0)), 0, first_hit_combine)
         tl.store(mask_ptr + bh * NC + c, mask)
         tl.store(cscore_ptr + bh * NC * C + tok, Ic)
         if PIPE:  # publish chunk c to the concurrently running merge simulation
             tl.debug_barrier()
             tl.atomic_xchg(flag_ptr + bh, c + 1, sem="release")
-        # The open slot at the chunk end.
-        bvec = mask_bits(mask, t_idx)
-        L = tl.max(tl.where(bvec, t_idx, -1), 0)
-        wd, eGl = decay_to_end(g)
-        w = tl.where(valid & (t_idx >= L), wd, 0.0)
+        # The open slot at the chunk end: the tokens from the last boundary L on (all, decayed P, if none).
+        L = highest_bit_index(mask)
         keep = tl.where(L >= 0, 0.0, eGl)
-        kw = kf * w[:, None]
+        opened = (t_idx >= L)[:, None]
         if NVB == 1:
-            Preg = keep * Preg + dot_state_update(kw, vc, SPLIT, PREC)
+            if SPLIT:
+                zero = tl.zeros_like(kw_hi)
+                upd = dot_split_parts_t(tl.where(opened, kw_hi, zero), tl.where(opened, kw_mid, zero),
+                                        tl.where(opened, kw_lo, zero), vc)
+            else:
+                upd = tl.dot(tl.trans(tl.where(opened, kw, 0.0)), vc.to(tl.float32), input_precision=PREC)
+            Preg = keep * Preg + upd
         else:
             tl.debug_barrier()
             for vb in tl.static_range(NVB):
                 vcb = load_rows(v_ptr, trow, valid, vb * BV + vd, Dv)
                 P = load_state(pbase, kd, vb * BV + vd, Dk, Dv)
-                Pn = keep * P + tl.dot(tl.trans(kw), vcb.to(tl.float32), input_precision=PREC)
+                Pn = keep * P + tl.dot(tl.trans(tl.where(opened, kw, 0.0)), vcb.to(tl.float32), input_precision=PREC)
                 store_state(pbase, Pn, kd, vb * BV + vd, Dk, Dv)
             tl.debug_barrier()
-        kc, vc, g, X0, NP0, ss, anc_row = kn, vn, gn, X0n, NP0n, ssn, ancn
+        kc, vc, anc_row, eGl = kn, vn, ancn, eGln
+        X0, NP0, ss, eG, ash, a, em1, wd = X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn
     if NVB == 1:
         store_state(pbase, Preg, kd, vd, Dk, Dv)
 
