@@ -326,11 +326,6 @@ def dla_scores_kernel(
 # few selects (docs/performance.md, "merge simulation"). Each is the float64 expression the direct formula
 # d(a, b) = (Ibar_a + Ibar_b) / (n_a + n_b) evaluates on the same operands, so every density, decision and sum
 # is bit-identical to recomputing all densities at every event.
-#
-# Chunks without a boundary only add their scores to the open slot. Their totals (the same reductions as ever)
-# are formed CHUNK_GROUP chunks at a time, independent of each other and of the events, so that their latencies
-# overlap; the walk over the group's chunks then adds one total per empty chunk and does the vector work above
-# only for chunks with boundaries.
 
 
 @triton.jit
@@ -352,17 +347,16 @@ def lowest_set_lane(flag, j, KW: tl.constexpr, VOTE: tl.constexpr):
 
 
 @triton.jit
-def argmin_nonneg(d, valid, j, KW: tl.constexpr, VOTE: tl.constexpr, after):
+def argmin_nonneg(d, valid, j, KW: tl.constexpr, VOTE: tl.constexpr):
     """The smallest lane i with valid[i] and d[i] == min(d[valid]), for float64 d >= 0 (not NaN), as a [KW]
     vector (all lanes equal), by 32-bit warp collectives (``redux.sync`` on sm_80+, then a ballot) instead of a
     float64 shuffle tree: for such values the numeric order is the unsigned order of the bit patterns, and
-    equal values have equal patterns once -0.0 is folded into +0.0 (the sign bit cleared).
-    ``after`` (true wherever ``valid``): a value the second reduction waits for, to order it after other work."""
+    equal values have equal patterns once -0.0 is folded into +0.0 (the sign bit cleared)."""
     bits = d.to(tl.int64, bitcast=True) & 0x7FFFFFFFFFFFFFFF
     hi = tl.where(valid, (bits >> 32).to(tl.int32), 2147483647)
     lo = ((bits & 0xFFFFFFFF) - 2147483648).to(tl.int32)  # the unsigned order of the low halves, as signed
     tie = hi == tl.min(hi, 0)
-    lo = tl.where(tie & after, lo, 2147483647)
+    lo = tl.where(tie, lo, 2147483647)
     return lowest_set_lane(tie & (lo == tl.min(lo, 0)), j, KW, VOTE)
 
 
@@ -403,47 +397,20 @@ def div2_rn(a0, a1, b, FAST: tl.constexpr):
 
 
 @triton.jit
-def div_rn(a, b, FAST: tl.constexpr):
-    """``a / b`` in float64 for one dividend, under the conditions of ``div2_rn`` (the same instructions for one
-    dividend, so the same float64 as ``/``)."""
-    if FAST:
-        return tl.inline_asm_elementwise(
-            """{
-            .reg .f64 r, e, nb, q, ea;
-            .reg .b32 lo, hi;
-            rcp.approx.ftz.f64 r, $2;
-            neg.f64 nb, $2;
-            mov.b64 {lo, hi}, r;
-            mov.b64 r, {1, hi};
-            fma.rn.f64 e, nb, r, 0d3FF0000000000000;
-            fma.rn.f64 e, e, e, e;
-            fma.rn.f64 r, r, e, r;
-            fma.rn.f64 e, nb, r, 0d3FF0000000000000;
-            fma.rn.f64 r, r, e, r;
-            mul.rn.f64 q, $1, r;
-            fma.rn.f64 ea, nb, q, $1;
-            fma.rn.f64 $0, r, ea, q;
-            }""", "=d,d,d", [a, b], dtype=tl.float64, is_pure=True, pack=1)
-    else:
-        return a / b
-
-
-@triton.jit
 def lane_shift(x, j, by: tl.constexpr, KW: tl.constexpr):
     """``x[min(j + by, KW - 1)]``: the neighbour ``by`` lanes up (one warp shuffle)."""
     return tl.gather(x, tl.minimum(j + by, KW - 1), 0)
 
 
 @triton.jit
-def closing_slots(mask, sc64, cs, t_idx, n_open, i_open, C: tl.constexpr, FAST: tl.constexpr):
+def closing_slots(mask, sc64, cs, t_idx, n_open, i_open, C: tl.constexpr):
     """Per position t of the chunk (meaningful where t is a boundary): count and information sum of the slot
     that t closes, of the slot that the chunk's next boundary closes (junk after its last boundary), and the
     density of the two as a pair.
     ``n_open``, ``i_open`` ([C], all equal): the open slot carried into the chunk, closed by its first boundary.
     The sums are formed as the event-by-event updates form them (``cs``: the chunk's inclusive prefix sums of
     the float64 scores): a slot opened at p < t in the chunk has ``score[p] + ((cs[t] - score[t]) - cs[p])``,
-    the carried one ``i_open + ((cs[t] - score[t]) - 0)``. The density's operands are a sum of scores and a count
-    >= 2 at every boundary that has a next one (``div_rn``'s conditions); the other positions are junk."""
+    the carried one ``i_open + ((cs[t] - score[t]) - 0)``."""
     tt = t_idx.to(tl.int64)
     p = highest_bit_index(mask & ((tl.full([C], 1, tl.int64) << tt) - 1))  # the last boundary before t
     has = p >= 0
@@ -455,7 +422,7 @@ def closing_slots(mask, sc64, cs, t_idx, n_open, i_open, C: tl.constexpr, FAST: 
     q = tl.minimum(tl.maximum(bit_index(after & (-after)), 0), C - 1)
     nnx = tl.gather(nno, q, 0)
     inx = tl.gather(ino, q, 0)
-    return nno, ino, nnx, inx, div_rn(ino + inx, (nno + nnx).to(tl.float64), FAST)
+    return nno, ino, nnx, inx, (ino + inx) / (nno + nnx).to(tl.float64)
 
 
 @triton.jit
@@ -482,14 +449,8 @@ def merge_event(n, info, pos, d, n_next, i_next, d_next, tglob, j, K, KW: tl.con
     a0 = info + i1  # X_i + X_{i+1}
     c0 = n + n1
     # d(X_i + X_{i+1}, X_{i+2}) and d(X_i, X_{i+1} + X_{i+2}): one divisor, as counts add exactly
-    divisor = (c0 + n2).to(tl.float64)
-    d_r, d_l = div2_rn(a0 + i2, info + (i1 + i2), divisor, FAST)
-    if FAST:  # the reciprocal (true: divisor >= 1) orders the division's start before the argmin's second reduction
-        issued = tl.inline_asm_elementwise("rcp.approx.ftz.f64 $0, $1;", "=d,d", [divisor], dtype=tl.float64,
-                                           is_pure=True, pack=1) > 0.0
-    else:
-        issued = j >= 0
-    istar = argmin_nonneg(d, j < K - 1, j, KW, FAST and KW == 32, issued)
+    d_r, d_l = div2_rn(a0 + i2, info + (i1 + i2), (c0 + n2).to(tl.float64), FAST)
+    istar = argmin_nonneg(d, j < K - 1, j, KW, FAST and KW == 32)
     left = j < istar
     here = j == istar
     n = tl.where(left, n, tl.where(here, c0, n1))
@@ -513,10 +474,6 @@ def pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore
     return sc
 
 
-# Chunks per group of the merge simulation: their score totals are formed together (registers: 2 per chunk).
-CHUNK_GROUP = tl.constexpr(16)
-
-
 # Long: the merge simulation keeps the K slots in registers across all events of the call.
 @triton.jit(do_not_specialize=["T"])
 def dla_merge_kernel(
@@ -529,12 +486,10 @@ def dla_merge_kernel(
     <= K slots in KW-wide vectors (KW = max(KP, 32): one lane per slot); one lowest-density merge (tie: the
     oldest pair) per new slot with a full cache. Initial slots have pseudo start positions -m0..-1. The open
     slot's count and sum are kept apart (``n_open``, ``i_open``, all lanes equal): the lanes hold it only
-    while it is being closed. Per chunk with boundaries O(C) vector work; per chunk without, one addition; per
-    event O(1) shuffles and reductions.
+    while it is being closed. Per chunk O(C) vector work; per event O(1) shuffles and reductions.
     PIPE: runs concurrently with the carry scan, waiting on its per-chunk flag, and assembles the scores
-    itself (carry score up to the first boundary, else the table entry I[t, p(t)]); groups of one chunk.
+    itself (carry score up to the first boundary, else the table entry I[t, p(t)]).
     FAST (a GPU; False under the interpreter): branch-free divisions and a warp ballot in inline PTX."""
-    GROUP: tl.constexpr = 1 if PIPE else CHUNK_GROUP
     bh = tl.program_id(0)
     NC = tl.cdiv(T, C)
     j = tl.arange(0, KW)
@@ -543,7 +498,6 @@ def dla_merge_kernel(
     zc = tl.zeros([C], dtype=tl.int32)
     m0 = tl.load(size_ptr + bh).to(tl.int32)
     Tr = tl.load(rlen_ptr + bh)  # the row's length: its padding counts in no slot
-    Tv = tl.minimum(T, Tr)
     m = m0
     # lanes >= K hold count 1 (never read as a slot; keeps every shifted density finite)
     n = tl.load(cnt_ptr + bh * K + j, mask=j < K, other=1).to(tl.int64)
@@ -551,95 +505,71 @@ def dla_merge_kernel(
     pos = tl.where(j < m0, j - m0, 2147483647)
     n_open = tl.gather(n, tl.maximum(zk + m0 - 1, 0), 0)
     i_open = tl.gather(info, tl.maximum(zk + m0 - 1, 0), 0)
-    # The pair densities, kept from one chunk to the next once a merge has formed them (``merging``): between
-    # two chunks with boundaries only the last pair's (with the slot then open) changes. Lanes >= K - 1: +inf.
-    d = tl.full([KW], float("inf"), dtype=tl.float64)
-    merging = 0
-    for g in range(tl.cdiv(NC, GROUP)):
-        c0 = g * GROUP
-        # Which of the group's chunks have a boundary (bit i: chunk c0 + i), and their score totals (lane i).
+    if not PIPE:
+        mask = tl.load(mask_ptr + bh * NC)
+        sc = tl.load(score_ptr + bh * NC * C + t_idx, mask=t_idx < T, other=0.0)
+    else:
+        mask = tl.zeros([], dtype=tl.int64)
+        sc = tl.zeros([C], dtype=tl.float32)
+    for c in range(NC):
+        tl.store(live_ptr + (bh * NC + c) * KP + j, pos, mask=j < KP)
+        tl.store(livem_ptr + bh * NC + c, m)
+        nvalid = tl.maximum(tl.minimum(tl.minimum(T, Tr) - c * C, C), 0)
         if PIPE:
-            while tl.atomic_add(flag_ptr + bh, 0, sem="acquire") <= c0:
+            while tl.atomic_add(flag_ptr + bh, 0, sem="acquire") <= c:
                 pass
-            mask_g = tl.load(mask_ptr + bh * NC + c0, volatile=True)
-            nvalid_g = tl.maximum(tl.minimum(Tv - c0 * C, C), 0)
-            sc_g = pipelined_scores(mask_g, bh, c0, NC, nvalid_g, t_idx, score_ptr, itab_ptr, cscore_ptr, C)
-            tots = tl.sum(tl.where(t_idx < nvalid_g, sc_g, 0.0).to(tl.float64), 0)
-            active = (mask_g != 0).to(tl.int32)
+            mask = tl.load(mask_ptr + bh * NC + c, volatile=True)
+            sc = pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore_ptr, C)
+            mask_n = mask
+            sc_n = sc
         else:
-            tots = tl.zeros([KW], dtype=tl.float64)
-            active = 0
-            for i in tl.static_range(GROUP):  # independent loads and reductions: their latencies overlap
-                ci = c0 + i
-                mask_i = tl.load(mask_ptr + bh * NC + ci, mask=ci < NC, other=0)
-                sc_i = tl.load(score_ptr + bh * NC * C + ci * C + t_idx, mask=ci * C + t_idx < T, other=0.0)
-                nvalid_i = tl.maximum(tl.minimum(Tv - ci * C, C), 0)
-                tots = tl.where(j == i, tl.sum(tl.where(t_idx < nvalid_i, sc_i, 0.0).to(tl.float64), 0), tots)
-                active = active | ((mask_i != 0).to(tl.int32) << i)
-        for i in range(tl.minimum(GROUP, NC - c0)):
-            c = c0 + i
-            tl.store(live_ptr + (bh * NC + c) * KP + j, pos, mask=j < KP)
-            tl.store(livem_ptr + bh * NC + c, m)
-            nvalid = tl.maximum(tl.minimum(Tv - c * C, C), 0)
-            if PIPE:
-                tot = tots
-            else:
-                tot = tl.gather(tots, zk + i, 0)
-            if ((active >> i) & 1) != 0:
-                if PIPE:
-                    mask = mask_g
-                    sc = sc_g
-                else:  # L1 hits: the group's loads brought them
-                    mask = tl.load(mask_ptr + bh * NC + c)
-                    sc = tl.load(score_ptr + bh * NC * C + c * C + t_idx, mask=c * C + t_idx < T, other=0.0)
-                sc64 = tl.where(t_idx < nvalid, sc, 0.0).to(tl.float64)
-                cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
-                nb = tl.sum((mask_bits(mask, t_idx)).to(tl.int32), 0)
-                nno, ino, nnx, inx, dnx = closing_slots(mask, sc64, cs, t_idx, tl.gather(n_open, zc, 0),
-                                                   tl.gather(i_open, zc, 0), C, FAST)
-                last = highest_bit_index(mask)  # the open slot at the chunk end was opened at its last boundary
-                n_end = (zk + nvalid - last).to(tl.int64)
-                i_end = tl.gather(sc64, zk + last, 0) + (tot - tl.gather(cs, zk + last, 0))
-                rem = mask
-                nadd = tl.minimum(nb, K - m)
-                for _ in range(nadd):  # room left: close the open slot, open one
-                    low = rem & (-rem)
+            # prefetch the next chunk's mask and scores
+            mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
+            sc_n = tl.load(score_ptr + bh * NC * C + (c + 1) * C + t_idx, mask=(c + 1) * C + t_idx < T, other=0.0)
+        sc64 = tl.where(t_idx < nvalid, sc, 0.0).to(tl.float64)
+        cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
+        tot = tl.sum(sc64, 0)
+        nb = tl.sum((mask_bits(mask, t_idx)).to(tl.int32), 0)
+        if nb > 0:
+            nno, ino, nnx, inx, dnx = closing_slots(mask, sc64, cs, t_idx, tl.gather(n_open, zc, 0),
+                                               tl.gather(i_open, zc, 0), C)
+            rem = mask
+            nadd = tl.minimum(nb, K - m)
+            for _ in range(nadd):  # room left: close the open slot, open one
+                low = rem & (-rem)
+                rem = rem ^ low
+                uu = zk + bit_index(low)
+                n = tl.where(j == m - 1, tl.gather(nno, uu, 0), n)
+                info = tl.where(j == m - 1, tl.gather(ino, uu, 0), info)
+                pos = tl.where(j == m, c * C + uu, pos)
+                m += 1
+            if nadd < nb:  # full: the closing slot into the last lane, then one merge per boundary
+                low = rem & (-rem)
+                rem = rem ^ low
+                u = bit_index(low)
+                n = tl.where(j == K - 1, tl.gather(nno, zk + u, 0), n)
+                info = tl.where(j == K - 1, tl.gather(ino, zk + u, 0), info)
+                d = pair_densities(n, info, j, K, KW)
+                for _ in range(nb - nadd):
+                    uu = zk + u
+                    tglob = c * C + u
+                    n, info, pos, d, istar, dying = merge_event(
+                        n, info, pos, d, tl.gather(nnx, uu, 0), tl.gather(inx, uu, 0), tl.gather(dnx, uu, 0), tglob,
+                        j, K, KW, FAST)
+                    tl.store(merged_ptr + bh * NC * C + tglob + zk, istar.to(tl.int64), mask=j == 0)
+                    tl.store(death_ptr + bh * NC * C + dying, zk + tglob, mask=(dying >= 0) & (dying < 2147483647))
+                    tl.store(death0_ptr + bh * K + dying + m0, zk + tglob, mask=dying < 0)
+                    low = rem & (-rem)  # the next event's position, one event ahead (junk after the last)
                     rem = rem ^ low
-                    uu = zk + bit_index(low)
-                    n = tl.where(j == m - 1, tl.gather(nno, uu, 0), n)
-                    info = tl.where(j == m - 1, tl.gather(ino, uu, 0), info)
-                    pos = tl.where(j == m, c * C + uu, pos)
-                    m += 1
-                if nadd < nb:  # full: the closing slot into the last lane, then one merge per boundary
-                    low = rem & (-rem)
-                    rem = rem ^ low
-                    u = bit_index(low)
-                    n_close = tl.gather(nno, zk + u, 0)
-                    i_close = tl.gather(ino, zk + u, 0)
-                    n = tl.where(j == K - 1, n_close, n)
-                    info = tl.where(j == K - 1, i_close, info)
-                    if merging == 0:
-                        d = pair_densities(n, info, j, K, KW)
-                    else:  # the pair (X_{K-2}, closing slot), as pair_densities forms it
-                        d = tl.where(j == K - 2, div_rn(info + i_close, (n + n_close).to(tl.float64), FAST), d)
-                    merging = 1
-                    for _ in range(nb - nadd):
-                        uu = zk + u
-                        tglob = c * C + u
-                        n, info, pos, d, istar, dying = merge_event(
-                            n, info, pos, d, tl.gather(nnx, uu, 0), tl.gather(inx, uu, 0), tl.gather(dnx, uu, 0),
-                            tglob, j, K, KW, FAST)
-                        tl.store(merged_ptr + bh * NC * C + tglob + zk, istar.to(tl.int64), mask=j == 0)
-                        tl.store(death_ptr + bh * NC * C + dying, zk + tglob, mask=(dying >= 0) & (dying < 2147483647))
-                        tl.store(death0_ptr + bh * K + dying + m0, zk + tglob, mask=dying < 0)
-                        low = rem & (-rem)  # the next event's position, one event ahead (junk after the last)
-                        rem = rem ^ low
-                        u = tl.maximum(bit_index(low), 0)
-                n_open = n_end
-                i_open = i_end
-            else:
-                n_open = n_open + nvalid
-                i_open = i_open + tot
+                    u = tl.maximum(bit_index(low), 0)
+            last = highest_bit_index(mask)  # the open slot at the chunk end was opened at its last boundary
+            n_open = (zk + nvalid - last).to(tl.int64)
+            i_open = tl.gather(sc64, zk + last, 0) + (tot - tl.gather(cs, zk + last, 0))
+        else:
+            n_open = n_open + nvalid
+            i_open = i_open + tot
+        mask = mask_n
+        sc = sc_n
     is_open = j == m - 1
     tl.store(cnt_ptr + bh * K + j, tl.where(j < m, tl.where(is_open, n_open, n), 0), mask=j < K)
     tl.store(info_ptr + bh * K + j, tl.where(j < m, tl.where(is_open, i_open, info), 0.0), mask=j < K)
