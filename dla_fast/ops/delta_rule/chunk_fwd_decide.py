@@ -1,0 +1,129 @@
+"""Triton, gated delta rule: the decisions (stage 2 of the planned GPU forward, docs/delta-rule-chunked.md §7).
+
+Which tokens open a slot depends only on the open slot, and the delta rule's scores need that slot explicitly
+(sections 2 and 5 there: tables and norm recursions cancel where the rule erases the state). So one program per
+(batch, head) row walks its tokens in order with the open slot ``P`` in float64 registers, exactly as the torch
+path's scan (``chunk_torch_scan.scan_chunk_delta``) advances it::
+
+    y = P^T k,  w = v - a y,  x = b y.w,  ss = b^2 |k|^2 |w|^2,  score(|P|^2, x, ss, g)
+    P <- b k v^T (a new slot)  or  a (P - b k y^T) + b k v^T
+
+FLOPs per token ``~8 Dk Dv`` (float64); bytes per token ``(Dk + Dv)`` input elements, prefetched one token
+ahead, so that the chain per token is the two reductions (``y`` over Dk, the three sums over Dv) and the
+score. Merges do not enter (a merge never touches the open slot), so the masks this stage writes feed the
+scalar-decay merge simulation unchanged. Not wired into ``dla_fast.forward`` yet: the states and output stages
+of the delta rule's GPU forward are still to come (the torch path runs it today).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common.score import expm1_triton, information_score_from_decay_triton
+from ..common.triton_utils import next_pow2
+
+CHUNK = 64  # tokens per boundary mask (one int64), as the scalar-decay forward's chunks
+
+
+@triton.jit
+def token_inputs(k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, row, kd, vd, Dk, Dv, OVERRIDE: tl.constexpr):
+    """One token's ``(k, v, g, b, boundary)`` in float64 (the boundary override as int8, 0 without one)."""
+    k = tl.load(k_ptr + row * Dk + kd, mask=kd < Dk, other=0.0).to(tl.float64)
+    v = tl.load(v_ptr + row * Dv + vd, mask=vd < Dv, other=0.0).to(tl.float64)
+    g = tl.load(g_ptr + row).to(tl.float64)
+    b = tl.load(b_ptr + row).to(tl.float64)
+    bnd = tl.load(bnd_ptr + row) if OVERRIDE else 0
+    return k, v, g, b, bnd
+
+
+# Long: one row's sequential chain over its tokens; splitting it would add a round trip per token.
+@triton.jit(do_not_specialize=["T"])
+def dla_delta_decide_kernel(
+    k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, rlen_ptr, p_ptr, size_ptr,
+    score_ptr, start_ptr, mask_ptr,
+    T, H, Dk, Dv, tau, eps, norm_eps,
+    BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, OVERRIDE: tl.constexpr,
+):
+    """Program (row bh = b * H + h): scores [BH, T] float64, starts [BH, T] int8, the boundary mask of every chunk
+    of C tokens [BH, NC] int64, and the open slot after the row's last token back into ``p_ptr``."""
+    bh = tl.program_id(0)
+    b_idx = bh // H
+    h = bh % H
+    kd = tl.arange(0, BK)
+    vd = tl.arange(0, BV)
+    NC = tl.cdiv(T, C)
+    n_tok = tl.load(rlen_ptr + bh)
+    pmask = (kd[:, None] < Dk) & (vd[None, :] < Dv)
+    P = tl.load(p_ptr + bh * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=pmask, other=0.0).to(tl.float64)
+    nP = tl.sum(tl.sum(P * P, 0), 0)
+    has_slot = tl.load(size_ptr + bh) > 0
+    N = (Dk * Dv).to(tl.float64)
+    mask = (bh * 0).to(tl.int64)
+    row = b_idx * T * H + h
+    k, v, g, b, bnd = token_inputs(k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, row, kd, vd, Dk, Dv, OVERRIDE)
+    for t in range(n_tok):
+        # The next token's inputs, loaded before this token's chain (its last iteration reads token 0 again).
+        row_next = (b_idx * T + tl.where(t + 1 < n_tok, t + 1, 0)) * H + h
+        kn, vn, gn, bn, bndn = token_inputs(k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, row_next, kd, vd, Dk, Dv, OVERRIDE)
+        a = tl.exp(g)
+        y = tl.sum(k[:, None] * P, 0)
+        w = v - a * y
+        x = b * tl.sum(y * w, 0)
+        ss = b * b * tl.sum(k * k, 0) * tl.sum(w * w, 0)
+        score = information_score_from_decay_triton(nP, x, ss, a, expm1_triton(2.0 * g), N, eps, norm_eps)
+        score = tl.where(has_slot, score, 0.0)  # an empty cache's first token opens a slot, score 0
+        if OVERRIDE:
+            start = (bnd != 0) | (~has_slot)
+        else:
+            start = (score >= tau) | (~has_slot)
+        keep = tl.where(start, 0.0, a)  # a new slot starts from b k v^T alone
+        P = keep * (P - b * k[:, None] * y[None, :]) + b * k[:, None] * v[None, :]
+        nP = tl.sum(tl.sum(P * P, 0), 0)
+        has_slot = t >= 0
+        tl.store(score_ptr + bh * T + t, score)
+        tl.store(start_ptr + bh * T + t, start.to(tl.int8))
+        mask |= start.to(tl.int64) << (mask * 0 + t % C)  # (an int64 shift in the interpreter too)
+        if (t % C == C - 1) | (t == n_tok - 1):
+            tl.store(mask_ptr + bh * NC + t // C, mask)
+            mask = mask * 0
+        k, v, g, b, bnd = kn, vn, gn, bn, bndn
+    tl.store(p_ptr + bh * Dk * Dv + kd[:, None] * Dv + vd[None, :], P.to(p_ptr.dtype.element_ty), mask=pmask)
+
+
+def decide_delta_rule_triton(k, v, g, beta, *, open_states, size, tau, boundaries=None, row_lengths=None,
+                             eps: float = 1e-6, norm_eps: float = 1e-6):
+    """The delta rule's decisions for every (batch, head) row, on CUDA tensors (or CPU tensors under
+    ``TRITON_INTERPRET=1``).
+
+    Args:
+        k: ``[B, T, H, Dk]``; v: ``[B, T, H, Dv]``; g, beta: ``[B, T, H]``; boundaries: bool ``[B, T, H]`` or None.
+        open_states: ``[B, H, Dk, Dv]`` float32 (or float64), contiguous: the open slot of the initial cache (zero
+            for an empty one); advanced in place to the open slot after each row's last token.
+        size: ``[B, H]`` int64, the initial cache's slot counts (0: the first token opens a slot, score 0).
+        row_lengths: ``[B]`` int64 tokens per row (the rest is padding, not decided), or None (all T).
+
+    Returns:
+        ``(scores [B, T, H] float64, starts [B, T, H] bool, masks [B * H, ceil(T / 64)] int64)``: the chunks'
+        boundary masks (bit t of chunk c: token 64 c + t opens a slot), in the scalar-decay merge kernel's form.
+        Padding past a row's length is 0.
+    """
+    B, T, H, Dk = k.shape
+    Dv = v.shape[-1]
+    dev = k.device
+    BH, NC = B * H, triton.cdiv(T, CHUNK)
+    lengths = torch.full((B,), T, device=dev, dtype=torch.int64) if row_lengths is None else row_lengths.to(dev)
+    scores = torch.zeros(BH, T, device=dev, dtype=torch.float64)
+    starts = torch.zeros(BH, T, device=dev, dtype=torch.int8)
+    masks = torch.zeros(BH, NC, device=dev, dtype=torch.int64)
+    override = boundaries is not None
+    bnd = boundaries.to(torch.int8).contiguous() if override else starts
+    BK, BV = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
+    dla_delta_decide_kernel[(BH,)](
+        k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), bnd, lengths.repeat_interleave(H),
+        open_states, size.contiguous(), scores, starts, masks, T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
+        BK=BK, BV=BV, C=CHUNK, OVERRIDE=override, num_warps=8 if BK * BV <= 64 * 64 else 16,
+    )
+    to_bth = lambda x: x.view(B, H, T).transpose(1, 2)  # noqa: E731
+    return to_bth(scores), to_bth(starts).to(torch.bool), masks
