@@ -42,12 +42,16 @@ def token_inputs(k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, row, kd, vd, Dk, Dv, OVERR
 @triton.jit(do_not_specialize=["T"])
 def dla_delta_decide_kernel(
     k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, rlen_ptr, p_ptr, size_ptr,
-    score_ptr, start_ptr, mask_ptr,
-    T, H, Dk, Dv, tau, eps, norm_eps,
+    score_ptr, start_ptr, mask_ptr, scalars_ptr,
+    T, H, Dk, Dv,
     BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, OVERRIDE: tl.constexpr,
 ):
     """Program (row bh = b * H + h): scores [BH, T] float64, starts [BH, T] int8, the boundary mask of every chunk
-    of C tokens [BH, NC] int64, and the open slot after the row's last token back into ``p_ptr``."""
+    of C tokens [BH, NC] int64, and the open slot after the row's last token back into ``p_ptr``. ``scalars_ptr``:
+    ``(tau, eps, norm_eps)`` in float64 (a Python float argument would reach the GPU as float32)."""
+    tau = tl.load(scalars_ptr)
+    eps = tl.load(scalars_ptr + 1)
+    norm_eps = tl.load(scalars_ptr + 2)
     bh = tl.program_id(0)
     b_idx = bh // H
     h = bh % H
@@ -122,7 +126,8 @@ def decide_delta_rule_triton(k, v, g, beta, *, open_states, size, tau, boundarie
     BK, BV = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
     dla_delta_decide_kernel[(BH,)](
         k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), bnd, lengths.repeat_interleave(H),
-        open_states, size.contiguous(), scores, starts, masks, T, H, Dk, Dv, float(tau), float(eps), float(norm_eps),
+        open_states, size.contiguous(), scores, starts, masks,
+        torch.tensor([tau, eps, norm_eps], device=dev, dtype=torch.float64), T, H, Dk, Dv,
         BK=BK, BV=BV, C=CHUNK, OVERRIDE=override, num_warps=8 if BK * BV <= 64 * 64 else 16,
     )
     to_bth = lambda x: x.view(B, H, T).transpose(1, 2)  # noqa: E731
