@@ -157,14 +157,20 @@ def validate_step(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps, 
     return (q, k, v, g, slot_weights, beta), boundary, tau, dims, cache
 
 
+Tensor = torch.Tensor
+_NUMBERS = (int, float)
+
+
 def step_signature(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps, cache):
     """What step's checks and kernels depend on, for a cache and tensor inputs (None otherwise): each input's
     shape, dtype and device, the scalars with their types, and the cache's tensors by identity (a tensor's
     shape, dtype and device do not change). The step's kernels do not specialise on the inputs' alignment."""
-    tensors = (q, k, v, g, slot_weights, beta, boundary)
-    if not isinstance(cache, Cache) or not all(t is None or type(t) is torch.Tensor for t in tensors):
-        return None
-    if not all(type(x) in (int, float) for x in (tau, eps, norm_eps)):
+    # Plain conditions rather than all(...) over generators: this runs once per decoded token (half the time).
+    if (not isinstance(cache, Cache) or type(q) is not Tensor or type(k) is not Tensor or type(v) is not Tensor
+            or type(g) is not Tensor or type(slot_weights) is not Tensor
+            or (beta is not None and type(beta) is not Tensor)
+            or (boundary is not None and type(boundary) is not Tensor)
+            or type(tau) not in _NUMBERS or type(eps) not in _NUMBERS or type(norm_eps) not in _NUMBERS):
         return None
     return (
         q.shape, k.shape, v.shape, g.shape, slot_weights.shape,
