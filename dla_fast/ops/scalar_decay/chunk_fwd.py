@@ -254,10 +254,16 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     bst = start_states(k, v, g, hs, s.masks, s.death, bidx, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec)
     o = torch.empty(cfg.B, cfg.T, cfg.H, cfg.Dv, device=q.device, dtype=q.dtype)
     BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
-    dla_output_kernel[(cfg.NC, cfg.BH, triton.cdiv(BVF, BV))](
-        q, k, v, g, slot_weights, o, s.masks, s.death, s.death0, s.live, s.livem, hs, gs, bidx, bst, nsurv,
+    grid = (cfg.NC, cfg.BH, triton.cdiv(BVF, BV))
+    # Per program, the old starts' scales [C, KP] and state indices [KP], read back group by group. 16-bit inputs:
+    # one warpgroup, two programs per SM; fp32 (tf32x3 products) keeps 8 warps (it spills either way on sm_90).
+    nprog = grid[0] * grid[1] * grid[2]
+    sc = torch.empty(nprog * CHUNK * cfg.KP, device=q.device, dtype=torch.float32)
+    bsc = torch.empty(nprog * cfg.KP, device=q.device, dtype=torch.int32)
+    dla_output_kernel[grid](
+        q, k, v, g, slot_weights, o, s.masks, s.death, s.death0, s.live, s.livem, hs, gs, bidx, bst, nsurv, sc, bsc,
         cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
-        G=output_group(cfg.KP, BK, cfg.lowp, settings.output_group), num_warps=8,
+        G=output_group(cfg.KP, BK, cfg.lowp, settings.output_group), num_warps=4 if cfg.lowp else 8,
     )
     return o
 

@@ -51,10 +51,11 @@ def intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C: t
 
 
 # Long: one program's three reads accumulate into one register tile; splitting would re-read q and o.
+# 16-bit inputs: launched with 4 warps (one warpgroup, 241-252 registers on sm_90), two programs per SM.
 @triton.jit(do_not_specialize=["T", "binit"])
 def dla_output_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
-    mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bidx_ptr, bst_ptr, binit,
+    mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bidx_ptr, bst_ptr, binit, sc_ptr, bsc_ptr,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
     G: tl.constexpr,
@@ -66,7 +67,8 @@ def dla_output_kernel(
         + sum_{live old starts a_j, j >= 1} alive_j(t) (lambda_t[r_j+1] - lambda_t[r_j]) q_t^T H_d(a_j - 1)
     where H_d(a-1) is the prefix state before a, decayed to t. FLOPs per chunk: 2 C^2 (Dk + BV) + 2 C Dk BV for the
     chunk itself, and per live old start one read of its materialised prefix state (dla_bstate_kernel;
-    2 C Dk BV FLOPs, Dk BV elements from L2), G starts per tensor-core product.
+    2 C Dk BV FLOPs, Dk BV elements from L2), G starts per tensor-core product. Bytes besides the inputs: the
+    program's scratch rows ``sc [C, KP]`` fp32 and ``bsc [KP]`` int32, written once and read back once.
     """
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -122,17 +124,28 @@ def dla_output_kernel(
     gref = tl.where(lpos >= 0, tl.load(gs_ptr + bh * (NC + 1) + dpos // C + 1, mask=inlist, other=0.0), 0.0)
     dG = (gs_c - gref).to(tl.float32)
     scale = coef * tl.exp(tl.minimum(Gc[:, None] + dG[None, :], 0.0))  # [C, KP]
-    # Reads of the old starts' states, G at a time: o += (q * scale_j)[C, G*Dk] @ B[G*Dk, BV].
-    scale3 = tl.reshape(scale, [C, KP // G, G])
-    bslot2 = tl.reshape(bslot, [KP // G, G])
-    grp = tl.arange(0, KP // G)
+    # Reads of the old starts' states, G at a time: o += (q * scale_j)[C, G*Dk] @ B[G*Dk, BV]. The group's scales
+    # and state indices come back from this program's scratch rows (written here, read from L2): a load lands in
+    # the dot's operand layout, where picking a group out of the [C, KP] register tile took a shuffle reduction
+    # and four shared-memory layout conversions per group (docs/performance.md, "Output stage").
+    prog = ((c * tl.num_programs(1) + bh) * tl.num_programs(2) + vb).to(tl.int64)
+    sc_row = sc_ptr + prog * C * KP
+    bs_row = bsc_ptr + prog * KP
+    tl.store(sc_row + row * KP + jj[None, :], scale)
+    tl.store(bs_row + jj, bslot.to(tl.int32))
+    tl.debug_barrier()  # other threads of the program read these rows
+    gj = tl.arange(0, G)
+    # The next group's indices one iteration ahead, in registers: the state loads then depend on no load of
+    # their own iteration, and Triton's pipeliner keeps two groups of states in flight (one otherwise).
+    bs_next = tl.load(bs_row + gj)
     for gx in range(0, tl.cdiv(m0, G)):
-        sg = tl.sum(tl.where(grp[None, :, None] == gx, scale3, 0.0), 1)  # [C, G]
-        bs = tl.sum(tl.where(grp[:, None] == gx, bslot2, 0), 0)  # [G]
+        bs = bs_next.to(tl.int64)
+        bs_next = tl.load(bs_row + tl.minimum(gx + 1, KP // G - 1) * G + gj)
         bm = (bs >= 0)[:, None, None] & (kd[None, :, None] < Dk) & (vd[None, None, :] < Dv)
         Bt = tl.load(bst_ptr + tl.maximum(bs, 0)[:, None, None] * Dk * Dv + kd[None, :, None] * Dv + vd[None, None, :],
                      mask=bm, other=0.0)
         Bt = tl.reshape(Bt, [G * BK, BV])
+        sg = tl.load(sc_row + row * KP + gx * G + gj[None, :])  # [C, G]
         Qs = tl.reshape(qf[:, None, :] * sg[:, :, None], [C, G * BK])
         if LOWP:
             o += tl.dot(Qs.to(qc.dtype), Bt.to(qc.dtype))
