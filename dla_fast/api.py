@@ -236,7 +236,7 @@ def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps
     if step_triton_ is not None:
         # In place: the cache's tensors keep their storage (a CUDA graph can capture the step).
         o, (score, start, merged) = step_triton_(
-            q, k, v, g, slot_weights, tau=tau, boundary=boundary, states=cache.states, counts=cache.counts,
+            q, k, v, g, slot_weights, tau=tau, beta=beta, boundary=boundary, states=cache.states, counts=cache.counts,
             info=cache.info, size=cache.size, eps=eps, norm_eps=norm_eps, fresh_trace=fresh_trace,
             # Buffers made before a CUDA graph's capture are not the graph's to keep: none while capturing.
             scratch=None if q.is_cuda and torch.cuda.is_current_stream_capturing() else cache.scratch,

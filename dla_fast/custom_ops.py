@@ -33,12 +33,13 @@ from .validation import compute_dtype, validate_forward
 
 def triton_step_applies(q, beta, states, counts, info, size) -> bool:
     """Whether ``step`` runs the in-place Triton step (whose score is float32; the torch step's is float64):
-    a scalar-decay call ``backend.uses_triton`` sends to the kernels, on a cache of contiguous float32 states and
-    info with int64 counts and size (the layout ``forward`` and ``Cache.empty`` produce; any other cache takes
-    the torch step). One rule for ``api._step`` and this op's fake."""
+    a call ``backend.uses_triton`` sends to the kernels, either backbone (``beta`` does not matter: the step
+    kernel has the delta rule too), on a cache of contiguous float32 states and info with int64 counts and size
+    (the layout ``forward`` and ``Cache.empty`` produce; any other cache takes the torch step). One rule for
+    ``api._step`` and this op's fake."""
     layout = (states.dtype == torch.float32 and info.dtype == torch.float32 and counts.dtype == torch.int64
               and size.dtype == torch.int64 and all(x.is_contiguous() for x in (states, counts, info, size)))
-    return beta is None and layout and uses_triton(q, q.shape[-1], states.shape[-1])
+    return layout and uses_triton(q, q.shape[-1], states.shape[-1])
 
 
 # --- dla::forward ------------------------------------------------------------------------------------------

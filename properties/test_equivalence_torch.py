@@ -70,7 +70,8 @@ def test_dla_fast_in_pieces_is_equivalent_to_the_reference(case, dtype, chunk_si
 
 
 # On a GPU: the same harness through the public API on CUDA tensors, which runs the Triton kernels for the
-# scalar-decay backbone (float32 and bfloat16 inputs) and the torch paths for the delta rule.
+# scalar-decay backbone (float32 and bfloat16 inputs), the Triton step for the delta rule too, and the torch
+# forward for the delta rule.
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 GPU_DTYPES = ("float32", "bfloat16")
 # Head sizes the Triton kernels take (32 and up: dla_fast.backend.uses_triton); smaller ones run the torch path.

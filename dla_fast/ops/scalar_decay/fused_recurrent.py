@@ -1,4 +1,4 @@
-"""Triton decode step of DLA, scalar-decay backbone: one token per (batch, head) against a K-slot cache, in place.
+"""Triton decode step of DLA, both backbones: one token per (batch, head) against a K-slot cache, in place.
 
 One kernel, grid B*H x Dv blocks, so that a decode loop costs one launch per token and the slot stream is
 spread over more programs than there are (batch, head) rows. Every program of a row:
@@ -17,6 +17,13 @@ spread over more programs than there are (batch, head) rows. Every program of a 
    information sums and size. The wait-free "last block" pattern: no program ever waits, so any number of
    programs per row is safe, under the interpreter too (which runs programs one after another).
 
+The gated delta rule (``BETA``, ``beta`` given) changes two things. The decision forms the score's scalars
+``nP = ||P||^2``, ``x = b y.w``, ``ss = ||b k||^2 ||w||^2`` (``y = P^T k``, ``w = v - a y``) and the score itself in
+float64 from the float32 open slot (``w`` cancels: docs/precision.md section 9); ``y`` reduces over Dk, so the
+pass over the Dv blocks stays one. The stream applies ``A(S) = a (S - b k (k^T S))`` to ``S[src] (+ S[src + 1])``
+and adds ``b k v^T`` to the token's slot: ``k^T S`` is a reduction over Dk of the program's own block (one more
+per slot than scalar decay). Everything else (the side buffer, the publication) is the same code.
+
 At large batches the kernel is bandwidth-bound; at B = 1 latency-bound (one program streams its K slots in
 order), hence its loads run two slots ahead of the stores and the read reduces once after the loop.
 
@@ -32,24 +39,26 @@ import triton
 import triton.language as tl
 
 from ...backend import interpreting
-from ..common.score import information_score_triton
+from ..common.score import expm1_triton, information_score_from_decay_triton, information_score_triton
 from ..common.triton_utils import launch_compiled, launch_jit, load_state, next_pow2, store_state, stream_getter
 from .chunk_fwd import check_dims
 
 # The token's inputs may sit anywhere (slices of a prompt): no specialisation on their alignment, so that a
 # decode loop launches one compiled kernel (fused_recurrent.StepLaunch) whatever their offsets.
-STEP_TOKEN_POINTERS = ["q_ptr", "k_ptr", "v_ptr", "g_ptr", "w_ptr", "bnd_ptr"]
+STEP_TOKEN_POINTERS = ["q_ptr", "k_ptr", "v_ptr", "g_ptr", "w_ptr", "bnd_ptr", "beta_ptr"]
 
 
 # Long: the decision is one chain (score, boundary, merge choice, the scalar cache after the step).
 @triton.jit
 def step_decision(
-    k_ptr, v_ptr, g_ptr, bnd_ptr, s_ptr, cnt_ptr, info_ptr, size_ptr, bh, K, Dk, Dv, tau, eps, norm_eps,
+    k_ptr, v_ptr, g_ptr, bnd_ptr, s_ptr, cnt_ptr, info_ptr, size_ptr, bh, K, Dk, Dv, tau, eps, norm_eps, beta_ptr,
     BK: tl.constexpr, BVD: tl.constexpr, NVD: tl.constexpr, KP: tl.constexpr, OVERRIDE: tl.constexpr,
+    BETA: tl.constexpr,
 ):
     """Row ``bh``'s decision: ``(m, start, istar, m_new, score, n_new, i_new)``: the slots before and after
     the step, whether the token opens a slot, the merged pair (-1: none), the score, and the counts and
-    information sums after the step (``[KP]``, float64 sums)."""
+    information sums after the step (``[KP]``, float64 sums). The delta rule's score is float64 (its scalars
+    cancel: ``delta_rule_score``), scalar decay's float32."""
     kd = tl.arange(0, BK)
     j = tl.arange(0, KP)
     kf = tl.load(k_ptr + bh * Dk + kd, mask=kd < Dk, other=0.0).to(tl.float32)
@@ -59,19 +68,23 @@ def step_decision(
     inf = tl.load(info_ptr + bh * K + j, mask=j < K, other=0.0).to(tl.float64)
     # 1. The open slot's three scalars, a Dv block at a time (an empty cache reads slot 0: its score is unused).
     open_slot = s_ptr + (bh * K + tl.maximum(m - 1, 0)) * Dk * Dv
-    nP = 0.0
-    x = 0.0
-    vv = 0.0
-    for vb in tl.static_range(NVD):
-        vd = vb * BVD + tl.arange(0, BVD)
-        vf = tl.load(v_ptr + bh * Dv + vd, mask=vd < Dv, other=0.0).to(tl.float32)
-        P = load_state(open_slot, kd, vd, Dk, Dv)
-        nP += tl.sum(tl.sum(P * P, 1), 0)
-        x += tl.sum(tl.sum(P * kf[:, None] * vf[None, :], 1), 0)
-        vv += tl.sum(vf * vf, 0)
-    ss = tl.sum(kf * kf, 0) * vv
-    N = (Dk * Dv).to(tl.float32)
-    score = tl.where(m > 0, information_score_triton(nP, x, ss, g, N, eps, norm_eps), 0.0)
+    if BETA:
+        score = delta_rule_score(kf, v_ptr, g_ptr, beta_ptr, open_slot, bh, Dk, Dv, eps, norm_eps, BK, BVD, NVD)
+    else:
+        nP = 0.0
+        x = 0.0
+        vv = 0.0
+        for vb in tl.static_range(NVD):
+            vd = vb * BVD + tl.arange(0, BVD)
+            vf = tl.load(v_ptr + bh * Dv + vd, mask=vd < Dv, other=0.0).to(tl.float32)
+            P = load_state(open_slot, kd, vd, Dk, Dv)
+            nP += tl.sum(tl.sum(P * P, 1), 0)
+            x += tl.sum(tl.sum(P * kf[:, None] * vf[None, :], 1), 0)
+            vv += tl.sum(vf * vf, 0)
+        ss = tl.sum(kf * kf, 0) * vv
+        N = (Dk * Dv).to(tl.float32)
+        score = information_score_triton(nP, x, ss, g, N, eps, norm_eps)
+    score = tl.where(m > 0, score, 0.0)
     if OVERRIDE:
         start = (tl.load(bnd_ptr + bh) != 0) | (m == 0)
     else:
@@ -102,6 +115,37 @@ def step_decision(
 
 
 @triton.jit
+def delta_rule_score(kf, v_ptr, g_ptr, beta_ptr, open_slot, bh, Dk, Dv, eps, norm_eps,
+                     BK: tl.constexpr, BVD: tl.constexpr, NVD: tl.constexpr):
+    """The delta rule's score (float64) of the token against the open slot ``P``, as
+    ``recurrent._open_slot_score`` forms it: the increment is ``u = b k w^T`` with ``w = v - a y``, ``y = P^T k``,
+    and ``nP = ||P||^2``, ``x = <P, u> = b y.w``, ``ss = ||b k||^2 ||w||^2``. ``w`` cancels where the slot
+    already holds ``v`` along ``k``, so everything is float64 from the float32 state (``a = exp(g)`` in
+    float64 too: docs/precision.md section 9). ``y`` reduces over Dk only, so one pass over the Dv blocks."""
+    kd = tl.arange(0, BK)
+    g = tl.load(g_ptr + bh).to(tl.float64)
+    a = tl.exp(g)
+    b = tl.load(beta_ptr + bh).to(tl.float32).to(tl.float64)  # beta in the states' dtype, as the torch step
+    k64 = kf.to(tl.float64)
+    nP = 0.0
+    yw = 0.0
+    ww = 0.0
+    for vb in tl.static_range(NVD):
+        vd = vb * BVD + tl.arange(0, BVD)
+        v64 = tl.load(v_ptr + bh * Dv + vd, mask=vd < Dv, other=0.0).to(tl.float32).to(tl.float64)
+        P = load_state(open_slot, kd, vd, Dk, Dv).to(tl.float64)
+        nP += tl.sum(tl.sum(P * P, 1), 0)
+        y = tl.sum(P * k64[:, None], 0)
+        w = v64 - a * y
+        yw += tl.sum(y * w, 0)
+        ww += tl.sum(w * w, 0)
+    bk = b * k64
+    N = (Dk * Dv).to(tl.float64)
+    return information_score_from_decay_triton(nP, b * yw, tl.sum(bk * bk, 0) * ww, a, expm1_triton(2.0 * g), N,
+                                               eps, norm_eps)
+
+
+@triton.jit
 def fence_gpu(dep, FENCE: tl.constexpr):
     """``fence.acq_rel.gpu`` in every thread (CUDA's ``__threadfence``): this thread's earlier loads and
     stores are ordered before its later ones for every program on the GPU. ``dep`` is any scalar (inline PTX
@@ -117,22 +161,23 @@ def dla_step_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, bnd_ptr, s_ptr, cnt_ptr, info_ptr, size_ptr,
     side_ptr, arrive_ptr, o_ptr, score_ptr, start_ptr, merged_ptr,
     K, Dk, Dv, tau, eps, norm_eps,
+    beta_ptr,  # last: the scalar-decay kernel's parameters keep their places (BETA off compiles to the same code)
     BK: tl.constexpr, BV: tl.constexpr, BVD: tl.constexpr, NVD: tl.constexpr, KP: tl.constexpr,
-    OVERRIDE: tl.constexpr, PIPELINE: tl.constexpr, FENCE: tl.constexpr,
+    OVERRIDE: tl.constexpr, PIPELINE: tl.constexpr, FENCE: tl.constexpr, BETA: tl.constexpr,
 ):
     bh = tl.program_id(0)
     vb = tl.program_id(1)
     m, start, istar, m_new, score, n_new, i_new = step_decision(
         k_ptr, v_ptr, g_ptr, bnd_ptr, s_ptr, cnt_ptr, info_ptr, size_ptr, bh, K, Dk, Dv, tau, eps, norm_eps,
-        BK, BVD, NVD, KP, OVERRIDE)
+        beta_ptr, BK, BVD, NVD, KP, OVERRIDE, BETA)
     if vb == 0:
-        tl.store(score_ptr + bh, score)
+        tl.store(score_ptr + bh, score.to(tl.float32))
         tl.store(start_ptr + bh, start.to(tl.int8))
         tl.store(merged_ptr + bh, istar.to(tl.int64))
     decided = tl.maximum(m - 1, 0)  # the slot every decision reads: its new block goes to the side buffer
     side = side_ptr + bh * Dk * Dv
-    stream_slots(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, s_ptr, side, o_ptr, bh, vb, m, start, istar, m_new, decided,
-                 K, Dk, Dv, BK, BV, PIPELINE)
+    stream_slots(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, beta_ptr, s_ptr, side, o_ptr, bh, vb, m, start, istar, m_new,
+                 decided, K, Dk, Dv, BK, BV, PIPELINE, BETA)
     # 3. Publication: the last program of the row to get here (every sibling's decision reads are done and
     # its side block is written) copies the side buffer into slot `decided` and stores the scalar cache.
     fence_gpu(bh, FENCE)
@@ -154,10 +199,11 @@ def dla_step_kernel(
 
 
 @triton.jit
-def stream_slots(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, s_ptr, side, o_ptr, bh, vb, m, start, istar, m_new, decided,
-                 K, Dk, Dv, BK: tl.constexpr, BV: tl.constexpr, PIPELINE: tl.constexpr):
+def stream_slots(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, beta_ptr, s_ptr, side, o_ptr, bh, vb, m, start, istar, m_new,
+                 decided, K, Dk, Dv, BK: tl.constexpr, BV: tl.constexpr, PIPELINE: tl.constexpr, BETA: tl.constexpr):
     """The program's Dv block of every slot, advanced in place (slot ``decided`` into ``side``), and its block
-    of the output."""
+    of the output. BETA: the delta rule's transition ``A(S) = a (S - b k (k^T S))`` and increment ``b k v^T``;
+    ``k^T S`` reduces over Dk, which the program holds whole, so each Dv block advances on its own."""
     full = start & (m == K)
     kd = tl.arange(0, BK)
     vd = vb * BV + tl.arange(0, BV)
@@ -165,6 +211,9 @@ def stream_slots(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, s_ptr, side, o_ptr, bh, vb, 
     qf = tl.load(q_ptr + bh * Dk + kd, mask=kd < Dk, other=0.0).to(tl.float32)
     vf = tl.load(v_ptr + bh * Dv + vd, mask=vd < Dv, other=0.0).to(tl.float32)
     a = tl.exp(tl.load(g_ptr + bh).to(tl.float32))
+    bk = kf  # the key of the token's increment b k v^T (scalar decay: k)
+    if BETA:
+        bk = tl.load(beta_ptr + bh).to(tl.float32) * kf  # rounded to float32, as the torch step's
     slots = s_ptr + bh * K * Dk * Dv
     # Slot jx is stored after every read of it: its sources are slots >= jx. PIPELINE (small batches, where one
     # program's chain of slot loads is the time): the sources of slots jx + 1 and jx + 2 are loaded before slot
@@ -185,9 +234,13 @@ def stream_slots(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, s_ptr, side, o_ptr, bh, vb, 
             S = step_source(slots, jx, start, istar, m_new, full, kd, vd, Dk, Dv)
         if full & (jx == istar):  # the merged pair: its right slot joins (once per step, not pipelined)
             S += load_state(slots + (jx + 1) * Dk * Dv, kd, vd, Dk, Dv)
+        # The delta rule's transition, once for a merged pair's sum (A is linear; the reference transitions both
+        # slots, then adds: the same up to float32 rounding). k^T S reduces over Dk: all of it is this program's.
+        if BETA:
+            S -= bk[:, None] * tl.sum(kf[:, None] * S, 0)[None, :]
         S = a * S
         if (start & (jx == m_new - 1)) | ((~start) & (jx == m - 1)):  # the token's slot
-            S += kf[:, None] * vf[None, :]
+            S += bk[:, None] * vf[None, :]
         store_state(tl.where(jx == decided, side, slots + jx * Dk * Dv), S, kd, vd, Dk, Dv)
         lam = tl.load(w_ptr + bh * K + m_new - 1 - jx).to(tl.float32)
         if PIPELINE:
@@ -212,14 +265,16 @@ def step_source(slots, jx, start, istar, m_new, full, kd, vd, Dk, Dv):
     return tl.load(slots + src * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=mask, other=0.0)
 
 
-def _stream_blocks(BH: int, BK: int, BVF: int) -> tuple[int, bool, int]:
+def _stream_blocks(BH: int, BK: int, BVF: int, delta_rule: bool = False) -> tuple[int, bool, int]:
     """``(BV, PIPELINE, num_warps)`` of the step kernel's stream. When B*H rows already fill the GPU: Dv blocks
     of 64, the lean loop, 4 warps (bandwidth-bound). Otherwise narrower blocks (more programs, each streaming
     fewer bytes), the pipelined loop and 8 warps from Dk = 64 on, whose tiles then fit in registers beside the
     decision's (A/B on an H200 at B = 1, H = 16: D = 128 took 26.2 us with (16, 4 warps), 24.4 with (16, 8)
-    and 22.1 with (32, 8); D = 64 15.7 us with (16, 4), 14.1 with (16, 8); docs/benchmarks.md run 14)."""
+    and 22.1 with (32, 8); D = 64 15.7 us with (16, 4), 14.1 with (16, 8); docs/benchmarks.md run 14).
+    The delta rule's lean loop at Dk = 128 takes 8 warps: with 4 it spills (its float64 decision and the
+    per-slot ``k^T S``; 255 registers and 240 bytes of stack for sm_90, none with 8; the same warps per SM)."""
     if BH * triton.cdiv(BVF, 64) >= 264:
-        return min(BVF, 64), False, 4
+        return min(BVF, 64), False, 8 if delta_rule and BK >= 128 else 4
     BV = min(BVF, 32 if BH >= 64 or BK >= 128 else 16)
     return BV, True, 8 if BK >= 64 else 4
 
@@ -233,15 +288,15 @@ class StepLaunch:
     pointer on the H200's host). The cache's tensors are held, so that their addresses stay theirs.
     """
 
-    def __init__(self, B: int, H: int, K: int, Dk: int, Dv: int, override: bool, device):
+    def __init__(self, B: int, H: int, K: int, Dk: int, Dv: int, override: bool, delta_rule: bool, device):
         check_dims(Dk, Dv)
         BH = B * H
         BK, BVF = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
-        BV, pipeline, self.num_warps = _stream_blocks(BH, BK, BVF)
+        BV, pipeline, self.num_warps = _stream_blocks(BH, BK, BVF, delta_rule)
         BVD = min(BVF, 64)  # the decision's and the publication's Dv block
         self.grid = (BH, triton.cdiv(BVF, BV), 1)
         self.blocks = (BK, BV, BVD, triton.cdiv(BVF, BVD), max(next_pow2(K), 4), override, pipeline,
-                       not interpreting())
+                       not interpreting(), delta_rule)
         self.dims = (K, Dk, Dv)
         self.side = torch.empty(BH, Dk, Dv, device=device, dtype=torch.float32)
         self.arrive = torch.zeros(BH, device=device, dtype=torch.int32)  # each kernel leaves them at zero
@@ -251,7 +306,8 @@ class StepLaunch:
         self.kernel = None
 
     def __call__(self, tokens, bnd, cache, trace, o, scalars) -> None:
-        """Launch the kernel: ``tokens`` ``(q, k, v, g, slot_weights)`` contiguous, ``bnd`` the boundary
+        """Launch the kernel: ``tokens`` ``(q, k, v, g, slot_weights, beta)`` contiguous (``beta`` any tensor
+        for scalar decay: unread), ``bnd`` the boundary
         override (int8) or any tensor, ``cache`` ``(states, counts, info, size)``, ``trace`` the
         ``(score, started, merged)`` outputs, ``o`` the output, ``scalars`` ``(tau, eps, norm_eps)``."""
         if self.kernel is None:
@@ -264,17 +320,17 @@ class StepLaunch:
             return
         states, counts, info, size, side, arrive, *own_trace = self.pointers
         trace = own_trace if trace is self.trace else [t.data_ptr() for t in trace]
-        q, k, v, g, slot_weights = tokens
+        q, k, v, g, slot_weights, beta = tokens
         args = self._arguments(q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), slot_weights.data_ptr(),
-                               bnd.data_ptr(), states, counts, info, size, side, arrive, o.data_ptr(), trace,
-                               scalars)
+                               beta.data_ptr(), bnd.data_ptr(), states, counts, info, size, side, arrive,
+                               o.data_ptr(), trace, scalars)
         launch_compiled(self.kernel, self.grid, self.current_stream(self.device_index), *args)
 
-    def _arguments(self, q, k, v, g, slot_weights, bnd, states, counts, info, size, side, arrive, o, trace,
+    def _arguments(self, q, k, v, g, slot_weights, beta, bnd, states, counts, info, size, side, arrive, o, trace,
                    scalars):
         """Every parameter of the kernel, in order (tensors or their addresses)."""
         return (q, k, v, g, slot_weights, bnd, states, counts, info, size, side, arrive, o, *trace, *self.dims,
-                *scalars, *self.blocks)
+                *scalars, beta, *self.blocks)
 
 
 def new_trace(B: int, H: int, device):
@@ -284,20 +340,23 @@ def new_trace(B: int, H: int, device):
             torch.empty(B, H, device=device, dtype=torch.int64))
 
 
-def step_triton_(q, k, v, g, slot_weights, *, tau, boundary=None, states, counts, info, size, eps=1e-6,
+def step_triton_(q, k, v, g, slot_weights, *, tau, beta=None, boundary=None, states, counts, info, size, eps=1e-6,
                  norm_eps=1e-6, scratch=None, fresh_trace=True):
-    """One DLA decode step (scalar decay) for every (batch, head), updating the cache **in place**, on CUDA
-    tensors (or CPU tensors under TRITON_INTERPRET=1). No host synchronisation; capturable in a CUDA graph.
+    """One DLA decode step (scalar decay, or the gated delta rule with ``beta``) for every (batch, head), updating
+    the cache **in place**, on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1). No host synchronisation;
+    capturable in a CUDA graph.
 
     Args:
         q, k: ``[B, H, Dk]``; v: ``[B, H, Dv]`` (float32, bfloat16 or float16); g: ``[B, H]``;
-        slot_weights: ``[B, H, K]``; boundary: bool ``[B, H]`` or None (override of the decision);
+        slot_weights: ``[B, H, K]``; beta: ``[B, H]`` (the delta rule) or None (scalar decay);
+        boundary: bool ``[B, H]`` or None (override of the decision);
         states ``[B, H, K, Dk, Dv]`` float32, counts ``[B, H, K]`` int64, info ``[B, H, K]`` float32,
         size ``[B, H]`` int64: the cache, contiguous, advanced by one token in place (``dla_fast.step`` sends
         only such caches here: ``custom_ops.triton_step_applies``).
-        scratch: a dict that lives as long as the call's signature (the inputs' shapes, dtypes and devices, and
-            the same cache tensors: ``Cache.scratch``, which ``dla_fast.step`` resets when it changes), or None. It
-            keeps the :class:`StepLaunch`, so that later calls launch the compiled kernels directly.
+        scratch: a dict that lives as long as the call's signature (the inputs' shapes, dtypes and devices, the
+            backbone, and the same cache tensors: ``Cache.scratch``, which ``dla_fast.step`` resets when it
+            changes), or None. It keeps the :class:`StepLaunch`, so that later calls launch the compiled kernels
+            directly.
         fresh_trace: return new trace tensors; False returns the scratch's, which the next call overwrites.
 
     Returns:
@@ -306,14 +365,16 @@ def step_triton_(q, k, v, g, slot_weights, *, tau, boundary=None, states, counts
     B, H, _ = q.shape
     launch = None if scratch is None else scratch.get("step_launch")
     if launch is None:
-        launch = StepLaunch(B, H, slot_weights.shape[-1], q.shape[-1], v.shape[-1], boundary is not None, q.device)
+        launch = StepLaunch(B, H, slot_weights.shape[-1], q.shape[-1], v.shape[-1], boundary is not None,
+                            beta is not None, q.device)
         if scratch is not None:
             scratch["step_launch"] = launch
     q, k, v, g, slot_weights = q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), slot_weights.contiguous()
+    beta = g if beta is None else beta.contiguous()  # scalar decay: a placeholder the kernel never reads
     o = torch.empty_like(v, dtype=q.dtype)
     trace = launch.trace if scratch is not None and not fresh_trace else new_trace(B, H, q.device)
     bnd = trace[1] if boundary is None else boundary.to(torch.int8).contiguous()
-    launch((q, k, v, g, slot_weights), bnd, (states, counts, info, size), trace, o,
+    launch((q, k, v, g, slot_weights, beta), bnd, (states, counts, info, size), trace, o,
            (float(tau), float(eps), float(norm_eps)))
     started = launch.started if trace is launch.trace else trace[1].view(torch.bool)
     return o, (trace[0], started, trace[2])
