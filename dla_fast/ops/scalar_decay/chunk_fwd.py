@@ -171,9 +171,10 @@ def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, o
         k, v, g, row_lengths, itab, anc, cvec, decay, cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps),
         float(norm_eps), C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=cfg.lowp, PREC=settings.table_precision,
         LOGC=int(math.log2(C)), SCAN=settings.table_scan, num_warps=8,
-        # two programs per SM (65,536 registers): D = 64 needs 109 registers a thread anyway, D = 128 141, capped
-        # at 128 with a 16-byte spill (sm_90, docs/performance.md "Table stage")
-        maxnreg=128 if max(BK, BVF) <= 128 else None,
+        # two programs per SM (65,536 registers): 16-bit D = 64 needs 111 registers a thread anyway, D = 128 141,
+        # capped at 128 with a 16-byte spill; fp32 dots (fp32 inputs, table_scan off) spill already: uncapped (sm_90,
+        # docs/performance.md "Table stage")
+        maxnreg=128 if cfg.lowp and settings.table_scan and max(BK, BVF) <= 128 else None,
     )
     return itab, anc, cvec, decay
 
