@@ -163,7 +163,7 @@ def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, o
     f32 = dict(device=k.device, dtype=torch.float32)
     C, NC, BH = CHUNK, cfg.NC, cfg.BH
     BK, BVF, _ = block_sizes(cfg.Dk, cfg.Dv)
-    itab = torch.empty(BH, NC, C // 2, C, **f32)  # the lower triangle folded (chunk_fwd_decide.table_offset)
+    itab = torch.empty(BH, NC, C, C, **f32)
     anc = torch.empty(BH, NC, C, device=k.device, dtype=torch.int64)
     cvec = torch.empty(BH, NC, CARRY_ROWS, C, **f32)
     decay = torch.empty(BH, NC, **f32)
@@ -171,10 +171,6 @@ def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, o
         k, v, g, row_lengths, itab, anc, cvec, decay, cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps),
         float(norm_eps), C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=cfg.lowp, PREC=settings.table_precision,
         LOGC=int(math.log2(C)), SCAN=settings.table_scan, num_warps=8,
-        # two programs per SM (65,536 registers): 16-bit D = 64 needs 111 registers a thread anyway, D = 128 141,
-        # capped at 128 with a 16-byte spill; fp32 dots (fp32 inputs, table_scan off) spill already: uncapped (sm_90,
-        # docs/performance.md "Table stage")
-        maxnreg=128 if cfg.lowp and settings.table_scan and max(BK, BVF) <= 128 else None,
     )
     return itab, anc, cvec, decay
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common.score import expm1_triton, information_score_from_decay_triton
+from ..common.score import expm1_triton, information_score_from_decay_triton, information_score_triton
 from ..common.triton_utils import (
     bit_index,
     chunk_tokens,
@@ -45,14 +45,6 @@ CV_WD = tl.constexpr(7)
 CARRY_ROWS = tl.constexpr(8)
 
 
-@triton.jit
-def table_offset(t, p, C: tl.constexpr):
-    """Where the score table keeps I[t, p] (0 <= p < t < C) in its chunk's ``C * C / 2`` entries: a fold of the
-    lower triangle into [C/2, C] whose row i holds token C/2 + i (p in columns 0 .. C/2 + i - 1) and then
-    token C/2 - i (p in the remaining columns)."""
-    return tl.where(t >= C // 2, (t - C // 2) * C + p, (C // 2 - t) * C + p + C - t)
-
-
 # Long: one program's table, orbit and columns; splitting costs a [C, C] round trip through memory.
 @triton.jit(do_not_specialize=["T"])
 def dla_table_kernel(
@@ -62,14 +54,11 @@ def dla_table_kernel(
     C: tl.constexpr, BK: tl.constexpr, BVF: tl.constexpr,
     NEED_ANC: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, LOGC: tl.constexpr, SCAN: tl.constexpr,
 ):
-    """Program (chunk c, bh): score table I[t, p] for p < t (folded, ``table_offset``), orbit bitmasks, and the
-    carry scan's per-token vectors (the chunk-start column and the decay terms, ``cvec``) and the chunk's total
-    decay.
+    """Program (chunk c, bh): score table I[t, p] for p < t, orbit bitmasks, and the carry scan's per-token
+    vectors (the chunk-start column and the decay terms, ``cvec``) and the chunk's total decay.
 
-    FLOPs per chunk: 2 C^2 (Dk + Dv) (Gram) + O(C^2) scans (+ 4 C^3 fp32 with SCAN off) + the score on the
-    C^2 / 2 entries p < t (~85 instructions each, the largest part); bytes: C (Dk + Dv) input elements in,
-    2 C^2 (folded table) + 8 C (bitmasks) + 32 C (carry vectors) + 4 out. sm_90, bf16, 64: 111 registers (two
-    programs per SM), 3,336 instructions a warp (docs/performance.md, "Table stage").
+    FLOPs per chunk: 2 C^2 (Dk + Dv) (Gram) + 4 C^3 (two table matmuls, fp32); bytes: C (Dk + Dv) input
+    elements in, 4 C^2 (table) + 8 C (bitmasks) + 32 C (carry vectors) out.
     """
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -112,63 +101,38 @@ def dla_table_kernel(
         X = tl.dot(Dm * gram, ge, input_precision=PREC)
         Y = tl.where(row >= col, 2.0 * a[:, None] * X + ss[:, None], 0.0)
         nPt = tl.dot(Dm * Dm, Y, input_precision=PREC)
+    N = (Dk * Dv).to(tl.float32)
+    I = information_score_triton(nPt, X, ss[:, None], g[:, None], N, eps, norm_eps)
+    I = tl.where(lower & valid[:, None], I, 0.0)
     base = bh * NC + c
+    tl.store(itab_ptr + base * C * C + row * C + col, I)
     # The carry scan's inputs that do not depend on the carried slot: the chunk-start column (p = 0) and the
     # decay terms, so that its sequential loop only loads them.
-    em1 = expm1_triton(2.0 * g)
     cvec = cvec_ptr + base * CARRY_ROWS * C + t_idx
+    tl.store(cvec + CV_X0 * C, tl.sum(tl.where(col == 0, X, 0.0), 1))
+    tl.store(cvec + CV_NP0 * C, tl.sum(tl.where(col == 0, nPt, 0.0), 1))
     tl.store(cvec + CV_SS * C, ss)
     tl.store(cvec + CV_EG * C, tl.exp(Gm1))
     tl.store(cvec + CV_ASH * C, tl.where(t_idx > 0, tl.exp(tl.gather(g, tl.maximum(t_idx - 1, 0), 0)), 1.0))
     tl.store(cvec + CV_A * C, a)
-    tl.store(cvec + CV_EM1 * C, em1)
+    tl.store(cvec + CV_EM1 * C, expm1_triton(2.0 * g))
     wd, eGl = decay_to_end(g)
     tl.store(cvec + CV_WD * C, tl.where(valid, wd, 0.0))
     tl.store(decay_ptr + base, eGl)
-    # The score only where p < t, folded into [C/2, C] (``table_offset``): half the elementwise score (~85
-    # instructions an entry, the kernel's largest part) and half the table's bytes. One gather each brings X
-    # and nP into the fold; the per-token terms come per fold row (tokens C/2 + i and C/2 - i).
-    HALF: tl.constexpr = C // 2
-    fi = tl.arange(0, HALF)
-    hi = col < HALF + fi[:, None]  # [HALF, C]: token C/2 + i at p = j, else token C/2 - i at p = j - C/2 - i
-    ft = tl.where(hi, HALF + fi[:, None], HALF - fi[:, None])
-    fp = tl.where(hi, col, col - HALF - fi[:, None])
-    src = tl.reshape(ft * C + fp, [HALF * C])
-    Xf = tl.reshape(tl.gather(tl.reshape(X, [C * C]), src, 0), [HALF, C])
-    nPf = tl.reshape(tl.gather(tl.reshape(nPt, [C * C]), src, 0), [HALF, C])
-    tri = hi | (fi[:, None] > 0)  # row 0's second half holds no entry
-    # The chunk-start column (p = 0) straight from the fold: each t > 0 once, t = 0 (zero) from row 0's tail.
-    # "+ 0.0" as the former row sum gave: -0 becomes +0, everything else is unchanged.
-    at0 = (tri & (fp == 0)) | ((fi[:, None] == 0) & (col == HALF))
-    t0 = cvec_ptr + base * CARRY_ROWS * C + tl.where(tri, ft, 0)
-    tl.store(t0 + CV_X0 * C, tl.where(tri, Xf + 0.0, 0.0), mask=at0)
-    tl.store(t0 + CV_NP0 * C, tl.where(tri, nPf + 0.0, 0.0), mask=at0)
-    # Per fold row the two tokens' terms (C/2 + i and C/2 - i).
-    lo_t = tl.maximum(HALF - fi, 1)
-    ssf = tl.where(hi, tl.gather(ss, HALF + fi, 0)[:, None], tl.gather(ss, lo_t, 0)[:, None])
-    af = tl.where(hi, tl.gather(a, HALF + fi, 0)[:, None], tl.gather(a, lo_t, 0)[:, None])
-    em1f = tl.where(hi, tl.gather(em1, HALF + fi, 0)[:, None], tl.gather(em1, lo_t, 0)[:, None])
-    N = (Dk * Dv).to(tl.float32)
-    I = information_score_from_decay_triton(nPf, Xf, ssf, af, em1f, N, eps, norm_eps)
-    ftok = c * C + ft
-    inside = tri & (ftok < T)
-    I = tl.where(inside, I, 0.0)
-    tl.store(itab_ptr + base * HALF * C + fi[:, None] * C + col, I)
     if NEED_ANC:
-        hit = inside & (ftok < tl.load(rlen_ptr + bh)) & (tau <= I)  # the row's own tokens (variable lengths)
-        # next(p) = the lowest t with a hit at (t, p): a token C/2 + i sits in column p of the fold; a token
-        # C/2 - i (< C/2, so first) is a shifted row: its hits as a bitmask over p, then tested per p.
-        one = tl.full([HALF, C], 1, tl.int64)
-        lobits = tl.sum(tl.where(hit & ~hi, one << fp.to(tl.int64), 0), 1)  # [HALF]: token C/2 - i
-        lohit = ((lobits[:, None] >> col.to(tl.int64)) & 1) != 0
-        cand = tl.where(lohit & (fi[:, None] > 0), HALF - fi[:, None], tl.where(hit & hi, HALF + fi[:, None], C))
-        nxt = tl.min(cand, 0)  # next(p), C if none in the chunk
-        bit = tl.full([C], 1, tl.int64)
-        A = (bit << t_idx.to(tl.int64)) | tl.where(nxt < C, bit << tl.minimum(nxt, C - 1).to(tl.int64), 0)
-        # Pointer doubling on the masks alone: after r rounds A[p] holds the orbit's first 2^r + 1 elements, so
-        # its highest bit is the element 2^r steps on (or the orbit's last, whose own mask is just itself).
+        own = tok < tl.load(rlen_ptr + bh)  # the row's own tokens (variable-length batches end early)
+        hit = lower & (valid & own)[:, None] & (tau <= I)
+        nxt = tl.min(tl.where(hit, row, C), 0)  # next(p), C if none in the chunk
+        one = tl.full([C], 1, tl.int64)
+        A = (one << t_idx.to(tl.int64)) | tl.where(nxt < C, one << tl.minimum(nxt, C - 1).to(tl.int64), 0)
+        J = nxt
         for _ in tl.static_range(LOGC):
-            A = A | tl.gather(A, highest_bit_index(A), 0)
+            has = J < C
+            Jc = tl.where(has, J, 0)
+            AJ = tl.gather(A, Jc, 0)
+            JJ = tl.gather(J, Jc, 0)
+            A = tl.where(has, A | AJ, A)
+            J = tl.where(has, JJ, C)
         tl.store(anc_ptr + base * C + t_idx, A)
 
 
@@ -327,7 +291,7 @@ def dla_scores_kernel(
     C: tl.constexpr,
 ):
     """Program (chunk, bh): score[t] = carry score up to the chunk's first boundary, else I[t, p(t)] with
-    p(t) the last boundary before t. Reads C of the table's C^2 / 2 entries (``table_offset``)."""
+    p(t) the last boundary before t. Reads C^2/.. a gather of C table entries."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
@@ -338,8 +302,7 @@ def dla_scores_kernel(
     mask = tl.load(mask_ptr + bh * NC + c)
     bvec = mask_bits(mask, t_idx)
     pt = tl.max(tl.where(bvec[None, :] & (col < row), col, -1), 1)
-    itab = tl.load(itab_ptr + (bh * NC + c) * (C * C // 2) + table_offset(t_idx, tl.maximum(pt, 0), C), mask=pt >= 0,
-                   other=0.0)
+    itab = tl.load(itab_ptr + (bh * NC + c) * C * C + t_idx * C + tl.maximum(pt, 0), mask=pt >= 0, other=0.0)
     Ic = tl.load(cscore_ptr + bh * NC * C + tok)
     tl.store(score_ptr + bh * NC * C + tok, tl.where(pt >= 0, itab, Ic), mask=tok < T)
 
@@ -503,8 +466,7 @@ def pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore
     chunk's first boundary, else the table entry I[t, p(t)] with p(t) the last boundary before t."""
     lt = mask & ((tl.full([C], 1, tl.int64) << t_idx.to(tl.int64)) - 1)  # boundaries before t
     pt = highest_bit_index(lt)
-    it = tl.load(itab_ptr + (bh * NC + c) * (C * C // 2) + table_offset(t_idx, tl.maximum(pt, 0), C), mask=pt >= 0,
-                 other=0.0)
+    it = tl.load(itab_ptr + (bh * NC + c) * C * C + t_idx * C + tl.maximum(pt, 0), mask=pt >= 0, other=0.0)
     cs0 = tl.load(cscore_ptr + bh * NC * C + c * C + t_idx, volatile=True)
     sc = tl.where(pt >= 0, it, cs0)
     sc = tl.where(t_idx < nvalid, sc, 0.0)
