@@ -50,8 +50,8 @@ def intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C: t
     return n_in, J, lamJ, Dm
 
 
-# Long: one program's three reads accumulate into one register tile; splitting would re-read q and o.
 # 16-bit inputs: launched with 4 warps (one warpgroup, 241-252 registers on sm_90), two programs per SM.
+# Long: one program's three reads accumulate into one register tile; splitting would re-read q and o.
 @triton.jit(do_not_specialize=["T", "binit"])
 def dla_output_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
