@@ -157,7 +157,7 @@ def validate_step(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps, 
     return (q, k, v, g, slot_weights, beta), boundary, tau, dims, cache
 
 
-Tensor = torch.Tensor
+_Tensor = torch.Tensor
 _NUMBERS = (int, float)
 
 
@@ -166,10 +166,10 @@ def step_signature(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps,
     shape, dtype and device, the scalars with their types, and the cache's tensors by identity (a tensor's
     shape, dtype and device do not change). The step's kernels do not specialise on the inputs' alignment."""
     # Plain conditions rather than all(...) over generators: this runs once per decoded token (half the time).
-    if (not isinstance(cache, Cache) or type(q) is not Tensor or type(k) is not Tensor or type(v) is not Tensor
-            or type(g) is not Tensor or type(slot_weights) is not Tensor
-            or (beta is not None and type(beta) is not Tensor)
-            or (boundary is not None and type(boundary) is not Tensor)
+    if (not isinstance(cache, Cache) or type(q) is not _Tensor or type(k) is not _Tensor or type(v) is not _Tensor
+            or type(g) is not _Tensor or type(slot_weights) is not _Tensor
+            or (beta is not None and type(beta) is not _Tensor)
+            or (boundary is not None and type(boundary) is not _Tensor)
             or type(tau) not in _NUMBERS or type(eps) not in _NUMBERS or type(norm_eps) not in _NUMBERS):
         return None
     return (

@@ -214,17 +214,24 @@ def sensitivity_tables(results: dict, target: str = "regime_mix") -> str:
     return "\n".join(parts)
 
 
-def run_table(results: dict) -> str:
-    """What ran, when, with which seeds, and how long each experiment took."""
-    meta = results["meta"]
-    m, walls, settings = meta["machine"], meta["wall_seconds"], meta["settings"]
-    rows = [
+def _run_rows(meta: dict, software: str) -> list:
+    """The rows every study's run table opens with: command, date, machine, software, seeds."""
+    m = meta["machine"]
+    return [
         ["command", f"`{meta.get('command', 'run_study')}`"],
         ["date (UTC)", meta["date_utc"]],
         ["machine", f"{m['cpu']}, {m['cores']} cores, {m['platform']}"],
-        ["software", f"Python {m['python']}, NumPy {m['numpy']}, torch {m['torch']} ({m['torch_threads']} thread), "
-                     f"dla {m['dla']}"],
-        ["seeds", ", ".join(str(x) for x in settings["seeds"])],
+        ["software", software],
+        ["seeds", ", ".join(str(x) for x in meta["settings"]["seeds"])],
+    ]
+
+
+def run_table(results: dict) -> str:
+    """What ran, when, with which seeds, and how long each experiment took."""
+    meta = results["meta"]
+    m, walls = meta["machine"], meta["wall_seconds"]
+    rows = _run_rows(meta, f"Python {m['python']}, NumPy {m['numpy']}, torch {m['torch']} "
+                           f"({m['torch_threads']} thread), dla {m['dla']}") + [
         ["wall time (s)", f"fidelity {walls['fidelity']}, needles {walls['needles']}, sensitivity "
                           f"{walls['sensitivity']}; total {walls['total']} (figures not included)"],
     ]  # fmt: skip
@@ -280,13 +287,9 @@ def recall_accuracy_table(results: dict, level: float = 0.5) -> str:
 def recall_run_table(results: dict) -> str:
     """What ran, when, with which seeds, on which task and model."""
     meta = results["meta"]
-    m, task, settings = meta["machine"], meta["task"], meta["settings"]
-    rows = [
-        ["command", f"`{meta.get('command', 'run_study')}`"],
-        ["date (UTC)", meta["date_utc"]],
-        ["machine", f"{m['cpu']}, {m['cores']} cores, {m['platform']}"],
-        ["software", f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} thread), dla {m['dla']}"],
-        ["seeds", ", ".join(str(x) for x in settings["seeds"])],
+    m, task = meta["machine"], meta["task"]
+    software = f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} thread), dla {m['dla']}"
+    rows = _run_rows(meta, software) + [
         ["task", f"MQAR: {task['pairs']} pairs, {task['queries']} queries, T = {task['seq_len']}, "
                  f"{task['num_keys']} keys, {task['num_values']} values"],
         ["model", f"d = {task['hidden_size']}, {task['layers']} layers of {task['heads']} heads, "

@@ -111,6 +111,15 @@ if triton is not None:
         return tl.sqrt(d2) / (tl.sqrt(nP) / r + eps)
 
     @triton.jit
+    def delta_rule_increment(P, k, v, a):
+        """The delta rule's increment against the open slot ``P`` (a ``[Dk, Dv-block]`` tile, float64):
+        ``(y, y.w, w.w)`` with ``y = P^T k`` and ``w = v - a y`` over the block's columns. Then ``x = b y.w`` and
+        ``ss = b^2 |k|^2 w.w`` (summed over the blocks), and ``u = b k w^T``. ``y`` reduces over Dk only."""
+        y = tl.sum(P * k[:, None], 0)
+        w = v - a * y
+        return y, tl.sum(y * w, 0), tl.sum(w * w, 0)
+
+    @triton.jit
     def _score_elementwise_kernel(np_ptr, x_ptr, ss_ptr, g_ptr, out_ptr, n, N, eps, norm_eps, BLOCK: tl.constexpr):
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         m = i < n

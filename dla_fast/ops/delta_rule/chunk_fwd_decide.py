@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.score import expm1_triton, information_score_from_decay_triton
+from ..common.score import delta_rule_increment, expm1_triton, information_score_from_decay_triton
 from ..common.triton_utils import next_pow2
 
 CHUNK = 64  # tokens per boundary mask (one int64), as the scalar-decay forward's chunks
@@ -72,10 +72,9 @@ def dla_delta_decide_kernel(
         row_next = (b_idx * T + tl.where(t + 1 < n_tok, t + 1, 0)) * H + h
         kn, vn, gn, bn, bndn = token_inputs(k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, row_next, kd, vd, Dk, Dv, OVERRIDE)
         a = tl.exp(g)
-        y = tl.sum(k[:, None] * P, 0)
-        w = v - a * y
-        x = b * tl.sum(y * w, 0)
-        ss = b * b * tl.sum(k * k, 0) * tl.sum(w * w, 0)
+        y, yw, ww = delta_rule_increment(P, k, v, a)
+        x = b * yw
+        ss = b * b * tl.sum(k * k, 0) * ww
         score = information_score_from_decay_triton(nP, x, ss, a, expm1_triton(2.0 * g), N, eps, norm_eps)
         score = tl.where(has_slot, score, 0.0)  # an empty cache's first token opens a slot, score 0
         if OVERRIDE:

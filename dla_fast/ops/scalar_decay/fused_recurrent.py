@@ -39,7 +39,12 @@ import triton
 import triton.language as tl
 
 from ...backend import interpreting
-from ..common.score import expm1_triton, information_score_from_decay_triton, information_score_triton
+from ..common.score import (
+    delta_rule_increment,
+    expm1_triton,
+    information_score_from_decay_triton,
+    information_score_triton,
+)
 from ..common.triton_utils import launch_compiled, launch_jit, load_state, next_pow2, store_state, stream_getter
 from .chunk_fwd import check_dims
 
@@ -135,10 +140,9 @@ def delta_rule_score(kf, v_ptr, g_ptr, beta_ptr, open_slot, bh, Dk, Dv, eps, nor
         v64 = tl.load(v_ptr + bh * Dv + vd, mask=vd < Dv, other=0.0).to(tl.float32).to(tl.float64)
         P = load_state(open_slot, kd, vd, Dk, Dv).to(tl.float64)
         nP += tl.sum(tl.sum(P * P, 1), 0)
-        y = tl.sum(P * k64[:, None], 0)
-        w = v64 - a * y
-        yw += tl.sum(y * w, 0)
-        ww += tl.sum(w * w, 0)
+        _, yw_block, ww_block = delta_rule_increment(P, k64, v64, a)
+        yw += yw_block
+        ww += ww_block
     bk = b * k64
     N = (Dk * Dv).to(tl.float64)
     return information_score_from_decay_triton(nP, b * yw, tl.sum(bk * bk, 0) * ww, a, expm1_triton(2.0 * g), N,
