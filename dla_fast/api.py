@@ -14,7 +14,7 @@ from .ops.common import varlen
 from .ops.common.recurrent import recurrent_step_
 from .ops.delta_rule.chunk_torch import forward_delta_rule_chunked
 from .ops.scalar_decay.chunk_torch import forward_scalar_decay
-from .validation import as_float_tensor, compute_dtype, validate_forward, validate_step
+from .validation import as_float_tensor, compute_dtype, step_signature, validate_forward, validate_step
 
 
 def forward(
@@ -209,6 +209,11 @@ def step(
         ``(o, cache)``: ``o`` ``[B, H, Dv]`` in q's dtype and the same cache object, advanced by one token;
         ``(o, cache, (score, started, merged))`` with ``return_trace=True``.
     """
+    launch = _repeated_launch(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps, cache)
+    if launch is not None:  # a decode loop's later tokens: one signature check, then the launch (docs/triton.md)
+        o, trace = launch.step(q, k, v, g, slot_weights, beta, boundary, launch.cache,
+                               (float(tau), float(eps), float(norm_eps)), return_trace)
+        return (o, cache, trace) if return_trace else (o, cache)
     (q, k, v, g, slot_weights, beta), boundary, tau, dims, cache = validate_step(
         q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps, cache
     )
@@ -219,6 +224,22 @@ def step(
         o, score, started, merged = _step(q, k, v, g, slot_weights, cache, tau=tau, beta=beta, boundary=boundary,
                                           eps=eps, norm_eps=norm_eps, fresh_trace=return_trace)
     return (o, cache, (score, started, merged)) if return_trace else (o, cache)
+
+
+def _repeated_launch(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps, cache):
+    """The Triton step's launch this cache kept (``_step``) when the call repeats the cache's last signature
+    on a GPU, else None. Such a call has nothing left to check (``validate_step``: the token's values are
+    checked on the CPU only, the cache's once). None while torch.compile traces (the ``dla::step`` op) and while
+    a CUDA graph captures (the graph's own buffers: ``_step``)."""
+    if torch.compiler.is_compiling() or type(cache) is not Cache or q.is_cpu:
+        return None
+    launch = cache.scratch.get("step_launch")
+    if (launch is None or not cache.checked or launch.kernel is None
+            or cache.scratch.get("signature") != step_signature(q, k, v, g, slot_weights, beta, boundary, tau, eps,
+                                                            norm_eps, cache)
+            or torch.cuda.is_current_stream_capturing()):
+        return None
+    return launch
 
 
 def _step(q, k, v, g, slot_weights, cache, *, tau, beta=None, boundary=None, eps, norm_eps, fresh_trace=True):

@@ -307,12 +307,18 @@ def test_decoding_replayed_from_a_cuda_graph_equals_eager_steps(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="the compiled-kernel launches run on a GPU only")
-def test_decoding_through_compiled_launches_equals_jit_launches():
-    """dla_fast.step launches the compiled kernels directly after a cache's first step (its scratch); a step
-    that always goes through Triton's JIT (no scratch) gives exactly the same outputs, traces and cache, also
-    across a signature change (a boundary override) and with the trace requested or not."""
+def test_decoding_through_compiled_launches_equals_jit_launches(monkeypatch):
+    """dla_fast.step launches the compiled kernels directly after a cache's first step (its scratch), and a
+    call repeating the last signature goes straight to that launch, past the validation function; a step that
+    always goes through Triton's JIT (no scratch) gives exactly the same outputs, traces and cache, also across
+    a signature change (a boundary override) and with the trace requested or not."""
     import dla_fast
+    import dla_fast.api
     from dla_fast.ops.scalar_decay.fused_recurrent import step_triton_
+
+    validated = []
+    validate_step = dla_fast.api.validate_step
+    monkeypatch.setattr(dla_fast.api, "validate_step", lambda *a: validated.append(1) or validate_step(*a))
 
     B, T, H, D, K = 2, 30, 4, 64, 5
     q, k, v, g, w = (_t(x, torch.bfloat16 if i < 3 else torch.float32)
@@ -323,12 +329,15 @@ def test_decoding_through_compiled_launches_equals_jit_launches():
     for t in range(T):
         token = [x[:, t] for x in (q, k, v, g, w)]
         boundary = override.cuda() if t % 7 == 3 else None
+        repeated = t > 0 and (t % 7 == 3) == ((t - 1) % 7 == 3)  # the same signature as the last step
+        validated.clear()
         if t % 2:  # without the trace: the decide kernel writes it into the scratch's buffers
             (o_d, _), trace_d = dla_fast.step(*token, direct, tau=0.3, boundary=boundary), None
         else:
             o_d, _, trace_d = dla_fast.step(*token, direct, tau=0.3, boundary=boundary, return_trace=True)
         o_j, trace_j = step_triton_(*token, tau=0.3, boundary=boundary, states=jit.states, counts=jit.counts,
                                     info=jit.info, size=jit.size)
+        assert len(validated) == (0 if repeated else 1), t
         assert torch.equal(o_d, o_j), t
         assert trace_d is None or all(torch.equal(a.to(b.dtype), b) for a, b in zip(trace_d, trace_j)), t
     for name in ("states", "counts", "info", "size"):

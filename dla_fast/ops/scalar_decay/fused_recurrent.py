@@ -301,13 +301,26 @@ class StepLaunch:
         self.grid = (BH, triton.cdiv(BVF, BV), 1)
         self.blocks = (BK, BV, BVD, triton.cdiv(BVF, BVD), max(next_pow2(K), 4), override, pipeline,
                        not interpreting(), delta_rule)
-        self.dims = (K, Dk, Dv)
+        self.rows, self.dims = (B, H), (K, Dk, Dv)
         self.side = torch.empty(BH, Dk, Dv, device=device, dtype=torch.float32)
         self.arrive = torch.zeros(BH, device=device, dtype=torch.int32)  # each kernel leaves them at zero
         self.trace = new_trace(B, H, device)
         self.started = self.trace[1].view(torch.bool)
         self.device_index = self.side.get_device()
         self.kernel = None
+
+    def step(self, q, k, v, g, slot_weights, beta, boundary, cache, scalars, fresh_trace):
+        """One decode step on inputs of this launch's signature (``step_triton_``'s arguments, ``cache`` the tuple
+        ``(states, counts, info, size)``, ``scalars`` ``(tau, eps, norm_eps)`` as floats): ``(o, trace)``.
+        ``dla_fast.step`` calls it directly for a decode loop's later tokens: it is the whole per-token host path."""
+        q, k, v, g = q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous()
+        slot_weights = slot_weights.contiguous()
+        beta = g if beta is None else beta.contiguous()  # scalar decay: a placeholder the kernel never reads
+        o = torch.empty_like(v)  # q's dtype, as q, k and v share one (a dtype argument doubles its host time)
+        trace = new_trace(*self.rows, q.device) if fresh_trace else self.trace
+        bnd = trace[1] if boundary is None else boundary.to(torch.int8).contiguous()
+        self((q, k, v, g, slot_weights, beta), bnd, cache, trace, o, scalars)
+        return o, (trace[0], self.started if trace is self.trace else trace[1].view(torch.bool), trace[2])
 
     def __call__(self, tokens, bnd, cache, trace, o, scalars) -> None:
         """Launch the kernel: ``tokens`` ``(q, k, v, g, slot_weights, beta)`` contiguous (``beta`` any tensor
@@ -351,7 +364,7 @@ def step_triton_(q, k, v, g, slot_weights, *, tau, beta=None, boundary=None, sta
     capturable in a CUDA graph.
 
     Args:
-        q, k: ``[B, H, Dk]``; v: ``[B, H, Dv]`` (float32, bfloat16 or float16); g: ``[B, H]``;
+        q, k: ``[B, H, Dk]``; v: ``[B, H, Dv]`` (float32, bfloat16 or float16, one dtype); g: ``[B, H]``;
         slot_weights: ``[B, H, K]``; beta: ``[B, H]`` (the delta rule) or None (scalar decay);
         boundary: bool ``[B, H]`` or None (override of the decision);
         states ``[B, H, K, Dk, Dv]`` float32, counts ``[B, H, K]`` int64, info ``[B, H, K]`` float32,
@@ -361,7 +374,7 @@ def step_triton_(q, k, v, g, slot_weights, *, tau, beta=None, boundary=None, sta
             backbone, and the same cache tensors: ``Cache.scratch``, which ``dla_fast.step`` resets when it
             changes), or None. It keeps the :class:`StepLaunch`, so that later calls launch the compiled kernels
             directly.
-        fresh_trace: return new trace tensors; False returns the scratch's, which the next call overwrites.
+        fresh_trace: return new trace tensors; False returns the launch's own, which its next call overwrites.
 
     Returns:
         ``(o [B, H, Dv] in q's dtype, (score float32 [B, H], started bool [B, H], merged int64 [B, H]))``.
@@ -373,12 +386,5 @@ def step_triton_(q, k, v, g, slot_weights, *, tau, beta=None, boundary=None, sta
                             beta is not None, q.device)
         if scratch is not None:
             scratch["step_launch"] = launch
-    q, k, v, g, slot_weights = q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), slot_weights.contiguous()
-    beta = g if beta is None else beta.contiguous()  # scalar decay: a placeholder the kernel never reads
-    o = torch.empty_like(v, dtype=q.dtype)
-    trace = launch.trace if scratch is not None and not fresh_trace else new_trace(B, H, q.device)
-    bnd = trace[1] if boundary is None else boundary.to(torch.int8).contiguous()
-    launch((q, k, v, g, slot_weights, beta), bnd, (states, counts, info, size), trace, o,
-           (float(tau), float(eps), float(norm_eps)))
-    started = launch.started if trace is launch.trace else trace[1].view(torch.bool)
-    return o, (trace[0], started, trace[2])
+    return launch.step(q, k, v, g, slot_weights, beta, boundary, (states, counts, info, size),
+                       (float(tau), float(eps), float(norm_eps)), fresh_trace)
