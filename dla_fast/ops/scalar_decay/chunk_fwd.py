@@ -167,10 +167,12 @@ def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, o
     anc = torch.empty(BH, NC, C, device=k.device, dtype=torch.int64)
     cvec = torch.empty(BH, NC, CARRY_ROWS, C, **f32)
     decay = torch.empty(BH, NC, **f32)
+    # 16-bit inputs: registers capped at 128, two programs per SM (sm_90, Triton 3.6: 140-145 uncapped, no spill
+    # either way), 3-5 % off the whole forward (docs/benchmarks.md run 15, call 7). float32 would spill: uncapped.
     dla_table_kernel[(NC, BH)](
         k, v, g, row_lengths, itab, anc, cvec, decay, cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps),
         float(norm_eps), C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=cfg.lowp, PREC=settings.table_precision,
-        LOGC=int(math.log2(C)), SCAN=settings.table_scan, num_warps=8,
+        LOGC=int(math.log2(C)), SCAN=settings.table_scan, num_warps=8, maxnreg=128 if cfg.lowp else None,
     )
     return itab, anc, cvec, decay
 
