@@ -301,7 +301,7 @@ class StepLaunch:
         self.grid = (BH, triton.cdiv(BVF, BV), 1)
         self.blocks = (BK, BV, BVD, triton.cdiv(BVF, BVD), max(next_pow2(K), 4), override, pipeline,
                        not interpreting(), delta_rule)
-        self.rows, self.dims = (B, H), (K, Dk, Dv)
+        self.dims = (K, Dk, Dv)
         self.side = torch.empty(BH, Dk, Dv, device=device, dtype=torch.float32)
         self.arrive = torch.zeros(BH, device=device, dtype=torch.int32)  # each kernel leaves them at zero
         self.trace = new_trace(B, H, device)
@@ -317,7 +317,7 @@ class StepLaunch:
         slot_weights = slot_weights.contiguous()
         beta = g if beta is None else beta.contiguous()  # scalar decay: a placeholder the kernel never reads
         o = torch.empty_like(v)  # q's dtype, as q, k and v share one (a dtype argument doubles its host time)
-        trace = new_trace(*self.rows, q.device) if fresh_trace else self.trace
+        trace = new_trace(*self.trace[0].shape, q.device) if fresh_trace else self.trace  # [B, H] each
         bnd = trace[1] if boundary is None else boundary.to(torch.int8).contiguous()
         self((q, k, v, g, slot_weights, beta), bnd, cache, trace, o, scalars)
         return o, (trace[0], self.started if trace is self.trace else trace[1].view(torch.bool), trace[2])
