@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """GPU benchmark of the Triton DLA path, with its correctness checks, in one run.
 
-    python benchmarks/gpu_bench.py [--out DIR] [--quick]
+    python benchmarks/gpu_bench.py [--out DIR] [--quick] [--configs 0,1] [--skip-correctness] [--skip-forward]
+                                   [--skip-training] [--skip-delta] [--skip-step] [--smoke]
+
+(the delta rule alone: ``--skip-correctness --skip-forward --skip-training --skip-step``)
 
 1. The card: name, measured device-to-device copy bandwidth (bytes read + written), bf16 matmul rate.
 2. Correctness: forward and step against dla_ref (float64 on the rounded inputs) at small shapes, fp32
@@ -11,6 +14,8 @@
    sparse / moderate / dense workloads (each one's measured boundary rate reported), FLA
    ``chunk_simple_gla`` and ``chunk_log_linear_attn`` (ceil(log2 T) + 1 levels) and causal SDPA on the
    same q/k/v/g; peak memory; the decode step at B = 1 and 64 with a full 30-slot cache.
+   The gated delta rule (issue #12): DLA-GDN (``dla_fast.forward`` with ``beta``) against FLA
+   ``chunk_gated_delta_rule`` on the same q, k (unit), v, g, beta, forward and fwd+bwd, with peak memory.
 4. Raw JSON and a log under --out (default $OUT or .), a compact table printed last.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -475,6 +481,127 @@ def _backward_profile(q, k, v, g, w, dO):
     return {kk: round(vv, 3) for kk, vv in prof.items() if kk.endswith("_ms")}, ms
 
 
+# ---------------------------------------------------------------------------------------------------
+# The gated delta rule (issue #12): DLA-GDN against FLA's chunk_gated_delta_rule
+# ---------------------------------------------------------------------------------------------------
+
+NO_NUMBA = "skipped: numba missing (the backward's partition tables would run in plain Python)"
+
+
+def delta_inputs(B, T, H, Dk, Dv, wl, *, seed=11, device=None):
+    """The scalar-decay rows' q, v, g and slot weights (same workload, same seed), k L2-normalised over the head
+    dim (as FLA's GDN layer normalises it before the kernel), and beta = sigmoid(N(0, 1)) in q's dtype, drawn
+    from a generator of its own so that q, k, v, g do not depend on it."""
+    device = device or DEV
+    q, k, v, g, w = workload(B, T, H, Dk, Dv, K_SLOTS, **wl, device=device, seed=seed)
+    k = torch.nn.functional.normalize(k.float(), dim=-1).to(q.dtype)
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    beta = torch.sigmoid(torch.randn(B, T, H, generator=gen, device=device)).to(q.dtype)
+    return q, k, v, g, w, beta
+
+
+def _dla_gdn(q, k, v, g, w, beta, **kw):
+    import dla_fast
+
+    # No final cache, as FLA is asked for no final state: both return o alone.
+    return dla_fast.forward(q, k, v, g, w, tau=TAU, beta=beta, output_final_cache=False, **kw)
+
+
+def _fla_gdn(q, k, v, g, beta):
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    # scale=1.0: DLA uses q as given (FLA's default is Dk**-0.5); k is unit already, so no l2norm in the kernel.
+    out = chunk_gated_delta_rule(q, k, v, g, beta, scale=1.0, output_final_state=False, use_qk_l2norm_in_kernel=False)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _wall_ms(fn):
+    """Wall-clock ms of one call, synchronised on both sides (the host's work inside counts too)."""
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - began) * 1e3
+
+
+def _peak_gib_and_ms(fn):
+    """``(peak GiB above the memory live before, wall-clock ms)`` of one call of fn, peak statistics reset first."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    m0 = torch.cuda.memory_allocated()
+    ms = _wall_ms(fn)
+    return (torch.cuda.max_memory_allocated() - m0) / 2**30, ms
+
+
+def capped_ms(fn, once_ms, cap_ms):
+    """Median ms of fn (one call took once_ms), spending about cap_ms on fn, the two untimed calls before included.
+    ``do_bench`` makes at least 8 calls whatever its ``rep`` (five of them only to estimate), so a call slower than
+    cap_ms / 12 is timed instead by a few synchronised calls: at 100+ ms a call needs neither L2 flushes nor many
+    repetitions."""
+    if 12 * once_ms <= cap_ms:
+        return bench_ms(fn)
+    calls = max(1, min(5, int(cap_ms / once_ms) - 2))  # the warm-up and the peak call were spent already
+    return statistics.median(_wall_ms(fn) for _ in range(calls))
+
+
+def _measure(row, name, fn, cap_ms):
+    """``row[name + '_ms']`` and ``row[name + '_peak_gib']`` of fn, or ``row[name + '_note']``: the error it raised
+    (FLA missing, its backward refusing this Triton on Hopper, out of memory)."""
+    try:
+        fn()  # compiles and autotunes outside the measurements (and allocates the leaves' .grad for fwd+bwd)
+        row[f"{name}_peak_gib"], once = _peak_gib_and_ms(fn)
+        row[f"{name}_ms"] = capped_ms(fn, once, cap_ms)
+    except Exception as e:  # noqa: BLE001
+        row[f"{name}_note"] = repr(e)[:300]
+    torch.cuda.empty_cache()
+
+
+def _ratios(row):
+    """Adds DLA-GDN / FLA time ratios where both ran."""
+    for stage in ("fwd", "fwd_bwd"):
+        if f"dla_{stage}_ms" in row and f"fla_{stage}_ms" in row:
+            row[f"{stage}_dla_over_fla"] = row[f"dla_{stage}_ms"] / row[f"fla_{stage}_ms"]
+    return row
+
+
+def time_delta_cell(cfg, wl, cap_ms):
+    """One (config, workload) cell: DLA-GDN (public API with beta) and FLA on the same q, k, v, g, beta; forward
+    without grad, then fwd+bwd of <dO, o> into every input; each with its peak memory. The boundary rate comes
+    from one untimed traced call."""
+    q, k, v, g, w, beta = delta_inputs(*cfg, wl)
+    row = {}
+    with torch.no_grad():
+        try:
+            row["boundary_rate"] = float(_dla_gdn(q, k, v, g, w, beta, return_trace=True)[2].starts.float().mean())
+        except Exception as e:  # noqa: BLE001  (the forward's own measurement records it again, or succeeds)
+            row["boundary_rate_note"] = repr(e)[:300]
+        _measure(row, "dla_fwd", lambda: _dla_gdn(q, k, v, g, w, beta), cap_ms)
+        _measure(row, "fla_fwd", lambda: _fla_gdn(q, k, v, g, beta), cap_ms)
+    leaves = _leaves(q, k, v, g, w, beta)  # shared; each warm-up call allocates .grad before any peak is measured
+    dO = torch.randn_like(v)
+    if importlib.util.find_spec("numba") is None:
+        row["dla_fwd_bwd_note"] = NO_NUMBA
+    else:
+        _measure(row, "dla_fwd_bwd", lambda: _dla_gdn(*leaves)[0].backward(dO), cap_ms)
+    lq, lk, lv, lg, _, lbeta = leaves
+    _measure(row, "fla_fwd_bwd", lambda: _fla_gdn(lq, lk, lv, lg, lbeta).backward(dO), cap_ms)
+    return _ratios(row)
+
+
+def time_delta(cfg, fh, quick=False):
+    """The delta-rule cells of one config, every workload; a cell that fails records its traceback."""
+    rows = {}
+    for wname, wl in WORKLOADS.items():
+        try:
+            rows[wname] = time_delta_cell(cfg, wl, cap_ms=1000.0 if quick else 2000.0)
+        except Exception:  # noqa: BLE001
+            rows[wname] = dict(error=traceback.format_exc())
+        log(f"{cfg} {wname} delta rule: {rows[wname]}", fh)
+        torch.cuda.empty_cache()
+    return rows
+
+
 def _decode_inputs(B, D, H=16, K=K_SLOTS):
     """A full K-slot cache (checked: as dla_fast builds them) and one bf16 token per row."""
     import dla_fast
@@ -551,6 +678,8 @@ def main():
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-forward", action="store_true")
+    ap.add_argument("--skip-delta", action="store_true")
+    ap.add_argument("--skip-step", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.smoke:
@@ -570,6 +699,9 @@ def smoke(fh):
     res["forward"] = {"(1, 64, 1, 16, 16)": dict(simple_gla_ms=1.0, log_linear_ms=2.0, sdpa_ms=3.0, dla={"x": dict(
         ms=1.0, boundary_rate=0.1, roofline_fraction=counts_forward(1, 64, 1, 16, 16, 30, 20.0)[0] / 1e15)})}
     res["step"] = {"B1_D64": dict(ms=0.01, bandwidth=1e12, fraction_of_copy=1.0)}
+    res["delta_rule"] = {"(1, 64, 1, 16, 16)": {"x": _ratios(dict(
+        boundary_rate=0.1, dla_fwd_ms=2.0, dla_fwd_peak_gib=0.1, fla_fwd_ms=1.0, fla_fwd_peak_gib=0.05,
+        dla_fwd_bwd_note=NO_NUMBA, fla_fwd_bwd_note="RuntimeError('made up')")), "y": dict(error="made up")}}
     log(table(res), fh)
 
 
@@ -622,11 +754,15 @@ def run(args, fh):
                 res["training"][str(cfg)] = dict(error=traceback.format_exc())
                 log(res["training"][str(cfg)]["error"], fh)
             torch.cuda.empty_cache()
-    try:
-        res["step"] = time_step(fh, bw)
-    except Exception:  # noqa: BLE001
-        res["step_error"] = traceback.format_exc()
-        log(res["step_error"], fh)
+    res["delta_rule"] = {}
+    for cfg in ([] if args.skip_delta else cfgs):
+        res["delta_rule"][str(cfg)] = time_delta(cfg, fh, args.quick)
+    if not args.skip_step:
+        try:
+            res["step"] = time_step(fh, bw)
+        except Exception:  # noqa: BLE001
+            res["step_error"] = traceback.format_exc()
+            log(res["step_error"], fh)
     tag = card.replace(" ", "_").replace("/", "_")
     with open(os.path.join(args.out, f"gpu_bench_{tag}_{date}.json"), "w") as f:
         json.dump(res, f, indent=1, default=str)
@@ -660,6 +796,7 @@ def table(res):
                          f"{sd / d['ms']:.2f}x | "
                          f"{d['peak_mem_gib']:.2f} / {r.get('log_linear_peak_gib', float('nan')):.2f} / "
                          f"{r['sdpa_peak_gib']:.2f}")
+    lines += delta_table(res.get("delta_rule", {}))
     if res.get("grad_correctness"):
         lines.append(f"gradients vs float64: {res['grad_correctness']}")
     for kk, d in res.get("step", {}).items():
@@ -678,6 +815,45 @@ def table(res):
                  f"differ (margins |I-tau| at the first difference) in "
                  f"{bad}; deterministic {c.get('bitwise_deterministic')}")
     return "\n".join(lines)
+
+
+def delta_table(delta):
+    """The delta-rule rows (ms, ratio, peak GiB for forward and fwd+bwd); a measurement that did not run shows
+    ``n/a [i]``, with note i (its error or why it was skipped) printed once below the rows."""
+    if not delta:
+        return []
+    lines = ["delta rule | workload rate | dla-gdn fwd | fla gdn fwd | dla/fla | peak GiB dla / fla | "
+             "dla-gdn fwd+bwd | fla gdn fwd+bwd | dla/fla | peak GiB dla / fla"]
+    notes = []
+    for cfg, rows in delta.items():
+        for wn, r in rows.items():
+            if "error" in r:
+                lines.append(f"{cfg} | {wn} ERROR")
+                continue
+            rate = f"{r['boundary_rate']:.3f}" if "boundary_rate" in r else "-"
+            cells = [cfg, f"{wn} {rate}"]
+            for stage in ("fwd", "fwd_bwd"):
+                ratio = r.get(f"{stage}_dla_over_fla")
+                cells += [_delta_cell(r, f"dla_{stage}", notes), _delta_cell(r, f"fla_{stage}", notes),
+                          "-" if ratio is None else f"{ratio:.2f}x",
+                          " / ".join(_gib(r.get(f"{who}_{stage}_peak_gib")) for who in ("dla", "fla"))]
+            lines.append(" | ".join(cells))
+    lines += [f"  [{i}] {note}" for i, note in enumerate(notes)]
+    return lines
+
+
+def _delta_cell(row, name, notes):
+    """A measurement's ms, or ``n/a [i]`` with its note added to notes (once)."""
+    if f"{name}_ms" in row:
+        return f"{row[f'{name}_ms']:.3f}"
+    note = row.get(f"{name}_note", "not measured")
+    if note not in notes:
+        notes.append(note)
+    return f"n/a [{notes.index(note)}]"
+
+
+def _gib(x):
+    return "-" if x is None else f"{x:.2f}"
 
 
 if __name__ == "__main__":

@@ -152,6 +152,13 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
             q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size,
             chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
         )
+    elif uses_triton(q, Dk, Dv):
+        from .ops.delta_rule.chunk_fwd import forward_delta_rule_triton
+
+        o, scores, starts, merged = forward_delta_rule_triton(
+            q, k.to(q.dtype), v.to(q.dtype), g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau,
+            eps=eps, norm_eps=norm_eps, lengths=lengths,
+        )
     else:
         o, scores, starts, merged = forward_delta_rule_chunked(
             q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau, chunk_size=chunk_size,

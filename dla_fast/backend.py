@@ -4,8 +4,8 @@ The one environment variable the library reads is ``DLA_FAST_BACKEND`` (with Tri
 ``TRITON_INTERPRET``), and it is read here alone:
 
 - unset or ``auto``: CUDA tensors of float32, bfloat16 or float16 with ``32 <= Dk, Dv <= 128`` run the
-  Triton kernels (the scalar-decay forward and backward, the decode step of both backbones); everything else
-  runs torch;
+  Triton kernels (the scalar-decay forward and backward, the delta rule's decisions and merges inside its
+  device forward, the decode step of both backbones); everything else runs torch;
 - ``torch``: torch everywhere (the chunked torch path on the GPU too);
 - ``triton`` with ``TRITON_INTERPRET=1``: the kernels on CPU tensors through Triton's interpreter (tests).
 """
@@ -50,7 +50,7 @@ def triton_available() -> bool:
 
 def uses_triton(x: torch.Tensor, dk: int, dv: int) -> bool:
     """Whether a call on ``x``'s device and dtype, with these head sizes, runs the Triton kernels (where the
-    backbone has them: scalar decay, and the decode step of the delta rule)."""
+    backbone has them: every scalar-decay path; the delta rule's forward and decode step, its backward is torch)."""
     backend = requested_backend()
     if x.dtype == torch.float64 or backend == "torch":
         return False

@@ -550,3 +550,175 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override):
     assert all(bits)
     open_slot = final.states[torch.arange(B)[:, None], torch.arange(H)[None, :], final.size - 1]
     np.testing.assert_allclose(P.cpu().numpy(), open_slot.numpy(), rtol=0, atol=1e-13 * open_slot.abs().max().item())
+
+
+def _delta_fwd(q, k, v, g, w, beta, *, tau, boundaries=None, cache=None, lengths=None, eps=1e-6, norm_eps=1e-6):
+    """The delta rule's device forward (``ops/delta_rule/chunk_fwd.py``) on a copy of ``cache`` (tensors
+    ``(states, counts, info, size)``, float32 states; None: empty): ``(o, cache, (scores, starts, merged))``."""
+    from dla_fast.ops.delta_rule.chunk_fwd import forward_delta_rule_triton
+
+    B, T, H, Dk = q.shape
+    Dv, K = v.shape[-1], w.shape[-1]
+    if CUDA and min(Dk, Dv) < 32:
+        pytest.skip("on a GPU heads below 32 take the torch path (docs/triton.md); this case runs under the "
+                    "interpreter in CI")
+    if cache is None:
+        i64 = dict(device=DEV, dtype=torch.int64)
+        cache = (torch.zeros(B, H, K, Dk, Dv, device=DEV), torch.zeros(B, H, K, **i64),
+                 torch.zeros(B, H, K, device=DEV, dtype=torch.float64), torch.zeros(B, H, **i64))
+    cache = tuple(x.clone() for x in cache)
+    o, scores, starts, merged = forward_delta_rule_triton(q, k, v, g, w, beta, boundaries, *cache, tau=tau, eps=eps,
+                                                          norm_eps=norm_eps, lengths=lengths)
+    return o, cache, (scores, starts, merged)
+
+
+def _delta_inputs(B, T, H, Dk, Dv, K, seed, **regime):
+    """Regime inputs with unit keys and betas in [0.2, 1] (the delta rule's usual inputs, FLA's normalised keys).
+    The decay is mild (0.97 a token, 0.14 over a chunk) so that the slots live at a chunk start weigh in the
+    reads of the whole chunk (at the regimes' default 0.5 they are ~1e-19 a chunk later and a wrong read of
+    them would pass)."""
+    if CUDA:  # the GPU routes heads below 32 to torch
+        Dk, Dv = max(Dk, 32), max(Dv, 32)
+    q, k, v, g, w = regimes(B, T, H, Dk, Dv, K, seed=seed, **{"decay": 0.97, **regime})
+    return q, k / np.linalg.norm(k, axis=-1, keepdims=True), v, g, w, _betas(B, T, H, seed)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "B,T,H,Dk,Dv,K,tau,rl,jit",
+    [
+        (1, 150, 2, 16, 32, 5, 0.6, 12.0, 0.3),  # three chunks (ragged), moderate
+        (2, 130, 1, 16, 16, 3, 0.3, 3.0, 1.0),  # dense, a merge at almost every token
+        (1, 70, 1, 32, 16, 4, 0.6, 30.0, 0.2),  # sparse
+    ],
+)
+def test_delta_rule_forward_matches_reference(B, T, H, Dk, Dv, K, tau, rl, jit):
+    """The delta rule's device forward (decision kernel, merge kernel, torch states and reads) against dla_ref;
+    the tolerances are the scalar-decay forward's (float32 states; float64 scores of the explicit open slot)."""
+    q, k, v, g, w, beta = _delta_inputs(B, T, H, Dk, Dv, K, seed=T + K, regime_length=rl, jitter=jit)
+    ref = dla_ref.forward(q, k, v, g, w, tau=tau, beta=beta)
+    assert jit < 1.0 or (ref[2].merged >= 0).any()  # the dense case reaches the merges
+    _check(*_delta_fwd(*(_t(x) for x in (q, k, v, g, w, beta)), tau=tau), ref, tau, o_tol=1e-5)
+
+
+@needs_kernels
+def test_delta_rule_forward_streams_with_overrides_and_row_lengths():
+    """A call split in two (the second continues from the first's cache: a full cache, an open slot carried
+    across), the boundaries given on some tokens, and a second row that ends early (its padding decides nothing
+    and writes nothing): equal to the reference on the same tokens."""
+    B, T, H, D, K, split = 2, 140, 1, 16, 4, 75
+    q, k, v, g, w, beta = _delta_inputs(B, T, H, D, D, K, seed=21, regime_length=5.0, jitter=0.8)
+    bnd = np.random.default_rng(21).random((B, T, H)) < 0.2
+    ref = dla_ref.forward(q, k, v, g, w, tau=0.5, beta=beta, boundaries=bnd)
+    x = [_t(a) for a in (q, k, v, g, w, beta)]
+    o1, c1, t1 = _delta_fwd(*(a[:, :split] for a in x), tau=0.5, boundaries=torch.tensor(bnd[:, :split], device=DEV))
+    o2, c2, t2 = _delta_fwd(*(a[:, split:] for a in x), tau=0.5, boundaries=torch.tensor(bnd[:, split:], device=DEV),
+                            cache=c1)
+    trace = tuple(torch.cat([a, b], 1) for a, b in zip(t1, t2))
+    _check(torch.cat([o1, o2], 1), c2, trace, ref, 0.5, o_tol=1e-5)
+    # Row 1 ends 30 tokens early: its zero padding (k = v = beta = g = 0) leaves the cache of the shorter row.
+    n = T - split - 30
+    short = [a[:, split:].clone() for a in x]
+    for a in short:
+        a[1, n:] = 0
+    o3, c3, t3 = _delta_fwd(*short, tau=0.5, boundaries=torch.tensor(bnd[:, split:], device=DEV), cache=c1,
+                            lengths=torch.tensor([T - split, n], device=DEV))
+    o4, c4, t4 = _delta_fwd(*(a[1:, :n] for a in short), tau=0.5,
+                            boundaries=torch.tensor(bnd[1:, split:split + n], device=DEV),
+                            cache=tuple(c[1:] for c in c1))
+    assert not t3[1][1, n:].any() and (t3[2][1, n:] == -1).all() and (t3[0][1, n:] == 0).all()
+    assert torch.equal(t3[1][1:, :n], t4[1]) and torch.equal(t3[2][1:, :n], t4[2])
+    torch.testing.assert_close(o3[1:, :n], o4, rtol=1e-5, atol=1e-6)
+    for got, want in zip(c3, c4):
+        torch.testing.assert_close(got[1:], want, rtol=1e-5, atol=1e-6)
+
+
+@needs_kernels
+def test_delta_rule_forward_through_the_api(monkeypatch):
+    """``dla_fast.forward(..., beta=...)`` runs the device forward where the Triton kernels apply (here with
+    DLA_FAST_BACKEND=triton: the interpreter's CPU tensors too), packed sequences included, and its bfloat16
+    inputs give the reference's decisions on the rounded inputs."""
+    import dla_fast
+    from dla_fast.ops.delta_rule import chunk_fwd
+
+    calls = []
+    real = chunk_fwd.forward_delta_rule_triton
+    monkeypatch.setattr(chunk_fwd, "forward_delta_rule_triton", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
+    D = 32 if CUDA else 16  # the GPU routes heads below 32 to torch
+    q, k, v, g, w, beta = _delta_inputs(1, 100, 2, D, D, 4, seed=5, regime_length=4.0, jitter=0.8)
+    qb, kb, vb = (_t(x, torch.bfloat16) for x in (q, k, v))
+    ref = dla_ref.forward(*(_np(x).astype(np.float64) for x in (qb, kb, vb)), g, w, tau=0.6, beta=beta)
+    cu = torch.tensor([0, 37, 100], device=DEV)
+    o, final, trace = dla_fast.forward(qb, kb, vb, _t(g), _t(w), beta=_t(beta), tau=0.6, return_trace=True)
+    assert calls and o.dtype == torch.bfloat16
+    _check(o, (final.states, final.counts, final.info, final.size), (trace.scores, trace.starts, trace.merged), ref,
+           0.6, o_tol=1e-2)
+    packed = dla_fast.forward(qb, kb, vb, _t(g), _t(w), beta=_t(beta), tau=0.6, return_trace=True, cu_seqlens=cu)
+    for i in range(2):
+        a, b = cu[i].item(), cu[i + 1].item()
+        o_i, f_i, t_i = dla_fast.forward(*(x[:, a:b] for x in (qb, kb, vb, _t(g), _t(w))), beta=_t(beta)[:, a:b],
+                                         tau=0.6, return_trace=True)
+        assert torch.equal(packed[2].starts[:, a:b], t_i.starts) and torch.equal(packed[2].merged[:, a:b], t_i.merged)
+        torch.testing.assert_close(packed[0][:, a:b], o_i)
+        torch.testing.assert_close(packed[1].states[i:i + 1], f_i.states)
+
+
+def _delta_harness_adapter(dtype):
+    """The delta rule's device forward behind the equivalence harness's NumPy adapter interface."""
+    from types import SimpleNamespace
+
+    from dla_fast.testing.harness import torch_adapter
+
+    def fwd(q, k, v, g, w, *, tau, beta, boundaries=None, initial_cache=None, eps, norm_eps):
+        cache = None
+        if initial_cache is not None:
+            c = initial_cache
+            cache = (c.states.float(), c.counts, c.info.double(), c.size)
+        o, c, t = _delta_fwd(q, k, v, g, w, beta, tau=tau, boundaries=boundaries, cache=cache, eps=eps,
+                             norm_eps=norm_eps)
+        return (o, SimpleNamespace(states=c[0], counts=c[1], info=c[2], size=c[3]),
+                SimpleNamespace(scores=t[0], starts=t[1], merged=t[2]))
+
+    return torch_adapter(fwd, dtype, device=DEV)
+
+
+@needs_kernels
+def test_delta_rule_forward_passes_the_equivalence_harness():
+    """dla_fast.testing.check_equivalent on drawn delta-rule cases (named corners included: scores at tau,
+    beta 0 and 1, keys of any norm), float32 and bfloat16."""
+    hyp = pytest.importorskip("hypothesis")
+    from dla_fast.testing import harness
+    from dla_fast.testing.strategies import DELTA_BETA_ZERO, SCORE_AT_TAU_DELTA, cases
+
+    @hyp.settings(max_examples=HARNESS_EXAMPLES, deadline=None,
+                  derandomize=True, database=None, suppress_health_check=list(hyp.HealthCheck),
+                  phases=(hyp.Phase.explicit, hyp.Phase.generate))  # no shrinking: the interpreter is slow
+    @hyp.example(case=SCORE_AT_TAU_DELTA, dtype="float32")
+    @hyp.example(case=DELTA_BETA_ZERO, dtype="float32")
+    @hyp.given(case=cases(backbone="delta"), dtype=hyp.strategies.sampled_from(["float32", "bfloat16"]))
+    def run(case, dtype):
+        hyp.assume(case.spec.data != "large" or dtype == "float32")
+        report = harness.check_equivalent(_delta_harness_adapter(dtype), case, dtype=dtype)
+        assert all(d.explained for d in report.divergences), report
+
+    run()
+
+
+@needs_kernels
+def test_delta_rule_forward_blocks_do_not_change_results(monkeypatch):
+    """The torch stage's blocks of chunks (tables, read weights) and sub-blocks (slot states) only bound memory:
+    with blocks of two chunks and sub-blocks of one, the same decisions and the outputs and states to float32
+    rounding (the batched products group other rows)."""
+    from dla_fast.ops.delta_rule import chunk_fwd
+
+    q, k, v, g, w, beta = _delta_inputs(1, 330, 2, 16, 16, 4, seed=8, regime_length=5.0, jitter=0.8)
+    x = [_t(a) for a in (q, k, v, g, w, beta)]
+    whole = _delta_fwd(*x, tau=0.5)
+    R, C, K, D = 2, 64, 4, x[0].shape[-1]
+    monkeypatch.setattr(chunk_fwd, "_TABLE_ELEMENTS", 2 * R * C * C)
+    monkeypatch.setattr(chunk_fwd, "_STATE_ELEMENTS", R * K * D * D)
+    blocks = _delta_fwd(*x, tau=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(whole[2][1:], blocks[2][1:]))
+    torch.testing.assert_close(blocks[0], whole[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(blocks[1][0], whole[1][0], rtol=1e-5, atol=1e-6)

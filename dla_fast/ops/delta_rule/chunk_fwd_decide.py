@@ -1,4 +1,4 @@
-"""Triton, gated delta rule: the decisions (stage 2 of the planned GPU forward, docs/delta-rule-chunked.md §7).
+"""Triton, gated delta rule: the decisions (stage 1 of the device forward ``chunk_fwd``, docs/delta-rule-chunked.md §7).
 
 Which tokens open a slot depends only on the open slot, and the delta rule's scores need that slot explicitly
 (sections 2 and 5 there: tables and norm recursions cancel where the rule erases the state). So one program per
@@ -11,8 +11,8 @@ path's scan (``chunk_torch_scan.scan_chunk_delta``) advances it::
 FLOPs per token ``~8 Dk Dv`` (float64); bytes per token ``(Dk + Dv)`` input elements, prefetched one token
 ahead, so that the chain per token is the two reductions (``y`` over Dk, the three sums over Dv) and the
 score. Merges do not enter (a merge never touches the open slot), so the masks this stage writes feed the
-scalar-decay merge simulation unchanged. Not wired into ``dla_fast.forward`` yet: the states and output stages
-of the delta rule's GPU forward are still to come (the torch path runs it today).
+scalar-decay merge simulation unchanged (``chunk_fwd``: the merges, then the states and outputs with the
+partition fixed).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def dla_delta_decide_kernel(
 
 
 def decide_delta_rule_triton(k, v, g, beta, *, open_states, size, tau, boundaries=None, row_lengths=None,
-                             eps: float = 1e-6, norm_eps: float = 1e-6):
+                             eps: float = 1e-6, norm_eps: float = 1e-6, num_warps: int | None = None):
     """The delta rule's decisions for every (batch, head) row, on CUDA tensors (or CPU tensors under
     ``TRITON_INTERPRET=1``).
 
@@ -106,6 +106,9 @@ def decide_delta_rule_triton(k, v, g, beta, *, open_states, size, tau, boundarie
             for an empty one); advanced in place to the open slot after each row's last token.
         size: ``[B, H]`` int64, the initial cache's slot counts (0: the first token opens a slot, score 0).
         row_lengths: ``[B]`` int64 tokens per row (the rest is padding, not decided), or None (all T).
+        num_warps: the program's warps (None: 4 up to 64 x 64 heads, else 8). On an H200 (docs/benchmarks.md, run
+            16) 4 warps took 35 ms where 8 took 52 ms at (2, 16384, 16, 64); at (8, 4096, 16, 128) 8 warps took 17 ms,
+            4 took 25 and 16 took 30; the decisions were the same, the scores within 2e-15.
 
     Returns:
         ``(scores [B, T, H] float64, starts [B, T, H] bool, masks [B * H, ceil(T / 64)] int64)``: the chunks'
@@ -127,7 +130,7 @@ def decide_delta_rule_triton(k, v, g, beta, *, open_states, size, tau, boundarie
         k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), bnd, lengths.repeat_interleave(H),
         open_states, size.contiguous(), scores, starts, masks,
         torch.tensor([tau, eps, norm_eps], device=dev, dtype=torch.float64), T, H, Dk, Dv,
-        BK=BK, BV=BV, C=CHUNK, OVERRIDE=override, num_warps=8 if BK * BV <= 64 * 64 else 16,
+        BK=BK, BV=BV, C=CHUNK, OVERRIDE=override, num_warps=num_warps or (4 if BK * BV <= 64 * 64 else 8),
     )
     to_bth = lambda x: x.view(B, H, T).transpose(1, 2)  # noqa: E731
     return to_bth(scores), to_bth(starts).to(torch.bool), masks

@@ -198,7 +198,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     return masks, cscores
 
 
-def _merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
+def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
                       pipeline: bool) -> DecidedStructure:
     """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists)."""
     dev = masks.device
@@ -243,7 +243,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
         dla_scores_kernel[(cfg.NC, cfg.BH)](tables[0], masks, cscores, scores, cfg.T, C=CHUNK, num_warps=4)
     mark_stage(profile, "merge")
     with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
-        structure = _merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
+        structure = merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
                                       flag, settings.pipeline)
     if mstream is not None:
         torch.cuda.current_stream(k.device).wait_stream(mstream)
