@@ -73,15 +73,16 @@ def test_gpu_forward_refuses_heads_below_32():
                                     tau=0.6)
 
 
+# (B, T, H, Dk, Dv, K, tau, regime length, jitter) of the forward tests, both backbones.
+FORWARD_CASES = [
+    (1, 150, 2, 16, 32, 5, 0.6, 12.0, 0.3),  # three chunks (ragged), moderate
+    (2, 130, 1, 16, 16, 3, 0.3, 3.0, 1.0),  # dense, a merge at almost every token
+    (1, 70, 1, 32, 16, 4, 0.6, 30.0, 0.2),  # sparse
+]
+
+
 @needs_kernels
-@pytest.mark.parametrize(
-    "B,T,H,Dk,Dv,K,tau,rl,jit",
-    [
-        (1, 150, 2, 16, 32, 5, 0.6, 12.0, 0.3),  # three chunks (ragged), moderate
-        (2, 130, 1, 16, 16, 3, 0.3, 3.0, 1.0),  # dense, a merge at almost every token
-        (1, 70, 1, 32, 16, 4, 0.6, 30.0, 0.2),  # sparse
-    ],
-)
+@pytest.mark.parametrize("B,T,H,Dk,Dv,K,tau,rl,jit", FORWARD_CASES)
 def test_forward_matches_reference_fp32(B, T, H, Dk, Dv, K, tau, rl, jit):
     q, k, v, g, w = regimes(B, T, H, Dk, Dv, K, seed=T + K, regime_length=rl, jitter=jit)
     ref = dla_ref.forward(q, k, v, g, w, tau=tau)
@@ -584,14 +585,7 @@ def _delta_inputs(B, T, H, Dk, Dv, K, seed, **regime):
 
 
 @needs_kernels
-@pytest.mark.parametrize(
-    "B,T,H,Dk,Dv,K,tau,rl,jit",
-    [
-        (1, 150, 2, 16, 32, 5, 0.6, 12.0, 0.3),  # three chunks (ragged), moderate
-        (2, 130, 1, 16, 16, 3, 0.3, 3.0, 1.0),  # dense, a merge at almost every token
-        (1, 70, 1, 32, 16, 4, 0.6, 30.0, 0.2),  # sparse
-    ],
-)
+@pytest.mark.parametrize("B,T,H,Dk,Dv,K,tau,rl,jit", FORWARD_CASES)
 def test_delta_rule_forward_matches_reference(B, T, H, Dk, Dv, K, tau, rl, jit):
     """The delta rule's device forward (decision kernel, merge kernel, torch states and reads) against dla_ref;
     the tolerances are the scalar-decay forward's (float32 states; float64 scores of the explicit open slot)."""

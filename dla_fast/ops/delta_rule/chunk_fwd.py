@@ -157,7 +157,7 @@ def _states_and_outputs(q, k, v, g, beta, lam, part: _FixedPartition, states, ta
     Dv, K = v.shape[-1], lam.shape[-1]
     R, C, nC = B * H, CHUNK, -(-T // CHUNK)
     cd = states.dtype
-    qc, kc, gc, bc = (chunks(rows(x, table_dtype), C, nC) for x in (q, k, g, beta))
+    qc, kc, gc, bc = (chunks(rows(x), C, nC) for x in (q, k, g, beta))  # in the tables' dtype block by block
     vc, lamc = (chunks(rows(x, cd), C, nC) for x in (v, lam))
     bv = bc.to(cd).unsqueeze(-1) * vc
     F = states.reshape(R, K, Dk, Dv).transpose(1, 2).contiguous()
@@ -166,7 +166,7 @@ def _states_and_outputs(q, k, v, g, beta, lam, part: _FixedPartition, states, ta
     sub = max(1, _STATE_ELEMENTS // (R * K * Dk * Dv))
     for b0 in range(0, nC, block):
         b1 = min(nC, b0 + block)
-        tab, _ = wy_tables(qc[b0:b1], kc[b0:b1], gc[b0:b1], bc[b0:b1])
+        tab, _ = wy_tables(*(x[b0:b1].to(table_dtype) for x in (qc, kc, gc, bc)))
         attn, qt, khd, Phi = (tab[n].to(cd) for n in ("attn", "qt", "khd", "Phi"))
         W, coef, Mf, Md = part.block(b0, b1, lamc[b0:b1])
         o[b0:b1] = (attn * W) @ bv[b0:b1]

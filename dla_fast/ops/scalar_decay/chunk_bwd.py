@@ -299,7 +299,7 @@ def _recompute(cfg: LaunchConfig, k, v, g, init_states, s: DecidedStructure):
     gs = log_decay_sums(g, cfg.NC)
     h0, hinit = initial_prefixes(states0, cfg.BH, cfg.Dk, cfg.Dv, k.device)
     hs = prefix_states(k, v, g, gs, h0, split=cfg.split, prec=cfg.prec)
-    surv, nsurv, bidx = surviving_starts(s.masks, s.death, cfg.T)
+    surv, nsurv, bidx = s.survivors or surviving_starts(s.masks, s.death, cfg.T)  # the forward's, if it kept them
     bst = start_states(k, v, g, hs, s.masks, s.death, bidx, nsurv, hinit if states0 is not None else None, cfg.K,
                        lowp=cfg.lowp, prec=cfg.prec)
     return states0, gs, hs, surv, nsurv, bidx, bst
@@ -330,12 +330,22 @@ def _final_cache_adjoint(cfg: LaunchConfig, s: DecidedStructure, dS_final, dhc, 
     db.view(-1, cfg.Dk * cfg.Dv).index_add_(0, cidx[use], inject[use].reshape(-1, cfg.Dk * cfg.Dv).to(db.dtype))
 
 
+def _survivor_positions(surv, nsurv: int):
+    """``(bh, position)`` int32 ``[nsurv]`` of the surviving starts in the compact (row-major) order of
+    ``surviving_starts``' ``bidx``: ``torch.nonzero(surv)`` without its host synchronisation (nsurv is known)."""
+    BH, N = surv.shape
+    dev = surv.device
+    slot = torch.where(surv, torch.cumsum(surv.reshape(-1), 0).view(BH, N) - 1, nsurv).reshape(-1)  # nsurv: unused
+    out = []
+    for coord in (torch.arange(BH, device=dev).repeat_interleave(N), torch.arange(N, device=dev).repeat(BH)):
+        out.append(torch.empty(nsurv + 1, device=dev, dtype=torch.int32).scatter_(0, slot, coord.to(torch.int32)))
+    return out[0][:nsurv], out[1][:nsurv]
+
+
 def _start_adjoints(cfg: LaunchConfig, q, dO, scale, s: DecidedStructure, surv, nsurv: int, ninit: int):
     """Stage 2: ``(db, sbh, spos)``: dB of every surviving start (and of the initial slots' pseudo starts), and
     the surviving starts' (bh, position) in the compact order."""
-    pos_all = torch.nonzero(surv)  # row-major: the compact order of bidx
-    sbh = pos_all[:, 0].to(torch.int32).contiguous()
-    spos = pos_all[:, 1].to(torch.int32).contiguous()
+    sbh, spos = _survivor_positions(surv, nsurv)
     BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
     # 16-bit storage for 16-bit inputs: every consumer casts dB to 16 bits for its products anyway.
     db = torch.empty(max(nsurv + ninit, 1), cfg.Dk, cfg.Dv, device=q.device,

@@ -90,6 +90,8 @@ class DecidedStructure:
         fpos: ``[BH, KP]`` int32, the final slots' start positions.
         size: ``[BH]`` int64 final sizes; counts ``[BH, K]`` int64; info ``[BH, K]`` float64.
         scores: ``[BH, NC*C]`` float32; merged ``[BH, NC*C]`` int64 (-1: no merge).
+        survivors: the output stage's ``surviving_starts`` ``(surv, nsurv, bidx)``, kept for the backward (which
+            would otherwise count them again: a host synchronisation); None before the output stage.
     """
 
     masks: torch.Tensor
@@ -103,6 +105,7 @@ class DecidedStructure:
     info: torch.Tensor
     scores: torch.Tensor
     merged: torch.Tensor
+    survivors: tuple | None = None
 
 
 @dataclass
@@ -253,6 +256,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
 def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit, settings: TritonSettings):
     """Stage 5: ``o [B, T, H, Dv]`` in q's dtype."""
     surv, nsurv, bidx = surviving_starts(s.masks, s.death, cfg.T)
+    s.survivors = (surv, nsurv, bidx)
     bst = start_states(k, v, g, hs, s.masks, s.death, bidx, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec)
     o = torch.empty(cfg.B, cfg.T, cfg.H, cfg.Dv, device=q.device, dtype=q.dtype)
     BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
