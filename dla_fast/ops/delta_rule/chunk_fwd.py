@@ -63,8 +63,9 @@ class _FixedPartition:
 
     A slot is the run of tokens from its start to the next live start, so everything follows from the live
     starts: at token t (after its update) the live starts are those ``p <= t`` not yet dead (``death > t``), and
-    the slot holding token s has recency ``#{live p > s}``. ``live[c]`` lists the slots at chunk c's start (the
-    initial slots at -m0..-1), the next chunk's list (the final one after the last chunk) where each ends.
+    the slot holding token s has recency ``#{live p > s}``. ``live[c]`` lists the slots live at chunk c's start
+    (the initial slots at -m0..-1); the next chunk's list (after the last chunk, the final one) says where each
+    ends.
     """
 
     def __init__(self, s: DecidedStructure, size0, row_lengths, K: int):
@@ -119,20 +120,21 @@ class _FixedPartition:
         return W, coef, Mf.to(lam.dtype), Md.to(lam.dtype)
 
 
-def _slot_states(F, Mf, Md, khd, bv, Phi):
+def _slot_states(start, Mf, Md, khd, bv, Phi):
     """The slot states ``[nb + 1, R, Dk, K, Dv]`` at each chunk start of a block and at its end:
     ``S_end[j] = Phi sum_{i -> j} S_start[i] + sum_{s -> j} khd_s (b_s v_s)^T`` (docs/delta-rule-chunked.md §2).
 
     Feature-major (``[R, Dk, K, Dv]``): ``Phi`` acts on every slot of a row as one ``[Dk, Dk] @ [Dk, K Dv]``
-    product, and the slot map as one ``[K, K]`` product per (row, feature)."""
+    product, and the slot map as one ``[K, K]`` product per (row, feature). ``start``: the states at the block
+    start."""
     nb, R, K, C = Md.shape
-    Dk, Dv = F.shape[1], F.shape[3]
+    Dk, Dv = start.shape[1], start.shape[3]
     # The chunk's tokens in their end slots: U[d, j, v] = sum_s khd[s, d] Md[j, s] b_s v[s, v].
     Y = (khd.transpose(-1, -2).unsqueeze(3) * Md.unsqueeze(2)).reshape(nb * R, Dk * K, C)
     U = torch.bmm(Y, bv.reshape(nb * R, C, Dv)).view(nb, R, Dk, K * Dv)
     Mf_rows = Mf.unsqueeze(2).expand(nb, R, Dk, K, K).reshape(nb, R * Dk, K, K)
-    Fs = F.new_empty(nb + 1, R, Dk, K, Dv)
-    Fs[0] = F
+    Fs = start.new_empty(nb + 1, R, Dk, K, Dv)
+    Fs[0] = start
     for c in range(nb):  # the one sequential dependency: each chunk's slots from the previous chunk's
         X = torch.bmm(Mf_rows[c], Fs[c].view(R * Dk, K, Dv)).view(R, Dk, K * Dv)
         torch.baddbmm(U[c], Phi[c], X, out=Fs[c + 1].view(R, Dk, K * Dv))
@@ -160,7 +162,7 @@ def _states_and_outputs(q, k, v, g, beta, lam, part: _FixedPartition, states, ta
     qc, kc, gc, bc = (chunks(rows(x), C, nC) for x in (q, k, g, beta))  # in the tables' dtype block by block
     vc, lamc = (chunks(rows(x, cd), C, nC) for x in (v, lam))
     bv = bc.to(cd).unsqueeze(-1) * vc
-    F = states.reshape(R, K, Dk, Dv).transpose(1, 2).contiguous()
+    slots = states.reshape(R, K, Dk, Dv).transpose(1, 2).contiguous()
     o = torch.empty(nC, R, C, Dv, dtype=cd, device=q.device)
     block = max(1, _TABLE_ELEMENTS // (R * C * C))
     sub = max(1, _STATE_ELEMENTS // (R * K * Dk * Dv))
@@ -172,10 +174,10 @@ def _states_and_outputs(q, k, v, g, beta, lam, part: _FixedPartition, states, ta
         o[b0:b1] = (attn * W) @ bv[b0:b1]
         for s0 in range(0, b1 - b0, sub):
             s1 = min(b1 - b0, s0 + sub)
-            Fs = _slot_states(F, Mf[s0:s1], Md[s0:s1], khd[s0:s1], bv[b0 + s0:b0 + s1], Phi[s0:s1])
+            Fs = _slot_states(slots, Mf[s0:s1], Md[s0:s1], khd[s0:s1], bv[b0 + s0:b0 + s1], Phi[s0:s1])
             o[b0 + s0:b0 + s1] += _read_start_slots(Fs[:-1], qt[s0:s1], coef[s0:s1])
-            F = Fs[-1]
-    return o, F.transpose(1, 2)
+            slots = Fs[-1]
+    return o, slots.transpose(1, 2)
 
 
 def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau,

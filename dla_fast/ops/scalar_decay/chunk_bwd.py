@@ -330,22 +330,22 @@ def _final_cache_adjoint(cfg: LaunchConfig, s: DecidedStructure, dS_final, dhc, 
     db.view(-1, cfg.Dk * cfg.Dv).index_add_(0, cidx[use], inject[use].reshape(-1, cfg.Dk * cfg.Dv).to(db.dtype))
 
 
-def _survivor_positions(surv, nsurv: int):
-    """``(bh, position)`` int32 ``[nsurv]`` of the surviving starts in the compact (row-major) order of
-    ``surviving_starts``' ``bidx``: ``torch.nonzero(surv)`` without its host synchronisation (nsurv is known)."""
+def _survivor_positions(surv, bidx, nsurv: int):
+    """``(bh, position)`` int32 ``[nsurv]`` of the surviving starts in their compact order ``bidx``
+    (``surviving_starts``): ``torch.nonzero(surv)`` without its host synchronisation (nsurv is known)."""
     BH, N = surv.shape
     dev = surv.device
-    slot = torch.where(surv, torch.cumsum(surv.reshape(-1), 0).view(BH, N) - 1, nsurv).reshape(-1)  # nsurv: unused
+    slot = torch.where(surv, bidx.long(), nsurv).reshape(-1)  # entry nsurv takes the rest and is dropped
     out = []
     for coord in (torch.arange(BH, device=dev).repeat_interleave(N), torch.arange(N, device=dev).repeat(BH)):
         out.append(torch.empty(nsurv + 1, device=dev, dtype=torch.int32).scatter_(0, slot, coord.to(torch.int32)))
     return out[0][:nsurv], out[1][:nsurv]
 
 
-def _start_adjoints(cfg: LaunchConfig, q, dO, scale, s: DecidedStructure, surv, nsurv: int, ninit: int):
+def _start_adjoints(cfg: LaunchConfig, q, dO, scale, s: DecidedStructure, surv, bidx, nsurv: int, ninit: int):
     """Stage 2: ``(db, sbh, spos)``: dB of every surviving start (and of the initial slots' pseudo starts), and
     the surviving starts' (bh, position) in the compact order."""
-    sbh, spos = _survivor_positions(surv, nsurv)
+    sbh, spos = _survivor_positions(surv, bidx, nsurv)
     BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
     # 16-bit storage for 16-bit inputs: every consumer casts dB to 16 bits for its products anyway.
     db = torch.empty(max(nsurv + ninit, 1), cfg.Dk, cfg.Dv, device=q.device,
@@ -412,7 +412,7 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     del bst
     # 2. dB of every surviving start, then the final cache's gradient.
     mark_stage(profile, "dB")
-    db, sbh, spos = _start_adjoints(cfg, q, dO, scale, s, surv, nsurv, ninit)
+    db, sbh, spos = _start_adjoints(cfg, q, dO, scale, s, surv, bidx, nsurv, ninit)
     del scale
     _final_cache_adjoint(cfg, s, dS_final, dhc, db, gs, bidx, nsurv, size0)
     # 3. the reverse scan of the single state's adjoint.
