@@ -90,6 +90,19 @@ def test_forward_matches_reference_fp32(B, T, H, Dk, Dv, K, tau, rl, jit):
 
 
 @needs_kernels
+@pytest.mark.parametrize("tau", [0.22, 0.35], ids=["every_token_starts", "slots_of_the_first_chunk_only"])
+def test_forward_reads_slots_older_than_a_chunk(tau):
+    """The cases above decay by ~0.5 a token, so a slot read a chunk after its last token weighs ~1e-19 and a
+    wrong read of it would pass; at 0.97 a token (0.14 a chunk) the older slots' telescoped reads carry weight.
+    At this decay the slots either open at every token after the first chunk (merges throughout) or only in the
+    first chunk (its closed slots then read by the three chunks after it); the smallest |I - tau| is 1.4e-2."""
+    q, k, v, g, w = regimes(1, 200, 2, 16, 16, 5, seed=31, regime_length=10.0, jitter=0.5, decay=0.97)
+    ref = dla_ref.forward(q, k, v, g, w, tau=tau)
+    assert ref[1].size.min() >= 2  # closed slots to read
+    _check(*_fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=tau), ref, tau, o_tol=1e-5)
+
+
+@needs_kernels
 def test_forward_bf16_matches_reference_on_rounded_inputs():
     q, k, v, g, w = regimes(1, 100, 2, 16, 16, 4, seed=7)
     qb, kb, vb = (_t(x, torch.bfloat16) for x in (q, k, v))
