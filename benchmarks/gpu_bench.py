@@ -101,6 +101,25 @@ def bench_ms(fn, rep=100):
     return float(triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median"))
 
 
+def _wall_ms(fn):
+    """Wall-clock ms of one call, synchronised on both sides (the host's work inside counts too)."""
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - began) * 1e3
+
+
+def _peak_gib_and_ms(fn):
+    """``(peak GiB above the memory live before, wall-clock ms)`` of one call of fn, peak statistics reset first."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    m0 = torch.cuda.memory_allocated()
+    ms = _wall_ms(fn)
+    return (torch.cuda.max_memory_allocated() - m0) / 2**30, ms
+
+
 # ---------------------------------------------------------------------------------------------------
 # Correctness
 # ---------------------------------------------------------------------------------------------------
@@ -293,22 +312,17 @@ def time_forward(cfg, fh, bw, fl, quick=False):
         o, cache, tr = fwd(q, k, v, g, w, tau=TAU, profile=prof)
         rate = float(tr[1].float().mean())
         del o, cache, tr
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        m0 = torch.cuda.memory_allocated()
-        fwd(q, k, v, g, w, tau=TAU)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - m0
+        peak, _ = _peak_gib_and_ms(lambda: fwd(q, k, v, g, w, tau=TAU))
         ms = bench_ms(lambda: fwd(q, k, v, g, w, tau=TAU), rep=50 if quick else 100)
         flops, io_min, traffic = counts_forward(B, T, H, Dk, Dv, K_SLOTS, prof.get("mean_live_at_chunk_start", K_SLOTS))
         floor_ms = max(flops / fl, io_min / bw) * 1e3
         rows[wname] = dict(
-            ms=ms, boundary_rate=rate, peak_mem_gib=peak / 2**30,
+            ms=ms, boundary_rate=rate, peak_mem_gib=peak,
             stages_ms={kk: vv for kk, vv in prof.items() if kk.endswith("_ms")},
             mean_live=prof.get("mean_live_at_chunk_start"), flops=flops, io_min_bytes=io_min, traffic_bytes=traffic,
             tflops=flops / ms * 1e-9, floor_ms=floor_ms, roofline_fraction=floor_ms / ms,
         )
-        log(f"{cfg} {wname}: {ms:.3f} ms rate {rate:.4f} peak {peak / 2**30:.2f} GiB stages {rows[wname]['stages_ms']} "
+        log(f"{cfg} {wname}: {ms:.3f} ms rate {rate:.4f} peak {peak:.2f} GiB stages {rows[wname]['stages_ms']} "
             f"{rows[wname]['tflops']:.1f} TFLOP/s floor {floor_ms:.3f} ms", fh)
         if wname == "moderate":
             base = (q, k, v, g)
@@ -411,13 +425,7 @@ def time_training(cfg, fh, quick=False):
 
     def peak_and_ms(fn):
         fn()
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        m0 = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - m0) / 2**30
+        peak, _ = _peak_gib_and_ms(fn)
         return bench_ms(fn, rep=rep), peak
 
     for wname, wl in WORKLOADS.items():
@@ -513,25 +521,6 @@ def _fla_gdn(q, k, v, g, beta):
     # scale=1.0: DLA uses q as given (FLA's default is Dk**-0.5); k is unit already, so no l2norm in the kernel.
     out = chunk_gated_delta_rule(q, k, v, g, beta, scale=1.0, output_final_state=False, use_qk_l2norm_in_kernel=False)
     return out[0] if isinstance(out, tuple) else out
-
-
-def _wall_ms(fn):
-    """Wall-clock ms of one call, synchronised on both sides (the host's work inside counts too)."""
-    torch.cuda.synchronize()
-    began = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - began) * 1e3
-
-
-def _peak_gib_and_ms(fn):
-    """``(peak GiB above the memory live before, wall-clock ms)`` of one call of fn, peak statistics reset first."""
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    m0 = torch.cuda.memory_allocated()
-    ms = _wall_ms(fn)
-    return (torch.cuda.max_memory_allocated() - m0) / 2**30, ms
 
 
 def capped_ms(fn, once_ms, cap_ms):

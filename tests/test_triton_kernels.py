@@ -391,42 +391,55 @@ def test_forward_settings_change_speed_not_results(settings):
 HARNESS_EXAMPLES = 12  # drawn cases per run (each runs the kernels; the interpreter is slow)
 
 
-def _harness_adapter(dtype):
-    """The Triton forward behind the equivalence harness's NumPy adapter interface."""
+def _harness_adapter(dtype, run):
+    """A forward behind the equivalence harness's NumPy adapter interface: ``run(q, k, v, g, w, beta, cache, *,
+    tau, boundaries, eps, norm_eps) -> (o, (states, counts, info, size), (scores, starts, merged))`` with
+    ``cache`` None or the initial cache's ``(states float32, counts, info, size)``."""
     from types import SimpleNamespace
 
     from dla_fast.testing.harness import torch_adapter
 
     def fwd(q, k, v, g, w, *, tau, beta=None, boundaries=None, initial_cache=None, eps, norm_eps):
-        assert beta is None
-        kw = {}
-        if initial_cache is not None:
-            c = initial_cache
-            kw = dict(states=c.states.float(), counts=c.counts, info=c.info.float(), size=c.size)
-        o, c, t = _fwd(q, k, v, g, w, tau=tau, boundaries=boundaries, eps=eps, norm_eps=norm_eps, **kw)
+        c = initial_cache
+        cache = None if c is None else (c.states.float(), c.counts, c.info, c.size)
+        o, c, t = run(q, k, v, g, w, beta, cache, tau=tau, boundaries=boundaries, eps=eps, norm_eps=norm_eps)
         return (o, SimpleNamespace(states=c[0], counts=c[1], info=c[2], size=c[3]),
                 SimpleNamespace(scores=t[0], starts=t[1], merged=t[2]))
 
     return torch_adapter(fwd, dtype, device=DEV)
 
 
-@needs_kernels
-def test_forward_passes_the_equivalence_harness():
-    """dla_fast.testing.check_equivalent on drawn cases (scalar decay), float32 and bfloat16."""
+def _check_harness(run, backbone: str, examples=()):
+    """dla_fast.testing.check_equivalent on drawn cases of one backbone (and named ``examples`` in float32),
+    float32 and bfloat16: every divergence from the reference must be explained."""
     hyp = pytest.importorskip("hypothesis")
     from dla_fast.testing import harness
     from dla_fast.testing.strategies import cases
 
-    @hyp.settings(max_examples=HARNESS_EXAMPLES, deadline=None,
-                  derandomize=True, database=None, suppress_health_check=list(hyp.HealthCheck),
-                  phases=(hyp.Phase.explicit, hyp.Phase.generate))  # no shrinking: the interpreter is slow
-    @hyp.given(case=cases(backbone="scalar"), dtype=hyp.strategies.sampled_from(["float32", "bfloat16"]))
-    def run(case, dtype):
+    def check(case, dtype):
         hyp.assume(case.spec.data != "large" or dtype == "float32")
-        report = harness.check_equivalent(_harness_adapter(dtype), case, dtype=dtype)
+        report = harness.check_equivalent(_harness_adapter(dtype, run), case, dtype=dtype)
         assert all(d.explained for d in report.divergences), report
 
-    run()
+    test = hyp.given(case=cases(backbone=backbone), dtype=hyp.strategies.sampled_from(["float32", "bfloat16"]))(check)
+    for case in examples:
+        test = hyp.example(case=case, dtype="float32")(test)
+    hyp.settings(max_examples=HARNESS_EXAMPLES, deadline=None, derandomize=True, database=None,
+                 suppress_health_check=list(hyp.HealthCheck),
+                 phases=(hyp.Phase.explicit, hyp.Phase.generate))(test)()  # no shrinking: the interpreter is slow
+
+
+def _scalar_run(q, k, v, g, w, beta, cache, **kw):
+    """The scalar-decay Triton forward for :func:`_harness_adapter`."""
+    assert beta is None
+    init = {} if cache is None else dict(states=cache[0], counts=cache[1], info=cache[2].float(), size=cache[3])
+    return _fwd(q, k, v, g, w, **init, **kw)
+
+
+@needs_kernels
+def test_forward_passes_the_equivalence_harness():
+    """dla_fast.testing.check_equivalent on drawn cases (scalar decay), float32 and bfloat16."""
+    _check_harness(_scalar_run, "scalar")
 
 
 def _merge_reference(bits, scores, counts0, info0, size0, T, K, C):
@@ -671,45 +684,19 @@ def test_delta_rule_forward_through_the_api(monkeypatch):
         torch.testing.assert_close(packed[1].states[i:i + 1], f_i.states)
 
 
-def _delta_harness_adapter(dtype):
-    """The delta rule's device forward behind the equivalence harness's NumPy adapter interface."""
-    from types import SimpleNamespace
-
-    from dla_fast.testing.harness import torch_adapter
-
-    def fwd(q, k, v, g, w, *, tau, beta, boundaries=None, initial_cache=None, eps, norm_eps):
-        cache = None
-        if initial_cache is not None:
-            c = initial_cache
-            cache = (c.states.float(), c.counts, c.info.double(), c.size)
-        o, c, t = _delta_fwd(q, k, v, g, w, beta, tau=tau, boundaries=boundaries, cache=cache, eps=eps,
-                             norm_eps=norm_eps)
-        return (o, SimpleNamespace(states=c[0], counts=c[1], info=c[2], size=c[3]),
-                SimpleNamespace(scores=t[0], starts=t[1], merged=t[2]))
-
-    return torch_adapter(fwd, dtype, device=DEV)
+def _delta_run(q, k, v, g, w, beta, cache, **kw):
+    """The delta rule's device forward for :func:`_harness_adapter`."""
+    cache = None if cache is None else (cache[0], cache[1], cache[2].double(), cache[3])
+    return _delta_fwd(q, k, v, g, w, beta, cache=cache, **kw)
 
 
 @needs_kernels
 def test_delta_rule_forward_passes_the_equivalence_harness():
     """dla_fast.testing.check_equivalent on drawn delta-rule cases (named corners included: scores at tau,
     beta 0 and 1, keys of any norm), float32 and bfloat16."""
-    hyp = pytest.importorskip("hypothesis")
-    from dla_fast.testing import harness
-    from dla_fast.testing.strategies import DELTA_BETA_ZERO, SCORE_AT_TAU_DELTA, cases
+    from dla_fast.testing.strategies import DELTA_BETA_ZERO, SCORE_AT_TAU_DELTA
 
-    @hyp.settings(max_examples=HARNESS_EXAMPLES, deadline=None,
-                  derandomize=True, database=None, suppress_health_check=list(hyp.HealthCheck),
-                  phases=(hyp.Phase.explicit, hyp.Phase.generate))  # no shrinking: the interpreter is slow
-    @hyp.example(case=SCORE_AT_TAU_DELTA, dtype="float32")
-    @hyp.example(case=DELTA_BETA_ZERO, dtype="float32")
-    @hyp.given(case=cases(backbone="delta"), dtype=hyp.strategies.sampled_from(["float32", "bfloat16"]))
-    def run(case, dtype):
-        hyp.assume(case.spec.data != "large" or dtype == "float32")
-        report = harness.check_equivalent(_delta_harness_adapter(dtype), case, dtype=dtype)
-        assert all(d.explained for d in report.divergences), report
-
-    run()
+    _check_harness(_delta_run, "delta", examples=(SCORE_AT_TAU_DELTA, DELTA_BETA_ZERO))
 
 
 @needs_kernels

@@ -32,19 +32,18 @@ _TABLE_ELEMENTS = 1 << 22
 _STATE_ELEMENTS = 1 << 25
 
 
-def _decide(k, v, g, beta, boundaries, cache, lengths, tau, eps, norm_eps, decide_warps):
-    """Stages 1-2: ``(scores [B, T, H] float64, DecidedStructure, the open slot after the call [R, Dk, Dv]
-    float64, row lengths [R] int32)``."""
-    states, counts, info, size = cache
+def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps, decide_warps):
+    """Stages 1-2 from the initial ``cache`` (its sizes ``size0 [R]``): ``(scores [B, T, H] float64,
+    DecidedStructure, the open slot after the call [R, Dk, Dv] float64, row lengths [R] int32)``."""
+    states, counts, info, _ = cache
     B, T, H, Dk = k.shape
     Dv, K = v.shape[-1], states.shape[2]
     R = B * H
     dev = k.device
-    size0 = size.reshape(R).clone()
     open_slot = states.reshape(R, K, Dk, Dv)[torch.arange(R, device=dev), (size0 - 1).clamp(min=0)]
     P = (open_slot.to(torch.float64) * (size0 > 0).view(R, 1, 1)).contiguous()  # advanced in place
     scores, _, masks = decide_delta_rule_triton(
-        k, v, g, beta, open_states=P.view(B, H, Dk, Dv), size=size, tau=tau, boundaries=boundaries,
+        k, v, g, beta, open_states=P.view(B, H, Dk, Dv), size=size0.view(B, H), tau=tau, boundaries=boundaries,
         row_lengths=lengths, eps=eps, norm_eps=norm_eps, num_warps=decide_warps,
     )
     cfg = LaunchConfig(B, T, H, Dk, Dv, K, lowp=False, split=False, prec="ieee")
@@ -78,7 +77,8 @@ class _FixedPartition:
         nxt = torch.cat([s.live[:, 1:, :K], s.fpos[:, None, :K]], 1).long().transpose(0, 1)
         nxtm = torch.cat([s.livem[:, 1:].long(), s.size[:, None]], 1).transpose(0, 1)
         self.next_pos = torch.where(self.slot < nxtm.unsqueeze(-1), nxt, INT32_MAX).contiguous()
-        self.starts = start_bits(s.masks).view(R, NC, C).transpose(0, 1)  # [NC, R, C]
+        self.start_rows = start_bits(s.masks)  # [R, NC * C]: the trace's starts too
+        self.starts = self.start_rows.view(R, NC, C).transpose(0, 1)  # [NC, R, C]
         self.death_flat = s.death.long()  # [R, NC * C]
         self.death = self.death_flat.view(R, NC, C).transpose(0, 1)
         self.death0 = s.death0.long()  # [R, K]
@@ -199,9 +199,9 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
         empty = torch.zeros(B, 0, H, device=q.device)
         return (torch.zeros(B, 0, H, v.shape[-1], device=q.device, dtype=states.dtype), empty.double(),
                 empty.bool(), empty.long())
-    size0 = size.reshape(R).clone()
-    scores, s, P, row_lengths = _decide(k, v, g, beta, boundaries, (states, counts, info, size), lengths, tau, eps,
-                                        norm_eps, decide_warps)
+    size0 = size.reshape(R).clone()  # size itself receives the final sizes below
+    scores, s, P, row_lengths = _decide(k, v, g, beta, boundaries, (states, counts, info, size), size0, lengths, tau,
+                                        eps, norm_eps, decide_warps)
     part = _FixedPartition(s, size0, row_lengths, K)
     o, final = _states_and_outputs(q, k, v, g, beta, slot_weights, part, states, table_dtype)
     # The open slot: the decision kernel's explicit one (float64 per token), as the torch path keeps its scan's.
@@ -212,5 +212,5 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     counts.copy_(s.counts.view(counts.shape))
     info.copy_(s.info.view(info.shape))
     size.copy_(s.size.view(size.shape))
-    trace = (start_bits(s.masks)[:, :T], s.merged[:, :T])
+    trace = (part.start_rows[:, :T], s.merged[:, :T])
     return unrows(unchunk(o, T), B, H), scores, *(unrows(x, B, H) for x in trace)
