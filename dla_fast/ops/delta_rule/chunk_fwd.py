@@ -1,17 +1,17 @@
 """The gated delta rule's forward on CUDA (also under TRITON_INTERPRET=1): decisions first, then the fixed partition.
 
-docs/delta-rule-chunked.md section 7 is the plan; this is its first build, with stage 4 in torch:
+docs/delta-rule-chunked.md section 7 is the plan and the record:
 
 1. ``dla_delta_decide_kernel`` (``chunk_fwd_decide``, one program per row): every token's score and decision
    against the explicit open slot (float64), each chunk's boundary mask, the open slot after the call;
 2. ``dla_merge_kernel`` (scalar decay's, on those masks and scores): counts, information sums, the merges, each
    start's death and the live starts at every chunk start (``DecidedStructure``);
-3. torch, the partition now fixed: the WY tables of every chunk (``wy_tables``), each token's read weights and
-   each chunk's slot map (vectorised from the structure), one sequential pass over the chunks for the slot
-   states at every chunk start (two batched products per chunk), the reads batched per block of chunks.
+3. the partition now fixed, per block of chunks: the WY tables (``wy_tables``), each token's read weights and
+   each chunk's slot map (torch, vectorised from the structure), the intra-chunk part (torch), then
+   ``dla_delta_states_kernel`` (``chunk_fwd_states``): the slot states chunk by chunk, all K slots of a row in
+   each product, and the reads of the slots live at each chunk start.
 
-The slot states live at chunk starts, feature-major (``[R, Dk, K, Dv]``): the chunk operator ``Phi`` then acts on
-every slot of a row as one product. No host synchronisation and no numba: the call stays on the device.
+No host synchronisation and no numba: the call stays on the device.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from ..common.triton_utils import INT32_MAX
 from ..scalar_decay.chunk_fwd import DecidedStructure, LaunchConfig, merge_simulation
 from ..scalar_decay.chunk_fwd_states import CHUNK, start_bits
 from .chunk_fwd_decide import decide_delta_rule_triton
+from .chunk_fwd_states import slot_states_and_reads
 from .wy_tables import wy_tables
 
-# Elements of the largest tensors of a block of chunks ([block, R, C, C] in the tables' dtype) and of a sub-block
-# ([sub, R, Dk, K, Dv] slot states): they bound the stage's memory (~0.5 GB each way).
+# Elements of the largest tensors of a block of chunks ([block, R, C, C] in the tables' dtype): they bound the
+# stage's memory (~0.5 GB).
 _TABLE_ELEMENTS = 1 << 22
-_STATE_ELEMENTS = 1 << 25
 
 
 def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps, decide_warps):
@@ -83,6 +83,9 @@ class _FixedPartition:
         self.death = self.death_flat.view(R, NC, C).transpose(0, 1)
         self.death0 = s.death0.long()  # [R, K]
         self.causal = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
+        # later[p, s] = [p > s]: the live starts after s counted by one product (torch's cumsum over a short last
+        # dimension took a third of this stage's GPU time: docs/benchmarks.md run 17); small integers, exact.
+        self.later, self.later_slot = (torch.ones(n, n, device=dev).tril(-1) for n in (C, K))
 
     def _start_slots(self, b0: int, b1: int):
         """``(pos, valid, death)`` ``[nb, R, K]`` of the slots live at each chunk start (invalid: death -1)."""
@@ -96,87 +99,55 @@ class _FixedPartition:
 
     def block(self, b0: int, b1: int, lam: torch.Tensor):
         """Chunks ``b0 .. b1 - 1`` (``lam [nb, R, C, K]``, the read weights): ``W [nb, R, C, C]`` (token t's weight
-        of token s's slot, s <= t), ``coef [nb, R, C, K]`` (its weight of the slot holding start slot i), and the
-        maps to the chunk-end slots ``Mf [nb, R, K, K]`` (start slot i -> j) and ``Md [nb, R, K, C]`` (token s ->
-        j), in lam's dtype."""
+        of token s's slot, s <= t) and ``coef [nb, R, C, K]`` (its weight of the slot holding start slot i), in
+        lam's dtype; the chunk-end slot of each start slot ``dest_f [nb, R, K]`` and of each token ``dest [nb, R,
+        C]`` (int64, -1: none or padding)."""
         nb, R, K, C = b1 - b0, self.R, self.K, CHUNK
         t_glob = (torch.arange(b0, b1, device=lam.device).view(nb, 1, 1) * C + torch.arange(C, device=lam.device))
         pos, valid, death = self._start_slots(b0, b1)
         # In-chunk starts p live at token t: [nb, R, C (t), C (p)].
         alive = self.starts[b0:b1].unsqueeze(2) & self.causal & (self.death[b0:b1].unsqueeze(2) > t_glob.unsqueeze(-1))
         n_in = alive.sum(-1, keepdim=True)
-        J = n_in - alive.cumsum(-1)  # live starts after s: the recency of s's slot at t
+        J = (alive.float() @ self.later).long()  # live starts after s: the recency of s's slot at t
         W = lam.gather(-1, J.clamp(max=K - 1)) * self.causal
         alive_f = valid.unsqueeze(2) & (death.unsqueeze(2) > t_glob.unsqueeze(-1))  # [nb, R, C, K]
-        JF = n_in + alive_f.sum(-1, keepdim=True) - alive_f.cumsum(-1)
+        JF = n_in + (alive_f.float() @ self.later_slot).long()
         coef = lam.gather(-1, JF.clamp(max=K - 1)) * valid.unsqueeze(2)
         # The chunk-end slot holding a start slot's first token, and each token.
         nxt = self.next_pos[b0:b1]
-        dest_f = torch.searchsorted(nxt, pos.contiguous(), right=True) - 1
-        Mf = (dest_f.unsqueeze(2) == self.slot.view(K, 1)) & valid.unsqueeze(2)
+        dest_f = torch.where(valid, torch.searchsorted(nxt, pos.contiguous(), right=True) - 1, -1)
         dest = torch.searchsorted(nxt, t_glob.expand(nb, R, C).contiguous(), right=True) - 1
-        in_row = t_glob < self.row_len.view(1, R, 1)
-        Md = (dest.unsqueeze(2) == self.slot.view(K, 1)) & in_row.unsqueeze(2)
-        return W, coef, Mf.to(lam.dtype), Md.to(lam.dtype)
-
-
-def _slot_states(start, Mf, Md, khd, bv, Phi):
-    """The slot states ``[nb + 1, R, Dk, K, Dv]`` at each chunk start of a block and at its end:
-    ``S_end[j] = Phi sum_{i -> j} S_start[i] + sum_{s -> j} khd_s (b_s v_s)^T`` (docs/delta-rule-chunked.md §2).
-
-    Feature-major (``[R, Dk, K, Dv]``): ``Phi`` acts on every slot of a row as one ``[Dk, Dk] @ [Dk, K Dv]``
-    product, and the slot map as one ``[K, K]`` product per (row, feature). ``start``: the states at the block
-    start."""
-    nb, R, K, C = Md.shape
-    Dk, Dv = start.shape[1], start.shape[3]
-    # The chunk's tokens in their end slots: U[d, j, v] = sum_s khd[s, d] Md[j, s] b_s v[s, v].
-    Y = (khd.transpose(-1, -2).unsqueeze(3) * Md.unsqueeze(2)).reshape(nb * R, Dk * K, C)
-    U = torch.bmm(Y, bv.reshape(nb * R, C, Dv)).view(nb, R, Dk, K * Dv)
-    Mf_rows = Mf.unsqueeze(2).expand(nb, R, Dk, K, K).reshape(nb, R * Dk, K, K)
-    Fs = start.new_empty(nb + 1, R, Dk, K, Dv)
-    Fs[0] = start
-    for c in range(nb):  # the one sequential dependency: each chunk's slots from the previous chunk's
-        X = torch.bmm(Mf_rows[c], Fs[c].view(R * Dk, K, Dv)).view(R, Dk, K * Dv)
-        torch.baddbmm(U[c], Phi[c], X, out=Fs[c + 1].view(R, Dk, K * Dv))
-    return Fs
-
-
-def _read_start_slots(Fs, qt, coef):
-    """``sum_i coef[t, i] qt_t^T S_i`` for the slots live at each chunk start (``Fs [nb, R, Dk, K, Dv]``): one
-    ``[C, Dk K] @ [Dk K, Dv]`` product per (chunk, row). Returns ``[nb, R, C, Dv]``."""
-    nb, R, Dk, K, Dv = Fs.shape
-    C = qt.shape[2]
-    Xq = (qt.unsqueeze(-1) * coef.unsqueeze(3)).reshape(nb * R, C, Dk * K)
-    return torch.bmm(Xq, Fs.reshape(nb * R, Dk * K, Dv)).view(nb, R, C, Dv)
+        dest = torch.where(t_glob < self.row_len.view(1, R, 1), dest, -1)
+        return W, coef, dest_f, dest
 
 
 def _states_and_outputs(q, k, v, g, beta, lam, part: _FixedPartition, states, table_dtype):
-    """Stage 3: ``(o [nC, R, C, Dv], the slot states after the call [R, K, Dk, Dv])`` in the states' dtype.
+    """Stage 3: ``(o [nC, R, C, Dv], the slot states after the call [R, K, Dk, Dv])`` in float32.
 
-    Blocks of chunks for the tables and the read weights (``[nb, R, C, C]`` tensors), sub-blocks for the slot
-    states (``[nb, R, Dk, K, Dv]``): both bound the memory, and larger blocks mean fewer launches."""
+    Per block of chunks (its ``[nb, R, C, C]`` tables bound the memory): the WY tables, the read weights and slot
+    maps, the intra-chunk part in torch, then one launch of ``dla_delta_states_kernel`` for the slot states
+    (feature-major, ``[R, Dk, K, Dv]``) and the reads of the slots live at each chunk start."""
     B, T, H, Dk = q.shape
     Dv, K = v.shape[-1], lam.shape[-1]
     R, C, nC = B * H, CHUNK, -(-T // CHUNK)
-    cd = states.dtype
+    cd = torch.float32
+    lowp = q.dtype in (torch.bfloat16, torch.float16)
     qc, kc, gc, bc = (chunks(rows(x), C, nC) for x in (q, k, g, beta))  # in the tables' dtype block by block
     vc, lamc = (chunks(rows(x, cd), C, nC) for x in (v, lam))
     bv = bc.to(cd).unsqueeze(-1) * vc
     slots = states.reshape(R, K, Dk, Dv).transpose(1, 2).contiguous()
     o = torch.empty(nC, R, C, Dv, dtype=cd, device=q.device)
     block = max(1, _TABLE_ELEMENTS // (R * C * C))
-    sub = max(1, _STATE_ELEMENTS // (R * K * Dk * Dv))
     for b0 in range(0, nC, block):
         b1 = min(nC, b0 + block)
-        tab, _ = wy_tables(*(x[b0:b1].to(table_dtype) for x in (qc, kc, gc, bc)))
-        attn, qt, khd, Phi = (tab[n].to(cd) for n in ("attn", "qt", "khd", "Phi"))
-        W, coef, Mf, Md = part.block(b0, b1, lamc[b0:b1])
+        q_blk, k_blk, g_blk, beta_blk = (x[b0:b1].to(table_dtype) for x in (qc, kc, gc, bc))
+        tab, _ = wy_tables(q_blk, k_blk, g_blk, beta_blk)
+        attn, qt, Phi = (tab[n].to(cd) for n in ("attn", "qt", "Phi"))
+        W, coef, dest_f, dest = part.block(b0, b1, lamc[b0:b1])
         o[b0:b1] = (attn * W) @ bv[b0:b1]
-        for s0 in range(0, b1 - b0, sub):
-            s1 = min(b1 - b0, s0 + sub)
-            Fs = _slot_states(slots, Mf[s0:s1], Md[s0:s1], khd[s0:s1], bv[b0 + s0:b0 + s1], Phi[s0:s1])
-            o[b0 + s0:b0 + s1] += _read_start_slots(Fs[:-1], qt[s0:s1], coef[s0:s1])
-            slots = Fs[-1]
+        kb = (beta_blk.unsqueeze(-1) * tab["khd"]).to(cd)  # the tokens' keys at the chunk end, times beta
+        slot_states_and_reads(slots, Phi, kb, qt, vc[b0:b1], coef, dest_f, dest, o[b0:b1], read_f32=not lowp,
+                              v_exact=lowp)
     return o, slots.transpose(1, 2)
 
 

@@ -1,0 +1,150 @@
+"""Triton, gated delta rule: the slot states chunk by chunk and the reads of the slots live at each chunk start
+(stage 4 of the device forward ``chunk_fwd``, docs/delta-rule-chunked.md section 7).
+
+With the partition fixed, chunk c's slot states at its end are
+
+    S_end[j] = Phi_c sum_{i -> j} S[i] + sum_{s -> j} khd_s (b_s v_s)^T
+
+(start slot i ends in slot j, token s lands in slot j) and token t reads the start slots as
+``sum_i coef[t, i] qt_t^T S[i]``. One program per (row, Dv block) keeps all K slot states of its Dv block in
+registers, ``S [Dk, BV, KP]``, and walks the chunks in order. The slot axis sits inside every product, so a
+chunk is four dots and nothing waits on a slot at a time:
+
+- the reads: ``qt [C, Dk] @ S [Dk, BV KP]``, then each token's ``coef`` weights summed over the slots;
+- the merges: ``S [Dk BV, KP] @ Mf^T [KP, KP]`` (the 0/1 map of start slots to end slots);
+- the transition and the tokens: ``Phi [Dk, Dk] @ X [Dk, BV KP] + khd^T [Dk, C] @ (b v one-hot) [C, BV KP]``.
+
+FLOPs per (chunk, row), all Dv blocks: ``2 Dv KP (2 C Dk + Dk^2 + Dk KP)`` (59 MFLOP at C = Dk = Dv = 64, KP = 32;
+the one-hot token product spends KP times the tokens' own ``2 C Dk Dv``, against a loop over end slots that
+each wait on their loads: docs/delta-rule-chunked.md section 7). Bytes: each chunk's tables (``qt``, ``khd``,
+``Phi``, ``coef``: ~50 KB at D = 64 in float32) once per Dv block, from L2; the states only at the block's start
+and end.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common.triton_utils import next_pow2
+
+
+@triton.jit
+def _round_tf32(x):
+    """x rounded to the nearest tf32 value (10 mantissa bits; ties away from zero), which a tf32 product takes
+    exactly."""
+    return ((x.to(tl.int32, bitcast=True) + 0x1000) & -0x2000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot_f32(a, b, acc, A_EXACT: tl.constexpr, B_EXACT: tl.constexpr):
+    """``acc + a @ b`` to float32 accuracy (~2^-21 relative) from single-pass tf32 products: each operand split in
+    a tf32 head and a tf32 remainder, the remainders' product dropped (Triton's tf32x3, whose split of both
+    [Dk, BV KP] operands at once spills on sm_90). An operand exact in tf32 (a 0/1 map; 16-bit values) is not
+    split: two products instead of three."""
+    if A_EXACT:
+        b_hi = _round_tf32(b)
+        acc = tl.dot(a, _round_tf32(b - b_hi), acc, input_precision="tf32")
+        return tl.dot(a, b_hi, acc, input_precision="tf32")
+    elif B_EXACT:
+        a_hi = _round_tf32(a)
+        acc = tl.dot(_round_tf32(a - a_hi), b, acc, input_precision="tf32")
+        return tl.dot(a_hi, b, acc, input_precision="tf32")
+    else:
+        a_hi = _round_tf32(a)
+        b_hi = _round_tf32(b)
+        acc = tl.dot(_round_tf32(a - a_hi), b_hi, acc, input_precision="tf32")
+        acc = tl.dot(a_hi, _round_tf32(b - b_hi), acc, input_precision="tf32")
+        return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+
+
+# Long: the program walks a block of chunks in order.
+@triton.jit(do_not_specialize=["NB"])
+def dla_delta_states_kernel(
+    slots_ptr, phi_ptr, kb_ptr, qt_ptr, v_ptr, coef_ptr, dest_f_ptr, dest_ptr, o_ptr,
+    NB, R, K, Dk, Dv,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, READ_F32: tl.constexpr,
+    V_EXACT: tl.constexpr,
+):
+    """Program (row r, Dv block vb): for chunks ``0 .. NB - 1`` of a block, ``o[c, r, :, vb] +=`` the reads of
+    the start slots; the slot states ``slots [R, Dk, K, Dv]`` (float32) advance from the block's start to its end
+    in place, to float32 accuracy.
+
+    Per chunk (index ``cr = c * R + r``): ``phi [Dk, Dk]``, ``kb, qt [C, Dk]`` (``kb = b khd``), ``v [C, Dv]``,
+    ``coef [C, K]`` (float32); ``dest_f [K]`` int32, each start slot's end slot (-1: no slot); ``dest [C]`` int32,
+    each token's (-1: padding). ``READ_F32``: the reads to float32 accuracy (else single-pass tf32, for 16-bit
+    inputs); ``V_EXACT``: the values are exact in tf32 (16-bit inputs)."""
+    r = tl.program_id(0)
+    vb = tl.program_id(1)
+    dk = tl.arange(0, BK)
+    dv = vb * BV + tl.arange(0, BV)
+    j = tl.arange(0, KP)
+    t = tl.arange(0, C)
+    kmask = dk < Dk
+    vmask = dv < Dv
+    # S[d, e, j] = slots[r, d, j, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between chunks.
+    s_at = slots_ptr + r * Dk * K * Dv + dk[:, None, None] * (K * Dv) + j[None, None, :] * Dv + dv[None, :, None]
+    s_mask = kmask[:, None, None] & vmask[None, :, None] & (j < K)[None, None, :]
+    S = tl.reshape(tl.load(s_at, mask=s_mask, other=0.0), [BK, BV * KP])
+    for c in range(NB):
+        cr = c * R + r
+        # The reads of the start slots: Y[t, e, i] = qt_t . S_i[:, e], weighted by coef[t, i].
+        qt = tl.load(qt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
+        coef = tl.load(coef_ptr + cr * C * K + t[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
+        if READ_F32:
+            Y = _dot_f32(qt, S, None, False, False)
+        else:
+            Y = tl.dot(qt, S, input_precision="tf32")
+        read = tl.sum(tl.reshape(Y, [C, BV, KP]) * coef[:, None, :], axis=2)
+        o_at = o_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :]
+        tl.store(o_at, tl.load(o_at, mask=vmask[None, :], other=0.0) + read, mask=vmask[None, :])
+        # The merges, in the chunks that have any: X[:, e, j] = sum over the start slots i ending in j of S[:, e, i].
+        dest_f = tl.load(dest_f_ptr + cr * K + j, mask=j < K, other=-1)
+        if tl.sum(((dest_f >= 0) & (dest_f != j)).to(tl.int32), 0) > 0:
+            to_end = (dest_f[:, None] == j[None, :]).to(tl.float32)  # [KP (i), KP (j)]
+            X = tl.reshape(_dot_f32(tl.reshape(S, [BK * BV, KP]), to_end, None, False, True), [BK, BV * KP])
+        else:
+            X = S
+        # The transition of every slot, and the chunk's tokens in their end slots (v spread over the slot axis).
+        phi = tl.load(phi_ptr + cr * Dk * Dk + dk[:, None] * Dk + dk[None, :],
+                      mask=kmask[:, None] & kmask[None, :], other=0.0)
+        kb_t = tl.load(kb_ptr + cr * C * Dk + t[None, :] * Dk + dk[:, None], mask=kmask[:, None], other=0.0)
+        v = tl.load(v_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :], mask=vmask[None, :], other=0.0)
+        dest = tl.load(dest_ptr + cr * C + t)
+        one_hot = (dest[:, None] == j[None, :]).to(tl.float32)  # [C, KP]
+        writes = tl.reshape(v[:, :, None] * one_hot[:, None, :], [C, BV * KP])
+        S = _dot_f32(phi, X, None, False, False)
+        S = _dot_f32(kb_t, writes, S, False, V_EXACT)
+    tl.store(s_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
+
+
+def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int]:
+    """``(BK, BV, KP)``: the padded key width, the Dv block, the padded slot count. A program holds ``BK x BV x
+    KP`` float32 states: 4K values up to ``Dk = 64`` (BV = 2 at K = 30) and 8K above (H200, run 17: the faster of
+    the two at each width; twice as many spill, fewer reload each chunk's tables more often)."""
+    BK, KP = max(next_pow2(Dk), 16), max(next_pow2(K), 16)
+    BV = max(1, min(next_pow2(Dv), (1 << (12 if BK <= 64 else 13)) // (BK * KP)))
+    return BK, BV, KP
+
+
+def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, *, read_f32: bool, v_exact: bool,
+                          num_warps: int = 4, num_stages: int | None = None) -> None:
+    """Advance the slot states ``slots [R, Dk, K, Dv]`` (float32, in place) over a block of ``nb`` chunks and add
+    the reads of each chunk's start slots to ``o [nb, R, C, Dv]`` (float32, in place).
+
+    ``Phi [nb, R, Dk, Dk]``, ``kb, qt [nb, R, C, Dk]`` (``kb = beta khd``), ``v [nb, R, C, Dv]``, ``coef [nb, R, C,
+    K]`` (float32); ``dest_f [nb, R, K]`` (each start slot's end slot, -1: none) and ``dest [nb, R, C]`` (each
+    token's, -1: padding), integers. ``read_f32``: the reads to float32 accuracy (float32 inputs) or in
+    single-pass tf32 (16-bit inputs, whose rounding is 16x coarser); ``v_exact``: ``v`` holds 16-bit values (exact
+    in tf32: the token products split only the keys). The states are float32-accurate either way. ``num_stages``
+    (None: 2 up to ``Dk = 64``, else 1): the loads pipelined ahead; more need more shared memory than an SM has."""
+    nb, R, C, Dk = qt.shape
+    K, Dv = slots.shape[2], slots.shape[3]
+    BK, BV, KP = state_block(Dk, Dv, K)
+    dla_delta_states_kernel[(R, triton.cdiv(Dv, BV))](
+        slots, Phi.contiguous(), kb.contiguous(), qt.contiguous(), v.contiguous(), coef.contiguous(),
+        dest_f.to(torch.int32).contiguous(), dest.to(torch.int32).contiguous(), o, nb, R, K, Dk, Dv,
+        C=C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact, num_warps=num_warps,
+        num_stages=num_stages or (2 if BK <= 64 else 1),
+    )
