@@ -24,6 +24,10 @@ TRITON_MIN_DIM = 32
 # heads take the torch path there (the interpreter, which has no such limit, still runs them in tests).
 TRITON_MAX_DIM = 256
 TRITON_MAX_GPU_DIM = 128
+# The delta rule's slot-state kernel holds every slot of a block of value features in one program: above 128 slots
+# not even one feature's fits the H200's shared memory (164 KB at K = 128, Dk = 128; sm_90 compile, 2026-11-30),
+# so more slots take the chunked torch path.
+TRITON_MAX_DELTA_SLOTS = 128
 BACKENDS = ("auto", "torch", "triton")
 
 

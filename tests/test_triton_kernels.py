@@ -684,6 +684,25 @@ def test_delta_rule_forward_through_the_api(monkeypatch):
         torch.testing.assert_close(packed[1].states[i:i + 1], f_i.states)
 
 
+@needs_kernels
+def test_delta_rule_forward_beyond_the_kernels_slots_runs_torch(monkeypatch):
+    """Above ``TRITON_MAX_DELTA_SLOTS`` the slot-state kernel would not fit an SM: the API runs the chunked torch
+    path instead, with the reference's results."""
+    import dla_fast
+    from dla_fast.backend import TRITON_MAX_DELTA_SLOTS
+    from dla_fast.ops.delta_rule import chunk_fwd
+
+    monkeypatch.setattr(chunk_fwd, "forward_delta_rule_triton", lambda *a, **kw: pytest.fail("the device forward ran"))
+    monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
+    D = 32 if CUDA else 16
+    q, k, v, g, w, beta = _delta_inputs(1, 24, 1, D, D, TRITON_MAX_DELTA_SLOTS + 1, seed=4, regime_length=2.0,
+                                        jitter=0.8)
+    ref = dla_ref.forward(q, k, v, g, w, tau=0.6, beta=beta)
+    o, final, trace = dla_fast.forward(*(_t(x) for x in (q, k, v, g, w)), beta=_t(beta), tau=0.6, return_trace=True)
+    _check(o, (final.states, final.counts, final.info, final.size), (trace.scores, trace.starts, trace.merged), ref,
+           0.6, o_tol=1e-5)
+
+
 def _delta_run(q, k, v, g, w, beta, cache, **kw):
     """The delta rule's device forward for :func:`_harness_adapter`."""
     cache = None if cache is None else (cache[0], cache[1], cache[2].double(), cache[3])

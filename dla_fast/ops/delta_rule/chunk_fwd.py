@@ -141,7 +141,7 @@ def _states_and_outputs(q, k, v, g, beta, lam, part: _FixedPartition, states, ta
     for b0 in range(0, nC, block):
         b1 = min(nC, b0 + block)
         q_blk, k_blk, g_blk, beta_blk = (x[b0:b1].to(table_dtype) for x in (qc, kc, gc, bc))
-        tab, _ = wy_tables(q_blk, k_blk, g_blk, beta_blk)
+        tab, _ = wy_tables(q_blk, k_blk, g_blk, beta_blk, score_tables=False)
         attn, qt, Phi = (tab[n].to(cd) for n in ("attn", "qt", "Phi"))
         W, coef, dest_f, dest = part.block(b0, b1, lamc[b0:b1])
         o[b0:b1] = (attn * W) @ bv[b0:b1]

@@ -11,14 +11,18 @@ registers, ``S [Dk, BV, KP]``, and walks the chunks in order. The slot axis sits
 chunk is four dots and nothing waits on a slot at a time:
 
 - the reads: ``qt [C, Dk] @ S [Dk, BV KP]``, then each token's ``coef`` weights summed over the slots;
-- the merges: ``S [Dk BV, KP] @ Mf^T [KP, KP]`` (the 0/1 map of start slots to end slots);
-- the transition and the tokens: ``Phi [Dk, Dk] @ X [Dk, BV KP] + khd^T [Dk, C] @ (b v one-hot) [C, BV KP]``.
+- the merges, in chunks that have any: ``S [Dk BV, KP] @ Mf^T [KP, KP]`` (the 0/1 map of start to end slots);
+- the transition and the tokens: ``Phi [Dk, Dk] @ X [Dk, BV KP] + (b khd)^T [Dk, C] @ (v one-hot) [C, BV KP]``.
 
-FLOPs per (chunk, row), all Dv blocks: ``2 Dv KP (2 C Dk + Dk^2 + Dk KP)`` (59 MFLOP at C = Dk = Dv = 64, KP = 32;
-the one-hot token product spends KP times the tokens' own ``2 C Dk Dv``, against a loop over end slots that
-each wait on their loads: docs/delta-rule-chunked.md section 7). Bytes: each chunk's tables (``qt``, ``khd``,
-``Phi``, ``coef``: ~50 KB at D = 64 in float32) once per Dv block, from L2; the states only at the block's start
-and end.
+The states stay float32-accurate: every product that writes them is a sum of single-pass tf32 products of split
+operands (``_dot_f32``); the reads are single-pass tf32 for 16-bit inputs and split for float32 ones.
+
+FLOPs per (chunk, row), all Dv blocks, in one pass: ``2 Dv KP (2 C Dk + Dk^2 + Dk KP)`` (59 MFLOP at C = Dk = Dv =
+64, KP = 32; the one-hot token product spends KP times the tokens' own ``2 C Dk Dv``, against a loop over end slots
+that each wait on their loads: docs/delta-rule-chunked.md section 7); the split products take two or three passes.
+Bytes: each chunk's tables (``qt``, ``b khd``, ``Phi``, ``coef``: ~50 KB at D = 64 in float32) once per Dv block,
+from L2; the states only at the block's start and end. Measured: docs/performance.md, "Slot states of the delta
+rule".
 """
 
 from __future__ import annotations
@@ -33,30 +37,24 @@ from ..common.triton_utils import next_pow2
 @triton.jit
 def _round_tf32(x):
     """x rounded to the nearest tf32 value (10 mantissa bits; ties away from zero), which a tf32 product takes
-    exactly."""
+    exactly. Integer arithmetic on the bits rounds the magnitude (float32 is sign-magnitude), so both signs alike."""
     return ((x.to(tl.int32, bitcast=True) + 0x1000) & -0x2000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _dot_f32(a, b, acc, A_EXACT: tl.constexpr, B_EXACT: tl.constexpr):
+def _dot_f32(a, b, acc, B_EXACT: tl.constexpr):
     """``acc + a @ b`` to float32 accuracy (~2^-21 relative) from single-pass tf32 products: each operand split in
-    a tf32 head and a tf32 remainder, the remainders' product dropped (Triton's tf32x3, whose split of both
-    [Dk, BV KP] operands at once spills on sm_90). An operand exact in tf32 (a 0/1 map; 16-bit values) is not
-    split: two products instead of three."""
-    if A_EXACT:
-        b_hi = _round_tf32(b)
-        acc = tl.dot(a, _round_tf32(b - b_hi), acc, input_precision="tf32")
-        return tl.dot(a, b_hi, acc, input_precision="tf32")
-    elif B_EXACT:
-        a_hi = _round_tf32(a)
+    a tf32 head and a tf32 remainder, the remainders' product dropped. This is what Triton's ``tf32x3`` does, but
+    its split of both ``[Dk, BV KP]`` operands at once spills on sm_90 (45 ms against ~8 at 16K, run 17). A ``b``
+    exact in tf32 (the 0/1 merge map; bfloat16 or float16 values) is not split: two products instead of three."""
+    a_hi = _round_tf32(a)
+    if B_EXACT:
         acc = tl.dot(_round_tf32(a - a_hi), b, acc, input_precision="tf32")
         return tl.dot(a_hi, b, acc, input_precision="tf32")
-    else:
-        a_hi = _round_tf32(a)
-        b_hi = _round_tf32(b)
-        acc = tl.dot(_round_tf32(a - a_hi), b_hi, acc, input_precision="tf32")
-        acc = tl.dot(a_hi, _round_tf32(b - b_hi), acc, input_precision="tf32")
-        return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+    b_hi = _round_tf32(b)
+    acc = tl.dot(_round_tf32(a - a_hi), b_hi, acc, input_precision="tf32")
+    acc = tl.dot(a_hi, _round_tf32(b - b_hi), acc, input_precision="tf32")
+    return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
 
 
 # Long: the program walks a block of chunks in order.
@@ -93,7 +91,7 @@ def dla_delta_states_kernel(
         qt = tl.load(qt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
         coef = tl.load(coef_ptr + cr * C * K + t[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
         if READ_F32:
-            Y = _dot_f32(qt, S, None, False, False)
+            Y = _dot_f32(qt, S, None, False)
         else:
             Y = tl.dot(qt, S, input_precision="tf32")
         read = tl.sum(tl.reshape(Y, [C, BV, KP]) * coef[:, None, :], axis=2)
@@ -103,7 +101,7 @@ def dla_delta_states_kernel(
         dest_f = tl.load(dest_f_ptr + cr * K + j, mask=j < K, other=-1)
         if tl.sum(((dest_f >= 0) & (dest_f != j)).to(tl.int32), 0) > 0:
             to_end = (dest_f[:, None] == j[None, :]).to(tl.float32)  # [KP (i), KP (j)]
-            X = tl.reshape(_dot_f32(tl.reshape(S, [BK * BV, KP]), to_end, None, False, True), [BK, BV * KP])
+            X = tl.reshape(_dot_f32(tl.reshape(S, [BK * BV, KP]), to_end, None, True), [BK, BV * KP])
         else:
             X = S
         # The transition of every slot, and the chunk's tokens in their end slots (v spread over the slot axis).
@@ -114,22 +112,24 @@ def dla_delta_states_kernel(
         dest = tl.load(dest_ptr + cr * C + t)
         one_hot = (dest[:, None] == j[None, :]).to(tl.float32)  # [C, KP]
         writes = tl.reshape(v[:, :, None] * one_hot[:, None, :], [C, BV * KP])
-        S = _dot_f32(phi, X, None, False, False)
-        S = _dot_f32(kb_t, writes, S, False, V_EXACT)
+        S = _dot_f32(phi, X, None, False)
+        S = _dot_f32(kb_t, writes, S, V_EXACT)
     tl.store(s_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
 
 
-def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int]:
-    """``(BK, BV, KP)``: the padded key width, the Dv block, the padded slot count. A program holds ``BK x BV x
-    KP`` float32 states: 4K values up to ``Dk = 64`` (BV = 2 at K = 30) and 8K above (H200, run 17: the faster of
-    the two at each width; twice as many spill, fewer reload each chunk's tables more often)."""
+def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int, int, int]:
+    """``(BK, BV, KP, num_warps, num_stages)``: the padded key width, the Dv block, the padded slot count and the
+    launch options. A program holds ``BK x BV x KP`` float32 states: 4K values on 4 warps with the loads two
+    stages ahead up to ``Dk = 64`` (BV = 2 at K = 30), 16K on 8 warps and one stage above (BV = 4: each chunk's
+    tables, 136 KB at Dk = 128, read by half as many programs; two stages need more shared memory than an SM has).
+    Measured on an H200, run 17: the fastest of the blocks and warps tried at each width."""
     BK, KP = max(next_pow2(Dk), 16), max(next_pow2(K), 16)
-    BV = max(1, min(next_pow2(Dv), (1 << (12 if BK <= 64 else 13)) // (BK * KP)))
-    return BK, BV, KP
+    small = BK <= 64
+    BV = max(1, min(next_pow2(Dv), (1 << (12 if small else 14)) // (BK * KP)))
+    return BK, BV, KP, 4 if small else 8, 2 if small else 1
 
 
-def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, *, read_f32: bool, v_exact: bool,
-                          num_warps: int = 4, num_stages: int | None = None) -> None:
+def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, *, read_f32: bool, v_exact: bool) -> None:
     """Advance the slot states ``slots [R, Dk, K, Dv]`` (float32, in place) over a block of ``nb`` chunks and add
     the reads of each chunk's start slots to ``o [nb, R, C, Dv]`` (float32, in place).
 
@@ -137,14 +137,12 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, *, read_
     K]`` (float32); ``dest_f [nb, R, K]`` (each start slot's end slot, -1: none) and ``dest [nb, R, C]`` (each
     token's, -1: padding), integers. ``read_f32``: the reads to float32 accuracy (float32 inputs) or in
     single-pass tf32 (16-bit inputs, whose rounding is 16x coarser); ``v_exact``: ``v`` holds 16-bit values (exact
-    in tf32: the token products split only the keys). The states are float32-accurate either way. ``num_stages``
-    (None: 2 up to ``Dk = 64``, else 1): the loads pipelined ahead; more need more shared memory than an SM has."""
+    in tf32: the token products split only the keys). The states are float32-accurate either way."""
     nb, R, C, Dk = qt.shape
     K, Dv = slots.shape[2], slots.shape[3]
-    BK, BV, KP = state_block(Dk, Dv, K)
+    BK, BV, KP, num_warps, num_stages = state_block(Dk, Dv, K)
     dla_delta_states_kernel[(R, triton.cdiv(Dv, BV))](
         slots, Phi.contiguous(), kb.contiguous(), qt.contiguous(), v.contiguous(), coef.contiguous(),
         dest_f.to(torch.int32).contiguous(), dest.to(torch.int32).contiguous(), o, nb, R, K, Dk, Dv,
-        C=C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact, num_warps=num_warps,
-        num_stages=num_stages or (2 if BK <= 64 else 1),
+        C=C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact, num_warps=num_warps, num_stages=num_stages,
     )

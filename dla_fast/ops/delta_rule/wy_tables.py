@@ -25,12 +25,13 @@ def _masks(C: int, device):
     return causal, causal.tril(-1)
 
 
-def wy_tables(q, k, g, b):
+def wy_tables(q, k, g, b, *, score_tables: bool = True):
     """The tables of a block of chunks: ``q, k [..., C, Dk]``, ``g, b [..., C]`` (one dtype).
 
     Returns ``(tables, saved)``: ``tables`` (keys :data:`TABLES`) with ``attn [..., C, C]``
     (``D o (tril(Q K^T) T)``), ``qt``, ``kt``, ``khd [..., C, Dk]`` (``exp(Gc[C-1] - Gc[s]) (T^T K)_s``),
     ``akap [..., C, C]``, ``Phi [..., Dk, Dk]``; ``saved``: the intermediates :func:`wy_tables_adjoint` reads.
+    ``score_tables=False`` leaves out the score's ``kt`` and ``akap`` (the device forward's scores do not read them).
     """
     C, Dk = k.shape[-2:]
     causal, strict = _masks(C, k.device)
@@ -44,14 +45,16 @@ def wy_tables(q, k, g, b):
                                       unitriangular=True)
     Z = T @ (b.unsqueeze(-1) * k)  # the WY factor: H_t ... H_{c0} = I - sum_{s <= t} k_s z_s^T
     D = torch.exp((Gc.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~causal, -torch.inf))
-    Dp = torch.exp((Gp.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~strict, -torch.inf))
     dec = torch.exp(GL - Gc)
     kh = _tr(T) @ k
     Phi0 = torch.eye(Dk, dtype=k.dtype, device=k.device) - _tr(k) @ Z
-    tables = dict(attn=D * (M @ T), qt=torch.exp(Gc).unsqueeze(-1) * (q - M @ Z),
-                  kt=torch.exp(Gp).unsqueeze(-1) * (k - Gs @ Z), akap=Dp * (Gs @ T), khd=dec.unsqueeze(-1) * kh,
+    tables = dict(attn=D * (M @ T), qt=torch.exp(Gc).unsqueeze(-1) * (q - M @ Z), khd=dec.unsqueeze(-1) * kh,
                   Phi=torch.exp(GL).unsqueeze(-1) * Phi0)
-    saved = dict(Gc=Gc, Gp=Gp, GL=GL, Gs=Gs, M=M, T=T, Z=Z, D=D, Dp=Dp, dec=dec)
+    saved = dict(Gc=Gc, Gp=Gp, GL=GL, Gs=Gs, M=M, T=T, Z=Z, D=D, dec=dec)
+    if score_tables:
+        Dp = torch.exp((Gp.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~strict, -torch.inf))
+        tables.update(kt=torch.exp(Gp).unsqueeze(-1) * (k - Gs @ Z), akap=Dp * (Gs @ T))
+        saved["Dp"] = Dp
     return tables, saved
 
 
