@@ -80,8 +80,9 @@ def test_wy_tables_agree_with_the_forwards_and_their_adjoint_with_autograd(seed)
 def test_the_tables_decide_a_chunk_at_a_time_like_the_reference():
     """Scores from the WY tables and the open slot at each chunk start (the prototype of deciding a chunk at a time,
     ``benchmarks/delta_chunk_decisions.py``: ``y`` from ``kt`` and ``akap``, the norm by recursion re-anchored at
-    each chunk) equal dla_ref's to float64 rounding, with the same decisions, over five chunks, some of which open no
-    slot (their open slot carried through ``Phi``) and some several."""
+    each chunk; token by token, and in the kernel's order: every (start, token) pair's score, then a pointer chase)
+    equal dla_ref's to float64 rounding, with the same decisions, over five chunks, some of which open no slot
+    (their open slot carried through ``Phi``) and some several."""
     import importlib.util
     from pathlib import Path
 
@@ -94,7 +95,8 @@ def test_the_tables_decide_a_chunk_at_a_time_like_the_reference():
     q, k, v, g, w, beta = proto.inputs(1, 320, 2, 8, seed=4, regime_length=60.0, jitter=0.2)
     ref = dla_ref.forward(q, k, v, g, w, tau=0.6, beta=beta)[2]
     rows = lambda x: torch.tensor(np.moveaxis(x, 2, 1).reshape(2, 320, *x.shape[3:]))  # noqa: E731
-    scores, starts, _ = proto.decide_by_chunks(*(rows(x) for x in (k, v, g, beta)), 0.6)
-    assert torch.equal(starts, rows(ref.starts.astype(bool)))
-    assert 4 < int(starts.sum()) < 40  # chunks with and without a start
-    np.testing.assert_allclose(scores.numpy(), rows(ref.scores).numpy(), rtol=1e-12, atol=1e-14)
+    for decide in (proto.decide_by_chunks, proto.decide_by_chunks_all_pairs):
+        scores, starts, _ = decide(*(rows(x) for x in (k, v, g, beta)), 0.6)
+        assert torch.equal(starts, rows(ref.starts.astype(bool)))
+        assert 4 < int(starts.sum()) < 40  # chunks with and without a start
+        np.testing.assert_allclose(scores.numpy(), rows(ref.scores).numpy(), rtol=1e-12, atol=1e-14)
