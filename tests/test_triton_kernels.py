@@ -12,6 +12,8 @@ prints the smallest margin so that a legitimate divergence can be told from a bu
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -525,20 +527,42 @@ def test_merge_kernel_matches_an_event_by_event_simulation(K, T, rate, seed):
         np.testing.assert_array_equal(got[name].cpu().numpy(), want, err_msg=name)
 
 
+def _walked_rows(monkeypatch):
+    """Records the rows the chunked decisions send back to the token walk (their guard fired)."""
+    from dla_fast.ops.delta_rule import chunk_fwd_decide_wy
+
+    walked = []
+    real = chunk_fwd_decide_wy.walk_rows
+
+    def spy(*args):
+        walked.append(args[8].clone())  # row_tokens: 0 for the rows the walk skips
+        return real(*args)
+
+    monkeypatch.setattr(chunk_fwd_decide_wy, "walk_rows", spy)
+    return walked
+
+
 @needs_kernels
-@pytest.mark.parametrize("T,split,override", [(70, 0, False), (40, 17, True)])
-def test_delta_rule_decisions_match_the_chunked_path(T, split, override):
-    """The delta rule's decision kernel (one row per program, the open slot in float64) against the chunked torch
-    path in float64 (its numba scan advances the same slot with the same formulas): equal decisions and masks,
-    scores to float64 rounding (the sums run in another order), the open slot after the call. ``split``: the
-    first tokens run through the torch path first and the kernel continues from that cache's open slot (a slot
-    already there, several values of ``size``); one row ends early (variable lengths); ``override``: the
-    boundaries are given."""
+@pytest.mark.parametrize("decisions", ["tokens", "chunks"])
+@pytest.mark.parametrize("T,split,override,rl,jit", [(70, 0, False, 6.0, 0.5), (40, 17, True, 6.0, 0.5),
+                                                     (140, 0, False, 1.5, 1.0)])
+def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit, decisions, monkeypatch):
+    """The delta rule's decision kernels against the chunked torch path in float64 (its numba scan advances the
+    open slot with the same formulas): equal decisions and masks, scores to float64 rounding (the sums run in
+    another order), the open slot after the call. ``tokens``: one row per program walks its tokens with the open
+    slot in float64; ``chunks``: a chunk at a time from the WY tables (none of its rows falls back to the walk
+    here). ``split``: the first tokens run through the torch path first and the kernels continue from that cache's
+    open slot (a slot already there, several values of ``size``); one row ends early (variable lengths);
+    ``override``: the boundaries are given; the third case is dense (most tokens open a slot: a chunk holds more
+    than 32 starts, so the chunked path's pointer doubling needs all its rounds)."""
     import dla_fast
     from dla_fast.ops.delta_rule.chunk_fwd_decide import decide_delta_rule_triton
+    from dla_fast.ops.delta_rule.chunk_fwd_decide_wy import decide_delta_rule_wy
 
+    decide = decide_delta_rule_triton if decisions == "tokens" else decide_delta_rule_wy
+    walked = _walked_rows(monkeypatch)
     B, H, D, K = 2, 1, 16, 5
-    q, k, v, g, w = regimes(B, T, H, D, D, K, seed=T, regime_length=6.0, jitter=0.5)
+    q, k, v, g, w = regimes(B, T, H, D, D, K, seed=T, regime_length=rl, jitter=jit)
     k = k / np.linalg.norm(k, axis=-1, keepdims=True)
     rng = np.random.default_rng(T)
     beta = rng.uniform(0.2, 1.0, size=(B, T, H))
@@ -561,9 +585,10 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override):
     if cache is not None:
         P = cache.states[torch.arange(B)[:, None], torch.arange(H)[None, :], (size - 1).clamp(min=0)].clone()
     P = P.to(DEV)
-    scores, starts, masks = decide_delta_rule_triton(
+    scores, starts, masks = decide(
         *(a.to(DEV) for a in (rest[1], rest[2], rest[3], rest[5])), open_states=P, size=size.to(DEV), tau=0.6,
         boundaries=None if bnd_rest is None else bnd_rest.to(DEV), row_lengths=(lengths - split).to(DEV))
+    assert all(not rows.any() for rows in walked)
     n = T - split
     got_scores = torch.cat([scores[0, :n], scores[1, :n - 9]])[None].cpu()
     got_starts = torch.cat([starts[0, :n], starts[1, :n - 9]])[None].cpu()
@@ -577,11 +602,50 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override):
     assert all(bits)
     open_slot = final.states[torch.arange(B)[:, None], torch.arange(H)[None, :], final.size - 1]
     np.testing.assert_allclose(P.cpu().numpy(), open_slot.numpy(), rtol=0, atol=1e-13 * open_slot.abs().max().item())
+    if rl < 2.0:
+        per_chunk = [int(starts.reshape(B * H, -1)[r, c:c + 64].sum()) for r in range(B * H) for c in range(0, n, 64)]
+        assert max(per_chunk) > 32
 
 
-def _delta_fwd(q, k, v, g, w, beta, *, tau, boundaries=None, cache=None, lengths=None, eps=1e-6, norm_eps=1e-6):
-    """The delta rule's device forward (``ops/delta_rule/chunk_fwd.py``) on a copy of ``cache`` (tensors
-    ``(states, counts, info, size)``, float32 states; None: empty): ``(o, cache, (scores, starts, merged))``."""
+@needs_kernels
+@pytest.mark.parametrize("zeros_from,tau", [(0, 0.6), (64, 1e9)])
+def test_delta_rule_chunked_decisions_walk_the_rows_whose_norm_recursion_cancels(zeros_from, tau, monkeypatch):
+    """One key feature, beta = 1 and values that are often zero: the rule erases the open slot to exactly zero,
+    where the chunked decisions' norm recursion cancels (docs/delta-rule-chunked.md section 2). Its guard sends
+    those rows, and only those, back to the token walk: the results are the walk's. The third head (beta = 0.5,
+    no zero values) erases nothing and stays on the chunked path. First the zeros fall anywhere (the slots opened
+    inside a chunk cancel); then only in the second chunk, where no token opens a slot (tau out of reach): the slot
+    carried into the chunk cancels."""
+    from dla_fast.ops.delta_rule.chunk_fwd_decide import decide_delta_rule_triton
+    from dla_fast.ops.delta_rule.chunk_fwd_decide_wy import decide_delta_rule_wy
+
+    walked = _walked_rows(monkeypatch)
+    B, T, H = 1, 80, 3
+    _, k, v, g, _ = regimes(B, T, H, 1, 1, 4, seed=7, regime_length=5.0, jitter=0.5)
+    v[:, zeros_from:] *= np.random.default_rng(7).random((B, T - zeros_from, H, 1)) < 0.7
+    v[:, :, 2] = np.abs(v[:, :, 2]) + 0.5
+    beta = np.ones((B, T, H))
+    beta[:, :, 2] = 0.5
+    x = [_t(a, torch.float64) for a in (np.sign(k) + (k == 0), v, g, beta)]
+    size = torch.zeros(B, H, dtype=torch.int64, device=DEV)
+    P_walk, P_chunks = (torch.zeros(B, H, 1, 1, dtype=torch.float64, device=DEV) for _ in range(2))
+    want = decide_delta_rule_triton(*x, open_states=P_walk, size=size, tau=tau)
+    got = decide_delta_rule_wy(*x, open_states=P_chunks, size=size, tau=tau)
+    assert [bool(r) for r in walked[-1] > 0] == [True, True, False]
+    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    torch.testing.assert_close(got[0][..., :2], want[0][..., :2], rtol=0, atol=0)  # the walk's own scores
+    # The score is the square root of a difference of O(1) terms: rounding moves its square, not the score, by
+    # ~1e-16 (measured 3e-16 on the third head, whose scores reach down to 6e-8; the token walk and the tables
+    # round differently).
+    torch.testing.assert_close(got[0] ** 2, want[0] ** 2, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(P_chunks, P_walk, rtol=1e-13, atol=1e-15)
+
+
+def _delta_fwd(q, k, v, g, w, beta, *, tau, boundaries=None, cache=None, lengths=None, eps=1e-6, norm_eps=1e-6,
+               decisions="tokens"):
+    """The delta rule's device forward (``ops/delta_rule/chunk_fwd.py``, deciding by ``decisions``) on a copy of
+    ``cache`` (tensors ``(states, counts, info, size)``, float32 states; None: empty): ``(o, cache, (scores,
+    starts, merged))``."""
     from dla_fast.ops.delta_rule.chunk_fwd import forward_delta_rule_triton
 
     B, T, H, Dk = q.shape
@@ -595,7 +659,7 @@ def _delta_fwd(q, k, v, g, w, beta, *, tau, boundaries=None, cache=None, lengths
                  torch.zeros(B, H, K, device=DEV, dtype=torch.float64), torch.zeros(B, H, **i64))
     cache = tuple(x.clone() for x in cache)
     o, scores, starts, merged = forward_delta_rule_triton(q, k, v, g, w, beta, boundaries, *cache, tau=tau, eps=eps,
-                                                          norm_eps=norm_eps, lengths=lengths)
+                                                          norm_eps=norm_eps, lengths=lengths, decisions=decisions)
     return o, cache, (scores, starts, merged)
 
 
@@ -611,28 +675,32 @@ def _delta_inputs(B, T, H, Dk, Dv, K, seed, **regime):
 
 
 @needs_kernels
-@pytest.mark.parametrize("B,T,H,Dk,Dv,K,tau,rl,jit", FORWARD_CASES)
-def test_delta_rule_forward_matches_reference(B, T, H, Dk, Dv, K, tau, rl, jit):
-    """The delta rule's device forward (decision kernel, merge kernel, torch states and reads) against dla_ref;
-    the tolerances are the scalar-decay forward's (float32 states; float64 scores of the explicit open slot)."""
+@pytest.mark.parametrize("B,T,H,Dk,Dv,K,tau,rl,jit,decisions",
+                         [(*case, "tokens") for case in FORWARD_CASES] + [(*FORWARD_CASES[1], "chunks")])
+def test_delta_rule_forward_matches_reference(B, T, H, Dk, Dv, K, tau, rl, jit, decisions):
+    """The delta rule's device forward (decisions by the token walk or a chunk at a time, merge kernel, torch
+    states and reads) against dla_ref; the tolerances are the scalar-decay forward's (float32 states; float64
+    scores of the open slot)."""
     q, k, v, g, w, beta = _delta_inputs(B, T, H, Dk, Dv, K, seed=T + K, regime_length=rl, jitter=jit)
     ref = dla_ref.forward(q, k, v, g, w, tau=tau, beta=beta)
     assert jit < 1.0 or (ref[2].merged >= 0).any()  # the dense case reaches the merges
-    _check(*_delta_fwd(*(_t(x) for x in (q, k, v, g, w, beta)), tau=tau), ref, tau, o_tol=1e-5)
+    _check(*_delta_fwd(*(_t(x) for x in (q, k, v, g, w, beta)), tau=tau, decisions=decisions), ref, tau, o_tol=1e-5)
 
 
 @needs_kernels
-def test_delta_rule_forward_streams_with_overrides_and_row_lengths():
+def test_delta_rule_forward_streams_with_overrides_and_row_lengths(decisions="tokens"):
     """A call split in two (the second continues from the first's cache: a full cache, an open slot carried
     across), the boundaries given on some tokens, and a second row that ends early (its padding decides nothing
-    and writes nothing): equal to the reference on the same tokens."""
+    and writes nothing): equal to the reference on the same tokens. (The chunked decisions' own streaming and
+    row lengths: ``test_delta_rule_decisions_match_the_chunked_path``.)"""
+    run = functools.partial(_delta_fwd, decisions=decisions)
     B, T, H, D, K, split = 2, 140, 1, 16, 4, 75
     q, k, v, g, w, beta = _delta_inputs(B, T, H, D, D, K, seed=21, regime_length=5.0, jitter=0.8)
     bnd = np.random.default_rng(21).random((B, T, H)) < 0.2
     ref = dla_ref.forward(q, k, v, g, w, tau=0.5, beta=beta, boundaries=bnd)
     x = [_t(a) for a in (q, k, v, g, w, beta)]
-    o1, c1, t1 = _delta_fwd(*(a[:, :split] for a in x), tau=0.5, boundaries=torch.tensor(bnd[:, :split], device=DEV))
-    o2, c2, t2 = _delta_fwd(*(a[:, split:] for a in x), tau=0.5, boundaries=torch.tensor(bnd[:, split:], device=DEV),
+    o1, c1, t1 = run(*(a[:, :split] for a in x), tau=0.5, boundaries=torch.tensor(bnd[:, :split], device=DEV))
+    o2, c2, t2 = run(*(a[:, split:] for a in x), tau=0.5, boundaries=torch.tensor(bnd[:, split:], device=DEV),
                             cache=c1)
     trace = tuple(torch.cat([a, b], 1) for a, b in zip(t1, t2))
     _check(torch.cat([o1, o2], 1), c2, trace, ref, 0.5, o_tol=1e-5)
@@ -641,9 +709,9 @@ def test_delta_rule_forward_streams_with_overrides_and_row_lengths():
     short = [a[:, split:].clone() for a in x]
     for a in short:
         a[1, n:] = 0
-    o3, c3, t3 = _delta_fwd(*short, tau=0.5, boundaries=torch.tensor(bnd[:, split:], device=DEV), cache=c1,
+    o3, c3, t3 = run(*short, tau=0.5, boundaries=torch.tensor(bnd[:, split:], device=DEV), cache=c1,
                             lengths=torch.tensor([T - split, n], device=DEV))
-    o4, c4, t4 = _delta_fwd(*(a[1:, :n] for a in short), tau=0.5,
+    o4, c4, t4 = run(*(a[1:, :n] for a in short), tau=0.5,
                             boundaries=torch.tensor(bnd[1:, split:split + n], device=DEV),
                             cache=tuple(c[1:] for c in c1))
     assert not t3[1][1, n:].any() and (t3[2][1, n:] == -1).all() and (t3[0][1, n:] == 0).all()

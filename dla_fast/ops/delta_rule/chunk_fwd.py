@@ -3,7 +3,8 @@
 docs/delta-rule-chunked.md section 7 is the plan and the record:
 
 1. ``dla_delta_decide_kernel`` (``chunk_fwd_decide``, one program per row): every token's score and decision
-   against the explicit open slot (float64), each chunk's boundary mask, the open slot after the call;
+   against the explicit open slot (float64), each chunk's boundary mask, the open slot after the call; or, opt-in
+   (``decisions="chunks"``, section 8), the same a chunk at a time from the WY tables (``chunk_fwd_decide_wy``);
 2. ``dla_merge_kernel`` (scalar decay's, on those masks and scores): counts, information sums, the merges, each
    start's death and the live starts at every chunk start (``DecidedStructure``);
 3. the partition now fixed, per block of chunks: the WY tables (``wy_tables``), each token's read weights and
@@ -24,6 +25,7 @@ from ..common.triton_utils import INT32_MAX
 from ..scalar_decay.chunk_fwd import DecidedStructure, LaunchConfig, merge_simulation
 from ..scalar_decay.chunk_fwd_states import CHUNK, start_bits
 from .chunk_fwd_decide import decide_delta_rule_triton
+from .chunk_fwd_decide_wy import decide_delta_rule_wy
 from .chunk_fwd_states import slot_states_and_reads
 from .wy_tables import wy_tables
 
@@ -32,9 +34,12 @@ from .wy_tables import wy_tables
 _TABLE_ELEMENTS = 1 << 22
 
 
-def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps, decide_warps):
+def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps, decisions, decide_warps):
     """Stages 1-2 from the initial ``cache`` (its sizes ``size0 [R]``): ``(scores [B, T, H] float64,
-    DecidedStructure, the open slot after the call [R, Dk, Dv] float64, row lengths [R] int32)``."""
+    DecidedStructure, the open slot after the call [R, Dk, Dv] float64, row lengths [R] int32)``.
+    ``decisions``: ``"tokens"`` (the token walk, ``chunk_fwd_decide``) or ``"chunks"`` (from the WY tables,
+    ``chunk_fwd_decide_wy``; heads up to 128 features). The token walk stays the default until the chunked
+    kernels have been checked and timed on a GPU (docs/delta-rule-chunked.md section 8)."""
     states, counts, info, _ = cache
     B, T, H, Dk = k.shape
     Dv, K = v.shape[-1], states.shape[2]
@@ -42,10 +47,14 @@ def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps
     dev = k.device
     open_slot = states.reshape(R, K, Dk, Dv)[torch.arange(R, device=dev), (size0 - 1).clamp(min=0)]
     P = (open_slot.to(torch.float64) * (size0 > 0).view(R, 1, 1)).contiguous()  # advanced in place
-    scores, _, masks = decide_delta_rule_triton(
-        k, v, g, beta, open_states=P.view(B, H, Dk, Dv), size=size0.view(B, H), tau=tau, boundaries=boundaries,
-        row_lengths=lengths, eps=eps, norm_eps=norm_eps, num_warps=decide_warps,
-    )
+    args = dict(open_states=P.view(B, H, Dk, Dv), size=size0.view(B, H), tau=tau, boundaries=boundaries,
+                row_lengths=lengths, eps=eps, norm_eps=norm_eps)
+    if decisions == "chunks":
+        scores, _, masks = decide_delta_rule_wy(k, v, g, beta, **args)
+    elif decisions == "tokens":
+        scores, _, masks = decide_delta_rule_triton(k, v, g, beta, num_warps=decide_warps, **args)
+    else:
+        raise ValueError(f"decisions must be 'tokens' or 'chunks', got {decisions!r}")
     cfg = LaunchConfig(B, T, H, Dk, Dv, K, lowp=False, split=False, prec="ieee")
     full = torch.full((B,), T, device=dev, dtype=torch.int32)
     row_lengths = (full if lengths is None else lengths.to(dev, torch.int32)).repeat_interleave(H).contiguous()
@@ -153,13 +162,14 @@ def _states_and_outputs(q, k, v, g, beta, lam, part: _FixedPartition, states, ta
 
 def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau,
                               eps: float = 1e-6, norm_eps: float = 1e-6, lengths=None, table_dtype=torch.float64,
-                              decide_warps: int | None = None):
+                              decisions: str = "tokens", decide_warps: int | None = None):
     """DLA with the gated delta-rule backbone on CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``): the
     contract of ``chunk_torch.forward_delta_rule_chunked`` (the cache tensors ``states [B, H, K, Dk, Dv]`` in the
     compute dtype, ``counts``, ``info`` float64, ``size`` updated in place; ``lengths [B]`` or None).
 
-    ``table_dtype``: the WY tables' dtype (float64 as the torch path's ``T``); ``decide_warps``: the decision
-    kernel's warps (None: its default).
+    ``table_dtype``: the WY tables' dtype (float64 as the torch path's ``T``); ``decisions``: how stage 1 decides
+    (``"tokens"`` or ``"chunks"``: see ``_decide``); ``decide_warps``: the token walk's warps (None: its
+    default).
 
     Returns ``(o [B, T, H, Dv] cd, scores [B, T, H] float64, starts [B, T, H] bool, merged [B, T, H] int64)``.
     """
@@ -172,7 +182,7 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
                 empty.bool(), empty.long())
     size0 = size.reshape(R).clone()  # size itself receives the final sizes below
     scores, s, P, row_lengths = _decide(k, v, g, beta, boundaries, (states, counts, info, size), size0, lengths, tau,
-                                        eps, norm_eps, decide_warps)
+                                        eps, norm_eps, decisions, decide_warps)
     part = _FixedPartition(s, size0, row_lengths, K)
     o, final = _states_and_outputs(q, k, v, g, beta, slot_weights, part, states, table_dtype)
     # The open slot: the decision kernel's explicit one (float64 per token), as the torch path keeps its scan's.

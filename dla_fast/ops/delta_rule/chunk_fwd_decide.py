@@ -115,11 +115,21 @@ def decide_delta_rule_triton(k, v, g, beta, *, open_states, size, tau, boundarie
         boundary masks (bit t of chunk c: token 64 c + t opens a slot), in the scalar-decay merge kernel's form.
         Padding past a row's length is 0.
     """
+    B, T, H, _ = k.shape
+    lengths = torch.full((B,), T, dtype=torch.int64) if row_lengths is None else row_lengths
+    scores, starts, masks = walk_rows(k, v, g, beta, open_states, size, tau, boundaries,
+                                      lengths.to(k.device).repeat_interleave(H), eps, norm_eps, num_warps)
+    to_bth = lambda x: x.view(B, H, T).transpose(1, 2)  # noqa: E731
+    return to_bth(scores), to_bth(starts).to(torch.bool), masks
+
+
+def walk_rows(k, v, g, beta, open_states, size, tau, boundaries, row_tokens, eps, norm_eps, num_warps=None):
+    """:func:`decide_delta_rule_triton` on rows: ``row_tokens [B * H]`` int64 (a row of 0 tokens decides nothing
+    and leaves its open slot). Returns ``(scores [B * H, T] float64, starts [B * H, T] int8, masks)``."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     dev = k.device
     BH, NC = B * H, triton.cdiv(T, CHUNK)
-    lengths = torch.full((B,), T, device=dev, dtype=torch.int64) if row_lengths is None else row_lengths.to(dev)
     scores = torch.zeros(BH, T, device=dev, dtype=torch.float64)
     starts = torch.zeros(BH, T, device=dev, dtype=torch.int8)
     masks = torch.zeros(BH, NC, device=dev, dtype=torch.int64)
@@ -127,10 +137,9 @@ def decide_delta_rule_triton(k, v, g, beta, *, open_states, size, tau, boundarie
     bnd = boundaries.to(torch.int8).contiguous() if override else starts
     BK, BV = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
     dla_delta_decide_kernel[(BH,)](
-        k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), bnd, lengths.repeat_interleave(H),
+        k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), bnd, row_tokens.contiguous(),
         open_states, size.contiguous(), scores, starts, masks,
         torch.tensor([tau, eps, norm_eps], device=dev, dtype=torch.float64), T, H, Dk, Dv,
         BK=BK, BV=BV, C=CHUNK, OVERRIDE=override, num_warps=num_warps or (4 if BK * BV <= 64 * 64 else 8),
     )
-    to_bth = lambda x: x.view(B, H, T).transpose(1, 2)  # noqa: E731
-    return to_bth(scores), to_bth(starts).to(torch.bool), masks
+    return scores, starts, masks

@@ -31,7 +31,8 @@ def wy_tables(q, k, g, b, *, score_tables: bool = True):
     Returns ``(tables, saved)``: ``tables`` (keys :data:`TABLES`) with ``attn [..., C, C]``
     (``D o (tril(Q K^T) T)``), ``qt``, ``kt``, ``khd [..., C, Dk]`` (``exp(Gc[C-1] - Gc[s]) (T^T K)_s``),
     ``akap [..., C, C]``, ``Phi [..., Dk, Dk]``; ``saved``: the intermediates :func:`wy_tables_adjoint` reads.
-    ``score_tables=False`` leaves out the score's ``kt`` and ``akap`` (the device forward's scores do not read them).
+    ``score_tables=False`` leaves out the score's ``kt`` and ``akap`` (the device forward's outputs do not read
+    them); ``q=None`` leaves out ``attn`` and ``qt`` (its decisions do not read them).
     """
     C, Dk = k.shape[-2:]
     causal, strict = _masks(C, k.device)
@@ -39,18 +40,20 @@ def wy_tables(q, k, g, b, *, score_tables: bool = True):
     Gp = torch.nn.functional.pad(Gc[..., :-1], (1, 0))  # Gc[t - 1]
     GL = Gc[..., -1:]
     Gs = (k @ _tr(k)) * strict
-    M = (q @ _tr(k)) * causal
     eye = torch.eye(C, dtype=k.dtype, device=k.device)
     T = torch.linalg.solve_triangular(eye + b.unsqueeze(-1) * Gs, eye.expand_as(Gs), upper=False,
                                       unitriangular=True)
     Z = T @ (b.unsqueeze(-1) * k)  # the WY factor: H_t ... H_{c0} = I - sum_{s <= t} k_s z_s^T
-    D = torch.exp((Gc.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~causal, -torch.inf))
     dec = torch.exp(GL - Gc)
     kh = _tr(T) @ k
     Phi0 = torch.eye(Dk, dtype=k.dtype, device=k.device) - _tr(k) @ Z
-    tables = dict(attn=D * (M @ T), qt=torch.exp(Gc).unsqueeze(-1) * (q - M @ Z), khd=dec.unsqueeze(-1) * kh,
-                  Phi=torch.exp(GL).unsqueeze(-1) * Phi0)
-    saved = dict(Gc=Gc, Gp=Gp, GL=GL, Gs=Gs, M=M, T=T, Z=Z, D=D, dec=dec)
+    tables = dict(khd=dec.unsqueeze(-1) * kh, Phi=torch.exp(GL).unsqueeze(-1) * Phi0)
+    saved = dict(Gc=Gc, Gp=Gp, GL=GL, Gs=Gs, T=T, Z=Z, dec=dec)
+    if q is not None:
+        M = (q @ _tr(k)) * causal
+        D = torch.exp((Gc.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~causal, -torch.inf))
+        tables.update(attn=D * (M @ T), qt=torch.exp(Gc).unsqueeze(-1) * (q - M @ Z))
+        saved.update(M=M, D=D)
     if score_tables:
         Dp = torch.exp((Gp.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~strict, -torch.inf))
         tables.update(kt=torch.exp(Gp).unsqueeze(-1) * (k - Gs @ Z), akap=Dp * (Gs @ T))

@@ -1,0 +1,328 @@
+"""Triton, gated delta rule: the decisions a chunk at a time from the WY tables (docs/delta-rule-chunked.md §8).
+
+The token walk (``chunk_fwd_decide``) advances the open slot token by token: 64 dependent steps a chunk. Here only
+the open slot at each chunk start ``P_c`` crosses chunks. Everything a score needs comes from the chunk's float64
+tables (``wy_tables``: ``kt``, ``akap``, ``khd``, ``Phi``), the slot read at token t being::
+
+    y_t = [slot carried in] kt_t^T P_c + sum_{s in the slot's run, s < t} akap[t, s] b_s v_s
+
+and the slot's squared norm following ``nP <- a^2 nP + 2 a x + ss`` (fresh: ``b^2 |k|^2 |v|^2``). Two kernels:
+
+1. ``dla_delta_pairs_kernel`` (every chunk at once): for every in-chunk start p the scores of the tokens t > p
+   against the slot opened at p, hence ``next[p]``, the token that would close it; from ``next`` by pointer
+   doubling, for every entry e the starts on the path from e (a bit mask) and its last start. Also the run sums
+   ``Y0[t] = sum_{s < t} akap[t, s] b_s v_s`` the carried slot reads, and per start the smallest ratio of the
+   norm recursion's result to its terms' magnitudes (how much it cancelled).
+2. ``dla_delta_chain_kernel`` (one program per row, chunks in order): the carried slot's reads (float64 outer
+   products over the key features with ``P_c``, which stays in global memory), its scores and its first boundary
+   e, the chunk's starts from e's path, every token's score, then ``P_{c+1} = Phi P_c + khd^T (b v)`` (no start)
+   or the run since the last start.
+
+The recursion cancels where the rule erases the state (section 2 there); a row where some ratio falls below
+``GUARD`` is decided again by the token walk (only those rows; the launch costs the others nothing).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common.layout import chunks, rows
+from ..common.score import expm1_triton, information_score_from_decay_triton
+from ..common.triton_utils import next_pow2
+from .chunk_fwd_decide import walk_rows
+from .wy_tables import wy_tables
+
+CHUNK = 64  # tokens per chunk: one int64 boundary mask, as the scalar-decay forward's chunks
+GUARD = 1e-8  # a norm recursion that cancels below this share of its terms sends its row to the token walk
+MAX_WIDTH = 128  # widest head (Dk and Dv) the kernels take (the pair kernel holds [C, Dv] float64 tiles)
+CHAIN_BLOCK = 64  # the chain's Dv block: its [C, block] float64 reads stay in registers
+_TABLE_ELEMENTS = 1 << 22  # elements of a block's largest tables ([block, R, C, C] float64, 32 MB)
+
+
+@triton.jit
+def _linear_step(a1, b1, a2, b2):
+    """Composition of ``x -> a1 x + b1`` then ``x -> a2 x + b2`` (the norm recursion as a scan)."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _shift_right(x, first, C: tl.constexpr):
+    """``[first, x[0], ..., x[C - 2]]``."""
+    i = tl.arange(0, C)
+    return tl.where(i == 0, first, tl.gather(x, tl.maximum(i - 1, 0), 0))
+
+
+@triton.jit
+def _take(x, idx, C: tl.constexpr):
+    """``x[idx]`` for a vector of indices into a length-C vector (indices past the end read the last element)."""
+    return tl.gather(x, tl.minimum(idx, C - 1), 0)
+
+
+@triton.jit
+def _norms_before(A, B, first, C: tl.constexpr):
+    """The norm before each token, ``n[0] = first``, ``n[t + 1] = A[t] n[t] + B[t]``."""
+    sa, sb = tl.associative_scan((A, B), 0, _linear_step)
+    return _shift_right(sa * first + sb, first, C)
+
+
+@triton.jit
+def _scores(nP, x, ss, a, em1, N, eps, norm_eps):
+    """The scores of the tokens and the ratio of each norm update to its terms' magnitudes (1: nothing cancels)."""
+    score = information_score_from_decay_triton(nP, x, ss, a, em1, N, eps, norm_eps)
+    grown = a * a * nP + 2.0 * a * x + ss
+    ratio = grown / tl.maximum(a * a * nP + tl.abs(2.0 * a * x) + ss, 1e-300)
+    return score, ratio
+
+
+@triton.jit(do_not_specialize=["R", "c0", "Dv"])
+def dla_delta_pairs_kernel(
+    akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, rlen_ptr, scalars_ptr,
+    pair_ptr, y0T_ptr, path_ptr, last_ptr, low_ptr,
+    R, c0, Dv,
+    C: tl.constexpr, BV: tl.constexpr, OVERRIDE: tl.constexpr,
+):
+    """Program (row r, chunk j of the block that starts at chunk c0). Writes ``pair [C (p), C (t)]`` (token t's
+    score against the slot opened at p < t), ``y0T [Dv, C]``, and per entry e: ``path`` (int64, bit s: s is a
+    start on e's path), ``last`` (its last start) and ``low`` (the smallest norm ratio while e's slot is open).
+
+    The tiles are feature-major (``[Dv, C]``, tokens contiguous: ``akapT``, ``vT``) so that the per-token vectors
+    the scores need are spread over a warp's lanes rather than repeated in each (float64 division is long)."""
+    tau = tl.load(scalars_ptr)
+    eps = tl.load(scalars_ptr + 1)
+    norm_eps = tl.load(scalars_ptr + 2)
+    N = tl.load(scalars_ptr + 3)
+    r = tl.program_id(0)
+    base = tl.program_id(1) * R + r
+    t = tl.arange(0, C)
+    vd = tl.arange(0, BV)
+    n_here = tl.minimum(tl.maximum(tl.load(rlen_ptr + r) - (c0 + tl.program_id(1)) * C, 0), C)
+    valid = t < n_here
+    vT = tl.load(vT_ptr + (base * Dv + vd[:, None]) * C + t[None, :], mask=vd[:, None] < Dv, other=0.0)
+    g = tl.load(g_ptr + base * C + t)
+    b = tl.load(b_ptr + base * C + t)
+    kk = tl.load(kk_ptr + base * C + t)
+    bnd = tl.load(bnd_ptr + base * C + t) != 0 if OVERRIDE else t < 0
+    a = tl.exp(g)
+    em1 = expm1_triton(2.0 * g)
+    fresh = b * b * kk * tl.sum(vT * vT, 0)
+    Y = tl.zeros([BV, C], dtype=tl.float64)  # Y[:, t] = sum_{p <= s < t} akap[t, s] b_s v_s for the current p
+    nxt = tl.full([C], C, tl.int32)
+    low = tl.full([C], 1.0, tl.float64)
+    for i in range(C - n_here, C):  # the starts p from the chunk's last token down (none past the row's end)
+        p = C - 1 - i
+        col = tl.load(akapT_ptr + (base * C + p) * C + t)  # akap[t, p]
+        bv_p = tl.load(b_ptr + base * C + p) * tl.load(v_ptr + (base * C + p) * Dv + vd, mask=vd < Dv, other=0.0)
+        Y += bv_p[:, None] * col[None, :]
+        W = vT - a[None, :] * Y
+        x = b * tl.sum(Y * W, 0)
+        ss = b * b * kk * tl.sum(W * W, 0)
+        after = t > p
+        fresh_p = tl.sum(tl.where(t == p, fresh, 0.0))
+        nP = _norms_before(tl.where(after, a * a, 0.0), tl.where(after, 2.0 * a * x + ss, fresh_p), 0.0, C)
+        score, ratio = _scores(nP, x, ss, a, em1, N, eps, norm_eps)
+        closes = after & valid & (bnd if OVERRIDE else score >= tau)
+        nx = tl.min(tl.where(closes, t, C))
+        tl.store(pair_ptr + (base * C + p) * C + t, score, mask=after)
+        nxt = tl.where(t == p, nx, nxt)
+        low = tl.where(t == p, tl.min(tl.where(after & (t < nx) & valid, ratio, 1.0)), low)
+    tl.store(y0T_ptr + (base * Dv + vd[:, None]) * C + t[None, :], Y, mask=vd[:, None] < Dv)
+    # Pointer doubling: after round r, path[e] holds the starts of the first 2^r slots from e, J[e] the next one.
+    path = tl.full([C], 1, tl.int64) << t.to(tl.int64)
+    J = nxt
+    for _ in range(6):  # 2^6 = C slots
+        inside = J < C
+        path = tl.where(inside, path | _take(path, J, C), path)
+        low = tl.where(inside, tl.minimum(low, _take(low, J, C)), low)
+        J = tl.where(inside, _take(J, J, C), J)
+    bit = tl.full([C], 1, tl.int64) << t.to(tl.int64)
+    last = tl.max(tl.where((path[:, None] & bit[None, :]) != 0, t[None, :], -1), 1)
+    tl.store(path_ptr + base * C + t, path)
+    tl.store(last_ptr + base * C + t, last)
+    tl.store(low_ptr + base * C + t, low)
+
+
+@triton.jit
+def _entry_of_the_path(ptr, base, e, C: tl.constexpr, none):
+    """Stage 1's per-entry value at entry e of the chunk (``none`` where no token opens a slot, e = C)."""
+    t = tl.arange(0, C)
+    return tl.where(e < C, tl.sum(tl.where(t == e, tl.load(ptr + base * C + t), 0)), none)
+
+
+@triton.jit
+def _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, vd, C: tl.constexpr, BV: tl.constexpr):
+    """One Dv block of the carried slot's reads ``y = kt P + y0`` (feature-major ``[block, C]``): ``(sum_j y w,
+    sum_j w w, sum P^2)`` over the block's features (``w = v - a y``), by outer products over the key features
+    (float64 FMAs; operands from L1)."""
+    t = tl.arange(0, C)
+    inside = vd[:, None] < Dv
+    yT = tl.load(y0T_ptr + (base * Dv + vd[:, None]) * C + t[None, :], mask=inside, other=0.0)
+    p2 = tl.zeros([BV], dtype=tl.float64)
+    for i in range(Dk):
+        p_row = tl.load(p_ptr + (r * Dk + i) * Dv + vd, mask=vd < Dv, other=0.0)
+        yT += p_row[:, None] * tl.load(ktT_ptr + (base * Dk + i) * C + t)[None, :]
+        p2 += p_row * p_row
+    wT = tl.load(vT_ptr + (base * Dv + vd[:, None]) * C + t[None, :], mask=inside, other=0.0) - a[None, :] * yT
+    return tl.sum(yT * wT, 0), tl.sum(wT * wT, 0), tl.sum(p2, 0)
+
+
+@triton.jit
+def _next_open_slot(phiT_ptr, khd_ptr, v_ptr, p_ptr, b_ptr, base, r, first, carried, Dk, Dv, vd,
+                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """One Dv block of the open slot at the next chunk start, written over ``P`` in place: the run of tokens
+    ``first .. C - 1`` at the chunk end, plus ``Phi P`` where the slot was carried through the chunk."""
+    kd = tl.arange(0, BK)
+    inside = vd < Dv
+    acc = tl.zeros([BK, BV], dtype=tl.float64)
+    for s in range(first, C):
+        bv = tl.load(b_ptr + base * C + s) * tl.load(v_ptr + (base * C + s) * Dv + vd, mask=inside, other=0.0)
+        acc += tl.load(khd_ptr + (base * C + s) * Dk + kd, mask=kd < Dk, other=0.0)[:, None] * bv[None, :]
+    if carried:
+        for i in range(Dk):
+            p_row = tl.load(p_ptr + (r * Dk + i) * Dv + vd, mask=inside, other=0.0)
+            acc += tl.load(phiT_ptr + (base * Dk + i) * Dk + kd, mask=kd < Dk, other=0.0)[:, None] * p_row[None, :]
+    tl.debug_barrier()  # every thread has read this block of P before any overwrites it
+    tl.store(p_ptr + (r * Dk + kd[:, None]) * Dv + vd[None, :], acc, mask=(kd[:, None] < Dk) & inside[None, :])
+
+
+# Long: one row's sequential chain over the chunks of a block; splitting it would add a round trip per chunk.
+@triton.jit(do_not_specialize=["R", "nb", "c0", "T", "NC", "Dk", "Dv"])
+def dla_delta_chain_kernel(
+    ktT_ptr, y0T_ptr, phiT_ptr, khd_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, rlen_ptr, scalars_ptr,
+    pair_ptr, path_ptr, last_ptr, low_ptr,
+    p_ptr, has_ptr, flag_ptr, score_ptr, start_ptr, mask_ptr,
+    R, nb, c0, T, NC, Dk, Dv,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, OVERRIDE: tl.constexpr,
+):
+    """Program (row r): chunks c0 .. c0 + nb - 1 in order from the open slot ``P [R, Dk, Dv]`` (float64, in
+    global memory, advanced in place) and ``has`` (the row has a slot). Reads the tables transposed where it
+    takes their columns (``ktT [.., Dk, C]``, ``phiT``). Writes the tokens' scores ``[R, T]`` float64 and starts
+    ``[R, T]`` int8, the chunks' boundary masks ``[R, NC]``, and sets ``flag[r]`` where a norm recursion
+    cancelled. ``BV``: the Dv block (the carried slot is read and advanced a block of columns at a time)."""
+    tau = tl.load(scalars_ptr)
+    eps = tl.load(scalars_ptr + 1)
+    norm_eps = tl.load(scalars_ptr + 2)
+    N = tl.load(scalars_ptr + 3)
+    r = tl.program_id(0)
+    t = tl.arange(0, C)
+    has = tl.load(has_ptr + r) != 0
+    n_tok = tl.load(rlen_ptr + r)
+    low = tl.full([C], 1.0, tl.float64)
+    bit = tl.full([C], 1, tl.int64) << t.to(tl.int64)
+    for j in range(nb):
+        base = j * R + r
+        c = c0 + j
+        valid = t < n_tok - c * C
+        g = tl.load(g_ptr + base * C + t)
+        b = tl.load(b_ptr + base * C + t)
+        kk = tl.load(kk_ptr + base * C + t)
+        a = tl.exp(g)
+        tl.debug_barrier()  # the previous chunk's P is written
+        # The carried slot's reads, scores and first boundary e.
+        x = tl.zeros([C], dtype=tl.float64)
+        ww = tl.zeros([C], dtype=tl.float64)
+        nP0 = tl.sum(x, 0)
+        for v0 in range(0, Dv, BV):
+            vd = v0 + tl.arange(0, BV)
+            yw_b, ww_b, p2_b = _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, vd, C, BV)
+            x += yw_b
+            ww += ww_b
+            nP0 += p2_b
+        x = b * x
+        ss = b * b * kk * ww
+        nP = _norms_before(a * a, 2.0 * a * x + ss, nP0, C)
+        score, ratio = _scores(nP, x, ss, a, expm1_triton(2.0 * g), N, eps, norm_eps)
+        score = tl.where(has, score, 0.0)  # an empty cache's first token opens a slot, score 0
+        if OVERRIDE:
+            closes = tl.load(bnd_ptr + base * C + t) != 0
+        else:
+            closes = score >= tau
+        opens = valid & (closes | ((t == 0) & (~has)))
+        e = tl.min(tl.where(opens, t, C))
+        # The chunk's starts: e's path; the norm ratios of the carried slot's tokens and of the path's slots.
+        path = _entry_of_the_path(path_ptr, base, e, C, 0)
+        last = _entry_of_the_path(last_ptr, base, e, C, 0)
+        low = tl.minimum(low, tl.where(valid & (t < e) & has, ratio, 1.0))
+        low = tl.minimum(low, _entry_of_the_path(low_ptr, base, e, C, 1.0))
+        # Each token's score: against the carried slot up to e, then against the start before it.
+        on = (path & bit) != 0
+        owner = tl.max(tl.where(on[None, :] & (t[None, :] < t[:, None]), t[None, :], -1), 1)
+        paired = tl.load(pair_ptr + (base * C + owner) * C + t, mask=owner >= 0, other=0.0)
+        tl.store(score_ptr + r * T + c * C + t, tl.where(owner >= 0, paired, score), mask=valid)
+        tl.store(start_ptr + r * T + c * C + t, on.to(tl.int8), mask=valid)
+        tl.store(mask_ptr + r * NC + c, path)
+        # The open slot at the next chunk start: the run since the last start (all tokens where none), plus the
+        # carried slot through Phi where no token opened a slot.
+        for v0 in range(0, Dv, BV):
+            vd = v0 + tl.arange(0, BV)
+            _next_open_slot(phiT_ptr, khd_ptr, v_ptr, p_ptr, b_ptr, base, r, last, e == C, Dk, Dv, vd, C, BK, BV)
+        has = has | (e < C)
+    tl.store(has_ptr + r, has.to(tl.int32))
+    tl.store(flag_ptr + r, tl.maximum(tl.load(flag_ptr + r), (tl.min(low) < tl.load(scalars_ptr + 4)).to(tl.int32)))
+
+
+def _chunked_inputs(k, v, g, beta, boundaries, row_tokens, nC):
+    """Chunk-major float64 ``(k, v, g, beta, |k|^2)`` and int8 boundaries (None without), with ``g``
+    and ``beta`` zero past each row's tokens: there the transitions are the identity and nothing is added."""
+    T = k.shape[1]
+    live = (torch.arange(T, device=k.device) < row_tokens.unsqueeze(-1)).double()
+    kc = chunks(rows(k, torch.float64), CHUNK, nC)
+    gc, bc = (chunks(rows(x, torch.float64) * live, CHUNK, nC) for x in (g, beta))
+    bnd = None if boundaries is None else chunks(rows(boundaries, torch.int8), CHUNK, nC)
+    # v in float64 here: a 16-bit load feeding Triton 3.6's float64 dot fails to compile for sm_90.
+    return kc, chunks(rows(v, torch.float64), CHUNK, nC), gc, bc, (kc * kc).sum(-1), bnd
+
+
+def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=None, row_lengths=None,
+                         eps: float = 1e-6, norm_eps: float = 1e-6, table_elements: int = _TABLE_ELEMENTS,
+                         pair_warps: int = 8, chain_warps: int = 8):
+    """:func:`chunk_fwd_decide.decide_delta_rule_triton`'s contract (same arguments and results; ``open_states``
+    float64), a chunk at a time. Heads up to :data:`MAX_WIDTH` features. ``table_elements`` bounds a block of
+    chunks' largest tables (the stage's memory); ``pair_warps``, ``chain_warps``: the two kernels' warps."""
+    B, T, H, Dk = k.shape
+    Dv = v.shape[-1]
+    R, nC, C, dev = B * H, triton.cdiv(T, CHUNK), CHUNK, k.device
+    if max(Dk, Dv) > MAX_WIDTH:
+        raise ValueError(f"decide_delta_rule_wy: heads of at most {MAX_WIDTH} features, got Dk={Dk}, Dv={Dv}")
+    lengths = torch.full((B,), T, dtype=torch.int64) if row_lengths is None else row_lengths
+    row_tokens = lengths.to(dev, torch.int64).repeat_interleave(H).contiguous()
+    kc, vc, gc, bc, kk, bnd = _chunked_inputs(k, v, g, beta, boundaries, row_tokens, nC)
+    P = open_states.view(R, Dk, Dv)
+    start_slot = P.clone()  # for the rows the token walk decides again
+    has = (size.reshape(R) > 0).to(torch.int32)
+    flag = torch.zeros(R, device=dev, dtype=torch.int32)
+    scores = torch.zeros(R, T, device=dev, dtype=torch.float64)
+    starts = torch.zeros(R, T, device=dev, dtype=torch.int8)
+    masks = torch.zeros(R, nC, device=dev, dtype=torch.int64)
+    scalars = torch.tensor([tau, eps, norm_eps, Dk * Dv, GUARD], device=dev, dtype=torch.float64)
+    BK, BV = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
+    override = bnd is not None
+    block = max(1, table_elements // (R * C * C))
+    for c0 in range(0, nC, block):
+        nb = min(nC, c0 + block) - c0
+        tab, _ = wy_tables(None, kc[c0:c0 + nb], gc[c0:c0 + nb], bc[c0:c0 + nb])
+        # Feature-major where the kernels read columns or score per token (see dla_delta_pairs_kernel).
+        akapT, ktT, phiT = (tab[n].transpose(-1, -2).contiguous() for n in ("akap", "kt", "Phi"))
+        khd = tab["khd"].contiguous()
+        v_b, g_b, b_b, kk_b = (x[c0:c0 + nb].contiguous() for x in (vc, gc, bc, kk))
+        vT = v_b.transpose(-1, -2).contiguous()
+        bnd_b = bnd[c0:c0 + nb].contiguous() if override else starts
+        pair = torch.empty(nb, R, C, C, device=dev, dtype=torch.float64)
+        y0T = torch.empty(nb, R, Dv, C, device=dev, dtype=torch.float64)
+        path = torch.empty(nb, R, C, device=dev, dtype=torch.int64)
+        last = torch.empty(nb, R, C, device=dev, dtype=torch.int32)
+        low = torch.empty(nb, R, C, device=dev, dtype=torch.float64)
+        dla_delta_pairs_kernel[(R, nb)](akapT, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, y0T, path,
+                                        last, low, R, c0, Dv, C=C, BV=BV, OVERRIDE=override, num_warps=pair_warps)
+        dla_delta_chain_kernel[(R,)](ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair,
+                                     path, last, low, P, has, flag, scores, starts, masks, R, nb, c0, T, nC, Dk, Dv,
+                                     C=C, BK=BK, BV=min(BV, CHAIN_BLOCK), OVERRIDE=override, num_warps=chain_warps)
+    # The rows whose recursion cancelled: the token walk from the start slot (the other rows walk no token).
+    walked = walk_rows(k, v, g, beta, start_slot, size.reshape(R), tau, boundaries, row_tokens * flag, eps,
+                       norm_eps)
+    redo = flag.bool()
+    scores, starts, masks = (torch.where(redo.unsqueeze(-1), w, x) for w, x in zip(walked, (scores, starts, masks)))
+    P.copy_(torch.where(redo.view(R, 1, 1), start_slot, P))
+    to_bth = lambda x: x.view(B, H, T).transpose(1, 2)  # noqa: E731
+    return to_bth(scores), to_bth(starts).to(torch.bool), masks
