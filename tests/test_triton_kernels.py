@@ -545,21 +545,23 @@ def _walked_rows(monkeypatch):
 @needs_kernels
 @pytest.mark.parametrize("decisions", ["tokens", "chunks"])
 @pytest.mark.parametrize("T,split,override,rl,jit", [(70, 0, False, 6.0, 0.5), (40, 17, True, 6.0, 0.5),
-                                                     (140, 0, False, 1.5, 1.0)])
+                                                     (72, 0, False, 1.5, 1.0)])
 def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit, decisions, monkeypatch):
     """The delta rule's decision kernels against the chunked torch path in float64 (its numba scan advances the
     open slot with the same formulas): equal decisions and masks, scores to float64 rounding (the sums run in
     another order), the open slot after the call. ``tokens``: one row per program walks its tokens with the open
-    slot in float64; ``chunks``: a chunk at a time from the WY tables (none of its rows falls back to the walk
-    here). ``split``: the first tokens run through the torch path first and the kernels continue from that cache's
-    open slot (a slot already there, several values of ``size``); one row ends early (variable lengths);
-    ``override``: the boundaries are given; the third case is dense (most tokens open a slot: a chunk holds more
-    than 32 starts, so the chunked path's pointer doubling needs all its rounds)."""
+    slot in float64; ``chunks``: a chunk at a time from the WY tables, one chunk per launch (none of its rows falls
+    back to the walk here). ``split``: the first tokens run through the torch path first and the kernels continue
+    from that cache's open slot (a slot already there, several values of ``size``); one row ends early (variable
+    lengths); ``override``: the boundaries are given; the third case is dense (most tokens open a slot: a chunk
+    holds more than 32 starts, so the chunked path's pointer doubling needs all its rounds)."""
     import dla_fast
     from dla_fast.ops.delta_rule.chunk_fwd_decide import decide_delta_rule_triton
     from dla_fast.ops.delta_rule.chunk_fwd_decide_wy import decide_delta_rule_wy
 
-    decide = decide_delta_rule_triton if decisions == "tokens" else decide_delta_rule_wy
+    # The chunked decisions one chunk per launch: the open slot passes from launch to launch in memory.
+    one_chunk = functools.partial(decide_delta_rule_wy, table_elements=2 * 64 * 64)
+    decide = decide_delta_rule_triton if decisions == "tokens" else one_chunk
     walked = _walked_rows(monkeypatch)
     B, H, D, K = 2, 1, 16, 5
     q, k, v, g, w = regimes(B, T, H, D, D, K, seed=T, regime_length=rl, jitter=jit)
@@ -676,7 +678,7 @@ def _delta_inputs(B, T, H, Dk, Dv, K, seed, **regime):
 
 @needs_kernels
 @pytest.mark.parametrize("B,T,H,Dk,Dv,K,tau,rl,jit,decisions",
-                         [(*case, "tokens") for case in FORWARD_CASES] + [(*FORWARD_CASES[1], "chunks")])
+                         [(*case, "tokens") for case in FORWARD_CASES] + [(*FORWARD_CASES[2], "chunks")])
 def test_delta_rule_forward_matches_reference(B, T, H, Dk, Dv, K, tau, rl, jit, decisions):
     """The delta rule's device forward (decisions by the token walk or a chunk at a time, merge kernel, torch
     states and reads) against dla_ref; the tolerances are the scalar-decay forward's (float32 states; float64
@@ -793,7 +795,7 @@ def test_delta_rule_forward_blocks_do_not_change_results(monkeypatch):
     outputs and states to float32 rounding (the batched torch products group other rows)."""
     from dla_fast.ops.delta_rule import chunk_fwd
 
-    q, k, v, g, w, beta = _delta_inputs(1, 330, 2, 16, 16, 4, seed=8, regime_length=5.0, jitter=0.8)
+    q, k, v, g, w, beta = _delta_inputs(1, 200, 2, 16, 16, 4, seed=8, regime_length=5.0, jitter=0.8)
     x = [_t(a) for a in (q, k, v, g, w, beta)]
     whole = _delta_fwd(*x, tau=0.5)
     R, C = 2, 64
