@@ -35,7 +35,7 @@ from .chunk_fwd_decide import walk_rows
 from .wy_tables import wy_tables
 
 CHUNK = 64  # tokens per chunk: one int64 boundary mask, as the scalar-decay forward's chunks
-GUARD = 1e-8  # a norm recursion that cancels below this share of its terms sends its row to the token walk
+GUARD = 1e-4  # a norm recursion that cancels below this share of its terms sends its row to the token walk
 MAX_WIDTH = 128  # widest head (Dk and Dv) the kernels take (the pair kernel holds [C, Dv] float64 tiles)
 CHAIN_BLOCK = 64  # the chain's Dv block: its [C, block] float64 reads stay in registers
 _TABLE_ELEMENTS = 1 << 22  # elements of a block's largest tables ([block, R, C, C] float64, 32 MB)
@@ -222,7 +222,7 @@ def dla_delta_chain_kernel(
         # The carried slot's reads, scores and first boundary e.
         x = tl.zeros([C], dtype=tl.float64)
         ww = tl.zeros([C], dtype=tl.float64)
-        nP0 = tl.sum(x, 0)
+        nP0 = tl.sum(x, 0)  # a float64 zero (a loop-carried scalar keeps its first type)
         for v0 in range(0, Dv, BV):
             vd = v0 + tl.arange(0, BV)
             yw_b, ww_b, p2_b = _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, vd, C, BV)
