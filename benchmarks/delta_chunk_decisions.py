@@ -40,6 +40,22 @@ C = 64
 GUARDS = (1e-4, 1e-6, 1e-8)
 
 
+def _outputs(R, T):
+    """``(scores, starts, cancel)`` ``[R, T]`` to fill."""
+    return (torch.zeros(R, T, dtype=torch.float64), torch.zeros(R, T, dtype=torch.bool),
+            torch.ones(R, T, dtype=torch.float64))
+
+
+def _chunk_tables(k, v, g, beta):
+    """Per chunk: ``(c0, n, v, g, beta, |k|^2, the score tables, b v)``, float64."""
+    T = k.shape[1]
+    for c0 in range(0, T, C):
+        n = min(C, T - c0)
+        kc, vc, gc, bc = k[:, c0:c0 + n], v[:, c0:c0 + n], g[:, c0:c0 + n], beta[:, c0:c0 + n]
+        tab, _ = wy_tables(None, kc, gc, bc)
+        yield c0, n, vc, gc, bc, (kc * kc).sum(-1), tab, bc.unsqueeze(-1) * vc
+
+
 def decide_by_chunks(k, v, g, beta, tau, eps=1e-6, norm_eps=1e-6):
     """Scores and decisions of every token (empty initial cache), a chunk at a time from the tables.
 
@@ -49,23 +65,17 @@ def decide_by_chunks(k, v, g, beta, tau, eps=1e-6, norm_eps=1e-6):
     R, T, Dk = k.shape
     Dv = v.shape[-1]
     N = Dk * Dv
-    scores = torch.zeros(R, T, dtype=torch.float64)
-    starts = torch.zeros(R, T, dtype=torch.bool)
-    cancel = torch.ones(R, T, dtype=torch.float64)
+    scores, starts, cancel = _outputs(R, T)
     P = torch.zeros(R, Dk, Dv, dtype=torch.float64)  # the open slot at the chunk start
     has_slot = torch.zeros(R, dtype=torch.bool)
     rows = torch.arange(R)
-    for c0 in range(0, T, C):
-        n = min(C, T - c0)
-        kc, vc, gc, bc = k[:, c0:c0 + n], v[:, c0:c0 + n], g[:, c0:c0 + n], beta[:, c0:c0 + n]
-        tab, _ = wy_tables(kc, kc, gc, bc)
-        bv = bc.unsqueeze(-1) * vc
+    for c0, n, vc, gc, bc, kk, tab, bv in _chunk_tables(k, v, g, beta):
         carried_y = tab["kt"] @ P  # [R, n, Dv]: P_c^T kt_t
         terms = tab["akap"].unsqueeze(-1) * bv.unsqueeze(1)  # [R, t, s, Dv]: akap[t, s] b_s v_s (0 for s >= t)
         suffix = terms.flip(2).cumsum(2).flip(2)  # [R, t, p, Dv]: sum over s >= p
         nP = (P * P).sum((1, 2))
         start_pos = torch.full((R,), -1, dtype=torch.long)  # -1: the slot carried into the chunk
-        a_all, kk = torch.exp(gc), (kc * kc).sum(-1)
+        a_all = torch.exp(gc)
         for t in range(n):
             from_start = suffix[rows, t, start_pos.clamp(min=0)]
             y = torch.where((start_pos < 0).unsqueeze(-1), carried_y[:, t] + suffix[:, t, 0], from_start)
@@ -96,18 +106,12 @@ def decide_by_chunks_all_pairs(k, v, g, beta, tau, eps=1e-6, norm_eps=1e-6):
     tokens on the path taken)."""
     R, T, Dk = k.shape
     N = Dk * v.shape[-1]
-    scores = torch.zeros(R, T, dtype=torch.float64)
-    starts = torch.zeros(R, T, dtype=torch.bool)
-    cancel = torch.ones(R, T, dtype=torch.float64)
+    scores, starts, cancel = _outputs(R, T)
     P = torch.zeros(R, Dk, v.shape[-1], dtype=torch.float64)
     has_slot = torch.zeros(R, dtype=torch.bool)
     rows = torch.arange(R)
-    for c0 in range(0, T, C):
-        n = min(C, T - c0)
-        kc, vc, gc, bc = k[:, c0:c0 + n], v[:, c0:c0 + n], g[:, c0:c0 + n], beta[:, c0:c0 + n]
-        tab, _ = wy_tables(kc, kc, gc, bc)
-        bv = bc.unsqueeze(-1) * vc
-        a, kk = torch.exp(gc), (kc * kc).sum(-1)
+    for c0, n, vc, gc, bc, kk, tab, bv in _chunk_tables(k, v, g, beta):
+        a = torch.exp(gc)
         suffix = (tab["akap"].unsqueeze(-1) * bv.unsqueeze(1)).flip(2).cumsum(2).flip(2)  # [R, t, p, Dv]
         # Index 0 of the start axis: the carried slot; 1 + p: the slot opened at p. y[R, start, t, Dv].
         y = torch.cat([(tab["kt"] @ P + suffix[:, :, 0]).unsqueeze(1), suffix.transpose(1, 2)], 1)

@@ -31,10 +31,9 @@ import triton.language as tl
 from ..common.layout import chunks, rows
 from ..common.score import expm1_triton, information_score_from_decay_triton
 from ..common.triton_utils import next_pow2
-from .chunk_fwd_decide import walk_rows
+from .chunk_fwd_decide import CHUNK, walk_rows
 from .wy_tables import wy_tables
 
-CHUNK = 64  # tokens per chunk: one int64 boundary mask, as the scalar-decay forward's chunks
 GUARD = 1e-4  # a norm recursion that cancels below this share of its terms sends its row to the token walk
 MAX_WIDTH = 128  # widest head (Dk and Dv) the kernels take (the pair kernel holds [C, Dv] float64 tiles)
 CHAIN_BLOCK = 64  # the chain's Dv block: its [C, block] float64 reads stay in registers
