@@ -116,7 +116,8 @@ def decide_delta_rule_triton(k, v, g, beta, *, open_states, size, tau, boundarie
         Padding past a row's length is 0.
     """
     B, T, H, _ = k.shape
-    lengths = torch.full((B,), T, dtype=torch.int64) if row_lengths is None else row_lengths
+    # On the device: a host tensor would be copied in on every call.
+    lengths = torch.full((B,), T, device=k.device, dtype=torch.int64) if row_lengths is None else row_lengths
     scores, starts, masks = walk_rows(k, v, g, beta, open_states, size, tau, boundaries,
                                       lengths.to(k.device).repeat_interleave(H), eps, norm_eps, num_warps)
     to_bth = lambda x: x.view(B, H, T).transpose(1, 2)  # noqa: E731

@@ -284,7 +284,7 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     R, nC, C, dev = B * H, triton.cdiv(T, CHUNK), CHUNK, k.device
     if max(Dk, Dv) > MAX_WIDTH:
         raise ValueError(f"decide_delta_rule_wy: heads of at most {MAX_WIDTH} features, got Dk={Dk}, Dv={Dv}")
-    lengths = torch.full((B,), T, dtype=torch.int64) if row_lengths is None else row_lengths
+    lengths = torch.full((B,), T, device=dev, dtype=torch.int64) if row_lengths is None else row_lengths
     row_tokens = lengths.to(dev, torch.int64).repeat_interleave(H).contiguous()
     kc, vc, gc, bc, kk, bnd = _chunked_inputs(k, v, g, beta, boundaries, row_tokens, nC)
     P = open_states.view(R, Dk, Dv)
