@@ -63,7 +63,7 @@ def dla_delta_decide_kernel(
     P = tl.load(p_ptr + bh * Dk * Dv + kd[:, None] * Dv + vd[None, :], mask=pmask, other=0.0).to(tl.float64)
     nP = tl.sum(tl.sum(P * P, 0), 0)
     has_slot = tl.load(size_ptr + bh) > 0
-    N = (Dk * Dv).to(tl.float64)
+    N = tl.cast(Dk * Dv, tl.float64)  # a plain int when Triton specialises Dk = Dv = 1
     mask = (bh * 0).to(tl.int64)
     row = b_idx * T * H + h
     k, v, g, b, bnd = token_inputs(k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, row, kd, vd, Dk, Dv, OVERRIDE)

@@ -36,7 +36,9 @@ from .wy_tables import wy_tables
 
 GUARD = 1e-4  # a norm recursion that cancels below this share of its terms sends its row to the token walk
 MAX_WIDTH = 128  # widest head (Dk and Dv) the kernels take (the pair kernel holds [C, Dv] float64 tiles)
+PAIR_GROUP = 8  # starts scored at once by the pair kernel ([G, C] tiles)
 CHAIN_BLOCK = 64  # the chain's Dv block: its [C, block] float64 reads stay in registers
+CHAIN_STAGES = 3  # the chain's outer products: loads in flight (cp.async through shared memory, no registers)
 _TABLE_ELEMENTS = 1 << 22  # elements of a block's largest tables ([block, R, C, C] float64, 32 MB)
 
 
@@ -47,13 +49,6 @@ def _linear_step(a1, b1, a2, b2):
 
 
 @triton.jit
-def _shift_right(x, first, C: tl.constexpr):
-    """``[first, x[0], ..., x[C - 2]]``."""
-    i = tl.arange(0, C)
-    return tl.where(i == 0, first, tl.gather(x, tl.maximum(i - 1, 0), 0))
-
-
-@triton.jit
 def _take(x, idx, C: tl.constexpr):
     """``x[idx]`` for a vector of indices into a length-C vector (indices past the end read the last element)."""
     return tl.gather(x, tl.minimum(idx, C - 1), 0)
@@ -61,9 +56,12 @@ def _take(x, idx, C: tl.constexpr):
 
 @triton.jit
 def _norms_before(A, B, first, C: tl.constexpr):
-    """The norm before each token, ``n[0] = first``, ``n[t + 1] = A[t] n[t] + B[t]``."""
-    sa, sb = tl.associative_scan((A, B), 0, _linear_step)
-    return _shift_right(sa * first + sb, first, C)
+    """Per row of ``[rows, C]`` tiles, the norm before each token: ``n[0] = first``, ``n[t + 1] = A[t] n[t] + B[t]``
+    (a scan of the linear maps, then a one-place shift)."""
+    sa, sb = tl.associative_scan((A, B), 1, _linear_step)
+    t = tl.arange(0, C)[None, :]
+    before = tl.gather(sa * first + sb, tl.broadcast_to(tl.maximum(t - 1, 0), A.shape), 1)
+    return tl.where(t == 0, first, before)
 
 
 @triton.jit
@@ -80,14 +78,16 @@ def dla_delta_pairs_kernel(
     akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, rlen_ptr, scalars_ptr,
     pair_ptr, y0T_ptr, path_ptr, last_ptr, low_ptr,
     R, c0, Dv,
-    C: tl.constexpr, BV: tl.constexpr, OVERRIDE: tl.constexpr,
+    C: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, OVERRIDE: tl.constexpr,
 ):
     """Program (row r, chunk j of the block that starts at chunk c0). Writes ``pair [C (p), C (t)]`` (token t's
     score against the slot opened at p < t), ``y0T [Dv, C]``, and per entry e: ``path`` (int64, bit s: s is a
     start on e's path), ``last`` (its last start) and ``low`` (the smallest norm ratio while e's slot is open).
 
-    The tiles are feature-major (``[Dv, C]``, tokens contiguous: ``akapT``, ``vT``) so that the per-token vectors
-    the scores need are spread over a warp's lanes rather than repeated in each (float64 division is long)."""
+    The reads ``Y`` advance one start at a time; the norms and scores are taken for a group of ``G`` starts at once
+    (``[G, C]`` tiles: a token's float64 score math runs in one lane, not repeated across the warps, and the
+    group's rows give each lane independent work). The tiles are feature-major (``[Dv, C]``, tokens contiguous:
+    ``akapT``, ``vT``) for the same reason."""
     tau = tl.load(scalars_ptr)
     eps = tl.load(scalars_ptr + 1)
     norm_eps = tl.load(scalars_ptr + 2)
@@ -96,6 +96,7 @@ def dla_delta_pairs_kernel(
     base = tl.program_id(1) * R + r
     t = tl.arange(0, C)
     vd = tl.arange(0, BV)
+    row = tl.arange(0, G)[:, None]  # a start's row in its group's tiles
     n_here = tl.minimum(tl.maximum(tl.load(rlen_ptr + r) - (c0 + tl.program_id(1)) * C, 0), C)
     valid = t < n_here
     vT = tl.load(vT_ptr + (base * Dv + vd[:, None]) * C + t[None, :], mask=vd[:, None] < Dv, other=0.0)
@@ -109,23 +110,34 @@ def dla_delta_pairs_kernel(
     Y = tl.zeros([BV, C], dtype=tl.float64)  # Y[:, t] = sum_{p <= s < t} akap[t, s] b_s v_s for the current p
     nxt = tl.full([C], C, tl.int32)
     low = tl.full([C], 1.0, tl.float64)
-    for i in range(C - n_here, C):  # the starts p from the chunk's last token down (none past the row's end)
-        p = C - 1 - i
-        col = tl.load(akapT_ptr + (base * C + p) * C + t)  # akap[t, p]
-        bv_p = tl.load(b_ptr + base * C + p) * tl.load(v_ptr + (base * C + p) * Dv + vd, mask=vd < Dv, other=0.0)
-        Y += bv_p[:, None] * col[None, :]
-        W = vT - a[None, :] * Y
-        x = b * tl.sum(Y * W, 0)
-        ss = b * b * kk * tl.sum(W * W, 0)
-        after = t > p
-        fresh_p = tl.sum(tl.where(t == p, fresh, 0.0))
-        nP = _norms_before(tl.where(after, a * a, 0.0), tl.where(after, 2.0 * a * x + ss, fresh_p), 0.0, C)
-        score, ratio = _scores(nP, x, ss, a, em1, N, eps, norm_eps)
-        closes = after & valid & (bnd if OVERRIDE else score >= tau)
-        nx = tl.min(tl.where(closes, t, C))
-        tl.store(pair_ptr + (base * C + p) * C + t, score, mask=after)
-        nxt = tl.where(t == p, nx, nxt)
-        low = tl.where(t == p, tl.min(tl.where(after & (t < nx) & valid, ratio, 1.0)), low)
+    n_groups = tl.cdiv(n_here, G)
+    for i in range(n_groups):  # the groups of starts from the chunk's last down (starts past the row's end: b = 0)
+        p0 = (n_groups - 1 - i) * G
+        X = tl.zeros([G, C], dtype=tl.float64)
+        SS = tl.zeros([G, C], dtype=tl.float64)
+        for j in tl.static_range(G):  # unrolled, so that the loads need not wait on Y
+            u = G - 1 - j
+            col = tl.load(akapT_ptr + (base * C + p0 + u) * C + t)  # akap[t, p]
+            bv = tl.load(b_ptr + base * C + p0 + u) * tl.load(v_ptr + (base * C + p0 + u) * Dv + vd, mask=vd < Dv,
+                                                               other=0.0)
+            Y += bv[:, None] * col[None, :]
+            W = vT - a[None, :] * Y
+            X = tl.where(row == u, (b * tl.sum(Y * W, 0))[None, :], X)
+            SS = tl.where(row == u, (b * b * kk * tl.sum(W * W, 0))[None, :], SS)
+        p = p0 + row
+        after = t[None, :] > p
+        opened_at = t[None, :] == p
+        fresh_p = tl.sum(tl.where(opened_at, fresh[None, :], 0.0), 1)[:, None]
+        nP = _norms_before(tl.where(after, (a * a)[None, :], 0.0), tl.where(after, 2.0 * a[None, :] * X + SS, fresh_p),
+                           0.0, C)
+        score, ratio = _scores(nP, X, SS, a[None, :], em1[None, :], N, eps, norm_eps)
+        closes = after & valid[None, :] & (bnd[None, :] if OVERRIDE else score >= tau)
+        nx = tl.min(tl.where(closes, t[None, :], C), 1)[:, None]
+        tl.store(pair_ptr + (base * C + p) * C + t[None, :], score, mask=after)
+        low_p = tl.min(tl.where(after & (t[None, :] < nx) & valid[None, :], ratio, 1.0), 1)[:, None]
+        in_group = (t >= p0) & (t < p0 + G)
+        nxt = tl.where(in_group, tl.sum(tl.where(opened_at, nx, 0), 0), nxt)
+        low = tl.where(in_group, tl.sum(tl.where(opened_at, low_p, 0.0), 0), low)
     tl.store(y0T_ptr + (base * Dv + vd[:, None]) * C + t[None, :], Y, mask=vd[:, None] < Dv)
     # Pointer doubling: after round r, path[e] holds the starts of the first 2^r slots from e, J[e] the next one.
     path = tl.full([C], 1, tl.int64) << t.to(tl.int64)
@@ -150,15 +162,16 @@ def _entry_of_the_path(ptr, base, e, C: tl.constexpr, none):
 
 
 @triton.jit
-def _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, vd, C: tl.constexpr, BV: tl.constexpr):
+def _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, vd,
+                   C: tl.constexpr, BV: tl.constexpr, U: tl.constexpr):
     """One Dv block of the carried slot's reads ``y = kt P + y0`` (feature-major ``[block, C]``): ``(sum_j y w,
     sum_j w w, sum P^2)`` over the block's features (``w = v - a y``), by outer products over the key features
-    (float64 FMAs; operands from L1)."""
+    (float64 FMAs; the operands' loads pipelined ``U`` deep through shared memory)."""
     t = tl.arange(0, C)
     inside = vd[:, None] < Dv
     yT = tl.load(y0T_ptr + (base * Dv + vd[:, None]) * C + t[None, :], mask=inside, other=0.0)
     p2 = tl.zeros([BV], dtype=tl.float64)
-    for i in range(Dk):
+    for i in tl.range(0, Dk, num_stages=U):
         p_row = tl.load(p_ptr + (r * Dk + i) * Dv + vd, mask=vd < Dv, other=0.0)
         yT += p_row[:, None] * tl.load(ktT_ptr + (base * Dk + i) * C + t)[None, :]
         p2 += p_row * p_row
@@ -168,17 +181,18 @@ def _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, vd, C: t
 
 @triton.jit
 def _next_open_slot(phiT_ptr, khd_ptr, v_ptr, p_ptr, b_ptr, base, r, first, carried, Dk, Dv, vd,
-                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, U: tl.constexpr):
     """One Dv block of the open slot at the next chunk start, written over ``P`` in place: the run of tokens
-    ``first .. C - 1`` at the chunk end, plus ``Phi P`` where the slot was carried through the chunk."""
+    ``first .. C - 1`` at the chunk end, plus ``Phi P`` where the slot was carried through the chunk (loads
+    pipelined ``U`` deep)."""
     kd = tl.arange(0, BK)
     inside = vd < Dv
     acc = tl.zeros([BK, BV], dtype=tl.float64)
-    for s in range(first, C):
+    for s in tl.range(first, C, num_stages=U):
         bv = tl.load(b_ptr + base * C + s) * tl.load(v_ptr + (base * C + s) * Dv + vd, mask=inside, other=0.0)
         acc += tl.load(khd_ptr + (base * C + s) * Dk + kd, mask=kd < Dk, other=0.0)[:, None] * bv[None, :]
     if carried:
-        for i in range(Dk):
+        for i in tl.range(0, Dk, num_stages=U):
             p_row = tl.load(p_ptr + (r * Dk + i) * Dv + vd, mask=inside, other=0.0)
             acc += tl.load(phiT_ptr + (base * Dk + i) * Dk + kd, mask=kd < Dk, other=0.0)[:, None] * p_row[None, :]
     tl.debug_barrier()  # every thread has read this block of P before any overwrites it
@@ -192,7 +206,7 @@ def dla_delta_chain_kernel(
     pair_ptr, path_ptr, last_ptr, low_ptr,
     p_ptr, has_ptr, flag_ptr, score_ptr, start_ptr, mask_ptr,
     R, nb, c0, T, NC, Dk, Dv,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, OVERRIDE: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, U: tl.constexpr, OVERRIDE: tl.constexpr,
 ):
     """Program (row r): chunks c0 .. c0 + nb - 1 in order from the open slot ``P [R, Dk, Dv]`` (float64, in
     global memory, advanced in place) and ``has`` (the row has a slot). Reads the tables transposed where it
@@ -224,13 +238,13 @@ def dla_delta_chain_kernel(
         nP0 = tl.sum(x, 0)  # a float64 zero (a loop-carried scalar keeps its first type)
         for v0 in range(0, Dv, BV):
             vd = v0 + tl.arange(0, BV)
-            yw_b, ww_b, p2_b = _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, vd, C, BV)
+            yw_b, ww_b, p2_b = _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, vd, C, BV, U)
             x += yw_b
             ww += ww_b
             nP0 += p2_b
         x = b * x
         ss = b * b * kk * ww
-        nP = _norms_before(a * a, 2.0 * a * x + ss, nP0, C)
+        nP = tl.reshape(_norms_before((a * a)[None, :], (2.0 * a * x + ss)[None, :], nP0, C), [C])
         score, ratio = _scores(nP, x, ss, a, expm1_triton(2.0 * g), N, eps, norm_eps)
         score = tl.where(has, score, 0.0)  # an empty cache's first token opens a slot, score 0
         if OVERRIDE:
@@ -255,7 +269,8 @@ def dla_delta_chain_kernel(
         # carried slot through Phi where no token opened a slot.
         for v0 in range(0, Dv, BV):
             vd = v0 + tl.arange(0, BV)
-            _next_open_slot(phiT_ptr, khd_ptr, v_ptr, p_ptr, b_ptr, base, r, last, e == C, Dk, Dv, vd, C, BK, BV)
+            _next_open_slot(phiT_ptr, khd_ptr, v_ptr, p_ptr, b_ptr, base, r, last, e == C, Dk, Dv, vd, C, BK, BV,
+                            U)
         has = has | (e < C)
     tl.store(has_ptr + r, has.to(tl.int32))
     tl.store(flag_ptr + r, tl.maximum(tl.load(flag_ptr + r), (tl.min(low) < tl.load(scalars_ptr + 4)).to(tl.int32)))
@@ -275,10 +290,11 @@ def _chunked_inputs(k, v, g, beta, boundaries, row_tokens, nC):
 
 def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=None, row_lengths=None,
                          eps: float = 1e-6, norm_eps: float = 1e-6, table_elements: int = _TABLE_ELEMENTS,
-                         pair_warps: int = 8, chain_warps: int = 8):
+                         pair_warps: int = 4, chain_warps: int = 8, pair_group: int = PAIR_GROUP):
     """:func:`chunk_fwd_decide.decide_delta_rule_triton`'s contract (same arguments and results; ``open_states``
     float64), a chunk at a time. Heads up to :data:`MAX_WIDTH` features. ``table_elements`` bounds a block of
-    chunks' largest tables (the stage's memory); ``pair_warps``, ``chain_warps``: the two kernels' warps."""
+    chunks' largest tables (the stage's memory); ``pair_warps``, ``chain_warps``: the two kernels' warps;
+    ``pair_group``: the starts the pair kernel scores at once (a power of two up to ``C``)."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     R, nC, C, dev = B * H, triton.cdiv(T, CHUNK), CHUNK, k.device
@@ -313,10 +329,12 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
         last = torch.empty(nb, R, C, device=dev, dtype=torch.int32)
         low = torch.empty(nb, R, C, device=dev, dtype=torch.float64)
         dla_delta_pairs_kernel[(R, nb)](akapT, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, y0T, path,
-                                        last, low, R, c0, Dv, C=C, BV=BV, OVERRIDE=override, num_warps=pair_warps)
+                                        last, low, R, c0, Dv, C=C, BV=BV, G=pair_group, OVERRIDE=override,
+                                        num_warps=pair_warps)
         dla_delta_chain_kernel[(R,)](ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair,
                                      path, last, low, P, has, flag, scores, starts, masks, R, nb, c0, T, nC, Dk, Dv,
-                                     C=C, BK=BK, BV=min(BV, CHAIN_BLOCK), OVERRIDE=override, num_warps=chain_warps)
+                                     C=C, BK=BK, BV=min(BV, CHAIN_BLOCK), U=CHAIN_STAGES, OVERRIDE=override,
+                                     num_warps=chain_warps)
     # The rows whose recursion cancelled: the token walk from the start slot (the other rows walk no token).
     walked = walk_rows(k, v, g, beta, start_slot, size.reshape(R), tau, boundaries, row_tokens * flag, eps,
                        norm_eps)
