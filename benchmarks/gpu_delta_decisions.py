@@ -11,7 +11,7 @@ and 128) both ``chunk_fwd_decide.decide_delta_rule_triton`` (the token walk) and
   difference (relative, scores above 1e-6; and of the squares, see ``tests/test_triton_kernels.py``), the open
   slot after the call, the rows the guard sent back to the walk;
 - time (median of ``triton.testing.do_bench``) of each, and of the chunked path's stages (CUDA events): the
-  float64 WY tables (torch), ``dla_delta_pairs_kernel``, ``dla_delta_chain_kernel``;
+  float64 WY tables (``wy_tables_triton``), ``dla_delta_pairs_kernel``, ``dla_delta_chain_kernel``;
 - then the whole delta-rule forward (``chunk_fwd.forward_delta_rule_triton``) with each way of deciding.
 
 Raw JSON and a log under --out (default $OUT or .), a compact table printed last. ``--smoke``: tiny shapes on
@@ -59,15 +59,15 @@ class _Stages:
 
     def __enter__(self):
         wy = self.wy
-        self.saved = (wy.wy_tables, wy.dla_delta_pairs_kernel, wy.dla_delta_chain_kernel)
-        wy.wy_tables = self._timed("tables", wy.wy_tables)
+        self.saved = (wy.score_tables_triton, wy.dla_delta_pairs_kernel, wy.dla_delta_chain_kernel)
+        wy.score_tables_triton = self._timed("tables", wy.score_tables_triton)
         for attr, name in (("dla_delta_pairs_kernel", "pairs"), ("dla_delta_chain_kernel", "chain")):
             kernel = getattr(wy, attr)
             setattr(wy, attr, _Launcher(kernel, self._timed(name, lambda k, grid, *a, **kw: k[grid](*a, **kw))))
         return self
 
     def __exit__(self, *exc):
-        self.wy.wy_tables, self.wy.dla_delta_pairs_kernel, self.wy.dla_delta_chain_kernel = self.saved
+        self.wy.score_tables_triton, self.wy.dla_delta_pairs_kernel, self.wy.dla_delta_chain_kernel = self.saved
 
 
 class _Launcher:

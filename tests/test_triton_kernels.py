@@ -610,6 +610,30 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit
 
 
 @needs_kernels
+@pytest.mark.parametrize("Dk", [1, 48, 80])
+def test_delta_rule_score_tables_kernel_matches_the_torch_tables(Dk):
+    """``score_tables_triton`` (forward substitution for ``Gs T``, products from memory, key blocks of 64) against
+    ``wy_tables`` (a triangular solve); chunks with padding (``g = b = 0``) and ``b`` up to 1. Measured ~1e-15 of
+    each table's largest entry (float64 rounding of 64-term sums); ``Phi = e^GL (I - K^T Z)`` to ~1e-15 of its
+    terms (at most 1), since it cancels to ~0 where the rule erases (one feature, ``b = 1``)."""
+    from dla_fast.ops.delta_rule.wy_tables import wy_tables
+    from dla_fast.ops.delta_rule.wy_tables_triton import score_tables_triton
+
+    gen = torch.Generator().manual_seed(Dk)
+    k = torch.nn.functional.normalize(torch.randn(2, 3, 64, Dk, generator=gen, dtype=torch.float64), dim=-1)
+    g = -0.2 * torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
+    b = torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
+    b[1, 2] = 1.0
+    g[1, 1, 40:], b[1, 1, 40:] = 0.0, 0.0  # a row that ends inside the chunk
+    got = score_tables_triton(*(x.to(DEV) for x in (k, g, b)))
+    want, _ = wy_tables(None, k, g, b)
+    for name, table in zip(("akap", "kt", "khd", "Phi"), got):
+        table = table.cpu() if name == "khd" else table.cpu().transpose(-1, -2)
+        scale = max(want[name].abs().max().item(), 1.0 if name == "Phi" else 0.0)
+        np.testing.assert_allclose(table.numpy(), want[name].numpy(), rtol=0, atol=1e-13 * scale, err_msg=name)
+
+
+@needs_kernels
 @pytest.mark.parametrize("zeros_from,tau", [(0, 0.6), (64, 1e9)])
 def test_delta_rule_chunked_decisions_walk_the_rows_whose_norm_recursion_cancels(zeros_from, tau, monkeypatch):
     """One key feature, beta = 1 and values that are often zero: the rule erases the open slot to exactly zero,

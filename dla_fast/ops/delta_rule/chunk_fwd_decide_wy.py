@@ -2,7 +2,7 @@
 
 The token walk (``chunk_fwd_decide``) advances the open slot token by token: 64 dependent steps a chunk. Here only
 the open slot at each chunk start ``P_c`` crosses chunks. Everything a score needs comes from the chunk's float64
-tables (``wy_tables``: ``kt``, ``akap``, ``khd``, ``Phi``), the slot read at token t being::
+tables (``wy_tables_triton``: ``kt``, ``akap``, ``khd``, ``Phi``), the slot read at token t being::
 
     y_t = [slot carried in] kt_t^T P_c + sum_{s in the slot's run, s < t} akap[t, s] b_s v_s
 
@@ -32,7 +32,7 @@ from ..common.layout import chunks, rows
 from ..common.score import expm1_triton, information_score_from_decay_triton
 from ..common.triton_utils import next_pow2
 from .chunk_fwd_decide import CHUNK, walk_rows
-from .wy_tables import wy_tables
+from .wy_tables_triton import score_tables_triton
 
 GUARD = 1e-4  # a norm recursion that cancels below this share of its terms sends its row to the token walk
 MAX_WIDTH = 128  # widest head (Dk and Dv) the kernels take (the pair kernel holds [C, Dv] float64 tiles)
@@ -290,11 +290,12 @@ def _chunked_inputs(k, v, g, beta, boundaries, row_tokens, nC):
 
 def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=None, row_lengths=None,
                          eps: float = 1e-6, norm_eps: float = 1e-6, table_elements: int = _TABLE_ELEMENTS,
-                         pair_warps: int = 4, chain_warps: int = 8, pair_group: int = PAIR_GROUP):
+                         table_warps: int = 4, pair_warps: int = 4, chain_warps: int = 8,
+                         pair_group: int = PAIR_GROUP):
     """:func:`chunk_fwd_decide.decide_delta_rule_triton`'s contract (same arguments and results; ``open_states``
     float64), a chunk at a time. Heads up to :data:`MAX_WIDTH` features. ``table_elements`` bounds a block of
-    chunks' largest tables (the stage's memory); ``pair_warps``, ``chain_warps``: the two kernels' warps;
-    ``pair_group``: the starts the pair kernel scores at once (a power of two up to ``C``)."""
+    chunks' largest tables (the stage's memory); ``table_warps``, ``pair_warps``, ``chain_warps``: the three
+    kernels' warps; ``pair_group``: the starts the pair kernel scores at once (a power of two up to ``C``)."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     R, nC, C, dev = B * H, triton.cdiv(T, CHUNK), CHUNK, k.device
@@ -316,10 +317,8 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     block = max(1, table_elements // (R * C * C))
     for c0 in range(0, nC, block):
         nb = min(nC, c0 + block) - c0
-        tab, _ = wy_tables(None, kc[c0:c0 + nb], gc[c0:c0 + nb], bc[c0:c0 + nb])
-        # Feature-major where the kernels read columns or score per token (see dla_delta_pairs_kernel).
-        akapT, ktT, phiT = (tab[n].transpose(-1, -2).contiguous() for n in ("akap", "kt", "Phi"))
-        khd = tab["khd"].contiguous()
+        akapT, ktT, khd, phiT = score_tables_triton(kc[c0:c0 + nb], gc[c0:c0 + nb], bc[c0:c0 + nb],
+                                                    num_warps=table_warps)
         v_b, g_b, b_b, kk_b = (x[c0:c0 + nb].contiguous() for x in (vc, gc, bc, kk))
         vT = v_b.transpose(-1, -2).contiguous()
         bnd_b = bnd[c0:c0 + nb].contiguous() if override else starts
