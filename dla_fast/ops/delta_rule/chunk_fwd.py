@@ -3,8 +3,8 @@
 docs/delta-rule-chunked.md section 7 is the plan and the record:
 
 1. ``dla_delta_decide_kernel`` (``chunk_fwd_decide``, one program per row): every token's score and decision
-   against the explicit open slot (float64), each chunk's boundary mask, the open slot after the call; or, opt-in
-   (``decisions="chunks"``, section 8), the same a chunk at a time from the WY tables (``chunk_fwd_decide_wy``);
+   against the explicit open slot (float64), each chunk's boundary mask, the open slot after the call; or (heads
+   up to 64 features by default, section 8) the same a chunk at a time from the WY tables (``chunk_fwd_decide_wy``);
 2. ``dla_merge_kernel`` (scalar decay's, on those masks and scores): counts, information sums, the merges, each
    start's death and the live starts at every chunk start (``DecidedStructure``);
 3. the partition now fixed, per block of chunks: the WY tables (``wy_tables``), each token's read weights and
@@ -29,6 +29,11 @@ from .chunk_fwd_decide_wy import decide_delta_rule_wy
 from .chunk_fwd_states import slot_states_and_reads
 from .wy_tables import wy_tables
 
+# The widest heads whose decisions "auto" takes a chunk at a time. H200, 2026-12-01 (docs/benchmarks.md run 18):
+# 2.0-2.3x faster than the token walk at 64 features, (2, 4096) and (2, 16384) with 16 heads; 1.16x slower at
+# 128 features with 128 rows (8, 4096, 16), where the walk's one program per row fills the GPU.
+CHUNKED_DECISIONS_WIDTH = 64
+
 # Elements of the largest tensors of a block of chunks ([block, R, C, C] in the tables' dtype): they bound the
 # stage's memory (~0.5 GB).
 _TABLE_ELEMENTS = 1 << 22
@@ -37,14 +42,16 @@ _TABLE_ELEMENTS = 1 << 22
 def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps, decisions, decide_warps):
     """Stages 1-2 from the initial ``cache`` (its sizes ``size0 [R]``): ``(scores [B, T, H] float64,
     DecidedStructure, the open slot after the call [R, Dk, Dv] float64, row lengths [R] int32)``.
-    ``decisions``: ``"tokens"`` (the token walk, ``chunk_fwd_decide``) or ``"chunks"`` (from the WY tables,
-    ``chunk_fwd_decide_wy``; heads up to 128 features). The token walk stays the default until the chunked
-    kernels have been checked and timed on a GPU (docs/delta-rule-chunked.md section 8)."""
+    ``decisions``: ``"tokens"`` (the token walk, ``chunk_fwd_decide``), ``"chunks"`` (from the WY tables,
+    ``chunk_fwd_decide_wy``; heads up to 128 features) or ``"auto"`` (chunks for heads up to
+    :data:`CHUNKED_DECISIONS_WIDTH` features, else tokens)."""
     states, counts, info, _ = cache
     B, T, H, Dk = k.shape
     Dv, K = v.shape[-1], states.shape[2]
     R = B * H
     dev = k.device
+    if decisions == "auto":
+        decisions = "chunks" if max(Dk, Dv) <= CHUNKED_DECISIONS_WIDTH else "tokens"
     open_slot = states.reshape(R, K, Dk, Dv)[torch.arange(R, device=dev), (size0 - 1).clamp(min=0)]
     P = (open_slot.to(torch.float64) * (size0 > 0).view(R, 1, 1)).contiguous()  # advanced in place
     args = dict(open_states=P.view(B, H, Dk, Dv), size=size0.view(B, H), tau=tau, boundaries=boundaries,
@@ -54,7 +61,7 @@ def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps
     elif decisions == "tokens":
         scores, _, masks = decide_delta_rule_triton(k, v, g, beta, num_warps=decide_warps, **args)
     else:
-        raise ValueError(f"decisions must be 'tokens' or 'chunks', got {decisions!r}")
+        raise ValueError(f"decisions must be 'auto', 'tokens' or 'chunks', got {decisions!r}")
     cfg = LaunchConfig(B, T, H, Dk, Dv, K, lowp=False, split=False, prec="ieee")
     full = torch.full((B,), T, device=dev, dtype=torch.int32)
     row_lengths = (full if lengths is None else lengths.to(dev, torch.int32)).repeat_interleave(H).contiguous()
@@ -162,13 +169,13 @@ def _states_and_outputs(q, k, v, g, beta, lam, part: _FixedPartition, states, ta
 
 def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau,
                               eps: float = 1e-6, norm_eps: float = 1e-6, lengths=None, table_dtype=torch.float64,
-                              decisions: str = "tokens", decide_warps: int | None = None):
+                              decisions: str = "auto", decide_warps: int | None = None):
     """DLA with the gated delta-rule backbone on CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``): the
     contract of ``chunk_torch.forward_delta_rule_chunked`` (the cache tensors ``states [B, H, K, Dk, Dv]`` in the
     compute dtype, ``counts``, ``info`` float64, ``size`` updated in place; ``lengths [B]`` or None).
 
     ``table_dtype``: the WY tables' dtype (float64 as the torch path's ``T``); ``decisions``: how stage 1 decides
-    (``"tokens"`` or ``"chunks"``: see ``_decide``); ``decide_warps``: the token walk's warps (None: its
+    (``"auto"``, ``"tokens"`` or ``"chunks"``: see ``_decide``); ``decide_warps``: the token walk's warps (None: its
     default).
 
     Returns ``(o [B, T, H, Dv] cd, scores [B, T, H] float64, starts [B, T, H] bool, merged [B, T, H] int64)``.

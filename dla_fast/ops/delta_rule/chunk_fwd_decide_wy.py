@@ -30,15 +30,15 @@ import triton.language as tl
 
 from ..common.layout import chunks, rows
 from ..common.score import expm1_triton, information_score_from_decay_triton
-from ..common.triton_utils import next_pow2
+from ..common.triton_utils import dot_from_memory, next_pow2
 from .chunk_fwd_decide import CHUNK, walk_rows
-from .wy_tables_triton import score_tables_triton
+from .wy_tables_triton import DOT_K, score_tables_triton
 
 GUARD = 1e-4  # a norm recursion that cancels below this share of its terms sends its row to the token walk
 MAX_WIDTH = 128  # widest head (Dk and Dv) the kernels take (the pair kernel holds [C, Dv] float64 tiles)
 PAIR_GROUP = 8  # starts scored at once by the pair kernel ([G, C] tiles)
 CHAIN_BLOCK = 64  # the chain's Dv block: its [C, block] float64 reads stay in registers
-CHAIN_STAGES = 3  # the chain's outer products: loads in flight (cp.async through shared memory, no registers)
+CHAIN_STAGES = 2  # the chain's products: loads in flight
 _TABLE_ELEMENTS = 1 << 22  # elements of a block's largest tables ([block, R, C, C] float64, 32 MB)
 
 
@@ -162,41 +162,38 @@ def _entry_of_the_path(ptr, base, e, C: tl.constexpr, none):
 
 
 @triton.jit
-def _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, vd,
-                   C: tl.constexpr, BV: tl.constexpr, U: tl.constexpr):
-    """One Dv block of the carried slot's reads ``y = kt P + y0`` (feature-major ``[block, C]``): ``(sum_j y w,
-    sum_j w w, sum P^2)`` over the block's features (``w = v - a y``), by outer products over the key features
-    (float64 FMAs; the operands' loads pipelined ``U`` deep through shared memory)."""
+def _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, v0,
+                   C: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr):
+    """One Dv block (columns ``v0 ..``) of the carried slot's reads ``y = kt P + y0`` (feature-major
+    ``[block, C]``): ``(sum_j y w, sum_j w w)`` over the block's features (``w = v - a y``)."""
     t = tl.arange(0, C)
+    vd = v0 + tl.arange(0, BV)
     inside = vd[:, None] < Dv
+    p_r = p_ptr + r * Dk * Dv + v0
     yT = tl.load(y0T_ptr + (base * Dv + vd[:, None]) * C + t[None, :], mask=inside, other=0.0)
-    p2 = tl.zeros([BV], dtype=tl.float64)
-    for i in tl.range(0, Dk, num_stages=U):
-        p_row = tl.load(p_ptr + (r * Dk + i) * Dv + vd, mask=vd < Dv, other=0.0)
-        yT += p_row[:, None] * tl.load(ktT_ptr + (base * Dk + i) * C + t)[None, :]
-        p2 += p_row * p_row
+    yT += dot_from_memory(p_r, 1, Dv, ktT_ptr + base * Dk * C, C, 1, p_r, Dv - v0, Dk, C, BV, C, BKD, False, STAGES)
     wT = tl.load(vT_ptr + (base * Dv + vd[:, None]) * C + t[None, :], mask=inside, other=0.0) - a[None, :] * yT
-    return tl.sum(yT * wT, 0), tl.sum(wT * wT, 0), tl.sum(p2, 0)
+    return tl.sum(yT * wT, 0), tl.sum(wT * wT, 0)
 
 
 @triton.jit
-def _next_open_slot(phiT_ptr, khd_ptr, v_ptr, p_ptr, b_ptr, base, r, first, carried, Dk, Dv, vd,
-                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, U: tl.constexpr):
-    """One Dv block of the open slot at the next chunk start, written over ``P`` in place: the run of tokens
-    ``first .. C - 1`` at the chunk end, plus ``Phi P`` where the slot was carried through the chunk (loads
-    pipelined ``U`` deep)."""
+def _next_open_slot(phiT_ptr, khd_ptr, v_ptr, p_ptr, b_ptr, base, r, first, carried, Dk, Dv, v0,
+                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr):
+    """One Dv block (columns ``v0 ..``) of the open slot at the next chunk start, written over ``P`` in place: the
+    run of tokens ``first .. C - 1`` at the chunk end, ``khd^T (b v)``, plus ``Phi P`` where the slot was carried
+    through the chunk. Returns the block's ``sum P^2``."""
     kd = tl.arange(0, BK)
-    inside = vd < Dv
-    acc = tl.zeros([BK, BV], dtype=tl.float64)
-    for s in tl.range(first, C, num_stages=U):
-        bv = tl.load(b_ptr + base * C + s) * tl.load(v_ptr + (base * C + s) * Dv + vd, mask=inside, other=0.0)
-        acc += tl.load(khd_ptr + (base * C + s) * Dk + kd, mask=kd < Dk, other=0.0)[:, None] * bv[None, :]
+    vd = v0 + tl.arange(0, BV)
+    p_r = p_ptr + r * Dk * Dv + v0
+    run = base * C + first
+    acc = dot_from_memory(khd_ptr + run * Dk, 1, Dk, v_ptr + run * Dv + v0, Dv, 1, b_ptr + run, Dk, C - first,
+                          Dv - v0, BK, BV, BKD, True, STAGES)
     if carried:
-        for i in tl.range(0, Dk, num_stages=U):
-            p_row = tl.load(p_ptr + (r * Dk + i) * Dv + vd, mask=inside, other=0.0)
-            acc += tl.load(phiT_ptr + (base * Dk + i) * Dk + kd, mask=kd < Dk, other=0.0)[:, None] * p_row[None, :]
+        acc += dot_from_memory(phiT_ptr + base * Dk * Dk, 1, Dk, p_r, Dv, 1, p_r, Dk, Dk, Dv - v0, BK, BV, BKD, False,
+                               STAGES)
     tl.debug_barrier()  # every thread has read this block of P before any overwrites it
-    tl.store(p_ptr + (r * Dk + kd[:, None]) * Dv + vd[None, :], acc, mask=(kd[:, None] < Dk) & inside[None, :])
+    tl.store(p_r + kd[:, None] * Dv + tl.arange(0, BV)[None, :], acc, mask=(kd[:, None] < Dk) & (vd[None, :] < Dv))
+    return tl.sum(tl.sum(acc * acc, 1), 0)
 
 
 # Long: one row's sequential chain over the chunks of a block; splitting it would add a round trip per chunk.
@@ -206,7 +203,8 @@ def dla_delta_chain_kernel(
     pair_ptr, path_ptr, last_ptr, low_ptr,
     p_ptr, has_ptr, flag_ptr, score_ptr, start_ptr, mask_ptr,
     R, nb, c0, T, NC, Dk, Dv,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, U: tl.constexpr, OVERRIDE: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
+    OVERRIDE: tl.constexpr,
 ):
     """Program (row r): chunks c0 .. c0 + nb - 1 in order from the open slot ``P [R, Dk, Dv]`` (float64, in
     global memory, advanced in place) and ``has`` (the row has a slot). Reads the tables transposed where it
@@ -223,6 +221,13 @@ def dla_delta_chain_kernel(
     n_tok = tl.load(rlen_ptr + r)
     low = tl.full([C], 1.0, tl.float64)
     bit = tl.full([C], 1, tl.int64) << t.to(tl.int64)
+    kd = tl.arange(0, BK)
+    nP0 = tl.zeros([], dtype=tl.float64)  # |P|^2 of the open slot at the chunk start
+    for v0 in range(0, Dv, BV):
+        vd = v0 + tl.arange(0, BV)
+        P = tl.load(p_ptr + (r * Dk + kd[:, None]) * Dv + vd[None, :], mask=(kd[:, None] < Dk) & (vd[None, :] < Dv),
+                    other=0.0)
+        nP0 += tl.sum(tl.sum(P * P, 1), 0)
     for j in range(nb):
         base = j * R + r
         c = c0 + j
@@ -235,13 +240,10 @@ def dla_delta_chain_kernel(
         # The carried slot's reads, scores and first boundary e.
         x = tl.zeros([C], dtype=tl.float64)
         ww = tl.zeros([C], dtype=tl.float64)
-        nP0 = tl.sum(x, 0)  # a float64 zero (a loop-carried scalar keeps its first type)
         for v0 in range(0, Dv, BV):
-            vd = v0 + tl.arange(0, BV)
-            yw_b, ww_b, p2_b = _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, vd, C, BV, U)
+            yw_b, ww_b = _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, v0, C, BV, BKD, STAGES)
             x += yw_b
             ww += ww_b
-            nP0 += p2_b
         x = b * x
         ss = b * b * kk * ww
         nP = tl.reshape(_norms_before((a * a)[None, :], (2.0 * a * x + ss)[None, :], nP0, C), [C])
@@ -267,10 +269,10 @@ def dla_delta_chain_kernel(
         tl.store(mask_ptr + r * NC + c, path)
         # The open slot at the next chunk start: the run since the last start (all tokens where none), plus the
         # carried slot through Phi where no token opened a slot.
+        nP0 = tl.zeros([], dtype=tl.float64)
         for v0 in range(0, Dv, BV):
-            vd = v0 + tl.arange(0, BV)
-            _next_open_slot(phiT_ptr, khd_ptr, v_ptr, p_ptr, b_ptr, base, r, last, e == C, Dk, Dv, vd, C, BK, BV,
-                            U)
+            nP0 += _next_open_slot(phiT_ptr, khd_ptr, v_ptr, p_ptr, b_ptr, base, r, last, e == C, Dk, Dv, v0, C, BK,
+                                   BV, BKD, STAGES)
         has = has | (e < C)
     tl.store(has_ptr + r, has.to(tl.int32))
     tl.store(flag_ptr + r, tl.maximum(tl.load(flag_ptr + r), (tl.min(low) < tl.load(scalars_ptr + 4)).to(tl.int32)))
@@ -290,12 +292,13 @@ def _chunked_inputs(k, v, g, beta, boundaries, row_tokens, nC):
 
 def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=None, row_lengths=None,
                          eps: float = 1e-6, norm_eps: float = 1e-6, table_elements: int = _TABLE_ELEMENTS,
-                         table_warps: int = 4, pair_warps: int = 4, chain_warps: int = 8,
-                         pair_group: int = PAIR_GROUP):
+                         table_warps: int = 4, pair_warps: int = 4, chain_warps: int = 8, pair_group: int = PAIR_GROUP,
+                         chain_block: int = CHAIN_BLOCK, chain_stages: int = CHAIN_STAGES):
     """:func:`chunk_fwd_decide.decide_delta_rule_triton`'s contract (same arguments and results; ``open_states``
     float64), a chunk at a time. Heads up to :data:`MAX_WIDTH` features. ``table_elements`` bounds a block of
     chunks' largest tables (the stage's memory); ``table_warps``, ``pair_warps``, ``chain_warps``: the three
-    kernels' warps; ``pair_group``: the starts the pair kernel scores at once (a power of two up to ``C``)."""
+    kernels' warps; ``pair_group``: the starts the pair kernel scores at once (a power of two up to ``C``);
+    ``chain_block``, ``chain_stages``: the chain's Dv block (a power of two) and its products' loads in flight."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     R, nC, C, dev = B * H, triton.cdiv(T, CHUNK), CHUNK, k.device
@@ -332,8 +335,8 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
                                         num_warps=pair_warps)
         dla_delta_chain_kernel[(R,)](ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair,
                                      path, last, low, P, has, flag, scores, starts, masks, R, nb, c0, T, nC, Dk, Dv,
-                                     C=C, BK=BK, BV=min(BV, CHAIN_BLOCK), U=CHAIN_STAGES, OVERRIDE=override,
-                                     num_warps=chain_warps)
+                                     C=C, BK=BK, BV=min(BV, chain_block), BKD=DOT_K, STAGES=chain_stages,
+                                     OVERRIDE=override, num_warps=chain_warps)
     # The rows whose recursion cancelled: the token walk from the start slot (the other rows walk no token).
     walked = walk_rows(k, v, g, beta, start_slot, size.reshape(R), tau, boundaries, row_tokens * flag, eps,
                        norm_eps)

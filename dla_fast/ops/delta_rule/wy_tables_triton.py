@@ -19,28 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common.triton_utils import dot_from_memory
+
 KEY_BLOCK = 64  # key features a block of outputs: the widest float64 tiles are [C, KB] and [KB, KB]
 DOT_K = 16  # the products' reduction step
-
-
-@triton.jit
-def _product(a_ptr, sa_m, sa_k, b_ptr, sb_k, sb_n, scale_ptr, m_lim, k_lim, n_lim,
-             BM: tl.constexpr, BN: tl.constexpr, BKD: tl.constexpr, SCALED: tl.constexpr, STAGES: tl.constexpr):
-    """``sum_k a[m, k] (scale[k]) b[k, n]`` (float64 ``[BM, BN]``) with both operands read from strided memory,
-    ``BKD`` of the reduction at a time (``STAGES`` loads in flight)."""
-    m = tl.arange(0, BM)
-    n = tl.arange(0, BN)
-    acc = tl.zeros([BM, BN], dtype=tl.float64)
-    for k0 in tl.range(0, k_lim, BKD, num_stages=STAGES):
-        kk = k0 + tl.arange(0, BKD)
-        a = tl.load(a_ptr + m[:, None] * sa_m + kk[None, :] * sa_k, mask=(m[:, None] < m_lim) & (kk[None, :] < k_lim),
-                    other=0.0)
-        b = tl.load(b_ptr + kk[:, None] * sb_k + n[None, :] * sb_n, mask=(kk[:, None] < k_lim) & (n[None, :] < n_lim),
-                    other=0.0)
-        if SCALED:
-            b = b * tl.load(scale_ptr + kk, mask=kk < k_lim, other=0.0)[:, None]
-        acc += tl.dot(a, b)
-    return acc
 
 
 @triton.jit(do_not_specialize=["R", "Dk"])
@@ -61,7 +43,7 @@ def dla_delta_score_tables_kernel(
     Gp = tl.where(t == 0, 0.0, tl.gather(Gc, tl.maximum(t - 1, 0), 0))  # Gc[t - 1]
     GL = tl.sum(tl.where(t == C - 1, Gc, 0.0), 0)
     k_chunk = k_ptr + base * C * Dk
-    KK = _product(k_chunk, Dk, 1, k_chunk, 1, Dk, b_ptr, C, Dk, C, C, C, BKD, False, STAGES)
+    KK = dot_from_memory(k_chunk, Dk, 1, k_chunk, 1, Dk, b_ptr, C, Dk, C, C, C, BKD, False, STAGES)
     # A[i] = Gs[i] - sum_{j < i} Gs[i, j] b_j A[j]. LT[j, i] = Gs[i, j] b_j (K K^T is symmetric) gives the
     # coefficients of row i as a vector over j without a layout change.
     LT = tl.where(rows < cols, KK * b[:, None], 0.0)
@@ -80,10 +62,10 @@ def dla_delta_score_tables_kernel(
         kd = kb + tl.arange(0, KB)
         inside = kd[None, :] < Dk
         K = tl.load(k_chunk + rows * Dk + kd[None, :], mask=inside, other=0.0)
-        KM = K - _product(a_chunk, C, 1, k_chunk + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, True, STAGES)
+        KM = K - dot_from_memory(a_chunk, C, 1, k_chunk + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, True, STAGES)
         tl.store(ktT_ptr + (base * Dk + kd[None, :]) * C + rows, tl.exp(Gp)[:, None] * KM, mask=inside)
         tl.store(z_chunk + rows * Dk + kd[None, :], b[:, None] * KM, mask=inside)
-        KN = K - _product(a_chunk, 1, C, k_chunk + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, True, STAGES)
+        KN = K - dot_from_memory(a_chunk, 1, C, k_chunk + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, True, STAGES)
         tl.store(khd_ptr + (base * C + rows) * Dk + kd[None, :], tl.exp(GL - Gc)[:, None] * KN, mask=inside)
     tl.debug_barrier()  # Z is in the scratch for every thread
     eGL = tl.exp(GL)
@@ -91,7 +73,8 @@ def dla_delta_score_tables_kernel(
         di = ib + tl.arange(0, KB)
         for jb in range(0, Dk, KB):
             dj = jb + tl.arange(0, KB)
-            ZK = _product(z_chunk + ib, 1, Dk, k_chunk + jb, Dk, 1, bk, Dk - ib, C, Dk - jb, KB, KB, BKD, False, STAGES)
+            ZK = dot_from_memory(z_chunk + ib, 1, Dk, k_chunk + jb, Dk, 1, bk, Dk - ib, C, Dk - jb, KB, KB, BKD, False,
+                                 STAGES)
             phiT = eGL * (tl.where(di[:, None] == dj[None, :], 1.0, 0.0) - ZK)
             tl.store(phiT_ptr + (base * Dk + di[:, None]) * Dk + dj[None, :], phiT,
                      mask=(di[:, None] < Dk) & (dj[None, :] < Dk))
