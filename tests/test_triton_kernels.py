@@ -609,28 +609,42 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit
         assert max(per_chunk) > 32
 
 
+def test_delta_rule_decides_a_chunk_at_a_time_for_few_narrow_rows():
+    """The measured rule (docs/benchmarks.md run 18): the chunked decisions for up to 64 features and 64 rows."""
+    from dla_fast.ops.delta_rule.chunk_fwd import auto_decisions
+
+    assert auto_decisions(64, 64, 32) == auto_decisions(16, 64, 64) == "chunks"
+    assert auto_decisions(64, 64, 128) == auto_decisions(128, 128, 32) == auto_decisions(64, 65, 1) == "tokens"
+
+
 @needs_kernels
 @pytest.mark.parametrize("Dk", [1, 48, 80])
-def test_delta_rule_score_tables_kernel_matches_the_torch_tables(Dk):
-    """``score_tables_triton`` (forward substitution for ``Gs T``, products from memory, key blocks of 64) against
-    ``wy_tables`` (a triangular solve); chunks with padding (``g = b = 0``) and ``b`` up to 1. Measured ~1e-15 of
-    each table's largest entry (float64 rounding of 64-term sums); ``Phi = e^GL (I - K^T Z)`` to ~1e-15 of its
-    terms (at most 1), since it cancels to ~0 where the rule erases (one feature, ``b = 1``)."""
+def test_delta_rule_table_kernel_matches_the_torch_tables(Dk):
+    """``wy_tables_triton`` (forward substitution for ``Gs T``, products from memory, key blocks of 64) against
+    ``wy_tables`` (a triangular solve), the decisions' tables and the output stage's; chunks with padding
+    (``g = b = 0``) and ``b`` up to 1. Measured ~1e-15 of each table's largest entry (float64 rounding of 64-term
+    sums); ``Phi = e^GL (I - K^T Z)`` to ~1e-15 of its terms (at most 1), since it cancels to ~0 where the rule
+    erases (one feature, ``b = 1``)."""
     from dla_fast.ops.delta_rule.wy_tables import wy_tables
-    from dla_fast.ops.delta_rule.wy_tables_triton import score_tables_triton
+    from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_triton, score_tables_triton
 
     gen = torch.Generator().manual_seed(Dk)
-    k = torch.nn.functional.normalize(torch.randn(2, 3, 64, Dk, generator=gen, dtype=torch.float64), dim=-1)
+    q, k = (torch.nn.functional.normalize(torch.randn(2, 3, 64, Dk, generator=gen, dtype=torch.float64), dim=-1)
+            for _ in range(2))
     g = -0.2 * torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
     b = torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
     b[1, 2] = 1.0
     g[1, 1, 40:], b[1, 1, 40:] = 0.0, 0.0  # a row that ends inside the chunk
-    got = score_tables_triton(*(x.to(DEV) for x in (k, g, b)))
-    want, _ = wy_tables(None, k, g, b)
-    for name, table in zip(("akap", "kt", "khd", "Phi"), got):
-        table = table.cpu() if name == "khd" else table.cpu().transpose(-1, -2)
+    want, _ = wy_tables(q, k, g, b)
+    akapT, ktT, khd, phiT = score_tables_triton(*(x.to(DEV) for x in (k, g, b)))
+    got = dict(akap=akapT.transpose(-1, -2), kt=ktT.transpose(-1, -2), khd=khd, Phi=phiT.transpose(-1, -2))
+    outputs = output_tables_triton(*(x.to(DEV) for x in (q, k, g, b)), dtype=torch.float64)
+    for name in ("khd", "Phi"):  # the same numbers in both modes
+        np.testing.assert_array_equal(outputs[name].cpu().numpy(), got[name].cpu().numpy())
+    got.update(attn=outputs["attn"], qt=outputs["qt"])
+    for name, table in got.items():
         scale = max(want[name].abs().max().item(), 1.0 if name == "Phi" else 0.0)
-        np.testing.assert_allclose(table.numpy(), want[name].numpy(), rtol=0, atol=1e-13 * scale, err_msg=name)
+        np.testing.assert_allclose(table.cpu().numpy(), want[name].numpy(), rtol=0, atol=1e-13 * scale, err_msg=name)
 
 
 @needs_kernels

@@ -3,11 +3,11 @@
 docs/delta-rule-chunked.md section 7 is the plan and the record:
 
 1. ``dla_delta_decide_kernel`` (``chunk_fwd_decide``, one program per row): every token's score and decision
-   against the explicit open slot (float64), each chunk's boundary mask, the open slot after the call; or (heads
-   up to 64 features by default, section 8) the same a chunk at a time from the WY tables (``chunk_fwd_decide_wy``);
+   against the explicit open slot (float64), each chunk's boundary mask, the open slot after the call; or (by
+   default for few, narrow rows: section 8) the same a chunk at a time from the WY tables (``chunk_fwd_decide_wy``);
 2. ``dla_merge_kernel`` (scalar decay's, on those masks and scores): counts, information sums, the merges, each
    start's death and the live starts at every chunk start (``DecidedStructure``);
-3. the partition now fixed, per block of chunks: the WY tables (``wy_tables``), each token's read weights and
+3. the partition now fixed, per block of chunks: the WY tables (``wy_tables_triton``), each token's read weights and
    each chunk's slot map (torch, vectorised from the structure), the intra-chunk part (torch), then
    ``dla_delta_states_kernel`` (``chunk_fwd_states``): the slot states chunk by chunk, all K slots of a row in
    each product, and the reads of the slots live at each chunk start.
@@ -27,16 +27,25 @@ from ..scalar_decay.chunk_fwd_states import CHUNK, start_bits
 from .chunk_fwd_decide import decide_delta_rule_triton
 from .chunk_fwd_decide_wy import decide_delta_rule_wy
 from .chunk_fwd_states import slot_states_and_reads
-from .wy_tables import wy_tables
+from .wy_tables_triton import output_tables_triton
 
-# The widest heads whose decisions "auto" takes a chunk at a time. H200, 2026-12-01 (docs/benchmarks.md run 18):
-# 2.0-2.3x faster than the token walk at 64 features, (2, 4096) and (2, 16384) with 16 heads; 1.16x slower at
-# 128 features with 128 rows (8, 4096, 16), where the walk's one program per row fills the GPU.
+# Where "auto" decides a chunk at a time: heads up to this wide, at most this many rows (B * H). The chunked
+# path's parallel stages grow with the rows, the token walk's time does not until its one program per row fills
+# the GPU. H200, 2026-12-01 (docs/benchmarks.md run 18), 64 features: 2.0-2.3x faster than the walk at 32 rows,
+# the forward 1.3-2.1x faster at (2, 16384) and (1, 65536); at 128 rows (8, 4096) the forward 36 -> 40 ms, slower;
+# 128 features, 128 rows: 19.3 against 16.6 ms for the decisions.
 CHUNKED_DECISIONS_WIDTH = 64
+CHUNKED_DECISIONS_ROWS = 64
 
 # Elements of the largest tensors of a block of chunks ([block, R, C, C] in the tables' dtype): they bound the
 # stage's memory (~0.5 GB).
 _TABLE_ELEMENTS = 1 << 22
+
+
+def auto_decisions(Dk: int, Dv: int, rows: int) -> str:
+    """What ``decisions="auto"`` takes for heads of ``Dk x Dv`` features and ``rows = B * H``."""
+    narrow_and_few = max(Dk, Dv) <= CHUNKED_DECISIONS_WIDTH and rows <= CHUNKED_DECISIONS_ROWS
+    return "chunks" if narrow_and_few else "tokens"
 
 
 def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps, decisions, decide_warps):
@@ -44,14 +53,13 @@ def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps
     DecidedStructure, the open slot after the call [R, Dk, Dv] float64, row lengths [R] int32)``.
     ``decisions``: ``"tokens"`` (the token walk, ``chunk_fwd_decide``), ``"chunks"`` (from the WY tables,
     ``chunk_fwd_decide_wy``; heads up to 128 features) or ``"auto"`` (chunks for heads up to
-    :data:`CHUNKED_DECISIONS_WIDTH` features, else tokens)."""
+    :data:`CHUNKED_DECISIONS_WIDTH` features and up to :data:`CHUNKED_DECISIONS_ROWS` rows, else tokens)."""
     states, counts, info, _ = cache
     B, T, H, Dk = k.shape
     Dv, K = v.shape[-1], states.shape[2]
     R = B * H
     dev = k.device
-    if decisions == "auto":
-        decisions = "chunks" if max(Dk, Dv) <= CHUNKED_DECISIONS_WIDTH else "tokens"
+    decisions = auto_decisions(Dk, Dv, R) if decisions == "auto" else decisions
     open_slot = states.reshape(R, K, Dk, Dv)[torch.arange(R, device=dev), (size0 - 1).clamp(min=0)]
     P = (open_slot.to(torch.float64) * (size0 > 0).view(R, 1, 1)).contiguous()  # advanced in place
     args = dict(open_states=P.view(B, H, Dk, Dv), size=size0.view(B, H), tau=tau, boundaries=boundaries,
@@ -137,7 +145,7 @@ class _FixedPartition:
         return W, coef, dest_f, dest
 
 
-def _states_and_outputs(q, k, v, g, beta, lam, part: _FixedPartition, states, table_dtype):
+def _states_and_outputs(q, k, v, g, beta, lam, part: _FixedPartition, states):
     """Stage 3: ``(o [nC, R, C, Dv], the slot states after the call [R, K, Dk, Dv])`` in float32.
 
     Per block of chunks (its ``[nb, R, C, C]`` tables bound the memory): the WY tables, the read weights and slot
@@ -156,27 +164,26 @@ def _states_and_outputs(q, k, v, g, beta, lam, part: _FixedPartition, states, ta
     block = max(1, _TABLE_ELEMENTS // (R * C * C))
     for b0 in range(0, nC, block):
         b1 = min(nC, b0 + block)
-        q_blk, k_blk, g_blk, beta_blk = (x[b0:b1].to(table_dtype) for x in (qc, kc, gc, bc))
-        tab, _ = wy_tables(q_blk, k_blk, g_blk, beta_blk, score_tables=False)
-        attn, qt, Phi = (tab[n].to(cd) for n in ("attn", "qt", "Phi"))
+        q_blk, k_blk, g_blk, beta_blk = (x[b0:b1].to(torch.float64) for x in (qc, kc, gc, bc))
+        tab = output_tables_triton(q_blk, k_blk, g_blk, beta_blk, dtype=cd)
+        attn, qt, Phi = tab["attn"], tab["qt"], tab["Phi"]
         W, coef, dest_f, dest = part.block(b0, b1, lamc[b0:b1])
         o[b0:b1] = (attn * W) @ bv[b0:b1]
-        kb = (beta_blk.unsqueeze(-1) * tab["khd"]).to(cd)  # the tokens' keys at the chunk end, times beta
+        kb = beta_blk.to(cd).unsqueeze(-1) * tab["khd"]  # the tokens' keys at the chunk end, times beta
         slot_states_and_reads(slots, Phi, kb, qt, vc[b0:b1], coef, dest_f, dest, o[b0:b1], read_f32=not lowp,
                               v_exact=lowp)
     return o, slots.transpose(1, 2)
 
 
 def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau,
-                              eps: float = 1e-6, norm_eps: float = 1e-6, lengths=None, table_dtype=torch.float64,
-                              decisions: str = "auto", decide_warps: int | None = None):
+                              eps: float = 1e-6, norm_eps: float = 1e-6, lengths=None, decisions: str = "auto",
+                              decide_warps: int | None = None):
     """DLA with the gated delta-rule backbone on CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``): the
     contract of ``chunk_torch.forward_delta_rule_chunked`` (the cache tensors ``states [B, H, K, Dk, Dv]`` in the
     compute dtype, ``counts``, ``info`` float64, ``size`` updated in place; ``lengths [B]`` or None).
 
-    ``table_dtype``: the WY tables' dtype (float64 as the torch path's ``T``); ``decisions``: how stage 1 decides
-    (``"auto"``, ``"tokens"`` or ``"chunks"``: see ``_decide``); ``decide_warps``: the token walk's warps (None: its
-    default).
+    ``decisions``: how stage 1 decides (``"auto"``, ``"tokens"`` or ``"chunks"``: see ``_decide``);
+    ``decide_warps``: the token walk's warps (None: its default). The WY tables are float64, as the torch path's.
 
     Returns ``(o [B, T, H, Dv] cd, scores [B, T, H] float64, starts [B, T, H] bool, merged [B, T, H] int64)``.
     """
@@ -191,7 +198,7 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     scores, s, P, row_lengths = _decide(k, v, g, beta, boundaries, (states, counts, info, size), size0, lengths, tau,
                                         eps, norm_eps, decisions, decide_warps)
     part = _FixedPartition(s, size0, row_lengths, K)
-    o, final = _states_and_outputs(q, k, v, g, beta, slot_weights, part, states, table_dtype)
+    o, final = _states_and_outputs(q, k, v, g, beta, slot_weights, part, states)
     # The open slot: the decision kernel's explicit one (float64 per token), as the torch path keeps its scan's.
     open_idx = (s.size - 1).clamp(min=0)
     rows_ = torch.arange(R, device=q.device)
