@@ -25,14 +25,13 @@ def _masks(C: int, device):
     return causal, causal.tril(-1)
 
 
-def wy_tables(q, k, g, b, *, score_tables: bool = True):
+def wy_tables(q, k, g, b):
     """The tables of a block of chunks: ``q, k [..., C, Dk]``, ``g, b [..., C]`` (one dtype).
 
     Returns ``(tables, saved)``: ``tables`` (keys :data:`TABLES`) with ``attn [..., C, C]``
     (``D o (tril(Q K^T) T)``), ``qt``, ``kt``, ``khd [..., C, Dk]`` (``exp(Gc[C-1] - Gc[s]) (T^T K)_s``),
     ``akap [..., C, C]``, ``Phi [..., Dk, Dk]``; ``saved``: the intermediates :func:`wy_tables_adjoint` reads.
-    ``score_tables=False`` leaves out the score's ``kt`` and ``akap`` (the device forward's outputs do not read
-    them); ``q=None`` leaves out ``attn`` and ``qt`` (its decisions do not read them).
+    ``q=None`` leaves out ``attn`` and ``qt`` (the decisions do not read them).
     """
     C, Dk = k.shape[-2:]
     causal, strict = _masks(C, k.device)
@@ -54,10 +53,9 @@ def wy_tables(q, k, g, b, *, score_tables: bool = True):
         D = torch.exp((Gc.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~causal, -torch.inf))
         tables.update(attn=D * (M @ T), qt=torch.exp(Gc).unsqueeze(-1) * (q - M @ Z))
         saved.update(M=M, D=D)
-    if score_tables:
-        Dp = torch.exp((Gp.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~strict, -torch.inf))
-        tables.update(kt=torch.exp(Gp).unsqueeze(-1) * (k - Gs @ Z), akap=Dp * (Gs @ T))
-        saved["Dp"] = Dp
+    Dp = torch.exp((Gp.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~strict, -torch.inf))
+    tables.update(kt=torch.exp(Gp).unsqueeze(-1) * (k - Gs @ Z), akap=Dp * (Gs @ T))
+    saved["Dp"] = Dp
     return tables, saved
 
 
