@@ -13,10 +13,10 @@ and the slot's squared norm following ``nP <- a^2 nP + 2 a x + ss`` (fresh: ``b^
    doubling, for every entry e the starts on the path from e (a bit mask) and its last start. Also the run sums
    ``Y0[t] = sum_{s < t} akap[t, s] b_s v_s`` the carried slot reads, and per start the smallest ratio of the
    norm recursion's result to its terms' magnitudes (how much it cancelled).
-2. ``dla_delta_chain_kernel`` (one program per row, chunks in order): the carried slot's reads (float64 outer
-   products over the key features with ``P_c``, which stays in global memory), its scores and its first boundary
-   e, the chunk's starts from e's path, every token's score, then ``P_{c+1} = Phi P_c + khd^T (b v)`` (no start)
-   or the run since the last start.
+2. ``dla_delta_chain_kernel`` (one program per row, chunks in order): the carried slot's reads (float64
+   tensor-core products with ``P_c``, which stays in global memory, ``dot_from_memory``), its scores and its first
+   boundary e, the chunk's starts from e's path, every token's score, then ``P_{c+1} = Phi P_c + khd^T (b v)``
+   (no start) or the run since the last start.
 
 The recursion cancels where the rule erases the state (section 2 there); a row where some ratio falls below
 ``GUARD`` is decided again by the token walk (only those rows; the launch costs the others nothing).

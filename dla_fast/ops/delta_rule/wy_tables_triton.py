@@ -107,6 +107,9 @@ def dla_delta_wy_tables_kernel(
 def _launch(q, k, g, b, out, scores: bool, num_warps: int, stages: int):
     """One launch over a block of chunks; ``out`` holds the tables it writes (absent ones: any tensor)."""
     nb, R, C, Dk = k.shape
+    given = [x.dtype for x in (q, k, g, b) if x is not None]
+    if any(d != torch.float64 for d in given):
+        raise ValueError(f"wy_tables_triton: q, k, g and b must be float64 (the tables' precision), got {given}")
     f64 = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=torch.float64)  # noqa: E731
     scratch_a, scratch_mq, scratch_z = f64(C, C), f64(C, C) if q is not None else k, f64(C, Dk)
     phi = out["Phi"] if "Phi" in out else out["phiT"]
@@ -134,8 +137,8 @@ def score_tables_triton(k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *, nu
 def output_tables_triton(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *, dtype: torch.dtype,
                          num_warps: int = 4, stages: int = 1):
     """The output stage's tables of a block of chunks (chunk-major float64 ``q, k [nb, R, C, Dk]``, ``g, b``):
-    ``wy_tables(q, k, g, b, score_tables=False)``'s ``attn``, ``qt``, ``khd`` and ``Phi``, computed in float64 and
-    stored in ``dtype``."""
+    ``wy_tables(q, k, g, b)``'s ``attn``, ``qt``, ``khd`` and ``Phi``, computed in float64 and stored in
+    ``dtype``."""
     nb, R, C, Dk = k.shape
     q, k, g, b = (x.contiguous() for x in (q, k, g, b))
     new = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=dtype)  # noqa: E731
