@@ -17,6 +17,7 @@ except ImportError:
     knobs = None
 
 INT32_MAX = 2**31 - 1
+FP64_DOT_K = 16  # dot_from_memory's reduction step: a step's float64 operands take a few registers a warp
 
 
 def launch_jit(kernel, grid, *args, **options):

@@ -30,9 +30,9 @@ import triton.language as tl
 
 from ..common.layout import chunks, rows
 from ..common.score import expm1_triton, information_score_from_decay_triton
-from ..common.triton_utils import dot_from_memory, next_pow2
+from ..common.triton_utils import FP64_DOT_K, dot_from_memory, next_pow2
 from .chunk_fwd_decide import CHUNK, walk_rows
-from .wy_tables_triton import DOT_K, score_tables_triton
+from .wy_tables_triton import score_tables_triton
 
 GUARD = 1e-4  # a norm recursion that cancels below this share of its terms sends its row to the token walk
 MAX_WIDTH = 128  # widest head (Dk and Dv) the kernels take (the pair kernel holds [C, Dv] float64 tiles)
@@ -335,7 +335,7 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
                                         num_warps=pair_warps)
         dla_delta_chain_kernel[(R,)](ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair,
                                      path, last, low, P, has, flag, scores, starts, masks, R, nb, c0, T, nC, Dk, Dv,
-                                     C=C, BK=BK, BV=min(BV, chain_block), BKD=DOT_K, STAGES=chain_stages,
+                                     C=C, BK=BK, BV=min(BV, chain_block), BKD=FP64_DOT_K, STAGES=chain_stages,
                                      OVERRIDE=override, num_warps=chain_warps)
     # The rows whose recursion cancelled: the token walk from the start slot (the other rows walk no token).
     walked = walk_rows(k, v, g, beta, start_slot, size.reshape(R), tau, boundaries, row_tokens * flag, eps,

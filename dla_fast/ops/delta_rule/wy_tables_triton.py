@@ -10,7 +10,7 @@ kernel solves for ``A = Gs T`` instead, since ``T = I - diag(b) A``; then every 
     akap = Dp o A   kt = e^Gp (K - M)   khd = e^(GL - Gc) (K - N)   Phi = e^GL (I - K^T Z),  Z = b (K - M)
     attn = D o (Mq - Mq diag(b) A)   qt = e^Gc (Q - Mq Z),   Mq = causal(Q K^T)
 
-The products are float64 ``tl.dot`` (the FP64 tensor cores) with operands loaded ``DOT_K`` columns at a time
+The products are float64 ``tl.dot`` (the FP64 tensor cores) with operands loaded ``FP64_DOT_K`` columns at a time
 from memory (``A``, ``Mq`` and ``Z`` go through a scratch buffer): a float64 operand held whole in registers takes 128
 registers a warp and spills.
 """
@@ -21,10 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.triton_utils import dot_from_memory
+from ..common.triton_utils import FP64_DOT_K, dot_from_memory
 
 KEY_BLOCK = 64  # key features a block of outputs: the widest float64 tiles are [C, KB] and [KB, KB]
-DOT_K = 16  # the products' reduction step
 
 
 @triton.jit(do_not_specialize=["R", "Dk", "phi_si", "phi_sj"])
@@ -118,7 +117,7 @@ def _launch(q, k, g, b, out, scores: bool, num_warps: int, stages: int):
     dla_delta_wy_tables_kernel[(R, nb)](
         k if q is None else q, k, g, b, scratch_a, scratch_z, scratch_mq, out.get("akapT", k), out.get("ktT", k),
         out["khd"], phi, out.get("attn", k), out.get("qt", k), R, Dk, phi_si, phi_sj,
-        C=C, KB=KB, BKD=DOT_K, STAGES=stages, SCORES=scores, OUTPUTS=q is not None, num_warps=num_warps)
+        C=C, KB=KB, BKD=FP64_DOT_K, STAGES=stages, SCORES=scores, OUTPUTS=q is not None, num_warps=num_warps)
 
 
 def score_tables_triton(k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *, num_warps: int = 4,
