@@ -20,8 +20,11 @@ class TritonSettings:
         table_precision: ``input_precision`` of the table's fp32 dots ("ieee": the decisions read them).
         side_stream: compute the prefix states on a side stream, overlapping the sequential carry scan and
             merge simulation (which occupy only B * H programs).
+        table_overlap: run the table kernel concurrently with the carry scan, which waits on per-(row, chunk)
+            flags. Like ``pipeline``, taken only when 4 B H <= the SM count (``chunk_fwd.concurrent_decisions``).
         pipeline: run the merge simulation concurrently with the carry scan, one chunk behind, through a
-            per-(b, h) flag (measured no faster on the H200; off).
+            per-(b, h) flag. Both: 4-16 % off the forward at (2, 16384) and (1, 65536) on an H200
+            (docs/benchmarks.md run 19), bitwise the same results.
         carry_warps: warps of the carry scan; None: 8 when its state tile exceeds 64 x 64, else 4.
         output_group: old slot states read per tensor-core product in the output kernel.
         bwd_stages: software-pipelining stages of the backward's old-start loop (dq kernel).
@@ -31,7 +34,8 @@ class TritonSettings:
     table_scan: bool = True
     table_precision: str = "ieee"
     side_stream: bool = True
-    pipeline: bool = False
+    table_overlap: bool = True
+    pipeline: bool = True
     carry_warps: int | None = None
     output_group: int = 4
     bwd_stages: int = 2

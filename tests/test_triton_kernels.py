@@ -20,9 +20,11 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
+import triton.language as tl  # noqa: E402
 from triton_here import CUDA, DEV, needs_kernels, rerun_under_interpreter, runs_elsewhere  # noqa: E402
 
 import dla_ref  # noqa: E402
+from dla_fast.ops.scalar_decay import chunk_fwd_decide  # noqa: E402
 from dla_fast.settings import TritonSettings  # noqa: E402
 from dla_ref.synthetic import jittered_regimes as regimes  # noqa: E402
 
@@ -381,13 +383,59 @@ def test_forward_output_grouping(group):
 
 
 @needs_kernels
-@pytest.mark.parametrize("settings", [TritonSettings(table_scan=False), TritonSettings(side_stream=False)],
-                         ids=["table_by_matmuls", "no_side_stream"])
+@pytest.mark.parametrize("settings", [TritonSettings(table_scan=False), TritonSettings(side_stream=False),
+                                      TritonSettings(table_overlap=False, pipeline=False)],
+                         ids=["table_by_matmuls", "no_side_stream", "decision_stages_one_after_another"])
 def test_forward_settings_change_speed_not_results(settings):
     """The tuning knobs compute the same quantities in another order: the same decisions, outputs within fp32."""
     q, k, v, g, w = regimes(1, 150, 2, 16, 16, 5, seed=17, regime_length=5.0, jitter=0.8)
     ref = dla_ref.forward(q, k, v, g, w, tau=0.5)
     _check(*_fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=0.5, settings=settings), ref, 0.5, o_tol=1e-5)
+
+
+@triton.jit
+def _ready_kernel(flag_ptr, c_ptr, out_ptr):
+    i = tl.program_id(0)
+    tl.store(out_ptr + i, chunk_fwd_decide.wait_for_tables(flag_ptr, tl.load(c_ptr + i)))
+
+
+@needs_kernels
+def test_carry_scan_reads_the_run_of_published_table_chunks():
+    """``wait_for_tables`` returns the end of the run of set bits from chunk c within c's 32-chunk word: the carry
+    scan reads no chunk past it before looking at the flags again (it is only ever called with c's bit set)."""
+    words = [0b1, 0b1011, -1, 0x7FFF_FFFF, -(1 << 31), 0b0110_0000, 0x0F0F_0F0F]
+    flags = torch.tensor(words, dtype=torch.int32, device=DEV)
+    bits = [[(w >> j) & 1 for j in range(32)] for w in words]
+    cases = [32 * i + j for i in range(len(words)) for j in range(32) if bits[i][j]]
+    expect = []
+    for c in cases:
+        end = c
+        while end < 32 * (c // 32 + 1) and bits[c // 32][end % 32]:
+            end += 1
+        expect.append(end)
+    out = torch.empty(len(cases), dtype=torch.int32, device=DEV)
+    _ready_kernel[(len(cases),)](flags, torch.tensor(cases, dtype=torch.int32, device=DEV), out)
+    assert out.tolist() == expect
+
+
+@pytest.mark.skipif(not CUDA, reason="the decision stages run concurrently on a GPU only")
+def test_forward_with_concurrent_decision_stages_is_bitwise_the_serial_one():
+    """On a GPU the carry scan waits on the table kernel's flags and the merge simulation on the carry scan's,
+    all three running (few rows: 4 B H <= SMs). Any read of a chunk before its flag would change decisions or
+    scores: every output equals the serial order's, bit for bit, over repeated calls."""
+    from dla_fast.ops.scalar_decay.chunk_fwd import concurrent_decisions, forward_scalar_decay_triton, launch_config
+
+    q, k, v, g, w = regimes(2, 4096, 4, 64, 64, 30, seed=5, regime_length=14.0, jitter=0.3)
+    args = [_t(x, torch.bfloat16) for x in (q, k, v)] + [_t(g), _t(w)]
+    on, off = TritonSettings(), TritonSettings(table_overlap=False, pipeline=False)
+    assert on.table_overlap and on.pipeline
+    assert concurrent_decisions(launch_config(args[0], args[2], args[4]), args[0].device)
+    serial = forward_scalar_decay_triton(*args, tau=0.6, settings=off)
+    for _ in range(5):
+        both = forward_scalar_decay_triton(*args, tau=0.6, settings=on)
+        assert torch.equal(both[0], serial[0])
+        for x, y in zip(both[1] + both[2], serial[1] + serial[2]):
+            assert torch.equal(x, y)
 
 
 HARNESS_EXAMPLES = 12  # drawn cases per run (each runs the kernels; the interpreter is slow)

@@ -160,9 +160,11 @@ def _initial_cache(cfg: LaunchConfig, states, counts, info, size, dev):
 
 
 def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, override: bool,
-                  settings: TritonSettings):
+                  settings: TritonSettings, tflag=None):
     """Stage 1: ``(itab, anc, cvec, decay)``, the per-chunk score tables, orbits, the carry scan's per-token
-    vectors (``CARRY_ROWS`` per token) and each chunk's total decay ``exp(sum g)``."""
+    vectors (``CARRY_ROWS`` per token) and each chunk's total decay. ``tflag`` (int32 ``[BH, cdiv(NC, 32)]``
+    zeros, or None): set each (bh, chunk)'s bit once its outputs are written, for a carry scan running
+    concurrently."""
     f32 = dict(device=k.device, dtype=torch.float32)
     C, NC, BH = CHUNK, cfg.NC, cfg.BH
     BK, BVF, _ = block_sizes(cfg.Dk, cfg.Dv)
@@ -170,19 +172,26 @@ def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, o
     anc = torch.empty(BH, NC, C, device=k.device, dtype=torch.int64)
     cvec = torch.empty(BH, NC, CARRY_ROWS, C, **f32)
     decay = torch.empty(BH, NC, **f32)
-    # 16-bit inputs: registers capped at 128, two programs per SM (sm_90, Triton 3.6: 140-145 uncapped, no spill
-    # either way), 3-5 % off the whole forward (docs/benchmarks.md run 15, call 7). float32 would spill: uncapped.
-    dla_table_kernel[(NC, BH)](
-        k, v, g, row_lengths, itab, anc, cvec, decay, cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps),
-        float(norm_eps), C=C, BK=BK, BVF=BVF, NEED_ANC=not override, LOWP=cfg.lowp, PREC=settings.table_precision,
-        LOGC=int(math.log2(C)), SCAN=settings.table_scan, num_warps=8, maxnreg=128 if cfg.lowp else None,
-    )
-    return itab, anc, cvec, decay
+    tables = (itab, anc, cvec, decay)
+
+    def launch():
+        # 16-bit inputs: registers capped at 128, two programs per SM (sm_90, Triton 3.6: 140-145 uncapped, no
+        # spill either way), 3-5 % off the whole forward (docs/benchmarks.md run 15, call 7). float32 would
+        # spill: uncapped.
+        dla_table_kernel[(NC * BH,)](
+            k, v, g, row_lengths, itab, anc, cvec, decay, decay if tflag is None else tflag, cfg.T, cfg.H, BH,
+            cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps), C=C, BK=BK, BVF=BVF, NEED_ANC=not override,
+            LOWP=cfg.lowp, PREC=settings.table_precision, LOGC=int(math.log2(C)), SCAN=settings.table_scan,
+            PUBLISH=tflag is not None, num_warps=8, maxnreg=128 if cfg.lowp else None,
+        )
+    return tables, launch
 
 
 def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, size0, tau, eps, norm_eps, flag,
-                settings: TritonSettings):
-    """Stage 2: ``(masks [BH, NC], carry scores [BH, NC*C])``; P (the open slot) advanced in place."""
+                pipeline: bool, settings: TritonSettings, tflag=None):
+    """Stage 2: ``((masks [BH, NC], carry scores [BH, NC*C]), launch)``, the outputs allocated here and filled
+    by ``launch()``; P (the open slot) advanced in place. ``tflag``: the table kernel's flags when it runs
+    concurrently (the scan then waits on them), else None."""
     _, anc, cvec, decay = tables
     dev = k.device
     masks = torch.empty(cfg.BH, cfg.NC, device=dev, dtype=torch.int64)
@@ -192,13 +201,15 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     BK, BVF, _ = block_sizes(cfg.Dk, cfg.Dv)
     BVC = BVF if BVF <= 128 else 64  # the carry kernel keeps P in registers up to Dv = 128
     warps = settings.carry_warps or (8 if BK * BVC > 64 * 64 else 4)
-    dla_carry_kernel[(cfg.BH,)](
-        k, v, bnd, row_lengths, anc, cvec, decay, P, size0, masks, cscores,
-        cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps),
-        C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=cfg.prec,
-        SPLIT=cfg.split, PIPE=settings.pipeline, flag_ptr=flag, num_warps=warps,
-    )
-    return masks, cscores
+
+    def launch():
+        dla_carry_kernel[(cfg.BH,)](
+            k, v, bnd, row_lengths, anc, cvec, decay, decay if tflag is None else tflag, P, size0, masks, cscores,
+            cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps),
+            C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=cfg.prec,
+            SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag, WAIT_TABLES=tflag is not None, num_warps=warps,
+        )
+    return (masks, cscores), launch
 
 
 def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
@@ -227,29 +238,68 @@ def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscore
     return s
 
 
+def concurrent_decisions(cfg: LaunchConfig, device) -> bool:
+    """Whether the decision stages may wait on each other's flags (``TritonSettings.table_overlap`` and
+    ``pipeline``): the carry scan on the table kernel's, the merge simulation on the carry scan's. Under the
+    interpreter the kernels run one after the other, through the same flags.
+
+    On a GPU a stage that waits holds its SMs, so the stage it waits for must always find room beside it:
+    taken only when the B*H carry programs (at most two per SM) and merge programs (one warp each) leave at
+    least three quarters of the SMs free, so that a few such forwards running at once on other streams cannot
+    fill the GPU. With more rows the sequential stages already occupy much of the GPU.
+    """
+    if interpreting():
+        return True
+    return device.type == "cuda" and torch.cuda.get_device_properties(device).multi_processor_count >= 4 * cfg.BH
+
+
 def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, tau, eps, norm_eps,
             settings: TritonSettings, profile) -> DecidedStructure:
-    """Stages 1-3 on the current stream (the merge simulation on its own stream when pipelined)."""
-    tables = _score_tables(cfg, k, v, g, row_lengths, tau, eps, norm_eps, boundaries is not None, settings)
-    mark_stage(profile, "carry")
+    """Stages 1-3 on the current stream; the carry scan on its own stream when it overlaps the table kernel,
+    the merge simulation on its own when pipelined (``concurrent_decisions``)."""
+    dev = k.device
+    on_gpu = dev.type == "cuda" and not interpreting()
+    main = torch.cuda.current_stream(dev) if on_gpu else None
+    few_rows = concurrent_decisions(cfg, dev)
+    overlap = settings.table_overlap and few_rows
+    pipeline = settings.pipeline and few_rows
+    # table overlap on a GPU: the carry scan runs on a high-priority stream (the block scheduler gives it SMs
+    # before the table kernel's remaining programs) and waits chunk by chunk on the (bh, chunk) flags the table
+    # kernel sets. The table kernel is launched first: with CUDA's lazy module loading, loading a kernel can wait
+    # for the running ones, so launching the kernel that is waited on after the one that waits can deadlock.
+    concurrent = overlap and on_gpu
+    tflag = torch.zeros(cfg.BH, triton.cdiv(cfg.NC, 32), device=dev, dtype=torch.int32) if overlap else None
+    tables, launch_tables = _score_tables(cfg, k, v, g, row_lengths, tau, eps, norm_eps, boundaries is not None,
+                                          settings, tflag)
     # pipeline: the merge simulation runs concurrently with the carry scan (its own stream), one chunk behind,
     # synchronised by a per-(b, h) flag; the two sequential passes then overlap.
-    flag = torch.zeros(cfg.BH, device=k.device, dtype=torch.int32)
-    on_gpu = k.device.type == "cuda" and not interpreting()
-    mstream = torch.cuda.Stream(device=k.device) if (settings.pipeline and on_gpu) else None
+    flag = torch.zeros(cfg.BH, device=dev, dtype=torch.int32)
+    (masks, cscores), launch_carry = _carry_scan(cfg, k, v, g, boundaries, row_lengths, tables, P, size0, tau, eps,
+                                                 norm_eps, flag, pipeline, settings, tflag)
+    mstream = torch.cuda.Stream(device=dev) if (pipeline and on_gpu) else None
+    if concurrent:
+        cstream = torch.cuda.Stream(device=dev, priority=-1)
+        cstream.wait_stream(main)  # the inputs, not the tables
+    launch_tables()
+    if concurrent:
+        with torch.cuda.stream(cstream):
+            launch_carry()
     if mstream is not None:
-        mstream.wait_stream(torch.cuda.current_stream(k.device))
-    masks, cscores = _carry_scan(cfg, k, v, g, boundaries, row_lengths, tables, P, size0, tau, eps, norm_eps, flag,
-                                 settings)
-    scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=k.device, dtype=torch.float32)
-    if not settings.pipeline:
+        mstream.wait_stream(main)
+    mark_stage(profile, "carry")  # when concurrent: the carry scan's time after the table kernel's end
+    if concurrent:
+        main.wait_stream(cstream)
+    else:
+        launch_carry()
+    scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
+    if not pipeline:
         dla_scores_kernel[(cfg.NC, cfg.BH)](tables[0], masks, cscores, scores, cfg.T, C=CHUNK, num_warps=4)
     mark_stage(profile, "merge")
     with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
         structure = merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
-                                      flag, settings.pipeline)
+                                      flag, pipeline)
     if mstream is not None:
-        torch.cuda.current_stream(k.device).wait_stream(mstream)
+        main.wait_stream(mstream)
     return structure
 
 

@@ -49,19 +49,23 @@ CARRY_ROWS = tl.constexpr(8)
 @triton.jit(do_not_specialize=["T"])
 def dla_table_kernel(
     k_ptr, v_ptr, g_ptr, rlen_ptr,
-    itab_ptr, anc_ptr, cvec_ptr, decay_ptr,
-    T, H, Dk, Dv, tau, eps, norm_eps,
+    itab_ptr, anc_ptr, cvec_ptr, decay_ptr, tflag_ptr,
+    T, H, BH, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BVF: tl.constexpr,
     NEED_ANC: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, LOGC: tl.constexpr, SCAN: tl.constexpr,
+    PUBLISH: tl.constexpr,
 ):
-    """Program (chunk c, bh): score table I[t, p] for p < t, orbit bitmasks, and the carry scan's per-token
-    vectors (the chunk-start column and the decay terms, ``cvec``) and the chunk's total decay.
+    """Program (chunk c, bh), numbered chunk-major (all rows' chunk 0 first): score table I[t, p] for p < t,
+    orbit bitmasks, and the carry scan's per-token vectors (the chunk-start column and the decay terms,
+    ``cvec``) and the chunk's total decay. PUBLISH: then set the (bh, c) flag (bit c % 32 of the row's word
+    c // 32) for a carry scan that runs concurrently and waits on it (chunk-major numbering: the chunks are done
+    roughly in the order it needs them).
 
     FLOPs per chunk: 2 C^2 (Dk + Dv) (Gram) + 4 C^3 (two table matmuls, fp32); bytes: C (Dk + Dv) input
     elements in, 4 C^2 (table) + 8 C (bitmasks) + 32 C (carry vectors) out.
     """
-    c = tl.program_id(0)
-    bh = tl.program_id(1)
+    c = tl.program_id(0) // BH
+    bh = tl.program_id(0) % BH
     NC = tl.cdiv(T, C)
     b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
     kd = tl.arange(0, BK)
@@ -134,6 +138,9 @@ def dla_table_kernel(
             A = tl.where(has, A | AJ, A)
             J = tl.where(has, JJ, C)
         tl.store(anc_ptr + base * C + t_idx, A)
+    if PUBLISH:  # every thread's stores above, then the flag (release: they are visible before it is)
+        tl.debug_barrier()
+        tl.atomic_or(tflag_ptr + bh * tl.cdiv(NC, 32) + c // 32, 1 << (c % 32), sem="release")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -144,12 +151,30 @@ def dla_table_kernel(
 @triton.jit
 def load_carry_vectors(cvec_ptr, row_chunk, t_idx, inb, C: tl.constexpr):
     """The table's carry vectors of one chunk (``row_chunk = bh * NC + c``; 0 where ``inb`` is false), in the
-    order of the ``CV_*`` rows."""
+    order of the ``CV_*`` rows. Read through L2 only (``.cg``): the table kernel may write them while the carry
+    scan runs, and L1 is not coherent."""
     p = cvec_ptr + row_chunk * CARRY_ROWS * C + t_idx
-    return (tl.load(p + CV_X0 * C, mask=inb, other=0.0), tl.load(p + CV_NP0 * C, mask=inb, other=0.0),
-            tl.load(p + CV_SS * C, mask=inb, other=0.0), tl.load(p + CV_EG * C, mask=inb, other=0.0),
-            tl.load(p + CV_ASH * C, mask=inb, other=0.0), tl.load(p + CV_A * C, mask=inb, other=0.0),
-            tl.load(p + CV_EM1 * C, mask=inb, other=0.0), tl.load(p + CV_WD * C, mask=inb, other=0.0))
+    return (tl.load(p + CV_X0 * C, mask=inb, other=0.0, cache_modifier=".cg"),
+            tl.load(p + CV_NP0 * C, mask=inb, other=0.0, cache_modifier=".cg"),
+            tl.load(p + CV_SS * C, mask=inb, other=0.0, cache_modifier=".cg"),
+            tl.load(p + CV_EG * C, mask=inb, other=0.0, cache_modifier=".cg"),
+            tl.load(p + CV_ASH * C, mask=inb, other=0.0, cache_modifier=".cg"),
+            tl.load(p + CV_A * C, mask=inb, other=0.0, cache_modifier=".cg"),
+            tl.load(p + CV_EM1 * C, mask=inb, other=0.0, cache_modifier=".cg"),
+            tl.load(p + CV_WD * C, mask=inb, other=0.0, cache_modifier=".cg"))
+
+
+@triton.jit
+def wait_for_tables(tflag_ptr, c):
+    """Spin until the table kernel has published chunk ``c`` of this row (bit ``c % 32`` of word ``c // 32`` of
+    the row's flags, ``tflag_ptr``), then return the end of the run of published chunks from ``c`` within that
+    word: the carry scan need not read the flags again before that chunk. Scalars only, no vector reduction:
+    the loop around it keeps its registers and barriers."""
+    word = tl.atomic_add(tflag_ptr + c // 32, 0, sem="acquire")
+    while ((word >> (c % 32)) & 1) == 0:
+        word = tl.atomic_add(tflag_ptr + c // 32, 0, sem="acquire")
+    holes = ~((word.to(tl.int64) & 0xFFFFFFFF) >> (c % 32)) & 0x1FFFFFFFF  # a zero past the word: never empty
+    return c + bit_index(holes & -holes)
 
 
 @triton.jit
@@ -164,11 +189,12 @@ def first_hit_combine(t1, orbit1, t2, orbit2):
 @triton.jit(do_not_specialize=["T"])
 def dla_carry_kernel(
     k_ptr, v_ptr, bnd_ptr, rlen_ptr,
-    anc_ptr, cvec_ptr, decay_ptr,
+    anc_ptr, cvec_ptr, decay_ptr, tflag_ptr,
     p_ptr, size_ptr, mask_ptr, cscore_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr,
     OVERRIDE: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PIPE: tl.constexpr, flag_ptr,
+    WAIT_TABLES: tl.constexpr,
 ):
     """Program (bh): walks the chunks. P (the open slot, fp32 [Dk, Dv]) stays in registers when Dv fits
     one block (NVB == 1), else lives in p_ptr (L2-resident) and is processed in Dv blocks of BV.
@@ -179,7 +205,9 @@ def dla_carry_kernel(
     masked to t >= L. The per-token decay terms come from the table kernel (``cvec``); the next chunk's inputs
     are loaded, and this chunk's weighted keys formed (and split), before the chain.
     Writes the carry scores (the score of t against the carried slot, valid up to the first boundary)
-    and the chunk's boundary mask; dla_scores_kernel assembles the final scores in parallel."""
+    and the chunk's boundary mask; dla_scores_kernel assembles the final scores in parallel.
+    WAIT_TABLES: the table kernel runs concurrently (``PUBLISH``); a chunk's table outputs are read only after
+    its flag is seen (``wait_for_tables``: one atomic read per 32 chunks while the tables are ahead)."""
     bh = tl.program_id(0)
     b = bh // H
     h = bh % H
@@ -199,9 +227,13 @@ def dla_carry_kernel(
     trow = (b * T + tok) * H + h
     kc = load_rows(k_ptr, trow, valid, kd, Dk)
     vc = load_rows(v_ptr, trow, valid, vd, Dv)
+    tflags = tflag_ptr + bh * tl.cdiv(NC, 32)
+    ready = 0  # chunks [0, ready) of the tables are known to be written
+    if WAIT_TABLES:
+        ready = wait_for_tables(tflags, 0)
     X0, NP0, ss, eG, ash, a, em1, wd = load_carry_vectors(cvec_ptr, bh * NC, t_idx, t_idx < C, C)
-    eGl = tl.load(decay_ptr + bh * NC)
-    anc_row = tl.load(anc_ptr + bh * NC * C + tok)
+    eGl = tl.load(decay_ptr + bh * NC, cache_modifier=".cg")
+    anc_row = tl.load(anc_ptr + bh * NC * C + tok, cache_modifier=".cg")
     for c in range(NC):
         tok = c * C + t_idx
         valid = tok < T
@@ -212,10 +244,13 @@ def dla_carry_kernel(
         rown = (b * T + tokn) * H + h
         kn = load_rows(k_ptr, rown, validn, kd, Dk)
         vn = load_rows(v_ptr, rown, validn, vd, Dv)
+        if WAIT_TABLES:  # noqa: SIM102 (a compile-time branch around a run-time one)
+            if (c + 1 < NC) & (c + 1 >= ready):
+                ready = wait_for_tables(tflags, c + 1)
         inb = tokn < NC * C
         X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn = load_carry_vectors(cvec_ptr, bh * NC + c + 1, t_idx, inb, C)
-        eGln = tl.load(decay_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0.0)
-        ancn = tl.load(anc_ptr + bh * NC * C + tokn, mask=inb, other=0)
+        eGln = tl.load(decay_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0.0, cache_modifier=".cg")
+        ancn = tl.load(anc_ptr + bh * NC * C + tokn, mask=inb, other=0, cache_modifier=".cg")
         kf = kc.to(tl.float32)
         # Off the chain: every token's key weighted for the chunk-end state (and split for the bf16 product);
         # the update masks the tokens before the last boundary.
