@@ -14,6 +14,9 @@ precision; docs/chunked-algorithm.md: the notation):
 5. ``dla_output_kernel`` (parallel over (bh, chunk, Dv block)): masked intra-chunk attention plus the
    telescoped reads of the older slots; ``dla_final_kernel``: the final cache.
 
+With few rows (``concurrent_decisions``) stages 1-3 run concurrently: the carry scan waits on per-chunk flags
+the table kernel sets, the merge simulation on the carry scan's (``TritonSettings.table_overlap``, ``pipeline``).
+
 The kernels do not specialise on the sequence length ``T`` nor on the data-dependent number of surviving
 starts (``do_not_specialize``): Triton would otherwise compile them again whenever ``T`` or that count
 changes divisibility by 16 (each compile takes seconds; docs/triton.md).
