@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""Kernel timeline of one scalar-decay Triton forward on a GPU: which kernels run when, on which stream.
+
+The stage profile (``forward_scalar_decay_triton(profile=...)``) times windows between CUDA events on the
+current stream, which also hold the glue and the host's launch time; it cannot say whether two kernels on
+different streams overlapped. This takes the kernels' own start and end times (CUPTI, through
+``torch.profiler``) for one call after two warm-up calls, prints them in start order with the stream, and says
+how long each pair of the decision stages (table, carry scan, merge simulation) ran at the same time.
+
+    python benchmarks/forward_timeline.py --out DIR [--config 2x16384] [--workload moderate] [--serial]
+
+Writes ``forward_timeline_<card>_<date>_<config>_<workload>.json`` (the kernel list) and the Chrome trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import CONFIGS, K_SLOTS, TAU, WORKLOADS, workload  # noqa: E402
+
+from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
+
+STAGES = {"table": "dla_table_kernel", "carry": "dla_carry_kernel", "merge": "dla_merge_kernel"}
+
+
+def kernels_of(trace_path: str) -> list[dict]:
+    """The GPU kernels of a Chrome trace: name, stream, start and duration (us), in start order."""
+    with open(trace_path) as f:
+        events = json.load(f)["traceEvents"]
+    ks = [dict(name=e["name"], stream=e.get("args", {}).get("stream"), ts=float(e["ts"]), dur=float(e["dur"]))
+          for e in events if e.get("cat") == "kernel"]
+    ks.sort(key=lambda e: e["ts"])
+    t0 = ks[0]["ts"] if ks else 0.0
+    for e in ks:
+        e["start_us"] = e["ts"] - t0
+        e["end_us"] = e["start_us"] + e["dur"]
+    return ks
+
+
+def overlap_us(ks: list[dict], a: str, b: str) -> float | None:
+    """Microseconds during which a kernel named like ``a`` and one named like ``b`` both ran."""
+    ka = [e for e in ks if a in e["name"]]
+    kb = [e for e in ks if b in e["name"]]
+    if not ka or not kb:
+        return None
+    return sum(max(0.0, min(x["end_us"], y["end_us"]) - max(x["start_us"], y["start_us"])) for x in ka for y in kb)
+
+
+def main():
+    from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--config", default="2x16384", help="BxT or BxTxD of gpu_bench's configs")
+    ap.add_argument("--workload", default="moderate", choices=list(WORKLOADS))
+    ap.add_argument("--serial", action="store_true", help="table_overlap=False, pipeline=False")
+    args = ap.parse_args()
+    want = args.config.split("x")
+    cfg = next(c for c in CONFIGS if [str(c[0]), str(c[1])] == want[:2] and (len(want) < 3 or str(c[3]) == want[2]))
+    settings = dataclasses.replace(DEFAULT_SETTINGS, table_overlap=False, pipeline=False) if args.serial \
+        else DEFAULT_SETTINGS
+    B, T, H, Dk, Dv = cfg
+    q, k, v, g, w = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS[args.workload], seed=11)
+
+    def call():
+        return forward_scalar_decay_triton(q, k, v, g, w, tau=TAU, settings=settings)
+
+    call()
+    call()
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        call()
+        torch.cuda.synchronize()
+    card = torch.cuda.get_device_name().replace(" ", "_")
+    stem = os.path.join(args.out, f"forward_timeline_{card}_{datetime.date.today()}_{args.config}_{args.workload}"
+                        + ("_serial" if args.serial else ""))
+    prof.export_chrome_trace(stem + ".trace.json")
+    ks = kernels_of(stem + ".trace.json")
+    for e in ks:
+        print(f"{e['start_us']:9.1f} {e['end_us']:9.1f} {e['dur']:8.1f} us  stream {e['stream']!s:>4}  "
+              f"{e['name'][:70]}")
+    pairs = {f"{a}+{b}": overlap_us(ks, STAGES[a], STAGES[b]) for a, b in (("table", "carry"), ("carry", "merge"))}
+    span = ks[-1]["end_us"] if ks else 0.0
+    print(f"{cfg} {args.workload} {'serial' if args.serial else 'default'}: kernels span {span:.1f} us; "
+          f"overlap (us): {pairs}")
+    with open(stem + ".json", "w") as f:
+        json.dump(dict(config=list(cfg), workload=args.workload, settings=dataclasses.asdict(settings),
+                       card=torch.cuda.get_device_name(), kernels=ks, overlap_us=pairs), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
