@@ -23,7 +23,7 @@ class TritonSettings:
         table_overlap: run the table kernel concurrently with the carry scan, which waits on per-(row, chunk)
             flags. Like ``pipeline``, taken only when 4 B H <= the SM count (``chunk_fwd.concurrent_decisions``).
         pipeline: run the merge simulation concurrently with the carry scan, one chunk behind, through a
-            per-(b, h) flag. Both: 4-16 % off the forward at (2, 16384) and (1, 65536) on an H200
+            per-(b, h) flag. Both: 7-16 % off the forward at (2, 16384) and (1, 65536) on an H200
             (docs/benchmarks.md run 19), bitwise the same results.
         carry_warps: warps of the carry scan; None: 8 when its state tile exceeds 64 x 64, else 4.
         output_group: old slot states read per tensor-core product in the output kernel.

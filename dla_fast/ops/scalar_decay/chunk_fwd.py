@@ -266,11 +266,12 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     few_rows = concurrent_decisions(cfg, dev)
     overlap = settings.table_overlap and few_rows
     pipeline = settings.pipeline and few_rows
-    # table overlap on a GPU: the carry scan runs on a high-priority stream (the block scheduler gives it SMs
-    # before the table kernel's remaining programs) and waits chunk by chunk on the (bh, chunk) flags the table
-    # kernel sets. The table kernel is launched first: launching the kernel that is waited on after the one that
-    # waits can deadlock (run 19: with lazy module loading a first launch can wait for the running kernels, and
-    # two streams may share a hardware queue).
+    # table overlap on a GPU: the carry scan runs on a high-priority stream (so that the block scheduler may place
+    # its programs before the table kernel's remaining ones; run 19 measured less overlap than expected:
+    # docs/performance.md) and waits chunk by chunk on the (bh, chunk) flags the table kernel sets. The table
+    # kernel is launched first: launching the kernel that is waited on after the one that waits can deadlock
+    # (run 19: with lazy module loading a first launch can wait for the running kernels, and two streams may
+    # share a hardware queue).
     concurrent = overlap and on_gpu
     tflag = torch.zeros(cfg.BH, triton.cdiv(cfg.NC, 32), device=dev, dtype=torch.int32) if overlap else None
     tables, launch_tables = _score_tables(cfg, k, v, g, row_lengths, tau, eps, norm_eps, boundaries is not None,
