@@ -486,7 +486,9 @@ def _backward_profile(q, k, v, g, w, dO):
         backward_scalar_decay_triton(*args, profile=prof)
         backward_scalar_decay_triton(*args, profile=prof)
         ms = bench_ms(lambda: backward_scalar_decay_triton(*args), rep=50)
-    return {kk: round(vv, 3) for kk, vv in prof.items() if kk.endswith("_ms")}, ms
+    stages = {kk: round(vv, 3) for kk, vv in prof.items() if kk.endswith("_ms")}
+    stages["surviving_starts"] = prof.get("surviving_starts")  # the size of dB and B (8 KiB each at D = 64, bf16)
+    return stages, ms
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -134,6 +134,7 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
     )
     B, H, K, Dk, Dv = dims.B, dims.H, dims.K, dims.Dk, dims.Dv
     cd = compute_dtype(q)
+    has_initial = cache is not None
     if cache is None:
         cache = Cache.empty(B, H, K, Dk, Dv, dtype=cd, device=q.device)
     # A working copy (the caller's cache is not modified); info accumulates in float64.
@@ -144,8 +145,8 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
     triton_structure = None
     if beta is None and uses_triton(q, Dk, Dv):
         o, scores, starts, merged, triton_structure = _forward_triton(
-            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, eps=eps, norm_eps=norm_eps,
-            lengths=lengths,
+            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, has_initial, eps=eps,
+            norm_eps=norm_eps, lengths=lengths,
         )
     elif beta is None:
         o, scores, starts, merged = forward_scalar_decay(
@@ -169,15 +170,18 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
     return o.to(q.dtype), final, trace, triton_structure
 
 
-def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, *, eps, norm_eps,
-                    lengths=None):
-    """The Triton prefill (docs/triton.md) behind ``forward_scalar_decay``'s contract: the cache in place."""
+def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, has_initial: bool, *,
+                    eps, norm_eps, lengths=None):
+    """The Triton prefill (docs/triton.md) behind ``forward_scalar_decay``'s contract: the cache in place.
+    Without an initial cache (``has_initial`` False) the kernels are told so, rather than given an empty one:
+    they then skip the initial slots' prefix states and pseudo starts (zeros)."""
     from .ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
     dtype = q.dtype
+    initial = dict(states=states, counts=counts, info=info.float(), size=size) if has_initial else {}
     o, (states_out, counts_out, info_out, size_out), (scores, starts, merged), structure = forward_scalar_decay_triton(
-        q, k.to(dtype), v.to(dtype), g, slot_weights, tau=tau, boundaries=boundaries,
-        states=states, counts=counts, info=info.float(), size=size, eps=eps, norm_eps=norm_eps, lengths=lengths,
+        q, k.to(dtype), v.to(dtype), g, slot_weights, tau=tau, boundaries=boundaries, eps=eps, norm_eps=norm_eps,
+        lengths=lengths, **initial,
     )  # fmt: skip
     for cache_tensor, result in ((states, states_out), (counts, counts_out), (info, info_out), (size, size_out)):
         cache_tensor.copy_(result)

@@ -79,6 +79,9 @@ class DLAFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, g, slot_weights, beta, init_states, tau, record: _Record):
         # The outputs are handed back, not kept: the context holds the structure and the scalars only.
         ctx.record = dataclasses.replace(record, o=None, final_states=None)
+        # An output the loss does not reach gets None, not a zero tensor: a final cache left out of the loss
+        # then costs the backward no [B, H, K, Dk, Dv] gradient and no work on it (docs/training.md, memory).
+        ctx.set_materialize_grads(False)
         # The Triton backward needs the final states for dg (the torch one recomputes them): an output, so
         # saved through save_for_backward, the documented way to keep an output for the backward.
         final = record.final_states if record.structure.triton is not None else None

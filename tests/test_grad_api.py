@@ -51,6 +51,23 @@ def test_no_graph_unless_an_input_requires_grad():
 
 
 @pytest.mark.parametrize("beta", [False, True])
+def test_an_output_left_out_of_the_loss_adds_nothing(beta):
+    """Autograd hands the backward None for an output the loss does not reach (no zero tensor is made): the
+    gradients equal those of the same loss plus zero times that output, exactly."""
+    x = inputs(3, T=70, K=3, beta=beta)
+    names = list(x)
+
+    def grads(loss_of):
+        o, final, _ = dla_fast.forward(**x, tau=0.4, chunk_size=16)
+        return torch.autograd.grad(loss_of(o, final.states), [x[n] for n in names], allow_unused=True)
+
+    for left_out, loss in (("final", lambda o, S: o.square().sum()), ("o", lambda o, S: S.square().sum())):
+        zero = grads(lambda o, S, loss=loss: loss(o, S) + 0.0 * (S.sum() + o.sum()))
+        for n, a, b in zip(names, grads(loss), zero):
+            assert torch.equal(a, b), (left_out, n)
+
+
+@pytest.mark.parametrize("beta", [False, True])
 def test_a_long_multi_chunk_call_matches_the_oracle(beta):
     """T = 150 with the default chunk (64): three chunks, many boundaries and merges, an initial cache."""
     x = inputs(1, T=150, K=4, beta=beta)

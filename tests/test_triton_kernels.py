@@ -373,6 +373,22 @@ def test_unsupported_head_sizes_raise():
 
 
 @needs_kernels
+def test_forward_without_an_initial_cache_equals_an_empty_one():
+    """No initial cache (``dla_fast.forward``'s default since run 19 skips the initial slots' prefix states and
+    pseudo starts) and an explicit empty one: the same decisions, cache and outputs, bit for bit."""
+    q, k, v, g, w = (_t(x) for x in regimes(1, 150, 2, 32, 32, 5, seed=21, regime_length=6.0, jitter=0.5))
+    B, _, H, Dk = q.shape
+    K = w.shape[-1]
+    empty = dict(states=torch.zeros(B, H, K, Dk, v.shape[-1], device=DEV),
+                 counts=torch.zeros(B, H, K, dtype=torch.int64, device=DEV),
+                 info=torch.zeros(B, H, K, device=DEV), size=torch.zeros(B, H, dtype=torch.int64, device=DEV))
+    none, given = _fwd(q, k, v, g, w, tau=0.5), _fwd(q, k, v, g, w, tau=0.5, **empty)
+    assert torch.equal(none[0], given[0])
+    for a, b in zip(none[1] + none[2], given[1] + given[2]):
+        assert torch.equal(a, b)
+
+
+@needs_kernels
 @pytest.mark.parametrize("group", [1, 8])
 def test_forward_output_grouping(group):
     """The output kernel reads old slot states `group` at a time; the result does not depend on it."""

@@ -430,13 +430,14 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
         q, k, v, g, slot_weights, dO, dk, dv, dgk, s.masks, s.death, dhc, db, off, spos,
         T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, LOWP=cfg.lowp, PREC=cfg.prec, num_warps=8,
     )
+    dinit = None if states0 is None else _initial_adjoint(cfg, dhc, db, nsurv, size0)
+    del db, dhc, hs  # the largest buffers, dead from here: not alive under dg's float64 temporaries
     # dg: dL/dG[t] = q_t.dq_t - k_t.dk_t (+ <S_final, dS_final> at T - 1), reverse cumulative sum.
     mark_stage(profile, "dg")
     dG = (dgq.double() - dgk.double()).flip(1).cumsum(1).flip(1)
     if dS_final is not None:
         dG += (final_states.double().reshape(BH, K, cfg.Dk, cfg.Dv) * dS_final.double()).sum((1, 2, 3)).view(BH, 1)
     dG = dG.view(B, H, T).permute(0, 2, 1)
-    dinit = None if states0 is None else _initial_adjoint(cfg, dhc, db, nsurv, size0)
     mark_stage(profile, None)
     if profile is not None:
         profile["surviving_starts"] = nsurv
