@@ -177,6 +177,26 @@ def test_public_api_runs_the_triton_backward_and_frees_its_graph(monkeypatch):
 
 
 @needs_kernels
+def test_triton_backward_with_the_final_cache_left_out_of_the_loss(monkeypatch):
+    """A loss on ``o`` alone: the Triton backward gets no final-cache gradient (None, not zeros) and gives the
+    gradients of the same loss plus zero times the final cache, bit for bit."""
+    import dla_fast
+
+    monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
+    q, k, v, g, w, dO, _ = _inputs(1, 100, 2, 32, 32, 4, seed=10, regime_length=6.0)
+
+    def grads(with_zero_cache_term):
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v, g, w)]
+        o, cache, _ = dla_fast.forward(*leaves, tau=0.6)
+        assert o.grad_fn.record.structure.triton is not None, "the Triton forward should have run"
+        loss = (o * dO).sum() + (0.0 * cache.states.sum() if with_zero_cache_term else 0.0)
+        return torch.autograd.grad(loss, leaves)
+
+    for name, a, b in zip("qkvgw", grads(False), grads(True)):
+        assert torch.equal(a, b), f"d{name}"
+
+
+@needs_kernels
 def test_surrogate_after_a_triton_forward_matches_the_torch_path(monkeypatch):
     """With ``surrogate_temperature`` the Triton backward gives the surrogate's eps (its dg with the shifted
     weights) and the torch backward the score part: the gradients, tau's included, match the torch path's."""
