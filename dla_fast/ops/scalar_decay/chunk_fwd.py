@@ -249,11 +249,14 @@ def concurrent_decisions(cfg: LaunchConfig, device) -> bool:
     On a GPU a stage that waits holds its SMs, so the stage it waits for must always find room beside it:
     taken only when the B*H carry programs (at most two per SM) and merge programs (one warp each) leave at
     least three quarters of the SMs free, so that a few such forwards running at once on other streams cannot
-    fill the GPU. With more rows the sequential stages already occupy much of the GPU.
+    fill the GPU. With more rows the sequential stages already occupy much of the GPU. Not while a CUDA graph is
+    being captured: a graph may run independent branches in any order, one after the other.
     """
     if interpreting():
         return True
-    return device.type == "cuda" and torch.cuda.get_device_properties(device).multi_processor_count >= 4 * cfg.BH
+    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return False
+    return torch.cuda.get_device_properties(device).multi_processor_count >= 4 * cfg.BH
 
 
 def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, tau, eps, norm_eps,
