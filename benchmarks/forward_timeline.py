@@ -7,9 +7,9 @@ different streams overlapped. This takes the kernels' own start and end times (C
 ``torch.profiler``) for one call after two warm-up calls, prints them in start order with the stream, and says
 how long each pair of the decision stages (table, carry scan, merge simulation) ran at the same time.
 
-    python benchmarks/forward_timeline.py --out DIR [--config 2x16384] [--workload moderate] [--serial]
+    python benchmarks/forward_timeline.py --out DIR [--config 2x16384] [--workload moderate] [--variants default,serial]
 
-Writes ``forward_timeline_<card>_<date>_<config>_<workload>.json`` (the kernel list) and the Chrome trace.
+Writes ``forward_timeline_<card>_<date>_<config>_<workload>_<variant>.json`` (the kernel list) and the Chrome trace.
 """
 
 from __future__ import annotations
@@ -54,21 +54,15 @@ def overlap_us(ks: list[dict], a: str, b: str) -> float | None:
     return sum(max(0.0, min(x["end_us"], y["end_us"]) - max(x["start_us"], y["start_us"])) for x in ka for y in kb)
 
 
-def main():
+def timeline(cfg, wname, variant: str, out_dir: str) -> dict:
+    """One forward's kernels (after two warm-up calls) under ``variant`` ("default" or "serial"), printed and
+    returned; the Chrome trace and the kernel list are written to out_dir."""
     from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--config", default="2x16384", help="BxT or BxTxD of gpu_bench's configs")
-    ap.add_argument("--workload", default="moderate", choices=list(WORKLOADS))
-    ap.add_argument("--serial", action="store_true", help="table_overlap=False, pipeline=False")
-    args = ap.parse_args()
-    want = args.config.split("x")
-    cfg = next(c for c in CONFIGS if [str(c[0]), str(c[1])] == want[:2] and (len(want) < 3 or str(c[3]) == want[2]))
-    settings = dataclasses.replace(DEFAULT_SETTINGS, table_overlap=False, pipeline=False) if args.serial \
-        else DEFAULT_SETTINGS
+    settings = DEFAULT_SETTINGS if variant == "default" else \
+        dataclasses.replace(DEFAULT_SETTINGS, table_overlap=False, pipeline=False)
     B, T, H, Dk, Dv = cfg
-    q, k, v, g, w = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS[args.workload], seed=11)
+    q, k, v, g, w = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS[wname], seed=11)
 
     def call():
         return forward_scalar_decay_triton(q, k, v, g, w, tau=TAU, settings=settings)
@@ -81,20 +75,38 @@ def main():
         call()
         torch.cuda.synchronize()
     card = torch.cuda.get_device_name().replace(" ", "_")
-    stem = os.path.join(args.out, f"forward_timeline_{card}_{datetime.date.today()}_{args.config}_{args.workload}"
-                        + ("_serial" if args.serial else ""))
+    stem = os.path.join(out_dir, f"forward_timeline_{card}_{datetime.date.today()}_{'x'.join(map(str, cfg))}_"
+                        f"{wname}_{variant}")
     prof.export_chrome_trace(stem + ".trace.json")
     ks = kernels_of(stem + ".trace.json")
+    print(f"== {cfg} {wname} {variant}")
     for e in ks:
         print(f"{e['start_us']:9.1f} {e['end_us']:9.1f} {e['dur']:8.1f} us  stream {e['stream']!s:>4}  "
               f"{e['name'][:70]}")
     pairs = {f"{a}+{b}": overlap_us(ks, STAGES[a], STAGES[b]) for a, b in (("table", "carry"), ("carry", "merge"))}
-    span = ks[-1]["end_us"] if ks else 0.0
-    print(f"{cfg} {args.workload} {'serial' if args.serial else 'default'}: kernels span {span:.1f} us; "
-          f"overlap (us): {pairs}")
+    result = dict(config=list(cfg), workload=wname, variant=variant, settings=dataclasses.asdict(settings),
+                  card=torch.cuda.get_device_name(), span_us=ks[-1]["end_us"] if ks else 0.0, overlap_us=pairs,
+                  kernels=ks)
     with open(stem + ".json", "w") as f:
-        json.dump(dict(config=list(cfg), workload=args.workload, settings=dataclasses.asdict(settings),
-                       card=torch.cuda.get_device_name(), kernels=ks, overlap_us=pairs), f, indent=1)
+        json.dump(result, f, indent=1)
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--config", default="2x16384", help="BxT or BxTxD of gpu_bench's configs")
+    ap.add_argument("--workload", default="moderate", choices=list(WORKLOADS))
+    ap.add_argument("--variants", default="default,serial", help="default (the settings' defaults) and/or serial")
+    args = ap.parse_args()
+    want = args.config.split("x")
+    cfg = next(c for c in CONFIGS if [str(c[0]), str(c[1])] == want[:2] and (len(want) < 3 or str(c[3]) == want[2]))
+    results = [timeline(cfg, args.workload, v, args.out) for v in args.variants.split(",")]
+    for r in results:  # the summary last
+        own = {STAGES[n]: [(round(e["start_us"], 1), round(e["end_us"], 1)) for e in r["kernels"]
+                           if STAGES[n] in e["name"]] for n in STAGES}
+        print(f"{r['variant']}: kernels span {r['span_us']:.1f} us; overlap (us) {r['overlap_us']}; "
+              f"decision kernels (start, end) {own}")
 
 
 if __name__ == "__main__":
