@@ -14,7 +14,7 @@ from .ops.common import varlen
 from .ops.common.recurrent import recurrent_step_
 from .ops.delta_rule.chunk_torch import forward_delta_rule_chunked
 from .ops.scalar_decay.chunk_torch import forward_scalar_decay
-from .validation import as_float_tensor, compute_dtype, step_signature, validate_forward, validate_step
+from .validation import as_float_tensor, compute_dtype, forward_checks, raise_first, step_signature, validate_step
 
 
 def forward(
@@ -129,12 +129,19 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
 
     Returns ``(o, final Cache, Trace or None, the Triton forward's DecidedStructure or None)``.
     """
-    (q, k, v, g, slot_weights, beta, boundaries), tau, dims, cache = validate_forward(
+    (q, k, v, g, slot_weights, beta, boundaries), tau, dims, cache, pending = forward_checks(
         q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size
     )
     B, H, K, Dk, Dv = dims.B, dims.H, dims.K, dims.Dk, dims.Dv
     cd = compute_dtype(q)
     has_initial = cache is not None
+    # The Triton prefill reads the input value checks back with its own host synchronisation: one fewer per call,
+    # which otherwise drains the queue before each forward (docs/benchmarks.md run 19). An initial cache's checks
+    # guard the kernels' indexing: read here, before anything runs.
+    triton_prefill = beta is None and uses_triton(q, Dk, Dv)
+    if not triton_prefill or has_initial:
+        raise_first(pending)
+        pending = []
     if cache is None:
         cache = Cache.empty(B, H, K, Dk, Dv, dtype=cd, device=q.device)
     # A working copy (the caller's cache is not modified); info accumulates in float64.
@@ -143,10 +150,10 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
     info = cache.info.to(torch.float64, copy=True)
     size = cache.size.to(torch.int64, copy=True)
     triton_structure = None
-    if beta is None and uses_triton(q, Dk, Dv):
+    if triton_prefill:
         o, scores, starts, merged, triton_structure = _forward_triton(
             q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, has_initial, eps=eps,
-            norm_eps=norm_eps, lengths=lengths,
+            norm_eps=norm_eps, lengths=lengths, value_checks=pending,
         )
     elif beta is None:
         o, scores, starts, merged = forward_scalar_decay(
@@ -171,17 +178,18 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
 
 
 def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, has_initial: bool, *,
-                    eps, norm_eps, lengths=None):
+                    eps, norm_eps, lengths=None, value_checks=()):
     """The Triton prefill (docs/triton.md) behind ``forward_scalar_decay``'s contract: the cache in place.
     Without an initial cache (``has_initial`` False) the kernels are told so, rather than given an empty one:
-    they then skip the initial slots' prefix states and pseudo starts (zeros)."""
+    they then skip the initial slots' prefix states and pseudo starts (zeros). ``value_checks``: the inputs'
+    pending value checks, raised by the Triton forward at its own host synchronisation."""
     from .ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
     dtype = q.dtype
     initial = dict(states=states, counts=counts, info=info.float(), size=size) if has_initial else {}
     o, (states_out, counts_out, info_out, size_out), (scores, starts, merged), structure = forward_scalar_decay_triton(
         q, k.to(dtype), v.to(dtype), g, slot_weights, tau=tau, boundaries=boundaries, eps=eps, norm_eps=norm_eps,
-        lengths=lengths, **initial,
+        lengths=lengths, value_checks=value_checks, **initial,
     )  # fmt: skip
     for cache_tensor, result in ((states, states_out), (counts, counts_out), (info, info_out), (size, size_out)):
         cache_tensor.copy_(result)

@@ -373,6 +373,24 @@ def test_unsupported_head_sizes_raise():
 
 
 @needs_kernels
+@pytest.mark.parametrize("bad", ["nan_k", "inf_q", "positive_g", "nan_slot_weights"])
+def test_the_api_refuses_bad_values_on_the_triton_prefill(monkeypatch, bad):
+    """Through ``dla_fast.forward`` the Triton prefill reads the inputs' value checks back with its own host
+    synchronisation (not one of their own): non-finite inputs and g > 0 still raise a ValueError naming the
+    argument, and nothing is returned."""
+    import dla_fast
+
+    monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
+    x = dict(zip(("q", "k", "v", "g", "slot_weights"),
+                 (_t(a) for a in regimes(1, 100, 2, 32, 32, 4, seed=2, regime_length=6.0, jitter=0.5))))
+    name, value = {"nan_k": ("k", float("nan")), "inf_q": ("q", float("inf")), "positive_g": ("g", 0.5),
+                   "nan_slot_weights": ("slot_weights", float("nan"))}[bad]
+    x[name][0, 37, 1].fill_(value)
+    with pytest.raises(ValueError, match=f"^{name}: "):
+        dla_fast.forward(**x, tau=0.6)
+
+
+@needs_kernels
 def test_forward_without_an_initial_cache_equals_an_empty_one():
     """No initial cache (``dla_fast.forward``'s default since run 19 skips the initial slots' prefix states and
     pseudo starts) and an explicit empty one: the same decisions, cache and outputs, bit for bit."""

@@ -299,7 +299,7 @@ def _recompute(cfg: LaunchConfig, k, v, g, init_states, s: DecidedStructure):
     gs = log_decay_sums(g, cfg.NC)
     h0, hinit = initial_prefixes(states0, cfg.BH, cfg.Dk, cfg.Dv, k.device)
     hs = prefix_states(k, v, g, gs, h0, split=cfg.split, prec=cfg.prec)
-    surv, nsurv, bidx = s.survivors or surviving_starts(s.masks, s.death, cfg.T)  # the forward's, if it kept them
+    surv, nsurv, bidx = s.survivors or surviving_starts(s.masks, s.death, cfg.T)[:3]  # the forward's, if kept
     bst = start_states(k, v, g, hs, s.masks, s.death, bidx, nsurv, hinit if states0 is not None else None, cfg.K,
                        lowp=cfg.lowp, prec=cfg.prec)
     return states0, gs, hs, surv, nsurv, bidx, bst

@@ -33,6 +33,7 @@ import triton
 
 from ...backend import interpreting
 from ...settings import DEFAULT_SETTINGS, TritonSettings
+from ...validation import raise_first, raise_violated, violation_flags
 from ..common.profiling import mark_stage
 from ..common.triton_utils import INT32_MAX, block_sizes, next_pow2
 from .chunk_fwd_decide import (
@@ -311,9 +312,12 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     return structure
 
 
-def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit, settings: TritonSettings):
-    """Stage 5: ``o [B, T, H, Dv]`` in q's dtype."""
-    surv, nsurv, bidx = surviving_starts(s.masks, s.death, cfg.T)
+def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit, settings: TritonSettings,
+            value_checks=()):
+    """Stage 5: ``o [B, T, H, Dv]`` in q's dtype. ``value_checks`` are read back with the surviving-start count
+    (the call's one host synchronisation) and the first violated raises."""
+    surv, nsurv, bidx, violated = surviving_starts(s.masks, s.death, cfg.T, violation_flags(value_checks))
+    raise_violated(value_checks, violated)
     s.survivors = (surv, nsurv, bidx)
     bst = start_states(k, v, g, hs, s.masks, s.death, bidx, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec)
     o = torch.empty(cfg.B, cfg.T, cfg.H, cfg.Dv, device=q.device, dtype=q.dtype)
@@ -356,6 +360,7 @@ def _empty_call(cfg: LaunchConfig, q, states, counts, info, size):
 def forward_scalar_decay_triton(
     q, k, v, g, slot_weights, *, tau, boundaries=None, states=None, counts=None, info=None, size=None,
     eps=1e-6, norm_eps=1e-6, lengths=None, settings: TritonSettings = DEFAULT_SETTINGS, profile: dict | None = None,
+    value_checks=(),
 ):
     """DLA forward, scalar-decay backbone, on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1).
 
@@ -374,6 +379,11 @@ def forward_scalar_decay_triton(
         settings: kernel tuning (:class:`dla_fast.settings.TritonSettings`).
         profile: a dict, or None: if given, each stage's time in ms (CUDA events, synchronising) and the
             mean number of live slot starts at chunk starts are written into it (benchmarks only).
+        value_checks: the caller's input value checks (``(violated, message)`` pairs on the device,
+            ``dla_fast.validation.forward_checks``), read back in this call's one host synchronisation instead of
+            one of their own; the first violated raises ``ValueError(message)`` before anything is returned. The
+            kernels run safely on non-finite inputs (the results are then discarded). Not for checks that guard
+            the kernels' indexing (an initial cache's sizes): those must be raised before the call.
 
     Returns:
         ``(o, (states, counts, info, size), (scores float32, starts bool, merged int64), structure)``: ``o``
@@ -383,6 +393,7 @@ def forward_scalar_decay_triton(
     cfg = launch_config(q, v, slot_weights)
     check_forward_dims(cfg.Dk, cfg.Dv)
     if cfg.T == 0:
+        raise_first(value_checks)
         return _empty_call(cfg, q, states, counts, info, size)
     dev = q.device
     q, k, v, g, slot_weights = (x.contiguous() for x in (q, k, v, g, slot_weights))
@@ -405,7 +416,7 @@ def forward_scalar_decay_triton(
     if side is not None:
         torch.cuda.current_stream(dev).wait_stream(side)
     mark_stage(profile, "output")
-    o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, None if states is None else hinit, settings)
+    o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, None if states is None else hinit, settings, value_checks)
     mark_stage(profile, "final")
     final = final_states(k, v, g, hs, gs, s.fpos, s.size, hinit, size0, P, cfg.K, has_init=states is not None,
                          split=cfg.split, prec=cfg.prec)

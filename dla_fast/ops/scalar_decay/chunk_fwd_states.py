@@ -236,15 +236,17 @@ def start_bits(masks: torch.Tensor) -> torch.Tensor:
     return ((masks[:, :, None] >> shifts) & 1).bool().reshape(BH, NC * CHUNK)
 
 
-def surviving_starts(masks, death, T: int):
+def surviving_starts(masks, death, T: int, read_also=()):
     """Slot starts that outlive their chunk (later chunks read their prefix state): ``(surv [BH, NC*C]
-    bool, their number, bidx [BH, NC*C] int32)`` with ``bidx`` the compact index (row-major), -1 elsewhere."""
+    bool, their number, bidx [BH, NC*C] int32, read_also's values)`` with ``bidx`` the compact index (row-major),
+    -1 elsewhere. Their number is read back to the host (it sizes the start states: the forward's one host
+    synchronisation), together with the 0-d integer tensors ``read_also`` (a caller's deferred checks)."""
     BH, NC = masks.shape
     tpos = torch.arange(NC * CHUNK, device=masks.device)
     surv = start_bits(masks) & (death >= (tpos // CHUNK + 1) * CHUNK) & (tpos < T)
-    nsurv = int(surv.sum())
+    nsurv, *also = torch.stack([surv.sum(), *read_also]).tolist()
     bidx = torch.where(surv, torch.cumsum(surv.reshape(-1), 0).reshape(BH, NC * CHUNK) - 1, -1).to(torch.int32)
-    return surv, nsurv, bidx
+    return surv, nsurv, bidx, also
 
 
 def start_states(k, v, g, hs, masks, death, bidx, nsurv: int, hinit, K: int, *, lowp: bool, prec: str):
