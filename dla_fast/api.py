@@ -142,58 +142,60 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
     if not triton_prefill or has_initial:
         raise_first(pending)
         pending = []
-    if cache is None:
-        cache = Cache.empty(B, H, K, Dk, Dv, dtype=cd, device=q.device)
-    # A working copy (the caller's cache is not modified); info accumulates in float64.
-    states = cache.states.to(cd, copy=True)
-    counts = cache.counts.to(torch.int64, copy=True)
-    info = cache.info.to(torch.float64, copy=True)
-    size = cache.size.to(torch.int64, copy=True)
     triton_structure = None
     if triton_prefill:
-        o, scores, starts, merged, triton_structure = _forward_triton(
-            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, has_initial, eps=eps,
-            norm_eps=norm_eps, lengths=lengths, value_checks=pending,
-        )
-    elif beta is None:
-        o, scores, starts, merged = forward_scalar_decay(
-            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size,
-            chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
-        )
-    elif uses_triton(q, Dk, Dv) and K <= TRITON_MAX_DELTA_SLOTS:
-        from .ops.delta_rule.chunk_fwd import forward_delta_rule_triton
-
-        o, scores, starts, merged = forward_delta_rule_triton(
-            q, k.to(q.dtype), v.to(q.dtype), g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau,
-            eps=eps, norm_eps=norm_eps, lengths=lengths,
+        o, final, (scores, starts, merged), triton_structure = _forward_triton(
+            q, k, v, g, slot_weights, tau, boundaries, cache, eps=eps, norm_eps=norm_eps, lengths=lengths,
+            value_checks=pending,
         )
     else:
-        o, scores, starts, merged = forward_delta_rule_chunked(
-            q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau, chunk_size=chunk_size,
-            eps=eps, norm_eps=norm_eps, lengths=lengths,
-        )
-    final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size, checked=True)
+        if cache is None:
+            cache = Cache.empty(B, H, K, Dk, Dv, dtype=cd, device=q.device)
+        # A working copy (the caller's cache is not modified); info accumulates in float64.
+        states = cache.states.to(cd, copy=True)
+        counts = cache.counts.to(torch.int64, copy=True)
+        info = cache.info.to(torch.float64, copy=True)
+        size = cache.size.to(torch.int64, copy=True)
+        if beta is None:
+            o, scores, starts, merged = forward_scalar_decay(
+                q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size,
+                chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
+            )
+        elif uses_triton(q, Dk, Dv) and K <= TRITON_MAX_DELTA_SLOTS:
+            from .ops.delta_rule.chunk_fwd import forward_delta_rule_triton
+
+            o, scores, starts, merged = forward_delta_rule_triton(
+                q, k.to(q.dtype), v.to(q.dtype), g, slot_weights, beta, boundaries, states, counts, info, size,
+                tau=tau, eps=eps, norm_eps=norm_eps, lengths=lengths,
+            )
+        else:
+            o, scores, starts, merged = forward_delta_rule_chunked(
+                q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau,
+                chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
+            )
+        final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size,
+                      checked=True)
     trace = Trace(scores.to(cd), starts, merged) if return_trace else None
     return o.to(q.dtype), final, trace, triton_structure
 
 
-def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size, has_initial: bool, *,
-                    eps, norm_eps, lengths=None, value_checks=()):
-    """The Triton prefill (docs/triton.md) behind ``forward_scalar_decay``'s contract: the cache in place.
-    Without an initial cache (``has_initial`` False) the kernels are told so, rather than given an empty one:
-    they then skip the initial slots' prefix states and pseudo starts (zeros). ``value_checks``: the inputs'
-    pending value checks, raised by the Triton forward at its own host synchronisation."""
+def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, cache: Cache | None, *, eps, norm_eps, lengths=None,
+                    value_checks=()):
+    """The Triton prefill (docs/triton.md): ``(o, final Cache, (scores, starts, merged), DecidedStructure)``. It
+    neither modifies the initial cache nor needs a working copy of it; without one (``cache`` None) the kernels
+    are told so, rather than given an empty one: they then skip the initial slots' prefix states and pseudo
+    starts (zeros). ``value_checks``: the inputs' pending value checks, raised by the Triton forward at its own
+    host synchronisation."""
     from .ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
     dtype = q.dtype
-    initial = dict(states=states, counts=counts, info=info.float(), size=size) if has_initial else {}
-    o, (states_out, counts_out, info_out, size_out), (scores, starts, merged), structure = forward_scalar_decay_triton(
+    initial = {} if cache is None else dict(states=cache.states, counts=cache.counts.long(), info=cache.info.float(),
+                                            size=cache.size.long())
+    o, final, trace, structure = forward_scalar_decay_triton(
         q, k.to(dtype), v.to(dtype), g, slot_weights, tau=tau, boundaries=boundaries, eps=eps, norm_eps=norm_eps,
         lengths=lengths, value_checks=value_checks, **initial,
-    )  # fmt: skip
-    for cache_tensor, result in ((states, states_out), (counts, counts_out), (info, info_out), (size, size_out)):
-        cache_tensor.copy_(result)
-    return o, scores, starts, merged, structure
+    )
+    return o, Cache(*final, checked=True), trace, structure
 
 
 def step(
