@@ -391,6 +391,24 @@ def test_the_api_refuses_bad_values_on_the_triton_prefill(monkeypatch, bad):
 
 
 @needs_kernels
+def test_the_api_streams_the_triton_prefill_without_touching_the_initial_cache(monkeypatch):
+    """Through ``dla_fast.forward`` the Triton prefill takes no working copy of its initial cache: the cache passed
+    in is left as it was, and two calls streamed through it match one call."""
+    import dla_fast
+
+    monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
+    x = [_t(a) for a in regimes(1, 150, 2, 32, 32, 5, seed=4, regime_length=6.0, jitter=0.5)]
+    o, cache, _ = dla_fast.forward(*x, tau=0.5)
+    o1, c1, _ = dla_fast.forward(*(t[:, :70] for t in x), tau=0.5)
+    before = [t.clone() for t in (c1.states, c1.counts, c1.info, c1.size)]
+    o2, c2, _ = dla_fast.forward(*(t[:, 70:] for t in x), tau=0.5, initial_cache=c1)
+    assert all(torch.equal(a, b) for a, b in zip(before, (c1.states, c1.counts, c1.info, c1.size)))
+    assert torch.equal(c2.counts, cache.counts) and torch.equal(c2.size, cache.size)
+    np.testing.assert_allclose(_np(torch.cat([o1, o2], 1)), _np(o), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(_np(c2.states), _np(cache.states), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
 def test_forward_without_an_initial_cache_equals_an_empty_one():
     """No initial cache (``dla_fast.forward``'s default since run 19 skips the initial slots' prefix states and
     pseudo starts) and an explicit empty one: the same decisions, cache and outputs, bit for bit."""
