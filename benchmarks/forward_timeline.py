@@ -24,7 +24,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import CONFIGS, K_SLOTS, TAU, WORKLOADS, workload  # noqa: E402
+from gpu_bench import K_SLOTS, TAU, WORKLOADS, configs_named, workload  # noqa: E402
 
 from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
 
@@ -99,8 +99,7 @@ def main():
     ap.add_argument("--workload", default="moderate", choices=list(WORKLOADS))
     ap.add_argument("--variants", default="default,serial", help="default (the settings' defaults) and/or serial")
     args = ap.parse_args()
-    want = args.config.split("x")
-    cfg = next(c for c in CONFIGS if [str(c[0]), str(c[1])] == want[:2] and (len(want) < 3 or str(c[3]) == want[2]))
+    cfg = configs_named(args.config)[0]
     results = [timeline(cfg, args.workload, v, args.out) for v in args.variants.split(",")]
     for r in results:  # the summary last
         own = {STAGES[n]: [(round(e["start_us"], 1), round(e["end_us"], 1)) for e in r["kernels"]

@@ -25,7 +25,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import CONFIGS, K_SLOTS, TAU, WORKLOADS, bench_ms, log, workload  # noqa: E402
+from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, log, workload  # noqa: E402
 
 from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
 
@@ -110,9 +110,7 @@ def main():
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     args = ap.parse_args()
-    configs = CONFIGS if args.configs == "all" else [
-        c for c in CONFIGS for want in args.configs.split(",")
-        if "x".join(map(str, (c[0], c[1]) + ((c[3],) if want.count("x") == 2 else ()))) == want]
+    configs = configs_named(args.configs)
     variants = args.variants.split(",")
     card = torch.cuda.get_device_name().replace(" ", "_")
     stem = os.path.join(args.out, f"forward_variants_{card}_{datetime.date.today()}")

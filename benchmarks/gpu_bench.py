@@ -82,9 +82,17 @@ def workload(B, T, H, Dk, Dv, K, *, regime_length, jitter, decay, device=None, s
     return q.to(dtype), k.to(dtype), v.to(dtype), g, w
 
 
+def configs_named(names: str) -> list:
+    """The configs named ``BxT`` (every head width) or ``BxTxD``, comma-separated (``all``: every config)."""
+    if names == "all":
+        return list(CONFIGS)
+    return [c for c in CONFIGS for name in names.split(",")
+            if "x".join(map(str, (c[0], c[1]) + ((c[3],) if name.count("x") == 2 else ()))) == name]
+
+
 def api_forward(q, k, v, g, w):
-    """The forward as issue #11 times it, through ``dla_fast.forward`` (its validation, with one host
-    synchronisation, and the cache's working copy included), no final cache asked for."""
+    """The forward through ``dla_fast.forward``, as issue #11 times it (its validation included), no final cache
+    asked for: ``(o, None, None)``, differentiable when the inputs require grad."""
     import dla_fast
 
     return dla_fast.forward(q, k, v, g, w, tau=TAU, output_final_cache=False)
@@ -383,10 +391,7 @@ def _leaves(*xs):
 
 
 def _dla_fwd_bwd(q, k, v, g, w, dO):
-    import dla_fast
-
-    o, _, _ = dla_fast.forward(q, k, v, g, w, tau=TAU, output_final_cache=False)
-    o.backward(dO)
+    api_forward(q, k, v, g, w)[0].backward(dO)
 
 
 def grad_correctness(fh):
@@ -446,10 +451,8 @@ def time_training(cfg, fh, quick=False):
         fn = lambda: _dla_fwd_bwd(q, k, v, g, w, dO)  # noqa: E731
         ms, peak = peak_and_ms(fn)
         prof, bwd_ms = _backward_profile(q, k, v, g, w, dO)
-        import dla_fast
-
         with torch.no_grad():
-            fwd_ms = bench_ms(lambda: dla_fast.forward(q, k, v, g, w, tau=TAU, output_final_cache=False), rep=rep)
+            fwd_ms = bench_ms(lambda: api_forward(q, k, v, g, w), rep=rep)
         res["dla"][wname] = dict(ms=ms, peak_mem_gib=peak, backward_stages_ms=prof, forward_ms=fwd_ms,
                                  backward_kernels_ms=bwd_ms)
         log(f"{cfg} {wname} fwd+bwd: {ms:.3f} ms (forward alone {fwd_ms:.3f}, backward alone {bwd_ms:.3f}) peak "
@@ -485,9 +488,7 @@ def time_training(cfg, fh, quick=False):
 
 def _backward_profile(q, k, v, g, w, dO):
     """Stage times of the Triton backward alone (ms), from the kept structure of one forward."""
-    import dla_fast
-
-    o, _, _ = dla_fast.forward(q, k, v, g, w, tau=TAU, output_final_cache=False)
+    o, _, _ = api_forward(q, k, v, g, w)
     from dla_fast.ops.scalar_decay.chunk_bwd import backward_scalar_decay_triton
 
     prof = {}

@@ -385,6 +385,7 @@ def test_the_api_refuses_bad_values_on_the_triton_prefill(monkeypatch, bad):
                  (_t(a) for a in regimes(1, 100, 2, 32, 32, 4, seed=2, regime_length=6.0, jitter=0.5))))
     name, value = {"nan_k": ("k", float("nan")), "inf_q": ("q", float("inf")), "positive_g": ("g", 0.5),
                    "nan_slot_weights": ("slot_weights", float("nan"))}[bad]
+    assert dla_fast.backend.uses_triton(x["q"], 32, 32), "the Triton prefill should run (else this tests torch's)"
     x[name][0, 37, 1].fill_(value)
     with pytest.raises(ValueError, match=f"^{name}: "):
         dla_fast.forward(**x, tau=0.6)
