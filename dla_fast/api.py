@@ -14,7 +14,15 @@ from .ops.common import varlen
 from .ops.common.recurrent import recurrent_step_
 from .ops.delta_rule.chunk_torch import forward_delta_rule_chunked
 from .ops.scalar_decay.chunk_torch import forward_scalar_decay
-from .validation import as_float_tensor, compute_dtype, forward_checks, raise_first, step_signature, validate_step
+from .validation import (
+    as_float_tensor,
+    compute_dtype,
+    forward_checks,
+    input_value_checks,
+    raise_first,
+    step_signature,
+    validate_step,
+)
 
 
 def forward(
@@ -112,7 +120,8 @@ def _forward_batch(q, k, v, g, slot_weights, *, lengths, tau, beta, boundaries, 
     with torch.no_grad():
         o, final, trace, triton_structure = _forward(
             q, k, v, g, slot_weights, tau=tau_value, beta=beta, boundaries=boundaries, initial_cache=initial_cache,
-            return_trace=return_trace or grad, chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
+            return_trace=return_trace or grad, output_final_cache=output_final_cache or grad, chunk_size=chunk_size,
+            eps=eps, norm_eps=norm_eps, lengths=lengths,
         )
     if grad:
         o, final = _autograd.attach_gradients(
@@ -124,78 +133,72 @@ def _forward_batch(q, k, v, g, slot_weights, *, lengths, tau, beta, boundaries, 
 
 
 def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, return_trace, chunk_size, eps,
-             norm_eps, lengths=None):
+             norm_eps, lengths=None, output_final_cache=True):
     """Validate, then run the path this call belongs to (``backend.uses_triton``); no gradients.
 
-    Returns ``(o, final Cache, Trace or None, the Triton forward's DecidedStructure or None)``.
+    Returns ``(o, final Cache, Trace or None, the Triton forward's DecidedStructure or None)``; the final cache may
+    be None without ``output_final_cache`` (the Triton prefill then skips it).
     """
+    # The Triton prefill checks the inputs' values itself: one kernel, read back with its own host synchronisation
+    # (as ~40 small torch ops and a synchronisation of their own, they cost more host time than its GPU time at few
+    # rows: docs/benchmarks.md run 20). An initial cache's checks guard the kernels' indexing: raised here, first.
     (q, k, v, g, slot_weights, beta, boundaries), tau, dims, cache, pending = forward_checks(
-        q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size
+        q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size, input_values=False
     )
     B, H, K, Dk, Dv = dims.B, dims.H, dims.K, dims.Dk, dims.Dv
-    cd = compute_dtype(q)
-    has_initial = cache is not None
-    # The Triton prefill reads the input value checks back with its own host synchronisation: one fewer per call,
-    # which otherwise drains the queue before each forward (docs/benchmarks.md run 19). An initial cache's checks
-    # guard the kernels' indexing: read here, before anything runs.
     triton_prefill = beta is None and uses_triton(q, Dk, Dv)
-    if not triton_prefill or has_initial:
-        raise_first(pending)
-        pending = []
-    triton_structure = None
+    if not triton_prefill:
+        pending = input_value_checks(q, k, v, g, slot_weights, beta) + pending
+    raise_first(pending)
     if triton_prefill:
-        o, final, (scores, starts, merged), triton_structure = _forward_triton(
-            q, k, v, g, slot_weights, tau, boundaries, cache, eps=eps, norm_eps=norm_eps, lengths=lengths,
-            value_checks=pending,
+        return _forward_triton(q, k, v, g, slot_weights, tau, boundaries, cache, eps=eps, norm_eps=norm_eps,
+                               lengths=lengths, final_cache=output_final_cache, trace=return_trace)
+    cd = compute_dtype(q)
+    if cache is None:
+        cache = Cache.empty(B, H, K, Dk, Dv, dtype=cd, device=q.device)
+    # A working copy (the caller's cache is not modified); info accumulates in float64.
+    states = cache.states.to(cd, copy=True)
+    counts = cache.counts.to(torch.int64, copy=True)
+    info = cache.info.to(torch.float64, copy=True)
+    size = cache.size.to(torch.int64, copy=True)
+    if beta is None:
+        o, scores, starts, merged = forward_scalar_decay(
+            q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size,
+            chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
+        )
+    elif uses_triton(q, Dk, Dv) and K <= TRITON_MAX_DELTA_SLOTS:
+        from .ops.delta_rule.chunk_fwd import forward_delta_rule_triton
+
+        o, scores, starts, merged = forward_delta_rule_triton(
+            q, k.to(q.dtype), v.to(q.dtype), g, slot_weights, beta, boundaries, states, counts, info, size,
+            tau=tau, eps=eps, norm_eps=norm_eps, lengths=lengths,
         )
     else:
-        if cache is None:
-            cache = Cache.empty(B, H, K, Dk, Dv, dtype=cd, device=q.device)
-        # A working copy (the caller's cache is not modified); info accumulates in float64.
-        states = cache.states.to(cd, copy=True)
-        counts = cache.counts.to(torch.int64, copy=True)
-        info = cache.info.to(torch.float64, copy=True)
-        size = cache.size.to(torch.int64, copy=True)
-        if beta is None:
-            o, scores, starts, merged = forward_scalar_decay(
-                q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size,
-                chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
-            )
-        elif uses_triton(q, Dk, Dv) and K <= TRITON_MAX_DELTA_SLOTS:
-            from .ops.delta_rule.chunk_fwd import forward_delta_rule_triton
-
-            o, scores, starts, merged = forward_delta_rule_triton(
-                q, k.to(q.dtype), v.to(q.dtype), g, slot_weights, beta, boundaries, states, counts, info, size,
-                tau=tau, eps=eps, norm_eps=norm_eps, lengths=lengths,
-            )
-        else:
-            o, scores, starts, merged = forward_delta_rule_chunked(
-                q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau,
-                chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
-            )
-        final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size,
-                      checked=True)
+        o, scores, starts, merged = forward_delta_rule_chunked(
+            q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau,
+            chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
+        )
+    final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size, checked=True)
     trace = Trace(scores.to(cd), starts, merged) if return_trace else None
-    return o.to(q.dtype), final, trace, triton_structure
+    return o.to(q.dtype), final, trace, None
 
 
 def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, cache: Cache | None, *, eps, norm_eps, lengths=None,
-                    value_checks=()):
-    """The Triton prefill (docs/triton.md): ``(o, final Cache, (scores, starts, merged), DecidedStructure)``. It
-    neither modifies the initial cache nor needs a working copy of it; without one (``cache`` None) the kernels
-    are told so, rather than given an empty one: they then skip the initial slots' prefix states and pseudo
-    starts (zeros). ``value_checks``: the inputs' pending value checks, raised by the Triton forward at its own
-    host synchronisation."""
+                    final_cache=True, trace=True):
+    """The Triton prefill (docs/triton.md): ``(o, final Cache or None, Trace or None, DecidedStructure)``; it
+    checks the inputs' values itself (``check_values``). It neither modifies the initial cache nor needs a working
+    copy of it; without one (``cache`` None) the kernels are told so, rather than given an empty one: they then
+    skip the initial slots' prefix states and pseudo starts (zeros)."""
     from .ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
-    dtype = q.dtype
     initial = {} if cache is None else dict(states=cache.states, counts=cache.counts.long(), info=cache.info.float(),
                                             size=cache.size.long())
-    o, final, trace, structure = forward_scalar_decay_triton(
-        q, k.to(dtype), v.to(dtype), g, slot_weights, tau=tau, boundaries=boundaries, eps=eps, norm_eps=norm_eps,
-        lengths=lengths, value_checks=value_checks, **initial,
+    o, final, call_trace, structure = forward_scalar_decay_triton(
+        q, k, v, g, slot_weights, tau=tau, boundaries=boundaries, eps=eps, norm_eps=norm_eps, lengths=lengths,
+        check_values=True, final_cache=final_cache, trace=trace, **initial,
     )
-    return o, Cache(*final, checked=True), trace, structure
+    return (o, None if final is None else Cache(*final, checked=True),
+            None if call_trace is None else Trace(*call_trace), structure)
 
 
 def step(

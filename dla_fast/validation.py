@@ -106,11 +106,13 @@ def validate_forward(q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_
     return tuple(validated)
 
 
-def forward_checks(q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size):
+def forward_checks(q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size,
+                   input_values: bool = True):
     """``validate_forward`` without reading the value checks back: ``(tensors, tau, dims, cache, pending)``, with
-    ``pending`` the (violated, message) pairs still on the device. The caller must raise them (``raise_first``,
-    or read back with its own values and ``raise_violated``) before it returns anything computed from the
-    inputs; structure, shape, dtype and scalar errors are raised here."""
+    ``pending`` the (violated, message) pairs still on the device: the inputs' (unless ``input_values`` is false:
+    a caller that checks them itself), then the initial cache's. The caller must raise them (``raise_first``, or
+    read back with its own values and ``raise_violated``) before it returns anything computed from the inputs;
+    structure, shape, dtype and scalar errors are raised here."""
     q, k, v, g, slot_weights = (as_float_tensor(n, x) for n, x in
                                 zip(("q", "k", "v", "g", "slot_weights"), (q, k, v, g, slot_weights)))
     device = q.device
@@ -126,12 +128,17 @@ def forward_checks(q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_ep
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
     # While torch.compile traces, no value checks (a host read): dla::forward runs them when it runs (docs/api.md).
     tracing = torch.compiler.is_compiling()
-    checks = [] if tracing else value_checks(q, k, v, g, slot_weights, beta, isfinite=all_finite)
+    checks = [] if tracing or not input_values else input_value_checks(q, k, v, g, slot_weights, beta)
     cache = None
     if initial_cache is not None:
         cache = as_cache(initial_cache, dims, device, compute_dtype(q))
         checks += [] if tracing else cache_checks(cache, dims.K)
     return (q, k, v, g, slot_weights, beta, boundaries), tau, dims, cache, checks
+
+
+def input_value_checks(q, k, v, g, slot_weights, beta) -> list:
+    """The inputs' (violated, message) pairs on their device (``dla_ref.validation.value_checks``)."""
+    return value_checks(q, k, v, g, slot_weights, beta, isfinite=all_finite)
 
 
 def _step_shape_error(name: str, expected: str, x) -> ValueError:
@@ -158,7 +165,7 @@ def validate_step(q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps, 
             q, k, v, g, slot_weights, beta, boundary, tau, eps, norm_eps)
     checks = []
     if q.is_cpu and not tracing:  # free on the host; on an accelerator a sync per decoded token
-        checks = value_checks(q, k, v, g, slot_weights, beta, isfinite=all_finite)
+        checks = input_value_checks(q, k, v, g, slot_weights, beta)
     if cache is None:
         cache = Cache.empty(dims.B, dims.H, dims.K, dims.Dk, dims.Dv, dtype=compute_dtype(q), device=q.device)
     elif not known:

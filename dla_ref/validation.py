@@ -83,15 +83,24 @@ def check_scalars(tau: float, eps: float, norm_eps: float) -> float:
     return tau
 
 
+def finite_message(name: str) -> str:
+    return f"{name}: expected finite values, found NaN or Inf"
+
+
+G_POSITIVE_MESSAGE = "g: expected log decays g <= 0 (decay exp(g) <= 1), found g > 0"
+BETA_RANGE_MESSAGE = "beta: expected values in [0, 1]"
+
+
 def value_checks(q, k, v, g, slot_weights, beta, *, isfinite: Callable[[Any], Any]) -> list[tuple[Any, str]]:
-    """(violated, message) pairs; ``violated`` is a 0-d boolean array/tensor, true on bad input."""
+    """(violated, message) pairs; ``violated`` is a 0-d boolean array/tensor, true on bad input. The first
+    violated one is the error raised."""
     checks = []
     for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("slot_weights", slot_weights), ("beta", beta)):
         if x is not None:
-            checks.append((~isfinite(x).all(), f"{name}: expected finite values, found NaN or Inf"))
-    checks.append(((g > 0).any(), "g: expected log decays g <= 0 (decay exp(g) <= 1), found g > 0"))
+            checks.append((~isfinite(x).all(), finite_message(name)))
+    checks.append(((g > 0).any(), G_POSITIVE_MESSAGE))
     if beta is not None:
-        checks.append((((beta < 0) | (beta > 1)).any(), "beta: expected values in [0, 1]"))
+        checks.append((((beta < 0) | (beta > 1)).any(), BETA_RANGE_MESSAGE))
     return checks
 
 

@@ -373,22 +373,82 @@ def test_unsupported_head_sizes_raise():
 
 
 @needs_kernels
-@pytest.mark.parametrize("bad", ["nan_k", "inf_q", "positive_g", "nan_slot_weights"])
+@pytest.mark.parametrize("bad", ["nan_k", "inf_q", "positive_g", "nan_slot_weights", "last_neginf_v",
+                                 "last_nan_g"])
 def test_the_api_refuses_bad_values_on_the_triton_prefill(monkeypatch, bad):
-    """Through ``dla_fast.forward`` the Triton prefill reads the inputs' value checks back with its own host
-    synchronisation (not one of their own): non-finite inputs and g > 0 still raise a ValueError naming the
-    argument, and nothing is returned."""
+    """Through ``dla_fast.forward`` the Triton prefill checks the inputs' values in its own kernel, read back with
+    its own host synchronisation: non-finite inputs and g > 0 still raise a ValueError naming the argument, and
+    nothing is returned (also for the very last element, the end of the kernel's last block)."""
     import dla_fast
 
     monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
     x = dict(zip(("q", "k", "v", "g", "slot_weights"),
                  (_t(a) for a in regimes(1, 100, 2, 32, 32, 4, seed=2, regime_length=6.0, jitter=0.5))))
     name, value = {"nan_k": ("k", float("nan")), "inf_q": ("q", float("inf")), "positive_g": ("g", 0.5),
-                   "nan_slot_weights": ("slot_weights", float("nan"))}[bad]
+                   "nan_slot_weights": ("slot_weights", float("nan")), "last_neginf_v": ("v", -float("inf")),
+                   "last_nan_g": ("g", float("nan"))}[bad]
     assert dla_fast.backend.uses_triton(x["q"], 32, 32), "the Triton prefill should run (else this tests torch's)"
-    x[name][0, 37, 1].fill_(value)
+    x[name].view(-1)[-1 if bad.startswith("last") else 37].fill_(value)
     with pytest.raises(ValueError, match=f"^{name}: "):
         dla_fast.forward(**x, tau=0.6)
+
+
+@needs_kernels
+def test_the_value_check_kernel_flags_what_torch_finds():
+    """``launch_value_checks`` against torch's own isfinite and g > 0, one bad value at a time in every tensor
+    (first, middle and last element; blocks past a small tensor's end are masked), and several at once: the error
+    raised is the first in ``dla_ref.validation.value_checks``' order. A float64 g too large for float32 is
+    judged as given (finite)."""
+    from dla_fast.ops.common.value_checks import CHECKED, launch_value_checks, raise_flagged
+    from dla_ref.validation import value_checks
+
+    gen = torch.Generator().manual_seed(0)
+    base = dict(q=torch.randn(1, 700, 3, 32, generator=gen), k=torch.randn(1, 700, 3, 32, generator=gen),
+                v=torch.randn(1, 700, 3, 16, generator=gen), g=-torch.rand(1, 700, 3, generator=gen),
+                slot_weights=torch.rand(1, 700, 3, 5, generator=gen))
+
+    def expected(x):
+        found = [(bool(violated), message) for violated, message in
+                 value_checks(*(x[n] for n in CHECKED), None, isfinite=torch.isfinite)]
+        return next((message for violated, message in found if violated), None)
+
+    def raised(x):
+        flags = launch_value_checks(*(x[n].to(DEV) for n in CHECKED)).item()
+        try:
+            raise_flagged(flags)
+        except ValueError as e:
+            return str(e)
+        return None
+
+    assert raised(base) is None
+    cases = [(name, where, value) for name in CHECKED for where in (0, 1234, -1)
+             for value in (float("nan"), float("inf"), -float("inf"))] + [("g", 17, 0.25)]
+    for name, where, value in cases:
+        x = {n: t.clone() for n, t in base.items()}
+        x[name].view(-1)[where % x[name].numel()] = value
+        assert raised(x) == expected(x) is not None, (name, where, value)
+    x = {n: t.clone() for n, t in base.items()}
+    x["slot_weights"].view(-1)[5] = float("nan")
+    x["g"].view(-1)[9] = 0.5
+    x["k"].view(-1)[-1] = float("inf")
+    assert raised(x) == expected(x) == "k: expected finite values, found NaN or Inf"
+    x = dict(base, g=base["g"].double())
+    x["g"].view(-1)[3] = -1e300
+    assert raised(x) is None
+
+
+@needs_kernels
+def test_the_api_skips_the_final_cache_and_trace_only_when_asked(monkeypatch):
+    """Without ``output_final_cache`` (and no trace, no grad) the Triton prefill skips the final cache's kernel
+    and the trace's glue: the output is the same, bit for bit."""
+    import dla_fast
+
+    monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
+    x = [_t(a) for a in regimes(1, 150, 2, 32, 32, 5, seed=4, regime_length=6.0, jitter=0.5)]
+    o, cache, trace = dla_fast.forward(*x, tau=0.5, return_trace=True)
+    o2, cache2, trace2 = dla_fast.forward(*x, tau=0.5, output_final_cache=False)
+    assert cache is not None and trace is not None and cache2 is None and trace2 is None
+    assert torch.equal(o, o2)
 
 
 @needs_kernels

@@ -46,7 +46,7 @@ from ..common.triton_utils import (
 )
 from .chunk_fwd import DecidedStructure, LaunchConfig, launch_config
 from .chunk_fwd_output import intra_weights
-from .chunk_fwd_states import CHUNK, initial_prefixes, log_decay_sums, prefix_states, start_states, surviving_starts
+from .chunk_fwd_states import CHUNK, initial_prefixes, prefix_states, start_states, surviving_starts
 
 
 # Long: the transposes of the forward's three reads share one chunk's tiles in registers.
@@ -294,15 +294,14 @@ def dla_bwd_kv_kernel(
 
 
 def _recompute(cfg: LaunchConfig, k, v, g, init_states, s: DecidedStructure):
-    """The forward's prefix states (recomputed, not stored): ``(states0, gs, hs, surv, nsurv, bidx, bst)``."""
+    """The forward's prefix states (recomputed, not stored): ``(states0, gs, hs, off, nsurv, bidx, bst)``."""
     states0 = None if init_states is None else init_states.float().reshape(cfg.BH, cfg.K, cfg.Dk, cfg.Dv)
-    gs = log_decay_sums(g, cfg.NC)
     h0, hinit = initial_prefixes(states0, cfg.BH, cfg.Dk, cfg.Dv, k.device)
-    hs = prefix_states(k, v, g, gs, h0, split=cfg.split, prec=cfg.prec)
-    surv, nsurv, bidx = s.survivors or surviving_starts(s.masks, s.death, cfg.T)[:3]  # the forward's, if kept
-    bst = start_states(k, v, g, hs, s.masks, s.death, bidx, nsurv, hinit if states0 is not None else None, cfg.K,
-                       lowp=cfg.lowp, prec=cfg.prec)
-    return states0, gs, hs, surv, nsurv, bidx, bst
+    hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
+    off, nsurv = s.survivors[:2] if s.survivors else surviving_starts(s.masks, s.death, cfg.T)[:2]  # the forward's
+    bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit if states0 is not None else None,
+                             cfg.K, lowp=cfg.lowp, prec=cfg.prec)
+    return states0, gs, hs, off, nsurv, bidx, bst
 
 
 def _final_cache_adjoint(cfg: LaunchConfig, s: DecidedStructure, dS_final, dhc, db, gs, bidx, nsurv: int, size0):
@@ -330,22 +329,22 @@ def _final_cache_adjoint(cfg: LaunchConfig, s: DecidedStructure, dS_final, dhc, 
     db.view(-1, cfg.Dk * cfg.Dv).index_add_(0, cidx[use], inject[use].reshape(-1, cfg.Dk * cfg.Dv).to(db.dtype))
 
 
-def _survivor_positions(surv, bidx, nsurv: int):
+def _survivor_positions(bidx, nsurv: int):
     """``(bh, position)`` int32 ``[nsurv]`` of the surviving starts in their compact order ``bidx``
-    (``surviving_starts``): ``torch.nonzero(surv)`` without its host synchronisation (nsurv is known)."""
-    BH, N = surv.shape
-    dev = surv.device
-    slot = torch.where(surv, bidx.long(), nsurv).reshape(-1)  # entry nsurv takes the rest and is dropped
+    (``start_states``): ``torch.nonzero(bidx >= 0)`` without its host synchronisation (nsurv is known)."""
+    BH, N = bidx.shape
+    dev = bidx.device
+    slot = torch.where(bidx >= 0, bidx.long(), nsurv).reshape(-1)  # entry nsurv takes the rest and is dropped
     out = []
     for coord in (torch.arange(BH, device=dev).repeat_interleave(N), torch.arange(N, device=dev).repeat(BH)):
         out.append(torch.empty(nsurv + 1, device=dev, dtype=torch.int32).scatter_(0, slot, coord.to(torch.int32)))
     return out[0][:nsurv], out[1][:nsurv]
 
 
-def _start_adjoints(cfg: LaunchConfig, q, dO, scale, s: DecidedStructure, surv, bidx, nsurv: int, ninit: int):
+def _start_adjoints(cfg: LaunchConfig, q, dO, scale, s: DecidedStructure, bidx, nsurv: int, ninit: int):
     """Stage 2: ``(db, sbh, spos)``: dB of every surviving start (and of the initial slots' pseudo starts), and
     the surviving starts' (bh, position) in the compact order."""
-    sbh, spos = _survivor_positions(surv, bidx, nsurv)
+    sbh, spos = _survivor_positions(bidx, nsurv)
     BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
     # 16-bit storage for 16-bit inputs: every consumer casts dB to 16 bits for its products anyway.
     db = torch.empty(max(nsurv + ninit, 1), cfg.Dk, cfg.Dv, device=q.device,
@@ -395,7 +394,7 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     g, slot_weights = g.contiguous(), slot_weights.contiguous()
     s = structure
     mark_stage(profile, "recompute")
-    states0, gs, hs, surv, nsurv, bidx, bst = _recompute(cfg, k, v, g, init_states, s)
+    states0, gs, hs, off, nsurv, bidx, bst = _recompute(cfg, k, v, g, init_states, s)
     ninit = BH * K if states0 is not None else 0
     # 1. dq, dlam, dHc
     mark_stage(profile, "dq")
@@ -412,13 +411,11 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     del bst
     # 2. dB of every surviving start, then the final cache's gradient.
     mark_stage(profile, "dB")
-    db, sbh, spos = _start_adjoints(cfg, q, dO, scale, s, surv, bidx, nsurv, ninit)
+    db, sbh, spos = _start_adjoints(cfg, q, dO, scale, s, bidx, nsurv, ninit)
     del scale
     _final_cache_adjoint(cfg, s, dS_final, dhc, db, gs, bidx, nsurv, size0)
     # 3. the reverse scan of the single state's adjoint.
     mark_stage(profile, "scan")
-    off = torch.zeros(BH * NC + 1, device=dev, dtype=torch.int64)
-    off[1:] = surv[:, : NC * C].view(BH, NC, C).sum(-1).reshape(-1).cumsum(0)
     DD = cfg.Dk * cfg.Dv
     HBLK = 256  # small blocks: B*H*DD/256 sequential programs hide each other's latency
     dla_bwd_scan_kernel[(BH, triton.cdiv(DD, HBLK))](dhc, db, off, gs, T, DD, C=C, BLOCK=HBLK, num_warps=2)

@@ -33,9 +33,9 @@ import triton
 
 from ...backend import interpreting
 from ...settings import DEFAULT_SETTINGS, TritonSettings
-from ...validation import raise_first, raise_violated, violation_flags
 from ..common.profiling import mark_stage
 from ..common.triton_utils import INT32_MAX, block_sizes, next_pow2
+from ..common.value_checks import launch_value_checks, raise_flagged
 from .chunk_fwd_decide import (
     CARRY_ROWS,
     dla_carry_kernel,
@@ -48,7 +48,6 @@ from .chunk_fwd_states import (
     CHUNK,
     final_states,
     initial_prefixes,
-    log_decay_sums,
     prefix_states,
     start_bits,
     start_states,
@@ -94,8 +93,9 @@ class DecidedStructure:
         fpos: ``[BH, KP]`` int32, the final slots' start positions.
         size: ``[BH]`` int64 final sizes; counts ``[BH, K]`` int64; info ``[BH, K]`` float64.
         scores: ``[BH, NC*C]`` float32; merged ``[BH, NC*C]`` int64 (-1: no merge).
-        survivors: the output stage's ``surviving_starts`` ``(surv, nsurv, bidx)``, kept for the backward (which
-            would otherwise count them again: a host synchronisation); None before the output stage.
+        survivors: the output stage's surviving starts ``(off, nsurv, bidx)`` (``surviving_starts``,
+            ``start_states``), kept for the backward (which would otherwise count them again: a host
+            synchronisation); None before the output stage.
     """
 
     masks: torch.Tensor
@@ -149,18 +149,21 @@ def launch_config(q, v, slot_weights) -> LaunchConfig:
 
 
 def _initial_cache(cfg: LaunchConfig, states, counts, info, size, dev):
-    """``(states0 [BH, K, Dk, Dv] or None, counts0, info0, size0 [BH], P [BH, Dk, Dv])``: the cache to continue
-    from and its open slot."""
-    f32 = dict(device=dev, dtype=torch.float32)
+    """``(states0 [BH, K, Dk, Dv] or None, counts [BH, K] int64, info [BH, K] float64, size0 [BH], P [BH, Dk,
+    Dv])``: the cache to continue from and its open slot. ``counts`` and ``info`` are the merge simulation's own
+    (it updates them in place): copies of the caller's."""
     if states is None:
-        return (None, torch.zeros(cfg.B, cfg.H, cfg.K, device=dev, dtype=torch.int64),
-                torch.zeros(cfg.B, cfg.H, cfg.K, **f32), torch.zeros(cfg.BH, device=dev, dtype=torch.int64),
-                torch.zeros(cfg.BH, cfg.Dk, cfg.Dv, **f32))
+        return (None, torch.zeros(cfg.BH, cfg.K, device=dev, dtype=torch.int64),
+                torch.zeros(cfg.BH, cfg.K, device=dev, dtype=torch.float64),
+                torch.zeros(cfg.BH, device=dev, dtype=torch.int64),
+                torch.zeros(cfg.BH, cfg.Dk, cfg.Dv, device=dev, dtype=torch.float32))
     states0 = states.float().reshape(cfg.BH, cfg.K, cfg.Dk, cfg.Dv)
     size0 = size.long().reshape(cfg.BH).contiguous()
     open_idx = (size0 - 1).clamp(min=0)
     P = (states0[torch.arange(cfg.BH, device=dev), open_idx] * (size0 > 0)[:, None, None]).contiguous()
-    return states0, counts.long(), info.float(), size0, P
+    counts0 = counts.reshape(cfg.BH, cfg.K).to(torch.int64, copy=True)
+    info0 = info.reshape(cfg.BH, cfg.K).to(torch.float64, copy=True)
+    return states0, counts0, info0, size0, P
 
 
 def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, override: bool,
@@ -218,7 +221,8 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
 
 def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
                       pipeline: bool) -> DecidedStructure:
-    """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists)."""
+    """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists).
+    ``counts0`` and ``info0`` (``_initial_cache``'s own copies) become the structure's, updated in place."""
     dev = masks.device
     BH, NC, K, KP = cfg.BH, cfg.NC, cfg.K, cfg.KP
     s = DecidedStructure(
@@ -229,8 +233,8 @@ def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscore
         livem=torch.empty(BH, NC, device=dev, dtype=torch.int32),
         fpos=torch.empty(BH, KP, device=dev, dtype=torch.int32),
         size=size0.clone(),
-        counts=counts0.reshape(BH, K).clone().contiguous(),
-        info=info0.reshape(BH, K).double().contiguous(),
+        counts=counts0,
+        info=info0,
         scores=scores,
         merged=torch.full((BH, NC * CHUNK), -1, device=dev, dtype=torch.int64),
     )
@@ -313,13 +317,9 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
 
 
 def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit, settings: TritonSettings,
-            value_checks=()):
-    """Stage 5: ``o [B, T, H, Dv]`` in q's dtype. ``value_checks`` are read back with the surviving-start count
-    (the call's one host synchronisation) and the first violated raises."""
-    surv, nsurv, bidx, violated = surviving_starts(s.masks, s.death, cfg.T, violation_flags(value_checks))
-    raise_violated(value_checks, violated)
-    s.survivors = (surv, nsurv, bidx)
-    bst = start_states(k, v, g, hs, s.masks, s.death, bidx, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec)
+            check_flags=None):
+    """Stage 5: ``o [B, T, H, Dv]`` in q's dtype. ``check_flags`` (``launch_value_checks``'s, or None) are read back
+    with the surviving-start count (the call's one host synchronisation) and the first violated check raises."""
     o = torch.empty(cfg.B, cfg.T, cfg.H, cfg.Dv, device=q.device, dtype=q.dtype)
     BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
     grid = (cfg.NC, cfg.BH, triton.cdiv(BVF, BV))
@@ -328,6 +328,12 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     nprog = grid[0] * grid[1] * grid[2]
     sc = torch.empty(nprog * CHUNK * cfg.KP, device=q.device, dtype=torch.float32)
     bsc = torch.empty(nprog * cfg.KP, device=q.device, dtype=torch.int32)
+    # Everything above is allocated before the synchronisation: after it the GPU idles until the next launch.
+    off, nsurv, flags = surviving_starts(s.masks, s.death, cfg.T, check_flags)
+    if flags:
+        raise_flagged(flags[0])
+    bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec)
+    s.survivors = (off, nsurv, bidx)
     dla_output_kernel[grid](
         q, k, v, g, slot_weights, o, s.masks, s.death, s.death0, s.live, s.livem, hs, gs, bidx, bst, nsurv, sc, bsc,
         cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
@@ -360,7 +366,7 @@ def _empty_call(cfg: LaunchConfig, q, states, counts, info, size):
 def forward_scalar_decay_triton(
     q, k, v, g, slot_weights, *, tau, boundaries=None, states=None, counts=None, info=None, size=None,
     eps=1e-6, norm_eps=1e-6, lengths=None, settings: TritonSettings = DEFAULT_SETTINGS, profile: dict | None = None,
-    value_checks=(),
+    check_values: bool = False, final_cache: bool = True, trace: bool = True,
 ):
     """DLA forward, scalar-decay backbone, on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1).
 
@@ -371,7 +377,7 @@ def forward_scalar_decay_triton(
         tau: the boundary threshold (float).
         boundaries: bool ``[B, T, H]`` overriding the decisions, or None.
         states, counts, info, size: the initial cache (``[B, H, K, Dk, Dv]`` float32, ``[B, H, K]`` int64,
-            ``[B, H, K]`` float32, ``[B, H]`` int64), or all None for an empty cache.
+            ``[B, H, K]`` float32, ``[B, H]`` int64), or all None for an empty cache. Not modified.
         eps, norm_eps: the score's guards.
         lengths: ``[B]`` integer or None: batch b's tokens are ``0 .. lengths[b] - 1``; the padding after them
             must be zero q/k/v/slot_weights with g = 0 (it then changes no state) and takes no decision and
@@ -379,11 +385,12 @@ def forward_scalar_decay_triton(
         settings: kernel tuning (:class:`dla_fast.settings.TritonSettings`).
         profile: a dict, or None: if given, each stage's time in ms (CUDA events, synchronising) and the
             mean number of live slot starts at chunk starts are written into it (benchmarks only).
-        value_checks: the caller's input value checks (``(violated, message)`` pairs on the device,
-            ``dla_fast.validation.forward_checks``), read back in this call's one host synchronisation instead of
-            one of their own; the first violated raises ``ValueError(message)`` before anything is returned. The
-            kernels run safely on non-finite inputs (the results are then discarded). Not for checks that guard
-            the kernels' indexing (an initial cache's sizes): those must be raised before the call.
+        check_values: check that q, k, v, g and slot_weights are finite and g <= 0 (``dla_ref``'s value checks,
+            in one kernel: ``ops/common/value_checks.py``), read back in this call's one host synchronisation;
+            the first violated raises ``ValueError`` naming the argument before anything is returned. The
+            kernels run safely on non-finite inputs (the results are then discarded). The initial cache's
+            checks guard the kernels' indexing: the caller raises them before the call.
+        final_cache, trace: compute the final cache and the trace (else None in their place).
 
     Returns:
         ``(o, (states, counts, info, size), (scores float32, starts bool, merged int64), structure)``: ``o``
@@ -392,39 +399,44 @@ def forward_scalar_decay_triton(
     """
     cfg = launch_config(q, v, slot_weights)
     check_forward_dims(cfg.Dk, cfg.Dv)
-    if cfg.T == 0:
-        raise_first(value_checks)
+    if cfg.T == 0:  # nothing to check either: no values
         return _empty_call(cfg, q, states, counts, info, size)
     dev = q.device
     q, k, v, g, slot_weights = (x.contiguous() for x in (q, k, v, g, slot_weights))
     states0, counts0, info0, size0, P = _initial_cache(cfg, states, counts, info, size, dev)
-    # Prefix states: independent of the decisions, so on CUDA they run on a side stream while the
-    # sequential carry scan and merge simulation (B*H programs) leave most of the GPU idle.
-    mark_stage(profile, "table")
-    gs = log_decay_sums(g, cfg.NC)
     h0, hinit = initial_prefixes(states0, cfg.BH, cfg.Dk, cfg.Dv, dev)
+    if lengths is None:
+        row_lengths = torch.full((cfg.BH,), cfg.T, device=dev, dtype=torch.int32)
+    else:
+        row_lengths = lengths.to(dev, torch.int32).repeat_interleave(cfg.H)
+    # Prefix states (and the value checks): independent of the decisions, so on CUDA they run on a side stream
+    # while the sequential carry scan and merge simulation (B*H programs) leave most of the GPU idle. Launched
+    # after the decision stages (the critical path), from the inputs' point on the current stream.
     use_side = dev.type == "cuda" and not interpreting() and settings.side_stream
     side = torch.cuda.Stream(device=dev) if use_side else None
-    if side is not None:
-        side.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(side) if side is not None else nullcontext():
-        hs = prefix_states(k, v, g, gs, h0, split=cfg.split, prec=cfg.prec)
-    full = torch.full((cfg.B,), cfg.T, device=dev, dtype=torch.int32)
-    row_lengths = (full if lengths is None else lengths.to(dev, torch.int32)).repeat_interleave(cfg.H).contiguous()
+    inputs_ready = torch.cuda.current_stream(dev).record_event() if side is not None else None
+    mark_stage(profile, "table")
     s = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, tau, eps, norm_eps, settings,
                 profile)
     if side is not None:
+        side.wait_event(inputs_ready)
+    with torch.cuda.stream(side) if side is not None else nullcontext():
+        hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
+        check_flags = launch_value_checks(q, k, v, g, slot_weights) if check_values else None
+    if side is not None:
         torch.cuda.current_stream(dev).wait_stream(side)
     mark_stage(profile, "output")
-    o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, None if states is None else hinit, settings, value_checks)
+    o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, None if states is None else hinit, settings, check_flags)
     mark_stage(profile, "final")
-    final = final_states(k, v, g, hs, gs, s.fpos, s.size, hinit, size0, P, cfg.K, has_init=states is not None,
-                         split=cfg.split, prec=cfg.prec)
+    cache = None
+    if final_cache:
+        final = final_states(k, v, g, hs, gs, s.fpos, s.size, hinit, size0, P, cfg.K, has_init=states is not None,
+                             split=cfg.split, prec=cfg.prec)
+        cache = (final.reshape(cfg.B, cfg.H, cfg.K, cfg.Dk, cfg.Dv), s.counts.reshape(cfg.B, cfg.H, cfg.K),
+                 s.info.float().reshape(cfg.B, cfg.H, cfg.K), s.size.reshape(cfg.B, cfg.H))
     mark_stage(profile, "trace")
-    cache = (final.reshape(cfg.B, cfg.H, cfg.K, cfg.Dk, cfg.Dv), s.counts.reshape(cfg.B, cfg.H, cfg.K),
-             s.info.float().reshape(cfg.B, cfg.H, cfg.K), s.size.reshape(cfg.B, cfg.H))
-    trace = _trace(cfg, s)
+    call_trace = _trace(cfg, s) if trace else None
     mark_stage(profile, None)
     if profile is not None:
         profile["mean_live_at_chunk_start"] = float(s.livem.float().mean())
-    return o, cache, trace, s
+    return o, cache, call_trace, s

@@ -30,12 +30,13 @@ CHUNK = 64  # tokens per chunk of the Triton paths (the boundary bitmasks are on
 
 @triton.jit(do_not_specialize=["T"])
 def dla_chunkstate_kernel(
-    k_ptr, v_ptr, g_ptr, hs_ptr,
+    k_ptr, v_ptr, g_ptr, hs_ptr, gsum_ptr,
     T, H, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
 ):
     """Program (chunk c, bh, Dv block): u_c = sum_{s in c} exp(Gc[last] - Gc[s]) k_s v_s^T, written to
-    hs[c + 1] (the scan kernel turns it into H at the chunk end). 2 C Dk BV FLOPs (x3 split)."""
+    hs[c + 1] (the scan kernel turns it into H at the chunk end), and (Dv block 0) the chunk's sum of g in
+    float64 to ``gsum[bh, c]``. 2 C Dk BV FLOPs (x3 split)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
@@ -51,16 +52,19 @@ def dla_chunkstate_kernel(
     kw = kc.to(tl.float32) * w[:, None]
     u = dot_state_update(kw, vc, SPLIT, PREC)
     store_state(hs_ptr + (bh * (NC + 1) + c + 1) * Dk * Dv, u, kd, vd, Dk, Dv)
+    if vb == 0:
+        tl.store(gsum_ptr + bh * NC + c, tl.sum(g.to(tl.float64), 0))
 
 
 @triton.jit(do_not_specialize=["T"])
 def dla_hscan_kernel(
-    h0_ptr, hs_ptr, gs_ptr, T, DD,
+    h0_ptr, hs_ptr, gsum_ptr, gs_ptr, T, DD,
     C: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Program (bh, block of BLOCK state entries): H(c0 - 1) for every chunk, in place:
     hs[0] = h0, hs[c + 1] = exp(sum of g over chunk c) hs[c] + u_c. Bandwidth-bound (8 bytes per entry
-    per chunk); every entry of the state is its own independent recurrence."""
+    per chunk); every entry of the state is its own independent recurrence. Block 0 also writes ``gs``, the
+    float64 sums of g before every chunk (the running sum of the chunk sums ``gsum``)."""
     bh = tl.program_id(0)
     blk = tl.program_id(1)
     NC = tl.cdiv(T, C)
@@ -68,26 +72,54 @@ def dla_hscan_kernel(
     em = e < DD
     S = tl.load(h0_ptr + bh * DD + e, mask=em, other=0.0)
     tl.store(hs_ptr + bh * (NC + 1) * DD + e, S, mask=em)
-    g0 = tl.load(gs_ptr + bh * (NC + 1))
+    g0 = tl.zeros([], dtype=tl.float64)
+    if blk == 0:
+        tl.store(gs_ptr + bh * (NC + 1), g0)
     for c in range(NC):
-        g1 = tl.load(gs_ptr + bh * (NC + 1) + c + 1)
+        g1 = g0 + tl.load(gsum_ptr + bh * NC + c)
+        if blk == 0:
+            tl.store(gs_ptr + bh * (NC + 1) + c + 1, g1)
         u = tl.load(hs_ptr + (bh * (NC + 1) + c + 1) * DD + e, mask=em, other=0.0)
         S = tl.exp(g1 - g0).to(tl.float32) * S + u
         tl.store(hs_ptr + (bh * (NC + 1) + c + 1) * DD + e, S, mask=em)
         g0 = g1
 
 
+@triton.jit
+def surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C: tl.constexpr):
+    """``[C]`` bool: the chunk's slot starts still live at its end (later chunks read their prefix states)."""
+    t_idx = tl.arange(0, C)
+    tok = c * C + t_idx
+    bvec = mask_bits(tl.load(mask_ptr + bh * NC + c), t_idx)
+    dth = tl.load(death_ptr + bh * NC * C + tok)
+    return bvec & (dth >= (c + 1) * C) & (tok < T)
+
+
+@triton.jit(do_not_specialize=["T"])
+def dla_survivor_counts_kernel(mask_ptr, death_ptr, off_ptr, T, C: tl.constexpr):
+    """Program (chunk c, bh): the chunk's number of surviving starts, at ``off[1 + bh * NC + c]`` (a cumulative
+    sum then makes ``off`` the chunks' offsets in the compact order); program (0, 0) also writes ``off[0] = 0``."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    surv = surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C)
+    tl.store(off_ptr + 1 + bh * NC + c, tl.sum(surv.to(tl.int64), 0))
+    if (c == 0) & (bh == 0):
+        tl.store(off_ptr, tl.zeros([], dtype=tl.int64))
+
+
 @triton.jit(do_not_specialize=["T"])
 def dla_bstate_kernel(
-    k_ptr, v_ptr, g_ptr, hs_ptr, mask_ptr, death_ptr, bidx_ptr, bst_ptr,
+    k_ptr, v_ptr, g_ptr, hs_ptr, mask_ptr, death_ptr, off_ptr, bidx_ptr, bst_ptr,
     T, H, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
 ):
     """Program (chunk c, bh, Dv block): for every slot start a of this chunk still live at the chunk end
     (so that later chunks may read it), the prefix state before a decayed to the chunk end,
-    B_a = e^{Gc[last]} H(c0-1) + sum_{s < a} e^{Gc[last] - Gc[s]} k_s v_s^T, at bst[bidx[a]] (compact).
-    Later chunks read it with one q^T B product. 2 C Dk BV FLOPs and Dk BV elements written per start;
-    16-bit storage and dots for 16-bit inputs (B only feeds the output)."""
+    B_a = e^{Gc[last]} H(c0-1) + sum_{s < a} e^{Gc[last] - Gc[s]} k_s v_s^T, at bst[bidx[a]] (compact: the
+    chunk's offset ``off[bh * NC + c]`` plus a's rank among the chunk's survivors; the Dv block 0 writes the
+    chunk's ``bidx``, -1 where no start survives). Later chunks read it with one q^T B product. 2 C Dk BV FLOPs
+    and Dk BV elements written per start; 16-bit storage and dots for 16-bit inputs (B only feeds the output)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
@@ -95,10 +127,11 @@ def dla_bstate_kernel(
     b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
     kd = tl.arange(0, BK)
     vd = vb * BV + tl.arange(0, BV)
-    mask = tl.load(mask_ptr + bh * NC + c)
-    bvec = mask_bits(mask, t_idx)
-    dth = tl.load(death_ptr + bh * NC * C + tok)
-    surv = bvec & (dth >= (c + 1) * C) & valid
+    surv = surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C)
+    base = tl.load(off_ptr + bh * NC + c)
+    if vb == 0:
+        rank = tl.cumsum(surv.to(tl.int32), 0) - 1
+        tl.store(bidx_ptr + bh * NC * C + tok, tl.where(surv, base + rank, -1).to(tl.int32))
     nsurv = tl.sum(surv.to(tl.int32), 0)
     if nsurv > 0:
         kc = load_rows(k_ptr, trow, valid, kd, Dk)
@@ -110,7 +143,7 @@ def dla_bstate_kernel(
         Hc = tl.exp(Glast) * load_state(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv, kd, vd, Dk, Dv)
         kf = kc.to(tl.float32)
         rem = tl.sum(tl.where(surv, tl.full([C], 1, tl.int64) << t_idx.to(tl.int64), 0), 0)
-        for _ in range(nsurv):
+        for i in range(nsurv):  # lowest position first: the compact order
             low = rem & (-rem)
             rem = rem ^ low
             a = bit_index(low)
@@ -119,8 +152,7 @@ def dla_bstate_kernel(
                 Bm = Hc + tl.dot(tl.trans(kw.to(vc.dtype)), vc)
             else:
                 Bm = Hc + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
-            slot = tl.load(bidx_ptr + bh * NC * C + c * C + a).to(tl.int64)
-            store_state(bst_ptr + slot * Dk * Dv, Bm, kd, vd, Dk, Dv)
+            store_state(bst_ptr + (base + i) * Dk * Dv, Bm, kd, vd, Dk, Dv)
 
 
 @triton.jit
@@ -195,16 +227,6 @@ def dla_final_kernel(
 # ---------------------------------------------------------------------------------------------------
 
 
-def log_decay_sums(g, NC: int) -> torch.Tensor:
-    """``gs [BH, NC + 1]`` float64: the sum of ``g`` before each chunk (and over the whole call, last)."""
-    B, T, H = g.shape
-    gpad = torch.zeros(B * H, NC * CHUNK, device=g.device, dtype=torch.float64)
-    gpad[:, :T] = g.double().permute(0, 2, 1).reshape(B * H, T)
-    gs = torch.zeros(B * H, NC + 1, device=g.device, dtype=torch.float64)
-    gs[:, 1:] = gpad.view(B * H, NC, CHUNK).sum(-1).cumsum(-1)
-    return gs
-
-
 def initial_prefixes(states0, BH: int, Dk: int, Dv: int, dev):
     """``(h0, hinit)``: the sum of the initial slots (the prefix state before the call) and, per initial
     slot i, the sum of the slots before it (its pseudo start's prefix state); zeros without a cache."""
@@ -214,19 +236,23 @@ def initial_prefixes(states0, BH: int, Dk: int, Dv: int, dev):
     return states0.sum(1).contiguous(), (torch.cumsum(states0, 1) - states0).contiguous()
 
 
-def prefix_states(k, v, g, gs, h0, *, split: bool, prec: str) -> torch.Tensor:
-    """``hs [BH, NC + 1, Dk, Dv]`` float32: the single-state prefix state H(c0 - 1) before every chunk
-    (and after the last), on the current stream."""
+def prefix_states(k, v, g, h0, *, split: bool, prec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hs, gs)`` on the current stream: ``hs [BH, NC + 1, Dk, Dv]`` float32, the single-state prefix state
+    H(c0 - 1) before every chunk (and after the last); ``gs [BH, NC + 1]`` float64, the sum of ``g`` before
+    each chunk (and over the whole call, last)."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
-    NC = gs.shape[1] - 1
+    NC = triton.cdiv(T, CHUNK)
     BK, BVF, BV = block_sizes(Dk, Dv)
     hs = torch.empty(B * H, NC + 1, Dk, Dv, device=k.device, dtype=torch.float32)
-    dla_chunkstate_kernel[(NC, B * H, triton.cdiv(BVF, BV))](k, v, g, hs, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV,
-                                                            SPLIT=split, PREC=prec, num_warps=4)
+    gs = torch.empty(B * H, NC + 1, device=k.device, dtype=torch.float64)
+    gsum = torch.empty(B * H, NC, device=k.device, dtype=torch.float64)
+    dla_chunkstate_kernel[(NC, B * H, triton.cdiv(BVF, BV))](k, v, g, hs, gsum, T, H, Dk, Dv, C=CHUNK, BK=BK,
+                                                            BV=BV, SPLIT=split, PREC=prec, num_warps=4)
     HBLK = 1024
-    dla_hscan_kernel[(B * H, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK, num_warps=4)
-    return hs
+    dla_hscan_kernel[(B * H, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gsum, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK,
+                                                          num_warps=4)
+    return hs, gs
 
 
 def start_bits(masks: torch.Tensor) -> torch.Tensor:
@@ -236,37 +262,41 @@ def start_bits(masks: torch.Tensor) -> torch.Tensor:
     return ((masks[:, :, None] >> shifts) & 1).bool().reshape(BH, NC * CHUNK)
 
 
-def surviving_starts(masks, death, T: int, read_also=()):
-    """Slot starts that outlive their chunk (later chunks read their prefix state): ``(surv [BH, NC*C]
-    bool, their number, bidx [BH, NC*C] int32, read_also's values)`` with ``bidx`` the compact index (row-major),
-    -1 elsewhere. Their number is read back to the host (it sizes the start states: the forward's one host
-    synchronisation), together with the 0-d integer tensors ``read_also`` (a caller's deferred checks)."""
+def surviving_starts(masks, death, T: int, read_also=None):
+    """Slot starts that outlive their chunk (later chunks read their prefix states): ``(off, nsurv, read_also's
+    values)`` with ``off [BH * NC + 1]`` int64 each chunk's offset in the compact (row-major) order of the
+    surviving starts and their number ``nsurv`` last. ``nsurv`` is read back to the host (it sizes the start
+    states: the forward's one host synchronisation), together with ``read_also`` (a 1-d int64 tensor: a
+    caller's deferred checks), returned as a list (empty without)."""
     BH, NC = masks.shape
-    tpos = torch.arange(NC * CHUNK, device=masks.device)
-    surv = start_bits(masks) & (death >= (tpos // CHUNK + 1) * CHUNK) & (tpos < T)
-    nsurv, *also = torch.stack([surv.sum(), *read_also]).tolist()
-    bidx = torch.where(surv, torch.cumsum(surv.reshape(-1), 0).reshape(BH, NC * CHUNK) - 1, -1).to(torch.int32)
-    return surv, nsurv, bidx, also
+    off = torch.empty(BH * NC + 1, device=masks.device, dtype=torch.int64)
+    dla_survivor_counts_kernel[(NC, BH)](masks, death, off, T, C=CHUNK, num_warps=1)
+    off.cumsum_(0)
+    nsurv, *also = (off[-1:] if read_also is None else torch.cat([off[-1:], read_also])).tolist()
+    return off, nsurv, also
 
 
-def start_states(k, v, g, hs, masks, death, bidx, nsurv: int, hinit, K: int, *, lowp: bool, prec: str):
-    """The compact prefix states ``bst [nsurv (+ BH K), Dk, Dv]`` of the surviving starts, each decayed to
-    its chunk end, then the initial slots' pseudo starts (``hinit``, reference: the call's start)."""
+def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, lowp: bool, prec: str):
+    """``(bst, bidx)``: the compact prefix states ``bst [nsurv (+ BH K), Dk, Dv]`` of the surviving starts
+    (``surviving_starts``), each decayed to its chunk end, then the initial slots' pseudo starts (``hinit``,
+    reference: the call's start); ``bidx [BH, NC * C]`` int32 each surviving start's index in ``bst``, -1
+    elsewhere."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     BH, NC = masks.shape
     BK, BVF, BV = block_sizes(Dk, Dv)
     ninit = BH * K if hinit is not None else 0
     bst = torch.empty(nsurv + ninit, Dk, Dv, device=k.device, dtype=k.dtype if lowp else torch.float32)
+    bidx = torch.empty(BH, NC * CHUNK, device=k.device, dtype=torch.int32)
     if ninit:
         bst[nsurv:] = hinit.reshape(BH * K, Dk, Dv).to(bst.dtype)
     # 16-bit inputs at Dk = 128: 4 warps, two programs per SM (sm_90: 255 registers x 128 threads; 8 warps took
     # 147 x 256, one program), 5-6 % off the whole forward at (8, 4096, 16, 128) (docs/benchmarks.md run 15,
     # call 6). Dk = 64 keeps 8 warps (no gain measured), float32 too (4 warps spill 600 B).
     warps = 4 if lowp and BK >= 128 else 8
-    dla_bstate_kernel[(NC, BH, triton.cdiv(BVF, BV))](k, v, g, hs, masks, death, bidx, bst, T, H, Dk, Dv, C=CHUNK,
-                                                     BK=BK, BV=BV, LOWP=lowp, PREC=prec, num_warps=warps)
-    return bst
+    dla_bstate_kernel[(NC, BH, triton.cdiv(BVF, BV))](k, v, g, hs, masks, death, off, bidx, bst, T, H, Dk, Dv,
+                                                     C=CHUNK, BK=BK, BV=BV, LOWP=lowp, PREC=prec, num_warps=warps)
+    return bst, bidx
 
 
 def final_states(k, v, g, hs, gs, fpos, size, hinit, size0, P, K: int, *, has_init: bool, split: bool, prec: str):
