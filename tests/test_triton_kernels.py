@@ -544,11 +544,12 @@ def test_forward_with_concurrent_decision_stages_is_bitwise_the_serial_one():
     assert on.table_overlap and on.pipeline
     assert concurrent_decisions(launch_config(args[0], args[2], args[4]), args[0].device)
     serial = forward_scalar_decay_triton(*args, tau=0.6, settings=off)
-    for _ in range(5):
-        both = forward_scalar_decay_triton(*args, tau=0.6, settings=on)
-        assert torch.equal(both[0], serial[0])
+    # also each overlap alone: the carry scan beside the table kernel, the merge simulation behind the carry scan
+    for settings in [on] * 5 + [TritonSettings(pipeline=False), TritonSettings(table_overlap=False)] * 2:
+        both = forward_scalar_decay_triton(*args, tau=0.6, settings=settings)
+        assert torch.equal(both[0], serial[0]), settings
         for x, y in zip(both[1] + both[2], serial[1] + serial[2]):
-            assert torch.equal(x, y)
+            assert torch.equal(x, y), settings
 
 
 HARNESS_EXAMPLES = 12  # drawn cases per run (each runs the kernels; the interpreter is slow)
