@@ -9,7 +9,8 @@ forward at the kernel entry three times per variant, and prints for the last cal
 
 - the table kernel's span and its programs' median duration;
 - the carry scan's start (all its programs) and end (median and last row);
-- the carry scan's chunk step (median, p90) while the table kernel runs and after;
+- the carry scan's chunk step (median) while the table kernel runs and after, in us and in its SM's cycles
+  (``%clock64``), and their ratio, the SM's clock: a slower step at the same cycle count is a lower clock;
 - the slack: a chunk's carry step minus that (row, chunk)'s table program end (small: the carry scan waits).
 
     python benchmarks/decision_stamps.py --out DIR [--config 2x16384] [--workload moderate] \\
@@ -39,6 +40,17 @@ def gtimer():
 
 
 @triton.jit
+def sm_cycles():
+    return tl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+
+
+@triton.jit
+def stamp(ptr):
+    tl.store(ptr, gtimer())
+    tl.store(ptr + 1, sm_cycles())
+
+
+@triton.jit
 def first_hit_combine('''
 
 
@@ -55,16 +67,16 @@ def patches(table_warps: int, table_maxnreg: int) -> dict[str, list[tuple[str, s
          "    tl.store(tstamp_ptr + tl.program_id(0) * 2 + 1, gtimer())\n"),
         ("    WAIT_TABLES: tl.constexpr,\n):", "    WAIT_TABLES: tl.constexpr, cstamp_ptr,\n):"),
         ("    N = (Dk * Dv).to(tl.float32)\n    emp =",
-         "    N = (Dk * Dv).to(tl.float32)\n    tl.store(cstamp_ptr + bh * (NC + 2), gtimer())\n    emp ="),
+         "    N = (Dk * Dv).to(tl.float32)\n    stamp(cstamp_ptr + bh * (NC + 2) * 2)\n    emp ="),
         ("        tl.store(mask_ptr + bh * NC + c, mask)\n",
          "        tl.store(mask_ptr + bh * NC + c, mask)\n"
-         "        tl.store(cstamp_ptr + bh * (NC + 2) + 1 + c, gtimer())\n"),
+         "        stamp(cstamp_ptr + (bh * (NC + 2) + 1 + c) * 2)\n"),
     ], LAUNCH: [
         ("MAX_DIM = 256\n", "MAX_DIM = 256\nSTAMPS = {}\n"),
         ("    tables = (itab, anc, cvec, decay)\n",
          "    tables = (itab, anc, cvec, decay)\n"
          "    STAMPS['table'] = torch.zeros(NC * BH * 2, device=k.device, dtype=torch.int64)\n"
-         "    STAMPS['carry'] = torch.zeros(BH * (NC + 2), device=k.device, dtype=torch.int64)\n"),
+         "    STAMPS['carry'] = torch.zeros(BH * (NC + 2) * 2, device=k.device, dtype=torch.int64)\n"),
         ("PUBLISH=tflag is not None, num_warps=8, maxnreg=128 if cfg.lowp else None,",
          f"PUBLISH=tflag is not None, tstamp_ptr=STAMPS['table'], num_warps={table_warps}, "
          f"maxnreg={cap} if cfg.lowp else None,"),
@@ -116,22 +128,30 @@ def measure(config: str, workload_name: str, out: str) -> None:
                 cf.forward_scalar_decay_triton(*inputs, tau=TAU, settings=settings)
             torch.cuda.synchronize()
             table = cf.STAMPS["table"].view(NC, BH, 2).cpu().double()
-            carry = cf.STAMPS["carry"].view(BH, NC + 2).cpu().double()
+            carry_both = cf.STAMPS["carry"].view(BH, NC + 2, 2).cpu().double()
+            carry, cycles = carry_both[..., 0], carry_both[:, 1:NC + 1, 1]
             t0 = table[..., 0].min()
             table, carry = (table - t0) / 1e3, (carry - t0) / 1e3
             table_end = float(table[..., 1].max())
             steps_at = carry[:, 1:NC + 1]
             steps = steps_at[:, 1:] - steps_at[:, :-1]
+            step_cycles = cycles[:, 1:] - cycles[:, :-1]  # one program's SM: its own clock
+            mhz = step_cycles / steps  # cycles per us
             during = steps_at[:, 1:] <= table_end
             slack = steps_at - table[..., 1].T
             line = (f"== {cfg} {workload_name} {name}: table 0-{table_end:.0f} us (program median "
                     f"{pct(table[..., 1] - table[..., 0], 0.5):.1f} us); carry start {pct(carry[:, 0], 0.5):.0f} us, "
                     f"end median {pct(steps_at[:, -1], 0.5):.0f} last {float(steps_at[:, -1].max()):.0f} us")
+            def step_stats(sel):
+                return (f"{pct(steps[sel], 0.5):.2f} us = {pct(step_cycles[sel], 0.5):.0f} cycles at "
+                        f"{pct(mhz[sel], 0.5):.0f} MHz")
+
             if during.any():
-                line += (f"; step during the table {pct(steps[during], 0.5):.2f} us, after "
-                         f"{pct(steps[~during], 0.5) if (~during).any() else float('nan'):.2f} us")
+                line += f"; step during the table {step_stats(during)}"
+                if (~during).any():
+                    line += f", after {step_stats(~during)}"
             else:
-                line += f"; step {pct(steps, 0.5):.2f} us (p90 {pct(steps, 0.9):.2f})"
+                line += f"; step {step_stats(torch.ones_like(during))} (p90 {pct(steps, 0.9):.2f} us)"
             line += f"; slack p10 {pct(slack, 0.1):.1f} us"
             print(line)
             torch.save(dict(table=table, carry=carry), os.path.join(out, f"stamps_{'x'.join(map(str, cfg))}_{name}.pt"))
