@@ -222,9 +222,13 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
 def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
                       pipeline: bool) -> DecidedStructure:
     """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists).
-    ``counts0`` and ``info0`` (``_initial_cache``'s own copies) become the structure's, updated in place."""
+    ``counts0`` (int64) and ``info0`` (float64), ``B * H * K`` each and contiguous (the caller's own copies), become
+    the structure's and are updated in place."""
     dev = masks.device
     BH, NC, K, KP = cfg.BH, cfg.NC, cfg.K, cfg.KP
+    if counts0.dtype != torch.int64 or info0.dtype != torch.float64:
+        raise TypeError(f"merge_simulation: expected int64 counts and float64 info (updated in place), got "
+                        f"{counts0.dtype} and {info0.dtype}")
     s = DecidedStructure(
         masks=masks,
         death=torch.full((BH, NC * CHUNK), INT32_MAX, device=dev, dtype=torch.int32),
@@ -233,8 +237,8 @@ def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscore
         livem=torch.empty(BH, NC, device=dev, dtype=torch.int32),
         fpos=torch.empty(BH, KP, device=dev, dtype=torch.int32),
         size=size0.clone(),
-        counts=counts0,
-        info=info0,
+        counts=counts0.view(BH, K),
+        info=info0.view(BH, K),
         scores=scores,
         merged=torch.full((BH, NC * CHUNK), -1, device=dev, dtype=torch.int64),
     )
