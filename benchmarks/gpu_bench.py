@@ -579,10 +579,10 @@ def _measure(row, name, fn, cap_ms):
 
 def _ratios(row):
     """Adds DLA-GDN / FLA time ratios where both ran (``fwd_bwd_unchecked``: against FLA's unchecked fwd+bwd)."""
-    for stage, fla in (("fwd", "fwd"), ("fwd_bwd", "fwd_bwd"), ("fwd_bwd_unchecked", "fwd_bwd_unchecked")):
+    for stage in ("fwd", "fwd_bwd", "fwd_bwd_unchecked"):
         dla = stage.replace("_unchecked", "")
-        if f"dla_{dla}_ms" in row and f"fla_{fla}_ms" in row:
-            row[f"{stage}_dla_over_fla"] = row[f"dla_{dla}_ms"] / row[f"fla_{fla}_ms"]
+        if f"dla_{dla}_ms" in row and f"fla_{stage}_ms" in row:
+            row[f"{stage}_dla_over_fla"] = row[f"dla_{dla}_ms"] / row[f"fla_{stage}_ms"]
     return row
 
 

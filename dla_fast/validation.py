@@ -56,22 +56,14 @@ def check_same_device(**tensors) -> torch.device:
     return first
 
 
-def violation_flags(checks: Sequence[tuple[Any, str]]) -> list[torch.Tensor]:
-    """The checks' ``violated`` values as 0-d int64 tensors, ready to be read back with other values."""
-    return [torch.as_tensor(c).reshape(()).to(torch.int64) for c, _ in checks]
-
-
-def raise_violated(checks: Sequence[tuple[Any, str]], violated: Sequence[int | bool]) -> None:
-    """Raise the first check whose ``violated`` value (read back already) is true."""
-    for flag, (_, message) in zip(violated, checks):
-        if flag:
-            raise ValueError(message)
-
-
 def raise_first(checks: Sequence[tuple[Any, str]]) -> None:
     """Evaluate every (violated, message) pair with one device synchronisation; raise the first violated."""
-    if checks:
-        raise_violated(checks, torch.stack(violation_flags(checks)).tolist())
+    if not checks:
+        return
+    flags = torch.stack([torch.as_tensor(c).reshape(()).to(torch.bool) for c, _ in checks])
+    for flag, (_, message) in zip(flags.tolist(), checks):
+        if flag:
+            raise ValueError(message)
 
 
 def as_cache(cache, dims: Dims, device, dtype, name: str = "initial_cache") -> Cache:
@@ -110,9 +102,9 @@ def forward_checks(q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_ep
                    input_values: bool = True):
     """``validate_forward`` without reading the value checks back: ``(tensors, tau, dims, cache, pending)``, with
     ``pending`` the (violated, message) pairs still on the device: the inputs' (unless ``input_values`` is false:
-    a caller that checks them itself), then the initial cache's. The caller must raise them (``raise_first``, or
-    read back with its own values and ``raise_violated``) before it returns anything computed from the inputs;
-    structure, shape, dtype and scalar errors are raised here."""
+    a caller that checks them itself), then the initial cache's. The caller must raise them (``raise_first``)
+    before it returns anything computed from the inputs; structure, shape, dtype and scalar errors are raised
+    here."""
     q, k, v, g, slot_weights = (as_float_tensor(n, x) for n, x in
                                 zip(("q", "k", "v", "g", "slot_weights"), (q, k, v, g, slot_weights)))
     device = q.device

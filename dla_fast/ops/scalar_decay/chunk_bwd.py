@@ -298,7 +298,7 @@ def _recompute(cfg: LaunchConfig, k, v, g, init_states, s: DecidedStructure):
     states0 = None if init_states is None else init_states.float().reshape(cfg.BH, cfg.K, cfg.Dk, cfg.Dv)
     h0, hinit = initial_prefixes(states0, cfg.BH, cfg.Dk, cfg.Dv, k.device)
     hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
-    off, nsurv = s.survivors[:2] if s.survivors else surviving_starts(s.masks, s.death, cfg.T)[:2]  # the forward's
+    off, nsurv = s.survivors or surviving_starts(s.masks, s.death, cfg.T)[:2]  # the forward's, if kept
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit if states0 is not None else None,
                              cfg.K, lowp=cfg.lowp, prec=cfg.prec)
     return states0, gs, hs, off, nsurv, bidx, bst

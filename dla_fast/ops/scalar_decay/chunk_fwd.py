@@ -93,9 +93,9 @@ class DecidedStructure:
         fpos: ``[BH, KP]`` int32, the final slots' start positions.
         size: ``[BH]`` int64 final sizes; counts ``[BH, K]`` int64; info ``[BH, K]`` float64.
         scores: ``[BH, NC*C]`` float32; merged ``[BH, NC*C]`` int64 (-1: no merge).
-        survivors: the output stage's surviving starts ``(off, nsurv, bidx)`` (``surviving_starts``,
-            ``start_states``), kept for the backward (which would otherwise count them again: a host
-            synchronisation); None before the output stage.
+        survivors: the output stage's surviving starts ``(off, nsurv)`` (``surviving_starts``), kept for the
+            backward (which would otherwise count them again: a host synchronisation); None before the output
+            stage.
     """
 
     masks: torch.Tensor
@@ -337,7 +337,7 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     if flags:
         raise_flagged(flags[0])
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec)
-    s.survivors = (off, nsurv, bidx)
+    s.survivors = (off, nsurv)
     dla_output_kernel[grid](
         q, k, v, g, slot_weights, o, s.masks, s.death, s.death0, s.live, s.livem, hs, gs, bidx, bst, nsurv, sc, bsc,
         cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
