@@ -7,10 +7,11 @@ docs/delta-rule-chunked.md section 7 is the plan and the record:
    default for few, narrow rows: section 8) the same a chunk at a time from the WY tables (``chunk_fwd_decide_wy``);
 2. ``dla_merge_kernel`` (scalar decay's, on those masks and scores): counts, information sums, the merges, each
    start's death and the live starts at every chunk start (``DecidedStructure``);
-3. the partition now fixed, per block of chunks: the WY tables (``wy_tables_triton``), each token's read weights and
-   each chunk's slot map (torch, vectorised from the structure), the intra-chunk part (torch), then
-   ``dla_delta_states_kernel`` (``chunk_fwd_states``): the slot states chunk by chunk, all K slots of a row in
-   each product, and the reads of the slots live at each chunk start.
+3. the partition now fixed, per block of chunks, three kernels that read the inputs in place in their dtypes: the
+   WY tables (``wy_tables_triton.output_tables_rows``), each token's read weights, each chunk's slot maps and the
+   intra-chunk output (``chunk_fwd_partition``, from the structure), then ``dla_delta_states_kernel``
+   (``chunk_fwd_states``): the slot states chunk by chunk in the cache's own tensor, all K slots of a row in each
+   product, and the reads of the slots live at each chunk start, added to ``o [B, T, H, Dv]``.
 
 No host synchronisation and no numba: the call stays on the device.
 """
@@ -20,14 +21,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..common.layout import chunks, rows, unchunk, unrows
-from ..common.triton_utils import INT32_MAX
+from ..common.layout import unrows
 from ..scalar_decay.chunk_fwd import DecidedStructure, LaunchConfig, merge_simulation
 from ..scalar_decay.chunk_fwd_states import CHUNK, start_bits
 from .chunk_fwd_decide import decide_delta_rule_triton
 from .chunk_fwd_decide_wy import decide_delta_rule_wy
+from .chunk_fwd_partition import partition_and_intra
 from .chunk_fwd_states import slot_states_and_reads
-from .wy_tables_triton import output_tables_triton
+from .wy_tables_triton import output_tables_rows
 
 # Where "auto" decides a chunk at a time: heads up to this wide, at most this many rows (B * H). The chunked
 # path's parallel stages grow with the rows, the token walk's time does not until its one program per row fills
@@ -81,98 +82,28 @@ def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps
     return scores, s, P, row_lengths
 
 
-class _FixedPartition:
-    """The decided structure, chunk-major, and per block of chunks the weights and maps the torch stage reads.
+def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_lengths, slots):
+    """Stage 3: ``o [B, T, H, Dv]`` float32; the slot states ``slots [R, K, Dk, Dv]`` (float32, from the initial
+    cache's) advanced to the call's end in place.
 
-    A slot is the run of tokens from its start to the next live start, so everything follows from the live
-    starts: at token t (after its update) the live starts are those ``p <= t`` not yet dead (``death > t``), and
-    the slot holding token s has recency ``#{live p > s}``. ``live[c]`` lists the slots live at chunk c's start
-    (the initial slots at -m0..-1); the next chunk's list (after the last chunk, the final one) says where each
-    ends.
-    """
-
-    def __init__(self, s: DecidedStructure, size0, row_lengths, K: int):
-        R, NC = s.livem.shape
-        C, dev = CHUNK, s.masks.device
-        self.K, self.R, self.size0, self.row_len = K, R, size0, row_lengths.long()
-        self.slot = torch.arange(K, device=dev)
-        self.live = s.live[:, :, :K].long().transpose(0, 1)  # [NC, R, K]
-        self.livem = s.livem.long().transpose(0, 1)  # [NC, R]
-        nxt = torch.cat([s.live[:, 1:, :K], s.fpos[:, None, :K]], 1).long().transpose(0, 1)
-        nxtm = torch.cat([s.livem[:, 1:].long(), s.size[:, None]], 1).transpose(0, 1)
-        self.next_pos = torch.where(self.slot < nxtm.unsqueeze(-1), nxt, INT32_MAX).contiguous()
-        self.start_rows = start_bits(s.masks)  # [R, NC * C]: the trace's starts too
-        self.starts = self.start_rows.view(R, NC, C).transpose(0, 1)  # [NC, R, C]
-        self.death_flat = s.death.long()  # [R, NC * C]
-        self.death = self.death_flat.view(R, NC, C).transpose(0, 1)
-        self.death0 = s.death0.long()  # [R, K]
-        self.causal = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
-        # later[p, s] = [p > s]: the live starts after s counted by one product (torch's cumsum over a short last
-        # dimension took a third of this stage's GPU time: docs/benchmarks.md run 17); small integers, exact.
-        self.later, self.later_slot = (torch.ones(n, n, device=dev).tril(-1) for n in (C, K))
-
-    def _start_slots(self, b0: int, b1: int):
-        """``(pos, valid, death)`` ``[nb, R, K]`` of the slots live at each chunk start (invalid: death -1)."""
-        nb, R, K = b1 - b0, self.R, self.K
-        pos = self.live[b0:b1]
-        valid = self.slot < self.livem[b0:b1].unsqueeze(-1)
-        d_init = self.death0.expand(nb, R, K).gather(-1, (pos + self.size0.view(1, R, 1)).clamp(0, K - 1))
-        d_tok = self.death_flat.expand(nb, R, -1).gather(-1, pos.clamp(0, self.death_flat.shape[1] - 1))
-        death = torch.where(valid, torch.where(pos < 0, d_init, d_tok), -1)
-        return pos, valid, death
-
-    def block(self, b0: int, b1: int, lam: torch.Tensor):
-        """Chunks ``b0 .. b1 - 1`` (``lam [nb, R, C, K]``, the read weights): ``W [nb, R, C, C]`` (token t's weight
-        of token s's slot, s <= t) and ``coef [nb, R, C, K]`` (its weight of the slot holding start slot i), in
-        lam's dtype; the chunk-end slot of each start slot ``dest_f [nb, R, K]`` and of each token ``dest [nb, R,
-        C]`` (int64, -1: none or padding)."""
-        nb, R, K, C = b1 - b0, self.R, self.K, CHUNK
-        t_glob = (torch.arange(b0, b1, device=lam.device).view(nb, 1, 1) * C + torch.arange(C, device=lam.device))
-        pos, valid, death = self._start_slots(b0, b1)
-        # In-chunk starts p live at token t: [nb, R, C (t), C (p)].
-        alive = self.starts[b0:b1].unsqueeze(2) & self.causal & (self.death[b0:b1].unsqueeze(2) > t_glob.unsqueeze(-1))
-        n_in = alive.sum(-1, keepdim=True)
-        J = (alive.float() @ self.later).long()  # live starts after s: the recency of s's slot at t
-        W = lam.gather(-1, J.clamp(max=K - 1)) * self.causal
-        alive_f = valid.unsqueeze(2) & (death.unsqueeze(2) > t_glob.unsqueeze(-1))  # [nb, R, C, K]
-        JF = n_in + (alive_f.float() @ self.later_slot).long()
-        coef = lam.gather(-1, JF.clamp(max=K - 1)) * valid.unsqueeze(2)
-        # The chunk-end slot holding a start slot's first token, and each token.
-        nxt = self.next_pos[b0:b1]
-        dest_f = torch.where(valid, torch.searchsorted(nxt, pos.contiguous(), right=True) - 1, -1)
-        dest = torch.searchsorted(nxt, t_glob.expand(nb, R, C).contiguous(), right=True) - 1
-        dest = torch.where(t_glob < self.row_len.view(1, R, 1), dest, -1)
-        return W, coef, dest_f, dest
-
-
-def _states_and_outputs(q, k, v, g, beta, lam, part: _FixedPartition, states):
-    """Stage 3: ``(o [nC, R, C, Dv], the slot states after the call [R, K, Dk, Dv])`` in float32.
-
-    Per block of chunks (its ``[nb, R, C, C]`` tables bound the memory): the WY tables, the read weights and slot
-    maps, the intra-chunk part in torch, then one launch of ``dla_delta_states_kernel`` for the slot states
-    (feature-major, ``[R, Dk, K, Dv]``) and the reads of the slots live at each chunk start."""
+    Per block of chunks (its ``[nb, R, C, C]`` tables bound the memory), three launches that read the inputs where
+    they are, in their dtypes: the WY tables (``wy_tables_triton``), the partition's maps and the intra-chunk output
+    (``chunk_fwd_partition``), then ``dla_delta_states_kernel`` for the slot states and the reads of the slots live
+    at each chunk start."""
     B, T, H, Dk = q.shape
-    Dv, K = v.shape[-1], lam.shape[-1]
+    Dv = v.shape[-1]
     R, C, nC = B * H, CHUNK, -(-T // CHUNK)
-    cd = torch.float32
     lowp = q.dtype in (torch.bfloat16, torch.float16)
-    qc, kc, gc, bc = (chunks(rows(x), C, nC) for x in (q, k, g, beta))  # in the tables' dtype block by block
-    vc, lamc = (chunks(rows(x, cd), C, nC) for x in (v, lam))
-    bv = bc.to(cd).unsqueeze(-1) * vc
-    slots = states.reshape(R, K, Dk, Dv).transpose(1, 2).contiguous()
-    o = torch.empty(nC, R, C, Dv, dtype=cd, device=q.device)
+    q, k, v, g, beta, lam = (x.contiguous() for x in (q, k, v, g, beta, lam))  # (each launch's own: no-ops)
+    o = torch.empty(B, T, H, Dv, dtype=torch.float32, device=q.device)
     block = max(1, _TABLE_ELEMENTS // (R * C * C))
     for b0 in range(0, nC, block):
-        b1 = min(nC, b0 + block)
-        q_blk, k_blk, g_blk, beta_blk = (x[b0:b1].to(torch.float64) for x in (qc, kc, gc, bc))
-        tab = output_tables_triton(q_blk, k_blk, g_blk, beta_blk, dtype=cd)
-        attn, qt, Phi = tab["attn"], tab["qt"], tab["Phi"]
-        W, coef, dest_f, dest = part.block(b0, b1, lamc[b0:b1])
-        o[b0:b1] = (attn * W) @ bv[b0:b1]
-        kb = beta_blk.to(cd).unsqueeze(-1) * tab["khd"]  # the tokens' keys at the chunk end, times beta
-        slot_states_and_reads(slots, Phi, kb, qt, vc[b0:b1], coef, dest_f, dest, o[b0:b1], read_f32=not lowp,
-                              v_exact=lowp)
-    return o, slots.transpose(1, 2)
+        nb = min(nC, b0 + block) - b0
+        tab = output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32)
+        coef, dest_f, dest = partition_and_intra(s, size0, row_lengths, tab["attn"], v, beta, lam, b0, o)
+        slot_states_and_reads(slots, tab["Phi"], tab["kb"], tab["qt"], v, coef, dest_f, dest, o, b0,
+                              read_f32=not lowp, v_exact=lowp)
+    return o
 
 
 def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau,
@@ -187,8 +118,8 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
 
     Returns ``(o [B, T, H, Dv] cd, scores [B, T, H] float64, starts [B, T, H] bool, merged [B, T, H] int64)``.
     """
-    B, T, H, _ = q.shape
-    K = slot_weights.shape[-1]
+    B, T, H, Dk = q.shape
+    Dv, K = v.shape[-1], slot_weights.shape[-1]
     R = B * H
     if T == 0:
         empty = torch.zeros(B, 0, H, device=q.device)
@@ -197,15 +128,20 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     size0 = size.reshape(R).clone()  # size itself receives the final sizes below
     scores, s, P, row_lengths = _decide(k, v, g, beta, boundaries, (states, counts, info, size), size0, lengths, tau,
                                         eps, norm_eps, decisions, decide_warps)
-    part = _FixedPartition(s, size0, row_lengths, K)
-    o, final = _states_and_outputs(q, k, v, g, beta, slot_weights, part, states)
+    # The slot states advance in the cache's own tensor where it is a float32 one (the compute dtype of the Triton
+    # path's inputs), else in a float32 copy.
+    in_place = states.dtype == torch.float32 and states.is_contiguous()
+    slots = (states.view(R, K, Dk, Dv) if in_place
+             else torch.empty(R, K, Dk, Dv, device=q.device).copy_(states.reshape(R, K, Dk, Dv)))
+    o = _states_and_outputs(q, k, v, g, beta, slot_weights, s, size0, row_lengths, slots)
     # The open slot: the decision kernel's explicit one (float64 per token), as the torch path keeps its scan's.
     open_idx = (s.size - 1).clamp(min=0)
     rows_ = torch.arange(R, device=q.device)
-    final[rows_, open_idx] = torch.where((s.size > 0).view(R, 1, 1), P.to(final.dtype), final[rows_, open_idx])
-    states.copy_(final.reshape(states.shape))
+    slots[rows_, open_idx] = torch.where((s.size > 0).view(R, 1, 1), P.to(slots.dtype), slots[rows_, open_idx])
+    if not in_place:
+        states.copy_(slots.view(states.shape))
     counts.copy_(s.counts.view(counts.shape))
     info.copy_(s.info.view(info.shape))
     size.copy_(s.size.view(size.shape))
-    trace = (part.start_rows[:, :T], s.merged[:, :T])
-    return unrows(unchunk(o, T), B, H), scores, *(unrows(x, B, H) for x in trace)
+    trace = (start_bits(s.masks)[:, :T], s.merged[:, :T])
+    return o, scores, *(unrows(x, B, H) for x in trace)

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.triton_utils import next_pow2
+from ..common.triton_utils import chunk_tokens, next_pow2
 
 
 @triton.jit
@@ -58,21 +58,22 @@ def _dot_f32(a, b, acc, B_EXACT: tl.constexpr):
 
 
 # Long: the program walks a block of chunks in order.
-@triton.jit(do_not_specialize=["NB"])
+@triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
 def dla_delta_states_kernel(
     slots_ptr, phi_ptr, kb_ptr, qt_ptr, v_ptr, coef_ptr, dest_f_ptr, dest_ptr, o_ptr,
-    NB, R, K, Dk, Dv,
+    NB, R, T, H, c0, K, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, READ_F32: tl.constexpr,
     V_EXACT: tl.constexpr,
 ):
-    """Program (row r, Dv block vb): for chunks ``0 .. NB - 1`` of a block, ``o[c, r, :, vb] +=`` the reads of
-    the start slots; the slot states ``slots [R, Dk, K, Dv]`` (float32) advance from the block's start to its end
-    in place, to float32 accuracy.
+    """Program (row r = b H + h, Dv block vb): for chunks ``c0 .. c0 + NB - 1`` (a block), ``o[b, t, h, vb] +=`` the
+    reads of the start slots (``o [B, T, H, Dv]`` float32); the slot states ``slots [R, K, Dk, Dv]`` (float32, the
+    cache's layout) advance from the block's start to its end in place, to float32 accuracy.
 
-    Per chunk (index ``cr = c * R + r``): ``phi [Dk, Dk]``, ``kb, qt [C, Dk]`` (``kb = b khd``), ``v [C, Dv]``,
-    ``coef [C, K]`` (float32); ``dest_f [K]`` int32, each start slot's end slot (-1: no slot); ``dest [C]`` int32,
-    each token's (-1: padding). ``READ_F32``: the reads to float32 accuracy (else single-pass tf32, for 16-bit
-    inputs); ``V_EXACT``: the values are exact in tf32 (16-bit inputs)."""
+    Per chunk (block index ``cr = c * R + r``): ``phi [Dk, Dk]``, ``kb, qt [C, Dk]`` (``kb = b khd``), ``coef [C,
+    K]`` (float32); ``dest_f [K]`` int32, each start slot's end slot (-1: no slot); ``dest [C]`` int32, each token's
+    (-1: padding); the chunk's values from ``v [B, T, H, Dv]`` in their dtype (0 past T). ``READ_F32``: the reads to
+    float32 accuracy (else single-pass tf32, for 16-bit inputs); ``V_EXACT``: the values are exact in tf32 (16-bit
+    inputs)."""
     r = tl.program_id(0)
     vb = tl.program_id(1)
     dk = tl.arange(0, BK)
@@ -81,12 +82,14 @@ def dla_delta_states_kernel(
     t = tl.arange(0, C)
     kmask = dk < Dk
     vmask = dv < Dv
-    # S[d, e, j] = slots[r, d, j, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between chunks.
-    s_at = slots_ptr + r * Dk * K * Dv + dk[:, None, None] * (K * Dv) + j[None, None, :] * Dv + dv[None, :, None]
+    # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between chunks.
+    s_at = slots_ptr + r * K * Dk * Dv + j[None, None, :] * (Dk * Dv) + dk[:, None, None] * Dv + dv[None, :, None]
     s_mask = kmask[:, None, None] & vmask[None, :, None] & (j < K)[None, None, :]
     S = tl.reshape(tl.load(s_at, mask=s_mask, other=0.0), [BK, BV * KP])
     for c in range(NB):
         cr = c * R + r
+        _, _, _, _, valid, row = chunk_tokens(r, c0 + c, T, H, C)
+        tok_v = valid[:, None] & vmask[None, :]
         # The reads of the start slots: Y[t, e, i] = qt_t . S_i[:, e], weighted by coef[t, i].
         qt = tl.load(qt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
         coef = tl.load(coef_ptr + cr * C * K + t[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
@@ -95,8 +98,8 @@ def dla_delta_states_kernel(
         else:
             Y = tl.dot(qt, S, input_precision="tf32")
         read = tl.sum(tl.reshape(Y, [C, BV, KP]) * coef[:, None, :], axis=2)
-        o_at = o_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :]
-        tl.store(o_at, tl.load(o_at, mask=vmask[None, :], other=0.0) + read, mask=vmask[None, :])
+        o_at = o_ptr + row[:, None] * Dv + dv[None, :]
+        tl.store(o_at, tl.load(o_at, mask=tok_v, other=0.0) + read, mask=tok_v)
         # The merges, in the chunks that have any: X[:, e, j] = sum over the start slots i ending in j of S[:, e, i].
         dest_f = tl.load(dest_f_ptr + cr * K + j, mask=j < K, other=-1)
         if tl.sum(((dest_f >= 0) & (dest_f != j)).to(tl.int32), 0) > 0:
@@ -108,7 +111,7 @@ def dla_delta_states_kernel(
         phi = tl.load(phi_ptr + cr * Dk * Dk + dk[:, None] * Dk + dk[None, :],
                       mask=kmask[:, None] & kmask[None, :], other=0.0)
         kb_t = tl.load(kb_ptr + cr * C * Dk + t[None, :] * Dk + dk[:, None], mask=kmask[:, None], other=0.0)
-        v = tl.load(v_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :], mask=vmask[None, :], other=0.0)
+        v = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=tok_v, other=0.0).to(tl.float32)
         dest = tl.load(dest_ptr + cr * C + t)
         one_hot = (dest[:, None] == j[None, :]).to(tl.float32)  # [C, KP]
         writes = tl.reshape(v[:, :, None] * one_hot[:, None, :], [C, BV * KP])
@@ -129,20 +132,23 @@ def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int, int, int]:
     return BK, BV, KP, 4 if small else 8, 2 if small else 1
 
 
-def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, *, read_f32: bool, v_exact: bool) -> None:
-    """Advance the slot states ``slots [R, Dk, K, Dv]`` (float32, in place) over a block of ``nb`` chunks and add
-    the reads of each chunk's start slots to ``o [nb, R, C, Dv]`` (float32, in place).
+def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
+                          v_exact: bool) -> None:
+    """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the block of ``nb`` chunks that
+    starts at chunk ``c0`` and add the reads of each chunk's start slots to ``o [B, T, H, Dv]`` (float32, in place).
 
-    ``Phi [nb, R, Dk, Dk]``, ``kb, qt [nb, R, C, Dk]`` (``kb = beta khd``), ``v [nb, R, C, Dv]``, ``coef [nb, R, C,
-    K]`` (float32); ``dest_f [nb, R, K]`` (each start slot's end slot, -1: none) and ``dest [nb, R, C]`` (each
-    token's, -1: padding), integers. ``read_f32``: the reads to float32 accuracy (float32 inputs) or in
-    single-pass tf32 (16-bit inputs, whose rounding is 16x coarser); ``v_exact``: ``v`` holds 16-bit values (exact
-    in tf32: the token products split only the keys). The states are float32-accurate either way."""
+    ``Phi [nb, R, Dk, Dk]``, ``kb, qt [nb, R, C, Dk]`` (``kb = beta khd``), ``coef [nb, R, C, K]`` (float32);
+    ``dest_f [nb, R, K]`` (each start slot's end slot, -1: none) and ``dest [nb, R, C]`` (each token's, -1:
+    padding), int32; ``v [B, T, H, Dv]`` the values in their dtype. ``read_f32``: the reads to float32 accuracy
+    (float32 inputs) or in single-pass tf32 (16-bit inputs, whose rounding is 16x coarser); ``v_exact``: ``v`` holds
+    16-bit values (exact in tf32: the token products split only the keys). The states are float32-accurate either
+    way."""
     nb, R, C, Dk = qt.shape
-    K, Dv = slots.shape[2], slots.shape[3]
+    B, T, H, Dv = v.shape
+    K = slots.shape[1]
     BK, BV, KP, num_warps, num_stages = state_block(Dk, Dv, K)
     dla_delta_states_kernel[(R, triton.cdiv(Dv, BV))](
         slots, Phi.contiguous(), kb.contiguous(), qt.contiguous(), v.contiguous(), coef.contiguous(),
-        dest_f.to(torch.int32).contiguous(), dest.to(torch.int32).contiguous(), o, nb, R, K, Dk, Dv,
+        dest_f.to(torch.int32).contiguous(), dest.to(torch.int32).contiguous(), o, nb, R, T, H, c0, K, Dk, Dv,
         C=C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact, num_warps=num_warps, num_stages=num_stages,
     )

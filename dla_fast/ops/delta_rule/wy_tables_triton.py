@@ -1,6 +1,6 @@
 """Triton, gated delta rule: the per-chunk WY tables of ``wy_tables.wy_tables`` in float64, one program per
 (row, chunk): the decisions' (``akap``, ``kt``, ``khd``, ``Phi``, in the layouts the decision kernels take) or the
-output stage's (``attn``, ``qt``, ``khd``, ``Phi``).
+output stage's (``attn``, ``qt``, ``khd`` or ``b khd``, ``Phi``).
 
 Per chunk (docs/delta-rule-chunked.md section 1) ``T = (I + diag(b) Gs)^-1`` with ``Gs = strict(K K^T)``. The
 kernel solves for ``A = Gs T`` instead, since ``T = I - diag(b) A``; then every table is ``A`` and two products::
@@ -10,9 +10,18 @@ kernel solves for ``A = Gs T`` instead, since ``T = I - diag(b) A``; then every 
     akap = Dp o A   kt = e^Gp (K - M)   khd = e^(GL - Gc) (K - N)   Phi = e^GL (I - K^T Z),  Z = b (K - M)
     attn = D o (Mq - Mq diag(b) A)   qt = e^Gc (Q - Mq Z),   Mq = causal(Q K^T)
 
-The products are float64 ``tl.dot`` (the FP64 tensor cores) with operands loaded ``FP64_DOT_K`` columns at a time
-from memory (``A``, ``Mq`` and ``Z`` go through a scratch buffer): a float64 operand held whole in registers takes 128
-registers a warp and spills.
+The inputs are the API's ``[B, T, H, D]`` and ``[B, T, H]`` tensors in their own dtypes: each program first copies
+its chunk's keys (and queries) to a float64 scratch, zero past T (the tokens of a ragged last chunk behave as the
+zero padding of a chunk-major copy would), since a 16-bit load feeding a float64 ``tl.dot`` does not compile for
+sm_90 (Triton 3.6: "fp64 don't support largeK MMA") and a float32 one would multiply in tf32 (float64 chunk-major
+copies, as the decisions pass them, are read in place). The products are
+float64 ``tl.dot`` (the FP64 tensor cores) with operands loaded ``FP64_DOT_K`` columns at a time from that scratch
+(``A``, ``Mq`` and ``Z`` go through it too): a float64 operand held whole in registers takes 128 registers a warp
+and spills.
+
+Bytes per (row, chunk) besides the tables: the chunk's inputs once (``2 C Dk`` elements in their dtype), the
+float64 scratch (``2 C Dk + 2 C^2 + C Dk`` values, 160 KB at C = Dk = 64) written once and read back from L2 by
+the products.
 """
 
 from __future__ import annotations
@@ -21,37 +30,89 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.triton_utils import FP64_DOT_K, dot_from_memory
+from ..common.triton_utils import FP64_DOT_K, chunk_tokens, dot_from_memory
 
 KEY_BLOCK = 64  # key features a block of outputs: the widest float64 tiles are [C, KB] and [KB, KB]
 
 
-@triton.jit(do_not_specialize=["R", "Dk", "phi_si", "phi_sj"])
-def dla_delta_wy_tables_kernel(
-    q_ptr, k_ptr, g_ptr, b_ptr, a_ptr, z_ptr, mq_ptr, akapT_ptr, ktT_ptr, khd_ptr, phi_ptr, attn_ptr, qt_ptr,
-    R, Dk, phi_si, phi_sj,
-    C: tl.constexpr, KB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
-    SCORES: tl.constexpr, OUTPUTS: tl.constexpr,
-):
-    """Program (row r, chunk j): chunk-major float64 ``q, k [nb, R, C, Dk]``, ``g``, ``b [nb, R, C]`` -> always
-    ``khd [nb, R, C, Dk]`` and ``Phi`` (element ``(i, j)`` at ``i phi_si + j phi_sj`` in a chunk's ``[Dk, Dk]``);
-    with ``SCORES`` the decisions' ``akapT [nb, R, C (s), C (t)]`` and ``ktT [nb, R, Dk, C]``; with ``OUTPUTS`` the
-    output stage's ``attn [nb, R, C, C]`` and ``qt [nb, R, C, Dk]`` (``q`` is read only then). Stored in the
-    outputs' dtypes. ``a``, ``mq [.., C, C]`` and ``z [.., C, Dk]`` are scratch."""
-    base = tl.program_id(1) * R + tl.program_id(0)
+@triton.jit
+def _stage_rows(src_ptr, row, valid, dst_ptr, Dk, C: tl.constexpr, KB: tl.constexpr):
+    """Copy a chunk's rows ``src[row, :Dk]`` (any float dtype, 0 where not ``valid``) to ``dst [C, Dk]`` float64."""
     t = tl.arange(0, C)
+    for kb in range(0, Dk, KB):
+        kd = kb + tl.arange(0, KB)
+        x = tl.load(src_ptr + row[:, None] * Dk + kd[None, :], mask=valid[:, None] & (kd[None, :] < Dk),
+                    other=0.0).to(tl.float64)
+        tl.store(dst_ptr + t[:, None] * Dk + kd[None, :], x, mask=kd[None, :] < Dk)
+
+
+@triton.jit
+def _chunk_operands(q_ptr, k_ptr, x64_ptr, row, valid, base, r, c, T, Dk, C: tl.constexpr, KB: tl.constexpr,
+                    OUTPUTS: tl.constexpr, STAGED: tl.constexpr):
+    """``(k_chunk, q_chunk)``: where the products read the chunk's float64 ``[C, Dk]`` keys and queries (rows of
+    ``Dk``): the program's scratch, filled here (``STAGED``), or the float64 chunk-major inputs themselves."""
+    if STAGED:
+        k_chunk = x64_ptr + base * (1 + OUTPUTS) * C * Dk
+        q_chunk = k_chunk + C * Dk
+        _stage_rows(k_ptr, row, valid, k_chunk, Dk, C, KB)
+        if OUTPUTS:
+            _stage_rows(q_ptr, row, valid, q_chunk, Dk, C, KB)
+    else:  # one head, whole chunks (H = 1, T a multiple of C): each chunk is a [C, Dk] block already
+        k_chunk = k_ptr + (r * T + c * C) * Dk
+        q_chunk = q_ptr + (r * T + c * C) * Dk
+    return k_chunk, q_chunk
+
+
+@triton.jit
+def _store_phi(phi_ptr, z_chunk, k_chunk, bk, eGL, Dk, phi_si, phi_sj, C: tl.constexpr, KB: tl.constexpr,
+               BKD: tl.constexpr, STAGES: tl.constexpr):
+    """``Phi[j, i] = e^GL (delta_ij - (Z^T K)[i, j])`` at ``phi_ptr`` (element ``(i, j)`` at ``i phi_si + j
+    phi_sj``), ``KB x KB`` blocks at a time."""
+    for ib in range(0, Dk, KB):
+        di = ib + tl.arange(0, KB)
+        for jb in range(0, Dk, KB):
+            dj = jb + tl.arange(0, KB)
+            ZK = dot_from_memory(z_chunk + ib, 1, Dk, k_chunk + jb, Dk, 1, bk, Dk - ib, C, Dk - jb, KB, KB, BKD, False,
+                                 STAGES)
+            phi_ji = eGL * (tl.where(di[:, None] == dj[None, :], 1.0, 0.0) - ZK)
+            tl.store(phi_ptr + dj[None, :] * phi_si + di[:, None] * phi_sj, phi_ji,
+                     mask=(di[:, None] < Dk) & (dj[None, :] < Dk))
+
+
+@triton.jit(do_not_specialize=["R", "T", "H", "c0", "Dk", "phi_si", "phi_sj"])
+def dla_delta_wy_tables_kernel(
+    q_ptr, k_ptr, g_ptr, b_ptr, x64_ptr, b64_ptr, a_ptr, z_ptr, mq_ptr,
+    akapT_ptr, ktT_ptr, khd_ptr, phi_ptr, attn_ptr, qt_ptr,
+    R, T, H, c0, Dk, phi_si, phi_sj,
+    C: tl.constexpr, KB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
+    SCORES: tl.constexpr, OUTPUTS: tl.constexpr, BETA_KHD: tl.constexpr, STAGED: tl.constexpr,
+):
+    """Program (row r = b H + h, chunk c = c0 + j of the inputs ``q, k [B, T, H, Dk]``, ``g, b [B, T, H]``, any
+    float dtypes, all 0 past T) -> at chunk-major index ``j R + r``: always ``khd [nb, R, C, Dk]`` (``b khd`` with
+    ``BETA_KHD``) and ``Phi`` (element ``(i, j)`` at ``i phi_si + j phi_sj`` in a chunk's ``[Dk, Dk]``); with
+    ``SCORES`` the decisions' ``akapT [nb, R, C (s), C (t)]`` and ``ktT [nb, R, Dk, C]``; with ``OUTPUTS`` the
+    output stage's ``attn [nb, R, C, C]`` and ``qt [nb, R, C, Dk]`` (``q`` is read only then). Stored in the
+    outputs' dtypes. ``x64 [.., 1 + OUTPUTS, C, Dk]`` (the keys, then the queries, with ``STAGED``; else the
+    inputs must be float64 with ``H = 1`` and ``T`` a multiple of C, read in place), ``b64 [.., C]`` (b: the
+    products' scale), ``a``, ``mq [.., C, C]`` and ``z [.., C, Dk]`` are float64 scratch. FLOPs: ~6 float64
+    ``C^2 Dk`` products and the ``C^3 / 3`` substitution."""
+    r = tl.program_id(0)
+    base = tl.program_id(1) * R + r
+    c = c0 + tl.program_id(1)
+    _, _, t, tok, valid, row = chunk_tokens(r, c, T, H, C)
     rows, cols = t[:, None], t[None, :]
-    g = tl.load(g_ptr + base * C + t)
-    b = tl.load(b_ptr + base * C + t)
+    g = tl.load(g_ptr + row, mask=valid, other=0.0).to(tl.float64)
+    b = tl.load(b_ptr + row, mask=valid, other=0.0).to(tl.float64)
     Gc = tl.cumsum(g, 0)
     Gp = tl.where(t == 0, 0.0, tl.gather(Gc, tl.maximum(t - 1, 0), 0))  # Gc[t - 1]
     GL = tl.sum(tl.where(t == C - 1, Gc, 0.0), 0)
-    k_chunk = k_ptr + base * C * Dk
-    q_chunk = q_ptr + base * C * Dk
+    k_chunk, q_chunk = _chunk_operands(q_ptr, k_ptr, x64_ptr, row, valid, base, r, c, T, Dk, C, KB, OUTPUTS, STAGED)
     a_chunk = a_ptr + base * C * C
     mq_chunk = mq_ptr + base * C * C
     z_chunk = z_ptr + base * C * Dk
-    bk = b_ptr + base * C
+    bk = b64_ptr + base * C
+    tl.store(bk + t, b)
+    tl.debug_barrier()  # the chunk's keys, queries and b are in the scratch for every thread
     KK = dot_from_memory(k_chunk, Dk, 1, k_chunk, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
     # A[i] = Gs[i] - sum_{j < i} Gs[i, j] b_j A[j]. LT[j, i] = Gs[i, j] b_j (K K^T is symmetric) gives the
     # coefficients of row i as a vector over j without a layout change.
@@ -73,6 +134,9 @@ def dla_delta_wy_tables_kernel(
         attn = tl.where(cols <= rows, tl.exp(Gc[:, None] - Gc[None, :]), 0.0) * (
             tl.load(mq_chunk + rows * C + cols) - MqbA)
         tl.store(attn_ptr + (base * C + rows) * C + cols, attn)
+    khd_scale = tl.exp(GL - Gc)
+    if BETA_KHD:
+        khd_scale = khd_scale * b
     for kb in range(0, Dk, KB):
         kd = kb + tl.arange(0, KB)
         inside = kd[None, :] < Dk
@@ -82,18 +146,9 @@ def dla_delta_wy_tables_kernel(
             tl.store(ktT_ptr + (base * Dk + kd[None, :]) * C + rows, tl.exp(Gp)[:, None] * KM, mask=inside)
         tl.store(z_chunk + rows * Dk + kd[None, :], b[:, None] * KM, mask=inside)
         KN = K - dot_from_memory(a_chunk, 1, C, k_chunk + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, True, STAGES)
-        tl.store(khd_ptr + (base * C + rows) * Dk + kd[None, :], tl.exp(GL - Gc)[:, None] * KN, mask=inside)
+        tl.store(khd_ptr + (base * C + rows) * Dk + kd[None, :], khd_scale[:, None] * KN, mask=inside)
     tl.debug_barrier()  # Z is in the scratch for every thread
-    eGL = tl.exp(GL)
-    for ib in range(0, Dk, KB):  # Phi[j, i] = e^GL (delta_ij - (Z^T K)[i, j])
-        di = ib + tl.arange(0, KB)
-        for jb in range(0, Dk, KB):
-            dj = jb + tl.arange(0, KB)
-            ZK = dot_from_memory(z_chunk + ib, 1, Dk, k_chunk + jb, Dk, 1, bk, Dk - ib, C, Dk - jb, KB, KB, BKD, False,
-                                 STAGES)
-            phi_ji = eGL * (tl.where(di[:, None] == dj[None, :], 1.0, 0.0) - ZK)
-            tl.store(phi_ptr + base * Dk * Dk + dj[None, :] * phi_si + di[:, None] * phi_sj, phi_ji,
-                     mask=(di[:, None] < Dk) & (dj[None, :] < Dk))
+    _store_phi(phi_ptr + base * Dk * Dk, z_chunk, k_chunk, bk, tl.exp(GL), Dk, phi_si, phi_sj, C, KB, BKD, STAGES)
     if OUTPUTS:  # qt = e^Gc (Q - Mq Z)
         for kb in range(0, Dk, KB):
             kd = kb + tl.arange(0, KB)
@@ -103,44 +158,71 @@ def dla_delta_wy_tables_kernel(
             tl.store(qt_ptr + (base * C + rows) * Dk + kd[None, :], tl.exp(Gc)[:, None] * (Q - MqZ), mask=inside)
 
 
-def _launch(q, k, g, b, out, scores: bool, num_warps: int, stages: int):
-    """One launch over a block of chunks; ``out`` holds the tables it writes (absent ones: any tensor)."""
-    nb, R, C, Dk = k.shape
-    given = [x.dtype for x in (q, k, g, b) if x is not None]
-    if any(d != torch.float64 for d in given):
-        raise ValueError(f"wy_tables_triton: q, k, g and b must be float64 (the tables' precision), got {given}")
+def _launch(q, k, g, b, c0: int, nb: int, C: int, out, scores: bool, beta_khd: bool, num_warps: int, stages: int):
+    """One launch over chunks ``c0 .. c0 + nb - 1`` of ``k [B, T, H, Dk]`` (chunks of C tokens); ``out`` holds the
+    tables it writes (absent ones: any tensor; the keys at the chunk end as ``kb`` with ``beta_khd``)."""
+    B, T, H, Dk = k.shape
+    R = B * H
     f64 = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=torch.float64)  # noqa: E731
-    scratch_a, scratch_mq, scratch_z = f64(C, C), f64(C, C) if q is not None else k, f64(C, Dk)
+    outputs = q is not None
+    # Float64 chunks of one head, contiguous (the chunk-major copies of the older entry points): read in place.
+    staged = T % C != 0 or H != 1 or any(x.dtype != torch.float64 for x in (q, k) if x is not None)
+    scratch_x, scratch_b = f64(1 + outputs, C, Dk) if staged else k, f64(C)
+    scratch_a, scratch_mq, scratch_z = f64(C, C), f64(C, C) if outputs else k, f64(C, Dk)
     phi = out["Phi"] if "Phi" in out else out["phiT"]
     phi_si, phi_sj = (Dk, 1) if "Phi" in out else (1, Dk)
     KB = max(16, min(KEY_BLOCK, triton.next_power_of_2(Dk)))
+    keys = out["kb" if beta_khd else "khd"]
     dla_delta_wy_tables_kernel[(R, nb)](
-        k if q is None else q, k, g, b, scratch_a, scratch_z, scratch_mq, out.get("akapT", k), out.get("ktT", k),
-        out["khd"], phi, out.get("attn", k), out.get("qt", k), R, Dk, phi_si, phi_sj,
-        C=C, KB=KB, BKD=FP64_DOT_K, STAGES=stages, SCORES=scores, OUTPUTS=q is not None, num_warps=num_warps)
+        q if outputs else k, k, g, b, scratch_x, scratch_b, scratch_a, scratch_z, scratch_mq, out.get("akapT", k),
+        out.get("ktT", k), keys, phi, out.get("attn", k), out.get("qt", k), R, T, H, c0, Dk, phi_si, phi_sj,
+        C=C, KB=KB, BKD=FP64_DOT_K, STAGES=stages, SCORES=scores, OUTPUTS=outputs, BETA_KHD=beta_khd,
+        STAGED=staged, num_warps=num_warps)
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    """Chunk-major ``[nb, R, C, *F]`` as the kernel's ``[B, T, H, *F]`` with ``B = nb R``, ``T = C``, ``H = 1`` (a
+    view: one chunk per row)."""
+    nb, R, C = x.shape[:3]
+    return x.contiguous().view(nb * R, C, 1, *x.shape[3:])
 
 
 def score_tables_triton(k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *, num_warps: int = 4,
                         stages: int = 1):
-    """The decisions' tables of a block of chunks: chunk-major float64 ``k [nb, R, C, Dk]``, ``g, b [nb, R, C]``.
-    Returns ``(akapT, ktT, khd, phiT)``: ``wy_tables(None, k, g, b)``'s ``akap``, ``kt`` and ``Phi`` transposed
-    in their last two dims, and ``khd``, float64. ``stages``: the products' loads in flight."""
+    """The decisions' tables of a block of chunks: chunk-major ``k [nb, R, C, Dk]``, ``g, b [nb, R, C]`` (any
+    float dtypes). Returns ``(akapT, ktT, khd, phiT)``: ``wy_tables(None, k, g, b)``'s ``akap``, ``kt`` and ``Phi``
+    transposed in their last two dims, and ``khd``, float64. ``stages``: the products' loads in flight."""
     nb, R, C, Dk = k.shape
-    k, g, b = (x.contiguous() for x in (k, g, b))
     new = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=torch.float64)  # noqa: E731
     out = dict(akapT=new(C, C), ktT=new(Dk, C), khd=new(C, Dk), phiT=new(Dk, Dk))
-    _launch(None, k, g, b, out, True, num_warps, stages)
+    _launch(None, *(_as_rows(x) for x in (k, g, b)), 0, 1, C, out, True, False, num_warps, stages)
     return out["akapT"], out["ktT"], out["khd"], out["phiT"]
 
 
 def output_tables_triton(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *, dtype: torch.dtype,
                          num_warps: int = 4, stages: int = 1):
-    """The output stage's tables of a block of chunks (chunk-major float64 ``q, k [nb, R, C, Dk]``, ``g, b``):
-    ``wy_tables(q, k, g, b)``'s ``attn``, ``qt``, ``khd`` and ``Phi``, computed in float64 and stored in
+    """The output stage's tables of a block of chunks (chunk-major ``q, k [nb, R, C, Dk]``, ``g, b``, any float
+    dtypes): ``wy_tables(q, k, g, b)``'s ``attn``, ``qt``, ``khd`` and ``Phi``, computed in float64 and stored in
     ``dtype``."""
     nb, R, C, Dk = k.shape
-    q, k, g, b = (x.contiguous() for x in (q, k, g, b))
-    new = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=dtype)  # noqa: E731
-    out = dict(attn=new(C, C), qt=new(C, Dk), khd=new(C, Dk), Phi=new(Dk, Dk))
-    _launch(q, k, g, b, out, False, num_warps, stages)
+    out = _output_tables(nb, R, C, Dk, k.device, dtype, "khd")
+    _launch(*(_as_rows(x) for x in (q, k, g, b)), 0, 1, C, out, False, False, num_warps, stages)
     return out
+
+
+def output_tables_rows(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, c0: int, nb: int, *,
+                       dtype: torch.dtype, chunk: int = 64, num_warps: int = 4, stages: int = 1):
+    """The output stage's tables of chunks ``c0 .. c0 + nb - 1`` of the API's inputs ``q, k [B, T, H, Dk]``,
+    ``g, beta [B, T, H]`` (any float dtypes, read in place; zero past T): ``attn``, ``qt``, ``kb`` (``beta khd``, the
+    tokens' keys at the chunk end times beta) and ``Phi``, chunk-major ``[nb, B H, ...]``, computed in float64 and
+    stored in ``dtype``."""
+    B, T, H, Dk = k.shape
+    out = _output_tables(nb, B * H, chunk, Dk, k.device, dtype, "kb")
+    _launch(*(x.contiguous() for x in (q, k, g, beta)), c0, nb, chunk, out, False, True, num_warps, stages)
+    return out
+
+
+def _output_tables(nb, R, C, Dk, device, dtype, keys: str) -> dict:
+    """Empty output tables ``[nb, R, ...]`` in ``dtype``, the keys at the chunk end named ``keys``."""
+    new = lambda *shape: torch.empty(nb, R, *shape, device=device, dtype=dtype)  # noqa: E731
+    return {"attn": new(C, C), "qt": new(C, Dk), keys: new(C, Dk), "Phi": new(Dk, Dk)}

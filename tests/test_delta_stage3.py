@@ -1,0 +1,132 @@
+"""Stage 3 of the delta rule's device forward (``ops/delta_rule/chunk_fwd.py``, issue #12): the kernels that read
+the inputs in place (``wy_tables_triton.output_tables_rows``, ``chunk_fwd_partition``, the slot-state kernel)
+against the torch stage they replaced (``chunk_fwd_stage_torch``), piece by piece and as a whole, inside real
+forwards: ragged T, an initial cache, float32 and bfloat16 inputs (16-bit betas and read weights too), rows that
+end early. Runs where the kernels run (CUDA or ``TRITON_INTERPRET=1``); elsewhere it reruns itself under the
+interpreter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+triton = pytest.importorskip("triton")
+
+from triton_here import CUDA, DEV, needs_kernels, rerun_under_interpreter, runs_elsewhere  # noqa: E402
+
+import dla_ref  # noqa: E402
+from dla_ref.synthetic import jittered_regimes as regimes  # noqa: E402
+
+
+@runs_elsewhere
+def test_interpreter_run():
+    """No GPU and no TRITON_INTERPRET: run this file in a subprocess under the Triton interpreter."""
+    rerun_under_interpreter(__file__)
+
+
+# (B, T, H, D, K, dtype, initial cache, row lengths or None)
+CASES = [
+    (1, 63, 2, 16, 4, torch.float32, False, None),  # one ragged chunk, an empty cache
+    (2, 130, 1, 16, 3, torch.bfloat16, True, (130, 77)),  # three chunks, a cache, a row that ends early
+    (1, 130, 2, 32, 5, torch.float32, True, None),
+    (2, 63, 1, 32, 4, torch.bfloat16, False, (20, 63)),
+]
+
+
+def _inputs(B, T, H, D, K, dtype, seed):
+    """Regimes with unit keys, betas in [0.2, 1] and a mild decay (the slots live at a chunk start weigh in the
+    whole chunk); for 16-bit cases q, k, v, beta and the read weights in that dtype (g float32)."""
+    q, k, v, g, w = regimes(B, T, H, D, D, K, seed=seed, decay=0.97, regime_length=5.0, jitter=0.8)
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    beta = np.random.default_rng(seed).uniform(0.2, 1.0, (B, T, H))
+    return [torch.tensor(a, dtype=dtype if i != 3 else torch.float32, device=DEV)
+            for i, a in enumerate((q, k, v, g, w, beta))]
+
+
+def _empty_cache(B, H, K, D):
+    i64 = dict(device=DEV, dtype=torch.int64)
+    return (torch.zeros(B, H, K, D, D, device=DEV), torch.zeros(B, H, K, **i64),
+            torch.zeros(B, H, K, device=DEV, dtype=torch.float64), torch.zeros(B, H, **i64))
+
+
+def _check_pieces(q, k, v, g, beta, lam, s, size0, row_lengths):
+    """The tables, the partition's maps and the intra-chunk output of every chunk (one block) against the torch
+    stage's: the tables are the same float64 arithmetic on the same values (equal; ``b khd`` rounded once instead
+    of twice, within 2 float32 ulps), the maps equal, the intra output within float32 rounding of its 64-term
+    sums (the product's order differs)."""
+    from dla_fast.ops.common.layout import chunks, rows
+    from dla_fast.ops.delta_rule.chunk_fwd_partition import partition_and_intra
+    from dla_fast.ops.delta_rule.chunk_fwd_stage_torch import FixedPartition
+    from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_rows, output_tables_triton
+
+    B, T, H, Dk = q.shape
+    K, C, nC = lam.shape[-1], 64, -(-T // 64)
+    new = output_tables_rows(q, k, g, beta, 0, nC, dtype=torch.float32)
+    qc, kc, gc, bc = (chunks(rows(x, torch.float64), C, nC) for x in (q, k, g, beta))
+    old = output_tables_triton(qc, kc, gc, bc, dtype=torch.float32)
+    for name in ("attn", "qt", "Phi"):
+        assert torch.equal(new[name], old[name]), name
+    torch.testing.assert_close(new["kb"], bc.float().unsqueeze(-1) * old["khd"], rtol=2.4e-7, atol=0)
+    o = torch.zeros(B, T, H, v.shape[-1], device=DEV)
+    coef, dest_f, dest = partition_and_intra(s, size0, row_lengths, new["attn"], v, beta, lam, 0, o)
+    lamc, vc = (chunks(rows(x, torch.float32), C, nC) for x in (lam, v))
+    W, coef_t, dest_f_t, dest_t = FixedPartition(s, size0, row_lengths, K).block(0, nC, lamc)
+    assert torch.equal(coef, coef_t) and torch.equal(dest_f.long(), dest_f_t) and torch.equal(dest.long(), dest_t)
+    intra = ((old["attn"] * W) @ (bc.float().unsqueeze(-1) * vc)).transpose(0, 1).reshape(B, H, nC * C, -1)
+    torch.testing.assert_close(o, intra[:, :, :T].transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+def _forward_checked(x, cache, tau, lengths, monkeypatch):
+    """The device forward with every stage-3 call checked against the torch stage (pieces and whole); returns its
+    ``(o, cache, trace)``."""
+    from dla_fast.ops.delta_rule import chunk_fwd
+    from dla_fast.ops.delta_rule.chunk_fwd_stage_torch import states_and_outputs_torch
+
+    real, calls = chunk_fwd._states_and_outputs, []
+
+    def both(q, k, v, g, beta, lam, s, size0, row_lengths, slots):
+        _check_pieces(q, k, v, g, beta, lam, s, size0, row_lengths)
+        old_slots = slots.clone()
+        o = real(q, k, v, g, beta, lam, s, size0, row_lengths, slots)
+        o_old = states_and_outputs_torch(q, k, v, g, beta, lam, s, size0, row_lengths, old_slots)
+        torch.testing.assert_close(o, o_old, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(slots, old_slots, rtol=1e-5, atol=1e-6)
+        calls.append(1)
+        return o
+
+    monkeypatch.setattr(chunk_fwd, "_states_and_outputs", both)
+    cache = tuple(c.clone() for c in cache)
+    o, *trace = chunk_fwd.forward_delta_rule_triton(*x, None, *cache, tau=tau, lengths=lengths)
+    assert calls
+    return o, cache, trace
+
+
+@needs_kernels
+@pytest.mark.parametrize("B,T,H,D,K,dtype,with_cache,lengths", CASES)
+def test_stage3_kernels_match_the_torch_stage(B, T, H, D, K, dtype, with_cache, lengths, monkeypatch):
+    """Each forward's stage 3 (a first call of 40 tokens that fills the cache, where asked, then the call itself,
+    its rows zero past their lengths as the API pads them) equals the torch stage's to float32 rounding; the
+    float32 calls without row lengths also match dla_ref on all their tokens (the forward tests' tolerances)."""
+    tau, prefix = 0.5, 40 if with_cache else 0
+    D = max(D, 32) if CUDA else D  # the GPU routes heads below 32 to torch (docs/triton.md)
+    x_all = _inputs(B, prefix + T, H, D, K, dtype, seed=T + K)
+    cache, outs, starts = _empty_cache(B, H, K, D), [], []
+    if with_cache:
+        o, cache, trace = _forward_checked([a[:, :prefix] for a in x_all], cache, tau, None, monkeypatch)
+        outs, starts = [o], [trace[1]]
+    x = [a[:, prefix:].clone() for a in x_all]
+    for b, n in enumerate(lengths or ()):
+        for a in x:
+            a[b, n:] = 0
+    n = None if lengths is None else torch.tensor(lengths, device=DEV)
+    o, final, trace = _forward_checked(x, cache, tau, n, monkeypatch)
+    assert o.shape == (B, T, H, D) and o.dtype == torch.float32
+    if dtype == torch.float32 and lengths is None:
+        o_r, c_r, tr_r = dla_ref.forward(*(a.double().cpu().numpy() for a in x_all[:5]), tau=tau,
+                                         beta=x_all[5].double().cpu().numpy())
+        assert (torch.cat(starts + [trace[1]], 1).cpu().numpy() == tr_r.starts).all()
+        o_all = torch.cat(outs + [o], 1).cpu().numpy()
+        assert np.linalg.norm(o_all - o_r) <= 1e-5 * np.linalg.norm(o_r)
+        assert np.linalg.norm(final[0].cpu().numpy() - c_r.states) <= 1e-5 * np.linalg.norm(c_r.states)
