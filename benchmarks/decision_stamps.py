@@ -107,11 +107,14 @@ def measure(config: str, workload_name: str, out: str) -> None:
 
     import torch
 
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    from gpu_bench import K_SLOTS, TAU, WORKLOADS, configs_named, workload
-
+    # The instrumented copy first: gpu_bench puts the repository at the front of sys.path.
     import dla_fast.ops.scalar_decay.chunk_fwd as cf
     from dla_fast.settings import DEFAULT_SETTINGS
+
+    if not hasattr(cf, "STAMPS"):
+        raise SystemExit(f"decision_stamps: imported {cf.__file__}, not the instrumented copy")
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    from gpu_bench import K_SLOTS, TAU, WORKLOADS, configs_named, workload
 
     def pct(x, p):
         return float(torch.quantile(x.double(), p))

@@ -34,6 +34,7 @@ VARIANTS = {
     "default": DEFAULT_SETTINGS,
     "overlap+pipeline": dataclasses.replace(DEFAULT_SETTINGS, table_overlap=True, pipeline=True),
     "pipeline": dataclasses.replace(DEFAULT_SETTINGS, table_overlap=False, pipeline=True),
+    "group4": dataclasses.replace(DEFAULT_SETTINGS, output_group=4),
 }
 
 

@@ -26,7 +26,8 @@ class TritonSettings:
             per-(b, h) flag. Both: 7-16 % off the forward at (2, 16384) and (1, 65536) on an H200
             (docs/benchmarks.md run 19), bitwise the same results.
         carry_warps: warps of the carry scan; None: 8 when its state tile exceeds 64 x 64, else 4.
-        output_group: old slot states read per tensor-core product in the output kernel.
+        output_group: old slot states read per tensor-core product in the output kernel (2: 168 registers without
+            spills at 64 features, three programs per SM; 1-4 % faster than 4 on an H200, docs/benchmarks.md run 21).
         bwd_stages: software-pipelining stages of the backward's old-start loop (dq kernel).
         bwd_warps: warps of the backward's dq kernel.
     """
@@ -37,7 +38,7 @@ class TritonSettings:
     table_overlap: bool = True
     pipeline: bool = True
     carry_warps: int | None = None
-    output_group: int = 4
+    output_group: int = 2
     bwd_stages: int = 2
     bwd_warps: int = 4
 

@@ -11,7 +11,8 @@ precision; docs/chunked-algorithm.md: the notation):
 3. ``dla_merge_kernel`` (one program per bh, sequential over boundary events): counts, information sums and
    the lowest-density merges; each start's death time, the live starts at every chunk start;
 4. prefix states ``H`` before every chunk (on a side stream, overlapping 2-3), the surviving starts' states;
-5. ``dla_output_kernel`` (parallel over (bh, chunk, Dv block)): masked intra-chunk attention plus the
+5. ``dla_read_scales_kernel`` (parallel over (bh, chunk), while the host synchronises): the older slots' read
+   scales; ``dla_output_kernel`` (parallel over (bh, chunk, Dv block)): masked intra-chunk attention plus the
    telescoped reads of the older slots; ``dla_final_kernel``: the final cache.
 
 With few rows (``concurrent_decisions``) stages 1-3 run concurrently: the carry scan waits on per-chunk flags
@@ -43,7 +44,7 @@ from .chunk_fwd_decide import (
     dla_scores_kernel,
     dla_table_kernel,
 )
-from .chunk_fwd_output import dla_output_kernel, output_group
+from .chunk_fwd_output import dla_output_kernel, dla_read_scales_kernel, output_group, output_launch
 from .chunk_fwd_states import (
     CHUNK,
     final_states,
@@ -327,21 +328,27 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     o = torch.empty(cfg.B, cfg.T, cfg.H, cfg.Dv, device=q.device, dtype=q.dtype)
     BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
     grid = (cfg.NC, cfg.BH, triton.cdiv(BVF, BV))
-    # Per program, the old starts' scales [C, KP] and state indices [KP], read back group by group. 16-bit inputs:
-    # one warpgroup, two programs per SM; fp32 (tf32x3 products) keeps 8 warps (it spills either way on sm_90).
-    nprog = grid[0] * grid[1] * grid[2]
-    sc = torch.empty(nprog * CHUNK * cfg.KP, device=q.device, dtype=torch.float32)
-    bsc = torch.empty(nprog * cfg.KP, device=q.device, dtype=torch.int32)
-    # Everything above is allocated before the synchronisation: after it the GPU idles until the next launch.
-    off, nsurv, flags = surviving_starts(s.masks, s.death, cfg.T, check_flags)
+    # Per chunk the old starts' read scales [C, KP] and per program their state indices [KP], both read back group
+    # by group. The scales need no start state: their kernel runs while the host synchronises.
+    sc = torch.empty(cfg.BH * cfg.NC * CHUNK * cfg.KP, device=q.device, dtype=torch.float32)
+    bsc = torch.empty(grid[0] * grid[1] * grid[2] * cfg.KP, device=q.device, dtype=torch.int32)
+
+    def read_scales():
+        dla_read_scales_kernel[grid[:2]](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc, cfg.T,
+                                         cfg.H, cfg.K, C=CHUNK, KP=cfg.KP, num_warps=4)
+
+    # Everything above is allocated before the synchronisation: after it the GPU has only the scales to run until
+    # the next launch.
+    off, nsurv, flags = surviving_starts(s.masks, s.death, cfg.T, check_flags, meanwhile=read_scales)
     if flags:
         raise_flagged(flags[0])
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec)
     s.survivors = (off, nsurv)
+    G = output_group(cfg.KP, BK, cfg.lowp, settings.output_group)
     dla_output_kernel[grid](
-        q, k, v, g, slot_weights, o, s.masks, s.death, s.death0, s.live, s.livem, hs, gs, bidx, bst, nsurv, sc, bsc,
+        q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, bidx, bst, nsurv, sc, bsc,
         cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
-        G=output_group(cfg.KP, BK, cfg.lowp, settings.output_group), num_warps=4 if cfg.lowp else 8,
+        G=G, **output_launch(BK, G, cfg.lowp),
     )
     return o
 

@@ -19,6 +19,15 @@ def output_group(KP: int, BK: int, lowp: bool, group: int) -> int:
     return max(1, min(group, cap, KP))
 
 
+def output_launch(BK: int, G: int, lowp: bool) -> dict:
+    """Launch options of ``dla_output_kernel``: 16-bit inputs one warpgroup, capped at 168 registers where that
+    does not spill on sm_90 (Dk <= 64, G <= 2: three programs per SM instead of two); fp32 (tf32x3 products) 8
+    warps (it spills either way on sm_90)."""
+    if not lowp:
+        return dict(num_warps=8)
+    return dict(num_warps=4, maxnreg=168) if BK <= 64 and G <= 2 else dict(num_warps=4)
+
+
 @triton.jit
 def live_in_chunk(mask_ptr, death_ptr, bh, c, NC, C: tl.constexpr):
     """The chunk's starts live at each of its tokens: ``(n_in [C] int32, J [C, C] int32)`` with ``n_in(t)``
@@ -50,12 +59,64 @@ def intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C: t
     return n_in, J, lamJ, Dm
 
 
-# 16-bit inputs: launched with 4 warps (one warpgroup, 241-252 registers on sm_90), two programs per SM.
+@triton.jit(do_not_specialize=["T"])
+def dla_read_scales_kernel(
+    g_ptr, w_ptr, mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, gs_ptr, sc_ptr,
+    T, H, K,
+    C: tl.constexpr, KP: tl.constexpr,
+):
+    """Program (chunk c, bh): the output kernel's read scales of the old starts, ``sc [C, KP]`` fp32 at
+    ``(bh NC + c) C KP``:
+
+        sc[t, j] = alive_j(t) (lambda_t[r_j(t) + 1] - lambda_t[r_j(t)]) e^{Gc[t] + G(c0) - G(ref_j)}
+
+    for the old starts j >= 1 live at the chunk's start (0 for j = 0, whose prefix state is 0, and past the list),
+    with r_j(t) = n_in(t) + the old starts after j still live at t, and ref_j the end of start j's chunk (its
+    prefix state's decay reference). Depends on the decided structure, g and lambda only: launched before the
+    forward's host synchronisation, off the output kernel's registers. Work O(C KP) per program; reads the
+    chunk's lambda rows (C K), writes C KP fp32 (once, read back once by each Dv block's output program)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
+    row = t_idx[:, None]
+    jj = tl.arange(0, KP)
+    Gc = tl.cumsum(load_scalars(g_ptr, trow, valid), 0)
+    # lambda_t[i + 1] - lambda_t[i] for every rank i, from two coalesced loads issued first; each start's rank then
+    # selects its entry in registers (a gather from memory would wait at the end of the chain live -> death -> rank).
+    wrow = w_ptr + trow * K  # lambda_t
+    lam = tl.load(wrow[:, None] + jj[None, :], mask=valid[:, None] & (jj[None, :] < K), other=0.0).to(tl.float32)
+    lam1 = tl.load(wrow[:, None] + jj[None, :] + 1, mask=valid[:, None] & (jj[None, :] + 1 < K),
+                   other=0.0).to(tl.float32)
+    n_in, _ = live_in_chunk(mask_ptr, death_ptr, bh, c, NC, C)
+    m0 = tl.load(livem_ptr + bh * NC + c)
+    lpos = tl.load(live_ptr + (bh * NC + c) * KP + jj)
+    inlist = jj < m0
+    m0init = tl.load(livem_ptr + bh * NC)  # the initial cache's size (live list of chunk 0)
+    dpos = tl.where(lpos >= 0, lpos, 0)
+    d_old = tl.where(lpos >= 0, tl.load(death_ptr + bh * NC * C + dpos, mask=inlist, other=2147483647),
+                     tl.load(death0_ptr + bh * K + tl.where(lpos < 0, lpos + m0init, 0), mask=inlist, other=2147483647))
+    alive = inlist[None, :] & (d_old[None, :] > (c * C + row))  # [C, KP]
+    alf = alive.to(tl.float32)
+    after = tl.sum(alf, 1)[:, None] - tl.cumsum(alf, 1)  # alive starts after j
+    r = (after + n_in.to(tl.float32)[:, None]).to(tl.int32)
+    cmask = alive & valid[:, None] & (jj[None, :] >= 1)
+    coef = tl.where(cmask, tl.gather(lam1 - lam, tl.minimum(r, KP - 1), 1), 0.0)
+    gs_c = tl.load(gs_ptr + bh * (NC + 1) + c)  # float64: sum of g before chunk c
+    gref = tl.where(lpos >= 0, tl.load(gs_ptr + bh * (NC + 1) + dpos // C + 1, mask=inlist, other=0.0), 0.0)
+    dG = (gs_c - gref).to(tl.float32)
+    scale = coef * tl.exp(tl.minimum(Gc[:, None] + dG[None, :], 0.0))
+    tl.store(sc_ptr + (bh * NC + c).to(tl.int64) * C * KP + row * KP + jj[None, :], scale)
+
+
+# 16-bit inputs: launched with 4 warps (one warpgroup). sm_90, Triton 3.6: at Dk = 64 and G = 2 capped at 168
+# registers without spills (58 KB of shared memory): three programs per SM; at Dk = 128 255 registers (40 B of
+# stack), two.
 # Long: one program's three reads accumulate into one register tile; splitting would re-read q and o.
 @triton.jit(do_not_specialize=["T", "binit"])
 def dla_output_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
-    mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bidx_ptr, bst_ptr, binit, sc_ptr, bsc_ptr,
+    mask_ptr, death_ptr, live_ptr, livem_ptr, hs_ptr, bidx_ptr, bst_ptr, binit, sc_ptr, bsc_ptr,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
     G: tl.constexpr,
@@ -68,7 +129,8 @@ def dla_output_kernel(
     where H_d(a-1) is the prefix state before a, decayed to t. FLOPs per chunk: 2 C^2 (Dk + BV) + 2 C Dk BV for the
     chunk itself, and per live old start one read of its materialised prefix state (dla_bstate_kernel;
     2 C Dk BV FLOPs, Dk BV elements from L2), G starts per tensor-core product. Bytes besides the inputs: the
-    program's scratch rows ``sc [C, KP]`` fp32 and ``bsc [KP]`` int32, written once and read back once.
+    chunk's read scales ``sc [C, KP]`` fp32 (``dla_read_scales_kernel``'s) and this program's scratch row ``bsc
+    [KP]`` int32 (the starts' state indices), each written once and read back once.
     """
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -85,8 +147,7 @@ def dla_output_kernel(
     g = load_scalars(g_ptr, trow, valid)
     Gc = tl.cumsum(g, 0)
     wrow = w_ptr + trow * K  # lambda_t
-    n_in_i, J, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C)
-    n_in = n_in_i.to(tl.float32)
+    n_in, _, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C)
     if LOWP:
         S = tl.dot(qc, tl.trans(kc))
         o = tl.dot((S * Dm * lamJ).to(vc.dtype), vc)
@@ -98,41 +159,25 @@ def dla_output_kernel(
     # The state before the chunk, read with the recency of the piece holding token c0-1.
     Hc = load_state(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv, kd, vd, Dk, Dv)
     # n_in(t) = K only with an empty cache before the chunk (H = 0): no weight to read (and none in bounds).
-    lam_in = tl.load(wrow + n_in_i, mask=valid & (n_in_i < K), other=0.0).to(tl.float32)
+    lam_in = tl.load(wrow + n_in, mask=valid & (n_in < K), other=0.0).to(tl.float32)
     o += (lam_in * eGc)[:, None] * qdot(qc, qf, Hc, LOWP, PREC)
-    # Old live starts (at the chunk start), oldest first; j = 0 (the oldest) has H(a_0 - 1) = 0.
+    # Old live starts (at the chunk start), oldest first; j = 0 (the oldest) has H(a_0 - 1) = 0. Each one's prefix
+    # state in the compact buffer (the initial slots' pseudo starts after the nsurv surviving starts).
     m0 = tl.load(livem_ptr + bh * NC + c)
     lpos = tl.load(live_ptr + (bh * NC + c) * KP + jj)
     inlist = jj < m0
     m0init = tl.load(livem_ptr + bh * NC)  # the initial cache's size (live list of chunk 0)
-    dpos = tl.where(lpos >= 0, lpos, 0)
-    d_old = tl.where(lpos >= 0, tl.load(death_ptr + bh * NC * C + dpos, mask=inlist, other=2147483647),
-                     tl.load(death0_ptr + bh * K + tl.where(lpos < 0, lpos + m0init, 0), mask=inlist, other=2147483647))
-    alive = inlist[None, :] & (d_old[None, :] > (c * C + row))  # [C, KP]
-    alf = alive.to(tl.float32)
-    after = tl.sum(alf, 1)[:, None] - tl.cumsum(alf, 1)  # alive starts after j
-    r = (after + n_in[:, None]).to(tl.int32)
-    cmask = alive & valid[:, None] & (jj[None, :] >= 1)
-    lam_r = tl.load(wrow[:, None] + r, mask=cmask, other=0.0).to(tl.float32)
-    lam_r1 = tl.load(wrow[:, None] + r + 1, mask=cmask, other=0.0).to(tl.float32)
-    coef = tl.where(cmask, lam_r1 - lam_r, 0.0)
-    gs_c = tl.load(gs_ptr + bh * (NC + 1) + c)  # float64: sum of g before chunk c
-    # Each old start's prefix state B (compact buffer) and its reference log decay (end of its chunk).
-    bslot = tl.where(lpos >= 0, tl.load(bidx_ptr + bh * NC * C + dpos, mask=inlist, other=-1).to(tl.int64),
-                     (binit + bh * K + lpos + m0init).to(tl.int64))
+    bslot = tl.where(lpos >= 0, tl.load(bidx_ptr + bh * NC * C + tl.maximum(lpos, 0), mask=inlist, other=-1),
+                     binit + bh * K + lpos + m0init)
     bslot = tl.where(inlist & (jj >= 1), bslot, -1)
-    gref = tl.where(lpos >= 0, tl.load(gs_ptr + bh * (NC + 1) + dpos // C + 1, mask=inlist, other=0.0), 0.0)
-    dG = (gs_c - gref).to(tl.float32)
-    scale = coef * tl.exp(tl.minimum(Gc[:, None] + dG[None, :], 0.0))  # [C, KP]
     # Reads of the old starts' states, G at a time: o += (q * scale_j)[C, G*Dk] @ B[G*Dk, BV]. The group's scales
-    # and state indices come back from this program's scratch rows (written here, read from L2): a load lands in
-    # the dot's operand layout, where picking a group out of the [C, KP] register tile took a shuffle reduction
-    # and four shared-memory layout conversions per group (docs/performance.md, "Output stage").
+    # (dla_read_scales_kernel's rows) and state indices (this program's scratch row) are loaded from L2 straight
+    # into the dot's operand layout: picking a group out of a [C, KP] register tile took a shuffle reduction and
+    # four shared-memory layout conversions per group (docs/performance.md, "Output stage").
     prog = ((c * tl.num_programs(1) + bh) * tl.num_programs(2) + vb).to(tl.int64)
-    sc_row = sc_ptr + prog * C * KP
+    sc_row = sc_ptr + (bh * NC + c).to(tl.int64) * C * KP
     bs_row = bsc_ptr + prog * KP
-    tl.store(sc_row + row * KP + jj[None, :], scale)
-    tl.store(bs_row + jj, bslot.to(tl.int32))
+    tl.store(bs_row + jj, bslot)
     tl.debug_barrier()  # other threads of the program read these rows
     gj = tl.arange(0, G)
     # The next group's indices one iteration ahead, in registers: the state loads then depend on no load of

@@ -262,17 +262,30 @@ def start_bits(masks: torch.Tensor) -> torch.Tensor:
     return ((masks[:, :, None] >> shifts) & 1).bool().reshape(BH, NC * CHUNK)
 
 
-def surviving_starts(masks, death, T: int, read_also=None):
+def surviving_starts(masks, death, T: int, read_also=None, meanwhile=None):
     """Slot starts that outlive their chunk (later chunks read their prefix states): ``(off, nsurv, read_also's
     values)`` with ``off [BH * NC + 1]`` int64 each chunk's offset in the compact (row-major) order of the
     surviving starts and their number ``nsurv`` last. ``nsurv`` is read back to the host (it sizes the start
     states: the forward's one host synchronisation), together with ``read_also`` (a 1-d int64 tensor: a
-    caller's deferred checks), returned as a list (empty without)."""
+    caller's deferred checks), returned as a list (empty without). ``meanwhile`` (a callable, or None) launches
+    work that the read-back need not wait for: on CUDA it is queued after the copy, so the GPU runs it while the
+    host waits and then prepares the next launches."""
     BH, NC = masks.shape
     off = torch.empty(BH * NC + 1, device=masks.device, dtype=torch.int64)
     dla_survivor_counts_kernel[(NC, BH)](masks, death, off, T, C=CHUNK, num_warps=1)
     off.cumsum_(0)
-    nsurv, *also = (off[-1:] if read_also is None else torch.cat([off[-1:], read_also])).tolist()
+    values = off[-1:] if read_also is None else torch.cat([off[-1:], read_also])
+    if values.is_cuda:
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        copied = torch.cuda.current_stream(values.device).record_event()
+        if meanwhile is not None:
+            meanwhile()
+        copied.synchronize()
+        values = host
+    elif meanwhile is not None:
+        meanwhile()
+    nsurv, *also = values.tolist()
     return off, nsurv, also
 
 
