@@ -21,18 +21,8 @@ import triton
 import triton.language as tl
 
 from ...backend import interpreting
-from ..common.triton_utils import chunk_tokens, mask_bits, next_pow2
-
-
-@triton.jit
-def _in_chunk_recency(mask_ptr, death_ptr, r, c, NC, C: tl.constexpr):
-    """``(n_in [C], J [C, C])`` int32: the chunk's starts ``p <= t`` live at token t, and those in ``(s, t]``."""
-    t = tl.arange(0, C)
-    starts = mask_bits(tl.load(mask_ptr + r * NC + c), t)
-    death = tl.load(death_ptr + (r * NC + c) * C + t)
-    alive = (starts[None, :] & (t[None, :] <= t[:, None]) & (death[None, :] > c * C + t[:, None])).to(tl.int32)
-    n_in = tl.sum(alive, 1)
-    return n_in, n_in[:, None] - tl.cumsum(alive, 1)
+from ..common.triton_utils import chunk_tokens, next_pow2
+from ..scalar_decay.chunk_fwd_output import live_in_chunk
 
 
 @triton.jit
@@ -84,7 +74,7 @@ def dla_delta_partition_kernel(
     _, _, t, tok, valid, row = chunk_tokens(r, c, T, H, C)
     lam_row = lam_ptr + row * K
     # The chunk's own tokens: W, then o = (attn o W) (b v).
-    n_in, J = _in_chunk_recency(mask_ptr, death_ptr, r, c, NC, C)
+    n_in, J = live_in_chunk(mask_ptr, death_ptr, r, c, NC, C, tl.int32)
     causal = (t[None, :] <= t[:, None]) & valid[:, None]
     W = tl.load(lam_row[:, None] + tl.minimum(J, K - 1), mask=causal, other=0.0).to(tl.float32)
     AW = tl.load(attn_ptr + (base * C + t[:, None]) * C + t[None, :]) * W

@@ -79,7 +79,7 @@ def dla_bwd_q_kernel(
     Gc = tl.cumsum(g, 0)
     eGc = tl.exp(Gc)
     wrow = w_ptr + trow * K
-    n_in, J, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C)
+    n_in, J, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C, tl.float32)
     # n_in(t) = K only with an empty cache before the chunk (H = 0): no weight to read (and none in bounds).
     lam_in = tl.load(wrow + n_in, mask=valid & (n_in < K), other=0.0).to(tl.float32)
     cin = tl.where(valid, lam_in * eGc, 0.0)
@@ -260,7 +260,7 @@ def dla_bwd_kv_kernel(
     Gc = tl.cumsum(g, 0)
     wd, _ = decay_to_end(g)
     wd = tl.where(valid, wd, 0.0)
-    _, _, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C)
+    _, _, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C, tl.float32)
     M = lamJ * Dm
     P = dot_nt(qc, kc, LOWP, PREC) * M
     dP = tl.zeros([C, C], dtype=tl.float32)
