@@ -114,7 +114,7 @@ def dla_read_scales_kernel(
 
 
 # 16-bit inputs: launched with 4 warps (one warpgroup). sm_90, Triton 3.6: at Dk = 64 and G = 2 capped at 168
-# registers without spills (58 KB of shared memory): three programs per SM; at Dk = 128 255 registers (40 B of
+# registers without spills (58 KB of shared memory): three programs per SM; at Dk = 128 255 registers (16 B of
 # stack), two.
 # Long: one program's three reads accumulate into one register tile; splitting would re-read q and o.
 @triton.jit(do_not_specialize=["T", "binit"])
