@@ -27,7 +27,8 @@ class TritonSettings:
             (docs/benchmarks.md run 19), bitwise the same results.
         carry_warps: warps of the carry scan; None: 8 when its state tile exceeds 64 x 64, else 4.
         output_group: old slot states read per tensor-core product in the output kernel (2: 168 registers without
-            spills at 64 features, three programs per SM; 1-4 % faster than 4 on an H200, docs/benchmarks.md run 21).
+            spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200, docs/benchmarks.md
+            run 21).
         bwd_stages: software-pipelining stages of the backward's old-start loop (dq kernel).
         bwd_warps: warps of the backward's dq kernel.
     """
