@@ -275,16 +275,15 @@ def surviving_starts(masks, death, T: int, read_also=None, meanwhile=None):
     dla_survivor_counts_kernel[(NC, BH)](masks, death, off, T, C=CHUNK, num_warps=1)
     off.cumsum_(0)
     values = off[-1:] if read_also is None else torch.cat([off[-1:], read_also])
-    if values.is_cuda:
+    if values.is_cuda:  # the copy queued before meanwhile's work, waited for alone
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
         host.copy_(values, non_blocking=True)
         copied = torch.cuda.current_stream(values.device).record_event()
-        if meanwhile is not None:
-            meanwhile()
+    if meanwhile is not None:
+        meanwhile()
+    if values.is_cuda:
         copied.synchronize()
         values = host
-    elif meanwhile is not None:
-        meanwhile()
     nsurv, *also = values.tolist()
     return off, nsurv, also
 
