@@ -8,8 +8,11 @@ The forward (``chunk_fwd``) writes the output in telescoped form: for token ``t`
 
 with ``H`` the single-state prefix state and ``B_j`` the prefix state before start ``j`` (decayed to the
 end of its chunk; ``scale`` holds ``lam_t[r + 1] - lam_t[r]`` and the decay). With the partition fixed every
-term is linear in ``v``, bilinear in ``q`` and ``k``, linear in ``lam``. The backward is four kernels:
+term is linear in ``v``, bilinear in ``q`` and ``k``, linear in ``lam``. The backward is four kernels after a
+pre-pass:
 
+0. ``dla_read_scales_kernel`` (chunk, bh; the forward's, in its backward mode): per old start its ``scale`` row
+   (the forward's values), its ranks, decay offset and state index, which depend on the structure, g and lambda only.
 1. ``dla_bwd_q_kernel`` (chunk, bh): ``dq`` complete, ``dlam`` complete, and ``dHc`` per chunk — the
    transposes of the three reads above (the old starts' ``B_j`` recomputed by the forward's own kernels).
 2. ``dla_bwd_db_kernel`` (surviving start, Dv block): ``dB_j = sum_t scale[t, j] q_t dO_t^T`` over the
@@ -45,25 +48,26 @@ from ..common.triton_utils import (
     store_state,
 )
 from .chunk_fwd import DecidedStructure, LaunchConfig, launch_config
-from .chunk_fwd_output import intra_weights
+from .chunk_fwd_output import dla_read_scales_kernel, intra_weights
 from .chunk_fwd_states import CHUNK, initial_prefixes, prefix_states, start_states, surviving_starts
 
 
 # Long: the transposes of the forward's three reads share one chunk's tiles in registers.
-@triton.jit(do_not_specialize=["T", "binit"])
+@triton.jit(do_not_specialize=["T"])
 def dla_bwd_q_kernel(
-    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dq_ptr, dw_ptr, dgq_ptr, scale_ptr, dhc_ptr,
-    mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bidx_ptr, bst_ptr, binit,
+    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dq_ptr, dw_ptr, dgq_ptr, dhc_ptr,
+    mask_ptr, death_ptr, livem_ptr, hs_ptr, sc_ptr, rk_ptr, dgj_ptr, bsj_ptr, bst_ptr,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr, KP: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Program (chunk c, bh): the transposes of the forward's three reads.
 
-    dq_t = sum_s dP[t,s] lam_t[J] e^{..} k_s + cin_t Hc dO_t + sum_j scale[t,j] B_j dO_t   (dP = dO V^T)
+    dq_t = sum_s dP[t,s] lam_t[J] e^{..} k_s + cin_t Hc dO_t + sum_j sc[t,j] B_j dO_t   (dP = dO V^T)
     dlam_t[J[t,s]] += dP[t,s] (q_t.k_s) e^{..};  dlam_t[n_in] += e^{Gc[t]} q_t^T Hc dO_t;
     dlam_t[r_j + 1] += e^{..} q_t^T B_j dO_t, dlam_t[r_j] -= the same;  dHc = sum_t cin_t q_t dO_t^T.
-    Also writes the read coefficients scale[t, j] (for the dB kernel) and q_t.dq_t (for dg).
+    The old starts' read scales ``sc``, ranks ``rk``, decay offsets ``dgj`` and state indices ``bsj`` are
+    ``dla_read_scales_kernel``'s (backward mode: one row per start). Also writes q_t.dq_t (for dg).
     FLOPs: 2 C^2 (Dk + Dv) + 2 C^2 Dk + 4 C Dk Dv + 2 C Dk Dv per live old start."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -107,39 +111,30 @@ def dla_bwd_q_kernel(
     # The state before the chunk, read with recency n_in(t).
     dq += cin[:, None] * ZH
     dlam += tl.where(jj[None, :] == n_in[:, None], (eGc * tl.sum(qf * ZH, 1))[:, None], 0.0)
-    # Old live starts (as the forward's output kernel: coefficients, ranks, decays).
+    # Old live starts, from the newest (list index m0 - 1) to index 1 (the oldest, index 0, has H = 0 before it);
+    # each start's rows come from the pre-pass. The start's dlam term e^{..} q_t^T B_j dO_t goes to column r_j(t)
+    # of Y (one start per rank); dlam gets +Y shifted by one rank and -Y after the loop: the same sums in the same
+    # order as adding and subtracting each start's term in the loop (the start of rank r - 1 comes before that of
+    # rank r).
+    prog = (bh * NC + c).to(tl.int64)
     m0 = tl.load(livem_ptr + bh * NC + c)
-    lpos = tl.load(live_ptr + (bh * NC + c) * KP + jj)
-    inlist = jj < m0
-    m0init = tl.load(livem_ptr + bh * NC)
-    dpos = tl.where(lpos >= 0, lpos, 0)
-    d_old = tl.where(lpos >= 0, tl.load(death_ptr + bh * NC * C + dpos, mask=inlist, other=2147483647),
-                     tl.load(death0_ptr + bh * K + tl.where(lpos < 0, lpos + m0init, 0), mask=inlist, other=2147483647))
-    gs_c = tl.load(gs_ptr + bh * (NC + 1) + c)
-    bslot = tl.where(lpos >= 0, tl.load(bidx_ptr + bh * NC * C + dpos, mask=inlist, other=-1).to(tl.int64),
-                     (binit + bh * K + lpos + m0init).to(tl.int64))
-    gref = tl.where(lpos >= 0, tl.load(gs_ptr + bh * (NC + 1) + dpos // C + 1, mask=inlist, other=0.0), 0.0)
-    dG = (gs_c - gref).to(tl.float32)
+    sc_rows = sc_ptr + prog * KP * C
+    rk_rows = rk_ptr + prog * KP * C
+    bs_row = bsj_ptr + prog * KP
+    dg_row = dgj_ptr + prog * KP
     doc0 = tl.load(do_ptr + trow[:, None] * Dv + tl.arange(0, BV)[None, :],
                    mask=valid[:, None] & (tl.arange(0, BV)[None, :] < Dv), other=0.0)
-    # Old starts from the newest (list index m0 - 1) to index 1 (the oldest, index 0, has H = 0 before it):
-    # start j's rank at t is n_in(t) + the old starts newer than j still live at t, counted as we go, so
-    # each start costs O(C) vector work besides its product.
-    after = tl.zeros([C], dtype=tl.int32)
+    Y = tl.zeros([C, KP], dtype=tl.float32)
+    # The next start's state index one iteration ahead, in registers: its state load then depends on no load of its
+    # own iteration and can be pipelined (as the forward's output kernel).
+    bs_next = tl.load(bs_row + tl.maximum(m0 - 1, 0))
     for ii in tl.range(1, m0, num_stages=STAGES):
         jx = m0 - ii
-        selj = jj == jx
-        d_j = tl.sum(tl.where(selj, d_old, 0), 0)
-        dG_j = tl.sum(tl.where(selj, dG, 0.0), 0)
-        bs = tl.sum(tl.where(selj, bslot, 0), 0)
-        alive_j = valid & (d_j > tok)
-        r_j = n_in + after
-        ex_j = tl.where(alive_j, tl.exp(tl.minimum(Gc + dG_j, 0.0)), 0.0)
-        lam_r = tl.load(wrow + r_j, mask=alive_j, other=0.0).to(tl.float32)
-        lam_r1 = tl.load(wrow + r_j + 1, mask=alive_j, other=0.0).to(tl.float32)
-        sc_j = (lam_r1 - lam_r) * ex_j
-        # start j's read coefficients: the dB kernel's weights
-        tl.store(scale_ptr + ((bh * NC + c) * KP + jx) * C + t_idx, sc_j.to(scale_ptr.dtype.element_ty))
+        bs = bs_next.to(tl.int64)
+        bs_next = tl.load(bs_row + tl.maximum(jx - 1, 0))
+        sc_j = tl.load(sc_rows + jx * C + t_idx)
+        r_j = tl.load(rk_rows + jx * C + t_idx).to(tl.int32)
+        dG_j = tl.load(dg_row + jx)
         if NVB == 1:  # dO's tile stays in registers
             Bt = load_state(bst_ptr + bs * Dk * Dv, kd, tl.arange(0, BV), Dk, Dv)
             Z = dot_nt(doc0, Bt, LOWP, PREC)
@@ -151,9 +146,10 @@ def dla_bwd_q_kernel(
                 Bt = load_state(bst_ptr + bs * Dk * Dv, kd, vd, Dk, Dv)
                 Z += dot_nt(doc, Bt, LOWP, PREC)
         dq += sc_j[:, None] * Z
-        dc = (tl.sum(qf * Z, 1) * ex_j)[:, None]
-        dlam += tl.where(jj[None, :] == (r_j + 1)[:, None], dc, 0.0) - tl.where(jj[None, :] == r_j[:, None], dc, 0.0)
-        after += alive_j.to(tl.int32)
+        dc = tl.sum(qf * Z, 1) * tl.exp(tl.minimum(Gc + dG_j, 0.0))
+        Y = tl.where(jj[None, :] == r_j[:, None], dc[:, None], Y)  # r_j = -1 where start j is not read
+    Ym = tl.gather(Y, tl.maximum(jj[None, :] - 1, 0) + tl.zeros([C, KP], dtype=tl.int32), 1)  # rank r - 1
+    dlam = (dlam + tl.where(jj[None, :] >= 1, Ym, 0.0)) - Y
     tl.store(dq_ptr + trow[:, None] * Dk + kd[None, :], dq.to(dq_ptr.dtype.element_ty), mask=kmask)
     tl.store(dgq_ptr + bh * T + tok, tl.sum(qf * dq, 1), mask=valid)
     tl.store(dw_ptr + trow[:, None] * K + jj[None, :], dlam, mask=valid[:, None] & (jj[None, :] < K))
@@ -167,9 +163,10 @@ def dla_bwd_db_kernel(
     PREC: tl.constexpr,
 ):
     """Program (compact start n, Dv block): dB_n = sum over the chunks where start n is live and old of
-    sum_t scale[t, n] q_t dO_t^T, with the read coefficients the dq kernel wrote. Starts ``n < nsurv`` are
-    real (bh, position); the others the initial slots' pseudo starts (bh * K + i). The oldest start (H = 0
-    before it, never read) and unused pseudo starts get 0. 2 C Dk BV FLOPs per chunk of life."""
+    sum_t scale[t, n] q_t dO_t^T, with the pre-pass's read scales (fp32, rounded to q's dtype: the products'
+    operands). Starts ``n < nsurv`` are real (bh, position); the others the initial slots' pseudo starts
+    (bh * K + i). The oldest start (H = 0 before it, never read) and unused pseudo starts get 0. 2 C Dk BV FLOPs
+    per chunk of life."""
     n = tl.program_id(0)
     vb = tl.program_id(1)
     NC = tl.cdiv(T, C)
@@ -199,8 +196,8 @@ def dla_bwd_db_kernel(
         lpos = tl.load(live_ptr + (bh * NC + c) * KP + jj)
         m0 = tl.load(livem_ptr + bh * NC + c)
         j = tl.sum(tl.where((jj < m0) & (lpos == a), jj, 0), 0)  # its index in the chunk's live list
-        sc = tl.load(scale_ptr + ((bh * NC + c) * KP + j) * C + t_idx).to(tl.float32)
         qc = load_rows(q_ptr, trow, valid, kd, Dk)
+        sc = tl.load(scale_ptr + ((bh * NC + c) * KP + j) * C + t_idx).to(qc.dtype).to(tl.float32)
         doc = load_rows(do_ptr, trow, valid, vd, Dv)
         acc += dot_nn(tl.trans(qc.to(tl.float32) * sc[:, None]), doc, LOWP, PREC, qc.dtype)
     store_state(db_ptr + n * Dk * Dv, acc, kd, vd, Dk, Dv)
@@ -291,6 +288,23 @@ def dla_bwd_kv_kernel(
                  mask=vmask)
     tl.store(dk_ptr + trow[:, None] * Dk + kd[None, :], dk.to(dk_ptr.dtype.element_ty), mask=kmask)
     tl.store(dgk_ptr + bh * T + tok, tl.sum(kc.to(tl.float32) * dk, 1), mask=valid)
+
+
+def _old_start_rows(cfg: LaunchConfig, g, slot_weights, s: DecidedStructure, gs, bidx, nsurv: int):
+    """The pre-pass: what the dq kernel's loop over the old starts needs besides dO, one row per (bh, chunk, start),
+    from ``dla_read_scales_kernel`` in its backward mode: ``(sc, rk, dgj, bsj)``, the read scales ``[BH, NC, KP, C]``
+    fp32 (the forward's values, transposed), the ranks ``[BH, NC, KP, C]`` int8 (-1 where not read), the decay
+    offsets ``[BH, NC, KP]`` fp32 and the state indices ``[BH, NC, KP]`` int32. 10.5 KB per (bh, chunk)."""
+    shape = (cfg.BH, cfg.NC, cfg.KP)
+    dev = g.device
+    sc = torch.empty(*shape, CHUNK, device=dev, dtype=torch.float32)
+    rk = torch.empty(*shape, CHUNK, device=dev, dtype=torch.int8)
+    dgj = torch.empty(shape, device=dev, dtype=torch.float32)
+    bsj = torch.empty(shape, device=dev, dtype=torch.int32)
+    dla_read_scales_kernel[(cfg.NC, cfg.BH)](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc, bidx,
+                                             nsurv, rk, dgj, bsj, cfg.T, cfg.H, cfg.K, C=CHUNK, KP=cfg.KP, BWD=True,
+                                             num_warps=4)
+    return sc, rk, dgj, bsj
 
 
 def _recompute(cfg: LaunchConfig, k, v, g, init_states, s: DecidedStructure):
@@ -396,23 +410,23 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     mark_stage(profile, "recompute")
     states0, gs, hs, off, nsurv, bidx, bst = _recompute(cfg, k, v, g, init_states, s)
     ninit = BH * K if states0 is not None else 0
-    # 1. dq, dlam, dHc
+    # 1. dq, dlam, dHc, after the old starts' rows (sc lives on as the dB kernel's weights, the others die with dq).
     mark_stage(profile, "dq")
+    sc, rk, dgj, bsj = _old_start_rows(cfg, g, slot_weights, s, gs, bidx, nsurv)
     dq = torch.empty_like(q)
     dlam = torch.empty(B, T, H, K, device=dev, dtype=torch.float32)
     dgq = torch.empty(BH, T, device=dev, dtype=torch.float32)  # time contiguous: the cumsum below
-    scale = torch.empty(BH, NC, cfg.KP, C, device=dev, dtype=q.dtype if cfg.lowp else torch.float32)
     dhc = hs  # each program reads its chunk's H before writing that chunk's dHc in its place (H is then dead)
     dla_bwd_q_kernel[(NC, BH)](
-        q, k, v, g, slot_weights, dO, dq, dlam, dgq, scale, dhc, s.masks, s.death, s.death0, s.live, s.livem, hs, gs,
-        bidx, bst, nsurv, T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=cfg.KP, LOWP=cfg.lowp,
+        q, k, v, g, slot_weights, dO, dq, dlam, dgq, dhc, s.masks, s.death, s.livem, hs, sc, rk, dgj, bsj, bst,
+        T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=cfg.KP, LOWP=cfg.lowp,
         PREC=cfg.prec, STAGES=settings.bwd_stages, num_warps=settings.bwd_warps,
     )
-    del bst
+    del bst, rk, dgj, bsj
     # 2. dB of every surviving start, then the final cache's gradient.
     mark_stage(profile, "dB")
-    db, sbh, spos = _start_adjoints(cfg, q, dO, scale, s, bidx, nsurv, ninit)
-    del scale
+    db, sbh, spos = _start_adjoints(cfg, q, dO, sc, s, bidx, nsurv, ninit)
+    del sc
     _final_cache_adjoint(cfg, s, dS_final, dhc, db, gs, bidx, nsurv, size0)
     # 3. the reverse scan of the single state's adjoint.
     mark_stage(profile, "scan")

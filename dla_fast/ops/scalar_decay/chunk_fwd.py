@@ -334,8 +334,9 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     bsc = torch.empty(grid[0] * grid[1] * grid[2] * cfg.KP, device=q.device, dtype=torch.int32)
 
     def read_scales():
-        dla_read_scales_kernel[grid[:2]](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc, cfg.T,
-                                         cfg.H, cfg.K, C=CHUNK, KP=cfg.KP, num_warps=4)
+        dla_read_scales_kernel[grid[:2]](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc,
+                                         sc, 0, sc, sc, sc, cfg.T, cfg.H, cfg.K, C=CHUNK, KP=cfg.KP, BWD=False,
+                                         num_warps=4)
 
     # Everything above is allocated before the synchronisation: after it the GPU has only the scales to run until
     # the next launch.

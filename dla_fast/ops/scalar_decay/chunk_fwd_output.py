@@ -63,22 +63,29 @@ def intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C: t
     return n_in, J, lamJ, Dm
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "binit"])
 def dla_read_scales_kernel(
     g_ptr, w_ptr, mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, gs_ptr, sc_ptr,
+    bidx_ptr, binit, rk_ptr, dgj_ptr, bsj_ptr,
     T, H, K,
-    C: tl.constexpr, KP: tl.constexpr,
+    C: tl.constexpr, KP: tl.constexpr, BWD: tl.constexpr,
 ):
-    """Program (chunk c, bh): the output kernel's read scales of the old starts, ``sc [C, KP]`` fp32 at
-    ``(bh NC + c) C KP``:
+    """Program (chunk c, bh): the read scales of the old starts,
 
         sc[t, j] = alive_j(t) (lambda_t[r_j(t) + 1] - lambda_t[r_j(t)]) e^{Gc[t] + G(c0) - G(ref_j)}
 
     for the old starts j >= 1 live at the chunk's start (0 for j = 0, whose prefix state is 0, and past the list),
     with r_j(t) = n_in(t) + the old starts after j still live at t, and ref_j the end of start j's chunk (its
-    prefix state's decay reference). Depends on the decided structure, g and lambda only: launched before the
-    forward's host synchronisation, off the output kernel's registers. Work O(C KP) per program; reads the
-    chunk's lambda rows (C K), writes C KP fp32 (once, read back once by each Dv block's output program)."""
+    prefix state's decay reference). Depends on the decided structure, g and lambda only. Work O(C KP) per program;
+    reads the chunk's lambda rows (C K).
+
+    Forward (``BWD`` false): ``sc [C, KP]`` fp32 at ``(bh NC + c) C KP``, for the output kernel (launched before the
+    forward's host synchronisation, off that kernel's registers); the other pointers are not read.
+    Backward (``BWD``): what the dq kernel's loop over the old starts needs besides dO, one row per start: ``sc``
+    transposed, ``[KP, C]`` fp32 (also the dB kernel's weights); ``rk [KP, C]`` int8, the rank r_j(t) where the
+    start is read (alive, j >= 1, t < T), else -1; ``dgj [KP]`` fp32 the decay offset ``G(c0) - G(ref_j)`` (the
+    read's decay is ``e^{min(Gc[t] + dgj, 0)}``); ``bsj [KP]`` int32 the start's prefix state in ``bidx``'s compact
+    order (the initial slots' pseudo starts from ``binit``)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
@@ -110,7 +117,16 @@ def dla_read_scales_kernel(
     gref = tl.where(lpos >= 0, tl.load(gs_ptr + bh * (NC + 1) + dpos // C + 1, mask=inlist, other=0.0), 0.0)
     dG = (gs_c - gref).to(tl.float32)
     scale = coef * tl.exp(tl.minimum(Gc[:, None] + dG[None, :], 0.0))
-    tl.store(sc_ptr + (bh * NC + c).to(tl.int64) * C * KP + row * KP + jj[None, :], scale)
+    prog = (bh * NC + c).to(tl.int64)
+    if BWD:
+        tl.store(sc_ptr + prog * KP * C + jj[None, :] * C + row, scale)
+        tl.store(rk_ptr + prog * KP * C + jj[None, :] * C + row, tl.where(cmask, r, -1).to(tl.int8))
+        tl.store(dgj_ptr + prog * KP + jj, dG)
+        bslot = tl.where(lpos >= 0, tl.load(bidx_ptr + bh * NC * C + dpos, mask=inlist, other=-1),
+                         binit + bh * K + lpos + m0init)
+        tl.store(bsj_ptr + prog * KP + jj, bslot)
+    else:
+        tl.store(sc_ptr + prog * C * KP + row * KP + jj[None, :], scale)
 
 
 # 16-bit inputs: launched with 4 warps (one warpgroup). sm_90, Triton 3.6: at Dk = 64 and G = 2 capped at 168
