@@ -2,7 +2,7 @@
 """GPU benchmark of the Triton DLA path, with its correctness checks, in one run.
 
     python benchmarks/gpu_bench.py [--out DIR] [--quick] [--configs 0,1] [--skip-correctness] [--skip-forward]
-                                   [--skip-training] [--skip-delta] [--skip-step] [--smoke]
+                                   [--skip-training] [--skip-delta] [--skip-step] [--fla-samples N] [--smoke]
 
 (the delta rule alone: ``--skip-correctness --skip-forward --skip-training --skip-step``)
 
@@ -16,7 +16,18 @@
    same q/k/v/g; peak memory; the decode step at B = 1 and 64 with a full 30-slot cache.
    The gated delta rule (issue #12): DLA-GDN (``dla_fast.forward`` with ``beta``) against FLA
    ``chunk_gated_delta_rule`` on the same q, k (unit), v, g, beta, forward and fwd+bwd, with peak memory.
-4. Raw JSON and a log under --out (default $OUT or .), a compact table printed last.
+   The baselines (FLA's three, SDPA; forward, fwd+bwd and peak memory): FLA's times vary between processes (at
+   (2, 16384) on an H200 log-linear 4.75-6.04 ms, simple_gla 0.23-0.53 ms; FLA autotunes once per process, a likely
+   cause, not checked), so with ``--fla-samples N`` (default 3) they are timed in N fresh processes, one after
+   another, each timing the baselines of one config (forward: three; fwd+bwd: two; the delta rule: one per cell)
+   (``gpu_bench.py --worker-json SPEC``: the same inputs, the same seed, built on the GPU; one JSON line back; a
+   process that fails raises with its stderr). Each baseline key (``simple_gla_ms``, ``log_linear_ms``,
+   ``sdpa_ms``, ``*_peak_gib``, ``fla_fwd_ms``, ...) holds the minimum over the processes, every DLA/baseline
+   ratio being against the best configuration seen (conservative for DLA; peak memory is the same in every
+   process in practice), and ``<key>_samples`` lists the N values. ``--fla-samples 1`` times each baseline once,
+   in this process, as before (its ``<key>_samples`` holds that one value).
+4. Raw JSON and a log under --out (default $OUT or .), a compact table printed last (the baselines' min-max over
+   the processes on a line below each table).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -319,7 +331,7 @@ def counts_forward(B, T, H, Dk, Dv, K, mean_live, C=64):
     return flops, io_min, traffic
 
 
-def time_forward(cfg, fh, bw, fl, quick=False):
+def time_forward(cfg, fh, bw, fl, quick=False, samples=1):
     B, T, H, Dk, Dv = cfg
     rows = {}
     base = None
@@ -360,25 +372,42 @@ def time_forward(cfg, fh, bw, fl, quick=False):
         res[name] = {kk: vv for kk, vv in prof.items() if kk.endswith("_ms")}
         res[name]["total_ms"] = bench_ms(lambda: fwd(q, k, v, g, w, tau=TAU, settings=variant))
         log(f"variant {name}: {res[name]}", fh)
-    try:
-        from fla.ops.simple_gla import chunk_simple_gla
-
-        res["simple_gla_ms"] = bench_ms(lambda: chunk_simple_gla(q, k, v, g, scale=1.0))
-    except Exception as e:  # noqa: BLE001
-        res["simple_gla_error"] = repr(e)[:300]
-    try:
-        from fla.ops.log_linear_attn import chunk_log_linear_attn
-
-        L = math.ceil(math.log2(T)) + 1
-        ls = torch.rand(B, T, H, L, device="cuda", dtype=q.dtype)
-        res["log_linear_ms"] = bench_ms(lambda: chunk_log_linear_attn(q, k, v, g, ls, scale=1.0))
-        res["log_linear_levels"] = L
-    except Exception as e:  # noqa: BLE001
-        res["log_linear_error"] = repr(e)[:300]
-    qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
-    res["sdpa_ms"] = bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True))
+    spec = dict(cfg=list(cfg), wl=WORKLOADS["moderate"], quick=quick)
+    res.update(sample_baselines(("simple_gla", "log_linear", "sdpa"), (q, k, v, g), spec, samples))
     log(f"{cfg} baselines: { {kk: vv for kk, vv in res.items() if kk != 'dla'} }", fh)
     return res
+
+
+def _forward_base(cfg, wl):
+    """The forward baselines' q, k, v, g: the workload's (seed 11), as time_forward's DLA rows draw them."""
+    return workload(*cfg, K_SLOTS, **wl, seed=11)[:4]
+
+
+def _levels(T):
+    """Log-linear attention's levels at length T."""
+    return math.ceil(math.log2(T)) + 1
+
+
+def _simple_gla(x, spec):
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    q, k, v, g = x
+    return dict(simple_gla_ms=bench_ms(lambda: chunk_simple_gla(q, k, v, g, scale=1.0)))
+
+
+def _log_linear(x, spec):
+    from fla.ops.log_linear_attn import chunk_log_linear_attn
+
+    q, k, v, g = x
+    B, T, H, _, _ = spec["cfg"]
+    ls = torch.rand(B, T, H, _levels(T), device="cuda", dtype=q.dtype)
+    return dict(log_linear_ms=bench_ms(lambda: chunk_log_linear_attn(q, k, v, g, ls, scale=1.0)),
+                log_linear_levels=_levels(T))
+
+
+def _sdpa(x, spec):
+    qt, kt, vt = (t.transpose(1, 2).contiguous() for t in x[:3])
+    return dict(sdpa_ms=bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -432,24 +461,25 @@ def grad_correctness(fh):
     return out
 
 
-def time_training(cfg, fh, quick=False):
+def _peak_and_ms(fn, quick):
+    """``(ms, peak GiB)`` of a fwd+bwd fn, after one untimed call (which allocates the leaves' .grad)."""
+    fn()
+    peak, _ = _peak_gib_and_ms(fn)
+    return bench_ms(fn, rep=20 if quick else 50), peak
+
+
+def time_training(cfg, fh, quick=False, samples=1):
     """Forward + backward time and peak memory: DLA (public API, Triton fwd and bwd), FLA log-linear, SDPA."""
     from dla_fast.ops.scalar_decay.chunk_bwd import backward_scalar_decay_triton  # noqa: F401  (import cost outside timing)
 
     B, T, H, Dk, Dv = cfg
     res = dict(dla={})
     rep = 20 if quick else 50
-
-    def peak_and_ms(fn):
-        fn()
-        peak, _ = _peak_gib_and_ms(fn)
-        return bench_ms(fn, rep=rep), peak
-
     for wname, wl in WORKLOADS.items():
         q, k, v, g, w = _leaves(*workload(B, T, H, Dk, Dv, K_SLOTS, **wl, seed=11))
         dO = torch.randn(B, T, H, Dv, device=DEV, dtype=q.dtype)
         fn = lambda: _dla_fwd_bwd(q, k, v, g, w, dO)  # noqa: E731
-        ms, peak = peak_and_ms(fn)
+        ms, peak = _peak_and_ms(fn, quick)
         prof, bwd_ms = _backward_profile(q, k, v, g, w, dO)
         with torch.no_grad():
             fwd_ms = bench_ms(lambda: api_forward(q, k, v, g, w), rep=rep)
@@ -461,29 +491,42 @@ def time_training(cfg, fh, quick=False):
             del q, k, v, g, w, dO
         else:
             base = (q, k, v, g, dO)
-    q, k, v, g, dO = base
-    try:
-        from fla.ops.log_linear_attn import chunk_log_linear_attn
+    spec = dict(cfg=list(cfg), wl=WORKLOADS["moderate"], quick=quick)
+    res.update(sample_baselines(("log_linear_fwd_bwd", "sdpa_fwd_bwd"), base, spec, samples))
+    log(f"{cfg} fwd+bwd baselines: { {kk: vv for kk, vv in res.items() if kk != 'dla'} }", fh)
+    return res
 
-        L = math.ceil(math.log2(T)) + 1
-        ls = torch.rand(B, T, H, L, device="cuda", dtype=q.dtype).requires_grad_(True)
 
-        def loglin():
-            out = chunk_log_linear_attn(q, k, v, g, ls, scale=1.0)
-            (out[0] if isinstance(out, tuple) else out).backward(dO)
+def _training_base(cfg, wl):
+    """The fwd+bwd baselines' q, k, v, g (leaves: the workload's, seed 11) and dO, as time_training draws them."""
+    q, k, v, g, _ = _leaves(*workload(*cfg, K_SLOTS, **wl, seed=11))
+    return q, k, v, g, torch.randn(*cfg[:3], cfg[4], device=DEV, dtype=q.dtype)
 
-        res["log_linear_ms"], res["log_linear_peak_gib"] = peak_and_ms(loglin)
-    except Exception as e:  # noqa: BLE001
-        res["log_linear_error"] = repr(e)[:300]
-    qt, kt, vt = _leaves(*(x.transpose(1, 2).contiguous() for x in (q, k, v)))
-    dOt = dO.transpose(1, 2).contiguous()
+
+def _log_linear_fwd_bwd(x, spec):
+    from fla.ops.log_linear_attn import chunk_log_linear_attn
+
+    q, k, v, g, dO = x
+    B, T, H, _, _ = spec["cfg"]
+    ls = torch.rand(B, T, H, _levels(T), device="cuda", dtype=q.dtype).requires_grad_(True)
+
+    def loglin():
+        out = chunk_log_linear_attn(q, k, v, g, ls, scale=1.0)
+        (out[0] if isinstance(out, tuple) else out).backward(dO)
+
+    ms, peak = _peak_and_ms(loglin, spec["quick"])
+    return dict(log_linear_ms=ms, log_linear_peak_gib=peak)
+
+
+def _sdpa_fwd_bwd(x, spec):
+    qt, kt, vt = _leaves(*(t.transpose(1, 2).contiguous() for t in x[:3]))
+    dOt = x[4].transpose(1, 2).contiguous()
 
     def sdpa():
         torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True).backward(dOt)
 
-    res["sdpa_ms"], res["sdpa_peak_gib"] = peak_and_ms(sdpa)
-    log(f"{cfg} fwd+bwd baselines: { {kk: vv for kk, vv in res.items() if kk != 'dla'} }", fh)
-    return res
+    ms, peak = _peak_and_ms(sdpa, spec["quick"])
+    return dict(sdpa_ms=ms, sdpa_peak_gib=peak)
 
 
 def _backward_profile(q, k, v, g, w, dO):
@@ -586,11 +629,37 @@ def _ratios(row):
     return row
 
 
-def time_delta_cell(cfg, wl, cap_ms):
+def _fla_gdn_fwd(x, spec):
+    q, k, v, g, _, beta = x
+    row = {}
+    with torch.no_grad():
+        _measure(row, "fla_fwd", lambda: _fla_gdn(q, k, v, g, beta), spec["cap_ms"])
+    return row
+
+
+def _delta_grad_base(cfg, wl):
+    """FLA's fwd+bwd inputs: delta_inputs' six as leaves, and dO, as time_delta_cell draws them."""
+    leaves = _leaves(*delta_inputs(*cfg, wl))
+    return (*leaves, torch.randn_like(leaves[2]))
+
+
+def _fla_gdn_fwd_bwd(x, spec):
+    """FLA's fwd+bwd; where it refuses this Triton on Hopper (3.7.1 in its error), its time with the guard lifted."""
+    q, k, v, g, _, beta, dO = x
+    row = {}
+    _measure(row, "fla_fwd_bwd", lambda: _fla_gdn(q, k, v, g, beta).backward(dO), spec["cap_ms"])
+    if "3.7.1" in row.get("fla_fwd_bwd_note", ""):  # refused on this Triton: its time alone, guard lifted
+        with fla_guard_lifted():
+            _measure(row, "fla_fwd_bwd_unchecked", lambda: _fla_gdn(q, k, v, g, beta).backward(dO), spec["cap_ms"])
+    return row
+
+
+def time_delta_cell(cfg, wl, cap_ms, samples=1):
     """One (config, workload) cell: DLA-GDN (public API with beta) and FLA on the same q, k, v, g, beta; forward
     without grad, then fwd+bwd of <dO, o> into every input; each with its peak memory. The boundary rate comes
     from one untimed traced call."""
-    q, k, v, g, w, beta = delta_inputs(*cfg, wl)
+    q, k, v, g, w, beta = x = delta_inputs(*cfg, wl)
+    spec = dict(cfg=list(cfg), wl=wl, cap_ms=cap_ms)
     row = {}
     with torch.no_grad():
         try:
@@ -598,32 +667,120 @@ def time_delta_cell(cfg, wl, cap_ms):
         except Exception as e:  # noqa: BLE001  (the forward's own measurement records it again, or succeeds)
             row["boundary_rate_note"] = repr(e)[:300]
         _measure(row, "dla_fwd", lambda: _dla_gdn(q, k, v, g, w, beta), cap_ms)
-        _measure(row, "fla_fwd", lambda: _fla_gdn(q, k, v, g, beta), cap_ms)
-    leaves = _leaves(q, k, v, g, w, beta)  # shared; each warm-up call allocates .grad before any peak is measured
+    row.update(sample_baselines(("fla_gdn_fwd",), x, spec, samples))
+    leaves = _leaves(*x)  # shared; each warm-up call allocates .grad before any peak is measured
     dO = torch.randn_like(v)
     if importlib.util.find_spec("numba") is None:
         row["dla_fwd_bwd_note"] = NO_NUMBA
     else:
         _measure(row, "dla_fwd_bwd", lambda: _dla_gdn(*leaves)[0].backward(dO), cap_ms)
-    lq, lk, lv, lg, _, lbeta = leaves
-    _measure(row, "fla_fwd_bwd", lambda: _fla_gdn(lq, lk, lv, lg, lbeta).backward(dO), cap_ms)
-    if "3.7.1" in row.get("fla_fwd_bwd_note", ""):  # refused on this Triton: its time alone, guard lifted
-        with fla_guard_lifted():
-            _measure(row, "fla_fwd_bwd_unchecked", lambda: _fla_gdn(lq, lk, lv, lg, lbeta).backward(dO), cap_ms)
+    row.update(sample_baselines(("fla_gdn_fwd_bwd",), (*leaves, dO), spec, samples))
     return _ratios(row)
 
 
-def time_delta(cfg, fh, quick=False):
+def time_delta(cfg, fh, quick=False, samples=1):
     """The delta-rule cells of one config, every workload; a cell that fails records its traceback."""
     rows = {}
     for wname, wl in WORKLOADS.items():
         try:
-            rows[wname] = time_delta_cell(cfg, wl, cap_ms=1000.0 if quick else 2000.0)
+            rows[wname] = time_delta_cell(cfg, wl, cap_ms=1000.0 if quick else 2000.0, samples=samples)
         except Exception:  # noqa: BLE001
             rows[wname] = dict(error=traceback.format_exc())
         log(f"{cfg} {wname} delta rule: {rows[wname]}", fh)
         torch.cuda.empty_cache()
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# The baselines, each timed in --fla-samples fresh processes (their times vary between processes)
+# ---------------------------------------------------------------------------------------------------
+
+# name: (the inputs a worker builds from (cfg, wl), the measurement (inputs, spec) -> row keys, the key an exception
+# of the measurement is recorded under, or None: it propagates). The measurements record as the code did in-process.
+BASELINES = {
+    "simple_gla": (_forward_base, _simple_gla, "simple_gla_error"),
+    "log_linear": (_forward_base, _log_linear, "log_linear_error"),
+    "sdpa": (_forward_base, _sdpa, None),
+    "log_linear_fwd_bwd": (_training_base, _log_linear_fwd_bwd, "log_linear_error"),
+    "sdpa_fwd_bwd": (_training_base, _sdpa_fwd_bwd, None),
+    "fla_gdn_fwd": (lambda cfg, wl: delta_inputs(*cfg, wl), _fla_gdn_fwd, None),  # _measure records FLA's errors
+    "fla_gdn_fwd_bwd": (_delta_grad_base, _fla_gdn_fwd_bwd, None),
+}
+SAMPLED = ("_ms", "_peak_gib")  # the keys that become the minimum over the processes, their samples beside them
+
+
+def measure_baseline(name, x, spec):
+    """Baseline name's row keys, measured in this process on the inputs x."""
+    _, measure, error_key = BASELINES[name]
+    if error_key is None:
+        return measure(x, spec)
+    try:
+        return measure(x, spec)
+    except Exception as e:  # noqa: BLE001
+        return {error_key: repr(e)[:300]}
+
+
+def sample_baselines(names, x, spec, samples, command=None):
+    """The row keys of the baselines ``names`` (measured in this order, on the same inputs): with samples == 1
+    measured here on x (as before --fla-samples); else measured in ``samples`` fresh processes one after another
+    (each measures them all), each building its inputs from spec (``cfg``, ``wl``; ``quick``, ``cap_ms`` as its
+    measurement reads them); merged by merge_samples."""
+    if samples == 1:
+        return merge_samples([measure_baselines(names, x, spec)])
+    torch.cuda.empty_cache()  # the workers share the card with this process
+    return merge_samples([run_worker(dict(spec, baselines=list(names)), command) for _ in range(samples)])
+
+
+def measure_baselines(names, x, spec):
+    """The row keys of the baselines ``names``, measured in this process on the inputs x."""
+    row = {}
+    for name in names:
+        row.update(measure_baseline(name, x, spec))
+    return row
+
+
+def merge_samples(rows):
+    """One row from the processes' rows: each time and peak (a key ending in SAMPLED) is the minimum over the
+    processes that measured it (FLA's best configuration found: the DLA/baseline ratios are conservative for DLA;
+    peak memory is the same in every process in practice), every value under ``<key>_samples``; other keys (errors,
+    notes, levels) as the first process that has them gave them."""
+    row = {}
+    for one in rows:
+        for key, value in one.items():
+            if key.endswith(SAMPLED):
+                row.setdefault(f"{key}_samples", []).append(value)
+            else:
+                row.setdefault(key, value)
+    row.update({key[: -len("_samples")]: min(v) for key, v in list(row.items()) if key.endswith("_samples")})
+    return row
+
+
+def run_worker(spec, command=None):
+    """The row of one fresh process, ``gpu_bench.py --worker-json SPEC`` (or ``command + [SPEC]``): the last line
+    of its stdout, as JSON. A process that fails, or prints no JSON, raises with its stderr."""
+    cmd = (command or [sys.executable, os.path.abspath(__file__), "--worker-json"]) + [json.dumps(spec)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode == 0 and lines:
+        with contextlib.suppress(ValueError):
+            return json.loads(lines[-1])
+    raise RuntimeError(f"baseline worker {spec} failed (exit status {done.returncode}); stdout:\n"
+                       f"{done.stdout[-2000:]}\nstderr:\n{done.stderr[-8000:]}")
+
+
+def worker(spec_json):
+    """``--worker-json``: the spec's baselines, measured on the inputs this process builds; one JSON line."""
+    spec = json.loads(spec_json)
+    names = spec["baselines"]
+    build = BASELINES[names[0]][0]  # the baselines of one call site share their inputs
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the row alone
+        row = measure_baselines(names, build(tuple(spec["cfg"]), spec["wl"]), spec)
+    print(json.dumps(row), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The decode step
+# ---------------------------------------------------------------------------------------------------
 
 
 def _decode_inputs(B, D, H=16, K=K_SLOTS):
@@ -704,7 +861,16 @@ def main():
     ap.add_argument("--skip-forward", action="store_true")
     ap.add_argument("--skip-delta", action="store_true")
     ap.add_argument("--skip-step", action="store_true")
+    ap.add_argument("--fla-samples", type=int, default=3, metavar="N",
+                    help="time each baseline (FLA, SDPA) in N fresh processes and report the minimum, the N samples "
+                         "beside it (default 3); 1: once, in this process")
+    ap.add_argument("--worker-json", help=argparse.SUPPRESS)  # a worker: its baselines in this process (run_worker)
     args = ap.parse_args()
+    if args.fla_samples < 1:
+        ap.error("--fla-samples must be at least 1")
+    if args.worker_json:
+        worker(args.worker_json)
+        return
     os.makedirs(args.out, exist_ok=True)
     if args.smoke:
         with open(os.path.join(args.out, "gpu_bench_smoke.log"), "w") as fh:
@@ -736,7 +902,7 @@ def run(args, fh):
     card = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     res = dict(card=card, date=date, torch=torch.__version__, triton=triton.__version__, K=K_SLOTS, tau=TAU,
-               workloads=WORKLOADS, settings=dataclasses.asdict(DEFAULT_SETTINGS))
+               workloads=WORKLOADS, settings=dataclasses.asdict(DEFAULT_SETTINGS), fla_samples=args.fla_samples)
     try:
         import fla
 
@@ -758,7 +924,7 @@ def run(args, fh):
     res["forward"] = {}
     for cfg in ([] if args.skip_forward else cfgs):
         try:
-            res["forward"][str(cfg)] = time_forward(cfg, fh, bw, fl, args.quick)
+            res["forward"][str(cfg)] = time_forward(cfg, fh, bw, fl, args.quick, args.fla_samples)
         except Exception:  # noqa: BLE001
             res["forward"][str(cfg)] = dict(error=traceback.format_exc())
             log(res["forward"][str(cfg)]["error"], fh)
@@ -773,14 +939,14 @@ def run(args, fh):
     if not args.skip_training:
         for cfg in cfgs:
             try:
-                res["training"][str(cfg)] = time_training(cfg, fh, args.quick)
+                res["training"][str(cfg)] = time_training(cfg, fh, args.quick, args.fla_samples)
             except Exception:  # noqa: BLE001
                 res["training"][str(cfg)] = dict(error=traceback.format_exc())
                 log(res["training"][str(cfg)]["error"], fh)
             torch.cuda.empty_cache()
     res["delta_rule"] = {}
     for cfg in ([] if args.skip_delta else cfgs):
-        res["delta_rule"][str(cfg)] = time_delta(cfg, fh, args.quick)
+        res["delta_rule"][str(cfg)] = time_delta(cfg, fh, args.quick, args.fla_samples)
     if not args.skip_step:
         try:
             res["step"] = time_step(fh, bw)
@@ -794,10 +960,12 @@ def run(args, fh):
 
 
 def table(res):
+    best = f"; baselines: the best of {res['fla_samples']} processes" if res.get("fla_samples", 1) > 1 else ""
     lines = [f"== {res['card']} {res['date']}: copy {res['copy_bandwidth'] / 1e12:.2f} TB/s, "
-             f"bf16 {res['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s; times ms (median)"]
-    lines.append("config | workload rate | dla (dla_fast.forward) | dla kernel entry | simple_gla | log_lin | sdpa | "
-                 "loglin/dla | dla/sgla | sdpa/dla | roofline (kernel entry)")
+             f"bf16 {res['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s; times ms (median){best}"]
+    if res.get("forward"):
+        lines.append("config | workload rate | dla (dla_fast.forward) | dla kernel entry | simple_gla | log_lin | "
+                     "sdpa | loglin/dla | dla/sgla | sdpa/dla | roofline (kernel entry)")
     for cfg, r in res.get("forward", {}).items():
         if "dla" not in r:
             lines.append(f"{cfg} | ERROR")
@@ -808,6 +976,7 @@ def table(res):
             lines.append(f"{cfg} | {wn} {d['boundary_rate']:.3f} | {api:.3f} | {d['ms']:.3f} | {sg:.3f} | {ll:.3f} | "
                          f"{sd:.3f} | {ll / api:.2f}x | {api / sg:.2f}x | {sd / api:.2f}x | "
                          f"{d['roofline_fraction']:.3f}")
+    lines += spread_lines(res.get("forward", {}).items())
     if res.get("training"):
         lines.append("fwd+bwd | workload | dla ms | log_lin ms | sdpa ms | dla/loglin (#11: <= 0.5 at T >= 16K, "
                      "<= 1 at 4096) | sdpa/dla | peak GiB dla / loglin / sdpa")
@@ -821,6 +990,7 @@ def table(res):
                          f"{sd / d['ms']:.2f}x | "
                          f"{d['peak_mem_gib']:.2f} / {r.get('log_linear_peak_gib', float('nan')):.2f} / "
                          f"{r['sdpa_peak_gib']:.2f}")
+    lines += spread_lines(res.get("training", {}).items())
     lines += delta_table(res.get("delta_rule", {}))
     if res.get("grad_correctness"):
         lines.append(f"gradients vs float64: {res['grad_correctness']}")
@@ -836,9 +1006,10 @@ def table(res):
     ok = [kk for kk, vv in c.items() if isinstance(vv, dict) and vv.get("decisions_equal")]
     bad = {kk: vv.get("margins_at_first_diff") for kk, vv in c.items()
            if isinstance(vv, dict) and not vv.get("decisions_equal")}
-    lines.append(f"correctness: decisions equal in {len(ok)} checks; "
-                 f"differ (margins |I-tau| at the first difference) in "
-                 f"{bad}; deterministic {c.get('bitwise_deterministic')}")
+    if c:  # not with --skip-correctness
+        lines.append(f"correctness: decisions equal in {len(ok)} checks; "
+                     f"differ (margins |I-tau| at the first difference) in "
+                     f"{bad}; deterministic {c.get('bitwise_deterministic')}")
     return "\n".join(lines)
 
 
@@ -866,6 +1037,19 @@ def delta_table(delta):
             cells += [_delta_cell(r, "fla_fwd_bwd_unchecked", notes), "-" if ratio is None else f"{ratio:.2f}x"]
             lines.append(" | ".join(cells))
     lines += [f"  [{i}] {note}" for i, note in enumerate(notes)]
+    return lines + spread_lines((f"{cfg} {wn}", r) for cfg, rows in delta.items() for wn, r in rows.items())
+
+
+def spread_lines(rows):
+    """Below a table (which shows the min): the min-max (ms) of each baseline time measured in several processes,
+    a line per ``(label, row)`` that has one."""
+    lines = []
+    for label, row in rows:
+        spans = [(key[: -len("_ms_samples")], s) for key, s in row.items()
+                 if key.endswith("_ms_samples") and len(s) > 1]
+        if spans:
+            lines.append(f"  {label}: min-max of {len(spans[0][1])} processes (ms): "
+                         + ", ".join(f"{name} {min(s):.3f}-{max(s):.3f}" for name, s in spans))
     return lines
 
 
