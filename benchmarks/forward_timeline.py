@@ -120,6 +120,7 @@ def main():
     ap.add_argument("--variants", default="default,serial", help="default, serial and/or api")
     args = ap.parse_args()
     cfg = configs_named(args.config)[0]
+    os.makedirs(args.out, exist_ok=True)
     results = [timeline(cfg, args.workload, v, args.out) for v in args.variants.split(",")]
     for r in results:  # the summary last
         own = {STAGES[n]: [(round(e["start_us"], 1), round(e["end_us"], 1)) for e in r["kernels"]

@@ -35,6 +35,7 @@ VARIANTS = {
     "overlap+pipeline": dataclasses.replace(DEFAULT_SETTINGS, table_overlap=True, pipeline=True),
     "pipeline": dataclasses.replace(DEFAULT_SETTINGS, table_overlap=False, pipeline=True),
     "group4": dataclasses.replace(DEFAULT_SETTINGS, output_group=4),
+    "group1": dataclasses.replace(DEFAULT_SETTINGS, output_group=1),
 }
 
 
@@ -114,6 +115,7 @@ def main():
     configs = configs_named(args.configs)
     variants = args.variants.split(",")
     card = torch.cuda.get_device_name().replace(" ", "_")
+    os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"forward_variants_{card}_{datetime.date.today()}")
     rows = []
     with open(stem + ".log", "w") as fh:
