@@ -4,8 +4,8 @@ A slot is the run of tokens from its start to the next live start, so everything
 token t (after its update) the live starts are those ``p <= t`` not yet dead (``death > t``), and the slot holding
 token s has recency ``#{live p > s}``. :class:`LiveStarts` turns the starts, their deaths and the lists of the
 slots live at every chunk start into the per-chunk maps both the delta rule's device forward oracle
-(``delta_rule.chunk_fwd_stage_torch.FixedPartition``, from the merge kernel's ``DecidedStructure``) and the torch
-backwards (:class:`DevicePartition`, from a :class:`~.structure.Structure`) read.
+(``delta_rule.chunk_fwd_stage_torch.FixedPartition``, from the merge kernel's ``DecidedStructure``) and the delta
+rule's torch backward (:class:`DevicePartition`, from a :class:`~.structure.Structure`) read.
 
 :func:`live_starts` derives the deaths and the live lists from the compact per-token record (``starts``,
 ``merged``, ``size0``): each token rewrites the list of live starts by a map of its K entries (keep, shift one
