@@ -2,13 +2,16 @@
 
 Given the decisions (which tokens opened a slot, which pairs merged; ``structure.Structure``), every slot state
 at a chunk end is a fixed sum: the chunk's transition applied to the start slots that end in it, plus the
-chunk's tokens that land in it. :class:`Partition` rebuilds, from the compact per-token record (numba, scalar
-work, no ``Dk x Dv`` data), which slot each start slot and token belongs to at every chunk end and the recency
-of every read, and applies that update (``advance``). The transition is a scalar per row (scalar decay) or a
-``[Dk, Dk]`` matrix per row (the delta rule's chunk operator ``Phi``).
+chunk's tokens that land in it. :class:`Partition` rebuilds, from the compact per-token record (numba on the host,
+scalar work, no ``Dk x Dv`` data), which slot each start slot and token belongs to at every chunk end and the
+recency of every read, and applies that update (``advance``). The transition is a scalar per row (scalar decay) or
+a ``[Dk, Dk]`` matrix per row (the delta rule's chunk operator ``Phi``). ``live_starts.DevicePartition`` builds the
+same tables in torch on the slot states' device (no numba, no loop over tokens): the delta rule's backward uses it
+(on every device), the scalar decay's torch backward this numba one.
 
 The score's open-norm recursion ``nP <- a^2 nP + 2 a x + ss`` (a join) or ``nP <- fresh`` (a new slot) and its
-adjoint are here too: both backwards differentiate the score through it (docs/training.md).
+adjoint are here too, numba on the host for both backbones (``score_adjoint``: only when the surrogate's ``dL/dI``
+reaches the scores): both backwards differentiate the score through it (docs/training.md).
 """
 
 from __future__ import annotations
@@ -133,25 +136,38 @@ class Partition:
     slot i), ``dest`` (the end slot of the chunk's token s), the live slots at every chunk start. The end
     slots receiving a chunk's tokens are a suffix ``first_r .. first_r + Rt - 1`` of each row's cache (the
     tokens are the newest): the update is a 3-D bmm over rows of (slot, feature).
+
+    The tables come from :meth:`_chunk_tables` and :meth:`recency` (numba here; torch in
+    ``live_starts.DevicePartition``); the rest reads them alone. The per-chunk widths ``mF`` and ``Rt`` (tensor
+    shapes) are host arrays: from tables built on a device, one synchronisation in the constructor.
     """
 
     def __init__(self, structure: Structure, R: int, T: int, C: int, K: int, tok_decay, end_transition, kc, vc):
         self.structure, self.R, self.T, self.C, self.K = structure, R, T, C, K
         self.nC = nC = max(1, -(-T // C))
         self.tok_decay, self.end_transition, self.kc, self.vc = tok_decay, end_transition, kc, vc
-        self.starts_np, self.merged_np, size0_np = structure.numpy()
+        JF, destF, dest, m_start = (torch.as_tensor(x) for x in self._chunk_tables())  # on the host or the device
+        first = dest[:, :, 0].clamp(min=0)  # [nC, R]
+        # The reads' width (the most slots live at a chunk start in any row) and the token slots' count per chunk
+        # set the tensors' shapes: on the host, both in one transfer (from a device: one synchronisation).
+        width = torch.stack([m_start[:nC].amax(1), ((dest.amax(2) - first).amax(1) + 1).clamp(min=1)])
+        self.mF, self.Rt = width.cpu().numpy()  # [nC] each
+        self.JF, self.destF, self.dest, self.m_start, self.first = (x.to(kc.device)
+                                                                    for x in (JF, destF, dest, m_start, first))
+        self._tables: dict = {}
+
+    def _chunk_tables(self):
+        """``(JF, destF, dest, m_start)`` (:func:`_chunk_tables`' outputs) by numba, from the host's copy of the
+        structure; keeps what :meth:`recency` reads."""
+        nC, R, C, K = self.nC, self.R, self.C, self.K
+        self.starts_np, self.merged_np, size0_np = self.structure.numpy()
         JF = np.full((nC, R, C, K), -1, dtype=np.int64)
         destF = np.full((nC, R, K), -1, dtype=np.int64)
         dest = np.full((nC, R, C), -1, dtype=np.int64)
-        self.m_start = np.zeros((nC + 1, R), dtype=np.int64)
+        self.m_start_np = np.zeros((nC + 1, R), dtype=np.int64)
         self.pos_start = np.zeros((nC, R, K), dtype=np.int64)
-        _chunk_tables(self.starts_np, self.merged_np, size0_np, C, JF, destF, dest, self.m_start, self.pos_start)
-        device = kc.device
-        self.JF, self.destF, self.dest = (torch.as_tensor(x, device=device) for x in (JF, destF, dest))
-        self.mF = self.m_start[:nC].max(1)  # the most slots live at a chunk start in any row: the reads' width
-        self.first = np.maximum(dest[:, :, 0], 0)  # [nC, R]
-        self.Rt = np.maximum((dest.max(2) - self.first).max(1) + 1, 1)  # [nC]
-        self._tables: dict = {}
+        _chunk_tables(self.starts_np, self.merged_np, size0_np, C, JF, destF, dest, self.m_start_np, self.pos_start)
+        return JF, destF, dest, self.m_start_np
 
     def tables(self, c: int):
         """``(Mf [R, K, K], idx [R, Rt], Md [R, Rt, C])``: start slot i -> end slot j, the token slots, and
@@ -159,7 +175,7 @@ class Partition:
         if c not in self._tables:
             K, cd, device = self.K, self.kc.dtype, self.kc.device
             Rt = int(self.Rt[c])
-            first = torch.as_tensor(self.first[c], device=device)
+            first = self.first[c]
             idx = (first.unsqueeze(1) + torch.arange(Rt, device=device)).clamp(max=K - 1)
             dest = self.dest[c]
             rel = torch.where(dest >= 0, dest - first.unsqueeze(1), torch.full_like(dest, -1))
@@ -203,7 +219,7 @@ class Partition:
     def recency(self, b0: int, b1: int) -> torch.Tensor:
         """``J [b1 - b0, R, C, C]``: recency at token t of the slot holding token s (same chunk, s <= t); -1 else."""
         J = np.empty((b1 - b0, self.R, self.C, self.C), dtype=np.int64)
-        _recency(self.starts_np, self.merged_np, self.C, self.m_start, self.pos_start, b0, J)
+        _recency(self.starts_np, self.merged_np, self.C, self.m_start_np, self.pos_start, b0, J)
         return torch.as_tensor(J, device=self.kc.device)
 
 

@@ -9,10 +9,12 @@ linear in the values and in the start states, and in ``q, k, g, beta`` only thro
 (``wy_tables``). So:
 
 1. the tables of every chunk (blocks of chunks, float64);
-2. the slot states at the chunk starts, recomputed from square-root checkpoints (``common.partition.Partition``
-   with the matrix transition ``Phi``);
+2. the partition's per-chunk tables, built on the inputs' device (``common.live_starts.DevicePartition``: torch,
+   no numba, no loop over tokens, one host synchronisation), and the slot states at the chunk starts, recomputed
+   from square-root checkpoints (``common.partition.Partition``'s updates with the matrix transition ``Phi``);
 3. the score's part (the surrogate's ``dL/dI_t``, when given): the open slot's ``y_t = P^T k_t`` per token
-   from the tables, the score's and the open-norm recursion's adjoint, down to ``dy_t``;
+   from the tables, the score's and the open-norm recursion's adjoint, down to ``dy_t`` (that recursion's
+   adjoint, ``common.partition.score_adjoint``, is still numba on the host: the one numba use left here);
 4. a reverse pass over chunks carrying ``dS`` through ``Phi``, the merges (fixed sums), the chunk's tokens and
    the reads of the start slots: the gradients w.r.t. the tables ``qt``, ``khd``, ``Phi``, ``kt``;
 5. blocks of chunks again: the intra-chunk attention's and the score run's gradients w.r.t. ``attn``,
@@ -25,10 +27,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..common.layout import chunks, unchunk
+from ..common.live_starts import DevicePartition
 from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure
 from .wy_tables import TABLES, wy_tables, wy_tables_adjoint
@@ -74,7 +76,7 @@ class _Score:
 
     def __init__(self, part: Partition, x: _Inputs):
         self.carried, self.lo = open_runs(part.structure, x.C, x.nC)
-        self.open_at = torch.as_tensor(np.maximum(part.m_start[:x.nC] - 1, 0), device=x.kc.device)  # [nC, R]
+        self.open_at = (part.m_start[:x.nC] - 1).clamp(min=0)  # [nC, R]
         self.y_carry = torch.zeros((x.nC, part.R, x.C, x.vc.shape[-1]), dtype=F64, device=x.kc.device)
         self.x = x
 
@@ -208,6 +210,10 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     w.r.t. the scores, propagated into k, v, g, beta and the initial open state. ``checkpoint_every``: chunks
     between stored states (default ``ceil(sqrt(nC))``).
 
+    Runs on the inputs' device (the structure's tensors on it too). The partition's tables are torch
+    (``DevicePartition``, on every device; equal bit for bit to the numba ``Partition``'s), with one host
+    synchronisation for their widths; numba runs only with ``dscores`` (the score's open-norm adjoint).
+
     Returns ``(dq, dk, dv, dg, dbeta, dlam, dinit)`` in the layouts of the inputs.
     """
     R, T, Dk = q.shape
@@ -218,7 +224,7 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None)
     nC = x.nC
     ones = torch.ones_like(x.gc, dtype=cd)  # the token keys khd carry their decay to the chunk end
-    part = Partition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv)
+    part = DevicePartition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv)
     score = _Score(part, x) if dscores is not None else None
     every = checkpoint_every or max(1, math.isqrt(nC - 1) + 1 if nC > 1 else 1)
     checkpoints, _ = part.checkpoints(init, every, None if score is None else score.record_carry)

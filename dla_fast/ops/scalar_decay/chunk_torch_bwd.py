@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..common.layout import chunks, unchunk
@@ -46,7 +45,7 @@ class _ScorePath:
         device = Gc.device
         carried, self.lo = open_runs(part.structure, C, nC)  # lo: chunk-local first token of the run
         self.carried = carried.to(cd)
-        self.open_at = torch.as_tensor(np.maximum(part.m_start[:nC] - 1, 0), device=device)  # [nC, R]
+        self.open_at = (part.m_start[:nC] - 1).clamp(min=0)  # [nC, R]
         self.Gp = torch.nn.functional.pad(Gc[..., :-1], (1, 0))  # Gc[t - 1]
         self.carry_decay = torch.exp(self.Gp).to(cd)
         self.carry_x = torch.zeros((nC, part.R, C), dtype=cd, device=device)
