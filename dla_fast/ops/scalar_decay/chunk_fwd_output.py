@@ -63,6 +63,23 @@ def intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C: t
     return n_in, J, lamJ, Dm
 
 
+@triton.jit
+def old_starts(live_ptr, livem_ptr, bh, c, NC, KP: tl.constexpr):
+    """The slots live at chunk c's start (its old starts), oldest first: ``(lpos [KP], m0, m0init)``, their first
+    tokens (the initial slots' pseudo starts ``-m0init .. -1``; entries from ``m0`` on are not listed), their
+    number, and the initial cache's size (the live list of chunk 0)."""
+    lpos = tl.load(live_ptr + (bh * NC + c) * KP + tl.arange(0, KP))
+    return lpos, tl.load(livem_ptr + bh * NC + c), tl.load(livem_ptr + bh * NC)
+
+
+@triton.jit
+def start_state_index(bidx_ptr, binit, lpos, inlist, m0init, bh, NC, K, C: tl.constexpr):
+    """Each listed old start's prefix state in the compact start-state buffer: a surviving start's by ``bidx``, an
+    initial slot's pseudo start after the ``binit`` surviving ones (-1 for an unlisted token start)."""
+    return tl.where(lpos >= 0, tl.load(bidx_ptr + bh * NC * C + tl.maximum(lpos, 0), mask=inlist, other=-1),
+                    binit + bh * K + lpos + m0init)
+
+
 @triton.jit(do_not_specialize=["T", "binit"])
 def dla_read_scales_kernel(
     g_ptr, w_ptr, mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, gs_ptr, sc_ptr,
@@ -100,10 +117,8 @@ def dla_read_scales_kernel(
     lam1 = tl.load(wrow[:, None] + jj[None, :] + 1, mask=valid[:, None] & (jj[None, :] + 1 < K),
                    other=0.0).to(tl.float32)
     n_in, _ = live_in_chunk(mask_ptr, death_ptr, bh, c, NC, C, tl.int32)
-    m0 = tl.load(livem_ptr + bh * NC + c)
-    lpos = tl.load(live_ptr + (bh * NC + c) * KP + jj)
+    lpos, m0, m0init = old_starts(live_ptr, livem_ptr, bh, c, NC, KP)
     inlist = jj < m0
-    m0init = tl.load(livem_ptr + bh * NC)  # the initial cache's size (live list of chunk 0)
     dpos = tl.where(lpos >= 0, lpos, 0)
     d_old = tl.where(lpos >= 0, tl.load(death_ptr + bh * NC * C + dpos, mask=inlist, other=2147483647),
                      tl.load(death0_ptr + bh * K + tl.where(lpos < 0, lpos + m0init, 0), mask=inlist, other=2147483647))
@@ -122,9 +137,7 @@ def dla_read_scales_kernel(
         tl.store(sc_ptr + prog * KP * C + jj[None, :] * C + row, scale)
         tl.store(rk_ptr + prog * KP * C + jj[None, :] * C + row, tl.where(cmask, r, -1).to(tl.int8))
         tl.store(dgj_ptr + prog * KP + jj, dG)
-        bslot = tl.where(lpos >= 0, tl.load(bidx_ptr + bh * NC * C + dpos, mask=inlist, other=-1),
-                         binit + bh * K + lpos + m0init)
-        tl.store(bsj_ptr + prog * KP + jj, bslot)
+        tl.store(bsj_ptr + prog * KP + jj, start_state_index(bidx_ptr, binit, lpos, inlist, m0init, bh, NC, K, C))
     else:
         tl.store(sc_ptr + prog * C * KP + row * KP + jj[None, :], scale)
 
@@ -183,12 +196,9 @@ def dla_output_kernel(
     o += (lam_in * eGc)[:, None] * qdot(qc, qf, Hc, LOWP, PREC)
     # Old live starts (at the chunk start), oldest first; j = 0 (the oldest) has H(a_0 - 1) = 0. Each one's prefix
     # state in the compact buffer (the initial slots' pseudo starts after the nsurv surviving starts).
-    m0 = tl.load(livem_ptr + bh * NC + c)
-    lpos = tl.load(live_ptr + (bh * NC + c) * KP + jj)
+    lpos, m0, m0init = old_starts(live_ptr, livem_ptr, bh, c, NC, KP)
     inlist = jj < m0
-    m0init = tl.load(livem_ptr + bh * NC)  # the initial cache's size (live list of chunk 0)
-    bslot = tl.where(lpos >= 0, tl.load(bidx_ptr + bh * NC * C + tl.maximum(lpos, 0), mask=inlist, other=-1),
-                     binit + bh * K + lpos + m0init)
+    bslot = start_state_index(bidx_ptr, binit, lpos, inlist, m0init, bh, NC, K, C)
     bslot = tl.where(inlist & (jj >= 1), bslot, -1)
     # Reads of the old starts' states, G at a time: o += (q * scale_j)[C, G*Dk] @ B[G*Dk, BV]. The group's scales
     # (dla_read_scales_kernel's rows) and state indices (this program's scratch row) are loaded from L2 straight
