@@ -120,7 +120,7 @@ def _forward_batch(q, k, v, g, slot_weights, *, lengths, tau, beta, boundaries, 
     with torch.no_grad():
         o, final, trace, triton_structure = _forward(
             q, k, v, g, slot_weights, tau=tau_value, beta=beta, boundaries=boundaries, initial_cache=initial_cache,
-            return_trace=return_trace or grad, output_final_cache=output_final_cache or grad, chunk_size=chunk_size,
+            return_trace=return_trace or grad, output_final_cache=output_final_cache, chunk_size=chunk_size,
             eps=eps, norm_eps=norm_eps, lengths=lengths,
         )
     if grad:

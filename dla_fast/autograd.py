@@ -53,7 +53,7 @@ class _Record:
     """What the forward hands to :class:`DLAFunction` (not autograd inputs)."""
 
     o: torch.Tensor  # [B, T, H, Dv], computed without grad
-    final_states: torch.Tensor  # [B, H, K, Dk, Dv]
+    final_states: torch.Tensor | None  # [B, H, K, Dk, Dv]; None when the caller asked for no final cache
     structure: Structure
     scores: torch.Tensor | None  # [R, T] float64, for the surrogate
     decided: torch.Tensor | None  # [R, T] bool: the score took the decision
@@ -206,7 +206,8 @@ def attach_gradients(o, final, trace, triton_structure, q, k, v, g, slot_weights
                      initial_cache, chunk_size: int, eps: float, norm_eps: float,
                      surrogate_temperature: float | None, lengths: torch.Tensor | None = None):
     """Make a forward result (computed without grad, with its trace) differentiable: ``(o, final)`` with
-    ``o`` and ``final.states`` attached to :class:`DLAFunction`.
+    ``o`` and ``final.states`` attached to :class:`DLAFunction`. ``final`` None (no final cache asked for, a
+    Triton forward: it then computes none): ``(o, None)``, and the backward keeps no final states.
 
     ``o`` and the final cache's ``states`` are differentiable w.r.t. q, k, v, g, slot_weights, beta (delta
     rule), ``initial_cache.states`` (a torch cache) and, with ``surrogate_temperature``, ``tau`` (a 0-d
@@ -224,7 +225,8 @@ def attach_gradients(o, final, trace, triton_structure, q, k, v, g, slot_weights
         if isinstance(initial_cache.states, torch.Tensor):
             init_states = initial_cache.states
         else:
-            init_states = torch.as_tensor(np.asarray(initial_cache.states), device=o.device).to(final.states.dtype)
+            cd = torch.float64 if q.dtype == torch.float64 else torch.float32  # the forward's compute dtype
+            init_states = torch.as_tensor(np.asarray(initial_cache.states), device=o.device).to(cd)
     structure = partition_structure(trace.starts, trace.merged, size0, K, triton_structure)
     decided = None
     if surrogate_temperature is not None and boundaries is None:
@@ -234,10 +236,11 @@ def attach_gradients(o, final, trace, triton_structure, q, k, v, g, slot_weights
             decided &= torch.arange(T, device=o.device).view(1, T) < row_lengths
     scores = None if decided is None else rows(trace.scores, torch.float64)  # only the surrogate reads them
     tau_value = float(tau_t.detach()) if tau_t is not None else float(tau)  # validated by the forward
-    record = _Record(o, final.states, structure, scores, decided, chunk_size,
+    record = _Record(o, None if final is None else final.states, structure, scores, decided, chunk_size,
                      None if surrogate_temperature is None else float(surrogate_temperature), tau_value, eps, norm_eps)
     as_t = lambda x: x if (x is None or isinstance(x, torch.Tensor)) else torch.as_tensor(np.asarray(x))  # noqa: E731
     o, states = DLAFunction.apply(as_t(q), as_t(k), as_t(v), as_t(g), as_t(slot_weights), as_t(beta), init_states,
                                   tau_t, record)
-    final.states = states
+    if final is not None:
+        final.states = states
     return o, final

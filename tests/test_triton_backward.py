@@ -129,6 +129,37 @@ def test_backward_kernel_variants(settings):
 
 
 @needs_kernels
+@pytest.mark.parametrize("ranges", [2, 3, 50])
+def test_backward_in_ranges_of_chunks_gives_the_same_gradients(ranges):
+    """dB, the reverse scan and dk/dv a range of chunks at a time (``bwd_start_ranges``; 50: one chunk each, the
+    count clamped to NC = 5): every gradient bit for bit the one-range backward's, with an initial cache (its pseudo
+    starts in the first range) and a final-cache gradient (injected into each range's own dB)."""
+    one, ref = _grads(2, 300, 2, 32, 32, 4, seed=12, regime_length=6.0, with_cache=True,
+                      settings=TritonSettings(bwd_start_ranges=1))
+    split, _ = _grads(2, 300, 2, 32, 32, 4, seed=12, regime_length=6.0, with_cache=True,
+                      settings=TritonSettings(bwd_start_ranges=ranges))
+    for name in ref:
+        assert torch.equal(split[name], one[name]), f"d{name}"
+    _assert_close(split, ref, 2e-5)
+
+
+def test_start_range_count_keeps_a_range_of_db_within_the_state_adjoint():
+    """The default: as many ranges as keep one range's dB (16-bit here) no larger than the dHc buffer; a request is
+    clamped to the chunk count; no surviving start, one range."""
+    from dla_fast.ops.scalar_decay.chunk_bwd import start_range_count
+    from dla_fast.ops.scalar_decay.chunk_fwd import launch_config
+
+    q = torch.empty(2, 4096, 4, 64)
+    cfg = launch_config(q, torch.empty(2, 4096, 4, 64), torch.empty(2, 4096, 4, 30))
+    assert cfg.BH * (cfg.NC + 1) == 520  # dHc: 520 float32 states, the bytes of 1040 16-bit ones
+    assert start_range_count(cfg, 1040, 2, None) == 1
+    assert start_range_count(cfg, 1041, 2, None) == 2
+    assert start_range_count(cfg, 4 * 1040, 2, None) == 4
+    assert start_range_count(cfg, 10, 2, 1000) == cfg.NC
+    assert start_range_count(cfg, 0, 2, 7) == 1
+
+
+@needs_kernels
 def test_backward_without_merges():
     fast, ref = _grads(1, 100, 2, 32, 32, 30, seed=3, regime_length=6.0, expect_merges=False)
     _assert_close(fast, ref, 2e-5)
@@ -195,6 +226,28 @@ def test_triton_backward_with_the_final_cache_left_out_of_the_loss(monkeypatch):
     for name, a, b in zip("qkvgw", grads(False), grads(True)):
         assert torch.equal(a, b), f"d{name}"
 
+
+
+@needs_kernels
+def test_no_final_cache_asked_for_keeps_no_final_states(monkeypatch):
+    """``output_final_cache=False`` with gradients: the Triton forward computes no final cache and the backward
+    keeps none (the saved final states are None: ``K Dk Dv`` floats per row less through the backward), with the
+    same gradients of a loss on ``o``, bit for bit, as a call that returns the cache."""
+    import dla_fast
+
+    monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
+    q, k, v, g, w, dO, _ = _inputs(1, 100, 2, 32, 32, 4, seed=11, regime_length=6.0)
+
+    def grads(keep):
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v, g, w)]
+        o, cache, _ = dla_fast.forward(*leaves, tau=0.6, output_final_cache=keep)
+        assert (cache is not None) == keep
+        assert o.grad_fn.record.structure.triton is not None, "the Triton forward should have run"
+        assert (o.grad_fn.saved_tensors[-1] is None) == (not keep), "final states saved for the backward"
+        return torch.autograd.grad((o * dO).sum(), leaves)
+
+    for name, a, b in zip("qkvgw", grads(False), grads(True)):
+        assert torch.equal(a, b), f"d{name}"
 
 @needs_kernels
 def test_surrogate_after_a_triton_forward_matches_the_torch_path(monkeypatch):

@@ -30,6 +30,8 @@ reverse cumulative sum (the kernels write the two row sums). The final cache's g
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -152,7 +154,8 @@ def dla_bwd_q_kernel(
     dlam = (dlam + tl.where(jj[None, :] >= 1, Ym, 0.0)) - Y
     tl.store(dq_ptr + trow[:, None] * Dk + kd[None, :], dq.to(dq_ptr.dtype.element_ty), mask=kmask)
     tl.store(dgq_ptr + bh * T + tok, tl.sum(qf * dq, 1), mask=valid)
-    tl.store(dw_ptr + trow[:, None] * K + jj[None, :], dlam, mask=valid[:, None] & (jj[None, :] < K))
+    tl.store(dw_ptr + trow[:, None] * K + jj[None, :], dlam.to(dw_ptr.dtype.element_ty),
+             mask=valid[:, None] & (jj[None, :] < K))
 
 
 @triton.jit(do_not_specialize=["T", "nsurv"])
@@ -203,25 +206,27 @@ def dla_bwd_db_kernel(
     store_state(db_ptr + n * Dk * Dv, acc, kd, vd, Dk, Dv)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "c0", "c1"])
 def dla_bwd_scan_kernel(
-    dhc_ptr, db_ptr, off_ptr, gs_ptr, T, DD,
+    dhc_ptr, db_ptr, off_ptr, shift_ptr, gs_ptr, T, DD, c0, c1,
     C: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Program (bh, block of state entries): in place, Y[NC] = dHc[NC] and for c = NC-1 .. 0
+    """Program (bh, block of state entries): in place, for c = c1-1 .. c0, from Y[c1] (= dHc[NC] at c1 = NC)
     Y[c] = dHc[c] + e^{sum of g over chunk c} (Y[c + 1] + sum of dB over the starts of chunk c)
-    (the starts of chunk c are the compact range off[bh NC + c] .. off[bh NC + c + 1])."""
+    (the starts of chunk c are the compact range off[bh NC + c] .. off[bh NC + c + 1]; their dB at that index plus
+    ``shift[bh]`` in ``db``, which holds the range's starts only)."""
     bh = tl.program_id(0)
     blk = tl.program_id(1)
     NC = tl.cdiv(T, C)
     e = blk * BLOCK + tl.arange(0, BLOCK)
     em = e < DD
-    Y = tl.load(dhc_ptr + (bh * (NC + 1) + NC) * DD + e, mask=em, other=0.0)
-    g1 = tl.load(gs_ptr + bh * (NC + 1) + NC)
-    for cc in range(NC):
-        c = NC - 1 - cc
-        n0 = tl.load(off_ptr + bh * NC + c)
-        n1 = tl.load(off_ptr + bh * NC + c + 1)
+    shift = tl.load(shift_ptr + bh)
+    Y = tl.load(dhc_ptr + (bh * (NC + 1) + c1) * DD + e, mask=em, other=0.0)
+    g1 = tl.load(gs_ptr + bh * (NC + 1) + c1)
+    for cc in range(c1 - c0):
+        c = c1 - 1 - cc
+        n0 = tl.load(off_ptr + bh * NC + c) + shift
+        n1 = tl.load(off_ptr + bh * NC + c + 1) + shift
         for nn in range(n0, n1):
             Y += tl.load(db_ptr + nn * DD + e, mask=em, other=0.0).to(tl.float32)
         g0 = tl.load(gs_ptr + bh * (NC + 1) + c)
@@ -231,21 +236,21 @@ def dla_bwd_scan_kernel(
 
 
 # Long: dk and dv of a chunk from its intra part and every state that read it, one register tile each.
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "c0"])
 def dla_bwd_kv_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dk_ptr, dv_ptr, dgk_ptr,
-    mask_ptr, death_ptr, y_ptr, db_ptr, off_ptr, spos_ptr,
-    T, H, Dk, Dv, K,
+    mask_ptr, death_ptr, y_ptr, db_ptr, off_ptr, shift_ptr, spos_ptr,
+    T, H, Dk, Dv, K, c0,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr, LOWP: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """Program (chunk c, bh): dk and dv.
+    """Program (chunk c = c0 + program 0, bh): dk and dv (``db`` and ``shift`` as in ``dla_bwd_scan_kernel``).
 
     Intra: dv_s += sum_t P[t,s] dO_t (P the forward's weights), dk_s += sum_t dP[t,s] lam_t[J] e^{..} q_t.
     States: D_s = e^{GL - Gc[s]} (Y[c + 1] + sum_{starts j of this chunk, a_j > s} dB_j);
     dk_s += D_s v_s, dv_s += D_s^T k_s. Also writes k_t.dk_t (for dg). FLOPs: 2 C^2 (2 Dk + 2 Dv) +
     4 C Dk Dv per state (Y, and each surviving start of the chunk)."""
-    c = tl.program_id(0)
+    c = c0 + tl.program_id(0)
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
     b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
@@ -269,6 +274,7 @@ def dla_bwd_kv_kernel(
     dk = dot_nn(tl.trans(dP * M), qc, LOWP, PREC, qc.dtype)
     n0 = tl.load(off_ptr + bh * NC + c)
     n1 = tl.load(off_ptr + bh * NC + c + 1)
+    shift = tl.load(shift_ptr + bh)
     for vb in range(NVB):
         vd = vb * BV + tl.arange(0, BV)
         vmask = valid[:, None] & (vd[None, :] < Dv)
@@ -280,7 +286,7 @@ def dla_bwd_kv_kernel(
         dk += wd[:, None] * dot_nt(vc, Y, LOWP, PREC)
         for nn in range(n0, n1):  # the chunk's surviving starts: tokens before a_j are in B_j
             aloc = tl.load(spos_ptr + nn) - c * C
-            Bj = load_state(db_ptr + nn * Dk * Dv, kd, vd, Dk, Dv)
+            Bj = load_state(db_ptr + (nn + shift) * Dk * Dv, kd, vd, Dk, Dv)
             wm = tl.where(t_idx < aloc, wd, 0.0)
             dv += wm[:, None] * dot_nn(kc, Bj, LOWP, PREC, qc.dtype)
             dk += wm[:, None] * dot_nt(vc, Bj, LOWP, PREC)
@@ -318,14 +324,16 @@ def _recompute(cfg: LaunchConfig, k, v, g, init_states, s: DecidedStructure):
     return states0, gs, hs, off, nsurv, bidx, bst
 
 
-def _final_cache_adjoint(cfg: LaunchConfig, s: DecidedStructure, dS_final, dhc, db, gs, bidx, nsurv: int, size0):
-    """Inject the final cache's gradient. Closed slot i = H_d(a_{i+1} - 1) - H_d(a_i - 1), the open slot =
-    H(T-1) - H_d(a_last - 1), H_d decayed to T - 1: the starts a_i (i >= 1) of final slots receive
-    dS[i-1] - dS[i] (into ``db``), and H(T-1) receives dS[last] (``dhc[:, NC]``)."""
+def _final_cache_adjoint(cfg: LaunchConfig, s: DecidedStructure, dS_final, dhc, gs, bidx, nsurv: int, size0):
+    """The final cache's gradient. Closed slot i = H_d(a_{i+1} - 1) - H_d(a_i - 1), the open slot =
+    H(T-1) - H_d(a_last - 1), H_d decayed to T - 1: H(T-1) receives dS[last] (set here in ``dhc[:, NC]``) and the
+    starts a_i (i >= 1) of final slots receive dS[i-1] - dS[i], returned for ``_inject`` (None without dS_final):
+    ``(cidx [BH, K] compact index, fp [BH, K] start position (< 0: pseudo start), use [BH, K], inject [BH, K,
+    Dk, Dv])``."""
     BH, K, NC, C = cfg.BH, cfg.K, cfg.NC, CHUNK
     dhc[:, NC].zero_()
     if dS_final is None:
-        return
+        return None
     dev = dhc.device
     rows = torch.arange(BH, device=dev)
     last = (s.size - 1).clamp(min=0)
@@ -339,8 +347,23 @@ def _final_cache_adjoint(cfg: LaunchConfig, s: DecidedStructure, dS_final, dhc, 
     gref = torch.where(real, gs.gather(1, (fp.clamp(min=0) // C + 1).clamp(max=NC)), torch.zeros_like(gs[:, :1]))
     decay = torch.exp(gs[:, NC:NC + 1] - gref).float()  # [BH, K]
     prev = torch.cat([torch.zeros_like(dS_final[:, :1]), dS_final[:, :-1]], 1)
-    inject = (prev - dS_final) * (decay * use).view(BH, K, 1, 1)
-    db.view(-1, cfg.Dk * cfg.Dv).index_add_(0, cidx[use], inject[use].reshape(-1, cfg.Dk * cfg.Dv).to(db.dtype))
+    return cidx, fp, use, (prev - dS_final) * (decay * use).view(BH, K, 1, 1)
+
+
+def _inject(db, rng: StartRange, injections, nsurv: int) -> None:
+    """Add the final cache's injections whose start lies in ``rng`` to its dB (``db``: the range's starts, then
+    one spare row that takes the others)."""
+    if injections is None:
+        return
+    cidx, fp, use, inject = injections
+    BH, K = use.shape
+    rows = torch.arange(BH, device=db.device).view(BH, 1)
+    chunk = fp.clamp(min=0) // CHUNK
+    here = use & torch.where(fp >= 0, (chunk >= rng.c0) & (chunk < rng.c1), rng.c0 == 0)
+    local = torch.where(fp >= 0, cidx + rng.shift[rows], rng.nreal + cidx - nsurv)  # pseudo starts follow the real
+    local = torch.where(here, local, db.shape[0] - 1)
+    DD = db.shape[1] * db.shape[2]
+    db.view(-1, DD).index_add_(0, local.reshape(-1), inject.reshape(-1, DD).to(db.dtype))
 
 
 def _survivor_positions(bidx, nsurv: int):
@@ -355,20 +378,85 @@ def _survivor_positions(bidx, nsurv: int):
     return out[0][:nsurv], out[1][:nsurv]
 
 
-def _start_adjoints(cfg: LaunchConfig, q, dO, scale, s: DecidedStructure, bidx, nsurv: int, ninit: int):
-    """Stage 2: ``(db, sbh, spos)``: dB of every surviving start (and of the initial slots' pseudo starts), and
-    the surviving starts' (bh, position) in the compact order."""
+@dataclass
+class StartRange:
+    """Chunks ``c0 .. c1 - 1`` of every row, whose surviving starts' dB are held together (stages 2-4 run a range
+    at a time, last first: docs/training.md, "Memory"). ``sbh``, ``spos``: the range's starts in their local order
+    (the compact order restricted to the range, row by row); ``shift [BH]`` int64: local index - compact index;
+    ``nreal`` their number. The first range's dB also holds the initial slots' pseudo starts, after its own."""
+
+    c0: int
+    c1: int
+    nreal: int
+    sbh: torch.Tensor
+    spos: torch.Tensor
+    shift: torch.Tensor
+
+
+def start_range_count(cfg: LaunchConfig, nsurv: int, elem_bytes: int, requested: int | None) -> int:
+    """How many ranges of chunks stages 2-4 take: ``requested`` (clamped to 1 .. NC), or by default as many as
+    keep one range's dB no larger than the single state's adjoint ``dHc`` (``(NC + 1) Dk Dv`` float32 per row),
+    beside which they are held. One without surviving starts (the pseudo starts are all in the first range)."""
+    if nsurv == 0:
+        return 1
+    if requested is not None:
+        return max(1, min(requested, cfg.NC))
+    db_bytes = nsurv * cfg.Dk * cfg.Dv * elem_bytes
+    dhc_bytes = cfg.BH * (cfg.NC + 1) * cfg.Dk * cfg.Dv * 4
+    return max(1, min(cfg.NC, -(-db_bytes // dhc_bytes)))
+
+
+def start_ranges(cfg: LaunchConfig, off, sbh, spos, nsurv: int, count: int) -> list[StartRange]:
+    """``count`` ranges of (nearly) equal numbers of chunks, last first. One host synchronisation when
+    ``count > 1`` (the ranges' sizes)."""
+    BH, NC, dev = cfg.BH, cfg.NC, off.device
+    if count == 1:
+        return [StartRange(0, NC, nsurv, sbh, spos, torch.zeros(BH, device=dev, dtype=torch.int64))]
+    bounds = [r * NC // count for r in range(count + 1)]
+    at = off[(torch.arange(BH, device=dev) * NC).view(BH, 1) + torch.tensor(bounds, device=dev).view(1, -1)]
+    counts = at[:, 1:] - at[:, :-1]  # [BH, count] the starts of each row in each range
+    shift = counts.cumsum(0) - counts - at[:, :-1]  # local (rows before, within the range) - compact index
+    per_range = counts.sum(0)
+    first = per_range.cumsum(0) - per_range
+    rng = torch.bucketize(spos.long() // CHUNK, torch.tensor(bounds[1:-1], device=dev), right=True)
+    place = first[rng] + torch.arange(nsurv, device=dev) + shift[sbh.long(), rng]  # in the ranges, concatenated
+    order = torch.empty_like(place).scatter_(0, place, torch.arange(nsurv, device=dev))
+    sbh, spos = sbh[order], spos[order]
+    sizes, starts = torch.stack([per_range, first]).tolist()
+    return [StartRange(bounds[r], bounds[r + 1], sizes[r], sbh[starts[r]:starts[r] + sizes[r]],
+                       spos[starts[r]:starts[r] + sizes[r]], shift[:, r].contiguous()) for r in reversed(range(count))]
+
+
+def _start_buffers(cfg: LaunchConfig, bidx, off, nsurv: int, ninit: int, dtype, requested: int | None):
+    """``(ranges, spos, db)``: the ranges of chunks (``start_range_count``, last first), the surviving starts'
+    positions in the compact order and one range's dB buffer: the largest range's starts (the first's with the
+    pseudo starts) and a spare row for ``_inject``; 16-bit for 16-bit inputs (every consumer casts dB to 16 bits for
+    its products anyway)."""
     sbh, spos = _survivor_positions(bidx, nsurv)
+    db_dtype = dtype if cfg.lowp else torch.float32
+    ranges = start_ranges(cfg, off, sbh, spos, nsurv, start_range_count(cfg, nsurv, db_dtype.itemsize, requested))
+    rows = max(r.nreal + (ninit if r.c0 == 0 else 0) for r in ranges) + 1
+    return ranges, spos, torch.empty(rows, cfg.Dk, cfg.Dv, device=bidx.device, dtype=db_dtype)
+
+
+def _start_adjoints(cfg: LaunchConfig, q, dO, scale, s: DecidedStructure, rng: StartRange, db, ninit: int):
+    """Stage 2 for one range: dB of its surviving starts (and, in the first range, of the initial slots' pseudo
+    starts) into ``db``, in the range's local order."""
+    n = rng.nreal + (ninit if rng.c0 == 0 else 0)
     BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
-    # 16-bit storage for 16-bit inputs: every consumer casts dB to 16 bits for its products anyway.
-    db = torch.empty(max(nsurv + ninit, 1), cfg.Dk, cfg.Dv, device=q.device,
-                     dtype=q.dtype if cfg.lowp else torch.float32)
-    if nsurv + ninit:
-        dla_bwd_db_kernel[(nsurv + ninit, triton.cdiv(BVF, BV))](
-            q, dO, scale, s.live, s.livem, s.death, s.death0, sbh, spos, db, nsurv, cfg.T, cfg.H, cfg.Dk, cfg.Dv,
-            cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec, num_warps=4,
+    if n:
+        dla_bwd_db_kernel[(n, triton.cdiv(BVF, BV))](
+            q, dO, scale, s.live, s.livem, s.death, s.death0, rng.sbh, rng.spos, db, rng.nreal, cfg.T, cfg.H,
+            cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec, num_warps=4,
         )
-    return db, sbh, spos
+
+
+def _reverse_scan(cfg: LaunchConfig, dhc, db, off, gs, rng: StartRange) -> None:
+    """Stage 3 for one range: Y over its chunks, in place in ``dhc``."""
+    DD = cfg.Dk * cfg.Dv
+    HBLK = 256  # small blocks: B*H*DD/256 sequential programs hide each other's latency
+    dla_bwd_scan_kernel[(cfg.BH, triton.cdiv(DD, HBLK))](dhc, db, off, rng.shift, gs, cfg.T, DD, rng.c0, rng.c1,
+                                                         C=CHUNK, BLOCK=HBLK, num_warps=2)
 
 
 def _initial_adjoint(cfg: LaunchConfig, dhc, db, nsurv: int, size0):
@@ -396,7 +484,7 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
         profile: a dict or None: each stage's time in ms (synchronising; benchmarks only).
 
     Returns:
-        ``(dq, dk, dv)`` in q's dtype, ``dg [B, T, H]`` float64, ``dlam [B, T, H, K]`` float32 and
+        ``(dq, dk, dv)`` in q's dtype, ``dg [B, T, H]`` float64, ``dlam [B, T, H, K]`` in slot_weights' dtype and
         ``dinit [B * H, K, Dk, Dv]`` float32 (None without an initial cache).
     """
     cfg = launch_config(q, v, slot_weights)
@@ -414,7 +502,9 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     mark_stage(profile, "dq")
     sc, rk, dgj, bsj = _old_start_rows(cfg, g, slot_weights, s, gs, bidx, nsurv)
     dq = torch.empty_like(q)
-    dlam = torch.empty(B, T, H, K, device=dev, dtype=torch.float32)
+    # dlam in the read weights' dtype: rounded once in the kernel as autograd would round a float32 one (half the
+    # bytes for 16-bit weights, alive through the backward's peak).
+    dlam = torch.empty(B, T, H, K, device=dev, dtype=slot_weights.dtype)
     dgq = torch.empty(BH, T, device=dev, dtype=torch.float32)  # time contiguous: the cumsum below
     dhc = hs  # each program reads its chunk's H before writing that chunk's dHc in its place (H is then dead)
     dla_bwd_q_kernel[(NC, BH)](
@@ -423,25 +513,29 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
         PREC=cfg.prec, STAGES=settings.bwd_stages, num_warps=settings.bwd_warps,
     )
     del bst, rk, dgj, bsj
-    # 2. dB of every surviving start, then the final cache's gradient.
+    # 2-4. dB of the surviving starts, the reverse scan of the single state's adjoint and dk, dv, a range of chunks
+    # at a time, last first (the scan carries Y[c1] from one range to the next): one range's dB is held at a time.
     mark_stage(profile, "dB")
-    db, sbh, spos = _start_adjoints(cfg, q, dO, sc, s, bidx, nsurv, ninit)
-    del sc
-    _final_cache_adjoint(cfg, s, dS_final, dhc, db, gs, bidx, nsurv, size0)
-    # 3. the reverse scan of the single state's adjoint.
-    mark_stage(profile, "scan")
-    DD = cfg.Dk * cfg.Dv
-    HBLK = 256  # small blocks: B*H*DD/256 sequential programs hide each other's latency
-    dla_bwd_scan_kernel[(BH, triton.cdiv(DD, HBLK))](dhc, db, off, gs, T, DD, C=C, BLOCK=HBLK, num_warps=2)
-    # 4. dk, dv
-    mark_stage(profile, "dkv")
-    dk, dv = torch.empty_like(k), torch.empty_like(v)
-    dgk = torch.empty(BH, T, device=dev, dtype=torch.float32)
-    dla_bwd_kv_kernel[(NC, BH)](
-        q, k, v, g, slot_weights, dO, dk, dv, dgk, s.masks, s.death, dhc, db, off, spos,
-        T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, LOWP=cfg.lowp, PREC=cfg.prec, num_warps=8,
-    )
-    dinit = None if states0 is None else _initial_adjoint(cfg, dhc, db, nsurv, size0)
+    ranges, spos, db = _start_buffers(cfg, bidx, off, nsurv, ninit, q.dtype, settings.bwd_start_ranges)
+    injections = _final_cache_adjoint(cfg, s, dS_final, dhc, gs, bidx, nsurv, size0)
+    dk = dv = dgk = None
+    for i, rng in enumerate(ranges):
+        mark_stage(profile, "dB")
+        _start_adjoints(cfg, q, dO, sc, s, rng, db, ninit)
+        if i == len(ranges) - 1:
+            sc = None  # the read scales are dead after the last range's dB (with one range: before dk, dv exist)
+        _inject(db, rng, injections, nsurv)
+        mark_stage(profile, "scan")
+        _reverse_scan(cfg, dhc, db, off, gs, rng)
+        mark_stage(profile, "dkv")
+        if dk is None:  # allocated at their first use, not beside the first range's dB kernel
+            dk, dv = torch.empty_like(k), torch.empty_like(v)
+            dgk = torch.empty(BH, T, device=dev, dtype=torch.float32)
+        dla_bwd_kv_kernel[(rng.c1 - rng.c0, BH)](
+            q, k, v, g, slot_weights, dO, dk, dv, dgk, s.masks, s.death, dhc, db, off, rng.shift, spos,
+            T, H, cfg.Dk, cfg.Dv, K, rng.c0, C=C, BK=BK, BV=BV, NVB=NVB, LOWP=cfg.lowp, PREC=cfg.prec, num_warps=8,
+        )
+    dinit = None if states0 is None else _initial_adjoint(cfg, dhc, db, ranges[-1].nreal, size0)
     del db, dhc, hs  # the largest buffers, dead from here: not alive under dg's float64 temporaries
     # dg: dL/dG[t] = q_t.dq_t - k_t.dk_t (+ <S_final, dS_final> at T - 1), reverse cumulative sum.
     mark_stage(profile, "dg")
