@@ -32,9 +32,9 @@ class TritonSettings:
         bwd_stages: software-pipelining stages of the backward's old-start loop (dq kernel).
         bwd_warps: warps of the backward's dq kernel.
         bwd_start_ranges: how many ranges of chunks the backward's dB, reverse-scan and dk/dv stages take, one
-            range's surviving starts' dB held at a time: less peak memory for more time (H200, run 23: with None,
-            up to -0.23 GiB and +6-15 % fwd+bwd; docs/training.md, "Memory"). None: as many as keep a range's dB
-            no larger than the state adjoint buffer beside it. Bitwise the same gradients.
+            range's surviving starts' dB held at a time: less peak memory for a little more time (H200, run 23,
+            with None: -0.02 to -0.17 GiB, +1-5 % fwd+bwd where it splits; docs/training.md, "Memory"). None: as
+            many as keep a range's dB no larger than the state adjoint buffer beside it. Bitwise the same gradients.
     """
 
     table_scan: bool = True

@@ -1,4 +1,4 @@
-"""The delta rule backward's partition tables built in torch on the device (``common.live_starts.DevicePartition``)
+"""The torch backwards' partition tables built in torch on the device (``common.live_starts.DevicePartition``)
 against the numba ones they replaced (``common.partition.Partition``): the integer tables equal bit for bit on drawn
 structures, the backward's gradients equal bit for bit with either, and the public API's backward runs with the numba
 tables out of reach and matches the autograd oracle."""
@@ -19,6 +19,8 @@ from dla_fast.ops.common.partition import Partition
 from dla_fast.ops.common.structure import Structure
 from dla_fast.ops.delta_rule import chunk_torch_bwd
 from dla_fast.ops.delta_rule.chunk_torch_bwd import delta_rule_backward
+from dla_fast.ops.scalar_decay import chunk_torch_bwd as scalar_chunk_torch_bwd
+from dla_fast.ops.scalar_decay.chunk_torch_bwd import scalar_decay_backward
 from properties.gradient_oracle import assert_rel_close, straightforward
 
 
@@ -89,19 +91,29 @@ def _backward_inputs(seed, R, T, Dk, Dv, K, dtype, size0):
     return (t(R, T, Dk), k, t(R, T, Dv), g, beta, t(R, T, K), init), t(R, T, Dv), t(R, K, Dk, Dv)
 
 
+def _backward(backbone: str, x, structure, dO, dS, **kw):
+    """The torch backward of a backbone on ``_backward_inputs``' tensors (the scalar decay ignores beta)."""
+    if backbone == "delta":
+        return delta_rule_backward(*x, structure, dO, dS, **kw)
+    q, k, v, g, _, lam, init = x
+    return scalar_decay_backward(q, k, v, g, lam, init, structure, dO, dS, **kw)
+
+
+@pytest.mark.parametrize("backbone", ["delta", "scalar"])
 @pytest.mark.parametrize("dtype,score", [(torch.float64, False), (torch.float32, False), (torch.float64, True)])
-def test_backward_gradients_equal_with_either_tables(dtype, score, monkeypatch):
-    """delta_rule_backward with the device tables and with the numba ones: every gradient equal bit for bit (the
-    tables are equal integers, read by the same code). Several chunks, a ragged last one, an initial cache (full
-    and partial rows), the score's part."""
+def test_backward_gradients_equal_with_either_tables(backbone, dtype, score, monkeypatch):
+    """Either backbone's torch backward with the device tables and with the numba ones: every gradient equal bit for
+    bit (the tables are equal integers, read by the same code). Several chunks, a ragged last one, an initial cache
+    (full and partial rows), the score's part."""
     R, T, Dk, Dv, K, C = 3, 75, 4, 3, 4, 16
     size0 = (4, 2, 0)
     structure = draw_structure(np.random.default_rng(7), R, T, K, 0.35, size0=size0)
     x, dO, dS = _backward_inputs(8, R, T, Dk, Dv, K, dtype, size0)
     dscores = torch.tensor(np.random.default_rng(9).standard_normal((R, T))) if score else None
-    run = lambda: delta_rule_backward(*x, structure, dO, dS, chunk_size=C, checkpoint_every=2, dscores=dscores)  # noqa: E731
+    run = lambda: _backward(backbone, x, structure, dO, dS, chunk_size=C, checkpoint_every=2, dscores=dscores)  # noqa: E731
     new = run()
-    monkeypatch.setattr(chunk_torch_bwd, "DevicePartition", Partition)
+    module = chunk_torch_bwd if backbone == "delta" else scalar_chunk_torch_bwd
+    monkeypatch.setattr(module, "DevicePartition", Partition)
     old = run()
     for i, (a, b) in enumerate(zip(new, old)):
         assert a.dtype == b.dtype and torch.equal(a, b), i
@@ -124,22 +136,25 @@ class _HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("backbone", ["delta", "scalar"])
 @pytest.mark.parametrize("C", [16, 64])
-def test_the_backward_brings_one_value_to_the_host(C):
-    """No per-chunk or per-token host synchronisation: the whole backward (tables, checkpoints, reverse pass, blocks)
-    reads one tensor on the host, the tables' widths, whatever the number of chunks (T = 300: 19 or 5 chunks)."""
+def test_the_backward_brings_one_value_to_the_host(C, backbone):
+    """No per-chunk or per-token host synchronisation: either backbone's whole torch backward (tables, checkpoints,
+    reverse pass, blocks) reads one tensor on the host, the tables' widths, whatever the number of chunks (T = 300:
+    19 or 5 chunks)."""
     R, T, Dk, Dv, K = 3, 300, 4, 3, 4
     structure = draw_structure(np.random.default_rng(7), R, T, K, 0.35, size0=(4, 2, 0))
     x, dO, dS = _backward_inputs(8, R, T, Dk, Dv, K, torch.float64, (4, 2, 0))
     with _HostReads() as reads:
-        delta_rule_backward(*x, structure, dO, dS, chunk_size=C)
+        _backward(backbone, x, structure, dO, dS, chunk_size=C)
     assert reads.calls == ["cpu", "numpy"]
 
 
-def test_api_backward_needs_no_numba_tables_and_matches_the_oracle(monkeypatch):
-    """dla_fast.forward with beta, then .backward(), with the numba table builders replaced by ones that raise:
-    the gradients (q, k, v, g, slot_weights, beta, the initial states) against autograd through the per-token
-    oracle with the same decisions (T = 150: three chunks of 64, merges, an initial cache)."""
+@pytest.mark.parametrize("backbone", ["delta", "scalar"])
+def test_api_backward_needs_no_numba_tables_and_matches_the_oracle(backbone, monkeypatch):
+    """dla_fast.forward (with beta for the delta rule), then .backward(), with the numba table builders replaced by
+    ones that raise: the gradients (q, k, v, g, slot_weights, beta, the initial states) against autograd through
+    the per-token oracle with the same decisions (T = 150: three chunks of 64, merges, an initial cache)."""
 
     def unreachable(*_):
         raise AssertionError("the numba partition tables ran")
@@ -153,6 +168,8 @@ def test_api_backward_needs_no_numba_tables_and_matches_the_oracle(monkeypatch):
         x = dict(q=rng.standard_normal((B, T, H, Dk)), k=rng.standard_normal((B, T, H, Dk)) / math.sqrt(Dk),
                  v=rng.standard_normal((B, T, H, Dv)), g=-0.05 - 0.3 * rng.random((B, T, H)),
                  slot_weights=rng.standard_normal((B, T, H, K)), beta=0.05 + 0.9 * rng.random((B, T, H)))
+        if backbone == "scalar":
+            del x["beta"]
         return {n: torch.tensor(a, requires_grad=grad) for n, a in x.items()}
 
     with torch.no_grad():
@@ -166,7 +183,7 @@ def test_api_backward_needs_no_numba_tables_and_matches_the_oracle(monkeypatch):
     dO = torch.randn(o.shape, generator=gen, dtype=torch.float64)
     dS = torch.randn(final.states.shape, generator=gen, dtype=torch.float64)
     got = torch.autograd.grad((o * dO).sum() + (final.states * dS).sum(), leaves)
-    o_ref, S_ref = straightforward(x["q"], x["k"], x["v"], x["g"], x["slot_weights"], x["beta"], cache.states,
+    o_ref, S_ref = straightforward(x["q"], x["k"], x["v"], x["g"], x["slot_weights"], x.get("beta"), cache.states,
                                    cache.size, trace.starts, trace.merged)
     want = torch.autograd.grad((o_ref * dO).sum() + (S_ref * dS).sum(), leaves)
     for n, a, b in zip([*x, "initial_states"], got, want):

@@ -51,7 +51,7 @@ from ..common.triton_utils import (
 )
 from .chunk_fwd import DecidedStructure, LaunchConfig, launch_config
 from .chunk_fwd_output import dla_read_scales_kernel, intra_weights
-from .chunk_fwd_states import CHUNK, initial_prefixes, prefix_states, start_states, surviving_starts
+from .chunk_fwd_states import CHUNK, Survivors, initial_prefixes, prefix_states, start_states, surviving_starts
 
 
 # Long: the transposes of the forward's three reads share one chunk's tiles in registers.
@@ -314,14 +314,14 @@ def _old_start_rows(cfg: LaunchConfig, g, slot_weights, s: DecidedStructure, gs,
 
 
 def _recompute(cfg: LaunchConfig, k, v, g, init_states, s: DecidedStructure):
-    """The forward's prefix states (recomputed, not stored): ``(states0, gs, hs, off, nsurv, bidx, bst)``."""
+    """The forward's prefix states (recomputed, not stored): ``(states0, gs, hs, survivors, bidx, bst)``."""
     states0 = None if init_states is None else init_states.float().reshape(cfg.BH, cfg.K, cfg.Dk, cfg.Dv)
     h0, hinit = initial_prefixes(states0, cfg.BH, cfg.Dk, cfg.Dv, k.device)
     hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
-    off, nsurv = s.survivors or surviving_starts(s.masks, s.death, cfg.T)[:2]  # the forward's, if kept
-    bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit if states0 is not None else None,
+    sv = s.survivors or surviving_starts(s.masks, s.death, cfg.T)[0]  # the forward's, if kept
+    bst, bidx = start_states(k, v, g, hs, s.masks, s.death, sv.off, sv.count, hinit if states0 is not None else None,
                              cfg.K, lowp=cfg.lowp, prec=cfg.prec)
-    return states0, gs, hs, off, nsurv, bidx, bst
+    return states0, gs, hs, sv, bidx, bst
 
 
 def _final_cache_adjoint(cfg: LaunchConfig, s: DecidedStructure, dS_final, dhc, gs, bidx, nsurv: int, size0):
@@ -406,35 +406,36 @@ def start_range_count(cfg: LaunchConfig, nsurv: int, elem_bytes: int, requested:
     return max(1, min(cfg.NC, -(-db_bytes // dhc_bytes)))
 
 
-def start_ranges(cfg: LaunchConfig, off, sbh, spos, nsurv: int, count: int) -> list[StartRange]:
-    """``count`` ranges of (nearly) equal numbers of chunks, last first. One host synchronisation when
-    ``count > 1`` (the ranges' sizes)."""
-    BH, NC, dev = cfg.BH, cfg.NC, off.device
+def start_ranges(cfg: LaunchConfig, sv: Survivors, sbh, spos, count: int) -> list[StartRange]:
+    """``count`` ranges of (nearly) equal numbers of chunks, last first; their sizes from the forward's per-chunk
+    counts (host), their index maps on the device: no host synchronisation."""
+    BH, NC, dev = cfg.BH, cfg.NC, sv.off.device
     if count == 1:
-        return [StartRange(0, NC, nsurv, sbh, spos, torch.zeros(BH, device=dev, dtype=torch.int64))]
+        return [StartRange(0, NC, sv.count, sbh, spos, torch.zeros(BH, device=dev, dtype=torch.int64))]
     bounds = [r * NC // count for r in range(count + 1)]
-    at = off[(torch.arange(BH, device=dev) * NC).view(BH, 1) + torch.tensor(bounds, device=dev).view(1, -1)]
+    sizes = [sum(sv.per_chunk[bounds[r]:bounds[r + 1]]) for r in range(count)]
+    starts = [sum(sizes[:r]) for r in range(count)]
+    edges = torch.arange(count + 1, device=dev) * NC // count  # the bounds, made on the device (no copy to it)
+    at = sv.off[(torch.arange(BH, device=dev) * NC).view(BH, 1) + edges.view(1, -1)]  # [BH, count + 1]
     counts = at[:, 1:] - at[:, :-1]  # [BH, count] the starts of each row in each range
     shift = counts.cumsum(0) - counts - at[:, :-1]  # local (rows before, within the range) - compact index
-    per_range = counts.sum(0)
-    first = per_range.cumsum(0) - per_range
-    rng = torch.bucketize(spos.long() // CHUNK, torch.tensor(bounds[1:-1], device=dev), right=True)
-    place = first[rng] + torch.arange(nsurv, device=dev) + shift[sbh.long(), rng]  # in the ranges, concatenated
-    order = torch.empty_like(place).scatter_(0, place, torch.arange(nsurv, device=dev))
+    first = counts.sum(0).cumsum(0) - counts.sum(0)
+    rng = torch.bucketize(spos.long() // CHUNK, edges[1:-1], right=True)
+    place = first[rng] + torch.arange(sv.count, device=dev) + shift[sbh.long(), rng]  # in the ranges, concatenated
+    order = torch.empty_like(place).scatter_(0, place, torch.arange(sv.count, device=dev))
     sbh, spos = sbh[order], spos[order]
-    sizes, starts = torch.stack([per_range, first]).tolist()
     return [StartRange(bounds[r], bounds[r + 1], sizes[r], sbh[starts[r]:starts[r] + sizes[r]],
                        spos[starts[r]:starts[r] + sizes[r]], shift[:, r].contiguous()) for r in reversed(range(count))]
 
 
-def _start_buffers(cfg: LaunchConfig, bidx, off, nsurv: int, ninit: int, dtype, requested: int | None):
+def _start_buffers(cfg: LaunchConfig, bidx, sv: Survivors, ninit: int, dtype, requested: int | None):
     """``(ranges, spos, db)``: the ranges of chunks (``start_range_count``, last first), the surviving starts'
     positions in the compact order and one range's dB buffer: the largest range's starts (the first's with the
     pseudo starts) and a spare row for ``_inject``; 16-bit for 16-bit inputs (every consumer casts dB to 16 bits for
     its products anyway)."""
-    sbh, spos = _survivor_positions(bidx, nsurv)
+    sbh, spos = _survivor_positions(bidx, sv.count)
     db_dtype = dtype if cfg.lowp else torch.float32
-    ranges = start_ranges(cfg, off, sbh, spos, nsurv, start_range_count(cfg, nsurv, db_dtype.itemsize, requested))
+    ranges = start_ranges(cfg, sv, sbh, spos, start_range_count(cfg, sv.count, db_dtype.itemsize, requested))
     rows = max(r.nreal + (ninit if r.c0 == 0 else 0) for r in ranges) + 1
     return ranges, spos, torch.empty(rows, cfg.Dk, cfg.Dv, device=bidx.device, dtype=db_dtype)
 
@@ -496,7 +497,8 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     g, slot_weights = g.contiguous(), slot_weights.contiguous()
     s = structure
     mark_stage(profile, "recompute")
-    states0, gs, hs, off, nsurv, bidx, bst = _recompute(cfg, k, v, g, init_states, s)
+    states0, gs, hs, sv, bidx, bst = _recompute(cfg, k, v, g, init_states, s)
+    off, nsurv = sv.off, sv.count
     ninit = BH * K if states0 is not None else 0
     # 1. dq, dlam, dHc, after the old starts' rows (sc lives on as the dB kernel's weights, the others die with dq).
     mark_stage(profile, "dq")
@@ -516,7 +518,7 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     # 2-4. dB of the surviving starts, the reverse scan of the single state's adjoint and dk, dv, a range of chunks
     # at a time, last first (the scan carries Y[c1] from one range to the next): one range's dB is held at a time.
     mark_stage(profile, "dB")
-    ranges, spos, db = _start_buffers(cfg, bidx, off, nsurv, ninit, q.dtype, settings.bwd_start_ranges)
+    ranges, spos, db = _start_buffers(cfg, bidx, sv, ninit, q.dtype, settings.bwd_start_ranges)
     injections = _final_cache_adjoint(cfg, s, dS_final, dhc, gs, bidx, nsurv, size0)
     dk = dv = dgk = None
     for i, rng in enumerate(ranges):

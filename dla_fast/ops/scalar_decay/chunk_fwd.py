@@ -94,7 +94,7 @@ class DecidedStructure:
         fpos: ``[BH, KP]`` int32, the final slots' start positions.
         size: ``[BH]`` int64 final sizes; counts ``[BH, K]`` int64; info ``[BH, K]`` float64.
         scores: ``[BH, NC*C]`` float32; merged ``[BH, NC*C]`` int64 (-1: no merge).
-        survivors: the output stage's surviving starts ``(off, nsurv)`` (``surviving_starts``), kept for the
+        survivors: the output stage's surviving starts (``chunk_fwd_states.Survivors``), kept for the
             backward (which would otherwise count them again: a host synchronisation); None before the output
             stage.
     """
@@ -340,11 +340,11 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
 
     # Everything above is allocated before the synchronisation: after it the GPU has only the scales to run until
     # the next launch.
-    off, nsurv, flags = surviving_starts(s.masks, s.death, cfg.T, check_flags, meanwhile=read_scales)
+    s.survivors, flags = surviving_starts(s.masks, s.death, cfg.T, check_flags, meanwhile=read_scales)
     if flags:
         raise_flagged(flags[0])
+    off, nsurv = s.survivors.off, s.survivors.count
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec)
-    s.survivors = (off, nsurv)
     G = output_group(cfg.KP, BK, cfg.lowp, settings.output_group)
     dla_output_kernel[grid](
         q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, bidx, bst, nsurv, sc, bsc,

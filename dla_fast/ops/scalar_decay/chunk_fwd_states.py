@@ -8,6 +8,8 @@ prefix state before every slot start that outlives its chunk, and the final cach
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -262,19 +264,28 @@ def start_bits(masks: torch.Tensor) -> torch.Tensor:
     return ((masks[:, :, None] >> shifts) & 1).bool().reshape(BH, NC * CHUNK)
 
 
+class Survivors(NamedTuple):
+    """The slot starts that outlive their chunk (later chunks read their prefix states): ``off [BH * NC + 1]``
+    int64, each (row, chunk)'s offset in their compact (row-major) order; ``count`` their number; ``per_chunk`` (host
+    ints, ``[NC]``) how many each chunk has over all rows (the backward's ranges of chunks are sized from it)."""
+
+    off: torch.Tensor
+    count: int
+    per_chunk: list
+
+
 def surviving_starts(masks, death, T: int, read_also=None, meanwhile=None):
-    """Slot starts that outlive their chunk (later chunks read their prefix states): ``(off, nsurv, read_also's
-    values)`` with ``off [BH * NC + 1]`` int64 each chunk's offset in the compact (row-major) order of the
-    surviving starts and their number ``nsurv`` last. ``nsurv`` is read back to the host (it sizes the start
-    states: the forward's one host synchronisation), together with ``read_also`` (a 1-d int64 tensor: a
-    caller's deferred checks), returned as a list (empty without). ``meanwhile`` (a callable, or None) launches
-    work that the read-back need not wait for: on CUDA it is queued after the copy, so the GPU runs it while the
-    host waits and then prepares the next launches."""
+    """``(Survivors, read_also's values)``. The count and the per-chunk counts are read back to the host in one copy
+    (the count sizes the start states: the forward's one host synchronisation), together with ``read_also`` (a 1-d
+    int64 tensor: a caller's deferred checks), returned as a list (empty without). ``meanwhile`` (a callable, or
+    None) launches work that the read-back need not wait for: on CUDA it is queued after the copy, so the GPU runs
+    it while the host waits and then prepares the next launches."""
     BH, NC = masks.shape
     off = torch.empty(BH * NC + 1, device=masks.device, dtype=torch.int64)
     dla_survivor_counts_kernel[(NC, BH)](masks, death, off, T, C=CHUNK, num_warps=1)
+    per_chunk = off[1:].view(BH, NC).sum(0)  # the counts, before the cumulative sum (off[0] = 0)
     off.cumsum_(0)
-    values = off[-1:] if read_also is None else torch.cat([off[-1:], read_also])
+    values = torch.cat([off[-1:], per_chunk] + ([] if read_also is None else [read_also]))
     if values.is_cuda:  # the copy queued before meanwhile's work, waited for alone
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
         host.copy_(values, non_blocking=True)
@@ -284,8 +295,8 @@ def surviving_starts(masks, death, T: int, read_also=None, meanwhile=None):
     if values.is_cuda:
         copied.synchronize()
         values = host
-    nsurv, *also = values.tolist()
-    return off, nsurv, also
+    values = values.tolist()
+    return Survivors(off, values[0], values[1:1 + NC]), values[1 + NC:]
 
 
 def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, lowp: bool, prec: str):

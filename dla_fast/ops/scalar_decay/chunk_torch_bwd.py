@@ -4,9 +4,10 @@ Given the decisions (which tokens opened a slot, which pairs merged), the output
 bilinear in ``q`` and ``k``, linear in ``slot_weights`` and in the initial states, and depends on ``g``
 through the decays. The backward is chunked like the forward (``chunk_torch``):
 
-- the **partition tables** are rebuilt from the compact per-token record (numba, scalar work, no
-  ``Dk x Dv`` data): which slot each start slot and token belongs to at every chunk end, and the recency of
-  every read;
+- the **partition tables** are rebuilt from the compact per-token record on the inputs' device
+  (``common.live_starts.DevicePartition``: torch, no loop over tokens, no ``Dk x Dv`` data, one host
+  synchronisation; equal bit for bit to numba's ``Partition``): which slot each start slot and token belongs to at
+  every chunk end, and the recency of every read;
 - the slot states at every chunk start are **recomputed** from square-root checkpoints;
 - the **intra-chunk** masked attention's backward runs batched over blocks of chunks;
 - a **reverse pass** over chunks carries ``dS`` (the gradient w.r.t. every slot state at the chunk end)
@@ -24,6 +25,7 @@ import math
 import torch
 
 from ..common.layout import chunks, unchunk
+from ..common.live_starts import DevicePartition
 from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure
 
@@ -199,8 +201,8 @@ def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_fi
     qc, kc, vc, dOc, lamc = (chunks(x, C, nC) for x in (q, k, v, dO, lam))
     Gc = chunks(g.to(torch.float64), C, nC).cumsum(-1)  # [nC, R, C] (padding: g = 0, flat)
     decay_in = torch.exp(Gc).to(cd)  # chunk-start states through token t
-    part = Partition(structure, R, T, C, K, torch.exp(Gc[..., -1:] - Gc).to(cd), torch.exp(Gc[..., -1]).to(cd), kc,
-                      vc)
+    part = DevicePartition(structure, R, T, C, K, torch.exp(Gc[..., -1:] - Gc).to(cd), torch.exp(Gc[..., -1]).to(cd),
+                           kc, vc)
     grads = {name: torch.zeros_like(x) for name, x in (("dq", qc), ("dk", kc), ("dv", vc), ("dlam", lamc))}
     score = _ScorePath(part, Gc, cd) if dscores is not None else None
     every = checkpoint_every or max(1, math.isqrt(nC - 1) + 1 if nC > 1 else 1)
