@@ -61,7 +61,8 @@ def forward(
         beta: ``[B, T, H]`` in ``[0, 1]`` for the gated delta-rule backbone; None for scalar decay.
         boundaries: bool ``[B, T, H]`` overriding the decisions (scores are still computed).
         initial_cache: a :class:`Cache` (or ``dla_ref.Cache``) to continue from; not modified.
-        output_final_cache: return the final cache (else None; saves the final copy).
+        output_final_cache: return the final cache (else None; saves the final copy, and with gradients the
+            final states the backward would keep).
         return_trace: return the :class:`Trace` (else None).
         chunk_size: tokens per chunk of the chunked algorithm (default 64; any positive integer).
         eps, norm_eps: the score's denominator guard and the RMS-norm guard (default 1e-6).

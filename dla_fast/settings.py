@@ -32,9 +32,10 @@ class TritonSettings:
         bwd_stages: software-pipelining stages of the backward's old-start loop (dq kernel).
         bwd_warps: warps of the backward's dq kernel.
         bwd_start_ranges: how many ranges of chunks the backward's dB, reverse-scan and dk/dv stages take, one
-            range's surviving starts' dB held at a time: less peak memory for a little more time (H200, run 23,
-            with None: -0.02 to -0.17 GiB, +1-5 % fwd+bwd where it splits; docs/training.md, "Memory"). None: as
-            many as keep a range's dB no larger than the state adjoint buffer beside it. Bitwise the same gradients.
+            range's surviving starts' dB held at a time: less peak memory for a little more time. None: chosen by
+            ``chunk_bwd.start_range_count`` (ranges only where the dk/dv stage holds the peak by a margin: 128
+            features in 16 bits; H200, run 23: -0.17 GiB for +0.8-3.7 % at (8, 4096, 16, 128); docs/training.md,
+            "Memory"). Bitwise the same gradients.
     """
 
     table_scan: bool = True
@@ -46,7 +47,7 @@ class TritonSettings:
     output_group: int = 2
     bwd_stages: int = 2
     bwd_warps: int = 4
-    bwd_start_ranges: int | None = 1
+    bwd_start_ranges: int | None = None
 
 
 DEFAULT_SETTINGS = TritonSettings()

@@ -143,20 +143,25 @@ def test_backward_in_ranges_of_chunks_gives_the_same_gradients(ranges):
     _assert_close(split, ref, 2e-5)
 
 
-def test_start_range_count_keeps_a_range_of_db_within_the_state_adjoint():
-    """The default: as many ranges as keep one range's dB (16-bit here) no larger than the dHc buffer; a request is
-    clamped to the chunk count; no surviving start, one range."""
+def test_start_range_count_splits_only_where_dk_dv_hold_the_peak():
+    """The default: one range where dk and dv weigh at most twice the read scales and ranks (64 features in 16 bits:
+    the dq stage holds the peak anyway), else as many as keep one range's 16-bit dB no larger than dHc; a request
+    is clamped to the chunk count; no surviving start, one range."""
     from dla_fast.ops.scalar_decay.chunk_bwd import start_range_count
     from dla_fast.ops.scalar_decay.chunk_fwd import launch_config
 
-    q = torch.empty(2, 4096, 4, 64)
-    cfg = launch_config(q, torch.empty(2, 4096, 4, 64), torch.empty(2, 4096, 4, 30))
-    assert cfg.BH * (cfg.NC + 1) == 520  # dHc: 520 float32 states, the bytes of 1040 16-bit ones
-    assert start_range_count(cfg, 1040, 2, None) == 1
-    assert start_range_count(cfg, 1041, 2, None) == 2
-    assert start_range_count(cfg, 4 * 1040, 2, None) == 4
-    assert start_range_count(cfg, 10, 2, 1000) == cfg.NC
-    assert start_range_count(cfg, 0, 2, 7) == 1
+    def cfg(D):
+        return launch_config(torch.empty(2, 4096, 4, D), torch.empty(2, 4096, 4, D), torch.empty(2, 4096, 4, 30))
+
+    narrow, wide = cfg(64), cfg(128)
+    assert start_range_count(narrow, 10 ** 6, 2, 2, None) == 1  # dk, dv 2 x 4 MiB against 2 x 5 MiB of scales
+    assert wide.BH * (wide.NC + 1) == 520  # dHc: 520 float32 states, the bytes of 1040 16-bit ones
+    assert start_range_count(wide, 1040, 2, 2, None) == 1
+    assert start_range_count(wide, 1041, 2, 2, None) == 2
+    assert start_range_count(wide, 4 * 1040, 2, 2, None) == 4
+    assert start_range_count(narrow, 4 * 520, 4, 4, None) == 4  # float32: dk, dv outweigh the scales at 64 too
+    assert start_range_count(narrow, 10, 2, 2, 1000) == narrow.NC
+    assert start_range_count(wide, 0, 2, 2, 7) == 1
 
 
 @needs_kernels

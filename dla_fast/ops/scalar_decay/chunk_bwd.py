@@ -393,17 +393,26 @@ class StartRange:
     shift: torch.Tensor
 
 
-def start_range_count(cfg: LaunchConfig, nsurv: int, elem_bytes: int, requested: int | None) -> int:
-    """How many ranges of chunks stages 2-4 take: ``requested`` (clamped to 1 .. NC), or by default as many as
-    keep one range's dB no larger than the single state's adjoint ``dHc`` (``(NC + 1) Dk Dv`` float32 per row),
-    beside which they are held. One without surviving starts (the pseudo starts are all in the first range)."""
+def start_range_count(cfg: LaunchConfig, nsurv: int, db_bytes: int, io_bytes: int, requested: int | None) -> int:
+    """How many ranges of chunks stages 2-4 take (``db_bytes``, ``io_bytes``: the element sizes of dB and of dk, dv).
+
+    ``requested`` (clamped to 1 .. NC), or by default: one where the dq stage holds the peak anyway (with one range
+    it holds the start states, as large as dB, the state buffer and the read scales and ranks; the dk/dv stage holds
+    dB, the state buffer, dk and dv), else as many as keep one range's dB no larger than the state adjoint dHc
+    (``(NC + 1) Dk Dv`` float32 per row). So ranges are taken when dk and dv outweigh twice the scales and ranks (128
+    features in 16 bits; H200, run 23: -0.17 GiB for +1-4 % at (8, 4096, 16, 128); at 64 features -0.02 to -0.05 GiB
+    for +2-5 %: not taken). One without surviving starts (the pseudo starts are all in the first range)."""
     if nsurv == 0:
         return 1
     if requested is not None:
         return max(1, min(requested, cfg.NC))
-    db_bytes = nsurv * cfg.Dk * cfg.Dv * elem_bytes
-    dhc_bytes = cfg.BH * (cfg.NC + 1) * cfg.Dk * cfg.Dv * 4
-    return max(1, min(cfg.NC, -(-db_bytes // dhc_bytes)))
+    dkdv = cfg.B * cfg.T * cfg.H * (cfg.Dk + cfg.Dv) * io_bytes
+    scales = cfg.BH * cfg.NC * cfg.KP * CHUNK * (4 + 1)  # the read scales (float32) and ranks (int8)
+    if dkdv <= 2 * scales:
+        return 1
+    states = nsurv * cfg.Dk * cfg.Dv * db_bytes
+    dhc = cfg.BH * (cfg.NC + 1) * cfg.Dk * cfg.Dv * 4
+    return max(1, min(cfg.NC, -(-states // dhc)))
 
 
 def start_ranges(cfg: LaunchConfig, sv: Survivors, sbh, spos, count: int) -> list[StartRange]:
@@ -435,7 +444,8 @@ def _start_buffers(cfg: LaunchConfig, bidx, sv: Survivors, ninit: int, dtype, re
     its products anyway)."""
     sbh, spos = _survivor_positions(bidx, sv.count)
     db_dtype = dtype if cfg.lowp else torch.float32
-    ranges = start_ranges(cfg, sv, sbh, spos, start_range_count(cfg, sv.count, db_dtype.itemsize, requested))
+    count = start_range_count(cfg, sv.count, db_dtype.itemsize, dtype.itemsize, requested)
+    ranges = start_ranges(cfg, sv, sbh, spos, count)
     rows = max(r.nreal + (ninit if r.c0 == 0 else 0) for r in ranges) + 1
     return ranges, spos, torch.empty(rows, cfg.Dk, cfg.Dv, device=bidx.device, dtype=db_dtype)
 
