@@ -514,8 +514,7 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     mark_stage(profile, "dq")
     sc, rk, dgj, bsj = _old_start_rows(cfg, g, slot_weights, s, gs, bidx, nsurv)
     dq = torch.empty_like(q)
-    # dlam in the read weights' dtype: rounded once in the kernel as autograd would round a float32 one (half the
-    # bytes for 16-bit weights, alive through the backward's peak).
+    # dlam in the read weights' dtype: one rounding, as autograd's of a float32 one (half the bytes at the peak).
     dlam = torch.empty(B, T, H, K, device=dev, dtype=slot_weights.dtype)
     dgq = torch.empty(BH, T, device=dev, dtype=torch.float32)  # time contiguous: the cumsum below
     dhc = hs  # each program reads its chunk's H before writing that chunk's dHc in its place (H is then dead)
