@@ -24,6 +24,7 @@ from .ops.common.layout import rows, unrows
 from .ops.common.structure import Structure
 from .ops.delta_rule.chunk_torch_bwd import delta_rule_backward
 from .ops.scalar_decay.chunk_torch_bwd import scalar_decay_backward
+from .validation import compute_dtype
 
 
 def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chunk_size, dscores=None, eps=1e-6,
@@ -106,7 +107,7 @@ def partition_backward(q, k, v, g, lam, beta, init, tau, S_final, rec: _Record, 
     B, T, H, Dk = q.shape
     Dv, K = v.shape[-1], lam.shape[-1]
     R = B * H
-    cd = torch.float64 if q.dtype == torch.float64 else torch.float32
+    cd = compute_dtype(q)
     dSf = None
     if dS_final is not None:
         live = torch.arange(K, device=q.device).view(1, K) < rec.structure.final_size().view(R, 1)
@@ -225,8 +226,7 @@ def attach_gradients(o, final, trace, triton_structure, q, k, v, g, slot_weights
         if isinstance(initial_cache.states, torch.Tensor):
             init_states = initial_cache.states
         else:
-            cd = torch.float64 if q.dtype == torch.float64 else torch.float32  # the forward's compute dtype
-            init_states = torch.as_tensor(np.asarray(initial_cache.states), device=o.device).to(cd)
+            init_states = torch.as_tensor(np.asarray(initial_cache.states), device=o.device).to(compute_dtype(q))
     structure = partition_structure(trace.starts, trace.merged, size0, K, triton_structure)
     decided = None
     if surrogate_temperature is not None and boundaries is None:

@@ -400,7 +400,7 @@ def start_range_count(cfg: LaunchConfig, nsurv: int, db_bytes: int, io_bytes: in
     it holds the start states, as large as dB, the state buffer and the read scales and ranks; the dk/dv stage holds
     dB, the state buffer, dk and dv), else as many as keep one range's dB no larger than the state adjoint dHc
     (``(NC + 1) Dk Dv`` float32 per row). So ranges are taken when dk and dv outweigh twice the scales and ranks (128
-    features in 16 bits; H200, run 23: -0.17 GiB for +1-4 % at (8, 4096, 16, 128); at 64 features -0.02 to -0.05 GiB
+    features in 16 bits; H200, run 23: -0.17 GiB for +0.8-3.7 % at (8, 4096, 16, 128); at 64 features -0.02 to -0.05 GiB
     for +2-5 %: not taken). One without surviving starts (the pseudo starts are all in the first range)."""
     if nsurv == 0:
         return 1
@@ -428,7 +428,8 @@ def start_ranges(cfg: LaunchConfig, sv: Survivors, sbh, spos, count: int) -> lis
     at = sv.off[(torch.arange(BH, device=dev) * NC).view(BH, 1) + edges.view(1, -1)]  # [BH, count + 1]
     counts = at[:, 1:] - at[:, :-1]  # [BH, count] the starts of each row in each range
     shift = counts.cumsum(0) - counts - at[:, :-1]  # local (rows before, within the range) - compact index
-    first = counts.sum(0).cumsum(0) - counts.sum(0)
+    per_range = counts.sum(0)  # the host's ``sizes``, on the device (no copy to it)
+    first = per_range.cumsum(0) - per_range
     rng = torch.bucketize(spos.long() // CHUNK, edges[1:-1], right=True)
     place = first[rng] + torch.arange(sv.count, device=dev) + shift[sbh.long(), rng]  # in the ranges, concatenated
     order = torch.empty_like(place).scatter_(0, place, torch.arange(sv.count, device=dev))
