@@ -15,7 +15,7 @@ chunk is four dots and nothing waits on a slot at a time:
 - the transition and the tokens: ``Phi [Dk, Dk] @ X [Dk, BV KP] + (b khd)^T [Dk, C] @ (v one-hot) [C, BV KP]``.
 
 The states stay float32-accurate: every product that writes them is a sum of single-pass tf32 products of split
-operands (``_dot_f32``); the reads are single-pass tf32 for 16-bit inputs and split for float32 ones.
+operands (``dot_f32``); the reads are single-pass tf32 for 16-bit inputs and split for float32 ones.
 
 FLOPs per (chunk, row), all Dv blocks, in one pass: ``2 Dv KP (2 C Dk + Dk^2 + Dk KP)`` (59 MFLOP at C = Dk = Dv =
 64, KP = 32; the one-hot token product spends KP times the tokens' own ``2 C Dk Dv``, against a loop over end slots
@@ -42,7 +42,7 @@ def _round_tf32(x):
 
 
 @triton.jit
-def _dot_f32(a, b, acc, B_EXACT: tl.constexpr):
+def dot_f32(a, b, acc, B_EXACT: tl.constexpr):
     """``acc + a @ b`` to float32 accuracy (~2^-21 relative) from single-pass tf32 products: each operand split in
     a tf32 head and a tf32 remainder, the remainders' product dropped. This is what Triton's ``tf32x3`` does, but
     its split of both ``[Dk, BV KP]`` operands at once spills on sm_90 (45 ms against ~8 at 16K, run 17). A ``b``
@@ -94,7 +94,7 @@ def dla_delta_states_kernel(
         qt = tl.load(qt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
         coef = tl.load(coef_ptr + cr * C * K + t[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
         if READ_F32:
-            Y = _dot_f32(qt, S, None, False)
+            Y = dot_f32(qt, S, None, False)
         else:
             Y = tl.dot(qt, S, input_precision="tf32")
         read = tl.sum(tl.reshape(Y, [C, BV, KP]) * coef[:, None, :], axis=2)
@@ -104,7 +104,7 @@ def dla_delta_states_kernel(
         dest_f = tl.load(dest_f_ptr + cr * K + j, mask=j < K, other=-1)
         if tl.sum(((dest_f >= 0) & (dest_f != j)).to(tl.int32), 0) > 0:
             to_end = (dest_f[:, None] == j[None, :]).to(tl.float32)  # [KP (i), KP (j)]
-            X = tl.reshape(_dot_f32(tl.reshape(S, [BK * BV, KP]), to_end, None, True), [BK, BV * KP])
+            X = tl.reshape(dot_f32(tl.reshape(S, [BK * BV, KP]), to_end, None, True), [BK, BV * KP])
         else:
             X = S
         # The transition of every slot, and the chunk's tokens in their end slots (v spread over the slot axis).
@@ -115,8 +115,8 @@ def dla_delta_states_kernel(
         dest = tl.load(dest_ptr + cr * C + t)
         one_hot = (dest[:, None] == j[None, :]).to(tl.float32)  # [C, KP]
         writes = tl.reshape(v[:, :, None] * one_hot[:, None, :], [C, BV * KP])
-        S = _dot_f32(phi, X, None, False)
-        S = _dot_f32(kb_t, writes, S, V_EXACT)
+        S = dot_f32(phi, X, None, False)
+        S = dot_f32(kb_t, writes, S, V_EXACT)
     tl.store(s_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
 
 

@@ -1,0 +1,192 @@
+"""Kernel A of the delta rule's GPU backward (``ops/delta_rule/chunk_bwd_chain.py``, docs/delta-rule-chunked.md
+section 6.1): the chain of slot-state adjoints over chunks, in reverse, inside real forwards (ragged T, an initial
+cache, float32 and bfloat16 inputs, rows that end early, with and without merges). Its start adjoint of chunk 0
+against the torch backward's ``dinit`` (``delta_rule_backward`` in float64 on the forward's trace: an independent
+formulation, from the compact structure through ``DevicePartition``), and every stored chunk-end adjoint against a
+float64 loop over the same maps. Runs where the kernels run (CUDA or ``TRITON_INTERPRET=1``); elsewhere it reruns
+itself under the interpreter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+triton = pytest.importorskip("triton")
+
+from triton_here import CUDA, DEV, needs_kernels, rerun_under_interpreter, runs_elsewhere
+
+from dla_ref.synthetic import jittered_regimes as regimes
+
+F64 = torch.float64
+# The comparisons' bound, relative to the reference's largest entry: float32 rounding (see the first test).
+BOUND = 2e-6
+
+
+@runs_elsewhere
+def test_interpreter_run():
+    """No GPU and no TRITON_INTERPRET: run this file in a subprocess under the Triton interpreter."""
+    rerun_under_interpreter(__file__)
+
+
+# (B, T, H, D, K, dtype, tau, initial cache, row lengths or None, merges, chunks per launch)
+CASES = [
+    (1, 63, 2, 16, 4, torch.float32, 0.5, True, None, True, 1),  # one ragged chunk, a full cache
+    (2, 130, 1, 16, 3, torch.bfloat16, 0.5, True, (130, 77), True, 2),  # 3 chunks in 2 launches, rows end early
+    (1, 130, 1, 24, 5, torch.float32, 0.5, True, None, True, 3),  # Dk below its block, 3 Dv blocks
+    # No merge, slots opening (16 slots, 1-4 live): the identity gather, the slots not listed zeroed.
+    (1, 130, 2, 16, 16, torch.bfloat16, 0.8, True, (75,), False, 1),
+]
+
+
+def _inputs(B, T, H, D, K, dtype, seed):
+    """Regimes with unit keys, betas in [0.2, 1], a mild decay; q, k, v, beta, the read weights in ``dtype``."""
+    q, k, v, g, w = regimes(B, T, H, D, D, K, seed=seed, decay=0.97, regime_length=5.0, jitter=0.8)
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    beta = np.random.default_rng(seed).uniform(0.2, 1.0, (B, T, H))
+    return [torch.tensor(a, dtype=dtype if i != 3 else torch.float32, device=DEV)
+            for i, a in enumerate((q, k, v, g, w, beta))]
+
+
+def _forward(x, cache, tau, lengths, monkeypatch):
+    """The device forward; returns its trace ``(starts, merged)``, stage 3's arguments (the decided structure
+    ``s``, ``size0``, the row lengths) and the slot states before the call (float32 ``[R, K, Dk, Dv]``)."""
+    from dla_fast.ops.delta_rule import chunk_fwd
+
+    real, seen = chunk_fwd._states_and_outputs, {}
+
+    def keep(q, k, v, g, beta, lam, s, size0, row_lengths, slots):
+        seen.update(s=s, size0=size0.clone(), row_lengths=row_lengths, init=slots.clone())
+        return real(q, k, v, g, beta, lam, s, size0, row_lengths, slots)
+
+    monkeypatch.setattr(chunk_fwd, "_states_and_outputs", keep)
+    _, _, starts, merged = chunk_fwd.forward_delta_rule_triton(*x, None, *cache, tau=tau, lengths=lengths)
+    monkeypatch.setattr(chunk_fwd, "_states_and_outputs", real)
+    return starts, merged, seen
+
+
+def _case(B, T, H, D, K, dtype, tau, with_cache, lengths, monkeypatch):
+    """A forward (after one of 40 tokens that fills the cache, where asked; rows zero past their lengths as the API
+    pads them) and the maps and tables the chain reads, with a drawn ``dO`` (nonzero past the rows' lengths too:
+    the read weights are zero there) and ``dS_final`` (zero on the slots not live at the end, as the API's)."""
+    from dla_fast.ops.delta_rule.chunk_fwd_partition import partition_and_intra
+    from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_rows
+
+    prefix = 40 if with_cache else 0
+    x_all = _inputs(B, prefix + T, H, D, K, dtype, seed=T + K)
+    i64 = dict(device=DEV, dtype=torch.int64)
+    cache = (torch.zeros(B, H, K, D, D, device=DEV), torch.zeros(B, H, K, **i64),
+             torch.zeros(B, H, K, device=DEV, dtype=F64), torch.zeros(B, H, **i64))
+    if with_cache:
+        _forward([a[:, :prefix] for a in x_all], cache, tau, None, monkeypatch)
+    x = [a[:, prefix:].clone() for a in x_all]
+    for b, n in enumerate(lengths or ()):
+        for a in x:
+            a[b, n:] = 0
+    n = None if lengths is None else torch.tensor(lengths, device=DEV)
+    starts, merged, seen = _forward(x, cache, tau, n, monkeypatch)
+    q, k, v, g, lam, beta = x
+    nC, R = -(-T // 64), B * H
+    tab = output_tables_rows(q, k, g, beta, 0, nC, dtype=torch.float32)
+    scratch = torch.zeros(B, T, H, D, device=DEV)
+    coef, dest_f, _ = partition_and_intra(seen["s"], seen["size0"], seen["row_lengths"], tab["attn"], v, beta, lam, 0,
+                                          scratch)
+    rng = np.random.default_rng(T)
+    dO = torch.tensor(rng.standard_normal((B, T, H, D)), dtype=dtype, device=DEV)
+    live = torch.arange(K, device=DEV) < seen["s"].size.view(R, 1)
+    dS_final = torch.tensor(rng.standard_normal((R, K, D, D)), dtype=torch.float32, device=DEV)
+    dS_final *= live.view(R, K, 1, 1)
+    return dict(x=x, starts=starts, merged=merged, size0=seen["size0"], init=seen["init"], tab=tab, coef=coef,
+                dest_f=dest_f, dO=dO, dS_final=dS_final)
+
+
+def _kernel_chain(c, per_launch: int, dest_f=None, coef=None):
+    """The kernel over launches of ``per_launch`` chunks, last first, chained on one ``dS``: ``(dS at chunk 0's
+    start, dS at every chunk end [nC, R, K, Dk, Dv])``. ``dest_f``, ``coef``: replace the case's (mutations)."""
+    from dla_fast.ops.delta_rule.chunk_bwd_chain import slot_adjoints
+
+    dest_f = c["dest_f"] if dest_f is None else dest_f
+    coef = c["coef"] if coef is None else coef
+    nC = dest_f.shape[0]
+    dS = c["dS_final"].clone()
+    ends = torch.empty(nC, *dS.shape, device=DEV)
+    for b1 in range(nC, 0, -per_launch):
+        b0 = max(0, b1 - per_launch)
+        tab = {n: c["tab"][n][b0:b1] for n in ("Phi", "qt")}
+        slot_adjoints(dS, tab["Phi"], tab["qt"], c["dO"], coef[b0:b1], dest_f[b0:b1], b0, dS_end=ends[b0:b1])
+    return dS, ends
+
+
+def _chain_float64(c):
+    """The chain from the same maps and tables, float64, by gathers and einsums: per chunk, last first,
+    ``dF_i = Phi^T dS[dest_f[i]] + sum_t coef[t, i] qt_t dO_t^T``."""
+    from dla_fast.ops.common.layout import chunks, rows
+
+    Phi, qt, coef, dest_f = (c["tab"]["Phi"].to(F64), c["tab"]["qt"].to(F64), c["coef"].to(F64), c["dest_f"].long())
+    nC, R, C, _ = qt.shape
+    dO = chunks(rows(c["dO"], F64), C, nC)
+    dS, ends = c["dS_final"].to(F64), []
+    for ch in range(nC - 1, -1, -1):
+        ends.append(dS)
+        idx = dest_f[ch].clamp(min=0).view(R, -1, 1, 1).expand(dS.shape)
+        G = dS.gather(1, idx) * (dest_f[ch] >= 0).view(R, -1, 1, 1)
+        dS = torch.einsum("rab,riae->ribe", Phi[ch], G) + torch.einsum("rti,rtd,rte->ride", coef[ch], qt[ch], dO[ch])
+    return dS, torch.stack(ends[::-1])
+
+
+def _torch_dinit(c):
+    """``dinit`` of the torch backward (float64, no scores) on the forward's trace, ``[R, K, Dk, Dv]``."""
+    from dla_fast.autograd import partition_structure
+    from dla_fast.ops.common.layout import rows
+    from dla_fast.ops.delta_rule.chunk_torch_bwd import delta_rule_backward
+
+    q, k, v, g, lam, beta = (rows(a, F64) for a in c["x"])
+    K = lam.shape[-1]
+    structure = partition_structure(c["starts"], c["merged"], c["size0"], K)
+    return delta_rule_backward(q, k, v, g, beta, lam, c["init"].to(F64), structure, rows(c["dO"], F64),
+                               c["dS_final"].to(F64))[6]
+
+
+def _rel(a, ref):
+    """Max error relative to the reference's largest entry."""
+    return float((a.to(F64) - ref).abs().max() / ref.abs().max())
+
+
+@needs_kernels
+@pytest.mark.parametrize("B,T,H,D,K,dtype,tau,with_cache,lengths,merges,per_launch", CASES)
+def test_chain_matches_the_torch_backward_and_a_float64_loop(B, T, H, D, K, dtype, tau, with_cache, lengths, merges,
+                                                             per_launch, monkeypatch):
+    """The start adjoint of chunk 0 equals the torch backward's ``dinit`` and every stored chunk-end adjoint the
+    float64 loop's, to float32 rounding. The kernel's products are float32-accurate to ~2^-21 = 4.8e-7 of their
+    terms (the split's dropped remainder product, float32 sums), two per chunk on the way to a start adjoint; the
+    torch backward's tables are float64 where the kernel's are rounded to float32. Measured (interpreter, these
+    cases), relative to the largest entry: start adjoints within 4.7e-7 of the float64 loop and 4.8e-7 of the torch
+    backward, chunk-end ones within 1.8e-7 of the loop; ``BOUND`` (2e-6) is four of the products' errors."""
+    D = max(D, 32) if CUDA else D  # the GPU routes heads below 32 to torch (docs/triton.md)
+    c = _case(B, T, H, D, K, dtype, tau, with_cache, lengths, monkeypatch)
+    identity = torch.arange(K, device=DEV)
+    gathers = ((c["dest_f"] >= 0) & (c["dest_f"] != identity)).any(-1).any()
+    assert bool(gathers) == merges  # the case takes the path it is there for
+    dS0, ends = _kernel_chain(c, per_launch)
+    ref0, ref_ends = _chain_float64(c)
+    dinit = _torch_dinit(c)
+    assert _rel(ends, ref_ends) < BOUND and _rel(dS0, ref0) < BOUND
+    assert _rel(dS0, dinit) < BOUND
+    assert bool(torch.equal(ends[-1], c["dS_final"]))
+
+
+@needs_kernels
+def test_a_wrong_gather_or_a_missing_read_is_caught(monkeypatch):
+    """The comparison with the torch backward catches a wrong merge transpose (each start slot reading the end slot
+    left of its own), the reads' adjoint left out and the slots not listed left unmasked in a chunk without merges
+    (they would take the adjoint of the end slot of their index, a slot that opened in the chunk): each moves the
+    start adjoint by over 1000 times the bound. Measured: 6.6e-3, 1.0 and 5.5e-3 of the largest entry (this case's
+    rows hold 1-4 slots, so a shift or a leak touches a few of them)."""
+    c = _case(*CASES[3][:9], monkeypatch)
+    dinit = _torch_dinit(c)
+    assert _rel(_kernel_chain(c, 3)[0], dinit) < BOUND
+    dest_f, slot = c["dest_f"], torch.arange(c["dest_f"].shape[-1], device=DEV, dtype=c["dest_f"].dtype)
+    for mutation in (dict(dest_f=torch.where(dest_f > 0, dest_f - 1, dest_f)), dict(coef=torch.zeros_like(c["coef"])),
+                     dict(dest_f=torch.where(dest_f < 0, slot, dest_f))):
+        assert _rel(_kernel_chain(c, 3, **mutation)[0], dinit) > 1000 * BOUND, list(mutation)
