@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from .backend import uses_triton
 from .ops.common.layout import rows, unrows
 from .ops.common.structure import Structure
 from .ops.delta_rule.chunk_torch_bwd import delta_rule_backward
@@ -29,7 +30,8 @@ from .validation import compute_dtype
 
 def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chunk_size, dscores=None, eps=1e-6,
                    norm_eps=1e-6):
-    """The torch backward (any device): ``(dq, dk, dv, dg, dbeta, dlam, dinit)`` in row layout.
+    """The torch backward (any device; the delta rule's reverse pass over chunks on Triton kernels where they run,
+    without ``dscores``): ``(dq, dk, dv, dg, dbeta, dlam, dinit)`` in row layout.
 
     ``beta`` None: scalar decay. ``dscores`` ``[R, T]`` float64 or None: a gradient w.r.t. the scores (the
     surrogate's), propagated into the inputs (docs/training.md).
@@ -39,8 +41,9 @@ def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chun
                                                             chunk_size=chunk_size, dscores=dscores, eps=eps,
                                                             norm_eps=norm_eps)
         return dq, dk, dv, dg, None, dlam, dinit
+    kernels = dscores is None and uses_triton(q, q.shape[-1], v.shape[-1])  # the reverse pass over chunks
     return delta_rule_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, chunk_size=chunk_size,
-                               dscores=dscores, eps=eps, norm_eps=norm_eps)
+                               dscores=dscores, eps=eps, norm_eps=norm_eps, kernels=kernels)
 
 
 def shifted_weights(lam: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,8 @@ def triton_available() -> bool:
 
 def uses_triton(x: torch.Tensor, dk: int, dv: int) -> bool:
     """Whether a call on ``x``'s device and dtype, with these head sizes, runs the Triton kernels (where the
-    backbone has them: every scalar-decay path; the delta rule's forward and decode step, its backward is torch)."""
+    backbone has them: every scalar-decay path; the delta rule's forward, decode step and its backward's reverse
+    pass over chunks, the rest of its backward being torch)."""
     backend = requested_backend()
     if x.dtype == torch.float64 or backend == "torch":
         return False

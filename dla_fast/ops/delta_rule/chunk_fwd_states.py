@@ -60,10 +60,10 @@ def dot_f32(a, b, acc, B_EXACT: tl.constexpr):
 # Long: the program walks a block of chunks in order.
 @triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
 def dla_delta_states_kernel(
-    slots_ptr, phi_ptr, kb_ptr, qt_ptr, v_ptr, coef_ptr, dest_f_ptr, dest_ptr, o_ptr,
+    slots_ptr, phi_ptr, kb_ptr, qt_ptr, v_ptr, coef_ptr, dest_f_ptr, dest_ptr, o_ptr, starts_ptr,
     NB, R, T, H, c0, K, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, READ_F32: tl.constexpr,
-    V_EXACT: tl.constexpr,
+    V_EXACT: tl.constexpr, READS: tl.constexpr, STORE_STARTS: tl.constexpr,
 ):
     """Program (row r = b H + h, Dv block vb): for chunks ``c0 .. c0 + NB - 1`` (a block), ``o[b, t, h, vb] +=`` the
     reads of the start slots (``o [B, T, H, Dv]`` float32); the slot states ``slots [R, K, Dk, Dv]`` (float32, the
@@ -73,7 +73,8 @@ def dla_delta_states_kernel(
     K]`` (float32); ``dest_f [K]`` int32, each start slot's end slot (-1: no slot); ``dest [C]`` int32, each token's
     (-1: padding); the chunk's values from ``v [B, T, H, Dv]`` in their dtype (0 past T). ``READ_F32``: the reads to
     float32 accuracy (else single-pass tf32, for 16-bit inputs); ``V_EXACT``: the values are exact in tf32 (16-bit
-    inputs)."""
+    inputs). ``READS``: add the reads to ``o`` (the backward's recomputation takes none); ``STORE_STARTS``: store each
+    chunk's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them)."""
     r = tl.program_id(0)
     vb = tl.program_id(1)
     dk = tl.arange(0, BK)
@@ -83,23 +84,26 @@ def dla_delta_states_kernel(
     kmask = dk < Dk
     vmask = dv < Dv
     # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between chunks.
-    s_at = slots_ptr + r * K * Dk * Dv + j[None, None, :] * (Dk * Dv) + dk[:, None, None] * Dv + dv[None, :, None]
+    state_at = j[None, None, :] * (Dk * Dv) + dk[:, None, None] * Dv + dv[None, :, None]
+    s_at = slots_ptr + r * K * Dk * Dv + state_at
     s_mask = kmask[:, None, None] & vmask[None, :, None] & (j < K)[None, None, :]
     S = tl.reshape(tl.load(s_at, mask=s_mask, other=0.0), [BK, BV * KP])
     for c in range(NB):
         cr = c * R + r
         _, _, _, _, valid, row = chunk_tokens(r, c0 + c, T, H, C)
         tok_v = valid[:, None] & vmask[None, :]
-        # The reads of the start slots: Y[t, e, i] = qt_t . S_i[:, e], weighted by coef[t, i].
-        qt = tl.load(qt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
-        coef = tl.load(coef_ptr + cr * C * K + t[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
-        if READ_F32:
-            Y = dot_f32(qt, S, None, False)
-        else:
-            Y = tl.dot(qt, S, input_precision="tf32")
-        read = tl.sum(tl.reshape(Y, [C, BV, KP]) * coef[:, None, :], axis=2)
-        o_at = o_ptr + row[:, None] * Dv + dv[None, :]
-        tl.store(o_at, tl.load(o_at, mask=tok_v, other=0.0) + read, mask=tok_v)
+        if STORE_STARTS:
+            tl.store(starts_ptr + cr * K * Dk * Dv + state_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
+        if READS:  # the reads of the start slots: Y[t, e, i] = qt_t . S_i[:, e], weighted by coef[t, i]
+            qt = tl.load(qt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
+            coef = tl.load(coef_ptr + cr * C * K + t[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
+            if READ_F32:
+                Y = dot_f32(qt, S, None, False)
+            else:
+                Y = tl.dot(qt, S, input_precision="tf32")
+            read = tl.sum(tl.reshape(Y, [C, BV, KP]) * coef[:, None, :], axis=2)
+            o_at = o_ptr + row[:, None] * Dv + dv[None, :]
+            tl.store(o_at, tl.load(o_at, mask=tok_v, other=0.0) + read, mask=tok_v)
         # The merges, in the chunks that have any: X[:, e, j] = sum over the start slots i ending in j of S[:, e, i].
         dest_f = tl.load(dest_f_ptr + cr * K + j, mask=j < K, other=-1)
         if tl.sum(((dest_f >= 0) & (dest_f != j)).to(tl.int32), 0) > 0:
@@ -133,7 +137,7 @@ def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int, int, int]:
 
 
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
-                          v_exact: bool) -> None:
+                          v_exact: bool, starts=None) -> None:
     """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the block of ``nb`` chunks that
     starts at chunk ``c0`` and add the reads of each chunk's start slots to ``o [B, T, H, Dv]`` (float32, in place).
 
@@ -142,13 +146,17 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     padding), int32; ``v [B, T, H, Dv]`` the values in their dtype. ``read_f32``: the reads to float32 accuracy
     (float32 inputs) or in single-pass tf32 (16-bit inputs, whose rounding is 16x coarser); ``v_exact``: ``v`` holds
     16-bit values (exact in tf32: the token products split only the keys). The states are float32-accurate either
-    way."""
-    nb, R, C, Dk = qt.shape
+    way. ``o`` None: no reads (``qt``, ``coef`` unused); ``starts`` (``[nb, R, K, Dk, Dv]`` float32 or None) receives
+    each chunk's start states."""
+    nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
     K = slots.shape[1]
     BK, BV, KP, num_warps, num_stages = state_block(Dk, Dv, K)
+    reads = o is not None
+    qt, coef = (qt.contiguous(), coef.contiguous()) if reads else (slots, slots)  # unread placeholders otherwise
     dla_delta_states_kernel[(R, triton.cdiv(Dv, BV))](
-        slots, Phi.contiguous(), kb.contiguous(), qt.contiguous(), v.contiguous(), coef.contiguous(),
-        dest_f.to(torch.int32).contiguous(), dest.to(torch.int32).contiguous(), o, nb, R, T, H, c0, K, Dk, Dv,
-        C=C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact, num_warps=num_warps, num_stages=num_stages,
+        slots, Phi.contiguous(), kb.contiguous(), qt, v.contiguous(), coef, dest_f.to(torch.int32).contiguous(),
+        dest.to(torch.int32).contiguous(), o if reads else slots, slots if starts is None else starts,
+        nb, R, T, H, c0, K, Dk, Dv, C=C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact, READS=reads,
+        STORE_STARTS=starts is not None, num_warps=num_warps, num_stages=num_stages,
     )

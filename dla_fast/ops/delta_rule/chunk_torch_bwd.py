@@ -33,6 +33,7 @@ from ..common.layout import chunks, unchunk
 from ..common.live_starts import DevicePartition
 from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure
+from .chunk_bwd import reverse_pass_kernels
 from .wy_tables import TABLES, wy_tables, wy_tables_adjoint
 
 # Elements of one [block, R, C, C] tensor in the blocked table passes.
@@ -202,7 +203,7 @@ def _blocks_adjoint(part: Partition, x: _Inputs, cot, grads, score: _Score | Non
 
 def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, dS_final, *, chunk_size: int = 64,
                         checkpoint_every: int | None = None, dscores: torch.Tensor | None = None,
-                        eps: float = 1e-6, norm_eps: float = 1e-6):
+                        eps: float = 1e-6, norm_eps: float = 1e-6, kernels: bool = False):
     """Gradients of ``<dO, o> + <dS_final, S_final> (+ <dscores, I>)`` for the gated delta rule, partition fixed.
 
     As ``scalar_decay.chunk_torch_bwd.scalar_decay_backward`` with ``beta [R, T]`` added (same layouts, compute
@@ -213,6 +214,8 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     Runs on the inputs' device (the structure's tensors on it too). The partition's tables are torch
     (``DevicePartition``, on every device; equal bit for bit to the numba ``Partition``'s), with one host
     synchronisation for their widths; numba runs only with ``dscores`` (the score's open-norm adjoint).
+    ``kernels``: the reverse pass over chunks on the Triton kernels (``chunk_bwd.reverse_pass_kernels``; float32
+    inputs, without ``dscores``, where Triton runs), else in torch chunk by chunk.
 
     Returns ``(dq, dk, dv, dg, dbeta, dlam, dinit)`` in the layouts of the inputs.
     """
@@ -227,13 +230,18 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     part = DevicePartition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv)
     score = _Score(part, x) if dscores is not None else None
     every = checkpoint_every or max(1, math.isqrt(nC - 1) + 1 if nC > 1 else 1)
-    checkpoints, _ = part.checkpoints(init, every, None if score is None else score.record_carry)
-    direct, dinit0 = (None, None) if score is None else score.adjoint(structure, init, dscores, eps, norm_eps)
     cot = {n: torch.zeros_like(x.tables[n]) for n in ("qt", "khd", "Phi")}
     cot["kt"] = torch.zeros_like(x.tables["kt"]) if score is not None else None
     grads = dict(bv=torch.zeros_like(x.bv), lam=torch.zeros_like(x.lamc))
     dS = torch.zeros_like(init) if dS_final is None else dS_final.clone()
-    dinit = _reverse_pass(part, checkpoints, every, dS, x, cot, grads, score)
+    direct = dinit0 = None
+    if kernels and score is None and cd == torch.float32:
+        dinit = reverse_pass_kernels(part, init, every, dS, dO, x, cot, grads)
+    else:
+        checkpoints, _ = part.checkpoints(init, every, None if score is None else score.record_carry)
+        if score is not None:  # its adjoint (score.dy) enters the reverse pass
+            direct, dinit0 = score.adjoint(structure, init, dscores, eps, norm_eps)
+        dinit = _reverse_pass(part, checkpoints, every, dS, x, cot, grads, score)
     d = _blocks_adjoint(part, x, cot, grads, score)
     dbv = grads["bv"].to(F64)
     dv = x.bc.unsqueeze(-1) * dbv  # the values enter as b v

@@ -1,0 +1,89 @@
+"""The delta rule's reverse pass over chunks on kernels (docs/delta-rule-chunked.md section 6.1): what
+``chunk_torch_bwd._reverse_pass`` computes, for the backward without the score's part.
+
+Per segment of chunks (the square-root checkpoints' segments), last first:
+
+1. the slot states at each chunk start, ``F [n, R, K, Dk, Dv]``: the forward's slot-state kernel rerun from the
+   segment's checkpoint, without its reads (``chunk_fwd_states``; the checkpoints come from one forward pass of the
+   same kernel);
+2. the chain of slot-state adjoints, ``dS`` carried to the segment's start and stored at each chunk end,
+   ``E [n, R, K, Dk, Dv]`` (kernel A, ``chunk_bwd_chain``);
+3. the tables' cotangents from ``F`` and ``E``, every chunk of the segment in one batch of torch products
+   (``_segment_cotangents``; kernel B of the plan).
+
+The kernels read the torch backward's own tables and maps (``Phi``, ``khd``, ``qt`` and ``b v`` in the compute
+dtype; the partition's ``destF``, ``dest``, ``JF``), so the two passes differ by float32 rounding only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..common.layout import unchunk
+from .chunk_bwd_chain import slot_adjoints
+from .chunk_fwd_states import slot_states_and_reads
+
+# Bytes of one temporary of the cotangents (``[n, R, K, Dk, C]`` and alike, float32): chunks are batched up to it.
+_BATCH_BYTES = 1 << 28
+
+
+def _segment_cotangents(a: int, F, E, x, part, coef, cot, grads) -> None:
+    """Chunks ``a .. a + n - 1``: with ``F`` the slot states at each chunk start and ``E`` their adjoints at its
+    end, accumulate the cotangents of ``Phi`` (``sum_i G_i F_i^T``, ``G_i = E[destF[i]]``), ``khd`` and ``b v``
+    (token s writes ``khd_s (b_s v_s)^T`` into end slot ``dest[s]``), ``qt`` and the read weights (token t reads
+    ``sum_i coef[t, i] qt_t^T F_i``), as ``_chunk_adjoint`` does one chunk at a time."""
+    n, R, K, Dk, Dv = F.shape
+    C = x.C
+    b = a + n
+    destF, dest, JF = part.destF[a:b], part.dest[a:b], part.JF[a:b]
+    listed = (destF >= 0).view(n, R, K, 1, 1)
+    G = E.gather(2, destF.clamp(min=0).view(n, R, K, 1, 1).expand_as(E)) * listed
+    cot["Phi"][a:b] += torch.einsum("nridv,nriev->nrde", G, F)
+    del G
+    tok = dest.clamp(min=0)
+    wrote = (dest >= 0).unsqueeze(-1)
+    Y = torch.matmul(E, x.bv[a:b].transpose(-1, -2).unsqueeze(2))  # E_j (b_s v_s): [n, R, K, Dk, C]
+    dkhd = Y.gather(2, tok.view(n, R, 1, 1, C).expand(n, R, 1, Dk, C)).squeeze(2).transpose(-1, -2)
+    cot["khd"][a:b] += dkhd * wrote
+    del Y
+    U = torch.matmul(x.tables["khd"][a:b].unsqueeze(2), E)  # khd_s^T E_j: [n, R, K, C, Dv]
+    grads["bv"][a:b] += U.gather(2, tok.view(n, R, 1, C, 1).expand(n, R, 1, C, Dv)).squeeze(2) * wrote
+    del U
+    Zr = torch.matmul(F, x.dOc[a:b].transpose(-1, -2).unsqueeze(2))  # F_i dO_t: [n, R, K, Dk, C]
+    cot["qt"][a:b] += torch.einsum("nrti,nridt->nrtd", coef, Zr)
+    dcoef = torch.einsum("nrtd,nridt->nrti", x.tables["qt"][a:b], Zr)
+    grads["lam"][a:b].scatter_add_(-1, JF.clamp(min=0), dcoef * (JF >= 0))
+
+
+def reverse_pass_kernels(part, init, every: int, dS, dO, x, cot, grads):
+    """``_reverse_pass`` without a score on kernels: ``dS`` (the final states' adjoint ``[R, K, Dk, Dv]`` float32)
+    carried to the first chunk's start and returned (``dinit``); ``cot`` (``qt``, ``khd``, ``Phi``) and ``grads``
+    (``bv``, ``lam``) accumulated. ``init`` the initial slot states and ``dO [R, T, Dv]`` the outputs' adjoint, both
+    float32; ``every`` chunks per segment."""
+    R, K, Dk, Dv = init.shape
+    nC, T = x.nC, x.T
+    Phi, khd, qt = (x.tables[n] for n in ("Phi", "khd", "qt"))
+    # The kernels address tokens as [B, T, H, D]: rows as B = R with H = 1.
+    bv_rows = unchunk(x.bv, T).reshape(R, T, 1, Dv)
+    dO_rows = dO.reshape(R, T, 1, Dv)
+    coef = torch.gather(x.lamc, -1, part.JF.clamp(min=0)) * (part.JF >= 0)  # token t's weight of start slot i
+    bounds = [(a, min(nC, a + every)) for a in range(0, nC, every)]
+    S, checkpoints = init.contiguous().clone(), []
+    for a, b in bounds:  # the slot states at each segment's start
+        checkpoints.append(S.clone())
+        if b < nC:
+            slot_states_and_reads(S, Phi[a:b], khd[a:b], None, bv_rows, None, part.destF[a:b], part.dest[a:b], None, a,
+                                  read_f32=True, v_exact=False)
+    del S
+    F = torch.empty(min(every, nC), R, K, Dk, Dv, device=init.device, dtype=torch.float32)
+    E = torch.empty_like(F)
+    per_batch = max(1, _BATCH_BYTES // (4 * R * K * max(Dk * Dv, Dk * x.C, x.C * Dv)))
+    for (a, b), S in zip(bounds[::-1], checkpoints[::-1]):
+        n = b - a
+        slot_states_and_reads(S, Phi[a:b], khd[a:b], None, bv_rows, None, part.destF[a:b], part.dest[a:b], None, a,
+                              read_f32=True, v_exact=False, starts=F[:n])
+        slot_adjoints(dS, Phi[a:b], qt[a:b], dO_rows, coef[a:b], part.destF[a:b], a, dS_end=E[:n])
+        for c0 in range(0, n, per_batch):  # the cotangents' temporaries bounded (each as large as F)
+            c1 = min(n, c0 + per_batch)
+            _segment_cotangents(a + c0, F[c0:c1], E[c0:c1], x, part, coef[a + c0:a + c1], cot, grads)
+    return dS
