@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""The delta rule's backward with its reverse pass on kernels against the torch pass, in one process: a training
+step through the public API (``gpu_bench.py``'s delta cell: bf16, K = 30, FLA-style unit keys and betas), its time,
+peak memory, the two passes' gradients against each other and where each backward's GPU time goes (CUDA ops).
+
+The torch pass is forced by wrapping ``delta_rule_backward`` as ``dla_fast.autograd`` calls it (``kernels=False``).
+
+    python benchmarks/delta_backward_ab.py [--cells 2x16384x64:moderate,8x4096x64:moderate] [--out DIR]
+
+Writes ``delta_backward_ab_<card>_<date>.json`` and ``delta_backward_ops_<card>_<date>.txt`` to DIR; the table is
+printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import WORKLOADS, _dla_gdn, _leaves, _peak_gib_and_ms, _wall_ms, configs_named, delta_inputs  # noqa: E402
+
+import dla_fast.autograd as autograd  # noqa: E402
+
+original = autograd.delta_rule_backward
+
+
+def torch_pass(*args, **kw):
+    """``delta_rule_backward`` with its reverse pass in torch, chunk by chunk."""
+    return original(*args, **{**kw, "kernels": False})
+
+
+def step(leaves, dO):
+    for x in leaves:
+        x.grad = None
+    _dla_gdn(*leaves)[0].backward(dO)
+    return [x.grad.float() for x in leaves]
+
+
+def ops_table(leaves, dO) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        step(leaves, dO)
+        torch.cuda.synchronize()
+    return p.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+
+
+def cell(cfg, wname: str, ops_file) -> dict:
+    leaves = _leaves(*delta_inputs(*cfg, WORKLOADS[wname]))
+    dO = torch.randn_like(leaves[2])
+    row = dict(config=list(cfg), workload=wname)
+    grads = {}
+    try:
+        for name, backward in (("kernels", original), ("torch", torch_pass)):
+            autograd.delta_rule_backward = backward
+            grads[name] = step(leaves, dO)  # compiles outside the measurements
+            peak, _ = _peak_gib_and_ms(lambda: step(leaves, dO))
+            ms = sorted(_wall_ms(lambda: step(leaves, dO)) for _ in range(3))[1]
+            row[name] = dict(fwd_bwd_ms=ms, peak_gib=peak)
+            print(f"== {cfg} {wname} {name}: fwd+bwd {ms:.1f} ms, peak {peak:.2f} GiB", file=ops_file)
+            print(ops_table(leaves, dO), file=ops_file, flush=True)
+    finally:
+        autograd.delta_rule_backward = original
+    rel = [float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+           for a, b in zip(grads["kernels"], grads["torch"])]
+    row["max_rel_diff"] = dict(zip(("q", "k", "v", "g", "slot_weights", "beta"), rel))
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cells", default="2x16384x64:moderate")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("delta_backward_ab.py: needs a CUDA GPU (the kernels' pass runs where the Triton kernels do)")
+    card = torch.cuda.get_device_name().replace(" ", "_")
+    stem = f"{card}_{datetime.date.today()}"
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    with open(os.path.join(args.out, f"delta_backward_ops_{stem}.txt"), "w") as ops_file:
+        for item in args.cells.split(","):
+            name, wname = item.split(":")
+            rows.append(cell(configs_named(name)[0], wname, ops_file))
+            torch.cuda.empty_cache()
+    with open(os.path.join(args.out, f"delta_backward_ab_{stem}.json"), "w") as f:
+        json.dump(dict(card=torch.cuda.get_device_name(), rows=rows), f, indent=1)
+    print("| config | workload | kernels ms / GiB | torch pass ms / GiB | max rel. difference of the gradients |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        k, t = r["kernels"], r["torch"]
+        print(f"| {tuple(r['config'])} | {r['workload']} | {k['fwd_bwd_ms']:.1f} / {k['peak_gib']:.2f} | "
+              f"{t['fwd_bwd_ms']:.1f} / {t['peak_gib']:.2f} | {max(r['max_rel_diff'].values()):.1e} |")
+
+
+if __name__ == "__main__":
+    main()
