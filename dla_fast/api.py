@@ -7,7 +7,7 @@ import torch
 from dla_ref.validation import check_shapes
 
 from . import autograd as _autograd
-from .backend import TRITON_MAX_DELTA_SLOTS, uses_triton
+from .backend import uses_delta_kernels, uses_triton
 from .cache import Cache, Trace
 from .custom_ops import forward_op, forward_traced, step_op, triton_step_applies
 from .ops.common import varlen
@@ -167,7 +167,7 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
             q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size,
             chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
         )
-    elif uses_triton(q, Dk, Dv) and K <= TRITON_MAX_DELTA_SLOTS:
+    elif uses_delta_kernels(q, Dk, Dv, K):
         from .ops.delta_rule.chunk_fwd import forward_delta_rule_triton
 
         o, scores, starts, merged = forward_delta_rule_triton(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from .backend import uses_triton
+from .backend import uses_delta_kernels
 from .ops.common.layout import rows, unrows
 from .ops.common.structure import Structure
 from .ops.delta_rule.chunk_torch_bwd import delta_rule_backward
@@ -41,7 +41,7 @@ def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chun
                                                             chunk_size=chunk_size, dscores=dscores, eps=eps,
                                                             norm_eps=norm_eps)
         return dq, dk, dv, dg, None, dlam, dinit
-    kernels = dscores is None and uses_triton(q, q.shape[-1], v.shape[-1])  # the reverse pass over chunks
+    kernels = dscores is None and uses_delta_kernels(q, q.shape[-1], v.shape[-1], lam.shape[-1])  # its reverse pass
     return delta_rule_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, chunk_size=chunk_size,
                                dscores=dscores, eps=eps, norm_eps=norm_eps, kernels=kernels)
 

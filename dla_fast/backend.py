@@ -65,3 +65,9 @@ def uses_triton(x: torch.Tensor, dk: int, dv: int) -> bool:
         return False
     in_range = min(dk, dv) >= TRITON_MIN_DIM and max(dk, dv) <= TRITON_MAX_GPU_DIM
     return in_range and triton_available()
+
+
+def uses_delta_kernels(x: torch.Tensor, dk: int, dv: int, slots: int) -> bool:
+    """Whether the delta rule's slot-state kernels run (its device forward; its backward's reverse pass): as
+    :func:`uses_triton`, and up to ``TRITON_MAX_DELTA_SLOTS`` slots."""
+    return uses_triton(x, dk, dv) and slots <= TRITON_MAX_DELTA_SLOTS

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from ..common.triton_utils import chunk_tokens
-from .chunk_fwd_states import dot_f32, state_block
+from .chunk_fwd_states import dot_f32, slot_tile, state_block
 
 
 @triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
@@ -55,17 +55,10 @@ def dla_delta_chain_kernel(
     ``dest_f [K]`` int32, each start slot's end slot (-1: not listed); the chunk's output adjoints from
     ``do [B, T, H, Dv]`` in their dtype (0 past T)."""
     r = tl.program_id(0)
-    vb = tl.program_id(1)
-    dk = tl.arange(0, BK)
-    dv = vb * BV + tl.arange(0, BV)
-    j = tl.arange(0, KP)
     t = tl.arange(0, C)
     col_slot = tl.arange(0, BV * KP) % KP  # the slot of column e KP + i
-    kmask = dk < Dk
-    vmask = dv < Dv
     # dS[d, e, j] = ds[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j), as the forward holds S.
-    state_at = j[None, None, :] * (Dk * Dv) + dk[:, None, None] * Dv + dv[None, :, None]
-    s_mask = kmask[:, None, None] & vmask[None, :, None] & (j < K)[None, None, :]
+    dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(tl.program_id(1), K, Dk, Dv, BK, BV, KP)
     dS = tl.reshape(tl.load(ds_ptr + r * K * Dk * Dv + state_at, mask=s_mask, other=0.0), [BK, BV * KP])
     for back in range(NB):
         c = NB - 1 - back
@@ -106,7 +99,9 @@ def slot_adjoints(dS, Phi, qt, dO, coef, dest_f, c0: int, dS_end=None) -> torch.
     K = dS.shape[1]
     if dS_end is None:
         dS_end = torch.empty(nb, R, K, Dk, Dv, dtype=torch.float32, device=dS.device)
-    assert dS.dtype == dS_end.dtype == torch.float32 and dS.is_contiguous() and dS_end.is_contiguous()
+    for name, x in (("dS", dS), ("dS_end", dS_end)):  # written in place by the kernel
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            raise ValueError(f"slot_adjoints: {name} must be a contiguous float32 tensor, got {x.dtype}")
     BK, BV, KP, num_warps, num_stages = state_block(Dk, Dv, K)
     dla_delta_chain_kernel[(R, triton.cdiv(Dv, BV))](
         dS, dS_end, Phi.contiguous(), qt.contiguous(), dO.contiguous(), coef.contiguous(),

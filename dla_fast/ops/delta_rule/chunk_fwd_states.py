@@ -57,6 +57,21 @@ def dot_f32(a, b, acc, B_EXACT: tl.constexpr):
     return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
 
 
+@triton.jit
+def slot_tile(vb, K, Dk, Dv, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr):
+    """A program's tile of a row's slot states ``[K, Dk, Dv]``: every slot's ``[Dk, BV]`` block of Dv block ``vb``,
+    held as ``[Dk, BV KP]`` (column ``e KP + j``). Returns ``(dk, dv, j, kmask, vmask, offsets, mask)``, the offsets
+    and mask ``[BK, BV, KP]`` within the row."""
+    dk = tl.arange(0, BK)
+    dv = vb * BV + tl.arange(0, BV)
+    j = tl.arange(0, KP)
+    kmask = dk < Dk
+    vmask = dv < Dv
+    offsets = j[None, None, :] * (Dk * Dv) + dk[:, None, None] * Dv + dv[None, :, None]
+    mask = kmask[:, None, None] & vmask[None, :, None] & (j < K)[None, None, :]
+    return dk, dv, j, kmask, vmask, offsets, mask
+
+
 # Long: the program walks a block of chunks in order.
 @triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
 def dla_delta_states_kernel(
@@ -76,17 +91,10 @@ def dla_delta_states_kernel(
     inputs). ``READS``: add the reads to ``o`` (the backward's recomputation takes none); ``STORE_STARTS``: store each
     chunk's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them)."""
     r = tl.program_id(0)
-    vb = tl.program_id(1)
-    dk = tl.arange(0, BK)
-    dv = vb * BV + tl.arange(0, BV)
-    j = tl.arange(0, KP)
     t = tl.arange(0, C)
-    kmask = dk < Dk
-    vmask = dv < Dv
     # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between chunks.
-    state_at = j[None, None, :] * (Dk * Dv) + dk[:, None, None] * Dv + dv[None, :, None]
+    dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(tl.program_id(1), K, Dk, Dv, BK, BV, KP)
     s_at = slots_ptr + r * K * Dk * Dv + state_at
-    s_mask = kmask[:, None, None] & vmask[None, :, None] & (j < K)[None, None, :]
     S = tl.reshape(tl.load(s_at, mask=s_mask, other=0.0), [BK, BV * KP])
     for c in range(NB):
         cr = c * R + r
