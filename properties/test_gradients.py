@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 import dla_fast
 from dla_fast.autograd import shifted_weights
-from dla_fast.backend import uses_triton
+from dla_fast.backend import uses_delta_kernels, uses_triton
 from dla_fast.testing.strategies import DELTA_BETA_ONE, DELTA_BETA_ZERO, Spec, build, specs
 from properties.gradient_oracle import (
     RTOL,
@@ -308,21 +308,43 @@ def test_triton_gradients_equal_autograd_through_the_straightforward_recurrence(
 
     One head size and capacity: every new one compiles the eleven kernels again (~20 s on a GPU); other
     sizes are in ``tests/test_triton_backward.py`` and ``benchmarks/gpu_bench.py``."""
+    _kernel_gradients_match_the_oracle(case, dtype, seed)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(TRITON_DEVICE is None, reason="needs a CUDA GPU, or TRITON_INTERPRET=1 DLA_FAST_BACKEND=triton")
+@settings(max_examples=max(4, EXAMPLES // (2 if TRITON_DEVICE == "cuda" else 10)), deadline=None)
+@given(case=grad_cases(backbone="delta", Dk=32, Dv=32, max_T=150, **dict(MERGY, K=3)),
+       dtype=st.sampled_from(TRITON_DTYPES), seed=st.integers(0, 2**16))
+def test_triton_gradients_equal_autograd_for_the_delta_rule_too(case, dtype, seed):
+    """The delta rule's device forward and its backward, whose reverse pass over chunks runs on the slot-state and
+    chain kernels (``ops/delta_rule/chunk_bwd.py``), through the public API against the same oracle, with the
+    kernels' decisions forced."""
+    _kernel_gradients_match_the_oracle(case, dtype, seed)
+
+
+def _kernel_gradients_match_the_oracle(case, dtype, seed):
+    """Gradients of ``<dO, o> + <dS, final states>`` into every input (and the initial states) where the kernels run,
+    against autograd through the float64 oracle on the same rounded inputs and decisions."""
     dev = TRITON_DEVICE
     leaf = lambda x, dt: torch.tensor(x, dtype=dt, device=dev).requires_grad_(True)  # noqa: E731
     x = dict(q=leaf(case.q, dtype), k=leaf(case.k, dtype), v=leaf(case.v, dtype), g=leaf(case.g, torch.float32),
-             slot_weights=leaf(case.slot_weights, torch.float32), beta=None)
+             slot_weights=leaf(case.slot_weights, torch.float32),
+             beta=None if case.beta is None else leaf(case.beta, torch.float32))
     cache = None
     if case.initial_cache is not None:
         cache = dla_fast.Cache.from_ref(case.initial_cache, dtype=torch.float32, device=dev)
         cache.states.requires_grad_(True)
-    assert uses_triton(x["q"], case.spec.Dk, case.spec.Dv)
+    K = case.slot_weights.shape[-1]
+    assert (uses_triton(x["q"], case.spec.Dk, case.spec.Dv) if case.beta is None
+            else uses_delta_kernels(x["q"], case.spec.Dk, case.spec.Dv, K))
     o, final, trace = run_fast(case, x, cache, 64)
     rng = np.random.default_rng(seed)
     dO = torch.tensor(rng.standard_normal(tuple(o.shape)), device=dev).to(o.dtype)
     dS = torch.tensor(rng.standard_normal(tuple(final.states.shape)), device=dev).float()
-    names = ["q", "k", "v", "g", "slot_weights"] + (["initial_cache.states"] if cache is not None else [])
-    leaves = [x[n] for n in names[:5]] + ([cache.states] if cache is not None else [])
+    inputs = [n for n in ("q", "k", "v", "g", "slot_weights", "beta") if x[n] is not None]
+    names = inputs + (["initial_cache.states"] if cache is not None else [])
+    leaves = [x[n] for n in inputs] + ([cache.states] if cache is not None else [])
     zero = lambda ls: sum(0.0 * leaf.sum() for leaf in ls)  # noqa: E731
     got = torch.autograd.grad((o.float() * dO.float()).sum() + (final.states * dS).sum() + zero(leaves), leaves,
                               allow_unused=True)
@@ -334,7 +356,7 @@ def test_triton_gradients_equal_autograd_through_the_straightforward_recurrence(
         cache64.states = cache.states.detach().double().cpu().requires_grad_(True)
     trace64 = dla_fast.Trace(trace.scores.cpu(), trace.starts.cpu(), trace.merged.cpu())
     o_ref, S_ref = run_oracle(x64, cache64, trace64)
-    leaves64 = [x64[n] for n in names[:5]] + ([cache64.states] if cache64 is not None else [])
+    leaves64 = [x64[n] for n in inputs] + ([cache64.states] if cache64 is not None else [])
     dO64, dS64 = dO.double().cpu(), dS.double().cpu()
     want = torch.autograd.grad((o_ref * dO64).sum() + (S_ref * dS64).sum() + zero(leaves64), leaves64,
                                allow_unused=True)
