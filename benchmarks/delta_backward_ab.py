@@ -4,8 +4,11 @@ step through the public API (``gpu_bench.py``'s delta cell: bf16, K = 30, FLA-st
 peak memory, the two passes' gradients against each other and where each backward's GPU time goes (CUDA ops).
 
 The torch pass is forced by wrapping ``delta_rule_backward`` as ``dla_fast.autograd`` calls it (``kernels=False``).
+``--block-elements N,...`` adds a kernels variant per value of ``chunk_torch_bwd._BLOCK_ELEMENTS`` (the blocks of
+chunks of the tables and their adjoint: ~350 torch operations per block, 32 blocks at (2, 16384, 16, 64)).
 
-    python benchmarks/delta_backward_ab.py [--cells 2x16384x64:moderate,8x4096x64:moderate] [--out DIR]
+    python benchmarks/delta_backward_ab.py [--cells 2x16384x64:moderate,8x4096x64:moderate] [--block-elements N,...]
+        [--out DIR]
 
 Writes ``delta_backward_ab_<card>_<date>.json`` and ``delta_backward_ops_<card>_<date>.txt`` to DIR; the table is
 printed last.
@@ -25,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_bench import WORKLOADS, _dla_gdn, _leaves, _peak_gib_and_ms, _wall_ms, configs_named, delta_inputs  # noqa: E402
 
 import dla_fast.autograd as autograd  # noqa: E402
+import dla_fast.ops.delta_rule.chunk_torch_bwd as chunk_torch_bwd  # noqa: E402
 
 original = autograd.delta_rule_backward
 
@@ -50,7 +54,7 @@ def ops_table(leaves, dO) -> str:
     return p.key_averages().table(sort_by="cuda_time_total", row_limit=25)
 
 
-def cell(cfg, wname: str, ops_file) -> dict:
+def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
     leaves = _leaves(*delta_inputs(*cfg, WORKLOADS[wname]))
     dO = torch.randn_like(leaves[2])
     row = dict(config=list(cfg), workload=wname)
@@ -58,9 +62,13 @@ def cell(cfg, wname: str, ops_file) -> dict:
         _dla_gdn(*leaves)
         row["forward_ms"] = sorted(_wall_ms(lambda: _dla_gdn(*leaves)) for _ in range(3))[1]
     grads = {}
+    default_block = chunk_torch_bwd._BLOCK_ELEMENTS
+    variants = [("kernels", original, default_block), ("torch", torch_pass, default_block)]
+    variants += [(f"kernels_blocks_{n}", original, n) for n in block_elements]
     try:
-        for name, backward in (("kernels", original), ("torch", torch_pass)):
+        for name, backward, block in variants:
             autograd.delta_rule_backward = backward
+            chunk_torch_bwd._BLOCK_ELEMENTS = block
             grads[name] = step(leaves, dO)  # compiles outside the measurements
             peak, _ = _peak_gib_and_ms(lambda: step(leaves, dO))
             ms = sorted(_wall_ms(lambda: step(leaves, dO)) for _ in range(3))[1]
@@ -69,15 +77,17 @@ def cell(cfg, wname: str, ops_file) -> dict:
             print(ops_table(leaves, dO), file=ops_file, flush=True)
     finally:
         autograd.delta_rule_backward = original
-    rel = [float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
-           for a, b in zip(grads["kernels"], grads["torch"])]
-    row["max_rel_diff"] = dict(zip(("q", "k", "v", "g", "slot_weights", "beta"), rel))
+        chunk_torch_bwd._BLOCK_ELEMENTS = default_block
+    for name in grads:
+        rel = [float((a - b).abs().max() / b.abs().max().clamp(min=1e-30)) for a, b in zip(grads[name], grads["torch"])]
+        row[name]["max_rel_diff_vs_torch"] = dict(zip(("q", "k", "v", "g", "slot_weights", "beta"), rel))
     return row
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", default="2x16384x64:moderate")
+    ap.add_argument("--block-elements", default="", help="comma-separated values of _BLOCK_ELEMENTS to add")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -89,18 +99,18 @@ def main():
     with open(os.path.join(args.out, f"delta_backward_ops_{stem}.txt"), "w") as ops_file:
         for item in args.cells.split(","):
             name, wname = item.split(":")
-            rows.append(cell(configs_named(name)[0], wname, ops_file))
+            blocks = [int(n) for n in args.block_elements.split(",") if n]
+            rows.append(cell(configs_named(name)[0], wname, ops_file, blocks))
             torch.cuda.empty_cache()
     with open(os.path.join(args.out, f"delta_backward_ab_{stem}.json"), "w") as f:
         json.dump(dict(card=torch.cuda.get_device_name(), rows=rows), f, indent=1)
-    print("| config | workload | forward ms | fwd+bwd, kernels: ms / GiB | fwd+bwd, torch pass: ms / GiB | "
-          "max rel. difference of the gradients |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| config | workload | forward ms | variant | fwd+bwd ms | peak GiB | max rel. difference vs torch pass |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        k, t = r["kernels"], r["torch"]
-        print(f"| {tuple(r['config'])} | {r['workload']} | {r['forward_ms']:.1f} | {k['fwd_bwd_ms']:.1f} / "
-              f"{k['peak_gib']:.2f} | {t['fwd_bwd_ms']:.1f} / {t['peak_gib']:.2f} | "
-              f"{max(r['max_rel_diff'].values()):.1e} |")
+        for name in [n for n in r if isinstance(r[n], dict) and "fwd_bwd_ms" in r[n]]:
+            v = r[name]
+            print(f"| {tuple(r['config'])} | {r['workload']} | {r['forward_ms']:.1f} | {name} | "
+                  f"{v['fwd_bwd_ms']:.1f} | {v['peak_gib']:.2f} | {max(v['max_rel_diff_vs_torch'].values()):.1e} |")
 
 
 if __name__ == "__main__":
