@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
-from triton_here import CUDA, DEV, needs_kernels, rerun_under_interpreter, runs_elsewhere
+from triton_here import CUDA, DEV, after_prefix, needs_kernels, rerun_under_interpreter, runs_elsewhere
 
 from dla_ref.synthetic import jittered_regimes as regimes
 
@@ -80,11 +80,7 @@ def _case(B, T, H, D, K, dtype, tau, with_cache, lengths, monkeypatch):
              torch.zeros(B, H, K, device=DEV, dtype=F64), torch.zeros(B, H, **i64))
     if with_cache:
         _forward([a[:, :prefix] for a in x_all], cache, tau, None, monkeypatch)
-    x = [a[:, prefix:].clone() for a in x_all]
-    for b, n in enumerate(lengths or ()):
-        for a in x:
-            a[b, n:] = 0
-    n = None if lengths is None else torch.tensor(lengths, device=DEV)
+    x, n = after_prefix(x_all, prefix, lengths)
     starts, merged, seen = _forward(x, cache, tau, n, monkeypatch)
     q, k, v, g, lam, beta = x
     nC, R = -(-T // 64), B * H

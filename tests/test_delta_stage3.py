@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
-from triton_here import CUDA, DEV, needs_kernels, rerun_under_interpreter, runs_elsewhere  # noqa: E402
+from triton_here import CUDA, DEV, after_prefix, needs_kernels, rerun_under_interpreter, runs_elsewhere  # noqa: E402
 
 import dla_ref  # noqa: E402
 from dla_ref.synthetic import jittered_regimes as regimes  # noqa: E402
@@ -116,11 +116,7 @@ def test_stage3_kernels_match_the_torch_stage(B, T, H, D, K, dtype, with_cache, 
     if with_cache:
         o, cache, trace = _forward_checked([a[:, :prefix] for a in x_all], cache, tau, None, monkeypatch)
         outs, starts = [o], [trace[1]]
-    x = [a[:, prefix:].clone() for a in x_all]
-    for b, n in enumerate(lengths or ()):
-        for a in x:
-            a[b, n:] = 0
-    n = None if lengths is None else torch.tensor(lengths, device=DEV)
+    x, n = after_prefix(x_all, prefix, lengths)
     o, final, trace = _forward_checked(x, cache, tau, n, monkeypatch)
     assert o.shape == (B, T, H, D) and o.dtype == torch.float32
     if dtype == torch.float32 and lengths is None:

@@ -30,3 +30,13 @@ def rerun_under_interpreter(path: str, *pytest_args: str) -> None:
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path, *pytest_args],
                        env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def after_prefix(x_all, prefix: int, lengths):
+    """The inputs after their first ``prefix`` tokens, each batch row zero past its length (as the API pads a
+    variable-length batch), and the lengths as a tensor on ``DEV`` (None: every row full)."""
+    x = [a[:, prefix:].clone() for a in x_all]
+    for b, n in enumerate(lengths or ()):
+        for a in x:
+            a[b, n:] = 0
+    return x, None if lengths is None else torch.tensor(lengths, device=DEV)
