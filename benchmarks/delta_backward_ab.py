@@ -4,6 +4,7 @@ step through the public API (``gpu_bench.py``'s delta cell: bf16, K = 30, FLA-st
 peak memory, the two passes' gradients against each other and where each backward's GPU time goes (CUDA ops).
 
 The torch pass is forced by wrapping ``delta_rule_backward`` as ``dla_fast.autograd`` calls it (``kernels=False``).
+A third variant takes the tables' cotangents by their kernels (``chunk_bwd._COTANGENTS = "triton"``).
 ``--block-elements N,...`` adds a kernels variant per value of ``chunk_torch_bwd._BLOCK_ELEMENTS`` (the blocks of
 chunks of the tables and their adjoint: ~350 torch operations per block, 32 blocks at (2, 16384, 16, 64)).
 
@@ -28,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_bench import WORKLOADS, _dla_gdn, _leaves, _peak_gib_and_ms, _wall_ms, configs_named, delta_inputs  # noqa: E402
 
 import dla_fast.autograd as autograd  # noqa: E402
+import dla_fast.ops.delta_rule.chunk_bwd as chunk_bwd  # noqa: E402
 import dla_fast.ops.delta_rule.chunk_torch_bwd as chunk_torch_bwd  # noqa: E402
 
 original = autograd.delta_rule_backward
@@ -62,13 +64,15 @@ def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
         _dla_gdn(*leaves)
         row["forward_ms"] = sorted(_wall_ms(lambda: _dla_gdn(*leaves)) for _ in range(3))[1]
     grads = {}
-    default_block = chunk_torch_bwd._BLOCK_ELEMENTS
-    variants = [("kernels", original, default_block), ("torch", torch_pass, default_block)]
-    variants += [(f"kernels_blocks_{n}", original, n) for n in block_elements]
+    default_block, default_cot = chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS
+    variants = [("kernels", original, default_block, "torch"), ("torch", torch_pass, default_block, "torch"),
+                ("kernels_cotangents_triton", original, default_block, "triton")]
+    variants += [(f"kernels_blocks_{n}", original, n, "torch") for n in block_elements]
     try:
-        for name, backward, block in variants:
+        for name, backward, block, cotangents in variants:
             autograd.delta_rule_backward = backward
             chunk_torch_bwd._BLOCK_ELEMENTS = block
+            chunk_bwd._COTANGENTS = cotangents
             grads[name] = step(leaves, dO)  # compiles outside the measurements
             peak, _ = _peak_gib_and_ms(lambda: step(leaves, dO))
             ms = sorted(_wall_ms(lambda: step(leaves, dO)) for _ in range(3))[1]
@@ -77,7 +81,7 @@ def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
             print(ops_table(leaves, dO), file=ops_file, flush=True)
     finally:
         autograd.delta_rule_backward = original
-        chunk_torch_bwd._BLOCK_ELEMENTS = default_block
+        chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS = default_block, default_cot
     for name in grads:
         rel = [float((a - b).abs().max() / b.abs().max().clamp(min=1e-30)) for a, b in zip(grads[name], grads["torch"])]
         row[name]["max_rel_diff_vs_torch"] = dict(zip(("q", "k", "v", "g", "slot_weights", "beta"), rel))

@@ -9,7 +9,7 @@ Per segment of chunks (the square-root checkpoints' segments), last first:
 2. the chain of slot-state adjoints, ``dS`` carried to the segment's start and stored at each chunk end,
    ``E [n, R, K, Dk, Dv]`` (kernel A, ``chunk_bwd_chain``);
 3. the tables' cotangents from ``F`` and ``E``, every chunk of the segment in one batch of torch products
-   (``_segment_cotangents``; kernel B of the plan).
+   (``_segment_cotangents``), or by kernel B of the plan (``chunk_bwd_cotangents``, ``_COTANGENTS = "triton"``).
 
 The kernels read the torch backward's own tables and maps (``Phi``, ``khd``, ``qt`` and ``b v`` in the compute
 dtype; the partition's ``destF``, ``dest``, ``JF``), so the two passes differ by float32 rounding only.
@@ -21,10 +21,14 @@ import torch
 
 from ..common.layout import unchunk
 from .chunk_bwd_chain import slot_adjoints
+from .chunk_bwd_cotangents import table_cotangents
 from .chunk_fwd_states import slot_states_and_reads
 
 # Bytes of one temporary of the cotangents (``[n, R, K, Dk, C]`` and alike, float32): chunks are batched up to it.
 _BATCH_BYTES = 1 << 28
+# The cotangents by batched torch products ("torch") or by the kernels of ``chunk_bwd_cotangents`` ("triton"; not yet
+# timed on a GPU, so not the default).
+_COTANGENTS = "torch"
 
 
 def _segment_cotangents(a: int, F, E, x, part, coef, cot, grads) -> None:
@@ -52,6 +56,19 @@ def _segment_cotangents(a: int, F, E, x, part, coef, cot, grads) -> None:
     Zr = torch.matmul(F, x.dOc[a:b].transpose(-1, -2).unsqueeze(2))  # F_i dO_t: [n, R, K, Dk, C]
     cot["qt"][a:b] += torch.einsum("nrti,nridt->nrtd", coef, Zr)
     dcoef = torch.einsum("nrtd,nridt->nrti", x.tables["qt"][a:b], Zr)
+    grads["lam"][a:b].scatter_add_(-1, JF.clamp(min=0), dcoef * (JF >= 0))
+
+
+def _segment_cotangents_triton(a: int, F, E, x, part, coef, cot, grads) -> None:
+    """:func:`_segment_cotangents` by the kernels of ``chunk_bwd_cotangents`` (no ``[n, R, K, Dk, C]`` temporaries)."""
+    b = a + F.shape[0]
+    dphi, dkhd, dbv, dqt, dcoef = table_cotangents(F, E, part.destF[a:b], part.dest[a:b], coef, x.tables["qt"][a:b],
+                                                   x.dOc[a:b], x.tables["khd"][a:b], x.bv[a:b])
+    cot["Phi"][a:b] += dphi
+    cot["khd"][a:b] += dkhd
+    cot["qt"][a:b] += dqt
+    grads["bv"][a:b] += dbv
+    JF = part.JF[a:b]
     grads["lam"][a:b].scatter_add_(-1, JF.clamp(min=0), dcoef * (JF >= 0))
 
 
@@ -83,7 +100,8 @@ def reverse_pass_kernels(part, init, every: int, dS, dO, x, cot, grads):
         slot_states_and_reads(S, Phi[a:b], khd[a:b], None, bv_rows, None, part.destF[a:b], part.dest[a:b], None, a,
                               read_f32=True, v_exact=False, starts=F[:n])
         slot_adjoints(dS, Phi[a:b], qt[a:b], dO_rows, coef[a:b], part.destF[a:b], a, dS_end=E[:n])
+        cotangents = _segment_cotangents_triton if _COTANGENTS == "triton" else _segment_cotangents
         for c0 in range(0, n, per_batch):  # the cotangents' temporaries bounded (each as large as F)
             c1 = min(n, c0 + per_batch)
-            _segment_cotangents(a + c0, F[c0:c1], E[c0:c1], x, part, coef[a + c0:a + c1], cot, grads)
+            cotangents(a + c0, F[c0:c1], E[c0:c1], x, part, coef[a + c0:a + c1], cot, grads)
     return dS

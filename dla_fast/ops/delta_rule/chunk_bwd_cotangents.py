@@ -1,0 +1,122 @@
+"""Triton, gated delta rule: the backward's cotangents of the per-chunk tables from the slot states at each chunk
+start ``F`` and their adjoints at its end ``E`` (kernel B of docs/delta-rule-chunked.md section 6.1; what
+``chunk_bwd._segment_cotangents`` computes in torch). One program per (chunk, row), all of Dv in the program (a loop
+over Dv blocks), so no sum crosses programs:
+
+- ``dla_delta_start_cotangents_kernel``, over the start slots i: ``dPhi = sum_i G_i F_i^T`` (``G_i = E[destF[i]]``),
+  the reads' ``Zr_i = dO F_i^T`` (``[C, Dk]``), ``dqt = sum_i coef[:, i] Zr_i`` and ``dcoef[:, i] = rowsum(qt Zr_i)``;
+- ``dla_delta_token_cotangents_kernel``, over the end slots j that receive a token of the chunk (few: the slots open
+  in it): ``dkhd_s = E_j (b v)_s`` and ``d(b v)_s = E_j^T khd_s`` for the tokens s with ``dest[s] = j``.
+
+Every product is float32-accurate (the slot-state kernel's ``dot_f32``). FLOPs per (chunk, row) at C = Dk = Dv = 64,
+K = 30: the start slots' two ``64^3`` products per slot, 31 MFLOP, three passes each; the tokens' two per receiving
+slot. Bytes: ``F`` and ``E`` once (``2 K Dk Dv x 4``, 960 KB), the tables' rows, the cotangents once.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common.triton_utils import next_pow2
+from .chunk_fwd_states import dot_f32
+
+
+# Long: one program's loop over the start slots, each through every Dv block.
+@triton.jit
+def dla_delta_start_cotangents_kernel(
+    f_ptr, e_ptr, dest_f_ptr, coef_ptr, qt_ptr, do_ptr, dphi_ptr, dqt_ptr, dcoef_ptr,
+    R, K, Dk, Dv,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    """Program (chunk c of the batch, row r), ``cr = c R + r``: ``F, E [n, R, K, Dk, Dv]`` float32; ``dest_f [n,
+    R, K]`` int32 (-1: not listed); ``coef [n, R, C, K]``, ``qt [n, R, C, Dk]``, ``do [n, R, C, Dv]`` float32
+    (chunk-major). Writes ``dphi [n, R, Dk, Dk]``, ``dqt [n, R, C, Dk]``, ``dcoef [n, R, C, K]``."""
+    cr = tl.program_id(0) * R + tl.program_id(1)
+    dk = tl.arange(0, BK)
+    t = tl.arange(0, C)
+    kmask = dk < Dk
+    qt = tl.load(qt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
+    dphi = tl.zeros([BK, BK], dtype=tl.float32)
+    dqt = tl.zeros([C, BK], dtype=tl.float32)
+    for i in range(K):
+        end = tl.load(dest_f_ptr + cr * K + i)
+        listed = (end >= 0).to(tl.float32)
+        f_at = f_ptr + (cr * K + i) * Dk * Dv
+        e_at = e_ptr + (cr * K + tl.maximum(end, 0)) * Dk * Dv
+        zr = tl.zeros([C, BK], dtype=tl.float32)  # dO F_i^T, summed over the Dv blocks
+        for v0 in range(0, Dv, BV):
+            dv = v0 + tl.arange(0, BV)
+            vmask = dv < Dv
+            f_t = tl.load(f_at + dv[:, None] + dk[None, :] * Dv, mask=vmask[:, None] & kmask[None, :], other=0.0)
+            g = tl.load(e_at + dk[:, None] * Dv + dv[None, :], mask=kmask[:, None] & vmask[None, :], other=0.0)
+            g = g * listed  # G_i = E[destF[i]], 0 where start slot i is not listed
+            dO = tl.load(do_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :], mask=vmask[None, :], other=0.0)
+            dphi = dot_f32(g, f_t, dphi, False)
+            zr = dot_f32(dO, f_t, zr, False)
+        ci = tl.load(coef_ptr + cr * C * K + t * K + i)
+        dqt += ci[:, None] * zr
+        tl.store(dcoef_ptr + cr * C * K + t * K + i, tl.sum(qt * zr, 1))
+    tl.store(dphi_ptr + cr * Dk * Dk + dk[:, None] * Dk + dk[None, :], dphi, mask=kmask[:, None] & kmask[None, :])
+    tl.store(dqt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], dqt, mask=kmask[None, :])
+
+
+# Long: one program's loop over the Dv blocks, each through the receiving end slots.
+@triton.jit
+def dla_delta_token_cotangents_kernel(
+    e_ptr, dest_ptr, khd_ptr, bv_ptr, dkhd_ptr, dbv_ptr,
+    R, K, Dk, Dv,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
+):
+    """Program (chunk c of the batch, row r), ``cr = c R + r``: ``E [n, R, K, Dk, Dv]`` float32; ``dest [n, R, C]``
+    int32 (each token's end slot, -1: padding); ``khd [n, R, C, Dk]``, ``bv [n, R, C, Dv]`` float32. Writes ``dkhd
+    [n, R, C, Dk]`` and ``dbv [n, R, C, Dv]``."""
+    cr = tl.program_id(0) * R + tl.program_id(1)
+    dk = tl.arange(0, BK)
+    t = tl.arange(0, C)
+    kmask = dk < Dk
+    dest = tl.load(dest_ptr + cr * C + t)
+    receives = tl.max(tl.where(dest[:, None] == tl.arange(0, KP)[None, :], 1, 0), 0)  # [KP]: slot j takes a token
+    khd = tl.load(khd_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
+    dkhd = tl.zeros([C, BK], dtype=tl.float32)
+    for v0 in range(0, Dv, BV):
+        dv = v0 + tl.arange(0, BV)
+        vmask = dv < Dv
+        bv = tl.load(bv_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :], mask=vmask[None, :], other=0.0)
+        dbv = tl.zeros([C, BV], dtype=tl.float32)
+        for j in range(K):
+            if tl.sum(tl.where(tl.arange(0, KP) == j, receives, 0), 0) > 0:
+                e_at = e_ptr + (cr * K + j) * Dk * Dv
+                e = tl.load(e_at + dk[:, None] * Dv + dv[None, :], mask=kmask[:, None] & vmask[None, :], other=0.0)
+                e_t = tl.load(e_at + dv[:, None] + dk[None, :] * Dv, mask=vmask[:, None] & kmask[None, :], other=0.0)
+                mine = (dest == j)[:, None]
+                dkhd += tl.where(mine, dot_f32(bv, e_t, None, False), 0.0)
+                dbv += tl.where(mine, dot_f32(khd, e, None, False), 0.0)
+        tl.store(dbv_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :], dbv, mask=vmask[None, :])
+    tl.store(dkhd_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], dkhd, mask=kmask[None, :])
+
+
+def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv):
+    """The cotangents of a batch of ``n`` chunks: ``(dPhi [n, R, Dk, Dk], dkhd [n, R, C, Dk], d(b v) [n, R, C, Dv],
+    dqt [n, R, C, Dk], dcoef [n, R, C, K])`` float32, from ``F, E [n, R, K, Dk, Dv]`` (float32, contiguous),
+    ``dest_f [n, R, K]`` and ``dest [n, R, C]`` (integers, -1: none), ``coef [n, R, C, K]``, ``qt``, ``khd [n, R, C,
+    Dk]``, ``dO``, ``bv [n, R, C, Dv]`` (float32)."""
+    n, R, K, Dk, Dv = F.shape
+    C = qt.shape[2]
+    BK, KP = max(16, next_pow2(Dk)), max(16, next_pow2(K))
+    # A Dv block of 64 up to 64 key features, 32 above (sm_90, Triton 3.6: 136 / 144 B of stack at 64 features, 192 /
+    # 560 B at 128; a block of 64 there needs 98-115 KB of shared memory and spills 568-1,144 B).
+    BV = max(16, min(64 if BK <= 64 else 32, next_pow2(Dv)))
+    new = lambda *s: torch.empty(n, R, *s, device=F.device, dtype=torch.float32)  # noqa: E731
+    dphi, dkhd, dbv, dqt, dcoef = new(Dk, Dk), new(C, Dk), new(C, Dv), new(C, Dk), new(C, K)
+    f32 = lambda x: x.to(torch.float32).contiguous()  # noqa: E731
+    dla_delta_start_cotangents_kernel[(n, R)](
+        F, E, dest_f.to(torch.int32).contiguous(), f32(coef), f32(qt), f32(dO), dphi, dqt, dcoef, R, K, Dk, Dv,
+        C=C, BK=BK, BV=BV, num_warps=8, num_stages=2,
+    )
+    dla_delta_token_cotangents_kernel[(n, R)](
+        E, dest.to(torch.int32).contiguous(), f32(khd), f32(bv), dkhd, dbv, R, K, Dk, Dv,
+        C=C, BK=BK, BV=BV, KP=KP, num_warps=8, num_stages=2,
+    )
+    return dphi, dkhd, dbv, dqt, dcoef
