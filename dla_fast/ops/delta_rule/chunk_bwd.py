@@ -39,7 +39,7 @@ def _segment_cotangents(a: int, F, E, x, part, coef, cot, grads) -> None:
     n, R, K, Dk, Dv = F.shape
     C = x.C
     b = a + n
-    destF, dest, JF = part.destF[a:b], part.dest[a:b], part.JF[a:b]
+    destF, dest = part.destF[a:b], part.dest[a:b]
     listed = (destF >= 0).view(n, R, K, 1, 1)
     G = E.gather(2, destF.clamp(min=0).view(n, R, K, 1, 1).expand_as(E)) * listed
     cot["Phi"][a:b] += torch.einsum("nridv,nriev->nrde", G, F)
@@ -55,8 +55,14 @@ def _segment_cotangents(a: int, F, E, x, part, coef, cot, grads) -> None:
     del U
     Zr = torch.matmul(F, x.dOc[a:b].transpose(-1, -2).unsqueeze(2))  # F_i dO_t: [n, R, K, Dk, C]
     cot["qt"][a:b] += torch.einsum("nrti,nridt->nrtd", coef, Zr)
-    dcoef = torch.einsum("nrtd,nridt->nrti", x.tables["qt"][a:b], Zr)
-    grads["lam"][a:b].scatter_add_(-1, JF.clamp(min=0), dcoef * (JF >= 0))
+    _add_read_weights(grads, part, a, torch.einsum("nrtd,nridt->nrti", x.tables["qt"][a:b], Zr))
+
+
+def _add_read_weights(grads, part, a: int, dcoef) -> None:
+    """The read weights' gradient from ``dcoef [n, R, C, K]`` of the chunks from ``a`` (token t's weight of start
+    slot i is ``lam_t[JF[t, i]]``)."""
+    JF = part.JF[a:a + dcoef.shape[0]]
+    grads["lam"][a:a + dcoef.shape[0]].scatter_add_(-1, JF.clamp(min=0), dcoef * (JF >= 0))
 
 
 def _segment_cotangents_triton(a: int, F, E, x, part, coef, cot, grads) -> None:
@@ -68,8 +74,7 @@ def _segment_cotangents_triton(a: int, F, E, x, part, coef, cot, grads) -> None:
     cot["khd"][a:b] += dkhd
     cot["qt"][a:b] += dqt
     grads["bv"][a:b] += dbv
-    JF = part.JF[a:b]
-    grads["lam"][a:b].scatter_add_(-1, JF.clamp(min=0), dcoef * (JF >= 0))
+    _add_read_weights(grads, part, a, dcoef)
 
 
 def reverse_pass_kernels(part, init, every: int, dS, dO, x, cot, grads):
@@ -95,12 +100,12 @@ def reverse_pass_kernels(part, init, every: int, dS, dO, x, cot, grads):
     F = torch.empty(min(every, nC), R, K, Dk, Dv, device=init.device, dtype=torch.float32)
     E = torch.empty_like(F)
     per_batch = max(1, _BATCH_BYTES // (4 * R * K * max(Dk * Dv, Dk * x.C, x.C * Dv)))
+    cotangents = _segment_cotangents_triton if _COTANGENTS == "triton" else _segment_cotangents
     for (a, b), S in zip(bounds[::-1], checkpoints[::-1]):
         n = b - a
         slot_states_and_reads(S, Phi[a:b], khd[a:b], None, bv_rows, None, part.destF[a:b], part.dest[a:b], None, a,
                               read_f32=True, v_exact=False, starts=F[:n])
         slot_adjoints(dS, Phi[a:b], qt[a:b], dO_rows, coef[a:b], part.destF[a:b], a, dS_end=E[:n])
-        cotangents = _segment_cotangents_triton if _COTANGENTS == "triton" else _segment_cotangents
         for c0 in range(0, n, per_batch):  # the cotangents' temporaries bounded (each as large as F)
             c1 = min(n, c0 + per_batch)
             cotangents(a + c0, F[c0:c1], E[c0:c1], x, part, coef[a + c0:a + c1], cot, grads)
