@@ -4,9 +4,11 @@ step through the public API (``gpu_bench.py``'s delta cell: bf16, K = 30, FLA-st
 peak memory, the two passes' gradients against each other and where each backward's GPU time goes (CUDA ops).
 
 The torch pass is forced by wrapping ``delta_rule_backward`` as ``dla_fast.autograd`` calls it (``kernels=False``).
-A third variant takes the tables' cotangents by their kernels (``chunk_bwd._COTANGENTS = "triton"``).
+A third variant takes the tables' cotangents by batched torch products (``chunk_bwd._COTANGENTS = "torch"``; the
+default is their kernels since run 25).
 ``--block-elements N,...`` adds a kernels variant per value of ``chunk_torch_bwd._BLOCK_ELEMENTS`` (the blocks of
-chunks of the tables and their adjoint: ~350 torch operations per block, 32 blocks at (2, 16384, 16, 64)).
+chunks of the tables and their adjoint: ~350 torch operations per block, 8 blocks at (2, 16384, 16, 64) at the
+default 2^22).
 
     python benchmarks/delta_backward_ab.py [--cells 2x16384x64:moderate,8x4096x64:moderate] [--block-elements N,...]
         [--out DIR]
@@ -65,9 +67,9 @@ def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
         row["forward_ms"] = sorted(_wall_ms(lambda: _dla_gdn(*leaves)) for _ in range(3))[1]
     grads = {}
     default_block, default_cot = chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS
-    variants = [("kernels", original, default_block, "torch"), ("torch", torch_pass, default_block, "torch"),
-                ("kernels_cotangents_triton", original, default_block, "triton")]
-    variants += [(f"kernels_blocks_{n}", original, n, "torch") for n in block_elements]
+    variants = [("kernels", original, default_block, default_cot), ("torch", torch_pass, default_block, default_cot),
+                ("kernels_cotangents_torch", original, default_block, "torch")]
+    variants += [(f"kernels_blocks_{n}", original, n, default_cot) for n in block_elements]
     try:
         for name, backward, block, cotangents in variants:
             autograd.delta_rule_backward = backward

@@ -42,7 +42,7 @@ from .chunk_fwd_states import dot_f32, slot_tile, state_block
 
 
 @triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
-def dla_delta_chain_kernel(
+def dla_delta_slot_adjoints_kernel(
     ds_ptr, ds_end_ptr, phi_ptr, qt_ptr, do_ptr, coef_ptr, dest_f_ptr,
     NB, R, T, H, c0, K, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
@@ -54,11 +54,10 @@ def dla_delta_chain_kernel(
     Per chunk (block index ``cr = c * R + r``): ``phi [Dk, Dk]``, ``qt [C, Dk]``, ``coef [C, K]`` (float32);
     ``dest_f [K]`` int32, each start slot's end slot (-1: not listed); the chunk's output adjoints from
     ``do [B, T, H, Dv]`` in their dtype (0 past T)."""
-    r = tl.program_id(0)
     t = tl.arange(0, C)
     col_slot = tl.arange(0, BV * KP) % KP  # the slot of column e KP + i
     # dS[d, e, j] = ds[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j), as the forward holds S.
-    dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(tl.program_id(1), K, Dk, Dv, BK, BV, KP)
+    r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
     dS = tl.reshape(tl.load(ds_ptr + r * K * Dk * Dv + state_at, mask=s_mask, other=0.0), [BK, BV * KP])
     for back in range(NB):
         c = NB - 1 - back
@@ -103,7 +102,7 @@ def slot_adjoints(dS, Phi, qt, dO, coef, dest_f, c0: int, dS_end=None) -> torch.
         if x.dtype != torch.float32 or not x.is_contiguous():
             raise ValueError(f"slot_adjoints: {name} must be a contiguous float32 tensor, got {x.dtype}")
     BK, BV, KP, num_warps, num_stages = state_block(Dk, Dv, K)
-    dla_delta_chain_kernel[(R, triton.cdiv(Dv, BV))](
+    dla_delta_slot_adjoints_kernel[(R * triton.cdiv(Dv, BV),)](
         dS, dS_end, Phi.contiguous(), qt.contiguous(), dO.contiguous(), coef.contiguous(),
         dest_f.to(torch.int32).contiguous(), nb, R, T, H, c0, K, Dk, Dv,
         C=C, BK=BK, BV=BV, KP=KP, num_warps=num_warps, num_stages=num_stages,

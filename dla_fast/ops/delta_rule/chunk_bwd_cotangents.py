@@ -53,8 +53,11 @@ def dla_delta_start_cotangents_kernel(
             g = tl.load(e_at + dk[:, None] * Dv + dv[None, :], mask=kmask[:, None] & vmask[None, :], other=0.0)
             g = g * listed  # G_i = E[destF[i]], 0 where start slot i is not listed
             dO = tl.load(do_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :], mask=vmask[None, :], other=0.0)
-            dphi = dot_f32(g, f_t, dphi, False)
-            zr = dot_f32(dO, f_t, zr, False)
+            # Summed in registers, not through the products' accumulator: on sm_90 a tensor-core accumulator carried
+            # over the K slots and Dv blocks (3 x 8 steps each) took dPhi 9x further from float64 than torch's
+            # float32 product (2.2e-6 against 2.5e-7 of its terms' magnitudes at K = 30, D = 64; H200, run 25).
+            dphi += dot_f32(g, f_t, None, False)
+            zr += dot_f32(dO, f_t, None, False)
         ci = tl.load(coef_ptr + cr * C * K + t * K + i)
         dqt += ci[:, None] * zr
         tl.store(dcoef_ptr + cr * C * K + t * K + i, tl.sum(qt * zr, 1))
@@ -115,8 +118,10 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv):
         F, E, dest_f.to(torch.int32).contiguous(), f32(coef), f32(qt), f32(dO), dphi, dqt, dcoef, R, K, Dk, Dv,
         C=C, BK=BK, BV=BV, num_warps=8, num_stages=2,
     )
+    # 4 warps below 32 key features: at 8 warps and BK = 16, Triton 3.6's sm_90 build of the token kernel's products
+    # reads shared memory out of bounds (BV = 64; compute-sanitizer, H200, run 25) or returns a wrong d(b v) (BV = 32).
     dla_delta_token_cotangents_kernel[(n, R)](
         E, dest.to(torch.int32).contiguous(), f32(khd), f32(bv), dkhd, dbv, R, K, Dk, Dv,
-        C=C, BK=BK, BV=BV, KP=KP, num_warps=8, num_stages=2,
+        C=C, BK=BK, BV=BV, KP=KP, num_warps=8 if BK >= 32 else 4, num_stages=2,
     )
     return dphi, dkhd, dbv, dqt, dcoef

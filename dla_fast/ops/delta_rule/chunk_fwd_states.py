@@ -58,18 +58,22 @@ def dot_f32(a, b, acc, B_EXACT: tl.constexpr):
 
 
 @triton.jit
-def slot_tile(vb, K, Dk, Dv, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr):
-    """A program's tile of a row's slot states ``[K, Dk, Dv]``: every slot's ``[Dk, BV]`` block of Dv block ``vb``,
-    held as ``[Dk, BV KP]`` (column ``e KP + j``). Returns ``(dk, dv, j, kmask, vmask, offsets, mask)``, the offsets
-    and mask ``[BK, BV, KP]`` within the row."""
+def slot_tile(K, Dk, Dv, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr):
+    """A program's row and tile of that row's slot states ``[K, Dk, Dv]``: every slot's ``[Dk, BV]`` block of one Dv
+    block, held as ``[Dk, BV KP]`` (column ``e KP + j``). The program ids run over the Dv blocks first, so a row's
+    programs run together: they share each chunk's tables in L2, and the 32-byte sectors of the states they store
+    (``BV`` values each) fill while cached. Returns ``(r, dk, dv, j, kmask, vmask, offsets, mask)``, the offsets and
+    mask ``[BK, BV, KP]`` within the row."""
+    blocks = tl.cdiv(Dv, BV)
+    r = tl.program_id(0) // blocks
     dk = tl.arange(0, BK)
-    dv = vb * BV + tl.arange(0, BV)
+    dv = (tl.program_id(0) % blocks) * BV + tl.arange(0, BV)
     j = tl.arange(0, KP)
     kmask = dk < Dk
     vmask = dv < Dv
     offsets = j[None, None, :] * (Dk * Dv) + dk[:, None, None] * Dv + dv[None, :, None]
     mask = kmask[:, None, None] & vmask[None, :, None] & (j < K)[None, None, :]
-    return dk, dv, j, kmask, vmask, offsets, mask
+    return r, dk, dv, j, kmask, vmask, offsets, mask
 
 
 # Long: the program walks a block of chunks in order.
@@ -90,10 +94,9 @@ def dla_delta_states_kernel(
     float32 accuracy (else single-pass tf32, for 16-bit inputs); ``V_EXACT``: the values are exact in tf32 (16-bit
     inputs). ``READS``: add the reads to ``o`` (the backward's recomputation takes none); ``STORE_STARTS``: store each
     chunk's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them)."""
-    r = tl.program_id(0)
     t = tl.arange(0, C)
     # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between chunks.
-    dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(tl.program_id(1), K, Dk, Dv, BK, BV, KP)
+    r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
     s_at = slots_ptr + r * K * Dk * Dv + state_at
     S = tl.reshape(tl.load(s_at, mask=s_mask, other=0.0), [BK, BV * KP])
     for c in range(NB):
@@ -162,7 +165,7 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     BK, BV, KP, num_warps, num_stages = state_block(Dk, Dv, K)
     reads = o is not None
     qt, coef = (qt.contiguous(), coef.contiguous()) if reads else (slots, slots)  # unread placeholders otherwise
-    dla_delta_states_kernel[(R, triton.cdiv(Dv, BV))](
+    dla_delta_states_kernel[(R * triton.cdiv(Dv, BV),)](
         slots, Phi.contiguous(), kb.contiguous(), qt, v.contiguous(), coef, dest_f.to(torch.int32).contiguous(),
         dest.to(torch.int32).contiguous(), o if reads else slots, slots if starts is None else starts,
         nb, R, T, H, c0, K, Dk, Dv, C=C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact, READS=reads,
