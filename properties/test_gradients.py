@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -285,16 +283,13 @@ TRITON_DTYPES = (torch.float32, torch.bfloat16) if TRITON_DEVICE == "cuda" else 
 
 @pytest.mark.skipif(TRITON_DEVICE is not None or importlib.util.find_spec("triton") is None,
                     reason="the Triton property runs in this process")
-def test_triton_gradients_under_the_interpreter(pytestconfig):
-    """No GPU: run the Triton gradient property below in a subprocess under Triton's interpreter (Triton
-    reads TRITON_INTERPRET when the kernels are defined), through the public API (DLA_FAST_BACKEND=triton),
-    with this run's profile options."""
-    env = dict(os.environ, TRITON_INTERPRET="1", DLA_FAST_BACKEND="triton")
-    options = [f"--{name.replace('_', '-')}={value}" for name in ("hypothesis_profile", "dla_examples", "dla_max_t")
-               if (value := pytestconfig.getoption(name, None)) is not None]
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, __file__, "-k",
-                        "test_triton_gradients_equal"], env=env, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
+@pytest.mark.interpreter_rerun("-k", "test_triton_gradients_equal", env={"DLA_FAST_BACKEND": "triton"},
+                               forwarded=("hypothesis_profile", "dla_examples", "dla_max_t"))
+def test_triton_gradients_under_the_interpreter(interpreter_rerun):
+    """No GPU: run the Triton gradient properties below in a subprocess under Triton's interpreter (Triton
+    reads TRITON_INTERPRET when the kernels are defined; conftest.py), through the public API
+    (DLA_FAST_BACKEND=triton), with this run's profile options."""
+    interpreter_rerun()
 
 
 @pytest.mark.gpu

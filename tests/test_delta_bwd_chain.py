@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
-from triton_here import CUDA, DEV, after_prefix, needs_kernels, rerun_under_interpreter, runs_elsewhere
+from triton_here import CUDA, DEV, after_prefix, needs_kernels, runs_elsewhere
 
 from dla_ref.synthetic import jittered_regimes as regimes
 
@@ -25,9 +25,10 @@ BOUND = 2e-6
 
 
 @runs_elsewhere
-def test_interpreter_run():
-    """No GPU and no TRITON_INTERPRET: run this file in a subprocess under the Triton interpreter."""
-    rerun_under_interpreter(__file__)
+@pytest.mark.interpreter_rerun()
+def test_interpreter_run(interpreter_rerun):
+    """No GPU and no TRITON_INTERPRET: this file in a subprocess under the Triton interpreter (conftest.py)."""
+    interpreter_rerun()
 
 
 # (B, T, H, D, K, dtype, tau, initial cache, row lengths or None, merges, chunks per launch)

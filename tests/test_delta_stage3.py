@@ -14,16 +14,17 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
-from triton_here import CUDA, DEV, after_prefix, needs_kernels, rerun_under_interpreter, runs_elsewhere  # noqa: E402
+from triton_here import CUDA, DEV, after_prefix, needs_kernels, runs_elsewhere  # noqa: E402
 
 import dla_ref  # noqa: E402
 from dla_ref.synthetic import jittered_regimes as regimes  # noqa: E402
 
 
 @runs_elsewhere
-def test_interpreter_run():
-    """No GPU and no TRITON_INTERPRET: run this file in a subprocess under the Triton interpreter."""
-    rerun_under_interpreter(__file__)
+@pytest.mark.interpreter_rerun()
+def test_interpreter_run(interpreter_rerun):
+    """No GPU and no TRITON_INTERPRET: this file in a subprocess under the Triton interpreter (conftest.py)."""
+    interpreter_rerun()
 
 
 # (B, T, H, D, K, dtype, initial cache, row lengths or None)

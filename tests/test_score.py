@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from triton_here import needs_kernels, rerun_under_interpreter, runs_elsewhere
+from triton_here import needs_kernels, runs_elsewhere
 
 from dla_fast.ops.common.score import information_score_numba, information_score_torch
 
@@ -102,9 +102,10 @@ def test_the_guards_keep_inconsistent_scalars_finite_and_floored_alike():
 
 
 @runs_elsewhere
-def test_interpreter_run():
-    """No GPU and no TRITON_INTERPRET: run this file in a subprocess under the Triton interpreter."""
-    rerun_under_interpreter(__file__)
+@pytest.mark.interpreter_rerun()
+def test_interpreter_run(interpreter_rerun):
+    """No GPU and no TRITON_INTERPRET: this file in a subprocess under the Triton interpreter (conftest.py)."""
+    interpreter_rerun()
 
 
 @needs_kernels

@@ -25,7 +25,7 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
-from triton_here import CUDA, DEV, needs_kernels, rerun_under_interpreter, runs_elsewhere  # noqa: E402
+from triton_here import CUDA, DEV, needs_kernels, runs_elsewhere  # noqa: E402
 
 from dla_fast.ops.common.layout import rows  # noqa: E402
 from dla_fast.ops.common.structure import Structure  # noqa: E402
@@ -34,9 +34,10 @@ from dla_fast.settings import DEFAULT_SETTINGS, TritonSettings  # noqa: E402
 
 
 @runs_elsewhere
-def test_interpreter_run():
-    """No GPU and no TRITON_INTERPRET: run this file in a subprocess under the Triton interpreter."""
-    rerun_under_interpreter(__file__)
+@pytest.mark.interpreter_rerun()
+def test_interpreter_run(interpreter_rerun):
+    """No GPU and no TRITON_INTERPRET: this file in a subprocess under the Triton interpreter (conftest.py)."""
+    interpreter_rerun()
 
 
 def _inputs(B, T, H, Dk, Dv, K, *, seed, regime_length, dtype=torch.float32):

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
 import triton.language as tl  # noqa: E402
-from triton_here import CUDA, DEV, needs_kernels, rerun_under_interpreter, runs_elsewhere  # noqa: E402
+from triton_here import CUDA, DEV, needs_kernels, runs_elsewhere  # noqa: E402
 
 import dla_ref  # noqa: E402
 from dla_fast.ops.scalar_decay import chunk_fwd_decide  # noqa: E402
@@ -30,9 +30,10 @@ from dla_ref.synthetic import jittered_regimes as regimes  # noqa: E402
 
 
 @runs_elsewhere
-def test_interpreter_run():
-    """No GPU and no TRITON_INTERPRET: run this file in a subprocess under the Triton interpreter."""
-    rerun_under_interpreter(__file__)
+@pytest.mark.interpreter_rerun()
+def test_interpreter_run(interpreter_rerun):
+    """No GPU and no TRITON_INTERPRET: this file in a subprocess under the Triton interpreter (conftest.py)."""
+    interpreter_rerun()
 
 
 def _t(x, dtype=torch.float32):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from triton_here import CUDA, DEV, needs_kernels, rerun_under_interpreter, runs_elsewhere
+from triton_here import CUDA, DEV, needs_kernels, runs_elsewhere
 
 import dla_fast
 from dla_ref.synthetic import jittered_regimes
@@ -133,9 +133,10 @@ def _dla_record(o):
 
 
 @runs_elsewhere
-def test_interpreter_run():
-    """No GPU and no TRITON_INTERPRET: run this file in a subprocess under the Triton interpreter."""
-    rerun_under_interpreter(__file__, "-k", "triton")
+@pytest.mark.interpreter_rerun("-k", "triton")
+def test_interpreter_run(interpreter_rerun):
+    """No GPU and no TRITON_INTERPRET: this file in a subprocess under the Triton interpreter (conftest.py)."""
+    interpreter_rerun()
 
 
 @needs_kernels

@@ -1,15 +1,14 @@
 """Where the Triton kernel tests run (shared by ``test_triton_kernels.py`` and ``test_triton_backward.py``).
 
 In-process on a CUDA GPU or when ``TRITON_INTERPRET=1`` is set. On a machine with neither (CI), each file's
-``test_interpreter_run`` reruns that file once in a subprocess with ``TRITON_INTERPRET=1``: Triton reads the
-variable when the kernels are defined, so it cannot be switched on inside this process.
+``test_interpreter_run`` waits for that file's rerun in a subprocess with ``TRITON_INTERPRET=1`` (started with the
+others when the tests are collected: the root ``conftest.py``): Triton reads the variable when the kernels are
+defined, so it cannot be switched on inside this process.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,15 +20,6 @@ DEV = "cuda" if CUDA else "cpu"
 
 needs_kernels = pytest.mark.skipif(not RUN_HERE, reason="needs CUDA or TRITON_INTERPRET=1")
 runs_elsewhere = pytest.mark.skipif(RUN_HERE, reason="kernels run in this process")
-
-
-def rerun_under_interpreter(path: str, *pytest_args: str) -> None:
-    """Run the test file ``path`` (with extra pytest arguments, e.g. ``-k``) in a subprocess under Triton's
-    interpreter; fail with its output."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path, *pytest_args],
-                       env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
 
 
 def after_prefix(x_all, prefix: int, lengths):

@@ -1,0 +1,71 @@
+"""Reruns of test files under Triton's interpreter, started together.
+
+Without a GPU the Triton tests run in subprocesses with ``TRITON_INTERPRET=1`` (Triton reads the variable when the
+kernels are defined, so it cannot be switched on inside this process). Each such file has a test marked
+``interpreter_rerun(*pytest_args, env={...}, forwarded=(option names))`` whose body calls the ``interpreter_rerun``
+fixture: it waits for the file's rerun and fails with its output unless it passed. Every selected rerun starts when
+the session's tests are collected, so they run beside each other and the rest of the suite instead of one after
+another: on the 2-core CI machine they are ~90 % of the suite's time (701 of 760 s in series, 2026-12-01).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+# Seconds to wait for one rerun; they share the machine's cores, so each takes longer than alone (the longest, the
+# kernels' file, ~290 s alone on the CI machine).
+RERUN_TIMEOUT = 1800
+
+_runs: dict[str, tuple[subprocess.Popen, object]] = {}
+
+
+def _skipped(item) -> bool:
+    """Whether a ``skipif`` marker with a true condition skips ``item`` (the reruns' conditions are booleans)."""
+    return any(mark.args and mark.args[0] is True for mark in item.iter_markers("skipif"))
+
+
+def _start(item):
+    """``item``'s rerun (the process and its output file), started on first use."""
+    path = str(item.path)
+    if path not in _runs:
+        mark = item.get_closest_marker("interpreter_rerun")
+        env = dict(os.environ, TRITON_INTERPRET="1", **mark.kwargs.get("env", {}))
+        options = [f"--{name.replace('_', '-')}={value}" for name in mark.kwargs.get("forwarded", ())
+                   if (value := item.config.getoption(name, None)) is not None]
+        out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (read when its test waits, then closed)
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, path, *mark.args]
+        _runs[path] = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True), out
+    return _runs[path]
+
+
+def pytest_collection_finish(session):
+    for item in session.items:
+        if item.get_closest_marker("interpreter_rerun") is not None and not _skipped(item):
+            _start(item)
+
+
+def pytest_sessionfinish(session):
+    for process, _ in _runs.values():  # a run whose test was interrupted or timed out
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.fixture
+def interpreter_rerun(request):
+    """A function that waits for this test file's rerun under Triton's interpreter and fails with its output
+    unless it passed."""
+
+    def wait():
+        process, out = _start(request.node)
+        process.wait(timeout=RERUN_TIMEOUT)
+        out.seek(0)
+        text = out.read()
+        out.close()
+        assert process.returncode == 0 and " passed" in text, text[-6000:]
+
+    return wait
