@@ -5,7 +5,8 @@ peak memory, the two passes' gradients against each other and where each backwar
 
 The torch pass is forced by wrapping ``delta_rule_backward`` as ``dla_fast.autograd`` calls it (``kernels=False``).
 A third variant takes the tables' cotangents by batched torch products (``chunk_bwd._COTANGENTS = "torch"``; the
-default is their kernels since run 25).
+default is their kernels since run 25); a fourth the tables' adjoint by kernel C (``chunk_torch_bwd._TABLES_ADJOINT =
+"triton"``, opt-in until timed).
 ``--block-elements N,...`` adds a kernels variant per value of ``chunk_torch_bwd._BLOCK_ELEMENTS`` (the blocks of
 chunks of the tables and their adjoint: ~350 torch operations per block, 8 blocks at (2, 16384, 16, 64) at the
 default 2^22).
@@ -66,14 +67,16 @@ def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
         _dla_gdn(*leaves)
         row["forward_ms"] = sorted(_wall_ms(lambda: _dla_gdn(*leaves)) for _ in range(3))[1]
     grads = {}
-    default_block, default_cot = chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS
-    variants = [("kernels", original, default_block, default_cot), ("torch", torch_pass, default_block, default_cot),
-                ("kernels_cotangents_torch", original, default_block, "torch")]
-    variants += [(f"kernels_blocks_{n}", original, n, default_cot) for n in block_elements]
+    default = (chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS, chunk_torch_bwd._TABLES_ADJOINT)
+    block0, cot0, tables0 = default
+    variants = [("kernels", original, *default), ("torch", torch_pass, *default),
+                ("kernels_cotangents_torch", original, block0, "torch", tables0),
+                ("kernels_tables_adjoint_triton", original, block0, cot0, "triton")]
+    variants += [(f"kernels_blocks_{n}", original, n, cot0, tables0) for n in block_elements]
     try:
-        for name, backward, block, cotangents in variants:
+        for name, backward, block, cotangents, tables in variants:
             autograd.delta_rule_backward = backward
-            chunk_torch_bwd._BLOCK_ELEMENTS = block
+            chunk_torch_bwd._BLOCK_ELEMENTS, chunk_torch_bwd._TABLES_ADJOINT = block, tables
             chunk_bwd._COTANGENTS = cotangents
             grads[name] = step(leaves, dO)  # compiles outside the measurements
             peak, _ = _peak_gib_and_ms(lambda: step(leaves, dO))
@@ -83,7 +86,7 @@ def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
             print(ops_table(leaves, dO), file=ops_file, flush=True)
     finally:
         autograd.delta_rule_backward = original
-        chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS = default_block, default_cot
+        chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS, chunk_torch_bwd._TABLES_ADJOINT = default
     for name in grads:
         rel = [float((a - b).abs().max() / b.abs().max().clamp(min=1e-30)) for a, b in zip(grads[name], grads["torch"])]
         row[name]["max_rel_diff_vs_torch"] = dict(zip(("q", "k", "v", "g", "slot_weights", "beta"), rel))
