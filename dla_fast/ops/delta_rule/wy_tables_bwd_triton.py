@@ -24,6 +24,7 @@ import triton.language as tl
 
 from ..common.triton_utils import next_pow2
 from .chunk_fwd_states import dot_f32
+from .wy_tables_triton import gs_times_inverse
 
 # Key features up to which the kernel builds for sm_90 (Triton 3.6, 8 warps): 160 KB of shared memory at 64, 352 KB
 # at 128, above the 227 KB an SM offers.
@@ -34,20 +35,6 @@ MAX_KEY_FEATURES = 64
 def _mm(a, b):
     """``a @ b`` to float32 accuracy."""
     return dot_f32(a, b, None, False)
-
-
-@triton.jit
-def _unit_lower_inverse(KK, b, C: tl.constexpr):
-    """``T = (I + diag(b) strict(KK))^-1`` for a symmetric ``KK [C, C]``: ``A = Gs T`` by forward substitution
-    (``A[i] = Gs[i] - sum_{j < i} Gs[i, j] b_j A[j]``), then ``T = I - diag(b) A``."""
-    t = tl.arange(0, C)
-    rows, cols = t[:, None], t[None, :]
-    LT = tl.where(rows < cols, KK * b[:, None], 0.0)  # LT[j, i] = Gs[i, j] b_j: row i's coefficients as a column
-    A = tl.where(cols < rows, KK, 0.0)
-    for i in range(2, C):  # rows 0 and 1 need no update
-        l_i = tl.sum(tl.where(cols == i, LT, 0.0), 1)
-        A = tl.where(rows == i, A - tl.sum(l_i[:, None] * A, 0)[None, :], A)
-    return tl.where(rows == cols, 1.0, 0.0) - b[:, None] * A
 
 
 # Long: one program recomputes a chunk's tables and takes each formula's reverse in turn.
@@ -75,7 +62,7 @@ def dla_delta_tables_adjoint_kernel(
     GL = tl.sum(tl.where(t == C - 1, Gc, 0.0), 0)
     KK = _mm(K, tl.trans(K))
     Gs = tl.where(strict, KK, 0.0)
-    T = _unit_lower_inverse(KK, b, C)
+    T = tl.where(rows == cols, 1.0, 0.0) - b[:, None] * gs_times_inverse(KK, b, C)
     bK = b[:, None] * K
     Z = _mm(T, bK)
     M = tl.where(causal, _mm(Q, tl.trans(K)), 0.0)

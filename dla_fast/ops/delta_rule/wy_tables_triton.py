@@ -36,6 +36,21 @@ KEY_BLOCK = 64  # key features a block of outputs: the widest float64 tiles are 
 
 
 @triton.jit
+def gs_times_inverse(KK, b, C: tl.constexpr):
+    """``A = Gs T`` with ``Gs = strict(KK)`` and ``T = (I + diag(b) Gs)^-1`` for a symmetric ``KK [C, C]`` (``K
+    K^T``), by forward substitution: ``A[i] = Gs[i] - sum_{j < i} Gs[i, j] b_j A[j]``; then ``T = I - diag(b) A``."""
+    t = tl.arange(0, C)
+    rows, cols = t[:, None], t[None, :]
+    # LT[j, i] = Gs[i, j] b_j (KK is symmetric): row i's coefficients as a vector over j without a layout change.
+    LT = tl.where(rows < cols, KK * b[:, None], 0.0)
+    A = tl.where(cols < rows, KK, 0.0)
+    for i in range(2, C):  # rows 0 and 1 need no update
+        l_i = tl.sum(tl.where(cols == i, LT, 0.0), 1)
+        A = tl.where(rows == i, A - tl.sum(l_i[:, None] * A, 0)[None, :], A)
+    return A
+
+
+@triton.jit
 def _stage_rows(src_ptr, row, valid, dst_ptr, Dk, C: tl.constexpr, KB: tl.constexpr):
     """Copy a chunk's rows ``src[row, :Dk]`` (any float dtype, 0 where not ``valid``) to ``dst [C, Dk]`` float64."""
     t = tl.arange(0, C)
@@ -114,13 +129,7 @@ def dla_delta_wy_tables_kernel(
     tl.store(bk + t, b)
     tl.debug_barrier()  # the chunk's keys, queries and b are in the scratch for every thread
     KK = dot_from_memory(k_chunk, Dk, 1, k_chunk, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
-    # A[i] = Gs[i] - sum_{j < i} Gs[i, j] b_j A[j]. LT[j, i] = Gs[i, j] b_j (K K^T is symmetric) gives the
-    # coefficients of row i as a vector over j without a layout change.
-    LT = tl.where(rows < cols, KK * b[:, None], 0.0)
-    A = tl.where(cols < rows, KK, 0.0)
-    for i in range(2, C):  # rows 0 and 1 need no update
-        l_i = tl.sum(tl.where(cols == i, LT, 0.0), 1)
-        A = tl.where(rows == i, A - tl.sum(l_i[:, None] * A, 0)[None, :], A)
+    A = gs_times_inverse(KK, b, C)
     tl.store(a_chunk + rows * C + cols, A)
     if SCORES:
         akap = tl.where(cols < rows, tl.exp(Gp[:, None] - Gc[None, :]), 0.0) * A
