@@ -179,10 +179,9 @@ def _reverse_pass(part: Partition, checkpoints, every: int, dS, x: _Inputs, cot,
 def _blocks_adjoint(part: Partition, x: _Inputs, cot, grads, score: _Score | None, kernels: bool = False):
     """Per block of chunks: the intra-chunk attention's backward (``attn`` against ``lam_t[J[t, s]] dO_t . b_s
     v_s``), the score run's (``y_t = sum_s akap[t, s] b_s v_s``), then the tables' adjoint into ``q, k, g, b``
-    (``kernels``, no score, ``_TABLES_ADJOINT == "triton"`` and up to 64 key features: by kernel C,
-    ``wy_tables_bwd_triton``)."""
-    by_kernel = (kernels and score is None and _TABLES_ADJOINT == "triton"
-                 and x.kc.shape[-1] <= MAX_KEY_FEATURES)
+    (``kernels``, which the backward sets only without a score, ``_TABLES_ADJOINT == "triton"`` and up to 64 key
+    features: by kernel C, ``wy_tables_bwd_triton``)."""
+    by_kernel = kernels and _TABLES_ADJOINT == "triton" and x.kc.shape[-1] <= MAX_KEY_FEATURES
     out = {n: torch.zeros_like(x.gc) for n in ("g", "b")}
     out.update(q=torch.zeros_like(x.qc, dtype=F64), k=torch.zeros_like(x.kc, dtype=F64))
     for b0, b1, tab, saved in x.blocks():
