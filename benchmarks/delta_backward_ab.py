@@ -5,8 +5,8 @@ peak memory, the two passes' gradients against each other and where each backwar
 
 The torch pass is forced by wrapping ``delta_rule_backward`` as ``dla_fast.autograd`` calls it (``kernels=False``).
 A third variant takes the tables' cotangents by batched torch products (``chunk_bwd._COTANGENTS = "torch"``; the
-default is their kernels since run 25); a fourth the tables' adjoint by kernel C (``chunk_torch_bwd._TABLES_ADJOINT =
-"triton"``, opt-in until timed).
+default is their kernels since run 25); a fourth splits the values in the backward's slot-state walks as if they were
+not exact in tf32 (as before run 26).
 ``--block-elements N,...`` adds a kernels variant per value of ``chunk_torch_bwd._BLOCK_ELEMENTS`` (the blocks of
 chunks of the tables and their adjoint: ~350 torch operations per block, 8 blocks at (2, 16384, 16, 64) at the
 default 2^22).
@@ -59,6 +59,13 @@ def ops_table(leaves, dO) -> str:
     return p.key_averages().table(sort_by="cuda_time_total", row_limit=25)
 
 
+def _configure(backward, block: int, cotangents: str, exact) -> None:
+    """One variant's settings: the backward ``dla_fast.autograd`` calls, the tables' blocks, the cotangents' path
+    and the test for values exact in tf32 (the backward's slot-state walks multiply them in one pass then)."""
+    autograd.delta_rule_backward = backward
+    chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS, chunk_bwd.exact_in_tf32 = block, cotangents, exact
+
+
 def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
     leaves = _leaves(*delta_inputs(*cfg, WORKLOADS[wname]))
     dO = torch.randn_like(leaves[2])
@@ -67,17 +74,14 @@ def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
         _dla_gdn(*leaves)
         row["forward_ms"] = sorted(_wall_ms(lambda: _dla_gdn(*leaves)) for _ in range(3))[1]
     grads = {}
-    default = (chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS, chunk_torch_bwd._TABLES_ADJOINT)
-    block0, cot0, tables0 = default
-    variants = [("kernels", original, *default), ("torch", torch_pass, *default),
-                ("kernels_cotangents_torch", original, block0, "torch", tables0),
-                ("kernels_tables_adjoint_triton", original, block0, cot0, "triton")]
-    variants += [(f"kernels_blocks_{n}", original, n, cot0, tables0) for n in block_elements]
+    default = dict(backward=original, block=chunk_torch_bwd._BLOCK_ELEMENTS, cotangents=chunk_bwd._COTANGENTS,
+                   exact=chunk_bwd.exact_in_tf32)
+    variants = {"kernels": {}, "torch": dict(backward=torch_pass), "kernels_cotangents_torch": dict(cotangents="torch"),
+                "kernels_values_split": dict(exact=lambda x: False)}
+    variants.update({f"kernels_blocks_{n}": dict(block=n) for n in block_elements})
     try:
-        for name, backward, block, cotangents, tables in variants:
-            autograd.delta_rule_backward = backward
-            chunk_torch_bwd._BLOCK_ELEMENTS, chunk_torch_bwd._TABLES_ADJOINT = block, tables
-            chunk_bwd._COTANGENTS = cotangents
+        for name, changes in variants.items():
+            _configure(**{**default, **changes})
             grads[name] = step(leaves, dO)  # compiles outside the measurements
             peak, _ = _peak_gib_and_ms(lambda: step(leaves, dO))
             ms = sorted(_wall_ms(lambda: step(leaves, dO)) for _ in range(3))[1]
@@ -85,8 +89,7 @@ def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
             print(f"== {cfg} {wname} {name}: fwd+bwd {ms:.1f} ms, peak {peak:.2f} GiB", file=ops_file)
             print(ops_table(leaves, dO), file=ops_file, flush=True)
     finally:
-        autograd.delta_rule_backward = original
-        chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS, chunk_torch_bwd._TABLES_ADJOINT = default
+        _configure(**default)
     for name in grads:
         rel = [float((a - b).abs().max() / b.abs().max().clamp(min=1e-30)) for a, b in zip(grads[name], grads["torch"])]
         row[name]["max_rel_diff_vs_torch"] = dict(zip(("q", "k", "v", "g", "slot_weights", "beta"), rel))

@@ -77,6 +77,12 @@ def _segment_cotangents_triton(a: int, F, E, x, part, coef, cot, grads) -> None:
     _add_read_weights(grads, part, a, dcoef)
 
 
+def exact_in_tf32(x: torch.Tensor) -> bool:
+    """Whether every value of the float32 ``x`` is a tf32 number (its 13 low mantissa bits zero), as bfloat16 and
+    float16 inputs are: the slot-state kernel then multiplies them in one tf32 pass."""
+    return not bool((x.view(torch.int32) & 0x1FFF).any())
+
+
 def reverse_pass_kernels(part, init, every: int, dS, dO, x, cot, grads):
     """``_reverse_pass`` without a score on kernels: ``dS`` (the final states' adjoint ``[R, K, Dk, Dv]`` float32)
     carried to the first chunk's start and returned (``dinit``); ``cot`` (``qt``, ``khd``, ``Phi``) and ``grads``
@@ -86,16 +92,25 @@ def reverse_pass_kernels(part, init, every: int, dS, dO, x, cot, grads):
     nC, T = x.nC, x.T
     Phi, khd, qt = (x.tables[n] for n in ("Phi", "khd", "qt"))
     # The kernels address tokens as [B, T, H, D]: rows as B = R with H = 1.
-    bv_rows = unchunk(x.bv, T).reshape(R, T, 1, Dv)
+    v_rows = unchunk(x.vc, T).reshape(R, T, 1, Dv)
+    v_exact = exact_in_tf32(x.vc)
     dO_rows = dO.reshape(R, T, 1, Dv)
     coef = torch.gather(x.lamc, -1, part.JF.clamp(min=0)) * (part.JF >= 0)  # token t's weight of start slot i
+
+    def walk(S, a: int, b: int, starts=None) -> None:
+        """The slot states ``S`` from chunk a's start to chunk b's, as the forward walks them: beta on the keys and
+        the values as given (exact in tf32 when they came as 16-bit numbers: two products for the writes, not
+        three; H200, run 26: see docs/benchmarks.md)."""
+        kb = khd[a:b] * x.bc[a:b].to(khd.dtype).unsqueeze(-1)
+        slot_states_and_reads(S, Phi[a:b], kb, None, v_rows, None, part.destF[a:b], part.dest[a:b], None, a,
+                              read_f32=True, v_exact=v_exact, starts=starts)
+
     bounds = [(a, min(nC, a + every)) for a in range(0, nC, every)]
     S, checkpoints = init.contiguous().clone(), []
     for a, b in bounds:  # the slot states at each segment's start
         checkpoints.append(S.clone())
         if b < nC:
-            slot_states_and_reads(S, Phi[a:b], khd[a:b], None, bv_rows, None, part.destF[a:b], part.dest[a:b], None, a,
-                                  read_f32=True, v_exact=False)
+            walk(S, a, b)
     del S
     F = torch.empty(min(every, nC), R, K, Dk, Dv, device=init.device, dtype=torch.float32)
     E = torch.empty_like(F)
@@ -103,8 +118,7 @@ def reverse_pass_kernels(part, init, every: int, dS, dO, x, cot, grads):
     cotangents = _segment_cotangents_triton if _COTANGENTS == "triton" else _segment_cotangents
     for (a, b), S in zip(bounds[::-1], checkpoints[::-1]):
         n = b - a
-        slot_states_and_reads(S, Phi[a:b], khd[a:b], None, bv_rows, None, part.destF[a:b], part.dest[a:b], None, a,
-                              read_f32=True, v_exact=False, starts=F[:n])
+        walk(S, a, b, starts=F[:n])
         slot_adjoints(dS, Phi[a:b], qt[a:b], dO_rows, coef[a:b], part.destF[a:b], a, dS_end=E[:n])
         for c0 in range(0, n, per_batch):  # the cotangents' temporaries bounded (each as large as F)
             c1 = min(n, c0 + per_batch)

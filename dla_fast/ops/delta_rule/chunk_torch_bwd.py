@@ -35,15 +35,11 @@ from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure
 from .chunk_bwd import reverse_pass_kernels
 from .wy_tables import TABLES, wy_tables, wy_tables_adjoint
-from .wy_tables_bwd_triton import MAX_KEY_FEATURES, tables_adjoint
 
 # Elements of one [block, R, C, C] tensor in the blocked table passes (scalar decay's size). H200, run 25, (2, 16384,
 # 16, 64) moderate, backward on kernels: fwd+bwd 325 ms at 2^20 (~350 torch operations a block, 32 blocks), 212 at
 # 2^22, 200 at 2^23; peak 3.18, 3.18, 3.38 GiB.
 _BLOCK_ELEMENTS = 1 << 22
-# The tables' adjoint on the kernels' path: torch ("torch") or kernel C ("triton"; checked under the interpreter, not
-# yet timed on a GPU, so not the default).
-_TABLES_ADJOINT = "torch"
 F64 = torch.float64
 
 
@@ -176,12 +172,9 @@ def _reverse_pass(part: Partition, checkpoints, every: int, dS, x: _Inputs, cot,
     return dS
 
 
-def _blocks_adjoint(part: Partition, x: _Inputs, cot, grads, score: _Score | None, kernels: bool = False):
+def _blocks_adjoint(part: Partition, x: _Inputs, cot, grads, score: _Score | None):
     """Per block of chunks: the intra-chunk attention's backward (``attn`` against ``lam_t[J[t, s]] dO_t . b_s
-    v_s``), the score run's (``y_t = sum_s akap[t, s] b_s v_s``), then the tables' adjoint into ``q, k, g, b``
-    (``kernels``, which the backward sets only without a score, ``_TABLES_ADJOINT == "triton"`` and up to 64 key
-    features: by kernel C, ``wy_tables_bwd_triton``)."""
-    by_kernel = kernels and _TABLES_ADJOINT == "triton" and x.kc.shape[-1] <= MAX_KEY_FEATURES
+    v_s``), the score run's (``y_t = sum_s akap[t, s] b_s v_s``), then the tables' adjoint into ``q, k, g, b``."""
     out = {n: torch.zeros_like(x.gc) for n in ("g", "b")}
     out.update(q=torch.zeros_like(x.qc, dtype=F64), k=torch.zeros_like(x.kc, dtype=F64))
     for b0, b1, tab, saved in x.blocks():
@@ -203,11 +196,8 @@ def _blocks_adjoint(part: Partition, x: _Inputs, cot, grads, score: _Score | Non
             dy, bv64 = score.dy[b0:b1], bv.to(F64)
             c_b["akap"] = (dy @ bv64.transpose(-1, -2)) * run
             grads["bv"][b0:b1] += ((tab["akap"] * run).transpose(-1, -2) @ dy).to(x.cd)
-        inputs = [t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)]
-        if by_kernel:
-            d = tables_adjoint(*inputs, c_b)
-        else:
-            d = wy_tables_adjoint(*inputs, tab, saved, {n: c_b[n] for n in TABLES})
+        d = wy_tables_adjoint(*(t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)), tab, saved,
+                              {n: c_b[n] for n in TABLES})
         for name, dd in zip(("q", "k", "g", "b"), d):
             out[name][b0:b1] = dd
     return out
@@ -247,15 +237,14 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     grads = dict(bv=torch.zeros_like(x.bv), lam=torch.zeros_like(x.lamc))
     dS = torch.zeros_like(init) if dS_final is None else dS_final.clone()
     direct = dinit0 = None
-    kernels = kernels and score is None and cd == torch.float32
-    if kernels:
+    if kernels and score is None and cd == torch.float32:
         dinit = reverse_pass_kernels(part, init, every, dS, dO, x, cot, grads)
     else:
         checkpoints, _ = part.checkpoints(init, every, None if score is None else score.record_carry)
         if score is not None:  # its adjoint (score.dy) enters the reverse pass
             direct, dinit0 = score.adjoint(structure, init, dscores, eps, norm_eps)
         dinit = _reverse_pass(part, checkpoints, every, dS, x, cot, grads, score)
-    d = _blocks_adjoint(part, x, cot, grads, score, kernels)
+    d = _blocks_adjoint(part, x, cot, grads, score)
     dbv = grads["bv"].to(F64)
     dv = x.bc.unsqueeze(-1) * dbv  # the values enter as b v
     d["b"] = d["b"] + (x.vc.to(F64) * dbv).sum(-1)

@@ -5,7 +5,7 @@ output stage's (``attn``, ``qt``, ``khd`` or ``b khd``, ``Phi``).
 Per chunk (docs/delta-rule-chunked.md section 1) ``T = (I + diag(b) Gs)^-1`` with ``Gs = strict(K K^T)``. The
 kernel solves for ``A = Gs T`` instead, since ``T = I - diag(b) A``; then every table is ``A`` and two products::
 
-    A = Gs - Gs diag(b) A                       (forward substitution, one row at a time)
+    A = Gs - Gs diag(b) A                       (a block of 16 rows at a time: gs_times_inverse)
     M = A (b K)     N = A^T (b K)
     akap = Dp o A   kt = e^Gp (K - M)   khd = e^(GL - Gc) (K - N)   Phi = e^GL (I - K^T Z),  Z = b (K - M)
     attn = D o (Mq - Mq diag(b) A)   qt = e^Gc (Q - Mq Z),   Mq = causal(Q K^T)
@@ -33,21 +33,56 @@ import triton.language as tl
 from ..common.triton_utils import FP64_DOT_K, chunk_tokens, dot_from_memory
 
 KEY_BLOCK = 64  # key features a block of outputs: the widest float64 tiles are [C, KB] and [KB, KB]
+# Rows of A = Gs T solved together (gs_times_inverse): the substitution runs over the diagonal blocks only, all at
+# once, and the blocks below them are products.
+INVERSE_BLOCK = 16
+# Warps of the output stage's tables. H200, run 26, all 256 chunks of (2, 16384, 16, 64) in one launch: 2.83 ms at 8
+# warps, 3.33 at 4 (the decisions' tables: 1.87 ms at 4, 2.53 at 8, so they keep 4).
+OUTPUT_TABLE_WARPS = 8
 
 
 @triton.jit
-def gs_times_inverse(KK, b, C: tl.constexpr):
-    """``A = Gs T`` with ``Gs = strict(KK)`` and ``T = (I + diag(b) Gs)^-1`` for a symmetric ``KK [C, C]`` (``K
-    K^T``), by forward substitution: ``A[i] = Gs[i] - sum_{j < i} Gs[i, j] b_j A[j]``; then ``T = I - diag(b) A``."""
-    t = tl.arange(0, C)
-    rows, cols = t[:, None], t[None, :]
-    # LT[j, i] = Gs[i, j] b_j (KK is symmetric): row i's coefficients as a vector over j without a layout change.
-    LT = tl.where(rows < cols, KK * b[:, None], 0.0)
+def _diagonal_blocks_gs_times_inverse(kk_ptr, b_ptr, C: tl.constexpr, BS: tl.constexpr):
+    """``A_II = Gs_II T_II`` for every diagonal ``BS x BS`` block of ``K K^T [C, C]`` (row-major at ``kk_ptr``), all
+    blocks at once as ``[C // BS, BS, BS]``, by forward substitution: ``A[i] = Gs[i] - sum_{j < i} Gs[i, j] b_j
+    A[j]`` within each block (``b`` at ``b_ptr``); ``T_II = I - diag(b_I) A_II``."""
+    blk = tl.arange(0, C // BS)[:, None, None]
+    rows = tl.arange(0, BS)[None, :, None]
+    cols = tl.arange(0, BS)[None, None, :]
+    KK = tl.load(kk_ptr + (blk * BS + rows) * C + blk * BS + cols)
+    # LT[., j, i] = Gs[i, j] b_j (KK is symmetric): row i's coefficients as a vector over j without a layout change.
+    LT = tl.where(rows < cols, KK * tl.load(b_ptr + blk * BS + rows), 0.0)
     A = tl.where(cols < rows, KK, 0.0)
-    for i in range(2, C):  # rows 0 and 1 need no update
-        l_i = tl.sum(tl.where(cols == i, LT, 0.0), 1)
-        A = tl.where(rows == i, A - tl.sum(l_i[:, None] * A, 0)[None, :], A)
+    for i in range(2, BS):  # rows 0 and 1 need no update
+        l_i = tl.sum(tl.where(cols == i, LT, 0.0), 2)
+        A = tl.where(rows == i, A - tl.sum(l_i[:, :, None] * A, 1)[:, None, :], A)
     return A
+
+
+@triton.jit
+def gs_times_inverse(a_ptr, b_ptr, C: tl.constexpr, BS: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr):
+    """``A = Gs T`` with ``Gs = strict(K K^T)`` and ``T = (I + diag(b) Gs)^-1``, in place: ``a_ptr`` holds ``K K^T
+    [C, C]`` (row-major, float64) and is overwritten by ``A`` a block of ``BS`` rows at a time (``b`` at ``b_ptr``).
+
+    Row block I of ``A = Gs - Gs diag(b) A`` splits into the blocks before it and its own diagonal block ``N``:
+    ``(I + N diag(b_I)) A_I = R_I`` with ``R_I = strict(Gs)_I - Gs_{I,<I} diag(b) A_{<I}``, and ``(I + N diag(b_I))^-1
+    = I - A_II diag(b_I)`` (Woodbury, ``A_II = N T_II``), so ``A_I = R_I - A_II (b_I R_I)``. The substitution runs
+    on the ``BS x BS`` diagonal blocks only (all at once); the rest are products. A block's rows of ``K K^T`` are
+    last read by that block, so ``A_I`` takes their place."""
+    t = tl.arange(0, C)
+    A_diag = _diagonal_blocks_gs_times_inverse(a_ptr, b_ptr, C, BS)
+    blk = tl.arange(0, C // BS)[:, None, None]
+    for I in tl.static_range(C // BS):
+        r = I * BS + tl.arange(0, BS)
+        R_I = tl.where(t[None, :] < r[:, None], tl.load(a_ptr + r[:, None] * C + t[None, :]), 0.0)
+        if I > 0:
+            R_I -= dot_from_memory(a_ptr + I * BS * C, C, 1, a_ptr, C, 1, b_ptr, BS, I * BS, C, BS, C, BKD, True,
+                                   STAGES)
+        A_II = tl.sum(tl.where(blk == I, A_diag, 0.0), 0)
+        A_I = R_I - tl.dot(A_II, tl.load(b_ptr + r)[:, None] * R_I)
+        tl.debug_barrier()  # every thread has read block I's rows of K K^T
+        tl.store(a_ptr + r[:, None] * C + t[None, :], A_I)
+        tl.debug_barrier()  # A_I is in place for the next blocks
 
 
 @triton.jit
@@ -99,7 +134,7 @@ def dla_delta_wy_tables_kernel(
     q_ptr, k_ptr, g_ptr, b_ptr, x64_ptr, b64_ptr, a_ptr, z_ptr, mq_ptr,
     akapT_ptr, ktT_ptr, khd_ptr, phi_ptr, attn_ptr, qt_ptr,
     R, T, H, c0, Dk, phi_si, phi_sj,
-    C: tl.constexpr, KB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
+    C: tl.constexpr, KB: tl.constexpr, IB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
     SCORES: tl.constexpr, OUTPUTS: tl.constexpr, BETA_KHD: tl.constexpr, STAGED: tl.constexpr,
 ):
     """Program (row r = b H + h, chunk c = c0 + j of the inputs ``q, k [B, T, H, Dk]``, ``g, b [B, T, H]``, any
@@ -109,8 +144,9 @@ def dla_delta_wy_tables_kernel(
     output stage's ``attn [nb, R, C, C]`` and ``qt [nb, R, C, Dk]`` (``q`` is read only then). Stored in the
     outputs' dtypes. ``x64 [.., 1 + OUTPUTS, C, Dk]`` (the keys, then the queries, with ``STAGED``; else the
     inputs must be float64 with ``H = 1`` and ``T`` a multiple of C, read in place), ``b64 [.., C]`` (b: the
-    products' scale), ``a``, ``mq [.., C, C]`` and ``z [.., C, Dk]`` are float64 scratch. FLOPs: ~6 float64
-    ``C^2 Dk`` products and the ``C^3 / 3`` substitution."""
+    products' scale), ``a`` (``K K^T``, then ``A``), ``mq [.., C, C]`` and ``z [.., C, Dk]`` are float64 scratch.
+    FLOPs: ~6 float64 ``C^2 Dk`` products, ``~C^3 / 3`` of block products for ``A`` and the substitution on its
+    ``16 x 16`` diagonal blocks."""
     r = tl.program_id(0)
     base = tl.program_id(1) * R + r
     c = c0 + tl.program_id(1)
@@ -129,10 +165,11 @@ def dla_delta_wy_tables_kernel(
     tl.store(bk + t, b)
     tl.debug_barrier()  # the chunk's keys, queries and b are in the scratch for every thread
     KK = dot_from_memory(k_chunk, Dk, 1, k_chunk, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
-    A = gs_times_inverse(KK, b, C)
-    tl.store(a_chunk + rows * C + cols, A)
+    tl.store(a_chunk + rows * C + cols, KK)
+    tl.debug_barrier()  # K K^T is in the scratch for every thread
+    gs_times_inverse(a_chunk, bk, C, IB, BKD, STAGES)
     if SCORES:
-        akap = tl.where(cols < rows, tl.exp(Gp[:, None] - Gc[None, :]), 0.0) * A
+        akap = tl.where(cols < rows, tl.exp(Gp[:, None] - Gc[None, :]), 0.0) * tl.load(a_chunk + rows * C + cols)
         tl.store(akapT_ptr + (base * C + cols) * C + rows, akap)
     if OUTPUTS:  # Mq = causal(Q K^T)
         Mq = dot_from_memory(q_chunk, Dk, 1, k_chunk, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
@@ -185,8 +222,8 @@ def _launch(q, k, g, b, c0: int, nb: int, C: int, out, scores: bool, beta_khd: b
     dla_delta_wy_tables_kernel[(R, nb)](
         q if outputs else k, k, g, b, scratch_x, scratch_b, scratch_a, scratch_z, scratch_mq, out.get("akapT", k),
         out.get("ktT", k), keys, phi, out.get("attn", k), out.get("qt", k), R, T, H, c0, Dk, phi_si, phi_sj,
-        C=C, KB=KB, BKD=FP64_DOT_K, STAGES=stages, SCORES=scores, OUTPUTS=outputs, BETA_KHD=beta_khd,
-        STAGED=staged, num_warps=num_warps)
+        C=C, KB=KB, IB=min(INVERSE_BLOCK, C), BKD=FP64_DOT_K, STAGES=stages, SCORES=scores, OUTPUTS=outputs,
+        BETA_KHD=beta_khd, STAGED=staged, num_warps=num_warps)
 
 
 def _as_rows(x: torch.Tensor) -> torch.Tensor:
@@ -209,7 +246,7 @@ def score_tables_triton(k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *, nu
 
 
 def output_tables_triton(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *, dtype: torch.dtype,
-                         num_warps: int = 4, stages: int = 1):
+                         num_warps: int = OUTPUT_TABLE_WARPS, stages: int = 1):
     """The output stage's tables of a block of chunks (chunk-major ``q, k [nb, R, C, Dk]``, ``g, b``, any float
     dtypes): ``wy_tables(q, k, g, b)``'s ``attn``, ``qt``, ``khd`` and ``Phi``, computed in float64 and stored in
     ``dtype``."""
@@ -220,7 +257,7 @@ def output_tables_triton(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, b: t
 
 
 def output_tables_rows(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, c0: int, nb: int, *,
-                       dtype: torch.dtype, chunk: int = 64, num_warps: int = 4, stages: int = 1):
+                       dtype: torch.dtype, chunk: int = 64, num_warps: int = OUTPUT_TABLE_WARPS, stages: int = 1):
     """The output stage's tables of chunks ``c0 .. c0 + nb - 1`` of the API's inputs ``q, k [B, T, H, Dk]``,
     ``g, beta [B, T, H]`` (any float dtypes, read in place; zero past T): ``attn``, ``qt``, ``kb`` (``beta khd``, the
     tokens' keys at the chunk end times beta) and ``Phi``, chunk-major ``[nb, B H, ...]``, computed in float64 and
