@@ -11,8 +11,9 @@ Per segment of chunks (the square-root checkpoints' segments), last first:
 3. the tables' cotangents from ``F`` and ``E`` by kernel B of the plan (``chunk_bwd_cotangents``), or every chunk of
    the segment in one batch of torch products (``_segment_cotangents``, ``_COTANGENTS = "torch"``).
 
-The kernels read the torch backward's own tables and maps (``Phi``, ``khd``, ``qt`` and ``b v`` in the compute
-dtype; the partition's ``destF``, ``dest``, ``JF``), so the two passes differ by float32 rounding only.
+The kernels read the torch backward's own tables and maps (``Phi``, ``khd`` (times beta for the walks), ``qt``, the
+values and ``b v`` in the compute dtype; the partition's ``destF``, ``dest``, ``JF``), so the two passes differ by
+float32 rounding only.
 """
 
 from __future__ import annotations
