@@ -77,6 +77,25 @@ def test_wy_tables_agree_with_the_forwards_and_their_adjoint_with_autograd(seed)
         torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12, msg=f"d{name}")
 
 
+def test_the_tables_without_the_score_leave_out_its_tables_and_their_terms():
+    """``scores=False`` (the backward without a score gradient) builds neither ``kt`` nor ``akap``, the other tables
+    bit for bit as with them, and the adjoint without those two cotangents equals the one given zero cotangents."""
+    rng = np.random.default_rng(5)
+    nb, R, C, Dk = 2, 2, 8, 3
+    q, k = (torch.tensor(rng.standard_normal((nb, R, C, Dk))) for _ in range(2))
+    g, b = torch.tensor(-rng.uniform(0.0, 1.0, (nb, R, C))), torch.tensor(rng.uniform(0.0, 1.0, (nb, R, C)))
+    full, saved_full = wy_tables(q, k, g, b)
+    tab, saved = wy_tables(q, k, g, b, scores=False)
+    assert set(full) - set(tab) == {"kt", "akap"}
+    for name, t in tab.items():
+        assert torch.equal(t, full[name]), name
+    cot = {n: torch.tensor(rng.standard_normal(tuple(t.shape))) for n, t in tab.items()}
+    zeros = dict(cot, kt=torch.zeros_like(full["kt"]), akap=torch.zeros_like(full["akap"]))
+    want = wy_tables_adjoint(q, k, g, b, full, saved_full, zeros)
+    for name, a, w in zip("qkgb", wy_tables_adjoint(q, k, g, b, tab, saved, cot), want):
+        torch.testing.assert_close(a, w, rtol=1e-14, atol=1e-14, msg=f"d{name}")
+
+
 def test_the_tables_decide_a_chunk_at_a_time_like_the_reference():
     """Scores from the WY tables and the open slot at each chunk start (the prototype of deciding a chunk at a time,
     ``benchmarks/delta_chunk_decisions.py``: ``y`` from ``kt`` and ``akap``, the norm by recursion re-anchored at

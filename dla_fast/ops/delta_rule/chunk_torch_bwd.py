@@ -34,7 +34,7 @@ from ..common.live_starts import DevicePartition
 from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure
 from .chunk_bwd import reverse_pass_kernels
-from .wy_tables import TABLES, wy_tables, wy_tables_adjoint
+from .wy_tables import wy_tables, wy_tables_adjoint
 
 # Elements of one [block, R, C, C] tensor in the blocked table passes (scalar decay's size). H200, run 25, (2, 16384,
 # 16, 64) moderate, backward on kernels: fwd+bwd 325 ms at 2^20 (~350 torch operations a block, 32 blocks), 212 at
@@ -54,6 +54,7 @@ class _Inputs:
         T = q.shape[1]
         self.C, self.nC, self.T, self.cd = C, max(1, -(-T // C)), T, q.dtype
         self.tdt = F64 if score else q.dtype  # the tables' dtype
+        self.score = score  # the score's tables (kt, akap) are built only for its part
         self.qc, self.kc, self.vc, self.dOc, self.lamc = (chunks(x, C, self.nC) for x in (q, k, v, dO, lam))
         self.gc, self.bc = (chunks(x.to(F64), C, self.nC) for x in (g, beta))
         self.bv = self.bc.to(self.cd).unsqueeze(-1) * self.vc
@@ -70,7 +71,8 @@ class _Inputs:
         """``(b0, b1, tables, saved)`` for the blocks of chunks (the tables recomputed, in ``self.tdt``)."""
         for b0 in range(0, self.nC, self.block):
             b1 = min(self.nC, b0 + self.block)
-            yield (b0, b1, *wy_tables(*(x[b0:b1].to(self.tdt) for x in (self.qc, self.kc, self.gc, self.bc))))
+            yield (b0, b1, *wy_tables(*(x[b0:b1].to(self.tdt) for x in (self.qc, self.kc, self.gc, self.bc)),
+                                      scores=self.score))
 
 
 class _Score:
@@ -189,15 +191,13 @@ def _blocks_adjoint(part: Partition, x: _Inputs, cot, grads, score: _Score | Non
         grads["lam"][b0:b1].scatter_add_(-1, Jc, dP * attn * valid)
         c_b = {n: cot[n][b0:b1].to(x.tdt) for n in ("qt", "khd", "Phi")}
         c_b["attn"] = (dP * Wl).to(x.tdt)
-        c_b["kt"] = cot["kt"][b0:b1] if score is not None else torch.zeros_like(tab["kt"])
-        c_b["akap"] = torch.zeros_like(tab["akap"])
         if score is not None:
             run = score.run(b0, b1)
             dy, bv64 = score.dy[b0:b1], bv.to(F64)
+            c_b["kt"] = cot["kt"][b0:b1]
             c_b["akap"] = (dy @ bv64.transpose(-1, -2)) * run
             grads["bv"][b0:b1] += ((tab["akap"] * run).transpose(-1, -2) @ dy).to(x.cd)
-        d = wy_tables_adjoint(*(t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)), tab, saved,
-                              {n: c_b[n] for n in TABLES})
+        d = wy_tables_adjoint(*(t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)), tab, saved, c_b)
         for name, dd in zip(("q", "k", "g", "b"), d):
             out[name][b0:b1] = dd
     return out

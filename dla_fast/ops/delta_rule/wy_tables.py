@@ -25,13 +25,14 @@ def _masks(C: int, device):
     return causal, causal.tril(-1)
 
 
-def wy_tables(q, k, g, b):
+def wy_tables(q, k, g, b, scores: bool = True):
     """The tables of a block of chunks: ``q, k [..., C, Dk]``, ``g, b [..., C]`` (one dtype).
 
     Returns ``(tables, saved)``: ``tables`` (keys :data:`TABLES`) with ``attn [..., C, C]``
     (``D o (tril(Q K^T) T)``), ``qt``, ``kt``, ``khd [..., C, Dk]`` (``exp(Gc[C-1] - Gc[s]) (T^T K)_s``),
     ``akap [..., C, C]``, ``Phi [..., Dk, Dk]``; ``saved``: the intermediates :func:`wy_tables_adjoint` reads.
-    ``q=None`` leaves out ``attn`` and ``qt`` (the decisions do not read them).
+    ``q=None`` leaves out ``attn`` and ``qt`` (the decisions do not read them); ``scores=False`` leaves out the
+    score's ``kt`` and ``akap`` (the backward without a score gradient does not).
     """
     C, Dk = k.shape[-2:]
     causal, strict = _masks(C, k.device)
@@ -53,9 +54,10 @@ def wy_tables(q, k, g, b):
         D = torch.exp((Gc.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~causal, -torch.inf))
         tables.update(attn=D * (M @ T), qt=torch.exp(Gc).unsqueeze(-1) * (q - M @ Z))
         saved.update(M=M, D=D)
-    Dp = torch.exp((Gp.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~strict, -torch.inf))
-    tables.update(kt=torch.exp(Gp).unsqueeze(-1) * (k - Gs @ Z), akap=Dp * (Gs @ T))
-    saved["Dp"] = Dp
+    if scores:
+        Dp = torch.exp((Gp.unsqueeze(-1) - Gc.unsqueeze(-2)).masked_fill(~strict, -torch.inf))
+        tables.update(kt=torch.exp(Gp).unsqueeze(-1) * (k - Gs @ Z), akap=Dp * (Gs @ T))
+        saved["Dp"] = Dp
     return tables, saved
 
 
@@ -72,18 +74,19 @@ def _adjoint_reads(tab, sv, cot):
     dq = torch.exp(sv["Gc"]).unsqueeze(-1) * cot["qt"]
     dM = dM - dq @ _tr(Z)
     dZ = -(_tr(M) @ dq)
-    # kt = e^Gp (K - Gs Z)
-    dGp = (cot["kt"] * tab["kt"]).sum(-1)
-    dk = torch.exp(sv["Gp"]).unsqueeze(-1) * cot["kt"]
-    dGs = -(dk @ _tr(Z))
-    dZ = dZ - _tr(Gs) @ dk
-    # akap = Dp o (Gs T)
-    dX = cot["akap"] * sv["Dp"]
-    E = cot["akap"] * tab["akap"]
-    dGp = dGp + E.sum(-1)
-    dGc = dGc - E.sum(-2)
-    dGs = dGs + dX @ _tr(T)
-    dT = dT + _tr(Gs) @ dX
+    dGp, dk, dGs = torch.zeros_like(sv["Gp"]), 0.0, 0.0  # the score's tables' terms, where they take cotangents
+    if "kt" in cot:  # kt = e^Gp (K - Gs Z)
+        dGp = (cot["kt"] * tab["kt"]).sum(-1)
+        dk = torch.exp(sv["Gp"]).unsqueeze(-1) * cot["kt"]
+        dGs = -(dk @ _tr(Z))
+        dZ = dZ - _tr(Gs) @ dk
+    if "akap" in cot:  # akap = Dp o (Gs T)
+        dX = cot["akap"] * sv["Dp"]
+        E = cot["akap"] * tab["akap"]
+        dGp = dGp + E.sum(-1)
+        dGc = dGc - E.sum(-2)
+        dGs = dGs + dX @ _tr(T)
+        dT = dT + _tr(Gs) @ dX
     # khd = e^{GL - Gc} (T^T K)
     E = (cot["khd"] * tab["khd"]).sum(-1)
     dGL = E.sum(-1, keepdim=True)
@@ -93,8 +96,9 @@ def _adjoint_reads(tab, sv, cot):
 
 
 def wy_tables_adjoint(q, k, g, b, tables, saved, cot):
-    """``(dq, dk, dg, db)`` of ``sum_name <cot[name], tables[name]>`` (cotangents for every :data:`TABLES` key,
-    shaped like the tables), by the reverse of :func:`wy_tables`."""
+    """``(dq, dk, dg, db)`` of ``sum_name <cot[name], tables[name]>`` (cotangents shaped like the tables, for every
+    :data:`TABLES` key but the score's ``kt`` and ``akap``, which may be left out: no cotangent), by the reverse of
+    :func:`wy_tables`."""
     T, Z, Gs = saved["T"], saved["Z"], saved["Gs"]
     causal, strict = _masks(k.shape[-2], k.device)
     dq, dk, dM, dGs, dT, dZ, dGc, dGp, dGL, dkh = _adjoint_reads(tables, saved, cot)
