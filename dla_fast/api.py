@@ -119,14 +119,14 @@ def _forward_batch(q, k, v, g, slot_weights, *, lengths, tau, beta, boundaries, 
     tau_value = tau.detach() if isinstance(tau, torch.Tensor) else tau  # validation makes it a Python float
     grad = _autograd.needs_grad(q, k, v, g, slot_weights, beta, tau, getattr(initial_cache, "states", None))
     with torch.no_grad():
-        o, final, trace, triton_structure = _forward(
+        o, final, trace, handover = _forward(
             q, k, v, g, slot_weights, tau=tau_value, beta=beta, boundaries=boundaries, initial_cache=initial_cache,
             return_trace=return_trace or grad, output_final_cache=output_final_cache, chunk_size=chunk_size,
-            eps=eps, norm_eps=norm_eps, lengths=lengths,
+            eps=eps, norm_eps=norm_eps, lengths=lengths, for_backward=grad,
         )
     if grad:
         o, final = _autograd.attach_gradients(
-            o, final, trace, triton_structure, q, k, v, g, slot_weights, tau=tau, beta=beta, boundaries=boundaries,
+            o, final, trace, handover, q, k, v, g, slot_weights, tau=tau, beta=beta, boundaries=boundaries,
             initial_cache=initial_cache, chunk_size=chunk_size, eps=eps, norm_eps=norm_eps,
             surrogate_temperature=surrogate_temperature, lengths=lengths,
         )
@@ -134,11 +134,12 @@ def _forward_batch(q, k, v, g, slot_weights, *, lengths, tau, beta, boundaries, 
 
 
 def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, return_trace, chunk_size, eps,
-             norm_eps, lengths=None, output_final_cache=True):
+             norm_eps, lengths=None, output_final_cache=True, for_backward=False):
     """Validate, then run the path this call belongs to (``backend.uses_triton``); no gradients.
 
-    Returns ``(o, final Cache, Trace or None, the Triton forward's DecidedStructure or None)``; the final cache may
-    be None without ``output_final_cache`` (the Triton prefill then skips it).
+    Returns ``(o, final Cache, Trace or None, what the kernel forward hands its backward or None)``: the scalar
+    decay's Triton ``DecidedStructure``, or with ``for_backward`` the delta rule's ``SlotCheckpoints``. The final
+    cache may be None without ``output_final_cache`` (the Triton prefill then skips it).
     """
     # The Triton prefill checks the inputs' values itself: one kernel, read back with its own host synchronisation
     # (as ~40 small torch ops and a synchronisation of their own, they cost more host time than its GPU time at few
@@ -162,6 +163,7 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
     counts = cache.counts.to(torch.int64, copy=True)
     info = cache.info.to(torch.float64, copy=True)
     size = cache.size.to(torch.int64, copy=True)
+    handover = None
     if beta is None:
         o, scores, starts, merged = forward_scalar_decay(
             q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size,
@@ -170,10 +172,11 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
     elif uses_delta_kernels(q, Dk, Dv, K):
         from .ops.delta_rule.chunk_fwd import forward_delta_rule_triton
 
-        o, scores, starts, merged = forward_delta_rule_triton(
+        o, scores, starts, merged, *kept = forward_delta_rule_triton(
             q, k.to(q.dtype), v.to(q.dtype), g, slot_weights, beta, boundaries, states, counts, info, size,
-            tau=tau, eps=eps, norm_eps=norm_eps, lengths=lengths,
+            tau=tau, eps=eps, norm_eps=norm_eps, lengths=lengths, keep_checkpoints=for_backward,
         )
+        handover = kept[0] if kept else None
     else:
         o, scores, starts, merged = forward_delta_rule_chunked(
             q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, tau=tau,
@@ -181,7 +184,7 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
         )
     final = Cache(states, counts, info.to(torch.float64 if cd == torch.float64 else torch.float32), size, checked=True)
     trace = Trace(scores.to(cd), starts, merged) if return_trace else None
-    return o.to(q.dtype), final, trace, None
+    return o.to(q.dtype), final, trace, handover
 
 
 def _forward_triton(q, k, v, g, slot_weights, tau, boundaries, cache: Cache | None, *, eps, norm_eps, lengths=None,

@@ -76,7 +76,9 @@ class DLAFunction(torch.autograd.Function):
     :class:`_Record`; ``forward`` only saves. Saved: the inputs themselves (references), the initial
     states ``[B, H, K, Dk, Dv]`` and the compact structure (``starts`` bool and ``merged`` int per token, the
     initial size per row) — ``O(T (Dk + Dv + K))`` inputs plus ``O(T)`` structure plus ``O(K Dk Dv)`` per
-    row, independent of the boundary rate; no slot state of any chunk or token is stored.
+    row, independent of the boundary rate; no slot state of any chunk or token is stored, but for the delta rule's
+    kernel forward: the slot states at its backward's ``ceil(sqrt(T / 64))`` checkpoints (``Structure.
+    slot_checkpoints``, what that backward would otherwise walk the slots again for).
     """
 
     @staticmethod
@@ -206,7 +208,7 @@ def needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
-def attach_gradients(o, final, trace, triton_structure, q, k, v, g, slot_weights, *, tau, beta, boundaries,
+def attach_gradients(o, final, trace, handover, q, k, v, g, slot_weights, *, tau, beta, boundaries,
                      initial_cache, chunk_size: int, eps: float, norm_eps: float,
                      surrogate_temperature: float | None, lengths: torch.Tensor | None = None):
     """Make a forward result (computed without grad, with its trace) differentiable: ``(o, final)`` with
@@ -230,7 +232,9 @@ def attach_gradients(o, final, trace, triton_structure, q, k, v, g, slot_weights
             init_states = initial_cache.states
         else:
             init_states = torch.as_tensor(np.asarray(initial_cache.states), device=o.device).to(compute_dtype(q))
-    structure = partition_structure(trace.starts, trace.merged, size0, K, triton_structure)
+    # What the kernel forward handed its backward: the scalar decay's structure or the delta rule's checkpoints.
+    structure = partition_structure(trace.starts, trace.merged, size0, K, handover if beta is None else None)
+    structure.slot_checkpoints = handover if beta is not None else None
     decided = None
     if surrogate_temperature is not None and boundaries is None:
         decided = structure.sizes_before() > 0  # the score took the decision (not an empty cache, no override)

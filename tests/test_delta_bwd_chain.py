@@ -57,9 +57,9 @@ def _forward(x, cache, tau, lengths, monkeypatch):
 
     real, seen = chunk_fwd._states_and_outputs, {}
 
-    def keep(q, k, v, g, beta, lam, s, size0, row_lengths, slots):
+    def keep(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept=None):
         seen.update(s=s, size0=size0.clone(), row_lengths=row_lengths, init=slots.clone())
-        return real(q, k, v, g, beta, lam, s, size0, row_lengths, slots)
+        return real(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept)
 
     monkeypatch.setattr(chunk_fwd, "_states_and_outputs", keep)
     _, _, starts, merged = chunk_fwd.forward_delta_rule_triton(*x, None, *cache, tau=tau, lengths=lengths)
@@ -329,3 +329,37 @@ def test_values_from_16_bit_inputs_are_foundexact_in_tf32():
     one_bit = torch.ones(3)
     one_bit.view(torch.int32)[1] |= 1 << 12  # tf32 keeps 10 of float32's 23 mantissa bits
     assert not exact_in_tf32(one_bit) and exact_in_tf32(torch.ones(3))
+
+
+@needs_kernels
+def test_the_backward_starts_from_the_forward_s_slot_checkpoints(monkeypatch):
+    """A kernel forward with gradients asked for keeps the slot states at the backward's checkpoints
+    (``Structure.slot_checkpoints``: chunks 0 and 2 of 4 here), and the backward starts its segments from them
+    instead of walking there: its gradients equal the walking backward's within ``BOUND`` (the two walks read tables
+    computed differently: float32 rounding), and move when the kept states are swapped."""
+    import dla_fast
+    from dla_fast.ops.common.structure import SlotCheckpoints
+
+    if not CUDA:
+        monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
+    B, T, H, D, K = 1, 200, 2, 32 if CUDA else 16, 4
+    leaves = [x.requires_grad_() for x in _inputs(B, T, H, D, K, torch.float32, seed=5)]
+    q, k, v, g, w, beta = leaves
+    o, _, _ = dla_fast.forward(q, k, v, g, w, tau=0.5, beta=beta)
+    structure = o.grad_fn.record.structure
+    kept = structure.slot_checkpoints
+    assert kept is not None and (kept.chunk, kept.every) == (64, 2)
+    assert kept.states.shape == (2, B * H, K, D, D) and not kept.states.requires_grad
+    dO = torch.randn(o.shape, generator=torch.Generator().manual_seed(0)).to(DEV)
+
+    def grads():
+        return torch.autograd.grad((o * dO).sum(), leaves, retain_graph=True)
+
+    from_kept = grads()
+    structure.slot_checkpoints = None
+    walked = grads()
+    for name, a, b in zip(("q", "k", "v", "g", "w", "beta"), from_kept, walked):
+        assert _rel(a, b) < BOUND, (name, _rel(a, b))
+    structure.slot_checkpoints = SlotCheckpoints(kept.chunk, kept.every, kept.states.flip(0))
+    swapped = grads()
+    assert max(_rel(a, b) for a, b in zip(swapped, walked)) > 1e-3

@@ -87,10 +87,10 @@ def _forward_checked(x, cache, tau, lengths, monkeypatch):
 
     real, calls = chunk_fwd._states_and_outputs, []
 
-    def both(q, k, v, g, beta, lam, s, size0, row_lengths, slots):
+    def both(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept=None):
         _check_pieces(q, k, v, g, beta, lam, s, size0, row_lengths)
         old_slots = slots.clone()
-        o = real(q, k, v, g, beta, lam, s, size0, row_lengths, slots)
+        o = real(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept)
         o_old = states_and_outputs_torch(q, k, v, g, beta, lam, s, size0, row_lengths, old_slots)
         torch.testing.assert_close(o, o_old, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(slots, old_slots, rtol=1e-5, atol=1e-6)

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+def checkpoint_interval(n_chunks: int) -> int:
+    """Chunks between the backward's stored slot states: ``ceil(sqrt(n_chunks))`` (at least 1), so that the
+    checkpoints and one segment's states take about as much memory."""
+    return max(1, math.isqrt(n_chunks - 1) + 1 if n_chunks > 1 else 1)
+
+
+@dataclass
+class SlotCheckpoints:
+    """The delta rule's slot states where its kernel forward's walk passed chunks ``0, every, 2 every, ...`` of
+    ``chunk`` tokens: ``states [n, R, K, Dk, Dv]`` float32, the backward's checkpoints, kept so that it does not walk
+    to them again."""
+
+    chunk: int
+    every: int
+    states: torch.Tensor
 
 
 @dataclass
@@ -18,6 +36,8 @@ class Structure:
         size0: ``[R]`` int64, the initial cache's size.
         K: capacity.
         triton: the Triton forward's own structure tensors when it ran (its backward's input), else None.
+        slot_checkpoints: the delta rule's kernel forward's slot states at its backward's checkpoints, when that
+            forward ran with gradients asked for, else None.
     """
 
     starts: torch.Tensor
@@ -25,6 +45,7 @@ class Structure:
     size0: torch.Tensor
     K: int
     triton: dict | None = None
+    slot_checkpoints: SlotCheckpoints | None = None
 
     def numpy(self):
         """``(starts bool, merged int64, size0 int64)`` as NumPy arrays (for the numba tables)."""

@@ -4,8 +4,8 @@
 Per segment of chunks (the square-root checkpoints' segments), last first:
 
 1. the slot states at each chunk start, ``F [n, R, K, Dk, Dv]``: the forward's slot-state kernel rerun from the
-   segment's checkpoint, without its reads (``chunk_fwd_states``; the checkpoints come from one forward pass of the
-   same kernel);
+   segment's checkpoint, without its reads (``chunk_fwd_states``; the checkpoints are the ones the kernel forward
+   kept when gradients were asked for, ``Structure.slot_checkpoints``, else walked here once by the same kernel);
 2. the chain of slot-state adjoints, ``dS`` carried to the segment's start and stored at each chunk end,
    ``E [n, R, K, Dk, Dv]`` (kernel A, ``chunk_bwd_chain``);
 3. the tables' cotangents from ``F`` and ``E`` by kernel B of the plan (``chunk_bwd_cotangents``), or every chunk of
@@ -84,11 +84,12 @@ def exact_in_tf32(x: torch.Tensor) -> bool:
     return not bool((x.view(torch.int32) & 0x1FFF).any())
 
 
-def reverse_pass_kernels(part, init, every: int, dS, dO, x, cot, grads):
+def reverse_pass_kernels(part, init, every: int, dS, dO, x, cot, grads, kept=None):
     """``_reverse_pass`` without a score on kernels: ``dS`` (the final states' adjoint ``[R, K, Dk, Dv]`` float32)
     carried to the first chunk's start and returned (``dinit``); ``cot`` (``qt``, ``khd``, ``Phi``) and ``grads``
     (``bv``, ``lam``) accumulated. ``init`` the initial slot states and ``dO [R, T, Dv]`` the outputs' adjoint, both
-    float32; ``every`` chunks per segment."""
+    float32; ``every`` chunks per segment. ``kept``: the slot states at each segment's start ``[n, R, K, Dk, Dv]``
+    float32 as the forward's walk passed them (read only), else walked here from ``init``."""
     R, K, Dk, Dv = init.shape
     nC, T = x.nC, x.T
     Phi, khd, qt = (x.tables[n] for n in ("Phi", "khd", "qt"))
@@ -107,19 +108,22 @@ def reverse_pass_kernels(part, init, every: int, dS, dO, x, cot, grads):
                               read_f32=True, v_exact=v_exact, starts=starts)
 
     bounds = [(a, min(nC, a + every)) for a in range(0, nC, every)]
-    S, checkpoints = init.contiguous().clone(), []
-    for a, b in bounds:  # the slot states at each segment's start
-        checkpoints.append(S.clone())
-        if b < nC:
-            walk(S, a, b)
-    del S
+    if kept is None:
+        checkpoints, S = [], init.contiguous().clone()
+        for a, b in bounds:  # the slot states at each segment's start
+            checkpoints.append(S.clone())
+            if b < nC:
+                walk(S, a, b)
+        del S
+    else:
+        checkpoints = list(kept)
     F = torch.empty(min(every, nC), R, K, Dk, Dv, device=init.device, dtype=torch.float32)
     E = torch.empty_like(F)
     per_batch = max(1, _BATCH_BYTES // (4 * R * K * max(Dk * Dv, Dk * x.C, x.C * Dv)))
     cotangents = _segment_cotangents_triton if _COTANGENTS == "triton" else _segment_cotangents
     for (a, b), S in zip(bounds[::-1], checkpoints[::-1]):
         n = b - a
-        walk(S, a, b, starts=F[:n])
+        walk(S.clone(), a, b, starts=F[:n])  # a copy: the forward's checkpoints serve every backward of the graph
         slot_adjoints(dS, Phi[a:b], qt[a:b], dO_rows, coef[a:b], part.destF[a:b], a, dS_end=E[:n])
         for c0 in range(0, n, per_batch):  # the cotangents' temporaries bounded (each as large as F)
             c1 = min(n, c0 + per_batch)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.layout import unrows
+from ..common.structure import SlotCheckpoints, checkpoint_interval
 from ..scalar_decay.chunk_fwd import DecidedStructure, LaunchConfig, merge_simulation
 from ..scalar_decay.chunk_fwd_states import CHUNK, start_bits
 from .chunk_fwd_decide import decide_delta_rule_triton
@@ -82,14 +83,15 @@ def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps
     return scores, s, P, row_lengths
 
 
-def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_lengths, slots):
+def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_lengths, slots, kept=None):
     """Stage 3: ``o [B, T, H, Dv]`` float32; the slot states ``slots [R, K, Dk, Dv]`` (float32, from the initial
     cache's) advanced to the call's end in place.
 
     Per block of chunks (its ``[nb, R, C, C]`` tables bound the memory), three launches that read the inputs where
     they are, in their dtypes: the WY tables (``wy_tables_triton``), the partition's maps and the intra-chunk output
     (``chunk_fwd_partition``), then ``dla_delta_states_kernel`` for the slot states and the reads of the slots live
-    at each chunk start."""
+    at each chunk start. ``kept``: a ``SlotCheckpoints`` whose ``states`` list receives a copy of the slot states at
+    every ``every``-th chunk start (the walk split there)."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     R, C, nC = B * H, CHUNK, -(-T // CHUNK)
@@ -101,14 +103,20 @@ def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_l
         nb = min(nC, b0 + block) - b0
         tab = output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32)
         coef, dest_f, dest = partition_and_intra(s, size0, row_lengths, tab["attn"], v, beta, lam, b0, o)
-        slot_states_and_reads(slots, tab["Phi"], tab["kb"], tab["qt"], v, coef, dest_f, dest, o, b0,
-                              read_f32=not lowp, v_exact=lowp)
+        cuts = [b0, b0 + nb] if kept is None else sorted({b0, b0 + nb, *range(-(-b0 // kept.every) * kept.every,
+                                                                                b0 + nb, kept.every)})
+        for c0, c1 in zip(cuts, cuts[1:]):
+            if kept is not None and c0 % kept.every == 0:
+                kept.states.append(slots.clone())
+            i, j = c0 - b0, c1 - b0
+            slot_states_and_reads(slots, tab["Phi"][i:j], tab["kb"][i:j], tab["qt"][i:j], v, coef[i:j], dest_f[i:j],
+                                  dest[i:j], o, c0, read_f32=not lowp, v_exact=lowp)
     return o
 
 
 def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau,
                               eps: float = 1e-6, norm_eps: float = 1e-6, lengths=None, decisions: str = "auto",
-                              decide_warps: int | None = None):
+                              decide_warps: int | None = None, keep_checkpoints: bool = False):
     """DLA with the gated delta-rule backbone on CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``): the
     contract of ``chunk_torch.forward_delta_rule_chunked`` (the cache tensors ``states [B, H, K, Dk, Dv]`` in the
     compute dtype, ``counts``, ``info`` float64, ``size`` updated in place; ``lengths [B]`` or None).
@@ -116,7 +124,11 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     ``decisions``: how stage 1 decides (``"auto"``, ``"tokens"`` or ``"chunks"``: see ``_decide``);
     ``decide_warps``: the token walk's warps (None: its default). The WY tables are float64, as the torch path's.
 
-    Returns ``(o [B, T, H, Dv] cd, scores [B, T, H] float64, starts [B, T, H] bool, merged [B, T, H] int64)``.
+    ``keep_checkpoints``: also return the slot states at the backward's checkpoints (``SlotCheckpoints``, states
+    ``[n, R, K, Dk, Dv]`` float32), so that a backward need not walk the slots to them again.
+
+    Returns ``(o [B, T, H, Dv] cd, scores [B, T, H] float64, starts [B, T, H] bool, merged [B, T, H] int64)``,
+    then the ``SlotCheckpoints`` (None when ``T == 0``) with ``keep_checkpoints``.
     """
     B, T, H, Dk = q.shape
     Dv, K = v.shape[-1], slot_weights.shape[-1]
@@ -124,7 +136,7 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     if T == 0:
         empty = torch.zeros(B, 0, H, device=q.device)
         return (torch.zeros(B, 0, H, v.shape[-1], device=q.device, dtype=states.dtype), empty.double(),
-                empty.bool(), empty.long())
+                empty.bool(), empty.long()) + ((None,) if keep_checkpoints else ())
     size0 = size.reshape(R).clone()  # size itself receives the final sizes below
     scores, s, P, row_lengths = _decide(k, v, g, beta, boundaries, (states, counts, info, size), size0, lengths, tau,
                                         eps, norm_eps, decisions, decide_warps)
@@ -133,7 +145,8 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     in_place = states.dtype == torch.float32 and states.is_contiguous()
     slots = (states.view(R, K, Dk, Dv) if in_place
              else torch.empty(R, K, Dk, Dv, device=q.device).copy_(states.reshape(R, K, Dk, Dv)))
-    o = _states_and_outputs(q, k, v, g, beta, slot_weights, s, size0, row_lengths, slots)
+    kept = SlotCheckpoints(CHUNK, checkpoint_interval(-(-T // CHUNK)), []) if keep_checkpoints else None
+    o = _states_and_outputs(q, k, v, g, beta, slot_weights, s, size0, row_lengths, slots, kept)
     # The open slot: the decision kernel's explicit one (float64 per token), as the torch path keeps its scan's.
     open_idx = (s.size - 1).clamp(min=0)
     rows_ = torch.arange(R, device=q.device)
@@ -144,4 +157,7 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     info.copy_(s.info.view(info.shape))
     size.copy_(s.size.view(size.shape))
     trace = (start_bits(s.masks)[:, :T], s.merged[:, :T])
+    if keep_checkpoints:
+        kept.states = torch.stack(kept.states)
+        return o, scores, *(unrows(x, B, H) for x in trace), kept
     return o, scores, *(unrows(x, B, H) for x in trace)

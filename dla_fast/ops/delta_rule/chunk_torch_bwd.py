@@ -25,14 +25,12 @@ Row layout: ``R = B * H`` rows, time second (``[R, T, ...]``); chunk-major ``[nC
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..common.layout import chunks, unchunk
 from ..common.live_starts import DevicePartition
 from ..common.partition import Partition, open_runs, run_mask, score_adjoint
-from ..common.structure import Structure
+from ..common.structure import Structure, checkpoint_interval
 from .chunk_bwd import reverse_pass_kernels
 from .wy_tables import wy_tables, wy_tables_adjoint
 
@@ -231,14 +229,16 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     ones = torch.ones_like(x.gc, dtype=cd)  # the token keys khd carry their decay to the chunk end
     part = DevicePartition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv)
     score = _Score(part, x) if dscores is not None else None
-    every = checkpoint_every or max(1, math.isqrt(nC - 1) + 1 if nC > 1 else 1)
+    every = checkpoint_every or checkpoint_interval(nC)
     cot = {n: torch.zeros_like(x.tables[n]) for n in ("qt", "khd", "Phi")}
     cot["kt"] = torch.zeros_like(x.tables["kt"]) if score is not None else None
     grads = dict(bv=torch.zeros_like(x.bv), lam=torch.zeros_like(x.lamc))
     dS = torch.zeros_like(init) if dS_final is None else dS_final.clone()
     direct = dinit0 = None
     if kernels and score is None and cd == torch.float32:
-        dinit = reverse_pass_kernels(part, init, every, dS, dO, x, cot, grads)
+        kept = structure.slot_checkpoints  # the forward's walk, where it kept the same checkpoints
+        kept = kept.states if kept is not None and (kept.chunk, kept.every) == (C, every) else None
+        dinit = reverse_pass_kernels(part, init, every, dS, dO, x, cot, grads, kept)
     else:
         checkpoints, _ = part.checkpoints(init, every, None if score is None else score.record_carry)
         if score is not None:  # its adjoint (score.dy) enters the reverse pass

@@ -27,7 +27,7 @@ import torch
 from ..common.layout import chunks, unchunk
 from ..common.live_starts import DevicePartition
 from ..common.partition import Partition, open_runs, run_mask, score_adjoint
-from ..common.structure import Structure
+from ..common.structure import Structure, checkpoint_interval
 
 # Elements of one [block, R, C, C] tensor in the intra-chunk backward.
 _BLOCK_ELEMENTS = 1 << 22
@@ -205,7 +205,7 @@ def scalar_decay_backward(q, k, v, g, lam, init, structure: Structure, dO, dS_fi
                            kc, vc)
     grads = {name: torch.zeros_like(x) for name, x in (("dq", qc), ("dk", kc), ("dv", vc), ("dlam", lamc))}
     score = _ScorePath(part, Gc, cd) if dscores is not None else None
-    every = checkpoint_every or max(1, math.isqrt(nC - 1) + 1 if nC > 1 else 1)
+    every = checkpoint_every or checkpoint_interval(nC)
     checkpoints, S_final = part.checkpoints(init, every, None if score is None else score.record_carry)
     dx_c = None
     if score is not None:
