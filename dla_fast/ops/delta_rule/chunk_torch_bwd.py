@@ -38,6 +38,9 @@ from .wy_tables import wy_tables, wy_tables_adjoint
 # 16, 64) moderate, backward on kernels: fwd+bwd 325 ms at 2^20 (~350 torch operations a block, 32 blocks), 212 at
 # 2^22, 200 at 2^23; peak 3.18, 3.18, 3.38 GiB.
 _BLOCK_ELEMENTS = 1 << 22
+# The kernels' reverse pass starts from the slot states the kernel forward kept (True) or walks to them itself. Not
+# yet timed on a GPU.
+_KEPT_CHECKPOINTS = True
 F64 = torch.float64
 
 
@@ -236,7 +239,7 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     dS = torch.zeros_like(init) if dS_final is None else dS_final.clone()
     direct = dinit0 = None
     if kernels and score is None and cd == torch.float32:
-        kept = structure.slot_checkpoints  # the forward's walk, where it kept the same checkpoints
+        kept = structure.slot_checkpoints if _KEPT_CHECKPOINTS else None  # the forward's walk, where it kept them
         kept = kept.states if kept is not None and (kept.chunk, kept.every) == (C, every) else None
         dinit = reverse_pass_kernels(part, init, every, dS, dO, x, cot, grads, kept)
     else:
