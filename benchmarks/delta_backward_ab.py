@@ -7,7 +7,8 @@ The torch pass is forced by wrapping ``delta_rule_backward`` as ``dla_fast.autog
 A third variant takes the tables' cotangents by batched torch products (``chunk_bwd._COTANGENTS = "torch"``; the
 default is their kernels since run 25); a fourth splits the values in the backward's slot-state walks as if they were
 not exact in tf32 (as before run 26); a fifth walks to the checkpoints in the backward instead of starting from
-the ones the forward kept.
+the ones the forward kept; a sixth computes the reverse pass's tables in torch (as before the forward's table kernel
+served them).
 ``--block-elements N,...`` adds a kernels variant per value of ``chunk_torch_bwd._BLOCK_ELEMENTS`` (the blocks of
 chunks of the tables and their adjoint: ~350 torch operations per block, 8 blocks at (2, 16384, 16, 64) at the
 default 2^22).
@@ -60,13 +61,13 @@ def ops_table(leaves, dO) -> str:
     return p.key_averages().table(sort_by="cuda_time_total", row_limit=25)
 
 
-def _configure(backward, block: int, cotangents: str, exact, kept: bool) -> None:
+def _configure(backward, block: int, cotangents: str, exact, kept: bool, triton_tables: bool) -> None:
     """One variant's settings: the backward ``dla_fast.autograd`` calls, the tables' blocks, the cotangents' path,
-    the test for values exact in tf32 (the backward's slot-state walks multiply them in one pass then) and whether
-    the reverse pass starts from the checkpoints the forward kept."""
+    the test for values exact in tf32 (the backward's slot-state walks multiply them in one pass then), whether the
+    reverse pass starts from the checkpoints the forward kept and where its tables come from."""
     autograd.delta_rule_backward = backward
     chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS, chunk_bwd.exact_in_tf32 = block, cotangents, exact
-    chunk_torch_bwd._KEPT_CHECKPOINTS = kept
+    chunk_torch_bwd._KEPT_CHECKPOINTS, chunk_torch_bwd._TRITON_TABLES = kept, triton_tables
 
 
 def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
@@ -78,9 +79,11 @@ def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
         row["forward_ms"] = sorted(_wall_ms(lambda: _dla_gdn(*leaves)) for _ in range(3))[1]
     grads = {}
     default = dict(backward=original, block=chunk_torch_bwd._BLOCK_ELEMENTS, cotangents=chunk_bwd._COTANGENTS,
-                   exact=chunk_bwd.exact_in_tf32, kept=chunk_torch_bwd._KEPT_CHECKPOINTS)
+                   exact=chunk_bwd.exact_in_tf32, kept=chunk_torch_bwd._KEPT_CHECKPOINTS,
+                   triton_tables=chunk_torch_bwd._TRITON_TABLES)
     variants = {"kernels": {}, "torch": dict(backward=torch_pass), "kernels_cotangents_torch": dict(cotangents="torch"),
-                "kernels_values_split": dict(exact=lambda x: False), "kernels_checkpoints_walked": dict(kept=False)}
+                "kernels_values_split": dict(exact=lambda x: False), "kernels_checkpoints_walked": dict(kept=False),
+                "kernels_tables_torch": dict(triton_tables=False)}
     variants.update({f"kernels_blocks_{n}": dict(block=n) for n in block_elements})
     try:
         for name, changes in variants.items():

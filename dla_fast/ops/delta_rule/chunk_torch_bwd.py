@@ -33,6 +33,7 @@ from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure, checkpoint_interval
 from .chunk_bwd import reverse_pass_kernels
 from .wy_tables import wy_tables, wy_tables_adjoint
+from .wy_tables_triton import output_tables_triton
 
 # Elements of one [block, R, C, C] tensor in the blocked table passes (scalar decay's size). H200, run 25, (2, 16384,
 # 16, 64) moderate, backward on kernels: fwd+bwd 325 ms at 2^20 (~350 torch operations a block, 32 blocks), 212 at
@@ -41,6 +42,9 @@ _BLOCK_ELEMENTS = 1 << 22
 # The kernels' reverse pass starts from the slot states the kernel forward kept (True) or walks to them itself. Not
 # yet timed on a GPU.
 _KEPT_CHECKPOINTS = True
+# The reverse pass's tables (qt, khd, Phi) on the kernels' path from the forward's table kernel (True) or torch.
+# Not yet timed on a GPU.
+_TRITON_TABLES = True
 F64 = torch.float64
 
 
@@ -51,7 +55,7 @@ class _Inputs:
     The tables are computed (and differentiated) in float64 when the score's part runs (its ``w = v - a y``
     cancels: docs/delta-rule-chunked.md section 5), else in the compute dtype (``T`` is well conditioned)."""
 
-    def __init__(self, q, k, v, g, beta, lam, dO, C: int, score: bool):
+    def __init__(self, q, k, v, g, beta, lam, dO, C: int, score: bool, triton_tables: bool = False):
         T = q.shape[1]
         self.C, self.nC, self.T, self.cd = C, max(1, -(-T // C)), T, q.dtype
         self.tdt = F64 if score else q.dtype  # the tables' dtype
@@ -63,15 +67,23 @@ class _Inputs:
         self.block = max(1, _BLOCK_ELEMENTS // max(1, R * C * C))
         keep = ("qt", "khd", "Phi") + (("kt", "akap") if score else ())
         self.tables = {n: [] for n in keep}
-        for _, _, tab, _ in self.blocks():
+        for b0, b1 in self.bounds():
+            inputs = [x[b0:b1] for x in (self.qc, self.kc, self.gc, self.bc)]
+            # The reverse pass's tables: the forward's table kernel (float64, stored in cd: ~0.35 ms a block of 32
+            # chunks at R = 32 on an H200) on the kernels' path, else torch's. The blocks' adjoint recomputes its own.
+            tab = (output_tables_triton(*inputs, dtype=self.cd) if triton_tables
+                   else wy_tables(*(x.to(self.tdt) for x in inputs), scores=score)[0])
             for n in keep:
                 self.tables[n].append(tab[n] if n in ("kt", "akap") else tab[n].to(self.cd))
         self.tables = {n: torch.cat(x) for n, x in self.tables.items()}
 
+    def bounds(self):
+        """``(b0, b1)`` of the blocks of chunks."""
+        return [(b0, min(self.nC, b0 + self.block)) for b0 in range(0, self.nC, self.block)]
+
     def blocks(self):
         """``(b0, b1, tables, saved)`` for the blocks of chunks (the tables recomputed, in ``self.tdt``)."""
-        for b0 in range(0, self.nC, self.block):
-            b1 = min(self.nC, b0 + self.block)
+        for b0, b1 in self.bounds():
             yield (b0, b1, *wy_tables(*(x[b0:b1].to(self.tdt) for x in (self.qc, self.kc, self.gc, self.bc)),
                                       scores=self.score))
 
@@ -227,7 +239,8 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     if T == 0:  # nothing happened: the final states are the initial ones
         dinit = torch.zeros_like(init) if dS_final is None else dS_final.clone()
         return (*(torch.zeros_like(t) for t in (q, k, v, g, beta, lam)), dinit)
-    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None)
+    kernels = kernels and dscores is None and cd == torch.float32
+    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None, triton_tables=kernels and _TRITON_TABLES)
     nC = x.nC
     ones = torch.ones_like(x.gc, dtype=cd)  # the token keys khd carry their decay to the chunk end
     part = DevicePartition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv)
@@ -238,7 +251,7 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     grads = dict(bv=torch.zeros_like(x.bv), lam=torch.zeros_like(x.lamc))
     dS = torch.zeros_like(init) if dS_final is None else dS_final.clone()
     direct = dinit0 = None
-    if kernels and score is None and cd == torch.float32:
+    if kernels:
         kept = structure.slot_checkpoints if _KEPT_CHECKPOINTS else None  # the forward's walk, where it kept them
         kept = kept.states if kept is not None and (kept.chunk, kept.every) == (C, every) else None
         dinit = reverse_pass_kernels(part, init, every, dS, dO, x, cot, grads, kept)
