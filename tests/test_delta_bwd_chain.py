@@ -207,8 +207,8 @@ def test_backward_on_kernels_matches_the_float64_torch_backward(case, monkeypatc
     """The backward with its reverse pass on kernels (``chunk_bwd.reverse_pass_kernels``: the states rerun by the
     forward's kernel, the chain, the cotangents batched per segment), float32, against the torch backward in
     float64: every gradient within ``BOUND`` of the largest entry, with the default segments, one chunk per segment,
-    the cotangents batched a chunk at a time and the cotangents by their kernels.
-    Measured (interpreter): 1.1e-7 to 5.0e-7, as the float32 torch backward's (the same tables in both)."""
+    the cotangents batched a chunk at a time and the cotangents by their kernels. Measured (interpreter): 1.1e-7 to
+    5.0e-7, as the float32 torch backward's (the same tables in both)."""
     from dla_fast.ops.delta_rule import chunk_bwd
     from dla_fast.ops.delta_rule.chunk_bwd_chain import slot_adjoints
 
@@ -317,7 +317,7 @@ def test_table_cotangent_kernels_match_a_float64_einsum(n, R, K, Dk, Dv):
         assert err < BOUND, (name, err)
 
 
-def test_values_from_16_bit_inputs_are_foundexact_in_tf32():
+def test_values_from_16_bit_inputs_are_found_exact_in_tf32():
     """The backward's walks take the values as exact in tf32 (one product fewer) only when they are: bfloat16 and
     float16 inputs upcast, not float32 ones, nor a float32 value one bit below tf32's last (the Triton
     interpreter's products do not round to tf32, so a wrong answer here shows only on a GPU)."""
