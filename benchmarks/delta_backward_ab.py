@@ -8,13 +8,14 @@ A third variant takes the tables' cotangents by batched torch products (``chunk_
 default is their kernels since run 25); a fourth splits the values in the backward's slot-state walks as if they were
 not exact in tf32 (as before run 26); a fifth walks to the checkpoints in the backward instead of starting from
 the ones the forward kept; a sixth computes the reverse pass's tables in torch (as before the forward's table kernel
-served them).
+served them); a seventh the blocks' tables and their adjoint in torch (as before the adjoint kernel).
+``--variants`` picks some of them (the torch pass always runs: the gradients are compared against it).
 ``--block-elements N,...`` adds a kernels variant per value of ``chunk_torch_bwd._BLOCK_ELEMENTS`` (the blocks of
 chunks of the tables and their adjoint: ~350 torch operations per block, 8 blocks at (2, 16384, 16, 64) at the
 default 2^22).
 
     python benchmarks/delta_backward_ab.py [--cells 2x16384x64:moderate,8x4096x64:moderate] [--block-elements N,...]
-        [--out DIR]
+        [--variants kernels,kernels_adjoint_torch,...] [--out DIR]
 
 Writes ``delta_backward_ab_<card>_<date>.json`` and ``delta_backward_ops_<card>_<date>.txt`` to DIR; the table is
 printed last.
@@ -61,16 +62,19 @@ def ops_table(leaves, dO) -> str:
     return p.key_averages().table(sort_by="cuda_time_total", row_limit=25)
 
 
-def _configure(backward, block: int, cotangents: str, exact, kept: bool, triton_tables: bool) -> None:
+def _configure(backward, block: int, cotangents: str, exact, kept: bool, triton_tables: bool,
+               triton_adjoint: bool) -> None:
     """One variant's settings: the backward ``dla_fast.autograd`` calls, the tables' blocks, the cotangents' path,
     the test for values exact in tf32 (the backward's slot-state walks multiply them in one pass then), whether the
-    reverse pass starts from the checkpoints the forward kept and where its tables come from."""
+    reverse pass starts from the checkpoints the forward kept, where its tables come from and where the blocks'
+    tables' adjoint runs."""
     autograd.delta_rule_backward = backward
     chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS, chunk_bwd.exact_in_tf32 = block, cotangents, exact
     chunk_torch_bwd._KEPT_CHECKPOINTS, chunk_torch_bwd._TRITON_TABLES = kept, triton_tables
+    chunk_torch_bwd._TRITON_ADJOINT = triton_adjoint
 
 
-def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
+def cell(cfg, wname: str, ops_file, block_elements=(), names=None) -> dict:
     leaves = _leaves(*delta_inputs(*cfg, WORKLOADS[wname]))
     dO = torch.randn_like(leaves[2])
     row = dict(config=list(cfg), workload=wname)
@@ -80,11 +84,13 @@ def cell(cfg, wname: str, ops_file, block_elements=()) -> dict:
     grads = {}
     default = dict(backward=original, block=chunk_torch_bwd._BLOCK_ELEMENTS, cotangents=chunk_bwd._COTANGENTS,
                    exact=chunk_bwd.exact_in_tf32, kept=chunk_torch_bwd._KEPT_CHECKPOINTS,
-                   triton_tables=chunk_torch_bwd._TRITON_TABLES)
+                   triton_tables=chunk_torch_bwd._TRITON_TABLES, triton_adjoint=chunk_torch_bwd._TRITON_ADJOINT)
     variants = {"kernels": {}, "torch": dict(backward=torch_pass), "kernels_cotangents_torch": dict(cotangents="torch"),
                 "kernels_values_split": dict(exact=lambda x: False), "kernels_checkpoints_walked": dict(kept=False),
-                "kernels_tables_torch": dict(triton_tables=False)}
+                "kernels_tables_torch": dict(triton_tables=False), "kernels_adjoint_torch": dict(triton_adjoint=False)}
     variants.update({f"kernels_blocks_{n}": dict(block=n) for n in block_elements})
+    if names:
+        variants = {n: c for n, c in variants.items() if n in names or n == "torch"}
     try:
         for name, changes in variants.items():
             _configure(**{**default, **changes})
@@ -106,6 +112,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", default="2x16384x64:moderate")
     ap.add_argument("--block-elements", default="", help="comma-separated values of _BLOCK_ELEMENTS to add")
+    ap.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -118,7 +125,8 @@ def main():
         for item in args.cells.split(","):
             name, wname = item.split(":")
             blocks = [int(n) for n in args.block_elements.split(",") if n]
-            rows.append(cell(configs_named(name)[0], wname, ops_file, blocks))
+            names = [n for n in args.variants.split(",") if n]
+            rows.append(cell(configs_named(name)[0], wname, ops_file, blocks, names))
             torch.cuda.empty_cache()
     with open(os.path.join(args.out, f"delta_backward_ab_{stem}.json"), "w") as f:
         json.dump(dict(card=torch.cuda.get_device_name(), rows=rows), f, indent=1)

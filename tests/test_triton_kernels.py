@@ -814,6 +814,35 @@ def test_delta_rule_table_kernel_matches_the_torch_tables(Dk):
 
 
 @needs_kernels
+@pytest.mark.parametrize("Dk", [1, 48, 80])
+def test_delta_rule_table_adjoint_kernel_matches_autograd(Dk):
+    """``wy_tables_adjoint_triton`` (from the table kernel's scratch, float64) against torch autograd through
+    ``wy_tables`` (float64) for random cotangents of ``attn``, ``qt``, ``khd`` and ``Phi`` (float32, as the backward
+    passes them); key blocks of 64 (``Dk = 80``), a row that ends inside its chunk (``g = b = 0``) and ``b`` up to 1.
+    Relative to each gradient's largest entry: float64 rounding of 64-term sums, ~1e-15 (bound 1e-12)."""
+    from dla_fast.ops.delta_rule.wy_tables import wy_tables
+    from dla_fast.ops.delta_rule.wy_tables_adjoint_triton import wy_tables_adjoint_triton
+    from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_saved
+
+    gen = torch.Generator().manual_seed(Dk)
+    q, k = (torch.nn.functional.normalize(torch.randn(2, 3, 64, Dk, generator=gen, dtype=torch.float64), dim=-1)
+            for _ in range(2))
+    g = -0.2 * torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
+    b = torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
+    b[1, 2] = 1.0
+    g[1, 1, 40:], b[1, 1, 40:] = 0.0, 0.0
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, g, b)]
+    want_tables, _ = wy_tables(*leaves, scores=False)
+    cot = {n: torch.randn(want_tables[n].shape, generator=gen).float() for n in ("attn", "qt", "khd", "Phi")}
+    want = torch.autograd.grad(sum((cot[n].double() * want_tables[n]).sum() for n in cot), leaves)
+    tables, saved = output_tables_saved(*(x.to(DEV) for x in (q, k, g, b)))
+    got = wy_tables_adjoint_triton(g.to(DEV), tables, saved, {n: c.to(DEV) for n, c in cot.items()})
+    for name, a, w in zip("qkgb", got, want):
+        np.testing.assert_allclose(a.cpu().numpy(), w.numpy(), rtol=0, atol=1e-12 * w.abs().max().item(),
+                                   err_msg=f"d{name}")
+
+
+@needs_kernels
 @pytest.mark.parametrize("zeros_from,tau", [(0, 0.6), (64, 1e9)])
 def test_delta_rule_chunked_decisions_walk_the_rows_whose_norm_recursion_cancels(zeros_from, tau, monkeypatch):
     """One key feature, beta = 1 and values that are often zero: the rule erases the open slot to exactly zero,

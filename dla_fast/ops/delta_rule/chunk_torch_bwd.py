@@ -33,18 +33,23 @@ from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure, checkpoint_interval
 from .chunk_bwd import reverse_pass_kernels
 from .wy_tables import wy_tables, wy_tables_adjoint
-from .wy_tables_triton import output_tables_triton
+from .wy_tables_adjoint_triton import wy_tables_adjoint_triton
+from .wy_tables_triton import output_tables_saved, output_tables_triton
 
 # Elements of one [block, R, C, C] tensor in the blocked table passes (scalar decay's size). H200, run 25, (2, 16384,
 # 16, 64) moderate, backward on kernels: fwd+bwd 325 ms at 2^20 (~350 torch operations a block, 32 blocks), 212 at
 # 2^22, 200 at 2^23; peak 3.18, 3.18, 3.38 GiB.
 _BLOCK_ELEMENTS = 1 << 22
-# The kernels' reverse pass starts from the slot states the kernel forward kept (True) or walks to them itself. Not
-# yet timed on a GPU.
+# The kernels' reverse pass starts from the slot states the kernel forward kept (True) or walks to them itself.
+# H200, run 27, fwd+bwd at (2, 16384, 16, 64) moderate: 106.5 against 121.0 ms (GPU 100.0 against 107.0).
 _KEPT_CHECKPOINTS = True
 # The reverse pass's tables (qt, khd, Phi) on the kernels' path from the forward's table kernel (True) or torch.
-# Not yet timed on a GPU.
+# H200, run 27, fwd+bwd at (2, 16384, 16, 64) moderate: 106.5 against 110.9 ms (GPU 100.0 against 101.8).
 _TRITON_TABLES = True
+# The blocks' tables and their adjoint on the kernels' path by the table kernel and the adjoint kernel
+# (``wy_tables_adjoint_triton``, float64) (True) or torch (in the compute dtype). H200, run 27, fwd+bwd at (2, 16384,
+# 16, 64) moderate: 103.2 against 113.7 ms (GPU 98.0 against 100.2; ~1,200 fewer torch launches).
+_TRITON_ADJOINT = True
 F64 = torch.float64
 
 
@@ -53,13 +58,16 @@ class _Inputs:
     float64, the stored tables ``qt, khd, Phi`` (cd) and, for the score, ``kt, akap`` (float64).
 
     The tables are computed (and differentiated) in float64 when the score's part runs (its ``w = v - a y``
-    cancels: docs/delta-rule-chunked.md section 5), else in the compute dtype (``T`` is well conditioned)."""
+    cancels: docs/delta-rule-chunked.md section 5), else in the compute dtype (``T`` is well conditioned), or in
+    float64 by the table and adjoint kernels (``triton_adjoint``)."""
 
-    def __init__(self, q, k, v, g, beta, lam, dO, C: int, score: bool, triton_tables: bool = False):
+    def __init__(self, q, k, v, g, beta, lam, dO, C: int, score: bool, triton_tables: bool = False,
+                 triton_adjoint: bool = False):
         T = q.shape[1]
         self.C, self.nC, self.T, self.cd = C, max(1, -(-T // C)), T, q.dtype
         self.tdt = F64 if score else q.dtype  # the tables' dtype
         self.score = score  # the score's tables (kt, akap) are built only for its part
+        self.triton_adjoint = triton_adjoint
         self.qc, self.kc, self.vc, self.dOc, self.lamc = (chunks(x, C, self.nC) for x in (q, k, v, dO, lam))
         self.gc, self.bc = (chunks(x.to(F64), C, self.nC) for x in (g, beta))
         self.bv = self.bc.to(self.cd).unsqueeze(-1) * self.vc
@@ -82,10 +90,14 @@ class _Inputs:
         return [(b0, min(self.nC, b0 + self.block)) for b0 in range(0, self.nC, self.block)]
 
     def blocks(self):
-        """``(b0, b1, tables, saved)`` for the blocks of chunks (the tables recomputed, in ``self.tdt``)."""
+        """``(b0, b1, tables, saved)`` for the blocks of chunks (the tables recomputed, in ``self.tdt``, or by the
+        table kernel in float64 with its scratch as ``saved``)."""
         for b0, b1 in self.bounds():
-            yield (b0, b1, *wy_tables(*(x[b0:b1].to(self.tdt) for x in (self.qc, self.kc, self.gc, self.bc)),
-                                      scores=self.score))
+            inputs = [x[b0:b1] for x in (self.qc, self.kc, self.gc, self.bc)]
+            if self.triton_adjoint:
+                yield (b0, b1, *output_tables_saved(*inputs))
+            else:
+                yield (b0, b1, *wy_tables(*(x.to(self.tdt) for x in inputs), scores=self.score))
 
 
 class _Score:
@@ -210,7 +222,10 @@ def _blocks_adjoint(part: Partition, x: _Inputs, cot, grads, score: _Score | Non
             c_b["kt"] = cot["kt"][b0:b1]
             c_b["akap"] = (dy @ bv64.transpose(-1, -2)) * run
             grads["bv"][b0:b1] += ((tab["akap"] * run).transpose(-1, -2) @ dy).to(x.cd)
-        d = wy_tables_adjoint(*(t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)), tab, saved, c_b)
+        if x.triton_adjoint:
+            d = wy_tables_adjoint_triton(x.gc[b0:b1], tab, saved, c_b)
+        else:
+            d = wy_tables_adjoint(*(t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)), tab, saved, c_b)
         for name, dd in zip(("q", "k", "g", "b"), d):
             out[name][b0:b1] = dd
     return out
@@ -240,7 +255,8 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
         dinit = torch.zeros_like(init) if dS_final is None else dS_final.clone()
         return (*(torch.zeros_like(t) for t in (q, k, v, g, beta, lam)), dinit)
     kernels = kernels and dscores is None and cd == torch.float32
-    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None, triton_tables=kernels and _TRITON_TABLES)
+    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None, triton_tables=kernels and _TRITON_TABLES,
+                triton_adjoint=kernels and _TRITON_ADJOINT)
     nC = x.nC
     ones = torch.ones_like(x.gc, dtype=cd)  # the token keys khd carry their decay to the chunk end
     part = DevicePartition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv)

@@ -204,15 +204,17 @@ def dla_delta_wy_tables_kernel(
             tl.store(qt_ptr + (base * C + rows) * Dk + kd[None, :], tl.exp(Gc)[:, None] * (Q - MqZ), mask=inside)
 
 
-def _launch(q, k, g, b, c0: int, nb: int, C: int, out, scores: bool, beta_khd: bool, num_warps: int, stages: int):
+def _launch(q, k, g, b, c0: int, nb: int, C: int, out, scores: bool, beta_khd: bool, num_warps: int, stages: int,
+            staged: bool = False):
     """One launch over chunks ``c0 .. c0 + nb - 1`` of ``k [B, T, H, Dk]`` (chunks of C tokens); ``out`` holds the
-    tables it writes (absent ones: any tensor; the keys at the chunk end as ``kb`` with ``beta_khd``)."""
+    tables it writes (absent ones: any tensor; the keys at the chunk end as ``kb`` with ``beta_khd``). Returns the
+    float64 scratch ``(x, b, A, Z, Mq)`` (``x``: the keys and queries, with ``staged`` always copied there)."""
     B, T, H, Dk = k.shape
     R = B * H
     f64 = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=torch.float64)  # noqa: E731
     outputs = q is not None
     # Float64 chunks of one head, contiguous (the chunk-major copies of the older entry points): read in place.
-    staged = T % C != 0 or H != 1 or any(x.dtype != torch.float64 for x in (q, k) if x is not None)
+    staged = staged or T % C != 0 or H != 1 or any(x.dtype != torch.float64 for x in (q, k) if x is not None)
     scratch_x, scratch_b = f64(1 + outputs, C, Dk) if staged else k, f64(C)
     scratch_a, scratch_mq, scratch_z = f64(C, C), f64(C, C) if outputs else k, f64(C, Dk)
     phi = out["Phi"] if "Phi" in out else out["phiT"]
@@ -224,6 +226,7 @@ def _launch(q, k, g, b, c0: int, nb: int, C: int, out, scores: bool, beta_khd: b
         out.get("ktT", k), keys, phi, out.get("attn", k), out.get("qt", k), R, T, H, c0, Dk, phi_si, phi_sj,
         C=C, KB=KB, IB=min(INVERSE_BLOCK, C), BKD=FP64_DOT_K, STAGES=stages, SCORES=scores, OUTPUTS=outputs,
         BETA_KHD=beta_khd, STAGED=staged, num_warps=num_warps)
+    return scratch_x, scratch_b, scratch_a, scratch_z, scratch_mq
 
 
 def _as_rows(x: torch.Tensor) -> torch.Tensor:
@@ -254,6 +257,18 @@ def output_tables_triton(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, b: t
     out = _output_tables(nb, R, C, Dk, k.device, dtype, "khd")
     _launch(*(_as_rows(x) for x in (q, k, g, b)), 0, 1, C, out, False, False, num_warps, stages)
     return out
+
+
+def output_tables_saved(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *,
+                        num_warps: int = OUTPUT_TABLE_WARPS, stages: int = 1):
+    """:func:`output_tables_triton` in float64 with what ``wy_tables_adjoint_triton`` reads besides: ``(tables,
+    saved)``, ``saved`` the kernel's float64 scratch (the chunk's keys then queries ``x [nb, R, 2, C, Dk]``, ``b``,
+    ``A = Gs T``, ``Z``, ``Mq = causal(Q K^T)``), as ``wy_tables`` returns its intermediates."""
+    nb, R, C, Dk = k.shape
+    out = _output_tables(nb, R, C, Dk, k.device, torch.float64, "khd")
+    x, b64, A, Z, Mq = _launch(*(_as_rows(t) for t in (q, k, g, b)), 0, 1, C, out, False, False, num_warps, stages,
+                               staged=True)
+    return out, dict(x=x, b=b64, A=A, Z=Z, Mq=Mq)
 
 
 def output_tables_rows(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, c0: int, nb: int, *,

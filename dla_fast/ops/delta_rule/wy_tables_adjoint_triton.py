@@ -1,0 +1,180 @@
+"""Triton, gated delta rule: the adjoint of the output stage's WY tables, ``wy_tables.wy_tables_adjoint`` without the
+score's tables, in float64, one program per (row, chunk).
+
+It reads what the table kernel leaves in its scratch (``wy_tables_triton.output_tables_saved``: the chunk's keys and
+queries, ``b``, ``A = Gs T``, ``Z = T (b K)``, ``Mq = causal(Q K^T)``) and the tables themselves, so nothing is
+inverted again: ``T = I - diag(b) A`` enters every product as ``X T^T = X - (X A^T) diag(b)`` or ``T^T X = X -
+A^T diag(b) X``. The reverse of ``wy_tables``, term by term (``dGc``: the cumulative decays' gradient)::
+
+    attn = D o (Mq T):       dX = c_attn o D,  dMq = dX T^T,  dT = Mq^T dX
+    qt = e^Gc (Q - Mq Z):    dQ = e^Gc c_qt,   dMq -= dQ Z^T, dZ = -Mq^T dQ
+    khd = e^(GL-Gc) T^T K:   dkh = e^(GL-Gc) c_khd,  dT += K dkh^T,  dK = T dkh
+    Phi = e^GL (I - K^T Z):  dK -= e^GL Z c_Phi^T,  dZ -= e^GL K c_Phi
+    Z = T (b K):             dT += dZ (b K)^T,  dbk = T^T dZ,  dK += b dbk,  db = rowsum(K o dbk)
+    T = (I + b Gs)^-1:       dL = -strict(T^T dT T^T),  dGs = b dL,  db += rowsum(dL o Gs)
+    Gs, Mq:                  dK += (dGs + dGs^T) K + causal(dMq)^T Q,  dQ += causal(dMq) K
+
+Products are float64 ``tl.dot`` with both operands read from memory (``dot_from_memory``, the FP64 tensor cores); the
+intermediates that later products read (``dX``, ``dQ``, ``dkh``, ``dZ``, ``dT``, ``dT T^T``, ``dGs + dGs^T``,
+``causal(dMq)``) go through a float64 scratch of the program's own, where ``dT`` and ``dMq`` accumulate too (held in
+registers, the two ``[C, C]`` float64 tiles spilled: sm_90, 8 warps, 504 B of stack).
+Sixteen ``C^2 Dk``-sized products a program: ~8.4 MFLOP at C = Dk = 64.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common.triton_utils import FP64_DOT_K, dot_from_memory
+from .wy_tables_triton import KEY_BLOCK, OUTPUT_TABLE_WARPS
+
+# Warps of the adjoint kernel. H200, run 27, the backward's 8 blocks at (2, 16384, 16, 64), tables included: 11.68
+# ms at 4 warps (1.6 KB of stack on sm_90), 10.53 at 8 (320 B), 10.24 at 16; torch's float32 blocks 13.81.
+ADJOINT_WARPS = OUTPUT_TABLE_WARPS
+
+
+@triton.jit
+def _square_product_sum(x_ptr, y_ptr, Dk, KB: tl.constexpr):
+    """``sum(x o y)`` of two row-major ``[Dk, Dk]`` matrices, ``KB x KB`` blocks at a time."""
+    i = tl.arange(0, KB)
+    acc = tl.zeros([KB, KB], dtype=tl.float64)
+    for ib in range(0, Dk, KB):
+        for jb in range(0, Dk, KB):
+            off = (ib + i)[:, None] * Dk + (jb + i)[None, :]
+            inside = ((ib + i)[:, None] < Dk) & ((jb + i)[None, :] < Dk)
+            acc += (tl.load(x_ptr + off, mask=inside, other=0.0).to(tl.float64)
+                    * tl.load(y_ptr + off, mask=inside, other=0.0).to(tl.float64))
+    return tl.sum(tl.sum(acc, 1), 0)
+
+
+@triton.jit(do_not_specialize=["Dk"])
+def dla_delta_wy_adjoint_kernel(
+    x_ptr, b_ptr, a_ptr, z_ptr, mq_ptr, g_ptr,
+    attn_ptr, qt_ptr, khd_ptr, phi_ptr,
+    cattn_ptr, cqt_ptr, ckhd_ptr, cphi_ptr,
+    dx_ptr, dt_ptr, dm_ptr, sq_ptr, skh_ptr, sz_ptr,
+    dq_ptr, dk_ptr, dg_ptr, db_ptr,
+    Dk, C: tl.constexpr, KB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
+):
+    """Program p (one (chunk, row) of a block, chunk-major) -> ``dq, dk [P, C, Dk]``, ``dg, db [P, C]`` (float64) of
+    ``<c_attn, attn> + <c_qt, qt> + <c_khd, khd> + <c_Phi, Phi>``. Reads the table kernel's scratch ``x [P, 2, C,
+    Dk]`` (keys, queries), ``b [P, C]``, ``A``, ``Mq [P, C, C]``, ``Z [P, C, Dk]``, the log decays ``g [P, C]``, the
+    float64 tables and the cotangents (any float dtype; ``Phi``'s row-major ``[Dk, Dk]``). ``dx, dt, dm [P, C, C]``
+    and ``sq, skh, sz [P, C, Dk]`` are float64 scratch."""
+    p = tl.program_id(0).to(tl.int64)
+    t = tl.arange(0, C)
+    rows, cols = t[:, None], t[None, :]
+    cc, ck = p * C * C + rows * C + cols, p * C * Dk  # a [C, C] tile's offsets; a [C, Dk] matrix's start
+    K, A, Z, Mq, bk = x_ptr + 2 * ck, a_ptr + p * C * C, z_ptr + ck, mq_ptr + p * C * C, b_ptr + p * C
+    Q = K + C * Dk
+    cphi = cphi_ptr + p * Dk * Dk
+    dX, sT, sM = dx_ptr + p * C * C, dt_ptr + p * C * C, dm_ptr + p * C * C
+    sQ, sKh, sZ = sq_ptr + ck, skh_ptr + ck, sz_ptr + ck
+    b = tl.load(bk + t)
+    Gc = tl.cumsum(tl.load(g_ptr + p * C + t).to(tl.float64), 0)
+    GL = tl.sum(tl.where(t == C - 1, Gc, 0.0), 0)
+    eGL = tl.exp(GL)
+    # attn = D o (Mq T): dX = c_attn o D, dMq = dX T^T, dT = Mq^T dX.
+    c_attn = tl.load(cattn_ptr + cc).to(tl.float64)
+    E = c_attn * tl.load(attn_ptr + cc)
+    dGc = tl.sum(E, 1) - tl.sum(E, 0)
+    tl.store(dX + rows * C + cols, c_attn * tl.where(cols <= rows, tl.exp(Gc[:, None] - Gc[None, :]), 0.0))
+    tl.debug_barrier()  # dX is in the scratch for every thread
+    tl.store(sT + rows * C + cols, dot_from_memory(Mq, 1, C, dX, C, 1, bk, C, C, C, C, C, BKD, False, STAGES))
+    dM = tl.load(dX + rows * C + cols) - b[None, :] * dot_from_memory(dX, C, 1, A, 1, C, bk, C, C, C, C, C, BKD,
+                                                                       False, STAGES)
+    tl.store(sM + rows * C + cols, dM)
+    # qt = e^Gc (Q - Mq Z) and khd = e^(GL - Gc) (T^T K): their scaled cotangents dQ and dkh to the scratch.
+    E_khd = tl.zeros([C], dtype=tl.float64)
+    for kb in range(0, Dk, KB):
+        kd = kb + tl.arange(0, KB)
+        off, inside = rows * Dk + kd[None, :], kd[None, :] < Dk
+        c_qt = tl.load(cqt_ptr + ck + off, mask=inside, other=0.0).to(tl.float64)
+        dGc += tl.sum(c_qt * tl.load(qt_ptr + ck + off, mask=inside, other=0.0), 1)
+        tl.store(sQ + off, tl.exp(Gc)[:, None] * c_qt, mask=inside)
+        c_khd = tl.load(ckhd_ptr + ck + off, mask=inside, other=0.0).to(tl.float64)
+        E_khd += tl.sum(c_khd * tl.load(khd_ptr + ck + off, mask=inside, other=0.0), 1)
+        tl.store(sKh + off, tl.exp(GL - Gc)[:, None] * c_khd, mask=inside)
+    dGc -= E_khd
+    dGL = tl.sum(E_khd, 0) + _square_product_sum(cphi, phi_ptr + p * Dk * Dk, Dk, KB)
+    tl.debug_barrier()  # dQ, dkh and the first terms of dT and dMq are in the scratch for every thread
+    dM = tl.load(sM + rows * C + cols) - dot_from_memory(sQ, Dk, 1, Z, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
+    tl.store(sM + rows * C + cols, tl.where(cols <= rows, dM, 0.0))  # dMq is complete: causal(dMq)
+    dT = tl.load(sT + rows * C + cols) + dot_from_memory(K, Dk, 1, sKh, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
+    tl.store(sT + rows * C + cols, dT)
+    # dZ = -Mq^T dQ - e^GL K c_Phi (the queries' and Phi's terms).
+    for kb in range(0, Dk, KB):
+        kd = kb + tl.arange(0, KB)
+        dZ = -dot_from_memory(Mq, 1, C, sQ + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, False, STAGES)
+        dZ -= eGL * dot_from_memory(K, Dk, 1, cphi + kb, Dk, 1, bk, C, Dk, Dk - kb, C, KB, BKD, False, STAGES)
+        tl.store(sZ + rows * Dk + kd[None, :], dZ, mask=kd[None, :] < Dk)
+    tl.debug_barrier()  # dZ and dT so far are in the scratch for every thread
+    # Z = T (b K): dT += dZ (b K)^T; the keys' first terms dK = T dkh - e^GL Z c_Phi^T + b T^T dZ, to dk.
+    dT = tl.load(sT + rows * C + cols) + dot_from_memory(sZ, Dk, 1, K, 1, Dk, bk, C, Dk, C, C, C, BKD, False,
+                                                         STAGES) * b[None, :]
+    db = tl.zeros([C], dtype=tl.float64)
+    for kb in range(0, Dk, KB):
+        kd = kb + tl.arange(0, KB)
+        off, inside = rows * Dk + kd[None, :], kd[None, :] < Dk
+        dK = tl.load(sKh + off, mask=inside, other=0.0) - b[:, None] * dot_from_memory(
+            A, C, 1, sKh + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, False, STAGES)
+        dK -= eGL * dot_from_memory(Z, Dk, 1, cphi + kb * Dk, 1, Dk, bk, C, Dk, Dk - kb, C, KB, BKD, False, STAGES)
+        dbk = tl.load(sZ + off, mask=inside, other=0.0) - dot_from_memory(A, 1, C, sZ + kb, Dk, 1, bk, C, C, Dk - kb,
+                                                                          C, KB, BKD, True, STAGES)
+        dK += b[:, None] * dbk
+        db += tl.sum(tl.load(K + off, mask=inside, other=0.0) * dbk, 1)
+        tl.store(dk_ptr + ck + off, dK, mask=inside)
+    # T = (I + diag(b) Gs)^-1: dL = -strict(T^T (dT T^T)), dGs = diag(b) dL.
+    tl.debug_barrier()  # every thread has read dT so far
+    tl.store(sT + rows * C + cols, dT)
+    tl.debug_barrier()  # dT is in the scratch for every thread (dX's last reader has passed)
+    W = dT - b[None, :] * dot_from_memory(sT, C, 1, A, 1, C, bk, C, C, C, C, C, BKD, False, STAGES)
+    tl.store(dX + rows * C + cols, W)
+    tl.debug_barrier()  # dT T^T is in the scratch for every thread
+    TW = W - dot_from_memory(A, 1, C, dX, C, 1, bk, C, C, C, C, C, BKD, True, STAGES)
+    dL = -tl.where(cols < rows, TW, 0.0)
+    Gs = dot_from_memory(K, Dk, 1, K, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
+    db += tl.sum(dL * Gs, 1)
+    dGs = b[:, None] * dL
+    tl.debug_barrier()  # every thread has read dT T^T
+    tl.store(dX + rows * C + cols, dGs + tl.trans(dGs))
+    tl.debug_barrier()  # dGs + dGs^T is in the scratch for every thread
+    # Gs = strict(K K^T), Mq = causal(Q K^T).
+    for kb in range(0, Dk, KB):
+        kd = kb + tl.arange(0, KB)
+        off, inside = rows * Dk + kd[None, :], kd[None, :] < Dk
+        dQ = tl.load(sQ + off, mask=inside, other=0.0) + dot_from_memory(sM, C, 1, K + kb, Dk, 1, bk, C, C, Dk - kb,
+                                                                         C, KB, BKD, False, STAGES)
+        dK = tl.load(dk_ptr + ck + off, mask=inside, other=0.0)
+        dK += dot_from_memory(dX, C, 1, K + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, False, STAGES)
+        dK += dot_from_memory(sM, 1, C, Q + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, False, STAGES)
+        tl.store(dq_ptr + ck + off, dQ, mask=inside)
+        tl.store(dk_ptr + ck + off, dK, mask=inside)
+    # Gc[t] = g[0] + ... + g[t] and GL = Gc[C - 1]: dg is the suffix sum of dGc.
+    dGc = tl.where(t == C - 1, dGc + dGL, dGc)
+    tl.store(dg_ptr + p * C + t, tl.sum(dGc, 0) - tl.cumsum(dGc, 0) + dGc)
+    tl.store(db_ptr + p * C + t, db)
+
+
+def wy_tables_adjoint_triton(g: torch.Tensor, tables: dict, saved: dict, cot: dict, *, num_warps: int = ADJOINT_WARPS,
+                             stages: int = 1, dot_k: int = FP64_DOT_K):
+    """``wy_tables_adjoint``'s ``(dq, dk, dg, db)`` (float64, chunk-major ``[nb, R, C, ...]``) for the cotangents
+    ``cot`` of ``attn``, ``qt``, ``khd`` and ``Phi`` (any float dtype), from the log decays ``g [nb, R, C]`` and
+    what ``wy_tables_triton.output_tables_saved`` returned for the same block (the score's tables take no part).
+    ``stages`` and ``dot_k``: the products' loads in flight and their reduction step."""
+    nb, R, C, Dk = tables["qt"].shape
+    P, dev = nb * R, g.device
+    new = lambda *shape: torch.empty(P, *shape, device=dev, dtype=torch.float64)  # noqa: E731
+    dq, dk, dg, db = new(C, Dk), new(C, Dk), new(C), new(C)
+    cot = {n: cot[n].contiguous() for n in ("attn", "qt", "khd", "Phi")}
+    dla_delta_wy_adjoint_kernel[(P,)](
+        saved["x"], saved["b"], saved["A"], saved["Z"], saved["Mq"], g.contiguous(),
+        tables["attn"], tables["qt"], tables["khd"], tables["Phi"],
+        cot["attn"], cot["qt"], cot["khd"], cot["Phi"],
+        new(C, C), new(C, C), new(C, C), new(C, Dk), new(C, Dk), new(C, Dk),
+        dq, dk, dg, db, Dk,
+        C=C, KB=max(16, min(KEY_BLOCK, triton.next_power_of_2(Dk))), BKD=dot_k, STAGES=stages,
+        num_warps=num_warps)
+    return dq.view(nb, R, C, Dk), dk.view(nb, R, C, Dk), dg.view(nb, R, C), db.view(nb, R, C)
