@@ -49,6 +49,7 @@ def _square_product_sum(x_ptr, y_ptr, Dk, KB: tl.constexpr):
     return tl.sum(tl.sum(acc, 1), 0)
 
 
+# Long: the adjoint's seven steps share the program's scratch and the barriers between them (helpers: ~12 pointers).
 @triton.jit(do_not_specialize=["Dk"])
 def dla_delta_wy_adjoint_kernel(
     x_ptr, b_ptr, a_ptr, z_ptr, mq_ptr, g_ptr,
