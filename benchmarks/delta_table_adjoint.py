@@ -46,7 +46,7 @@ def kernel_blocks(blocks, warps, stages, dot_k):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cell", default="2x16384x64:moderate")
-    ap.add_argument("--variants", default="4x1x16,8x1x16,16x1x16")
+    ap.add_argument("--variants", default="8x1x16,8x1x32,16x1x16,16x1x32")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if not torch.cuda.is_available():

@@ -27,12 +27,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.triton_utils import FP64_DOT_K, dot_from_memory
-from .wy_tables_triton import KEY_BLOCK, OUTPUT_TABLE_WARPS
+from ..common.triton_utils import dot_from_memory
+from .wy_tables_triton import KEY_BLOCK
 
-# Warps of the adjoint kernel. H200, run 27, the backward's 8 blocks at (2, 16384, 16, 64), tables included: 11.68
-# ms at 4 warps (1.6 KB of stack on sm_90), 10.53 at 8 (320 B), 10.24 at 16; torch's float32 blocks 13.81.
-ADJOINT_WARPS = OUTPUT_TABLE_WARPS
+# Warps of the adjoint kernel and its products' reduction step. H200, run 27, the backward's 8 blocks at (2, 16384,
+# 16, 64), tables (3.2 ms) included: 10.64 ms at 8 warps and steps of 16 (sm_90: 255 registers, 320 B of stack),
+# 10.25 at 8 and 32, 9.98 at 16 and 32 (128 registers, 408 B), 10.31 at 16 and 16, 11.68 at 4 and 16 (1.6 KB of
+# stack); two or three load stages within 5 % of one. Torch's float32 blocks: 13.8-21.9 ms (two processes). One
+# program per SM at every setting: a float64 product from memory takes ~100 registers a thread at 8 warps.
+ADJOINT_WARPS = 16
+ADJOINT_DOT_K = 32
 
 
 @triton.jit
@@ -160,7 +164,7 @@ def dla_delta_wy_adjoint_kernel(
 
 
 def wy_tables_adjoint_triton(g: torch.Tensor, tables: dict, saved: dict, cot: dict, *, num_warps: int = ADJOINT_WARPS,
-                             stages: int = 1, dot_k: int = FP64_DOT_K):
+                             stages: int = 1, dot_k: int = ADJOINT_DOT_K):
     """``wy_tables_adjoint``'s ``(dq, dk, dg, db)`` (float64, chunk-major ``[nb, R, C, ...]``) for the cotangents
     ``cot`` of ``attn``, ``qt``, ``khd`` and ``Phi`` (any float dtype), from the log decays ``g [nb, R, C]`` and
     what ``wy_tables_triton.output_tables_saved`` returned for the same block (the score's tables take no part).
