@@ -780,6 +780,19 @@ def test_delta_rule_decides_a_chunk_at_a_time_for_few_narrow_rows():
     assert auto_decisions(64, 64, 128) == auto_decisions(128, 128, 32) == auto_decisions(64, 65, 1) == "tokens"
 
 
+def _table_inputs(Dk: int):
+    """``(q, k, g, b, generator)`` for the table kernels' tests, float64 ``[2, 3, 64, ...]``: unit queries and keys,
+    ``b`` up to 1 (one row all 1), a row that ends inside its chunk (``g = b = 0`` from token 40)."""
+    gen = torch.Generator().manual_seed(Dk)
+    q, k = (torch.nn.functional.normalize(torch.randn(2, 3, 64, Dk, generator=gen, dtype=torch.float64), dim=-1)
+            for _ in range(2))
+    g = -0.2 * torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
+    b = torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
+    b[1, 2] = 1.0
+    g[1, 1, 40:], b[1, 1, 40:] = 0.0, 0.0
+    return q, k, g, b, gen
+
+
 @needs_kernels
 @pytest.mark.parametrize("Dk", [1, 48, 80])
 def test_delta_rule_table_kernel_matches_the_torch_tables(Dk):
@@ -791,13 +804,7 @@ def test_delta_rule_table_kernel_matches_the_torch_tables(Dk):
     from dla_fast.ops.delta_rule.wy_tables import wy_tables
     from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_triton, score_tables_triton
 
-    gen = torch.Generator().manual_seed(Dk)
-    q, k = (torch.nn.functional.normalize(torch.randn(2, 3, 64, Dk, generator=gen, dtype=torch.float64), dim=-1)
-            for _ in range(2))
-    g = -0.2 * torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
-    b = torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
-    b[1, 2] = 1.0
-    g[1, 1, 40:], b[1, 1, 40:] = 0.0, 0.0  # a row that ends inside the chunk
+    q, k, g, b, _ = _table_inputs(Dk)
     want, _ = wy_tables(q, k, g, b)
     akapT, ktT, khd, phiT = score_tables_triton(*(x.to(DEV) for x in (k, g, b)))
     got = dict(akap=akapT.transpose(-1, -2), kt=ktT.transpose(-1, -2), khd=khd, Phi=phiT.transpose(-1, -2))
@@ -824,13 +831,7 @@ def test_delta_rule_table_adjoint_kernel_matches_autograd(Dk):
     from dla_fast.ops.delta_rule.wy_tables_adjoint_triton import wy_tables_adjoint_triton
     from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_saved
 
-    gen = torch.Generator().manual_seed(Dk)
-    q, k = (torch.nn.functional.normalize(torch.randn(2, 3, 64, Dk, generator=gen, dtype=torch.float64), dim=-1)
-            for _ in range(2))
-    g = -0.2 * torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
-    b = torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
-    b[1, 2] = 1.0
-    g[1, 1, 40:], b[1, 1, 40:] = 0.0, 0.0
+    q, k, g, b, gen = _table_inputs(Dk)
     leaves = [x.clone().requires_grad_(True) for x in (q, k, g, b)]
     want_tables, _ = wy_tables(*leaves, scores=False)
     cot = {n: torch.randn(want_tables[n].shape, generator=gen).float() for n in ("attn", "qt", "khd", "Phi")}

@@ -16,9 +16,10 @@ A^T diag(b) X``. The reverse of ``wy_tables``, term by term (``dGc``: the cumula
 
 Products are float64 ``tl.dot`` with both operands read from memory (``dot_from_memory``, the FP64 tensor cores); the
 intermediates that later products read (``dX``, ``dQ``, ``dkh``, ``dZ``, ``dT``, ``dT T^T``, ``dGs + dGs^T``,
-``causal(dMq)``) go through a float64 scratch of the program's own, where ``dT`` and ``dMq`` accumulate too (held in
-registers, the two ``[C, C]`` float64 tiles spilled: sm_90, 8 warps, 504 B of stack).
-Sixteen ``C^2 Dk``-sized products a program: ~8.4 MFLOP at C = Dk = 64.
+``causal(dMq)``) go through a float64 scratch of the program's own (``3 C^2 + 3 C Dk`` values, 192 KB at C = Dk =
+64), where ``dT`` and ``dMq`` also accumulate: held in registers, the two ``[C, C]`` float64 tiles spilled (sm_90, 8
+warps: 504 B of stack, against 320 B this way). Sixteen ``C^2 Dk``-sized products a program: ~8.4 MFLOP at C = Dk =
+64.
 """
 
 from __future__ import annotations
