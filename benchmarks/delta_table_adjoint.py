@@ -22,8 +22,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from delta_table_kernel import chunk_major, max_rel  # noqa: E402
-from gpu_bench import WORKLOADS, bench_ms, configs_named, delta_inputs  # noqa: E402
+from delta_table_kernel import cell_inputs, chunk_major, max_rel  # noqa: E402
+from gpu_bench import bench_ms  # noqa: E402
 
 from dla_fast.ops.delta_rule import chunk_torch_bwd  # noqa: E402
 from dla_fast.ops.delta_rule.wy_tables import wy_tables, wy_tables_adjoint  # noqa: E402
@@ -51,9 +51,7 @@ def main():
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("delta_table_adjoint.py: needs a CUDA GPU")
-    name, wname = args.cell.split(":")
-    cfg = configs_named(name)[0]
-    q, k, _, g, _, beta = delta_inputs(*cfg, WORKLOADS[wname])
+    cfg, q, k, g, beta = cell_inputs(args.cell)
     qc, kc, gc, bc = (chunk_major(x) for x in (q, k, g, beta))
     qc, kc = qc.float(), kc.float()  # the backward's compute dtype
     nC, R = kc.shape[:2]

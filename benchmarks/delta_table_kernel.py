@@ -38,6 +38,14 @@ def chunk_major(x: torch.Tensor) -> torch.Tensor:
     return y.movedim(1, 0).reshape(T // C, B * H, C, *x.shape[3:]).contiguous()
 
 
+def cell_inputs(cell: str):
+    """``(config, q, k, g, beta)`` of a ``BxTxD:workload`` cell (``gpu_bench``'s delta-rule inputs)."""
+    name, wname = cell.split(":")
+    cfg = configs_named(name)[0]
+    q, k, _, g, _, beta = delta_inputs(*cfg, WORKLOADS[wname])
+    return cfg, q, k, g, beta
+
+
 def max_rel(got, want) -> float:
     return max(float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-300))
                for a, b in zip(got, want))
@@ -51,9 +59,7 @@ def main():
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("delta_table_kernel.py: needs a CUDA GPU")
-    name, wname = args.cell.split(":")
-    cfg = configs_named(name)[0]
-    q, k, _, g, _, beta = delta_inputs(*cfg, WORKLOADS[wname])
+    cfg, q, k, g, beta = cell_inputs(args.cell)
     nC = q.shape[1] // C
     kc, gc, bc = (chunk_major(x) for x in (k, g, beta))
     rows, first = [], None

@@ -123,7 +123,8 @@ def reverse_pass_kernels(part, init, every: int, dS, dO, x, cot, grads, kept=Non
     cotangents = _segment_cotangents_triton if _COTANGENTS == "triton" else _segment_cotangents
     for (a, b), S in zip(bounds[::-1], checkpoints[::-1]):
         n = b - a
-        walk(S.clone(), a, b, starts=F[:n])  # a copy: the forward's checkpoints serve every backward of the graph
+        # The forward's checkpoints serve every backward of the graph: walked from a copy (ours are walked in place).
+        walk(S if kept is None else S.clone(), a, b, starts=F[:n])
         slot_adjoints(dS, Phi[a:b], qt[a:b], dO_rows, coef[a:b], part.destF[a:b], a, dS_end=E[:n])
         for c0 in range(0, n, per_batch):  # the cotangents' temporaries bounded (each as large as F)
             c1 = min(n, c0 + per_batch)
