@@ -95,7 +95,7 @@ def _case(B, T, H, D, K, dtype, tau, with_cache, lengths, monkeypatch):
     dS_final = torch.tensor(rng.standard_normal((R, K, D, D)), dtype=torch.float32, device=DEV)
     dS_final *= live.view(R, K, 1, 1)
     return dict(x=x, starts=starts, merged=merged, size0=seen["size0"], init=seen["init"], tab=tab, coef=coef,
-                dest_f=dest_f, dO=dO, dS_final=dS_final)
+                dest_f=dest_f, dO=dO, dS_final=dS_final, s=seen["s"])
 
 
 def _kernel_chain(c, per_launch: int, dest_f=None, coef=None):
@@ -334,10 +334,12 @@ def test_values_from_16_bit_inputs_are_found_exact_in_tf32():
 @needs_kernels
 def test_the_backward_starts_from_the_forward_s_slot_checkpoints(monkeypatch):
     """A kernel forward with gradients asked for keeps the slot states at the backward's checkpoints
-    (``Structure.slot_checkpoints``: chunks 0 and 2 of 4 here), and the backward starts its segments from them
-    instead of walking there: its gradients equal the walking backward's within ``BOUND`` (the two walks read tables
-    computed differently: float32 rounding), and move when the kept states are swapped."""
+    (``Structure.slot_checkpoints``: chunks 0 and 2 of 4 here) and its live starts, and the backward starts its
+    segments from those states instead of walking there and builds its partition from those live starts (no
+    rebuild from the trace): its gradients equal the walking, rebuilding backward's within ``BOUND`` (the two walks
+    read tables computed differently: float32 rounding), and move when the kept states are swapped."""
     import dla_fast
+    from dla_fast.ops.common import live_starts as live_starts_module
     from dla_fast.ops.common.structure import SlotCheckpoints
 
     if not CUDA:
@@ -355,11 +357,41 @@ def test_the_backward_starts_from_the_forward_s_slot_checkpoints(monkeypatch):
     def grads():
         return torch.autograd.grad((o * dO).sum(), leaves, retain_graph=True)
 
-    from_kept = grads()
+    real = live_starts_module.live_starts
+    monkeypatch.setattr(live_starts_module, "live_starts", lambda *a, **kw: pytest.fail("live starts rebuilt"))
+    from_kept = grads()  # the partition from the live starts the forward handed over too
+    monkeypatch.setattr(live_starts_module, "live_starts", real)
     structure.slot_checkpoints = None
     walked = grads()
     for name, a, b in zip(("q", "k", "v", "g", "w", "beta"), from_kept, walked):
         assert _rel(a, b) < BOUND, (name, _rel(a, b))
-    structure.slot_checkpoints = SlotCheckpoints(kept.chunk, kept.every, kept.states.flip(0))
+    structure.slot_checkpoints = SlotCheckpoints(kept.chunk, kept.every, kept.states.flip(0), kept.live)
     swapped = grads()
     assert max(_rel(a, b) for a, b in zip(swapped, walked)) > 1e-3
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", CASES)
+def test_the_partition_from_the_forward_s_live_starts_equals_the_rebuilt_one(case, monkeypatch):
+    """``DevicePartition`` from the live starts a kernel forward hands over (``live_starts_from_lists`` of its merge
+    kernel's lists, every row the call's length) equals, bit for bit, the one rebuilt from the trace by
+    ``live_starts``' scans: ``JF``, ``destF``, ``dest``, ``m_start`` and every chunk's recency; on a full initial
+    cache, rows that end early, slots opening without merges."""
+    from dla_fast.autograd import partition_structure
+    from dla_fast.ops.common.live_starts import DevicePartition, live_starts_from_lists
+
+    c = _case(*case[:3], max(case[3], 32) if CUDA else case[3], *case[4:9], monkeypatch)
+    B, T, H, D = c["x"][0].shape
+    K, R, s, size0 = c["x"][4].shape[-1], B * H, c["s"], c["size0"]
+    nC = -(-T // 64)
+    structure = partition_structure(c["starts"], c["merged"], size0, K)
+    tables = (torch.ones(nC, R, 64, device=DEV), torch.zeros(nC, R, D, D, device=DEV),
+              torch.zeros(nC, R, 64, D, device=DEV), torch.zeros(nC, R, 64, D, device=DEV))
+    live = live_starts_from_lists(s.masks, s.death, s.death0, s.live, s.livem, s.fpos, s.size, size0,
+                                  torch.full_like(size0, T), K, 64)
+    handed = DevicePartition(structure, R, T, 64, K, *tables, live=live)
+    rebuilt = DevicePartition(structure, R, T, 64, K, *tables)
+    for name in ("JF", "destF", "dest", "m_start"):
+        assert torch.equal(getattr(handed, name), getattr(rebuilt, name)), name
+    for c0 in range(nC):
+        assert torch.equal(handed.recency(c0, c0 + 1), rebuilt.recency(c0, c0 + 1)), c0

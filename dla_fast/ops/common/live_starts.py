@@ -7,7 +7,8 @@ slots live at every chunk start into the per-chunk maps both the delta rule's de
 (``delta_rule.chunk_fwd_stage_torch.FixedPartition``, from the merge kernel's ``DecidedStructure``) and the delta
 rule's torch backward (:class:`DevicePartition`, from a :class:`~.structure.Structure`) read.
 
-:func:`live_starts` derives the deaths and the live lists from the compact per-token record (``starts``,
+:func:`live_starts_from_lists` takes them as the merge kernel keeps them (a kernel forward hands them to its
+backward); :func:`live_starts` derives the deaths and the live lists from the compact per-token record (``starts``,
 ``merged``, ``size0``): each token rewrites the list of live starts by a map of its K entries (keep, shift one
 left past the merged pair, or append the token), and the lists at every token are the prefix compositions of those
 maps. A Hillis-Steele scan composes them inside each chunk (``log2 C`` steps over a block of chunks), then across
@@ -129,6 +130,20 @@ def _deaths(victim, merges, size0, K: int):
     return out
 
 
+def live_starts_from_lists(masks, death, death0, live, livem, fpos, size, size0, row_len, K: int, C: int) -> LiveStarts:
+    """:class:`LiveStarts` from the live-start lists the merge kernel keeps (the fields of ``scalar_decay.chunk_fwd.
+    DecidedStructure``, rows first: ``masks [R, nC]`` boundary bitmasks, ``death [R, nC C]``, ``death0 [R, K]``,
+    ``live [R, nC, >= K]``, ``livem [R, nC]``, ``fpos [R, >= K]``, ``size [R]``), without :func:`live_starts`' scans.
+    ``row_len [R]``: each row's length (the backward's :class:`DevicePartition` passes ``T`` for every row, as
+    :func:`live_starts` does)."""
+    dev = masks.device
+    nxt = torch.cat([live[:, 1:, :K], fpos[:, None, :K]], 1).long().transpose(0, 1)
+    nxtm = torch.cat([livem[:, 1:].long(), size[:, None].long()], 1).transpose(0, 1)
+    starts = ((masks[:, :, None] >> torch.arange(C, device=dev, dtype=torch.int64)) & 1).bool().transpose(0, 1)
+    return LiveStarts(C, K, starts, death.long(), death0.long(), live[:, :, :K].long().transpose(0, 1),
+                      livem.long().transpose(0, 1), nxt, nxtm, size0, row_len.long())
+
+
 def live_starts(structure: Structure, C: int, device=None) -> LiveStarts:
     """:class:`LiveStarts` (chunks of ``C`` tokens, every row ``T`` long) from the compact per-token record, on
     ``device`` (default: the structure's). No host synchronisation: ``O(R T K log C)`` integer work in blocks of
@@ -172,11 +187,17 @@ class DevicePartition(Partition):
     """:class:`~.partition.Partition` with its tables built by torch on the slot states' device from
     :func:`live_starts` (no numba, no host copy of the structure, no loop over tokens): the same integer tables
     (equal bit for bit), so the same updates and reads. One host synchronisation per call, the tables' widths
-    (``mF``, ``Rt``; :class:`~.partition.Partition`'s constructor)."""
+    (``mF``, ``Rt``; :class:`~.partition.Partition`'s constructor). ``live``: the structure's :class:`LiveStarts`
+    when a kernel forward handed them over (:func:`live_starts_from_lists`), else built here."""
+
+    def __init__(self, *args, live: LiveStarts | None = None):
+        self._given_live = live
+        super().__init__(*args)
 
     def _chunk_tables(self):
         nC, R, C, K, T = self.nC, self.R, self.C, self.K, self.T
-        self.live = ls = live_starts(self.structure, C, self.kc.device)
+        ls = self._given_live if self._given_live is not None else live_starts(self.structure, C, self.kc.device)
+        self.live = ls
         JF = torch.empty((nC, R, C, K), dtype=torch.int64, device=self.kc.device)
         destF, dest = (torch.empty((nC, R, n), dtype=torch.int64, device=self.kc.device) for n in (K, C))
         block = max(1, _BLOCK_ELEMENTS // (R * C * max(C, K)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..common.layout import chunks, rows
-from ..common.live_starts import LiveStarts
+from ..common.live_starts import live_starts_from_lists
 from ..scalar_decay.chunk_fwd import DecidedStructure
 from ..scalar_decay.chunk_fwd_states import CHUNK
 from . import chunk_fwd
@@ -25,14 +25,9 @@ class FixedPartition:
     backward's ``DevicePartition`` reads too."""
 
     def __init__(self, s: DecidedStructure, size0, row_lengths, K: int):
-        C, dev = CHUNK, s.masks.device
         self.K = K
-        nxt = torch.cat([s.live[:, 1:, :K], s.fpos[:, None, :K]], 1).long().transpose(0, 1)
-        nxtm = torch.cat([s.livem[:, 1:].long(), s.size[:, None]], 1).transpose(0, 1)
-        shifts = torch.arange(C, device=dev, dtype=torch.int64)
-        starts = ((s.masks[:, :, None] >> shifts) & 1).bool().transpose(0, 1)  # [NC, R, C]
-        self.maps = LiveStarts(C, K, starts, s.death.long(), s.death0.long(), s.live[:, :, :K].long().transpose(0, 1),
-                               s.livem.long().transpose(0, 1), nxt, nxtm, size0, row_lengths.long())
+        self.maps = live_starts_from_lists(s.masks, s.death, s.death0, s.live, s.livem, s.fpos, s.size, size0,
+                                           row_lengths, K, CHUNK)
 
     def block(self, b0: int, b1: int, lam: torch.Tensor):
         """Chunks ``b0 .. b1 - 1`` (``lam [nb, R, C, K]``, the read weights): ``W [nb, R, C, C]`` (token t's weight

@@ -43,6 +43,10 @@ _BLOCK_ELEMENTS = 1 << 22
 # The kernels' reverse pass starts from the slot states the kernel forward kept (True) or walks to them itself.
 # H200, run 27, fwd+bwd at (2, 16384, 16, 64) moderate: 106.5 against 121.0 ms (GPU 100.0 against 107.0).
 _KEPT_CHECKPOINTS = True
+# The partition's live starts from the kernel forward's merge kernel, where it handed them over (True), or rebuilt
+# from the trace (``live_starts``' scans: 138 of DevicePartition's 195 torch operations and 424 of its 602 MB at (2,
+# 2048, 16, 64) on the CPU). Not yet timed on a GPU.
+_HANDED_LIVE_STARTS = True
 # The reverse pass's tables (qt, khd, Phi) on the kernels' path from the forward's table kernel (True) or torch.
 # H200, run 27, fwd+bwd at (2, 16384, 16, 64) moderate: 106.5 against 110.9 ms (GPU 100.0 against 101.8).
 _TRITON_TABLES = True
@@ -259,7 +263,10 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
                 triton_adjoint=kernels and _TRITON_ADJOINT)
     nC = x.nC
     ones = torch.ones_like(x.gc, dtype=cd)  # the token keys khd carry their decay to the chunk end
-    part = DevicePartition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv)
+    handed = structure.slot_checkpoints  # what a kernel forward kept: the live starts (chunks of C) too
+    handed = handed if handed is not None and handed.chunk == C else None
+    part = DevicePartition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv,
+                           live=handed.live if handed is not None and _HANDED_LIVE_STARTS else None)
     score = _Score(part, x) if dscores is not None else None
     every = checkpoint_every or checkpoint_interval(nC)
     cot = {n: torch.zeros_like(x.tables[n]) for n in ("qt", "khd", "Phi")}
@@ -268,8 +275,8 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     dS = torch.zeros_like(init) if dS_final is None else dS_final.clone()
     direct = dinit0 = None
     if kernels:
-        kept = structure.slot_checkpoints if _KEPT_CHECKPOINTS else None  # the forward's walk, where it kept them
-        kept = kept.states if kept is not None and (kept.chunk, kept.every) == (C, every) else None
+        kept = handed if _KEPT_CHECKPOINTS else None  # the forward's walk, where it kept its states
+        kept = kept.states if kept is not None and kept.every == every else None
         dinit = reverse_pass_kernels(part, init, every, dS, dO, x, cot, grads, kept)
     else:
         checkpoints, _ = part.checkpoints(init, every, None if score is None else score.record_carry)
