@@ -374,11 +374,13 @@ def test_the_backward_starts_from_the_forward_s_slot_checkpoints(monkeypatch):
 @pytest.mark.parametrize("case", CASES)
 def test_the_partition_from_the_forward_s_live_starts_equals_the_rebuilt_one(case, monkeypatch):
     """``DevicePartition`` from the live starts a kernel forward hands over (``live_starts_from_lists`` of its merge
-    kernel's lists, every row the call's length) equals, bit for bit, the one rebuilt from the trace by
-    ``live_starts``' scans: ``JF``, ``destF``, ``dest``, ``m_start`` and every chunk's recency; on a full initial
-    cache, rows that end early, slots opening without merges."""
+    kernel's lists, every row the call's length) and ``KernelPartition`` (the maps by the partition kernel from the
+    forward's decided structure) equal, bit for bit, the partition rebuilt from the trace by ``live_starts``' scans:
+    ``JF``, ``destF``, ``dest`` (and ``m_start``) and every chunk's recency; on a full initial cache, rows that end
+    early, slots opening without merges."""
     from dla_fast.autograd import partition_structure
     from dla_fast.ops.common.live_starts import DevicePartition, live_starts_from_lists
+    from dla_fast.ops.delta_rule.chunk_bwd import KernelPartition
 
     c = _case(*case[:3], max(case[3], 32) if CUDA else case[3], *case[4:9], monkeypatch)
     B, T, H, D = c["x"][0].shape
@@ -391,7 +393,13 @@ def test_the_partition_from_the_forward_s_live_starts_equals_the_rebuilt_one(cas
                                   torch.full_like(size0, T), K, 64)
     handed = DevicePartition(structure, R, T, 64, K, *tables, live=live)
     rebuilt = DevicePartition(structure, R, T, 64, K, *tables)
-    for name in ("JF", "destF", "dest", "m_start"):
+    by_kernel = KernelPartition((s, size0), T, K)
+    assert torch.equal(handed.m_start, rebuilt.m_start)
+    for name in ("JF", "destF", "dest"):
         assert torch.equal(getattr(handed, name), getattr(rebuilt, name)), name
+        assert torch.equal(getattr(by_kernel, name), getattr(rebuilt, name)), name
     for c0 in range(nC):
-        assert torch.equal(handed.recency(c0, c0 + 1), rebuilt.recency(c0, c0 + 1)), c0
+        want = rebuilt.recency(c0, c0 + 1)
+        assert torch.equal(handed.recency(c0, c0 + 1), want), c0
+        assert torch.equal(by_kernel.recency(c0, c0 + 1), want), c0
+    assert torch.equal(by_kernel.recency(0, nC), rebuilt.recency(0, nC))  # several chunks in one launch

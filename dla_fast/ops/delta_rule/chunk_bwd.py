@@ -23,6 +23,7 @@ import torch
 from ..common.layout import unchunk
 from .chunk_bwd_chain import slot_adjoints
 from .chunk_bwd_cotangents import table_cotangents
+from .chunk_fwd_partition import partition_maps
 from .chunk_fwd_states import slot_states_and_reads
 
 # Bytes of one temporary of the cotangents (``[n, R, K, Dk, C]`` and alike, float32): chunks are batched up to it.
@@ -76,6 +77,22 @@ def _segment_cotangents_triton(a: int, F, E, x, part, coef, cot, grads) -> None:
     cot["qt"][a:b] += dqt
     grads["bv"][a:b] += dbv
     _add_read_weights(grads, part, a, dcoef)
+
+
+class KernelPartition:
+    """The partition maps the kernels' reverse pass and the blocks' adjoint read (``JF``, ``destF``, ``dest`` for every
+    chunk, the recency per block), by ``chunk_fwd_partition.partition_maps`` from the kernel forward's decided
+    structure: ``live_starts.DevicePartition``'s maps, equal bit for bit, without its torch passes over the trace."""
+
+    def __init__(self, decided, T: int, K: int):
+        self.s, self.size0 = decided
+        self.T, self.K = T, K
+        self.JF, self.destF, self.dest, _ = partition_maps(self.s, self.size0, T, K, 0, self.s.masks.shape[1],
+                                                           start_maps=True, recency=False)
+
+    def recency(self, b0: int, b1: int) -> torch.Tensor:
+        """``J [b1 - b0, R, C, C]`` int64 of chunks ``b0 .. b1 - 1`` (-1 unless ``s <= t < T``)."""
+        return partition_maps(self.s, self.size0, self.T, self.K, b0, b1 - b0, start_maps=False, recency=True)[3]
 
 
 def exact_in_tf32(x: torch.Tensor) -> bool:

@@ -163,5 +163,6 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
         kept.states = torch.stack(kept.states)
         kept.live = live_starts_from_lists(s.masks, s.death, s.death0, s.live, s.livem, s.fpos, s.size, size0,
                                            torch.full_like(size0, T), K, CHUNK)
+        kept.decided = (s, size0)
         return o, scores, *(unrows(x, B, H) for x in trace), kept
     return o, scores, *(unrows(x, B, H) for x in trace)

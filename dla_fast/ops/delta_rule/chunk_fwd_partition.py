@@ -23,6 +23,7 @@ import triton.language as tl
 from ...backend import interpreting
 from ..common.triton_utils import chunk_tokens, next_pow2
 from ..scalar_decay.chunk_fwd_output import live_in_chunk
+from ..scalar_decay.chunk_fwd_states import CHUNK
 
 
 @triton.jit
@@ -97,6 +98,59 @@ def dla_delta_partition_kernel(
     tl.store(dest_f_ptr + base * K + i, tl.where(listed, tl.sum(ends_f, 1) - 1, -1), mask=i < K)
     ends = ((nxt[None, :] <= now[:, None]) & nxt_listed[None, :]).to(tl.int32)  # [C, KP]
     tl.store(dest_ptr + base * C + t, tl.where(now < tl.load(rlen_ptr + r), tl.sum(ends, 1) - 1, -1))
+
+
+@triton.jit(do_not_specialize=["R", "T", "c0", "NC", "K"])
+def dla_delta_partition_maps_kernel(
+    mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, fpos_ptr, size_ptr, size0_ptr, jf_ptr, dest_f_ptr,
+    dest_ptr, j_ptr, R, T, c0, NC, K,
+    C: tl.constexpr, KP: tl.constexpr, START_MAPS: tl.constexpr, RECENCY: tl.constexpr,
+):
+    """Program (row r, chunk c = c0 + j): the integer maps the backward's partition reads (``live_starts.
+    DevicePartition``'s, equal bit for bit; every row ``T`` long), from the same structure as
+    ``dla_delta_partition_kernel``. With ``START_MAPS``: ``jf [nb, R, C, K]``, the recency at token t of the slot
+    holding start slot i (-1: slot i not listed, or t past T), ``dest_f [nb, R, K]`` and ``dest [nb, R, C]`` as that
+    kernel writes them; with ``RECENCY``: ``j [nb, R, C, C]``, the recency at token t of the slot holding token s (-1
+    unless ``s <= t < T``). All int32."""
+    r = tl.program_id(0)
+    base = tl.program_id(1) * R + r
+    c = c0 + tl.program_id(1)
+    t = tl.arange(0, C)
+    now = c * C + t
+    valid = now < T
+    n_in, J = live_in_chunk(mask_ptr, death_ptr, r, c, NC, C, tl.int32)
+    if RECENCY:
+        causal = (t[None, :] <= t[:, None]) & valid[:, None]
+        tl.store(j_ptr + (base * C + t[:, None]) * C + t[None, :], tl.where(causal, J, -1))
+    if START_MAPS:
+        i = tl.arange(0, KP)
+        pos, listed, death = _start_slots(live_ptr, livem_ptr, death_ptr, death0_ptr, size0_ptr, r, c, NC, K, C, KP)
+        alive = ((death[None, :] > now[:, None]) & listed[None, :]).to(tl.int32)  # [C, KP]
+        JF = n_in[:, None] + tl.sum(alive, 1)[:, None] - tl.cumsum(alive, 1)
+        tl.store(jf_ptr + (base * C + t[:, None]) * K + i[None, :],
+                 tl.where(valid[:, None] & listed[None, :], JF, -1), mask=(i < K)[None, :])
+        nxt, nxt_listed = _end_slot_lists(live_ptr, livem_ptr, fpos_ptr, size_ptr, r, c, NC, K, KP)
+        ends_f = ((nxt[None, :] <= pos[:, None]) & nxt_listed[None, :]).to(tl.int32)  # [KP (i), KP (j)]
+        tl.store(dest_f_ptr + base * K + i, tl.where(listed, tl.sum(ends_f, 1) - 1, -1), mask=i < K)
+        ends = ((nxt[None, :] <= now[:, None]) & nxt_listed[None, :]).to(tl.int32)  # [C, KP]
+        tl.store(dest_ptr + base * C + t, tl.where(valid, tl.sum(ends, 1) - 1, -1))
+
+
+def partition_maps(s, size0, T: int, K: int, c0: int, nb: int, *, start_maps: bool, recency: bool):
+    """The backward's partition maps of chunks ``c0 .. c0 + nb - 1`` from the forward's ``DecidedStructure`` ``s``
+    and initial sizes ``size0 [R]`` (every row ``T`` long): ``(JF [nb, R, C, K], dest_f [nb, R, K], dest [nb, R,
+    C])`` with ``start_maps`` and ``J [nb, R, C, C]`` with ``recency`` (int64; None where not asked), as
+    ``live_starts.DevicePartition`` builds them (-1 where not listed or past T)."""
+    R, NC = s.masks.shape
+    C, KP, dev = CHUNK, s.live.shape[-1], s.masks.device
+    new = lambda *shape: torch.empty(nb, R, *shape, device=dev, dtype=torch.int32)  # noqa: E731
+    jf, dest_f, dest = (new(C, K), new(K), new(C)) if start_maps else (s.size,) * 3
+    j = new(C, C) if recency else s.size
+    dla_delta_partition_maps_kernel[(R, nb)](
+        s.masks, s.death, s.death0, s.live, s.livem, s.fpos, s.size, size0, jf, dest_f, dest, j, R, T, c0, NC, K,
+        C=C, KP=KP, START_MAPS=start_maps, RECENCY=recency, num_warps=4)
+    maps = tuple(x.long() for x in (jf, dest_f, dest)) if start_maps else (None,) * 3
+    return (*maps, j.long() if recency else None)
 
 
 def partition_and_intra(s, size0, row_lengths, attn, v, beta, lam, c0: int, o, *, prec: str | None = None,

@@ -31,7 +31,7 @@ from ..common.layout import chunks, unchunk
 from ..common.live_starts import DevicePartition
 from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure, checkpoint_interval
-from .chunk_bwd import reverse_pass_kernels
+from .chunk_bwd import KernelPartition, reverse_pass_kernels
 from .wy_tables import wy_tables, wy_tables_adjoint
 from .wy_tables_adjoint_triton import wy_tables_adjoint_triton
 from .wy_tables_triton import output_tables_saved, output_tables_triton
@@ -47,6 +47,10 @@ _KEPT_CHECKPOINTS = True
 # from the trace (``live_starts``' scans: 138 of DevicePartition's 195 torch operations and 424 of its 602 MB at (2,
 # 2048, 16, 64) on the CPU). Not yet timed on a GPU.
 _HANDED_LIVE_STARTS = True
+# The kernels' backward reads its partition maps from the forward's partition kernel in a maps mode
+# (``chunk_bwd.KernelPartition``) where the kernel forward handed over its decided structure (True), else builds
+# them in torch (``DevicePartition``). Not yet timed on a GPU.
+_KERNEL_PARTITION = True
 # The reverse pass's tables (qt, khd, Phi) on the kernels' path from the forward's table kernel (True) or torch.
 # H200, run 27, fwd+bwd at (2, 16384, 16, 64) moderate: 106.5 against 110.9 ms (GPU 100.0 against 101.8).
 _TRITON_TABLES = True
@@ -265,8 +269,11 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     ones = torch.ones_like(x.gc, dtype=cd)  # the token keys khd carry their decay to the chunk end
     handed = structure.slot_checkpoints  # what a kernel forward kept: the live starts (chunks of C) too
     handed = handed if handed is not None and handed.chunk == C else None
-    part = DevicePartition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv,
-                           live=handed.live if handed is not None and _HANDED_LIVE_STARTS else None)
+    if kernels and handed is not None and handed.decided is not None and _KERNEL_PARTITION:
+        part = KernelPartition(handed.decided, T, K)
+    else:
+        part = DevicePartition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv,
+                               live=handed.live if handed is not None and _HANDED_LIVE_STARTS else None)
     score = _Score(part, x) if dscores is not None else None
     every = checkpoint_every or checkpoint_interval(nC)
     cot = {n: torch.zeros_like(x.tables[n]) for n in ("qt", "khd", "Phi")}
