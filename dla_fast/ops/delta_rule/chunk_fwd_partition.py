@@ -52,6 +52,23 @@ def _end_slot_lists(live_ptr, livem_ptr, fpos_ptr, size_ptr, r, c, NC, K, KP: tl
     return tl.where(last, from_final, from_next), listed
 
 
+@triton.jit
+def _slot_maps(live_ptr, livem_ptr, death_ptr, death0_ptr, fpos_ptr, size_ptr, size0_ptr, r, c, NC, K, n_in,
+               C: tl.constexpr, KP: tl.constexpr):
+    """Chunk c's maps of the slots live at its start and of its tokens: ``(JF [C, KP], listed [KP], dest_f [KP],
+    dest [C])``, the recency at token t of the slot holding start slot i (``n_in [C]``: the chunk's own starts live
+    at t), which entries are slots, the chunk-end slot of each start slot (-1: not listed) and of each token (not
+    masked by any length)."""
+    now = c * C + tl.arange(0, C)
+    pos, listed, death = _start_slots(live_ptr, livem_ptr, death_ptr, death0_ptr, size0_ptr, r, c, NC, K, C, KP)
+    alive = ((death[None, :] > now[:, None]) & listed[None, :]).to(tl.int32)  # [C, KP]
+    JF = n_in[:, None] + tl.sum(alive, 1)[:, None] - tl.cumsum(alive, 1)
+    nxt, nxt_listed = _end_slot_lists(live_ptr, livem_ptr, fpos_ptr, size_ptr, r, c, NC, K, KP)
+    ends_f = ((nxt[None, :] <= pos[:, None]) & nxt_listed[None, :]).to(tl.int32)  # [KP (i), KP (j)]
+    ends = ((nxt[None, :] <= now[:, None]) & nxt_listed[None, :]).to(tl.int32)  # [C, KP]
+    return JF, listed, tl.where(listed, tl.sum(ends_f, 1) - 1, -1), tl.sum(ends, 1) - 1
+
+
 @triton.jit(do_not_specialize=["R", "T", "H", "c0", "NC", "K", "Dv"])
 def dla_delta_partition_kernel(
     attn_ptr, v_ptr, b_ptr, lam_ptr, mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, fpos_ptr, size_ptr,
@@ -87,17 +104,12 @@ def dla_delta_partition_kernel(
         tl.store(o_ptr + row[:, None] * Dv + dv[None, :], tl.dot(AW, bv, input_precision=PREC), mask=inside)
     # The slots live at the chunk start: token t's weight of the slot holding slot i, and where slot i ends.
     i = tl.arange(0, KP)
-    now = c * C + t
-    pos, listed, death = _start_slots(live_ptr, livem_ptr, death_ptr, death0_ptr, size0_ptr, r, c, NC, K, C, KP)
-    alive = ((death[None, :] > now[:, None]) & listed[None, :]).to(tl.int32)  # [C, KP]
-    JF = n_in[:, None] + tl.sum(alive, 1)[:, None] - tl.cumsum(alive, 1)
+    JF, listed, dest_f, dest = _slot_maps(live_ptr, livem_ptr, death_ptr, death0_ptr, fpos_ptr, size_ptr, size0_ptr,
+                                          r, c, NC, K, n_in, C, KP)
     coef = tl.load(lam_row[:, None] + tl.minimum(JF, K - 1), mask=valid[:, None] & listed[None, :], other=0.0)
     tl.store(coef_ptr + (base * C + t[:, None]) * K + i[None, :], coef.to(tl.float32), mask=(i < K)[None, :])
-    nxt, nxt_listed = _end_slot_lists(live_ptr, livem_ptr, fpos_ptr, size_ptr, r, c, NC, K, KP)
-    ends_f = ((nxt[None, :] <= pos[:, None]) & nxt_listed[None, :]).to(tl.int32)  # [KP (i), KP (j)]
-    tl.store(dest_f_ptr + base * K + i, tl.where(listed, tl.sum(ends_f, 1) - 1, -1), mask=i < K)
-    ends = ((nxt[None, :] <= now[:, None]) & nxt_listed[None, :]).to(tl.int32)  # [C, KP]
-    tl.store(dest_ptr + base * C + t, tl.where(now < tl.load(rlen_ptr + r), tl.sum(ends, 1) - 1, -1))
+    tl.store(dest_f_ptr + base * K + i, dest_f, mask=i < K)
+    tl.store(dest_ptr + base * C + t, tl.where(c * C + t < tl.load(rlen_ptr + r), dest, -1))
 
 
 @triton.jit(do_not_specialize=["R", "T", "c0", "NC", "K"])
@@ -116,24 +128,19 @@ def dla_delta_partition_maps_kernel(
     base = tl.program_id(1) * R + r
     c = c0 + tl.program_id(1)
     t = tl.arange(0, C)
-    now = c * C + t
-    valid = now < T
+    valid = c * C + t < T
     n_in, J = live_in_chunk(mask_ptr, death_ptr, r, c, NC, C, tl.int32)
     if RECENCY:
         causal = (t[None, :] <= t[:, None]) & valid[:, None]
         tl.store(j_ptr + (base * C + t[:, None]) * C + t[None, :], tl.where(causal, J, -1))
     if START_MAPS:
         i = tl.arange(0, KP)
-        pos, listed, death = _start_slots(live_ptr, livem_ptr, death_ptr, death0_ptr, size0_ptr, r, c, NC, K, C, KP)
-        alive = ((death[None, :] > now[:, None]) & listed[None, :]).to(tl.int32)  # [C, KP]
-        JF = n_in[:, None] + tl.sum(alive, 1)[:, None] - tl.cumsum(alive, 1)
+        JF, listed, dest_f, dest = _slot_maps(live_ptr, livem_ptr, death_ptr, death0_ptr, fpos_ptr, size_ptr,
+                                              size0_ptr, r, c, NC, K, n_in, C, KP)
         tl.store(jf_ptr + (base * C + t[:, None]) * K + i[None, :],
                  tl.where(valid[:, None] & listed[None, :], JF, -1), mask=(i < K)[None, :])
-        nxt, nxt_listed = _end_slot_lists(live_ptr, livem_ptr, fpos_ptr, size_ptr, r, c, NC, K, KP)
-        ends_f = ((nxt[None, :] <= pos[:, None]) & nxt_listed[None, :]).to(tl.int32)  # [KP (i), KP (j)]
-        tl.store(dest_f_ptr + base * K + i, tl.where(listed, tl.sum(ends_f, 1) - 1, -1), mask=i < K)
-        ends = ((nxt[None, :] <= now[:, None]) & nxt_listed[None, :]).to(tl.int32)  # [C, KP]
-        tl.store(dest_ptr + base * C + t, tl.where(valid, tl.sum(ends, 1) - 1, -1))
+        tl.store(dest_f_ptr + base * K + i, dest_f, mask=i < K)
+        tl.store(dest_ptr + base * C + t, tl.where(valid, dest, -1))
 
 
 def partition_maps(s, size0, T: int, K: int, c0: int, nb: int, *, start_maps: bool, recency: bool):

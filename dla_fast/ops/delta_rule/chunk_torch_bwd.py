@@ -239,6 +239,19 @@ def _blocks_adjoint(part: Partition, x: _Inputs, cot, grads, score: _Score | Non
     return out
 
 
+def _partition(structure: Structure, handed, x: _Inputs, R: int, K: int, kernels: bool):
+    """The partition's maps: by the partition kernel from what a kernel forward handed over (``handed``, a
+    ``SlotCheckpoints``), on the kernels' path; else ``DevicePartition``, from the forward's live starts where handed
+    over, else from the trace."""
+    if kernels and handed is not None and handed.decided is not None and _KERNEL_PARTITION:
+        return KernelPartition(handed.decided, x.T, K)
+    ones = torch.ones_like(x.gc, dtype=x.cd)  # the token keys khd carry their decay to the chunk end
+    args = (structure, R, x.T, x.C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv)
+    if handed is not None and handed.live is not None and _HANDED_LIVE_STARTS:
+        return DevicePartition(*args, live=handed.live)
+    return DevicePartition(*args)
+
+
 def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, dS_final, *, chunk_size: int = 64,
                         checkpoint_every: int | None = None, dscores: torch.Tensor | None = None,
                         eps: float = 1e-6, norm_eps: float = 1e-6, kernels: bool = False):
@@ -266,14 +279,9 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None, triton_tables=kernels and _TRITON_TABLES,
                 triton_adjoint=kernels and _TRITON_ADJOINT)
     nC = x.nC
-    ones = torch.ones_like(x.gc, dtype=cd)  # the token keys khd carry their decay to the chunk end
-    handed = structure.slot_checkpoints  # what a kernel forward kept: the live starts (chunks of C) too
+    handed = structure.slot_checkpoints  # what a kernel forward kept: its live starts and decided structure too
     handed = handed if handed is not None and handed.chunk == C else None
-    if kernels and handed is not None and handed.decided is not None and _KERNEL_PARTITION:
-        part = KernelPartition(handed.decided, T, K)
-    else:
-        part = DevicePartition(structure, R, T, C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv,
-                               live=handed.live if handed is not None and _HANDED_LIVE_STARTS else None)
+    part = _partition(structure, handed, x, R, K, kernels)
     score = _Score(part, x) if dscores is not None else None
     every = checkpoint_every or checkpoint_interval(nC)
     cot = {n: torch.zeros_like(x.tables[n]) for n in ("qt", "khd", "Phi")}
