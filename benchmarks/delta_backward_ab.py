@@ -65,17 +65,17 @@ def ops_table(leaves, dO) -> str:
 
 
 def _configure(backward, block: int, cotangents: str, exact, kept: bool, triton_tables: bool,
-               triton_adjoint: bool, handed_live: bool, kernel_partition: bool) -> None:
+               triton_adjoint: bool, handed_live: bool, kernel_partition: bool, tables_once: bool) -> None:
     """One variant's settings: the backward ``dla_fast.autograd`` calls, the tables' blocks, the cotangents' path,
     the test for values exact in tf32 (the backward's slot-state walks multiply them in one pass then), whether the
     reverse pass starts from the checkpoints the forward kept, where its tables come from, where the blocks'
-    tables' adjoint runs, whether the partition takes the forward's live starts and whether its maps come from the
-    partition kernel."""
+    tables' adjoint runs, whether the partition takes the forward's live starts, whether its maps come from the
+    partition kernel and whether the backward computes each chunk's tables once."""
     autograd.delta_rule_backward = backward
     chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS, chunk_bwd.exact_in_tf32 = block, cotangents, exact
     chunk_torch_bwd._KEPT_CHECKPOINTS, chunk_torch_bwd._TRITON_TABLES = kept, triton_tables
     chunk_torch_bwd._TRITON_ADJOINT, chunk_torch_bwd._HANDED_LIVE_STARTS = triton_adjoint, handed_live
-    chunk_torch_bwd._KERNEL_PARTITION = kernel_partition
+    chunk_torch_bwd._KERNEL_PARTITION, chunk_torch_bwd._TABLES_ONCE = kernel_partition, tables_once
 
 
 def cell(cfg, wname: str, ops_file, block_elements=(), names=None) -> dict:
@@ -89,12 +89,14 @@ def cell(cfg, wname: str, ops_file, block_elements=(), names=None) -> dict:
     default = dict(backward=original, block=chunk_torch_bwd._BLOCK_ELEMENTS, cotangents=chunk_bwd._COTANGENTS,
                    exact=chunk_bwd.exact_in_tf32, kept=chunk_torch_bwd._KEPT_CHECKPOINTS,
                    triton_tables=chunk_torch_bwd._TRITON_TABLES, triton_adjoint=chunk_torch_bwd._TRITON_ADJOINT,
-                   handed_live=chunk_torch_bwd._HANDED_LIVE_STARTS, kernel_partition=chunk_torch_bwd._KERNEL_PARTITION)
+                   handed_live=chunk_torch_bwd._HANDED_LIVE_STARTS, kernel_partition=chunk_torch_bwd._KERNEL_PARTITION,
+                   tables_once=chunk_torch_bwd._TABLES_ONCE)
     variants = {"kernels": {}, "torch": dict(backward=torch_pass), "kernels_cotangents_torch": dict(cotangents="torch"),
                 "kernels_values_split": dict(exact=lambda x: False), "kernels_checkpoints_walked": dict(kept=False),
                 "kernels_tables_torch": dict(triton_tables=False), "kernels_adjoint_torch": dict(triton_adjoint=False),
                 "kernels_live_starts_rebuilt": dict(handed_live=False, kernel_partition=False),
-                "kernels_partition_torch": dict(kernel_partition=False)}
+                "kernels_partition_torch": dict(kernel_partition=False),
+                "kernels_tables_twice": dict(tables_once=False)}
     variants.update({f"kernels_blocks_{n}": dict(block=n) for n in block_elements})
     if names:
         variants = {n: c for n, c in variants.items() if n in names or n == "torch"}
@@ -112,6 +114,9 @@ def cell(cfg, wname: str, ops_file, block_elements=(), names=None) -> dict:
     for name in grads:
         rel = [float((a - b).abs().max() / b.abs().max().clamp(min=1e-30)) for a, b in zip(grads[name], grads["torch"])]
         row[name]["max_rel_diff_vs_torch"] = dict(zip(("q", "k", "v", "g", "slot_weights", "beta"), rel))
+        if "kernels" in grads:  # variants that change no arithmetic give the default's gradients bit for bit
+            same = all(torch.equal(a, b) for a, b in zip(grads[name], grads["kernels"]))
+            row[name]["bitwise_equal_to_kernels"] = same
     return row
 
 
@@ -137,13 +142,15 @@ def main():
             torch.cuda.empty_cache()
     with open(os.path.join(args.out, f"delta_backward_ab_{stem}.json"), "w") as f:
         json.dump(dict(card=torch.cuda.get_device_name(), rows=rows), f, indent=1)
-    print("| config | workload | forward ms | variant | fwd+bwd ms | peak GiB | max rel. difference vs torch pass |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| config | workload | forward ms | variant | fwd+bwd ms | peak GiB | max rel. difference vs torch pass | "
+          "bitwise the default's |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         for name in [n for n in r if isinstance(r[n], dict) and "fwd_bwd_ms" in r[n]]:
             v = r[name]
             print(f"| {tuple(r['config'])} | {r['workload']} | {r['forward_ms']:.1f} | {name} | "
-                  f"{v['fwd_bwd_ms']:.1f} | {v['peak_gib']:.2f} | {max(v['max_rel_diff_vs_torch'].values()):.1e} |")
+                  f"{v['fwd_bwd_ms']:.1f} | {v['peak_gib']:.2f} | {max(v['max_rel_diff_vs_torch'].values()):.1e} | "
+                  f"{v.get('bitwise_equal_to_kernels', '')} |")
 
 
 if __name__ == "__main__":

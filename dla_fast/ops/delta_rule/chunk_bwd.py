@@ -1,7 +1,8 @@
 """The delta rule's reverse pass over chunks on kernels (docs/delta-rule-chunked.md section 6.1): what
 ``chunk_torch_bwd._reverse_pass`` computes, for the backward without the score's part.
 
-Per segment of chunks (the square-root checkpoints' segments), last first:
+Per unit of whole segments (the square-root checkpoints' segments), last first, its tables (``unit_tables``), then per
+segment, last first:
 
 1. the slot states at each chunk start, ``F [n, R, K, Dk, Dv]``: the forward's slot-state kernel rerun from the
    segment's checkpoint, without its reads (``chunk_fwd_states``; the checkpoints are the ones the kernel forward
@@ -9,11 +10,12 @@ Per segment of chunks (the square-root checkpoints' segments), last first:
 2. the chain of slot-state adjoints, ``dS`` carried to the segment's start and stored at each chunk end,
    ``E [n, R, K, Dk, Dv]`` (kernel A, ``chunk_bwd_chain``);
 3. the tables' cotangents from ``F`` and ``E`` by kernel B of the plan (``chunk_bwd_cotangents``), or every chunk of
-   the segment in one batch of torch products (``_segment_cotangents``, ``_COTANGENTS = "torch"``).
+   the segment in one batch of torch products (``_segment_cotangents``, ``_COTANGENTS = "torch"``);
 
-The kernels read the torch backward's own tables and maps (``Phi``, ``khd`` (times beta for the walks), ``qt``, the
-values and ``b v`` in the compute dtype; the partition's ``destF``, ``dest``, ``JF``), so the two passes differ by
-float32 rounding only.
+then the unit's cotangents are handed on (``unit_done``: the tables' adjoint, which reads what the unit's table kernel
+left in its scratch, so the backward computes each chunk's tables once). The kernels read the torch backward's own
+tables and maps (``Phi``, ``khd`` (times beta for the walks), ``qt``, the values and ``b v`` in the compute dtype; the
+partition's ``destF``, ``dest``, ``JF``), so the two passes differ by float32 rounding only.
 """
 
 from __future__ import annotations
@@ -33,31 +35,32 @@ _BATCH_BYTES = 1 << 28
 _COTANGENTS = "triton"
 
 
-def _segment_cotangents(a: int, F, E, x, part, coef, cot, grads) -> None:
+def _segment_cotangents(a: int, F, E, x, part, coef, tables, cot, grads) -> None:
     """Chunks ``a .. a + n - 1``: with ``F`` the slot states at each chunk start and ``E`` their adjoints at its
-    end, accumulate the cotangents of ``Phi`` (``sum_i G_i F_i^T``, ``G_i = E[destF[i]]``), ``khd`` and ``b v``
-    (token s writes ``khd_s (b_s v_s)^T`` into end slot ``dest[s]``), ``qt`` and the read weights (token t reads
-    ``sum_i coef[t, i] qt_t^T F_i``), as ``_chunk_adjoint`` does one chunk at a time."""
+    end, accumulate the cotangents ``cot`` of ``Phi`` (``sum_i G_i F_i^T``, ``G_i = E[destF[i]]``), ``khd`` and
+    ``b v`` (token s writes ``khd_s (b_s v_s)^T`` into end slot ``dest[s]``), ``qt`` and the read weights (token t
+    reads ``sum_i coef[t, i] qt_t^T F_i``), as ``_chunk_adjoint`` does one chunk at a time. ``tables`` and ``cot``
+    hold these n chunks; ``coef`` too."""
     n, R, K, Dk, Dv = F.shape
     C = x.C
     b = a + n
     destF, dest = part.destF[a:b], part.dest[a:b]
     listed = (destF >= 0).view(n, R, K, 1, 1)
     G = E.gather(2, destF.clamp(min=0).view(n, R, K, 1, 1).expand_as(E)) * listed
-    cot["Phi"][a:b] += torch.einsum("nridv,nriev->nrde", G, F)
+    cot["Phi"] += torch.einsum("nridv,nriev->nrde", G, F)
     del G
     tok = dest.clamp(min=0)
     wrote = (dest >= 0).unsqueeze(-1)
     Y = torch.matmul(E, x.bv[a:b].transpose(-1, -2).unsqueeze(2))  # E_j (b_s v_s): [n, R, K, Dk, C]
     dkhd = Y.gather(2, tok.view(n, R, 1, 1, C).expand(n, R, 1, Dk, C)).squeeze(2).transpose(-1, -2)
-    cot["khd"][a:b] += dkhd * wrote
+    cot["khd"] += dkhd * wrote
     del Y
-    U = torch.matmul(x.tables["khd"][a:b].unsqueeze(2), E)  # khd_s^T E_j: [n, R, K, C, Dv]
+    U = torch.matmul(tables["khd"].unsqueeze(2), E)  # khd_s^T E_j: [n, R, K, C, Dv]
     grads["bv"][a:b] += U.gather(2, tok.view(n, R, 1, C, 1).expand(n, R, 1, C, Dv)).squeeze(2) * wrote
     del U
     Zr = torch.matmul(F, x.dOc[a:b].transpose(-1, -2).unsqueeze(2))  # F_i dO_t: [n, R, K, Dk, C]
-    cot["qt"][a:b] += torch.einsum("nrti,nridt->nrtd", coef, Zr)
-    _add_read_weights(grads, part, a, torch.einsum("nrtd,nridt->nrti", x.tables["qt"][a:b], Zr))
+    cot["qt"] += torch.einsum("nrti,nridt->nrtd", coef, Zr)
+    _add_read_weights(grads, part, a, torch.einsum("nrtd,nridt->nrti", tables["qt"], Zr))
 
 
 def _add_read_weights(grads, part, a: int, dcoef) -> None:
@@ -67,14 +70,14 @@ def _add_read_weights(grads, part, a: int, dcoef) -> None:
     grads["lam"][a:a + dcoef.shape[0]].scatter_add_(-1, JF.clamp(min=0), dcoef * (JF >= 0))
 
 
-def _segment_cotangents_triton(a: int, F, E, x, part, coef, cot, grads) -> None:
+def _segment_cotangents_triton(a: int, F, E, x, part, coef, tables, cot, grads) -> None:
     """:func:`_segment_cotangents` by the kernels of ``chunk_bwd_cotangents`` (no ``[n, R, K, Dk, C]`` temporaries)."""
     b = a + F.shape[0]
-    dphi, dkhd, dbv, dqt, dcoef = table_cotangents(F, E, part.destF[a:b], part.dest[a:b], coef, x.tables["qt"][a:b],
-                                                   x.dOc[a:b], x.tables["khd"][a:b], x.bv[a:b])
-    cot["Phi"][a:b] += dphi
-    cot["khd"][a:b] += dkhd
-    cot["qt"][a:b] += dqt
+    dphi, dkhd, dbv, dqt, dcoef = table_cotangents(F, E, part.destF[a:b], part.dest[a:b], coef, tables["qt"],
+                                                   x.dOc[a:b], tables["khd"], x.bv[a:b])
+    cot["Phi"] += dphi
+    cot["khd"] += dkhd
+    cot["qt"] += dqt
     grads["bv"][a:b] += dbv
     _add_read_weights(grads, part, a, dcoef)
 
@@ -101,49 +104,72 @@ def exact_in_tf32(x: torch.Tensor) -> bool:
     return not bool((x.view(torch.int32) & 0x1FFF).any())
 
 
-def reverse_pass_kernels(part, init, every: int, dS, dO, x, cot, grads, kept=None):
+def segment_units(nC: int, every: int, block: int) -> list[tuple[int, int]]:
+    """The chunks ``0 .. nC - 1`` in units of whole segments of ``every`` chunks: ``block`` chunks a unit, rounded
+    down to whole segments (one segment at least)."""
+    size = max(1, block // every) * every
+    return [(u0, min(nC, u0 + size)) for u0 in range(0, nC, size)]
+
+
+# Long: the reverse pass's loop over units and segments, and the walk it reruns.
+def reverse_pass_kernels(part, init, every: int, dS, dO, x, grads, units, unit_tables, unit_done, kept=None):
     """``_reverse_pass`` without a score on kernels: ``dS`` (the final states' adjoint ``[R, K, Dk, Dv]`` float32)
-    carried to the first chunk's start and returned (``dinit``); ``cot`` (``qt``, ``khd``, ``Phi``) and ``grads``
-    (``bv``, ``lam``) accumulated. ``init`` the initial slot states and ``dO [R, T, Dv]`` the outputs' adjoint, both
-    float32; ``every`` chunks per segment. ``kept``: the slot states at each segment's start ``[n, R, K, Dk, Dv]``
-    float32 as the forward's walk passed them (read only), else walked here from ``init``."""
+    carried to the first chunk's start and returned (``dinit``); ``grads`` (``bv``, ``lam``) accumulated. ``init``
+    the initial slot states and ``dO [R, T, Dv]`` the outputs' adjoint, both float32; ``every`` chunks per segment.
+    ``kept``: the slot states at each segment's start ``[n, R, K, Dk, Dv]`` float32 as the forward's walk passed
+    them (read only), else walked here from ``init``.
+
+    ``units``: ranges of whole segments (:func:`segment_units`), taken last first. ``unit_tables(u0, u1)`` returns
+    ``(tables, payload)``: the tables ``qt``, ``khd``, ``Phi`` of chunks ``u0 .. u1 - 1`` (float32, indexed from
+    ``u0``) and anything for ``unit_done(u0, u1, cot, payload)``, called when the unit's cotangents ``cot`` (those
+    tables' cotangents, zero before the unit) are complete."""
     R, K, Dk, Dv = init.shape
     nC, T = x.nC, x.T
-    Phi, khd, qt = (x.tables[n] for n in ("Phi", "khd", "qt"))
     # The kernels address tokens as [B, T, H, D]: rows as B = R with H = 1.
     v_rows = unchunk(x.vc, T).reshape(R, T, 1, Dv)
     v_exact = exact_in_tf32(x.vc)
     dO_rows = dO.reshape(R, T, 1, Dv)
     coef = torch.gather(x.lamc, -1, part.JF.clamp(min=0)) * (part.JF >= 0)  # token t's weight of start slot i
 
-    def walk(S, a: int, b: int, starts=None) -> None:
+    def walk(S, tables, u0: int, a: int, b: int, starts=None) -> None:
         """The slot states ``S`` from chunk a's start to chunk b's, as the forward walks them: beta on the keys and
         the values as given (exact in tf32 when they came as 16-bit numbers: two products for the writes, not
         three; H200, run 26: see docs/benchmarks.md)."""
-        kb = khd[a:b] * x.bc[a:b].to(khd.dtype).unsqueeze(-1)
-        slot_states_and_reads(S, Phi[a:b], kb, None, v_rows, None, part.destF[a:b], part.dest[a:b], None, a,
-                              read_f32=True, v_exact=v_exact, starts=starts)
+        kb = tables["khd"][a - u0:b - u0] * x.bc[a:b].to(tables["khd"].dtype).unsqueeze(-1)
+        slot_states_and_reads(S, tables["Phi"][a - u0:b - u0], kb, None, v_rows, None, part.destF[a:b],
+                              part.dest[a:b], None, a, read_f32=True, v_exact=v_exact, starts=starts)
 
-    bounds = [(a, min(nC, a + every)) for a in range(0, nC, every)]
-    if kept is None:
+    segments = [(a, min(nC, a + every)) for a in range(0, nC, every)]
+    if kept is None:  # the slot states at each segment's start, walked unit by unit
         checkpoints, S = [], init.contiguous().clone()
-        for a, b in bounds:  # the slot states at each segment's start
-            checkpoints.append(S.clone())
-            if b < nC:
-                walk(S, a, b)
+        for u0, u1 in units:
+            tables = unit_tables(u0, u1)[0]
+            for a, b in (s for s in segments if u0 <= s[0] < u1):
+                checkpoints.append(S.clone())
+                if b < nC:
+                    walk(S, tables, u0, a, b)
         del S
     else:
         checkpoints = list(kept)
-    F = torch.empty(min(every, nC), R, K, Dk, Dv, device=init.device, dtype=torch.float32)
-    E = torch.empty_like(F)
     per_batch = max(1, _BATCH_BYTES // (4 * R * K * max(Dk * Dv, Dk * x.C, x.C * Dv)))
     cotangents = _segment_cotangents_triton if _COTANGENTS == "triton" else _segment_cotangents
-    for (a, b), S in zip(bounds[::-1], checkpoints[::-1]):
-        n = b - a
-        # The forward's checkpoints serve every backward of the graph: walked from a copy (ours are walked in place).
-        walk(S if kept is None else S.clone(), a, b, starts=F[:n])
-        slot_adjoints(dS, Phi[a:b], qt[a:b], dO_rows, coef[a:b], part.destF[a:b], a, dS_end=E[:n])
-        for c0 in range(0, n, per_batch):  # the cotangents' temporaries bounded (each as large as F)
-            c1 = min(n, c0 + per_batch)
-            cotangents(a + c0, F[c0:c1], E[c0:c1], x, part, coef[a + c0:a + c1], cot, grads)
+    for u0, u1 in units[::-1]:
+        tables, payload = unit_tables(u0, u1)
+        cot = {n: torch.zeros_like(tables[n]) for n in ("qt", "khd", "Phi")}
+        F = torch.empty(min(every, nC), R, K, Dk, Dv, device=init.device, dtype=torch.float32)
+        E = torch.empty_like(F)
+        for (a, b), S in [(s, S) for s, S in zip(segments, checkpoints) if u0 <= s[0] < u1][::-1]:
+            n = b - a
+            # The forward's checkpoints serve every backward of the graph: walked from a copy (ours are walked in
+            # place).
+            walk(S if kept is None else S.clone(), tables, u0, a, b, starts=F[:n])
+            slot_adjoints(dS, tables["Phi"][a - u0:b - u0], tables["qt"][a - u0:b - u0], dO_rows, coef[a:b],
+                          part.destF[a:b], a, dS_end=E[:n])
+            for c0 in range(a, b, per_batch):  # the cotangents' temporaries bounded (each as large as F)
+                c1 = min(b, c0 + per_batch)
+                local = slice(c0 - u0, c1 - u0)
+                cotangents(c0, F[c0 - a:c1 - a], E[c0 - a:c1 - a], x, part, coef[c0:c1],
+                           {n: tables[n][local] for n in ("qt", "khd")}, {n: t[local] for n, t in cot.items()}, grads)
+        del F, E  # the start states and chunk-end adjoints (the unit's largest tensors) freed for unit_done's own
+        unit_done(u0, u1, cot, payload)
     return dS

@@ -31,7 +31,7 @@ from ..common.layout import chunks, unchunk
 from ..common.live_starts import DevicePartition
 from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure, checkpoint_interval
-from .chunk_bwd import KernelPartition, reverse_pass_kernels
+from .chunk_bwd import KernelPartition, reverse_pass_kernels, segment_units
 from .wy_tables import wy_tables, wy_tables_adjoint
 from .wy_tables_adjoint_triton import wy_tables_adjoint_triton
 from .wy_tables_triton import output_tables_saved, output_tables_triton
@@ -58,18 +58,23 @@ _TRITON_TABLES = True
 # (``wy_tables_adjoint_triton``, float64) (True) or torch (in the compute dtype). H200, run 27, fwd+bwd at (2, 16384,
 # 16, 64) moderate: 103.2 against 113.7 ms (GPU 98.0 against 100.2; ~1,200 fewer torch launches).
 _TRITON_ADJOINT = True
+# With the adjoint kernel: the kernels' backward computes each chunk's tables once, a unit of whole segments at a time
+# (the table kernel's float64 tables, cast for the reverse pass, and its scratch for the adjoint) (True), or twice:
+# every chunk's for the reverse pass first, then each block's again for the adjoint. Not yet timed on a GPU.
+_TABLES_ONCE = True
 F64 = torch.float64
 
 
 class _Inputs:
     """The chunk-major inputs and everything derived once: ``q, k, v, dO, lam [nC, R, C, ...]`` in cd, ``g, b``
-    float64, the stored tables ``qt, khd, Phi`` (cd) and, for the score, ``kt, akap`` (float64).
+    float64, the stored tables ``qt, khd, Phi`` (cd) and, for the score, ``kt, akap`` (float64), by torch or the
+    table kernel (``reverse_tables``: "torch", "triton", or None: none stored).
 
     The tables are computed (and differentiated) in float64 when the score's part runs (its ``w = v - a y``
     cancels: docs/delta-rule-chunked.md section 5), else in the compute dtype (``T`` is well conditioned), or in
     float64 by the table and adjoint kernels (``triton_adjoint``)."""
 
-    def __init__(self, q, k, v, g, beta, lam, dO, C: int, score: bool, triton_tables: bool = False,
+    def __init__(self, q, k, v, g, beta, lam, dO, C: int, score: bool, reverse_tables: str | None = "torch",
                  triton_adjoint: bool = False):
         T = q.shape[1]
         self.C, self.nC, self.T, self.cd = C, max(1, -(-T // C)), T, q.dtype
@@ -82,12 +87,12 @@ class _Inputs:
         R, C = q.shape[0], self.C
         self.block = max(1, _BLOCK_ELEMENTS // max(1, R * C * C))
         keep = ("qt", "khd", "Phi") + (("kt", "akap") if score else ())
-        self.tables = {n: [] for n in keep}
-        for b0, b1 in self.bounds():
+        self.tables = {n: [] for n in keep} if reverse_tables else {}  # None: the units compute their own
+        for b0, b1 in self.bounds() if reverse_tables else ():
             inputs = [x[b0:b1] for x in (self.qc, self.kc, self.gc, self.bc)]
             # The reverse pass's tables: the forward's table kernel (float64, stored in cd: ~0.35 ms a block of 32
             # chunks at R = 32 on an H200) on the kernels' path, else torch's. The blocks' adjoint recomputes its own.
-            tab = (output_tables_triton(*inputs, dtype=self.cd) if triton_tables
+            tab = (output_tables_triton(*inputs, dtype=self.cd) if reverse_tables == "triton"
                    else wy_tables(*(x.to(self.tdt) for x in inputs), scores=score)[0])
             for n in keep:
                 self.tables[n].append(tab[n] if n in ("kt", "akap") else tab[n].to(self.cd))
@@ -207,36 +212,76 @@ def _reverse_pass(part: Partition, checkpoints, every: int, dS, x: _Inputs, cot,
     return dS
 
 
-def _blocks_adjoint(part: Partition, x: _Inputs, cot, grads, score: _Score | None):
-    """Per block of chunks: the intra-chunk attention's backward (``attn`` against ``lam_t[J[t, s]] dO_t . b_s
-    v_s``), the score run's (``y_t = sum_s akap[t, s] b_s v_s``), then the tables' adjoint into ``q, k, g, b``."""
+def _adjoint_outputs(x: _Inputs) -> dict:
+    """The tables' adjoint's gradients (``q``, ``k``, ``g``, ``b``; float64, chunk-major), filled block by block."""
     out = {n: torch.zeros_like(x.gc) for n in ("g", "b")}
     out.update(q=torch.zeros_like(x.qc, dtype=F64), k=torch.zeros_like(x.kc, dtype=F64))
-    for b0, b1, tab, saved in x.blocks():
-        J = part.recency(b0, b1)
-        valid = J >= 0
-        Jc = J.clamp(min=0)
-        Wl = torch.gather(x.lamc[b0:b1], -1, Jc) * valid  # lam_t[J[t, s]]
-        attn = tab["attn"].to(x.cd)
-        bv, dOb = x.bv[b0:b1], x.dOc[b0:b1]
-        dP = dOb @ bv.transpose(-1, -2)  # dO_t . b_s v_s
-        grads["bv"][b0:b1] += (attn * Wl).transpose(-1, -2) @ dOb
-        grads["lam"][b0:b1].scatter_add_(-1, Jc, dP * attn * valid)
-        c_b = {n: cot[n][b0:b1].to(x.tdt) for n in ("qt", "khd", "Phi")}
-        c_b["attn"] = (dP * Wl).to(x.tdt)
-        if score is not None:
-            run = score.run(b0, b1)
-            dy, bv64 = score.dy[b0:b1], bv.to(F64)
-            c_b["kt"] = cot["kt"][b0:b1]
-            c_b["akap"] = (dy @ bv64.transpose(-1, -2)) * run
-            grads["bv"][b0:b1] += ((tab["akap"] * run).transpose(-1, -2) @ dy).to(x.cd)
-        if x.triton_adjoint:
-            d = wy_tables_adjoint_triton(x.gc[b0:b1], tab, saved, c_b)
-        else:
-            d = wy_tables_adjoint(*(t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)), tab, saved, c_b)
-        for name, dd in zip(("q", "k", "g", "b"), d):
-            out[name][b0:b1] = dd
     return out
+
+
+def _blocks_adjoint(part: Partition, x: _Inputs, cot, grads, score: _Score | None):
+    """:func:`_block_adjoint` for every block of chunks (its tables recomputed), the cotangents ``cot`` of every
+    chunk's tables given."""
+    out = _adjoint_outputs(x)
+    for b0, b1, tab, saved in x.blocks():
+        _block_adjoint(part, x, b0, b1, tab, saved, {n: c[b0:b1] for n, c in cot.items() if c is not None}, grads,
+                       score, out)
+    return out
+
+
+def _block_adjoint(part: Partition, x: _Inputs, b0: int, b1: int, tab, saved, cot, grads, score: _Score | None,
+                   out) -> None:
+    """Chunks ``b0 .. b1 - 1`` with their tables ``tab`` (and ``saved``, what their adjoint reads) and the tables'
+    cotangents ``cot`` (``qt``, ``khd``, ``Phi``, with the score ``kt``; these chunks'): the intra-chunk attention's
+    backward (``attn`` against ``lam_t[J[t, s]] dO_t . b_s v_s``), the score run's (``y_t = sum_s akap[t, s] b_s
+    v_s``), then the tables' adjoint into ``out`` (``q, k, g, b``)."""
+    J = part.recency(b0, b1)
+    valid = J >= 0
+    Jc = J.clamp(min=0)
+    Wl = torch.gather(x.lamc[b0:b1], -1, Jc) * valid  # lam_t[J[t, s]]
+    attn = tab["attn"].to(x.cd)
+    bv, dOb = x.bv[b0:b1], x.dOc[b0:b1]
+    dP = dOb @ bv.transpose(-1, -2)  # dO_t . b_s v_s
+    grads["bv"][b0:b1] += (attn * Wl).transpose(-1, -2) @ dOb
+    grads["lam"][b0:b1].scatter_add_(-1, Jc, dP * attn * valid)
+    c_b = {n: cot[n].to(x.tdt) for n in ("qt", "khd", "Phi")}
+    c_b["attn"] = (dP * Wl).to(x.tdt)
+    if score is not None:
+        run = score.run(b0, b1)
+        dy, bv64 = score.dy[b0:b1], bv.to(F64)
+        c_b["kt"] = cot["kt"]
+        c_b["akap"] = (dy @ bv64.transpose(-1, -2)) * run
+        grads["bv"][b0:b1] += ((tab["akap"] * run).transpose(-1, -2) @ dy).to(x.cd)
+    if x.triton_adjoint:
+        d = wy_tables_adjoint_triton(x.gc[b0:b1], tab, saved, c_b)
+    else:
+        d = wy_tables_adjoint(*(t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)), tab, saved, c_b)
+    for name, dd in zip(("q", "k", "g", "b"), d):
+        out[name][b0:b1] = dd
+
+
+def _kernels_backward(part, init, every: int, dS, dO, x: _Inputs, grads, kept):
+    """The reverse pass on kernels, then the tables' adjoint: ``(dinit, out)`` (``out`` as :func:`_blocks_adjoint`'s).
+    With ``_TABLES_ONCE`` (and the adjoint kernel) per unit of whole segments, last first: the table kernel once
+    (float64 tables and the scratch its adjoint reads), the unit's reverse pass on the tables cast to the compute
+    dtype, the unit's adjoint. Else every chunk's tables (``x.tables``) serve one unit, and the blocks' adjoint
+    recomputes its own."""
+    if not x.tables:
+        out = _adjoint_outputs(x)
+
+        def unit_tables(u0: int, u1: int):
+            tab, saved = output_tables_saved(*(t[u0:u1] for t in (x.qc, x.kc, x.gc, x.bc)))
+            return {n: tab[n].to(x.cd) for n in ("qt", "khd", "Phi")}, (tab, saved)
+
+        def unit_done(u0: int, u1: int, cot, payload) -> None:
+            _block_adjoint(part, x, u0, u1, *payload, cot, grads, None, out)
+
+        units = segment_units(x.nC, every, x.block)
+        return reverse_pass_kernels(part, init, every, dS, dO, x, grads, units, unit_tables, unit_done, kept), out
+    cot = {}
+    dinit = reverse_pass_kernels(part, init, every, dS, dO, x, grads, [(0, x.nC)], lambda u0, u1: (x.tables, None),
+                                 lambda u0, u1, c, payload: cot.update(c), kept)
+    return dinit, _blocks_adjoint(part, x, cot, grads, None)
 
 
 def _partition(structure: Structure, handed, x: _Inputs, R: int, K: int, kernels: bool):
@@ -246,7 +291,8 @@ def _partition(structure: Structure, handed, x: _Inputs, R: int, K: int, kernels
     if kernels and handed is not None and handed.decided is not None and _KERNEL_PARTITION:
         return KernelPartition(handed.decided, x.T, K)
     ones = torch.ones_like(x.gc, dtype=x.cd)  # the token keys khd carry their decay to the chunk end
-    args = (structure, R, x.T, x.C, K, ones, x.tables["Phi"], x.tables["khd"], x.bv)
+    # Without stored tables (the kernels' units) the partition never advances a state: its tables only place it.
+    args = (structure, R, x.T, x.C, K, ones, x.tables.get("Phi"), x.tables.get("khd", x.kc), x.bv)
     if handed is not None and handed.live is not None and _HANDED_LIVE_STARTS:
         return DevicePartition(*args, live=handed.live)
     return DevicePartition(*args)
@@ -276,7 +322,9 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
         dinit = torch.zeros_like(init) if dS_final is None else dS_final.clone()
         return (*(torch.zeros_like(t) for t in (q, k, v, g, beta, lam)), dinit)
     kernels = kernels and dscores is None and cd == torch.float32
-    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None, triton_tables=kernels and _TRITON_TABLES,
+    once = kernels and _TRITON_ADJOINT and _TABLES_ONCE  # the units compute the tables: none stored up front
+    reverse_tables = None if once else "triton" if kernels and _TRITON_TABLES else "torch"
+    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None, reverse_tables=reverse_tables,
                 triton_adjoint=kernels and _TRITON_ADJOINT)
     nC = x.nC
     handed = structure.slot_checkpoints  # what a kernel forward kept: its live starts and decided structure too
@@ -284,21 +332,21 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     part = _partition(structure, handed, x, R, K, kernels)
     score = _Score(part, x) if dscores is not None else None
     every = checkpoint_every or checkpoint_interval(nC)
-    cot = {n: torch.zeros_like(x.tables[n]) for n in ("qt", "khd", "Phi")}
-    cot["kt"] = torch.zeros_like(x.tables["kt"]) if score is not None else None
     grads = dict(bv=torch.zeros_like(x.bv), lam=torch.zeros_like(x.lamc))
     dS = torch.zeros_like(init) if dS_final is None else dS_final.clone()
     direct = dinit0 = None
     if kernels:
         kept = handed if _KEPT_CHECKPOINTS else None  # the forward's walk, where it kept its states
         kept = kept.states if kept is not None and kept.every == every else None
-        dinit = reverse_pass_kernels(part, init, every, dS, dO, x, cot, grads, kept)
+        dinit, d = _kernels_backward(part, init, every, dS, dO, x, grads, kept)
     else:
+        cot = {n: torch.zeros_like(x.tables[n]) for n in ("qt", "khd", "Phi")}
+        cot["kt"] = torch.zeros_like(x.tables["kt"]) if score is not None else None
         checkpoints, _ = part.checkpoints(init, every, None if score is None else score.record_carry)
         if score is not None:  # its adjoint (score.dy) enters the reverse pass
             direct, dinit0 = score.adjoint(structure, init, dscores, eps, norm_eps)
         dinit = _reverse_pass(part, checkpoints, every, dS, x, cot, grads, score)
-    d = _blocks_adjoint(part, x, cot, grads, score)
+        d = _blocks_adjoint(part, x, cot, grads, score)
     dbv = grads["bv"].to(F64)
     dv = x.bc.unsqueeze(-1) * dbv  # the values enter as b v
     d["b"] = d["b"] + (x.vc.to(F64) * dbv).sum(-1)
