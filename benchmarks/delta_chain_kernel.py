@@ -5,8 +5,10 @@ without them storing each chunk's start states (as the backward reruns it), over
 process. Run 24 measured the chain at 25.9 ms against the forward kernel's 9.4 at (2, 16384, 16, 64) moderate.
 
     python benchmarks/delta_chain_kernel.py [--cell 2x16384x64:moderate] [--per-launch 16] [--once] [--out DIR]
+                                            [--launch 2x4x2,4x4x1]
 
-``--once``: each kernel's blocks run once, untimed (for ``ncu --kernel-name regex:dla_delta``).
+``--once``: each kernel's blocks run once, untimed (for ``ncu --kernel-name regex:dla_delta``). ``--launch``: the three
+walks at each ``BVxWARPSxSTAGES`` in place of ``state_block``'s (run 28 took 4x4x1 at 64 features this way).
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ def stage_inputs(cfg, wname: str) -> dict:
                 states=torch.randn(R, K, Dk, Dv, device=q.device) * live.view(R, K, 1, 1))
 
 
-def runners(x: dict, per: int) -> dict:
-    """The three walks over every block of ``per`` chunks (the chain last to first)."""
+def runners(x: dict, per: int, launch=None) -> dict:
+    """The three walks over every block of ``per`` chunks (the chain last to first), at the kernels' ``launch``
+    shape ``(BV, warps, stages)`` (None: their default)."""
     tab, nC = x["tab"], x["nC"]
     R, K, Dk, Dv = x["states"].shape
     buf = torch.empty(min(per, nC), R, K, Dk, Dv, device=x["v"].device)
@@ -71,13 +74,13 @@ def runners(x: dict, per: int) -> dict:
         for a, b in blocks:
             slot_states_and_reads(S, tab["Phi"][a:b], tab["kb"][a:b], tab["qt"][a:b], x["v"], x["coef"][a:b],
                                   x["dest_f"][a:b], x["dest"][a:b], o if reads else None, a, read_f32=False,
-                                  v_exact=True, starts=None if reads else buf[:b - a])
+                                  v_exact=True, starts=None if reads else buf[:b - a], launch=launch)
 
     def chain():
         dS = x["states"].clone()
         for a, b in blocks[::-1]:
             slot_adjoints(dS, tab["Phi"][a:b], tab["qt"][a:b], x["dO"], x["coef"][a:b], x["dest_f"][a:b], a,
-                          dS_end=buf[:b - a])
+                          dS_end=buf[:b - a], launch=launch)
 
     return dict(forward_with_reads=lambda: forward(True), rerun_storing_starts=lambda: forward(False), chain=chain)
 
@@ -88,9 +91,12 @@ def main():
     ap.add_argument("--per-launch", type=int, default=16)
     ap.add_argument("--once", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--launch", default="", help="BVxWARPSxSTAGES shapes to time, comma-separated")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("delta_chain_kernel.py: needs a CUDA GPU")
+    if args.launch:
+        return sweep(args)
     name, wname = args.cell.split(":")
     x = stage_inputs(configs_named(name)[0], wname)
     walks = runners(x, args.per_launch)
@@ -105,6 +111,32 @@ def main():
     with open(os.path.join(args.out, f"delta_chain_kernel_{card}_{datetime.date.today()}.json"), "w") as f:
         json.dump(dict(card=torch.cuda.get_device_name(), **row), f, indent=1)
     print(" | ".join(f"{n} {v:.2f} ms" if isinstance(v, float) else f"{n} {v}" for n, v in row.items()))
+
+
+def sweep(args) -> None:
+    """The three walks at each ``--launch`` shape, one process; a shape that fails to build is reported, not raised."""
+    name, wname = args.cell.split(":")
+    x = stage_inputs(configs_named(name)[0], wname)
+    rows = []
+    for shape in args.launch.split(","):
+        launch = tuple(int(n) for n in shape.split("x"))
+        row = dict(BV=launch[0], warps=launch[1], stages=launch[2])
+        try:
+            walks = runners(x, args.per_launch, launch)
+            row.update({n: bench_ms(fn, rep=10) for n, fn in walks.items()})
+        except Exception as e:  # noqa: BLE001 (e.g. too much shared memory for the shape)
+            row["error"] = repr(e)[:200]
+        rows.append(row)
+        print(row, flush=True)
+    card = torch.cuda.get_device_name().replace(" ", "_")
+    with open(os.path.join(args.out, f"delta_slot_launch_{card}_{datetime.date.today()}_{name}.json"), "w") as f:
+        json.dump(dict(card=torch.cuda.get_device_name(), cell=args.cell, rows=rows), f, indent=1)
+    print("| BV | warps | stages | forward (reads) ms | rerun (stores) ms | kernel A ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        times = [f"{r[n]:.2f}" if n in r else r["error"][:40] for n in ("forward_with_reads", "rerun_storing_starts",
+                                                                        "chain")]
+        print(f"| {r['BV']} | {r['warps']} | {r['stages']} | " + " | ".join(times) + " |")
 
 
 if __name__ == "__main__":

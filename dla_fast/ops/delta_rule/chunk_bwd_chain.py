@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from ..common.triton_utils import chunk_tokens
-from .chunk_fwd_states import dot_f32, slot_tile, state_block
+from .chunk_fwd_states import dot_f32, launch_shape, slot_tile
 
 
 @triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
@@ -85,14 +85,16 @@ def dla_delta_slot_adjoints_kernel(
     tl.store(ds_ptr + r * K * Dk * Dv + state_at, tl.reshape(dS, [BK, BV, KP]), mask=s_mask)
 
 
-def slot_adjoints(dS, Phi, qt, dO, coef, dest_f, c0: int, dS_end=None) -> torch.Tensor:
+def slot_adjoints(dS, Phi, qt, dO, coef, dest_f, c0: int, dS_end=None,
+                  launch: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Carry the slot states' adjoint ``dS [R, K, Dk, Dv]`` (float32, in place) from the end of the block of ``nb``
     chunks that starts at chunk ``c0`` to its start; returns the adjoint at each chunk's end, ``dS_end [nb, R, K,
     Dk, Dv]`` float32 (written into ``dS_end`` when given). Blocks chain last to first on the same ``dS``.
 
     ``Phi [nb, R, Dk, Dk]``, ``qt [nb, R, C, Dk]``, ``coef [nb, R, C, K]`` (float32) and ``dest_f [nb, R, K]`` (int32,
     -1: not listed) as the forward's ``slot_states_and_reads`` reads them; ``dO [B, T, H, Dv]`` the output's adjoint
-    in its dtype. No score term: the backward with ``dscores`` keeps the torch pass."""
+    in its dtype. No score term: the backward with ``dscores`` keeps the torch pass. ``launch``: as
+    ``slot_states_and_reads``'."""
     nb, R, C, Dk = qt.shape
     B, T, H, Dv = dO.shape
     K = dS.shape[1]
@@ -101,7 +103,7 @@ def slot_adjoints(dS, Phi, qt, dO, coef, dest_f, c0: int, dS_end=None) -> torch.
     for name, x in (("dS", dS), ("dS_end", dS_end)):  # written in place by the kernel
         if x.dtype != torch.float32 or not x.is_contiguous():
             raise ValueError(f"slot_adjoints: {name} must be a contiguous float32 tensor, got {x.dtype}")
-    BK, BV, KP, num_warps, num_stages = state_block(Dk, Dv, K)
+    BK, BV, KP, num_warps, num_stages = launch_shape(Dk, Dv, K, launch)
     dla_delta_slot_adjoints_kernel[(R * triton.cdiv(Dv, BV),)](
         dS, dS_end, Phi.contiguous(), qt.contiguous(), dO.contiguous(), coef.contiguous(),
         dest_f.to(torch.int32).contiguous(), nb, R, T, H, c0, K, Dk, Dv,

@@ -100,23 +100,33 @@ def dla_delta_token_cotangents_kernel(
     tl.store(dkhd_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], dkhd, mask=kmask[None, :])
 
 
-def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv):
+def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: int | None = None,
+                     start_warps: int | None = None, start_stages: int | None = None):
     """The cotangents of a batch of ``n`` chunks: ``(dPhi [n, R, Dk, Dk], dkhd [n, R, C, Dk], d(b v) [n, R, C, Dv],
     dqt [n, R, C, Dk], dcoef [n, R, C, K])`` float32, from ``F, E [n, R, K, Dk, Dv]`` (float32, contiguous),
     ``dest_f [n, R, K]`` and ``dest [n, R, C]`` (integers, -1: none), ``coef [n, R, C, K]``, ``qt``, ``khd [n, R, C,
-    Dk]``, ``dO``, ``bv [n, R, C, Dv]`` (float32)."""
+    Dk]``, ``dO``, ``bv [n, R, C, Dv]`` (float32). ``start_block``, ``start_warps``, ``start_stages``: the start
+    slots' kernel's Dv block (a power of two from 16) and launch options; None: the defaults below."""
     n, R, K, Dk, Dv = F.shape
     C = qt.shape[2]
     BK, KP = max(16, next_pow2(Dk)), max(16, next_pow2(K))
-    # A Dv block of 64 up to 64 key features, 32 above (sm_90, Triton 3.6: 136 / 144 B of stack at 64 features, 192 /
-    # 560 B at 128; a block of 64 there needs 98-115 KB of shared memory and spills 568-1,144 B).
+    # The token kernel's Dv block (and the start slots' above 64 key features): 64 up to 64 key features, 32 above
+    # (sm_90, Triton 3.6: 136 / 144 B of stack at 64 features, 192 / 560 B at 128; a block of 64 there needs 98-115 KB
+    # of shared memory and spills 568-1,144 B).
     BV = max(16, min(64 if BK <= 64 else 32, next_pow2(Dv)))
+    # The start slots' kernel up to 64 key features: a Dv block of 32 on 4 warps, one stage (H200, run 28, one segment
+    # of 16 chunks at R = 32, K = 30, 64 features: 0.43 ms against 0.79 at 64 on 8 warps and two stages; 16 warps or
+    # 8 slower at every block); above, 8 warps and two stages (not re-measured).
+    small = BK <= 64
+    start_bv = max(16, min(start_block or (32 if small else BV), next_pow2(Dv)))
+    start_warps = start_warps or (4 if small else 8)
+    start_stages = start_stages or (1 if small else 2)
     new = lambda *s: torch.empty(n, R, *s, device=F.device, dtype=torch.float32)  # noqa: E731
     dphi, dkhd, dbv, dqt, dcoef = new(Dk, Dk), new(C, Dk), new(C, Dv), new(C, Dk), new(C, K)
     f32 = lambda x: x.to(torch.float32).contiguous()  # noqa: E731
     dla_delta_start_cotangents_kernel[(n, R)](
         F, E, dest_f.to(torch.int32).contiguous(), f32(coef), f32(qt), f32(dO), dphi, dqt, dcoef, R, K, Dk, Dv,
-        C=C, BK=BK, BV=BV, num_warps=8, num_stages=2,
+        C=C, BK=BK, BV=start_bv, num_warps=start_warps, num_stages=start_stages,
     )
     # 4 warps below 32 key features: at 8 warps and BK = 16, Triton 3.6's sm_90 build of the token kernel's products
     # reads shared memory out of bounds (BV = 64; compute-sanitizer, H200, run 25) or returns a wrong d(b v) (BV = 32).

@@ -150,8 +150,14 @@ def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int, int, int]:
     return BK, BV, KP, 4 if small else 8, 1
 
 
+def launch_shape(Dk: int, Dv: int, K: int, launch: tuple[int, int, int] | None):
+    """:func:`state_block`, its ``(BV, num_warps, num_stages)`` replaced by ``launch`` where given."""
+    BK, BV, KP, num_warps, num_stages = state_block(Dk, Dv, K)
+    return (BK, BV, KP, num_warps, num_stages) if launch is None else (BK, *launch)
+
+
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
-                          v_exact: bool, starts=None) -> None:
+                          v_exact: bool, starts=None, launch: tuple[int, int, int] | None = None) -> None:
     """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the block of ``nb`` chunks that
     starts at chunk ``c0`` and add the reads of each chunk's start slots to ``o [B, T, H, Dv]`` (float32, in place).
 
@@ -161,11 +167,12 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     (float32 inputs) or in single-pass tf32 (16-bit inputs, whose rounding is 16x coarser); ``v_exact``: ``v`` holds
     16-bit values (exact in tf32: the token products split only the keys). The states are float32-accurate either
     way. ``o`` None: no reads (``qt``, ``coef`` unused); ``starts`` (``[nb, R, K, Dk, Dv]`` float32 or None) receives
-    each chunk's start states."""
+    each chunk's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s (for
+    sweeps)."""
     nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
     K = slots.shape[1]
-    BK, BV, KP, num_warps, num_stages = state_block(Dk, Dv, K)
+    BK, BV, KP, num_warps, num_stages = launch_shape(Dk, Dv, K, launch)
     reads = o is not None
     qt, coef = (qt.contiguous(), coef.contiguous()) if reads else (slots, slots)  # unread placeholders otherwise
     dla_delta_states_kernel[(R * triton.cdiv(Dv, BV),)](
