@@ -111,7 +111,45 @@ def segment_units(nC: int, every: int, block: int) -> list[tuple[int, int]]:
     return [(u0, min(nC, u0 + size)) for u0 in range(0, nC, size)]
 
 
-# Long: the reverse pass's loop over units and segments, and the walk it reruns.
+class _Walks:
+    """What the reverse pass's kernels read besides a unit's tables: the values and ``dO`` as the kernels' rows, each
+    token's weight of each start slot, whether the values are exact in tf32."""
+
+    def __init__(self, part, x, dO):
+        R, T, Dv = dO.shape
+        self.part, self.x = part, x
+        # The kernels address tokens as [B, T, H, D]: rows as B = R with H = 1.
+        self.v_rows = unchunk(x.vc, T).reshape(R, T, 1, Dv)
+        self.v_exact = exact_in_tf32(x.vc)
+        self.dO_rows = dO.reshape(R, T, 1, Dv)
+        self.coef = torch.gather(x.lamc, -1, part.JF.clamp(min=0)) * (part.JF >= 0)  # token t's weight of slot i
+
+    def walk(self, S, tables, u0: int, a: int, b: int, starts=None) -> None:
+        """The slot states ``S`` from chunk a's start to chunk b's (``tables`` indexed from chunk ``u0``), as the
+        forward walks them: beta on the keys and the values as given (exact in tf32 when they came as 16-bit numbers:
+        two products for the writes, not three; H200, run 26: see docs/benchmarks.md)."""
+        part, x = self.part, self.x
+        kb = tables["khd"][a - u0:b - u0] * x.bc[a:b].to(tables["khd"].dtype).unsqueeze(-1)
+        slot_states_and_reads(S, tables["Phi"][a - u0:b - u0], kb, None, self.v_rows, None, part.destF[a:b],
+                              part.dest[a:b], None, a, read_f32=True, v_exact=self.v_exact, starts=starts)
+
+    def segment(self, dS, tables, cot, u0: int, a: int, b: int, S, F, E, grads) -> None:
+        """Segment ``a .. b - 1`` of the unit from ``u0``, from its start states ``S`` (walked in place): its start
+        states into ``F``, ``dS`` carried to its start with the chunk-end adjoints into ``E``, the cotangents ``cot``
+        (the unit's) and ``grads`` accumulated."""
+        n, (R, K, Dk, Dv) = b - a, dS.shape
+        self.walk(S, tables, u0, a, b, starts=F[:n])
+        slot_adjoints(dS, tables["Phi"][a - u0:b - u0], tables["qt"][a - u0:b - u0], self.dO_rows, self.coef[a:b],
+                      self.part.destF[a:b], a, dS_end=E[:n])
+        per_batch = max(1, _BATCH_BYTES // (4 * R * K * max(Dk * Dv, Dk * self.x.C, self.x.C * Dv)))
+        cotangents = _segment_cotangents_triton if _COTANGENTS == "triton" else _segment_cotangents
+        for c0 in range(a, b, per_batch):  # the cotangents' temporaries bounded (each as large as F)
+            c1 = min(b, c0 + per_batch)
+            local = slice(c0 - u0, c1 - u0)
+            cotangents(c0, F[c0 - a:c1 - a], E[c0 - a:c1 - a], self.x, self.part, self.coef[c0:c1],
+                       {n: tables[n][local] for n in ("qt", "khd")}, {n: t[local] for n, t in cot.items()}, grads)
+
+
 def reverse_pass_kernels(part, init, every: int, dS, dO, x, grads, units, unit_tables, unit_done, kept=None):
     """``_reverse_pass`` without a score on kernels: ``dS`` (the final states' adjoint ``[R, K, Dk, Dv]`` float32)
     carried to the first chunk's start and returned (``dinit``); ``grads`` (``bv``, ``lam``) accumulated. ``init``
@@ -123,53 +161,34 @@ def reverse_pass_kernels(part, init, every: int, dS, dO, x, grads, units, unit_t
     ``(tables, payload)``: the tables ``qt``, ``khd``, ``Phi`` of chunks ``u0 .. u1 - 1`` (float32, indexed from
     ``u0``) and anything for ``unit_done(u0, u1, cot, payload)``, called when the unit's cotangents ``cot`` (those
     tables' cotangents, zero before the unit) are complete."""
-    R, K, Dk, Dv = init.shape
-    nC, T = x.nC, x.T
-    # The kernels address tokens as [B, T, H, D]: rows as B = R with H = 1.
-    v_rows = unchunk(x.vc, T).reshape(R, T, 1, Dv)
-    v_exact = exact_in_tf32(x.vc)
-    dO_rows = dO.reshape(R, T, 1, Dv)
-    coef = torch.gather(x.lamc, -1, part.JF.clamp(min=0)) * (part.JF >= 0)  # token t's weight of start slot i
-
-    def walk(S, tables, u0: int, a: int, b: int, starts=None) -> None:
-        """The slot states ``S`` from chunk a's start to chunk b's, as the forward walks them: beta on the keys and
-        the values as given (exact in tf32 when they came as 16-bit numbers: two products for the writes, not
-        three; H200, run 26: see docs/benchmarks.md)."""
-        kb = tables["khd"][a - u0:b - u0] * x.bc[a:b].to(tables["khd"].dtype).unsqueeze(-1)
-        slot_states_and_reads(S, tables["Phi"][a - u0:b - u0], kb, None, v_rows, None, part.destF[a:b],
-                              part.dest[a:b], None, a, read_f32=True, v_exact=v_exact, starts=starts)
-
-    segments = [(a, min(nC, a + every)) for a in range(0, nC, every)]
-    if kept is None:  # the slot states at each segment's start, walked unit by unit
-        checkpoints, S = [], init.contiguous().clone()
-        for u0, u1 in units:
-            tables = unit_tables(u0, u1)[0]
-            for a, b in (s for s in segments if u0 <= s[0] < u1):
-                checkpoints.append(S.clone())
-                if b < nC:
-                    walk(S, tables, u0, a, b)
-        del S
-    else:
-        checkpoints = list(kept)
-    per_batch = max(1, _BATCH_BYTES // (4 * R * K * max(Dk * Dv, Dk * x.C, x.C * Dv)))
-    cotangents = _segment_cotangents_triton if _COTANGENTS == "triton" else _segment_cotangents
+    walks = _Walks(part, x, dO)
+    segments = [(a, min(x.nC, a + every)) for a in range(0, x.nC, every)]
+    in_unit = lambda u0, u1: [i for i, (a, _) in enumerate(segments) if u0 <= a < u1]  # noqa: E731
+    checkpoints = list(kept) if kept is not None else _walked_checkpoints(walks, init, segments, units, unit_tables,
+                                                                            in_unit)
     for u0, u1 in units[::-1]:
         tables, payload = unit_tables(u0, u1)
         cot = {n: torch.zeros_like(tables[n]) for n in ("qt", "khd", "Phi")}
-        F = torch.empty(min(every, nC), R, K, Dk, Dv, device=init.device, dtype=torch.float32)
+        F = torch.empty(min(every, x.nC), *init.shape, device=init.device, dtype=torch.float32)
         E = torch.empty_like(F)
-        for (a, b), S in [(s, S) for s, S in zip(segments, checkpoints) if u0 <= s[0] < u1][::-1]:
-            n = b - a
-            # The forward's checkpoints serve every backward of the graph: walked from a copy (ours are walked in
-            # place).
-            walk(S if kept is None else S.clone(), tables, u0, a, b, starts=F[:n])
-            slot_adjoints(dS, tables["Phi"][a - u0:b - u0], tables["qt"][a - u0:b - u0], dO_rows, coef[a:b],
-                          part.destF[a:b], a, dS_end=E[:n])
-            for c0 in range(a, b, per_batch):  # the cotangents' temporaries bounded (each as large as F)
-                c1 = min(b, c0 + per_batch)
-                local = slice(c0 - u0, c1 - u0)
-                cotangents(c0, F[c0 - a:c1 - a], E[c0 - a:c1 - a], x, part, coef[c0:c1],
-                           {n: tables[n][local] for n in ("qt", "khd")}, {n: t[local] for n, t in cot.items()}, grads)
+        for i in in_unit(u0, u1)[::-1]:
+            # The forward's checkpoints serve every backward of the graph: walked from a copy (ours in place).
+            S = checkpoints[i] if kept is None else checkpoints[i].clone()
+            walks.segment(dS, tables, cot, u0, *segments[i], S, F, E, grads)
         del F, E  # the start states and chunk-end adjoints (the unit's largest tensors) freed for unit_done's own
         unit_done(u0, u1, cot, payload)
     return dS
+
+
+def _walked_checkpoints(walks: _Walks, init, segments, units, unit_tables, in_unit) -> list:
+    """The slot states at each segment's start, walked from ``init`` unit by unit (each unit's tables computed for
+    the walk and again by the reverse pass: only where the forward kept no checkpoints)."""
+    checkpoints, S = [], init.contiguous().clone()
+    for u0, u1 in units:
+        tables = unit_tables(u0, u1)[0]
+        for i in in_unit(u0, u1):
+            checkpoints.append(S.clone())
+            a, b = segments[i]
+            if b < walks.x.nC:
+                walks.walk(S, tables, u0, a, b)
+    return checkpoints
