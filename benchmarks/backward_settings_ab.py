@@ -9,6 +9,7 @@ time and a bit-pattern fingerprint of every gradient per variant (the method of 
 
     python benchmarks/backward_settings_ab.py --variants one=bwd_start_ranges:1,auto=bwd_start_ranges:None \\
         [--cells 8x4096x64:dense,8x4096x128:moderate] [--out DIR]
+    python benchmarks/backward_settings_ab.py --variants default=,kv4=dla_bwd_kv_kernel.num_warps:4
 
 Writes ``backward_settings_ab_<card>_<date>.json`` to DIR; the table is printed last.
 """
@@ -34,15 +35,21 @@ from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
 
 
 def parse_variants(text: str) -> dict:
-    """``name=field:value;field:value,name=...`` -> ``{name: TritonSettings}`` (values as Python literals)."""
+    """``name=field:value;field:value,name=...`` -> ``{name: TritonSettings}`` (values as Python literals); a field
+    ``kernel.option`` is a launch override (``launch_overrides``), e.g. ``kv4=dla_bwd_kv_kernel.num_warps:4``."""
     out = {}
     for item in text.split(","):
         name, _, fields = item.partition("=")
-        changes = {}
+        changes, launch = {}, []
         for pair in filter(None, fields.split(";")):
             field, _, value = pair.partition(":")
-            changes[field] = ast.literal_eval(value)
-        out[name] = dataclasses.replace(DEFAULT_SETTINGS, **changes)
+            if "." in field:
+                kernel, _, option = field.partition(".")
+                launch.append((kernel, option, ast.literal_eval(value)))
+            else:
+                changes[field] = ast.literal_eval(value)
+        out[name] = dataclasses.replace(DEFAULT_SETTINGS, **changes, **({"launch_overrides": tuple(launch)}
+                                                                         if launch else {}))
     return out
 
 

@@ -25,6 +25,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from backward_settings_ab import parse_variants  # noqa: E402
 from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, log, workload  # noqa: E402
 
 from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
@@ -109,11 +110,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--configs", default="all", help="comma-separated BxT[xD] (e.g. 2x16384,8x4096x128) or all")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="names of VARIANTS, or name=spec as backward_settings_ab.py's (e.g. out1=dla_output_kernel."
+                         "num_stages:1)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     args = ap.parse_args()
     configs = configs_named(args.configs)
-    variants = args.variants.split(",")
+    specs = [v for v in args.variants.split(",") if "=" in v]
+    VARIANTS.update(parse_variants(",".join(specs)) if specs else {})
+    variants = [v.partition("=")[0] for v in args.variants.split(",")]
     card = torch.cuda.get_device_name().replace(" ", "_")
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"forward_variants_{card}_{datetime.date.today()}")

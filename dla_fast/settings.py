@@ -36,6 +36,9 @@ class TritonSettings:
             ``chunk_bwd.start_range_count`` (ranges only where the dk/dv stage holds the peak by a margin: 128
             features in 16 bits; H200, run 23: -0.17 GiB for +0.8-3.7 % at (8, 4096, 16, 128); docs/training.md,
             "Memory"). Bitwise the same gradients.
+        launch_overrides: ``((kernel, option, value), ...)``: launch options (``num_warps``, ``num_stages``,
+            ``maxnreg``) in place of the measured ones of the named ``triton.jit`` kernels, for sweeps
+            (``benchmarks/forward_variants.py``, ``benchmarks/backward_settings_ab.py``); empty in use.
     """
 
     table_scan: bool = True
@@ -48,6 +51,13 @@ class TritonSettings:
     bwd_stages: int = 2
     bwd_warps: int = 4
     bwd_start_ranges: int | None = None
+    launch_overrides: tuple = ()
+
+    def launch(self, kernel: str, **options) -> dict:
+        """A kernel's launch ``options`` with this object's ``launch_overrides`` for ``kernel`` (its ``triton.jit``
+        function's name) applied."""
+        options.update({option: value for name, option, value in self.launch_overrides if name == kernel})
+        return options
 
 
 DEFAULT_SETTINGS = TritonSettings()

@@ -120,11 +120,19 @@ def test_backward_matches_float64_torch_backward(B, T, H, Dk, Dv, K, seed):
     _assert_close(fast, ref, 2e-5)
 
 
+# Launch options other than the measured ones for every backward kernel (and the start-state kernel it reruns).
+_BACKWARD_LAUNCH_OVERRIDES = (("dla_bwd_q_kernel", "num_stages", 1), ("dla_bwd_db_kernel", "num_stages", 1),
+                              ("dla_bwd_scan_kernel", "num_warps", 4), ("dla_bwd_kv_kernel", "num_warps", 4),
+                              ("dla_bstate_kernel", "num_warps", 4))
+
+
 @needs_kernels
-@pytest.mark.parametrize("settings", [TritonSettings(bwd_stages=1), TritonSettings(bwd_warps=8)],
-                         ids=["stages1", "warps8"])
+@pytest.mark.parametrize("settings", [TritonSettings(bwd_stages=1), TritonSettings(bwd_warps=8),
+                                      TritonSettings(launch_overrides=_BACKWARD_LAUNCH_OVERRIDES)],
+                         ids=["stages1", "warps8", "launch_overrides"])
 def test_backward_kernel_variants(settings):
-    """The dq kernel's tuning knobs (software-pipelined old-start loop, warps) give the same gradients."""
+    """The dq kernel's tuning knobs (software-pipelined old-start loop, warps) and the backward kernels' launch
+    overrides give the same gradients."""
     fast, ref = _grads(1, 200, 1, 32, 32, 6, seed=4, regime_length=5.0, settings=settings)
     _assert_close(fast, ref, 2e-5)
 

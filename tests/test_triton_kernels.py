@@ -498,13 +498,26 @@ def test_forward_output_grouping(group):
 
 @needs_kernels
 @pytest.mark.parametrize("settings", [TritonSettings(table_scan=False), TritonSettings(side_stream=False),
-                                      TritonSettings(table_overlap=False, pipeline=False)],
-                         ids=["table_by_matmuls", "no_side_stream", "decision_stages_one_after_another"])
+                                      TritonSettings(table_overlap=False, pipeline=False),
+                                      TritonSettings(launch_overrides=(
+                                          ("dla_table_kernel", "num_stages", 1), ("dla_carry_kernel", "num_warps", 8),
+                                          ("dla_bstate_kernel", "num_stages", 1), ("dla_output_kernel", "num_warps", 8),
+                                          ("dla_read_scales_kernel", "num_warps", 2)))],
+                         ids=["table_by_matmuls", "no_side_stream", "decision_stages_one_after_another",
+                              "launch_overrides"])
 def test_forward_settings_change_speed_not_results(settings):
     """The tuning knobs compute the same quantities in another order: the same decisions, outputs within fp32."""
     q, k, v, g, w = regimes(1, 150, 2, 16, 16, 5, seed=17, regime_length=5.0, jitter=0.8)
     ref = dla_ref.forward(q, k, v, g, w, tau=0.5)
     _check(*_fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=0.5, settings=settings), ref, 0.5, o_tol=1e-5)
+
+
+def test_launch_overrides_apply_to_the_named_kernel_only():
+    """``TritonSettings.launch``: a kernel's measured options, with the overrides naming it (and no other) applied."""
+    s = TritonSettings(launch_overrides=(("dla_output_kernel", "num_stages", 1), ("dla_carry_kernel", "num_warps", 8)))
+    assert s.launch("dla_output_kernel", num_warps=4, maxnreg=168) == dict(num_warps=4, maxnreg=168, num_stages=1)
+    assert s.launch("dla_table_kernel", num_warps=8) == dict(num_warps=8)
+    assert TritonSettings().launch("dla_carry_kernel", num_warps=4) == dict(num_warps=4)
 
 
 @triton.jit

@@ -296,7 +296,8 @@ def dla_bwd_kv_kernel(
     tl.store(dgk_ptr + bh * T + tok, tl.sum(kc.to(tl.float32) * dk, 1), mask=valid)
 
 
-def _old_start_rows(cfg: LaunchConfig, g, slot_weights, s: DecidedStructure, gs, bidx, nsurv: int):
+def _old_start_rows(cfg: LaunchConfig, g, slot_weights, s: DecidedStructure, gs, bidx, nsurv: int,
+                    settings: TritonSettings):
     """The pre-pass: what the dq kernel's loop over the old starts needs besides dO, one row per (bh, chunk, start),
     from ``dla_read_scales_kernel`` in its backward mode: ``(sc, rk, dgj, bsj)``, the read scales ``[BH, NC, KP, C]``
     fp32 (the forward's values, transposed), the ranks ``[BH, NC, KP, C]`` int8 (-1 where not read), the decay
@@ -309,18 +310,18 @@ def _old_start_rows(cfg: LaunchConfig, g, slot_weights, s: DecidedStructure, gs,
     bsj = torch.empty(shape, device=dev, dtype=torch.int32)
     dla_read_scales_kernel[(cfg.NC, cfg.BH)](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc, bidx,
                                              nsurv, rk, dgj, bsj, cfg.T, cfg.H, cfg.K, C=CHUNK, KP=cfg.KP, BWD=True,
-                                             num_warps=4)
+                                             **settings.launch("dla_read_scales_kernel", num_warps=4))
     return sc, rk, dgj, bsj
 
 
-def _recompute(cfg: LaunchConfig, k, v, g, init_states, s: DecidedStructure):
+def _recompute(cfg: LaunchConfig, k, v, g, init_states, s: DecidedStructure, settings: TritonSettings):
     """The forward's prefix states (recomputed, not stored): ``(states0, gs, hs, survivors, bidx, bst)``."""
     states0 = None if init_states is None else init_states.float().reshape(cfg.BH, cfg.K, cfg.Dk, cfg.Dv)
     h0, hinit = initial_prefixes(states0, cfg.BH, cfg.Dk, cfg.Dv, k.device)
     hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
     sv = s.survivors or surviving_starts(s.masks, s.death, cfg.T)[0]  # the forward's, if kept
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, sv.off, sv.count, hinit if states0 is not None else None,
-                             cfg.K, lowp=cfg.lowp, prec=cfg.prec)
+                             cfg.K, lowp=cfg.lowp, prec=cfg.prec, settings=settings)
     return states0, gs, hs, sv, bidx, bst
 
 
@@ -451,7 +452,8 @@ def _start_buffers(cfg: LaunchConfig, bidx, sv: Survivors, ninit: int, dtype, re
     return ranges, spos, torch.empty(rows, cfg.Dk, cfg.Dv, device=bidx.device, dtype=db_dtype)
 
 
-def _start_adjoints(cfg: LaunchConfig, q, dO, scale, s: DecidedStructure, rng: StartRange, db, ninit: int):
+def _start_adjoints(cfg: LaunchConfig, q, dO, scale, s: DecidedStructure, rng: StartRange, db, ninit: int,
+                    settings: TritonSettings):
     """Stage 2 for one range: dB of its surviving starts (and, in the first range, of the initial slots' pseudo
     starts) into ``db``, in the range's local order."""
     n = rng.nreal + (ninit if rng.c0 == 0 else 0)
@@ -459,16 +461,18 @@ def _start_adjoints(cfg: LaunchConfig, q, dO, scale, s: DecidedStructure, rng: S
     if n:
         dla_bwd_db_kernel[(n, triton.cdiv(BVF, BV))](
             q, dO, scale, s.live, s.livem, s.death, s.death0, rng.sbh, rng.spos, db, rng.nreal, cfg.T, cfg.H,
-            cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec, num_warps=4,
+            cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
+            **settings.launch("dla_bwd_db_kernel", num_warps=4),
         )
 
 
-def _reverse_scan(cfg: LaunchConfig, dhc, db, off, gs, rng: StartRange) -> None:
+def _reverse_scan(cfg: LaunchConfig, dhc, db, off, gs, rng: StartRange, settings: TritonSettings) -> None:
     """Stage 3 for one range: Y over its chunks, in place in ``dhc``."""
     DD = cfg.Dk * cfg.Dv
     HBLK = 256  # small blocks: B*H*DD/256 sequential programs hide each other's latency
     dla_bwd_scan_kernel[(cfg.BH, triton.cdiv(DD, HBLK))](dhc, db, off, rng.shift, gs, cfg.T, DD, rng.c0, rng.c1,
-                                                         C=CHUNK, BLOCK=HBLK, num_warps=2)
+                                                         C=CHUNK, BLOCK=HBLK,
+                                                         **settings.launch("dla_bwd_scan_kernel", num_warps=2))
 
 
 def _initial_adjoint(cfg: LaunchConfig, dhc, db, nsurv: int, size0):
@@ -508,12 +512,12 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     g, slot_weights = g.contiguous(), slot_weights.contiguous()
     s = structure
     mark_stage(profile, "recompute")
-    states0, gs, hs, sv, bidx, bst = _recompute(cfg, k, v, g, init_states, s)
+    states0, gs, hs, sv, bidx, bst = _recompute(cfg, k, v, g, init_states, s, settings)
     off, nsurv = sv.off, sv.count
     ninit = BH * K if states0 is not None else 0
     # 1. dq, dlam, dHc, after the old starts' rows (sc lives on as the dB kernel's weights, the others die with dq).
     mark_stage(profile, "dq")
-    sc, rk, dgj, bsj = _old_start_rows(cfg, g, slot_weights, s, gs, bidx, nsurv)
+    sc, rk, dgj, bsj = _old_start_rows(cfg, g, slot_weights, s, gs, bidx, nsurv, settings)
     dq = torch.empty_like(q)
     # dlam in the read weights' dtype: one rounding, as autograd's of a float32 one (half the bytes at the peak).
     dlam = torch.empty(B, T, H, K, device=dev, dtype=slot_weights.dtype)
@@ -522,7 +526,7 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     dla_bwd_q_kernel[(NC, BH)](
         q, k, v, g, slot_weights, dO, dq, dlam, dgq, dhc, s.masks, s.death, s.livem, hs, sc, rk, dgj, bsj, bst,
         T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=cfg.KP, LOWP=cfg.lowp,
-        PREC=cfg.prec, STAGES=settings.bwd_stages, num_warps=settings.bwd_warps,
+        PREC=cfg.prec, STAGES=settings.bwd_stages, **settings.launch("dla_bwd_q_kernel", num_warps=settings.bwd_warps),
     )
     del bst, rk, dgj, bsj
     # 2-4. dB of the surviving starts, the reverse scan of the single state's adjoint and dk, dv, a range of chunks
@@ -533,19 +537,20 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     dk = dv = dgk = None
     for i, rng in enumerate(ranges):
         mark_stage(profile, "dB")
-        _start_adjoints(cfg, q, dO, sc, s, rng, db, ninit)
+        _start_adjoints(cfg, q, dO, sc, s, rng, db, ninit, settings)
         if i == len(ranges) - 1:
             sc = None  # the read scales are dead after the last range's dB (with one range: before dk, dv exist)
         _inject(db, rng, injections, nsurv)
         mark_stage(profile, "scan")
-        _reverse_scan(cfg, dhc, db, off, gs, rng)
+        _reverse_scan(cfg, dhc, db, off, gs, rng, settings)
         mark_stage(profile, "dkv")
         if dk is None:  # allocated at their first use, not beside the first range's dB kernel
             dk, dv = torch.empty_like(k), torch.empty_like(v)
             dgk = torch.empty(BH, T, device=dev, dtype=torch.float32)
         dla_bwd_kv_kernel[(rng.c1 - rng.c0, BH)](
             q, k, v, g, slot_weights, dO, dk, dv, dgk, s.masks, s.death, dhc, db, off, rng.shift, spos,
-            T, H, cfg.Dk, cfg.Dv, K, rng.c0, C=C, BK=BK, BV=BV, NVB=NVB, LOWP=cfg.lowp, PREC=cfg.prec, num_warps=8,
+            T, H, cfg.Dk, cfg.Dv, K, rng.c0, C=C, BK=BK, BV=BV, NVB=NVB, LOWP=cfg.lowp, PREC=cfg.prec,
+            **settings.launch("dla_bwd_kv_kernel", num_warps=8),
         )
     dinit = None if states0 is None else _initial_adjoint(cfg, dhc, db, ranges[-1].nreal, size0)
     del db, dhc, hs  # the largest buffers, dead from here: not alive under dg's float64 temporaries

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...settings import DEFAULT_SETTINGS, TritonSettings
 from ..common.triton_utils import (
     bit_index,
     block_sizes,
@@ -299,11 +300,12 @@ def surviving_starts(masks, death, T: int, read_also=None, meanwhile=None):
     return Survivors(off, values[0], values[1:1 + NC]), values[1 + NC:]
 
 
-def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, lowp: bool, prec: str):
+def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, lowp: bool, prec: str,
+                 settings: TritonSettings = DEFAULT_SETTINGS):
     """``(bst, bidx)``: the compact prefix states ``bst [nsurv (+ BH K), Dk, Dv]`` of the surviving starts
     (``surviving_starts``), each decayed to its chunk end, then the initial slots' pseudo starts (``hinit``,
     reference: the call's start); ``bidx [BH, NC * C]`` int32 each surviving start's index in ``bst``, -1
-    elsewhere."""
+    elsewhere. ``settings``: its launch overrides."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     BH, NC = masks.shape
@@ -318,7 +320,8 @@ def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, l
     # call 6). Dk = 64 keeps 8 warps (no gain measured), float32 too (4 warps spill 600 B).
     warps = 4 if lowp and BK >= 128 else 8
     dla_bstate_kernel[(NC, BH, triton.cdiv(BVF, BV))](k, v, g, hs, masks, death, off, bidx, bst, T, H, Dk, Dv,
-                                                     C=CHUNK, BK=BK, BV=BV, LOWP=lowp, PREC=prec, num_warps=warps)
+                                                     C=CHUNK, BK=BK, BV=BV, LOWP=lowp, PREC=prec,
+                                                     **settings.launch("dla_bstate_kernel", num_warps=warps))
     return bst, bidx
 
 
