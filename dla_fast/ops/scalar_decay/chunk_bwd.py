@@ -496,7 +496,7 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
         dS_final: ``[B * H, K, Dk, Dv]`` float32 (zero on unused slots) or None.
         final_states: the forward's final states (any shape with ``B * H * K * Dk * Dv`` elements); needed
             with ``dS_final`` (their product enters ``dg``).
-        settings: kernel tuning (``bwd_stages``, ``bwd_warps``).
+        settings: kernel tuning (``bwd_stages``, ``bwd_warps``, ``launch_overrides``).
         profile: a dict or None: each stage's time in ms (synchronising; benchmarks only).
 
     Returns:
@@ -506,8 +506,7 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     cfg = launch_config(q, v, slot_weights)
     B, T, H, K, NC, BH, C = cfg.B, cfg.T, cfg.H, cfg.K, cfg.NC, cfg.BH, CHUNK
     BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
-    NVB = triton.cdiv(BVF, BV)
-    dev = q.device
+    NVB, dev = triton.cdiv(BVF, BV), q.device
     q, k, v, dO = (x.contiguous() for x in (q, k, v, dO.to(q.dtype)))
     g, slot_weights = g.contiguous(), slot_weights.contiguous()
     s = structure
