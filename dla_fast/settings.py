@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")  # what ``launch_overrides`` may set
+
 
 @dataclass(frozen=True)
 class TritonSettings:
@@ -52,6 +54,13 @@ class TritonSettings:
     bwd_warps: int = 4
     bwd_start_ranges: int | None = None
     launch_overrides: tuple = ()
+
+    def __post_init__(self):
+        for item in self.launch_overrides:  # a wrong entry would fail inside Triton's launcher, far from here
+            ok = isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str)
+            if not (ok and item[1] in LAUNCH_OPTIONS and isinstance(item[2], int) and item[2] > 0):
+                raise ValueError(f"launch_overrides: expected (kernel name, one of {LAUNCH_OPTIONS}, a positive int), "
+                                 f"got {item!r}")
 
     def launch(self, kernel: str, **options) -> dict:
         """A kernel's launch ``options`` with this object's ``launch_overrides`` for ``kernel`` (its ``triton.jit``
