@@ -11,6 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")  # what ``launch_overrides`` may set
+# The kernels whose launches read ``launch_overrides`` (tests/test_triton_kernels.py checks this list against the
+# launches of a forward and a backward).
+LAUNCH_KERNELS = ("dla_table_kernel", "dla_carry_kernel", "dla_read_scales_kernel", "dla_bstate_kernel",
+                  "dla_output_kernel", "dla_bwd_q_kernel", "dla_bwd_db_kernel", "dla_bwd_scan_kernel",
+                  "dla_bwd_kv_kernel")
 
 
 @dataclass(frozen=True)
@@ -57,14 +62,15 @@ class TritonSettings:
 
     def __post_init__(self):
         for item in self.launch_overrides:  # a wrong entry would fail inside Triton's launcher, far from here
-            ok = isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str)
+            ok = isinstance(item, tuple) and len(item) == 3 and item[0] in LAUNCH_KERNELS
             if not (ok and item[1] in LAUNCH_OPTIONS and isinstance(item[2], int) and item[2] > 0):
-                raise ValueError(f"launch_overrides: expected (kernel name, one of {LAUNCH_OPTIONS}, a positive int), "
-                                 f"got {item!r}")
+                raise ValueError(f"launch_overrides: expected (one of {LAUNCH_KERNELS}, one of {LAUNCH_OPTIONS}, a "
+                                 f"positive int), got {item!r}")
 
-    def launch(self, kernel: str, **options) -> dict:
-        """A kernel's launch ``options`` with this object's ``launch_overrides`` for ``kernel`` (its ``triton.jit``
-        function's name) applied."""
+    def launch(self, kernel, **options) -> dict:
+        """A kernel's launch ``options`` with this object's ``launch_overrides`` for ``kernel`` (the ``triton.jit``
+        function, or its name) applied."""
+        kernel = kernel if isinstance(kernel, str) else kernel.__name__
         options.update({option: value for name, option, value in self.launch_overrides if name == kernel})
         return options
 

@@ -371,7 +371,7 @@ def test_the_backward_starts_from_the_forward_s_slot_checkpoints(monkeypatch):
     walked = grads()
     for name, a, b in zip(("q", "k", "v", "g", "w", "beta"), from_kept, walked):
         assert _rel(a, b) < BOUND, (name, _rel(a, b))
-    structure.slot_checkpoints = SlotCheckpoints(kept.chunk, kept.every, kept.states.flip(0), kept.live)
+    structure.slot_checkpoints = SlotCheckpoints(kept.chunk, kept.every, kept.states.flip(0), kept.decided)
     swapped = grads()
     assert max(_rel(a, b) for a, b in zip(swapped, walked)) > 1e-3
 

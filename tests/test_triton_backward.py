@@ -138,6 +138,20 @@ def test_backward_kernel_variants(settings):
 
 
 @needs_kernels
+def test_every_kernel_named_in_launch_kernels_reads_the_overrides(monkeypatch):
+    """The launches of a forward and a backward ask ``TritonSettings.launch`` for exactly the kernels of
+    ``LAUNCH_KERNELS`` (what ``launch_overrides`` may name): a launch that stops reading its overrides, or a kernel
+    renamed without the list, fails here."""
+    from dla_fast import settings as settings_module
+
+    asked, real = set(), settings_module.TritonSettings.launch
+    monkeypatch.setattr(settings_module.TritonSettings, "launch",
+                        lambda self, kernel, **kw: asked.add(kernel.__name__) or real(self, kernel, **kw))
+    _grads(1, 150, 1, 32, 32, 4, seed=3, regime_length=5.0, with_cache=True)
+    assert asked == set(settings_module.LAUNCH_KERNELS)
+
+
+@needs_kernels
 @pytest.mark.parametrize("ranges", [2, 3, 50])
 def test_backward_in_ranges_of_chunks_gives_the_same_gradients(ranges):
     """dB, the reverse scan and dk/dv a range of chunks at a time (``bwd_start_ranges``; 50: one chunk each, the

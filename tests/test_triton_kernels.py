@@ -514,13 +514,13 @@ def test_forward_settings_change_speed_not_results(settings):
 
 def test_launch_overrides_apply_to_the_named_kernel_only():
     """``TritonSettings.launch``: a kernel's measured options, with the overrides naming it (and no other) applied;
-    an override that is not ``(kernel, option, positive int)`` is refused when the settings are made."""
+    an override that is not ``(known kernel, option, positive int)`` is refused when the settings are made."""
     s = TritonSettings(launch_overrides=(("dla_output_kernel", "num_stages", 1), ("dla_carry_kernel", "num_warps", 8)))
     assert s.launch("dla_output_kernel", num_warps=4, maxnreg=168) == dict(num_warps=4, maxnreg=168, num_stages=1)
     assert s.launch("dla_table_kernel", num_warps=8) == dict(num_warps=8)
     assert TritonSettings().launch("dla_carry_kernel", num_warps=4) == dict(num_warps=4)
     for bad in (("dla_output_kernel", "num_warp", 4), ("dla_output_kernel", "num_stages", 0), ("dla_output_kernel",),
-                ("dla_output_kernel", "num_warps", 4.0)):
+                ("dla_output_kernel", "num_warps", 4.0), ("dla_outptu_kernel", "num_warps", 4)):
         with pytest.raises(ValueError, match="launch_overrides"):
             TritonSettings(launch_overrides=(bad,))
 

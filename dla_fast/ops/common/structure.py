@@ -19,15 +19,13 @@ def checkpoint_interval(n_chunks: int) -> int:
 class SlotCheckpoints:
     """The delta rule's slot states where its kernel forward's walk passed chunks ``0, every, 2 every, ...`` of
     ``chunk`` tokens: ``states [n, R, K, Dk, Dv]`` float32, the backward's checkpoints, kept so that it does not walk
-    to them again; ``live``, the decided partition's ``common.live_starts.LiveStarts`` (chunks of ``chunk`` tokens,
-    every row the call's length) from the merge kernel's lists, so that it does not rebuild them; ``decided``, the
-    merge kernel's ``DecidedStructure`` and the initial sizes ``[R]``, from which the kernels' backward builds its
-    partition maps."""
+    to them again; ``decided``, the merge kernel's ``DecidedStructure`` and the initial sizes ``[R]``, from which the
+    backward builds its partition maps (the partition kernel's maps mode, or ``live_starts_from_lists`` for
+    ``DevicePartition``) instead of rebuilding them from the trace."""
 
     chunk: int
     every: int
     states: torch.Tensor
-    live: object | None = None
     decided: tuple | None = None
 
 

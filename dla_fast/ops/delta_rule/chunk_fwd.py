@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from ..common.layout import unrows
-from ..common.live_starts import live_starts_from_lists
 from ..common.structure import SlotCheckpoints, checkpoint_interval
 from ..scalar_decay.chunk_fwd import DecidedStructure, LaunchConfig, merge_simulation
 from ..scalar_decay.chunk_fwd_states import CHUNK, start_bits
@@ -125,9 +124,9 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     ``decisions``: how stage 1 decides (``"auto"``, ``"tokens"`` or ``"chunks"``: see ``_decide``);
     ``decide_warps``: the token walk's warps (None: its default). The WY tables are float64, as the torch path's.
 
-    ``keep_checkpoints``: also return the slot states at the backward's checkpoints and the decided partition's live
-    starts (``SlotCheckpoints``, states ``[n, R, K, Dk, Dv]`` float32), so that a backward need not walk the slots to
-    them again nor rebuild the live starts from the trace.
+    ``keep_checkpoints``: also return the slot states at the backward's checkpoints and the decided structure
+    (``SlotCheckpoints``, states ``[n, R, K, Dk, Dv]`` float32), so that a backward need not walk the slots to them
+    again nor rebuild its partition from the trace.
 
     Returns ``(o [B, T, H, Dv] cd, scores [B, T, H] float64, starts [B, T, H] bool, merged [B, T, H] int64)``,
     then the ``SlotCheckpoints`` (None when ``T == 0``) with ``keep_checkpoints``.
@@ -159,10 +158,8 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     info.copy_(s.info.view(info.shape))
     size.copy_(s.size.view(size.shape))
     trace = (start_bits(s.masks)[:, :T], s.merged[:, :T])
-    if keep_checkpoints:  # and the live starts, as the backward's partition reads them (every row T long)
+    if keep_checkpoints:  # and the decided structure, from which the backward builds its partition
         kept.states = torch.stack(kept.states)
-        kept.live = live_starts_from_lists(s.masks, s.death, s.death0, s.live, s.livem, s.fpos, s.size, size0,
-                                           torch.full_like(size0, T), K, CHUNK)
         kept.decided = (s, size0)
         return o, scores, *(unrows(x, B, H) for x in trace), kept
     return o, scores, *(unrows(x, B, H) for x in trace)

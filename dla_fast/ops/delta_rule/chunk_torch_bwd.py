@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ..common.layout import chunks, unchunk
-from ..common.live_starts import DevicePartition
+from ..common.live_starts import DevicePartition, live_starts_from_lists
 from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure, checkpoint_interval
 from .chunk_bwd import KernelPartition, reverse_pass_kernels, segment_units
@@ -43,7 +43,7 @@ _BLOCK_ELEMENTS = 1 << 22
 # The kernels' reverse pass starts from the slot states the kernel forward kept (True) or walks to them itself.
 # H200, run 27, fwd+bwd at (2, 16384, 16, 64) moderate: 106.5 against 121.0 ms (GPU 100.0 against 107.0).
 _KEPT_CHECKPOINTS = True
-# The partition's live starts from the kernel forward's merge kernel, where it handed them over (True), or rebuilt
+# DevicePartition's live starts from the lists of the merge kernel the forward handed over (True), or rebuilt
 # from the trace (``live_starts``' scans: 138 of DevicePartition's 195 torch operations and 424 of its 602 MB at (2,
 # 2048, 16, 64) on the CPU).
 _HANDED_LIVE_STARTS = True
@@ -287,16 +287,20 @@ def _kernels_backward(part, init, every: int, dS, dO, x: _Inputs, grads, kept):
 
 
 def _partition(structure: Structure, handed, x: _Inputs, R: int, K: int, kernels: bool):
-    """The partition's maps: by the partition kernel from what a kernel forward handed over (``handed``, a
-    ``SlotCheckpoints``), on the kernels' path; else ``DevicePartition``, from the forward's live starts where handed
-    over, else from the trace."""
-    if kernels and handed is not None and handed.decided is not None and _KERNEL_PARTITION:
-        return KernelPartition(handed.decided, x.T, K)
+    """The partition's maps: by the partition kernel from the structure a kernel forward decided (``handed``, a
+    ``SlotCheckpoints``), on the kernels' path; else ``DevicePartition``, from that structure's live-start lists where
+    handed over, else from the trace."""
+    decided = handed.decided if handed is not None else None
+    if kernels and decided is not None and _KERNEL_PARTITION:
+        return KernelPartition(decided, x.T, K)
     ones = torch.ones_like(x.gc, dtype=x.cd)  # the token keys khd carry their decay to the chunk end
     # Without stored tables (the kernels' units) the partition never advances a state: its tables only place it.
     args = (structure, R, x.T, x.C, K, ones, x.tables.get("Phi"), x.tables.get("khd", x.kc), x.bv)
-    if handed is not None and handed.live is not None and _HANDED_LIVE_STARTS:
-        return DevicePartition(*args, live=handed.live)
+    if decided is not None and _HANDED_LIVE_STARTS:
+        s, size0 = decided  # every row T long, as live_starts builds them
+        live = live_starts_from_lists(s.masks, s.death, s.death0, s.live, s.livem, s.fpos, s.size, size0,
+                                      torch.full_like(size0, x.T), K, x.C)
+        return DevicePartition(*args, live=live)
     return DevicePartition(*args)
 
 

@@ -310,7 +310,7 @@ def _old_start_rows(cfg: LaunchConfig, g, slot_weights, s: DecidedStructure, gs,
     bsj = torch.empty(shape, device=dev, dtype=torch.int32)
     dla_read_scales_kernel[(cfg.NC, cfg.BH)](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc, bidx,
                                              nsurv, rk, dgj, bsj, cfg.T, cfg.H, cfg.K, C=CHUNK, KP=cfg.KP, BWD=True,
-                                             **settings.launch("dla_read_scales_kernel", num_warps=4))
+                                             **settings.launch(dla_read_scales_kernel, num_warps=4))
     return sc, rk, dgj, bsj
 
 
@@ -462,7 +462,7 @@ def _start_adjoints(cfg: LaunchConfig, q, dO, scale, s: DecidedStructure, rng: S
         dla_bwd_db_kernel[(n, triton.cdiv(BVF, BV))](
             q, dO, scale, s.live, s.livem, s.death, s.death0, rng.sbh, rng.spos, db, rng.nreal, cfg.T, cfg.H,
             cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
-            **settings.launch("dla_bwd_db_kernel", num_warps=4),
+            **settings.launch(dla_bwd_db_kernel, num_warps=4),
         )
 
 
@@ -472,7 +472,7 @@ def _reverse_scan(cfg: LaunchConfig, dhc, db, off, gs, rng: StartRange, settings
     HBLK = 256  # small blocks: B*H*DD/256 sequential programs hide each other's latency
     dla_bwd_scan_kernel[(cfg.BH, triton.cdiv(DD, HBLK))](dhc, db, off, rng.shift, gs, cfg.T, DD, rng.c0, rng.c1,
                                                          C=CHUNK, BLOCK=HBLK,
-                                                         **settings.launch("dla_bwd_scan_kernel", num_warps=2))
+                                                         **settings.launch(dla_bwd_scan_kernel, num_warps=2))
 
 
 def _initial_adjoint(cfg: LaunchConfig, dhc, db, nsurv: int, size0):
@@ -525,7 +525,7 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     dla_bwd_q_kernel[(NC, BH)](
         q, k, v, g, slot_weights, dO, dq, dlam, dgq, dhc, s.masks, s.death, s.livem, hs, sc, rk, dgj, bsj, bst,
         T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=cfg.KP, LOWP=cfg.lowp,
-        PREC=cfg.prec, STAGES=settings.bwd_stages, **settings.launch("dla_bwd_q_kernel", num_warps=settings.bwd_warps),
+        PREC=cfg.prec, STAGES=settings.bwd_stages, **settings.launch(dla_bwd_q_kernel, num_warps=settings.bwd_warps),
     )
     del bst, rk, dgj, bsj
     # 2-4. dB of the surviving starts, the reverse scan of the single state's adjoint and dk, dv, a range of chunks
@@ -549,7 +549,7 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
         dla_bwd_kv_kernel[(rng.c1 - rng.c0, BH)](
             q, k, v, g, slot_weights, dO, dk, dv, dgk, s.masks, s.death, dhc, db, off, rng.shift, spos,
             T, H, cfg.Dk, cfg.Dv, K, rng.c0, C=C, BK=BK, BV=BV, NVB=NVB, LOWP=cfg.lowp, PREC=cfg.prec,
-            **settings.launch("dla_bwd_kv_kernel", num_warps=8),
+            **settings.launch(dla_bwd_kv_kernel, num_warps=8),
         )
     dinit = None if states0 is None else _initial_adjoint(cfg, dhc, db, ranges[-1].nreal, size0)
     del db, dhc, hs  # the largest buffers, dead from here: not alive under dg's float64 temporaries

@@ -190,7 +190,7 @@ def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, o
             k, v, g, row_lengths, itab, anc, cvec, decay, decay if tflag is None else tflag, cfg.T, cfg.H, BH,
             cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps), C=C, BK=BK, BVF=BVF, NEED_ANC=not override,
             LOWP=cfg.lowp, PREC=settings.table_precision, LOGC=int(math.log2(C)), SCAN=settings.table_scan,
-            PUBLISH=tflag is not None, **settings.launch("dla_table_kernel", num_warps=8,
+            PUBLISH=tflag is not None, **settings.launch(dla_table_kernel, num_warps=8,
                                                          maxnreg=128 if cfg.lowp else None),
         )
     return tables, launch
@@ -217,7 +217,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
             cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps),
             C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=cfg.prec,
             SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag, WAIT_TABLES=tflag is not None,
-            **settings.launch("dla_carry_kernel", num_warps=warps),
+            **settings.launch(dla_carry_kernel, num_warps=warps),
         )
     return (masks, cscores), launch
 
@@ -338,7 +338,7 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     def read_scales():
         dla_read_scales_kernel[grid[:2]](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc,
                                          sc, 0, sc, sc, sc, cfg.T, cfg.H, cfg.K, C=CHUNK, KP=cfg.KP, BWD=False,
-                                         **settings.launch("dla_read_scales_kernel", num_warps=4))
+                                         **settings.launch(dla_read_scales_kernel, num_warps=4))
 
     # Everything above is allocated before the synchronisation: after it the GPU has only the scales to run until
     # the next launch.
@@ -352,7 +352,7 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     dla_output_kernel[grid](
         q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, bidx, bst, nsurv, sc, bsc,
         cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
-        G=G, **settings.launch("dla_output_kernel", **output_launch(BK, G, cfg.lowp)),
+        G=G, **settings.launch(dla_output_kernel, **output_launch(BK, G, cfg.lowp)),
     )
     return o
 

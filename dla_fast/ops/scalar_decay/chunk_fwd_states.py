@@ -321,7 +321,7 @@ def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, l
     warps = 4 if lowp and BK >= 128 else 8
     dla_bstate_kernel[(NC, BH, triton.cdiv(BVF, BV))](k, v, g, hs, masks, death, off, bidx, bst, T, H, Dk, Dv,
                                                      C=CHUNK, BK=BK, BV=BV, LOWP=lowp, PREC=prec,
-                                                     **settings.launch("dla_bstate_kernel", num_warps=warps))
+                                                     **settings.launch(dla_bstate_kernel, num_warps=warps))
     return bst, bidx
 
 
