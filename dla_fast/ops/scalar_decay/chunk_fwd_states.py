@@ -315,10 +315,10 @@ def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, l
     bidx = torch.empty(BH, NC * CHUNK, device=k.device, dtype=torch.int32)
     if ninit:
         bst[nsurv:] = hinit.reshape(BH * K, Dk, Dv).to(bst.dtype)
-    # 16-bit inputs at Dk = 128: 4 warps, two programs per SM (sm_90: 255 registers x 128 threads; 8 warps took
-    # 147 x 256, one program), 5-6 % off the whole forward at (8, 4096, 16, 128) (docs/benchmarks.md run 15,
-    # call 6). Dk = 64 keeps 8 warps (no gain measured), float32 too (4 warps spill 600 B).
-    warps = 4 if lowp and BK >= 128 else 8
+    # 16-bit inputs: 4 warps. Dk = 128: two programs per SM (sm_90: 255 registers x 128 threads; 8 warps took 147 x
+    # 256, one program), 5-6 % off the whole forward at (8, 4096, 16, 128) (docs/benchmarks.md run 15, call 6);
+    # Dk = 64: 2-5 % off the forward at every 64-feature cell (run 29, call 1). float32 keeps 8 (4 spill 600 B).
+    warps = 4 if lowp else 8
     dla_bstate_kernel[(NC, BH, triton.cdiv(BVF, BV))](k, v, g, hs, masks, death, off, bidx, bst, T, H, Dk, Dv,
                                                      C=CHUNK, BK=BK, BV=BV, LOWP=lowp, PREC=prec,
                                                      **settings.launch(dla_bstate_kernel, num_warps=warps))
