@@ -44,34 +44,18 @@ def caller() -> str:
 
 
 class ByCaller(TorchDispatchMode):
-    """Counts, host time and (on CUDA) device time of the dispatched operations by (caller, operation). The device
-    time is the elapsed time between CUDA events recorded before and after each operation on the current stream:
-    its kernels, and any wait of the stream for the host's launch in between (an upper bound where the host lags)."""
+    """Counts and host time of the dispatched operations by (caller, operation)."""
 
-    def __init__(self, cuda: bool):
+    def __init__(self):
         super().__init__()
         self.calls, self.host_s = collections.Counter(), collections.Counter()
-        self.events = [] if cuda else None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         key = (caller(), func.overloadpacket.__name__)
-        if self.events is not None:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
         began = time.perf_counter()
         out = func(*args, **(kwargs or {}))
         self.host_s[key] += time.perf_counter() - began
-        if self.events is not None:
-            end.record()
-            self.events.append((key, start, end))
         self.calls[key] += 1
-        return out
-
-    def device_ms(self) -> collections.Counter:
-        """Device ms by key (after the step has synchronised)."""
-        out = collections.Counter()
-        for key, start, end in self.events or ():
-            out[key] += start.elapsed_time(end)
         return out
 
 
@@ -94,25 +78,23 @@ def by_operation(step, dev: str, top: int) -> None:
         print(f"| {us / 1e3:.3f} | {host_us[name] / 1e3:.2f} | {calls[name]} | {name} |")
 
 
-def by_caller(step, dev: str, top: int) -> None:
-    mode = ByCaller(dev == "cuda")
+def by_caller(step, top: int) -> None:
+    mode = ByCaller()
     with mode:
         step()
     per_caller = collections.defaultdict(collections.Counter)
     for (where, op), n in mode.calls.items():
         per_caller[where][op] += n
-    host, device = collections.Counter(), collections.Counter()
+    host = collections.Counter()
     for (where, _), s in mode.host_s.items():
         host[where] += s
-    for (where, _), ms in mode.device_ms().items():
-        device[where] += ms
-    print(f"\n{sum(mode.calls.values())} dispatched operations, {sum(host.values()) * 1e3:.1f} ms of host time and "
-          f"{sum(device.values()):.2f} ms of device time in them, by caller (most device time first, then calls):")
-    print("| calls | host ms | device ms | caller | operations |")
-    print("| --- | --- | --- | --- | --- |")
-    for where, ops in sorted(per_caller.items(), key=lambda kv: (-device[kv[0]], -sum(kv[1].values())))[:top]:
+    print(f"\n{sum(mode.calls.values())} dispatched operations, {sum(host.values()) * 1e3:.1f} ms of host time in "
+          "them, by caller:")
+    print("| calls | host ms | caller | operations |")
+    print("| --- | --- | --- | --- |")
+    for where, ops in sorted(per_caller.items(), key=lambda kv: -sum(kv[1].values()))[:top]:
         listed = ", ".join(f"{op} {n}" for op, n in ops.most_common(5))
-        print(f"| {sum(ops.values())} | {host[where] * 1e3:.2f} | {device[where]:.3f} | {where} | {listed} |")
+        print(f"| {sum(ops.values())} | {host[where] * 1e3:.2f} | {where} | {listed} |")
 
 
 def main():
@@ -135,7 +117,7 @@ def main():
     step()  # compiles and warms up outside the measurements
     print(f"{dev}, {args.cell}:")
     by_operation(step, dev, args.top)
-    by_caller(step, dev, args.top)
+    by_caller(step, args.top)
 
 
 if __name__ == "__main__":
