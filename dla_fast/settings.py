@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")  # what ``launch_overrides`` may set
-# The kernels whose launches read ``launch_overrides`` (tests/test_triton_kernels.py checks this list against the
+# The kernels whose launches read ``launch_overrides`` (tests/test_triton_backward.py checks this list against the
 # launches of a forward and a backward).
 LAUNCH_KERNELS = ("dla_table_kernel", "dla_carry_kernel", "dla_read_scales_kernel", "dla_bstate_kernel",
                   "dla_output_kernel", "dla_bwd_q_kernel", "dla_bwd_db_kernel", "dla_bwd_scan_kernel",

@@ -120,7 +120,8 @@ def test_backward_matches_float64_torch_backward(B, T, H, Dk, Dv, K, seed):
     _assert_close(fast, ref, 2e-5)
 
 
-# Launch options other than the measured ones for every backward kernel (and the start-state kernel it reruns).
+# Launch options other than the measured ones (for float32, as these tests run) of every backward kernel and the
+# start-state kernel it reruns.
 _BACKWARD_LAUNCH_OVERRIDES = (("dla_bwd_q_kernel", "num_stages", 1), ("dla_bwd_db_kernel", "num_stages", 1),
                               ("dla_bwd_scan_kernel", "num_warps", 4), ("dla_bwd_kv_kernel", "num_warps", 4),
                               ("dla_bstate_kernel", "num_warps", 4))

@@ -137,13 +137,14 @@ def dla_delta_states_kernel(
 
 def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int, int, int]:
     """``(BK, BV, KP, num_warps, num_stages)``: the padded key width, the Dv block, the padded slot count and the
-    launch options. A program holds ``BK x BV x KP`` float32 states: 8K values on 4 warps with the loads one stage
-    ahead up to ``Dk = 64`` (BV = 4 at K = 30), 16K on 8 warps above (BV = 4: each chunk's tables, 136 KB at Dk = 128,
-    read by half as many programs; two stages need more shared memory than an SM has). Measured on an H200 (run 28,
-    (2, 16384, 16, 64) moderate, the three walks alone: forward, rerun storing the start states, kernel A): BV = 4 on 4
-    warps and one stage 8.0 / 9.0 / 11.6 ms against run 17's BV = 2 on two stages 8.9 / 12.3 / 19.6 (more spills,
-    sm_90: 912 B of stack in kernel A against 400, but each chunk's tables loaded by half as many programs); 8 warps
-    or BV = 1 slower in every walk. At 128 features run 17's choice, not re-measured."""
+    launch options. A program holds ``BK x BV x KP`` float32 states: 8K values on 4 warps up to ``Dk = 64`` (BV = 4
+    at K = 30), 16K on 8 warps above (BV = 4: each chunk's tables, 136 KB at Dk = 128, read by half as many
+    programs); one load stage, no software pipelining (two stages need more shared memory than an SM has at 128
+    features). Measured on an H200 (run 28, (2, 16384, 16, 64) moderate, the three walks alone: forward, rerun
+    storing the start states, kernel A): BV = 4 on 4 warps and one stage 8.0 / 9.0 / 11.6 ms against run 17's BV = 2
+    on two stages 8.9 / 12.3 / 19.6 (more spills, sm_90: 912 B of stack in kernel A against 400, but each chunk's
+    tables loaded by half as many programs); 8 warps or BV = 1 slower in every walk. At 128 features run 17's
+    choice, not re-measured."""
     BK, KP = max(next_pow2(Dk), 16), max(next_pow2(K), 16)
     small = BK <= 64
     BV = max(1, min(next_pow2(Dv), (1 << (13 if small else 14)) // (BK * KP)))
