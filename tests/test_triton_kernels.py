@@ -790,6 +790,29 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit
         assert max(per_chunk) > 32
 
 
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (streams)")
+def test_delta_rule_chunked_decisions_on_their_own_stream_are_unchanged():
+    """``decide_delta_rule_wy``'s chain on a stream of its own, beside the next blocks' tables and pairs: the same
+    scores, starts, masks and open slot, bit for bit, as with everything on one stream (many blocks of one chunk,
+    so that each block's tensors are freed while the chain may still read them)."""
+    from dla_fast.ops.delta_rule.chunk_fwd_decide_wy import decide_delta_rule_wy
+
+    B, T, H, D = 2, 700, 2, 32
+    q, k, v, g, w = regimes(B, T, H, D, D, 8, seed=5, regime_length=6.0, jitter=0.5)
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    beta = np.random.default_rng(5).uniform(0.2, 1.0, size=(B, T, H))
+    x = [_t(a, torch.float64) for a in (k, v, g, beta)]
+    out = {}
+    for concurrent in (False, True):
+        P = torch.zeros(B, H, D, D, dtype=torch.float64, device=DEV)
+        size = torch.zeros(B, H, dtype=torch.int64, device=DEV)
+        got = decide_delta_rule_wy(*x, open_states=P, size=size, tau=0.6, table_elements=B * H * 64 * 64,
+                                   concurrent=concurrent)
+        out[concurrent] = (*got, P)
+    for a, b in zip(out[False], out[True]):
+        assert torch.equal(a, b)
+
+
 def test_delta_rule_decides_a_chunk_at_a_time_for_few_narrow_rows():
     """The measured rule (docs/benchmarks.md run 18): the chunked decisions for up to 64 features and 64 rows."""
     from dla_fast.ops.delta_rule.chunk_fwd import auto_decisions
