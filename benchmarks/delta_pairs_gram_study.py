@@ -2,17 +2,18 @@
 """CPU study for the delta rule's pair kernel (docs/performance.md, run 30): how far the Gram form of its two per-start
 sums falls from the explicit one, in float64, against an 80-bit reference.
 
-For a chunk, start p and token t > p the pair kernel forms ``Y = sum_{p <= s < t} akap[t, s] b_s v_s``,
-``W = v_t - a_t Y``, then ``X = b_t Y . W`` and ``SS = b_t^2 |k_t|^2 |W|^2`` (explicit). The Gram form needs no
-loop over p: with ``G = V V^T`` and ``M[t, s] = akap[t, s] b_s``, ``Y . v_t = sum_{s >= p} M[t, s] G[s, t]`` and
-``|Y|^2 = sum_{s, s' >= p} M[t, s] M[t, s'] G[s, s']``, so ``X = b (Y.v - a |Y|^2)`` and ``SS = b^2 |k|^2 (|v|^2 -
-2 a Y.v + a^2 |Y|^2)``, which cancels where ``W`` is small (the rule erasing the state). Prints, per workload, the
-largest and 99.9th-percentile relative error of each form's ``SS`` and ``X`` against ``numpy.longdouble`` (64-bit
-mantissa on x86), the share of pairs off by more than 1e-8 and 1e-6, and how often a guard on the cancellation of
-``|W|^2``'s three terms (their sum's ratio to their magnitudes' sum) would send a (chunk, row) to the token walk.
-Besides ``gpu_bench``'s three workloads, ``repeats``: the moderate one with every second token a copy of the one
-before (key and value), no decay and beta ``1 - erase`` (in the inputs' bf16: below ~2e-3 it rounds to 1), where the
-rule all but erases the slot (``W`` small).
+For a chunk, start p and token t > p the pair kernel forms ``Y = sum_{p <= s < t} akap[t, s] b_s v_s``, ``W = v_t -
+a_t Y``, then ``X = b_t Y . W`` and ``SS = b_t^2 |k_t|^2 |W|^2`` (explicit). The Gram form needs no loop over p:
+with ``G = V V^T`` and ``M[t, s] = akap[t, s] b_s``, ``Y . v_t = sum_{s >= p} M[t, s] G[s, t]`` and ``|Y|^2 =
+sum_{s, s' >= p} M[t, s] M[t, s'] G[s, s']``, so ``X = b (Y.v - a |Y|^2)`` and ``SS = b^2 |k|^2 (|v|^2 - 2 a Y.v +
+a^2 |Y|^2)``, which cancels where ``W`` is small (the rule erasing the state). Prints, per workload, the largest and
+99.9th-percentile relative error of each form's ``SS`` and ``X`` (without their factors ``b_t^2 |k_t|^2`` and
+``b_t``, which both forms share) against ``numpy.longdouble`` (64-bit mantissa on x86), the share of pairs off by
+more than 1e-8 and 1e-6, and how often a guard on the cancellation of ``|W|^2``'s three terms (their sum's ratio to
+their magnitudes' sum) would send a (chunk, row) to the token walk. Besides ``gpu_bench``'s three workloads,
+``repeats``: the moderate one with every second token a copy of the one before (key and value), no decay and beta
+``1 - erase`` (in the inputs' bf16: below ~2e-3 it rounds to 1), where the rule all but erases the slot (``W``
+small).
 
     python benchmarks/delta_pairs_gram_study.py [--T 2048] [--H 2] [--D 64] [--erase 1e-3]
 """
