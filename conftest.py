@@ -11,6 +11,8 @@ another: on the 2-core CI machine they were 701 of the suite's 760 s in series; 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import subprocess
 import sys
@@ -23,6 +25,54 @@ import pytest
 RERUN_TIMEOUT = 1800
 
 _runs: dict[str, tuple[subprocess.Popen, object]] = {}
+
+
+def _skip_nested_language_patches() -> None:
+    """Under the interpreter: a ``@triton.jit`` helper called from a kernel no longer patches ``triton.language``
+    again when the modules its globals hold were patched earlier in the same launch.
+
+    Triton's interpreter (3.9) patches the language's builtins at each launch and again at every call of a jitted
+    helper (``InterpretedFunction.__call__`` calls ``_patch_lang``, scanning the modules with ``inspect.getmembers``),
+    though the earlier patches are still in place (the launch restores its own at its end; a helper's are never
+    restored): measured 2026-12-02 on the CI-like 2-core machine, 56 % of
+    ``test_the_value_check_kernel_flags_what_torch_finds``'s time. The helpers run the same code either way.
+    Does nothing on an interpreter without these internals."""
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    if not all(hasattr(interpreter, name) for name in ("_patch_lang", "_LangPatchScope", "GridExecutor")):
+        return
+    patch_lang, launch = interpreter._patch_lang, interpreter.GridExecutor.__call__
+    patched = []  # per running launch: the language modules patched since it began (helpers' patches stay)
+
+    @functools.cache
+    def languages(fn):
+        return frozenset(id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core))
+
+    def patch_once(fn):
+        needed = languages(fn)
+        if patched and needed <= patched[-1]:
+            return interpreter._LangPatchScope()  # nothing to restore
+        scope = patch_lang(fn)
+        if patched:
+            patched[-1] |= needed
+        return scope
+
+    def launch_patching_once(self, *args, **kwargs):
+        patched.append(set())
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            patched.pop()
+
+    interpreter._patch_lang = patch_once
+    interpreter.GridExecutor.__call__ = launch_patching_once
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _skip_nested_language_patches()
 
 
 def _skipped(item) -> bool:
