@@ -6,18 +6,16 @@ peak memory, the two passes' gradients against each other and where each backwar
 The torch pass is forced by wrapping ``delta_rule_backward`` as ``dla_fast.autograd`` calls it (``kernels=False``).
 A third variant takes the tables' cotangents by batched torch products (``chunk_bwd._COTANGENTS = "torch"``; the
 default is their kernels since run 25); a fourth splits the values in the backward's slot-state walks as if they were
-not exact in tf32 (as before run 26); a fifth walks to the checkpoints in the backward instead of starting from
-the ones the forward kept; a sixth computes the reverse pass's tables in torch (as before the forward's table kernel
-served them); a seventh the blocks' tables and their adjoint in torch (as before the adjoint kernel); an eighth
-rebuilds the partition's live starts from the trace instead of taking the forward's; a ninth builds the partition's
-maps in torch (``DevicePartition``) instead of by the partition kernel's maps mode.
+not exact in tf32 (as before run 26). (Runs 27-28's variants of the kernels' path, the checkpoints walked again, the
+tables and their adjoint in torch or computed twice, the partition from the trace or in torch, were removed with
+their switches in run 31; their measurements are in docs/performance.md.)
 ``--variants`` picks some of them (the torch pass always runs: the gradients are compared against it).
 ``--block-elements N,...`` adds a kernels variant per value of ``chunk_torch_bwd._BLOCK_ELEMENTS`` (the blocks of
 chunks of the tables and their adjoint: ~350 torch operations per block, 8 blocks at (2, 16384, 16, 64) at the
 default 2^22).
 
     python benchmarks/delta_backward_ab.py [--cells 2x16384x64:moderate,8x4096x64:moderate] [--block-elements N,...]
-        [--variants kernels,kernels_adjoint_torch,...] [--out DIR]
+        [--variants kernels,kernels_cotangents_torch,...] [--out DIR]
 
 Writes ``delta_backward_ab_<card>_<date>.json`` and ``delta_backward_ops_<card>_<date>.txt`` to DIR; the table is
 printed last.
@@ -64,18 +62,11 @@ def ops_table(leaves, dO) -> str:
     return p.key_averages().table(sort_by="cuda_time_total", row_limit=25)
 
 
-def _configure(backward, block: int, cotangents: str, exact, kept: bool, triton_tables: bool,
-               triton_adjoint: bool, handed_live: bool, kernel_partition: bool, tables_once: bool) -> None:
+def _configure(backward, block: int, cotangents: str, exact) -> None:
     """One variant's settings: the backward ``dla_fast.autograd`` calls, the tables' blocks, the cotangents' path,
-    the test for values exact in tf32 (the backward's slot-state walks multiply them in one pass then), whether the
-    reverse pass starts from the checkpoints the forward kept, where its tables come from, where the blocks'
-    tables' adjoint runs, whether the partition takes the forward's live starts, whether its maps come from the
-    partition kernel and whether the backward computes each chunk's tables once."""
+    the test for values exact in tf32 (the backward's slot-state walks multiply them in one pass then)."""
     autograd.delta_rule_backward = backward
     chunk_torch_bwd._BLOCK_ELEMENTS, chunk_bwd._COTANGENTS, chunk_bwd.exact_in_tf32 = block, cotangents, exact
-    chunk_torch_bwd._KEPT_CHECKPOINTS, chunk_torch_bwd._TRITON_TABLES = kept, triton_tables
-    chunk_torch_bwd._TRITON_ADJOINT, chunk_torch_bwd._HANDED_LIVE_STARTS = triton_adjoint, handed_live
-    chunk_torch_bwd._KERNEL_PARTITION, chunk_torch_bwd._TABLES_ONCE = kernel_partition, tables_once
 
 
 def cell(cfg, wname: str, ops_file, block_elements=(), names=None) -> dict:
@@ -87,16 +78,9 @@ def cell(cfg, wname: str, ops_file, block_elements=(), names=None) -> dict:
         row["forward_ms"] = sorted(_wall_ms(lambda: _dla_gdn(*leaves)) for _ in range(3))[1]
     grads = {}
     default = dict(backward=original, block=chunk_torch_bwd._BLOCK_ELEMENTS, cotangents=chunk_bwd._COTANGENTS,
-                   exact=chunk_bwd.exact_in_tf32, kept=chunk_torch_bwd._KEPT_CHECKPOINTS,
-                   triton_tables=chunk_torch_bwd._TRITON_TABLES, triton_adjoint=chunk_torch_bwd._TRITON_ADJOINT,
-                   handed_live=chunk_torch_bwd._HANDED_LIVE_STARTS, kernel_partition=chunk_torch_bwd._KERNEL_PARTITION,
-                   tables_once=chunk_torch_bwd._TABLES_ONCE)
+                   exact=chunk_bwd.exact_in_tf32)
     variants = {"kernels": {}, "torch": dict(backward=torch_pass), "kernels_cotangents_torch": dict(cotangents="torch"),
-                "kernels_values_split": dict(exact=lambda x: False), "kernels_checkpoints_walked": dict(kept=False),
-                "kernels_tables_torch": dict(triton_tables=False), "kernels_adjoint_torch": dict(triton_adjoint=False),
-                "kernels_live_starts_rebuilt": dict(handed_live=False, kernel_partition=False),
-                "kernels_partition_torch": dict(kernel_partition=False),
-                "kernels_tables_twice": dict(tables_once=False)}
+                "kernels_values_split": dict(exact=lambda x: False)}
     variants.update({f"kernels_blocks_{n}": dict(block=n) for n in block_elements})
     if names:
         variants = {n: c for n, c in variants.items() if n in names or n == "torch"}

@@ -208,8 +208,8 @@ def test_backward_on_kernels_matches_the_float64_torch_backward(case, monkeypatc
     forward's kernel, the chain, the cotangents batched per segment), float32, against the torch backward in
     float64: every gradient within ``BOUND`` of the largest entry, with the default segments, one chunk per segment,
     the cotangents batched a chunk at a time and the cotangents by their kernels, the tables computed once per unit of
-    segments (one unit, or one a segment) or twice (``_TABLES_ONCE`` off). Measured (interpreter): 1.1e-7 to 5.0e-7,
-    as the float32 torch backward's (the same tables in both)."""
+    segments (one unit, or one a segment). Measured (interpreter): 1.1e-7 to 5.0e-7, as the float32 torch backward's
+    (the same tables in both)."""
     from dla_fast.ops.delta_rule import chunk_bwd, chunk_torch_bwd
     from dla_fast.ops.delta_rule.chunk_bwd_chain import slot_adjoints
 
@@ -219,18 +219,16 @@ def test_backward_on_kernels_matches_the_float64_torch_backward(case, monkeypatc
     monkeypatch.setattr(chunk_bwd, "slot_adjoints", lambda *a, **kw: ran.append(1) or slot_adjoints(*a, **kw))
     ref = _backward(c, F64, False)
     full, block = chunk_bwd._BATCH_BYTES, chunk_torch_bwd._BLOCK_ELEMENTS
-    # (chunks per segment, cotangents' batch, their path, table blocks (1: a unit per segment), tables once)
-    for every, batch_bytes, cotangents, block_elements, once in (
-            (None, full, "torch", block, True), (1, full, "torch", block, True), (None, 1, "torch", block, True),
-            (None, full, "triton", block, True), (None, full, "triton", 1, True), (1, full, "triton", 1, True),
-            (None, full, "triton", block, False)):
+    # (chunks per segment, cotangents' batch, their path, table blocks (1: a unit per segment))
+    for every, batch_bytes, cotangents, block_elements in (
+            (None, full, "torch", block), (1, full, "torch", block), (None, 1, "torch", block),
+            (None, full, "triton", block), (None, full, "triton", 1), (1, full, "triton", 1)):
         monkeypatch.setattr(chunk_bwd, "_BATCH_BYTES", batch_bytes)  # 1: the cotangents a chunk at a time
         monkeypatch.setattr(chunk_bwd, "_COTANGENTS", cotangents)
         monkeypatch.setattr(chunk_torch_bwd, "_BLOCK_ELEMENTS", block_elements)
-        monkeypatch.setattr(chunk_torch_bwd, "_TABLES_ONCE", once)
         got = _backward(c, torch.float32, True, every)
         for name, x, want in zip(("dq", "dk", "dv", "dg", "dbeta", "dlam", "dinit"), got, ref):
-            assert _rel(x, want) < BOUND, (name, every, batch_bytes, cotangents, block_elements, once, _rel(x, want))
+            assert _rel(x, want) < BOUND, (name, every, batch_bytes, cotangents, block_elements, _rel(x, want))
     assert ran  # the kernels ran
 
 

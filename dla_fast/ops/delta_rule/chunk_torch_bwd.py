@@ -34,68 +34,40 @@ from ..common.structure import Structure, checkpoint_interval
 from .chunk_bwd import KernelPartition, reverse_pass_kernels, segment_units
 from .wy_tables import wy_tables, wy_tables_adjoint
 from .wy_tables_adjoint_triton import wy_tables_adjoint_triton
-from .wy_tables_triton import output_tables_saved, output_tables_triton
+from .wy_tables_triton import output_tables_saved
 
 # Elements of one [block, R, C, C] tensor in the blocked table passes (scalar decay's size). H200, run 25, (2, 16384,
 # 16, 64) moderate, backward on kernels: fwd+bwd 325 ms at 2^20 (~350 torch operations a block, 32 blocks), 212 at
 # 2^22, 200 at 2^23; peak 3.18, 3.18, 3.38 GiB.
 _BLOCK_ELEMENTS = 1 << 22
-# The kernels' reverse pass starts from the slot states the kernel forward kept (True) or walks to them itself.
-# H200, run 27, fwd+bwd at (2, 16384, 16, 64) moderate: 106.5 against 121.0 ms (GPU 100.0 against 107.0).
-_KEPT_CHECKPOINTS = True
-# DevicePartition's live starts from the lists of the merge kernel the forward handed over (True), or rebuilt
-# from the trace (``live_starts``' scans: 138 of DevicePartition's 195 torch operations and 424 of its 602 MB at (2,
-# 2048, 16, 64) on the CPU).
-_HANDED_LIVE_STARTS = True
-# The kernels' backward reads its partition maps from the forward's partition kernel in a maps mode
-# (``chunk_bwd.KernelPartition``) where the kernel forward handed over its decided structure (True), else builds
-# them in torch (``DevicePartition``). H200, run 28, fwd+bwd at (2, 16384, 16, 64) moderate: 98.2 ms, against 106.5 with
-# DevicePartition from the handed live starts and 103.8 with the live starts rebuilt (GPU 91.8 / 94.2 / 97.3).
-_KERNEL_PARTITION = True
-# The reverse pass's tables (qt, khd, Phi) on the kernels' path from the forward's table kernel (True) or torch.
-# H200, run 27, fwd+bwd at (2, 16384, 16, 64) moderate: 106.5 against 110.9 ms (GPU 100.0 against 101.8).
-_TRITON_TABLES = True
-# The blocks' tables and their adjoint on the kernels' path by the table kernel and the adjoint kernel
-# (``wy_tables_adjoint_triton``, float64) (True) or torch (in the compute dtype). H200, run 27, fwd+bwd at (2, 16384,
-# 16, 64) moderate: 103.2 against 113.7 ms (GPU 98.0 against 100.2; ~1,200 fewer torch launches).
-_TRITON_ADJOINT = True
-# With the adjoint kernel: the kernels' backward computes each chunk's tables once, a unit of whole segments at a time
-# (the table kernel's float64 tables, cast for the reverse pass, and its scratch for the adjoint) (True), or twice:
-# every chunk's for the reverse pass first, then each block's again for the adjoint. H200, run 28, fwd+bwd at (2,
-# 16384, 16, 64) moderate: 83.1 against 86.0 ms, peak 2.67 against 3.08 GiB.
-_TABLES_ONCE = True
 F64 = torch.float64
 
 
 class _Inputs:
     """The chunk-major inputs and everything derived once: ``q, k, v, dO, lam [nC, R, C, ...]`` in cd, ``g, b``
-    float64, the stored tables ``qt, khd, Phi`` (cd) and, for the score, ``kt, akap`` (float64), by torch or the
-    table kernel (``reverse_tables``: "torch", "triton", or None: none stored).
+    float64 and, on the torch path, every chunk's tables ``qt, khd, Phi`` (cd) and, for the score, ``kt, akap``
+    (float64). The kernels' path (``kernels``) stores none: its units of segments compute their own.
 
     The tables are computed (and differentiated) in float64 when the score's part runs (its ``w = v - a y``
     cancels: docs/delta-rule-chunked.md section 5), else in the compute dtype (``T`` is well conditioned), or in
-    float64 by the table and adjoint kernels (``triton_adjoint``)."""
+    float64 by the table and adjoint kernels on the kernels' path."""
 
-    def __init__(self, q, k, v, g, beta, lam, dO, C: int, score: bool, reverse_tables: str | None = "torch",
-                 triton_adjoint: bool = False):
+    def __init__(self, q, k, v, g, beta, lam, dO, C: int, score: bool, kernels: bool = False):
         T = q.shape[1]
         self.C, self.nC, self.T, self.cd = C, max(1, -(-T // C)), T, q.dtype
         self.tdt = F64 if score else q.dtype  # the tables' dtype
         self.score = score  # the score's tables (kt, akap) are built only for its part
-        self.triton_adjoint = triton_adjoint
+        self.kernels = kernels
         self.qc, self.kc, self.vc, self.dOc, self.lamc = (chunks(x, C, self.nC) for x in (q, k, v, dO, lam))
         self.gc, self.bc = (chunks(x.to(F64), C, self.nC) for x in (g, beta))
         self.bv = self.bc.to(self.cd).unsqueeze(-1) * self.vc
         R, C = q.shape[0], self.C
         self.block = max(1, _BLOCK_ELEMENTS // max(1, R * C * C))
         keep = ("qt", "khd", "Phi") + (("kt", "akap") if score else ())
-        self.tables = {n: [] for n in keep} if reverse_tables else {}  # None: the units compute their own
-        for b0, b1 in self.bounds() if reverse_tables else ():
+        self.tables = {} if kernels else {n: [] for n in keep}
+        for b0, b1 in () if kernels else self.bounds():  # the blocks' adjoint recomputes its own
             inputs = [x[b0:b1] for x in (self.qc, self.kc, self.gc, self.bc)]
-            # The reverse pass's tables: the forward's table kernel (float64, stored in cd: ~0.35 ms a block of 32
-            # chunks at R = 32 on an H200) on the kernels' path, else torch's. The blocks' adjoint recomputes its own.
-            tab = (output_tables_triton(*inputs, dtype=self.cd) if reverse_tables == "triton"
-                   else wy_tables(*(x.to(self.tdt) for x in inputs), scores=score)[0])
+            tab = wy_tables(*(x.to(self.tdt) for x in inputs), scores=score)[0]
             for n in keep:
                 self.tables[n].append(tab[n] if n in ("kt", "akap") else tab[n].to(self.cd))
         self.tables = {n: torch.cat(x) for n, x in self.tables.items()}
@@ -105,14 +77,10 @@ class _Inputs:
         return [(b0, min(self.nC, b0 + self.block)) for b0 in range(0, self.nC, self.block)]
 
     def blocks(self):
-        """``(b0, b1, tables, saved)`` for the blocks of chunks (the tables recomputed, in ``self.tdt``, or by the
-        table kernel in float64 with its scratch as ``saved``)."""
+        """``(b0, b1, tables, saved)`` for the blocks of chunks, the tables recomputed in ``self.tdt``."""
         for b0, b1 in self.bounds():
             inputs = [x[b0:b1] for x in (self.qc, self.kc, self.gc, self.bc)]
-            if self.triton_adjoint:
-                yield (b0, b1, *output_tables_saved(*inputs))
-            else:
-                yield (b0, b1, *wy_tables(*(x.to(self.tdt) for x in inputs), scores=self.score))
+            yield (b0, b1, *wy_tables(*(x.to(self.tdt) for x in inputs), scores=self.score))
 
 
 class _Score:
@@ -254,7 +222,7 @@ def _block_adjoint(part: Partition, x: _Inputs, b0: int, b1: int, tab, saved, co
         c_b["kt"] = cot["kt"]
         c_b["akap"] = (dy @ bv64.transpose(-1, -2)) * run
         grads["bv"][b0:b1] += ((tab["akap"] * run).transpose(-1, -2) @ dy).to(x.cd)
-    if x.triton_adjoint:
+    if x.kernels:  # the table kernel's float64 tables and scratch
         d = wy_tables_adjoint_triton(x.gc[b0:b1], tab, saved, c_b)
     else:
         d = wy_tables_adjoint(*(t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)), tab, saved, c_b)
@@ -264,39 +232,36 @@ def _block_adjoint(part: Partition, x: _Inputs, b0: int, b1: int, tab, saved, co
 
 def _kernels_backward(part, init, every: int, dS, dO, x: _Inputs, grads, kept):
     """The reverse pass on kernels, then the tables' adjoint: ``(dinit, out)`` (``out`` as :func:`_blocks_adjoint`'s).
-    With ``_TABLES_ONCE`` (and the adjoint kernel) per unit of whole segments, last first: the table kernel once
-    (float64 tables and the scratch its adjoint reads), the unit's reverse pass on the tables cast to the compute
-    dtype, the unit's adjoint. Else every chunk's tables (``x.tables``) serve one unit, and the blocks' adjoint
-    recomputes its own."""
-    if not x.tables:
-        out = _adjoint_outputs(x)
+    Per unit of whole segments, last first: the table kernel once (float64 tables and the scratch its adjoint reads),
+    the unit's reverse pass on the tables cast to the compute dtype, the unit's adjoint (H200, run 28, fwd+bwd at (2,
+    16384, 16, 64) moderate: 83.1 ms against 86.0 with every chunk's tables computed first and again per block for the
+    adjoint; peak 2.67 against 3.08 GiB)."""
+    out = _adjoint_outputs(x)
 
-        def unit_tables(u0: int, u1: int):
-            tab, saved = output_tables_saved(*(t[u0:u1] for t in (x.qc, x.kc, x.gc, x.bc)))
-            return {n: tab[n].to(x.cd) for n in ("qt", "khd", "Phi")}, (tab, saved)
+    def unit_tables(u0: int, u1: int):
+        tab, saved = output_tables_saved(*(t[u0:u1] for t in (x.qc, x.kc, x.gc, x.bc)))
+        return {n: tab[n].to(x.cd) for n in ("qt", "khd", "Phi")}, (tab, saved)
 
-        def unit_done(u0: int, u1: int, cot, payload) -> None:
-            _block_adjoint(part, x, u0, u1, *payload, cot, grads, None, out)
+    def unit_done(u0: int, u1: int, cot, payload) -> None:
+        _block_adjoint(part, x, u0, u1, *payload, cot, grads, None, out)
 
-        units = segment_units(x.nC, every, x.block)
-        return reverse_pass_kernels(part, init, every, dS, dO, x, grads, units, unit_tables, unit_done, kept), out
-    cot = {}
-    dinit = reverse_pass_kernels(part, init, every, dS, dO, x, grads, [(0, x.nC)], lambda u0, u1: (x.tables, None),
-                                 lambda u0, u1, c, payload: cot.update(c), kept)
-    return dinit, _blocks_adjoint(part, x, cot, grads, None)
+    units = segment_units(x.nC, every, x.block)
+    return reverse_pass_kernels(part, init, every, dS, dO, x, grads, units, unit_tables, unit_done, kept), out
 
 
 def _partition(structure: Structure, handed, x: _Inputs, R: int, K: int, kernels: bool):
     """The partition's maps: by the partition kernel from the structure a kernel forward decided (``handed``, a
-    ``SlotCheckpoints``), on the kernels' path; else ``DevicePartition``, from that structure's live-start lists where
-    handed over, else from the trace."""
+    ``SlotCheckpoints``), on the kernels' path (H200, run 28, fwd+bwd at (2, 16384, 16, 64) moderate: 98.2 ms against
+    106.5 by ``DevicePartition``); else ``DevicePartition``, from that structure's live-start lists where handed over
+    (run 28: 106.5 against 103.8 ms rebuilt; on the CPU at (2, 2048, 16, 64) the rebuild's scans are 138 of its 195
+    torch operations), else from the trace."""
     decided = handed.decided if handed is not None else None
-    if kernels and decided is not None and _KERNEL_PARTITION:
+    if kernels and decided is not None:
         return KernelPartition(decided, x.T, K)
     ones = torch.ones_like(x.gc, dtype=x.cd)  # the token keys khd carry their decay to the chunk end
     # Without stored tables (the kernels' units) the partition never advances a state: its tables only place it.
     args = (structure, R, x.T, x.C, K, ones, x.tables.get("Phi"), x.tables.get("khd", x.kc), x.bv)
-    if decided is not None and _HANDED_LIVE_STARTS:
+    if decided is not None:
         s, size0 = decided  # every row T long, as live_starts builds them
         live = live_starts_from_lists(s.masks, s.death, s.death0, s.live, s.livem, s.fpos, s.size, size0,
                                       torch.full_like(size0, x.T), K, x.C)
@@ -328,10 +293,7 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
         dinit = torch.zeros_like(init) if dS_final is None else dS_final.clone()
         return (*(torch.zeros_like(t) for t in (q, k, v, g, beta, lam)), dinit)
     kernels = kernels and dscores is None and cd == torch.float32
-    once = kernels and _TRITON_ADJOINT and _TABLES_ONCE  # the units compute the tables: none stored up front
-    reverse_tables = None if once else "triton" if kernels and _TRITON_TABLES else "torch"
-    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None, reverse_tables=reverse_tables,
-                triton_adjoint=kernels and _TRITON_ADJOINT)
+    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None, kernels=kernels)
     nC = x.nC
     handed = structure.slot_checkpoints  # what a kernel forward kept: its live starts and decided structure too
     handed = handed if handed is not None and handed.chunk == C else None
@@ -342,8 +304,9 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     dS = torch.zeros_like(init) if dS_final is None else dS_final.clone()
     direct = dinit0 = None
     if kernels:
-        kept = handed if _KEPT_CHECKPOINTS else None  # the forward's walk, where it kept its states
-        kept = kept.states if kept is not None and kept.every == every else None
+        # The reverse pass starts from the slot states the kernel forward kept where it did (H200, run 27, fwd+bwd at
+        # (2, 16384, 16, 64) moderate: 106.5 against 121.0 ms walking to them again).
+        kept = handed.states if handed is not None and handed.every == every else None
         dinit, d = _kernels_backward(part, init, every, dS, dO, x, grads, kept)
     else:
         cot = {n: torch.zeros_like(x.tables[n]) for n in ("qt", "khd", "Phi")}
