@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 
 # Seconds to wait for one rerun; they share the machine's cores, so each takes longer than alone (the longest, the
@@ -25,6 +26,7 @@ import pytest
 RERUN_TIMEOUT = 1800
 
 _runs: dict[str, tuple[subprocess.Popen, object]] = {}
+INTERPRETER_FOLDS = None  # the interpreter's own folds, where _vectorised_custom_reductions replaced them
 
 
 def _skip_nested_language_patches() -> None:
@@ -71,8 +73,69 @@ def _skip_nested_language_patches() -> None:
     interpreter.GridExecutor.__call__ = launch_patching_once
 
 
+def _fold_along_axis(op, input, axis: int, scan: bool):
+    """``op``'s combine function folded along ``axis`` of the tensors ``input``, left to right, a whole slice of the
+    other axes at a time: the interpreter's own order of combines, each element's result the same number. Returns
+    numpy arrays: the running values (``scan``) or the last ones (reduce)."""
+    import triton.language as tl
+
+    data = [x.handle.data for x in input]
+    acc = [np.take(d, 0, axis=axis) for d in data]
+    runs = [[a] for a in acc]
+    for i in range(1, data[0].shape[axis]):
+        now = [op.to_tensor(np.take(d, i, axis=axis), x.dtype) for d, x in zip(data, input)]
+        got = op.combine_fn.fn(*(op.to_tensor(a, x.dtype) for a, x in zip(acc, input)), *now)
+        got = got if isinstance(got, tuple) else (got,)
+        acc = [np.asarray(g.handle.data if isinstance(g, tl.core.tensor) else g).astype(a.dtype).reshape(a.shape)
+               for g, a in zip(got, acc)]
+        if scan:
+            for run, a in zip(runs, acc):
+                run.append(a)
+    if scan:
+        return [np.stack(run, axis=axis) for run in runs]
+    return acc
+
+
+def _vectorised_custom_reductions() -> None:
+    """Under the interpreter: ``tl.reduce`` and ``tl.associative_scan`` with a combine function of the kernel's own
+    (not a sum, min, max or argmin) fold a slice at a time instead of an element at a time.
+
+    Triton's interpreter (3.9) runs such a combine once per element, on scalars (``generic_reduce``,
+    ``generic_scan``): measured 2026-12-02 on the CI-like machine, 112 scans were half of
+    ``test_backward_in_ranges_of_chunks_gives_the_same_gradients``'s time. The folds here combine in the same order
+    (element k of a row is combined with the running value of elements 0 .. k - 1), elementwise, so each result is
+    the same number (``tests/test_interpreter_speedups.py``). Does nothing on an interpreter without these
+    internals."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    if not all(hasattr(getattr(interpreter, c, None), f) for c, f in (("ScanOps", "generic_scan"),
+                                                                      ("ReduceOps", "generic_reduce"))):
+        return
+
+    global INTERPRETER_FOLDS
+    INTERPRETER_FOLDS = interpreter.ScanOps.generic_scan, interpreter.ReduceOps.generic_reduce  # for its test
+
+    def generic_scan(self, input):
+        return [self.to_tensor(run, x.dtype) for run, x in zip(_fold_along_axis(self, input, self.axis, True), input)]
+
+    def generic_reduce(self, input):
+        flat, axis = self.unravel(input, self.axis)
+        out = []
+        for last, x in zip(_fold_along_axis(self, flat, axis, False), input):
+            if self.keep_dims:
+                last = np.expand_dims(last, axis) if self.axis is not None else last.reshape((1,) * x.handle.data.ndim)
+            out.append(self.to_tensor(last if self.keep_dims or self.axis is not None else last.item(), x.dtype))
+        return out
+
+    interpreter.ScanOps.generic_scan = generic_scan
+    interpreter.ReduceOps.generic_reduce = generic_reduce
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
     _skip_nested_language_patches()
+    _vectorised_custom_reductions()
 
 
 def _skipped(item) -> bool:
