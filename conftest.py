@@ -3,13 +3,12 @@
 Without a GPU the Triton tests run in subprocesses with ``TRITON_INTERPRET=1`` (Triton reads the variable when the
 kernels are defined, so it cannot be switched on inside this process). Each such file has a test marked
 ``interpreter_rerun(*pytest_args, env={...}, forwarded=(option names))`` whose body calls the ``interpreter_rerun``
-fixture: it waits for the file's rerun and fails with its output unless it passed (a long file may have several,
-each rerunning a ``-k`` part). Every selected rerun starts when the session's tests are collected, so they run beside
-each other and the rest of the suite instead of one after another: on the 2-core CI machine they were 701 of the
-suite's 760 s in series; together the suite took 567 s (2026-12-01; sharing the cores costs ~25 % more CPU time in
-all). On 2026-12-02's slower CI-like machine the suite took 25-29 min; with the two interpreter speed-ups below
-(in the reruns' processes only) 12.5 min, CI on a fresh clone 14.3 min, before the kernels' file was split in two
-parts.
+fixture: it waits for the file's rerun and fails with its output unless it passed. Every selected rerun starts when
+the session's tests are collected, so they run beside each other and the rest of the suite instead of one after
+another: on the 2-core CI machine they were 701 of the suite's 760 s in series; together the suite took 567 s
+(2026-12-01; sharing the cores costs ~25 % more CPU time in all). On 2026-12-02's slower CI-like machine the suite
+took 25-29 min; with the two interpreter speed-ups below (in the reruns' processes only) 12.5 min, CI on a fresh
+clone 14.3 min, CPU-bound (24 CPU-minutes on 2 cores: splitting the longest file's rerun in two gained nothing).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import pytest
 # kernels' file, ~290 s alone on the CI machine).
 RERUN_TIMEOUT = 1800
 
-_runs: dict[str, tuple[subprocess.Popen, object]] = {}  # by file and marker arguments
+_runs: dict[str, tuple[subprocess.Popen, object]] = {}
 INTERPRETER_FOLDS = None  # the interpreter's own folds, where _vectorised_custom_reductions replaced them
 
 
@@ -147,19 +146,17 @@ def _skipped(item) -> bool:
 
 
 def _start(item):
-    """``item``'s rerun (the process and its output file), started on first use; one per file and marker arguments
-    (a file may split its rerun in parts, ``-k`` selections that run beside each other)."""
+    """``item``'s rerun (the process and its output file), started on first use."""
     path = str(item.path)
-    mark = item.get_closest_marker("interpreter_rerun")
-    key = f"{path} {' '.join(mark.args)}"
-    if key not in _runs:
+    if path not in _runs:
+        mark = item.get_closest_marker("interpreter_rerun")
         env = dict(os.environ, TRITON_INTERPRET="1", **mark.kwargs.get("env", {}))
         options = [f"--{name.replace('_', '-')}={value}" for name in mark.kwargs.get("forwarded", ())
                    if (value := item.config.getoption(name, None)) is not None]
         out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (read when its test waits, then closed)
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, path, *mark.args]
-        _runs[key] = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True), out
-    return _runs[key]
+        _runs[path] = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True), out
+    return _runs[path]
 
 
 def pytest_collection_finish(session):

@@ -30,18 +30,9 @@ from dla_ref.synthetic import jittered_regimes as regimes  # noqa: E402
 
 
 @runs_elsewhere
-@pytest.mark.interpreter_rerun("-k", "not delta_rule")
+@pytest.mark.interpreter_rerun()
 def test_interpreter_run(interpreter_rerun):
-    """No GPU and no TRITON_INTERPRET: this file but its delta-rule tests in a subprocess under the Triton
-    interpreter (conftest.py)."""
-    interpreter_rerun()
-
-
-@runs_elsewhere
-@pytest.mark.interpreter_rerun("-k", "delta_rule")
-def test_interpreter_run_delta_rule(interpreter_rerun):
-    """The delta-rule tests of this file in a subprocess of their own under the interpreter, beside the others' (the
-    file's rerun was the suite's longest)."""
+    """No GPU and no TRITON_INTERPRET: this file in a subprocess under the Triton interpreter (conftest.py)."""
     interpreter_rerun()
 
 
