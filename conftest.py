@@ -8,7 +8,8 @@ the session's tests are collected, so they run beside each other and the rest of
 another: on the 2-core CI machine they were 701 of the suite's 760 s in series; together the suite took 567 s
 (2026-12-01; sharing the cores costs ~25 % more CPU time in all). On 2026-12-02's slower CI-like machine the suite
 took 25-29 min; with the two interpreter speed-ups below (in the reruns' processes only) 12.5 min, CI on a fresh
-clone 14.3 min, CPU-bound (24 CPU-minutes on 2 cores: splitting the longest file's rerun in two gained nothing).
+clone 14.3-15.5 min, CPU-bound (24-26 CPU-minutes on 2 cores: splitting the longest file's rerun in two gained
+nothing).
 """
 
 from __future__ import annotations

@@ -253,8 +253,8 @@ def _partition(structure: Structure, handed, x: _Inputs, R: int, K: int, kernels
     """The partition's maps: by the partition kernel from the structure a kernel forward decided (``handed``, a
     ``SlotCheckpoints``), on the kernels' path (H200, run 28, fwd+bwd at (2, 16384, 16, 64) moderate: 98.2 ms against
     106.5 by ``DevicePartition``); else ``DevicePartition``, from that structure's live-start lists where handed over
-    (run 28: 106.5 against 103.8 ms rebuilt; on the CPU at (2, 2048, 16, 64) the rebuild's scans are 138 of its 195
-    torch operations), else from the trace."""
+    (on the CPU at (2, 2048, 16, 64) the rebuild's scans are 138 of its 195 torch operations; on the H200 the two
+    were 106.5 and 103.8 ms, within run 28's noise), else from the trace."""
     decided = handed.decided if handed is not None else None
     if kernels and decided is not None:
         return KernelPartition(decided, x.T, K)
