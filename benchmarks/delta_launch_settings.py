@@ -28,7 +28,7 @@ from dla_fast.ops.delta_rule.chunk_fwd_decide_wy import decide_delta_rule_wy  # 
 KERNEL_B = [dict(), dict(start_block=64, start_warps=8, start_stages=2), dict(start_block=64, start_warps=4),
             dict(start_block=32, start_warps=8), dict(start_block=32, start_stages=2), dict(start_block=16)]
 DECISIONS = [dict(), dict(chain_warps=4), dict(chain_warps=16), dict(chain_stages=1), dict(chain_stages=3),
-             dict(pair_warps=8), dict(pair_group=4), dict(table_warps=8), dict(chain_block=32)]
+             dict(pair_group=4), dict(pair_group=8), dict(pair_tokens=8), dict(table_warps=8), dict(chain_block=32)]
 
 
 def _rel(a, b) -> float:

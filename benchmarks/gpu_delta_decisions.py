@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU check and timing of the delta rule's decisions: the token walk against a chunk at a time, in one run.
 
-    python benchmarks/gpu_delta_decisions.py [--out DIR] [--pair-warps 4] [--chain-warps 8] [--smoke]
+    python benchmarks/gpu_delta_decisions.py [--out DIR] [--chain-warps 8] [--smoke]
 
 On each case (``gpu_bench``'s delta-rule inputs, bf16 and fp32, T = 4096 and 16384, the three workloads, D = 64
 and 128) both ``chunk_fwd_decide.decide_delta_rule_triton`` (the token walk) and
@@ -92,8 +92,7 @@ def _case(cfg, wl, dt, dev, args, bench):
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     size = torch.zeros(B, H, dtype=torch.int64, device=dev)
-    chunked = lambda *a, **kw: wy.decide_delta_rule_wy(*a, pair_warps=args.pair_warps,  # noqa: E731
-                                                       chain_warps=args.chain_warps, **kw)
+    chunked = lambda *a, **kw: wy.decide_delta_rule_wy(*a, chain_warps=args.chain_warps, **kw)  # noqa: E731
     row = dict(cfg=cfg, workload=wl, dtype=dt)
     out = {}
     for name, fn in (("tokens", decide_delta_rule_triton), ("chunks", chunked)):
@@ -140,7 +139,6 @@ def _forward(q, k, v, g, w, beta, bench):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--pair-warps", type=int, default=4)
     ap.add_argument("--chain-warps", type=int, default=8)
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()

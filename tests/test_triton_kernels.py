@@ -740,8 +740,9 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit
     from dla_fast.ops.delta_rule.chunk_fwd_decide import decide_delta_rule_triton
     from dla_fast.ops.delta_rule.chunk_fwd_decide_wy import decide_delta_rule_wy
 
-    # The chunked decisions one chunk per launch: the open slot passes from launch to launch in memory.
-    one_chunk = functools.partial(decide_delta_rule_wy, table_elements=2 * 64 * 64)
+    # The chunked decisions one chunk per launch (the open slot passes from launch to launch in memory), the pair
+    # kernel's sums a block of 16 tokens at a time (four blocks a chunk).
+    one_chunk = functools.partial(decide_delta_rule_wy, table_elements=2 * 64 * 64, pair_tokens=16)
     decide = decide_delta_rule_triton if decisions == "tokens" else one_chunk
     walked = _walked_rows(monkeypatch)
     B, H, D, K = 2, 1, 16, 5

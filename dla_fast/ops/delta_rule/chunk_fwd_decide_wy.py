@@ -38,8 +38,11 @@ from .chunk_fwd_decide import CHUNK, walk_rows
 from .wy_tables_triton import score_tables_triton
 
 GUARD = 1e-4  # a norm recursion that cancels below this share of its terms sends its row to the token walk
-MAX_WIDTH = 128  # widest head (Dk and Dv) the kernels take (the pair kernel holds [C, Dv] float64 tiles)
-PAIR_GROUP = 8  # starts scored at once by the pair kernel ([G, C] tiles)
+MAX_WIDTH = 128  # widest head (Dk and Dv) the kernels take (their float64 tiles hold whole value rows)
+PAIR_GROUP = 2  # starts scored at once by the pair kernel ([G, C] tiles; H200, run 32: 2 before 4 and 8)
+# The pair kernel's sums take [BV, QW] float64 tiles of at most 1024 values (32 a lane: 16 tokens up to 64 features,
+# 8 at 128; sm_90 builds of wider tiles spill).
+PAIR_TOKENS, PAIR_TILE = 16, 1024
 CHAIN_BLOCK = 64  # the chain's Dv block: its [C, block] float64 reads stay in registers
 CHAIN_STAGES = 2  # the chain's products: loads in flight
 _TABLE_ELEMENTS = 1 << 22  # elements of a block's largest tables ([block, R, C, C] float64, 32 MB)
@@ -76,76 +79,14 @@ def _scores(nP, x, ss, a, em1, N, eps, norm_eps):
     return score, ratio
 
 
-@triton.jit(do_not_specialize=["R", "c0", "Dv"])
-def dla_delta_pairs_kernel(
-    akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, rlen_ptr, scalars_ptr,
-    pair_ptr, y0T_ptr, path_ptr, last_ptr, low_ptr,
-    R, c0, Dv,
-    C: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, OVERRIDE: tl.constexpr,
-):
-    """Program (row r, chunk j of the block that starts at chunk c0). Writes ``pair [C (p), C (t)]`` (token t's
-    score against the slot opened at p < t), ``y0T [Dv, C]``, and per entry e: ``path`` (int64, bit s: s is a
-    start on e's path), ``last`` (its last start) and ``low`` (the smallest norm ratio while e's slot is open).
-
-    The reads ``Y`` advance one start at a time; the norms and scores are taken for a group of ``G`` starts at once
-    (``[G, C]`` tiles: a token's float64 score math runs in one lane, not repeated across the warps, and the
-    group's rows give each lane independent work). The tiles are feature-major (``[Dv, C]``, tokens contiguous:
-    ``akapT``, ``vT``) for the same reason."""
-    tau = tl.load(scalars_ptr)
-    eps = tl.load(scalars_ptr + 1)
-    norm_eps = tl.load(scalars_ptr + 2)
-    N = tl.load(scalars_ptr + 3)
-    r = tl.program_id(0)
-    base = tl.program_id(1) * R + r
+@triton.jit
+def _paths(nxt, low, path_ptr, last_ptr, low_ptr, base, C: tl.constexpr):
+    """From each start's next boundary ``nxt``, by pointer doubling: per entry e the starts on its path (bit mask),
+    its last start and the smallest norm ratio along it (``low``: each start's own)."""
     t = tl.arange(0, C)
-    vd = tl.arange(0, BV)
-    row = tl.arange(0, G)[:, None]  # a start's row in its group's tiles
-    n_here = tl.minimum(tl.maximum(tl.load(rlen_ptr + r) - (c0 + tl.program_id(1)) * C, 0), C)
-    valid = t < n_here
-    vT = tl.load(vT_ptr + (base * Dv + vd[:, None]) * C + t[None, :], mask=vd[:, None] < Dv, other=0.0)
-    g = tl.load(g_ptr + base * C + t)
-    b = tl.load(b_ptr + base * C + t)
-    kk = tl.load(kk_ptr + base * C + t)
-    bnd = tl.load(bnd_ptr + base * C + t) != 0 if OVERRIDE else t < 0
-    a = tl.exp(g)
-    em1 = expm1_triton(2.0 * g)
-    fresh = b * b * kk * tl.sum(vT * vT, 0)
-    Y = tl.zeros([BV, C], dtype=tl.float64)  # Y[:, t] = sum_{p <= s < t} akap[t, s] b_s v_s for the current p
-    nxt = tl.full([C], C, tl.int32)
-    low = tl.full([C], 1.0, tl.float64)
-    n_groups = tl.cdiv(n_here, G)
-    for i in range(n_groups):  # the groups of starts from the chunk's last down (starts past the row's end: b = 0)
-        p0 = (n_groups - 1 - i) * G
-        X = tl.zeros([G, C], dtype=tl.float64)
-        SS = tl.zeros([G, C], dtype=tl.float64)
-        for j in tl.static_range(G):  # unrolled, so that the loads need not wait on Y
-            u = G - 1 - j
-            col = tl.load(akapT_ptr + (base * C + p0 + u) * C + t)  # akap[t, p]
-            bv = tl.load(b_ptr + base * C + p0 + u) * tl.load(v_ptr + (base * C + p0 + u) * Dv + vd, mask=vd < Dv,
-                                                               other=0.0)
-            Y += bv[:, None] * col[None, :]
-            W = vT - a[None, :] * Y
-            X = tl.where(row == u, (b * tl.sum(Y * W, 0))[None, :], X)
-            SS = tl.where(row == u, (b * b * kk * tl.sum(W * W, 0))[None, :], SS)
-        p = p0 + row
-        after = t[None, :] > p
-        opened_at = t[None, :] == p
-        fresh_p = tl.sum(tl.where(opened_at, fresh[None, :], 0.0), 1)[:, None]
-        nP = _norms_before(tl.where(after, (a * a)[None, :], 0.0), tl.where(after, 2.0 * a[None, :] * X + SS, fresh_p),
-                           0.0, C)
-        score, ratio = _scores(nP, X, SS, a[None, :], em1[None, :], N, eps, norm_eps)
-        closes = after & valid[None, :] & (bnd[None, :] if OVERRIDE else score >= tau)
-        nx = tl.min(tl.where(closes, t[None, :], C), 1)[:, None]
-        tl.store(pair_ptr + (base * C + p) * C + t[None, :], score, mask=after)
-        low_p = tl.min(tl.where(after & (t[None, :] < nx) & valid[None, :], ratio, 1.0), 1)[:, None]
-        in_group = (t >= p0) & (t < p0 + G)
-        nxt = tl.where(in_group, tl.sum(tl.where(opened_at, nx, 0), 0), nxt)
-        low = tl.where(in_group, tl.sum(tl.where(opened_at, low_p, 0.0), 0), low)
-    tl.store(y0T_ptr + (base * Dv + vd[:, None]) * C + t[None, :], Y, mask=vd[:, None] < Dv)
-    # Pointer doubling: after round r, path[e] holds the starts of the first 2^r slots from e, J[e] the next one.
     path = tl.full([C], 1, tl.int64) << t.to(tl.int64)
     J = nxt
-    for _ in range(6):  # 2^6 = C slots
+    for _ in range(6):  # after round r, path[e] holds the starts of the first 2^r slots from e, J[e] the next one
         inside = J < C
         path = tl.where(inside, path | _take(path, J, C), path)
         low = tl.where(inside, tl.minimum(low, _take(low, J, C)), low)
@@ -155,6 +96,128 @@ def dla_delta_pairs_kernel(
     tl.store(path_ptr + base * C + t, path)
     tl.store(last_ptr + base * C + t, last)
     tl.store(low_ptr + base * C + t, low)
+
+
+@triton.jit
+def _start_operands(akapT_ptr, v_ptr, b_ptr, base, p, tq, vd, Dv, C: tl.constexpr):
+    """Start p's operands for the tokens ``tq``: ``akap[tq, p]`` and ``b_p v_p``."""
+    col = tl.load(akapT_ptr + (base * C + p) * C + tq)
+    return col, tl.load(b_ptr + base * C + p) * tl.load(v_ptr + (base * C + p) * Dv + vd, mask=vd < Dv, other=0.0)
+
+
+@triton.jit
+def _pair_sums_step(Y, col, bv, vTq, a, b, bbkk, p, tq, pair_ptr, base, C: tl.constexpr):
+    """Start p: ``Y += b_p v_p akap[t, p]``, then ``X[p, t]`` and ``SS[p, t]`` stored (see ``_pair_sums``)."""
+    Y += bv[:, None] * col[None, :]
+    W = vTq - a[None, :] * Y
+    after = tq > p
+    tl.store(pair_ptr + (base * C + p) * C + tq, b * tl.sum(Y * W, 0), mask=after)
+    tl.store(pair_ptr + (base * C + tq) * C + p, bbkk * tl.sum(W * W, 0), mask=after)
+    return Y
+
+
+@triton.jit
+def _pair_sums(akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, pair_ptr, y0T_ptr, base, q, Dv,
+               C: tl.constexpr, BV: tl.constexpr, QW: tl.constexpr):
+    """Tokens ``t = q QW .. q QW + QW - 1`` against every start ``p`` before the block's end: ``X[p, t] = b_t Y.W``
+    written at ``pair[p, t]`` (upper triangle) and ``SS[p, t] = b_t^2 |k_t|^2 |W|^2`` at ``pair[t, p]`` (lower), with
+    ``Y = sum_{p <= s < t} akap[t, s] b_s v_s``, ``W = v_t - a_t Y``; then the run sums ``y0T`` (``Y`` at p = 0).
+    The tile is ``[BV, QW]`` in one warp: the sums over the features stay within the warp (no barrier)."""
+    tq = q * QW + tl.arange(0, QW)
+    vd = tl.arange(0, BV)
+    vTq = tl.load(vT_ptr + (base * Dv + vd[:, None]) * C + tq[None, :], mask=vd[:, None] < Dv, other=0.0)
+    a = tl.exp(tl.load(g_ptr + base * C + tq))
+    b = tl.load(b_ptr + base * C + tq)
+    bbkk = b * b * tl.load(kk_ptr + base * C + tq)
+    n_starts = (q + 1) * QW  # starts at or after the block's end add nothing here (akap[t, s] = 0 for s >= t)
+    Y = tl.zeros([BV, QW], dtype=tl.float64)
+    p = n_starts - 1
+    col, bv = _start_operands(akapT_ptr, v_ptr, b_ptr, base, p, tq, vd, Dv, C)
+    for _ in range(n_starts):  # from the last start down, the next start's operands loaded a step ahead
+        col_n, bv_n = _start_operands(akapT_ptr, v_ptr, b_ptr, base, tl.maximum(p - 1, 0), tq, vd, Dv, C)
+        Y = _pair_sums_step(Y, col, bv, vTq, a, b, bbkk, p, tq, pair_ptr, base, C)
+        p -= 1
+        col, bv = col_n, bv_n
+    tl.store(y0T_ptr + (base * Dv + vd[:, None]) * C + tq[None, :], Y, mask=vd[:, None] < Dv)
+
+
+@triton.jit
+def _squared_value_norms(v_ptr, base, Dv, C: tl.constexpr, BD: tl.constexpr):
+    """``|v_t|^2`` for the chunk's tokens (``[C]``), ``BD`` features at a time."""
+    t = tl.arange(0, C)
+    acc = tl.zeros([C], dtype=tl.float64)
+    for d0 in range(0, Dv, BD):
+        d = d0 + tl.arange(0, BD)
+        x = tl.load(v_ptr + (base * C + t[:, None]) * Dv + d[None, :], mask=d[None, :] < Dv, other=0.0)
+        acc += tl.sum(x * x, 1)
+    return acc
+
+
+@triton.jit(do_not_specialize=["R", "c0", "Dv"])
+def dla_delta_pairs_kernel(
+    akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, rlen_ptr, scalars_ptr,
+    pair_ptr, y0T_ptr, path_ptr, last_ptr, low_ptr,
+    R, c0, Dv,
+    C: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, QW: tl.constexpr, OVERRIDE: tl.constexpr,
+):
+    """Program (row r, chunk j of the block that starts at chunk c0), one warp. Writes ``pair [C (p), C (t)]`` (token
+    t's score against the slot opened at p < t), ``y0T [Dv, C]``, and per entry e: ``path`` (int64, bit s: s is a
+    start on e's path), ``last`` (its last start) and ``low`` (the smallest norm ratio while e's slot is open).
+
+    First the sums ``X``, ``SS`` of every (start, token) pair, ``QW`` tokens at a time (``_pair_sums``), held in the
+    pair table's two triangles; then, ``G`` starts at a time (``[G, C]`` tiles: each (start, token)'s float64 score
+    math in one lane), the norms, scores, next boundaries and cancellation ratios from them, the scores written over
+    the sums. The lower triangle is left holding ``SS`` (no reader looks below the diagonal). One warp, so that each
+    start's two sums over the features stay within the warp: the four-warp kernel before it (runs 18-31) summed
+    across warps through shared memory, six barriers a start, and took 4.6 ms at (2, 16384, 16, 64) against 2.9-3.3
+    (docs/performance.md, run 32)."""
+    tau = tl.load(scalars_ptr)
+    eps = tl.load(scalars_ptr + 1)
+    norm_eps = tl.load(scalars_ptr + 2)
+    N = tl.load(scalars_ptr + 3)
+    r = tl.program_id(0)
+    base = tl.program_id(1) * R + r
+    n_here = tl.minimum(tl.maximum(tl.load(rlen_ptr + r) - (c0 + tl.program_id(1)) * C, 0), C)
+    n_blocks = tl.cdiv(n_here, QW)
+    for q in range(n_blocks):
+        _pair_sums(akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, pair_ptr, y0T_ptr, base, q, Dv, C, BV, QW)
+    vd = tl.arange(0, BV)[:, None]
+    for q in range(n_blocks, C // QW):  # past the row's end: no run sums (the chain reads them, masked)
+        tq = q * QW + tl.arange(0, QW)[None, :]
+        tl.store(y0T_ptr + (base * Dv + vd) * C + tq, tl.zeros([BV, QW], dtype=tl.float64), mask=vd < Dv)
+    tl.debug_barrier()  # the sums are in memory for every thread
+    t = tl.arange(0, C)
+    row = tl.arange(0, G)[:, None]  # a start's row in its group's tiles
+    valid = t < n_here
+    g = tl.load(g_ptr + base * C + t)
+    b = tl.load(b_ptr + base * C + t)
+    kk = tl.load(kk_ptr + base * C + t)
+    bnd = tl.load(bnd_ptr + base * C + t) != 0 if OVERRIDE else t < 0
+    a = tl.exp(g)
+    em1 = expm1_triton(2.0 * g)
+    fresh = b * b * kk * _squared_value_norms(v_ptr, base, Dv, C, 1024 // C)
+    nxt = tl.full([C], C, tl.int32)
+    low = tl.full([C], 1.0, tl.float64)
+    for i in range(tl.cdiv(n_here, G)):
+        p = i * G + row
+        after = t[None, :] > p
+        opened_at = t[None, :] == p
+        written = after & valid[None, :]  # the sums' blocks end at the row's last token
+        X = tl.load(pair_ptr + (base * C + p) * C + t[None, :], mask=written, other=0.0)
+        SS = tl.load(pair_ptr + (base * C + t[None, :]) * C + p, mask=written, other=0.0)
+        fresh_p = tl.sum(tl.where(opened_at, fresh[None, :], 0.0), 1)[:, None]
+        nP = _norms_before(tl.where(after, (a * a)[None, :], 0.0), tl.where(after, 2.0 * a[None, :] * X + SS, fresh_p),
+                           0.0, C)
+        score, ratio = _scores(nP, X, SS, a[None, :], em1[None, :], N, eps, norm_eps)
+        closes = after & valid[None, :] & (bnd[None, :] if OVERRIDE else score >= tau)
+        nx = tl.min(tl.where(closes, t[None, :], C), 1)[:, None]
+        tl.debug_barrier()  # the group's sums are read before its scores replace them
+        tl.store(pair_ptr + (base * C + p) * C + t[None, :], score, mask=after)
+        low_p = tl.min(tl.where(after & (t[None, :] < nx) & valid[None, :], ratio, 1.0), 1)[:, None]
+        in_group = (t >= i * G) & (t < i * G + G)
+        nxt = tl.where(in_group, tl.sum(tl.where(opened_at, nx, 0), 0), nxt)
+        low = tl.where(in_group, tl.sum(tl.where(opened_at, low_p, 0.0), 0), low)
+    _paths(nxt, low, path_ptr, last_ptr, low_ptr, base, C)
 
 
 @triton.jit
@@ -295,14 +358,16 @@ def _chunked_inputs(k, v, g, beta, boundaries, row_tokens, nC):
 
 def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=None, row_lengths=None,
                          eps: float = 1e-6, norm_eps: float = 1e-6, table_elements: int = _TABLE_ELEMENTS,
-                         table_warps: int = 4, pair_warps: int = 4, chain_warps: int = 8, pair_group: int = PAIR_GROUP,
+                         table_warps: int = 4, chain_warps: int = 8, pair_group: int = PAIR_GROUP,
                          chain_block: int = CHAIN_BLOCK, chain_stages: int = CHAIN_STAGES,
-                         concurrent: bool | None = None):
+                         concurrent: bool | None = None, pair_tokens: int | None = None):
     """:func:`chunk_fwd_decide.decide_delta_rule_triton`'s contract (same arguments and results; ``open_states``
     float64), a chunk at a time. Heads up to :data:`MAX_WIDTH` features. ``table_elements`` bounds a block of
-    chunks' largest tables (the stage's memory); ``table_warps``, ``pair_warps``, ``chain_warps``: the three
-    kernels' warps; ``pair_group``: the starts the pair kernel scores at once (a power of two up to ``C``);
-    ``chain_block``, ``chain_stages``: the chain's Dv block (a power of two) and its products' loads in flight.
+    chunks' largest tables (the stage's memory); ``table_warps``, ``chain_warps``: the table and chain kernels' warps
+    (the pair kernel runs on one); ``pair_group``: the starts the pair kernel scores at once (a power of two up to
+    ``C``); ``pair_tokens``: the tokens of its sums' tiles (a power of two up to ``C``; default ``PAIR_TOKENS``,
+    fewer for wide heads); ``chain_block``, ``chain_stages``: the chain's Dv block (a power of two) and its
+    products' loads in flight.
 
     ``concurrent`` (default: on CUDA, not under the interpreter nor in a graph capture): the chain kernel, one
     program per row, on a stream of its own, so that the next block's tables and pairs (parallel over chunks,
@@ -325,6 +390,7 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     masks = torch.zeros(R, nC, device=dev, dtype=torch.int64)
     scalars = torch.tensor([tau, eps, norm_eps, Dk * Dv, GUARD], device=dev, dtype=torch.float64)
     BK, BV = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
+    QW = pair_tokens or min(PAIR_TOKENS, PAIR_TILE // BV)
     override = bnd is not None
     block = max(1, table_elements // (R * C * C))
     # Not while a CUDA graph is captured: the blocks' tensors are kept for the chain's stream by record_stream.
@@ -347,8 +413,8 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
         last = torch.empty(nb, R, C, device=dev, dtype=torch.int32)
         low = torch.empty(nb, R, C, device=dev, dtype=torch.float64)
         dla_delta_pairs_kernel[(R, nb)](akapT, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, y0T, path,
-                                        last, low, R, c0, Dv, C=C, BV=BV, G=pair_group, OVERRIDE=override,
-                                        num_warps=pair_warps)
+                                        last, low, R, c0, Dv, C=C, BV=BV, G=pair_group, QW=QW, OVERRIDE=override,
+                                        num_warps=1)
         if concurrent:  # the block's tensors, made on this stream, stay allocated until the chain has read them
             chain_stream.wait_stream(main)
             for x in (ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, pair, path, last, low):
