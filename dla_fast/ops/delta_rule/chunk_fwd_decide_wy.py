@@ -33,7 +33,7 @@ import triton.language as tl
 from ...backend import interpreting
 from ..common.layout import chunks, rows
 from ..common.score import expm1_triton, information_score_from_decay_triton
-from ..common.triton_utils import FP64_DOT_K, dot_from_memory, next_pow2
+from ..common.triton_utils import FP64_DOT_K, dot_from_memory, highest_bit_index, next_pow2
 from .chunk_fwd_decide import CHUNK, walk_rows
 from .wy_tables_triton import score_tables_triton
 
@@ -222,9 +222,9 @@ def dla_delta_pairs_kernel(
 
 @triton.jit
 def _entry_of_the_path(ptr, base, e, C: tl.constexpr, none):
-    """Stage 1's per-entry value at entry e of the chunk (``none`` where no token opens a slot, e = C)."""
-    t = tl.arange(0, C)
-    return tl.where(e < C, tl.sum(tl.where(t == e, tl.load(ptr + base * C + t), 0)), none)
+    """Stage 1's per-entry value at entry e of the chunk (``none`` where no token opens a slot, e = C): one scalar
+    load (a masked sum over the chunk's entries would be a reduction across the warps, two barriers)."""
+    return tl.where(e < C, tl.load(ptr + base * C + tl.minimum(e, C - 1)), none)
 
 
 @triton.jit
@@ -328,7 +328,7 @@ def dla_delta_chain_kernel(
         low = tl.minimum(low, _entry_of_the_path(low_ptr, base, e, C, 1.0))
         # Each token's score: against the carried slot up to e, then against the start before it.
         on = (path & bit) != 0
-        owner = tl.max(tl.where(on[None, :] & (t[None, :] < t[:, None]), t[None, :], -1), 1)
+        owner = highest_bit_index(path & (bit - 1))  # the last start before t (-1: none), lane by lane
         paired = tl.load(pair_ptr + (base * C + owner) * C + t, mask=owner >= 0, other=0.0)
         tl.store(score_ptr + r * T + c * C + t, tl.where(owner >= 0, paired, score), mask=valid)
         tl.store(start_ptr + r * T + c * C + t, on.to(tl.int8), mask=valid)
