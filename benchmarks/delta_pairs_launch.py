@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""The delta decisions' pair kernel (``dla_delta_pairs_kernel``) alone at several launch settings, on the
-arguments of one block of chunks captured from ``decide_delta_rule_wy`` on a benchmark workload (CUDA events, median
-of ``--reps`` launches each). Every setting's outputs are compared with the default's: the scores (the pair table's
+"""The delta decisions' pair kernel (``dla_delta_pairs_kernel``) alone at several launch settings, on the arguments
+of one block of chunks captured from ``decide_delta_rule_wy`` on a benchmark workload (``triton.testing.do_bench``
+median over ``--reps`` ms each). Every setting's outputs are compared with the default's: the scores (the pair table's
 upper triangle), ``y0T``, the paths, last starts and ratios.
 
     python benchmarks/delta_pairs_launch.py [--cell 2x16384x64:moderate] [--reps 20] [--out DIR]
@@ -19,13 +19,12 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import TAU, WORKLOADS, configs_named, delta_inputs  # noqa: E402
+from gpu_bench import TAU, WORKLOADS, bench_ms, configs_named, delta_inputs  # noqa: E402
 
 from dla_fast.ops.delta_rule import chunk_fwd_decide_wy as wy  # noqa: E402
 
@@ -74,7 +73,7 @@ def launch(grid, args, options, setting: dict):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cell", default="2x16384x64:moderate")
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=20, help="do_bench's rep, ms")
     ap.add_argument("--once", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
@@ -95,15 +94,7 @@ def main():
             out = launch(grid, kargs, options, setting)
             row["equal"] = all(torch.equal(a, b) for a, b in zip(out, ref))
             row["scores_max_rel"] = float(((out[0] - ref[0]).abs() / ref[0].abs().clamp(min=1e-300)).max())
-            times = []
-            for _ in range(args.reps):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                launch(grid, kargs, options, setting)
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            row["ms"] = statistics.median(times)
+            row["ms"] = bench_ms(lambda: launch(grid, kargs, options, setting), rep=args.reps)
         except Exception as e:  # noqa: BLE001 (a setting that does not build)
             row["error"] = repr(e)[:300]
         rows.append(row)
@@ -113,7 +104,7 @@ def main():
               "w") as f:
         json.dump(dict(card=card, cell=args.cell, grid=list(grid), rows=rows), f, indent=1)
     print(f"{card}, {datetime.date.today()}, {args.cell}: the pair kernel on one block of {grid[1]} chunks x {grid[0]} "
-          f"rows (median of {args.reps} launches)")
+          f"rows (do_bench median over {args.reps} ms)")
     print("| setting | ms | outputs equal to the default's | scores max rel diff |")
     print("| --- | --- | --- | --- |")
     for r in rows:

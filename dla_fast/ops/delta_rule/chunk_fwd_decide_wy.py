@@ -195,7 +195,7 @@ def dla_delta_pairs_kernel(
     bnd = tl.load(bnd_ptr + base * C + t) != 0 if OVERRIDE else t < 0
     a = tl.exp(g)
     em1 = expm1_triton(2.0 * g)
-    fresh = b * b * kk * _squared_value_norms(v_ptr, base, Dv, C, 1024 // C)
+    fresh = b * b * kk * _squared_value_norms(v_ptr, base, Dv, C, PAIR_TILE // C)
     nxt = tl.full([C], C, tl.int32)
     low = tl.full([C], 1.0, tl.float64)
     for i in range(tl.cdiv(n_here, G)):
