@@ -7,7 +7,7 @@ fixture: it waits for the file's rerun and fails with its output unless it passe
 the session's tests are collected, so they run beside each other and the rest of the suite instead of one after
 another: on the 2-core CI machine they were 701 of the suite's 760 s in series; together the suite took 567 s
 (2026-12-01; sharing the cores costs ~25 % more CPU time in all). On 2026-12-02's slower CI-like machine the suite
-took 25-29 min; with the two interpreter speed-ups below (in the reruns' processes only) 12.5 min, CI on a fresh
+took 25-29 min; with the first two interpreter speed-ups below (in the reruns' processes only) 12.5 min, CI on a fresh
 clone 14.3-15.5 min, CPU-bound (24-26 CPU-minutes on 2 cores: splitting the longest file's rerun in two gained
 nothing).
 """
@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ RERUN_TIMEOUT = 1800
 
 _runs: dict[str, tuple[subprocess.Popen, object]] = {}
 INTERPRETER_FOLDS = None  # the interpreter's own folds, where _vectorised_custom_reductions replaced them
+INTERPRETER_NP_DTYPE = None  # the interpreter's own _get_np_dtype, where _memoised_numpy_dtypes replaced it
 
 
 def _skip_nested_language_patches() -> None:
@@ -136,9 +138,85 @@ def _vectorised_custom_reductions() -> None:
     interpreter.ReduceOps.generic_reduce = generic_reduce
 
 
+def _memoised_numpy_dtypes() -> None:
+    """Under the interpreter: a Triton type's NumPy dtype is looked up once per type instead of at every use.
+
+    Triton's interpreter (3.9) maps a type to its NumPy dtype (``_get_np_dtype``) through a dict of 17 types that it
+    builds anew at each call, several calls per operation: measured 2026-12-02 on the CI-like machine, ~10 % of the
+    delta rule's kernels' time. Triton's types are equal when their names are (``tl.dtype.__eq__``), so the answer
+    for a type's class and name is the answer (``tests/test_interpreter_speedups.py``). Does nothing on an
+    interpreter without it."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    if not hasattr(interpreter, "_get_np_dtype"):
+        return
+
+    global INTERPRETER_NP_DTYPE
+    INTERPRETER_NP_DTYPE = own = interpreter._get_np_dtype  # for its test
+    known = {}
+
+    def get_np_dtype(tt_dtype):
+        name = getattr(tt_dtype, "name", None)
+        if not isinstance(name, str):
+            return own(tt_dtype)
+        key = type(tt_dtype), name
+        if key not in known:
+            known[key] = own(tt_dtype)
+        return known[key]
+
+    interpreter._get_np_dtype = get_np_dtype
+
+
+def _launches_on_fresh_stacks() -> None:
+    """Under the interpreter: each kernel launch runs on a thread of its own (the caller waits for it), at the bottom
+    of a fresh frame stack.
+
+    CPython 3.11 keeps a thread's frames in 16 KiB chunks and frees a chunk as soon as the stack drops back below
+    it, so an operation of the interpreter whose calls straddle a chunk boundary maps and unmaps a chunk each time;
+    where the boundaries fall depends on how deep the launch sits. Measured 2026-12-02 on the CI-like machine: under
+    Hypothesis (the Triton gradient properties) 1.4 million mmap/munmap pairs, 90-140 s of system time of that
+    rerun's 190-280 CPU-seconds (it varied with the depth from commit to commit); with launches on fresh threads
+    70 CPU-seconds, 1 s of it system time. The kernels run the same code on the same data either way; a launch's
+    exception is raised in its caller (``tests/test_interpreter_speedups.py``). Does nothing on an interpreter
+    without ``GridExecutor``."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    if not hasattr(interpreter, "GridExecutor"):
+        return
+    launch = interpreter.GridExecutor.__call__
+    on_launch_thread = threading.local()
+
+    def launch_on_a_fresh_stack(self, *args, **kwargs):
+        if getattr(on_launch_thread, "value", False):  # a launch inside a launch: its stack is fresh already
+            return launch(self, *args, **kwargs)
+        outcome = {}
+
+        def run():
+            on_launch_thread.value = True
+            try:
+                outcome["result"] = launch(self, *args, **kwargs)
+            except BaseException as e:  # raised again in the caller
+                outcome["error"] = e
+
+        thread = threading.Thread(target=run, name="interpreted launch", daemon=True)
+        thread.start()
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    interpreter.GridExecutor.__call__ = launch_on_a_fresh_stack
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
     _skip_nested_language_patches()
     _vectorised_custom_reductions()
+    _memoised_numpy_dtypes()
+    _launches_on_fresh_stacks()
 
 
 def _skipped(item) -> bool:

@@ -9,6 +9,9 @@ itself under the interpreter.
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import numpy as np
 import pytest
 
@@ -67,10 +70,17 @@ def _forward(x, cache, tau, lengths, monkeypatch):
     return starts, merged, seen
 
 
-def _case(B, T, H, D, K, dtype, tau, with_cache, lengths, monkeypatch):
+def _case(B, T, H, D, K, dtype, tau, with_cache, lengths):
     """A forward (after one of 40 tokens that fills the cache, where asked; rows zero past their lengths as the API
     pads them) and the maps and tables the chain reads, with a drawn ``dO`` (nonzero past the rows' lengths too:
-    the read weights are zero there) and ``dS_final`` (zero on the slots not live at the end, as the API's)."""
+    the read weights are zero there) and ``dS_final`` (zero on the slots not live at the end, as the API's). A copy
+    of the case built once: several tests read the same cases, and building one (the forward) is the slow part
+    under the interpreter."""
+    return copy.deepcopy(_built_case(B, T, H, D, K, dtype, tau, with_cache, lengths))
+
+
+@functools.cache
+def _built_case(B, T, H, D, K, dtype, tau, with_cache, lengths):
     from dla_fast.ops.delta_rule.chunk_fwd_partition import partition_and_intra
     from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_rows
 
@@ -79,10 +89,11 @@ def _case(B, T, H, D, K, dtype, tau, with_cache, lengths, monkeypatch):
     i64 = dict(device=DEV, dtype=torch.int64)
     cache = (torch.zeros(B, H, K, D, D, device=DEV), torch.zeros(B, H, K, **i64),
              torch.zeros(B, H, K, device=DEV, dtype=F64), torch.zeros(B, H, **i64))
-    if with_cache:
-        _forward([a[:, :prefix] for a in x_all], cache, tau, None, monkeypatch)
-    x, n = after_prefix(x_all, prefix, lengths)
-    starts, merged, seen = _forward(x, cache, tau, n, monkeypatch)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        if with_cache:
+            _forward([a[:, :prefix] for a in x_all], cache, tau, None, monkeypatch)
+        x, n = after_prefix(x_all, prefix, lengths)
+        starts, merged, seen = _forward(x, cache, tau, n, monkeypatch)
     q, k, v, g, lam, beta = x
     nC, R = -(-T // 64), B * H
     tab = output_tables_rows(q, k, g, beta, 0, nC, dtype=torch.float32)
@@ -153,7 +164,7 @@ def _rel(a, ref):
 @needs_kernels
 @pytest.mark.parametrize("B,T,H,D,K,dtype,tau,with_cache,lengths,merges,per_launch", CASES)
 def test_chain_matches_the_torch_backward_and_a_float64_loop(B, T, H, D, K, dtype, tau, with_cache, lengths, merges,
-                                                             per_launch, monkeypatch):
+                                                             per_launch):
     """The start adjoint of chunk 0 equals the torch backward's ``dinit`` and every stored chunk-end adjoint the
     float64 loop's, to float32 rounding. The kernel's products are float32-accurate to ~2^-21 = 4.8e-7 of their
     terms (the split's dropped remainder product, float32 sums), two per chunk on the way to a start adjoint; the
@@ -161,7 +172,7 @@ def test_chain_matches_the_torch_backward_and_a_float64_loop(B, T, H, D, K, dtyp
     cases), relative to the largest entry: start adjoints within 4.7e-7 of the float64 loop and 4.8e-7 of the torch
     backward, chunk-end ones within 1.8e-7 of the loop; ``BOUND`` (2e-6) is four of the products' errors."""
     D = max(D, 32) if CUDA else D  # the GPU routes heads below 32 to torch (docs/triton.md)
-    c = _case(B, T, H, D, K, dtype, tau, with_cache, lengths, monkeypatch)
+    c = _case(B, T, H, D, K, dtype, tau, with_cache, lengths)
     identity = torch.arange(K, device=DEV)
     gathers = ((c["dest_f"] >= 0) & (c["dest_f"] != identity)).any(-1).any()
     assert bool(gathers) == merges  # the case takes the path it is there for
@@ -174,13 +185,13 @@ def test_chain_matches_the_torch_backward_and_a_float64_loop(B, T, H, D, K, dtyp
 
 
 @needs_kernels
-def test_a_wrong_gather_or_a_missing_read_is_caught(monkeypatch):
+def test_a_wrong_gather_or_a_missing_read_is_caught():
     """The comparison with the torch backward catches a wrong merge transpose (each start slot reading the end slot
     left of its own), the reads' adjoint left out and the slots not listed left unmasked in a chunk without merges
     (they would take the adjoint of the end slot of their index, a slot that opened in the chunk): each moves the
     start adjoint by over 1000 times the bound. Measured: 6.6e-3, 1.0 and 5.5e-3 of the largest entry (this case's
     rows hold 1-4 slots, so a shift or a leak touches a few of them)."""
-    c = _case(*CASES[3][:9], monkeypatch)
+    c = _case(*CASES[3][:9])
     dinit = _torch_dinit(c)
     assert _rel(_kernel_chain(c, 3)[0], dinit) < BOUND
     dest_f, slot = c["dest_f"], torch.arange(c["dest_f"].shape[-1], device=DEV, dtype=c["dest_f"].dtype)
@@ -214,7 +225,7 @@ def test_backward_on_kernels_matches_the_float64_torch_backward(case, monkeypatc
     from dla_fast.ops.delta_rule.chunk_bwd_chain import slot_adjoints
 
     D = max(case[3], 32) if CUDA else case[3]
-    c = _case(*case[:3], D, *case[4:9], monkeypatch)
+    c = _case(*case[:3], D, *case[4:9])
     ran = []
     monkeypatch.setattr(chunk_bwd, "slot_adjoints", lambda *a, **kw: ran.append(1) or slot_adjoints(*a, **kw))
     ref = _backward(c, F64, False)
@@ -239,7 +250,7 @@ def test_a_misaligned_segment_is_caught(monkeypatch):
     the bound."""
     from dla_fast.ops.delta_rule import chunk_bwd
 
-    c = _case(*CASES[1][:9], monkeypatch)
+    c = _case(*CASES[1][:9])
     ref = _backward(c, F64, False)
     for path, name in (("torch", "_segment_cotangents"), ("triton", "_segment_cotangents_triton")):
         monkeypatch.setattr(chunk_bwd, "_COTANGENTS", path)
@@ -376,7 +387,7 @@ def test_the_backward_starts_from_the_forward_s_slot_checkpoints(monkeypatch):
 
 @needs_kernels
 @pytest.mark.parametrize("case", CASES)
-def test_the_partition_from_the_forward_s_live_starts_equals_the_rebuilt_one(case, monkeypatch):
+def test_the_partition_from_the_forward_s_live_starts_equals_the_rebuilt_one(case):
     """``DevicePartition`` from the live starts a kernel forward hands over (``live_starts_from_lists`` of its merge
     kernel's lists, every row the call's length) and ``KernelPartition`` (the maps by the partition kernel from the
     forward's decided structure) equal, bit for bit, the partition rebuilt from the trace by ``live_starts``' scans:
@@ -386,7 +397,7 @@ def test_the_partition_from_the_forward_s_live_starts_equals_the_rebuilt_one(cas
     from dla_fast.ops.common.live_starts import DevicePartition, live_starts_from_lists
     from dla_fast.ops.delta_rule.chunk_bwd import KernelPartition
 
-    c = _case(*case[:3], max(case[3], 32) if CUDA else case[3], *case[4:9], monkeypatch)
+    c = _case(*case[:3], max(case[3], 32) if CUDA else case[3], *case[4:9])
     B, T, H, D = c["x"][0].shape
     K, R, s, size0 = c["x"][4].shape[-1], B * H, c["s"], c["size0"]
     nC = -(-T // 64)

@@ -1,9 +1,12 @@
 """The root conftest's speed-ups of Triton's interpreter change no result: its folds of a kernel's own combine
 functions (``tl.associative_scan``, ``tl.reduce``), a slice at a time, give bit for bit the interpreter's own
 element-at-a-time results, on both axes, reversed or not, float32 and float64, 1-D and 2-D, with and without
-``keep_dims``. Runs under the interpreter only (on a GPU there is nothing to compare)."""
+``keep_dims``; its memoised NumPy dtypes are the interpreter's own; its launches on threads of their own compute
+and raise as in their caller's. Runs under the interpreter only (on a GPU there is nothing to compare)."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -72,3 +75,47 @@ def test_vectorised_folds_equal_the_interpreter_s_own(dtype, axis, reverse):
     for own, fast in zip(*outs):
         assert torch.equal(own, fast)
     assert not torch.equal(outs[0][0], torch.zeros_like(a))
+
+
+@pytest.mark.skipif(not INTERPRET, reason="compares the interpreter's own lookup (TRITON_INTERPRET=1)")
+def test_memoised_numpy_dtypes_equal_the_interpreter_s_own():
+    """Every scalar type, pointers to them and blocks of either (looked up twice: the second answer memoised) map to
+    the interpreter's own NumPy dtype."""
+    from triton.runtime import interpreter
+
+    import conftest
+
+    assert interpreter._get_np_dtype.__module__ == conftest.__name__  # the speed-up is what the suite runs on
+    scalars = [tl.int1, tl.int8, tl.uint8, tl.int16, tl.uint16, tl.int32, tl.uint32, tl.int64, tl.uint64, tl.float16,
+               tl.bfloat16, tl.float32, tl.float64, tl.float8e5, tl.float8e4nv]
+    types = scalars + [tl.pointer_type(t) for t in scalars]
+    types += [tl.block_type(t, shape) for t in types for shape in ([16], [4, 8])]
+    for t in types + types:
+        assert interpreter._get_np_dtype(t) == conftest.INTERPRETER_NP_DTYPE(t), t
+
+
+@triton.jit
+def _double_kernel(x_ptr, y_ptr, N: tl.constexpr):
+    i = tl.arange(0, N)
+    tl.store(y_ptr + i, 2 * tl.load(x_ptr + i))
+
+
+@pytest.mark.skipif(not INTERPRET, reason="the interpreter's launches (TRITON_INTERPRET=1)")
+def test_launches_run_on_threads_of_their_own_and_raise_in_their_caller(monkeypatch):
+    """A launch runs on another thread than its caller's, writes the caller's tensors, and an error inside it (here
+    a missing argument, found when the interpreter binds them) is raised in the caller."""
+    from triton.runtime import interpreter
+
+    import conftest
+
+    assert interpreter.GridExecutor.__call__.__module__ == conftest.__name__  # the speed-up is what the suite runs on
+    threads, patch_lang = [], interpreter._patch_lang  # called by every launch, on the thread that runs it
+    monkeypatch.setattr(interpreter, "_patch_lang", lambda fn: threads.append(threading.current_thread()) or
+                        patch_lang(fn))
+    x, y = torch.arange(16, dtype=torch.float32), torch.zeros(16)
+    _double_kernel[(1,)](x, y, N=16)
+    assert torch.equal(y, 2 * x)
+    assert threads and threading.current_thread() not in threads
+    with pytest.raises(TypeError, match="y_ptr"):
+        _double_kernel[(1,)](x, N=16)
+    assert len(threads) == 2  # raised inside the launch

@@ -17,6 +17,7 @@ file in a subprocess with the interpreter (as ``tests/test_triton_kernels.py``).
 
 from __future__ import annotations
 
+import functools
 import gc
 import weakref
 
@@ -65,10 +66,9 @@ def _rows(x):
     return rows(x.detach().cpu(), torch.float64)
 
 
-def _grads(B, T, H, Dk, Dv, K, *, seed, regime_length=10.0, dtype=torch.float32, with_cache=False, tau=0.6,
-           expect_merges=True, settings=DEFAULT_SETTINGS):
-    """``(triton grads, float64 torch grads)`` as dicts of ``[B*H, T, ...]`` float64 CPU tensors."""
-    from dla_fast.ops.scalar_decay.chunk_bwd import backward_scalar_decay_triton
+def _case(B, T, H, Dk, Dv, K, *, seed, regime_length, dtype, with_cache, tau, expect_merges):
+    """The Triton forward of a case, the arguments of its backward and the float64 torch backward (the reference,
+    a dict of ``[B*H, T, ...]`` float64 CPU tensors): ``(backward's arguments, reference)``."""
     from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
     q, k, v, g, w, dO, dS = _inputs(B, T, H, Dk, Dv, K, seed=seed, regime_length=regime_length, dtype=dtype)
@@ -84,11 +84,6 @@ def _grads(B, T, H, Dk, Dv, K, *, seed, regime_length=10.0, dtype=torch.float32,
     dS = dS * live.view(R, K, 1, 1)
     size0 = cache["size"].reshape(R) if with_cache else torch.zeros(R, dtype=torch.int64, device=DEV)
     init = cache["states"]
-    dq, dk, dv, dg, dlam, dinit = backward_scalar_decay_triton(q, k, v, g, w, init, size0, kept, dO, dS, S_final,
-                                                               settings=settings)
-    fast = dict(q=_rows(dq), k=_rows(dk), v=_rows(dv), g=_rows(dg), lam=_rows(dlam))
-    if with_cache:
-        fast["init"] = dinit.double().cpu()
 
     structure = Structure(_rows(starts).bool(), _rows(merged).long(), size0.cpu(), K)
     init64 = (torch.zeros(R, K, Dk, Dv, dtype=torch.float64) if init is None
@@ -100,6 +95,27 @@ def _grads(B, T, H, Dk, Dv, K, *, seed, regime_length=10.0, dtype=torch.float32,
         ref["init"] = rinit
     n_starts, n_merges = int(starts.sum()), int((merged >= 0).sum())
     assert n_starts > 2 * B * H and (n_merges > 0) == expect_merges, (n_starts, n_merges)
+    return (q, k, v, g, w, init, size0, kept, dO, dS, S_final), ref
+
+
+# The same case for a test's parametrizations that change only the backward's settings: its forward and reference
+# run once (each takes as long as a backward under the interpreter).
+_shared_case = functools.cache(_case)
+
+
+def _grads(B, T, H, Dk, Dv, K, *, seed, regime_length=10.0, dtype=torch.float32, with_cache=False, tau=0.6,
+           expect_merges=True, settings=DEFAULT_SETTINGS, shared=False):
+    """``(triton grads, float64 torch grads)`` as dicts of ``[B*H, T, ...]`` float64 CPU tensors; ``shared``: the
+    forward and the reference from :data:`_shared_case`."""
+    from dla_fast.ops.scalar_decay.chunk_bwd import backward_scalar_decay_triton
+
+    args, ref = (_shared_case if shared else _case)(B, T, H, Dk, Dv, K, seed=seed, regime_length=regime_length,
+                                                    dtype=dtype, with_cache=with_cache, tau=tau,
+                                                    expect_merges=expect_merges)
+    dq, dk, dv, dg, dlam, dinit = backward_scalar_decay_triton(*args, settings=settings)
+    fast = dict(q=_rows(dq), k=_rows(dk), v=_rows(dv), g=_rows(dg), lam=_rows(dlam))
+    if with_cache:
+        fast["init"] = dinit.double().cpu()
     return fast, ref
 
 
@@ -134,7 +150,7 @@ _BACKWARD_LAUNCH_OVERRIDES = (("dla_bwd_q_kernel", "num_stages", 1), ("dla_bwd_d
 def test_backward_kernel_variants(settings):
     """The dq kernel's tuning knobs (software-pipelined old-start loop, warps) and the backward kernels' launch
     overrides give the same gradients."""
-    fast, ref = _grads(1, 200, 1, 32, 32, 6, seed=4, regime_length=5.0, settings=settings)
+    fast, ref = _grads(1, 200, 1, 32, 32, 6, seed=4, regime_length=5.0, settings=settings, shared=True)
     _assert_close(fast, ref, 2e-5)
 
 
@@ -152,16 +168,22 @@ def test_every_kernel_named_in_launch_kernels_reads_the_overrides(monkeypatch):
     assert asked == set(settings_module.LAUNCH_KERNELS)
 
 
+@functools.cache
+def _one_range_grads():
+    """The ranges test's case, backward in one range (shared by its parametrizations)."""
+    return _grads(2, 300, 2, 32, 32, 4, seed=12, regime_length=6.0, with_cache=True,
+                  settings=TritonSettings(bwd_start_ranges=1), shared=True)
+
+
 @needs_kernels
 @pytest.mark.parametrize("ranges", [2, 3, 50])
 def test_backward_in_ranges_of_chunks_gives_the_same_gradients(ranges):
     """dB, the reverse scan and dk/dv a range of chunks at a time (``bwd_start_ranges``; 50: one chunk each, the
     count clamped to NC = 5): every gradient bit for bit the one-range backward's, with an initial cache (its pseudo
     starts in the first range) and a final-cache gradient (injected into each range's own dB)."""
-    one, ref = _grads(2, 300, 2, 32, 32, 4, seed=12, regime_length=6.0, with_cache=True,
-                      settings=TritonSettings(bwd_start_ranges=1))
+    one, ref = _one_range_grads()
     split, _ = _grads(2, 300, 2, 32, 32, 4, seed=12, regime_length=6.0, with_cache=True,
-                      settings=TritonSettings(bwd_start_ranges=ranges))
+                      settings=TritonSettings(bwd_start_ranges=ranges), shared=True)
     for name in ref:
         assert torch.equal(split[name], one[name]), f"d{name}"
     _assert_close(split, ref, 2e-5)

@@ -204,11 +204,11 @@ def test_step_matches_reference(K, T, tau, delta):
 def test_steps_in_place_over_a_sequence_match_the_reference(Dv, K, tau, delta):
     """Many in-place steps from an empty cache (merges at most tokens for tau = 0: every token opens a slot),
     Dv over several value blocks and a ragged last block: the same outputs, trace and final cache. Dv = 80 runs
-    8 programs per row, each deciding over two value blocks: 12 steps (8 of them merge) keep it affordable
+    8 programs per row, each deciding over two value blocks: 8 steps (4 of them merge) keep it affordable
     under the interpreter."""
     from dla_fast.ops.scalar_decay.fused_recurrent import step_triton_
 
-    B, T, H, Dk = 1, 12 if Dv > 64 else 24, 2, 16
+    B, T, H, Dk = 1, 8 if Dv > 64 else 24, 2, 16
     q, k, v, g, w = regimes(B, T, H, Dk, Dv, K, seed=Dv + K, regime_length=3.0, jitter=1.0)
     beta = _betas(B, T, H, seed=Dv + K) if delta else None
     o_r, c_r, tr_r = dla_ref.forward(q, k, v, g, w, tau=tau, beta=beta)
@@ -403,10 +403,12 @@ def test_the_value_check_kernel_flags_what_torch_finds():
     from dla_fast.ops.common.value_checks import CHECKED, launch_value_checks, raise_flagged
     from dla_ref.validation import value_checks
 
+    # Narrow heads: 10 blocks of 1024 for q and k (the last partial) instead of 66 at 32 features, the same masking:
+    # v, slot_weights and g end in earlier blocks (g in its second, past element 1234), the blocks after are masked.
     gen = torch.Generator().manual_seed(0)
-    base = dict(q=torch.randn(1, 700, 3, 32, generator=gen), k=torch.randn(1, 700, 3, 32, generator=gen),
-                v=torch.randn(1, 700, 3, 16, generator=gen), g=-torch.rand(1, 700, 3, generator=gen),
-                slot_weights=torch.rand(1, 700, 3, 5, generator=gen))
+    base = dict(q=torch.randn(1, 420, 3, 8, generator=gen), k=torch.randn(1, 420, 3, 8, generator=gen),
+                v=torch.randn(1, 420, 3, 4, generator=gen), g=-torch.rand(1, 420, 3, generator=gen),
+                slot_weights=torch.rand(1, 420, 3, 5, generator=gen))
 
     def expected(x):
         found = [(bool(violated), message) for violated, message in
@@ -445,7 +447,7 @@ def test_the_api_skips_the_final_cache_and_trace_only_when_asked(monkeypatch):
     import dla_fast
 
     monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
-    x = [_t(a) for a in regimes(1, 150, 2, 32, 32, 5, seed=4, regime_length=6.0, jitter=0.5)]
+    x = [_t(a) for a in regimes(1, 100, 2, 32, 32, 5, seed=4, regime_length=6.0, jitter=0.5)]
     o, cache, trace = dla_fast.forward(*x, tau=0.5, return_trace=True)
     o2, cache2, trace2 = dla_fast.forward(*x, tau=0.5, output_final_cache=False)
     assert cache is not None and trace is not None and cache2 is None and trace2 is None
@@ -459,7 +461,7 @@ def test_the_api_streams_the_triton_prefill_without_touching_the_initial_cache(m
     import dla_fast
 
     monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
-    x = [_t(a) for a in regimes(1, 150, 2, 32, 32, 5, seed=4, regime_length=6.0, jitter=0.5)]
+    x = [_t(a) for a in regimes(1, 100, 2, 32, 32, 5, seed=4, regime_length=6.0, jitter=0.5)]
     o, cache, _ = dla_fast.forward(*x, tau=0.5)
     o1, c1, _ = dla_fast.forward(*(t[:, :70] for t in x), tau=0.5)
     before = [t.clone() for t in (c1.states, c1.counts, c1.info, c1.size)]
@@ -474,7 +476,7 @@ def test_the_api_streams_the_triton_prefill_without_touching_the_initial_cache(m
 def test_forward_without_an_initial_cache_equals_an_empty_one():
     """No initial cache (``dla_fast.forward``'s default since run 19 skips the initial slots' prefix states and
     pseudo starts) and an explicit empty one: the same decisions, cache and outputs, bit for bit."""
-    q, k, v, g, w = (_t(x) for x in regimes(1, 150, 2, 32, 32, 5, seed=21, regime_length=6.0, jitter=0.5))
+    q, k, v, g, w = (_t(x) for x in regimes(1, 100, 2, 32, 32, 5, seed=21, regime_length=6.0, jitter=0.5))
     B, _, H, Dk = q.shape
     K = w.shape[-1]
     empty = dict(states=torch.zeros(B, H, K, Dk, v.shape[-1], device=DEV),
@@ -497,7 +499,11 @@ def test_forward_output_grouping(group):
 
 
 @needs_kernels
-@pytest.mark.parametrize("settings", [TritonSettings(table_scan=False), TritonSettings(side_stream=False),
+@pytest.mark.parametrize("settings", [TritonSettings(table_scan=False),
+                                      # no streams under the interpreter: there this is the default path, which
+                                      # every other forward test runs
+                                      pytest.param(TritonSettings(side_stream=False), marks=pytest.mark.skipif(
+                                          not CUDA, reason="the side stream exists on a GPU only")),
                                       TritonSettings(table_overlap=False, pipeline=False),
                                       TritonSettings(launch_overrides=(
                                           ("dla_table_kernel", "num_stages", 1), ("dla_carry_kernel", "num_warps", 8),
@@ -667,7 +673,7 @@ def _merge_reference(bits, scores, counts0, info0, size0, T, K, C):
 
 
 @needs_kernels
-@pytest.mark.parametrize("K,T,rate,seed", [(2, 130, 0.5, 0), (5, 200, 1.0, 1), (30, 150, 0.6, 2), (32, 140, 0.9, 3),
+@pytest.mark.parametrize("K,T,rate,seed", [(2, 130, 0.5, 0), (5, 130, 1.0, 1), (30, 150, 0.6, 2), (32, 140, 0.9, 3),
                                            (8, 260, 0.05, 4)])
 def test_merge_kernel_matches_an_event_by_event_simulation(K, T, rate, seed):
     """``dla_merge_kernel`` against the event-by-event simulation on drawn boundaries, with scores on a grid of
@@ -1067,11 +1073,12 @@ def test_delta_rule_forward_passes_the_equivalence_harness():
 @needs_kernels
 def test_delta_rule_forward_blocks_do_not_change_results(monkeypatch):
     """The blocks of chunks (tables, read weights, one slot-state launch each) only bound memory: with blocks of
-    two chunks, whose slot states pass from launch to launch through the cache tensor, the same decisions and the
-    outputs and states to float32 rounding (the batched torch products group other rows)."""
+    two chunks (three chunks: a block of two, then one of one), whose slot states pass from launch to launch through
+    the cache tensor, the same decisions and the outputs and states to float32 rounding (the batched torch products
+    group other rows)."""
     from dla_fast.ops.delta_rule import chunk_fwd
 
-    q, k, v, g, w, beta = _delta_inputs(1, 200, 2, 16, 16, 4, seed=8, regime_length=5.0, jitter=0.8)
+    q, k, v, g, w, beta = _delta_inputs(1, 130, 2, 16, 16, 4, seed=8, regime_length=5.0, jitter=0.8)
     x = [_t(a) for a in (q, k, v, g, w, beta)]
     whole = _delta_fwd(*x, tau=0.5)
     R, C = 2, 64
