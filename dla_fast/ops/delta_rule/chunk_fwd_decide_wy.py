@@ -43,6 +43,7 @@ PAIR_GROUP = 2  # starts scored at once by the pair kernel ([G, C] tiles; H200, 
 # The pair kernel's sums take [BV, QW] float64 tiles of at most 1024 values (32 a lane: 16 tokens up to 64 features,
 # 8 at 128; sm_90 builds of wider tiles spill).
 PAIR_TOKENS, PAIR_TILE = 16, 1024
+_PAIR_TILE = tl.constexpr(PAIR_TILE)  # the same, for the kernels (they read module constants as constexpr only)
 CHAIN_BLOCK = 64  # the chain's Dv block: its [C, block] float64 reads stay in registers
 CHAIN_STAGES = 2  # the chain's products: loads in flight
 _TABLE_ELEMENTS = 1 << 22  # elements of a block's largest tables ([block, R, C, C] float64, 32 MB)
@@ -195,7 +196,7 @@ def dla_delta_pairs_kernel(
     bnd = tl.load(bnd_ptr + base * C + t) != 0 if OVERRIDE else t < 0
     a = tl.exp(g)
     em1 = expm1_triton(2.0 * g)
-    fresh = b * b * kk * _squared_value_norms(v_ptr, base, Dv, C, PAIR_TILE // C)
+    fresh = b * b * kk * _squared_value_norms(v_ptr, base, Dv, C, _PAIR_TILE // C)
     nxt = tl.full([C], C, tl.int32)
     low = tl.full([C], 1.0, tl.float64)
     for i in range(tl.cdiv(n_here, G)):
