@@ -8,6 +8,8 @@ gradient runs on atomics: not bitwise repeatable). Variants:
 - ``chain_stream``: the chunked decisions with their chain kernel on a stream of its own (the default on CUDA since
   run 30, where ``auto_decisions`` picks the chunks);
 - ``one_stream``: the chunked decisions all on one stream (``decide_delta_rule_wy(concurrent=False)``);
+- ``unguessed``: the chunked decisions on their stream without guesses (``guess=False``: every chunk decided on the
+  chain, as before run 33); ``guess_all_registers``: the guess kernel without its register cap;
 - ``tokens`` / ``chunks``: the token walk / the chunked decisions (on their stream) whatever ``auto_decisions`` says.
 
     python benchmarks/delta_decisions_ab.py [--cells 2x16384x64:moderate,1x65536x64:moderate]
@@ -34,14 +36,16 @@ from gpu_bench import WORKLOADS, _dla_gdn, _leaves, _peak_gib_and_ms, _wall_ms, 
 from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
 
 ORIGINAL = (chunk_fwd.decide_delta_rule_wy, chunk_fwd.auto_decisions)
-VARIANTS = {  # name: (decisions forced, or None for auto_decisions; the chunked chain on its own stream)
-    "chain_stream": (None, True), "one_stream": (None, False), "tokens": ("tokens", True), "chunks": ("chunks", True),
+VARIANTS = {  # name: (decisions forced, or None for auto_decisions; decide_delta_rule_wy's arguments)
+    "chain_stream": (None, {}), "one_stream": (None, dict(concurrent=False)), "unguessed": (None, dict(guess=False)),
+    "guess_all_registers": (None, dict(guess_maxnreg=None)),
+    "tokens": ("tokens", {}), "chunks": ("chunks", {}),
 }
 
 
 def use(name: str) -> None:
-    forced, concurrent = VARIANTS[name]
-    chunk_fwd.decide_delta_rule_wy = functools.partial(ORIGINAL[0], concurrent=concurrent)
+    forced, kwargs = VARIANTS[name]
+    chunk_fwd.decide_delta_rule_wy = functools.partial(ORIGINAL[0], **kwargs)
     chunk_fwd.auto_decisions = ORIGINAL[1] if forced is None else (lambda *a: forced)
 
 

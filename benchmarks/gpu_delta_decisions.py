@@ -10,8 +10,11 @@ and 128) both ``chunk_fwd_decide.decide_delta_rule_triton`` (the token walk) and
 - correctness on the GPU: decisions that differ (with the walk's margin ``|I - tau|`` there), the largest score
   difference (relative, scores above 1e-6; and of the squares, see ``tests/test_triton_kernels.py``), the open
   slot after the call, the rows the guard sent back to the walk;
-- time (median of ``triton.testing.do_bench``) of each, and of the chunked path's stages (CUDA events): the
-  float64 WY tables (``wy_tables_triton``), ``dla_delta_pairs_kernel``, ``dla_delta_chain_kernel``;
+- the chunked path without its guesses (``guess=False``: every chunk on the chain): decisions, scores and open slot
+  bit for bit those with them, and the share of guesses that held;
+- time (median of ``triton.testing.do_bench``) of each, and of the chunked path's stages (CUDA events, one after
+  another): the float64 WY tables (``wy_tables_triton``), ``dla_delta_pairs_kernel``, ``dla_delta_guess_kernel``,
+  ``dla_delta_chain_kernel``;
 - then the whole delta-rule forward (``chunk_fwd.forward_delta_rule_triton``) with each way of deciding.
 
 Raw JSON and a log under --out (default $OUT or .), a compact table printed last. ``--smoke``: tiny shapes on
@@ -42,7 +45,7 @@ class _Stages:
     """CUDA events around the chunked path's stages, summed over its blocks of chunks (ms)."""
 
     def __init__(self, wy, enabled: bool):
-        self.wy, self.enabled, self.ms = wy, enabled, {"tables": 0.0, "pairs": 0.0, "chain": 0.0}
+        self.wy, self.enabled, self.ms = wy, enabled, {"tables": 0.0, "pairs": 0.0, "guess": 0.0, "chain": 0.0}
 
     def _timed(self, name, fn):
         def run(*args, **kw):
@@ -57,17 +60,21 @@ class _Stages:
             return out
         return run
 
+    KERNELS = (("dla_delta_pairs_kernel", "pairs"), ("dla_delta_guess_kernel", "guess"),
+               ("dla_delta_chain_kernel", "chain"))
+
     def __enter__(self):
         wy = self.wy
-        self.saved = (wy.score_tables_triton, wy.dla_delta_pairs_kernel, wy.dla_delta_chain_kernel)
+        self.saved = {attr: getattr(wy, attr) for attr in ("score_tables_triton", *dict(self.KERNELS))}
         wy.score_tables_triton = self._timed("tables", wy.score_tables_triton)
-        for attr, name in (("dla_delta_pairs_kernel", "pairs"), ("dla_delta_chain_kernel", "chain")):
+        for attr, name in self.KERNELS:
             kernel = getattr(wy, attr)
             setattr(wy, attr, _Launcher(kernel, self._timed(name, lambda k, grid, *a, **kw: k[grid](*a, **kw))))
         return self
 
     def __exit__(self, *exc):
-        self.wy.score_tables_triton, self.wy.dla_delta_pairs_kernel, self.wy.dla_delta_chain_kernel = self.saved
+        for attr, fn in self.saved.items():
+            setattr(self.wy, attr, fn)
 
 
 class _Launcher:
@@ -93,12 +100,19 @@ def _case(cfg, wl, dt, dev, args, bench):
     Dv = v.shape[-1]
     size = torch.zeros(B, H, dtype=torch.int64, device=dev)
     chunked = lambda *a, **kw: wy.decide_delta_rule_wy(*a, chain_warps=args.chain_warps, **kw)  # noqa: E731
+    unguessed = lambda *a, **kw: chunked(*a, guess=False, **kw)  # noqa: E731
     row = dict(cfg=cfg, workload=wl, dtype=dt)
     out = {}
-    for name, fn in (("tokens", decide_delta_rule_triton), ("chunks", chunked)):
+    held = []  # per block, the share of its chunks whose guess for the next held (read outside the timings)
+    real_first_wrong = wy._first_wrong
+    for name, fn in (("tokens", decide_delta_rule_triton), ("chunks", chunked), ("unguessed", unguessed)):
         P = torch.zeros(B, H, Dk, Dv, device=dev, dtype=torch.float64)
+        wy._first_wrong = lambda right: held.append(float(right[1:].float().mean())) or real_first_wrong(right)
         out[name] = (*fn(k, v, g, beta, open_states=P, size=size, tau=0.6), P)
+        wy._first_wrong = real_first_wrong
         row[f"{name}_ms"] = bench(lambda: fn(k, v, g, beta, open_states=torch.zeros_like(P), size=size, tau=0.6))
+    row.update(guesses_held=sum(held) / max(len(held), 1),
+               unguessed_bitwise=all(torch.equal(a, b) for a, b in zip(out["chunks"], out["unguessed"])))
     (s1, st1, m1, P1), (s2, st2, m2, P2) = out["tokens"], out["chunks"]
     differ = st1 != st2
     big = s1.abs() > 1e-6
@@ -163,7 +177,8 @@ def main():
         json.dump(dict(device=None if args.smoke else torch.cuda.get_device_name(), args=vars(args), rows=rows), f,
                   indent=1)
     print("\n| B, T, H, D | workload | dtype | rate | differ | score rel | open slot | rows walked | tokens ms | "
-          "chunks ms (tables / pairs / chain) | forward tokens / chunks ms | same trace |")
+          "chunks ms (tables / pairs / guess / chain) | unguessed ms (bitwise) | guesses held | "
+          "forward tokens / chunks ms | same trace |")
     for r in rows:
         if "error" in r:
             print(f"| {tuple(r['cfg'][:4])} | {r['workload']} | {r['dtype']} | error: {r['error'].splitlines()[-1]} |")
@@ -171,7 +186,8 @@ def main():
         s = r["stages_ms"]
         print(f"| {tuple(r['cfg'][:4])} | {r['workload']} | {r['dtype']} | {r['rate']:.3f} | {r['differ']} | "
               f"{r['score_rel_max']:.1e} | {r['open_slot_err']:.1e} | {r['rows_walked']} | {r['tokens_ms']:.2f} | "
-              f"{r['chunks_ms']:.2f} ({s['tables']:.2f} / {s['pairs']:.2f} / {s['chain']:.2f}) | "
+              f"{r['chunks_ms']:.2f} ({s['tables']:.2f} / {s['pairs']:.2f} / {s['guess']:.2f} / {s['chain']:.2f}) | "
+              f"{r['unguessed_ms']:.2f} ({r['unguessed_bitwise']}) | {r['guesses_held']:.2f} | "
               f"{r['fwd_tokens_ms']:.2f} / {r['fwd_chunks_ms']:.2f} | {r['fwd_same_trace']} |")
 
 

@@ -730,7 +730,7 @@ def _walked_rows(monkeypatch):
 
 
 @needs_kernels
-@pytest.mark.parametrize("decisions", ["tokens", "chunks"])
+@pytest.mark.parametrize("decisions", ["tokens", "chunks", "guessed"])
 @pytest.mark.parametrize("T,split,override,rl,jit", [(70, 0, False, 6.0, 0.5), (40, 17, True, 6.0, 0.5),
                                                      (72, 0, False, 1.5, 1.0)])
 def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit, decisions, monkeypatch):
@@ -741,7 +741,8 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit
     back to the walk here). ``split``: the first tokens run through the torch path first and the kernels continue
     from that cache's open slot (a slot already there, several values of ``size``); one row ends early (variable
     lengths); ``override``: the boundaries are given; the third case is dense (most tokens open a slot: a chunk
-    holds more than 32 starts, so the chunked path's pointer doubling needs all its rounds)."""
+    holds more than 32 starts, so the chunked path's pointer doubling needs all its rounds). ``guessed``: a chunk at
+    a time in one launch, chunk 1 decided from a guessed slot (where the call has two chunks)."""
     import dla_fast
     from dla_fast.ops.delta_rule.chunk_fwd_decide import decide_delta_rule_triton
     from dla_fast.ops.delta_rule.chunk_fwd_decide_wy import decide_delta_rule_wy
@@ -749,7 +750,7 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit
     # The chunked decisions one chunk per launch (the open slot passes from launch to launch in memory), the pair
     # kernel's sums a block of 16 tokens at a time (four blocks a chunk).
     one_chunk = functools.partial(decide_delta_rule_wy, table_elements=2 * 64 * 64, pair_tokens=16)
-    decide = decide_delta_rule_triton if decisions == "tokens" else one_chunk
+    decide = dict(tokens=decide_delta_rule_triton, chunks=one_chunk, guessed=decide_delta_rule_wy)[decisions]
     walked = _walked_rows(monkeypatch)
     B, H, D, K = 2, 1, 16, 5
     q, k, v, g, w = regimes(B, T, H, D, D, K, seed=T, regime_length=rl, jitter=jit)
@@ -795,6 +796,43 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit
     if rl < 2.0:
         per_chunk = [int(starts.reshape(B * H, -1)[r, c:c + 64].sum()) for r in range(B * H) for c in range(0, n, 64)]
         assert max(per_chunk) > 32
+
+
+@needs_kernels
+def test_delta_rule_guesses_change_no_decision_and_a_wrong_one_would(monkeypatch):
+    """``decide_delta_rule_wy`` with its guesses (chunks 1 .. of a launch decided at once from the run that ends
+    the previous chunk's entry-0 path; the chain decides again after a chunk whose guess for the next fails) and
+    without (``guess=False``): the same scores, starts, masks and open slot, bit for bit. Given boundaries with no
+    token of chunk 2 opening a slot: chunk 2's guess for chunk 3 fails (the slot is carried through it), the others
+    hold; rows of two lengths. Taking every guess as held instead (mutant) changes chunk 3's scores."""
+    from dla_fast.ops.delta_rule import chunk_fwd_decide_wy as wy
+
+    B, T, H, D = 2, 256, 1, 16
+    q, k, v, g, w = regimes(B, T, H, D, D, 5, seed=3, regime_length=6.0, jitter=0.5)
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    rng = np.random.default_rng(3)
+    beta = rng.uniform(0.2, 1.0, size=(B, T, H))
+    bnd = rng.random((B, T, H)) < 0.1
+    bnd[:, 128:192] = False
+    g = np.full_like(g, -0.02)  # chunk 2 carries a fair share of the slot in (the drawn decays would erase it)
+    x = [_t(a, torch.float64) for a in (k, v, g, beta)]
+
+    def decide(**kw):
+        P = torch.zeros(B, H, D, D, dtype=torch.float64, device=DEV)
+        out = wy.decide_delta_rule_wy(*x, open_states=P, size=torch.zeros(B, H, dtype=torch.int64, device=DEV),
+                                      tau=0.6, boundaries=torch.tensor(bnd, device=DEV),
+                                      row_lengths=torch.tensor([T, T - 30], device=DEV), **kw)
+        return (*out, P)
+
+    held, first_wrong = [], wy._first_wrong
+    monkeypatch.setattr(wy, "_first_wrong", lambda right: held.append(right.cpu()) or first_wrong(right))
+    guessed, unguessed = decide(), decide(guess=False)
+    assert held[0][1:3].tolist() == [[1, 1], [0, 0]]  # chunk j's guess for chunk j + 1 held (rows 0, 1)
+    for a, b in zip(guessed, unguessed):
+        assert torch.equal(a, b)
+    monkeypatch.setattr(wy, "_first_wrong", lambda right: torch.full_like(right, right.shape[0] - 1))
+    wrong = decide()[0]
+    assert torch.equal(wrong[:, :192], unguessed[0][:, :192]) and not torch.equal(wrong, unguessed[0])
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (streams)")

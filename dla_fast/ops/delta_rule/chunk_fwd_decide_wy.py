@@ -6,17 +6,21 @@ tables (``wy_tables_triton``: ``kt``, ``akap``, ``khd``, ``Phi``), the slot read
 
     y_t = [slot carried in] kt_t^T P_c + sum_{s in the slot's run, s < t} akap[t, s] b_s v_s
 
-and the slot's squared norm following ``nP <- a^2 nP + 2 a x + ss`` (fresh: ``b^2 |k|^2 |v|^2``). Two kernels:
+and the slot's squared norm following ``nP <- a^2 nP + 2 a x + ss`` (fresh: ``b^2 |k|^2 |v|^2``). Three kernels:
 
 1. ``dla_delta_pairs_kernel`` (every chunk at once): for every in-chunk start p the scores of the tokens t > p
    against the slot opened at p, hence ``next[p]``, the token that would close it; from ``next`` by pointer
    doubling, for every entry e the starts on the path from e (a bit mask) and its last start. Also the run sums
    ``Y0[t] = sum_{s < t} akap[t, s] b_s v_s`` the carried slot reads, and per start the smallest ratio of the
    norm recursion's result to its terms' magnitudes (how much it cancelled).
-2. ``dla_delta_chain_kernel`` (one program per row, chunks in order): the carried slot's reads (float64
+2. ``dla_delta_guess_kernel`` (every chunk but the block's first at once): the chunk decided as the chain would
+   from a guessed ``P_c``, the run since the previous chunk's last start on entry 0's path: the true slot wherever
+   that chunk had a boundary and its entry's path ends where entry 0's does (section 8.3 there).
+3. ``dla_delta_chain_kernel`` (one program per row, chunks in order): the carried slot's reads (float64
    tensor-core products with ``P_c``, which stays in global memory, ``dot_from_memory``), its scores and its first
    boundary e, the chunk's starts from e's path, every token's score, then ``P_{c+1} = Phi P_c + khd^T (b v)``
-   (no start) or the run since the last start.
+   (no start) or the run since the last start. After a chunk whose path converged it skips the following guessed
+   chunks up to the first whose own guess for the next fails, and takes the slot after it from its guess.
 
 The recursion cancels where the rule erases the state (section 2 there); a row where some ratio falls below
 ``GUARD`` is decided again by the token walk (only those rows; the launch costs the others nothing).
@@ -46,6 +50,7 @@ PAIR_TOKENS, PAIR_TILE = 16, 1024
 _PAIR_TILE = tl.constexpr(PAIR_TILE)  # the same, for the kernels (they read module constants as constexpr only)
 CHAIN_BLOCK = 64  # the chain's Dv block: its [C, block] float64 reads stay in registers
 CHAIN_STAGES = 2  # the chain's products: loads in flight
+GUESS_MAXNREG = 128  # the guess kernel's registers a thread: two programs a SM (H200, run 33: 0.168 -> 0.141 ms)
 _TABLE_ELEMENTS = 1 << 22  # elements of a block's largest tables ([block, R, C, C] float64, 32 MB)
 
 
@@ -229,38 +234,128 @@ def _entry_of_the_path(ptr, base, e, C: tl.constexpr, none):
 
 
 @triton.jit
-def _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, v0,
+def _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_row, a, base, Dk, Dv, v0,
                    C: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr):
     """One Dv block (columns ``v0 ..``) of the carried slot's reads ``y = kt P + y0`` (feature-major
-    ``[block, C]``): ``(sum_j y w, sum_j w w)`` over the block's features (``w = v - a y``)."""
+    ``[block, C]``; ``p_row``: the slot ``P [Dk, Dv]``): ``(sum_j y w, sum_j w w)`` over the block's features
+    (``w = v - a y``)."""
     t = tl.arange(0, C)
     vd = v0 + tl.arange(0, BV)
     inside = vd[:, None] < Dv
-    p_r = p_ptr + r * Dk * Dv + v0
+    p_b = p_row + v0
     yT = tl.load(y0T_ptr + (base * Dv + vd[:, None]) * C + t[None, :], mask=inside, other=0.0)
-    yT += dot_from_memory(p_r, 1, Dv, ktT_ptr + base * Dk * C, C, 1, p_r, Dv - v0, Dk, C, BV, C, BKD, False, STAGES)
+    yT += dot_from_memory(p_b, 1, Dv, ktT_ptr + base * Dk * C, C, 1, p_b, Dv - v0, Dk, C, BV, C, BKD, False, STAGES)
     wT = tl.load(vT_ptr + (base * Dv + vd[:, None]) * C + t[None, :], mask=inside, other=0.0) - a[None, :] * yT
     return tl.sum(yT * wT, 0), tl.sum(wT * wT, 0)
 
 
 @triton.jit
-def _next_open_slot(phiT_ptr, khd_ptr, v_ptr, p_ptr, b_ptr, base, r, first, carried, Dk, Dv, v0,
+def _next_open_slot(phiT_ptr, khd_ptr, v_ptr, b_ptr, src_row, dst_row, base, first, carried, Dk, Dv,
                     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr):
-    """One Dv block (columns ``v0 ..``) of the open slot at the next chunk start, written over ``P`` in place: the
-    run of tokens ``first .. C - 1`` at the chunk end, ``khd^T (b v)``, plus ``Phi P`` where the slot was carried
-    through the chunk. Returns the block's ``sum P^2``."""
+    """The open slot at the next chunk start, written at ``dst_row`` (``[Dk, Dv]``; it may be ``src_row``, the slot
+    at this chunk's start): the run of tokens ``first .. C - 1`` at the chunk end, ``khd^T (b v)``, plus ``Phi P``
+    where the slot was carried through the chunk; ``BV`` columns at a time. Returns its ``|P|^2``."""
     kd = tl.arange(0, BK)
-    vd = v0 + tl.arange(0, BV)
-    p_r = p_ptr + r * Dk * Dv + v0
     run = base * C + first
-    acc = dot_from_memory(khd_ptr + run * Dk, 1, Dk, v_ptr + run * Dv + v0, Dv, 1, b_ptr + run, Dk, C - first,
-                          Dv - v0, BK, BV, BKD, True, STAGES)
-    if carried:
-        acc += dot_from_memory(phiT_ptr + base * Dk * Dk, 1, Dk, p_r, Dv, 1, p_r, Dk, Dk, Dv - v0, BK, BV, BKD, False,
-                               STAGES)
-    tl.debug_barrier()  # every thread has read this block of P before any overwrites it
-    tl.store(p_r + kd[:, None] * Dv + tl.arange(0, BV)[None, :], acc, mask=(kd[:, None] < Dk) & (vd[None, :] < Dv))
-    return tl.sum(tl.sum(acc * acc, 1), 0)
+    squares = tl.zeros([], dtype=tl.float64)
+    for v0 in range(0, Dv, BV):
+        vd = v0 + tl.arange(0, BV)
+        acc = dot_from_memory(khd_ptr + run * Dk, 1, Dk, v_ptr + run * Dv + v0, Dv, 1, b_ptr + run, Dk, C - first,
+                              Dv - v0, BK, BV, BKD, True, STAGES)
+        if carried:
+            acc += dot_from_memory(phiT_ptr + base * Dk * Dk, 1, Dk, src_row + v0, Dv, 1, src_row, Dk, Dk, Dv - v0,
+                                   BK, BV, BKD, False, STAGES)
+        tl.debug_barrier()  # every thread has read this block of the slot before any overwrites it
+        tl.store(dst_row + kd[:, None] * Dv + vd[None, :], acc, mask=(kd[:, None] < Dk) & (vd[None, :] < Dv))
+        squares += tl.sum(tl.sum(acc * acc, 1), 0)
+    return squares
+
+
+@triton.jit
+def _chunk_decisions(ktT_ptr, y0T_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, pair_ptr, path_ptr, last_ptr, low_ptr,
+                     scalars_ptr, score_ptr, start_ptr, mask_ptr, lows_ptr, p_row, base, r, c, n_tok, has, nP0,
+                     T, NC, Dk, Dv, C: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
+                     OVERRIDE: tl.constexpr):
+    """Chunk c of row r decided from the open slot at its start (``p_row``, ``|P|^2 = nP0``; ``has``: the row has a
+    slot): the carried slot's reads, scores and first boundary e, the chunk's starts from e's path, every token's
+    score (stored with the starts and the chunk's boundary mask), and the chunk's smallest norm ratio (``lows``).
+    Returns e (C: no token opens a slot)."""
+    tau = tl.load(scalars_ptr)
+    t = tl.arange(0, C)
+    bit = tl.full([C], 1, tl.int64) << t.to(tl.int64)
+    valid = t < n_tok - c * C
+    g = tl.load(g_ptr + base * C + t)
+    b = tl.load(b_ptr + base * C + t)
+    kk = tl.load(kk_ptr + base * C + t)
+    a = tl.exp(g)
+    tl.debug_barrier()  # the slot at the chunk start is written
+    x = tl.zeros([C], dtype=tl.float64)
+    ww = tl.zeros([C], dtype=tl.float64)
+    for v0 in range(0, Dv, BV):
+        yw_b, ww_b = _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_row, a, base, Dk, Dv, v0, C, BV, BKD, STAGES)
+        x += yw_b
+        ww += ww_b
+    x = b * x
+    ss = b * b * kk * ww
+    nP = tl.reshape(_norms_before((a * a)[None, :], (2.0 * a * x + ss)[None, :], nP0, C), [C])
+    score, ratio = _scores(nP, x, ss, a, expm1_triton(2.0 * g), tl.load(scalars_ptr + 3), tl.load(scalars_ptr + 1),
+                           tl.load(scalars_ptr + 2))
+    score = tl.where(has, score, 0.0)  # an empty cache's first token opens a slot, score 0
+    if OVERRIDE:
+        closes = tl.load(bnd_ptr + base * C + t) != 0
+    else:
+        closes = score >= tau
+    opens = valid & (closes | ((t == 0) & (~has)))
+    e = tl.min(tl.where(opens, t, C))
+    # The chunk's starts: e's path; the norm ratios of the carried slot's tokens and of the path's slots.
+    path = _entry_of_the_path(path_ptr, base, e, C, 0)
+    low = tl.min(tl.where(valid & (t < e) & has, ratio, 1.0))
+    tl.store(lows_ptr + r * NC + c, tl.minimum(low, _entry_of_the_path(low_ptr, base, e, C, 1.0)))
+    # Each token's score: against the carried slot up to e, then against the start before it.
+    owner = highest_bit_index(path & (bit - 1))  # the last start before t (-1: none), lane by lane
+    paired = tl.load(pair_ptr + (base * C + owner) * C + t, mask=owner >= 0, other=0.0)
+    tl.store(score_ptr + r * T + c * C + t, tl.where(owner >= 0, paired, score), mask=valid)
+    tl.store(start_ptr + r * T + c * C + t, ((path & bit) != 0).to(tl.int8), mask=valid)
+    tl.store(mask_ptr + r * NC + c, path)
+    return e
+
+
+@triton.jit
+def _converged(last_ptr, base, e, C: tl.constexpr):
+    """Whether the chunk's last start from entry e (a token opened a slot: e < C) is entry 0's: then the open slot
+    at the next chunk start is the run from that start, whatever the slot carried in."""
+    return (e < C) & (_entry_of_the_path(last_ptr, base, e, C, -1) == tl.load(last_ptr + base * C))
+
+
+# Long: one chunk's decisions from a guessed slot, then the check that lets the chain skip it.
+@triton.jit(do_not_specialize=["R", "c0", "T", "NC", "Dk", "Dv"])
+def dla_delta_guess_kernel(
+    ktT_ptr, y0T_ptr, phiT_ptr, khd_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, rlen_ptr, scalars_ptr,
+    pair_ptr, path_ptr, last_ptr, low_ptr,
+    guess_ptr, entry_ptr, right_ptr, score_ptr, start_ptr, mask_ptr, lows_ptr,
+    R, c0, T, NC, Dk, Dv,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
+    OVERRIDE: tl.constexpr,
+):
+    """Program (row r, chunk j >= 1 of the block): chunk j decided from a guessed open slot at its start, every chunk
+    at once. Where chunk j - 1 has a boundary whatever slot it was entered with, and all its entries' paths end at
+    entry 0's last start L, the slot at chunk j's start is the run from L; the guess is that run (``guess [nb, R,
+    Dk, Dv]``, float64, computed as the chain computes it: the same bits). Writes the chunk's decisions as the chain
+    does, its first boundary (``entry [nb, R]``) and ``right [nb, R]``: whether the guess for chunk j + 1 holds given
+    that this one does (e < C and e's path ends at L). The chain takes a guessed chunk's decisions as they stand
+    where the chunk before it was decided and converged, and decides the others again."""
+    r = tl.program_id(0)
+    j = tl.program_id(1) + 1
+    base = j * R + r
+    before = base - R
+    guess_row = guess_ptr + base * Dk * Dv
+    nP0 = _next_open_slot(phiT_ptr, khd_ptr, v_ptr, b_ptr, guess_row, guess_row, before,
+                          tl.load(last_ptr + before * C), False, Dk, Dv, C, BK, BV, BKD, STAGES)
+    e = _chunk_decisions(ktT_ptr, y0T_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, pair_ptr, path_ptr, last_ptr,
+                         low_ptr, scalars_ptr, score_ptr, start_ptr, mask_ptr, lows_ptr, guess_row, base, r, c0 + j,
+                         tl.load(rlen_ptr + r), r >= 0, nP0, T, NC, Dk, Dv, C, BV, BKD, STAGES, OVERRIDE)
+    tl.store(entry_ptr + base, e)
+    tl.store(right_ptr + base, _converged(last_ptr, base, e, C).to(tl.int32))
 
 
 # Long: one row's sequential chain over the chunks of a block; splitting it would add a round trip per chunk.
@@ -268,81 +363,53 @@ def _next_open_slot(phiT_ptr, khd_ptr, v_ptr, p_ptr, b_ptr, base, r, first, carr
 def dla_delta_chain_kernel(
     ktT_ptr, y0T_ptr, phiT_ptr, khd_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, rlen_ptr, scalars_ptr,
     pair_ptr, path_ptr, last_ptr, low_ptr,
-    p_ptr, has_ptr, flag_ptr, score_ptr, start_ptr, mask_ptr,
+    guess_ptr, entry_ptr, wrong_ptr,
+    p_ptr, has_ptr, score_ptr, start_ptr, mask_ptr, lows_ptr,
     R, nb, c0, T, NC, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
-    OVERRIDE: tl.constexpr,
+    OVERRIDE: tl.constexpr, GUESSED: tl.constexpr,
 ):
     """Program (row r): chunks c0 .. c0 + nb - 1 in order from the open slot ``P [R, Dk, Dv]`` (float64, in
     global memory, advanced in place) and ``has`` (the row has a slot). Reads the tables transposed where it
     takes their columns (``ktT [.., Dk, C]``, ``phiT``). Writes the tokens' scores ``[R, T]`` float64 and starts
-    ``[R, T]`` int8, the chunks' boundary masks ``[R, NC]``, and sets ``flag[r]`` where a norm recursion
-    cancelled. ``BV``: the Dv block (the carried slot is read and advanced a block of columns at a time)."""
-    tau = tl.load(scalars_ptr)
-    eps = tl.load(scalars_ptr + 1)
-    norm_eps = tl.load(scalars_ptr + 2)
-    N = tl.load(scalars_ptr + 3)
+    ``[R, T]`` int8, the chunks' boundary masks ``[R, NC]`` and smallest norm ratios ``lows [R, NC]``. ``BV``: the
+    Dv block (the slot is read and advanced a block of columns at a time).
+
+    ``GUESSED``: ``dla_delta_guess_kernel`` has decided chunks 1 .. nb - 1 from guessed slots. After a chunk
+    decided here that converged (``_converged``), the guesses hold up to the first chunk f whose own guess for the
+    next fails (``wrong [nb, R]``: the first such f from each chunk on, nb - 1 where none); those chunks' decisions
+    stand and the slot after f follows from f's guessed slot and first boundary."""
     r = tl.program_id(0)
-    t = tl.arange(0, C)
     has = tl.load(has_ptr + r) != 0
     n_tok = tl.load(rlen_ptr + r)
-    low = tl.full([C], 1.0, tl.float64)
-    bit = tl.full([C], 1, tl.int64) << t.to(tl.int64)
+    p_row = p_ptr + r * Dk * Dv
     kd = tl.arange(0, BK)
     nP0 = tl.zeros([], dtype=tl.float64)  # |P|^2 of the open slot at the chunk start
     for v0 in range(0, Dv, BV):
         vd = v0 + tl.arange(0, BV)
-        P = tl.load(p_ptr + (r * Dk + kd[:, None]) * Dv + vd[None, :], mask=(kd[:, None] < Dk) & (vd[None, :] < Dv),
-                    other=0.0)
+        P = tl.load(p_row + kd[:, None] * Dv + vd[None, :], mask=(kd[:, None] < Dk) & (vd[None, :] < Dv), other=0.0)
         nP0 += tl.sum(tl.sum(P * P, 1), 0)
-    for j in range(nb):
+    j = tl.zeros([], dtype=tl.int32)
+    while j < nb:
         base = j * R + r
-        c = c0 + j
-        valid = t < n_tok - c * C
-        g = tl.load(g_ptr + base * C + t)
-        b = tl.load(b_ptr + base * C + t)
-        kk = tl.load(kk_ptr + base * C + t)
-        a = tl.exp(g)
-        tl.debug_barrier()  # the previous chunk's P is written
-        # The carried slot's reads, scores and first boundary e.
-        x = tl.zeros([C], dtype=tl.float64)
-        ww = tl.zeros([C], dtype=tl.float64)
-        for v0 in range(0, Dv, BV):
-            yw_b, ww_b = _carried_reads(ktT_ptr, y0T_ptr, vT_ptr, p_ptr, a, base, r, Dk, Dv, v0, C, BV, BKD, STAGES)
-            x += yw_b
-            ww += ww_b
-        x = b * x
-        ss = b * b * kk * ww
-        nP = tl.reshape(_norms_before((a * a)[None, :], (2.0 * a * x + ss)[None, :], nP0, C), [C])
-        score, ratio = _scores(nP, x, ss, a, expm1_triton(2.0 * g), N, eps, norm_eps)
-        score = tl.where(has, score, 0.0)  # an empty cache's first token opens a slot, score 0
-        if OVERRIDE:
-            closes = tl.load(bnd_ptr + base * C + t) != 0
-        else:
-            closes = score >= tau
-        opens = valid & (closes | ((t == 0) & (~has)))
-        e = tl.min(tl.where(opens, t, C))
-        # The chunk's starts: e's path; the norm ratios of the carried slot's tokens and of the path's slots.
-        path = _entry_of_the_path(path_ptr, base, e, C, 0)
-        last = _entry_of_the_path(last_ptr, base, e, C, 0)
-        low = tl.minimum(low, tl.where(valid & (t < e) & has, ratio, 1.0))
-        low = tl.minimum(low, _entry_of_the_path(low_ptr, base, e, C, 1.0))
-        # Each token's score: against the carried slot up to e, then against the start before it.
-        on = (path & bit) != 0
-        owner = highest_bit_index(path & (bit - 1))  # the last start before t (-1: none), lane by lane
-        paired = tl.load(pair_ptr + (base * C + owner) * C + t, mask=owner >= 0, other=0.0)
-        tl.store(score_ptr + r * T + c * C + t, tl.where(owner >= 0, paired, score), mask=valid)
-        tl.store(start_ptr + r * T + c * C + t, on.to(tl.int8), mask=valid)
-        tl.store(mask_ptr + r * NC + c, path)
+        e = _chunk_decisions(ktT_ptr, y0T_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, pair_ptr, path_ptr, last_ptr,
+                             low_ptr, scalars_ptr, score_ptr, start_ptr, mask_ptr, lows_ptr, p_row, base, r, c0 + j,
+                             n_tok, has, nP0, T, NC, Dk, Dv, C, BV, BKD, STAGES, OVERRIDE)
+        has = has | (e < C)
+        f = j  # the chunk whose end slot comes next: this one, or the last of the guessed chunks that hold
+        src = p_row
+        if GUESSED:
+            skip = (j + 1 < nb) & _converged(last_ptr, base, e, C)
+            f = tl.where(skip, tl.load(wrong_ptr + (j + 1) * R + r, mask=skip, other=0), j)
+            e = tl.where(skip, tl.load(entry_ptr + f * R + r, mask=skip, other=0), e)
+            src = tl.where(skip, guess_ptr + (f * R + r) * Dk * Dv, p_row)
+        base = f * R + r
         # The open slot at the next chunk start: the run since the last start (all tokens where none), plus the
         # carried slot through Phi where no token opened a slot.
-        nP0 = tl.zeros([], dtype=tl.float64)
-        for v0 in range(0, Dv, BV):
-            nP0 += _next_open_slot(phiT_ptr, khd_ptr, v_ptr, p_ptr, b_ptr, base, r, last, e == C, Dk, Dv, v0, C, BK,
-                                   BV, BKD, STAGES)
-        has = has | (e < C)
+        nP0 = _next_open_slot(phiT_ptr, khd_ptr, v_ptr, b_ptr, src, p_row, base,
+                              _entry_of_the_path(last_ptr, base, e, C, 0), e == C, Dk, Dv, C, BK, BV, BKD, STAGES)
+        j = f + 1
     tl.store(has_ptr + r, has.to(tl.int32))
-    tl.store(flag_ptr + r, tl.maximum(tl.load(flag_ptr + r), (tl.min(low) < tl.load(scalars_ptr + 4)).to(tl.int32)))
 
 
 def _chunked_inputs(k, v, g, beta, boundaries, row_tokens, nC):
@@ -357,11 +424,36 @@ def _chunked_inputs(k, v, g, beta, boundaries, row_tokens, nC):
     return kc, chunks(rows(v, torch.float64), CHUNK, nC), gc, bc, (kc * kc).sum(-1), bnd
 
 
+def _first_wrong(right):
+    """Per chunk j of a block and row, the first chunk f >= j whose guess for the next fails (``right`` 0; nb - 1
+    where none does): ``[nb, R]`` int32."""
+    nb = right.shape[0]
+    at = torch.arange(nb, device=right.device, dtype=torch.int32).unsqueeze(-1)
+    first = torch.where(right.bool(), nb - 1, at).flip(0)
+    return first.cummin(0).values.flip(0).to(torch.int32).contiguous()
+
+
+def _guessed_chunks(tables, scores, starts, masks, lows, nb, c0, NC, maxnreg, settings):
+    """``dla_delta_guess_kernel`` on chunks 1 .. nb - 1 of the block: ``(guessed slots, first boundaries, first
+    wrong guesses)`` for the chain."""
+    R, T = scores.shape
+    Dv, Dk = tables[1].shape[2], tables[0].shape[2]  # y0T [nb, R, Dv, C], ktT [nb, R, Dk, C]
+    dev = scores.device
+    guesses = torch.empty(nb, R, Dk, Dv, device=dev, dtype=torch.float64)
+    entry = torch.empty(nb, R, device=dev, dtype=torch.int32)
+    right = torch.zeros(nb, R, device=dev, dtype=torch.int32)
+    extra = {} if maxnreg is None or interpreting() else dict(maxnreg=maxnreg)
+    dla_delta_guess_kernel[(R, nb - 1)](*tables, guesses, entry, right, scores, starts, masks, lows, R, c0, T, NC, Dk,
+                                        Dv, **settings, **extra)
+    return guesses, entry, _first_wrong(right)
+
+
 def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=None, row_lengths=None,
                          eps: float = 1e-6, norm_eps: float = 1e-6, table_elements: int = _TABLE_ELEMENTS,
                          table_warps: int = 4, chain_warps: int = 8, pair_group: int = PAIR_GROUP,
                          chain_block: int = CHAIN_BLOCK, chain_stages: int = CHAIN_STAGES,
-                         concurrent: bool | None = None, pair_tokens: int | None = None):
+                         concurrent: bool | None = None, pair_tokens: int | None = None, guess: bool = True,
+                         guess_maxnreg: int | None = GUESS_MAXNREG):
     """:func:`chunk_fwd_decide.decide_delta_rule_triton`'s contract (same arguments and results; ``open_states``
     float64), a chunk at a time. Heads up to :data:`MAX_WIDTH` features. ``table_elements`` bounds a block of
     chunks' largest tables (the stage's memory); ``table_warps``, ``chain_warps``: the table and chain kernels' warps
@@ -369,6 +461,11 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     ``C``); ``pair_tokens``: the tokens of its sums' tiles (a power of two up to ``C``; default ``PAIR_TOKENS``,
     fewer for wide heads); ``chain_block``, ``chain_stages``: the chain's Dv block (a power of two) and its
     products' loads in flight.
+
+    ``guess``: the chunks after each block's first decided from guessed slots first (``dla_delta_guess_kernel``;
+    the same results, bit for bit), the chain deciding only those after a failed guess; ``guess_maxnreg``: the
+    guess kernel's registers a thread (None: uncapped). H200, run 33: the forward at (1, 65536, 16, 64) moderate
+    49.6 -> 41.9 ms, at (2, 16384) 23.9 -> 22.4 ms (sparse and dense -0.2 to -0.5 ms).
 
     ``concurrent`` (default: on CUDA, not under the interpreter nor in a graph capture): the chain kernel, one
     program per row, on a stream of its own, so that the next block's tables and pairs (parallel over chunks,
@@ -385,11 +482,11 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     P = open_states.view(R, Dk, Dv)
     start_slot = P.clone()  # for the rows the token walk decides again
     has = (size.reshape(R) > 0).to(torch.int32)
-    flag = torch.zeros(R, device=dev, dtype=torch.int32)
+    lows = torch.empty(R, nC, device=dev, dtype=torch.float64)
     scores = torch.zeros(R, T, device=dev, dtype=torch.float64)
     starts = torch.zeros(R, T, device=dev, dtype=torch.int8)
     masks = torch.zeros(R, nC, device=dev, dtype=torch.int64)
-    scalars = torch.tensor([tau, eps, norm_eps, Dk * Dv, GUARD], device=dev, dtype=torch.float64)
+    scalars = torch.tensor([tau, eps, norm_eps, Dk * Dv], device=dev, dtype=torch.float64)
     BK, BV = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
     QW = pair_tokens or min(PAIR_TOKENS, PAIR_TILE // BV)
     override = bnd is not None
@@ -416,17 +513,24 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
         dla_delta_pairs_kernel[(R, nb)](akapT, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, y0T, path,
                                         last, low, R, c0, Dv, C=C, BV=BV, G=pair_group, QW=QW, OVERRIDE=override,
                                         num_warps=1)
+        tables = (ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, path, last, low)
+        settings = dict(C=C, BK=BK, BV=min(BV, chain_block), BKD=FP64_DOT_K, STAGES=chain_stages, OVERRIDE=override,
+                        num_warps=chain_warps)
+        guessed = guess and nb > 1
+        guesses = entry = wrong = None
+        if guessed:
+            guesses, entry, wrong = _guessed_chunks(tables, scores, starts, masks, lows, nb, c0, nC, guess_maxnreg,
+                                                    settings)
         if concurrent:  # the block's tensors, made on this stream, stay allocated until the chain has read them
             chain_stream.wait_stream(main)
-            for x in (ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, pair, path, last, low):
+            for x in tables + ((guesses, entry, wrong) if guessed else ()):
                 x.record_stream(chain_stream)
         with torch.cuda.stream(chain_stream) if concurrent else nullcontext():
-            dla_delta_chain_kernel[(R,)](ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars,
-                                         pair, path, last, low, P, has, flag, scores, starts, masks, R, nb, c0, T, nC,
-                                         Dk, Dv, C=C, BK=BK, BV=min(BV, chain_block), BKD=FP64_DOT_K,
-                                         STAGES=chain_stages, OVERRIDE=override, num_warps=chain_warps)
+            dla_delta_chain_kernel[(R,)](*tables, guesses, entry, wrong, P, has, scores, starts, masks, lows, R, nb, c0,
+                                         T, nC, Dk, Dv, GUESSED=guessed, **settings)
     if concurrent:
         main.wait_stream(chain_stream)
+    flag = (lows < GUARD).any(-1).to(torch.int32)
     # The rows whose recursion cancelled: the token walk from the start slot (the other rows walk no token).
     walked = walk_rows(k, v, g, beta, start_slot, size.reshape(R), tau, boundaries, row_tokens * flag, eps,
                        norm_eps)
