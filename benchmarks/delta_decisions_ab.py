@@ -9,7 +9,9 @@ gradient runs on atomics: not bitwise repeatable). Variants:
   run 30, where ``auto_decisions`` picks the chunks);
 - ``one_stream``: the chunked decisions all on one stream (``decide_delta_rule_wy(concurrent=False)``);
 - ``unguessed``: the chunked decisions on their stream without guesses (``guess=False``: every chunk decided on the
-  chain, as before run 33); ``guess_all_registers``: the guess kernel without its register cap;
+  chain, as before run 33); ``guess_all_registers``: the guess kernel without its register cap; ``four_warps``,
+  ``four_warps_capped``: the chain and guess kernels on four warps (they must match), the guess's registers uncapped
+  or capped;
 - ``tokens`` / ``chunks``: the token walk / the chunked decisions (on their stream) whatever ``auto_decisions`` says.
 
     python benchmarks/delta_decisions_ab.py [--cells 2x16384x64:moderate,1x65536x64:moderate]
@@ -39,6 +41,7 @@ ORIGINAL = (chunk_fwd.decide_delta_rule_wy, chunk_fwd.auto_decisions)
 VARIANTS = {  # name: (decisions forced, or None for auto_decisions; decide_delta_rule_wy's arguments)
     "chain_stream": (None, {}), "one_stream": (None, dict(concurrent=False)), "unguessed": (None, dict(guess=False)),
     "guess_all_registers": (None, dict(guess_maxnreg=None)),
+    "four_warps": (None, dict(chain_warps=4, guess_maxnreg=None)), "four_warps_capped": (None, dict(chain_warps=4)),
     "tokens": ("tokens", {}), "chunks": ("chunks", {}),
 }
 

@@ -433,6 +433,23 @@ def _first_wrong(right):
     return first.cummin(0).values.flip(0).to(torch.int32).contiguous()
 
 
+def _block_tables(k_b, v_b, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, c0, override, BV, table_warps, pair_group,
+                  QW):
+    """A block of chunks' score tables and pair kernel: the chain's and guess kernel's first 16 arguments."""
+    nb, R, C, _ = k_b.shape
+    Dv, dev = v_b.shape[-1], k_b.device
+    akapT, ktT, khd, phiT = score_tables_triton(k_b, g_b, b_b, num_warps=table_warps)
+    vT = v_b.transpose(-1, -2).contiguous()
+    pair = torch.empty(nb, R, C, C, device=dev, dtype=torch.float64)
+    y0T = torch.empty(nb, R, Dv, C, device=dev, dtype=torch.float64)
+    path = torch.empty(nb, R, C, device=dev, dtype=torch.int64)
+    last = torch.empty(nb, R, C, device=dev, dtype=torch.int32)
+    low = torch.empty(nb, R, C, device=dev, dtype=torch.float64)
+    dla_delta_pairs_kernel[(R, nb)](akapT, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, y0T, path, last,
+                                    low, R, c0, Dv, C=C, BV=BV, G=pair_group, QW=QW, OVERRIDE=override, num_warps=1)
+    return ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, path, last, low
+
+
 def _guessed_chunks(tables, scores, starts, masks, lows, nb, c0, NC, maxnreg, settings):
     """``dla_delta_guess_kernel`` on chunks 1 .. nb - 1 of the block: ``(guessed slots, first boundaries, first
     wrong guesses)`` for the chain."""
@@ -462,10 +479,9 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     fewer for wide heads); ``chain_block``, ``chain_stages``: the chain's Dv block (a power of two) and its
     products' loads in flight.
 
-    ``guess``: the chunks after each block's first decided from guessed slots first (``dla_delta_guess_kernel``;
-    the same results, bit for bit), the chain deciding only those after a failed guess; ``guess_maxnreg``: the
-    guess kernel's registers a thread (None: uncapped). H200, run 33: the forward at (1, 65536, 16, 64) moderate
-    49.6 -> 41.9 ms, at (2, 16384) 23.9 -> 22.4 ms (sparse and dense -0.2 to -0.5 ms).
+    ``guess``: the chunks after each block's first decided first from guessed slots (``dla_delta_guess_kernel``,
+    the same results bit for bit), the chain only after a failed guess; ``guess_maxnreg``: that kernel's registers
+    a thread (None: uncapped). H200, run 33: forward (1, 65536, 16, 64) 49.6 -> 41.9 ms, (2, 16384) 23.9 -> 22.4.
 
     ``concurrent`` (default: on CUDA, not under the interpreter nor in a graph capture): the chain kernel, one
     program per row, on a stream of its own, so that the next block's tables and pairs (parallel over chunks,
@@ -500,20 +516,10 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
         chain_stream.wait_stream(main)  # the chain's inputs and outputs, allocated and filled above
     for c0 in range(0, nC, block):
         nb = min(nC, c0 + block) - c0
-        akapT, ktT, khd, phiT = score_tables_triton(kc[c0:c0 + nb], gc[c0:c0 + nb], bc[c0:c0 + nb],
-                                                    num_warps=table_warps)
-        v_b, g_b, b_b, kk_b = (x[c0:c0 + nb].contiguous() for x in (vc, gc, bc, kk))
-        vT = v_b.transpose(-1, -2).contiguous()
+        block_inputs = [x[c0:c0 + nb].contiguous() for x in (kc, vc, gc, bc, kk)]
         bnd_b = bnd[c0:c0 + nb].contiguous() if override else starts
-        pair = torch.empty(nb, R, C, C, device=dev, dtype=torch.float64)
-        y0T = torch.empty(nb, R, Dv, C, device=dev, dtype=torch.float64)
-        path = torch.empty(nb, R, C, device=dev, dtype=torch.int64)
-        last = torch.empty(nb, R, C, device=dev, dtype=torch.int32)
-        low = torch.empty(nb, R, C, device=dev, dtype=torch.float64)
-        dla_delta_pairs_kernel[(R, nb)](akapT, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, y0T, path,
-                                        last, low, R, c0, Dv, C=C, BV=BV, G=pair_group, QW=QW, OVERRIDE=override,
-                                        num_warps=1)
-        tables = (ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, path, last, low)
+        tables = _block_tables(*block_inputs, bnd_b, row_tokens, scalars, c0, override, BV, table_warps, pair_group,
+                               QW)
         settings = dict(C=C, BK=BK, BV=min(BV, chain_block), BKD=FP64_DOT_K, STAGES=chain_stages, OVERRIDE=override,
                         num_warps=chain_warps)
         guessed = guess and nb > 1
