@@ -338,12 +338,12 @@ def dla_delta_guess_kernel(
     OVERRIDE: tl.constexpr,
 ):
     """Program (row r, chunk j >= 1 of the block): chunk j decided from a guessed open slot at its start, every chunk
-    at once. Where chunk j - 1 has a boundary whatever slot it was entered with, and all its entries' paths end at
-    entry 0's last start L, the slot at chunk j's start is the run from L; the guess is that run (``guess [nb, R,
-    Dk, Dv]``, float64, computed as the chain computes it: the same bits). Writes the chunk's decisions as the chain
-    does, its first boundary (``entry [nb, R]``) and ``right [nb, R]``: whether the guess for chunk j + 1 holds given
-    that this one does (e < C and e's path ends at L). The chain takes a guessed chunk's decisions as they stand
-    where the chunk before it was decided and converged, and decides the others again."""
+    at once. Wherever chunk j - 1's true first boundary e exists (e < C) and e's path ends at entry 0's last start
+    L, the slot at chunk j's start is the run from L; the guess is that run (``guess [nb, R, Dk, Dv]``, float64,
+    computed as the chain computes it: the same bits). Writes the chunk's decisions as the chain does, its first
+    boundary (``entry [nb, R]``) and ``right [nb, R]``: whether the guess for chunk j + 1 holds given that this one
+    does (the same test on chunk j). The chain takes a guessed chunk's decisions as they stand where the chunk
+    before it was decided and converged, and decides the others again."""
     r = tl.program_id(0)
     j = tl.program_id(1) + 1
     base = j * R + r

@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Where one delta-rule forward's GPU time goes: every kernel of a call through ``dla_fast.forward`` (``gpu_bench``'s
+delta cell: bf16, K = 30, unit keys), its total time and launches by name and stream (CUPTI, through
+``torch.profiler``, one call after two warm-up calls), the busy time of each stream, and the span from the first
+kernel's start to the last one's end. Kernels on different streams may overlap: the stream totals say how much.
+
+    python benchmarks/delta_forward_kernels.py [--cells 2x16384x64:moderate,1x65536x64:moderate] [--out DIR]
+
+Writes ``delta_forward_kernels_<card>_<date>.json``; the tables are printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import WORKLOADS, _dla_gdn, configs_named, delta_inputs  # noqa: E402
+
+
+def kernels_of_one_call(fn) -> list:
+    """``[(name, stream, start us, end us)]`` of the GPU kernels of one ``fn()`` after two warm-up calls."""
+    fn(), fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    found = []
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.elapsed_us() > 0:
+            found.append((e.name, getattr(e, "device_resource_id", 0), e.time_range.start, e.time_range.end))
+    return found
+
+
+def summary(found: list) -> dict:
+    by_name = collections.defaultdict(lambda: [0.0, 0])
+    by_stream = collections.defaultdict(float)
+    for name, stream, start, end in found:
+        key = (name[:60], stream)
+        by_name[key][0] += (end - start) / 1e3
+        by_name[key][1] += 1
+        by_stream[stream] += (end - start) / 1e3
+    span = (max(e for *_, e in found) - min(s for _, _, s, _ in found)) / 1e3
+    rows = sorted(([n, s, ms, k] for (n, s), (ms, k) in by_name.items()), key=lambda r: -r[2])
+    return dict(span_ms=span, streams_ms={str(s): ms for s, ms in by_stream.items()}, kernels=rows)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cells", default="2x16384x64:moderate,1x65536x64:moderate")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("delta_forward_kernels.py: needs a CUDA GPU")
+    cells = {}
+    for spec in args.cells.split(","):
+        name, wname = spec.split(":")
+        x = delta_inputs(*configs_named(name)[0], WORKLOADS[wname])
+        with torch.no_grad():
+            cells[spec] = summary(kernels_of_one_call(lambda: _dla_gdn(*x)))
+    card = torch.cuda.get_device_name()
+    path = os.path.join(args.out, f"delta_forward_kernels_{card.replace(' ', '_')}_{datetime.date.today()}.json")
+    with open(path, "w") as f:
+        json.dump(dict(card=card, cells=cells), f, indent=1)
+    for spec, c in cells.items():
+        streams = ", ".join(f"{s}: {ms:.2f}" for s, ms in c["streams_ms"].items())
+        print(f"\n{card}, {datetime.date.today()}, {spec}: span {c['span_ms']:.2f} ms; busy by stream {streams}")
+        print("| kernel | stream | ms | launches |")
+        print("| --- | --- | --- | --- |")
+        for name, stream, ms, n in c["kernels"][:16]:
+            print(f"| {name} | {stream} | {ms:.2f} | {n} |")
+
+
+if __name__ == "__main__":
+    main()
