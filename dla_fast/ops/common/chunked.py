@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .layout import chunks, rows, unchunk, unrows
+from .layout import chunk_major, unchunk, unrows
 
 
 def to_chunks(x: torch.Tensor, C: int, nC: int, dtype: torch.dtype) -> torch.Tensor:
     """``[B, T, H, *F]`` -> zero-padded ``[nC, B * H, C, *F]`` (contiguous, in ``dtype``): what the scan reads."""
-    return chunks(rows(x, dtype), C, nC).contiguous()
+    return chunk_major(x, C, nC, dtype)
 
 
 def from_chunks(x: torch.Tensor, B: int, H: int, T: int) -> torch.Tensor:

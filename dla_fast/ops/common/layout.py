@@ -31,6 +31,21 @@ def chunks(x: torch.Tensor, C: int, nC: int) -> torch.Tensor:
     return x.view(R, nC, C, *x.shape[2:]).transpose(0, 1)
 
 
+def chunk_major(x: torch.Tensor, C: int, nC: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[B, T, H, *F]`` -> zero-padded, contiguous chunk-major ``[nC, B * H, C, *F]`` (in ``dtype`` if given),
+    written in one copy: ``chunks(rows(x, dtype), C, nC).contiguous()`` casts, reorders and pads in three."""
+    B, T, H = x.shape[:3]
+    F = tuple(x.shape[3:])
+    out = torch.empty(nC, B, H, C, *F, dtype=dtype or x.dtype, device=x.device)
+    whole = min(T // C, nC)
+    moved = lambda y: y.permute(1, 0, 3, 2, *range(4, 4 + len(F)))  # noqa: E731 ([B, n, C, H, *F] -> [n, B, H, C])
+    out[:whole].copy_(moved(x[:, :whole * C].reshape(B, whole, C, H, *F)))
+    if whole < nC:  # the last chunk, partly past T
+        out[whole:].zero_()
+        out[whole, :, :, :T - whole * C].copy_(x[:, whole * C:].movedim(2, 1))
+    return out.view(nC, B * H, C, *F)
+
+
 def unchunk(x: torch.Tensor, T: int) -> torch.Tensor:
     """Chunk-major ``[nC, R, C, *F]`` -> rows-first ``[R, T, *F]`` (the padding dropped)."""
     nC, R, C = x.shape[:3]

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ...backend import interpreting
-from ..common.layout import chunks, rows
+from ..common.layout import chunk_major
 from ..common.score import expm1_triton, information_score_from_decay_triton
 from ..common.triton_utils import FP64_DOT_K, dot_from_memory, highest_bit_index, next_pow2
 from .chunk_fwd_decide import CHUNK, walk_rows
@@ -413,15 +413,15 @@ def dla_delta_chain_kernel(
 
 
 def _chunked_inputs(k, v, g, beta, boundaries, row_tokens, nC):
-    """Chunk-major float64 ``(k, v, g, beta, |k|^2)`` and int8 boundaries (None without), with ``g``
-    and ``beta`` zero past each row's tokens: there the transitions are the identity and nothing is added."""
-    T = k.shape[1]
-    live = (torch.arange(T, device=k.device) < row_tokens.unsqueeze(-1)).double()
-    kc = chunks(rows(k, torch.float64), CHUNK, nC)
-    gc, bc = (chunks(rows(x, torch.float64) * live, CHUNK, nC) for x in (g, beta))
-    bnd = None if boundaries is None else chunks(rows(boundaries, torch.int8), CHUNK, nC)
+    """Chunk-major float64 ``(k, v, g, beta, |k|^2)`` and int8 boundaries (None without), contiguous (a block's
+    slices are too), with ``g`` and ``beta`` zero past each row's tokens: there the transitions are the identity and
+    nothing is added."""
+    live = (torch.arange(nC * CHUNK, device=k.device) < row_tokens.unsqueeze(-1)).view(-1, nC, CHUNK).transpose(0, 1)
+    kc = chunk_major(k, CHUNK, nC, torch.float64)
+    gc, bc = (chunk_major(x, CHUNK, nC, torch.float64).mul_(live) for x in (g, beta))
+    bnd = None if boundaries is None else chunk_major(boundaries, CHUNK, nC, torch.int8)
     # v in float64 here: a 16-bit load feeding Triton 3.6's float64 dot fails to compile for sm_90.
-    return kc, chunks(rows(v, torch.float64), CHUNK, nC), gc, bc, (kc * kc).sum(-1), bnd
+    return kc, chunk_major(v, CHUNK, nC, torch.float64), gc, bc, (kc * kc).sum(-1), bnd
 
 
 def _first_wrong(right):
