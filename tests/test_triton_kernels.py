@@ -804,7 +804,8 @@ def test_delta_rule_guesses_change_no_decision_and_a_wrong_one_would(monkeypatch
     the previous chunk's entry-0 path; the chain decides again after a chunk whose guess for the next fails) and
     without (``guess=False``): the same scores, starts, masks and open slot, bit for bit. Given boundaries with no
     token of chunk 2 opening a slot: chunk 2's guess for chunk 3 fails (the slot is carried through it), the others
-    hold; rows of two lengths. Taking every guess as held instead (mutant) changes chunk 3's scores."""
+    hold; rows of two lengths; one launch, then blocks of two chunks. Taking every guess as held instead (mutant)
+    changes chunk 3's scores."""
     from dla_fast.ops.delta_rule import chunk_fwd_decide_wy as wy
 
     B, T, H, D = 2, 256, 1, 16
@@ -829,6 +830,10 @@ def test_delta_rule_guesses_change_no_decision_and_a_wrong_one_would(monkeypatch
     guessed, unguessed = decide(), decide(guess=False)
     assert held[0][1:3].tolist() == [[1, 1], [0, 0]]  # chunk j's guess for chunk j + 1 held (rows 0, 1)
     for a, b in zip(guessed, unguessed):
+        assert torch.equal(a, b)
+    # Blocks of two chunks: chunk 1 taken from its guess (chunk 0 opens a slot at its entry, so it converges) and the
+    # slot at the first block's end written from that guess; the second block decided on the chain.
+    for a, b in zip(decide(table_elements=2 * B * H * 64 * 64), unguessed):
         assert torch.equal(a, b)
     monkeypatch.setattr(wy, "_first_wrong", lambda right: torch.full_like(right, right.shape[0] - 1))
     wrong = decide()[0]
