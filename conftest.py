@@ -10,12 +10,17 @@ another: on the 2-core CI machine they were 701 of the suite's 760 s in series; 
 took 25-29 min; with the first two interpreter speed-ups below (in the reruns' processes only) 12.5 min, CI on a fresh
 clone 14.3-15.5 min, CPU-bound (24-26 CPU-minutes on 2 cores: splitting the longest file's rerun in two gained
 nothing).
+
+Each rerun also records every kernel launch's compile-time identity (``_recorded_launches``), and
+``tests/test_triton_sm90_builds.py`` compiles them for sm_90 once the reruns are done: the interpreter runs code the
+compiler rejects (2026-12-03: 96 builds, ~100 s on one core).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +33,7 @@ import pytest
 # Seconds to wait for one rerun; they share the machine's cores, so each takes longer than alone (the longest, the
 # kernels' file, ~290 s alone on the CI machine).
 RERUN_TIMEOUT = 1800
+LAUNCH_LOG = "DLA_TEST_LAUNCH_LOG"  # set by a rerun's parent: where its kernel launches are recorded
 
 _runs: dict[str, tuple[subprocess.Popen, object]] = {}
 INTERPRETER_FOLDS = None  # the interpreter's own folds, where _vectorised_custom_reductions replaced them
@@ -212,10 +218,51 @@ def _launches_on_fresh_stacks() -> None:
     interpreter.GridExecutor.__call__ = launch_on_a_fresh_stack
 
 
+def _recorded_launches(log_path: str) -> None:
+    """Under the interpreter: each kernel launch's compile-time identity (module, kernel, argument types, constexpr
+    values, warps, stages, register cap) appended to ``log_path`` as a JSON line, once per identity, for
+    ``tests/test_triton_sm90_builds.py`` to compile for a GPU: the interpreter runs code the compiler rejects."""
+    from triton.runtime import interpreter
+    from triton.runtime.jit import mangle_type
+
+    launch = interpreter.GridExecutor.__call__
+    seen = set()
+
+    def launch_recorded(self, *args, **kwargs):
+        names = inspect.signature(self.fn).parameters
+        try:
+            bound = inspect.getcallargs(self.fn, *args, **{k: v for k, v in kwargs.items() if k in names})
+        except TypeError:  # the launch's own error, raised by the launch
+            return launch(self, *args, **kwargs)
+        types, constexprs = {}, {}
+        for name, value in bound.items():
+            if name in self.constexprs or value is None:
+                constexprs[name] = value
+            else:
+                types[name] = mangle_type(value)
+        options = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if kwargs.get(k) is not None}
+        record = json.dumps(dict(module=self.fn.__globals__["__name__"], kernel=self.fn.__name__, types=types,
+                                 constexprs={k: v for k, v in constexprs.items() if _plain(v)}, options=options),
+                            sort_keys=True)
+        if record not in seen:
+            seen.add(record)
+            with open(log_path, "a") as f:
+                f.write(record + "\n")
+        return launch(self, *args, **kwargs)
+
+    interpreter.GridExecutor.__call__ = launch_recorded
+
+
+def _plain(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
     _skip_nested_language_patches()
     _vectorised_custom_reductions()
     _memoised_numpy_dtypes()
+    if os.environ.get(LAUNCH_LOG):
+        _recorded_launches(os.environ[LAUNCH_LOG])
     _launches_on_fresh_stacks()
 
 
@@ -224,12 +271,24 @@ def _skipped(item) -> bool:
     return any(mark.args and mark.args[0] is True for mark in item.iter_markers("skipif"))
 
 
+@functools.cache
+def launch_dir() -> str:
+    """This session's folder of the reruns' launch logs (``_recorded_launches``), one file per rerun."""
+    return tempfile.mkdtemp(prefix="dla-launches-")
+
+
+def reruns_finished() -> list:
+    """Waits for every rerun started in this session; returns their return codes."""
+    return [process.wait(timeout=RERUN_TIMEOUT) for process, _ in _runs.values()]
+
+
 def _start(item):
     """``item``'s rerun (the process and its output file), started on first use."""
     path = str(item.path)
     if path not in _runs:
         mark = item.get_closest_marker("interpreter_rerun")
-        env = dict(os.environ, TRITON_INTERPRET="1", **mark.kwargs.get("env", {}))
+        log = os.path.join(launch_dir(), f"{item.path.stem}.jsonl")
+        env = dict(os.environ, TRITON_INTERPRET="1", **{LAUNCH_LOG: log}, **mark.kwargs.get("env", {}))
         options = [f"--{name.replace('_', '-')}={value}" for name in mark.kwargs.get("forwarded", ())
                    if (value := item.config.getoption(name, None)) is not None]
         out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (read when its test waits, then closed)
