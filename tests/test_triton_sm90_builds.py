@@ -42,7 +42,7 @@ def _recorded() -> list:
     return list(chosen.values())
 
 
-def _jitted(module: str, kernel: str):
+def _jit_function(module: str, kernel: str):
     fn = getattr(importlib.import_module(module), kernel)
     while not isinstance(fn, triton.runtime.JITFunction):  # autotuners and heuristics wrap it
         fn = fn.fn
@@ -54,7 +54,7 @@ def build(launch: dict):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = _jitted(launch["module"], launch["kernel"])
+    fn = _jit_function(launch["module"], launch["kernel"])
     constexprs = launch["constexprs"]
     signature = {name: launch["types"].get(name, "constexpr") for name in fn.arg_names}
     source = ASTSource(fn=fn, signature=signature,

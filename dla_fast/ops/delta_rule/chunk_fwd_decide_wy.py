@@ -450,11 +450,10 @@ def _block_tables(k_b, v_b, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, c0, over
     return ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, path, last, low
 
 
-def _guessed_chunks(tables, scores, starts, masks, lows, nb, c0, NC, maxnreg, settings):
+def _guessed_chunks(tables, scores, starts, masks, lows, nb, c0, NC, Dk, Dv, maxnreg, settings):
     """``dla_delta_guess_kernel`` on chunks 1 .. nb - 1 of the block: ``(guessed slots, first boundaries, first
     wrong guesses)`` for the chain."""
     R, T = scores.shape
-    Dv, Dk = tables[1].shape[2], tables[0].shape[2]  # y0T [nb, R, Dv, C], ktT [nb, R, Dk, C]
     dev = scores.device
     guesses = torch.empty(nb, R, Dk, Dv, device=dev, dtype=torch.float64)
     entry = torch.empty(nb, R, device=dev, dtype=torch.int32)
@@ -516,8 +515,8 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
         chain_stream.wait_stream(main)  # the chain's inputs and outputs, allocated and filled above
     for c0 in range(0, nC, block):
         nb = min(nC, c0 + block) - c0
-        block_inputs = [x[c0:c0 + nb].contiguous() for x in (kc, vc, gc, bc, kk)]
-        bnd_b = bnd[c0:c0 + nb].contiguous() if override else starts
+        block_inputs = [x[c0:c0 + nb] for x in (kc, vc, gc, bc, kk)]  # contiguous slices (_chunked_inputs)
+        bnd_b = bnd[c0:c0 + nb] if override else starts
         tables = _block_tables(*block_inputs, bnd_b, row_tokens, scalars, c0, override, BV, table_warps, pair_group,
                                QW)
         settings = dict(C=C, BK=BK, BV=min(BV, chain_block), BKD=FP64_DOT_K, STAGES=chain_stages, OVERRIDE=override,
@@ -525,8 +524,8 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
         guessed = guess and nb > 1
         guesses = entry = wrong = None
         if guessed:
-            guesses, entry, wrong = _guessed_chunks(tables, scores, starts, masks, lows, nb, c0, nC, guess_maxnreg,
-                                                    settings)
+            guesses, entry, wrong = _guessed_chunks(tables, scores, starts, masks, lows, nb, c0, nC, Dk, Dv,
+                                                    guess_maxnreg, settings)
         if concurrent:  # the block's tensors, made on this stream, stay allocated until the chain has read them
             chain_stream.wait_stream(main)
             for x in tables + ((guesses, entry, wrong) if guessed else ()):
