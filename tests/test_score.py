@@ -109,8 +109,11 @@ def test_interpreter_run(interpreter_rerun):
 
 
 @needs_kernels
+@pytest.mark.parametrize("table", [False, True], ids=["shared", "table"])
 @pytest.mark.parametrize("cases", [_consistent_cases, _inconsistent_cases], ids=["consistent", "inconsistent"])
-def test_triton_float32_within_its_error_bound(cases):
+def test_triton_float32_within_its_error_bound(cases, table):
+    """Both float32 forms: the shared one (carry scan, step, delta rule) and the pair tables' (reciprocal square
+    roots)."""
     from triton_here import DEV
 
     from dla_fast.ops.common.score import information_score_triton_elementwise
@@ -119,7 +122,8 @@ def test_triton_float32_within_its_error_bound(cases):
     # The float32 kernel takes the scalars rounded to float32; the bound is judged on the rounded inputs.
     r32 = [np.asarray(a, dtype=np.float32).astype(np.float64) for a in (nP, x, ss, g)]
     want = _numba(*r32)
-    got = information_score_triton_elementwise(*(torch.as_tensor(a, device=DEV) for a in r32), N, EPS, NORM_EPS)
+    got = information_score_triton_elementwise(*(torch.as_tensor(a, device=DEV) for a in r32), N, EPS, NORM_EPS,
+                                               table=table)
     got = got.cpu().double().numpy()
     assert np.isfinite(got).all()
     worst = _worst(got, want, r32, 2.0**-24)

@@ -142,23 +142,31 @@ if triton is not None:
         return y, tl.sum(y * w, 0), tl.sum(w * w, 0)
 
     @triton.jit
-    def _score_elementwise_kernel(np_ptr, x_ptr, ss_ptr, g_ptr, out_ptr, n, N, eps, norm_eps, BLOCK: tl.constexpr):
+    def _score_elementwise_kernel(np_ptr, x_ptr, ss_ptr, g_ptr, out_ptr, n, N, eps, norm_eps, BLOCK: tl.constexpr,
+                                  TABLE: tl.constexpr):
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         m = i < n
         nP = tl.load(np_ptr + i, mask=m, other=1.0)
         x = tl.load(x_ptr + i, mask=m, other=0.0)
         ss = tl.load(ss_ptr + i, mask=m, other=0.0)
         g = tl.load(g_ptr + i, mask=m, other=0.0)
-        tl.store(out_ptr + i, information_score_triton(nP, x, ss, g, N, eps, norm_eps), mask=m)
+        if TABLE:
+            score = information_score_table_triton(nP, x, ss, tl.exp(g), expm1_triton(2.0 * g), N, eps, norm_eps)
+        else:
+            score = information_score_triton(nP, x, ss, g, N, eps, norm_eps)
+        tl.store(out_ptr + i, score, mask=m)
 
 
-def information_score_triton_elementwise(nP, x, ss, g, numel: int, eps: float, norm_eps: float) -> torch.Tensor:
-    """The Triton implementation over float32 tensors (1-D, one device): to compare the backends in tests."""
+def information_score_triton_elementwise(nP, x, ss, g, numel: int, eps: float, norm_eps: float, *,
+                                         table: bool = False) -> torch.Tensor:
+    """The Triton implementation over float32 tensors (1-D, one device): to compare the backends in tests.
+    ``table``: the pair tables' form (``information_score_table_triton``) instead of the shared one."""
     if triton is None:
         raise RuntimeError("information_score_triton_elementwise: Triton is not installed")
     nP, x, ss, g = (t.to(torch.float32).contiguous() for t in (nP, x, ss, g))
     out = torch.empty_like(nP)
     BLOCK = 128
     _score_elementwise_kernel[(triton.cdiv(nP.numel(), BLOCK),)](nP, x, ss, g, out, nP.numel(), float(numel),
-                                                                float(eps), float(norm_eps), BLOCK=BLOCK)
+                                                                float(eps), float(norm_eps), BLOCK=BLOCK,
+                                                                TABLE=table)
     return out
