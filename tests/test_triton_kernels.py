@@ -1113,6 +1113,34 @@ def test_delta_rule_forward_passes_the_equivalence_harness():
     _check_harness(_delta_run, "delta", examples=(SCORE_AT_TAU_DELTA, DELTA_BETA_ZERO))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="torch's sync debug mode watches CUDA streams")
+@pytest.mark.parametrize("decisions", ["chunks", "tokens"])
+def test_delta_rule_forward_synchronises_nothing(decisions):
+    """The delta rule's device forward queues its work and returns: no operation waits for the stream (a wait inside
+    the forward drains the GPU, which then idles while the host issues what follows). Checked with torch's sync
+    debug mode set to raise, after a warm-up call (kernels compiled)."""
+    from dla_fast.ops.delta_rule.chunk_fwd import forward_delta_rule_triton
+
+    B, T, H, D, K = 1, 200, 2, 32, 4
+    q, k, v, g, w, beta = (_t(x) for x in _delta_inputs(B, T, H, D, D, K, seed=3, regime_length=4.0, jitter=0.8))
+
+    def run():
+        cache = (torch.zeros(B, H, K, D, D, device=DEV), torch.zeros(B, H, K, device=DEV, dtype=torch.int64),
+                 torch.zeros(B, H, K, device=DEV, dtype=torch.float64), torch.zeros(B, H, device=DEV,
+                                                                                    dtype=torch.int64))
+        return forward_delta_rule_triton(q, k, v, g, w, beta, None, *cache, tau=0.6, decisions=decisions)
+
+    run()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
 @needs_kernels
 def test_delta_rule_forward_blocks_do_not_change_results(monkeypatch):
     """The blocks of chunks (tables, read weights, one slot-state launch each) only bound memory: with blocks of

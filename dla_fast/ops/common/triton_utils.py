@@ -7,6 +7,7 @@ flat row ``(b * T + t) * H + h`` and its features start at ``row * D``; per-row 
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from triton.runtime import driver
@@ -46,6 +47,17 @@ def launch_compiled(compiled, grid, stream: int, *args) -> None:
         compiled[grid](*args, stream=stream)
         return
     compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, None, None, None, *args)
+
+
+def float64_on(device, values) -> torch.Tensor:
+    """``values`` (Python numbers) as a float64 tensor on ``device`` for a kernel to read (Triton passes a Python float
+    as float32), without a host synchronisation: ``torch.tensor(values, device="cuda")`` copies from pageable memory
+    and then waits for everything queued on the stream, so that inside a forward the GPU drains and idles while the
+    host goes on. A copy from pinned memory is queued instead. While a CUDA graph is being captured the plain
+    tensor (which refuses to be captured) rather than a copy from a host buffer the graph would read at replay."""
+    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return torch.tensor(values, device=device, dtype=torch.float64)
+    return torch.tensor(values, dtype=torch.float64, pin_memory=True).to(device, non_blocking=True)
 
 
 def stream_getter():

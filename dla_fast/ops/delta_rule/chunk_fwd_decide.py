@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..common.score import delta_rule_increment, expm1_triton, information_score_from_decay_triton
-from ..common.triton_utils import next_pow2
+from ..common.triton_utils import float64_on, next_pow2
 
 CHUNK = 64  # tokens per boundary mask (one int64), as the scalar-decay forward's chunks
 
@@ -140,7 +140,7 @@ def walk_rows(k, v, g, beta, open_states, size, tau, boundaries, row_tokens, eps
     dla_delta_decide_kernel[(BH,)](
         k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), bnd, row_tokens.contiguous(),
         open_states, size.contiguous(), scores, starts, masks,
-        torch.tensor([tau, eps, norm_eps], device=dev, dtype=torch.float64), T, H, Dk, Dv,
+        float64_on(dev, [tau, eps, norm_eps]), T, H, Dk, Dv,
         BK=BK, BV=BV, C=CHUNK, OVERRIDE=override, num_warps=num_warps or (4 if BK * BV <= 64 * 64 else 8),
     )
     return scores, starts, masks

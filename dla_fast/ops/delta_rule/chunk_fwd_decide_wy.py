@@ -37,7 +37,7 @@ import triton.language as tl
 from ...backend import interpreting
 from ..common.layout import chunk_major
 from ..common.score import expm1_triton, information_score_from_decay_triton
-from ..common.triton_utils import FP64_DOT_K, dot_from_memory, highest_bit_index, next_pow2
+from ..common.triton_utils import FP64_DOT_K, dot_from_memory, float64_on, highest_bit_index, next_pow2
 from .chunk_fwd_decide import CHUNK, walk_rows
 from .wy_tables_triton import score_tables_triton
 
@@ -501,7 +501,7 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     scores = torch.zeros(R, T, device=dev, dtype=torch.float64)
     starts = torch.zeros(R, T, device=dev, dtype=torch.int8)
     masks = torch.zeros(R, nC, device=dev, dtype=torch.int64)
-    scalars = torch.tensor([tau, eps, norm_eps, Dk * Dv], device=dev, dtype=torch.float64)
+    scalars = float64_on(dev, [tau, eps, norm_eps, Dk * Dv])
     BK, BV = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
     QW = pair_tokens or min(PAIR_TOKENS, PAIR_TILE // BV)
     override = bnd is not None
