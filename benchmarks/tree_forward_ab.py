@@ -33,6 +33,7 @@ import torch
 import dla_fast  # before gpu_bench, which puts this checkout first on sys.path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from delta_forward_kernels import kernels_of_one_call  # noqa: E402
 from gpu_bench import K_SLOTS, TAU, WORKLOADS, configs_named, delta_inputs, workload  # noqa: E402
 
 SCALAR_CELLS = "8x4096x64:sparse,8x4096x64:moderate,8x4096x64:dense,2x16384x64:moderate,8x4096x128:moderate"
@@ -65,14 +66,11 @@ def syncs_of(call) -> int:
 
 
 def kernels_of(call) -> dict:
-    """us per ``dla_*`` kernel name in one call (CUPTI)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        call()
-        torch.cuda.synchronize()
+    """us per ``dla_*`` kernel name in one call (CUPTI, ``delta_forward_kernels``'s profile of one call)."""
     found = {}
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA and e.name.startswith("dla_"):
-            found[e.name] = found.get(e.name, 0.0) + e.time_range.elapsed_us()
+    for name, _, start, end in kernels_of_one_call(call):
+        if name.startswith("dla_"):
+            found[name] = found.get(name, 0.0) + (end - start)
     return found
 
 

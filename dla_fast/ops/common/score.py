@@ -98,37 +98,29 @@ if triton is not None:
         return information_score_from_decay_triton(nP, x, ss, tl.exp(g), expm1_triton(2.0 * g), N, eps, norm_eps)
 
     @triton.jit
-    def information_score_from_decay_triton(nP, x, ss, a, em1, N, eps, norm_eps):
+    def information_score_from_decay_triton(nP, x, ss, a, em1, N, eps, norm_eps, RSQRT: tl.constexpr = False):
         """The score with the decay's two terms given: ``a = exp(g)``, ``em1 = expm1(2 g)`` (the carry scan reads
-        them from its table instead of computing them in its sequential loop)."""
+        them from its table instead of computing them in its sequential loop). ``RSQRT`` (the pair tables, 64 x 64
+        scores a chunk): the norms' reciprocals by reciprocal square roots and the norms as ``r^2 / r``, two MUFU.RSQ
+        and two products in place of two square roots and two divisions (~10 instructions fewer a score on sm_90);
+        as accurate (``rsqrt.approx`` ~1 ulp, ``sqrt.approx`` then ``div.full`` ~3), a few ulps apart."""
         # Four divisions per score instead of ten (the pair tables score 64 x 64 pairs a chunk; the carry scan's
         # chain waits on each): 1 / N once, the norms' reciprocals once each, then products.
         inv_n = 1.0 / N
         r2 = nP * inv_n + norm_eps
         w = 2.0 * a * x + ss
         rp2 = tl.maximum((a * a * nP + w) * inv_n + norm_eps, norm_eps)
-        r = tl.sqrt(r2)
-        rp = tl.sqrt(rp2)
-        inv_r = 1.0 / r
-        inv_rp = 1.0 / rp
+        if RSQRT:
+            inv_r = tl.math.rsqrt(r2)
+            inv_rp = tl.math.rsqrt(rp2)
+            r = r2 * inv_r
+            rp = rp2 * inv_rp
+        else:
+            r = tl.sqrt(r2)
+            rp = tl.sqrt(rp2)
+            inv_r = 1.0 / r
+            inv_rp = 1.0 / rp
         c = (em1 * norm_eps - w * inv_n) * (inv_r * inv_rp) / (a * r + rp)
-        d2 = tl.maximum(c * c * nP + 2.0 * c * x * inv_rp + ss * (inv_rp * inv_rp), 0.0)
-        return tl.sqrt(d2) / (tl.sqrt(nP) * inv_r + eps)
-
-    @triton.jit
-    def information_score_table_triton(nP, x, ss, a, em1, N, eps, norm_eps):
-        """:func:`information_score_from_decay_triton` for the pair tables (64 x 64 scores a chunk): the norms'
-        reciprocals by reciprocal square roots and the norms from those (``r = r^2 / r``), two MUFU.RSQ and two
-        products where the shared one takes two square roots and two divisions (~10 instructions fewer per
-        score on sm_90). As accurate (``rsqrt.approx``: ~1 ulp, against ``sqrt.approx`` then ``div.full``: ~3),
-        a few ulps apart from the shared one."""
-        inv_n = 1.0 / N
-        r2 = nP * inv_n + norm_eps
-        w = 2.0 * a * x + ss
-        rp2 = tl.maximum((a * a * nP + w) * inv_n + norm_eps, norm_eps)
-        inv_r = tl.math.rsqrt(r2)
-        inv_rp = tl.math.rsqrt(rp2)
-        c = (em1 * norm_eps - w * inv_n) * (inv_r * inv_rp) / (a * (r2 * inv_r) + rp2 * inv_rp)
         d2 = tl.maximum(c * c * nP + 2.0 * c * x * inv_rp + ss * (inv_rp * inv_rp), 0.0)
         return tl.sqrt(d2) / (tl.sqrt(nP) * inv_r + eps)
 
@@ -143,24 +135,22 @@ if triton is not None:
 
     @triton.jit
     def _score_elementwise_kernel(np_ptr, x_ptr, ss_ptr, g_ptr, out_ptr, n, N, eps, norm_eps, BLOCK: tl.constexpr,
-                                  TABLE: tl.constexpr):
+                                  RSQRT: tl.constexpr):
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         m = i < n
         nP = tl.load(np_ptr + i, mask=m, other=1.0)
         x = tl.load(x_ptr + i, mask=m, other=0.0)
         ss = tl.load(ss_ptr + i, mask=m, other=0.0)
         g = tl.load(g_ptr + i, mask=m, other=0.0)
-        if TABLE:
-            score = information_score_table_triton(nP, x, ss, tl.exp(g), expm1_triton(2.0 * g), N, eps, norm_eps)
-        else:
-            score = information_score_triton(nP, x, ss, g, N, eps, norm_eps)
+        score = information_score_from_decay_triton(nP, x, ss, tl.exp(g), expm1_triton(2.0 * g), N, eps, norm_eps,
+                                                    RSQRT=RSQRT)
         tl.store(out_ptr + i, score, mask=m)
 
 
 def information_score_triton_elementwise(nP, x, ss, g, numel: int, eps: float, norm_eps: float, *,
                                          table: bool = False) -> torch.Tensor:
     """The Triton implementation over float32 tensors (1-D, one device): to compare the backends in tests.
-    ``table``: the pair tables' form (``information_score_table_triton``) instead of the shared one."""
+    ``table``: the pair tables' form (``RSQRT``) instead of the shared one."""
     if triton is None:
         raise RuntimeError("information_score_triton_elementwise: Triton is not installed")
     nP, x, ss, g = (t.to(torch.float32).contiguous() for t in (nP, x, ss, g))
@@ -168,5 +158,5 @@ def information_score_triton_elementwise(nP, x, ss, g, numel: int, eps: float, n
     BLOCK = 128
     _score_elementwise_kernel[(triton.cdiv(nP.numel(), BLOCK),)](nP, x, ss, g, out, nP.numel(), float(numel),
                                                                 float(eps), float(norm_eps), BLOCK=BLOCK,
-                                                                TABLE=table)
+                                                                RSQRT=table)
     return out

@@ -13,11 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..common.score import (
-    expm1_triton,
-    information_score_from_decay_triton,
-    information_score_table_triton,
-)
+from ..common.score import expm1_triton, information_score_from_decay_triton
 from ..common.triton_utils import (
     bit_index,
     chunk_tokens,
@@ -113,8 +109,8 @@ def dla_table_kernel(
         Y = tl.where(row >= col, 2.0 * a[:, None] * X + ss[:, None], 0.0)
         nPt = tl.dot(Dm * Dm, Y, input_precision=PREC)
     N = (Dk * Dv).to(tl.float32)
-    I = information_score_table_triton(nPt, X, ss[:, None], a[:, None], expm1_triton(2.0 * g)[:, None], N, eps,
-                                       norm_eps)
+    I = information_score_from_decay_triton(nPt, X, ss[:, None], a[:, None], expm1_triton(2.0 * g)[:, None], N,
+                                            eps, norm_eps, RSQRT=True)
     I = tl.where(lower & valid[:, None], I, 0.0)
     base = bh * NC + c
     tl.store(itab_ptr + base * C * C + row * C + col, I)
