@@ -91,19 +91,25 @@ def dla_table_kernel(
     Dm = tl.where(lower, tl.exp(tl.minimum(Gm1[:, None] - Gc[None, :], 0.0)), 0.0)
     a = tl.exp(g)
     if SCAN:
+        # From here on, tile column q holds pair column p = pc = C - 1 - q (the scan's tiles and the score):
+        # X's suffix sum is then a forward scan of the reversed row. Triton reverses a reverse scan's rows before
+        # and after (5 butterfly shuffles a register each way, sm_90: ~160 SHFL); here the reversal rides on the
+        # gather below, and the columns stay reversed (relabelled) up to the stores. Same sums, same order.
+        pc = C - 1 - col
         # X[t, p] = sum_{s=p}^{t-1} exp(Gc[t-1] - Gc[s]) Gram[t, s]: a suffix sum along each row.
-        # The identity gather along the rows pins the scan to a layout with each row in one warp (sm_90: a warp
+        # The gather along the rows pins the scan to a layout with each row in one warp (sm_90: a warp
         # scan, then one transpose into the column scan's layout); left alone, Triton scans in the column scan's
         # layout, across the 8 warps through shared memory (~240 instructions more, 3x the shared loads).
-        X = tl.cumsum(tl.gather(Dm * gram, col + 0 * row, 1), 1, reverse=True)
+        X = tl.cumsum(tl.gather(Dm * gram, pc + 0 * row, 1), 1)
         # Y[u, p] = (2 a_u X[u, p] + ss_u) [u >= p];  nP[t, p] = sum_{u < t} exp(2(Gc[t-1] - Gc[u])) Y[u, p]:
         # the scan nP[t] = a_{t-1}^2 nP[t-1] + Y[t-1] down each column (Y and a shifted by one token).
-        Y = tl.where(row >= col, 2.0 * a[:, None] * X + ss[:, None], 0.0)
+        Y = tl.where(row >= pc, 2.0 * a[:, None] * X + ss[:, None], 0.0)
         sh = tl.maximum(row - 1, 0) + col * 0
         Ysh = tl.where(row > 0, tl.gather(Y, sh, 0), 0.0)
         a2 = tl.where(row > 0, tl.exp(2.0 * tl.gather(g, tl.maximum(t_idx - 1, 0), 0))[:, None] + 0.0 * Y, 1.0)
         _, nPt = tl.associative_scan((a2, Ysh), 0, decay_scan_combine)
     else:
+        pc = col
         ge = tl.where(row >= col, 1.0, 0.0)  # ge[s, p] = [s >= p]
         X = tl.dot(Dm * gram, ge, input_precision=PREC)
         Y = tl.where(row >= col, 2.0 * a[:, None] * X + ss[:, None], 0.0)
@@ -111,15 +117,17 @@ def dla_table_kernel(
     N = (Dk * Dv).to(tl.float32)
     I = information_score_from_decay_triton(nPt, X, ss[:, None], a[:, None], expm1_triton(2.0 * g)[:, None], N,
                                             eps, norm_eps, RSQRT=True)
-    I = tl.where(lower & valid[:, None], I, 0.0)
+    lower_p = pc < row  # p < t in the (possibly reversed) tile columns
+    I = tl.where(lower_p & valid[:, None], I, 0.0)
     base = bh * NC + c
-    tl.store(itab_ptr + base * C * C + row * C + col, I)
+    tl.store(itab_ptr + base * C * C + row * C + pc, I)
     # The carry scan's inputs that do not depend on the carried slot: the chunk-start column (p = 0) and the
     # decay terms, so that its sequential loop only loads them.
     cvec = cvec_ptr + base * CARRY_ROWS * C + t_idx
-    # X's column 0 by a gather in the row scan's layout (a shuffle per row, no reduction)
-    tl.store(cvec + CV_X0 * C, tl.reshape(tl.gather(X, tl.zeros([C, 1], dtype=tl.int32), 1), [C]))
-    tl.store(cvec + CV_NP0 * C, tl.sum(tl.where(col == 0, nPt, 0.0), 1))
+    # X's column p = 0 by a gather in the row scan's layout (a shuffle per row, no reduction)
+    q0 = C - 1 if SCAN else 0  # the tile column of p = 0
+    tl.store(cvec + CV_X0 * C, tl.reshape(tl.gather(X, tl.full([C, 1], q0, tl.int32), 1), [C]))
+    tl.store(cvec + CV_NP0 * C, tl.sum(tl.where(col == q0, nPt, 0.0), 1))
     tl.store(cvec + CV_SS * C, ss)
     tl.store(cvec + CV_EG * C, tl.exp(Gm1))
     tl.store(cvec + CV_ASH * C, tl.where(t_idx > 0, tl.exp(tl.gather(g, tl.maximum(t_idx - 1, 0), 0)), 1.0))
@@ -130,8 +138,10 @@ def dla_table_kernel(
     tl.store(decay_ptr + base, eGl)
     if NEED_ANC:
         own = tok < tl.load(rlen_ptr + bh)  # the row's own tokens (variable-length batches end early)
-        hit = lower & (valid & own)[:, None] & (tau <= I)
-        nxt = tl.min(tl.where(hit, row, C), 0)  # next(p), C if none in the chunk
+        hit = lower_p & (valid & own)[:, None] & (tau <= I)
+        nxt = tl.min(tl.where(hit, row, C), 0)  # next(p) of tile column q, C if none in the chunk
+        if SCAN:  # back to p order: a gather through shared memory where a layout conversion was anyway
+            nxt = tl.gather(nxt, C - 1 - t_idx, 0)
         # The pointer doubling on [C, 8] copies (one column a warp at 8 warps): a gather along axis 0 is then
         # warp-local (shuffles), where a [C] gather goes through shared memory and a barrier each time
         # (sm_90: ~470 instructions fewer). Warp 0's column is stored.
