@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from dla_fast.ops.common.triton_utils import bit_index, mask_bits
+from dla_fast.ops.scalar_decay.chunk_fwd_decide import itab_index
 
 
 # Long: the merge simulation keeps the K slots in registers across all events of the call.
@@ -55,7 +56,7 @@ def dla_merge_kernel_baseline(
             msb_hi = ((hi.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023 + 32
             msb_lo = ((lo.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023
             pt = tl.where(lt == 0, -1, tl.where(hi > 0, msb_hi, msb_lo)).to(tl.int32)
-            it = tl.load(itab_ptr + (bh * NC + c) * C * C + t_idx * C + tl.maximum(pt, 0), mask=pt >= 0, other=0.0)
+            it = tl.load(itab_ptr + itab_index(bh * NC + c, t_idx, pt, C), mask=pt >= 0, other=0.0)
             cs0 = tl.load(cscore_ptr + bh * NC * C + c * C + t_idx, volatile=True)
             sc = tl.where(pt >= 0, it, cs0)
             sc = tl.where(t_idx < nvalid, sc, 0.0)

@@ -90,12 +90,12 @@ def dla_table_kernel(
     lower = col < row  # s < t
     Dm = tl.where(lower, tl.exp(tl.minimum(Gm1[:, None] - Gc[None, :], 0.0)), 0.0)
     a = tl.exp(g)
+    # From here on, tile column q holds pair column p = pc = C - 1 - q (the scan's tiles, the score, and itab in
+    # memory): X's suffix sum is then a forward scan of the reversed row. Triton reverses a reverse scan's rows
+    # before and after (5 butterfly shuffles a register each way, sm_90: ~160 SHFL); here the reversal rides on
+    # the gather below, and the columns stay reversed (relabelled) through the store. Same sums, same order.
+    pc = C - 1 - col
     if SCAN:
-        # From here on, tile column q holds pair column p = pc = C - 1 - q (the scan's tiles and the score):
-        # X's suffix sum is then a forward scan of the reversed row. Triton reverses a reverse scan's rows before
-        # and after (5 butterfly shuffles a register each way, sm_90: ~160 SHFL); here the reversal rides on the
-        # gather below, and the columns stay reversed (relabelled) up to the stores. Same sums, same order.
-        pc = C - 1 - col
         # X[t, p] = sum_{s=p}^{t-1} exp(Gc[t-1] - Gc[s]) Gram[t, s]: a suffix sum along each row.
         # The gather along the rows pins the scan to a layout with each row in one warp (sm_90: a warp
         # scan, then one transpose into the column scan's layout); left alone, Triton scans in the column scan's
@@ -109,25 +109,25 @@ def dla_table_kernel(
         a2 = tl.where(row > 0, tl.exp(2.0 * tl.gather(g, tl.maximum(t_idx - 1, 0), 0))[:, None] + 0.0 * Y, 1.0)
         _, nPt = tl.associative_scan((a2, Ysh), 0, decay_scan_combine)
     else:
-        pc = col
-        ge = tl.where(row >= col, 1.0, 0.0)  # ge[s, p] = [s >= p]
+        ge = tl.where(row >= pc, 1.0, 0.0)  # ge[s, q] = [s >= p]
         X = tl.dot(Dm * gram, ge, input_precision=PREC)
-        Y = tl.where(row >= col, 2.0 * a[:, None] * X + ss[:, None], 0.0)
+        Y = tl.where(row >= pc, 2.0 * a[:, None] * X + ss[:, None], 0.0)
         nPt = tl.dot(Dm * Dm, Y, input_precision=PREC)
     N = (Dk * Dv).to(tl.float32)
     I = information_score_from_decay_triton(nPt, X, ss[:, None], a[:, None], expm1_triton(2.0 * g)[:, None], N,
                                             eps, norm_eps, RSQRT=True)
-    lower_p = pc < row  # p < t in the (possibly reversed) tile columns
+    lower_p = pc < row  # p < t in the reversed tile columns
     I = tl.where(lower_p & valid[:, None], I, 0.0)
     base = bh * NC + c
-    tl.store(itab_ptr + base * C * C + row * C + pc, I)
+    # itab[t, C - 1 - p] (reversed columns, read back by itab_index): stored as the tile is, 16-byte stores along
+    # the rows; p-ordered, Triton stores a reversed tile one float a thread, down the columns (uncoalesced)
+    tl.store(itab_ptr + base * C * C + row * C + col, I)
     # The carry scan's inputs that do not depend on the carried slot: the chunk-start column (p = 0) and the
     # decay terms, so that its sequential loop only loads them.
     cvec = cvec_ptr + base * CARRY_ROWS * C + t_idx
     # X's column p = 0 by a gather in the row scan's layout (a shuffle per row, no reduction)
-    q0 = C - 1 if SCAN else 0  # the tile column of p = 0
-    tl.store(cvec + CV_X0 * C, tl.reshape(tl.gather(X, tl.full([C, 1], q0, tl.int32), 1), [C]))
-    tl.store(cvec + CV_NP0 * C, tl.sum(tl.where(col == q0, nPt, 0.0), 1))
+    tl.store(cvec + CV_X0 * C, tl.reshape(tl.gather(X, tl.full([C, 1], C - 1, tl.int32), 1), [C]))
+    tl.store(cvec + CV_NP0 * C, tl.sum(tl.where(col == C - 1, nPt, 0.0), 1))
     tl.store(cvec + CV_SS * C, ss)
     tl.store(cvec + CV_EG * C, tl.exp(Gm1))
     tl.store(cvec + CV_ASH * C, tl.where(t_idx > 0, tl.exp(tl.gather(g, tl.maximum(t_idx - 1, 0), 0)), 1.0))
@@ -140,8 +140,7 @@ def dla_table_kernel(
         own = tok < tl.load(rlen_ptr + bh)  # the row's own tokens (variable-length batches end early)
         hit = lower_p & (valid & own)[:, None] & (tau <= I)
         nxt = tl.min(tl.where(hit, row, C), 0)  # next(p) of tile column q, C if none in the chunk
-        if SCAN:  # back to p order: a gather through shared memory where a layout conversion was anyway
-            nxt = tl.gather(nxt, C - 1 - t_idx, 0)
+        nxt = tl.gather(nxt, C - 1 - t_idx, 0)  # p order: through shared memory, where a layout conversion was
         # The pointer doubling on [C, 8] copies (one column a warp at 8 warps): a gather along axis 0 is then
         # warp-local (shuffles), where a [C] gather goes through shared memory and a barrier each time
         # (sm_90: ~470 instructions fewer). Warp 0's column is stored.
@@ -166,6 +165,14 @@ def dla_table_kernel(
 # ---------------------------------------------------------------------------------------------------
 # 2. Carry scan: first boundary per chunk, boundary masks, scores, the carried open slot (sequential)
 # ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def itab_index(chunk, t, p, C: tl.constexpr):
+    """The offset of the score I[t, p] of table ``chunk`` (the flat chunk number bh * NC + c) in ``itab``:
+    row-major ``[C, C]`` tables with the columns reversed (column C - 1 - p), as the table kernel's tiles hold
+    them; p < 0 reads column C - 1 (p = 0), for masked loads."""
+    return chunk * C * C + t * C + (C - 1 - tl.maximum(p, 0))
 
 
 @triton.jit
@@ -357,7 +364,7 @@ def dla_scores_kernel(
     mask = tl.load(mask_ptr + bh * NC + c)
     bvec = mask_bits(mask, t_idx)
     pt = tl.max(tl.where(bvec[None, :] & (col < row), col, -1), 1)
-    itab = tl.load(itab_ptr + (bh * NC + c) * C * C + t_idx * C + tl.maximum(pt, 0), mask=pt >= 0, other=0.0)
+    itab = tl.load(itab_ptr + itab_index(bh * NC + c, t_idx, pt, C), mask=pt >= 0, other=0.0)
     Ic = tl.load(cscore_ptr + bh * NC * C + tok)
     tl.store(score_ptr + bh * NC * C + tok, tl.where(pt >= 0, itab, Ic), mask=tok < T)
 
@@ -521,7 +528,7 @@ def pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore
     chunk's first boundary, else the table entry I[t, p(t)] with p(t) the last boundary before t."""
     lt = mask & ((tl.full([C], 1, tl.int64) << t_idx.to(tl.int64)) - 1)  # boundaries before t
     pt = highest_bit_index(lt)
-    it = tl.load(itab_ptr + (bh * NC + c) * C * C + t_idx * C + tl.maximum(pt, 0), mask=pt >= 0, other=0.0)
+    it = tl.load(itab_ptr + itab_index(bh * NC + c, t_idx, pt, C), mask=pt >= 0, other=0.0)
     cs0 = tl.load(cscore_ptr + bh * NC * C + c * C + t_idx, volatile=True)
     sc = tl.where(pt >= 0, it, cs0)
     sc = tl.where(t_idx < nvalid, sc, 0.0)
