@@ -16,6 +16,8 @@ import triton.language as tl
 
 from dla_ref.validation import G_POSITIVE_MESSAGE, finite_message
 
+from .triton_utils import cached
+
 CHECKED = ("q", "k", "v", "g", "slot_weights")  # bit i: CHECKED[i] has a NaN or an infinity
 G_POSITIVE_BIT = len(CHECKED)  # then: some g > 0
 BLOCK = 1024  # elements of each tensor per program: 8 per thread (4096 took 230 registers on sm_90)
@@ -53,8 +55,8 @@ def launch_value_checks(q, k, v, g, slot_weights) -> torch.Tensor:
     flags = torch.zeros(1, device=q.device, dtype=torch.int64)
     sizes = (q.numel(), v.numel(), g.numel(), slot_weights.numel())
     grid = (max(triton.cdiv(max(sizes), BLOCK), 1),)
-    dla_check_values_kernel[grid](q, k, v, g, slot_weights, flags, *sizes, BLOCK=BLOCK, GBIT=G_POSITIVE_BIT,
-                                  num_warps=4)
+    cached(dla_check_values_kernel)[grid](q, k, v, g, slot_weights, flags, *sizes, BLOCK=BLOCK, GBIT=G_POSITIVE_BIT,
+                                          num_warps=4)
     return flags
 
 

@@ -35,7 +35,7 @@ import triton
 from ...backend import interpreting
 from ...settings import DEFAULT_SETTINGS, TritonSettings
 from ..common.profiling import mark_stage
-from ..common.triton_utils import INT32_MAX, block_sizes, next_pow2
+from ..common.triton_utils import INT32_MAX, block_sizes, cached, next_pow2
 from ..common.value_checks import launch_value_checks, raise_flagged
 from .chunk_fwd_decide import (
     CARRY_ROWS,
@@ -186,7 +186,7 @@ def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, o
         # 16-bit inputs: registers capped at 128, two programs per SM (sm_90, Triton 3.6: 140-145 uncapped, no
         # spill either way), 3-5 % off the whole forward (docs/benchmarks.md run 15, call 7). float32 would
         # spill: uncapped.
-        dla_table_kernel[(NC * BH,)](
+        cached(dla_table_kernel)[(NC * BH,)](
             k, v, g, row_lengths, itab, anc, cvec, decay, decay if tflag is None else tflag, cfg.T, cfg.H, BH,
             cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps), C=C, BK=BK, BVF=BVF, NEED_ANC=not override,
             LOWP=cfg.lowp, PREC=settings.table_precision, LOGC=int(math.log2(C)), SCAN=settings.table_scan,
@@ -212,7 +212,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     warps = settings.carry_warps or (8 if BK * BVC > 64 * 64 else 4)
 
     def launch():
-        dla_carry_kernel[(cfg.BH,)](
+        cached(dla_carry_kernel)[(cfg.BH,)](
             k, v, bnd, row_lengths, anc, cvec, decay, decay if tflag is None else tflag, P, size0, masks, cscores,
             cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps),
             C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=cfg.prec,
@@ -245,7 +245,7 @@ def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscore
         scores=scores,
         merged=torch.full((BH, NC * CHUNK), -1, device=dev, dtype=torch.int64),
     )
-    dla_merge_kernel[(BH,)](
+    cached(dla_merge_kernel)[(BH,)](
         masks, scores, row_lengths, s.counts, s.info, s.size, s.death, s.death0, s.merged, s.live, s.livem, s.fpos,
         cfg.T, K, itab, cscores, flag, C=CHUNK, KP=KP, KW=max(KP, 32), PIPE=pipeline,
         FAST=not interpreting(), num_warps=1,
@@ -313,7 +313,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
         launch_carry()
     scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
     if not pipeline:
-        dla_scores_kernel[(cfg.NC, cfg.BH)](tables[0], masks, cscores, scores, cfg.T, C=CHUNK, num_warps=4)
+        cached(dla_scores_kernel)[(cfg.NC, cfg.BH)](tables[0], masks, cscores, scores, cfg.T, C=CHUNK, num_warps=4)
     mark_stage(profile, "merge")
     with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
         structure = merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
@@ -336,9 +336,9 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     bsc = torch.empty(grid[0] * grid[1] * grid[2] * cfg.KP, device=q.device, dtype=torch.int32)
 
     def read_scales():
-        dla_read_scales_kernel[grid[:2]](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc,
-                                         sc, 0, sc, sc, sc, cfg.T, cfg.H, cfg.K, C=CHUNK, KP=cfg.KP, BWD=False,
-                                         **settings.launch(dla_read_scales_kernel, num_warps=4))
+        cached(dla_read_scales_kernel)[grid[:2]](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc,
+                                                 sc, 0, sc, sc, sc, cfg.T, cfg.H, cfg.K, C=CHUNK, KP=cfg.KP, BWD=False,
+                                                 **settings.launch(dla_read_scales_kernel, num_warps=4))
 
     # Everything above is allocated before the synchronisation: after it the GPU has only the scales to run until
     # the next launch.
@@ -349,7 +349,7 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec,
                              settings=settings)
     G = output_group(cfg.KP, BK, cfg.lowp, settings.output_group)
-    dla_output_kernel[grid](
+    cached(dla_output_kernel)[grid](
         q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, bidx, bst, nsurv, sc, bsc,
         cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
         G=G, **settings.launch(dla_output_kernel, **output_launch(BK, G, cfg.lowp)),

@@ -18,6 +18,7 @@ from ...settings import DEFAULT_SETTINGS, TritonSettings
 from ..common.triton_utils import (
     bit_index,
     block_sizes,
+    cached,
     chunk_tokens,
     decay_to_end,
     dot_state_update,
@@ -250,11 +251,11 @@ def prefix_states(k, v, g, h0, *, split: bool, prec: str) -> tuple[torch.Tensor,
     hs = torch.empty(B * H, NC + 1, Dk, Dv, device=k.device, dtype=torch.float32)
     gs = torch.empty(B * H, NC + 1, device=k.device, dtype=torch.float64)
     gsum = torch.empty(B * H, NC, device=k.device, dtype=torch.float64)
-    dla_chunkstate_kernel[(NC, B * H, triton.cdiv(BVF, BV))](k, v, g, hs, gsum, T, H, Dk, Dv, C=CHUNK, BK=BK,
-                                                            BV=BV, SPLIT=split, PREC=prec, num_warps=4)
+    cached(dla_chunkstate_kernel)[(NC, B * H, triton.cdiv(BVF, BV))](k, v, g, hs, gsum, T, H, Dk, Dv, C=CHUNK, BK=BK,
+                                                                    BV=BV, SPLIT=split, PREC=prec, num_warps=4)
     HBLK = 1024
-    dla_hscan_kernel[(B * H, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gsum, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK,
-                                                          num_warps=4)
+    cached(dla_hscan_kernel)[(B * H, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gsum, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK,
+                                                                  num_warps=4)
     return hs, gs
 
 
@@ -283,7 +284,7 @@ def surviving_starts(masks, death, T: int, read_also=None, meanwhile=None):
     it while the host waits and then prepares the next launches."""
     BH, NC = masks.shape
     off = torch.empty(BH * NC + 1, device=masks.device, dtype=torch.int64)
-    dla_survivor_counts_kernel[(NC, BH)](masks, death, off, T, C=CHUNK, num_warps=1)
+    cached(dla_survivor_counts_kernel)[(NC, BH)](masks, death, off, T, C=CHUNK, num_warps=1)
     per_chunk = off[1:].view(BH, NC).sum(0)  # the counts, before the cumulative sum (off[0] = 0)
     off.cumsum_(0)
     values = torch.cat([off[-1:], per_chunk] + ([] if read_also is None else [read_also]))
@@ -319,9 +320,9 @@ def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, l
     # 256, one program), 5-6 % off the whole forward at (8, 4096, 16, 128) (docs/benchmarks.md run 15, call 6);
     # Dk = 64: 2-5 % off the forward at every 64-feature cell (run 29, call 1). float32 keeps 8 (4 spill 600 B).
     warps = 4 if lowp else 8
-    dla_bstate_kernel[(NC, BH, triton.cdiv(BVF, BV))](k, v, g, hs, masks, death, off, bidx, bst, T, H, Dk, Dv,
-                                                     C=CHUNK, BK=BK, BV=BV, LOWP=lowp, PREC=prec,
-                                                     **settings.launch(dla_bstate_kernel, num_warps=warps))
+    cached(dla_bstate_kernel)[(NC, BH, triton.cdiv(BVF, BV))](k, v, g, hs, masks, death, off, bidx, bst, T, H, Dk, Dv,
+                                                             C=CHUNK, BK=BK, BV=BV, LOWP=lowp, PREC=prec,
+                                                             **settings.launch(dla_bstate_kernel, num_warps=warps))
     return bst, bidx
 
 
@@ -333,7 +334,7 @@ def final_states(k, v, g, hs, gs, fpos, size, hinit, size0, P, K: int, *, has_in
     BH = B * H
     BK, BVF, BV = block_sizes(Dk, Dv)
     out = torch.empty(BH, K, Dk, Dv, device=k.device, dtype=torch.float32)
-    dla_final_kernel[(BH, K, triton.cdiv(BVF, BV))](
+    cached(dla_final_kernel)[(BH, K, triton.cdiv(BVF, BV))](
         k, v, g, hs, gs, fpos, size, hinit, size0, P, out, T, H, Dk, Dv, K,
         C=CHUNK, BK=BK, BV=BV, KP=fpos.shape[1], SPLIT=split, PREC=prec, HAS_INIT=has_init, num_warps=4,
     )
