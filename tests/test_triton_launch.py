@@ -65,8 +65,8 @@ def test_a_key_launches_through_the_jit_once_then_directly_with_every_parameter_
     assert values[:4] == (x, y, 64, 2.0) and values[4:] == (32, False)  # the constexprs, FLIP by its default
 
 
-@pytest.mark.parametrize("change", ["misaligned", "dtype", "one", "multiple_of_16", "constexpr", "default_constexpr",
-                                    "num_warps", "unknown_type"])
+@pytest.mark.parametrize("change", ["misaligned", "dtype", "one", "multiple_of_16", "constexpr", "constexpr_type",
+                                    "default_constexpr", "num_warps", "unknown_type"])
 def test_whatever_triton_specialises_on_takes_the_jit_again(recorded, change):
     """Each change below can select another compiled kernel in Triton (or, for an argument type the key does not
     know, might): the launch after it must go through the JIT, not reuse the first launch's kernel."""
@@ -74,6 +74,8 @@ def test_whatever_triton_specialises_on_takes_the_jit_again(recorded, change):
     buf, y = torch.zeros(80), torch.zeros(64)
     n = 17 if change == "one" else 64  # 17 and 1: neither a multiple of 16, so only "is 1" tells them apart
     args, kwargs = [buf[:64], y, n, 0.5], dict(BLOCK=32, num_warps=1)
+    if change == "constexpr_type":
+        kwargs["FLIP"] = True  # then 1: equal in Python, another constexpr for Triton
     launch[(2,)](*args, **kwargs)
     if change == "misaligned":
         args[0] = buf[1:65]  # 4 bytes past a 16-byte boundary
@@ -86,6 +88,8 @@ def test_whatever_triton_specialises_on_takes_the_jit_again(recorded, change):
         args[2] = 63
     elif change == "constexpr":
         kwargs["BLOCK"] = 64
+    elif change == "constexpr_type":
+        kwargs["FLIP"] = 1
     elif change == "default_constexpr":
         kwargs["FLIP"] = True
     elif change == "num_warps":

@@ -68,7 +68,7 @@ class _CachedLauncher:
         values = list(args) + [kwargs.get(p.name, p.default) for p in self.params[len(args):]]
         options = tuple(sorted(item for item in kwargs.items() if item[0] not in self.names))
         device = torch.cuda.current_device()
-        spec = tuple(v if p.is_constexpr else _specialisation(v) for p, v in zip(self.params, values))
+        spec = tuple((type(v), v) if p.is_constexpr else _specialisation(v) for p, v in zip(self.params, values))
         key = (device, knobs.runtime.debug, options, spec)
         compiled = self.compiled.get(key)
         if compiled is None:
@@ -105,8 +105,8 @@ def cached(kernel):
     """``cached(kernel)[grid](*args, **kwargs)`` launches like ``kernel[grid](*args, **kwargs)`` with less host time:
     Triton's JIT binds and specialises every argument on each launch (33-52 us a launch of the scalar-decay forward's
     kernels on the H200's host against 6-12 us through the compiled kernel's own launcher: docs/benchmarks.md run
-    35), so the compiled kernel is kept per key (the device, the launch options, the constexprs' values and each
-    runtime argument's :func:`_specialisation`, at least as fine as Triton's) and relaunched directly. The first
+    35), so the compiled kernel is kept per key (the device, the launch options, the constexprs' types and values and
+    each runtime argument's :func:`_specialisation`, at least as fine as Triton's) and relaunched directly. The first
     launch of a key, the interpreter and Triton < 3.4 go through the JIT. Launch hooks (profilers) are honoured
     (:func:`launch_compiled`)."""
     if knobs is None or interpreting():
