@@ -1,10 +1,10 @@
 """``triton_utils.cached``: Triton launches that bind and specialise their arguments once per key.
 
 A cached launch reuses a compiled kernel for a later launch only when that launch would have compiled to the same
-kernel: its key (the constexprs' values, each runtime argument's specialisation, the launch options, the device)
-must be at least as fine as Triton's own. The CPU tests drive the launcher with the JIT and the direct launch
-replaced by recorders; the GPU test runs the scalar-decay forward, whose kernels launch through it, on aligned and on
-misaligned inputs (a kernel specialised for 16-byte aligned pointers must not run on the others).
+kernel: its key (the constexprs' types and values, each runtime argument's specialisation, the launch options, the
+device) must be at least as fine as Triton's own. The CPU tests drive the launcher with the JIT and the direct
+launch replaced by recorders; the GPU test runs the scalar-decay forward, whose kernels launch through it, on aligned
+and on misaligned inputs (a kernel specialised for 16-byte aligned pointers must not run on the others).
 """
 
 from __future__ import annotations
