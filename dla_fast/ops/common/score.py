@@ -93,9 +93,11 @@ if triton is not None:
         return tl.where(u == 0.0, -1.0, r)
 
     @triton.jit
-    def information_score_triton(nP, x, ss, g, N, eps, norm_eps):
-        """The score from float32 tensors of any shape (the Triton kernels)."""
-        return information_score_from_decay_triton(nP, x, ss, tl.exp(g), expm1_triton(2.0 * g), N, eps, norm_eps)
+    def information_score_triton(nP, x, ss, g, N, eps, norm_eps, RSQRT: tl.constexpr = False):
+        """The score from float32 tensors of any shape (the Triton kernels); ``RSQRT``: the pair tables' form
+        (:func:`information_score_from_decay_triton`)."""
+        return information_score_from_decay_triton(nP, x, ss, tl.exp(g), expm1_triton(2.0 * g), N, eps, norm_eps,
+                                                   RSQRT=RSQRT)
 
     @triton.jit
     def information_score_from_decay_triton(nP, x, ss, a, em1, N, eps, norm_eps, RSQRT: tl.constexpr = False):
@@ -142,9 +144,7 @@ if triton is not None:
         x = tl.load(x_ptr + i, mask=m, other=0.0)
         ss = tl.load(ss_ptr + i, mask=m, other=0.0)
         g = tl.load(g_ptr + i, mask=m, other=0.0)
-        score = information_score_from_decay_triton(nP, x, ss, tl.exp(g), expm1_triton(2.0 * g), N, eps, norm_eps,
-                                                    RSQRT=RSQRT)
-        tl.store(out_ptr + i, score, mask=m)
+        tl.store(out_ptr + i, information_score_triton(nP, x, ss, g, N, eps, norm_eps, RSQRT=RSQRT), mask=m)
 
 
 def information_score_triton_elementwise(nP, x, ss, g, numel: int, eps: float, norm_eps: float, *,
