@@ -64,6 +64,28 @@ def intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C: t
 
 
 @triton.jit
+def live_in_chunk_packed(mask_ptr, death_ptr, bh, c, NC, C: tl.constexpr):
+    """``live_in_chunk``'s ``(n_in, J)`` (int32, the same values) with the scan along the rows at half the shuffles:
+    columns s and s + C/2 of a row are counted in one int32, s in its low byte and s + C/2 in the next (each count
+    at most C/2 < 256, so no carry crosses a byte). sm_90, Triton 3.6, in the output kernel: the rows' scan then runs
+    in the layout of the register gather of ``lamJ`` (one row a warp) with 5 shuffle levels for two columns."""
+    t_idx = tl.arange(0, C)
+    row = t_idx[:, None]
+    col = t_idx[None, :]
+    bvec = mask_bits(tl.load(mask_ptr + bh * NC + c), t_idx)
+    dth = tl.load(death_ptr + bh * NC * C + c * C + t_idx)
+    A = (bvec[None, :] & (col <= row) & (dth[None, :] > (c * C + row))).to(tl.int32)
+    alo, ahi = tl.split(tl.permute(tl.reshape(A, [C, 2, C // 2]), [0, 2, 1]))  # columns s and s + C/2
+    pk = alo + (ahi << 8)
+    ntot = tl.sum(pk, 1)
+    n_hi = ntot >> 8
+    n_in = (ntot & 0xFF) + n_hi
+    cs = tl.cumsum(pk, 1)
+    J = tl.join(n_in[:, None] - (cs & 0xFF), n_hi[:, None] - (cs >> 8))
+    return n_in, tl.reshape(tl.permute(J, [0, 2, 1]), [C, C])
+
+
+@triton.jit
 def old_starts(live_ptr, livem_ptr, bh, c, NC, KP: tl.constexpr):
     """The slots live at chunk c's start (its old starts), oldest first: ``(lpos [KP], m0, m0init)``, their first
     tokens (the initial slots' pseudo starts ``-m0init .. -1``; entries from ``m0`` on are not listed), their
@@ -180,7 +202,18 @@ def dla_output_kernel(
     g = load_scalars(g_ptr, trow, valid)
     Gc = tl.cumsum(g, 0)
     wrow = w_ptr + trow * K  # lambda_t
-    n_in, _, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C, tl.int32)
+    # intra_weights' values, lamJ gathered in registers from the chunk's lambda rows (loaded coalesced) rather than
+    # from memory: the global gather's [C, C] tile reached the products' layout through shared memory in 8 rounds
+    # (16 barriers), and the row scan ran across warps (sm_90, Triton 3.6: docs/performance.md, "Output stage").
+    # J < K on the causal part (a live start's rank); the clamp keeps the masked rows' gather in range.
+    causal = (t_idx[None, :] <= row) & valid[:, None]
+    if KP <= 64:
+        n_in, J = live_in_chunk_packed(mask_ptr, death_ptr, bh, c, NC, C)
+        lam = tl.load(wrow[:, None] + jj[None, :], mask=valid[:, None] & (jj[None, :] < K), other=0.0).to(tl.float32)
+        lamJ = tl.where(causal, tl.gather(lam, tl.minimum(J, KP - 1), 1), 0.0)
+        Dm = tl.where(causal, tl.exp(tl.minimum(Gc[:, None] - Gc[None, :], 0.0)), 0.0)
+    else:
+        n_in, _, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C, tl.int32)
     if LOWP:
         S = tl.dot(qc, tl.trans(kc))
         o = tl.dot((S * Dm * lamJ).to(vc.dtype), vc)
