@@ -208,9 +208,13 @@ def dla_output_kernel(
     # J < K on the causal part (a live start's rank); the clamp keeps the masked rows' gather in range.
     causal = (t_idx[None, :] <= row) & valid[:, None]
     if KP <= 64:
+        # At least 4 lambda columns: a 2-wide gather in the fp32 kernel (8 warps) fails Triton 3.6's
+        # thread-locality pass on sm_90 (found on the H200, 2026-12-03; K <= 2).
+        KL: tl.constexpr = KP if KP >= 4 else 4
         n_in, J = live_in_chunk_packed(mask_ptr, death_ptr, bh, c, NC, C)
-        lam = tl.load(wrow[:, None] + jj[None, :], mask=valid[:, None] & (jj[None, :] < K), other=0.0).to(tl.float32)
-        lamJ = tl.where(causal, tl.gather(lam, tl.minimum(J, KP - 1), 1), 0.0)
+        jl = tl.arange(0, KL)
+        lam = tl.load(wrow[:, None] + jl[None, :], mask=valid[:, None] & (jl[None, :] < K), other=0.0).to(tl.float32)
+        lamJ = tl.where(causal, tl.gather(lam, tl.minimum(J, KL - 1), 1), 0.0)
         Dm = tl.where(causal, tl.exp(tl.minimum(Gc[:, None] - Gc[None, :], 0.0)), 0.0)
     else:
         n_in, _, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C, tl.int32)
