@@ -223,6 +223,41 @@ def test_steps_in_place_over_a_sequence_match_the_reference(Dv, K, tau, delta):
     assert (c["size"].cpu().numpy() == c_r.size).all() and (c["counts"].cpu().numpy() == c_r.counts).all()
 
 
+# The GPU step property's first failing case (H200, 2026-12-03, run 36): a repeated token (near-zero scores) against
+# tau = 9e-8, K = 2, so most tokens open a slot and merge the pair.
+NEAR_ZERO_SCORES = dict(seed=3, B=1, T=5, H=2, Dk=32, Dv=32, K=2, data="repeated", regime_len=1, noise=0.0,
+                        zero_frac=0.5, tau_mode="observed", tau_value=1.0, tau_quantile=0.0, boundary_p=0.1)
+
+
+@needs_kernels
+def test_a_step_writes_the_cache_its_own_decisions_give():
+    """Each free step (the kernel decides) writes the same cache as the forced step (``boundary=``) given the free
+    step's own decisions, from the same cache: deciding must not change how the states advance. The forced step
+    matches the reference (``test_step_matches_reference``), so this also holds the free step to it where the two
+    decide alike. On the H200 (run 36, Triton 3.6) the free step at token 4, row 0 reported start and merge 0, as
+    the forced one did, yet wrote states 4.01 away from the forced step's (benchmarks/results/
+    step_gpu_free_decisions_wrong_states_H200_2026-12-03_run36_calls3-7.txt)."""
+    from dla_fast.ops.scalar_decay.fused_recurrent import step_triton_
+    from dla_fast.testing.strategies import Spec, build
+
+    case = build(Spec(**NEAR_ZERO_SCORES))
+    q, k, v, g, w = (_t(x) for x in case.arrays()[:5])
+    B, T, H, Dk = q.shape
+    free = _cache_tensors(dla_ref.Cache.empty(B, H, 2, Dk, v.shape[-1]))
+    for t in range(T):
+        token = (q[:, t], k[:, t], v[:, t], g[:, t], w[:, t])
+        forced = {name: x.clone() for name, x in free.items()}
+        o_free, (_, started, merged) = step_triton_(*token, tau=case.tau, **free)
+        o_forced, (_, started2, merged2) = step_triton_(*token, tau=case.tau, boundary=started, **forced)
+        assert (started2 == started).all() and (merged2 == merged).all()
+        scale = max(1.0, float(forced["states"].abs().max()))
+        np.testing.assert_allclose(_np(free["states"]), _np(forced["states"]), atol=1e-6 * scale,
+                                   err_msg=f"token {t}: the states the free step wrote")
+        np.testing.assert_allclose(_np(o_free), _np(o_forced), atol=1e-6 * scale, err_msg=f"token {t}: output")
+        for name in ("counts", "info", "size"):
+            assert torch.equal(free[name], forced[name]), f"token {t}: {name}"
+
+
 @needs_kernels
 def test_delta_rule_step_through_the_api_runs_the_triton_step(monkeypatch):
     """dla_fast.step with beta sends a cache of the forward's layout to the Triton step, as it does scalar decay,
