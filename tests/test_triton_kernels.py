@@ -250,10 +250,11 @@ def test_a_step_writes_the_cache_its_own_decisions_give():
         o_free, (_, started, merged) = step_triton_(*token, tau=case.tau, **free)
         o_forced, (_, started2, merged2) = step_triton_(*token, tau=case.tau, boundary=started, **forced)
         assert (started2 == started).all() and (merged2 == merged).all()
-        scale = max(1.0, float(forced["states"].abs().max()))
-        np.testing.assert_allclose(_np(free["states"]), _np(forced["states"]), atol=1e-6 * scale,
-                                   err_msg=f"token {t}: the states the free step wrote")
-        np.testing.assert_allclose(_np(o_free), _np(o_forced), atol=1e-6 * scale, err_msg=f"token {t}: output")
+        # The same arithmetic but for the decision's source, so bit for bit (the states were, on the H200 at tokens
+        # 0-3 in run 36; the outputs were not compared there).
+        diff = float((free["states"] - forced["states"]).abs().max())
+        assert diff == 0, f"token {t}: the free step's states are {diff:.3g} from the forced step's"
+        assert torch.equal(o_free, o_forced), f"token {t}: output"
         for name in ("counts", "info", "size"):
             assert torch.equal(free[name], forced[name]), f"token {t}: {name}"
 
