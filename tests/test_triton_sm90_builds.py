@@ -1,36 +1,42 @@
 """Every kernel variant the interpreter reruns launched also compiles for a GPU (sm_90, Triton's own compiler and
 ptxas, no GPU needed): the interpreter runs code the compiler rejects.
 
-Twice a change passed CI and failed on the H200 at compile time: the delta rule's cotangent kernels (run 27) and a
-plain Python global read inside the pair kernel (run 32's review, found 2026-12-03). Each rerun of a test file under
-the interpreter records the compile-time identity of every launch (``conftest._recorded_launches``: kernel,
-argument types, constexpr values, warps, stages, register cap); this test waits for the reruns and builds one of
-each kernel's variants per argument types and flags with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)``. The
-interpreter routes 16-bit inputs to the float32 dot paths, so the bf16 tensor-core variants are not among them
-(those are checked on the GPU only, docs/triton.md).
+Three times a change passed CI and failed on the H200 at compile time: the delta rule's cotangent kernels (run 27),
+a plain Python global read inside the pair kernel (run 32's review) and a gather along a 2-wide axis that Triton 3.9
+builds and Triton 3.6, the H200 machines' version, rejects (run 36). Each rerun of a test file under the interpreter
+records the compile-time identity of every launch (``conftest._recorded_launches``: kernel, argument types,
+constexpr values, warps, stages, register cap); these tests wait for the reruns and build one of each kernel's
+variants per argument types and flags with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)`` (``sm90_build.py``):
+with the test environment's Triton, and with the GPU machines' Triton in a subprocess (``.ci/run`` installs it into
+``.ci/triton-gpu``). The interpreter routes 16-bit inputs to the float32 dot paths, so the bf16 tensor-core variants
+are not among them (those are checked on the GPU only, docs/triton.md).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 triton = pytest.importorskip("triton")
 
+from sm90_build import failures  # noqa: E402
 from triton_here import CUDA  # noqa: E402
 
 import conftest  # noqa: E402
 
-TARGET = ("cuda", 90, 32)
+TESTS = pathlib.Path(__file__).parent
+GPU_TRITON = TESTS.parent / ".ci" / "triton-gpu"  # the GPU machines' Triton (.ci/run: pip install --target)
 
 
 def _recorded() -> list:
     """The launches the session's reruns recorded, one per kernel, argument types and flags (its boolean and None
     constexprs, which choose code paths); the first in a fixed order where the tile sizes differ (each build costs
-    ~2 s, and the suite launches most kernels at several sizes)."""
+    ~1-2 s, and the suite launches most kernels at several sizes)."""
     lines = set()
     for path in sorted(pathlib.Path(conftest.launch_dir()).glob("*.jsonl")):
         lines |= set(path.read_text().splitlines())
@@ -42,38 +48,38 @@ def _recorded() -> list:
     return list(chosen.values())
 
 
-def _jit_function(module: str, kernel: str):
-    fn = getattr(importlib.import_module(module), kernel)
-    while not isinstance(fn, triton.runtime.JITFunction):  # autotuners and heuristics wrap it
-        fn = fn.fn
-    return fn
-
-
-def build(launch: dict):
-    """``triton.compile`` of one recorded launch for sm_90."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    fn = _jit_function(launch["module"], launch["kernel"])
-    constexprs = launch["constexprs"]
-    signature = {name: launch["types"].get(name, "constexpr") for name in fn.arg_names}
-    source = ASTSource(fn=fn, signature=signature,
-                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
-    return triton.compile(source, target=GPUTarget(*TARGET), options=launch["options"])
-
-
-@pytest.mark.skipif(CUDA, reason="on a GPU every kernel is compiled by the suite itself")
-def test_every_interpreted_launch_compiles_for_sm90():
+def _launches() -> list:
     if not conftest.reruns_finished():
         pytest.skip("no interpreter reruns in this session (run the suite, not this file alone)")
     launches = _recorded()
     assert launches, "the interpreter reruns recorded no launch"
-    failed = []
-    for launch in launches:
-        try:
-            build(launch)
-        except Exception as e:  # noqa: BLE001 (every failure is reported, with its launch)
-            failed.append(f"{launch['module']}.{launch['kernel']} {launch['constexprs']} {launch['options']}: "
-                          f"{type(e).__name__}: {str(e)[:400]}")
-    assert not failed, f"{len(failed)} of {len(launches)} recorded launches do not compile for sm_90:\n" + \
+    return launches
+
+
+def _report(failed: list, launches: list, version: str) -> str:
+    return f"{len(failed)} of {len(launches)} recorded launches do not compile for sm_90 with Triton {version}:\n" + \
         "\n".join(failed)
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU every kernel is compiled by the suite itself")
+def test_every_interpreted_launch_compiles_for_sm90():
+    launches = _launches()
+    failed = failures(launches)
+    assert not failed, _report(failed, launches, triton.__version__)
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU every kernel is compiled by the suite itself")
+def test_every_interpreted_launch_compiles_for_sm90_with_the_gpu_machines_triton(tmp_path):
+    if not GPU_TRITON.is_dir():
+        pytest.skip(f"no GPU machines' Triton in {GPU_TRITON} (.ci/run installs it: pip install --target)")
+    launches = _launches()
+    path = tmp_path / "launches.json"
+    path.write_text(json.dumps(launches))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(TESTS.parent), str(TESTS)]))
+    run = subprocess.run([sys.executable, str(TESTS / "sm90_build.py"), str(path)], env=env, capture_output=True,
+                         text=True, timeout=1200)
+    assert run.returncode == 0, f"the build process failed:\n{run.stderr[-3000:]}"
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    installed = [p.name.removesuffix(".dist-info").split("-")[1] for p in GPU_TRITON.glob("triton-*.dist-info")]
+    assert [result["triton"]] == installed, f"built with Triton {result['triton']}, {GPU_TRITON} holds {installed}"
+    assert not result["failed"], _report(result["failed"], launches, result["triton"])

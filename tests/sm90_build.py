@@ -1,0 +1,57 @@
+"""Build recorded kernel launches for sm_90 without a GPU: ``triton.compile`` of each for ``GPUTarget("cuda", 90,
+32)``, with whichever Triton comes first on the path.
+
+``tests/test_triton_sm90_builds.py`` builds in its own process with the test environment's Triton, and runs
+``python tests/sm90_build.py LAUNCHES.json`` with the GPU machines' Triton first on ``PYTHONPATH``: a kernel one Triton
+version compiles, another may reject (run 36: a gather along a 2-wide axis built with Triton 3.9 and failed in Triton
+3.6's thread-locality pass). The script prints ``{"triton": version, "failed": [...]}`` as JSON.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pathlib
+import sys
+
+import triton
+
+TARGET = ("cuda", 90, 32)
+
+
+def jit_function(module: str, kernel: str):
+    """The kernel's ``JITFunction`` (autotuners and heuristics wrap it)."""
+    fn = getattr(importlib.import_module(module), kernel)
+    while not isinstance(fn, triton.runtime.JITFunction):
+        fn = fn.fn
+    return fn
+
+
+def build(launch: dict):
+    """``triton.compile`` of one recorded launch (``conftest._recorded_launches``' format) for sm_90."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = jit_function(launch["module"], launch["kernel"])
+    constexprs = launch["constexprs"]
+    signature = {name: launch["types"].get(name, "constexpr") for name in fn.arg_names}
+    source = ASTSource(fn=fn, signature=signature,
+                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(source, target=GPUTarget(*TARGET), options=launch["options"])
+
+
+def failures(launches: list) -> list:
+    """One line per launch that does not build: kernel, constexprs, options and the error."""
+    failed = []
+    for launch in launches:
+        try:
+            build(launch)
+        except Exception as e:  # noqa: BLE001 (every failure is reported, with its launch)
+            failed.append(f"{launch['module']}.{launch['kernel']} {launch['constexprs']} {launch['options']}: "
+                          f"{type(e).__name__}: {str(e)[:400]}")
+    return failed
+
+
+if __name__ == "__main__":
+    launches = json.loads(pathlib.Path(sys.argv[1]).read_text())
+    print(json.dumps({"triton": triton.__version__, "failed": failures(launches)}))
