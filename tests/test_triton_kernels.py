@@ -293,7 +293,7 @@ def test_step_kernel_loops_agree(m, start, merged, delta):
     cache (K = 4), a new slot, a token joining the open slot, the first slot; either backbone. Three programs
     per row: the last one to finish publishes the decided slot and the counts, and leaves the row's counter at
     zero."""
-    from dla_fast.ops.scalar_decay.fused_recurrent import dla_step_kernel, new_trace
+    from dla_fast.ops.scalar_decay.fused_recurrent import STEP_COMPILE_OPTIONS, dla_step_kernel, new_trace
 
     B, H, K, Dk, Dv = 1, 2, 4, 16, 48
     gen = torch.Generator().manual_seed(m + 3 * merged + 10)
@@ -315,7 +315,7 @@ def test_step_kernel_loops_agree(m, start, merged, delta):
         o, trace = torch.empty(B * H, Dv, device=DEV), new_trace(B, H, DEV)
         dla_step_kernel[(B * H, 3)](q, k, v, g, w, bnd, *cache, side, arrive, o, *trace, K, Dk, Dv, 0.5, 1e-6, 1e-6,
                                     beta, BK=16, BV=16, BVD=64, NVD=1, KP=4, OVERRIDE=True, PIPELINE=pipeline,
-                                    FENCE=CUDA, BETA=delta)
+                                    FENCE=CUDA, BETA=delta, **STEP_COMPILE_OPTIONS)
         assert (trace[1].cpu() == int(start)).all() and (trace[2].cpu() == merged).all()
         assert (cache[3].cpu() == (min(m + 1, K) if start else m)).all()
         assert (arrive.cpu() == 0).all()

@@ -48,6 +48,15 @@ from ..common.score import (
 from ..common.triton_utils import launch_compiled, launch_jit, load_state, next_pow2, store_state, stream_getter
 from .chunk_fwd import check_dims
 
+# The step kernel compiles without floating-point contraction (every launch of it takes these options). Its decision
+# (score, boundary, merge) is a chain of scalars that every thread computes from reductions, and every thread must
+# decide alike: each streams its own elements of the slots. A reduction's butterfly (shfl.bfly) leaves the same sum in
+# every lane only while its combine is commutative; contracted with the product before it (``tl.sum(v * v)`` at one
+# element a lane: ``fma(v_L, v_L, shfl(v * v))``), lanes L and L ^ 16 round differently. On the H200 (run 36, Triton
+# 3.6) ||v||^2 so differed by 2 ulp between lanes 0-15 and 16-31 of each warp, a near-zero score fell to 0 in lanes
+# 16-31, and their rows of the slots took "no start" while the other rows took "start, merge 0".
+STEP_COMPILE_OPTIONS = dict(enable_fp_fusion=False)
+
 # The token's inputs may sit anywhere (slices of a prompt): no specialisation on their alignment, so that a
 # decode loop launches one compiled kernel (fused_recurrent.StepLaunch) whatever their offsets.
 STEP_TOKEN_POINTERS = ["q_ptr", "k_ptr", "v_ptr", "g_ptr", "w_ptr", "bnd_ptr", "beta_ptr"]
@@ -331,7 +340,8 @@ class StepLaunch:
             self.cache, self.pointers = cache, tuple(t.data_ptr() for t in (*cache, self.side, self.arrive,
                                                                              *self.trace))
             args = self._arguments(*tokens, bnd, *cache, self.side, self.arrive, o, trace, scalars)
-            self.kernel = launch_jit(dla_step_kernel, self.grid, *args, num_warps=self.num_warps)
+            self.kernel = launch_jit(dla_step_kernel, self.grid, *args, num_warps=self.num_warps,
+                                     **STEP_COMPILE_OPTIONS)
             if self.kernel is not None:  # None under the interpreter: every launch through the JIT
                 self.current_stream = stream_getter()
             return
