@@ -240,7 +240,8 @@ def _recorded_launches(log_path: str) -> None:
                 constexprs[name] = value
             else:
                 types[name] = mangle_type(value)
-        options = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if kwargs.get(k) is not None}
+        options = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg", "enable_fp_fusion")
+                   if kwargs.get(k) is not None}
         record = json.dumps(dict(module=self.fn.__globals__["__name__"], kernel=self.fn.__name__, types=types,
                                  constexprs={k: v for k, v in constexprs.items() if _plain(v)}, options=options),
                             sort_keys=True)

@@ -236,7 +236,8 @@ def test_a_step_writes_the_cache_its_own_decisions_give():
     matches the reference (``test_step_matches_reference``), so this also holds the free step to it where the two
     decide alike. On the H200 (run 36, Triton 3.6) the free step at token 4, row 0 reported start and merge 0, as
     the forced one did, yet wrote states 4.01 away from the forced step's (benchmarks/results/
-    step_gpu_free_decisions_wrong_states_H200_2026-12-03_run36_calls3-7.txt)."""
+    step_gpu_free_decisions_wrong_states_H200_2026-12-03_run36_calls3-7.txt): its threads rounded ||v||^2 apart
+    (an fma contracted into a reduction's butterfly) and half of them decided "no start" (``STEP_COMPILE_OPTIONS``)."""
     from dla_fast.ops.scalar_decay.fused_recurrent import step_triton_
     from dla_fast.testing.strategies import Spec, build
 
