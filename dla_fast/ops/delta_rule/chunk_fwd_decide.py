@@ -74,6 +74,9 @@ def dla_delta_decide_kernel(
         a = tl.exp(g)
         y, yw, ww = delta_rule_increment(P, k, v, a)
         x = b * yw
+        # Every thread decides from its own copy of these sums (as the step kernel, fused_recurrent.py). At Dk = 32
+        # (one key element a lane) sm_90 contracts k * k into |k|^2's first butterfly step, fma(k_L, k_L, shfl): the
+        # lanes still agree, as k (a 16- or 32-bit input; float64 runs no Triton) squares exactly in float64.
         ss = b * b * tl.sum(k * k, 0) * ww
         score = information_score_from_decay_triton(nP, x, ss, a, expm1_triton(2.0 * g), N, eps, norm_eps)
         score = tl.where(has_slot, score, 0.0)  # an empty cache's first token opens a slot, score 0

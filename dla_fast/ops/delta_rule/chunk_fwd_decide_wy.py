@@ -149,7 +149,9 @@ def _pair_sums(akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, pair_ptr, y0T_ptr
 
 @triton.jit
 def _squared_value_norms(v_ptr, base, Dv, C: tl.constexpr, BD: tl.constexpr):
-    """``|v_t|^2`` for the chunk's tokens (``[C]``), ``BD`` features at a time."""
+    """``|v_t|^2`` for the chunk's tokens (``[C]``), ``BD`` features at a time. The sum's first butterfly step may be
+    contracted (sm_90: ``fma(x_L, x_L, shfl)``); the lanes still agree, as v (a 16- or 32-bit input widened to
+    float64) squares exactly."""
     t = tl.arange(0, C)
     acc = tl.zeros([C], dtype=tl.float64)
     for d0 in range(0, Dv, BD):
@@ -388,6 +390,9 @@ def dla_delta_chain_kernel(
     for v0 in range(0, Dv, BV):
         vd = v0 + tl.arange(0, BV)
         P = tl.load(p_row + kd[:, None] * Dv + vd[None, :], mask=(kd[:, None] < Dk) & (vd[None, :] < Dv), other=0.0)
+        # Every thread decides (e) from this sum. Where a row's elements sit one a lane, sm_90 contracts P * P into
+        # the row sums' first butterfly step, and the lanes' row sums may differ by an ulp; the sum over the rows then
+        # crosses the warps (8 warps, tiles of at least 32 x 32) through shared memory: one value for every thread.
         nP0 += tl.sum(tl.sum(P * P, 1), 0)
     j = tl.zeros([], dtype=tl.int32)
     while j < nb:
