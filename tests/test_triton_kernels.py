@@ -244,7 +244,7 @@ def test_a_step_writes_the_cache_its_own_decisions_give():
     case = build(Spec(**NEAR_ZERO_SCORES))
     q, k, v, g, w = (_t(x) for x in case.arrays()[:5])
     B, T, H, Dk = q.shape
-    free = _cache_tensors(dla_ref.Cache.empty(B, H, 2, Dk, v.shape[-1]))
+    free = _cache_tensors(dla_ref.Cache.empty(B, H, w.shape[-1], Dk, v.shape[-1]))
     for t in range(T):
         token = (q[:, t], k[:, t], v[:, t], g[:, t], w[:, t])
         forced = {name: x.clone() for name, x in free.items()}

@@ -29,19 +29,30 @@ def output_launch(BK: int, G: int, lowp: bool) -> dict:
 
 
 @triton.jit
+def live_starts(mask_ptr, death_ptr, bh, c, NC, C: tl.constexpr):
+    """``[C, C]`` bool: ``[t, s]`` whether the chunk's token s opened a slot (its boundary bit) that is still live
+    at token t >= s."""
+    t_idx = tl.arange(0, C)
+    row = t_idx[:, None]
+    bvec = mask_bits(tl.load(mask_ptr + bh * NC + c), t_idx)
+    dth = tl.load(death_ptr + bh * NC * C + c * C + t_idx)
+    return bvec[None, :] & (t_idx[None, :] <= row) & (dth[None, :] > (c * C + row))
+
+
+@triton.jit
+def intra_decay(Gc, causal):
+    """``Dm[t, s] = e^{Gc[t] - Gc[s]}`` on the ``causal`` part of the chunk, 0 elsewhere."""
+    return tl.where(causal, tl.exp(tl.minimum(Gc[:, None] - Gc[None, :], 0.0)), 0.0)
+
+
+@triton.jit
 def live_in_chunk(mask_ptr, death_ptr, bh, c, NC, C: tl.constexpr, COUNT: tl.constexpr):
     """The chunk's starts live at each of its tokens: ``(n_in [C] int32, J [C, C] int32)`` with ``n_in(t)``
     the starts u <= t of the chunk still live at t and ``J[t, s]`` those in (s, t] (as the forward). ``COUNT``:
     the dtype they are counted in (exact either way). sm_90, Triton 3.6: int32 takes ~25 % fewer instructions in the
     forward's kernels; float32 keeps the backward's dq kernel at 128 / 712 B of stack (int32: 496 / 1,136 B) at 64 /
     128 features."""
-    t_idx = tl.arange(0, C)
-    row = t_idx[:, None]
-    col = t_idx[None, :]
-    mask = tl.load(mask_ptr + bh * NC + c)
-    bvec = mask_bits(mask, t_idx)
-    dth = tl.load(death_ptr + bh * NC * C + c * C + t_idx)
-    A = (bvec[None, :] & (col <= row) & (dth[None, :] > (c * C + row))).to(COUNT)
+    A = live_starts(mask_ptr, death_ptr, bh, c, NC, C).to(COUNT)
     n_in = tl.sum(A, 1)
     J = (n_in[:, None] - tl.cumsum(A, 1)).to(tl.int32)
     return n_in.to(tl.int32), J
@@ -59,8 +70,7 @@ def intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C: t
     n_in, J = live_in_chunk(mask_ptr, death_ptr, bh, c, NC, C, COUNT)
     wrow = w_ptr + ((b * T + tok) * H + h) * K
     lamJ = tl.load(wrow[:, None] + J, mask=causal, other=0.0).to(tl.float32)
-    Dm = tl.where(causal, tl.exp(tl.minimum(Gc[:, None] - Gc[None, :], 0.0)), 0.0)
-    return n_in, J, lamJ, Dm
+    return n_in, J, lamJ, intra_decay(Gc, causal)
 
 
 @triton.jit
@@ -69,12 +79,7 @@ def live_in_chunk_packed(mask_ptr, death_ptr, bh, c, NC, C: tl.constexpr):
     columns s and s + C/2 of a row are counted in one int32, s in its low byte and s + C/2 in the next (each count
     at most C/2 < 256, so no carry crosses a byte). sm_90, Triton 3.6, in the output kernel: the rows' scan then runs
     in the layout of the register gather of ``lamJ`` (one row a warp) with 5 shuffle levels for two columns."""
-    t_idx = tl.arange(0, C)
-    row = t_idx[:, None]
-    col = t_idx[None, :]
-    bvec = mask_bits(tl.load(mask_ptr + bh * NC + c), t_idx)
-    dth = tl.load(death_ptr + bh * NC * C + c * C + t_idx)
-    A = (bvec[None, :] & (col <= row) & (dth[None, :] > (c * C + row))).to(tl.int32)
+    A = live_starts(mask_ptr, death_ptr, bh, c, NC, C).to(tl.int32)
     alo, ahi = tl.split(tl.permute(tl.reshape(A, [C, 2, C // 2]), [0, 2, 1]))  # columns s and s + C/2
     pk = alo + (ahi << 8)
     ntot = tl.sum(pk, 1)
@@ -215,7 +220,7 @@ def dla_output_kernel(
         jl = tl.arange(0, KL)
         lam = tl.load(wrow[:, None] + jl[None, :], mask=valid[:, None] & (jl[None, :] < K), other=0.0).to(tl.float32)
         lamJ = tl.where(causal, tl.gather(lam, tl.minimum(J, KL - 1), 1), 0.0)
-        Dm = tl.where(causal, tl.exp(tl.minimum(Gc[:, None] - Gc[None, :], 0.0)), 0.0)
+        Dm = intra_decay(Gc, causal)
     else:
         n_in, _, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C, tl.int32)
     if LOWP:
