@@ -15,16 +15,25 @@ Variants: ``default`` and ``serial`` (no concurrent decision stages) at the kern
 through ``dla_fast.forward`` (its validation included, no final cache: as gpu_bench times it).
 
 Writes ``forward_timeline_<card>_<date>_<config>_<workload>_<variant>.json`` (the kernel list) and the Chrome trace.
+
+One call after a synchronisation starts on an idle GPU, and the host's work before its first kernel shows as idle
+time that back-to-back calls hide behind the previous call's kernels. ``--steady CELLS`` (``BxTxD:workload,...``)
+instead profiles 8 back-to-back calls through ``dla_fast.forward`` (CUDA activity only: less host slowdown) and, over
+the 6 calls between the second and the last, reports the GPU's period (kernel span per call), its busy time and idle
+time per call, the idle gaps by the kernels on either side, and each kernel's time per call; beside the wall period of
+30 calls without the profiler. Writes ``forward_steady_<card>_<date>.txt``.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import datetime
 import json
 import os
 import sys
+import time
 
 import torch
 
@@ -112,15 +121,79 @@ def timeline(cfg, wname, variant: str, out_dir: str) -> dict:
     return result
 
 
+def short_name(name: str) -> str:
+    """A kernel's name without its template arguments and parameters."""
+    return name.split("<")[0].split("(")[0].replace("void ", "")[-40:]
+
+
+def steady(cell: str, out_dir: str, calls: int = 8) -> list[str]:
+    """``cell`` (``BxTxD:workload``) through ``dla_fast.forward``, ``calls`` back-to-back calls profiled after ten
+    unprofiled ones: the report's lines (module docstring)."""
+    cname, wname = cell.split(":")
+    B, T, H, Dk, Dv = configs_named(cname)[0]
+    q, k, v, g, w = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS[wname], seed=11)
+
+    def call():
+        return api_forward(q, k, v, g, w)
+
+    for _ in range(10):
+        call()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(30):
+        call()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / 30 * 1e3
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    path = os.path.join(out_dir, f"forward_steady_{cname}_{wname}.trace.json")
+    prof.export_chrome_trace(path)
+    ks = kernels_of(path)
+    os.remove(path)
+    tables = [i for i, e in enumerate(ks) if STAGES["table"] in e["name"]]
+    if len(tables) != calls:
+        raise SystemExit(f"forward_timeline --steady: expected one table kernel a call, found {len(tables)} in {calls}"
+                         " calls (a pipelined table launch per block?)")
+    middle = ks[tables[1]:tables[-1]]  # whole calls only, none next to the profiler's start or end
+    n = calls - 2
+    span = max(e["end_us"] for e in middle) - middle[0]["start_us"]
+    busy = busy_us(middle)
+    gaps, kernel_us, end, before = collections.Counter(), collections.Counter(), None, None
+    for e in middle:
+        if end is not None and e["start_us"] > end + 1.0:
+            gaps[(short_name(before["name"]), short_name(e["name"]))] += e["start_us"] - end
+        if end is None or e["end_us"] > end:
+            end, before = e["end_us"], e
+        kernel_us[short_name(e["name"])] += e["dur"]
+    lines = [f"== {cell}: wall period {wall:.3f} ms unprofiled; profiled, per call: GPU span {span / n / 1e3:.3f} ms, "
+             f"busy {busy / n / 1e3:.3f} ms, idle {(span - busy) / n / 1e3:.3f} ms",
+             "  idle gaps per call (us), by (kernel before -> kernel after):"]
+    lines += [f"    {us / n:8.1f}  {a} -> {b}" for (a, b), us in gaps.most_common(8)]
+    lines.append("  kernel time per call (us):")
+    lines += [f"    {us / n:8.1f}  {name}" for name, us in kernel_us.most_common(14)]
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--config", default="2x16384", help="BxT or BxTxD of gpu_bench's configs")
     ap.add_argument("--workload", default="moderate", choices=list(WORKLOADS))
     ap.add_argument("--variants", default="default,serial", help="default, serial and/or api")
+    ap.add_argument("--steady", metavar="CELLS", help="BxTxD:workload,...: back-to-back calls instead (docstring)")
     args = ap.parse_args()
-    cfg = configs_named(args.config)[0]
     os.makedirs(args.out, exist_ok=True)
+    if args.steady:
+        lines = [line for cell in args.steady.split(",") for line in steady(cell, args.out)]
+        print("\n".join(lines))
+        path = os.path.join(args.out, f"forward_steady_{torch.cuda.get_device_name().replace(' ', '_')}_"
+                                      f"{datetime.date.today()}.txt")
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return
+    cfg = configs_named(args.config)[0]
     results = [timeline(cfg, args.workload, v, args.out) for v in args.variants.split(",")]
     for r in results:  # the summary last
         own = {STAGES[n]: [(round(e["start_us"], 1), round(e["end_us"], 1)) for e in r["kernels"]
