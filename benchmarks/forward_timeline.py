@@ -126,6 +126,26 @@ def short_name(name: str) -> str:
     return name.split("<")[0].split("(")[0].replace("void ", "")[-40:]
 
 
+def steady_summary(ks: list[dict], calls: int) -> dict:
+    """Of ``calls`` back-to-back forwards' kernels (``kernels_of``, start order), the whole calls between the second
+    table kernel and the last one (none next to the profiler's start or end): their number ``n``, the GPU's span and
+    busy time (us), the idle gaps keyed by the kernels before and after them, and each kernel's time."""
+    tables = [i for i, e in enumerate(ks) if STAGES["table"] in e["name"]]
+    if len(tables) != calls:
+        raise SystemExit(f"forward_timeline --steady: expected one table kernel a call, found {len(tables)} in {calls}"
+                         " calls")
+    middle = ks[tables[1]:tables[-1]]
+    gaps, kernel_us, end, before = collections.Counter(), collections.Counter(), None, None
+    for e in middle:
+        if end is not None and e["start_us"] > end + 1.0:
+            gaps[(short_name(before["name"]), short_name(e["name"]))] += e["start_us"] - end
+        if end is None or e["end_us"] > end:
+            end, before = e["end_us"], e
+        kernel_us[short_name(e["name"])] += e["dur"]
+    return dict(n=calls - 2, span_us=end - middle[0]["start_us"], busy_us=busy_us(middle), gaps=gaps,
+                kernel_us=kernel_us)
+
+
 def steady(cell: str, out_dir: str, calls: int = 8) -> list[str]:
     """``cell`` (``BxTxD:workload``) through ``dla_fast.forward``, ``calls`` back-to-back calls profiled after ten
     unprofiled ones: the report's lines (module docstring)."""
@@ -150,29 +170,16 @@ def steady(cell: str, out_dir: str, calls: int = 8) -> list[str]:
         torch.cuda.synchronize()
     path = os.path.join(out_dir, f"forward_steady_{cname}_{wname}.trace.json")
     prof.export_chrome_trace(path)
-    ks = kernels_of(path)
+    r = steady_summary(kernels_of(path), calls)
     os.remove(path)
-    tables = [i for i, e in enumerate(ks) if STAGES["table"] in e["name"]]
-    if len(tables) != calls:
-        raise SystemExit(f"forward_timeline --steady: expected one table kernel a call, found {len(tables)} in {calls}"
-                         " calls (a pipelined table launch per block?)")
-    middle = ks[tables[1]:tables[-1]]  # whole calls only, none next to the profiler's start or end
-    n = calls - 2
-    span = max(e["end_us"] for e in middle) - middle[0]["start_us"]
-    busy = busy_us(middle)
-    gaps, kernel_us, end, before = collections.Counter(), collections.Counter(), None, None
-    for e in middle:
-        if end is not None and e["start_us"] > end + 1.0:
-            gaps[(short_name(before["name"]), short_name(e["name"]))] += e["start_us"] - end
-        if end is None or e["end_us"] > end:
-            end, before = e["end_us"], e
-        kernel_us[short_name(e["name"])] += e["dur"]
-    lines = [f"== {cell}: wall period {wall:.3f} ms unprofiled; profiled, per call: GPU span {span / n / 1e3:.3f} ms, "
-             f"busy {busy / n / 1e3:.3f} ms, idle {(span - busy) / n / 1e3:.3f} ms",
+    n = r["n"]
+    lines = [f"== {cell}: wall period {wall:.3f} ms unprofiled; profiled, per call: GPU span "
+             f"{r['span_us'] / n / 1e3:.3f} ms, busy {r['busy_us'] / n / 1e3:.3f} ms, idle "
+             f"{(r['span_us'] - r['busy_us']) / n / 1e3:.3f} ms",
              "  idle gaps per call (us), by (kernel before -> kernel after):"]
-    lines += [f"    {us / n:8.1f}  {a} -> {b}" for (a, b), us in gaps.most_common(8)]
+    lines += [f"    {us / n:8.1f}  {a} -> {b}" for (a, b), us in r["gaps"].most_common(8)]
     lines.append("  kernel time per call (us):")
-    lines += [f"    {us / n:8.1f}  {name}" for name, us in kernel_us.most_common(14)]
+    lines += [f"    {us / n:8.1f}  {name}" for name, us in r["kernel_us"].most_common(14)]
     return lines
 
 

@@ -1,0 +1,47 @@
+"""``benchmarks/forward_timeline.py --steady``'s analysis without a GPU: on a hand-made kernel list of back-to-back
+calls, the whole calls it keeps, the GPU's span, busy and idle time, the idle gaps by the kernels on either side, and
+kernels on a second stream that overlap the first."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+_spec = importlib.util.spec_from_file_location("forward_timeline_under_test", BENCH / "forward_timeline.py")
+ft = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ft)
+
+
+def _kernel(name, start, dur):
+    return dict(name=name, start_us=float(start), end_us=float(start + dur), dur=float(dur))
+
+
+def _calls(n):
+    """n calls 100 us apart: table 0-40, a side kernel 30-50 (overlapping it), output 60-90: the GPU is busy 80 us
+    of each call and idles 50-60 and 90-100."""
+    ks = []
+    for i in range(n):
+        t = 100 * i
+        ks += [_kernel("dla_table_kernel", t, 40), _kernel("void side<float>(int)", t + 30, 20),
+               _kernel("dla_output_kernel", t + 60, 30)]
+    return ks
+
+
+def test_steady_summary_keeps_whole_middle_calls_and_finds_the_idle_gaps():
+    r = ft.steady_summary(_calls(8), 8)
+    assert r["n"] == 6
+    # calls 2..7: from 100 to the last kept output's end, 690 (that call's trailing gap is outside the span)
+    assert r["span_us"] == 590.0 and r["busy_us"] == 6 * 80
+    assert r["gaps"] == {("side", "dla_output_kernel"): 60.0, ("dla_output_kernel", "dla_table_kernel"): 50.0}
+    assert r["kernel_us"] == {"dla_table_kernel": 240.0, "side": 120.0, "dla_output_kernel": 180.0}
+
+
+def test_steady_summary_refuses_a_trace_without_one_table_kernel_a_call():
+    with pytest.raises(SystemExit, match="one table kernel a call"):
+        ft.steady_summary(_calls(7), 8)
