@@ -43,6 +43,10 @@ class TritonSettings:
             ``chunk_bwd.start_range_count`` (ranges only where the dk/dv stage holds the peak by a margin: 128
             features in 16 bits; H200, run 23: -0.17 GiB for +0.8-3.7 % at (8, 4096, 16, 128); docs/training.md,
             "Memory"). Bitwise the same gradients.
+        grouped_reads: read the output's old slot starts by their chunk (``dla_output_grouped_kernel``: from the
+            prefix state before the chunk and its tokens) instead of from their materialised prefix states (no
+            ``dla_bstate_kernel``, no start-state buffer but the initial cache's); ``dla_output_kernel``'s launch
+            overrides apply to it. Prototype: not yet measured on a GPU.
         launch_overrides: ``((kernel, option, value), ...)``: launch options (``num_warps``, ``num_stages``,
             ``maxnreg``) in place of the measured ones of the named ``triton.jit`` kernels, for sweeps
             (``benchmarks/forward_variants.py``, ``benchmarks/backward_settings_ab.py``); empty in use.
@@ -58,6 +62,7 @@ class TritonSettings:
     bwd_stages: int = 2
     bwd_warps: int = 4
     bwd_start_ranges: int | None = None
+    grouped_reads: bool = False
     launch_overrides: tuple = ()
 
     def __post_init__(self):

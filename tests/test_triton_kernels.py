@@ -535,6 +535,38 @@ def test_forward_output_grouping(group):
     _check(*out, ref, 0.4, o_tol=1e-5)
 
 
+# (T, K, tau, seed, initial cache tokens) of the grouped-reads test: decay 0.97 a token, so that slots a few chunks
+# old carry weight; tau 0.22 opens slots at almost every token (dense), 0.35 mostly in the first chunk (sparse).
+GROUPED_CASES = [(200, 5, 0.22, 31, 0), (200, 5, 0.35, 31, 0), (250, 30, 0.22, 3, 0), (300, 30, 0.22, 4, 70),
+                 (230, 4, 0.35, 5, 70)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("T,K,tau,seed,n0", GROUPED_CASES)
+def test_grouped_reads_match_the_materialised_starts(T, K, tau, seed, n0):
+    """``TritonSettings.grouped_reads``: the old starts read by chunk (from the prefix states and the old chunk's
+    tokens) give the output of their materialised states, and the reference's; ``n0`` tokens first through a call
+    of their own (its cache then the initial cache, with pseudo starts: T - n0 tokens, not a multiple of 64)."""
+    q, k, v, g, w = (_t(x) for x in regimes(1, T, 2, 16, 16, K, seed=seed, regime_length=10.0, jitter=0.5,
+                                             decay=0.97))
+    ref = dla_ref.forward(*(_np(x).astype(np.float64) for x in (q, k, v, g, w)), tau=tau)
+    kw, o0 = {}, None
+    if n0:
+        o0, c0, _ = _fwd(*(x[:, :n0] for x in (q, k, v, g, w)), tau=tau)
+        kw = dict(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
+    rest = [x[:, n0:] for x in (q, k, v, g, w)]
+    o_mat = _fwd(*rest, tau=tau, **kw)[0]
+    o, cache, trace = _fwd(*rest, tau=tau, settings=TritonSettings(grouped_reads=True), **kw)
+    assert torch.linalg.norm(o - o_mat) <= 1e-5 * torch.linalg.norm(o_mat)
+    assert (o - o_mat).abs().max() <= 1e-5 * o_mat.abs().max()
+    if n0:
+        o = torch.cat([o0, o], 1)
+        assert np.linalg.norm(_np(o) - ref[0]) <= 1e-5 * np.linalg.norm(ref[0])
+    else:
+        assert ref[1].size.min() >= 2  # closed slots to read
+        _check(o, cache, trace, ref, tau, o_tol=1e-5)
+
+
 @needs_kernels
 @pytest.mark.parametrize("settings", [TritonSettings(table_scan=False),
                                       # no streams under the interpreter: there this is the default path, which

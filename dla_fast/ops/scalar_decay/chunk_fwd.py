@@ -44,7 +44,13 @@ from .chunk_fwd_decide import (
     dla_scores_kernel,
     dla_table_kernel,
 )
-from .chunk_fwd_output import dla_output_kernel, dla_read_scales_kernel, output_group, output_launch
+from .chunk_fwd_output import (
+    dla_output_grouped_kernel,
+    dla_output_kernel,
+    dla_read_scales_kernel,
+    output_group,
+    output_launch,
+)
 from .chunk_fwd_states import (
     CHUNK,
     final_states,
@@ -333,7 +339,8 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     # Per chunk the old starts' read scales [C, KP] and per program their state indices [KP], both read back group
     # by group. The scales need no start state: their kernel runs while the host synchronises.
     sc = torch.empty(cfg.BH * cfg.NC * CHUNK * cfg.KP, device=q.device, dtype=torch.float32)
-    bsc = torch.empty(grid[0] * grid[1] * grid[2] * cfg.KP, device=q.device, dtype=torch.int32)
+    bsc = None if settings.grouped_reads else torch.empty(grid[0] * grid[1] * grid[2] * cfg.KP, device=q.device,
+                                                          dtype=torch.int32)
 
     def read_scales():
         cached(dla_read_scales_kernel)[grid[:2]](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc,
@@ -346,9 +353,22 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     if flags:
         raise_flagged(flags[0])
     off, nsurv = s.survivors.off, s.survivors.count
+    G = output_group(cfg.KP, BK, cfg.lowp, settings.output_group)
+    if settings.grouped_reads:
+        # The old starts read by chunk from hs and the chunk's tokens: only the initial slots' pseudo starts keep a
+        # state (hinit, in the start-state buffer's dtype).
+        dt = q.dtype if cfg.lowp else torch.float32
+        bst = (hinit.reshape(cfg.BH * cfg.K, cfg.Dk, cfg.Dv).to(dt) if hinit is not None
+               else torch.empty(1, device=q.device, dtype=dt))
+        cached(dla_output_grouped_kernel)[grid](
+            q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, bst, sc,
+            cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
+            G=G, HAS_INIT=hinit is not None,
+            **settings.launch("dla_output_kernel", **output_launch(BK, G, cfg.lowp)),
+        )
+        return o
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec,
                              settings=settings)
-    G = output_group(cfg.KP, BK, cfg.lowp, settings.output_group)
     cached(dla_output_kernel)[grid](
         q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, bidx, bst, nsurv, sc, bsc,
         cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,

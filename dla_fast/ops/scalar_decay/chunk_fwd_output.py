@@ -272,3 +272,125 @@ def dla_output_kernel(
              mask=valid[:, None] & (vd[None, :] < Dv))
 
 
+
+
+# Grouped reads (TritonSettings.grouped_reads; prototype, not yet measured on a GPU).
+@triton.jit(do_not_specialize=["T"])
+def dla_output_grouped_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
+    mask_ptr, death_ptr, live_ptr, livem_ptr, hs_ptr, bst_ptr, sc_ptr,
+    T, H, Dk, Dv, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+    G: tl.constexpr, HAS_INIT: tl.constexpr,
+):
+    """Program (chunk c, bh, Dv block): ``dla_output_kernel``'s ``o`` with the old starts read by their chunk, from
+    the prefix states ``hs`` and the old chunk's tokens, without their materialised states (no
+    ``dla_bstate_kernel``). A start a in an earlier chunk c' has B_a = e^{Gl'} H(c') + sum_{s in c', s < a}
+    e^{Gl' - Gc'[s]} k_s v_s^T (Gc' the inclusive cumsum of g over c', Gl' its last entry), so the group A(c') of
+    live old starts in c' (consecutive in the live list, oldest first) is read at once:
+
+        sum_{j in A(c')} sc[t, j] q_t^T B_{a_j} = alpha_t e^{Gl'} q_t^T H(c') + sum_{s in c'} W[t, s] v_s,
+        alpha_t = sum_{j in A(c')} sc[t, j],  W[t, s] = (sum_{j in A(c'), a_j > s} sc[t, j]) e^{Gl' - Gc'[s]} q_t.k_s
+
+    the inner sum a [C, KP] x [KP, C] product of the group's scales with the indicator (a_j > s). Per distinct old
+    chunk: q^T H (2 C Dk BV FLOPs), Q K'^T (2 C^2 Dk), the indicator product (2 C^2 KP), W V' (2 C^2 BV); reads
+    H(c') and the chunk's k, v, g. The initial cache's pseudo starts (lpos < 0, ``HAS_INIT``) are read from their
+    states ``bst [BH K, Dk, Dv]`` (``hinit``), G per product, as ``dla_output_kernel`` reads its starts.
+    """
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    vb = tl.program_id(2)
+    NC = tl.cdiv(T, C)
+    b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
+    row = t_idx[:, None]
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    qc = load_rows(q_ptr, trow, valid, kd, Dk)
+    kc = load_rows(k_ptr, trow, valid, kd, Dk)
+    vc = load_rows(v_ptr, trow, valid, vd, Dv)
+    g = load_scalars(g_ptr, trow, valid)
+    Gc = tl.cumsum(g, 0)
+    wrow = w_ptr + trow * K  # lambda_t
+    causal = (t_idx[None, :] <= row) & valid[:, None]
+    if KP <= 64:
+        KL: tl.constexpr = KP if KP >= 4 else 4
+        n_in, J = live_in_chunk_packed(mask_ptr, death_ptr, bh, c, NC, C)
+        jl = tl.arange(0, KL)
+        lam = tl.load(wrow[:, None] + jl[None, :], mask=valid[:, None] & (jl[None, :] < K), other=0.0).to(tl.float32)
+        lamJ = tl.where(causal, tl.gather(lam, tl.minimum(J, KL - 1), 1), 0.0)
+        Dm = intra_decay(Gc, causal)
+    else:
+        n_in, _, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C, tl.int32)
+    if LOWP:
+        S = tl.dot(qc, tl.trans(kc))
+        o = tl.dot((S * Dm * lamJ).to(vc.dtype), vc)
+    else:
+        S = tl.dot(qc.to(tl.float32), tl.trans(kc.to(tl.float32)), input_precision=PREC)
+        o = tl.dot(S * Dm * lamJ, vc.to(tl.float32), input_precision=PREC)
+    qf = qc.to(tl.float32)
+    eGc = tl.exp(Gc)
+    Hc = load_state(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv, kd, vd, Dk, Dv)
+    lam_in = tl.load(wrow + n_in, mask=valid & (n_in < K), other=0.0).to(tl.float32)
+    o += (lam_in * eGc)[:, None] * qdot(qc, qf, Hc, LOWP, PREC)
+    # The live list (oldest first) with at least 16 entries (the indicator product's inner size); j = 0 (the
+    # oldest, prefix state 0) has scale 0 and takes no group.
+    KD: tl.constexpr = KP if KP >= 16 else 16
+    jd = tl.arange(0, KD)
+    lst = live_ptr + (bh * NC + c) * KP
+    m0 = tl.load(livem_ptr + bh * NC + c)
+    lpos = tl.load(lst + jd, mask=jd < m0, other=-1)
+    lprev = tl.load(lst + jd - 1, mask=(jd >= 1) & (jd - 1 < m0), other=-1)
+    real = (jd >= 1) & (jd < m0) & (lpos >= 0)  # token starts (in an earlier chunk)
+    cpj = lpos // C
+    first = real & ((lprev < 0) | (jd == 1) | (lprev // C != cpj))
+    gid = tl.cumsum(first.to(tl.int32), 0) - 1
+    ngrp = tl.sum(first.to(tl.int32), 0)
+    aloc = lpos - cpj * C  # the start's position in its chunk
+    sc_row = sc_ptr + (bh * NC + c).to(tl.int64) * C * KP
+    sct = tl.load(sc_row + row * KP + jd[None, :], mask=jd[None, :] < KP, other=0.0)  # [C, KD]
+    s_idx = tl.arange(0, C)
+    for gx in range(0, ngrp):
+        member = real & (gid == gx)
+        cp = tl.max(tl.where(member, cpj, -1), 0)  # the group's chunk c' < c (full: no padding)
+        tokp = cp * C + s_idx
+        validp = tokp < T
+        trowp = (b * T + tokp) * H + h
+        kp = load_rows(k_ptr, trowp, validp, kd, Dk)
+        vp = load_rows(v_ptr, trowp, validp, vd, Dv)
+        Gcp = tl.cumsum(load_scalars(g_ptr, trowp, validp), 0)
+        Glp = tl.sum(load_scalars(g_ptr, trowp, validp), 0)
+        scg = tl.where(member[None, :], sct, 0.0)  # [C, KD]
+        alpha = tl.sum(scg, 1)
+        ind = (member[:, None] & (aloc[:, None] > s_idx[None, :])).to(tl.float32)  # [KD, C]
+        wsum = tl.dot(scg, ind, input_precision="tf32" if LOWP else PREC)
+        Hp = load_state(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv, kd, vd, Dk, Dv)
+        dec = tl.where(validp, tl.exp(tl.minimum(Glp - Gcp, 0.0)), 0.0)
+        o += (alpha * tl.exp(Glp))[:, None] * qdot(qc, qf, Hp, LOWP, PREC)
+        if LOWP:
+            Sp = tl.dot(qc, tl.trans(kp))
+            o += tl.dot((wsum * dec[None, :] * Sp).to(vp.dtype), vp)
+        else:
+            Sp = tl.dot(qf, tl.trans(kp.to(tl.float32)), input_precision=PREC)
+            o += tl.dot(wsum * dec[None, :] * Sp, vp.to(tl.float32), input_precision=PREC)
+    if HAS_INIT:
+        # The initial slots' pseudo starts (the list's first entries, lpos < 0), G per product as dla_output_kernel.
+        m0init = tl.load(livem_ptr + bh * NC)
+        npseudo = tl.sum(((jd < m0) & (lpos < 0)).to(tl.int32), 0)
+        gj = tl.arange(0, G)
+        for gx in range(0, tl.cdiv(npseudo, G)):
+            jg = gx * G + gj
+            lp = tl.load(lst + jg, mask=jg < npseudo, other=0)
+            ok = (jg < npseudo) & (jg >= 1) & (lp < 0)
+            bs = tl.where(ok, bh * K + lp + m0init, 0).to(tl.int64)
+            bm = ok[:, None, None] & (kd[None, :, None] < Dk) & (vd[None, None, :] < Dv)
+            Bt = tl.load(bst_ptr + bs[:, None, None] * Dk * Dv + kd[None, :, None] * Dv + vd[None, None, :],
+                         mask=bm, other=0.0)
+            Bt = tl.reshape(Bt, [G * BK, BV])
+            sg = tl.load(sc_row + row * KP + jg[None, :], mask=(jg < npseudo)[None, :], other=0.0)  # [C, G]
+            Qs = tl.reshape(qf[:, None, :] * sg[:, :, None], [C, G * BK])
+            if LOWP:
+                o += tl.dot(Qs.to(qc.dtype), Bt.to(qc.dtype))
+            else:
+                o += tl.dot(Qs, Bt.to(tl.float32), input_precision=PREC)
+    tl.store(o_ptr + trow[:, None] * Dv + vd[None, :], o.to(o_ptr.dtype.element_ty),
+             mask=valid[:, None] & (vd[None, :] < Dv))
