@@ -278,10 +278,11 @@ def dla_output_kernel(
 @triton.jit(do_not_specialize=["T"])
 def dla_output_grouped_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
-    mask_ptr, death_ptr, live_ptr, livem_ptr, hs_ptr, bst_ptr, sc_ptr,
+    mask_ptr, death_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bst_ptr, sc_ptr, gst_ptr,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    G: tl.constexpr, HAS_INIT: tl.constexpr,
+    G: tl.constexpr, HAS_INIT: tl.constexpr, GSTAGES: tl.constexpr = 1, IND16: tl.constexpr = False,
+    SPLITS: tl.constexpr = 2,
 ):
     """Program (chunk c, bh, Dv block): ``dla_output_kernel``'s ``o`` with the old starts read by their chunk, from
     the prefix states ``hs`` and the old chunk's tokens, without their materialised states (no
@@ -296,6 +297,12 @@ def dla_output_grouped_kernel(
     chunk: q^T H (2 C Dk BV FLOPs), Q K'^T (2 C^2 Dk), the indicator product (2 C^2 KP), W V' (2 C^2 BV); reads
     H(c') and the chunk's k, v, g. The initial cache's pseudo starts (lpos < 0, ``HAS_INIT``) are read from their
     states ``bst [BH K, Dk, Dv]`` (``hinit``), G per product, as ``dla_output_kernel`` reads its starts.
+
+    ``gs``: the float64 sums of g before every chunk (e^{Gl'} from two of them); ``gst [programs, KP]`` int32 scratch,
+    each group's first list index, written and read back by this program. ``SPLITS``: pieces of the old chunk's
+    tokens per W V' product (sm_90, Triton 3.6, bf16 at 64 features, 168 registers: 1 spills 176 B, 2 none);
+    ``GSTAGES``: software-pipelining stages of the loop over old chunks (2 or 3: 82 KB of shared memory, two programs
+    per SM, and spills); ``IND16``: the indicator product in 16 bits (the scales rounded to 16 bits; tf32 otherwise).
     """
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -347,31 +354,52 @@ def dla_output_grouped_kernel(
     ngrp = tl.sum(first.to(tl.int32), 0)
     aloc = lpos - cpj * C  # the start's position in its chunk
     sc_row = sc_ptr + (bh * NC + c).to(tl.int64) * C * KP
-    sct = tl.load(sc_row + row * KP + jd[None, :], mask=jd[None, :] < KP, other=0.0)  # [C, KD]
-    s_idx = tl.arange(0, C)
-    for gx in range(0, ngrp):
-        member = real & (gid == gx)
-        cp = tl.max(tl.where(member, cpj, -1), 0)  # the group's chunk c' < c (full: no padding)
-        tokp = cp * C + s_idx
-        validp = tokp < T
-        trowp = (b * T + tokp) * H + h
-        kp = load_rows(k_ptr, trowp, validp, kd, Dk)
-        vp = load_rows(v_ptr, trowp, validp, vd, Dv)
-        Gcp = tl.cumsum(load_scalars(g_ptr, trowp, validp), 0)
-        Glp = tl.sum(load_scalars(g_ptr, trowp, validp), 0)
-        scg = tl.where(member[None, :], sct, 0.0)  # [C, KD]
+    # Each group's first list index (and m0 after the last) in this program's scratch row, read back as scalars: the
+    # group's chunk and members then take no reduction over the list in the loop.
+    prog = ((c * tl.num_programs(1) + bh) * tl.num_programs(2) + vb).to(tl.int64)
+    gst_row = gst_ptr + prog * KP
+    tl.store(gst_row + gid, jd, mask=first)
+    tl.store(gst_row + jd, m0, mask=jd == ngrp)
+    tl.debug_barrier()  # other threads of the program read the row
+    gsrow = gs_ptr + bh * (NC + 1)
+    CS: tl.constexpr = C // SPLITS  # the old chunk's tokens per piece of the W V' product
+    for gx in tl.range(0, ngrp, num_stages=GSTAGES):
+        j0 = tl.load(gst_row + gx)
+        j1 = tl.load(gst_row + gx + 1)
+        member = (jd >= j0) & (jd < j1)
+        cp = tl.load(lst + j0) // C  # the group's chunk c' < c (full: no padding)
+        Glp = (tl.load(gsrow + cp + 1) - tl.load(gsrow + cp)).to(tl.float32)  # the sum of g over c'
+        # The group's scales from L2 (dla_read_scales_kernel's [C, KP] rows), 0 off the group: a [C, KP] tile kept
+        # in registers across the loop spilled (sm_90, Triton 3.6, 168 registers).
+        scg = tl.load(sc_row + row * KP + jd[None, :], mask=member[None, :], other=0.0)  # [C, KD]
         alpha = tl.sum(scg, 1)
-        ind = (member[:, None] & (aloc[:, None] > s_idx[None, :])).to(tl.float32)  # [KD, C]
-        wsum = tl.dot(scg, ind, input_precision="tf32" if LOWP else PREC)
         Hp = load_state(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv, kd, vd, Dk, Dv)
-        dec = tl.where(validp, tl.exp(tl.minimum(Glp - Gcp, 0.0)), 0.0)
         o += (alpha * tl.exp(Glp))[:, None] * qdot(qc, qf, Hp, LOWP, PREC)
-        if LOWP:
-            Sp = tl.dot(qc, tl.trans(kp))
-            o += tl.dot((wsum * dec[None, :] * Sp).to(vp.dtype), vp)
-        else:
-            Sp = tl.dot(qf, tl.trans(kp.to(tl.float32)), input_precision=PREC)
-            o += tl.dot(wsum * dec[None, :] * Sp, vp.to(tl.float32), input_precision=PREC)
+        if IND16:
+            scg = scg.to(qc.dtype)
+        Gpre = 0.0  # the sum of g over the old chunk before the piece
+        for hh in tl.static_range(SPLITS):
+            sp = hh * CS + tl.arange(0, CS)
+            tokp = cp * C + sp
+            validp = tokp < T
+            trowp = (b * T + tokp) * H + h
+            kp = load_rows(k_ptr, trowp, validp, kd, Dk)
+            vp = load_rows(v_ptr, trowp, validp, vd, Dv)
+            gp = load_scalars(g_ptr, trowp, validp)
+            Gcp = Gpre + tl.cumsum(gp, 0)
+            Gpre += tl.sum(gp, 0)
+            dec = tl.where(validp, tl.exp(tl.minimum(Glp - Gcp, 0.0)), 0.0)
+            ind = member[:, None] & (aloc[:, None] > sp[None, :])  # [KD, CS]
+            if IND16:
+                wsum = tl.dot(scg, ind.to(qc.dtype))
+            else:
+                wsum = tl.dot(scg, ind.to(tl.float32), input_precision="tf32" if LOWP else PREC)
+            if LOWP:
+                Sp = tl.dot(qc, tl.trans(kp))
+                o += tl.dot((wsum * dec[None, :] * Sp).to(vp.dtype), vp)
+            else:
+                Sp = tl.dot(qf, tl.trans(kp.to(tl.float32)), input_precision=PREC)
+                o += tl.dot(wsum * dec[None, :] * Sp, vp.to(tl.float32), input_precision=PREC)
     if HAS_INIT:
         # The initial slots' pseudo starts (the list's first entries, lpos < 0), G per product as dla_output_kernel.
         m0init = tl.load(livem_ptr + bh * NC)
