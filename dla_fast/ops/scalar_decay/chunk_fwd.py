@@ -340,10 +340,13 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     # by group. The scales need no start state: their kernel runs while the host synchronises.
     sc = torch.empty(cfg.BH * cfg.NC * CHUNK * cfg.KP, device=q.device, dtype=torch.float32)
     bsc = torch.empty(grid[0] * grid[1] * grid[2] * cfg.KP, device=q.device, dtype=torch.int32)
+    # Grouped reads: the chunks' decays to their ends, written by the scales' kernel.
+    dte = torch.empty(cfg.BH * cfg.NC * CHUNK, device=q.device, dtype=torch.float32) if settings.grouped_reads else None
 
     def read_scales():
         cached(dla_read_scales_kernel)[grid[:2]](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc,
                                                  sc, 0, sc, sc, sc, cfg.T, cfg.H, cfg.K, C=CHUNK, KP=cfg.KP, BWD=False,
+                                                 dte_ptr=dte, DTE=dte is not None,
                                                  **settings.launch(dla_read_scales_kernel, num_warps=4))
 
     # Everything above is allocated before the synchronisation: after it the GPU has only the scales to run until
@@ -360,9 +363,9 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
         bst = (hinit.reshape(cfg.BH * cfg.K, cfg.Dk, cfg.Dv).to(dt) if hinit is not None
                else torch.empty(1, device=q.device, dtype=dt))
         cached(dla_output_grouped_kernel)[grid](
-            q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, gs, bst, sc, bsc,
+            q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, gs, bst, sc, bsc, dte,
             cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
-            G=G, HAS_INIT=hinit is not None, GSTAGES=1, IND16=False, SPLITS=2,
+            G=G, HAS_INIT=hinit is not None, GSTAGES=1, IND16=False, SPLITS=2, DTE=True,
             **settings.launch("dla_output_kernel", **output_launch(BK, G, cfg.lowp)),
         )
         return o
