@@ -10,7 +10,9 @@ precision; docs/chunked-algorithm.md: the notation):
    assembles every token's score;
 3. ``dla_merge_kernel`` (one program per bh, sequential over boundary events): counts, information sums and
    the lowest-density merges; each start's death time, the live starts at every chunk start;
-4. prefix states ``H`` before every chunk (on a side stream, overlapping 2-3), the surviving starts' states;
+4. prefix states ``H`` before every chunk (on a side stream, overlapping 2-3), the surviving starts' states (not
+   where the starts crowd their chunks: ``dla_output_grouped_kernel`` then reads each old chunk's starts together
+   from ``H`` and the chunk's tokens, ``TritonSettings.grouped_reads``);
 5. ``dla_read_scales_kernel`` (parallel over (bh, chunk), while the host synchronises): the older slots' read
    scales; ``dla_output_kernel`` (parallel over (bh, chunk, Dv block)): masked intra-chunk attention plus the
    telescoped reads of the older slots; ``dla_final_kernel``: the final cache.
@@ -69,6 +71,11 @@ MAX_DIM = 256
 # small tiles compile. Until it is found, the GPU forward refuses heads below 32 (dla_fast.forward routes
 # them to the torch path).
 MIN_GPU_FORWARD_DIM = 32
+
+# Surviving starts per (row, chunk) from which 16-bit inputs take the grouped reads (``TritonSettings.grouped_reads``
+# None): H200, run 37, (8, 4096, 16, 64): the output stage with its start states 474 / 606 / 722 us against 1,215 /
+# 860 / 580 grouped at 0.8 / 3.0 / 7.7 survivors (sparse / moderate / dense); (2, 16384) dense at 5.9: 698 / 693.
+GROUPED_READS_SURVIVORS = 6
 
 
 def check_dims(Dk: int, Dv: int) -> None:
@@ -340,8 +347,10 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     # by group. The scales need no start state: their kernel runs while the host synchronises.
     sc = torch.empty(cfg.BH * cfg.NC * CHUNK * cfg.KP, device=q.device, dtype=torch.float32)
     bsc = torch.empty(grid[0] * grid[1] * grid[2] * cfg.KP, device=q.device, dtype=torch.int32)
-    # Grouped reads: the chunks' decays to their ends, written by the scales' kernel.
-    dte = torch.empty(cfg.BH * cfg.NC * CHUNK, device=q.device, dtype=torch.float32) if settings.grouped_reads else None
+    # Grouped reads, if they may be taken: the chunks' decays to their ends, written by the scales' kernel. Not chosen
+    # with an initial cache: its pseudo starts' 16-bit path has been built for sm_90 but not yet run on a GPU.
+    maybe_grouped = settings.grouped_reads or (settings.grouped_reads is None and cfg.lowp and hinit is None)
+    dte = torch.empty(cfg.BH * cfg.NC * CHUNK, device=q.device, dtype=torch.float32) if maybe_grouped else None
 
     def read_scales():
         cached(dla_read_scales_kernel)[grid[:2]](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc,
@@ -356,7 +365,8 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
         raise_flagged(flags[0])
     off, nsurv = s.survivors.off, s.survivors.count
     G = output_group(cfg.KP, BK, cfg.lowp, settings.output_group)
-    if settings.grouped_reads:
+    launch = settings.launch("dla_output_kernel", **output_launch(BK, G, cfg.lowp))  # the grouped kernel's too
+    if maybe_grouped and (settings.grouped_reads or nsurv >= GROUPED_READS_SURVIVORS * cfg.BH * cfg.NC):
         # The old starts read by chunk from hs and the chunk's tokens: only the initial slots' pseudo starts keep a
         # state (hinit, in the start-state buffer's dtype).
         dt = q.dtype if cfg.lowp else torch.float32
@@ -365,8 +375,7 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
         cached(dla_output_grouped_kernel)[grid](
             q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, gs, bst, sc, bsc, dte,
             cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
-            G=G, HAS_INIT=hinit is not None, GSTAGES=1, IND16=False, SPLITS=2, DTE=True,
-            **settings.launch("dla_output_kernel", **output_launch(BK, G, cfg.lowp)),
+            G=G, HAS_INIT=hinit is not None, SPLITS=2, **launch,
         )
         return o
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec,
@@ -374,7 +383,7 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     cached(dla_output_kernel)[grid](
         q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, bidx, bst, nsurv, sc, bsc,
         cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
-        G=G, **settings.launch(dla_output_kernel, **output_launch(BK, G, cfg.lowp)),
+        G=G, **launch,
     )
     return o
 

@@ -174,38 +174,32 @@ def dla_read_scales_kernel(
             tl.store(dte_ptr + prog * C + t_idx, tl.where(valid, tl.exp(tl.minimum(Gl - Gc, 0.0)), 0.0))
 
 
-# 16-bit inputs: launched with 4 warps (one warpgroup). sm_90, Triton 3.6: at Dk = 64 and G = 2 capped at 168
-# registers without spills (58 KB of shared memory): three programs per SM; at Dk = 128 255 registers (16 B of
-# stack), two.
-# Long: one program's three reads accumulate into one register tile; splitting would re-read q and o.
-@triton.jit(do_not_specialize=["T", "binit"])
-def dla_output_kernel(
-    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
-    mask_ptr, death_ptr, live_ptr, livem_ptr, hs_ptr, bidx_ptr, bst_ptr, binit, sc_ptr, bsc_ptr,
-    T, H, Dk, Dv, K,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    G: tl.constexpr,
-):
-    """Program (chunk c, bh, Dv block).
+@triton.jit
+def read_start_states(o, qc, qf, bst_ptr, bs, ok, sc_ptrs, sc_ok, kd, vd, Dk, Dv, C: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, G: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """``o + sum_g sc[:, g] q^T B_g``: G materialised start states (``bst`` rows ``bs [G]``, zero where not ``ok``),
+    their scales ``sc [C, G]`` loaded from ``sc_ptrs`` (0 where not ``sc_ok``), in one tensor-core product."""
+    bm = ok[:, None, None] & (kd[None, :, None] < Dk) & (vd[None, None, :] < Dv)
+    Bt = tl.load(bst_ptr + bs[:, None, None] * Dk * Dv + kd[None, :, None] * Dv + vd[None, None, :], mask=bm, other=0.0)
+    Bt = tl.reshape(Bt, [G * BK, BV])
+    sg = tl.load(sc_ptrs, mask=sc_ok, other=0.0)  # [C, G]
+    Qs = tl.reshape(qf[:, None, :] * sg[:, :, None], [C, G * BK])
+    if LOWP:
+        return o + tl.dot(Qs.to(qc.dtype), Bt.to(qc.dtype))
+    return o + tl.dot(Qs, Bt.to(tl.float32), input_precision=PREC)
 
-    o_t = sum_{s in chunk, s <= t} lambda_t[J[t,s]] e^{Gc[t]-Gc[s]} (q_t.k_s) v_s
-        + lambda_t[n_in(t)] e^{Gc[t]} q_t^T H(c0-1)
-        + sum_{live old starts a_j, j >= 1} alive_j(t) (lambda_t[r_j+1] - lambda_t[r_j]) q_t^T H_d(a_j - 1)
-    where H_d(a-1) is the prefix state before a, decayed to t. FLOPs per chunk: 2 C^2 (Dk + BV) + 2 C Dk BV for the
-    chunk itself, and per live old start one read of its materialised prefix state (dla_bstate_kernel;
-    2 C Dk BV FLOPs, Dk BV elements from L2), G starts per tensor-core product. Bytes besides the inputs: the
-    chunk's read scales ``sc [C, KP]`` fp32 (``dla_read_scales_kernel``'s) and this program's scratch row ``bsc
-    [KP]`` int32 (the starts' state indices), each written once and read back once.
-    """
-    c = tl.program_id(0)
-    bh = tl.program_id(1)
-    vb = tl.program_id(2)
+
+@triton.jit
+def chunk_own_reads(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, mask_ptr, death_ptr, hs_ptr, c, bh, vb, T, H, Dk, Dv, K,
+                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr,
+                    PREC: tl.constexpr):
+    """Both output kernels' reads that need no old start: the masked intra-chunk attention and the read of the state
+    before the chunk (the docstring's first two lines). Returns ``(o [C, BV] fp32, qc, qf, trow, valid)``."""
     NC = tl.cdiv(T, C)
     b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
     row = t_idx[:, None]
     kd = tl.arange(0, BK)
     vd = vb * BV + tl.arange(0, BV)
-    jj = tl.arange(0, KP)
     qc = load_rows(q_ptr, trow, valid, kd, Dk)
     kc = load_rows(k_ptr, trow, valid, kd, Dk)
     vc = load_rows(v_ptr, trow, valid, vd, Dv)
@@ -241,6 +235,42 @@ def dla_output_kernel(
     # n_in(t) = K only with an empty cache before the chunk (H = 0): no weight to read (and none in bounds).
     lam_in = tl.load(wrow + n_in, mask=valid & (n_in < K), other=0.0).to(tl.float32)
     o += (lam_in * eGc)[:, None] * qdot(qc, qf, Hc, LOWP, PREC)
+    return o, qc, qf, trow, valid
+
+
+# 16-bit inputs: launched with 4 warps (one warpgroup). sm_90, Triton 3.6: at Dk = 64 and G = 2 capped at 168
+# registers without spills (58 KB of shared memory): three programs per SM; at Dk = 128 255 registers (16 B of
+# stack), two.
+# Long: one program's three reads accumulate into one register tile; splitting would re-read q and o.
+@triton.jit(do_not_specialize=["T", "binit"])
+def dla_output_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
+    mask_ptr, death_ptr, live_ptr, livem_ptr, hs_ptr, bidx_ptr, bst_ptr, binit, sc_ptr, bsc_ptr,
+    T, H, Dk, Dv, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+    G: tl.constexpr,
+):
+    """Program (chunk c, bh, Dv block).
+
+    o_t = sum_{s in chunk, s <= t} lambda_t[J[t,s]] e^{Gc[t]-Gc[s]} (q_t.k_s) v_s
+        + lambda_t[n_in(t)] e^{Gc[t]} q_t^T H(c0-1)
+        + sum_{live old starts a_j, j >= 1} alive_j(t) (lambda_t[r_j+1] - lambda_t[r_j]) q_t^T H_d(a_j - 1)
+    where H_d(a-1) is the prefix state before a, decayed to t. FLOPs per chunk: 2 C^2 (Dk + BV) + 2 C Dk BV for the
+    chunk itself, and per live old start one read of its materialised prefix state (dla_bstate_kernel;
+    2 C Dk BV FLOPs, Dk BV elements from L2), G starts per tensor-core product. Bytes besides the inputs: the
+    chunk's read scales ``sc [C, KP]`` fp32 (``dla_read_scales_kernel``'s) and this program's scratch row ``bsc
+    [KP]`` int32 (the starts' state indices), each written once and read back once.
+    """
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    vb = tl.program_id(2)
+    NC = tl.cdiv(T, C)
+    row = tl.arange(0, C)[:, None]
+    kd = tl.arange(0, BK)
+    vd = vb * BV + tl.arange(0, BV)
+    jj = tl.arange(0, KP)
+    o, qc, qf, trow, valid = chunk_own_reads(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, mask_ptr, death_ptr, hs_ptr, c, bh, vb,
+                                             T, H, Dk, Dv, K, C, BK, BV, KP, LOWP, PREC)
     # Old live starts (at the chunk start), oldest first; j = 0 (the oldest) has H(a_0 - 1) = 0. Each one's prefix
     # state in the compact buffer (the initial slots' pseudo starts after the nsurv surviving starts).
     lpos, m0, m0init = old_starts(live_ptr, livem_ptr, bh, c, NC, KP)
@@ -263,31 +293,23 @@ def dla_output_kernel(
     for gx in range(0, tl.cdiv(m0, G)):
         bs = bs_next.to(tl.int64)
         bs_next = tl.load(bs_row + tl.minimum(gx + 1, KP // G - 1) * G + gj)
-        bm = (bs >= 0)[:, None, None] & (kd[None, :, None] < Dk) & (vd[None, None, :] < Dv)
-        Bt = tl.load(bst_ptr + tl.maximum(bs, 0)[:, None, None] * Dk * Dv + kd[None, :, None] * Dv + vd[None, None, :],
-                     mask=bm, other=0.0)
-        Bt = tl.reshape(Bt, [G * BK, BV])
-        sg = tl.load(sc_row + row * KP + gx * G + gj[None, :])  # [C, G]
-        Qs = tl.reshape(qf[:, None, :] * sg[:, :, None], [C, G * BK])
-        if LOWP:
-            o += tl.dot(Qs.to(qc.dtype), Bt.to(qc.dtype))
-        else:
-            o += tl.dot(Qs, Bt.to(tl.float32), input_precision=PREC)
+        o = read_start_states(o, qc, qf, bst_ptr, tl.maximum(bs, 0), bs >= 0, sc_row + row * KP + gx * G + gj[None, :],
+                              gj[None, :] >= 0, kd, vd, Dk, Dv, C, BK, BV, G, LOWP, PREC)
     tl.store(o_ptr + trow[:, None] * Dv + vd[None, :], o.to(o_ptr.dtype.element_ty),
              mask=valid[:, None] & (vd[None, :] < Dv))
 
 
 
 
-# Grouped reads (TritonSettings.grouped_reads; prototype, not yet measured on a GPU).
+# Grouped reads (TritonSettings.grouped_reads; H200, run 37, bf16: the output stage 722 -> 580 us at (8, 4096, 16,
+# 64) dense, 2,755 -> 1,832 at 128 features, 474 -> 1,215 at sparse: taken where the starts crowd their chunks).
 @triton.jit(do_not_specialize=["T"])
 def dla_output_grouped_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
     mask_ptr, death_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bst_ptr, sc_ptr, gst_ptr, dte_ptr,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    G: tl.constexpr, HAS_INIT: tl.constexpr, GSTAGES: tl.constexpr = 1, IND16: tl.constexpr = False,
-    SPLITS: tl.constexpr = 2, DTE: tl.constexpr = True,
+    G: tl.constexpr, HAS_INIT: tl.constexpr, SPLITS: tl.constexpr,
 ):
     """Program (chunk c, bh, Dv block): ``dla_output_kernel``'s ``o`` with the old starts read by their chunk, from
     the prefix states ``hs`` and the old chunk's tokens, without their materialised states (no
@@ -300,52 +322,27 @@ def dla_output_grouped_kernel(
 
     the inner sum a [C, KP] x [KP, C] product of the group's scales with the indicator (a_j > s). Per distinct old
     chunk: q^T H (2 C Dk BV FLOPs), Q K'^T (2 C^2 Dk), the indicator product (2 C^2 KP), W V' (2 C^2 BV); reads
-    H(c') and the chunk's k, v, g. The initial cache's pseudo starts (lpos < 0, ``HAS_INIT``) are read from their
-    states ``bst [BH K, Dk, Dv]`` (``hinit``), G per product, as ``dla_output_kernel`` reads its starts.
+    H(c') and the chunk's k, v and decays. The initial cache's pseudo starts (lpos < 0, ``HAS_INIT``) are read from
+    their states ``bst [BH K, Dk, Dv]`` (``hinit``), G per product, as ``dla_output_kernel`` reads its starts.
 
-    ``gs``: the float64 sums of g before every chunk (e^{Gl'} from two of them); ``gst [programs, KP]`` int32 scratch,
-    each group's first list index, written and read back by this program. ``SPLITS``: pieces of the old chunk's
-    tokens per W V' product (sm_90, Triton 3.6, bf16 at 64 features, 168 registers: 1 spills 176 B, 2 none);
-    ``GSTAGES``: software-pipelining stages of the loop over old chunks (2 or 3: 82 KB of shared memory, two programs
-    per SM, and spills); ``IND16``: the indicator product in 16 bits (the scales rounded to 16 bits; tf32 otherwise);
-    ``DTE``: the old chunk's decays to its end read from ``dte [BH, NC C]`` (``dla_read_scales_kernel``'s, ``DTE``)
-    rather than scanned from g (sm_90, bf16, 64 features: 8 barriers per old chunk instead of 12, 24 B of stack).
+    ``gs``: the float64 sums of g before every chunk (e^{Gl'} from two of them); ``dte [BH, NC C]`` the decays to each
+    chunk's end (``dla_read_scales_kernel``'s ``DTE``: scanning g per old chunk here took 4 more barriers a chunk,
+    sm_90); ``gst [programs, KP]`` int32 scratch, each group's first list index, written and read back by this
+    program. ``SPLITS``: pieces of the old chunk's tokens per W V' product (sm_90, Triton 3.6, bf16 at 64 features, 168
+    registers: 1 spills 176 B, 2 none). Per old chunk (that build): 632 instructions, 8 barriers, 24 HGMMA, against
+    256, 2 and 8 per two starts in ``dla_output_kernel``'s loop.
     """
     c = tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
     NC = tl.cdiv(T, C)
-    b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
-    row = t_idx[:, None]
+    b = bh // H
+    h = bh % H
+    row = tl.arange(0, C)[:, None]
     kd = tl.arange(0, BK)
     vd = vb * BV + tl.arange(0, BV)
-    qc = load_rows(q_ptr, trow, valid, kd, Dk)
-    kc = load_rows(k_ptr, trow, valid, kd, Dk)
-    vc = load_rows(v_ptr, trow, valid, vd, Dv)
-    g = load_scalars(g_ptr, trow, valid)
-    Gc = tl.cumsum(g, 0)
-    wrow = w_ptr + trow * K  # lambda_t
-    causal = (t_idx[None, :] <= row) & valid[:, None]
-    if KP <= 64:
-        KL: tl.constexpr = KP if KP >= 4 else 4
-        n_in, J = live_in_chunk_packed(mask_ptr, death_ptr, bh, c, NC, C)
-        jl = tl.arange(0, KL)
-        lam = tl.load(wrow[:, None] + jl[None, :], mask=valid[:, None] & (jl[None, :] < K), other=0.0).to(tl.float32)
-        lamJ = tl.where(causal, tl.gather(lam, tl.minimum(J, KL - 1), 1), 0.0)
-        Dm = intra_decay(Gc, causal)
-    else:
-        n_in, _, lamJ, Dm = intra_weights(w_ptr, mask_ptr, death_ptr, b, h, bh, c, NC, T, H, K, Gc, C, tl.int32)
-    if LOWP:
-        S = tl.dot(qc, tl.trans(kc))
-        o = tl.dot((S * Dm * lamJ).to(vc.dtype), vc)
-    else:
-        S = tl.dot(qc.to(tl.float32), tl.trans(kc.to(tl.float32)), input_precision=PREC)
-        o = tl.dot(S * Dm * lamJ, vc.to(tl.float32), input_precision=PREC)
-    qf = qc.to(tl.float32)
-    eGc = tl.exp(Gc)
-    Hc = load_state(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv, kd, vd, Dk, Dv)
-    lam_in = tl.load(wrow + n_in, mask=valid & (n_in < K), other=0.0).to(tl.float32)
-    o += (lam_in * eGc)[:, None] * qdot(qc, qf, Hc, LOWP, PREC)
+    o, qc, qf, trow, valid = chunk_own_reads(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, mask_ptr, death_ptr, hs_ptr, c, bh, vb,
+                                             T, H, Dk, Dv, K, C, BK, BV, KP, LOWP, PREC)
     # The live list (oldest first) with at least 16 entries (the indicator product's inner size); j = 0 (the
     # oldest, prefix state 0) has scale 0 and takes no group.
     KD: tl.constexpr = KP if KP >= 16 else 16
@@ -370,7 +367,7 @@ def dla_output_grouped_kernel(
     tl.debug_barrier()  # other threads of the program read the row
     gsrow = gs_ptr + bh * (NC + 1)
     CS: tl.constexpr = C // SPLITS  # the old chunk's tokens per piece of the W V' product
-    for gx in tl.range(0, ngrp, num_stages=GSTAGES):
+    for gx in tl.range(0, ngrp, num_stages=1):  # pipelined (2-3 stages): 82 KB of shared memory and spills
         j0 = tl.load(gst_row + gx)
         j1 = tl.load(gst_row + gx + 1)
         member = (jd >= j0) & (jd < j1)
@@ -382,9 +379,6 @@ def dla_output_grouped_kernel(
         alpha = tl.sum(scg, 1)
         Hp = load_state(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv, kd, vd, Dk, Dv)
         o += (alpha * tl.exp(Glp))[:, None] * qdot(qc, qf, Hp, LOWP, PREC)
-        if IND16:
-            scg = scg.to(qc.dtype)
-        Gpre = 0.0  # the sum of g over the old chunk before the piece
         for hh in tl.static_range(SPLITS):
             sp = hh * CS + tl.arange(0, CS)
             tokp = cp * C + sp
@@ -392,18 +386,10 @@ def dla_output_grouped_kernel(
             trowp = (b * T + tokp) * H + h
             kp = load_rows(k_ptr, trowp, validp, kd, Dk)
             vp = load_rows(v_ptr, trowp, validp, vd, Dv)
-            if DTE:  # dla_read_scales_kernel's decays to the chunk end
-                dec = tl.load(dte_ptr + bh * NC * C + tokp, mask=validp, other=0.0)
-            else:
-                gp = load_scalars(g_ptr, trowp, validp)
-                Gcp = Gpre + tl.cumsum(gp, 0)
-                Gpre += tl.sum(gp, 0)
-                dec = tl.where(validp, tl.exp(tl.minimum(Glp - Gcp, 0.0)), 0.0)
+            dec = tl.load(dte_ptr + bh * NC * C + tokp, mask=validp, other=0.0)  # decays to the chunk's end
             ind = member[:, None] & (aloc[:, None] > sp[None, :])  # [KD, CS]
-            if IND16:
-                wsum = tl.dot(scg, ind.to(qc.dtype))
-            else:
-                wsum = tl.dot(scg, ind.to(tl.float32), input_precision="tf32" if LOWP else PREC)
+            # tf32: the scales rounded to 10 bits (16-bit ones spilled, sm_90); the indicator is exact
+            wsum = tl.dot(scg, ind.to(tl.float32), input_precision="tf32" if LOWP else PREC)
             if LOWP:
                 Sp = tl.dot(qc, tl.trans(kp))
                 o += tl.dot((wsum * dec[None, :] * Sp).to(vp.dtype), vp)
@@ -420,15 +406,7 @@ def dla_output_grouped_kernel(
             lp = tl.load(lst + jg, mask=jg < npseudo, other=0)
             ok = (jg < npseudo) & (jg >= 1) & (lp < 0)
             bs = tl.where(ok, bh * K + lp + m0init, 0).to(tl.int64)
-            bm = ok[:, None, None] & (kd[None, :, None] < Dk) & (vd[None, None, :] < Dv)
-            Bt = tl.load(bst_ptr + bs[:, None, None] * Dk * Dv + kd[None, :, None] * Dv + vd[None, None, :],
-                         mask=bm, other=0.0)
-            Bt = tl.reshape(Bt, [G * BK, BV])
-            sg = tl.load(sc_row + row * KP + jg[None, :], mask=(jg < npseudo)[None, :], other=0.0)  # [C, G]
-            Qs = tl.reshape(qf[:, None, :] * sg[:, :, None], [C, G * BK])
-            if LOWP:
-                o += tl.dot(Qs.to(qc.dtype), Bt.to(qc.dtype))
-            else:
-                o += tl.dot(Qs, Bt.to(tl.float32), input_precision=PREC)
+            o = read_start_states(o, qc, qf, bst_ptr, bs, ok, sc_row + row * KP + jg[None, :], (jg < npseudo)[None, :],
+                                  kd, vd, Dk, Dv, C, BK, BV, G, LOWP, PREC)
     tl.store(o_ptr + trow[:, None] * Dv + vd[None, :], o.to(o_ptr.dtype.element_ty),
              mask=valid[:, None] & (vd[None, :] < Dv))
