@@ -365,7 +365,7 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
         raise_flagged(flags[0])
     off, nsurv = s.survivors.off, s.survivors.count
     G = output_group(cfg.KP, BK, cfg.lowp, settings.output_group)
-    launch = settings.launch("dla_output_kernel", **output_launch(BK, G, cfg.lowp))  # the grouped kernel's too
+    launch = settings.launch(dla_output_kernel, **output_launch(BK, G, cfg.lowp))  # the grouped kernel's too
     if maybe_grouped and (settings.grouped_reads or nsurv >= GROUPED_READS_SURVIVORS * cfg.BH * cfg.NC):
         # The old starts read by chunk from hs and the chunk's tokens: only the initial slots' pseudo starts keep a
         # state (hinit, in the start-state buffer's dtype).
