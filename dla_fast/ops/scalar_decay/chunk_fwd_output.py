@@ -299,8 +299,6 @@ def dla_output_kernel(
              mask=valid[:, None] & (vd[None, :] < Dv))
 
 
-
-
 # Grouped reads (TritonSettings.grouped_reads; H200, run 37, bf16: the output stage 722 -> 580 us at (8, 4096, 16,
 # 64) dense, 2,755 -> 1,832 at 128 features, 474 -> 1,215 at sparse: taken where the starts crowd their chunks).
 # Long: as dla_output_kernel, every read accumulates into one register tile; splitting would re-read q and o.
