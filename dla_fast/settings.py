@@ -43,14 +43,15 @@ class TritonSettings:
             ``chunk_bwd.start_range_count`` (ranges only where the dk/dv stage holds the peak by a margin: 128
             features in 16 bits; H200, run 23: -0.17 GiB for +0.8-3.7 % at (8, 4096, 16, 128); docs/training.md,
             "Memory"). Bitwise the same gradients.
-        grouped_reads: read the output's old slot starts by their chunk (``dla_output_grouped_kernel``: from the
-            prefix state before the chunk and its tokens) instead of from their materialised prefix states (no
-            ``dla_bstate_kernel``, no start-state buffer but the initial cache's); ``dla_output_kernel``'s launch
-            overrides apply to it. None: for 16-bit inputs on a GPU, without an initial cache, when the surviving
-            starts number at least ``chunk_fwd.GROUPED_READS_SURVIVORS`` per (row, chunk), i.e. where they crowd their
-            chunks (H200, run 37, (8, 4096, 16, 64) dense: forward 2.11 -> 1.97 ms, its peak 0.75 -> 0.27 GiB;
-            sparse: 1.38 -> 2.15 ms if forced). The same ``o`` up to rounding (8e-5 relative in bf16). The backward
-            still builds the start states.
+        grouped_reads: read the old slot starts by their chunk (from the prefix state before the chunk and its
+            tokens) instead of from their materialised prefix states, in the output (``dla_output_grouped_kernel``)
+            and in the backward's dq stage (``dla_bwd_q_grouped_kernel``, whose later stages then take ranges of
+            chunks): no ``dla_bstate_kernel``, no start-state buffer but the initial cache's. ``dla_output_kernel``'s
+            and ``dla_bwd_q_kernel``'s launch overrides apply to them. None: for 16-bit inputs on a GPU when the
+            surviving starts number at least ``chunk_fwd.GROUPED_READS_SURVIVORS`` per (row, chunk), i.e. where they
+            crowd their chunks (H200, (8, 4096, 16, 64) dense: forward 2.11 -> 1.97 ms, its peak 0.75 -> 0.27 GiB,
+            run 37; fwd+bwd 6.65 -> 6.72 ms, its peak 0.93 -> 0.69 GiB, run 38; sparse forward 1.38 -> 2.15 ms if
+            forced). The same results up to rounding (bf16: o 8e-5 relative, dq 1.5e-4, dg 5.4e-4).
         launch_overrides: ``((kernel, option, value), ...)``: launch options (``num_warps``, ``num_stages``,
             ``maxnreg``) in place of the measured ones of the named ``triton.jit`` kernels, for sweeps
             (``benchmarks/forward_variants.py``, ``benchmarks/backward_settings_ab.py``); empty in use.

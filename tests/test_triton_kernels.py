@@ -588,6 +588,25 @@ def test_dense_bf16_inputs_take_the_grouped_reads():
     assert torch.linalg.norm(out[True] - ref) <= 5e-3 * torch.linalg.norm(ref)
 
 
+@pytest.mark.skipif(not CUDA, reason="16-bit tensor-core products: on a GPU only (the interpreter computes fp32)")
+def test_bf16_grouped_reads_with_an_initial_cache():
+    """16-bit inputs continuing from a cache: the grouped reads (forced) read the initial slots' pseudo starts from
+    their states, and give the materialised reads' ``o`` within bf16's tolerance of the dense test above."""
+    x = regimes(1, 2048, 4, 64, 64, 30, seed=22, regime_length=2.0, jitter=0.5, decay=0.5)
+    q, k, v = (_t(a, torch.bfloat16) for a in x[:3])
+    g, w = _t(x[3]), _t(x[4])
+    n0 = 700  # not a multiple of the chunk: the continuation's chunks straddle the first call's
+    _, c0, _ = _fwd(*(t[:, :n0] for t in (q, k, v, g, w)), tau=0.6)
+    kw = dict(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
+    assert int(c0[3].min()) >= 2  # initial slots to read
+    rest = [t[:, n0:] for t in (q, k, v, g, w)]
+    out = {mode: _fwd(*rest, tau=0.6, settings=TritonSettings(grouped_reads=mode), **kw)[0].float()
+           for mode in (True, False)}
+    assert torch.linalg.norm(out[True] - out[False]) <= 1e-3 * torch.linalg.norm(out[False])
+    ref = _fwd(*(t.float() for t in rest[:3]), *rest[3:], tau=0.6, **kw)[0]
+    assert torch.linalg.norm(out[True] - ref) <= 5e-3 * torch.linalg.norm(ref)
+
+
 @needs_kernels
 @pytest.mark.parametrize("settings", [TritonSettings(table_scan=False),
                                       # no streams under the interpreter: there this is the default path, which

@@ -14,7 +14,10 @@ pre-pass:
 0. ``dla_read_scales_kernel`` (chunk, bh; the forward's, in its backward mode): per old start its ``scale`` row
    (the forward's values), its ranks, decay offset and state index, which depend on the structure, g and lambda only.
 1. ``dla_bwd_q_kernel`` (chunk, bh): ``dq`` complete, ``dlam`` complete, and ``dHc`` per chunk — the
-   transposes of the three reads above (the old starts' ``B_j`` recomputed by the forward's own kernels).
+   transposes of the three reads above (the old starts' ``B_j`` recomputed by the forward's own kernels). Where
+   the starts crowd their chunks (``TritonSettings.grouped_reads``, as the forward) ``dla_bwd_q_grouped_kernel``
+   instead reads each older chunk's starts together from ``H`` and that chunk's tokens: no ``B_j`` is built, and
+   stages 2-4 take ranges of chunks (``start_range_count``), so that neither stage holds every start's state.
 2. ``dla_bwd_db_kernel`` (surviving start, Dv block): ``dB_j = sum_t scale[t, j] q_t dO_t^T`` over the
    chunks where start ``j`` is live and old: the adjoint of each materialised prefix state.
 3. ``dla_bwd_scan_kernel`` (bh, state block): the reverse scan over chunks of the single state's adjoint,
@@ -49,35 +52,22 @@ from ..common.triton_utils import (
     load_state,
     store_state,
 )
-from .chunk_fwd import DecidedStructure, LaunchConfig, launch_config
-from .chunk_fwd_output import dla_read_scales_kernel, intra_weights
+from .chunk_fwd import DecidedStructure, LaunchConfig, launch_config, takes_grouped_reads
+from .chunk_fwd_output import dla_read_scales_kernel, intra_weights, old_start_groups, start_group
 from .chunk_fwd_states import CHUNK, Survivors, initial_prefixes, prefix_states, start_states, surviving_starts
 
 
-# Long: the transposes of the forward's three reads share one chunk's tiles in registers.
-@triton.jit(do_not_specialize=["T"])
-def dla_bwd_q_kernel(
-    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dq_ptr, dw_ptr, dgq_ptr, dhc_ptr,
-    mask_ptr, death_ptr, livem_ptr, hs_ptr, sc_ptr, rk_ptr, dgj_ptr, bsj_ptr, bst_ptr,
-    T, H, Dk, Dv, K,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr, KP: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
-):
-    """Program (chunk c, bh): the transposes of the forward's three reads.
-
-    dq_t = sum_s dP[t,s] lam_t[J] e^{..} k_s + cin_t Hc dO_t + sum_j sc[t,j] B_j dO_t   (dP = dO V^T)
-    dlam_t[J[t,s]] += dP[t,s] (q_t.k_s) e^{..};  dlam_t[n_in] += e^{Gc[t]} q_t^T Hc dO_t;
-    dlam_t[r_j + 1] += e^{..} q_t^T B_j dO_t, dlam_t[r_j] -= the same;  dHc = sum_t cin_t q_t dO_t^T.
-    The old starts' read scales ``sc``, ranks ``rk``, decay offsets ``dgj`` and state indices ``bsj`` are
-    ``dla_read_scales_kernel``'s (backward mode: one row per start). Also writes q_t.dq_t (for dg).
-    FLOPs: 2 C^2 (Dk + Dv) + 2 C^2 Dk + 4 C Dk Dv + 2 C Dk Dv per live old start."""
-    c = tl.program_id(0)
-    bh = tl.program_id(1)
+@triton.jit
+def bwd_chunk_own(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dhc_ptr, mask_ptr, death_ptr, hs_ptr, c, bh,
+                  T, H, Dk, Dv, K, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr,
+                  KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """Both dq kernels' transposes of the reads that need no old start (the intra-chunk attention and the read of
+    the state before the chunk): ``(dq [C, BK], dlam [C, KP], qc, qf, Gc, trow, valid, tok)``; writes the chunk's
+    ``dHc = sum_t cin_t q_t dO_t^T``."""
     NC = tl.cdiv(T, C)
     b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
     kd = tl.arange(0, BK)
     jj = tl.arange(0, KP)
-    kmask = valid[:, None] & (kd[None, :] < Dk)
     qc = load_rows(q_ptr, trow, valid, kd, Dk)
     kc = load_rows(k_ptr, trow, valid, kd, Dk)
     qf = qc.to(tl.float32)
@@ -113,11 +103,68 @@ def dla_bwd_q_kernel(
     # The state before the chunk, read with recency n_in(t).
     dq += cin[:, None] * ZH
     dlam += tl.where(jj[None, :] == n_in[:, None], (eGc * tl.sum(qf * ZH, 1))[:, None], 0.0)
+    return dq, dlam, qc, qf, Gc, trow, valid, tok
+
+
+@triton.jit
+def bwd_q_store(dq_ptr, dgq_ptr, dw_ptr, dq, dlam, Y, qf, trow, valid, tok, bh, T, Dk, K, C: tl.constexpr,
+                BK: tl.constexpr, KP: tl.constexpr):
+    """Both dq kernels' end: ``Y [C, KP]`` holds at rank r the old start read with rank r (``e^{..} q_t^T B_j
+    dO_t``); dlam gets +Y shifted by one rank and -Y: the same sums in the same order as adding and subtracting each
+    start's term one by one (the start of rank r - 1 comes before that of rank r). Stores dq, q_t.dq_t and dlam."""
+    kd = tl.arange(0, BK)
+    jj = tl.arange(0, KP)
+    Ym = tl.gather(Y, tl.maximum(jj[None, :] - 1, 0) + tl.zeros([C, KP], dtype=tl.int32), 1)  # rank r - 1
+    dlam = (dlam + tl.where(jj[None, :] >= 1, Ym, 0.0)) - Y
+    tl.store(dq_ptr + trow[:, None] * Dk + kd[None, :], dq.to(dq_ptr.dtype.element_ty),
+             mask=valid[:, None] & (kd[None, :] < Dk))
+    tl.store(dgq_ptr + bh * T + tok, tl.sum(qf * dq, 1), mask=valid)
+    tl.store(dw_ptr + trow[:, None] * K + jj[None, :], dlam.to(dw_ptr.dtype.element_ty),
+             mask=valid[:, None] & (jj[None, :] < K))
+
+
+@triton.jit
+def old_start_read(doc0, do_ptr, b_ptr, trow, valid, kd, Dk, Dv, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   NVB: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """``Z = dO B^T [C, BK]`` for the state at ``b_ptr`` (``doc0``: dO's tile, used when it is one Dv block)."""
+    if NVB == 1:  # dO's tile stays in registers
+        Z = dot_nt(doc0, load_state(b_ptr, kd, tl.arange(0, BV), Dk, Dv), LOWP, PREC)
+    else:
+        Z = tl.zeros([C, BK], dtype=tl.float32)
+        for vb in range(NVB):
+            vd = vb * BV + tl.arange(0, BV)
+            Z += dot_nt(load_rows(do_ptr, trow, valid, vd, Dv), load_state(b_ptr, kd, vd, Dk, Dv), LOWP, PREC)
+    return Z
+
+
+@triton.jit(do_not_specialize=["T"])
+def dla_bwd_q_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dq_ptr, dw_ptr, dgq_ptr, dhc_ptr,
+    mask_ptr, death_ptr, livem_ptr, hs_ptr, sc_ptr, rk_ptr, dgj_ptr, bsj_ptr, bst_ptr,
+    T, H, Dk, Dv, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr, KP: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
+):
+    """Program (chunk c, bh): the transposes of the forward's three reads.
+
+    dq_t = sum_s dP[t,s] lam_t[J] e^{..} k_s + cin_t Hc dO_t + sum_j sc[t,j] B_j dO_t   (dP = dO V^T)
+    dlam_t[J[t,s]] += dP[t,s] (q_t.k_s) e^{..};  dlam_t[n_in] += e^{Gc[t]} q_t^T Hc dO_t;
+    dlam_t[r_j + 1] += e^{..} q_t^T B_j dO_t, dlam_t[r_j] -= the same;  dHc = sum_t cin_t q_t dO_t^T.
+    The old starts' read scales ``sc``, ranks ``rk``, decay offsets ``dgj`` and state indices ``bsj`` are
+    ``dla_read_scales_kernel``'s (backward mode: one row per start). Also writes q_t.dq_t (for dg).
+    FLOPs: 2 C^2 (Dk + Dv) + 2 C^2 Dk + 4 C Dk Dv + 2 C Dk Dv per live old start."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    dq, dlam, qc, qf, Gc, trow, valid, tok = bwd_chunk_own(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dhc_ptr,
+                                                           mask_ptr, death_ptr, hs_ptr, c, bh, T, H, Dk, Dv, K,
+                                                           C, BK, BV, NVB, KP, LOWP, PREC)
+    t_idx = tl.arange(0, C)
+    kd = tl.arange(0, BK)
+    jj = tl.arange(0, KP)
     # Old live starts, from the newest (list index m0 - 1) to index 1 (the oldest, index 0, has H = 0 before it);
     # each start's rows come from the pre-pass. The start's dlam term e^{..} q_t^T B_j dO_t goes to column r_j(t)
-    # of Y (one start per rank); dlam gets +Y shifted by one rank and -Y after the loop: the same sums in the same
-    # order as adding and subtracting each start's term in the loop (the start of rank r - 1 comes before that of
-    # rank r).
+    # of Y (one start per rank).
     prog = (bh * NC + c).to(tl.int64)
     m0 = tl.load(livem_ptr + bh * NC + c)
     sc_rows = sc_ptr + prog * KP * C
@@ -137,25 +184,99 @@ def dla_bwd_q_kernel(
         sc_j = tl.load(sc_rows + jx * C + t_idx)
         r_j = tl.load(rk_rows + jx * C + t_idx).to(tl.int32)
         dG_j = tl.load(dg_row + jx)
-        if NVB == 1:  # dO's tile stays in registers
-            Bt = load_state(bst_ptr + bs * Dk * Dv, kd, tl.arange(0, BV), Dk, Dv)
-            Z = dot_nt(doc0, Bt, LOWP, PREC)
-        else:
-            Z = tl.zeros([C, BK], dtype=tl.float32)
-            for vb in range(NVB):
-                vd = vb * BV + tl.arange(0, BV)
-                doc = load_rows(do_ptr, trow, valid, vd, Dv)
-                Bt = load_state(bst_ptr + bs * Dk * Dv, kd, vd, Dk, Dv)
-                Z += dot_nt(doc, Bt, LOWP, PREC)
+        Z = old_start_read(doc0, do_ptr, bst_ptr + bs * Dk * Dv, trow, valid, kd, Dk, Dv, C, BK, BV, NVB, LOWP, PREC)
         dq += sc_j[:, None] * Z
         dc = tl.sum(qf * Z, 1) * tl.exp(tl.minimum(Gc + dG_j, 0.0))
         Y = tl.where(jj[None, :] == r_j[:, None], dc[:, None], Y)  # r_j = -1 where start j is not read
-    Ym = tl.gather(Y, tl.maximum(jj[None, :] - 1, 0) + tl.zeros([C, KP], dtype=tl.int32), 1)  # rank r - 1
-    dlam = (dlam + tl.where(jj[None, :] >= 1, Ym, 0.0)) - Y
-    tl.store(dq_ptr + trow[:, None] * Dk + kd[None, :], dq.to(dq_ptr.dtype.element_ty), mask=kmask)
-    tl.store(dgq_ptr + bh * T + tok, tl.sum(qf * dq, 1), mask=valid)
-    tl.store(dw_ptr + trow[:, None] * K + jj[None, :], dlam.to(dw_ptr.dtype.element_ty),
-             mask=valid[:, None] & (jj[None, :] < K))
+    bwd_q_store(dq_ptr, dgq_ptr, dw_ptr, dq, dlam, Y, qf, trow, valid, tok, bh, T, Dk, K, C, BK, KP)
+
+
+# Long: as dla_bwd_q_kernel, every read's transpose accumulates into the chunk's dq and per-start tiles.
+@triton.jit(do_not_specialize=["T"])
+def dla_bwd_q_grouped_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dq_ptr, dw_ptr, dgq_ptr, dhc_ptr,
+    mask_ptr, death_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, sc_ptr, inv_ptr, dgj_ptr, dte_ptr, gst_ptr, bst_ptr,
+    T, H, Dk, Dv, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr, KP: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, HAS_INIT: tl.constexpr, SPLITS: tl.constexpr,
+):
+    """Program (chunk c, bh): ``dla_bwd_q_kernel``'s gradients with the old starts read by their chunk, as the
+    forward's ``dla_output_grouped_kernel`` reads them (no start state: B_a = e^{Gl'} H(c') + sum_{s in c', s < a}
+    e^{Gl' - Gc'[s]} k_s v_s^T). For the group A(c') of live old starts in an earlier chunk c':
+
+        sum_{j in A(c')} sc[t, j] B_j dO_t = alpha_t e^{Gl'} H(c') dO_t + sum_{s in c'} wsum[t, s] e^{..} (dO_t.v_s) k_s
+        q_t^T B_j dO_t = e^{Gl'} q_t^T H(c') dO_t + sum_{s in c', s < a_j} e^{..} (q_t.k_s) (dO_t.v_s)     (j in A(c'))
+
+    (``alpha_t``, ``wsum`` as in the forward); the second, one column per start, is a [C, C] x [C, KD] product with
+    the indicator (a_j > s). Its decay e^{min(Gc[t] + dgj, 0)} and its rank come after the loop: the per-start
+    values go to their ranks by one gather through the pre-pass's inverse rank map ``inv [C, KP]`` (``INV``). Per
+    distinct old chunk: dO H^T (2 C Dk Dv FLOPs), dO V'^T and Q K'^T (2 C^2 (Dv + Dk)), two indicator products
+    (4 C^2 KD), the dq product (2 C^2 Dk); reads H(c') and the old chunk's k, v and decays. ``hs`` is read for
+    older chunks: ``dhc`` must not alias it. The initial slots' pseudo starts (``HAS_INIT``) are read one at a time
+    from their states ``bst [BH K, Dk, Dv]``. ``gst [BH NC, KP]`` int32 scratch (``old_start_groups``)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    b = bh // H
+    h = bh % H
+    dq, dlam, qc, qf, Gc, trow, valid, tok = bwd_chunk_own(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, do_ptr, dhc_ptr,
+                                                           mask_ptr, death_ptr, hs_ptr, c, bh, T, H, Dk, Dv, K,
+                                                           C, BK, BV, NVB, KP, LOWP, PREC)
+    row = tl.arange(0, C)[:, None]
+    kd = tl.arange(0, BK)
+    jj = tl.arange(0, KP)
+    KD: tl.constexpr = KP if KP >= 16 else 16
+    prog = (bh * NC + c).to(tl.int64)
+    gst_row = gst_ptr + prog * KP
+    lst, jd, m0, lpos, aloc, ngrp = old_start_groups(live_ptr, livem_ptr, gst_row, bh, c, NC, C, KP, KD)
+    sc_rows = sc_ptr + prog * KP * C  # one row per start
+    doc0 = tl.load(do_ptr + trow[:, None] * Dv + tl.arange(0, BV)[None, :],
+                   mask=valid[:, None] & (tl.arange(0, BV)[None, :] < Dv), other=0.0)
+    DC = tl.zeros([C, KD], dtype=tl.float32)  # q_t^T B_j dO_t at list index j
+    CS: tl.constexpr = C // SPLITS
+    IND_PREC: tl.constexpr = "tf32" if LOWP else PREC  # the indicator is exact; the other operand rounded to tf32
+    for gx in tl.range(0, ngrp, num_stages=1):
+        member, cp, Glp = start_group(gst_row, lst, jd, gs_ptr + bh * (NC + 1), gx, C)
+        eGl = tl.exp(Glp)
+        scg = tl.load(sc_rows + jd[None, :] * C + row, mask=member[None, :], other=0.0)  # [C, KD]
+        ZH = old_start_read(doc0, do_ptr, hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv, trow, valid, kd, Dk, Dv, C, BK,
+                            BV, NVB, LOWP, PREC)
+        dq += (tl.sum(scg, 1) * eGl)[:, None] * ZH
+        U = tl.zeros([C, KD], dtype=tl.float32) + (eGl * tl.sum(qf * ZH, 1))[:, None]
+        for hh in tl.static_range(SPLITS):
+            sp = hh * CS + tl.arange(0, CS)
+            tokp = cp * C + sp
+            validp = tokp < T
+            trowp = (b * T + tokp) * H + h
+            kp = load_rows(k_ptr, trowp, validp, kd, Dk)
+            if NVB == 1:
+                P = dot_nt(doc0, load_rows(v_ptr, trowp, validp, tl.arange(0, BV), Dv), LOWP, PREC)
+            else:
+                P = tl.zeros([C, CS], dtype=tl.float32)
+                for vb in range(NVB):
+                    vd = vb * BV + tl.arange(0, BV)
+                    P += dot_nt(load_rows(do_ptr, trow, valid, vd, Dv), load_rows(v_ptr, trowp, validp, vd, Dv),
+                                LOWP, PREC)
+            P *= tl.load(dte_ptr + bh * NC * C + tokp, mask=validp, other=0.0)[None, :]  # decays to c' end
+            ind = (member[:, None] & (aloc[:, None] > sp[None, :])).to(tl.float32)  # [KD, CS]
+            wsum = tl.dot(scg, ind, input_precision=IND_PREC)
+            dq += dot_nn(wsum * P, kp, LOWP, PREC, qc.dtype)
+            U += tl.dot(dot_nt(qc, kp, LOWP, PREC) * P, tl.trans(ind), input_precision=IND_PREC)
+        DC += tl.where(member[None, :], U, 0.0)
+    if HAS_INIT:
+        # The initial slots' pseudo starts (the list's first entries, lpos < 0; index 0 is never read).
+        m0init = tl.load(livem_ptr + bh * NC)
+        npseudo = tl.sum(((jd < m0) & (lpos < 0)).to(tl.int32), 0)
+        for jx in range(1, npseudo):
+            bst_j = bst_ptr + (bh * K + tl.load(lst + jx) + m0init).to(tl.int64) * Dk * Dv
+            Z = old_start_read(doc0, do_ptr, bst_j, trow, valid, kd, Dk, Dv, C, BK, BV, NVB, LOWP, PREC)
+            dq += tl.load(sc_rows + jx * C + tl.arange(0, C))[:, None] * Z
+            DC += tl.where(jd[None, :] == jx, tl.sum(qf * Z, 1)[:, None], 0.0)
+    dgv = tl.load(dgj_ptr + prog * KP + jd, mask=jd < KP, other=0.0)
+    DC *= tl.exp(tl.minimum(Gc[:, None] + dgv[None, :], 0.0))
+    inv = tl.load(inv_ptr + prog * C * KP + row * KP + jj[None, :]).to(tl.int32)
+    Y = tl.where(inv >= 0, tl.gather(DC, tl.maximum(inv, 0), 1), 0.0)
+    bwd_q_store(dq_ptr, dgq_ptr, dw_ptr, dq, dlam, Y, qf, trow, valid, tok, bh, T, Dk, K, C, BK, KP)
 
 
 @triton.jit(do_not_specialize=["T", "nsurv"])
@@ -296,33 +417,40 @@ def dla_bwd_kv_kernel(
     tl.store(dgk_ptr + bh * T + tok, tl.sum(kc.to(tl.float32) * dk, 1), mask=valid)
 
 
-def _old_start_rows(cfg: LaunchConfig, g, slot_weights, s: DecidedStructure, gs, bidx, nsurv: int,
+def _old_start_rows(cfg: LaunchConfig, g, slot_weights, s: DecidedStructure, gs, bidx, nsurv: int, grouped: bool,
                     settings: TritonSettings):
     """The pre-pass: what the dq kernel's loop over the old starts needs besides dO, one row per (bh, chunk, start),
-    from ``dla_read_scales_kernel`` in its backward mode: ``(sc, rk, dgj, bsj)``, the read scales ``[BH, NC, KP, C]``
-    fp32 (the forward's values, transposed), the ranks ``[BH, NC, KP, C]`` int8 (-1 where not read), the decay
-    offsets ``[BH, NC, KP]`` fp32 and the state indices ``[BH, NC, KP]`` int32. 10.5 KB per (bh, chunk)."""
+    from ``dla_read_scales_kernel`` in its backward mode: ``(sc, rk, dgj, bsj, dte)``, the read scales ``[BH, NC,
+    KP, C]`` fp32 (the forward's values, transposed), the ranks ``[BH, NC, KP, C]`` int8 (-1 where not read), the
+    decay offsets ``[BH, NC, KP]`` fp32 and the state indices ``[BH, NC, KP]`` int32: 10.5 KB per (bh, chunk).
+    ``grouped`` (``dla_bwd_q_grouped_kernel``): ``rk`` the inverse rank map ``[BH, NC, C, KP]``, no ``bsj``, and
+    ``dte [BH, NC C]`` fp32 the decays to each chunk's end (else None)."""
     shape = (cfg.BH, cfg.NC, cfg.KP)
     dev = g.device
     sc = torch.empty(*shape, CHUNK, device=dev, dtype=torch.float32)
     rk = torch.empty(*shape, CHUNK, device=dev, dtype=torch.int8)
     dgj = torch.empty(shape, device=dev, dtype=torch.float32)
-    bsj = torch.empty(shape, device=dev, dtype=torch.int32)
+    bsj = torch.empty(1 if grouped else shape, device=dev, dtype=torch.int32)
+    dte = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32) if grouped else None
     dla_read_scales_kernel[(cfg.NC, cfg.BH)](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc, bidx,
                                              nsurv, rk, dgj, bsj, cfg.T, cfg.H, cfg.K, C=CHUNK, KP=cfg.KP, BWD=True,
+                                             dte_ptr=dte, DTE=grouped, INV=grouped,
                                              **settings.launch(dla_read_scales_kernel, num_warps=4))
-    return sc, rk, dgj, bsj
+    return sc, rk, dgj, bsj, dte
 
 
 def _recompute(cfg: LaunchConfig, k, v, g, init_states, s: DecidedStructure, settings: TritonSettings):
-    """The forward's prefix states (recomputed, not stored): ``(states0, gs, hs, survivors, bidx, bst)``."""
+    """The forward's prefix states (recomputed, not stored): ``(states0, gs, hs, survivors, bidx, bst, grouped)``;
+    ``grouped``: whether the dq stage reads the old starts by chunk (``takes_grouped_reads``, as the forward), then
+    ``bst`` holds only the initial slots' pseudo starts' states."""
     states0 = None if init_states is None else init_states.float().reshape(cfg.BH, cfg.K, cfg.Dk, cfg.Dv)
     h0, hinit = initial_prefixes(states0, cfg.BH, cfg.Dk, cfg.Dv, k.device)
     hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
     sv = s.survivors or surviving_starts(s.masks, s.death, cfg.T)[0]  # the forward's, if kept
+    grouped = takes_grouped_reads(cfg, settings, sv.count)
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, sv.off, sv.count, hinit if states0 is not None else None,
-                             cfg.K, lowp=cfg.lowp, prec=cfg.prec, settings=settings)
-    return states0, gs, hs, sv, bidx, bst
+                             cfg.K, lowp=cfg.lowp, prec=cfg.prec, settings=settings, states=not grouped)
+    return states0, gs, hs, sv, bidx, bst, grouped
 
 
 def _final_cache_adjoint(cfg: LaunchConfig, s: DecidedStructure, dS_final, dhc, gs, bidx, nsurv: int, size0):
@@ -394,22 +522,25 @@ class StartRange:
     shift: torch.Tensor
 
 
-def start_range_count(cfg: LaunchConfig, nsurv: int, db_bytes: int, io_bytes: int, requested: int | None) -> int:
-    """How many ranges of chunks stages 2-4 take (``db_bytes``, ``io_bytes``: the element sizes of dB and of dk, dv).
+def start_range_count(cfg: LaunchConfig, nsurv: int, db_bytes: int, io_bytes: int, requested: int | None,
+                      grouped: bool = False) -> int:
+    """How many ranges of chunks stages 2-4 take (``db_bytes``, ``io_bytes``: the element sizes of dB and of dk, dv;
+    ``grouped``: the dq stage read the old starts by chunk, without their states).
 
     ``requested`` (clamped to 1 .. NC), or by default: one where the dq stage holds the peak anyway (with one range
-    it holds the start states, as large as dB, the state buffer and the read scales and ranks; the dk/dv stage holds
-    dB, the state buffer, dk and dv), else as many as keep one range's dB no larger than the state adjoint dHc
-    (``(NC + 1) Dk Dv`` float32 per row). So ranges are taken when dk and dv outweigh twice the scales and ranks (128
-    features in 16 bits; H200, run 23: -0.17 GiB for +0.8-3.7 % at (8, 4096, 16, 128); at 64 features -0.02 to -0.05 GiB
-    for +2-5 %: not taken). One without surviving starts (the pseudo starts are all in the first range)."""
+    and materialised reads it holds the start states, as large as dB, the state buffer and the read scales and
+    ranks; the dk/dv stage holds dB, the state buffer, dk and dv), else as many as keep one range's dB no larger
+    than the state adjoint dHc (``(NC + 1) Dk Dv`` float32 per row). So ranges are taken after grouped reads, and
+    after materialised ones when dk and dv outweigh twice the scales and ranks (128 features in 16 bits; H200, run
+    23: -0.17 GiB for +0.8-3.7 % at (8, 4096, 16, 128); at 64 features -0.02 to -0.05 GiB for +2-5 %: not taken).
+    One without surviving starts (the pseudo starts are all in the first range)."""
     if nsurv == 0:
         return 1
     if requested is not None:
         return max(1, min(requested, cfg.NC))
     dkdv = cfg.B * cfg.T * cfg.H * (cfg.Dk + cfg.Dv) * io_bytes
     scales = cfg.BH * cfg.NC * cfg.KP * CHUNK * (4 + 1)  # the read scales (float32) and ranks (int8)
-    if dkdv <= 2 * scales:
+    if not grouped and dkdv <= 2 * scales:
         return 1
     states = nsurv * cfg.Dk * cfg.Dv * db_bytes
     dhc = cfg.BH * (cfg.NC + 1) * cfg.Dk * cfg.Dv * 4
@@ -439,14 +570,14 @@ def start_ranges(cfg: LaunchConfig, sv: Survivors, sbh, spos, count: int) -> lis
                        spos[starts[r]:starts[r] + sizes[r]], shift[:, r].contiguous()) for r in reversed(range(count))]
 
 
-def _start_buffers(cfg: LaunchConfig, bidx, sv: Survivors, ninit: int, dtype, requested: int | None):
+def _start_buffers(cfg: LaunchConfig, bidx, sv: Survivors, ninit: int, dtype, requested: int | None, grouped: bool):
     """``(ranges, spos, db)``: the ranges of chunks (``start_range_count``, last first), the surviving starts'
     positions in the compact order and one range's dB buffer: the largest range's starts (the first's with the
     pseudo starts) and a spare row for ``_inject``; 16-bit for 16-bit inputs (every consumer casts dB to 16 bits for
     its products anyway)."""
     sbh, spos = _survivor_positions(bidx, sv.count)
     db_dtype = dtype if cfg.lowp else torch.float32
-    count = start_range_count(cfg, sv.count, db_dtype.itemsize, dtype.itemsize, requested)
+    count = start_range_count(cfg, sv.count, db_dtype.itemsize, dtype.itemsize, requested, grouped)
     ranges = start_ranges(cfg, sv, sbh, spos, count)
     rows = max(r.nreal + (ninit if r.c0 == 0 else 0) for r in ranges) + 1
     return ranges, spos, torch.empty(rows, cfg.Dk, cfg.Dv, device=bidx.device, dtype=db_dtype)
@@ -511,27 +642,38 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     g, slot_weights = g.contiguous(), slot_weights.contiguous()
     s = structure
     mark_stage(profile, "recompute")
-    states0, gs, hs, sv, bidx, bst = _recompute(cfg, k, v, g, init_states, s, settings)
+    states0, gs, hs, sv, bidx, bst, grouped = _recompute(cfg, k, v, g, init_states, s, settings)
     off, nsurv = sv.off, sv.count
     ninit = BH * K if states0 is not None else 0
     # 1. dq, dlam, dHc, after the old starts' rows (sc lives on as the dB kernel's weights, the others die with dq).
     mark_stage(profile, "dq")
-    sc, rk, dgj, bsj = _old_start_rows(cfg, g, slot_weights, s, gs, bidx, nsurv, settings)
+    sc, rk, dgj, bsj, dte = _old_start_rows(cfg, g, slot_weights, s, gs, bidx, nsurv, grouped, settings)
     dq = torch.empty_like(q)
     # dlam in the read weights' dtype: one rounding, as autograd's of a float32 one (half the bytes at the peak).
     dlam = torch.empty(B, T, H, K, device=dev, dtype=slot_weights.dtype)
     dgq = torch.empty(BH, T, device=dev, dtype=torch.float32)  # time contiguous: the cumsum below
-    dhc = hs  # each program reads its chunk's H before writing that chunk's dHc in its place (H is then dead)
-    dla_bwd_q_kernel[(NC, BH)](
-        q, k, v, g, slot_weights, dO, dq, dlam, dgq, dhc, s.masks, s.death, s.livem, hs, sc, rk, dgj, bsj, bst,
-        T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=cfg.KP, LOWP=cfg.lowp,
-        PREC=cfg.prec, STAGES=settings.bwd_stages, **settings.launch(dla_bwd_q_kernel, num_warps=settings.bwd_warps),
-    )
-    del bst, rk, dgj, bsj
+    launch = settings.launch(dla_bwd_q_kernel, num_warps=settings.bwd_warps)  # the grouped kernel's too
+    if grouped:
+        dhc = torch.empty_like(hs)  # the programs read older chunks' H: none is overwritten in place
+        gst = torch.empty(BH * NC * cfg.KP, device=dev, dtype=torch.int32)
+        dla_bwd_q_grouped_kernel[(NC, BH)](
+            q, k, v, g, slot_weights, dO, dq, dlam, dgq, dhc, s.masks, s.death, s.live, s.livem, hs, gs, sc, rk, dgj,
+            dte, gst, bst, T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=cfg.KP, LOWP=cfg.lowp,
+            PREC=cfg.prec, HAS_INIT=states0 is not None, SPLITS=2, **launch,
+        )
+        hs = dhc
+    else:
+        dhc = hs  # each program reads its chunk's H before writing that chunk's dHc in its place (H is then dead)
+        dla_bwd_q_kernel[(NC, BH)](
+            q, k, v, g, slot_weights, dO, dq, dlam, dgq, dhc, s.masks, s.death, s.livem, hs, sc, rk, dgj, bsj, bst,
+            T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=cfg.KP, LOWP=cfg.lowp,
+            PREC=cfg.prec, STAGES=settings.bwd_stages, **launch,
+        )
+    del bst, rk, dgj, bsj, dte
     # 2-4. dB of the surviving starts, the reverse scan of the single state's adjoint and dk, dv, a range of chunks
     # at a time, last first (the scan carries Y[c1] from one range to the next): one range's dB is held at a time.
     mark_stage(profile, "dB")
-    ranges, spos, db = _start_buffers(cfg, bidx, sv, ninit, q.dtype, settings.bwd_start_ranges)
+    ranges, spos, db = _start_buffers(cfg, bidx, sv, ninit, q.dtype, settings.bwd_start_ranges, grouped)
     injections = _final_cache_adjoint(cfg, s, dS_final, dhc, gs, bidx, nsurv, size0)
     dk = dv = dgk = None
     for i, rng in enumerate(ranges):

@@ -73,9 +73,19 @@ MAX_DIM = 256
 MIN_GPU_FORWARD_DIM = 32
 
 # Surviving starts per (row, chunk) from which 16-bit inputs take the grouped reads (``TritonSettings.grouped_reads``
-# None): H200, run 37, (8, 4096, 16, 64): the output stage with its start states 474 / 606 / 722 us against 1,215 /
-# 860 / 580 grouped at 0.8 / 3.0 / 7.7 survivors (sparse / moderate / dense); (2, 16384) dense at 5.9: 698 / 693.
+# None), in the forward and the backward: H200, run 37, (8, 4096, 16, 64): the output stage with its start states 474
+# / 606 / 722 us against 1,215 / 860 / 580 grouped at 0.8 / 3.0 / 7.7 survivors (sparse / moderate / dense); (2,
+# 16384) dense at 5.9: 698 / 693. The backward (run 38, 7.7 survivors): the recompute and dq stages 2.25 -> 2.14 ms.
 GROUPED_READS_SURVIVORS = 6
+
+
+def takes_grouped_reads(cfg: LaunchConfig, settings: TritonSettings, nsurv: int | None) -> bool:
+    """Whether the output and the backward's dq stage read the old starts by chunk (``TritonSettings.grouped_reads``):
+    as set, or by default for 16-bit inputs whose ``nsurv`` surviving starts number at least
+    ``GROUPED_READS_SURVIVORS`` per (row, chunk). ``nsurv`` None: whether they may be (before the count is known)."""
+    if settings.grouped_reads is not None:
+        return settings.grouped_reads
+    return cfg.lowp and (nsurv is None or nsurv >= GROUPED_READS_SURVIVORS * cfg.BH * cfg.NC)
 
 
 def check_dims(Dk: int, Dv: int) -> None:
@@ -347,9 +357,8 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     # by group. The scales need no start state: their kernel runs while the host synchronises.
     sc = torch.empty(cfg.BH * cfg.NC * CHUNK * cfg.KP, device=q.device, dtype=torch.float32)
     bsc = torch.empty(grid[0] * grid[1] * grid[2] * cfg.KP, device=q.device, dtype=torch.int32)
-    # Grouped reads, if they may be taken: the chunks' decays to their ends, written by the scales' kernel. Not chosen
-    # with an initial cache: its pseudo starts' 16-bit path has been built for sm_90 but not yet run on a GPU.
-    maybe_grouped = settings.grouped_reads or (settings.grouped_reads is None and cfg.lowp and hinit is None)
+    # Grouped reads, if they may be taken: the chunks' decays to their ends, written by the scales' kernel.
+    maybe_grouped = takes_grouped_reads(cfg, settings, None)
     dte = torch.empty(cfg.BH * cfg.NC * CHUNK, device=q.device, dtype=torch.float32) if maybe_grouped else None
 
     def read_scales():
@@ -366,7 +375,7 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     off, nsurv = s.survivors.off, s.survivors.count
     G = output_group(cfg.KP, BK, cfg.lowp, settings.output_group)
     launch = settings.launch(dla_output_kernel, **output_launch(BK, G, cfg.lowp))  # the grouped kernel's too
-    if maybe_grouped and (settings.grouped_reads or nsurv >= GROUPED_READS_SURVIVORS * cfg.BH * cfg.NC):
+    if takes_grouped_reads(cfg, settings, nsurv):
         # The old starts read by chunk from hs and the chunk's tokens: only the initial slots' pseudo starts keep a
         # state (hinit, in the start-state buffer's dtype).
         dt = q.dtype if cfg.lowp else torch.float32

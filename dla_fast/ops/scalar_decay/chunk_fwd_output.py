@@ -100,6 +100,41 @@ def old_starts(live_ptr, livem_ptr, bh, c, NC, KP: tl.constexpr):
 
 
 @triton.jit
+def old_start_groups(live_ptr, livem_ptr, gst_row, bh, c, NC, C: tl.constexpr, KP: tl.constexpr, KD: tl.constexpr):
+    """The live old starts at chunk c's start grouped by their chunk, for the reads by chunk (the forward's and the
+    backward's grouped kernels): ``(lst, jd, m0, lpos, aloc, ngrp)``, the live list's address, its indices (at least
+    16: the indicator products' inner size), length and first tokens (-1 past ``m0``), each start's position in its
+    chunk and the number of groups. j = 0 (the oldest, prefix state 0) takes no group, nor do the initial slots'
+    pseudo starts. Each group's first list index (and ``m0`` after the last) goes to the program's scratch row
+    ``gst_row [KP]``, read back by ``start_group``: the loop over groups then takes no reduction over the list."""
+    jd = tl.arange(0, KD)
+    lst = live_ptr + (bh * NC + c) * KP
+    m0 = tl.load(livem_ptr + bh * NC + c)
+    lpos = tl.load(lst + jd, mask=jd < m0, other=-1)
+    lprev = tl.load(lst + jd - 1, mask=(jd >= 1) & (jd - 1 < m0), other=-1)
+    real = (jd >= 1) & (jd < m0) & (lpos >= 0)  # token starts (in an earlier chunk)
+    cpj = lpos // C
+    first = real & ((lprev < 0) | (jd == 1) | (lprev // C != cpj))
+    gid = tl.cumsum(first.to(tl.int32), 0) - 1
+    ngrp = tl.sum(first.to(tl.int32), 0)
+    tl.store(gst_row + gid, jd, mask=first)
+    tl.store(gst_row + jd, m0, mask=jd == ngrp)
+    tl.debug_barrier()  # other threads of the program read the row
+    return lst, jd, m0, lpos, lpos - cpj * C, ngrp
+
+
+@triton.jit
+def start_group(gst_row, lst, jd, gsrow, gx, C: tl.constexpr):
+    """Group ``gx`` of ``old_start_groups``: ``(member [KD] bool, cp, Glp)``, its list entries, its chunk c' (full:
+    no padding) and the sum of g over c' (from the float64 sums ``gsrow`` of g before each chunk)."""
+    j0 = tl.load(gst_row + gx)
+    j1 = tl.load(gst_row + gx + 1)
+    cp = tl.load(lst + j0) // C
+    Glp = (tl.load(gsrow + cp + 1) - tl.load(gsrow + cp)).to(tl.float32)
+    return (jd >= j0) & (jd < j1), cp, Glp
+
+
+@triton.jit
 def start_state_index(bidx_ptr, binit, lpos, inlist, m0init, bh, NC, K, C: tl.constexpr):
     """Each listed old start's prefix state in the compact start-state buffer: a surviving start's by ``bidx``, an
     initial slot's pseudo start after the ``binit`` surviving ones (-1 for an unlisted token start)."""
@@ -113,6 +148,7 @@ def dla_read_scales_kernel(
     bidx_ptr, binit, rk_ptr, dgj_ptr, bsj_ptr,
     T, H, K,
     C: tl.constexpr, KP: tl.constexpr, BWD: tl.constexpr, dte_ptr=None, DTE: tl.constexpr = False,
+    INV: tl.constexpr = False,
 ):
     """Program (chunk c, bh): the read scales of the old starts,
 
@@ -130,8 +166,10 @@ def dla_read_scales_kernel(
     start is read (alive, j >= 1, t < T), else -1; ``dgj [KP]`` fp32 the decay offset ``G(c0) - G(ref_j)`` (the
     read's decay is ``e^{min(Gc[t] + dgj, 0)}``); ``bsj [KP]`` int32 the start's prefix state in ``bidx``'s compact
     order (the initial slots' pseudo starts from ``binit``).
-    ``DTE`` (forward, grouped reads): also the chunk's decays to its end ``e^{Gc[C-1] - Gc[t]}`` fp32 at ``dte [BH,
-    NC C]`` (``dla_output_grouped_kernel`` reads them for the older chunks' tokens)."""
+    ``INV`` (backward, grouped reads): ``rk`` is the inverse map instead, ``[C, KP]`` int8 the list index of the
+    start read with rank r at t (-1 where none), and ``bsj`` is not written (``dla_bwd_q_grouped_kernel``).
+    ``DTE`` (grouped reads): also the chunk's decays to its end ``e^{Gc[C-1] - Gc[t]}`` fp32 at ``dte [BH, NC C]``
+    (the grouped kernels read them for the older chunks' tokens)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
@@ -164,14 +202,21 @@ def dla_read_scales_kernel(
     prog = (bh * NC + c).to(tl.int64)
     if BWD:
         tl.store(sc_ptr + prog * KP * C + jj[None, :] * C + row, scale)
-        tl.store(rk_ptr + prog * KP * C + jj[None, :] * C + row, tl.where(cmask, r, -1).to(tl.int8))
         tl.store(dgj_ptr + prog * KP + jj, dG)
-        tl.store(bsj_ptr + prog * KP + jj, start_state_index(bidx_ptr, binit, lpos, inlist, m0init, bh, NC, K, C))
+        if INV:
+            # rk [C, KP]: at (t, r) the list index of the start read with rank r at t, -1 where none (the ranks of
+            # the starts read at t are distinct)
+            tl.store(rk_ptr + prog * C * KP + row * KP + jj[None, :], tl.full([C, KP], -1, tl.int8))
+            tl.debug_barrier()  # the same addresses, other threads
+            tl.store(rk_ptr + prog * C * KP + row * KP + r, (jj[None, :] + 0 * row).to(tl.int8), mask=cmask)
+        else:
+            tl.store(rk_ptr + prog * KP * C + jj[None, :] * C + row, tl.where(cmask, r, -1).to(tl.int8))
+            tl.store(bsj_ptr + prog * KP + jj, start_state_index(bidx_ptr, binit, lpos, inlist, m0init, bh, NC, K, C))
     else:
         tl.store(sc_ptr + prog * C * KP + row * KP + jj[None, :], scale)
-        if DTE:
-            Gl = tl.sum(tl.where(t_idx == C - 1, Gc, 0.0), 0)  # the last valid token's (g = 0 past T)
-            tl.store(dte_ptr + prog * C + t_idx, tl.where(valid, tl.exp(tl.minimum(Gl - Gc, 0.0)), 0.0))
+    if DTE:
+        Gl = tl.sum(tl.where(t_idx == C - 1, Gc, 0.0), 0)  # the last valid token's (g = 0 past T)
+        tl.store(dte_ptr + prog * C + t_idx, tl.where(valid, tl.exp(tl.minimum(Gl - Gc, 0.0)), 0.0))
 
 
 @triton.jit
@@ -342,36 +387,13 @@ def dla_output_grouped_kernel(
     vd = vb * BV + tl.arange(0, BV)
     o, qc, qf, trow, valid = chunk_own_reads(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, mask_ptr, death_ptr, hs_ptr, c, bh, vb,
                                              T, H, Dk, Dv, K, C, BK, BV, KP, LOWP, PREC)
-    # The live list (oldest first) with at least 16 entries (the indicator product's inner size); j = 0 (the
-    # oldest, prefix state 0) has scale 0 and takes no group.
     KD: tl.constexpr = KP if KP >= 16 else 16
-    jd = tl.arange(0, KD)
-    lst = live_ptr + (bh * NC + c) * KP
-    m0 = tl.load(livem_ptr + bh * NC + c)
-    lpos = tl.load(lst + jd, mask=jd < m0, other=-1)
-    lprev = tl.load(lst + jd - 1, mask=(jd >= 1) & (jd - 1 < m0), other=-1)
-    real = (jd >= 1) & (jd < m0) & (lpos >= 0)  # token starts (in an earlier chunk)
-    cpj = lpos // C
-    first = real & ((lprev < 0) | (jd == 1) | (lprev // C != cpj))
-    gid = tl.cumsum(first.to(tl.int32), 0) - 1
-    ngrp = tl.sum(first.to(tl.int32), 0)
-    aloc = lpos - cpj * C  # the start's position in its chunk
-    sc_row = sc_ptr + (bh * NC + c).to(tl.int64) * C * KP
-    # Each group's first list index (and m0 after the last) in this program's scratch row, read back as scalars: the
-    # group's chunk and members then take no reduction over the list in the loop.
     prog = ((c * tl.num_programs(1) + bh) * tl.num_programs(2) + vb).to(tl.int64)
-    gst_row = gst_ptr + prog * KP
-    tl.store(gst_row + gid, jd, mask=first)
-    tl.store(gst_row + jd, m0, mask=jd == ngrp)
-    tl.debug_barrier()  # other threads of the program read the row
-    gsrow = gs_ptr + bh * (NC + 1)
+    lst, jd, m0, lpos, aloc, ngrp = old_start_groups(live_ptr, livem_ptr, gst_ptr + prog * KP, bh, c, NC, C, KP, KD)
+    sc_row = sc_ptr + (bh * NC + c).to(tl.int64) * C * KP
     CS: tl.constexpr = C // SPLITS  # the old chunk's tokens per piece of the W V' product
     for gx in tl.range(0, ngrp, num_stages=1):  # pipelined (2-3 stages): 82 KB of shared memory and spills
-        j0 = tl.load(gst_row + gx)
-        j1 = tl.load(gst_row + gx + 1)
-        member = (jd >= j0) & (jd < j1)
-        cp = tl.load(lst + j0) // C  # the group's chunk c' < c (full: no padding)
-        Glp = (tl.load(gsrow + cp + 1) - tl.load(gsrow + cp)).to(tl.float32)  # the sum of g over c'
+        member, cp, Glp = start_group(gst_ptr + prog * KP, lst, jd, gs_ptr + bh * (NC + 1), gx, C)
         # The group's scales from L2 (dla_read_scales_kernel's [C, KP] rows), 0 off the group: a [C, KP] tile kept
         # in registers across the loop spilled (sm_90, Triton 3.6, 168 registers).
         scg = tl.load(sc_row + row * KP + jd[None, :], mask=member[None, :], other=0.0)  # [C, KD]

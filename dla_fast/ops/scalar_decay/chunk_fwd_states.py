@@ -117,13 +117,15 @@ def dla_bstate_kernel(
     k_ptr, v_ptr, g_ptr, hs_ptr, mask_ptr, death_ptr, off_ptr, bidx_ptr, bst_ptr,
     T, H, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+    STATES: tl.constexpr = True,
 ):
     """Program (chunk c, bh, Dv block): for every slot start a of this chunk still live at the chunk end
     (so that later chunks may read it), the prefix state before a decayed to the chunk end,
     B_a = e^{Gc[last]} H(c0-1) + sum_{s < a} e^{Gc[last] - Gc[s]} k_s v_s^T, at bst[bidx[a]] (compact: the
     chunk's offset ``off[bh * NC + c]`` plus a's rank among the chunk's survivors; the Dv block 0 writes the
     chunk's ``bidx``, -1 where no start survives). Later chunks read it with one q^T B product. 2 C Dk BV FLOPs
-    and Dk BV elements written per start; 16-bit storage and dots for 16-bit inputs (B only feeds the output)."""
+    and Dk BV elements written per start; 16-bit storage and dots for 16-bit inputs (B only feeds the output).
+    ``STATES`` false: ``bidx`` only (the grouped reads need no state)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
@@ -136,27 +138,28 @@ def dla_bstate_kernel(
     if vb == 0:
         rank = tl.cumsum(surv.to(tl.int32), 0) - 1
         tl.store(bidx_ptr + bh * NC * C + tok, tl.where(surv, base + rank, -1).to(tl.int32))
-    nsurv = tl.sum(surv.to(tl.int32), 0)
-    if nsurv > 0:
-        kc = load_rows(k_ptr, trow, valid, kd, Dk)
-        vc = load_rows(v_ptr, trow, valid, vd, Dv)
-        g = load_scalars(g_ptr, trow, valid)
-        Gc = tl.cumsum(g, 0)
-        Glast = tl.sum(g, 0)
-        w = tl.where(valid, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
-        Hc = tl.exp(Glast) * load_state(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv, kd, vd, Dk, Dv)
-        kf = kc.to(tl.float32)
-        rem = tl.sum(tl.where(surv, tl.full([C], 1, tl.int64) << t_idx.to(tl.int64), 0), 0)
-        for i in range(nsurv):  # lowest position first: the compact order
-            low = rem & (-rem)
-            rem = rem ^ low
-            a = bit_index(low)
-            kw = kf * tl.where(t_idx < a, w, 0.0)[:, None]
-            if LOWP:
-                Bm = Hc + tl.dot(tl.trans(kw.to(vc.dtype)), vc)
-            else:
-                Bm = Hc + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
-            store_state(bst_ptr + (base + i) * Dk * Dv, Bm, kd, vd, Dk, Dv)
+    if STATES:
+        nsurv = tl.sum(surv.to(tl.int32), 0)
+        if nsurv > 0:
+            kc = load_rows(k_ptr, trow, valid, kd, Dk)
+            vc = load_rows(v_ptr, trow, valid, vd, Dv)
+            g = load_scalars(g_ptr, trow, valid)
+            Gc = tl.cumsum(g, 0)
+            Glast = tl.sum(g, 0)
+            w = tl.where(valid, tl.exp(tl.minimum(Glast - Gc, 0.0)), 0.0)
+            Hc = tl.exp(Glast) * load_state(hs_ptr + (bh * (NC + 1) + c) * Dk * Dv, kd, vd, Dk, Dv)
+            kf = kc.to(tl.float32)
+            rem = tl.sum(tl.where(surv, tl.full([C], 1, tl.int64) << t_idx.to(tl.int64), 0), 0)
+            for i in range(nsurv):  # lowest position first: the compact order
+                low = rem & (-rem)
+                rem = rem ^ low
+                a = bit_index(low)
+                kw = kf * tl.where(t_idx < a, w, 0.0)[:, None]
+                if LOWP:
+                    Bm = Hc + tl.dot(tl.trans(kw.to(vc.dtype)), vc)
+                else:
+                    Bm = Hc + tl.dot(tl.trans(kw), vc.to(tl.float32), input_precision=PREC)
+                store_state(bst_ptr + (base + i) * Dk * Dv, Bm, kd, vd, Dk, Dv)
 
 
 @triton.jit
@@ -302,27 +305,30 @@ def surviving_starts(masks, death, T: int, read_also=None, meanwhile=None):
 
 
 def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, lowp: bool, prec: str,
-                 settings: TritonSettings = DEFAULT_SETTINGS):
+                 settings: TritonSettings = DEFAULT_SETTINGS, states: bool = True):
     """``(bst, bidx)``: the compact prefix states ``bst [nsurv (+ BH K), Dk, Dv]`` of the surviving starts
     (``surviving_starts``), each decayed to its chunk end, then the initial slots' pseudo starts (``hinit``,
     reference: the call's start); ``bidx [BH, NC * C]`` int32 each surviving start's index in ``bst``, -1
-    elsewhere. ``settings``: its launch overrides."""
+    elsewhere. ``settings``: its launch overrides. ``states`` false (grouped reads): ``bst`` holds only the pseudo
+    starts' states (a placeholder without ``hinit``)."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     BH, NC = masks.shape
     BK, BVF, BV = block_sizes(Dk, Dv)
     ninit = BH * K if hinit is not None else 0
-    bst = torch.empty(nsurv + ninit, Dk, Dv, device=k.device, dtype=k.dtype if lowp else torch.float32)
+    nbst = nsurv if states else 0
+    bst = torch.empty(max(nbst + ninit, 1), Dk, Dv, device=k.device, dtype=k.dtype if lowp else torch.float32)
     bidx = torch.empty(BH, NC * CHUNK, device=k.device, dtype=torch.int32)
     if ninit:
-        bst[nsurv:] = hinit.reshape(BH * K, Dk, Dv).to(bst.dtype)
+        bst[nbst:] = hinit.reshape(BH * K, Dk, Dv).to(bst.dtype)
     # 16-bit inputs: 4 warps. Dk = 128: two programs per SM (sm_90: 255 registers x 128 threads; 8 warps took 147 x
     # 256, one program), 5-6 % off the whole forward at (8, 4096, 16, 128) (docs/benchmarks.md run 15, call 6);
     # Dk = 64: 2-5 % off the forward at every 64-feature cell (run 29, call 1). float32 keeps 8 (4 spill 600 B).
     warps = 4 if lowp else 8
-    cached(dla_bstate_kernel)[(NC, BH, triton.cdiv(BVF, BV))](k, v, g, hs, masks, death, off, bidx, bst, T, H, Dk, Dv,
-                                                             C=CHUNK, BK=BK, BV=BV, LOWP=lowp, PREC=prec,
-                                                             **settings.launch(dla_bstate_kernel, num_warps=warps))
+    grid = (NC, BH, triton.cdiv(BVF, BV) if states else 1)
+    cached(dla_bstate_kernel)[grid](k, v, g, hs, masks, death, off, bidx, bst, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV,
+                                    LOWP=lowp, PREC=prec, STATES=states,
+                                    **settings.launch(dla_bstate_kernel, num_warps=warps))
     return bst, bidx
 
 
