@@ -290,7 +290,7 @@ def dla_bwd_db_kernel(
     sum_t scale[t, n] q_t dO_t^T, with the pre-pass's read scales (fp32, rounded to q's dtype: the products'
     operands). Starts ``n < nsurv`` are real (bh, position); the others the initial slots' pseudo starts
     (bh * K + i). The oldest start (H = 0 before it, never read) and unused pseudo starts get 0. 2 C Dk BV FLOPs
-    per chunk of life."""
+    per chunk of life. The scales may come in q's dtype (16-bit inputs: rounded by torch, the same values)."""
     n = tl.program_id(0)
     vb = tl.program_id(1)
     NC = tl.cdiv(T, C)
@@ -451,6 +451,39 @@ def _recompute(cfg: LaunchConfig, k, v, g, init_states, s: DecidedStructure, set
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, sv.off, sv.count, hinit if states0 is not None else None,
                              cfg.K, lowp=cfg.lowp, prec=cfg.prec, settings=settings, states=not grouped)
     return states0, gs, hs, sv, bidx, bst, grouped
+
+
+def _dq_stage(cfg: LaunchConfig, q, k, v, g, slot_weights, dO, s: DecidedStructure, gs, hs, bidx, bst, nsurv: int,
+              grouped: bool, has_init: bool, settings: TritonSettings):
+    """Stage 1: dq, dlam, dHc after the old starts' rows: ``(dq, dlam, dgq, dhc, sc)``, ``dgq [BH, T]`` the rows'
+    q_t.dq_t, ``dhc`` written over ``hs`` (materialised reads) or in a buffer of its own (grouped: the programs read
+    older chunks' H), ``sc`` the read scales, kept as the dB kernel's weights (in q's dtype for 16-bit inputs)."""
+    B, T, H, K, NC, BH, C = cfg.B, cfg.T, cfg.H, cfg.K, cfg.NC, cfg.BH, CHUNK
+    BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
+    NVB, dev = triton.cdiv(BVF, BV), q.device
+    sc, rk, dgj, bsj, dte = _old_start_rows(cfg, g, slot_weights, s, gs, bidx, nsurv, grouped, settings)
+    dq = torch.empty_like(q)
+    # dlam in the read weights' dtype: one rounding, as autograd's of a float32 one (half the bytes at the peak).
+    dlam = torch.empty(B, T, H, K, device=dev, dtype=slot_weights.dtype)
+    dgq = torch.empty(BH, T, device=dev, dtype=torch.float32)  # time contiguous: the cumsum below
+    launch = settings.launch(dla_bwd_q_kernel, num_warps=settings.bwd_warps)  # the grouped kernel's too
+    if grouped:
+        dhc = torch.empty_like(hs)
+        gst = torch.empty(BH * NC * cfg.KP, device=dev, dtype=torch.int32)
+        dla_bwd_q_grouped_kernel[(NC, BH)](
+            q, k, v, g, slot_weights, dO, dq, dlam, dgq, dhc, s.masks, s.death, s.live, s.livem, hs, gs, sc, rk, dgj,
+            dte, gst, bst, T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=cfg.KP, LOWP=cfg.lowp,
+            PREC=cfg.prec, HAS_INIT=has_init, SPLITS=2, **launch,
+        )
+    else:
+        dhc = hs  # each program reads its chunk's H before writing that chunk's dHc in its place (H is then dead)
+        dla_bwd_q_kernel[(NC, BH)](
+            q, k, v, g, slot_weights, dO, dq, dlam, dgq, dhc, s.masks, s.death, s.livem, hs, sc, rk, dgj, bsj, bst,
+            T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=cfg.KP, LOWP=cfg.lowp,
+            PREC=cfg.prec, STAGES=settings.bwd_stages, **launch,
+        )
+    # the dB kernel rounds its weights to q's dtype: rounded here, half the bytes held through stages 2-4
+    return dq, dlam, dgq, dhc, sc.to(q.dtype) if cfg.lowp else sc
 
 
 def _final_cache_adjoint(cfg: LaunchConfig, s: DecidedStructure, dS_final, dhc, gs, bidx, nsurv: int, size0):
@@ -635,7 +668,7 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
         ``dinit [B * H, K, Dk, Dv]`` float32 (None without an initial cache).
     """
     cfg = launch_config(q, v, slot_weights)
-    B, T, H, K, NC, BH, C = cfg.B, cfg.T, cfg.H, cfg.K, cfg.NC, cfg.BH, CHUNK
+    B, T, H, K, BH, C = cfg.B, cfg.T, cfg.H, cfg.K, cfg.BH, CHUNK
     BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
     NVB, dev = triton.cdiv(BVF, BV), q.device
     q, k, v, dO = (x.contiguous() for x in (q, k, v, dO.to(q.dtype)))
@@ -645,31 +678,10 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
     states0, gs, hs, sv, bidx, bst, grouped = _recompute(cfg, k, v, g, init_states, s, settings)
     off, nsurv = sv.off, sv.count
     ninit = BH * K if states0 is not None else 0
-    # 1. dq, dlam, dHc, after the old starts' rows (sc lives on as the dB kernel's weights, the others die with dq).
     mark_stage(profile, "dq")
-    sc, rk, dgj, bsj, dte = _old_start_rows(cfg, g, slot_weights, s, gs, bidx, nsurv, grouped, settings)
-    dq = torch.empty_like(q)
-    # dlam in the read weights' dtype: one rounding, as autograd's of a float32 one (half the bytes at the peak).
-    dlam = torch.empty(B, T, H, K, device=dev, dtype=slot_weights.dtype)
-    dgq = torch.empty(BH, T, device=dev, dtype=torch.float32)  # time contiguous: the cumsum below
-    launch = settings.launch(dla_bwd_q_kernel, num_warps=settings.bwd_warps)  # the grouped kernel's too
-    if grouped:
-        dhc = torch.empty_like(hs)  # the programs read older chunks' H: none is overwritten in place
-        gst = torch.empty(BH * NC * cfg.KP, device=dev, dtype=torch.int32)
-        dla_bwd_q_grouped_kernel[(NC, BH)](
-            q, k, v, g, slot_weights, dO, dq, dlam, dgq, dhc, s.masks, s.death, s.live, s.livem, hs, gs, sc, rk, dgj,
-            dte, gst, bst, T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=cfg.KP, LOWP=cfg.lowp,
-            PREC=cfg.prec, HAS_INIT=states0 is not None, SPLITS=2, **launch,
-        )
-        hs = dhc
-    else:
-        dhc = hs  # each program reads its chunk's H before writing that chunk's dHc in its place (H is then dead)
-        dla_bwd_q_kernel[(NC, BH)](
-            q, k, v, g, slot_weights, dO, dq, dlam, dgq, dhc, s.masks, s.death, s.livem, hs, sc, rk, dgj, bsj, bst,
-            T, H, cfg.Dk, cfg.Dv, K, C=C, BK=BK, BV=BV, NVB=NVB, KP=cfg.KP, LOWP=cfg.lowp,
-            PREC=cfg.prec, STAGES=settings.bwd_stages, **launch,
-        )
-    del bst, rk, dgj, bsj, dte
+    dq, dlam, dgq, dhc, sc = _dq_stage(cfg, q, k, v, g, slot_weights, dO, s, gs, hs, bidx, bst, nsurv, grouped,
+                                       states0 is not None, settings)
+    del hs, bst  # dhc took hs's place (materialised reads: its memory)
     # 2-4. dB of the surviving starts, the reverse scan of the single state's adjoint and dk, dv, a range of chunks
     # at a time, last first (the scan carries Y[c1] from one range to the next): one range's dB is held at a time.
     mark_stage(profile, "dB")
@@ -694,7 +706,7 @@ def backward_scalar_decay_triton(q, k, v, g, slot_weights, init_states, size0, s
             **settings.launch(dla_bwd_kv_kernel, num_warps=4 if cfg.lowp else 8),  # 16-bit: 3-8 % off, run 29
         )
     dinit = None if states0 is None else _initial_adjoint(cfg, dhc, db, ranges[-1].nreal, size0)
-    del db, dhc, hs  # the largest buffers, dead from here: not alive under dg's float64 temporaries
+    del db, dhc  # the largest buffers, dead from here: not alive under dg's float64 temporaries
     # dg: dL/dG[t] = q_t.dq_t - k_t.dk_t (+ <S_final, dS_final> at T - 1), reverse cumulative sum.
     mark_stage(profile, "dg")
     dG = (dgq.double() - dgk.double()).flip(1).cumsum(1).flip(1)
