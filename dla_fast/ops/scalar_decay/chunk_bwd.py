@@ -53,7 +53,7 @@ from ..common.triton_utils import (
     store_state,
 )
 from .chunk_fwd import DecidedStructure, LaunchConfig, launch_config, takes_grouped_reads
-from .chunk_fwd_output import dla_read_scales_kernel, intra_weights, old_start_groups, start_group
+from .chunk_fwd_output import dla_read_scales_kernel, intra_weights, old_chunk_piece, old_start_groups, start_group
 from .chunk_fwd_states import CHUNK, Survivors, initial_prefixes, prefix_states, start_states, surviving_starts
 
 
@@ -244,11 +244,8 @@ def dla_bwd_q_grouped_kernel(
         dq += (tl.sum(scg, 1) * eGl)[:, None] * ZH
         U = tl.zeros([C, KD], dtype=tl.float32) + (eGl * tl.sum(qf * ZH, 1))[:, None]
         for hh in tl.static_range(SPLITS):
-            sp = hh * CS + tl.arange(0, CS)
-            tokp = cp * C + sp
-            validp = tokp < T
-            trowp = (b * T + tokp) * H + h
-            kp = load_rows(k_ptr, trowp, validp, kd, Dk)
+            trowp, validp, kp, dec, ind = old_chunk_piece(k_ptr, dte_ptr, b, h, bh, cp, hh, T, H, NC, kd, Dk, member,
+                                                          aloc, C, CS)
             if NVB == 1:
                 P = dot_nt(doc0, load_rows(v_ptr, trowp, validp, tl.arange(0, BV), Dv), LOWP, PREC)
             else:
@@ -257,8 +254,8 @@ def dla_bwd_q_grouped_kernel(
                     vd = vb * BV + tl.arange(0, BV)
                     P += dot_nt(load_rows(do_ptr, trow, valid, vd, Dv), load_rows(v_ptr, trowp, validp, vd, Dv),
                                 LOWP, PREC)
-            P *= tl.load(dte_ptr + bh * NC * C + tokp, mask=validp, other=0.0)[None, :]  # decays to c' end
-            ind = (member[:, None] & (aloc[:, None] > sp[None, :])).to(tl.float32)  # [KD, CS]
+            P *= dec[None, :]  # decays to the end of c'
+            ind = ind.to(tl.float32)
             wsum = tl.dot(scg, ind, input_precision=IND_PREC)
             dq += dot_nn(wsum * P, kp, LOWP, PREC, qc.dtype)
             U += tl.dot(dot_nt(qc, kp, LOWP, PREC) * P, tl.trans(ind), input_precision=IND_PREC)

@@ -135,6 +135,21 @@ def start_group(gst_row, lst, jd, gsrow, gx, C: tl.constexpr):
 
 
 @triton.jit
+def old_chunk_piece(k_ptr, dte_ptr, b, h, bh, cp, hh, T, H, NC, kd, Dk, member, aloc, C: tl.constexpr,
+                    CS: tl.constexpr):
+    """Piece ``hh`` (``CS`` tokens) of the old chunk ``cp`` in the grouped reads: ``(trowp, validp, kp, dec, ind)``,
+    its tokens' rows and validity, keys ``[CS, BK]``, decays to the chunk's end and the group's indicator
+    ``ind [KD, CS] = member_j & (a_j > s)`` (start j's state holds token s)."""
+    sp = hh * CS + tl.arange(0, CS)
+    tokp = cp * C + sp
+    validp = tokp < T
+    trowp = (b * T + tokp) * H + h
+    kp = load_rows(k_ptr, trowp, validp, kd, Dk)
+    dec = tl.load(dte_ptr + bh * NC * C + tokp, mask=validp, other=0.0)
+    return trowp, validp, kp, dec, member[:, None] & (aloc[:, None] > sp[None, :])
+
+
+@triton.jit
 def start_state_index(bidx_ptr, binit, lpos, inlist, m0init, bh, NC, K, C: tl.constexpr):
     """Each listed old start's prefix state in the compact start-state buffer: a surviving start's by ``bidx``, an
     initial slot's pseudo start after the ``binit`` surviving ones (-1 for an unlisted token start)."""
@@ -401,14 +416,9 @@ def dla_output_grouped_kernel(
         Hp = load_state(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv, kd, vd, Dk, Dv)
         o += (alpha * tl.exp(Glp))[:, None] * qdot(qc, qf, Hp, LOWP, PREC)
         for hh in tl.static_range(SPLITS):
-            sp = hh * CS + tl.arange(0, CS)
-            tokp = cp * C + sp
-            validp = tokp < T
-            trowp = (b * T + tokp) * H + h
-            kp = load_rows(k_ptr, trowp, validp, kd, Dk)
+            trowp, validp, kp, dec, ind = old_chunk_piece(k_ptr, dte_ptr, b, h, bh, cp, hh, T, H, NC, kd, Dk, member,
+                                                          aloc, C, CS)
             vp = load_rows(v_ptr, trowp, validp, vd, Dv)
-            dec = tl.load(dte_ptr + bh * NC * C + tokp, mask=validp, other=0.0)  # decays to the chunk's end
-            ind = member[:, None] & (aloc[:, None] > sp[None, :])  # [KD, CS]
             # tf32: the scales rounded to 10 bits (16-bit ones spilled, sm_90); the indicator is exact
             wsum = tl.dot(scg, ind.to(tl.float32), input_precision="tf32" if LOWP else PREC)
             if LOWP:
