@@ -41,8 +41,9 @@ def test_interpreter_run(interpreter_rerun):
     interpreter_rerun()
 
 
-def _inputs(B, T, H, Dk, Dv, K, *, seed, regime_length, dtype=torch.float32):
-    """Tokens around per-regime directions (so that slots open and merge), random g and read weights."""
+def _inputs(B, T, H, Dk, Dv, K, *, seed, regime_length, dtype=torch.float32, g_mean=-0.7):
+    """Tokens around per-regime directions (so that slots open and merge), random g (mean ``g_mean``) and read
+    weights."""
     gen = torch.Generator().manual_seed(seed)
     change = torch.rand(B, T, H, generator=gen) < 1.0 / regime_length
     idx = change.cumsum(1)
@@ -53,7 +54,7 @@ def _inputs(B, T, H, Dk, Dv, K, *, seed, regime_length, dtype=torch.float32):
     k = dirs_k[bi, idx, hi] + 0.3 * torch.randn(B, T, H, Dk, generator=gen) / Dk ** 0.5
     v = dirs_v[bi, idx, hi] + 0.3 * torch.randn(B, T, H, Dv, generator=gen) / Dv ** 0.5
     q = torch.randn(B, T, H, Dk, generator=gen) / Dk ** 0.5
-    g = (-0.7 + 0.2 * torch.randn(B, T, H, generator=gen)).clamp(max=0.0)
+    g = (g_mean + 0.2 * torch.randn(B, T, H, generator=gen)).clamp(max=0.0)
     w = torch.rand(B, T, H, K, generator=gen)
     dO = torch.randn(B, T, H, Dv, generator=gen)
     dS = torch.randn(B * H, K, Dk, Dv, generator=gen)
@@ -66,12 +67,13 @@ def _rows(x):
     return rows(x.detach().cpu(), torch.float64)
 
 
-def _case(B, T, H, Dk, Dv, K, *, seed, regime_length, dtype, with_cache, tau, expect_merges):
+def _case(B, T, H, Dk, Dv, K, *, seed, regime_length, dtype, with_cache, tau, expect_merges, g_mean=-0.7):
     """The Triton forward of a case, the arguments of its backward and the float64 torch backward (the reference,
     a dict of ``[B*H, T, ...]`` float64 CPU tensors): ``(backward's arguments, reference)``."""
     from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
-    q, k, v, g, w, dO, dS = _inputs(B, T, H, Dk, Dv, K, seed=seed, regime_length=regime_length, dtype=dtype)
+    q, k, v, g, w, dO, dS = _inputs(B, T, H, Dk, Dv, K, seed=seed, regime_length=regime_length, dtype=dtype,
+                                    g_mean=g_mean)
     cache = dict(states=None, counts=None, info=None, size=None)
     if with_cache:  # an initial cache: a first call's final cache
         qa, ka, va, ga, wa, _, _ = _inputs(B, 70, H, Dk, Dv, K, seed=seed + 1, regime_length=regime_length,
@@ -104,14 +106,14 @@ _shared_case = functools.cache(_case)
 
 
 def _grads(B, T, H, Dk, Dv, K, *, seed, regime_length=10.0, dtype=torch.float32, with_cache=False, tau=0.6,
-           expect_merges=True, settings=DEFAULT_SETTINGS, shared=False):
+           expect_merges=True, settings=DEFAULT_SETTINGS, shared=False, g_mean=-0.7):
     """``(triton grads, float64 torch grads)`` as dicts of ``[B*H, T, ...]`` float64 CPU tensors; ``shared``: the
     forward and the reference from :data:`_shared_case`."""
     from dla_fast.ops.scalar_decay.chunk_bwd import backward_scalar_decay_triton
 
     args, ref = (_shared_case if shared else _case)(B, T, H, Dk, Dv, K, seed=seed, regime_length=regime_length,
                                                     dtype=dtype, with_cache=with_cache, tau=tau,
-                                                    expect_merges=expect_merges)
+                                                    expect_merges=expect_merges, g_mean=g_mean)
     dq, dk, dv, dg, dlam, dinit = backward_scalar_decay_triton(*args, settings=settings)
     fast = dict(q=_rows(dq), k=_rows(dk), v=_rows(dv), g=_rows(dg), lam=_rows(dlam))
     if with_cache:
@@ -229,6 +231,23 @@ def test_grouped_reads_backward_matches_float64_torch_backward(shape, seed, regi
     _assert_close(fast, ref, 2e-5)
     materialised, _ = _grads(*shape, **kw)
     assert not torch.equal(fast["q"], materialised["q"])
+
+
+@needs_kernels
+def test_backward_with_more_than_128_slots():
+    """K = 150 with the cache full and slow decay (g ~ -0.01 a token: the oldest starts still read): the pre-pass's
+    ranks pass 127. They were int8 (found in run 38): the ranks past 127 lost their dlam terms. The grouped reads
+    stop at 32 slots (``GROUPED_READS_MAX_KP``): forcing them here takes the materialised reads."""
+    kw = dict(seed=3, regime_length=1.2, g_mean=-0.01, tau=0.3, shared=True)
+    args, _ = _shared_case(1, 400, 1, 32, 32, 150, dtype=torch.float32, with_cache=False, expect_merges=True,
+                           **{k: kw[k] for k in ("seed", "regime_length", "g_mean", "tau")})
+    assert int(args[7].size.max()) > 128  # slots live at the end
+    fast, ref = _grads(1, 400, 1, 32, 32, 150, **kw)
+    _assert_close(fast, ref, 2e-5)
+    # the read weights' gradients at ranks 128 and on, small beside the others', against their own norm
+    _assert_close({"lam": fast["lam"][..., 128:]}, {"lam": ref["lam"][..., 128:]}, 2e-5)
+    forced, _ = _grads(1, 400, 1, 32, 32, 150, settings=TritonSettings(grouped_reads=True), **kw)
+    assert all(torch.equal(forced[name], fast[name]) for name in ref)
 
 
 @needs_kernels

@@ -418,14 +418,16 @@ def _old_start_rows(cfg: LaunchConfig, g, slot_weights, s: DecidedStructure, gs,
                     settings: TritonSettings):
     """The pre-pass: what the dq kernel's loop over the old starts needs besides dO, one row per (bh, chunk, start),
     from ``dla_read_scales_kernel`` in its backward mode: ``(sc, rk, dgj, bsj, dte)``, the read scales ``[BH, NC,
-    KP, C]`` fp32 (the forward's values, transposed), the ranks ``[BH, NC, KP, C]`` int8 (-1 where not read), the
-    decay offsets ``[BH, NC, KP]`` fp32 and the state indices ``[BH, NC, KP]`` int32: 10.5 KB per (bh, chunk).
+    KP, C]`` fp32 (the forward's values, transposed), the ranks ``[BH, NC, KP, C]`` int8 (int16 past 128 slots; -1
+    where not read), the decay offsets ``[BH, NC, KP]`` fp32 and the state indices ``[BH, NC, KP]`` int32: 10.5 KB per
+    (bh, chunk) at K = 30.
     ``grouped`` (``dla_bwd_q_grouped_kernel``): ``rk`` the inverse rank map ``[BH, NC, C, KP]``, no ``bsj``, and
     ``dte [BH, NC C]`` fp32 the decays to each chunk's end (else None)."""
     shape = (cfg.BH, cfg.NC, cfg.KP)
     dev = g.device
     sc = torch.empty(*shape, CHUNK, device=dev, dtype=torch.float32)
-    rk = torch.empty(*shape, CHUNK, device=dev, dtype=torch.int8)
+    # ranks and list indices < KP: int8 up to 128 slots (int16 beyond: an int8 overflowed there, dropping reads)
+    rk = torch.empty(*shape, CHUNK, device=dev, dtype=torch.int8 if cfg.KP <= 128 else torch.int16)
     dgj = torch.empty(shape, device=dev, dtype=torch.float32)
     bsj = torch.empty(1 if grouped else shape, device=dev, dtype=torch.int32)
     dte = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32) if grouped else None

@@ -77,12 +77,18 @@ MIN_GPU_FORWARD_DIM = 32
 # / 606 / 722 us against 1,215 / 860 / 580 grouped at 0.8 / 3.0 / 7.7 survivors (sparse / moderate / dense); (2,
 # 16384) dense at 5.9: 698 / 693. The backward (run 38, 7.7 survivors): the recompute and dq stages 2.25 -> 2.14 ms.
 GROUPED_READS_SURVIVORS = 6
+# The grouped kernels hold [C, KP] tiles of the live list: measured at K = 30 (KP = 32); the backward's at KP = 256
+# (sm_90, Triton 3.6, float32) spills 17.9 KB. Past it the materialised reads, whatever the setting.
+GROUPED_READS_MAX_KP = 32
 
 
 def takes_grouped_reads(cfg: LaunchConfig, settings: TritonSettings, nsurv: int | None) -> bool:
     """Whether the output and the backward's dq stage read the old starts by chunk (``TritonSettings.grouped_reads``):
-    as set, or by default for 16-bit inputs whose ``nsurv`` surviving starts number at least
-    ``GROUPED_READS_SURVIVORS`` per (row, chunk). ``nsurv`` None: whether they may be (before the count is known)."""
+    up to ``GROUPED_READS_MAX_KP`` padded slots, as set, or by default for 16-bit inputs whose ``nsurv`` surviving
+    starts number at least ``GROUPED_READS_SURVIVORS`` per (row, chunk). ``nsurv`` None: whether they may be (before
+    the count is known)."""
+    if cfg.KP > GROUPED_READS_MAX_KP:
+        return False
     if settings.grouped_reads is not None:
         return settings.grouped_reads
     return cfg.lowp and (nsurv is None or nsurv >= GROUPED_READS_SURVIVORS * cfg.BH * cfg.NC)

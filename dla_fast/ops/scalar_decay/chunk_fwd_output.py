@@ -177,10 +177,10 @@ def dla_read_scales_kernel(
     Forward (``BWD`` false): ``sc [C, KP]`` fp32 at ``(bh NC + c) C KP``, for the output kernel (launched before the
     forward's host synchronisation, off that kernel's registers); the other pointers are not read.
     Backward (``BWD``): what the dq kernel's loop over the old starts needs besides dO, one row per start: ``sc``
-    transposed, ``[KP, C]`` fp32 (also the dB kernel's weights); ``rk [KP, C]`` int8, the rank r_j(t) where the
-    start is read (alive, j >= 1, t < T), else -1; ``dgj [KP]`` fp32 the decay offset ``G(c0) - G(ref_j)`` (the
-    read's decay is ``e^{min(Gc[t] + dgj, 0)}``); ``bsj [KP]`` int32 the start's prefix state in ``bidx``'s compact
-    order (the initial slots' pseudo starts from ``binit``).
+    transposed, ``[KP, C]`` fp32 (also the dB kernel's weights); ``rk [KP, C]`` int8 (int16 past 128 slots), the rank
+    r_j(t) where the start is read (alive, j >= 1, t < T), else -1; ``dgj [KP]`` fp32 the decay offset ``G(c0) -
+    G(ref_j)`` (the read's decay is ``e^{min(Gc[t] + dgj, 0)}``); ``bsj [KP]`` int32 the start's prefix state in
+    ``bidx``'s compact order (the initial slots' pseudo starts from ``binit``).
     ``INV`` (backward, grouped reads): ``rk`` is the inverse map instead, ``[C, KP]`` int8 the list index of the
     start read with rank r at t (-1 where none), and ``bsj`` is not written (``dla_bwd_q_grouped_kernel``).
     ``DTE`` (grouped reads): also the chunk's decays to its end ``e^{Gc[C-1] - Gc[t]}`` fp32 at ``dte [BH, NC C]``
@@ -221,11 +221,12 @@ def dla_read_scales_kernel(
         if INV:
             # rk [C, KP]: at (t, r) the list index of the start read with rank r at t, -1 where none (the ranks of
             # the starts read at t are distinct)
-            tl.store(rk_ptr + prog * C * KP + row * KP + jj[None, :], tl.full([C, KP], -1, tl.int8))
+            tl.store(rk_ptr + prog * C * KP + row * KP + jj[None, :], tl.full([C, KP], -1, rk_ptr.dtype.element_ty))
             tl.debug_barrier()  # the same addresses, other threads
-            tl.store(rk_ptr + prog * C * KP + row * KP + r, (jj[None, :] + 0 * row).to(tl.int8), mask=cmask)
+            tl.store(rk_ptr + prog * C * KP + row * KP + r, (jj[None, :] + 0 * row).to(rk_ptr.dtype.element_ty),
+                     mask=cmask)
         else:
-            tl.store(rk_ptr + prog * KP * C + jj[None, :] * C + row, tl.where(cmask, r, -1).to(tl.int8))
+            tl.store(rk_ptr + prog * KP * C + jj[None, :] * C + row, tl.where(cmask, r, -1).to(rk_ptr.dtype.element_ty))
             tl.store(bsj_ptr + prog * KP + jj, start_state_index(bidx_ptr, binit, lpos, inlist, m0init, bh, NC, K, C))
     else:
         tl.store(sc_ptr + prog * C * KP + row * KP + jj[None, :], scale)
