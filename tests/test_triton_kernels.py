@@ -13,6 +13,7 @@ prints the smallest margin so that a legitimate divergence can be told from a bu
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -66,6 +67,20 @@ def _fwd(*args, **kw):
         pytest.skip("the GPU forward refuses heads below 32 (known fault at 16, docs/triton.md); "
                     "this case runs under the interpreter in CI")
     return forward_scalar_decay_triton(*args, **kw)[:3]  # (o, cache, trace); not the structure
+
+
+@pytest.mark.parametrize("B,T,H,D,K,what", [(1, 2**20, 32, 64, 30, "q, k, v or slot_weights"),
+                                              (1, 2**20, 8, 128, 30, "the prefix states"),
+                                              (64, 1, 32, 256, 64, "the cache's states")])
+def test_forward_refuses_buffers_past_32_bit_offsets(B, T, H, D, K, what):
+    """The kernels' element offsets are 32-bit: a buffer past 2**31 - 1 elements is refused with its name before
+    any launch (shapes on the meta device: nothing is allocated), not indexed with wrapped offsets."""
+    from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
+
+    x = torch.empty(B, T, H, D, device="meta", dtype=torch.bfloat16)
+    g, w = torch.empty(B, T, H, device="meta"), torch.empty(B, T, H, K, device="meta")
+    with pytest.raises(ValueError, match=f"{re.escape(what)}.*32-bit offsets"):
+        forward_scalar_decay_triton(x, x, x, g, w, tau=0.5)
 
 
 @pytest.mark.skipif(not CUDA, reason="the refusal applies on a GPU only")

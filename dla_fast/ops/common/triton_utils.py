@@ -20,6 +20,16 @@ except ImportError:
     knobs = None
 
 INT32_MAX = 2**31 - 1
+
+
+def check_int32_offsets(**element_counts: int) -> None:
+    """The kernels compute element offsets in 32-bit integers (program ids times strides): each buffer they index
+    must hold at most ``INT32_MAX`` elements, or the offsets would wrap silently. ``ValueError`` naming the first
+    buffer past it."""
+    for name, count in element_counts.items():
+        if count > INT32_MAX:
+            raise ValueError(f"dla triton: {name} would hold {count:,} elements, past the kernels' 32-bit offsets "
+                             f"({INT32_MAX:,}); split the batch or the heads into calls below it")
 FP64_DOT_K = 16  # dot_from_memory's reduction step: a step's float64 operands take a few registers a warp
 
 

@@ -321,7 +321,7 @@ def dla_bwd_db_kernel(
         sc = tl.load(scale_ptr + ((bh * NC + c) * KP + j) * C + t_idx).to(qc.dtype).to(tl.float32)
         doc = load_rows(do_ptr, trow, valid, vd, Dv)
         acc += dot_nn(tl.trans(qc.to(tl.float32) * sc[:, None]), doc, LOWP, PREC, qc.dtype)
-    store_state(db_ptr + n * Dk * Dv, acc, kd, vd, Dk, Dv)
+    store_state(db_ptr + n.to(tl.int64) * Dk * Dv, acc, kd, vd, Dk, Dv)  # past 2**31 from 2**19 starts at Dk = Dv = 64
 
 
 @triton.jit(do_not_specialize=["T", "c0", "c1"])

@@ -37,7 +37,7 @@ import triton
 from ...backend import interpreting
 from ...settings import DEFAULT_SETTINGS, TritonSettings
 from ..common.profiling import mark_stage
-from ..common.triton_utils import INT32_MAX, block_sizes, cached, next_pow2
+from ..common.triton_utils import INT32_MAX, block_sizes, cached, check_int32_offsets, next_pow2
 from ..common.value_checks import launch_value_checks, raise_flagged
 from .chunk_fwd_decide import (
     CARRY_ROWS,
@@ -140,6 +140,17 @@ class DecidedStructure:
     scores: torch.Tensor
     merged: torch.Tensor
     survivors: tuple | None = None
+
+
+def check_sizes(cfg: LaunchConfig) -> None:
+    """The forward's and the backward's buffers within the kernels' 32-bit offsets (``check_int32_offsets``); the
+    start states are indexed in 64 bits (their count depends on the data)."""
+    B, T, H = cfg.B, cfg.T, cfg.H
+    check_int32_offsets(**{
+        "q, k, v or slot_weights (B T H x the last dimension)": B * T * H * max(cfg.Dk, cfg.Dv, cfg.K),
+        "the prefix states (B H (T / 64 + 1) Dk Dv)": B * H * (cfg.NC + 1) * cfg.Dk * cfg.Dv,
+        "the cache's states (B H K Dk Dv)": B * H * cfg.K * cfg.Dk * cfg.Dv,
+    })
 
 
 @dataclass
@@ -460,6 +471,7 @@ def forward_scalar_decay_triton(
     """
     cfg = launch_config(q, v, slot_weights)
     check_forward_dims(cfg.Dk, cfg.Dv)
+    check_sizes(cfg)
     if cfg.T == 0:  # nothing to check either: no values
         return _empty_call(cfg, q, states, counts, info, size)
     dev = q.device

@@ -45,7 +45,15 @@ from ..common.score import (
     information_score_from_decay_triton,
     information_score_triton,
 )
-from ..common.triton_utils import launch_compiled, launch_jit, load_state, next_pow2, store_state, stream_getter
+from ..common.triton_utils import (
+    check_int32_offsets,
+    launch_compiled,
+    launch_jit,
+    load_state,
+    next_pow2,
+    store_state,
+    stream_getter,
+)
 from .chunk_fwd import check_dims
 
 # The step kernel compiles without floating-point contraction (every launch of it takes these options). Its decision
@@ -303,6 +311,7 @@ class StepLaunch:
 
     def __init__(self, B: int, H: int, K: int, Dk: int, Dv: int, override: bool, delta_rule: bool, device):
         check_dims(Dk, Dv)
+        check_int32_offsets(**{"the cache's states (B H K Dk Dv)": B * H * K * Dk * Dv})
         BH = B * H
         BK, BVF = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
         BV, pipeline, self.num_warps = _stream_blocks(BH, BK, BVF, delta_rule)
