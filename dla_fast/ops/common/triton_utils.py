@@ -20,6 +20,7 @@ except ImportError:
     knobs = None
 
 INT32_MAX = 2**31 - 1
+FP64_DOT_K = 16  # dot_from_memory's reduction step: a step's float64 operands take a few registers a warp
 
 
 def check_int32_offsets(**element_counts: int) -> None:
@@ -30,7 +31,6 @@ def check_int32_offsets(**element_counts: int) -> None:
         if count > INT32_MAX:
             raise ValueError(f"dla triton: {name} would hold {count:,} elements, past the kernels' 32-bit offsets "
                              f"({INT32_MAX:,}); split the batch or the heads into calls below it")
-FP64_DOT_K = 16  # dot_from_memory's reduction step: a step's float64 operands take a few registers a warp
 
 
 def launch_jit(kernel, grid, *args, **options):
