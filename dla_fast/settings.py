@@ -41,7 +41,8 @@ class TritonSettings:
         bwd_start_ranges: how many ranges of chunks the backward's dB, reverse-scan and dk/dv stages take, one
             range's surviving starts' dB held at a time: less peak memory for a little more time. None: chosen by
             ``chunk_bwd.start_range_count`` (ranges only where the dk/dv stage holds the peak by a margin: 128
-            features in 16 bits; H200, run 23: -0.17 GiB for +0.8-3.7 % at (8, 4096, 16, 128); docs/training.md,
+            features in 16 bits, or after grouped reads; H200, run 23: -0.17 GiB for +0.8-3.7 % at (8, 4096, 16,
+            128); run 39, dense: -0.07 / -0.25 GiB for +3 to +8 % at 64 / 128 features; docs/training.md,
             "Memory"). Bitwise the same gradients.
         grouped_reads: read the old slot starts by their chunk (from the prefix state before the chunk and its
             tokens) instead of from their materialised prefix states, in the output (``dla_output_grouped_kernel``)
@@ -51,8 +52,9 @@ class TritonSettings:
             reads whatever this says (``chunk_fwd.GROUPED_READS_MAX_KP``). None: for 16-bit inputs on a GPU when the
             surviving starts number at least ``chunk_fwd.GROUPED_READS_SURVIVORS`` per (row, chunk), i.e. where they
             crowd their chunks (H200, (8, 4096, 16, 64) dense: forward 2.11 -> 1.97 ms, its peak 0.75 -> 0.27 GiB,
-            run 37; fwd+bwd 6.65 -> 6.72 ms, its peak 0.93 -> 0.69 GiB, run 38; sparse forward 1.38 -> 2.15 ms if
-            forced). The same results up to rounding (bf16: o 8e-5 relative, dq 1.5e-4, dg 5.4e-4).
+            run 37; fwd+bwd 6.65 -> 6.72 ms, its peak 0.93 -> 0.69 GiB, run 38; (2, 16384) dense fwd+bwd +3.6 %,
+            peak 0.82 -> 0.64 GiB, run 39; sparse forward 1.38 -> 2.15 ms if forced). The same results up to
+            rounding (bf16: o 8e-5 relative, dq 1.5e-4, dg 5.4e-4).
         launch_overrides: ``((kernel, option, value), ...)``: launch options (``num_warps``, ``num_stages``,
             ``maxnreg``) in place of the measured ones of the named ``triton.jit`` kernels, for sweeps
             (``benchmarks/forward_variants.py``, ``benchmarks/backward_settings_ab.py``); empty in use.

@@ -17,6 +17,7 @@ file in a subprocess with the interpreter (as ``tests/test_triton_kernels.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import weakref
@@ -194,23 +195,28 @@ def test_backward_in_ranges_of_chunks_gives_the_same_gradients(ranges):
 def test_start_range_count_splits_only_where_dk_dv_hold_the_peak():
     """The default: one range where dk and dv weigh at most twice the read scales and ranks (64 features in 16 bits:
     the dq stage holds the peak anyway, unless its reads were grouped), else as many as keep one range's 16-bit dB
-    no larger than dHc; a request is clamped to the chunk count; no surviving start, one range."""
-    from dla_fast.ops.scalar_decay.chunk_bwd import start_range_count
+    no larger than dHc, or half of it on rows of up to ``SHORT_ROW_CHUNKS`` chunks; a request is clamped to the
+    chunk count; no surviving start, one range."""
+    from dla_fast.ops.scalar_decay.chunk_bwd import SHORT_ROW_CHUNKS, start_range_count
     from dla_fast.ops.scalar_decay.chunk_fwd import launch_config
 
-    def cfg(D):
-        return launch_config(torch.empty(2, 4096, 4, D), torch.empty(2, 4096, 4, D), torch.empty(2, 4096, 4, 30))
+    def cfg(D, T=4096):
+        return launch_config(torch.empty(2, T, 4, D), torch.empty(2, T, 4, D), torch.empty(2, T, 4, 30))
 
-    narrow, wide = cfg(64), cfg(128)
+    narrow, wide, long = cfg(64), cfg(128), cfg(128, 4 * 4096)
+    assert narrow.NC == wide.NC == SHORT_ROW_CHUNKS < long.NC
     assert start_range_count(narrow, 10 ** 6, 2, 2, None) == 1  # dk, dv 2 x 4 MiB against 2 x 5 MiB of scales
-    assert wide.BH * (wide.NC + 1) == 520  # dHc: 520 float32 states, the bytes of 1040 16-bit ones
-    assert start_range_count(wide, 1040, 2, 2, None) == 1
-    assert start_range_count(wide, 1041, 2, 2, None) == 2
-    assert start_range_count(wide, 4 * 1040, 2, 2, None) == 4
-    assert start_range_count(narrow, 4 * 520, 4, 4, None) == 4  # float32: dk, dv outweigh the scales at 64 too
+    assert wide.BH * (wide.NC + 1) == 520  # dHc: 520 float32 states, the bytes of 1040 16-bit ones; half: 520
+    assert start_range_count(wide, 520, 2, 2, None) == 1
+    assert start_range_count(wide, 521, 2, 2, None) == 2
+    assert start_range_count(wide, 4 * 520, 2, 2, None) == 4
+    assert long.BH * (long.NC + 1) == 2056  # longer rows: dB within the whole of dHc (4112 16-bit states)
+    assert start_range_count(long, 4112, 2, 2, None) == 1
+    assert start_range_count(long, 4113, 2, 2, None) == 2
+    assert start_range_count(narrow, 4 * 260, 4, 4, None) == 4  # float32: dk, dv outweigh the scales at 64 too
     assert start_range_count(narrow, 10, 2, 2, 1000) == narrow.NC
     # after grouped reads the dq stage holds no start state: dB is split at 64 features too
-    assert start_range_count(narrow, 4 * 1040, 2, 2, None, grouped=True) == 4
+    assert start_range_count(narrow, 4 * 520, 2, 2, None, grouped=True) == 4
     assert start_range_count(wide, 0, 2, 2, 7) == 1
 
 
@@ -251,6 +257,21 @@ def test_backward_with_more_than_128_slots():
     cfg = launch_config(*(args[i] for i in (0, 2, 4)))
     assert not takes_grouped_reads(cfg, TritonSettings(grouped_reads=True), None)
 
+
+
+def test_grouped_reads_taken_by_default_from_the_survivor_threshold():
+    """``takes_grouped_reads`` with ``grouped_reads=None``: 16-bit inputs from ``GROUPED_READS_SURVIVORS`` surviving
+    starts per (row, chunk), never float32; before the count is known (None), whether they may be."""
+    from dla_fast.ops.scalar_decay.chunk_fwd import GROUPED_READS_SURVIVORS, launch_config, takes_grouped_reads
+
+    fp32 = launch_config(torch.empty(2, 4096, 4, 64), torch.empty(2, 4096, 4, 64), torch.empty(2, 4096, 4, 30))
+    bf16 = dataclasses.replace(fp32, lowp=True)  # 16-bit products: inputs on a GPU (launch_config)
+    at = GROUPED_READS_SURVIVORS * bf16.BH * bf16.NC
+    auto = TritonSettings()
+    assert takes_grouped_reads(bf16, auto, at) and not takes_grouped_reads(bf16, auto, at - 1)
+    assert takes_grouped_reads(bf16, auto, None) and not takes_grouped_reads(fp32, auto, None)
+    assert not takes_grouped_reads(fp32, auto, 10 * at)
+    assert takes_grouped_reads(fp32, TritonSettings(grouped_reads=True), 0)
 
 @needs_kernels
 def test_backward_without_merges():

@@ -539,6 +539,13 @@ def _survivor_positions(bidx, nsurv: int):
     return out[0][:nsurv], out[1][:nsurv]
 
 
+# One range's dB is held to half the state adjoint dHc on rows of up to this many chunks, to dHc on longer ones
+# (``start_range_count``). The ranges run one after another, and each costs about the serial life of its oldest
+# starts (a start's dB program loops over every chunk it lives in, up to the row's end): H200, run 39, ~80 / 140 us a
+# range at 64 chunks a row (64 / 128 features), 190 / 740 us at 256 / 1,024 chunks.
+SHORT_ROW_CHUNKS = 64
+
+
 @dataclass
 class StartRange:
     """Chunks ``c0 .. c1 - 1`` of every row, whose surviving starts' dB are held together (stages 2-4 run a range
@@ -562,9 +569,11 @@ def start_range_count(cfg: LaunchConfig, nsurv: int, db_bytes: int, io_bytes: in
     ``requested`` (clamped to 1 .. NC), or by default: one where the dq stage holds the peak anyway (with one range
     and materialised reads it holds the start states, as large as dB, the state buffer and the read scales and
     ranks; the dk/dv stage holds dB, the state buffer, dk and dv), else as many as keep one range's dB no larger
-    than the state adjoint dHc (``(NC + 1) Dk Dv`` float32 per row). So ranges are taken after grouped reads, and
-    after materialised ones when dk and dv outweigh twice the scales and ranks (128 features in 16 bits; H200, run
-    23: -0.17 GiB for +0.8-3.7 % at (8, 4096, 16, 128); at 64 features -0.02 to -0.05 GiB for +2-5 %: not taken).
+    than the state adjoint dHc (``(NC + 1) Dk Dv`` float32 per row), or half of it on rows of up to
+    ``SHORT_ROW_CHUNKS`` chunks, where a range costs least. So ranges are taken after grouped reads, and after
+    materialised ones when dk and dv outweigh twice the scales and ranks (128 features in 16 bits; H200, run 23:
+    -0.17 GiB for +0.8-3.7 % at (8, 4096, 16, 128); at 64 features -0.02 to -0.05 GiB for +2-5 %: not taken; run 39,
+    dense after grouped reads, half of dHc at (8, 4096): -0.07 / -0.25 GiB for +4.7 / +3.1 % at 64 / 128 features).
     One without surviving starts (the pseudo starts are all in the first range)."""
     if nsurv == 0:
         return 1
@@ -576,7 +585,8 @@ def start_range_count(cfg: LaunchConfig, nsurv: int, db_bytes: int, io_bytes: in
         return 1
     states = nsurv * cfg.Dk * cfg.Dv * db_bytes
     dhc = cfg.BH * (cfg.NC + 1) * cfg.Dk * cfg.Dv * 4
-    return max(1, min(cfg.NC, -(-states // dhc)))
+    held = dhc // 2 if cfg.NC <= SHORT_ROW_CHUNKS else dhc
+    return max(1, min(cfg.NC, -(-states // held)))
 
 
 def start_ranges(cfg: LaunchConfig, sv: Survivors, sbh, spos, count: int) -> list[StartRange]:

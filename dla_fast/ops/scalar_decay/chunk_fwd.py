@@ -76,7 +76,9 @@ MIN_GPU_FORWARD_DIM = 32
 # None), in the forward and the backward: H200, run 37, (8, 4096, 16, 64): the output stage with its start states 474
 # / 606 / 722 us against 1,215 / 860 / 580 grouped at 0.8 / 3.0 / 7.7 survivors (sparse / moderate / dense); (2,
 # 16384) dense at 5.9: 698 / 693. The backward (run 38, 7.7 survivors): the recompute and dq stages 2.25 -> 2.14 ms.
-GROUPED_READS_SURVIVORS = 6
+# Run 39, fwd+bwd at 5.9 / 5.6 survivors ((2, 16384) / (1, 65536) dense): peak 0.817 -> 0.636 / 1.595 -> 1.201 GiB
+# for +3.6 / +6 % time; below 5, moderate's 3.0 pays in time and meets the peak target without them.
+GROUPED_READS_SURVIVORS = 5
 # The grouped kernels hold [C, KP] tiles of the live list: measured at K = 30 (KP = 32); the backward's at KP = 256
 # (sm_90, Triton 3.6, float32) spills 17.9 KB. Past it the materialised reads, whatever the setting.
 GROUPED_READS_MAX_KP = 32
