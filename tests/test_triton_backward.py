@@ -258,7 +258,6 @@ def test_backward_with_more_than_128_slots():
     assert not takes_grouped_reads(cfg, TritonSettings(grouped_reads=True), None)
 
 
-
 def test_grouped_reads_taken_by_default_from_the_survivor_threshold():
     """``takes_grouped_reads`` with ``grouped_reads=None``: 16-bit inputs from ``GROUPED_READS_SURVIVORS`` surviving
     starts per (row, chunk), never float32; before the count is known (None), whether they may be."""
