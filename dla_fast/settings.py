@@ -33,6 +33,13 @@ class TritonSettings:
             per-(b, h) flag. Both: 7-16 % off the forward at (2, 16384) and (1, 65536) on an H200
             (docs/benchmarks.md run 19), bitwise the same results.
         carry_warps: warps of the carry scan; None: 8 when its state tile exceeds 64 x 64, else 4.
+        carry_guesses: decide every chunk in parallel from a guessed entry slot first (``dla_carry_guess_kernel``:
+            the slot leaving the chunk before along the path from a fresh slot at its first token), so that the
+            carry scan decides only the chunks whose guess does not hold (those after a chunk without a boundary:
+            47 / 3 / 0 % of them on issue #11's sparse / moderate / dense workloads, counted on the CPU, run 39).
+            Bitwise the same decisions and scores. Dv <= 128 and decided boundaries; the carry scan then waits for
+            the table kernel instead of overlapping it (``table_overlap`` does not apply). Not yet timed on a GPU:
+            off by default.
         output_group: old slot states read per tensor-core product in the output kernel (2: 168 registers without
             spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200, docs/benchmarks.md
             run 21).
@@ -66,6 +73,7 @@ class TritonSettings:
     table_overlap: bool = True
     pipeline: bool = True
     carry_warps: int | None = None
+    carry_guesses: bool = False
     output_group: int = 2
     bwd_stages: int = 2
     bwd_warps: int = 4

@@ -623,18 +623,62 @@ def test_bf16_grouped_reads_with_an_initial_cache():
 
 
 @needs_kernels
+@pytest.mark.parametrize("regime_length,lengths,with_cache", [(40.0, None, False), (1.5, None, True),
+                                                               (4.0, [400, 230], False)],
+                         ids=["sparse", "dense_after_a_cache", "rows_of_other_lengths"])
+def test_carry_guesses_change_no_bit(regime_length, lengths, with_cache, monkeypatch):
+    """``TritonSettings(carry_guesses=True)``: every decision, score, output and the final cache bit for bit those
+    of the carry scan alone, on chunks with and without boundaries (sparse: the guess after a chunk without one
+    fails), after an initial cache and with rows of other lengths. And the walk takes the guessed chunks: with the
+    guess kernel's masks zeroed, other decisions."""
+    from dla_fast.ops.scalar_decay import chunk_fwd
+
+    x = regimes(2, 400, 1, 32, 32, 6, seed=5, regime_length=regime_length, jitter=0.5, decay=0.6)
+    q, k, v, g, w = (_t(a) for a in x)
+    kw = dict(tau=0.5, lengths=None if lengths is None else torch.tensor(lengths, device=DEV))
+    for b, n in enumerate(lengths or []):  # the padding: zero inputs, g = 0 (forward_scalar_decay_triton)
+        for t in (q, k, v, g, w):
+            t[b, n:] = 0
+    if with_cache:
+        _, c0, _ = _fwd(q[:, :90], k[:, :90], v[:, :90], g[:, :90], w[:, :90], tau=0.5)
+        kw.update(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
+    plain = _fwd(q, k, v, g, w, **kw)
+    guessed = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=True), **kw)
+    for b, n in enumerate(lengths or []):  # the padding's scores are not written (torch.empty): not compared
+        plain[2][0][b, n:] = guessed[2][0][b, n:] = 0
+    for a, b in zip((plain[0], *plain[1], *plain[2]), (guessed[0], *guessed[1], *guessed[2])):
+        assert torch.equal(a, b)
+    assert plain[2][1].any(1).sum() > 1  # starts after the first chunk
+
+    real = chunk_fwd.dla_carry_guess_kernel
+
+    class ZeroedMasks:  # the guess kernel, then its masks (argument 6) zeroed past chunk 0
+        def __getitem__(self, grid):
+            def launch(*args, **options):
+                real[grid](*args, **options)
+                args[6][:, 1:] = 0
+            return launch
+
+    monkeypatch.setattr(chunk_fwd, "dla_carry_guess_kernel", ZeroedMasks())
+    monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
+    mutant = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=True), **kw)
+    assert not torch.equal(mutant[2][1], plain[2][1])
+
+
+@needs_kernels
 @pytest.mark.parametrize("settings", [TritonSettings(table_scan=False),
                                       # no streams under the interpreter: there this is the default path, which
                                       # every other forward test runs
                                       pytest.param(TritonSettings(side_stream=False), marks=pytest.mark.skipif(
                                           not CUDA, reason="the side stream exists on a GPU only")),
                                       TritonSettings(table_overlap=False, pipeline=False),
+                                      TritonSettings(carry_guesses=True),
                                       TritonSettings(launch_overrides=(
                                           ("dla_table_kernel", "num_stages", 1), ("dla_carry_kernel", "num_warps", 8),
                                           ("dla_bstate_kernel", "num_stages", 1), ("dla_output_kernel", "num_warps", 8),
                                           ("dla_read_scales_kernel", "num_warps", 2)))],
                          ids=["table_by_matmuls", "no_side_stream", "decision_stages_one_after_another",
-                              "launch_overrides"])
+                              "carry_guesses", "launch_overrides"])
 def test_forward_settings_change_speed_not_results(settings):
     """The tuning knobs compute the same quantities in another order: the same decisions, outputs within fp32."""
     q, k, v, g, w = regimes(1, 150, 2, 16, 16, 5, seed=17, regime_length=5.0, jitter=0.8)

@@ -41,6 +41,7 @@ from ..common.triton_utils import INT32_MAX, block_sizes, cached, check_int32_of
 from ..common.value_checks import launch_value_checks, raise_flagged
 from .chunk_fwd_decide import (
     CARRY_ROWS,
+    dla_carry_guess_kernel,
     dla_carry_kernel,
     dla_merge_kernel,
     dla_scores_kernel,
@@ -252,16 +253,31 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     BK, BVF, _ = block_sizes(cfg.Dk, cfg.Dv)
     BVC = BVF if BVF <= 128 else 64  # the carry kernel keeps P in registers up to Dv = 128
     warps = settings.carry_warps or (8 if BK * BVC > 64 * 64 else 4)
+    guessed = takes_carry_guesses(cfg, settings, override)
+    if guessed and tflag is not None:
+        raise ValueError("_carry_scan: the guessed chunks need the tables written (no table overlap)")
 
     def launch():
+        if guessed:  # every chunk but the first from its guessed entry slot; the walk below takes what holds
+            cached(dla_carry_guess_kernel)[(cfg.NC - 1, cfg.BH)](
+                k, v, row_lengths, anc, cvec, size0, masks, cscores, cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau),
+                float(eps), float(norm_eps), C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split,
+                **settings.launch(dla_carry_kernel, num_warps=warps),  # the carry scan's overrides
+            )
         cached(dla_carry_kernel)[(cfg.BH,)](
             k, v, bnd, row_lengths, anc, cvec, decay, decay if tflag is None else tflag, P, size0, masks, cscores,
             cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps),
             C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=cfg.prec,
-            SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag, WAIT_TABLES=tflag is not None,
+            SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag, WAIT_TABLES=tflag is not None, GUESSED=guessed,
             **settings.launch(dla_carry_kernel, num_warps=warps),
         )
     return (masks, cscores), launch
+
+
+def takes_carry_guesses(cfg: LaunchConfig, settings: TritonSettings, override: bool) -> bool:
+    """Whether the carry scan takes guessed chunks (``TritonSettings.carry_guesses``): as set, for decided
+    boundaries (not ``boundaries`` given), P in registers (Dv <= 128) and more than one chunk."""
+    return settings.carry_guesses and not override and cfg.Dv <= 128 and cfg.NC > 1
 
 
 def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
@@ -321,7 +337,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
     few_rows = concurrent_decisions(cfg, dev)
-    overlap = settings.table_overlap and few_rows
+    overlap = settings.table_overlap and few_rows and not takes_carry_guesses(cfg, settings, boundaries is not None)
     pipeline = settings.pipeline and few_rows
     # table overlap on a GPU: the carry scan runs on a high-priority stream (so that the block scheduler may place
     # its programs before the table kernel's remaining ones; run 19 measured less overlap than expected:

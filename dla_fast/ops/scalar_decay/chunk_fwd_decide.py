@@ -214,6 +214,114 @@ def first_hit_combine(t1, orbit1, t2, orbit2):
     return tl.where(first, t1, t2), tl.where(first, orbit1, orbit2)
 
 
+@triton.jit
+def carry_products(kc, vc, P, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """``(y, |P|^2)``: y_t = k_t^T P v_t for a chunk's tokens against an open slot P (fp32 ``[BK, BV]``, the whole
+    of it); bf16 keys against P split in three (SPLIT), else fp32 dots at PREC."""
+    vf = vc.to(tl.float32)
+    if SPLIT:
+        y = tl.sum(dot_split(kc, P) * vf, 1)
+    else:
+        y = tl.sum(tl.dot(kc.to(tl.float32), P, input_precision=PREC) * vf, 1)
+    return y, tl.sum(tl.sum(P * P, 1), 0)
+
+
+@triton.jit
+def carry_scores(y, nP0, t_idx, X0, NP0, ss, eG, ash, a, em1, N, eps, norm_eps):
+    """Every token's score against the slot entered with (``carry_products``) grown by the chunk's tokens before
+    it: z_t = sum_{s<t} exp(Gc[t-1] - Gc[s]) y_s (the scan z <- a_{t-1} z + y_{t-1}), then the table's
+    columns X0, NP0 completed by the slot's terms (``cvec``'s rows)."""
+    ysh = tl.where(t_idx > 0, tl.gather(y, tl.maximum(t_idx - 1, 0), 0), 0.0)
+    _, z = tl.associative_scan((ash, ysh), 0, decay_scan_combine)
+    nPc = eG * eG * nP0 + 2.0 * eG * z + NP0
+    xc = eG * y + X0
+    return information_score_from_decay_triton(nPc, xc, ss, a, em1, N, eps, norm_eps)
+
+
+@triton.jit
+def weighted_key_parts(kc, wd, SPLIT: tl.constexpr):
+    """The chunk's keys weighted for the chunk-end state (``wd``: each token's decay to the chunk end), in the
+    three bf16 parts of ``split3`` (SPLIT), else the fp32 keys three times (``slot_since`` reads the first)."""
+    kw = kc.to(tl.float32) * wd[:, None]
+    if SPLIT:
+        hi, mid, lo = split3(kw)
+    else:
+        hi, mid, lo = kw, kw, kw
+    return hi, mid, lo
+
+
+@triton.jit
+def slot_since(kw_hi, kw_mid, kw_lo, vc, opened, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """The open slot at the chunk end grown from the tokens where ``opened`` ([C, 1]) holds: ``sum_t w_t k_t v_t^T``
+    from ``weighted_key_parts``. From the chunk's last start L on (opened = t >= L) it is the slot itself."""
+    if SPLIT:
+        zero = tl.zeros_like(kw_hi)
+        grown = dot_split_parts_t(tl.where(opened, kw_hi, zero), tl.where(opened, kw_mid, zero),
+                                  tl.where(opened, kw_lo, zero), vc)
+    else:
+        grown = tl.dot(tl.trans(tl.where(opened, kw_hi, 0.0)), vc.to(tl.float32), input_precision=PREC)
+    return grown
+
+
+@triton.jit
+def slot_after_chunk(P, eGl, L, grown):
+    """The open slot leaving a chunk: from its last start L on, the run since L (``grown``, exactly: no 0 * P term,
+    so that the guess kernel's slot is the same bits), else P decayed through the chunk (``eGl``) and grown."""
+    return tl.where(L >= 0, grown, eGl * P + grown)
+
+
+@triton.jit
+def decide_chunk(k_ptr, v_ptr, bnd_ptr, mask_ptr, cscore_ptr, pbase, kc, vc, P, c, bh, NC, trow, tok, valid, Tr,
+                 emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv, N, tau, eps, norm_eps, C: tl.constexpr,
+                 BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr, OVERRIDE: tl.constexpr,
+                 SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """One chunk's decisions against the open slot it is entered with (P in registers, or at ``pbase`` in Dv
+    blocks when NVB > 1): its carry scores and boundary mask, stored and returned (the mask). The first boundary
+    and its orbit are one two-operand reduction; the first token of an empty cache opens a slot."""
+    t_idx = tl.arange(0, C)
+    if NVB == 1:
+        y, nP0 = carry_products(kc, vc, P, SPLIT, PREC)
+    else:
+        kd = tl.arange(0, BK)
+        vd = tl.arange(0, BV)
+        kf = kc.to(tl.float32)
+        y = tl.zeros([C], dtype=tl.float32)
+        nP0 = 0.0
+        for vb in tl.static_range(NVB):
+            vcb = load_rows(v_ptr, trow, valid, vb * BV + vd, Dv)
+            Pb = load_state(pbase, kd, vb * BV + vd, Dk, Dv)
+            y += tl.sum(tl.dot(kf, Pb, input_precision=PREC) * vcb.to(tl.float32), 1)
+            nP0 += tl.sum(tl.sum(Pb * Pb, 1), 0)
+    Ic = carry_scores(y, nP0, t_idx, X0, NP0, ss, eG, ash, a, em1, N, eps, norm_eps)
+    fe = (t_idx == 0) & ((t_idx * 0 + c) == 0) & ((t_idx * 0 + emp) != 0)  # first token, empty cache
+    Ic = tl.where(fe, 0.0, Ic)
+    if OVERRIDE:
+        ob = tl.load(bnd_ptr + trow, mask=valid, other=0) != 0
+        ob = ob | fe
+        bits = tl.where(ob & valid & (tok < Tr), tl.full([C], 1, tl.int64) << t_idx.to(tl.int64), 0)
+        mask = tl.sum(bits, 0)
+    else:
+        hit = ((Ic >= tau) | fe) & valid & (tok < Tr)
+        _, mask = tl.reduce((tl.where(hit, t_idx, C), tl.where(hit, anc_row, 0)), 0, first_hit_combine)
+    tl.store(mask_ptr + bh * NC + c, mask)
+    tl.store(cscore_ptr + bh * NC * C + tok, Ic)
+    return mask
+
+
+@triton.jit
+def fresh_slot_before(k_ptr, v_ptr, anc_ptr, cvec_ptr, bh, c, NC, trow, t_idx, kd, vd, Dk, Dv, H,
+                      C: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """Chunk c's guessed entry slot: the slot leaving chunk c - 1 (c >= 1) along the path from a fresh slot at its
+    first token, i.e. the run since the last start of that path (its orbit from token 0, ``anc``)."""
+    prow = trow - C * H  # chunk c - 1's tokens, all in the row
+    kp = load_rows(k_ptr, prow, t_idx < C, kd, Dk)
+    vp = load_rows(v_ptr, prow, t_idx < C, vd, Dv)
+    wdp = tl.load(cvec_ptr + ((bh * NC + c - 1) * CARRY_ROWS + CV_WD) * C + t_idx, cache_modifier=".cg")
+    last = highest_bit_index(tl.load(anc_ptr + (bh * NC + c - 1) * C, cache_modifier=".cg"))
+    hi, mid, lo = weighted_key_parts(kp, wdp, SPLIT)
+    return slot_since(hi, mid, lo, vp, (t_idx >= last)[:, None], SPLIT, PREC)
+
+
 # Long: the sequential carry scan is one dependent chain per (b, h); the prefetch needs it in one body.
 @triton.jit(do_not_specialize=["T"])
 def dla_carry_kernel(
@@ -223,7 +331,7 @@ def dla_carry_kernel(
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr,
     OVERRIDE: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PIPE: tl.constexpr, flag_ptr,
-    WAIT_TABLES: tl.constexpr,
+    WAIT_TABLES: tl.constexpr, GUESSED: tl.constexpr = False,
 ):
     """Program (bh): walks the chunks. P (the open slot, fp32 [Dk, Dv]) stays in registers when Dv fits
     one block (NVB == 1), else lives in p_ptr (L2-resident) and is processed in Dv blocks of BV.
@@ -236,7 +344,12 @@ def dla_carry_kernel(
     Writes the carry scores (the score of t against the carried slot, valid up to the first boundary)
     and the chunk's boundary mask; dla_scores_kernel assembles the final scores in parallel.
     WAIT_TABLES: the table kernel runs concurrently (``PUBLISH``); a chunk's table outputs are read only after
-    its flag is seen (``wait_for_tables``: one atomic read per 32 chunks while the tables are ahead)."""
+    its flag is seen (``wait_for_tables``: one atomic read per 32 chunks while the tables are ahead).
+    GUESSED: ``dla_carry_guess_kernel`` has decided every chunk from its guessed entry slot; the walk takes those
+    decisions as they stand while the chunks it walks are entered with their guessed slot (the chunk before had a
+    start on the fresh path, ``anc``'s orbit from token 0), and decides the others itself (Dv <= 128, decided
+    boundaries only)."""
+    tl.static_assert((not GUESSED) or ((NVB == 1) and (not OVERRIDE) and (not WAIT_TABLES)))
     bh = tl.program_id(0)
     b = bh // H
     h = bh % H
@@ -249,7 +362,10 @@ def dla_carry_kernel(
     Tr = tl.load(rlen_ptr + bh)  # the row's length: no decision on the padding after it
     pbase = p_ptr + bh * Dk * Dv
     Preg = load_state(pbase, kd, vd, Dk, Dv)
-    shift = tl.maximum(t_idx - 1, 0)
+    if GUESSED:
+        on_guess = emp * 0  # whether the chunk walked is entered with its guessed slot (int32)
+        guess_mask = tl.load(mask_ptr + bh * NC) * 0
+        guess_orbit = tl.load(anc_ptr + bh * NC * C, cache_modifier=".cg")
     # chunk 0's inputs
     tok = t_idx
     valid = tok < T
@@ -270,83 +386,103 @@ def dla_carry_kernel(
         # prefetch chunk c + 1 (masked off past the end)
         tokn = tok + C
         validn = tokn < T
+        inb = tokn < NC * C
+        if GUESSED:  # a guessed chunk whose last start is its fresh path's is followed by one: nothing to load
+            guess_last = highest_bit_index(guess_mask)
+            taken = (on_guess != 0) & (guess_last >= 0) & (highest_bit_index(guess_orbit) == guess_last)
+            validn = tl.where(taken, False, validn)
+            inb = tl.where(taken, False, inb)
         rown = (b * T + tokn) * H + h
         kn = load_rows(k_ptr, rown, validn, kd, Dk)
         vn = load_rows(v_ptr, rown, validn, vd, Dv)
         if WAIT_TABLES:  # noqa: SIM102 (a compile-time branch around a run-time one)
             if (c + 1 < NC) & (c + 1 >= ready):
                 ready = wait_for_tables(tflags, c + 1)
-        inb = tokn < NC * C
         X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn = load_carry_vectors(cvec_ptr, bh * NC + c + 1, t_idx, inb, C)
         eGln = tl.load(decay_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0.0, cache_modifier=".cg")
         ancn = tl.load(anc_ptr + bh * NC * C + tokn, mask=inb, other=0, cache_modifier=".cg")
-        kf = kc.to(tl.float32)
+        if GUESSED:  # the guess kernel's mask of chunk c + 1 and the start of its fresh path's orbit
+            guess_mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
+            guess_orbit_n = tl.load(anc_ptr + (bh * NC + c + 1) * C, mask=c + 1 < NC, other=0, cache_modifier=".cg")
         # Off the chain: every token's key weighted for the chunk-end state (and split for the bf16 product);
-        # the update masks the tokens before the last boundary.
-        kw = kf * wd[:, None]
-        if SPLIT:
-            kw_hi, kw_mid, kw_lo = split3(kw)
-        # y_t = k_t^T P_c v_t and ||P_c||^2
-        if NVB == 1:
-            vf = vc.to(tl.float32)
-            if SPLIT:
-                y = tl.sum(dot_split(kc, Preg) * vf, 1)
-            else:
-                y = tl.sum(tl.dot(kf, Preg, input_precision=PREC) * vf, 1)
-            nPc0 = tl.sum(tl.sum(Preg * Preg, 1), 0)
+        # the update masks the tokens before the last boundary. (GUESSED: where the slot is grown, below.)
+        if not GUESSED:
+            kw_hi, kw_mid, kw_lo = weighted_key_parts(kc, wd, SPLIT)
+        if GUESSED:
+            mask = guess_mask  # the guess kernel's, right when the chunk was entered with its guessed slot
+            if on_guess == 0:
+                mask = decide_chunk(k_ptr, v_ptr, bnd_ptr, mask_ptr, cscore_ptr, pbase, kc, vc, Preg, c, bh, NC,
+                                    trow, tok, valid, Tr, emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv, N,
+                                    tau, eps, norm_eps, C, BK, BV, NVB, OVERRIDE, SPLIT, PREC)
         else:
-            y = tl.zeros([C], dtype=tl.float32)
-            nPc0 = 0.0
-            for vb in tl.static_range(NVB):
-                vcb = load_rows(v_ptr, trow, valid, vb * BV + vd, Dv)
-                P = load_state(pbase, kd, vb * BV + vd, Dk, Dv)
-                y += tl.sum(tl.dot(kf, P, input_precision=PREC) * vcb.to(tl.float32), 1)
-                nPc0 += tl.sum(tl.sum(P * P, 1), 0)
-        # z_t = sum_{s<t} exp(Gc[t-1] - Gc[s]) y_s: the scan z <- a_{t-1} z + y_{t-1}
-        ysh = tl.where(t_idx > 0, tl.gather(y, shift, 0), 0.0)
-        _, z = tl.associative_scan((ash, ysh), 0, decay_scan_combine)
-        nPc = eG * eG * nPc0 + 2.0 * eG * z + NP0
-        xc = eG * y + X0
-        Ic = information_score_from_decay_triton(nPc, xc, ss, a, em1, N, eps, norm_eps)
-        fe = (t_idx == 0) & ((t_idx * 0 + c) == 0) & ((t_idx * 0 + emp) != 0)  # first token, empty cache
-        Ic = tl.where(fe, 0.0, Ic)
-        if OVERRIDE:
-            ob = tl.load(bnd_ptr + trow, mask=valid, other=0) != 0
-            ob = ob | fe
-            bits = tl.where(ob & valid & (tok < Tr), tl.full([C], 1, tl.int64) << t_idx.to(tl.int64), 0)
-            mask = tl.sum(bits, 0)
-        else:
-            hit = ((Ic >= tau) | fe) & valid & (tok < Tr)
-            _, mask = tl.reduce((tl.where(hit, t_idx, C), tl.where(hit, anc_row, 0)), 0, first_hit_combine)
-        tl.store(mask_ptr + bh * NC + c, mask)
-        tl.store(cscore_ptr + bh * NC * C + tok, Ic)
+            mask = decide_chunk(k_ptr, v_ptr, bnd_ptr, mask_ptr, cscore_ptr, pbase, kc, vc, Preg, c, bh, NC, trow,
+                                tok, valid, Tr, emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv, N, tau, eps,
+                                norm_eps, C, BK, BV, NVB, OVERRIDE, SPLIT, PREC)
         if PIPE:  # publish chunk c to the concurrently running merge simulation
             tl.debug_barrier()
             tl.atomic_xchg(flag_ptr + bh, c + 1, sem="release")
         # The open slot at the chunk end: the tokens from the last boundary L on (all, decayed P, if none).
         L = highest_bit_index(mask)
-        keep = tl.where(L >= 0, 0.0, eGl)
         opened = (t_idx >= L)[:, None]
-        if NVB == 1:
-            if SPLIT:
-                zero = tl.zeros_like(kw_hi)
-                upd = dot_split_parts_t(tl.where(opened, kw_hi, zero), tl.where(opened, kw_mid, zero),
-                                        tl.where(opened, kw_lo, zero), vc)
-            else:
-                upd = tl.dot(tl.trans(tl.where(opened, kw, 0.0)), vc.to(tl.float32), input_precision=PREC)
-            Preg = keep * Preg + upd
+        if GUESSED:
+            # The slot leaving this chunk is the next chunk's guess when its last start is the fresh path's (a
+            # boundary in the chunk, and the two paths met); then P is not needed until a chunk without one.
+            follows = (L >= 0) & (highest_bit_index(guess_orbit) == L)
+            if (follows == 0) | (c == NC - 1):  # the last chunk's: the call's open slot
+                if on_guess != 0:  # entered with the guessed slot: this chunk's inputs were not loaded
+                    kc = load_rows(k_ptr, trow, valid, kd, Dk)
+                    vc = load_rows(v_ptr, trow, valid, vd, Dv)
+                    wd = tl.load(cvec_ptr + ((bh * NC + c) * CARRY_ROWS + CV_WD) * C + t_idx, cache_modifier=".cg")
+                    eGl = tl.load(decay_ptr + bh * NC + c, cache_modifier=".cg")
+                    if L < 0:  # the guessed slot, which this chunk decays and grows
+                        Preg = fresh_slot_before(k_ptr, v_ptr, anc_ptr, cvec_ptr, bh, c, NC, trow, t_idx, kd, vd,
+                                                 Dk, Dv, H, C, SPLIT, PREC)
+                kw_hi, kw_mid, kw_lo = weighted_key_parts(kc, wd, SPLIT)
+                Preg = slot_after_chunk(Preg, eGl, L, slot_since(kw_hi, kw_mid, kw_lo, vc, opened, SPLIT, PREC))
+            on_guess = follows.to(tl.int32)
+            guess_mask, guess_orbit = guess_mask_n, guess_orbit_n
+        elif NVB == 1:
+            Preg = slot_after_chunk(Preg, eGl, L, slot_since(kw_hi, kw_mid, kw_lo, vc, opened, SPLIT, PREC))
         else:
             tl.debug_barrier()
             for vb in tl.static_range(NVB):
                 vcb = load_rows(v_ptr, trow, valid, vb * BV + vd, Dv)
                 P = load_state(pbase, kd, vb * BV + vd, Dk, Dv)
-                Pn = keep * P + tl.dot(tl.trans(tl.where(opened, kw, 0.0)), vcb.to(tl.float32), input_precision=PREC)
+                Pn = slot_after_chunk(P, eGl, L, slot_since(kw_hi, kw_mid, kw_lo, vcb, opened, SPLIT, PREC))
                 store_state(pbase, Pn, kd, vb * BV + vd, Dk, Dv)
             tl.debug_barrier()
         kc, vc, anc_row, eGl = kn, vn, ancn, eGln
         X0, NP0, ss, eG, ash, a, em1, wd = X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn
     if NVB == 1:
         store_state(pbase, Preg, kd, vd, Dk, Dv)
+
+
+@triton.jit(do_not_specialize=["T"])
+def dla_carry_guess_kernel(
+    k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, size_ptr, mask_ptr, cscore_ptr,
+    T, H, Dk, Dv, tau, eps, norm_eps,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+):
+    """Program (chunk c >= 1, bh): chunk c decided as the carry scan would from its guessed entry slot, the slot
+    leaving chunk c - 1 along the path from a fresh slot at its first token (``fresh_slot_before``): its carry
+    scores and mask, which the carry scan (GUESSED) takes wherever that guess is the slot the chunk is entered with
+    (the chunk before has a boundary on the fresh path: from a shared boundary on, the two paths are one; issue
+    #11, run 39). The same code as the carry scan's, so the same bits where the guess holds."""
+    c = tl.program_id(0) + 1
+    bh = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
+    kd = tl.arange(0, BK)
+    vd = tl.arange(0, BV)
+    G = fresh_slot_before(k_ptr, v_ptr, anc_ptr, cvec_ptr, bh, c, NC, trow, t_idx, kd, vd, Dk, Dv, H, C, SPLIT, PREC)
+    kc = load_rows(k_ptr, trow, valid, kd, Dk)
+    vc = load_rows(v_ptr, trow, valid, vd, Dv)
+    X0, NP0, ss, eG, ash, a, em1, _ = load_carry_vectors(cvec_ptr, bh * NC + c, t_idx, t_idx < C, C)
+    anc_row = tl.load(anc_ptr + bh * NC * C + tok, cache_modifier=".cg")
+    emp = (tl.load(size_ptr + bh) == 0).to(tl.int32)
+    decide_chunk(k_ptr, v_ptr, mask_ptr, mask_ptr, cscore_ptr, mask_ptr, kc, vc, G, c, bh, NC, trow, tok, valid,
+                 tl.load(rlen_ptr + bh), emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv,
+                 (Dk * Dv).to(tl.float32), tau, eps, norm_eps, C, BK, BV, 1, False, SPLIT, PREC)
 
 
 @triton.jit(do_not_specialize=["T"])
