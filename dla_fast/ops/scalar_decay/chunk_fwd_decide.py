@@ -445,10 +445,11 @@ def dla_carry_kernel(
             Preg = slot_after_chunk(Preg, eGl, L, slot_since(kw_hi, kw_mid, kw_lo, vc, opened, SPLIT, PREC))
         else:
             tl.debug_barrier()
+            kw = kc.to(tl.float32) * wd[:, None]  # Dv blocks: fp32 keys at PREC, the values unsplit
             for vb in tl.static_range(NVB):
                 vcb = load_rows(v_ptr, trow, valid, vb * BV + vd, Dv)
                 P = load_state(pbase, kd, vb * BV + vd, Dk, Dv)
-                Pn = slot_after_chunk(P, eGl, L, slot_since(kw_hi, kw_mid, kw_lo, vcb, opened, SPLIT, PREC))
+                Pn = slot_after_chunk(P, eGl, L, slot_since(kw, kw, kw, vcb, opened, False, PREC))
                 store_state(pbase, Pn, kd, vb * BV + vd, Dk, Dv)
             tl.debug_barrier()
         kc, vc, anc_row, eGl = kn, vn, ancn, eGln
