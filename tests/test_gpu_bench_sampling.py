@@ -110,3 +110,22 @@ def test_the_tables_show_the_min_and_the_spread_below():
     assert ("  (2, 16384, 16, 64, 64): min-max of 3 processes (ms): simple_gla 0.230-0.530, log_linear 4.750-6.040"
             in lines)  # sdpa's single sample shows no spread
     assert "  (2, 16384, 16, 64, 64) moderate: min-max of 2 processes (ms): fla_fwd 1.000-1.200" in lines
+
+
+def test_the_forward_ratios_take_the_best_dla_process_when_sampled():
+    """``--dla-samples``: dla_fast.forward timed in more processes; the table's DLA column and ratios take the best
+    of them and this process's, the spread below."""
+    res = dict(card="x", date="-", copy_bandwidth=1e12, bf16_matmul_flops=1e15, fla_samples=1, dla_samples=2)
+    res["forward"] = {"(8, 4096, 16, 64, 64)": dict(simple_gla_ms=0.4, log_linear_ms=2.4, sdpa_ms=0.6, dla={
+        "sparse": dict(ms=2.1, api_ms=1.9, dla_api_ms=1.6, dla_api_ms_samples=[1.6, 1.8], boundary_rate=0.013,
+                       roofline_fraction=0.2),
+        "dense": dict(ms=2.1, api_ms=1.5, dla_api_ms=1.6, dla_api_ms_samples=[1.6, 1.7], boundary_rate=0.6,
+                      roofline_fraction=0.2)})}
+    lines = gb.table(res).splitlines()
+    assert "dla_fast.forward: the best of this process and 2 more" in lines[0]
+    sparse = next(line for line in lines if line.startswith("(8, 4096, 16, 64, 64) | sparse"))
+    assert "| 1.600 | 2.100 |" in sparse and "| 1.50x | 4.00x |" in sparse  # 2.4 / 1.6, 1.6 / 0.4
+    dense = next(line for line in lines if line.startswith("(8, 4096, 16, 64, 64) | dense"))
+    assert "| 1.500 | 2.100 |" in dense  # this process's was the best
+    assert "  (8, 4096, 16, 64, 64) sparse: min-max of 2 processes (ms): dla_api 1.600-1.800" in lines
+    assert "dla_api" in gb.BASELINES  # what the workers measure
