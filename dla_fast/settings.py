@@ -38,8 +38,8 @@ class TritonSettings:
             carry scan decides only the chunks whose guess does not hold (those after a chunk without a boundary:
             47 / 3 / 0 % of them on issue #11's sparse / moderate / dense workloads, counted on the CPU, run 39).
             Bitwise the same decisions and scores. Dv <= 128 and decided boundaries; the carry scan then waits for
-            the table kernel instead of overlapping it (``table_overlap`` does not apply). Not yet timed on a GPU:
-            off by default.
+            the table kernel instead of overlapping it (``table_overlap`` does not apply). Off by default: its
+            first form timed mixed on an H200 (docs/triton.md), the landed one not yet.
         output_group: old slot states read per tensor-core product in the output kernel (2: 168 registers without
             spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200, docs/benchmarks.md
             run 21).
