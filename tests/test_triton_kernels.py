@@ -648,7 +648,7 @@ def test_carry_guesses_change_no_bit(regime_length, lengths, with_cache, monkeyp
         plain[2][0][b, n:] = guessed[2][0][b, n:] = 0
     for a, b in zip((plain[0], *plain[1], *plain[2]), (guessed[0], *guessed[1], *guessed[2])):
         assert torch.equal(a, b)
-    assert plain[2][1].any(1).sum() > 1  # starts after the first chunk
+    assert plain[2][1][:, 64:].any()  # starts after the first chunk (the guessed ones)
 
     real = chunk_fwd.dla_carry_guess_kernel
 

@@ -580,7 +580,7 @@ def start_range_count(cfg: LaunchConfig, nsurv: int, db_bytes: int, io_bytes: in
     if requested is not None:
         return max(1, min(requested, cfg.NC))
     dkdv = cfg.B * cfg.T * cfg.H * (cfg.Dk + cfg.Dv) * io_bytes
-    scales = cfg.BH * cfg.NC * cfg.KP * CHUNK * (4 + 1)  # the read scales (float32) and ranks (int8)
+    scales = cfg.BH * cfg.NC * cfg.KP * CHUNK * (4 + 1)  # the read scales (float32), ranks (int8; int16 past 128 slots)
     if not grouped and dkdv <= 2 * scales:
         return 1
     states = nsurv * cfg.Dk * cfg.Dv * db_bytes

@@ -240,10 +240,11 @@ def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, o
 
 
 def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, size0, tau, eps, norm_eps, flag,
-                pipeline: bool, settings: TritonSettings, tflag=None):
+                pipeline: bool, settings: TritonSettings, tflag=None, guessed: bool = False):
     """Stage 2: ``((masks [BH, NC], carry scores [BH, NC*C]), launch)``, the outputs allocated here and filled
     by ``launch()``; P (the open slot) advanced in place. ``tflag``: the table kernel's flags when it runs
-    concurrently (the scan then waits on them), else None."""
+    concurrently (the scan then waits on them), else None. ``guessed`` (``takes_carry_guesses``; not with
+    ``tflag``): the chunks decided from guessed entry slots first."""
     _, anc, cvec, decay = tables
     dev = k.device
     masks = torch.empty(cfg.BH, cfg.NC, device=dev, dtype=torch.int64)
@@ -253,9 +254,6 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     BK, BVF, _ = block_sizes(cfg.Dk, cfg.Dv)
     BVC = BVF if BVF <= 128 else 64  # the carry kernel keeps P in registers up to Dv = 128
     warps = settings.carry_warps or (8 if BK * BVC > 64 * 64 else 4)
-    guessed = takes_carry_guesses(cfg, settings, override)
-    if guessed and tflag is not None:
-        raise ValueError("_carry_scan: the guessed chunks need the tables written (no table overlap)")
 
     def launch():
         if guessed:  # every chunk but the first from its guessed entry slot; the walk below takes what holds
@@ -337,7 +335,8 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
     few_rows = concurrent_decisions(cfg, dev)
-    overlap = settings.table_overlap and few_rows and not takes_carry_guesses(cfg, settings, boundaries is not None)
+    guessed = takes_carry_guesses(cfg, settings, boundaries is not None)
+    overlap = settings.table_overlap and few_rows and not guessed  # the guesses read the tables whole
     pipeline = settings.pipeline and few_rows
     # table overlap on a GPU: the carry scan runs on a high-priority stream (so that the block scheduler may place
     # its programs before the table kernel's remaining ones; run 19 measured less overlap than expected:
@@ -353,7 +352,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     # synchronised by a per-(b, h) flag; the two sequential passes then overlap.
     flag = torch.zeros(cfg.BH, device=dev, dtype=torch.int32)
     (masks, cscores), launch_carry = _carry_scan(cfg, k, v, g, boundaries, row_lengths, tables, P, size0, tau, eps,
-                                                 norm_eps, flag, pipeline, settings, tflag)
+                                                 norm_eps, flag, pipeline, settings, tflag, guessed)
     mstream = torch.cuda.Stream(device=dev) if (pipeline and on_gpu) else None
     if concurrent:
         cstream = torch.cuda.Stream(device=dev, priority=-1)

@@ -363,8 +363,8 @@ def dla_carry_kernel(
     pbase = p_ptr + bh * Dk * Dv
     Preg = load_state(pbase, kd, vd, Dk, Dv)
     if GUESSED:
-        on_guess = emp * 0  # whether the chunk walked is entered with its guessed slot (int32)
-        guess_mask = tl.load(mask_ptr + bh * NC) * 0
+        on_guess = tl.full((), 0, tl.int32)  # whether the chunk walked is entered with its guessed slot
+        guess_mask = tl.full((), 0, tl.int64)  # chunk 0 is walked: no guess
         guess_orbit = tl.load(anc_ptr + bh * NC * C, cache_modifier=".cg")
     # chunk 0's inputs
     tok = t_idx
