@@ -11,7 +11,8 @@ long the GPU was busy (any kernel running) against the span: the rest is the GPU
     python benchmarks/forward_timeline.py --out DIR [--config 2x16384] [--workload moderate] \
         [--variants default,serial,api]
 
-Variants: ``default`` and ``serial`` (no concurrent decision stages) at the kernel entry, ``api`` the defaults
+Variants: ``default``, ``serial`` (no concurrent decision stages), ``guess`` and ``guess_serial`` (the same with
+``carry_guesses``) at the kernel entry, ``api`` the defaults
 through ``dla_fast.forward`` (its validation included, no final cache: as gpu_bench times it).
 
 Writes ``forward_timeline_<card>_<date>_<config>_<workload>_<variant>.json`` (the kernel list) and the Chrome trace.
@@ -43,6 +44,13 @@ from gpu_bench import K_SLOTS, TAU, WORKLOADS, api_forward, configs_named, workl
 from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
 
 STAGES = {"table": "dla_table_kernel", "carry": "dla_carry_kernel", "merge": "dla_merge_kernel"}
+SERIAL = dataclasses.replace(DEFAULT_SETTINGS, table_overlap=False, pipeline=False)
+VARIANT_SETTINGS = {  # the kernel-entry variants; "api" is the defaults through dla_fast.forward
+    "default": DEFAULT_SETTINGS,
+    "serial": SERIAL,
+    "guess": dataclasses.replace(DEFAULT_SETTINGS, carry_guesses=True),
+    "guess_serial": dataclasses.replace(SERIAL, carry_guesses=True),
+}
 
 
 def kernels_of(trace_path: str) -> list[dict]:
@@ -82,12 +90,11 @@ def busy_us(ks: list[dict]) -> float:
 
 
 def timeline(cfg, wname, variant: str, out_dir: str) -> dict:
-    """One forward's kernels (after two warm-up calls) under ``variant`` ("default", "serial" or "api"), printed
-    and returned; the Chrome trace and the kernel list are written to out_dir."""
+    """One forward's kernels (after two warm-up calls) under ``variant`` (a key of ``VARIANT_SETTINGS`` or "api"),
+    printed and returned; the Chrome trace and the kernel list are written to out_dir."""
     from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
-    settings = DEFAULT_SETTINGS if variant != "serial" else \
-        dataclasses.replace(DEFAULT_SETTINGS, table_overlap=False, pipeline=False)
+    settings = VARIANT_SETTINGS.get(variant, DEFAULT_SETTINGS)
     B, T, H, Dk, Dv = cfg
     q, k, v, g, w = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS[wname], seed=11)
 
@@ -188,7 +195,7 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--config", default="2x16384", help="BxT or BxTxD of gpu_bench's configs")
     ap.add_argument("--workload", default="moderate", choices=list(WORKLOADS))
-    ap.add_argument("--variants", default="default,serial", help="default, serial and/or api")
+    ap.add_argument("--variants", default="default,serial", help=f"{', '.join(VARIANT_SETTINGS)} and/or api")
     ap.add_argument("--steady", metavar="CELLS", help="BxTxD:workload,...: back-to-back calls instead (docstring)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -201,6 +208,10 @@ def main():
             f.write("\n".join(lines) + "\n")
         return
     cfg = configs_named(args.config)[0]
+    unknown = set(args.variants.split(",")) - set(VARIANT_SETTINGS) - {"api"}
+    if unknown:
+        raise SystemExit(f"forward_timeline --variants: unknown {sorted(unknown)}; expected {list(VARIANT_SETTINGS)}"
+                         " or api")
     results = [timeline(cfg, args.workload, v, args.out) for v in args.variants.split(",")]
     for r in results:  # the summary last
         own = {STAGES[n]: [(round(e["start_us"], 1), round(e["end_us"], 1)) for e in r["kernels"]

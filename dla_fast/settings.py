@@ -35,11 +35,15 @@ class TritonSettings:
         carry_warps: warps of the carry scan; None: 8 when its state tile exceeds 64 x 64, else 4.
         carry_guesses: decide every chunk in parallel from a guessed entry slot first (``dla_carry_guess_kernel``:
             the slot leaving the chunk before along the path from a fresh slot at its first token), so that the
-            carry scan decides only the chunks whose guess does not hold (those after a chunk without a boundary:
-            47 / 3 / 0 % of them on issue #11's sparse / moderate / dense workloads, counted on the CPU, run 39).
-            Bitwise the same decisions and scores. Dv <= 128 and decided boundaries; the carry scan then waits for
-            the table kernel instead of overlapping it (``table_overlap`` does not apply). Off by default: its
-            first form timed mixed on an H200 (docs/triton.md), the landed one not yet.
+            carry scan (``dla_carry_walk_kernel``) decides only the chunks whose guess may not hold (those after a
+            chunk that does not end on its fresh path's last start: 47 / 3 / 0 % on issue #11's sparse / moderate /
+            dense workloads, counted on the CPU, run 39) and jumps over the rest; the merge simulation reads the
+            guessed chunks without waiting for the walk. Dv <= 128 and decided boundaries; the carry scan then waits
+            for the table kernel instead of overlapping it (``table_overlap`` does not apply). Off by default: on an
+            H200 (run 40) it is faster in five of six cells (e.g. (1, 65536) moderate 6.00 -> 4.56 ms) and slower at
+            (2, 16384) sparse (+12 %); and that build's carry scores after a chunk without a boundary were 1-2 ulps
+            from the plain walk's (decisions equal). The slot update is now an explicit fma in every kernel (the
+            likely cause: a contraction taken in one kernel and not the other); not yet checked on a GPU.
         output_group: old slot states read per tensor-core product in the output kernel (2: 168 registers without
             spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200, docs/benchmarks.md
             run 21).

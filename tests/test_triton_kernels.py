@@ -623,24 +623,26 @@ def test_bf16_grouped_reads_with_an_initial_cache():
 
 
 @needs_kernels
-@pytest.mark.parametrize("regime_length,lengths,with_cache", [(40.0, None, False), (1.5, None, True),
-                                                               (4.0, [400, 230], False)],
-                         ids=["sparse", "dense_after_a_cache", "rows_of_other_lengths"])
-def test_carry_guesses_change_no_bit(regime_length, lengths, with_cache, monkeypatch):
+@pytest.mark.parametrize("regime_length,decay,tau,lengths,with_cache", [
+    (40.0, 0.6, 0.5, None, False), (1.5, 0.6, 0.5, None, True), (4.0, 0.6, 0.5, [400, 230], False),
+    (100.0, 0.8, 0.35, None, False)],
+    ids=["sparse", "dense_after_a_cache", "rows_of_other_lengths", "long_runs_mild_decay"])
+def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_cache, monkeypatch):
     """``TritonSettings(carry_guesses=True)``: every decision, score, output and the final cache bit for bit those
     of the carry scan alone, on chunks with and without boundaries (sparse: the guess after a chunk without one
-    fails), after an initial cache and with rows of other lengths. And the walk takes the guessed chunks: with the
-    guess kernel's masks zeroed, other decisions."""
+    fails), after an initial cache, with rows of other lengths, and over runs of chunks without one. And the walk
+    takes the guessed chunks: with the guess kernel's masks zeroed, other results; and it walks the chunks after the
+    breaks: with the breaks cleared, other results where the guesses after a run fail visibly (mild decay)."""
     from dla_fast.ops.scalar_decay import chunk_fwd
 
-    x = regimes(2, 400, 1, 32, 32, 6, seed=5, regime_length=regime_length, jitter=0.5, decay=0.6)
+    x = regimes(2, 400, 1, 32, 32, 6, seed=5, regime_length=regime_length, jitter=0.5, decay=decay)
     q, k, v, g, w = (_t(a) for a in x)
-    kw = dict(tau=0.5, lengths=None if lengths is None else torch.tensor(lengths, device=DEV))
+    kw = dict(tau=tau, lengths=None if lengths is None else torch.tensor(lengths, device=DEV))
     for b, n in enumerate(lengths or []):  # the padding: zero inputs, g = 0 (forward_scalar_decay_triton)
         for t in (q, k, v, g, w):
             t[b, n:] = 0
     if with_cache:
-        _, c0, _ = _fwd(q[:, :90], k[:, :90], v[:, :90], g[:, :90], w[:, :90], tau=0.5)
+        _, c0, _ = _fwd(q[:, :90], k[:, :90], v[:, :90], g[:, :90], w[:, :90], tau=tau)
         kw.update(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
     plain = _fwd(q, k, v, g, w, **kw)
     guessed = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=True), **kw)
@@ -650,19 +652,30 @@ def test_carry_guesses_change_no_bit(regime_length, lengths, with_cache, monkeyp
         assert torch.equal(a, b)
     assert plain[2][1][:, 64:].any()  # starts after the first chunk (the guessed ones)
 
+    def masks_zeroed(args):  # the guess kernel's masks (argument 6) past chunk 0
+        args[6][:, 1:] = 0
+
+    def last_break_only(args):  # the break words (argument 10) all clear but the last chunk's bit: jumps too far
+        nc = args[6].shape[1]
+        args[10].zero_()
+        args[10][:, (nc - 1) // 32] = int(np.int32(np.uint32(1 << ((nc - 1) % 32))))
+
+    # long runs without a boundary, whose history the decay keeps: the guesses after them fail, visibly
+    mutants = [masks_zeroed] + ([last_break_only] if decay > 0.9 else [])
     real = chunk_fwd.dla_carry_guess_kernel
-
-    class ZeroedMasks:  # the guess kernel, then its masks (argument 6) zeroed past chunk 0
-        def __getitem__(self, grid):
-            def launch(*args, **options):
-                real[grid](*args, **options)
-                args[6][:, 1:] = 0
-            return launch
-
-    monkeypatch.setattr(chunk_fwd, "dla_carry_guess_kernel", ZeroedMasks())
     monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
-    mutant = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=True), **kw)
-    assert not torch.equal(mutant[2][1], plain[2][1])
+    for mutate in mutants:
+        class Mutated:  # the guess kernel, then its outputs mutated
+            def __getitem__(self, grid, mutate=mutate):
+                def launch(*args, **options):
+                    real[grid](*args, **options)
+                    mutate(args)
+                return launch
+
+        monkeypatch.setattr(chunk_fwd, "dla_carry_guess_kernel", Mutated())
+        mutant = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=True), **kw)
+        flat = (mutant[0], *mutant[1], *mutant[2])
+        assert not all(torch.equal(a, b) for a, b in zip(flat, (plain[0], *plain[1], *plain[2]))), mutate.__name__
 
 
 @needs_kernels
@@ -875,7 +888,7 @@ def test_merge_kernel_matches_an_event_by_event_simulation(K, T, rate, seed):
     dla_merge_kernel[(BH,)](
         _t(masks, torch.int64), _t(scores), _t(np.full(BH, T), torch.int64), got["cnt"], got["info"], got["size"],
         got["death"], got["death0"], got["merged"], got["live"], got["livem"], got["fpos"], T, K, none, none,
-        torch.zeros(BH, device=DEV, dtype=torch.int32), C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=CUDA,
+        torch.zeros(BH, device=DEV, dtype=torch.int32), none, C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=CUDA,
         num_warps=1)
     assert (ref["merged"] >= 0).sum() > 0
     for name, want in ref.items():

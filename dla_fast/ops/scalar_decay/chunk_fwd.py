@@ -43,6 +43,7 @@ from .chunk_fwd_decide import (
     CARRY_ROWS,
     dla_carry_guess_kernel,
     dla_carry_kernel,
+    dla_carry_walk_kernel,
     dla_merge_kernel,
     dla_scores_kernel,
     dla_table_kernel,
@@ -239,13 +240,15 @@ def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, o
     return tables, launch
 
 
-def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, size0, tau, eps, norm_eps, flag,
-                pipeline: bool, settings: TritonSettings, tflag=None, guessed: bool = False):
-    """Stage 2: ``((masks [BH, NC], carry scores [BH, NC*C]), launch)``, the outputs allocated here and filled
-    by ``launch()``; P (the open slot) advanced in place. ``tflag``: the table kernel's flags when it runs
-    concurrently (the scan then waits on them), else None. ``guessed`` (``takes_carry_guesses``; not with
-    ``tflag``): the chunks decided from guessed entry slots first."""
-    _, anc, cvec, decay = tables
+def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, size0, scores, tau, eps, norm_eps,
+                flag, pipeline: bool, settings: TritonSettings, tflag=None, guessed: bool = False):
+    """Stage 2: ``((masks [BH, NC], carry scores [BH, NC*C]), launch_guesses, launch)``, the outputs allocated
+    here and filled by the launches; P (the open slot) advanced in place. ``tflag``: the table kernel's flags when
+    it runs concurrently (the scan then waits on them), else None. ``guessed`` (``takes_carry_guesses``; not with
+    ``tflag``): ``launch_guesses`` decides every chunk but the first from its guessed entry slot (and, pipelined,
+    writes their ``scores``), and ``launch`` walks only the chunks where a guess may not hold; else
+    ``launch_guesses`` is None."""
+    itab, anc, cvec, decay = tables
     dev = k.device
     masks = torch.empty(cfg.BH, cfg.NC, device=dev, dtype=torch.int64)
     cscores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
@@ -254,22 +257,33 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     BK, BVF, _ = block_sizes(cfg.Dk, cfg.Dv)
     BVC = BVF if BVF <= 128 else 64  # the carry kernel keeps P in registers up to Dv = 128
     warps = settings.carry_warps or (8 if BK * BVC > 64 * 64 else 4)
+    scalars = (cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps))
+    launch_guesses = None
+    if guessed:
+        breaks = torch.zeros(cfg.BH, triton.cdiv(cfg.NC, 32), device=dev, dtype=torch.int32)
 
-    def launch():
-        if guessed:  # every chunk but the first from its guessed entry slot; the walk below takes what holds
+        def launch_guesses():
             cached(dla_carry_guess_kernel)[(cfg.NC - 1, cfg.BH)](
-                k, v, row_lengths, anc, cvec, size0, masks, cscores, cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau),
-                float(eps), float(norm_eps), C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split,
+                k, v, row_lengths, anc, cvec, size0, masks, cscores, itab, scores, breaks, *scalars,
+                C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, SCORES=pipeline,
                 **settings.launch(dla_carry_kernel, num_warps=warps),  # the carry scan's overrides
             )
-        cached(dla_carry_kernel)[(cfg.BH,)](
-            k, v, bnd, row_lengths, anc, cvec, decay, decay if tflag is None else tflag, P, size0, masks, cscores,
-            cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps),
-            C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override, PREC=cfg.prec,
-            SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag, WAIT_TABLES=tflag is not None, GUESSED=guessed,
-            **settings.launch(dla_carry_kernel, num_warps=warps),
-        )
-    return (masks, cscores), launch
+
+        def launch():
+            cached(dla_carry_walk_kernel)[(cfg.BH,)](
+                k, v, row_lengths, anc, cvec, decay, breaks, P, size0, masks, cscores, *scalars,
+                C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag,
+                **settings.launch(dla_carry_kernel, num_warps=warps),
+            )
+    else:
+        def launch():
+            cached(dla_carry_kernel)[(cfg.BH,)](
+                k, v, bnd, row_lengths, anc, cvec, decay, decay if tflag is None else tflag, P, size0, masks,
+                cscores, *scalars, C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override,
+                PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag, WAIT_TABLES=tflag is not None,
+                **settings.launch(dla_carry_kernel, num_warps=warps),
+            )
+    return (masks, cscores), launch_guesses, launch
 
 
 def takes_carry_guesses(cfg: LaunchConfig, settings: TritonSettings, override: bool) -> bool:
@@ -279,10 +293,11 @@ def takes_carry_guesses(cfg: LaunchConfig, settings: TritonSettings, override: b
 
 
 def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
-                      pipeline: bool) -> DecidedStructure:
+                      pipeline: bool, guessed_orbits=None) -> DecidedStructure:
     """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists).
     ``counts0`` (int64) and ``info0`` (float64), ``B * H * K`` each and contiguous (the caller's own copies), become
-    the structure's and are updated in place."""
+    the structure's and are updated in place. ``guessed_orbits`` (pipelined after the carry scan's guessed chunks):
+    the table kernel's orbits, from which the merge simulation knows the chunks whose guesses hold."""
     dev = masks.device
     BH, NC, K, KP = cfg.BH, cfg.NC, cfg.K, cfg.KP
     if counts0.dtype != torch.int64 or info0.dtype != torch.float64:
@@ -303,8 +318,8 @@ def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscore
     )
     cached(dla_merge_kernel)[(BH,)](
         masks, scores, row_lengths, s.counts, s.info, s.size, s.death, s.death0, s.merged, s.live, s.livem, s.fpos,
-        cfg.T, K, itab, cscores, flag, C=CHUNK, KP=KP, KW=max(KP, 32), PIPE=pipeline,
-        FAST=not interpreting(), num_warps=1,
+        cfg.T, K, itab, cscores, flag, flag if guessed_orbits is None else guessed_orbits, C=CHUNK, KP=KP,
+        KW=max(KP, 32), PIPE=pipeline, FAST=not interpreting(), GUESSED=guessed_orbits is not None, num_warps=1,
     )
     return s
 
@@ -351,8 +366,10 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     # pipeline: the merge simulation runs concurrently with the carry scan (its own stream), one chunk behind,
     # synchronised by a per-(b, h) flag; the two sequential passes then overlap.
     flag = torch.zeros(cfg.BH, device=dev, dtype=torch.int32)
-    (masks, cscores), launch_carry = _carry_scan(cfg, k, v, g, boundaries, row_lengths, tables, P, size0, tau, eps,
-                                                 norm_eps, flag, pipeline, settings, tflag, guessed)
+    scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
+    (masks, cscores), launch_guesses, launch_carry = _carry_scan(
+        cfg, k, v, g, boundaries, row_lengths, tables, P, size0, scores, tau, eps, norm_eps, flag, pipeline, settings,
+        tflag, guessed)
     mstream = torch.cuda.Stream(device=dev) if (pipeline and on_gpu) else None
     if concurrent:
         cstream = torch.cuda.Stream(device=dev, priority=-1)
@@ -361,20 +378,21 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     if concurrent:
         with torch.cuda.stream(cstream):
             launch_carry()
+    mark_stage(profile, "carry")  # when concurrent: the carry scan's time after the table kernel's end
+    if guessed:
+        launch_guesses()  # before the merge simulation starts: it reads their decisions without waiting
     if mstream is not None:
         mstream.wait_stream(main)
-    mark_stage(profile, "carry")  # when concurrent: the carry scan's time after the table kernel's end
     if concurrent:
         main.wait_stream(cstream)
     else:
         launch_carry()
-    scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
     if not pipeline:
         cached(dla_scores_kernel)[(cfg.NC, cfg.BH)](tables[0], masks, cscores, scores, cfg.T, C=CHUNK, num_warps=4)
     mark_stage(profile, "merge")
     with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
         structure = merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
-                                      flag, pipeline)
+                                      flag, pipeline, tables[1] if (guessed and pipeline) else None)
     if mstream is not None:
         main.wait_stream(mstream)
     return structure

@@ -266,8 +266,10 @@ def slot_since(kw_hi, kw_mid, kw_lo, vc, opened, SPLIT: tl.constexpr, PREC: tl.c
 @triton.jit
 def slot_after_chunk(P, eGl, L, grown):
     """The open slot leaving a chunk: from its last start L on, the run since L (``grown``, exactly: no 0 * P term,
-    so that the guess kernel's slot is the same bits), else P decayed through the chunk (``eGl``) and grown."""
-    return tl.where(L >= 0, grown, eGl * P + grown)
+    so that the guess kernel's slot is the same bits), else P decayed through the chunk (``eGl``) and grown, in one
+    rounding: an explicit fma, so that every kernel that forms it gets the same bits (H200, run 40: ``eGl * P +
+    grown`` gave slots one ulp apart in two kernels, the likely cause a contraction taken in one of them)."""
+    return tl.where(L >= 0, grown, tl.fma(eGl + tl.zeros_like(P), P, grown))
 
 
 @triton.jit
@@ -305,7 +307,7 @@ def decide_chunk(k_ptr, v_ptr, bnd_ptr, mask_ptr, cscore_ptr, pbase, kc, vc, P, 
         _, mask = tl.reduce((tl.where(hit, t_idx, C), tl.where(hit, anc_row, 0)), 0, first_hit_combine)
     tl.store(mask_ptr + bh * NC + c, mask)
     tl.store(cscore_ptr + bh * NC * C + tok, Ic)
-    return mask
+    return mask, Ic
 
 
 @triton.jit
@@ -322,6 +324,14 @@ def fresh_slot_before(k_ptr, v_ptr, anc_ptr, cvec_ptr, bh, c, NC, trow, t_idx, k
     return slot_since(hi, mid, lo, vp, (t_idx >= last)[:, None], SPLIT, PREC)
 
 
+@triton.jit
+def carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C: tl.constexpr):
+    """A carry scan program's row ``bh``: ``(b, h, NC, N = Dk Dv, whether the cache is empty, the row's length (no
+    decision on the padding after it), its open slot's address)``."""
+    return (bh // H, bh % H, tl.cdiv(T, C), (Dk * Dv).to(tl.float32), (tl.load(size_ptr + bh) == 0).to(tl.int32),
+            tl.load(rlen_ptr + bh), p_ptr + bh * Dk * Dv)
+
+
 # Long: the sequential carry scan is one dependent chain per (b, h); the prefetch needs it in one body.
 @triton.jit(do_not_specialize=["T"])
 def dla_carry_kernel(
@@ -331,7 +341,7 @@ def dla_carry_kernel(
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr,
     OVERRIDE: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PIPE: tl.constexpr, flag_ptr,
-    WAIT_TABLES: tl.constexpr, GUESSED: tl.constexpr = False,
+    WAIT_TABLES: tl.constexpr,
 ):
     """Program (bh): walks the chunks. P (the open slot, fp32 [Dk, Dv]) stays in registers when Dv fits
     one block (NVB == 1), else lives in p_ptr (L2-resident) and is processed in Dv blocks of BV.
@@ -344,28 +354,13 @@ def dla_carry_kernel(
     Writes the carry scores (the score of t against the carried slot, valid up to the first boundary)
     and the chunk's boundary mask; dla_scores_kernel assembles the final scores in parallel.
     WAIT_TABLES: the table kernel runs concurrently (``PUBLISH``); a chunk's table outputs are read only after
-    its flag is seen (``wait_for_tables``: one atomic read per 32 chunks while the tables are ahead).
-    GUESSED: ``dla_carry_guess_kernel`` has decided every chunk from its guessed entry slot; the walk takes those
-    decisions as they stand while the chunks it walks are entered with their guessed slot (the chunk before had a
-    start on the fresh path, ``anc``'s orbit from token 0), and decides the others itself (Dv <= 128, decided
-    boundaries only)."""
-    tl.static_assert((not GUESSED) or ((NVB == 1) and (not OVERRIDE) and (not WAIT_TABLES)))
+    its flag is seen (``wait_for_tables``: one atomic read per 32 chunks while the tables are ahead)."""
     bh = tl.program_id(0)
-    b = bh // H
-    h = bh % H
-    NC = tl.cdiv(T, C)
+    b, h, NC, N, emp, Tr, pbase = carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C)
     t_idx = tl.arange(0, C)
     kd = tl.arange(0, BK)
     vd = tl.arange(0, BV)
-    N = (Dk * Dv).to(tl.float32)
-    emp = (tl.load(size_ptr + bh) == 0).to(tl.int32)
-    Tr = tl.load(rlen_ptr + bh)  # the row's length: no decision on the padding after it
-    pbase = p_ptr + bh * Dk * Dv
     Preg = load_state(pbase, kd, vd, Dk, Dv)
-    if GUESSED:
-        on_guess = tl.full((), 0, tl.int32)  # whether the chunk walked is entered with its guessed slot
-        guess_mask = tl.full((), 0, tl.int64)  # chunk 0 is walked: no guess
-        guess_orbit = tl.load(anc_ptr + bh * NC * C, cache_modifier=".cg")
     # chunk 0's inputs
     tok = t_idx
     valid = tok < T
@@ -387,11 +382,6 @@ def dla_carry_kernel(
         tokn = tok + C
         validn = tokn < T
         inb = tokn < NC * C
-        if GUESSED:  # a guessed chunk whose last start is its fresh path's is followed by one: nothing to load
-            guess_last = highest_bit_index(guess_mask)
-            taken = (on_guess != 0) & (guess_last >= 0) & (highest_bit_index(guess_orbit) == guess_last)
-            validn = tl.where(taken, False, validn)
-            inb = tl.where(taken, False, inb)
         rown = (b * T + tokn) * H + h
         kn = load_rows(k_ptr, rown, validn, kd, Dk)
         vn = load_rows(v_ptr, rown, validn, vd, Dv)
@@ -401,47 +391,19 @@ def dla_carry_kernel(
         X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn = load_carry_vectors(cvec_ptr, bh * NC + c + 1, t_idx, inb, C)
         eGln = tl.load(decay_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0.0, cache_modifier=".cg")
         ancn = tl.load(anc_ptr + bh * NC * C + tokn, mask=inb, other=0, cache_modifier=".cg")
-        if GUESSED:  # the guess kernel's mask of chunk c + 1 and the start of its fresh path's orbit
-            guess_mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
-            guess_orbit_n = tl.load(anc_ptr + (bh * NC + c + 1) * C, mask=c + 1 < NC, other=0, cache_modifier=".cg")
         # Off the chain: every token's key weighted for the chunk-end state (and split for the bf16 product);
-        # the update masks the tokens before the last boundary. (GUESSED: where the slot is grown, below.)
-        if not GUESSED:
-            kw_hi, kw_mid, kw_lo = weighted_key_parts(kc, wd, SPLIT)
-        if GUESSED:
-            mask = guess_mask  # the guess kernel's, right when the chunk was entered with its guessed slot
-            if on_guess == 0:
-                mask = decide_chunk(k_ptr, v_ptr, bnd_ptr, mask_ptr, cscore_ptr, pbase, kc, vc, Preg, c, bh, NC,
-                                    trow, tok, valid, Tr, emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv, N,
-                                    tau, eps, norm_eps, C, BK, BV, NVB, OVERRIDE, SPLIT, PREC)
-        else:
-            mask = decide_chunk(k_ptr, v_ptr, bnd_ptr, mask_ptr, cscore_ptr, pbase, kc, vc, Preg, c, bh, NC, trow,
-                                tok, valid, Tr, emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv, N, tau, eps,
-                                norm_eps, C, BK, BV, NVB, OVERRIDE, SPLIT, PREC)
+        # the update masks the tokens before the last boundary.
+        kw_hi, kw_mid, kw_lo = weighted_key_parts(kc, wd, SPLIT)
+        mask, _ = decide_chunk(k_ptr, v_ptr, bnd_ptr, mask_ptr, cscore_ptr, pbase, kc, vc, Preg, c, bh, NC, trow,
+                               tok, valid, Tr, emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv, N, tau, eps,
+                               norm_eps, C, BK, BV, NVB, OVERRIDE, SPLIT, PREC)
         if PIPE:  # publish chunk c to the concurrently running merge simulation
             tl.debug_barrier()
             tl.atomic_xchg(flag_ptr + bh, c + 1, sem="release")
         # The open slot at the chunk end: the tokens from the last boundary L on (all, decayed P, if none).
         L = highest_bit_index(mask)
         opened = (t_idx >= L)[:, None]
-        if GUESSED:
-            # The slot leaving this chunk is the next chunk's guess when its last start is the fresh path's (a
-            # boundary in the chunk, and the two paths met); then P is not needed until a chunk without one.
-            follows = (L >= 0) & (highest_bit_index(guess_orbit) == L)
-            if (follows == 0) | (c == NC - 1):  # the last chunk's: the call's open slot
-                if on_guess != 0:  # entered with the guessed slot: this chunk's inputs were not loaded
-                    kc = load_rows(k_ptr, trow, valid, kd, Dk)
-                    vc = load_rows(v_ptr, trow, valid, vd, Dv)
-                    wd = tl.load(cvec_ptr + ((bh * NC + c) * CARRY_ROWS + CV_WD) * C + t_idx, cache_modifier=".cg")
-                    eGl = tl.load(decay_ptr + bh * NC + c, cache_modifier=".cg")
-                    if L < 0:  # the guessed slot, which this chunk decays and grows
-                        Preg = fresh_slot_before(k_ptr, v_ptr, anc_ptr, cvec_ptr, bh, c, NC, trow, t_idx, kd, vd,
-                                                 Dk, Dv, H, C, SPLIT, PREC)
-                kw_hi, kw_mid, kw_lo = weighted_key_parts(kc, wd, SPLIT)
-                Preg = slot_after_chunk(Preg, eGl, L, slot_since(kw_hi, kw_mid, kw_lo, vc, opened, SPLIT, PREC))
-            on_guess = follows.to(tl.int32)
-            guess_mask, guess_orbit = guess_mask_n, guess_orbit_n
-        elif NVB == 1:
+        if NVB == 1:
             Preg = slot_after_chunk(Preg, eGl, L, slot_since(kw_hi, kw_mid, kw_lo, vc, opened, SPLIT, PREC))
         else:
             tl.debug_barrier()
@@ -458,17 +420,59 @@ def dla_carry_kernel(
         store_state(pbase, Preg, kd, vd, Dk, Dv)
 
 
+# The carry scan from guessed chunks (``TritonSettings.carry_guesses``; issue #11, runs 39-40). A chunk's decisions
+# depend on the slot it is entered with only up to its first boundary; from a boundary on the slot is the run since
+# it. So chunk c's *guessed* entry slot, the slot leaving chunk c - 1 along the path from a fresh slot at c - 1's
+# first token (``fresh_slot_before``), is its true entry slot whenever chunk c - 1's true path has a boundary on
+# that fresh path: from a shared boundary on the two paths are one. Chunk c - 1 then *follows* its guess chain:
+# its last boundary L is the fresh path's last start (``follows``). ``dla_carry_guess_kernel`` decides every chunk
+# c >= 1 from its guessed slot in parallel and marks the chunks that do not follow (the *breaks*, and the last);
+# ``dla_carry_walk_kernel`` then decides in series only the chunks entered with a slot that is not their guess
+# (chunk 0, and each chunk after one that does not follow), and forms the slot leaving each break. Where the step's
+# code is the same the bits are the same: the guessed chunks' decisions are the plain walk's.
+
+
+@triton.jit
+def follows(mask, orbit_word):
+    """Whether a chunk with boundary mask ``mask`` passes its slot to the next chunk as that chunk's guess: it has a
+    boundary, and its last is the last start of the fresh path from its first token (``orbit_word``, ``anc`` at
+    the chunk's token 0)."""
+    L = highest_bit_index(mask)
+    return (L >= 0) & (highest_bit_index(orbit_word) == L)
+
+
+@triton.jit
+def next_break(brk_row, c):
+    """The first chunk >= c whose bit is set in a row's break words (int32, 32 chunks a word,
+    ``dla_carry_guess_kernel``'s); the row's last chunk has its bit set, so the search ends."""
+    w = c // 32
+    word = (tl.load(brk_row + w).to(tl.int64) & 0xFFFFFFFF) >> (c % 32) << (c % 32)
+    while word == 0:
+        w += 1
+        word = tl.load(brk_row + w).to(tl.int64) & 0xFFFFFFFF
+    return w * 32 + bit_index(word & -word)
+
+
+@triton.jit
+def chunk_scores(mask, carry_scores, row_chunk, t_idx, itab_ptr, C: tl.constexpr):
+    """A chunk's final scores: the carry score up to its first boundary, else the table entry I[t, p(t)] with p(t)
+    the last boundary before t (``row_chunk = bh * NC + c``)."""
+    pt = highest_bit_index(mask & ((tl.full([C], 1, tl.int64) << t_idx.to(tl.int64)) - 1))
+    it = tl.load(itab_ptr + itab_index(row_chunk, t_idx, pt, C), mask=pt >= 0, other=0.0)
+    return tl.where(pt >= 0, it, carry_scores)
+
+
 @triton.jit(do_not_specialize=["T"])
 def dla_carry_guess_kernel(
-    k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, size_ptr, mask_ptr, cscore_ptr,
+    k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, size_ptr, mask_ptr, cscore_ptr, itab_ptr, score_ptr, brk_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+    SCORES: tl.constexpr,
 ):
-    """Program (chunk c >= 1, bh): chunk c decided as the carry scan would from its guessed entry slot, the slot
-    leaving chunk c - 1 along the path from a fresh slot at its first token (``fresh_slot_before``): its carry
-    scores and mask, which the carry scan (GUESSED) takes wherever that guess is the slot the chunk is entered with
-    (the chunk before has a boundary on the fresh path: from a shared boundary on, the two paths are one; issue
-    #11, run 39). The same code as the carry scan's, so the same bits where the guess holds."""
+    """Program (chunk c >= 1, bh): chunk c decided as the carry scan would from its guessed entry slot (the comment
+    above): its carry scores and mask, and its break bit (``brk_ptr``, zeroed, ``[BH, cdiv(NC, 32)]`` int32) set
+    unless it follows, or it is the last. SCORES (the merge simulation pipelined): also the chunk's final scores,
+    which the merge simulation reads where the guess holds. The same code as the carry scan's, so the same bits."""
     c = tl.program_id(0) + 1
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
@@ -481,9 +485,96 @@ def dla_carry_guess_kernel(
     X0, NP0, ss, eG, ash, a, em1, _ = load_carry_vectors(cvec_ptr, bh * NC + c, t_idx, t_idx < C, C)
     anc_row = tl.load(anc_ptr + bh * NC * C + tok, cache_modifier=".cg")
     emp = (tl.load(size_ptr + bh) == 0).to(tl.int32)
-    decide_chunk(k_ptr, v_ptr, mask_ptr, mask_ptr, cscore_ptr, mask_ptr, kc, vc, G, c, bh, NC, trow, tok, valid,
-                 tl.load(rlen_ptr + bh), emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv,
-                 (Dk * Dv).to(tl.float32), tau, eps, norm_eps, C, BK, BV, 1, False, SPLIT, PREC)
+    Tr = tl.load(rlen_ptr + bh)
+    mask, Ic = decide_chunk(k_ptr, v_ptr, mask_ptr, mask_ptr, cscore_ptr, mask_ptr, kc, vc, G, c, bh, NC, trow, tok,
+                            valid, Tr, emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv, (Dk * Dv).to(tl.float32),
+                            tau, eps, norm_eps, C, BK, BV, 1, False, SPLIT, PREC)
+    brk = (follows(mask, tl.load(anc_ptr + (bh * NC + c) * C, cache_modifier=".cg")) == 0) | (c == NC - 1)
+    tl.atomic_or(brk_ptr + bh * tl.cdiv(NC, 32) + c // 32, tl.full((), 1, tl.int32) << (c % 32), mask=brk)
+    if SCORES:
+        sc = chunk_scores(mask, Ic, bh * NC + c, t_idx, itab_ptr, C)
+        tl.store(score_ptr + bh * NC * C + tok, sc, mask=tok < tl.minimum(T, Tr))
+
+
+# Long: the carry scan's walk over the breaks is one dependent chain per (b, h), its prefetch in the same body.
+@triton.jit(do_not_specialize=["T"])
+def dla_carry_walk_kernel(
+    k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr,
+    p_ptr, size_ptr, mask_ptr, cscore_ptr,
+    T, H, Dk, Dv, tau, eps, norm_eps,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+    PIPE: tl.constexpr, flag_ptr,
+):
+    """Program (bh), after ``dla_carry_guess_kernel``: the carry scan (``dla_carry_kernel``, P in registers,
+    decided boundaries) over the chunks whose guesses may not hold. A chunk entered with a slot that is not its
+    guess (chunk 0, or the one after a chunk that does not follow) is decided here, its mask and carry scores
+    overwriting the guess kernel's, and published (PIPE: the flag then says only that chunks up to c are final,
+    the merge simulation waits on it for such chunks alone). After a chunk that follows, the walk jumps to the
+    next break, whose guessed decisions hold, and forms the slot leaving it: the run since its last boundary, or
+    its guessed slot decayed and grown through it if it has none. The next chunk's inputs are loaded before each
+    step, as in the plain walk."""
+    bh = tl.program_id(0)
+    b, h, NC, N, emp, Tr, pbase = carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C)
+    t_idx = tl.arange(0, C)
+    kd = tl.arange(0, BK)
+    vd = tl.arange(0, BV)
+    Preg = load_state(pbase, kd, vd, Dk, Dv)
+    brk_row = brk_ptr + bh * tl.cdiv(NC, 32)
+    # chunk 0's inputs: it is walked
+    trow = (b * T + t_idx) * H + h
+    kc = load_rows(k_ptr, trow, t_idx < T, kd, Dk)
+    vc = load_rows(v_ptr, trow, t_idx < T, vd, Dv)
+    X0, NP0, ss, eG, ash, a, em1, wd = load_carry_vectors(cvec_ptr, bh * NC, t_idx, t_idx < C, C)
+    eGl = tl.load(decay_ptr + bh * NC, cache_modifier=".cg")
+    anc_row = tl.load(anc_ptr + bh * NC * C + t_idx, cache_modifier=".cg")
+    c = 0
+    guessed = tl.full((), 0, tl.int32)  # whether chunk c is entered with its guessed slot
+    while c < NC:
+        if guessed != 0:
+            c = next_break(brk_row, c)
+        tok = c * C + t_idx
+        valid = tok < T
+        trow = (b * T + tok) * H + h
+        orbit_word = tl.load(anc_ptr + (bh * NC + c) * C, cache_modifier=".cg")
+        # chunk c + 1's inputs, for its step (a chunk after a break is walked; after a walked chunk, unless it
+        # follows)
+        tokn = tok + C
+        inb = tokn < NC * C
+        rown = (b * T + tokn) * H + h
+        kn = load_rows(k_ptr, rown, tokn < T, kd, Dk)
+        vn = load_rows(v_ptr, rown, tokn < T, vd, Dv)
+        X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn = load_carry_vectors(cvec_ptr, bh * NC + c + 1, t_idx, inb, C)
+        eGln = tl.load(decay_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0.0, cache_modifier=".cg")
+        ancn = tl.load(anc_ptr + bh * NC * C + tokn, mask=inb, other=0, cache_modifier=".cg")
+        if guessed != 0:  # a break: its guessed decisions hold; its own inputs, for the slot leaving it
+            mask = tl.load(mask_ptr + bh * NC + c)
+            kc = load_rows(k_ptr, trow, valid, kd, Dk)
+            vc = load_rows(v_ptr, trow, valid, vd, Dv)
+            wd = tl.load(cvec_ptr + ((bh * NC + c) * CARRY_ROWS + CV_WD) * C + t_idx, cache_modifier=".cg")
+            eGl = tl.load(decay_ptr + bh * NC + c, cache_modifier=".cg")
+            if highest_bit_index(mask) < 0:  # no boundary: the guessed slot, decayed and grown below
+                Preg = fresh_slot_before(k_ptr, v_ptr, anc_ptr, cvec_ptr, bh, c, NC, trow, t_idx, kd, vd, Dk, Dv,
+                                         H, C, SPLIT, PREC)
+        else:
+            mask, _ = decide_chunk(k_ptr, v_ptr, mask_ptr, mask_ptr, cscore_ptr, pbase, kc, vc, Preg, c, bh, NC,
+                                   trow, tok, valid, Tr, emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv, N, tau,
+                                   eps, norm_eps, C, BK, BV, 1, False, SPLIT, PREC)
+            if PIPE:  # chunks up to c are final: the merge simulation may read this one
+                tl.debug_barrier()
+                tl.atomic_xchg(flag_ptr + bh, c + 1, sem="release")
+        passes = follows(mask, orbit_word)
+        if (passes == 0) | (c == NC - 1):  # the slot leaving the chunk (the last one's: the call's open slot)
+            L = highest_bit_index(mask)
+            kw_hi, kw_mid, kw_lo = weighted_key_parts(kc, wd, SPLIT)
+            Preg = slot_after_chunk(Preg, eGl, L, slot_since(kw_hi, kw_mid, kw_lo, vc, (t_idx >= L)[:, None], SPLIT,
+                                                             PREC))
+        guessed = passes.to(tl.int32)
+        c += 1
+        kc, vc, anc_row, eGl = kn, vn, ancn, eGln
+        X0, NP0, ss, eG, ash, a, em1, wd = X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn
+    store_state(pbase, Preg, kd, vd, Dk, Dv)
+    if PIPE:  # every chunk final: a merge simulation that waited for a chunk the walk took as guessed (a bug) ends
+        tl.atomic_xchg(flag_ptr + bh, NC, sem="release")
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -491,23 +582,15 @@ def dla_scores_kernel(
     itab_ptr, mask_ptr, cscore_ptr, score_ptr, T,
     C: tl.constexpr,
 ):
-    """Program (chunk, bh): score[t] = carry score up to the chunk's first boundary, else I[t, p(t)] with
-    p(t) the last boundary before t. Reads C^2/.. a gather of C table entries."""
+    """Program (chunk, bh): the chunk's final scores (``chunk_scores``) from its mask and carry scores."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
     t_idx = tl.arange(0, C)
-    row = t_idx[:, None]
-    col = t_idx[None, :]
     tok = c * C + t_idx
     mask = tl.load(mask_ptr + bh * NC + c)
-    bvec = mask_bits(mask, t_idx)
-    pt = tl.max(tl.where(bvec[None, :] & (col < row), col, -1), 1)
-    itab = tl.load(itab_ptr + itab_index(bh * NC + c, t_idx, pt, C), mask=pt >= 0, other=0.0)
     Ic = tl.load(cscore_ptr + bh * NC * C + tok)
-    tl.store(score_ptr + bh * NC * C + tok, tl.where(pt >= 0, itab, Ic), mask=tok < T)
-
-
+    tl.store(score_ptr + bh * NC * C + tok, chunk_scores(mask, Ic, bh * NC + c, t_idx, itab_ptr, C), mask=tok < T)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -663,14 +746,10 @@ def merge_event(n, info, pos, d, n_next, i_next, d_next, tglob, j, K, KW: tl.con
 
 @triton.jit
 def pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore_ptr, C: tl.constexpr):
-    """The chunk's scores assembled by the merge simulation itself (pipelined mode): the carry score up to the
-    chunk's first boundary, else the table entry I[t, p(t)] with p(t) the last boundary before t."""
-    lt = mask & ((tl.full([C], 1, tl.int64) << t_idx.to(tl.int64)) - 1)  # boundaries before t
-    pt = highest_bit_index(lt)
-    it = tl.load(itab_ptr + itab_index(bh * NC + c, t_idx, pt, C), mask=pt >= 0, other=0.0)
+    """The chunk's scores assembled by the merge simulation itself (pipelined mode, ``chunk_scores``) and stored,
+    from the carry scan's carry scores."""
     cs0 = tl.load(cscore_ptr + bh * NC * C + c * C + t_idx, volatile=True)
-    sc = tl.where(pt >= 0, it, cs0)
-    sc = tl.where(t_idx < nvalid, sc, 0.0)
+    sc = tl.where(t_idx < nvalid, chunk_scores(mask, cs0, bh * NC + c, t_idx, itab_ptr, C), 0.0)
     tl.store(score_ptr + bh * NC * C + c * C + t_idx, sc, mask=t_idx < nvalid)
     return sc
 
@@ -680,8 +759,9 @@ def pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore
 def dla_merge_kernel(
     mask_ptr, score_ptr, rlen_ptr, cnt_ptr, info_ptr, size_ptr,
     death_ptr, death0_ptr, merged_ptr, live_ptr, livem_ptr, fpos_ptr,
-    T, K, itab_ptr, cscore_ptr, flag_ptr,
+    T, K, itab_ptr, cscore_ptr, flag_ptr, anc_ptr,
     C: tl.constexpr, KP: tl.constexpr, KW: tl.constexpr, PIPE: tl.constexpr, FAST: tl.constexpr,
+    GUESSED: tl.constexpr = False,
 ):
     """Program (bh), one warp: counts n (int64), information sums Ibar (float64) and start positions of the
     <= K slots in KW-wide vectors (KW = max(KP, 32): one lane per slot); one lowest-density merge (tie: the
@@ -690,6 +770,9 @@ def dla_merge_kernel(
     while it is being closed. Per chunk O(C) vector work; per event O(1) shuffles and reductions.
     PIPE: runs concurrently with the carry scan, waiting on its per-chunk flag, and assembles the scores
     itself (carry score up to the first boundary, else the table entry I[t, p(t)]).
+    GUESSED (with PIPE; the carry scan from guessed chunks): a chunk after one that ``follows`` holds the guess
+    kernel's decisions and scores, final before this kernel starts: they are read a chunk ahead, without waiting;
+    only the chunks the walk decides are waited for.
     FAST (a GPU; False under the interpreter): branch-free divisions and a warp ballot in inline PTX."""
     bh = tl.program_id(0)
     NC = tl.cdiv(T, C)
@@ -712,17 +795,32 @@ def dla_merge_kernel(
     else:
         mask = tl.zeros([], dtype=tl.int64)
         sc = tl.zeros([C], dtype=tl.float32)
+    guessed = tl.full((), 0, tl.int32)  # GUESSED: whether chunk c holds its guess (chunk 0 is walked)
+    orbit_word = tl.zeros([], dtype=tl.int64)  # GUESSED: ``anc`` at chunk c's first token
+    if GUESSED:
+        orbit_word = tl.load(anc_ptr + bh * NC * C)
+    mask_n = mask
+    sc_n = sc
     for c in range(NC):
         tl.store(live_ptr + (bh * NC + c) * KP + j, pos, mask=j < KP)
         tl.store(livem_ptr + bh * NC + c, m)
         nvalid = tl.maximum(tl.minimum(tl.minimum(T, Tr) - c * C, C), 0)
         if PIPE:
-            while tl.atomic_add(flag_ptr + bh, 0, sem="acquire") <= c:
-                pass
-            mask = tl.load(mask_ptr + bh * NC + c, volatile=True)
-            sc = pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore_ptr, C)
-            mask_n = mask
-            sc_n = sc
+            if guessed == 0:  # the carry scan decides the chunk: wait for it
+                while tl.atomic_add(flag_ptr + bh, 0, sem="acquire") <= c:
+                    pass
+                mask = tl.load(mask_ptr + bh * NC + c, volatile=True)
+                sc = pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore_ptr, C)
+            else:
+                mask = mask_n
+                sc = sc_n
+            if GUESSED:  # the next chunk's decisions and scores, read now where it holds its guess
+                guessed = follows(mask, orbit_word).to(tl.int32)
+                ahead = tl.where(guessed != 0, c + 1 < NC, False)
+                mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=ahead, other=0)
+                tn = (c + 1) * C + t_idx
+                sc_n = tl.load(score_ptr + bh * NC * C + tn, mask=ahead & (tn < tl.minimum(T, Tr)), other=0.0)
+                orbit_word = tl.load(anc_ptr + (bh * NC + c + 1) * C, mask=c + 1 < NC, other=0)
         else:
             # prefetch the next chunk's mask and scores
             mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
