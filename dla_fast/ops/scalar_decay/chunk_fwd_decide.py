@@ -428,8 +428,10 @@ def dla_carry_kernel(
 # its last boundary L is the fresh path's last start (``follows``). ``dla_carry_guess_kernel`` decides every chunk
 # c >= 1 from its guessed slot in parallel and marks the chunks that do not follow (the *breaks*, and the last);
 # ``dla_carry_walk_kernel`` then decides in series only the chunks entered with a slot that is not their guess
-# (chunk 0, and each chunk after one that does not follow), and forms the slot leaving each break. Where the step's
-# code is the same the bits are the same: the guessed chunks' decisions are the plain walk's.
+# (chunk 0, and each chunk after one that does not follow), and forms the slot leaving each break. The step's code
+# is shared (``decide_chunk``, ``slot_after_chunk``, ...), so the guessed chunks get the plain walk's bits where the
+# compiler rounds that code alike in every kernel: run 40 found the slot update rounded differently in two kernels
+# (one ulp), hence its explicit fma.
 
 
 @triton.jit
@@ -472,7 +474,7 @@ def dla_carry_guess_kernel(
     """Program (chunk c >= 1, bh): chunk c decided as the carry scan would from its guessed entry slot (the comment
     above): its carry scores and mask, and its break bit (``brk_ptr``, zeroed, ``[BH, cdiv(NC, 32)]`` int32) set
     unless it follows, or it is the last. SCORES (the merge simulation pipelined): also the chunk's final scores,
-    which the merge simulation reads where the guess holds. The same code as the carry scan's, so the same bits."""
+    which the merge simulation reads where the guess holds. The same code as the carry scan's (the comment above)."""
     c = tl.program_id(0) + 1
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
