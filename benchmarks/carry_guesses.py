@@ -14,7 +14,8 @@ recomputing only the chunks whose guess failed.
 This counts, on ``gpu_bench``'s three workloads (float64 numpy, the reference's score, tau = 0.6, 64 features), per
 row and chunk whether the guess for the next chunk holds: the last start from the true entry equals the last start
 from a fresh slot at the chunk's first token (a chunk without a boundary fails: its slot carries P through). The
-chain's work is one chunk per failed guess (and the first chunk).
+chain's work is one chunk per failed guess (and the first chunk); and the same with guesses 2 and 4 chunks deep
+(``chain_chunks``: through boundary-free chunks; run 40).
 
     python benchmarks/carry_guesses.py [--T 16384] [--heads 2]        # ~1-2 min
 """
@@ -68,6 +69,23 @@ def row_flags(k, v, a):
     return flags
 
 
+def chain_chunks(flags, depth: int) -> int:
+    """Chunks the serial chain decides when each chunk is also guessed up to ``depth`` chunks deep: chunk j's entry
+    slot taken as the slot leaving the last chunk i < j with a boundary along its fresh path, decayed and grown
+    through the boundary-free chunks between (depth j - i). That guess holds when chunk i's guess for the next held
+    (``row_flags``) and j - i <= depth; the chain decides the others, and the first chunk."""
+    chain, last = 1, None  # last: the last chunk with a boundary so far, and whether its guess holds
+    for j in range(1, len(flags) + 1):
+        has, holds = flags[j - 1]
+        if has:
+            last = (j - 1, holds)
+        if j == len(flags):
+            break
+        if last is None or not last[1] or j - last[0] > depth:
+            chain += 1
+    return chain
+
+
 def check_against_reference(k, v, a) -> None:
     """The path above is the reference's decisions (256 tokens of one row, dla_ref.forward)."""
     n = 256
@@ -86,21 +104,24 @@ def main():
     args = ap.parse_args()
     print(f"T = {args.T}, {args.heads} heads, 64 features, K = {K_SLOTS}, tau = {TAU}, chunk {C} (float64)")
     print("| workload | chunks | with a boundary | guess for the next chunk holds | chain chunks (failed guesses + 1) |"
-          " longest run of held guesses |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          " longest run of held guesses | chain chunks, guesses 2 / 4 chunks deep |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for wname, kw in WORKLOADS.items():
         _, k, v, g, _ = workload(1, args.T, args.heads, 64, 64, K_SLOTS, **kw, device="cpu", seed=11)
         k, v, a = k.double().numpy(), v.double().numpy(), np.exp(g.double().numpy())
         check_against_reference(k[0, :, 0], v[0, :, 0], a[0, :, 0])
-        flags = [f for h in range(args.heads) for f in row_flags(k[0, :, h], v[0, :, h], a[0, :, h])]
+        rows = [row_flags(k[0, :, h], v[0, :, h], a[0, :, h]) for h in range(args.heads)]
+        flags = [f for row in rows for f in row]
         n = len(flags)
+        deep = [sum(chain_chunks(row, d) for row in rows) for d in (2, 4)]
         held = [f[1] for f in flags]
         longest = run = 0
         for ok in held:
             run = run + 1 if ok else 0
             longest = max(longest, run)
         print(f"| {wname} | {n} | {sum(f[0] for f in flags) / n:.1%} | {sum(held) / n:.1%} |"
-              f" {n - sum(held) + args.heads} ({(n - sum(held) + args.heads) / n:.1%}) | {longest} |", flush=True)
+              f" {n - sum(held) + args.heads} ({(n - sum(held) + args.heads) / n:.1%}) | {longest} |"
+              f" {deep[0]} ({deep[0] / n:.1%}) / {deep[1]} ({deep[1] / n:.1%}) |", flush=True)
 
 
 if __name__ == "__main__":
