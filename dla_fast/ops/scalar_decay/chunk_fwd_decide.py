@@ -332,6 +332,22 @@ def carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C: tl.constexpr):
             tl.load(rlen_ptr + bh), p_ptr + bh * Dk * Dv)
 
 
+@triton.jit
+def carry_inputs(k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c, T, H, NC, kd, vd, Dk, Dv,
+                 C: tl.constexpr):
+    """Chunk c's inputs to a carry step, 0 past the row's chunks: ``(keys, values, the table's eight carry vectors
+    (``load_carry_vectors``), the chunk's decay eGl, its orbit row)``."""
+    t_idx = tl.arange(0, C)
+    tok = c * C + t_idx
+    inb = tok < NC * C
+    row = (b * T + tok) * H + h
+    X0, NP0, ss, eG, ash, a, em1, wd = load_carry_vectors(cvec_ptr, bh * NC + c, t_idx, inb, C)
+    return (load_rows(k_ptr, row, tok < T, kd, Dk), load_rows(v_ptr, row, tok < T, vd, Dv),
+            X0, NP0, ss, eG, ash, a, em1, wd,
+            tl.load(decay_ptr + bh * NC + c, mask=c < NC, other=0.0, cache_modifier=".cg"),
+            tl.load(anc_ptr + bh * NC * C + tok, mask=inb, other=0, cache_modifier=".cg"))
+
+
 # Long: the sequential carry scan is one dependent chain per (b, h); the prefetch needs it in one body.
 @triton.jit(do_not_specialize=["T"])
 def dla_carry_kernel(
@@ -522,14 +538,9 @@ def dla_carry_walk_kernel(
     vd = tl.arange(0, BV)
     Preg = load_state(pbase, kd, vd, Dk, Dv)
     brk_row = brk_ptr + bh * tl.cdiv(NC, 32)
-    # chunk 0's inputs: it is walked
-    trow = (b * T + t_idx) * H + h
-    kc = load_rows(k_ptr, trow, t_idx < T, kd, Dk)
-    vc = load_rows(v_ptr, trow, t_idx < T, vd, Dv)
-    X0, NP0, ss, eG, ash, a, em1, wd = load_carry_vectors(cvec_ptr, bh * NC, t_idx, t_idx < C, C)
-    eGl = tl.load(decay_ptr + bh * NC, cache_modifier=".cg")
-    anc_row = tl.load(anc_ptr + bh * NC * C + t_idx, cache_modifier=".cg")
-    c = 0
+    c = 0  # chunk 0 is walked
+    kc, vc, X0, NP0, ss, eG, ash, a, em1, wd, eGl, anc_row = carry_inputs(
+        k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c, T, H, NC, kd, vd, Dk, Dv, C)
     guessed = tl.full((), 0, tl.int32)  # whether chunk c is entered with its guessed slot
     while c < NC:
         if guessed != 0:
@@ -540,20 +551,12 @@ def dla_carry_walk_kernel(
         orbit_word = tl.load(anc_ptr + (bh * NC + c) * C, cache_modifier=".cg")
         # chunk c + 1's inputs, for its step (a chunk after a break is walked; after a walked chunk, unless it
         # follows)
-        tokn = tok + C
-        inb = tokn < NC * C
-        rown = (b * T + tokn) * H + h
-        kn = load_rows(k_ptr, rown, tokn < T, kd, Dk)
-        vn = load_rows(v_ptr, rown, tokn < T, vd, Dv)
-        X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn = load_carry_vectors(cvec_ptr, bh * NC + c + 1, t_idx, inb, C)
-        eGln = tl.load(decay_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0.0, cache_modifier=".cg")
-        ancn = tl.load(anc_ptr + bh * NC * C + tokn, mask=inb, other=0, cache_modifier=".cg")
+        kn, vn, X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn, eGln, ancn = carry_inputs(
+            k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c + 1, T, H, NC, kd, vd, Dk, Dv, C)
         if guessed != 0:  # a break: its guessed decisions hold; its own inputs, for the slot leaving it
             mask = tl.load(mask_ptr + bh * NC + c)
-            kc = load_rows(k_ptr, trow, valid, kd, Dk)
-            vc = load_rows(v_ptr, trow, valid, vd, Dv)
-            wd = tl.load(cvec_ptr + ((bh * NC + c) * CARRY_ROWS + CV_WD) * C + t_idx, cache_modifier=".cg")
-            eGl = tl.load(decay_ptr + bh * NC + c, cache_modifier=".cg")
+            own = carry_inputs(k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c, T, H, NC, kd, vd, Dk, Dv, C)
+            kc, vc, wd, eGl = own[0], own[1], own[9], own[10]  # the rest unused (and not loaded)
             if highest_bit_index(mask) < 0:  # no boundary: the guessed slot, decayed and grown below
                 Preg = fresh_slot_before(k_ptr, v_ptr, anc_ptr, cvec_ptr, bh, c, NC, trow, t_idx, kd, vd, Dk, Dv,
                                          H, C, SPLIT, PREC)
