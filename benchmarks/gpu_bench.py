@@ -336,11 +336,12 @@ def time_forward(cfg, fh, bw, fl, quick=False, samples=1, dla_samples=1):
     base = None
     for wname, wl in WORKLOADS.items():
         q, k, v, g, w = workload(B, T, H, Dk, Dv, K_SLOTS, **wl, seed=11)
-        prof = {}
-        torch.cuda.synchronize()
-        o, cache, tr = fwd(q, k, v, g, w, tau=TAU, profile=prof)
+        o, cache, tr = fwd(q, k, v, g, w, tau=TAU)  # compiles what the cell needs
         rate = float(tr[1].float().mean())
         del o, cache, tr
+        prof = {}  # a warm call's stages: a first call's windows hold its compiles (run 40: "table" 417 ms)
+        torch.cuda.synchronize()
+        fwd(q, k, v, g, w, tau=TAU, profile=prof)
         peak, _ = _peak_gib_and_ms(lambda: fwd(q, k, v, g, w, tau=TAU))
         ms = bench_ms(lambda: fwd(q, k, v, g, w, tau=TAU), rep=50 if quick else 100)
         api_ms = bench_ms(lambda: api_forward(q, k, v, g, w), rep=50 if quick else 100)
