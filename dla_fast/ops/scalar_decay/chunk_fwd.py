@@ -40,6 +40,7 @@ from ..common.profiling import mark_stage
 from ..common.triton_utils import INT32_MAX, block_sizes, cached, check_int32_offsets, next_pow2
 from ..common.value_checks import launch_value_checks, raise_flagged
 from .chunk_fwd_decide import (
+    CARRY_COMPILE_OPTIONS,
     CARRY_ROWS,
     dla_carry_guess_kernel,
     dla_carry_kernel,
@@ -266,14 +267,15 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
             cached(dla_carry_guess_kernel)[(cfg.NC - 1, cfg.BH)](
                 k, v, row_lengths, anc, cvec, size0, masks, cscores, itab, scores, breaks, *scalars,
                 C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, SCORES=pipeline,
-                **settings.launch(dla_carry_kernel, num_warps=warps),  # the carry scan's overrides
+                # the carry scan's overrides
+                **settings.launch(dla_carry_kernel, num_warps=warps, **CARRY_COMPILE_OPTIONS),
             )
 
         def launch():
             cached(dla_carry_walk_kernel)[(cfg.BH,)](
                 k, v, row_lengths, anc, cvec, decay, breaks, P, size0, masks, cscores, *scalars,
                 C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag,
-                **settings.launch(dla_carry_kernel, num_warps=warps),
+                **settings.launch(dla_carry_kernel, num_warps=warps, **CARRY_COMPILE_OPTIONS),
             )
     else:
         def launch():
@@ -281,7 +283,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
                 k, v, bnd, row_lengths, anc, cvec, decay, decay if tflag is None else tflag, P, size0, masks,
                 cscores, *scalars, C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override,
                 PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag, WAIT_TABLES=tflag is not None,
-                **settings.launch(dla_carry_kernel, num_warps=warps),
+                **settings.launch(dla_carry_kernel, num_warps=warps, **CARRY_COMPILE_OPTIONS),
             )
     return (masks, cscores), launch_guesses, launch
 

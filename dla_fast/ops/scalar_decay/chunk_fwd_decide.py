@@ -44,6 +44,14 @@ CV_EM1 = tl.constexpr(6)
 CV_WD = tl.constexpr(7)
 CARRY_ROWS = tl.constexpr(8)
 
+# The three carry-scan kernels (the plain walk, the guess kernel, the walk over the breaks) compile without
+# floating-point contraction. The guessed chunks must get the plain walk's bits, and the same expressions (the
+# scores, the decay scan, the slot update) are compiled into three kernels; where LLVM or ptxas fuses a product and a
+# sum into an FMA depends on the code around it (H200, runs 40-41: 0.1 % of the scores 1-2 ulps apart between the
+# walk kernel and the plain one, the PTX showing `a r + rp` fused in one and not in the other). Without contraction
+# each operation rounds once wherever it is compiled; the FMAs wanted are written out (``slot_after_chunk``).
+CARRY_COMPILE_OPTIONS = dict(enable_fp_fusion=False)
+
 
 # Long: one program's table, orbit and columns; splitting costs a [C, C] round trip through memory.
 @triton.jit(do_not_specialize=["T"])
@@ -267,8 +275,7 @@ def slot_since(kw_hi, kw_mid, kw_lo, vc, opened, SPLIT: tl.constexpr, PREC: tl.c
 def slot_after_chunk(P, eGl, L, grown):
     """The open slot leaving a chunk: from its last start L on, the run since L (``grown``, exactly: no 0 * P term,
     so that the guess kernel's slot is the same bits), else P decayed through the chunk (``eGl``) and grown, in one
-    rounding: an explicit fma, so that every kernel that forms it gets the same bits (H200, run 40: ``eGl * P +
-    grown`` gave slots one ulp apart in two kernels, the likely cause a contraction taken in one of them)."""
+    rounding (an explicit fma: the carry kernels compile without contraction, ``CARRY_COMPILE_OPTIONS``)."""
     return tl.where(L >= 0, grown, tl.fma(eGl + tl.zeros_like(P), P, grown))
 
 
