@@ -628,8 +628,8 @@ def test_bf16_grouped_reads_with_an_initial_cache():
     (100.0, 0.8, 0.35, None, False)],
     ids=["sparse", "dense_after_a_cache", "rows_of_other_lengths", "long_runs_mild_decay"])
 def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_cache, monkeypatch):
-    """``TritonSettings(carry_guesses=True)``: every decision, score, output and the final cache bit for bit those
-    of the carry scan alone, on chunks with and without boundaries (sparse: the guess after a chunk without one
+    """``TritonSettings.carry_guesses`` (the default): every decision, score, output and the final cache bit for bit
+    those of the carry scan alone, on chunks with and without boundaries (sparse: the guess after a chunk without one
     fails), after an initial cache, with rows of other lengths, and over runs of chunks without one. And the walk
     takes the guessed chunks: with the guess kernel's masks zeroed, other results; and it walks the chunks after the
     breaks: with the breaks cleared, other results where the guesses after a run fail visibly (mild decay)."""
@@ -644,8 +644,8 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
     if with_cache:
         _, c0, _ = _fwd(q[:, :90], k[:, :90], v[:, :90], g[:, :90], w[:, :90], tau=tau)
         kw.update(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
-    plain = _fwd(q, k, v, g, w, **kw)
-    guessed = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=True), **kw)
+    plain = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=False), **kw)
+    guessed = _fwd(q, k, v, g, w, **kw)
     for b, n in enumerate(lengths or []):  # the padding's scores are not written (torch.empty): not compared
         plain[2][0][b, n:] = guessed[2][0][b, n:] = 0
     for a, b in zip((plain[0], *plain[1], *plain[2]), (guessed[0], *guessed[1], *guessed[2])):
@@ -673,9 +673,26 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
                 return launch
 
         monkeypatch.setattr(chunk_fwd, "dla_carry_guess_kernel", Mutated())
-        mutant = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=True), **kw)
+        mutant = _fwd(q, k, v, g, w, **kw)
         flat = (mutant[0], *mutant[1], *mutant[2])
         assert not all(torch.equal(a, b) for a, b in zip(flat, (plain[0], *plain[1], *plain[2]))), mutate.__name__
+
+
+def test_carry_guesses_taken_for_decided_boundaries_up_to_64_features():
+    """The guessed carry scan is taken by default where it gives the plain walk's bits: decided boundaries, more than
+    one chunk, Dv <= 64 (above, its products are laid out otherwise and its scores differ in the last bits)."""
+    from dla_fast.ops.scalar_decay.chunk_fwd import LaunchConfig, takes_carry_guesses
+
+    def cfg(T=4096, Dv=64):
+        return LaunchConfig(B=1, T=T, H=2, Dk=64, Dv=Dv, K=30, lowp=True, split=True, prec="tf32")
+
+    default = TritonSettings()
+    assert takes_carry_guesses(cfg(), default, override=False)
+    assert takes_carry_guesses(cfg(Dv=32), default, override=False)
+    assert not takes_carry_guesses(cfg(Dv=128), default, override=False)
+    assert not takes_carry_guesses(cfg(), default, override=True)
+    assert not takes_carry_guesses(cfg(T=64), default, override=False)
+    assert not takes_carry_guesses(cfg(), TritonSettings(carry_guesses=False), override=False)
 
 
 @needs_kernels
@@ -685,13 +702,13 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
                                       pytest.param(TritonSettings(side_stream=False), marks=pytest.mark.skipif(
                                           not CUDA, reason="the side stream exists on a GPU only")),
                                       TritonSettings(table_overlap=False, pipeline=False),
-                                      TritonSettings(carry_guesses=True),
+                                      TritonSettings(carry_guesses=False),
                                       TritonSettings(launch_overrides=(
                                           ("dla_table_kernel", "num_stages", 1), ("dla_carry_kernel", "num_warps", 8),
                                           ("dla_bstate_kernel", "num_stages", 1), ("dla_output_kernel", "num_warps", 8),
                                           ("dla_read_scales_kernel", "num_warps", 2)))],
                          ids=["table_by_matmuls", "no_side_stream", "decision_stages_one_after_another",
-                              "carry_guesses", "launch_overrides"])
+                              "carry_scan_alone", "launch_overrides"])
 def test_forward_settings_change_speed_not_results(settings):
     """The tuning knobs compute the same quantities in another order: the same decisions, outputs within fp32."""
     q, k, v, g, w = regimes(1, 150, 2, 16, 16, 5, seed=17, regime_length=5.0, jitter=0.8)
