@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""The scalar-decay Triton forward of this tree against another revision's, in one process: bits and times.
+
+A kernel change is timed against the code before it in the same process, where the card's state is shared (runs
+39-41 did this with copies of an older ``dla_fast`` in scratch directories; this is that, kept). The other
+revision's package is exported here (the GPU machines have no git history), carried with the tree, and imported
+beside this tree's under other module names.
+
+    python benchmarks/forward_revision_ab.py --export REV DIR       # here: DIR/dla_fast as of git REV
+    python benchmarks/forward_revision_ab.py CELLS --against DIR [--rounds 3] [--out OUT]   # on the GPU
+
+CELLS: ``BxTxD:workload,...`` (``gpu_bench``'s configs and workloads). Per cell: every output (``o``, the final
+cache, the trace) compared bit for bit, both forwards timed at the kernel entry in alternating rounds (medians),
+and one stage profile of each. Writes ``forward_revision_ab_<card>_<date>.txt`` (the lines printed) under
+``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, workload  # noqa: E402
+
+OUTPUTS = ("o", "states", "counts", "info", "size", "scores", "starts", "merged")
+PACKAGE = "dla_fast"
+
+
+def export(rev: str, dest: str) -> str:
+    """``dest/dla_fast`` as of git revision ``rev`` of this repository; returns its path."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.makedirs(dest, exist_ok=True)
+    archive = subprocess.run(["git", "-C", root, "archive", rev, PACKAGE], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    return os.path.join(dest, PACKAGE)
+
+
+def forwards(other_dir: str):
+    """``(this tree's forward, the other package's forward)``: ``forward_scalar_decay_triton`` of each. This tree's
+    modules move to ``this_dla_fast...`` in ``sys.modules`` so that ``dla_fast`` can be imported again from
+    ``other_dir``; each package's code keeps the module objects it was loaded with."""
+    this = importlib.import_module(f"{PACKAGE}.ops.scalar_decay.chunk_fwd").forward_scalar_decay_triton
+    for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
+        sys.modules["this_" + name] = sys.modules.pop(name)
+    sys.path.insert(0, os.path.abspath(other_dir))
+    try:
+        other = importlib.import_module(f"{PACKAGE}.ops.scalar_decay.chunk_fwd").forward_scalar_decay_triton
+    finally:
+        sys.path.pop(0)
+    if other is this:
+        raise SystemExit(f"forward_revision_ab: {other_dir} gave this tree's package again")
+    return this, other
+
+
+def flat(result) -> list:
+    """``(o, cache, trace)`` of the kernel entry as one list, in the order of ``OUTPUTS``."""
+    o, cache, trace = result[:3]
+    return [o, *cache, *trace]
+
+
+def compare_cell(cell: str, fns: dict, rounds: int) -> list[str]:
+    """One cell's report lines: bits, times, stages."""
+    import torch
+
+    cname, wname = cell.split(":")
+    B, T, H, Dk, Dv = configs_named(cname)[0]
+    x = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS[wname], seed=11)
+    with torch.no_grad():
+        out = {n: flat(f(*x, tau=TAU)) for n, f in fns.items()}
+        ndiff = {o: int((a != b).sum()) for o, a, b in zip(OUTPUTS, out["this"], out["other"])}
+        lines = [f"== {cell}: " + (f"differing elements {ndiff}" if any(ndiff.values()) else "bitwise equal")]
+        ms = {n: [] for n in fns}
+        for _ in range(rounds):
+            for n, f in fns.items():
+                ms[n].append(bench_ms(lambda f=f: f(*x, tau=TAU), rep=40))
+        stages = {}
+        for n, f in fns.items():
+            p = {}
+            f(*x, tau=TAU, profile=p)
+            stages[n] = {k: round(v, 3) for k, v in p.items() if k.endswith("_ms")}
+    med = {n: statistics.median(v) for n, v in ms.items()}
+    lines.append(f"  this {med['this']:.3f} ms, other {med['other']:.3f} ms "
+                 f"({100 * (med['this'] / med['other'] - 1):+.1f} %); rounds "
+                 f"{ {n: [round(t, 3) for t in v] for n, v in ms.items()} }")
+    lines += [f"  stages {n}: {st}" for n, st in stages.items()]
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cells", nargs="?", help="BxTxD:workload,... (gpu_bench's configs and workloads)")
+    ap.add_argument("--export", nargs=2, metavar=("REV", "DIR"), help="write DIR/dla_fast as of git REV and stop")
+    ap.add_argument("--against", metavar="DIR", help="the directory holding the other revision's dla_fast")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    if args.export:
+        print(export(*args.export))
+        return
+    if not (args.cells and args.against):
+        ap.error("expected CELLS and --against DIR (or --export REV DIR)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("forward_revision_ab: needs a CUDA GPU (the Triton forward at benchmark sizes)")
+    this, other = forwards(args.against)
+    card = torch.cuda.get_device_name()
+    lines = [f"# {card}, {datetime.date.today()}: this tree's forward against {args.against}'s (kernel entry, tau "
+             f"{TAU}, K {K_SLOTS}, {args.rounds} alternating rounds of 40 calls, medians)"]
+    print(lines[0], flush=True)
+    for cell in args.cells.split(","):
+        cell_lines = compare_cell(cell, {"this": this, "other": other}, args.rounds)
+        print("\n".join(cell_lines), flush=True)
+        lines += cell_lines
+        torch.cuda.empty_cache()
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"forward_revision_ab_{card.replace(' ', '_')}_{datetime.date.today()}.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
