@@ -3,8 +3,9 @@
 
 Here each tree runs in a process of its own, the trees alternating (old, new, old, new), and ``--compare`` then reads
 what they wrote (``forward_revision_ab.py`` instead imports both into one process under other module names and
-compares their kernel-entry forwards there, bit for bit and in interleaved rounds). The tree measured is the ``dla_fast``
-found first on ``PYTHONPATH``; an old one is unpacked with ``git archive <commit> dla_fast | tar -x -C DIR``:
+compares their kernel-entry forwards there, bit for bit and in interleaved rounds). The tree measured is the
+``dla_fast`` found first on ``PYTHONPATH``; an old one is unpacked with ``git archive <commit> dla_fast | tar -x -C
+DIR``:
 
     PYTHONPATH=DIR:$PWD python benchmarks/tree_forward_ab.py --tag old --out OUT [--delta] [--cells ...] [--save]
     PYTHONPATH=$PWD     python benchmarks/tree_forward_ab.py --tag new --out OUT [--delta] [--cells ...] [--save]
