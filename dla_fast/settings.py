@@ -39,10 +39,11 @@ class TritonSettings:
             chunk that does not end on its fresh path's last start: 47 / 3 / 0 % on issue #11's sparse / moderate /
             dense workloads, counted on the CPU, run 39) and jumps over the rest; the merge simulation reads the
             guessed chunks without waiting for the walk. Bit for bit the plain walk's results (H200, run 41, eight
-            cells). Taken for decided boundaries and Dv <= 64 (``chunk_fwd.takes_carry_guesses``); the carry scan
-            then waits for the table kernel instead of overlapping it (``table_overlap`` does not apply). H200, run
-            41, kernel entry: (1, 65536) moderate 6.07 -> 4.55 ms, (2, 16384) moderate 2.12 -> 1.85, dense -7 to
-            -10 %, (8, 4096) -4 to -8 %, but (2, 16384) sparse 1.98 -> 2.18 (+10 %: half its chunks are walked).
+            cells). Taken for decided boundaries and heads of up to 64 features on 4 warps
+            (``chunk_fwd.takes_carry_guesses``); the carry scan then waits for the table kernel instead of overlapping
+            it (``table_overlap`` does not apply). H200, run 41, kernel entry: (1, 65536) moderate 6.07 -> 4.55 ms,
+            (2, 16384) moderate 2.12 -> 1.85, dense -7 to -10 %, (8, 4096) -4 to -8 %, but (2, 16384) sparse 1.98 ->
+            2.18 (+10 %: half its chunks are walked).
         output_group: old slot states read per tensor-core product in the output kernel (2: 168 registers without
             spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200, docs/benchmarks.md
             run 21).

@@ -680,16 +680,20 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
 
 def test_carry_guesses_taken_for_decided_boundaries_up_to_64_features():
     """The guessed carry scan is taken by default where it gives the plain walk's bits: decided boundaries, more than
-    one chunk, Dv <= 64 (above, its products are laid out otherwise and its scores differ in the last bits)."""
+    one chunk, up to 64 features on 4 warps (above, its products are laid out otherwise and its scores differ in the
+    last bits)."""
     from dla_fast.ops.scalar_decay.chunk_fwd import LaunchConfig, takes_carry_guesses
 
-    def cfg(T=4096, Dv=64):
-        return LaunchConfig(B=1, T=T, H=2, Dk=64, Dv=Dv, K=30, lowp=True, split=True, prec="tf32")
+    def cfg(T=4096, Dk=64, Dv=64):
+        return LaunchConfig(B=1, T=T, H=2, Dk=Dk, Dv=Dv, K=30, lowp=True, split=True, prec="tf32")
 
     default = TritonSettings()
     assert takes_carry_guesses(cfg(), default, override=False)
     assert takes_carry_guesses(cfg(Dv=32), default, override=False)
     assert not takes_carry_guesses(cfg(Dv=128), default, override=False)
+    assert not takes_carry_guesses(cfg(Dk=128), default, override=False)
+    assert not takes_carry_guesses(cfg(), TritonSettings(carry_warps=8), override=False)
+    assert takes_carry_guesses(cfg(), TritonSettings(carry_warps=4), override=False)
     assert not takes_carry_guesses(cfg(), default, override=True)
     assert not takes_carry_guesses(cfg(T=64), default, override=False)
     assert not takes_carry_guesses(cfg(), TritonSettings(carry_guesses=False), override=False)

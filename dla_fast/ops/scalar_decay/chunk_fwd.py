@@ -290,11 +290,13 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
 
 def takes_carry_guesses(cfg: LaunchConfig, settings: TritonSettings, override: bool) -> bool:
     """Whether the carry scan takes guessed chunks (``TritonSettings.carry_guesses``): as set, for decided
-    boundaries (not ``boundaries`` given), more than one chunk and Dv <= 64. Above 64 features the guess kernel and
-    the walk lay out the product ``K P`` over their 8 warps otherwise than the plain walk (sm_90: warps [4, 2]
-    against [8, 1]), so its row sums add in another order: on an H200 (run 41, (8, 4096, 16, 128)) the decisions
-    were the same but the carry scores 1-2 ulps apart, and sparse was 11 % slower."""
-    return settings.carry_guesses and not override and cfg.Dv <= 64 and cfg.NC > 1
+    boundaries (not ``boundaries`` given), more than one chunk, and heads of up to 64 features on the carry scan's
+    4 warps, where the three carry kernels lay their products out alike and the guesses give the plain walk's bits
+    (H200, run 41). Above, the guess kernel and the walk lay ``K P`` out over their 8 warps otherwise than the plain
+    walk (sm_90, 128 features: warps [4, 2] against [8, 1]), so its row sums add in another order: at (8, 4096, 16,
+    128) the decisions were the same but the carry scores 1-2 ulps apart, and sparse was 11 % slower."""
+    four_warps = settings.carry_warps in (None, 4)
+    return settings.carry_guesses and not override and max(cfg.Dk, cfg.Dv) <= 64 and four_warps and cfg.NC > 1
 
 
 def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
