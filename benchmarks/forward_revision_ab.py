@@ -7,12 +7,12 @@ revision's package is exported here (the GPU machines have no git history), carr
 beside this tree's under other module names.
 
     python benchmarks/forward_revision_ab.py --export REV DIR       # here: DIR/dla_fast as of git REV
-    python benchmarks/forward_revision_ab.py CELLS --against DIR [--rounds 3] [--out OUT]   # on the GPU
+    python benchmarks/forward_revision_ab.py CELLS --against DIR [DIR ...] [--rounds 3] [--out OUT]   # on the GPU
 
-CELLS: ``BxTxD:workload,...`` (``gpu_bench``'s configs and workloads). Per cell: every output (``o``, the final
-cache, the trace) compared bit for bit, both forwards timed at the kernel entry in alternating rounds (medians),
-and one stage profile of each. Writes ``forward_revision_ab_<card>_<date>.txt`` (the lines printed) under
-``--out``.
+CELLS: ``BxTxD:workload,...`` (``gpu_bench``'s configs and workloads). Per cell: every other revision's outputs
+(``o``, the final cache, the trace) compared bit for bit with this tree's, every forward timed at the kernel entry in
+alternating rounds (medians), and one stage profile of each. Writes ``forward_revision_ab_<card>_<date>.txt`` (the
+lines printed) under ``--out``.
 """
 
 from __future__ import annotations
@@ -41,21 +41,26 @@ def export(rev: str, dest: str) -> str:
     return os.path.join(dest, PACKAGE)
 
 
-def forwards(other_dir: str):
-    """``(this tree's forward, the other package's forward)``: ``forward_scalar_decay_triton`` of each. This tree's
-    modules move to ``this_dla_fast...`` in ``sys.modules`` so that ``dla_fast`` can be imported again from
-    ``other_dir``; each package's code keeps the module objects it was loaded with."""
-    this = importlib.import_module(f"{PACKAGE}.ops.scalar_decay.chunk_fwd").forward_scalar_decay_triton
-    for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
-        sys.modules["this_" + name] = sys.modules.pop(name)
-    sys.path.insert(0, os.path.abspath(other_dir))
-    try:
-        other = importlib.import_module(f"{PACKAGE}.ops.scalar_decay.chunk_fwd").forward_scalar_decay_triton
-    finally:
-        sys.path.pop(0)
-    if other is this:
-        raise SystemExit(f"forward_revision_ab: {other_dir} gave this tree's package again")
-    return this, other
+def forwards(other_dirs: list[str]) -> dict:
+    """``{"this": this tree's forward, DIR: the forward of the package in DIR, ...}``: ``forward_scalar_decay_triton``
+    of each. Each package's modules move to ``<n>_dla_fast...`` in ``sys.modules`` once imported, so that
+    ``dla_fast`` can be imported again from the next directory; each package's code keeps the module objects it was
+    loaded with."""
+    out = {}
+    for n, where in enumerate([None, *other_dirs]):
+        if where is not None:
+            sys.path.insert(0, os.path.abspath(where))
+        try:
+            fn = importlib.import_module(f"{PACKAGE}.ops.scalar_decay.chunk_fwd").forward_scalar_decay_triton
+        finally:
+            if where is not None:
+                sys.path.pop(0)
+        if any(fn is f for f in out.values()):
+            raise SystemExit(f"forward_revision_ab: {where} gave an already imported package again")
+        out["this" if where is None else where] = fn
+        for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
+            sys.modules[f"{n}_{name}"] = sys.modules.pop(name)
+    return out
 
 
 def flat(result) -> list:
@@ -73,8 +78,12 @@ def compare_cell(cell: str, fns: dict, rounds: int) -> list[str]:
     x = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS[wname], seed=11)
     with torch.no_grad():
         out = {n: flat(f(*x, tau=TAU)) for n, f in fns.items()}
-        ndiff = {o: int((a != b).sum()) for o, a, b in zip(OUTPUTS, out["this"], out["other"])}
-        lines = [f"== {cell}: " + (f"differing elements {ndiff}" if any(ndiff.values()) else "bitwise equal")]
+        lines = [f"== {cell}"]
+        for n in fns:
+            if n != "this":
+                ndiff = {o: int((a != b).sum()) for o, a, b in zip(OUTPUTS, out["this"], out[n])}
+                lines.append(f"  {n} against this: " + (f"differing elements {ndiff}" if any(ndiff.values())
+                                                           else "bitwise equal"))
         ms = {n: [] for n in fns}
         for _ in range(rounds):
             for n, f in fns.items():
@@ -85,9 +94,8 @@ def compare_cell(cell: str, fns: dict, rounds: int) -> list[str]:
             f(*x, tau=TAU, profile=p)
             stages[n] = {k: round(v, 3) for k, v in p.items() if k.endswith("_ms")}
     med = {n: statistics.median(v) for n, v in ms.items()}
-    lines.append(f"  this {med['this']:.3f} ms, other {med['other']:.3f} ms "
-                 f"({100 * (med['this'] / med['other'] - 1):+.1f} %); rounds "
-                 f"{ {n: [round(t, 3) for t in v] for n, v in ms.items()} }")
+    lines += [f"  {n}: {med[n]:.3f} ms ({100 * (med[n] / med['this'] - 1):+.1f} % against this), rounds "
+              f"{[round(t, 3) for t in ms[n]]}" for n in fns]
     lines += [f"  stages {n}: {st}" for n, st in stages.items()]
     return lines
 
@@ -96,7 +104,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cells", nargs="?", help="BxTxD:workload,... (gpu_bench's configs and workloads)")
     ap.add_argument("--export", nargs=2, metavar=("REV", "DIR"), help="write DIR/dla_fast as of git REV and stop")
-    ap.add_argument("--against", metavar="DIR", help="the directory holding the other revision's dla_fast")
+    ap.add_argument("--against", nargs="+", metavar="DIR", help="directories holding other revisions' dla_fast")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
@@ -109,13 +117,13 @@ def main():
 
     if not torch.cuda.is_available():
         raise SystemExit("forward_revision_ab: needs a CUDA GPU (the Triton forward at benchmark sizes)")
-    this, other = forwards(args.against)
+    fns = forwards(args.against)
     card = torch.cuda.get_device_name()
-    lines = [f"# {card}, {datetime.date.today()}: this tree's forward against {args.against}'s (kernel entry, tau "
-             f"{TAU}, K {K_SLOTS}, {args.rounds} alternating rounds of 40 calls, medians)"]
+    lines = [f"# {card}, {datetime.date.today()}: this tree's forward against {', '.join(args.against)} (kernel "
+             f"entry, tau {TAU}, K {K_SLOTS}, {args.rounds} alternating rounds of 40 calls, medians)"]
     print(lines[0], flush=True)
     for cell in args.cells.split(","):
-        cell_lines = compare_cell(cell, {"this": this, "other": other}, args.rounds)
+        cell_lines = compare_cell(cell, fns, args.rounds)
         print("\n".join(cell_lines), flush=True)
         lines += cell_lines
         torch.cuda.empty_cache()
