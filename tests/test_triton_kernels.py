@@ -693,6 +693,8 @@ def test_carry_guesses_taken_for_decided_boundaries_up_to_64_features():
     assert not takes_carry_guesses(cfg(Dv=128), default, override=False)
     assert not takes_carry_guesses(cfg(Dk=128), default, override=False)
     assert not takes_carry_guesses(cfg(), TritonSettings(carry_warps=8), override=False)
+    eight = TritonSettings(launch_overrides=(("dla_carry_kernel", "num_warps", 8),))
+    assert not takes_carry_guesses(cfg(), eight, override=False)
     assert takes_carry_guesses(cfg(), TritonSettings(carry_warps=4), override=False)
     assert not takes_carry_guesses(cfg(), default, override=True)
     assert not takes_carry_guesses(cfg(T=64), default, override=False)

@@ -295,8 +295,8 @@ def takes_carry_guesses(cfg: LaunchConfig, settings: TritonSettings, override: b
     (H200, run 41). Above, the guess kernel and the walk lay ``K P`` out over their 8 warps otherwise than the plain
     walk (sm_90, 128 features: warps [4, 2] against [8, 1]), so its row sums add in another order: at (8, 4096, 16,
     128) the decisions were the same but the carry scores 1-2 ulps apart, and sparse was 11 % slower."""
-    four_warps = settings.carry_warps in (None, 4)
-    return settings.carry_guesses and not override and max(cfg.Dk, cfg.Dv) <= 64 and four_warps and cfg.NC > 1
+    warps = settings.launch(dla_carry_kernel, num_warps=settings.carry_warps or 4)["num_warps"]
+    return settings.carry_guesses and not override and max(cfg.Dk, cfg.Dv) <= 64 and warps == 4 and cfg.NC > 1
 
 
 def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
