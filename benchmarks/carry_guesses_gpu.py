@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import os
 import statistics
 import sys
@@ -25,12 +24,13 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, workload  # noqa: E402
+from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, report_cells, workload  # noqa: E402
 
 from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
 
 OUTPUTS = ("o", "states", "counts", "info", "size", "scores", "starts", "merged")
-VARIANTS = {"plain": DEFAULT_SETTINGS, "guessed": dataclasses.replace(DEFAULT_SETTINGS, carry_guesses=True)}
+VARIANTS = {"plain": dataclasses.replace(DEFAULT_SETTINGS, carry_guesses=False),
+            "guessed": dataclasses.replace(DEFAULT_SETTINGS, carry_guesses=True)}
 
 
 def flat_outputs(result) -> list[torch.Tensor]:
@@ -102,19 +102,9 @@ def main():
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("carry_guesses_gpu: needs a CUDA GPU (the Triton forward at benchmark sizes)")
-    card = torch.cuda.get_device_name()
-    lines = [f"# {card}, {datetime.date.today()}: carry_guesses against the plain carry scan (kernel entry, tau {TAU},"
-             f" K {K_SLOTS}, {args.rounds} alternating rounds of 40 calls, medians)"]
-    print(lines[0], flush=True)
-    for cell in args.cells.split(","):
-        cell_lines = check_cell(cell, args.rounds)
-        print("\n".join(cell_lines), flush=True)
-        lines += cell_lines
-        torch.cuda.empty_cache()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"carry_guesses_gpu_{card.replace(' ', '_')}_{datetime.date.today()}.txt")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    header = (f"carry_guesses against the plain carry scan (kernel entry, tau {TAU}, K {K_SLOTS}, {args.rounds} "
+              f"alternating rounds of 40 calls, medians)")
+    report_cells("carry_guesses_gpu", header, args.cells, lambda cell: check_cell(cell, args.rounds), args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ lines printed) under ``--out``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
 import os
 import statistics
@@ -26,7 +25,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, workload  # noqa: E402
+from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, report_cells, workload  # noqa: E402
 
 OUTPUTS = ("o", "states", "counts", "info", "size", "scores", "starts", "merged")
 PACKAGE = "dla_fast"
@@ -118,19 +117,10 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("forward_revision_ab: needs a CUDA GPU (the Triton forward at benchmark sizes)")
     fns = forwards(args.against)
-    card = torch.cuda.get_device_name()
-    lines = [f"# {card}, {datetime.date.today()}: this tree's forward against {', '.join(args.against)} (kernel "
-             f"entry, tau {TAU}, K {K_SLOTS}, {args.rounds} alternating rounds of 40 calls, medians)"]
-    print(lines[0], flush=True)
-    for cell in args.cells.split(","):
-        cell_lines = compare_cell(cell, fns, args.rounds)
-        print("\n".join(cell_lines), flush=True)
-        lines += cell_lines
-        torch.cuda.empty_cache()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"forward_revision_ab_{card.replace(' ', '_')}_{datetime.date.today()}.txt")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    header = (f"this tree's forward against {', '.join(args.against)} (kernel entry, tau {TAU}, K {K_SLOTS}, "
+              f"{args.rounds} alternating rounds of 40 calls, medians)")
+    report_cells("forward_revision_ab", header, args.cells, lambda cell: compare_cell(cell, fns, args.rounds),
+                 args.out)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ long the GPU was busy (any kernel running) against the span: the rest is the GPU
         [--variants default,serial,api]
 
 Variants: ``default``, ``serial`` (no concurrent decision stages), ``guess`` and ``guess_serial`` (the same with
-``carry_guesses``) at the kernel entry, ``api`` the defaults
-through ``dla_fast.forward`` (its validation included, no final cache: as gpu_bench times it).
+``carry_guesses``, the default since run 41), ``plain`` and ``plain_serial`` (without it) at the kernel entry, ``api``
+the defaults through ``dla_fast.forward`` (its validation included, no final cache: as gpu_bench times it).
 
 Writes ``forward_timeline_<card>_<date>_<config>_<workload>_<variant>.json`` (the kernel list) and the Chrome trace.
 
@@ -43,13 +43,16 @@ from gpu_bench import K_SLOTS, TAU, WORKLOADS, api_forward, configs_named, workl
 
 from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
 
-STAGES = {"table": "dla_table_kernel", "carry": "dla_carry_kernel", "merge": "dla_merge_kernel"}
+# the stages by kernel name (a part of it: "dla_carry_" is the plain carry scan, the guess kernel and the walk)
+STAGES = {"table": "dla_table_kernel", "carry": "dla_carry_", "merge": "dla_merge_kernel"}
 SERIAL = dataclasses.replace(DEFAULT_SETTINGS, table_overlap=False, pipeline=False)
 VARIANT_SETTINGS = {  # the kernel-entry variants; "api" is the defaults through dla_fast.forward
     "default": DEFAULT_SETTINGS,
     "serial": SERIAL,
     "guess": dataclasses.replace(DEFAULT_SETTINGS, carry_guesses=True),
     "guess_serial": dataclasses.replace(SERIAL, carry_guesses=True),
+    "plain": dataclasses.replace(DEFAULT_SETTINGS, carry_guesses=False),
+    "plain_serial": dataclasses.replace(SERIAL, carry_guesses=False),
 }
 
 

@@ -124,6 +124,24 @@ def log(msg, fh=None):
         fh.flush()
 
 
+def report_cells(name: str, header: str, cells: str, check, out: str) -> None:
+    """The lines ``check(cell)`` returns for each of ``cells`` (comma-separated), printed as they come and written
+    after ``header`` (prefixed with the card and date) to ``<out>/<name>_<card>_<date>.txt``."""
+    import torch
+
+    card = torch.cuda.get_device_name()
+    lines = [f"# {card}, {datetime.date.today()}: {header}"]
+    print(lines[0], flush=True)
+    for cell in cells.split(","):
+        cell_lines = check(cell)
+        print("\n".join(cell_lines), flush=True)
+        lines += cell_lines
+        torch.cuda.empty_cache()
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}_{card.replace(' ', '_')}_{datetime.date.today()}.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def bench_ms(fn, rep=100):
     import triton
 
