@@ -678,6 +678,35 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
         assert not all(torch.equal(a, b) for a, b in zip(flat, (plain[0], *plain[1], *plain[2]))), mutate.__name__
 
 
+@needs_kernels
+@pytest.mark.parametrize("guesses", [True, False], ids=["guessed", "plain"])
+def test_carry_kernels_launch_without_contraction(guesses, monkeypatch):
+    """Every carry-scan kernel a forward launches compiles without floating-point contraction
+    (``CARRY_COMPILE_OPTIONS``): the guessed chunks get the plain walk's bits only if the three kernels round the
+    shared expressions alike (run 41 found FMAs taken in one kernel and not another)."""
+    from dla_fast.ops.scalar_decay import chunk_fwd
+
+    seen = {}
+    monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
+    for name in ("dla_carry_kernel", "dla_carry_guess_kernel", "dla_carry_walk_kernel"):
+        real = getattr(chunk_fwd, name)
+
+        class Recorded:  # the kernel, its launch options noted
+            __name__ = name  # the launch options' overrides are found by the kernel's name
+
+            def __getitem__(self, grid, real=real, name=name):
+                def launch(*args, **options):
+                    seen[name] = options.get("enable_fp_fusion")
+                    real[grid](*args, **options)
+                return launch
+
+        monkeypatch.setattr(chunk_fwd, name, Recorded())
+    q, k, v, g, w = (_t(a) for a in regimes(1, 200, 1, 32, 32, 4, seed=3, regime_length=4.0, jitter=0.5))
+    _fwd(q, k, v, g, w, tau=0.5, settings=TritonSettings(carry_guesses=guesses))
+    want = {"dla_carry_guess_kernel", "dla_carry_walk_kernel"} if guesses else {"dla_carry_kernel"}
+    assert set(seen) == want and all(fusion is False for fusion in seen.values()), seen
+
+
 def test_carry_guesses_taken_for_decided_boundaries_up_to_64_features():
     """The guessed carry scan is taken by default where it gives the plain walk's bits: decided boundaries, more than
     one chunk, up to 64 features on 4 warps (above, its products are laid out otherwise and its scores differ in the
