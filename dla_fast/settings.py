@@ -39,7 +39,7 @@ class TritonSettings:
             chunk that does not end on its fresh path's last start: 47 / 3 / 0 % on issue #11's sparse / moderate /
             dense workloads, counted on the CPU, run 39) and jumps over the rest; the merge simulation reads the
             guessed chunks without waiting for the walk. Bit for bit the plain walk's results (H200, run 41, eight
-            cells). Taken for decided boundaries and heads of up to 64 features on 4 warps
+            cells). Taken for decided boundaries and heads of up to 64 features on 4 warps on a Hopper GPU
             (``chunk_fwd.takes_carry_guesses``); the carry scan then waits for the table kernel instead of overlapping
             it (``table_overlap`` does not apply). H200, run 41, kernel entry: (1, 65536) moderate 6.07 -> 4.55 ms,
             (2, 16384) moderate 2.12 -> 1.85, dense -7 to -10 %, (8, 4096) -4 to -8 %, but (2, 16384) sparse 1.98 ->

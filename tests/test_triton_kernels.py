@@ -707,27 +707,36 @@ def test_carry_kernels_launch_without_contraction(guesses, monkeypatch):
     assert set(seen) == want and all(fusion is False for fusion in seen.values()), seen
 
 
-def test_carry_guesses_taken_for_decided_boundaries_up_to_64_features():
+def test_carry_guesses_taken_for_decided_boundaries_up_to_64_features_on_hopper(monkeypatch):
     """The guessed carry scan is taken by default where it gives the plain walk's bits: decided boundaries, more than
     one chunk, up to 64 features on 4 warps (above, its products are laid out otherwise and its scores differ in the
-    last bits)."""
-    from dla_fast.ops.scalar_decay.chunk_fwd import LaunchConfig, takes_carry_guesses
+    last bits), on a Hopper GPU or the interpreter (other GPUs, unchecked, keep the plain walk)."""
+    import types
+
+    from dla_fast.ops.scalar_decay import chunk_fwd
 
     def cfg(T=4096, Dk=64, Dv=64):
-        return LaunchConfig(B=1, T=T, H=2, Dk=Dk, Dv=Dv, K=30, lowp=True, split=True, prec="tf32")
+        return chunk_fwd.LaunchConfig(B=1, T=T, H=2, Dk=Dk, Dv=Dv, K=30, lowp=True, split=True, prec="tf32")
 
-    default = TritonSettings()
-    assert takes_carry_guesses(cfg(), default, override=False)
-    assert takes_carry_guesses(cfg(Dv=32), default, override=False)
-    assert not takes_carry_guesses(cfg(Dv=128), default, override=False)
-    assert not takes_carry_guesses(cfg(Dk=128), default, override=False)
-    assert not takes_carry_guesses(cfg(), TritonSettings(carry_warps=8), override=False)
-    eight = TritonSettings(launch_overrides=(("dla_carry_kernel", "num_warps", 8),))
-    assert not takes_carry_guesses(cfg(), eight, override=False)
-    assert takes_carry_guesses(cfg(), TritonSettings(carry_warps=4), override=False)
-    assert not takes_carry_guesses(cfg(), default, override=True)
-    assert not takes_carry_guesses(cfg(T=64), default, override=False)
-    assert not takes_carry_guesses(cfg(), TritonSettings(carry_guesses=False), override=False)
+    def takes(c, settings=None, override=False):
+        return chunk_fwd.takes_carry_guesses(c, settings or TritonSettings(), override, gpu)
+
+    gpu = types.SimpleNamespace(type="cuda")
+    capability = [(9, 0)]
+    monkeypatch.setattr(chunk_fwd, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: capability[0])
+    assert takes(cfg()) and takes(cfg(Dv=32))
+    assert not takes(cfg(Dv=128)) and not takes(cfg(Dk=128))
+    assert not takes(cfg(), TritonSettings(carry_warps=8))
+    assert not takes(cfg(), TritonSettings(launch_overrides=(("dla_carry_kernel", "num_warps", 8),)))
+    assert takes(cfg(), TritonSettings(carry_warps=4))
+    assert not takes(cfg(), override=True)
+    assert not takes(cfg(T=64))
+    assert not takes(cfg(), TritonSettings(carry_guesses=False))
+    capability[0] = (8, 0)
+    assert not takes(cfg())
+    monkeypatch.setattr(chunk_fwd, "interpreting", lambda: True)
+    assert takes(cfg())
 
 
 @needs_kernels

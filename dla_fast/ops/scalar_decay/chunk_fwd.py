@@ -288,15 +288,18 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     return (masks, cscores), launch_guesses, launch
 
 
-def takes_carry_guesses(cfg: LaunchConfig, settings: TritonSettings, override: bool) -> bool:
+def takes_carry_guesses(cfg: LaunchConfig, settings: TritonSettings, override: bool, device) -> bool:
     """Whether the carry scan takes guessed chunks (``TritonSettings.carry_guesses``): as set, for decided
     boundaries (not ``boundaries`` given), more than one chunk, and heads of up to 64 features on the carry scan's
-    4 warps, where the three carry kernels lay their products out alike and the guesses give the plain walk's bits
-    (H200, run 41). Above, the guess kernel and the walk lay ``K P`` out over their 8 warps otherwise than the plain
-    walk (sm_90, 128 features: warps [4, 2] against [8, 1]), so its row sums add in another order: at (8, 4096, 16,
-    128) the decisions were the same but the carry scores 1-2 ulps apart, and sparse was 11 % slower."""
+    4 warps on a Hopper GPU (or the interpreter), where the three carry kernels lay their products out alike and the
+    guesses give the plain walk's bits (H200, run 41); other GPUs lower the products otherwise, unchecked. Above 64
+    features the guess kernel and the walk lay ``K P`` out over their 8 warps otherwise than the plain walk (sm_90,
+    128 features: warps [4, 2] against [8, 1]), so its row sums add in another order: at (8, 4096, 16, 128) the
+    decisions were the same but the carry scores 1-2 ulps apart, and sparse was 11 % slower."""
     warps = settings.launch(dla_carry_kernel, num_warps=settings.carry_warps or 4)["num_warps"]
-    return settings.carry_guesses and not override and max(cfg.Dk, cfg.Dv) <= 64 and warps == 4 and cfg.NC > 1
+    if not (settings.carry_guesses and not override and max(cfg.Dk, cfg.Dv) <= 64 and warps == 4 and cfg.NC > 1):
+        return False
+    return interpreting() or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9)
 
 
 def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
@@ -357,7 +360,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
     few_rows = concurrent_decisions(cfg, dev)
-    guessed = takes_carry_guesses(cfg, settings, boundaries is not None)
+    guessed = takes_carry_guesses(cfg, settings, boundaries is not None, dev)
     overlap = settings.table_overlap and few_rows and not guessed  # the guesses read the tables whole
     pipeline = settings.pipeline and few_rows
     # table overlap on a GPU: the carry scan runs on a high-priority stream (so that the block scheduler may place
