@@ -443,7 +443,7 @@ def dla_carry_kernel(
         store_state(pbase, Preg, kd, vd, Dk, Dv)
 
 
-# The carry scan from guessed chunks (``TritonSettings.carry_guesses``; issue #11, runs 39-40). A chunk's decisions
+# The carry scan from guessed chunks (``TritonSettings.carry_guesses``; issue #11, runs 39-41). A chunk's decisions
 # depend on the slot it is entered with only up to its first boundary; from a boundary on the slot is the run since
 # it. So chunk c's *guessed* entry slot, the slot leaving chunk c - 1 along the path from a fresh slot at c - 1's
 # first token (``fresh_slot_before``), is its true entry slot whenever chunk c - 1's true path has a boundary on
@@ -453,8 +453,8 @@ def dla_carry_kernel(
 # ``dla_carry_walk_kernel`` then decides in series only the chunks entered with a slot that is not their guess
 # (chunk 0, and each chunk after one that does not follow), and forms the slot leaving each break. The step's code
 # is shared (``decide_chunk``, ``slot_after_chunk``, ...), so the guessed chunks get the plain walk's bits where the
-# compiler rounds that code alike in every kernel: run 40 found the slot update rounded differently in two kernels
-# (one ulp), hence its explicit fma.
+# compiler rounds that code alike in every kernel: without contraction (``CARRY_COMPILE_OPTIONS``, run 41) and,
+# up to 64 features, with the same layouts for its reductions (``chunk_fwd.takes_carry_guesses``).
 
 
 @triton.jit
