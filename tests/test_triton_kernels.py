@@ -25,6 +25,7 @@ import triton.language as tl  # noqa: E402
 from triton_here import CUDA, DEV, needs_kernels, runs_elsewhere  # noqa: E402
 
 import dla_ref  # noqa: E402
+from dla_fast.ops.common.triton_utils import bit_count, bit_index, highest_bit_index  # noqa: E402
 from dla_fast.ops.scalar_decay import chunk_fwd_decide  # noqa: E402
 from dla_fast.settings import TritonSettings  # noqa: E402
 from dla_ref.synthetic import jittered_regimes as regimes  # noqa: E402
@@ -912,6 +913,34 @@ def _merge_reference(bits, scores, counts0, info0, size0, T, K, C):
         out["info"][r, :len(slots)] = [s[1] for s in slots]
         out["fpos"][r] = [s[2] for s in slots] + [big] * (KP - len(slots))
     return out
+
+
+@triton.jit
+def _bit_helpers_kernel(x_ptr, out_ptr, FAST: tl.constexpr):
+    """Program i: the bit helpers of ``triton_utils`` on the int64 ``x[i]``, with or without their inline PTX."""
+    i = tl.program_id(0)
+    x = tl.load(x_ptr + i)
+    tl.store(out_ptr + 3 * i, highest_bit_index(x, FAST).to(tl.int64))
+    tl.store(out_ptr + 3 * i + 1, tl.maximum(bit_index(x & -x, FAST), -1).to(tl.int64))  # 0: both forms below -1
+    tl.store(out_ptr + 3 * i + 2, bit_count(x, FAST).to(tl.int64))
+
+
+@needs_kernels
+@pytest.mark.parametrize("fast", [False, pytest.param(True, marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not CUDA, reason="inline PTX: on a GPU only")])])
+def test_bit_helpers_give_the_highest_and_lowest_bit_and_the_count(fast):
+    """``highest_bit_index``, ``bit_index`` (of the lowest set bit) and ``bit_count`` on int64 patterns (0, every
+    single bit, the sign bit, all ones, random words) against Python's integers; ``fast``: their ``bfind`` /
+    ``popc`` forms, which the merge simulation uses on a GPU in place of the float64-exponent forms."""
+    rng = np.random.default_rng(0)
+    words = [0, -1, -(1 << 63), (1 << 63) - 1] + [1 << b for b in range(63)] + \
+        [int(w) for w in rng.integers(-(1 << 63), (1 << 63) - 1, size=200, dtype=np.int64)]
+    x = torch.tensor(words, dtype=torch.int64, device=DEV)
+    out = torch.empty(len(words), 3, dtype=torch.int64, device=DEV)
+    _bit_helpers_kernel[(len(words),)](x, out, FAST=fast)
+    unsigned = [w % (1 << 64) for w in words]
+    expected = [[u.bit_length() - 1, (u & -u).bit_length() - 1, bin(u).count("1")] for u in unsigned]
+    assert out.cpu().tolist() == expected
 
 
 @needs_kernels

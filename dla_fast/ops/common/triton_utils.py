@@ -202,16 +202,44 @@ def mask_bits(mask, t_idx):
     return ((mask >> t_idx.to(tl.int64)) & 1) != 0
 
 
+# ``bfind.u64`` on two 32-bit halves, branch-free: the highest set bit's index, -1 for 0 (ptxas lowers a 64-bit
+# ``bfind`` to branches on sm_90).
+BFIND_U64 = tl.constexpr("""{
+    .reg .b32 lo, hi, a, b;
+    .reg .pred p;
+    mov.b64 {lo, hi}, $1;
+    bfind.u32 a, hi;
+    bfind.u32 b, lo;
+    add.u32 a, a, 32;
+    setp.ne.u32 p, hi, 0;
+    selp.b32 $0, a, b, p;
+    }""")
+
+
 @triton.jit
-def bit_index(low):
-    """The index of the single set bit of ``low`` (int64), by its float64 exponent."""
+def bit_count(x, POPC: tl.constexpr = False):
+    """The number of set bits of ``x`` (int64) as int32. POPC (a GPU, not the interpreter): one ``popc.b64``."""
+    if POPC:
+        return tl.inline_asm_elementwise("popc.b64 $0, $1;", "=r,l", [x], dtype=tl.int32, is_pure=True, pack=1)
+    return tl.sum(((x >> tl.arange(0, 64).to(tl.int64)) & 1).to(tl.int32), 0)
+
+
+@triton.jit
+def bit_index(low, BFIND: tl.constexpr = False):
+    """The index of the single set bit of ``low`` (int64), by its float64 exponent (0 gives -1023). BFIND (a GPU,
+    not the interpreter): ``BFIND_U64`` instead (the same index; 0 gives -1)."""
+    if BFIND:
+        return tl.inline_asm_elementwise(BFIND_U64, "=r,l", [low], dtype=tl.int32, is_pure=True, pack=1)
     return (((low.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023).to(tl.int32)
 
 
 @triton.jit
-def highest_bit_index(x):
+def highest_bit_index(x, BFIND: tl.constexpr = False):
     """The index of the highest set bit of ``x`` (int64, any bit pattern), -1 for 0: each 32-bit half is exact
-    in float64, so its exponent is the index (a 63-bit value converted whole could round up)."""
+    in float64, so its exponent is the index (a 63-bit value converted whole could round up). BFIND (a GPU, not
+    the interpreter): ``BFIND_U64``, the same index in 6 instructions instead of ~20."""
+    if BFIND:
+        return tl.inline_asm_elementwise(BFIND_U64, "=r,l", [x], dtype=tl.int32, is_pure=True, pack=1)
     hi = (x >> 32) & 0xFFFFFFFF
     lo = x & 0xFFFFFFFF
     msb_hi = ((hi.to(tl.float64).to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023 + 32

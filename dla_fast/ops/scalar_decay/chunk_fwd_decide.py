@@ -15,6 +15,7 @@ import triton.language as tl
 
 from ..common.score import expm1_triton, information_score_from_decay_triton
 from ..common.triton_utils import (
+    bit_count,
     bit_index,
     chunk_tokens,
     decay_scan_combine,
@@ -25,7 +26,6 @@ from ..common.triton_utils import (
     load_rows,
     load_scalars,
     load_state,
-    mask_bits,
     split3,
     store_state,
 )
@@ -458,12 +458,12 @@ def dla_carry_kernel(
 
 
 @triton.jit
-def follows(mask, orbit_word):
+def follows(mask, orbit_word, BFIND: tl.constexpr = False):
     """Whether a chunk with boundary mask ``mask`` passes its slot to the next chunk as that chunk's guess: it has a
     boundary, and its last is the last start of the fresh path from its first token (``orbit_word``, ``anc`` at
     the chunk's token 0)."""
-    L = highest_bit_index(mask)
-    return (L >= 0) & (highest_bit_index(orbit_word) == L)
+    L = highest_bit_index(mask, BFIND)
+    return (L >= 0) & (highest_bit_index(orbit_word, BFIND) == L)
 
 
 @triton.jit
@@ -479,10 +479,10 @@ def next_break(brk_row, c):
 
 
 @triton.jit
-def chunk_scores(mask, carry_scores, row_chunk, t_idx, itab_ptr, C: tl.constexpr):
+def chunk_scores(mask, carry_scores, row_chunk, t_idx, itab_ptr, C: tl.constexpr, BFIND: tl.constexpr = False):
     """A chunk's final scores: the carry score up to its first boundary, else the table entry I[t, p(t)] with p(t)
     the last boundary before t (``row_chunk = bh * NC + c``)."""
-    pt = highest_bit_index(mask & ((tl.full([C], 1, tl.int64) << t_idx.to(tl.int64)) - 1))
+    pt = highest_bit_index(mask & ((tl.full([C], 1, tl.int64) << t_idx.to(tl.int64)) - 1), BFIND)
     it = tl.load(itab_ptr + itab_index(row_chunk, t_idx, pt, C), mask=pt >= 0, other=0.0)
     return tl.where(pt >= 0, it, carry_scores)
 
@@ -693,13 +693,19 @@ def div2_rn(a0, a1, b, FAST: tl.constexpr):
 
 
 @triton.jit
+def div_rn(a, b, FAST: tl.constexpr):
+    """``a / b`` under ``div2_rn``'s conditions, by its sequence (ptxas drops the unused second quotient)."""
+    return div2_rn(a, a, b, FAST)[0]
+
+
+@triton.jit
 def lane_shift(x, j, by: tl.constexpr, KW: tl.constexpr):
     """``x[min(j + by, KW - 1)]``: the neighbour ``by`` lanes up (one warp shuffle)."""
     return tl.gather(x, tl.minimum(j + by, KW - 1), 0)
 
 
 @triton.jit
-def closing_slots(mask, sc64, cs, t_idx, n_open, i_open, C: tl.constexpr):
+def closing_slots(mask, sc64, cs, t_idx, n_open, i_open, C: tl.constexpr, FAST: tl.constexpr):
     """Per position t of the chunk (meaningful where t is a boundary): count and information sum of the slot
     that t closes, of the slot that the chunk's next boundary closes (junk after its last boundary), and the
     density of the two as a pair.
@@ -708,23 +714,23 @@ def closing_slots(mask, sc64, cs, t_idx, n_open, i_open, C: tl.constexpr):
     the float64 scores): a slot opened at p < t in the chunk has ``score[p] + ((cs[t] - score[t]) - cs[p])``,
     the carried one ``i_open + ((cs[t] - score[t]) - 0)``."""
     tt = t_idx.to(tl.int64)
-    p = highest_bit_index(mask & ((tl.full([C], 1, tl.int64) << tt) - 1))  # the last boundary before t
+    p = highest_bit_index(mask & ((tl.full([C], 1, tl.int64) << tt) - 1), FAST)  # the last boundary before t
     has = p >= 0
     pc = tl.maximum(p, 0)
     add_i = cs - sc64 - tl.where(has, tl.gather(cs, pc, 0), 0.0)
     ino = tl.where(has, tl.gather(sc64, pc, 0), i_open) + add_i
     nno = tl.where(has, (t_idx - p).to(tl.int64), n_open + tt)
     after = (((mask >> tt) >> 1) << 1) << tt  # the boundaries after t
-    q = tl.minimum(tl.maximum(bit_index(after & (-after)), 0), C - 1)
+    q = tl.minimum(tl.maximum(bit_index(after & (-after), FAST), 0), C - 1)
     nnx = tl.gather(nno, q, 0)
     inx = tl.gather(ino, q, 0)
-    return nno, ino, nnx, inx, (ino + inx) / (nno + nnx).to(tl.float64)
+    return nno, ino, nnx, inx, div_rn(ino + inx, (nno + nnx).to(tl.float64), FAST)
 
 
 @triton.jit
-def pair_densities(n, info, j, K, KW: tl.constexpr):
+def pair_densities(n, info, j, K, KW: tl.constexpr, FAST: tl.constexpr):
     """d_i = (Ibar_i + Ibar_{i+1}) / (n_i + n_{i+1}) for the pairs i < K - 1, +inf elsewhere."""
-    dens = (info + lane_shift(info, j, 1, KW)) / tl.maximum(n + lane_shift(n, j, 1, KW), 1).to(tl.float64)
+    dens = div_rn(info + lane_shift(info, j, 1, KW), tl.maximum(n + lane_shift(n, j, 1, KW), 1).to(tl.float64), FAST)
     return tl.where(j < K - 1, dens, float("inf"))
 
 
@@ -757,11 +763,12 @@ def merge_event(n, info, pos, d, n_next, i_next, d_next, tglob, j, K, KW: tl.con
 
 
 @triton.jit
-def pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore_ptr, C: tl.constexpr):
+def pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore_ptr, C: tl.constexpr,
+                     FAST: tl.constexpr):
     """The chunk's scores assembled by the merge simulation itself (pipelined mode, ``chunk_scores``) and stored,
     from the carry scan's carry scores."""
     cs0 = tl.load(cscore_ptr + bh * NC * C + c * C + t_idx, volatile=True)
-    sc = tl.where(t_idx < nvalid, chunk_scores(mask, cs0, bh * NC + c, t_idx, itab_ptr, C), 0.0)
+    sc = tl.where(t_idx < nvalid, chunk_scores(mask, cs0, bh * NC + c, t_idx, itab_ptr, C, FAST), 0.0)
     tl.store(score_ptr + bh * NC * C + c * C + t_idx, sc, mask=t_idx < nvalid)
     return sc
 
@@ -822,12 +829,12 @@ def dla_merge_kernel(
                 while tl.atomic_add(flag_ptr + bh, 0, sem="acquire") <= c:
                     pass
                 mask = tl.load(mask_ptr + bh * NC + c, volatile=True)
-                sc = pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore_ptr, C)
+                sc = pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore_ptr, C, FAST)
             else:
                 mask = mask_n
                 sc = sc_n
             if GUESSED:  # the next chunk's decisions and scores, read now where it holds its guess
-                guessed = follows(mask, orbit_word).to(tl.int32)
+                guessed = follows(mask, orbit_word, FAST).to(tl.int32)
                 ahead = tl.where(guessed != 0, c + 1 < NC, False)
                 mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=ahead, other=0)
                 tn = (c + 1) * C + t_idx
@@ -838,18 +845,18 @@ def dla_merge_kernel(
             mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
             sc_n = tl.load(score_ptr + bh * NC * C + (c + 1) * C + t_idx, mask=(c + 1) * C + t_idx < T, other=0.0)
         sc64 = tl.where(t_idx < nvalid, sc, 0.0).to(tl.float64)
-        cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
         tot = tl.sum(sc64, 0)
-        nb = tl.sum((mask_bits(mask, t_idx)).to(tl.int32), 0)
+        nb = bit_count(mask, FAST)
         if nb > 0:
+            cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
             nno, ino, nnx, inx, dnx = closing_slots(mask, sc64, cs, t_idx, tl.gather(n_open, zc, 0),
-                                               tl.gather(i_open, zc, 0), C)
+                                               tl.gather(i_open, zc, 0), C, FAST)
             rem = mask
             nadd = tl.minimum(nb, K - m)
             for _ in range(nadd):  # room left: close the open slot, open one
                 low = rem & (-rem)
                 rem = rem ^ low
-                uu = zk + bit_index(low)
+                uu = zk + bit_index(low, FAST)
                 n = tl.where(j == m - 1, tl.gather(nno, uu, 0), n)
                 info = tl.where(j == m - 1, tl.gather(ino, uu, 0), info)
                 pos = tl.where(j == m, c * C + uu, pos)
@@ -857,10 +864,10 @@ def dla_merge_kernel(
             if nadd < nb:  # full: the closing slot into the last lane, then one merge per boundary
                 low = rem & (-rem)
                 rem = rem ^ low
-                u = bit_index(low)
+                u = bit_index(low, FAST)
                 n = tl.where(j == K - 1, tl.gather(nno, zk + u, 0), n)
                 info = tl.where(j == K - 1, tl.gather(ino, zk + u, 0), info)
-                d = pair_densities(n, info, j, K, KW)
+                d = pair_densities(n, info, j, K, KW, FAST)
                 for _ in range(nb - nadd):
                     uu = zk + u
                     tglob = c * C + u
@@ -872,8 +879,8 @@ def dla_merge_kernel(
                     tl.store(death0_ptr + bh * K + dying + m0, zk + tglob, mask=dying < 0)
                     low = rem & (-rem)  # the next event's position, one event ahead (junk after the last)
                     rem = rem ^ low
-                    u = tl.maximum(bit_index(low), 0)
-            last = highest_bit_index(mask)  # the open slot at the chunk end was opened at its last boundary
+                    u = tl.maximum(bit_index(low, FAST), 0)
+            last = highest_bit_index(mask, FAST)  # the open slot at the chunk end was opened at its last boundary
             n_open = (zk + nvalid - last).to(tl.int64)
             i_open = tl.gather(sc64, zk + last, 0) + (tot - tl.gather(cs, zk + last, 0))
         else:
