@@ -11,7 +11,6 @@ the rounds. Writes ``api_vs_entry_<card>_<date>.txt`` under ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -23,9 +22,9 @@ from gpu_bench import (  # noqa: E402
     WORKLOADS,
     api_forward,
     bench_ms,
+    cells_main,
     configs_named,
     fwd,
-    report_cells,
     workload,
 )
 
@@ -49,17 +48,8 @@ def compare_cell(cell: str, rounds: int) -> list[str]:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("cells", help="BxTxD:workload,... (gpu_bench's configs and workloads)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    args = ap.parse_args()
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SystemExit("api_vs_entry: needs a CUDA GPU")
-    header = f"dla_fast.forward against the kernel entry (tau {TAU}, K {K_SLOTS}, {args.rounds} alternating rounds)"
-    report_cells("api_vs_entry", header, args.cells, lambda cell: compare_cell(cell, args.rounds), args.out)
+    cells_main("api_vs_entry", lambda rounds: f"dla_fast.forward against the kernel entry (tau {TAU}, K {K_SLOTS}, "
+               f"{rounds} alternating rounds)", compare_cell)
 
 
 if __name__ == "__main__":

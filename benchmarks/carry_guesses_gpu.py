@@ -15,7 +15,6 @@ Writes ``carry_guesses_gpu_<card>_<date>.txt`` (the lines printed) under ``--out
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import statistics
@@ -24,7 +23,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, report_cells, workload  # noqa: E402
+from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, cells_main, configs_named, workload  # noqa: E402
 
 from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
 
@@ -95,16 +94,8 @@ def check_cell(cell: str, rounds: int) -> list[str]:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("cells", help="BxTxD:workload,... (gpu_bench's configs and workloads)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("carry_guesses_gpu: needs a CUDA GPU (the Triton forward at benchmark sizes)")
-    header = (f"carry_guesses against the plain carry scan (kernel entry, tau {TAU}, K {K_SLOTS}, {args.rounds} "
-              f"alternating rounds of 40 calls, medians)")
-    report_cells("carry_guesses_gpu", header, args.cells, lambda cell: check_cell(cell, args.rounds), args.out)
+    cells_main("carry_guesses_gpu", lambda rounds: f"carry_guesses against the plain carry scan (kernel entry, tau "
+               f"{TAU}, K {K_SLOTS}, {rounds} alternating rounds of 40 calls, medians)", check_cell)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,22 @@ def report_cells(name: str, header: str, cells: str, check, out: str) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+def cells_main(name: str, header, check, rounds: bool = True) -> None:
+    """The command line of a per-cell GPU script ``name``: ``CELLS [--rounds N] [--out DIR]``, then
+    ``report_cells(name, header(rounds), CELLS, check)``, where ``check(cell, rounds)`` (or ``check(cell)`` without
+    ``rounds``) returns a cell's report lines."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cells", help="BxTxD:workload,... (gpu_bench's configs and workloads)")
+    if rounds:
+        ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{name}: needs a CUDA GPU (the Triton forward at benchmark sizes)")
+    n = args.rounds if rounds else None
+    report_cells(name, header(n), args.cells, (lambda cell: check(cell, n)) if rounds else check, args.out)
+
+
 def bench_ms(fn, rep=100):
     import triton
 

@@ -24,13 +24,12 @@ ahead of the merge simulation, so ``after_table`` is a bound on the gain, not a 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, report_cells, workload  # noqa: E402
+from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, cells_main, configs_named, workload  # noqa: E402
 
 
 @contextmanager
@@ -121,16 +120,8 @@ def probe_cell(cell: str) -> list[str]:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("cells", help="BxTxD:workload,... (gpu_bench's configs and workloads)")
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    args = ap.parse_args()
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SystemExit("output_overlap_probe: needs a CUDA GPU")
-    header = f"the output stage beside the decisions (kernel entry, tau {TAU}, K {K_SLOTS}, medians)"
-    report_cells("output_overlap_probe", header, args.cells, probe_cell, args.out)
+    cells_main("output_overlap_probe", lambda _: f"the output stage beside the decisions (kernel entry, tau {TAU}, K "
+               f"{K_SLOTS}, medians)", probe_cell, rounds=False)
 
 
 if __name__ == "__main__":
