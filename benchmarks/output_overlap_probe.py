@@ -14,7 +14,9 @@ Per cell, at the kernel entry (no final cache, no trace, no value checks; median
   ``output``: the output stage alone (its host synchronisation left out: the survivors are known);
 - ``beside``: decide and output launched together; ``after_table``: the output waits for the table kernel (a
   pipelined output could not start before the first chunks are decided);
-- ``hidden``: the share of ``output`` that ``after_table`` hides, ``(decide + output - after_table) / output``.
+- ``hidden``: the share of ``output`` that ``after_table`` hides, ``(decide + output - after_table) / output``;
+- ``output_grouped``, ``grouped_after_table``, ``hidden grouped``: the same with the old starts read by chunk
+  (``TritonSettings.grouped_reads``), which needs no start states and so no host synchronisation to size them.
 
 Not modelled: a pipelined output's programs would wait on flags (holding SM slots while they poll) and could not run
 ahead of the merge simulation, so ``after_table`` is a bound on the gain, not a prediction of it.
@@ -43,10 +45,13 @@ def patched(module, name, value):
 
 
 def stage_calls(q, k, v, g, w, entry: dict) -> tuple:
-    """``(o, calls)``: the forward's ``o`` for these inputs and ``calls``, three callables on the current stream:
+    """``(o, calls)``: the forward's ``o`` for these inputs and ``calls``, callables on the current stream:
     ``forward`` (the forward at its kernel entry with ``entry``'s keywords), ``decide`` (the same with the output stage
-    left out) and ``output`` (the output stage alone on the structure of the first call, its survivors known: no host
-    synchronisation; returns its ``o``, bitwise the forward's)."""
+    left out), ``output`` (the output stage alone on the structure of the first call, its survivors known: no host
+    synchronisation; returns its ``o``, bitwise the forward's) and ``output_grouped`` (the same with the old starts
+    read by chunk, ``TritonSettings.grouped_reads``: no start states, so no count to size them by)."""
+    import dataclasses
+
     import torch
 
     from dla_fast.ops.scalar_decay import chunk_fwd
@@ -65,15 +70,17 @@ def stage_calls(q, k, v, g, w, entry: dict) -> tuple:
             meanwhile()
         return survivors, []
 
-    def output():
+    def output(settings=DEFAULT_SETTINGS):
         with patched(chunk_fwd, "surviving_starts", known_survivors):
-            return chunk_fwd._output(cfg, q, k, v, g, w, s, hs, gs, None, DEFAULT_SETTINGS)
+            return chunk_fwd._output(cfg, q, k, v, g, w, s, hs, gs, None, settings)
 
     def decide():
         with patched(chunk_fwd, "_output", lambda *a, **kw: None):
             fwd(q, k, v, g, w, **entry)
 
-    return o, dict(forward=lambda: fwd(q, k, v, g, w, **entry), decide=decide, output=output)
+    grouped = dataclasses.replace(DEFAULT_SETTINGS, grouped_reads=True)
+    return o, dict(forward=lambda: fwd(q, k, v, g, w, **entry), decide=decide, output=output,
+                   output_grouped=lambda: output(grouped))
 
 
 def probe_cell(cell: str) -> list[str]:
@@ -98,7 +105,7 @@ def probe_cell(cell: str) -> list[str]:
                 table_done.append(torch.cuda.current_stream().record_event())
             return tables, launch_and_mark
 
-        def together(wait_for_table: bool):
+        def together(wait_for_table: bool, output: str = "output"):
             main = torch.cuda.current_stream()
             side.wait_stream(main)
             table_done.clear()
@@ -107,16 +114,19 @@ def probe_cell(cell: str) -> list[str]:
             with torch.cuda.stream(side):
                 if wait_for_table:
                     side.wait_event(table_done[0])
-                calls["output"]()
+                calls[output]()
             main.wait_stream(side)
 
         same = bool(torch.equal(calls["output"](), o_ref))
-        ms = {name: bench_ms(calls[name]) for name in ("forward", "decide", "output")}
+        ms = {name: bench_ms(calls[name]) for name in ("forward", "decide", "output", "output_grouped")}
         ms["beside"] = bench_ms(lambda: together(False))
         ms["after_table"] = bench_ms(lambda: together(True))
+        ms["grouped_after_table"] = bench_ms(lambda: together(True, "output_grouped"))
     hidden = (ms["decide"] + ms["output"] - ms["after_table"]) / ms["output"]
+    hidden_grouped = (ms["decide"] + ms["output_grouped"] - ms["grouped_after_table"]) / ms["output_grouped"]
     return [f"== {cell} (the output stage alone gives the forward's o bitwise: {same})",
-            "  " + ", ".join(f"{n} {t:.3f}" for n, t in ms.items()) + f" ms; hidden {100 * hidden:.0f} %"]
+            "  " + ", ".join(f"{n} {t:.3f}" for n, t in ms.items()) + f" ms; hidden {100 * hidden:.0f} %, grouped "
+            f"{100 * hidden_grouped:.0f} %"]
 
 
 def main():

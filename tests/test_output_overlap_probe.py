@@ -1,6 +1,7 @@
 """``benchmarks/output_overlap_probe.py`` without a GPU: its output stage alone (the survivors known, no host
-synchronisation) gives the forward's ``o`` bit for bit, and its decisions-only forward runs (under the interpreter, in
-a subprocess: the interpreter is chosen when the kernels are defined)."""
+synchronisation) gives the forward's ``o`` bit for bit, its grouped variant the same ``o`` to rounding, and its
+decisions-only forward runs (under the interpreter, in a subprocess: the interpreter is chosen when the kernels are
+defined)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ x = workload(1, 200, 2, 32, 32, 30, **WORKLOADS["moderate"], device="cpu", seed=
 o, calls = probe.stage_calls(*x, dict(tau=0.6, final_cache=False, trace=False))
 assert torch.equal(calls["output"](), o)
 assert calls["decide"]() is None and torch.equal(calls["forward"]()[0], o)
+# the old starts read by chunk add the same float32 terms in another order: 9.6e-7 of max |o| apart here
+assert (calls["output_grouped"]() - o).abs().max() <= 1e-5 * o.abs().max()
 print("ok")
 """
 
