@@ -9,7 +9,8 @@ constexpr values, warps, stages, register cap); these tests wait for the reruns 
 variants per argument types and flags with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)`` (``sm90_build.py``):
 with the test environment's Triton, and with the GPU machines' Triton in a subprocess (``.ci/run`` installs it into
 ``.ci/triton-gpu``). The interpreter routes 16-bit inputs to the float32 dot paths, so the bf16 tensor-core variants
-are not among them (those are checked on the GPU only, docs/triton.md).
+are not among them (those are checked on the GPU only, docs/triton.md); the inline PTX that a GPU-only flag
+(``GPU_ONLY_FLAGS``) selects is built here too, from a copy of each such launch with the flag on.
 """
 
 from __future__ import annotations
@@ -48,12 +49,26 @@ def _recorded() -> list:
     return list(chosen.values())
 
 
+# Constexprs that a GPU sets and the interpreter cannot: their code is inline PTX (the merge simulation's ``FAST``).
+GPU_ONLY_FLAGS = ("FAST",)
+
+
+def _with_gpu_only_flags(launches: list) -> list:
+    """The launches, and a copy of each that the interpreter ran with a ``GPU_ONLY_FLAGS`` flag off, with it on."""
+    extra = []
+    for launch in launches:
+        off = [k for k in GPU_ONLY_FLAGS if launch["constexprs"].get(k) is False]
+        if off:
+            extra.append(dict(launch, constexprs=dict(launch["constexprs"], **dict.fromkeys(off, True))))
+    return launches + extra
+
+
 def _launches() -> list:
     if not conftest.reruns_finished():
         pytest.skip("no interpreter reruns in this session (run the suite, not this file alone)")
     launches = _recorded()
     assert launches, "the interpreter reruns recorded no launch"
-    return launches
+    return _with_gpu_only_flags(launches)
 
 
 def _report(failed: list, launches: list, version: str) -> str:
