@@ -921,7 +921,7 @@ def _bit_helpers_kernel(x_ptr, out_ptr, FAST: tl.constexpr):
     i = tl.program_id(0)
     x = tl.load(x_ptr + i)
     tl.store(out_ptr + 3 * i, highest_bit_index(x, FAST).to(tl.int64))
-    tl.store(out_ptr + 3 * i + 1, tl.maximum(bit_index(x & -x, FAST), -1).to(tl.int64))  # 0: both forms below -1
+    tl.store(out_ptr + 3 * i + 1, tl.maximum(bit_index(x & -x, FAST), -1).to(tl.int64))  # 0: -1023 or -1 (bfind)
     tl.store(out_ptr + 3 * i + 2, bit_count(x, FAST).to(tl.int64))
 
 

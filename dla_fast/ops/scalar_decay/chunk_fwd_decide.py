@@ -712,7 +712,8 @@ def closing_slots(mask, sc64, cs, t_idx, n_open, i_open, C: tl.constexpr, FAST: 
     ``n_open``, ``i_open`` ([C], all equal): the open slot carried into the chunk, closed by its first boundary.
     The sums are formed as the event-by-event updates form them (``cs``: the chunk's inclusive prefix sums of
     the float64 scores): a slot opened at p < t in the chunk has ``score[p] + ((cs[t] - score[t]) - cs[p])``,
-    the carried one ``i_open + ((cs[t] - score[t]) - 0)``."""
+    the carried one ``i_open + ((cs[t] - score[t]) - 0)``. The densities take ``div_rn``'s conditions where they are
+    read (counts >= 2); junk positions may divide 0 by 0 (never read)."""
     tt = t_idx.to(tl.int64)
     p = highest_bit_index(mask & ((tl.full([C], 1, tl.int64) << tt) - 1), FAST)  # the last boundary before t
     has = p >= 0
