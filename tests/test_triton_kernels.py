@@ -623,6 +623,35 @@ def test_bf16_grouped_reads_with_an_initial_cache():
     assert torch.linalg.norm(out[True] - ref) <= 5e-3 * torch.linalg.norm(ref)
 
 
+@pytest.mark.skipif(not CUDA, reason="16-bit tensor-core products: on a GPU only (the interpreter computes fp32)")
+def test_bf16_output_at_128_features_reads_whole_rows(monkeypatch):
+    """16-bit inputs at 128 features: one output program reads a chunk's whole 128-wide value rows
+    (``output_value_block``), not two 64-wide blocks: the same ``o`` bit for bit (the same bf16 operands, each output
+    entry accumulated over the same k-steps in the same order, whether two old starts share a product or not; H200,
+    run 43: bitwise equal at three benchmark cells), and within bf16's tolerance of float32 inputs'."""
+    from dla_fast.ops.scalar_decay import chunk_fwd
+    from dla_fast.ops.scalar_decay.chunk_fwd_output import output_value_block
+
+    assert output_value_block(128, 128, True) == 128 and output_value_block(128, 128, False) == 64
+    x = regimes(2, 1024, 2, 128, 128, 30, seed=23, regime_length=8.0, jitter=0.5, decay=0.99)
+    q, k, v = (_t(a, torch.bfloat16) for a in x[:3])
+    g, w = _t(x[3]), _t(x[4])
+    # a start every 9 tokens under a mild decay: ~29 old starts live in every chunk, each read with weight
+    kw = dict(tau=0.6, boundaries=(torch.arange(1024, device=DEV) % 9 == 0).view(1, -1, 1).expand(2, -1, 2),
+              settings=TritonSettings(grouped_reads=False))  # the materialised reads, which the wide programs take
+    blocks = []
+    with monkeypatch.context() as m:
+        m.setattr(chunk_fwd, "output_value_block", lambda *a: blocks.append(output_value_block(*a)) or blocks[-1])
+        o, cache, _ = _fwd(q, k, v, g, w, **kw)
+    assert blocks == [128] and int(cache[3].min()) == 30
+    with monkeypatch.context() as m:
+        m.setattr(chunk_fwd, "output_value_block", lambda BK, BVF, lowp: 64)
+        o64 = _fwd(q, k, v, g, w, **kw)[0]
+    assert torch.equal(o, o64)
+    ref = _fwd(q.float(), k.float(), v.float(), g, w, **kw)[0]
+    assert torch.linalg.norm(o.float() - ref) <= 5e-3 * torch.linalg.norm(ref)
+
+
 @needs_kernels
 @pytest.mark.parametrize("regime_length,decay,tau,lengths,with_cache", [
     (40.0, 0.6, 0.5, None, False), (1.5, 0.6, 0.5, None, True), (4.0, 0.6, 0.5, [400, 230], False),

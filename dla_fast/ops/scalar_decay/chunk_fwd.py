@@ -55,6 +55,7 @@ from .chunk_fwd_output import (
     dla_read_scales_kernel,
     output_group,
     output_launch,
+    output_value_block,
 )
 from .chunk_fwd_states import (
     CHUNK,
@@ -414,7 +415,8 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     with the surviving-start count (the call's one host synchronisation) and the first violated check raises."""
     o = torch.empty(cfg.B, cfg.T, cfg.H, cfg.Dv, device=q.device, dtype=q.dtype)
     BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
-    grid = (cfg.NC, cfg.BH, triton.cdiv(BVF, BV))
+    grid = (cfg.NC, cfg.BH, triton.cdiv(BVF, BV))  # the grouped kernel's; the output kernel's Dv block may be wider
+    OBV = output_value_block(BK, BVF, cfg.lowp)
     # Per chunk the old starts' read scales [C, KP] and per program their state indices [KP], both read back group
     # by group. The scales need no start state: their kernel runs while the host synchronises.
     sc = torch.empty(cfg.BH * cfg.NC * CHUNK * cfg.KP, device=q.device, dtype=torch.float32)
@@ -435,9 +437,9 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     if flags:
         raise_flagged(flags[0])
     off, nsurv = s.survivors.off, s.survivors.count
-    G = output_group(cfg.KP, BK, cfg.lowp, settings.output_group)
-    launch = settings.launch(dla_output_kernel, **output_launch(BK, G, cfg.lowp))  # the grouped kernel's too
     if takes_grouped_reads(cfg, settings, nsurv):
+        G = output_group(cfg.KP, BK, BV, cfg.lowp, settings.output_group)
+        launch = settings.launch(dla_output_kernel, **output_launch(BK, BV, G, cfg.lowp))
         # The old starts read by chunk from hs and the chunk's tokens: only the initial slots' pseudo starts keep a
         # state (hinit, in the start-state buffer's dtype).
         dt = q.dtype if cfg.lowp else torch.float32
@@ -451,9 +453,11 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
         return o
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec,
                              settings=settings)
-    cached(dla_output_kernel)[grid](
+    G = output_group(cfg.KP, BK, OBV, cfg.lowp, settings.output_group)
+    launch = settings.launch(dla_output_kernel, **output_launch(BK, OBV, G, cfg.lowp))
+    cached(dla_output_kernel)[(cfg.NC, cfg.BH, triton.cdiv(BVF, OBV))](
         q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, bidx, bst, nsurv, sc, bsc,
-        cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
+        cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=OBV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
         G=G, **launch,
     )
     return o

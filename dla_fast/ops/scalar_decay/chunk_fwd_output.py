@@ -12,19 +12,29 @@ import triton.language as tl
 from ..common.triton_utils import chunk_tokens, load_rows, load_scalars, load_state, mask_bits, qdot
 
 
-def output_group(KP: int, BK: int, lowp: bool, group: int) -> int:
+def output_value_block(BK: int, BVF: int, lowp: bool) -> int:
+    """The Dv block of one ``dla_output_kernel`` program. 16-bit inputs at 128 features take the whole row: one
+    program forms the chunk's own reads and each old start's scaled query once, not once per 64-wide block
+    (sm_90, Triton 3.6: 310 instructions a start against 2 x 230 in two programs of G = 2, the same products)."""
+    return BVF if lowp and BK == BVF == 128 else min(BVF, 64)
+
+
+def output_group(KP: int, BK: int, BV: int, lowp: bool, group: int) -> int:
     """Old slot states per product in the output kernel: ``group`` capped so that a [G*BK, BV] operand tile
     fits shared memory (and at the padded capacity KP)."""
-    cap = (256 if lowp else 64) // BK
+    cap = (256 if lowp else 64) * 64 // (BK * BV)
     return max(1, min(group, cap, KP))
 
 
-def output_launch(BK: int, G: int, lowp: bool) -> dict:
+def output_launch(BK: int, BV: int, G: int, lowp: bool) -> dict:
     """Launch options of ``dla_output_kernel``: 16-bit inputs one warpgroup, capped at 168 registers where that
-    does not spill on sm_90 (Dk <= 64, G <= 2: three programs per SM instead of two); fp32 (tf32x3 products) 8
-    warps (it spills either way on sm_90)."""
+    does not spill on sm_90 (Dk <= 64, G <= 2: three programs per SM instead of two), two load stages for whole
+    128-wide rows (82 KB of shared memory: two programs per SM; three stages take 115 KB); fp32 (tf32x3 products)
+    8 warps (it spills either way on sm_90)."""
     if not lowp:
         return dict(num_warps=8)
+    if BV > 64:
+        return dict(num_warps=4, num_stages=2)
     return dict(num_warps=4, maxnreg=168) if BK <= 64 and G <= 2 else dict(num_warps=4)
 
 
@@ -243,8 +253,12 @@ def read_start_states(o, qc, qf, bst_ptr, bs, ok, sc_ptrs, sc_ok, kd, vd, Dk, Dv
     bm = ok[:, None, None] & (kd[None, :, None] < Dk) & (vd[None, None, :] < Dv)
     Bt = tl.load(bst_ptr + bs[:, None, None] * Dk * Dv + kd[None, :, None] * Dv + vd[None, None, :], mask=bm, other=0.0)
     Bt = tl.reshape(Bt, [G * BK, BV])
-    sg = tl.load(sc_ptrs, mask=sc_ok, other=0.0)  # [C, G]
-    Qs = tl.reshape(qf[:, None, :] * sg[:, :, None], [C, G * BK])
+    if G == 1:  # a [C] vector: loaded as [C, 1] in the query's layout, every thread loaded all C scales
+        sg = tl.load(tl.reshape(sc_ptrs, [C]), mask=tl.reshape(tl.broadcast_to(sc_ok, [C, 1]), [C]), other=0.0)
+        Qs = qf * sg[:, None]
+    else:
+        sg = tl.load(sc_ptrs, mask=sc_ok, other=0.0)  # [C, G]
+        Qs = tl.reshape(qf[:, None, :] * sg[:, :, None], [C, G * BK])
     if LOWP:
         return o + tl.dot(Qs.to(qc.dtype), Bt.to(qc.dtype))
     return o + tl.dot(Qs, Bt.to(tl.float32), input_precision=PREC)
