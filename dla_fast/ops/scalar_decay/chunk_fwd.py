@@ -437,9 +437,13 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     if flags:
         raise_flagged(flags[0])
     off, nsurv = s.survivors.off, s.survivors.count
+
+    def group_and_launch(bv: int) -> tuple[int, dict]:  # both kernels' (dla_output_kernel's overrides apply)
+        G = output_group(cfg.KP, BK, bv, cfg.lowp, settings.output_group)
+        return G, settings.launch(dla_output_kernel, **output_launch(BK, bv, G, cfg.lowp))
+
     if takes_grouped_reads(cfg, settings, nsurv):
-        G = output_group(cfg.KP, BK, BV, cfg.lowp, settings.output_group)
-        launch = settings.launch(dla_output_kernel, **output_launch(BK, BV, G, cfg.lowp))
+        G, launch = group_and_launch(BV)
         # The old starts read by chunk from hs and the chunk's tokens: only the initial slots' pseudo starts keep a
         # state (hinit, in the start-state buffer's dtype).
         dt = q.dtype if cfg.lowp else torch.float32
@@ -453,8 +457,7 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
         return o
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec,
                              settings=settings)
-    G = output_group(cfg.KP, BK, OBV, cfg.lowp, settings.output_group)
-    launch = settings.launch(dla_output_kernel, **output_launch(BK, OBV, G, cfg.lowp))
+    G, launch = group_and_launch(OBV)
     cached(dla_output_kernel)[(cfg.NC, cfg.BH, triton.cdiv(BVF, OBV))](
         q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, bidx, bst, nsurv, sc, bsc,
         cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=OBV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
