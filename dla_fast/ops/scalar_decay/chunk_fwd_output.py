@@ -21,10 +21,10 @@ def output_value_block(BK: int, BVF: int, lowp: bool) -> int:
 
 
 def output_group(KP: int, BK: int, BV: int, lowp: bool, group: int) -> int:
-    """Old slot states per product in the output kernel: ``group`` capped so that a [G*BK, BV] operand tile
-    fits shared memory (and at the padded capacity KP)."""
-    cap = (256 if lowp else 64) * 64 // (BK * BV)
-    return max(1, min(group, cap, KP))
+    """Old slot states per product in the output kernel: 1 for 16-bit inputs (``read_start_states`` scales their
+    product, not the query); else ``group`` capped so that a [G*BK, BV] operand tile fits shared memory (and at the
+    padded capacity KP)."""
+    return 1 if lowp else max(1, min(group, 64 * 64 // (BK * BV), KP))
 
 
 def output_launch(BK: int, BV: int, G: int, lowp: bool) -> dict:
@@ -250,18 +250,25 @@ def dla_read_scales_kernel(
 def read_start_states(o, qc, qf, bst_ptr, bs, ok, sc_ptrs, sc_ok, kd, vd, Dk, Dv, C: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, G: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
     """``o + sum_g sc[:, g] q^T B_g``: G materialised start states (``bst`` rows ``bs [G]``, zero where not ``ok``),
-    their scales ``sc [C, G]`` loaded from ``sc_ptrs`` (0 where not ``sc_ok``), in one tensor-core product."""
+    their scales ``sc [C, G]`` loaded from ``sc_ptrs`` (0 where not ``sc_ok``), in one tensor-core product.
+
+    16-bit inputs (G = 1) scale the product, ``o + sc * (q^T B)``, as the backward's dq kernel does: a scaled query,
+    the product's A operand in registers, was rewritten k-step by k-step into the same registers, and each step's
+    wgmma waited for the one before (sm_90, Triton 3.6: 8 waits a start, 34 % of the loop's samples stalled at them
+    on an H200, run 43); the unchanging query takes 4 waits in the whole kernel. Float32 inputs (tf32x3) scale the
+    query, G states at a time (scaling after spills more there: 136 B against 40 at 64 features)."""
     bm = ok[:, None, None] & (kd[None, :, None] < Dk) & (vd[None, None, :] < Dv)
     Bt = tl.load(bst_ptr + bs[:, None, None] * Dk * Dv + kd[None, :, None] * Dv + vd[None, None, :], mask=bm, other=0.0)
     Bt = tl.reshape(Bt, [G * BK, BV])
     if G == 1:  # a [C] vector (as a [C, 1] tile in the query's layout every thread loaded all C scales)
         sg = tl.load(tl.reshape(sc_ptrs, [C]), mask=tl.reshape(tl.broadcast_to(sc_ok, [C, 1]), [C]), other=0.0)
+        if LOWP:
+            return o + sg[:, None] * tl.dot(qc, Bt.to(qc.dtype))
         Qs = qf * sg[:, None]
     else:
+        tl.static_assert(not LOWP, "16-bit inputs read one start state per product")
         sg = tl.load(sc_ptrs, mask=sc_ok, other=0.0)  # [C, G]
         Qs = tl.reshape(qf[:, None, :] * sg[:, :, None], [C, G * BK])
-    if LOWP:
-        return o + tl.dot(Qs.to(qc.dtype), Bt.to(qc.dtype))
     return o + tl.dot(Qs, Bt.to(tl.float32), input_precision=PREC)
 
 
