@@ -236,7 +236,7 @@ def dla_bwd_q_grouped_kernel(
     CS: tl.constexpr = C // SPLITS
     IND_PREC: tl.constexpr = "tf32" if LOWP else PREC  # the indicator is exact; the other operand rounded to tf32
     for gx in tl.range(0, ngrp, num_stages=1):
-        member, cp, Glp = start_group(gst_row, lst, jd, gs_ptr + bh * (NC + 1), gx, C)
+        member, cp, Glp = start_group(gst_row, lst, jd, gs_ptr + bh * (NC + 1), gx, ngrp, C)
         eGl = tl.exp(Glp)
         scg = tl.load(sc_rows + jd[None, :] * C + row, mask=member[None, :], other=0.0)  # [C, KD]
         ZH = old_start_read(doc0, do_ptr, hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv, trow, valid, kd, Dk, Dv, C, BK,

@@ -135,13 +135,15 @@ def old_start_groups(live_ptr, livem_ptr, gst_row, bh, c, NC, C: tl.constexpr, K
 
 
 @triton.jit
-def start_group(gst_row, lst, jd, gsrow, gx, C: tl.constexpr):
-    """Group ``gx`` of ``old_start_groups``: ``(member [KD] bool, cp, Glp)``, its list entries, its chunk c' (full:
-    no padding) and the sum of g over c' (from the float64 sums ``gsrow`` of g before each chunk)."""
-    j0 = tl.load(gst_row + gx)
-    j1 = tl.load(gst_row + gx + 1)
-    cp = tl.load(lst + j0) // C
-    Glp = (tl.load(gsrow + cp + 1) - tl.load(gsrow + cp)).to(tl.float32)
+def start_group(gst_row, lst, jd, gsrow, gx, ngrp, C: tl.constexpr):
+    """Group ``gx`` of ``old_start_groups``' ``ngrp``: ``(member [KD] bool, cp, Glp)``, its list entries, its chunk
+    c' (full: no padding) and the sum of g over c' (from the float64 sums ``gsrow`` of g before each chunk). For
+    ``gx >= ngrp`` (a group looked up ahead that does not exist) no entry, chunk 0 and 0, from no load."""
+    ok = gx < ngrp
+    j0 = tl.load(gst_row + gx, mask=ok, other=0)
+    j1 = tl.load(gst_row + gx + 1, mask=ok, other=0)
+    cp = tl.load(lst + j0, mask=ok, other=0) // C
+    Glp = (tl.load(gsrow + cp + 1, mask=ok, other=0.0) - tl.load(gsrow + cp, mask=ok, other=0.0)).to(tl.float32)
     return (jd >= j0) & (jd < j1), cp, Glp
 
 
@@ -247,12 +249,23 @@ def dla_read_scales_kernel(
 
 
 @triton.jit
-def read_start_states(o, qc, qf, bst_ptr, bs, ok, sc_ptrs, sc_ok, kd, vd, Dk, Dv, C: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, G: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
-    """``o + sum_g sc[:, g] q^T B_g``: G materialised start states (``bst`` rows ``bs [G]``, zero where not ``ok``),
-    their scales ``sc [C, G]`` loaded from ``sc_ptrs`` (0 where not ``sc_ok``), in one tensor-core product.
+def read_scales(sc_ptrs, sc_ok, C: tl.constexpr, G: tl.constexpr):
+    """The read scales of G old starts, ``[C, G]`` loaded from ``sc_ptrs`` (0 where not ``sc_ok``); for G = 1 a
+    ``[C]`` vector (as a ``[C, 1]`` tile in the query's layout every thread loaded all C scales)."""
+    if G == 1:
+        sg = tl.load(tl.reshape(sc_ptrs, [C]), mask=tl.reshape(tl.broadcast_to(sc_ok, [C, 1]), [C]), other=0.0)
+    else:
+        sg = tl.load(sc_ptrs, mask=sc_ok, other=0.0)
+    return sg
 
-    16-bit inputs (G = 1) scale the product, ``o + sc * (q^T B)``, as the backward's dq kernel does: a scaled query,
+
+@triton.jit
+def read_start_states(o, qc, qf, bst_ptr, bs, ok, sg, kd, vd, Dk, Dv, C: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, G: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """``o + sum_g sg[:, g] q^T B_g``: G materialised start states (``bst`` rows ``bs [G]``, zero where not ``ok``)
+    and their scales ``sg`` (``read_scales``'), in one tensor-core product.
+
+    16-bit inputs (G = 1) scale the product, ``o + sg * (q^T B)``, as the backward's dq kernel does: a scaled query,
     the product's A operand in registers, was rewritten k-step by k-step into the same registers, and each step's
     wgmma waited for the one before (sm_90, Triton 3.6: 8 waits a start, 34 % of the loop's samples stalled at them
     on an H200, run 43); the unchanging query takes 4 waits in the whole kernel. Float32 inputs (tf32x3) scale the
@@ -260,14 +273,12 @@ def read_start_states(o, qc, qf, bst_ptr, bs, ok, sc_ptrs, sc_ok, kd, vd, Dk, Dv
     bm = ok[:, None, None] & (kd[None, :, None] < Dk) & (vd[None, None, :] < Dv)
     Bt = tl.load(bst_ptr + bs[:, None, None] * Dk * Dv + kd[None, :, None] * Dv + vd[None, None, :], mask=bm, other=0.0)
     Bt = tl.reshape(Bt, [G * BK, BV])
-    if G == 1:  # a [C] vector (as a [C, 1] tile in the query's layout every thread loaded all C scales)
-        sg = tl.load(tl.reshape(sc_ptrs, [C]), mask=tl.reshape(tl.broadcast_to(sc_ok, [C, 1]), [C]), other=0.0)
+    if G == 1:
         if LOWP:
             return o + sg[:, None] * tl.dot(qc, Bt.to(qc.dtype))
         Qs = qf * sg[:, None]
     else:
         tl.static_assert(not LOWP, "16-bit inputs read one start state per product")
-        sg = tl.load(sc_ptrs, mask=sc_ok, other=0.0)  # [C, G]
         Qs = tl.reshape(qf[:, None, :] * sg[:, :, None], [C, G * BK])
     return o + tl.dot(Qs, Bt.to(tl.float32), input_precision=PREC)
 
@@ -370,14 +381,20 @@ def dla_output_kernel(
     tl.store(bs_row + jj, bslot)
     tl.debug_barrier()  # other threads of the program read these rows
     gj = tl.arange(0, G)
-    # The next group's indices one iteration ahead, in registers: the state loads then depend on no load of
-    # their own iteration, and Triton's pipeliner keeps two groups of states in flight (one otherwise).
+    # The next group's indices and scales one iteration ahead, in registers: the state loads then depend on no load
+    # of their own iteration, and Triton's pipeliner keeps two groups of states in flight (one otherwise); the
+    # scales' own load was waited for right after the product (H200, run 44: ~18 % of the loop's stall samples).
+    sc_all = gj[None, :] >= 0
     bs_next = tl.load(bs_row + gj)
+    sg_next = read_scales(sc_row + row * KP + gj[None, :], sc_all, C, G)
     for gx in range(0, tl.cdiv(m0, G)):
         bs = bs_next.to(tl.int64)
-        bs_next = tl.load(bs_row + tl.minimum(gx + 1, KP // G - 1) * G + gj)
-        o = read_start_states(o, qc, qf, bst_ptr, tl.maximum(bs, 0), bs >= 0, sc_row + row * KP + gx * G + gj[None, :],
-                              gj[None, :] >= 0, kd, vd, Dk, Dv, C, BK, BV, G, LOWP, PREC)
+        sg = sg_next
+        nxt = tl.minimum(gx + 1, KP // G - 1) * G
+        bs_next = tl.load(bs_row + nxt + gj)
+        sg_next = read_scales(sc_row + row * KP + nxt + gj[None, :], sc_all, C, G)
+        o = read_start_states(o, qc, qf, bst_ptr, tl.maximum(bs, 0), bs >= 0, sg, kd, vd, Dk, Dv, C, BK, BV, G, LOWP,
+                              PREC)
     tl.store(o_ptr + trow[:, None] * Dv + vd[None, :], o.to(o_ptr.dtype.element_ty),
              mask=valid[:, None] & (vd[None, :] < Dv))
 
@@ -430,8 +447,14 @@ def dla_output_grouped_kernel(
     lst, jd, m0, lpos, aloc, ngrp = old_start_groups(live_ptr, livem_ptr, gst_ptr + prog * KP, bh, c, NC, C, KP, KD)
     sc_row = sc_ptr + (bh * NC + c).to(tl.int64) * C * KP
     CS: tl.constexpr = C // SPLITS  # the old chunk's tokens per piece of the W V' product
+    # Each group's list entries, chunk and decay one iteration ahead: found by three dependent loads (the group's
+    # first index, its first start, the chunk's g sums), on which every load of the group's reads waited (H200,
+    # run 44: 45 % of the loop's stall samples on loads).
+    gsrow = gs_ptr + bh * (NC + 1)
+    member_next, cp_next, Glp_next = start_group(gst_ptr + prog * KP, lst, jd, gsrow, 0, ngrp, C)
     for gx in tl.range(0, ngrp, num_stages=1):  # pipelined (2-3 stages): 82 KB of shared memory and spills
-        member, cp, Glp = start_group(gst_ptr + prog * KP, lst, jd, gs_ptr + bh * (NC + 1), gx, C)
+        member, cp, Glp = member_next, cp_next, Glp_next
+        member_next, cp_next, Glp_next = start_group(gst_ptr + prog * KP, lst, jd, gsrow, gx + 1, ngrp, C)
         # The group's scales from L2 (dla_read_scales_kernel's [C, KP] rows), 0 off the group: a [C, KP] tile kept
         # in registers across the loop spilled (sm_90, Triton 3.6, 168 registers).
         scg = tl.load(sc_row + row * KP + jd[None, :], mask=member[None, :], other=0.0)  # [C, KD]
@@ -460,7 +483,7 @@ def dla_output_grouped_kernel(
             lp = tl.load(lst + jg, mask=jg < npseudo, other=0)
             ok = (jg < npseudo) & (jg >= 1) & (lp < 0)
             bs = tl.where(ok, bh * K + lp + m0init, 0).to(tl.int64)
-            o = read_start_states(o, qc, qf, bst_ptr, bs, ok, sc_row + row * KP + jg[None, :], (jg < npseudo)[None, :],
-                                  kd, vd, Dk, Dv, C, BK, BV, G, LOWP, PREC)
+            sg = read_scales(sc_row + row * KP + jg[None, :], (jg < npseudo)[None, :], C, G)
+            o = read_start_states(o, qc, qf, bst_ptr, bs, ok, sg, kd, vd, Dk, Dv, C, BK, BV, G, LOWP, PREC)
     tl.store(o_ptr + trow[:, None] * Dv + vd[None, :], o.to(o_ptr.dtype.element_ty),
              mask=valid[:, None] & (vd[None, :] < Dv))
