@@ -44,9 +44,9 @@ class TritonSettings:
             it (``table_overlap`` does not apply). H200, run 41, kernel entry: (1, 65536) moderate 6.07 -> 4.55 ms,
             (2, 16384) moderate 2.12 -> 1.85, dense -7 to -10 %, (8, 4096) -4 to -8 %, but (2, 16384) sparse 1.98 ->
             2.18 (+10 %: half its chunks are walked).
-        output_group: old slot states read per tensor-core product in the output kernel (2: 168 registers without
-            spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200, docs/benchmarks.md
-            run 21).
+        output_group: old slot states read per tensor-core product in the output kernel, for float32 inputs (2: 168
+            registers without spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200,
+            docs/benchmarks.md run 21). 16-bit inputs read one per product, scaled after it (run 44).
         bwd_stages: software-pipelining stages of the backward's old-start loop (dq kernel).
         bwd_warps: warps of the backward's dq kernel.
         bwd_start_ranges: how many ranges of chunks the backward's dB, reverse-scan and dk/dv stages take, one

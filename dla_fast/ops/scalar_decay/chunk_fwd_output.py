@@ -14,9 +14,10 @@ from ..common.triton_utils import chunk_tokens, load_rows, load_scalars, load_st
 
 def output_value_block(BK: int, BVF: int, lowp: bool) -> int:
     """The Dv block of one ``dla_output_kernel`` program. 16-bit inputs at 128 features take the whole row: one
-    program forms the chunk's own reads and each old start's scaled query once, not once per 64-wide block
-    (sm_90, Triton 3.6: 310 instructions a start against 2 x 230 in two programs of G = 2, the same products; H200,
-    run 43: bitwise the same ``o``, the forward -0.5 to -2 % at (8, 4096, 16, 128): the kernel is not issue-bound)."""
+    program forms the chunk's own reads (and, before run 44, each old start's scaled query) once, not once per
+    64-wide block (sm_90, Triton 3.6: 310 instructions a start against 2 x 230 in two programs of G = 2, the same
+    products; H200, run 43: bitwise the same ``o``, the forward -0.5 to -2 % at (8, 4096, 16, 128): the kernel is not
+    issue-bound)."""
     return BVF if lowp and BK == BVF == 128 else min(BVF, 64)
 
 
@@ -268,8 +269,10 @@ def read_start_states(o, qc, qf, bst_ptr, bs, ok, sg, kd, vd, Dk, Dv, C: tl.cons
     16-bit inputs (G = 1) scale the product, ``o + sg * (q^T B)``, as the backward's dq kernel does: a scaled query,
     the product's A operand in registers, was rewritten k-step by k-step into the same registers, and each step's
     wgmma waited for the one before (sm_90, Triton 3.6: 8 waits a start, 34 % of the loop's samples stalled at them
-    on an H200, run 43); the unchanging query takes 4 waits in the whole kernel. Float32 inputs (tf32x3) scale the
-    query, G states at a time (scaling after spills more there: 136 B against 40 at 64 features)."""
+    on an H200, run 43); the unchanging query takes 4 waits in the whole kernel. H200, run 44: the forward -5 to -7 %
+    at (8, 4096, 16, 128) moderate, within +-1 % at 64 features; o's error against float32 inputs the same to four
+    digits. Float32 inputs (tf32x3) scale the query, G states at a time (scaling after spills more there: 136 B
+    against 40 at 64 features)."""
     bm = ok[:, None, None] & (kd[None, :, None] < Dk) & (vd[None, None, :] < Dv)
     Bt = tl.load(bst_ptr + bs[:, None, None] * Dk * Dv + kd[None, :, None] * Dv + vd[None, None, :], mask=bm, other=0.0)
     Bt = tl.reshape(Bt, [G * BK, BV])
@@ -332,9 +335,9 @@ def chunk_own_reads(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, mask_ptr, death_ptr, hs_p
     return o, qc, qf, trow, valid
 
 
-# 16-bit inputs: launched with 4 warps (one warpgroup). sm_90, Triton 3.6: at Dk = 64 and G = 2 capped at 168
-# registers without spills (58 KB of shared memory): three programs per SM; at Dk = 128 255 registers (16 B of
-# stack), two.
+# 16-bit inputs: launched with 4 warps (one warpgroup), one old start per product. sm_90, Triton 3.6 (run 44): at Dk =
+# 64 164 registers under the 168 cap, no spills, 41 KB of shared memory: three programs per SM; at Dk = Dv = 128
+# (whole rows) 254 registers, no spills, 82 KB: two.
 # Long: one program's three reads accumulate into one register tile; splitting would re-read q and o.
 @triton.jit(do_not_specialize=["T", "binit"])
 def dla_output_kernel(
@@ -382,8 +385,9 @@ def dla_output_kernel(
     tl.debug_barrier()  # other threads of the program read these rows
     gj = tl.arange(0, G)
     # The next group's indices and scales one iteration ahead, in registers: the state loads then depend on no load
-    # of their own iteration, and Triton's pipeliner keeps two groups of states in flight (one otherwise); the
-    # scales' own load was waited for right after the product (H200, run 44: ~18 % of the loop's stall samples).
+    # of their own iteration, and Triton's pipeliner keeps two groups of states in flight (one otherwise). The scales
+    # loaded in their own iteration: ~18 % of the loop's samples waited on them (H200, run 44, (8, 4096, 64)
+    # moderate); ahead, the forward moved within +-1 %.
     sc_all = gj[None, :] >= 0
     bs_next = tl.load(bs_row + gj)
     sg_next = read_scales(sc_row + row * KP + gj[None, :], sc_all, C, G)
@@ -447,9 +451,9 @@ def dla_output_grouped_kernel(
     lst, jd, m0, lpos, aloc, ngrp = old_start_groups(live_ptr, livem_ptr, gst_ptr + prog * KP, bh, c, NC, C, KP, KD)
     sc_row = sc_ptr + (bh * NC + c).to(tl.int64) * C * KP
     CS: tl.constexpr = C // SPLITS  # the old chunk's tokens per piece of the W V' product
-    # Each group's list entries, chunk and decay one iteration ahead: found by three dependent loads (the group's
-    # first index, its first start, the chunk's g sums), on which every load of the group's reads waited (H200,
-    # run 44: 45 % of the loop's stall samples on loads).
+    # Each group's list entries, chunk and decay one iteration ahead: three dependent loads (the group's first
+    # index, its first start, the chunk's g sums) that the group's state and token loads wait for. H200, run 44,
+    # (8, 4096, 64) dense: 45 % of the loop's samples waited on loads before; ahead, the forward -2.3 % there.
     gsrow = gs_ptr + bh * (NC + 1)
     member_next, cp_next, Glp_next = start_group(gst_ptr + prog * KP, lst, jd, gsrow, 0, ngrp, C)
     for gx in tl.range(0, ngrp, num_stages=1):  # pipelined (2-3 stages): 82 KB of shared memory and spills
