@@ -220,10 +220,12 @@ def _launches_on_fresh_stacks() -> None:
 
 def _recorded_launches(log_path: str) -> None:
     """Under the interpreter: each kernel launch's compile-time identity (module, kernel, argument types, constexpr
-    values, warps, stages, register cap) appended to ``log_path`` as a JSON line, once per identity, for
-    ``tests/test_triton_sm90_builds.py`` to compile for a GPU: the interpreter runs code the compiler rejects."""
+    values, warps, stages, register cap, and the arguments divisible by 16: integers by value, tensors by address)
+    appended to ``log_path`` as a JSON line, once per identity, for ``tests/test_triton_sm90_builds.py`` to compile for
+    a GPU: the interpreter runs code the compiler rejects."""
+    from triton.backends.compiler import BaseBackend
     from triton.runtime import interpreter
-    from triton.runtime.jit import mangle_type
+    from triton.runtime.jit import mangle_type, native_specialize_impl
 
     launch = interpreter.GridExecutor.__call__
     seen = set()
@@ -234,17 +236,20 @@ def _recorded_launches(log_path: str) -> None:
             bound = inspect.getcallargs(self.fn, *args, **{k: v for k, v in kwargs.items() if k in names})
         except TypeError:  # the launch's own error, raised by the launch
             return launch(self, *args, **kwargs)
-        types, constexprs = {}, {}
+        types, constexprs, divisible = {}, {}, []
         for name, value in bound.items():
             if name in self.constexprs or value is None:
                 constexprs[name] = value
             else:
                 types[name] = mangle_type(value)
+                # the JIT's own test (its "D" key); whether it applies is the kernel's (do_not_specialize): at the build
+                if native_specialize_impl(BaseBackend, value, False, True, True)[1] == "D":
+                    divisible.append(name)
         options = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg", "enable_fp_fusion")
                    if kwargs.get(k) is not None}
         record = json.dumps(dict(module=self.fn.__globals__["__name__"], kernel=self.fn.__name__, types=types,
-                                 constexprs={k: v for k, v in constexprs.items() if _plain(v)}, options=options),
-                            sort_keys=True)
+                                 constexprs={k: v for k, v in constexprs.items() if _plain(v)}, options=options,
+                                 divisible=divisible), sort_keys=True)
         if record not in seen:
             seen.add(record)
             with open(log_path, "a") as f:

@@ -27,6 +27,17 @@ def jit_function(module: str, kernel: str):
     return fn
 
 
+def divisibility(fn, launch: dict) -> dict:
+    """The launch's ``tt.divisibility`` attributes as the GPU's JIT sets them: on each argument recorded divisible by
+    16 (an integer's value, a tensor's address) that the kernel does not exempt (``do_not_specialize``, or
+    ``do_not_specialize_on_alignment`` for an address). Without them the build is another kernel (run 44, Triton 3.6:
+    the output kernel as it was before that run built with 640 B of stack and 4 wgmma waits, with them none and 20,
+    as ``ncu`` found it on the H200)."""
+    exempt = {p.name for p in fn.params if p.do_not_specialize or p.do_not_specialize_on_alignment}
+    return {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+            if name in launch.get("divisible", ()) and name not in exempt}
+
+
 def build(launch: dict):
     """``triton.compile`` of one recorded launch (``conftest._recorded_launches``' format) for sm_90."""
     from triton.backends.compiler import GPUTarget
@@ -36,7 +47,8 @@ def build(launch: dict):
     constexprs = launch["constexprs"]
     signature = {name: launch["types"].get(name, "constexpr") for name in fn.arg_names}
     source = ASTSource(fn=fn, signature=signature,
-                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
+                       attrs=divisibility(fn, launch))
     return triton.compile(source, target=GPUTarget(*TARGET), options=launch["options"])
 
 

@@ -627,8 +627,9 @@ def test_bf16_grouped_reads_with_an_initial_cache():
 def test_bf16_output_at_128_features_reads_whole_rows(monkeypatch):
     """16-bit inputs at 128 features: one output program reads a chunk's whole 128-wide value rows
     (``output_value_block``), not two 64-wide blocks: the same ``o`` bit for bit (the same bf16 operands, each output
-    entry accumulated over the same k-steps in the same order; H200, runs 43 and 44: bitwise equal at three benchmark
-    cells), and within bf16's tolerance of float32 inputs'."""
+    entry accumulated over the same k-steps in the same order; H200, run 43: bitwise equal at three benchmark cells;
+    run 44: this test, with each start's read scaled after its product), and within bf16's tolerance of float32
+    inputs'."""
     from dla_fast.ops.scalar_decay import chunk_fwd
     from dla_fast.ops.scalar_decay.chunk_fwd_output import output_value_block
 

@@ -5,7 +5,8 @@ Three times a change passed CI and failed on the H200 at compile time: the delta
 a plain Python global read inside the pair kernel (run 32's review) and a gather along a 2-wide axis that Triton 3.9
 builds and Triton 3.6, the H200 machines' version, rejects (run 36). Each rerun of a test file under the interpreter
 records the compile-time identity of every launch (``conftest._recorded_launches``: kernel, argument types,
-constexpr values, warps, stages, register cap); these tests wait for the reruns and build one of each kernel's
+constexpr values, warps, stages, register cap, the arguments divisible by 16, which the build specialises as the GPU's
+JIT does); these tests wait for the reruns and build one of each kernel's
 variants per argument types and flags with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)`` (``sm90_build.py``):
 with the test environment's Triton, and with the GPU machines' Triton in a subprocess (``.ci/run`` installs it into
 ``.ci/triton-gpu``). The interpreter routes 16-bit inputs to the float32 dot paths, so the bf16 tensor-core variants
