@@ -11,8 +11,8 @@ beside this tree's under other module names.
 
 CELLS: ``BxTxD:workload,...`` (``gpu_bench``'s configs and workloads). Per cell: every other revision's outputs
 (``o``, the final cache, the trace) compared bit for bit with this tree's, every forward timed at the kernel entry in
-alternating rounds (medians), and one stage profile of each. Writes ``forward_revision_ab_<card>_<date>.txt`` (the
-lines printed) under ``--out``.
+alternating rounds (medians), one stage profile of each, and each kernel's GPU time per call (CUPTI, ten calls; since
+run 44). Writes ``forward_revision_ab_<card>_<date>.txt`` (the lines printed) under ``--out``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from forward_timeline import profiled_kernels  # noqa: E402
 from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, report_cells, workload  # noqa: E402
 
 OUTPUTS = ("o", "states", "counts", "info", "size", "scores", "starts", "merged")
+KERNEL_ROWS = 8  # kernels listed per cell
 PACKAGE = "dla_fast"
 
 
@@ -92,11 +94,20 @@ def compare_cell(cell: str, fns: dict, rounds: int) -> list[str]:
             p = {}
             f(*x, tau=TAU, profile=p)
             stages[n] = {k: round(v, 3) for k, v in p.items() if k.endswith("_ms")}
+        kernels = {n: profiled_kernels(lambda f=f: f(*x, tau=TAU)) for n, f in fns.items()}
     med = {n: statistics.median(v) for n, v in ms.items()}
     lines += [f"  {n}: {med[n]:.3f} ms ({100 * (med[n] / med['this'] - 1):+.1f} % against this), rounds "
               f"{[round(t, 3) for t in ms[n]]}" for n in fns]
     lines += [f"  stages {n}: {st}" for n, st in stages.items()]
-    return lines
+    return lines + kernel_lines(kernels)
+
+
+def kernel_lines(kernels: dict) -> list[str]:
+    """Per kernel (this tree's eight longest), its GPU time per call in each forward (``profiled_kernels``: ten calls
+    under CUPTI), us: sharper than the stage windows, which are one call's and include the waits between kernels."""
+    names = list(kernels["this"])[:KERNEL_ROWS]
+    return [f"  kernel {name}: " + ", ".join(f"{n} {ks.get(name, 0.0):.1f}" for n, ks in kernels.items()) + " us"
+            for name in names]
 
 
 def main():

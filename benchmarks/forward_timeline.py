@@ -136,6 +136,29 @@ def short_name(name: str) -> str:
     return name.split("<")[0].split("(")[0].replace("void ", "")[-40:]
 
 
+def kernel_us_per_call(ks: list[dict], calls: int) -> dict[str, float]:
+    """Each kernel's GPU time per call, us: the durations of ``calls`` calls' kernels (``kernels_of``) summed by
+    ``short_name``, over ``calls``; the longest first."""
+    total = collections.Counter()
+    for e in ks:
+        total[short_name(e["name"])] += e["dur"]
+    return {name: us / calls for name, us in total.most_common()}
+
+
+def profiled_kernels(call, calls: int = 10) -> dict[str, float]:
+    """``kernel_us_per_call`` of ``calls`` back-to-back ``call()``s (CUPTI, through ``torch.profiler``)."""
+    import tempfile
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "trace.json")
+        prof.export_chrome_trace(path)
+        return kernel_us_per_call(kernels_of(path), calls)
+
+
 def steady_summary(ks: list[dict], calls: int) -> dict:
     """Of ``calls`` back-to-back forwards' kernels (``kernels_of``, start order), the whole calls between the second
     table kernel and the last one (none next to the profiler's start or end): their number ``n``, the GPU's span and

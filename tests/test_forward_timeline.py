@@ -45,3 +45,10 @@ def test_steady_summary_keeps_whole_middle_calls_and_finds_the_idle_gaps():
 def test_steady_summary_refuses_a_trace_without_one_table_kernel_a_call():
     with pytest.raises(SystemExit, match="one table kernel a call"):
         ft.steady_summary(_calls(7), 8)
+
+
+def test_kernel_time_per_call_sums_each_kernel_over_the_calls():
+    ks = _calls(4) + [_kernel("void dla_output_kernel<1>(float*)", 500, 10)]  # one more launch of one kernel
+    per = ft.kernel_us_per_call(ks, 4)
+    assert per == {"dla_output_kernel": (4 * 30 + 10) / 4, "dla_table_kernel": 40.0, "side": 20.0}
+    assert list(per) == ["dla_table_kernel", "dla_output_kernel", "side"]  # the longest first
