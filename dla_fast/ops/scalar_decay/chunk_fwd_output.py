@@ -374,7 +374,8 @@ def dla_output_kernel(
     inlist = jj < m0
     bslot = start_state_index(bidx_ptr, binit, lpos, inlist, m0init, bh, NC, K, C)
     bslot = tl.where(inlist & (jj >= 1), bslot, -1)
-    # Reads of the old starts' states, G at a time: o += (q * scale_j)[C, G*Dk] @ B[G*Dk, BV]. The group's scales
+    # Reads of the old starts' states, G at a time (``read_start_states``: 16-bit inputs o += scale_j * (q @ B_j),
+    # float32 ones o += (q * scale_j)[C, G*Dk] @ B[G*Dk, BV]). The group's scales
     # (dla_read_scales_kernel's rows) and state indices (this program's scratch row) are loaded from L2 straight
     # into the dot's operand layout: picking a group out of a [C, KP] register tile took a shuffle reduction and
     # four shared-memory layout conversions per group (docs/performance.md, "Output stage").
