@@ -6,10 +6,12 @@ inputs). Each variant's tables against the first variant's, and the output table
 torch's float64 ``wy_tables``. Run 26 (H200, (2, 16384, 16, 64)): output tables 2.83 ms at 8 warps, decisions'
 1.87 ms at 4.
 
-    python benchmarks/delta_table_kernel.py [--cell 2x16384x64:moderate] [--variants 4x1,8x1,8x2,8x3] [--out DIR]
+    python benchmarks/delta_table_kernel.py [--cell 2x16384x64:moderate] [--variants 4x1,8x1,8x2,8x3] [--f32 4,8]
+                                            [--out DIR]
 
 ``--variants``: ``WARPSxSTAGES`` pairs (``stages``: the products' loads in flight; 1 compiles without
-asynchronous copies).
+asynchronous copies). ``--f32``: also the output tables computed in float32 (``wy_tables_f32_triton``, run 44, not
+yet used by the forward) at each number of warps, timed and compared with the first variant's float64 tables.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_bench import WORKLOADS, bench_ms, configs_named, delta_inputs  # noqa: E402
 
 from dla_fast.ops.delta_rule.wy_tables import wy_tables  # noqa: E402
+from dla_fast.ops.delta_rule.wy_tables_f32_triton import output_tables_rows_f32  # noqa: E402
 from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_rows, score_tables_triton  # noqa: E402
 
 C = 64
@@ -55,6 +58,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cell", default="2x16384x64:moderate")
     ap.add_argument("--variants", default="4x1,8x1,4x2,8x2,8x3")
+    ap.add_argument("--f32", default="", help="warps of the float32 output-table kernel to time, comma-separated")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -74,6 +78,11 @@ def main():
                          scores_ms=bench_ms(scores, rep=50), output_vs_first=max_rel(got[0], first[0]),
                          scores_vs_first=max_rel(got[1], first[1])))
         print(rows[-1], flush=True)
+    for warps in [int(n) for n in args.f32.split(",") if n]:
+        f32 = lambda: output_tables_rows_f32(q, k, g, beta, 0, nC, num_warps=warps)  # noqa: E731
+        rows.append(dict(f32_warps=warps, output_ms=bench_ms(f32, rep=50),
+                         output_vs_first=max_rel(list(f32().values()), first[0])))
+        print(rows[-1], flush=True)
     want, _ = wy_tables(chunk_major(q)[:8], kc[:8], gc[:8], bc[:8])
     tab = output_tables_rows(q, k, g, beta, 0, 8, dtype=torch.float64)
     vs_torch = {n: max_rel([tab[n]], [want[n]]) for n in ("attn", "qt", "Phi")}
@@ -86,8 +95,11 @@ def main():
     print("| warps | stages | output tables ms | decisions' tables ms | vs first (outputs / decisions) |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['warps']} | {r['stages']} | {r['output_ms']:.2f} | {r['scores_ms']:.2f} | "
-              f"{r['output_vs_first']:.1e} / {r['scores_vs_first']:.1e} |")
+        if "f32_warps" in r:
+            print(f"| {r['f32_warps']} (float32) | - | {r['output_ms']:.2f} | - | {r['output_vs_first']:.1e} / - |")
+        else:
+            print(f"| {r['warps']} | {r['stages']} | {r['output_ms']:.2f} | {r['scores_ms']:.2f} | "
+                  f"{r['output_vs_first']:.1e} / {r['scores_vs_first']:.1e} |")
 
 
 if __name__ == "__main__":

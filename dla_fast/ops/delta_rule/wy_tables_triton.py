@@ -42,7 +42,7 @@ OUTPUT_TABLE_WARPS = 8
 
 
 @triton.jit
-def _diagonal_blocks_gs_times_inverse(kk_ptr, b_ptr, C: tl.constexpr, BS: tl.constexpr):
+def diagonal_blocks_gs_times_inverse(kk_ptr, b_ptr, C: tl.constexpr, BS: tl.constexpr):
     """``A_II = Gs_II T_II`` for every diagonal ``BS x BS`` block of ``K K^T [C, C]`` (row-major at ``kk_ptr``), all
     blocks at once as ``[C // BS, BS, BS]``, by forward substitution: ``A[i] = Gs[i] - sum_{j < i} Gs[i, j] b_j
     A[j]`` within each block (``b`` at ``b_ptr``); ``T_II = I - diag(b_I) A_II``."""
@@ -70,7 +70,7 @@ def gs_times_inverse(a_ptr, b_ptr, C: tl.constexpr, BS: tl.constexpr, BKD: tl.co
     on the ``BS x BS`` diagonal blocks only (all at once); the rest are products. A block's rows of ``K K^T`` are
     last read by that block, so ``A_I`` takes their place."""
     t = tl.arange(0, C)
-    A_diag = _diagonal_blocks_gs_times_inverse(a_ptr, b_ptr, C, BS)
+    A_diag = diagonal_blocks_gs_times_inverse(a_ptr, b_ptr, C, BS)
     blk = tl.arange(0, C // BS)[:, None, None]
     for I in tl.static_range(C // BS):
         r = I * BS + tl.arange(0, BS)
@@ -254,7 +254,7 @@ def output_tables_triton(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, b: t
     dtypes): ``wy_tables(q, k, g, b)``'s ``attn``, ``qt``, ``khd`` and ``Phi``, computed in float64 and stored in
     ``dtype``."""
     nb, R, C, Dk = k.shape
-    out = _output_tables(nb, R, C, Dk, k.device, dtype, "khd")
+    out = empty_output_tables(nb, R, C, Dk, k.device, dtype, "khd")
     _launch(*(_as_rows(x) for x in (q, k, g, b)), 0, 1, C, out, False, False, num_warps, stages)
     return out
 
@@ -265,7 +265,7 @@ def output_tables_saved(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, b: to
     saved)``, ``saved`` the kernel's float64 scratch (the chunk's keys then queries ``x [nb, R, 2, C, Dk]``, ``b``,
     ``A = Gs T``, ``Z``, ``Mq = causal(Q K^T)``), as ``wy_tables`` returns its intermediates."""
     nb, R, C, Dk = k.shape
-    out = _output_tables(nb, R, C, Dk, k.device, torch.float64, "khd")
+    out = empty_output_tables(nb, R, C, Dk, k.device, torch.float64, "khd")
     x, b64, A, Z, Mq = _launch(*(_as_rows(t) for t in (q, k, g, b)), 0, 1, C, out, False, False, num_warps, stages,
                                staged=True)
     return out, dict(x=x, b=b64, A=A, Z=Z, Mq=Mq)
@@ -278,12 +278,12 @@ def output_tables_rows(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: 
     tokens' keys at the chunk end times beta) and ``Phi``, chunk-major ``[nb, B H, ...]``, computed in float64 and
     stored in ``dtype``."""
     B, T, H, Dk = k.shape
-    out = _output_tables(nb, B * H, chunk, Dk, k.device, dtype, "kb")
+    out = empty_output_tables(nb, B * H, chunk, Dk, k.device, dtype, "kb")
     _launch(*(x.contiguous() for x in (q, k, g, beta)), c0, nb, chunk, out, False, True, num_warps, stages)
     return out
 
 
-def _output_tables(nb, R, C, Dk, device, dtype, keys: str) -> dict:
+def empty_output_tables(nb, R, C, Dk, device, dtype, keys: str) -> dict:
     """Empty output tables ``[nb, R, ...]`` in ``dtype``, the keys at the chunk end named ``keys``."""
     new = lambda *shape: torch.empty(nb, R, *shape, device=device, dtype=dtype)  # noqa: E731
     return {"attn": new(C, C), "qt": new(C, Dk), keys: new(C, Dk), "Phi": new(Dk, Dk)}

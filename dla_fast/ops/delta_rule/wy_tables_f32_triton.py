@@ -1,0 +1,117 @@
+"""Triton, gated delta rule: the output stage's WY tables in float32 (issue #12, run 44; not yet used by the forward).
+
+The same tables as ``wy_tables_triton.output_tables_rows`` (``attn``, ``qt``, ``kb = b khd``, ``Phi``, stored in
+float32), by the same formulas (that module's docstring), with the products in three-pass tf32 (``tf32x3``: float32
+accuracy on the tensor cores) and the substitution for ``A = Gs T`` in float32, where the float64 kernel multiplies on
+the FP64 tensor cores from a float64 scratch (2.83 ms at (2, 16384, 16, 64) on an H200, ~6x that work's floor). The
+chunk's cumulative log decays and their differences stay float64 and are rounded before ``exp``: in float32 ``Gc``
+(down to ~-44 in a chunk at a decay of 0.5) carries ~4e-6 of absolute rounding, which a CPU study found to be most of
+the float32 tables' extra error (``benchmarks/delta_output_tables_f32_study.py``: with float64 decays the slot states'
+error equals the float64 tables'; docs/performance.md "Run 44"). To be timed against the float64 kernel
+(``benchmarks/delta_table_kernel.py --f32 4,8``) before the forward takes it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common.triton_utils import chunk_tokens, load_rows, next_pow2
+from .wy_tables_triton import INVERSE_BLOCK, diagonal_blocks_gs_times_inverse, empty_output_tables
+
+OUTPUT_TABLE_F32_WARPS = 8  # chosen without a measurement: [64, 64] float32 tiles at 16 registers a thread
+
+
+@triton.jit
+def _dot(a, b):
+    """``a @ b`` to float32 accuracy on the tensor cores."""
+    return tl.dot(a, b, input_precision="tf32x3")
+
+
+@triton.jit
+def _gs_times_inverse_f32(a_ptr, b_ptr, C: tl.constexpr, BS: tl.constexpr):
+    """``wy_tables_triton.gs_times_inverse`` in float32: ``K K^T [C, C]`` at ``a_ptr`` (row-major) overwritten by
+    ``A = Gs T`` a block of ``BS`` rows at a time, ``A_I = R_I - A_II (b_I R_I)`` with ``R_I = strict(Gs)_I -
+    Gs_{I,<I} diag(b) A_{<I}``; the blocks above block I are read as whole ``[C, C]`` tiles with the rows (and
+    columns) at and after block I masked to zero."""
+    t = tl.arange(0, C)
+    A_diag = diagonal_blocks_gs_times_inverse(a_ptr, b_ptr, C, BS)
+    blk = tl.arange(0, C // BS)[:, None, None]
+    b = tl.load(b_ptr + t)
+    for I in tl.static_range(C // BS):
+        r = I * BS + tl.arange(0, BS)
+        kk_I = tl.load(a_ptr + r[:, None] * C + t[None, :])  # block I's rows of K K^T, not yet overwritten
+        R_I = tl.where(t[None, :] < r[:, None], kk_I, 0.0)
+        if I > 0:
+            above = t < I * BS
+            A_above = tl.where(above[:, None], tl.load(a_ptr + t[:, None] * C + t[None, :]), 0.0)
+            R_I -= _dot(tl.where(above[None, :], kk_I * b[None, :], 0.0), A_above)
+        A_II = tl.sum(tl.where(blk == I, A_diag, 0.0), 0)
+        A_I = R_I - _dot(A_II, tl.load(b_ptr + r)[:, None] * R_I)
+        tl.debug_barrier()  # every thread has read block I's rows of K K^T
+        tl.store(a_ptr + r[:, None] * C + t[None, :], A_I)
+        tl.debug_barrier()  # A_I is in place for the next blocks
+
+
+@triton.jit(do_not_specialize=["R", "T", "H", "c0", "Dk"])
+def dla_delta_output_tables_f32_kernel(
+    q_ptr, k_ptr, g_ptr, b_ptr, a_ptr, bs_ptr, attn_ptr, qt_ptr, kb_ptr, phi_ptr,
+    R, T, H, c0, Dk,
+    C: tl.constexpr, BK: tl.constexpr, IB: tl.constexpr,
+):
+    """Program (row r = b H + h, chunk c = c0 + j of ``q, k [B, T, H, Dk]``, ``g, b [B, T, H]``, any float dtypes,
+    0 past T) -> at chunk-major index ``j R + r``, float32: ``attn [C, C]``, ``qt [C, Dk]``, ``kb [C, Dk]`` (``b
+    khd``), ``Phi [Dk, Dk]``. ``a [.., C, C]`` (``K K^T``, then ``A``) and ``bs [.., C]`` are float32 scratch.
+    FLOPs: six ``2 C^2 Dk``-sized products and ``~C^3 / 3`` for ``A``, each three tf32 passes."""
+    r = tl.program_id(0)
+    base = tl.program_id(1) * R + r
+    _, _, t, _, valid, row = chunk_tokens(r, c0 + tl.program_id(1), T, H, C)
+    rows, cols = t[:, None], t[None, :]
+    kd = tl.arange(0, BK)
+    K = load_rows(k_ptr, row, valid, kd, Dk).to(tl.float32)
+    Q = load_rows(q_ptr, row, valid, kd, Dk).to(tl.float32)
+    b = tl.load(b_ptr + row, mask=valid, other=0.0).to(tl.float32)
+    Gc = tl.cumsum(tl.load(g_ptr + row, mask=valid, other=0.0).to(tl.float64), 0)
+    GL = tl.sum(tl.where(t == C - 1, Gc, 0.0), 0)
+    a_chunk = a_ptr + base * C * C
+    bk = bs_ptr + base * C
+    tl.store(a_chunk + rows * C + cols, _dot(K, tl.trans(K)))
+    tl.store(bk + t, b)
+    tl.debug_barrier()  # K K^T and b are in the scratch for every thread
+    _gs_times_inverse_f32(a_chunk, bk, C, IB)
+    # Each table as soon as its operands are formed, so that fewer [C, C] and [C, Dk] tiles are live at once.
+    A = tl.load(a_chunk + rows * C + cols)
+    bK = b[:, None] * K
+    inside = kd[None, :] < Dk
+    Z = b[:, None] * (K - _dot(A, bK))  # b (K - M), M = A (b K)
+    kb = (b * tl.exp((GL - Gc).to(tl.float32)))[:, None] * (K - _dot(tl.trans(A), bK))  # b e^(GL - Gc) (K - N)
+    tl.store(kb_ptr + (base * C + rows) * Dk + kd[None, :], kb, mask=inside)
+    causal = cols <= rows
+    Mq = tl.where(causal, _dot(Q, tl.trans(K)), 0.0)
+    decay = tl.where(causal, tl.exp(tl.where(causal, Gc[:, None] - Gc[None, :], 0.0).to(tl.float32)), 0.0)
+    attn = decay * (Mq - _dot(Mq, b[:, None] * A))  # D o (Mq T), T = I - diag(b) A
+    tl.store(attn_ptr + (base * C + rows) * C + cols, attn)
+    qt = tl.exp(Gc.to(tl.float32))[:, None] * (Q - _dot(Mq, Z))
+    tl.store(qt_ptr + (base * C + rows) * Dk + kd[None, :], qt, mask=inside)
+    eye = tl.where(kd[:, None] == kd[None, :], 1.0, 0.0)
+    phi = tl.exp(GL).to(tl.float32) * (eye - _dot(tl.trans(K), Z))  # e^GL (I - K^T Z)
+    tl.store(phi_ptr + base * Dk * Dk + kd[:, None] * Dk + kd[None, :], phi,
+             mask=(kd[:, None] < Dk) & (kd[None, :] < Dk))
+
+
+def output_tables_rows_f32(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, c0: int, nb: int,
+                           *, chunk: int = 64, num_warps: int = OUTPUT_TABLE_F32_WARPS):
+    """``wy_tables_triton.output_tables_rows``'s tables of chunks ``c0 .. c0 + nb - 1`` (``attn``, ``qt``, ``kb``,
+    ``Phi``, chunk-major ``[nb, B H, ...]``, float32) from the API's ``q, k [B, T, H, Dk]``, ``g, beta [B, T, H]``,
+    computed in float32 (the decays in float64)."""
+    B, T, H, Dk = k.shape
+    R = B * H
+    out = empty_output_tables(nb, R, chunk, Dk, k.device, torch.float32, "kb")
+    scratch_a = torch.empty(nb, R, chunk, chunk, device=k.device, dtype=torch.float32)
+    scratch_b = torch.empty(nb, R, chunk, device=k.device, dtype=torch.float32)
+    dla_delta_output_tables_f32_kernel[(R, nb)](
+        *(x.contiguous() for x in (q, k, g, beta)), scratch_a, scratch_b, out["attn"], out["qt"], out["kb"],
+        out["Phi"], R, T, H, c0, Dk, C=chunk, BK=max(16, next_pow2(Dk)), IB=min(INVERSE_BLOCK, chunk),
+        num_warps=num_warps)
+    return out

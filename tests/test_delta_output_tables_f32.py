@@ -1,0 +1,60 @@
+"""``wy_tables_f32_triton.output_tables_rows_f32`` (issue #12, run 44: the delta rule's output tables computed in
+float32, not yet used by the forward) against the float64 kernel's tables (``wy_tables_triton.output_tables_rows``,
+stored in float64): ragged T, several heads, float32 and bfloat16 inputs, fast and slow decays, betas up to 1. Runs
+where the kernels run (CUDA or ``TRITON_INTERPRET=1``); elsewhere it reruns itself under the interpreter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+triton = pytest.importorskip("triton")
+
+from triton_here import DEV, needs_kernels, runs_elsewhere  # noqa: E402
+
+# Each table's largest error over its scale: its largest entry, and for Phi = e^GL (I - K^T Z) the chunk's e^GL (the
+# scale of the two terms it is the difference of: where the keys erase most of the space, Phi is small and its
+# float32 error is one of those terms'). Measured under the interpreter (float32 products), 2026-12-04: at most 3.3e-7
+# (attn, the first case); the CPU study (benchmarks/delta_output_tables_f32_study.py) found <= 2.8e-7 on the
+# benchmark workloads with float64 decays. On a GPU the products are tf32x3 (~2^-22 relative each): not yet run.
+TOL = 2e-6
+
+
+@runs_elsewhere
+@pytest.mark.interpreter_rerun()
+def test_interpreter_run(interpreter_rerun):
+    """No GPU and no TRITON_INTERPRET: this file in a subprocess under the Triton interpreter (conftest.py)."""
+    interpreter_rerun()
+
+
+def _inputs(B, T, H, D, dtype, decay, seed):
+    """Unit keys, queries of norm ~sqrt(D), log decays jittered around log(decay), betas in [0.2, 1] with some 1."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, D, generator=gen)
+    k = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=gen), dim=-1)
+    g = math.log(decay) * (1 + 0.2 * torch.rand(B, T, H, generator=gen))
+    beta = torch.where(torch.rand(B, T, H, generator=gen) < 0.1, 1.0, 0.2 + 0.8 * torch.rand(B, T, H, generator=gen))
+    return [x.to(dtype if i != 2 else torch.float32).to(DEV) for i, x in enumerate((q, k, g, beta))]
+
+
+@needs_kernels
+@pytest.mark.parametrize("B,T,H,D,dtype,decay", [
+    (1, 130, 2, 32, torch.float32, 0.5), (2, 64, 1, 64, torch.bfloat16, 0.97), (1, 63, 1, 16, torch.float32, 0.9)])
+def test_float32_output_tables_match_the_float64_kernels(B, T, H, D, dtype, decay):
+    from dla_fast.ops.delta_rule.wy_tables_f32_triton import output_tables_rows_f32
+    from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_rows
+
+    q, k, g, beta = _inputs(B, T, H, D, dtype, decay, seed=B * T + D)
+    nb = triton.cdiv(T, 64)
+    want = output_tables_rows(q, k, g, beta, 0, nb, dtype=torch.float64)
+    got = output_tables_rows_f32(q, k, g, beta, 0, nb)
+    gl = torch.nn.functional.pad(g.double(), (0, 0, 0, 64 * nb - T)).view(B, nb, 64, H).sum(2)  # [B, nb, H]
+    scale = dict(Phi=gl.exp().permute(1, 0, 2).reshape(nb, B * H)[..., None, None])
+    for name in ("attn", "qt", "kb", "Phi"):
+        assert got[name].dtype == torch.float32 and got[name].shape == want[name].shape
+        err = (got[name].double() - want[name]).abs()
+        err = float((err / scale[name]).max() if name in scale else err.max() / want[name].abs().max())
+        assert err <= TOL, (name, err)
