@@ -1,7 +1,8 @@
 """``wy_tables_f32_triton.output_tables_rows_f32`` (issue #12, run 44: the delta rule's output tables computed in
-float32, not yet used by the forward) against the float64 kernel's tables (``wy_tables_triton.output_tables_rows``,
-stored in float64): ragged T, several heads, float32 and bfloat16 inputs, fast and slow decays, betas up to 1. Runs
-where the kernels run (CUDA or ``TRITON_INTERPRET=1``); elsewhere it reruns itself under the interpreter.
+float32, not yet used by the forward) against torch's float64 ``wy_tables`` (not the float64 kernel, which shares its
+block solve ``gs_times_inverse``): ragged T, several heads, float32 and bfloat16 inputs, fast and slow decays, betas
+up to 1. Runs where the kernels run (CUDA or ``TRITON_INTERPRET=1``); elsewhere it reruns itself under the
+interpreter.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from triton_here import DEV, needs_kernels, runs_elsewhere  # noqa: E402
 
 # Each table's largest error over its scale: its largest entry, and for Phi = e^GL (I - K^T Z) the chunk's e^GL (the
 # scale of the two terms it is the difference of: where the keys erase most of the space, Phi is small and its
-# float32 error is one of those terms'). Measured under the interpreter (float32 products), 2026-12-04: at most 3.3e-7
-# (attn, the first case); the CPU study (benchmarks/delta_output_tables_f32_study.py) found <= 2.8e-7 on the
-# benchmark workloads with float64 decays. On a GPU the products are tf32x3 (~2^-22 relative each): not yet run.
+# float32 error is one of those terms'). Measured under the interpreter (float32 products) against torch float64,
+# 2026-12-04: at most 3.3e-7 (attn, the first case); the CPU study (benchmarks/delta_output_tables_f32_study.py) found
+# <= 2.8e-7 on the benchmark workloads with float64 decays. On a GPU the products are tf32x3 (~2^-22 relative each):
+# not yet run.
 TOL = 2e-6
 
 
@@ -44,17 +46,23 @@ def _inputs(B, T, H, D, dtype, decay, seed):
 @pytest.mark.parametrize("B,T,H,D,dtype,decay", [
     (1, 130, 2, 32, torch.float32, 0.5), (2, 64, 1, 64, torch.bfloat16, 0.97), (1, 63, 1, 16, torch.float32, 0.9)])
 def test_float32_output_tables_match_the_float64_kernels(B, T, H, D, dtype, decay):
+    from dla_fast.ops.delta_rule.wy_tables import wy_tables
     from dla_fast.ops.delta_rule.wy_tables_f32_triton import output_tables_rows_f32
-    from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_rows
 
     q, k, g, beta = _inputs(B, T, H, D, dtype, decay, seed=B * T + D)
     nb = triton.cdiv(T, 64)
-    want = output_tables_rows(q, k, g, beta, 0, nb, dtype=torch.float64)
     got = output_tables_rows_f32(q, k, g, beta, 0, nb)
-    gl = torch.nn.functional.pad(g.double(), (0, 0, 0, 64 * nb - T)).view(B, nb, 64, H).sum(2)  # [B, nb, H]
-    scale = dict(Phi=gl.exp().permute(1, 0, 2).reshape(nb, B * H)[..., None, None])
+
+    def chunk_major(x):  # [B, T, H, *F] -> float64 [nb, B H, 64, *F], zero past T (as the kernel reads it)
+        x = torch.nn.functional.pad(x.double(), (0, 0) * (x.dim() - 3) + (0, 0, 0, 64 * nb - T))
+        return x.view(B, nb, 64, H, *x.shape[3:]).movedim(3, 2).movedim(1, 0).reshape(nb, B * H, 64, *x.shape[3:])
+
+    qc, kc, gc, bc = (chunk_major(x) for x in (q, k, g, beta))
+    want, _ = wy_tables(qc, kc, gc, bc, scores=False)
+    want["kb"] = bc[..., None] * want["khd"]
+    scale = dict(Phi=gc.sum(-1).exp()[..., None, None].to(DEV))  # e^GL per chunk
     for name in ("attn", "qt", "kb", "Phi"):
         assert got[name].dtype == torch.float32 and got[name].shape == want[name].shape
-        err = (got[name].double() - want[name]).abs()
+        err = (got[name].double() - want[name].to(DEV)).abs()
         err = float((err / scale[name]).max() if name in scale else err.max() / want[name].abs().max())
         assert err <= TOL, (name, err)

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ..common.triton_utils import chunk_tokens, load_rows, next_pow2
-from .wy_tables_triton import INVERSE_BLOCK, diagonal_blocks_gs_times_inverse, empty_output_tables
+from .wy_tables_triton import INVERSE_BLOCK, empty_output_tables, gs_times_inverse
 
 OUTPUT_TABLE_F32_WARPS = 8  # chosen without a measurement: [64, 64] float32 tiles at 16 registers a thread
 
@@ -27,31 +27,6 @@ OUTPUT_TABLE_F32_WARPS = 8  # chosen without a measurement: [64, 64] float32 til
 def _dot(a, b):
     """``a @ b`` to float32 accuracy on the tensor cores."""
     return tl.dot(a, b, input_precision="tf32x3")
-
-
-@triton.jit
-def _gs_times_inverse_f32(a_ptr, b_ptr, C: tl.constexpr, BS: tl.constexpr):
-    """``wy_tables_triton.gs_times_inverse`` in float32: ``K K^T [C, C]`` at ``a_ptr`` (row-major) overwritten by
-    ``A = Gs T`` a block of ``BS`` rows at a time, ``A_I = R_I - A_II (b_I R_I)`` with ``R_I = strict(Gs)_I -
-    Gs_{I,<I} diag(b) A_{<I}``; the blocks above block I are read as whole ``[C, C]`` tiles with the rows (and
-    columns) at and after block I masked to zero."""
-    t = tl.arange(0, C)
-    A_diag = diagonal_blocks_gs_times_inverse(a_ptr, b_ptr, C, BS)
-    blk = tl.arange(0, C // BS)[:, None, None]
-    b = tl.load(b_ptr + t)
-    for I in tl.static_range(C // BS):
-        r = I * BS + tl.arange(0, BS)
-        kk_I = tl.load(a_ptr + r[:, None] * C + t[None, :])  # block I's rows of K K^T, not yet overwritten
-        R_I = tl.where(t[None, :] < r[:, None], kk_I, 0.0)
-        if I > 0:
-            above = t < I * BS
-            A_above = tl.where(above[:, None], tl.load(a_ptr + t[:, None] * C + t[None, :]), 0.0)
-            R_I -= _dot(tl.where(above[None, :], kk_I * b[None, :], 0.0), A_above)
-        A_II = tl.sum(tl.where(blk == I, A_diag, 0.0), 0)
-        A_I = R_I - _dot(A_II, tl.load(b_ptr + r)[:, None] * R_I)
-        tl.debug_barrier()  # every thread has read block I's rows of K K^T
-        tl.store(a_ptr + r[:, None] * C + t[None, :], A_I)
-        tl.debug_barrier()  # A_I is in place for the next blocks
 
 
 @triton.jit(do_not_specialize=["R", "T", "H", "c0", "Dk"])
@@ -79,7 +54,7 @@ def dla_delta_output_tables_f32_kernel(
     tl.store(a_chunk + rows * C + cols, _dot(K, tl.trans(K)))
     tl.store(bk + t, b)
     tl.debug_barrier()  # K K^T and b are in the scratch for every thread
-    _gs_times_inverse_f32(a_chunk, bk, C, IB)
+    gs_times_inverse(a_chunk, bk, C, IB, 16, 1, True)  # A = Gs T in float32
     # Each table as soon as its operands are formed, so that fewer [C, C] and [C, Dk] tiles are live at once.
     A = tl.load(a_chunk + rows * C + cols)
     bK = b[:, None] * K

@@ -42,7 +42,7 @@ OUTPUT_TABLE_WARPS = 8
 
 
 @triton.jit
-def diagonal_blocks_gs_times_inverse(kk_ptr, b_ptr, C: tl.constexpr, BS: tl.constexpr):
+def _diagonal_blocks_gs_times_inverse(kk_ptr, b_ptr, C: tl.constexpr, BS: tl.constexpr):
     """``A_II = Gs_II T_II`` for every diagonal ``BS x BS`` block of ``K K^T [C, C]`` (row-major at ``kk_ptr``), all
     blocks at once as ``[C // BS, BS, BS]``, by forward substitution: ``A[i] = Gs[i] - sum_{j < i} Gs[i, j] b_j
     A[j]`` within each block (``b`` at ``b_ptr``); ``T_II = I - diag(b_I) A_II``."""
@@ -60,26 +60,43 @@ def diagonal_blocks_gs_times_inverse(kk_ptr, b_ptr, C: tl.constexpr, BS: tl.cons
 
 
 @triton.jit
-def gs_times_inverse(a_ptr, b_ptr, C: tl.constexpr, BS: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr):
+def gs_times_inverse(a_ptr, b_ptr, C: tl.constexpr, BS: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
+                     F32: tl.constexpr):
     """``A = Gs T`` with ``Gs = strict(K K^T)`` and ``T = (I + diag(b) Gs)^-1``, in place: ``a_ptr`` holds ``K K^T
-    [C, C]`` (row-major, float64) and is overwritten by ``A`` a block of ``BS`` rows at a time (``b`` at ``b_ptr``).
+    [C, C]`` (row-major, float64; float32 with ``F32``) and is overwritten by ``A`` a block of ``BS`` rows at a time
+    (``b`` at ``b_ptr``).
 
     Row block I of ``A = Gs - Gs diag(b) A`` splits into the blocks before it and its own diagonal block ``N``:
     ``(I + N diag(b_I)) A_I = R_I`` with ``R_I = strict(Gs)_I - Gs_{I,<I} diag(b) A_{<I}``, and ``(I + N diag(b_I))^-1
     = I - A_II diag(b_I)`` (Woodbury, ``A_II = N T_II``), so ``A_I = R_I - A_II (b_I R_I)``. The substitution runs
     on the ``BS x BS`` diagonal blocks only (all at once); the rest are products. A block's rows of ``K K^T`` are
-    last read by that block, so ``A_I`` takes their place."""
+    last read by that block, so ``A_I`` takes their place.
+
+    Float64 (the FP64 tensor cores) takes the products from memory, ``BKD`` columns at a time (``dot_from_memory``);
+    ``F32`` takes them as tf32x3 products of whole ``[C, C]`` tiles with the rows and columns at and after block I
+    masked to zero (``wy_tables_f32_triton``; ``BKD`` and ``STAGES`` unused)."""
     t = tl.arange(0, C)
-    A_diag = diagonal_blocks_gs_times_inverse(a_ptr, b_ptr, C, BS)
+    A_diag = _diagonal_blocks_gs_times_inverse(a_ptr, b_ptr, C, BS)
     blk = tl.arange(0, C // BS)[:, None, None]
     for I in tl.static_range(C // BS):
         r = I * BS + tl.arange(0, BS)
         R_I = tl.where(t[None, :] < r[:, None], tl.load(a_ptr + r[:, None] * C + t[None, :]), 0.0)
         if I > 0:
-            R_I -= dot_from_memory(a_ptr + I * BS * C, C, 1, a_ptr, C, 1, b_ptr, BS, I * BS, C, BS, C, BKD, True,
-                                   STAGES)
+            if F32:
+                above = t < I * BS
+                Gs_b = tl.where(above[None, :], tl.load(a_ptr + r[:, None] * C + t[None, :]), 0.0) * tl.load(
+                    b_ptr + t)[None, :]
+                A_above = tl.where(above[:, None], tl.load(a_ptr + t[:, None] * C + t[None, :]), 0.0)
+                R_I -= tl.dot(Gs_b, A_above, input_precision="tf32x3")
+            else:
+                R_I -= dot_from_memory(a_ptr + I * BS * C, C, 1, a_ptr, C, 1, b_ptr, BS, I * BS, C, BS, C, BKD, True,
+                                       STAGES)
         A_II = tl.sum(tl.where(blk == I, A_diag, 0.0), 0)
-        A_I = R_I - tl.dot(A_II, tl.load(b_ptr + r)[:, None] * R_I)
+        bR_I = tl.load(b_ptr + r)[:, None] * R_I
+        if F32:
+            A_I = R_I - tl.dot(A_II, bR_I, input_precision="tf32x3")
+        else:
+            A_I = R_I - tl.dot(A_II, bR_I)
         tl.debug_barrier()  # every thread has read block I's rows of K K^T
         tl.store(a_ptr + r[:, None] * C + t[None, :], A_I)
         tl.debug_barrier()  # A_I is in place for the next blocks
@@ -167,7 +184,7 @@ def dla_delta_wy_tables_kernel(
     KK = dot_from_memory(k_chunk, Dk, 1, k_chunk, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
     tl.store(a_chunk + rows * C + cols, KK)
     tl.debug_barrier()  # K K^T is in the scratch for every thread
-    gs_times_inverse(a_chunk, bk, C, IB, BKD, STAGES)
+    gs_times_inverse(a_chunk, bk, C, IB, BKD, STAGES, False)
     if SCORES:
         akap = tl.where(cols < rows, tl.exp(Gp[:, None] - Gc[None, :]), 0.0) * tl.load(a_chunk + rows * C + cols)
         tl.store(akapT_ptr + (base * C + cols) * C + rows, akap)
