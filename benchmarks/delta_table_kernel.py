@@ -10,8 +10,8 @@ torch's float64 ``wy_tables``. Run 26 (H200, (2, 16384, 16, 64)): output tables 
                                             [--out DIR]
 
 ``--variants``: ``WARPSxSTAGES`` pairs (``stages``: the products' loads in flight; 1 compiles without
-asynchronous copies). ``--f32``: also the output tables computed in float32 (``wy_tables_f32_triton``, run 44, not
-yet used by the forward) at each number of warps, timed and compared with the first variant's float64 tables.
+asynchronous copies). ``--f32``: also the output tables computed in float32 (``wy_tables_f32_triton``, the forward's
+up to 64 features since run 45) at each number of warps, timed and compared with the first variant's float64 tables.
 """
 
 from __future__ import annotations

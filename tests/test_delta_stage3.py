@@ -81,10 +81,16 @@ def _check_pieces(q, k, v, g, beta, lam, s, size0, row_lengths):
 
 def _forward_checked(x, cache, tau, lengths, monkeypatch):
     """The device forward with every stage-3 call checked against the torch stage (pieces and whole); returns its
-    ``(o, cache, trace)``."""
+    ``(o, cache, trace)``. Stage 3 takes the float64 tables here, as the torch stage does, so that the comparison is
+    of its kernels alone: the float32 tables the forward takes at up to 64 features (``chunk_fwd.output_tables``)
+    have their own test against float64 ones (test_delta_output_tables_f32.py) and meet dla_ref's bounds in the
+    forward tests (test_triton_kernels.py, the harness)."""
     from dla_fast.ops.delta_rule import chunk_fwd
     from dla_fast.ops.delta_rule.chunk_fwd_stage_torch import states_and_outputs_torch
+    from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_rows
 
+    monkeypatch.setattr(chunk_fwd, "output_tables",
+                        lambda q, k, g, beta, b0, nb: output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32))
     real, calls = chunk_fwd._states_and_outputs, []
 
     def both(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept=None):

@@ -8,7 +8,7 @@ docs/delta-rule-chunked.md section 7 is the plan and the record:
 2. ``dla_merge_kernel`` (scalar decay's, on those masks and scores): counts, information sums, the merges, each
    start's death and the live starts at every chunk start (``DecidedStructure``);
 3. the partition now fixed, per block of chunks, three kernels that read the inputs in place in their dtypes: the
-   WY tables (``wy_tables_triton.output_tables_rows``), each token's read weights, each chunk's slot maps and the
+   WY tables (``output_tables``), each token's read weights, each chunk's slot maps and the
    intra-chunk output (``chunk_fwd_partition``, from the structure), then ``dla_delta_states_kernel``
    (``chunk_fwd_states``): the slot states chunk by chunk in the cache's own tensor, all K slots of a row in each
    product, and the reads of the slots live at each chunk start, added to ``o [B, T, H, Dv]``.
@@ -29,7 +29,13 @@ from .chunk_fwd_decide import decide_delta_rule_triton
 from .chunk_fwd_decide_wy import decide_delta_rule_wy
 from .chunk_fwd_partition import partition_and_intra
 from .chunk_fwd_states import slot_states_and_reads
+from .wy_tables_f32_triton import output_tables_rows_f32
 from .wy_tables_triton import output_tables_rows
+
+# The widest heads whose output WY tables are computed in float32 (tf32x3 products, float64 decays) rather than in
+# float64 and rounded. H200, run 45 (benchmarks/delta_table_kernel.py, all chunks in one launch): (2, 16384, 16, 64)
+# 1.74 ms against 2.84, (8, 4096, 16, 128) 6.88 against 5.05 (the float32 kernel spills 1.2 KB there, sm_90).
+FLOAT32_TABLES_WIDTH = 64
 
 # Where "auto" decides a chunk at a time: heads up to this wide, at most this many rows (B * H). The chunked
 # path's parallel stages grow with the rows, the token walk's time does not until its one program per row fills
@@ -83,12 +89,22 @@ def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps
     return scores, s, P, row_lengths
 
 
+def output_tables(q, k, g, beta, b0: int, nb: int) -> dict:
+    """The output stage's WY tables of chunks ``b0 .. b0 + nb - 1`` (``attn``, ``qt``, ``kb``, ``Phi``, float32),
+    computed in float32 up to ``FLOAT32_TABLES_WIDTH`` features, in float64 above. The float32 ones leave the slot
+    states within ~7e-7 of their largest entry on the benchmark workloads (float64's: ~6e-8; the suite's bound 1e-5:
+    benchmarks/delta_output_tables_f32_study.py, docs/performance.md "Run 44")."""
+    if k.shape[-1] <= FLOAT32_TABLES_WIDTH:
+        return output_tables_rows_f32(q, k, g, beta, b0, nb)
+    return output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32)
+
+
 def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_lengths, slots, kept=None):
     """Stage 3: ``o [B, T, H, Dv]`` float32; the slot states ``slots [R, K, Dk, Dv]`` (float32, from the initial
     cache's) advanced to the call's end in place.
 
     Per block of chunks (its ``[nb, R, C, C]`` tables bound the memory), three launches that read the inputs where
-    they are, in their dtypes: the WY tables (``wy_tables_triton``), the partition's maps and the intra-chunk output
+    they are, in their dtypes: the WY tables (``output_tables``), the partition's maps and the intra-chunk output
     (``chunk_fwd_partition``), then ``dla_delta_states_kernel`` for the slot states and the reads of the slots live
     at each chunk start. ``kept``: a ``SlotCheckpoints`` whose ``states`` list receives a copy of the slot states at
     every ``every``-th chunk start (the walk split there)."""
@@ -101,7 +117,7 @@ def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_l
     block = max(1, _TABLE_ELEMENTS // (R * C * C))
     for b0 in range(0, nC, block):
         nb = min(nC, b0 + block) - b0
-        tab = output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32)
+        tab = output_tables(q, k, g, beta, b0, nb)
         coef, dest_f, dest = partition_and_intra(s, size0, row_lengths, tab["attn"], v, beta, lam, b0, o)
         cuts = [b0, b0 + nb] if kept is None else sorted({b0, b0 + nb, *range(-(-b0 // kept.every) * kept.every,
                                                                                 b0 + nb, kept.every)})
@@ -122,7 +138,8 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     compute dtype, ``counts``, ``info`` float64, ``size`` updated in place; ``lengths [B]`` or None).
 
     ``decisions``: how stage 1 decides (``"auto"``, ``"tokens"`` or ``"chunks"``: see ``_decide``);
-    ``decide_warps``: the token walk's warps (None: its default). The WY tables are float64, as the torch path's.
+    ``decide_warps``: the token walk's warps (None: its default). The decisions' WY tables are float64, as the torch
+    path's; the output stage's see ``output_tables``.
 
     ``keep_checkpoints``: also return the slot states at the backward's checkpoints and the decided structure
     (``SlotCheckpoints``, states ``[n, R, K, Dk, Dv]`` float32), so that a backward need not walk the slots to them

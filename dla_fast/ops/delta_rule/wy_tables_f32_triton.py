@@ -1,4 +1,5 @@
-"""Triton, gated delta rule: the output stage's WY tables in float32 (issue #12, run 44; not yet used by the forward).
+"""Triton, gated delta rule: the output stage's WY tables in float32 (issue #12, run 44; the forward's up to 64
+features since run 45: ``chunk_fwd.output_tables``).
 
 The same tables as ``wy_tables_triton.output_tables_rows`` (``attn``, ``qt``, ``kb = b khd``, ``Phi``, stored in
 float32), by the same formulas (that module's docstring), with the products in three-pass tf32 (``tf32x3``: float32
@@ -7,8 +8,9 @@ the FP64 tensor cores from a float64 scratch (2.83 ms at (2, 16384, 16, 64) on a
 chunk's cumulative log decays and their differences stay float64 and are rounded before ``exp``: in float32 ``Gc``
 (down to ~-44 in a chunk at a decay of 0.5) carries ~4e-6 of absolute rounding, which a CPU study found to be most of
 the float32 tables' extra error (``benchmarks/delta_output_tables_f32_study.py``: with float64 decays the slot states'
-error equals the float64 tables'; docs/performance.md "Run 44"). To be timed against the float64 kernel
-(``benchmarks/delta_table_kernel.py --f32 4,8``) before the forward takes it.
+error equals the float64 tables'; docs/performance.md "Run 44"). H200, run 45 (``benchmarks/delta_table_kernel.py
+--f32 4,8``, all chunks in one launch): 1.74 ms on 4 warps against the float64 kernel's 2.84 at (2, 16384, 16, 64);
+at 128 features slower (6.88 against 5.05: 1.2 KB of stack on sm_90), so the forward keeps the float64 kernel there.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import triton.language as tl
 from ..common.triton_utils import chunk_tokens, load_rows, next_pow2
 from .wy_tables_triton import INVERSE_BLOCK, empty_output_tables, gs_times_inverse
 
-OUTPUT_TABLE_F32_WARPS = 8  # chosen without a measurement: [64, 64] float32 tiles at 16 registers a thread
+OUTPUT_TABLE_F32_WARPS = 4  # H200, run 45, (2, 16384, 16, 64): 1.74 ms on 4 warps, 2.33 on 8 (float64 kernel: 2.84)
 
 
 @triton.jit
