@@ -4,7 +4,11 @@ delta cell: bf16, K = 30, unit keys), its total time and launches by name and st
 ``torch.profiler``, one call after two warm-up calls), the busy time of each stream, and the span from the first
 kernel's start to the last one's end. Kernels on different streams may overlap: the stream totals say how much.
 
-    python benchmarks/delta_forward_kernels.py [--cells 2x16384x64:moderate,1x65536x64:moderate] [--out DIR]
+    python benchmarks/delta_forward_kernels.py [--cells 2x16384x64:moderate,1x65536x64:moderate] [--gaps N]
+                                               [--out DIR]
+
+``--gaps N``: also the busiest stream's idle time (from one kernel's end to the next one's start) summed by the
+kernels on either side, the N largest: where the host, or a wait on another stream, held that stream back.
 
 Writes ``delta_forward_kernels_<card>_<date>.json``; the tables are printed last.
 """
@@ -21,6 +25,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from forward_timeline import idle_gaps  # noqa: E402
 from gpu_bench import WORKLOADS, _dla_gdn, configs_named, delta_inputs  # noqa: E402
 
 
@@ -38,7 +43,7 @@ def kernels_of_one_call(fn) -> list:
     return found
 
 
-def summary(found: list) -> dict:
+def summary(found: list, gaps: int = 0) -> dict:
     by_name = collections.defaultdict(lambda: [0.0, 0])
     by_stream = collections.defaultdict(float)
     for name, stream, start, end in found:
@@ -48,12 +53,17 @@ def summary(found: list) -> dict:
         by_stream[stream] += (end - start) / 1e3
     span = (max(e for *_, e in found) - min(s for _, _, s, _ in found)) / 1e3
     rows = sorted(([n, s, ms, k] for (n, s), (ms, k) in by_name.items()), key=lambda r: -r[2])
-    return dict(span_ms=span, streams_ms={str(s): ms for s, ms in by_stream.items()}, kernels=rows)
+    busiest = max(by_stream, key=by_stream.get)
+    mine = sorted((dict(name=n, start_us=s, end_us=e) for n, st, s, e in found if st == busiest),
+                  key=lambda k: k["start_us"])
+    idle = [[us, a, b] for (a, b), us in idle_gaps(mine).most_common(gaps)]
+    return dict(span_ms=span, streams_ms={str(s): ms for s, ms in by_stream.items()}, kernels=rows, idle_us=idle)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", default="2x16384x64:moderate,1x65536x64:moderate")
+    ap.add_argument("--gaps", type=int, default=0, help="the busiest stream's N largest idle times (docstring)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -63,7 +73,7 @@ def main():
         name, wname = spec.split(":")
         x = delta_inputs(*configs_named(name)[0], WORKLOADS[wname])
         with torch.no_grad():
-            cells[spec] = summary(kernels_of_one_call(lambda: _dla_gdn(*x)))
+            cells[spec] = summary(kernels_of_one_call(lambda: _dla_gdn(*x)), args.gaps)
     card = torch.cuda.get_device_name()
     path = os.path.join(args.out, f"delta_forward_kernels_{card.replace(' ', '_')}_{datetime.date.today()}.json")
     with open(path, "w") as f:
@@ -75,6 +85,14 @@ def main():
         print("| --- | --- | --- | --- |")
         for name, stream, ms, n in c["kernels"][:16]:
             print(f"| {name} | {stream} | {ms:.2f} | {n} |")
+        if c["idle_us"]:
+            idle = sum(g[0] for g in c["idle_us"])
+            print(f"\nThe busiest stream's idle time by the kernels around it, the {len(c['idle_us'])} largest "
+                  f"({idle:.0f} us in all):")
+            print("| idle us | after | before |")
+            print("| --- | --- | --- |")
+            for us, before, after in c["idle_us"]:
+                print(f"| {us:.0f} | {before} | {after} |")
 
 
 if __name__ == "__main__":

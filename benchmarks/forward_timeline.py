@@ -168,15 +168,24 @@ def steady_summary(ks: list[dict], calls: int) -> dict:
         raise SystemExit(f"forward_timeline --steady: expected one table kernel a call, found {len(tables)} in {calls}"
                          " calls")
     middle = ks[tables[1]:tables[-1]]
-    gaps, kernel_us, end, before = collections.Counter(), collections.Counter(), None, None
+    kernel_us = collections.Counter()
     for e in middle:
+        kernel_us[short_name(e["name"])] += e["dur"]
+    end = max(e["end_us"] for e in middle)
+    return dict(n=calls - 2, span_us=end - middle[0]["start_us"], busy_us=busy_us(middle), gaps=idle_gaps(middle),
+                kernel_us=kernel_us)
+
+
+def idle_gaps(ks: list[dict]) -> collections.Counter:
+    """The GPU's idle time (us) between kernels (``kernels_of``, start order; gaps over 1 us), summed by the short
+    names of the kernels before and after each gap."""
+    gaps, end, before = collections.Counter(), None, None
+    for e in ks:
         if end is not None and e["start_us"] > end + 1.0:
             gaps[(short_name(before["name"]), short_name(e["name"]))] += e["start_us"] - end
         if end is None or e["end_us"] > end:
             end, before = e["end_us"], e
-        kernel_us[short_name(e["name"])] += e["dur"]
-    return dict(n=calls - 2, span_us=end - middle[0]["start_us"], busy_us=busy_us(middle), gaps=gaps,
-                kernel_us=kernel_us)
+    return gaps
 
 
 def steady(cell: str, out_dir: str, calls: int = 8) -> list[str]:
