@@ -143,13 +143,20 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
     """
     # The Triton prefill checks the inputs' values itself: one kernel, read back with its own host synchronisation
     # (as ~40 small torch ops and a synchronisation of their own, they cost more host time than its GPU time at few
-    # rows: docs/benchmarks.md run 20). An initial cache's checks guard the kernels' indexing: raised here, first.
+    # rows: docs/benchmarks.md run 20). The delta rule's kernels run the same check kernel, read when the forward
+    # is queued: a synchronisation before it left the GPU idle while the host queued its first blocks (run 45). An
+    # initial cache's checks guard the kernels' indexing: raised here, first.
     (q, k, v, g, slot_weights, beta, boundaries), tau, dims, cache, pending = forward_checks(
         q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size, input_values=False
     )
     B, H, K, Dk, Dv = dims.B, dims.H, dims.K, dims.Dk, dims.Dv
     triton_prefill = beta is None and uses_triton(q, Dk, Dv)
-    if not triton_prefill:
+    delta_kernels = beta is not None and uses_delta_kernels(q, Dk, Dv, K)
+    if delta_kernels:
+        from .ops.common.value_checks import checks_raised_later
+
+        raise_violated = checks_raised_later(q, k, v, g, slot_weights, beta)
+    elif not triton_prefill:
         pending = input_value_checks(q, k, v, g, slot_weights, beta) + pending
     raise_first(pending)
     if triton_prefill:
@@ -169,13 +176,14 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
             q, k, v, g, slot_weights, tau, boundaries, states, counts, info, size,
             chunk_size=chunk_size, eps=eps, norm_eps=norm_eps, lengths=lengths,
         )
-    elif uses_delta_kernels(q, Dk, Dv, K):
+    elif delta_kernels:
         from .ops.delta_rule.chunk_fwd import forward_delta_rule_triton
 
         o, scores, starts, merged, *kept = forward_delta_rule_triton(
             q, k.to(q.dtype), v.to(q.dtype), g, slot_weights, beta, boundaries, states, counts, info, size,
             tau=tau, eps=eps, norm_eps=norm_eps, lengths=lengths, keep_checkpoints=for_backward,
         )
+        raise_violated()  # the results of unchecked values are dropped
         handover = kept[0] if kept else None
     else:
         o, scores, starts, merged = forward_delta_rule_chunked(

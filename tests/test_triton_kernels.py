@@ -449,10 +449,10 @@ def test_the_api_refuses_bad_values_on_the_triton_prefill(monkeypatch, bad):
 
 @needs_kernels
 def test_the_value_check_kernel_flags_what_torch_finds():
-    """``launch_value_checks`` against torch's own isfinite and g > 0, one bad value at a time in every tensor
-    (first, middle and last element; blocks past a small tensor's end are masked), and several at once: the error
-    raised is the first in ``dla_ref.validation.value_checks``' order. A float64 g too large for float32 is
-    judged as given (finite)."""
+    """``launch_value_checks`` against torch's own isfinite, g > 0 and beta in [0, 1], one bad value at a time in
+    every tensor (first, middle and last element; blocks past a small tensor's end are masked), and several at
+    once: the error raised is the first in ``dla_ref.validation.value_checks``' order; without beta (the scalar
+    decay's call) beta is not checked. A float64 g too large for float32 is judged as given (finite)."""
     from dla_fast.ops.common.value_checks import CHECKED, launch_value_checks, raise_flagged
     from dla_ref.validation import value_checks
 
@@ -461,15 +461,15 @@ def test_the_value_check_kernel_flags_what_torch_finds():
     gen = torch.Generator().manual_seed(0)
     base = dict(q=torch.randn(1, 420, 3, 8, generator=gen), k=torch.randn(1, 420, 3, 8, generator=gen),
                 v=torch.randn(1, 420, 3, 4, generator=gen), g=-torch.rand(1, 420, 3, generator=gen),
-                slot_weights=torch.rand(1, 420, 3, 5, generator=gen))
+                slot_weights=torch.rand(1, 420, 3, 5, generator=gen), beta=torch.rand(1, 420, 3, generator=gen))
 
     def expected(x):
         found = [(bool(violated), message) for violated, message in
-                 value_checks(*(x[n] for n in CHECKED), None, isfinite=torch.isfinite)]
+                 value_checks(*(x.get(n) for n in CHECKED), isfinite=torch.isfinite)]
         return next((message for violated, message in found if violated), None)
 
     def raised(x):
-        flags = launch_value_checks(*(x[n].to(DEV) for n in CHECKED)).item()
+        flags = launch_value_checks(*(x[n].to(DEV) if n in x else None for n in CHECKED)).item()
         try:
             raise_flagged(flags)
         except ValueError as e:
@@ -478,7 +478,8 @@ def test_the_value_check_kernel_flags_what_torch_finds():
 
     assert raised(base) is None
     cases = [(name, where, value) for name in CHECKED for where in (0, 1234, -1)
-             for value in (float("nan"), float("inf"), -float("inf"))] + [("g", 17, 0.25)]
+             for value in (float("nan"), float("inf"), -float("inf"))] + [("g", 17, 0.25), ("beta", 17, 1.25),
+                                                                         ("beta", -1, -0.5)]
     for name, where, value in cases:
         x = {n: t.clone() for n, t in base.items()}
         x[name].view(-1)[where % x[name].numel()] = value
@@ -487,7 +488,17 @@ def test_the_value_check_kernel_flags_what_torch_finds():
     x["slot_weights"].view(-1)[5] = float("nan")
     x["g"].view(-1)[9] = 0.5
     x["k"].view(-1)[-1] = float("inf")
+    x["beta"].view(-1)[3] = 2.0
     assert raised(x) == expected(x) == "k: expected finite values, found NaN or Inf"
+    x["k"].view(-1)[-1] = 0.0
+    assert raised(x) == expected(x) == "slot_weights: expected finite values, found NaN or Inf"
+    x["slot_weights"].view(-1)[5] = 0.0
+    assert raised(x) == expected(x) == "g: expected log decays g <= 0 (decay exp(g) <= 1), found g > 0"
+    without_beta = {n: t for n, t in x.items() if n != "beta"}  # the scalar decay's call: beta not checked
+    assert raised(without_beta) == expected(without_beta)
+    x["g"].view(-1)[9] = -0.5
+    assert raised(x) == expected(x) == "beta: expected values in [0, 1]"
+    assert raised({n: t for n, t in x.items() if n != "beta"}) is None
     x = dict(base, g=base["g"].double())
     x["g"].view(-1)[3] = -1e300
     assert raised(x) is None
@@ -1380,6 +1391,31 @@ def test_delta_rule_forward_through_the_api(monkeypatch):
         assert torch.equal(packed[2].starts[:, a:b], t_i.starts) and torch.equal(packed[2].merged[:, a:b], t_i.merged)
         torch.testing.assert_close(packed[0][:, a:b], o_i)
         torch.testing.assert_close(packed[1].states[i:i + 1], f_i.states)
+
+
+@needs_kernels
+@pytest.mark.parametrize("bad", ["nan_k", "inf_q", "positive_g", "nan_slot_weights", "last_nan_beta",
+                                 "beta_above_one", "negative_beta"])
+def test_the_api_refuses_bad_values_on_the_delta_rule_kernels(monkeypatch, bad):
+    """Through ``dla_fast.forward(..., beta=)`` the delta rule's kernels run the value-check kernel, read once the
+    forward is queued (no host synchronisation before it): non-finite inputs, g > 0 and beta outside [0, 1] still
+    raise the ValueError naming the argument, and the kernels, which ran on the bad values, neither fail nor hang."""
+    import dla_fast
+    from dla_fast.ops.delta_rule import chunk_fwd
+
+    calls = []
+    real = chunk_fwd.forward_delta_rule_triton
+    monkeypatch.setattr(chunk_fwd, "forward_delta_rule_triton", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
+    x = dict(zip(("q", "k", "v", "g", "slot_weights", "beta"),
+                 (_t(a) for a in _delta_inputs(1, 100, 2, 16, 16, 4, seed=3, regime_length=4.0, jitter=0.8))))
+    name, value = {"nan_k": ("k", float("nan")), "inf_q": ("q", float("inf")), "positive_g": ("g", 0.5),
+                   "nan_slot_weights": ("slot_weights", float("nan")), "last_nan_beta": ("beta", float("nan")),
+                   "beta_above_one": ("beta", 1.5), "negative_beta": ("beta", -0.25)}[bad]
+    x[name].view(-1)[-1 if bad.startswith("last") else 37].fill_(value)
+    with pytest.raises(ValueError, match=f"^{name}: "):
+        dla_fast.forward(**x, tau=0.6)
+    assert calls, "the delta rule's kernels should have run (else this tests the torch path's checks)"
 
 
 @needs_kernels
