@@ -179,10 +179,14 @@ def _forward(q, k, v, g, slot_weights, *, tau, beta, boundaries, initial_cache, 
     elif delta_kernels:
         from .ops.delta_rule.chunk_fwd import forward_delta_rule_triton
 
-        o, scores, starts, merged, *kept = forward_delta_rule_triton(
-            q, k.to(q.dtype), v.to(q.dtype), g, slot_weights, beta, boundaries, states, counts, info, size,
-            tau=tau, eps=eps, norm_eps=norm_eps, lengths=lengths, keep_checkpoints=for_backward,
-        )
+        try:
+            o, scores, starts, merged, *kept = forward_delta_rule_triton(
+                q, k.to(q.dtype), v.to(q.dtype), g, slot_weights, beta, boundaries, states, counts, info, size,
+                tau=tau, eps=eps, norm_eps=norm_eps, lengths=lengths, keep_checkpoints=for_backward,
+            )
+        except Exception:
+            raise_violated()  # a failure on bad values is reported as the bad value
+            raise
         raise_violated()  # the results of unchecked values are dropped
         handover = kept[0] if kept else None
     else:

@@ -1419,6 +1419,27 @@ def test_the_api_refuses_bad_values_on_the_delta_rule_kernels(monkeypatch, bad):
 
 
 @needs_kernels
+def test_a_delta_rule_kernel_failure_on_bad_values_names_the_bad_value(monkeypatch):
+    """Where the delta rule's kernels (which run before the value checks are read) fail on bad values, the error is
+    the value check's; on good values their own error propagates."""
+    import dla_fast
+    from dla_fast.ops.delta_rule import chunk_fwd
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("a kernel failed")
+
+    monkeypatch.setattr(chunk_fwd, "forward_delta_rule_triton", failing)
+    monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
+    x = dict(zip(("q", "k", "v", "g", "slot_weights", "beta"),
+                 (_t(a) for a in _delta_inputs(1, 40, 1, 16, 16, 3, seed=4))))
+    with pytest.raises(RuntimeError, match="a kernel failed"):
+        dla_fast.forward(**x, tau=0.6)
+    x["v"].view(-1)[5] = float("nan")
+    with pytest.raises(ValueError, match="^v: "):
+        dla_fast.forward(**x, tau=0.6)
+
+
+@needs_kernels
 def test_delta_rule_forward_beyond_the_kernels_slots_runs_torch(monkeypatch):
     """Above ``TRITON_MAX_DELTA_SLOTS`` the slot-state kernel would not fit an SM: the API runs the chunked torch
     path instead, with the reference's results."""
