@@ -1199,6 +1199,52 @@ def _table_inputs(Dk: int):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_delta_rule_block_rows_kernel_matches_the_torch_copies(dtype):
+    """``block_rows`` (the decisions' float64 chunk-major keys, values, transposed values and |k|^2 of a block, one
+    launch) against ``torch_block_rows``: k, v and vT bit for bit (a block at the start, one in the middle and the
+    ragged last, zero past T), |k|^2 within 4 float64 ulps (its sum's order differs)."""
+    from dla_fast.ops.delta_rule.chunk_fwd_decide_wy import block_rows, torch_block_rows
+
+    gen = torch.Generator().manual_seed(7)
+    B, T, H, Dk, Dv = 2, 300, 3, 32, 16
+    k = torch.nn.functional.normalize(torch.randn(B, T, H, Dk, generator=gen), dim=-1).to(dtype).to(DEV)
+    v = torch.randn(B, T, H, Dv, generator=gen).to(dtype).to(DEV)
+    want_rows = torch_block_rows(k, v, -(-T // 64))
+    for c0, nb in ((0, 2), (1, 2), (4, 1)):
+        got, want = block_rows(k, v, c0, nb), want_rows(c0, nb)
+        for name, a, b in zip(("k", "v", "vT"), got, want):
+            assert torch.equal(a, b), (name, c0)
+        torch.testing.assert_close(got[3], want[3], rtol=4 * 2.0**-52, atol=0)
+
+
+@needs_kernels
+def test_delta_rule_decisions_from_either_block_rows_agree():
+    """``decide_delta_rule_wy(rows="kernel")`` (the block rows by one launch) and ``rows="torch"``: the same starts
+    and masks, scores within 1e-12 relative (|k|^2 summed in another order), on bf16 inputs in blocks of two
+    chunks; another value of ``rows`` is refused."""
+    from dla_fast.ops.delta_rule import chunk_fwd_decide_wy as wy
+
+    B, T, H, D = 2, 256, 2, 32 if CUDA else 16
+    q, k, v, g, w = regimes(B, T, H, D, D, 5, seed=5, regime_length=5.0, jitter=0.8)
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    beta = np.random.default_rng(5).uniform(0.2, 1.0, size=(B, T, H))
+    x = [_t(k, torch.bfloat16), _t(v, torch.bfloat16), _t(g), _t(beta, torch.bfloat16)]
+
+    def decide(rows):
+        P = torch.zeros(B, H, D, D, dtype=torch.float64, device=DEV)
+        return wy.decide_delta_rule_wy(*x, open_states=P, size=torch.zeros(B, H, dtype=torch.int64, device=DEV),
+                                       tau=0.6, table_elements=2 * B * H * 64 * 64, rows=rows)
+
+    (s_kernel, starts_kernel, masks_kernel), (s_torch, starts_torch, masks_torch) = decide("kernel"), decide("torch")
+    assert torch.equal(starts_kernel, starts_torch) and torch.equal(masks_kernel, masks_torch)
+    assert 0 < int(starts_torch.sum()) < starts_torch.numel()
+    torch.testing.assert_close(s_kernel, s_torch, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="rows"):
+        decide("numpy")
+
+
+@needs_kernels
 @pytest.mark.parametrize("Dk", [1, 48, 80])
 def test_delta_rule_table_kernel_matches_the_torch_tables(Dk):
     """``wy_tables_triton`` (``Gs T`` by 16-row blocks, products from memory, key blocks of 64) against ``wy_tables``

@@ -37,7 +37,15 @@ import triton.language as tl
 from ...backend import interpreting
 from ..common.layout import chunk_major
 from ..common.score import expm1_triton, information_score_from_decay_triton
-from ..common.triton_utils import FP64_DOT_K, dot_from_memory, float64_on, highest_bit_index, next_pow2
+from ..common.triton_utils import (
+    FP64_DOT_K,
+    chunk_tokens,
+    dot_from_memory,
+    float64_on,
+    highest_bit_index,
+    load_rows,
+    next_pow2,
+)
 from .chunk_fwd_decide import CHUNK, walk_rows
 from .wy_tables_triton import score_tables_triton
 
@@ -417,16 +425,62 @@ def dla_delta_chain_kernel(
     tl.store(has_ptr + r, has.to(tl.int32))
 
 
-def _chunked_inputs(k, v, g, beta, boundaries, row_tokens, nC):
-    """Chunk-major float64 ``(k, v, g, beta, |k|^2)`` and int8 boundaries (None without), contiguous (a block's
-    slices are too), with ``g`` and ``beta`` zero past each row's tokens: there the transitions are the identity and
-    nothing is added."""
-    live = (torch.arange(nC * CHUNK, device=k.device) < row_tokens.unsqueeze(-1)).view(-1, nC, CHUNK).transpose(0, 1)
-    kc = chunk_major(k, CHUNK, nC, torch.float64)
+def _chunked_scalars(g, beta, boundaries, row_tokens, nC):
+    """Chunk-major float64 ``(g, beta)`` and int8 boundaries (None without), contiguous (a block's slices are too),
+    with ``g`` and ``beta`` zero past each row's tokens: there the transitions are the identity and nothing is
+    added."""
+    live = (torch.arange(nC * CHUNK, device=g.device) < row_tokens.unsqueeze(-1)).view(-1, nC, CHUNK).transpose(0, 1)
     gc, bc = (chunk_major(x, CHUNK, nC, torch.float64).mul_(live) for x in (g, beta))
     bnd = None if boundaries is None else chunk_major(boundaries, CHUNK, nC, torch.int8)
-    # v in float64 here: a 16-bit load feeding Triton 3.6's float64 dot fails to compile for sm_90.
-    return kc, chunk_major(v, CHUNK, nC, torch.float64), gc, bc, (kc * kc).sum(-1), bnd
+    return gc, bc, bnd
+
+
+@triton.jit
+def dla_delta_block_rows_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, vT_ptr, kk_ptr, c0, T, H, Dk, Dv, C: tl.constexpr,
+                                BK: tl.constexpr, BV: tl.constexpr):
+    """Program (chunk c0 + i, row r): the chunk's keys and values, read in their dtypes, as float64 chunk-major
+    rows ``kc [nb, R, C, Dk]``, ``vc [nb, R, C, Dv]`` and transposed ``vT [nb, R, Dv, C]``, and ``kk [nb, R, C] =
+    |k_t|^2``; zero past T."""
+    i = tl.program_id(0)
+    r = tl.program_id(1)
+    _, _, t, _, valid, row = chunk_tokens(r, c0 + i, T, H, C)
+    kd = tl.arange(0, BK)
+    vd = tl.arange(0, BV)
+    base = (i * tl.num_programs(1) + r).to(tl.int64)
+    k = load_rows(k_ptr, row, valid, kd, Dk).to(tl.float64)
+    tl.store(kc_ptr + (base * C + t[:, None]) * Dk + kd[None, :], k, mask=kd[None, :] < Dk)
+    tl.store(kk_ptr + base * C + t, tl.sum(k * k, 1))
+    v = load_rows(v_ptr, row, valid, vd, Dv).to(tl.float64)
+    tl.store(vc_ptr + (base * C + t[:, None]) * Dv + vd[None, :], v, mask=vd[None, :] < Dv)
+    tl.store(vT_ptr + (base * Dv + vd[None, :]) * C + t[:, None], v, mask=vd[None, :] < Dv)
+
+
+def block_rows(k, v, c0: int, nb: int):
+    """Chunks ``c0 .. c0 + nb - 1`` of the keys and values in float64, chunk-major ``(k [nb, R, C, Dk], v [nb, R, C,
+    Dv], vT [nb, R, Dv, C], |k|^2 [nb, R, C])``, in one launch that reads the inputs once in their dtypes (float64:
+    a 16-bit load feeding Triton 3.6's float64 dot fails to compile for sm_90). ``|k|^2`` sums its exact float64
+    squares in another order than torch: within a few float64 ulps of :func:`torch_block_rows`' (equal where the
+    squares span few enough binades to sum exactly, as 16-bit unit keys mostly do)."""
+    B, T, H, Dk = k.shape
+    Dv, R = v.shape[-1], B * H
+    new = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=torch.float64)  # noqa: E731
+    kc, vc, vT, kk = new(CHUNK, Dk), new(CHUNK, Dv), new(Dv, CHUNK), new(CHUNK)
+    BK, BV = next_pow2(Dk), next_pow2(Dv)  # 4 warps up to 64 features (sm_90: 116 registers), 8 above (4 spill)
+    dla_delta_block_rows_kernel[(nb, R)](k.contiguous(), v.contiguous(), kc, vc, vT, kk, c0, T, H, Dk, Dv, C=CHUNK,
+                                         BK=BK, BV=BV, num_warps=4 if max(BK, BV) <= 64 else 8)
+    return kc, vc, vT, kk
+
+
+def torch_block_rows(k, v, nC: int):
+    """:func:`block_rows` in torch, as a function of ``(c0, nb)``: the whole call's float64 chunk-major keys, values
+    and ``|k|^2`` made up front (a copy per tensor, ``|k|^2`` as a product and a sum over a float64 temporary), a
+    block's transposed values when it is asked for. ~0.8 ms of GPU time at (2, 16384, 16, 64) (H200, run 45, call
+    10), against a predicted ~0.25 ms for :func:`block_rows` (not yet timed on a GPU), whose copies are made a block
+    at a time (never alive all at once)."""
+    kc, vc = chunk_major(k, CHUNK, nC, torch.float64), chunk_major(v, CHUNK, nC, torch.float64)
+    kk = (kc * kc).sum(-1)
+    return lambda c0, nb: (kc[c0:c0 + nb], vc[c0:c0 + nb], vc[c0:c0 + nb].transpose(-1, -2).contiguous(),
+                           kk[c0:c0 + nb])
 
 
 def _first_wrong(right):
@@ -438,13 +492,12 @@ def _first_wrong(right):
     return first.cummin(0).values.flip(0).to(torch.int32).contiguous()
 
 
-def _block_tables(k_b, v_b, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, c0, override, BV, table_warps, pair_group,
-                  QW):
+def _block_tables(k_b, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, c0, override, BV, table_warps,
+                  pair_group, QW):
     """A block of chunks' score tables and pair kernel: the chain's and guess kernel's first 16 arguments."""
     nb, R, C, _ = k_b.shape
     Dv, dev = v_b.shape[-1], k_b.device
     akapT, ktT, khd, phiT = score_tables_triton(k_b, g_b, b_b, num_warps=table_warps)
-    vT = v_b.transpose(-1, -2).contiguous()
     pair = torch.empty(nb, R, C, C, device=dev, dtype=torch.float64)
     y0T = torch.empty(nb, R, Dv, C, device=dev, dtype=torch.float64)
     path = torch.empty(nb, R, C, device=dev, dtype=torch.int64)
@@ -469,12 +522,23 @@ def _guessed_chunks(tables, scores, starts, masks, lows, nb, c0, NC, Dk, Dv, max
     return guesses, entry, _first_wrong(right)
 
 
+def _block_rows_by(rows: str, k, v, nC: int):
+    """The blocks' rows as a function of ``(c0, nb)``: ``rows`` ``"torch"`` (:func:`torch_block_rows`) or
+    ``"kernel"`` (:func:`block_rows`)."""
+    if rows == "torch":
+        return torch_block_rows(k, v, nC)
+    if rows == "kernel":
+        return lambda c0, nb: block_rows(k, v, c0, nb)
+    raise ValueError(f"decide_delta_rule_wy: rows must be 'torch' or 'kernel', got {rows!r}")
+
+
+# Long: one loop over the blocks with the chain's stream bookkeeping; split, its state would pass as arguments.
 def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=None, row_lengths=None,
                          eps: float = 1e-6, norm_eps: float = 1e-6, table_elements: int = _TABLE_ELEMENTS,
                          table_warps: int = 4, chain_warps: int = 8, pair_group: int = PAIR_GROUP,
                          chain_block: int = CHAIN_BLOCK, chain_stages: int = CHAIN_STAGES,
                          concurrent: bool | None = None, pair_tokens: int | None = None, guess: bool = True,
-                         guess_maxnreg: int | None = GUESS_MAXNREG):
+                         guess_maxnreg: int | None = GUESS_MAXNREG, rows: str = "torch"):
     """:func:`chunk_fwd_decide.decide_delta_rule_triton`'s contract (same arguments and results; ``open_states``
     float64), a chunk at a time. Heads up to :data:`MAX_WIDTH` features. ``table_elements`` bounds a block of
     chunks' largest tables (the stage's memory); ``table_warps``, ``chain_warps``: the table and chain kernels' warps
@@ -490,7 +554,10 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     ``concurrent`` (default: on CUDA, not under the interpreter nor in a graph capture): the chain kernel, one
     program per row, on a stream of its own, so that the next block's tables and pairs (parallel over chunks,
     independent of the chain) fill the SMs it leaves idle; the results are the same either way (H200, run 30: the
-    forward at (2, 16384, 16, 64) 28.6 -> 26.3 ms, at (1, 65536) 60.6 -> 50.1 ms)."""
+    forward at (2, 16384, 16, 64) 28.6 -> 26.3 ms, at (1, 65536) 60.6 -> 50.1 ms).
+
+    ``rows``: how each block's float64 keys, values and ``|k|^2`` are made (:func:`_block_rows_by`; ``"kernel"``
+    built in run 45, not yet timed on a GPU: ``benchmarks/delta_block_rows_ab.py``)."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     R, nC, C, dev = B * H, triton.cdiv(T, CHUNK), CHUNK, k.device
@@ -498,7 +565,8 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
         raise ValueError(f"decide_delta_rule_wy: heads of at most {MAX_WIDTH} features, got Dk={Dk}, Dv={Dv}")
     lengths = torch.full((B,), T, device=dev, dtype=torch.int64) if row_lengths is None else row_lengths
     row_tokens = lengths.to(dev, torch.int64).repeat_interleave(H).contiguous()
-    kc, vc, gc, bc, kk, bnd = _chunked_inputs(k, v, g, beta, boundaries, row_tokens, nC)
+    gc, bc, bnd = _chunked_scalars(g, beta, boundaries, row_tokens, nC)
+    rows_of = _block_rows_by(rows, k, v, nC)
     P = open_states.view(R, Dk, Dv)
     start_slot = P.clone()  # for the rows the token walk decides again
     has = (size.reshape(R) > 0).to(torch.int32)
@@ -520,10 +588,10 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
         chain_stream.wait_stream(main)  # the chain's inputs and outputs, allocated and filled above
     for c0 in range(0, nC, block):
         nb = min(nC, c0 + block) - c0
-        block_inputs = [x[c0:c0 + nb] for x in (kc, vc, gc, bc, kk)]  # contiguous slices (_chunked_inputs)
+        k_b, v_b, vT, kk_b = rows_of(c0, nb)
         bnd_b = bnd[c0:c0 + nb] if override else starts
-        tables = _block_tables(*block_inputs, bnd_b, row_tokens, scalars, c0, override, BV, table_warps, pair_group,
-                               QW)
+        tables = _block_tables(k_b, v_b, vT, gc[c0:c0 + nb], bc[c0:c0 + nb], kk_b, bnd_b, row_tokens, scalars, c0,
+                               override, BV, table_warps, pair_group, QW)
         settings = dict(C=C, BK=BK, BV=min(BV, chain_block), BKD=FP64_DOT_K, STAGES=chain_stages, OVERRIDE=override,
                         num_warps=chain_warps)
         guessed = guess and nb > 1

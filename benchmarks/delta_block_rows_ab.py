@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""The delta rule's chunked decisions with their block rows (float64 chunk-major keys, values, transposed values,
+``|k|^2``) made by one kernel a block (``decide_delta_rule_wy(rows="kernel")``, built in run 45, not yet timed)
+against the torch copies (``rows="torch"``, the default), in one process: forward time through ``dla_fast.forward``
+in alternating rounds, peak memory, and whether outputs, scores and starts are bitwise equal (|k|^2 sums in another
+order: equal bits are likely, not required).
+
+    python benchmarks/delta_block_rows_ab.py [CELLS] [--rounds 3]     # CELLS default 2x16384x64:moderate
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import TAU, WORKLOADS, bench_ms, configs_named, delta_inputs  # noqa: E402
+
+import dla_fast  # noqa: E402
+from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
+
+DECIDE = chunk_fwd.decide_delta_rule_wy
+VARIANTS = ("torch", "kernel")
+
+
+def forward(x, rows: str):
+    chunk_fwd.decide_delta_rule_wy = functools.partial(DECIDE, rows=rows)
+    with torch.no_grad():
+        return dla_fast.forward(*x[:5], tau=TAU, beta=x[5], output_final_cache=True, return_trace=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cells", nargs="?", default="2x16384x64:moderate")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("delta_block_rows_ab.py: needs a CUDA GPU")
+    try:
+        for spec in args.cells.split(","):
+            name, wname = spec.split(":")
+            x = delta_inputs(*configs_named(name)[0], WORKLOADS[wname])
+            out, peak, times = {}, {}, {v: [] for v in VARIANTS}
+            for v in VARIANTS:
+                out[v] = forward(x, v)
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                forward(x, v)
+                torch.cuda.synchronize()
+                peak[v] = torch.cuda.max_memory_allocated() / 2**30
+            for _ in range(args.rounds):
+                for v in VARIANTS:
+                    times[v].append(bench_ms(lambda: forward(x, v), rep=40))
+            a, b = out["kernel"], out["torch"]
+            same = (torch.equal(a[0], b[0]) and torch.equal(a[1].states, b[1].states)
+                    and torch.equal(a[2].scores, b[2].scores) and torch.equal(a[2].starts, b[2].starts))
+            ms = ", ".join(f"{v} {statistics.median(t):.3f} ms {[round(r, 3) for r in t]}, peak {peak[v]:.2f} GiB"
+                           for v, t in times.items())
+            print(f"{torch.cuda.get_device_name()}, {spec}: {ms}; bitwise equal: {same}", flush=True)
+    finally:
+        chunk_fwd.decide_delta_rule_wy = DECIDE
+
+
+if __name__ == "__main__":
+    main()
