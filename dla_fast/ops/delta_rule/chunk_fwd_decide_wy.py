@@ -465,7 +465,7 @@ def block_rows(k, v, c0: int, nb: int):
     Dv, R = v.shape[-1], B * H
     new = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=torch.float64)  # noqa: E731
     kc, vc, vT, kk = new(CHUNK, Dk), new(CHUNK, Dv), new(Dv, CHUNK), new(CHUNK)
-    BK, BV = next_pow2(Dk), next_pow2(Dv)  # 4 warps up to 64 features (sm_90: 116 registers), 8 above (4 spill)
+    BK, BV = next_pow2(Dk), next_pow2(Dv)  # sm_90: 116 registers on 4 warps at 64 features; at 128 4 spill, 8 not
     dla_delta_block_rows_kernel[(nb, R)](k.contiguous(), v.contiguous(), kc, vc, vT, kk, c0, T, H, Dk, Dv, C=CHUNK,
                                          BK=BK, BV=BV, num_warps=4 if max(BK, BV) <= 64 else 8)
     return kc, vc, vT, kk
