@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import TAU, WORKLOADS, bench_ms, configs_named, delta_inputs  # noqa: E402
+from gpu_bench import TAU, WORKLOADS, alternating_ms, configs_named, delta_inputs, medians_text  # noqa: E402
 
 import dla_fast  # noqa: E402
 from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
@@ -45,7 +44,7 @@ def main():
         for spec in args.cells.split(","):
             name, wname = spec.split(":")
             x = delta_inputs(*configs_named(name)[0], WORKLOADS[wname])
-            out, peak, times = {}, {}, {v: [] for v in VARIANTS}
+            out, peak = {}, {}
             for v in VARIANTS:
                 out[v] = forward(x, v)
                 torch.cuda.synchronize()
@@ -53,15 +52,13 @@ def main():
                 forward(x, v)
                 torch.cuda.synchronize()
                 peak[v] = torch.cuda.max_memory_allocated() / 2**30
-            for _ in range(args.rounds):
-                for v in VARIANTS:
-                    times[v].append(bench_ms(lambda: forward(x, v), rep=40))
+            times = alternating_ms({v: lambda v=v: forward(x, v) for v in VARIANTS}, args.rounds)
             a, b = out["kernel"], out["torch"]
             same = (torch.equal(a[0], b[0]) and torch.equal(a[1].states, b[1].states)
                     and torch.equal(a[2].scores, b[2].scores) and torch.equal(a[2].starts, b[2].starts))
-            ms = ", ".join(f"{v} {statistics.median(t):.3f} ms {[round(r, 3) for r in t]}, peak {peak[v]:.2f} GiB"
-                           for v, t in times.items())
-            print(f"{torch.cuda.get_device_name()}, {spec}: {ms}; bitwise equal: {same}", flush=True)
+            peaks = ", ".join(f"{v} {gib:.2f} GiB" for v, gib in peak.items())
+            print(f"{torch.cuda.get_device_name()}, {spec}: {medians_text(times)}; peak {peaks}; bitwise equal: "
+                  f"{same}", flush=True)
     finally:
         chunk_fwd.decide_delta_rule_wy = DECIDE
 

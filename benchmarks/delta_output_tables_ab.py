@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import TAU, WORKLOADS, bench_ms, configs_named, delta_inputs  # noqa: E402
+from gpu_bench import TAU, WORKLOADS, alternating_ms, configs_named, delta_inputs, medians_text  # noqa: E402
 
 import dla_fast  # noqa: E402
 from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
@@ -55,13 +54,9 @@ def main():
             x = delta_inputs(*configs_named(name)[0], WORKLOADS[wname])
             x = [t.float() for t in x] if cast == ["f32"] else x
             out = {v: forward(x, v) for v in VARIANTS}
-            times = {v: [] for v in VARIANTS}
-            for _ in range(args.rounds):
-                for v in VARIANTS:
-                    times[v].append(bench_ms(lambda: forward(x, v), rep=60))
+            times = alternating_ms({v: lambda v=v: forward(x, v) for v in VARIANTS}, args.rounds, rep=60)
             (o32, c32, _), (o64, c64, _) = out.values()
-            ms = ", ".join(f"{v} {statistics.median(t):.3f} ms {[round(r, 3) for r in t]}" for v, t in times.items())
-            print(f"{torch.cuda.get_device_name()}, {spec}: {ms}; o {distance(o32, o64):.2e}, states "
+            print(f"{torch.cuda.get_device_name()}, {spec}: {medians_text(times)}; o {distance(o32, o64):.2e}, states "
                   f"{distance(c32.states, c64.states):.2e}", flush=True)
     finally:
         chunk_fwd.output_tables = VARIANTS["float32 tables"]

@@ -10,13 +10,12 @@ run 44 did before the kernels (the check kernel runs in both).
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import TAU, WORKLOADS, bench_ms, configs_named, delta_inputs  # noqa: E402
+from gpu_bench import TAU, WORKLOADS, alternating_ms, configs_named, delta_inputs, medians_text  # noqa: E402
 
 import dla_fast  # noqa: E402
 from dla_fast.validation import input_value_checks, raise_first  # noqa: E402
@@ -38,15 +37,11 @@ def main():
     for spec in cells.split(","):
         name, wname = spec.split(":")
         x = delta_inputs(*configs_named(name)[0], WORKLOADS[wname])
-        variants = {"deferred": deferred, "synchronised first": synchronised_first}
-        times = {n: [] for n in variants}
         with torch.no_grad():
             same = torch.equal(deferred(*x)[0], synchronised_first(*x)[0])
-            for _ in range(3):
-                for n, fn in variants.items():
-                    times[n].append(bench_ms(lambda: fn(*x), rep=60))
-        ms = ", ".join(f"{n} {statistics.median(t):.3f} ms {[round(r, 3) for r in t]}" for n, t in times.items())
-        print(f"{torch.cuda.get_device_name()}, {spec}: {ms}; o bitwise equal {same}", flush=True)
+            calls = {"deferred": lambda: deferred(*x), "synchronised first": lambda: synchronised_first(*x)}
+            times = alternating_ms(calls, 3, rep=60)
+        print(f"{torch.cuda.get_device_name()}, {spec}: {medians_text(times)}; o bitwise equal {same}", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from forward_timeline import profiled_kernels  # noqa: E402
-from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, report_cells, workload  # noqa: E402
+from gpu_bench import K_SLOTS, TAU, WORKLOADS, alternating_ms, configs_named, report_cells, workload  # noqa: E402
 
 OUTPUTS = ("o", "states", "counts", "info", "size", "scores", "starts", "merged")
 KERNEL_ROWS = 8  # kernels listed per cell
@@ -85,10 +85,7 @@ def compare_cell(cell: str, fns: dict, rounds: int) -> list[str]:
                 ndiff = {o: int((a != b).sum()) for o, a, b in zip(OUTPUTS, out["this"], out[n])}
                 lines.append(f"  {n} against this: " + (f"differing elements {ndiff}" if any(ndiff.values())
                                                            else "bitwise equal"))
-        ms = {n: [] for n in fns}
-        for _ in range(rounds):
-            for n, f in fns.items():
-                ms[n].append(bench_ms(lambda f=f: f(*x, tau=TAU), rep=40))
+        ms = alternating_ms({n: lambda f=f: f(*x, tau=TAU) for n, f in fns.items()}, rounds)
         stages = {}
         for n, f in fns.items():
             p = {}

@@ -164,6 +164,21 @@ def bench_ms(fn, rep=100):
     return float(triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median"))
 
 
+def alternating_ms(calls: dict, rounds: int, rep: int = 40) -> dict[str, list[float]]:
+    """Each of ``calls`` (name: function) timed by :func:`bench_ms` in ``rounds`` alternating rounds, in one
+    process (the card's state shared between them): ``{name: [ms a round]}``."""
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            times[name].append(bench_ms(fn, rep=rep))
+    return times
+
+
+def medians_text(times: dict[str, list[float]]) -> str:
+    """``alternating_ms``' rounds as ``"name median ms [rounds]"``, comma-separated."""
+    return ", ".join(f"{n} {statistics.median(t):.3f} ms {[round(r, 3) for r in t]}" for n, t in times.items())
+
+
 def _wall_ms(fn):
     """Wall-clock ms of one call, synchronised on both sides (the host's work inside counts too)."""
     torch.cuda.synchronize()

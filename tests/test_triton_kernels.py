@@ -1203,7 +1203,9 @@ def _table_inputs(Dk: int):
 def test_delta_rule_block_rows_kernel_matches_the_torch_copies(dtype):
     """``block_rows`` (the decisions' float64 chunk-major keys, values, transposed values and |k|^2 of a block, one
     launch) against ``torch_block_rows``: k, v and vT bit for bit (a block at the start, one in the middle and the
-    ragged last, zero past T), |k|^2 within 4 float64 ulps (its sum's order differs)."""
+    ragged last, zero past T), |k|^2 to the bound of two orders of summing 64 exact non-negative squares (each within
+    63 float64 units of the exact sum: 64 ulps of 2^-52 between them); measured under the interpreter: equal for
+    bfloat16 inputs, within 1.0 ulp for float32 ones (2026-12-04)."""
     from dla_fast.ops.delta_rule.chunk_fwd_decide_wy import block_rows, torch_block_rows
 
     gen = torch.Generator().manual_seed(7)
@@ -1215,14 +1217,15 @@ def test_delta_rule_block_rows_kernel_matches_the_torch_copies(dtype):
         got, want = block_rows(k, v, c0, nb), want_rows(c0, nb)
         for name, a, b in zip(("k", "v", "vT"), got, want):
             assert torch.equal(a, b), (name, c0)
-        torch.testing.assert_close(got[3], want[3], rtol=4 * 2.0**-52, atol=0)
+        torch.testing.assert_close(got[3], want[3], rtol=64 * 2.0**-52, atol=0)
 
 
 @needs_kernels
 def test_delta_rule_decisions_from_either_block_rows_agree():
     """``decide_delta_rule_wy(rows="kernel")`` (the block rows by one launch) and ``rows="torch"``: the same starts
-    and masks, scores within 1e-12 relative (|k|^2 summed in another order), on bf16 inputs in blocks of two
-    chunks; another value of ``rows`` is refused."""
+    and masks, scores within 1e-12 relative (the decision paths' bound elsewhere in this file; |k|^2 summed in
+    another order; measured under the interpreter: equal), on bf16 inputs in blocks of two chunks; another value of
+    ``rows`` is refused."""
     from dla_fast.ops.delta_rule import chunk_fwd_decide_wy as wy
 
     B, T, H, D = 2, 256, 2, 32 if CUDA else 16
