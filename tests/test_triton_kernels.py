@@ -448,11 +448,13 @@ def test_the_api_refuses_bad_values_on_the_triton_prefill(monkeypatch, bad):
 
 
 @needs_kernels
-def test_the_value_check_kernel_flags_what_torch_finds():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_value_check_kernel_flags_what_torch_finds(dtype):
     """``launch_value_checks`` against torch's own isfinite, g > 0 and beta in [0, 1], one bad value at a time in
     every tensor (first, middle and last element; blocks past a small tensor's end are masked), and several at
     once: the error raised is the first in ``dla_ref.validation.value_checks``' order; without beta (the scalar
-    decay's call) beta is not checked. A float64 g too large for float32 is judged as given (finite)."""
+    decay's call) beta is not checked. A float64 g too large for float32 is judged as given (finite). Every tensor
+    in ``dtype``: Triton 3.9's interpreter compared bfloat16 values as unsigned bits, which flagged every valid g."""
     from dla_fast.ops.common.value_checks import CHECKED, launch_value_checks, raise_flagged
     from dla_ref.validation import value_checks
 
@@ -462,6 +464,7 @@ def test_the_value_check_kernel_flags_what_torch_finds():
     base = dict(q=torch.randn(1, 420, 3, 8, generator=gen), k=torch.randn(1, 420, 3, 8, generator=gen),
                 v=torch.randn(1, 420, 3, 4, generator=gen), g=-torch.rand(1, 420, 3, generator=gen),
                 slot_weights=torch.rand(1, 420, 3, 5, generator=gen), beta=torch.rand(1, 420, 3, generator=gen))
+    base = {n: t.to(dtype) for n, t in base.items()}
 
     def expected(x):
         found = [(bool(violated), message) for violated, message in
@@ -502,6 +505,8 @@ def test_the_value_check_kernel_flags_what_torch_finds():
     x = dict(base, g=base["g"].double())
     x["g"].view(-1)[3] = -1e300
     assert raised(x) is None
+    x["g"].view(-1)[4] = 1e-300  # positive, 0 in float32
+    assert raised(x) == expected(x) == "g: expected log decays g <= 0 (decay exp(g) <= 1), found g > 0"
 
 
 @needs_kernels

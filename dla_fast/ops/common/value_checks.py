@@ -27,10 +27,21 @@ BLOCK = 1024  # elements of each tensor per program: 8 per thread (4096 took 230
 
 
 @triton.jit
+def _load_values(x_ptr, n, offs):
+    """``x[offs]`` (0 past ``n``), 16-bit values widened to float32 (exactly) and wider ones as they are: a float64 g
+    is judged as given. Triton 3.9's interpreter compares bfloat16 values as their unsigned bits (-0.5 > 0), so
+    16-bit values are not compared in their own dtype."""
+    x = tl.load(x_ptr + offs, mask=offs < n, other=0.0)
+    if x.dtype.primitive_bitwidth < 32:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _flag_nonfinite(x_ptr, n, offs, flags_ptr, BIT: tl.constexpr):
     """Set bit BIT of the flags when ``x[offs]`` (masked to ``n``) holds a NaN or an infinity."""
-    x = tl.load(x_ptr + offs, mask=offs < n, other=0.0)
-    bad = (x != x) | (tl.abs(x) == float("inf"))  # compared in x's own dtype: a float64 g is judged as given
+    x = _load_values(x_ptr, n, offs)
+    bad = (x != x) | (tl.abs(x) == float("inf"))
     if tl.max(bad.to(tl.int32), 0) > 0:
         tl.atomic_or(flags_ptr, 1 << BIT)
 
@@ -48,12 +59,12 @@ def dla_check_values_kernel(
     _flag_nonfinite(v_ptr, n_v, offs, flags_ptr, 2)
     _flag_nonfinite(g_ptr, n_g, offs, flags_ptr, 3)
     _flag_nonfinite(w_ptr, n_w, offs, flags_ptr, 4)
-    g = tl.load(g_ptr + offs, mask=offs < n_g, other=0.0)
+    g = _load_values(g_ptr, n_g, offs)
     if tl.max((g > 0).to(tl.int32), 0) > 0:
         tl.atomic_or(flags_ptr, 1 << GBIT)
     if BETA:
         _flag_nonfinite(b_ptr, n_g, offs, flags_ptr, 5)
-        b = tl.load(b_ptr + offs, mask=offs < n_g, other=0.0)
+        b = _load_values(b_ptr, n_g, offs)
         if tl.max(((b < 0) | (b > 1)).to(tl.int32), 0) > 0:
             tl.atomic_or(flags_ptr, 1 << BBIT)
 
