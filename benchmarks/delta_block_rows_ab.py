@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The delta rule's chunked decisions with their block rows (float64 chunk-major keys, values, transposed values,
-``|k|^2``) made by one kernel a block (``decide_delta_rule_wy(rows="kernel")``, built in run 45, not yet timed)
-against the torch copies (``rows="torch"``, the default), in one process: forward time through ``dla_fast.forward``
-in alternating rounds, peak memory, and whether outputs, scores and starts are bitwise equal (|k|^2 sums in another
-order: equal bits are likely, not required).
+``|k|^2``) made by one kernel a block (``decide_delta_rule_wy(rows="kernel")``, the default since run 46) against
+the torch copies (``rows="torch"``), in one process: forward time through ``dla_fast.forward`` in alternating rounds,
+peak memory above what was allocated before the call, and whether outputs, scores and starts are bitwise equal (|k|^2
+sums in another order: equal bits are likely, not required).
 
     python benchmarks/delta_block_rows_ab.py [CELLS] [--rounds 3]     # CELLS default 2x16384x64:moderate
 """
@@ -44,14 +44,16 @@ def main():
         for spec in args.cells.split(","):
             name, wname = spec.split(":")
             x = delta_inputs(*configs_named(name)[0], WORKLOADS[wname])
-            out, peak = {}, {}
-            for v in VARIANTS:
-                out[v] = forward(x, v)
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
+            peak = {}
+            for v in VARIANTS:  # each measured with nothing of the other's alive
                 forward(x, v)
                 torch.cuda.synchronize()
-                peak[v] = torch.cuda.max_memory_allocated() / 2**30
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+                forward(x, v)
+                torch.cuda.synchronize()
+                peak[v] = (torch.cuda.max_memory_allocated() - before) / 2**30
+            out = {v: forward(x, v) for v in VARIANTS}
             times = alternating_ms({v: lambda v=v: forward(x, v) for v in VARIANTS}, args.rounds)
             a, b = out["kernel"], out["torch"]
             same = (torch.equal(a[0], b[0]) and torch.equal(a[1].states, b[1].states)
