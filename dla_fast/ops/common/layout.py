@@ -10,8 +10,12 @@ def rows(x: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tens
     if x is None:
         return None
     B, T, H = x.shape[:3]
-    x = x if dtype is None else x.to(dtype)
-    return x.movedim(2, 1).reshape(B * H, T, *x.shape[3:])
+    if dtype is None or dtype == x.dtype:
+        return x.movedim(2, 1).reshape(B * H, T, *x.shape[3:])
+    # Cast and reordered in one copy (a cast, then a reshape of the moved axes, is two).
+    out = torch.empty((B, H, T, *x.shape[3:]), dtype=dtype, device=x.device)
+    out.copy_(x.movedim(2, 1))
+    return out.view(B * H, T, *x.shape[3:])
 
 
 def unrows(x: torch.Tensor | None, B: int, H: int) -> torch.Tensor | None:

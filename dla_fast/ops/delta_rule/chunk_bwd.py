@@ -37,29 +37,29 @@ _COTANGENTS = "triton"
 
 def _segment_cotangents(a: int, F, E, x, part, coef, tables, cot, grads) -> None:
     """Chunks ``a .. a + n - 1``: with ``F`` the slot states at each chunk start and ``E`` their adjoints at its
-    end, accumulate the cotangents ``cot`` of ``Phi`` (``sum_i G_i F_i^T``, ``G_i = E[destF[i]]``), ``khd`` and
-    ``b v`` (token s writes ``khd_s (b_s v_s)^T`` into end slot ``dest[s]``), ``qt`` and the read weights (token t
-    reads ``sum_i coef[t, i] qt_t^T F_i``), as ``_chunk_adjoint`` does one chunk at a time. ``tables`` and ``cot``
-    hold these n chunks; ``coef`` too."""
+    end, the cotangents of ``Phi`` (``sum_i G_i F_i^T``, ``G_i = E[destF[i]]``), ``khd`` and ``b v`` (token s
+    writes ``khd_s (b_s v_s)^T`` into end slot ``dest[s]``), ``qt`` and the read weights (token t reads ``sum_i
+    coef[t, i] qt_t^T F_i``), as ``_chunk_adjoint`` does one chunk at a time: the tables' written to ``cot``, those
+    of ``b v`` and the read weights added to ``grads``. ``tables`` and ``cot`` hold these n chunks; ``coef`` too."""
     n, R, K, Dk, Dv = F.shape
     C = x.C
     b = a + n
     destF, dest = part.destF[a:b], part.dest[a:b]
     listed = (destF >= 0).view(n, R, K, 1, 1)
     G = E.gather(2, destF.clamp(min=0).view(n, R, K, 1, 1).expand_as(E)) * listed
-    cot["Phi"] += torch.einsum("nridv,nriev->nrde", G, F)
+    cot["Phi"].copy_(torch.einsum("nridv,nriev->nrde", G, F))
     del G
     tok = dest.clamp(min=0)
     wrote = (dest >= 0).unsqueeze(-1)
     Y = torch.matmul(E, x.bv[a:b].transpose(-1, -2).unsqueeze(2))  # E_j (b_s v_s): [n, R, K, Dk, C]
     dkhd = Y.gather(2, tok.view(n, R, 1, 1, C).expand(n, R, 1, Dk, C)).squeeze(2).transpose(-1, -2)
-    cot["khd"] += dkhd * wrote
+    torch.mul(dkhd, wrote, out=cot["khd"])
     del Y
     U = torch.matmul(tables["khd"].unsqueeze(2), E)  # khd_s^T E_j: [n, R, K, C, Dv]
     grads["bv"][a:b] += U.gather(2, tok.view(n, R, 1, C, 1).expand(n, R, 1, C, Dv)).squeeze(2) * wrote
     del U
     Zr = torch.matmul(F, x.dOc[a:b].transpose(-1, -2).unsqueeze(2))  # F_i dO_t: [n, R, K, Dk, C]
-    cot["qt"] += torch.einsum("nrti,nridt->nrtd", coef, Zr)
+    cot["qt"].copy_(torch.einsum("nrti,nridt->nrtd", coef, Zr))
     _add_read_weights(grads, part, a, torch.einsum("nrtd,nridt->nrti", tables["qt"], Zr))
 
 
@@ -71,13 +71,11 @@ def _add_read_weights(grads, part, a: int, dcoef) -> None:
 
 
 def _segment_cotangents_triton(a: int, F, E, x, part, coef, tables, cot, grads) -> None:
-    """:func:`_segment_cotangents` by the kernels of ``chunk_bwd_cotangents`` (no ``[n, R, K, Dk, C]`` temporaries)."""
+    """:func:`_segment_cotangents` by the kernels of ``chunk_bwd_cotangents`` (no ``[n, R, K, Dk, C]`` temporaries),
+    which write ``cot`` in place."""
     b = a + F.shape[0]
-    dphi, dkhd, dbv, dqt, dcoef = table_cotangents(F, E, part.destF[a:b], part.dest[a:b], coef, tables["qt"],
-                                                   x.dOc[a:b], tables["khd"], x.bv[a:b])
-    cot["Phi"] += dphi
-    cot["khd"] += dkhd
-    cot["qt"] += dqt
+    _, _, dbv, _, dcoef = table_cotangents(F, E, part.destF[a:b], part.dest[a:b], coef, tables["qt"], x.dOc[a:b],
+                                           tables["khd"], x.bv[a:b], out=cot)
     grads["bv"][a:b] += dbv
     _add_read_weights(grads, part, a, dcoef)
 
@@ -160,7 +158,7 @@ def reverse_pass_kernels(part, init, every: int, dS, dO, x, grads, units, unit_t
     ``units``: ranges of whole segments (:func:`segment_units`), taken last first. ``unit_tables(u0, u1)`` returns
     ``(tables, payload)``: the tables ``qt``, ``khd``, ``Phi`` of chunks ``u0 .. u1 - 1`` (float32, indexed from
     ``u0``) and anything for ``unit_done(u0, u1, cot, payload)``, called when the unit's cotangents ``cot`` (those
-    tables' cotangents, zero before the unit) are complete."""
+    tables' cotangents, each chunk's written once by its segment) are complete."""
     walks = _Walks(part, x, dO)
     segments = [(a, min(x.nC, a + every)) for a in range(0, x.nC, every)]
     in_unit = lambda u0, u1: [i for i, (a, _) in enumerate(segments) if u0 <= a < u1]  # noqa: E731
@@ -168,7 +166,7 @@ def reverse_pass_kernels(part, init, every: int, dS, dO, x, grads, units, unit_t
                                                                             in_unit)
     for u0, u1 in units[::-1]:
         tables, payload = unit_tables(u0, u1)
-        cot = {n: torch.zeros_like(tables[n]) for n in ("qt", "khd", "Phi")}
+        cot = {n: torch.empty_like(tables[n]) for n in ("qt", "khd", "Phi")}  # each chunk's written by its segment
         F = torch.empty(min(every, x.nC), *init.shape, device=init.device, dtype=torch.float32)
         E = torch.empty_like(F)
         for i in in_unit(u0, u1)[::-1]:

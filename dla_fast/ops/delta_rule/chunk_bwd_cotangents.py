@@ -101,12 +101,13 @@ def dla_delta_token_cotangents_kernel(
 
 
 def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: int | None = None,
-                     start_warps: int | None = None, start_stages: int | None = None):
+                     start_warps: int | None = None, start_stages: int | None = None, out: dict | None = None):
     """The cotangents of a batch of ``n`` chunks: ``(dPhi [n, R, Dk, Dk], dkhd [n, R, C, Dk], d(b v) [n, R, C, Dv],
     dqt [n, R, C, Dk], dcoef [n, R, C, K])`` float32, from ``F, E [n, R, K, Dk, Dv]`` (float32, contiguous),
     ``dest_f [n, R, K]`` and ``dest [n, R, C]`` (integers, -1: none), ``coef [n, R, C, K]``, ``qt``, ``khd [n, R, C,
     Dk]``, ``dO``, ``bv [n, R, C, Dv]`` (float32). ``start_block``, ``start_warps``, ``start_stages``: the start
-    slots' kernel's Dv block (a power of two from 16) and launch options; None: the defaults below."""
+    slots' kernel's Dv block (a power of two from 16) and launch options; None: the defaults below. ``out``: a dict
+    whose contiguous float32 ``Phi``, ``khd`` and ``qt`` receive ``dPhi``, ``dkhd`` and ``dqt`` (returned too)."""
     n, R, K, Dk, Dv = F.shape
     C = qt.shape[2]
     BK, KP = max(16, next_pow2(Dk)), max(16, next_pow2(K))
@@ -123,6 +124,11 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
     start_stages = start_stages or (1 if small else 2)
     new = lambda *s: torch.empty(n, R, *s, device=F.device, dtype=torch.float32)  # noqa: E731
     dphi, dkhd, dbv, dqt, dcoef = new(Dk, Dk), new(C, Dk), new(C, Dv), new(C, Dk), new(C, K)
+    if out is not None:
+        for name, x in out.items():
+            if x.dtype != torch.float32 or not x.is_contiguous():
+                raise ValueError(f"table_cotangents: out[{name!r}] must be a contiguous float32 tensor, got {x.dtype}")
+        dphi, dkhd, dqt = out["Phi"], out["khd"], out["qt"]
     f32 = lambda x: x.to(torch.float32).contiguous()  # noqa: E731
     dla_delta_start_cotangents_kernel[(n, R)](
         F, E, dest_f.to(torch.int32).contiguous(), f32(coef), f32(qt), f32(dO), dphi, dqt, dcoef, R, K, Dk, Dv,

@@ -58,9 +58,13 @@ class _Inputs:
         self.tdt = F64 if score else q.dtype  # the tables' dtype
         self.score = score  # the score's tables (kt, akap) are built only for its part
         self.kernels = kernels
-        self.qc, self.kc, self.vc, self.dOc, self.lamc = (chunks(x, C, self.nC) for x in (q, k, v, dO, lam))
+        self.qc, self.kc, self.vc, self.lamc = (chunks(x, C, self.nC) for x in (q, k, v, lam))
         self.gc, self.bc = (chunks(x.to(F64), C, self.nC) for x in (g, beta))
-        self.bv = self.bc.to(self.cd).unsqueeze(-1) * self.vc
+        # dO and b v chunk-major in memory: every block and segment multiplies them as whole matrices (chunk views
+        # of the rows would be copied at each such read).
+        self.dOc = chunks(dO, C, self.nC).contiguous()
+        self.bv = torch.empty(self.vc.shape, dtype=self.cd, device=v.device)
+        torch.mul(self.bc.to(self.cd).unsqueeze(-1), self.vc, out=self.bv)
         R, C = q.shape[0], self.C
         self.block = max(1, _BLOCK_ELEMENTS // max(1, R * C * C))
         keep = ("qt", "khd", "Phi") + (("kt", "akap") if score else ())
