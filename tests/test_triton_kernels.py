@@ -1281,11 +1281,14 @@ def test_delta_rule_table_kernel_matches_the_torch_tables(Dk):
 
 @needs_kernels
 @pytest.mark.parametrize("Dk", [1, 48, 80])
-def test_delta_rule_table_adjoint_kernel_matches_autograd(Dk):
+@pytest.mark.parametrize("tables", [torch.float64, torch.float32])
+def test_delta_rule_table_adjoint_kernel_matches_autograd(Dk, tables):
     """``wy_tables_adjoint_triton`` (from the table kernel's scratch, float64) against torch autograd through
     ``wy_tables`` (float64) for random cotangents of ``attn``, ``qt``, ``khd`` and ``Phi`` (float32, as the backward
     passes them); key blocks of 64 (``Dk = 80``), a row that ends inside its chunk (``g = b = 0``) and ``b`` up to 1.
-    Relative to each gradient's largest entry: float64 rounding of 64-term sums, ~1e-15 (bound 1e-12)."""
+    Relative to each gradient's largest entry: float64 rounding of 64-term sums, ~1e-15 (bound 1e-12). With the
+    tables stored in float32 (as the backward stores them) only ``dg`` reads them (its sums of cotangent times table):
+    their rounding, 2^-24 of each entry, measured 4e-9 to 4e-8 (interpreter; bound 1e-6)."""
     from dla_fast.ops.delta_rule.wy_tables import wy_tables
     from dla_fast.ops.delta_rule.wy_tables_adjoint_triton import wy_tables_adjoint_triton
     from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_saved
@@ -1295,10 +1298,11 @@ def test_delta_rule_table_adjoint_kernel_matches_autograd(Dk):
     want_tables, _ = wy_tables(*leaves, scores=False)
     cot = {n: torch.randn(want_tables[n].shape, generator=gen).float() for n in ("attn", "qt", "khd", "Phi")}
     want = torch.autograd.grad(sum((cot[n].double() * want_tables[n]).sum() for n in cot), leaves)
-    tables, saved = output_tables_saved(*(x.to(DEV) for x in (q, k, g, b)))
-    got = wy_tables_adjoint_triton(g.to(DEV), tables, saved, {n: c.to(DEV) for n, c in cot.items()})
+    tab, saved = output_tables_saved(*(x.to(DEV) for x in (q, k, g, b)), dtype=tables)
+    got = wy_tables_adjoint_triton(g.to(DEV), tab, saved, {n: c.to(DEV) for n, c in cot.items()})
     for name, a, w in zip("qkgb", got, want):
-        np.testing.assert_allclose(a.cpu().numpy(), w.numpy(), rtol=0, atol=1e-12 * w.abs().max().item(),
+        bound = 1e-6 if name == "g" and tables == torch.float32 else 1e-12
+        np.testing.assert_allclose(a.cpu().numpy(), w.numpy(), rtol=0, atol=bound * w.abs().max().item(),
                                    err_msg=f"d{name}")
 
 

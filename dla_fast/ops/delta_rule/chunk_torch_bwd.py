@@ -226,7 +226,7 @@ def _block_adjoint(part: Partition, x: _Inputs, b0: int, b1: int, tab, saved, co
         c_b["kt"] = cot["kt"]
         c_b["akap"] = (dy @ bv64.transpose(-1, -2)) * run
         grads["bv"][b0:b1] += ((tab["akap"] * run).transpose(-1, -2) @ dy).to(x.cd)
-    if x.kernels:  # the table kernel's float64 tables and scratch
+    if x.kernels:  # the table kernel's tables and float64 scratch
         d = wy_tables_adjoint_triton(x.gc[b0:b1], tab, saved, c_b)
     else:
         d = wy_tables_adjoint(*(t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)), tab, saved, c_b)
@@ -236,15 +236,16 @@ def _block_adjoint(part: Partition, x: _Inputs, b0: int, b1: int, tab, saved, co
 
 def _kernels_backward(part, init, every: int, dS, dO, x: _Inputs, grads, kept):
     """The reverse pass on kernels, then the tables' adjoint: ``(dinit, out)`` (``out`` as :func:`_blocks_adjoint`'s).
-    Per unit of whole segments, last first: the table kernel once (float64 tables and the scratch its adjoint reads),
-    the unit's reverse pass on the tables cast to the compute dtype, the unit's adjoint (H200, run 28, fwd+bwd at (2,
-    16384, 16, 64) moderate: 83.1 ms against 86.0 with every chunk's tables computed first and again per block for the
-    adjoint; peak 2.67 against 3.08 GiB)."""
+    Per unit of whole segments, last first: the table kernel once (the tables, computed in float64 and stored in the
+    compute dtype, and the float64 scratch its adjoint reads), the unit's reverse pass, the unit's adjoint (H200, run
+    28, fwd+bwd at (2, 16384, 16, 64) moderate: 83.1 ms against 86.0 with every chunk's tables computed first and again
+    per block for the adjoint; peak 2.67 against 3.08 GiB)."""
     out = _adjoint_outputs(x)
 
     def unit_tables(u0: int, u1: int):
-        tab, saved = output_tables_saved(*(t[u0:u1] for t in (x.qc, x.kc, x.gc, x.bc)))
-        return {n: tab[n].to(x.cd) for n in ("qt", "khd", "Phi")}, (tab, saved)
+        # Stored in the compute dtype (float32), which the walks read and the adjoint's decay sums take as well.
+        tab, saved = output_tables_saved(*(t[u0:u1] for t in (x.qc, x.kc, x.gc, x.bc)), dtype=x.cd)
+        return {n: tab[n] for n in ("qt", "khd", "Phi")}, (tab, saved)
 
     def unit_done(u0: int, u1: int, cot, payload) -> None:
         _block_adjoint(part, x, u0, u1, *payload, cot, grads, None, out)

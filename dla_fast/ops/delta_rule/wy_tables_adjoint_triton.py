@@ -67,7 +67,7 @@ def dla_delta_wy_adjoint_kernel(
     """Program p (one (chunk, row) of a block, chunk-major) -> ``dq, dk [P, C, Dk]``, ``dg, db [P, C]`` (float64) of
     ``<c_attn, attn> + <c_qt, qt> + <c_khd, khd> + <c_Phi, Phi>``. Reads the table kernel's scratch ``x [P, 2, C,
     Dk]`` (keys, queries), ``b [P, C]``, ``A``, ``Mq [P, C, C]``, ``Z [P, C, Dk]``, the log decays ``g [P, C]``, the
-    float64 tables and the cotangents (any float dtype; ``Phi``'s row-major ``[Dk, Dk]``). ``dx, dt, dm [P, C, C]``
+    tables and the cotangents (any float dtypes; ``Phi``'s row-major ``[Dk, Dk]``). ``dx, dt, dm [P, C, C]``
     and ``sq, skh, sz [P, C, Dk]`` are float64 scratch."""
     p = tl.program_id(0).to(tl.int64)
     t = tl.arange(0, C)

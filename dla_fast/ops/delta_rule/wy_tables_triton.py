@@ -277,12 +277,13 @@ def output_tables_triton(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, b: t
 
 
 def output_tables_saved(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *,
-                        num_warps: int = OUTPUT_TABLE_WARPS, stages: int = 1):
-    """:func:`output_tables_triton` in float64 with what ``wy_tables_adjoint_triton`` reads besides: ``(tables,
-    saved)``, ``saved`` the kernel's float64 scratch (the chunk's keys then queries ``x [nb, R, 2, C, Dk]``, ``b``,
-    ``A = Gs T``, ``Z``, ``Mq = causal(Q K^T)``), as ``wy_tables`` returns its intermediates."""
+                        dtype: torch.dtype = torch.float64, num_warps: int = OUTPUT_TABLE_WARPS, stages: int = 1):
+    """:func:`output_tables_triton` (computed in float64, stored in ``dtype``) with what ``wy_tables_adjoint_triton``
+    reads besides: ``(tables, saved)``, ``saved`` the kernel's float64 scratch (the chunk's keys then queries ``x [nb,
+    R, 2, C, Dk]``, ``b``, ``A = Gs T``, ``Z``, ``Mq = causal(Q K^T)``), as ``wy_tables`` returns its
+    intermediates."""
     nb, R, C, Dk = k.shape
-    out = empty_output_tables(nb, R, C, Dk, k.device, torch.float64, "khd")
+    out = empty_output_tables(nb, R, C, Dk, k.device, dtype, "khd")
     x, b64, A, Z, Mq = _launch(*(_as_rows(t) for t in (q, k, g, b)), 0, 1, C, out, False, False, num_warps, stages,
                                staged=True)
     return out, dict(x=x, b=b64, A=A, Z=Z, Mq=Mq)
