@@ -127,7 +127,8 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
     if out is not None:
         for name, x in out.items():
             if x.dtype != torch.float32 or not x.is_contiguous():
-                raise ValueError(f"table_cotangents: out[{name!r}] must be a contiguous float32 tensor, got {x.dtype}")
+                raise ValueError(f"table_cotangents: out[{name!r}] must be a contiguous float32 tensor, got "
+                                 f"{x.dtype}{'' if x.is_contiguous() else ', not contiguous'}")
         dphi, dkhd, dqt = out["Phi"], out["khd"], out["qt"]
     f32 = lambda x: x.to(torch.float32).contiguous()  # noqa: E731
     dla_delta_start_cotangents_kernel[(n, R)](
