@@ -66,10 +66,6 @@ class TritonSettings:
             run 37; fwd+bwd 6.65 -> 6.72 ms, its peak 0.93 -> 0.69 GiB, run 38; (2, 16384) dense fwd+bwd +3.6 %,
             peak 0.82 -> 0.64 GiB, run 39; sparse forward 1.38 -> 2.15 ms if forced). The same results up to
             rounding (bf16: o 8e-5 relative, dq 1.5e-4, dg 5.4e-4).
-        scales_by_start: the forward's read scales stored start-major (``[KP, C]`` a chunk, the backward's layout:
-            a start's C scales in 8 sectors) instead of token-major (``[C, KP]``: 128 bytes apart, 64 sectors a start
-            against its state tile's 256 in ``dla_output_kernel``'s loop; H200, run 46, ``ncu``: the kernel's global
-            loads use 13.5 of each 32-byte sector). The same values, bitwise the same results; not yet timed.
         launch_overrides: ``((kernel, option, value), ...)``: launch options (``num_warps``, ``num_stages``,
             ``maxnreg``) in place of the measured ones of the named ``triton.jit`` kernels, for sweeps
             (``benchmarks/forward_variants.py``, ``benchmarks/backward_settings_ab.py``); empty in use.
@@ -87,7 +83,6 @@ class TritonSettings:
     bwd_warps: int = 4
     bwd_start_ranges: int | None = None
     grouped_reads: bool | None = None
-    scales_by_start: bool = False
     launch_overrides: tuple = ()
 
     def __post_init__(self):

@@ -807,29 +807,6 @@ def test_forward_settings_change_speed_not_results(settings):
     _check(*_fwd(_t(q), _t(k), _t(v), _t(g), _t(w), tau=0.5, settings=settings), ref, 0.5, o_tol=1e-5)
 
 
-@needs_kernels
-@pytest.mark.parametrize("grouped", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_read_scales_by_start_change_no_bit(grouped, dtype):
-    """``TritonSettings.scales_by_start`` stores the forward's read scales start-major; both output kernels (the
-    materialised reads, the grouped ones) read the same values from the other layout: ``o``, the final cache and the
-    trace bit for bit as token-major, continuing from a cache (the grouped kernel's pseudo starts read scales too),
-    float32 (two starts a product) and bfloat16 (one) inputs."""
-    x = regimes(1, 300, 2, 32, 32, 6, seed=23, regime_length=3.0, jitter=0.5)
-    q, k, v = (_t(a, dtype) for a in x[:3])
-    g, w = _t(x[3]), _t(x[4])
-    _, c0, _ = _fwd(*(t[:, :130] for t in (q, k, v, g, w)), tau=0.5)
-    assert int(c0[3].min()) >= 2  # initial slots to read
-    kw = dict(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
-    rest = [t[:, 130:] for t in (q, k, v, g, w)]
-    token_major, start_major = (
-        _fwd(*rest, tau=0.5, settings=TritonSettings(grouped_reads=grouped, scales_by_start=by_start), **kw)
-        for by_start in (False, True))
-    for a, b in zip((token_major[0], *token_major[1], *token_major[2]), (start_major[0], *start_major[1],
-                                                                          *start_major[2])):
-        assert torch.equal(a, b)
-
-
 def test_launch_overrides_apply_to_the_named_kernel_only():
     """``TritonSettings.launch``: a kernel's measured options, with the overrides naming it (and no other) applied;
     an override that is not ``(known kernel, option, positive int)`` is refused when the settings are made."""

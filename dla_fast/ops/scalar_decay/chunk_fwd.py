@@ -428,7 +428,7 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     def read_scales():
         cached(dla_read_scales_kernel)[grid[:2]](g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, gs, sc,
                                                  sc, 0, sc, sc, sc, cfg.T, cfg.H, cfg.K, C=CHUNK, KP=cfg.KP, BWD=False,
-                                                 dte_ptr=dte, DTE=dte is not None, BY_START=settings.scales_by_start,
+                                                 dte_ptr=dte, DTE=dte is not None,
                                                  **settings.launch(dla_read_scales_kernel, num_warps=4))
 
     # Everything above is allocated before the synchronisation: after it the GPU has only the scales to run until
@@ -452,7 +452,7 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
         cached(dla_output_grouped_kernel)[grid](
             q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, gs, bst, sc, bsc, dte,
             cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=BV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
-            G=G, HAS_INIT=hinit is not None, SPLITS=2, SC_BY_START=settings.scales_by_start, **launch,
+            G=G, HAS_INIT=hinit is not None, SPLITS=2, **launch,
         )
         return o
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec,
@@ -461,7 +461,7 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     cached(dla_output_kernel)[(cfg.NC, cfg.BH, triton.cdiv(BVF, OBV))](
         q, k, v, g, slot_weights, o, s.masks, s.death, s.live, s.livem, hs, bidx, bst, nsurv, sc, bsc,
         cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=BK, BV=OBV, KP=cfg.KP, LOWP=cfg.lowp, PREC=cfg.prec,
-        G=G, SC_BY_START=settings.scales_by_start, **launch,
+        G=G, **launch,
     )
     return o
 

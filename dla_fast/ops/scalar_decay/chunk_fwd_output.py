@@ -177,7 +177,7 @@ def dla_read_scales_kernel(
     bidx_ptr, binit, rk_ptr, dgj_ptr, bsj_ptr,
     T, H, K,
     C: tl.constexpr, KP: tl.constexpr, BWD: tl.constexpr, dte_ptr=None, DTE: tl.constexpr = False,
-    INV: tl.constexpr = False, BY_START: tl.constexpr = False,
+    INV: tl.constexpr = False,
 ):
     """Program (chunk c, bh): the read scales of the old starts,
 
@@ -188,9 +188,8 @@ def dla_read_scales_kernel(
     prefix state's decay reference). Depends on the decided structure, g and lambda only. Work O(C KP) per program;
     reads the chunk's lambda rows (C K).
 
-    Forward (``BWD`` false): ``sc [C, KP]`` fp32 at ``(bh NC + c) C KP`` (``[KP, C]`` with ``BY_START``: see
-    :func:`scale_ptrs`), for the output kernels (launched before the forward's host synchronisation, off those
-    kernels' registers); the other pointers are not read.
+    Forward (``BWD`` false): ``sc [C, KP]`` fp32 at ``(bh NC + c) C KP``, for the output kernel (launched before the
+    forward's host synchronisation, off that kernel's registers); the other pointers are not read.
     Backward (``BWD``): what the dq kernel's loop over the old starts needs besides dO, one row per start: ``sc``
     transposed, ``[KP, C]`` fp32 (also the dB kernel's weights); ``rk [KP, C]`` int8 (int16 past 128 slots), the rank
     r_j(t) where the start is read (alive, j >= 1, t < T), else -1; ``dgj [KP]`` fp32 the decay offset ``G(c0) -
@@ -230,8 +229,8 @@ def dla_read_scales_kernel(
     dG = (gs_c - gref).to(tl.float32)
     scale = coef * tl.exp(tl.minimum(Gc[:, None] + dG[None, :], 0.0))
     prog = (bh * NC + c).to(tl.int64)
-    tl.store(scale_ptrs(sc_ptr + prog * C * KP, row, jj[None, :], C, KP, BWD or BY_START), scale)
     if BWD:
+        tl.store(sc_ptr + prog * KP * C + jj[None, :] * C + row, scale)
         tl.store(dgj_ptr + prog * KP + jj, dG)
         if INV:
             # rk [C, KP]: at (t, r) the list index of the start read with rank r at t, -1 where none (the ranks of
@@ -243,19 +242,11 @@ def dla_read_scales_kernel(
         else:
             tl.store(rk_ptr + prog * KP * C + jj[None, :] * C + row, tl.where(cmask, r, -1).to(rk_ptr.dtype.element_ty))
             tl.store(bsj_ptr + prog * KP + jj, start_state_index(bidx_ptr, binit, lpos, inlist, m0init, bh, NC, K, C))
+    else:
+        tl.store(sc_ptr + prog * C * KP + row * KP + jj[None, :], scale)
     if DTE:
         Gl = tl.sum(tl.where(t_idx == C - 1, Gc, 0.0), 0)  # the last valid token's (g = 0 past T)
         tl.store(dte_ptr + prog * C + t_idx, tl.where(valid, tl.exp(tl.minimum(Gl - Gc, 0.0)), 0.0))
-
-
-@triton.jit
-def scale_ptrs(sc_chunk, row, j, C: tl.constexpr, KP: tl.constexpr, BY_START: tl.constexpr):
-    """The addresses of the read scales ``sc[t, j]`` (``row`` t as ``[C, 1]``, ``j`` as ``[1, n]``) of a chunk's
-    ``C x KP`` block at ``sc_chunk``: start-major ``[KP, C]`` (``BY_START``: a start's C scales in 8 sectors, the
-    backward's layout) or token-major ``[C, KP]`` (a start's scales 128 bytes apart: 64 sectors)."""
-    if BY_START:
-        return sc_chunk + j * C + row
-    return sc_chunk + row * KP + j
 
 
 @triton.jit
@@ -354,7 +345,7 @@ def dla_output_kernel(
     mask_ptr, death_ptr, live_ptr, livem_ptr, hs_ptr, bidx_ptr, bst_ptr, binit, sc_ptr, bsc_ptr,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    G: tl.constexpr, SC_BY_START: tl.constexpr,
+    G: tl.constexpr,
 ):
     """Program (chunk c, bh, Dv block).
 
@@ -364,8 +355,8 @@ def dla_output_kernel(
     where H_d(a-1) is the prefix state before a, decayed to t. FLOPs per chunk: 2 C^2 (Dk + BV) + 2 C Dk BV for the
     chunk itself, and per live old start one read of its materialised prefix state (dla_bstate_kernel;
     2 C Dk BV FLOPs, Dk BV elements from L2), G starts per tensor-core product. Bytes besides the inputs: the
-    chunk's read scales ``sc [C, KP]`` fp32 (``dla_read_scales_kernel``'s; ``[KP, C]`` with ``SC_BY_START``) and
-    this program's scratch row ``bsc [KP]`` int32 (the starts' state indices), each written once and read back once.
+    chunk's read scales ``sc [C, KP]`` fp32 (``dla_read_scales_kernel``'s) and this program's scratch row ``bsc
+    [KP]`` int32 (the starts' state indices), each written once and read back once.
     """
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -400,13 +391,13 @@ def dla_output_kernel(
     # moderate); ahead, the forward moved within +-1 %.
     sc_all = gj[None, :] >= 0
     bs_next = tl.load(bs_row + gj)
-    sg_next = read_scales(scale_ptrs(sc_row, row, gj[None, :], C, KP, SC_BY_START), sc_all, C, G)
+    sg_next = read_scales(sc_row + row * KP + gj[None, :], sc_all, C, G)
     for gx in range(0, tl.cdiv(m0, G)):
         bs = bs_next.to(tl.int64)
         sg = sg_next
         nxt = tl.minimum(gx + 1, KP // G - 1) * G
         bs_next = tl.load(bs_row + nxt + gj)
-        sg_next = read_scales(scale_ptrs(sc_row, row, nxt + gj[None, :], C, KP, SC_BY_START), sc_all, C, G)
+        sg_next = read_scales(sc_row + row * KP + nxt + gj[None, :], sc_all, C, G)
         o = read_start_states(o, qc, qf, bst_ptr, tl.maximum(bs, 0), bs >= 0, sg, kd, vd, Dk, Dv, C, BK, BV, G, LOWP,
                               PREC)
     tl.store(o_ptr + trow[:, None] * Dv + vd[None, :], o.to(o_ptr.dtype.element_ty),
@@ -422,7 +413,7 @@ def dla_output_grouped_kernel(
     mask_ptr, death_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bst_ptr, sc_ptr, gst_ptr, dte_ptr,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    G: tl.constexpr, HAS_INIT: tl.constexpr, SPLITS: tl.constexpr, SC_BY_START: tl.constexpr,
+    G: tl.constexpr, HAS_INIT: tl.constexpr, SPLITS: tl.constexpr,
 ):
     """Program (chunk c, bh, Dv block): ``dla_output_kernel``'s ``o`` with the old starts read by their chunk, from
     the prefix states ``hs`` and the old chunk's tokens, without their materialised states (no
@@ -471,8 +462,7 @@ def dla_output_grouped_kernel(
         member_next, cp_next, Glp_next = start_group(gst_ptr + prog * KP, lst, jd, gsrow, gx + 1, ngrp, C)
         # The group's scales from L2 (dla_read_scales_kernel's [C, KP] rows), 0 off the group: a [C, KP] tile kept
         # in registers across the loop spilled (sm_90, Triton 3.6, 168 registers).
-        scg = tl.load(scale_ptrs(sc_row, row, jd[None, :], C, KP, SC_BY_START), mask=member[None, :],
-                      other=0.0)  # [C, KD]
+        scg = tl.load(sc_row + row * KP + jd[None, :], mask=member[None, :], other=0.0)  # [C, KD]
         alpha = tl.sum(scg, 1)
         Hp = load_state(hs_ptr + (bh * (NC + 1) + cp) * Dk * Dv, kd, vd, Dk, Dv)
         o += (alpha * tl.exp(Glp))[:, None] * qdot(qc, qf, Hp, LOWP, PREC)
@@ -498,8 +488,7 @@ def dla_output_grouped_kernel(
             lp = tl.load(lst + jg, mask=jg < npseudo, other=0)
             ok = (jg < npseudo) & (jg >= 1) & (lp < 0)
             bs = tl.where(ok, bh * K + lp + m0init, 0).to(tl.int64)
-            sg = read_scales(scale_ptrs(sc_row, row, jg[None, :], C, KP, SC_BY_START), (jg < npseudo)[None, :], C,
-                             G)
+            sg = read_scales(sc_row + row * KP + jg[None, :], (jg < npseudo)[None, :], C, G)
             o = read_start_states(o, qc, qf, bst_ptr, bs, ok, sg, kd, vd, Dk, Dv, C, BK, BV, G, LOWP, PREC)
     tl.store(o_ptr + trow[:, None] * Dv + vd[None, :], o.to(o_ptr.dtype.element_ty),
              mask=valid[:, None] & (vd[None, :] < Dv))
