@@ -44,6 +44,14 @@ class TritonSettings:
             it (``table_overlap`` does not apply). H200, run 41, kernel entry: (1, 65536) moderate 6.07 -> 4.55 ms,
             (2, 16384) moderate 2.12 -> 1.85, dense -7 to -10 %, (8, 4096) -4 to -8 %, but (2, 16384) sparse 1.98 ->
             2.18 (+10 %: half its chunks are walked).
+        carry_guess_depth: with ``carry_guesses``, how many chunks back a chunk's guess may start: above 1, a chunk
+            after one without a boundary (whose one-deep guess then fails) is guessed again from the slot leaving the
+            nearest chunk before it with a boundary, grown through the chunks between
+            (``dla_carry_deep_guess_kernel``, ``dla_carry_deep_walk_kernel``). Counted on the CPU (sparse, 4096 tokens,
+            benchmarks/carry_deep_guesses.py): the walk decides 44.5 % of chunks one deep, 7.0 % four deep, 3.1 %
+            eight deep. H200, run 47, depth 8 against 1 (three calls): (1, 65536) sparse -18 to -22 % (5.29 -> 4.12
+            ms), (2, 16384) sparse -4 to -6 %, but the moderate and dense cells and (8, 4096) between -5 % and +34 %
+            from call to call, mostly slower: 1 by default. Bit for bit the plain walk's results at every depth.
         output_group: old slot states read per tensor-core product in the output kernel, for float32 inputs (2: 168
             registers without spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200,
             docs/benchmarks.md run 21). 16-bit inputs read one per product, scaled after it (run 44).
@@ -78,6 +86,7 @@ class TritonSettings:
     pipeline: bool = True
     carry_warps: int | None = None
     carry_guesses: bool = True
+    carry_guess_depth: int = 1
     output_group: int = 2
     bwd_stages: int = 2
     bwd_warps: int = 4
@@ -86,6 +95,8 @@ class TritonSettings:
     launch_overrides: tuple = ()
 
     def __post_init__(self):
+        if not (isinstance(self.carry_guess_depth, int) and 1 <= self.carry_guess_depth <= 64):
+            raise ValueError(f"carry_guess_depth: expected an int from 1 to 64, got {self.carry_guess_depth!r}")
         for item in self.launch_overrides:  # a wrong entry would fail inside Triton's launcher, far from here
             ok = isinstance(item, tuple) and len(item) == 3 and item[0] in LAUNCH_KERNELS
             if not (ok and item[1] in LAUNCH_OPTIONS and isinstance(item[2], int) and item[2] > 0):

@@ -669,17 +669,32 @@ def test_bf16_output_at_128_features_reads_whole_rows(monkeypatch):
     assert torch.linalg.norm(o.float() - ref) <= 5e-3 * torch.linalg.norm(ref)
 
 
+def _mutated(kernel, mutate):
+    """A stand-in for ``kernel[grid](*args)`` that launches it, then calls ``mutate(args)`` on its outputs."""
+    class Mutated:
+        def __getitem__(self, grid):
+            def launch(*args, **options):
+                kernel[grid](*args, **options)
+                mutate(args)
+            return launch
+
+    return Mutated()
+
+
 @needs_kernels
-@pytest.mark.parametrize("regime_length,decay,tau,lengths,with_cache", [
-    (40.0, 0.6, 0.5, None, False), (1.5, 0.6, 0.5, None, True), (4.0, 0.6, 0.5, [400, 230], False),
-    (100.0, 0.8, 0.35, None, False)],
-    ids=["sparse", "dense_after_a_cache", "rows_of_other_lengths", "long_runs_mild_decay"])
-def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_cache, monkeypatch):
-    """``TritonSettings.carry_guesses`` (the default): every decision, score, output and the final cache bit for bit
-    those of the carry scan alone, on chunks with and without boundaries (sparse: the guess after a chunk without one
-    fails), after an initial cache, with rows of other lengths, and over runs of chunks without one. And the walk
-    takes the guessed chunks: with the guess kernel's masks zeroed, other results; and it walks the chunks after the
-    breaks: with the breaks cleared, other results where the guesses after a run fail visibly (mild decay)."""
+@pytest.mark.parametrize("regime_length,decay,tau,lengths,with_cache,depth", [
+    (40.0, 0.6, 0.5, None, False, 1), (1.5, 0.6, 0.5, None, True, 1), (4.0, 0.6, 0.5, [400, 230], False, 1),
+    (100.0, 0.8, 0.35, None, False, 1), (40.0, 0.6, 0.5, None, False, 4), (100.0, 0.8, 0.35, None, False, 4)],
+    ids=["sparse", "dense_after_a_cache", "rows_of_other_lengths", "long_runs_mild_decay", "sparse_four_deep",
+         "long_runs_four_deep"])
+def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_cache, depth, monkeypatch):
+    """``TritonSettings.carry_guesses`` (the default), one and four chunks deep (``carry_guess_depth``): every
+    decision, score, output and the final cache bit for bit those of the carry scan alone, on chunks with and
+    without boundaries (sparse: the one-deep guess after a chunk without one fails), after an initial cache, with
+    rows of other lengths, and over runs of chunks without one. And the walk takes the guessed chunks: with the
+    guess kernel's masks zeroed, other results; it processes the suspect chunks: with their bits cleared, other
+    results where the guesses after a run fail visibly (mild decay); four deep, it takes the deeper guesses: with
+    their masks given a false boundary, other results."""
     from dla_fast.ops.scalar_decay import chunk_fwd
 
     x = regimes(2, 400, 1, 32, 32, 6, seed=5, regime_length=regime_length, jitter=0.5, decay=decay)
@@ -692,50 +707,59 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
         _, c0, _ = _fwd(q[:, :90], k[:, :90], v[:, :90], g[:, :90], w[:, :90], tau=tau)
         kw.update(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
     plain = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=False), **kw)
-    guessed = _fwd(q, k, v, g, w, **kw)
+    settings = TritonSettings(carry_guess_depth=depth)
+    deeper = []  # the deeper guesses' depths, seen after their kernel
+
+    def seen(args):
+        deeper.append(int((args[9] > 1).sum()))
+
+    monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
+    monkeypatch.setattr(chunk_fwd, "dla_carry_deep_guess_kernel", _mutated(chunk_fwd.dla_carry_deep_guess_kernel, seen))
+    guessed = _fwd(q, k, v, g, w, settings=settings, **kw)
     for b, n in enumerate(lengths or []):  # the padding's scores are not written (torch.empty): not compared
         plain[2][0][b, n:] = guessed[2][0][b, n:] = 0
     for a, b in zip((plain[0], *plain[1], *plain[2]), (guessed[0], *guessed[1], *guessed[2])):
         assert torch.equal(a, b)
     assert plain[2][1][:, 64:].any()  # starts after the first chunk (the guessed ones)
+    if depth > 1 and regime_length >= 40:  # runs of chunks without a boundary: deeper guesses taken
+        assert deeper and deeper[0] > 0
 
     def masks_zeroed(args):  # the guess kernel's masks (argument 6) past chunk 0
         args[6][:, 1:] = 0
 
-    def last_break_only(args):  # the break words (argument 10) all clear but the last chunk's bit: jumps too far
-        nc = args[6].shape[1]
-        args[10].zero_()
-        args[10][:, (nc - 1) // 32] = int(np.int32(np.uint32(1 << ((nc - 1) % 32))))
+    def last_bit_only(args, words=10 if depth == 1 else 3):  # the walk's bits all clear but the last chunk's: it
+        nc = args[6 if depth == 1 else 0].shape[1]                 # jumps too far (the guess kernel's break words
+        args[words].zero_()                                       # one deep, else the suspects kernel's)
+        args[words][:, (nc - 1) // 32] = int(np.int32(np.uint32(1 << ((nc - 1) % 32))))
 
-    # long runs without a boundary, whose history the decay keeps: the guesses after them fail, visibly
-    mutants = [masks_zeroed] + ([last_break_only] if decay >= 0.8 else [])
-    real = chunk_fwd.dla_carry_guess_kernel
-    monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
-    for mutate in mutants:
-        class Mutated:  # the guess kernel, then its outputs mutated
-            def __getitem__(self, grid, mutate=mutate):
-                def launch(*args, **options):
-                    real[grid](*args, **options)
-                    mutate(args)
-                return launch
+    def deeper_given_a_boundary(args):  # the deeper guesses' masks (argument 7) a false boundary at token 5
+        args[7][args[9] > 1] |= 1 << 5
 
-        monkeypatch.setattr(chunk_fwd, "dla_carry_guess_kernel", Mutated())
-        mutant = _fwd(q, k, v, g, w, **kw)
+    mutants = [("dla_carry_guess_kernel", masks_zeroed)]
+    if decay >= 0.8:  # long runs without a boundary, whose history the decay keeps: the guesses after them fail
+        mutants.append(("dla_carry_guess_kernel" if depth == 1 else "dla_carry_suspects_kernel", last_bit_only))
+    if depth > 1 and regime_length >= 40:
+        mutants.append(("dla_carry_deep_guess_kernel", deeper_given_a_boundary))
+    for name, mutate in mutants:
+        with monkeypatch.context() as m:
+            m.setattr(chunk_fwd, name, _mutated(getattr(chunk_fwd, name), mutate))
+            mutant = _fwd(q, k, v, g, w, settings=settings, **kw)
         flat = (mutant[0], *mutant[1], *mutant[2])
         assert not all(torch.equal(a, b) for a, b in zip(flat, (plain[0], *plain[1], *plain[2]))), mutate.__name__
 
 
 @needs_kernels
-@pytest.mark.parametrize("guesses", [True, False], ids=["guessed", "plain"])
-def test_carry_kernels_launch_without_contraction(guesses, monkeypatch):
+@pytest.mark.parametrize("depth", [0, 1, 4], ids=["plain", "one_deep", "four_deep"])
+def test_carry_kernels_launch_without_contraction(depth, monkeypatch):
     """Every carry-scan kernel a forward launches compiles without floating-point contraction
-    (``CARRY_COMPILE_OPTIONS``): the guessed chunks get the plain walk's bits only if the three kernels round the
+    (``CARRY_COMPILE_OPTIONS``): the guessed chunks get the plain walk's bits only if the carry kernels round the
     shared expressions alike (run 41 found FMAs taken in one kernel and not another)."""
     from dla_fast.ops.scalar_decay import chunk_fwd
 
     seen = {}
     monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
-    for name in ("dla_carry_kernel", "dla_carry_guess_kernel", "dla_carry_walk_kernel"):
+    for name in ("dla_carry_kernel", "dla_carry_guess_kernel", "dla_carry_walk_kernel", "dla_carry_deep_guess_kernel",
+                 "dla_carry_deep_walk_kernel"):
         real = getattr(chunk_fwd, name)
 
         class Recorded:  # the kernel, its launch options noted
@@ -749,8 +773,9 @@ def test_carry_kernels_launch_without_contraction(guesses, monkeypatch):
 
         monkeypatch.setattr(chunk_fwd, name, Recorded())
     q, k, v, g, w = (_t(a) for a in regimes(1, 200, 1, 32, 32, 4, seed=3, regime_length=4.0, jitter=0.5))
-    _fwd(q, k, v, g, w, tau=0.5, settings=TritonSettings(carry_guesses=guesses))
-    want = {"dla_carry_guess_kernel", "dla_carry_walk_kernel"} if guesses else {"dla_carry_kernel"}
+    _fwd(q, k, v, g, w, tau=0.5, settings=TritonSettings(carry_guesses=depth > 0, carry_guess_depth=max(depth, 1)))
+    want = {0: {"dla_carry_kernel"}, 1: {"dla_carry_guess_kernel", "dla_carry_walk_kernel"},
+            4: {"dla_carry_guess_kernel", "dla_carry_deep_guess_kernel", "dla_carry_deep_walk_kernel"}}[depth]
     assert set(seen) == want and all(fusion is False for fusion in seen.values()), seen
 
 
@@ -1024,7 +1049,7 @@ def test_merge_kernel_matches_an_event_by_event_simulation(K, T, rate, seed):
     dla_merge_kernel[(BH,)](
         _t(masks, torch.int64), _t(scores), _t(np.full(BH, T), torch.int64), got["cnt"], got["info"], got["size"],
         got["death"], got["death0"], got["merged"], got["live"], got["livem"], got["fpos"], T, K, none, none,
-        torch.zeros(BH, device=DEV, dtype=torch.int32), none, C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=CUDA,
+        torch.zeros(BH, device=DEV, dtype=torch.int32), none, none, C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=CUDA,
         num_warps=1)
     assert (ref["merged"] >= 0).sum() > 0
     for name, want in ref.items():

@@ -283,10 +283,10 @@ def slot_after_chunk(P, eGl, L, grown):
 def decide_chunk(k_ptr, v_ptr, bnd_ptr, mask_ptr, cscore_ptr, pbase, kc, vc, P, c, bh, NC, trow, tok, valid, Tr,
                  emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv, N, tau, eps, norm_eps, C: tl.constexpr,
                  BK: tl.constexpr, BV: tl.constexpr, NVB: tl.constexpr, OVERRIDE: tl.constexpr,
-                 SPLIT: tl.constexpr, PREC: tl.constexpr):
+                 SPLIT: tl.constexpr, PREC: tl.constexpr, STORE: tl.constexpr = True):
     """One chunk's decisions against the open slot it is entered with (P in registers, or at ``pbase`` in Dv
-    blocks when NVB > 1): its carry scores and boundary mask, stored and returned (the mask). The first boundary
-    and its orbit are one two-operand reduction; the first token of an empty cache opens a slot."""
+    blocks when NVB > 1): its carry scores and boundary mask, stored (STORE) and returned. The first boundary and
+    its orbit are one two-operand reduction; the first token of an empty cache opens a slot."""
     t_idx = tl.arange(0, C)
     if NVB == 1:
         y, nP0 = carry_products(kc, vc, P, SPLIT, PREC)
@@ -312,8 +312,9 @@ def decide_chunk(k_ptr, v_ptr, bnd_ptr, mask_ptr, cscore_ptr, pbase, kc, vc, P, 
     else:
         hit = ((Ic >= tau) | fe) & valid & (tok < Tr)
         _, mask = tl.reduce((tl.where(hit, t_idx, C), tl.where(hit, anc_row, 0)), 0, first_hit_combine)
-    tl.store(mask_ptr + bh * NC + c, mask)
-    tl.store(cscore_ptr + bh * NC * C + tok, Ic)
+    if STORE:
+        tl.store(mask_ptr + bh * NC + c, mask)
+        tl.store(cscore_ptr + bh * NC * C + tok, Ic)
     return mask, Ic
 
 
@@ -467,9 +468,30 @@ def follows(mask, orbit_word, BFIND: tl.constexpr = False):
 
 
 @triton.jit
+def guess_holds(mask_row, anc_chunks, c, d, mask_prev, orbit_prev, C: tl.constexpr, BFIND: tl.constexpr = False):
+    """Whether chunk c >= 1 holds its guessed decisions, judged on the final masks of the chunks before it. Its
+    guess starts ``d`` chunks back (1, or the depth ``dla_carry_deep_guess_kernel`` recorded): the slot that leaves
+    chunk c - d along its fresh path, grown through the chunks after it. It holds if chunk c - d follows and the
+    chunks after it up to c - 1 have no boundary. ``mask_prev``, ``orbit_prev``: chunk c - 1's mask and orbit word
+    (the callers hold them); for d > 1 the others are read from ``mask_row`` (the row's ``[NC]`` masks) and
+    ``anc_chunks`` (the row's orbits, chunk j's word at ``j * C``)."""
+    m_first = mask_prev
+    o_first = orbit_prev
+    between_empty = mask_prev == mask_prev
+    if d > 1:
+        first = c - d
+        m_first = tl.load(mask_row + first, cache_modifier=".cg")
+        o_first = tl.load(anc_chunks + first * C, cache_modifier=".cg")
+        between_empty = mask_prev == 0
+        for i in range(first + 1, c - 1):
+            between_empty = between_empty & (tl.load(mask_row + i, cache_modifier=".cg") == 0)
+    return between_empty & follows(m_first, o_first, BFIND)
+
+
+@triton.jit
 def next_break(brk_row, c):
-    """The first chunk >= c whose bit is set in a row's break words (int32, 32 chunks a word,
-    ``dla_carry_guess_kernel``'s); the row's last chunk has its bit set, so the search ends."""
+    """The first chunk >= c whose bit is set in a row's words (int32, 32 chunks a word: the guess kernel's breaks or
+    ``dla_carry_suspects_kernel``'s suspects); the row's last chunk has its bit set, so the search ends."""
     w = c // 32
     word = (tl.load(brk_row + w).to(tl.int64) & 0xFFFFFFFF) >> (c % 32) << (c % 32)
     while word == 0:
@@ -485,6 +507,58 @@ def chunk_scores(mask, carry_scores, row_chunk, t_idx, itab_ptr, C: tl.constexpr
     pt = highest_bit_index(mask & ((tl.full([C], 1, tl.int64) << t_idx.to(tl.int64)) - 1), BFIND)
     it = tl.load(itab_ptr + itab_index(row_chunk, t_idx, pt, C), mask=pt >= 0, other=0.0)
     return tl.where(pt >= 0, it, carry_scores)
+
+
+@triton.jit
+def run_since(k_ptr, v_ptr, cvec_ptr, b, h, bh, x, L, T, H, NC, kd, vd, Dk, Dv, C: tl.constexpr, SPLIT: tl.constexpr,
+              PREC: tl.constexpr):
+    """The run of chunk x's tokens from position L on (all of them for L < 0), weighted to the chunk end: the
+    walk's ``slot_since`` on the same operands."""
+    t_idx = tl.arange(0, C)
+    tok = x * C + t_idx
+    row = (b * T + tok) * H + h
+    wd = tl.load(cvec_ptr + ((bh * NC + x) * CARRY_ROWS + CV_WD) * C + t_idx, cache_modifier=".cg")
+    hi, mid, lo = weighted_key_parts(load_rows(k_ptr, row, tok < T, kd, Dk), wd, SPLIT)
+    return slot_since(hi, mid, lo, load_rows(v_ptr, row, tok < T, vd, Dv), (t_idx >= L)[:, None], SPLIT, PREC)
+
+
+@triton.jit
+def grown_through(S, k_ptr, v_ptr, cvec_ptr, decay_ptr, b, h, bh, x, T, H, NC, kd, vd, Dk, Dv, C: tl.constexpr,
+                  SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """The slot S that enters chunk x, which has no boundary, as it leaves the chunk: decayed through it and grown by
+    all its tokens, the plain walk's update (``slot_after_chunk``) on the same operands."""
+    grown = run_since(k_ptr, v_ptr, cvec_ptr, b, h, bh, x, -1, T, H, NC, kd, vd, Dk, Dv, C, SPLIT, PREC)
+    return slot_after_chunk(S, tl.load(decay_ptr + bh * NC + x, cache_modifier=".cg"), -1, grown)
+
+
+@triton.jit
+def guessed_entry_slot(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, b, h, bh, x, d, T, H, NC, kd, vd, Dk, Dv,
+                       C: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """Chunk x's guessed entry slot, ``d`` chunks deep: the run that ends the fresh path of chunk x - d, grown
+    through chunks x - d + 1 .. x - 1 (``grown_through``)."""
+    first = x - d
+    trow = (b * T + (first + 1) * C + tl.arange(0, C)) * H + h
+    S = fresh_slot_before(k_ptr, v_ptr, anc_ptr, cvec_ptr, bh, first + 1, NC, trow, tl.arange(0, C), kd, vd, Dk, Dv,
+                          H, C, SPLIT, PREC)
+    for y in range(first + 1, x):
+        S = grown_through(S, k_ptr, v_ptr, cvec_ptr, decay_ptr, b, h, bh, y, T, H, NC, kd, vd, Dk, Dv, C, SPLIT, PREC)
+    return S
+
+
+@triton.jit
+def exit_slot(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, mask_row, b, h, bh, x, d, T, H, NC, kd, vd, Dk, Dv,
+              C: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """The slot leaving chunk x >= 1, whose guess (``d`` deep) held, as did those of the chunks before it: the run
+    since its last boundary, or, without one, its guessed entry slot grown through it. The same operations on the
+    same operands as the plain walk's update, so the same bits."""
+    L = highest_bit_index(tl.load(mask_row + x, cache_modifier=".cg"))
+    if L >= 0:
+        S = run_since(k_ptr, v_ptr, cvec_ptr, b, h, bh, x, L, T, H, NC, kd, vd, Dk, Dv, C, SPLIT, PREC)
+    else:
+        S = guessed_entry_slot(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, b, h, bh, x, d, T, H, NC, kd, vd, Dk, Dv,
+                               C, SPLIT, PREC)
+        S = grown_through(S, k_ptr, v_ptr, cvec_ptr, decay_ptr, b, h, bh, x, T, H, NC, kd, vd, Dk, Dv, C, SPLIT, PREC)
+    return S
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -519,6 +593,92 @@ def dla_carry_guess_kernel(
     if SCORES:
         sc = chunk_scores(mask, Ic, bh * NC + c, t_idx, itab_ptr, C)
         tl.store(score_ptr + bh * NC * C + tok, sc, mask=tok < tl.minimum(T, Tr))
+
+
+@triton.jit(do_not_specialize=["T"])
+def dla_carry_deep_guess_kernel(
+    k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, guess_ptr, mask_ptr, cscore_ptr, depth_ptr,
+    T, H, Dk, Dv, tau, eps, norm_eps,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+    DEPTH: tl.constexpr,
+):
+    """Program (i, bh), after ``dla_carry_guess_kernel`` (its masks in ``guess_ptr``, a copy), for chunks c = 2 + i,
+    2 + i + P, ... (P programs a row: few chunks need this, and an idle program of this size costs more than a loop
+    step). Where that kernel found no boundary in chunk c - 1, chunk c's guess fails if that is so, and c is decided
+    again from a deeper guess: the slot that leaves the nearest chunk before it with a boundary (at most DEPTH back,
+    not chunk 0) along that chunk's fresh path, grown through the chunks after it, provided that those have no
+    boundary when entered so. Its mask and carry scores replace the guess kernel's, and ``depth_ptr`` ([BH, NC]
+    int32, ones) records how many chunks back its guess starts. Whether a guess holds is judged on the true masks
+    (``guess_holds``); which chunks are guessed how deep only sets how many the walk decides (sparse inputs: ~45 %
+    of chunks one deep, ~7 % four deep; benchmarks/carry_deep_guesses.py)."""
+    bh = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    b = bh // H
+    h = bh % H
+    kd = tl.arange(0, BK)
+    vd = tl.arange(0, BV)
+    guess_row = guess_ptr + bh * NC
+    N = (Dk * Dv).to(tl.float32)
+    Tr = tl.load(rlen_ptr + bh)
+    for c in range(2 + tl.program_id(0), NC, tl.num_programs(0)):
+        _deeper_guess(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, guess_row, mask_ptr, cscore_ptr, depth_ptr, b, h,
+                      bh, c, T, H, NC, Tr, Dk, Dv, N, tau, eps, norm_eps, kd, vd, C, BK, BV, PREC, SPLIT, DEPTH)
+
+
+@triton.jit
+def _deeper_guess(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, guess_row, mask_ptr, cscore_ptr, depth_ptr, b, h, bh,
+                  c, T, H, NC, Tr, Dk, Dv, N, tau, eps, norm_eps, kd, vd, C: tl.constexpr, BK: tl.constexpr,
+                  BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, DEPTH: tl.constexpr):
+    """``dla_carry_deep_guess_kernel``'s work for chunk c."""
+    if tl.load(guess_row + c - 1) == 0:
+        d = 2
+        m = tl.load(guess_row + c - 2, mask=c - 2 >= 1, other=0)  # chunk 0's mask is the walk's, not yet there
+        while (m == 0) & (d < DEPTH) & (c - d > 1):
+            d += 1
+            m = tl.load(guess_row + c - d)
+        if m != 0:
+            # chunk c - d + 1 had no boundary when entered with that slot (the guess kernel's decision); check the rest
+            S = guessed_entry_slot(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, b, h, bh, c - d + 2, 2, T, H, NC,
+                                   kd, vd, Dk, Dv, C, SPLIT, PREC)
+            x = c - d + 2
+            clear = tl.full((), 1, tl.int32)
+            while (x < c) & (clear != 0):
+                kx, vx, X0, NP0, ss, eG, ash, a, em1, _, _, anc_row = carry_inputs(
+                    k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, x, T, H, NC, kd, vd, Dk, Dv, C)
+                tok = x * C + tl.arange(0, C)
+                mx, _ = decide_chunk(k_ptr, v_ptr, mask_ptr, mask_ptr, cscore_ptr, mask_ptr, kx, vx, S, x, bh, NC,
+                                     (b * T + tok) * H + h, tok, tok < T, Tr, 0, anc_row, X0, NP0, ss, eG, ash, a,
+                                     em1, Dk, Dv, N, tau, eps, norm_eps, C, BK, BV, 1, False, SPLIT, PREC, False)
+                clear = (mx == 0).to(tl.int32)
+                S = grown_through(S, k_ptr, v_ptr, cvec_ptr, decay_ptr, b, h, bh, x, T, H, NC, kd, vd, Dk, Dv, C,
+                                  SPLIT, PREC)
+                x += 1
+            if clear != 0:
+                kc, vc, X0, NP0, ss, eG, ash, a, em1, _, _, anc_row = carry_inputs(
+                    k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c, T, H, NC, kd, vd, Dk, Dv, C)
+                tok = c * C + tl.arange(0, C)
+                decide_chunk(k_ptr, v_ptr, mask_ptr, mask_ptr, cscore_ptr, mask_ptr, kc, vc, S, c, bh, NC,
+                             (b * T + tok) * H + h, tok, tok < T, Tr, 0, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv,
+                             N, tau, eps, norm_eps, C, BK, BV, 1, False, SPLIT, PREC)
+                tl.store(depth_ptr + bh * NC + c, d)
+
+
+@triton.jit(do_not_specialize=["T"])
+def dla_carry_suspects_kernel(mask_ptr, anc_ptr, depth_ptr, sus_ptr, T, C: tl.constexpr):
+    """Program (chunk c >= 1, bh), after the guess kernels (``carry_guess_depth`` > 1): chunk c's bit in the row's
+    words ``sus_ptr`` ([BH, cdiv(NC, 32)] int32, zeroed) set where its guess may not hold, judged on the guessed
+    masks (``guess_holds``), and for the last chunk. The walk takes the chunks without a bit as guessed: a guess that
+    starts after the last chunk the walk decided is judged on true masks here. (Chunk 1's judgement reads chunk 0's
+    mask, not yet written: the walk decides chunk 0 and checks the chunks after it one by one.)"""
+    c = tl.program_id(0) + 1
+    bh = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    mask_row = mask_ptr + bh * NC
+    anc_chunks = anc_ptr + bh * NC * C
+    d = tl.load(depth_ptr + bh * NC + c)
+    holds = guess_holds(mask_row, anc_chunks, c, d, tl.load(mask_row + c - 1), tl.load(anc_chunks + (c - 1) * C), C)
+    suspect = (holds == 0) | (c == NC - 1)
+    tl.atomic_or(sus_ptr + bh * tl.cdiv(NC, 32) + c // 32, tl.full((), 1, tl.int32) << (c % 32), mask=suspect)
 
 
 # Long: the carry scan's walk over the breaks is one dependent chain per (b, h), its prefetch in the same body.
@@ -581,6 +741,108 @@ def dla_carry_walk_kernel(
             Preg = slot_after_chunk(Preg, eGl, L, slot_since(kw_hi, kw_mid, kw_lo, vc, (t_idx >= L)[:, None], SPLIT,
                                                              PREC))
         guessed = passes.to(tl.int32)
+        c += 1
+        kc, vc, anc_row, eGl = kn, vn, ancn, eGln
+        X0, NP0, ss, eG, ash, a, em1, wd = X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn
+    store_state(pbase, Preg, kd, vd, Dk, Dv)
+    if PIPE:  # every chunk final: a merge simulation that waited for a chunk the walk took as guessed (a bug) ends
+        tl.atomic_xchg(flag_ptr + bh, NC, sem="release")
+
+
+@triton.jit
+def processed(sus_row, depth_row, x, last_walked):
+    """Whether the deep walk processes chunk x: its suspect bit is set, or its guess starts at or before the last
+    chunk the walk decided (whose true mask may differ from the guessed one the bit was judged on)."""
+    bit = (tl.load(sus_row + x // 32) >> (x % 32)) & 1
+    return (bit != 0) | (x - tl.load(depth_row + x) <= last_walked)
+
+
+@triton.jit
+def next_processed(sus_row, depth_row, c, last_walked, NC, DEPTH: tl.constexpr):
+    """The first chunk >= c the deep walk processes: within DEPTH chunks of the last one it decided, chunk by chunk
+    (``processed``); past them the next suspect chunk (``next_break``; the last chunk is one)."""
+    x = c
+    while (x <= last_walked + DEPTH) & (x < NC - 1) & (processed(sus_row, depth_row, x, last_walked) == 0):
+        x += 1
+    if x > last_walked + DEPTH:
+        x = next_break(sus_row, x)
+    return x
+
+
+# Long: the carry scan's walk over the suspect chunks is one dependent chain per (b, h), its prefetch in one body.
+@triton.jit(do_not_specialize=["T"])
+def dla_carry_deep_walk_kernel(
+    k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, sus_ptr, depth_ptr,
+    p_ptr, size_ptr, mask_ptr, cscore_ptr,
+    T, H, Dk, Dv, tau, eps, norm_eps,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+    PIPE: tl.constexpr, DEPTH: tl.constexpr, flag_ptr,
+):
+    """Program (bh), after the guess kernels (``carry_guess_depth`` = DEPTH > 1; ``dla_carry_walk_kernel`` at 1):
+    the carry scan (``dla_carry_kernel``, P in registers) over the chunks whose guesses may not hold. It processes
+    chunk 0, each chunk with a bit in ``sus_ptr`` (``dla_carry_suspects_kernel``) and, within DEPTH chunks after
+    each chunk it decides, those whose guesses start at or before that one (its true mask may differ from the
+    guessed one the bits were judged on; ``processed``). A processed chunk whose guess holds on the true masks
+    (``guess_holds``) keeps the guessed decisions; the others are decided here from the slot they are entered with,
+    their masks and carry scores overwriting the guessed ones. It jumps over the rest, whose guesses hold, and forms
+    the slot leaving the chunk before the next one it processes (``exit_slot``). PIPE: it publishes how far the
+    masks are final (``flag_ptr``), at each jump and after each processed chunk, for the merge simulation, which
+    waits on it for every chunk (deeper guesses: ``merge_simulation`` without ``guessed_orbits``). The next chunk's
+    inputs are loaded before each step, as in the plain walk."""
+    bh = tl.program_id(0)
+    b, h, NC, N, emp, Tr, pbase = carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C)
+    t_idx = tl.arange(0, C)
+    kd = tl.arange(0, BK)
+    vd = tl.arange(0, BV)
+    Preg = load_state(pbase, kd, vd, Dk, Dv)
+    sus_row = sus_ptr + bh * tl.cdiv(NC, 32)
+    mask_row = mask_ptr + bh * NC
+    anc_chunks = anc_ptr + bh * NC * C
+    c = 0
+    kc, vc, X0, NP0, ss, eG, ash, a, em1, wd, eGl, anc_row = carry_inputs(
+        k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c, T, H, NC, kd, vd, Dk, Dv, C)
+    depth_row = depth_ptr + bh * NC
+    entered = tl.full((), 1, tl.int32)  # whether Preg is chunk c's entry slot (else chunk c is reached by a jump)
+    last_walked = tl.full((), -DEPTH - 1, tl.int32)  # the last chunk decided here
+    mask_prev = tl.zeros([], dtype=tl.int64)  # chunk c - 1's final mask
+    while c < NC:
+        if entered == 0:  # the chunks jumped over hold their guesses: the slot leaving the last of them
+            c = next_processed(sus_row, depth_row, c, last_walked, NC, DEPTH)
+            Preg = exit_slot(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, mask_row, b, h, bh, c - 1,
+                             tl.load(depth_row + c - 1), T, H, NC, kd, vd, Dk, Dv, C,
+                             SPLIT, PREC)
+            mask_prev = tl.load(mask_row + c - 1, cache_modifier=".cg")
+            kc, vc, X0, NP0, ss, eG, ash, a, em1, wd, eGl, anc_row = carry_inputs(
+                k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c, T, H, NC, kd, vd, Dk, Dv, C)
+            if PIPE:  # the chunks before c are final
+                tl.atomic_xchg(flag_ptr + bh, c, sem="release")
+        tok = c * C + t_idx
+        valid = tok < T
+        trow = (b * T + tok) * H + h
+        # chunk c + 1's inputs, for its step if it is processed
+        kn, vn, X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn, eGln, ancn = carry_inputs(
+            k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c + 1, T, H, NC, kd, vd, Dk, Dv, C)
+        d = tl.load(depth_row + c)
+        orbit_prev = tl.load(anc_chunks + (c - 1) * C, mask=c > 0, other=0, cache_modifier=".cg")
+        holds = (c > 0) & guess_holds(mask_row, anc_chunks, c, d, mask_prev, orbit_prev, C)
+        if holds:
+            mask = tl.load(mask_row + c, cache_modifier=".cg")
+        else:
+            mask, _ = decide_chunk(k_ptr, v_ptr, mask_ptr, mask_ptr, cscore_ptr, pbase, kc, vc, Preg, c, bh, NC,
+                                   trow, tok, valid, Tr, emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv, N, tau,
+                                   eps, norm_eps, C, BK, BV, 1, False, SPLIT, PREC)
+            last_walked = c
+            tl.debug_barrier()  # the mask in memory for every thread (later chunks' guesses may read it)
+        if PIPE:  # chunks up to c are final: the merge simulation may read this one
+            tl.atomic_xchg(flag_ptr + bh, c + 1, sem="release")
+        go_on = (c + 1 < NC) & processed(sus_row, depth_row, tl.minimum(c + 1, NC - 1), last_walked)
+        if go_on | (c == NC - 1):  # the slot leaving the chunk (the last one's: the call's open slot)
+            L = highest_bit_index(mask)
+            kw_hi, kw_mid, kw_lo = weighted_key_parts(kc, wd, SPLIT)
+            Preg = slot_after_chunk(Preg, eGl, L, slot_since(kw_hi, kw_mid, kw_lo, vc, (t_idx >= L)[:, None], SPLIT,
+                                                             PREC))
+        entered = go_on.to(tl.int32)
+        mask_prev = mask
         c += 1
         kc, vc, anc_row, eGl = kn, vn, ancn, eGln
         X0, NP0, ss, eG, ash, a, em1, wd = X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn
@@ -779,9 +1041,9 @@ def pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore
 def dla_merge_kernel(
     mask_ptr, score_ptr, rlen_ptr, cnt_ptr, info_ptr, size_ptr,
     death_ptr, death0_ptr, merged_ptr, live_ptr, livem_ptr, fpos_ptr,
-    T, K, itab_ptr, cscore_ptr, flag_ptr, anc_ptr,
+    T, K, itab_ptr, cscore_ptr, flag_ptr, anc_ptr, depth_ptr,
     C: tl.constexpr, KP: tl.constexpr, KW: tl.constexpr, PIPE: tl.constexpr, FAST: tl.constexpr,
-    GUESSED: tl.constexpr = False,
+    GUESSED: tl.constexpr = False, DEEP: tl.constexpr = False,
 ):
     """Program (bh), one warp: counts n (int64), information sums Ibar (float64) and start positions of the
     <= K slots in KW-wide vectors (KW = max(KP, 32): one lane per slot); one lowest-density merge (tie: the
@@ -790,9 +1052,10 @@ def dla_merge_kernel(
     while it is being closed. Per chunk O(C) vector work; per event O(1) shuffles and reductions.
     PIPE: runs concurrently with the carry scan, waiting on its per-chunk flag, and assembles the scores
     itself (carry score up to the first boundary, else the table entry I[t, p(t)]).
-    GUESSED (with PIPE; the carry scan from guessed chunks): a chunk after one that ``follows`` holds the guess
-    kernel's decisions and scores, final before this kernel starts: they are read a chunk ahead, without waiting;
-    only the chunks the walk decides are waited for.
+    GUESSED (with PIPE; the carry scan from guessed chunks): a chunk guessed one deep after one that ``follows``
+    holds the guess kernel's decisions and scores, final before this kernel starts: they are read a chunk ahead,
+    without waiting. The others are waited for: those the walk decides and (DEEP) those guessed deeper (their depths
+    at ``depth_ptr``), whose guesses the walk judges as it passes them.
     FAST (a GPU; False under the interpreter): branch-free divisions and a warp ballot in inline PTX."""
     bh = tl.program_id(0)
     NC = tl.cdiv(T, C)
@@ -817,8 +1080,11 @@ def dla_merge_kernel(
         sc = tl.zeros([C], dtype=tl.float32)
     guessed = tl.full((), 0, tl.int32)  # GUESSED: whether chunk c holds its guess (chunk 0 is walked)
     orbit_word = tl.zeros([], dtype=tl.int64)  # GUESSED: ``anc`` at chunk c's first token
+    depth_n = tl.full((), 1, tl.int32)  # DEEP: chunk c + 1's guess depth
     if GUESSED:
         orbit_word = tl.load(anc_ptr + bh * NC * C)
+        if DEEP:
+            depth_n = tl.load(depth_ptr + bh * NC + 1, mask=NC > 1, other=1)
     mask_n = mask
     sc_n = sc
     for c in range(NC):
@@ -835,12 +1101,14 @@ def dla_merge_kernel(
                 mask = mask_n
                 sc = sc_n
             if GUESSED:  # the next chunk's decisions and scores, read now where it holds its guess
-                guessed = follows(mask, orbit_word, FAST).to(tl.int32)
+                guessed = (follows(mask, orbit_word, FAST) & (depth_n == 1)).to(tl.int32)
                 ahead = tl.where(guessed != 0, c + 1 < NC, False)
                 mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=ahead, other=0)
                 tn = (c + 1) * C + t_idx
                 sc_n = tl.load(score_ptr + bh * NC * C + tn, mask=ahead & (tn < tl.minimum(T, Tr)), other=0.0)
                 orbit_word = tl.load(anc_ptr + (bh * NC + c + 1) * C, mask=c + 1 < NC, other=0)
+                if DEEP:
+                    depth_n = tl.load(depth_ptr + bh * NC + c + 2, mask=c + 2 < NC, other=1)
         else:
             # prefetch the next chunk's mask and scores
             mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
