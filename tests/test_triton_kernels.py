@@ -727,9 +727,11 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
     def masks_zeroed(args):  # the guess kernel's masks (argument 6) past chunk 0
         args[6][:, 1:] = 0
 
-    def last_bit_only(args, words=10 if depth == 1 else 3):  # the walk's bits all clear but the last chunk's: it
-        nc = args[6 if depth == 1 else 0].shape[1]                 # jumps too far (the guess kernel's break words
-        args[words].zero_()                                       # one deep, else the suspects kernel's)
+    def last_bit_only(args, words=10 if depth == 1 else 3):
+        """The words the walk jumps by (the guess kernel's breaks one deep, else the suspects kernel's bits) all
+        clear but the last chunk's: it jumps too far."""
+        nc = args[6 if depth == 1 else 0].shape[1]  # the masks
+        args[words].zero_()
         args[words][:, (nc - 1) // 32] = int(np.int32(np.uint32(1 << ((nc - 1) % 32))))
 
     def deeper_given_a_boundary(args):  # the deeper guesses' masks (argument 7) a false boundary at token 5
@@ -746,6 +748,32 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
             mutant = _fwd(q, k, v, g, w, settings=settings, **kw)
         flat = (mutant[0], *mutant[1], *mutant[2])
         assert not all(torch.equal(a, b) for a, b in zip(flat, (plain[0], *plain[1], *plain[2]))), mutate.__name__
+
+
+@triton.jit
+def _processed_for_the_bit_only(sus_row, depth_row, x, last_walked):
+    """``chunk_fwd_decide.processed`` without its second condition (a mutant)."""
+    return ((tl.load(sus_row + x // 32) >> (x % 32)) & 1) != 0
+
+
+@needs_kernels
+def test_deep_walk_processes_the_chunks_whose_guesses_reach_a_decided_one(monkeypatch):
+    """Two deep, over 20 chunks of long runs: the guessed carry scan gives the plain walk's bits. And it needs the
+    deep walk to process, besides the chunks with a suspect bit (judged on the guessed masks), those whose guesses
+    start at or before a chunk it decided again: in this row such a chunk's guess holds on the guessed masks and
+    fails on the true ones, so that without the second condition (``processed`` mutated; the interpreter only, where
+    the kernel reads the module's function at each launch) the results differ."""
+    x = regimes(1, 1280, 1, 16, 16, 6, seed=3, regime_length=120.0, jitter=0.5, decay=0.8)
+    q, k, v, g, w = (_t(a) for a in x)
+    flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
+    plain = flat(_fwd(q, k, v, g, w, tau=0.35, settings=TritonSettings(carry_guesses=False)))
+    two_deep = TritonSettings(carry_guess_depth=2)
+    assert all(torch.equal(a, b) for a, b in zip(flat(_fwd(q, k, v, g, w, tau=0.35, settings=two_deep)), plain))
+    if CUDA:
+        return
+    monkeypatch.setattr(chunk_fwd_decide, "processed", _processed_for_the_bit_only)
+    mutant = flat(_fwd(q, k, v, g, w, tau=0.35, settings=two_deep))
+    assert not all(torch.equal(a, b) for a, b in zip(mutant, plain))
 
 
 @needs_kernels

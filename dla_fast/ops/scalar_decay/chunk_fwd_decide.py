@@ -786,9 +786,9 @@ def dla_carry_deep_walk_kernel(
     (``guess_holds``) keeps the guessed decisions; the others are decided here from the slot they are entered with,
     their masks and carry scores overwriting the guessed ones. It jumps over the rest, whose guesses hold, and forms
     the slot leaving the chunk before the next one it processes (``exit_slot``). PIPE: it publishes how far the
-    masks are final (``flag_ptr``), at each jump and after each processed chunk, for the merge simulation, which
-    waits on it for every chunk (deeper guesses: ``merge_simulation`` without ``guessed_orbits``). The next chunk's
-    inputs are loaded before each step, as in the plain walk."""
+    masks are final (``flag_ptr``), at each jump and after each processed chunk: the merge simulation reads the
+    one-deep guessed chunks ahead and waits on it for the others. The next chunk's inputs are loaded before each
+    step, as in the plain walk."""
     bh = tl.program_id(0)
     b, h, NC, N, emp, Tr, pbase = carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C)
     t_idx = tl.arange(0, C)
