@@ -332,6 +332,31 @@ def test_table_cotangent_kernels_match_a_float64_einsum(n, R, K, Dk, Dv):
         assert err < BOUND, (name, err)
 
 
+@needs_kernels
+def test_table_cotangents_write_into_out_and_refuse_a_wrong_one():
+    """``table_cotangents(out=)`` (the backward's units pass their cotangent tensors): ``dPhi``, ``dkhd``, ``dqt``
+    written into ``out``'s tensors, bit for bit what it returns without ``out``; an ``out`` tensor of another shape
+    or dtype is refused with its name, before any kernel writes past it."""
+    from dla_fast.ops.delta_rule.chunk_bwd_cotangents import table_cotangents
+
+    n, R, K, Dk, Dv, C = 1, 2, 4, 16, 16, 64
+    gen = torch.Generator().manual_seed(7)
+    rand = lambda *s: torch.randn(*s, generator=gen).to(DEV)  # noqa: E731
+    F, E = rand(n, R, K, Dk, Dv), rand(n, R, K, Dk, Dv)
+    maps = tuple(torch.randint(-1, K, (n, R, m), generator=gen).to(DEV) for m in (K, C))  # dest_f, dest
+    rest = (rand(n, R, C, K), rand(n, R, C, Dk), rand(n, R, C, Dv), rand(n, R, C, Dk), rand(n, R, C, Dv))
+    fresh = table_cotangents(F, E, *maps, *rest)
+    out = {"Phi": torch.zeros(n, R, Dk, Dk, device=DEV), "khd": torch.zeros(n, R, C, Dk, device=DEV),
+           "qt": torch.zeros(n, R, C, Dk, device=DEV)}
+    into = table_cotangents(F, E, *maps, *rest, out=out)
+    for a, b in zip(fresh, into):
+        assert torch.equal(a, b)
+    assert into[0] is out["Phi"] and into[1] is out["khd"] and into[3] is out["qt"]
+    for wrong in (torch.zeros(n, R, Dk, Dk + 1, device=DEV), torch.zeros(n, R, Dk, Dk, device=DEV, dtype=F64)):
+        with pytest.raises(ValueError, match="out\\['Phi'\\]"):
+            table_cotangents(F, E, *maps, *rest, out={**out, "Phi": wrong})
+
+
 def test_values_from_16_bit_inputs_are_found_exact_in_tf32():
     """The backward's walks take the values as exact in tf32 (one product fewer) only when they are: bfloat16 and
     float16 inputs upcast, not float32 ones, nor a float32 value one bit below tf32's last (the Triton

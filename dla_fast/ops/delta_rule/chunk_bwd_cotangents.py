@@ -123,12 +123,16 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
     start_warps = start_warps or (4 if small else 8)
     start_stages = start_stages or (1 if small else 2)
     new = lambda *s: torch.empty(n, R, *s, device=F.device, dtype=torch.float32)  # noqa: E731
-    dphi, dkhd, dbv, dqt, dcoef = new(Dk, Dk), new(C, Dk), new(C, Dv), new(C, Dk), new(C, K)
-    if out is not None:
+    dbv, dcoef = new(C, Dv), new(C, K)
+    if out is None:
+        dphi, dkhd, dqt = new(Dk, Dk), new(C, Dk), new(C, Dk)
+    else:
+        shapes = {"Phi": (n, R, Dk, Dk), "khd": (n, R, C, Dk), "qt": (n, R, C, Dk)}
         for name, x in out.items():
-            if x.dtype != torch.float32 or not x.is_contiguous():
-                raise ValueError(f"table_cotangents: out[{name!r}] must be a contiguous float32 tensor, got "
-                                 f"{x.dtype}{'' if x.is_contiguous() else ', not contiguous'}")
+            if x.dtype != torch.float32 or not x.is_contiguous() or tuple(x.shape) != shapes[name]:
+                raise ValueError(f"table_cotangents: out[{name!r}] must be a contiguous float32 tensor of shape "
+                                 f"{shapes[name]}, got {x.dtype} {tuple(x.shape)}"
+                                 f"{'' if x.is_contiguous() else ', not contiguous'}")
         dphi, dkhd, dqt = out["Phi"], out["khd"], out["qt"]
     f32 = lambda x: x.to(torch.float32).contiguous()  # noqa: E731
     dla_delta_start_cotangents_kernel[(n, R)](
