@@ -29,7 +29,7 @@ from forward_timeline import profiled_kernels  # noqa: E402
 from gpu_bench import K_SLOTS, TAU, WORKLOADS, alternating_ms, configs_named, report_cells, workload  # noqa: E402
 
 OUTPUTS = ("o", "states", "counts", "info", "size", "scores", "starts", "merged")
-KERNEL_ROWS = 8  # kernels listed per cell
+KERNEL_ROWS = 14  # kernels listed per cell
 PACKAGE = "dla_fast"
 
 
@@ -100,7 +100,7 @@ def compare_cell(cell: str, fns: dict, rounds: int) -> list[str]:
 
 
 def kernel_lines(kernels: dict) -> list[str]:
-    """Per kernel (this tree's eight longest), its GPU time per call in each forward (``profiled_kernels``: ten calls
+    """Per kernel (this tree's fourteen longest), its GPU time per call in each forward (``profiled_kernels``: ten calls
     under CUPTI), us: sharper than the stage windows, which are one call's and include the waits between kernels."""
     names = list(kernels["this"])[:KERNEL_ROWS]
     return [f"  kernel {name}: " + ", ".join(f"{n} {ks.get(name, 0.0):.1f}" for n, ks in kernels.items()) + " us"

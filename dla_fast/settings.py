@@ -46,12 +46,23 @@ class TritonSettings:
             2.18 (+10 %: half its chunks are walked).
         carry_guess_depth: with ``carry_guesses``, how many chunks back a chunk's guess may start: above 1, a chunk
             after one without a boundary (whose one-deep guess then fails) is guessed again from the slot leaving the
-            nearest chunk before it with a boundary, grown through the chunks between
-            (``dla_carry_deep_guess_kernel``, ``dla_carry_deep_walk_kernel``). Counted on the CPU (sparse, 4096 tokens,
+            nearest chunk before it with a boundary, grown through the chunks between (``dla_carry_deep_guess_kernel``;
+            the walk then takes such rows by ``_walk_suspects``). Counted on the CPU (sparse, 4096 tokens,
             benchmarks/carry_deep_guesses.py): the walk decides 44.5 % of chunks one deep, 7.0 % four deep, 3.1 %
-            eight deep. H200, run 47, depth 8 against 1 (three calls): (1, 65536) sparse -18 to -22 % (5.29 -> 4.12
-            ms), (2, 16384) sparse -4 to -6 %, but the moderate and dense cells and (8, 4096) between -5 % and +34 %
-            from call to call, mostly slower: 1 by default. Bit for bit the plain walk's results at every depth.
+            eight deep. Taken only where it pays: with few rows (the merge simulation pipelined,
+            ``chunk_fwd.concurrent_decisions``), rows of at least ``deep_guess_min_chunks`` chunks, and in the rows
+            where the guess kernel finds at least ``deep_guess_share`` of the chunks without a boundary (the host
+            reads the counts back and launches the deeper guesses' kernels only if some row takes them); the other
+            rows take the one-deep walk. H200, run 48, 8 against 1 in one process: (1, 65536) sparse **-21 to -23 %**
+            (5.30-5.40 -> 4.14-4.20 ms) in seven calls; moderate and dense +1.1 / +1.9 % (call 11, this form). Bit
+            for bit the plain walk's results at every depth.
+        deep_guess_share: the least share of a row's chunks (after the first) without a boundary, as the guess kernel
+            decides them, for the row to take the deeper guesses (``carry_guess_depth`` > 1): about 45 % / 1.5 % / 0
+            on issue #11's sparse / moderate / dense workloads.
+        deep_guess_min_chunks: the least chunks (of 64 tokens) a call's rows have for the deeper guesses
+            (``carry_guess_depth`` > 1); shorter rows take the one-deep walk. H200, run 48: at (2, 16384) (256 chunks)
+            depth 8 gave sparse -2 to -4 % and moderate / dense -1 to +13 % (calls 1-6, round to round), at 1024
+            chunks -21 to -23 % sparse: 512.
         output_group: old slot states read per tensor-core product in the output kernel, for float32 inputs (2: 168
             registers without spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200,
             docs/benchmarks.md run 21). 16-bit inputs read one per product, scaled after it (run 44).
@@ -86,7 +97,9 @@ class TritonSettings:
     pipeline: bool = True
     carry_warps: int | None = None
     carry_guesses: bool = True
-    carry_guess_depth: int = 1
+    carry_guess_depth: int = 8
+    deep_guess_share: float = 0.125
+    deep_guess_min_chunks: int = 512
     output_group: int = 2
     bwd_stages: int = 2
     bwd_warps: int = 4
@@ -97,6 +110,10 @@ class TritonSettings:
     def __post_init__(self):
         if not (isinstance(self.carry_guess_depth, int) and 1 <= self.carry_guess_depth <= 64):
             raise ValueError(f"carry_guess_depth: expected an int from 1 to 64, got {self.carry_guess_depth!r}")
+        if not (isinstance(self.deep_guess_share, (int, float)) and 0 <= self.deep_guess_share <= 1):
+            raise ValueError(f"deep_guess_share: expected a number from 0 to 1, got {self.deep_guess_share!r}")
+        if not (isinstance(self.deep_guess_min_chunks, int) and self.deep_guess_min_chunks >= 0):
+            raise ValueError(f"deep_guess_min_chunks: expected an int >= 0, got {self.deep_guess_min_chunks!r}")
         for item in self.launch_overrides:  # a wrong entry would fail inside Triton's launcher, far from here
             ok = isinstance(item, tuple) and len(item) == 3 and item[0] in LAUNCH_KERNELS
             if not (ok and item[1] in LAUNCH_OPTIONS and isinstance(item[2], int) and item[2] > 0):

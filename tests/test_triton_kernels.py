@@ -707,7 +707,7 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
         _, c0, _ = _fwd(q[:, :90], k[:, :90], v[:, :90], g[:, :90], w[:, :90], tau=tau)
         kw.update(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
     plain = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=False), **kw)
-    settings = TritonSettings(carry_guess_depth=depth)
+    settings = TritonSettings(carry_guess_depth=depth, deep_guess_min_chunks=0)
     deeper = []  # the deeper guesses' depths, seen after their kernel
 
     def seen(args):
@@ -750,6 +750,56 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
         assert not all(torch.equal(a, b) for a, b in zip(flat, (plain[0], *plain[1], *plain[2]))), mutate.__name__
 
 
+@needs_kernels
+def test_deeper_guesses_taken_by_the_rows_with_chunks_without_a_boundary(monkeypatch):
+    """``TritonSettings.deep_guess_share``: a row takes the deeper guesses where the guess kernel finds at least that
+    share of its chunks without a boundary, the others the one-deep walk, in one call. Two rows of ten chunks, one
+    with one such chunk and one with four: at share 0 both are guessed deeper (each gets chunks with depths above
+    1); at 0.3 (three of the nine) only the second, and the first keeps depth 1 everywhere. Every result bit for bit
+    the plain walk's in both (the walk takes each row its own way), and the orbit words the merge simulation reads
+    zeroed just before the deeper-guessed chunks (on a GPU it reads the chunks after the others ahead, before the
+    walk has judged them; under the interpreter the walk has always ended first, so only this check sees a wrong
+    word). And at a share no row reaches, or ``deep_guess_min_chunks`` above the rows' chunks, no deeper guesses
+    (their kernels not launched)."""
+    from dla_fast.ops.scalar_decay import chunk_fwd
+
+    one = regimes(2, 640, 1, 16, 16, 6, seed=3, regime_length=40.0, jitter=0.5, decay=0.6)
+    four = regimes(2, 640, 1, 16, 16, 6, seed=2, regime_length=40.0, jitter=0.5, decay=0.6)
+    q, k, v, g, w = (_t(np.concatenate([a[:1], b[1:]])) for a, b in zip(one, four))
+    flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
+    plain = flat(_fwd(q, k, v, g, w, tau=0.5, settings=TritonSettings(carry_guesses=False)))
+    seen = []
+    monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
+    def record(args):  # after the deeper guesses: each row's count, the deeper-guessed chunks, the orbit words
+        anc, depths, free, orbits = args[3], args[9], args[10], args[12]
+        seen.append((free.tolist(), depths > 1, anc[:, :, 0].clone(), orbits[:, :, 0].clone()))
+
+    monkeypatch.setattr(chunk_fwd, "dla_carry_deep_guess_kernel", _mutated(chunk_fwd.dla_carry_deep_guess_kernel,
+                                                                            record))
+    deeper = {}
+    for share in (0.0, 0.3):
+        seen.clear()
+        settings = TritonSettings(deep_guess_share=share, deep_guess_min_chunks=0)
+        guessed = flat(_fwd(q, k, v, g, w, tau=0.5, settings=settings))
+        assert all(torch.equal(a, b) for a, b in zip(guessed, plain)), share
+        free, deep, words, orbits = seen[0]
+        assert free == [1, 4]
+        deeper[share] = deep.sum(dim=1).tolist()
+        # the merge simulation's orbit words: anc's, zeroed before each deeper-guessed chunk (none follows it)
+        before_deeper = torch.zeros_like(deep)
+        before_deeper[:, :-1] = deep[:, 1:]
+        assert torch.equal(orbits, torch.where(before_deeper, 0, words))
+    assert deeper[0.0][0] > 0 and deeper[0.0][1] > 0
+    assert deeper[0.3][0] == 0 and deeper[0.3][1] == deeper[0.0][1]
+    # no row with half its chunks without a boundary, or rows shorter than deep_guess_min_chunks (ten chunks here):
+    # the deeper guesses' kernels are not launched
+    for settings in (TritonSettings(deep_guess_share=0.5, deep_guess_min_chunks=0),
+                     TritonSettings(deep_guess_share=0.0, deep_guess_min_chunks=11)):
+        seen.clear()
+        guessed = flat(_fwd(q, k, v, g, w, tau=0.5, settings=settings))
+        assert not seen and all(torch.equal(a, b) for a, b in zip(guessed, plain))
+
+
 @triton.jit
 def _processed_for_the_bit_only(sus_row, depth_row, x, last_walked):
     """``chunk_fwd_decide.processed`` without its second condition (a mutant)."""
@@ -767,7 +817,7 @@ def test_deep_walk_processes_the_chunks_whose_guesses_reach_a_decided_one(monkey
     q, k, v, g, w = (_t(a) for a in x)
     flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
     plain = flat(_fwd(q, k, v, g, w, tau=0.35, settings=TritonSettings(carry_guesses=False)))
-    two_deep = TritonSettings(carry_guess_depth=2)
+    two_deep = TritonSettings(carry_guess_depth=2, deep_guess_min_chunks=0)
     assert all(torch.equal(a, b) for a, b in zip(flat(_fwd(q, k, v, g, w, tau=0.35, settings=two_deep)), plain))
     if CUDA:
         return
@@ -786,8 +836,7 @@ def test_carry_kernels_launch_without_contraction(depth, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
-    for name in ("dla_carry_kernel", "dla_carry_guess_kernel", "dla_carry_walk_kernel", "dla_carry_deep_guess_kernel",
-                 "dla_carry_deep_walk_kernel"):
+    for name in ("dla_carry_kernel", "dla_carry_guess_kernel", "dla_carry_walk_kernel", "dla_carry_deep_guess_kernel"):
         real = getattr(chunk_fwd, name)
 
         class Recorded:  # the kernel, its launch options noted
@@ -801,9 +850,10 @@ def test_carry_kernels_launch_without_contraction(depth, monkeypatch):
 
         monkeypatch.setattr(chunk_fwd, name, Recorded())
     q, k, v, g, w = (_t(a) for a in regimes(1, 200, 1, 32, 32, 4, seed=3, regime_length=4.0, jitter=0.5))
-    _fwd(q, k, v, g, w, tau=0.5, settings=TritonSettings(carry_guesses=depth > 0, carry_guess_depth=max(depth, 1)))
+    _fwd(q, k, v, g, w, tau=0.5, settings=TritonSettings(carry_guesses=depth > 0, carry_guess_depth=max(depth, 1),
+                                                         deep_guess_min_chunks=0, deep_guess_share=0.0))
     want = {0: {"dla_carry_kernel"}, 1: {"dla_carry_guess_kernel", "dla_carry_walk_kernel"},
-            4: {"dla_carry_guess_kernel", "dla_carry_deep_guess_kernel", "dla_carry_deep_walk_kernel"}}[depth]
+            4: {"dla_carry_guess_kernel", "dla_carry_deep_guess_kernel", "dla_carry_walk_kernel"}}[depth]
     assert set(seen) == want and all(fusion is False for fusion in seen.values()), seen
 
 
@@ -871,6 +921,16 @@ def test_launch_overrides_apply_to_the_named_kernel_only():
                 ("dla_output_kernel", "num_warps", 4.0), ("dla_outptu_kernel", "num_warps", 4)):
         with pytest.raises(ValueError, match="launch_overrides"):
             TritonSettings(launch_overrides=(bad,))
+
+
+def test_deep_guess_settings_are_checked_when_made():
+    """The deeper guesses' settings out of range are refused by name when the settings are made, not in a kernel."""
+    for field, bad in (("carry_guess_depth", 0), ("carry_guess_depth", 65), ("carry_guess_depth", 2.0),
+                       ("deep_guess_share", -0.1), ("deep_guess_share", 1.5), ("deep_guess_share", "0.1"),
+                       ("deep_guess_min_chunks", -1), ("deep_guess_min_chunks", 1.0)):
+        with pytest.raises(ValueError, match=f"^{field}: expected"):
+            TritonSettings(**{field: bad})
+    TritonSettings(carry_guess_depth=64, deep_guess_share=1, deep_guess_min_chunks=0)
 
 
 @triton.jit
@@ -1077,7 +1137,7 @@ def test_merge_kernel_matches_an_event_by_event_simulation(K, T, rate, seed):
     dla_merge_kernel[(BH,)](
         _t(masks, torch.int64), _t(scores), _t(np.full(BH, T), torch.int64), got["cnt"], got["info"], got["size"],
         got["death"], got["death0"], got["merged"], got["live"], got["livem"], got["fpos"], T, K, none, none,
-        torch.zeros(BH, device=DEV, dtype=torch.int32), none, none, C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=CUDA,
+        torch.zeros(BH, device=DEV, dtype=torch.int32), none, C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=CUDA,
         num_warps=1)
     assert (ref["merged"] >= 0).sum() > 0
     for name, want in ref.items():

@@ -139,6 +139,17 @@ def float64_on(device, values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64, pin_memory=True).to(device, non_blocking=True)
 
 
+def values_on_host(values: torch.Tensor) -> torch.Tensor:
+    """``values`` copied to the host once the work queued before them on the current stream is done: a copy to
+    pinned memory and a wait on its event, not on the whole device."""
+    if not values.is_cuda:
+        return values.cpu()
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    torch.cuda.current_stream(values.device).record_event().synchronize()
+    return host
+
+
 def stream_getter():
     """The active driver's function from a device index to the handle of its current stream, as Triton's
     launchers take it (looked up once: a hot loop calls it per launch)."""

@@ -37,13 +37,12 @@ import triton
 from ...backend import interpreting
 from ...settings import DEFAULT_SETTINGS, TritonSettings
 from ..common.profiling import mark_stage
-from ..common.triton_utils import INT32_MAX, block_sizes, cached, check_int32_offsets, next_pow2
+from ..common.triton_utils import INT32_MAX, block_sizes, cached, check_int32_offsets, next_pow2, values_on_host
 from ..common.value_checks import launch_value_checks, raise_flagged
 from .chunk_fwd_decide import (
     CARRY_COMPILE_OPTIONS,
     CARRY_ROWS,
     dla_carry_deep_guess_kernel,
-    dla_carry_deep_walk_kernel,
     dla_carry_guess_kernel,
     dla_carry_kernel,
     dla_carry_suspects_kernel,
@@ -250,13 +249,18 @@ DEEP_GUESS_CHUNKS = 8  # chunks a program of dla_carry_deep_guess_kernel takes (
 
 def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, size0, scores, tau, eps, norm_eps,
                 flag, pipeline: bool, settings: TritonSettings, tflag=None, guessed: bool = False):
-    """Stage 2: ``((masks [BH, NC], carry scores [BH, NC*C]), depths, launch_guesses, launch)``, the outputs
-    allocated here and filled by the launches; P (the open slot) advanced in place. ``tflag``: the table kernel's
-    flags when it runs concurrently (the scan then waits on them), else None. ``guessed`` (``takes_carry_guesses``;
-    not with ``tflag``): ``launch_guesses`` decides every chunk but the first from its guessed entry slot, those
-    after a chunk without a boundary again from deeper guesses (``TritonSettings.carry_guess_depth`` > 1: their
-    depths in ``depths`` [BH, NC] int32, else None), the one-deep ones' ``scores`` written when pipelined; ``launch``
-    walks only the chunks where a guess may not hold. Else ``depths`` and ``launch_guesses`` are None."""
+    """Stage 2: ``((masks [BH, NC], carry scores [BH, NC*C]), launch_guesses, launch)``, the outputs allocated here
+    and filled by the launches; P (the open slot) advanced in place. ``tflag``: the table kernel's flags when it runs
+    concurrently (the scan then waits on them), else None. ``guessed`` (``takes_carry_guesses``; not with ``tflag``):
+    ``launch_guesses`` decides every chunk but the first from its guessed entry slot, the one-deep ones' ``scores``
+    written when pipelined, and returns the orbit words by which the merge simulation knows the chunks it may read
+    ahead (``anc``, or a copy the deeper guesses edit); ``launch`` (after it) walks only the chunks where a guess may
+    not hold. Else ``launch_guesses`` is None.
+    Deeper guesses (``TritonSettings.carry_guess_depth`` > 1, pipelined: with few rows, and rows of at least
+    ``deep_guess_min_chunks`` chunks): in the rows where the guess kernel finds at least ``deep_guess_share`` of the
+    chunks without a boundary (``free``, and ``min_free``: the kernels' ``takes_deeper_guesses``), the chunks after
+    those are decided again from deeper guesses (their depths in ``depths``). The host reads the counts back (a
+    synchronisation on the guess kernel) and launches the deeper guesses' kernels only if some row takes them."""
     itab, anc, cvec, decay = tables
     dev = k.device
     masks = torch.empty(cfg.BH, cfg.NC, device=dev, dtype=torch.int64)
@@ -267,42 +271,50 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     BVC = BVF if BVF <= 128 else 64  # the carry kernel keeps P in registers up to Dv = 128
     warps = settings.carry_warps or (8 if BK * BVC > 64 * 64 else 4)
     scalars = (cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps))
-    launch_guesses = depths = None
+    launch_guesses = None
     if guessed:
         breaks = torch.zeros(cfg.BH, triton.cdiv(cfg.NC, 32), device=dev, dtype=torch.int32)
-        depth = settings.carry_guess_depth
-        deep = depth > 1
-        if deep:
+        # the deeper guesses with few long rows only (``deep_guess_min_chunks``)
+        depth = settings.carry_guess_depth if (pipeline and settings.deep_guess_min_chunks <= cfg.NC) else 1
+        deep = [depth > 1]  # cleared after the guess kernel where no row takes them
+        if deep[0]:
             suspects = torch.zeros_like(breaks)
             depths = torch.ones(cfg.BH, cfg.NC, device=dev, dtype=torch.int32)
+            free = torch.zeros(cfg.BH, device=dev, dtype=torch.int32)
+            min_free = math.ceil(settings.deep_guess_share * (cfg.NC - 1))
+            # the merge simulation reads word 0 of each chunk at anc's stride (its code unchanged: its event loop's
+            # schedule moves with any change, run 48); the other words are never written nor read
+            orbits = torch.empty_like(anc)
         options = settings.launch(dla_carry_kernel, num_warps=warps, **CARRY_COMPILE_OPTIONS)  # the carry scan's
 
         def launch_guesses():
             cached(dla_carry_guess_kernel)[(cfg.NC - 1, cfg.BH)](
                 k, v, row_lengths, anc, cvec, size0, masks, cscores, itab, scores, breaks, *scalars,
-                C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, SCORES=pipeline, **options,
+                C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, SCORES=pipeline,
+                **(dict(free_ptr=free, orbit_ptr=orbits, DEEP=True) if deep[0] else {}), **options,
             )
-            if deep:
-                if cfg.NC > 2:  # the deeper guesses read the first guesses' masks from a copy
-                    cached(dla_carry_deep_guess_kernel)[(triton.cdiv(cfg.NC - 2, DEEP_GUESS_CHUNKS), cfg.BH)](
-                        k, v, row_lengths, anc, cvec, decay, masks.clone(), masks, cscores, depths, *scalars,
-                        C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, DEPTH=depth, **options,
-                    )
-                cached(dla_carry_suspects_kernel)[(cfg.NC - 1, cfg.BH)](masks, anc, depths, suspects, cfg.T, C=CHUNK,
-                                                                         num_warps=1)
+            # the deeper guesses' kernels only if some row takes them (read back: launched idle, their programs
+            # delayed the merge simulation by ~0.34 ms at (1, 65536) moderate and dense in some processes, run 48)
+            deep[0] = deep[0] and bool((values_on_host(free) >= min_free).any())
+            if not deep[0]:
+                return anc  # the orbit words the merge simulation reads
+            if cfg.NC > 2:  # the deeper guesses read the first guesses' masks from a copy
+                cached(dla_carry_deep_guess_kernel)[(triton.cdiv(cfg.NC - 2, DEEP_GUESS_CHUNKS), cfg.BH)](
+                    k, v, row_lengths, anc, cvec, decay, masks.clone(), masks, cscores, depths, free, min_free,
+                    orbits, *scalars, C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, DEPTH=depth,
+                    **options,
+                )
+            cached(dla_carry_suspects_kernel)[(cfg.NC - 1, cfg.BH)](masks, anc, depths, suspects, free, min_free,
+                                                                     cfg.T, C=CHUNK, num_warps=1)
+            return orbits
 
         def launch():
-            if deep:
-                cached(dla_carry_deep_walk_kernel)[(cfg.BH,)](
-                    k, v, row_lengths, anc, cvec, decay, suspects, depths, P, size0, masks, cscores, *scalars,
-                    C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, DEPTH=depth,
-                    flag_ptr=flag, **options,
-                )
-            else:
-                cached(dla_carry_walk_kernel)[(cfg.BH,)](
-                    k, v, row_lengths, anc, cvec, decay, breaks, P, size0, masks, cscores, *scalars,
-                    C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag, **options,
-                )
+            cached(dla_carry_walk_kernel)[(cfg.BH,)](
+                k, v, row_lengths, anc, cvec, decay, breaks, P, size0, masks, cscores, *scalars,
+                C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag,
+                **(dict(sus_ptr=suspects, depth_ptr=depths, free_ptr=free, min_free=min_free, DEPTH=depth)
+                   if deep[0] else {}), **options,
+            )
     else:
         def launch():
             cached(dla_carry_kernel)[(cfg.BH,)](
@@ -311,7 +323,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
                 PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag, WAIT_TABLES=tflag is not None,
                 **settings.launch(dla_carry_kernel, num_warps=warps, **CARRY_COMPILE_OPTIONS),
             )
-    return (masks, cscores), depths, launch_guesses, launch
+    return (masks, cscores), launch_guesses, launch
 
 
 def takes_carry_guesses(cfg: LaunchConfig, settings: TritonSettings, override: bool, device) -> bool:
@@ -329,12 +341,12 @@ def takes_carry_guesses(cfg: LaunchConfig, settings: TritonSettings, override: b
 
 
 def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
-                      pipeline: bool, guessed_orbits=None, guess_depths=None) -> DecidedStructure:
+                      pipeline: bool, guessed_orbits=None) -> DecidedStructure:
     """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists).
     ``counts0`` (int64) and ``info0`` (float64), ``B * H * K`` each and contiguous (the caller's own copies), become
     the structure's and are updated in place. ``guessed_orbits`` (pipelined after the carry scan's guessed chunks):
-    the table kernel's orbits, from which (and ``guess_depths``, the deeper guesses' depths, or None) the merge
-    simulation knows the chunks whose guesses hold without waiting for the walk."""
+    the carry scan's orbit words (``_carry_scan``), from which the merge simulation knows the chunks whose guesses
+    hold without waiting for the walk."""
     dev = masks.device
     BH, NC, K, KP = cfg.BH, cfg.NC, cfg.K, cfg.KP
     if counts0.dtype != torch.int64 or info0.dtype != torch.float64:
@@ -355,9 +367,8 @@ def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscore
     )
     cached(dla_merge_kernel)[(BH,)](
         masks, scores, row_lengths, s.counts, s.info, s.size, s.death, s.death0, s.merged, s.live, s.livem, s.fpos,
-        cfg.T, K, itab, cscores, flag, flag if guessed_orbits is None else guessed_orbits,
-        flag if guess_depths is None else guess_depths, C=CHUNK, KP=KP, KW=max(KP, 32), PIPE=pipeline,
-        FAST=not interpreting(), GUESSED=guessed_orbits is not None, DEEP=guess_depths is not None, num_warps=1,
+        cfg.T, K, itab, cscores, flag, flag if guessed_orbits is None else guessed_orbits, C=CHUNK, KP=KP,
+        KW=max(KP, 32), PIPE=pipeline, FAST=not interpreting(), GUESSED=guessed_orbits is not None, num_warps=1,
     )
     return s
 
@@ -405,7 +416,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     # synchronised by a per-(b, h) flag; the two sequential passes then overlap.
     flag = torch.zeros(cfg.BH, device=dev, dtype=torch.int32)
     scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
-    (masks, cscores), depths, launch_guesses, launch_carry = _carry_scan(
+    (masks, cscores), launch_guesses, launch_carry = _carry_scan(
         cfg, k, v, g, boundaries, row_lengths, tables, P, size0, scores, tau, eps, norm_eps, flag, pipeline, settings,
         tflag, guessed)
     mstream = torch.cuda.Stream(device=dev) if (pipeline and on_gpu) else None
@@ -417,8 +428,9 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
         with torch.cuda.stream(cstream):
             launch_carry()
     mark_stage(profile, "carry")  # when concurrent: the carry scan's time after the table kernel's end
+    orbits = None
     if guessed:
-        launch_guesses()  # before the merge simulation starts: it reads their decisions without waiting
+        orbits = launch_guesses()  # before the merge simulation starts: it reads their decisions without waiting
     if mstream is not None:
         mstream.wait_stream(main)
     if concurrent:
@@ -430,8 +442,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     mark_stage(profile, "merge")
     with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
         structure = merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
-                                      flag, pipeline, tables[1] if (guessed and pipeline) else None,
-                                      depths if (guessed and pipeline) else None)
+                                      flag, pipeline, orbits if pipeline else None)
     if mstream is not None:
         main.wait_stream(mstream)
     return structure

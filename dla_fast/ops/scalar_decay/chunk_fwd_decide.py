@@ -561,17 +561,29 @@ def exit_slot(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, mask_row, b, h, bh, x,
     return S
 
 
+@triton.jit
+def takes_deeper_guesses(free_ptr, bh, min_free):
+    """Whether row bh takes the deeper guesses (``carry_guess_depth`` > 1): the guess kernel found at least
+    ``min_free`` of its chunks without a boundary (``free_ptr``: its counts per row). The other rows are left to the
+    one-deep walk, faster where few guesses fail (the deep kernels' fixed costs, runs 47-48)."""
+    return tl.load(free_ptr + bh) >= min_free
+
+
 @triton.jit(do_not_specialize=["T"])
 def dla_carry_guess_kernel(
     k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, size_ptr, mask_ptr, cscore_ptr, itab_ptr, score_ptr, brk_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
-    SCORES: tl.constexpr,
+    SCORES: tl.constexpr, free_ptr=None, orbit_ptr=None, DEEP: tl.constexpr = False,
 ):
     """Program (chunk c >= 1, bh): chunk c decided as the carry scan would from its guessed entry slot (the comment
     above): its carry scores and mask, and its break bit (``brk_ptr``, zeroed, ``[BH, cdiv(NC, 32)]`` int32) set
     unless it follows, or it is the last. SCORES (the merge simulation pipelined): also the chunk's final scores,
-    which the merge simulation reads where the guess holds. The same code as the carry scan's (the comment above)."""
+    which the merge simulation reads where the guess holds. DEEP (deeper guesses follow): the chunks found without a
+    boundary counted per row in ``free_ptr`` ([BH] int32, zeroed), and each chunk's orbit word (``anc`` at its first
+    token) copied to ``orbit_ptr`` (``[BH, NC, C]``, word 0 of each chunk; chunk 0's by the program of chunk 1) for
+    the merge simulation, which the deeper guesses then edit. The same code as the carry scan's (the comment
+    above)."""
     c = tl.program_id(0) + 1
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
@@ -588,8 +600,13 @@ def dla_carry_guess_kernel(
     mask, Ic = decide_chunk(k_ptr, v_ptr, mask_ptr, mask_ptr, cscore_ptr, mask_ptr, kc, vc, G, c, bh, NC, trow, tok,
                             valid, Tr, emp, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv, (Dk * Dv).to(tl.float32),
                             tau, eps, norm_eps, C, BK, BV, 1, False, SPLIT, PREC)
-    brk = (follows(mask, tl.load(anc_ptr + (bh * NC + c) * C, cache_modifier=".cg")) == 0) | (c == NC - 1)
+    orbit_word = tl.load(anc_ptr + (bh * NC + c) * C, cache_modifier=".cg")
+    brk = (follows(mask, orbit_word) == 0) | (c == NC - 1)
     tl.atomic_or(brk_ptr + bh * tl.cdiv(NC, 32) + c // 32, tl.full((), 1, tl.int32) << (c % 32), mask=brk)
+    if DEEP:
+        tl.atomic_add(free_ptr + bh, 1, mask=mask == 0)
+        tl.store(orbit_ptr + (bh * NC + c) * C, orbit_word)
+        tl.store(orbit_ptr + bh * NC * C, tl.load(anc_ptr + bh * NC * C), mask=c == 1)
     if SCORES:
         sc = chunk_scores(mask, Ic, bh * NC + c, t_idx, itab_ptr, C)
         tl.store(score_ptr + bh * NC * C + tok, sc, mask=tok < tl.minimum(T, Tr))
@@ -597,8 +614,8 @@ def dla_carry_guess_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def dla_carry_deep_guess_kernel(
-    k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, guess_ptr, mask_ptr, cscore_ptr, depth_ptr,
-    T, H, Dk, Dv, tau, eps, norm_eps,
+    k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, guess_ptr, mask_ptr, cscore_ptr, depth_ptr, free_ptr,
+    min_free, orbit_ptr, T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
     DEPTH: tl.constexpr,
 ):
@@ -608,9 +625,11 @@ def dla_carry_deep_guess_kernel(
     again from a deeper guess: the slot that leaves the nearest chunk before it with a boundary (at most DEPTH back,
     not chunk 0) along that chunk's fresh path, grown through the chunks after it, provided that those have no
     boundary when entered so. Its mask and carry scores replace the guess kernel's, and ``depth_ptr`` ([BH, NC]
-    int32, ones) records how many chunks back its guess starts. Whether a guess holds is judged on the true masks
-    (``guess_holds``); which chunks are guessed how deep only sets how many the walk decides (sparse inputs: ~45 %
-    of chunks one deep, ~7 % four deep; benchmarks/carry_deep_guesses.py)."""
+    int32, ones) records how many chunks back its guess starts, and the orbit word of chunk c - 1 in ``orbit_ptr``
+    (the guess kernel's copy) is zeroed, so that the merge simulation waits for the walk at chunk c. Whether a guess
+    holds is judged on the true masks (``guess_holds``); which chunks are guessed how deep only sets how many the walk
+    decides (sparse inputs: ~45 % of chunks one deep, ~7 % four deep; benchmarks/carry_deep_guesses.py). Only in the
+    rows that take the deeper guesses (``takes_deeper_guesses``)."""
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
     b = bh // H
@@ -620,14 +639,16 @@ def dla_carry_deep_guess_kernel(
     guess_row = guess_ptr + bh * NC
     N = (Dk * Dv).to(tl.float32)
     Tr = tl.load(rlen_ptr + bh)
-    for c in range(2 + tl.program_id(0), NC, tl.num_programs(0)):
-        _deeper_guess(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, guess_row, mask_ptr, cscore_ptr, depth_ptr, b, h,
-                      bh, c, T, H, NC, Tr, Dk, Dv, N, tau, eps, norm_eps, kd, vd, C, BK, BV, PREC, SPLIT, DEPTH)
+    if takes_deeper_guesses(free_ptr, bh, min_free):
+        for c in range(2 + tl.program_id(0), NC, tl.num_programs(0)):
+            _deeper_guess(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, guess_row, mask_ptr, cscore_ptr, depth_ptr,
+                          orbit_ptr, b, h, bh, c, T, H, NC, Tr, Dk, Dv, N, tau, eps, norm_eps, kd, vd, C, BK, BV, PREC,
+                          SPLIT, DEPTH)
 
 
 @triton.jit
-def _deeper_guess(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, guess_row, mask_ptr, cscore_ptr, depth_ptr, b, h, bh,
-                  c, T, H, NC, Tr, Dk, Dv, N, tau, eps, norm_eps, kd, vd, C: tl.constexpr, BK: tl.constexpr,
+def _deeper_guess(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, guess_row, mask_ptr, cscore_ptr, depth_ptr, orbit_ptr, b,
+                  h, bh, c, T, H, NC, Tr, Dk, Dv, N, tau, eps, norm_eps, kd, vd, C: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, DEPTH: tl.constexpr):
     """``dla_carry_deep_guess_kernel``'s work for chunk c."""
     if tl.load(guess_row + c - 1) == 0:
@@ -661,44 +682,69 @@ def _deeper_guess(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, guess_row, mask_pt
                              (b * T + tok) * H + h, tok, tok < T, Tr, 0, anc_row, X0, NP0, ss, eG, ash, a, em1, Dk, Dv,
                              N, tau, eps, norm_eps, C, BK, BV, 1, False, SPLIT, PREC)
                 tl.store(depth_ptr + bh * NC + c, d)
+                tl.store(orbit_ptr + (bh * NC + c - 1) * C, tl.zeros([], dtype=tl.int64))
 
 
 @triton.jit(do_not_specialize=["T"])
-def dla_carry_suspects_kernel(mask_ptr, anc_ptr, depth_ptr, sus_ptr, T, C: tl.constexpr):
+def dla_carry_suspects_kernel(mask_ptr, anc_ptr, depth_ptr, sus_ptr, free_ptr, min_free, T, C: tl.constexpr):
     """Program (chunk c >= 1, bh), after the guess kernels (``carry_guess_depth`` > 1): chunk c's bit in the row's
     words ``sus_ptr`` ([BH, cdiv(NC, 32)] int32, zeroed) set where its guess may not hold, judged on the guessed
     masks (``guess_holds``), and for the last chunk. The walk takes the chunks without a bit as guessed: a guess that
     starts after the last chunk the walk decided is judged on true masks here. (Chunk 1's judgement reads chunk 0's
-    mask, not yet written: the walk decides chunk 0 and checks the chunks after it one by one.)"""
+    mask, not yet written: the walk decides chunk 0 and checks the chunks after it one by one.) Only in the rows that
+    take the deeper guesses."""
     c = tl.program_id(0) + 1
     bh = tl.program_id(1)
-    NC = tl.cdiv(T, C)
-    mask_row = mask_ptr + bh * NC
-    anc_chunks = anc_ptr + bh * NC * C
-    d = tl.load(depth_ptr + bh * NC + c)
-    holds = guess_holds(mask_row, anc_chunks, c, d, tl.load(mask_row + c - 1), tl.load(anc_chunks + (c - 1) * C), C)
-    suspect = (holds == 0) | (c == NC - 1)
-    tl.atomic_or(sus_ptr + bh * tl.cdiv(NC, 32) + c // 32, tl.full((), 1, tl.int32) << (c % 32), mask=suspect)
+    if takes_deeper_guesses(free_ptr, bh, min_free):
+        NC = tl.cdiv(T, C)
+        mask_row = mask_ptr + bh * NC
+        anc_chunks = anc_ptr + bh * NC * C
+        d = tl.load(depth_ptr + bh * NC + c)
+        orbit_prev = tl.load(anc_chunks + (c - 1) * C)
+        holds = guess_holds(mask_row, anc_chunks, c, d, tl.load(mask_row + c - 1), orbit_prev, C)
+        suspect = (holds == 0) | (c == NC - 1)
+        tl.atomic_or(sus_ptr + bh * tl.cdiv(NC, 32) + c // 32, tl.full((), 1, tl.int32) << (c % 32), mask=suspect)
 
 
-# Long: the carry scan's walk over the breaks is one dependent chain per (b, h), its prefetch in the same body.
 @triton.jit(do_not_specialize=["T"])
 def dla_carry_walk_kernel(
     k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr,
     p_ptr, size_ptr, mask_ptr, cscore_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
-    PIPE: tl.constexpr, flag_ptr,
+    PIPE: tl.constexpr, flag_ptr, sus_ptr=None, depth_ptr=None, free_ptr=None, min_free=0, DEPTH: tl.constexpr = 1,
 ):
-    """Program (bh), after ``dla_carry_guess_kernel``: the carry scan (``dla_carry_kernel``, P in registers,
-    decided boundaries) over the chunks whose guesses may not hold. A chunk entered with a slot that is not its
-    guess (chunk 0, or the one after a chunk that does not follow) is decided here, its mask and carry scores
-    overwriting the guess kernel's, and published (PIPE: the flag then says only that chunks up to c are final,
-    the merge simulation waits on it for such chunks alone). After a chunk that follows, the walk jumps to the
-    next break, whose guessed decisions hold, and forms the slot leaving it: the run since its last boundary, or
-    its guessed slot decayed and grown through it if it has none. The next chunk's inputs are loaded before each
-    step, as in the plain walk."""
+    """Program (bh), after the guess kernels: the carry scan (``dla_carry_kernel``, P in registers, decided
+    boundaries) over the chunks whose guesses may not hold, published as it goes (PIPE: the flag then says only that
+    chunks up to c are final, the merge simulation waits on it for such chunks alone). One deep (``_walk_breaks``),
+    or DEPTH > 1 in the rows that take the deeper guesses (``takes_deeper_guesses``: ``_walk_suspects``, with the
+    suspects kernel's bits ``sus_ptr`` and the depths ``depth_ptr``). One launch for both kinds of row: two kernels
+    one after the other on a stream made the merge simulation (on its own stream) wait for the first to end (H200,
+    run 48: +0.17 ms at (2, 16384) moderate, as if both streams shared a hardware queue)."""
     bh = tl.program_id(0)
+    if DEPTH > 1:
+        if takes_deeper_guesses(free_ptr, bh, min_free):
+            _walk_suspects(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, sus_ptr, depth_ptr, p_ptr, size_ptr,
+                           mask_ptr, cscore_ptr, bh, T, H, Dk, Dv, tau, eps, norm_eps, C, BK, BV, PREC, SPLIT, PIPE,
+                           DEPTH, flag_ptr)
+        else:
+            _walk_breaks(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, p_ptr, size_ptr, mask_ptr,
+                         cscore_ptr, bh, T, H, Dk, Dv, tau, eps, norm_eps, C, BK, BV, PREC, SPLIT, PIPE, flag_ptr)
+    else:
+        _walk_breaks(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, p_ptr, size_ptr, mask_ptr,
+                     cscore_ptr, bh, T, H, Dk, Dv, tau, eps, norm_eps, C, BK, BV, PREC, SPLIT, PIPE, flag_ptr)
+
+
+# Long: the carry scan's walk over the breaks is one dependent chain per (b, h), its prefetch in the same body.
+@triton.jit
+def _walk_breaks(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, p_ptr, size_ptr, mask_ptr, cscore_ptr,
+                 bh, T, H, Dk, Dv, tau, eps, norm_eps, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                 PREC: tl.constexpr, SPLIT: tl.constexpr, PIPE: tl.constexpr, flag_ptr):
+    """``dla_carry_walk_kernel`` one deep, row bh. A chunk entered with a slot that is not its guess (chunk 0, or the
+    one after a chunk that does not follow) is decided here, its mask and carry scores overwriting the guess
+    kernel's, and published. After a chunk that follows, the walk jumps to the next break, whose guessed decisions
+    hold, and forms the slot leaving it: the run since its last boundary, or its guessed slot decayed and grown
+    through it if it has none. The next chunk's inputs are loaded before each step, as in the plain walk."""
     b, h, NC, N, emp, Tr, pbase = carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C)
     t_idx = tl.arange(0, C)
     kd = tl.arange(0, BK)
@@ -770,26 +816,21 @@ def next_processed(sus_row, depth_row, c, last_walked, NC, DEPTH: tl.constexpr):
 
 
 # Long: the carry scan's walk over the suspect chunks is one dependent chain per (b, h), its prefetch in one body.
-@triton.jit(do_not_specialize=["T"])
-def dla_carry_deep_walk_kernel(
-    k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, sus_ptr, depth_ptr,
-    p_ptr, size_ptr, mask_ptr, cscore_ptr,
-    T, H, Dk, Dv, tau, eps, norm_eps,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
-    PIPE: tl.constexpr, DEPTH: tl.constexpr, flag_ptr,
-):
-    """Program (bh), after the guess kernels (``carry_guess_depth`` = DEPTH > 1; ``dla_carry_walk_kernel`` at 1):
-    the carry scan (``dla_carry_kernel``, P in registers) over the chunks whose guesses may not hold. It processes
-    chunk 0, each chunk with a bit in ``sus_ptr`` (``dla_carry_suspects_kernel``) and, within DEPTH chunks after
-    each chunk it decides, those whose guesses start at or before that one (its true mask may differ from the
-    guessed one the bits were judged on; ``processed``). A processed chunk whose guess holds on the true masks
-    (``guess_holds``) keeps the guessed decisions; the others are decided here from the slot they are entered with,
-    their masks and carry scores overwriting the guessed ones. It jumps over the rest, whose guesses hold, and forms
-    the slot leaving the chunk before the next one it processes (``exit_slot``). PIPE: it publishes how far the
+@triton.jit
+def _walk_suspects(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, sus_ptr, depth_ptr, p_ptr, size_ptr,
+                   mask_ptr, cscore_ptr, bh, T, H, Dk, Dv, tau, eps, norm_eps, C: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PIPE: tl.constexpr,
+                   DEPTH: tl.constexpr, flag_ptr):
+    """``dla_carry_walk_kernel`` DEPTH > 1 deep, row bh. It processes chunk 0, each chunk with a bit in ``sus_ptr``
+    (``dla_carry_suspects_kernel``) and, within DEPTH chunks after each chunk it decides, those whose guesses start at
+    or before that one (its true mask may differ from the guessed one the bits were judged on; ``processed``). A
+    processed chunk whose guess holds on the true masks (``guess_holds``) keeps the guessed decisions; the others
+    are decided here from the slot they are entered with, their masks and carry scores overwriting the guessed ones.
+    It jumps over the rest, whose guesses hold, and forms the slot leaving the chunk before the next one it processes
+    (``exit_slot``). PIPE: it publishes how far the
     masks are final (``flag_ptr``), at each jump and after each processed chunk: the merge simulation reads the
     one-deep guessed chunks ahead and waits on it for the others. The next chunk's inputs are loaded before each
     step, as in the plain walk."""
-    bh = tl.program_id(0)
     b, h, NC, N, emp, Tr, pbase = carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C)
     t_idx = tl.arange(0, C)
     kd = tl.arange(0, BK)
@@ -1041,9 +1082,9 @@ def pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore
 def dla_merge_kernel(
     mask_ptr, score_ptr, rlen_ptr, cnt_ptr, info_ptr, size_ptr,
     death_ptr, death0_ptr, merged_ptr, live_ptr, livem_ptr, fpos_ptr,
-    T, K, itab_ptr, cscore_ptr, flag_ptr, anc_ptr, depth_ptr,
+    T, K, itab_ptr, cscore_ptr, flag_ptr, anc_ptr,
     C: tl.constexpr, KP: tl.constexpr, KW: tl.constexpr, PIPE: tl.constexpr, FAST: tl.constexpr,
-    GUESSED: tl.constexpr = False, DEEP: tl.constexpr = False,
+    GUESSED: tl.constexpr = False,
 ):
     """Program (bh), one warp: counts n (int64), information sums Ibar (float64) and start positions of the
     <= K slots in KW-wide vectors (KW = max(KP, 32): one lane per slot); one lowest-density merge (tie: the
@@ -1052,10 +1093,13 @@ def dla_merge_kernel(
     while it is being closed. Per chunk O(C) vector work; per event O(1) shuffles and reductions.
     PIPE: runs concurrently with the carry scan, waiting on its per-chunk flag, and assembles the scores
     itself (carry score up to the first boundary, else the table entry I[t, p(t)]).
-    GUESSED (with PIPE; the carry scan from guessed chunks): a chunk guessed one deep after one that ``follows``
-    holds the guess kernel's decisions and scores, final before this kernel starts: they are read a chunk ahead,
-    without waiting. The others are waited for: those the walk decides and (DEEP) those guessed deeper (their depths
-    at ``depth_ptr``), whose guesses the walk judges as it passes them.
+    GUESSED (with PIPE; the carry scan from guessed chunks): a chunk after one that ``follows`` holds the guess
+    kernel's decisions and scores, final before this kernel starts: they are read a chunk ahead, without waiting.
+    The others are waited for: those the walk decides, and those guessed deeper, whose guesses the walk judges as it
+    passes them (``anc_ptr`` then holds the orbit words with the word of the chunk before each deeper-guessed one
+    zeroed, which no chunk ``follows``: ``dla_carry_guess_kernel``'s ``orbit_ptr``). The merge kernel reads no depth
+    of its own: a load of them per chunk moved the event loop's schedule (H200, run 48: 2.96 -> 3.12 cycles an
+    instruction, the same 124 instructions; +5 % at dense inputs).
     FAST (a GPU; False under the interpreter): branch-free divisions and a warp ballot in inline PTX."""
     bh = tl.program_id(0)
     NC = tl.cdiv(T, C)
@@ -1080,11 +1124,8 @@ def dla_merge_kernel(
         sc = tl.zeros([C], dtype=tl.float32)
     guessed = tl.full((), 0, tl.int32)  # GUESSED: whether chunk c holds its guess (chunk 0 is walked)
     orbit_word = tl.zeros([], dtype=tl.int64)  # GUESSED: ``anc`` at chunk c's first token
-    depth_n = tl.full((), 1, tl.int32)  # DEEP: chunk c + 1's guess depth
     if GUESSED:
         orbit_word = tl.load(anc_ptr + bh * NC * C)
-        if DEEP:
-            depth_n = tl.load(depth_ptr + bh * NC + 1, mask=NC > 1, other=1)
     mask_n = mask
     sc_n = sc
     for c in range(NC):
@@ -1101,14 +1142,12 @@ def dla_merge_kernel(
                 mask = mask_n
                 sc = sc_n
             if GUESSED:  # the next chunk's decisions and scores, read now where it holds its guess
-                guessed = (follows(mask, orbit_word, FAST) & (depth_n == 1)).to(tl.int32)
+                guessed = follows(mask, orbit_word, FAST).to(tl.int32)
                 ahead = tl.where(guessed != 0, c + 1 < NC, False)
                 mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=ahead, other=0)
                 tn = (c + 1) * C + t_idx
                 sc_n = tl.load(score_ptr + bh * NC * C + tn, mask=ahead & (tn < tl.minimum(T, Tr)), other=0.0)
                 orbit_word = tl.load(anc_ptr + (bh * NC + c + 1) * C, mask=c + 1 < NC, other=0)
-                if DEEP:
-                    depth_n = tl.load(depth_ptr + bh * NC + c + 2, mask=c + 2 < NC, other=1)
         else:
             # prefetch the next chunk's mask and scores
             mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)

@@ -281,10 +281,10 @@ class Survivors(NamedTuple):
 
 def surviving_starts(masks, death, T: int, read_also=None, meanwhile=None):
     """``(Survivors, read_also's values)``. The count and the per-chunk counts are read back to the host in one copy
-    (the count sizes the start states: the forward's one host synchronisation), together with ``read_also`` (a 1-d
-    int64 tensor: a caller's deferred checks), returned as a list (empty without). ``meanwhile`` (a callable, or
-    None) launches work that the read-back need not wait for: on CUDA it is queued after the copy, so the GPU runs
-    it while the host waits and then prepares the next launches."""
+    (the count sizes the start states: the forward's host synchronisation, with one more where the carry scan takes
+    deeper guesses), together with ``read_also`` (a 1-d int64 tensor: a caller's deferred checks), returned as a
+    list (empty without). ``meanwhile`` (a callable, or None) launches work that the read-back need not wait for: on
+    CUDA it is queued after the copy, so the GPU runs it while the host waits and then prepares the next launches."""
     BH, NC = masks.shape
     off = torch.empty(BH * NC + 1, device=masks.device, dtype=torch.int64)
     cached(dla_survivor_counts_kernel)[(NC, BH)](masks, death, off, T, C=CHUNK, num_warps=1)
