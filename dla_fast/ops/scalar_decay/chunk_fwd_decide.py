@@ -718,9 +718,9 @@ def dla_carry_walk_kernel(
     boundaries) over the chunks whose guesses may not hold, published as it goes (PIPE: the flag then says only that
     chunks up to c are final, the merge simulation waits on it for such chunks alone). One deep (``_walk_breaks``),
     or DEPTH > 1 in the rows that take the deeper guesses (``takes_deeper_guesses``: ``_walk_suspects``, with the
-    suspects kernel's bits ``sus_ptr`` and the depths ``depth_ptr``). One launch for both kinds of row: two kernels
-    one after the other on a stream made the merge simulation (on its own stream) wait for the first to end (H200,
-    run 48: +0.17 ms at (2, 16384) moderate, as if both streams shared a hardware queue)."""
+    suspects kernel's bits ``sus_ptr`` and the depths ``depth_ptr``). One launch for both kinds of row: run 48's two
+    walk kernels one after the other were not faster, and a kernel launched only to find no row of its own kind may
+    still wait for room on the GPU (docs/performance.md, run 48)."""
     bh = tl.program_id(0)
     if DEPTH > 1:
         if takes_deeper_guesses(free_ptr, bh, min_free):
