@@ -145,3 +145,21 @@ def test_the_forward_on_misaligned_inputs_after_aligned_ones_is_unchanged():
     shifted = run(misaligned(q), misaligned(k), misaligned(v))
     assert all(torch.equal(shifted[name], x) for name, x in first.items() if name != "Trace.scores")
     torch.testing.assert_close(shifted["Trace.scores"], first["Trace.scores"], rtol=1e-6, atol=1e-6)
+
+
+def test_a_stream_besides_the_current_one_is_never_the_current_one(monkeypatch):
+    """``stream_besides_current``: torch's pool hands out its streams in turn, so a caller running on a pool stream
+    gets its own stream back in one draw of 32; the helper draws again until the stream differs (pool streams
+    compare by handle), and passes the priority on. Driven with a recorded pool on the CPU."""
+    pool = iter([7, 7, 7, 9, 7])  # handles in the order the pool hands them out; 7 is the caller's
+    drawn = []
+
+    class Stream(int):
+        def __new__(cls, device=None, priority=0):
+            drawn.append(priority)
+            return super().__new__(cls, next(pool))
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: 7)
+    assert triton_utils.stream_besides_current("cuda", priority=-1) == 9
+    assert drawn == [-1, -1, -1, -1]

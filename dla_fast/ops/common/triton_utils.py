@@ -150,6 +150,18 @@ def values_on_host(values: torch.Tensor) -> torch.Tensor:
     return host
 
 
+def stream_besides_current(device, priority: int = 0) -> torch.cuda.Stream:
+    """A stream from torch's pool for work to run beside the current stream: never the current stream itself. The
+    pool hands its streams out in turn, so a caller that runs on a pool stream would otherwise get its own stream
+    back in one draw of 32, and the work meant to run beside it would queue behind it instead (run 48: the merge
+    simulation behind the carry walk, +7 % at (1, 65536) moderate for such a call)."""
+    current = torch.cuda.current_stream(device)
+    stream = torch.cuda.Stream(device=device, priority=priority)
+    while stream == current:
+        stream = torch.cuda.Stream(device=device, priority=priority)
+    return stream
+
+
 def stream_getter():
     """The active driver's function from a device index to the handle of its current stream, as Triton's
     launchers take it (looked up once: a hot loop calls it per launch)."""

@@ -45,6 +45,7 @@ from ..common.triton_utils import (
     highest_bit_index,
     load_rows,
     next_pow2,
+    stream_besides_current,
 )
 from .chunk_fwd_decide import CHUNK, walk_rows
 from .wy_tables_triton import score_tables_triton
@@ -586,7 +587,7 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     concurrent = can if concurrent is None else concurrent and can
     if concurrent:
         main = torch.cuda.current_stream(dev)
-        chain_stream = torch.cuda.Stream(device=dev, priority=-1)  # the critical path
+        chain_stream = stream_besides_current(dev, priority=-1)  # the critical path
         chain_stream.wait_stream(main)  # the chain's inputs and outputs, allocated and filled above
     for c0 in range(0, nC, block):
         nb = min(nC, c0 + block) - c0

@@ -37,7 +37,15 @@ import triton
 from ...backend import interpreting
 from ...settings import DEFAULT_SETTINGS, TritonSettings
 from ..common.profiling import mark_stage
-from ..common.triton_utils import INT32_MAX, block_sizes, cached, check_int32_offsets, next_pow2, values_on_host
+from ..common.triton_utils import (
+    INT32_MAX,
+    block_sizes,
+    cached,
+    check_int32_offsets,
+    next_pow2,
+    stream_besides_current,
+    values_on_host,
+)
 from ..common.value_checks import launch_value_checks, raise_flagged
 from .chunk_fwd_decide import (
     CARRY_COMPILE_OPTIONS,
@@ -419,9 +427,9 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     (masks, cscores), launch_guesses, launch_carry = _carry_scan(
         cfg, k, v, g, boundaries, row_lengths, tables, P, size0, scores, tau, eps, norm_eps, flag, pipeline, settings,
         tflag, guessed)
-    mstream = torch.cuda.Stream(device=dev) if (pipeline and on_gpu) else None
+    mstream = stream_besides_current(dev) if (pipeline and on_gpu) else None
     if concurrent:
-        cstream = torch.cuda.Stream(device=dev, priority=-1)
+        cstream = stream_besides_current(dev, priority=-1)
         cstream.wait_stream(main)  # the inputs, not the tables
     launch_tables()
     if concurrent:
@@ -577,7 +585,7 @@ def forward_scalar_decay_triton(
     # while the sequential carry scan and merge simulation (B*H programs) leave most of the GPU idle. Launched
     # after the decision stages (the critical path), from the inputs' point on the current stream.
     use_side = dev.type == "cuda" and not interpreting() and settings.side_stream
-    side = torch.cuda.Stream(device=dev) if use_side else None
+    side = stream_besides_current(dev) if use_side else None
     inputs_ready = torch.cuda.current_stream(dev).record_event() if side is not None else None
     mark_stage(profile, "table")
     s = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, tau, eps, norm_eps, settings,
