@@ -26,7 +26,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from forward_timeline import profiled_kernels  # noqa: E402
-from gpu_bench import K_SLOTS, TAU, WORKLOADS, alternating_ms, configs_named, report_cells, workload  # noqa: E402
+from gpu_bench import (  # noqa: E402
+    K_SLOTS,
+    TAU,
+    WORKLOADS,
+    alternating_ms,
+    configs_named,
+    report_cells,
+    warm_gpu,
+    workload,
+)
 
 OUTPUTS = ("o", "states", "counts", "info", "size", "scores", "starts", "merged")
 KERNEL_ROWS = 14  # kernels listed per cell
@@ -113,6 +122,7 @@ def main():
     ap.add_argument("--export", nargs=2, metavar=("REV", "DIR"), help="write DIR/dla_fast as of git REV and stop")
     ap.add_argument("--against", nargs="+", metavar="DIR", help="directories holding other revisions' dla_fast")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of GPU work before the first cell")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if args.export:
@@ -125,6 +135,7 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("forward_revision_ab: needs a CUDA GPU (the Triton forward at benchmark sizes)")
     fns = forwards(args.against)
+    warm_gpu(args.warmup)
     header = (f"this tree's forward against {', '.join(args.against)} (kernel entry, tau {TAU}, K {K_SLOTS}, "
               f"{args.rounds} alternating rounds of 40 calls, medians)")
     report_cells("forward_revision_ab", header, args.cells, lambda cell: compare_cell(cell, fns, args.rounds),

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from backward_settings_ab import parse_variants  # noqa: E402
-from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, log, workload  # noqa: E402
+from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, log, warm_gpu, workload  # noqa: E402
 
 from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
 
@@ -114,6 +114,7 @@ def main():
                     help="names of VARIANTS, or name=spec as backward_settings_ab.py's (e.g. out1=dla_output_kernel."
                          "num_stages:1)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of GPU work before the first cell")
     args = ap.parse_args()
     configs = configs_named(args.configs)
     specs = [v for v in args.variants.split(",") if "=" in v]
@@ -123,6 +124,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"forward_variants_{card}_{datetime.date.today()}")
     rows = []
+    warm_gpu(args.warmup)
     with open(stem + ".log", "w") as fh:
         log(f"{torch.cuda.get_device_name()} torch {torch.__version__} SMs "
             f"{torch.cuda.get_device_properties(0).multi_processor_count}", fh)

@@ -164,6 +164,16 @@ def bench_ms(fn, rep=100):
     return float(triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median"))
 
 
+def warm_gpu(seconds: float = 3.0) -> None:
+    """bf16 products for ``seconds``, so that the GPU's clocks are up before anything is timed: the H200s start a call
+    at 345 MHz, and the first rounds of a comparison ran up to 20 % slow (run 48, call 3)."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        a @ a
+        torch.cuda.synchronize()
+
+
 def alternating_ms(calls: dict, rounds: int, rep: int = 40) -> dict[str, list[float]]:
     """Each of ``calls`` (name: function) timed by :func:`bench_ms` in ``rounds`` alternating rounds, in one
     process (the card's state shared between them): ``{name: [ms a round]}``."""
