@@ -684,9 +684,10 @@ def _mutated(kernel, mutate):
 @needs_kernels
 @pytest.mark.parametrize("regime_length,decay,tau,lengths,with_cache,depth", [
     (40.0, 0.6, 0.5, None, False, 1), (1.5, 0.6, 0.5, None, True, 1), (4.0, 0.6, 0.5, [400, 230], False, 1),
-    (100.0, 0.8, 0.35, None, False, 1), (40.0, 0.6, 0.5, None, False, 4), (100.0, 0.8, 0.35, None, False, 4)],
+    (100.0, 0.8, 0.35, None, False, 1), (40.0, 0.6, 0.5, None, False, 4), (100.0, 0.8, 0.35, None, False, 4),
+    (40.0, 0.6, 0.5, [400, 230], True, 4)],
     ids=["sparse", "dense_after_a_cache", "rows_of_other_lengths", "long_runs_mild_decay", "sparse_four_deep",
-         "long_runs_four_deep"])
+         "long_runs_four_deep", "four_deep_after_a_cache_rows_of_other_lengths"])
 def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_cache, depth, monkeypatch):
     """``TritonSettings.carry_guesses`` (the default), one and four chunks deep (``carry_guess_depth``): every
     decision, score, output and the final cache bit for bit those of the carry scan alone, on chunks with and
