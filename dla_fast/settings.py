@@ -61,7 +61,7 @@ class TritonSettings:
             on issue #11's sparse / moderate / dense workloads.
         deep_guess_min_chunks: the least chunks (of 64 tokens) a call's rows have for the deeper guesses
             (``carry_guess_depth`` > 1); shorter rows take the one-deep walk. H200, run 48: at (2, 16384) (256 chunks)
-            depth 8 gave sparse -2 to -4 % and moderate / dense -1 to +13 % (calls 1-6, round to round), at 1024
+            depth 8 gave sparse -7 to +1 % and moderate / dense +1 to +15 % (calls 1-6), at 1024
             chunks -21 to -23 % sparse: 512.
         output_group: old slot states read per tensor-core product in the output kernel, for float32 inputs (2: 168
             registers without spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200,
