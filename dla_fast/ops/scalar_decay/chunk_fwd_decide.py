@@ -722,34 +722,39 @@ def dla_carry_walk_kernel(
     walk kernels one after the other were not faster, and a kernel launched only to find no row of its own kind may
     still wait for room on the GPU (docs/performance.md, run 48)."""
     bh = tl.program_id(0)
+    row = carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C)  # (b, h, NC, N, emp, Tr, pbase)
+    kd = tl.arange(0, BK)
+    vd = tl.arange(0, BV)
+    Preg = load_state(row[6], kd, vd, Dk, Dv)
     if DEPTH > 1:
         if takes_deeper_guesses(free_ptr, bh, min_free):
-            _walk_suspects(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, sus_ptr, depth_ptr, p_ptr, size_ptr,
-                           mask_ptr, cscore_ptr, bh, T, H, Dk, Dv, tau, eps, norm_eps, C, BK, BV, PREC, SPLIT, PIPE,
-                           DEPTH, flag_ptr)
+            Preg = _walk_suspects(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, sus_ptr, depth_ptr, mask_ptr, cscore_ptr,
+                                  bh, row, Preg, kd, vd, T, H, Dk, Dv, tau, eps, norm_eps, C, BK, BV, PREC, SPLIT,
+                                  PIPE, DEPTH, flag_ptr)
         else:
-            _walk_breaks(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, p_ptr, size_ptr, mask_ptr,
-                         cscore_ptr, bh, T, H, Dk, Dv, tau, eps, norm_eps, C, BK, BV, PREC, SPLIT, PIPE, flag_ptr)
+            Preg = _walk_breaks(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, mask_ptr, cscore_ptr, bh, row,
+                                Preg, kd, vd, T, H, Dk, Dv, tau, eps, norm_eps, C, BK, BV, PREC, SPLIT, PIPE, flag_ptr)
     else:
-        _walk_breaks(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, p_ptr, size_ptr, mask_ptr,
-                     cscore_ptr, bh, T, H, Dk, Dv, tau, eps, norm_eps, C, BK, BV, PREC, SPLIT, PIPE, flag_ptr)
+        Preg = _walk_breaks(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, mask_ptr, cscore_ptr, bh, row, Preg,
+                            kd, vd, T, H, Dk, Dv, tau, eps, norm_eps, C, BK, BV, PREC, SPLIT, PIPE, flag_ptr)
+    store_state(row[6], Preg, kd, vd, Dk, Dv)
+    if PIPE:  # every chunk final: a merge simulation that waited for a chunk the walk took as guessed (a bug) ends
+        tl.atomic_xchg(flag_ptr + bh, row[2], sem="release")
 
 
 # Long: the carry scan's walk over the breaks is one dependent chain per (b, h), its prefetch in the same body.
 @triton.jit
-def _walk_breaks(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, p_ptr, size_ptr, mask_ptr, cscore_ptr,
-                 bh, T, H, Dk, Dv, tau, eps, norm_eps, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+def _walk_breaks(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, mask_ptr, cscore_ptr, bh, row, Preg, kd, vd,
+                 T, H, Dk, Dv, tau, eps, norm_eps, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                  PREC: tl.constexpr, SPLIT: tl.constexpr, PIPE: tl.constexpr, flag_ptr):
     """``dla_carry_walk_kernel`` one deep, row bh. A chunk entered with a slot that is not its guess (chunk 0, or the
     one after a chunk that does not follow) is decided here, its mask and carry scores overwriting the guess
     kernel's, and published. After a chunk that follows, the walk jumps to the next break, whose guessed decisions
     hold, and forms the slot leaving it: the run since its last boundary, or its guessed slot decayed and grown
-    through it if it has none. The next chunk's inputs are loaded before each step, as in the plain walk."""
-    b, h, NC, N, emp, Tr, pbase = carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C)
+    through it if it has none. The next chunk's inputs are loaded before each step, as in the plain walk. Returns
+    the slot leaving the row's last chunk (``row``, ``Preg``: ``carry_row``'s and the slot entering chunk 0)."""
+    b, h, NC, N, emp, Tr, pbase = row
     t_idx = tl.arange(0, C)
-    kd = tl.arange(0, BK)
-    vd = tl.arange(0, BV)
-    Preg = load_state(pbase, kd, vd, Dk, Dv)
     brk_row = brk_ptr + bh * tl.cdiv(NC, 32)
     c = 0  # chunk 0 is walked
     kc, vc, X0, NP0, ss, eG, ash, a, em1, wd, eGl, anc_row = carry_inputs(
@@ -790,9 +795,7 @@ def _walk_breaks(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, 
         c += 1
         kc, vc, anc_row, eGl = kn, vn, ancn, eGln
         X0, NP0, ss, eG, ash, a, em1, wd = X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn
-    store_state(pbase, Preg, kd, vd, Dk, Dv)
-    if PIPE:  # every chunk final: a merge simulation that waited for a chunk the walk took as guessed (a bug) ends
-        tl.atomic_xchg(flag_ptr + bh, NC, sem="release")
+    return Preg
 
 
 @triton.jit
@@ -817,8 +820,8 @@ def next_processed(sus_row, depth_row, c, last_walked, NC, DEPTH: tl.constexpr):
 
 # Long: the carry scan's walk over the suspect chunks is one dependent chain per (b, h), its prefetch in one body.
 @triton.jit
-def _walk_suspects(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, sus_ptr, depth_ptr, p_ptr, size_ptr,
-                   mask_ptr, cscore_ptr, bh, T, H, Dk, Dv, tau, eps, norm_eps, C: tl.constexpr, BK: tl.constexpr,
+def _walk_suspects(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, sus_ptr, depth_ptr, mask_ptr, cscore_ptr, bh, row,
+                   Preg, kd, vd, T, H, Dk, Dv, tau, eps, norm_eps, C: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PIPE: tl.constexpr,
                    DEPTH: tl.constexpr, flag_ptr):
     """``dla_carry_walk_kernel`` DEPTH > 1 deep, row bh. It processes chunk 0, each chunk with a bit in ``sus_ptr``
@@ -827,15 +830,12 @@ def _walk_suspects(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, sus_ptr
     processed chunk whose guess holds on the true masks (``guess_holds``) keeps the guessed decisions; the others
     are decided here from the slot they are entered with, their masks and carry scores overwriting the guessed ones.
     It jumps over the rest, whose guesses hold, and forms the slot leaving the chunk before the next one it processes
-    (``exit_slot``). PIPE: it publishes how far the
-    masks are final (``flag_ptr``), at each jump and after each processed chunk: the merge simulation reads the
-    one-deep guessed chunks ahead and waits on it for the others. The next chunk's inputs are loaded before each
-    step, as in the plain walk."""
-    b, h, NC, N, emp, Tr, pbase = carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C)
+    (``exit_slot``). PIPE: it publishes how far the masks are final (``flag_ptr``), at each jump and after each
+    processed chunk: the merge simulation reads the one-deep guessed chunks ahead and waits on it for the others. The
+    next chunk's inputs are loaded before each step, as in the plain walk. Returns the slot leaving the row's last
+    chunk, as ``_walk_breaks``."""
+    b, h, NC, N, emp, Tr, pbase = row
     t_idx = tl.arange(0, C)
-    kd = tl.arange(0, BK)
-    vd = tl.arange(0, BV)
-    Preg = load_state(pbase, kd, vd, Dk, Dv)
     sus_row = sus_ptr + bh * tl.cdiv(NC, 32)
     mask_row = mask_ptr + bh * NC
     anc_chunks = anc_ptr + bh * NC * C
@@ -887,9 +887,7 @@ def _walk_suspects(k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, decay_ptr, sus_ptr
         c += 1
         kc, vc, anc_row, eGl = kn, vn, ancn, eGln
         X0, NP0, ss, eG, ash, a, em1, wd = X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn
-    store_state(pbase, Preg, kd, vd, Dk, Dv)
-    if PIPE:  # every chunk final: a merge simulation that waited for a chunk the walk took as guessed (a bug) ends
-        tl.atomic_xchg(flag_ptr + bh, NC, sem="release")
+    return Preg
 
 
 @triton.jit(do_not_specialize=["T"])
