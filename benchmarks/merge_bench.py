@@ -91,8 +91,7 @@ def launcher(variant, masks, scores, T, BH):
             dla_merge_kernel_baseline[(BH,)](*args, C=C, KP=KP, PIPE=False, num_warps=1)
         else:
             fast = variant == "new" and not interpreting()
-            dla_merge_kernel[(BH,)](*args, flag, flag, C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=fast,
-                                    num_warps=1)
+            dla_merge_kernel[(BH,)](*args, flag, C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=fast, num_warps=1)
 
     return run, o
 
