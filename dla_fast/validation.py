@@ -82,12 +82,18 @@ def as_cache(cache, dims: Dims, device, dtype, name: str = "initial_cache") -> C
     return cache
 
 
+# The merge simulation (``dla_merge_kernel``) adds counts in float64, exact below 2**53 (a count no stream of tokens
+# reaches; a cache built by hand could hold one).
+COUNT_LIMIT = 2**53
+
+
 def cache_checks(cache: Cache, K: int, name: str = "initial_cache") -> list:
     device = cache.states.device
     return cache_value_checks(
         cache.states, cache.counts, cache.info, cache.size, K,
         isfinite=all_finite, arange=lambda n: torch.arange(n, device=device), name=name,
-    )
+    ) + [((cache.counts >= COUNT_LIMIT).any(), f"{name}.counts: expected counts below 2**53 (dla_fast adds them in "
+                                                "float64)")]
 
 
 def validate_forward(q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size):

@@ -104,6 +104,25 @@ def test_bad_initial_caches_get_the_reference_message(case):
     assert _message(lambda: dla_fast.forward(**t, initial_cache=bad_fast)) == ref
 
 
+def test_counts_beyond_float64s_integers_are_refused():
+    """The merge simulation adds counts in float64: a cache count of 2**53 or more (no stream reaches one) is refused
+    by name, by the forward and the step, where it would have been rounded."""
+    x = _good()
+    _, cache, _ = dla_ref.forward(**x)
+    t = {n: torch.as_tensor(a) for n, a in x.items()}
+    huge = dla_fast.Cache.from_ref(cache, dtype=torch.float64)
+    huge.counts[0, 1, 0] = 2**53
+    expected = re.escape("initial_cache.counts: expected counts below 2**53")
+    with pytest.raises(ValueError, match=expected):
+        dla_fast.forward(**t, initial_cache=huge)
+    huge.counts[0, 1, 0] = 2**53 - 1
+    dla_fast.forward(**t, initial_cache=huge)
+    huge.counts[0, 1, 0] = 2**53
+    s = {n: a[:, 0] for n, a in t.items() if n not in ("boundaries",)}
+    with pytest.raises(ValueError, match=re.escape("cache.counts: expected counts below 2**53")):
+        dla_fast.step(s["q"], s["k"], s["v"], s["g"], s["slot_weights"], huge, beta=s.get("beta"))
+
+
 def test_forward_specific_arguments():
     t = {n: torch.as_tensor(a) for n, a in _good().items()}
     with pytest.raises(ValueError, match="chunk_size: expected a positive integer"):

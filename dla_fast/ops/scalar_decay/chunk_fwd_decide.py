@@ -1021,7 +1021,7 @@ def closing_slots(mask, sc64, cs, t_idx, n_open, i_open, C: tl.constexpr, FAST: 
     pc = tl.maximum(p, 0)
     add_i = cs - sc64 - tl.where(has, tl.gather(cs, pc, 0), 0.0)
     ino = tl.where(has, tl.gather(sc64, pc, 0), i_open) + add_i
-    nno = tl.where(has, (t_idx - p).to(tl.int64), n_open + tt)
+    nno = tl.where(has, (t_idx - p).to(tl.float64), n_open + t_idx.to(tl.float64))
     after = (((mask >> tt) >> 1) << 1) << tt  # the boundaries after t
     q = tl.minimum(tl.maximum(bit_index(after & (-after), FAST), 0), C - 1)
     nnx = tl.gather(nno, q, 0)
@@ -1087,11 +1087,13 @@ def dla_merge_kernel(
     C: tl.constexpr, KP: tl.constexpr, KW: tl.constexpr, PIPE: tl.constexpr, FAST: tl.constexpr,
     GUESSED: tl.constexpr = False,
 ):
-    """Program (bh), one warp: counts n (int64), information sums Ibar (float64) and start positions of the
-    <= K slots in KW-wide vectors (KW = max(KP, 32): one lane per slot); one lowest-density merge (tie: the
-    oldest pair) per new slot with a full cache. Initial slots have pseudo start positions -m0..-1. The open
-    slot's count and sum are kept apart (``n_open``, ``i_open``, all lanes equal): the lanes hold it only
-    while it is being closed. Per chunk O(C) vector work; per event O(1) shuffles and reductions.
+    """Program (bh), one warp: counts n and information sums Ibar (float64) and start positions of the <= K slots
+    in KW-wide vectors (KW = max(KP, 32): one lane per slot); one lowest-density merge (tie: the oldest pair) per
+    new slot with a full cache. Counts in float64 are exact below 2**53 (the cache checks' limit); as int64 their
+    sums and conversion cost the event loop ~70 of its ~370 cycles (sm_90, modeled by
+    ``benchmarks/sass_loop_model.py``). Initial slots have pseudo start positions -m0..-1. The open slot's count
+    and sum are kept apart (``n_open``, ``i_open``, all lanes equal): the lanes hold it only while it is being
+    closed. Per chunk O(C) vector work; per event O(1) shuffles and reductions.
     PIPE: runs concurrently with the carry scan, waiting on its per-chunk flag, and assembles the scores
     itself (carry score up to the first boundary, else the table entry I[t, p(t)]).
     GUESSED (with PIPE; the carry scan from guessed chunks): a chunk after one that ``follows`` holds the guess
@@ -1112,7 +1114,7 @@ def dla_merge_kernel(
     Tr = tl.load(rlen_ptr + bh)  # the row's length: its padding counts in no slot
     m = m0
     # lanes >= K hold count 1 (never read as a slot; keeps every shifted density finite)
-    n = tl.load(cnt_ptr + bh * K + j, mask=j < K, other=1).to(tl.int64)
+    n = tl.load(cnt_ptr + bh * K + j, mask=j < K, other=1).to(tl.float64)
     info = tl.load(info_ptr + bh * K + j, mask=j < K, other=0.0).to(tl.float64)
     pos = tl.where(j < m0, j - m0, 2147483647)
     n_open = tl.gather(n, tl.maximum(zk + m0 - 1, 0), 0)
@@ -1190,7 +1192,7 @@ def dla_merge_kernel(
                     rem = rem ^ low
                     u = tl.maximum(bit_index(low, FAST), 0)
             last = highest_bit_index(mask, FAST)  # the open slot at the chunk end was opened at its last boundary
-            n_open = (zk + nvalid - last).to(tl.int64)
+            n_open = (zk + nvalid - last).to(tl.float64)
             i_open = tl.gather(sc64, zk + last, 0) + (tot - tl.gather(cs, zk + last, 0))
         else:
             n_open = n_open + nvalid

@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""Cycles per iteration of a one-warp kernel's innermost loop, predicted on the CPU from its sm_90 SASS (issue #11).
+
+The merge simulation (``dla_merge_kernel``) runs one warp per row, alone on its SM's scheduler, so its event loop's
+time is set by the order ptxas issues it in, which code elsewhere in the kernel can change (run 48: the same 124
+instructions at 2.96 and 3.12 cycles each on the H200). ptxas writes that order into each instruction's control bits:
+a *stall* count (cycles before the warp may issue its next instruction: fixed latencies and pipe throughput), and for
+variable-latency instructions (shuffles, reductions, MUFU, conversions, memory) a scoreboard that a later instruction
+waits on. The model replays one warp: each instruction issues after the previous one's stall and once the
+scoreboards it waits on are released; a variable-latency result arrives ``LATENCY[op]`` cycles after issue, the MIO
+unit's in issue order; a taken back branch costs ``BRANCH`` cycles. Fitted to run 48's ``ncu`` measurements of two
+schedules of the same loop (367 and 387 cycles an event; docs/performance.md "Run 49"), it gives 370 and 384.
+
+    python benchmarks/sass_loop_model.py LAUNCH.jsonl KERNEL [NAME=VALUE ...] [--marker REDUX] [--sass OUT]
+    python benchmarks/sass_loop_model.py --from-sass FILE [--marker REDUX]
+
+The first form builds the first recorded launch of KERNEL in LAUNCH.jsonl (``conftest``'s launch records, e.g.
+``DLA_TEST_LAUNCH_LOG=... TRITON_INTERPRET=1 pytest ...``) for sm_90 with the Triton first on the path (the GPU
+machines' is 3.6), its constexprs overridden by NAME=VALUE (e.g. ``FAST=True KP=32``); the second reads a
+``cuobjdump -sass`` listing. Prints the loop's instructions, the sum of its stall counts and the modeled cycles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+# Variable-latency results, cycles after issue (fitted with BRANCH to run 48's two measured schedules; several
+# nearby sets fit as well, within 1 %: the stall counts carry most of the loop's time).
+LATENCY = {"SHFL": 27, "REDUX": 40, "MUFU": 30, "I2F": 14, "F2I": 14, "BREV": 12, "FLO": 12, "POPC": 12, "VOTE": 8,
+           "LDS": 30, "LDG": 500, "STG": 0}
+READ_LATENCY = 12  # a read scoreboard (a store's registers read)
+BRANCH = 16  # a taken backward branch
+MIO = frozenset({"SHFL", "REDUX", "MUFU", "I2F", "F2I", "BREV", "FLO", "POPC", "LDS"})  # results in issue order
+NO_SCOREBOARD = 7
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    address: int
+    text: str
+    stall: int  # cycles before the warp's next instruction may issue
+    write_scoreboard: int  # set until the result arrives (7: none)
+    read_scoreboard: int  # set until the sources are read (7: none)
+    wait_mask: int  # scoreboards waited on before issue
+
+    @property
+    def op(self) -> str:
+        return re.sub(r"^@!?U?P\w+\s+", "", self.text).split()[0].split(".")[0]
+
+
+def instructions(sass: str) -> list:
+    """Every instruction of a ``cuobjdump -sass`` listing with its control bits (sm_90: bits 105-121 of the 128-bit
+    word, i.e. the second 64-bit word printed shifted right by 41)."""
+    lines = sass.splitlines()
+    out = []
+    for k, line in enumerate(lines[:-1]):
+        m = re.search(r"/\*([0-9a-f]{4,})\*/\s*(.*?);\s*/\* 0x[0-9a-f]{16} \*/", line)
+        high = re.search(r"/\* (0x[0-9a-f]{16}) \*/", lines[k + 1])
+        if m and high:
+            ctrl = int(high.group(1), 16) >> 41
+            out.append(Instruction(int(m.group(1), 16), re.sub(r"\s+", " ", m.group(2).strip()), ctrl & 0xF,
+                                   (ctrl >> 5) & 7, (ctrl >> 8) & 7, (ctrl >> 11) & 0x3F))
+    return out
+
+
+def innermost_loop(code: list, marker: str) -> list:
+    """The shortest loop (a backward branch and its target) holding an instruction whose op is ``marker``."""
+    at = {ins.address: k for k, ins in enumerate(code)}
+    best = None
+    for end, ins in enumerate(code):
+        target = re.search(r"BRA .*?0x([0-9a-f]+)", ins.text) if ins.op == "BRA" else None
+        start = at.get(int(target.group(1), 16)) if target else None
+        holds = start is not None and start <= end and any(x.op == marker for x in code[start:end + 1])
+        if holds and (best is None or end - start < best[1] - best[0]):
+            best = (start, end)
+    if best is None:
+        raise ValueError(f"no loop holding {marker}")
+    return code[best[0]:best[1] + 1]
+
+
+def cycles_per_iteration(body: list, latency: dict = LATENCY, branch: int = BRANCH, iterations: int = 24) -> float:
+    """Steady-state issue cycles of one iteration of ``body`` run back to back by one warp (the mean of the second
+    half of ``iterations``)."""
+    issue_next, mio_done = 0.0, 0.0
+    released = [0.0] * 6
+    starts = []
+    for _ in range(iterations):
+        starts.append(issue_next)
+        for k, ins in enumerate(body):
+            issue = max([issue_next] + [released[b] for b in range(6) if ins.wait_mask >> b & 1])
+            done = issue + latency.get(ins.op, 6)
+            if ins.op in MIO:
+                done = max(done, mio_done + 1)
+                mio_done = done
+            if ins.write_scoreboard != NO_SCOREBOARD:
+                released[ins.write_scoreboard] = max(released[ins.write_scoreboard], done)
+            if ins.read_scoreboard != NO_SCOREBOARD:
+                released[ins.read_scoreboard] = max(released[ins.read_scoreboard], issue + READ_LATENCY)
+            issue_next = issue + max(ins.stall, 1) + (branch if k == len(body) - 1 else 0)
+    half = iterations // 2
+    return (issue_next - starts[half]) / (iterations - half)
+
+
+def sm90_sass(launch: dict) -> str:
+    """``cuobjdump -sass`` of one recorded launch built for sm_90 (``tests/sm90_build.py``)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path[:0] = [root, os.path.join(root, "tests")]  # the kernels' modules, and sm90_build
+    import sm90_build
+    import triton
+
+    kernel = sm90_build.build(launch)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        return subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
+
+
+def recorded_launch(path: str, kernel: str, overrides: dict) -> dict:
+    """The first launch of ``kernel`` in a launch record, its constexprs updated by ``overrides``."""
+    with open(path) as f:
+        launch = next(json.loads(line) for line in f if json.loads(line)["kernel"] == kernel)
+    launch["constexprs"].update(overrides)
+    return launch
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("launches", nargs="?")
+    ap.add_argument("kernel", nargs="?")
+    ap.add_argument("overrides", nargs="*", help="constexpr NAME=VALUE")
+    ap.add_argument("--from-sass", help="a cuobjdump -sass listing instead of a build")
+    ap.add_argument("--marker", default="REDUX", help="an op the loop holds (default: the merge's reduction)")
+    ap.add_argument("--sass", help="write the built listing here")
+    args = ap.parse_args()
+    if args.from_sass:
+        with open(args.from_sass) as f:
+            sass = f.read()
+    else:
+        overrides = {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+        sass = sm90_sass(recorded_launch(args.launches, args.kernel, overrides))
+        if args.sass:
+            with open(args.sass, "w") as f:
+                f.write(sass)
+    body = innermost_loop(instructions(sass), args.marker)
+    for ins in body:
+        print(f"  stall {ins.stall:2d}  {ins.text}")
+    print(f"loop of {len(body)} instructions: stall counts {sum(i.stall for i in body)} cycles, modeled "
+          f"{cycles_per_iteration(body):.0f} cycles an iteration")
+
+
+if __name__ == "__main__":
+    main()
