@@ -1156,7 +1156,6 @@ def dla_merge_kernel(
             mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
             sc_n = tl.load(score_ptr + bh * NC * C + (c + 1) * C + t_idx, mask=(c + 1) * C + t_idx < T, other=0.0)
         sc64 = tl.where(t_idx < nvalid, sc, 0.0).to(tl.float64)
-        tot = tl.sum(sc64, 0)
         nb = bit_count(mask, FAST)
         if nb > 0:
             cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
@@ -1193,10 +1192,11 @@ def dla_merge_kernel(
                     u = tl.maximum(bit_index(low, FAST), 0)
             last = highest_bit_index(mask, FAST)  # the open slot at the chunk end was opened at its last boundary
             n_open = (zk + nvalid - last).to(tl.float64)
+            tot = tl.gather(cs, zk + C - 1, 0)  # the chunk's sum: the last prefix sum
             i_open = tl.gather(sc64, zk + last, 0) + (tot - tl.gather(cs, zk + last, 0))
         else:
             n_open = n_open + nvalid
-            i_open = i_open + tot
+            i_open = i_open + tl.sum(sc64, 0)
         mask = mask_n
         sc = sc_n
     is_open = j == m - 1
