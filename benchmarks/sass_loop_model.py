@@ -8,16 +8,21 @@ a *stall* count (cycles before the warp may issue its next instruction: fixed la
 variable-latency instructions (shuffles, reductions, MUFU, conversions, memory) a scoreboard that a later instruction
 waits on. The model replays one warp: each instruction issues after the previous one's stall and once the
 scoreboards it waits on are released; a variable-latency result arrives ``LATENCY[op]`` cycles after issue, the MIO
-unit's in issue order; a taken back branch costs ``BRANCH`` cycles. Fitted to run 48's ``ncu`` measurements of two
-schedules of the same loop (367 and 387 cycles an event; docs/performance.md "Run 49"), it gives 370 and 384.
+unit's in issue order; a taken branch costs ``BRANCH`` cycles. Fitted to run 48's ``ncu`` measurements of two
+schedules of the same loop (367 and 387 cycles an event; docs/performance.md "Run 49"), it gives 370 and 384; the
+same model puts the merge kernel's path through a chunk with one event at 1,862 cycles (0.94 us at 1.98 GHz), where
+run 42 had derived ~0.8 us of per-chunk work and ~0.18-0.2 us an event from measured kernel times.
 
     python benchmarks/sass_loop_model.py LAUNCH.jsonl KERNEL [NAME=VALUE ...] [--marker REDUX] [--sass OUT]
-    python benchmarks/sass_loop_model.py --from-sass FILE [--marker REDUX]
+                                         [--merge-chunks]
+    python benchmarks/sass_loop_model.py --from-sass FILE [--marker REDUX] [--merge-chunks]
 
 The first form builds the first recorded launch of KERNEL in LAUNCH.jsonl (``conftest``'s launch records, e.g.
 ``DLA_TEST_LAUNCH_LOG=... TRITON_INTERPRET=1 pytest ...``) for sm_90 with the Triton first on the path (the GPU
 machines' is 3.6), its constexprs overridden by NAME=VALUE (e.g. ``FAST=True KP=32``); the second reads a
-``cuobjdump -sass`` listing. Prints the loop's instructions, the sum of its stall counts and the modeled cycles.
+``cuobjdump -sass`` listing. Prints the loop's instructions, the sum of its stall counts and the modeled cycles;
+``--merge-chunks`` also the merge kernel's path through one guessed chunk at a full cache with 0, 1, 4 and 38 events
+(the sparse, moderate and dense workloads' typical chunks).
 """
 
 from __future__ import annotations
@@ -73,12 +78,9 @@ def instructions(sass: str) -> list:
 
 def innermost_loop(code: list, marker: str) -> list:
     """The shortest loop (a backward branch and its target) holding an instruction whose op is ``marker``."""
-    at = {ins.address: k for k, ins in enumerate(code)}
     best = None
-    for end, ins in enumerate(code):
-        target = re.search(r"BRA .*?0x([0-9a-f]+)", ins.text) if ins.op == "BRA" else None
-        start = at.get(int(target.group(1), 16)) if target else None
-        holds = start is not None and start <= end and any(x.op == marker for x in code[start:end + 1])
+    for end, start in branches(code):
+        holds = start <= end and any(x.op == marker for x in code[start:end + 1])
         if holds and (best is None or end - start < best[1] - best[0]):
             best = (start, end)
     if best is None:
@@ -86,15 +88,15 @@ def innermost_loop(code: list, marker: str) -> list:
     return code[best[0]:best[1] + 1]
 
 
-def cycles_per_iteration(body: list, latency: dict = LATENCY, branch: int = BRANCH, iterations: int = 24) -> float:
-    """Steady-state issue cycles of one iteration of ``body`` run back to back by one warp (the mean of the second
-    half of ``iterations``)."""
+def issue_cycles(trace: list, latency: dict = LATENCY, branch: int = BRANCH, repeats: int = 24) -> float:
+    """Steady-state issue cycles of ``trace`` (``(instruction, taken)`` pairs in the order one warp runs them, taken:
+    a branch to elsewhere follows it) run back to back ``repeats`` times: the mean of the second half."""
     issue_next, mio_done = 0.0, 0.0
     released = [0.0] * 6
     starts = []
-    for _ in range(iterations):
+    for _ in range(repeats):
         starts.append(issue_next)
-        for k, ins in enumerate(body):
+        for ins, taken in trace:
             issue = max([issue_next] + [released[b] for b in range(6) if ins.wait_mask >> b & 1])
             done = issue + latency.get(ins.op, 6)
             if ins.op in MIO:
@@ -104,9 +106,51 @@ def cycles_per_iteration(body: list, latency: dict = LATENCY, branch: int = BRAN
                 released[ins.write_scoreboard] = max(released[ins.write_scoreboard], done)
             if ins.read_scoreboard != NO_SCOREBOARD:
                 released[ins.read_scoreboard] = max(released[ins.read_scoreboard], issue + READ_LATENCY)
-            issue_next = issue + max(ins.stall, 1) + (branch if k == len(body) - 1 else 0)
-    half = iterations // 2
-    return (issue_next - starts[half]) / (iterations - half)
+            issue_next = issue + max(ins.stall, 1) + (branch if taken else 0)
+    half = repeats // 2
+    return (issue_next - starts[half]) / (repeats - half)
+
+
+def cycles_per_iteration(body: list, latency: dict = LATENCY, branch: int = BRANCH) -> float:
+    """Steady-state cycles of one iteration of a loop ``body`` (its last instruction the taken back branch)."""
+    return issue_cycles([(ins, k == len(body) - 1) for k, ins in enumerate(body)], latency, branch)
+
+
+def branches(code: list) -> list:
+    """``(index, target index)`` of every branch with a target in ``code``."""
+    at = {ins.address: k for k, ins in enumerate(code)}
+    found = []
+    for k, ins in enumerate(code):
+        target = re.search(r"BRA .*?0x([0-9a-f]+)", ins.text) if ins.op == "BRA" else None
+        if target and int(target.group(1), 16) in at:
+            found.append((k, at[int(target.group(1), 16)]))
+    return found
+
+
+def merge_chunk_traces(code: list, events=(0, 1, 4, 38)) -> dict:
+    """``dla_merge_kernel``'s (PIPE, GUESSED) path through one chunk whose decisions were guessed, at a full cache,
+    with E boundaries (E merge events; 0: the chunk without a boundary), as ``issue_cycles`` traces by E, located by
+    the kernel's branches: the chunk loop, its branch over the wait for the carry scan, over the boundary path, over
+    the room-left loop, the event loop, and the boundary path's jump to the chunk's end."""
+    event_loop = innermost_loop(code, "REDUX")
+    ev0, ev1 = code.index(event_loop[0]), code.index(event_loop[-1])
+    jumps = branches(code)
+    start, end = max(((t, k) for k, t in jumps if t < ev0 and k > ev1), key=lambda x: x[1] - x[0])
+    forward = [(k, t) for k, t in jumps if start < k < end and t > k]
+    guessed = forward[0]
+    no_boundary = next(x for x in forward if guessed[1] <= x[0] < ev0 and x[1] > ev1)
+    room_left = next(x for x in forward if x[0] > no_boundary[0] and x[1] < ev0)
+    boundary_end = next(x for x in forward if x[0] > ev1)
+    spans = {0: [(start, guessed[0], 1), (guessed[1], no_boundary[0], 1), (no_boundary[1], end, 1)]}
+    for e in events:
+        if e:
+            spans[e] = [(start, guessed[0], 1), (guessed[1], room_left[0], 1), (room_left[1], ev0 - 1, 1),
+                        (ev0, ev1, e), (ev1 + 1, boundary_end[0], 1), (boundary_end[1], end, 1)]
+    traces = {}
+    for e, segments in spans.items():
+        order = [k for a, b, reps in segments for k in list(range(a, b + 1)) * reps]
+        traces[e] = [(code[k], n + 1 == len(order) or order[n + 1] != k + 1) for n, k in enumerate(order)]
+    return traces
 
 
 def sm90_sass(launch: dict) -> str:
@@ -140,6 +184,8 @@ def main():
     ap.add_argument("--from-sass", help="a cuobjdump -sass listing instead of a build")
     ap.add_argument("--marker", default="REDUX", help="an op the loop holds (default: the merge's reduction)")
     ap.add_argument("--sass", help="write the built listing here")
+    ap.add_argument("--merge-chunks", action="store_true",
+                    help="also dla_merge_kernel's path through one guessed chunk with 0, 1, 4, 38 events")
     args = ap.parse_args()
     if args.from_sass:
         with open(args.from_sass) as f:
@@ -155,6 +201,10 @@ def main():
         print(f"  stall {ins.stall:2d}  {ins.text}")
     print(f"loop of {len(body)} instructions: stall counts {sum(i.stall for i in body)} cycles, modeled "
           f"{cycles_per_iteration(body):.0f} cycles an iteration")
+    if args.merge_chunks:
+        for e, trace in merge_chunk_traces(instructions(sass)).items():
+            print(f"a guessed chunk with {e} events: {len(trace)} instructions, "
+                  f"modeled {issue_cycles(trace):.0f} cycles")
 
 
 if __name__ == "__main__":
