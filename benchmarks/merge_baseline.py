@@ -112,7 +112,9 @@ def dla_merge_kernel_baseline(
             cprev = csu
         is_open = j == m - 1
         n = tl.where(is_open, n + (nvalid - prev).to(tl.int64), n)
-        info = tl.where(is_open, info + (tl.sum(sc64, 0) - cprev), info)
+        # the chunk's sum as the kernel forms it (since run 49): its last prefix sum where it has a boundary
+        tot = tl.where(nb > 0, tl.sum(tl.where(t_idx == C - 1, cs, 0.0), 0), tl.sum(sc64, 0))
+        info = tl.where(is_open, info + (tot - cprev), info)
         mask = mask_n
         sc = sc_n
     tl.store(cnt_ptr + bh * K + j, tl.where(j < m, n, 0), mask=j < K)
