@@ -105,21 +105,24 @@ def test_bad_initial_caches_get_the_reference_message(case):
 
 
 def test_counts_beyond_float64s_integers_are_refused():
-    """The merge simulation adds counts in float64: a cache count of 2**53 or more (no stream reaches one) is refused
-    by name, by the forward and the step, where it would have been rounded."""
+    """The merge simulation adds counts in float64: a cache whose row counts sum to 2**52 or more (no stream reaches
+    one; the sums and a call's tokens must stay exact below 2**53) is refused by name, by the forward and the step,
+    where its sums would have been rounded."""
     x = _good()
     _, cache, _ = dla_ref.forward(**x)
     t = {n: torch.as_tensor(a) for n, a in x.items()}
     huge = dla_fast.Cache.from_ref(cache, dtype=torch.float64)
-    huge.counts[0, 1, 0] = 2**53
-    expected = re.escape("initial_cache.counts: expected counts below 2**53")
-    with pytest.raises(ValueError, match=expected):
-        dla_fast.forward(**t, initial_cache=huge)
-    huge.counts[0, 1, 0] = 2**53 - 1
+    row = huge.counts[0, 1]
+    expected = re.escape("initial_cache.counts: expected each row's counts to sum below 2**52")
+    for count in (2**52 - int(row[1:].sum()), 2**62):
+        row[0] = count
+        with pytest.raises(ValueError, match=expected):
+            dla_fast.forward(**t, initial_cache=huge)
+    row[0] = 2**52 - 1 - int(row[1:].sum())
     dla_fast.forward(**t, initial_cache=huge)
-    huge.counts[0, 1, 0] = 2**53
+    row[0] = 2**52
     s = {n: a[:, 0] for n, a in t.items() if n not in ("boundaries",)}
-    with pytest.raises(ValueError, match=re.escape("cache.counts: expected counts below 2**53")):
+    with pytest.raises(ValueError, match=re.escape("cache.counts: expected each row's counts to sum below 2**52")):
         dla_fast.step(s["q"], s["k"], s["v"], s["g"], s["slot_weights"], huge, beta=s.get("beta"))
 
 

@@ -1089,8 +1089,8 @@ def dla_merge_kernel(
 ):
     """Program (bh), one warp: counts n and information sums Ibar (float64) and start positions of the <= K slots
     in KW-wide vectors (KW = max(KP, 32): one lane per slot); one lowest-density merge (tie: the oldest pair) per
-    new slot with a full cache. Counts in float64 are exact below 2**53 (the cache checks' limit); as int64 their
-    sums and conversion cost the event loop ~70 of its ~370 cycles (sm_90, modeled by
+    new slot with a full cache. Counts in float64 are exact below 2**53 (the cache checks keep a row's sum below
+    2**52); as int64 their sums and conversion cost the event loop ~70 of its ~370 cycles (sm_90, modeled by
     ``benchmarks/sass_loop_model.py``). Initial slots have pseudo start positions -m0..-1. The open slot's count
     and sum are kept apart (``n_open``, ``i_open``, all lanes equal): the lanes hold it only while it is being
     closed. Per chunk O(C) vector work; per event O(1) shuffles and reductions.
