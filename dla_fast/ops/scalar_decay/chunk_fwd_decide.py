@@ -1176,22 +1176,23 @@ def dla_merge_kernel(
             cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
             nno, ino, nnx, inx, dnx = closing_slots(mask, sc64, cs, t_idx, tl.gather(n_open, zc, 0),
                                                tl.gather(i_open, zc, 0), C, FAST)
+            nno2, ino2 = by_parity(nno, C), by_parity(ino, C)
             rem = mask
             nadd = tl.minimum(nb, K - m)
             for _ in range(nadd):  # room left: close the open slot, open one
                 low = rem & (-rem)
                 rem = rem ^ low
-                uu = zk + bit_index(low, FAST)
-                n = tl.where(j == m - 1, tl.gather(nno, uu, 0), n)
-                info = tl.where(j == m - 1, tl.gather(ino, uu, 0), info)
+                uu = bit_index(low, FAST)
+                n = tl.where(j == m - 1, at_position(nno2, uu, zk), n)
+                info = tl.where(j == m - 1, at_position(ino2, uu, zk), info)
                 pos = tl.where(j == m, c * C + uu, pos)
                 m += 1
             if nadd < nb:  # full: the closing slot into the last lane, then one merge per boundary
                 low = rem & (-rem)
                 rem = rem ^ low
                 u = bit_index(low, FAST)
-                n = tl.where(j == K - 1, tl.gather(nno, zk + u, 0), n)
-                info = tl.where(j == K - 1, tl.gather(ino, zk + u, 0), info)
+                n = tl.where(j == K - 1, at_position(nno2, u, zk), n)
+                info = tl.where(j == K - 1, at_position(ino2, u, zk), info)
                 d = pair_densities(n, info, j, K, KW, FAST)
                 nnx2, inx2, dnx2 = by_parity(nnx, C), by_parity(inx, C), by_parity(dnx, C)
                 for _ in range(nb - nadd):
@@ -1207,8 +1208,9 @@ def dla_merge_kernel(
                     u = tl.maximum(bit_index(low, FAST), 0)
             last = highest_bit_index(mask, FAST)  # the open slot at the chunk end was opened at its last boundary
             n_open = (zk + nvalid - last).to(tl.float64)
-            tot = tl.gather(cs, zk + C - 1, 0)  # the chunk's sum: the last prefix sum
-            i_open = tl.gather(sc64, zk + last, 0) + (tot - tl.gather(cs, zk + last, 0))
+            cs2 = by_parity(cs, C)
+            tot = at_position(cs2, C - 1, zk)  # the chunk's sum: the last prefix sum
+            i_open = at_position(by_parity(sc64, C), last, zk) + (tot - at_position(cs2, last, zk))
         else:
             n_open = n_open + nvalid
             i_open = i_open + tl.sum(sc64, 0)
