@@ -120,9 +120,9 @@ def test_the_merge_event_loop_keeps_its_modeled_speed(tmp_path):
     record = tmp_path / "merge.jsonl"
     record.write_text(json.dumps(merges[0]) + "\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(TESTS.parent)]))
+    shape = ["FAST=True", "C=64", "KP=32", "KW=32"]  # K = 30, whatever K the recorded launch had
     run = subprocess.run([sys.executable, str(TESTS.parent / "benchmarks" / "sass_loop_model.py"), str(record),
-                          "dla_merge_kernel", "FAST=True", "KP=32"], env=env, capture_output=True, text=True,
-                         timeout=600)
+                          "dla_merge_kernel", *shape], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"the build process failed:\n{run.stderr[-3000:]}"
     cycles = float(re.search(r"modeled (\d+) cycles", run.stdout).group(1))
     assert cycles <= 1.02 * MERGE_EVENT_CYCLES, (
