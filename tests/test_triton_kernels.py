@@ -801,24 +801,6 @@ def test_deeper_guesses_taken_by_the_rows_with_chunks_without_a_boundary(monkeyp
         assert not seen and all(torch.equal(a, b) for a, b in zip(guessed, plain))
 
 
-@needs_kernels
-def test_the_sorted_pairs_prototype_merges_the_pairs_the_argmin_merges():
-    """``benchmarks/merge_sorted_pairs.py`` (run 48's design for the merge simulation's event loop, not used by the
-    forward): with the pair densities kept sorted, the first sorted pair is the pair the forward's argmin merges at
-    every event, with ties (scores on a grid of eighths) and without, at 30 slots and at 4 (the edge pairs often
-    merged). Interpreter only: the prototype runs on CPU tensors."""
-    if CUDA:
-        pytest.skip("the prototype runs under the interpreter")
-    import importlib
-
-    # by its module path (the repository root is on the path), so that test_triton_sm90_builds.py can build it too
-    prototype = importlib.import_module("benchmarks.merge_sorted_pairs")
-    for K, grid in ((30, True), (30, False), (4, True)):
-        same, outs = prototype.run(0, K=K, E=60, grid=grid)
-        assert same, (K, grid)
-        assert len(set(outs[True][0].tolist())) > 1  # more than one pair merged
-
-
 @triton.jit
 def _processed_for_the_bit_only(sus_row, depth_row, x, last_walked):
     """``chunk_fwd_decide.processed`` without its second condition (a mutant)."""

@@ -1052,14 +1052,12 @@ def at_position(x2, u, zk):
 
 
 @triton.jit
-def merge_event(n, info, pos, d, n_next, i_next, d_next, tglob, j, K, KW: tl.constexpr, FAST: tl.constexpr,
-                istar=None):
+def merge_event(n, info, pos, d, n_next, i_next, d_next, tglob, j, K, KW: tl.constexpr, FAST: tl.constexpr):
     """One boundary with a full cache: ``(n, info, pos, d)`` hold the K items (the last is the slot the
     boundary closes) and their pair densities. Returns the items after the lowest-density merge (tie: the
     oldest pair) with the slot the next boundary closes (``n_next``, ``i_next``, starting at ``tglob``)
     appended, their pair densities (``d_next``: the density of the closing slot with the next one), the
-    merged pair ([KW], all lanes equal) and, at the merged lane, the start that dies (INT32_MAX elsewhere).
-    ``istar``: the pair to merge where the caller knows it (``benchmarks/merge_sorted_pairs.py``), else the argmin."""
+    merged pair ([KW], all lanes equal) and, at the merged lane, the start that dies (INT32_MAX elsewhere)."""
     last = j == K - 1
     n1 = tl.where(last, n_next, lane_shift(n, j, 1, KW))
     i1 = tl.where(last, i_next, lane_shift(info, j, 1, KW))
@@ -1071,8 +1069,7 @@ def merge_event(n, info, pos, d, n_next, i_next, d_next, tglob, j, K, KW: tl.con
     c0 = n + n1
     # d(X_i + X_{i+1}, X_{i+2}) and d(X_i, X_{i+1} + X_{i+2}): one divisor, as counts add exactly
     d_r, d_l = div2_rn(a0 + i2, info + (i1 + i2), (c0 + n2).to(tl.float64), FAST)
-    if istar is None:
-        istar = argmin_nonneg(d, j < K - 1, j, KW, FAST and KW == 32)
+    istar = argmin_nonneg(d, j < K - 1, j, KW, FAST and KW == 32)
     left = j < istar
     here = j == istar
     n = tl.where(left, n, tl.where(here, c0, n1))
