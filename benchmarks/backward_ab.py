@@ -22,7 +22,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import K_SLOTS, WORKLOADS, _dla_fwd_bwd, _leaves, api_forward, bench_ms, workload  # noqa: E402
+from gpu_bench import K_SLOTS, WORKLOADS, api_forward, bench_ms, dla_fwd_bwd, grad_leaves, workload  # noqa: E402
 
 from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
 
@@ -49,10 +49,10 @@ def cell(cfg, wl, variants):
     from dla_fast.ops.scalar_decay.chunk_bwd import backward_scalar_decay_triton
 
     B, T, H, Dk, Dv = cfg
-    q, k, v, g, w = _leaves(*workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS[wl], seed=11))
+    q, k, v, g, w = grad_leaves(*workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS[wl], seed=11))
     torch.manual_seed(5)
     dO = torch.randn(B, T, H, Dv, device="cuda", dtype=q.dtype)
-    row = dict(fwd_bwd_ms=bench_ms(lambda: _dla_fwd_bwd(q, k, v, g, w, dO), rep=50))
+    row = dict(fwd_bwd_ms=bench_ms(lambda: dla_fwd_bwd(q, k, v, g, w, dO), rep=50))
     o, _, _ = api_forward(q, k, v, g, w)
     kept = o.grad_fn.record.structure.triton  # the autograd context of DLAFunction
     size0 = torch.zeros(B * H, dtype=torch.int64, device="cuda")

@@ -28,7 +28,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import K_SLOTS, WORKLOADS, _dla_fwd_bwd, _leaves, _peak_and_ms, configs_named, workload  # noqa: E402
+from gpu_bench import K_SLOTS, WORKLOADS, configs_named, dla_fwd_bwd, grad_leaves, peak_and_ms, workload  # noqa: E402
 
 import dla_fast.ops.scalar_decay.chunk_bwd as chunk_bwd  # noqa: E402
 from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
@@ -58,7 +58,7 @@ def fingerprint(t: torch.Tensor) -> str:
 
 
 def cell(cfg, wname: str, variants: dict) -> dict:
-    leaves = _leaves(*workload(*cfg, K_SLOTS, **WORKLOADS[wname], seed=11))
+    leaves = grad_leaves(*workload(*cfg, K_SLOTS, **WORKLOADS[wname], seed=11))
     dO = torch.randn(*cfg[:3], cfg[4], device="cuda", dtype=leaves[0].dtype,
                      generator=torch.Generator("cuda").manual_seed(5))
     original = chunk_bwd.backward_scalar_decay_triton
@@ -67,10 +67,10 @@ def cell(cfg, wname: str, variants: dict) -> dict:
         for name, settings in variants.items():
             chunk_bwd.backward_scalar_decay_triton = (
                 lambda *a, _s=settings, **kw: original(*a, **{**kw, "settings": _s}))
-            ms, peak = _peak_and_ms(lambda: _dla_fwd_bwd(*leaves, dO), False)
+            ms, peak = peak_and_ms(lambda: dla_fwd_bwd(*leaves, dO), False)
             for x in leaves:
                 x.grad = None
-            _dla_fwd_bwd(*leaves, dO)
+            dla_fwd_bwd(*leaves, dO)
             row[name] = dict(ms=ms, peak_gib=peak, grads={n: fingerprint(x.grad) for n, x in zip("qkvgw", leaves)})
     finally:
         chunk_bwd.backward_scalar_decay_triton = original

@@ -32,7 +32,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import WORKLOADS, _dla_gdn, _leaves, _peak_gib_and_ms, _wall_ms, configs_named, delta_inputs  # noqa: E402
+from gpu_bench import WORKLOADS, configs_named, delta_inputs, dla_gdn, grad_leaves, peak_gib_and_ms, wall_ms  # noqa: E402
 
 import dla_fast.autograd as autograd  # noqa: E402
 import dla_fast.ops.delta_rule.chunk_bwd as chunk_bwd  # noqa: E402
@@ -49,7 +49,7 @@ def torch_pass(*args, **kw):
 def step(leaves, dO):
     for x in leaves:
         x.grad = None
-    _dla_gdn(*leaves)[0].backward(dO)
+    dla_gdn(*leaves)[0].backward(dO)
     return [x.grad.float() for x in leaves]
 
 
@@ -70,12 +70,12 @@ def _configure(backward, block: int, cotangents: str, exact) -> None:
 
 
 def cell(cfg, wname: str, ops_file, block_elements=(), names=None) -> dict:
-    leaves = _leaves(*delta_inputs(*cfg, WORKLOADS[wname]))
+    leaves = grad_leaves(*delta_inputs(*cfg, WORKLOADS[wname]))
     dO = torch.randn_like(leaves[2])
     row = dict(config=list(cfg), workload=wname)
     with torch.no_grad():  # the forward alone, so that the backward's share of a step shows
-        _dla_gdn(*leaves)
-        row["forward_ms"] = sorted(_wall_ms(lambda: _dla_gdn(*leaves)) for _ in range(3))[1]
+        dla_gdn(*leaves)
+        row["forward_ms"] = sorted(wall_ms(lambda: dla_gdn(*leaves)) for _ in range(3))[1]
     grads = {}
     default = dict(backward=original, block=chunk_torch_bwd._BLOCK_ELEMENTS, cotangents=chunk_bwd._COTANGENTS,
                    exact=chunk_bwd.exact_in_tf32)
@@ -88,8 +88,8 @@ def cell(cfg, wname: str, ops_file, block_elements=(), names=None) -> dict:
         for name, changes in variants.items():
             _configure(**{**default, **changes})
             grads[name] = step(leaves, dO)  # compiles outside the measurements
-            peak, _ = _peak_gib_and_ms(lambda: step(leaves, dO))
-            ms = sorted(_wall_ms(lambda: step(leaves, dO)) for _ in range(3))[1]
+            peak, _ = peak_gib_and_ms(lambda: step(leaves, dO))
+            ms = sorted(wall_ms(lambda: step(leaves, dO)) for _ in range(3))[1]
             row[name] = dict(fwd_bwd_ms=ms, peak_gib=peak)
             print(f"== {cfg} {wname} {name}: fwd+bwd {ms:.1f} ms, peak {peak:.2f} GiB", file=ops_file)
             print(ops_table(leaves, dO), file=ops_file, flush=True)

@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import TAU, WORKLOADS, _peak_gib_and_ms, alternating_ms, configs_named, delta_inputs, medians_text  # noqa: E402,E501
+from gpu_bench import TAU, WORKLOADS, alternating_ms, configs_named, delta_inputs, medians_text, peak_gib_and_ms  # noqa: E402,E501
 
 import dla_fast  # noqa: E402
 from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
@@ -47,7 +47,7 @@ def main():
             peak = {}
             for v in VARIANTS:  # each measured with nothing of the other's alive
                 forward(x, v)
-                peak[v], _ = _peak_gib_and_ms(lambda v=v: forward(x, v))
+                peak[v], _ = peak_gib_and_ms(lambda v=v: forward(x, v))
             out = {v: forward(x, v) for v in VARIANTS}
             times = alternating_ms({v: lambda v=v: forward(x, v) for v in VARIANTS}, args.rounds)
             a, b = out["kernel"], out["torch"]

@@ -33,7 +33,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import WORKLOADS, _dla_gdn, _leaves, _peak_gib_and_ms, _wall_ms, configs_named, delta_inputs  # noqa: E402
+from gpu_bench import WORKLOADS, configs_named, delta_inputs, dla_gdn, grad_leaves, peak_gib_and_ms, wall_ms  # noqa: E402
 
 from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
 
@@ -55,30 +55,30 @@ def use(name: str) -> None:
 def cell(cfg, wname: str, names: list, reps: int) -> dict:
     x = delta_inputs(*cfg, WORKLOADS[wname])
     dO = torch.randn_like(x[2])
-    leaves = _leaves(*x)
+    leaves = grad_leaves(*x)
 
     def forward():
         with torch.no_grad():
-            return _dla_gdn(*x)[0]
+            return dla_gdn(*x)[0]
 
     def train():
         for t in leaves:
             t.grad = None
-        _dla_gdn(*leaves)[0].backward(dO)
+        dla_gdn(*leaves)[0].backward(dO)
         return [t.grad.clone() for t in leaves]
 
     row, outs = {}, {}
     for name in names:
         use(name)
         outs[name] = (forward(), *train())  # also the warm-up
-        row[f"{name} fwd peak GiB"], _ = _peak_gib_and_ms(forward)
-        row[f"{name} step peak GiB"], _ = _peak_gib_and_ms(train)
+        row[f"{name} fwd peak GiB"], _ = peak_gib_and_ms(forward)
+        row[f"{name} step peak GiB"], _ = peak_gib_and_ms(train)
     times = {n: {"fwd": [], "step": []} for n in names}
     for _ in range(reps):  # alternating, so that drift hits all alike
         for name in names:
             use(name)
-            times[name]["fwd"].append(_wall_ms(forward))
-            times[name]["step"].append(_wall_ms(train))
+            times[name]["fwd"].append(wall_ms(forward))
+            times[name]["step"].append(wall_ms(train))
     first = names[0]
     use(first)
     again = train()

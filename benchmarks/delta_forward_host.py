@@ -20,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import WORKLOADS, _dla_gdn, configs_named, delta_inputs  # noqa: E402
+from gpu_bench import WORKLOADS, configs_named, delta_inputs, dla_gdn  # noqa: E402
 
 
 def main():
@@ -34,11 +34,11 @@ def main():
         x = delta_inputs(*configs_named(name)[0], WORKLOADS[wname])
         with torch.no_grad():
             for _ in range(3):
-                _dla_gdn(*x)
+                dla_gdn(*x)
             torch.cuda.synchronize()
             for _ in range(3):
                 began = time.perf_counter()
-                _dla_gdn(*x)
+                dla_gdn(*x)
                 returned = time.perf_counter()
                 torch.cuda.synchronize()
                 done = time.perf_counter()
@@ -46,7 +46,7 @@ def main():
                       f"{(done - began) * 1e3:.2f} ms", flush=True)
             profile = cProfile.Profile()
             profile.enable()
-            _dla_gdn(*x)
+            dla_gdn(*x)
             torch.cuda.synchronize()
             profile.disable()
         for order, rows in (("tottime", 25), ("cumulative", 45)):

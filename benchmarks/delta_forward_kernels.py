@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from forward_timeline import idle_gaps  # noqa: E402
-from gpu_bench import WORKLOADS, _dla_gdn, configs_named, delta_inputs  # noqa: E402
+from gpu_bench import WORKLOADS, configs_named, delta_inputs, dla_gdn  # noqa: E402
 
 
 def kernels_of_one_call(fn) -> list:
@@ -73,7 +73,7 @@ def main():
         name, wname = spec.split(":")
         x = delta_inputs(*configs_named(name)[0], WORKLOADS[wname])
         with torch.no_grad():
-            cells[spec] = summary(kernels_of_one_call(lambda: _dla_gdn(*x)), args.gaps)
+            cells[spec] = summary(kernels_of_one_call(lambda: dla_gdn(*x)), args.gaps)
     card = torch.cuda.get_device_name()
     path = os.path.join(args.out, f"delta_forward_kernels_{card.replace(' ', '_')}_{datetime.date.today()}.json")
     with open(path, "w") as f:

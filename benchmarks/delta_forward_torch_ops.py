@@ -15,7 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import WORKLOADS, _dla_gdn, configs_named, delta_inputs  # noqa: E402
+from gpu_bench import WORKLOADS, configs_named, delta_inputs, dla_gdn  # noqa: E402
 
 
 def main():
@@ -30,10 +30,10 @@ def main():
         name, wname = cell.split(":")
         x = delta_inputs(*configs_named(name)[0], WORKLOADS[wname])
         with torch.no_grad():
-            _dla_gdn(*x), _dla_gdn(*x)
+            dla_gdn(*x), dla_gdn(*x)
             torch.cuda.synchronize()
             with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
-                _dla_gdn(*x)
+                dla_gdn(*x)
                 torch.cuda.synchronize()
         table = prof.key_averages(group_by_input_shape=True).table(sort_by="device_time_total", row_limit=args.rows,
                                                                    max_name_column_width=40,

@@ -46,7 +46,7 @@ def main():
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import torch
-    from gpu_bench import TAU, WORKLOADS, _peak_gib_and_ms, bench_ms, configs_named, delta_inputs
+    from gpu_bench import TAU, WORKLOADS, bench_ms, configs_named, delta_inputs, peak_gib_and_ms
 
     if not dla_fast.__file__.startswith(tree):
         raise SystemExit(f"delta_step_tree.py: dla_fast came from {dla_fast.__file__}, not {tree}")
@@ -73,7 +73,7 @@ def main():
         saved[spec] = [t.grad.clone() for t in x]
         if args.grads_only:
             continue
-        peak, _ = _peak_gib_and_ms(step)
+        peak, _ = peak_gib_and_ms(step)
         ms = [bench_ms(step, rep=400) for _ in range(2)]
         print(f"{torch.cuda.get_device_name()}, {args.tag} {spec}: fwd+bwd {min(ms):.2f} ms {[round(m, 2) for m in ms]}"
               f" peak {peak:.2f} GiB", flush=True)

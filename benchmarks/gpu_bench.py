@@ -189,7 +189,7 @@ def medians_text(times: dict[str, list[float]]) -> str:
     return ", ".join(f"{n} {statistics.median(t):.3f} ms {[round(r, 3) for r in t]}" for n, t in times.items())
 
 
-def _wall_ms(fn):
+def wall_ms(fn):
     """Wall-clock ms of one call, synchronised on both sides (the host's work inside counts too)."""
     torch.cuda.synchronize()
     began = time.perf_counter()
@@ -198,13 +198,13 @@ def _wall_ms(fn):
     return (time.perf_counter() - began) * 1e3
 
 
-def _peak_gib_and_ms(fn):
+def peak_gib_and_ms(fn):
     """``(peak GiB above the memory live before, wall-clock ms)`` of one call of fn, peak statistics reset first."""
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     m0 = torch.cuda.memory_allocated()
-    ms = _wall_ms(fn)
+    ms = wall_ms(fn)
     return (torch.cuda.max_memory_allocated() - m0) / 2**30, ms
 
 
@@ -401,7 +401,7 @@ def time_forward(cfg, fh, bw, fl, quick=False, samples=1, dla_samples=1):
         prof = {}  # a warm call's stages: a first call's windows hold its compiles (run 40: "table" 417 ms)
         torch.cuda.synchronize()
         fwd(q, k, v, g, w, tau=TAU, profile=prof)
-        peak, _ = _peak_gib_and_ms(lambda: fwd(q, k, v, g, w, tau=TAU))
+        peak, _ = peak_gib_and_ms(lambda: fwd(q, k, v, g, w, tau=TAU))
         ms = bench_ms(lambda: fwd(q, k, v, g, w, tau=TAU), rep=50 if quick else 100)
         api_ms = bench_ms(lambda: api_forward(q, k, v, g, w), rep=50 if quick else 100)
         sampled = {} if dla_samples == 1 else sample_baselines(("dla_api",), None, dict(cfg=list(cfg), wl=wl,
@@ -482,11 +482,13 @@ def _sdpa(x, spec):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _leaves(*xs):
+def grad_leaves(*xs):
+    """Copies of the inputs as leaves that require gradients."""
     return [x.detach().clone().requires_grad_(True) for x in xs]
 
 
-def _dla_fwd_bwd(q, k, v, g, w, dO):
+def dla_fwd_bwd(q, k, v, g, w, dO):
+    """One scalar-decay forward and backward through the public API."""
     api_forward(q, k, v, g, w)[0].backward(dO)
 
 
@@ -505,7 +507,7 @@ def grad_correctness(fh):
         q, k, v, g, w = workload(1, 300 if SMOKE else 4096, 4, 64, 64, K_SLOTS, **WORKLOADS["moderate"], seed=21,
                                  dtype=dt, random_weights=True)
         g = g + 0.1 * torch.randn_like(g).clamp(max=0)
-        q, k, v, g, w = _leaves(q, k, v, g, w)
+        q, k, v, g, w = grad_leaves(q, k, v, g, w)
         o, cache, trace = dla_fast.forward(q, k, v, g, w, tau=TAU, return_trace=True)
         dO = torch.randn_like(o)
         dS = torch.randn_like(cache.states) * (torch.arange(K_SLOTS, device=DEV) < cache.size[..., None]).view(
@@ -528,10 +530,10 @@ def grad_correctness(fh):
     return out
 
 
-def _peak_and_ms(fn, quick):
+def peak_and_ms(fn, quick):
     """``(ms, peak GiB)`` of a fwd+bwd fn, after one untimed call (which allocates the leaves' .grad)."""
     fn()
-    peak, _ = _peak_gib_and_ms(fn)
+    peak, _ = peak_gib_and_ms(fn)
     return bench_ms(fn, rep=20 if quick else 50), peak
 
 
@@ -543,10 +545,10 @@ def time_training(cfg, fh, quick=False, samples=1):
     res = dict(dla={})
     rep = 20 if quick else 50
     for wname, wl in WORKLOADS.items():
-        q, k, v, g, w = _leaves(*workload(B, T, H, Dk, Dv, K_SLOTS, **wl, seed=11))
+        q, k, v, g, w = grad_leaves(*workload(B, T, H, Dk, Dv, K_SLOTS, **wl, seed=11))
         dO = torch.randn(B, T, H, Dv, device=DEV, dtype=q.dtype)
-        fn = lambda: _dla_fwd_bwd(q, k, v, g, w, dO)  # noqa: E731
-        ms, peak = _peak_and_ms(fn, quick)
+        fn = lambda: dla_fwd_bwd(q, k, v, g, w, dO)  # noqa: E731
+        ms, peak = peak_and_ms(fn, quick)
         prof, bwd_ms = _backward_profile(q, k, v, g, w, dO)
         with torch.no_grad():
             fwd_ms = bench_ms(lambda: api_forward(q, k, v, g, w), rep=rep)
@@ -566,7 +568,7 @@ def time_training(cfg, fh, quick=False, samples=1):
 
 def _training_base(cfg, wl):
     """The fwd+bwd baselines' q, k, v, g (leaves: the workload's, seed 11) and dO, as time_training draws them."""
-    q, k, v, g, _ = _leaves(*workload(*cfg, K_SLOTS, **wl, seed=11))
+    q, k, v, g, _ = grad_leaves(*workload(*cfg, K_SLOTS, **wl, seed=11))
     return q, k, v, g, torch.randn(*cfg[:3], cfg[4], device=DEV, dtype=q.dtype)
 
 
@@ -581,18 +583,18 @@ def _log_linear_fwd_bwd(x, spec):
         out = chunk_log_linear_attn(q, k, v, g, ls, scale=1.0)
         (out[0] if isinstance(out, tuple) else out).backward(dO)
 
-    ms, peak = _peak_and_ms(loglin, spec["quick"])
+    ms, peak = peak_and_ms(loglin, spec["quick"])
     return dict(log_linear_ms=ms, log_linear_peak_gib=peak)
 
 
 def _sdpa_fwd_bwd(x, spec):
-    qt, kt, vt = _leaves(*(t.transpose(1, 2).contiguous() for t in x[:3]))
+    qt, kt, vt = grad_leaves(*(t.transpose(1, 2).contiguous() for t in x[:3]))
     dOt = x[4].transpose(1, 2).contiguous()
 
     def sdpa():
         torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True).backward(dOt)
 
-    ms, peak = _peak_and_ms(sdpa, spec["quick"])
+    ms, peak = peak_and_ms(sdpa, spec["quick"])
     return dict(sdpa_ms=ms, sdpa_peak_gib=peak)
 
 
@@ -630,10 +632,11 @@ def delta_inputs(B, T, H, Dk, Dv, wl, *, seed=11, device=None):
     return q, k, v, g, w, beta
 
 
-def _dla_gdn(q, k, v, g, w, beta, **kw):
+def dla_gdn(q, k, v, g, w, beta, **kw):
+    """One delta-rule forward through the public API, without a final cache (FLA is asked for no final state: both
+    return o alone)."""
     import dla_fast
 
-    # No final cache, as FLA is asked for no final state: both return o alone.
     return dla_fast.forward(q, k, v, g, w, tau=TAU, beta=beta, output_final_cache=False, **kw)
 
 
@@ -669,7 +672,7 @@ def capped_ms(fn, once_ms, cap_ms):
     if 12 * once_ms <= cap_ms:
         return bench_ms(fn)
     calls = max(1, min(5, int(cap_ms / once_ms) - 2))  # the warm-up and the peak call were spent already
-    return statistics.median(_wall_ms(fn) for _ in range(calls))
+    return statistics.median(wall_ms(fn) for _ in range(calls))
 
 
 def _measure(row, name, fn, cap_ms):
@@ -677,7 +680,7 @@ def _measure(row, name, fn, cap_ms):
     (FLA missing, its backward refusing this Triton on Hopper, out of memory)."""
     try:
         fn()  # compiles and autotunes outside the measurements (and allocates the leaves' .grad for fwd+bwd)
-        row[f"{name}_peak_gib"], once = _peak_gib_and_ms(fn)
+        row[f"{name}_peak_gib"], once = peak_gib_and_ms(fn)
         row[f"{name}_ms"] = capped_ms(fn, once, cap_ms)
     except Exception as e:  # noqa: BLE001
         row[f"{name}_note"] = repr(e)[:300]
@@ -703,7 +706,7 @@ def _fla_gdn_fwd(x, spec):
 
 def _delta_grad_base(cfg, wl):
     """FLA's fwd+bwd inputs: delta_inputs' six as leaves, and dO, as time_delta_cell draws them."""
-    leaves = _leaves(*delta_inputs(*cfg, wl))
+    leaves = grad_leaves(*delta_inputs(*cfg, wl))
     return (*leaves, torch.randn_like(leaves[2]))
 
 
@@ -727,14 +730,14 @@ def time_delta_cell(cfg, wl, cap_ms, samples=1):
     row = {}
     with torch.no_grad():
         try:
-            row["boundary_rate"] = float(_dla_gdn(q, k, v, g, w, beta, return_trace=True)[2].starts.float().mean())
+            row["boundary_rate"] = float(dla_gdn(q, k, v, g, w, beta, return_trace=True)[2].starts.float().mean())
         except Exception as e:  # noqa: BLE001  (the forward's own measurement records it again, or succeeds)
             row["boundary_rate_note"] = repr(e)[:300]
-        _measure(row, "dla_fwd", lambda: _dla_gdn(q, k, v, g, w, beta), cap_ms)
+        _measure(row, "dla_fwd", lambda: dla_gdn(q, k, v, g, w, beta), cap_ms)
     row.update(sample_baselines(("fla_gdn_fwd",), x, spec, samples))
-    leaves = _leaves(*x)  # shared; each warm-up call allocates .grad before any peak is measured
+    leaves = grad_leaves(*x)  # shared; each warm-up call allocates .grad before any peak is measured
     dO = torch.randn_like(v)
-    _measure(row, "dla_fwd_bwd", lambda: _dla_gdn(*leaves)[0].backward(dO), cap_ms)  # no numba needed (no tau grad)
+    _measure(row, "dla_fwd_bwd", lambda: dla_gdn(*leaves)[0].backward(dO), cap_ms)  # no numba needed (no tau grad)
     row.update(sample_baselines(("fla_gdn_fwd_bwd",), (*leaves, dO), spec, samples))
     return _ratios(row)
 

@@ -20,7 +20,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import K_SLOTS, WORKLOADS, _dla_fwd_bwd, _leaves, configs_named, workload  # noqa: E402
+from gpu_bench import K_SLOTS, WORKLOADS, configs_named, dla_fwd_bwd, grad_leaves, workload  # noqa: E402
 
 
 def source_line(frames: list[dict]) -> str:
@@ -53,15 +53,15 @@ def main():
         for cell in args.cells.split(","):
             name, wname = cell.split(":")
             cfg = configs_named(name)[0]
-            q, k, v, g, w = _leaves(*workload(*cfg, K_SLOTS, **WORKLOADS[wname], seed=11))
+            q, k, v, g, w = grad_leaves(*workload(*cfg, K_SLOTS, **WORKLOADS[wname], seed=11))
             dO = torch.randn(*cfg[:3], cfg[4], device="cuda", dtype=q.dtype)
-            _dla_fwd_bwd(q, k, v, g, w, dO)
+            dla_fwd_bwd(q, k, v, g, w, dO)
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
             torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
-            _dla_fwd_bwd(q, k, v, g, w, dO)
+            dla_fwd_bwd(q, k, v, g, w, dO)
             torch.cuda.synchronize()
             snapshot = torch.cuda.memory._snapshot()
             torch.cuda.memory._record_memory_history(enabled=None)

@@ -29,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import WORKLOADS, _dla_gdn, _leaves, delta_inputs  # noqa: E402
+from gpu_bench import WORKLOADS, delta_inputs, dla_gdn, grad_leaves  # noqa: E402
 
 
 def caller() -> str:
@@ -104,13 +104,13 @@ def main():
     args = ap.parse_args()
     B, T, H, D = (int(n) for n in args.cell.split("x"))
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    leaves = _leaves(*delta_inputs(B, T, H, D, D, WORKLOADS["moderate"], device=dev))
+    leaves = grad_leaves(*delta_inputs(B, T, H, D, D, WORKLOADS["moderate"], device=dev))
     dO = torch.randn_like(leaves[2])
 
     def step():
         for x in leaves:
             x.grad = None
-        _dla_gdn(*leaves)[0].backward(dO)
+        dla_gdn(*leaves)[0].backward(dO)
         if dev == "cuda":
             torch.cuda.synchronize()
 
