@@ -42,7 +42,7 @@ import tempfile
 LATENCY = {"SHFL": 27, "REDUX": 40, "MUFU": 30, "I2F": 14, "F2I": 14, "BREV": 12, "FLO": 12, "POPC": 12, "VOTE": 8,
            "LDS": 30, "LDG": 500, "STG": 0}
 READ_LATENCY = 12  # a read scoreboard (a store's registers read)
-BRANCH = 16  # a taken backward branch
+BRANCH = 16  # a taken branch (the loop's back branch, or a jump along a path)
 MIO = frozenset({"SHFL", "REDUX", "MUFU", "I2F", "F2I", "BREV", "FLO", "POPC", "LDS"})  # results in issue order
 NO_SCOREBOARD = 7
 

@@ -1026,13 +1026,13 @@ def closing_slots(mask, sc64, cs, t_idx, n_open, i_open, C: tl.constexpr, FAST: 
     q = tl.minimum(tl.maximum(bit_index(after & (-after), FAST), 0), C - 1)
     nnx = tl.gather(nno, q, 0)
     inx = tl.gather(ino, q, 0)
-    return nno, ino, nnx, inx, div_rn(ino + inx, (nno + nnx).to(tl.float64), FAST)
+    return nno, ino, nnx, inx, div_rn(ino + inx, nno + nnx, FAST)
 
 
 @triton.jit
 def pair_densities(n, info, j, K, KW: tl.constexpr, FAST: tl.constexpr):
     """d_i = (Ibar_i + Ibar_{i+1}) / (n_i + n_{i+1}) for the pairs i < K - 1, +inf elsewhere."""
-    dens = div_rn(info + lane_shift(info, j, 1, KW), tl.maximum(n + lane_shift(n, j, 1, KW), 1).to(tl.float64), FAST)
+    dens = div_rn(info + lane_shift(info, j, 1, KW), tl.maximum(n + lane_shift(n, j, 1, KW), 1.0), FAST)
     return tl.where(j < K - 1, dens, float("inf"))
 
 
@@ -1068,7 +1068,7 @@ def merge_event(n, info, pos, d, n_next, i_next, d_next, tglob, j, K, KW: tl.con
     a0 = info + i1  # X_i + X_{i+1}
     c0 = n + n1
     # d(X_i + X_{i+1}, X_{i+2}) and d(X_i, X_{i+1} + X_{i+2}): one divisor, as counts add exactly
-    d_r, d_l = div2_rn(a0 + i2, info + (i1 + i2), (c0 + n2).to(tl.float64), FAST)
+    d_r, d_l = div2_rn(a0 + i2, info + (i1 + i2), c0 + n2, FAST)
     istar = argmin_nonneg(d, j < K - 1, j, KW, FAST and KW == 32)
     left = j < istar
     here = j == istar
