@@ -42,9 +42,9 @@ def stage_inputs(cfg, wname: str) -> dict:
              torch.zeros(B, H, K, device=q.device, dtype=torch.float64), torch.zeros(B, H, **i64))
     real, seen = chunk_fwd._states_and_outputs, {}
 
-    def keep(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept=None):
+    def keep(q, k, v, g, beta, lam, s, size0, row_lengths, slots, *rest):
         seen.update(s=s, size0=size0, row_lengths=row_lengths)
-        return real(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept)
+        return real(q, k, v, g, beta, lam, s, size0, row_lengths, slots, *rest)
 
     chunk_fwd._states_and_outputs = keep
     try:

@@ -60,9 +60,9 @@ def _forward(x, cache, tau, lengths, monkeypatch):
 
     real, seen = chunk_fwd._states_and_outputs, {}
 
-    def keep(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept=None):
+    def keep(q, k, v, g, beta, lam, s, size0, row_lengths, slots, *rest):
         seen.update(s=s, size0=size0.clone(), row_lengths=row_lengths, init=slots.clone())
-        return real(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept)
+        return real(q, k, v, g, beta, lam, s, size0, row_lengths, slots, *rest)
 
     monkeypatch.setattr(chunk_fwd, "_states_and_outputs", keep)
     _, _, starts, merged = chunk_fwd.forward_delta_rule_triton(*x, None, *cache, tau=tau, lengths=lengths)

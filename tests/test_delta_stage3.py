@@ -36,10 +36,10 @@ CASES = [
 ]
 
 
-def _inputs(B, T, H, D, K, dtype, seed):
+def _inputs(B, T, H, D, K, dtype, seed, decay=0.97):
     """Regimes with unit keys, betas in [0.2, 1] and a mild decay (the slots live at a chunk start weigh in the
     whole chunk); for 16-bit cases q, k, v, beta and the read weights in that dtype (g float32)."""
-    q, k, v, g, w = regimes(B, T, H, D, D, K, seed=seed, decay=0.97, regime_length=5.0, jitter=0.8)
+    q, k, v, g, w = regimes(B, T, H, D, D, K, seed=seed, decay=decay, regime_length=5.0, jitter=0.8)
     k = k / np.linalg.norm(k, axis=-1, keepdims=True)
     beta = np.random.default_rng(seed).uniform(0.2, 1.0, (B, T, H))
     return [torch.tensor(a, dtype=dtype if i != 3 else torch.float32, device=DEV)
@@ -79,8 +79,9 @@ def _check_pieces(q, k, v, g, beta, lam, s, size0, row_lengths):
     torch.testing.assert_close(o, intra[:, :, :T].transpose(1, 2), rtol=1e-5, atol=1e-6)
 
 
-def _forward_checked(x, cache, tau, lengths, monkeypatch):
-    """The device forward with every stage-3 call checked against the torch stage (pieces and whole); returns its
+def _forward_checked(x, cache, tau, lengths, monkeypatch, walk_steps=1, keep_checkpoints=False):
+    """The device forward (its slot walk ``walk_steps`` chunks a step, split at the backward's checkpoints with
+    ``keep_checkpoints``) with every stage-3 call checked against the torch stage (pieces and whole); returns its
     ``(o, cache, trace)``. Stage 3 takes the float64 tables here, as the torch stage does, so that the comparison is
     of its kernels alone: the float32 tables the forward takes at up to 64 features (``chunk_fwd.output_tables``)
     have their own test against float64 ones (test_delta_output_tables_f32.py) and meet dla_ref's bounds in the
@@ -93,10 +94,11 @@ def _forward_checked(x, cache, tau, lengths, monkeypatch):
                         lambda q, k, g, beta, b0, nb: output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32))
     real, calls = chunk_fwd._states_and_outputs, []
 
-    def both(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept=None):
+    def both(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept=None, steps=1):
+        assert steps == walk_steps
         _check_pieces(q, k, v, g, beta, lam, s, size0, row_lengths)
         old_slots = slots.clone()
-        o = real(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept)
+        o = real(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept, steps)
         o_old = states_and_outputs_torch(q, k, v, g, beta, lam, s, size0, row_lengths, old_slots)
         torch.testing.assert_close(o, o_old, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(slots, old_slots, rtol=1e-5, atol=1e-6)
@@ -105,7 +107,8 @@ def _forward_checked(x, cache, tau, lengths, monkeypatch):
 
     monkeypatch.setattr(chunk_fwd, "_states_and_outputs", both)
     cache = tuple(c.clone() for c in cache)
-    o, *trace = chunk_fwd.forward_delta_rule_triton(*x, None, *cache, tau=tau, lengths=lengths)
+    o, *trace = chunk_fwd.forward_delta_rule_triton(*x, None, *cache, tau=tau, lengths=lengths, walk_steps=walk_steps,
+                                                    keep_checkpoints=keep_checkpoints)
     assert calls
     return o, cache, trace
 
@@ -133,3 +136,31 @@ def test_stage3_kernels_match_the_torch_stage(B, T, H, D, K, dtype, with_cache, 
         o_all = torch.cat(outs + [o], 1).cpu().numpy()
         assert np.linalg.norm(o_all - o_r) <= 1e-5 * np.linalg.norm(o_r)
         assert np.linalg.norm(final[0].cpu().numpy() - c_r.states) <= 1e-5 * np.linalg.norm(c_r.states)
+
+
+# (B, T, H, D, K, dtype, row lengths or None, chunks per walk step, checkpoints kept): 5 and 4 chunks (steps of 2
+# and 4 with one chunk left over, or none; with checkpoints at every third chunk, walks of 3 and 2 chunks), merges in
+# every chunk (K = 4: the older slots soon merged into one) or a few a chunk (K = 8: a step's second chunk moves
+# slots that hold the first one's start slots), a row that ends inside a step.
+SEVERAL_CHUNKS = [
+    (1, 300, 2, 16, 8, torch.float32, None, 2, False),
+    (2, 260, 1, 32, 4, torch.bfloat16, (260, 140), 2, True),
+    (1, 300, 2, 16, 4, torch.float32, None, 4, False),
+    (2, 256, 1, 32, 8, torch.bfloat16, (256, 200), 4, False),
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("B,T,H,D,K,dtype,lengths,steps,kept", SEVERAL_CHUNKS)
+def test_stage3_walks_several_chunks_a_step(B, T, H, D, K, dtype, lengths, steps, kept, monkeypatch):
+    """The slot walk on composed tables (``walk_steps`` 2 and 4, ``chunk_fwd_steps``) after a first call that fills
+    the cache: its outputs and final slot states equal the torch stage's to float32 rounding (the bounds of the
+    one-chunk walk above)."""
+    tau, prefix = 0.5, 40
+    D = max(D, 32) if CUDA else D
+    x_all = _inputs(B, prefix + T, H, D, K, dtype, seed=T + K + steps)
+    _, cache, _ = _forward_checked([a[:, :prefix] for a in x_all], _empty_cache(B, H, K, D), tau, None,
+                                         monkeypatch, walk_steps=steps)
+    x, n = after_prefix(x_all, prefix, lengths)
+    o, _, _ = _forward_checked(x, cache, tau, n, monkeypatch, walk_steps=steps, keep_checkpoints=kept)
+    assert o.shape == (B, T, H, D) and torch.isfinite(o).all()

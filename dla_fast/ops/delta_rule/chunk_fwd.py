@@ -29,6 +29,7 @@ from .chunk_fwd_decide import decide_delta_rule_triton
 from .chunk_fwd_decide_wy import decide_delta_rule_wy
 from .chunk_fwd_partition import partition_and_intra
 from .chunk_fwd_states import slot_states_and_reads
+from .chunk_fwd_steps import pair_steps
 from .wy_tables_f32_triton import output_tables_rows_f32
 from .wy_tables_triton import output_tables_rows
 
@@ -44,6 +45,11 @@ FLOAT32_TABLES_WIDTH = 64
 # 128 features, 128 rows: 19.3 against 16.6 ms for the decisions.
 CHUNKED_DECISIONS_WIDTH = 64
 CHUNKED_DECISIONS_ROWS = 64
+
+# Chunks per step of the forward's slot walk (``walk_steps``). Run 50 built 2 and 4 (``chunk_fwd_steps``: half or a
+# quarter of the walk's chain steps, one transition product per step) without a GPU to time them on; 1, the walk
+# every H200 measurement so far ran, stays the default until they are measured.
+WALK_STEPS = 1
 
 # Elements of the largest tensors of a block of chunks ([block, R, C, C] in the tables' dtype): they bound the
 # stage's memory (~0.5 GB).
@@ -99,7 +105,23 @@ def output_tables(q, k, g, beta, b0: int, nb: int) -> dict:
     return output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32)
 
 
-def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_lengths, slots, kept=None):
+def _walk(slots, tab, coef, dest_f, dest, v, o, i: int, j: int, c0: int, lowp: bool, steps: int) -> None:
+    """The slot walk over chunks ``i .. j - 1`` of the block's tables (chunk ``c0`` of the call first), ``steps``
+    chunks a step (1, 2 or 4: the tables composed by ``chunk_fwd_steps.pair_steps``, once or twice); the chunks left
+    over, one a step."""
+    whole = i + (j - i) // steps * steps
+    for a, b, per in ((i, whole, steps), (whole, j, 1)):
+        if a == b:
+            continue
+        t = (tab["Phi"][a:b], tab["kb"][a:b], tab["qt"][a:b], coef[a:b], dest_f[a:b], dest[a:b])
+        while t[1].shape[2] < per * CHUNK:
+            t = pair_steps(*t, v, o, c0 + a - i, chunk=CHUNK, v_exact=lowp)
+        slot_states_and_reads(slots, t[0], t[1], t[2], v, *t[3:], o, c0 + a - i, read_f32=not lowp, v_exact=lowp,
+                              chunk=CHUNK)
+
+
+def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_lengths, slots, kept=None,
+                        walk_steps: int = 1):
     """Stage 3: ``o [B, T, H, Dv]`` float32; the slot states ``slots [R, K, Dk, Dv]`` (float32, from the initial
     cache's) advanced to the call's end in place.
 
@@ -107,7 +129,8 @@ def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_l
     they are, in their dtypes: the WY tables (``output_tables``), the partition's maps and the intra-chunk output
     (``chunk_fwd_partition``), then ``dla_delta_states_kernel`` for the slot states and the reads of the slots live
     at each chunk start. ``kept``: a ``SlotCheckpoints`` whose ``states`` list receives a copy of the slot states at
-    every ``every``-th chunk start (the walk split there)."""
+    every ``every``-th chunk start (the walk split there). ``walk_steps``: chunks per step of the slot walk (see
+    ``forward_delta_rule_triton``)."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     R, C, nC = B * H, CHUNK, -(-T // CHUNK)
@@ -124,15 +147,14 @@ def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_l
         for c0, c1 in zip(cuts, cuts[1:]):
             if kept is not None and c0 % kept.every == 0:
                 kept.states.append(slots.clone())
-            i, j = c0 - b0, c1 - b0
-            slot_states_and_reads(slots, tab["Phi"][i:j], tab["kb"][i:j], tab["qt"][i:j], v, coef[i:j], dest_f[i:j],
-                                  dest[i:j], o, c0, read_f32=not lowp, v_exact=lowp)
+            _walk(slots, tab, coef, dest_f, dest, v, o, c0 - b0, c1 - b0, c0, lowp, walk_steps)
     return o
 
 
 def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau,
                               eps: float = 1e-6, norm_eps: float = 1e-6, lengths=None, decisions: str = "auto",
-                              decide_warps: int | None = None, keep_checkpoints: bool = False):
+                              decide_warps: int | None = None, keep_checkpoints: bool = False,
+                              walk_steps: int = WALK_STEPS):
     """DLA with the gated delta-rule backbone on CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``): the
     contract of ``chunk_torch.forward_delta_rule_chunked`` (the cache tensors ``states [B, H, K, Dk, Dv]`` in the
     compute dtype, ``counts``, ``info`` float64, ``size`` updated in place; ``lengths [B]`` or None).
@@ -140,6 +162,10 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     ``decisions``: how stage 1 decides (``"auto"``, ``"tokens"`` or ``"chunks"``: see ``_decide``);
     ``decide_warps``: the token walk's warps (None: its default). The decisions' WY tables are float64, as the torch
     path's; the output stage's see ``output_tables``.
+
+    ``walk_steps``: chunks per step of the slot walk, 1, 2 or 4 (2 and 4: each pair of steps' tables composed into
+    one by ``chunk_fwd_steps``, so the walk's chain has half or a quarter as many steps; the outputs agree to float32
+    rounding, not bit for bit).
 
     ``keep_checkpoints``: also return the slot states at the backward's checkpoints and the decided structure
     (``SlotCheckpoints``, states ``[n, R, K, Dk, Dv]`` float32), so that a backward need not walk the slots to them
@@ -155,6 +181,8 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
         empty = torch.zeros(B, 0, H, device=q.device)
         return (torch.zeros(B, 0, H, v.shape[-1], device=q.device, dtype=states.dtype), empty.double(),
                 empty.bool(), empty.long()) + ((None,) if keep_checkpoints else ())
+    if walk_steps not in (1, 2, 4):
+        raise ValueError(f"walk_steps: expected 1, 2 or 4 chunks per step of the slot walk, got {walk_steps!r}")
     size0 = size.reshape(R).clone()  # size itself receives the final sizes below
     scores, s, P, row_lengths = _decide(k, v, g, beta, boundaries, (states, counts, info, size), size0, lengths, tau,
                                         eps, norm_eps, decisions, decide_warps)
@@ -164,7 +192,7 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     slots = (states.view(R, K, Dk, Dv) if in_place
              else torch.empty(R, K, Dk, Dv, device=q.device).copy_(states.reshape(R, K, Dk, Dv)))
     kept = SlotCheckpoints(CHUNK, checkpoint_interval(-(-T // CHUNK)), []) if keep_checkpoints else None
-    o = _states_and_outputs(q, k, v, g, beta, slot_weights, s, size0, row_lengths, slots, kept)
+    o = _states_and_outputs(q, k, v, g, beta, slot_weights, s, size0, row_lengths, slots, kept, walk_steps)
     # The open slot: the decision kernel's explicit one (float64 per token), as the torch path keeps its scan's.
     open_idx = (s.size - 1).clamp(min=0)
     rows_ = torch.arange(R, device=q.device)

@@ -76,62 +76,71 @@ def slot_tile(K, Dk, Dv, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr):
     return r, dk, dv, j, kmask, vmask, offsets, mask
 
 
-# Long: the program walks a block of chunks in order.
+# Long: the program walks a block of steps in order.
 @triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
 def dla_delta_states_kernel(
     slots_ptr, phi_ptr, kb_ptr, qt_ptr, v_ptr, coef_ptr, dest_f_ptr, dest_ptr, o_ptr, starts_ptr,
     NB, R, T, H, c0, K, Dk, Dv,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, READ_F32: tl.constexpr,
-    V_EXACT: tl.constexpr, READS: tl.constexpr, STORE_STARTS: tl.constexpr,
+    C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
+    READ_F32: tl.constexpr, V_EXACT: tl.constexpr, READS: tl.constexpr, STORE_STARTS: tl.constexpr,
 ):
-    """Program (row r = b H + h, Dv block vb): for chunks ``c0 .. c0 + NB - 1`` (a block), ``o[b, t, h, vb] +=`` the
-    reads of the start slots (``o [B, T, H, Dv]`` float32); the slot states ``slots [R, K, Dk, Dv]`` (float32, the
-    cache's layout) advance from the block's start to its end in place, to float32 accuracy.
+    """Program (row r = b H + h, Dv block vb): for steps ``0 .. NB - 1`` of ``C`` tokens each (``C / CS`` chunks of
+    ``CS`` tokens, the first at chunk ``c0``), ``o[b, t, h, vb] +=`` the reads of each step's start slots (``o [B, T,
+    H, Dv]`` float32); the slot states ``slots [R, K, Dk, Dv]`` (float32, the cache's layout) advance from the first
+    step's start to the last one's end in place, to float32 accuracy. A step is one chunk (``C = CS``) or several
+    chunks' tables composed into one (``chunk_fwd_steps``): one transition and one merge map per step.
 
-    Per chunk (block index ``cr = c * R + r``): ``phi [Dk, Dk]``, ``kb, qt [C, Dk]`` (``kb = b khd``), ``coef [C,
+    Per step (block index ``cr = c * R + r``): ``phi [Dk, Dk]``, ``kb, qt [C, Dk]`` (``kb = b khd``), ``coef [C,
     K]`` (float32); ``dest_f [K]`` int32, each start slot's end slot (-1: no slot); ``dest [C]`` int32, each token's
-    (-1: padding); the chunk's values from ``v [B, T, H, Dv]`` in their dtype (0 past T). ``READ_F32``: the reads to
+    (-1: padding); the step's values from ``v [B, T, H, Dv]`` in their dtype (0 past T). The reads and the tokens'
+    product go ``CS`` tokens at a time, so that a longer step holds no larger tile. ``READ_F32``: the reads to
     float32 accuracy (else single-pass tf32, for 16-bit inputs); ``V_EXACT``: the values are exact in tf32 (16-bit
     inputs). ``READS``: add the reads to ``o`` (the backward's recomputation takes none); ``STORE_STARTS``: store each
-    chunk's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them)."""
-    t = tl.arange(0, C)
-    # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between chunks.
+    step's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them)."""
+    t = tl.arange(0, CS)
+    # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between steps.
     r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
     s_at = slots_ptr + r * K * Dk * Dv + state_at
     S = tl.reshape(tl.load(s_at, mask=s_mask, other=0.0), [BK, BV * KP])
     for c in range(NB):
         cr = c * R + r
-        _, _, _, _, valid, row = chunk_tokens(r, c0 + c, T, H, C)
-        tok_v = valid[:, None] & vmask[None, :]
         if STORE_STARTS:
             tl.store(starts_ptr + cr * K * Dk * Dv + state_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
         if READS:  # the reads of the start slots: Y[t, e, i] = qt_t . S_i[:, e], weighted by coef[t, i]
-            qt = tl.load(qt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
-            coef = tl.load(coef_ptr + cr * C * K + t[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
-            if READ_F32:
-                Y = dot_f32(qt, S, None, False)
-            else:
-                Y = tl.dot(qt, S, input_precision="tf32")
-            read = tl.sum(tl.reshape(Y, [C, BV, KP]) * coef[:, None, :], axis=2)
-            o_at = o_ptr + row[:, None] * Dv + dv[None, :]
-            tl.store(o_at, tl.load(o_at, mask=tok_v, other=0.0) + read, mask=tok_v)
-        # The merges, in the chunks that have any: X[:, e, j] = sum over the start slots i ending in j of S[:, e, i].
+            for h in tl.static_range(C // CS):
+                _, _, _, _, valid, row = chunk_tokens(r, c0 + c * (C // CS) + h, T, H, CS)
+                tok_v = valid[:, None] & vmask[None, :]
+                at = cr * C + h * CS  # the sub-chunk's first token in the step's tables
+                qt = tl.load(qt_ptr + at * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
+                coef = tl.load(coef_ptr + at * K + t[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
+                if READ_F32:
+                    Y = dot_f32(qt, S, None, False)
+                else:
+                    Y = tl.dot(qt, S, input_precision="tf32")
+                read = tl.sum(tl.reshape(Y, [CS, BV, KP]) * coef[:, None, :], axis=2)
+                o_at = o_ptr + row[:, None] * Dv + dv[None, :]
+                tl.store(o_at, tl.load(o_at, mask=tok_v, other=0.0) + read, mask=tok_v)
+        # The merges, in the steps that have any: X[:, e, j] = sum over the start slots i ending in j of S[:, e, i].
         dest_f = tl.load(dest_f_ptr + cr * K + j, mask=j < K, other=-1)
         if tl.sum(((dest_f >= 0) & (dest_f != j)).to(tl.int32), 0) > 0:
             to_end = (dest_f[:, None] == j[None, :]).to(tl.float32)  # [KP (i), KP (j)]
             X = tl.reshape(dot_f32(tl.reshape(S, [BK * BV, KP]), to_end, None, True), [BK, BV * KP])
         else:
             X = S
-        # The transition of every slot, and the chunk's tokens in their end slots (v spread over the slot axis).
+        # The transition of every slot, and the step's tokens in their end slots (v spread over the slot axis).
         phi = tl.load(phi_ptr + cr * Dk * Dk + dk[:, None] * Dk + dk[None, :],
                       mask=kmask[:, None] & kmask[None, :], other=0.0)
-        kb_t = tl.load(kb_ptr + cr * C * Dk + t[None, :] * Dk + dk[:, None], mask=kmask[:, None], other=0.0)
-        v = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=tok_v, other=0.0).to(tl.float32)
-        dest = tl.load(dest_ptr + cr * C + t)
-        one_hot = (dest[:, None] == j[None, :]).to(tl.float32)  # [C, KP]
-        writes = tl.reshape(v[:, :, None] * one_hot[:, None, :], [C, BV * KP])
-        S = dot_f32(phi, X, None, False)
-        S = dot_f32(kb_t, writes, S, V_EXACT)
+        for h in tl.static_range(C // CS):
+            _, _, _, _, valid, row = chunk_tokens(r, c0 + c * (C // CS) + h, T, H, CS)
+            tok_v = valid[:, None] & vmask[None, :]
+            at = cr * C + h * CS
+            kb_t = tl.load(kb_ptr + at * Dk + t[None, :] * Dk + dk[:, None], mask=kmask[:, None], other=0.0)
+            v = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=tok_v, other=0.0).to(tl.float32)
+            one_hot = (tl.load(dest_ptr + at + t)[:, None] == j[None, :]).to(tl.float32)  # [CS, KP]
+            writes = tl.reshape(v[:, :, None] * one_hot[:, None, :], [CS, BV * KP])
+            if h == 0:  # (after the first tokens' loads, as the one-chunk walk has always issued them)
+                S = dot_f32(phi, X, None, False)
+            S = dot_f32(kb_t, writes, S, V_EXACT)
     tl.store(s_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
 
 
@@ -158,7 +167,8 @@ def launch_shape(Dk: int, Dv: int, K: int, launch: tuple[int, int, int] | None):
 
 
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
-                          v_exact: bool, starts=None, launch: tuple[int, int, int] | None = None) -> None:
+                          v_exact: bool, starts=None, launch: tuple[int, int, int] | None = None,
+                          chunk: int | None = None) -> None:
     """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the block of ``nb`` chunks that
     starts at chunk ``c0`` and add the reads of each chunk's start slots to ``o [B, T, H, Dv]`` (float32, in place).
 
@@ -169,7 +179,8 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     16-bit values (exact in tf32: the token products split only the keys). The states are float32-accurate either
     way. ``o`` None: no reads (``qt``, ``coef`` unused); ``starts`` (``[nb, R, K, Dk, Dv]`` float32 or None) receives
     each chunk's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s (for
-    sweeps)."""
+    sweeps). ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans several (``chunk_fwd_steps``'
+    composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one chunk."""
     nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
     K = slots.shape[1]
@@ -179,6 +190,6 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     dla_delta_states_kernel[(R * triton.cdiv(Dv, BV),)](
         slots, Phi.contiguous(), kb.contiguous(), qt, v.contiguous(), coef, dest_f.to(torch.int32).contiguous(),
         dest.to(torch.int32).contiguous(), o if reads else slots, slots if starts is None else starts,
-        nb, R, T, H, c0, K, Dk, Dv, C=C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact, READS=reads,
-        STORE_STARTS=starts is not None, num_warps=num_warps, num_stages=num_stages,
+        nb, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact,
+        READS=reads, STORE_STARTS=starts is not None, num_warps=num_warps, num_stages=num_stages,
     )
