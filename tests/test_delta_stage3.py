@@ -79,13 +79,15 @@ def _check_pieces(q, k, v, g, beta, lam, s, size0, row_lengths):
     torch.testing.assert_close(o, intra[:, :, :T].transpose(1, 2), rtol=1e-5, atol=1e-6)
 
 
-def _forward_checked(x, cache, tau, lengths, monkeypatch, walk_steps=1, keep_checkpoints=False):
+def _forward_checked(x, cache, tau, lengths, monkeypatch, walk_steps=1, keep_checkpoints=False, reads_apart=False,
+                     pieces=True):
     """The device forward (its slot walk ``walk_steps`` chunks a step, split at the backward's checkpoints with
-    ``keep_checkpoints``) with every stage-3 call checked against the torch stage (pieces and whole); returns its
-    ``(o, cache, trace)``. Stage 3 takes the float64 tables here, as the torch stage does, so that the comparison is
-    of its kernels alone: the float32 tables the forward takes at up to 64 features (``chunk_fwd.output_tables``)
-    have their own test against float64 ones (test_delta_output_tables_f32.py) and meet dla_ref's bounds in the
-    forward tests (test_triton_kernels.py, the harness)."""
+    ``keep_checkpoints``, its reads apart from it with ``reads_apart``) with every stage-3 call checked against the
+    torch stage (its pieces too with ``pieces``); returns its ``(o, cache, trace)``. Stage 3 takes the float64 tables
+    here, as the torch stage does, so that the comparison is of its kernels alone: the float32 tables the forward
+    takes at up to 64 features (``chunk_fwd.output_tables``) have their own test against float64 ones
+    (test_delta_output_tables_f32.py) and meet dla_ref's bounds in the forward tests (test_triton_kernels.py, the
+    harness)."""
     from dla_fast.ops.delta_rule import chunk_fwd
     from dla_fast.ops.delta_rule.chunk_fwd_stage_torch import states_and_outputs_torch
     from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_rows
@@ -94,11 +96,12 @@ def _forward_checked(x, cache, tau, lengths, monkeypatch, walk_steps=1, keep_che
                         lambda q, k, g, beta, b0, nb: output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32))
     real, calls = chunk_fwd._states_and_outputs, []
 
-    def both(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept=None, steps=1):
-        assert steps == walk_steps
-        _check_pieces(q, k, v, g, beta, lam, s, size0, row_lengths)
+    def both(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept=None, steps=1, apart=False):
+        assert (steps, apart) == (walk_steps, reads_apart)
+        if pieces:
+            _check_pieces(q, k, v, g, beta, lam, s, size0, row_lengths)
         old_slots = slots.clone()
-        o = real(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept, steps)
+        o = real(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept, steps, apart)
         o_old = states_and_outputs_torch(q, k, v, g, beta, lam, s, size0, row_lengths, old_slots)
         torch.testing.assert_close(o, o_old, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(slots, old_slots, rtol=1e-5, atol=1e-6)
@@ -108,7 +111,8 @@ def _forward_checked(x, cache, tau, lengths, monkeypatch, walk_steps=1, keep_che
     monkeypatch.setattr(chunk_fwd, "_states_and_outputs", both)
     cache = tuple(c.clone() for c in cache)
     o, *trace = chunk_fwd.forward_delta_rule_triton(*x, None, *cache, tau=tau, lengths=lengths, walk_steps=walk_steps,
-                                                    keep_checkpoints=keep_checkpoints)
+                                                    keep_checkpoints=keep_checkpoints, reads_apart=reads_apart)
+    monkeypatch.setattr(chunk_fwd, "_states_and_outputs", real)  # (a next call wraps the stage once, not twice)
     assert calls
     return o, cache, trace
 
@@ -138,29 +142,46 @@ def test_stage3_kernels_match_the_torch_stage(B, T, H, D, K, dtype, with_cache, 
         assert np.linalg.norm(final[0].cpu().numpy() - c_r.states) <= 1e-5 * np.linalg.norm(c_r.states)
 
 
-# (B, T, H, D, K, dtype, row lengths or None, chunks per walk step, checkpoints kept): 5 and 4 chunks (steps of 2
-# and 4 with one chunk left over, or none; with checkpoints at every third chunk, walks of 3 and 2 chunks), merges in
-# every chunk (K = 4: the older slots soon merged into one) or a few a chunk (K = 8: a step's second chunk moves
-# slots that hold the first one's start slots), a row that ends inside a step.
+# (B, T, H, D, K, dtype, row lengths or None, the walk's variant, checkpoints kept): the variant is the chunks a
+# step, "e" for its early loads, "r" for its reads apart (one step's start states at a time: each walk split into
+# one-step launches). 5 and 4 chunks (steps of 2 and 4 with one chunk left over, or none; with checkpoints at every
+# third chunk, walks of 3 and 2 chunks), merges in every chunk (K = 4: the older slots soon merged into one) or a few
+# a chunk (K = 8: a step's second chunk moves slots that hold the first one's start slots), rows that end inside a
+# step.
 SEVERAL_CHUNKS = [
-    (1, 300, 2, 16, 8, torch.float32, None, 2, False),
-    (2, 260, 1, 32, 4, torch.bfloat16, (260, 140), 2, True),
-    (1, 300, 2, 16, 4, torch.float32, None, 4, False),
-    (2, 256, 1, 32, 8, torch.bfloat16, (256, 200), 4, False),
+    (1, 260, 2, 16, 8, torch.float32, None, "2", False),
+    (2, 260, 1, 16, 4, torch.bfloat16, (260, 140), "1r", True),
+    (2, 256, 1, 16, 8, torch.bfloat16, (256, 200), "4er", False),
+    (2, 260, 1, 16, 8, torch.bfloat16, (260, 140), "1e", False),
+    (1, 260, 2, 16, 4, torch.float32, None, "2er", False),
 ]
 
 
 @needs_kernels
-@pytest.mark.parametrize("B,T,H,D,K,dtype,lengths,steps,kept", SEVERAL_CHUNKS)
-def test_stage3_walks_several_chunks_a_step(B, T, H, D, K, dtype, lengths, steps, kept, monkeypatch):
-    """The slot walk on composed tables (``walk_steps`` 2 and 4, ``chunk_fwd_steps``) after a first call that fills
-    the cache: its outputs and final slot states equal the torch stage's to float32 rounding (the bounds of the
-    one-chunk walk above)."""
+@pytest.mark.parametrize("B,T,H,D,K,dtype,lengths,variant,kept", SEVERAL_CHUNKS)
+def test_stage3_walk_variants(B, T, H, D, K, dtype, lengths, variant, kept, monkeypatch):
+    """The slot walk on composed tables (``walk_steps`` 2 and 4, ``chunk_fwd_steps``), with its small loads issued
+    early (``early_loads``) and with its reads in a kernel of their own (``reads_apart``), after a first call that
+    fills the cache: its outputs and final slot states equal the torch stage's to float32 rounding (the bounds of
+    the one-chunk walk above); the reads apart give the walk's reads bit for bit."""
+    import functools
+
+    from dla_fast.ops.delta_rule import chunk_fwd
+
+    steps, early, apart = int(variant.strip("er")), "e" in variant, "r" in variant
+    monkeypatch.setattr(chunk_fwd, "slot_states_and_reads",
+                        functools.partial(chunk_fwd.slot_states_and_reads, early_loads=early))
+    monkeypatch.setattr(chunk_fwd, "START_STATES_BYTES", 1)
     tau, prefix = 0.5, 40
     D = max(D, 32) if CUDA else D
     x_all = _inputs(B, prefix + T, H, D, K, dtype, seed=T + K + steps)
+    walk = dict(walk_steps=steps, reads_apart=apart, pieces=False)  # (the tables and maps: the test above)
     _, cache, _ = _forward_checked([a[:, :prefix] for a in x_all], _empty_cache(B, H, K, D), tau, None,
-                                         monkeypatch, walk_steps=steps)
+                                   monkeypatch, **walk)
     x, n = after_prefix(x_all, prefix, lengths)
-    o, _, _ = _forward_checked(x, cache, tau, n, monkeypatch, walk_steps=steps, keep_checkpoints=kept)
+    o, final, _ = _forward_checked(x, cache, tau, n, monkeypatch, keep_checkpoints=kept, **walk)
     assert o.shape == (B, T, H, D) and torch.isfinite(o).all()
+    if apart:
+        o_in, final_in, _ = _forward_checked(x, cache, tau, n, monkeypatch, walk_steps=steps, keep_checkpoints=kept,
+                                             pieces=False)
+        assert torch.equal(o, o_in) and torch.equal(final[0], final_in[0])

@@ -15,7 +15,9 @@ chunk is four dots and nothing waits on a slot at a time:
 - the transition and the tokens: ``Phi [Dk, Dk] @ X [Dk, BV KP] + (b khd)^T [Dk, C] @ (v one-hot) [C, BV KP]``.
 
 The states stay float32-accurate: every product that writes them is a sum of single-pass tf32 products of split
-operands (``dot_f32``); the reads are single-pass tf32 for 16-bit inputs and split for float32 ones.
+operands (``dot_f32``); the reads are single-pass tf32 for 16-bit inputs and split for float32 ones. A step may span
+several chunks (their tables composed by ``chunk_fwd_steps``), and the reads may leave the walk: it then stores each
+step's start states and ``dla_delta_start_reads_kernel`` reads them in parallel (run 50, both opt-in).
 
 FLOPs per (chunk, row), all Dv blocks, in one pass: ``2 Dv KP (2 C Dk + Dk^2 + Dk KP)`` (59 MFLOP at C = Dk = Dv =
 64, KP = 32; the one-hot token product spends KP times the tokens' own ``2 C Dk Dv``, against a loop over end slots
@@ -76,6 +78,34 @@ def slot_tile(K, Dk, Dv, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr):
     return r, dk, dv, j, kmask, vmask, offsets, mask
 
 
+@triton.jit
+def add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, chunk0, T, H, K, Dk, Dv, dk, dv, j, kmask, vmask,
+                   C: tl.constexpr, CS: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, READ_F32: tl.constexpr,
+                   EARLY_LOADS: tl.constexpr):
+    """``o +=`` the reads of a step's start slots ``S [Dk, BV KP]`` (the Dv block ``dv`` of row ``r``) by its ``C``
+    tokens, ``CS`` at a time (chunk ``chunk0`` of the row first): ``Y[t, e, i] = qt_t . S_i[:, e]``, weighted by
+    ``coef[t, i]`` and summed over the slots; ``qt [C, Dk]`` and ``coef [C, K]`` at block index ``cr``."""
+    t = tl.arange(0, CS)
+    for h in tl.static_range(C // CS):
+        _, _, _, _, valid, row = chunk_tokens(r, chunk0 + h, T, H, CS)
+        tok_v = valid[:, None] & vmask[None, :]
+        at = cr * C + h * CS  # the sub-chunk's first token in the step's tables
+        qt = tl.load(qt_ptr + at * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
+        coef = tl.load(coef_ptr + at * K + t[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
+        if EARLY_LOADS:
+            o_at = o_ptr + row[:, None] * Dv + dv[None, :]
+            o_old = tl.load(o_at, mask=tok_v, other=0.0)
+        if READ_F32:
+            Y = dot_f32(qt, S, None, False)
+        else:
+            Y = tl.dot(qt, S, input_precision="tf32")
+        read = tl.sum(tl.reshape(Y, [CS, BV, KP]) * coef[:, None, :], axis=2)
+        if not EARLY_LOADS:
+            o_at = o_ptr + row[:, None] * Dv + dv[None, :]
+            o_old = tl.load(o_at, mask=tok_v, other=0.0)
+        tl.store(o_at, o_old + read, mask=tok_v)
+
+
 # Long: the program walks a block of steps in order.
 @triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
 def dla_delta_states_kernel(
@@ -83,6 +113,7 @@ def dla_delta_states_kernel(
     NB, R, T, H, c0, K, Dk, Dv,
     C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
     READ_F32: tl.constexpr, V_EXACT: tl.constexpr, READS: tl.constexpr, STORE_STARTS: tl.constexpr,
+    EARLY_LOADS: tl.constexpr,
 ):
     """Program (row r = b H + h, Dv block vb): for steps ``0 .. NB - 1`` of ``C`` tokens each (``C / CS`` chunks of
     ``CS`` tokens, the first at chunk ``c0``), ``o[b, t, h, vb] +=`` the reads of each step's start slots (``o [B, T,
@@ -96,7 +127,9 @@ def dla_delta_states_kernel(
     product go ``CS`` tokens at a time, so that a longer step holds no larger tile. ``READ_F32``: the reads to
     float32 accuracy (else single-pass tf32, for 16-bit inputs); ``V_EXACT``: the values are exact in tf32 (16-bit
     inputs). ``READS``: add the reads to ``o`` (the backward's recomputation takes none); ``STORE_STARTS``: store each
-    step's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them)."""
+    step's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them).
+    ``EARLY_LOADS``: the merge map loaded at the step's top and each chunk's ``o`` before its reads' product, so that
+    their round trips overlap the query's and weights' (run 50, a variant to measure: a few registers)."""
     t = tl.arange(0, CS)
     # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between steps.
     r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
@@ -106,22 +139,14 @@ def dla_delta_states_kernel(
         cr = c * R + r
         if STORE_STARTS:
             tl.store(starts_ptr + cr * K * Dk * Dv + state_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
-        if READS:  # the reads of the start slots: Y[t, e, i] = qt_t . S_i[:, e], weighted by coef[t, i]
-            for h in tl.static_range(C // CS):
-                _, _, _, _, valid, row = chunk_tokens(r, c0 + c * (C // CS) + h, T, H, CS)
-                tok_v = valid[:, None] & vmask[None, :]
-                at = cr * C + h * CS  # the sub-chunk's first token in the step's tables
-                qt = tl.load(qt_ptr + at * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
-                coef = tl.load(coef_ptr + at * K + t[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
-                if READ_F32:
-                    Y = dot_f32(qt, S, None, False)
-                else:
-                    Y = tl.dot(qt, S, input_precision="tf32")
-                read = tl.sum(tl.reshape(Y, [CS, BV, KP]) * coef[:, None, :], axis=2)
-                o_at = o_ptr + row[:, None] * Dv + dv[None, :]
-                tl.store(o_at, tl.load(o_at, mask=tok_v, other=0.0) + read, mask=tok_v)
+        if EARLY_LOADS:
+            dest_f = tl.load(dest_f_ptr + cr * K + j, mask=j < K, other=-1)
+        if READS:
+            add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, c0 + c * (C // CS), T, H, K, Dk, Dv, dk, dv, j, kmask,
+                           vmask, C, CS, BV, KP, READ_F32, EARLY_LOADS)
         # The merges, in the steps that have any: X[:, e, j] = sum over the start slots i ending in j of S[:, e, i].
-        dest_f = tl.load(dest_f_ptr + cr * K + j, mask=j < K, other=-1)
+        if not EARLY_LOADS:
+            dest_f = tl.load(dest_f_ptr + cr * K + j, mask=j < K, other=-1)
         if tl.sum(((dest_f >= 0) & (dest_f != j)).to(tl.int32), 0) > 0:
             to_end = (dest_f[:, None] == j[None, :]).to(tl.float32)  # [KP (i), KP (j)]
             X = tl.reshape(dot_f32(tl.reshape(S, [BK * BV, KP]), to_end, None, True), [BK, BV * KP])
@@ -142,6 +167,37 @@ def dla_delta_states_kernel(
                 S = dot_f32(phi, X, None, False)
             S = dot_f32(kb_t, writes, S, V_EXACT)
     tl.store(s_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
+
+
+@triton.jit(do_not_specialize=["T", "H", "c0"])
+def dla_delta_start_reads_kernel(
+    starts_ptr, qt_ptr, coef_ptr, o_ptr, R, T, H, c0, K, Dk, Dv,
+    C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, READ_F32: tl.constexpr,
+):
+    """Program (row r = b H + h, Dv block vb; step c): ``o[b, t, h, vb] +=`` the reads of step ``c``'s start slots by
+    its ``C`` tokens, from the states the walk stored (``starts [NB, R, K, Dk, Dv]`` float32) and the step's ``qt [C,
+    Dk]``, ``coef [C, K]``: the walk's reads, apart from its chain and parallel over the steps."""
+    r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
+    cr = tl.program_id(1) * R + r
+    S = tl.reshape(tl.load(starts_ptr + cr * K * Dk * Dv + state_at, mask=s_mask, other=0.0), [BK, BV * KP])
+    add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, c0 + tl.program_id(1) * (C // CS), T, H, K, Dk, Dv, dk, dv, j,
+                   kmask, vmask, C, CS, BV, KP, READ_F32, True)
+
+
+def start_reads(starts, qt, coef, o, c0: int, *, read_f32: bool, chunk: int | None = None,
+                launch: tuple[int, int, int] | None = None) -> None:
+    """``o [B, T, H, Dv]`` (float32, in place) ``+=`` the reads of each step's start slots (``starts [nb, R, K, Dk,
+    Dv]`` float32, as ``slot_states_and_reads(starts=)`` stores them) by its tokens (``qt [nb, R, C, Dk]``, ``coef
+    [nb, R, C, K]`` float32; the first step at chunk ``c0``; ``chunk``: a chunk's tokens where a step spans several):
+    what the walk adds with ``o`` given, one program per (row, Dv block, step). ``read_f32``, ``launch``: as for
+    ``slot_states_and_reads``."""
+    nb, R, C, Dk = qt.shape
+    K, Dv = starts.shape[2], starts.shape[-1]
+    B, T, H = o.shape[:3]
+    BK, BV, KP, num_warps, _ = launch_shape(Dk, Dv, K, launch)
+    dla_delta_start_reads_kernel[(R * triton.cdiv(Dv, BV), nb)](
+        starts, qt.contiguous(), coef.contiguous(), o, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BV,
+        KP=KP, READ_F32=read_f32, num_warps=num_warps)
 
 
 def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int, int, int]:
@@ -168,7 +224,7 @@ def launch_shape(Dk: int, Dv: int, K: int, launch: tuple[int, int, int] | None):
 
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
                           v_exact: bool, starts=None, launch: tuple[int, int, int] | None = None,
-                          chunk: int | None = None) -> None:
+                          chunk: int | None = None, early_loads: bool = False) -> None:
     """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the block of ``nb`` chunks that
     starts at chunk ``c0`` and add the reads of each chunk's start slots to ``o [B, T, H, Dv]`` (float32, in place).
 
@@ -180,7 +236,8 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     way. ``o`` None: no reads (``qt``, ``coef`` unused); ``starts`` (``[nb, R, K, Dk, Dv]`` float32 or None) receives
     each chunk's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s (for
     sweeps). ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans several (``chunk_fwd_steps``'
-    composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one chunk."""
+    composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one chunk. ``early_loads``: the
+    kernel's ``EARLY_LOADS`` (a variant to measure)."""
     nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
     K = slots.shape[1]
@@ -191,5 +248,6 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
         slots, Phi.contiguous(), kb.contiguous(), qt, v.contiguous(), coef, dest_f.to(torch.int32).contiguous(),
         dest.to(torch.int32).contiguous(), o if reads else slots, slots if starts is None else starts,
         nb, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact,
-        READS=reads, STORE_STARTS=starts is not None, num_warps=num_warps, num_stages=num_stages,
+        READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, num_warps=num_warps,
+        num_stages=num_stages,
     )
