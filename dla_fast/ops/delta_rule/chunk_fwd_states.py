@@ -225,16 +225,17 @@ def launch_shape(Dk: int, Dv: int, K: int, launch: tuple[int, int, int] | None):
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
                           v_exact: bool, starts=None, launch: tuple[int, int, int] | None = None,
                           chunk: int | None = None, early_loads: bool = False) -> None:
-    """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the block of ``nb`` chunks that
-    starts at chunk ``c0`` and add the reads of each chunk's start slots to ``o [B, T, H, Dv]`` (float32, in place).
+    """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the ``nb`` steps (chunks, or
+    composed runs of chunks: ``chunk``) that start at chunk ``c0`` and add the reads of each step's start slots to
+    ``o [B, T, H, Dv]`` (float32, in place).
 
-    ``Phi [nb, R, Dk, Dk]``, ``kb, qt [nb, R, C, Dk]`` (``kb = beta khd``), ``coef [nb, R, C, K]`` (float32);
-    ``dest_f [nb, R, K]`` (each start slot's end slot, -1: none) and ``dest [nb, R, C]`` (each token's, -1:
+    Per step: ``Phi [nb, R, Dk, Dk]``, ``kb, qt [nb, R, C, Dk]`` (``kb = beta khd``), ``coef [nb, R, C, K]``
+    (float32); ``dest_f [nb, R, K]`` (each start slot's end slot, -1: none) and ``dest [nb, R, C]`` (each token's, -1:
     padding), int32; ``v [B, T, H, Dv]`` the values in their dtype. ``read_f32``: the reads to float32 accuracy
     (float32 inputs) or in single-pass tf32 (16-bit inputs, whose rounding is 16x coarser); ``v_exact``: ``v`` holds
     16-bit values (exact in tf32: the token products split only the keys). The states are float32-accurate either
     way. ``o`` None: no reads (``qt``, ``coef`` unused); ``starts`` (``[nb, R, K, Dk, Dv]`` float32 or None) receives
-    each chunk's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s (for
+    each step's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s (for
     sweeps). ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans several (``chunk_fwd_steps``'
     composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one chunk. ``early_loads``: the
     kernel's ``EARLY_LOADS`` (a variant to measure)."""
