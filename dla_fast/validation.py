@@ -90,11 +90,12 @@ ROW_COUNT_LIMIT = 2**52
 
 def cache_checks(cache: Cache, K: int, name: str = "initial_cache") -> list:
     device = cache.states.device
+    # each count too, not only the row's sum: an int64 sum of counts near 2**63 wraps below the limit
+    too_large = ((cache.counts >= ROW_COUNT_LIMIT).any(-1) | (cache.counts.sum(-1) >= ROW_COUNT_LIMIT)).any()
     return cache_value_checks(
         cache.states, cache.counts, cache.info, cache.size, K,
         isfinite=all_finite, arange=lambda n: torch.arange(n, device=device), name=name,
-    ) + [(((cache.counts >= ROW_COUNT_LIMIT).any(-1) | (cache.counts.sum(-1) >= ROW_COUNT_LIMIT)).any(),
-          f"{name}.counts: expected each row's counts to sum below 2**52 (dla_fast adds them in float64)")]
+    ) + [(too_large, f"{name}.counts: expected each row's counts to sum below 2**52 (dla_fast adds them in float64)")]
 
 
 def validate_forward(q, k, v, g, slot_weights, beta, boundaries, tau, eps, norm_eps, initial_cache, chunk_size):

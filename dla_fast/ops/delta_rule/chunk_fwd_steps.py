@@ -73,6 +73,7 @@ def dla_delta_pair_steps_kernel(
     dest_f_a = tl.load(dest_f_ptr + a * K + j, mask=j < K, other=-1)
     tl.store(dest_f2_ptr + out * K + j, tl.load(dest_f_ptr + b * K + dest_f_a, mask=dest_f_a >= 0, other=-1),
              mask=j < K)
+    first = c0 + 2 * tl.program_id(1) * (CH // CS)  # a's first chunk in the row
     for h in range(CH // CS):
         x = h * CS + t  # the tile's tokens within a half
         at_a, at_b, at_a2, at_b2 = a * CH + x, b * CH + x, out * 2 * CH + x, out * 2 * CH + CH + x
@@ -101,18 +102,14 @@ def dla_delta_pair_steps_kernel(
         dest_a = tl.load(dest_ptr + at_a)
         tl.store(dest2_ptr + at_a2, tl.load(dest_f_ptr + b * K + dest_a, mask=dest_a >= 0, other=-1))
         tl.store(dest2_ptr + at_b2, tl.load(dest_ptr + at_b))
-    # The cross term: b's tokens (tile tb) read a's (tile sa) through the slots those hold at a's end.
-    first = c0 + 2 * tl.program_id(1) * (CH // CS)
-    for tb in range(CH // CS):
-        at_b = b * CH + tb * CS + t
-        qt_b = tl.load(qt_ptr + at_b[:, None] * Dk + dk[None, :], mask=cols, other=0.0)
-        _, _, _, _, valid_b, row_b = chunk_tokens(r, first + CH // CS + tb, T, H, CS)
+        # The cross term: tile h of b's tokens reads a's tokens (tile sa) through the slots those hold at a's end.
+        _, _, _, _, valid_b, row_b = chunk_tokens(r, first + CH // CS + h, T, H, CS)
         for sa in range(CH // CS):
-            at_a = a * CH + sa * CS + t
-            kb_a = tl.load(kb_ptr + at_a[:, None] * Dk + dk[None, :], mask=cols, other=0.0)
-            dest_a = tl.load(dest_ptr + at_a)
-            weight = tl.load(coef_ptr + at_b[:, None] * K + dest_a[None, :], mask=(dest_a >= 0)[None, :], other=0.0)
-            X = dot_f32(qt_b, tl.trans(kb_a), None, False) * weight  # [CS (t in b), CS (s in a)]
+            at_s = a * CH + sa * CS + t
+            kb_s = tl.load(kb_ptr + at_s[:, None] * Dk + dk[None, :], mask=cols, other=0.0)
+            dest_s = tl.load(dest_ptr + at_s)
+            weight = tl.load(coef_ptr + at_b[:, None] * K + dest_s[None, :], mask=(dest_s >= 0)[None, :], other=0.0)
+            X = dot_f32(qt_b, tl.trans(kb_s), None, False) * weight  # [CS (t in b), CS (s in a)]
             _, _, _, _, valid_a, row_a = chunk_tokens(r, first + sa, T, H, CS)
             for v0 in range(0, Dv, BV):
                 dv = v0 + tl.arange(0, BV)
