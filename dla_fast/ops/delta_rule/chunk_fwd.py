@@ -28,7 +28,7 @@ from ..scalar_decay.chunk_fwd_states import CHUNK, start_bits
 from .chunk_fwd_decide import decide_delta_rule_triton
 from .chunk_fwd_decide_wy import decide_delta_rule_wy
 from .chunk_fwd_partition import partition_and_intra
-from .chunk_fwd_states import slot_states_and_reads, start_reads
+from .chunk_fwd_states import slot_states_and_reads
 from .chunk_fwd_steps import pair_steps
 from .wy_tables_f32_triton import output_tables_rows_f32
 from .wy_tables_triton import output_tables_rows
@@ -46,16 +46,17 @@ FLOAT32_TABLES_WIDTH = 64
 CHUNKED_DECISIONS_WIDTH = 64
 CHUNKED_DECISIONS_ROWS = 64
 
-# Chunks per step of the forward's slot walk (``walk_steps``). Run 50 built 2 and 4 (``chunk_fwd_steps``: half or a
-# quarter of the walk's chain steps, one transition product per step) without a GPU to time them on; 1, the walk
-# every H200 measurement so far ran, stays the default until they are measured.
-WALK_STEPS = 1
+# Chunks per step of the forward's slot walk (``walk_steps``) by default: 2 (``chunk_fwd_steps`` composes each pair
+# of chunks' tables: half the chain's steps) up to this many key features, 1 above. H200, run 51 (docs/performance.md
+# "Run 51"): the forward at 64 features 16.96 -> 15.86 ms at (2, 16384, 16, 64) moderate, 34.49 -> 32.37 at (1,
+# 65536), 18.94 -> 17.97 at (8, 4096) dense; four chunks a step 16.60 / 33.72 / 18.63 (the second composition's
+# kernel costs 2.2 ms). At 128 features the pair kernel spills (sm_90: ~2 KB of stack), not yet timed there.
+COMPOSED_WALK_WIDTH = 64
 
-# Whether the forward's slot walk leaves its reads to a kernel of their own (``reads_apart``; run 50, not yet timed:
-# the walk stores each step's start states instead, ~15.7 MB a step at (2, 16384, 16, 64), at most this many bytes
-# of them at once) and the bytes of start states held at once then.
-READS_APART = False
-START_STATES_BYTES = 1 << 28
+# The walk's merge map and each chunk's outputs loaded before the reads' product (``EARLY_LOADS``): H200, run 51,
+# the walk 7.62 -> 7.32 ms at (2, 16384, 16, 64) moderate, 15.07 -> 14.55 at (1, 65536), 8.23 -> 7.90 at (8, 4096)
+# dense.
+EARLY_LOADS = True
 
 # Elements of the largest tensors of a block of chunks ([block, R, C, C] in the tables' dtype): they bound the
 # stage's memory (~0.5 GB).
@@ -111,11 +112,10 @@ def output_tables(q, k, g, beta, b0: int, nb: int) -> dict:
     return output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32)
 
 
-def _walk(slots, tab, coef, dest_f, dest, v, o, i: int, j: int, c0: int, lowp: bool, steps: int,
-          reads_apart: bool) -> None:
+def _walk(slots, tab, coef, dest_f, dest, v, o, i: int, j: int, c0: int, lowp: bool, steps: int) -> None:
     """The slot walk over chunks ``i .. j - 1`` of the block's tables (chunk ``c0`` of the call first), ``steps``
     chunks a step (1, 2 or 4: the tables composed by ``chunk_fwd_steps.pair_steps``, once or twice); the chunks left
-    over, one a step. ``reads_apart``: see ``_walk_then_read``."""
+    over, one a step."""
     whole = i + (j - i) // steps * steps
     for a, b, per in ((i, whole, steps), (whole, j, 1)):
         if a == b:
@@ -123,29 +123,12 @@ def _walk(slots, tab, coef, dest_f, dest, v, o, i: int, j: int, c0: int, lowp: b
         t = (tab["Phi"][a:b], tab["kb"][a:b], tab["qt"][a:b], coef[a:b], dest_f[a:b], dest[a:b])
         while t[1].shape[2] < per * CHUNK:
             t = pair_steps(*t, v, o, c0 + a - i, chunk=CHUNK, v_exact=lowp)
-        if reads_apart:
-            _walk_then_read(slots, t, v, o, c0 + a - i, per, lowp)
-        else:
-            slot_states_and_reads(slots, t[0], t[1], t[2], v, *t[3:], o, c0 + a - i, read_f32=not lowp,
-                                  v_exact=lowp, chunk=CHUNK)
-
-
-def _walk_then_read(slots, steps, v, o, c0: int, per: int, lowp: bool) -> None:
-    """The walk over ``steps`` (``(Phi, kb, qt, coef, dest_f, dest)``, ``per`` chunks a step, the first at chunk
-    ``c0``) storing each step's start states, at most ``START_STATES_BYTES`` of them at a time, and after each such
-    stretch ``start_reads`` adding their reads to ``o``: the reads off the walk's chain."""
-    Phi, kb, qt, coef, dest_f, dest = steps
-    most = max(1, START_STATES_BYTES // (slots.numel() * 4))
-    for u in range(0, len(Phi), most):
-        w, first = slice(u, u + most), c0 + u * per
-        starts = torch.empty(len(Phi[w]), *slots.shape, device=slots.device)
-        slot_states_and_reads(slots, Phi[w], kb[w], None, v, None, dest_f[w], dest[w], None, first,
-                              read_f32=not lowp, v_exact=lowp, starts=starts, chunk=CHUNK)
-        start_reads(starts, qt[w], coef[w], o, first, read_f32=not lowp, chunk=CHUNK)
+        slot_states_and_reads(slots, t[0], t[1], t[2], v, *t[3:], o, c0 + a - i, read_f32=not lowp, v_exact=lowp,
+                              chunk=CHUNK, early_loads=EARLY_LOADS)
 
 
 def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_lengths, slots, kept=None,
-                        walk_steps: int = 1, reads_apart: bool = False):
+                        walk_steps: int = 1):
     """Stage 3: ``o [B, T, H, Dv]`` float32; the slot states ``slots [R, K, Dk, Dv]`` (float32, from the initial
     cache's) advanced to the call's end in place.
 
@@ -153,8 +136,8 @@ def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_l
     they are, in their dtypes: the WY tables (``output_tables``), the partition's maps and the intra-chunk output
     (``chunk_fwd_partition``), then ``dla_delta_states_kernel`` for the slot states and the reads of the slots live
     at each chunk start. ``kept``: a ``SlotCheckpoints`` whose ``states`` list receives a copy of the slot states at
-    every ``every``-th chunk start (the walk split there). ``walk_steps``, ``reads_apart``: the slot walk's settings
-    (see ``forward_delta_rule_triton``)."""
+    every ``every``-th chunk start (the walk split there). ``walk_steps``: chunks per step of the slot walk (see
+    ``forward_delta_rule_triton``)."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     R, C, nC = B * H, CHUNK, -(-T // CHUNK)
@@ -171,14 +154,14 @@ def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_l
         for c0, c1 in zip(cuts, cuts[1:]):
             if kept is not None and c0 % kept.every == 0:
                 kept.states.append(slots.clone())
-            _walk(slots, tab, coef, dest_f, dest, v, o, c0 - b0, c1 - b0, c0, lowp, walk_steps, reads_apart)
+            _walk(slots, tab, coef, dest_f, dest, v, o, c0 - b0, c1 - b0, c0, lowp, walk_steps)
     return o
 
 
 def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau,
                               eps: float = 1e-6, norm_eps: float = 1e-6, lengths=None, decisions: str = "auto",
                               decide_warps: int | None = None, keep_checkpoints: bool = False,
-                              walk_steps: int = WALK_STEPS, reads_apart: bool = READS_APART):
+                              walk_steps: int | None = None):
     """DLA with the gated delta-rule backbone on CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``): the
     contract of ``chunk_torch.forward_delta_rule_chunked`` (the cache tensors ``states [B, H, K, Dk, Dv]`` in the
     compute dtype, ``counts``, ``info`` float64, ``size`` updated in place; ``lengths [B]`` or None).
@@ -189,9 +172,7 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
 
     ``walk_steps``: chunks per step of the slot walk, 1, 2 or 4 (2 and 4: each pair of steps' tables composed into
     one by ``chunk_fwd_steps``, so the walk's chain has half or a quarter as many steps; the outputs agree to float32
-    rounding, not bit for bit). ``reads_apart``: the walk stores each step's start states and a kernel of their own
-    (``chunk_fwd_states.start_reads``, parallel over the steps) adds their reads to the output, so the walk's chain
-    holds only the transitions and the tokens (the same products in the same order: bit for bit the walk's reads).
+    rounding, not bit for bit); None: 2 up to ``COMPOSED_WALK_WIDTH`` key features, 1 above.
 
     ``keep_checkpoints``: also return the slot states at the backward's checkpoints and the decided structure
     (``SlotCheckpoints``, states ``[n, R, K, Dk, Dv]`` float32), so that a backward need not walk the slots to them
@@ -207,6 +188,8 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
         empty = torch.zeros(B, 0, H, device=q.device)
         return (torch.zeros(B, 0, H, v.shape[-1], device=q.device, dtype=states.dtype), empty.double(),
                 empty.bool(), empty.long()) + ((None,) if keep_checkpoints else ())
+    if walk_steps is None:
+        walk_steps = 2 if Dk <= COMPOSED_WALK_WIDTH else 1
     if walk_steps not in (1, 2, 4):
         raise ValueError(f"walk_steps: expected 1, 2 or 4 chunks per step of the slot walk, got {walk_steps!r}")
     size0 = size.reshape(R).clone()  # size itself receives the final sizes below
@@ -218,8 +201,7 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     slots = (states.view(R, K, Dk, Dv) if in_place
              else torch.empty(R, K, Dk, Dv, device=q.device).copy_(states.reshape(R, K, Dk, Dv)))
     kept = SlotCheckpoints(CHUNK, checkpoint_interval(-(-T // CHUNK)), []) if keep_checkpoints else None
-    o = _states_and_outputs(q, k, v, g, beta, slot_weights, s, size0, row_lengths, slots, kept, walk_steps,
-                            reads_apart)
+    o = _states_and_outputs(q, k, v, g, beta, slot_weights, s, size0, row_lengths, slots, kept, walk_steps)
     # The open slot: the decision kernel's explicit one (float64 per token), as the torch path keeps its scan's.
     open_idx = (s.size - 1).clamp(min=0)
     rows_ = torch.arange(R, device=q.device)

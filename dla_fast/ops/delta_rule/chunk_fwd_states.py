@@ -16,8 +16,7 @@ chunk is four dots and nothing waits on a slot at a time:
 
 The states stay float32-accurate: every product that writes them is a sum of single-pass tf32 products of split
 operands (``dot_f32``); the reads are single-pass tf32 for 16-bit inputs and split for float32 ones. A step may span
-several chunks (their tables composed by ``chunk_fwd_steps``), and the reads may leave the walk: it then stores each
-step's start states and ``dla_delta_start_reads_kernel`` reads them in parallel (run 50, both opt-in).
+several chunks (their tables composed by ``chunk_fwd_steps``).
 
 FLOPs per (chunk, row), all Dv blocks, in one pass: ``2 Dv KP (2 C Dk + Dk^2 + Dk KP)`` (59 MFLOP at C = Dk = Dv =
 64, KP = 32; the one-hot token product spends KP times the tokens' own ``2 C Dk Dv``, against a loop over end slots
@@ -129,7 +128,7 @@ def dla_delta_states_kernel(
     inputs). ``READS``: add the reads to ``o`` (the backward's recomputation takes none); ``STORE_STARTS``: store each
     step's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them).
     ``EARLY_LOADS``: the merge map loaded at the step's top and each chunk's ``o`` before its reads' product, so that
-    their round trips overlap the query's and weights' (run 50, a variant to measure: a few registers)."""
+    their round trips overlap the query's and weights' (a few registers; the forward's, ``chunk_fwd.EARLY_LOADS``)."""
     t = tl.arange(0, CS)
     # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between steps.
     r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
@@ -167,37 +166,6 @@ def dla_delta_states_kernel(
                 S = dot_f32(phi, X, None, False)
             S = dot_f32(kb_t, writes, S, V_EXACT)
     tl.store(s_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
-
-
-@triton.jit(do_not_specialize=["T", "H", "c0"])
-def dla_delta_start_reads_kernel(
-    starts_ptr, qt_ptr, coef_ptr, o_ptr, R, T, H, c0, K, Dk, Dv,
-    C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, READ_F32: tl.constexpr,
-):
-    """Program (row r = b H + h, Dv block vb; step c): ``o[b, t, h, vb] +=`` the reads of step ``c``'s start slots by
-    its ``C`` tokens, from the states the walk stored (``starts [NB, R, K, Dk, Dv]`` float32) and the step's ``qt [C,
-    Dk]``, ``coef [C, K]``: the walk's reads, apart from its chain and parallel over the steps."""
-    r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
-    cr = tl.program_id(1) * R + r
-    S = tl.reshape(tl.load(starts_ptr + cr * K * Dk * Dv + state_at, mask=s_mask, other=0.0), [BK, BV * KP])
-    add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, c0 + tl.program_id(1) * (C // CS), T, H, K, Dk, Dv, dk, dv, j,
-                   kmask, vmask, C, CS, BV, KP, READ_F32, True)
-
-
-def start_reads(starts, qt, coef, o, c0: int, *, read_f32: bool, chunk: int | None = None,
-                launch: tuple[int, int, int] | None = None) -> None:
-    """``o [B, T, H, Dv]`` (float32, in place) ``+=`` the reads of each step's start slots (``starts [nb, R, K, Dk,
-    Dv]`` float32, as ``slot_states_and_reads(starts=)`` stores them) by its tokens (``qt [nb, R, C, Dk]``, ``coef
-    [nb, R, C, K]`` float32; the first step at chunk ``c0``; ``chunk``: a chunk's tokens where a step spans several):
-    what the walk adds with ``o`` given, one program per (row, Dv block, step). ``read_f32``, ``launch``: as for
-    ``slot_states_and_reads``."""
-    nb, R, C, Dk = qt.shape
-    K, Dv = starts.shape[2], starts.shape[-1]
-    B, T, H = o.shape[:3]
-    BK, BV, KP, num_warps, _ = launch_shape(Dk, Dv, K, launch)
-    dla_delta_start_reads_kernel[(R * triton.cdiv(Dv, BV), nb)](
-        starts, qt.contiguous(), coef.contiguous(), o, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BV,
-        KP=KP, READ_F32=read_f32, num_warps=num_warps)
 
 
 def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int, int, int]:
@@ -238,7 +206,7 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     each step's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s (for
     sweeps). ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans several (``chunk_fwd_steps``'
     composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one chunk. ``early_loads``: the
-    kernel's ``EARLY_LOADS`` (a variant to measure)."""
+    kernel's ``EARLY_LOADS``."""
     nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
     K = slots.shape[1]

@@ -138,5 +138,6 @@ def pair_steps(Phi, kb, qt, coef, dest_f, dest, v, o, c0: int, *, chunk: int, v_
     dla_delta_pair_steps_kernel[(R, m)](
         *ins, o, *out, R, v.shape[1], v.shape[2], c0, K, Dk, Dv,
         CH=C, CS=chunk, BK=max(16, next_pow2(Dk)), BN=min(max(16, next_pow2(Dk)), 64), KP=max(16, next_pow2(K)),
-        BV=min(max(16, next_pow2(Dv)), 64), V_EXACT=v_exact, num_warps=num_warps)
+        BV=min(max(16, next_pow2(Dv)), 64), V_EXACT=v_exact, num_warps=num_warps,
+        num_stages=1)  # (the loops gain nothing from more; at 128 features Triton's default 3 needs 320 KB, run 51)
     return out
