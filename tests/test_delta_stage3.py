@@ -201,3 +201,14 @@ def test_stage3_composed_walk_at_128_features(monkeypatch):
                                    **walk)
     o, _, _ = _forward_checked([a[:, prefix:] for a in x_all], cache, 0.5, None, monkeypatch, **walk)
     assert torch.isfinite(o).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize("steps", [0, 3, 8, None])
+def test_the_forward_refuses_other_walk_steps_by_name(steps):
+    from dla_fast.ops.delta_rule import chunk_fwd
+
+    D = 32 if CUDA else 16
+    x = _inputs(1, 8, 1, D, 2, torch.float32, seed=1)
+    with pytest.raises(ValueError, match=r"walk_steps: expected 1, 2 or 4 chunks per step of the slot walk, got"):
+        chunk_fwd.forward_delta_rule_triton(*x, None, *_empty_cache(1, 1, 2, D), tau=0.5, walk_steps=steps)

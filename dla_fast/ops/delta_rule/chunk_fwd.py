@@ -46,12 +46,13 @@ FLOAT32_TABLES_WIDTH = 64
 CHUNKED_DECISIONS_WIDTH = 64
 CHUNKED_DECISIONS_ROWS = 64
 
-# Chunks per step of the forward's slot walk (``walk_steps``) by default: 2 (``chunk_fwd_steps`` composes each pair
-# of chunks' tables: half the chain's steps) up to this many key features, 1 above. H200, run 51 (docs/performance.md
-# "Run 51"): the forward at 64 features 16.96 -> 15.86 ms at (2, 16384, 16, 64) moderate, 34.49 -> 32.37 at (1,
-# 65536), 18.94 -> 17.97 at (8, 4096) dense; four chunks a step 16.60 / 33.72 / 18.63 (the second composition's
-# kernel costs 2.2 ms). At 128 features the pair kernel spills (sm_90: ~2 KB of stack), not yet timed there.
-COMPOSED_WALK_WIDTH = 64
+# Chunks per step of the forward's slot walk (``walk_steps``) by default: ``chunk_fwd_steps`` composes each pair of
+# chunks' tables, so the walk's chain has half the steps. H200, run 51 (docs/performance.md "Run 51"), against one
+# chunk a step with early loads: the forward 16.66 -> 15.86 ms at (2, 16384, 16, 64) moderate, 33.94 -> 32.37 at (1,
+# 65536), 18.64 -> 17.97 at (8, 4096) dense (call 1), 76.07 -> 67.71 at (8, 4096, 16, 128) moderate (call 4, where
+# (2, 16384) went 17.37 -> 18.39 although its walk kernels got faster: open); four a step 16.60 / 33.72 / 18.63 (the
+# second composition's kernel costs 2.2 ms).
+WALK_STEPS = 2
 
 # The walk's merge map and each chunk's outputs loaded before the reads' product (``EARLY_LOADS``): H200, run 51,
 # the walk 7.62 -> 7.32 ms at (2, 16384, 16, 64) moderate, 15.07 -> 14.55 at (1, 65536), 8.23 -> 7.90 at (8, 4096)
@@ -161,7 +162,7 @@ def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_l
 def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau,
                               eps: float = 1e-6, norm_eps: float = 1e-6, lengths=None, decisions: str = "auto",
                               decide_warps: int | None = None, keep_checkpoints: bool = False,
-                              walk_steps: int | None = None):
+                              walk_steps: int = WALK_STEPS):
     """DLA with the gated delta-rule backbone on CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``): the
     contract of ``chunk_torch.forward_delta_rule_chunked`` (the cache tensors ``states [B, H, K, Dk, Dv]`` in the
     compute dtype, ``counts``, ``info`` float64, ``size`` updated in place; ``lengths [B]`` or None).
@@ -172,7 +173,7 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
 
     ``walk_steps``: chunks per step of the slot walk, 1, 2 or 4 (2 and 4: each pair of steps' tables composed into
     one by ``chunk_fwd_steps``, so the walk's chain has half or a quarter as many steps; the outputs agree to float32
-    rounding, not bit for bit); None: 2 up to ``COMPOSED_WALK_WIDTH`` key features, 1 above.
+    rounding, not bit for bit).
 
     ``keep_checkpoints``: also return the slot states at the backward's checkpoints and the decided structure
     (``SlotCheckpoints``, states ``[n, R, K, Dk, Dv]`` float32), so that a backward need not walk the slots to them
@@ -188,8 +189,6 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
         empty = torch.zeros(B, 0, H, device=q.device)
         return (torch.zeros(B, 0, H, v.shape[-1], device=q.device, dtype=states.dtype), empty.double(),
                 empty.bool(), empty.long()) + ((None,) if keep_checkpoints else ())
-    if walk_steps is None:
-        walk_steps = 2 if Dk <= COMPOSED_WALK_WIDTH else 1
     if walk_steps not in (1, 2, 4):
         raise ValueError(f"walk_steps: expected 1, 2 or 4 chunks per step of the slot walk, got {walk_steps!r}")
     size0 = size.reshape(R).clone()  # size itself receives the final sizes below
