@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from test_delta_stage3 import _empty_cache, _inputs  # noqa: E402
+from delta_cases import delta_inputs, empty_cache  # noqa: E402
 
 from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
 from dla_fast.ops.delta_rule.chunk_fwd_stage_torch import states_and_outputs_torch  # noqa: E402
@@ -60,7 +60,7 @@ def tf32_products(on: bool):
 
 def stage3_call(x_all):
     """The second call's stage-3 arguments (after a call that fills the cache), its slot states before the stage."""
-    cache, caught = _empty_cache(B, H, K, D), {}
+    cache, caught = empty_cache(B, H, K, D), {}
     stage = chunk_fwd._states_and_outputs
 
     def grab(*args):
@@ -83,7 +83,7 @@ def main():
     args = ap.parse_args()
     if args.emulate_tf32 and os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("delta_walk_read_error.py: --emulate-tf32 needs TRITON_INTERPRET=1")
-    x_all = _inputs(B, PREFIX + T, H, D, K, torch.bfloat16, seed=T + K + 4, decay=0.99)
+    x_all = delta_inputs(B, PREFIX + T, H, D, K, torch.bfloat16, seed=T + K + 4, decay=0.99)
     stage_args, slots = stage3_call(x_all)
     oracle = states_and_outputs_torch(*stage_args, slots.clone())
     largest = oracle.abs().max().item()
