@@ -2,10 +2,11 @@
 """The delta rule's forward with its slot walk one, two or four chunks a step (``chunk_fwd.forward_delta_rule_triton
 (walk_steps=)``, run 50: ``chunk_fwd_steps`` composes each pair of steps' tables), with or without the walk's early
 loads (``chunk_fwd.EARLY_LOADS``), in one process: forward time through ``dla_fast.forward`` in alternating rounds,
-each variant's walk kernels by GPU time (CUPTI, one call), and how far its outputs and final cache states lie from
-the first variant's (relative to the largest entry; 0 where only the loads differ; where the steps differ, the reads'
-tf32 rounding of 16-bit inputs, then the outputs' own rounding: run 51 measured 2.4e-3 to 5.5e-3 in bf16 outputs).
-Runs 50-51 measured reads in a kernel apart from the walk too (slower: removed, docs/performance.md "Run 51").
+each variant's walk kernels by GPU time (CUPTI, one call) and the host's time a call (``host_ms``), and how far its
+outputs and final cache states lie from the first variant's (relative to the largest entry; 0 where only the loads
+differ; where the steps differ, the reads' tf32 rounding of 16-bit inputs, then the outputs' own rounding: run 51
+measured 2.4e-3 to 5.5e-3 in bf16 outputs). Runs 50-51 measured reads in a kernel apart from the walk too (slower:
+removed, docs/performance.md "Run 51").
 
     python benchmarks/delta_walk_steps_ab.py [CELLS] [--variants 1,1e,2e,4e] [--rounds 3]
 
@@ -18,6 +19,7 @@ import argparse
 import functools
 import os
 import sys
+import time
 
 import torch
 
@@ -51,6 +53,19 @@ def walk_kernel_ms(x, variant: str) -> str:
     return " + ".join(f"{n} {t:.3f}" for n, t in ms.items()) + " ms"
 
 
+def host_ms(x, variant: str, calls: int = 3) -> float:
+    """Milliseconds a call takes to return to the host, the GPU idle before the first (no synchronisation after):
+    near the GPU time, the forward waits on the host or synchronises (run 51's open question: call 4's (2, 16384)
+    cell, slower at two chunks a step although its walk kernels were faster)."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        forward(x, variant)
+    took = (time.perf_counter() - start) / calls * 1e3
+    torch.cuda.synchronize()
+    return took
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cells", nargs="?", default="2x16384x64:moderate")
@@ -70,7 +85,7 @@ def main():
                 o, cache = out[v][:2]
                 print(f"{spec} {v}: o {relative_gap(o, ref_o):.1e}, states "
                       f"{relative_gap(cache.states, ref_cache.states):.1e} from {variants[0]}; kernels "
-                      f"{walk_kernel_ms(x, v)}", flush=True)
+                      f"{walk_kernel_ms(x, v)}; host {host_ms(x, v):.2f} ms a call", flush=True)
             times = alternating_ms({v: lambda v=v: forward(x, v) for v in variants}, args.rounds)
             print(f"{torch.cuda.get_device_name()}, {spec}: {medians_text(times)}", flush=True)
     finally:
