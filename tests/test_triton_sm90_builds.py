@@ -131,4 +131,3 @@ def test_the_merge_event_loop_keeps_its_modeled_speed(tmp_path):
     assert cycles <= 1.02 * MERGE_EVENT_CYCLES, (
         f"the merge kernel's event loop models at {cycles:.0f} cycles an event against {MERGE_EVENT_CYCLES}:\n"
         + "\n".join(run.stdout.splitlines()[-40:]))
-

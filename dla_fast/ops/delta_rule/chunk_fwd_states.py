@@ -91,8 +91,8 @@ def add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, chunk0, T, H, K, Dk, Dv, d
         at = cr * C + h * CS  # the sub-chunk's first token in the step's tables
         qt = tl.load(qt_ptr + at * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
         coef = tl.load(coef_ptr + at * K + t[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
+        o_at = o_ptr + row[:, None] * Dv + dv[None, :]
         if EARLY_LOADS:
-            o_at = o_ptr + row[:, None] * Dv + dv[None, :]
             o_old = tl.load(o_at, mask=tok_v, other=0.0)
         if READ_F32:
             Y = dot_f32(qt, S, None, False)
@@ -100,7 +100,6 @@ def add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, chunk0, T, H, K, Dk, Dv, d
             Y = tl.dot(qt, S, input_precision="tf32")
         read = tl.sum(tl.reshape(Y, [CS, BV, KP]) * coef[:, None, :], axis=2)
         if not EARLY_LOADS:
-            o_at = o_ptr + row[:, None] * Dv + dv[None, :]
             o_old = tl.load(o_at, mask=tok_v, other=0.0)
         tl.store(o_at, o_old + read, mask=tok_v)
 
