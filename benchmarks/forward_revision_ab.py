@@ -7,7 +7,7 @@ revision's package is exported here (the GPU machines have no git history), carr
 beside this tree's under other module names.
 
     python benchmarks/forward_revision_ab.py --export REV DIR       # here: DIR/dla_fast as of git REV
-    python benchmarks/forward_revision_ab.py CELLS --against DIR [DIR ...] [--rounds 3] [--out OUT]   # on the GPU
+    python benchmarks/forward_revision_ab.py CELLS --against DIR [DIR ...] [--rounds 3] [--checks] [--out OUT]   # GPU
 
 CELLS: ``BxTxD:workload,...`` (``gpu_bench``'s configs and workloads). Per cell: every other revision's outputs
 (``o``, the final cache, the trace) compared bit for bit with this tree's, every forward timed at the kernel entry in
@@ -79,28 +79,29 @@ def flat(result) -> list:
     return [o, *cache, *trace]
 
 
-def compare_cell(cell: str, fns: dict, rounds: int) -> list[str]:
-    """One cell's report lines: bits, times, stages."""
+def compare_cell(cell: str, fns: dict, rounds: int, check_values: bool = False) -> list[str]:
+    """One cell's report lines: bits, times, stages. ``check_values``: the forwards check the inputs' values too, as
+    ``dla_fast.forward`` does."""
     import torch
 
     cname, wname = cell.split(":")
     B, T, H, Dk, Dv = configs_named(cname)[0]
     x = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS[wname], seed=11)
     with torch.no_grad():
-        out = {n: flat(f(*x, tau=TAU)) for n, f in fns.items()}
+        out = {n: flat(f(*x, tau=TAU, check_values=check_values)) for n, f in fns.items()}
         lines = [f"== {cell}"]
         for n in fns:
             if n != "this":
                 ndiff = {o: int((a != b).sum()) for o, a, b in zip(OUTPUTS, out["this"], out[n])}
                 lines.append(f"  {n} against this: " + (f"differing elements {ndiff}" if any(ndiff.values())
                                                            else "bitwise equal"))
-        ms = alternating_ms({n: lambda f=f: f(*x, tau=TAU) for n, f in fns.items()}, rounds)
+        ms = alternating_ms({n: lambda f=f: f(*x, tau=TAU, check_values=check_values) for n, f in fns.items()}, rounds)
         stages = {}
         for n, f in fns.items():
             p = {}
-            f(*x, tau=TAU, profile=p)
+            f(*x, tau=TAU, check_values=check_values, profile=p)
             stages[n] = {k: round(v, 3) for k, v in p.items() if k.endswith("_ms")}
-        kernels = {n: profiled_kernels(lambda f=f: f(*x, tau=TAU)) for n, f in fns.items()}
+        kernels = {n: profiled_kernels(lambda f=f: f(*x, tau=TAU, check_values=check_values)) for n, f in fns.items()}
     med = {n: statistics.median(v) for n, v in ms.items()}
     lines += [f"  {n}: {med[n]:.3f} ms ({100 * (med[n] / med['this'] - 1):+.1f} % against this), rounds "
               f"{[round(t, 3) for t in ms[n]]}" for n in fns]
@@ -124,6 +125,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of GPU work before the first cell")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--checks", action="store_true", help="check the inputs' values too, as dla_fast.forward does")
     args = ap.parse_args()
     if args.export:
         print(export(*args.export))
@@ -136,10 +138,10 @@ def main():
         raise SystemExit("forward_revision_ab: needs a CUDA GPU (the Triton forward at benchmark sizes)")
     fns = forwards(args.against)
     warm_gpu(args.warmup)
-    header = (f"this tree's forward against {', '.join(args.against)} (kernel entry, tau {TAU}, K {K_SLOTS}, "
-              f"{args.rounds} alternating rounds of 40 calls, medians)")
-    report_cells("forward_revision_ab", header, args.cells, lambda cell: compare_cell(cell, fns, args.rounds),
-                 args.out)
+    header = (f"this tree's forward against {', '.join(args.against)} (kernel entry{', value checks' * args.checks}, "
+              f"tau {TAU}, K {K_SLOTS}, {args.rounds} alternating rounds of 40 calls, medians)")
+    report_cells("forward_revision_ab", header, args.cells,
+                 lambda cell: compare_cell(cell, fns, args.rounds, args.checks), args.out)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ arithmetic. Then each variant is timed in three interleaved rounds (``do_bench``
 reported) beside ``chunk_simple_gla`` and ``chunk_log_linear_attn`` on the same inputs, and one stage profile is
 taken per variant.
 
-    python benchmarks/forward_variants.py --out DIR [--configs 2x16384,1x65536] [--variants serial,default]
+    python benchmarks/forward_variants.py --out DIR [--configs 2x16384,1x65536] [--variants serial,default] [--checks]
+
+``--checks`` runs the inputs' value checks too, as ``dla_fast.forward`` does (the entry's default skips them).
 
 Writes ``forward_variants_<card>_<date>.json`` and ``.log`` to DIR; the table is printed last.
 """
@@ -40,10 +42,11 @@ VARIANTS = {
 }
 
 
-def forward(q, k, v, g, w, settings, profile=None):
+def forward(q, k, v, g, w, settings, profile=None, check_values=False):
     from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
 
-    o, cache, trace, _ = forward_scalar_decay_triton(q, k, v, g, w, tau=TAU, settings=settings, profile=profile)
+    o, cache, trace, _ = forward_scalar_decay_triton(q, k, v, g, w, tau=TAU, settings=settings, profile=profile,
+                                                     check_values=check_values)
     return (o, *cache, *trace)
 
 
@@ -66,25 +69,26 @@ def baselines(q, k, v, g):
     return out
 
 
-def cell(cfg, wname, variants, fh, rounds=3):
+def cell(cfg, wname, variants, fh, rounds=3, check_values=False):
     B, T, H, Dk, Dv = cfg
     q, k, v, g, w = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS[wname], seed=11)
     first = None
     row = dict(config=list(cfg), workload=wname, bitwise_equal={}, stages={}, ms={})
     for name in variants:
-        out = forward(q, k, v, g, w, VARIANTS[name])
+        out = forward(q, k, v, g, w, VARIANTS[name], check_values=check_values)
         if first is None:
             first = out
             row["boundary_rate"] = float(out[6].float().mean())
         row["bitwise_equal"][name] = all(torch.equal(a, b) for a, b in zip(out, first))
         prof = {}
-        forward(q, k, v, g, w, VARIANTS[name], profile=prof)
+        forward(q, k, v, g, w, VARIANTS[name], profile=prof, check_values=check_values)
         row["stages"][name] = {kk: round(vv, 4) for kk, vv in prof.items() if kk.endswith("_ms")}
     del first, out
     times = {name: [] for name in variants}
     for _ in range(rounds):
         for name in variants:
-            times[name].append(bench_ms(lambda: forward(q, k, v, g, w, VARIANTS[name]), rep=60))
+            times[name].append(bench_ms(lambda: forward(q, k, v, g, w, VARIANTS[name], check_values=check_values),
+                                        rep=60))
     row["ms"] = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     row["ms_rounds"] = times
     row.update(baselines(q, k, v, g))
@@ -115,6 +119,8 @@ def main():
                          "num_stages:1)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of GPU work before the first cell")
+    ap.add_argument("--checks", action="store_true",
+                    help="the inputs' value checks too (check_values=True), as dla_fast.forward runs them")
     args = ap.parse_args()
     configs = configs_named(args.configs)
     specs = [v for v in args.variants.split(",") if "=" in v]
@@ -130,7 +136,7 @@ def main():
             f"{torch.cuda.get_device_properties(0).multi_processor_count}", fh)
         for cfg in configs:
             for wname in args.workloads.split(","):
-                rows.append(cell(cfg, wname, variants, fh))
+                rows.append(cell(cfg, wname, variants, fh, check_values=args.checks))
                 torch.cuda.empty_cache()
         text = table(rows, variants)
         log(text, fh)

@@ -65,14 +65,14 @@ def stage_calls(q, k, v, g, w, entry: dict) -> tuple:
                            prec=cfg.prec)
     survivors = s.survivors
 
-    def known_survivors(masks, death, T, read_also=None, meanwhile=None):
+    def known_survivors(masks, death, T, readback=None, meanwhile=None):
         if meanwhile is not None:
             meanwhile()
-        return survivors, []
+        return survivors, [0]  # no value check flagged
 
     def output(settings=DEFAULT_SETTINGS):
         with patched(chunk_fwd, "surviving_starts", known_survivors):
-            return chunk_fwd._output(cfg, q, k, v, g, w, s, hs, gs, None, settings)
+            return chunk_fwd._output(cfg, q, k, v, g, w, s, hs, gs, None, settings, readback=None)
 
     def decide():
         with patched(chunk_fwd, "_output", lambda *a, **kw: None):

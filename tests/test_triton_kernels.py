@@ -599,6 +599,26 @@ def test_grouped_reads_match_the_materialised_starts(T, K, tau, seed, n0):
         _check(o, cache, trace, ref, tau, o_tol=1e-5)
 
 
+def test_the_surviving_starts_are_counted_per_chunk_and_in_the_compact_order():
+    """The forward's surviving starts (``chunk_fwd_states.surviving_starts``: counted per (row, chunk) by a kernel,
+    summed over rows by its atomics into the read-back, offsets by a cumulative sum) against torch's count from the
+    structure: starts of the chunk's boundary mask whose death is at or after the chunk's end, within the call."""
+    from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
+
+    x = regimes(2, 200, 2, 32, 32, 4, seed=23, regime_length=3.0, jitter=0.5, decay=0.5)
+    s = forward_scalar_decay_triton(*(_t(a) for a in x), tau=0.6)[3]
+    BH, NC = s.masks.shape
+    bits = (s.masks.cpu()[:, :, None] >> torch.arange(64)) & 1 == 1
+    tok = torch.arange(NC * 64).view(NC, 64)
+    alive = s.death.cpu().view(BH, NC, 64) >= (tok // 64 + 1) * 64
+    counts = (bits & alive & (tok < 200)).sum(-1)
+    assert 0 < int(counts.sum()) < int(bits.sum()), "the case should have starts that die and starts that survive"
+    assert s.survivors.per_chunk == counts.sum(0).tolist()
+    assert s.survivors.count == int(counts.sum())
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.flatten().cumsum(0)])
+    assert torch.equal(s.survivors.off.cpu(), offsets)
+
+
 @pytest.mark.skipif(not CUDA, reason="16-bit tensor-core products: on a GPU only (the interpreter computes fp32)")
 def test_dense_bf16_inputs_take_the_grouped_reads():
     """On a GPU, 16-bit inputs whose surviving starts crowd their chunks (dense boundaries) take the grouped reads by

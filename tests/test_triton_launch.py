@@ -163,3 +163,16 @@ def test_a_stream_besides_the_current_one_is_never_the_current_one(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: 7)
     assert triton_utils.stream_besides_current("cuda", priority=-1) == 9
     assert drawn == [-1, -1, -1, -1]
+
+
+def test_zeroed_buffers_are_zero_distinct_and_16_byte_aligned():
+    """``triton_utils.zeroed``: each view has its shape and dtype, holds zeros, starts on a 16-byte boundary (as a
+    separate allocation would for Triton's address specialisation) and shares no byte with the others."""
+    specs = [((3,), torch.int32), ((2, 5), torch.float64), ((7,), torch.int64), ((1, 3, 3), torch.float32)]
+    views = triton_utils.zeroed("cpu", *specs)
+    for view, (shape, dtype) in zip(views, specs):
+        assert view.shape == shape and view.dtype == dtype and view.data_ptr() % 16 == 0
+        assert not view.any()
+    for i, view in enumerate(views):
+        view.fill_(1)
+        assert all(not other.any() for other in views[i + 1:])

@@ -7,6 +7,8 @@ flat row ``(b * T + t) * H + h`` and its features start at ``row * D``; per-row 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -137,6 +139,18 @@ def float64_on(device, values) -> torch.Tensor:
     if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return torch.tensor(values, device=device, dtype=torch.float64)
     return torch.tensor(values, dtype=torch.float64, pin_memory=True).to(device, non_blocking=True)
+
+
+def zeroed(device, *specs) -> list[torch.Tensor]:
+    """Zero-filled tensors of the given ``(shape, dtype)`` specs, views into one allocation filled by one kernel,
+    each at a 16-byte boundary (as Triton's launches specialise addresses): a forward's small zeroed buffers cost the
+    host one launch instead of one each (at 128 rows the host sets the scalar-decay forward's pace: run 52)."""
+    sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in specs]
+    starts = [0]
+    for size in sizes:
+        starts.append(starts[-1] + -(-size // 16) * 16)
+    buffer = torch.zeros(max(starts[-1], 1), device=device, dtype=torch.uint8)
+    return [buffer[at:at + size].view(dtype).view(shape) for (shape, dtype), at, size in zip(specs, starts, sizes)]
 
 
 def values_on_host(values: torch.Tensor) -> torch.Tensor:

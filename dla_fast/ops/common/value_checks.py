@@ -69,10 +69,10 @@ def dla_check_values_kernel(
             tl.atomic_or(flags_ptr, 1 << BBIT)
 
 
-def launch_value_checks(q, k, v, g, slot_weights, beta=None) -> torch.Tensor:
-    """The checks' flags, a 1-element int64 tensor (0: every check passed), computed on the current stream.
-    The inputs must be contiguous; ``beta`` (as g's shape) or None."""
-    flags = torch.zeros(1, device=q.device, dtype=torch.int64)
+def launch_value_checks(q, k, v, g, slot_weights, beta=None, flags=None) -> torch.Tensor:
+    """The checks' flags, a 1-element int64 tensor (0: every check passed), computed on the current stream: ``flags``
+    (zeroed, a caller's) or made here. The inputs must be contiguous; ``beta`` (as g's shape) or None."""
+    flags = torch.zeros(1, device=q.device, dtype=torch.int64) if flags is None else flags
     sizes = (q.numel(), v.numel(), g.numel(), slot_weights.numel())
     grid = (max(triton.cdiv(max(sizes), BLOCK), 1),)
     cached(dla_check_values_kernel)[grid](q, k, v, g, slot_weights, g if beta is None else beta, flags, *sizes,

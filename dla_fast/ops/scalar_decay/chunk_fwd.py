@@ -45,6 +45,7 @@ from ..common.triton_utils import (
     next_pow2,
     stream_besides_current,
     values_on_host,
+    zeroed,
 )
 from ..common.value_checks import launch_value_checks, raise_flagged
 from .chunk_fwd_decide import (
@@ -205,15 +206,23 @@ def launch_config(q, v, slot_weights) -> LaunchConfig:
                    prec="tf32x3" if gpu else "ieee")
 
 
-def _initial_cache(cfg: LaunchConfig, states, counts, info, size, dev):
+def _zeroed_buffers(cfg: LaunchConfig, dev, empty_cache: bool) -> list[torch.Tensor]:
+    """The call's zero-filled buffers in one fill (``zeroed``): the merge simulation's flag ``[BH]`` int32, the
+    read-back ``[NC + 1]`` int64 (the per-chunk surviving starts, then the value checks' flags: ``_output``) and,
+    for an empty cache (``empty_cache``), its counts ``[BH, K]`` int64, information sums ``[BH, K]`` float64, size
+    ``[BH]`` int64, open slot P and prefix state h0 ``[BH, Dk, Dv]`` float32 each."""
+    BH, K, state = cfg.BH, cfg.K, (cfg.BH, cfg.Dk, cfg.Dv)
+    cache = [((BH, K), torch.int64), ((BH, K), torch.float64), ((BH,), torch.int64), (state, torch.float32),
+             (state, torch.float32)]
+    return zeroed(dev, ((BH,), torch.int32), ((cfg.NC + 1,), torch.int64), *(cache if empty_cache else ()))
+
+
+def _initial_cache(cfg: LaunchConfig, states, counts, info, size, dev, empty):
     """``(states0 [BH, K, Dk, Dv] or None, counts [BH, K] int64, info [BH, K] float64, size0 [BH], P [BH, Dk,
     Dv])``: the cache to continue from and its open slot. ``counts`` and ``info`` are the merge simulation's own
-    (it updates them in place): copies of the caller's."""
+    (it updates them in place): copies of the caller's. Without ``states``: ``empty``, zeros (``_zeroed_buffers``)."""
     if states is None:
-        return (None, torch.zeros(cfg.BH, cfg.K, device=dev, dtype=torch.int64),
-                torch.zeros(cfg.BH, cfg.K, device=dev, dtype=torch.float64),
-                torch.zeros(cfg.BH, device=dev, dtype=torch.int64),
-                torch.zeros(cfg.BH, cfg.Dk, cfg.Dv, device=dev, dtype=torch.float32))
+        return (None, *empty)
     states0 = states.float().reshape(cfg.BH, cfg.K, cfg.Dk, cfg.Dv)
     size0 = size.long().reshape(cfg.BH).contiguous()
     open_idx = (size0 - 1).clamp(min=0)
@@ -303,7 +312,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
             )
             # the deeper guesses' kernels only if some row takes them (read back: launched idle, their programs
             # delayed the merge simulation by ~0.34 ms at (1, 65536) moderate and dense in some processes, run 48)
-            deep[0] = deep[0] and bool((values_on_host(free) >= min_free).any())
+            deep[0] = deep[0] and max(values_on_host(free).tolist()) >= min_free  # no torch op: the GPU waits
             if not deep[0]:
                 return anc  # the orbit words the merge simulation reads
             if cfg.NC > 2:  # the deeper guesses read the first guesses' masks from a copy
@@ -348,19 +357,16 @@ def takes_carry_guesses(cfg: LaunchConfig, settings: TritonSettings, override: b
     return interpreting() or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9)
 
 
-def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
-                      pipeline: bool, guessed_orbits=None) -> DecidedStructure:
-    """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists).
+def decided_structure(cfg: LaunchConfig, masks, scores, counts0, info0, size0) -> DecidedStructure:
+    """The merge simulation's outputs (``merge_simulation``), allocated and initialised on the current stream.
     ``counts0`` (int64) and ``info0`` (float64), ``B * H * K`` each and contiguous (the caller's own copies), become
-    the structure's and are updated in place. ``guessed_orbits`` (pipelined after the carry scan's guessed chunks):
-    the carry scan's orbit words (``_carry_scan``), from which the merge simulation knows the chunks whose guesses
-    hold without waiting for the walk."""
+    the structure's and are updated in place."""
     dev = masks.device
     BH, NC, K, KP = cfg.BH, cfg.NC, cfg.K, cfg.KP
     if counts0.dtype != torch.int64 or info0.dtype != torch.float64:
         raise TypeError(f"merge_simulation: expected int64 counts and float64 info (updated in place), got "
                         f"{counts0.dtype} and {info0.dtype}")
-    s = DecidedStructure(
+    return DecidedStructure(
         masks=masks,
         death=torch.full((BH, NC * CHUNK), INT32_MAX, device=dev, dtype=torch.int32),
         death0=torch.full((BH, K), INT32_MAX, device=dev, dtype=torch.int32),
@@ -373,7 +379,17 @@ def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscore
         scores=scores,
         merged=torch.full((BH, NC * CHUNK), -1, device=dev, dtype=torch.int64),
     )
-    cached(dla_merge_kernel)[(BH,)](
+
+
+def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
+                      pipeline: bool, guessed_orbits=None, structure=None) -> DecidedStructure:
+    """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists), in
+    ``structure`` (``decided_structure``'s, made beforehand) or made here. ``guessed_orbits`` (pipelined after the
+    carry scan's guessed chunks): the carry scan's orbit words (``_carry_scan``), from which the merge simulation
+    knows the chunks whose guesses hold without waiting for the walk."""
+    s = structure or decided_structure(cfg, masks, scores, counts0, info0, size0)
+    K, KP = cfg.K, cfg.KP
+    cached(dla_merge_kernel)[(cfg.BH,)](
         masks, scores, row_lengths, s.counts, s.info, s.size, s.death, s.death0, s.merged, s.live, s.livem, s.fpos,
         cfg.T, K, itab, cscores, flag, flag if guessed_orbits is None else guessed_orbits, C=CHUNK, KP=KP,
         KW=max(KP, 32), PIPE=pipeline, FAST=not interpreting(), GUESSED=guessed_orbits is not None, num_warps=1,
@@ -399,10 +415,11 @@ def concurrent_decisions(cfg: LaunchConfig, device) -> bool:
     return torch.cuda.get_device_properties(device).multi_processor_count >= 4 * cfg.BH
 
 
-def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, tau, eps, norm_eps,
+def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
             settings: TritonSettings, profile) -> DecidedStructure:
     """Stages 1-3 on the current stream; the carry scan on its own stream when it overlaps the table kernel,
-    the merge simulation on its own when pipelined (``concurrent_decisions``)."""
+    the merge simulation on its own when pipelined (``concurrent_decisions``). ``flag``: zeroed int32 ``[BH]``, the
+    pipeline's per-row progress."""
     dev = k.device
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
@@ -422,12 +439,16 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
                                           settings, tflag)
     # pipeline: the merge simulation runs concurrently with the carry scan (its own stream), one chunk behind,
     # synchronised by a per-(b, h) flag; the two sequential passes then overlap.
-    flag = torch.zeros(cfg.BH, device=dev, dtype=torch.int32)
     scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
     (masks, cscores), launch_guesses, launch_carry = _carry_scan(
         cfg, k, v, g, boundaries, row_lengths, tables, P, size0, scores, tau, eps, norm_eps, flag, pipeline, settings,
         tflag, guessed)
     mstream = stream_besides_current(dev) if (pipeline and on_gpu) else None
+    structure = None
+    if mstream is not None:  # the merge simulation's buffers now: after the guesses' read-back only launches
+        mstream.wait_stream(main)  # the zeroed counts and size
+        with torch.cuda.stream(mstream):
+            structure = decided_structure(cfg, masks, scores, counts0, info0, size0)
     if concurrent:
         cstream = stream_besides_current(dev, priority=-1)
         cstream.wait_stream(main)  # the inputs, not the tables
@@ -450,16 +471,17 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     mark_stage(profile, "merge")
     with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
         structure = merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
-                                      flag, pipeline, orbits if pipeline else None)
+                                      flag, pipeline, orbits if pipeline else None, structure)
     if mstream is not None:
         main.wait_stream(mstream)
     return structure
 
 
 def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit, settings: TritonSettings,
-            check_flags=None):
-    """Stage 5: ``o [B, T, H, Dv]`` in q's dtype. ``check_flags`` (``launch_value_checks``'s, or None) are read back
-    with the surviving-start count (the call's one host synchronisation) and the first violated check raises."""
+            readback):
+    """Stage 5: ``o [B, T, H, Dv]`` in q's dtype. ``readback`` (``_zeroed_buffers``'): the surviving starts are
+    counted into its first ``NC`` entries and it is read back whole (the call's one host synchronisation); its last
+    holds the value checks' flags (``launch_value_checks``; 0 if not run), the first violated of which raises."""
     o = torch.empty(cfg.B, cfg.T, cfg.H, cfg.Dv, device=q.device, dtype=q.dtype)
     BK, BVF, BV = block_sizes(cfg.Dk, cfg.Dv)
     grid = (cfg.NC, cfg.BH, triton.cdiv(BVF, BV))  # the grouped kernel's; the output kernel's Dv block may be wider
@@ -480,8 +502,8 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
 
     # Everything above is allocated before the synchronisation: after it the GPU has only the scales to run until
     # the next launch.
-    s.survivors, flags = surviving_starts(s.masks, s.death, cfg.T, check_flags, meanwhile=read_scales)
-    if flags:
+    s.survivors, flags = surviving_starts(s.masks, s.death, cfg.T, readback, meanwhile=read_scales)
+    if flags[0]:
         raise_flagged(flags[0])
     off, nsurv = s.survivors.off, s.survivors.count
 
@@ -575,8 +597,9 @@ def forward_scalar_decay_triton(
         return _empty_call(cfg, q, states, counts, info, size)
     dev = q.device
     q, k, v, g, slot_weights = (x.contiguous() for x in (q, k, v, g, slot_weights))
-    states0, counts0, info0, size0, P = _initial_cache(cfg, states, counts, info, size, dev)
-    h0, hinit = initial_prefixes(states0, cfg.BH, cfg.Dk, cfg.Dv, dev)
+    flag, readback, *empty_cache = _zeroed_buffers(cfg, dev, empty_cache=states is None)
+    states0, counts0, info0, size0, P = _initial_cache(cfg, states, counts, info, size, dev, empty_cache[:4])
+    h0, hinit = initial_prefixes(states0, cfg.BH, cfg.Dk, cfg.Dv, dev, zeros=empty_cache[4:])
     if lengths is None:
         row_lengths = torch.full((cfg.BH,), cfg.T, device=dev, dtype=torch.int32)
     else:
@@ -588,17 +611,18 @@ def forward_scalar_decay_triton(
     side = stream_besides_current(dev) if use_side else None
     inputs_ready = torch.cuda.current_stream(dev).record_event() if side is not None else None
     mark_stage(profile, "table")
-    s = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, tau, eps, norm_eps, settings,
+    s = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps, settings,
                 profile)
     if side is not None:
         side.wait_event(inputs_ready)
     with torch.cuda.stream(side) if side is not None else nullcontext():
         hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
-        check_flags = launch_value_checks(q, k, v, g, slot_weights) if check_values else None
+        if check_values:
+            launch_value_checks(q, k, v, g, slot_weights, flags=readback[cfg.NC:])
     if side is not None:
         torch.cuda.current_stream(dev).wait_stream(side)
     mark_stage(profile, "output")
-    o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, None if states is None else hinit, settings, check_flags)
+    o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, None if states is None else hinit, settings, readback)
     mark_stage(profile, "final")
     cache = None
     if final_cache:

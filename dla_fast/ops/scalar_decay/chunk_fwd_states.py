@@ -100,14 +100,17 @@ def surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["T"])
-def dla_survivor_counts_kernel(mask_ptr, death_ptr, off_ptr, T, C: tl.constexpr):
+def dla_survivor_counts_kernel(mask_ptr, death_ptr, off_ptr, per_chunk_ptr, T, C: tl.constexpr):
     """Program (chunk c, bh): the chunk's number of surviving starts, at ``off[1 + bh * NC + c]`` (a cumulative
-    sum then makes ``off`` the chunks' offsets in the compact order); program (0, 0) also writes ``off[0] = 0``."""
+    sum then makes ``off`` the chunks' offsets in the compact order) and added to ``per_chunk[c]`` (zeroed: the
+    count over all rows); program (0, 0) also writes ``off[0] = 0``."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
-    surv = surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C)
-    tl.store(off_ptr + 1 + bh * NC + c, tl.sum(surv.to(tl.int64), 0))
+    n = tl.sum(surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C).to(tl.int64), 0)
+    tl.store(off_ptr + 1 + bh * NC + c, n)
+    if n > 0:
+        tl.atomic_add(per_chunk_ptr + c, n)
     if (c == 0) & (bh == 0):
         tl.store(off_ptr, tl.zeros([], dtype=tl.int64))
 
@@ -234,11 +237,12 @@ def dla_final_kernel(
 # ---------------------------------------------------------------------------------------------------
 
 
-def initial_prefixes(states0, BH: int, Dk: int, Dv: int, dev):
+def initial_prefixes(states0, BH: int, Dk: int, Dv: int, dev, zeros=()):
     """``(h0, hinit)``: the sum of the initial slots (the prefix state before the call) and, per initial
-    slot i, the sum of the slots before it (its pseudo start's prefix state); zeros without a cache."""
+    slot i, the sum of the slots before it (its pseudo start's prefix state); without a cache zeros: ``zeros[0]``
+    (a caller's zeroed ``[BH, Dk, Dv]`` float32) or made here."""
     if states0 is None:
-        h0 = torch.zeros(BH, Dk, Dv, device=dev, dtype=torch.float32)
+        h0 = zeros[0] if zeros else torch.zeros(BH, Dk, Dv, device=dev, dtype=torch.float32)
         return h0, h0  # hinit is never read: no pseudo starts without an initial cache
     return states0.sum(1).contiguous(), (torch.cumsum(states0, 1) - states0).contiguous()
 
@@ -279,18 +283,18 @@ class Survivors(NamedTuple):
     per_chunk: list
 
 
-def surviving_starts(masks, death, T: int, read_also=None, meanwhile=None):
-    """``(Survivors, read_also's values)``. The count and the per-chunk counts are read back to the host in one copy
-    (the count sizes the start states: the forward's host synchronisation, with one more where the carry scan takes
-    deeper guesses), together with ``read_also`` (a 1-d int64 tensor: a caller's deferred checks), returned as a
-    list (empty without). ``meanwhile`` (a callable, or None) launches work that the read-back need not wait for: on
-    CUDA it is queued after the copy, so the GPU runs it while the host waits and then prepares the next launches."""
+def surviving_starts(masks, death, T: int, readback=None, meanwhile=None):
+    """``(Survivors, the rest of readback's values)``. The per-chunk counts (their sum sizes the start states: the
+    forward's host synchronisation, with one more where the carry scan takes deeper guesses) are added into
+    ``readback[:NC]`` (zeroed int64 ``[NC + n]``, or None: ``[NC]`` made here), which is read back whole in one copy:
+    its last ``n`` entries hold the caller's deferred values (the forward's value checks), returned as a list.
+    ``meanwhile`` (a callable, or None) launches work that the read-back need not wait for: on CUDA it is queued
+    after the copy, so the GPU runs it while the host waits and then prepares the next launches."""
     BH, NC = masks.shape
+    values = torch.zeros(NC, device=masks.device, dtype=torch.int64) if readback is None else readback
     off = torch.empty(BH * NC + 1, device=masks.device, dtype=torch.int64)
-    cached(dla_survivor_counts_kernel)[(NC, BH)](masks, death, off, T, C=CHUNK, num_warps=1)
-    per_chunk = off[1:].view(BH, NC).sum(0)  # the counts, before the cumulative sum (off[0] = 0)
+    cached(dla_survivor_counts_kernel)[(NC, BH)](masks, death, off, values, T, C=CHUNK, num_warps=1)
     off.cumsum_(0)
-    values = torch.cat([off[-1:], per_chunk] + ([] if read_also is None else [read_also]))
     if values.is_cuda:  # the copy queued before meanwhile's work, waited for alone
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
         host.copy_(values, non_blocking=True)
@@ -301,7 +305,7 @@ def surviving_starts(masks, death, T: int, read_also=None, meanwhile=None):
         copied.synchronize()
         values = host
     values = values.tolist()
-    return Survivors(off, values[0], values[1:1 + NC]), values[1 + NC:]
+    return Survivors(off, sum(values[:NC]), values[:NC]), values[NC:]
 
 
 def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, lowp: bool, prec: str,
