@@ -620,6 +620,18 @@ def test_the_surviving_starts_are_counted_per_chunk_and_in_the_compact_order():
     assert torch.equal(s.survivors.off.cpu(), offsets)
 
 
+@needs_kernels
+def test_the_final_caches_counts_keep_no_state_sized_buffer_alive():
+    """The forward's small zeroed buffers share one allocation (``chunk_fwd._zeroed_buffers``) and the final cache's
+    counts are a view of it: it must hold no state-sized buffer (the open slot P, the prefix state h0), which a
+    caller holding the cache would otherwise keep alive (``B H Dk Dv`` floats each)."""
+    from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
+
+    x = regimes(1, 70, 2, 32, 32, 4, seed=24, regime_length=3.0, jitter=0.5, decay=0.5)
+    _, (states, counts, info, size), _, _ = forward_scalar_decay_triton(*(_t(a) for a in x), tau=0.6)
+    assert counts.untyped_storage().nbytes() < 2 * 32 * 32 * 4, "the counts keep a state-sized buffer alive"
+
+
 @pytest.mark.skipif(not CUDA, reason="16-bit tensor-core products: on a GPU only (the interpreter computes fp32)")
 def test_dense_bf16_inputs_take_the_grouped_reads():
     """On a GPU, 16-bit inputs whose surviving starts crowd their chunks (dense boundaries) take the grouped reads by

@@ -207,14 +207,17 @@ def launch_config(q, v, slot_weights) -> LaunchConfig:
 
 
 def _zeroed_buffers(cfg: LaunchConfig, dev, empty_cache: bool) -> list[torch.Tensor]:
-    """The call's zero-filled buffers in one fill (``zeroed``): the merge simulation's flag ``[BH]`` int32, the
-    read-back ``[NC + 1]`` int64 (the per-chunk surviving starts, then the value checks' flags: ``_output``) and,
-    for an empty cache (``empty_cache``), its counts ``[BH, K]`` int64, information sums ``[BH, K]`` float64, size
-    ``[BH]`` int64, open slot P and prefix state h0 ``[BH, Dk, Dv]`` float32 each."""
+    """The call's zero-filled buffers (``zeroed``): the merge simulation's flag ``[BH]`` int32, the read-back
+    ``[NC + 1]`` int64 (the per-chunk surviving starts, then the value checks' flags: ``_output``) and, for an empty
+    cache (``empty_cache``), its counts ``[BH, K]`` int64, information sums ``[BH, K]`` float64 and size ``[BH]``
+    int64 in one fill, its open slot P and prefix state h0 (``[BH, Dk, Dv]`` float32 each) in another: the returned
+    cache's counts and sums are views, and keep their allocation alive, so the states are not in it."""
     BH, K, state = cfg.BH, cfg.K, (cfg.BH, cfg.Dk, cfg.Dv)
-    cache = [((BH, K), torch.int64), ((BH, K), torch.float64), ((BH,), torch.int64), (state, torch.float32),
-             (state, torch.float32)]
-    return zeroed(dev, ((BH,), torch.int32), ((cfg.NC + 1,), torch.int64), *(cache if empty_cache else ()))
+    small = [((BH,), torch.int32), ((cfg.NC + 1,), torch.int64)]
+    if not empty_cache:
+        return zeroed(dev, *small)
+    return (zeroed(dev, *small, ((BH, K), torch.int64), ((BH, K), torch.float64), ((BH,), torch.int64))
+            + zeroed(dev, (state, torch.float32), (state, torch.float32)))
 
 
 def _initial_cache(cfg: LaunchConfig, states, counts, info, size, dev, empty):
