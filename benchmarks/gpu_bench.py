@@ -184,6 +184,11 @@ def alternating_ms(calls: dict, rounds: int, rep: int = 40) -> dict[str, list[fl
     return times
 
 
+def ms_text(ms: dict[str, float]) -> str:
+    """Single times as ``"name t, name t ms"``."""
+    return ", ".join(f"{n} {t:.3f}" for n, t in ms.items()) + " ms"
+
+
 def medians_text(times: dict[str, list[float]]) -> str:
     """``alternating_ms``' rounds as ``"name median ms [rounds]"``, comma-separated."""
     return ", ".join(f"{n} {statistics.median(t):.3f} ms {[round(r, 3) for r in t]}" for n, t in times.items())

@@ -25,8 +25,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, cells_main, configs_named, workload  # noqa: E402
-from output_overlap_probe import patched  # noqa: E402
+from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, cells_main, configs_named, ms_text, workload  # noqa: E402
+from output_overlap_probe import decisions_only  # noqa: E402
 
 
 def probe_calls(q, k, v, g, w) -> dict:
@@ -50,11 +50,7 @@ def probe_calls(q, k, v, g, w) -> dict:
         return chunk_fwd.merge_simulation(cfg, structure.masks, structure.scores, rows, unused, unused, counts, info,
                                           size, unused, pipeline=False)
 
-    def decide():
-        with patched(chunk_fwd, "_output", lambda *a, **kw: None):
-            chunk_fwd.forward_scalar_decay_triton(q, k, v, g, w, **entry)
-
-    return dict(merge=merge, decide=decide, structure=structure)
+    return dict(merge=merge, decide=decisions_only(q, k, v, g, w, entry), structure=structure)
 
 
 def probe_cell(cell: str) -> list[str]:
@@ -90,8 +86,7 @@ def probe_cell(cell: str) -> list[str]:
         beside = sorted(s.elapsed_time(e) for s, e in spans[-50:])
         ms["merge beside"] = beside[len(beside) // 2]
     return [f"== {cell} (the merge kernel alone gives the forward's structure bitwise: {same})",
-            "  " + ", ".join(f"{n} {t:.3f}" for n, t in ms.items()) + f" ms; slowdown "
-            f"{ms['merge beside'] / ms['merge']:.2f}x"]
+            f"  {ms_text(ms)}; slowdown {ms['merge beside'] / ms['merge']:.2f}x"]
 
 
 def main():

@@ -31,7 +31,7 @@ import sys
 from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, cells_main, configs_named, workload  # noqa: E402
+from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, cells_main, configs_named, ms_text, workload  # noqa: E402
 
 
 @contextmanager
@@ -42,6 +42,18 @@ def patched(module, name, value):
         yield
     finally:
         setattr(module, name, old)
+
+
+def decisions_only(q, k, v, g, w, entry: dict):
+    """A callable: the forward at its kernel entry with ``entry``'s keywords, its output stage left out (the prefix
+    states kept)."""
+    from dla_fast.ops.scalar_decay import chunk_fwd
+
+    def decide():
+        with patched(chunk_fwd, "_output", lambda *a, **kw: None):
+            chunk_fwd.forward_scalar_decay_triton(q, k, v, g, w, **entry)
+
+    return decide
 
 
 def stage_calls(q, k, v, g, w, entry: dict) -> tuple:
@@ -74,12 +86,9 @@ def stage_calls(q, k, v, g, w, entry: dict) -> tuple:
         with patched(chunk_fwd, "surviving_starts", known_survivors):
             return chunk_fwd._output(cfg, q, k, v, g, w, s, hs, gs, None, settings, readback=None)
 
-    def decide():
-        with patched(chunk_fwd, "_output", lambda *a, **kw: None):
-            fwd(q, k, v, g, w, **entry)
-
     grouped = dataclasses.replace(DEFAULT_SETTINGS, grouped_reads=True)
-    return o, dict(forward=lambda: fwd(q, k, v, g, w, **entry), decide=decide, output=output,
+    return o, dict(forward=lambda: fwd(q, k, v, g, w, **entry), decide=decisions_only(q, k, v, g, w, entry),
+                   output=output,
                    output_grouped=lambda: output(grouped))
 
 
@@ -125,7 +134,7 @@ def probe_cell(cell: str) -> list[str]:
     hidden = (ms["decide"] + ms["output"] - ms["after_table"]) / ms["output"]
     hidden_grouped = (ms["decide"] + ms["output_grouped"] - ms["grouped_after_table"]) / ms["output_grouped"]
     return [f"== {cell} (the output stage alone gives the forward's o bitwise: {same})",
-            "  " + ", ".join(f"{n} {t:.3f}" for n, t in ms.items()) + f" ms; hidden {100 * hidden:.0f} %, grouped "
+            f"  {ms_text(ms)}; hidden {100 * hidden:.0f} %, grouped "
             f"{100 * hidden_grouped:.0f} %"]
 
 

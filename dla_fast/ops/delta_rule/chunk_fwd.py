@@ -50,7 +50,7 @@ CHUNKED_DECISIONS_ROWS = 64
 # chunks' tables, so the walk's chain has half the steps. H200, run 51 (docs/performance.md "Run 51"), against one
 # chunk a step with early loads: the forward 16.66 -> 15.86 ms at (2, 16384, 16, 64) moderate, 33.94 -> 32.37 at (1,
 # 65536), 18.64 -> 17.97 at (8, 4096) dense (call 1), 76.07 -> 67.71 at (8, 4096, 16, 128) moderate (call 4, where
-# (2, 16384) went 17.37 -> 18.39 although its walk kernels got faster: open); four a step 16.60 / 33.72 / 18.63 (the
+# (2, 16384) went 17.37 -> 18.39; run 52, that cell alone: 16.85 -> 16.06); four a step 16.60 / 33.72 / 18.63 (the
 # second composition's kernel costs 2.2 ms).
 WALK_STEPS = 2
 
