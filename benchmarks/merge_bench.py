@@ -11,8 +11,9 @@ chunk's boundary mask and the scores); then, from an empty cache,
    information sums, sizes) bit for bit against the baseline (``benchmarks/merge_baseline.py``), for the
    default kernel (FAST: branch-free divisions and a warp ballot, inline PTX) and for FAST=False (plain
    ``/`` and reductions: the interpreter's path, which isolates the inline PTX if only FAST differs);
-2. time per call (median of ``triton.testing.do_bench``) of the three, and per boundary event of the busiest
-   row (the rows run in parallel, one warp each, so the slowest row sets the time);
+2. time per call (median of ``triton.testing.do_bench``) of the three (the current kernel's with the closing-slot
+   tables' kernel it reads), and per boundary event of the busiest row (the rows run in parallel, one warp each, so
+   the slowest row sets the time);
 3. the pipelined forward (``TritonSettings(pipeline=True)``) against the serial one, bitwise, at 16K moderate.
 
 Prints a compact table (us/event last) and writes ``merge_bench.json`` under --out.
@@ -37,7 +38,11 @@ from merge_baseline import dla_merge_kernel_baseline  # noqa: E402
 
 from dla_fast.backend import interpreting  # noqa: E402
 from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton  # noqa: E402
-from dla_fast.ops.scalar_decay.chunk_fwd_decide import dla_merge_kernel  # noqa: E402
+from dla_fast.ops.scalar_decay.chunk_fwd_decide import (  # noqa: E402
+    CT_ROWS,
+    dla_closing_tables_kernel,
+    dla_merge_kernel,
+)
 from dla_fast.settings import TritonSettings  # noqa: E402
 
 C = 64
@@ -73,7 +78,8 @@ def buffers(BH, NC, dev):
 
 
 def launcher(variant, masks, scores, T, BH):
-    """``(run, outputs)``: ``run()`` resets the in/out cache (empty) and launches the variant's kernel once."""
+    """``(run, outputs)``: ``run()`` resets the in/out cache (empty) and launches the variant's kernel once (with the
+    closing-slot tables' kernel before it, but for the baseline, which has none)."""
     dev = masks.device
     NC = masks.shape[1]
     KP = max(1 << (K - 1).bit_length(), 2)
@@ -82,6 +88,7 @@ def launcher(variant, masks, scores, T, BH):
     flag = torch.zeros(BH, device=dev, dtype=torch.int32)
     args = (masks, scores, rlen, o["counts"], o["info"], o["size"], o["death"], o["death0"], o["merged"], o["live"],
             o["livem"], o["fpos"], T, K, scores, scores, flag)
+    tables = torch.empty(BH, NC, CT_ROWS, C, device=dev, dtype=torch.float64)
 
     def run():
         o["counts"].zero_()
@@ -91,7 +98,10 @@ def launcher(variant, masks, scores, T, BH):
             dla_merge_kernel_baseline[(BH,)](*args, C=C, KP=KP, PIPE=False, num_warps=1)
         else:
             fast = variant == "new" and not interpreting()
-            dla_merge_kernel[(BH,)](*args, flag, C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=fast, num_warps=1)
+            dla_closing_tables_kernel[(NC, BH)](masks, scores, rlen, tables, T, scores, scores, C=C, SCORES=False,
+                                                FAST=fast, num_warps=1)
+            dla_merge_kernel[(BH,)](*args, flag, tables, C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=fast,
+                                    num_warps=1)
 
     return run, o
 

@@ -42,13 +42,14 @@ def probe_calls(q, k, v, g, w) -> dict:
     cfg = chunk_fwd.launch_config(q, v, w)
     rows = torch.full((cfg.BH,), cfg.T, device=q.device, dtype=torch.int32)
     unused = structure.masks  # the pipelined mode's tables and flags: not read without it
+    closing = chunk_fwd.closing_tables(cfg, structure.masks, structure.scores, rows)  # made once: the kernel alone
 
     def merge():
         counts = torch.zeros(cfg.BH, cfg.K, device=q.device, dtype=torch.int64)
         info = torch.zeros(cfg.BH, cfg.K, device=q.device, dtype=torch.float64)
         size = torch.zeros(cfg.BH, device=q.device, dtype=torch.int64)
         return chunk_fwd.merge_simulation(cfg, structure.masks, structure.scores, rows, unused, unused, counts, info,
-                                          size, unused, pipeline=False)
+                                          size, unused, pipeline=False, tables=closing)
 
     return dict(merge=merge, decide=decisions_only(q, k, v, g, w, entry), structure=structure)
 

@@ -1143,7 +1143,7 @@ def test_merge_kernel_matches_an_event_by_event_simulation(K, T, rate, seed):
     """``dla_merge_kernel`` against the event-by-event simulation on drawn boundaries, with scores on a grid of
     quarters: every sum is then exact in any order, so everything must be equal bit for bit, and pair densities
     tie often (ties go to the oldest pair). Initial caches of every size, empty to full."""
-    from dla_fast.ops.scalar_decay.chunk_fwd_decide import dla_merge_kernel
+    from dla_fast.ops.scalar_decay.chunk_fwd_decide import CT_ROWS, dla_closing_tables_kernel, dla_merge_kernel
 
     C, BH = 64, 3
     rng = np.random.default_rng(seed)
@@ -1168,11 +1168,14 @@ def test_merge_kernel_matches_an_event_by_event_simulation(K, T, rate, seed):
                livem=_t(np.zeros((BH, NC)), torch.int32), fpos=_t(np.zeros((BH, KP)), torch.int32),
                cnt=_t(counts0, torch.int64), info=_t(info0, torch.float64), size=_t(size0, torch.int64))
     none = torch.zeros(1, device=DEV)
+    masks, scores, rows = _t(masks, torch.int64), _t(scores), _t(np.full(BH, T), torch.int64)
+    tables = torch.empty(BH, NC, CT_ROWS, C, device=DEV, dtype=torch.float64)
+    dla_closing_tables_kernel[(NC, BH)](masks, scores, rows, tables, T, none, none, C=C, SCORES=False, FAST=CUDA,
+                                        num_warps=1)
     dla_merge_kernel[(BH,)](
-        _t(masks, torch.int64), _t(scores), _t(np.full(BH, T), torch.int64), got["cnt"], got["info"], got["size"],
-        got["death"], got["death0"], got["merged"], got["live"], got["livem"], got["fpos"], T, K, none, none,
-        torch.zeros(BH, device=DEV, dtype=torch.int32), none, C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=CUDA,
-        num_warps=1)
+        masks, scores, rows, got["cnt"], got["info"], got["size"], got["death"], got["death0"], got["merged"],
+        got["live"], got["livem"], got["fpos"], T, K, none, none, torch.zeros(BH, device=DEV, dtype=torch.int32), none,
+        tables, C=C, KP=KP, KW=max(KP, 32), PIPE=False, FAST=CUDA, num_warps=1)
     assert (ref["merged"] >= 0).sum() > 0
     for name, want in ref.items():
         np.testing.assert_array_equal(got[name].cpu().numpy(), want, err_msg=name)

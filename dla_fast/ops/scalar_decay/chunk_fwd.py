@@ -6,10 +6,11 @@ precision; docs/chunked-algorithm.md: the notation):
 1. ``dla_table_kernel`` (parallel over (bh, chunk)): each chunk's score table ``I[t, p]`` (the score of token
    ``t`` if the open slot is exactly ``p..t-1``), ``next(p)`` and the bitmask of every ``p``'s orbit;
 2. ``dla_carry_kernel`` (one program per bh, sequential over chunks): the scores against the carried open
-   slot, each chunk's first boundary and boundary mask, the open slot carried on; ``dla_scores_kernel``
-   assembles every token's score;
-3. ``dla_merge_kernel`` (one program per bh, sequential over boundary events): counts, information sums and
-   the lowest-density merges; each start's death time, the live starts at every chunk start;
+   slot, each chunk's first boundary and boundary mask, the open slot carried on;
+3. ``dla_closing_tables_kernel`` (parallel over (chunk, bh)): every token's score assembled, and what the merges need
+   of each chunk alone (the slots its boundaries close); ``dla_merge_kernel`` (one program per bh, sequential over
+   boundary events): counts, information sums and the lowest-density merges; each start's death time, the live
+   starts at every chunk start;
 4. prefix states ``H`` before every chunk (on a side stream, overlapping 2-3), the surviving starts' states (not
    where the starts crowd their chunks: ``dla_output_grouped_kernel`` then reads each old chunk's starts together
    from ``H`` and the chunk's tokens, ``TritonSettings.grouped_reads``);
@@ -51,13 +52,14 @@ from ..common.value_checks import launch_value_checks, raise_flagged
 from .chunk_fwd_decide import (
     CARRY_COMPILE_OPTIONS,
     CARRY_ROWS,
+    CT_ROWS,
     dla_carry_deep_guess_kernel,
     dla_carry_guess_kernel,
     dla_carry_kernel,
     dla_carry_suspects_kernel,
     dla_carry_walk_kernel,
+    dla_closing_tables_kernel,
     dla_merge_kernel,
-    dla_scores_kernel,
     dla_table_kernel,
 )
 from .chunk_fwd_output import (
@@ -275,7 +277,8 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     ``launch_guesses`` decides every chunk but the first from its guessed entry slot, the one-deep ones' ``scores``
     written when pipelined, and returns the orbit words by which the merge simulation knows the chunks it may read
     ahead (``anc``, or a copy the deeper guesses edit); ``launch`` (after it) walks only the chunks where a guess may
-    not hold. Else ``launch_guesses`` is None.
+    not hold. Else ``launch_guesses`` is None; its argument, a function or None, is called once the guess kernel is
+    launched (before the host may wait on it).
     Deeper guesses (``TritonSettings.carry_guess_depth`` > 1, pipelined: with few rows, and rows of at least
     ``deep_guess_min_chunks`` chunks): in the rows where the guess kernel finds at least ``deep_guess_share`` of the
     chunks without a boundary (``free``, and ``min_free``: the kernels' ``takes_deeper_guesses``), the chunks after
@@ -307,12 +310,14 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
             orbits = torch.empty_like(anc)
         options = settings.launch(dla_carry_kernel, num_warps=warps, **CARRY_COMPILE_OPTIONS)  # the carry scan's
 
-        def launch_guesses():
+        def launch_guesses(meanwhile=None):
             cached(dla_carry_guess_kernel)[(cfg.NC - 1, cfg.BH)](
                 k, v, row_lengths, anc, cvec, size0, masks, cscores, itab, scores, breaks, *scalars,
                 C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, SCORES=pipeline,
                 **(dict(free_ptr=free, orbit_ptr=orbits, DEEP=True) if deep[0] else {}), **options,
             )
+            if meanwhile is not None:
+                meanwhile()
             # the deeper guesses' kernels only if some row takes them (read back: launched idle, their programs
             # delayed the merge simulation by ~0.34 ms at (1, 65536) moderate and dense in some processes, run 48)
             deep[0] = deep[0] and max(values_on_host(free).tolist()) >= min_free  # no torch op: the GPU waits
@@ -384,18 +389,38 @@ def decided_structure(cfg: LaunchConfig, masks, scores, counts0, info0, size0) -
     )
 
 
+def closing_tables(cfg: LaunchConfig, masks, scores, row_lengths, itab=None, cscores=None):
+    """The merge simulation's closing-slot tables of every chunk (``dla_closing_tables_kernel``: ``[BH, NC, CT_ROWS,
+    C]`` float64), from the masks and the final scores, on the current stream. With ``itab`` and ``cscores`` the final
+    scores are assembled first, into ``scores``, from the score tables and the carry scores."""
+    tab = torch.empty(cfg.BH, cfg.NC, CT_ROWS, CHUNK, device=masks.device, dtype=torch.float64)
+    assemble = itab is not None
+    cached(dla_closing_tables_kernel)[(cfg.NC, cfg.BH)](
+        masks, scores, row_lengths, tab, cfg.T, itab if assemble else tab, cscores if assemble else tab,
+        C=CHUNK, SCORES=assemble, FAST=not interpreting(), num_warps=1,
+    )
+    return tab
+
+
 def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
-                      pipeline: bool, guessed_orbits=None, structure=None) -> DecidedStructure:
+                     pipeline: bool, guessed_orbits=None, structure=None, tables=None) -> DecidedStructure:
     """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists), in
     ``structure`` (``decided_structure``'s, made beforehand) or made here. ``guessed_orbits`` (pipelined after the
     carry scan's guessed chunks): the carry scan's orbit words (``_carry_scan``), from which the merge simulation
-    knows the chunks whose guesses hold without waiting for the walk."""
+    knows the chunks whose guesses hold without waiting for the walk. ``tables``: ``closing_tables``' of the chunks
+    final before the kernel starts (every chunk unless pipelined; the guessed ones if ``guessed_orbits``); made here
+    if None and needed."""
     s = structure or decided_structure(cfg, masks, scores, counts0, info0, size0)
+    if tables is None and not pipeline:
+        tables = closing_tables(cfg, masks, scores, row_lengths)
+    if tables is None and guessed_orbits is not None:
+        raise ValueError("merge_simulation: the guessed chunks' closing-slot tables are needed with guessed_orbits")
     K, KP = cfg.K, cfg.KP
     cached(dla_merge_kernel)[(cfg.BH,)](
         masks, scores, row_lengths, s.counts, s.info, s.size, s.death, s.death0, s.merged, s.live, s.livem, s.fpos,
-        cfg.T, K, itab, cscores, flag, flag if guessed_orbits is None else guessed_orbits, C=CHUNK, KP=KP,
-        KW=max(KP, 32), PIPE=pipeline, FAST=not interpreting(), GUESSED=guessed_orbits is not None, num_warps=1,
+        cfg.T, K, itab, cscores, flag, flag if guessed_orbits is None else guessed_orbits,
+        s.info if tables is None else tables, C=CHUNK, KP=KP, KW=max(KP, 32), PIPE=pipeline, FAST=not interpreting(),
+        GUESSED=guessed_orbits is not None, num_warps=1,
     )
     return s
 
@@ -461,20 +486,29 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
             launch_carry()
     mark_stage(profile, "carry")  # when concurrent: the carry scan's time after the table kernel's end
     orbits = None
-    if guessed:
-        orbits = launch_guesses()  # before the merge simulation starts: it reads their decisions without waiting
+    closing = []  # the merge simulation's closing-slot tables, where made before it starts
+
+    def guessed_closing_tables():  # the guessed chunks' (pipelined), on the merge simulation's stream
+        if mstream is not None:
+            mstream.wait_stream(main)
+        with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
+            closing.append(closing_tables(cfg, masks, scores, row_lengths))
+
+    if guessed:  # before the merge simulation starts: it reads their decisions without waiting
+        orbits = launch_guesses(guessed_closing_tables if pipeline else None)
     if mstream is not None:
         mstream.wait_stream(main)
     if concurrent:
         main.wait_stream(cstream)
     else:
         launch_carry()
-    if not pipeline:
-        cached(dla_scores_kernel)[(cfg.NC, cfg.BH)](tables[0], masks, cscores, scores, cfg.T, C=CHUNK, num_warps=4)
+    if not pipeline:  # every chunk's: the scores assembled first
+        closing.append(closing_tables(cfg, masks, scores, row_lengths, tables[0], cscores))
     mark_stage(profile, "merge")
     with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
         structure = merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
-                                      flag, pipeline, orbits if pipeline else None, structure)
+                                     flag, pipeline, orbits if pipeline else None, structure,
+                                     closing[0] if closing else None)
     if mstream is not None:
         main.wait_stream(mstream)
     return structure

@@ -890,22 +890,6 @@ def _walk_suspects(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, sus_ptr, depth_pt
     return Preg
 
 
-@triton.jit(do_not_specialize=["T"])
-def dla_scores_kernel(
-    itab_ptr, mask_ptr, cscore_ptr, score_ptr, T,
-    C: tl.constexpr,
-):
-    """Program (chunk, bh): the chunk's final scores (``chunk_scores``) from its mask and carry scores."""
-    c = tl.program_id(0)
-    bh = tl.program_id(1)
-    NC = tl.cdiv(T, C)
-    t_idx = tl.arange(0, C)
-    tok = c * C + t_idx
-    mask = tl.load(mask_ptr + bh * NC + c)
-    Ic = tl.load(cscore_ptr + bh * NC * C + tok)
-    tl.store(score_ptr + bh * NC * C + tok, chunk_scores(mask, Ic, bh * NC + c, t_idx, itab_ptr, C), mask=tok < T)
-
-
 # ---------------------------------------------------------------------------------------------------
 # 3. Merge simulation: the structure over the call (sequential over boundary events)
 # ---------------------------------------------------------------------------------------------------
@@ -913,7 +897,8 @@ def dla_scores_kernel(
 # Just before the merge of an event the cache holds K items X_0..X_{K-1}: the closed slots and, last, the
 # slot O_e that the boundary closes. O_e, and the slot O_{e+1} that the next boundary closes, depend on the
 # boundaries and scores alone, never on the merges (a merge never touches the slot opened after it), so they
-# are formed per chunk, vectorised over its positions (`closing_slots`). The event loop (`merge_event`) keeps
+# are formed per chunk, vectorised over its positions (`closing_slots`), and where the chunk is final before the
+# merges start, by a parallel kernel beforehand (`dla_closing_tables_kernel`). The event loop (`merge_event`) keeps
 # the pair densities D_i = d(X_i, X_{i+1}) and, from X alone, the three densities that the merge can create,
 # whichever pair it takes (X_K = O_{e+1}):
 #     dR_i = d(X_i + X_{i+1}, X_{i+2})   the merged pair with its right neighbour, if pair i merges
@@ -1006,27 +991,26 @@ def lane_shift(x, j, by: tl.constexpr, KW: tl.constexpr):
 
 
 @triton.jit
-def closing_slots(mask, sc64, cs, t_idx, n_open, i_open, C: tl.constexpr, FAST: tl.constexpr):
-    """Per position t of the chunk (meaningful where t is a boundary): count and information sum of the slot
-    that t closes, of the slot that the chunk's next boundary closes (junk after its last boundary), and the
-    density of the two as a pair.
-    ``n_open``, ``i_open`` ([C], all equal): the open slot carried into the chunk, closed by its first boundary.
-    The sums are formed as the event-by-event updates form them (``cs``: the chunk's inclusive prefix sums of
-    the float64 scores): a slot opened at p < t in the chunk has ``score[p] + ((cs[t] - score[t]) - cs[p])``,
-    the carried one ``i_open + ((cs[t] - score[t]) - 0)``. The densities take ``div_rn``'s conditions where they are
-    read (counts >= 2); junk positions may divide 0 by 0 (never read)."""
+def closing_slots(mask, sc64, cs, t_idx, C: tl.constexpr, FAST: tl.constexpr):
+    """Per position t of the chunk (meaningful where t is a boundary): the information sum of the slot that t closes
+    as far as the chunk holds it (the chunk's tokens before t, for its first boundary), count and sum of the slot that
+    the chunk's next boundary closes (junk after its last boundary), and the density of the two as a pair. The sums are
+    formed as the event-by-event updates form them (``cs``: the chunk's inclusive prefix sums of the float64
+    scores): a slot opened at p < t in the chunk has ``score[p] + ((cs[t] - score[t]) - cs[p])``, the first
+    boundary's ``0 + ((cs[t] - score[t]) - 0)``. The densities take ``div_rn``'s conditions where they are read
+    (counts >= 2); junk positions may divide 0 by 0 (never read)."""
     tt = t_idx.to(tl.int64)
     p = highest_bit_index(mask & ((tl.full([C], 1, tl.int64) << tt) - 1), FAST)  # the last boundary before t
     has = p >= 0
     pc = tl.maximum(p, 0)
     add_i = cs - sc64 - tl.where(has, tl.gather(cs, pc, 0), 0.0)
-    ino = tl.where(has, tl.gather(sc64, pc, 0), i_open) + add_i
-    nno = tl.where(has, (t_idx - p).to(tl.float64), n_open + t_idx.to(tl.float64))
+    ino = tl.where(has, tl.gather(sc64, pc, 0), 0.0) + add_i
+    nno = tl.where(has, t_idx - p, t_idx).to(tl.float64)
     after = (((mask >> tt) >> 1) << 1) << tt  # the boundaries after t
     q = tl.minimum(tl.maximum(bit_index(after & (-after), FAST), 0), C - 1)
     nnx = tl.gather(nno, q, 0)
     inx = tl.gather(ino, q, 0)
-    return nno, ino, nnx, inx, div_rn(ino + inx, nno + nnx, FAST)
+    return ino, nnx, inx, div_rn(ino + inx, nno + nnx, FAST)
 
 
 @triton.jit
@@ -1049,6 +1033,93 @@ def at_position(x2, u, zk):
     """``x[u]`` (``u`` a position, the same in all lanes) from ``by_parity(x)``, as a vector like ``zk``."""
     even, odd = x2
     return tl.gather(tl.where((u & 1) != 0, odd, even), zk + (u >> 1), 0)
+
+
+# Rows of a chunk's closing-slot tables (``dla_closing_tables_kernel``, ``[BH, NC, CT_ROWS, C]`` float64). Per
+# boundary t of the chunk, the slot that the next boundary closes (``closing_slots``' ``nnx``, ``inx``, ``dnx``);
+# that is also how the merge simulation knows the slot each boundary but the first closes. The first closes the slot
+# carried into the chunk, grown by the chunk's tokens before it: ``CT_ENDS`` holds their information sum (position
+# 0) and that of the chunk's tokens in the slot open at its end (position 1).
+CT_NX = tl.constexpr(0)  # count of the slot that the next boundary closes
+CT_IX = tl.constexpr(1)  # its information sum
+CT_DX = tl.constexpr(2)  # the density of the pair (the slot that t closes, that one)
+CT_ENDS = tl.constexpr(3)
+CT_ROWS = tl.constexpr(4)
+
+
+@triton.jit
+def chunk_closing_tables(mask, sc, nvalid, t_idx, zk, C: tl.constexpr, FAST: tl.constexpr):
+    """A chunk's closing-slot tables (``nnx``, ``inx``, ``dnx`` [C]; ``head``, ``tail`` shaped like ``zk``, all equal)
+    from its mask and scores: what the merge simulation needs of the chunk that depends on the chunk alone. The sums
+    are added as the event-by-event updates add them: ``head`` is the first boundary's prefix sum less its score,
+    ``tail`` the last boundary's score plus the prefix sums' difference to the chunk end (the whole chunk's
+    ``tl.sum`` without a boundary); ``dnx`` at the first boundary lacks the carried slot (``with_carried_open``)."""
+    sc64 = tl.where(t_idx < nvalid, sc, 0.0).to(tl.float64)
+    cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
+    ino, nnx, inx, dnx = closing_slots(mask, sc64, cs, t_idx, C, FAST)
+    first = tl.maximum(bit_index(mask & (-mask), FAST), 0)
+    last = highest_bit_index(mask, FAST)
+    lastc = tl.maximum(last, 0)
+    cs2 = by_parity(cs, C)
+    tail = at_position(by_parity(sc64, C), lastc, zk) + (at_position(cs2, C - 1, zk) - at_position(cs2, lastc, zk))
+    return nnx, inx, dnx, at_position(by_parity(ino, C), first, zk), tl.where(last >= 0, tail, tl.sum(sc64, 0))
+
+
+@triton.jit
+def load_closing_tables(tab_ptr, row, ok, t_idx, zk, C: tl.constexpr):
+    """Chunk ``row``'s (``bh * NC + c``) closing-slot tables as ``chunk_closing_tables`` returns them (zeros where not
+    ``ok``)."""
+    base = tab_ptr + row * (CT_ROWS * C)
+    oks = t_idx < tl.where(ok, C, 0)
+    nnx = tl.load(base + CT_NX * C + t_idx, mask=oks, other=0.0)
+    inx = tl.load(base + CT_IX * C + t_idx, mask=oks, other=0.0)
+    dnx = tl.load(base + CT_DX * C + t_idx, mask=oks, other=0.0)
+    zero = tl.zeros(zk.shape, dtype=tl.float64)
+    head = tl.load(base + CT_ENDS * C, mask=ok, other=0.0) + zero
+    tail = tl.load(base + CT_ENDS * C + 1, mask=ok, other=0.0) + zero
+    return nnx, inx, dnx, head, tail
+
+
+@triton.jit(do_not_specialize=["T"])
+def dla_closing_tables_kernel(
+    mask_ptr, score_ptr, rlen_ptr, tab_ptr, T, itab_ptr, cscore_ptr,
+    C: tl.constexpr, SCORES: tl.constexpr, FAST: tl.constexpr,
+):
+    """Program (chunk, bh), one warp: the chunk's closing-slot tables (``chunk_closing_tables``) for the merge
+    simulation, from its mask and final scores. SCORES: the scores are first assembled from the carry scores and the
+    score table (``chunk_scores``) and stored; else read. The warp lays the chunk out as the merge kernel does, so
+    that the sums add in its order."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    NC = tl.cdiv(T, C)
+    t_idx = tl.arange(0, C)
+    tok = c * C + t_idx
+    mask = tl.load(mask_ptr + bh * NC + c)
+    if SCORES:
+        Ic = tl.load(cscore_ptr + bh * NC * C + tok)
+        sc = chunk_scores(mask, Ic, bh * NC + c, t_idx, itab_ptr, C)
+        tl.store(score_ptr + bh * NC * C + tok, sc, mask=tok < T)
+    else:
+        sc = tl.load(score_ptr + bh * NC * C + tok, mask=tok < T, other=0.0)
+    nvalid = tl.maximum(tl.minimum(tl.minimum(T, tl.load(rlen_ptr + bh)) - c * C, C), 0)
+    nnx, inx, dnx, head, tail = chunk_closing_tables(mask, sc, nvalid, t_idx, tl.zeros([C], dtype=tl.int32), C, FAST)
+    base = tab_ptr + (bh * NC + c) * (CT_ROWS * C) + t_idx
+    tl.store(base + CT_NX * C, nnx)
+    tl.store(base + CT_IX * C, inx)
+    tl.store(base + CT_DX * C, dnx)
+    tl.store(base + CT_ENDS * C, tl.where(t_idx == 0, head, tail), mask=t_idx < 2)
+
+
+@triton.jit
+def with_carried_open(nnx2, inx2, dnx, first, head, n_open, i_open, t_idx, zk, zc, C: tl.constexpr,
+                      FAST: tl.constexpr):
+    """The slot that a chunk's first boundary ``first`` closes, ``(n, info)`` ([KW], all equal): the open slot carried
+    into the chunk (``n_open``, ``i_open``) grown by the chunk's tokens before it, whose sum is ``head``; and the
+    chunk's ``dnx`` with that slot's density with the next closing slot, by the additions ``closing_slots`` makes."""
+    n_f = n_open + first.to(tl.float64)
+    i_f = i_open + head
+    d_f = div_rn(i_f + at_position(inx2, first, zk), n_f + at_position(nnx2, first, zk), FAST)
+    return n_f, i_f, tl.where(t_idx == first, tl.gather(d_f, zc, 0), dnx)
 
 
 @triton.jit
@@ -1095,7 +1166,7 @@ def pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore
 def dla_merge_kernel(
     mask_ptr, score_ptr, rlen_ptr, cnt_ptr, info_ptr, size_ptr,
     death_ptr, death0_ptr, merged_ptr, live_ptr, livem_ptr, fpos_ptr,
-    T, K, itab_ptr, cscore_ptr, flag_ptr, anc_ptr,
+    T, K, itab_ptr, cscore_ptr, flag_ptr, anc_ptr, tab_ptr,
     C: tl.constexpr, KP: tl.constexpr, KW: tl.constexpr, PIPE: tl.constexpr, FAST: tl.constexpr,
     GUESSED: tl.constexpr = False,
 ):
@@ -1105,16 +1176,19 @@ def dla_merge_kernel(
     2**52); as int64 their sums and conversion cost the event loop ~70 of its ~370 cycles (sm_90, modeled by
     ``benchmarks/sass_loop_model.py``). Initial slots have pseudo start positions -m0..-1. The open slot's count
     and sum are kept apart (``n_open``, ``i_open``, all lanes equal): the lanes hold it only while it is being
-    closed. Per chunk O(C) vector work; per event O(1) shuffles and reductions.
+    closed. Per chunk its closing-slot tables (``chunk_closing_tables``), read from ``tab_ptr`` where
+    ``dla_closing_tables_kernel`` made them before this kernel started, else made here; per event O(1) shuffles and
+    reductions.
+    Not PIPE: every chunk's tables are made beforehand, and read a chunk ahead.
     PIPE: runs concurrently with the carry scan, waiting on its per-chunk flag, and assembles the scores
     itself (carry score up to the first boundary, else the table entry I[t, p(t)]).
     GUESSED (with PIPE; the carry scan from guessed chunks): a chunk after one that ``follows`` holds the guess
-    kernel's decisions and scores, final before this kernel starts: they are read a chunk ahead, without waiting.
-    The others are waited for: those the walk decides, and those guessed deeper, whose guesses the walk judges as it
-    passes them (``anc_ptr`` then holds the orbit words with the word of the chunk before each deeper-guessed one
-    zeroed, which no chunk ``follows``: ``dla_carry_guess_kernel``'s ``orbit_ptr``). The merge kernel reads no depth
-    of its own: a load of them per chunk moved the event loop's schedule (H200, run 48: 2.96 -> 3.12 cycles an
-    instruction, the same 124 instructions; +5 % at dense inputs).
+    kernel's decisions and scores, final before this kernel starts, and its tables: they are read a chunk ahead,
+    without waiting. The others are waited for: those the walk decides, and those guessed deeper, whose guesses the
+    walk judges as it passes them (``anc_ptr`` then holds the orbit words with the word of the chunk before each
+    deeper-guessed one zeroed, which no chunk ``follows``: ``dla_carry_guess_kernel``'s ``orbit_ptr``). The merge
+    kernel reads no depth of its own: a load of them per chunk moved the event loop's schedule (H200, run 48: 2.96 ->
+    3.12 cycles an instruction, the same 124 instructions; +5 % at dense inputs).
     FAST (a GPU; False under the interpreter): branch-free divisions and a warp ballot in inline PTX."""
     bh = tl.program_id(0)
     NC = tl.cdiv(T, C)
@@ -1131,67 +1205,69 @@ def dla_merge_kernel(
     pos = tl.where(j < m0, j - m0, 2147483647)
     n_open = tl.gather(n, tl.maximum(zk + m0 - 1, 0), 0)
     i_open = tl.gather(info, tl.maximum(zk + m0 - 1, 0), 0)
-    if not PIPE:
-        mask = tl.load(mask_ptr + bh * NC)
-        sc = tl.load(score_ptr + bh * NC * C + t_idx, mask=t_idx < T, other=0.0)
+    # the next chunk's mask and tables where they were made beforehand (not PIPE: chunk 0's, read now)
+    if PIPE:
+        mask_n = tl.zeros([], dtype=tl.int64)
+        none = tl.zeros([C], dtype=tl.float64)
+        tabs_n = (none, none, none, tl.zeros([KW], dtype=tl.float64), tl.zeros([KW], dtype=tl.float64))
     else:
-        mask = tl.zeros([], dtype=tl.int64)
-        sc = tl.zeros([C], dtype=tl.float32)
+        mask_n = tl.load(mask_ptr + bh * NC)
+        tabs_n = load_closing_tables(tab_ptr, bh * NC, bh >= 0, t_idx, zk, C)
     guessed = tl.full((), 0, tl.int32)  # GUESSED: whether chunk c holds its guess (chunk 0 is walked)
     orbit_word = tl.zeros([], dtype=tl.int64)  # GUESSED: ``anc`` at chunk c's first token
     if GUESSED:
         orbit_word = tl.load(anc_ptr + bh * NC * C)
-    mask_n = mask
-    sc_n = sc
     for c in range(NC):
         tl.store(live_ptr + (bh * NC + c) * KP + j, pos, mask=j < KP)
         tl.store(livem_ptr + bh * NC + c, m)
         nvalid = tl.maximum(tl.minimum(tl.minimum(T, Tr) - c * C, C), 0)
+        mask = mask_n
+        nnx, inx, dnx, head, tail = tabs_n
         if PIPE:
             if guessed == 0:  # the carry scan decides the chunk: wait for it
                 while tl.atomic_add(flag_ptr + bh, 0, sem="acquire") <= c:
                     pass
                 mask = tl.load(mask_ptr + bh * NC + c, volatile=True)
                 sc = pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore_ptr, C, FAST)
-            else:
-                mask = mask_n
-                sc = sc_n
-            if GUESSED:  # the next chunk's decisions and scores, read now where it holds its guess
+                if mask != 0:
+                    nnx, inx, dnx, head, tail = chunk_closing_tables(mask, sc, nvalid, t_idx, zk, C, FAST)
+                else:  # the chunk's sum alone, as chunk_closing_tables forms it
+                    tail = tl.sum(tl.where(t_idx < nvalid, sc, 0.0).to(tl.float64), 0) + tl.zeros([KW], tl.float64)
+            if GUESSED:  # the next chunk's decisions and tables, read now where it holds its guess
                 guessed = follows(mask, orbit_word, FAST).to(tl.int32)
                 ahead = tl.where(guessed != 0, c + 1 < NC, False)
                 mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=ahead, other=0)
-                tn = (c + 1) * C + t_idx
-                sc_n = tl.load(score_ptr + bh * NC * C + tn, mask=ahead & (tn < tl.minimum(T, Tr)), other=0.0)
+                tabs_n = load_closing_tables(tab_ptr, bh * NC + c + 1, ahead, t_idx, zk, C)
                 orbit_word = tl.load(anc_ptr + (bh * NC + c + 1) * C, mask=c + 1 < NC, other=0)
         else:
-            # prefetch the next chunk's mask and scores
             mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
-            sc_n = tl.load(score_ptr + bh * NC * C + (c + 1) * C + t_idx, mask=(c + 1) * C + t_idx < T, other=0.0)
-        sc64 = tl.where(t_idx < nvalid, sc, 0.0).to(tl.float64)
+            tabs_n = load_closing_tables(tab_ptr, bh * NC + c + 1, c + 1 < NC, t_idx, zk, C)
         nb = bit_count(mask, FAST)
         if nb > 0:
-            cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
-            nno, ino, nnx, inx, dnx = closing_slots(mask, sc64, cs, t_idx, tl.gather(n_open, zc, 0),
-                                               tl.gather(i_open, zc, 0), C, FAST)
-            nno2, ino2 = by_parity(nno, C), by_parity(ino, C)
             rem = mask
+            nnx2, inx2 = by_parity(nnx, C), by_parity(inx, C)
+            # (n_c, i_c): the slot the next boundary closes, first the one carried in
+            n_c, i_c, dnx = with_carried_open(nnx2, inx2, dnx, bit_index(rem & (-rem), FAST), head, n_open, i_open,
+                                              t_idx, zk, zc, C, FAST)
             nadd = tl.minimum(nb, K - m)
             for _ in range(nadd):  # room left: close the open slot, open one
                 low = rem & (-rem)
                 rem = rem ^ low
                 uu = bit_index(low, FAST)
-                n = tl.where(j == m - 1, at_position(nno2, uu, zk), n)
-                info = tl.where(j == m - 1, at_position(ino2, uu, zk), info)
+                n = tl.where(j == m - 1, n_c, n)
+                info = tl.where(j == m - 1, i_c, info)
                 pos = tl.where(j == m, c * C + uu, pos)
                 m += 1
+                n_c = at_position(nnx2, uu, zk)
+                i_c = at_position(inx2, uu, zk)
             if nadd < nb:  # full: the closing slot into the last lane, then one merge per boundary
                 low = rem & (-rem)
                 rem = rem ^ low
                 u = bit_index(low, FAST)
-                n = tl.where(j == K - 1, at_position(nno2, u, zk), n)
-                info = tl.where(j == K - 1, at_position(ino2, u, zk), info)
+                n = tl.where(j == K - 1, n_c, n)
+                info = tl.where(j == K - 1, i_c, info)
                 d = pair_densities(n, info, j, K, KW, FAST)
-                nnx2, inx2, dnx2 = by_parity(nnx, C), by_parity(inx, C), by_parity(dnx, C)
+                dnx2 = by_parity(dnx, C)
                 for _ in range(nb - nadd):
                     tglob = c * C + u
                     n, info, pos, d, istar, dying = merge_event(
@@ -1203,16 +1279,12 @@ def dla_merge_kernel(
                     low = rem & (-rem)  # the next event's position, one event ahead (junk after the last)
                     rem = rem ^ low
                     u = tl.maximum(bit_index(low, FAST), 0)
-            last = highest_bit_index(mask, FAST)  # the open slot at the chunk end was opened at its last boundary
-            n_open = (zk + nvalid - last).to(tl.float64)
-            cs2 = by_parity(cs, C)
-            tot = at_position(cs2, C - 1, zk)  # the chunk's sum: the last prefix sum
-            i_open = at_position(by_parity(sc64, C), last, zk) + (tot - at_position(cs2, last, zk))
+            # the open slot at the chunk end was opened at its last boundary
+            n_open = (zk + nvalid - highest_bit_index(mask, FAST)).to(tl.float64)
+            i_open = tail
         else:
             n_open = n_open + nvalid
-            i_open = i_open + tl.sum(sc64, 0)
-        mask = mask_n
-        sc = sc_n
+            i_open = i_open + tail
     is_open = j == m - 1
     tl.store(cnt_ptr + bh * K + j, tl.where(j < m, tl.where(is_open, n_open, n), 0), mask=j < K)
     tl.store(info_ptr + bh * K + j, tl.where(j < m, tl.where(is_open, i_open, info), 0.0), mask=j < K)
