@@ -15,14 +15,15 @@ run 42 had derived ~0.8 us of per-chunk work and ~0.18-0.2 us an event from meas
 
     python benchmarks/sass_loop_model.py LAUNCH.jsonl KERNEL [NAME=VALUE ...] [--marker REDUX] [--sass OUT]
                                          [--merge-chunks]
-    python benchmarks/sass_loop_model.py --from-sass FILE [--marker REDUX] [--merge-chunks]
+    python benchmarks/sass_loop_model.py --from-sass FILE [--marker REDUX] [--merge-chunks [--not-pipelined]]
 
 The first form builds the first recorded launch of KERNEL in LAUNCH.jsonl (``conftest``'s launch records, e.g.
 ``DLA_TEST_LAUNCH_LOG=... TRITON_INTERPRET=1 pytest ...``) for sm_90 with the Triton first on the path (the GPU
 machines' is 3.6), its constexprs overridden by NAME=VALUE (e.g. ``FAST=True KP=32``); the second reads a
 ``cuobjdump -sass`` listing. Prints the loop's instructions, the sum of its stall counts and the modeled cycles;
-``--merge-chunks`` also the merge kernel's path through one guessed chunk at a full cache with 0, 1, 4 and 38 events
-(the sparse, moderate and dense workloads' typical chunks).
+``--merge-chunks`` also the merge kernel's path through one chunk at a full cache with 0, 1, 4 and 38 events (the
+sparse, moderate and dense workloads' typical chunks): pipelined (``PIPE``, as the launch or its overrides say), a
+chunk whose decisions were guessed; else any chunk, its tables read a chunk ahead.
 """
 
 from __future__ import annotations
@@ -127,25 +128,26 @@ def branches(code: list) -> list:
     return found
 
 
-def merge_chunk_traces(code: list, events=(0, 1, 4, 38)) -> dict:
-    """``dla_merge_kernel``'s (PIPE, GUESSED) path through one chunk whose decisions were guessed, at a full cache,
-    with E boundaries (E merge events; 0: the chunk without a boundary), as ``issue_cycles`` traces by E, located by
-    the kernel's branches: the chunk loop, its branch over the wait for the carry scan, over the boundary path, over
-    the room-left loop, the event loop, and the boundary path's jump to the chunk's end."""
+def merge_chunk_traces(code: list, events=(0, 1, 4, 38), pipelined: bool = True) -> dict:
+    """``dla_merge_kernel``'s path through one chunk at a full cache with E boundaries (E merge events; 0: the chunk
+    without a boundary), as ``issue_cycles`` traces by E, located by the kernel's branches: the chunk loop, (pipelined,
+    GUESSED: its branch over the wait for the carry scan, so a chunk whose decisions were guessed) its branch over the
+    boundary path, over the room-left loop, the event loop, and the boundary path's jump to the chunk's end."""
     event_loop = innermost_loop(code, "REDUX")
     ev0, ev1 = code.index(event_loop[0]), code.index(event_loop[-1])
     jumps = branches(code)
     start, end = max(((t, k) for k, t in jumps if t < ev0 and k > ev1), key=lambda x: x[1] - x[0])
     forward = [(k, t) for k, t in jumps if start < k < end and t > k]
-    guessed = forward[0]
-    no_boundary = next(x for x in forward if guessed[1] <= x[0] < ev0 and x[1] > ev1)
+    head = [(start, forward[0][0], 1)] if pipelined else []  # up to the branch over the wait
+    entry = forward[0][1] if pipelined else start
+    no_boundary = next(x for x in forward if entry <= x[0] < ev0 and x[1] > ev1)
     room_left = next(x for x in forward if x[0] > no_boundary[0] and x[1] < ev0)
     boundary_end = next(x for x in forward if x[0] > ev1)
-    spans = {0: [(start, guessed[0], 1), (guessed[1], no_boundary[0], 1), (no_boundary[1], end, 1)]}
+    spans = {0: head + [(entry, no_boundary[0], 1), (no_boundary[1], end, 1)]}
     for e in events:
         if e:
-            spans[e] = [(start, guessed[0], 1), (guessed[1], room_left[0], 1), (room_left[1], ev0 - 1, 1),
-                        (ev0, ev1, e), (ev1 + 1, boundary_end[0], 1), (boundary_end[1], end, 1)]
+            spans[e] = head + [(entry, room_left[0], 1), (room_left[1], ev0 - 1, 1), (ev0, ev1, e),
+                               (ev1 + 1, boundary_end[0], 1), (boundary_end[1], end, 1)]
     traces = {}
     for e, segments in spans.items():
         order = [k for a, b, reps in segments for k in list(range(a, b + 1)) * reps]
@@ -185,14 +187,20 @@ def main():
     ap.add_argument("--marker", default="REDUX", help="an op the loop holds (default: the merge's reduction)")
     ap.add_argument("--sass", help="write the built listing here")
     ap.add_argument("--merge-chunks", action="store_true",
-                    help="also dla_merge_kernel's path through one guessed chunk with 0, 1, 4, 38 events")
+                    help="also dla_merge_kernel's path through one chunk with 0, 1, 4, 38 events (a guessed one when "
+                         "pipelined)")
+    ap.add_argument("--not-pipelined", action="store_true",
+                    help="with --from-sass: the listing is the merge kernel built with PIPE=False")
     args = ap.parse_args()
+    pipelined = not args.not_pipelined
     if args.from_sass:
         with open(args.from_sass) as f:
             sass = f.read()
     else:
         overrides = {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in args.overrides)}
-        sass = sm90_sass(recorded_launch(args.launches, args.kernel, overrides))
+        launch = recorded_launch(args.launches, args.kernel, overrides)
+        pipelined = bool(launch["constexprs"].get("PIPE", True))
+        sass = sm90_sass(launch)
         if args.sass:
             with open(args.sass, "w") as f:
                 f.write(sass)
@@ -202,9 +210,9 @@ def main():
     print(f"loop of {len(body)} instructions: stall counts {sum(i.stall for i in body)} cycles, modeled "
           f"{cycles_per_iteration(body):.0f} cycles an iteration")
     if args.merge_chunks:
-        for e, trace in merge_chunk_traces(instructions(sass)).items():
-            print(f"a guessed chunk with {e} events: {len(trace)} instructions, "
-                  f"modeled {issue_cycles(trace):.0f} cycles")
+        kind = "a guessed chunk" if pipelined else "a chunk (not pipelined)"
+        for e, trace in merge_chunk_traces(instructions(sass), pipelined=pipelined).items():
+            print(f"{kind} with {e} events: {len(trace)} instructions, modeled {issue_cycles(trace):.0f} cycles")
 
 
 if __name__ == "__main__":

@@ -102,16 +102,33 @@ def test_every_interpreted_launch_compiles_for_sm90_with_the_gpu_machines_triton
     assert not result["failed"], _report(result["failed"], launches, result["triton"])
 
 
-# The merge simulation as the H200s build it (Triton 3.6, sm_90, K = 30 slots on one warp, the pipelined kernel of
-# few-row forwards), in cycles by ``benchmarks/sass_loop_model.py`` (its latencies fitted to run 48's two measured
-# schedules of the event loop: 367 and 387 cycles, modeled 370 and 384): an event, and the path through a guessed
-# chunk at a full cache by its events (1: sparse, 4: moderate, 38: dense). Run 49: the event 370 -> 301 (the counts
-# in float64) -> 287 (the next slot read by parity); chunks 1,862 / 2,972 / 15,552 -> 1,430 / 2,291 / 12,049. Run 53:
-# the chunks' tables made before the kernel (``dla_closing_tables_kernel``): chunks -> 972 / 1,869 / 12,035, the
-# event 287 -> 299 (the same work, rescheduled). Code anywhere in the kernel can reschedule the loop (run 47: +5 % at
-# dense inputs, unseen until measured).
-MERGE_EVENT_CYCLES = 299
-MERGE_CHUNK_CYCLES = {1: 972, 4: 1869, 38: 12035}
+# The merge simulation as the H200s build it (Triton 3.6, sm_90, K = 30 slots on one warp), in cycles by
+# ``benchmarks/sass_loop_model.py`` (its latencies fitted to run 48's two measured schedules of the event loop: 367 and
+# 387 cycles, modeled 370 and 384): an event, and the path through a chunk at a full cache by its events (1: sparse,
+# 4: moderate, 38: dense), pipelined (few rows: a chunk whose decisions were guessed) and not (after the walk). Run 49,
+# pipelined: the event 370 -> 301 (the counts in float64) -> 287 (the next slot read by parity); chunks 1,862 / 2,972 /
+# 15,552 -> 1,430 / 2,291 / 12,049. Run 53: the chunks' tables made before the kernel (``dla_closing_tables_kernel``),
+# pipelined 287 -> 294 an event, chunks -> 948 / 1,830 / 11,826; not pipelined 322 -> 321, chunks 1,865 / 2,831 /
+# 13,779 -> 908 / 1,871 / 12,785 (with the tables' counts in float64 that event took 386). Code anywhere in the kernel
+# can reschedule the loop (run 47: +5 % at dense inputs, unseen until measured).
+MERGE_CYCLES = {
+    "pipelined": {"an event": 294, 1: 948, 4: 1830, 38: 11826},
+    "not pipelined": {"an event": 321, 1: 908, 4: 1871, 38: 12785},
+}
+
+
+def _merge_modeled(record: pathlib.Path, overrides: list) -> tuple[dict, str]:
+    """The model's cycles of the recorded merge launch built with ``overrides``: ``{"an event": .., E: ..}``."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(TESTS.parent)]))
+    shape = ["FAST=True", "C=64", "KP=32", "KW=32"]  # K = 30, whatever K the recorded launch had
+    run = subprocess.run([sys.executable, str(TESTS.parent / "benchmarks" / "sass_loop_model.py"), str(record),
+                          "dla_merge_kernel", *shape, *overrides, "--merge-chunks"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, f"the build process failed:\n{run.stderr[-3000:]}"
+    modeled = {"an event": float(re.search(r"modeled (\d+) cycles an iteration", run.stdout).group(1))}
+    for events, cycles in re.findall(r"chunk.*? with (\d+) events: \d+ instructions, modeled (\d+) cycles", run.stdout):
+        modeled[int(events)] = float(cycles)
+    return modeled, run.stdout
 
 
 @pytest.mark.skipif(CUDA, reason="the GPU runs the kernel itself (benchmarks/merge_bench.py times it)")
@@ -123,23 +140,14 @@ def test_the_merge_kernel_keeps_its_modeled_speed(tmp_path):
     assert merges, "the interpreter reruns recorded no pipelined merge launch"
     record = tmp_path / "merge.jsonl"
     record.write_text(json.dumps(merges[0]) + "\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(TESTS.parent)]))
-    shape = ["FAST=True", "C=64", "KP=32", "KW=32"]  # K = 30, whatever K the recorded launch had
-    run = subprocess.run([sys.executable, str(TESTS.parent / "benchmarks" / "sass_loop_model.py"), str(record),
-                          "dla_merge_kernel", *shape, "--merge-chunks"], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, f"the build process failed:\n{run.stderr[-3000:]}"
-    modeled = {"an event": (float(re.search(r"modeled (\d+) cycles an iteration", run.stdout).group(1)),
-                            MERGE_EVENT_CYCLES)}
-    for events, cycles in re.findall(r"a guessed chunk with (\d+) events: \d+ instructions, modeled (\d+) cycles",
-                                     run.stdout):
-        if int(events) in MERGE_CHUNK_CYCLES:
-            modeled[f"a chunk with {events} events"] = float(cycles), MERGE_CHUNK_CYCLES[int(events)]
-    assert len(modeled) == 1 + len(MERGE_CHUNK_CYCLES), f"the model found no chunk paths:\n{run.stdout[-2000:]}"
-    for what, (cycles, held) in modeled.items():
-        assert cycles >= 0.9 * held, (  # (a faster kernel, or a model that lost its path: update or mend)
-            f"the merge kernel models at {cycles:.0f} cycles for {what}, below {held}: if the kernel got faster, "
-            f"lower the constant; else the model no longer finds the path")
-        assert cycles <= 1.02 * held, (
-            f"the merge kernel models at {cycles:.0f} cycles for {what} against {held}:\n"
-            + "\n".join(run.stdout.splitlines()[-40:]))
+    for mode, overrides in (("pipelined", []), ("not pipelined", ["PIPE=False", "GUESSED=False"])):
+        modeled, out = _merge_modeled(record, overrides)
+        for what, held in MERGE_CYCLES[mode].items():
+            name = what if isinstance(what, str) else f"a chunk with {what} events"
+            assert what in modeled, f"{mode}: the model found no path for {name}:\n{out[-2000:]}"
+            assert modeled[what] >= 0.9 * held, (  # (a faster kernel, or a model that lost its path: update or mend)
+                f"{mode}: the merge kernel models at {modeled[what]:.0f} cycles for {name}, below {held}: if the "
+                f"kernel got faster, lower MERGE_CYCLES; else the model no longer finds the path")
+            assert modeled[what] <= 1.02 * held, (
+                f"{mode}: the merge kernel models at {modeled[what]:.0f} cycles for {name} against {held}:\n"
+                + "\n".join(out.splitlines()[-40:]))
