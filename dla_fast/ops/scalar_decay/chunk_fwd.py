@@ -391,8 +391,9 @@ def decided_structure(cfg: LaunchConfig, masks, scores, counts0, info0, size0) -
 
 def closing_tables(cfg: LaunchConfig, masks, scores, row_lengths, itab=None, cscores=None):
     """The merge simulation's closing-slot tables of every chunk (``dla_closing_tables_kernel``: ``[BH, NC, CT_ROWS,
-    C]`` float64), from the masks and the final scores, on the current stream. With ``itab`` and ``cscores`` the final
-    scores are assembled first, into ``scores``, from the score tables and the carry scores."""
+    C]`` float64, the counts' row holding float32), from the masks and the final scores, on the current stream. With
+    ``itab`` and ``cscores`` the final scores are assembled first, into ``scores``, from the score tables and the carry
+    scores."""
     tab = torch.empty(cfg.BH, cfg.NC, CT_ROWS, CHUNK, device=masks.device, dtype=torch.float64)
     assemble = itab is not None
     cached(dla_closing_tables_kernel)[(cfg.NC, cfg.BH)](
