@@ -132,7 +132,10 @@ def merge_chunk_traces(code: list, events=(0, 1, 4, 38), pipelined: bool = True)
     """``dla_merge_kernel``'s path through one chunk at a full cache with E boundaries (E merge events; 0: the chunk
     without a boundary), as ``issue_cycles`` traces by E, located by the kernel's branches: the chunk loop, (pipelined,
     GUESSED: its branch over the wait for the carry scan, so a chunk whose decisions were guessed) its branch over the
-    boundary path, over the room-left loop, the event loop, and the boundary path's jump to the chunk's end."""
+    boundary path, over the room-left loop, the event loop, and the boundary path's jump to the chunk's end.
+    Pipelined, also ``("walked", E)`` for E >= 1: a chunk the kernel waits for, the guessed chunk's path with the
+    block that branch skips run straight through (the wait's loop once, the jumps inside the block taken; its loads
+    and atomic at their fixed latencies)."""
     event_loop = innermost_loop(code, "REDUX")
     ev0, ev1 = code.index(event_loop[0]), code.index(event_loop[-1])
     jumps = branches(code)
@@ -148,6 +151,12 @@ def merge_chunk_traces(code: list, events=(0, 1, 4, 38), pipelined: bool = True)
         if e:
             spans[e] = head + [(entry, room_left[0], 1), (room_left[1], ev0 - 1, 1), (ev0, ev1, e),
                                (ev1 + 1, boundary_end[0], 1), (boundary_end[1], end, 1)]
+    if pipelined:  # the waited-for block, less the stretches its unconditional jumps skip
+        jumps_over = [(k, t) for k, t in forward if forward[0][0] < k < entry and code[k].text.startswith("BRA")]
+        walked = [(k, k, 1) for k in range(start, entry) if not any(a < k < b for a, b in jumps_over)]
+        for e in events:
+            if e:
+                spans[("walked", e)] = walked + spans[e][1:]
     traces = {}
     for e, segments in spans.items():
         order = [k for a, b, reps in segments for k in list(range(a, b + 1)) * reps]
@@ -212,7 +221,8 @@ def main():
     if args.merge_chunks:
         kind = "a guessed chunk" if pipelined else "a chunk (not pipelined)"
         for e, trace in merge_chunk_traces(instructions(sass), pipelined=pipelined).items():
-            print(f"{kind} with {e} events: {len(trace)} instructions, modeled {issue_cycles(trace):.0f} cycles")
+            what = f"a walked chunk with {e[1]}" if isinstance(e, tuple) else f"{kind} with {e}"
+            print(f"{what} events: {len(trace)} instructions, modeled {issue_cycles(trace):.0f} cycles")
 
 
 if __name__ == "__main__":
