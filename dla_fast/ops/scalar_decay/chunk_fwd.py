@@ -487,13 +487,14 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
             launch_carry()
     mark_stage(profile, "carry")  # when concurrent: the carry scan's time after the table kernel's end
     orbits = None
-    closing = []  # the merge simulation's closing-slot tables, where made before it starts
+    closing = None  # the merge simulation's closing-slot tables, where made before it starts
 
     def guessed_closing_tables():  # the guessed chunks' (pipelined), on the merge simulation's stream
+        nonlocal closing
         if mstream is not None:
             mstream.wait_stream(main)
         with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
-            closing.append(closing_tables(cfg, masks, scores, row_lengths))
+            closing = closing_tables(cfg, masks, scores, row_lengths)
 
     if guessed:  # before the merge simulation starts: it reads their decisions without waiting
         orbits = launch_guesses(guessed_closing_tables if pipeline else None)
@@ -504,12 +505,11 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     else:
         launch_carry()
     if not pipeline:  # every chunk's: the scores assembled first
-        closing.append(closing_tables(cfg, masks, scores, row_lengths, tables[0], cscores))
+        closing = closing_tables(cfg, masks, scores, row_lengths, tables[0], cscores)
     mark_stage(profile, "merge")
     with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
         structure = merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
-                                     flag, pipeline, orbits if pipeline else None, structure,
-                                     closing[0] if closing else None)
+                                     flag, pipeline, orbits if pipeline else None, structure, closing)
     if mstream is not None:
         main.wait_stream(mstream)
     return structure

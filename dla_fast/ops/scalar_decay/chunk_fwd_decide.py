@@ -1050,13 +1050,19 @@ CT_ROWS = tl.constexpr(4)
 
 
 @triton.jit
+def valid_scores64(sc, nvalid, t_idx):
+    """A chunk's scores in float64, 0 past its ``nvalid`` tokens (the padding counts in no slot)."""
+    return tl.where(t_idx < nvalid, sc, 0.0).to(tl.float64)
+
+
+@triton.jit
 def chunk_closing_tables(mask, sc, nvalid, t_idx, zk, C: tl.constexpr, FAST: tl.constexpr):
     """A chunk's closing-slot tables (``nnx`` float32, ``inx``, ``dnx`` [C]; ``head``, ``tail`` shaped like ``zk``, all
     equal) from its mask and scores: what the merge simulation needs of the chunk that depends on the chunk alone. The
     sums are added as the event-by-event updates add them: ``head`` is the first boundary's prefix sum less its score,
     ``tail`` the last boundary's score plus the prefix sums' difference to the chunk end (the whole chunk's ``tl.sum``
     without a boundary); ``dnx`` at the first boundary lacks the carried slot (``with_carried_open``)."""
-    sc64 = tl.where(t_idx < nvalid, sc, 0.0).to(tl.float64)
+    sc64 = valid_scores64(sc, nvalid, t_idx)
     cs = tl.cumsum(sc64, 0)  # inclusive prefix sums of the chunk's scores
     ino, nnx, inx, dnx = closing_slots(mask, sc64, cs, t_idx, C, FAST)
     first = tl.maximum(bit_index(mask & (-mask), FAST), 0)
@@ -1235,7 +1241,7 @@ def dla_merge_kernel(
                 if mask != 0:
                     nnx, inx, dnx, head, tail = chunk_closing_tables(mask, sc, nvalid, t_idx, zk, C, FAST)
                 else:  # the chunk's sum alone, as chunk_closing_tables forms it
-                    tail = tl.sum(tl.where(t_idx < nvalid, sc, 0.0).to(tl.float64), 0) + tl.zeros([KW], tl.float64)
+                    tail = tl.sum(valid_scores64(sc, nvalid, t_idx), 0) + tl.zeros([KW], tl.float64)
             if GUESSED:  # the next chunk's decisions and tables, read now where it holds its guess
                 guessed = follows(mask, orbit_word, FAST).to(tl.int32)
                 ahead = tl.where(guessed != 0, c + 1 < NC, False)
