@@ -147,9 +147,16 @@ def merge_chunk_traces(code: list, events=(0, 1, 4, 38), pipelined: bool = True)
     room_left = next(x for x in forward if x[0] > no_boundary[0] and x[1] < ev0)
     boundary_end = next(x for x in forward if x[0] > ev1)
     spans = {0: head + [(entry, no_boundary[0], 1), (no_boundary[1], end, 1)]}
+    # between the room-left loop and the event loop, blocks for a cache that filled in this chunk are jumped over
+    full_path, k = [], room_left[1]
+    for a, b in sorted(x for x in forward if room_left[1] <= x[0] and x[1] < ev0):
+        if a >= k:
+            full_path.append((k, a, 1))
+            k = b
+    full_path.append((k, ev0 - 1, 1))
     for e in events:
         if e:
-            spans[e] = head + [(entry, room_left[0], 1), (room_left[1], ev0 - 1, 1), (ev0, ev1, e),
+            spans[e] = head + [(entry, room_left[0], 1)] + full_path + [(ev0, ev1, e),
                                (ev1 + 1, boundary_end[0], 1), (boundary_end[1], end, 1)]
     if pipelined:  # the waited-for block, less the stretches its unconditional jumps skip
         jumps_over = [(k, t) for k, t in forward if forward[0][0] < k < entry and code[k].text.startswith("BRA")]

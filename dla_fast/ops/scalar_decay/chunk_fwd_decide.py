@@ -1039,9 +1039,11 @@ def at_position(x2, u, zk):
 # boundary t of the chunk, the slot that the next boundary closes (``closing_slots``' ``nnx``, ``inx``, ``dnx``);
 # that is also how the merge simulation knows the slot each boundary but the first closes. The first closes the slot
 # carried into the chunk, grown by the chunk's tokens before it: ``CT_ENDS`` holds their information sum (position
-# 0) and that of the chunk's tokens in the slot open at its end (position 1). The counts (at most C) are float32, in
-# the first half of their row: held a chunk ahead in half the registers, they let ptxas schedule the event loop as
-# fast as before the tables (sm_90 model, run 53: 386 -> 321 cycles an event after the walk, 299 -> 294 pipelined).
+# 0), that of the chunk's tokens in the slot open at its end (position 1) and ``inx`` at the first boundary (position
+# 2). The counts (at most C) are float32, in the first half of their row: held a chunk ahead in half the registers,
+# they let ptxas schedule the event loop as fast as before the tables (sm_90 model, run 53: 386 -> 321 cycles an event
+# after the walk, 299 -> 294 pipelined); its second half starts with the first boundary's position and its ``nnx``.
+# Those three (``at_first``) let the merge kernel divide for the carried slot without a bit scan or a shuffle first.
 CT_NX = tl.constexpr(0)  # count of the slot that the next boundary closes (float32)
 CT_IX = tl.constexpr(1)  # its information sum
 CT_DX = tl.constexpr(2)  # the density of the pair (the slot that t closes, that one)
@@ -1071,22 +1073,32 @@ def chunk_closing_tables(mask, sc, nvalid, t_idx, zk, C: tl.constexpr, FAST: tl.
     cs2 = by_parity(cs, C)
     tail = at_position(by_parity(sc64, C), lastc, zk) + (at_position(cs2, C - 1, zk) - at_position(cs2, lastc, zk))
     head = at_position(by_parity(ino, C), first, zk)
-    return nnx.to(tl.float32), inx, dnx, head, tl.where(last >= 0, tail, tl.sum(sc64, 0))
+    # the first boundary's position and its nnx, inx: with_carried_open's operands besides the carried slot
+    at_first = (first.to(tl.float32) + tl.zeros(zk.shape, tl.float32),
+                at_position(by_parity(nnx, C), first, zk).to(tl.float32), at_position(by_parity(inx, C), first, zk))
+    return nnx.to(tl.float32), inx, dnx, head, tl.where(last >= 0, tail, tl.sum(sc64, 0)), at_first
 
 
 @triton.jit
-def load_closing_tables(tab_ptr, row, ok, t_idx, zk, C: tl.constexpr):
+def load_closing_tables(tab_ptr, row, ok, t_idx, zk, C: tl.constexpr, AT_FIRST: tl.constexpr):
     """Chunk ``row``'s (``bh * NC + c``) closing-slot tables as ``chunk_closing_tables`` returns them (zeros where not
-    ``ok``)."""
+    ``ok``; ``at_first`` zeros unless AT_FIRST)."""
     base = tab_ptr + row * (CT_ROWS * C)
     oks = t_idx < tl.where(ok, C, 0)
-    nnx = tl.load(base.to(tl.pointer_type(tl.float32)) + CT_NX * 2 * C + t_idx, mask=oks, other=0.0)
+    counts = base.to(tl.pointer_type(tl.float32)) + CT_NX * 2 * C
+    nnx = tl.load(counts + t_idx, mask=oks, other=0.0)
     inx = tl.load(base + CT_IX * C + t_idx, mask=oks, other=0.0)
     dnx = tl.load(base + CT_DX * C + t_idx, mask=oks, other=0.0)
     zero = tl.zeros(zk.shape, dtype=tl.float64)
-    head = tl.load(base + CT_ENDS * C, mask=ok, other=0.0) + zero
-    tail = tl.load(base + CT_ENDS * C + 1, mask=ok, other=0.0) + zero
-    return nnx, inx, dnx, head, tail
+    ends = base + CT_ENDS * C
+    head = tl.load(ends, mask=ok, other=0.0) + zero
+    tail = tl.load(ends + 1, mask=ok, other=0.0) + zero
+    zero32 = tl.zeros(zk.shape, dtype=tl.float32)
+    at_first = (zero32, zero32, zero)
+    if AT_FIRST:
+        at_first = (tl.load(counts + C, mask=ok, other=0.0) + zero32,
+                    tl.load(counts + C + 1, mask=ok, other=0.0) + zero32, tl.load(ends + 2, mask=ok, other=0.0) + zero)
+    return nnx, inx, dnx, head, tail, at_first
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -1111,23 +1123,28 @@ def dla_closing_tables_kernel(
     else:
         sc = tl.load(score_ptr + bh * NC * C + tok, mask=tok < T, other=0.0)
     nvalid = tl.maximum(tl.minimum(tl.minimum(T, tl.load(rlen_ptr + bh)) - c * C, C), 0)
-    nnx, inx, dnx, head, tail = chunk_closing_tables(mask, sc, nvalid, t_idx, tl.zeros([C], dtype=tl.int32), C, FAST)
+    nnx, inx, dnx, head, tail, (first, n_first, i_first) = chunk_closing_tables(
+        mask, sc, nvalid, t_idx, tl.zeros([C], dtype=tl.int32), C, FAST)
     base = tab_ptr + (bh * NC + c) * (CT_ROWS * C)
-    tl.store(base.to(tl.pointer_type(tl.float32)) + CT_NX * 2 * C + t_idx, nnx)
+    counts = base.to(tl.pointer_type(tl.float32)) + CT_NX * 2 * C
+    tl.store(counts + t_idx, nnx)
+    tl.store(counts + C + t_idx, tl.where(t_idx == 0, first, n_first), mask=t_idx < 2)
     tl.store(base + CT_IX * C + t_idx, inx)
     tl.store(base + CT_DX * C + t_idx, dnx)
-    tl.store(base + CT_ENDS * C + t_idx, tl.where(t_idx == 0, head, tail), mask=t_idx < 2)
+    ends = tl.where(t_idx == 0, head, tl.where(t_idx == 1, tail, i_first))
+    tl.store(base + CT_ENDS * C + t_idx, ends, mask=t_idx < 3)
 
 
 @triton.jit
-def with_carried_open(nnx2, inx2, dnx, first, head, n_open, i_open, t_idx, zk, zc, C: tl.constexpr,
-                      FAST: tl.constexpr):
+def with_carried_open(dnx, first, at_first, head, n_open, i_open, t_idx, zc, FAST: tl.constexpr):
     """The slot that a chunk's first boundary ``first`` closes, ``(n, info)`` ([KW], all equal): the open slot carried
     into the chunk (``n_open``, ``i_open``) grown by the chunk's tokens before it, whose sum is ``head``; and the
-    chunk's ``dnx`` with that slot's density with the next closing slot, by the additions ``closing_slots`` makes."""
-    n_f = n_open + first.to(tl.float64)
+    chunk's ``dnx`` with that slot's density with the next closing slot, by the additions ``closing_slots`` makes.
+    ``at_first``: ``first``, and ``nnx``, ``inx`` there ([KW]; float32, float32, float64), as the tables hold them."""
+    first_f, n_next, i_next = at_first
+    n_f = n_open + first_f.to(tl.float64)
     i_f = i_open + head
-    d_f = div_rn(i_f + at_position(inx2, first, zk), n_f + at_position(nnx2, first, zk), FAST)
+    d_f = div_rn(i_f + i_next, n_f + n_next.to(tl.float64), FAST)
     return n_f, i_f, tl.where(t_idx == first, tl.gather(d_f, zc, 0), dnx)
 
 
@@ -1218,10 +1235,11 @@ def dla_merge_kernel(
     if PIPE:
         mask_n = tl.zeros([], dtype=tl.int64)
         none = tl.zeros([C], dtype=tl.float64)
-        tabs_n = (none.to(tl.float32), none, none, tl.zeros([KW], dtype=tl.float64), tl.zeros([KW], dtype=tl.float64))
+        zw = tl.zeros([KW], dtype=tl.float64)
+        tabs_n = (none.to(tl.float32), none, none, zw, zw, (zw.to(tl.float32), zw.to(tl.float32), zw))
     else:
         mask_n = tl.load(mask_ptr + bh * NC)
-        tabs_n = load_closing_tables(tab_ptr, bh * NC, bh >= 0, t_idx, zk, C)
+        tabs_n = load_closing_tables(tab_ptr, bh * NC, bh >= 0, t_idx, zk, C, AT_FIRST=False)
     guessed = tl.full((), 0, tl.int32)  # GUESSED: whether chunk c holds its guess (chunk 0 is walked)
     orbit_word = tl.zeros([], dtype=tl.int64)  # GUESSED: ``anc`` at chunk c's first token
     if GUESSED:
@@ -1231,7 +1249,7 @@ def dla_merge_kernel(
         tl.store(livem_ptr + bh * NC + c, m)
         nvalid = tl.maximum(tl.minimum(tl.minimum(T, Tr) - c * C, C), 0)
         mask = mask_n
-        nnx, inx, dnx, head, tail = tabs_n
+        nnx, inx, dnx, head, tail, at_first = tabs_n
         if PIPE:
             if guessed == 0:  # the carry scan decides the chunk: wait for it
                 while tl.atomic_add(flag_ptr + bh, 0, sem="acquire") <= c:
@@ -1239,43 +1257,51 @@ def dla_merge_kernel(
                 mask = tl.load(mask_ptr + bh * NC + c, volatile=True)
                 sc = pipelined_scores(mask, bh, c, NC, nvalid, t_idx, score_ptr, itab_ptr, cscore_ptr, C, FAST)
                 if mask != 0:
-                    nnx, inx, dnx, head, tail = chunk_closing_tables(mask, sc, nvalid, t_idx, zk, C, FAST)
+                    nnx, inx, dnx, head, tail, at_first = chunk_closing_tables(mask, sc, nvalid, t_idx, zk, C, FAST)
                 else:  # the chunk's sum alone, as chunk_closing_tables forms it
                     tail = tl.sum(valid_scores64(sc, nvalid, t_idx), 0) + tl.zeros([KW], tl.float64)
             if GUESSED:  # the next chunk's decisions and tables, read now where it holds its guess
                 guessed = follows(mask, orbit_word, FAST).to(tl.int32)
                 ahead = tl.where(guessed != 0, c + 1 < NC, False)
                 mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=ahead, other=0)
-                tabs_n = load_closing_tables(tab_ptr, bh * NC + c + 1, ahead, t_idx, zk, C)
+                tabs_n = load_closing_tables(tab_ptr, bh * NC + c + 1, ahead, t_idx, zk, C, AT_FIRST=True)
                 orbit_word = tl.load(anc_ptr + (bh * NC + c + 1) * C, mask=c + 1 < NC, other=0)
         else:
             mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
-            tabs_n = load_closing_tables(tab_ptr, bh * NC + c + 1, c + 1 < NC, t_idx, zk, C)
+            tabs_n = load_closing_tables(tab_ptr, bh * NC + c + 1, c + 1 < NC, t_idx, zk, C, AT_FIRST=False)
         nb = bit_count(mask, FAST)
         if nb > 0:
             rem = mask
             nnx2, inx2 = by_parity(nnx.to(tl.float64), C), by_parity(inx, C)
+            first = bit_index(rem & (-rem), FAST)
+            if not PIPE:  # every chunk's tables are read a chunk ahead: these three from them would hold registers
+                # across the event loop (sm_90: its schedule 321 -> 399 cycles), so they are gathered here
+                at_first = (first.to(tl.float32) + tl.zeros([KW], tl.float32),
+                            at_position(nnx2, first, zk).to(tl.float32), at_position(inx2, first, zk))
             # (n_c, i_c): the slot the next boundary closes, first the one carried in
-            n_c, i_c, dnx = with_carried_open(nnx2, inx2, dnx, bit_index(rem & (-rem), FAST), head, n_open, i_open,
-                                              t_idx, zk, zc, C, FAST)
+            n_c, i_c, dnx = with_carried_open(dnx, first, at_first, head, n_open, i_open, t_idx, zc, FAST)
+            # the pair densities once the closing slot is in the last lane, for a cache full already: divided beside
+            # with_carried_open's division
+            d = pair_densities(tl.where(j == K - 1, n_c, n), tl.where(j == K - 1, i_c, info), j, K, KW, FAST)
             nadd = tl.minimum(nb, K - m)
-            for _ in range(nadd):  # room left: close the open slot, open one
-                low = rem & (-rem)
-                rem = rem ^ low
-                uu = bit_index(low, FAST)
-                n = tl.where(j == m - 1, n_c, n)
-                info = tl.where(j == m - 1, i_c, info)
-                pos = tl.where(j == m, c * C + uu, pos)
-                m += 1
-                n_c = at_position(nnx2, uu, zk)
-                i_c = at_position(inx2, uu, zk)
+            if nadd > 0:  # room left (rare: a cache filling up)
+                for _ in range(nadd):  # close the open slot, open one
+                    low = rem & (-rem)
+                    rem = rem ^ low
+                    uu = bit_index(low, FAST)
+                    n = tl.where(j == m - 1, n_c, n)
+                    info = tl.where(j == m - 1, i_c, info)
+                    pos = tl.where(j == m, c * C + uu, pos)
+                    m += 1
+                    n_c = at_position(nnx2, uu, zk)
+                    i_c = at_position(inx2, uu, zk)
+                d = pair_densities(tl.where(j == K - 1, n_c, n), tl.where(j == K - 1, i_c, info), j, K, KW, FAST)
             if nadd < nb:  # full: the closing slot into the last lane, then one merge per boundary
                 low = rem & (-rem)
                 rem = rem ^ low
                 u = bit_index(low, FAST)
                 n = tl.where(j == K - 1, n_c, n)
                 info = tl.where(j == K - 1, i_c, info)
-                d = pair_densities(n, info, j, K, KW, FAST)
                 dnx2 = by_parity(dnx, C)
                 for _ in range(nb - nadd):
                     tglob = c * C + u
