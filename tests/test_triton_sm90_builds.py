@@ -110,13 +110,13 @@ def test_every_interpreted_launch_compiles_for_sm90_with_the_gpu_machines_triton
 # 15,552 -> 1,430 / 2,291 / 12,049. Run 53: the chunks' tables made before the kernel (``dla_closing_tables_kernel``),
 # pipelined 287 -> 294 an event, chunks -> 948 / 1,830 / 11,826 (walked ones 3,119 / 3,980 -> 3,201 / 4,083); not
 # pipelined 322 -> 321, chunks 1,865 / 2,831 / 13,779 -> 908 / 1,871 / 12,785 (with the tables' counts in float64 that
-# event took 386). Run 54: a full cache's pair densities divided beside the carried slot's, and (pipelined) the first
-# boundary's operands from the tables: pipelined 294 -> 278 an event, chunks -> 834 / 1,668 / 11,120 (walked 3,113 /
-# 3,947); not pipelined chunks -> 884 / 1,847 / 12,761 (reading those operands there too: 399 an event). Code anywhere
-# in the kernel can reschedule the loop (run 47: +5 % at dense inputs, unseen until measured).
+# event took 386). Run 54: a chunk's two divisions side by side and beside the next chunk's loads, and (pipelined) the
+# first boundary's operands from the tables: pipelined 294 -> 278 an event, chunks -> 798 / 1,632 / 11,084 (walked
+# 3,103 / 3,937); not pipelined chunks -> 820 / 1,766 / 12,680 (reading those operands there too: 399 an event). Code
+# anywhere in the kernel can reschedule the loop (run 47: +5 % at dense inputs, unseen until measured).
 MERGE_CYCLES = {
-    "pipelined": {"an event": 278, 1: 834, 4: 1668, 38: 11120, "walked 1": 3113, "walked 4": 3947},
-    "not pipelined": {"an event": 321, 1: 884, 4: 1847, 38: 12761},
+    "pipelined": {"an event": 278, 1: 798, 4: 1632, 38: 11084, "walked 1": 3103, "walked 4": 3937},
+    "not pipelined": {"an event": 321, 1: 820, 4: 1766, 38: 12680},
 }
 
 

@@ -1123,8 +1123,9 @@ def dla_closing_tables_kernel(
     else:
         sc = tl.load(score_ptr + bh * NC * C + tok, mask=tok < T, other=0.0)
     nvalid = tl.maximum(tl.minimum(tl.minimum(T, tl.load(rlen_ptr + bh)) - c * C, C), 0)
-    nnx, inx, dnx, head, tail, (first, n_first, i_first) = chunk_closing_tables(
-        mask, sc, nvalid, t_idx, tl.zeros([C], dtype=tl.int32), C, FAST)
+    nnx, inx, dnx, head, tail, at_first = chunk_closing_tables(mask, sc, nvalid, t_idx, tl.zeros([C], dtype=tl.int32),
+                                                               C, FAST)
+    first, n_first, i_first = at_first  # (Triton 3.6 unpacks no nested tuple)
     base = tab_ptr + (bh * NC + c) * (CT_ROWS * C)
     counts = base.to(tl.pointer_type(tl.float32)) + CT_NX * 2 * C
     tl.store(counts + t_idx, nnx)
@@ -1269,20 +1270,21 @@ def dla_merge_kernel(
         else:
             mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
             tabs_n = load_closing_tables(tab_ptr, bh * NC + c + 1, c + 1 < NC, t_idx, zk, C, AT_FIRST=False)
+        # The two divisions a chunk with a boundary starts with, side by side and beside the next chunk's loads (in
+        # their block; for a chunk without a boundary they are junk, never read): the density of the slot carried in
+        # (``with_carried_open``) and, for a cache full already, the pair densities with that slot in the last lane.
+        nnx2, inx2 = by_parity(nnx.to(tl.float64), C), by_parity(inx, C)
+        first = tl.maximum(bit_index(mask & (-mask), FAST), 0)
+        if not PIPE:  # every chunk's tables are read a chunk ahead: these three from them would hold registers
+            # across the event loop (sm_90: its schedule 321 -> 399 cycles), so they are gathered here
+            at_first = (first.to(tl.float32) + tl.zeros([KW], tl.float32),
+                        at_position(nnx2, first, zk).to(tl.float32), at_position(inx2, first, zk))
+        # (n_c, i_c): the slot the next boundary closes, first the one carried in
+        n_c, i_c, dnx = with_carried_open(dnx, first, at_first, head, n_open, i_open, t_idx, zc, FAST)
+        d = pair_densities(tl.where(j == K - 1, n_c, n), tl.where(j == K - 1, i_c, info), j, K, KW, FAST)
         nb = bit_count(mask, FAST)
         if nb > 0:
             rem = mask
-            nnx2, inx2 = by_parity(nnx.to(tl.float64), C), by_parity(inx, C)
-            first = bit_index(rem & (-rem), FAST)
-            if not PIPE:  # every chunk's tables are read a chunk ahead: these three from them would hold registers
-                # across the event loop (sm_90: its schedule 321 -> 399 cycles), so they are gathered here
-                at_first = (first.to(tl.float32) + tl.zeros([KW], tl.float32),
-                            at_position(nnx2, first, zk).to(tl.float32), at_position(inx2, first, zk))
-            # (n_c, i_c): the slot the next boundary closes, first the one carried in
-            n_c, i_c, dnx = with_carried_open(dnx, first, at_first, head, n_open, i_open, t_idx, zc, FAST)
-            # the pair densities once the closing slot is in the last lane, for a cache full already: divided beside
-            # with_carried_open's division
-            d = pair_densities(tl.where(j == K - 1, n_c, n), tl.where(j == K - 1, i_c, info), j, K, KW, FAST)
             nadd = tl.minimum(nb, K - m)
             if nadd > 0:  # room left (rare: a cache filling up)
                 for _ in range(nadd):  # close the open slot, open one

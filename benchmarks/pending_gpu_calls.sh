@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The device calls that runs 53 and 54 prepared without a GPU (docs/performance.md "Run 53", "Run 54"), kept in the
+# tree because a session's scratch does not outlive its machine. Run on a lent H200 through the device tool, with
+# `.whl` (the wheels its README lists) and `scratch` carried; before the first call, here:
+#
+#     python benchmarks/forward_revision_ab.py --export da3db49 scratch/rev/r53pre   # main before run 53
+#     python benchmarks/forward_revision_ab.py --export 6f43007 scratch/rev/r53      # run 53's main, before run 54
+#
+#     bash benchmarks/pending_gpu_calls.sh 1    # ~9 min: the merge stage bit for bit and timed, the forward A/B
+#     bash benchmarks/pending_gpu_calls.sh 2    # ~8 min: the steady timeline, the merge probe, the GPU suite
+#
+# Logs under $OUT; the lines to read are printed last. Record what they say in docs/benchmarks.md and
+# docs/performance.md (card, date, prediction, outcome), and remove this script once measured.
+set -uo pipefail
+part=${1:?usage: pending_gpu_calls.sh 1|2}
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv > "$out/gpu.txt"
+
+if [ "$part" = 1 ]; then
+    # The merge kernel with its closing-slot tables (runs 53-54) bit for bit against merge_baseline.py and timed;
+    # the forward against main before run 53 and before run 54 (predicted at (1, 65536) moderate: 3.86 ->
+    # ~3.60-3.80 ms after run 53, ~-0.05-0.1 ms more after run 54; the other cells in "Run 53" and "Run 54").
+    timeout 150 python benchmarks/merge_bench.py --out "$out" > "$out/merge_bench.txt" 2>&1
+    timeout 400 python benchmarks/forward_revision_ab.py \
+        1x65536x64:moderate,1x65536x64:sparse,1x65536x64:dense,2x16384x64:moderate,2x16384x64:sparse,8x4096x64:moderate,8x4096x64:dense \
+        --against scratch/rev/r53pre scratch/rev/r53 --checks --rounds 5 --warmup 2 --out "$out" > "$out/ab.txt" 2>&1
+    tail -n 25 "$out/merge_bench.txt"
+    grep -v -i warn "$out/ab.txt" | grep -v "^  kernel\|stages"
+elif [ "$part" = 2 ]; then
+    # Where the forward's time goes now, the merge kernel beside the decision stages (run 52's probe, never run), and
+    # the GPU suite in four processes (one process took > 6 min on a cold Triton cache).
+    timeout 100 python benchmarks/forward_timeline.py --steady 1x65536x64:moderate,2x16384x64:moderate --out "$out" \
+        > "$out/timeline.txt" 2>&1
+    timeout 100 python benchmarks/merge_beside_decisions_probe.py 1x65536x64:moderate,2x16384x64:moderate \
+        --out "$out" > "$out/probe.txt" 2>&1
+    suite() { timeout 360 python -m pytest -m gpu -q -p no:cacheprovider "${@:2}" > "$out/suite_$1.txt" 2>&1
+              echo "$1 rc=$?" >> "$out/suite_rc.txt"; }
+    suite a properties/test_equivalence_torch.py &
+    suite b properties/test_gradients.py &
+    suite c tests/test_triton_kernels.py tests/test_delta_stage3.py &
+    suite d tests/test_compile.py tests/test_fast_validation.py tests/test_layer.py tests/test_triton_launch.py &
+    wait
+    tail -n 30 "$out/timeline.txt"
+    tail -n 12 "$out/probe.txt"
+    cat "$out/suite_rc.txt"
+    for f in "$out"/suite_?.txt; do echo "== $f"; tail -n 3 "$f"; done
+fi
+cat "$out/gpu.txt"
