@@ -12,7 +12,9 @@ gradient runs on atomics: not bitwise repeatable). Variants:
   chain, as before run 33); ``guess_all_registers``: the guess kernel without its register cap; ``four_warps``,
   ``four_warps_capped``: the chain and guess kernels on four warps (they must match), the guess's registers uncapped
   or capped;
-- ``tokens`` / ``chunks``: the token walk / the chunked decisions (on their stream) whatever ``auto_decisions`` says.
+- ``tokens`` / ``chunks``: the token walk / the chunked decisions (on their stream) whatever ``auto_decisions`` says;
+- ``plain_f64``: the scores' float64 divisions and square roots with ptxas's slow-path branches
+  (``fast_f64=False``; the default takes them branch-free since run 54).
 
     python benchmarks/delta_decisions_ab.py [--cells 2x16384x64:moderate,1x65536x64:moderate]
         [--variants one_stream,chain_stream] [--reps 7] [--out DIR]
@@ -42,7 +44,7 @@ VARIANTS = {  # name: (decisions forced, or None for auto_decisions; decide_delt
     "chain_stream": (None, {}), "one_stream": (None, dict(concurrent=False)), "unguessed": (None, dict(guess=False)),
     "guess_all_registers": (None, dict(guess_maxnreg=None)),
     "four_warps": (None, dict(chain_warps=4, guess_maxnreg=None)), "four_warps_capped": (None, dict(chain_warps=4)),
-    "tokens": ("tokens", {}), "chunks": ("chunks", {}),
+    "tokens": ("tokens", {}), "chunks": ("chunks", {}), "plain_f64": (None, dict(fast_f64=False)),
 }
 
 

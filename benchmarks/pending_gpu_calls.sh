@@ -8,11 +8,12 @@
 #
 #     bash benchmarks/pending_gpu_calls.sh 1    # ~9 min: the merge stage bit for bit and timed, the forward A/B
 #     bash benchmarks/pending_gpu_calls.sh 2    # ~8 min: the steady timeline, the merge probe, the GPU suite
+#     bash benchmarks/pending_gpu_calls.sh 3    # ~5 min: the delta rule's branch-free float64 scores (run 54)
 #
 # Logs under $OUT; the lines to read are printed last. Record what they say in docs/benchmarks.md and
 # docs/performance.md (card, date, prediction, outcome), and remove this script once measured.
 set -uo pipefail
-part=${1:?usage: pending_gpu_calls.sh 1|2}
+part=${1:?usage: pending_gpu_calls.sh 1|2|3}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -47,5 +48,15 @@ elif [ "$part" = 2 ]; then
     tail -n 12 "$out/probe.txt"
     cat "$out/suite_rc.txt"
     for f in "$out"/suite_?.txt; do echo "== $f"; tail -n 3 "$f"; done
+elif [ "$part" = 3 ]; then
+    # Run 54 (issue #12): the delta rule's scores without the float64 slow-path branches, checked bit for bit on the
+    # GPU, then timed against them (predicted: the pair kernel -5 to -17 %, the forward at (2, 16384) -1 to -2.5 %).
+    timeout 200 python -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py \
+        -k "float64_division or without_float64_branches or delta_rule_decisions or delta_rule_guesses" \
+        > "$out/f64_tests.txt" 2>&1
+    timeout 300 python benchmarks/delta_decisions_ab.py --cells 2x16384x64:moderate,1x65536x64:moderate \
+        --variants chain_stream,plain_f64 --reps 5 --out "$out" > "$out/f64_ab.txt" 2>&1
+    tail -n 5 "$out/f64_tests.txt"
+    tail -n 20 "$out/f64_ab.txt"
 fi
 cat "$out/gpu.txt"

@@ -25,7 +25,13 @@ import triton.language as tl  # noqa: E402
 from triton_here import CUDA, DEV, needs_kernels, runs_elsewhere  # noqa: E402
 
 import dla_ref  # noqa: E402
-from dla_fast.ops.common.triton_utils import bit_count, bit_index, highest_bit_index  # noqa: E402
+from dla_fast.ops.common.triton_utils import (  # noqa: E402
+    bit_count,
+    bit_index,
+    div_f64,
+    highest_bit_index,
+    sqrt_f64,
+)
 from dla_fast.ops.scalar_decay import chunk_fwd_decide  # noqa: E402
 from dla_fast.settings import TritonSettings  # noqa: E402
 from dla_ref.synthetic import jittered_regimes as regimes  # noqa: E402
@@ -1136,6 +1142,48 @@ def test_bit_helpers_give_the_highest_and_lowest_bit_and_the_count(fast):
     assert out.cpu().tolist() == expected
 
 
+@triton.jit
+def _f64_helpers_kernel(a_ptr, b_ptr, x_ptr, q_ptr, r_ptr, FAST: tl.constexpr):
+    """Program i: ``div_f64(a[i], b[i])`` and ``sqrt_f64(x[i])``, with or without their inline PTX."""
+    i = tl.program_id(0) * 32 + tl.arange(0, 32)
+    tl.store(q_ptr + i, div_f64(tl.load(a_ptr + i), tl.load(b_ptr + i), FAST))
+    tl.store(r_ptr + i, sqrt_f64(tl.load(x_ptr + i), FAST))
+
+
+def _float64_operands(n: int, seed: int = 0):
+    """Dividends, positive divisors and radicands at the scales ``score_fast_f64`` admits (dividends 0 or 1e-90 to
+    1e170 in magnitude, divisors 1e-100 to 1e100, radicands 0 or 1e-290 to 1e300) and the values where rounding is
+    decided closest: exact squares and their neighbours, powers of two, quotients of small integers."""
+    rng = np.random.default_rng(seed)
+    a = rng.choice([-1.0, 1.0], n) * 10.0 ** rng.uniform(-90, 170, n)
+    b = 10.0 ** rng.uniform(-100, 100, n)
+    x = 10.0 ** rng.uniform(-290, 300, n)
+    ints = rng.integers(1, 1 << 26, n).astype(np.float64)
+    a[: n // 4], b[: n // 4] = rng.integers(-1000, 1000, n // 4), rng.integers(1, 1000, n // 4)  # incl. 0
+    a[n // 4], a[n // 4 + 1] = 0.0, -0.0
+    x[: n // 4] = ints[: n // 4] ** 2  # exact squares
+    x[n // 4: n // 2] = np.nextafter(ints[n // 4: n // 2] ** 2, np.inf * rng.choice([-1, 1], n // 4))
+    x[n // 2: n // 2 + 64] = 2.0 ** np.arange(-200, 56, 4)
+    x[n // 2 + 64], x[n // 2 + 65] = 0.0, -0.0
+    return a, b, x
+
+
+@needs_kernels
+@pytest.mark.parametrize("fast", [False, pytest.param(True, marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not CUDA, reason="inline PTX: on a GPU only")])])
+def test_float64_division_and_root_without_branches_give_the_ieee_bits(fast):
+    """``div_f64`` and ``sqrt_f64`` bit for bit against IEEE division and square root (NumPy's, correctly rounded)
+    over ``_float64_operands``, zeros of both signs included; ``fast``: their branch-free inline PTX, which the delta
+    rule's float64 scores take on a GPU (``score_fast_f64``)."""
+    n = 4096
+    a, b, x = _float64_operands(n)
+    q = torch.empty(n, dtype=torch.float64, device=DEV)
+    r = torch.empty(n, dtype=torch.float64, device=DEV)
+    _f64_helpers_kernel[(n // 32,)](*(torch.tensor(v, device=DEV) for v in (a, b, x)), q, r, FAST=fast)
+    np.testing.assert_array_equal(q.cpu().numpy().view(np.int64), (a / b).view(np.int64))
+    np.testing.assert_array_equal(r.cpu().numpy().view(np.int64), np.sqrt(x).view(np.int64))
+
+
 @needs_kernels
 @pytest.mark.parametrize("K,T,rate,seed", [(2, 130, 0.5, 0), (5, 130, 1.0, 1), (30, 150, 0.6, 5), (32, 140, 0.9, 3),
                                            (8, 260, 0.05, 5)])
@@ -1263,6 +1311,41 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit
     if rl < 2.0:
         per_chunk = [int(starts.reshape(B * H, -1)[r, c:c + 64].sum()) for r in range(B * H) for c in range(0, n, 64)]
         assert max(per_chunk) > 32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="inline PTX: on a GPU only")
+@pytest.mark.parametrize("override", [False, True])
+def test_delta_rule_decisions_without_float64_branches_change_no_bit(override):
+    """``decide_delta_rule_wy`` with its scores' float64 divisions and square roots branch-free (``fast_f64``, the
+    default on a GPU for 16- and 32-bit inputs: ``score_fast_f64``) and with ptxas's own: the same scores, starts,
+    masks and open slot, bit for bit. Float32 inputs, keys of zero in places (scores of exactly 0), rows of two
+    lengths; the decisions by the threshold or given."""
+    from dla_fast.ops.common.triton_utils import score_fast_f64
+    from dla_fast.ops.delta_rule import chunk_fwd_decide_wy as wy
+
+    B, T, H, D = 2, 512, 2, 64
+    q, k, v, g, w = regimes(B, T, H, D, D, 5, seed=11, regime_length=3.0, jitter=0.5)
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    k[:, 100:110] = 0.0
+    rng = np.random.default_rng(11)
+    beta = rng.uniform(0.2, 1.0, size=(B, T, H))
+    bnd = torch.tensor(rng.random((B, T, H)) < 0.1, device=DEV) if override else None
+    x = [_t(a) for a in (k, v, g, beta)]
+    assert score_fast_f64(1e-6, 1e-6, *x)
+    assert not score_fast_f64(1e-6, 1e-6, x[0].double()) and not score_fast_f64(1e-300, 1e-6, *x)
+
+    def decide(fast):
+        P = torch.zeros(B, H, D, D, dtype=torch.float64, device=DEV)
+        out = wy.decide_delta_rule_wy(*x, open_states=P, size=torch.zeros(B, H, dtype=torch.int64, device=DEV),
+                                      tau=0.6, boundaries=bnd, row_lengths=torch.tensor([T, T - 70], device=DEV),
+                                      fast_f64=fast)
+        return (*out, P)
+
+    fast, plain = decide(True), decide(False)
+    assert (plain[0] == 0).any() and plain[1].any()
+    for a, b in zip(fast, plain):
+        assert torch.equal(a, b)
 
 
 @needs_kernels

@@ -51,8 +51,9 @@ def _recorded() -> list:
     return list(chosen.values())
 
 
-# Constexprs that a GPU sets and the interpreter cannot: their code is inline PTX (the merge simulation's ``FAST``).
-GPU_ONLY_FLAGS = ("FAST",)
+# Constexprs that a GPU sets and the interpreter cannot: their code is inline PTX (the merge simulation's ``FAST``, the
+# delta rule's float64 scores' ``FAST_F64``).
+GPU_ONLY_FLAGS = ("FAST", "FAST_F64")
 
 
 def _with_gpu_only_flags(launches: list) -> list:

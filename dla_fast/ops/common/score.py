@@ -35,6 +35,8 @@ try:
     import triton.language as tl
 except ImportError:  # the Triton implementation exists only where Triton does
     triton = None
+else:
+    from .triton_utils import div_f64, sqrt_f64
 
 
 @njit
@@ -100,12 +102,15 @@ if triton is not None:
                                                    RSQRT=RSQRT)
 
     @triton.jit
-    def information_score_from_decay_triton(nP, x, ss, a, em1, N, eps, norm_eps, RSQRT: tl.constexpr = False):
+    def information_score_from_decay_triton(nP, x, ss, a, em1, N, eps, norm_eps, RSQRT: tl.constexpr = False,
+                                            FAST_F64: tl.constexpr = False):
         """The score with the decay's two terms given: ``a = exp(g)``, ``em1 = expm1(2 g)`` (the carry scan reads
         them from its table instead of computing them in its sequential loop). ``RSQRT`` (the pair tables, 64 x 64
         scores a chunk): the norms' reciprocals by reciprocal square roots and the norms as ``r^2 / r``, two MUFU.RSQ
         and two products in place of two square roots and two divisions (~10 instructions fewer a score on sm_90);
-        as accurate (``rsqrt.approx`` ~1 ulp, ``sqrt.approx`` then ``div.full`` ~3), a few ulps apart."""
+        as accurate (``rsqrt.approx`` ~1 ulp, ``sqrt.approx`` then ``div.full`` ~3), a few ulps apart. ``FAST_F64``
+        (float64 operands on a GPU, inside ``score_fast_f64``'s ranges): the divisions and square roots without
+        their slow-path branches (``div_f64``, ``sqrt_f64``), the same float64 values."""
         # Four divisions per score instead of ten (the pair tables score 64 x 64 pairs a chunk; the carry scan's
         # chain waits on each): 1 / N once, the norms' reciprocals once each, then products.
         inv_n = 1.0 / N
@@ -118,13 +123,13 @@ if triton is not None:
             r = r2 * inv_r
             rp = rp2 * inv_rp
         else:
-            r = tl.sqrt(r2)
-            rp = tl.sqrt(rp2)
-            inv_r = 1.0 / r
-            inv_rp = 1.0 / rp
-        c = (em1 * norm_eps - w * inv_n) * (inv_r * inv_rp) / (a * r + rp)
+            r = sqrt_f64(r2, FAST_F64)
+            rp = sqrt_f64(rp2, FAST_F64)
+            inv_r = div_f64(1.0, r, FAST_F64)
+            inv_rp = div_f64(1.0, rp, FAST_F64)
+        c = div_f64((em1 * norm_eps - w * inv_n) * (inv_r * inv_rp), a * r + rp, FAST_F64)
         d2 = tl.maximum(c * c * nP + 2.0 * c * x * inv_rp + ss * (inv_rp * inv_rp), 0.0)
-        return tl.sqrt(d2) / (tl.sqrt(nP) * inv_r + eps)
+        return div_f64(sqrt_f64(d2, FAST_F64), sqrt_f64(nP, FAST_F64) * inv_r + eps, FAST_F64)
 
     @triton.jit
     def delta_rule_increment(P, k, v, a):

@@ -285,6 +285,116 @@ def highest_bit_index(x, BFIND: tl.constexpr = False):
 
 
 @triton.jit
+def div2_rn(a0, a1, b, FAST: tl.constexpr):
+    """``(a0 / b, a1 / b)`` in float64 for dividends ``a >= 0`` (sums of float32 scores: 0 or >= 2**-149) and a
+    divisor ``b``, a count in ``[1, 2**53]``. FAST (on a GPU): the instructions of the fast path that ptxas
+    emits for ``div.rn.f64`` (MUFU.RCP64H with low word 1 and two Newton steps for 1/b, which depend on b
+    alone and so are shared; then per dividend the quotient and one FMA correction), without the branch to
+    the slow path. That branch is taken only for a dividend below ~2**-969 (so for 0 here) or a subnormal
+    quotient (never here); otherwise ``div.rn.f64`` returns exactly the fast-path value, so the quotients are
+    the same float64 (an exact 0 may differ in sign, which the argmin ignores). ptxas merges this sequence
+    with a ``/`` of the same operands into one (seen in the sm_90 SASS): they are the same instructions.
+    Branch-free, ptxas can overlap it with the argmin; with the branches it serialises the divisions."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .f64 r, e, nb, q0, q1, e0, e1;
+            .reg .b32 lo, hi;
+            rcp.approx.ftz.f64 r, $3;
+            neg.f64 nb, $3;
+            mov.b64 {lo, hi}, r;
+            mov.b64 r, {1, hi};
+            fma.rn.f64 e, nb, r, 0d3FF0000000000000;
+            fma.rn.f64 e, e, e, e;
+            fma.rn.f64 r, r, e, r;
+            fma.rn.f64 e, nb, r, 0d3FF0000000000000;
+            fma.rn.f64 r, r, e, r;
+            mul.rn.f64 q0, $2, r;
+            mul.rn.f64 q1, $4, r;
+            fma.rn.f64 e0, nb, q0, $2;
+            fma.rn.f64 e1, nb, q1, $4;
+            fma.rn.f64 $0, r, e0, q0;
+            fma.rn.f64 $1, r, e1, q1;
+            }""", "=d,=d,d,d,d", [a0, b, a1], dtype=(tl.float64, tl.float64), is_pure=True, pack=1)
+    else:
+        return a0 / b, a1 / b
+
+
+@triton.jit
+def div_rn(a, b, FAST: tl.constexpr):
+    """``a / b`` under ``div2_rn``'s conditions, by its sequence (ptxas drops the unused second quotient)."""
+    return div2_rn(a, a, b, FAST)[0]
+
+
+# Float64 division and square root without ptxas's slow-path branches, for the delta rule's scores (issue #12). The
+# slow paths are calls behind a reconvergence barrier (BSSY / BSYNC) after every ``div.rn.f64`` and ``sqrt.rn.f64``;
+# the decisions' pair kernel scores four (start, token) pairs a lane with nine of them each, and the barriers keep the
+# four chains from overlapping. The sequences below are ptxas's fast paths instruction for instruction (sm_90 SASS,
+# Triton 3.6; ``div_rn``'s and, for the root, MUFU.RSQ64H with the low word ``hi(x) - 0x3500000``, then the same DMUL
+# / DFMA chain), so they return what ``/`` and ``tl.sqrt`` return wherever ptxas takes its fast path: a quotient of
+# magnitude in [2**-1021, 2**1017) and a radicand in [2**-970, inf), and (selected here) an exact zero.
+# ``score_fast_f64`` says when a call's scores stay inside those ranges.
+
+
+# The data's scale for ``score_fast_f64``: float64 sums of products of 16- or 32-bit inputs are 0 or at least ~1e-90
+# in magnitude and at most ~1e170; with ``eps`` and ``norm_eps`` in these bounds every quotient and radicand of a
+# score stays far inside ptxas's fast-path ranges (2**-972 and up for a dividend, 2**-970 for a radicand).
+SCORE_GUARD_RANGE = (2.0**-200, 2.0**200)
+
+
+def score_fast_f64(eps: float, norm_eps: float, *inputs) -> bool:
+    """Whether float64 scores may take ``div_f64`` / ``sqrt_f64``'s branch-free forms: on a GPU (not under the
+    interpreter), with no float64 input (whose values could be of any scale) and both guards in
+    ``SCORE_GUARD_RANGE``."""
+    lo, hi = SCORE_GUARD_RANGE
+    return (all(x is None or (x.device.type == "cuda" and x.dtype != torch.float64) for x in inputs)
+            and not interpreting() and lo <= eps <= hi and lo <= norm_eps <= hi)
+
+
+@triton.jit
+def div_f64(a, b, FAST: tl.constexpr):
+    """``a / b`` in float64 for a divisor ``b > 0``. FAST (a GPU): ``div_rn``'s sequence, with a zero dividend
+    returned as it is (the sequence gives +0 for -0)."""
+    if FAST:
+        return tl.where(a == 0.0, a, div_rn(a, b, FAST))
+    return a / b
+
+
+@triton.jit
+def sqrt_f64(x, FAST: tl.constexpr):
+    """``sqrt(x)`` in float64 for ``x >= 0``. FAST (a GPU): ptxas's fast path of ``sqrt.rn.f64`` without the branch
+    to its slow path (a zero radicand, which the fast path would turn into NaN, is returned as it is)."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .b32 xl, xh, yl, yh, hl, hh;
+            .reg .f64 y, t, e, h, s, r, hy, nx, ns;
+            .reg .pred z;
+            mov.b64 {xl, xh}, $1;
+            rsqrt.approx.ftz.f64 y, $1;
+            mov.b64 {yl, yh}, y;
+            add.u32 yl, xh, 0xfcb00000;
+            mov.b64 y, {yl, yh};
+            mul.rn.f64 t, y, y;
+            neg.f64 nx, $1;
+            fma.rn.f64 e, nx, t, 0d3FF0000000000000;
+            fma.rn.f64 h, e, 0d3FD8000000000000, 0d3FE0000000000000;
+            mul.rn.f64 t, y, e;
+            fma.rn.f64 y, h, t, y;
+            mul.rn.f64 s, $1, y;
+            mov.b64 {hl, hh}, y;
+            add.u32 hh, hh, 0xfff00000;
+            mov.b64 hy, {hl, hh};
+            neg.f64 ns, s;
+            fma.rn.f64 r, ns, s, $1;
+            fma.rn.f64 s, r, hy, s;
+            setp.eq.f64 z, $1, 0d0000000000000000;
+            selp.f64 $0, $1, s, z;
+            }""", "=d,d", [x], dtype=tl.float64, is_pure=True, pack=1)
+    return tl.sqrt(x)
+
+
+@triton.jit
 def decay_to_end(g):
     """``(exp(sum of g after s through the chunk end) per token s, exp(sum of the chunk's g))`` in float32,
     from float64 sums and exps: the weights that build states, where strong decay (|G| ~ 10-40) would lose

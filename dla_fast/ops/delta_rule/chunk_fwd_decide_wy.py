@@ -40,11 +40,13 @@ from ..common.score import expm1_triton, information_score_from_decay_triton
 from ..common.triton_utils import (
     FP64_DOT_K,
     chunk_tokens,
+    div_f64,
     dot_from_memory,
     float64_on,
     highest_bit_index,
     load_rows,
     next_pow2,
+    score_fast_f64,
     stream_besides_current,
 )
 from .chunk_fwd_decide import CHUNK, walk_rows
@@ -86,11 +88,12 @@ def _norms_before(A, B, first, C: tl.constexpr):
 
 
 @triton.jit
-def _scores(nP, x, ss, a, em1, N, eps, norm_eps):
-    """The scores of the tokens and the ratio of each norm update to its terms' magnitudes (1: nothing cancels)."""
-    score = information_score_from_decay_triton(nP, x, ss, a, em1, N, eps, norm_eps)
+def _scores(nP, x, ss, a, em1, N, eps, norm_eps, FAST_F64: tl.constexpr):
+    """The scores of the tokens and the ratio of each norm update to its terms' magnitudes (1: nothing cancels).
+    FAST_F64: float64 divisions and square roots without slow-path branches (``score_fast_f64``)."""
+    score = information_score_from_decay_triton(nP, x, ss, a, em1, N, eps, norm_eps, FAST_F64=FAST_F64)
     grown = a * a * nP + 2.0 * a * x + ss
-    ratio = grown / tl.maximum(a * a * nP + tl.abs(2.0 * a * x) + ss, 1e-300)
+    ratio = div_f64(grown, tl.maximum(a * a * nP + tl.abs(2.0 * a * x) + ss, 1e-300), FAST_F64)
     return score, ratio
 
 
@@ -176,6 +179,7 @@ def dla_delta_pairs_kernel(
     pair_ptr, y0T_ptr, path_ptr, last_ptr, low_ptr,
     R, c0, Dv,
     C: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, QW: tl.constexpr, OVERRIDE: tl.constexpr,
+    FAST_F64: tl.constexpr = False,
 ):
     """Program (row r, chunk j of the block that starts at chunk c0), one warp. Writes ``pair [C (p), C (t)]`` (token
     t's score against the slot opened at p < t), ``y0T [Dv, C]``, and per entry e: ``path`` (int64, bit s: s is a
@@ -225,7 +229,7 @@ def dla_delta_pairs_kernel(
         fresh_p = tl.sum(tl.where(opened_at, fresh[None, :], 0.0), 1)[:, None]
         nP = _norms_before(tl.where(after, (a * a)[None, :], 0.0), tl.where(after, 2.0 * a[None, :] * X + SS, fresh_p),
                            0.0, C)
-        score, ratio = _scores(nP, X, SS, a[None, :], em1[None, :], N, eps, norm_eps)
+        score, ratio = _scores(nP, X, SS, a[None, :], em1[None, :], N, eps, norm_eps, FAST_F64)
         closes = after & valid[None, :] & (bnd[None, :] if OVERRIDE else score >= tau)
         nx = tl.min(tl.where(closes, t[None, :], C), 1)[:, None]
         tl.debug_barrier()  # the group's sums are read before its scores replace them
@@ -286,7 +290,7 @@ def _next_open_slot(phiT_ptr, khd_ptr, v_ptr, b_ptr, src_row, dst_row, base, fir
 def _chunk_decisions(ktT_ptr, y0T_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, pair_ptr, path_ptr, last_ptr, low_ptr,
                      scalars_ptr, score_ptr, start_ptr, mask_ptr, lows_ptr, p_row, base, r, c, n_tok, has, nP0,
                      T, NC, Dk, Dv, C: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
-                     OVERRIDE: tl.constexpr):
+                     OVERRIDE: tl.constexpr, FAST_F64: tl.constexpr):
     """Chunk c of row r decided from the open slot at its start (``p_row``, ``|P|^2 = nP0``; ``has``: the row has a
     slot): the carried slot's reads, scores and first boundary e, the chunk's starts from e's path, every token's
     score (stored with the starts and the chunk's boundary mask), and the chunk's smallest norm ratio (``lows``).
@@ -310,7 +314,7 @@ def _chunk_decisions(ktT_ptr, y0T_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, pa
     ss = b * b * kk * ww
     nP = tl.reshape(_norms_before((a * a)[None, :], (2.0 * a * x + ss)[None, :], nP0, C), [C])
     score, ratio = _scores(nP, x, ss, a, expm1_triton(2.0 * g), tl.load(scalars_ptr + 3), tl.load(scalars_ptr + 1),
-                           tl.load(scalars_ptr + 2))
+                           tl.load(scalars_ptr + 2), FAST_F64)
     score = tl.where(has, score, 0.0)  # an empty cache's first token opens a slot, score 0
     if OVERRIDE:
         closes = tl.load(bnd_ptr + base * C + t) != 0
@@ -346,7 +350,7 @@ def dla_delta_guess_kernel(
     guess_ptr, entry_ptr, right_ptr, score_ptr, start_ptr, mask_ptr, lows_ptr,
     R, c0, T, NC, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
-    OVERRIDE: tl.constexpr,
+    OVERRIDE: tl.constexpr, FAST_F64: tl.constexpr = False,
 ):
     """Program (row r, chunk j >= 1 of the block): chunk j decided from a guessed open slot at its start, every chunk
     at once. Wherever chunk j - 1's true first boundary e exists (e < C) and e's path ends at entry 0's last start
@@ -364,7 +368,7 @@ def dla_delta_guess_kernel(
                           tl.load(last_ptr + before * C), False, Dk, Dv, C, BK, BV, BKD, STAGES)
     e = _chunk_decisions(ktT_ptr, y0T_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, pair_ptr, path_ptr, last_ptr,
                          low_ptr, scalars_ptr, score_ptr, start_ptr, mask_ptr, lows_ptr, guess_row, base, r, c0 + j,
-                         tl.load(rlen_ptr + r), r >= 0, nP0, T, NC, Dk, Dv, C, BV, BKD, STAGES, OVERRIDE)
+                         tl.load(rlen_ptr + r), r >= 0, nP0, T, NC, Dk, Dv, C, BV, BKD, STAGES, OVERRIDE, FAST_F64)
     tl.store(entry_ptr + base, e)
     tl.store(right_ptr + base, _converged(last_ptr, base, e, C).to(tl.int32))
 
@@ -378,7 +382,7 @@ def dla_delta_chain_kernel(
     p_ptr, has_ptr, score_ptr, start_ptr, mask_ptr, lows_ptr,
     R, nb, c0, T, NC, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
-    OVERRIDE: tl.constexpr, GUESSED: tl.constexpr,
+    OVERRIDE: tl.constexpr, GUESSED: tl.constexpr, FAST_F64: tl.constexpr = False,
 ):
     """Program (row r): chunks c0 .. c0 + nb - 1 in order from the open slot ``P [R, Dk, Dv]`` (float64, in
     global memory, advanced in place) and ``has`` (the row has a slot). Reads the tables transposed where it
@@ -408,7 +412,7 @@ def dla_delta_chain_kernel(
         base = j * R + r
         e = _chunk_decisions(ktT_ptr, y0T_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, pair_ptr, path_ptr, last_ptr,
                              low_ptr, scalars_ptr, score_ptr, start_ptr, mask_ptr, lows_ptr, p_row, base, r, c0 + j,
-                             n_tok, has, nP0, T, NC, Dk, Dv, C, BV, BKD, STAGES, OVERRIDE)
+                             n_tok, has, nP0, T, NC, Dk, Dv, C, BV, BKD, STAGES, OVERRIDE, FAST_F64)
         has = has | (e < C)
         f = j  # the chunk whose end slot comes next: this one, or the last of the guessed chunks that hold
         src = p_row
@@ -494,7 +498,7 @@ def _first_wrong(right):
 
 
 def _block_tables(k_b, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, c0, override, BV, table_warps,
-                  pair_group, QW):
+                  pair_group, QW, fast_f64):
     """A block of chunks' score tables and pair kernel: the chain's and guess kernel's first 16 arguments."""
     nb, R, C, _ = k_b.shape
     Dv, dev = v_b.shape[-1], k_b.device
@@ -505,7 +509,8 @@ def _block_tables(k_b, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, c0, 
     last = torch.empty(nb, R, C, device=dev, dtype=torch.int32)
     low = torch.empty(nb, R, C, device=dev, dtype=torch.float64)
     dla_delta_pairs_kernel[(R, nb)](akapT, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, y0T, path, last,
-                                    low, R, c0, Dv, C=C, BV=BV, G=pair_group, QW=QW, OVERRIDE=override, num_warps=1)
+                                    low, R, c0, Dv, C=C, BV=BV, G=pair_group, QW=QW, OVERRIDE=override,
+                                    FAST_F64=fast_f64, num_warps=1)
     return ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, path, last, low
 
 
@@ -539,7 +544,7 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
                          table_warps: int = 4, chain_warps: int = 8, pair_group: int = PAIR_GROUP,
                          chain_block: int = CHAIN_BLOCK, chain_stages: int = CHAIN_STAGES,
                          concurrent: bool | None = None, pair_tokens: int | None = None, guess: bool = True,
-                         guess_maxnreg: int | None = GUESS_MAXNREG, rows: str = "kernel"):
+                         guess_maxnreg: int | None = GUESS_MAXNREG, rows: str = "kernel", fast_f64: bool | None = None):
     """:func:`chunk_fwd_decide.decide_delta_rule_triton`'s contract (same arguments and results; ``open_states``
     float64), a chunk at a time. Heads up to :data:`MAX_WIDTH` features. ``table_elements`` bounds a block of
     chunks' largest tables (the stage's memory); ``table_warps``, ``chain_warps``: the table and chain kernels' warps
@@ -560,7 +565,11 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     ``rows``: how each block's float64 keys, values and ``|k|^2`` are made (:func:`_block_rows_by`): ``"kernel"``
     (one launch a block) or ``"torch"`` (copies up front). H200, run 46 (``benchmarks/delta_block_rows_ab.py``, bf16,
     moderate): the forward at (2, 16384, 16, 64) 17.63 -> 17.09 ms, at (1, 65536) 35.78 -> 34.74, bitwise equal; its
-    peak memory 0.99 -> 0.58 and 1.54 -> 0.58 GiB."""
+    peak memory 0.99 -> 0.58 and 1.54 -> 0.58 GiB.
+
+    ``fast_f64`` (default: ``score_fast_f64``, where the scores stay in its ranges on a GPU): the pair, guess and chain
+    kernels' scores without the float64 divisions' and square roots' slow-path branches, the same values (issue #12,
+    run 54)."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     R, nC, C, dev = B * H, triton.cdiv(T, CHUNK), CHUNK, k.device
@@ -578,6 +587,7 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     starts = torch.zeros(R, T, device=dev, dtype=torch.int8)
     masks = torch.zeros(R, nC, device=dev, dtype=torch.int64)
     scalars = float64_on(dev, [tau, eps, norm_eps, Dk * Dv])
+    fast_f64 = score_fast_f64(eps, norm_eps, k, v, g, beta) if fast_f64 is None else fast_f64
     BK, BV = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
     QW = pair_tokens or min(PAIR_TOKENS, PAIR_TILE // BV)
     override = bnd is not None
@@ -594,9 +604,9 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
         k_b, v_b, vT, kk_b = rows_of(c0, nb)
         bnd_b = bnd[c0:c0 + nb] if override else starts
         tables = _block_tables(k_b, v_b, vT, gc[c0:c0 + nb], bc[c0:c0 + nb], kk_b, bnd_b, row_tokens, scalars, c0,
-                               override, BV, table_warps, pair_group, QW)
+                               override, BV, table_warps, pair_group, QW, fast_f64)
         settings = dict(C=C, BK=BK, BV=min(BV, chain_block), BKD=FP64_DOT_K, STAGES=chain_stages, OVERRIDE=override,
-                        num_warps=chain_warps)
+                        FAST_F64=fast_f64, num_warps=chain_warps)
         guessed = guess and nb > 1
         guesses = entry = wrong = None
         if guessed:

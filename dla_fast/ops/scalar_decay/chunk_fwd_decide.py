@@ -20,6 +20,8 @@ from ..common.triton_utils import (
     chunk_tokens,
     decay_scan_combine,
     decay_to_end,
+    div2_rn,
+    div_rn,
     dot_split,
     dot_split_parts_t,
     highest_bit_index,
@@ -940,48 +942,6 @@ def argmin_nonneg(d, valid, j, KW: tl.constexpr, VOTE: tl.constexpr):
     tie = hi == tl.min(hi, 0)
     lo = tl.where(tie, lo, 2147483647)
     return lowest_set_lane(tie & (lo == tl.min(lo, 0)), j, KW, VOTE)
-
-
-@triton.jit
-def div2_rn(a0, a1, b, FAST: tl.constexpr):
-    """``(a0 / b, a1 / b)`` in float64 for dividends ``a >= 0`` (sums of float32 scores: 0 or >= 2**-149) and a
-    divisor ``b``, a count in ``[1, 2**53]``. FAST (on a GPU): the instructions of the fast path that ptxas
-    emits for ``div.rn.f64`` (MUFU.RCP64H with low word 1 and two Newton steps for 1/b, which depend on b
-    alone and so are shared; then per dividend the quotient and one FMA correction), without the branch to
-    the slow path. That branch is taken only for a dividend below ~2**-969 (so for 0 here) or a subnormal
-    quotient (never here); otherwise ``div.rn.f64`` returns exactly the fast-path value, so the quotients are
-    the same float64 (an exact 0 may differ in sign, which the argmin ignores). ptxas merges this sequence
-    with a ``/`` of the same operands into one (seen in the sm_90 SASS): they are the same instructions.
-    Branch-free, ptxas can overlap it with the argmin; with the branches it serialises the divisions."""
-    if FAST:
-        return tl.inline_asm_elementwise(
-            """{
-            .reg .f64 r, e, nb, q0, q1, e0, e1;
-            .reg .b32 lo, hi;
-            rcp.approx.ftz.f64 r, $3;
-            neg.f64 nb, $3;
-            mov.b64 {lo, hi}, r;
-            mov.b64 r, {1, hi};
-            fma.rn.f64 e, nb, r, 0d3FF0000000000000;
-            fma.rn.f64 e, e, e, e;
-            fma.rn.f64 r, r, e, r;
-            fma.rn.f64 e, nb, r, 0d3FF0000000000000;
-            fma.rn.f64 r, r, e, r;
-            mul.rn.f64 q0, $2, r;
-            mul.rn.f64 q1, $4, r;
-            fma.rn.f64 e0, nb, q0, $2;
-            fma.rn.f64 e1, nb, q1, $4;
-            fma.rn.f64 $0, r, e0, q0;
-            fma.rn.f64 $1, r, e1, q1;
-            }""", "=d,=d,d,d,d", [a0, b, a1], dtype=(tl.float64, tl.float64), is_pure=True, pack=1)
-    else:
-        return a0 / b, a1 / b
-
-
-@triton.jit
-def div_rn(a, b, FAST: tl.constexpr):
-    """``a / b`` under ``div2_rn``'s conditions, by its sequence (ptxas drops the unused second quotient)."""
-    return div2_rn(a, a, b, FAST)[0]
 
 
 @triton.jit
