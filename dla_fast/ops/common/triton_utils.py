@@ -290,9 +290,9 @@ def div2_rn(a0, a1, b, FAST: tl.constexpr):
     divisor ``b``, a count in ``[1, 2**53]``. FAST (on a GPU): the instructions of the fast path that ptxas
     emits for ``div.rn.f64`` (MUFU.RCP64H with low word 1 and two Newton steps for 1/b, which depend on b
     alone and so are shared; then per dividend the quotient and one FMA correction), without the branch to
-    the slow path. That branch is taken only for a dividend below ~2**-969 (so for 0 here) or a subnormal
-    quotient (never here); otherwise ``div.rn.f64`` returns exactly the fast-path value, so the quotients are
-    the same float64 (an exact 0 may differ in sign, which the argmin ignores). ptxas merges this sequence
+    the slow path. That branch is taken only for a dividend below 2**-972 in magnitude (so for 0 here) or a quotient
+    outside [2**-1021, 2**1017) (never here); otherwise ``div.rn.f64`` returns exactly the fast-path value, so the
+    quotients are the same float64 (an exact 0 may differ in sign, which the argmin ignores). ptxas merges this sequence
     with a ``/`` of the same operands into one (seen in the sm_90 SASS): they are the same instructions.
     Branch-free, ptxas can overlap it with the argmin; with the branches it serialises the divisions."""
     if FAST:
@@ -322,7 +322,8 @@ def div2_rn(a0, a1, b, FAST: tl.constexpr):
 
 @triton.jit
 def div_rn(a, b, FAST: tl.constexpr):
-    """``a / b`` under ``div2_rn``'s conditions, by its sequence (ptxas drops the unused second quotient)."""
+    """``a / b`` by ``div2_rn``'s sequence (ptxas drops the unused second quotient): exactly ``a / b`` for any
+    operands with which ``div.rn.f64`` takes its fast path (``div2_rn``), whatever their signs."""
     return div2_rn(a, a, b, FAST)[0]
 
 
