@@ -1319,8 +1319,9 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit
 def test_delta_rule_decisions_without_float64_branches_change_no_bit(override):
     """``decide_delta_rule_wy`` with its scores' float64 divisions and square roots branch-free (``fast_f64``, the
     default on a GPU for 16- and 32-bit inputs: ``score_fast_f64``) and with ptxas's own: the same scores, starts,
-    masks and open slot, bit for bit. Float32 inputs, keys of zero in places (scores of exactly 0), rows of two
-    lengths; the decisions by the threshold or given."""
+    masks and open slot, bit for bit; so the token walk with float32 inputs (branch-free) and the same values in
+    float64 (not). Float32 inputs, keys of zero in places (scores of exactly 0), rows of two lengths; the decisions
+    by the threshold or given."""
     from dla_fast.ops.common.triton_utils import score_fast_f64
     from dla_fast.ops.delta_rule import chunk_fwd_decide_wy as wy
 
@@ -1345,6 +1346,17 @@ def test_delta_rule_decisions_without_float64_branches_change_no_bit(override):
     fast, plain = decide(True), decide(False)
     assert (plain[0] == 0).any() and plain[1].any()
     for a, b in zip(fast, plain):
+        assert torch.equal(a, b)
+    # The token walk takes them for 16- and 32-bit inputs, not for float64 ones (the same values, exactly converted).
+    from dla_fast.ops.delta_rule.chunk_fwd_decide import decide_delta_rule_triton
+
+    def walk(inputs):
+        P = torch.zeros(B, H, D, D, dtype=torch.float64, device=DEV)
+        out = decide_delta_rule_triton(*inputs, open_states=P, size=torch.zeros(B, H, dtype=torch.int64, device=DEV),
+                                       tau=0.6, boundaries=bnd, row_lengths=torch.tensor([T, T - 70], device=DEV))
+        return (*out, P)
+
+    for a, b in zip(walk(x), walk([a.double() for a in x])):
         assert torch.equal(a, b)
 
 

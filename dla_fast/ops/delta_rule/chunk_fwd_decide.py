@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..common.score import delta_rule_increment, expm1_triton, information_score_from_decay_triton
-from ..common.triton_utils import float64_on, next_pow2
+from ..common.triton_utils import float64_on, next_pow2, score_fast_f64
 
 CHUNK = 64  # tokens per boundary mask (one int64), as the scalar-decay forward's chunks
 
@@ -44,11 +44,12 @@ def dla_delta_decide_kernel(
     k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, rlen_ptr, p_ptr, size_ptr,
     score_ptr, start_ptr, mask_ptr, scalars_ptr,
     T, H, Dk, Dv,
-    BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, OVERRIDE: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, OVERRIDE: tl.constexpr, FAST_F64: tl.constexpr = False,
 ):
     """Program (row bh = b * H + h): scores [BH, T] float64, starts [BH, T] int8, the boundary mask of every chunk
     of C tokens [BH, NC] int64, and the open slot after the row's last token back into ``p_ptr``. ``scalars_ptr``:
-    ``(tau, eps, norm_eps)`` in float64 (a Python float argument would reach the GPU as float32)."""
+    ``(tau, eps, norm_eps)`` in float64 (a Python float argument would reach the GPU as float32). FAST_F64: the
+    score's float64 divisions and square roots without slow-path branches (``score_fast_f64``)."""
     tau = tl.load(scalars_ptr)
     eps = tl.load(scalars_ptr + 1)
     norm_eps = tl.load(scalars_ptr + 2)
@@ -78,7 +79,8 @@ def dla_delta_decide_kernel(
         # (one key element a lane) sm_90 contracts k * k into |k|^2's first butterfly step, fma(k_L, k_L, shfl): the
         # lanes still agree, as k (a 16- or 32-bit input; float64 runs no Triton) squares exactly in float64.
         ss = b * b * tl.sum(k * k, 0) * ww
-        score = information_score_from_decay_triton(nP, x, ss, a, expm1_triton(2.0 * g), N, eps, norm_eps)
+        score = information_score_from_decay_triton(nP, x, ss, a, expm1_triton(2.0 * g), N, eps, norm_eps,
+                                                    FAST_F64=FAST_F64)
         score = tl.where(has_slot, score, 0.0)  # an empty cache's first token opens a slot, score 0
         if OVERRIDE:
             start = (bnd != 0) | (~has_slot)
@@ -144,6 +146,7 @@ def walk_rows(k, v, g, beta, open_states, size, tau, boundaries, row_tokens, eps
         k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), bnd, row_tokens.contiguous(),
         open_states, size.contiguous(), scores, starts, masks,
         float64_on(dev, [tau, eps, norm_eps]), T, H, Dk, Dv,
-        BK=BK, BV=BV, C=CHUNK, OVERRIDE=override, num_warps=num_warps or (4 if BK * BV <= 64 * 64 else 8),
+        BK=BK, BV=BV, C=CHUNK, OVERRIDE=override, FAST_F64=score_fast_f64(eps, norm_eps, k, v, g, beta),
+        num_warps=num_warps or (4 if BK * BV <= 64 * 64 else 8),
     )
     return scores, starts, masks
