@@ -157,3 +157,22 @@ def test_the_merge_kernel_keeps_its_modeled_speed(tmp_path):
             assert modeled[what] <= 1.02 * held, (
                 f"{mode}: the merge kernel models at {modeled[what]:.0f} cycles for {name} against {held}:\n"
                 + "\n".join(out.splitlines()[-40:]))
+
+
+@pytest.mark.skipif(CUDA, reason="the GPU checks the values themselves (test_triton_kernels.py)")
+def test_branch_free_float64_division_and_root_are_ptxas_fast_paths():
+    """``div_f64`` and ``sqrt_f64`` (FAST) built for sm_90 with the GPU machines' Triton give ptxas's fast paths of
+    ``/`` and ``tl.sqrt``: the same float64 instructions in the same order and the same integer constants
+    (``sm90_float64_paths.py``). Where ptxas takes its fast path the results are then the same bits, which is what
+    the delta rule's scores rely on (docs/precision.md, section 9)."""
+    if not GPU_TRITON.is_dir():
+        pytest.skip(f"no GPU machines' Triton in {GPU_TRITON} (.ci/run installs it: pip install --target)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(TESTS.parent)]))
+    run = subprocess.run([sys.executable, str(TESTS / "sm90_float64_paths.py")], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, f"the build process failed:\n{run.stderr[-3000:]}"
+    paths = json.loads(run.stdout.strip().splitlines()[-1])
+    for name, mufu in (("div", "MUFU.RCP64H"), ("sqrt", "MUFU.RSQ64H")):
+        ieee, fast = paths[name]
+        assert ieee["float64"][0] == mufu and len(ieee["float64"]) >= 8, f"{name}: no fast path found: {ieee}"
+        assert fast == ieee, f"{name}: the branch-free form differs from ptxas's fast path:\n{fast}\n{ieee}"
