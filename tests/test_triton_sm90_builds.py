@@ -16,12 +16,15 @@ are not among them (those are checked on the GPU only, docs/triton.md); the inli
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -79,25 +82,47 @@ def _report(failed: list, launches: list, version: str) -> str:
         "\n".join(failed)
 
 
+@functools.cache
+def _gpu_triton_builds():
+    """The build of every recorded launch with the GPU machines' Triton, started once in its own process (``Popen``,
+    its output files), so that it runs beside this process's own build: each takes minutes on one core (CI, 2 cores:
+    ~135 s and ~170 s, one after the other before run 54)."""
+    launches = _launches()
+    path = pathlib.Path(conftest.launch_dir()) / "sm90_launches.json"
+    path.write_text(json.dumps(launches))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(TESTS.parent), str(TESTS)]))
+    out, err = (tempfile.TemporaryFile(mode="w+") for _ in range(2))  # noqa: SIM115 (closed by the test waiting)
+    process = subprocess.Popen([sys.executable, str(TESTS / "sm90_build.py"), str(path)], env=env, stdout=out,
+                               stderr=err, text=True)
+    atexit.register(process.kill)  # (a session that does not reach the test waiting for it)
+    return launches, process, (out, err)
+
+
+def _read_and_close(f) -> str:
+    f.seek(0)
+    text = f.read()
+    f.close()
+    return text
+
+
 @pytest.mark.skipif(CUDA, reason="on a GPU every kernel is compiled by the suite itself")
 def test_every_interpreted_launch_compiles_for_sm90():
+    if GPU_TRITON.is_dir():
+        _gpu_triton_builds()  # started now, checked by the next test
     launches = _launches()
     failed = failures(launches)
     assert not failed, _report(failed, launches, triton.__version__)
 
 
 @pytest.mark.skipif(CUDA, reason="on a GPU every kernel is compiled by the suite itself")
-def test_every_interpreted_launch_compiles_for_sm90_with_the_gpu_machines_triton(tmp_path):
+def test_every_interpreted_launch_compiles_for_sm90_with_the_gpu_machines_triton():
     if not GPU_TRITON.is_dir():
         pytest.skip(f"no GPU machines' Triton in {GPU_TRITON} (.ci/run installs it: pip install --target)")
-    launches = _launches()
-    path = tmp_path / "launches.json"
-    path.write_text(json.dumps(launches))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(TESTS.parent), str(TESTS)]))
-    run = subprocess.run([sys.executable, str(TESTS / "sm90_build.py"), str(path)], env=env, capture_output=True,
-                         text=True, timeout=1200)
-    assert run.returncode == 0, f"the build process failed:\n{run.stderr[-3000:]}"
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    launches, process, files = _gpu_triton_builds()
+    process.wait(timeout=1200)
+    stdout, stderr = (_read_and_close(f) for f in files)
+    assert process.returncode == 0, f"the build process failed:\n{stderr[-3000:]}"
+    result = json.loads(stdout.strip().splitlines()[-1])
     installed = [p.name.removesuffix(".dist-info").split("-")[1] for p in GPU_TRITON.glob("triton-*.dist-info")]
     assert [result["triton"]] == installed, f"built with Triton {result['triton']}, {GPU_TRITON} holds {installed}"
     assert not result["failed"], _report(result["failed"], launches, result["triton"])
