@@ -34,9 +34,7 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 
 # Variable-latency results, cycles after issue (fitted with BRANCH to run 48's two measured schedules; several
 # nearby sets fit as well, within 1 %: the stall counts carry most of the loop's time).
@@ -176,14 +174,8 @@ def sm90_sass(launch: dict) -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path[:0] = [root, os.path.join(root, "tests")]  # the kernels' modules, and sm90_build
     import sm90_build
-    import triton
 
-    kernel = sm90_build.build(launch)
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        return subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-sass", f.name], capture_output=True, text=True,
-                              check=True).stdout
+    return sm90_build.cubin_sass(sm90_build.build(launch))
 
 
 def recorded_launch(path: str, kernel: str, overrides: dict) -> dict:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib
 import json
 import pathlib
+import subprocess
 import sys
+import tempfile
 
 import triton
 
@@ -50,6 +52,15 @@ def build(launch: dict):
                        constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
                        attrs=divisibility(fn, launch))
     return triton.compile(source, target=GPUTarget(*TARGET), options=launch["options"])
+
+
+def cubin_sass(kernel) -> str:
+    """``cuobjdump -sass`` of a compiled kernel's cubin."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        return subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
 
 
 def failures(launches: list) -> list:

@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from sm90_build import cubin_sass  # noqa: E402 (this file's folder is first on the path)
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -50,11 +49,7 @@ def sass(fn, pointers: int, fast: bool) -> str:
     signature = {name: "*fp64" for name in names[:pointers]} | {"FAST": "constexpr"}
     kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs={(pointers,): fast}),
                             target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        return subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-sass", f.name], capture_output=True, text=True,
-                              check=True).stdout
+    return cubin_sass(kernel)
 
 
 def integer_constant(op: str, operands: list):
