@@ -175,6 +175,35 @@ def _memoised_numpy_dtypes() -> None:
     interpreter._get_np_dtype = get_np_dtype
 
 
+def _bf16_dots() -> None:
+    """Under the interpreter: ``tl.dot`` of bfloat16 operands multiplies their values, as a GPU's bf16 tensor cores do
+    (exact products, float32 sums), where Triton's interpreter (3.9) multiplies the raw ``uint16`` bits it stores
+    them as (``tests/test_interpreter_speedups.py``). The library itself still gives the interpreter float32 dots
+    (``chunk_fwd``: a user's interpreter is not patched); this lets a test run a kernel's bf16 products on the CPU. Does
+    nothing on an interpreter without ``create_dot``."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    if builder is None or not hasattr(builder, "create_dot"):
+        return
+    import triton.language as tl
+
+    own = builder.create_dot
+
+    def as_float32(x):
+        if x.dtype.scalar != tl.bfloat16:
+            return x
+        bits = np.asarray(x.data).astype(np.uint32) << 16
+        return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return own(self, as_float32(a), as_float32(b), d, input_precision, max_num_imprecise_acc)
+
+    builder.create_dot = create_dot
+
+
 def _launches_on_fresh_stacks() -> None:
     """Under the interpreter: each kernel launch runs on a thread of its own (the caller waits for it), at the bottom
     of a fresh frame stack.
@@ -267,6 +296,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     _skip_nested_language_patches()
     _vectorised_custom_reductions()
     _memoised_numpy_dtypes()
+    _bf16_dots()
     if os.environ.get(LAUNCH_LOG):
         _recorded_launches(os.environ[LAUNCH_LOG])
     _launches_on_fresh_stacks()

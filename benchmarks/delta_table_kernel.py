@@ -11,7 +11,9 @@ torch's float64 ``wy_tables``. Run 26 (H200, (2, 16384, 16, 64)): output tables 
 
 ``--variants``: ``WARPSxSTAGES`` pairs (``stages``: the products' loads in flight; 1 compiles without
 asynchronous copies). ``--f32``: also the output tables computed in float32 (``wy_tables_f32_triton``, the forward's
-up to 64 features since run 45) at each number of warps, timed and compared with the first variant's float64 tables.
+up to 64 features since run 45) at each number of warps, timed and compared with the first variant's float64 tables
+(``4p``: four warps, every product tf32x3, as before run 55; else bf16 products of the keys and queries where they
+are bf16).
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cell", default="2x16384x64:moderate")
     ap.add_argument("--variants", default="4x1,8x1,4x2,8x2,8x3")
-    ap.add_argument("--f32", default="", help="warps of the float32 output-table kernel to time, comma-separated")
+    ap.add_argument("--f32", default="", help="warps of the float32 output-table kernel to time, comma-separated "
+                    "(suffix p: every product tf32x3, split16=False)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -78,9 +81,10 @@ def main():
                          scores_ms=bench_ms(scores, rep=50), output_vs_first=max_rel(got[0], first[0]),
                          scores_vs_first=max_rel(got[1], first[1])))
         print(rows[-1], flush=True)
-    for warps in [int(n) for n in args.f32.split(",") if n]:
-        f32 = lambda: output_tables_rows_f32(q, k, g, beta, 0, nC, num_warps=warps)  # noqa: E731
-        rows.append(dict(f32_warps=warps, output_ms=bench_ms(f32, rep=50),
+    for item in [n for n in args.f32.split(",") if n]:
+        warps, split16 = int(item.rstrip("p")), False if item.endswith("p") else None
+        f32 = lambda: output_tables_rows_f32(q, k, g, beta, 0, nC, num_warps=warps, split16=split16)  # noqa: E731
+        rows.append(dict(f32_warps=item, output_ms=bench_ms(f32, rep=50),
                          output_vs_first=max_rel(list(f32().values()), first[0])))
         print(rows[-1], flush=True)
     want, _ = wy_tables(chunk_major(q)[:8], kc[:8], gc[:8], bc[:8])

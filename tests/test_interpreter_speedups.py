@@ -2,7 +2,8 @@
 functions (``tl.associative_scan``, ``tl.reduce``), a slice at a time, give bit for bit the interpreter's own
 element-at-a-time results, on both axes, reversed or not, float32 and float64, 1-D and 2-D, with and without
 ``keep_dims``; its memoised NumPy dtypes are the interpreter's own; its launches on threads of their own compute
-and raise as in their caller's. Runs under the interpreter only (on a GPU there is nothing to compare)."""
+and raise as in their caller's; its one fix, bf16 ``tl.dot``, multiplies values. Runs under the interpreter only (on
+a GPU there is nothing to compare)."""
 
 from __future__ import annotations
 
@@ -119,3 +120,27 @@ def test_launches_run_on_threads_of_their_own_and_raise_in_their_caller(monkeypa
     with pytest.raises(TypeError, match="y_ptr"):
         _double_kernel[(1,)](x, N=16)
     assert len(threads) == 2  # raised inside the launch
+
+
+@triton.jit
+def _bf16_dot_kernel(a_ptr, b_ptr, ab_ptr, af_ptr, M: tl.constexpr):
+    i = tl.arange(0, M)
+    a = tl.load(a_ptr + i[:, None] * M + i[None, :])
+    b = tl.load(b_ptr + i[:, None] * M + i[None, :])
+    tl.store(ab_ptr + i[:, None] * M + i[None, :], tl.dot(a, tl.trans(b)))  # bf16 x bf16
+    tl.store(af_ptr + i[:, None] * M + i[None, :], tl.dot(b, a.to(tl.float32).to(tl.bfloat16), acc=tl.zeros(
+        [M, M], tl.float32) + 1.0))  # with an accumulator
+
+
+@pytest.mark.skipif(not INTERPRET, reason="checks the interpreter's bf16 products (TRITON_INTERPRET=1)")
+def test_bf16_dots_multiply_values():
+    """``tl.dot`` of bf16 operands under the patched interpreter: the products of the values in float32 (exact: 8 x 8
+    significant bits), where the interpreter's own multiplied their ``uint16`` bits (off by ~1e11 here)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(16, 16, generator=gen).bfloat16() for _ in range(2))
+    ab, af = torch.empty(16, 16), torch.empty(16, 16)
+    _bf16_dot_kernel[(1,)](a, b, ab, af, M=16)
+    want = a.double() @ b.double().T
+    assert float((ab.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    want = b.double() @ a.double() + 1.0
+    assert float((af.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())

@@ -19,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.triton_utils import chunk_tokens, load_rows, next_pow2
+from ...backend import interpreting
+from ..common.triton_utils import chunk_tokens, dot_split, dot_split_t, load_rows, next_pow2
 from .wy_tables_triton import INVERSE_BLOCK, empty_output_tables, gs_times_inverse
 
 OUTPUT_TABLE_F32_WARPS = 4  # H200, run 45, (2, 16384, 16, 64): 1.74 ms on 4 warps, 2.33 on 8 (float64 kernel: 2.84)
@@ -31,57 +32,81 @@ def _dot(a, b):
     return tl.dot(a, b, input_precision="tf32x3")
 
 
+@triton.jit
+def _dot_keys(a, a16, b, b16, SPLIT16: tl.constexpr):
+    """``a @ b`` of two key or query operands: one bf16 product of ``a16 @ b16`` with SPLIT16 (exact products,
+    float32 sums), else tf32x3 of their float32 copies."""
+    if SPLIT16:
+        return tl.dot(a16, b16)
+    return _dot(a, b)
+
+
 @triton.jit(do_not_specialize=["R", "T", "H", "c0", "Dk"])
 def dla_delta_output_tables_f32_kernel(
     q_ptr, k_ptr, g_ptr, b_ptr, a_ptr, bs_ptr, attn_ptr, qt_ptr, kb_ptr, phi_ptr,
     R, T, H, c0, Dk,
-    C: tl.constexpr, BK: tl.constexpr, IB: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, IB: tl.constexpr, SPLIT16: tl.constexpr = False,
 ):
     """Program (row r = b H + h, chunk c = c0 + j of ``q, k [B, T, H, Dk]``, ``g, b [B, T, H]``, any float dtypes,
     0 past T) -> at chunk-major index ``j R + r``, float32: ``attn [C, C]``, ``qt [C, Dk]``, ``kb [C, Dk]`` (``b
     khd``), ``Phi [Dk, Dk]``. ``a [.., C, C]`` (``K K^T``, then ``A``) and ``bs [.., C]`` are float32 scratch.
-    FLOPs: six ``2 C^2 Dk``-sized products and ``~C^3 / 3`` for ``A``, each three tf32 passes."""
+    FLOPs: six ``2 C^2 Dk``-sized products and ``~C^3 / 3`` for ``A``, each three tf32 passes. SPLIT16 (bf16 ``q``
+    and ``k``): the products with a key or query operand take it as it is, exact, in bf16 products (``K K^T`` and
+    ``Q K^T`` one pass; the float32 operand of the other three split in three bf16 parts, ``split3``) instead of
+    tf32x3, which splits both operands; the products of two float32 operands stay tf32x3."""
     r = tl.program_id(0)
     base = tl.program_id(1) * R + r
     _, _, t, _, valid, row = chunk_tokens(r, c0 + tl.program_id(1), T, H, C)
     rows, cols = t[:, None], t[None, :]
     kd = tl.arange(0, BK)
-    K = load_rows(k_ptr, row, valid, kd, Dk).to(tl.float32)
-    Q = load_rows(q_ptr, row, valid, kd, Dk).to(tl.float32)
+    K16 = load_rows(k_ptr, row, valid, kd, Dk)
+    Q16 = load_rows(q_ptr, row, valid, kd, Dk)
+    K = K16.to(tl.float32)
+    Q = Q16.to(tl.float32)
     b = tl.load(b_ptr + row, mask=valid, other=0.0).to(tl.float32)
     Gc = tl.cumsum(tl.load(g_ptr + row, mask=valid, other=0.0).to(tl.float64), 0)
     GL = tl.sum(tl.where(t == C - 1, Gc, 0.0), 0)
     a_chunk = a_ptr + base * C * C
     bk = bs_ptr + base * C
-    tl.store(a_chunk + rows * C + cols, _dot(K, tl.trans(K)))
+    tl.store(a_chunk + rows * C + cols, _dot_keys(K, K16, tl.trans(K), tl.trans(K16), SPLIT16))
     tl.store(bk + t, b)
     tl.debug_barrier()  # K K^T and b are in the scratch for every thread
     gs_times_inverse(a_chunk, bk, C, IB, 16, 1, True)  # A = Gs T in float32
     # Each table as soon as its operands are formed, so that fewer [C, C] and [C, Dk] tiles are live at once.
     A = tl.load(a_chunk + rows * C + cols)
-    bK = b[:, None] * K
     inside = kd[None, :] < Dk
-    Z = b[:, None] * (K - _dot(A, bK))  # b (K - M), M = A (b K)
-    kb = (b * tl.exp((GL - Gc).to(tl.float32)))[:, None] * (K - _dot(tl.trans(A), bK))  # b e^(GL - Gc) (K - N)
+    # M = A (b K) and N = A^T (b K); SPLIT16: as (A diag(b)) K and (diag(b) A)^T K, the keys exact in bf16
+    bK = b[:, None] * K
+    M = dot_split_t(tl.trans(A * b[None, :]), K16) if SPLIT16 else _dot(A, bK)
+    Z = b[:, None] * (K - M)
+    N = dot_split_t(b[:, None] * A, K16) if SPLIT16 else _dot(tl.trans(A), bK)
+    kb = (b * tl.exp((GL - Gc).to(tl.float32)))[:, None] * (K - N)  # b e^(GL - Gc) (K - N)
     tl.store(kb_ptr + (base * C + rows) * Dk + kd[None, :], kb, mask=inside)
     causal = cols <= rows
-    Mq = tl.where(causal, _dot(Q, tl.trans(K)), 0.0)
+    Mq = tl.where(causal, _dot_keys(Q, Q16, tl.trans(K), tl.trans(K16), SPLIT16), 0.0)
     decay = tl.where(causal, tl.exp(tl.where(causal, Gc[:, None] - Gc[None, :], 0.0).to(tl.float32)), 0.0)
     attn = decay * (Mq - _dot(Mq, b[:, None] * A))  # D o (Mq T), T = I - diag(b) A
     tl.store(attn_ptr + (base * C + rows) * C + cols, attn)
     qt = tl.exp(Gc.to(tl.float32))[:, None] * (Q - _dot(Mq, Z))
     tl.store(qt_ptr + (base * C + rows) * Dk + kd[None, :], qt, mask=inside)
     eye = tl.where(kd[:, None] == kd[None, :], 1.0, 0.0)
-    phi = tl.exp(GL).to(tl.float32) * (eye - _dot(tl.trans(K), Z))  # e^GL (I - K^T Z)
+    KZ = dot_split(tl.trans(K16), Z) if SPLIT16 else _dot(tl.trans(K), Z)
+    phi = tl.exp(GL).to(tl.float32) * (eye - KZ)  # e^GL (I - K^T Z)
     tl.store(phi_ptr + base * Dk * Dk + kd[:, None] * Dk + kd[None, :], phi,
              mask=(kd[:, None] < Dk) & (kd[None, :] < Dk))
 
 
 def output_tables_rows_f32(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, c0: int, nb: int,
-                           *, chunk: int = 64, num_warps: int = OUTPUT_TABLE_F32_WARPS):
+                           *, chunk: int = 64, num_warps: int = OUTPUT_TABLE_F32_WARPS, split16: bool | None = None):
     """``wy_tables_triton.output_tables_rows``'s tables of chunks ``c0 .. c0 + nb - 1`` (``attn``, ``qt``, ``kb``,
     ``Phi``, chunk-major ``[nb, B H, ...]``, float32) from the API's ``q, k [B, T, H, Dk]``, ``g, beta [B, T, H]``,
-    computed in float32 (the decays in float64)."""
+    computed in float32 (the decays in float64). ``split16``: the key and query operands in exact bf16 products
+    (the kernel's SPLIT16); None: where ``q`` and ``k`` are bf16, on a GPU (Triton's interpreter multiplies bf16
+    operands wrongly: ``chunk_fwd``)."""
+    if split16 is None:
+        split16 = q.dtype == k.dtype == torch.bfloat16 and not interpreting()
+    elif split16 and not q.dtype == k.dtype == torch.bfloat16:
+        raise ValueError(f"split16=True needs bf16 q and k, got {q.dtype} and {k.dtype}")
     B, T, H, Dk = k.shape
     R = B * H
     out = empty_output_tables(nb, R, chunk, Dk, k.device, torch.float32, "kb")
@@ -90,5 +115,5 @@ def output_tables_rows_f32(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, be
     dla_delta_output_tables_f32_kernel[(R, nb)](
         *(x.contiguous() for x in (q, k, g, beta)), scratch_a, scratch_b, out["attn"], out["qt"], out["kb"],
         out["Phi"], R, T, H, c0, Dk, C=chunk, BK=max(16, next_pow2(Dk)), IB=min(INVERSE_BLOCK, chunk),
-        num_warps=num_warps)
+        SPLIT16=split16, num_warps=num_warps)
     return out
