@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device calls that runs 53 and 54 prepared without a GPU (docs/performance.md "Run 53", "Run 54"), kept in the
+# The device calls that runs 53-55 prepared without a GPU (docs/performance.md "Run 53", "Run 54", "Run 55"), kept in the
 # tree because a session's scratch does not outlive its machine. Run on a lent H200 through the device tool, with
 # `.whl` (the wheels its README lists) and `scratch` carried; before the first call, here:
 #
@@ -8,7 +8,8 @@
 #
 #     bash benchmarks/pending_gpu_calls.sh 1    # ~9 min: the merge stage bit for bit and timed, the forward A/B
 #     bash benchmarks/pending_gpu_calls.sh 2    # ~8 min: the steady timeline, the merge probe, the GPU suite
-#     bash benchmarks/pending_gpu_calls.sh 3    # ~5 min: the delta rule's branch-free float64 scores (run 54)
+#     bash benchmarks/pending_gpu_calls.sh 3    # ~6 min: the delta rule's branch-free float64 scores (run 54), its
+#                                               # output tables' bf16 key products (run 55)
 #
 # Logs under $OUT; the lines to read are printed last. Record what they say in docs/benchmarks.md and
 # docs/performance.md (card, date, prediction, outcome), and remove this script once measured.
@@ -51,12 +52,20 @@ elif [ "$part" = 2 ]; then
 elif [ "$part" = 3 ]; then
     # Run 54 (issue #12): the delta rule's scores without the float64 slow-path branches, checked bit for bit on the
     # GPU, then timed against them (predicted: the pair kernel -5 to -17 %, the forward at (2, 16384) -1 to -2.5 %).
-    timeout 200 python -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py \
-        -k "float64_division or without_float64_branches or delta_rule_decisions or delta_rule_guesses" \
+    # Run 55: the float32 output tables with the keys' and queries' products in bf16 (predicted: the table kernel
+    # 1.74 -> ~1.3-1.5 ms at (2, 16384, 16, 64); `4p` is the tf32x3 kernel before run 55).
+    timeout 200 python -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_delta_output_tables_f32.py \
+        -k "float64_division or without_float64_branches or delta_rule_decisions or delta_rule_guesses or float32_output" \
         > "$out/f64_tests.txt" 2>&1
+    timeout 50 python benchmarks/delta_table_kernel.py --cell 2x16384x64:moderate --variants 8x1 --f32 4p,4,8 \
+        --out "$out" > "$out/tables64.txt" 2>&1
+    timeout 50 python benchmarks/delta_table_kernel.py --cell 8x4096x128:moderate --variants 8x1 --f32 4p,4,8 \
+        --out "$out" > "$out/tables128.txt" 2>&1
     timeout 300 python benchmarks/delta_decisions_ab.py --cells 2x16384x64:moderate,1x65536x64:moderate \
         --variants chain_stream,plain_f64 --reps 5 --out "$out" > "$out/f64_ab.txt" 2>&1
     tail -n 5 "$out/f64_tests.txt"
     tail -n 20 "$out/f64_ab.txt"
+    tail -n 6 "$out/tables64.txt"
+    tail -n 6 "$out/tables128.txt"
 fi
 cat "$out/gpu.txt"
