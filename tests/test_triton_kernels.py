@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
 import triton.language as tl  # noqa: E402
-from triton_here import CUDA, DEV, needs_kernels, runs_elsewhere  # noqa: E402
+from triton_here import CUDA, DEV, INTERPRET, needs_kernels, runs_elsewhere  # noqa: E402
 
 import dla_ref  # noqa: E402
 from dla_fast.ops.common.triton_utils import (  # noqa: E402
@@ -636,6 +636,55 @@ def test_the_final_caches_counts_keep_no_state_sized_buffer_alive():
     x = regimes(1, 70, 2, 32, 32, 4, seed=24, regime_length=3.0, jitter=0.5, decay=0.5)
     _, (states, counts, info, size), _, _ = forward_scalar_decay_triton(*(_t(a) for a in x), tau=0.6)
     assert counts.untyped_storage().nbytes() < 2 * 32 * 32 * 4, "the counts keep a state-sized buffer alive"
+
+
+def _bf16_places(got, want):
+    """``|got - want|`` per entry, in bf16 places (2**-7 of the binade) of the largest entry of its row of ``want``:
+    ``(mean, max)``. Scaled by rows, not entries, so that entries near zero do not dominate."""
+    got, want = got.float(), want.float()
+    place = torch.exp2(torch.floor(torch.log2(want.abs().amax(-1, keepdim=True).clamp(min=1e-30))) - 7)
+    err = (got - want).abs() / place
+    return float(err.mean()), float(err.max())
+
+
+@pytest.mark.skipif(not INTERPRET, reason="the interpreter's bf16 products (on a GPU the tests below run them)")
+@pytest.mark.parametrize("with_cache", [False, True])
+def test_sixteen_bit_products_run_under_the_interpreter(with_cache, monkeypatch):
+    """The GPU's 16-bit product path (``LaunchConfig.lowp``, ``split``: bf16 operands in the table, carry and output
+    kernels, the grouped reads), which the library gives only a GPU, run on the CPU under the interpreter with the
+    root conftest's bf16 ``tl.dot`` (``_bf16_dots``), so that CI runs its indexing and masks. A slot every 7 tokens
+    under a mild decay, six slots: every chunk reads old starts, by groups. Measured 2026-12-05 (bf16 places of each
+    row's largest entry, ``_bf16_places``): ``o`` against the float32 products' mean 0.20-0.21 / max 2-3 (grouped and
+    materialised reads, both cases), the two reads against each other 0.017-0.021 / 1.5-2; the final states within
+    8.7e-8 relative, the scores 7.5e-8 (of 0.89). Mutants: the queries' state products scaled by 1.01, 0.27 / 6 with
+    the cache; the grouped reads' decay dropped, 16 / 760; ``dot_split``'s third part dropped, scores 2.5e-6;
+    ``dot_split_t``'s, states 7.4e-6 and scores 1.5e-6."""
+    import dataclasses
+
+    from dla_fast.ops.scalar_decay import chunk_fwd
+
+    T, n0 = 300, 100
+    x = regimes(1, T, 2, 32, 32, 6, seed=21, regime_length=8.0, jitter=0.5, decay=0.99)
+    q, k, v = (_t(a, torch.bfloat16) for a in x[:3])
+    g, w = _t(x[3]), _t(x[4])
+    starts = (torch.arange(T, device=DEV) % 7 == 0).view(1, -1, 1).expand(1, -1, 2)
+    kw = dict(tau=0.6, boundaries=starts)
+    if with_cache:  # continue from a first call's cache: the initial slots' pseudo starts are read too
+        _, c0, _ = _fwd(*(t[:, :n0] for t in (q, k, v, g, w)), tau=0.6, boundaries=starts[:, :n0])
+        kw.update(states=c0[0], counts=c0[1], info=c0[2], size=c0[3], boundaries=starts[:, n0:])
+        q, k, v, g, w = (t[:, n0:] for t in (q, k, v, g, w))
+    plain = _fwd(q, k, v, g, w, **kw)
+    real = chunk_fwd.launch_config
+    monkeypatch.setattr(chunk_fwd, "launch_config", lambda *a: dataclasses.replace(real(*a), lowp=True, split=True))
+    out = {mode: _fwd(q, k, v, g, w, settings=TritonSettings(grouped_reads=mode), **kw) for mode in (True, False)}
+    mean, most = _bf16_places(out[True][0], out[False][0])
+    assert mean <= 0.05 and most <= 3.0, (mean, most)
+    for mode in (True, False):
+        mean, most = _bf16_places(out[mode][0], plain[0])
+        assert mean <= 0.25 and most <= 4.0, (mode, mean, most)
+        states, want = out[mode][1][0], plain[1][0]
+        assert torch.linalg.norm(states - want) <= 1e-6 * torch.linalg.norm(want)
+        assert float((out[mode][2][0].double() - plain[2][0].double()).abs().max()) <= 5e-7
 
 
 @pytest.mark.skipif(not CUDA, reason="16-bit tensor-core products: on a GPU only (the interpreter computes fp32)")
