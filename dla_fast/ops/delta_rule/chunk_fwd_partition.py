@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ...backend import interpreting
-from ..common.triton_utils import chunk_tokens, next_pow2
+from ..common.triton_utils import chunk_tokens, dot_split_parts_t, next_pow2, split3
 from ..scalar_decay.chunk_fwd_output import live_in_chunk
 from ..scalar_decay.chunk_fwd_states import CHUNK
 
@@ -74,7 +74,7 @@ def dla_delta_partition_kernel(
     attn_ptr, v_ptr, b_ptr, lam_ptr, mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, fpos_ptr, size_ptr,
     size0_ptr, rlen_ptr, o_ptr, coef_ptr, dest_f_ptr, dest_ptr,
     R, T, H, c0, NC, K, Dv,
-    C: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    C: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT16: tl.constexpr = False,
 ):
     """Program (row r = b H + h, chunk c = c0 + j; chunk-major index ``j R + r`` of the block's tensors): from the
     structure (``masks [R, NC]``, ``death [R, NC C]``, ``death0 [R, K]``, ``live [R, NC, KP]``, ``livem [R, NC]``,
@@ -83,9 +83,10 @@ def dla_delta_partition_kernel(
     float32 (the intra-chunk part, for T's tokens), ``coef [nb, R, C, K]`` float32, ``dest_f [nb, R, K]`` and
     ``dest [nb, R, C]`` int32.
 
-    FLOPs: ``2 C^2 Dv`` (one float32 product at ``PREC``) and ``O(C^2 + C KP + KP^2)`` integer work. Bytes: ``attn``
-    (16 KB at C = 64), ``v``, the weights the chunk's tokens read (``C^2 + C K`` gathers from ``lam``), and the
-    outputs (``o``, ``coef``: 16 + 8 KB at Dv = 64, K = 32)."""
+    FLOPs: ``2 C^2 Dv`` (one float32 product at ``PREC``; SPLIT16, bf16 ``v``: ``(attn o W) diag(b)`` split in three
+    bf16 parts, ``split3``, times ``v`` as it is, three bf16 products) and ``O(C^2 + C KP + KP^2)`` integer work.
+    Bytes: ``attn`` (16 KB at C = 64), ``v``, the weights the chunk's tokens read (``C^2 + C K`` gathers from
+    ``lam``), and the outputs (``o``, ``coef``: 16 + 8 KB at Dv = 64, K = 32)."""
     r = tl.program_id(0)
     base = tl.program_id(1) * R + r
     c = c0 + tl.program_id(1)
@@ -97,11 +98,16 @@ def dla_delta_partition_kernel(
     W = tl.load(lam_row[:, None] + tl.minimum(J, K - 1), mask=causal, other=0.0).to(tl.float32)
     AW = tl.load(attn_ptr + (base * C + t[:, None]) * C + t[None, :]) * W
     b = tl.load(b_ptr + row, mask=valid, other=0.0).to(tl.float32)
+    hi, mid, lo = split3(tl.trans(AW * b[None, :]))  # SPLIT16: the values stay exact, b goes to the other side
     for v0 in range(0, Dv, BV):
         dv = v0 + tl.arange(0, BV)
         inside = valid[:, None] & (dv[None, :] < Dv)
-        bv = b[:, None] * tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=inside, other=0.0).to(tl.float32)
-        tl.store(o_ptr + row[:, None] * Dv + dv[None, :], tl.dot(AW, bv, input_precision=PREC), mask=inside)
+        vc = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=inside, other=0.0)
+        if SPLIT16:
+            ov = dot_split_parts_t(hi, mid, lo, vc)
+        else:
+            ov = tl.dot(AW, b[:, None] * vc.to(tl.float32), input_precision=PREC)
+        tl.store(o_ptr + row[:, None] * Dv + dv[None, :], ov, mask=inside)
     # The slots live at the chunk start: token t's weight of the slot holding slot i, and where slot i ends.
     i = tl.arange(0, KP)
     JF, listed, dest_f, dest = _slot_maps(live_ptr, livem_ptr, death_ptr, death0_ptr, fpos_ptr, size_ptr, size0_ptr,
@@ -161,13 +167,15 @@ def partition_maps(s, size0, T: int, K: int, c0: int, nb: int, *, start_maps: bo
 
 
 def partition_and_intra(s, size0, row_lengths, attn, v, beta, lam, c0: int, o, *, prec: str | None = None,
-                        num_warps: int = 4):
+                        num_warps: int = 4, split16: bool | None = None):
     """Chunks ``c0 .. c0 + nb - 1`` (``attn [nb, R, C, C]`` float32, the output tables'): writes their intra-chunk
     output into ``o [B, T, H, Dv]`` float32 and returns the slot-state kernel's maps ``(coef [nb, R, C, K]`` float32,
     ``dest_f [nb, R, K]``, ``dest [nb, R, C]`` int32). ``s``: the ``DecidedStructure``; ``size0 [R]`` the initial
     sizes; ``row_lengths [R]`` int32; ``v``, ``beta``, ``lam (slot weights)`` the API's inputs in their dtypes.
     ``prec``: the intra product's precision (None: ``"tf32x3"`` on a GPU, float32-accurate on the tensor cores,
-    where ``"ieee"`` spills at 4 warps for sm_90; ``"ieee"`` under the interpreter)."""
+    where ``"ieee"`` spills at 4 warps for sm_90; ``"ieee"`` under the interpreter). ``split16``: bf16 ``v`` exact
+    in three bf16 products instead (the kernel's SPLIT16; None: for bf16 ``v`` on a GPU, as
+    ``wy_tables_f32_triton.output_tables_rows_f32`` decides)."""
     nb, R, C = attn.shape[:3]
     B, T, H, Dv = v.shape
     K, KP = lam.shape[-1], s.live.shape[-1]
@@ -177,8 +185,12 @@ def partition_and_intra(s, size0, row_lengths, attn, v, beta, lam, c0: int, o, *
     dest = torch.empty(nb, R, C, device=dev, dtype=torch.int32)
     v, beta, lam = (x.contiguous() for x in (v, beta, lam))
     prec = prec or ("ieee" if interpreting() else "tf32x3")
+    if split16 is None:
+        split16 = v.dtype == torch.bfloat16 and not interpreting()
+    elif split16 and v.dtype != torch.bfloat16:
+        raise ValueError(f"split16=True needs bf16 v, got {v.dtype}")
     dla_delta_partition_kernel[(R, nb)](
         attn, v, beta, lam, s.masks, s.death, s.death0, s.live, s.livem, s.fpos, s.size, size0, row_lengths,
         o, coef, dest_f, dest, R, T, H, c0, s.masks.shape[1], K, Dv,
-        C=C, KP=KP, BV=min(max(next_pow2(Dv), 16), 64), PREC=prec, num_warps=num_warps)
+        C=C, KP=KP, BV=min(max(next_pow2(Dv), 16), 64), PREC=prec, SPLIT16=split16, num_warps=num_warps)
     return coef, dest_f, dest
