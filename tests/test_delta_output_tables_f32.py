@@ -71,3 +71,17 @@ def test_float32_output_tables_match_the_float64_kernels(B, T, H, D, dtype, deca
         err = (got[name].double() - want[name].to(DEV)).abs()
         err = float((err / scale[name]).max() if name in scale else err.max() / want[name].abs().max())
         assert err <= TOL, (name, err)
+
+
+def test_exact_bf16_products_refuse_other_dtypes():
+    """``split16=True`` with float32 keys is refused by name before any launch (the products would take them as
+    bf16); the partition kernel's ``v`` the same way."""
+    from dla_fast.ops.common.triton_utils import bf16_exact_products
+    from dla_fast.ops.delta_rule.wy_tables_f32_triton import output_tables_rows_f32
+
+    q, k, g, beta = _inputs(1, 64, 1, 16, torch.float32, 0.9, seed=0)
+    with pytest.raises(ValueError, match=r"split16=True needs bf16 q, k, got torch.float32, torch.float32"):
+        output_tables_rows_f32(q, k, g, beta, 0, 1, split16=True)
+    with pytest.raises(ValueError, match=r"needs bf16 v, got torch.float16"):
+        bf16_exact_products(True, v=torch.zeros(1, dtype=torch.float16))
+    assert not bf16_exact_products(None, v=torch.zeros(1, dtype=torch.float16))

@@ -128,8 +128,7 @@ def _bf16_dot_kernel(a_ptr, b_ptr, ab_ptr, af_ptr, M: tl.constexpr):
     a = tl.load(a_ptr + i[:, None] * M + i[None, :])
     b = tl.load(b_ptr + i[:, None] * M + i[None, :])
     tl.store(ab_ptr + i[:, None] * M + i[None, :], tl.dot(a, tl.trans(b)))  # bf16 x bf16
-    tl.store(af_ptr + i[:, None] * M + i[None, :], tl.dot(b, a.to(tl.float32).to(tl.bfloat16), acc=tl.zeros(
-        [M, M], tl.float32) + 1.0))  # with an accumulator
+    tl.store(af_ptr + i[:, None] * M + i[None, :], tl.dot(b, a, acc=tl.zeros([M, M], tl.float32) + 1.0))
 
 
 @pytest.mark.skipif(not INTERPRET, reason="checks the interpreter's bf16 products (TRITON_INTERPRET=1)")

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ...backend import interpreting
-from ..common.triton_utils import chunk_tokens, dot_split_parts_t, next_pow2, split3
+from ..common.triton_utils import bf16_exact_products, chunk_tokens, dot_split_parts_t, next_pow2, split3
 from ..scalar_decay.chunk_fwd_output import live_in_chunk
 from ..scalar_decay.chunk_fwd_states import CHUNK
 
@@ -98,7 +98,8 @@ def dla_delta_partition_kernel(
     W = tl.load(lam_row[:, None] + tl.minimum(J, K - 1), mask=causal, other=0.0).to(tl.float32)
     AW = tl.load(attn_ptr + (base * C + t[:, None]) * C + t[None, :]) * W
     b = tl.load(b_ptr + row, mask=valid, other=0.0).to(tl.float32)
-    hi, mid, lo = split3(tl.trans(AW * b[None, :]))  # SPLIT16: the values stay exact, b goes to the other side
+    if SPLIT16:  # the values stay exact: b goes to the other side, split once for every value block
+        hi, mid, lo = split3(tl.trans(AW * b[None, :]))
     for v0 in range(0, Dv, BV):
         dv = v0 + tl.arange(0, BV)
         inside = valid[:, None] & (dv[None, :] < Dv)
@@ -174,8 +175,8 @@ def partition_and_intra(s, size0, row_lengths, attn, v, beta, lam, c0: int, o, *
     sizes; ``row_lengths [R]`` int32; ``v``, ``beta``, ``lam (slot weights)`` the API's inputs in their dtypes.
     ``prec``: the intra product's precision (None: ``"tf32x3"`` on a GPU, float32-accurate on the tensor cores,
     where ``"ieee"`` spills at 4 warps for sm_90; ``"ieee"`` under the interpreter). ``split16``: bf16 ``v`` exact
-    in three bf16 products instead (the kernel's SPLIT16; None: for bf16 ``v`` on a GPU, as
-    ``wy_tables_f32_triton.output_tables_rows_f32`` decides)."""
+    in three bf16 products instead (the kernel's SPLIT16; None: for bf16 ``v`` on a GPU,
+    ``triton_utils.bf16_exact_products``)."""
     nb, R, C = attn.shape[:3]
     B, T, H, Dv = v.shape
     K, KP = lam.shape[-1], s.live.shape[-1]
@@ -185,10 +186,7 @@ def partition_and_intra(s, size0, row_lengths, attn, v, beta, lam, c0: int, o, *
     dest = torch.empty(nb, R, C, device=dev, dtype=torch.int32)
     v, beta, lam = (x.contiguous() for x in (v, beta, lam))
     prec = prec or ("ieee" if interpreting() else "tf32x3")
-    if split16 is None:
-        split16 = v.dtype == torch.bfloat16 and not interpreting()
-    elif split16 and v.dtype != torch.bfloat16:
-        raise ValueError(f"split16=True needs bf16 v, got {v.dtype}")
+    split16 = bf16_exact_products(split16, v=v)
     dla_delta_partition_kernel[(R, nb)](
         attn, v, beta, lam, s.masks, s.death, s.death0, s.live, s.livem, s.fpos, s.size, size0, row_lengths,
         o, coef, dest_f, dest, R, T, H, c0, s.masks.shape[1], K, Dv,

@@ -19,8 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...backend import interpreting
-from ..common.triton_utils import chunk_tokens, dot_split, dot_split_t, load_rows, next_pow2
+from ..common.triton_utils import bf16_exact_products, chunk_tokens, dot_split, dot_split_t, load_rows, next_pow2
 from .wy_tables_triton import INVERSE_BLOCK, empty_output_tables, gs_times_inverse
 
 OUTPUT_TABLE_F32_WARPS = 4  # H200, run 45, (2, 16384, 16, 64): 1.74 ms on 4 warps, 2.33 on 8 (float64 kernel: 2.84)
@@ -33,12 +32,12 @@ def _dot(a, b):
 
 
 @triton.jit
-def _dot_keys(a, a16, b, b16, SPLIT16: tl.constexpr):
-    """``a @ b`` of two key or query operands: one bf16 product of ``a16 @ b16`` with SPLIT16 (exact products,
-    float32 sums), else tf32x3 of their float32 copies."""
+def _dot_keys(a16, b16, SPLIT16: tl.constexpr):
+    """``a16 @ b16`` of two key or query tiles (in the inputs' dtype): one bf16 product with SPLIT16 (exact products,
+    float32 sums), else tf32x3 of their float32 values."""
     if SPLIT16:
         return tl.dot(a16, b16)
-    return _dot(a, b)
+    return _dot(a16.to(tl.float32), b16.to(tl.float32))
 
 
 @triton.jit(do_not_specialize=["R", "T", "H", "c0", "Dk"])
@@ -68,7 +67,7 @@ def dla_delta_output_tables_f32_kernel(
     GL = tl.sum(tl.where(t == C - 1, Gc, 0.0), 0)
     a_chunk = a_ptr + base * C * C
     bk = bs_ptr + base * C
-    tl.store(a_chunk + rows * C + cols, _dot_keys(K, K16, tl.trans(K), tl.trans(K16), SPLIT16))
+    tl.store(a_chunk + rows * C + cols, _dot_keys(K16, tl.trans(K16), SPLIT16))
     tl.store(bk + t, b)
     tl.debug_barrier()  # K K^T and b are in the scratch for every thread
     gs_times_inverse(a_chunk, bk, C, IB, 16, 1, True)  # A = Gs T in float32
@@ -83,7 +82,7 @@ def dla_delta_output_tables_f32_kernel(
     kb = (b * tl.exp((GL - Gc).to(tl.float32)))[:, None] * (K - N)  # b e^(GL - Gc) (K - N)
     tl.store(kb_ptr + (base * C + rows) * Dk + kd[None, :], kb, mask=inside)
     causal = cols <= rows
-    Mq = tl.where(causal, _dot_keys(Q, Q16, tl.trans(K), tl.trans(K16), SPLIT16), 0.0)
+    Mq = tl.where(causal, _dot_keys(Q16, tl.trans(K16), SPLIT16), 0.0)
     decay = tl.where(causal, tl.exp(tl.where(causal, Gc[:, None] - Gc[None, :], 0.0).to(tl.float32)), 0.0)
     attn = decay * (Mq - _dot(Mq, b[:, None] * A))  # D o (Mq T), T = I - diag(b) A
     tl.store(attn_ptr + (base * C + rows) * C + cols, attn)
@@ -102,11 +101,8 @@ def output_tables_rows_f32(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, be
     ``Phi``, chunk-major ``[nb, B H, ...]``, float32) from the API's ``q, k [B, T, H, Dk]``, ``g, beta [B, T, H]``,
     computed in float32 (the decays in float64). ``split16``: the key and query operands in exact bf16 products
     (the kernel's SPLIT16); None: where ``q`` and ``k`` are bf16, on a GPU (Triton's interpreter multiplies bf16
-    operands wrongly: ``chunk_fwd``)."""
-    if split16 is None:
-        split16 = q.dtype == k.dtype == torch.bfloat16 and not interpreting()
-    elif split16 and not q.dtype == k.dtype == torch.bfloat16:
-        raise ValueError(f"split16=True needs bf16 q and k, got {q.dtype} and {k.dtype}")
+    operands wrongly: ``triton_utils.bf16_exact_products``)."""
+    split16 = bf16_exact_products(split16, q=q, k=k)
     B, T, H, Dk = k.shape
     R = B * H
     out = empty_output_tables(nb, R, chunk, Dk, k.device, torch.float32, "kb")
