@@ -38,18 +38,39 @@ def _division(a_ptr, b_ptr, o_ptr, FAST: tl.constexpr):
 
 
 @triton.jit
+def _constant_dividend(b_ptr, o_ptr, FAST: tl.constexpr):
+    i = tl.arange(0, 32)
+    b = tl.load(b_ptr + i)
+    tl.store(o_ptr + i, div_f64(0.1, b, True) if FAST else 0.1 / b)
+
+
+@triton.jit
 def _root(x_ptr, o_ptr, FAST: tl.constexpr):
     i = tl.arange(0, 32)
     x = tl.load(x_ptr + i)
     tl.store(o_ptr + i, sqrt_f64(x, True) if FAST else tl.sqrt(x))
 
 
-def sass(fn, pointers: int, fast: bool) -> str:
+def build(fn, pointers: int, fast: bool):
     names = fn.arg_names
     signature = {name: "*fp64" for name in names[:pointers]} | {"FAST": "constexpr"}
-    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs={(pointers,): fast}),
-                            target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
-    return cubin_sass(kernel)
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs={(pointers,): fast}),
+                          target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+
+
+def sass(fn, pointers: int, fast: bool) -> str:
+    return cubin_sass(build(fn, pointers, fast))
+
+
+def ptx(fn, pointers: int, fast: bool) -> str:
+    return build(fn, pointers, fast).asm["ptx"]
+
+
+def constant_dividend_bits(listing: str) -> list:
+    """The 64-bit constants the PTX moves into registers (``mov.b64 %rd, int``), as hex: ``_constant_dividend``'s
+    0.1 must reach the inline PTX as float64 bits (0x3fb999999999999a), not float32 ones (run 56: a Python float
+    arrived as 0x3dcccccd, 5e-315 as a float64)."""
+    return [hex(int(x) % 2**64) for x in re.findall(r"mov\.b64\s+%rd\d+,\s*(-?\d+);", listing)]
 
 
 def integer_constant(op: str, operands: list):
@@ -97,4 +118,5 @@ if __name__ == "__main__":
     result = {"triton": triton.__version__}
     for name, fn, pointers in (("div", _division, 3), ("sqrt", _root, 2)):
         result[name] = [fast_path(sass(fn, pointers, fast)) for fast in (False, True)]
+    result["constant dividend"] = constant_dividend_bits(ptx(_constant_dividend, 2, True))
     print(json.dumps(result))

@@ -50,13 +50,16 @@ def _inputs(B, T, H, D, dtype, decay, seed):
     (1, 64, 1, 128, torch.bfloat16, 0.9, False), (1, 100, 2, 128, torch.bfloat16, 0.9, True)])
 def test_float32_output_tables_match_the_float64_kernels(B, T, H, D, dtype, decay, split16):
     """``split16``: the key and query operands in exact bf16 products (the forward's default for bf16 inputs on a GPU;
-    under the interpreter with the root conftest's bf16 ``tl.dot``)."""
+    under the interpreter with the root conftest's bf16 ``tl.dot``). Launched as the forward launches them
+    (``chunk_fwd.output_tables``: wider heads on more warps)."""
+    from dla_fast.ops.delta_rule.chunk_fwd import FLOAT32_TABLES_WIDTH, WIDE_FLOAT32_TABLE_WARPS
     from dla_fast.ops.delta_rule.wy_tables import wy_tables
-    from dla_fast.ops.delta_rule.wy_tables_f32_triton import output_tables_rows_f32
+    from dla_fast.ops.delta_rule.wy_tables_f32_triton import OUTPUT_TABLE_F32_WARPS, output_tables_rows_f32
 
     q, k, g, beta = _inputs(B, T, H, D, dtype, decay, seed=B * T + D)
     nb = triton.cdiv(T, 64)
-    got = output_tables_rows_f32(q, k, g, beta, 0, nb, split16=split16)
+    warps = WIDE_FLOAT32_TABLE_WARPS if D > FLOAT32_TABLES_WIDTH else OUTPUT_TABLE_F32_WARPS
+    got = output_tables_rows_f32(q, k, g, beta, 0, nb, split16=split16, num_warps=warps)
 
     def chunk_major(x):  # [B, T, H, *F] -> float64 [nb, B H, 64, *F], zero past T (as the kernel reads it)
         x = torch.nn.functional.pad(x.double(), (0, 0) * (x.dim() - 3) + (0, 0, 0, 64 * nb - T))

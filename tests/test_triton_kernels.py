@@ -1192,11 +1192,14 @@ def test_bit_helpers_give_the_highest_and_lowest_bit_and_the_count(fast):
 
 
 @triton.jit
-def _f64_helpers_kernel(a_ptr, b_ptr, x_ptr, q_ptr, r_ptr, FAST: tl.constexpr):
-    """Program i: ``div_f64(a[i], b[i])`` and ``sqrt_f64(x[i])``, with or without their inline PTX."""
+def _f64_helpers_kernel(a_ptr, b_ptr, x_ptr, q_ptr, r_ptr, c_ptr, FAST: tl.constexpr):
+    """Program i: ``div_f64(a[i], b[i])``, ``sqrt_f64(x[i])`` and ``div_f64(0.1, b[i])`` (a Python float dividend, as
+    the scores' ``1 / r``), with or without their inline PTX."""
     i = tl.program_id(0) * 32 + tl.arange(0, 32)
-    tl.store(q_ptr + i, div_f64(tl.load(a_ptr + i), tl.load(b_ptr + i), FAST))
+    b = tl.load(b_ptr + i)
+    tl.store(q_ptr + i, div_f64(tl.load(a_ptr + i), b, FAST))
     tl.store(r_ptr + i, sqrt_f64(tl.load(x_ptr + i), FAST))
+    tl.store(c_ptr + i, div_f64(0.1, b, FAST))
 
 
 def _float64_operands(n: int, seed: int = 0):
@@ -1226,11 +1229,11 @@ def test_float64_division_and_root_without_branches_give_the_ieee_bits(fast):
     rule's float64 scores take on a GPU (``score_fast_f64``)."""
     n = 4096
     a, b, x = _float64_operands(n)
-    q = torch.empty(n, dtype=torch.float64, device=DEV)
-    r = torch.empty(n, dtype=torch.float64, device=DEV)
-    _f64_helpers_kernel[(n // 32,)](*(torch.tensor(v, device=DEV) for v in (a, b, x)), q, r, FAST=fast)
+    q, r, c = (torch.empty(n, dtype=torch.float64, device=DEV) for _ in range(3))
+    _f64_helpers_kernel[(n // 32,)](*(torch.tensor(v, device=DEV) for v in (a, b, x)), q, r, c, FAST=fast)
     np.testing.assert_array_equal(q.cpu().numpy().view(np.int64), (a / b).view(np.int64))
     np.testing.assert_array_equal(r.cpu().numpy().view(np.int64), np.sqrt(x).view(np.int64))
+    np.testing.assert_array_equal(c.cpu().numpy().view(np.int64), (0.1 / b).view(np.int64))
 
 
 @needs_kernels

@@ -201,3 +201,5 @@ def test_branch_free_float64_division_and_root_are_ptxas_fast_paths():
         ieee, fast = paths[name]
         assert ieee["float64"][0] == mufu and len(ieee["float64"]) >= 8, f"{name}: no fast path found: {ieee}"
         assert fast == ieee, f"{name}: the branch-free form differs from ptxas's fast path:\n{fast}\n{ieee}"
+    assert paths["constant dividend"] == ["0x3fb999999999999a"], (
+        f"div_f64(0.1, b) hands its inline PTX {paths['constant dividend']}, not float64 0.1")

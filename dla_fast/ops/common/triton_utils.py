@@ -296,6 +296,9 @@ def div2_rn(a0, a1, b, FAST: tl.constexpr):
     with a ``/`` of the same operands into one (seen in the sm_90 SASS): they are the same instructions.
     Branch-free, ptxas can overlap it with the argmin; with the branches it serialises the divisions."""
     if FAST:
+        # Inline PTX takes its operands as they come: a Python float would arrive as float32 bits in the 64-bit
+        # register (1.0 as 5.3e-315). ``x - 0.0`` is ``x`` for every float64, -0 included.
+        zero = tl.zeros_like(b).to(tl.float64)
         return tl.inline_asm_elementwise(
             """{
             .reg .f64 r, e, nb, q0, q1, e0, e1;
@@ -315,7 +318,8 @@ def div2_rn(a0, a1, b, FAST: tl.constexpr):
             fma.rn.f64 e1, nb, q1, $4;
             fma.rn.f64 $0, r, e0, q0;
             fma.rn.f64 $1, r, e1, q1;
-            }""", "=d,=d,d,d,d", [a0, b, a1], dtype=(tl.float64, tl.float64), is_pure=True, pack=1)
+            }""", "=d,=d,d,d,d", [a0 - zero, b - zero, a1 - zero], dtype=(tl.float64, tl.float64), is_pure=True,
+            pack=1)
     else:
         return a0 / b, a1 / b
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..common.layout import unrows
 from ..common.structure import SlotCheckpoints, checkpoint_interval
+from ..common.triton_utils import bf16_exact_products
 from ..scalar_decay.chunk_fwd import DecidedStructure, LaunchConfig, merge_simulation
 from ..scalar_decay.chunk_fwd_states import CHUNK, start_bits
 from .chunk_fwd_decide import decide_delta_rule_triton
@@ -33,10 +34,14 @@ from .chunk_fwd_steps import pair_steps
 from .wy_tables_f32_triton import output_tables_rows_f32
 from .wy_tables_triton import output_tables_rows
 
-# The widest heads whose output WY tables are computed in float32 (tf32x3 products, float64 decays) rather than in
-# float64 and rounded. H200, run 45 (benchmarks/delta_table_kernel.py, all chunks in one launch): (2, 16384, 16, 64)
-# 1.74 ms against 2.84, (8, 4096, 16, 128) 6.88 against 5.05 (the float32 kernel spills 1.2 KB there, sm_90).
+# The widest heads whose output WY tables are computed in float32 (float64 decays) rather than in float64 and rounded,
+# whatever the inputs' dtype. H200, run 45 (benchmarks/delta_table_kernel.py, all chunks in one launch): (2, 16384,
+# 16, 64) 1.74 ms against 2.84, (8, 4096, 16, 128) 6.88 against 5.05 (the tf32x3 kernel spills 1.2 KB there, sm_90).
+# Wider heads take them in float32 where bf16 keys and queries make their products exact (``bf16_exact_products``,
+# run 55), on WIDE_FLOAT32_TABLE_WARPS: H100, run 56, (8, 4096, 16, 128) 2.56 ms on 8 warps, 3.62 on 4, against the
+# float64 kernel's 5.23 (and at 64 features 0.97 on 4 warps, 2.05 on 8, tf32x3 2.40).
 FLOAT32_TABLES_WIDTH = 64
+WIDE_FLOAT32_TABLE_WARPS = 8
 
 # Where "auto" decides a chunk at a time: heads up to this wide, at most this many rows (B * H). The chunked
 # path's parallel stages grow with the rows, the token walk's time does not until its one program per row fills
@@ -105,11 +110,14 @@ def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps
 
 def output_tables(q, k, g, beta, b0: int, nb: int) -> dict:
     """The output stage's WY tables of chunks ``b0 .. b0 + nb - 1`` (``attn``, ``qt``, ``kb``, ``Phi``, float32),
-    computed in float32 up to ``FLOAT32_TABLES_WIDTH`` features, in float64 above. The float32 ones leave the slot
-    states within ~7e-7 of their largest entry on the benchmark workloads (float64's: ~6e-8; the suite's bound 1e-5:
-    benchmarks/delta_output_tables_f32_study.py, docs/performance.md "Run 44")."""
+    computed in float32 up to ``FLOAT32_TABLES_WIDTH`` features and, wider, with bf16 ``q`` and ``k`` on a GPU; else
+    in float64. The float32 ones leave the slot states within ~7e-7 of their largest entry on the benchmark workloads
+    (float64's: ~6e-8; the suite's bound 1e-5: benchmarks/delta_output_tables_f32_study.py, docs/performance.md
+    "Run 44")."""
     if k.shape[-1] <= FLOAT32_TABLES_WIDTH:
         return output_tables_rows_f32(q, k, g, beta, b0, nb)
+    if bf16_exact_products(None, q=q, k=k):
+        return output_tables_rows_f32(q, k, g, beta, b0, nb, num_warps=WIDE_FLOAT32_TABLE_WARPS, split16=True)
     return output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32)
 
 
