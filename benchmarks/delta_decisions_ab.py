@@ -35,7 +35,16 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import WORKLOADS, configs_named, delta_inputs, dla_gdn, grad_leaves, peak_gib_and_ms, wall_ms  # noqa: E402
+from gpu_bench import (  # noqa: E402
+    WORKLOADS,
+    configs_named,
+    delta_inputs,
+    dla_gdn,
+    grad_leaves,
+    peak_gib_and_ms,
+    round_order,
+    wall_ms,
+)
 
 from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
 
@@ -76,8 +85,8 @@ def cell(cfg, wname: str, names: list, reps: int) -> dict:
         row[f"{name} fwd peak GiB"], _ = peak_gib_and_ms(forward)
         row[f"{name} step peak GiB"], _ = peak_gib_and_ms(train)
     times = {n: {"fwd": [], "step": []} for n in names}
-    for _ in range(reps):  # alternating, so that drift hits all alike
-        for name in names:
+    for i in range(reps):  # alternating, so that drift hits all alike
+        for name in round_order(names, i):
             use(name)
             times[name]["fwd"].append(wall_ms(forward))
             times[name]["step"].append(wall_ms(train))

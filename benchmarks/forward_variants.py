@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from backward_settings_ab import parse_variants  # noqa: E402
-from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, log, warm_gpu, workload  # noqa: E402
+from gpu_bench import K_SLOTS, TAU, WORKLOADS, bench_ms, configs_named, log, round_order, warm_gpu, workload  # noqa: E402
 
 from dla_fast.settings import DEFAULT_SETTINGS  # noqa: E402
 
@@ -85,8 +85,8 @@ def cell(cfg, wname, variants, fh, rounds=3, check_values=False):
         row["stages"][name] = {kk: round(vv, 4) for kk, vv in prof.items() if kk.endswith("_ms")}
     del first, out
     times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name in variants:
+    for i in range(rounds):
+        for name in round_order(variants, i):
             times[name].append(bench_ms(lambda: forward(q, k, v, g, w, VARIANTS[name], check_values=check_values),
                                         rep=60))
     row["ms"] = {name: sorted(t)[len(t) // 2] for name, t in times.items()}

@@ -174,13 +174,20 @@ def warm_gpu(seconds: float = 3.0) -> None:
         torch.cuda.synchronize()
 
 
+def round_order(names: list, i: int) -> list:
+    """The order of round ``i`` of alternating rounds: as given in even rounds, reversed in odd ones, so that no
+    variant always runs first or after the same one (run 56: the variant listed first in every round of
+    ``delta_decisions_ab.py`` took ~3 ms longer forwards, whichever it was)."""
+    return list(names) if i % 2 == 0 else list(reversed(names))
+
+
 def alternating_ms(calls: dict, rounds: int, rep: int = 40) -> dict[str, list[float]]:
-    """Each of ``calls`` (name: function) timed by :func:`bench_ms` in ``rounds`` alternating rounds, in one
-    process (the card's state shared between them): ``{name: [ms a round]}``."""
+    """Each of ``calls`` (name: function) timed by :func:`bench_ms` in ``rounds`` alternating rounds
+    (``round_order``), in one process (the card's state shared between them): ``{name: [ms a round]}``."""
     times = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            times[name].append(bench_ms(fn, rep=rep))
+    for i in range(rounds):
+        for name in round_order(calls, i):
+            times[name].append(bench_ms(calls[name], rep=rep))
     return times
 
 

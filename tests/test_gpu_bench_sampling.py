@@ -129,3 +129,12 @@ def test_the_forward_ratios_take_the_best_dla_process_when_sampled():
     assert "| 1.500 | 2.100 |" in dense  # this process's was the best
     assert "  (8, 4096, 16, 64, 64) sparse: min-max of 2 processes (ms): dla_api 1.600-1.800" in lines
     assert "dla_api" in gb.BASELINES  # what the workers measure
+
+
+def test_alternating_rounds_reverse_their_order_every_other_round(monkeypatch):
+    """``alternating_ms``: no variant runs first in every round (``round_order``; run 56 found the first variant of
+    every round slower, whichever it was)."""
+    seen = []
+    monkeypatch.setattr(gb, "bench_ms", lambda fn, rep=40: fn() or 1.0)
+    times = gb.alternating_ms({name: (lambda n=name: seen.append(n)) for name in "abc"}, rounds=3)
+    assert seen == list("abccbaabc") and times == {n: [1.0, 1.0, 1.0] for n in "abc"}
