@@ -369,7 +369,7 @@ def div_f64(a, b, FAST: tl.constexpr):
 def sqrt_f64(x, FAST: tl.constexpr):
     """``sqrt(x)`` in float64 for ``x >= 0``. FAST (a GPU): ptxas's fast path of ``sqrt.rn.f64`` without the branch
     to its slow path (a zero radicand, which the fast path would turn into NaN, is returned as it is)."""
-    if FAST:
+    if FAST:  # (a float32 radicand would reach the PTX as 32 bits: made float64 first, as ``div2_rn``'s operands)
         return tl.inline_asm_elementwise(
             """{
             .reg .b32 xl, xh, yl, yh, hl, hh;
@@ -395,7 +395,7 @@ def sqrt_f64(x, FAST: tl.constexpr):
             fma.rn.f64 s, r, hy, s;
             setp.eq.f64 z, $1, 0d0000000000000000;
             selp.f64 $0, $1, s, z;
-            }""", "=d,d", [x], dtype=tl.float64, is_pure=True, pack=1)
+            }""", "=d,d", [x.to(tl.float64)], dtype=tl.float64, is_pure=True, pack=1)
     return tl.sqrt(x)
 
 
