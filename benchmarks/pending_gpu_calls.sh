@@ -9,11 +9,13 @@
 #     bash benchmarks/pending_gpu_calls.sh 1    # ~8 min: the forward against both trees at seven cells (run 54's
 #                                               # merge change: +2 % at (1, 65536) moderate in run 56, one call)
 #     bash benchmarks/pending_gpu_calls.sh 2    # ~5 min: the steady timeline, the 128-feature cells of gpu_bench
+#     bash benchmarks/pending_gpu_calls.sh 3    # ~6 min: run 56's decisions' tables from bf16 products: GPU tests,
+#                                               # the table kernel by key block, the forward A/B, all its kernels
 #
 # Logs under $OUT; the lines to read are printed last. Record what they say in docs/benchmarks.md and
 # docs/performance.md (card, date, prediction, outcome), and remove this script once measured.
 set -uo pipefail
-part=${1:?usage: pending_gpu_calls.sh 1|2}
+part=${1:?usage: pending_gpu_calls.sh 1|2|3}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -35,5 +37,22 @@ elif [ "$part" = 2 ]; then
         --configs 3 --out "$out" > "$out/bench128.txt" 2>&1
     tail -n 30 "$out/timeline.txt"
     grep -v -i warn "$out/bench128.txt" | tail -n 8
+elif [ "$part" = 3 ]; then
+    # Run 56 (issue #12): the decisions' khd and Phi from bf16 products (decide_delta_rule_wy(tables16=True), off by
+    # default). Predicted on the H100: the decisions' table kernel 2.44 -> ~1.6-2.0 ms at (2, 16384, 16, 64)
+    # moderate; the forward -0.4 to -0.8 ms where that kernel is on its critical path.
+    timeout 150 python -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py \
+        -k "bf16_product_tables or score_tables_from_bf16 or table_kernel_matches" > "$out/tables16_tests.txt" 2>&1
+    echo "tests rc=$?" >> "$out/tables16_tests.txt"
+    timeout 60 python benchmarks/delta_table_kernel.py --cell 2x16384x64:moderate --variants 4x1 --tables16 16,32,64 \
+        --out "$out" > "$out/tables16_kernel.txt" 2>&1
+    timeout 150 python benchmarks/delta_decisions_ab.py --cells 2x16384x64:moderate,1x65536x64:moderate \
+        --variants chain_stream,tables16 --reps 4 --out "$out" > "$out/tables16_ab.txt" 2>&1
+    timeout 60 python benchmarks/delta_forward_kernels.py --cells 2x16384x64:moderate --out "$out" \
+        > "$out/delta_kernels.txt" 2>&1
+    grep -E "^FAILED|^ERROR|passed|failed|rc=" "$out/tables16_tests.txt" | tail -n 8
+    tail -n 8 "$out/tables16_kernel.txt"
+    tail -n 6 "$out/tables16_ab.txt"
+    tail -n 20 "$out/delta_kernels.txt"
 fi
 cat "$out/gpu.txt"

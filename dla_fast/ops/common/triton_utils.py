@@ -427,16 +427,16 @@ def split3(x):
     return hi, mid, lo
 
 
-def bf16_exact_products(split16: bool | None, **operands: torch.Tensor) -> bool:
+def bf16_exact_products(split16: bool | None, *, setting: str = "split16", **operands: torch.Tensor) -> bool:
     """Whether a kernel's products take these operands as they are, exact, in bf16 products (``split3`` on the other
     side; the delta rule's output tables and partition kernel, run 55): ``split16`` as given, which True allows only
     for bf16 operands; None: where they are all bf16, on a GPU (Triton's interpreter multiplies bf16 operands wrongly,
-    so it takes the float32 products)."""
+    so it takes the float32 products). ``setting``: the caller's name for ``split16``, in the error."""
     bf16 = all(x.dtype == torch.bfloat16 for x in operands.values())
     if split16 is None:
         return bf16 and not interpreting()
     if split16 and not bf16:
-        raise ValueError("split16=True needs bf16 " + ", ".join(operands) + ", got "
+        raise ValueError(f"{setting}=True needs bf16 " + ", ".join(operands) + ", got "
                          + ", ".join(str(x.dtype) for x in operands.values()))
     return split16
 
