@@ -88,3 +88,27 @@ def test_exact_bf16_products_refuse_other_dtypes():
     with pytest.raises(ValueError, match=r"needs bf16 v, got torch.float16"):
         bf16_exact_products(True, v=torch.zeros(1, dtype=torch.float16))
     assert not bf16_exact_products(None, v=torch.zeros(1, dtype=torch.float16))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("gpu", [False, True])
+def test_wide_heads_take_float32_tables_where_their_products_are_exact(dtype, gpu, monkeypatch):
+    """``chunk_fwd.output_tables`` above 64 features: the float32 kernel with exact bf16 key products on
+    ``WIDE_FLOAT32_TABLE_WARPS`` where ``bf16_exact_products`` allows them (bf16 ``q`` and ``k`` on a GPU: ``gpu``
+    stands in for one under the interpreter), else the float64 kernel's tables rounded to float32 (run 56: on the H100
+    2.56 ms against 5.23 at (8, 4096, 16, 128))."""
+    from dla_fast.ops.common import triton_utils
+    from dla_fast.ops.delta_rule import chunk_fwd
+    from dla_fast.ops.delta_rule.wy_tables_f32_triton import output_tables_rows_f32
+    from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_rows
+
+    monkeypatch.setattr(triton_utils, "interpreting", lambda: not gpu)
+    q, k, g, beta = _inputs(1, 64, 1, 128, dtype, 0.9, seed=2)
+    got = chunk_fwd.output_tables(q, k, g, beta, 0, 1)
+    if gpu and dtype == torch.bfloat16:
+        want = output_tables_rows_f32(q, k, g, beta, 0, 1, num_warps=chunk_fwd.WIDE_FLOAT32_TABLE_WARPS, split16=True)
+    else:
+        want = output_tables_rows(q, k, g, beta, 0, 1, dtype=torch.float32)
+    for name in want:
+        assert got[name].dtype == torch.float32 and torch.equal(got[name], want[name]), name

@@ -145,8 +145,9 @@ def _split_keys_product(x_ptr, sx, k_ptr, sk, scale_ptr, m_lim, n_lim, BM: tl.co
                         C: tl.constexpr, SCALED: tl.constexpr):
     """``sum_t x[t, m] (scale[t]) k[t, n]`` over the chunk's C tokens, float32 ``[BM, BN]``: ``x`` float64 rows of
     stride ``sx``, rounded to float32 and split in three bf16 parts; ``k`` float64 rows of stride ``sk`` holding bf16
-    values, exact in bf16 (``dot_split_t``). 16 tokens a step, as ``dot_from_memory`` steps: whole ``[C, C]``
-    float64 operands in registers spill (sm_90, 4 warps: 1,592 B of stack against 528)."""
+    values, exact in bf16 (``dot_split_t``). 16 tokens a step, as ``dot_from_memory`` steps: with the whole ``[C, C]``
+    float64 operand in registers the kernel spilled more (sm_90, 4 warps, key block 64: 1,592 B of stack against
+    1,384)."""
     m = tl.arange(0, BM)
     n = tl.arange(0, BN)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
@@ -201,7 +202,7 @@ def dla_delta_wy_tables_kernel(
     FLOPs: ~6 float64 ``C^2 Dk`` products, ``~C^3 / 3`` of block products for ``A`` and the substitution on its
     ``16 x 16`` diagonal blocks. SPLIT16 (keys whose values are bf16; ``khd`` and ``Phi`` stored in float32): those
     two tables' products take the keys exact in bf16 and the float64 operand rounded to float32 and split in three
-    bf16 parts (``dot_split``), as the float32 output tables do; ``akap`` and ``kt``, which the scores need in
+    bf16 parts (``_split_keys_product``), as the float32 output tables do; ``akap`` and ``kt``, which the scores need in
     float64 (docs/performance.md, run 46's study), stay float64."""
     r = tl.program_id(0)
     base = tl.program_id(1) * R + r
