@@ -12,6 +12,7 @@
 #     bash benchmarks/pending_gpu_calls.sh 3    # ~6 min: run 56's decisions' tables from bf16 products: GPU tests,
 #                                               # the table kernel by key block, the forward A/B, all its kernels
 #
+# In the order 3, 2, 1 where a session gets fewer calls than that (3 may make a default; 1 only settles a +-2 %).
 # Logs under $OUT; the lines to read are printed last. Record what they say in docs/benchmarks.md and
 # docs/performance.md (card, date, prediction, outcome), and remove this script once measured.
 set -uo pipefail
