@@ -30,11 +30,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.triton_utils import FP64_DOT_K, chunk_tokens, dot_from_memory, dot_split_t
+from ..common.triton_utils import FP64_DOT_K, chunk_tokens, dot_from_memory
 
 KEY_BLOCK = 64  # key features a block of outputs: the widest float64 tiles are [C, KB] and [KB, KB]
 # The same with the decisions' khd and Phi from bf16 products (SPLIT16). sm_90, Triton 3.6, 4 warps, 64 features
-# (run 56): 1,384 B of stack at 64, 368 at 32, none at 16 (the float64 kernel: 576 at 64); not yet timed.
+# (run 56): 1,072 B of stack at 64, 264 at 32, none at 16 (the float64 kernel: 576 at 64); not yet timed.
 SPLIT16_KEY_BLOCK = 32
 # Rows of A = Gs T solved together (gs_times_inverse): the substitution runs over the diagonal blocks only, all at
 # once, and the blocks below them are products.
@@ -134,49 +134,17 @@ def _chunk_operands(q_ptr, k_ptr, x64_ptr, row, valid, base, r, c, T, Dk, C: tl.
 
 
 @triton.jit
-def _keys16(k64):
-    """Float64 keys of bf16 values as bf16 (exact), through float32: Triton 3.9's interpreter converts float64 to
-    bf16 wrongly (1.0 -> 0.0; run 56), float32 to bf16 rightly."""
-    return k64.to(tl.float32).to(tl.bfloat16)
-
-
-@triton.jit
-def _split_keys_product(x_ptr, sx, k_ptr, sk, scale_ptr, m_lim, n_lim, BM: tl.constexpr, BN: tl.constexpr,
-                        C: tl.constexpr, SCALED: tl.constexpr):
-    """``sum_t x[t, m] (scale[t]) k[t, n]`` over the chunk's C tokens, float32 ``[BM, BN]``: ``x`` float64 rows of
-    stride ``sx``, rounded to float32 and split in three bf16 parts; ``k`` float64 rows of stride ``sk`` holding bf16
-    values, exact in bf16 (``dot_split_t``). 16 tokens a step, as ``dot_from_memory`` steps: with the whole ``[C, C]``
-    float64 operand in registers the kernel spilled more (sm_90, 4 warps, key block 64: 1,592 B of stack against
-    1,384)."""
-    m = tl.arange(0, BM)
-    n = tl.arange(0, BN)
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for t0 in range(0, C, 16):
-        t = t0 + tl.arange(0, 16)
-        x = tl.load(x_ptr + t[:, None] * sx + m[None, :], mask=m[None, :] < m_lim, other=0.0)
-        if SCALED:
-            x = x * tl.load(scale_ptr + t)[:, None]
-        keys = tl.load(k_ptr + t[:, None] * sk + n[None, :], mask=n[None, :] < n_lim, other=0.0)
-        acc += dot_split_t(x.to(tl.float32), _keys16(keys))
-    return acc
-
-
-@triton.jit
 def _store_phi(phi_ptr, z_chunk, k_chunk, bk, eGL, Dk, phi_si, phi_sj, C: tl.constexpr, KB: tl.constexpr,
                BKD: tl.constexpr, STAGES: tl.constexpr, SPLIT16: tl.constexpr):
     """``Phi[j, i] = e^GL (delta_ij - (Z^T K)[i, j])`` at ``phi_ptr`` (element ``(i, j)`` at ``i phi_si + j
-    phi_sj``), ``KB x KB`` blocks at a time. SPLIT16: ``Z^T K`` with the keys exact in bf16 and ``Z`` split
-    (``_split_keys_product``)."""
+    phi_sj``), ``KB x KB`` blocks at a time. SPLIT16: ``Z^T K`` from bf16 products, the keys exact
+    (``dot_from_memory``'s SPLIT16)."""
     for ib in range(0, Dk, KB):
         di = ib + tl.arange(0, KB)
         for jb in range(0, Dk, KB):
             dj = jb + tl.arange(0, KB)
-            if SPLIT16:
-                ZK = _split_keys_product(z_chunk + ib, Dk, k_chunk + jb, Dk, bk, Dk - ib, Dk - jb, KB, KB, C,
-                                         False).to(tl.float64)
-            else:
-                ZK = dot_from_memory(z_chunk + ib, 1, Dk, k_chunk + jb, Dk, 1, bk, Dk - ib, C, Dk - jb, KB, KB, BKD,
-                                     False, STAGES)
+            ZK = dot_from_memory(z_chunk + ib, 1, Dk, k_chunk + jb, Dk, 1, bk, Dk - ib, C, Dk - jb, KB, KB, BKD,
+                                 False, STAGES, SPLIT16).to(tl.float64)
             phi_ji = eGL * (tl.where(di[:, None] == dj[None, :], 1.0, 0.0) - ZK)
             tl.store(phi_ptr + dj[None, :] * phi_si + di[:, None] * phi_sj, phi_ji,
                      mask=(di[:, None] < Dk) & (dj[None, :] < Dk))
@@ -202,8 +170,8 @@ def dla_delta_wy_tables_kernel(
     FLOPs: ~6 float64 ``C^2 Dk`` products, ``~C^3 / 3`` of block products for ``A`` and the substitution on its
     ``16 x 16`` diagonal blocks. SPLIT16 (keys whose values are bf16; ``khd`` and ``Phi`` stored in float32): those
     two tables' products take the keys exact in bf16 and the float64 operand rounded to float32 and split in three
-    bf16 parts (``_split_keys_product``), as the float32 output tables do; ``akap`` and ``kt``, which the scores need in
-    float64 (docs/performance.md, run 46's study), stay float64."""
+    bf16 parts (``dot_from_memory``'s SPLIT16), as the float32 output tables do; ``akap`` and ``kt``, which the
+    scores need in float64 (docs/performance.md, run 46's study), stay float64."""
     r = tl.program_id(0)
     base = tl.program_id(1) * R + r
     c = c0 + tl.program_id(1)
@@ -248,10 +216,8 @@ def dla_delta_wy_tables_kernel(
         if SCORES:
             tl.store(ktT_ptr + (base * Dk + kd[None, :]) * C + rows, tl.exp(Gp)[:, None] * KM, mask=inside)
         tl.store(z_chunk + rows * Dk + kd[None, :], b[:, None] * KM, mask=inside)
-        if SPLIT16:  # A^T diag(b) K as (diag(b) A)^T K
-            KN = K - _split_keys_product(a_chunk, C, k_chunk + kb, Dk, bk, C, Dk - kb, C, KB, C, True).to(tl.float64)
-        else:
-            KN = K - dot_from_memory(a_chunk, 1, C, k_chunk + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, True, STAGES)
+        KN = K - dot_from_memory(a_chunk, 1, C, k_chunk + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, True, STAGES,
+                                 SPLIT16).to(tl.float64)
         tl.store(khd_ptr + (base * C + rows) * Dk + kd[None, :], khd_scale[:, None] * KN, mask=inside)
     tl.debug_barrier()  # Z is in the scratch for every thread
     _store_phi(phi_ptr + base * Dk * Dk, z_chunk, k_chunk, bk, tl.exp(GL), Dk, phi_si, phi_sj, C, KB, BKD, STAGES,
