@@ -14,9 +14,7 @@ gradient runs on atomics: not bitwise repeatable). Variants:
   or capped;
 - ``tokens`` / ``chunks``: the token walk / the chunked decisions (on their stream) whatever ``auto_decisions`` says;
 - ``plain_f64``: the scores' float64 divisions and square roots with ptxas's slow-path branches
-  (``fast_f64=False``; the default takes them branch-free since run 54);
-- ``tables16``: the open slot's tables ``khd`` and ``Phi`` in float32 from bf16 products (``tables16=True``, run 56;
-  bf16 inputs only).
+  (``fast_f64=False``; the default takes them branch-free since run 54).
 
     python benchmarks/delta_decisions_ab.py [--cells 2x16384x64:moderate,1x65536x64:moderate]
         [--variants one_stream,chain_stream] [--reps 7] [--out DIR]
@@ -56,7 +54,6 @@ VARIANTS = {  # name: (decisions forced, or None for auto_decisions; decide_delt
     "guess_all_registers": (None, dict(guess_maxnreg=None)),
     "four_warps": (None, dict(chain_warps=4, guess_maxnreg=None)), "four_warps_capped": (None, dict(chain_warps=4)),
     "tokens": ("tokens", {}), "chunks": ("chunks", {}), "plain_f64": (None, dict(fast_f64=False)),
-    "tables16": (None, dict(tables16=True)),
 }
 
 

@@ -7,14 +7,13 @@ torch's float64 ``wy_tables``. Run 26 (H200, (2, 16384, 16, 64)): output tables 
 1.87 ms at 4.
 
     python benchmarks/delta_table_kernel.py [--cell 2x16384x64:moderate] [--variants 4x1,8x1,8x2,8x3] [--f32 4,8]
-                                            [--tables16 16,32,64] [--out DIR]
+                                            [--out DIR]
 
 ``--variants``: ``WARPSxSTAGES`` pairs (``stages``: the products' loads in flight; 1 compiles without
 asynchronous copies). ``--f32``: also the output tables computed in float32 (``wy_tables_f32_triton``, the forward's
 up to 64 features since run 45) at each number of warps, timed and compared with the first variant's float64 tables
 (``4p``: four warps, every product tf32x3, as before run 55; else bf16 products of the keys and queries where they
-are bf16). ``--tables16``: also the decisions' tables with ``khd`` and ``Phi`` from bf16 products (run 56) at each
-key block, against the first variant's.
+are bf16).
 """
 
 from __future__ import annotations
@@ -63,8 +62,6 @@ def main():
     ap.add_argument("--variants", default="4x1,8x1,4x2,8x2,8x3")
     ap.add_argument("--f32", default="", help="warps of the float32 output-table kernel to time, comma-separated "
                     "(suffix p: every product tf32x3, split16=False)")
-    ap.add_argument("--tables16", default="", help="key blocks of the decisions' tables with khd and Phi from bf16 "
-                    "products (score_tables_triton(split16=True)) to time, comma-separated")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -90,12 +87,6 @@ def main():
         rows.append(dict(f32_warps=item, output_ms=bench_ms(f32, rep=50),
                          output_vs_first=max_rel(list(f32().values()), first[0])))
         print(rows[-1], flush=True)
-    for item in [n for n in args.tables16.split(",") if n]:
-        kb = int(item)
-        t16 = lambda: score_tables_triton(kc, gc, bc, split16=True, key_block=kb)  # noqa: E731
-        rows.append(dict(tables16_key_block=kb, scores_ms=bench_ms(t16, rep=50),
-                         scores_vs_first=max_rel(list(t16()), first[1])))
-        print(rows[-1], flush=True)
     want, _ = wy_tables(chunk_major(q)[:8], kc[:8], gc[:8], bc[:8])
     tab = output_tables_rows(q, k, g, beta, 0, 8, dtype=torch.float64)
     vs_torch = {n: max_rel([tab[n]], [want[n]]) for n in ("attn", "qt", "Phi")}
@@ -108,10 +99,7 @@ def main():
     print("| warps | stages | output tables ms | decisions' tables ms | vs first (outputs / decisions) |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        if "tables16_key_block" in r:
-            print(f"| 4, khd and Phi from bf16 products, key block {r['tables16_key_block']} | 1 | - | "
-                  f"{r['scores_ms']:.2f} | - / {r['scores_vs_first']:.1e} |")
-        elif "f32_warps" in r:
+        if "f32_warps" in r:
             print(f"| {r['f32_warps']} (float32) | - | {r['output_ms']:.2f} | - | {r['output_vs_first']:.1e} / - |")
         else:
             print(f"| {r['warps']} | {r['stages']} | {r['output_ms']:.2f} | {r['scores_ms']:.2f} | "

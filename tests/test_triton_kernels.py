@@ -1577,68 +1577,6 @@ def test_delta_rule_table_kernel_matches_the_torch_tables(Dk):
 
 
 @needs_kernels
-@pytest.mark.parametrize("B,T,H,D,rl,jit,seed", [(1, 256, 2, 64, 12.0, 0.3, 5), (1, 192, 2, 32, 3.0, 0.5, 11)])
-def test_delta_rule_decisions_with_bf16_product_tables(B, T, H, D, rl, jit, seed):
-    """``decide_delta_rule_wy(tables16=True)`` (bf16 keys and values: the open slot's tables ``khd`` and ``Phi`` in
-    float32 from bf16 products) against the float64 tables: the same starts and masks, the scores and the open slot
-    after the call within float32 rounding of the tables. Measured under the interpreter (run 56, these cases and
-    (2, 320, 2, 32) dense): scores within 1.3e-8 of their own values, the open slot within 4.5e-8 of its largest
-    entry; bounds 1e-7 and 2e-7."""
-    from dla_fast.ops.delta_rule import chunk_fwd_decide_wy as wy
-
-    q, k, v, g, w = regimes(B, T, H, D, D, 5, seed=seed, regime_length=rl, jitter=jit)
-    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
-    beta = np.random.default_rng(seed).uniform(0.2, 1.0, size=(B, T, H))
-    x = [_t(a, torch.bfloat16) for a in (k, v)] + [_t(a) for a in (g, beta)]
-
-    def decide(tables16):
-        P = torch.zeros(B, H, D, D, dtype=torch.float64, device=DEV)
-        out = wy.decide_delta_rule_wy(*x, open_states=P, size=torch.zeros(B, H, dtype=torch.int64, device=DEV),
-                                      tau=0.6, tables16=tables16)
-        return (*out, P)
-
-    (s16, st16, m16, P16), (s64, st64, m64, P64) = decide(True), decide(False)
-    assert st64.any() and torch.equal(st16, st64) and torch.equal(m16, m64)
-    assert ((s16 - s64).abs() / s64.abs().clamp_min(1e-30)).max().item() <= 1e-7
-    assert ((P16 - P64).abs().max() / P64.abs().max()).item() <= 2e-7
-    with pytest.raises(ValueError, match="tables16=True needs bf16 k, got torch.float32"):
-        wy.decide_delta_rule_wy(*(a.float() for a in x[:2]), *x[2:], open_states=P16, size=torch.zeros(
-            B, H, dtype=torch.int64, device=DEV), tau=0.6, tables16=True)
-
-
-# ``score_tables_triton(split16=True)``'s khd and Phi against float64 tables, relative to the largest entry (Phi: to
-# its terms, at most 1): float32 rounding of the stored entries and 64-term float32 sums. Measured under the
-# interpreter (run 56): khd 3.0e-8 to 6.8e-8, Phi 1.2e-10 to 2.7e-9 at 1 to 128 features (the float64 kernel's:
-# 1e-16); bound ~4x the largest.
-TABLES16_TOL = 2.5e-7
-
-
-@needs_kernels
-@pytest.mark.parametrize("Dk", [1, 48, 80])
-def test_delta_rule_score_tables_from_bf16_products(Dk):
-    """``score_tables_triton(split16=True)`` (keys of bf16 values): ``akap`` and ``kt`` bit for bit the float64
-    kernel's (their path is unchanged), ``khd`` and ``Phi`` float32 from bf16 products with the keys exact, within
-    float32 rounding of torch's float64 tables (``Phi`` relative to its terms, at most 1). Under the interpreter with
-    the root conftest's bf16 ``tl.dot``; on a GPU the tensor cores' own."""
-    from dla_fast.ops.delta_rule.wy_tables import wy_tables
-    from dla_fast.ops.delta_rule.wy_tables_triton import score_tables_triton
-
-    q, k, g, b, _ = _table_inputs(Dk)
-    k = k.to(torch.bfloat16).double()
-    want, _ = wy_tables(q, k, g, b)
-    inputs = [x.to(DEV) for x in (k, g, b)]
-    plain = score_tables_triton(*inputs)
-    got = score_tables_triton(*inputs, split16=True)
-    for name, a, w in zip(("akapT", "ktT"), got[:2], plain[:2]):
-        assert a.dtype == torch.float64 and torch.equal(a, w), name
-    for name, table in (("khd", got[2]), ("Phi", got[3].transpose(-1, -2))):
-        assert table.dtype == torch.float32
-        scale = max(want[name].abs().max().item(), 1.0 if name == "Phi" else 0.0)
-        np.testing.assert_allclose(table.double().cpu().numpy(), want[name].numpy(), rtol=0, atol=TABLES16_TOL * scale,
-                                   err_msg=name)
-
-
-@needs_kernels
 @pytest.mark.parametrize("Dk", [1, 48, 80])
 @pytest.mark.parametrize("tables", [torch.float64, torch.float32])
 def test_delta_rule_table_adjoint_kernel_matches_autograd(Dk, tables):

@@ -427,16 +427,16 @@ def split3(x):
     return hi, mid, lo
 
 
-def bf16_exact_products(split16: bool | None, *, setting: str = "split16", **operands: torch.Tensor) -> bool:
+def bf16_exact_products(split16: bool | None, **operands: torch.Tensor) -> bool:
     """Whether a kernel's products take these operands as they are, exact, in bf16 products (``split3`` on the other
     side; the delta rule's output tables and partition kernel, run 55): ``split16`` as given, which True allows only
     for bf16 operands; None: where they are all bf16, on a GPU (Triton's interpreter multiplies bf16 operands wrongly,
-    so it takes the float32 products). ``setting``: the caller's name for ``split16``, in the error."""
+    so it takes the float32 products)."""
     bf16 = all(x.dtype == torch.bfloat16 for x in operands.values())
     if split16 is None:
         return bf16 and not interpreting()
     if split16 and not bf16:
-        raise ValueError(f"{setting}=True needs bf16 " + ", ".join(operands) + ", got "
+        raise ValueError("split16=True needs bf16 " + ", ".join(operands) + ", got "
                          + ", ".join(str(x.dtype) for x in operands.values()))
     return split16
 
@@ -506,35 +506,21 @@ def dot_nn(a, b, LOWP: tl.constexpr, PREC: tl.constexpr, dtype: tl.constexpr):
 @triton.jit
 def dot_from_memory(a_ptr, sa_m, sa_k, b_ptr, sb_k, sb_n, scale_ptr, m_lim, k_lim, n_lim,
                     BM: tl.constexpr, BN: tl.constexpr, BKD: tl.constexpr, SCALED: tl.constexpr,
-                    STAGES: tl.constexpr, SPLIT16: tl.constexpr = False):
+                    STAGES: tl.constexpr):
     """``sum_k a[m, k] (scale[k]) b[k, n]`` (float64 ``[BM, BN]``) with both operands read from strided memory (any
     float dtype, multiplied in float64), ``BKD`` of the reduction at a time (``STAGES`` loads in flight). A float64
     ``tl.dot`` operand held whole in registers takes 128 registers a warp at 64 x 64 and spills; read from memory, a
-    step's takes a few. SPLIT16 (``b`` holds bf16 values; BKD >= 16): float32 ``[BM, BN]`` from bf16 products, ``b``
-    exact and ``a``, scaled there instead, rounded to float32 and split in three parts (``split3``; run 56, the
-    decisions' ``khd`` and ``Phi``)."""
+    step's takes a few."""
     m = tl.arange(0, BM)
     n = tl.arange(0, BN)
-    if SPLIT16:
-        acc = tl.zeros([BM, BN], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BM, BN], dtype=tl.float64)
+    acc = tl.zeros([BM, BN], dtype=tl.float64)
     for k0 in tl.range(0, k_lim, BKD, num_stages=STAGES):
         kk = k0 + tl.arange(0, BKD)
         a = tl.load(a_ptr + m[:, None] * sa_m + kk[None, :] * sa_k, mask=(m[:, None] < m_lim) & (kk[None, :] < k_lim),
                     other=0.0).to(tl.float64)
         b = tl.load(b_ptr + kk[:, None] * sb_k + n[None, :] * sb_n, mask=(kk[:, None] < k_lim) & (n[None, :] < n_lim),
                     other=0.0).to(tl.float64)
-        if SPLIT16:
-            if SCALED:
-                a = a * tl.load(scale_ptr + kk, mask=kk < k_lim, other=0.0)[None, :]
-            hi, mid, lo = split3(a.to(tl.float32))
-            b16 = b.to(tl.float32).to(tl.bfloat16)  # (through float32: Triton 3.9's interpreter makes 1.0 of float64 0)
-            acc = tl.dot(hi, b16, acc)
-            acc = tl.dot(mid, b16, acc)
-            acc = tl.dot(lo, b16, acc)
-        else:
-            if SCALED:
-                b = b * tl.load(scale_ptr + kk, mask=kk < k_lim, other=0.0)[:, None]
-            acc += tl.dot(a, b)
+        if SCALED:
+            b = b * tl.load(scale_ptr + kk, mask=kk < k_lim, other=0.0)[:, None]
+        acc += tl.dot(a, b)
     return acc

@@ -39,7 +39,6 @@ from ..common.layout import chunk_major
 from ..common.score import expm1_triton, information_score_from_decay_triton
 from ..common.triton_utils import (
     FP64_DOT_K,
-    bf16_exact_products,
     chunk_tokens,
     div_f64,
     dot_from_memory,
@@ -499,11 +498,11 @@ def _first_wrong(right):
 
 
 def _block_tables(k_b, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, c0, override, BV, table_warps,
-                  pair_group, QW, fast_f64, tables16):
+                  pair_group, QW, fast_f64):
     """A block of chunks' score tables and pair kernel: the chain's and guess kernel's first 16 arguments."""
     nb, R, C, _ = k_b.shape
     Dv, dev = v_b.shape[-1], k_b.device
-    akapT, ktT, khd, phiT = score_tables_triton(k_b, g_b, b_b, num_warps=table_warps, split16=tables16)
+    akapT, ktT, khd, phiT = score_tables_triton(k_b, g_b, b_b, num_warps=table_warps)
     pair = torch.empty(nb, R, C, C, device=dev, dtype=torch.float64)
     y0T = torch.empty(nb, R, Dv, C, device=dev, dtype=torch.float64)
     path = torch.empty(nb, R, C, device=dev, dtype=torch.int64)
@@ -545,8 +544,7 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
                          table_warps: int = 4, chain_warps: int = 8, pair_group: int = PAIR_GROUP,
                          chain_block: int = CHAIN_BLOCK, chain_stages: int = CHAIN_STAGES,
                          concurrent: bool | None = None, pair_tokens: int | None = None, guess: bool = True,
-                         guess_maxnreg: int | None = GUESS_MAXNREG, rows: str = "kernel", fast_f64: bool | None = None,
-                         tables16: bool | None = False):
+                         guess_maxnreg: int | None = GUESS_MAXNREG, rows: str = "kernel", fast_f64: bool | None = None):
     """:func:`chunk_fwd_decide.decide_delta_rule_triton`'s contract (same arguments and results; ``open_states``
     float64), a chunk at a time. Heads up to :data:`MAX_WIDTH` features. ``table_elements`` bounds a block of
     chunks' largest tables (the stage's memory); ``table_warps``, ``chain_warps``: the table and chain kernels' warps
@@ -571,11 +569,7 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
 
     ``fast_f64`` (default: ``score_fast_f64``, where the scores stay in its ranges on a GPU): the pair, guess and chain
     kernels' scores without the float64 divisions' and square roots' slow-path branches, the same values (issue #12,
-    run 54).
-
-    ``tables16`` (bf16 ``k`` only; None: where ``k`` is bf16, on a GPU): the tables that carry the open slot from chunk
-    to chunk (``khd``, ``Phi``) in float32 from bf16 products with the keys exact (``score_tables_triton(split16=)``),
-    the scores' own tables in float64 (issue #12, run 56; off until timed and checked on a GPU)."""
+    run 54)."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     R, nC, C, dev = B * H, triton.cdiv(T, CHUNK), CHUNK, k.device
@@ -594,7 +588,6 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     masks = torch.zeros(R, nC, device=dev, dtype=torch.int64)
     scalars = float64_on(dev, [tau, eps, norm_eps, Dk * Dv])
     fast_f64 = score_fast_f64(eps, norm_eps, k, v, g, beta) if fast_f64 is None else fast_f64
-    tables16 = bf16_exact_products(tables16, setting="tables16", k=k)
     BK, BV = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
     QW = pair_tokens or min(PAIR_TOKENS, PAIR_TILE // BV)
     override = bnd is not None
@@ -611,7 +604,7 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
         k_b, v_b, vT, kk_b = rows_of(c0, nb)
         bnd_b = bnd[c0:c0 + nb] if override else starts
         tables = _block_tables(k_b, v_b, vT, gc[c0:c0 + nb], bc[c0:c0 + nb], kk_b, bnd_b, row_tokens, scalars, c0,
-                               override, BV, table_warps, pair_group, QW, fast_f64, tables16)
+                               override, BV, table_warps, pair_group, QW, fast_f64)
         settings = dict(C=C, BK=BK, BV=min(BV, chain_block), BKD=FP64_DOT_K, STAGES=chain_stages, OVERRIDE=override,
                         FAST_F64=fast_f64, num_warps=chain_warps)
         guessed = guess and nb > 1

@@ -33,9 +33,6 @@ import triton.language as tl
 from ..common.triton_utils import FP64_DOT_K, chunk_tokens, dot_from_memory
 
 KEY_BLOCK = 64  # key features a block of outputs: the widest float64 tiles are [C, KB] and [KB, KB]
-# The same with the decisions' khd and Phi from bf16 products (SPLIT16). sm_90, Triton 3.6, 4 warps, 64 features
-# (run 56): 1,072 B of stack at 64, 264 at 32, none at 16 (the float64 kernel: 576 at 64); not yet timed.
-SPLIT16_KEY_BLOCK = 32
 # Rows of A = Gs T solved together (gs_times_inverse): the substitution runs over the diagonal blocks only, all at
 # once, and the blocks below them are products.
 INVERSE_BLOCK = 16
@@ -135,16 +132,15 @@ def _chunk_operands(q_ptr, k_ptr, x64_ptr, row, valid, base, r, c, T, Dk, C: tl.
 
 @triton.jit
 def _store_phi(phi_ptr, z_chunk, k_chunk, bk, eGL, Dk, phi_si, phi_sj, C: tl.constexpr, KB: tl.constexpr,
-               BKD: tl.constexpr, STAGES: tl.constexpr, SPLIT16: tl.constexpr):
+               BKD: tl.constexpr, STAGES: tl.constexpr):
     """``Phi[j, i] = e^GL (delta_ij - (Z^T K)[i, j])`` at ``phi_ptr`` (element ``(i, j)`` at ``i phi_si + j
-    phi_sj``), ``KB x KB`` blocks at a time. SPLIT16: ``Z^T K`` from bf16 products, the keys exact
-    (``dot_from_memory``'s SPLIT16)."""
+    phi_sj``), ``KB x KB`` blocks at a time."""
     for ib in range(0, Dk, KB):
         di = ib + tl.arange(0, KB)
         for jb in range(0, Dk, KB):
             dj = jb + tl.arange(0, KB)
-            ZK = dot_from_memory(z_chunk + ib, 1, Dk, k_chunk + jb, Dk, 1, bk, Dk - ib, C, Dk - jb, KB, KB, BKD,
-                                 False, STAGES, SPLIT16).to(tl.float64)
+            ZK = dot_from_memory(z_chunk + ib, 1, Dk, k_chunk + jb, Dk, 1, bk, Dk - ib, C, Dk - jb, KB, KB, BKD, False,
+                                 STAGES)
             phi_ji = eGL * (tl.where(di[:, None] == dj[None, :], 1.0, 0.0) - ZK)
             tl.store(phi_ptr + dj[None, :] * phi_si + di[:, None] * phi_sj, phi_ji,
                      mask=(di[:, None] < Dk) & (dj[None, :] < Dk))
@@ -157,7 +153,6 @@ def dla_delta_wy_tables_kernel(
     R, T, H, c0, Dk, phi_si, phi_sj,
     C: tl.constexpr, KB: tl.constexpr, IB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
     SCORES: tl.constexpr, OUTPUTS: tl.constexpr, BETA_KHD: tl.constexpr, STAGED: tl.constexpr,
-    SPLIT16: tl.constexpr = False,
 ):
     """Program (row r = b H + h, chunk c = c0 + j of the inputs ``q, k [B, T, H, Dk]``, ``g, b [B, T, H]``, any
     float dtypes, all 0 past T) -> at chunk-major index ``j R + r``: always ``khd [nb, R, C, Dk]`` (``b khd`` with
@@ -168,10 +163,7 @@ def dla_delta_wy_tables_kernel(
     inputs must be float64 with ``H = 1`` and ``T`` a multiple of C, read in place), ``b64 [.., C]`` (b: the
     products' scale), ``a`` (``K K^T``, then ``A``), ``mq [.., C, C]`` and ``z [.., C, Dk]`` are float64 scratch.
     FLOPs: ~6 float64 ``C^2 Dk`` products, ``~C^3 / 3`` of block products for ``A`` and the substitution on its
-    ``16 x 16`` diagonal blocks. SPLIT16 (keys whose values are bf16; ``khd`` and ``Phi`` stored in float32): those
-    two tables' products take the keys exact in bf16 and the float64 operand rounded to float32 and split in three
-    bf16 parts (``dot_from_memory``'s SPLIT16), as the float32 output tables do; ``akap`` and ``kt``, which the
-    scores need in float64 (docs/performance.md, run 46's study), stay float64."""
+    ``16 x 16`` diagonal blocks."""
     r = tl.program_id(0)
     base = tl.program_id(1) * R + r
     c = c0 + tl.program_id(1)
@@ -216,12 +208,10 @@ def dla_delta_wy_tables_kernel(
         if SCORES:
             tl.store(ktT_ptr + (base * Dk + kd[None, :]) * C + rows, tl.exp(Gp)[:, None] * KM, mask=inside)
         tl.store(z_chunk + rows * Dk + kd[None, :], b[:, None] * KM, mask=inside)
-        KN = K - dot_from_memory(a_chunk, 1, C, k_chunk + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, True, STAGES,
-                                 SPLIT16).to(tl.float64)
+        KN = K - dot_from_memory(a_chunk, 1, C, k_chunk + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, True, STAGES)
         tl.store(khd_ptr + (base * C + rows) * Dk + kd[None, :], khd_scale[:, None] * KN, mask=inside)
     tl.debug_barrier()  # Z is in the scratch for every thread
-    _store_phi(phi_ptr + base * Dk * Dk, z_chunk, k_chunk, bk, tl.exp(GL), Dk, phi_si, phi_sj, C, KB, BKD, STAGES,
-               SPLIT16)
+    _store_phi(phi_ptr + base * Dk * Dk, z_chunk, k_chunk, bk, tl.exp(GL), Dk, phi_si, phi_sj, C, KB, BKD, STAGES)
     if OUTPUTS:  # qt = e^Gc (Q - Mq Z)
         for kb in range(0, Dk, KB):
             kd = kb + tl.arange(0, KB)
@@ -232,7 +222,7 @@ def dla_delta_wy_tables_kernel(
 
 
 def _launch(q, k, g, b, c0: int, nb: int, C: int, out, scores: bool, beta_khd: bool, num_warps: int, stages: int,
-            staged: bool = False, split16: bool = False, key_block: int = KEY_BLOCK):
+            staged: bool = False):
     """One launch over chunks ``c0 .. c0 + nb - 1`` of ``k [B, T, H, Dk]`` (chunks of C tokens); ``out`` holds the
     tables it writes (absent ones: any tensor; the keys at the chunk end as ``kb`` with ``beta_khd``). Returns the
     float64 scratch ``(x, b, A, Z, Mq)`` (``x``: the keys and queries, with ``staged`` always copied there)."""
@@ -246,13 +236,13 @@ def _launch(q, k, g, b, c0: int, nb: int, C: int, out, scores: bool, beta_khd: b
     scratch_a, scratch_mq, scratch_z = f64(C, C), f64(C, C) if outputs else k, f64(C, Dk)
     phi = out["Phi"] if "Phi" in out else out["phiT"]
     phi_si, phi_sj = (Dk, 1) if "Phi" in out else (1, Dk)
-    KB = max(16, min(key_block, triton.next_power_of_2(Dk)))
+    KB = max(16, min(KEY_BLOCK, triton.next_power_of_2(Dk)))
     keys = out["kb" if beta_khd else "khd"]
     dla_delta_wy_tables_kernel[(R, nb)](
         q if outputs else k, k, g, b, scratch_x, scratch_b, scratch_a, scratch_z, scratch_mq, out.get("akapT", k),
         out.get("ktT", k), keys, phi, out.get("attn", k), out.get("qt", k), R, T, H, c0, Dk, phi_si, phi_sj,
         C=C, KB=KB, IB=min(INVERSE_BLOCK, C), BKD=FP64_DOT_K, STAGES=stages, SCORES=scores, OUTPUTS=outputs,
-        BETA_KHD=beta_khd, STAGED=staged, SPLIT16=split16, num_warps=num_warps)
+        BETA_KHD=beta_khd, STAGED=staged, num_warps=num_warps)
     return scratch_x, scratch_b, scratch_a, scratch_z, scratch_mq
 
 
@@ -264,20 +254,14 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def score_tables_triton(k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *, num_warps: int = 4,
-                        stages: int = 1, split16: bool = False, key_block: int | None = None):
+                        stages: int = 1):
     """The decisions' tables of a block of chunks: chunk-major ``k [nb, R, C, Dk]``, ``g, b [nb, R, C]`` (any
     float dtypes). Returns ``(akapT, ktT, khd, phiT)``: ``wy_tables(None, k, g, b)``'s ``akap``, ``kt`` and ``Phi``
-    transposed in their last two dims, and ``khd``, float64. ``stages``: the products' loads in flight.
-    ``split16``: ``k``'s values are bf16 ones (in any dtype), and ``khd`` and ``phiT`` come in float32 from bf16
-    products (the kernel's SPLIT16). ``key_block``: the key features of a block of outputs (default ``KEY_BLOCK``,
-    ``SPLIT16_KEY_BLOCK`` with ``split16``)."""
+    transposed in their last two dims, and ``khd``, float64. ``stages``: the products' loads in flight."""
     nb, R, C, Dk = k.shape
-    new = lambda *shape, dtype=torch.float64: torch.empty(nb, R, *shape, device=k.device, dtype=dtype)  # noqa: E731
-    low = torch.float32 if split16 else torch.float64
-    out = dict(akapT=new(C, C), ktT=new(Dk, C), khd=new(C, Dk, dtype=low), phiT=new(Dk, Dk, dtype=low))
-    key_block = key_block or (SPLIT16_KEY_BLOCK if split16 else KEY_BLOCK)
-    _launch(None, *(_as_rows(x) for x in (k, g, b)), 0, 1, C, out, True, False, num_warps, stages, split16=split16,
-            key_block=key_block)
+    new = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=torch.float64)  # noqa: E731
+    out = dict(akapT=new(C, C), ktT=new(Dk, C), khd=new(C, Dk), phiT=new(Dk, Dk))
+    _launch(None, *(_as_rows(x) for x in (k, g, b)), 0, 1, C, out, True, False, num_warps, stages)
     return out["akapT"], out["ktT"], out["khd"], out["phiT"]
 
 
