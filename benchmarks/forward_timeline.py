@@ -53,6 +53,7 @@ VARIANT_SETTINGS = {  # the kernel-entry variants; "api" is the defaults through
     "guess_serial": dataclasses.replace(SERIAL, carry_guesses=True),
     "plain": dataclasses.replace(DEFAULT_SETTINGS, carry_guesses=False),
     "plain_serial": dataclasses.replace(SERIAL, carry_guesses=False),
+    "blocks4": dataclasses.replace(DEFAULT_SETTINGS, decision_blocks=4),
 }
 
 

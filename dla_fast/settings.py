@@ -63,6 +63,16 @@ class TritonSettings:
             (``carry_guess_depth`` > 1); shorter rows take the one-deep walk. H200, run 48: at (2, 16384) (256 chunks)
             depth 8 gave sparse -7 to +1 % and moderate / dense +1 to +15 % (calls 1-6), at 1024
             chunks -21 to -23 % sparse: 512.
+        decision_blocks: with few rows and guessed chunks (the merge simulation pipelined), how many blocks of chunks
+            the table, guess and closing-table kernels are launched in, one block after another, each published by a
+            count of chunks; after each block's kernels the walk and the merge simulation over that block are
+            launched, on streams of their own, and wait on the count, so that they run beside the next blocks'
+            kernels instead of after the whole call's guesses (``chunk_fwd._decide_in_blocks``). 1: the call's
+            decisions at once, with the deeper guesses where they pay (by blocks they are not taken). The same
+            results bit for bit. H100, run 58, 4 blocks against 1, one process each call: (1, 65536) moderate
+            3.772 -> 3.450 ms and 3.948 -> 3.457, dense -9.4 / -10.7 %, sparse +24 % (its deeper guesses lost);
+            (2, 16384) dense -10 / -2 %, moderate 1.771 -> 1.800 in one call and 2.206 -> 3.358 in another (not
+            understood): not the default yet.
         output_group: old slot states read per tensor-core product in the output kernel, for float32 inputs (2: 168
             registers without spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200,
             docs/benchmarks.md run 21). 16-bit inputs read one per product, scaled after it (run 44).
@@ -100,6 +110,7 @@ class TritonSettings:
     carry_guess_depth: int = 8
     deep_guess_share: float = 0.125
     deep_guess_min_chunks: int = 512
+    decision_blocks: int = 1
     output_group: int = 2
     bwd_stages: int = 2
     bwd_warps: int = 4
@@ -114,6 +125,8 @@ class TritonSettings:
             raise ValueError(f"deep_guess_share: expected a number from 0 to 1, got {self.deep_guess_share!r}")
         if not (isinstance(self.deep_guess_min_chunks, int) and self.deep_guess_min_chunks >= 0):
             raise ValueError(f"deep_guess_min_chunks: expected an int >= 0, got {self.deep_guess_min_chunks!r}")
+        if not (isinstance(self.decision_blocks, int) and 1 <= self.decision_blocks <= 64):
+            raise ValueError(f"decision_blocks: expected an int from 1 to 64, got {self.decision_blocks!r}")
         for item in self.launch_overrides:  # a wrong entry would fail inside Triton's launcher, far from here
             ok = isinstance(item, tuple) and len(item) == 3 and item[0] in LAUNCH_KERNELS
             if not (ok and item[1] in LAUNCH_OPTIONS and isinstance(item[2], int) and item[2] > 0):

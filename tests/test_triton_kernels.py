@@ -840,6 +840,58 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
 
 
 @needs_kernels
+@pytest.mark.parametrize("regime_length,tau,lengths,with_cache,blocks", [
+    (40.0, 0.5, None, False, 2), (1.5, 0.5, None, True, 3), (4.0, 0.5, [400, 230], False, 7),
+    (40.0, 0.5, [400, 230], True, 4)],
+    ids=["sparse_two_blocks", "dense_after_a_cache_three_blocks", "rows_of_other_lengths_a_block_a_chunk",
+         "sparse_after_a_cache_rows_of_other_lengths_four_blocks"])
+def test_decisions_by_blocks_change_no_bit(regime_length, tau, lengths, with_cache, blocks, monkeypatch):
+    """``TritonSettings.decision_blocks``: the tables, guesses and closing-slot tables launched by blocks of chunks,
+    each published by a count that the walk and the merge simulation wait on (``_decide_in_blocks``), give every
+    result bit for bit as the plain carry scan does, and every block is published once, in order (a first block of
+    one chunk launches no guesses: chunk 0 is walked). Mutant: the guesses' masks zeroed after every guess launch but
+    the first (the later blocks' guesses are taken: results change). Under the interpreter the kernels run in launch
+    order, so the waits always find their chunks published; on a GPU the walk and the merge simulation run beside the
+    blocks, and this test is the check that they read no chunk before it is published."""
+    from dla_fast.ops.scalar_decay import chunk_fwd
+
+    x = regimes(2, 400, 1, 32, 32, 6, seed=5, regime_length=regime_length, jitter=0.5, decay=0.6)
+    q, k, v, g, w = (_t(a) for a in x)
+    kw = dict(tau=tau, lengths=None if lengths is None else torch.tensor(lengths, device=DEV))
+    for b, n in enumerate(lengths or []):
+        for t in (q, k, v, g, w):
+            t[b, n:] = 0
+    if with_cache:
+        _, c0, _ = _fwd(q[:, :90], k[:, :90], v[:, :90], g[:, :90], w[:, :90], tau=tau)
+        kw.update(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
+    plain = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=False), **kw)
+    launched = []
+    monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
+    monkeypatch.setattr(chunk_fwd, "dla_publish_chunks_kernel",
+                        _mutated(chunk_fwd.dla_publish_chunks_kernel, lambda args: launched.append(int(args[1]))))
+    settings = TritonSettings(decision_blocks=blocks)
+    blocked = _fwd(q, k, v, g, w, settings=settings, **kw)
+    nc = -(-400 // 64)
+    assert launched == [min(c1, nc) for c1 in range(-(-nc // blocks), nc + -(-nc // blocks), -(-nc // blocks))]
+    for b, n in enumerate(lengths or []):  # the padding's scores are not written (torch.empty): not compared
+        plain[2][0][b, n:] = blocked[2][0][b, n:] = 0
+    flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
+    for a, b in zip(flat(plain), flat(blocked)):
+        assert torch.equal(a, b)
+    assert plain[2][1][:, 64:].any()  # starts after the first chunk (the guessed ones)
+
+    def later_masks_zeroed(args):  # every guess launch after the first: its masks (argument 6) zeroed
+        if launches.append(args) or len(launches) > 1:
+            args[6][:, 1:] = 0
+
+    launches = []
+    with monkeypatch.context() as m:
+        m.setattr(chunk_fwd, "dla_carry_guess_kernel", _mutated(chunk_fwd.dla_carry_guess_kernel, later_masks_zeroed))
+        mutant = _fwd(q, k, v, g, w, settings=settings, **kw)
+    assert not all(torch.equal(a, b) for a, b in zip(flat(mutant), flat(plain)))
+
+
+@needs_kernels
 def test_deeper_guesses_taken_by_the_rows_with_chunks_without_a_boundary(monkeypatch):
     """``TritonSettings.deep_guess_share``: a row takes the deeper guesses where the guess kernel finds at least that
     share of its chunks without a boundary, the others the one-deep walk, in one call. Two rows of ten chunks, one
@@ -1012,14 +1064,16 @@ def test_launch_overrides_apply_to_the_named_kernel_only():
             TritonSettings(launch_overrides=(bad,))
 
 
-def test_deep_guess_settings_are_checked_when_made():
-    """The deeper guesses' settings out of range are refused by name when the settings are made, not in a kernel."""
+def test_guess_and_block_settings_are_checked_when_made():
+    """The deeper guesses' and the decision blocks' settings out of range are refused by name when the settings are
+    made, not in a kernel."""
     for field, bad in (("carry_guess_depth", 0), ("carry_guess_depth", 65), ("carry_guess_depth", 2.0),
                        ("deep_guess_share", -0.1), ("deep_guess_share", 1.5), ("deep_guess_share", "0.1"),
-                       ("deep_guess_min_chunks", -1), ("deep_guess_min_chunks", 1.0)):
+                       ("deep_guess_min_chunks", -1), ("deep_guess_min_chunks", 1.0), ("decision_blocks", 0),
+                       ("decision_blocks", 65), ("decision_blocks", 2.0), ("decision_blocks", None)):
         with pytest.raises(ValueError, match=f"^{field}: expected"):
             TritonSettings(**{field: bad})
-    TritonSettings(carry_guess_depth=64, deep_guess_share=1, deep_guess_min_chunks=0)
+    TritonSettings(carry_guess_depth=64, deep_guess_share=1, deep_guess_min_chunks=0, decision_blocks=64)
 
 
 @triton.jit
@@ -1044,6 +1098,33 @@ def test_carry_scan_reads_the_run_of_published_table_chunks():
         expect.append(end)
     out = torch.empty(len(cases), dtype=torch.int32, device=DEV)
     _ready_kernel[(len(cases),)](flags, torch.tensor(cases, dtype=torch.int32, device=DEV), out)
+    assert out.tolist() == expect
+
+
+@triton.jit
+def _next_break_kernel(brk_ptr, ready_ptr, c_ptr, last_ptr, out_ptr):
+    i = tl.program_id(0)
+    c, _ = chunk_fwd_decide.next_break(brk_ptr, tl.load(c_ptr + i), ready_ptr, tl.zeros([], tl.int32),
+                                       tl.load(last_ptr + i), True)
+    tl.store(out_ptr + i, c)
+
+
+@needs_kernels
+def test_the_walk_by_blocks_finds_the_next_break_within_its_block():
+    """``next_break`` by blocks (``TritonSettings.decision_blocks``): the first chunk from c with its bit set, or the
+    block's ``last`` chunk if none comes before it, whatever bits lie past ``last`` (the next block's, not yet
+    published when the walk reads them), across 32-chunk words. Every chunk is published here (the count is the
+    row's length): under the interpreter nothing could publish one later."""
+    words = [0b0, 0b1000, 0, -(1 << 31), 0b0110_0000]
+    nc = 32 * len(words)
+    brk = torch.tensor(words, dtype=torch.int32, device=DEV)
+    bits = [(words[c // 32] >> (c % 32)) & 1 for c in range(nc)]
+    cases = [(c, last) for last in (3, 31, 40, 67, 95, 127, nc - 1) for c in range(0, last + 1, 3)]
+    expect = [next((x for x in range(c, last) if bits[x]), last) for c, last in cases]
+    out = torch.empty(len(cases), dtype=torch.int32, device=DEV)
+    ready = torch.tensor([nc], dtype=torch.int32, device=DEV)
+    _next_break_kernel[(len(cases),)](brk, ready, *(torch.tensor(x, dtype=torch.int32, device=DEV)
+                                                    for x in zip(*cases)), out)
     assert out.tolist() == expect
 
 

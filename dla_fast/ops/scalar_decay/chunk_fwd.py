@@ -60,6 +60,7 @@ from .chunk_fwd_decide import (
     dla_carry_walk_kernel,
     dla_closing_tables_kernel,
     dla_merge_kernel,
+    dla_publish_chunks_kernel,
     dla_table_kernel,
 )
 from .chunk_fwd_output import (
@@ -252,16 +253,16 @@ def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, o
     decay = torch.empty(BH, NC, **f32)
     tables = (itab, anc, cvec, decay)
 
-    def launch():
+    def launch(c0: int = 0, c1: int = NC):  # chunks c0 .. c1 - 1 (a block of them: ``decision_blocks``)
         # 16-bit inputs: registers capped at 128, two programs per SM (sm_90, Triton 3.6: 140-145 uncapped, no
         # spill either way), 3-5 % off the whole forward (docs/benchmarks.md run 15, call 7). float32 would
         # spill: uncapped.
-        cached(dla_table_kernel)[(NC * BH,)](
+        cached(dla_table_kernel)[((c1 - c0) * BH,)](
             k, v, g, row_lengths, itab, anc, cvec, decay, decay if tflag is None else tflag, cfg.T, cfg.H, BH,
             cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps), C=C, BK=BK, BVF=BVF, NEED_ANC=not override,
             LOWP=cfg.lowp, PREC=settings.table_precision, LOGC=int(math.log2(C)), SCAN=settings.table_scan,
-            PUBLISH=tflag is not None, **settings.launch(dla_table_kernel, num_warps=8,
-                                                         maxnreg=128 if cfg.lowp else None),
+            PUBLISH=tflag is not None, c0=c0, **settings.launch(dla_table_kernel, num_warps=8,
+                                                                maxnreg=128 if cfg.lowp else None),
         )
     return tables, launch
 
@@ -270,7 +271,8 @@ DEEP_GUESS_CHUNKS = 8  # chunks a program of dla_carry_deep_guess_kernel takes (
 
 
 def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, size0, scores, tau, eps, norm_eps,
-                flag, pipeline: bool, settings: TritonSettings, tflag=None, guessed: bool = False):
+                flag, pipeline: bool, settings: TritonSettings, tflag=None, guessed: bool = False,
+                blocked: bool = False):
     """Stage 2: ``((masks [BH, NC], carry scores [BH, NC*C]), launch_guesses, launch)``, the outputs allocated here
     and filled by the launches; P (the open slot) advanced in place. ``tflag``: the table kernel's flags when it runs
     concurrently (the scan then waits on them), else None. ``guessed`` (``takes_carry_guesses``; not with ``tflag``):
@@ -283,7 +285,9 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     ``deep_guess_min_chunks`` chunks): in the rows where the guess kernel finds at least ``deep_guess_share`` of the
     chunks without a boundary (``free``, and ``min_free``: the kernels' ``takes_deeper_guesses``), the chunks after
     those are decided again from deeper guesses (their depths in ``depths``). The host reads the counts back (a
-    synchronisation on the guess kernel) and launches the deeper guesses' kernels only if some row takes them."""
+    synchronisation on the guess kernel) and launches the deeper guesses' kernels only if some row takes them.
+    ``blocked`` (``TritonSettings.decision_blocks``, with ``guessed``): one deep; ``launch_guesses`` and ``launch`` take
+    a block of chunks, ``launch`` also the count of published chunks it waits on (``_decide_in_blocks``)."""
     itab, anc, cvec, decay = tables
     dev = k.device
     masks = torch.empty(cfg.BH, cfg.NC, device=dev, dtype=torch.int64)
@@ -298,7 +302,8 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     if guessed:
         breaks = torch.zeros(cfg.BH, triton.cdiv(cfg.NC, 32), device=dev, dtype=torch.int32)
         # the deeper guesses with few long rows only (``deep_guess_min_chunks``)
-        depth = settings.carry_guess_depth if (pipeline and settings.deep_guess_min_chunks <= cfg.NC) else 1
+        deep_rows = pipeline and not blocked and settings.deep_guess_min_chunks <= cfg.NC
+        depth = settings.carry_guess_depth if deep_rows else 1
         deep = [depth > 1]  # cleared after the guess kernel where no row takes them
         if deep[0]:
             suspects = torch.zeros_like(breaks)
@@ -310,11 +315,11 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
             orbits = torch.empty_like(anc)
         options = settings.launch(dla_carry_kernel, num_warps=warps, **CARRY_COMPILE_OPTIONS)  # the carry scan's
 
-        def launch_guesses(meanwhile=None):
-            cached(dla_carry_guess_kernel)[(cfg.NC - 1, cfg.BH)](
+        def launch_guesses(meanwhile=None, chunks=(1, cfg.NC)):  # chunk 0 is walked
+            cached(dla_carry_guess_kernel)[(chunks[1] - chunks[0], cfg.BH)](
                 k, v, row_lengths, anc, cvec, size0, masks, cscores, itab, scores, breaks, *scalars,
                 C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, SCORES=pipeline,
-                **(dict(free_ptr=free, orbit_ptr=orbits, DEEP=True) if deep[0] else {}), **options,
+                **(dict(free_ptr=free, orbit_ptr=orbits, DEEP=True) if deep[0] else {}), c_first=chunks[0], **options,
             )
             if meanwhile is not None:
                 meanwhile()
@@ -333,12 +338,14 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
                                                                      cfg.T, C=CHUNK, num_warps=1)
             return orbits
 
-        def launch():
+        def launch(ready=None, chunks=None):  # ready, chunks: a block of them (``_decide_in_blocks``)
             cached(dla_carry_walk_kernel)[(cfg.BH,)](
                 k, v, row_lengths, anc, cvec, decay, breaks, P, size0, masks, cscores, *scalars,
                 C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag,
                 **(dict(sus_ptr=suspects, depth_ptr=depths, free_ptr=free, min_free=min_free, DEPTH=depth)
-                   if deep[0] else {}), **options,
+                   if deep[0] else {}),
+                **(dict(ready_ptr=ready, c_begin=chunks[0], c_end=chunks[1], BLOCKED=True) if ready is not None
+                   else {}), **options,
             )
     else:
         def launch():
@@ -389,28 +396,33 @@ def decided_structure(cfg: LaunchConfig, masks, scores, counts0, info0, size0) -
     )
 
 
-def closing_tables(cfg: LaunchConfig, masks, scores, row_lengths, itab=None, cscores=None):
+def closing_tables(cfg: LaunchConfig, masks, scores, row_lengths, itab=None, cscores=None, chunks=None, tab=None):
     """The merge simulation's closing-slot tables of every chunk (``dla_closing_tables_kernel``: ``[BH, NC, CT_ROWS,
     C]`` float64, the counts' row holding float32), from the masks and the final scores, on the current stream. With
     ``itab`` and ``cscores`` the final scores are assembled first, into ``scores``, from the score tables and the carry
-    scores."""
-    tab = torch.empty(cfg.BH, cfg.NC, CT_ROWS, CHUNK, device=masks.device, dtype=torch.float64)
+    scores. ``chunks`` ``(c0, c1)``: those chunks' only, into ``tab`` (a block of them, ``decision_blocks``)."""
+    if tab is None:
+        tab = torch.empty(cfg.BH, cfg.NC, CT_ROWS, CHUNK, device=masks.device, dtype=torch.float64)
+    c0, c1 = chunks or (0, cfg.NC)
     assemble = itab is not None
-    cached(dla_closing_tables_kernel)[(cfg.NC, cfg.BH)](
+    cached(dla_closing_tables_kernel)[(c1 - c0, cfg.BH)](
         masks, scores, row_lengths, tab, cfg.T, itab if assemble else tab, cscores if assemble else tab,
-        C=CHUNK, SCORES=assemble, FAST=not interpreting(), num_warps=1,
+        C=CHUNK, SCORES=assemble, FAST=not interpreting(), c0=c0, num_warps=1,
     )
     return tab
 
 
 def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
-                     pipeline: bool, guessed_orbits=None, structure=None, tables=None) -> DecidedStructure:
+                     pipeline: bool, guessed_orbits=None, structure=None, tables=None, ready=None,
+                     block=None) -> DecidedStructure:
     """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists), in
     ``structure`` (``decided_structure``'s, made beforehand) or made here. ``guessed_orbits`` (pipelined after the
     carry scan's guessed chunks): the carry scan's orbit words (``_carry_scan``), from which the merge simulation
     knows the chunks whose guesses hold without waiting for the walk. ``tables``: ``closing_tables``' of the chunks
     final before the kernel starts (every chunk unless pipelined; the guessed ones if ``guessed_orbits``); made here
-    if None and needed."""
+    if None and needed. ``ready`` and ``block`` ``(c0, c1)`` (with ``guessed_orbits`` and ``structure``): those chunks
+    only, from the state the block before left in ``structure``, waiting on the count ``ready`` of published chunks
+    (``_decide_in_blocks``)."""
     s = structure or decided_structure(cfg, masks, scores, counts0, info0, size0)
     if tables is None and not pipeline:
         tables = closing_tables(cfg, masks, scores, row_lengths)
@@ -421,7 +433,9 @@ def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscore
         masks, scores, row_lengths, s.counts, s.info, s.size, s.death, s.death0, s.merged, s.live, s.livem, s.fpos,
         cfg.T, K, itab, cscores, flag, flag if guessed_orbits is None else guessed_orbits,
         s.info if tables is None else tables, C=CHUNK, KP=KP, KW=max(KP, 32), PIPE=pipeline, FAST=not interpreting(),
-        GUESSED=guessed_orbits is not None, num_warps=1,
+        GUESSED=guessed_orbits is not None,
+        **(dict(ready_ptr=ready, size0_ptr=size0, c_begin=block[0], c_end=block[1], BLOCKED=True) if ready is not None
+           else {}), num_warps=1,
     )
     return s
 
@@ -444,16 +458,81 @@ def concurrent_decisions(cfg: LaunchConfig, device) -> bool:
     return torch.cuda.get_device_properties(device).multi_processor_count >= 4 * cfg.BH
 
 
+def decision_blocks(cfg: LaunchConfig, settings: TritonSettings) -> list[tuple[int, int]]:
+    """The ranges of chunks ``(c0, c1)`` that ``_decide_in_blocks`` launches the decisions in
+    (``TritonSettings.decision_blocks``), of equal size but the last; fewer where the row is short."""
+    size = triton.cdiv(cfg.NC, settings.decision_blocks)
+    return [(c0, min(c0 + size, cfg.NC)) for c0 in range(0, cfg.NC, size)]
+
+
+def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
+                      settings: TritonSettings):
+    """Stages 1-3 with few rows and guessed chunks, by blocks of chunks (``TritonSettings.decision_blocks``). Each
+    block's table, guess and closing-table kernels go on the current stream, then ``dla_publish_chunks_kernel`` (the
+    count of chunks published); after the next block's (queued first, so that the current stream need not wait for
+    the host), the walk over the block on a high-priority stream of its own and the merge simulation over it on
+    another, each continuing from the state the block before left and waiting on the count. So they run beside the
+    next blocks' kernels, and every kernel that waits was launched after the kernels it waits for (run 19's rule: two
+    streams may share a hardware queue, and a kernel queued behind one that waits on it would never start). Returns
+    ``(structure, an event after the first block's kernels)``: the side stream's prefix states and value checks wait
+    for it. Queued with the inputs they ran beside the first table kernel and slowed it (run 57, call 4: 628 -> 825
+    us); after the last block they came too late for the output stage, now that the merge simulation ends sooner (run
+    58, call 2); after the first, (1, 65536) moderate 3.774 -> 3.450 ms (four blocks, call 3)."""
+    dev = k.device
+    on_gpu = dev.type == "cuda" and not interpreting()
+    main = torch.cuda.current_stream(dev) if on_gpu else None
+    tables, launch_tables = _score_tables(cfg, k, v, g, row_lengths, tau, eps, norm_eps, False, settings)
+    scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
+    (masks, cscores), launch_guesses, launch_walk = _carry_scan(
+        cfg, k, v, g, None, row_lengths, tables, P, size0, scores, tau, eps, norm_eps, flag, True, settings,
+        guessed=True, blocked=True)
+    structure = decided_structure(cfg, masks, scores, counts0, info0, size0)
+    ready = torch.zeros(1, device=dev, dtype=torch.int32)  # chunks published
+    closing = torch.empty(cfg.BH, cfg.NC, CT_ROWS, CHUNK, device=dev, dtype=torch.float64)
+    walk, merge = (stream_besides_current(dev, priority=-1) for _ in range(2)) if on_gpu else (None, None)
+    if on_gpu:
+        walk.wait_stream(main)  # the buffers above
+        merge.wait_stream(main)
+    blocks = decision_blocks(cfg, settings)
+
+    def queue_block(c0, c1):  # the block's kernels on the current stream, then its count
+        launch_tables(c0, c1)
+        if c1 > max(c0, 1):  # chunk 0 is walked
+            launch_guesses(chunks=(max(c0, 1), c1))
+        closing_tables(cfg, masks, scores, row_lengths, chunks=(c0, c1), tab=closing)
+        cached(dla_publish_chunks_kernel)[(1,)](ready, c1, num_warps=1)
+
+    queue_block(*blocks[0])
+    side_start = main.record_event() if on_gpu else None
+    for b, (c0, c1) in enumerate(blocks):
+        if b + 1 < len(blocks):  # the next block queued first: the current stream never waits for the host
+            queue_block(*blocks[b + 1])
+        with torch.cuda.stream(walk) if on_gpu else nullcontext():
+            launch_walk(ready, (c0, c1))
+        with torch.cuda.stream(merge) if on_gpu else nullcontext():
+            merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0, flag, True,
+                             tables[1], structure, closing, ready, (c0, c1))
+    if on_gpu:
+        main.wait_stream(walk)
+        main.wait_stream(merge)
+    return structure, side_start
+
+
 def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
-            settings: TritonSettings, profile) -> DecidedStructure:
+            settings: TritonSettings, profile):
     """Stages 1-3 on the current stream; the carry scan on its own stream when it overlaps the table kernel,
     the merge simulation on its own when pipelined (``concurrent_decisions``). ``flag``: zeroed int32 ``[BH]``, the
-    pipeline's per-row progress."""
+    pipeline's per-row progress. Returns ``(structure, an event for the side stream to wait on, or None)``: by blocks
+    of chunks (``_decide_in_blocks``) where ``decision_blocks`` asks for them and the call takes the pipelined guesses
+    (the ``profile``'s stages are then not marked)."""
     dev = k.device
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
     few_rows = concurrent_decisions(cfg, dev)
     guessed = takes_carry_guesses(cfg, settings, boundaries is not None, dev)
+    if guessed and few_rows and settings.pipeline and settings.decision_blocks > 1:
+        return _decide_in_blocks(cfg, k, v, g, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
+                                 settings)
     overlap = settings.table_overlap and few_rows and not guessed  # the guesses read the tables whole
     pipeline = settings.pipeline and few_rows
     # table overlap on a GPU: the carry scan runs on a high-priority stream (so that the block scheduler may place
@@ -512,7 +591,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
                                      flag, pipeline, orbits if pipeline else None, structure, closing)
     if mstream is not None:
         main.wait_stream(mstream)
-    return structure
+    return structure, None
 
 
 def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit, settings: TritonSettings,
@@ -649,10 +728,10 @@ def forward_scalar_decay_triton(
     side = stream_besides_current(dev) if use_side else None
     inputs_ready = torch.cuda.current_stream(dev).record_event() if side is not None else None
     mark_stage(profile, "table")
-    s = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps, settings,
-                profile)
+    s, decisions_queued = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps,
+                                  norm_eps, settings, profile)
     if side is not None:
-        side.wait_event(inputs_ready)
+        side.wait_event(decisions_queued or inputs_ready)
     with torch.cuda.stream(side) if side is not None else nullcontext():
         hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
         if check_values:

@@ -63,9 +63,10 @@ def dla_table_kernel(
     T, H, BH, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BVF: tl.constexpr,
     NEED_ANC: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, LOGC: tl.constexpr, SCAN: tl.constexpr,
-    PUBLISH: tl.constexpr,
+    PUBLISH: tl.constexpr, c0=0,
 ):
-    """Program (chunk c, bh), numbered chunk-major (all rows' chunk 0 first): score table I[t, p] for p < t,
+    """Program (chunk c, bh), numbered chunk-major (all rows' chunk c0 first: chunks c0 on, for a launch by blocks of
+    chunks, ``TritonSettings.decision_blocks``): score table I[t, p] for p < t,
     orbit bitmasks, and the carry scan's per-token vectors (the chunk-start column and the decay terms,
     ``cvec``) and the chunk's total decay. PUBLISH: then set the (bh, c) flag (bit c % 32 of the row's word
     c // 32) for a carry scan that runs concurrently and waits on it (chunk-major numbering: the chunks are done
@@ -74,7 +75,7 @@ def dla_table_kernel(
     FLOPs per chunk: 2 C^2 (Dk + Dv) (Gram) + 4 C^3 (two table matmuls, fp32); bytes: C (Dk + Dv) input
     elements in, 4 C^2 (table) + 8 C (bitmasks) + 32 C (carry vectors) out.
     """
-    c = tl.program_id(0) // BH
+    c = c0 + tl.program_id(0) // BH
     bh = tl.program_id(0) % BH
     NC = tl.cdiv(T, C)
     b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
@@ -214,6 +215,27 @@ def wait_for_tables(tflag_ptr, c):
         word = tl.atomic_add(tflag_ptr + c // 32, 0, sem="acquire")
     holes = ~((word.to(tl.int64) & 0xFFFFFFFF) >> (c % 32)) & 0x1FFFFFFFF  # a zero past the word: never empty
     return c + bit_index(holes & -holes)
+
+
+@triton.jit
+def wait_published(ready_ptr, x, ready):
+    """Decisions by blocks of chunks (``TritonSettings.decision_blocks``): the chunks before ``ready`` are known to be
+    published (their tables, guesses and closing-slot tables written); if chunk ``x`` is not among them, spin until
+    the counter ``ready_ptr`` (int32, the chunks published so far, set by ``dla_publish_chunks_kernel`` after each
+    block) passes it, and return the new count. Scalars only, as ``wait_for_tables``."""
+    if x >= ready:
+        ready = tl.atomic_add(ready_ptr, 0, sem="acquire")
+        while ready <= x:
+            ready = tl.atomic_add(ready_ptr, 0, sem="acquire")
+    return ready
+
+
+@triton.jit
+def dla_publish_chunks_kernel(ready_ptr, chunks):
+    """One program, launched on the decisions' stream after a block's table, guess and closing-table kernels: the
+    chunks before ``chunks`` are published (stream order: those kernels have ended; release: their writes are
+    visible to a reader that acquires the count)."""
+    tl.atomic_xchg(ready_ptr, chunks, sem="release")
 
 
 @triton.jit
@@ -491,15 +513,37 @@ def guess_holds(mask_row, anc_chunks, c, d, mask_prev, orbit_prev, C: tl.constex
 
 
 @triton.jit
-def next_break(brk_row, c):
+def next_break(brk_row, c, ready_ptr=None, ready=0, last=0, BLOCKED: tl.constexpr = False):
     """The first chunk >= c whose bit is set in a row's words (int32, 32 chunks a word: the guess kernel's breaks or
-    ``dla_carry_suspects_kernel``'s suspects); the row's last chunk has its bit set, so the search ends."""
+    ``dla_carry_suspects_kernel``'s suspects); the row's last chunk has its bit set, so the search ends. BLOCKED (the
+    decisions by blocks of chunks, ``TritonSettings.decision_blocks``): the search ends at ``last`` (the block's last
+    chunk, taken as a break) and reads only published chunks' bits (``wait_published``), through L2 (an earlier read
+    of the word's line may sit in L1); returns ``(chunk, ready)``."""
     w = c // 32
-    word = (tl.load(brk_row + w).to(tl.int64) & 0xFFFFFFFF) >> (c % 32) << (c % 32)
-    while word == 0:
-        w += 1
-        word = tl.load(brk_row + w).to(tl.int64) & 0xFFFFFFFF
-    return w * 32 + bit_index(word & -word)
+    if BLOCKED:
+        ready = wait_published(ready_ptr, c, ready)
+        word = published_bits(brk_row, w, c, ready, last)
+        while word == 0:  # none among the published chunks from c on
+            c = tl.minimum((w + 1) * 32, ready)
+            w = c // 32
+            ready = wait_published(ready_ptr, c, ready)
+            word = published_bits(brk_row, w, c, ready, last)
+    else:
+        word = (tl.load(brk_row + w).to(tl.int64) & 0xFFFFFFFF) >> (c % 32) << (c % 32)
+        while word == 0:
+            w += 1
+            word = tl.load(brk_row + w).to(tl.int64) & 0xFFFFFFFF
+    return w * 32 + bit_index(word & -word), ready
+
+
+@triton.jit
+def published_bits(brk_row, w, c, ready, last):
+    """Word ``w``'s bits of the published chunks (before ``ready``) from ``c`` (in the word) on, through L2, with
+    ``last``'s bit set once it is published (so that no bit past it is ever the lowest)."""
+    word = tl.load(brk_row + w, cache_modifier=".cg").to(tl.int64) & 0xFFFFFFFF
+    word = tl.where((last // 32 == w) & (ready > last), word | (tl.full((), 1, tl.int64) << (last % 32)), word)
+    below = tl.minimum(ready - w * 32, 32).to(tl.int64)
+    return (word >> (c % 32) << (c % 32)) & ((tl.full((), 1, tl.int64) << below) - 1)
 
 
 @triton.jit
@@ -576,7 +620,7 @@ def dla_carry_guess_kernel(
     k_ptr, v_ptr, rlen_ptr, anc_ptr, cvec_ptr, size_ptr, mask_ptr, cscore_ptr, itab_ptr, score_ptr, brk_ptr,
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
-    SCORES: tl.constexpr, free_ptr=None, orbit_ptr=None, DEEP: tl.constexpr = False,
+    SCORES: tl.constexpr, free_ptr=None, orbit_ptr=None, DEEP: tl.constexpr = False, c_first=1,
 ):
     """Program (chunk c >= 1, bh): chunk c decided as the carry scan would from its guessed entry slot (the comment
     above): its carry scores and mask, and its break bit (``brk_ptr``, zeroed, ``[BH, cdiv(NC, 32)]`` int32) set
@@ -585,8 +629,8 @@ def dla_carry_guess_kernel(
     boundary counted per row in ``free_ptr`` ([BH] int32, zeroed), and each chunk's orbit word (``anc`` at its first
     token) copied to ``orbit_ptr`` (``[BH, NC, C]``, word 0 of each chunk; chunk 0's by the program of chunk 1) for
     the merge simulation, which the deeper guesses then edit. The same code as the carry scan's (the comment
-    above)."""
-    c = tl.program_id(0) + 1
+    above). ``c_first``: the first chunk of the launch (1, or a block's first, ``TritonSettings.decision_blocks``)."""
+    c = tl.program_id(0) + c_first
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
     b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
@@ -715,6 +759,7 @@ def dla_carry_walk_kernel(
     T, H, Dk, Dv, tau, eps, norm_eps,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
     PIPE: tl.constexpr, flag_ptr, sus_ptr=None, depth_ptr=None, free_ptr=None, min_free=0, DEPTH: tl.constexpr = 1,
+    ready_ptr=None, c_begin=0, c_end=0, BLOCKED: tl.constexpr = False,
 ):
     """Program (bh), after the guess kernels: the carry scan (``dla_carry_kernel``, P in registers, decided
     boundaries) over the chunks whose guesses may not hold, published as it goes (PIPE: the flag then says only that
@@ -722,7 +767,10 @@ def dla_carry_walk_kernel(
     or DEPTH > 1 in the rows that take the deeper guesses (``takes_deeper_guesses``: ``_walk_suspects``, with the
     suspects kernel's bits ``sus_ptr`` and the depths ``depth_ptr``). One launch for both kinds of row: run 48's two
     walk kernels one after the other were not faster, and a kernel launched only to find no row of its own kind may
-    still wait for room on the GPU (docs/performance.md, run 48)."""
+    still wait for room on the GPU (docs/performance.md, run 48). BLOCKED (one deep, ``TritonSettings.decision_blocks``):
+    chunks ``c_begin .. c_end - 1`` only, a block that is being published while the walk runs (``wait_published``),
+    from the slot ``p_ptr`` holds (the one leaving chunk ``c_begin - 1``), to which the slot leaving the block is
+    stored; the flag then says that chunks up to ``c_end`` are final."""
     bh = tl.program_id(0)
     row = carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C)  # (b, h, NC, N, emp, Tr, pbase)
     kd = tl.arange(0, BK)
@@ -738,43 +786,68 @@ def dla_carry_walk_kernel(
                                 Preg, kd, vd, T, H, Dk, Dv, tau, eps, norm_eps, C, BK, BV, PREC, SPLIT, PIPE, flag_ptr)
     else:
         Preg = _walk_breaks(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, mask_ptr, cscore_ptr, bh, row, Preg,
-                            kd, vd, T, H, Dk, Dv, tau, eps, norm_eps, C, BK, BV, PREC, SPLIT, PIPE, flag_ptr)
+                            kd, vd, T, H, Dk, Dv, tau, eps, norm_eps, C, BK, BV, PREC, SPLIT, PIPE, flag_ptr, ready_ptr,
+                            c_begin, c_end, BLOCKED)
     store_state(row[6], Preg, kd, vd, Dk, Dv)
     if PIPE:  # every chunk final: a merge simulation that waited for a chunk the walk took as guessed (a bug) ends
-        tl.atomic_xchg(flag_ptr + bh, row[2], sem="release")
+        if BLOCKED:
+            tl.atomic_xchg(flag_ptr + bh, c_end, sem="release")
+        else:
+            tl.atomic_xchg(flag_ptr + bh, row[2], sem="release")
 
 
 # Long: the carry scan's walk over the breaks is one dependent chain per (b, h), its prefetch in the same body.
 @triton.jit
 def _walk_breaks(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, mask_ptr, cscore_ptr, bh, row, Preg, kd, vd,
                  T, H, Dk, Dv, tau, eps, norm_eps, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                 PREC: tl.constexpr, SPLIT: tl.constexpr, PIPE: tl.constexpr, flag_ptr):
+                 PREC: tl.constexpr, SPLIT: tl.constexpr, PIPE: tl.constexpr, flag_ptr, ready_ptr=None, c_begin=0,
+                 c_end=0, BLOCKED: tl.constexpr = False):
     """``dla_carry_walk_kernel`` one deep, row bh. A chunk entered with a slot that is not its guess (chunk 0, or the
     one after a chunk that does not follow) is decided here, its mask and carry scores overwriting the guess
     kernel's, and published. After a chunk that follows, the walk jumps to the next break, whose guessed decisions
     hold, and forms the slot leaving it: the run since its last boundary, or its guessed slot decayed and grown
     through it if it has none. The next chunk's inputs are loaded before each step, as in the plain walk. Returns
-    the slot leaving the row's last chunk (``row``, ``Preg``: ``carry_row``'s and the slot entering chunk 0)."""
+    the slot leaving the row's last chunk (``row``, ``Preg``: ``carry_row``'s and the slot entering chunk 0).
+    BLOCKED: chunks ``c_begin .. c_end - 1`` (``dla_carry_walk_kernel``), each read once published
+    (``wait_published``); the block's last is taken as a break, so that the slot leaving it is formed."""
     b, h, NC, N, emp, Tr, pbase = row
     t_idx = tl.arange(0, C)
     brk_row = brk_ptr + bh * tl.cdiv(NC, 32)
     c = 0  # chunk 0 is walked
+    c_hi = NC
+    guessed = tl.full((), 0, tl.int32)  # whether chunk c is entered with its guessed slot
+    if BLOCKED:
+        c = c_begin
+        c_hi = c_end
+        ready = wait_published(ready_ptr, c_begin + tl.zeros([], tl.int32), tl.zeros([], tl.int32))
+        if c_begin > 0:  # the chunk before the block passes its guess on if it follows (its mask is final)
+            guessed = follows(tl.load(mask_ptr + bh * NC + c_begin - 1, cache_modifier=".cg"),
+                              tl.load(anc_ptr + (bh * NC + c_begin - 1) * C, cache_modifier=".cg")).to(tl.int32)
+            if PIPE:  # if so the block's first chunk is final: the merge simulation reads it at once
+                tl.atomic_xchg(flag_ptr + bh, c_begin + 1, sem="release", mask=guessed != 0)
     kc, vc, X0, NP0, ss, eG, ash, a, em1, wd, eGl, anc_row = carry_inputs(
         k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c, T, H, NC, kd, vd, Dk, Dv, C)
-    guessed = tl.full((), 0, tl.int32)  # whether chunk c is entered with its guessed slot
-    while c < NC:
+    while c < c_hi:
         if guessed != 0:
-            c = next_break(brk_row, c)
+            if BLOCKED:
+                c, ready = next_break(brk_row, c, ready_ptr, ready, c_hi - 1, True)
+            else:
+                c, _ = next_break(brk_row, c)
         tok = c * C + t_idx
         valid = tok < T
         trow = (b * T + tok) * H + h
         orbit_word = tl.load(anc_ptr + (bh * NC + c) * C, cache_modifier=".cg")
         # chunk c + 1's inputs, for its step (a chunk after a break is walked; after a walked chunk, unless it
         # follows)
+        if BLOCKED:  # (the chunk after the block: read, not used)
+            ready = wait_published(ready_ptr, tl.minimum(c + 1, c_hi - 1), ready)
         kn, vn, X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn, eGln, ancn = carry_inputs(
             k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c + 1, T, H, NC, kd, vd, Dk, Dv, C)
         if guessed != 0:  # a break: its guessed decisions hold; its own inputs, for the slot leaving it
-            mask = tl.load(mask_ptr + bh * NC + c)
+            if BLOCKED:  # through L2: an earlier read of the mask's line may sit in L1
+                mask = tl.load(mask_ptr + bh * NC + c, cache_modifier=".cg")
+            else:
+                mask = tl.load(mask_ptr + bh * NC + c)
             own = carry_inputs(k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c, T, H, NC, kd, vd, Dk, Dv, C)
             kc, vc, wd, eGl = own[0], own[1], own[9], own[10]  # the rest unused (and not loaded)
             if highest_bit_index(mask) < 0:  # no boundary: the guessed slot, decayed and grown below
@@ -788,7 +861,7 @@ def _walk_breaks(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, mask_ptr, 
                 tl.debug_barrier()
                 tl.atomic_xchg(flag_ptr + bh, c + 1, sem="release")
         passes = follows(mask, orbit_word)
-        if (passes == 0) | (c == NC - 1):  # the slot leaving the chunk (the last one's: the call's open slot)
+        if (passes == 0) | (c == c_hi - 1):  # the slot leaving the chunk (the last one's: the call's open slot)
             L = highest_bit_index(mask)
             kw_hi, kw_mid, kw_lo = weighted_key_parts(kc, wd, SPLIT)
             Preg = slot_after_chunk(Preg, eGl, L, slot_since(kw_hi, kw_mid, kw_lo, vc, (t_idx >= L)[:, None], SPLIT,
@@ -816,7 +889,7 @@ def next_processed(sus_row, depth_row, c, last_walked, NC, DEPTH: tl.constexpr):
     while (x <= last_walked + DEPTH) & (x < NC - 1) & (processed(sus_row, depth_row, x, last_walked) == 0):
         x += 1
     if x > last_walked + DEPTH:
-        x = next_break(sus_row, x)
+        x, _ = next_break(sus_row, x)
     return x
 
 
@@ -1064,13 +1137,13 @@ def load_closing_tables(tab_ptr, row, ok, t_idx, zk, C: tl.constexpr, AT_FIRST: 
 @triton.jit(do_not_specialize=["T"])
 def dla_closing_tables_kernel(
     mask_ptr, score_ptr, rlen_ptr, tab_ptr, T, itab_ptr, cscore_ptr,
-    C: tl.constexpr, SCORES: tl.constexpr, FAST: tl.constexpr,
+    C: tl.constexpr, SCORES: tl.constexpr, FAST: tl.constexpr, c0=0,
 ):
-    """Program (chunk, bh), one warp: the chunk's closing-slot tables (``chunk_closing_tables``) for the merge
+    """Program (chunk c0 + i, bh), one warp: the chunk's closing-slot tables (``chunk_closing_tables``) for the merge
     simulation, from its mask and final scores. SCORES: the scores are first assembled from the carry scores and the
     score table (``chunk_scores``) and stored; else read. The warp lays the chunk out as the merge kernel does, so
     that the sums add in its order."""
-    c = tl.program_id(0)
+    c = c0 + tl.program_id(0)
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
     t_idx = tl.arange(0, C)
@@ -1155,7 +1228,7 @@ def dla_merge_kernel(
     death_ptr, death0_ptr, merged_ptr, live_ptr, livem_ptr, fpos_ptr,
     T, K, itab_ptr, cscore_ptr, flag_ptr, anc_ptr, tab_ptr,
     C: tl.constexpr, KP: tl.constexpr, KW: tl.constexpr, PIPE: tl.constexpr, FAST: tl.constexpr,
-    GUESSED: tl.constexpr = False,
+    GUESSED: tl.constexpr = False, ready_ptr=None, size0_ptr=None, c_begin=0, c_end=0, BLOCKED: tl.constexpr = False,
 ):
     """Program (bh), one warp: counts n and information sums Ibar (float64) and start positions of the <= K slots
     in KW-wide vectors (KW = max(KP, 32): one lane per slot); one lowest-density merge (tie: the oldest pair) per
@@ -1176,6 +1249,10 @@ def dla_merge_kernel(
     deeper-guessed one zeroed, which no chunk ``follows``: ``dla_carry_guess_kernel``'s ``orbit_ptr``). The merge
     kernel reads no depth of its own: a load of them per chunk moved the event loop's schedule (H200, run 48: 2.96 ->
     3.12 cycles an instruction, the same 124 instructions; +5 % at dense inputs).
+    BLOCKED (with GUESSED; ``TritonSettings.decision_blocks``): chunks ``c_begin .. c_end - 1`` only, a block that is
+    being published while this kernel runs (``wait_published``; a chunk is read ahead once it is, its mask through
+    L2), from the state the block before left (counts, sums, size and the slots' starts, ``fpos_ptr``; the call's
+    initial size at ``size0_ptr``), to which the state after the block is stored.
     FAST (a GPU; False under the interpreter): branch-free divisions and a warp ballot in inline PTX."""
     bh = tl.program_id(0)
     NC = tl.cdiv(T, C)
@@ -1190,8 +1267,17 @@ def dla_merge_kernel(
     n = tl.load(cnt_ptr + bh * K + j, mask=j < K, other=1).to(tl.float64)
     info = tl.load(info_ptr + bh * K + j, mask=j < K, other=0.0).to(tl.float64)
     pos = tl.where(j < m0, j - m0, 2147483647)
-    n_open = tl.gather(n, tl.maximum(zk + m0 - 1, 0), 0)
-    i_open = tl.gather(info, tl.maximum(zk + m0 - 1, 0), 0)
+    c_lo = 0
+    c_hi = NC
+    if BLOCKED:  # m0: the call's initial size (the initial slots' pseudo starts); m the size the block starts with
+        c_lo = c_begin
+        c_hi = c_end
+        m0 = tl.load(size0_ptr + bh).to(tl.int32)
+        later = (zk + c_begin) > 0  # a block after the first: the slots' starts as the block before left them
+        pos = tl.where(later, tl.load(fpos_ptr + bh * KP + j, mask=(j < KP) & later, other=2147483647),
+                       tl.where(j < m0, j - m0, 2147483647))
+    n_open = tl.gather(n, tl.maximum(zk + m - 1, 0), 0)
+    i_open = tl.gather(info, tl.maximum(zk + m - 1, 0), 0)
     # the next chunk's mask and tables where they were made beforehand (not PIPE: chunk 0's, read now)
     if PIPE:
         mask_n = tl.zeros([], dtype=tl.int64)
@@ -1204,8 +1290,10 @@ def dla_merge_kernel(
     guessed = tl.full((), 0, tl.int32)  # GUESSED: whether chunk c holds its guess (chunk 0 is walked)
     orbit_word = tl.zeros([], dtype=tl.int64)  # GUESSED: ``anc`` at chunk c's first token
     if GUESSED:
-        orbit_word = tl.load(anc_ptr + bh * NC * C)
-    for c in range(NC):
+        if BLOCKED:  # the block's first chunk is read as a walked one (the walk publishes it first if guessed)
+            ready = wait_published(ready_ptr, c_begin + tl.zeros([], tl.int32), tl.zeros([], tl.int32))
+        orbit_word = tl.load(anc_ptr + (bh * NC + c_lo) * C)
+    for c in range(c_lo, c_hi):
         tl.store(live_ptr + (bh * NC + c) * KP + j, pos, mask=j < KP)
         tl.store(livem_ptr + bh * NC + c, m)
         nvalid = tl.maximum(tl.minimum(tl.minimum(T, Tr) - c * C, C), 0)
@@ -1223,10 +1311,14 @@ def dla_merge_kernel(
                     tail = tl.sum(valid_scores64(sc, nvalid, t_idx), 0) + tl.zeros([KW], tl.float64)
             if GUESSED:  # the next chunk's decisions and tables, read now where it holds its guess
                 guessed = follows(mask, orbit_word, FAST).to(tl.int32)
-                ahead = tl.where(guessed != 0, c + 1 < NC, False)
-                mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=ahead, other=0)
+                ahead = tl.where(guessed != 0, c + 1 < c_hi, False)
+                if BLOCKED:  # the tables' and orbits' lines are the chunk's own; the masks' are shared
+                    ready = wait_published(ready_ptr, tl.minimum(c + 1, c_hi - 1), ready)
+                    mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=ahead, other=0, cache_modifier=".cg")
+                else:
+                    mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=ahead, other=0)
                 tabs_n = load_closing_tables(tab_ptr, bh * NC + c + 1, ahead, t_idx, zk, C, AT_FIRST=True)
-                orbit_word = tl.load(anc_ptr + (bh * NC + c + 1) * C, mask=c + 1 < NC, other=0)
+                orbit_word = tl.load(anc_ptr + (bh * NC + c + 1) * C, mask=c + 1 < c_hi, other=0)
         else:
             mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=c + 1 < NC, other=0)
             tabs_n = load_closing_tables(tab_ptr, bh * NC + c + 1, c + 1 < NC, t_idx, zk, C, AT_FIRST=False)
