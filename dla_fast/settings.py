@@ -71,8 +71,8 @@ class TritonSettings:
             decisions at once, with the deeper guesses where they pay (by blocks they are not taken). The same
             results bit for bit. H100, run 58, 4 blocks against 1, one process each call: (1, 65536) moderate
             3.772 -> 3.450 ms and 3.948 -> 3.457, dense -9.4 / -10.7 %, sparse +24 % (its deeper guesses lost);
-            (2, 16384) dense -10 / -2 %, moderate 1.771 -> 1.800 in one call and 2.206 -> 3.358 in another (not
-            understood): not the default yet.
+            (2, 16384) dense -10 / -2 %, moderate 1.771 -> 1.800 in one call and 2.206 -> 3.358 in another (the
+            host's six launches a block set the pace there): not the default yet (docs/performance.md, run 58).
         output_group: old slot states read per tensor-core product in the output kernel, for float32 inputs (2: 168
             registers without spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200,
             docs/benchmarks.md run 21). 16-bit inputs read one per product, scaled after it (run 44).

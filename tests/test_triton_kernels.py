@@ -769,6 +769,22 @@ def _mutated(kernel, mutate):
     return Mutated()
 
 
+def _guess_case(regime_length, decay, tau, lengths, with_cache):
+    """Two rows of 400 tokens (seven chunks) for the guessed carry scan's tests: ``(inputs, the forward's keyword
+    arguments, the plain carry scan's results)``; rows of other ``lengths`` padded as the forward asks (zero inputs,
+    g = 0), ``with_cache`` after a 90-token call's cache."""
+    x = regimes(2, 400, 1, 32, 32, 6, seed=5, regime_length=regime_length, jitter=0.5, decay=decay)
+    q, k, v, g, w = (_t(a) for a in x)
+    kw = dict(tau=tau, lengths=None if lengths is None else torch.tensor(lengths, device=DEV))
+    for b, n in enumerate(lengths or []):
+        for t in (q, k, v, g, w):
+            t[b, n:] = 0
+    if with_cache:
+        _, c0, _ = _fwd(q[:, :90], k[:, :90], v[:, :90], g[:, :90], w[:, :90], tau=tau)
+        kw.update(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
+    return (q, k, v, g, w), kw, _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=False), **kw)
+
+
 @needs_kernels
 @pytest.mark.parametrize("regime_length,decay,tau,lengths,with_cache,depth", [
     (40.0, 0.6, 0.5, None, False, 1), (1.5, 0.6, 0.5, None, True, 1), (4.0, 0.6, 0.5, [400, 230], False, 1),
@@ -786,16 +802,7 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
     their masks given a false boundary, other results."""
     from dla_fast.ops.scalar_decay import chunk_fwd
 
-    x = regimes(2, 400, 1, 32, 32, 6, seed=5, regime_length=regime_length, jitter=0.5, decay=decay)
-    q, k, v, g, w = (_t(a) for a in x)
-    kw = dict(tau=tau, lengths=None if lengths is None else torch.tensor(lengths, device=DEV))
-    for b, n in enumerate(lengths or []):  # the padding: zero inputs, g = 0 (forward_scalar_decay_triton)
-        for t in (q, k, v, g, w):
-            t[b, n:] = 0
-    if with_cache:
-        _, c0, _ = _fwd(q[:, :90], k[:, :90], v[:, :90], g[:, :90], w[:, :90], tau=tau)
-        kw.update(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
-    plain = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=False), **kw)
+    (q, k, v, g, w), kw, plain = _guess_case(regime_length, decay, tau, lengths, with_cache)
     settings = TritonSettings(carry_guess_depth=depth, deep_guess_min_chunks=0)
     deeper = []  # the deeper guesses' depths, seen after their kernel
 
@@ -855,16 +862,7 @@ def test_decisions_by_blocks_change_no_bit(regime_length, tau, lengths, with_cac
     blocks, and this test is the check that they read no chunk before it is published."""
     from dla_fast.ops.scalar_decay import chunk_fwd
 
-    x = regimes(2, 400, 1, 32, 32, 6, seed=5, regime_length=regime_length, jitter=0.5, decay=0.6)
-    q, k, v, g, w = (_t(a) for a in x)
-    kw = dict(tau=tau, lengths=None if lengths is None else torch.tensor(lengths, device=DEV))
-    for b, n in enumerate(lengths or []):
-        for t in (q, k, v, g, w):
-            t[b, n:] = 0
-    if with_cache:
-        _, c0, _ = _fwd(q[:, :90], k[:, :90], v[:, :90], g[:, :90], w[:, :90], tau=tau)
-        kw.update(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
-    plain = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=False), **kw)
+    (q, k, v, g, w), kw, plain = _guess_case(regime_length, 0.6, tau, lengths, with_cache)
     launched = []
     monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
     monkeypatch.setattr(chunk_fwd, "dla_publish_chunks_kernel",

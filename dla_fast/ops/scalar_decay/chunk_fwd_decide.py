@@ -767,10 +767,10 @@ def dla_carry_walk_kernel(
     or DEPTH > 1 in the rows that take the deeper guesses (``takes_deeper_guesses``: ``_walk_suspects``, with the
     suspects kernel's bits ``sus_ptr`` and the depths ``depth_ptr``). One launch for both kinds of row: run 48's two
     walk kernels one after the other were not faster, and a kernel launched only to find no row of its own kind may
-    still wait for room on the GPU (docs/performance.md, run 48). BLOCKED (one deep, ``TritonSettings.decision_blocks``):
-    chunks ``c_begin .. c_end - 1`` only, a block that is being published while the walk runs (``wait_published``),
-    from the slot ``p_ptr`` holds (the one leaving chunk ``c_begin - 1``), to which the slot leaving the block is
-    stored; the flag then says that chunks up to ``c_end`` are final."""
+    still wait for room on the GPU (docs/performance.md, run 48). BLOCKED (one deep,
+    ``TritonSettings.decision_blocks``): chunks ``c_begin .. c_end - 1`` only, a block that is being published while
+    the walk runs (``wait_published``), from the slot ``p_ptr`` holds (the one leaving chunk ``c_begin - 1``), to which
+    the slot leaving the block is stored; the flag then says that chunks up to ``c_end`` are final."""
     bh = tl.program_id(0)
     row = carry_row(bh, T, H, Dk, Dv, size_ptr, rlen_ptr, p_ptr, C)  # (b, h, NC, N, emp, Tr, pbase)
     kd = tl.arange(0, BK)
