@@ -848,10 +848,9 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
 
 @needs_kernels
 @pytest.mark.parametrize("regime_length,tau,lengths,with_cache,blocks", [
-    (40.0, 0.5, None, False, 2), (1.5, 0.5, None, True, 3), (4.0, 0.5, [400, 230], False, 7),
-    (40.0, 0.5, [400, 230], True, 4)],
-    ids=["sparse_two_blocks", "dense_after_a_cache_three_blocks", "rows_of_other_lengths_a_block_a_chunk",
-         "sparse_after_a_cache_rows_of_other_lengths_four_blocks"])
+    (40.0, 0.5, None, False, 2), (1.5, 0.5, None, True, 3), (4.0, 0.5, [400, 230], True, 7)],
+    ids=["sparse_two_blocks", "dense_after_a_cache_three_blocks",
+         "after_a_cache_rows_of_other_lengths_a_block_a_chunk"])
 def test_decisions_by_blocks_change_no_bit(regime_length, tau, lengths, with_cache, blocks, monkeypatch):
     """``TritonSettings.decision_blocks``: the tables, guesses and closing-slot tables launched by blocks of chunks,
     each published by a count that the walk and the merge simulation wait on (``_decide_in_blocks``), give every

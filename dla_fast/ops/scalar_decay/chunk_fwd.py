@@ -28,6 +28,7 @@ changes divisibility by 16 (each compile takes seconds; docs/triton.md).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -271,8 +272,7 @@ DEEP_GUESS_CHUNKS = 8  # chunks a program of dla_carry_deep_guess_kernel takes (
 
 
 def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, size0, scores, tau, eps, norm_eps,
-                flag, pipeline: bool, settings: TritonSettings, tflag=None, guessed: bool = False,
-                blocked: bool = False):
+                flag, pipeline: bool, settings: TritonSettings, tflag=None, guessed: bool = False):
     """Stage 2: ``((masks [BH, NC], carry scores [BH, NC*C]), launch_guesses, launch)``, the outputs allocated here
     and filled by the launches; P (the open slot) advanced in place. ``tflag``: the table kernel's flags when it runs
     concurrently (the scan then waits on them), else None. ``guessed`` (``takes_carry_guesses``; not with ``tflag``):
@@ -285,9 +285,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     ``deep_guess_min_chunks`` chunks): in the rows where the guess kernel finds at least ``deep_guess_share`` of the
     chunks without a boundary (``free``, and ``min_free``: the kernels' ``takes_deeper_guesses``), the chunks after
     those are decided again from deeper guesses (their depths in ``depths``). The host reads the counts back (a
-    synchronisation on the guess kernel) and launches the deeper guesses' kernels only if some row takes them.
-    ``blocked`` (``TritonSettings.decision_blocks``, with ``guessed``): one deep; ``launch_guesses`` and ``launch`` take
-    a block of chunks, ``launch`` also the count of published chunks it waits on (``_decide_in_blocks``)."""
+    synchronisation on the guess kernel) and launches the deeper guesses' kernels only if some row takes them."""
     itab, anc, cvec, decay = tables
     dev = k.device
     masks = torch.empty(cfg.BH, cfg.NC, device=dev, dtype=torch.int64)
@@ -299,11 +297,11 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     warps = settings.carry_warps or (8 if BK * BVC > 64 * 64 else 4)
     scalars = (cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps))
     launch_guesses = None
+    options = settings.launch(dla_carry_kernel, num_warps=warps, **CARRY_COMPILE_OPTIONS)  # the carry scan's
     if guessed:
         breaks = torch.zeros(cfg.BH, triton.cdiv(cfg.NC, 32), device=dev, dtype=torch.int32)
         # the deeper guesses with few long rows only (``deep_guess_min_chunks``)
-        deep_rows = pipeline and not blocked and settings.deep_guess_min_chunks <= cfg.NC
-        depth = settings.carry_guess_depth if deep_rows else 1
+        depth = settings.carry_guess_depth if (pipeline and settings.deep_guess_min_chunks <= cfg.NC) else 1
         deep = [depth > 1]  # cleared after the guess kernel where no row takes them
         if deep[0]:
             suspects = torch.zeros_like(breaks)
@@ -313,7 +311,6 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
             # the merge simulation reads word 0 of each chunk at anc's stride (its code unchanged: its event loop's
             # schedule moves with any change, run 48); the other words are never written nor read
             orbits = torch.empty_like(anc)
-        options = settings.launch(dla_carry_kernel, num_warps=warps, **CARRY_COMPILE_OPTIONS)  # the carry scan's
 
         def launch_guesses(meanwhile=None, chunks=(1, cfg.NC)):  # chunk 0 is walked
             cached(dla_carry_guess_kernel)[(chunks[1] - chunks[0], cfg.BH)](
@@ -338,22 +335,20 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
                                                                      cfg.T, C=CHUNK, num_warps=1)
             return orbits
 
-        def launch(ready=None, chunks=None):  # ready, chunks: a block of them (``_decide_in_blocks``)
+        def launch(ready=None, chunks=None):  # ready, chunks: a block of chunks (``_decide_in_blocks``)
             cached(dla_carry_walk_kernel)[(cfg.BH,)](
                 k, v, row_lengths, anc, cvec, decay, breaks, P, size0, masks, cscores, *scalars,
                 C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag,
                 **(dict(sus_ptr=suspects, depth_ptr=depths, free_ptr=free, min_free=min_free, DEPTH=depth)
-                   if deep[0] else {}),
-                **(dict(ready_ptr=ready, c_begin=chunks[0], c_end=chunks[1], BLOCKED=True) if ready is not None
-                   else {}), **options,
+                   if deep[0] else {}), **options,
+                **({} if ready is None else dict(ready_ptr=ready, c_begin=chunks[0], c_end=chunks[1], BLOCKED=True)),
             )
     else:
         def launch():
             cached(dla_carry_kernel)[(cfg.BH,)](
                 k, v, bnd, row_lengths, anc, cvec, decay, decay if tflag is None else tflag, P, size0, masks,
                 cscores, *scalars, C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override,
-                PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag, WAIT_TABLES=tflag is not None,
-                **settings.launch(dla_carry_kernel, num_warps=warps, **CARRY_COMPILE_OPTIONS),
+                PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag, WAIT_TABLES=tflag is not None, **options,
             )
     return (masks, cscores), launch_guesses, launch
 
@@ -483,9 +478,9 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
     main = torch.cuda.current_stream(dev) if on_gpu else None
     tables, launch_tables = _score_tables(cfg, k, v, g, row_lengths, tau, eps, norm_eps, False, settings)
     scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
-    (masks, cscores), launch_guesses, launch_walk = _carry_scan(
-        cfg, k, v, g, None, row_lengths, tables, P, size0, scores, tau, eps, norm_eps, flag, True, settings,
-        guessed=True, blocked=True)
+    (masks, cscores), launch_guesses, launch_walk = _carry_scan(  # one deep (the deeper guesses need whole rows)
+        cfg, k, v, g, None, row_lengths, tables, P, size0, scores, tau, eps, norm_eps, flag, True,
+        dataclasses.replace(settings, carry_guess_depth=1), guessed=True)
     structure = decided_structure(cfg, masks, scores, counts0, info0, size0)
     ready = torch.zeros(1, device=dev, dtype=torch.int32)  # chunks published
     closing = torch.empty(cfg.BH, cfg.NC, CT_ROWS, CHUNK, device=dev, dtype=torch.float64)
