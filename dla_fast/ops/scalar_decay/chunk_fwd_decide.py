@@ -844,10 +844,8 @@ def _walk_breaks(k_ptr, v_ptr, anc_ptr, cvec_ptr, decay_ptr, brk_ptr, mask_ptr, 
         kn, vn, X0n, NP0n, ssn, eGn, ashn, an, em1n, wdn, eGln, ancn = carry_inputs(
             k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c + 1, T, H, NC, kd, vd, Dk, Dv, C)
         if guessed != 0:  # a break: its guessed decisions hold; its own inputs, for the slot leaving it
-            if BLOCKED:  # through L2: an earlier read of the mask's line may sit in L1
-                mask = tl.load(mask_ptr + bh * NC + c, cache_modifier=".cg")
-            else:
-                mask = tl.load(mask_ptr + bh * NC + c)
+            # by blocks through L2: an earlier read of the mask's line may sit in L1
+            mask = tl.load(mask_ptr + bh * NC + c, cache_modifier=".cg" if BLOCKED else "")
             own = carry_inputs(k_ptr, v_ptr, cvec_ptr, decay_ptr, anc_ptr, b, h, bh, c, T, H, NC, kd, vd, Dk, Dv, C)
             kc, vc, wd, eGl = own[0], own[1], own[9], own[10]  # the rest unused (and not loaded)
             if highest_bit_index(mask) < 0:  # no boundary: the guessed slot, decayed and grown below
@@ -1312,11 +1310,11 @@ def dla_merge_kernel(
             if GUESSED:  # the next chunk's decisions and tables, read now where it holds its guess
                 guessed = follows(mask, orbit_word, FAST).to(tl.int32)
                 ahead = tl.where(guessed != 0, c + 1 < c_hi, False)
-                if BLOCKED:  # the tables' and orbits' lines are the chunk's own; the masks' are shared
+                if BLOCKED:
                     ready = wait_published(ready_ptr, tl.minimum(c + 1, c_hi - 1), ready)
-                    mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=ahead, other=0, cache_modifier=".cg")
-                else:
-                    mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=ahead, other=0)
+                # by blocks the mask through L2 (the masks' lines are shared; the tables' and orbits' are the chunk's)
+                mask_n = tl.load(mask_ptr + bh * NC + c + 1, mask=ahead, other=0,
+                                 cache_modifier=".cg" if BLOCKED else "")
                 tabs_n = load_closing_tables(tab_ptr, bh * NC + c + 1, ahead, t_idx, zk, C, AT_FIRST=True)
                 orbit_word = tl.load(anc_ptr + (bh * NC + c + 1) * C, mask=c + 1 < c_hi, other=0)
         else:
