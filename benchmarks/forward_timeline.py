@@ -54,6 +54,7 @@ VARIANT_SETTINGS = {  # the kernel-entry variants; "api" is the defaults through
     "plain": dataclasses.replace(DEFAULT_SETTINGS, carry_guesses=False),
     "plain_serial": dataclasses.replace(SERIAL, carry_guesses=False),
     "blocks4": dataclasses.replace(DEFAULT_SETTINGS, decision_blocks=4),
+    "after_walk": dataclasses.replace(DEFAULT_SETTINGS, deep_merge_after_walk=True),
 }
 
 

@@ -63,6 +63,13 @@ class TritonSettings:
             (``carry_guess_depth`` > 1); shorter rows take the one-deep walk. H200, run 48: at (2, 16384) (256 chunks)
             depth 8 gave sparse -7 to +1 % and moderate / dense +1 to +15 % (calls 1-6), at 1024
             chunks -21 to -23 % sparse: 512.
+        deep_merge_after_walk: where some row takes the deeper guesses, the merge simulation after the walk, every
+            chunk's closing-slot tables made first (as with many rows), instead of beside the walk (pipelined). There
+            the walk is short and the pipelined merge kernel follows it through the ~44 % of chunks whose guesses it
+            cannot read ahead, making those chunks' tables itself: ~3,200 modeled cycles a chunk against ~640-910
+            from tables (sm_90, run 53). The same results bit for bit. H100, run 59, against pipelined: (1, 65536)
+            sparse 4.224 -> 3.913 and 4.219 -> 3.916 ms (-7.2 to -7.4 %), its merge kernel 1,290 -> 710-771 us;
+            the cells that take no deeper guesses run as before.
         decision_blocks: with few rows and guessed chunks (the merge simulation pipelined), how many blocks of chunks
             the table, guess and closing-table kernels are launched in, one block after another, each published by a
             count of chunks; after each block's kernels the walk and the merge simulation over that block are
@@ -110,6 +117,7 @@ class TritonSettings:
     carry_guess_depth: int = 8
     deep_guess_share: float = 0.125
     deep_guess_min_chunks: int = 512
+    deep_merge_after_walk: bool = True
     decision_blocks: int = 1
     output_group: int = 2
     bwd_stages: int = 2

@@ -847,6 +847,36 @@ def test_carry_guesses_change_no_bit(regime_length, decay, tau, lengths, with_ca
 
 
 @needs_kernels
+@pytest.mark.parametrize("lengths,with_cache", [(None, False), ([400, 230], True)],
+                         ids=["sparse", "after_a_cache_rows_of_other_lengths"])
+def test_the_merge_after_the_deep_walk_changes_no_bit(lengths, with_cache, monkeypatch):
+    """``TritonSettings.deep_merge_after_walk``: where rows take the deeper guesses, the merge simulation launched
+    after the walk (unpipelined), from every chunk's closing-slot tables with the final scores assembled first, gives
+    every result bit for bit as the plain carry scan does. Mutant: the tables made from the scores as the guesses left
+    them (not assembled): the deeper-guessed chunks' scores are then their one-deep guesses', and results change."""
+    from dla_fast.ops.scalar_decay import chunk_fwd
+
+    (q, k, v, g, w), kw, plain = _guess_case(40.0, 0.6, 0.5, lengths, with_cache)
+    settings = TritonSettings(carry_guess_depth=4, deep_guess_min_chunks=0, deep_merge_after_walk=True)
+    pipelined, merge_simulation, closing_tables = [], chunk_fwd.merge_simulation, chunk_fwd.closing_tables
+    monkeypatch.setattr(chunk_fwd, "merge_simulation", lambda *a: pipelined.append(a[10]) or merge_simulation(*a))
+    after = _fwd(q, k, v, g, w, settings=settings, **kw)
+    assert pipelined == [False]
+    for b, n in enumerate(lengths or []):  # the padding's scores are not written (torch.empty): not compared
+        plain[2][0][b, n:] = after[2][0][b, n:] = 0
+    flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
+    for a, b in zip(flat(plain), flat(after)):
+        assert torch.equal(a, b)
+
+    def not_assembled(cfg, masks, scores, row_lengths, itab=None, cscores=None, chunks=None, tab=None):
+        return closing_tables(cfg, masks, scores, row_lengths, chunks=chunks, tab=tab)
+
+    monkeypatch.setattr(chunk_fwd, "closing_tables", not_assembled)
+    mutant = _fwd(q, k, v, g, w, settings=settings, **kw)
+    assert not all(torch.equal(a, b) for a, b in zip(flat(mutant), flat(plain)))
+
+
+@needs_kernels
 @pytest.mark.parametrize("regime_length,tau,lengths,with_cache,blocks", [
     (40.0, 0.5, None, False, 2), (1.5, 0.5, None, True, 3), (4.0, 0.5, [400, 230], True, 7)],
     ids=["sparse_two_blocks", "dense_after_a_cache_three_blocks",

@@ -276,16 +276,14 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     """Stage 2: ``((masks [BH, NC], carry scores [BH, NC*C]), launch_guesses, launch)``, the outputs allocated here
     and filled by the launches; P (the open slot) advanced in place. ``tflag``: the table kernel's flags when it runs
     concurrently (the scan then waits on them), else None. ``guessed`` (``takes_carry_guesses``; not with ``tflag``):
-    ``launch_guesses`` decides every chunk but the first from its guessed entry slot, the one-deep ones' ``scores``
-    written when pipelined, and returns the orbit words by which the merge simulation knows the chunks it may read
-    ahead (``anc``, or a copy the deeper guesses edit); ``launch`` (after it) walks only the chunks where a guess may
-    not hold. Else ``launch_guesses`` is None; its argument, a function or None, is called once the guess kernel is
-    launched (before the host may wait on it).
-    Deeper guesses (``TritonSettings.carry_guess_depth`` > 1, pipelined: with few rows, and rows of at least
-    ``deep_guess_min_chunks`` chunks): in the rows where the guess kernel finds at least ``deep_guess_share`` of the
-    chunks without a boundary (``free``, and ``min_free``: the kernels' ``takes_deeper_guesses``), the chunks after
-    those are decided again from deeper guesses (their depths in ``depths``). The host reads the counts back (a
-    synchronisation on the guess kernel) and launches the deeper guesses' kernels only if some row takes them."""
+    ``launch_guesses`` decides every chunk but the first from its guessed entry slot (the one-deep ones' ``scores``
+    written when pipelined) and returns the orbit words by which the merge simulation knows the chunks it may read
+    ahead (``anc``, or a copy the deeper guesses edit) and whether some row took the deeper guesses; ``launch``
+    (after it) walks only the chunks where a guess may not hold. Else ``launch_guesses`` is None; its argument, a
+    function or None, is called once the guess kernel is launched (before the host may wait on it). Deeper guesses
+    (``carry_guess_depth`` > 1, pipelined, rows of ``deep_guess_min_chunks`` chunks) are taken in the rows where the
+    guess kernel finds ``deep_guess_share`` of the chunks without a boundary (``free``, ``min_free``); the host reads
+    the counts back and launches their kernels only if some row takes them."""
     itab, anc, cvec, decay = tables
     dev = k.device
     masks = torch.empty(cfg.BH, cfg.NC, device=dev, dtype=torch.int64)
@@ -324,7 +322,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
             # delayed the merge simulation by ~0.34 ms at (1, 65536) moderate and dense in some processes, run 48)
             deep[0] = deep[0] and max(values_on_host(free).tolist()) >= min_free  # no torch op: the GPU waits
             if not deep[0]:
-                return anc  # the orbit words the merge simulation reads
+                return anc, False  # the orbit words the merge simulation reads; no deeper guesses
             if cfg.NC > 2:  # the deeper guesses read the first guesses' masks from a copy
                 cached(dla_carry_deep_guess_kernel)[(triton.cdiv(cfg.NC - 2, DEEP_GUESS_CHUNKS), cfg.BH)](
                     k, v, row_lengths, anc, cvec, decay, masks.clone(), masks, cscores, depths, free, min_free,
@@ -333,7 +331,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
                 )
             cached(dla_carry_suspects_kernel)[(cfg.NC - 1, cfg.BH)](masks, anc, depths, suspects, free, min_free,
                                                                      cfg.T, C=CHUNK, num_warps=1)
-            return orbits
+            return orbits, True
 
         def launch(ready=None, chunks=None):  # ready, chunks: a block of chunks (``_decide_in_blocks``)
             cached(dla_carry_walk_kernel)[(cfg.BH,)](
@@ -461,7 +459,7 @@ def decision_blocks(cfg: LaunchConfig, settings: TritonSettings) -> list[tuple[i
 
 
 def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
-                      settings: TritonSettings):
+                      settings: TritonSettings, beside):
     """Stages 1-3 with few rows and guessed chunks, by blocks of chunks (``TritonSettings.decision_blocks``). Each
     block's table, guess and closing-table kernels go on the current stream, then ``dla_publish_chunks_kernel`` (the
     count of chunks published); after the next block's (queued first, so that the current stream need not wait for
@@ -469,10 +467,12 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
     another, each continuing from the state the block before left and waiting on the count. So they run beside the
     next blocks' kernels, and every kernel that waits was launched after the kernels it waits for (run 19's rule: two
     streams may share a hardware queue, and a kernel queued behind one that waits on it would never start). Returns
-    ``(structure, an event after the first block's kernels)``: the side stream's prefix states and value checks wait
-    for it. Queued with the inputs they ran beside the first table kernel and slowed it (run 57, call 4: 628 -> 825
-    us); after the last block they came too late for the output stage, now that the merge simulation ends sooner (run
-    58, call 2); after the first, (1, 65536) moderate 3.774 -> 3.450 ms (four blocks, call 3)."""
+    ``(structure, beside's result)``: ``beside`` (``_decide``) is called with an event after the first block's
+    kernels, right after the host has queued them. Queued with the inputs, the side stream's prefix states ran beside
+    the first table kernel and slowed it (run 57, call 4: 628 -> 825 us); queued after the last block they came too
+    late for the output stage (run 58, call 2); run 58, call 3 let them wait for the first block but queued them
+    after every block, which the host took ~1.4 ms to queue under the profiler (run 59, call 1: the scan of the
+    prefix states then ended 470 us after the merge simulation, and the output stage waited for it)."""
     dev = k.device
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
@@ -498,7 +498,7 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
         cached(dla_publish_chunks_kernel)[(1,)](ready, c1, num_warps=1)
 
     queue_block(*blocks[0])
-    side_start = main.record_event() if on_gpu else None
+    side_result = beside(main.record_event() if on_gpu else None)
     for b, (c0, c1) in enumerate(blocks):
         if b + 1 < len(blocks):  # the next block queued first: the current stream never waits for the host
             queue_block(*blocks[b + 1])
@@ -510,16 +510,18 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
     if on_gpu:
         main.wait_stream(walk)
         main.wait_stream(merge)
-    return structure, side_start
+    return structure, side_result
 
 
 def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
-            settings: TritonSettings, profile):
+            settings: TritonSettings, profile, beside):
     """Stages 1-3 on the current stream; the carry scan on its own stream when it overlaps the table kernel,
     the merge simulation on its own when pipelined (``concurrent_decisions``). ``flag``: zeroed int32 ``[BH]``, the
-    pipeline's per-row progress. Returns ``(structure, an event for the side stream to wait on, or None)``: by blocks
-    of chunks (``_decide_in_blocks``) where ``decision_blocks`` asks for them and the call takes the pipelined guesses
-    (the ``profile``'s stages are then not marked)."""
+    pipeline's per-row progress. ``beside(after)`` queues the work that runs beside the decisions (the forward's
+    prefix states and value checks) from the event ``after`` on, or from the inputs if None: called once the decision
+    stages are queued, or by blocks of chunks (``_decide_in_blocks``, where ``decision_blocks`` asks for them and the
+    call takes the pipelined guesses; the ``profile``'s stages are then not marked) after the first block's. Returns
+    ``(structure, beside's result)``."""
     dev = k.device
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
@@ -527,15 +529,13 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     guessed = takes_carry_guesses(cfg, settings, boundaries is not None, dev)
     if guessed and few_rows and settings.pipeline and settings.decision_blocks > 1:
         return _decide_in_blocks(cfg, k, v, g, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
-                                 settings)
+                                 settings, beside)
     overlap = settings.table_overlap and few_rows and not guessed  # the guesses read the tables whole
     pipeline = settings.pipeline and few_rows
-    # table overlap on a GPU: the carry scan runs on a high-priority stream (so that the block scheduler may place
-    # its programs before the table kernel's remaining ones; run 19 measured less overlap than expected:
-    # docs/performance.md) and waits chunk by chunk on the (bh, chunk) flags the table kernel sets. The table
-    # kernel is launched first: launching the kernel that is waited on after the one that waits can deadlock
-    # (run 19: with lazy module loading a first launch can wait for the running kernels, and two streams may
-    # share a hardware queue).
+    # table overlap on a GPU: the carry scan on a high-priority stream (the block scheduler may then place its
+    # programs before the table kernel's rest), waiting chunk by chunk on the table kernel's (bh, chunk) flags. The
+    # table kernel is launched first: a kernel waited on launched after the one that waits can deadlock (run 19: a
+    # first launch can wait for the running kernels under lazy module loading; streams may share a hardware queue).
     concurrent = overlap and on_gpu
     tflag = torch.zeros(cfg.BH, triton.cdiv(cfg.NC, 32), device=dev, dtype=torch.int32) if overlap else None
     tables, launch_tables = _score_tables(cfg, k, v, g, row_lengths, tau, eps, norm_eps, boundaries is not None,
@@ -560,7 +560,6 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
         with torch.cuda.stream(cstream):
             launch_carry()
     mark_stage(profile, "carry")  # when concurrent: the carry scan's time after the table kernel's end
-    orbits = None
     closing = None  # the merge simulation's closing-slot tables, where made before it starts
 
     def guessed_closing_tables():  # the guessed chunks' (pipelined), on the merge simulation's stream
@@ -570,23 +569,28 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
         with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
             closing = closing_tables(cfg, masks, scores, row_lengths)
 
+    orbits, deep = None, False  # deep: whether some row takes the deeper guesses
     if guessed:  # before the merge simulation starts: it reads their decisions without waiting
-        orbits = launch_guesses(guessed_closing_tables if pipeline else None)
-    if mstream is not None:
+        orbits, deep = launch_guesses(guessed_closing_tables if pipeline else None)
+    after_walk = deep and settings.deep_merge_after_walk  # (the deeper guesses are taken pipelined only)
+    if mstream is not None and not after_walk:
         mstream.wait_stream(main)
     if concurrent:
         main.wait_stream(cstream)
     else:
         launch_carry()
-    if not pipeline:  # every chunk's: the scores assembled first
-        closing = closing_tables(cfg, masks, scores, row_lengths, tables[0], cscores)
+    if mstream is not None and after_walk:
+        mstream.wait_stream(main)
+    pipelined = pipeline and not after_walk
     mark_stage(profile, "merge")
     with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
+        if not pipelined:  # every chunk's: the scores assembled first
+            closing = closing_tables(cfg, masks, scores, row_lengths, tables[0], cscores, tab=closing)
         structure = merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
-                                     flag, pipeline, orbits if pipeline else None, structure, closing)
+                                     flag, pipelined, orbits if pipelined else None, structure, closing)
     if mstream is not None:
         main.wait_stream(mstream)
-    return structure, None
+    return structure, beside(None)
 
 
 def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit, settings: TritonSettings,
@@ -668,6 +672,28 @@ def _empty_call(cfg: LaunchConfig, q, states, counts, info, size):
     return torch.zeros(B, 0, H, cfg.Dv, device=dev, dtype=q.dtype), cache, (empty, empty.bool(), empty.long()), None
 
 
+def _beside_decisions(cfg: LaunchConfig, q, k, v, g, slot_weights, h0, readback, settings: TritonSettings):
+    """``(side stream or None, beside)``: ``beside(after)`` (``_decide``'s) queues the prefix states ``(hs, gs)``, and
+    the value checks into ``readback`` unless None, and returns the prefix states. Independent of the decisions, so on
+    CUDA they run on a side stream while the sequential carry scan and merge simulation (B*H programs) leave most of
+    the GPU idle: from the event ``after`` on, or from the inputs' point on the current stream if None."""
+    dev = q.device
+    use_side = dev.type == "cuda" and not interpreting() and settings.side_stream
+    side = stream_besides_current(dev) if use_side else None
+    inputs_ready = torch.cuda.current_stream(dev).record_event() if side is not None else None
+
+    def beside(after):
+        if side is not None:
+            side.wait_event(after or inputs_ready)
+        with torch.cuda.stream(side) if side is not None else nullcontext():
+            prefixes = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
+            if readback is not None:
+                launch_value_checks(q, k, v, g, slot_weights, flags=readback[cfg.NC:])
+        return prefixes
+
+    return side, beside
+
+
 def forward_scalar_decay_triton(
     q, k, v, g, slot_weights, *, tau, boundaries=None, states=None, counts=None, info=None, size=None,
     eps=1e-6, norm_eps=1e-6, lengths=None, settings: TritonSettings = DEFAULT_SETTINGS, profile: dict | None = None,
@@ -716,21 +742,10 @@ def forward_scalar_decay_triton(
         row_lengths = torch.full((cfg.BH,), cfg.T, device=dev, dtype=torch.int32)
     else:
         row_lengths = lengths.to(dev, torch.int32).repeat_interleave(cfg.H)
-    # Prefix states (and the value checks): independent of the decisions, so on CUDA they run on a side stream
-    # while the sequential carry scan and merge simulation (B*H programs) leave most of the GPU idle. Launched
-    # after the decision stages (the critical path), from the inputs' point on the current stream.
-    use_side = dev.type == "cuda" and not interpreting() and settings.side_stream
-    side = stream_besides_current(dev) if use_side else None
-    inputs_ready = torch.cuda.current_stream(dev).record_event() if side is not None else None
+    side, beside = _beside_decisions(cfg, q, k, v, g, slot_weights, h0, readback if check_values else None, settings)
     mark_stage(profile, "table")
-    s, decisions_queued = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps,
-                                  norm_eps, settings, profile)
-    if side is not None:
-        side.wait_event(decisions_queued or inputs_ready)
-    with torch.cuda.stream(side) if side is not None else nullcontext():
-        hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
-        if check_values:
-            launch_value_checks(q, k, v, g, slot_weights, flags=readback[cfg.NC:])
+    s, (hs, gs) = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
+                          settings, profile, beside)
     if side is not None:
         torch.cuda.current_stream(dev).wait_stream(side)
     mark_stage(profile, "output")
