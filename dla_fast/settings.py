@@ -74,12 +74,19 @@ class TritonSettings:
             the table, guess and closing-table kernels are launched in, one block after another, each published by a
             count of chunks; after each block's kernels the walk and the merge simulation over that block are
             launched, on streams of their own, and wait on the count, so that they run beside the next blocks'
-            kernels instead of after the whole call's guesses (``chunk_fwd._decide_in_blocks``). 1: the call's
-            decisions at once, with the deeper guesses where they pay (by blocks they are not taken). The same
-            results bit for bit. H100, run 58, 4 blocks against 1, one process each call: (1, 65536) moderate
-            3.772 -> 3.450 ms and 3.948 -> 3.457, dense -9.4 / -10.7 %, sparse +24 % (its deeper guesses lost);
-            (2, 16384) dense -10 / -2 %, moderate 1.771 -> 1.800 in one call and 2.206 -> 3.358 in another (the
-            host's six launches a block set the pace there): not the default yet (docs/performance.md, run 58).
+            kernels instead of after the whole call's guesses (``chunk_fwd._decide_in_blocks``). By blocks the walk
+            is one deep: where the deeper guesses may follow, the first block's guess counts are read back while the
+            second block runs, and if some row takes the deeper guesses on them the call goes on without blocks
+            after queueing every block's kernels. 1: the call's decisions at once. The same results bit for bit.
+            H100: run 58, 4 blocks against 1 (one deep): (1, 65536) moderate 3.772 -> 3.450 ms and 3.948 -> 3.457,
+            dense -9.4 / -10.7 %, sparse +24 % (its deeper guesses lost); (2, 16384) moderate 1.771 -> 1.800 in one
+            call and 2.206 -> 3.358 in another (the host's six launches a block set the pace there). Run 59, the
+            default (4, rows of at least ``decision_blocks_min_chunks``) against run 58's: (1, 65536) moderate
+            3.825 -> 3.477 ms (-9.1 %), dense 9.398 -> 8.561 (-8.9 %), sparse 4.221 -> 3.981 (-5.7 %: the deeper
+            guesses kept, the merge simulation after the walk).
+        decision_blocks_min_chunks: the least chunks (of 64 tokens) a call's rows have for ``decision_blocks``; shorter
+            rows decide at once. 512, as ``deep_guess_min_chunks``: at (2, 16384) (256 chunks) four blocks were
+            host-bound (run 58).
         output_group: old slot states read per tensor-core product in the output kernel, for float32 inputs (2: 168
             registers without spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200,
             docs/benchmarks.md run 21). 16-bit inputs read one per product, scaled after it (run 44).
@@ -118,7 +125,8 @@ class TritonSettings:
     deep_guess_share: float = 0.125
     deep_guess_min_chunks: int = 512
     deep_merge_after_walk: bool = True
-    decision_blocks: int = 1
+    decision_blocks: int = 4
+    decision_blocks_min_chunks: int = 512
     output_group: int = 2
     bwd_stages: int = 2
     bwd_warps: int = 4
@@ -135,6 +143,9 @@ class TritonSettings:
             raise ValueError(f"deep_guess_min_chunks: expected an int >= 0, got {self.deep_guess_min_chunks!r}")
         if not (isinstance(self.decision_blocks, int) and 1 <= self.decision_blocks <= 64):
             raise ValueError(f"decision_blocks: expected an int from 1 to 64, got {self.decision_blocks!r}")
+        if not (isinstance(self.decision_blocks_min_chunks, int) and self.decision_blocks_min_chunks >= 0):
+            raise ValueError(f"decision_blocks_min_chunks: expected an int >= 0, got "
+                             f"{self.decision_blocks_min_chunks!r}")
         for item in self.launch_overrides:  # a wrong entry would fail inside Triton's launcher, far from here
             ok = isinstance(item, tuple) and len(item) == 3 and item[0] in LAUNCH_KERNELS
             if not (ok and item[1] in LAUNCH_OPTIONS and isinstance(item[2], int) and item[2] > 0):

@@ -896,7 +896,7 @@ def test_decisions_by_blocks_change_no_bit(regime_length, tau, lengths, with_cac
     monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
     monkeypatch.setattr(chunk_fwd, "dla_publish_chunks_kernel",
                         _mutated(chunk_fwd.dla_publish_chunks_kernel, lambda args: launched.append(int(args[1]))))
-    settings = TritonSettings(decision_blocks=blocks)
+    settings = TritonSettings(decision_blocks=blocks, decision_blocks_min_chunks=0, carry_guess_depth=1)
     blocked = _fwd(q, k, v, g, w, settings=settings, **kw)
     assert launched == {2: [4, 7], 3: [3, 6, 7], 7: [1, 2, 3, 4, 5, 6, 7]}[blocks]  # seven chunks
     for b, n in enumerate(lengths or []):  # the padding's scores are not written (torch.empty): not compared
@@ -915,6 +915,42 @@ def test_decisions_by_blocks_change_no_bit(regime_length, tau, lengths, with_cac
         m.setattr(chunk_fwd, "dla_carry_guess_kernel", _mutated(chunk_fwd.dla_carry_guess_kernel, later_masks_zeroed))
         mutant = _fwd(q, k, v, g, w, settings=settings, **kw)
     assert not all(torch.equal(a, b) for a, b in zip(flat(mutant), flat(plain)))
+
+
+@needs_kernels
+@pytest.mark.parametrize("regime_length,blocks,deeper", [(40.0, 2, True), (1.5, 3, False)],
+                         ids=["sparse_two_blocks_deeper", "dense_three_blocks_by_blocks"])
+def test_decisions_by_blocks_where_the_deeper_guesses_may_follow(regime_length, blocks, deeper, monkeypatch):
+    """``decision_blocks`` where the deeper guesses may follow (``carry_guess_depth`` 4): the first block's guesses
+    count the rows' chunks without a boundary and the host reads them back while the second block's kernels run.
+    Sparse, a row takes the deeper guesses on them: every block's kernels are queued, then the deeper guesses' kernels
+    and the walk over the whole call (not by blocks); dense, none does: the walk by blocks, one deep. Either way every
+    result bit for bit the plain carry scan's, after an initial cache, with rows of other lengths."""
+    from dla_fast.ops.scalar_decay import chunk_fwd
+
+    (q, k, v, g, w), kw, plain = _guess_case(regime_length, 0.6, 0.5, [400, 230], True)
+    published, walks, deep_launches = [], [], []
+    monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
+    monkeypatch.setattr(chunk_fwd, "dla_publish_chunks_kernel",
+                        _mutated(chunk_fwd.dla_publish_chunks_kernel, lambda args: published.append(int(args[1]))))
+    monkeypatch.setattr(chunk_fwd, "dla_carry_deep_guess_kernel",
+                        _mutated(chunk_fwd.dla_carry_deep_guess_kernel, lambda args: deep_launches.append(1)))
+    walk_kernel = chunk_fwd.dla_carry_walk_kernel
+
+    class RecordedWalk:
+        def __getitem__(self, grid):
+            return lambda *args, **options: walks.append(options.get("BLOCKED", False)) or walk_kernel[grid](
+                *args, **options)
+
+    monkeypatch.setattr(chunk_fwd, "dla_carry_walk_kernel", RecordedWalk())
+    settings = TritonSettings(decision_blocks=blocks, decision_blocks_min_chunks=0, carry_guess_depth=4,
+                              deep_guess_min_chunks=0)
+    blocked = _fwd(q, k, v, g, w, settings=settings, **kw)
+    assert published == {2: [4, 7], 3: [3, 6, 7]}[blocks]  # every block queued, in order
+    assert (bool(deep_launches), walks) == ((True, [False]) if deeper else (False, [True] * blocks))
+    plain[2][0][1, 230:] = blocked[2][0][1, 230:] = 0  # the padding's scores are not written (torch.empty)
+    for a, b in zip((plain[0], *plain[1], *plain[2]), (blocked[0], *blocked[1], *blocked[2])):
+        assert torch.equal(a, b)
 
 
 @needs_kernels
@@ -1096,10 +1132,12 @@ def test_guess_and_block_settings_are_checked_when_made():
     for field, bad in (("carry_guess_depth", 0), ("carry_guess_depth", 65), ("carry_guess_depth", 2.0),
                        ("deep_guess_share", -0.1), ("deep_guess_share", 1.5), ("deep_guess_share", "0.1"),
                        ("deep_guess_min_chunks", -1), ("deep_guess_min_chunks", 1.0), ("decision_blocks", 0),
+                       ("decision_blocks_min_chunks", -1), ("decision_blocks_min_chunks", 2.0),
                        ("decision_blocks", 65), ("decision_blocks", 2.0), ("decision_blocks", None)):
         with pytest.raises(ValueError, match=f"^{field}: expected"):
             TritonSettings(**{field: bad})
-    TritonSettings(carry_guess_depth=64, deep_guess_share=1, deep_guess_min_chunks=0, decision_blocks=64)
+    TritonSettings(carry_guess_depth=64, deep_guess_share=1, deep_guess_min_chunks=0, decision_blocks=64,
+                   decision_blocks_min_chunks=0)
 
 
 @triton.jit

@@ -156,12 +156,25 @@ def zeroed(device, *specs) -> list[torch.Tensor]:
 def values_on_host(values: torch.Tensor) -> torch.Tensor:
     """``values`` copied to the host once the work queued before them on the current stream is done: a copy to
     pinned memory and a wait on its event, not on the whole device."""
+    return values_on_host_later(values)()
+
+
+def values_on_host_later(values: torch.Tensor):
+    """A function returning ``values`` as they are once the work queued so far on the current stream is done: the
+    copy (to pinned memory) is queued now, the host waits for it only when the function is called, so that it may
+    queue more work first."""
     if not values.is_cuda:
-        return values.cpu()
+        host = values.clone()
+        return lambda: host
     host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
     host.copy_(values, non_blocking=True)
-    torch.cuda.current_stream(values.device).record_event().synchronize()
-    return host
+    copied = torch.cuda.current_stream(values.device).record_event()
+
+    def wait():
+        copied.synchronize()
+        return host
+
+    return wait
 
 
 def stream_besides_current(device, priority: int = 0) -> torch.cuda.Stream:

@@ -28,7 +28,6 @@ changes divisibility by 16 (each compile takes seconds; docs/triton.md).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from ..common.triton_utils import (
     next_pow2,
     stream_besides_current,
     values_on_host,
+    values_on_host_later,
     zeroed,
 )
 from ..common.value_checks import launch_value_checks, raise_flagged
@@ -271,19 +271,32 @@ def _score_tables(cfg: LaunchConfig, k, v, g, row_lengths, tau, eps, norm_eps, o
 DEEP_GUESS_CHUNKS = 8  # chunks a program of dla_carry_deep_guess_kernel takes (most need no deeper guess)
 
 
+@dataclass
+class CarryGuesses:
+    """The guessed carry scan's launches besides the walk (``_carry_scan``). ``launch(chunks)``: the guess kernel over
+    chunks ``c0 .. c1 - 1`` (``c0 >= 1``: chunk 0 is walked), deciding each from its guessed entry slot (the one-deep
+    ones' ``scores`` written when pipelined). Where the deeper guesses may follow (``deeper``: ``carry_guess_depth`` >
+    1, pipelined, rows of at least ``deep_guess_min_chunks`` chunks) it also counts each row's chunks without a
+    boundary into ``free``; ``take_deeper(free on the host, c1)`` then says, from the counts over chunks ``1 .. c1 -
+    1``, whether some row has ``deep_guess_share`` of them (the kernels' ``takes_deeper_guesses`` judges each row on
+    the whole row's), and clears ``deeper`` if not; ``launch_deeper()``, after the whole row's guesses, launches the
+    deeper guesses' kernels and returns the orbit words the merge simulation then reads (a copy of ``anc`` that they
+    edit). Without them the merge simulation reads ``anc``."""
+    launch: object
+    take_deeper: object
+    launch_deeper: object
+    deeper: list  # [bool], cleared by take_deeper
+    free: torch.Tensor | None
+
+
 def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, size0, scores, tau, eps, norm_eps,
                 flag, pipeline: bool, settings: TritonSettings, tflag=None, guessed: bool = False):
-    """Stage 2: ``((masks [BH, NC], carry scores [BH, NC*C]), launch_guesses, launch)``, the outputs allocated here
-    and filled by the launches; P (the open slot) advanced in place. ``tflag``: the table kernel's flags when it runs
+    """Stage 2: ``((masks [BH, NC], carry scores [BH, NC*C]), guesses, launch)``, the outputs allocated here and
+    filled by the launches; P (the open slot) advanced in place. ``tflag``: the table kernel's flags when it runs
     concurrently (the scan then waits on them), else None. ``guessed`` (``takes_carry_guesses``; not with ``tflag``):
-    ``launch_guesses`` decides every chunk but the first from its guessed entry slot (the one-deep ones' ``scores``
-    written when pipelined) and returns the orbit words by which the merge simulation knows the chunks it may read
-    ahead (``anc``, or a copy the deeper guesses edit) and whether some row took the deeper guesses; ``launch``
-    (after it) walks only the chunks where a guess may not hold. Else ``launch_guesses`` is None; its argument, a
-    function or None, is called once the guess kernel is launched (before the host may wait on it). Deeper guesses
-    (``carry_guess_depth`` > 1, pipelined, rows of ``deep_guess_min_chunks`` chunks) are taken in the rows where the
-    guess kernel finds ``deep_guess_share`` of the chunks without a boundary (``free``, ``min_free``); the host reads
-    the counts back and launches their kernels only if some row takes them."""
+    ``guesses`` (:class:`CarryGuesses`) decides every chunk but the first from its guessed entry slot and ``launch``
+    (after it) walks only the chunks where a guess may not hold, one deep or, in the rows that take them, after the
+    deeper guesses; else ``guesses`` is None and ``launch`` the plain carry scan."""
     itab, anc, cvec, decay = tables
     dev = k.device
     masks = torch.empty(cfg.BH, cfg.NC, device=dev, dtype=torch.int64)
@@ -294,13 +307,13 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
     BVC = BVF if BVF <= 128 else 64  # the carry kernel keeps P in registers up to Dv = 128
     warps = settings.carry_warps or (8 if BK * BVC > 64 * 64 else 4)
     scalars = (cfg.T, cfg.H, cfg.Dk, cfg.Dv, float(tau), float(eps), float(norm_eps))
-    launch_guesses = None
+    guesses = None
     options = settings.launch(dla_carry_kernel, num_warps=warps, **CARRY_COMPILE_OPTIONS)  # the carry scan's
     if guessed:
         breaks = torch.zeros(cfg.BH, triton.cdiv(cfg.NC, 32), device=dev, dtype=torch.int32)
         # the deeper guesses with few long rows only (``deep_guess_min_chunks``)
         depth = settings.carry_guess_depth if (pipeline and settings.deep_guess_min_chunks <= cfg.NC) else 1
-        deep = [depth > 1]  # cleared after the guess kernel where no row takes them
+        deep = [depth > 1]  # cleared by take_deeper where no row takes them
         if deep[0]:
             suspects = torch.zeros_like(breaks)
             depths = torch.ones(cfg.BH, cfg.NC, device=dev, dtype=torch.int32)
@@ -310,19 +323,20 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
             # schedule moves with any change, run 48); the other words are never written nor read
             orbits = torch.empty_like(anc)
 
-        def launch_guesses(meanwhile=None, chunks=(1, cfg.NC)):  # chunk 0 is walked
+        def launch_guesses(chunks=(1, cfg.NC)):
             cached(dla_carry_guess_kernel)[(chunks[1] - chunks[0], cfg.BH)](
                 k, v, row_lengths, anc, cvec, size0, masks, cscores, itab, scores, breaks, *scalars,
                 C=CHUNK, BK=BK, BV=BVC, PREC=cfg.prec, SPLIT=cfg.split, SCORES=pipeline,
                 **(dict(free_ptr=free, orbit_ptr=orbits, DEEP=True) if deep[0] else {}), c_first=chunks[0], **options,
             )
-            if meanwhile is not None:
-                meanwhile()
-            # the deeper guesses' kernels only if some row takes them (read back: launched idle, their programs
-            # delayed the merge simulation by ~0.34 ms at (1, 65536) moderate and dense in some processes, run 48)
-            deep[0] = deep[0] and max(values_on_host(free).tolist()) >= min_free  # no torch op: the GPU waits
-            if not deep[0]:
-                return anc, False  # the orbit words the merge simulation reads; no deeper guesses
+
+        # the deeper guesses' kernels only if some row takes them (read back: launched idle, their programs delayed
+        # the merge simulation by ~0.34 ms at (1, 65536) moderate and dense in some processes, run 48)
+        def take_deeper(counts, c1):
+            deep[0] = deep[0] and max(counts.tolist()) >= math.ceil(settings.deep_guess_share * (c1 - 1))
+            return deep[0]
+
+        def launch_deeper():
             if cfg.NC > 2:  # the deeper guesses read the first guesses' masks from a copy
                 cached(dla_carry_deep_guess_kernel)[(triton.cdiv(cfg.NC - 2, DEEP_GUESS_CHUNKS), cfg.BH)](
                     k, v, row_lengths, anc, cvec, decay, masks.clone(), masks, cscores, depths, free, min_free,
@@ -331,7 +345,9 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
                 )
             cached(dla_carry_suspects_kernel)[(cfg.NC - 1, cfg.BH)](masks, anc, depths, suspects, free, min_free,
                                                                      cfg.T, C=CHUNK, num_warps=1)
-            return orbits, True
+            return orbits
+
+        guesses = CarryGuesses(launch_guesses, take_deeper, launch_deeper, deep, free if deep[0] else None)
 
         def launch(ready=None, chunks=None):  # ready, chunks: a block of chunks (``_decide_in_blocks``)
             cached(dla_carry_walk_kernel)[(cfg.BH,)](
@@ -348,7 +364,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
                 cscores, *scalars, C=CHUNK, BK=BK, BV=BVC, NVB=triton.cdiv(BVF, BVC), OVERRIDE=override,
                 PREC=cfg.prec, SPLIT=cfg.split, PIPE=pipeline, flag_ptr=flag, WAIT_TABLES=tflag is not None, **options,
             )
-    return (masks, cscores), launch_guesses, launch
+    return (masks, cscores), guesses, launch
 
 
 def takes_carry_guesses(cfg: LaunchConfig, settings: TritonSettings, override: bool, device) -> bool:
@@ -451,6 +467,12 @@ def concurrent_decisions(cfg: LaunchConfig, device) -> bool:
     return torch.cuda.get_device_properties(device).multi_processor_count >= 4 * cfg.BH
 
 
+def takes_decision_blocks(cfg: LaunchConfig, settings: TritonSettings) -> bool:
+    """Whether the decisions go by blocks of chunks (``_decide_in_blocks``): ``decision_blocks`` > 1 and rows of at
+    least ``decision_blocks_min_chunks`` chunks (where the call also takes the pipelined guesses: ``_decide``)."""
+    return settings.decision_blocks > 1 and settings.decision_blocks_min_chunks <= cfg.NC
+
+
 def decision_blocks(cfg: LaunchConfig, settings: TritonSettings) -> list[tuple[int, int]]:
     """The ranges of chunks ``(c0, c1)`` that ``_decide_in_blocks`` launches the decisions in
     (``TritonSettings.decision_blocks``), of equal size but the last; fewer where the row is short."""
@@ -466,21 +488,22 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
     the host), the walk over the block on a high-priority stream of its own and the merge simulation over it on
     another, each continuing from the state the block before left and waiting on the count. So they run beside the
     next blocks' kernels, and every kernel that waits was launched after the kernels it waits for (run 19's rule: two
-    streams may share a hardware queue, and a kernel queued behind one that waits on it would never start). Returns
-    ``(structure, beside's result)``: ``beside`` (``_decide``) is called with an event after the first block's
-    kernels, right after the host has queued them. Queued with the inputs, the side stream's prefix states ran beside
-    the first table kernel and slowed it (run 57, call 4: 628 -> 825 us); queued after the last block they came too
-    late for the output stage (run 58, call 2); run 58, call 3 let them wait for the first block but queued them
-    after every block, which the host took ~1.4 ms to queue under the profiler (run 59, call 1: the scan of the
-    prefix states then ended 470 us after the merge simulation, and the output stage waited for it)."""
+    streams may share a hardware queue, and a kernel queued behind one that waits on it would never start). By
+    blocks the walk is one deep. Where the deeper guesses may follow (``CarryGuesses``), the first block's guesses
+    count each row's chunks without a boundary, and the host reads the counts back while the second block runs: if
+    some row takes the deeper guesses on them (sparse rows, where they pay more than blocks: run 59), the other
+    blocks' kernels are queued and the call goes on as ``_decide`` does after the whole call's guesses.
+    Returns ``(structure, beside's result)``: ``beside`` (``_decide``) is called with an event after the first
+    block's kernels, right after the host has queued them. Queued with the inputs, the side stream's prefix states
+    ran beside the first table kernel and slowed it (run 57, call 4: 628 -> 825 us); queued after the last block
+    they came too late for the output stage (run 58, call 2)."""
     dev = k.device
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
     tables, launch_tables = _score_tables(cfg, k, v, g, row_lengths, tau, eps, norm_eps, False, settings)
     scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
-    (masks, cscores), launch_guesses, launch_walk = _carry_scan(  # one deep (the deeper guesses need whole rows)
-        cfg, k, v, g, None, row_lengths, tables, P, size0, scores, tau, eps, norm_eps, flag, True,
-        dataclasses.replace(settings, carry_guess_depth=1), guessed=True)
+    (masks, cscores), guesses, launch_walk = _carry_scan(cfg, k, v, g, None, row_lengths, tables, P, size0, scores,
+                                                         tau, eps, norm_eps, flag, True, settings, guessed=True)
     structure = decided_structure(cfg, masks, scores, counts0, info0, size0)
     ready = torch.zeros(1, device=dev, dtype=torch.int32)  # chunks published
     closing = torch.empty(cfg.BH, cfg.NC, CT_ROWS, CHUNK, device=dev, dtype=torch.float64)
@@ -493,14 +516,23 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
     def queue_block(c0, c1):  # the block's kernels on the current stream, then its count
         launch_tables(c0, c1)
         if c1 > max(c0, 1):  # chunk 0 is walked
-            launch_guesses(chunks=(max(c0, 1), c1))
+            guesses.launch(chunks=(max(c0, 1), c1))
         closing_tables(cfg, masks, scores, row_lengths, chunks=(c0, c1), tab=closing)
         cached(dla_publish_chunks_kernel)[(1,)](ready, c1, num_warps=1)
 
     queue_block(*blocks[0])
     side_result = beside(main.record_event() if on_gpu else None)
+    counted = values_on_host_later(guesses.free) if guesses.deeper[0] else None  # the first block's counts
+    queue_block(*blocks[1])
+    if counted is not None and guesses.take_deeper(counted(), blocks[0][1]):
+        for block in blocks[2:]:
+            queue_block(*block)
+        structure = _walk_and_merge(cfg, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
+                                    launch_walk, guesses.launch_deeper(), settings.deep_merge_after_walk, merge,
+                                    structure, closing)
+        return structure, side_result
     for b, (c0, c1) in enumerate(blocks):
-        if b + 1 < len(blocks):  # the next block queued first: the current stream never waits for the host
+        if b >= 1 and b + 1 < len(blocks):  # the next block first (the second already is): the stream never idles
             queue_block(*blocks[b + 1])
         with torch.cuda.stream(walk) if on_gpu else nullcontext():
             launch_walk(ready, (c0, c1))
@@ -513,21 +545,45 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
     return structure, side_result
 
 
+def _walk_and_merge(cfg: LaunchConfig, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
+                    launch_walk, orbits, after_walk: bool, mstream, structure, closing, profile=None):
+    """The walk (``launch_walk``) on the current stream and the merge simulation on ``mstream`` (None: the current
+    stream), which the current stream then waits for: pipelined beside the walk, reading ahead the guessed chunks that
+    ``orbits`` shows (None: none) from their closing-slot tables ``closing``; or after the walk (``after_walk``) from
+    every chunk's tables, made first with the final scores assembled (into ``closing`` if given). Returns the
+    structure (``structure``, made beforehand, or made here if None)."""
+    main = torch.cuda.current_stream(masks.device) if mstream is not None else None
+    if mstream is not None and not after_walk:
+        mstream.wait_stream(main)
+    launch_walk()
+    if mstream is not None and after_walk:
+        mstream.wait_stream(main)
+    mark_stage(profile, "merge")
+    with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
+        if after_walk:
+            closing = closing_tables(cfg, masks, scores, row_lengths, tables[0], cscores, tab=closing)
+        structure = merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
+                                     flag, not after_walk, None if after_walk else orbits, structure, closing)
+    if mstream is not None:
+        main.wait_stream(mstream)
+    return structure
+
+
 def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
             settings: TritonSettings, profile, beside):
     """Stages 1-3 on the current stream; the carry scan on its own stream when it overlaps the table kernel,
     the merge simulation on its own when pipelined (``concurrent_decisions``). ``flag``: zeroed int32 ``[BH]``, the
     pipeline's per-row progress. ``beside(after)`` queues the work that runs beside the decisions (the forward's
     prefix states and value checks) from the event ``after`` on, or from the inputs if None: called once the decision
-    stages are queued, or by blocks of chunks (``_decide_in_blocks``, where ``decision_blocks`` asks for them and the
-    call takes the pipelined guesses; the ``profile``'s stages are then not marked) after the first block's. Returns
+    stages are queued, or by blocks of chunks (``_decide_in_blocks``, where ``takes_decision_blocks`` and the call
+    takes the pipelined guesses; the ``profile``'s stages are then not marked) after the first block's. Returns
     ``(structure, beside's result)``."""
     dev = k.device
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
     few_rows = concurrent_decisions(cfg, dev)
     guessed = takes_carry_guesses(cfg, settings, boundaries is not None, dev)
-    if guessed and few_rows and settings.pipeline and settings.decision_blocks > 1:
+    if guessed and few_rows and settings.pipeline and takes_decision_blocks(cfg, settings):
         return _decide_in_blocks(cfg, k, v, g, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
                                  settings, beside)
     overlap = settings.table_overlap and few_rows and not guessed  # the guesses read the tables whole
@@ -543,7 +599,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     # pipeline: the merge simulation runs concurrently with the carry scan (its own stream), one chunk behind,
     # synchronised by a per-(b, h) flag; the two sequential passes then overlap.
     scores = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.float32)
-    (masks, cscores), launch_guesses, launch_carry = _carry_scan(
+    (masks, cscores), guesses, launch_carry = _carry_scan(
         cfg, k, v, g, boundaries, row_lengths, tables, P, size0, scores, tau, eps, norm_eps, flag, pipeline, settings,
         tflag, guessed)
     mstream = stream_besides_current(dev) if (pipeline and on_gpu) else None
@@ -560,36 +616,20 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
         with torch.cuda.stream(cstream):
             launch_carry()
     mark_stage(profile, "carry")  # when concurrent: the carry scan's time after the table kernel's end
-    closing = None  # the merge simulation's closing-slot tables, where made before it starts
-
-    def guessed_closing_tables():  # the guessed chunks' (pipelined), on the merge simulation's stream
-        nonlocal closing
-        if mstream is not None:
-            mstream.wait_stream(main)
-        with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
-            closing = closing_tables(cfg, masks, scores, row_lengths)
-
-    orbits, deep = None, False  # deep: whether some row takes the deeper guesses
+    orbits, closing, deep = None, None, False  # closing: the merge simulation's closing-slot tables, made beforehand
     if guessed:  # before the merge simulation starts: it reads their decisions without waiting
-        orbits, deep = launch_guesses(guessed_closing_tables if pipeline else None)
-    after_walk = deep and settings.deep_merge_after_walk  # (the deeper guesses are taken pipelined only)
-    if mstream is not None and not after_walk:
-        mstream.wait_stream(main)
-    if concurrent:
-        main.wait_stream(cstream)
-    else:
-        launch_carry()
-    if mstream is not None and after_walk:
-        mstream.wait_stream(main)
-    pipelined = pipeline and not after_walk
-    mark_stage(profile, "merge")
-    with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
-        if not pipelined:  # every chunk's: the scores assembled first
-            closing = closing_tables(cfg, masks, scores, row_lengths, tables[0], cscores, tab=closing)
-        structure = merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
-                                     flag, pipelined, orbits if pipelined else None, structure, closing)
-    if mstream is not None:
-        main.wait_stream(mstream)
+        guesses.launch()
+        if pipeline:  # the guessed chunks' tables, on the merge simulation's stream (while the host reads back)
+            if mstream is not None:
+                mstream.wait_stream(main)
+            with torch.cuda.stream(mstream) if mstream is not None else nullcontext():
+                closing = closing_tables(cfg, masks, scores, row_lengths)
+        deep = guesses.deeper[0] and guesses.take_deeper(values_on_host(guesses.free), cfg.NC)  # the GPU waits
+        orbits = guesses.launch_deeper() if deep else tables[1]
+    after_walk = not pipeline or (deep and settings.deep_merge_after_walk)  # (deeper guesses: pipelined only)
+    structure = _walk_and_merge(cfg, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
+                                (lambda: main.wait_stream(cstream)) if concurrent else launch_carry, orbits,
+                                after_walk, mstream, structure, closing, profile)
     return structure, beside(None)
 
 
