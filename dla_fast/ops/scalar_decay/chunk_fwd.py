@@ -29,6 +29,7 @@ changes divisibility by 16 (each compile takes seconds; docs/triton.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -282,10 +283,10 @@ class CarryGuesses:
     the whole row's), and clears ``deeper`` if not; ``launch_deeper()``, after the whole row's guesses, launches the
     deeper guesses' kernels and returns the orbit words the merge simulation then reads (a copy of ``anc`` that they
     edit). Without them the merge simulation reads ``anc``."""
-    launch: object
-    take_deeper: object
-    launch_deeper: object
-    deeper: list  # [bool], cleared by take_deeper
+    launch: Callable[..., None]
+    take_deeper: Callable[[torch.Tensor, int], bool]
+    launch_deeper: Callable[[], torch.Tensor]
+    deeper: list[bool]  # one entry, cleared by take_deeper
     free: torch.Tensor | None
 
 
