@@ -13,7 +13,9 @@ long the GPU was busy (any kernel running) against the span: the rest is the GPU
 
 Variants: ``default``, ``serial`` (no concurrent decision stages), ``guess`` and ``guess_serial`` (the same with
 ``carry_guesses``, the default since run 41), ``plain`` and ``plain_serial`` (without it) at the kernel entry, ``api``
-the defaults through ``dla_fast.forward`` (its validation included, no final cache: as gpu_bench times it).
+the defaults through ``dla_fast.forward`` (its validation included, no final cache: as gpu_bench times it);
+``blocks4`` (four decision blocks at any length), ``one_block`` and ``merge_beside_deep_walk`` (run 59's defaults
+undone one at a time).
 
 Writes ``forward_timeline_<card>_<date>_<config>_<workload>_<variant>.json`` (the kernel list) and the Chrome trace.
 
@@ -53,8 +55,9 @@ VARIANT_SETTINGS = {  # the kernel-entry variants; "api" is the defaults through
     "guess_serial": dataclasses.replace(SERIAL, carry_guesses=True),
     "plain": dataclasses.replace(DEFAULT_SETTINGS, carry_guesses=False),
     "plain_serial": dataclasses.replace(SERIAL, carry_guesses=False),
-    "blocks4": dataclasses.replace(DEFAULT_SETTINGS, decision_blocks=4),
-    "after_walk": dataclasses.replace(DEFAULT_SETTINGS, deep_merge_after_walk=True),
+    "blocks4": dataclasses.replace(DEFAULT_SETTINGS, decision_blocks=4, decision_blocks_min_chunks=0),
+    "one_block": dataclasses.replace(DEFAULT_SETTINGS, decision_blocks=1),
+    "merge_beside_deep_walk": dataclasses.replace(DEFAULT_SETTINGS, deep_merge_after_walk=False),
 }
 
 
