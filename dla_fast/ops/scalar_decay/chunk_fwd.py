@@ -315,11 +315,15 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
         # the deeper guesses with few long rows only (``deep_guess_min_chunks``)
         depth = settings.carry_guess_depth if (pipeline and settings.deep_guess_min_chunks <= cfg.NC) else 1
         deep = [depth > 1]  # cleared by take_deeper where no row takes them
+
+        def least_free(c1):  # boundary-free chunks (of 1 .. c1 - 1) for a row to take the deeper guesses
+            return math.ceil(settings.deep_guess_share * (c1 - 1))
+
         if deep[0]:
             suspects = torch.zeros_like(breaks)
             depths = torch.ones(cfg.BH, cfg.NC, device=dev, dtype=torch.int32)
             free = torch.zeros(cfg.BH, device=dev, dtype=torch.int32)
-            min_free = math.ceil(settings.deep_guess_share * (cfg.NC - 1))
+            min_free = least_free(cfg.NC)
             # the merge simulation reads word 0 of each chunk at anc's stride (its code unchanged: its event loop's
             # schedule moves with any change, run 48); the other words are never written nor read
             orbits = torch.empty_like(anc)
@@ -334,7 +338,7 @@ def _carry_scan(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, tables, P, 
         # the deeper guesses' kernels only if some row takes them (read back: launched idle, their programs delayed
         # the merge simulation by ~0.34 ms at (1, 65536) moderate and dense in some processes, run 48)
         def take_deeper(counts, c1):
-            deep[0] = deep[0] and max(counts.tolist()) >= math.ceil(settings.deep_guess_share * (c1 - 1))
+            deep[0] = deep[0] and max(counts.tolist()) >= least_free(c1)
             return deep[0]
 
         def launch_deeper():

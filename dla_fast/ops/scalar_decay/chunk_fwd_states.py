@@ -27,6 +27,7 @@ from ..common.triton_utils import (
     load_state,
     mask_bits,
     store_state,
+    values_on_host_later,
 )
 
 CHUNK = 64  # tokens per chunk of the Triton paths (the boundary bitmasks are one int64 per chunk)
@@ -295,16 +296,10 @@ def surviving_starts(masks, death, T: int, readback=None, meanwhile=None):
     off = torch.empty(BH * NC + 1, device=masks.device, dtype=torch.int64)
     cached(dla_survivor_counts_kernel)[(NC, BH)](masks, death, off, values, T, C=CHUNK, num_warps=1)
     off.cumsum_(0)
-    if values.is_cuda:  # the copy queued before meanwhile's work, waited for alone
-        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-        host.copy_(values, non_blocking=True)
-        copied = torch.cuda.current_stream(values.device).record_event()
+    copied = values_on_host_later(values)  # the copy queued before meanwhile's work, waited for alone
     if meanwhile is not None:
         meanwhile()
-    if values.is_cuda:
-        copied.synchronize()
-        values = host
-    values = values.tolist()
+    values = copied().tolist()
     return Survivors(off, sum(values[:NC]), values[:NC]), values[NC:]
 
 
