@@ -8,6 +8,7 @@ prefix state before every slot start that outlives its chunk, and the final cach
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -33,16 +34,16 @@ from ..common.triton_utils import (
 CHUNK = 64  # tokens per chunk of the Triton paths (the boundary bitmasks are one int64 per chunk)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "c_begin"])
 def dla_chunkstate_kernel(
     k_ptr, v_ptr, g_ptr, hs_ptr, gsum_ptr,
     T, H, Dk, Dv,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, c_begin=0,
 ):
-    """Program (chunk c, bh, Dv block): u_c = sum_{s in c} exp(Gc[last] - Gc[s]) k_s v_s^T, written to
-    hs[c + 1] (the scan kernel turns it into H at the chunk end), and (Dv block 0) the chunk's sum of g in
-    float64 to ``gsum[bh, c]``. 2 C Dk BV FLOPs (x3 split)."""
-    c = tl.program_id(0)
+    """Program (chunk c = c_begin + its first id, bh, Dv block): u_c = sum_{s in c} exp(Gc[last] - Gc[s])
+    k_s v_s^T, written to hs[c + 1] (the scan kernel turns it into H at the chunk end), and (Dv block 0) the
+    chunk's sum of g in float64 to ``gsum[bh, c]``. 2 C Dk BV FLOPs (x3 split)."""
+    c = c_begin + tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
     NC = tl.cdiv(T, C)
@@ -61,26 +62,36 @@ def dla_chunkstate_kernel(
         tl.store(gsum_ptr + bh * NC + c, tl.sum(g.to(tl.float64), 0))
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "c_begin", "c_end"])
 def dla_hscan_kernel(
     h0_ptr, hs_ptr, gsum_ptr, gs_ptr, T, DD,
-    C: tl.constexpr, BLOCK: tl.constexpr,
+    C: tl.constexpr, BLOCK: tl.constexpr, c_begin=0, c_end=-1,
 ):
     """Program (bh, block of BLOCK state entries): H(c0 - 1) for every chunk, in place:
     hs[0] = h0, hs[c + 1] = exp(sum of g over chunk c) hs[c] + u_c. Bandwidth-bound (8 bytes per entry
     per chunk); every entry of the state is its own independent recurrence. Block 0 also writes ``gs``, the
-    float64 sums of g before every chunk (the running sum of the chunk sums ``gsum``)."""
+    float64 sums of g before every chunk (the running sum of the chunk sums ``gsum``). ``c_begin``, ``c_end``
+    (-1: the last): chunks ``c_begin .. c_end - 1`` only, from the ``hs`` and ``gs`` that the launch over the chunks
+    before wrote (the same sums in the same order: bit for bit one launch's)."""
     bh = tl.program_id(0)
     blk = tl.program_id(1)
     NC = tl.cdiv(T, C)
     e = blk * BLOCK + tl.arange(0, BLOCK)
     em = e < DD
-    S = tl.load(h0_ptr + bh * DD + e, mask=em, other=0.0)
-    tl.store(hs_ptr + bh * (NC + 1) * DD + e, S, mask=em)
-    g0 = tl.zeros([], dtype=tl.float64)
-    if blk == 0:
-        tl.store(gs_ptr + bh * (NC + 1), g0)
-    for c in range(NC):
+    if c_begin == 0:
+        S = tl.load(h0_ptr + bh * DD + e, mask=em, other=0.0)
+        tl.store(hs_ptr + bh * (NC + 1) * DD + e, S, mask=em)
+        g0 = tl.zeros([], dtype=tl.float64)
+        if blk == 0:
+            tl.store(gs_ptr + bh * (NC + 1), g0)
+    else:
+        S = tl.load(hs_ptr + (bh * (NC + 1) + c_begin) * DD + e, mask=em, other=0.0)
+        g0 = tl.load(gs_ptr + bh * (NC + 1) + c_begin)
+    if c_end < 0:
+        c_stop = NC
+    else:
+        c_stop = c_end
+    for c in range(c_begin, c_stop):
         g1 = g0 + tl.load(gsum_ptr + bh * NC + c)
         if blk == 0:
             tl.store(gs_ptr + bh * (NC + 1) + c + 1, g1)
@@ -100,12 +111,13 @@ def surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C: tl.constexpr):
     return bvec & (dth >= (c + 1) * C) & (tok < T)
 
 
-@triton.jit(do_not_specialize=["T"])
-def dla_survivor_counts_kernel(mask_ptr, death_ptr, off_ptr, per_chunk_ptr, T, C: tl.constexpr):
-    """Program (chunk c, bh): the chunk's number of surviving starts, at ``off[1 + bh * NC + c]`` (a cumulative
-    sum then makes ``off`` the chunks' offsets in the compact order) and added to ``per_chunk[c]`` (zeroed: the
-    count over all rows); program (0, 0) also writes ``off[0] = 0``."""
-    c = tl.program_id(0)
+@triton.jit(do_not_specialize=["T", "c_begin"])
+def dla_survivor_counts_kernel(mask_ptr, death_ptr, off_ptr, per_chunk_ptr, T, C: tl.constexpr, c_begin=0):
+    """Program (chunk c = c_begin + its first id, bh): the chunk's number of surviving starts, at
+    ``off[1 + bh * NC + c]`` (a cumulative sum then makes ``off`` the chunks' offsets in the compact order) and added
+    to ``per_chunk[c]`` (zeroed: the count over all rows); the program of chunk 0 and row 0 also writes ``off[0] =
+    0``."""
+    c = c_begin + tl.program_id(0)
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
     n = tl.sum(surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C).to(tl.int64), 0)
@@ -116,21 +128,21 @@ def dla_survivor_counts_kernel(mask_ptr, death_ptr, off_ptr, per_chunk_ptr, T, C
         tl.store(off_ptr, tl.zeros([], dtype=tl.int64))
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "c_begin"])
 def dla_bstate_kernel(
     k_ptr, v_ptr, g_ptr, hs_ptr, mask_ptr, death_ptr, off_ptr, bidx_ptr, bst_ptr,
     T, H, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    STATES: tl.constexpr = True,
+    STATES: tl.constexpr = True, c_begin=0,
 ):
-    """Program (chunk c, bh, Dv block): for every slot start a of this chunk still live at the chunk end
-    (so that later chunks may read it), the prefix state before a decayed to the chunk end,
+    """Program (chunk c = c_begin + its first id, bh, Dv block): for every slot start a of this chunk still live at
+    the chunk end (so that later chunks may read it), the prefix state before a decayed to the chunk end,
     B_a = e^{Gc[last]} H(c0-1) + sum_{s < a} e^{Gc[last] - Gc[s]} k_s v_s^T, at bst[bidx[a]] (compact: the
     chunk's offset ``off[bh * NC + c]`` plus a's rank among the chunk's survivors; the Dv block 0 writes the
     chunk's ``bidx``, -1 where no start survives). Later chunks read it with one q^T B product. 2 C Dk BV FLOPs
     and Dk BV elements written per start; 16-bit storage and dots for 16-bit inputs (B only feeds the output).
     ``STATES`` false: ``bidx`` only (the grouped reads need no state)."""
-    c = tl.program_id(0)
+    c = c_begin + tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
     NC = tl.cdiv(T, C)
@@ -252,6 +264,15 @@ def prefix_states(k, v, g, h0, *, split: bool, prec: str) -> tuple[torch.Tensor,
     """``(hs, gs)`` on the current stream: ``hs [BH, NC + 1, Dk, Dv]`` float32, the single-state prefix state
     H(c0 - 1) before every chunk (and after the last); ``gs [BH, NC + 1]`` float64, the sum of ``g`` before
     each chunk (and over the whole call, last)."""
+    hs, gs, launch = prefix_states_by_chunks(k, v, g, h0, split=split, prec=prec)
+    launch(0, hs.shape[1] - 1)
+    return hs, gs
+
+
+def prefix_states_by_chunks(k, v, g, h0, *, split: bool, prec: str):
+    """``(hs, gs, launch)``: ``prefix_states``' buffers, and ``launch(c_begin, c_end)`` queues the kernels that fill
+    them for chunks ``c_begin .. c_end - 1`` on the current stream, after the chunks before (the output stage by
+    blocks of chunks reads a block's prefix states once its launch is done)."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     NC = triton.cdiv(T, CHUNK)
@@ -259,12 +280,16 @@ def prefix_states(k, v, g, h0, *, split: bool, prec: str) -> tuple[torch.Tensor,
     hs = torch.empty(B * H, NC + 1, Dk, Dv, device=k.device, dtype=torch.float32)
     gs = torch.empty(B * H, NC + 1, device=k.device, dtype=torch.float64)
     gsum = torch.empty(B * H, NC, device=k.device, dtype=torch.float64)
-    cached(dla_chunkstate_kernel)[(NC, B * H, triton.cdiv(BVF, BV))](k, v, g, hs, gsum, T, H, Dk, Dv, C=CHUNK, BK=BK,
-                                                                    BV=BV, SPLIT=split, PREC=prec, num_warps=4)
     HBLK = 1024
-    cached(dla_hscan_kernel)[(B * H, triton.cdiv(Dk * Dv, HBLK))](h0, hs, gsum, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK,
-                                                                  num_warps=4)
-    return hs, gs
+
+    def launch(c_begin: int, c_end: int):
+        cached(dla_chunkstate_kernel)[(c_end - c_begin, B * H, triton.cdiv(BVF, BV))](
+            k, v, g, hs, gsum, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV, SPLIT=split, PREC=prec, c_begin=c_begin,
+            num_warps=4)
+        cached(dla_hscan_kernel)[(B * H, triton.cdiv(Dk * Dv, HBLK))](
+            h0, hs, gsum, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK, c_begin=c_begin, c_end=c_end, num_warps=4)
+
+    return hs, gs, launch
 
 
 def start_bits(masks: torch.Tensor) -> torch.Tensor:
@@ -329,6 +354,61 @@ def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, l
                                     LOWP=lowp, PREC=prec, STATES=states,
                                     **settings.launch(dla_bstate_kernel, num_warps=warps))
     return bst, bidx
+
+
+class StartStatesByBlocks:
+    """``start_states`` block by block of chunks, for the output stage by blocks (``chunk_fwd._output_by_blocks``):
+    one buffer ``bst``, the initial slots' pseudo starts first (``hinit``, from 0), then each block's surviving
+    starts, blocks in turn and (row, chunk) in order within a block; ``bidx`` as ``start_states``'. The later
+    blocks' counts are not known when the first block's states are made, so the buffer's capacity is the first
+    block's count over the call's blocks with a margin, and grows (its states copied) where a block needs more."""
+
+    MARGIN = 1.25  # capacity over the count projected from the blocks so far
+
+    def __init__(self, k, v, g, hs, masks, death, hinit, K: int, blocks: int, *, lowp: bool, prec: str,
+                 settings: TritonSettings = DEFAULT_SETTINGS):
+        self.inputs, self.hs, self.masks, self.death = (k, v, g), hs, masks, death
+        self.hinit, self.blocks, self.lowp, self.prec, self.settings = hinit, blocks, lowp, prec, settings
+        BH, NC = masks.shape
+        self.ninit = BH * K if hinit is not None else 0
+        self.used = self.ninit  # entries of bst written (or queued)
+        self.added = 0  # blocks added
+        self.bst = None
+        self.bidx = torch.empty(BH, NC * CHUNK, device=k.device, dtype=torch.int32)
+        self.boff = torch.empty(BH, NC, device=k.device, dtype=torch.int64)  # each (row, chunk)'s first entry
+
+    def add(self, counts, n: int, chunks: tuple[int, int]):
+        """Queue the states of chunks ``c0 .. c1 - 1``'s surviving starts on the current stream: ``counts [BH, NC]``
+        int64 their numbers per (row, chunk) (``dla_survivor_counts_kernel``'s, on the device), ``n`` their sum."""
+        (k, v, g), (c0, c1) = self.inputs, chunks
+        B, T, H, Dk = k.shape
+        Dv = v.shape[-1]
+        BK, BVF, BV = block_sizes(Dk, Dv)
+        self._reserve(n)
+        block = counts[:, c0:c1]
+        self.boff[:, c0:c1] = (block.flatten().cumsum(0) - block.flatten() + self.used).view_as(block)
+        warps = 4 if self.lowp else 8  # as start_states
+        cached(dla_bstate_kernel)[(c1 - c0, B * H, triton.cdiv(BVF, BV))](
+            k, v, g, self.hs, self.masks, self.death, self.boff, self.bidx, self.bst, T, H, Dk, Dv, C=CHUNK, BK=BK,
+            BV=BV, LOWP=self.lowp, PREC=self.prec, c_begin=c0,
+            **self.settings.launch(dla_bstate_kernel, num_warps=warps))
+        self.used += n
+        self.added += 1
+
+    def _reserve(self, n: int):
+        needed = self.used + n
+        if self.bst is not None and needed <= self.bst.shape[0]:
+            return
+        k, v = self.inputs[:2]
+        survivors = needed - self.ninit
+        capacity = self.ninit + math.ceil(survivors * self.blocks / (self.added + 1) * self.MARGIN)
+        bst = torch.empty(max(capacity, needed, 1), k.shape[-1], v.shape[-1], device=k.device,
+                          dtype=k.dtype if self.lowp else torch.float32)
+        if self.bst is not None:
+            bst[:self.used] = self.bst[:self.used]
+        elif self.ninit:
+            bst[:self.ninit] = self.hinit.reshape(self.ninit, *bst.shape[1:]).to(bst.dtype)
+        self.bst = bst
 
 
 def final_states(k, v, g, hs, gs, fpos, size, hinit, size0, P, K: int, *, has_init: bool, split: bool, prec: str):
