@@ -769,10 +769,10 @@ def _mutated(kernel, mutate):
     return Mutated()
 
 
-def _guess_case(regime_length, decay, tau, lengths, with_cache):
+def _guess_case(regime_length, decay, tau, lengths, with_cache, plain=True):
     """Two rows of 400 tokens (seven chunks) for the guessed carry scan's tests: ``(inputs, the forward's keyword
-    arguments, the plain carry scan's results)``; rows of other ``lengths`` padded as the forward asks (zero inputs,
-    g = 0), ``with_cache`` after a 90-token call's cache."""
+    arguments, the plain carry scan's results or None if not ``plain``)``; rows of other ``lengths`` padded as the
+    forward asks (zero inputs, g = 0), ``with_cache`` after a 90-token call's cache."""
     x = regimes(2, 400, 1, 32, 32, 6, seed=5, regime_length=regime_length, jitter=0.5, decay=decay)
     q, k, v, g, w = (_t(a) for a in x)
     kw = dict(tau=tau, lengths=None if lengths is None else torch.tensor(lengths, device=DEV))
@@ -782,7 +782,8 @@ def _guess_case(regime_length, decay, tau, lengths, with_cache):
     if with_cache:
         _, c0, _ = _fwd(q[:, :90], k[:, :90], v[:, :90], g[:, :90], w[:, :90], tau=tau)
         kw.update(states=c0[0], counts=c0[1], info=c0[2], size=c0[3])
-    return (q, k, v, g, w), kw, _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=False), **kw)
+    plain = _fwd(q, k, v, g, w, settings=TritonSettings(carry_guesses=False), **kw) if plain else None
+    return (q, k, v, g, w), kw, plain
 
 
 @needs_kernels
@@ -963,7 +964,7 @@ def test_output_by_blocks_changes_no_bit(grouped, monkeypatch):
     copy. With grouped reads no start states are made."""
     from dla_fast.ops.scalar_decay import chunk_fwd, chunk_fwd_states
 
-    (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True)
+    (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
     flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
     blocks = dict(decision_blocks=3, decision_blocks_min_chunks=0, carry_guess_depth=1, grouped_reads=grouped)
     whole = flat(_fwd(q, k, v, g, w, settings=TritonSettings(output_blocks=False, **blocks), **kw))
