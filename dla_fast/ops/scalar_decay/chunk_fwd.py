@@ -750,9 +750,9 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
 
 def _output_by_blocks(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit,
                       settings: TritonSettings, readback, blocks: DecidedBlocks, side):
-    """Stage 5 by the decisions' blocks of chunks (``TritonSettings.output_blocks``): each block's output once its
-    merge simulation and prefix states are done, so that it runs beside the later blocks' merge simulations, as
-    ``_output`` over the whole call does. On a stream of their own, every block's surviving starts are counted into
+    """Stage 5 by the decisions' blocks of chunks (``TritonSettings.output_blocks``): each block's output, as
+    ``_output`` makes the whole call's, once its merge simulation and prefix states are done, so that it runs beside
+    the later blocks' merge simulations. On a stream of their own, every block's surviving starts are counted into
     ``readback`` and read back (the host sizes the block's start states from its count), then its read scales run;
     the last block's read-back copies ``readback`` whole, with the value checks' flags (the side stream's, or the
     current stream's without it). Grouped reads or not is chosen on the first block's count, per (row, chunk) as
