@@ -65,14 +65,14 @@ def dla_chunkstate_kernel(
 @triton.jit(do_not_specialize=["T", "c_begin", "c_end"])
 def dla_hscan_kernel(
     h0_ptr, hs_ptr, gsum_ptr, gs_ptr, T, DD,
-    C: tl.constexpr, BLOCK: tl.constexpr, c_begin=0, c_end=-1,
+    C: tl.constexpr, BLOCK: tl.constexpr, c_begin, c_end,
 ):
     """Program (bh, block of BLOCK state entries): H(c0 - 1) for every chunk, in place:
     hs[0] = h0, hs[c + 1] = exp(sum of g over chunk c) hs[c] + u_c. Bandwidth-bound (8 bytes per entry
     per chunk); every entry of the state is its own independent recurrence. Block 0 also writes ``gs``, the
-    float64 sums of g before every chunk (the running sum of the chunk sums ``gsum``). ``c_begin``, ``c_end``
-    (-1: the last): chunks ``c_begin .. c_end - 1`` only, from the ``hs`` and ``gs`` that the launch over the chunks
-    before wrote (the same sums in the same order: bit for bit one launch's)."""
+    float64 sums of g before every chunk (the running sum of the chunk sums ``gsum``). Chunks ``c_begin ..
+    c_end - 1`` only, from the ``hs`` and ``gs`` that the launch over the chunks before wrote (the same sums in the
+    same order: bit for bit one launch's)."""
     bh = tl.program_id(0)
     blk = tl.program_id(1)
     NC = tl.cdiv(T, C)
@@ -87,11 +87,7 @@ def dla_hscan_kernel(
     else:
         S = tl.load(hs_ptr + (bh * (NC + 1) + c_begin) * DD + e, mask=em, other=0.0)
         g0 = tl.load(gs_ptr + bh * (NC + 1) + c_begin)
-    if c_end < 0:
-        c_stop = NC
-    else:
-        c_stop = c_end
-    for c in range(c_begin, c_stop):
+    for c in range(c_begin, c_end):
         g1 = g0 + tl.load(gsum_ptr + bh * NC + c)
         if blk == 0:
             tl.store(gs_ptr + bh * (NC + 1) + c + 1, g1)
