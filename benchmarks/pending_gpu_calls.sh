@@ -3,8 +3,16 @@
 # tree because a session's scratch does not outlive its machine. Run on a lent GPU through the device tool, with
 # `.whl` (the wheels its README lists) carried:
 #
-#     bash benchmarks/pending_gpu_calls.sh    # ~6 min: TritonSettings.output_blocks on the GPU: its tests, the
-#                                             # forward at (1, 65536) with and without it, the GPU suite, a timeline
+#     python benchmarks/forward_revision_ab.py --export 8780e00 scratch/rev/r59   # here first: run 59's last tree
+#     bash benchmarks/pending_gpu_calls.sh    # ~7 min: the grouped small-head fault against run 59's tree, then
+#                                             # TritonSettings.output_blocks on the GPU: its tests, the forward at
+#                                             # (1, 65536) with and without it, the GPU suite, a timeline
+#
+# (carry `scratch` too.) The fault first: in run 60's last minute of device time the grouped output kernel hit an
+# illegal memory access at 32 features (H100, float32, grouped reads forced), which run 44 had passed on an H200 at
+# that width; whether run 60's change (the kernels' `c_begin`, `OutputStage`) brought it is not known. Since run 60 a
+# GPU takes the materialised reads below 64 features (`chunk_fwd.GROUPED_READS_MIN_GPU_DIM`); lift it if the fault
+# is found and fixed.
 #
 # Logs under $OUT; the lines to read are printed. Record what they say in docs/benchmarks.md and docs/performance.md
 # (card, date, prediction, outcome), make output_blocks the default if it wins, and remove this script once measured.
@@ -15,6 +23,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv > "$out/gpu.txt"
 cat "$out/gpu.txt"
+timeout 240 python3 benchmarks/grouped_small_head_check.py --tree . --tree scratch/rev/r59 > "$out/grouped_check.txt" 2>&1
+cat "$out/grouped_check.txt"
 # The output stage by blocks bit for bit the whole-call one, on a GPU (streams, events, per-block read-backs).
 timeout 150 python3 -m pytest -q -x tests/test_triton_kernels.py \
     -k "output_by_blocks or decisions_by_blocks or merge_after_the_deep_walk" > "$out/tests.txt" 2>&1

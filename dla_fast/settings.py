@@ -110,7 +110,8 @@ class TritonSettings:
             and in the backward's dq stage (``dla_bwd_q_grouped_kernel``, whose later stages then take ranges of
             chunks): no ``dla_bstate_kernel``, no start-state buffer but the initial cache's. ``dla_output_kernel``'s
             and ``dla_bwd_q_kernel``'s launch overrides apply to them. Up to 32 slots (K); beyond, the materialised
-            reads whatever this says (``chunk_fwd.GROUPED_READS_MAX_KP``). None: for 16-bit inputs on a GPU when the
+            reads whatever this says (``chunk_fwd.GROUPED_READS_MAX_KP``), and on a GPU below 64 features (a known
+            fault: ``chunk_fwd.GROUPED_READS_MIN_GPU_DIM``). None: for 16-bit inputs on a GPU when the
             surviving starts number at least ``chunk_fwd.GROUPED_READS_SURVIVORS`` per (row, chunk), i.e. where they
             crowd their chunks (H200, (8, 4096, 16, 64) dense: forward 2.11 -> 1.97 ms, its peak 0.75 -> 0.27 GiB,
             run 37; fwd+bwd 6.65 -> 6.72 ms, its peak 0.93 -> 0.69 GiB, run 38; (2, 16384) dense fwd+bwd +3.6 %,

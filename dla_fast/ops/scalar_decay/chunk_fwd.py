@@ -105,14 +105,21 @@ GROUPED_READS_SURVIVORS = 5
 # The grouped kernels hold [C, KP] tiles of the live list: measured at K = 30 (KP = 32); the backward's at KP = 256
 # (sm_90, Triton 3.6, float32) spills 17.9 KB. Past it the materialised reads, whatever the setting.
 GROUPED_READS_MAX_KP = 32
+# On a GPU the grouped output kernel hit an illegal memory access at 32 features (H100, Triton 3.6, run 60: float32
+# inputs with grouped reads forced, (2, 400, 1, 32), K = 6, with or without output_blocks; at 64 features the same
+# call ran). Not yet found: below this width a GPU takes the materialised reads whatever the setting; the
+# interpreter runs both (docs/triton.md, "Known fault").
+GROUPED_READS_MIN_GPU_DIM = 64
 
 
 def takes_grouped_reads(cfg: LaunchConfig, settings: TritonSettings, nsurv: int | None) -> bool:
     """Whether the output and the backward's dq stage read the old starts by chunk (``TritonSettings.grouped_reads``):
-    up to ``GROUPED_READS_MAX_KP`` padded slots, as set, or by default for 16-bit inputs whose ``nsurv`` surviving
-    starts number at least ``GROUPED_READS_SURVIVORS`` per (row, chunk). ``nsurv`` None: whether they may be (before
-    the count is known)."""
+    up to ``GROUPED_READS_MAX_KP`` padded slots and, on a GPU, heads of at least ``GROUPED_READS_MIN_GPU_DIM``
+    features, as set, or by default for 16-bit inputs whose ``nsurv`` surviving starts number at least
+    ``GROUPED_READS_SURVIVORS`` per (row, chunk). ``nsurv`` None: whether they may be (before the count is known)."""
     if cfg.KP > GROUPED_READS_MAX_KP:
+        return False
+    if not interpreting() and min(cfg.Dk, cfg.Dv) < GROUPED_READS_MIN_GPU_DIM:
         return False
     if settings.grouped_reads is not None:
         return settings.grouped_reads
