@@ -331,25 +331,34 @@ def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, l
     reference: the call's start); ``bidx [BH, NC * C]`` int32 each surviving start's index in ``bst``, -1
     elsewhere. ``settings``: its launch overrides. ``states`` false (grouped reads): ``bst`` holds only the pseudo
     starts' states (a placeholder without ``hinit``)."""
-    B, T, H, Dk = k.shape
-    Dv = v.shape[-1]
+    Dk, Dv = k.shape[-1], v.shape[-1]
     BH, NC = masks.shape
-    BK, BVF, BV = block_sizes(Dk, Dv)
     ninit = BH * K if hinit is not None else 0
     nbst = nsurv if states else 0
     bst = torch.empty(max(nbst + ninit, 1), Dk, Dv, device=k.device, dtype=k.dtype if lowp else torch.float32)
     bidx = torch.empty(BH, NC * CHUNK, device=k.device, dtype=torch.int32)
     if ninit:
         bst[nbst:] = hinit.reshape(BH * K, Dk, Dv).to(bst.dtype)
+    launch_start_states(k, v, g, hs, masks, death, off, bidx, bst, (0, NC), lowp=lowp, prec=prec, settings=settings,
+                        states=states)
+    return bst, bidx
+
+
+def launch_start_states(k, v, g, hs, masks, death, off, bidx, bst, chunks: tuple[int, int], *, lowp: bool, prec: str,
+                        settings: TritonSettings, states: bool = True):
+    """``dla_bstate_kernel`` over chunks ``c0 .. c1 - 1`` (``start_states``, ``StartStatesByBlocks``)."""
+    B, T, H, Dk = k.shape
+    Dv = v.shape[-1]
+    BK, BVF, BV = block_sizes(Dk, Dv)
+    c0, c1 = chunks
     # 16-bit inputs: 4 warps. Dk = 128: two programs per SM (sm_90: 255 registers x 128 threads; 8 warps took 147 x
     # 256, one program), 5-6 % off the whole forward at (8, 4096, 16, 128) (docs/benchmarks.md run 15, call 6);
     # Dk = 64: 2-5 % off the forward at every 64-feature cell (run 29, call 1). float32 keeps 8 (4 spill 600 B).
     warps = 4 if lowp else 8
-    grid = (NC, BH, triton.cdiv(BVF, BV) if states else 1)
+    grid = (c1 - c0, B * H, triton.cdiv(BVF, BV) if states else 1)
     cached(dla_bstate_kernel)[grid](k, v, g, hs, masks, death, off, bidx, bst, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV,
-                                    LOWP=lowp, PREC=prec, STATES=states,
+                                    LOWP=lowp, PREC=prec, STATES=states, c_begin=c0,
                                     **settings.launch(dla_bstate_kernel, num_warps=warps))
-    return bst, bidx
 
 
 class StartStatesByBlocks:
@@ -376,18 +385,12 @@ class StartStatesByBlocks:
     def add(self, counts, n: int, chunks: tuple[int, int]):
         """Queue the states of chunks ``c0 .. c1 - 1``'s surviving starts on the current stream: ``counts [BH, NC]``
         int64 their numbers per (row, chunk) (``dla_survivor_counts_kernel``'s, on the device), ``n`` their sum."""
-        (k, v, g), (c0, c1) = self.inputs, chunks
-        B, T, H, Dk = k.shape
-        Dv = v.shape[-1]
-        BK, BVF, BV = block_sizes(Dk, Dv)
+        c0, c1 = chunks
         self._reserve(n)
         block = counts[:, c0:c1]
         self.boff[:, c0:c1] = (block.flatten().cumsum(0) - block.flatten() + self.used).view_as(block)
-        warps = 4 if self.lowp else 8  # as start_states
-        cached(dla_bstate_kernel)[(c1 - c0, B * H, triton.cdiv(BVF, BV))](
-            k, v, g, self.hs, self.masks, self.death, self.boff, self.bidx, self.bst, T, H, Dk, Dv, C=CHUNK, BK=BK,
-            BV=BV, LOWP=self.lowp, PREC=self.prec, c_begin=c0,
-            **self.settings.launch(dla_bstate_kernel, num_warps=warps))
+        launch_start_states(*self.inputs, self.hs, self.masks, self.death, self.boff, self.bidx, self.bst, chunks,
+                            lowp=self.lowp, prec=self.prec, settings=self.settings)
         self.used += n
         self.added += 1
 
