@@ -345,6 +345,20 @@ def pytest_sessionfinish(session):
             process.kill()
 
 
+@pytest.fixture(autouse=True)
+def kernels_stay_in_bounds():
+    """Under the interpreter: every kernel launched by a test loads, stores and updates atomically only bytes of its
+    own tensor arguments (``dla_fast.testing.interpreter_bounds``): the first that does not raises in the kernel. On
+    a GPU such an access is an illegal address that poisons the process, or silently another buffer's bytes."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        yield
+        return
+    from dla_fast.testing.interpreter_bounds import checked_memory
+
+    with checked_memory():
+        yield
+
+
 @pytest.fixture
 def interpreter_rerun(request):
     """A function that waits for this test file's rerun under Triton's interpreter and fails with its output

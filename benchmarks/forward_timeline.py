@@ -253,6 +253,10 @@ def main():
     if unknown:
         raise SystemExit(f"forward_timeline --variants: unknown {sorted(unknown)}; expected {list(VARIANT_SETTINGS)}"
                          " or api")
+    if "output_blocks" in args.variants.split(","):  # refused on a GPU until back_to_back_check.py passes (run 61)
+        from dla_fast.ops.scalar_decay import chunk_fwd
+
+        chunk_fwd.OUTPUT_BLOCKS_ON_GPU = True
     results = [timeline(cfg, args.workload, v, args.out) for v in args.variants.split(",")]
     for r in results:  # the summary last
         own = {STAGES[n]: [(round(e["start_us"], 1), round(e["end_us"], 1)) for e in r["kernels"]

@@ -143,3 +143,37 @@ def test_bf16_dots_multiply_values():
     assert float((ab.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
     want = b.double() @ a.double() + 1.0
     assert float((af.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
+
+
+@triton.jit
+def _reach_kernel(x_ptr, y_ptr, n_ptr, LOAD_PAST: tl.constexpr, STORE_PAST: tl.constexpr, ADD_PAST: tl.constexpr):
+    i = tl.arange(0, 16)
+    x = tl.load(x_ptr + i + LOAD_PAST, mask=i < 10, other=0.0)
+    tl.store(y_ptr + i + STORE_PAST, x, mask=i < 10)
+    tl.atomic_add(n_ptr + ADD_PAST, 1)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="checks the interpreter's memory checker (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("past", [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)],
+                         ids=["inside", "load", "store", "atomic"])
+def test_the_memory_checker_refuses_each_access_past_its_arguments(past):
+    """``checked_memory`` (the root conftest checks every interpreted test with it) refuses a masked load, a masked
+    store and an atomic one element past their arguments (40 and 4 bytes), before they are made, and lets the same
+    kernel run within them."""
+    from triton.runtime.interpreter import InterpreterError
+
+    from dla_fast.testing.interpreter_bounds import checked_memory
+
+    x, y, n = torch.arange(10, dtype=torch.float32), torch.zeros(10), torch.zeros(1, dtype=torch.int32)
+    op = {(1, 0, 0): "load", (0, 1, 0): "store", (0, 0, 1): "atomic"}.get(past)
+    with checked_memory() as log:
+        if op is None:
+            _reach_kernel[(1,)](x, y, n, *past)
+        else:
+            size = 4 if op == "atomic" else 40
+            with pytest.raises(InterpreterError, match=rf"_reach_kernel: {op} of 1 lanes outside its arguments "
+                                                       rf"\(\+{size} bytes from a {size}-byte argument's start\)"):
+                _reach_kernel[(1,)](x, y, n, *past)
+    assert log.launches == 1
+    # the refused access and every one after it not made
+    assert torch.equal(y, x if op in (None, "atomic") else torch.zeros(10)) and int(n) == (op is None)

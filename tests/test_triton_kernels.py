@@ -952,6 +952,17 @@ def test_decisions_by_blocks_where_the_deeper_guesses_may_follow(regime_length, 
         assert torch.equal(a, b)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_output_blocks_are_refused_on_a_gpu_until_measured():
+    """``TritonSettings.output_blocks`` hung a GPU at back-to-back calls (run 61): on a GPU the forward refuses it,
+    naming the setting, before any launch (``chunk_fwd.OUTPUT_BLOCKS_ON_GPU`` lifts it for the check that measures
+    the fix)."""
+    (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
+    with pytest.raises(ValueError, match="settings.output_blocks"):
+        _fwd(q, k, v, g, w, settings=TritonSettings(output_blocks=True), **kw)
+
+
 @needs_kernels
 @pytest.mark.parametrize("grouped", [False, True], ids=["start_states_grown", "grouped_reads"])
 def test_output_by_blocks_changes_no_bit(grouped, monkeypatch):
@@ -965,8 +976,9 @@ def test_output_by_blocks_changes_no_bit(grouped, monkeypatch):
     from dla_fast.ops.scalar_decay import chunk_fwd, chunk_fwd_states
 
     if grouped and CUDA:
-        pytest.skip("a GPU takes the materialised reads below 64 features (chunk_fwd.GROUPED_READS_MIN_GPU_DIM: a "
-                    "known fault); this case runs under the interpreter in CI")
+        pytest.skip("a GPU takes the materialised reads for float32 below 64 features (chunk_fwd."
+                    "GROUPED_READS_MIN_GPU_DIM: a known fault); this case runs under the interpreter in CI")
+    monkeypatch.setattr(chunk_fwd, "OUTPUT_BLOCKS_ON_GPU", True)  # one call at a time (run 61's hang: two in a row)
     (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
     flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
     blocks = dict(decision_blocks=3, decision_blocks_min_chunks=0, carry_guess_depth=1, grouped_reads=grouped)

@@ -105,21 +105,27 @@ GROUPED_READS_SURVIVORS = 5
 # The grouped kernels hold [C, KP] tiles of the live list: measured at K = 30 (KP = 32); the backward's at KP = 256
 # (sm_90, Triton 3.6, float32) spills 17.9 KB. Past it the materialised reads, whatever the setting.
 GROUPED_READS_MAX_KP = 32
-# On a GPU the grouped output kernel hit an illegal memory access at 32 features (H100, Triton 3.6, run 60: float32
-# inputs with grouped reads forced, (2, 400, 1, 32), K = 6, with or without output_blocks; at 64 features the same
-# call ran). Not yet found: below this width a GPU takes the materialised reads whatever the setting; the
-# interpreter runs both (docs/triton.md, "Known fault").
+# On a GPU the grouped output kernel faults at 32 features with float32 inputs (H100, Triton 3.6, runs 60-61: an
+# invalid shared-memory read in the float32 scales-by-indicator product, compute-sanitizer; run 59's tree the same;
+# bf16 inputs at 32 and both dtypes at 64 ran). A compiler fault, not an index: the interpreter finds no access
+# outside the arguments. Below this width a GPU takes the materialised reads for float32 inputs whatever the
+# setting; the interpreter runs both (docs/triton.md, "Known fault").
 GROUPED_READS_MIN_GPU_DIM = 64
+# TritonSettings.output_blocks hung a GPU at the second of two back-to-back calls (H100, run 61, (1, 65536) moderate
+# and dense; the first call and the single-call test passed). The likely cause (buffers freed while other streams
+# read them: DecidedBlocks.in_use) is fixed but not yet run on a GPU: until it is, the setting is refused there.
+OUTPUT_BLOCKS_ON_GPU = False
 
 
 def takes_grouped_reads(cfg: LaunchConfig, settings: TritonSettings, nsurv: int | None) -> bool:
     """Whether the output and the backward's dq stage read the old starts by chunk (``TritonSettings.grouped_reads``):
-    up to ``GROUPED_READS_MAX_KP`` padded slots and, on a GPU, heads of at least ``GROUPED_READS_MIN_GPU_DIM``
-    features, as set, or by default for 16-bit inputs whose ``nsurv`` surviving starts number at least
-    ``GROUPED_READS_SURVIVORS`` per (row, chunk). ``nsurv`` None: whether they may be (before the count is known)."""
+    up to ``GROUPED_READS_MAX_KP`` padded slots and, on a GPU with float32 inputs, heads of at least
+    ``GROUPED_READS_MIN_GPU_DIM`` features, as set, or by default for 16-bit inputs whose ``nsurv`` surviving starts
+    number at least ``GROUPED_READS_SURVIVORS`` per (row, chunk). ``nsurv`` None: whether they may be (before the
+    count is known)."""
     if cfg.KP > GROUPED_READS_MAX_KP:
         return False
-    if not interpreting() and min(cfg.Dk, cfg.Dv) < GROUPED_READS_MIN_GPU_DIM:
+    if not interpreting() and not cfg.lowp and min(cfg.Dk, cfg.Dv) < GROUPED_READS_MIN_GPU_DIM:
         return False
     if settings.grouped_reads is not None:
         return settings.grouped_reads
@@ -500,12 +506,17 @@ class DecidedBlocks:
     """Decisions made by blocks of chunks, for the output stage by the same blocks (``_output_by_blocks``): each
     block's chunks ``(c0, c1)``, the events after its merge simulation (``merged``) and after its prefix states
     (``prefixed``), and the events after the walk's and the merge simulation's streams' last kernels
-    (``finished``); events are None off a GPU."""
+    (``finished``); events are None off a GPU. ``in_use``: the buffers those streams read that the current stream
+    allocated (tables, closing-slot tables, counters, the guesses' and walk's own), held until the current stream
+    has waited for ``finished``: freed earlier, the caching allocator hands their memory to the current stream's
+    next allocations while the walk and merge simulation still read it (run 61: the second of two back-to-back
+    calls hung at (1, 65536) moderate and dense; the likely cause, found by reading the code)."""
 
     chunks: list
     merged: list
     prefixed: list
     finished: list
+    in_use: tuple = ()
 
 
 def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
@@ -578,6 +589,7 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
     if by_blocks is not None:
         by_blocks.prefixed.extend(event for _, _, event in side_results)
         by_blocks.finished.extend((walk.record_event(), merge.record_event()) if on_gpu else ())
+        by_blocks.in_use = (tables, scores, masks, cscores, guesses, launch_walk, ready, closing)
     elif on_gpu:
         main.wait_stream(walk)
         main.wait_stream(merge)
@@ -808,6 +820,7 @@ def _output_by_blocks(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStr
         for event in blocks.finished:
             main.wait_event(event)
         main.wait_stream(counting)
+    blocks.in_use = ()  # the current stream now follows every kernel that reads them
     off.cumsum_(0)  # the compact order over the whole call, row by row (the backward's)
     s.survivors = Survivors(off, sum(per_chunk), per_chunk)
     return stage.o
@@ -901,6 +914,10 @@ def forward_scalar_decay_triton(
     cfg = launch_config(q, v, slot_weights)
     check_forward_dims(cfg.Dk, cfg.Dv)
     check_sizes(cfg)
+    if settings.output_blocks and q.is_cuda and not interpreting() and not OUTPUT_BLOCKS_ON_GPU:
+        raise ValueError("settings.output_blocks: not on a GPU until its fix is measured (it hung a GPU at "
+                         "back-to-back calls; chunk_fwd.OUTPUT_BLOCKS_ON_GPU, docs/performance.md 'Run 61'); "
+                         "expected False")
     if cfg.T == 0:  # nothing to check either: no values
         return _empty_call(cfg, q, states, counts, info, size)
     dev = q.device
