@@ -319,18 +319,21 @@ def reruns_finished() -> list:
 
 
 def _start(item):
-    """``item``'s rerun (the process and its output file), started on first use."""
+    """``item``'s rerun (the process and its output file), started on first use. A file may hold several reruns,
+    each of a part of its tests (the marker's pytest arguments, e.g. ``-k``), so that its tests use both cores."""
+    mark = item.get_closest_marker("interpreter_rerun")
     path = str(item.path)
-    if path not in _runs:
-        mark = item.get_closest_marker("interpreter_rerun")
-        log = os.path.join(launch_dir(), f"{item.path.stem}.jsonl")
+    key = f"{path} {' '.join(mark.args)}".strip()
+    if key not in _runs:
+        part = f"-{len([k for k in _runs if k.startswith(path)])}"
+        log = os.path.join(launch_dir(), f"{item.path.stem}{part}.jsonl")
         env = dict(os.environ, TRITON_INTERPRET="1", **{LAUNCH_LOG: log}, **mark.kwargs.get("env", {}))
         options = [f"--{name.replace('_', '-')}={value}" for name in mark.kwargs.get("forwarded", ())
                    if (value := item.config.getoption(name, None)) is not None]
         out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (read when its test waits, then closed)
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, path, *mark.args]
-        _runs[path] = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True), out
-    return _runs[path]
+        _runs[key] = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True), out
+    return _runs[key]
 
 
 def pytest_collection_finish(session):
@@ -347,15 +350,16 @@ def pytest_sessionfinish(session):
 
 @pytest.fixture(autouse=True)
 def kernels_stay_in_bounds():
-    """Under the interpreter: every kernel launched by a test loads, stores and updates atomically only bytes of its
-    own tensor arguments (``dla_fast.testing.interpreter_bounds``): the first that does not raises in the kernel. On
-    a GPU such an access is an illegal address that poisons the process, or silently another buffer's bytes."""
+    """Under the interpreter: every kernel launched by a test loads, stores and updates atomically only elements of
+    its own tensor arguments, each within the view it was given (``dla_fast.testing.interpreter_bounds``): the first
+    that does not raises in the kernel. On a GPU such an access is an illegal address that poisons the process, or
+    silently another buffer's bytes (several of a call's buffers are views of one allocation)."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         yield
         return
     from dla_fast.testing.interpreter_bounds import checked_memory
 
-    with checked_memory():
+    with checked_memory(views=True):
         yield
 
 

@@ -36,11 +36,24 @@ from dla_fast.ops.scalar_decay import chunk_fwd_decide  # noqa: E402
 from dla_fast.settings import TritonSettings  # noqa: E402
 from dla_ref.synthetic import jittered_regimes as regimes  # noqa: E402
 
+# The scalar-decay decision schedules' bitwise tests: ~250 of the file's ~530 s under the interpreter on a CI-like
+# machine (run 61), rerun in a process of their own beside the rest, so that the file's reruns use both cores.
+SCHEDULE_TESTS = ("carry_guesses or decisions_by_blocks or deeper_guesses or deep_walk or merge_after_the_deep_walk "
+                  "or output_by_blocks or decisions_from_either_block_rows")
+
 
 @runs_elsewhere
-@pytest.mark.interpreter_rerun()
+@pytest.mark.interpreter_rerun("-k", f"not ({SCHEDULE_TESTS})")
 def test_interpreter_run(interpreter_rerun):
-    """No GPU and no TRITON_INTERPRET: this file in a subprocess under the Triton interpreter (conftest.py)."""
+    """No GPU and no TRITON_INTERPRET: this file in a subprocess under the Triton interpreter (conftest.py), but for
+    the decision schedules' tests."""
+    interpreter_rerun()
+
+
+@runs_elsewhere
+@pytest.mark.interpreter_rerun("-k", SCHEDULE_TESTS)
+def test_interpreter_run_schedules(interpreter_rerun):
+    """The decision schedules' tests (``SCHEDULE_TESTS``) in a second subprocess under the interpreter."""
     interpreter_rerun()
 
 

@@ -34,11 +34,15 @@ class MemoryLog:
     kernel: str = ""
 
     def check(self, op: str, ptrs, mask, itemsize: int):
-        addresses = np.asarray(ptrs, dtype=np.int64).ravel()
+        addresses = np.asarray(ptrs, dtype=np.int64)
         if mask is not None:
-            addresses = addresses[np.broadcast_to(np.asarray(mask, dtype=bool), np.shape(ptrs)).ravel()]
+            addresses = addresses[np.broadcast_to(np.asarray(mask, dtype=bool), addresses.shape)]
         if addresses.size == 0:
             return
+        lo, hi = int(addresses.min()), int(addresses.max()) + itemsize
+        if any(start <= lo and hi <= end for start, end in self.ranges):  # the usual case: one argument's
+            return
+        addresses = addresses.ravel()
         inside = np.zeros(addresses.shape, dtype=bool)
         for start, end in self.ranges:
             inside |= (addresses >= start) & (addresses + itemsize <= end)
@@ -49,16 +53,24 @@ class MemoryLog:
             raise OutOfBounds(f"{self.kernel}: {op} of {int((~inside).sum())} lanes outside its arguments ({where})")
 
 
-def _storage_range(arg) -> tuple[int, int] | None:
+def _byte_range(arg, views: bool) -> tuple[int, int] | None:
+    """``arg``'s bytes: its storage's, or (``views``) those its own sizes and strides reach from its first element."""
     if not hasattr(arg, "untyped_storage"):
         return None
-    storage = arg.untyped_storage()
-    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+    if not views:
+        storage = arg.untyped_storage()
+        return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+    if arg.numel() == 0:
+        return arg.data_ptr(), arg.data_ptr()
+    reach = sum((n - 1) * st for n, st in zip(arg.shape, arg.stride()))  # non-negative strides (torch's)
+    return arg.data_ptr(), arg.data_ptr() + (reach + 1) * arg.element_size()
 
 
 @contextlib.contextmanager
-def checked_memory():
-    """Check every interpreted launch's memory accesses inside the block (see the module's docstring)."""
+def checked_memory(views: bool = False):
+    """Check every interpreted launch's memory accesses inside the block (see the module's docstring). ``views``:
+    each argument's own elements only, not its whole storage (catches an access from one view of an allocation into
+    another; a kernel that reaches past the view it was given on purpose fails it)."""
     from triton.runtime import interpreter as it
 
     log = MemoryLog()
@@ -69,7 +81,7 @@ def checked_memory():
 
     def init_args(self, args_dev, kwargs):
         args_hst, kwargs_hst = saved_init(self, args_dev, kwargs)
-        found = [_storage_range(a) for a in [*args_hst, *kwargs_hst.values()]]
+        found = [_byte_range(a, views) for a in [*args_hst, *kwargs_hst.values()]]
         log.ranges = [r for r in found if r is not None]
         log.kernel = getattr(self.fn, "__name__", str(self.fn))
         log.launches += 1
