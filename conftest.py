@@ -9,7 +9,8 @@ another: on the 2-core CI machine they were 701 of the suite's 760 s in series; 
 (2026-12-01; sharing the cores costs ~25 % more CPU time in all). On 2026-12-02's slower CI-like machine the suite
 took 25-29 min; with the first two interpreter speed-ups below (in the reruns' processes only) 12.5 min, CI on a fresh
 clone 14.3-15.5 min, CPU-bound (24-26 CPU-minutes on 2 cores: splitting the longest file's rerun in two gained
-nothing).
+nothing). By 2026-12-06 (run 61) that file's rerun had grown to ~9 CPU-minutes, the run's single-core tail: CI on a
+fresh clone 16.7 min; with it split in two (``tests/test_triton_kernels.py``'s ``SCHEDULE_TESTS``) 14.7 min.
 
 Each rerun also records every kernel launch's compile-time identity (``_recorded_launches``), and
 ``tests/test_triton_sm90_builds.py`` compiles them for sm_90 once the reruns are done: the interpreter runs code the
@@ -334,6 +335,13 @@ def _start(item):
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, path, *mark.args]
         _runs[key] = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True), out
     return _runs[key]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The sm_90 builds of the reruns' launches last: they wait for every rerun, and the tests queued behind them
+    would otherwise wait too instead of running beside the reruns (CI, run 61: the properties' ~3 min ran after
+    the builds, on one core)."""
+    items.sort(key=lambda item: item.path.name == "test_triton_sm90_builds.py")  # stable: the order otherwise kept
 
 
 def pytest_collection_finish(session):

@@ -8,10 +8,12 @@ on numpy arrays whose addresses are the host tensors' own, so every masked-in ad
         forward(...)                      # any code that launches Triton kernels
     print(log.launches)
 
-Within the block each load, store and atomic of a kernel must address, at every lane its mask leaves on, bytes
-inside the storage of one of that launch's tensor arguments. The first access that does not is refused before it
-is made (the interpreter reads and writes host memory: a store past an argument would corrupt the process's heap)
-and raises, naming the kernel, the operation, the lanes outside and the nearest argument's range."""
+Within the block each load, store and atomic read-modify-write or compare-and-swap of a kernel must address, at
+every lane its mask leaves on, bytes inside the storage of one of that launch's tensor arguments (``views=True``:
+inside the elements the argument's own sizes and strides reach, so that an access from one view of an allocation
+into the next is caught too). The first access that does not is refused before it is made (the interpreter reads
+and writes host memory: a store past an argument would corrupt the process's heap) and raises, naming the kernel,
+the operation, the lanes outside and where the first of them fell beside the nearest argument."""
 
 from __future__ import annotations
 
