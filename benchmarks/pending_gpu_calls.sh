@@ -3,7 +3,7 @@
 # not outlive its machine. Run on a lent GPU through the device tool, with `.whl` (the wheels its README lists)
 # carried:
 #
-#     bash benchmarks/pending_gpu_calls.sh    # ~6 min
+#     bash benchmarks/pending_gpu_calls.sh    # ~7 min
 #
 # Run 61 found TritonSettings.output_blocks hanging the GPU at the second of two back-to-back calls ((1, 65536)
 # moderate and dense, H100), and fixed by reading what is the likely cause (DecidedBlocks.in_use: buffers the walk
@@ -21,6 +21,11 @@ mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$out/gpu.txt"
+# 0. The setting's GPU tests: bit for bit the whole-call output, the value checks' error path, refused without the
+#    module flag (~1 min).
+timeout 150 python3 -m pytest -q tests/test_triton_kernels.py -k "output_by_blocks or output_blocks_are_refused" \
+    > "$out/tests.txt" 2>&1
+tail -n 3 "$out/tests.txt"
 # 1. Does it still hang? Four subprocesses, ~40 s each when they finish, 60 s + the stack when one hangs.
 timeout 330 python3 benchmarks/back_to_back_check.py --config 1x65536 --workloads moderate,dense --watchdog 60 \
     2>&1 | tee "$out/back_to_back.txt"

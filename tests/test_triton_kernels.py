@@ -977,6 +977,28 @@ def test_output_blocks_are_refused_on_a_gpu_until_measured():
 
 
 @needs_kernels
+def test_output_by_blocks_raises_the_value_checks_then_runs_again(monkeypatch):
+    """``TritonSettings.output_blocks`` with the value checks: a non-finite key found by the side stream's checks
+    raises naming ``k`` at the last block's read-back, after the current stream is made to wait for the decisions'
+    streams (``_join_decisions``: the buffers they read are freed on the way out), and the next call on good inputs
+    gives the results of a first call, bit for bit."""
+    from dla_fast.ops.scalar_decay import chunk_fwd
+
+    monkeypatch.setattr(chunk_fwd, "OUTPUT_BLOCKS_ON_GPU", True)
+    (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
+    settings = TritonSettings(decision_blocks=3, decision_blocks_min_chunks=0, carry_guess_depth=1, output_blocks=True)
+    first = _fwd(q, k, v, g, w, settings=settings, check_values=True, **kw)
+    bad = k.clone()
+    bad[0, 300, 0, 5] = float("nan")
+    with pytest.raises(ValueError, match="^k: expected finite values"):
+        _fwd(q, bad, v, g, w, settings=settings, check_values=True, **kw)
+    again = _fwd(q, k, v, g, w, settings=settings, check_values=True, **kw)
+    first[2][0][1, 230:] = again[2][0][1, 230:] = 0  # the padding's scores are not written (torch.empty)
+    for a, b in zip((first[0], *first[1], *first[2]), (again[0], *again[1], *again[2])):
+        assert torch.equal(a, b)
+
+
+@needs_kernels
 @pytest.mark.parametrize("grouped", [False, True], ids=["start_states_grown", "grouped_reads"])
 def test_output_by_blocks_changes_no_bit(grouped, monkeypatch):
     """``TritonSettings.output_blocks`` (where the decisions go by blocks): the output stage launched

@@ -802,6 +802,7 @@ def _output_by_blocks(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStr
         block_counts = values[c0:c1] if b + 1 == len(blocks.chunks) else values[:c1 - c0]
         per_chunk += block_counts
         if b + 1 == len(blocks.chunks) and values[cfg.NC]:
+            _join_decisions(main, blocks, counting)
             raise_flagged(values[cfg.NC])
         if b == 0:  # the call's count projected from the first block's
             grouped = takes_grouped_reads(cfg, settings, sum(block_counts) * cfg.NC // (c1 - c0))
@@ -816,14 +817,21 @@ def _output_by_blocks(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStr
         else:
             starts.add(off[1:].view(cfg.BH, cfg.NC), sum(block_counts), (c0, c1))
             stage.materialised(starts.bst, starts.bidx, 0, (c0, c1))
-    if on_gpu:
-        for event in blocks.finished:
-            main.wait_event(event)
-        main.wait_stream(counting)
-    blocks.in_use = ()  # the current stream now follows every kernel that reads them
+    _join_decisions(main, blocks, counting)
     off.cumsum_(0)  # the compact order over the whole call, row by row (the backward's)
     s.survivors = Survivors(off, sum(per_chunk), per_chunk)
     return stage.o
+
+
+def _join_decisions(main, blocks: DecidedBlocks, counting):
+    """The current stream ``main`` (None off a GPU) made to wait for the walk's, the merge simulation's and the
+    ``counting`` stream's last kernels; then the buffers they read may be freed (``DecidedBlocks.in_use``), on the
+    way out or on an error's."""
+    if main is not None:
+        for event in blocks.finished:
+            main.wait_event(event)
+        main.wait_stream(counting)
+    blocks.in_use = ()
 
 
 def _trace(cfg: LaunchConfig, s: DecidedStructure):
