@@ -21,16 +21,16 @@ mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$out/gpu.txt"
-# 0. The setting's GPU tests: bit for bit the whole-call output, the value checks' error path, refused without the
-#    module flag (~1 min).
-timeout 150 python3 -m pytest -q tests/test_triton_kernels.py -k "output_by_blocks or output_blocks_are_refused" \
-    > "$out/tests.txt" 2>&1
-tail -n 3 "$out/tests.txt"
 # 1. Does it still hang? Four subprocesses, ~40 s each when they finish, 60 s + the stack when one hangs.
 timeout 330 python3 benchmarks/back_to_back_check.py --config 1x65536 --workloads moderate,dense --watchdog 60 \
     2>&1 | tee "$out/back_to_back.txt"
-# 2. Only if no subprocess hung: both settings in one process, bitwise checks, alternating rounds.
+# 2. Only if no subprocess hung: the setting's GPU tests (bit for bit the whole-call output, the value checks' error
+#    path, refused without the module flag; ~1 min), then both settings in one process, bitwise checks, alternating
+#    rounds.
 if ! grep -q "Timeout" "$out/back_to_back.txt"; then
+    timeout 150 python3 -m pytest -q tests/test_triton_kernels.py -k "output_by_blocks or output_blocks_are_refused" \
+        > "$out/tests.txt" 2>&1
+    tail -n 3 "$out/tests.txt"
     timeout 240 python3 -c "
 import runpy, sys
 from dla_fast.ops.scalar_decay import chunk_fwd
