@@ -29,8 +29,10 @@ Modules: :mod:`~dla_fast.testing.harness` (``check_equivalent``, ``Policy``, ``R
 base ``torch_adapter`` / ``reference_adapter``, input rounding), :mod:`~dla_fast.testing.adapters`
 (``numpy_adapter``, ``forward_float64`` for ``dla_fast``), :mod:`~dla_fast.testing.margins`
 (``reference_margins``), :mod:`~dla_fast.testing.strategies` (``Spec``, ``Case``, ``build``, ``specs``,
-``cases`` and named tie cases; needs hypothesis). The names of the strategies module are also reachable
-here (``dla_fast.testing.cases``): they are imported on first use.
+``cases`` and named tie cases; needs hypothesis), :mod:`~dla_fast.testing.interpreter_bounds` (``checked_memory``:
+Triton kernels' loads and stores outside their arguments, refused under ``TRITON_INTERPRET=1``; imported by name
+only). The names of the strategies module are also reachable here (``dla_fast.testing.cases``): they are imported
+on first use.
 """
 
 from __future__ import annotations
