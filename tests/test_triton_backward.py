@@ -231,10 +231,10 @@ def test_grouped_reads_backward_matches_float64_torch_backward(shape, seed, regi
     """``TritonSettings.grouped_reads``: the dq stage reads the old starts by chunk (``dla_bwd_q_grouped_kernel``,
     the initial slots' pseudo starts from their states) and the later stages take ranges of chunks: every gradient
     within the materialised reads' tolerance of the reference, and not bitwise the materialised reads' dq (another
-    path was taken). A GPU takes the materialised reads for float32 inputs below 64 features (a known fault: chunk_fwd.
+    path was taken). A GPU takes the materialised reads below 64 features (a known fault: chunk_fwd.
     GROUPED_READS_MIN_GPU_DIM), so these 32-feature cases run under the interpreter only."""
     if CUDA:
-        pytest.skip("a GPU takes the materialised reads for float32 below 64 features (GROUPED_READS_MIN_GPU_DIM)")
+        pytest.skip("a GPU takes the materialised reads below 64 features (GROUPED_READS_MIN_GPU_DIM)")
     kw = dict(seed=seed, regime_length=regime_length, with_cache=with_cache, shared=True)
     fast, ref = _grads(*shape, settings=TritonSettings(grouped_reads=True), **kw)
     _assert_close(fast, ref, 2e-5)
@@ -263,9 +263,8 @@ def test_backward_with_more_than_128_slots():
 
 def test_grouped_reads_taken_by_default_from_the_survivor_threshold(monkeypatch):
     """``takes_grouped_reads`` with ``grouped_reads=None``: 16-bit inputs from ``GROUPED_READS_SURVIVORS`` surviving
-    starts per (row, chunk), never float32; before the count is known (None), whether they may be. On a GPU float32
-    inputs never below ``GROUPED_READS_MIN_GPU_DIM`` features, whatever the setting (a known fault: bf16 ones there as
-    set); under the interpreter both."""
+    starts per (row, chunk), never float32; before the count is known (None), whether they may be. On a GPU never
+    below ``GROUPED_READS_MIN_GPU_DIM`` features, whatever the setting (a known fault); under the interpreter yes."""
     from dla_fast.ops.scalar_decay import chunk_fwd
     from dla_fast.ops.scalar_decay.chunk_fwd import GROUPED_READS_SURVIVORS, launch_config, takes_grouped_reads
 
@@ -279,12 +278,11 @@ def test_grouped_reads_taken_by_default_from_the_survivor_threshold(monkeypatch)
     assert takes_grouped_reads(bf16, auto, None) and not takes_grouped_reads(fp32, auto, None)
     assert not takes_grouped_reads(fp32, auto, 10 * at)
     assert takes_grouped_reads(fp32, TritonSettings(grouped_reads=True), 0)
-    narrow = dataclasses.replace(fp32, Dk=32)
+    narrow = dataclasses.replace(bf16, Dk=32)
     assert not takes_grouped_reads(narrow, TritonSettings(grouped_reads=True), 10 * at)
-    assert takes_grouped_reads(dataclasses.replace(bf16, Dk=32), auto, 10 * at)
+    assert not takes_grouped_reads(narrow, auto, 10 * at)
     monkeypatch.setattr(chunk_fwd, "interpreting", lambda: True)
-    assert takes_grouped_reads(narrow, TritonSettings(grouped_reads=True), 10 * at)
-
+    assert takes_grouped_reads(narrow, auto, 10 * at)
 
 @needs_kernels
 def test_backward_without_merges():

@@ -1011,8 +1011,8 @@ def test_output_by_blocks_changes_no_bit(grouped, monkeypatch):
     from dla_fast.ops.scalar_decay import chunk_fwd, chunk_fwd_states
 
     if grouped and CUDA:
-        pytest.skip("a GPU takes the materialised reads for float32 below 64 features (chunk_fwd."
-                    "GROUPED_READS_MIN_GPU_DIM: a known fault); this case runs under the interpreter in CI")
+        pytest.skip("a GPU takes the materialised reads below 64 features (chunk_fwd.GROUPED_READS_MIN_GPU_DIM: a "
+                    "known fault); this case runs under the interpreter in CI")
     monkeypatch.setattr(chunk_fwd, "OUTPUT_BLOCKS_ON_GPU", True)  # one call at a time (run 61's hang: two in a row)
     (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
     flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731

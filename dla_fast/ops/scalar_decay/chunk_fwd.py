@@ -108,8 +108,9 @@ GROUPED_READS_MAX_KP = 32
 # On a GPU the grouped output kernel faults at 32 features with float32 inputs (H100, Triton 3.6, runs 60-61: an
 # invalid shared-memory read in the float32 scales-by-indicator product, compute-sanitizer; run 59's tree the same;
 # bf16 inputs at 32 and both dtypes at 64 ran). A compiler fault, not an index: the interpreter finds no access
-# outside the arguments. Below this width a GPU takes the materialised reads for float32 inputs whatever the
-# setting; the interpreter runs both (docs/triton.md, "Known fault").
+# outside the arguments. Below this width a GPU takes the materialised reads whatever the setting (bf16 inputs too,
+# until the GPU suite has run the grouped kernels, the backward's among them, on them there); the interpreter runs
+# both (docs/triton.md, "Known fault").
 GROUPED_READS_MIN_GPU_DIM = 64
 # TritonSettings.output_blocks hung a GPU at the second of two back-to-back calls (H100, run 61, (1, 65536) moderate
 # and dense; the first call and the single-call test passed). The likely cause (buffers freed while other streams
@@ -119,13 +120,12 @@ OUTPUT_BLOCKS_ON_GPU = False
 
 def takes_grouped_reads(cfg: LaunchConfig, settings: TritonSettings, nsurv: int | None) -> bool:
     """Whether the output and the backward's dq stage read the old starts by chunk (``TritonSettings.grouped_reads``):
-    up to ``GROUPED_READS_MAX_KP`` padded slots and, on a GPU with float32 inputs, heads of at least
-    ``GROUPED_READS_MIN_GPU_DIM`` features, as set, or by default for 16-bit inputs whose ``nsurv`` surviving starts
-    number at least ``GROUPED_READS_SURVIVORS`` per (row, chunk). ``nsurv`` None: whether they may be (before the
-    count is known)."""
+    up to ``GROUPED_READS_MAX_KP`` padded slots and, on a GPU, heads of at least ``GROUPED_READS_MIN_GPU_DIM``
+    features, as set, or by default for 16-bit inputs whose ``nsurv`` surviving starts number at least
+    ``GROUPED_READS_SURVIVORS`` per (row, chunk). ``nsurv`` None: whether they may be (before the count is known)."""
     if cfg.KP > GROUPED_READS_MAX_KP:
         return False
-    if not interpreting() and not cfg.lowp and min(cfg.Dk, cfg.Dv) < GROUPED_READS_MIN_GPU_DIM:
+    if not interpreting() and min(cfg.Dk, cfg.Dv) < GROUPED_READS_MIN_GPU_DIM:
         return False
     if settings.grouped_reads is not None:
         return settings.grouped_reads
