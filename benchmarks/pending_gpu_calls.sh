@@ -12,6 +12,9 @@
 # the fix holds (back-to-back calls, each in a subprocess with a watchdog) and, if it does, what the setting gains
 # (predicted in run 60: (1, 65536) moderate -10 to -17 %, dense 0 to -10 %).
 #
+# The GPU suite (docs/properties.md, four processes, ~4 min) has not run on run 61's code (the refusal's GPU test
+# among it): run it in a second call.
+#
 # Logs under $OUT; the lines to read are printed. Record them in docs/benchmarks.md and docs/performance.md (card,
 # date, prediction, outcome); if the setting finishes and wins, lift the guard and make it the default; remove this
 # script once measured.
