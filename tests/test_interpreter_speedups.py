@@ -183,14 +183,14 @@ def test_the_memory_checker_by_views_holds_each_argument_to_its_own_elements():
     """``checked_memory(views=True)`` (the root conftest's) allows an argument's bytes from its first element to its
     last as its sizes and strides reach them, not its whole storage: a 10-element view of a 12-element tensor, a
     strided one, an empty one; without ``views``, the storage's 48 bytes."""
-    from dla_fast.testing.interpreter_bounds import _byte_range
+    from dla_fast.testing.interpreter_bounds import byte_range
 
     base = torch.arange(12, dtype=torch.float32)
     start = base.data_ptr()
-    assert _byte_range(base[:10], views=True) == (start, start + 40)
-    assert _byte_range(base[2:11:3], views=True) == (start + 8, start + 8 + (2 * 3 + 1) * 4)  # elements 2, 5, 8
-    assert _byte_range(base.view(3, 4)[:, 1:3], views=True) == (start + 4, start + 4 + (2 * 4 + 1 + 1) * 4)
-    empty = _byte_range(base[5:5], views=True)
+    assert byte_range(base[:10], views=True) == (start, start + 40)
+    assert byte_range(base[2:11:3], views=True) == (start + 8, start + 8 + (2 * 3 + 1) * 4)  # elements 2, 5, 8
+    assert byte_range(base.view(3, 4)[:, 1:3], views=True) == (start + 4, start + 4 + (2 * 4 + 1 + 1) * 4)
+    empty = byte_range(base[5:5], views=True)
     assert empty[0] == empty[1]  # no byte (torch gives an empty view's address as 0)
-    assert _byte_range(base[:10], views=False) == (start, start + 48)
-    assert _byte_range(3, views=True) is None
+    assert byte_range(base[:10], views=False) == (start, start + 48)
+    assert byte_range(3, views=True) is None

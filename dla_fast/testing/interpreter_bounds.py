@@ -55,7 +55,7 @@ class MemoryLog:
             raise OutOfBounds(f"{self.kernel}: {op} of {int((~inside).sum())} lanes outside its arguments ({where})")
 
 
-def _byte_range(arg, views: bool) -> tuple[int, int] | None:
+def byte_range(arg, views: bool) -> tuple[int, int] | None:
     """``arg``'s bytes: its storage's, or (``views``) those its own sizes and strides reach from its first element."""
     if not hasattr(arg, "untyped_storage"):
         return None
@@ -83,7 +83,7 @@ def checked_memory(views: bool = False):
 
     def init_args(self, args_dev, kwargs):
         args_hst, kwargs_hst = saved_init(self, args_dev, kwargs)
-        found = [_byte_range(a, views) for a in [*args_hst, *kwargs_hst.values()]]
+        found = [byte_range(a, views) for a in [*args_hst, *kwargs_hst.values()]]
         log.ranges = [r for r in found if r is not None]
         log.kernel = getattr(self.fn, "__name__", str(self.fn))
         log.launches += 1
