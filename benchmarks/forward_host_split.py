@@ -9,8 +9,10 @@ Per cell (``gpu_bench``'s configs and workloads: bf16, K = 30, tau = 0.6, throug
 (``torch.cuda.Event.synchronize``, the read-back of the surviving-start count) timed: the period (wall time per call),
 h1 (the host's time from a call's start to that wait), the wait, h2 (after it, to the call's return), medians. A wait
 near zero means the host reached the synchronisation after the GPU had finished the decisions: the call is host-bound
-(its period is then the host's h1 + h2). Run 35 (docs/benchmarks.md) found the (8, 4096, 64) sparse cell host-bound on
-one H200 machine.
+(its period is then the host's h1 + h2). Where a call synchronises more than once (decisions by blocks: the deeper
+guesses' counts), h1, the wait and h2 are the first synchronisation's; "host not waiting" is the call's time less all
+its waits, and each wait is listed (medians). Run 35 (docs/benchmarks.md) found the (8, 4096, 64) sparse cell
+host-bound on one H200 machine.
 """
 
 from __future__ import annotations
@@ -43,11 +45,14 @@ def split_of(call, waits: list) -> dict:
         call()
         t1 = time.perf_counter()
         w0, w1 = waits[0] if waits else (t0, t0)
-        rows.append(((w0 - t0) * 1e3, (w1 - w0) * 1e3, (t1 - w1) * 1e3))
+        each = [(b - a) * 1e3 for a, b in waits]
+        rows.append(((w0 - t0) * 1e3, (w1 - w0) * 1e3, (t1 - w1) * 1e3, (t1 - t0) * 1e3 - sum(each), each))
     torch.cuda.synchronize()
     period = (time.perf_counter() - start) / CALLS * 1e3
-    h1, wait, h2 = (statistics.median(r[i] for r in rows) for i in range(3))
-    return dict(period_ms=period, h1_ms=h1, wait_ms=wait, h2_ms=h2, syncs_per_call=len(waits))
+    h1, wait, h2, host = (statistics.median(r[i] for r in rows) for i in range(4))
+    per_sync = [statistics.median(r[4][i] for r in rows if len(r[4]) > i) for i in range(max(len(r[4]) for r in rows))]
+    return dict(period_ms=period, h1_ms=h1, wait_ms=wait, h2_ms=h2, syncs_per_call=len(waits), host_ms=host,
+                waits_ms=per_sync)
 
 
 def main():
@@ -72,7 +77,8 @@ def main():
         with torch.no_grad():
             r = split_of(lambda: api_forward(q, k, v, g, w), waits)  # noqa: B023
         print(f"{cell}: period {r['period_ms']:.3f}, h1 {r['h1_ms']:.3f}, wait {r['wait_ms']:.3f}, "
-              f"h2 {r['h2_ms']:.3f}; syncs a call {r['syncs_per_call']}", flush=True)
+              f"h2 {r['h2_ms']:.3f}; syncs a call {r['syncs_per_call']}; host not waiting {r['host_ms']:.3f}, each "
+              f"wait {', '.join(f'{w:.3f}' for w in r['waits_ms'])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ Writes ``forward_timeline_<card>_<date>_<config>_<workload>_<variant>.json`` (th
 
 One call after a synchronisation starts on an idle GPU, and the host's work before its first kernel shows as idle
 time that back-to-back calls hide behind the previous call's kernels. ``--steady CELLS`` (``BxTxD:workload,...``)
-instead profiles 8 back-to-back calls through ``dla_fast.forward`` (CUDA activity only: less host slowdown) and, over
+instead profiles 8 back-to-back calls through ``dla_fast.forward`` (``BxTxD:workload:variant``: a variant's settings at
+the kernel entry, with the value checks; CUDA activity only: less host slowdown) and, over
 the 6 calls between the second and the last, reports the GPU's period (kernel span per call), its busy time and idle
 time per call, the idle gaps by the kernels on either side, and each kernel's time per call; beside the wall period of
 30 calls without the profiler. Writes ``forward_steady_<card>_<date>.txt``.
@@ -165,14 +166,26 @@ def profiled_kernels(call, calls: int = 10) -> dict[str, float]:
         return kernel_us_per_call(kernels_of(path), calls)
 
 
+def call_starts(ks: list[dict]) -> list[int]:
+    """The indices of each call's first table kernel in ``ks`` (start order): the first table kernel, and the first
+    after each output kernel (decisions by blocks launch one table kernel a block)."""
+    starts, after_final = [], True
+    for i, e in enumerate(ks):
+        if STAGES["table"] in e["name"] and after_final:
+            starts.append(i)
+            after_final = False
+        elif "dla_output" in e["name"]:
+            after_final = True
+    return starts
+
+
 def steady_summary(ks: list[dict], calls: int) -> dict:
     """Of ``calls`` back-to-back forwards' kernels (``kernels_of``, start order), the whole calls between the second
     table kernel and the last one (none next to the profiler's start or end): their number ``n``, the GPU's span and
     busy time (us), the idle gaps keyed by the kernels before and after them, and each kernel's time."""
-    tables = [i for i, e in enumerate(ks) if STAGES["table"] in e["name"]]
+    tables = call_starts(ks)
     if len(tables) != calls:
-        raise SystemExit(f"forward_timeline --steady: expected one table kernel a call, found {len(tables)} in {calls}"
-                         " calls")
+        raise SystemExit(f"forward_timeline --steady: expected {calls} calls, found {len(tables)} first table kernels")
     middle = ks[tables[1]:tables[-1]]
     kernel_us = collections.Counter()
     for e in middle:
@@ -195,14 +208,20 @@ def idle_gaps(ks: list[dict]) -> collections.Counter:
 
 
 def steady(cell: str, out_dir: str, calls: int = 8) -> list[str]:
-    """``cell`` (``BxTxD:workload``) through ``dla_fast.forward``, ``calls`` back-to-back calls profiled after ten
-    unprofiled ones: the report's lines (module docstring)."""
-    cname, wname = cell.split(":")
+    """``cell`` (``BxTxD:workload`` through ``dla_fast.forward``, or ``BxTxD:workload:variant`` at the kernel entry
+    with the value checks, as the API runs them), ``calls`` back-to-back calls profiled after ten unprofiled ones: the
+    report's lines (module docstring)."""
+    from dla_fast.ops.scalar_decay.chunk_fwd import forward_scalar_decay_triton
+
+    cname, wname, variant = (cell + ":api").split(":")[:3]
     B, T, H, Dk, Dv = configs_named(cname)[0]
     q, k, v, g, w = workload(B, T, H, Dk, Dv, K_SLOTS, **WORKLOADS[wname], seed=11)
 
     def call():
-        return api_forward(q, k, v, g, w)
+        if variant == "api":
+            return api_forward(q, k, v, g, w)
+        return forward_scalar_decay_triton(q, k, v, g, w, tau=TAU, settings=VARIANT_SETTINGS[variant],
+                                           check_values=True)
 
     for _ in range(10):
         call()
@@ -216,10 +235,9 @@ def steady(cell: str, out_dir: str, calls: int = 8) -> list[str]:
         for _ in range(calls):
             call()
         torch.cuda.synchronize()
-    path = os.path.join(out_dir, f"forward_steady_{cname}_{wname}.trace.json")
+    path = os.path.join(out_dir, f"forward_steady_{cname}_{wname}_{variant}.trace.json")
     prof.export_chrome_trace(path)
     r = steady_summary(kernels_of(path), calls)
-    os.remove(path)
     n = r["n"]
     lines = [f"== {cell}: wall period {wall:.3f} ms unprofiled; profiled, per call: GPU span "
              f"{r['span_us'] / n / 1e3:.3f} ms, busy {r['busy_us'] / n / 1e3:.3f} ms, idle "
@@ -253,10 +271,6 @@ def main():
     if unknown:
         raise SystemExit(f"forward_timeline --variants: unknown {sorted(unknown)}; expected {list(VARIANT_SETTINGS)}"
                          " or api")
-    if "output_blocks" in args.variants.split(","):  # refused on a GPU until back_to_back_check.py passes (run 61)
-        from dla_fast.ops.scalar_decay import chunk_fwd
-
-        chunk_fwd.OUTPUT_BLOCKS_ON_GPU = True
     results = [timeline(cfg, args.workload, v, args.out) for v in args.variants.split(",")]
     for r in results:  # the summary last
         own = {STAGES[n]: [(round(e["start_us"], 1), round(e["end_us"], 1)) for e in r["kernels"]

@@ -93,9 +93,9 @@ class TritonSettings:
             later blocks' merge simulations (``chunk_fwd._output_by_blocks``). The start states share one buffer,
             sized from the first block's count and grown where a later block needs more. False: the output stage
             after the whole call's decisions. The same results bit for bit (but where the first block's survivors
-            choose ``grouped_reads`` otherwise than the whole call's would). Refused on a GPU for now: it hung one
-            at back-to-back calls (H100, run 61); the likely cause is fixed, not yet measured
-            (``chunk_fwd.OUTPUT_BLOCKS_ON_GPU``, ``benchmarks/back_to_back_check.py``). Experimental.
+            choose ``grouped_reads`` otherwise than the whole call's would). Not faster (H100, run 62: (1, 65536)
+            moderate 3.449 -> 3.474 ms, dense 9.092 -> 9.026); run 61's hang at back-to-back calls is fixed
+            (``DecidedBlocks.in_use``; ``benchmarks/back_to_back_check.py`` ran 31 calls a case). Experimental.
         output_group: old slot states read per tensor-core product in the output kernel, for float32 inputs (2: 168
             registers without spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200,
             docs/benchmarks.md run 21). 16-bit inputs read one per product, scaled after it (run 44).

@@ -965,26 +965,12 @@ def test_decisions_by_blocks_where_the_deeper_guesses_may_follow(regime_length, 
         assert torch.equal(a, b)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-def test_output_blocks_are_refused_on_a_gpu_until_measured():
-    """``TritonSettings.output_blocks`` hung a GPU at back-to-back calls (run 61): on a GPU the forward refuses it,
-    naming the setting, before any launch (``chunk_fwd.OUTPUT_BLOCKS_ON_GPU`` lifts it for the check that measures
-    the fix)."""
-    (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
-    with pytest.raises(ValueError, match="settings.output_blocks"):
-        _fwd(q, k, v, g, w, settings=TritonSettings(output_blocks=True), **kw)
-
-
 @needs_kernels
-def test_output_by_blocks_raises_the_value_checks_then_runs_again(monkeypatch):
+def test_output_by_blocks_raises_the_value_checks_then_runs_again():
     """``TritonSettings.output_blocks`` with the value checks: a non-finite key found by the side stream's checks
     raises naming ``k`` at the last block's read-back, after the current stream is made to wait for the decisions'
     streams (``_join_decisions``: the buffers they read are freed on the way out), and the next call on good inputs
     gives the results of a first call, bit for bit."""
-    from dla_fast.ops.scalar_decay import chunk_fwd
-
-    monkeypatch.setattr(chunk_fwd, "OUTPUT_BLOCKS_ON_GPU", True)
     (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
     settings = TritonSettings(decision_blocks=3, decision_blocks_min_chunks=0, carry_guess_depth=1, output_blocks=True)
     first = _fwd(q, k, v, g, w, settings=settings, check_values=True, **kw)
@@ -1013,7 +999,6 @@ def test_output_by_blocks_changes_no_bit(grouped, monkeypatch):
     if grouped and CUDA:
         pytest.skip("a GPU takes the materialised reads below 64 features (chunk_fwd.GROUPED_READS_MIN_GPU_DIM: a "
                     "known fault); this case runs under the interpreter in CI")
-    monkeypatch.setattr(chunk_fwd, "OUTPUT_BLOCKS_ON_GPU", True)  # one call at a time (run 61's hang: two in a row)
     (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
     flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
     blocks = dict(decision_blocks=3, decision_blocks_min_chunks=0, carry_guess_depth=1, grouped_reads=grouped)

@@ -68,8 +68,9 @@ class _CachedLauncher:
 
     def __init__(self, kernel):
         self.kernel = kernel
-        self.params = kernel.params
         self.names = frozenset(kernel.arg_names)
+        self.defaults = tuple((p.name, p.default) for p in kernel.params)
+        self.constexpr = tuple(p.is_constexpr for p in kernel.params)
         self.compiled = {}
         self.stream = None  # the driver's stream getter, looked up at the first direct launch
 
@@ -77,10 +78,12 @@ class _CachedLauncher:
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
 
     def launch(self, grid, args, kwargs):
-        values = list(args) + [kwargs.get(p.name, p.default) for p in self.params[len(args):]]
+        # the host's time a launch is this function's (the forward at (1, 65536) launches 31 kernels a call): the
+        # attributes it reads are the parameters' own, looked up once (run 62: 12.2 -> 10.3 us a launch on this CPU)
+        values = list(args) + [kwargs.get(name, default) for name, default in self.defaults[len(args):]]
         options = tuple(sorted(item for item in kwargs.items() if item[0] not in self.names))
         device = torch.cuda.current_device()
-        spec = tuple((type(v), v) if p.is_constexpr else _specialisation(v) for p, v in zip(self.params, values))
+        spec = tuple([(type(v), v) if const else _specialisation(v) for const, v in zip(self.constexpr, values)])
         key = (device, knobs.runtime.debug, options, spec)
         compiled = self.compiled.get(key)
         if compiled is None:
@@ -97,19 +100,32 @@ def _specialisation(value):
     """What Triton's JIT specialises a runtime argument on, or finer: a tensor's dtype and 16-byte alignment, an
     integer's range and whether it is 1 or a multiple of 16 (also for ``do_not_specialize`` ones: finer keys only
     cost a compilation lookup more), a bool's or None's value, a float's type; ``_UNKNOWN`` for anything else
-    (such a launch always goes through the JIT)."""
+    (such a launch always goes through the JIT). The exact types first, by one lookup."""
+    by_type = _SPECIALISATION.get(type(value))
+    if by_type is not None:
+        return by_type(value)
     if isinstance(value, torch.Tensor):
-        return value.dtype, value.data_ptr() % 16 == 0
-    if value is None or isinstance(value, bool):
+        return _tensor_specialisation(value)
+    if isinstance(value, bool):
         return value
     if isinstance(value, int):
-        return int, value == 1, value % 16 == 0, -(2**31) <= value < 2**31, 0 <= value < 2**64
+        return _int_specialisation(value)
     if isinstance(value, float):
         return float
     return _UNKNOWN
 
 
+def _tensor_specialisation(value):
+    return value.dtype, value.data_ptr() % 16 == 0
+
+
+def _int_specialisation(value):
+    return int, value == 1, value % 16 == 0, -(2**31) <= value < 2**31, 0 <= value < 2**64
+
+
 _UNKNOWN = object()
+_SPECIALISATION = {torch.Tensor: _tensor_specialisation, int: _int_specialisation, bool: lambda value: value,
+                   type(None): lambda value: value, float: lambda value: float}
 _LAUNCHERS = {}
 
 

@@ -112,10 +112,6 @@ GROUPED_READS_MAX_KP = 32
 # until the GPU suite has run the grouped kernels, the backward's among them, on them there); the interpreter runs
 # both (docs/triton.md, "Known fault").
 GROUPED_READS_MIN_GPU_DIM = 64
-# TritonSettings.output_blocks hung a GPU at the second of two back-to-back calls (H100, run 61, (1, 65536) moderate
-# and dense; the first call and the single-call test passed). The likely cause (buffers freed while other streams
-# read them: DecidedBlocks.in_use) is fixed but not yet run on a GPU: until it is, the setting is refused there.
-OUTPUT_BLOCKS_ON_GPU = False
 
 
 def takes_grouped_reads(cfg: LaunchConfig, settings: TritonSettings, nsurv: int | None) -> bool:
@@ -211,7 +207,7 @@ class LaunchConfig:
 
     @property
     def NC(self):
-        return triton.cdiv(self.T, CHUNK)
+        return -(-self.T // CHUNK)  # not triton.cdiv: on the host a constexpr function's call costs ~1.6 us
 
     @property
     def KP(self):
@@ -922,10 +918,6 @@ def forward_scalar_decay_triton(
     cfg = launch_config(q, v, slot_weights)
     check_forward_dims(cfg.Dk, cfg.Dv)
     check_sizes(cfg)
-    if settings.output_blocks and q.is_cuda and not interpreting() and not OUTPUT_BLOCKS_ON_GPU:
-        raise ValueError("settings.output_blocks: not on a GPU until its fix is measured (it hung a GPU at "
-                         "back-to-back calls; chunk_fwd.OUTPUT_BLOCKS_ON_GPU, docs/performance.md 'Run 61'); "
-                         "expected False")
     if cfg.T == 0:  # nothing to check either: no values
         return _empty_call(cfg, q, states, counts, info, size)
     dev = q.device
