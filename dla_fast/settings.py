@@ -96,13 +96,6 @@ class TritonSettings:
             choose ``grouped_reads`` otherwise than the whole call's would). Not faster (H100, run 62: (1, 65536)
             moderate 3.449 -> 3.474 ms, dense 9.092 -> 9.026); run 61's hang at back-to-back calls is fixed
             (``DecidedBlocks.in_use``; ``benchmarks/back_to_back_check.py`` ran 31 calls a case). Experimental.
-        start_states_after_walk: where the decisions go by blocks of chunks (and the output stage does not), every slot
-            start's prefix state made once the walks are done, beside the last blocks' merge simulations, rather than
-            the surviving starts' after them (``chunk_fwd_states.early_start_states``; the host reads the starts'
-            number back to size them). Not where the starts average ``GROUPED_READS_SURVIVORS`` or more a (row,
-            chunk), nor with ``grouped_reads``. The same results bit for bit; ~10 % more states at moderate inputs
-            (the starts that die in their own chunk). Off until measured (run 62's prediction: (1, 65536) moderate
-            -0.25 to -0.35 ms, the start states' 352 us off the critical path).
         output_group: old slot states read per tensor-core product in the output kernel, for float32 inputs (2: 168
             registers without spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200,
             docs/benchmarks.md run 21). 16-bit inputs read one per product, scaled after it (run 44).
@@ -145,7 +138,6 @@ class TritonSettings:
     decision_blocks: int = 4
     decision_blocks_min_chunks: int = 512
     output_blocks: bool = False
-    start_states_after_walk: bool = False
     output_group: int = 2
     bwd_stages: int = 2
     bwd_warps: int = 4

@@ -966,43 +966,6 @@ def test_decisions_by_blocks_where_the_deeper_guesses_may_follow(regime_length, 
 
 
 @needs_kernels
-@pytest.mark.parametrize("case", ["as_built", "too_many_starts", "states_one_off"])
-def test_start_states_after_the_walks_change_no_bit(case, monkeypatch):
-    """``TritonSettings.start_states_after_walk`` (where the decisions go by blocks): every start's prefix state made
-    once the walks are done, before the merge simulation has said which survive (``early_start_states``), and read by
-    the output kernel in place of the survivors': every result bit for bit the default path's, after a cache (the
-    initial slots' pseudo starts after the starts' states), with rows of other lengths; one state a start of the
-    trace. Where the starts average ``GROUPED_READS_SURVIVORS`` or more a (row, chunk) (this case's ~6), none are made
-    early and the survivors' are made as before. Mutant: each start reads the next start's state (its index one
-    off), which the outputs show."""
-    from dla_fast.ops.scalar_decay import chunk_fwd
-
-    if case != "too_many_starts":
-        monkeypatch.setattr(chunk_fwd, "GROUPED_READS_SURVIVORS", 64)  # the interpreter's fp32 inputs read no group
-    (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
-    flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
-    blocks = dict(decision_blocks=3, decision_blocks_min_chunks=0, carry_guess_depth=1)
-    plain = flat(_fwd(q, k, v, g, w, settings=TritonSettings(**blocks), **kw))
-    made, early = [], chunk_fwd.early_start_states
-
-    def recorded(*args, **kwargs):
-        states = early(*args, **kwargs)
-        made.append(states)
-        if case == "states_one_off":
-            return states._replace(bidx=torch.where(states.bidx >= 0, states.bidx + 1, states.bidx))
-        return states
-
-    monkeypatch.setattr(chunk_fwd, "early_start_states", recorded)
-    got = flat(_fwd(q, k, v, g, w, settings=TritonSettings(start_states_after_walk=True, **blocks), **kw))
-    (states,) = made
-    starts = int(got[6][0].sum() + got[6][1, :230].sum())  # the trace's, dying or not
-    assert (states is None) if case == "too_many_starts" else (states.count == starts)
-    plain[5][1, 230:] = got[5][1, 230:] = 0  # the padding's scores are not written (torch.empty)
-    same = [torch.equal(a, b) for a, b in zip(plain, got)]
-    assert same == [case != "states_one_off"] + [True] * (len(plain) - 1)
-
-
-@needs_kernels
 def test_output_by_blocks_raises_the_value_checks_then_runs_again():
     """``TritonSettings.output_blocks`` with the value checks: a non-finite key found by the side stream's checks
     raises naming ``k`` at the last block's read-back, after the current stream is made to wait for the decisions'

@@ -75,11 +75,9 @@ from .chunk_fwd_output import (
 )
 from .chunk_fwd_states import (
     CHUNK,
-    EarlyStartStates,
     StartStatesByBlocks,
     Survivors,
     dla_survivor_counts_kernel,
-    early_start_states,
     final_states,
     initial_prefixes,
     prefix_states_by_chunks,
@@ -518,7 +516,7 @@ class DecidedBlocks:
 
 
 def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
-                      settings: TritonSettings, beside, after_walks=None):
+                      settings: TritonSettings, beside):
     """Stages 1-3 with few rows and guessed chunks, by blocks of chunks (``TritonSettings.decision_blocks``). Each
     block's table, guess and closing-table kernels go on the current stream, then ``dla_publish_chunks_kernel`` (the
     count of chunks published); after the next block's (queued first, so that the current stream need not wait for
@@ -536,9 +534,7 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
     wait for the walk and the merge simulation: the output stage goes by the blocks (``DecidedBlocks``, unless the
     call took the deeper guesses). Queued with the inputs, the side stream's prefix states ran beside the first table
     kernel and slowed it (run 57, call 4: 628 -> 825 us); queued after the last block they came too late for the
-    output stage (run 58, call 2). ``after_walks(structure, beside's first result)``, if given (and not by blocks in
-    the output), is called once the current stream has waited for the walks and before it waits for the merge
-    simulation: what it queues runs beside the last blocks' merge simulations."""
+    output stage (run 58, call 2)."""
     dev = k.device
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
@@ -590,14 +586,10 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
         by_blocks.prefixed.extend(event for _, _, event in side_results)
         by_blocks.finished.extend((walk.record_event(), merge.record_event()) if on_gpu else ())
         by_blocks.in_use = (tables, scores, masks, cscores, guesses, launch_walk, ready, closing)
-        return structure, side_results[0], by_blocks
-    if on_gpu:
+    elif on_gpu:
         main.wait_stream(walk)
-    if after_walks is not None:
-        after_walks(structure, side_results[0])
-    if on_gpu:
         main.wait_stream(merge)
-    return structure, side_results[0], None
+    return structure, side_results[0], by_blocks
 
 
 def _walk_and_merge(cfg: LaunchConfig, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
@@ -625,16 +617,15 @@ def _walk_and_merge(cfg: LaunchConfig, masks, scores, row_lengths, tables, cscor
 
 
 def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
-            settings: TritonSettings, profile, beside, after_walks=None):
+            settings: TritonSettings, profile, beside):
     """Stages 1-3 on the current stream; the carry scan on its own stream when it overlaps the table kernel,
     the merge simulation on its own when pipelined (``concurrent_decisions``). ``flag``: zeroed int32 ``[BH]``, the
     pipeline's per-row progress. ``beside(after, chunks)`` queues the work that runs beside the decisions (the
     forward's prefix states of ``chunks``, all if None, and value checks) from the event ``after`` on, or from the
     inputs if None: called once the decision stages are queued, or by blocks of chunks (``_decide_in_blocks``, where
     ``takes_decision_blocks`` and the call takes the pipelined guesses; the ``profile``'s stages are then not marked)
-    after the first block's, or each block's. ``after_walks``: ``_decide_in_blocks``' (not called on the other paths).
-    Returns ``(structure, beside's first result, DecidedBlocks or None)``: the last where the output stage may go by
-    the decisions' blocks."""
+    after the first block's, or each block's. Returns ``(structure, beside's first result, DecidedBlocks or None)``:
+    the last where the output stage may go by the decisions' blocks."""
     dev = k.device
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
@@ -642,7 +633,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     guessed = takes_carry_guesses(cfg, settings, boundaries is not None, dev)
     if guessed and few_rows and settings.pipeline and takes_decision_blocks(cfg, settings):
         return _decide_in_blocks(cfg, k, v, g, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
-                                 settings, beside, after_walks)
+                                 settings, beside)
     overlap = settings.table_overlap and few_rows and not guessed  # the guesses read the tables whole
     pipeline = settings.pipeline and few_rows
     # table overlap on a GPU: the carry scan on a high-priority stream (the block scheduler may then place its
@@ -751,11 +742,10 @@ class OutputStage:
 
 
 def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit, settings: TritonSettings,
-            readback, early: EarlyStartStates | None = None):
+            readback):
     """Stage 5: ``o [B, T, H, Dv]`` in q's dtype. ``readback`` (``_zeroed_buffers``'): the surviving starts are
     counted into its first ``NC`` entries and it is read back whole (the call's one host synchronisation); its last
-    holds the value checks' flags (``launch_value_checks``; 0 if not run), the first violated of which raises.
-    ``early``: every start's state made already (``early_start_states``), read in place of the survivors'."""
+    holds the value checks' flags (``launch_value_checks``; 0 if not run), the first violated of which raises."""
     stage = OutputStage(cfg, q, k, v, g, slot_weights, s, hs, gs, hinit, settings)
     whole = (0, cfg.NC)
     # Everything is allocated before the synchronisation: after it the GPU has only the read scales (they need no
@@ -766,9 +756,6 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     off, nsurv = s.survivors.off, s.survivors.count
     if takes_grouped_reads(cfg, settings, nsurv):
         stage.grouped(stage.initial_states(), whole)
-        return stage.o
-    if early is not None:
-        stage.materialised(early.bst, early.bidx, early.count, whole)
         return stage.o
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec,
                              settings=settings)
@@ -864,25 +851,6 @@ def _empty_call(cfg: LaunchConfig, q, states, counts, info, size):
     return torch.zeros(B, 0, H, cfg.Dv, device=dev, dtype=q.dtype), cache, (empty, empty.bool(), empty.long()), None
 
 
-def _start_states_after_walks(cfg: LaunchConfig, k, v, g, pseudo, settings: TritonSettings):
-    """``(made, after_walks)`` for ``TritonSettings.start_states_after_walk``: ``after_walks`` (``_decide_in_blocks``')
-    queues every start's state (``early_start_states``) once the walks and the prefix states are done, beside the
-    last merge simulations, and appends them (or None: too many starts) to the list ``made``. ``(None, None)`` where
-    the setting is off or the old starts are to be read by chunk (``grouped_reads``)."""
-    if not settings.start_states_after_walk or settings.grouped_reads:
-        return None, None
-    made = []
-
-    def after_walks(structure, prefix):
-        hs, _, prefixed = prefix
-        if prefixed is not None:
-            torch.cuda.current_stream(k.device).wait_event(prefixed)
-        made.append(early_start_states(k, v, g, hs, structure.masks, pseudo, cfg.K, lowp=cfg.lowp, prec=cfg.prec,
-                                       settings=settings, max_per_chunk=GROUPED_READS_SURVIVORS))
-
-    return made, after_walks
-
-
 def _beside_decisions(cfg: LaunchConfig, q, k, v, g, slot_weights, h0, readback, settings: TritonSettings):
     """``(side stream or None, beside)``: ``beside(after, chunks)`` (``_decide``'s) queues the prefix states of
     ``chunks`` ``(c0, c1)`` (all if None; each call's chunks follow the last's), with the first call the value checks
@@ -962,16 +930,15 @@ def forward_scalar_decay_triton(
     else:
         row_lengths = lengths.to(dev, torch.int32).repeat_interleave(cfg.H)
     side, beside = _beside_decisions(cfg, q, k, v, g, slot_weights, h0, readback if check_values else None, settings)
-    pseudo = None if states is None else hinit  # the initial slots' pseudo starts' states
-    early, after_walks = _start_states_after_walks(cfg, k, v, g, pseudo, settings)
     mark_stage(profile, "table")
     s, (hs, gs, _), blocks = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps,
-                                     norm_eps, settings, profile, beside, after_walks)
+                                     norm_eps, settings, profile, beside)
     if blocks is None and side is not None:
         torch.cuda.current_stream(dev).wait_stream(side)
     mark_stage(profile, "output")
+    pseudo = None if states is None else hinit  # the initial slots' pseudo starts' states
     if blocks is None:
-        o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, pseudo, settings, readback, early[0] if early else None)
+        o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, pseudo, settings, readback)
     else:
         o = _output_by_blocks(cfg, q, k, v, g, slot_weights, s, hs, gs, pseudo, settings, readback, blocks, side)
         if side is not None:

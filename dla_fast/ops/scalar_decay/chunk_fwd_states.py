@@ -98,29 +98,25 @@ def dla_hscan_kernel(
 
 
 @triton.jit
-def surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C: tl.constexpr, ALL: tl.constexpr = False):
-    """``[C]`` bool: the chunk's slot starts still live at its end (later chunks read their prefix states); ALL:
-    every slot start of the chunk (known once the walk has decided it; ``death`` is not read)."""
+def surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C: tl.constexpr):
+    """``[C]`` bool: the chunk's slot starts still live at its end (later chunks read their prefix states)."""
     t_idx = tl.arange(0, C)
     tok = c * C + t_idx
     bvec = mask_bits(tl.load(mask_ptr + bh * NC + c), t_idx)
-    if ALL:
-        return bvec & (tok < T)
     dth = tl.load(death_ptr + bh * NC * C + tok)
     return bvec & (dth >= (c + 1) * C) & (tok < T)
 
 
 @triton.jit(do_not_specialize=["T", "c_begin"])
-def dla_survivor_counts_kernel(mask_ptr, death_ptr, off_ptr, per_chunk_ptr, T, C: tl.constexpr, c_begin=0,
-                               ALL: tl.constexpr = False):
-    """Program (chunk c = c_begin + its first id, bh): the chunk's number of surviving starts (ALL: of its starts),
-    at ``off[1 + bh * NC + c]`` (a cumulative sum then makes ``off`` the chunks' offsets in the compact order) and
-    added to ``per_chunk[c]`` (zeroed: the count over all rows); the program of chunk 0 and row 0 also writes
-    ``off[0] = 0``."""
+def dla_survivor_counts_kernel(mask_ptr, death_ptr, off_ptr, per_chunk_ptr, T, C: tl.constexpr, c_begin=0):
+    """Program (chunk c = c_begin + its first id, bh): the chunk's number of surviving starts, at
+    ``off[1 + bh * NC + c]`` (a cumulative sum then makes ``off`` the chunks' offsets in the compact order) and added
+    to ``per_chunk[c]`` (zeroed: the count over all rows); the program of chunk 0 and row 0 also writes ``off[0] =
+    0``."""
     c = c_begin + tl.program_id(0)
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
-    n = tl.sum(surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C, ALL).to(tl.int64), 0)
+    n = tl.sum(surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C).to(tl.int64), 0)
     tl.store(off_ptr + 1 + bh * NC + c, n)
     if n > 0:
         tl.atomic_add(per_chunk_ptr + c, n)
@@ -133,7 +129,7 @@ def dla_bstate_kernel(
     k_ptr, v_ptr, g_ptr, hs_ptr, mask_ptr, death_ptr, off_ptr, bidx_ptr, bst_ptr,
     T, H, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    STATES: tl.constexpr = True, c_begin=0, ALL: tl.constexpr = False,
+    STATES: tl.constexpr = True, c_begin=0,
 ):
     """Program (chunk c = c_begin + its first id, bh, Dv block): for every slot start a of this chunk still live at
     the chunk end (so that later chunks may read it), the prefix state before a decayed to the chunk end,
@@ -141,8 +137,7 @@ def dla_bstate_kernel(
     chunk's offset ``off[bh * NC + c]`` plus a's rank among the chunk's survivors; the Dv block 0 writes the
     chunk's ``bidx``, -1 where no start survives). Later chunks read it with one q^T B product. 2 C Dk BV FLOPs
     and Dk BV elements written per start; 16-bit storage and dots for 16-bit inputs (B only feeds the output).
-    ``STATES`` false: ``bidx`` only (the grouped reads need no state). ALL: every slot start of the chunk, live at its
-    end or not (``early_start_states``: before the merge simulation has decided which are)."""
+    ``STATES`` false: ``bidx`` only (the grouped reads need no state)."""
     c = c_begin + tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
@@ -150,7 +145,7 @@ def dla_bstate_kernel(
     b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
     kd = tl.arange(0, BK)
     vd = vb * BV + tl.arange(0, BV)
-    surv = surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C, ALL)
+    surv = surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C)
     base = tl.load(off_ptr + bh * NC + c)
     if vb == 0:
         rank = tl.cumsum(surv.to(tl.int32), 0) - 1
@@ -330,12 +325,12 @@ def surviving_starts(masks, death, T: int, readback=None, meanwhile=None):
 
 
 def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, lowp: bool, prec: str,
-                 settings: TritonSettings = DEFAULT_SETTINGS, states: bool = True, all_starts: bool = False):
+                 settings: TritonSettings = DEFAULT_SETTINGS, states: bool = True):
     """``(bst, bidx)``: the compact prefix states ``bst [nsurv (+ BH K), Dk, Dv]`` of the surviving starts
     (``surviving_starts``), each decayed to its chunk end, then the initial slots' pseudo starts (``hinit``,
     reference: the call's start); ``bidx [BH, NC * C]`` int32 each surviving start's index in ``bst``, -1
     elsewhere. ``settings``: its launch overrides. ``states`` false (grouped reads): ``bst`` holds only the pseudo
-    starts' states (a placeholder without ``hinit``). ``all_starts``: every start's (``early_start_states``)."""
+    starts' states (a placeholder without ``hinit``)."""
     Dk, Dv = k.shape[-1], v.shape[-1]
     BH, NC = masks.shape
     ninit = BH * K if hinit is not None else 0
@@ -345,42 +340,12 @@ def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, l
     if ninit:
         bst[nbst:] = hinit.reshape(BH * K, Dk, Dv).to(bst.dtype)
     launch_start_states(k, v, g, hs, masks, death, off, bidx, bst, (0, NC), lowp=lowp, prec=prec, settings=settings,
-                        states=states, all_starts=all_starts)
+                        states=states)
     return bst, bidx
 
 
-class EarlyStartStates(NamedTuple):
-    """Every slot start's prefix state (``start_states`` with ``all_starts``), made once the walk has decided the
-    starts, before the merge simulation has said which outlive their chunk: ``bst``, ``bidx`` as ``start_states``',
-    ``count`` the starts (the initial slots' pseudo starts follow them in ``bst``)."""
-
-    bst: torch.Tensor
-    bidx: torch.Tensor
-    count: int
-
-
-def early_start_states(k, v, g, hs, masks, hinit, K: int, *, lowp: bool, prec: str, settings: TritonSettings,
-                       max_per_chunk: int) -> EarlyStartStates | None:
-    """``EarlyStartStates`` on the current stream, which must have waited for the walk and the prefix states; the host
-    reads the starts' number back (it sizes ``bst``). None, with nothing more queued, where the starts number
-    ``max_per_chunk`` or more a (row, chunk) on average (dense rows: most of their starts die in their own chunk, and
-    the output may read the old starts by chunk instead)."""
-    BH, NC = masks.shape
-    T = k.shape[1]
-    off = torch.empty(BH * NC + 1, device=masks.device, dtype=torch.int64)
-    per_chunk = torch.zeros(NC, device=masks.device, dtype=torch.int64)
-    cached(dla_survivor_counts_kernel)[(NC, BH)](masks, masks, off, per_chunk, T, C=CHUNK, ALL=True, num_warps=1)
-    off.cumsum_(0)
-    count = int(values_on_host_later(off[-1:])()[0])
-    if count >= max_per_chunk * BH * NC:
-        return None
-    bst, bidx = start_states(k, v, g, hs, masks, masks, off, count, hinit, K, lowp=lowp, prec=prec, settings=settings,
-                             all_starts=True)
-    return EarlyStartStates(bst, bidx, count)
-
-
 def launch_start_states(k, v, g, hs, masks, death, off, bidx, bst, chunks: tuple[int, int], *, lowp: bool, prec: str,
-                        settings: TritonSettings, states: bool = True, all_starts: bool = False):
+                        settings: TritonSettings, states: bool = True):
     """``dla_bstate_kernel`` over chunks ``c0 .. c1 - 1`` (``start_states``, ``StartStatesByBlocks``)."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
@@ -392,7 +357,7 @@ def launch_start_states(k, v, g, hs, masks, death, off, bidx, bst, chunks: tuple
     warps = 4 if lowp else 8
     grid = (c1 - c0, B * H, triton.cdiv(BVF, BV) if states else 1)
     cached(dla_bstate_kernel)[grid](k, v, g, hs, masks, death, off, bidx, bst, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV,
-                                    LOWP=lowp, PREC=prec, STATES=states, c_begin=c0, ALL=all_starts,
+                                    LOWP=lowp, PREC=prec, STATES=states, c_begin=c0,
                                     **settings.launch(dla_bstate_kernel, num_warps=warps))
 
 
