@@ -87,15 +87,6 @@ class TritonSettings:
         decision_blocks_min_chunks: the least chunks (of 64 tokens) a call's rows have for ``decision_blocks``; shorter
             rows decide at once. 512, as ``deep_guess_min_chunks``: at (2, 16384) (256 chunks) four blocks were
             host-bound (run 58).
-        output_blocks: where the decisions go by blocks of chunks (``decision_blocks``, one deep), the output stage by
-            the same blocks: each block's prefix states queued after its kernels, its surviving starts counted and
-            read back, its read scales, start states and output kernel once its merge simulation is done, beside the
-            later blocks' merge simulations (``chunk_fwd._output_by_blocks``). The start states share one buffer,
-            sized from the first block's count and grown where a later block needs more. False: the output stage
-            after the whole call's decisions. The same results bit for bit (but where the first block's survivors
-            choose ``grouped_reads`` otherwise than the whole call's would). Not faster (H100, run 62: (1, 65536)
-            moderate 3.449 -> 3.474 ms, dense 9.092 -> 9.026); run 61's hang at back-to-back calls is fixed
-            (``DecidedBlocks.in_use``; ``benchmarks/back_to_back_check.py`` ran 31 calls a case). Experimental.
         output_group: old slot states read per tensor-core product in the output kernel, for float32 inputs (2: 168
             registers without spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200,
             docs/benchmarks.md run 21). 16-bit inputs read one per product, scaled after it (run 44).
@@ -137,7 +128,6 @@ class TritonSettings:
     deep_merge_after_walk: bool = True
     decision_blocks: int = 4
     decision_blocks_min_chunks: int = 512
-    output_blocks: bool = False
     output_group: int = 2
     bwd_stages: int = 2
     bwd_warps: int = 4

@@ -39,7 +39,7 @@ from dla_ref.synthetic import jittered_regimes as regimes  # noqa: E402
 # The scalar-decay decision schedules' bitwise tests: ~250 of the file's ~530 s under the interpreter on a CI-like
 # machine (run 61), rerun in a process of their own beside the rest, so that the file's reruns use both cores.
 SCHEDULE_TESTS = ("carry_guesses or decisions_by_blocks or deeper_guesses or deep_walk or merge_after_the_deep_walk "
-                  "or output_by_blocks or decisions_from_either_block_rows")
+                  "or decisions_from_either_block_rows")
 
 
 @runs_elsewhere
@@ -963,86 +963,6 @@ def test_decisions_by_blocks_where_the_deeper_guesses_may_follow(regime_length, 
     plain[2][0][1, 230:] = blocked[2][0][1, 230:] = 0  # the padding's scores are not written (torch.empty)
     for a, b in zip((plain[0], *plain[1], *plain[2]), (blocked[0], *blocked[1], *blocked[2])):
         assert torch.equal(a, b)
-
-
-@needs_kernels
-def test_output_by_blocks_raises_the_value_checks_then_runs_again():
-    """``TritonSettings.output_blocks`` with the value checks: a non-finite key found by the side stream's checks
-    raises naming ``k`` at the last block's read-back, after the current stream is made to wait for the decisions'
-    streams (``_join_decisions``: the buffers they read are freed on the way out), and the next call on good inputs
-    gives the results of a first call, bit for bit."""
-    (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
-    settings = TritonSettings(decision_blocks=3, decision_blocks_min_chunks=0, carry_guess_depth=1, output_blocks=True)
-    first = _fwd(q, k, v, g, w, settings=settings, check_values=True, **kw)
-    bad = k.clone()
-    bad[0, 300, 0, 5] = float("nan")
-    with pytest.raises(ValueError, match="^k: expected finite values"):
-        _fwd(q, bad, v, g, w, settings=settings, check_values=True, **kw)
-    again = _fwd(q, k, v, g, w, settings=settings, check_values=True, **kw)
-    first[2][0][1, 230:] = again[2][0][1, 230:] = 0  # the padding's scores are not written (torch.empty)
-    for a, b in zip((first[0], *first[1], *first[2]), (again[0], *again[1], *again[2])):
-        assert torch.equal(a, b)
-
-
-@needs_kernels
-@pytest.mark.parametrize("grouped", [False, True], ids=["start_states_grown", "grouped_reads"])
-def test_output_by_blocks_changes_no_bit(grouped, monkeypatch):
-    """``TritonSettings.output_blocks`` (where the decisions go by blocks): the output stage launched
-    block by block, each block's after its merge simulation (its survivors counted and read back, its read scales,
-    start states and output kernel), gives every result bit for bit as the output stage over the whole call does,
-    after a cache (the pseudo starts' states first in the blocks' start-state buffer), with rows of other lengths.
-    Each block's output kernel covers its chunks. With the start states materialised the buffer is sized here with no
-    margin, so it grows at the later blocks with survivors (the earlier states copied); mutant: grown without the
-    copy. With grouped reads no start states are made."""
-    from dla_fast.ops.scalar_decay import chunk_fwd, chunk_fwd_states
-
-    if grouped and CUDA:
-        pytest.skip("a GPU takes the materialised reads below 64 features (chunk_fwd.GROUPED_READS_MIN_GPU_DIM: a "
-                    "known fault); this case runs under the interpreter in CI")
-    (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
-    flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
-    blocks = dict(decision_blocks=3, decision_blocks_min_chunks=0, carry_guess_depth=1, grouped_reads=grouped)
-    whole = flat(_fwd(q, k, v, g, w, settings=TritonSettings(output_blocks=False, **blocks), **kw))
-    blocks["output_blocks"] = True
-    monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
-    name = "dla_output_grouped_kernel" if grouped else "dla_output_kernel"
-    outputs, kernel = [], getattr(chunk_fwd, name)
-
-    class RecordedOutput:
-        __name__ = name  # the launch overrides are looked up by it
-
-        def __getitem__(self, grid):
-            return lambda *args, **options: outputs.append((options["c_begin"], grid[0])) or kernel[grid](
-                *args, **options)
-
-    monkeypatch.setattr(chunk_fwd, name, RecordedOutput())
-    monkeypatch.setattr(chunk_fwd_states.StartStatesByBlocks, "MARGIN", 0.0)
-    reserve, grown = chunk_fwd_states.StartStatesByBlocks._reserve, []
-
-    def recorded_reserve(starts, n):
-        before = starts.bst
-        reserve(starts, n)
-        grown.append(before is not None and starts.bst is not before)
-
-    monkeypatch.setattr(chunk_fwd_states.StartStatesByBlocks, "_reserve", recorded_reserve)
-    blocked = flat(_fwd(q, k, v, g, w, settings=TritonSettings(**blocks), **kw))
-    assert outputs == [(0, 3), (3, 3), (6, 1)]  # seven chunks
-    whole[5][1, 230:] = blocked[5][1, 230:] = 0  # the padding's scores are not written (torch.empty)
-    for a, b in zip(whole, blocked):
-        assert torch.equal(a, b)
-    assert grown == ([] if grouped else [False, True, True])
-    if grouped:
-        return
-
-    def reserve_without_copy(starts, n):
-        before = starts.bst
-        reserve(starts, n)
-        if before is not None and starts.bst is not before:
-            starts.bst[starts.ninit:starts.used] = 0  # the earlier blocks' states not copied
-
-    monkeypatch.setattr(chunk_fwd_states.StartStatesByBlocks, "_reserve", reserve_without_copy)
-    mutant = flat(_fwd(q, k, v, g, w, settings=TritonSettings(**blocks), **kw))
-    assert not torch.equal(mutant[0], whole[0])
 
 
 @needs_kernels

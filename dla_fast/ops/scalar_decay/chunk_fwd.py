@@ -75,12 +75,9 @@ from .chunk_fwd_output import (
 )
 from .chunk_fwd_states import (
     CHUNK,
-    StartStatesByBlocks,
-    Survivors,
-    dla_survivor_counts_kernel,
     final_states,
     initial_prefixes,
-    prefix_states_by_chunks,
+    prefix_states,
     start_bits,
     start_states,
     surviving_starts,
@@ -497,24 +494,6 @@ def decision_blocks(cfg: LaunchConfig, settings: TritonSettings) -> list[tuple[i
     return [(c0, min(c0 + size, cfg.NC)) for c0 in range(0, cfg.NC, size)]
 
 
-@dataclass
-class DecidedBlocks:
-    """Decisions made by blocks of chunks, for the output stage by the same blocks (``_output_by_blocks``): each
-    block's chunks ``(c0, c1)``, the events after its merge simulation (``merged``) and after its prefix states
-    (``prefixed``), and the events after the walk's and the merge simulation's streams' last kernels
-    (``finished``); events are None off a GPU. ``in_use``: the buffers those streams read that the current stream
-    allocated (tables, closing-slot tables, counters, the guesses' and walk's own), held until the current stream
-    has waited for ``finished``: freed earlier, the caching allocator hands their memory to the current stream's
-    next allocations while the walk and merge simulation still read it (run 61: the second of two back-to-back
-    calls hung at (1, 65536) moderate and dense; the likely cause, found by reading the code)."""
-
-    chunks: list
-    merged: list
-    prefixed: list
-    finished: list
-    in_use: tuple = ()
-
-
 def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
                       settings: TritonSettings, beside):
     """Stages 1-3 with few rows and guessed chunks, by blocks of chunks (``TritonSettings.decision_blocks``). Each
@@ -528,13 +507,11 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
     count each row's chunks without a boundary, and the host reads the counts back while the second block runs: if
     some row takes the deeper guesses on them (sparse rows, where they pay more than blocks: run 59), the other
     blocks' kernels are queued and the call goes on as ``_decide`` does after the whole call's guesses.
-    Returns ``(structure, beside's first result, DecidedBlocks or None)``. ``beside`` (``_decide``'s) is called with
-    an event after the first block's kernels, right after the host has queued them; with
-    ``TritonSettings.output_blocks``, after each block's with its chunks instead, and the current stream does not
-    wait for the walk and the merge simulation: the output stage goes by the blocks (``DecidedBlocks``, unless the
-    call took the deeper guesses). Queued with the inputs, the side stream's prefix states ran beside the first table
-    kernel and slowed it (run 57, call 4: 628 -> 825 us); queued after the last block they came too late for the
-    output stage (run 58, call 2)."""
+    Returns ``(structure, beside's result)``. ``beside`` (``_decide``'s) is called with an event after the first
+    block's kernels, right after the host has queued them. Queued with the inputs, the side stream's prefix states ran
+    beside the first table kernel and slowed it (run 57, call 4: 628 -> 825 us); queued after the last block they came
+    too late for the output stage (run 58, call 2). (Run 60's output stage by the same blocks, each block's beside the
+    later blocks' merge simulations, was not faster and 2x slower back to back: removed in run 62.)"""
     dev = k.device
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
@@ -550,7 +527,6 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
         walk.wait_stream(main)  # the buffers above
         merge.wait_stream(main)
     blocks = decision_blocks(cfg, settings)
-    by_blocks = DecidedBlocks(blocks, [], [], []) if settings.output_blocks else None
     side_results = []
 
     def queue_block(c0, c1):  # the block's kernels on the current stream, then its count
@@ -559,8 +535,8 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
             guesses.launch(chunks=(max(c0, 1), c1))
         closing_tables(cfg, masks, scores, row_lengths, chunks=(c0, c1), tab=closing)
         cached(dla_publish_chunks_kernel)[(1,)](ready, c1, num_warps=1)
-        if by_blocks is not None or not side_results:
-            side_results.append(beside(main.record_event() if on_gpu else None, (c0, c1) if by_blocks else None))
+        if not side_results:
+            side_results.append(beside(main.record_event() if on_gpu else None))
 
     queue_block(*blocks[0])
     counted = values_on_host_later(guesses.free) if guesses.deeper[0] else None  # the first block's counts
@@ -571,7 +547,7 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
         structure = _walk_and_merge(cfg, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
                                     launch_walk, guesses.launch_deeper(), settings.deep_merge_after_walk, merge,
                                     structure, closing)
-        return structure, side_results[0], None
+        return structure, side_results[0]
     for b, (c0, c1) in enumerate(blocks):
         if b >= 1 and b + 1 < len(blocks):  # the next block first (the second already is): the stream never idles
             queue_block(*blocks[b + 1])
@@ -580,16 +556,10 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
         with torch.cuda.stream(merge) if on_gpu else nullcontext():
             merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0, flag, True,
                              tables[1], structure, closing, ready, (c0, c1))
-            if by_blocks is not None:
-                by_blocks.merged.append(merge.record_event() if on_gpu else None)
-    if by_blocks is not None:
-        by_blocks.prefixed.extend(event for _, _, event in side_results)
-        by_blocks.finished.extend((walk.record_event(), merge.record_event()) if on_gpu else ())
-        by_blocks.in_use = (tables, scores, masks, cscores, guesses, launch_walk, ready, closing)
-    elif on_gpu:
+    if on_gpu:
         main.wait_stream(walk)
         main.wait_stream(merge)
-    return structure, side_results[0], by_blocks
+    return structure, side_results[0]
 
 
 def _walk_and_merge(cfg: LaunchConfig, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
@@ -620,12 +590,11 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
             settings: TritonSettings, profile, beside):
     """Stages 1-3 on the current stream; the carry scan on its own stream when it overlaps the table kernel,
     the merge simulation on its own when pipelined (``concurrent_decisions``). ``flag``: zeroed int32 ``[BH]``, the
-    pipeline's per-row progress. ``beside(after, chunks)`` queues the work that runs beside the decisions (the
-    forward's prefix states of ``chunks``, all if None, and value checks) from the event ``after`` on, or from the
-    inputs if None: called once the decision stages are queued, or by blocks of chunks (``_decide_in_blocks``, where
-    ``takes_decision_blocks`` and the call takes the pipelined guesses; the ``profile``'s stages are then not marked)
-    after the first block's, or each block's. Returns ``(structure, beside's first result, DecidedBlocks or None)``:
-    the last where the output stage may go by the decisions' blocks."""
+    pipeline's per-row progress. ``beside(after)`` queues the work that runs beside the decisions (the forward's
+    prefix states and value checks) from the event ``after`` on, or from the inputs if None: called once the decision
+    stages are queued, or by blocks of chunks (``_decide_in_blocks``, where ``takes_decision_blocks`` and the call
+    takes the pipelined guesses; the ``profile``'s stages are then not marked) after the first block's. Returns
+    ``(structure, beside's result)``."""
     dev = k.device
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
@@ -678,14 +647,14 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     structure = _walk_and_merge(cfg, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
                                 (lambda: main.wait_stream(cstream)) if concurrent else launch_carry, orbits,
                                 after_walk, mstream, structure, closing, profile)
-    return structure, beside(None, None), None
+    return structure, beside(None)
 
 
 class OutputStage:
-    """Stage 5's buffers and launches, over the whole call (``_output``) or by blocks of chunks
-    (``_output_by_blocks``): ``o [B, T, H, Dv]`` in q's dtype, per chunk the old starts' read scales ``[C, KP]``
-    and per program their state indices ``[KP]`` (both read back group by group by the output kernels), and for
-    grouped reads, if they may be taken, the chunks' decays to their ends (written by the scales' kernel)."""
+    """Stage 5's buffers and launches (``_output``): ``o [B, T, H, Dv]`` in q's dtype, per chunk the old starts'
+    read scales ``[C, KP]`` and per program their state indices ``[KP]`` (both read back group by group by the output
+    kernels), and for grouped reads, if they may be taken, the chunks' decays to their ends (written by the scales'
+    kernel)."""
 
     def __init__(self, cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit,
                  settings: TritonSettings):
@@ -763,73 +732,6 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     return stage.o
 
 
-def _output_by_blocks(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit,
-                      settings: TritonSettings, readback, blocks: DecidedBlocks, side):
-    """Stage 5 by the decisions' blocks of chunks (``TritonSettings.output_blocks``): each block's output, as
-    ``_output`` makes the whole call's, once its merge simulation and prefix states are done, so that it runs beside
-    the later blocks' merge simulations. On a stream of their own, every block's surviving starts are counted into
-    ``readback`` and read back (the host sizes the block's start states from its count), then its read scales run;
-    the last block's read-back copies ``readback`` whole, with the value checks' flags (the side stream's, or the
-    current stream's without it). Grouped reads or not is chosen on the first block's count, per (row, chunk) as
-    ``_output`` chooses on the call's. The current stream runs each block's start states and output kernel."""
-    dev = q.device
-    on_gpu = dev.type == "cuda" and not interpreting()
-    main = torch.cuda.current_stream(dev) if on_gpu else None
-    counting = stream_besides_current(dev) if on_gpu else None
-    stage = OutputStage(cfg, q, k, v, g, slot_weights, s, hs, gs, hinit, settings)
-    off = torch.empty(cfg.BH * cfg.NC + 1, device=dev, dtype=torch.int64)  # per (row, chunk) counts, then offsets
-    counted, ready = [], []
-    for b, (c0, c1) in enumerate(blocks.chunks):
-        last = b + 1 == len(blocks.chunks)
-        with torch.cuda.stream(counting) if on_gpu else nullcontext():
-            if on_gpu:
-                counting.wait_event(blocks.merged[b])
-                counting.wait_event(blocks.prefixed[b])
-                if last:
-                    counting.wait_stream(side if side is not None else main)  # the value checks
-            cached(dla_survivor_counts_kernel)[(c1 - c0, cfg.BH)](s.masks, s.death, off, readback, cfg.T, C=CHUNK,
-                                                                  c_begin=c0, num_warps=1)
-            counted.append(values_on_host_later(readback if last else readback[c0:c1]))
-            stage.read_scales((c0, c1))
-            ready.append(counting.record_event() if on_gpu else None)
-    starts, per_chunk = None, []
-    for b, (c0, c1) in enumerate(blocks.chunks):
-        values = counted[b]().tolist()
-        block_counts = values[c0:c1] if b + 1 == len(blocks.chunks) else values[:c1 - c0]
-        per_chunk += block_counts
-        if b + 1 == len(blocks.chunks) and values[cfg.NC]:
-            _join_decisions(main, blocks, counting)
-            raise_flagged(values[cfg.NC])
-        if b == 0:  # the call's count projected from the first block's
-            grouped = takes_grouped_reads(cfg, settings, sum(block_counts) * cfg.NC // (c1 - c0))
-            starts = None if grouped else StartStatesByBlocks(k, v, g, hs, s.masks, s.death, hinit, cfg.K,
-                                                              len(blocks.chunks), lowp=cfg.lowp, prec=cfg.prec,
-                                                              settings=settings)
-            initial = stage.initial_states() if grouped else None
-        if on_gpu:
-            main.wait_event(ready[b])
-        if grouped:
-            stage.grouped(initial, (c0, c1))
-        else:
-            starts.add(off[1:].view(cfg.BH, cfg.NC), sum(block_counts), (c0, c1))
-            stage.materialised(starts.bst, starts.bidx, 0, (c0, c1))
-    _join_decisions(main, blocks, counting)
-    off.cumsum_(0)  # the compact order over the whole call, row by row (the backward's)
-    s.survivors = Survivors(off, sum(per_chunk), per_chunk)
-    return stage.o
-
-
-def _join_decisions(main, blocks: DecidedBlocks, counting):
-    """The current stream ``main`` (None off a GPU) made to wait for the walk's, the merge simulation's and the
-    ``counting`` stream's last kernels; then the buffers they read may be freed (``DecidedBlocks.in_use``), on the
-    way out or on an error's."""
-    if main is not None:
-        for event in blocks.finished:
-            main.wait_event(event)
-        main.wait_stream(counting)
-    blocks.in_use = ()
-
-
 def _trace(cfg: LaunchConfig, s: DecidedStructure):
     """``(scores float32, starts bool, merged int64)``, each ``[B, T, H]``."""
     def api_layout(x):
@@ -852,31 +754,23 @@ def _empty_call(cfg: LaunchConfig, q, states, counts, info, size):
 
 
 def _beside_decisions(cfg: LaunchConfig, q, k, v, g, slot_weights, h0, readback, settings: TritonSettings):
-    """``(side stream or None, beside)``: ``beside(after, chunks)`` (``_decide``'s) queues the prefix states of
-    ``chunks`` ``(c0, c1)`` (all if None; each call's chunks follow the last's), with the first call the value checks
-    into ``readback`` unless None, and returns ``(hs, gs, an event after those prefix states or None)``. Independent
-    of the decisions, so on CUDA they run on a side stream while the sequential carry scan and merge simulation (B*H
-    programs) leave most of the GPU idle: from the event ``after`` on, or from the inputs' point on the current
-    stream if None."""
+    """``(side stream or None, beside)``: ``beside(after)`` (``_decide``'s, called once) queues the prefix states and
+    the value checks into ``readback`` unless None, and returns ``(hs, gs)``. Independent of the decisions, so on CUDA
+    they run on a side stream while the sequential carry scan and merge simulation (B*H programs) leave most of the
+    GPU idle: from the event ``after`` on, or from the inputs' point on the current stream if None."""
     dev = q.device
     use_side = dev.type == "cuda" and not interpreting() and settings.side_stream
     side = stream_besides_current(dev) if use_side else None
     inputs_ready = torch.cuda.current_stream(dev).record_event() if side is not None else None
-    prefixes = []  # (hs, gs, launch), once made
 
-    def beside(after, chunks):
+    def beside(after):
         if side is not None:
             side.wait_event(after or inputs_ready)
         with torch.cuda.stream(side) if side is not None else nullcontext():
-            first = not prefixes
-            if first:
-                prefixes.append(prefix_states_by_chunks(k, v, g, h0, split=cfg.split, prec=cfg.prec))
-            hs, gs, launch = prefixes[0]
-            launch(*(chunks or (0, cfg.NC)))
-            done = torch.cuda.current_stream(dev).record_event() if dev.type == "cuda" else None
-            if first and readback is not None:
+            hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
+            if readback is not None:
                 launch_value_checks(q, k, v, g, slot_weights, flags=readback[cfg.NC:])
-        return hs, gs, done
+        return hs, gs
 
     return side, beside
 
@@ -931,18 +825,13 @@ def forward_scalar_decay_triton(
         row_lengths = lengths.to(dev, torch.int32).repeat_interleave(cfg.H)
     side, beside = _beside_decisions(cfg, q, k, v, g, slot_weights, h0, readback if check_values else None, settings)
     mark_stage(profile, "table")
-    s, (hs, gs, _), blocks = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps,
-                                     norm_eps, settings, profile, beside)
-    if blocks is None and side is not None:
+    s, (hs, gs) = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
+                          settings, profile, beside)
+    if side is not None:
         torch.cuda.current_stream(dev).wait_stream(side)
     mark_stage(profile, "output")
     pseudo = None if states is None else hinit  # the initial slots' pseudo starts' states
-    if blocks is None:
-        o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, pseudo, settings, readback)
-    else:
-        o = _output_by_blocks(cfg, q, k, v, g, slot_weights, s, hs, gs, pseudo, settings, readback, blocks, side)
-        if side is not None:
-            torch.cuda.current_stream(dev).wait_stream(side)
+    o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, pseudo, settings, readback)
     mark_stage(profile, "final")
     cache = None
     if final_cache:

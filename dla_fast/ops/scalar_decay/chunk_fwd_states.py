@@ -8,7 +8,6 @@ prefix state before every slot start that outlives its chunk, and the final cach
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -260,15 +259,6 @@ def prefix_states(k, v, g, h0, *, split: bool, prec: str) -> tuple[torch.Tensor,
     """``(hs, gs)`` on the current stream: ``hs [BH, NC + 1, Dk, Dv]`` float32, the single-state prefix state
     H(c0 - 1) before every chunk (and after the last); ``gs [BH, NC + 1]`` float64, the sum of ``g`` before
     each chunk (and over the whole call, last)."""
-    hs, gs, launch = prefix_states_by_chunks(k, v, g, h0, split=split, prec=prec)
-    launch(0, hs.shape[1] - 1)
-    return hs, gs
-
-
-def prefix_states_by_chunks(k, v, g, h0, *, split: bool, prec: str):
-    """``(hs, gs, launch)``: ``prefix_states``' buffers, and ``launch(c_begin, c_end)`` queues the kernels that fill
-    them for chunks ``c_begin .. c_end - 1`` on the current stream, after the chunks before (the output stage by
-    blocks of chunks reads a block's prefix states once its launch is done)."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     NC = triton.cdiv(T, CHUNK)
@@ -277,15 +267,11 @@ def prefix_states_by_chunks(k, v, g, h0, *, split: bool, prec: str):
     gs = torch.empty(B * H, NC + 1, device=k.device, dtype=torch.float64)
     gsum = torch.empty(B * H, NC, device=k.device, dtype=torch.float64)
     HBLK = 1024
-
-    def launch(c_begin: int, c_end: int):
-        cached(dla_chunkstate_kernel)[(c_end - c_begin, B * H, triton.cdiv(BVF, BV))](
-            k, v, g, hs, gsum, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV, SPLIT=split, PREC=prec, c_begin=c_begin,
-            num_warps=4)
-        cached(dla_hscan_kernel)[(B * H, triton.cdiv(Dk * Dv, HBLK))](
-            h0, hs, gsum, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK, c_begin=c_begin, c_end=c_end, num_warps=4)
-
-    return hs, gs, launch
+    cached(dla_chunkstate_kernel)[(NC, B * H, triton.cdiv(BVF, BV))](
+        k, v, g, hs, gsum, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV, SPLIT=split, PREC=prec, num_warps=4)
+    cached(dla_hscan_kernel)[(B * H, triton.cdiv(Dk * Dv, HBLK))](
+        h0, hs, gsum, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK, c_begin=0, c_end=NC, num_warps=4)
+    return hs, gs
 
 
 def start_bits(masks: torch.Tensor) -> torch.Tensor:
@@ -346,7 +332,7 @@ def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, l
 
 def launch_start_states(k, v, g, hs, masks, death, off, bidx, bst, chunks: tuple[int, int], *, lowp: bool, prec: str,
                         settings: TritonSettings, states: bool = True):
-    """``dla_bstate_kernel`` over chunks ``c0 .. c1 - 1`` (``start_states``, ``StartStatesByBlocks``)."""
+    """``dla_bstate_kernel`` over chunks ``c0 .. c1 - 1`` (``start_states``)."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     BK, BVF, BV = block_sizes(Dk, Dv)
@@ -359,55 +345,6 @@ def launch_start_states(k, v, g, hs, masks, death, off, bidx, bst, chunks: tuple
     cached(dla_bstate_kernel)[grid](k, v, g, hs, masks, death, off, bidx, bst, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV,
                                     LOWP=lowp, PREC=prec, STATES=states, c_begin=c0,
                                     **settings.launch(dla_bstate_kernel, num_warps=warps))
-
-
-class StartStatesByBlocks:
-    """``start_states`` block by block of chunks, for the output stage by blocks (``chunk_fwd._output_by_blocks``):
-    one buffer ``bst``, the initial slots' pseudo starts first (``hinit``, from 0), then each block's surviving
-    starts, blocks in turn and (row, chunk) in order within a block; ``bidx`` as ``start_states``'. The later
-    blocks' counts are not known when the first block's states are made, so the buffer's capacity is the first
-    block's count over the call's blocks with a margin, and grows (its states copied) where a block needs more."""
-
-    MARGIN = 1.25  # capacity over the count projected from the blocks so far
-
-    def __init__(self, k, v, g, hs, masks, death, hinit, K: int, blocks: int, *, lowp: bool, prec: str,
-                 settings: TritonSettings = DEFAULT_SETTINGS):
-        self.inputs, self.hs, self.masks, self.death = (k, v, g), hs, masks, death
-        self.hinit, self.blocks, self.lowp, self.prec, self.settings = hinit, blocks, lowp, prec, settings
-        BH, NC = masks.shape
-        self.ninit = BH * K if hinit is not None else 0
-        self.used = self.ninit  # entries of bst written (or queued)
-        self.added = 0  # blocks added
-        self.bst = None
-        self.bidx = torch.empty(BH, NC * CHUNK, device=k.device, dtype=torch.int32)
-        self.boff = torch.empty(BH, NC, device=k.device, dtype=torch.int64)  # each (row, chunk)'s first entry
-
-    def add(self, counts, n: int, chunks: tuple[int, int]):
-        """Queue the states of chunks ``c0 .. c1 - 1``'s surviving starts on the current stream: ``counts [BH, NC]``
-        int64 their numbers per (row, chunk) (``dla_survivor_counts_kernel``'s, on the device), ``n`` their sum."""
-        c0, c1 = chunks
-        self._reserve(n)
-        block = counts[:, c0:c1]
-        self.boff[:, c0:c1] = (block.flatten().cumsum(0) - block.flatten() + self.used).view_as(block)
-        launch_start_states(*self.inputs, self.hs, self.masks, self.death, self.boff, self.bidx, self.bst, chunks,
-                            lowp=self.lowp, prec=self.prec, settings=self.settings)
-        self.used += n
-        self.added += 1
-
-    def _reserve(self, n: int):
-        needed = self.used + n
-        if self.bst is not None and needed <= self.bst.shape[0]:
-            return
-        k, v = self.inputs[:2]
-        survivors = needed - self.ninit
-        capacity = self.ninit + math.ceil(survivors * self.blocks / (self.added + 1) * self.MARGIN)
-        bst = torch.empty(max(capacity, needed, 1), k.shape[-1], v.shape[-1], device=k.device,
-                          dtype=k.dtype if self.lowp else torch.float32)
-        if self.bst is not None:
-            bst[:self.used] = self.bst[:self.used]
-        elif self.ninit:
-            bst[:self.ninit] = self.hinit.reshape(self.ninit, *bst.shape[1:]).to(bst.dtype)
-        self.bst = bst
 
 
 def final_states(k, v, g, hs, gs, fpos, size, hinit, size0, P, K: int, *, has_init: bool, split: bool, prec: str):
