@@ -168,13 +168,13 @@ def profiled_kernels(call, calls: int = 10) -> dict[str, float]:
 def call_starts(ks: list[dict]) -> list[int]:
     """The indices of each call's first table kernel in ``ks`` (start order): the first table kernel, and the first
     after each output kernel (decisions by blocks launch one table kernel a block)."""
-    starts, after_final = [], True
+    starts, after_output = [], True
     for i, e in enumerate(ks):
-        if STAGES["table"] in e["name"] and after_final:
+        if STAGES["table"] in e["name"] and after_output:
             starts.append(i)
-            after_final = False
+            after_output = False
         elif "dla_output" in e["name"]:
-            after_final = True
+            after_output = True
     return starts
 
 
