@@ -888,15 +888,17 @@ def test_the_merge_after_the_deep_walk_changes_no_bit(monkeypatch):
 
 
 @needs_kernels
-@pytest.mark.parametrize("regime_length,tau,lengths,with_cache,blocks", [
-    (40.0, 0.5, None, False, 2), (1.5, 0.5, None, True, 3), (4.0, 0.5, [400, 230], True, 7)],
+@pytest.mark.parametrize("regime_length,tau,lengths,with_cache,blocks,first", [
+    (40.0, 0.5, None, False, 2, 0), (1.5, 0.5, None, True, 3, 0), (4.0, 0.5, [400, 230], True, 7, 0),
+    (4.0, 0.5, [400, 230], True, 3, 2)],
     ids=["sparse_two_blocks", "dense_after_a_cache_three_blocks",
-         "after_a_cache_rows_of_other_lengths_a_block_a_chunk"])
-def test_decisions_by_blocks_change_no_bit(regime_length, tau, lengths, with_cache, blocks, monkeypatch):
+         "after_a_cache_rows_of_other_lengths_a_block_a_chunk", "a_shorter_first_block"])
+def test_decisions_by_blocks_change_no_bit(regime_length, tau, lengths, with_cache, blocks, first, monkeypatch):
     """``TritonSettings.decision_blocks``: the tables, guesses and closing-slot tables launched by blocks of chunks,
     each published by a count that the walk and the merge simulation wait on (``_decide_in_blocks``), give every
     result bit for bit as the plain carry scan does, and every block is published once, in order (a first block of
-    one chunk launches no guesses: chunk 0 is walked). Mutant: the guesses' masks zeroed after every guess launch but
+    one chunk launches no guesses: chunk 0 is walked; ``decision_first_block``: a first block of its own size, the
+    others of one size). Mutant: the guesses' masks zeroed after every guess launch but
     the first (the later blocks' guesses are taken: results change). Under the interpreter the kernels run in launch
     order, so the waits always find their chunks published; on a GPU the walk and the merge simulation run beside the
     blocks, and this test is the check that they read no chunk before it is published."""
@@ -907,9 +909,11 @@ def test_decisions_by_blocks_change_no_bit(regime_length, tau, lengths, with_cac
     monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
     monkeypatch.setattr(chunk_fwd, "dla_publish_chunks_kernel",
                         _mutated(chunk_fwd.dla_publish_chunks_kernel, lambda args: launched.append(int(args[1]))))
-    settings = TritonSettings(decision_blocks=blocks, decision_blocks_min_chunks=0, carry_guess_depth=1)
+    settings = TritonSettings(decision_blocks=blocks, decision_blocks_min_chunks=0, carry_guess_depth=1,
+                              decision_first_block=first)
     blocked = _fwd(q, k, v, g, w, settings=settings, **kw)
-    assert launched == {2: [4, 7], 3: [3, 6, 7], 7: [1, 2, 3, 4, 5, 6, 7]}[blocks]  # seven chunks
+    assert launched == {(2, 0): [4, 7], (3, 0): [3, 6, 7], (7, 0): [1, 2, 3, 4, 5, 6, 7], (3, 2): [2, 5, 7]}[
+        (blocks, first)]  # seven chunks
     for b, n in enumerate(lengths or []):  # the padding's scores are not written (torch.empty): not compared
         plain[2][0][b, n:] = blocked[2][0][b, n:] = 0
     flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
@@ -1145,11 +1149,12 @@ def test_guess_and_block_settings_are_checked_when_made():
                        ("deep_guess_share", -0.1), ("deep_guess_share", 1.5), ("deep_guess_share", "0.1"),
                        ("deep_guess_min_chunks", -1), ("deep_guess_min_chunks", 1.0), ("decision_blocks", 0),
                        ("decision_blocks_min_chunks", -1), ("decision_blocks_min_chunks", 2.0),
-                       ("decision_blocks", 65), ("decision_blocks", 2.0), ("decision_blocks", None)):
+                       ("decision_blocks", 65), ("decision_blocks", 2.0), ("decision_blocks", None),
+                       ("decision_first_block", -1), ("decision_first_block", 8.0), ("decision_first_block", None)):
         with pytest.raises(ValueError, match=f"^{field}: expected"):
             TritonSettings(**{field: bad})
     TritonSettings(carry_guess_depth=64, deep_guess_share=1, deep_guess_min_chunks=0, decision_blocks=64,
-                   decision_blocks_min_chunks=0)
+                   decision_blocks_min_chunks=0, decision_first_block=10**6)
 
 
 @triton.jit

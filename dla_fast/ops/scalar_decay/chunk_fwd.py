@@ -489,9 +489,13 @@ def takes_decision_blocks(cfg: LaunchConfig, settings: TritonSettings) -> bool:
 
 def decision_blocks(cfg: LaunchConfig, settings: TritonSettings) -> list[tuple[int, int]]:
     """The ranges of chunks ``(c0, c1)`` that ``_decide_in_blocks`` launches the decisions in
-    (``TritonSettings.decision_blocks``), of equal size but the last; fewer where the row is short."""
-    size = triton.cdiv(cfg.NC, settings.decision_blocks)
-    return [(c0, min(c0 + size, cfg.NC)) for c0 in range(0, cfg.NC, size)]
+    (``TritonSettings.decision_blocks``), of equal size but the last, after a first block of
+    ``decision_first_block`` chunks if set (clamped to leave a chunk for the others); fewer where the row is short.
+    Two or more on rows of two chunks or more (``_decide_in_blocks`` queues the second before it reads the first's
+    counts)."""
+    first = min(settings.decision_first_block, cfg.NC - 1) if settings.decision_first_block else 0
+    size = triton.cdiv(cfg.NC - first, settings.decision_blocks - (1 if first else 0))
+    return [(0, first)] * (first > 0) + [(c0, min(c0 + size, cfg.NC)) for c0 in range(first, cfg.NC, size)]
 
 
 def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
