@@ -93,6 +93,13 @@ class TritonSettings:
             block starts it earlier (at (1, 65536) moderate the chain ran from 407 to 1,888 us of a 3.47 ms call;
             H100, run 62). Predicted ~-90 us there at ~160 chunks of 1,024 (where the first merge ends as the second
             block is published); not yet measured. The same results bit for bit.
+        output_beside_merges: where the decisions go by blocks, the output stage block by block on a stream of
+            its own, each block's after its merge simulation, beside the later blocks'
+            (``chunk_fwd._output_beside_merges``), with no host synchronisation before the call's last: the start
+            states' buffer is sized from the last call of the same shape's survivors (1.25x; the first call of a
+            shape, or one whose survivors outgrow it, runs the output stage after the merges as before). In steady
+            state at (1, 65536) moderate the merge chain (1.48 ms) and the output stage after it (1.52 ms) were the
+            call (H100, run 62). The same results bit for bit. Not yet measured on a GPU (run 62).
         output_group: old slot states read per tensor-core product in the output kernel, for float32 inputs (2: 168
             registers without spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200,
             docs/benchmarks.md run 21). 16-bit inputs read one per product, scaled after it (run 44).
@@ -135,6 +142,7 @@ class TritonSettings:
     decision_blocks: int = 4
     decision_blocks_min_chunks: int = 512
     decision_first_block: int = 0
+    output_beside_merges: bool = False
     output_group: int = 2
     bwd_stages: int = 2
     bwd_warps: int = 4

@@ -970,6 +970,41 @@ def test_decisions_by_blocks_where_the_deeper_guesses_may_follow(regime_length, 
 
 
 @needs_kernels
+@pytest.mark.parametrize("seen", [None, 1, 10**6], ids=["from_the_call_before", "outgrown", "roomy"])
+def test_output_beside_the_merges_changes_no_bit(seen, monkeypatch):
+    """``TritonSettings.output_beside_merges`` (where the decisions go by blocks): each block's survivors counted,
+    placed and read after its merge simulation, its read scales, start states and output kernel launched block by
+    block with no host synchronisation before the call's last, the start states sized from the call before's
+    survivors. Two calls, after a cache, with rows of other lengths: the first (no call of the shape seen) takes the
+    output stage after the merges and records its count, the second goes beside the merges; both give every result
+    and the backward's survivors bit for bit as the default path. Sized from a count of 1 (outgrown: the states past
+    the capacity go to scratch) the call runs the output stage again after the merges, with the same results; sized
+    roomily it goes beside the merges at once."""
+    from dla_fast.ops.scalar_decay import chunk_fwd
+
+    (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
+    blocks = dict(decision_blocks=3, decision_blocks_min_chunks=0, carry_guess_depth=1)
+
+    def run(settings):
+        o, cache, trace, s = chunk_fwd.forward_scalar_decay_triton(q, k, v, g, w, settings=settings, **kw)
+        trace[0][1, 230:] = 0  # the padding's scores are not written (torch.empty)
+        return (o, *cache, *trace, s.survivors.off, torch.tensor([s.survivors.count, *s.survivors.per_chunk]))
+
+    plain = run(TritonSettings(**blocks))
+    monkeypatch.setattr(chunk_fwd, "_SURVIVORS_SEEN", {} if seen is None else
+                        {chunk_fwd._survivors_key(chunk_fwd.launch_config(q, v, w), q): seen})
+    beside, beside_runs = chunk_fwd._output_beside_merges, []
+    monkeypatch.setattr(chunk_fwd, "_output_beside_merges",
+                        lambda *a: beside_runs.append(beside(*a)) or beside_runs[-1])
+    settings = TritonSettings(output_beside_merges=True, **blocks)
+    for _ in range(1 if seen else 2):
+        got = run(settings)
+        assert all(torch.equal(a, b) for a, b in zip(plain, got))
+    assert [o is not None for o in beside_runs] == {None: [True], 1: [False], 10**6: [True]}[seen]
+    assert set(chunk_fwd._SURVIVORS_SEEN.values()) == {int(plain[-1][0])}
+
+
+@needs_kernels
 def test_deeper_guesses_taken_by_the_rows_with_chunks_without_a_boundary(monkeypatch):
     """``TritonSettings.deep_guess_share``: a row takes the deeper guesses where the guess kernel finds at least that
     share of its chunks without a boundary, the others the one-deep walk, in one call. Two rows of ten chunks, one
