@@ -786,7 +786,9 @@ def _output_beside_merges(cfg: LaunchConfig, q, k, v, g, slot_weights, s: Decide
     its survivors are counted into ``readback`` and placed after the blocks' before (offsets formed on the device),
     its read scales, start states and output kernel run. The start states' buffer holds the initial slots' pseudo
     starts first, then ``_SURVIVORS_SEEN``'s count with ``SURVIVORS_MARGIN``, then a chunk's scratch: the chunks
-    whose survivors would pass the capacity write there. After the synchronisation the value checks raise; returns
+    whose survivors would pass the capacity write there. The later blocks' merge simulations may still be writing
+    deaths while a block's kernels read them: those deaths all fall after the block's chunks (``INT32_MAX`` before
+    them), which read the same either way. After the synchronisation the value checks raise; returns
     ``o`` where the survivors fitted and choose no grouped reads (``s.survivors`` set as ``_output`` sets it), else
     None (``readback``'s counts zeroed: the caller runs ``_output``, so that the results never depend on the call
     before)."""
