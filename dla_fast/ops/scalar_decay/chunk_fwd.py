@@ -861,13 +861,13 @@ def _empty_call(cfg: LaunchConfig, q, states, counts, info, size):
 
 def _beside_decisions(cfg: LaunchConfig, q, k, v, g, slot_weights, h0, readback, settings: TritonSettings):
     """``(side stream or None, beside)``: ``beside(after)`` (``_decide``'s, called once) queues the prefix states and
-    the value checks into ``readback`` unless None, and returns ``(hs, gs, an event after the prefix states or
-    None)``. Independent of the decisions, so on CUDA
-    they run on a side stream while the sequential carry scan and merge simulation (B*H programs) leave most of the
-    GPU idle: from the event ``after`` on, or from the inputs' point on the current stream if None."""
+    the value checks into ``readback`` unless None, and returns ``(hs, gs, an event after the prefix states or None
+    off a GPU)``. Independent of the decisions, so on CUDA they run on a side stream while the sequential carry scan
+    and merge simulation (B*H programs) leave most of the GPU idle: from the event ``after`` on, or from the inputs'
+    point on the current stream if None."""
     dev = q.device
-    use_side = dev.type == "cuda" and not interpreting() and settings.side_stream
-    side = stream_besides_current(dev) if use_side else None
+    on_gpu = dev.type == "cuda" and not interpreting()
+    side = stream_besides_current(dev) if on_gpu and settings.side_stream else None
     inputs_ready = torch.cuda.current_stream(dev).record_event() if side is not None else None
 
     def beside(after):
@@ -875,7 +875,9 @@ def _beside_decisions(cfg: LaunchConfig, q, k, v, g, slot_weights, h0, readback,
             side.wait_event(after or inputs_ready)
         with torch.cuda.stream(side) if side is not None else nullcontext():
             hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
-            prefixed = side.record_event() if side is not None else None
+            # on the stream they ran on (the current one without a side stream): the output beside the merges waits
+            # for this event, not for the current stream
+            prefixed = torch.cuda.current_stream(dev).record_event() if on_gpu else None
             if readback is not None:
                 launch_value_checks(q, k, v, g, slot_weights, flags=readback[cfg.NC:])
         return hs, gs, prefixed
