@@ -284,6 +284,7 @@ def test_grouped_reads_taken_by_default_from_the_survivor_threshold(monkeypatch)
     monkeypatch.setattr(chunk_fwd, "interpreting", lambda: True)
     assert takes_grouped_reads(narrow, auto, 10 * at)
 
+
 @needs_kernels
 def test_backward_without_merges():
     fast, ref = _grads(1, 100, 2, 32, 32, 30, seed=3, regime_length=6.0, expect_merges=False)

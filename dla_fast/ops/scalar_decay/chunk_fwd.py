@@ -749,9 +749,10 @@ def _output_after_merges(cfg: LaunchConfig, q, k, v, g, slot_weights, s: Decided
     setting asks for it and a call of this shape has been seen with survivors that choose no grouped reads; else (or
     where this call's survivors outgrew that one's) over the whole call (``_output``), recording its count."""
     seen = _SURVIVORS_SEEN.get(_survivors_key(cfg, q))
-    beside = merged and settings.output_beside_merges
+    beside = bool(merged) and settings.output_beside_merges
     if beside and seen is not None and not takes_grouped_reads(cfg, settings, seen):
-        o = _output_beside_merges(cfg, q, k, v, g, slot_weights, s, hs, gs, hinit, settings, readback, merged, prefixed)
+        o = _output_beside_merges(cfg, q, k, v, g, slot_weights, s, hs, gs, hinit, settings, readback, merged, prefixed,
+                                  seen)
         if o is not None:
             return o
     o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, hinit, settings, readback)
@@ -779,23 +780,24 @@ def _survivors_seen(cfg: LaunchConfig, q, count: int) -> None:
 
 
 def _output_beside_merges(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit,
-                          settings: TritonSettings, readback, merged: list, prefixed):
+                          settings: TritonSettings, readback, merged: list, prefixed, seen: int):
     """Stage 5 block by block beside the merge simulations (``TritonSettings.output_beside_merges``), with no host
     synchronisation before the call's last. On a stream of its own (its buffers allocated there), each block waits
     for its merge simulation (``merged``: the blocks' chunks and events) and the prefix states (``prefixed``), then
     its survivors are counted into ``readback`` and placed after the blocks' before (offsets formed on the device),
     its read scales, start states and output kernel run. The start states' buffer holds the initial slots' pseudo
-    starts first, then ``_SURVIVORS_SEEN``'s count with ``SURVIVORS_MARGIN``, then a chunk's scratch: the chunks
+    starts first, then room for the ``seen`` survivors with ``SURVIVORS_MARGIN``, then a chunk's scratch: the chunks
     whose survivors would pass the capacity write there. The later blocks' merge simulations may still be writing
     deaths while a block's kernels read them: those deaths all fall after the block's chunks (``INT32_MAX`` before
     them), which read the same either way. After the synchronisation the value checks raise; returns
     ``o`` where the survivors fitted and choose no grouped reads (``s.survivors`` set as ``_output`` sets it), else
     None (``readback``'s counts zeroed: the caller runs ``_output``, so that the results never depend on the call
     before)."""
-    dev, main = q.device, (torch.cuda.current_stream(q.device) if q.is_cuda and not interpreting() else None)
+    dev = q.device
+    main = torch.cuda.current_stream(dev) if q.is_cuda and not interpreting() else None
     out = stream_besides_current(dev) if main is not None else None
     ninit = cfg.BH * cfg.K if hinit is not None else 0
-    capacity = ninit + math.ceil(_SURVIVORS_SEEN[_survivors_key(cfg, q)] * SURVIVORS_MARGIN)
+    capacity = ninit + math.ceil(seen * SURVIVORS_MARGIN)
     with torch.cuda.stream(out) if out is not None else nullcontext():
         stage = OutputStage(cfg, q, k, v, g, slot_weights, s, hs, gs, hinit, settings)
         dtype = q.dtype if cfg.lowp else torch.float32
@@ -813,10 +815,9 @@ def _output_beside_merges(cfg: LaunchConfig, q, k, v, g, slot_weights, s: Decide
                 out.wait_event(event)
             cached(dla_survivor_counts_kernel)[(c1 - c0, cfg.BH)](s.masks, s.death, counts, readback, cfg.T, C=CHUNK,
                                                                   c_begin=c0, num_warps=1)
-            block = counts[1:].view(cfg.BH, cfg.NC)[:, c0:c1]
-            first = block.flatten().cumsum(0) - block.flatten() + placed
-            fits = first + block.flatten() <= capacity
-            off[:, c0:c1] = torch.where(fits, first, capacity).view_as(block)
+            block = counts[1:].view(cfg.BH, cfg.NC)[:, c0:c1].flatten()  # row-major within the block
+            first = block.cumsum(0) - block + placed
+            off[:, c0:c1] = torch.where(first + block <= capacity, first, capacity).view(cfg.BH, c1 - c0)
             placed += block.sum()
             stage.read_scales((c0, c1))
             launch_start_states(k, v, g, hs, s.masks, s.death, off, bidx, bst, (c0, c1), lowp=cfg.lowp, prec=cfg.prec,
@@ -827,7 +828,8 @@ def _output_beside_merges(cfg: LaunchConfig, q, k, v, g, slot_weights, s: Decide
         main.wait_stream(out)
         for kept in (stage.o, counts):  # used on the current stream after this call
             kept.record_stream(main)
-    values, placed = values_on_host_later(readback)().tolist(), int(values_on_host_later(placed)()[0])
+    values, placed = values_on_host_later(readback), values_on_host_later(placed)  # both copies queued, then read
+    values, placed = values().tolist(), int(placed()[0])
     if values[cfg.NC]:
         raise_flagged(values[cfg.NC])
     _survivors_seen(cfg, q, placed - ninit)

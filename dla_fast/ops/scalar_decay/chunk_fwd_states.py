@@ -33,16 +33,16 @@ from ..common.triton_utils import (
 CHUNK = 64  # tokens per chunk of the Triton paths (the boundary bitmasks are one int64 per chunk)
 
 
-@triton.jit(do_not_specialize=["T", "c_begin"])
+@triton.jit(do_not_specialize=["T"])
 def dla_chunkstate_kernel(
     k_ptr, v_ptr, g_ptr, hs_ptr, gsum_ptr,
     T, H, Dk, Dv,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, c_begin=0,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Program (chunk c = c_begin + its first id, bh, Dv block): u_c = sum_{s in c} exp(Gc[last] - Gc[s])
-    k_s v_s^T, written to hs[c + 1] (the scan kernel turns it into H at the chunk end), and (Dv block 0) the
-    chunk's sum of g in float64 to ``gsum[bh, c]``. 2 C Dk BV FLOPs (x3 split)."""
-    c = c_begin + tl.program_id(0)
+    """Program (chunk c, bh, Dv block): u_c = sum_{s in c} exp(Gc[last] - Gc[s]) k_s v_s^T, written to
+    hs[c + 1] (the scan kernel turns it into H at the chunk end), and (Dv block 0) the chunk's sum of g in
+    float64 to ``gsum[bh, c]``. 2 C Dk BV FLOPs (x3 split)."""
+    c = tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
     NC = tl.cdiv(T, C)
@@ -61,32 +61,26 @@ def dla_chunkstate_kernel(
         tl.store(gsum_ptr + bh * NC + c, tl.sum(g.to(tl.float64), 0))
 
 
-@triton.jit(do_not_specialize=["T", "c_begin", "c_end"])
+@triton.jit(do_not_specialize=["T"])
 def dla_hscan_kernel(
     h0_ptr, hs_ptr, gsum_ptr, gs_ptr, T, DD,
-    C: tl.constexpr, BLOCK: tl.constexpr, c_begin, c_end,
+    C: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Program (bh, block of BLOCK state entries): H(c0 - 1) for every chunk, in place:
     hs[0] = h0, hs[c + 1] = exp(sum of g over chunk c) hs[c] + u_c. Bandwidth-bound (8 bytes per entry
     per chunk); every entry of the state is its own independent recurrence. Block 0 also writes ``gs``, the
-    float64 sums of g before every chunk (the running sum of the chunk sums ``gsum``). Chunks ``c_begin ..
-    c_end - 1`` only, from the ``hs`` and ``gs`` that the launch over the chunks before wrote (the same sums in the
-    same order: bit for bit one launch's)."""
+    float64 sums of g before every chunk (the running sum of the chunk sums ``gsum``)."""
     bh = tl.program_id(0)
     blk = tl.program_id(1)
     NC = tl.cdiv(T, C)
     e = blk * BLOCK + tl.arange(0, BLOCK)
     em = e < DD
-    if c_begin == 0:
-        S = tl.load(h0_ptr + bh * DD + e, mask=em, other=0.0)
-        tl.store(hs_ptr + bh * (NC + 1) * DD + e, S, mask=em)
-        g0 = tl.zeros([], dtype=tl.float64)
-        if blk == 0:
-            tl.store(gs_ptr + bh * (NC + 1), g0)
-    else:
-        S = tl.load(hs_ptr + (bh * (NC + 1) + c_begin) * DD + e, mask=em, other=0.0)
-        g0 = tl.load(gs_ptr + bh * (NC + 1) + c_begin)
-    for c in range(c_begin, c_end):
+    S = tl.load(h0_ptr + bh * DD + e, mask=em, other=0.0)
+    tl.store(hs_ptr + bh * (NC + 1) * DD + e, S, mask=em)
+    g0 = tl.zeros([], dtype=tl.float64)
+    if blk == 0:
+        tl.store(gs_ptr + bh * (NC + 1), g0)
+    for c in range(NC):
         g1 = g0 + tl.load(gsum_ptr + bh * NC + c)
         if blk == 0:
             tl.store(gs_ptr + bh * (NC + 1) + c + 1, g1)
@@ -270,7 +264,7 @@ def prefix_states(k, v, g, h0, *, split: bool, prec: str) -> tuple[torch.Tensor,
     cached(dla_chunkstate_kernel)[(NC, B * H, triton.cdiv(BVF, BV))](
         k, v, g, hs, gsum, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV, SPLIT=split, PREC=prec, num_warps=4)
     cached(dla_hscan_kernel)[(B * H, triton.cdiv(Dk * Dv, HBLK))](
-        h0, hs, gsum, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK, c_begin=0, c_end=NC, num_warps=4)
+        h0, hs, gsum, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK, num_warps=4)
     return hs, gs
 
 
