@@ -15,7 +15,7 @@ Variants: ``default``, ``serial`` (no concurrent decision stages), ``guess`` and
 ``carry_guesses``, the default since run 41), ``plain`` and ``plain_serial`` (without it) at the kernel entry, ``api``
 the defaults through ``dla_fast.forward`` (its validation included, no final cache: as gpu_bench times it);
 ``blocks4`` (four decision blocks at any length), ``one_block`` and ``merge_beside_deep_walk`` (run 59's defaults
-undone one at a time), ``output_beside_merges`` (run 62's output stage beside the merge simulations).
+undone one at a time).
 
 Writes ``forward_timeline_<card>_<date>_<config>_<workload>_<variant>.json`` (the kernel list) and the Chrome trace.
 
@@ -59,7 +59,6 @@ VARIANT_SETTINGS = {  # the kernel-entry variants; "api" is the defaults through
     "blocks4": dataclasses.replace(DEFAULT_SETTINGS, decision_blocks=4, decision_blocks_min_chunks=0),
     "one_block": dataclasses.replace(DEFAULT_SETTINGS, decision_blocks=1),
     "merge_beside_deep_walk": dataclasses.replace(DEFAULT_SETTINGS, deep_merge_after_walk=False),
-    "output_beside_merges": dataclasses.replace(DEFAULT_SETTINGS, output_beside_merges=True),
 }
 
 

@@ -87,19 +87,6 @@ class TritonSettings:
         decision_blocks_min_chunks: the least chunks (of 64 tokens) a call's rows have for ``decision_blocks``; shorter
             rows decide at once. 512, as ``deep_guess_min_chunks``: at (2, 16384) (256 chunks) four blocks were
             host-bound (run 58).
-        decision_first_block: with ``decision_blocks``, the first block's chunks (at least 1, and a chunk fewer than
-            the row), the other blocks splitting the rest evenly; 0: all blocks of one size. The merge simulation,
-            one chain over the blocks, starts after the first block's tables, guesses and walk, so a shorter first
-            block starts it earlier (at (1, 65536) moderate the chain ran from 407 to 1,888 us of a 3.47 ms call;
-            H100, run 62). Predicted ~-90 us there at ~160 chunks of 1,024 (where the first merge ends as the second
-            block is published); not yet measured. The same results bit for bit.
-        output_beside_merges: where the decisions go by blocks, the output stage block by block on a stream of
-            its own, each block's after its merge simulation, beside the later blocks'
-            (``chunk_fwd._output_beside_merges``), with no host synchronisation before the call's last: the start
-            states' buffer is sized from the last call of the same shape's survivors (1.25x; the first call of a
-            shape, or one whose survivors outgrow it, runs the output stage after the merges as before). In steady
-            state at (1, 65536) moderate the merge chain (1.48 ms) and the output stage after it (1.52 ms) were the
-            call (H100, run 62). The same results bit for bit. Not yet measured on a GPU (run 62).
         output_group: old slot states read per tensor-core product in the output kernel, for float32 inputs (2: 168
             registers without spills at 64 features, three programs per SM; faster than 4 in 8 of 9 cells on an H200,
             docs/benchmarks.md run 21). 16-bit inputs read one per product, scaled after it (run 44).
@@ -141,8 +128,6 @@ class TritonSettings:
     deep_merge_after_walk: bool = True
     decision_blocks: int = 4
     decision_blocks_min_chunks: int = 512
-    decision_first_block: int = 0
-    output_beside_merges: bool = False
     output_group: int = 2
     bwd_stages: int = 2
     bwd_warps: int = 4
@@ -162,8 +147,6 @@ class TritonSettings:
         if not (isinstance(self.decision_blocks_min_chunks, int) and self.decision_blocks_min_chunks >= 0):
             raise ValueError(f"decision_blocks_min_chunks: expected an int >= 0, got "
                              f"{self.decision_blocks_min_chunks!r}")
-        if not (isinstance(self.decision_first_block, int) and self.decision_first_block >= 0):
-            raise ValueError(f"decision_first_block: expected an int >= 0, got {self.decision_first_block!r}")
         for item in self.launch_overrides:  # a wrong entry would fail inside Triton's launcher, far from here
             ok = isinstance(item, tuple) and len(item) == 3 and item[0] in LAUNCH_KERNELS
             if not (ok and item[1] in LAUNCH_OPTIONS and isinstance(item[2], int) and item[2] > 0):

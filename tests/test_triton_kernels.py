@@ -888,17 +888,15 @@ def test_the_merge_after_the_deep_walk_changes_no_bit(monkeypatch):
 
 
 @needs_kernels
-@pytest.mark.parametrize("regime_length,tau,lengths,with_cache,blocks,first", [
-    (40.0, 0.5, None, False, 2, 0), (1.5, 0.5, None, True, 3, 0), (4.0, 0.5, [400, 230], True, 7, 0),
-    (4.0, 0.5, [400, 230], True, 3, 2)],
+@pytest.mark.parametrize("regime_length,tau,lengths,with_cache,blocks", [
+    (40.0, 0.5, None, False, 2), (1.5, 0.5, None, True, 3), (4.0, 0.5, [400, 230], True, 7)],
     ids=["sparse_two_blocks", "dense_after_a_cache_three_blocks",
-         "after_a_cache_rows_of_other_lengths_a_block_a_chunk", "a_shorter_first_block"])
-def test_decisions_by_blocks_change_no_bit(regime_length, tau, lengths, with_cache, blocks, first, monkeypatch):
+         "after_a_cache_rows_of_other_lengths_a_block_a_chunk"])
+def test_decisions_by_blocks_change_no_bit(regime_length, tau, lengths, with_cache, blocks, monkeypatch):
     """``TritonSettings.decision_blocks``: the tables, guesses and closing-slot tables launched by blocks of chunks,
     each published by a count that the walk and the merge simulation wait on (``_decide_in_blocks``), give every
     result bit for bit as the plain carry scan does, and every block is published once, in order (a first block of
-    one chunk launches no guesses: chunk 0 is walked; ``decision_first_block``: a first block of its own size, the
-    others of one size). Mutant: the guesses' masks zeroed after every guess launch but
+    one chunk launches no guesses: chunk 0 is walked). Mutant: the guesses' masks zeroed after every guess launch but
     the first (the later blocks' guesses are taken: results change). Under the interpreter the kernels run in launch
     order, so the waits always find their chunks published; on a GPU the walk and the merge simulation run beside the
     blocks, and this test is the check that they read no chunk before it is published."""
@@ -909,11 +907,9 @@ def test_decisions_by_blocks_change_no_bit(regime_length, tau, lengths, with_cac
     monkeypatch.setattr(chunk_fwd, "cached", lambda kernel: kernel)
     monkeypatch.setattr(chunk_fwd, "dla_publish_chunks_kernel",
                         _mutated(chunk_fwd.dla_publish_chunks_kernel, lambda args: launched.append(int(args[1]))))
-    settings = TritonSettings(decision_blocks=blocks, decision_blocks_min_chunks=0, carry_guess_depth=1,
-                              decision_first_block=first)
+    settings = TritonSettings(decision_blocks=blocks, decision_blocks_min_chunks=0, carry_guess_depth=1)
     blocked = _fwd(q, k, v, g, w, settings=settings, **kw)
-    assert launched == {(2, 0): [4, 7], (3, 0): [3, 6, 7], (7, 0): [1, 2, 3, 4, 5, 6, 7], (3, 2): [2, 5, 7]}[
-        (blocks, first)]  # seven chunks
+    assert launched == {2: [4, 7], 3: [3, 6, 7], 7: [1, 2, 3, 4, 5, 6, 7]}[blocks]  # seven chunks
     for b, n in enumerate(lengths or []):  # the padding's scores are not written (torch.empty): not compared
         plain[2][0][b, n:] = blocked[2][0][b, n:] = 0
     flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
@@ -967,41 +963,6 @@ def test_decisions_by_blocks_where_the_deeper_guesses_may_follow(regime_length, 
     plain[2][0][1, 230:] = blocked[2][0][1, 230:] = 0  # the padding's scores are not written (torch.empty)
     for a, b in zip((plain[0], *plain[1], *plain[2]), (blocked[0], *blocked[1], *blocked[2])):
         assert torch.equal(a, b)
-
-
-@needs_kernels
-@pytest.mark.parametrize("seen", [None, 1, 10**6], ids=["from_the_call_before", "outgrown", "roomy"])
-def test_output_beside_the_merges_changes_no_bit(seen, monkeypatch):
-    """``TritonSettings.output_beside_merges`` (where the decisions go by blocks): each block's survivors counted,
-    placed and read after its merge simulation, its read scales, start states and output kernel launched block by
-    block with no host synchronisation before the call's last, the start states sized from the call before's
-    survivors. Two calls, after a cache, with rows of other lengths: the first (no call of the shape seen) takes the
-    output stage after the merges and records its count, the second goes beside the merges; both give every result
-    and the backward's survivors bit for bit as the default path. Sized from a count of 1 (outgrown: the states past
-    the capacity go to scratch) the call runs the output stage again after the merges, with the same results; sized
-    roomily it goes beside the merges at once."""
-    from dla_fast.ops.scalar_decay import chunk_fwd
-
-    (q, k, v, g, w), kw, _ = _guess_case(4.0, 0.6, 0.5, [400, 230], True, plain=False)
-    blocks = dict(decision_blocks=3, decision_blocks_min_chunks=0, carry_guess_depth=1)
-
-    def run(settings):
-        o, cache, trace, s = chunk_fwd.forward_scalar_decay_triton(q, k, v, g, w, settings=settings, **kw)
-        trace[0][1, 230:] = 0  # the padding's scores are not written (torch.empty)
-        return (o, *cache, *trace, s.survivors.off, torch.tensor([s.survivors.count, *s.survivors.per_chunk]))
-
-    plain = run(TritonSettings(**blocks))
-    monkeypatch.setattr(chunk_fwd, "_SURVIVORS_SEEN", {} if seen is None else
-                        {chunk_fwd._survivors_key(chunk_fwd.launch_config(q, v, w), q): seen})
-    beside, beside_runs = chunk_fwd._output_beside_merges, []
-    monkeypatch.setattr(chunk_fwd, "_output_beside_merges",
-                        lambda *a: beside_runs.append(beside(*a)) or beside_runs[-1])
-    settings = TritonSettings(output_beside_merges=True, **blocks)
-    for _ in range(1 if seen else 2):
-        got = run(settings)
-        assert all(torch.equal(a, b) for a, b in zip(plain, got))
-    assert [o is not None for o in beside_runs] == {None: [True], 1: [False], 10**6: [True]}[seen]
-    assert set(chunk_fwd._SURVIVORS_SEEN.values()) == {int(plain[-1][0])}
 
 
 @needs_kernels
@@ -1184,12 +1145,11 @@ def test_guess_and_block_settings_are_checked_when_made():
                        ("deep_guess_share", -0.1), ("deep_guess_share", 1.5), ("deep_guess_share", "0.1"),
                        ("deep_guess_min_chunks", -1), ("deep_guess_min_chunks", 1.0), ("decision_blocks", 0),
                        ("decision_blocks_min_chunks", -1), ("decision_blocks_min_chunks", 2.0),
-                       ("decision_blocks", 65), ("decision_blocks", 2.0), ("decision_blocks", None),
-                       ("decision_first_block", -1), ("decision_first_block", 8.0), ("decision_first_block", None)):
+                       ("decision_blocks", 65), ("decision_blocks", 2.0), ("decision_blocks", None)):
         with pytest.raises(ValueError, match=f"^{field}: expected"):
             TritonSettings(**{field: bad})
     TritonSettings(carry_guess_depth=64, deep_guess_share=1, deep_guess_min_chunks=0, decision_blocks=64,
-                   decision_blocks_min_chunks=0, decision_first_block=10**6)
+                   decision_blocks_min_chunks=0)
 
 
 @triton.jit

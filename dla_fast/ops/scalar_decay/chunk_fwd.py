@@ -75,11 +75,8 @@ from .chunk_fwd_output import (
 )
 from .chunk_fwd_states import (
     CHUNK,
-    Survivors,
-    dla_survivor_counts_kernel,
     final_states,
     initial_prefixes,
-    launch_start_states,
     prefix_states,
     start_bits,
     start_states,
@@ -492,13 +489,9 @@ def takes_decision_blocks(cfg: LaunchConfig, settings: TritonSettings) -> bool:
 
 def decision_blocks(cfg: LaunchConfig, settings: TritonSettings) -> list[tuple[int, int]]:
     """The ranges of chunks ``(c0, c1)`` that ``_decide_in_blocks`` launches the decisions in
-    (``TritonSettings.decision_blocks``), of equal size but the last, after a first block of
-    ``decision_first_block`` chunks if set (clamped to leave a chunk for the others); fewer where the row is short.
-    Two or more on rows of two chunks or more (``_decide_in_blocks`` queues the second before it reads the first's
-    counts)."""
-    first = min(settings.decision_first_block, cfg.NC - 1) if settings.decision_first_block else 0
-    size = triton.cdiv(cfg.NC - first, settings.decision_blocks - (1 if first else 0))
-    return [(0, first)] * (first > 0) + [(c0, min(c0 + size, cfg.NC)) for c0 in range(first, cfg.NC, size)]
+    (``TritonSettings.decision_blocks``), of equal size but the last; fewer where the row is short."""
+    size = triton.cdiv(cfg.NC, settings.decision_blocks)
+    return [(c0, min(c0 + size, cfg.NC)) for c0 in range(0, cfg.NC, size)]
 
 
 def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
@@ -514,9 +507,8 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
     count each row's chunks without a boundary, and the host reads the counts back while the second block runs: if
     some row takes the deeper guesses on them (sparse rows, where they pay more than blocks: run 59), the other
     blocks' kernels are queued and the call goes on as ``_decide`` does after the whole call's guesses.
-    Returns ``(structure, beside's result, [(block's chunks, event after its merge simulation or None)] or [] where
-    the call took the deeper guesses)``. ``beside`` (``_decide``'s) is called with an event after the first block's
-    kernels, right after the host has queued them. Queued with the inputs, the side stream's prefix states ran
+    Returns ``(structure, beside's result)``. ``beside`` (``_decide``'s) is called with an event after the first
+    block's kernels, right after the host has queued them. Queued with the inputs, the side stream's prefix states ran
     beside the first table kernel and slowed it (run 57, call 4: 628 -> 825 us); queued after the last block they came
     too late for the output stage (run 58, call 2). (Run 60's output stage by the same blocks, each block's beside the
     later blocks' merge simulations, was not faster and 2x slower back to back: removed in run 62.)"""
@@ -555,8 +547,7 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
         structure = _walk_and_merge(cfg, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
                                     launch_walk, guesses.launch_deeper(), settings.deep_merge_after_walk, merge,
                                     structure, closing)
-        return structure, side_results[0], []
-    merged = []
+        return structure, side_results[0]
     for b, (c0, c1) in enumerate(blocks):
         if b >= 1 and b + 1 < len(blocks):  # the next block first (the second already is): the stream never idles
             queue_block(*blocks[b + 1])
@@ -565,11 +556,10 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
         with torch.cuda.stream(merge) if on_gpu else nullcontext():
             merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0, flag, True,
                              tables[1], structure, closing, ready, (c0, c1))
-            merged.append(((c0, c1), merge.record_event() if on_gpu else None))
     if on_gpu:
         main.wait_stream(walk)
         main.wait_stream(merge)
-    return structure, side_results[0], merged
+    return structure, side_results[0]
 
 
 def _walk_and_merge(cfg: LaunchConfig, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
@@ -604,8 +594,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     prefix states and value checks) from the event ``after`` on, or from the inputs if None: called once the decision
     stages are queued, or by blocks of chunks (``_decide_in_blocks``, where ``takes_decision_blocks`` and the call
     takes the pipelined guesses; the ``profile``'s stages are then not marked) after the first block's. Returns
-    ``(structure, beside's result, merged)``: ``merged`` the blocks' chunks and merge events by blocks
-    (``_decide_in_blocks``), else []."""
+    ``(structure, beside's result)``."""
     dev = k.device
     on_gpu = dev.type == "cuda" and not interpreting()
     main = torch.cuda.current_stream(dev) if on_gpu else None
@@ -658,7 +647,7 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     structure = _walk_and_merge(cfg, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
                                 (lambda: main.wait_stream(cstream)) if concurrent else launch_carry, orbits,
                                 after_walk, mstream, structure, closing, profile)
-    return structure, beside(None), []
+    return structure, beside(None)
 
 
 class OutputStage:
@@ -680,12 +669,12 @@ class OutputStage:
         maybe_grouped = takes_grouped_reads(cfg, settings, None)
         self.dte = torch.empty(cfg.BH * cfg.NC * CHUNK, device=q.device, dtype=torch.float32) if maybe_grouped else None
 
-    def read_scales(self, chunks: tuple[int, int]):
-        cfg, s, (c0, c1) = self.cfg, self.s, chunks
+    def read_scales(self):
+        cfg, s = self.cfg, self.s
         g, slot_weights, sc = self.inputs[3], self.inputs[4], self.sc
-        cached(dla_read_scales_kernel)[(c1 - c0, cfg.BH)](
+        cached(dla_read_scales_kernel)[(cfg.NC, cfg.BH)](
             g, slot_weights, s.masks, s.death, s.death0, s.live, s.livem, self.gs, sc, sc, 0, sc, sc, sc, cfg.T, cfg.H,
-            cfg.K, C=CHUNK, KP=cfg.KP, BWD=False, dte_ptr=self.dte, DTE=self.dte is not None, c_begin=c0,
+            cfg.K, C=CHUNK, KP=cfg.KP, BWD=False, dte_ptr=self.dte, DTE=self.dte is not None,
             **self.settings.launch(dla_read_scales_kernel, num_warps=4))
 
     def _launch(self, bv: int) -> tuple[int, dict]:  # both kernels' (dla_output_kernel's overrides apply)
@@ -701,24 +690,24 @@ class OutputStage:
             return torch.empty(1, device=q.device, dtype=dt)
         return self.hinit.reshape(cfg.BH * cfg.K, cfg.Dk, cfg.Dv).to(dt)
 
-    def grouped(self, bst, chunks: tuple[int, int]):
-        """The output of chunks ``c0 .. c1 - 1``, the old starts read by chunk from ``hs`` and the chunks' tokens."""
-        cfg, s, (c0, c1) = self.cfg, self.s, chunks
+    def grouped(self, bst):
+        """The output, the old starts read by chunk from ``hs`` and the chunks' tokens."""
+        cfg, s = self.cfg, self.s
         G, launch = self._launch(self.BV)
-        cached(dla_output_grouped_kernel)[(c1 - c0, *self.grid[1:])](
+        cached(dla_output_grouped_kernel)[self.grid](
             *self.inputs, self.o, s.masks, s.death, s.live, s.livem, self.hs, self.gs, bst, self.sc, self.bsc,
             self.dte, cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=self.BK, BV=self.BV, KP=cfg.KP, LOWP=cfg.lowp,
-            PREC=cfg.prec, G=G, HAS_INIT=self.hinit is not None, SPLITS=2, c_begin=c0, **launch)
+            PREC=cfg.prec, G=G, HAS_INIT=self.hinit is not None, SPLITS=2, **launch)
 
-    def materialised(self, bst, bidx, binit: int, chunks: tuple[int, int]):
-        """The output of chunks ``c0 .. c1 - 1``, the old starts read from their states ``bst`` (``bidx``; the
-        initial slots' pseudo starts from ``binit`` on)."""
-        cfg, s, (c0, c1) = self.cfg, self.s, chunks
+    def materialised(self, bst, bidx, binit: int):
+        """The output, the old starts read from their states ``bst`` (``bidx``; the initial slots' pseudo starts
+        from ``binit`` on)."""
+        cfg, s = self.cfg, self.s
         G, launch = self._launch(self.OBV)
-        cached(dla_output_kernel)[(c1 - c0, cfg.BH, triton.cdiv(self.BVF, self.OBV))](
+        cached(dla_output_kernel)[(cfg.NC, cfg.BH, triton.cdiv(self.BVF, self.OBV))](
             *self.inputs, self.o, s.masks, s.death, s.live, s.livem, self.hs, bidx, bst, binit, self.sc, self.bsc,
             cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=self.BK, BV=self.OBV, KP=cfg.KP, LOWP=cfg.lowp,
-            PREC=cfg.prec, G=G, c_begin=c0, **launch)
+            PREC=cfg.prec, G=G, **launch)
 
 
 def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit, settings: TritonSettings,
@@ -727,116 +716,18 @@ def _output(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs
     counted into its first ``NC`` entries and it is read back whole (the call's one host synchronisation); its last
     holds the value checks' flags (``launch_value_checks``; 0 if not run), the first violated of which raises."""
     stage = OutputStage(cfg, q, k, v, g, slot_weights, s, hs, gs, hinit, settings)
-    whole = (0, cfg.NC)
     # Everything is allocated before the synchronisation: after it the GPU has only the read scales (they need no
     # start state) to run until the next launch.
-    s.survivors, flags = surviving_starts(s.masks, s.death, cfg.T, readback, meanwhile=lambda: stage.read_scales(whole))
+    s.survivors, flags = surviving_starts(s.masks, s.death, cfg.T, readback, meanwhile=stage.read_scales)
     if flags[0]:
         raise_flagged(flags[0])
     off, nsurv = s.survivors.off, s.survivors.count
     if takes_grouped_reads(cfg, settings, nsurv):
-        stage.grouped(stage.initial_states(), whole)
+        stage.grouped(stage.initial_states())
         return stage.o
     bst, bidx = start_states(k, v, g, hs, s.masks, s.death, off, nsurv, hinit, cfg.K, lowp=cfg.lowp, prec=cfg.prec,
                              settings=settings)
-    stage.materialised(bst, bidx, nsurv, whole)
-    return stage.o
-
-
-def _output_after_merges(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit,
-                         settings: TritonSettings, readback, merged: list, prefixed):
-    """Stage 5: beside the merge simulations (``_output_beside_merges``) where the decisions went by blocks, the
-    setting asks for it and a call of this shape has been seen with survivors that choose no grouped reads; else (or
-    where this call's survivors outgrew that one's) over the whole call (``_output``), recording its count."""
-    seen = _SURVIVORS_SEEN.get(_survivors_key(cfg, q))
-    beside = bool(merged) and settings.output_beside_merges
-    if beside and seen is not None and not takes_grouped_reads(cfg, settings, seen):
-        o = _output_beside_merges(cfg, q, k, v, g, slot_weights, s, hs, gs, hinit, settings, readback, merged, prefixed,
-                                  seen)
-        if o is not None:
-            return o
-    o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, hinit, settings, readback)
-    if beside:
-        _survivors_seen(cfg, q, s.survivors.count)
-    return o
-
-
-# The surviving starts' number of the last call of each shape and dtype on each device, with
-# TritonSettings.output_beside_merges: the output stage beside the merge simulations sizes its start states before
-# this call's count exists (``_output_beside_merges``), with this margin; a call that outgrows it runs its output
-# stage again over the whole call.
-_SURVIVORS_SEEN: dict = {}
-SURVIVORS_MARGIN = 1.25
-
-
-def _survivors_key(cfg: LaunchConfig, q) -> tuple:
-    return q.device, q.dtype, cfg.B, cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K
-
-
-def _survivors_seen(cfg: LaunchConfig, q, count: int) -> None:
-    if len(_SURVIVORS_SEEN) >= 64:  # shapes that vary call to call: keep the dict small
-        _SURVIVORS_SEEN.clear()
-    _SURVIVORS_SEEN[_survivors_key(cfg, q)] = count
-
-
-def _output_beside_merges(cfg: LaunchConfig, q, k, v, g, slot_weights, s: DecidedStructure, hs, gs, hinit,
-                          settings: TritonSettings, readback, merged: list, prefixed, seen: int):
-    """Stage 5 block by block beside the merge simulations (``TritonSettings.output_beside_merges``), with no host
-    synchronisation before the call's last. On a stream of its own (its buffers allocated there), each block waits
-    for its merge simulation (``merged``: the blocks' chunks and events) and the prefix states (``prefixed``), then
-    its survivors are counted into ``readback`` and placed after the blocks' before (offsets formed on the device),
-    its read scales, start states and output kernel run. The start states' buffer holds the initial slots' pseudo
-    starts first, then room for the ``seen`` survivors with ``SURVIVORS_MARGIN``, then a chunk's scratch: the chunks
-    whose survivors would pass the capacity write there. The later blocks' merge simulations may still be writing
-    deaths while a block's kernels read them: those deaths all fall after the block's chunks (``INT32_MAX`` before
-    them), which read the same either way. After the synchronisation the value checks raise; returns
-    ``o`` where the survivors fitted and choose no grouped reads (``s.survivors`` set as ``_output`` sets it), else
-    None (``readback``'s counts zeroed: the caller runs ``_output``, so that the results never depend on the call
-    before)."""
-    dev = q.device
-    main = torch.cuda.current_stream(dev) if q.is_cuda and not interpreting() else None
-    out = stream_besides_current(dev) if main is not None else None
-    ninit = cfg.BH * cfg.K if hinit is not None else 0
-    capacity = ninit + math.ceil(seen * SURVIVORS_MARGIN)
-    with torch.cuda.stream(out) if out is not None else nullcontext():
-        stage = OutputStage(cfg, q, k, v, g, slot_weights, s, hs, gs, hinit, settings)
-        dtype = q.dtype if cfg.lowp else torch.float32
-        bst = torch.empty(capacity + CHUNK, cfg.Dk, cfg.Dv, device=dev, dtype=dtype)
-        bidx = torch.empty(cfg.BH, cfg.NC * CHUNK, device=dev, dtype=torch.int32)
-        counts = torch.empty(cfg.BH * cfg.NC + 1, device=dev, dtype=torch.int64)  # then the row-major offsets
-        off = torch.empty(cfg.BH, cfg.NC, device=dev, dtype=torch.int64)  # each (row, chunk)'s first entry
-        placed = torch.full((1,), ninit, device=dev, dtype=torch.int64)
-        if out is not None and prefixed is not None:
-            out.wait_event(prefixed)
-        if ninit:
-            bst[:ninit] = hinit.reshape(ninit, cfg.Dk, cfg.Dv).to(bst.dtype)
-        for (c0, c1), event in merged:
-            if out is not None:
-                out.wait_event(event)
-            cached(dla_survivor_counts_kernel)[(c1 - c0, cfg.BH)](s.masks, s.death, counts, readback, cfg.T, C=CHUNK,
-                                                                  c_begin=c0, num_warps=1)
-            block = counts[1:].view(cfg.BH, cfg.NC)[:, c0:c1].flatten()  # row-major within the block
-            first = block.cumsum(0) - block + placed
-            off[:, c0:c1] = torch.where(first + block <= capacity, first, capacity).view(cfg.BH, c1 - c0)
-            placed += block.sum()
-            stage.read_scales((c0, c1))
-            launch_start_states(k, v, g, hs, s.masks, s.death, off, bidx, bst, (c0, c1), lowp=cfg.lowp, prec=cfg.prec,
-                                settings=settings)
-            stage.materialised(bst, bidx, 0, (c0, c1))
-        counts.cumsum_(0)
-    if main is not None:
-        main.wait_stream(out)
-        for kept in (stage.o, counts):  # used on the current stream after this call
-            kept.record_stream(main)
-    values, placed = values_on_host_later(readback), values_on_host_later(placed)  # both copies queued, then read
-    values, placed = values().tolist(), int(placed()[0])
-    if values[cfg.NC]:
-        raise_flagged(values[cfg.NC])
-    _survivors_seen(cfg, q, placed - ninit)
-    if placed > capacity or takes_grouped_reads(cfg, settings, placed - ninit):  # (as _output would read them)
-        readback[:cfg.NC].zero_()
-        return None
-    s.survivors = Survivors(counts, placed - ninit, values[:cfg.NC])
+    stage.materialised(bst, bidx, nsurv)
     return stage.o
 
 
@@ -863,13 +754,12 @@ def _empty_call(cfg: LaunchConfig, q, states, counts, info, size):
 
 def _beside_decisions(cfg: LaunchConfig, q, k, v, g, slot_weights, h0, readback, settings: TritonSettings):
     """``(side stream or None, beside)``: ``beside(after)`` (``_decide``'s, called once) queues the prefix states and
-    the value checks into ``readback`` unless None, and returns ``(hs, gs, an event after the prefix states or None
-    off a GPU)``. Independent of the decisions, so on CUDA they run on a side stream while the sequential carry scan
-    and merge simulation (B*H programs) leave most of the GPU idle: from the event ``after`` on, or from the inputs'
-    point on the current stream if None."""
+    the value checks into ``readback`` unless None, and returns ``(hs, gs)``. Independent of the decisions, so on CUDA
+    they run on a side stream while the sequential carry scan and merge simulation (B*H programs) leave most of the
+    GPU idle: from the event ``after`` on, or from the inputs' point on the current stream if None."""
     dev = q.device
-    on_gpu = dev.type == "cuda" and not interpreting()
-    side = stream_besides_current(dev) if on_gpu and settings.side_stream else None
+    use_side = dev.type == "cuda" and not interpreting() and settings.side_stream
+    side = stream_besides_current(dev) if use_side else None
     inputs_ready = torch.cuda.current_stream(dev).record_event() if side is not None else None
 
     def beside(after):
@@ -877,12 +767,9 @@ def _beside_decisions(cfg: LaunchConfig, q, k, v, g, slot_weights, h0, readback,
             side.wait_event(after or inputs_ready)
         with torch.cuda.stream(side) if side is not None else nullcontext():
             hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
-            # on the stream they ran on (the current one without a side stream): the output beside the merges waits
-            # for this event, not for the current stream
-            prefixed = torch.cuda.current_stream(dev).record_event() if on_gpu else None
             if readback is not None:
                 launch_value_checks(q, k, v, g, slot_weights, flags=readback[cfg.NC:])
-        return hs, gs, prefixed
+        return hs, gs
 
     return side, beside
 
@@ -937,13 +824,13 @@ def forward_scalar_decay_triton(
         row_lengths = lengths.to(dev, torch.int32).repeat_interleave(cfg.H)
     side, beside = _beside_decisions(cfg, q, k, v, g, slot_weights, h0, readback if check_values else None, settings)
     mark_stage(profile, "table")
-    s, (hs, gs, prefixed), merged = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag,
-                                            tau, eps, norm_eps, settings, profile, beside)
+    s, (hs, gs) = _decide(cfg, k, v, g, boundaries, row_lengths, P, counts0, info0, size0, flag, tau, eps, norm_eps,
+                          settings, profile, beside)
     if side is not None:
         torch.cuda.current_stream(dev).wait_stream(side)
     mark_stage(profile, "output")
     pseudo = None if states is None else hinit  # the initial slots' pseudo starts' states
-    o = _output_after_merges(cfg, q, k, v, g, slot_weights, s, hs, gs, pseudo, settings, readback, merged, prefixed)
+    o = _output(cfg, q, k, v, g, slot_weights, s, hs, gs, pseudo, settings, readback)
     mark_stage(profile, "final")
     cache = None
     if final_cache:

@@ -171,15 +171,15 @@ def start_state_index(bidx_ptr, binit, lpos, inlist, m0init, bh, NC, K, C: tl.co
                     binit + bh * K + lpos + m0init)
 
 
-@triton.jit(do_not_specialize=["T", "binit", "c_begin"])
+@triton.jit(do_not_specialize=["T", "binit"])
 def dla_read_scales_kernel(
     g_ptr, w_ptr, mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, gs_ptr, sc_ptr,
     bidx_ptr, binit, rk_ptr, dgj_ptr, bsj_ptr,
     T, H, K,
     C: tl.constexpr, KP: tl.constexpr, BWD: tl.constexpr, dte_ptr=None, DTE: tl.constexpr = False,
-    INV: tl.constexpr = False, c_begin=0,
+    INV: tl.constexpr = False,
 ):
-    """Program (chunk c = c_begin + its first id, bh): the read scales of the old starts,
+    """Program (chunk c, bh): the read scales of the old starts,
 
         sc[t, j] = alive_j(t) (lambda_t[r_j(t) + 1] - lambda_t[r_j(t)]) e^{Gc[t] + G(c0) - G(ref_j)}
 
@@ -199,7 +199,7 @@ def dla_read_scales_kernel(
     start read with rank r at t (-1 where none), and ``bsj`` is not written (``dla_bwd_q_grouped_kernel``).
     ``DTE`` (grouped reads): also the chunk's decays to its end ``e^{Gc[C-1] - Gc[t]}`` fp32 at ``dte [BH, NC C]``
     (the grouped kernels read them for the older chunks' tokens)."""
-    c = c_begin + tl.program_id(0)
+    c = tl.program_id(0)
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
     b, h, t_idx, tok, valid, trow = chunk_tokens(bh, c, T, H, C)
@@ -339,15 +339,15 @@ def chunk_own_reads(q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, mask_ptr, death_ptr, hs_p
 # 64 164 registers under the 168 cap, no spills, 41 KB of shared memory: three programs per SM; at Dk = Dv = 128
 # (whole rows) 254 registers, no spills, 82 KB: two.
 # Long: one program's three reads accumulate into one register tile; splitting would re-read q and o.
-@triton.jit(do_not_specialize=["T", "binit", "c_begin"])
+@triton.jit(do_not_specialize=["T", "binit"])
 def dla_output_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
     mask_ptr, death_ptr, live_ptr, livem_ptr, hs_ptr, bidx_ptr, bst_ptr, binit, sc_ptr, bsc_ptr,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    G: tl.constexpr, c_begin=0,
+    G: tl.constexpr,
 ):
-    """Program (chunk c = c_begin + its first id, bh, Dv block).
+    """Program (chunk c, bh, Dv block).
 
     o_t = sum_{s in chunk, s <= t} lambda_t[J[t,s]] e^{Gc[t]-Gc[s]} (q_t.k_s) v_s
         + lambda_t[n_in(t)] e^{Gc[t]} q_t^T H(c0-1)
@@ -358,7 +358,7 @@ def dla_output_kernel(
     chunk's read scales ``sc [C, KP]`` fp32 (``dla_read_scales_kernel``'s) and this program's scratch row ``bsc
     [KP]`` int32 (the starts' state indices), each written once and read back once.
     """
-    c = c_begin + tl.program_id(0)
+    c = tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
     NC = tl.cdiv(T, C)
@@ -407,15 +407,15 @@ def dla_output_kernel(
 # Grouped reads (TritonSettings.grouped_reads; H200, run 37, bf16: the output stage 722 -> 580 us at (8, 4096, 16,
 # 64) dense, 2,755 -> 1,832 at 128 features, 474 -> 1,215 at sparse: taken where the starts crowd their chunks).
 # Long: as dla_output_kernel, every read accumulates into one register tile; splitting would re-read q and o.
-@triton.jit(do_not_specialize=["T", "c_begin"])
+@triton.jit(do_not_specialize=["T"])
 def dla_output_grouped_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, o_ptr,
     mask_ptr, death_ptr, live_ptr, livem_ptr, hs_ptr, gs_ptr, bst_ptr, sc_ptr, gst_ptr, dte_ptr,
     T, H, Dk, Dv, K,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    G: tl.constexpr, HAS_INIT: tl.constexpr, SPLITS: tl.constexpr, c_begin=0,
+    G: tl.constexpr, HAS_INIT: tl.constexpr, SPLITS: tl.constexpr,
 ):
-    """Program (chunk c = c_begin + its first id, bh, Dv block): ``dla_output_kernel``'s ``o`` with the old starts
+    """Program (chunk c, bh, Dv block): ``dla_output_kernel``'s ``o`` with the old starts
     read by their chunk, from the prefix states ``hs`` and the old chunk's tokens, without their materialised states
     (no ``dla_bstate_kernel``). A start a in an earlier chunk c' has B_a = e^{Gl'} H(c') + sum_{s in c', s < a}
     e^{Gl' - Gc'[s]} k_s v_s^T (Gc' the inclusive cumsum of g over c', Gl' its last entry), so the group A(c') of
@@ -436,7 +436,7 @@ def dla_output_grouped_kernel(
     registers: 1 spills 176 B, 2 none). Per old chunk (that build): 632 instructions, 8 barriers, 24 HGMMA, against
     256, 2 and 8 per two starts in ``dla_output_kernel``'s loop.
     """
-    c = c_begin + tl.program_id(0)
+    c = tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
     NC = tl.cdiv(T, C)

@@ -100,13 +100,13 @@ def surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C: tl.constexpr):
     return bvec & (dth >= (c + 1) * C) & (tok < T)
 
 
-@triton.jit(do_not_specialize=["T", "c_begin"])
-def dla_survivor_counts_kernel(mask_ptr, death_ptr, off_ptr, per_chunk_ptr, T, C: tl.constexpr, c_begin=0):
-    """Program (chunk c = c_begin + its first id, bh): the chunk's number of surviving starts, at
+@triton.jit(do_not_specialize=["T"])
+def dla_survivor_counts_kernel(mask_ptr, death_ptr, off_ptr, per_chunk_ptr, T, C: tl.constexpr):
+    """Program (chunk c, bh): the chunk's number of surviving starts, at
     ``off[1 + bh * NC + c]`` (a cumulative sum then makes ``off`` the chunks' offsets in the compact order) and added
     to ``per_chunk[c]`` (zeroed: the count over all rows); the program of chunk 0 and row 0 also writes ``off[0] =
     0``."""
-    c = c_begin + tl.program_id(0)
+    c = tl.program_id(0)
     bh = tl.program_id(1)
     NC = tl.cdiv(T, C)
     n = tl.sum(surviving_in_chunk(mask_ptr, death_ptr, bh, c, NC, T, C).to(tl.int64), 0)
@@ -117,21 +117,21 @@ def dla_survivor_counts_kernel(mask_ptr, death_ptr, off_ptr, per_chunk_ptr, T, C
         tl.store(off_ptr, tl.zeros([], dtype=tl.int64))
 
 
-@triton.jit(do_not_specialize=["T", "c_begin"])
+@triton.jit(do_not_specialize=["T"])
 def dla_bstate_kernel(
     k_ptr, v_ptr, g_ptr, hs_ptr, mask_ptr, death_ptr, off_ptr, bidx_ptr, bst_ptr,
     T, H, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    STATES: tl.constexpr = True, c_begin=0,
+    STATES: tl.constexpr = True,
 ):
-    """Program (chunk c = c_begin + its first id, bh, Dv block): for every slot start a of this chunk still live at
+    """Program (chunk c, bh, Dv block): for every slot start a of this chunk still live at
     the chunk end (so that later chunks may read it), the prefix state before a decayed to the chunk end,
     B_a = e^{Gc[last]} H(c0-1) + sum_{s < a} e^{Gc[last] - Gc[s]} k_s v_s^T, at bst[bidx[a]] (compact: the
     chunk's offset ``off[bh * NC + c]`` plus a's rank among the chunk's survivors; the Dv block 0 writes the
     chunk's ``bidx``, -1 where no start survives). Later chunks read it with one q^T B product. 2 C Dk BV FLOPs
     and Dk BV elements written per start; 16-bit storage and dots for 16-bit inputs (B only feeds the output).
     ``STATES`` false: ``bidx`` only (the grouped reads need no state)."""
-    c = c_begin + tl.program_id(0)
+    c = tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
     NC = tl.cdiv(T, C)
@@ -311,34 +311,25 @@ def start_states(k, v, g, hs, masks, death, off, nsurv: int, hinit, K: int, *, l
     reference: the call's start); ``bidx [BH, NC * C]`` int32 each surviving start's index in ``bst``, -1
     elsewhere. ``settings``: its launch overrides. ``states`` false (grouped reads): ``bst`` holds only the pseudo
     starts' states (a placeholder without ``hinit``)."""
-    Dk, Dv = k.shape[-1], v.shape[-1]
+    B, T, H, Dk = k.shape
+    Dv = v.shape[-1]
     BH, NC = masks.shape
+    BK, BVF, BV = block_sizes(Dk, Dv)
     ninit = BH * K if hinit is not None else 0
     nbst = nsurv if states else 0
     bst = torch.empty(max(nbst + ninit, 1), Dk, Dv, device=k.device, dtype=k.dtype if lowp else torch.float32)
     bidx = torch.empty(BH, NC * CHUNK, device=k.device, dtype=torch.int32)
     if ninit:
         bst[nbst:] = hinit.reshape(BH * K, Dk, Dv).to(bst.dtype)
-    launch_start_states(k, v, g, hs, masks, death, off, bidx, bst, (0, NC), lowp=lowp, prec=prec, settings=settings,
-                        states=states)
-    return bst, bidx
-
-
-def launch_start_states(k, v, g, hs, masks, death, off, bidx, bst, chunks: tuple[int, int], *, lowp: bool, prec: str,
-                        settings: TritonSettings, states: bool = True):
-    """``dla_bstate_kernel`` over chunks ``c0 .. c1 - 1`` (``start_states``)."""
-    B, T, H, Dk = k.shape
-    Dv = v.shape[-1]
-    BK, BVF, BV = block_sizes(Dk, Dv)
-    c0, c1 = chunks
     # 16-bit inputs: 4 warps. Dk = 128: two programs per SM (sm_90: 255 registers x 128 threads; 8 warps took 147 x
     # 256, one program), 5-6 % off the whole forward at (8, 4096, 16, 128) (docs/benchmarks.md run 15, call 6);
     # Dk = 64: 2-5 % off the forward at every 64-feature cell (run 29, call 1). float32 keeps 8 (4 spill 600 B).
     warps = 4 if lowp else 8
-    grid = (c1 - c0, B * H, triton.cdiv(BVF, BV) if states else 1)
+    grid = (NC, BH, triton.cdiv(BVF, BV) if states else 1)
     cached(dla_bstate_kernel)[grid](k, v, g, hs, masks, death, off, bidx, bst, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV,
-                                    LOWP=lowp, PREC=prec, STATES=states, c_begin=c0,
+                                    LOWP=lowp, PREC=prec, STATES=states,
                                     **settings.launch(dla_bstate_kernel, num_warps=warps))
+    return bst, bidx
 
 
 def final_states(k, v, g, hs, gs, fpos, size, hinit, size0, P, K: int, *, has_init: bool, split: bool, prec: str):
