@@ -12,7 +12,7 @@ near zero means the host reached the synchronisation after the GPU had finished 
 (its period is then the host's h1 + h2). Where a call synchronises more than once (decisions by blocks: the deeper
 guesses' counts), h1, the wait and h2 are the first synchronisation's; "host not waiting" is the call's time less all
 its waits, and each wait is listed (medians). Run 35 (docs/benchmarks.md) found the (8, 4096, 64) sparse cell
-host-bound on one H200 machine.
+host-bound on one H200 machine. The machine's host speed (``host_speed.py``) is printed before and after the cells.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_bench import K_SLOTS, WORKLOADS, api_forward, configs_named, workload  # noqa: E402
+from host_speed import describe, host_speed  # noqa: E402
 
 CELLS = "8x4096x64:sparse,8x4096x64:moderate,8x4096x64:dense,2x16384x64:moderate,8x4096x128:moderate"
 CALLS = 60
@@ -69,6 +70,7 @@ def main():
         plain(event)
         waits.append((t, time.perf_counter()))
 
+    print("host speed before:", describe(host_speed()))
     torch.cuda.Event.synchronize = timed
     print(f"{torch.cuda.get_device_name()}: period, h1 (host until the synchronisation), wait, h2 (after it), ms")
     for cell in args.cells.split(","):
@@ -79,6 +81,8 @@ def main():
         print(f"{cell}: period {r['period_ms']:.3f}, h1 {r['h1_ms']:.3f}, wait {r['wait_ms']:.3f}, "
               f"h2 {r['h2_ms']:.3f}; syncs a call {r['syncs_per_call']}; host not waiting {r['host_ms']:.3f}, each "
               f"wait {', '.join(f'{w:.3f}' for w in r['waits_ms'])}", flush=True)
+    torch.cuda.Event.synchronize = plain
+    print("host speed after:", describe(host_speed()))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def recorded(monkeypatch):
     monkeypatch.setattr(triton_utils, "launch_jit", jit)
     monkeypatch.setattr(triton_utils, "launch_compiled", direct)
     monkeypatch.setattr(triton_utils, "stream_getter", lambda: lambda device: 7)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(triton_utils, "device_getter", lambda: lambda: 0)
     monkeypatch.setattr(triton_utils, "_LAUNCHERS", {})
     return triton_utils.cached(_scale_kernel), calls
 
@@ -102,10 +102,14 @@ def test_whatever_triton_specialises_on_takes_the_jit_again(recorded, change):
     assert calls[-1][0] == ("jit" if change == "unknown_type" else "direct")
 
 
-def test_under_the_interpreter_a_cached_kernel_is_the_kernel(monkeypatch):
-    """The interpreter's kernels launch as they are (they are not compiled)."""
-    monkeypatch.setattr(triton_utils, "interpreting", lambda: True)
-    assert triton_utils.cached(_scale_kernel) is _scale_kernel
+def test_under_the_interpreter_a_cached_kernel_is_the_kernel():
+    """The interpreter's kernels (``triton.jit`` under ``TRITON_INTERPRET=1`` makes no ``JITFunction``) launch as they
+    are: they are not compiled. A JIT kernel gets the launcher."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    interpreted = InterpretedFunction(_scale_kernel.fn)
+    assert triton_utils.cached(interpreted) is interpreted
+    assert (triton_utils.cached(_scale_kernel) is _scale_kernel) == INTERPRET
 
 
 @pytest.mark.gpu
