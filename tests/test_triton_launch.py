@@ -49,7 +49,7 @@ def recorded(monkeypatch):
     monkeypatch.setattr(triton_utils, "launch_jit", jit)
     monkeypatch.setattr(triton_utils, "launch_compiled", direct)
     monkeypatch.setattr(triton_utils, "stream_getter", lambda: lambda device: 7)
-    monkeypatch.setattr(triton_utils, "device_getter", lambda: lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(triton_utils, "_LAUNCHERS", {})
     return triton_utils.cached(_scale_kernel), calls
 

@@ -72,7 +72,7 @@ class _CachedLauncher:
         self.defaults = tuple((p.name, p.default) for p in kernel.params)
         self.constexpr = tuple(p.is_constexpr for p in kernel.params)
         self.compiled = {}
-        self.stream = self.device = None  # the driver's getters, looked up at the first launch
+        self.stream = None  # the driver's stream getter, looked up at the first direct launch
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
@@ -80,13 +80,10 @@ class _CachedLauncher:
     def launch(self, grid, args, kwargs):
         # the host's time a launch is this function's (the forward at (1, 65536) launches 31 kernels a call): the
         # attributes it reads are the parameters' own, looked up once (run 62: 12.2 -> 10.3 us a launch on this CPU);
-        # the device from the driver's getter (torch's took ~1 us), tensors and ints specialised inline, the commonest
-        # arguments (run 63: 8.2 -> ~6 us, the driver mocked)
-        if self.device is None:
-            self.device, self.stream = device_getter(), stream_getter()
+        # tensors and ints, the commonest arguments, specialised inline (run 63: ~-1 us a launch)
         values = list(args) + [kwargs.get(name, default) for name, default in self.defaults[len(args):]]
         options = tuple(sorted(item for item in kwargs.items() if item[0] not in self.names))
-        device = self.device()
+        device = torch.cuda.current_device()
         spec = tuple([(type(v), v) if const else (v.dtype, v.data_ptr() % 16 == 0) if type(v) is torch.Tensor
                       else _int_specialisation(v) if type(v) is int else _specialisation(v)
                       for const, v in zip(self.constexpr, values)])
@@ -97,6 +94,8 @@ class _CachedLauncher:
             if compiled is not None and not any(x is _UNKNOWN for x in spec):
                 self.compiled[key] = compiled
             return
+        if self.stream is None:
+            self.stream = stream_getter()
         launch_compiled(compiled, tuple(grid) + (1,) * (3 - len(grid)), self.stream(device), *values)
 
 
@@ -213,11 +212,6 @@ def stream_getter():
     """The active driver's function from a device index to the handle of its current stream, as Triton's
     launchers take it (looked up once: a hot loop calls it per launch)."""
     return driver.active.get_current_stream
-
-
-def device_getter():
-    """The active driver's function returning the current device's index, as Triton's JIT reads it."""
-    return driver.active.get_current_device
 
 
 def _hooked(hook) -> bool:
