@@ -84,7 +84,7 @@ class _CachedLauncher:
         values = list(args) + [kwargs.get(name, default) for name, default in self.defaults[len(args):]]
         options = tuple(sorted(item for item in kwargs.items() if item[0] not in self.names))
         device = torch.cuda.current_device()
-        spec = tuple([(type(v), v) if const else (v.dtype, v.data_ptr() % 16 == 0) if type(v) is torch.Tensor
+        spec = tuple([(type(v), v) if const else _tensor_specialisation(v) if type(v) is torch.Tensor
                       else _int_specialisation(v) if type(v) is int else _specialisation(v)
                       for const, v in zip(self.constexpr, values)])
         key = (device, knobs.runtime.debug, options, spec)
@@ -103,13 +103,10 @@ def _specialisation(value):
     """What Triton's JIT specialises a runtime argument on, or finer: a tensor's dtype and 16-byte alignment, an
     integer's range and whether it is 1 or a multiple of 16 (also for ``do_not_specialize`` ones: finer keys only
     cost a compilation lookup more), a bool's or None's value, a float's type; ``_UNKNOWN`` for anything else
-    (such a launch always goes through the JIT). The exact types first, by one lookup."""
-    by_type = _SPECIALISATION.get(type(value))
-    if by_type is not None:
-        return by_type(value)
+    (such a launch always goes through the JIT)."""
     if isinstance(value, torch.Tensor):
         return _tensor_specialisation(value)
-    if isinstance(value, bool):
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         return _int_specialisation(value)
@@ -127,8 +124,6 @@ def _int_specialisation(value):
 
 
 _UNKNOWN = object()
-_SPECIALISATION = {torch.Tensor: _tensor_specialisation, int: _int_specialisation, bool: lambda value: value,
-                   type(None): lambda value: value, float: lambda value: float}
 _LAUNCHERS = {}
 
 

@@ -662,7 +662,7 @@ class OutputStage:
         self.inputs = (q, k, v, g, slot_weights)
         self.o = torch.empty(cfg.B, cfg.T, cfg.H, cfg.Dv, device=q.device, dtype=q.dtype)
         self.BK, self.BVF, self.BV = block_sizes(cfg.Dk, cfg.Dv)
-        self.grid = (cfg.NC, cfg.BH, triton.cdiv(self.BVF, self.BV))  # the grouped kernel's (all chunks)
+        self.grid = (cfg.NC, cfg.BH, triton.cdiv(self.BVF, self.BV))  # the grouped kernel's
         self.OBV = output_value_block(self.BK, self.BVF, cfg.lowp)  # the output kernel's Dv block may be wider
         self.sc = torch.empty(cfg.BH * cfg.NC * CHUNK * cfg.KP, device=q.device, dtype=torch.float32)
         self.bsc = torch.empty(math.prod(self.grid) * cfg.KP, device=q.device, dtype=torch.int32)
