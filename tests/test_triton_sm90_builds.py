@@ -203,3 +203,26 @@ def test_branch_free_float64_division_and_root_are_ptxas_fast_paths():
         assert fast == ieee, f"{name}: the branch-free form differs from ptxas's fast path:\n{fast}\n{ieee}"
     assert paths["constant dividend"] == ["0x3fb999999999999a"], (
         f"div_f64(0.1, b) hands its inline PTX {paths['constant dividend']}, not float64 0.1")
+
+
+@pytest.mark.skipif(CUDA, reason="built from the interpreter reruns' launch records (CPU)")
+def test_the_16_bit_output_kernel_at_64_features_holds_four_programs_an_sm(tmp_path):
+    """``dla_output_kernel`` as a bf16 forward at 64 features launches it (``output_launch``'s default, 128 registers)
+    builds for sm_90 with the GPU machines' Triton without stack: four programs an SM, where it held three at 168
+    (run 64: -6 to -13 % of the output stage at (1, 65536)). A change that makes it spill at the cap fails here."""
+    if not GPU_TRITON.is_dir():
+        pytest.skip(f"no GPU machines' Triton in {GPU_TRITON} (.ci/run installs it: pip install --target)")
+    from dla_fast.ops.scalar_decay.chunk_fwd_output import output_launch
+
+    outputs = [launch for launch in _launches() if launch["kernel"] == "dla_output_kernel"]
+    assert outputs, "the interpreter reruns recorded no output-kernel launch"
+    record = tmp_path / "output.jsonl"
+    record.write_text(json.dumps(outputs[0]) + "\n")
+    options = ",".join(f"{k}={v}" for k, v in output_launch(64, 64, 1, lowp=True, grouped=False).items())
+    bf16 = ",".join(f"{p}=*bf16" for p in ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "bst_ptr"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(TESTS.parent)]))
+    run = subprocess.run([sys.executable, str(TESTS.parent / "benchmarks" / "sm90_usage.py"), str(record),
+                          "dla_output_kernel", "BK=64", "BV=64", "KP=32", "G=1", "LOWP=True", "PREC='tf32x3'",
+                          "--types", bf16, "--options", options], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, f"the build process failed:\n{run.stderr[-3000:]}"
+    assert re.search(r": 128 registers, 0 B of stack, .* 4 programs an SM$", run.stdout.strip()), run.stdout

@@ -677,9 +677,9 @@ class OutputStage:
             cfg.K, C=CHUNK, KP=cfg.KP, BWD=False, dte_ptr=self.dte, DTE=self.dte is not None,
             **self.settings.launch(dla_read_scales_kernel, num_warps=4))
 
-    def _launch(self, bv: int) -> tuple[int, dict]:  # both kernels' (dla_output_kernel's overrides apply)
+    def _launch(self, bv: int, grouped: bool) -> tuple[int, dict]:  # both kernels' (dla_output_kernel's overrides)
         G = output_group(self.cfg.KP, self.BK, bv, self.cfg.lowp, self.settings.output_group)
-        return G, self.settings.launch(dla_output_kernel, **output_launch(self.BK, bv, G, self.cfg.lowp))
+        return G, self.settings.launch(dla_output_kernel, **output_launch(self.BK, bv, G, self.cfg.lowp, grouped))
 
     def initial_states(self):
         """The grouped reads' start-state buffer: only the initial slots' pseudo starts keep a state (``hinit``, in
@@ -693,7 +693,7 @@ class OutputStage:
     def grouped(self, bst):
         """The output, the old starts read by chunk from ``hs`` and the chunks' tokens."""
         cfg, s = self.cfg, self.s
-        G, launch = self._launch(self.BV)
+        G, launch = self._launch(self.BV, grouped=True)
         cached(dla_output_grouped_kernel)[self.grid](
             *self.inputs, self.o, s.masks, s.death, s.live, s.livem, self.hs, self.gs, bst, self.sc, self.bsc,
             self.dte, cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=self.BK, BV=self.BV, KP=cfg.KP, LOWP=cfg.lowp,
@@ -703,7 +703,7 @@ class OutputStage:
         """The output, the old starts read from their states ``bst`` (``bidx``; the initial slots' pseudo starts
         from ``binit`` on)."""
         cfg, s = self.cfg, self.s
-        G, launch = self._launch(self.OBV)
+        G, launch = self._launch(self.OBV, grouped=False)
         cached(dla_output_kernel)[(cfg.NC, cfg.BH, triton.cdiv(self.BVF, self.OBV))](
             *self.inputs, self.o, s.masks, s.death, s.live, s.livem, self.hs, bidx, bst, binit, self.sc, self.bsc,
             cfg.T, cfg.H, cfg.Dk, cfg.Dv, cfg.K, C=CHUNK, BK=self.BK, BV=self.OBV, KP=cfg.KP, LOWP=cfg.lowp,

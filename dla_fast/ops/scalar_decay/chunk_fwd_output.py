@@ -28,16 +28,19 @@ def output_group(KP: int, BK: int, BV: int, lowp: bool, group: int) -> int:
     return 1 if lowp else max(1, min(group, 64 * 64 // (BK * BV), KP))
 
 
-def output_launch(BK: int, BV: int, G: int, lowp: bool) -> dict:
-    """Launch options of ``dla_output_kernel``: 16-bit inputs one warpgroup, capped at 168 registers where that
-    does not spill on sm_90 (Dk <= 64, G <= 2: three programs per SM instead of two), two load stages for whole
-    128-wide rows (82 KB of shared memory: two programs per SM; three stages take 115 KB); fp32 (tf32x3 products)
-    8 warps (it spills either way on sm_90)."""
+def output_launch(BK: int, BV: int, G: int, lowp: bool, grouped: bool) -> dict:
+    """Launch options of ``dla_output_kernel`` (``grouped`` false) and ``dla_output_grouped_kernel``: 16-bit inputs
+    one warpgroup, capped where that does not spill on sm_90 (Dk <= 64, G <= 2): the materialised kernel at 128
+    registers (four programs per SM; run 64: -6 to -13 % of the output stage at (1, 65536)), the grouped one at 168
+    (three; at 128 it spills 88 B); two load stages for whole 128-wide rows (82 KB of shared memory: two programs per
+    SM; three stages take 115 KB); fp32 (tf32x3 products) 8 warps (it spills either way on sm_90)."""
     if not lowp:
         return dict(num_warps=8)
     if BV > 64:
         return dict(num_warps=4, num_stages=2)
-    return dict(num_warps=4, maxnreg=168) if BK <= 64 and G <= 2 else dict(num_warps=4)
+    if BK <= 64 and G <= 2:
+        return dict(num_warps=4, maxnreg=168 if grouped else 128)
+    return dict(num_warps=4)
 
 
 @triton.jit
