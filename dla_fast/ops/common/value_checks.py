@@ -45,10 +45,10 @@ def _load_values(x_ptr, n, offs):
 @triton.jit
 def flag_nonfinite(x, flags_ptr, BIT: tl.constexpr):
     """Set bit BIT of the flags when the loaded values ``x`` (any shape; 16-bit ones widened, as ``_load_values``
-    does) hold a NaN or an infinity."""
+    does) hold a NaN or an infinity: an atomic per bad value, predicated off elsewhere, so no reduction across the
+    program's threads (a kernel that also computes pays no barrier for it)."""
     bad = (x != x) | (tl.abs(x) == float("inf"))
-    if tl.max(tl.ravel(bad.to(tl.int32)), 0) > 0:
-        tl.atomic_or(flags_ptr, 1 << BIT)
+    tl.atomic_or(flags_ptr + tl.zeros(x.shape, tl.int32), tl.full(x.shape, 1 << BIT, tl.int64), mask=bad)
 
 
 @triton.jit
