@@ -529,45 +529,6 @@ def test_the_value_check_kernel_flags_what_torch_finds(dtype):
 
 
 @needs_kernels
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_keys_and_values_are_checked_by_the_chunk_state_kernel_and_only_there(dtype):
-    """The forward's value checks split between two kernels (run 64): ``prefix_states(flags=)`` flags a non-finite
-    key or value wherever it sits (first, middle, last element; a Dv wider than one program's block, so the value
-    check spans programs), and ``launch_value_checks(kv=False)`` flags everything else but no key or value. A
-    chunk-state kernel that skipped its check, or a check kernel that still read k and v, fails here."""
-    from dla_fast.ops.common.value_checks import K_BIT, V_BIT, launch_value_checks
-    from dla_fast.ops.scalar_decay.chunk_fwd_states import prefix_states
-
-    gen = torch.Generator().manual_seed(1)
-    B, T, H, Dk, Dv = 1, 150, 2, 16, 96  # three chunks, the last partial; Dv in two blocks of 64
-    base = dict(q=torch.randn(B, T, H, Dk, generator=gen), k=torch.randn(B, T, H, Dk, generator=gen),
-                v=torch.randn(B, T, H, Dv, generator=gen), g=-torch.rand(B, T, H, generator=gen),
-                slot_weights=torch.rand(B, T, H, 4, generator=gen))
-    base = {n: t.to(dtype) if n in ("q", "k", "v") else t for n, t in base.items()}
-
-    def flags(x, which):
-        x = {n: t.to(DEV) for n, t in x.items()}
-        word = torch.zeros(1, device=DEV, dtype=torch.int64)
-        if which == "states":
-            prefix_states(x["k"], x["v"], x["g"], torch.zeros(B * H, Dk, Dv, device=DEV), split=False, prec="ieee",
-                          flags=word)
-        else:
-            launch_value_checks(*(x[n] for n in ("q", "k", "v", "g", "slot_weights")), flags=word, kv=False)
-        return int(word.item())
-
-    assert flags(base, "states") == flags(base, "checks") == 0
-    for name, bit in (("k", K_BIT), ("v", V_BIT)):
-        for where in (0, base[name].numel() // 2 + 1, -1):
-            x = {n: t.clone() for n, t in base.items()}
-            x[name].view(-1)[where] = float("nan") if where else -float("inf")
-            assert flags(x, "states") == 1 << bit, (name, where)
-            assert flags(x, "checks") == 0, (name, where)
-    x = {n: t.clone() for n, t in base.items()}
-    x["q"].view(-1)[-1] = float("inf")
-    assert flags(x, "states") == 0 and flags(x, "checks") == 1
-
-
-@needs_kernels
 def test_the_api_skips_the_final_cache_and_trace_only_when_asked(monkeypatch):
     """Without ``output_final_cache`` (and no trace, no grad) the Triton prefill skips the final cache's kernel
     and the trace's glue: the output is the same, bit for bit."""

@@ -8,10 +8,6 @@ block of every tensor and sets the bit of a check it finds violated (``atomic_or
 raises the first violated check in ``dla_ref``'s order, with its message. The scalar decay's forward reads the word
 back with a host synchronisation of its own; the delta rule's, which has none, reads it through
 :func:`checks_raised_later` when everything is queued, waiting for the check alone (run 45).
-
-A kernel that reads every key and value anyway can flag them itself (:func:`flag_nonfinite`, ``K_BIT``, ``V_BIT``):
-the scalar decay's chunk-state kernel does, and the check kernel then skips k and v (``kv=False``), 57 % of the
-bytes it read at 64 features (run 64).
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ from dla_ref.validation import BETA_RANGE_MESSAGE, G_POSITIVE_MESSAGE, finite_me
 from .triton_utils import cached
 
 CHECKED = ("q", "k", "v", "g", "slot_weights", "beta")  # bit i: CHECKED[i] has a NaN or an infinity
-K_BIT, V_BIT = CHECKED.index("k"), CHECKED.index("v")
 G_POSITIVE_BIT = len(CHECKED)  # then: some g > 0
 BETA_RANGE_BIT = G_POSITIVE_BIT + 1  # then: some beta outside [0, 1]
 BLOCK = 1024  # elements of each tensor per program: 8 per thread (4096 took 230 registers on sm_90)
@@ -43,32 +38,25 @@ def _load_values(x_ptr, n, offs):
 
 
 @triton.jit
-def flag_nonfinite(x, flags_ptr, BIT: tl.constexpr):
-    """Set bit BIT of the flags when the loaded values ``x`` (any shape; 16-bit ones widened, as ``_load_values``
-    does) hold a NaN or an infinity: an atomic per bad value, predicated off elsewhere, so no reduction across the
-    program's threads (a kernel that also computes pays no barrier for it)."""
-    bad = (x != x) | (tl.abs(x) == float("inf"))
-    tl.atomic_or(flags_ptr + tl.zeros(x.shape, tl.int32), tl.full(x.shape, 1 << BIT, tl.int64), mask=bad)
-
-
-@triton.jit
 def _flag_nonfinite(x_ptr, n, offs, flags_ptr, BIT: tl.constexpr):
     """Set bit BIT of the flags when ``x[offs]`` (masked to ``n``) holds a NaN or an infinity."""
-    flag_nonfinite(_load_values(x_ptr, n, offs), flags_ptr, BIT)
+    x = _load_values(x_ptr, n, offs)
+    bad = (x != x) | (tl.abs(x) == float("inf"))
+    if tl.max(bad.to(tl.int32), 0) > 0:
+        tl.atomic_or(flags_ptr, 1 << BIT)
 
 
 @triton.jit
 def dla_check_values_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, w_ptr, b_ptr, flags_ptr, n_qk, n_v, n_g, n_w,
-    BLOCK: tl.constexpr, GBIT: tl.constexpr, BETA: tl.constexpr, BBIT: tl.constexpr, KV: tl.constexpr,
+    BLOCK: tl.constexpr, GBIT: tl.constexpr, BETA: tl.constexpr, BBIT: tl.constexpr,
 ):
     """Program i: elements ``i*BLOCK .. (i+1)*BLOCK - 1`` of each (flat, contiguous) tensor that has them; ``BETA``:
-    check ``b`` (``n_g`` elements, as g) too; ``KV`` false: not k and v (another kernel flags them)."""
+    check ``b`` (``n_g`` elements, as g) too."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     _flag_nonfinite(q_ptr, n_qk, offs, flags_ptr, 0)
-    if KV:
-        _flag_nonfinite(k_ptr, n_qk, offs, flags_ptr, 1)
-        _flag_nonfinite(v_ptr, n_v, offs, flags_ptr, 2)
+    _flag_nonfinite(k_ptr, n_qk, offs, flags_ptr, 1)
+    _flag_nonfinite(v_ptr, n_v, offs, flags_ptr, 2)
     _flag_nonfinite(g_ptr, n_g, offs, flags_ptr, 3)
     _flag_nonfinite(w_ptr, n_w, offs, flags_ptr, 4)
     g = _load_values(g_ptr, n_g, offs)
@@ -81,17 +69,15 @@ def dla_check_values_kernel(
             tl.atomic_or(flags_ptr, 1 << BBIT)
 
 
-def launch_value_checks(q, k, v, g, slot_weights, beta=None, flags=None, kv: bool = True) -> torch.Tensor:
+def launch_value_checks(q, k, v, g, slot_weights, beta=None, flags=None) -> torch.Tensor:
     """The checks' flags, a 1-element int64 tensor (0: every check passed), computed on the current stream: ``flags``
-    (zeroed, a caller's) or made here. The inputs must be contiguous; ``beta`` (as g's shape) or None. ``kv`` false:
-    k and v are left to a kernel that reads them anyway (``flag_nonfinite`` into the same ``flags``)."""
+    (zeroed, a caller's) or made here. The inputs must be contiguous; ``beta`` (as g's shape) or None."""
     flags = torch.zeros(1, device=q.device, dtype=torch.int64) if flags is None else flags
     sizes = (q.numel(), v.numel(), g.numel(), slot_weights.numel())
-    checked = sizes if kv else (sizes[0], *sizes[2:])  # (k has q's size)
-    grid = (max(triton.cdiv(max(checked), BLOCK), 1),)
+    grid = (max(triton.cdiv(max(sizes), BLOCK), 1),)
     cached(dla_check_values_kernel)[grid](q, k, v, g, slot_weights, g if beta is None else beta, flags, *sizes,
                                           BLOCK=BLOCK, GBIT=G_POSITIVE_BIT, BETA=beta is not None,
-                                          BBIT=BETA_RANGE_BIT, KV=kv, num_warps=4)
+                                          BBIT=BETA_RANGE_BIT, num_warps=4)
     return flags
 
 

@@ -765,12 +765,10 @@ def _beside_decisions(cfg: LaunchConfig, q, k, v, g, slot_weights, h0, readback,
     def beside(after):
         if side is not None:
             side.wait_event(after or inputs_ready)
-        flags = None if readback is None else readback[cfg.NC:]
         with torch.cuda.stream(side) if side is not None else nullcontext():
-            # The chunk-state kernel checks the keys and values it reads; the check kernel the rest (run 64).
-            hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec, flags=flags)
-            if flags is not None:
-                launch_value_checks(q, k, v, g, slot_weights, flags=flags, kv=False)
+            hs, gs = prefix_states(k, v, g, h0, split=cfg.split, prec=cfg.prec)
+            if readback is not None:
+                launch_value_checks(q, k, v, g, slot_weights, flags=readback[cfg.NC:])
         return hs, gs
 
     return side, beside

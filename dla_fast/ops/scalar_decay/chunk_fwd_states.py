@@ -29,22 +29,19 @@ from ..common.triton_utils import (
     store_state,
     values_on_host_later,
 )
-from ..common.value_checks import K_BIT, V_BIT, flag_nonfinite
 
 CHUNK = 64  # tokens per chunk of the Triton paths (the boundary bitmasks are one int64 per chunk)
 
 
 @triton.jit(do_not_specialize=["T"])
 def dla_chunkstate_kernel(
-    k_ptr, v_ptr, g_ptr, hs_ptr, gsum_ptr, flags_ptr,
+    k_ptr, v_ptr, g_ptr, hs_ptr, gsum_ptr,
     T, H, Dk, Dv,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
-    CHECK: tl.constexpr, K_BIT: tl.constexpr, V_BIT: tl.constexpr,
 ):
     """Program (chunk c, bh, Dv block): u_c = sum_{s in c} exp(Gc[last] - Gc[s]) k_s v_s^T, written to
     hs[c + 1] (the scan kernel turns it into H at the chunk end), and (Dv block 0) the chunk's sum of g in
-    float64 to ``gsum[bh, c]``. 2 C Dk BV FLOPs (x3 split). ``CHECK``: also the value checks of the keys and
-    values it reads (every one, over the grid), bits ``K_BIT`` and ``V_BIT`` of ``flags`` (``value_checks``)."""
+    float64 to ``gsum[bh, c]``. 2 C Dk BV FLOPs (x3 split)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     vb = tl.program_id(2)
@@ -54,9 +51,6 @@ def dla_chunkstate_kernel(
     vd = vb * BV + tl.arange(0, BV)
     kc = load_rows(k_ptr, trow, valid, kd, Dk)
     vc = load_rows(v_ptr, trow, valid, vd, Dv)
-    if CHECK:
-        flag_nonfinite(kc.to(tl.float32), flags_ptr, K_BIT)
-        flag_nonfinite(vc.to(tl.float32), flags_ptr, V_BIT)
     g = load_scalars(g_ptr, trow, valid)
     wd, _ = decay_to_end(g)
     w = tl.where(valid, wd, 0.0)
@@ -255,11 +249,10 @@ def initial_prefixes(states0, BH: int, Dk: int, Dv: int, dev, zeros=()):
     return states0.sum(1).contiguous(), (torch.cumsum(states0, 1) - states0).contiguous()
 
 
-def prefix_states(k, v, g, h0, *, split: bool, prec: str, flags=None) -> tuple[torch.Tensor, torch.Tensor]:
+def prefix_states(k, v, g, h0, *, split: bool, prec: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(hs, gs)`` on the current stream: ``hs [BH, NC + 1, Dk, Dv]`` float32, the single-state prefix state
     H(c0 - 1) before every chunk (and after the last); ``gs [BH, NC + 1]`` float64, the sum of ``g`` before
-    each chunk (and over the whole call, last). ``flags`` (the value checks' word, or None): the keys' and values'
-    checks set there by the chunk-state kernel, which reads every one of them."""
+    each chunk (and over the whole call, last)."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
     NC = triton.cdiv(T, CHUNK)
@@ -269,8 +262,7 @@ def prefix_states(k, v, g, h0, *, split: bool, prec: str, flags=None) -> tuple[t
     gsum = torch.empty(B * H, NC, device=k.device, dtype=torch.float64)
     HBLK = 1024
     cached(dla_chunkstate_kernel)[(NC, B * H, triton.cdiv(BVF, BV))](
-        k, v, g, hs, gsum, gsum if flags is None else flags, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV, SPLIT=split,
-        PREC=prec, CHECK=flags is not None, K_BIT=K_BIT, V_BIT=V_BIT, num_warps=4)
+        k, v, g, hs, gsum, T, H, Dk, Dv, C=CHUNK, BK=BK, BV=BV, SPLIT=split, PREC=prec, num_warps=4)
     cached(dla_hscan_kernel)[(B * H, triton.cdiv(Dk * Dv, HBLK))](
         h0, hs, gsum, gs, T, Dk * Dv, C=CHUNK, BLOCK=HBLK, num_warps=4)
     return hs, gs
