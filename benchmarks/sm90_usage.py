@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sass_loop_model import recorded_launch  # noqa: E402
@@ -33,13 +31,9 @@ REGISTERS_PER_SM, SHARED_PER_SM = 65536, 228 * 1024  # sm_90
 
 def resources(kernel) -> dict:
     """Registers and stack a thread (``cuobjdump -res-usage``) and shared memory a program (bytes)."""
-    import triton
+    import sm90_build  # (tests/, on the path from main)
 
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        out = subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-res-usage", f.name], capture_output=True,
-                             text=True, check=True).stdout
+    out = sm90_build.cuobjdump(kernel, "-res-usage")
     fields = dict(item.split(":") for item in next(line for line in out.splitlines() if "REG:" in line).split())
     return dict(registers=int(fields["REG"]), stack=int(fields["STACK"]), shared=kernel.metadata.shared)
 

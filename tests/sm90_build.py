@@ -54,13 +54,18 @@ def build(launch: dict):
     return triton.compile(source, target=GPUTarget(*TARGET), options=launch["options"])
 
 
-def cubin_sass(kernel) -> str:
-    """``cuobjdump -sass`` of a compiled kernel's cubin."""
+def cuobjdump(kernel, flag: str) -> str:
+    """``cuobjdump FLAG`` of a compiled kernel's cubin (``-sass``, ``-res-usage``)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
-        return subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-sass", f.name], capture_output=True, text=True,
+        return subprocess.run([triton.knobs.nvidia.cuobjdump.path, flag, f.name], capture_output=True, text=True,
                               check=True).stdout
+
+
+def cubin_sass(kernel) -> str:
+    """``cuobjdump -sass`` of a compiled kernel's cubin."""
+    return cuobjdump(kernel, "-sass")
 
 
 def failures(launches: list) -> list:
