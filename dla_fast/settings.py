@@ -70,6 +70,14 @@ class TritonSettings:
             from tables (sm_90, run 53). The same results bit for bit. H100, run 59, against pipelined: (1, 65536)
             sparse 4.224 -> 3.913 and 4.219 -> 3.916 ms (-7.2 to -7.4 %), its merge kernel 1,290 -> 710-771 us;
             the cells that take no deeper guesses run as before.
+        deep_merge_prefetch: where the merge simulation runs after the deep walk (``deep_merge_after_walk``), it asks
+            L1 for each chunk's closing-slot tables two chunks ahead of their use (``prefetch.global.L1``), besides
+            reading them a chunk ahead: those rows' chunks mostly have no or one boundary and take less time than a
+            load's round trip (sm_90 model: 820 modeled cycles a chunk, ~440 of them waiting). Any such instruction in
+            the kernel moves ptxas's schedule of its event loop, 321 -> 382 modeled cycles an event: so only there.
+            H100, run 65: (1, 65536) sparse, the forward 3.895 -> 3.776 ms (-3.1 %) and its merge kernel 591 -> 480
+            us against run 64's code; taken wherever the merge runs after the walk, (8, 4096, 64) dense (which takes
+            no deeper guesses) went 477 -> 573 us (+5.3 % the forward). The same results bit for bit.
         decision_blocks: with few rows and guessed chunks (the merge simulation pipelined), how many blocks of chunks
             the table, guess and closing-table kernels are launched in, one block after another, each published by a
             count of chunks; after each block's kernels the walk and the merge simulation over that block are
@@ -126,6 +134,7 @@ class TritonSettings:
     deep_guess_share: float = 0.125
     deep_guess_min_chunks: int = 512
     deep_merge_after_walk: bool = True
+    deep_merge_prefetch: bool = True
     decision_blocks: int = 4
     decision_blocks_min_chunks: int = 512
     output_group: int = 2

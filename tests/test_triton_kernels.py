@@ -865,16 +865,19 @@ def test_the_merge_after_the_deep_walk_changes_no_bit(monkeypatch):
     """``TritonSettings.deep_merge_after_walk``: where rows take the deeper guesses, the merge simulation launched
     after the walk (unpipelined), from every chunk's closing-slot tables with the final scores assembled first, gives
     every result bit for bit as the plain carry scan does (after a cache and with rows of other lengths: the blocks'
-    test below, whose sparse case takes this path). Mutant: the tables made from the scores as the guesses left them
-    (not assembled): the deeper-guessed chunks' scores are then their one-deep guesses', and results change."""
+    test below, whose sparse case takes this path). There it takes ``deep_merge_prefetch`` (the default; a GPU-only
+    hint, nothing under the interpreter, whose sm_90 build the build tests make from this launch). Mutant: the tables
+    made from the scores as the guesses left them (not assembled): the deeper-guessed chunks' scores are then their
+    one-deep guesses', and results change."""
     from dla_fast.ops.scalar_decay import chunk_fwd
 
     (q, k, v, g, w), kw, plain = _guess_case(40.0, 0.6, 0.5, None, False)
     settings = TritonSettings(carry_guess_depth=4, deep_guess_min_chunks=0, deep_merge_after_walk=True)
-    pipelined, merge_simulation, closing_tables = [], chunk_fwd.merge_simulation, chunk_fwd.closing_tables
-    monkeypatch.setattr(chunk_fwd, "merge_simulation", lambda *a: pipelined.append(a[10]) or merge_simulation(*a))
+    launched, merge_simulation, closing_tables = [], chunk_fwd.merge_simulation, chunk_fwd.closing_tables
+    monkeypatch.setattr(chunk_fwd, "merge_simulation", lambda *a, **o: launched.append((a[10], o.get("prefetch")))
+                        or merge_simulation(*a, **o))
     after = _fwd(q, k, v, g, w, settings=settings, **kw)
-    assert pipelined == [False]
+    assert launched == [(False, True)]  # not pipelined, prefetching
     flat = lambda r: (r[0], *r[1], *r[2])  # noqa: E731
     for a, b in zip(flat(plain), flat(after)):
         assert torch.equal(a, b)

@@ -281,6 +281,17 @@ BFIND_U64 = tl.constexpr("""{
 
 
 @triton.jit
+def prefetch_lines(ptrs, ON: tl.constexpr = False):
+    """Ask the SM's L1 for the cache lines at ``ptrs`` (a tensor of pointers, one line each) without waiting for them
+    (``prefetch.global.L1``, a hint), so that a later load of them finds them near. ON (a GPU, not the interpreter;
+    else this does nothing). Returns int32 zeros shaped like ``ptrs``."""
+    if ON:
+        return tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                         is_pure=False, pack=1)
+    return tl.zeros(ptrs.shape, dtype=tl.int32)
+
+
+@triton.jit
 def bit_count(x, POPC: tl.constexpr = False):
     """The number of set bits of ``x`` (int64) as int32. POPC (a GPU, not the interpreter): one ``popc.b64``."""
     if POPC:

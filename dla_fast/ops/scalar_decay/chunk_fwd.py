@@ -437,7 +437,7 @@ def closing_tables(cfg: LaunchConfig, masks, scores, row_lengths, itab=None, csc
 
 def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscores, counts0, info0, size0, flag,
                      pipeline: bool, guessed_orbits=None, structure=None, tables=None, ready=None,
-                     block=None) -> DecidedStructure:
+                     block=None, prefetch: bool = False) -> DecidedStructure:
     """Stage 3: the cache structure over the call (counts, information sums, merges, deaths, live lists), in
     ``structure`` (``decided_structure``'s, made beforehand) or made here. ``guessed_orbits`` (pipelined after the
     carry scan's guessed chunks): the carry scan's orbit words (``_carry_scan``), from which the merge simulation
@@ -445,7 +445,8 @@ def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscore
     final before the kernel starts (every chunk unless pipelined; the guessed ones if ``guessed_orbits``); made here
     if None and needed. ``ready`` and ``block`` ``(c0, c1)`` (with ``guessed_orbits`` and ``structure``): those chunks
     only, from the state the block before left in ``structure``, waiting on the count ``ready`` of published chunks
-    (``_decide_in_blocks``)."""
+    (``_decide_in_blocks``). ``prefetch`` (not pipelined): the closing-slot tables also prefetched two chunks ahead
+    (``TritonSettings.deep_merge_prefetch``)."""
     s = structure or decided_structure(cfg, masks, scores, counts0, info0, size0)
     if tables is None and not pipeline:
         tables = closing_tables(cfg, masks, scores, row_lengths)
@@ -456,7 +457,7 @@ def merge_simulation(cfg: LaunchConfig, masks, scores, row_lengths, itab, cscore
         masks, scores, row_lengths, s.counts, s.info, s.size, s.death, s.death0, s.merged, s.live, s.livem, s.fpos,
         cfg.T, K, itab, cscores, flag, flag if guessed_orbits is None else guessed_orbits,
         s.info if tables is None else tables, C=CHUNK, KP=KP, KW=max(KP, 32), PIPE=pipeline, FAST=not interpreting(),
-        GUESSED=guessed_orbits is not None,
+        GUESSED=guessed_orbits is not None, PREFETCH=prefetch and not pipeline,
         **(dict(ready_ptr=ready, size0_ptr=size0, c_begin=block[0], c_end=block[1], BLOCKED=True) if ready is not None
            else {}), num_warps=1,
     )
@@ -546,7 +547,7 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
             queue_block(*block)
         structure = _walk_and_merge(cfg, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
                                     launch_walk, guesses.launch_deeper(), settings.deep_merge_after_walk, merge,
-                                    structure, closing)
+                                    structure, closing, prefetch=settings.deep_merge_prefetch)
         return structure, side_results[0]
     for b, (c0, c1) in enumerate(blocks):
         if b >= 1 and b + 1 < len(blocks):  # the next block first (the second already is): the stream never idles
@@ -563,12 +564,14 @@ def _decide_in_blocks(cfg: LaunchConfig, k, v, g, row_lengths, P, counts0, info0
 
 
 def _walk_and_merge(cfg: LaunchConfig, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
-                    launch_walk, orbits, after_walk: bool, mstream, structure, closing, profile=None):
+                    launch_walk, orbits, after_walk: bool, mstream, structure, closing, profile=None,
+                    prefetch: bool = False):
     """The walk (``launch_walk``) on the current stream and the merge simulation on ``mstream`` (None: the current
     stream), which the current stream then waits for: pipelined beside the walk, reading ahead the guessed chunks that
     ``orbits`` shows (None: none) from their closing-slot tables ``closing``; or after the walk (``after_walk``) from
     every chunk's tables, made first with the final scores assembled (into ``closing`` if given). Returns the
-    structure (``structure``, made beforehand, or made here if None)."""
+    structure (``structure``, made beforehand, or made here if None). ``prefetch``: ``merge_simulation``'s, after the
+    walk."""
     main = torch.cuda.current_stream(masks.device) if mstream is not None else None
     if mstream is not None and not after_walk:
         mstream.wait_stream(main)
@@ -580,7 +583,8 @@ def _walk_and_merge(cfg: LaunchConfig, masks, scores, row_lengths, tables, cscor
         if after_walk:
             closing = closing_tables(cfg, masks, scores, row_lengths, tables[0], cscores, tab=closing)
         structure = merge_simulation(cfg, masks, scores, row_lengths, tables[0], cscores, counts0, info0, size0,
-                                     flag, not after_walk, None if after_walk else orbits, structure, closing)
+                                     flag, not after_walk, None if after_walk else orbits, structure, closing,
+                                     prefetch=prefetch)
     if mstream is not None:
         main.wait_stream(mstream)
     return structure
@@ -646,7 +650,8 @@ def _decide(cfg: LaunchConfig, k, v, g, boundaries, row_lengths, P, counts0, inf
     after_walk = not pipeline or (deep and settings.deep_merge_after_walk)  # (deeper guesses: pipelined only)
     structure = _walk_and_merge(cfg, masks, scores, row_lengths, tables, cscores, counts0, info0, size0, flag,
                                 (lambda: main.wait_stream(cstream)) if concurrent else launch_carry, orbits,
-                                after_walk, mstream, structure, closing, profile)
+                                after_walk, mstream, structure, closing, profile,
+                                prefetch=deep and settings.deep_merge_prefetch)
     return structure, beside(None)
 
 
