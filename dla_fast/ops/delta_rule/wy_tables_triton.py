@@ -222,10 +222,12 @@ def dla_delta_wy_tables_kernel(
 
 
 def _launch(q, k, g, b, c0: int, nb: int, C: int, out, scores: bool, beta_khd: bool, num_warps: int, stages: int,
-            staged: bool = False):
+            staged: bool = False, key_block: int = KEY_BLOCK, maxnreg: int | None = None):
     """One launch over chunks ``c0 .. c0 + nb - 1`` of ``k [B, T, H, Dk]`` (chunks of C tokens); ``out`` holds the
     tables it writes (absent ones: any tensor; the keys at the chunk end as ``kb`` with ``beta_khd``). Returns the
-    float64 scratch ``(x, b, A, Z, Mq)`` (``x``: the keys and queries, with ``staged`` always copied there)."""
+    float64 scratch ``(x, b, A, Z, Mq)`` (``x``: the keys and queries, with ``staged`` always copied there).
+    ``key_block``: the widest key block of the outputs' tiles (``KEY_BLOCK``); ``maxnreg``: a register cap (None:
+    none)."""
     B, T, H, Dk = k.shape
     R = B * H
     f64 = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=torch.float64)  # noqa: E731
@@ -236,13 +238,13 @@ def _launch(q, k, g, b, c0: int, nb: int, C: int, out, scores: bool, beta_khd: b
     scratch_a, scratch_mq, scratch_z = f64(C, C), f64(C, C) if outputs else k, f64(C, Dk)
     phi = out["Phi"] if "Phi" in out else out["phiT"]
     phi_si, phi_sj = (Dk, 1) if "Phi" in out else (1, Dk)
-    KB = max(16, min(KEY_BLOCK, triton.next_power_of_2(Dk)))
+    KB = max(16, min(key_block, triton.next_power_of_2(Dk)))
     keys = out["kb" if beta_khd else "khd"]
     dla_delta_wy_tables_kernel[(R, nb)](
         q if outputs else k, k, g, b, scratch_x, scratch_b, scratch_a, scratch_z, scratch_mq, out.get("akapT", k),
         out.get("ktT", k), keys, phi, out.get("attn", k), out.get("qt", k), R, T, H, c0, Dk, phi_si, phi_sj,
         C=C, KB=KB, IB=min(INVERSE_BLOCK, C), BKD=FP64_DOT_K, STAGES=stages, SCORES=scores, OUTPUTS=outputs,
-        BETA_KHD=beta_khd, STAGED=staged, num_warps=num_warps)
+        BETA_KHD=beta_khd, STAGED=staged, num_warps=num_warps, **({} if maxnreg is None else dict(maxnreg=maxnreg)))
     return scratch_x, scratch_b, scratch_a, scratch_z, scratch_mq
 
 
@@ -254,14 +256,16 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def score_tables_triton(k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *, num_warps: int = 4,
-                        stages: int = 1):
+                        stages: int = 1, key_block: int = KEY_BLOCK, maxnreg: int | None = None):
     """The decisions' tables of a block of chunks: chunk-major ``k [nb, R, C, Dk]``, ``g, b [nb, R, C]`` (any
     float dtypes). Returns ``(akapT, ktT, khd, phiT)``: ``wy_tables(None, k, g, b)``'s ``akap``, ``kt`` and ``Phi``
-    transposed in their last two dims, and ``khd``, float64. ``stages``: the products' loads in flight."""
+    transposed in their last two dims, and ``khd``, float64. ``stages``: the products' loads in flight;
+    ``key_block``, ``maxnreg``: ``_launch``'s."""
     nb, R, C, Dk = k.shape
     new = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=torch.float64)  # noqa: E731
     out = dict(akapT=new(C, C), ktT=new(Dk, C), khd=new(C, Dk), phiT=new(Dk, Dk))
-    _launch(None, *(_as_rows(x) for x in (k, g, b)), 0, 1, C, out, True, False, num_warps, stages)
+    _launch(None, *(_as_rows(x) for x in (k, g, b)), 0, 1, C, out, True, False, num_warps, stages,
+            key_block=key_block, maxnreg=maxnreg)
     return out["akapT"], out["ktT"], out["khd"], out["phiT"]
 
 
