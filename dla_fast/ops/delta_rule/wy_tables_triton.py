@@ -146,13 +146,42 @@ def _store_phi(phi_ptr, z_chunk, k_chunk, bk, eGL, Dk, phi_si, phi_sj, C: tl.con
                      mask=(di[:, None] < Dk) & (dj[None, :] < Dk))
 
 
+@triton.jit
+def _store_gram(k_chunk, a_chunk, bk, Dk, C: tl.constexpr, RB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr):
+    """``K K^T [C, C]`` (the chunk's float64 keys ``[C, Dk]`` at ``k_chunk``) to ``a_chunk``, ``RB`` rows at a time
+    (``C``: all; a ``[C, C]`` float64 tile holds 64 registers a thread on 4 warps)."""
+    cols = tl.arange(0, C)[None, :]
+    if RB == C:
+        KK = dot_from_memory(k_chunk, Dk, 1, k_chunk, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
+        tl.store(a_chunk + tl.arange(0, C)[:, None] * C + cols, KK)
+    else:
+        for I in tl.static_range(C // RB):
+            r = I * RB + tl.arange(0, RB)
+            KK = dot_from_memory(k_chunk + I * RB * Dk, Dk, 1, k_chunk, 1, Dk, bk, RB, Dk, C, RB, C, BKD, False,
+                                 STAGES)
+            tl.store(a_chunk + r[:, None] * C + cols, KK)
+
+
+@triton.jit
+def _store_akap(a_chunk, akapT_ptr, base, Gp, Gc, C: tl.constexpr, RB: tl.constexpr):
+    """``akap = Dp o A`` (``A = Gs T`` at ``a_chunk``) transposed into chunk ``base`` of ``akapT [.., C (s), C
+    (t)]``, ``RB`` rows of ``A`` at a time; ``Gp``, ``Gc``: the chunk's exclusive and inclusive decay sums."""
+    cols = tl.arange(0, C)[None, :]
+    for I in tl.static_range(C // RB):
+        r = I * RB + tl.arange(0, RB)
+        Gp_r = Gp if RB == C else tl.gather(Gp, r, 0)
+        akap = tl.where(cols < r[:, None], tl.exp(Gp_r[:, None] - Gc[None, :]), 0.0) * tl.load(
+            a_chunk + r[:, None] * C + cols)
+        tl.store(akapT_ptr + (base * C + cols) * C + r[:, None], akap)
+
+
 @triton.jit(do_not_specialize=["R", "T", "H", "c0", "Dk", "phi_si", "phi_sj"])
 def dla_delta_wy_tables_kernel(
     q_ptr, k_ptr, g_ptr, b_ptr, x64_ptr, b64_ptr, a_ptr, z_ptr, mq_ptr,
     akapT_ptr, ktT_ptr, khd_ptr, phi_ptr, attn_ptr, qt_ptr,
     R, T, H, c0, Dk, phi_si, phi_sj,
     C: tl.constexpr, KB: tl.constexpr, IB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
-    SCORES: tl.constexpr, OUTPUTS: tl.constexpr, BETA_KHD: tl.constexpr, STAGED: tl.constexpr, RB: tl.constexpr = 64,
+    SCORES: tl.constexpr, OUTPUTS: tl.constexpr, BETA_KHD: tl.constexpr, STAGED: tl.constexpr, RB: tl.constexpr,
 ):
     """Program (row r = b H + h, chunk c = c0 + j of the inputs ``q, k [B, T, H, Dk]``, ``g, b [B, T, H]``, any
     float dtypes, all 0 past T) -> at chunk-major index ``j R + r``: always ``khd [nb, R, C, Dk]`` (``b khd`` with
@@ -162,6 +191,7 @@ def dla_delta_wy_tables_kernel(
     outputs' dtypes. ``x64 [.., 1 + OUTPUTS, C, Dk]`` (the keys, then the queries, with ``STAGED``; else the
     inputs must be float64 with ``H = 1`` and ``T`` a multiple of C, read in place), ``b64 [.., C]`` (b: the
     products' scale), ``a`` (``K K^T``, then ``A``), ``mq [.., C, C]`` and ``z [.., C, Dk]`` are float64 scratch.
+    ``RB``: the rows of ``K K^T`` and ``akap`` made at a time (``C``: all; fewer hold fewer registers, for sweeps).
     FLOPs: ~6 float64 ``C^2 Dk`` products, ``~C^3 / 3`` of block products for ``A`` and the substitution on its
     ``16 x 16`` diagonal blocks."""
     r = tl.program_id(0)
@@ -181,24 +211,11 @@ def dla_delta_wy_tables_kernel(
     bk = b64_ptr + base * C
     tl.store(bk + t, b)
     tl.debug_barrier()  # the chunk's keys, queries and b are in the scratch for every thread
-    if RB == C:
-        KK = dot_from_memory(k_chunk, Dk, 1, k_chunk, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
-        tl.store(a_chunk + rows * C + cols, KK)
-    else:  # by blocks of RB rows: a [C, C] float64 tile holds 64 registers a thread on 4 warps
-        for I in tl.static_range(C // RB):
-            r = I * RB + tl.arange(0, RB)
-            KK = dot_from_memory(k_chunk + I * RB * Dk, Dk, 1, k_chunk, 1, Dk, bk, RB, Dk, C, RB, C, BKD, False,
-                                 STAGES)
-            tl.store(a_chunk + r[:, None] * C + cols, KK)
+    _store_gram(k_chunk, a_chunk, bk, Dk, C, RB, BKD, STAGES)
     tl.debug_barrier()  # K K^T is in the scratch for every thread
     gs_times_inverse(a_chunk, bk, C, IB, BKD, STAGES, False)
     if SCORES:
-        for I in tl.static_range(C // RB):  # akap by the same blocks of rows
-            r = I * RB + tl.arange(0, RB)
-            Gp_r = Gp if RB == C else tl.gather(Gp, r, 0)
-            akap = tl.where(cols < r[:, None], tl.exp(Gp_r[:, None] - Gc[None, :]), 0.0) * tl.load(
-                a_chunk + r[:, None] * C + cols)
-            tl.store(akapT_ptr + (base * C + cols) * C + r[:, None], akap)
+        _store_akap(a_chunk, akapT_ptr, base, Gp, Gc, C, RB)
     if OUTPUTS:  # Mq = causal(Q K^T)
         Mq = dot_from_memory(q_chunk, Dk, 1, k_chunk, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
         tl.store(mq_chunk + rows * C + cols, tl.where(cols <= rows, Mq, 0.0))
