@@ -6,11 +6,13 @@ each variant's walk kernels by GPU time (CUPTI, one call) and the host's time a 
 outputs and final cache states lie from the first variant's (relative to the largest entry; 0 where only the loads
 differ; where the steps differ, the reads' tf32 rounding of 16-bit inputs, then the outputs' own rounding: run 51
 measured 2.4e-3 to 5.5e-3 in bf16 outputs). Runs 50-51 measured reads in a kernel apart from the walk too (slower:
-removed, docs/performance.md "Run 51").
+removed, docs/performance.md "Run 51"). Run 66: each step's tokens summed into their slots by a kernel before the
+walk (``chunk_fwd.STEP_TOKENS``, ``t``).
 
     python benchmarks/delta_walk_steps_ab.py [CELLS] [--variants 1,1e,2e,4e] [--rounds 3]
 
-CELLS default ``2x16384x64:moderate``; a variant is the chunks a step, ``e`` for the early loads.
+CELLS default ``2x16384x64:moderate``; a variant is the chunks a step, ``e`` for the early loads, ``t`` for the step
+tokens (``2et``).
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ import dla_fast  # noqa: E402
 from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
 
 FORWARD = chunk_fwd.forward_delta_rule_triton
-EARLY_LOADS = chunk_fwd.EARLY_LOADS
+EARLY_LOADS, STEP_TOKENS = chunk_fwd.EARLY_LOADS, chunk_fwd.STEP_TOKENS
 # The kernels whose time the walk steps move (the rest of the forward does not depend on them).
-WALK_KERNELS = ("dla_delta_states_kernel", "dla_delta_pair_steps_kernel")
+WALK_KERNELS = ("dla_delta_states_kernel", "dla_delta_pair_steps_kernel", "dla_delta_step_tokens_kernel")
 
 
 def forward(x, variant: str):
-    chunk_fwd.forward_delta_rule_triton = functools.partial(FORWARD, walk_steps=int(variant.strip("e")))
+    chunk_fwd.forward_delta_rule_triton = functools.partial(FORWARD, walk_steps=int(variant.strip("et")))
     chunk_fwd.EARLY_LOADS = "e" in variant
+    chunk_fwd.STEP_TOKENS = "t" in variant
     with torch.no_grad():
         return dla_fast.forward(*x[:5], tau=TAU, beta=x[5], output_final_cache=True)
 
@@ -91,6 +94,7 @@ def main():
     finally:
         chunk_fwd.forward_delta_rule_triton = FORWARD
         chunk_fwd.EARLY_LOADS = EARLY_LOADS
+        chunk_fwd.STEP_TOKENS = STEP_TOKENS
 
 
 if __name__ == "__main__":
