@@ -167,7 +167,8 @@ def test_stage3_walk_variants(B, T, H, D, K, dtype, lengths, variant, kept, monk
     steps = int(variant.strip("et"))
     monkeypatch.setattr(chunk_fwd, "EARLY_LOADS", "e" in variant)
     monkeypatch.setattr(chunk_fwd, "STEP_TOKENS", "t" in variant)
-    monkeypatch.setattr(chunk_fwd_states, "STEP_TOKEN_ELEMENTS", 1)  # (the step tokens' walk a launch a step)
+    monkeypatch.setattr(chunk_fwd_states, "STEP_TOKEN_ELEMENTS", 1)  # (the step tokens' walk a launch a step,
+    monkeypatch.setattr(chunk_fwd_states, "STEP_TOKEN_LAUNCH", (2, 16, 4, 0))  # a step's slots in two lanes)
     tau, prefix = 0.5, 40
     D = max(D, 32) if CUDA else D
     x_all = delta_inputs(B, prefix + T, H, D, K, dtype, seed=T + K + steps, decay=0.99)  # (old slots weigh in)
@@ -203,3 +204,12 @@ def test_the_forward_refuses_other_walk_steps_by_name(steps):
     x = delta_inputs(1, 8, 1, D, 2, torch.float32, seed=1)
     with pytest.raises(ValueError, match=r"walk_steps: expected 1, 2 or 4 chunks per step of the slot walk, got"):
         chunk_fwd.forward_delta_rule_triton(*x, None, *empty_cache(1, 1, 2, D), tau=0.5, walk_steps=steps)
+
+
+def test_a_slot_walk_launch_shape_keeps_the_padded_slot_count():
+    """``launch=(BV, warps, stages)`` replaces those three of ``state_block``'s five, not the padded widths (until run
+    66 it dropped ``KP``, and every ``delta_chain_kernel.py --launch`` sweep failed to unpack)."""
+    from dla_fast.ops.delta_rule.chunk_fwd_states import launch_shape, state_block
+
+    assert launch_shape(64, 64, 30, None) == state_block(64, 64, 30) == (64, 4, 32, 4, 1)
+    assert launch_shape(64, 64, 30, (2, 8, 1)) == (64, 2, 32, 8, 1)

@@ -137,19 +137,20 @@ def token_slots(dest_ptr, K, C: tl.constexpr):
 @triton.jit(do_not_specialize=["R", "T", "H", "c0", "K", "Dk", "Dv"])
 def dla_delta_step_tokens_kernel(kb_ptr, v_ptr, dest_ptr, tok_ptr, R, T, H, c0, K, Dk, Dv,
                                  C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                                 V_EXACT: tl.constexpr):
-    """Program (row r, step c, Dv block vb): ``tok[c, r, j, :, vb] = sum_{s -> j} kb_s v_s^T`` for every slot j the
-    step's tokens land in (float32-accurate, ``dot_f32``), ``CS`` tokens at a time; the other slots' entries are not
-    written. The walk's tokens, off its chain: each slot's own tokens only, where the walk's product spreads every
-    token over all ``KP`` slot columns (``tok`` as the walk's ``TOKENS`` reads it; the other arguments as there)."""
+                                 LANES: tl.constexpr, V_EXACT: tl.constexpr):
+    """Program (row r, step c, Dv block vb and lane z: axis 2 is ``vb LANES + z``): ``tok[c, r, j, :, vb] = sum_{s ->
+    j} kb_s v_s^T`` for every ``LANES``-th slot j from the ``z``-th that the step's tokens land in (float32-accurate,
+    ``dot_f32``), ``CS`` tokens at a time; the other slots' entries are not written. The walk's tokens, off its chain:
+    each slot's own tokens only, where the walk's product spreads every token over all ``KP`` slot columns (``tok``
+    as the walk's ``TOKENS`` reads it; the other arguments as there)."""
     r, c = tl.program_id(0), tl.program_id(1)
     cr = c * R + r
     t = tl.arange(0, CS)
     dk = tl.arange(0, BK)
-    dv = tl.program_id(2) * BV + tl.arange(0, BV)
+    dv = tl.program_id(2) // LANES * BV + tl.arange(0, BV)
     kmask, vmask = dk < Dk, dv < Dv
     first, last = token_slots(dest_ptr + cr * C, K, C)
-    for slot in range(first, last + 1):
+    for slot in range(first + tl.program_id(2) % LANES, last + 1, LANES):
         acc = tl.zeros([BK, BV], dtype=tl.float32)
         for h in tl.static_range(C // CS):
             at = cr * C + h * CS
@@ -229,6 +230,9 @@ def dla_delta_states_kernel(
 # The step tokens' buffer (``slot_states_and_reads(step_tokens=True)``), in float32 values: a block of steps
 # longer than it fits walks in several launches (128 MB).
 STEP_TOKEN_ELEMENTS = 1 << 25
+# The step tokens' launch: (lanes, Dv block, warps, register cap or 0). Lanes split a step's slots between programs.
+# H100, run 66, call 1, (2, 16384, 16, 64): one lane, Dv blocks of 64, 8 warps: 1.27 ms moderate, 2.02 dense.
+STEP_TOKEN_LAUNCH = (1, 64, 8, 0)
 
 
 def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int, int, int]:
@@ -250,12 +254,13 @@ def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int, int, int]:
 def launch_shape(Dk: int, Dv: int, K: int, launch: tuple[int, int, int] | None):
     """:func:`state_block`, its ``(BV, num_warps, num_stages)`` replaced by ``launch`` where given."""
     BK, BV, KP, num_warps, num_stages = state_block(Dk, Dv, K)
-    return (BK, BV, KP, num_warps, num_stages) if launch is None else (BK, *launch)
+    return (BK, BV, KP, num_warps, num_stages) if launch is None else (BK, launch[0], KP, *launch[1:])
 
 
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
                           v_exact: bool, starts=None, launch: tuple[int, int, int] | None = None,
-                          chunk: int | None = None, early_loads: bool = False, step_tokens: bool = False) -> None:
+                          chunk: int | None = None, early_loads: bool = False, step_tokens: bool = False,
+                          token_launch: tuple[int, int, int, int] | None = None) -> None:
     """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the ``nb`` steps (chunks, or
     composed runs of chunks: ``chunk``) that start at chunk ``c0`` and add the reads of each step's start slots to
     ``o [B, T, H, Dv]`` (float32, in place).
@@ -271,7 +276,8 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one chunk. ``early_loads``: the
     kernel's ``EARLY_LOADS``. ``step_tokens``: each step's tokens summed into their slots by a parallel kernel first
     (``dla_delta_step_tokens_kernel``), at most :data:`STEP_TOKEN_ELEMENTS` floats at a time, and the walk adds them
-    (the kernel's ``TOKENS``); the states agree to float32 rounding, not bit for bit."""
+    (the kernel's ``TOKENS``); the states agree to float32 rounding, not bit for bit. ``token_launch``: that kernel's
+    ``(lanes, Dv block, warps, register cap or 0)`` in place of :data:`STEP_TOKEN_LAUNCH` (for sweeps)."""
     nb, R, C, Dk = kb.shape
     K = slots.shape[1]
     per = max(1, STEP_TOKEN_ELEMENTS // (R * K * Dk * v.shape[-1])) if step_tokens else nb
@@ -280,11 +286,11 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
         qt_a, coef_a, starts_a = (None if x is None else x[part] for x in (qt, coef, starts))
         _walk_steps(slots, Phi[part], kb[part], qt_a, v, coef_a, dest_f[part], dest[part], o,
                     c0 + a * (C // (chunk or C)), read_f32=read_f32, v_exact=v_exact, starts=starts_a, launch=launch,
-                    chunk=chunk, early_loads=early_loads, step_tokens=step_tokens)
+                    chunk=chunk, early_loads=early_loads, step_tokens=step_tokens, token_launch=token_launch)
 
 
 def _walk_steps(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32, v_exact, starts, launch, chunk,
-                early_loads, step_tokens) -> None:
+                early_loads, step_tokens, token_launch) -> None:
     """:func:`slot_states_and_reads` in one walk launch (after the step tokens' launch where asked)."""
     nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
@@ -294,10 +300,10 @@ def _walk_steps(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f
     tok = slots
     if step_tokens:
         tok = torch.empty(nb, R, K, Dk, Dv, device=slots.device)
-        BVT = min(next_pow2(Dv), 64)
-        dla_delta_step_tokens_kernel[(R, nb, triton.cdiv(Dv, BVT))](
-            kb, v, dest, tok, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BVT, V_EXACT=v_exact,
-            num_warps=8, num_stages=1)  # (sm_90 at 64 features: 255 registers, 64 B of stack; 736 B on 4 warps)
+        lanes, BVT, warps, maxnreg = STEP_TOKEN_LAUNCH if token_launch is None else token_launch
+        dla_delta_step_tokens_kernel[(R, nb, lanes * triton.cdiv(Dv, BVT))](
+            kb, v, dest, tok, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BVT, LANES=lanes,
+            V_EXACT=v_exact, num_warps=warps, num_stages=1, **({"maxnreg": maxnreg} if maxnreg else {}))
     reads = o is not None
     qt, coef = (qt.contiguous(), coef.contiguous()) if reads else (slots, slots)  # unread placeholders otherwise
     dla_delta_states_kernel[(R * triton.cdiv(Dv, BV),)](
