@@ -8,8 +8,7 @@ process. Run 24 measured the chain at 25.9 ms against the forward kernel's 9.4 a
                                             [--launch 2x4x2,4x4x1]
 
 ``--once``: each kernel's blocks run once, untimed (for ``ncu --kernel-name regex:dla_delta``). ``--launch``: the three
-walks at each ``BVxWARPSxSTAGES`` in place of ``state_block``'s (run 28 took 4x4x1 at 64 features this way); a ``t``
-after a shape (``2x4x1t``): the two forward walks with each chunk's tokens summed first (``step_tokens``, run 66).
+walks at each ``BVxWARPSxSTAGES`` in place of ``state_block``'s (run 28 took 4x4x1 at 64 features this way).
 """
 
 from __future__ import annotations
@@ -61,9 +60,9 @@ def stage_inputs(cfg, wname: str) -> dict:
                 states=torch.randn(R, K, Dk, Dv, device=q.device) * live.view(R, K, 1, 1))
 
 
-def runners(x: dict, per: int, launch=None, step_tokens: bool = False) -> dict:
+def runners(x: dict, per: int, launch=None) -> dict:
     """The three walks over every block of ``per`` chunks (the chain last to first), at the kernels' ``launch``
-    shape ``(BV, warps, stages)`` (None: their default); ``step_tokens``: the forward walks'."""
+    shape ``(BV, warps, stages)`` (None: their default)."""
     tab, nC = x["tab"], x["nC"]
     R, K, Dk, Dv = x["states"].shape
     buf = torch.empty(min(per, nC), R, K, Dk, Dv, device=x["v"].device)
@@ -75,8 +74,7 @@ def runners(x: dict, per: int, launch=None, step_tokens: bool = False) -> dict:
         for a, b in blocks:
             slot_states_and_reads(S, tab["Phi"][a:b], tab["kb"][a:b], tab["qt"][a:b], x["v"], x["coef"][a:b],
                                   x["dest_f"][a:b], x["dest"][a:b], o if reads else None, a, read_f32=False,
-                                  v_exact=True, starts=None if reads else buf[:b - a], launch=launch,
-                                  step_tokens=step_tokens)
+                                  v_exact=True, starts=None if reads else buf[:b - a], launch=launch)
 
     def chain():
         dS = x["states"].clone()
@@ -121,10 +119,10 @@ def sweep(args) -> None:
     x = stage_inputs(configs_named(name)[0], wname)
     rows = []
     for shape in args.launch.split(","):
-        launch = tuple(int(n) for n in shape.strip("t").split("x"))
-        row = dict(BV=launch[0], warps=launch[1], stages=launch[2], step_tokens="t" in shape)
+        launch = tuple(int(n) for n in shape.split("x"))
+        row = dict(BV=launch[0], warps=launch[1], stages=launch[2])
         try:
-            walks = runners(x, args.per_launch, launch, step_tokens="t" in shape)
+            walks = runners(x, args.per_launch, launch)
             row.update({n: bench_ms(fn, rep=10) for n, fn in walks.items()})
         except Exception as e:  # noqa: BLE001 (e.g. too much shared memory for the shape)
             row["error"] = repr(e)[:200]
@@ -133,12 +131,12 @@ def sweep(args) -> None:
     card = torch.cuda.get_device_name().replace(" ", "_")
     with open(os.path.join(args.out, f"delta_slot_launch_{card}_{datetime.date.today()}_{name}.json"), "w") as f:
         json.dump(dict(card=torch.cuda.get_device_name(), cell=args.cell, rows=rows), f, indent=1)
-    print("| BV | warps | stages | step tokens | forward (reads) ms | rerun (stores) ms | kernel A ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| BV | warps | stages | forward (reads) ms | rerun (stores) ms | kernel A ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         times = [f"{r[n]:.2f}" if n in r else r["error"][:40] for n in ("forward_with_reads", "rerun_storing_starts",
                                                                         "chain")]
-        print(f"| {r['BV']} | {r['warps']} | {r['stages']} | {r['step_tokens']} | " + " | ".join(times) + " |")
+        print(f"| {r['BV']} | {r['warps']} | {r['stages']} | " + " | ".join(times) + " |")
 
 
 if __name__ == "__main__":
