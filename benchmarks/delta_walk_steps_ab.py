@@ -6,14 +6,11 @@ each variant's walk kernels by GPU time (CUPTI, one call) and the host's time a 
 outputs and final cache states lie from the first variant's (relative to the largest entry; 0 where only the loads
 differ; where the steps differ, the reads' tf32 rounding of 16-bit inputs, then the outputs' own rounding: run 51
 measured 2.4e-3 to 5.5e-3 in bf16 outputs). Runs 50-51 measured reads in a kernel apart from the walk too (slower:
-removed, docs/performance.md "Run 51"). Run 66: each step's tokens summed into their slots by a kernel before the
-walk (``chunk_fwd.STEP_TOKENS``, ``t``).
+removed, docs/performance.md "Run 51").
 
     python benchmarks/delta_walk_steps_ab.py [CELLS] [--variants 1,1e,2e,4e] [--rounds 3]
 
-CELLS default ``2x16384x64:moderate``; a variant is the chunks a step, ``e`` for the early loads, ``t`` for the step
-tokens (``2et``), then optionally ``@LANESxBVxWARPSxMAXNREG[xSLOTS]``, the step tokens' launch and the widest steps
-they take (``chunk_fwd_states.STEP_TOKEN_LAUNCH``, ``STEP_TOKEN_SLOTS``; ``2et@4x32x4x0x16``).
+CELLS default ``2x16384x64:moderate``; a variant is the chunks a step, ``e`` for the early loads.
 """
 
 from __future__ import annotations
@@ -31,23 +28,17 @@ from delta_forward_kernels import kernels_of_one_call  # noqa: E402
 from gpu_bench import TAU, WORKLOADS, alternating_ms, configs_named, delta_inputs, medians_text  # noqa: E402
 
 import dla_fast  # noqa: E402
-from dla_fast.ops.delta_rule import chunk_fwd, chunk_fwd_states  # noqa: E402
+from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
 
 FORWARD = chunk_fwd.forward_delta_rule_triton
-EARLY_LOADS, STEP_TOKENS = chunk_fwd.EARLY_LOADS, chunk_fwd.STEP_TOKENS
-STEP_TOKEN_LAUNCH, STEP_TOKEN_SLOTS = chunk_fwd_states.STEP_TOKEN_LAUNCH, chunk_fwd_states.STEP_TOKEN_SLOTS
+EARLY_LOADS = chunk_fwd.EARLY_LOADS
 # The kernels whose time the walk steps move (the rest of the forward does not depend on them).
-WALK_KERNELS = ("dla_delta_states_kernel", "dla_delta_pair_steps_kernel", "dla_delta_step_tokens_kernel")
+WALK_KERNELS = ("dla_delta_states_kernel", "dla_delta_pair_steps_kernel")
 
 
 def forward(x, variant: str):
-    walk, _, launch = variant.partition("@")
-    chunk_fwd.forward_delta_rule_triton = functools.partial(FORWARD, walk_steps=int(walk.strip("et")))
-    chunk_fwd.EARLY_LOADS = "e" in walk
-    chunk_fwd.STEP_TOKENS = "t" in walk
-    fields = [int(n) for n in launch.split("x")] if launch else [*STEP_TOKEN_LAUNCH, STEP_TOKEN_SLOTS]
-    chunk_fwd_states.STEP_TOKEN_LAUNCH = tuple(fields[:4])
-    chunk_fwd_states.STEP_TOKEN_SLOTS = fields[4] if len(fields) > 4 else STEP_TOKEN_SLOTS
+    chunk_fwd.forward_delta_rule_triton = functools.partial(FORWARD, walk_steps=int(variant.strip("e")))
+    chunk_fwd.EARLY_LOADS = "e" in variant
     with torch.no_grad():
         return dla_fast.forward(*x[:5], tau=TAU, beta=x[5], output_final_cache=True)
 
@@ -100,8 +91,6 @@ def main():
     finally:
         chunk_fwd.forward_delta_rule_triton = FORWARD
         chunk_fwd.EARLY_LOADS = EARLY_LOADS
-        chunk_fwd.STEP_TOKENS = STEP_TOKENS
-        chunk_fwd_states.STEP_TOKEN_LAUNCH, chunk_fwd_states.STEP_TOKEN_SLOTS = STEP_TOKEN_LAUNCH, STEP_TOKEN_SLOTS
 
 
 if __name__ == "__main__":

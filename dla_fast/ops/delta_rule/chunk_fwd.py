@@ -64,11 +64,6 @@ WALK_STEPS = 2
 # dense.
 EARLY_LOADS = True
 
-# Each walk step's tokens summed into their slots by a parallel kernel before the walk, which adds them to its
-# states (``slot_states_and_reads(step_tokens=)``, run 66): the walk's product of the tokens with their values
-# spread over every slot column leaves its chain. Off until measured.
-STEP_TOKENS = False
-
 # Elements of the largest tensors of a block of chunks ([block, R, C, C] in the tables' dtype): they bound the
 # stage's memory (~0.5 GB).
 _TABLE_ELEMENTS = 1 << 22
@@ -138,7 +133,7 @@ def _walk(slots, tab, coef, dest_f, dest, v, o, i: int, j: int, c0: int, lowp: b
         while t[1].shape[2] < per * CHUNK:
             t = pair_steps(*t, v, o, c0 + a - i, chunk=CHUNK, v_exact=lowp)
         slot_states_and_reads(slots, t[0], t[1], t[2], v, *t[3:], o, c0 + a - i, read_f32=not lowp, v_exact=lowp,
-                              chunk=CHUNK, early_loads=EARLY_LOADS, step_tokens=STEP_TOKENS)
+                              chunk=CHUNK, early_loads=EARLY_LOADS)
 
 
 def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_lengths, slots, kept=None,

@@ -104,101 +104,14 @@ def add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, chunk0, T, H, K, Dk, Dv, d
         tl.store(o_at, o_old + read, mask=tok_v)
 
 
-@triton.jit
-def transition_and_tokens(phi, X, kb_ptr, v_ptr, dest_ptr, r, cr, chunk0, T, H, Dk, Dv, dk, dv, j, kmask, vmask,
-                          C: tl.constexpr, CS: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
-                          V_EXACT: tl.constexpr):
-    """``Phi X + (b khd)^T [Dk, C] @ W [C, BV KP]``: the step's slot states ``X [Dk, BV KP]`` (merged) carried
-    through its transition, plus its ``C`` tokens, ``CS`` at a time, each token's values ``v`` spread over the slot
-    axis (``W[s, e KP + j] = v_s[e] [dest_s = j]``)."""
-    t = tl.arange(0, CS)
-    for h in tl.static_range(C // CS):
-        _, _, _, _, valid, row = chunk_tokens(r, chunk0 + h, T, H, CS)
-        tok_v = valid[:, None] & vmask[None, :]
-        at = cr * C + h * CS
-        kb_t = tl.load(kb_ptr + at * Dk + t[None, :] * Dk + dk[:, None], mask=kmask[:, None], other=0.0)
-        v = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=tok_v, other=0.0).to(tl.float32)
-        one_hot = (tl.load(dest_ptr + at + t)[:, None] == j[None, :]).to(tl.float32)  # [CS, KP]
-        writes = tl.reshape(v[:, :, None] * one_hot[:, None, :], [CS, BV * KP])
-        if h == 0:  # (after the first tokens' loads, as the one-chunk walk has always issued them)
-            S = dot_f32(phi, X, None, False)
-        S = dot_f32(kb_t, writes, S, V_EXACT)
-    return S
-
-
-@triton.jit
-def token_slots(dest_ptr, K, C: tl.constexpr):
-    """The first and last slot that a step's ``C`` tokens land in (``dest [C]``, -1: padding). A step's tokens fill
-    its slots in order, so they land in every slot between (none of them: ``first > last``)."""
-    dest = tl.load(dest_ptr + tl.arange(0, C))
-    return tl.min(tl.where(dest >= 0, dest, K), 0), tl.max(dest, 0)
-
-
-@triton.jit
-def add_summed_tokens(phi, X, tok_ptr, kb_ptr, v_ptr, dest_ptr, r, cr, chunk0, T, H, K, Dk, Dv, dk, dv, j, kmask,
-                      vmask, state_at, s_mask, C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      KP: tl.constexpr, V_EXACT: tl.constexpr, TOKEN_SLOTS: tl.constexpr):
-    """:func:`transition_and_tokens` with the step's tokens read from ``tok [K, Dk, Dv]`` (the step's, summed by
-    ``dla_delta_step_tokens_kernel``) where they span at most ``TOKEN_SLOTS`` slots: ``Phi X + tok``."""
-    first, last = token_slots(dest_ptr + cr * C, K, C)
-    if last - first < TOKEN_SLOTS:
-        tok = tl.load(tok_ptr + state_at, mask=s_mask & ((j >= first) & (j <= last))[None, None, :], other=0.0)
-        S = dot_f32(phi, X, tl.reshape(tok, [BK, BV * KP]), False)
-    else:
-        S = transition_and_tokens(phi, X, kb_ptr, v_ptr, dest_ptr, r, cr, chunk0, T, H, Dk, Dv, dk, dv, j, kmask,
-                                  vmask, C, CS, BV, KP, V_EXACT)
-    return S
-
-
-# Long: the program sums a step's tokens slot by slot, a sub-chunk at a time.
-@triton.jit(do_not_specialize=["R", "T", "H", "c0", "K", "Dk", "Dv"])
-def dla_delta_step_tokens_kernel(kb_ptr, v_ptr, dest_ptr, tok_ptr, R, T, H, c0, K, Dk, Dv,
-                                 C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                                 LANES: tl.constexpr, MAX_SLOTS: tl.constexpr, V_EXACT: tl.constexpr):
-    """Program (row r, step c, Dv block vb and lane z: axis 2 is ``vb LANES + z``): ``tok[c, r, j, :, vb] = sum_{s ->
-    j} kb_s v_s^T`` for the slots ``j = z mod LANES`` that the step's tokens land in (float32-accurate, ``dot_f32``),
-    where they span at most ``MAX_SLOTS`` slots (wider steps are left to the walk); the other entries are not
-    written. The walk's tokens, off its chain: each slot's own tokens only, where the walk's product spreads every
-    token over all ``KP`` slot columns (``tok`` as the walk's ``TOKENS`` reads it; the other arguments as there).
-    A sub-chunk of ``CS`` tokens at a time: its keys loaded and split once, its values once a slot; a slot that
-    spans two sub-chunks (only their shared first and last) adds the second's sum to the first's stored one."""
-    r, c = tl.program_id(0), tl.program_id(1)
-    cr = c * R + r
-    lane = tl.program_id(2) % LANES
-    t = tl.arange(0, CS)
-    dk = tl.arange(0, BK)
-    dv = tl.program_id(2) // LANES * BV + tl.arange(0, BV)
-    kmask, vmask = dk < Dk, dv < Dv
-    at_tok = tok_ptr + cr * K * Dk * Dv + dk[:, None] * Dv + dv[None, :]
-    first, last = token_slots(dest_ptr + cr * C, K, C)
-    if last - first < MAX_SLOTS:
-        before = K  # the last slot of the sub-chunk before
-        for h in tl.static_range(C // CS):
-            at = cr * C + h * CS
-            dest = tl.load(dest_ptr + at + t)
-            lo, hi = tl.min(tl.where(dest >= 0, dest, K), 0), tl.max(dest, 0)
-            _, _, _, _, valid, row = chunk_tokens(r, c0 + c * (C // CS) + h, T, H, CS)
-            kb_t = tl.load(kb_ptr + at * Dk + t[None, :] * Dk + dk[:, None], mask=kmask[:, None], other=0.0)
-            if h > 0:
-                tl.debug_barrier()  # (the sums stored for the sub-chunk before, read back below)
-            for slot in range(lo + ((lane - lo) % LANES + LANES) % LANES, hi + 1, LANES):
-                v = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], other=0.0,
-                            mask=((dest == slot) & valid)[:, None] & vmask[None, :]).to(tl.float32)
-                acc = tl.zeros([BK, BV], dtype=tl.float32)
-                if slot == before:  # (the slot the sub-chunk before ended in: its sum so far)
-                    acc = tl.load(at_tok + slot * Dk * Dv, mask=kmask[:, None] & vmask[None, :], other=0.0)
-                tl.store(at_tok + slot * Dk * Dv, dot_f32(kb_t, v, acc, V_EXACT), mask=kmask[:, None] & vmask[None, :])
-            before = hi
-
-
 # Long: the program walks a block of steps in order.
 @triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
 def dla_delta_states_kernel(
-    slots_ptr, phi_ptr, kb_ptr, qt_ptr, v_ptr, coef_ptr, dest_f_ptr, dest_ptr, o_ptr, starts_ptr, tok_ptr,
+    slots_ptr, phi_ptr, kb_ptr, qt_ptr, v_ptr, coef_ptr, dest_f_ptr, dest_ptr, o_ptr, starts_ptr,
     NB, R, T, H, c0, K, Dk, Dv,
     C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
     READ_F32: tl.constexpr, V_EXACT: tl.constexpr, READS: tl.constexpr, STORE_STARTS: tl.constexpr,
-    EARLY_LOADS: tl.constexpr, TOKENS: tl.constexpr, TOKEN_SLOTS: tl.constexpr,
+    EARLY_LOADS: tl.constexpr,
 ):
     """Program (row r = b H + h, Dv block vb): for steps ``0 .. NB - 1`` of ``C`` tokens each (``C / CS`` chunks of
     ``CS`` tokens, the first at chunk ``c0``), ``o[b, t, h, vb] +=`` the reads of each step's start slots (``o [B, T,
@@ -214,10 +127,8 @@ def dla_delta_states_kernel(
     inputs). ``READS``: add the reads to ``o`` (the backward's recomputation takes none); ``STORE_STARTS``: store each
     step's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them).
     ``EARLY_LOADS``: the merge map loaded at the step's top and each chunk's ``o`` before its reads' product, so that
-    their round trips overlap the query's and weights' (a few registers; the forward's, ``chunk_fwd.EARLY_LOADS``).
-    ``TOKENS``: each step's tokens already summed into their end slots where they span at most ``TOKEN_SLOTS``
-    slots, ``tok [NB, R, K, Dk, Dv]`` float32 (``dla_delta_step_tokens_kernel``: only the slots the step's tokens land
-    in are read), in place of the product with the values spread over every slot (which wider steps keep)."""
+    their round trips overlap the query's and weights' (a few registers; the forward's, ``chunk_fwd.EARLY_LOADS``)."""
+    t = tl.arange(0, CS)
     # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between steps.
     r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
     s_at = slots_ptr + r * K * Dk * Dv + state_at
@@ -239,28 +150,21 @@ def dla_delta_states_kernel(
             X = tl.reshape(dot_f32(tl.reshape(S, [BK * BV, KP]), to_end, None, True), [BK, BV * KP])
         else:
             X = S
-        # The transition of every slot, and the step's tokens in their end slots.
+        # The transition of every slot, and the step's tokens in their end slots (v spread over the slot axis).
         phi = tl.load(phi_ptr + cr * Dk * Dk + dk[:, None] * Dk + dk[None, :],
                       mask=kmask[:, None] & kmask[None, :], other=0.0)
-        if TOKENS:  # the step's tokens summed before the walk, where they span few slots
-            S = add_summed_tokens(phi, X, tok_ptr + cr * K * Dk * Dv, kb_ptr, v_ptr, dest_ptr, r, cr,
-                                  c0 + c * (C // CS), T, H, K, Dk, Dv, dk, dv, j, kmask, vmask, state_at, s_mask,
-                                  C, CS, BK, BV, KP, V_EXACT, TOKEN_SLOTS)
-        else:
-            S = transition_and_tokens(phi, X, kb_ptr, v_ptr, dest_ptr, r, cr, c0 + c * (C // CS), T, H, Dk, Dv, dk,
-                                      dv, j, kmask, vmask, C, CS, BV, KP, V_EXACT)
+        for h in tl.static_range(C // CS):
+            _, _, _, _, valid, row = chunk_tokens(r, c0 + c * (C // CS) + h, T, H, CS)
+            tok_v = valid[:, None] & vmask[None, :]
+            at = cr * C + h * CS
+            kb_t = tl.load(kb_ptr + at * Dk + t[None, :] * Dk + dk[:, None], mask=kmask[:, None], other=0.0)
+            v = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=tok_v, other=0.0).to(tl.float32)
+            one_hot = (tl.load(dest_ptr + at + t)[:, None] == j[None, :]).to(tl.float32)  # [CS, KP]
+            writes = tl.reshape(v[:, :, None] * one_hot[:, None, :], [CS, BV * KP])
+            if h == 0:  # (after the first tokens' loads, as the one-chunk walk has always issued them)
+                S = dot_f32(phi, X, None, False)
+            S = dot_f32(kb_t, writes, S, V_EXACT)
     tl.store(s_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
-
-
-# The step tokens' buffer (``slot_states_and_reads(step_tokens=True)``), in float32 values: a block of steps
-# longer than it fits walks in several launches (128 MB).
-STEP_TOKEN_ELEMENTS = 1 << 25
-# The step tokens' launch: (lanes, Dv block, warps, register cap or 0). Lanes split a step's slots between programs.
-# H100, run 66, calls 1-2, (2, 16384, 16, 64), the first form (each slot's keys reloaded, every step): one lane, Dv
-# blocks of 64, 8 warps 1.27 ms moderate, 2.02 dense; 4 lanes, Dv blocks of 32, 4 warps 0.98 / 1.43.
-STEP_TOKEN_LAUNCH = (4, 32, 4, 0)
-# Steps whose tokens span more slots than this keep the walk's own token product (dense inputs: ~30 a step).
-STEP_TOKEN_SLOTS = 16
 
 
 def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int, int, int]:
@@ -287,8 +191,7 @@ def launch_shape(Dk: int, Dv: int, K: int, launch: tuple[int, int, int] | None):
 
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
                           v_exact: bool, starts=None, launch: tuple[int, int, int] | None = None,
-                          chunk: int | None = None, early_loads: bool = False, step_tokens: bool = False,
-                          token_launch: tuple[int, int, int, int] | None = None) -> None:
+                          chunk: int | None = None, early_loads: bool = False) -> None:
     """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the ``nb`` steps (chunks, or
     composed runs of chunks: ``chunk``) that start at chunk ``c0`` and add the reads of each step's start slots to
     ``o [B, T, H, Dv]`` (float32, in place).
@@ -302,44 +205,17 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     each step's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s (for
     sweeps). ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans several (``chunk_fwd_steps``'
     composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one chunk. ``early_loads``: the
-    kernel's ``EARLY_LOADS``. ``step_tokens``: each step's tokens summed into their slots by a parallel kernel first
-    (``dla_delta_step_tokens_kernel``), at most :data:`STEP_TOKEN_ELEMENTS` floats at a time, and the walk adds them
-    (the kernel's ``TOKENS``); the states agree to float32 rounding, not bit for bit. ``token_launch``: that kernel's
-    ``(lanes, Dv block, warps, register cap or 0)`` in place of :data:`STEP_TOKEN_LAUNCH` (for sweeps)."""
-    nb, R, C, Dk = kb.shape
-    K = slots.shape[1]
-    per = max(1, STEP_TOKEN_ELEMENTS // (R * K * Dk * v.shape[-1])) if step_tokens else nb
-    for a in range(0, nb, per):
-        part = slice(a, min(nb, a + per))
-        qt_a, coef_a, starts_a = (None if x is None else x[part] for x in (qt, coef, starts))
-        _walk_steps(slots, Phi[part], kb[part], qt_a, v, coef_a, dest_f[part], dest[part], o,
-                    c0 + a * (C // (chunk or C)), read_f32=read_f32, v_exact=v_exact, starts=starts_a, launch=launch,
-                    chunk=chunk, early_loads=early_loads, step_tokens=step_tokens, token_launch=token_launch)
-
-
-def _walk_steps(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32, v_exact, starts, launch, chunk,
-                early_loads, step_tokens, token_launch) -> None:
-    """:func:`slot_states_and_reads` in one walk launch (after the step tokens' launch where asked)."""
+    kernel's ``EARLY_LOADS``."""
     nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
     K = slots.shape[1]
     BK, BV, KP, num_warps, num_stages = launch_shape(Dk, Dv, K, launch)
-    v, kb, dest = v.contiguous(), kb.contiguous(), dest.to(torch.int32).contiguous()
-    tok = slots
-    if step_tokens:
-        tok = torch.empty(nb, R, K, Dk, Dv, device=slots.device)
-        lanes, BVT, warps, maxnreg = STEP_TOKEN_LAUNCH if token_launch is None else token_launch
-        dla_delta_step_tokens_kernel[(R, nb, lanes * triton.cdiv(Dv, BVT))](
-            kb, v, dest, tok, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BVT, LANES=lanes,
-            MAX_SLOTS=STEP_TOKEN_SLOTS, V_EXACT=v_exact, num_warps=warps, num_stages=1,
-            **({"maxnreg": maxnreg} if maxnreg else {}))
     reads = o is not None
     qt, coef = (qt.contiguous(), coef.contiguous()) if reads else (slots, slots)  # unread placeholders otherwise
     dla_delta_states_kernel[(R * triton.cdiv(Dv, BV),)](
-        slots, Phi.contiguous(), kb, qt, v, coef, dest_f.to(torch.int32).contiguous(),
-        dest, o if reads else slots, slots if starts is None else starts, tok,
+        slots, Phi.contiguous(), kb.contiguous(), qt, v.contiguous(), coef, dest_f.to(torch.int32).contiguous(),
+        dest.to(torch.int32).contiguous(), o if reads else slots, slots if starts is None else starts,
         nb, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact,
-        READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, TOKENS=step_tokens,
-        TOKEN_SLOTS=STEP_TOKEN_SLOTS,
-        num_warps=num_warps, num_stages=num_stages,
+        READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, num_warps=num_warps,
+        num_stages=num_stages,
     )
