@@ -8,7 +8,8 @@ process. Run 24 measured the chain at 25.9 ms against the forward kernel's 9.4 a
                                             [--launch 2x4x2,4x4x1]
 
 ``--once``: each kernel's blocks run once, untimed (for ``ncu --kernel-name regex:dla_delta``). ``--launch``: the three
-walks at each ``BVxWARPSxSTAGES`` in place of ``state_block``'s (run 28 took 4x4x1 at 64 features this way).
+walks at each ``BVxWARPSxSTAGES`` in place of ``state_block``'s (run 28 took 4x4x1 at 64 features this way); a fourth
+field caps the forward walks' registers (``2x4x1x128``; the chain keeps its own).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def runners(x: dict, per: int, launch=None) -> dict:
         dS = x["states"].clone()
         for a, b in blocks[::-1]:
             slot_adjoints(dS, tab["Phi"][a:b], tab["qt"][a:b], x["dO"], x["coef"][a:b], x["dest_f"][a:b], a,
-                          dS_end=buf[:b - a], launch=launch)
+                          dS_end=buf[:b - a], launch=None if launch is None else launch[:3])
 
     return dict(forward_with_reads=lambda: forward(True), rerun_storing_starts=lambda: forward(False), chain=chain)
 
@@ -120,7 +121,7 @@ def sweep(args) -> None:
     rows = []
     for shape in args.launch.split(","):
         launch = tuple(int(n) for n in shape.split("x"))
-        row = dict(BV=launch[0], warps=launch[1], stages=launch[2])
+        row = dict(BV=launch[0], warps=launch[1], stages=launch[2], maxnreg=launch[3] if len(launch) > 3 else 0)
         try:
             walks = runners(x, args.per_launch, launch)
             row.update({n: bench_ms(fn, rep=10) for n, fn in walks.items()})
@@ -131,12 +132,12 @@ def sweep(args) -> None:
     card = torch.cuda.get_device_name().replace(" ", "_")
     with open(os.path.join(args.out, f"delta_slot_launch_{card}_{datetime.date.today()}_{name}.json"), "w") as f:
         json.dump(dict(card=torch.cuda.get_device_name(), cell=args.cell, rows=rows), f, indent=1)
-    print("| BV | warps | stages | forward (reads) ms | rerun (stores) ms | kernel A ms |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| BV | warps | stages | register cap | forward (reads) ms | rerun (stores) ms | kernel A ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         times = [f"{r[n]:.2f}" if n in r else r["error"][:40] for n in ("forward_with_reads", "rerun_storing_starts",
                                                                         "chain")]
-        print(f"| {r['BV']} | {r['warps']} | {r['stages']} | " + " | ".join(times) + " |")
+        print(f"| {r['BV']} | {r['warps']} | {r['stages']} | {r['maxnreg'] or '-'} | " + " | ".join(times) + " |")
 
 
 if __name__ == "__main__":

@@ -190,7 +190,7 @@ def launch_shape(Dk: int, Dv: int, K: int, launch: tuple[int, int, int] | None):
 
 
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
-                          v_exact: bool, starts=None, launch: tuple[int, int, int] | None = None,
+                          v_exact: bool, starts=None, launch: tuple[int, ...] | None = None,
                           chunk: int | None = None, early_loads: bool = False) -> None:
     """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the ``nb`` steps (chunks, or
     composed runs of chunks: ``chunk``) that start at chunk ``c0`` and add the reads of each step's start slots to
@@ -202,14 +202,15 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     (float32 inputs) or in single-pass tf32 (16-bit inputs, whose rounding is 16x coarser); ``v_exact``: ``v`` holds
     16-bit values (exact in tf32: the token products split only the keys). The states are float32-accurate either
     way. ``o`` None: no reads (``qt``, ``coef`` unused); ``starts`` (``[nb, R, K, Dk, Dv]`` float32 or None) receives
-    each step's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s (for
-    sweeps). ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans several (``chunk_fwd_steps``'
-    composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one chunk. ``early_loads``: the
-    kernel's ``EARLY_LOADS``."""
+    each step's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s, and
+    optionally a register cap (for sweeps). ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans
+    several (``chunk_fwd_steps``' composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one
+    chunk. ``early_loads``: the kernel's ``EARLY_LOADS``."""
     nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
     K = slots.shape[1]
-    BK, BV, KP, num_warps, num_stages = launch_shape(Dk, Dv, K, launch)
+    BK, BV, KP, num_warps, num_stages = launch_shape(Dk, Dv, K, None if launch is None else launch[:3])
+    capped = {"maxnreg": launch[3]} if launch is not None and len(launch) > 3 else {}
     reads = o is not None
     qt, coef = (qt.contiguous(), coef.contiguous()) if reads else (slots, slots)  # unread placeholders otherwise
     dla_delta_states_kernel[(R * triton.cdiv(Dv, BV),)](
@@ -217,5 +218,5 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
         dest.to(torch.int32).contiguous(), o if reads else slots, slots if starts is None else starts,
         nb, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact,
         READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, num_warps=num_warps,
-        num_stages=num_stages,
+        num_stages=num_stages, **capped,
     )
