@@ -10,8 +10,9 @@ torch's float64 ``wy_tables``. Run 26 (H200, (2, 16384, 16, 64)): output tables 
                                             [--out DIR]
 
 ``--variants``: ``WARPSxSTAGES`` pairs (``stages``: the products' loads in flight; 1 compiles without
-asynchronous copies), optionally ``xKEYBLOCK``, ``xMAXNREG`` and ``xROWBLOCK`` for the decisions' tables
-(``4x1x16x168x16``: key blocks of 16, 168 registers a thread, ``K K^T`` and ``akap`` 16 rows at a time; 0: none).
+asynchronous copies), optionally ``xKEYBLOCK`` and ``xMAXNREG`` for the decisions' tables (``4x1x16x168``: key
+blocks of 16, 168 registers a thread; 0: none). Run 66 (H100): none faster than the default (2.03 ms; 2.44-3.64),
+nor ``K K^T`` and ``akap`` made 16 rows at a time (2.45 ms: removed).
 ``--f32``: also the output tables computed in float32 (``wy_tables_f32_triton``, the forward's up to 64 features
 since run 45) at each number of warps, timed and compared with the first variant's float64 tables (``4p``: four
 warps, every product tf32x3, as before run 55; else bf16 products of the keys and queries where they are bf16).
@@ -74,15 +75,14 @@ def main():
     for item in args.variants.split(","):
         given = [int(n) for n in item.split("x")]
         # (unnamed trailing fields take their defaults: until run 66 a key block alone padded the register cap with 64)
-        warps, stages, key_block, maxnreg, row_block = given + [4, 1, 64, 0, 0][len(given):]
+        warps, stages, key_block, maxnreg = given + [4, 1, 64, 0][len(given):]
         outputs = lambda: output_tables_rows(q, k, g, beta, 0, nC, dtype=torch.float32, num_warps=warps,  # noqa: E731
                                              stages=stages)
         scores = lambda: score_tables_triton(kc, gc, bc, num_warps=warps, stages=stages,  # noqa: E731
-                                             key_block=key_block, maxnreg=maxnreg or None,
-                                             row_block=row_block or None)
+                                             key_block=key_block, maxnreg=maxnreg or None)
         got = (list(outputs().values()), list(scores()))
         first = first or got
-        rows.append(dict(warps=warps, stages=stages, key_block=key_block, maxnreg=maxnreg, row_block=row_block,
+        rows.append(dict(warps=warps, stages=stages, key_block=key_block, maxnreg=maxnreg,
                          output_ms=bench_ms(outputs, rep=50), scores_ms=bench_ms(scores, rep=50),
                          output_vs_first=max_rel(got[0], first[0]), scores_vs_first=max_rel(got[1], first[1])))
         print(rows[-1], flush=True)
@@ -101,14 +101,14 @@ def main():
         json.dump(dict(card=card, cell=args.cell, rows=rows, vs_torch_float64=vs_torch), f, indent=1)
     print(f"{card}, {cfg}, all {nC} chunks x {cfg[0] * cfg[2]} rows in one launch; the first 8 chunks' output "
           f"tables against torch float64: {vs_torch}")
-    print("| warps | stages | key block, registers, row block | output tables ms | decisions' tables ms | vs first "
+    print("| warps | stages | key block, registers | output tables ms | decisions' tables ms | vs first "
           "(outputs / decisions) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         if "f32_warps" in r:
             print(f"| {r['f32_warps']} (float32) | - | - | {r['output_ms']:.2f} | - | {r['output_vs_first']:.1e} / - |")
         else:
-            launch = f"{r['key_block']}, {r['maxnreg'] or '-'}, {r['row_block'] or '-'}"
+            launch = f"{r['key_block']}, {r['maxnreg'] or '-'}"
             print(f"| {r['warps']} | {r['stages']} | {launch} | {r['output_ms']:.2f} | {r['scores_ms']:.2f} | "
                   f"{r['output_vs_first']:.1e} / {r['scores_vs_first']:.1e} |")
 

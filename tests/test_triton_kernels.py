@@ -1716,17 +1716,15 @@ def test_delta_rule_table_kernel_matches_the_torch_tables(Dk):
     (a triangular solve), the decisions' tables and the output stage's at their default warps; chunks with padding
     (``g = b = 0``) and ``b`` up to 1. Measured ~1e-15 of each table's largest entry (float64 rounding of 64-term
     sums); ``Phi = e^GL (I - K^T Z)`` to ~1e-15 of its terms (at most 1), since it cancels to ~0 where the rule
-    erases (one feature, ``b = 1``). The decisions' tables at key blocks of 16, ``K K^T`` and ``akap`` 16 rows at a
-    time, with a register cap (a sweep's launch, ``delta_table_kernel.py``) are the same bits: each entry's sum keeps
-    its order."""
+    erases (one feature, ``b = 1``). The decisions' tables at key blocks of 16 with a register cap (a sweep's
+    launch, ``delta_table_kernel.py``) are the same bits: each entry's sum keeps its order."""
     from dla_fast.ops.delta_rule.wy_tables import wy_tables
     from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_triton, score_tables_triton
 
     q, k, g, b, _ = _table_inputs(Dk)
     want, _ = wy_tables(q, k, g, b)
     akapT, ktT, khd, phiT = score_tables_triton(*(x.to(DEV) for x in (k, g, b)))
-    narrow = score_tables_triton(*(x.to(DEV) for x in (k, g, b)), key_block=16, maxnreg=168,
-                                  row_block=16)
+    narrow = score_tables_triton(*(x.to(DEV) for x in (k, g, b)), key_block=16, maxnreg=168)
     assert all(torch.equal(x, y) for x, y in zip((akapT, ktT, khd, phiT), narrow))
     got = dict(akap=akapT.transpose(-1, -2), kt=ktT.transpose(-1, -2), khd=khd, Phi=phiT.transpose(-1, -2))
     inputs = [x.to(DEV) for x in (q, k, g, b)]

@@ -146,42 +146,13 @@ def _store_phi(phi_ptr, z_chunk, k_chunk, bk, eGL, Dk, phi_si, phi_sj, C: tl.con
                      mask=(di[:, None] < Dk) & (dj[None, :] < Dk))
 
 
-@triton.jit
-def _store_gram(k_chunk, a_chunk, bk, Dk, C: tl.constexpr, RB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr):
-    """``K K^T [C, C]`` (the chunk's float64 keys ``[C, Dk]`` at ``k_chunk``) to ``a_chunk``, ``RB`` rows at a time
-    (``C``: all; a ``[C, C]`` float64 tile holds 64 registers a thread on 4 warps)."""
-    cols = tl.arange(0, C)[None, :]
-    if RB == C:
-        KK = dot_from_memory(k_chunk, Dk, 1, k_chunk, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
-        tl.store(a_chunk + tl.arange(0, C)[:, None] * C + cols, KK)
-    else:
-        for I in tl.static_range(C // RB):
-            r = I * RB + tl.arange(0, RB)
-            KK = dot_from_memory(k_chunk + I * RB * Dk, Dk, 1, k_chunk, 1, Dk, bk, RB, Dk, C, RB, C, BKD, False,
-                                 STAGES)
-            tl.store(a_chunk + r[:, None] * C + cols, KK)
-
-
-@triton.jit
-def _store_akap(a_chunk, akapT_ptr, base, Gp, Gc, C: tl.constexpr, RB: tl.constexpr):
-    """``akap = Dp o A`` (``A = Gs T`` at ``a_chunk``) transposed into chunk ``base`` of ``akapT [.., C (s), C
-    (t)]``, ``RB`` rows of ``A`` at a time; ``Gp``, ``Gc``: the chunk's exclusive and inclusive decay sums."""
-    cols = tl.arange(0, C)[None, :]
-    for I in tl.static_range(C // RB):
-        r = I * RB + tl.arange(0, RB)
-        Gp_r = Gp if RB == C else tl.gather(Gp, r, 0)
-        akap = tl.where(cols < r[:, None], tl.exp(Gp_r[:, None] - Gc[None, :]), 0.0) * tl.load(
-            a_chunk + r[:, None] * C + cols)
-        tl.store(akapT_ptr + (base * C + cols) * C + r[:, None], akap)
-
-
 @triton.jit(do_not_specialize=["R", "T", "H", "c0", "Dk", "phi_si", "phi_sj"])
 def dla_delta_wy_tables_kernel(
     q_ptr, k_ptr, g_ptr, b_ptr, x64_ptr, b64_ptr, a_ptr, z_ptr, mq_ptr,
     akapT_ptr, ktT_ptr, khd_ptr, phi_ptr, attn_ptr, qt_ptr,
     R, T, H, c0, Dk, phi_si, phi_sj,
     C: tl.constexpr, KB: tl.constexpr, IB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
-    SCORES: tl.constexpr, OUTPUTS: tl.constexpr, BETA_KHD: tl.constexpr, STAGED: tl.constexpr, RB: tl.constexpr,
+    SCORES: tl.constexpr, OUTPUTS: tl.constexpr, BETA_KHD: tl.constexpr, STAGED: tl.constexpr,
 ):
     """Program (row r = b H + h, chunk c = c0 + j of the inputs ``q, k [B, T, H, Dk]``, ``g, b [B, T, H]``, any
     float dtypes, all 0 past T) -> at chunk-major index ``j R + r``: always ``khd [nb, R, C, Dk]`` (``b khd`` with
@@ -191,7 +162,6 @@ def dla_delta_wy_tables_kernel(
     outputs' dtypes. ``x64 [.., 1 + OUTPUTS, C, Dk]`` (the keys, then the queries, with ``STAGED``; else the
     inputs must be float64 with ``H = 1`` and ``T`` a multiple of C, read in place), ``b64 [.., C]`` (b: the
     products' scale), ``a`` (``K K^T``, then ``A``), ``mq [.., C, C]`` and ``z [.., C, Dk]`` are float64 scratch.
-    ``RB``: the rows of ``K K^T`` and ``akap`` made at a time (``C``: all; fewer hold fewer registers, for sweeps).
     FLOPs: ~6 float64 ``C^2 Dk`` products, ``~C^3 / 3`` of block products for ``A`` and the substitution on its
     ``16 x 16`` diagonal blocks."""
     r = tl.program_id(0)
@@ -211,11 +181,13 @@ def dla_delta_wy_tables_kernel(
     bk = b64_ptr + base * C
     tl.store(bk + t, b)
     tl.debug_barrier()  # the chunk's keys, queries and b are in the scratch for every thread
-    _store_gram(k_chunk, a_chunk, bk, Dk, C, RB, BKD, STAGES)
+    KK = dot_from_memory(k_chunk, Dk, 1, k_chunk, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
+    tl.store(a_chunk + rows * C + cols, KK)
     tl.debug_barrier()  # K K^T is in the scratch for every thread
     gs_times_inverse(a_chunk, bk, C, IB, BKD, STAGES, False)
     if SCORES:
-        _store_akap(a_chunk, akapT_ptr, base, Gp, Gc, C, RB)
+        akap = tl.where(cols < rows, tl.exp(Gp[:, None] - Gc[None, :]), 0.0) * tl.load(a_chunk + rows * C + cols)
+        tl.store(akapT_ptr + (base * C + cols) * C + rows, akap)
     if OUTPUTS:  # Mq = causal(Q K^T)
         Mq = dot_from_memory(q_chunk, Dk, 1, k_chunk, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES)
         tl.store(mq_chunk + rows * C + cols, tl.where(cols <= rows, Mq, 0.0))
@@ -250,12 +222,12 @@ def dla_delta_wy_tables_kernel(
 
 
 def _launch(q, k, g, b, c0: int, nb: int, C: int, out, scores: bool, beta_khd: bool, num_warps: int, stages: int,
-            staged: bool = False, key_block: int = KEY_BLOCK, maxnreg: int | None = None, row_block: int | None = None):
+            staged: bool = False, key_block: int = KEY_BLOCK, maxnreg: int | None = None):
     """One launch over chunks ``c0 .. c0 + nb - 1`` of ``k [B, T, H, Dk]`` (chunks of C tokens); ``out`` holds the
     tables it writes (absent ones: any tensor; the keys at the chunk end as ``kb`` with ``beta_khd``). Returns the
     float64 scratch ``(x, b, A, Z, Mq)`` (``x``: the keys and queries, with ``staged`` always copied there).
     ``key_block``: the widest key block of the outputs' tiles (``KEY_BLOCK``); ``maxnreg``: a register cap (None:
-    none); ``row_block``: the rows of ``K K^T`` and ``akap`` made at a time (None: all C)."""
+    none)."""
     B, T, H, Dk = k.shape
     R = B * H
     f64 = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=torch.float64)  # noqa: E731
@@ -272,7 +244,7 @@ def _launch(q, k, g, b, c0: int, nb: int, C: int, out, scores: bool, beta_khd: b
         q if outputs else k, k, g, b, scratch_x, scratch_b, scratch_a, scratch_z, scratch_mq, out.get("akapT", k),
         out.get("ktT", k), keys, phi, out.get("attn", k), out.get("qt", k), R, T, H, c0, Dk, phi_si, phi_sj,
         C=C, KB=KB, IB=min(INVERSE_BLOCK, C), BKD=FP64_DOT_K, STAGES=stages, SCORES=scores, OUTPUTS=outputs,
-        BETA_KHD=beta_khd, STAGED=staged, RB=row_block or C, num_warps=num_warps,
+        BETA_KHD=beta_khd, STAGED=staged, num_warps=num_warps,
         **({} if maxnreg is None else dict(maxnreg=maxnreg)))
     return scratch_x, scratch_b, scratch_a, scratch_z, scratch_mq
 
@@ -285,17 +257,16 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def score_tables_triton(k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *, num_warps: int = 4,
-                        stages: int = 1, key_block: int = KEY_BLOCK, maxnreg: int | None = None,
-                        row_block: int | None = None):
+                        stages: int = 1, key_block: int = KEY_BLOCK, maxnreg: int | None = None):
     """The decisions' tables of a block of chunks: chunk-major ``k [nb, R, C, Dk]``, ``g, b [nb, R, C]`` (any
     float dtypes). Returns ``(akapT, ktT, khd, phiT)``: ``wy_tables(None, k, g, b)``'s ``akap``, ``kt`` and ``Phi``
     transposed in their last two dims, and ``khd``, float64. ``stages``: the products' loads in flight;
-    ``key_block``, ``maxnreg``, ``row_block``: ``_launch``'s (for ``delta_table_kernel.py``'s sweeps)."""
+    ``key_block``, ``maxnreg``: ``_launch``'s (for ``delta_table_kernel.py``'s sweeps)."""
     nb, R, C, Dk = k.shape
     new = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=torch.float64)  # noqa: E731
     out = dict(akapT=new(C, C), ktT=new(Dk, C), khd=new(C, Dk), phiT=new(Dk, Dk))
     _launch(None, *(_as_rows(x) for x in (k, g, b)), 0, 1, C, out, True, False, num_warps, stages,
-            key_block=key_block, maxnreg=maxnreg, row_block=row_block)
+            key_block=key_block, maxnreg=maxnreg)
     return out["akapT"], out["ktT"], out["khd"], out["phiT"]
 
 
