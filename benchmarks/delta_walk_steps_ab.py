@@ -10,7 +10,8 @@ removed, docs/performance.md "Run 51").
 
     python benchmarks/delta_walk_steps_ab.py [CELLS] [--variants 1,1e,2e,4e] [--rounds 3]
 
-CELLS default ``2x16384x64:moderate``; a variant is the chunks a step, ``e`` for the early loads.
+CELLS default ``2x16384x64:moderate``; a variant is the chunks a step, ``e`` for the early loads, and optionally
+``@BVxWARPSxSTAGES[xMAXNREG]``, the walk kernel's launch (``2e@2x4x1x168``: Dv blocks of 2, capped at 168 registers).
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ WALK_KERNELS = ("dla_delta_states_kernel", "dla_delta_pair_steps_kernel")
 
 
 def forward(x, variant: str):
-    chunk_fwd.forward_delta_rule_triton = functools.partial(FORWARD, walk_steps=int(variant.strip("e")))
-    chunk_fwd.EARLY_LOADS = "e" in variant
+    steps, _, launch = variant.partition("@")
+    walk_launch = tuple(int(f) for f in launch.split("x")) if launch else None
+    chunk_fwd.forward_delta_rule_triton = functools.partial(FORWARD, walk_steps=int(steps.strip("e")),
+                                                            walk_launch=walk_launch)
+    chunk_fwd.EARLY_LOADS = "e" in steps
     with torch.no_grad():
         return dla_fast.forward(*x[:5], tau=TAU, beta=x[5], output_final_cache=True)
 

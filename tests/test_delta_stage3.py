@@ -80,11 +80,12 @@ def _read_error_bound(dtype, steps: int, o_ref) -> float:
     return 1e-6
 
 
-def _forward_checked(x, cache, tau, lengths, monkeypatch, walk_steps=1, keep_checkpoints=False, pieces=True):
-    """The device forward (its slot walk ``walk_steps`` chunks a step, split at the backward's checkpoints with
-    ``keep_checkpoints``) with every stage-3 call checked against the torch stage (its pieces too with ``pieces``);
-    returns its ``(o, cache, trace)``. Stage 3 takes the float64 tables here, as the torch stage does, so that the
-    comparison is of its kernels alone: the float32 tables the forward takes at up to 64 features
+def _forward_checked(x, cache, tau, lengths, monkeypatch, walk_steps=1, keep_checkpoints=False, pieces=True,
+                     walk_launch=None):
+    """The device forward (its slot walk ``walk_steps`` chunks a step at ``walk_launch``, split at the backward's
+    checkpoints with ``keep_checkpoints``) with every stage-3 call checked against the torch stage (its pieces too with
+    ``pieces``); returns its ``(o, cache, trace)``. Stage 3 takes the float64 tables here, as the torch stage does, so
+    that the comparison is of its kernels alone: the float32 tables the forward takes at up to 64 features
     (``chunk_fwd.output_tables``) have their own test against float64 ones (test_delta_output_tables_f32.py) and meet
     dla_ref's bounds in the forward tests (test_triton_kernels.py, the harness)."""
     from dla_fast.ops.delta_rule import chunk_fwd
@@ -95,12 +96,12 @@ def _forward_checked(x, cache, tau, lengths, monkeypatch, walk_steps=1, keep_che
                         lambda q, k, g, beta, b0, nb: output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32))
     real, calls = chunk_fwd._states_and_outputs, []
 
-    def both(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept=None, steps=1):
-        assert steps == walk_steps
+    def both(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept=None, steps=1, launch=None):
+        assert (steps, launch) == (walk_steps, walk_launch)
         if pieces:
             _check_pieces(q, k, v, g, beta, lam, s, size0, row_lengths)
         old_slots = slots.clone()
-        o = real(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept, steps)
+        o = real(q, k, v, g, beta, lam, s, size0, row_lengths, slots, kept, steps, launch)
         o_old = states_and_outputs_torch(q, k, v, g, beta, lam, s, size0, row_lengths, old_slots)
         torch.testing.assert_close(o, o_old, rtol=1e-5, atol=_read_error_bound(q.dtype, steps, o_old))
         torch.testing.assert_close(slots, old_slots, rtol=1e-5, atol=1e-6)
@@ -110,7 +111,7 @@ def _forward_checked(x, cache, tau, lengths, monkeypatch, walk_steps=1, keep_che
     monkeypatch.setattr(chunk_fwd, "_states_and_outputs", both)
     cache = tuple(c.clone() for c in cache)
     o, *trace = chunk_fwd.forward_delta_rule_triton(*x, None, *cache, tau=tau, lengths=lengths, walk_steps=walk_steps,
-                                                    keep_checkpoints=keep_checkpoints)
+                                                    walk_launch=walk_launch, keep_checkpoints=keep_checkpoints)
     monkeypatch.setattr(chunk_fwd, "_states_and_outputs", real)  # (a next call wraps the stage once, not twice)
     assert calls
     return o, cache, trace
@@ -141,13 +142,14 @@ def test_stage3_kernels_match_the_torch_stage(B, T, H, D, K, dtype, with_cache, 
         assert np.linalg.norm(final[0].cpu().numpy() - c_r.states) <= 1e-5 * np.linalg.norm(c_r.states)
 
 
-# (B, T, H, D, K, dtype, row lengths or None, the walk's variant, checkpoints kept): the variant is the chunks a
-# step, "e" for its early loads. 5 and 4 chunks (steps of 2 with one chunk left over, of 4 with none; with
-# checkpoints at every third chunk, walks of 3 and 2 chunks), a few merges a chunk (K = 8: a step's second chunk
-# moves slots that hold the first one's start slots) or merges in every chunk (K = 4: the older slots soon merged
-# into one), rows that end inside a step. Three cases, for CI's time: each runs the interpreter's forward twice.
+# (B, T, H, D, K, dtype, row lengths or None, the walk's variant, checkpoints kept): the variant is the chunks a step,
+# "e" for its early loads, "@BVxWARPSxSTAGES" a launch of its own (two Dv blocks a row here). 5 and 4 chunks (steps of
+# 2 with one chunk left over, of 4 with none; with checkpoints at every third chunk, walks of 3 and 2 chunks), a few
+# merges a chunk (K = 8: a step's second chunk moves slots that hold the first one's start slots) or merges in every
+# chunk (K = 4: the older slots soon merged into one), rows that end inside a step. Three cases, for CI's time: each
+# runs the interpreter's forward twice.
 SEVERAL_CHUNKS = [
-    (1, 260, 2, 16, 8, torch.float32, None, "2e", True),
+    (1, 260, 2, 16, 8, torch.float32, None, "2e@8x4x1", True),
     (2, 256, 1, 16, 8, torch.bfloat16, (256, 200), "4e", False),
     (2, 260, 1, 16, 4, torch.bfloat16, (260, 140), "1", True),
 ]
@@ -157,16 +159,19 @@ SEVERAL_CHUNKS = [
 @pytest.mark.parametrize("B,T,H,D,K,dtype,lengths,variant,kept", SEVERAL_CHUNKS)
 def test_stage3_walk_variants(B, T, H, D, K, dtype, lengths, variant, kept, monkeypatch):
     """The slot walk on composed tables (``walk_steps`` 2 and 4, ``chunk_fwd_steps``) and on single chunks, with its
-    small loads issued early (``EARLY_LOADS``, "e") or not, after a first call that fills the cache: its outputs and
-    final slot states equal the torch stage's to float32 rounding (the bounds of the one-chunk walk above)."""
+    small loads issued early (``EARLY_LOADS``, "e") or not, at its default launch or another, after a first call that
+    fills the cache: its outputs and final slot states equal the torch stage's to float32 rounding (the bounds of the
+    one-chunk walk above)."""
     from dla_fast.ops.delta_rule import chunk_fwd
 
-    steps, early = int(variant.strip("e")), "e" in variant
-    monkeypatch.setattr(chunk_fwd, "EARLY_LOADS", early)
+    steps, _, launch = variant.partition("@")
+    monkeypatch.setattr(chunk_fwd, "EARLY_LOADS", "e" in steps)
+    steps = int(steps.strip("e"))
     tau, prefix = 0.5, 40
     D = max(D, 32) if CUDA else D
     x_all = delta_inputs(B, prefix + T, H, D, K, dtype, seed=T + K + steps, decay=0.99)  # (old slots weigh in)
-    walk = dict(walk_steps=steps, pieces=False)  # (the tables and maps: the test above)
+    walk = dict(walk_steps=steps, pieces=False,  # (the tables and maps: the test above)
+                walk_launch=tuple(int(f) for f in launch.split("x")) if launch else None)
     _, cache, _ = _forward_checked([a[:, :prefix] for a in x_all], empty_cache(B, H, K, D), tau, None,
                                    monkeypatch, **walk)
     x, n = after_prefix(x_all, prefix, lengths)

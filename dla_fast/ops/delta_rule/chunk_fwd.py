@@ -121,10 +121,11 @@ def output_tables(q, k, g, beta, b0: int, nb: int) -> dict:
     return output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32)
 
 
-def _walk(slots, tab, coef, dest_f, dest, v, o, i: int, j: int, c0: int, lowp: bool, steps: int) -> None:
+def _walk(slots, tab, coef, dest_f, dest, v, o, i: int, j: int, c0: int, lowp: bool, steps: int,
+          launch=None) -> None:
     """The slot walk over chunks ``i .. j - 1`` of the block's tables (chunk ``c0`` of the call first), ``steps``
     chunks a step (1, 2 or 4: the tables composed by ``chunk_fwd_steps.pair_steps``, once or twice); the chunks left
-    over, one a step."""
+    over, one a step. ``launch``: the walk kernel's (``slot_states_and_reads``)."""
     whole = i + (j - i) // steps * steps
     for a, b, per in ((i, whole, steps), (whole, j, 1)):
         if a == b:
@@ -133,11 +134,11 @@ def _walk(slots, tab, coef, dest_f, dest, v, o, i: int, j: int, c0: int, lowp: b
         while t[1].shape[2] < per * CHUNK:
             t = pair_steps(*t, v, o, c0 + a - i, chunk=CHUNK, v_exact=lowp)
         slot_states_and_reads(slots, t[0], t[1], t[2], v, *t[3:], o, c0 + a - i, read_f32=not lowp, v_exact=lowp,
-                              chunk=CHUNK, early_loads=EARLY_LOADS)
+                              chunk=CHUNK, early_loads=EARLY_LOADS, launch=launch)
 
 
 def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_lengths, slots, kept=None,
-                        walk_steps: int = 1):
+                        walk_steps: int = 1, walk_launch=None):
     """Stage 3: ``o [B, T, H, Dv]`` float32; the slot states ``slots [R, K, Dk, Dv]`` (float32, from the initial
     cache's) advanced to the call's end in place.
 
@@ -145,8 +146,8 @@ def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_l
     they are, in their dtypes: the WY tables (``output_tables``), the partition's maps and the intra-chunk output
     (``chunk_fwd_partition``), then ``dla_delta_states_kernel`` for the slot states and the reads of the slots live
     at each chunk start. ``kept``: a ``SlotCheckpoints`` whose ``states`` list receives a copy of the slot states at
-    every ``every``-th chunk start (the walk split there). ``walk_steps``: chunks per step of the slot walk (see
-    ``forward_delta_rule_triton``)."""
+    every ``every``-th chunk start (the walk split there). ``walk_steps``, ``walk_launch``: see
+    ``forward_delta_rule_triton``."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     R, C, nC = B * H, CHUNK, -(-T // CHUNK)
@@ -163,14 +164,14 @@ def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_l
         for c0, c1 in zip(cuts, cuts[1:]):
             if kept is not None and c0 % kept.every == 0:
                 kept.states.append(slots.clone())
-            _walk(slots, tab, coef, dest_f, dest, v, o, c0 - b0, c1 - b0, c0, lowp, walk_steps)
+            _walk(slots, tab, coef, dest_f, dest, v, o, c0 - b0, c1 - b0, c0, lowp, walk_steps, walk_launch)
     return o
 
 
 def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states, counts, info, size, *, tau,
                               eps: float = 1e-6, norm_eps: float = 1e-6, lengths=None, decisions: str = "auto",
                               decide_warps: int | None = None, keep_checkpoints: bool = False,
-                              walk_steps: int = WALK_STEPS):
+                              walk_steps: int = WALK_STEPS, walk_launch: tuple[int, ...] | None = None):
     """DLA with the gated delta-rule backbone on CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``): the
     contract of ``chunk_torch.forward_delta_rule_chunked`` (the cache tensors ``states [B, H, K, Dk, Dv]`` in the
     compute dtype, ``counts``, ``info`` float64, ``size`` updated in place; ``lengths [B]`` or None).
@@ -181,7 +182,8 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
 
     ``walk_steps``: chunks per step of the slot walk, 1, 2 or 4 (2 and 4: each pair of steps' tables composed into
     one by ``chunk_fwd_steps``, so the walk's chain has half or a quarter as many steps; the outputs agree to float32
-    rounding, not bit for bit).
+    rounding, not bit for bit). ``walk_launch``: the slot walk's ``(BV, num_warps, num_stages[, maxnreg])`` in place
+    of ``chunk_fwd_states.state_block``'s (for sweeps).
 
     ``keep_checkpoints``: also return the slot states at the backward's checkpoints and the decided structure
     (``SlotCheckpoints``, states ``[n, R, K, Dk, Dv]`` float32), so that a backward need not walk the slots to them
@@ -208,7 +210,8 @@ def forward_delta_rule_triton(q, k, v, g, slot_weights, beta, boundaries, states
     slots = (states.view(R, K, Dk, Dv) if in_place
              else torch.empty(R, K, Dk, Dv, device=q.device).copy_(states.reshape(R, K, Dk, Dv)))
     kept = SlotCheckpoints(CHUNK, checkpoint_interval(-(-T // CHUNK)), []) if keep_checkpoints else None
-    o = _states_and_outputs(q, k, v, g, beta, slot_weights, s, size0, row_lengths, slots, kept, walk_steps)
+    o = _states_and_outputs(q, k, v, g, beta, slot_weights, s, size0, row_lengths, slots, kept, walk_steps,
+                            walk_launch)
     # The open slot: the decision kernel's explicit one (float64 per token), as the torch path keeps its scan's.
     open_idx = (s.size - 1).clamp(min=0)
     rows_ = torch.arange(R, device=q.device)
