@@ -104,6 +104,17 @@ def add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, chunk0, T, H, K, Dk, Dv, d
         tl.store(o_at, o_old + read, mask=tok_v)
 
 
+@triton.jit
+def token_operands(v_ptr, dest_ptr, r, chunk, at, T, H, Dv, dv, vmask, CS: tl.constexpr, KP: tl.constexpr):
+    """A sub-chunk's operands of the walk's token product, to load ahead of it: its values ``[CS, BV]`` (the Dv block
+    ``dv``, in their dtype, 0 past T) and each token's end slot (``dest`` at block index ``at``) broadcast over the
+    slots, ``[CS, KP]``: held so, a thread keeps only its rows' slots (a ``[CS]`` vector held ahead took 64 registers
+    a thread: sm_90, 1,040 B of stack against 728)."""
+    _, _, _, _, valid, row = chunk_tokens(r, chunk, T, H, CS)
+    v = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
+    return v, tl.load(dest_ptr + at + tl.arange(0, CS)[:, None] + 0 * tl.arange(0, KP)[None, :])
+
+
 # Long: the program walks a block of steps in order.
 @triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
 def dla_delta_states_kernel(
@@ -111,7 +122,7 @@ def dla_delta_states_kernel(
     NB, R, T, H, c0, K, Dk, Dv,
     C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
     READ_F32: tl.constexpr, V_EXACT: tl.constexpr, READS: tl.constexpr, STORE_STARTS: tl.constexpr,
-    EARLY_LOADS: tl.constexpr,
+    EARLY_LOADS: tl.constexpr, EARLY_TOKENS: tl.constexpr = False,
 ):
     """Program (row r = b H + h, Dv block vb): for steps ``0 .. NB - 1`` of ``C`` tokens each (``C / CS`` chunks of
     ``CS`` tokens, the first at chunk ``c0``), ``o[b, t, h, vb] +=`` the reads of each step's start slots (``o [B, T,
@@ -127,7 +138,10 @@ def dla_delta_states_kernel(
     inputs). ``READS``: add the reads to ``o`` (the backward's recomputation takes none); ``STORE_STARTS``: store each
     step's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them).
     ``EARLY_LOADS``: the merge map loaded at the step's top and each chunk's ``o`` before its reads' product, so that
-    their round trips overlap the query's and weights' (a few registers; the forward's, ``chunk_fwd.EARLY_LOADS``)."""
+    their round trips overlap the query's and weights' (a few registers; the forward's, ``chunk_fwd.EARLY_LOADS``).
+    ``EARLY_TOKENS``: each sub-chunk's values and end slots loaded a phase ahead (the first at the step's top, before
+    the reads; the next while the current one's products run), so that the one-hot map does not wait on them (run
+    67's ``ncu``: ~15 % of the walk's stall samples on those compares)."""
     t = tl.arange(0, CS)
     # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between steps.
     r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
@@ -139,6 +153,9 @@ def dla_delta_states_kernel(
             tl.store(starts_ptr + cr * K * Dk * Dv + state_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
         if EARLY_LOADS:
             dest_f = tl.load(dest_f_ptr + cr * K + j, mask=j < K, other=-1)
+        if EARLY_TOKENS:
+            v_next, dest_next = token_operands(v_ptr, dest_ptr, r, c0 + c * (C // CS), cr * C, T, H, Dv, dv, vmask, CS,
+                                               KP)
         if READS:
             add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, c0 + c * (C // CS), T, H, K, Dk, Dv, dk, dv, j, kmask,
                            vmask, C, CS, BV, KP, READ_F32, EARLY_LOADS)
@@ -154,12 +171,18 @@ def dla_delta_states_kernel(
         phi = tl.load(phi_ptr + cr * Dk * Dk + dk[:, None] * Dk + dk[None, :],
                       mask=kmask[:, None] & kmask[None, :], other=0.0)
         for h in tl.static_range(C // CS):
-            _, _, _, _, valid, row = chunk_tokens(r, c0 + c * (C // CS) + h, T, H, CS)
-            tok_v = valid[:, None] & vmask[None, :]
             at = cr * C + h * CS
             kb_t = tl.load(kb_ptr + at * Dk + t[None, :] * Dk + dk[:, None], mask=kmask[:, None], other=0.0)
-            v = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=tok_v, other=0.0).to(tl.float32)
-            one_hot = (tl.load(dest_ptr + at + t)[:, None] == j[None, :]).to(tl.float32)  # [CS, KP]
+            if EARLY_TOKENS:  # (this sub-chunk's were loaded a phase ahead; the next one's now)
+                v, one_hot = v_next.to(tl.float32), (dest_next == j[None, :]).to(tl.float32)
+                if h + 1 < C // CS:
+                    v_next, dest_next = token_operands(v_ptr, dest_ptr, r, c0 + c * (C // CS) + h + 1, at + CS, T, H,
+                                                       Dv, dv, vmask, CS, KP)
+            else:
+                _, _, _, _, valid, row = chunk_tokens(r, c0 + c * (C // CS) + h, T, H, CS)
+                v = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=valid[:, None] & vmask[None, :],
+                            other=0.0).to(tl.float32)
+                one_hot = (tl.load(dest_ptr + at + t)[:, None] == j[None, :]).to(tl.float32)  # [CS, KP]
             writes = tl.reshape(v[:, :, None] * one_hot[:, None, :], [CS, BV * KP])
             if h == 0:  # (after the first tokens' loads, as the one-chunk walk has always issued them)
                 S = dot_f32(phi, X, None, False)
@@ -191,7 +214,7 @@ def launch_shape(Dk: int, Dv: int, K: int, launch: tuple[int, int, int] | None):
 
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
                           v_exact: bool, starts=None, launch: tuple[int, ...] | None = None,
-                          chunk: int | None = None, early_loads: bool = False) -> None:
+                          chunk: int | None = None, early_loads: bool = False, early_tokens: bool = False) -> None:
     """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the ``nb`` steps (chunks, or
     composed runs of chunks: ``chunk``) that start at chunk ``c0`` and add the reads of each step's start slots to
     ``o [B, T, H, Dv]`` (float32, in place).
@@ -205,7 +228,7 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     each step's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s, and
     optionally a register cap (for sweeps). ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans
     several (``chunk_fwd_steps``' composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one
-    chunk. ``early_loads``: the kernel's ``EARLY_LOADS``."""
+    chunk. ``early_loads``, ``early_tokens``: the kernel's ``EARLY_LOADS``, ``EARLY_TOKENS``."""
     nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
     K = slots.shape[1]
@@ -217,6 +240,6 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
         slots, Phi.contiguous(), kb.contiguous(), qt, v.contiguous(), coef, dest_f.to(torch.int32).contiguous(),
         dest.to(torch.int32).contiguous(), o if reads else slots, slots if starts is None else starts,
         nb, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact,
-        READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, num_warps=num_warps,
-        num_stages=num_stages, **capped,
+        READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, EARLY_TOKENS=early_tokens,
+        num_warps=num_warps, num_stages=num_stages, **capped,
     )
