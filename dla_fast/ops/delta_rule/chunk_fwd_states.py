@@ -141,7 +141,7 @@ def dla_delta_states_kernel(
     their round trips overlap the query's and weights' (a few registers; the forward's, ``chunk_fwd.EARLY_LOADS``).
     ``EARLY_TOKENS``: each sub-chunk's values and end slots loaded a phase ahead (the first at the step's top, before
     the reads; the next while the current one's products run), so that the one-hot map does not wait on them (run
-    67's ``ncu``: ~15 % of the walk's stall samples on those compares)."""
+    67's ``ncu``: 18.5 % of the walk's stall samples on those compares)."""
     t = tl.arange(0, CS)
     # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between steps.
     r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
