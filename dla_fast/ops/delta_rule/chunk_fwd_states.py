@@ -189,7 +189,7 @@ def dla_delta_states_kernel(
                 if h + 1 < C // CS:
                     v_next, dest_next = token_operands(v_ptr, dest_ptr, r, c0 + c * (C // CS) + h + 1, at + CS, T, H,
                                                        Dv, dv, vmask, CS, KP)
-            else:
+            else:  # (the loads as before run 67: the default build as measured, but for two equivalent shifts)
                 _, _, _, _, valid, row = chunk_tokens(r, c0 + c * (C // CS) + h, T, H, CS)
                 v = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=valid[:, None] & vmask[None, :],
                             other=0.0).to(tl.float32)
