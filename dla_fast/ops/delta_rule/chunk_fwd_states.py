@@ -115,8 +115,8 @@ def step_transition(phi_ptr, cr, Dk, dk, kmask):
 def token_operands(v_ptr, dest_ptr, r, chunk, at, T, H, Dv, dv, vmask, CS: tl.constexpr, KP: tl.constexpr):
     """A sub-chunk's operands of the walk's token product, to load ahead of it: its values ``[CS, BV]`` (the Dv block
     ``dv``, in their dtype, 0 past T) and each token's end slot (``dest`` at block index ``at``) broadcast over the
-    slots, ``[CS, KP]``: held so, a thread keeps only its rows' slots (a ``[CS]`` vector held ahead took 64 registers
-    a thread: sm_90, 1,040 B of stack against 728)."""
+    slots, ``[CS, KP]``, so that a thread keeps only its rows' slots (held ahead as a ``[CS]`` vector, presumably
+    whole in every thread, the sm_90 build spilled more: 1,040 B of stack against 728)."""
     _, _, _, _, valid, row = chunk_tokens(r, chunk, T, H, CS)
     v = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
     return v, tl.load(dest_ptr + at + tl.arange(0, CS)[:, None] + 0 * tl.arange(0, KP)[None, :])
