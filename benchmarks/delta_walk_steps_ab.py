@@ -10,8 +10,7 @@ removed, docs/performance.md "Run 51").
 
     python benchmarks/delta_walk_steps_ab.py [CELLS] [--variants 1,1e,2e,4e] [--rounds 3]
 
-CELLS default ``2x16384x64:moderate``; a variant is the chunks a step, ``e`` for the early loads, ``t`` for the token
-operands loaded ahead (``chunk_fwd.EARLY_TOKENS``), ``p`` for the transition (``EARLY_PHI``), and optionally
+CELLS default ``2x16384x64:moderate``; a variant is the chunks a step, ``e`` for the early loads, and optionally
 ``@BVxWARPSxSTAGES[xMAXNREG]``, the walk kernel's launch (``2e@2x4x1x168``: Dv blocks of 2, capped at 168 registers).
 """
 
@@ -33,7 +32,7 @@ import dla_fast  # noqa: E402
 from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
 
 FORWARD = chunk_fwd.forward_delta_rule_triton
-EARLY = {"e": "EARLY_LOADS", "t": "EARLY_TOKENS", "p": "EARLY_PHI"}  # a variant's letters and the switches they set
+EARLY = {"e": "EARLY_LOADS"}  # a variant's letters and the switches they set
 DEFAULTS = {name: getattr(chunk_fwd, name) for name in EARLY.values()}
 # The kernels whose time the walk steps move (the rest of the forward does not depend on them).
 WALK_KERNELS = ("dla_delta_states_kernel", "dla_delta_pair_steps_kernel")

@@ -151,8 +151,8 @@ def test_stage3_kernels_match_the_torch_stage(B, T, H, D, K, dtype, with_cache, 
 SEVERAL_CHUNKS = [
     (1, 260, 2, 16, 8, torch.float32, None, "2e", True),
     (2, 256, 1, 16, 8, torch.bfloat16, (256, 200), "4e", False),
-    (2, 260, 1, 16, 4, torch.bfloat16, (260, 140), "1t", True),
-    (1, 260, 2, 16, 8, torch.float32, None, "2etp@8x4x1", True),
+    (2, 260, 1, 16, 4, torch.bfloat16, (260, 140), "1", True),
+    (1, 260, 2, 16, 8, torch.float32, None, "2e@8x4x1", True),
 ]
 
 
@@ -160,16 +160,14 @@ SEVERAL_CHUNKS = [
 @pytest.mark.parametrize("B,T,H,D,K,dtype,lengths,variant,kept", SEVERAL_CHUNKS)
 def test_stage3_walk_variants(B, T, H, D, K, dtype, lengths, variant, kept, monkeypatch):
     """The slot walk on composed tables (``walk_steps`` 2 and 4, ``chunk_fwd_steps``) and on single chunks, with its
-    small loads issued early (``EARLY_LOADS``, "e"; ``EARLY_TOKENS``, "t"; ``EARLY_PHI``, "p") or not, at its default
-    launch or another, after a first call that fills the cache: its outputs and final slot states equal the torch
-    stage's to float32 rounding (the bounds of the one-chunk walk above)."""
+    small loads issued early (``EARLY_LOADS``, "e") or not, at its default launch or another, after a first call that
+    fills the cache: its outputs and final slot states equal the torch stage's to float32 rounding (the bounds of the
+    one-chunk walk above)."""
     from dla_fast.ops.delta_rule import chunk_fwd
 
     steps, _, launch = variant.partition("@")
     monkeypatch.setattr(chunk_fwd, "EARLY_LOADS", "e" in steps)
-    monkeypatch.setattr(chunk_fwd, "EARLY_TOKENS", "t" in steps)
-    monkeypatch.setattr(chunk_fwd, "EARLY_PHI", "p" in steps)
-    steps = int(steps.strip("etp"))
+    steps = int(steps.strip("e"))
     tau, prefix = 0.5, 40
     D = max(D, 32) if CUDA else D
     x_all = delta_inputs(B, prefix + T, H, D, K, dtype, seed=T + K + steps, decay=0.99)  # (old slots weigh in)

@@ -64,11 +64,6 @@ WALK_STEPS = 2
 # dense.
 EARLY_LOADS = True
 
-# Each sub-chunk's values and end slots loaded a phase ahead in the walk (``EARLY_TOKENS``), each step's transition at
-# its top (``EARLY_PHI``): run 67, built, to measure (docs/performance.md "Run 67").
-EARLY_TOKENS = False
-EARLY_PHI = False
-
 # Elements of the largest tensors of a block of chunks ([block, R, C, C] in the tables' dtype): they bound the
 # stage's memory (~0.5 GB).
 _TABLE_ELEMENTS = 1 << 22
@@ -139,8 +134,7 @@ def _walk(slots, tab, coef, dest_f, dest, v, o, i: int, j: int, c0: int, lowp: b
         while t[1].shape[2] < per * CHUNK:
             t = pair_steps(*t, v, o, c0 + a - i, chunk=CHUNK, v_exact=lowp)
         slot_states_and_reads(slots, t[0], t[1], t[2], v, *t[3:], o, c0 + a - i, read_f32=not lowp, v_exact=lowp,
-                              chunk=CHUNK, early_loads=EARLY_LOADS, early_tokens=EARLY_TOKENS, early_phi=EARLY_PHI,
-                              launch=launch)
+                              chunk=CHUNK, early_loads=EARLY_LOADS, launch=launch)
 
 
 def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_lengths, slots, kept=None,

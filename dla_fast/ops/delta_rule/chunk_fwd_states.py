@@ -105,13 +105,6 @@ def add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, chunk0, T, H, K, Dk, Dv, d
 
 
 @triton.jit
-def step_transition(phi_ptr, cr, Dk, dk, kmask):
-    """The step's transition ``Phi [Dk, Dk]`` (block index ``cr``), 0 past ``Dk``."""
-    return tl.load(phi_ptr + cr * Dk * Dk + dk[:, None] * Dk + dk[None, :], mask=kmask[:, None] & kmask[None, :],
-                   other=0.0)
-
-
-@triton.jit
 def token_operands(v_ptr, dest_ptr, r, chunk, at, T, H, Dv, dv, vmask, CS: tl.constexpr, KP: tl.constexpr):
     """A sub-chunk's operands of the walk's token product, to load ahead of it: its values ``[CS, BV]`` (the Dv block
     ``dv``, in their dtype, 0 past T) and each token's end slot (``dest`` at block index ``at``) broadcast over the
@@ -129,7 +122,7 @@ def dla_delta_states_kernel(
     NB, R, T, H, c0, K, Dk, Dv,
     C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
     READ_F32: tl.constexpr, V_EXACT: tl.constexpr, READS: tl.constexpr, STORE_STARTS: tl.constexpr,
-    EARLY_LOADS: tl.constexpr, EARLY_TOKENS: tl.constexpr = False, EARLY_PHI: tl.constexpr = False,
+    EARLY_LOADS: tl.constexpr,
 ):
     """Program (row r = b H + h, Dv block vb): for steps ``0 .. NB - 1`` of ``C`` tokens each (``C / CS`` chunks of
     ``CS`` tokens, the first at chunk ``c0``), ``o[b, t, h, vb] +=`` the reads of each step's start slots (``o [B, T,
@@ -146,11 +139,9 @@ def dla_delta_states_kernel(
     step's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them).
     ``EARLY_LOADS``: the merge map loaded at the step's top and each chunk's ``o`` before its reads' product, so that
     their round trips overlap the query's and weights' (a few registers; the forward's, ``chunk_fwd.EARLY_LOADS``).
-    ``EARLY_TOKENS``: each sub-chunk's values and end slots loaded a phase ahead (the first at the step's top, before
-    the reads; the next while the current one's products run), so that the one-hot map does not wait on them (run
-    67's ``ncu``: 18.5 % of the walk's stall samples on those compares). ``EARLY_PHI``: the step's transition loaded
-    at its top, before the reads, instead of after the merges (sm_90 builds at two chunks a step: 592 B of stack
-    alone, 632 with ``EARLY_TOKENS``, against 704 and 728 without)."""
+    Each sub-chunk's values and end slots are loaded a phase ahead (the first at the step's top, before the reads;
+    the next while the current one's products run), so that the one-hot map does not wait on them (run 67's ``ncu``:
+    18.5 % of the walk's stall samples on those compares; run 68: the forward's walk -12 %, the rerun even)."""
     t = tl.arange(0, CS)
     # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between steps.
     r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
@@ -162,11 +153,8 @@ def dla_delta_states_kernel(
             tl.store(starts_ptr + cr * K * Dk * Dv + state_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
         if EARLY_LOADS:
             dest_f = tl.load(dest_f_ptr + cr * K + j, mask=j < K, other=-1)
-        if EARLY_PHI:
-            phi = step_transition(phi_ptr, cr, Dk, dk, kmask)
-        if EARLY_TOKENS:
-            v_next, dest_next = token_operands(v_ptr, dest_ptr, r, c0 + c * (C // CS), cr * C, T, H, Dv, dv, vmask, CS,
-                                               KP)
+        v_next, dest_next = token_operands(v_ptr, dest_ptr, r, c0 + c * (C // CS), cr * C, T, H, Dv, dv, vmask, CS,
+                                           KP)
         if READS:
             add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, c0 + c * (C // CS), T, H, K, Dk, Dv, dk, dv, j, kmask,
                            vmask, C, CS, BV, KP, READ_F32, EARLY_LOADS)
@@ -179,21 +167,16 @@ def dla_delta_states_kernel(
         else:
             X = S
         # The transition of every slot, and the step's tokens in their end slots (v spread over the slot axis).
-        if not EARLY_PHI:
-            phi = step_transition(phi_ptr, cr, Dk, dk, kmask)
+        phi = tl.load(phi_ptr + cr * Dk * Dk + dk[:, None] * Dk + dk[None, :],
+                      mask=kmask[:, None] & kmask[None, :], other=0.0)
         for h in tl.static_range(C // CS):
             at = cr * C + h * CS
             kb_t = tl.load(kb_ptr + at * Dk + t[None, :] * Dk + dk[:, None], mask=kmask[:, None], other=0.0)
-            if EARLY_TOKENS:  # (this sub-chunk's were loaded a phase ahead; the next one's now)
-                v, one_hot = v_next.to(tl.float32), (dest_next == j[None, :]).to(tl.float32)
-                if h + 1 < C // CS:
-                    v_next, dest_next = token_operands(v_ptr, dest_ptr, r, c0 + c * (C // CS) + h + 1, at + CS, T, H,
-                                                       Dv, dv, vmask, CS, KP)
-            else:  # (the loads as before run 67: the default build as measured, but for two equivalent shifts)
-                _, _, _, _, valid, row = chunk_tokens(r, c0 + c * (C // CS) + h, T, H, CS)
-                v = tl.load(v_ptr + row[:, None] * Dv + dv[None, :], mask=valid[:, None] & vmask[None, :],
-                            other=0.0).to(tl.float32)
-                one_hot = (tl.load(dest_ptr + at + t)[:, None] == j[None, :]).to(tl.float32)  # [CS, KP]
+            # (this sub-chunk's operands were loaded a phase ahead; the next one's now)
+            v, one_hot = v_next.to(tl.float32), (dest_next == j[None, :]).to(tl.float32)
+            if h + 1 < C // CS:
+                v_next, dest_next = token_operands(v_ptr, dest_ptr, r, c0 + c * (C // CS) + h + 1, at + CS, T, H, Dv,
+                                                   dv, vmask, CS, KP)
             writes = tl.reshape(v[:, :, None] * one_hot[:, None, :], [CS, BV * KP])
             if h == 0:  # (after the first tokens' loads, as the one-chunk walk has always issued them)
                 S = dot_f32(phi, X, None, False)
@@ -225,8 +208,7 @@ def launch_shape(Dk: int, Dv: int, K: int, launch: tuple[int, int, int] | None):
 
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
                           v_exact: bool, starts=None, launch: tuple[int, ...] | None = None,
-                          chunk: int | None = None, early_loads: bool = False, early_tokens: bool = False,
-                          early_phi: bool = False) -> None:
+                          chunk: int | None = None, early_loads: bool = False) -> None:
     """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the ``nb`` steps (chunks, or
     composed runs of chunks: ``chunk``) that start at chunk ``c0`` and add the reads of each step's start slots to
     ``o [B, T, H, Dv]`` (float32, in place).
@@ -240,8 +222,7 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     each step's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s, and
     optionally a register cap (for sweeps). ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans
     several (``chunk_fwd_steps``' composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one
-    chunk. ``early_loads``, ``early_tokens``, ``early_phi``: the kernel's ``EARLY_LOADS``, ``EARLY_TOKENS``,
-    ``EARLY_PHI``."""
+    chunk. ``early_loads``: the kernel's ``EARLY_LOADS``."""
     nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
     K = slots.shape[1]
@@ -253,6 +234,6 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
         slots, Phi.contiguous(), kb.contiguous(), qt, v.contiguous(), coef, dest_f.to(torch.int32).contiguous(),
         dest.to(torch.int32).contiguous(), o if reads else slots, slots if starts is None else starts,
         nb, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact,
-        READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, EARLY_TOKENS=early_tokens,
-        EARLY_PHI=early_phi, num_warps=num_warps, num_stages=num_stages, **capped,
+        READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, num_warps=num_warps,
+        num_stages=num_stages, **capped,
     )
