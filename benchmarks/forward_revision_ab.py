@@ -18,8 +18,10 @@ run 44). Writes ``forward_revision_ab_<card>_<date>.txt`` (the lines printed) un
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import pkgutil
 import statistics
 import subprocess
 import sys
@@ -51,26 +53,41 @@ def export(rev: str, dest: str) -> str:
     return os.path.join(dest, PACKAGE)
 
 
-def forwards(other_dirs: list[str]) -> dict:
-    """``{"this": this tree's forward, DIR: the forward of the package in DIR, ...}``: ``forward_scalar_decay_triton``
-    of each. Each package's modules move to ``<n>_dla_fast...`` in ``sys.modules`` once imported, so that
-    ``dla_fast`` can be imported again from the next directory; each package's code keeps the module objects it was
-    loaded with."""
+def imported(other_dirs: list[str], module: str, attr: str) -> dict:
+    """``{"this": this tree's MODULE.ATTR, DIR: the same of the package in DIR, ...}``. Each package is imported
+    whole, then its modules move to ``<n>_dla_fast...`` in ``sys.modules`` with their ``__package__`` renamed, so
+    that ``dla_fast`` can be imported again from the next directory and each package's imports inside functions
+    (``from .ops... import``) still find its own modules."""
     out = {}
     for n, where in enumerate([None, *other_dirs]):
         if where is not None:
             sys.path.insert(0, os.path.abspath(where))
         try:
-            fn = importlib.import_module(f"{PACKAGE}.ops.scalar_decay.chunk_fwd").forward_scalar_decay_triton
+            fn = getattr(importlib.import_module(module), attr)
+            import_whole(importlib.import_module(PACKAGE))
         finally:
             if where is not None:
                 sys.path.pop(0)
         if any(fn is f for f in out.values()):
-            raise SystemExit(f"forward_revision_ab: {where} gave an already imported package again")
+            raise SystemExit(f"revision A/B: {where} gave an already imported package again")
         out["this" if where is None else where] = fn
         for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
-            sys.modules[f"{n}_{name}"] = sys.modules.pop(name)
+            sys.modules[f"{n}_{name}"] = moved = sys.modules.pop(name)
+            if getattr(moved, "__package__", None):
+                moved.__package__ = f"{n}_{moved.__package__}"
     return out
+
+
+def import_whole(package) -> None:
+    """Every module of ``package`` imported (those needing an optional extra that is missing left out)."""
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(info.name)
+
+
+def forwards(other_dirs: list[str]) -> dict:
+    """:func:`imported`'s ``forward_scalar_decay_triton`` of each revision."""
+    return imported(other_dirs, f"{PACKAGE}.ops.scalar_decay.chunk_fwd", "forward_scalar_decay_triton")
 
 
 def flat(result) -> list:

@@ -44,7 +44,7 @@ from .chunk_fwd_states import dot_f32, launch_shape, slot_tile
 @triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
 def dla_delta_slot_adjoints_kernel(
     ds_ptr, ds_end_ptr, phi_ptr, qt_ptr, do_ptr, coef_ptr, dest_f_ptr,
-    NB, R, T, H, c0, K, Dk, Dv,
+    NB, R, T, H, c0, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
 ):
     """Program (row r = b H + h, Dv block vb): for chunks ``c0 + NB - 1`` down to ``c0`` (a block), the adjoint
@@ -53,7 +53,8 @@ def dla_delta_slot_adjoints_kernel(
 
     Per chunk (block index ``cr = c * R + r``): ``phi [Dk, Dk]``, ``qt [C, Dk]``, ``coef [C, K]`` (float32);
     ``dest_f [K]`` int32, each start slot's end slot (-1: not listed); the chunk's output adjoints from
-    ``do [B, T, H, Dv]`` in their dtype (0 past T)."""
+    ``do [B, T, H, Dv]`` in their dtype (0 past T). ``K``, ``Dk``, ``Dv`` compile-time constants, as in the forward's
+    walk (sm_90 at D = 64, K = 30: 568 B of stack against 1,048 with them as arguments)."""
     t = tl.arange(0, C)
     col_slot = tl.arange(0, BV * KP) % KP  # the slot of column e KP + i
     # dS[d, e, j] = ds[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j), as the forward holds S.

@@ -119,7 +119,7 @@ def token_operands(v_ptr, dest_ptr, r, chunk, at, T, H, Dv, dv, vmask, CS: tl.co
 @triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
 def dla_delta_states_kernel(
     slots_ptr, phi_ptr, kb_ptr, qt_ptr, v_ptr, coef_ptr, dest_f_ptr, dest_ptr, o_ptr, starts_ptr,
-    NB, R, T, H, c0, K, Dk, Dv,
+    NB, R, T, H, c0, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
     C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
     READ_F32: tl.constexpr, V_EXACT: tl.constexpr, READS: tl.constexpr, STORE_STARTS: tl.constexpr,
     EARLY_LOADS: tl.constexpr,
@@ -141,7 +141,11 @@ def dla_delta_states_kernel(
     their round trips overlap the query's and weights' (a few registers; the forward's, ``chunk_fwd.EARLY_LOADS``).
     Each sub-chunk's values and end slots are loaded a phase ahead (the first at the step's top, before the reads;
     the next while the current one's products run), so that the one-hot map does not wait on them (run 67's ``ncu``:
-    18.5 % of the walk's stall samples on those compares; run 68: the forward's walk -12 %, the rerun even)."""
+    18.5 % of the walk's stall samples on those compares; run 68: the forward's walk -12 %, the rerun even).
+
+    ``K``, ``Dk``, ``Dv`` are compile-time constants (one build per head shape and slot count, as FLA's kernels take
+    their head widths): with them as arguments every state element's address and mask was a register held across
+    the loop, and spilled (sm_90, two chunks a step at D = 64, K = 30: 728 B of stack against 208)."""
     t = tl.arange(0, CS)
     # S[d, e, j] = slots[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j) between steps.
     r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)

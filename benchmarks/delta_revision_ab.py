@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""The delta rule through the public API, this tree against another revision's, in one process: the forward and
+a training step, their bits, times and largest kernels (the scalar-decay forward's tool, ``forward_revision_ab.py``,
+exports the other revision and imports both packages).
+
+    python benchmarks/forward_revision_ab.py --export REV DIR        # here: DIR/dla_fast as of git REV
+    python benchmarks/delta_revision_ab.py CELLS --against DIR [--rounds 3] [--forward-only]   # GPU
+
+CELLS: ``BxTxD:workload,...`` (``gpu_bench``'s configs and workloads; the delta inputs of ``delta_inputs``). Per
+cell and revision: the forward's output and final slot states, and a training step's gradients, compared bit for
+bit with this tree's; each timed in alternating rounds (medians); each kernel's GPU time in one call (CUPTI). Prints
+the lines and writes them to ``delta_revision_ab_<card>_<date>.txt`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from delta_forward_kernels import kernels_of_one_call  # noqa: E402
+from forward_revision_ab import imported  # noqa: E402
+from gpu_bench import TAU, WORKLOADS, alternating_ms, configs_named, delta_inputs, report_cells, warm_gpu  # noqa: E402
+
+KERNEL_ROWS = 8
+
+
+def kernel_us(fn) -> dict[str, float]:
+    """GPU time a call per kernel name (us), longest first."""
+    total = collections.Counter()
+    for name, _, start, end in kernels_of_one_call(fn):
+        total[name[:60]] += end - start
+    return dict(total.most_common())
+
+
+def differing(a: list, b: list) -> str:
+    """``"bitwise equal"``, or how many elements of each pair of tensors differ."""
+    counts = [int((x != y).sum()) for x, y in zip(a, b)]
+    return "bitwise equal" if not any(counts) else f"differing elements {counts}"
+
+
+def compare(label: str, calls: dict, results: dict, rounds: int) -> list[str]:
+    """Lines for one kind of call (``calls``: revision -> function; ``results``: revision -> its tensors)."""
+    lines = [f"  {label} {n} against this: {differing(results['this'], results[n])}" for n in calls if n != "this"]
+    times = alternating_ms(calls, rounds, rep=20)
+    ms = {n: statistics.median(t) for n, t in times.items()}
+    lines += [f"  {label} {n}: {ms[n]:.3f} ms ({100 * (ms[n] / ms['this'] - 1):+.1f} % against this), rounds "
+              f"{[round(t, 3) for t in times[n]]}" for n in calls]
+    kernels = {n: kernel_us(f) for n, f in calls.items()}
+    lines += [f"  {label} kernel {k}: " + ", ".join(f"{n} {ks.get(k, 0.0):.1f}" for n, ks in kernels.items()) + " us"
+              for k in list(kernels["this"])[:KERNEL_ROWS]]
+    return lines
+
+
+def compare_cell(cell: str, apis: dict, rounds: int, backward: bool) -> list[str]:
+    import torch
+
+    cname, wname = cell.split(":")
+    x = delta_inputs(*configs_named(cname)[0], WORKLOADS[wname])
+
+    def forward(api):
+        with torch.no_grad():
+            o, cache = api(*x[:5], tau=TAU, beta=x[5], output_final_cache=True)[:2]
+        return [o, cache.states]
+
+    lines = [f"== {cell}"] + compare("forward", {n: lambda a=a: forward(a) for n, a in apis.items()},
+                                     {n: forward(a) for n, a in apis.items()}, rounds)
+    if backward:
+        leaves = [t.detach().clone().requires_grad_(True) for t in x]
+        dO = torch.randn_like(x[2])
+
+        def step(api):
+            for t in leaves:
+                t.grad = None
+            api(*leaves[:5], tau=TAU, beta=leaves[5], output_final_cache=False)[0].backward(dO)
+            return [t.grad for t in leaves]
+
+        lines += compare("fwd+bwd", {n: lambda a=a: step(a) for n, a in apis.items()},
+                         {n: [g.clone() for g in step(a)] for n, a in apis.items()}, rounds)
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cells", help="BxTxD:workload,... (gpu_bench's configs and workloads)")
+    ap.add_argument("--against", nargs="+", required=True, metavar="DIR", help="directories holding other dla_fast")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--forward-only", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("delta_revision_ab: needs a CUDA GPU (the Triton delta rule at benchmark sizes)")
+    apis = imported(args.against, "dla_fast", "forward")
+    warm_gpu()
+    header = (f"the delta rule through dla_fast.forward, this tree against {', '.join(args.against)} (tau {TAU}, "
+              f"{args.rounds} alternating rounds of 20 calls, medians)")
+    report_cells("delta_revision_ab", header, args.cells,
+                 lambda cell: compare_cell(cell, apis, args.rounds, not args.forward_only), args.out)
+
+
+if __name__ == "__main__":
+    main()
