@@ -182,7 +182,7 @@ def dla_delta_states_kernel(
                 v_next, dest_next = token_operands(v_ptr, dest_ptr, r, c0 + c * (C // CS) + h + 1, at + CS, T, H, Dv,
                                                    dv, vmask, CS, KP)
             writes = tl.reshape(v[:, :, None] * one_hot[:, None, :], [CS, BV * KP])
-            if h == 0:  # (after the first tokens' loads, as the one-chunk walk has always issued them)
+            if h == 0:  # (after the first sub-chunk's keys are loaded: the order every measured build had)
                 S = dot_f32(phi, X, None, False)
             S = dot_f32(kb_t, writes, S, V_EXACT)
     tl.store(s_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
