@@ -65,8 +65,9 @@ def dla_delta_start_cotangents_kernel(
     tl.store(dqt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], dqt, mask=kmask[None, :])
 
 
-# Long: one program's loop over the Dv blocks, each through the receiving end slots. K, Dk, Dv compile-time constants
-# in both kernels, as in the walk: sm_90 at D = 64, K = 30, this one 0 B of stack against 144 as arguments.
+# K, Dk, Dv compile-time constants in both kernels, as in the walk: sm_90 at D = 64, K = 30, this one 0 B of stack
+# against 144 with them as arguments.
+# Long: one program's loop over the Dv blocks, each through the receiving end slots.
 @triton.jit
 def dla_delta_token_cotangents_kernel(
     e_ptr, dest_ptr, khd_ptr, bv_ptr, dkhd_ptr, dbv_ptr,

@@ -33,8 +33,9 @@ from ..common.triton_utils import chunk_tokens, next_pow2
 from .chunk_fwd_states import dot_f32
 
 
-# Long: one program composes a pair's every table and adds its cross term. K, Dk, Dv compile-time constants, as in the
-# walk (``dla_delta_states_kernel``): sm_90 at D = 64, K = 30, 0 B of stack against 256 with them as arguments.
+# K, Dk, Dv compile-time constants, as in the walk (``dla_delta_states_kernel``): sm_90 at D = 64, K = 30, 0 B of
+# stack against 256 with them as arguments.
+# Long: one program composes a pair's every table and adds its cross term.
 @triton.jit(do_not_specialize=["R", "T", "H", "c0"])
 def dla_delta_pair_steps_kernel(
     phi_ptr, kb_ptr, qt_ptr, coef_ptr, dest_f_ptr, dest_ptr, v_ptr, o_ptr,
