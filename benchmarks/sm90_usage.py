@@ -13,6 +13,10 @@ e.g. run 63's output kernel at 64 features::
         PREC="'tf32x3'" --types q_ptr=*bf16,k_ptr=*bf16,v_ptr=*bf16,o_ptr=*bf16,bst_ptr=*bf16 \\
         --options num_warps=4,maxnreg=168 --options num_warps=4,maxnreg=128
 
+A value given for a runtime argument (``Dk=64``) builds it as a constant, as if the kernel declared it
+``tl.constexpr``: what a kernel would gain from it before it is changed (run 68: the delta walk's ``K``, ``Dk``,
+``Dv``).
+
 Builds with the Triton first on the path (``PYTHONPATH=.ci/triton-gpu`` for the GPU machines' 3.6).
 """
 
@@ -61,6 +65,8 @@ def main():
 
     launch = recorded_launch(args.launches, args.kernel,
                              {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in args.overrides)})
+    for name in launch["constexprs"]:  # an argument given a value is built as a constant (what-if, run 68)
+        launch["types"].pop(name, None)
     launch["types"].update(dict(item.split("=", 1) for item in filter(None, args.types.split(","))))
     for text in args.options or [""]:
         options = {k: int(v) for k, v in (o.split("=", 1) for o in filter(None, text.split(",")))}

@@ -229,3 +229,40 @@ def test_the_16_bit_output_kernel_at_64_features_holds_four_programs_an_sm(tmp_p
     assert built, run.stdout
     registers, stack, programs = map(int, built.groups())
     assert stack == 0 and programs >= 4, f"{registers} registers, {stack} B of stack, {programs} programs an SM"
+
+
+# The delta rule's slot walks as the forward and the backward launch them at 64 features, K = 30 (``state_block``):
+# (kernel, constexprs, 16-bit pointers, stack bound). Run 68 measured 208 and 568 B with their head widths and slot
+# count compiled in, 728 and 1,048 with them as arguments (their addresses and masks spilled: the forward's walk -19 %).
+SLOT_WALKS = [
+    ("dla_delta_states_kernel", dict(BK=64, BV=4, KP=32, C=128, CS=64, READ_F32=False, V_EXACT=True, EARLY_LOADS=True,
+                                     READS=True, STORE_STARTS=False), "v_ptr", 256),
+    ("dla_delta_slot_adjoints_kernel", dict(BK=64, BV=4, KP=32), "do_ptr", 640),
+]
+
+
+@pytest.mark.skipif(CUDA, reason="built from the interpreter reruns' launch records (CPU)")
+@pytest.mark.parametrize("kernel,constexprs,bf16,bound", SLOT_WALKS, ids=[w[0] for w in SLOT_WALKS])
+def test_the_delta_slot_walks_hold_their_dimensions_as_constants(kernel, constexprs, bf16, bound, tmp_path):
+    """The forward's slot walk and kernel A take ``K``, ``Dk``, ``Dv`` as compile-time constants, and their bf16 builds
+    at 64 features and 30 slots stay under the stack that run 68 measured with them (a kernel that holds more state
+    addresses across its loop fails here)."""
+    if not GPU_TRITON.is_dir():
+        pytest.skip(f"no GPU machines' Triton in {GPU_TRITON} (.ci/run installs it: pip install --target)")
+    from sm90_build import jit_function
+
+    launches = [launch for launch in _launches() if launch["kernel"] == kernel]
+    assert launches, f"the interpreter reruns recorded no {kernel} launch"
+    fn = jit_function(launches[0]["module"], kernel)
+    assert {"K", "Dk", "Dv"} <= {p.name for p in fn.params if p.is_constexpr}, f"{kernel}: K, Dk, Dv not constexpr"
+    record = tmp_path / "walk.jsonl"
+    record.write_text(json.dumps(launches[0]) + "\n")
+    values = [f"{k}={v}" for k, v in {**constexprs, "K": 30, "Dk": 64, "Dv": 64}.items()]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(TESTS.parent)]))
+    run = subprocess.run([sys.executable, str(TESTS.parent / "benchmarks" / "sm90_usage.py"), str(record), kernel,
+                          *values, "--types", f"{bf16}=*bf16", "--options", "num_warps=4,num_stages=1"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, f"the build process failed:\n{run.stderr[-3000:]}"
+    built = re.search(r"(\d+) registers, (\d+) B of stack", run.stdout)
+    assert built, run.stdout
+    assert int(built.group(2)) <= bound, f"{kernel}: {built.group(1)} registers, {built.group(2)} B of stack"
