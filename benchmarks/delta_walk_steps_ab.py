@@ -32,8 +32,7 @@ import dla_fast  # noqa: E402
 from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
 
 FORWARD = chunk_fwd.forward_delta_rule_triton
-EARLY = {"e": "EARLY_LOADS"}  # a variant's letters and the switches they set
-DEFAULTS = {name: getattr(chunk_fwd, name) for name in EARLY.values()}
+EARLY_LOADS = chunk_fwd.EARLY_LOADS
 # The kernels whose time the walk steps move (the rest of the forward does not depend on them).
 WALK_KERNELS = ("dla_delta_states_kernel", "dla_delta_pair_steps_kernel")
 
@@ -41,10 +40,9 @@ WALK_KERNELS = ("dla_delta_states_kernel", "dla_delta_pair_steps_kernel")
 def forward(x, variant: str):
     steps, _, launch = variant.partition("@")
     walk_launch = tuple(int(f) for f in launch.split("x")) if launch else None
-    chunk_fwd.forward_delta_rule_triton = functools.partial(FORWARD, walk_steps=int(steps.strip("".join(EARLY))),
+    chunk_fwd.forward_delta_rule_triton = functools.partial(FORWARD, walk_steps=int(steps.strip("e")),
                                                             walk_launch=walk_launch)
-    for letter, name in EARLY.items():
-        setattr(chunk_fwd, name, letter in steps)
+    chunk_fwd.EARLY_LOADS = "e" in steps
     with torch.no_grad():
         return dla_fast.forward(*x[:5], tau=TAU, beta=x[5], output_final_cache=True)
 
@@ -96,8 +94,7 @@ def main():
             print(f"{torch.cuda.get_device_name()}, {spec}: {medians_text(times)}", flush=True)
     finally:
         chunk_fwd.forward_delta_rule_triton = FORWARD
-        for name, value in DEFAULTS.items():
-            setattr(chunk_fwd, name, value)
+        chunk_fwd.EARLY_LOADS = EARLY_LOADS
 
 
 if __name__ == "__main__":

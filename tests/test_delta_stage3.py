@@ -143,11 +143,11 @@ def test_stage3_kernels_match_the_torch_stage(B, T, H, D, K, dtype, with_cache, 
 
 
 # (B, T, H, D, K, dtype, row lengths or None, the walk's variant, checkpoints kept): the variant is the chunks a step,
-# "e" for its early loads, "t" its token operands loaded ahead, "p" its transition, "@BVxWARPSxSTAGES" a launch of its
-# own (two Dv blocks a row here). 5 and 4 chunks (steps of 2 with one chunk left over, of 4 with none; with
-# checkpoints at every third chunk, walks of 3 and 2 chunks), a few merges a chunk (K = 8: a step's second chunk moves
-# slots that hold the first one's start slots) or merges in every chunk (K = 4: the older slots soon merged into one),
-# rows that end inside a step. Four cases, for CI's time: each runs the interpreter's forward twice.
+# "e" for its early loads, "@BVxWARPSxSTAGES" a launch of its own (two Dv blocks a row here). 5 and 4 chunks (steps of 2
+# with one chunk left over, of 4 with none; with checkpoints at every third chunk, walks of 3 and 2 chunks), a few
+# merges a chunk (K = 8: a step's second chunk moves slots that hold the first one's start slots) or merges in every
+# chunk (K = 4: the older slots soon merged into one), rows that end inside a step. Four cases, for CI's time: each runs
+# the interpreter's forward twice.
 SEVERAL_CHUNKS = [
     (1, 260, 2, 16, 8, torch.float32, None, "2e", True),
     (2, 256, 1, 16, 8, torch.bfloat16, (256, 200), "4e", False),
