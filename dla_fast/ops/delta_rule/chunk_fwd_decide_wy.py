@@ -343,12 +343,12 @@ def _converged(last_ptr, base, e, C: tl.constexpr):
 
 
 # Long: one chunk's decisions from a guessed slot, then the check that lets the chain skip it.
-@triton.jit(do_not_specialize=["R", "c0", "T", "NC", "Dk", "Dv"])
+@triton.jit(do_not_specialize=["R", "c0", "T", "NC"])
 def dla_delta_guess_kernel(
     ktT_ptr, y0T_ptr, phiT_ptr, khd_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, rlen_ptr, scalars_ptr,
     pair_ptr, path_ptr, last_ptr, low_ptr,
     guess_ptr, entry_ptr, right_ptr, score_ptr, start_ptr, mask_ptr, lows_ptr,
-    R, c0, T, NC, Dk, Dv,
+    R, c0, T, NC, Dk: tl.constexpr, Dv: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
     OVERRIDE: tl.constexpr, FAST_F64: tl.constexpr = False,
 ):
@@ -374,13 +374,13 @@ def dla_delta_guess_kernel(
 
 
 # Long: one row's sequential chain over the chunks of a block; splitting it would add a round trip per chunk.
-@triton.jit(do_not_specialize=["R", "nb", "c0", "T", "NC", "Dk", "Dv"])
+@triton.jit(do_not_specialize=["R", "nb", "c0", "T", "NC"])
 def dla_delta_chain_kernel(
     ktT_ptr, y0T_ptr, phiT_ptr, khd_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, rlen_ptr, scalars_ptr,
     pair_ptr, path_ptr, last_ptr, low_ptr,
     guess_ptr, entry_ptr, wrong_ptr,
     p_ptr, has_ptr, score_ptr, start_ptr, mask_ptr, lows_ptr,
-    R, nb, c0, T, NC, Dk, Dv,
+    R, nb, c0, T, NC, Dk: tl.constexpr, Dv: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
     OVERRIDE: tl.constexpr, GUESSED: tl.constexpr, FAST_F64: tl.constexpr = False,
 ):

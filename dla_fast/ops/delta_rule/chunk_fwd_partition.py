@@ -69,11 +69,11 @@ def _slot_maps(live_ptr, livem_ptr, death_ptr, death0_ptr, fpos_ptr, size_ptr, s
     return JF, listed, tl.where(listed, tl.sum(ends_f, 1) - 1, -1), tl.sum(ends, 1) - 1
 
 
-@triton.jit(do_not_specialize=["R", "T", "H", "c0", "NC", "K", "Dv"])
+@triton.jit(do_not_specialize=["R", "T", "H", "c0", "NC"])
 def dla_delta_partition_kernel(
     attn_ptr, v_ptr, b_ptr, lam_ptr, mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, fpos_ptr, size_ptr,
     size0_ptr, rlen_ptr, o_ptr, coef_ptr, dest_f_ptr, dest_ptr,
-    R, T, H, c0, NC, K, Dv,
+    R, T, H, c0, NC, K: tl.constexpr, Dv: tl.constexpr,
     C: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SPLIT16: tl.constexpr = False,
 ):
     """Program (row r = b H + h, chunk c = c0 + j; chunk-major index ``j R + r`` of the block's tensors): from the

@@ -40,10 +40,10 @@ def _dot_keys(a16, b16, SPLIT16: tl.constexpr):
     return _dot(a16.to(tl.float32), b16.to(tl.float32))
 
 
-@triton.jit(do_not_specialize=["R", "T", "H", "c0", "Dk"])
+@triton.jit(do_not_specialize=["R", "T", "H", "c0"])
 def dla_delta_output_tables_f32_kernel(
     q_ptr, k_ptr, g_ptr, b_ptr, a_ptr, bs_ptr, attn_ptr, qt_ptr, kb_ptr, phi_ptr,
-    R, T, H, c0, Dk,
+    R, T, H, c0, Dk: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, IB: tl.constexpr, SPLIT16: tl.constexpr = False,
 ):
     """Program (row r = b H + h, chunk c = c0 + j of ``q, k [B, T, H, Dk]``, ``g, b [B, T, H]``, any float dtypes,

@@ -146,11 +146,11 @@ def _store_phi(phi_ptr, z_chunk, k_chunk, bk, eGL, Dk, phi_si, phi_sj, C: tl.con
                      mask=(di[:, None] < Dk) & (dj[None, :] < Dk))
 
 
-@triton.jit(do_not_specialize=["R", "T", "H", "c0", "Dk", "phi_si", "phi_sj"])
+@triton.jit(do_not_specialize=["R", "T", "H", "c0", "phi_si", "phi_sj"])
 def dla_delta_wy_tables_kernel(
     q_ptr, k_ptr, g_ptr, b_ptr, x64_ptr, b64_ptr, a_ptr, z_ptr, mq_ptr,
     akapT_ptr, ktT_ptr, khd_ptr, phi_ptr, attn_ptr, qt_ptr,
-    R, T, H, c0, Dk, phi_si, phi_sj,
+    R, T, H, c0, Dk: tl.constexpr, phi_si, phi_sj,
     C: tl.constexpr, KB: tl.constexpr, IB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
     SCORES: tl.constexpr, OUTPUTS: tl.constexpr, BETA_KHD: tl.constexpr, STAGED: tl.constexpr,
 ):
