@@ -43,8 +43,10 @@ def differing(a: list, b: list) -> str:
 
 
 def compare(label: str, calls: dict, results: dict, rounds: int) -> list[str]:
-    """Lines for one kind of call (``calls``: revision -> function; ``results``: revision -> its tensors)."""
-    lines = [f"  {label} {n} against this: {differing(results['this'], results[n])}" for n in calls if n != "this"]
+    """Lines for one kind of call (``calls``: revision -> function; ``results``: revision -> its tensors, with
+    ``"this again"``: this tree's second call, so that a difference between revisions can be told from one between
+    two calls of the same code, e.g. the slot weights' gradient summed by ``scatter_add_``'s atomics on CUDA)."""
+    lines = [f"  {label} {n} against this: {differing(results['this'], results[n])}" for n in results if n != "this"]
     times = alternating_ms(calls, rounds, rep=20)
     ms = {n: statistics.median(t) for n, t in times.items()}
     lines += [f"  {label} {n}: {ms[n]:.3f} ms ({100 * (ms[n] / ms['this'] - 1):+.1f} % against this), rounds "
@@ -53,6 +55,12 @@ def compare(label: str, calls: dict, results: dict, rounds: int) -> list[str]:
     lines += [f"  {label} kernel {k}: " + ", ".join(f"{n} {ks.get(k, 0.0):.1f}" for n, ks in kernels.items()) + " us"
               for k in list(kernels["this"])[:KERNEL_ROWS]]
     return lines
+
+
+def twice(call, apis: dict) -> dict:
+    """Each revision's results of ``call``, and this tree's a second time (``"this again"``)."""
+    results = {n: call(a) for n, a in apis.items()}
+    return {**results, "this again": call(apis["this"])}
 
 
 def compare_cell(cell: str, apis: dict, rounds: int, backward: bool) -> list[str]:
@@ -67,7 +75,7 @@ def compare_cell(cell: str, apis: dict, rounds: int, backward: bool) -> list[str
         return [o, cache.states]
 
     lines = [f"== {cell}"] + compare("forward", {n: lambda a=a: forward(a) for n, a in apis.items()},
-                                     {n: forward(a) for n, a in apis.items()}, rounds)
+                                     twice(forward, apis), rounds)
     if backward:
         leaves = [t.detach().clone().requires_grad_(True) for t in x]
         dO = torch.randn_like(x[2])
@@ -79,7 +87,7 @@ def compare_cell(cell: str, apis: dict, rounds: int, backward: bool) -> list[str
             return [t.grad for t in leaves]
 
         lines += compare("fwd+bwd", {n: lambda a=a: step(a) for n, a in apis.items()},
-                         {n: [g.clone() for g in step(a)] for n, a in apis.items()}, rounds)
+                         twice(lambda a: [g.clone() for g in step(a)], apis), rounds)
     return lines
 
 

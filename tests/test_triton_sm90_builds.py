@@ -238,23 +238,35 @@ def test_the_16_bit_output_kernel_at_64_features_holds_four_programs_an_sm(tmp_p
     assert stack == 0 and programs >= 4, f"{registers} registers, {stack} B of stack, {programs} programs an SM"
 
 
-# The delta rule's slot walks as the forward and the backward launch them at 64 features, K = 30 (``state_block``):
-# (kernel, constexprs, 16-bit pointers, stack bound). Run 68 measured 208 and 568 B with their head widths and slot
-# count compiled in, 728 and 1,048 with them as arguments (their addresses and masks spilled: the forward's walk -19 %);
-# the walk's was 544 B with only K an argument. Each bound sits a little above the measured build, below those.
-SLOT_WALKS = [
+# Delta-rule kernels as the forward and the backward launch them at 64 features, K = 30: (kernel, constexprs, the
+# dimensions they take as constants, pointer types, launch options, stack bound). Run 68 measured the slot walks
+# (``state_block``) at 208 and 568 B with their head widths and slot count compiled in, 728 and 1,048 with them as
+# arguments (their addresses and masks spilled: the forward's walk -19 %; the walk's was 544 B with only K an
+# argument); run 69 the decisions' table kernel at 224 B with ``Dk`` compiled in, 576 as an argument (-17 %). Each
+# bound sits a little above the measured build, below those.
+FLOAT64_TABLES = ",".join(f"{p}=*fp64" for p in ("q_ptr", "k_ptr", "g_ptr", "b_ptr", "x64_ptr", "b64_ptr", "a_ptr",
+                                                  "z_ptr", "mq_ptr", "akapT_ptr", "ktT_ptr", "khd_ptr", "phi_ptr",
+                                                  "attn_ptr", "qt_ptr"))
+DIMENSION_BUILDS = [
     ("dla_delta_states_kernel", dict(BK=64, BV=4, KP=32, C=128, CS=64, READ_F32=False, V_EXACT=True, EARLY_LOADS=True,
-                                     READS=True, STORE_STARTS=False), "v_ptr", 256),
-    ("dla_delta_slot_adjoints_kernel", dict(BK=64, BV=4, KP=32), "do_ptr", 640),
+                                     READS=True, STORE_STARTS=False), dict(K=30, Dk=64, Dv=64), "v_ptr=*bf16",
+     "num_warps=4,num_stages=1", 256),
+    ("dla_delta_slot_adjoints_kernel", dict(BK=64, BV=4, KP=32), dict(K=30, Dk=64, Dv=64), "do_ptr=*bf16",
+     "num_warps=4,num_stages=1", 640),
+    ("dla_delta_wy_tables_kernel", dict(C=64, KB=64, IB=16, BKD=16, STAGES=1, SCORES=True, OUTPUTS=False,
+                                        BETA_KHD=False, STAGED=False), dict(Dk=64), FLOAT64_TABLES, "num_warps=4",
+     256),
 ]
 
 
 @pytest.mark.skipif(CUDA, reason="built from the interpreter reruns' launch records (CPU)")
-@pytest.mark.parametrize("kernel,constexprs,bf16,bound", SLOT_WALKS, ids=[w[0] for w in SLOT_WALKS])
-def test_the_delta_slot_walks_hold_their_dimensions_as_constants(kernel, constexprs, bf16, bound, tmp_path):
-    """The forward's slot walk and kernel A take ``K``, ``Dk``, ``Dv`` as compile-time constants, and their bf16 builds
-    at 64 features and 30 slots stay under the stack that run 68 measured with them (a kernel that holds more state
-    addresses across its loop fails here)."""
+@pytest.mark.parametrize("kernel,constexprs,dims,types,options,bound", DIMENSION_BUILDS,
+                         ids=[w[0] for w in DIMENSION_BUILDS])
+def test_the_delta_kernels_hold_their_dimensions_as_constants(kernel, constexprs, dims, types, options, bound,
+                                                              tmp_path):
+    """The slot walks (forward and kernel A) take ``K``, ``Dk``, ``Dv`` as compile-time constants and the decisions'
+    table kernel ``Dk``, and their builds at 64 features and 30 slots stay under the stack measured with them (a
+    kernel that holds more addresses across its loop fails here)."""
     if not GPU_TRITON.is_dir():
         pytest.skip(f"no GPU machines' Triton in {GPU_TRITON} (.ci/run installs it: pip install --target)")
     from sm90_build import jit_function
@@ -262,7 +274,7 @@ def test_the_delta_slot_walks_hold_their_dimensions_as_constants(kernel, constex
     launches = [launch for launch in _launches() if launch["kernel"] == kernel]
     assert launches, f"the interpreter reruns recorded no {kernel} launch"
     fn = jit_function(launches[0]["module"], kernel)
-    assert {"K", "Dk", "Dv"} <= {p.name for p in fn.params if p.is_constexpr}, f"{kernel}: K, Dk, Dv not constexpr"
-    values = [f"{k}={v}" for k, v in {**constexprs, "K": 30, "Dk": 64, "Dv": 64}.items()]
-    registers, stack, _ = _sm90_usage(launches[0], values, f"{bf16}=*bf16", "num_warps=4,num_stages=1", tmp_path)
+    assert set(dims) <= {p.name for p in fn.params if p.is_constexpr}, f"{kernel}: {', '.join(dims)} not constexpr"
+    values = [f"{k}={v}" for k, v in {**constexprs, **dims}.items()]
+    registers, stack, _ = _sm90_usage(launches[0], values, types, options, tmp_path)
     assert stack <= bound, f"{kernel}: {registers} registers, {stack} B of stack"

@@ -358,7 +358,8 @@ def dla_delta_guess_kernel(
     computed as the chain computes it: the same bits). Writes the chunk's decisions as the chain does, its first
     boundary (``entry [nb, R]``) and ``right [nb, R]``: whether the guess for chunk j + 1 holds given that this one
     does (the same test on chunk j). The chain takes a guessed chunk's decisions as they stand where the chunk
-    before it was decided and converged, and decides the others again."""
+    before it was decided and converged, and decides the others again. ``Dk``, ``Dv`` are compile-time constants here
+    and in the chain, so that both build the same arithmetic (run 69, H100: this kernel -16 %, the chain -9 %)."""
     r = tl.program_id(0)
     j = tl.program_id(1) + 1
     base = j * R + r
