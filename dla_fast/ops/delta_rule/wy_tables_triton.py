@@ -163,9 +163,8 @@ def dla_delta_wy_tables_kernel(
     inputs must be float64 with ``H = 1`` and ``T`` a multiple of C, read in place), ``b64 [.., C]`` (b: the
     products' scale), ``a`` (``K K^T``, then ``A``), ``mq [.., C, C]`` and ``z [.., C, Dk]`` are float64 scratch.
     FLOPs: ~6 float64 ``C^2 Dk`` products, ``~C^3 / 3`` of block products for ``A`` and the substitution on its
-    ``16 x 16`` diagonal blocks. ``Dk`` is a compile-time constant (one build per head width): as an argument its
-    loop bounds, masks and strides were registers (sm_90 at Dk = 64: 576 B of stack against 224; run 69, H100: the
-    decisions' tables -17 %)."""
+    ``16 x 16`` diagonal blocks. ``Dk`` is a compile-time constant (one build per head width): sm_90 at Dk = 64
+    builds with 224 B of stack against 576 with it an argument (run 69, H100: the decisions' tables -17 %)."""
     r = tl.program_id(0)
     base = tl.program_id(1) * R + r
     c = c0 + tl.program_id(1)
