@@ -43,6 +43,14 @@ def kernels_of_one_call(fn) -> list:
     return found
 
 
+def kernel_totals(fn) -> dict[str, float]:
+    """GPU time of one ``fn()`` per kernel name (us, names cut at 60 characters), longest first."""
+    total = collections.Counter()
+    for name, _, start, end in kernels_of_one_call(fn):
+        total[name[:60]] += end - start
+    return dict(total.most_common())
+
+
 def summary(found: list, gaps: int = 0) -> dict:
     by_name = collections.defaultdict(lambda: [0.0, 0])
     by_stream = collections.defaultdict(float)

@@ -15,25 +15,16 @@ the lines and writes them to ``delta_revision_ab_<card>_<date>.txt`` under ``--o
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from delta_forward_kernels import kernels_of_one_call  # noqa: E402
+from delta_forward_kernels import kernel_totals  # noqa: E402
 from forward_revision_ab import imported  # noqa: E402
 from gpu_bench import TAU, WORKLOADS, alternating_ms, configs_named, delta_inputs, report_cells, warm_gpu  # noqa: E402
 
 KERNEL_ROWS = 8
-
-
-def kernel_us(fn) -> dict[str, float]:
-    """GPU time a call per kernel name (us), longest first."""
-    total = collections.Counter()
-    for name, _, start, end in kernels_of_one_call(fn):
-        total[name[:60]] += end - start
-    return dict(total.most_common())
 
 
 def differing(a: list, b: list) -> str:
@@ -51,7 +42,7 @@ def compare(label: str, calls: dict, results: dict, rounds: int) -> list[str]:
     ms = {n: statistics.median(t) for n, t in times.items()}
     lines += [f"  {label} {n}: {ms[n]:.3f} ms ({100 * (ms[n] / ms['this'] - 1):+.1f} % against this), rounds "
               f"{[round(t, 3) for t in times[n]]}" for n in calls]
-    kernels = {n: kernel_us(f) for n, f in calls.items()}
+    kernels = {n: kernel_totals(f) for n, f in calls.items()}
     lines += [f"  {label} kernel {k}: " + ", ".join(f"{n} {ks.get(k, 0.0):.1f}" for n, ks in kernels.items()) + " us"
               for k in list(kernels["this"])[:KERNEL_ROWS]]
     return lines

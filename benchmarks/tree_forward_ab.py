@@ -35,7 +35,7 @@ import torch
 import dla_fast  # before gpu_bench, which puts this checkout first on sys.path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from delta_forward_kernels import kernels_of_one_call  # noqa: E402
+from delta_forward_kernels import kernel_totals  # noqa: E402
 from gpu_bench import K_SLOTS, TAU, WORKLOADS, configs_named, delta_inputs, workload  # noqa: E402
 
 SCALAR_CELLS = "8x4096x64:sparse,8x4096x64:moderate,8x4096x64:dense,2x16384x64:moderate,8x4096x128:moderate"
@@ -69,11 +69,7 @@ def syncs_of(call) -> int:
 
 def kernels_of(call) -> dict:
     """us per ``dla_*`` kernel name in one call (CUPTI, ``delta_forward_kernels``'s profile of one call)."""
-    found = {}
-    for name, _, start, end in kernels_of_one_call(call):
-        if name.startswith("dla_"):
-            found[name] = found.get(name, 0.0) + (end - start)
-    return found
+    return {name: us for name, us in kernel_totals(call).items() if name.startswith("dla_")}
 
 
 def measure(cell: str, delta: bool, save_to: str | None) -> dict:
