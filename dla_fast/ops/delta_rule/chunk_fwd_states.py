@@ -34,6 +34,10 @@ import triton.language as tl
 
 from ..common.triton_utils import chunk_tokens, next_pow2
 
+# The walk with its slot states in two halves, so that a step's tokens enter the lower half only where they land there
+# (``chunk_fwd_states_halves``; the forward's walk and the backward's rerun; run 70, opt-in until measured).
+HALVES = False
+
 
 @triton.jit
 def _round_tf32(x):
@@ -212,7 +216,7 @@ def launch_shape(Dk: int, Dv: int, K: int, launch: tuple[int, int, int] | None):
 
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
                           v_exact: bool, starts=None, launch: tuple[int, ...] | None = None,
-                          chunk: int | None = None, early_loads: bool = False) -> None:
+                          chunk: int | None = None, early_loads: bool = False, halves: bool | None = None) -> None:
     """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the ``nb`` steps (chunks, or
     composed runs of chunks: ``chunk``) that start at chunk ``c0`` and add the reads of each step's start slots to
     ``o [B, T, H, Dv]`` (float32, in place).
@@ -226,7 +230,9 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     each step's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s, and
     optionally a register cap (for sweeps). ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans
     several (``chunk_fwd_steps``' composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one
-    chunk. ``early_loads``: the kernel's ``EARLY_LOADS``."""
+    chunk. ``early_loads``: the kernel's ``EARLY_LOADS``. ``halves`` (default :data:`HALVES`): where ``KP >= 32``,
+    the walk with the slot states in two halves (``chunk_fwd_states_halves``; its merge map and outputs always loaded
+    early)."""
     nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
     K = slots.shape[1]
@@ -234,10 +240,15 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     capped = {"maxnreg": launch[3]} if launch is not None and len(launch) > 3 else {}
     reads = o is not None
     qt, coef = (qt.contiguous(), coef.contiguous()) if reads else (slots, slots)  # unread placeholders otherwise
-    dla_delta_states_kernel[(R * triton.cdiv(Dv, BV),)](
-        slots, Phi.contiguous(), kb.contiguous(), qt, v.contiguous(), coef, dest_f.to(torch.int32).contiguous(),
-        dest.to(torch.int32).contiguous(), o if reads else slots, slots if starts is None else starts,
-        nb, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact,
-        READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, num_warps=num_warps,
-        num_stages=num_stages, **capped,
-    )
+    args = (slots, Phi.contiguous(), kb.contiguous(), qt, v.contiguous(), coef, dest_f.to(torch.int32).contiguous(),
+            dest.to(torch.int32).contiguous(), o if reads else slots, slots if starts is None else starts,
+            nb, R, T, H, c0, K, Dk, Dv)
+    shape = dict(C=C, CS=chunk or C, BK=BK, BV=BV, READ_F32=read_f32, V_EXACT=v_exact, READS=reads,
+                 STORE_STARTS=starts is not None, num_warps=num_warps, num_stages=num_stages, **capped)
+    grid = (R * triton.cdiv(Dv, BV),)
+    if (HALVES if halves is None else halves) and KP >= 32:
+        from .chunk_fwd_states_halves import dla_delta_states_halves_kernel  # (it builds on this module's helpers)
+
+        dla_delta_states_halves_kernel[grid](*args, HP=KP // 2, **shape)
+    else:
+        dla_delta_states_kernel[grid](*args, KP=KP, EARLY_LOADS=early_loads, **shape)
