@@ -222,10 +222,11 @@ def test_a_slot_walk_launch_shape_keeps_the_padded_slot_count():
 @needs_kernels
 @pytest.mark.parametrize("reads", [True, False])
 def test_the_walk_in_halves_equals_the_whole_walk(reads):
-    """The slot walk with its states in two halves (``chunk_fwd_states_halves``) against the whole walk, one chunk a
-    step, on random tables: its reads, each step's start states (the backward's rerun stores them) and the final
-    states equal to float32 rounding. The maps are what the partition makes: each start slot ends at or below itself
-    (-1: none), the tokens in any slot (-1: padding); some sub-chunks reach the lower half, some only the upper."""
+    """The slot walk with its states in two halves (``dla_delta_states_halves_kernel``) against the whole walk, one
+    chunk a step, on random tables: its reads, each step's start states (the backward's rerun stores them) and the
+    final states equal to float32 rounding. The maps are what the partition makes: each start slot ends at or below
+    itself (-1: none), the tokens in any slot (-1: padding); some sub-chunks reach the lower half, some only the
+    upper."""
     from dla_fast.ops.delta_rule.chunk_fwd_states import slot_states_and_reads
 
     nb, R, C, D, K = 4, 2, 16, 32 if CUDA else 16, 30
