@@ -301,8 +301,8 @@ def dla_delta_states_halves_kernel(
     READ_F32: tl.constexpr, V_EXACT: tl.constexpr, READS: tl.constexpr, STORE_STARTS: tl.constexpr,
 ):
     """``dla_delta_states_kernel``'s contract (its arguments, ``KP = 2 HP``; its merge map and outputs loaded early)
-    with the slot states in two halves of ``HP`` slots (module docstring): a sub-chunk's tokens go into a half only
-    if one of them lands there."""
+    with the slot states in two halves of ``HP`` slots (the comment above): a sub-chunk's tokens go into the upper
+    half always, into the lower one only where one of them lands there."""
     t = tl.arange(0, CS)
     r, dk, dv, jh, kmask, vmask, _, _ = slot_tile(K, Dk, Dv, BK, BV, HP)
     S_lo, S_hi = _halves_of(slots_ptr + r * K * Dk * Dv, K, Dk, Dv, BK, BV, HP)
