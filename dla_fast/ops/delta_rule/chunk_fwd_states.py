@@ -203,7 +203,8 @@ def dla_delta_states_kernel(
 # and stores to shared memory. A slot's tokens are the newest ones, so they land in the newest slots: in a full cache a
 # step with at most ``K - 1 - KP/2`` new slots (13 at K = 30) puts all its tokens in ``S_hi``, and the product is half
 # as wide. The product into ``S_hi`` always runs (a branch around it too spilled more: sm_90, 496 B of stack against
-# 344); the one into ``S_lo`` where a token of the sub-chunk lands there (a filling cache, a dense step). The reads,
+# 344); the one into ``S_lo`` where a token of the sub-chunk lands there (a filling cache: 2-9 % of the sub-chunks on
+# the benchmark workloads at T = 16384, dense included, ``benchmarks/delta_walk_halves_share.py``). The reads,
 # merges and transition take the same FLOPs on two tiles of half the width; a merge never moves a slot up (end slot
 # ``<=`` start slot), so the merge map has no ``lo -> hi`` block.
 #
