@@ -82,6 +82,17 @@ def slot_tile(K, Dk, Dv, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr):
 
 
 @triton.jit
+def weighted_reads(S, qt, coef, CS: tl.constexpr, BV: tl.constexpr, W: tl.constexpr, READ_F32: tl.constexpr):
+    """``sum_i coef[t, i] qt_t . S_i[:, e]`` (``[CS, BV]``) of slot states ``S [Dk, BV W]`` (column ``e W + i``):
+    single-pass tf32 reads, or float32-accurate ones (``READ_F32``)."""
+    if READ_F32:
+        Y = dot_f32(qt, S, None, False)
+    else:
+        Y = tl.dot(qt, S, input_precision="tf32")
+    return tl.sum(tl.reshape(Y, [CS, BV, W]) * coef[:, None, :], axis=2)
+
+
+@triton.jit
 def add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, chunk0, T, H, K, Dk, Dv, dk, dv, j, kmask, vmask,
                    C: tl.constexpr, CS: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, READ_F32: tl.constexpr,
                    EARLY_LOADS: tl.constexpr):
@@ -98,11 +109,7 @@ def add_step_reads(S, qt_ptr, coef_ptr, o_ptr, r, cr, chunk0, T, H, K, Dk, Dv, d
         o_at = o_ptr + row[:, None] * Dv + dv[None, :]
         if EARLY_LOADS:
             o_old = tl.load(o_at, mask=tok_v, other=0.0)
-        if READ_F32:
-            Y = dot_f32(qt, S, None, False)
-        else:
-            Y = tl.dot(qt, S, input_precision="tf32")
-        read = tl.sum(tl.reshape(Y, [CS, BV, KP]) * coef[:, None, :], axis=2)
+        read = weighted_reads(S, qt, coef, CS, BV, KP, READ_F32)
         if not EARLY_LOADS:
             o_old = tl.load(o_at, mask=tok_v, other=0.0)
         tl.store(o_at, o_old + read, mask=tok_v)
@@ -245,11 +252,7 @@ def _half_reads(S, qt, coef_ptr, at, K, jh, J0: tl.constexpr, CS: tl.constexpr, 
     BV]``."""
     t = tl.arange(0, CS)
     coef = tl.load(coef_ptr + at * K + t[:, None] * K + J0 + jh[None, :], mask=(J0 + jh < K)[None, :], other=0.0)
-    if READ_F32:
-        Y = dot_f32(qt, S, None, False)
-    else:
-        Y = tl.dot(qt, S, input_precision="tf32")
-    return tl.sum(tl.reshape(Y, [CS, BV, HP]) * coef[:, None, :], axis=2)
+    return weighted_reads(S, qt, coef, CS, BV, HP, READ_F32)
 
 
 @triton.jit
