@@ -72,8 +72,9 @@ def _reads_a_plain_global(x):
 
 def test_a_plain_global_is_found():
     """The check catches what the compiler rejects (the rule's mutant): a plain int read from a global; the pair
-    kernel's tile, read as ``tl.constexpr``, passes."""
+    kernel's tile and scratch rows, read as ``tl.constexpr``, pass."""
     from dla_fast.ops.delta_rule import chunk_fwd_decide_wy as wy
 
     assert "PLAIN" in _read_globals(_reads_a_plain_global) and not _accepted(PLAIN)
-    assert "_PAIR_TILE" in _read_globals(wy.dla_delta_pairs_kernel.fn) and _accepted(wy._PAIR_TILE)
+    assert "_PAIR_TILE" in _read_globals(wy._pair_vectors.fn) and _accepted(wy._PAIR_TILE)
+    assert "_NEXT" in _read_globals(wy.dla_delta_pairs_kernel.fn) and _accepted(wy._NEXT)

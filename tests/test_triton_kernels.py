@@ -1616,6 +1616,40 @@ def test_delta_rule_guesses_change_no_decision_and_a_wrong_one_would(monkeypatch
     assert torch.equal(wrong[:, :192], unguessed[0][:, :192]) and not torch.equal(wrong, unguessed[0])
 
 
+@needs_kernels
+@pytest.mark.parametrize("rl,override", [(6.0, False), (1.5, True)])
+def test_delta_rule_pair_kernel_decides_alike_in_any_pieces(rl, override):
+    """The pair kernel scores ``G`` starts ``PW`` tokens at a time and stops a group at the piece of its last
+    boundary (run 71). Whole rows two starts at a time (``PW = C``, the kernel before run 71) and pieces of 4 and 8
+    tokens give the same decisions, masks and open slot, and scores to float64 rounding (the norm scan is carried
+    from piece to piece, so its sums associate differently); moderate and dense rows (``rl``), one row ending
+    mid-chunk, boundaries drawn or given."""
+    from dla_fast.ops.delta_rule.chunk_fwd_decide_wy import decide_delta_rule_wy
+
+    B, T, H, D = 2, 130, 1, 32 if CUDA else 16
+    q, k, v, g, w = regimes(B, T, H, D, D, 5, seed=11, regime_length=rl, jitter=0.5)
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    rng = np.random.default_rng(11)
+    beta = rng.uniform(0.2, 1.0, size=(B, T, H))
+    bnd = torch.tensor(rng.random((B, T, H)) < 0.2, device=DEV) if override else None
+    x = [_t(a, torch.float64) for a in (k, v, g, beta)]
+
+    def decide(G, PW):
+        P = torch.zeros(B, H, D, D, dtype=torch.float64, device=DEV)
+        out = decide_delta_rule_wy(*x, open_states=P, size=torch.zeros(B, H, dtype=torch.int64, device=DEV), tau=0.6,
+                                   boundaries=bnd, row_lengths=torch.tensor([T, T - 37], device=DEV), pair_group=G,
+                                   pair_piece=PW)
+        return (*out, P)
+
+    whole = decide(2, 64)
+    assert 3 < int(whole[1].sum()) < 0.9 * (2 * T - 37)  # slots open, and runs of tokens join them
+    for G, PW in ((16, 8), (32, 4)):
+        scores, starts, masks, P = decide(G, PW)
+        assert torch.equal(starts, whole[1]) and torch.equal(masks, whole[2])
+        torch.testing.assert_close(scores, whole[0], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(P, whole[3], rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (streams)")
 def test_delta_rule_chunked_decisions_on_their_own_stream_are_unchanged():
     """``decide_delta_rule_wy``'s chain on a stream of its own, beside the next blocks' tables and pairs: the same

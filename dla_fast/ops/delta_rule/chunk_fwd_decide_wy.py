@@ -9,8 +9,9 @@ tables (``wy_tables_triton``: ``kt``, ``akap``, ``khd``, ``Phi``), the slot read
 and the slot's squared norm following ``nP <- a^2 nP + 2 a x + ss`` (fresh: ``b^2 |k|^2 |v|^2``). Three kernels:
 
 1. ``dla_delta_pairs_kernel`` (every chunk at once): for every in-chunk start p the scores of the tokens t > p
-   against the slot opened at p, hence ``next[p]``, the token that would close it; from ``next`` by pointer
-   doubling, for every entry e the starts on the path from e (a bit mask) and its last start. Also the run sums
+   against the slot opened at p up to ``next[p]``, the token that would close it (no path reads a score past it);
+   from ``next`` by pointer doubling, for every entry e the starts on the path from e (a bit mask) and its last
+   start. Also the run sums
    ``Y0[t] = sum_{s < t} akap[t, s] b_s v_s`` the carried slot reads, and per start the smallest ratio of the
    norm recursion's result to its terms' magnitudes (how much it cancelled).
 2. ``dla_delta_guess_kernel`` (every chunk but the block's first at once): the chunk decided as the chain would
@@ -54,7 +55,8 @@ from .wy_tables_triton import score_tables_triton
 
 GUARD = 1e-4  # a norm recursion that cancels below this share of its terms sends its row to the token walk
 MAX_WIDTH = 128  # widest head (Dk and Dv) the kernels take (their float64 tiles hold whole value rows)
-PAIR_GROUP = 2  # starts scored at once by the pair kernel ([G, C] tiles; H200, run 32: 2 before 4 and 8)
+PAIR_GROUP = 16  # starts the pair kernel scores at once ([G, PW] tiles, 4 a lane; run 32, whole rows: 2 before 4, 8)
+PAIR_PIECE = 8  # tokens a piece of the pair kernel's scores: a group stops at its last boundary's piece (run 71)
 # The pair kernel's sums take [BV, QW] float64 tiles of at most 1024 values (32 a lane: 16 tokens up to 64 features,
 # 8 at 128; sm_90 builds of wider tiles spill).
 PAIR_TOKENS, PAIR_TILE = 16, 1024
@@ -78,13 +80,14 @@ def _take(x, idx, C: tl.constexpr):
 
 
 @triton.jit
-def _norms_before(A, B, first, C: tl.constexpr):
-    """Per row of ``[rows, C]`` tiles, the norm before each token: ``n[0] = first``, ``n[t + 1] = A[t] n[t] + B[t]``
-    (a scan of the linear maps, then a one-place shift)."""
+def _norms_through(A, B, first, C: tl.constexpr):
+    """Per row of ``[rows, C]`` tiles, the norm before each token, ``n[0] = first``, ``n[t + 1] = A[t] n[t] + B[t]``
+    (a scan of the linear maps, then a one-place shift), and the norm after the last token, ``n[C]`` (``[rows, 1]``)."""
     sa, sb = tl.associative_scan((A, B), 1, _linear_step)
+    through = sa * first + sb
     t = tl.arange(0, C)[None, :]
-    before = tl.gather(sa * first + sb, tl.broadcast_to(tl.maximum(t - 1, 0), A.shape), 1)
-    return tl.where(t == 0, first, before)
+    before = tl.gather(through, tl.broadcast_to(tl.maximum(t - 1, 0), A.shape), 1)
+    return tl.where(t == 0, first, before), tl.sum(tl.where(t == C - 1, through, 0.0), 1)[:, None]
 
 
 @triton.jit
@@ -173,25 +176,88 @@ def _squared_value_norms(v_ptr, base, Dv, C: tl.constexpr, BD: tl.constexpr):
     return acc
 
 
+# The pair kernel's per-token and per-start vectors, held in a scratch row each (``[5, C]`` a program) so that a
+# piece of tokens loads its own (a gather from a register vector is two shuffles a float64 a lane).
+PAIR_VECTORS = 5
+_DECAY, _EXPM1, _FRESH, _NEXT, _LOW, _PAIR_VECTORS = (tl.constexpr(i) for i in range(PAIR_VECTORS + 1))
+
+
+# Long: a group's pieces in one loop, so that it can stop at the group's last boundary.
+@triton.jit
+def _group_boundaries(pair_ptr, vec_ptr, bnd_ptr, base, i, n_here, tau, N, eps, norm_eps,
+                      C: tl.constexpr, G: tl.constexpr, PW: tl.constexpr, OVERRIDE: tl.constexpr,
+                      FAST_F64: tl.constexpr):
+    """Starts ``p = i G .. i G + G - 1``: their tokens' scores, ``PW`` tokens at a time from the first after ``i G``,
+    written over the sums ``X``, until each start has met its next boundary; then each start's next boundary (C:
+    none) and smallest norm ratio before it, stored in its scratch rows (``vec_ptr``: ``[5, C]``). Scores past a
+    start's boundary are never read (a path leaves a slot at the token that closes it), so a group stops at its last
+    boundary: on a row with none, at the row's end."""
+    p = i * G + tl.arange(0, G)[:, None]
+    vec = vec_ptr + base * _PAIR_VECTORS * C
+    fresh_p = tl.load(vec + _FRESH * C + p)
+    nP = tl.zeros([G, 1], dtype=tl.float64)  # the norm before the piece's first token
+    nx = tl.full([G, 1], C, tl.int32)
+    low = tl.full([G, 1], 1.0, tl.float64)
+    j = (i * G + 1) // PW
+    while (j * PW < n_here) & (tl.max(nx) == C):
+        t = j * PW + tl.arange(0, PW)[None, :]
+        after = t > p
+        written = after & (t < n_here)  # the sums' blocks end at the row's last token
+        X = tl.load(pair_ptr + (base * C + p) * C + t, mask=written, other=0.0)
+        SS = tl.load(pair_ptr + (base * C + t) * C + p, mask=written, other=0.0)
+        a = tl.load(vec + _DECAY * C + t)
+        before, nP = _norms_through(tl.where(after, a * a, 0.0), tl.where(after, 2.0 * a * X + SS, fresh_p), nP, PW)
+        score, ratio = _scores(before, X, SS, a, tl.load(vec + _EXPM1 * C + t), N, eps, norm_eps, FAST_F64)
+        if OVERRIDE:
+            closes = written & (tl.load(bnd_ptr + base * C + t) != 0)
+        else:
+            closes = written & (score >= tau)
+        nx = tl.minimum(nx, tl.min(tl.where(closes, t, C), 1)[:, None].to(tl.int32))
+        low = tl.minimum(low, tl.min(tl.where(written & (t < nx), ratio, 1.0), 1)[:, None])
+        tl.debug_barrier()  # the piece's sums are read before its scores replace them
+        tl.store(pair_ptr + (base * C + p) * C + t, score, mask=after)
+        j += 1
+    tl.store(vec + _NEXT * C + p, nx.to(tl.float64))
+    tl.store(vec + _LOW * C + p, low)
+
+
+@triton.jit
+def _pair_vectors(g_ptr, b_ptr, kk_ptr, v_ptr, vec_ptr, base, Dv, C: tl.constexpr):
+    """The pair kernel's scratch rows before its scores: per token ``exp(g)``, ``expm1(2 g)`` and the squared norm
+    of the slot it would open, ``b^2 |k|^2 |v|^2``; per start no boundary yet (C) and a ratio of 1."""
+    t = tl.arange(0, C)
+    vec = vec_ptr + base * _PAIR_VECTORS * C
+    g = tl.load(g_ptr + base * C + t)
+    b = tl.load(b_ptr + base * C + t)
+    tl.store(vec + _DECAY * C + t, tl.exp(g))
+    tl.store(vec + _EXPM1 * C + t, expm1_triton(2.0 * g))
+    tl.store(vec + _FRESH * C + t,
+             b * b * tl.load(kk_ptr + base * C + t) * _squared_value_norms(v_ptr, base, Dv, C, _PAIR_TILE // C))
+    tl.store(vec + _NEXT * C + t, tl.full([C], C, tl.float64))
+    tl.store(vec + _LOW * C + t, tl.full([C], 1.0, tl.float64))
+
+
 @triton.jit(do_not_specialize=["R", "c0", "Dv"])
 def dla_delta_pairs_kernel(
     akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, rlen_ptr, scalars_ptr,
-    pair_ptr, y0T_ptr, path_ptr, last_ptr, low_ptr,
+    pair_ptr, y0T_ptr, path_ptr, last_ptr, low_ptr, vec_ptr,
     R, c0, Dv,
-    C: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, QW: tl.constexpr, OVERRIDE: tl.constexpr,
-    FAST_F64: tl.constexpr = False,
+    C: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, QW: tl.constexpr, PW: tl.constexpr,
+    OVERRIDE: tl.constexpr, FAST_F64: tl.constexpr = False,
 ):
     """Program (row r, chunk j of the block that starts at chunk c0), one warp. Writes ``pair [C (p), C (t)]`` (token
-    t's score against the slot opened at p < t), ``y0T [Dv, C]``, and per entry e: ``path`` (int64, bit s: s is a
-    start on e's path), ``last`` (its last start) and ``low`` (the smallest norm ratio while e's slot is open).
+    t's score against the slot opened at p < t, up to p's next boundary), ``y0T [Dv, C]``, and per entry e: ``path``
+    (int64, bit s: s is a start on e's path), ``last`` (its last start) and ``low`` (the smallest norm ratio while e's
+    slot is open); ``vec [5, C]`` is scratch.
 
     First the sums ``X``, ``SS`` of every (start, token) pair, ``QW`` tokens at a time (``_pair_sums``), held in the
-    pair table's two triangles; then, ``G`` starts at a time (``[G, C]`` tiles: each (start, token)'s float64 score
-    math in one lane), the norms, scores, next boundaries and cancellation ratios from them, the scores written over
-    the sums. The lower triangle is left holding ``SS`` (no reader looks below the diagonal). One warp, so that each
-    start's two sums over the features stay within the warp: the four-warp kernel before it (runs 18-31) summed
-    across warps through shared memory, six barriers a start, and took 4.6 ms at (2, 16384, 16, 64) against 2.9-3.3
-    (docs/performance.md, run 32)."""
+    pair table's two triangles; then, ``G`` starts at a time, ``PW`` tokens at a time (``[G, PW]`` tiles: each
+    (start, token)'s float64 score math in one lane), the norms, scores, next boundaries and cancellation ratios from
+    them, the scores written over the sums up to the group's last boundary (``_group_boundaries``). Past it the upper
+    triangle keeps ``X``, and the lower one ``SS`` (no reader looks there). One warp, so that each start's two sums
+    over the features stay within the warp: the four-warp kernel before it (runs 18-31) summed across warps through
+    shared memory, six barriers a start, and took 4.6 ms at (2, 16384, 16, 64) against 2.9-3.3 (docs/performance.md,
+    run 32)."""
     tau = tl.load(scalars_ptr)
     eps = tl.load(scalars_ptr + 1)
     norm_eps = tl.load(scalars_ptr + 2)
@@ -206,39 +272,16 @@ def dla_delta_pairs_kernel(
     for q in range(n_blocks, C // QW):  # past the row's end: no run sums (the chain reads them, masked)
         tq = q * QW + tl.arange(0, QW)[None, :]
         tl.store(y0T_ptr + (base * Dv + vd) * C + tq, tl.zeros([BV, QW], dtype=tl.float64), mask=vd < Dv)
-    tl.debug_barrier()  # the sums are in memory for every thread
-    t = tl.arange(0, C)
-    row = tl.arange(0, G)[:, None]  # a start's row in its group's tiles
-    valid = t < n_here
-    g = tl.load(g_ptr + base * C + t)
-    b = tl.load(b_ptr + base * C + t)
-    kk = tl.load(kk_ptr + base * C + t)
-    bnd = tl.load(bnd_ptr + base * C + t) != 0 if OVERRIDE else t < 0
-    a = tl.exp(g)
-    em1 = expm1_triton(2.0 * g)
-    fresh = b * b * kk * _squared_value_norms(v_ptr, base, Dv, C, _PAIR_TILE // C)
-    nxt = tl.full([C], C, tl.int32)
-    low = tl.full([C], 1.0, tl.float64)
+    _pair_vectors(g_ptr, b_ptr, kk_ptr, v_ptr, vec_ptr, base, Dv, C)
+    tl.debug_barrier()  # the sums and the scratch rows are in memory for every thread
     for i in range(tl.cdiv(n_here, G)):
-        p = i * G + row
-        after = t[None, :] > p
-        opened_at = t[None, :] == p
-        written = after & valid[None, :]  # the sums' blocks end at the row's last token
-        X = tl.load(pair_ptr + (base * C + p) * C + t[None, :], mask=written, other=0.0)
-        SS = tl.load(pair_ptr + (base * C + t[None, :]) * C + p, mask=written, other=0.0)
-        fresh_p = tl.sum(tl.where(opened_at, fresh[None, :], 0.0), 1)[:, None]
-        nP = _norms_before(tl.where(after, (a * a)[None, :], 0.0), tl.where(after, 2.0 * a[None, :] * X + SS, fresh_p),
-                           0.0, C)
-        score, ratio = _scores(nP, X, SS, a[None, :], em1[None, :], N, eps, norm_eps, FAST_F64)
-        closes = after & valid[None, :] & (bnd[None, :] if OVERRIDE else score >= tau)
-        nx = tl.min(tl.where(closes, t[None, :], C), 1)[:, None]
-        tl.debug_barrier()  # the group's sums are read before its scores replace them
-        tl.store(pair_ptr + (base * C + p) * C + t[None, :], score, mask=after)
-        low_p = tl.min(tl.where(after & (t[None, :] < nx) & valid[None, :], ratio, 1.0), 1)[:, None]
-        in_group = (t >= i * G) & (t < i * G + G)
-        nxt = tl.where(in_group, tl.sum(tl.where(opened_at, nx, 0), 0), nxt)
-        low = tl.where(in_group, tl.sum(tl.where(opened_at, low_p, 0.0), 0), low)
-    _paths(nxt, low, path_ptr, last_ptr, low_ptr, base, C)
+        _group_boundaries(pair_ptr, vec_ptr, bnd_ptr, base, i, n_here, tau, N, eps, norm_eps, C, G, PW, OVERRIDE,
+                          FAST_F64)
+    tl.debug_barrier()  # every group's boundary and ratio are in memory
+    t = tl.arange(0, C)
+    vec = vec_ptr + base * _PAIR_VECTORS * C
+    _paths(tl.load(vec + _NEXT * C + t).to(tl.int32), tl.load(vec + _LOW * C + t), path_ptr, last_ptr, low_ptr, base,
+           C)
 
 
 @triton.jit
@@ -312,7 +355,7 @@ def _chunk_decisions(ktT_ptr, y0T_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, pa
         ww += ww_b
     x = b * x
     ss = b * b * kk * ww
-    nP = tl.reshape(_norms_before((a * a)[None, :], (2.0 * a * x + ss)[None, :], nP0, C), [C])
+    nP = tl.reshape(_norms_through((a * a)[None, :], (2.0 * a * x + ss)[None, :], nP0, C)[0], [C])
     score, ratio = _scores(nP, x, ss, a, expm1_triton(2.0 * g), tl.load(scalars_ptr + 3), tl.load(scalars_ptr + 1),
                            tl.load(scalars_ptr + 2), FAST_F64)
     score = tl.where(has, score, 0.0)  # an empty cache's first token opens a slot, score 0
@@ -499,7 +542,7 @@ def _first_wrong(right):
 
 
 def _block_tables(k_b, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, c0, override, BV, table_warps,
-                  pair_group, QW, fast_f64):
+                  pair_group, QW, PW, fast_f64):
     """A block of chunks' score tables and pair kernel: the chain's and guess kernel's first 16 arguments."""
     nb, R, C, _ = k_b.shape
     Dv, dev = v_b.shape[-1], k_b.device
@@ -509,8 +552,9 @@ def _block_tables(k_b, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, c0, 
     path = torch.empty(nb, R, C, device=dev, dtype=torch.int64)
     last = torch.empty(nb, R, C, device=dev, dtype=torch.int32)
     low = torch.empty(nb, R, C, device=dev, dtype=torch.float64)
+    scratch = torch.empty(nb, R, PAIR_VECTORS, C, device=dev, dtype=torch.float64)
     dla_delta_pairs_kernel[(R, nb)](akapT, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, y0T, path, last,
-                                    low, R, c0, Dv, C=C, BV=BV, G=pair_group, QW=QW, OVERRIDE=override,
+                                    low, scratch, R, c0, Dv, C=C, BV=BV, G=pair_group, QW=QW, PW=PW, OVERRIDE=override,
                                     FAST_F64=fast_f64, num_warps=1)
     return ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, path, last, low
 
@@ -545,14 +589,16 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
                          table_warps: int = 4, chain_warps: int = 8, pair_group: int = PAIR_GROUP,
                          chain_block: int = CHAIN_BLOCK, chain_stages: int = CHAIN_STAGES,
                          concurrent: bool | None = None, pair_tokens: int | None = None, guess: bool = True,
-                         guess_maxnreg: int | None = GUESS_MAXNREG, rows: str = "kernel", fast_f64: bool | None = None):
+                         guess_maxnreg: int | None = GUESS_MAXNREG, rows: str = "kernel", fast_f64: bool | None = None,
+                         pair_piece: int = PAIR_PIECE):
     """:func:`chunk_fwd_decide.decide_delta_rule_triton`'s contract (same arguments and results; ``open_states``
     float64), a chunk at a time. Heads up to :data:`MAX_WIDTH` features. ``table_elements`` bounds a block of
     chunks' largest tables (the stage's memory); ``table_warps``, ``chain_warps``: the table and chain kernels' warps
     (the pair kernel runs on one); ``pair_group``: the starts the pair kernel scores at once (a power of two up to
-    ``C``); ``pair_tokens``: the tokens of its sums' tiles (a power of two up to ``C``; default ``PAIR_TOKENS``,
-    fewer for wide heads); ``chain_block``, ``chain_stages``: the chain's Dv block (a power of two) and its
-    products' loads in flight.
+    ``C``); ``pair_piece``: the tokens it scores at once (a power of two up to ``C``: a group of starts stops after
+    the piece that holds its last boundary); ``pair_tokens``: the tokens of its sums' tiles (a power of two up to
+    ``C``; default ``PAIR_TOKENS``, fewer for wide heads); ``chain_block``, ``chain_stages``: the chain's Dv block (a
+    power of two) and its products' loads in flight.
 
     ``guess``: the chunks after each block's first decided first from guessed slots (``dla_delta_guess_kernel``,
     the same results bit for bit), the chain only after a failed guess; ``guess_maxnreg``: that kernel's registers
@@ -576,6 +622,9 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
     R, nC, C, dev = B * H, triton.cdiv(T, CHUNK), CHUNK, k.device
     if max(Dk, Dv) > MAX_WIDTH:
         raise ValueError(f"decide_delta_rule_wy: heads of at most {MAX_WIDTH} features, got Dk={Dk}, Dv={Dv}")
+    for name, n in (("pair_group", pair_group), ("pair_piece", pair_piece)):
+        if n < 1 or n > C or n & (n - 1):
+            raise ValueError(f"decide_delta_rule_wy: {name} must be a power of two up to {C}, got {n}")
     lengths = torch.full((B,), T, device=dev, dtype=torch.int64) if row_lengths is None else row_lengths
     row_tokens = lengths.to(dev, torch.int64).repeat_interleave(H).contiguous()
     gc, bc, bnd = _chunked_scalars(g, beta, boundaries, row_tokens, nC)
@@ -605,7 +654,7 @@ def decide_delta_rule_wy(k, v, g, beta, *, open_states, size, tau, boundaries=No
         k_b, v_b, vT, kk_b = rows_of(c0, nb)
         bnd_b = bnd[c0:c0 + nb] if override else starts
         tables = _block_tables(k_b, v_b, vT, gc[c0:c0 + nb], bc[c0:c0 + nb], kk_b, bnd_b, row_tokens, scalars, c0,
-                               override, BV, table_warps, pair_group, QW, fast_f64)
+                               override, BV, table_warps, pair_group, QW, pair_piece, fast_f64)
         settings = dict(C=C, BK=BK, BV=min(BV, chain_block), BKD=FP64_DOT_K, STAGES=chain_stages, OVERRIDE=override,
                         FAST_F64=fast_f64, num_warps=chain_warps)
         guessed = guess and nb > 1
