@@ -1,9 +1,8 @@
 #!/usr/bin/env python
 """The delta rule's forward with its slot walk one, two or four chunks a step (``chunk_fwd.forward_delta_rule_triton
 (walk_steps=)``, run 50: ``chunk_fwd_steps`` composes each pair of steps' tables), with or without the walk's early
-loads (``chunk_fwd.EARLY_LOADS``), with its slot states whole or in halves (``chunk_fwd_states.HALVES``, run 70), in
-one process: forward time through ``dla_fast.forward`` in alternating rounds, each variant's walk kernels by GPU time
-(CUPTI, one call) and the host's time a call (``host_ms``), and how far its
+loads (``chunk_fwd.EARLY_LOADS``), in one process: forward time through ``dla_fast.forward`` in alternating rounds,
+each variant's walk kernels by GPU time (CUPTI, one call) and the host's time a call (``host_ms``), and how far its
 outputs and final cache states lie from the first variant's (relative to the largest entry; 0 where only the loads
 differ; where the steps differ, the reads' tf32 rounding of 16-bit inputs, then the outputs' own rounding: run 51
 measured 2.4e-3 to 5.5e-3 in bf16 outputs). Runs 50-51 measured reads in a kernel apart from the walk too (slower:
@@ -11,9 +10,8 @@ removed, docs/performance.md "Run 51").
 
     python benchmarks/delta_walk_steps_ab.py [CELLS] [--variants 1,1e,2e,4e] [--rounds 3]
 
-CELLS default ``2x16384x64:moderate``; a variant is the chunks a step, ``e`` for the early loads, ``h`` for the
-halves, and optionally ``@BVxWARPSxSTAGES[xMAXNREG]``, the walk kernel's launch (``2e@2x4x1x168``: Dv blocks of 2,
-capped at 168 registers).
+CELLS default ``2x16384x64:moderate``; a variant is the chunks a step, ``e`` for the early loads, and optionally
+``@BVxWARPSxSTAGES[xMAXNREG]``, the walk kernel's launch (``2e@2x4x1x168``: Dv blocks of 2, capped at 168 registers).
 """
 
 from __future__ import annotations
@@ -31,21 +29,20 @@ from delta_forward_kernels import kernels_of_one_call  # noqa: E402
 from gpu_bench import TAU, WORKLOADS, alternating_ms, configs_named, delta_inputs, medians_text  # noqa: E402
 
 import dla_fast  # noqa: E402
-from dla_fast.ops.delta_rule import chunk_fwd, chunk_fwd_states  # noqa: E402
+from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
 
 FORWARD = chunk_fwd.forward_delta_rule_triton
-EARLY_LOADS, HALVES = chunk_fwd.EARLY_LOADS, chunk_fwd_states.HALVES
+EARLY_LOADS = chunk_fwd.EARLY_LOADS
 # The kernels whose time the walk steps move (the rest of the forward does not depend on them).
-WALK_KERNELS = ("dla_delta_states_kernel", "dla_delta_states_halves_kernel", "dla_delta_pair_steps_kernel")
+WALK_KERNELS = ("dla_delta_states_kernel", "dla_delta_pair_steps_kernel")
 
 
 def forward(x, variant: str):
     steps, _, launch = variant.partition("@")
     walk_launch = tuple(int(f) for f in launch.split("x")) if launch else None
-    chunk_fwd.forward_delta_rule_triton = functools.partial(FORWARD, walk_steps=int(steps.strip("eh")),
+    chunk_fwd.forward_delta_rule_triton = functools.partial(FORWARD, walk_steps=int(steps.strip("e")),
                                                             walk_launch=walk_launch)
     chunk_fwd.EARLY_LOADS = "e" in steps
-    chunk_fwd_states.HALVES = "h" in steps
     with torch.no_grad():
         return dla_fast.forward(*x[:5], tau=TAU, beta=x[5], output_final_cache=True)
 
@@ -97,7 +94,7 @@ def main():
             print(f"{torch.cuda.get_device_name()}, {spec}: {medians_text(times)}", flush=True)
     finally:
         chunk_fwd.forward_delta_rule_triton = FORWARD
-        chunk_fwd.EARLY_LOADS, chunk_fwd_states.HALVES = EARLY_LOADS, HALVES
+        chunk_fwd.EARLY_LOADS = EARLY_LOADS
 
 
 if __name__ == "__main__":

@@ -143,19 +143,16 @@ def test_stage3_kernels_match_the_torch_stage(B, T, H, D, K, dtype, with_cache, 
 
 
 # (B, T, H, D, K, dtype, row lengths or None, the walk's variant, checkpoints kept): the variant is the chunks a step,
-# "e" for its early loads, "h" for its slot states in halves (K = 30: the tokens reach only the lower half while the
-# cache fills, then both, then the upper alone), "@BVxWARPSxSTAGES" a launch of its own (two Dv blocks a row here). 5
-# and 4 chunks (steps of 2 with one chunk left over, of 4 with none; with checkpoints at every third chunk, walks of 3
-# and 2 chunks), a few merges a chunk (K = 8: a step's second chunk moves slots that hold the first one's start slots)
-# or merges in every chunk (K = 4: the older slots soon merged into one), rows that end inside a step. Six cases, for
-# CI's time: each runs the interpreter's forward twice.
+# "e" for its early loads, "@BVxWARPSxSTAGES" a launch of its own (two Dv blocks a row here). 5 and 4 chunks (steps of 2
+# with one chunk left over, of 4 with none; with checkpoints at every third chunk, walks of 3 and 2 chunks), a few
+# merges a chunk (K = 8: a step's second chunk moves slots that hold the first one's start slots) or merges in every
+# chunk (K = 4: the older slots soon merged into one), rows that end inside a step. Four cases, for CI's time: each runs
+# the interpreter's forward twice.
 SEVERAL_CHUNKS = [
     (1, 260, 2, 16, 8, torch.float32, None, "2e", True),
     (2, 256, 1, 16, 8, torch.bfloat16, (256, 200), "4e", False),
     (2, 260, 1, 16, 4, torch.bfloat16, (260, 140), "1", True),
     (1, 260, 2, 16, 8, torch.float32, None, "2e@8x4x1", True),
-    (1, 260, 2, 16, 30, torch.float32, None, "2eh", True),
-    (2, 256, 1, 16, 30, torch.bfloat16, (256, 200), "1h", False),
 ]
 
 
@@ -166,13 +163,12 @@ def test_stage3_walk_variants(B, T, H, D, K, dtype, lengths, variant, kept, monk
     small loads issued early (``EARLY_LOADS``, "e") or not, at its default launch or another, after a first call that
     fills the cache: its outputs and final slot states equal the torch stage's to float32 rounding (the bounds of the
     one-chunk walk above)."""
-    from dla_fast.ops.delta_rule import chunk_fwd, chunk_fwd_states
+    from dla_fast.ops.delta_rule import chunk_fwd
 
     steps, _, launch = variant.partition("@")
     monkeypatch.setattr(chunk_fwd, "EARLY_LOADS", "e" in steps)
-    monkeypatch.setattr(chunk_fwd_states, "HALVES", "h" in steps)
-    steps = int(steps.strip("eh"))
-    tau, prefix = 0.6 if chunk_fwd_states.HALVES else 0.5, 40  # (halves: ~15 % of the tokens open a slot, not ~50 %)
+    steps = int(steps.strip("e"))
+    tau, prefix = 0.5, 40
     D = max(D, 32) if CUDA else D
     x_all = delta_inputs(B, prefix + T, H, D, K, dtype, seed=T + K + steps, decay=0.99)  # (old slots weigh in)
     walk = dict(walk_steps=steps, pieces=False,  # (the tables and maps: the test above)
@@ -217,40 +213,3 @@ def test_a_slot_walk_launch_shape_keeps_the_padded_slot_count():
 
     assert launch_shape(64, 64, 30, None) == state_block(64, 64, 30) == (64, 4, 32, 4, 1)
     assert launch_shape(64, 64, 30, (2, 8, 1)) == (64, 2, 32, 8, 1)
-
-
-@needs_kernels
-@pytest.mark.parametrize("reads", [True, False])
-def test_the_walk_in_halves_equals_the_whole_walk(reads):
-    """The slot walk with its states in two halves (``dla_delta_states_halves_kernel``) against the whole walk, one
-    chunk a step, on random tables: its reads, each step's start states (the backward's rerun stores them) and the
-    final states equal to float32 rounding. The maps are what the partition makes: each start slot ends at or below
-    itself (-1: none), the tokens in any slot (-1: padding); some sub-chunks reach the lower half, some only the
-    upper."""
-    from dla_fast.ops.delta_rule.chunk_fwd_states import slot_states_and_reads
-
-    nb, R, C, D, K = 4, 2, 16, 32 if CUDA else 16, 30
-    gen = torch.Generator().manual_seed(5)
-    rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEV)  # noqa: E731
-    Phi = torch.eye(D).to(DEV) + 0.1 * rand(nb, R, D, D)
-    kb, qt, coef = rand(nb, R, C, D), rand(nb, R, C, D), rand(nb, R, C, K)
-    slot = torch.arange(K)
-    down = torch.randint(0, 3, (nb, R, K), generator=gen)
-    dest_f = torch.where(slot < 25, (slot - down).clamp(min=0), -1).to(DEV, torch.int32)  # slots 25.. unused
-    low = torch.randint(0, 2, (nb, R, 1), generator=gen) * 16  # half the steps' tokens reach the lower half
-    dest = (low + torch.randint(0, 9, (nb, R, C), generator=gen)).to(DEV, torch.int32)
-    dest[..., -2:] = -1
-    v = rand(1, nb * C, R, D)
-    init = rand(R, K, D, D) * (slot < 25).to(DEV).view(1, K, 1, 1)
-    runs = []
-    for halves in (False, True):
-        slots, starts = init.clone(), torch.zeros(nb, R, K, D, D, device=DEV)
-        o = torch.zeros(1, nb * C, R, D, device=DEV) if reads else None
-        slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, 0, read_f32=True, v_exact=False,
-                              starts=starts, halves=halves)
-        runs.append((slots, starts, o))
-    (s0, f0, o0), (s1, f1, o1) = runs
-    torch.testing.assert_close(s1, s0, rtol=1e-5, atol=1e-5 * s0.abs().max().item())
-    torch.testing.assert_close(f1, f0, rtol=1e-5, atol=1e-5 * f0.abs().max().item())
-    if reads:
-        torch.testing.assert_close(o1, o0, rtol=1e-5, atol=1e-5 * o0.abs().max().item())
