@@ -36,7 +36,8 @@ from dla_fast.ops.delta_rule import chunk_fwd_decide_wy as wy  # noqa: E402
 
 KERNELS = {  # name: (kernel attribute, its output arguments' indices, settings)
     "pairs": ("dla_delta_pairs_kernel", range(9, 14),
-              [dict(), dict(G=2, PW=64), dict(G=8, PW=16), dict(G=32, PW=4), dict(G=16, PW=4), dict(G=8, PW=8)]),
+              [dict(), dict(G=16, PW=8), dict(G=4, PW=16), dict(G=8, PW=32), dict(G=4, PW=32), dict(G=16, PW=16),
+               dict(G=4, PW=64), dict(G=2, PW=64)]),
     "guess": ("dla_delta_guess_kernel", range(16, 23),
               [dict(), dict(maxnreg=168), dict(maxnreg=128), dict(num_warps=4), dict(STAGES=1),
                dict(STAGES=1, maxnreg=168)]),

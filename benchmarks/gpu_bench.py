@@ -94,11 +94,19 @@ def workload(B, T, H, Dk, Dv, K, *, regime_length, jitter, decay, device=None, s
 
 
 def configs_named(names: str) -> list:
-    """The configs named ``BxT`` (every head width) or ``BxTxD``, comma-separated (``all``: every config)."""
+    """The configs named ``BxT`` (every head width) or ``BxTxD``, comma-separated (``all``: every config). A
+    ``BxTxD`` that is not one of :data:`CONFIGS` names ``(B, T, 16, D, D)``."""
     if names == "all":
         return list(CONFIGS)
-    return [c for c in CONFIGS for name in names.split(",")
-            if "x".join(map(str, (c[0], c[1]) + ((c[3],) if name.count("x") == 2 else ()))) == name]
+    found = []
+    for name in names.split(","):
+        named = [c for c in CONFIGS
+                 if "x".join(map(str, (c[0], c[1]) + ((c[3],) if name.count("x") == 2 else ()))) == name]
+        if not named and name.count("x") == 2:
+            B, T, D = map(int, name.split("x"))
+            named = [(B, T, 16, D, D)]
+        found += named
+    return found
 
 
 def api_forward(q, k, v, g, w):

@@ -1673,12 +1673,14 @@ def test_delta_rule_chunked_decisions_on_their_own_stream_are_unchanged():
         assert torch.equal(a, b)
 
 
-def test_delta_rule_decides_a_chunk_at_a_time_for_few_narrow_rows():
-    """The measured rule (docs/benchmarks.md run 18): the chunked decisions for up to 64 features and 64 rows."""
+def test_delta_rule_decides_by_tokens_only_for_narrow_heads_on_many_rows():
+    """The measured rule (docs/benchmarks.md runs 18, 72): the chunked decisions but for heads up to 64 features on
+    more than 64 rows, and heads wider than the chunked kernels take."""
     from dla_fast.ops.delta_rule.chunk_fwd import auto_decisions
 
     assert auto_decisions(64, 64, 32) == auto_decisions(16, 64, 64) == "chunks"
-    assert auto_decisions(64, 64, 128) == auto_decisions(128, 128, 32) == auto_decisions(64, 65, 1) == "tokens"
+    assert auto_decisions(128, 128, 32) == auto_decisions(128, 128, 256) == auto_decisions(64, 65, 1) == "chunks"
+    assert auto_decisions(64, 64, 128) == auto_decisions(32, 32, 65) == auto_decisions(129, 64, 1) == "tokens"
 
 
 def _table_inputs(Dk: int):

@@ -27,7 +27,7 @@ from ..common.triton_utils import bf16_exact_products
 from ..scalar_decay.chunk_fwd import DecidedStructure, LaunchConfig, merge_simulation
 from ..scalar_decay.chunk_fwd_states import CHUNK, start_bits
 from .chunk_fwd_decide import decide_delta_rule_triton
-from .chunk_fwd_decide_wy import decide_delta_rule_wy
+from .chunk_fwd_decide_wy import MAX_WIDTH, decide_delta_rule_wy
 from .chunk_fwd_partition import partition_and_intra
 from .chunk_fwd_states import slot_states_and_reads
 from .chunk_fwd_steps import pair_steps
@@ -43,12 +43,14 @@ from .wy_tables_triton import output_tables_rows
 FLOAT32_TABLES_WIDTH = 64
 WIDE_FLOAT32_TABLE_WARPS = 8
 
-# Where "auto" decides a chunk at a time: heads up to this wide, at most this many rows (B * H). The chunked
-# path's parallel stages grow with the rows, the token walk's time does not until its one program per row fills
-# the GPU. H200, 2026-12-01 (docs/benchmarks.md run 18), 64 features: 2.0-2.3x faster than the walk at 32 rows,
-# the forward 1.3-2.1x faster at (2, 16384) and (1, 65536); at 128 rows (8, 4096) the forward 36 -> 40 ms, slower;
-# 128 features, 128 rows: 19.3 against 16.6 ms for the decisions.
-CHUNKED_DECISIONS_WIDTH = 64
+# Where "auto" decides a chunk at a time: every head the chunked kernels take (up to ``MAX_WIDTH`` = 128 features)
+# but narrow ones (up to NARROW_HEAD_WIDTH) on more than CHUNKED_DECISIONS_ROWS rows (B * H). The chunked path's
+# parallel stages grow with the rows, the token walk's time does not until its one program per row fills the GPU,
+# and the walk's cost per token grows with the head. H200, run 18 (docs/benchmarks.md), 64 features: the forward
+# 1.3-2.1x faster by chunks at 32 rows, slower at 128 (36 -> 40 ms); H100, run 72, by chunks against the walk: 64
+# features, 128 rows 16.61 against 14.96 ms; 128 features 23.38 against 48.24 (32 rows), 47.21 against 50.62 (128),
+# 50.50 against 54.19 (256).
+NARROW_HEAD_WIDTH = 64
 CHUNKED_DECISIONS_ROWS = 64
 
 # Chunks per step of the forward's slot walk (``walk_steps``) by default: ``chunk_fwd_steps`` composes each pair of
@@ -71,16 +73,16 @@ _TABLE_ELEMENTS = 1 << 22
 
 def auto_decisions(Dk: int, Dv: int, rows: int) -> str:
     """What ``decisions="auto"`` takes for heads of ``Dk x Dv`` features and ``rows = B * H``."""
-    narrow_and_few = max(Dk, Dv) <= CHUNKED_DECISIONS_WIDTH and rows <= CHUNKED_DECISIONS_ROWS
-    return "chunks" if narrow_and_few else "tokens"
+    width = max(Dk, Dv)
+    narrow_on_many_rows = width <= NARROW_HEAD_WIDTH and rows > CHUNKED_DECISIONS_ROWS
+    return "tokens" if width > MAX_WIDTH or narrow_on_many_rows else "chunks"
 
 
 def _decide(k, v, g, beta, boundaries, cache, size0, lengths, tau, eps, norm_eps, decisions, decide_warps):
     """Stages 1-2 from the initial ``cache`` (its sizes ``size0 [R]``): ``(scores [B, T, H] float64,
     DecidedStructure, the open slot after the call [R, Dk, Dv] float64, row lengths [R] int32)``.
     ``decisions``: ``"tokens"`` (the token walk, ``chunk_fwd_decide``), ``"chunks"`` (from the WY tables,
-    ``chunk_fwd_decide_wy``; heads up to 128 features) or ``"auto"`` (chunks for heads up to
-    :data:`CHUNKED_DECISIONS_WIDTH` features and up to :data:`CHUNKED_DECISIONS_ROWS` rows, else tokens)."""
+    ``chunk_fwd_decide_wy``; heads up to 128 features) or ``"auto"`` (:func:`auto_decisions`)."""
     states, counts, info, _ = cache
     B, T, H, Dk = k.shape
     Dv, K = v.shape[-1], states.shape[2]

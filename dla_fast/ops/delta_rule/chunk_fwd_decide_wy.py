@@ -55,8 +55,11 @@ from .wy_tables_triton import score_tables_triton
 
 GUARD = 1e-4  # a norm recursion that cancels below this share of its terms sends its row to the token walk
 MAX_WIDTH = 128  # widest head (Dk and Dv) the kernels take (their float64 tiles hold whole value rows)
-PAIR_GROUP = 16  # starts the pair kernel scores at once ([G, PW] tiles, 4 a lane; run 32, whole rows: 2 before 4, 8)
-PAIR_PIECE = 8  # tokens a piece of the pair kernel's scores: a group stops at its last boundary's piece (run 71)
+# The pair kernel's scores: PAIR_GROUP starts PAIR_PIECE tokens at a time ([G, PW] tiles, 4 a lane); a group of
+# starts stops after the piece that holds its last boundary (run 71). H100, run 72: the forward -2 to -4.5 % against
+# whole rows of two starts; shapes of 4 a lane (8 x 16, 4 x 32, 16 x 16, 2 x 64) within one launch's noise of 16 x 8.
+PAIR_GROUP = 16
+PAIR_PIECE = 8
 # The pair kernel's sums take [BV, QW] float64 tiles of at most 1024 values (32 a lane: 16 tokens up to 64 features,
 # 8 at 128; sm_90 builds of wider tiles spill).
 PAIR_TOKENS, PAIR_TILE = 16, 1024
