@@ -10,11 +10,9 @@ launch captured from ``decide_delta_rule_wy`` on a benchmark workload (``triton.
 
 ``pairs`` (``dla_delta_pairs_kernel``; outputs: the scores up to each start's next boundary, the pair table's only
 entries its readers read, ``y0T``, the paths, last starts and ratios): ``G`` and ``PW`` (starts and tokens scored at
-once), ``QW`` (tokens per block of the sums), ``SB`` (tokens whose sums precede their scores: ``max(QW, PW)`` unless
-given; 64, every sum first, is run 72's kernel), ``maxnreg`` (registers a thread, capped: more programs per SM against
+once), ``QW`` (tokens per block of the sums), ``maxnreg`` (registers a thread, capped: more programs per SM against
 spills). H200, run 32 (docs/performance.md): ``G`` 2 before 8 (whole rows, ``PW = C``); a second start's operands
-loaded ahead (tried, removed) and capped registers slower. H100, run 72: shapes of four scores a lane within one
-launch's noise of each other.
+loaded ahead (tried, removed) and capped registers slower.
 
 ``guess`` (``dla_delta_guess_kernel``; outputs: the guessed slots, first boundaries, checks and the chunks'
 decisions): warps, loads in flight, capped registers (these change no arithmetic: the chain must compute the same
@@ -38,7 +36,8 @@ from dla_fast.ops.delta_rule import chunk_fwd_decide_wy as wy  # noqa: E402
 
 KERNELS = {  # name: (kernel attribute, its output arguments' indices, settings)
     "pairs": ("dla_delta_pairs_kernel", range(9, 14),
-              [dict(), dict(SB=64), dict(G=8, PW=16), dict(G=8, PW=16, SB=64), dict(G=2, PW=64)]),
+              [dict(), dict(G=16, PW=8), dict(G=4, PW=16), dict(G=8, PW=32), dict(G=4, PW=32), dict(G=16, PW=16),
+               dict(G=4, PW=64), dict(G=2, PW=64)]),
     "guess": ("dla_delta_guess_kernel", range(16, 23),
               [dict(), dict(maxnreg=168), dict(maxnreg=128), dict(num_warps=4), dict(STAGES=1),
                dict(STAGES=1, maxnreg=168)]),
@@ -77,10 +76,7 @@ def launch(kernel: str, grid, args, options, setting: dict):
     args = list(args)
     for i in outputs:
         args[i] = torch.zeros_like(args[i])
-    merged = dict(options, **setting)
-    if kernel == "pairs" and "SB" not in setting:  # the block of tokens whose sums precede its scores
-        merged["SB"] = max(merged["QW"], merged["PW"])
-    getattr(wy, attr)[grid](*args, **merged)
+    getattr(wy, attr)[grid](*args, **dict(options, **setting))
     written = [args[i] for i in outputs]
     if kernel == "pairs":  # the scores: (p, t) with p < t <= p's next boundary (the lower triangle holds sums)
         written[0] = written[0][read_scores(written[2], options["C"])]

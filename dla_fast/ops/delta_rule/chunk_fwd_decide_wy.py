@@ -123,40 +123,30 @@ def _paths(nxt, low, path_ptr, last_ptr, low_ptr, base, C: tl.constexpr):
 
 
 @triton.jit
-def _start_operands(akapT_ptr, v_ptr, b_ptr, vec, base, p, t0, tq, vd, Dv, C: tl.constexpr):
-    """Start p's operands for the tokens ``tq``: ``akap[tq, p]``, ``b_p v_p``, and whether p's sums are read from
-    token ``t0`` on (its next boundary, as scored so far, not before ``t0``)."""
+def _start_operands(akapT_ptr, v_ptr, b_ptr, base, p, tq, vd, Dv, C: tl.constexpr):
+    """Start p's operands for the tokens ``tq``: ``akap[tq, p]`` and ``b_p v_p``."""
     col = tl.load(akapT_ptr + (base * C + p) * C + tq)
-    bv = tl.load(b_ptr + base * C + p) * tl.load(v_ptr + (base * C + p) * Dv + vd, mask=vd < Dv, other=0.0)
-    return col, bv, tl.load(vec + _NEXT * C + p) >= t0
+    return col, tl.load(b_ptr + base * C + p) * tl.load(v_ptr + (base * C + p) * Dv + vd, mask=vd < Dv, other=0.0)
 
 
 @triton.jit
-def _pair_sums_step(Y, col, bv, read, vTq, a, b, bbkk, p, tq, pair_ptr, base, C: tl.constexpr):
-    """Start p: ``Y += b_p v_p akap[t, p]``, then ``X[p, t]`` and ``SS[p, t]`` stored (see ``_pair_sums``); zeros
-    where they are not ``read`` (the scores' loads then need no mask of their own)."""
+def _pair_sums_step(Y, col, bv, vTq, a, b, bbkk, p, tq, pair_ptr, base, C: tl.constexpr):
+    """Start p: ``Y += b_p v_p akap[t, p]``, then ``X[p, t]`` and ``SS[p, t]`` stored (see ``_pair_sums``)."""
     Y += bv[:, None] * col[None, :]
+    W = vTq - a[None, :] * Y
     after = tq > p
-    if read:
-        W = vTq - a[None, :] * Y
-        x, ss = b * tl.sum(Y * W, 0), bbkk * tl.sum(W * W, 0)
-    else:
-        x = tl.zeros_like(tq).to(tl.float64)
-        ss = x
-    tl.store(pair_ptr + (base * C + p) * C + tq, x, mask=after)
-    tl.store(pair_ptr + (base * C + tq) * C + p, ss, mask=after)
+    tl.store(pair_ptr + (base * C + p) * C + tq, b * tl.sum(Y * W, 0), mask=after)
+    tl.store(pair_ptr + (base * C + tq) * C + p, bbkk * tl.sum(W * W, 0), mask=after)
     return Y
 
 
 @triton.jit
-def _pair_sums(akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, pair_ptr, y0T_ptr, vec_ptr, base, q, t0, Dv,
+def _pair_sums(akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, pair_ptr, y0T_ptr, base, q, Dv,
                C: tl.constexpr, BV: tl.constexpr, QW: tl.constexpr):
     """Tokens ``t = q QW .. q QW + QW - 1`` against every start ``p`` before the block's end: ``X[p, t] = b_t Y.W``
     written at ``pair[p, t]`` (upper triangle) and ``SS[p, t] = b_t^2 |k_t|^2 |W|^2`` at ``pair[t, p]`` (lower), with
     ``Y = sum_{p <= s < t} akap[t, s] b_s v_s``, ``W = v_t - a_t Y``; then the run sums ``y0T`` (``Y`` at p = 0).
-    A start whose next boundary came before ``t0`` (the scores' block) adds its term to ``Y`` and stores zeros: its
-    sums here are never read. The tile is ``[BV, QW]`` in one warp: the sums over the features stay within the warp (no
-    barrier)."""
+    The tile is ``[BV, QW]`` in one warp: the sums over the features stay within the warp (no barrier)."""
     tq = q * QW + tl.arange(0, QW)
     vd = tl.arange(0, BV)
     vTq = tl.load(vT_ptr + (base * Dv + vd[:, None]) * C + tq[None, :], mask=vd[:, None] < Dv, other=0.0)
@@ -165,15 +155,13 @@ def _pair_sums(akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, pair_ptr, y0T_ptr
     bbkk = b * b * tl.load(kk_ptr + base * C + tq)
     n_starts = (q + 1) * QW  # starts at or after the block's end add nothing here (akap[t, s] = 0 for s >= t)
     Y = tl.zeros([BV, QW], dtype=tl.float64)
-    vec = vec_ptr + base * _PAIR_VECTORS * C
     p = n_starts - 1
-    col, bv, read = _start_operands(akapT_ptr, v_ptr, b_ptr, vec, base, p, t0, tq, vd, Dv, C)
+    col, bv = _start_operands(akapT_ptr, v_ptr, b_ptr, base, p, tq, vd, Dv, C)
     for _ in range(n_starts):  # from the last start down, the next start's operands loaded a step ahead
-        col_n, bv_n, read_n = _start_operands(akapT_ptr, v_ptr, b_ptr, vec, base, tl.maximum(p - 1, 0), t0, tq, vd,
-                                              Dv, C)
-        Y = _pair_sums_step(Y, col, bv, read, vTq, a, b, bbkk, p, tq, pair_ptr, base, C)
+        col_n, bv_n = _start_operands(akapT_ptr, v_ptr, b_ptr, base, tl.maximum(p - 1, 0), tq, vd, Dv, C)
+        Y = _pair_sums_step(Y, col, bv, vTq, a, b, bbkk, p, tq, pair_ptr, base, C)
         p -= 1
-        col, bv, read = col_n, bv_n, read_n
+        col, bv = col_n, bv_n
     tl.store(y0T_ptr + (base * Dv + vd[:, None]) * C + tq[None, :], Y, mask=vd[:, None] < Dv)
 
 
@@ -191,32 +179,30 @@ def _squared_value_norms(v_ptr, base, Dv, C: tl.constexpr, BD: tl.constexpr):
     return acc
 
 
-# The pair kernel's per-token and per-start vectors, held in a scratch row each (``[6, C]`` a program) so that a
-# piece of tokens loads its own (a gather from a register vector is two shuffles a float64 a lane), and each start's
-# state between blocks of tokens: its norm so far, its next boundary so far, its lowest ratio before it.
-PAIR_VECTORS = 6
-_DECAY, _EXPM1, _FRESH, _NORM, _NEXT, _LOW, _PAIR_VECTORS = (tl.constexpr(i) for i in range(PAIR_VECTORS + 1))
+# The pair kernel's per-token and per-start vectors, held in a scratch row each (``[5, C]`` a program) so that a
+# piece of tokens loads its own (a gather from a register vector is two shuffles a float64 a lane).
+PAIR_VECTORS = 5
+_DECAY, _EXPM1, _FRESH, _NEXT, _LOW, _PAIR_VECTORS = (tl.constexpr(i) for i in range(PAIR_VECTORS + 1))
 
 
 # Long: a group's pieces in one loop, so that it can stop at the group's last boundary.
 @triton.jit
-def _group_boundaries(pair_ptr, vec_ptr, bnd_ptr, base, i, t0, t1, n_here, tau, N, eps, norm_eps,
+def _group_boundaries(pair_ptr, vec_ptr, bnd_ptr, base, i, n_here, tau, N, eps, norm_eps,
                       C: tl.constexpr, G: tl.constexpr, PW: tl.constexpr, OVERRIDE: tl.constexpr,
                       FAST_F64: tl.constexpr):
-    """Starts ``p = i G .. i G + G - 1``, tokens ``t0 <= t < t1``: their scores, ``PW`` tokens at a time from the first
-    after ``i G``, written over the sums ``X``, while some start has not met its next boundary; each start's norm,
-    next boundary (C: none yet) and smallest norm ratio before it carried in its scratch rows (``vec_ptr``: ``[6,
-    C]``) from block to block. Scores past a start's boundary are never read (a path leaves a slot at the token that
-    closes it), so a group stops at its last boundary: on a row with none, at the row's end; and a start whose
-    boundary came before ``t0`` has zeros for sums in this block (``_pair_sums``): its scores here are unread."""
+    """Starts ``p = i G .. i G + G - 1``: their tokens' scores, ``PW`` tokens at a time from the first after ``i G``,
+    written over the sums ``X``, until each start has met its next boundary; then each start's next boundary (C:
+    none) and smallest norm ratio before it, stored in its scratch rows (``vec_ptr``: ``[5, C]``). Scores past a
+    start's boundary are never read (a path leaves a slot at the token that closes it), so a group stops at its last
+    boundary: on a row with none, at the row's end."""
     p = i * G + tl.arange(0, G)[:, None]
     vec = vec_ptr + base * _PAIR_VECTORS * C
     fresh_p = tl.load(vec + _FRESH * C + p)
-    nP = tl.load(vec + _NORM * C + p)  # the norm before the piece's first token
-    nx = tl.load(vec + _NEXT * C + p).to(tl.int32)
-    low = tl.load(vec + _LOW * C + p)
-    j = tl.maximum((i * G + 1) // PW, t0 // PW)
-    while (j * PW < tl.minimum(t1, n_here)) & (tl.max(nx) == C):
+    nP = tl.zeros([G, 1], dtype=tl.float64)  # the norm before the piece's first token
+    nx = tl.full([G, 1], C, tl.int32)
+    low = tl.full([G, 1], 1.0, tl.float64)
+    j = (i * G + 1) // PW
+    while (j * PW < n_here) & (tl.max(nx) == C):
         t = j * PW + tl.arange(0, PW)[None, :]
         after = t > p
         written = after & (t < n_here)  # the sums' blocks end at the row's last token
@@ -234,7 +220,6 @@ def _group_boundaries(pair_ptr, vec_ptr, bnd_ptr, base, i, t0, t1, n_here, tau, 
         tl.debug_barrier()  # the piece's sums are read before its scores replace them
         tl.store(pair_ptr + (base * C + p) * C + t, score, mask=after)
         j += 1
-    tl.store(vec + _NORM * C + p, nP)
     tl.store(vec + _NEXT * C + p, nx.to(tl.float64))
     tl.store(vec + _LOW * C + p, low)
 
@@ -242,7 +227,7 @@ def _group_boundaries(pair_ptr, vec_ptr, bnd_ptr, base, i, t0, t1, n_here, tau, 
 @triton.jit
 def _pair_vectors(g_ptr, b_ptr, kk_ptr, v_ptr, vec_ptr, base, Dv, C: tl.constexpr):
     """The pair kernel's scratch rows before its scores: per token ``exp(g)``, ``expm1(2 g)`` and the squared norm
-    of the slot it would open, ``b^2 |k|^2 |v|^2``; per start a norm of 0, no boundary yet (C) and a ratio of 1."""
+    of the slot it would open, ``b^2 |k|^2 |v|^2``; per start no boundary yet (C) and a ratio of 1."""
     t = tl.arange(0, C)
     vec = vec_ptr + base * _PAIR_VECTORS * C
     g = tl.load(g_ptr + base * C + t)
@@ -251,34 +236,31 @@ def _pair_vectors(g_ptr, b_ptr, kk_ptr, v_ptr, vec_ptr, base, Dv, C: tl.constexp
     tl.store(vec + _EXPM1 * C + t, expm1_triton(2.0 * g))
     tl.store(vec + _FRESH * C + t,
              b * b * tl.load(kk_ptr + base * C + t) * _squared_value_norms(v_ptr, base, Dv, C, _PAIR_TILE // C))
-    tl.store(vec + _NORM * C + t, tl.zeros([C], tl.float64))
     tl.store(vec + _NEXT * C + t, tl.full([C], C, tl.float64))
     tl.store(vec + _LOW * C + t, tl.full([C], 1.0, tl.float64))
 
 
-# Long: the blocks' sums and scores alternate in one loop (each block's sums skip the starts closed before it).
 @triton.jit(do_not_specialize=["R", "c0", "Dv"])
 def dla_delta_pairs_kernel(
     akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, rlen_ptr, scalars_ptr,
     pair_ptr, y0T_ptr, path_ptr, last_ptr, low_ptr, vec_ptr,
     R, c0, Dv,
-    C: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, QW: tl.constexpr, PW: tl.constexpr, SB: tl.constexpr,
+    C: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, QW: tl.constexpr, PW: tl.constexpr,
     OVERRIDE: tl.constexpr, FAST_F64: tl.constexpr = False,
 ):
     """Program (row r, chunk j of the block that starts at chunk c0), one warp. Writes ``pair [C (p), C (t)]`` (token
     t's score against the slot opened at p < t, up to p's next boundary), ``y0T [Dv, C]``, and per entry e: ``path``
     (int64, bit s: s is a start on e's path), ``last`` (its last start) and ``low`` (the smallest norm ratio while e's
-    slot is open); ``vec [6, C]`` is scratch.
+    slot is open); ``vec [5, C]`` is scratch.
 
-    By blocks of ``SB = max(QW, PW)`` tokens, in order: first the sums ``X``, ``SS`` of the block's (start, token)
-    pairs, ``QW`` tokens at a time (``_pair_sums``), held in the pair table's two triangles, but for the starts whose
-    next boundary came before the block; then, ``G`` starts at a time, ``PW`` tokens at a time (``[G, PW]`` tiles:
-    each (start, token)'s float64 score math in one lane), the norms, scores, next boundaries and cancellation ratios
-    from them, the scores written over the sums, each group of starts until its last boundary
-    (``_group_boundaries``). What no reader reads (a start's pairs past its boundary) is left as it is. One warp, so
-    that each start's two sums over the features stay within the warp: the four-warp kernel before it (runs 18-31)
-    summed across warps through shared memory, six barriers a start, and took 4.6 ms at (2, 16384, 16, 64) against
-    2.9-3.3 (docs/performance.md, run 32)."""
+    First the sums ``X``, ``SS`` of every (start, token) pair, ``QW`` tokens at a time (``_pair_sums``), held in the
+    pair table's two triangles; then, ``G`` starts at a time, ``PW`` tokens at a time (``[G, PW]`` tiles: each
+    (start, token)'s float64 score math in one lane), the norms, scores, next boundaries and cancellation ratios from
+    them, the scores written over the sums up to the group's last boundary (``_group_boundaries``). Past it the upper
+    triangle keeps ``X``, and the lower one ``SS`` (no reader looks there). One warp, so that each start's two sums
+    over the features stay within the warp: the four-warp kernel before it (runs 18-31) summed across warps through
+    shared memory, six barriers a start, and took 4.6 ms at (2, 16384, 16, 64) against 2.9-3.3 (docs/performance.md,
+    run 32)."""
     tau = tl.load(scalars_ptr)
     eps = tl.load(scalars_ptr + 1)
     norm_eps = tl.load(scalars_ptr + 2)
@@ -286,22 +268,19 @@ def dla_delta_pairs_kernel(
     r = tl.program_id(0)
     base = tl.program_id(1) * R + r
     n_here = tl.minimum(tl.maximum(tl.load(rlen_ptr + r) - (c0 + tl.program_id(1)) * C, 0), C)
-    _pair_vectors(g_ptr, b_ptr, kk_ptr, v_ptr, vec_ptr, base, Dv, C)
-    tl.debug_barrier()  # the scratch rows are in memory for every thread
-    for s in range(tl.cdiv(n_here, SB)):
-        t0 = s * SB
-        for q in range(t0 // QW, tl.cdiv(tl.minimum(t0 + SB, n_here), QW)):
-            _pair_sums(akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, pair_ptr, y0T_ptr, vec_ptr, base, q, t0, Dv, C,
-                       BV, QW)
-        tl.debug_barrier()  # the block's sums are in memory
-        for i in range(tl.cdiv(tl.minimum(t0 + SB, n_here), G)):
-            _group_boundaries(pair_ptr, vec_ptr, bnd_ptr, base, i, t0, t0 + SB, n_here, tau, N, eps, norm_eps, C, G,
-                              PW, OVERRIDE, FAST_F64)
-        tl.debug_barrier()  # the block's boundaries are in memory for the next block's sums
+    n_blocks = tl.cdiv(n_here, QW)
+    for q in range(n_blocks):
+        _pair_sums(akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, pair_ptr, y0T_ptr, base, q, Dv, C, BV, QW)
     vd = tl.arange(0, BV)[:, None]
-    for q in range(tl.cdiv(n_here, QW), C // QW):  # past the row's end: no run sums (the chain reads them, masked)
+    for q in range(n_blocks, C // QW):  # past the row's end: no run sums (the chain reads them, masked)
         tq = q * QW + tl.arange(0, QW)[None, :]
         tl.store(y0T_ptr + (base * Dv + vd) * C + tq, tl.zeros([BV, QW], dtype=tl.float64), mask=vd < Dv)
+    _pair_vectors(g_ptr, b_ptr, kk_ptr, v_ptr, vec_ptr, base, Dv, C)
+    tl.debug_barrier()  # the sums and the scratch rows are in memory for every thread
+    for i in range(tl.cdiv(n_here, G)):
+        _group_boundaries(pair_ptr, vec_ptr, bnd_ptr, base, i, n_here, tau, N, eps, norm_eps, C, G, PW, OVERRIDE,
+                          FAST_F64)
+    tl.debug_barrier()  # every group's boundary and ratio are in memory
     t = tl.arange(0, C)
     vec = vec_ptr + base * _PAIR_VECTORS * C
     _paths(tl.load(vec + _NEXT * C + t).to(tl.int32), tl.load(vec + _LOW * C + t), path_ptr, last_ptr, low_ptr, base,
@@ -578,8 +557,8 @@ def _block_tables(k_b, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, c0, 
     low = torch.empty(nb, R, C, device=dev, dtype=torch.float64)
     scratch = torch.empty(nb, R, PAIR_VECTORS, C, device=dev, dtype=torch.float64)
     dla_delta_pairs_kernel[(R, nb)](akapT, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, y0T, path, last,
-                                    low, scratch, R, c0, Dv, C=C, BV=BV, G=pair_group, QW=QW, PW=PW, SB=max(QW, PW),
-                                    OVERRIDE=override, FAST_F64=fast_f64, num_warps=1)
+                                    low, scratch, R, c0, Dv, C=C, BV=BV, G=pair_group, QW=QW, PW=PW, OVERRIDE=override,
+                                    FAST_F64=fast_f64, num_warps=1)
     return ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, path, last, low
 
 
