@@ -1871,11 +1871,13 @@ def _delta_inputs(B, T, H, Dk, Dv, K, seed, **regime):
 
 @needs_kernels
 @pytest.mark.parametrize("B,T,H,Dk,Dv,K,tau,rl,jit,decisions",
-                         [(*case, "tokens") for case in FORWARD_CASES] + [(*FORWARD_CASES[2], "chunks")])
+                         [(*case, "tokens") for case in FORWARD_CASES]
+                         + [(*FORWARD_CASES[2], "chunks"), (1, 70, 1, 24, 20, 4, 0.6, 12.0, 0.3, "chunks")])
 def test_delta_rule_forward_matches_reference(B, T, H, Dk, Dv, K, tau, rl, jit, decisions):
     """The delta rule's device forward (decisions by the token walk or a chunk at a time, merge kernel, torch
     states and reads) against dla_ref; the tolerances are the scalar-decay forward's (float32 states; float64
-    scores of the open slot)."""
+    scores of the open slot). The last case: heads of no power of two (the kernels' padded tiles), by chunks, as
+    ``decisions="auto"`` takes every head from 65 to 128 features (run 72)."""
     q, k, v, g, w, beta = _delta_inputs(B, T, H, Dk, Dv, K, seed=T + K, regime_length=rl, jitter=jit)
     ref = dla_ref.forward(q, k, v, g, w, tau=tau, beta=beta)
     assert jit < 1.0 or (ref[2].merged >= 0).any()  # the dense case reaches the merges
