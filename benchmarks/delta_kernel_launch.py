@@ -12,7 +12,8 @@ launch captured from ``decide_delta_rule_wy`` on a benchmark workload (``triton.
 entries its readers read, ``y0T``, the paths, last starts and ratios): ``G`` and ``PW`` (starts and tokens scored at
 once), ``QW`` (tokens per block of the sums), ``maxnreg`` (registers a thread, capped: more programs per SM against
 spills). H200, run 32 (docs/performance.md): ``G`` 2 before 8 (whole rows, ``PW = C``); a second start's operands
-loaded ahead (tried, removed) and capped registers slower.
+loaded ahead (tried, removed) and capped registers slower. H100, run 72: the shapes of four scores a lane within one
+launch's noise of each other (15-25 % between calls): compare shapes through the forward's alternating rounds.
 
 ``guess`` (``dla_delta_guess_kernel``; outputs: the guessed slots, first boundaries, checks and the chunks'
 decisions): warps, loads in flight, capped registers (these change no arithmetic: the chain must compute the same

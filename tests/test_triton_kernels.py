@@ -1621,9 +1621,10 @@ def test_delta_rule_guesses_change_no_decision_and_a_wrong_one_would(monkeypatch
 def test_delta_rule_pair_kernel_decides_alike_in_any_pieces(rl, override):
     """The pair kernel scores ``G`` starts ``PW`` tokens at a time and stops a group at the piece of its last
     boundary (run 71). Whole rows two starts at a time (``PW = C``, the kernel before run 71) and pieces of 4 and 8
-    tokens give the same decisions, masks and open slot, and scores to float64 rounding (the norm scan is carried
-    from piece to piece, so its sums associate differently); moderate and dense rows (``rl``), one row ending
-    mid-chunk, boundaries drawn or given."""
+    tokens give the same decisions, masks and open slot (bit for bit: the chain's slot follows the decisions), and
+    scores to float64 rounding (the norm scan is carried from piece to piece, so its sums associate differently:
+    measured at most 4.4e-16 relative under the interpreter, 2.1e-15 on an H100 between piece shapes, run 72);
+    moderate and dense rows (``rl``), one row ending mid-chunk, boundaries drawn or given."""
     from dla_fast.ops.delta_rule.chunk_fwd_decide_wy import decide_delta_rule_wy
 
     B, T, H, D = 2, 130, 1, 32 if CUDA else 16
@@ -1646,8 +1647,8 @@ def test_delta_rule_pair_kernel_decides_alike_in_any_pieces(rl, override):
     for G, PW in ((16, 8), (32, 4)):
         scores, starts, masks, P = decide(G, PW)
         assert torch.equal(starts, whole[1]) and torch.equal(masks, whole[2])
-        torch.testing.assert_close(scores, whole[0], rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(P, whole[3], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(scores, whole[0], rtol=1e-14, atol=1e-15)
+        assert torch.equal(P, whole[3])
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (streams)")
