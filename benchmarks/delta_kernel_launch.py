@@ -8,12 +8,13 @@ launch captured from ``decide_delta_rule_wy`` on a benchmark workload (``triton.
     python benchmarks/delta_kernel_launch.py --once   # the default launch once, between profiler start and stop
                                                        # (for ncu --profile-from-start off)
 
-``pairs`` (``dla_delta_pairs_kernel``; outputs: the scores up to each start's next boundary, the pair table's only
-entries its readers read, ``y0T``, the paths, last starts and ratios): ``G`` and ``PW`` (starts and tokens scored at
-once), ``QW`` (tokens per block of the sums), ``maxnreg`` (registers a thread, capped: more programs per SM against
-spills). H200, run 32 (docs/performance.md): ``G`` 2 before 8 (whole rows, ``PW = C``); a second start's operands
-loaded ahead (tried, removed) and capped registers slower. H100, run 72: the shapes of four scores a lane within one
-launch's noise of each other (15-25 % between calls): compare shapes through the forward's alternating rounds.
+``pairs`` (``dla_delta_pair_scores_kernel``, which writes in place over its inputs: each setting starts from the
+captured sums; outputs: the scores up to each start's next boundary, the pair table's only entries its readers read,
+and the starts' next boundaries and ratios): ``G`` and ``PW`` (starts and tokens scored at once; the grid takes ``C /
+G`` groups), ``maxnreg`` (registers a thread, capped: more programs per SM against spills). H200, run 32
+(docs/performance.md), the single pair kernel of then: ``G`` 2 before 8 (whole rows, ``PW = C``); a second start's
+operands loaded ahead (tried, removed) and capped registers slower. H100, run 72: shapes of four scores a lane within
+one launch's noise of each other (15-25 % between calls): compare shapes through the forward's alternating rounds.
 
 ``guess`` (``dla_delta_guess_kernel``; outputs: the guessed slots, first boundaries, checks and the chunks'
 decisions): warps, loads in flight, capped registers (these change no arithmetic: the chain must compute the same
@@ -36,9 +37,8 @@ from gpu_bench import TAU, WORKLOADS, bench_ms, configs_named, delta_inputs  # n
 from dla_fast.ops.delta_rule import chunk_fwd_decide_wy as wy  # noqa: E402
 
 KERNELS = {  # name: (kernel attribute, its output arguments' indices, settings)
-    "pairs": ("dla_delta_pairs_kernel", range(9, 14),
-              [dict(), dict(G=16, PW=8), dict(G=4, PW=16), dict(G=8, PW=32), dict(G=4, PW=32), dict(G=16, PW=16),
-               dict(G=4, PW=64), dict(G=2, PW=64)]),
+    "pairs": ("dla_delta_pair_scores_kernel", (3, 4),
+              [dict(), dict(G=8, PW=16), dict(G=32, PW=4), dict(G=2, PW=64), dict(maxnreg=168)]),
     "guess": ("dla_delta_guess_kernel", range(16, 23),
               [dict(), dict(maxnreg=168), dict(maxnreg=128), dict(num_warps=4), dict(STAGES=1),
                dict(STAGES=1, maxnreg=168)]),
@@ -72,26 +72,29 @@ def captured_launch(kernel: str, cfg, wname: str):
 
 
 def launch(kernel: str, grid, args, options, setting: dict):
-    """One launch at ``setting``; returns the outputs it wrote (fresh zeroed output buffers)."""
+    """One launch at ``setting``; returns the outputs it wrote (fresh zeroed output buffers; for ``pairs``, copies of
+    the captured pair table and scratch rows, which it reads and writes in place)."""
     attr, outputs, _ = KERNELS[kernel]
     args = list(args)
     for i in outputs:
-        args[i] = torch.zeros_like(args[i])
-    getattr(wy, attr)[grid](*args, **dict(options, **setting))
+        args[i] = args[i].clone() if kernel == "pairs" else torch.zeros_like(args[i])
+    merged = dict(options, **setting)
+    if kernel == "pairs":
+        grid = (*grid[:2], merged["C"] // merged["G"])
+    getattr(wy, attr)[grid](*args, **merged)
     written = [args[i] for i in outputs]
-    if kernel == "pairs":  # the scores: (p, t) with p < t <= p's next boundary (the lower triangle holds sums)
-        written[0] = written[0][read_scores(written[2], options["C"])]
+    if kernel == "pairs":  # the scores read: (p, t) with p < t <= p's next boundary; the boundaries and ratios
+        pair, vec = written
+        nxt, low = vec[..., wy.NEXT_ROW, :], vec[..., wy.LOW_ROW, :]
+        written = [pair[read_scores(nxt, merged["C"])], nxt, low]
     return written
 
 
-def read_scores(path, C: int):
-    """The pair table's entries its readers read: start p's scores up to its next boundary, the lowest start above
-    p on p's own path (``path [..., C]``: entry e's starts as bits, e's own included; C where none)."""
-    e = torch.arange(C, device=path.device)
-    bits = ((path.unsqueeze(-1) >> e) & 1).bool() & (e > e.unsqueeze(-1))  # [..., p, s]: s > p a start on p's path
-    nxt = torch.where(bits, e, C).amin(-1)
-    t = e.view(*(1,) * nxt.dim(), C)
-    return (t > e.unsqueeze(-1)) & (t <= nxt.unsqueeze(-1))
+def read_scores(nxt, C: int):
+    """The pair table's entries its readers read: start p's scores up to its next boundary ``nxt [..., C]`` (C:
+    none)."""
+    e = torch.arange(C, device=nxt.device)
+    return (e > e.unsqueeze(-1)) & (e <= nxt.unsqueeze(-1))
 
 
 def main():

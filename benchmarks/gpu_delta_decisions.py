@@ -13,7 +13,7 @@ and 128) both ``chunk_fwd_decide.decide_delta_rule_triton`` (the token walk) and
 - the chunked path without its guesses (``guess=False``: every chunk on the chain): decisions, scores and open slot
   bit for bit those with them, and the share of guesses that held;
 - time (median of ``triton.testing.do_bench``) of each, and of the chunked path's stages (CUDA events, one after
-  another): the float64 WY tables (``wy_tables_triton``), ``dla_delta_pairs_kernel``, ``dla_delta_guess_kernel``,
+  another): the float64 WY tables (``wy_tables_triton``), the pair kernels, ``dla_delta_guess_kernel``,
   ``dla_delta_chain_kernel``;
 - then the whole delta-rule forward (``chunk_fwd.forward_delta_rule_triton``) with each way of deciding.
 
@@ -60,7 +60,8 @@ class _Stages:
             return out
         return run
 
-    KERNELS = (("dla_delta_pairs_kernel", "pairs"), ("dla_delta_guess_kernel", "guess"),
+    KERNELS = (("dla_delta_pair_sums_kernel", "pairs"), ("dla_delta_pair_scores_kernel", "pairs"),  # summed
+               ("dla_delta_pair_paths_kernel", "pairs"), ("dla_delta_guess_kernel", "guess"),
                ("dla_delta_chain_kernel", "chain"))
 
     def __enter__(self):

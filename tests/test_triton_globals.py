@@ -77,4 +77,4 @@ def test_a_plain_global_is_found():
 
     assert "PLAIN" in _read_globals(_reads_a_plain_global) and not _accepted(PLAIN)
     assert "_PAIR_TILE" in _read_globals(wy._pair_vectors.fn) and _accepted(wy._PAIR_TILE)
-    assert "_NEXT" in _read_globals(wy.dla_delta_pairs_kernel.fn) and _accepted(wy._NEXT)
+    assert "_NEXT" in _read_globals(wy.dla_delta_pair_paths_kernel.fn) and _accepted(wy._NEXT)

@@ -6,9 +6,10 @@ tables (``wy_tables_triton``: ``kt``, ``akap``, ``khd``, ``Phi``), the slot read
 
     y_t = [slot carried in] kt_t^T P_c + sum_{s in the slot's run, s < t} akap[t, s] b_s v_s
 
-and the slot's squared norm following ``nP <- a^2 nP + 2 a x + ss`` (fresh: ``b^2 |k|^2 |v|^2``). Three kernels:
+and the slot's squared norm following ``nP <- a^2 nP + 2 a x + ss`` (fresh: ``b^2 |k|^2 |v|^2``). Three stages:
 
-1. ``dla_delta_pairs_kernel`` (every chunk at once): for every in-chunk start p the scores of the tokens t > p
+1. The pair kernels (every chunk at once: ``dla_delta_pair_sums_kernel``, ``dla_delta_pair_scores_kernel`` by
+   groups of starts, ``dla_delta_pair_paths_kernel``): for every in-chunk start p the scores of the tokens t > p
    against the slot opened at p up to ``next[p]``, the token that would close it (no path reads a score past it);
    from ``next`` by pointer doubling, for every entry e the starts on the path from e (a bit mask) and its last
    start. Also the run sums
@@ -183,6 +184,7 @@ def _squared_value_norms(v_ptr, base, Dv, C: tl.constexpr, BD: tl.constexpr):
 # piece of tokens loads its own (a gather from a register vector is two shuffles a float64 a lane).
 PAIR_VECTORS = 5
 _DECAY, _EXPM1, _FRESH, _NEXT, _LOW, _PAIR_VECTORS = (tl.constexpr(i) for i in range(PAIR_VECTORS + 1))
+NEXT_ROW, LOW_ROW = _NEXT.value, _LOW.value  # the starts' next boundaries and ratios, for tools reading the rows
 
 
 # Long: a group's pieces in one loop, so that it can stop at the group's last boundary.
@@ -240,35 +242,31 @@ def _pair_vectors(g_ptr, b_ptr, kk_ptr, v_ptr, vec_ptr, base, Dv, C: tl.constexp
     tl.store(vec + _LOW * C + t, tl.full([C], 1.0, tl.float64))
 
 
-@triton.jit(do_not_specialize=["R", "c0", "Dv"])
-def dla_delta_pairs_kernel(
-    akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, bnd_ptr, rlen_ptr, scalars_ptr,
-    pair_ptr, y0T_ptr, path_ptr, last_ptr, low_ptr, vec_ptr,
-    R, c0, Dv,
-    C: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, QW: tl.constexpr, PW: tl.constexpr,
-    OVERRIDE: tl.constexpr, FAST_F64: tl.constexpr = False,
-):
-    """Program (row r, chunk j of the block that starts at chunk c0), one warp. Writes ``pair [C (p), C (t)]`` (token
-    t's score against the slot opened at p < t, up to p's next boundary), ``y0T [Dv, C]``, and per entry e: ``path``
-    (int64, bit s: s is a start on e's path), ``last`` (its last start) and ``low`` (the smallest norm ratio while e's
-    slot is open); ``vec [5, C]`` is scratch.
+@triton.jit
+def _tokens_of_chunk(rlen_ptr, r, chunk, C: tl.constexpr):
+    """Row r's tokens in its chunk ``chunk`` (0 to C)."""
+    return tl.minimum(tl.maximum(tl.load(rlen_ptr + r) - chunk * C, 0), C)
 
-    First the sums ``X``, ``SS`` of every (start, token) pair, ``QW`` tokens at a time (``_pair_sums``), held in the
-    pair table's two triangles; then, ``G`` starts at a time, ``PW`` tokens at a time (``[G, PW]`` tiles: each
-    (start, token)'s float64 score math in one lane), the norms, scores, next boundaries and cancellation ratios from
-    them, the scores written over the sums up to the group's last boundary (``_group_boundaries``). Past it the upper
-    triangle keeps ``X``, and the lower one ``SS`` (no reader looks there). One warp, so that each start's two sums
-    over the features stay within the warp: the four-warp kernel before it (runs 18-31) summed across warps through
-    shared memory, six barriers a start, and took 4.6 ms at (2, 16384, 16, 64) against 2.9-3.3 (docs/performance.md,
-    run 32)."""
-    tau = tl.load(scalars_ptr)
-    eps = tl.load(scalars_ptr + 1)
-    norm_eps = tl.load(scalars_ptr + 2)
-    N = tl.load(scalars_ptr + 3)
+
+# The pair stage in three launches (run 72): the sums, uniform work a (row, chunk); the scores, one program a group of
+# starts, whose work varies with where the starts' boundaries fall (a group stops at its last one); the paths. One
+# launch for all three held each (row, chunk) in one program: a block's launch is one wave (1,024 one-warp programs
+# on 1,056 slots, 255 registers) and took as long as its slowest program, a chunk where some group of starts meets
+# no boundary; by groups, four programs a chunk, the hardware's scheduler balances them (docs/performance.md "Run 72").
+@triton.jit(do_not_specialize=["R", "c0", "Dv"])
+def dla_delta_pair_sums_kernel(
+    akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, rlen_ptr, pair_ptr, y0T_ptr, vec_ptr, R, c0, Dv,
+    C: tl.constexpr, BV: tl.constexpr, QW: tl.constexpr,
+):
+    """Program (row r, chunk j of the block that starts at chunk c0), one warp: the sums ``X``, ``SS`` of every
+    (start, token) pair, ``QW`` tokens at a time (``_pair_sums``), held in the pair table's two triangles
+    (``pair [C (p), C (t)]``), the run sums ``y0T [Dv, C]``, and the scores' scratch rows (``vec [5, C]``). One warp,
+    so that each start's two sums over the features stay within the warp: the four-warp kernel before it (runs
+    18-31) summed across warps through shared memory, six barriers a start, and took 4.6 ms at (2, 16384, 16, 64)
+    against 2.9-3.3 (docs/performance.md, run 32)."""
     r = tl.program_id(0)
     base = tl.program_id(1) * R + r
-    n_here = tl.minimum(tl.maximum(tl.load(rlen_ptr + r) - (c0 + tl.program_id(1)) * C, 0), C)
-    n_blocks = tl.cdiv(n_here, QW)
+    n_blocks = tl.cdiv(_tokens_of_chunk(rlen_ptr, r, c0 + tl.program_id(1), C), QW)
     for q in range(n_blocks):
         _pair_sums(akapT_ptr, v_ptr, vT_ptr, g_ptr, b_ptr, kk_ptr, pair_ptr, y0T_ptr, base, q, Dv, C, BV, QW)
     vd = tl.arange(0, BV)[:, None]
@@ -276,11 +274,37 @@ def dla_delta_pairs_kernel(
         tq = q * QW + tl.arange(0, QW)[None, :]
         tl.store(y0T_ptr + (base * Dv + vd) * C + tq, tl.zeros([BV, QW], dtype=tl.float64), mask=vd < Dv)
     _pair_vectors(g_ptr, b_ptr, kk_ptr, v_ptr, vec_ptr, base, Dv, C)
-    tl.debug_barrier()  # the sums and the scratch rows are in memory for every thread
-    for i in range(tl.cdiv(n_here, G)):
+
+
+@triton.jit(do_not_specialize=["R", "c0"])
+def dla_delta_pair_scores_kernel(
+    bnd_ptr, rlen_ptr, scalars_ptr, pair_ptr, vec_ptr, R, c0,
+    C: tl.constexpr, G: tl.constexpr, PW: tl.constexpr, OVERRIDE: tl.constexpr, FAST_F64: tl.constexpr = False,
+):
+    """Program (row r, chunk j of the block, group i of ``G`` starts), one warp: from the sums, ``PW`` tokens at a time
+    (``[G, PW]`` tiles: each (start, token)'s float64 score math in one lane), the norms, scores, next boundaries and
+    cancellation ratios, the scores written over the sums up to the group's last boundary (``_group_boundaries``).
+    Past it the upper triangle keeps ``X``, and the lower one ``SS`` (no reader looks there); the groups write
+    disjoint entries."""
+    r = tl.program_id(0)
+    base = tl.program_id(1) * R + r
+    i = tl.program_id(2)
+    n_here = _tokens_of_chunk(rlen_ptr, r, c0 + tl.program_id(1), C)
+    if i * G < n_here:
+        tau = tl.load(scalars_ptr)
+        eps = tl.load(scalars_ptr + 1)
+        norm_eps = tl.load(scalars_ptr + 2)
+        N = tl.load(scalars_ptr + 3)
         _group_boundaries(pair_ptr, vec_ptr, bnd_ptr, base, i, n_here, tau, N, eps, norm_eps, C, G, PW, OVERRIDE,
                           FAST_F64)
-    tl.debug_barrier()  # every group's boundary and ratio are in memory
+
+
+@triton.jit(do_not_specialize=["R"])
+def dla_delta_pair_paths_kernel(vec_ptr, path_ptr, last_ptr, low_ptr, R, C: tl.constexpr):
+    """Program (row r, chunk j of the block): per entry e, from each start's next boundary and ratio (``vec``),
+    ``path`` (int64, bit s: s is a start on e's path), ``last`` (its last start) and ``low`` (the smallest norm ratio
+    while e's slot is open)."""
+    base = tl.program_id(1) * R + tl.program_id(0)
     t = tl.arange(0, C)
     vec = vec_ptr + base * _PAIR_VECTORS * C
     _paths(tl.load(vec + _NEXT * C + t).to(tl.int32), tl.load(vec + _LOW * C + t), path_ptr, last_ptr, low_ptr, base,
@@ -556,9 +580,12 @@ def _block_tables(k_b, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, c0, 
     last = torch.empty(nb, R, C, device=dev, dtype=torch.int32)
     low = torch.empty(nb, R, C, device=dev, dtype=torch.float64)
     scratch = torch.empty(nb, R, PAIR_VECTORS, C, device=dev, dtype=torch.float64)
-    dla_delta_pairs_kernel[(R, nb)](akapT, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, y0T, path, last,
-                                    low, scratch, R, c0, Dv, C=C, BV=BV, G=pair_group, QW=QW, PW=PW, OVERRIDE=override,
-                                    FAST_F64=fast_f64, num_warps=1)
+    dla_delta_pair_sums_kernel[(R, nb)](akapT, v_b, vT, g_b, b_b, kk_b, row_tokens, pair, y0T, scratch, R, c0, Dv, C=C,
+                                        BV=BV, QW=QW, num_warps=1)
+    dla_delta_pair_scores_kernel[(R, nb, C // pair_group)](bnd_b, row_tokens, scalars, pair, scratch, R, c0, C=C,
+                                                           G=pair_group, PW=PW, OVERRIDE=override, FAST_F64=fast_f64,
+                                                           num_warps=1)
+    dla_delta_pair_paths_kernel[(R, nb)](scratch, path, last, low, R, C=C, num_warps=1)
     return ktT, y0T, phiT, khd, v_b, vT, g_b, b_b, kk_b, bnd_b, row_tokens, scalars, pair, path, last, low
 
 
