@@ -5,10 +5,12 @@ delta cell: bf16, K = 30, unit keys), its total time and launches by name and st
 kernel's start to the last one's end. Kernels on different streams may overlap: the stream totals say how much.
 
     python benchmarks/delta_forward_kernels.py [--cells 2x16384x64:moderate,1x65536x64:moderate] [--gaps N]
-                                               [--out DIR]
+                                               [--training] [--out DIR]
 
 ``--gaps N``: also the busiest stream's idle time (from one kernel's end to the next one's start) summed by the
 kernels on either side, the N largest: where the host, or a wait on another stream, held that stream back.
+``--training``: a training step instead (the forward, then the backward of ``<dO, o>`` into q, k, v, g, beta and the
+slot weights), as ``gpu_bench``'s fwd+bwd times it.
 
 Writes ``delta_forward_kernels_<card>_<date>.json``; the tables are printed last.
 """
@@ -26,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from forward_timeline import idle_gaps  # noqa: E402
-from gpu_bench import WORKLOADS, configs_named, delta_inputs, dla_gdn  # noqa: E402
+from gpu_bench import WORKLOADS, configs_named, delta_inputs, dla_gdn, grad_leaves  # noqa: E402
 
 
 def kernels_of_one_call(fn) -> list:
@@ -51,6 +53,17 @@ def kernel_totals(fn) -> dict[str, float]:
     return dict(total.most_common())
 
 
+def training_step(x):
+    """``fn()`` of one forward and backward through the API on leaves made from the inputs ``x``."""
+    leaves = grad_leaves(*x)
+    do = torch.randn_like(x[2])  # (as gpu_bench's fwd+bwd: gradients accumulate into the same leaves)
+
+    def step():
+        dla_gdn(*leaves)[0].backward(do)
+
+    return step
+
+
 def summary(found: list, gaps: int = 0) -> dict:
     by_name = collections.defaultdict(lambda: [0.0, 0])
     by_stream = collections.defaultdict(float)
@@ -72,6 +85,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", default="2x16384x64:moderate,1x65536x64:moderate")
     ap.add_argument("--gaps", type=int, default=0, help="the busiest stream's N largest idle times (docstring)")
+    ap.add_argument("--training", action="store_true", help="a training step instead of a forward (docstring)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -80,18 +94,22 @@ def main():
     for spec in args.cells.split(","):
         name, wname = spec.split(":")
         x = delta_inputs(*configs_named(name)[0], WORKLOADS[wname])
+        if args.training:
+            cells[spec] = summary(kernels_of_one_call(training_step(x)), args.gaps)
+            continue
         with torch.no_grad():
             cells[spec] = summary(kernels_of_one_call(lambda: dla_gdn(*x)), args.gaps)
     card = torch.cuda.get_device_name()
-    path = os.path.join(args.out, f"delta_forward_kernels_{card.replace(' ', '_')}_{datetime.date.today()}.json")
+    what = "training" if args.training else "forward"
+    path = os.path.join(args.out, f"delta_{what}_kernels_{card.replace(' ', '_')}_{datetime.date.today()}.json")
     with open(path, "w") as f:
         json.dump(dict(card=card, cells=cells), f, indent=1)
     for spec, c in cells.items():
         streams = ", ".join(f"{s}: {ms:.2f}" for s, ms in c["streams_ms"].items())
-        print(f"\n{card}, {datetime.date.today()}, {spec}: span {c['span_ms']:.2f} ms; busy by stream {streams}")
+        print(f"\n{card}, {datetime.date.today()}, {what} {spec}: span {c['span_ms']:.2f} ms; busy by stream {streams}")
         print("| kernel | stream | ms | launches |")
         print("| --- | --- | --- | --- |")
-        for name, stream, ms, n in c["kernels"][:16]:
+        for name, stream, ms, n in c["kernels"][:24 if args.training else 16]:
             print(f"| {name} | {stream} | {ms:.2f} | {n} |")
         if c["idle_us"]:
             idle = sum(g[0] for g in c["idle_us"])
