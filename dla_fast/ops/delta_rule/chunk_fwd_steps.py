@@ -32,6 +32,10 @@ import triton.language as tl
 from ..common.triton_utils import chunk_tokens, next_pow2
 from .chunk_fwd_states import dot_f32
 
+# Warps a program: up to 64 features 4 (sm_90: 255 registers, no stack, two programs an SM; H100, run 73: 104 -> 75 us
+# a launch at (2, 16384, 16, 64) against 8 warps, one program an SM); wider 8 (4 not measured there).
+NARROW_WARPS, WIDE_WARPS = 4, 8
+
 
 # K, Dk, Dv compile-time constants, as in the walk (``dla_delta_states_kernel``): sm_90 at D = 64, K = 30, 0 B of
 # stack against 256 with them as arguments.
@@ -122,12 +126,14 @@ def dla_delta_pair_steps_kernel(
                 tl.store(o_at, dot_f32(X, v_a, tl.load(o_at, mask=inside, other=0.0), V_EXACT), mask=inside)
 
 
-def pair_steps(Phi, kb, qt, coef, dest_f, dest, v, o, c0: int, *, chunk: int, v_exact: bool, num_warps: int = 8):
+def pair_steps(Phi, kb, qt, coef, dest_f, dest, v, o, c0: int, *, chunk: int, v_exact: bool,
+               num_warps: int | None = None):
     """Compose steps ``2p, 2p + 1`` of ``n`` (even) consecutive walk steps into step ``p`` of ``n / 2``, the first
     step starting at chunk ``c0`` of ``chunk`` tokens; adds the pairs' cross terms to ``o [B, T, H, Dv]`` (float32,
     in place). Takes and returns the tables as ``slot_states_and_reads`` reads them: ``(Phi [n, R, Dk, Dk], kb, qt
     [n, R, C, Dk], coef [n, R, C, K]`` float32, ``dest_f [n, R, K], dest [n, R, C]`` int32), ``C`` tokens a step.
-    ``v [B, T, H, Dv]``: the values in their dtype (``v_exact``: exact in tf32)."""
+    ``v [B, T, H, Dv]``: the values in their dtype (``v_exact``: exact in tf32). ``num_warps``: None for
+    ``NARROW_WARPS`` up to 64 features, ``WIDE_WARPS`` wider."""
     n, R, C, Dk = kb.shape
     K, Dv = coef.shape[-1], v.shape[-1]
     if n % 2:
@@ -140,6 +146,7 @@ def pair_steps(Phi, kb, qt, coef, dest_f, dest, v, o, c0: int, *, chunk: int, v_
     dla_delta_pair_steps_kernel[(R, m)](
         *ins, o, *out, R, v.shape[1], v.shape[2], c0, K, Dk, Dv,
         CH=C, CS=chunk, BK=max(16, next_pow2(Dk)), BN=min(max(16, next_pow2(Dk)), 64), KP=max(16, next_pow2(K)),
-        BV=min(max(16, next_pow2(Dv)), 64), V_EXACT=v_exact, num_warps=num_warps,
+        BV=min(max(16, next_pow2(Dv)), 64), V_EXACT=v_exact,
+        num_warps=num_warps or (NARROW_WARPS if max(Dk, Dv) <= 64 else WIDE_WARPS),
         num_stages=1)  # (the loops gain nothing from more; at 128 features Triton's default 3 needs 320 KB, run 51)
     return out
