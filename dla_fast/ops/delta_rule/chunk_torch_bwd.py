@@ -187,9 +187,13 @@ def _reverse_pass(part: Partition, checkpoints, every: int, dS, x: _Inputs, cot,
 
 
 def _adjoint_outputs(x: _Inputs) -> dict:
-    """The tables' adjoint's gradients (``q``, ``k``, ``g``, ``b``; float64, chunk-major), filled block by block."""
+    """The tables' adjoint's gradients (``q``, ``k``, ``g``, ``b``; chunk-major), filled block by block: ``g``, ``b``
+    float64 (more terms join them); ``q``, ``k`` float64 where the score's adjoint adds to them, else in the compute
+    dtype, each block's float64 result rounded once as it is stored (the same bits as rounding at the end, without
+    two float64 passes over them)."""
     out = {n: torch.zeros_like(x.gc) for n in ("g", "b")}
-    out.update(q=torch.zeros_like(x.qc, dtype=F64), k=torch.zeros_like(x.kc, dtype=F64))
+    qk = F64 if x.score else x.cd
+    out.update(q=torch.zeros_like(x.qc, dtype=qk), k=torch.zeros_like(x.kc, dtype=qk))
     return out
 
 
@@ -322,7 +326,10 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
         dinit = _reverse_pass(part, checkpoints, every, dS, x, cot, grads, score)
         d = _blocks_adjoint(part, x, cot, grads, score)
     dbv = grads["bv"].to(F64)
-    dv = x.bc.unsqueeze(-1) * dbv  # the values enter as b v
+    # The values enter as b v. In the compute dtype where it is float32: b and d(b v) are float32 numbers, so the
+    # float32 product is their float64 product rounded once, the same bits (the score's terms join dv in float64).
+    wide = score is not None or cd not in (torch.float32, F64)
+    dv = x.bc.unsqueeze(-1) * dbv if wide else x.bc.to(cd).unsqueeze(-1) * grads["bv"]
     d["b"] = d["b"] + (x.vc.to(F64) * dbv).sum(-1)
     dq, dk, dv, dg, db = (unchunk(t, T) for t in (d["q"], d["k"], dv, d["g"], d["b"]))
     if score is not None:
