@@ -12,7 +12,8 @@ kernels on either side, the N largest: where the host, or a wait on another stre
 ``--training``: a training step instead (the forward, then the backward of ``<dO, o>`` into q, k, v, g, beta and the
 slot weights), as ``gpu_bench``'s fwd+bwd times it.
 
-Writes ``delta_forward_kernels_<card>_<date>.json``; the tables are printed last.
+Writes ``delta_forward_kernels_<card>_<date>.json`` (``delta_training_kernels_...`` with ``--training``); the tables are
+printed last.
 """
 
 from __future__ import annotations
