@@ -326,10 +326,11 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
         dinit = _reverse_pass(part, checkpoints, every, dS, x, cot, grads, score)
         d = _blocks_adjoint(part, x, cot, grads, score)
     dbv = grads["bv"].to(F64)
-    # The values enter as b v. In the compute dtype where it is float32: b and d(b v) are float32 numbers, so the
-    # float32 product is their float64 product rounded once, the same bits (the score's terms join dv in float64).
-    wide = score is not None or cd not in (torch.float32, F64)
-    dv = x.bc.unsqueeze(-1) * dbv if wide else x.bc.to(cd).unsqueeze(-1) * grads["bv"]
+    # The values enter as b v. In the compute dtype where that is float32 or float64: b and d(b v) are numbers of
+    # it, so the product in it is their float64 product rounded once, the same bits; with the score, its terms join
+    # dv in float64 first.
+    in_cd = score is None and cd in (torch.float32, F64)
+    dv = x.bc.to(cd).unsqueeze(-1) * grads["bv"] if in_cd else x.bc.unsqueeze(-1) * dbv
     d["b"] = d["b"] + (x.vc.to(F64) * dbv).sum(-1)
     dq, dk, dv, dg, db = (unchunk(t, T) for t in (d["q"], d["k"], dv, d["g"], d["b"]))
     if score is not None:
