@@ -32,6 +32,7 @@ from ..common.live_starts import DevicePartition, live_starts_from_lists
 from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure, checkpoint_interval
 from .chunk_bwd import KernelPartition, reverse_pass_kernels, segment_units
+from .chunk_bwd_intra import intra_adjoint
 from .wy_tables import wy_tables, wy_tables_adjoint
 from .wy_tables_adjoint_triton import wy_tables_adjoint_triton
 from .wy_tables_triton import output_tables_saved
@@ -214,16 +215,19 @@ def _block_adjoint(part: Partition, x: _Inputs, b0: int, b1: int, tab, saved, co
     backward (``attn`` against ``lam_t[J[t, s]] dO_t . b_s v_s``), the score run's (``y_t = sum_s akap[t, s] b_s
     v_s``), then the tables' adjoint into ``out`` (``q, k, g, b``)."""
     J = part.recency(b0, b1)
-    valid = J >= 0
-    Jc = J.clamp(min=0)
-    Wl = torch.gather(x.lamc[b0:b1], -1, Jc) * valid  # lam_t[J[t, s]]
-    attn = tab["attn"].to(x.cd)
     bv, dOb = x.bv[b0:b1], x.dOc[b0:b1]
-    dP = dOb @ bv.transpose(-1, -2)  # dO_t . b_s v_s
-    grads["bv"][b0:b1] += (attn * Wl).transpose(-1, -2) @ dOb
-    grads["lam"][b0:b1].scatter_add_(-1, Jc, dP * attn * valid)
     c_b = {n: cot[n].to(x.tdt) for n in ("qt", "khd", "Phi")}
-    c_b["attn"] = (dP * Wl).to(x.tdt)
+    if x.kernels:  # one launch (run 73: ten torch launches and a scatter of float atomics before)
+        c_b["attn"] = intra_adjoint(J, x.lamc[b0:b1], tab["attn"], bv, dOb, grads["bv"][b0:b1], grads["lam"][b0:b1])
+    else:
+        valid = J >= 0
+        Jc = J.clamp(min=0)
+        Wl = torch.gather(x.lamc[b0:b1], -1, Jc) * valid  # lam_t[J[t, s]]
+        attn = tab["attn"].to(x.cd)
+        dP = dOb @ bv.transpose(-1, -2)  # dO_t . b_s v_s
+        grads["bv"][b0:b1] += (attn * Wl).transpose(-1, -2) @ dOb
+        grads["lam"][b0:b1].scatter_add_(-1, Jc, dP * attn * valid)
+        c_b["attn"] = (dP * Wl).to(x.tdt)
     if score is not None:
         run = score.run(b0, b1)
         dy, bv64 = score.dy[b0:b1], bv.to(F64)
