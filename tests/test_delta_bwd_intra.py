@@ -11,12 +11,13 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(DEV == "cpu" and not interpreting(), reason="needs a CUDA GPU or TRITON_INTERPRET=1")
 
 
-def _case(n=2, R=3, C=64, Dv=40, K=5, seed=0):
+def _case(n=2, R=3, C=64, Dv=40, K=9, seed=0):
     g = torch.Generator().manual_seed(seed)
     t = torch.arange(C)
     J = torch.randint(0, K, (n, R, C, C), generator=g)
     J = torch.where(t[None, None, None, :] <= t[None, None, :, None], J, -1)
     J[1, 2, 40:] = -1  # a row's end inside the chunk: its padding tokens read nothing
+    J[0] = torch.where(J[0] >= 0, J[0] % 3, -1)  # chunks with few boundaries: the kernel skips recencies past 2
     lam = torch.randn(R, n * C, K, generator=g).view(R, n, C, K).transpose(0, 1)  # chunk views of rows, as lamc
     attn, bv, dO = (torch.randn(*shape, generator=g) for shape in ((n, R, C, C), (n, R, C, Dv), (n, R, C, Dv)))
     dbv = torch.randn(n, R, C, Dv, generator=g)

@@ -1804,6 +1804,32 @@ def test_delta_rule_table_adjoint_kernel_matches_autograd(Dk, tables):
 
 
 @needs_kernels
+def test_delta_rule_table_adjoint_kernel_writes_into_the_backward_s_chunk_views():
+    """``out=``: the gradients written into chunk views of rows, as the backward passes them (``q, k`` float32, each
+    float64 result rounded once as stored: the same bits as rounding the float64 results; ``g, b`` float64); an
+    ``out`` of mismatched strides or dtypes refused."""
+    from dla_fast.ops.common.layout import chunks
+    from dla_fast.ops.delta_rule.wy_tables_adjoint_triton import wy_tables_adjoint_triton
+    from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_saved
+
+    q, k, g, b, gen = _table_inputs(48)
+    nb, R, C, Dk = q.shape
+    tab, saved = output_tables_saved(*(x.to(DEV) for x in (q, k, g, b)), dtype=torch.float32)
+    cot = {n: torch.randn(tab[n].shape, generator=gen).to(DEV) for n in ("attn", "qt", "khd", "Phi")}
+    want = wy_tables_adjoint_triton(g.to(DEV), tab, saved, cot)
+    view = lambda shape, dtype: chunks(torch.full(shape, float("nan"), dtype=dtype, device=DEV), C, nb)  # noqa: E731
+    out = dict(q=view((R, nb * C, Dk), torch.float32), k=view((R, nb * C, Dk), torch.float32),
+               g=view((R, nb * C), torch.float64), b=view((R, nb * C), torch.float64))
+    got = wy_tables_adjoint_triton(g.to(DEV), tab, saved, cot, out=out)
+    for name, a, w in zip("qkgb", got, want):
+        assert a is out[name] and torch.equal(a, w.to(a.dtype)), name
+    with pytest.raises(ValueError, match="strides"):
+        wy_tables_adjoint_triton(g.to(DEV), tab, saved, cot, out={**out, "k": out["k"].contiguous()})
+    with pytest.raises(ValueError, match="float64"):
+        wy_tables_adjoint_triton(g.to(DEV), tab, saved, cot, out={**out, "g": out["g"].float(), "b": out["b"].float()})
+
+
+@needs_kernels
 @pytest.mark.parametrize("zeros_from,tau", [(0, 0.6), (64, 1e9)])
 def test_delta_rule_chunked_decisions_walk_the_rows_whose_norm_recursion_cancels(zeros_from, tau, monkeypatch):
     """One key feature, beta = 1 and values that are often zero: the rule erases the open slot to exactly zero,

@@ -92,7 +92,8 @@ class KernelPartition:
                                                            start_maps=True, recency=False)
 
     def recency(self, b0: int, b1: int) -> torch.Tensor:
-        """``J [b1 - b0, R, C, C]`` int64 of chunks ``b0 .. b1 - 1`` (-1 unless ``s <= t < T``)."""
+        """``J [b1 - b0, R, C, C]`` int32 of chunks ``b0 .. b1 - 1`` (-1 unless ``s <= t < T``), for the intra-chunk
+        adjoint kernel (``chunk_bwd_intra``; a quarter of the bytes of ``DevicePartition``'s int64)."""
         return partition_maps(self.s, self.size0, self.T, self.K, b0, b1 - b0, start_maps=False, recency=True)[3]
 
 
@@ -125,14 +126,16 @@ class _Walks:
     def walk(self, S, tables, u0: int, a: int, b: int, starts=None) -> None:
         """The slot states ``S`` from chunk a's start to chunk b's (``tables`` indexed from chunk ``u0``), as the
         forward walks them: beta on the keys and the values as given (exact in tf32 when they came as 16-bit numbers:
-        two products for the writes, not three; H200, run 26: see docs/benchmarks.md)."""
+        two products for the writes, not three; H200, run 26: see docs/benchmarks.md). With ``starts``, each chunk's
+        start states go there and ``S`` is only read (no end states: what a segment needs)."""
         part, x = self.part, self.x
         kb = tables["khd"][a - u0:b - u0] * x.bc[a:b].to(tables["khd"].dtype).unsqueeze(-1)
         slot_states_and_reads(S, tables["Phi"][a - u0:b - u0], kb, None, self.v_rows, None, part.destF[a:b],
-                              part.dest[a:b], None, a, read_f32=True, v_exact=self.v_exact, starts=starts)
+                              part.dest[a:b], None, a, read_f32=True, v_exact=self.v_exact, starts=starts,
+                              store_end=starts is None)
 
     def segment(self, dS, tables, cot, u0: int, a: int, b: int, S, F, E, grads) -> None:
-        """Segment ``a .. b - 1`` of the unit from ``u0``, from its start states ``S`` (walked in place): its start
+        """Segment ``a .. b - 1`` of the unit from ``u0``, from its start states ``S`` (read only): its start
         states into ``F``, ``dS`` carried to its start with the chunk-end adjoints into ``E``, the cotangents ``cot``
         (the unit's) and ``grads`` accumulated."""
         n, (R, K, Dk, Dv) = b - a, dS.shape
@@ -170,9 +173,8 @@ def reverse_pass_kernels(part, init, every: int, dS, dO, x, grads, units, unit_t
         F = torch.empty(min(every, x.nC), *init.shape, device=init.device, dtype=torch.float32)
         E = torch.empty_like(F)
         for i in in_unit(u0, u1)[::-1]:
-            # The forward's checkpoints serve every backward of the graph: walked from a copy (ours in place).
-            S = checkpoints[i] if kept is None else checkpoints[i].clone()
-            walks.segment(dS, tables, cot, u0, *segments[i], S, F, E, grads)
+            # (the forward's checkpoints serve every backward of the graph: the segment only reads them)
+            walks.segment(dS, tables, cot, u0, *segments[i], checkpoints[i], F, E, grads)
         del F, E  # the start states and chunk-end adjoints (the unit's largest tensors) freed for unit_done's own
         unit_done(u0, u1, cot, payload)
     return dS

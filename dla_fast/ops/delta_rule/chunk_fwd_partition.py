@@ -153,8 +153,9 @@ def dla_delta_partition_maps_kernel(
 def partition_maps(s, size0, T: int, K: int, c0: int, nb: int, *, start_maps: bool, recency: bool):
     """The backward's partition maps of chunks ``c0 .. c0 + nb - 1`` from the forward's ``DecidedStructure`` ``s``
     and initial sizes ``size0 [R]`` (every row ``T`` long): ``(JF [nb, R, C, K], dest_f [nb, R, K], dest [nb, R,
-    C])`` with ``start_maps`` and ``J [nb, R, C, C]`` with ``recency`` (int64; None where not asked), as
-    ``live_starts.DevicePartition`` builds them (-1 where not listed or past T)."""
+    C])`` (int64) with ``start_maps`` and ``J [nb, R, C, C]`` (int32: only the intra-chunk adjoint kernel reads it)
+    with ``recency`` (None where not asked), as ``live_starts.DevicePartition`` builds them (-1 where not listed or
+    past T)."""
     R, NC = s.masks.shape
     C, KP, dev = CHUNK, s.live.shape[-1], s.masks.device
     new = lambda *shape: torch.empty(nb, R, *shape, device=dev, dtype=torch.int32)  # noqa: E731
@@ -164,7 +165,7 @@ def partition_maps(s, size0, T: int, K: int, c0: int, nb: int, *, start_maps: bo
         s.masks, s.death, s.death0, s.live, s.livem, s.fpos, s.size, size0, jf, dest_f, dest, j, R, T, c0, NC, K,
         C=C, KP=KP, START_MAPS=start_maps, RECENCY=recency, num_warps=4)
     maps = tuple(x.long() for x in (jf, dest_f, dest)) if start_maps else (None,) * 3
-    return (*maps, j.long() if recency else None)
+    return (*maps, j if recency else None)
 
 
 def partition_and_intra(s, size0, row_lengths, attn, v, beta, lam, c0: int, o, *, prec: str | None = None,

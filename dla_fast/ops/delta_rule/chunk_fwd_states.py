@@ -122,7 +122,7 @@ def dla_delta_states_kernel(
     NB, R, T, H, c0, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
     C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
     READ_F32: tl.constexpr, V_EXACT: tl.constexpr, READS: tl.constexpr, STORE_STARTS: tl.constexpr,
-    EARLY_LOADS: tl.constexpr,
+    EARLY_LOADS: tl.constexpr, STORE_END: tl.constexpr,
 ):
     """Program (row r = b H + h, Dv block vb): for steps ``0 .. NB - 1`` of ``C`` tokens each (``C / CS`` chunks of
     ``CS`` tokens, the first at chunk ``c0``), ``o[b, t, h, vb] +=`` the reads of each step's start slots (``o [B, T,
@@ -136,7 +136,8 @@ def dla_delta_states_kernel(
     product go ``CS`` tokens at a time, so that a longer step holds no larger tile. ``READ_F32``: the reads to
     float32 accuracy (else single-pass tf32, for 16-bit inputs); ``V_EXACT``: the values are exact in tf32 (16-bit
     inputs). ``READS``: add the reads to ``o`` (the backward's recomputation takes none); ``STORE_STARTS``: store each
-    step's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them).
+    step's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them);
+    ``STORE_END``: the end states stored back into ``slots`` (else ``slots`` is only read).
     ``EARLY_LOADS``: the merge map loaded at the step's top and each chunk's ``o`` before its reads' product, so that
     their round trips overlap the query's and weights' (a few registers; the forward's, ``chunk_fwd.EARLY_LOADS``).
     Each sub-chunk's values and end slots are loaded a phase ahead (the first at the step's top, before the reads;
@@ -185,7 +186,8 @@ def dla_delta_states_kernel(
             if h == 0:  # (after the first sub-chunk's keys are loaded: the order every measured build had)
                 S = dot_f32(phi, X, None, False)
             S = dot_f32(kb_t, writes, S, V_EXACT)
-    tl.store(s_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
+    if STORE_END:
+        tl.store(s_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
 
 
 def state_block(Dk: int, Dv: int, K: int) -> tuple[int, int, int, int, int]:
@@ -212,7 +214,7 @@ def launch_shape(Dk: int, Dv: int, K: int, launch: tuple[int, int, int] | None):
 
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
                           v_exact: bool, starts=None, launch: tuple[int, ...] | None = None,
-                          chunk: int | None = None, early_loads: bool = False) -> None:
+                          chunk: int | None = None, early_loads: bool = False, store_end: bool = True) -> None:
     """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the ``nb`` steps (chunks, or
     composed runs of chunks: ``chunk``) that start at chunk ``c0`` and add the reads of each step's start slots to
     ``o [B, T, H, Dv]`` (float32, in place).
@@ -226,7 +228,8 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     each step's start states. ``launch``: ``(BV, num_warps, num_stages)`` in place of :func:`state_block`'s, and
     optionally a register cap (for sweeps). ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans
     several (``chunk_fwd_steps``' composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one
-    chunk. ``early_loads``: the kernel's ``EARLY_LOADS``."""
+    chunk. ``early_loads``: the kernel's ``EARLY_LOADS``. ``store_end`` False: ``slots`` only read (the backward's
+    segments walk from the forward's checkpoints for their start states, and need no end states)."""
     nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
     K = slots.shape[1]
@@ -238,6 +241,6 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
         slots, Phi.contiguous(), kb.contiguous(), qt, v.contiguous(), coef, dest_f.to(torch.int32).contiguous(),
         dest.to(torch.int32).contiguous(), o if reads else slots, slots if starts is None else starts,
         nb, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact,
-        READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, num_warps=num_warps,
+        READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, STORE_END=store_end, num_warps=num_warps,
         num_stages=num_stages, **capped,
     )

@@ -33,9 +33,10 @@ from ..common.partition import Partition, open_runs, run_mask, score_adjoint
 from ..common.structure import Structure, checkpoint_interval
 from .chunk_bwd import KernelPartition, reverse_pass_kernels, segment_units
 from .chunk_bwd_intra import intra_adjoint
+from .chunk_bwd_values import value_grads
 from .wy_tables import wy_tables, wy_tables_adjoint
 from .wy_tables_adjoint_triton import wy_tables_adjoint_triton
-from .wy_tables_triton import output_tables_saved
+from .wy_tables_triton import output_tables_saved_rows
 
 # Elements of one [block, R, C, C] tensor in the blocked table passes (scalar decay's size). H200, run 25, (2, 16384,
 # 16, 64) moderate, backward on kernels: fwd+bwd 325 ms at 2^20 (~350 torch operations a block, 32 blocks), 212 at
@@ -234,12 +235,12 @@ def _block_adjoint(part: Partition, x: _Inputs, b0: int, b1: int, tab, saved, co
         c_b["kt"] = cot["kt"]
         c_b["akap"] = (dy @ bv64.transpose(-1, -2)) * run
         grads["bv"][b0:b1] += ((tab["akap"] * run).transpose(-1, -2) @ dy).to(x.cd)
-    if x.kernels:  # the table kernel's tables and float64 scratch
-        d = wy_tables_adjoint_triton(x.gc[b0:b1], tab, saved, c_b)
+    if x.kernels:  # the table kernel's tables and float64 scratch; written into out (q, k rounded as stored)
+        wy_tables_adjoint_triton(x.gc[b0:b1], tab, saved, c_b, out={n: t[b0:b1] for n, t in out.items()})
     else:
         d = wy_tables_adjoint(*(t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)), tab, saved, c_b)
-    for name, dd in zip(("q", "k", "g", "b"), d):
-        out[name][b0:b1] = dd
+        for name, dd in zip(("q", "k", "g", "b"), d):
+            out[name][b0:b1] = dd
 
 
 def _kernels_backward(part, init, every: int, dS, dO, x: _Inputs, grads, kept):
@@ -249,10 +250,13 @@ def _kernels_backward(part, init, every: int, dS, dO, x: _Inputs, grads, kept):
     28, fwd+bwd at (2, 16384, 16, 64) moderate: 83.1 ms against 86.0 with every chunk's tables computed first and again
     per block for the adjoint; peak 2.67 against 3.08 GiB)."""
     out = _adjoint_outputs(x)
+    # The rows behind the chunk views (``[R, nC C, 1, ...]``, a view each): the table kernel reads a unit's chunks in
+    # place, where chunk-major copies of q, k, g, b were made per unit.
+    inputs = [unchunk(t, x.nC * x.C).unsqueeze(2).contiguous() for t in (x.qc, x.kc, x.gc, x.bc)]
 
     def unit_tables(u0: int, u1: int):
         # Stored in the compute dtype (float32), which the walks read and the adjoint's decay sums take as well.
-        tab, saved = output_tables_saved(*(t[u0:u1] for t in (x.qc, x.kc, x.gc, x.bc)), dtype=x.cd)
+        tab, saved = output_tables_saved_rows(*inputs, u0, u1 - u0, dtype=x.cd)
         return {n: tab[n] for n in ("qt", "khd", "Phi")}, (tab, saved)
 
     def unit_done(u0: int, u1: int, cot, payload) -> None:
@@ -329,13 +333,16 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
             direct, dinit0 = score.adjoint(structure, init, dscores, eps, norm_eps)
         dinit = _reverse_pass(part, checkpoints, every, dS, x, cot, grads, score)
         d = _blocks_adjoint(part, x, cot, grads, score)
-    dbv = grads["bv"].to(F64)
     # The values enter as b v. In the compute dtype where that is float32 or float64: b and d(b v) are numbers of
     # it, so the product in it is their float64 product rounded once, the same bits; with the score, its terms join
     # dv in float64 first.
-    in_cd = score is None and cd in (torch.float32, F64)
-    dv = x.bc.to(cd).unsqueeze(-1) * grads["bv"] if in_cd else x.bc.unsqueeze(-1) * dbv
-    d["b"] = d["b"] + (x.vc.to(F64) * dbv).sum(-1)
+    if kernels:  # one pass (chunk_bwd_values: four over float64 copies in torch)
+        dv = value_grads(x.vc, grads["bv"], x.bc, d["b"])
+    else:
+        dbv = grads["bv"].to(F64)
+        in_cd = score is None and cd in (torch.float32, F64)
+        dv = x.bc.to(cd).unsqueeze(-1) * grads["bv"] if in_cd else x.bc.unsqueeze(-1) * dbv
+        d["b"] = d["b"] + (x.vc.to(F64) * dbv).sum(-1)
     dq, dk, dv, dg, db = (unchunk(t, T) for t in (d["q"], d["k"], dv, d["g"], d["b"]))
     if score is not None:
         dk, dv, db, dg = dk + direct[0], dv + direct[1], db + direct[2], dg + direct[3]

@@ -60,15 +60,16 @@ def dla_delta_wy_adjoint_kernel(
     x_ptr, b_ptr, a_ptr, z_ptr, mq_ptr, g_ptr,
     attn_ptr, qt_ptr, khd_ptr, phi_ptr,
     cattn_ptr, cqt_ptr, ckhd_ptr, cphi_ptr,
-    dx_ptr, dt_ptr, dm_ptr, sq_ptr, skh_ptr, sz_ptr,
-    dq_ptr, dk_ptr, dg_ptr, db_ptr,
+    dx_ptr, dt_ptr, dm_ptr, sq_ptr, skh_ptr, sz_ptr, sdk_ptr,
+    dq_ptr, dk_ptr, dg_ptr, db_ptr, R, qk_sc, qk_sr, qk_st, gb_sc, gb_sr, gb_st,
     Dk, C: tl.constexpr, KB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """Program p (one (chunk, row) of a block, chunk-major) -> ``dq, dk [P, C, Dk]``, ``dg, db [P, C]`` (float64) of
-    ``<c_attn, attn> + <c_qt, qt> + <c_khd, khd> + <c_Phi, Phi>``. Reads the table kernel's scratch ``x [P, 2, C,
-    Dk]`` (keys, queries), ``b [P, C]``, ``A``, ``Mq [P, C, C]``, ``Z [P, C, Dk]``, the log decays ``g [P, C]``, the
-    tables and the cotangents (any float dtypes; ``Phi``'s row-major ``[Dk, Dk]``). ``dx, dt, dm [P, C, C]``
-    and ``sq, skh, sz [P, C, Dk]`` are float64 scratch."""
+    """Program p = c R + r (chunk c, row r of a block, chunk-major) -> ``dq, dk [nb, R, C, Dk]`` (any float dtype,
+    the float64 results rounded once as stored), ``dg, db [nb, R, C]`` (float64), by their strides (chunk, row,
+    token; unit stride over Dk), of ``<c_attn, attn> + <c_qt, qt> + <c_khd, khd> + <c_Phi, Phi>``. Reads the table
+    kernel's scratch ``x [P, 2, C, Dk]`` (keys, queries), ``b [P, C]``, ``A``, ``Mq [P, C, C]``, ``Z [P, C, Dk]``,
+    the log decays ``g [P, C]``, the tables and the cotangents (any float dtypes; ``Phi``'s row-major ``[Dk, Dk]``).
+    ``dx, dt, dm [P, C, C]`` and ``sq, skh, sz, sdk [P, C, Dk]`` are float64 scratch."""
     p = tl.program_id(0).to(tl.int64)
     t = tl.arange(0, C)
     rows, cols = t[:, None], t[None, :]
@@ -131,7 +132,7 @@ def dla_delta_wy_adjoint_kernel(
                                                                           C, KB, BKD, True, STAGES)
         dK += b[:, None] * dbk
         db += tl.sum(tl.load(K + off, mask=inside, other=0.0) * dbk, 1)
-        tl.store(dk_ptr + ck + off, dK, mask=inside)
+        tl.store(sdk_ptr + ck + off, dK, mask=inside)
     # T = (I + diag(b) Gs)^-1: dL = -strict(T^T (dT T^T)), dGs = diag(b) dL.
     tl.debug_barrier()  # every thread has read dT so far
     tl.store(sT + rows * C + cols, dT)
@@ -148,39 +149,53 @@ def dla_delta_wy_adjoint_kernel(
     tl.store(dX + rows * C + cols, dGs + tl.trans(dGs))
     tl.debug_barrier()  # dGs + dGs^T is in the scratch for every thread
     # Gs = strict(K K^T), Mq = causal(Q K^T).
+    qk_at = (p // R) * qk_sc + (p % R) * qk_sr + rows * qk_st
     for kb in range(0, Dk, KB):
         kd = kb + tl.arange(0, KB)
         off, inside = rows * Dk + kd[None, :], kd[None, :] < Dk
         dQ = tl.load(sQ + off, mask=inside, other=0.0) + dot_from_memory(sM, C, 1, K + kb, Dk, 1, bk, C, C, Dk - kb,
                                                                          C, KB, BKD, False, STAGES)
-        dK = tl.load(dk_ptr + ck + off, mask=inside, other=0.0)
+        dK = tl.load(sdk_ptr + ck + off, mask=inside, other=0.0)
         dK += dot_from_memory(dX, C, 1, K + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, False, STAGES)
         dK += dot_from_memory(sM, 1, C, Q + kb, Dk, 1, bk, C, C, Dk - kb, C, KB, BKD, False, STAGES)
-        tl.store(dq_ptr + ck + off, dQ, mask=inside)
-        tl.store(dk_ptr + ck + off, dK, mask=inside)
+        tl.store(dq_ptr + qk_at + kd[None, :], dQ.to(dq_ptr.dtype.element_ty), mask=inside)
+        tl.store(dk_ptr + qk_at + kd[None, :], dK.to(dk_ptr.dtype.element_ty), mask=inside)
     # Gc[t] = g[0] + ... + g[t] and GL = Gc[C - 1]: dg is the suffix sum of dGc.
     dGc = tl.where(t == C - 1, dGc + dGL, dGc)
-    tl.store(dg_ptr + p * C + t, tl.sum(dGc, 0) - tl.cumsum(dGc, 0) + dGc)
-    tl.store(db_ptr + p * C + t, db)
+    gb_at = (p // R) * gb_sc + (p % R) * gb_sr + t * gb_st
+    tl.store(dg_ptr + gb_at, tl.sum(dGc, 0) - tl.cumsum(dGc, 0) + dGc)
+    tl.store(db_ptr + gb_at, db)
 
 
-def wy_tables_adjoint_triton(g: torch.Tensor, tables: dict, saved: dict, cot: dict, *, num_warps: int = ADJOINT_WARPS,
-                             stages: int = 1, dot_k: int = ADJOINT_DOT_K):
-    """``wy_tables_adjoint``'s ``(dq, dk, dg, db)`` (float64, chunk-major ``[nb, R, C, ...]``) for the cotangents
-    ``cot`` of ``attn``, ``qt``, ``khd`` and ``Phi`` (any float dtype), from the log decays ``g [nb, R, C]`` and
-    what ``wy_tables_triton.output_tables_saved`` returned for the same block (the score's tables take no part).
-    ``stages`` and ``dot_k``: the products' loads in flight and their reduction step."""
+def wy_tables_adjoint_triton(g: torch.Tensor, tables: dict, saved: dict, cot: dict, *, out: dict | None = None,
+                             num_warps: int = ADJOINT_WARPS, stages: int = 1, dot_k: int = ADJOINT_DOT_K):
+    """``wy_tables_adjoint``'s ``(dq, dk, dg, db)`` (chunk-major ``[nb, R, C, ...]``) for the cotangents ``cot`` of
+    ``attn``, ``qt``, ``khd`` and ``Phi`` (any float dtypes), from the log decays ``g [nb, R, C]`` and what
+    ``wy_tables_triton.output_tables_saved`` returned for the same block (the score's tables take no part).
+    ``out``: ``q, k, g, b`` to write them into (any strides with unit stride over Dk; ``q, k`` in any float dtype,
+    each float64 result rounded once; ``g, b`` float64), returned; None: new float64 tensors. ``stages`` and
+    ``dot_k``: the products' loads in flight and their reduction step."""
     nb, R, C, Dk = tables["qt"].shape
     P, dev = nb * R, g.device
-    new = lambda *shape: torch.empty(P, *shape, device=dev, dtype=torch.float64)  # noqa: E731
-    dq, dk, dg, db = new(C, Dk), new(C, Dk), new(C), new(C)
+    new = lambda *shape: torch.empty(nb, R, *shape, device=dev, dtype=torch.float64)  # noqa: E731
+    if out is None:
+        out = dict(q=new(C, Dk), k=new(C, Dk), g=new(C), b=new(C))
+    d = [out[n] for n in ("q", "k", "g", "b")]
+    if [tuple(x.shape) for x in d] != [(nb, R, C, Dk)] * 2 + [(nb, R, C)] * 2:
+        raise ValueError(f"wy_tables_adjoint_triton: out's q, k, g, b must be [{nb}, {R}, {C}(, {Dk})], got "
+                         f"{[tuple(x.shape) for x in d]}")
+    if d[0].stride() != d[1].stride() or d[2].stride() != d[3].stride() or d[0].stride(-1) != 1:
+        raise ValueError("wy_tables_adjoint_triton: out's q and k (unit stride over Dk), and g and b, must share "
+                         f"their strides, got {[x.stride() for x in d]}")
+    if d[2].dtype != torch.float64 or d[3].dtype != torch.float64:
+        raise ValueError(f"wy_tables_adjoint_triton: out's g and b must be float64, got {d[2].dtype}, {d[3].dtype}")
     cot = {n: cot[n].contiguous() for n in ("attn", "qt", "khd", "Phi")}
     dla_delta_wy_adjoint_kernel[(P,)](
         saved["x"], saved["b"], saved["A"], saved["Z"], saved["Mq"], g.contiguous(),
         tables["attn"], tables["qt"], tables["khd"], tables["Phi"],
         cot["attn"], cot["qt"], cot["khd"], cot["Phi"],
-        new(C, C), new(C, C), new(C, C), new(C, Dk), new(C, Dk), new(C, Dk),
-        dq, dk, dg, db, Dk,
+        new(C, C), new(C, C), new(C, C), new(C, Dk), new(C, Dk), new(C, Dk), new(C, Dk),
+        *d, R, *d[0].stride()[:3], *d[2].stride(), Dk,
         C=C, KB=max(16, min(KEY_BLOCK, triton.next_power_of_2(Dk))), BKD=dot_k, STAGES=stages,
         num_warps=num_warps)
-    return dq.view(nb, R, C, Dk), dk.view(nb, R, C, Dk), dg.view(nb, R, C), db.view(nb, R, C)
+    return tuple(d)

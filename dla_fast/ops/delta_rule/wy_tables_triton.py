@@ -288,10 +288,22 @@ def output_tables_saved(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, b: to
     reads besides: ``(tables, saved)``, ``saved`` the kernel's float64 scratch (the chunk's keys then queries ``x [nb,
     R, 2, C, Dk]``, ``b``, ``A = Gs T``, ``Z``, ``Mq = causal(Q K^T)``), as ``wy_tables`` returns its
     intermediates."""
-    nb, R, C, Dk = k.shape
-    out = empty_output_tables(nb, R, C, Dk, k.device, dtype, "khd")
-    x, b64, A, Z, Mq = _launch(*(_as_rows(t) for t in (q, k, g, b)), 0, 1, C, out, False, False, num_warps, stages,
-                               staged=True)
+    nb, R, C = k.shape[:3]
+    as_blocks = lambda d: {n: t.view(nb, R, *t.shape[2:]) for n, t in d.items()}  # noqa: E731 ([1, nb R] -> [nb, R])
+    out, saved = output_tables_saved_rows(*(_as_rows(t) for t in (q, k, g, b)), 0, 1, dtype=dtype, chunk=C,
+                                          num_warps=num_warps, stages=stages)
+    return as_blocks(out), as_blocks(saved)
+
+
+def output_tables_saved_rows(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, b: torch.Tensor, c0: int, nb: int, *,
+                             dtype: torch.dtype, chunk: int = 64, num_warps: int = OUTPUT_TABLE_WARPS,
+                             stages: int = 1):
+    """:func:`output_tables_saved` of chunks ``c0 .. c0 + nb - 1`` of ``q, k [B, T, H, Dk]``, ``g, b [B, T, H]``
+    (contiguous, any float dtypes, read in place: the backward's units take them from its rows without chunk-major
+    copies), chunk-major ``[nb, B H, ...]``."""
+    B, T, H, Dk = k.shape
+    out = empty_output_tables(nb, B * H, chunk, Dk, k.device, dtype, "khd")
+    x, b64, A, Z, Mq = _launch(q, k, g, b, c0, nb, chunk, out, False, False, num_warps, stages, staged=True)
     return out, dict(x=x, b=b64, A=A, Z=Z, Mq=Mq)
 
 
