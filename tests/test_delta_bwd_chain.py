@@ -357,6 +357,33 @@ def test_table_cotangents_write_into_out_and_refuse_a_wrong_one():
             table_cotangents(F, E, *maps, *rest, out={**out, "Phi": wrong})
 
 
+@needs_kernels
+def test_table_cotangents_add_the_read_weights_gradient_by_recency():
+    """``table_cotangents(read_weights=(JF, dlam))`` (the backward's segments): the start slots' kernel adds ``dcoef``
+    into ``dlam`` by each token's recency of each start slot, as the torch scatter it replaces (``dlam[t, JF[t, i]]
+    += dcoef[t, i]``, unlisted slots skipped), into a chunk view of rows; float32 sums of up to K terms in another
+    order (bound: 1e-6 of each entry's sum of magnitudes). A ``dlam`` of another shape or dtype is refused."""
+    from dla_fast.ops.common.layout import chunks
+    from dla_fast.ops.delta_rule.chunk_bwd_cotangents import table_cotangents
+
+    n, R, K, Dk, Dv, C = 2, 3, 6, 16, 24, 64
+    gen = torch.Generator().manual_seed(8)
+    rand = lambda *s: torch.randn(*s, generator=gen).to(DEV)  # noqa: E731
+    F, E = rand(n, R, K, Dk, Dv), rand(n, R, K, Dk, Dv)
+    maps = tuple(torch.randint(-1, K, (n, R, m), generator=gen).to(DEV) for m in (K, C))  # dest_f, dest
+    rest = (rand(n, R, C, K), rand(n, R, C, Dk), rand(n, R, C, Dv), rand(n, R, C, Dk), rand(n, R, C, Dv))
+    JF = torch.randint(-1, K, (n, R, C, K), generator=gen).to(DEV)
+    dcoef = table_cotangents(F, E, *maps, *rest)[4]
+    base = chunks(torch.randn(R, n * C, K, generator=gen).to(DEV), C, n)
+    want = base.clone().scatter_add_(-1, JF.clamp(min=0), dcoef * (JF >= 0))
+    scale = base.abs().scatter_add(-1, JF.clamp(min=0), dcoef.abs() * (JF >= 0))
+    got = table_cotangents(F, E, *maps, *rest, read_weights=(JF, base))
+    assert got[4] is None
+    assert float(((base - want).abs() / scale).max()) < 1e-6
+    with pytest.raises(ValueError, match="dlam"):
+        table_cotangents(F, E, *maps, *rest, read_weights=(JF, base.double()))
+
+
 def test_values_from_16_bit_inputs_are_found_exact_in_tf32():
     """The backward's walks take the values as exact in tf32 (one product fewer) only when they are: bfloat16 and
     float16 inputs upcast, not float32 ones, nor a float32 value one bit below tf32's last (the Triton

@@ -30,6 +30,7 @@ def test_the_value_grads_kernel_matches_the_torch_lines(Dv):
     want_db = db + (v.to(torch.float64) * dbv.to(torch.float64)).sum(-1)
     dv = value_grads(v, dbv, b, db)
     assert torch.equal(dv, want_dv)  # one float32 product each
+    assert dv.transpose(0, 1).is_contiguous()  # the chunk view of rows: unchunked without a copy
     # Float32 products are exact in float64; the sums of Dv of them differ by their order only.
     torch.testing.assert_close(db, want_db, rtol=1e-14, atol=1e-14 * float(want_db.abs().max()))
 

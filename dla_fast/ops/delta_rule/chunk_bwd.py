@@ -74,10 +74,11 @@ def _segment_cotangents_triton(a: int, F, E, x, part, coef, tables, cot, grads) 
     """:func:`_segment_cotangents` by the kernels of ``chunk_bwd_cotangents`` (no ``[n, R, K, Dk, C]`` temporaries),
     which write ``cot`` in place."""
     b = a + F.shape[0]
-    _, _, dbv, _, dcoef = table_cotangents(F, E, part.destF[a:b], part.dest[a:b], coef, tables["qt"], x.dOc[a:b],
-                                           tables["khd"], x.bv[a:b], out=cot)
+    # The read weights' gradient added by the start slots' kernel (a torch scatter of float atomics before).
+    read_weights = (part.JF[a:b], grads["lam"][a:b])
+    _, _, dbv, _, _ = table_cotangents(F, E, part.destF[a:b], part.dest[a:b], coef, tables["qt"], x.dOc[a:b],
+                                       tables["khd"], x.bv[a:b], out=cot, read_weights=read_weights)
     grads["bv"][a:b] += dbv
-    _add_read_weights(grads, part, a, dcoef)
 
 
 class KernelPartition:

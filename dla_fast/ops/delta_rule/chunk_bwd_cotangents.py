@@ -26,13 +26,15 @@ from .chunk_fwd_states import dot_f32
 # Long: one program's loop over the start slots, each through every Dv block.
 @triton.jit
 def dla_delta_start_cotangents_kernel(
-    f_ptr, e_ptr, dest_f_ptr, coef_ptr, qt_ptr, do_ptr, dphi_ptr, dqt_ptr, dcoef_ptr,
-    R, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    f_ptr, e_ptr, dest_f_ptr, coef_ptr, qt_ptr, do_ptr, dphi_ptr, dqt_ptr, dcoef_ptr, jf_ptr, dlam_ptr,
+    R, dlam_sc, dlam_sr, dlam_st, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, SCATTER: tl.constexpr,
 ):
     """Program (chunk c of the batch, row r), ``cr = c R + r``: ``F, E [n, R, K, Dk, Dv]`` float32; ``dest_f [n,
     R, K]`` int32 (-1: not listed); ``coef [n, R, C, K]``, ``qt [n, R, C, Dk]``, ``do [n, R, C, Dv]`` float32
-    (chunk-major). Writes ``dphi [n, R, Dk, Dk]``, ``dqt [n, R, C, Dk]``, ``dcoef [n, R, C, K]``."""
+    (chunk-major). Writes ``dphi [n, R, Dk, Dk]``, ``dqt [n, R, C, Dk]``, and ``dcoef [n, R, C, K]``, or with
+    ``SCATTER`` adds it by recency into the read weights' gradient: ``dlam[t, jf[t, i]] += dcoef[t, i]`` (``jf [n,
+    R, C, K]`` integer, -1: not listed; ``dlam [n, R, C, K]`` float32 by its strides: the program owns its rows)."""
     cr = tl.program_id(0) * R + tl.program_id(1)
     dk = tl.arange(0, BK)
     t = tl.arange(0, C)
@@ -40,6 +42,8 @@ def dla_delta_start_cotangents_kernel(
     qt = tl.load(qt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
     dphi = tl.zeros([BK, BK], dtype=tl.float32)
     dqt = tl.zeros([C, BK], dtype=tl.float32)
+    slot = tl.arange(0, KP)
+    dlam = tl.zeros([C, KP], dtype=tl.float32)
     for i in range(K):
         end = tl.load(dest_f_ptr + cr * K + i)
         listed = (end >= 0).to(tl.float32)
@@ -60,7 +64,17 @@ def dla_delta_start_cotangents_kernel(
             zr += dot_f32(dO, f_t, None, False)
         ci = tl.load(coef_ptr + cr * C * K + t * K + i)
         dqt += ci[:, None] * zr
-        tl.store(dcoef_ptr + cr * C * K + t * K + i, tl.sum(qt * zr, 1))
+        dcoef = tl.sum(qt * zr, 1)
+        if SCATTER:
+            recency = tl.load(jf_ptr + cr * C * K + t * K + i).to(tl.int32)
+            dlam += tl.where(slot[None, :] == recency[:, None], dcoef[:, None], 0.0)
+        else:
+            tl.store(dcoef_ptr + cr * C * K + t * K + i, dcoef)
+    if SCATTER:
+        dlam_at = dlam_ptr + tl.program_id(0) * dlam_sc + tl.program_id(1) * dlam_sr + t[:, None] * dlam_st
+        inside = slot[None, :] < K
+        tl.store(dlam_at + slot[None, :], tl.load(dlam_at + slot[None, :], mask=inside, other=0.0) + dlam,
+                 mask=inside)
     tl.store(dphi_ptr + cr * Dk * Dk + dk[:, None] * Dk + dk[None, :], dphi, mask=kmask[:, None] & kmask[None, :])
     tl.store(dqt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], dqt, mask=kmask[None, :])
 
@@ -103,13 +117,17 @@ def dla_delta_token_cotangents_kernel(
 
 
 def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: int | None = None,
-                     start_warps: int | None = None, start_stages: int | None = None, out: dict | None = None):
+                     start_warps: int | None = None, start_stages: int | None = None, out: dict | None = None,
+                     read_weights: tuple[torch.Tensor, torch.Tensor] | None = None):
     """The cotangents of a batch of ``n`` chunks: ``(dPhi [n, R, Dk, Dk], dkhd [n, R, C, Dk], d(b v) [n, R, C, Dv],
     dqt [n, R, C, Dk], dcoef [n, R, C, K])`` float32, from ``F, E [n, R, K, Dk, Dv]`` (float32, contiguous),
     ``dest_f [n, R, K]`` and ``dest [n, R, C]`` (integers, -1: none), ``coef [n, R, C, K]``, ``qt``, ``khd [n, R, C,
     Dk]``, ``dO``, ``bv [n, R, C, Dv]`` (float32). ``start_block``, ``start_warps``, ``start_stages``: the start
     slots' kernel's Dv block (a power of two from 16) and launch options; None: the defaults below. ``out``: a dict
-    whose contiguous float32 ``Phi``, ``khd`` and ``qt`` receive ``dPhi``, ``dkhd`` and ``dqt`` (returned too)."""
+    whose contiguous float32 ``Phi``, ``khd`` and ``qt`` receive ``dPhi``, ``dkhd`` and ``dqt`` (returned too).
+    ``read_weights``: ``(JF, dlam)``, each token's recency of each start slot ``[n, R, C, K]`` (integer, -1: not
+    listed) and the read weights' gradient ``[n, R, C, K]`` float32 (unit stride over K): ``dcoef`` is added into it
+    by recency in the kernel (``dlam[t, JF[t, i]] += dcoef[t, i]``, a scatter without atomics) and None returned."""
     n, R, K, Dk, Dv = F.shape
     C = qt.shape[2]
     BK, KP = max(16, next_pow2(Dk)), max(16, next_pow2(K))
@@ -125,7 +143,15 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
     start_warps = start_warps or (4 if small else 8)
     start_stages = start_stages or (1 if small else 2)
     new = lambda *s: torch.empty(n, R, *s, device=F.device, dtype=torch.float32)  # noqa: E731
-    dbv, dcoef = new(C, Dv), new(C, K)
+    dbv = new(C, Dv)
+    if read_weights is None:
+        dcoef, (jf, dlam) = new(C, K), (F, F)  # (unread)
+    else:
+        (jf, dlam), dcoef = read_weights, F
+        if dlam.dtype != torch.float32 or dlam.stride(-1) != 1 or tuple(dlam.shape) != (n, R, C, K):
+            raise ValueError(f"table_cotangents: read_weights' dlam must be float32 [{n}, {R}, {C}, {K}] with unit "
+                             f"stride over K, got {dlam.dtype} {tuple(dlam.shape)} strides {dlam.stride()}")
+        jf = jf.contiguous()
     if out is None:
         dphi, dkhd, dqt = new(Dk, Dk), new(C, Dk), new(C, Dk)
     else:
@@ -138,8 +164,10 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
         dphi, dkhd, dqt = out["Phi"], out["khd"], out["qt"]
     f32 = lambda x: x.to(torch.float32).contiguous()  # noqa: E731
     dla_delta_start_cotangents_kernel[(n, R)](
-        F, E, dest_f.to(torch.int32).contiguous(), f32(coef), f32(qt), f32(dO), dphi, dqt, dcoef, R, K, Dk, Dv,
-        C=C, BK=BK, BV=start_bv, num_warps=start_warps, num_stages=start_stages,
+        F, E, dest_f.to(torch.int32).contiguous(), f32(coef), f32(qt), f32(dO), dphi, dqt, dcoef, jf, dlam, R,
+        *(dlam.stride()[:3] if read_weights is not None else (0, 0, 0)), K, Dk, Dv,
+        C=C, BK=BK, BV=start_bv, KP=KP, SCATTER=read_weights is not None, num_warps=start_warps,
+        num_stages=start_stages,
     )
     # 4 warps below 32 key features: at 8 warps and BK = 16, Triton 3.6's sm_90 build of the token kernel's products
     # reads shared memory out of bounds (BV = 64; compute-sanitizer, H200, run 25) or returns a wrong d(b v) (BV = 32).
@@ -147,4 +175,4 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
         E, dest.to(torch.int32).contiguous(), f32(khd), f32(bv), dkhd, dbv, R, K, Dk, Dv,
         C=C, BK=BK, BV=BV, KP=KP, num_warps=8 if BK >= 32 else 4, num_stages=2,
     )
-    return dphi, dkhd, dbv, dqt, dcoef
+    return dphi, dkhd, dbv, dqt, None if read_weights is not None else dcoef

@@ -192,10 +192,10 @@ def _adjoint_outputs(x: _Inputs) -> dict:
     """The tables' adjoint's gradients (``q``, ``k``, ``g``, ``b``; chunk-major), filled block by block: ``g``, ``b``
     float64 (more terms join them); ``q``, ``k`` float64 where the score's adjoint adds to them, else in the compute
     dtype, each block's float64 result rounded once as it is stored (the same bits as rounding at the end, without
-    two float64 passes over them)."""
-    out = {n: torch.zeros_like(x.gc) for n in ("g", "b")}
+    two float64 passes over them). Left empty: every block writes all of its chunks."""
+    out = {n: torch.empty_like(x.gc) for n in ("g", "b")}
     qk = F64 if x.score else x.cd
-    out.update(q=torch.zeros_like(x.qc, dtype=qk), k=torch.zeros_like(x.kc, dtype=qk))
+    out.update(q=torch.empty_like(x.qc, dtype=qk), k=torch.empty_like(x.kc, dtype=qk))
     return out
 
 
