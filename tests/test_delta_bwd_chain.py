@@ -358,11 +358,12 @@ def test_table_cotangents_write_into_out_and_refuse_a_wrong_one():
 
 
 @needs_kernels
-def test_table_cotangents_add_the_read_weights_gradient_by_recency():
-    """``table_cotangents(read_weights=(JF, dlam))`` (the backward's segments): the start slots' kernel adds ``dcoef``
-    into ``dlam`` by each token's recency of each start slot, as the torch scatter it replaces (``dlam[t, JF[t, i]]
-    += dcoef[t, i]``, unlisted slots skipped), into a chunk view of rows; float32 sums of up to K terms in another
-    order (bound: 1e-6 of each entry's sum of magnitudes). A ``dlam`` of another shape or dtype is refused."""
+def test_table_cotangents_add_the_read_weights_and_values_gradients_in_place():
+    """``table_cotangents(read_weights=(JF, dlam), dbv_into=)`` (the backward's segments): the start slots' kernel
+    adds ``dcoef`` into ``dlam`` by each token's recency of each start slot, as the torch scatter it replaces
+    (``dlam[t, JF[t, i]] += dcoef[t, i]``, unlisted slots skipped), into a chunk view of rows (float32 sums of up to
+    K terms in another order; bound: 1e-6 of each entry's sum of magnitudes), and the token kernel adds ``d(b v)``
+    into ``dbv_into`` (one addition each: bit for bit). A ``dlam`` or ``dbv_into`` of another layout is refused."""
     from dla_fast.ops.common.layout import chunks
     from dla_fast.ops.delta_rule.chunk_bwd_cotangents import table_cotangents
 
@@ -377,11 +378,16 @@ def test_table_cotangents_add_the_read_weights_gradient_by_recency():
     base = chunks(torch.randn(R, n * C, K, generator=gen).to(DEV), C, n)
     want = base.clone().scatter_add_(-1, JF.clamp(min=0), dcoef * (JF >= 0))
     scale = base.abs().scatter_add(-1, JF.clamp(min=0), dcoef.abs() * (JF >= 0))
-    got = table_cotangents(F, E, *maps, *rest, read_weights=(JF, base))
+    acc = torch.randn(n, R, C, Dv, generator=gen).to(DEV)
+    want_dbv = acc + table_cotangents(F, E, *maps, *rest)[2]
+    got = table_cotangents(F, E, *maps, *rest, read_weights=(JF, base), dbv_into=acc)
     assert got[4] is None
     assert float(((base - want).abs() / scale).max()) < 1e-6
+    assert got[2] is acc and torch.equal(acc, want_dbv)  # d(b v) added in place: one float32 addition each
     with pytest.raises(ValueError, match="dlam"):
         table_cotangents(F, E, *maps, *rest, read_weights=(JF, base.double()))
+    with pytest.raises(ValueError, match="dbv_into"):
+        table_cotangents(F, E, *maps, *rest, dbv_into=acc.transpose(0, 1))
 
 
 def test_values_from_16_bit_inputs_are_found_exact_in_tf32():
@@ -462,11 +468,15 @@ def test_the_partition_from_the_forward_s_live_starts_equals_the_rebuilt_one(cas
                                   torch.full_like(size0, T), K, 64)
     handed = DevicePartition(structure, R, T, 64, K, *tables, live=live)
     rebuilt = DevicePartition(structure, R, T, 64, K, *tables)
-    by_kernel = KernelPartition((s, size0), T, K)
+    lamc = torch.randn(nC, R, 64, K, generator=torch.Generator().manual_seed(1)).to(DEV)
+    by_kernel = KernelPartition((s, size0), T, K, lamc)
     assert torch.equal(handed.m_start, rebuilt.m_start)
     for name in ("JF", "destF", "dest"):
         assert torch.equal(getattr(handed, name), getattr(rebuilt, name)), name
-        assert torch.equal(getattr(by_kernel, name), getattr(rebuilt, name)), name
+        assert getattr(by_kernel, name).dtype == torch.int32, name  # the kernels' type
+        assert torch.equal(getattr(by_kernel, name).long(), getattr(rebuilt, name)), name
+    # Each token's read weight of each start slot, written with JF: the gather it replaces, bit for bit.
+    assert torch.equal(by_kernel.coef, torch.gather(lamc, -1, rebuilt.JF.clamp(min=0)) * (rebuilt.JF >= 0))
     for c0 in range(nC):
         want = rebuilt.recency(c0, c0 + 1)
         assert torch.equal(handed.recency(c0, c0 + 1), want), c0

@@ -44,7 +44,7 @@ def _segment_cotangents(a: int, F, E, x, part, coef, tables, cot, grads) -> None
     n, R, K, Dk, Dv = F.shape
     C = x.C
     b = a + n
-    destF, dest = part.destF[a:b], part.dest[a:b]
+    destF, dest = part.destF[a:b].long(), part.dest[a:b].long()  # (the kernels' partition holds them as int32)
     listed = (destF >= 0).view(n, R, K, 1, 1)
     G = E.gather(2, destF.clamp(min=0).view(n, R, K, 1, 1).expand_as(E)) * listed
     cot["Phi"].copy_(torch.einsum("nridv,nriev->nrde", G, F))
@@ -66,7 +66,7 @@ def _segment_cotangents(a: int, F, E, x, part, coef, tables, cot, grads) -> None
 def _add_read_weights(grads, part, a: int, dcoef) -> None:
     """The read weights' gradient from ``dcoef [n, R, C, K]`` of the chunks from ``a`` (token t's weight of start
     slot i is ``lam_t[JF[t, i]]``)."""
-    JF = part.JF[a:a + dcoef.shape[0]]
+    JF = part.JF[a:a + dcoef.shape[0]].long()
     grads["lam"][a:a + dcoef.shape[0]].scatter_add_(-1, JF.clamp(min=0), dcoef * (JF >= 0))
 
 
@@ -74,23 +74,26 @@ def _segment_cotangents_triton(a: int, F, E, x, part, coef, tables, cot, grads) 
     """:func:`_segment_cotangents` by the kernels of ``chunk_bwd_cotangents`` (no ``[n, R, K, Dk, C]`` temporaries),
     which write ``cot`` in place."""
     b = a + F.shape[0]
-    # The read weights' gradient added by the start slots' kernel (a torch scatter of float atomics before).
-    read_weights = (part.JF[a:b], grads["lam"][a:b])
-    _, _, dbv, _, _ = table_cotangents(F, E, part.destF[a:b], part.dest[a:b], coef, tables["qt"], x.dOc[a:b],
-                                       tables["khd"], x.bv[a:b], out=cot, read_weights=read_weights)
-    grads["bv"][a:b] += dbv
+    # The read weights' and the values' gradients added by the kernels (a torch scatter of float atomics and an add
+    # before).
+    table_cotangents(F, E, part.destF[a:b], part.dest[a:b], coef, tables["qt"], x.dOc[a:b], tables["khd"],
+                     x.bv[a:b], out=cot, read_weights=(part.JF[a:b], grads["lam"][a:b]), dbv_into=grads["bv"][a:b])
 
 
 class KernelPartition:
     """The partition maps the kernels' reverse pass and the blocks' adjoint read (``JF``, ``destF``, ``dest`` for every
     chunk, the recency per block), by ``chunk_fwd_partition.partition_maps`` from the kernel forward's decided
-    structure: ``live_starts.DevicePartition``'s maps, equal bit for bit, without its torch passes over the trace."""
+    structure: ``live_starts.DevicePartition``'s maps, equal bit for bit but int32 (the kernels' type), without its
+    torch passes over the trace. Given the read weights ``lamc [nC, R, C, K]`` (float32, the chunk view of rows),
+    also ``coef``, each token's weight of each start slot, in the same launch."""
 
-    def __init__(self, decided, T: int, K: int):
+    def __init__(self, decided, T: int, K: int, lamc: torch.Tensor | None = None):
         self.s, self.size0 = decided
         self.T, self.K = T, K
-        self.JF, self.destF, self.dest, _ = partition_maps(self.s, self.size0, T, K, 0, self.s.masks.shape[1],
-                                                           start_maps=True, recency=False)
+        nC = self.s.masks.shape[1]
+        lam = None if lamc is None else unchunk(lamc, lamc.shape[0] * lamc.shape[2])  # the rows (a view)
+        self.JF, self.destF, self.dest, _, self.coef = partition_maps(self.s, self.size0, T, K, 0, nC, start_maps=True,
+                                                                      recency=False, lam=lam)
 
     def recency(self, b0: int, b1: int) -> torch.Tensor:
         """``J [b1 - b0, R, C, C]`` int32 of chunks ``b0 .. b1 - 1`` (-1 unless ``s <= t < T``), for the intra-chunk
@@ -122,7 +125,9 @@ class _Walks:
         self.v_rows = unchunk(x.vc, T).reshape(R, T, 1, Dv)
         self.v_exact = exact_in_tf32(x.vc)
         self.dO_rows = dO.reshape(R, T, 1, Dv)
-        self.coef = torch.gather(x.lamc, -1, part.JF.clamp(min=0)) * (part.JF >= 0)  # token t's weight of slot i
+        # Token t's weight of start slot i (the kernels' partition reads them as it writes JF).
+        coef = getattr(part, "coef", None)
+        self.coef = coef if coef is not None else torch.gather(x.lamc, -1, part.JF.clamp(min=0)) * (part.JF >= 0)
 
     def walk(self, S, tables, u0: int, a: int, b: int, starts=None) -> None:
         """The slot states ``S`` from chunk a's start to chunk b's (``tables`` indexed from chunk ``u0``), as the

@@ -86,11 +86,11 @@ def dla_delta_start_cotangents_kernel(
 def dla_delta_token_cotangents_kernel(
     e_ptr, dest_ptr, khd_ptr, bv_ptr, dkhd_ptr, dbv_ptr,
     R, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, ADD_DBV: tl.constexpr,
 ):
     """Program (chunk c of the batch, row r), ``cr = c R + r``: ``E [n, R, K, Dk, Dv]`` float32; ``dest [n, R, C]``
     int32 (each token's end slot, -1: padding); ``khd [n, R, C, Dk]``, ``bv [n, R, C, Dv]`` float32. Writes ``dkhd
-    [n, R, C, Dk]`` and ``dbv [n, R, C, Dv]``."""
+    [n, R, C, Dk]`` and ``dbv [n, R, C, Dv]`` (``ADD_DBV``: adds to it)."""
     cr = tl.program_id(0) * R + tl.program_id(1)
     dk = tl.arange(0, BK)
     t = tl.arange(0, C)
@@ -112,13 +112,17 @@ def dla_delta_token_cotangents_kernel(
                 mine = (dest == j)[:, None]
                 dkhd += tl.where(mine, dot_f32(bv, e_t, None, False), 0.0)
                 dbv += tl.where(mine, dot_f32(khd, e, None, False), 0.0)
-        tl.store(dbv_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :], dbv, mask=vmask[None, :])
+        dbv_at = dbv_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :]
+        if ADD_DBV:
+            dbv += tl.load(dbv_at, mask=vmask[None, :], other=0.0)
+        tl.store(dbv_at, dbv, mask=vmask[None, :])
     tl.store(dkhd_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], dkhd, mask=kmask[None, :])
 
 
 def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: int | None = None,
                      start_warps: int | None = None, start_stages: int | None = None, out: dict | None = None,
-                     read_weights: tuple[torch.Tensor, torch.Tensor] | None = None):
+                     read_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     dbv_into: torch.Tensor | None = None):
     """The cotangents of a batch of ``n`` chunks: ``(dPhi [n, R, Dk, Dk], dkhd [n, R, C, Dk], d(b v) [n, R, C, Dv],
     dqt [n, R, C, Dk], dcoef [n, R, C, K])`` float32, from ``F, E [n, R, K, Dk, Dv]`` (float32, contiguous),
     ``dest_f [n, R, K]`` and ``dest [n, R, C]`` (integers, -1: none), ``coef [n, R, C, K]``, ``qt``, ``khd [n, R, C,
@@ -127,7 +131,9 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
     whose contiguous float32 ``Phi``, ``khd`` and ``qt`` receive ``dPhi``, ``dkhd`` and ``dqt`` (returned too).
     ``read_weights``: ``(JF, dlam)``, each token's recency of each start slot ``[n, R, C, K]`` (integer, -1: not
     listed) and the read weights' gradient ``[n, R, C, K]`` float32 (unit stride over K): ``dcoef`` is added into it
-    by recency in the kernel (``dlam[t, JF[t, i]] += dcoef[t, i]``, a scatter without atomics) and None returned."""
+    by recency in the kernel (``dlam[t, JF[t, i]] += dcoef[t, i]``, a scatter without atomics) and None returned.
+    ``dbv_into``: ``d(b v)`` added into this contiguous float32 ``[n, R, C, Dv]`` tensor (returned) instead of a new
+    one."""
     n, R, K, Dk, Dv = F.shape
     C = qt.shape[2]
     BK, KP = max(16, next_pow2(Dk)), max(16, next_pow2(K))
@@ -143,7 +149,10 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
     start_warps = start_warps or (4 if small else 8)
     start_stages = start_stages or (1 if small else 2)
     new = lambda *s: torch.empty(n, R, *s, device=F.device, dtype=torch.float32)  # noqa: E731
-    dbv = new(C, Dv)
+    if dbv_into is not None and (dbv_into.dtype != torch.float32 or not dbv_into.is_contiguous()
+                                 or tuple(dbv_into.shape) != (n, R, C, Dv)):
+        raise ValueError(f"table_cotangents: dbv_into must be a contiguous float32 tensor of shape {(n, R, C, Dv)}")
+    dbv = new(C, Dv) if dbv_into is None else dbv_into
     if read_weights is None:
         dcoef, (jf, dlam) = new(C, K), (F, F)  # (unread)
     else:
@@ -173,6 +182,6 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
     # reads shared memory out of bounds (BV = 64; compute-sanitizer, H200, run 25) or returns a wrong d(b v) (BV = 32).
     dla_delta_token_cotangents_kernel[(n, R)](
         E, dest.to(torch.int32).contiguous(), f32(khd), f32(bv), dkhd, dbv, R, K, Dk, Dv,
-        C=C, BK=BK, BV=BV, KP=KP, num_warps=8 if BK >= 32 else 4, num_stages=2,
+        C=C, BK=BK, BV=BV, KP=KP, ADD_DBV=dbv_into is not None, num_warps=8 if BK >= 32 else 4, num_stages=2,
     )
     return dphi, dkhd, dbv, dqt, None if read_weights is not None else dcoef

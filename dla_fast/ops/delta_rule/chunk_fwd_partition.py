@@ -122,15 +122,18 @@ def dla_delta_partition_kernel(
 @triton.jit(do_not_specialize=["R", "T", "c0", "NC", "K"])
 def dla_delta_partition_maps_kernel(
     mask_ptr, death_ptr, death0_ptr, live_ptr, livem_ptr, fpos_ptr, size_ptr, size0_ptr, jf_ptr, dest_f_ptr,
-    dest_ptr, j_ptr, R, T, c0, NC, K,
-    C: tl.constexpr, KP: tl.constexpr, START_MAPS: tl.constexpr, RECENCY: tl.constexpr,
+    dest_ptr, j_ptr, lam_ptr, coef_ptr, R, T, c0, NC, K, lam_sr, lam_st,
+    C: tl.constexpr, KP: tl.constexpr, START_MAPS: tl.constexpr, RECENCY: tl.constexpr, COEF: tl.constexpr,
 ):
     """Program (row r, chunk c = c0 + j): the integer maps the backward's partition reads (``live_starts.
     DevicePartition``'s, equal bit for bit; every row ``T`` long), from the same structure as
     ``dla_delta_partition_kernel``. With ``START_MAPS``: ``jf [nb, R, C, K]``, the recency at token t of the slot
     holding start slot i (-1: slot i not listed, or t past T), ``dest_f [nb, R, K]`` and ``dest [nb, R, C]`` as that
     kernel writes them; with ``RECENCY``: ``j [nb, R, C, C]``, the recency at token t of the slot holding token s (-1
-    unless ``s <= t < T``). All int32."""
+    unless ``s <= t < T``). All int32. With ``COEF`` (and ``START_MAPS``) also ``coef [nb, R, C, K]`` float32, token
+    t's read weight of start slot i, ``lam[r, t, jf[t, i]]`` (0 where ``jf`` is -1), from the read weights' rows
+    ``lam [R, >= NC C, K]`` (row and token strides ``lam_sr``, ``lam_st``), as ``dla_delta_partition_kernel`` writes
+    it."""
     r = tl.program_id(0)
     base = tl.program_id(1) * R + r
     c = c0 + tl.program_id(1)
@@ -146,26 +149,37 @@ def dla_delta_partition_maps_kernel(
                                               size0_ptr, r, c, NC, K, n_in, C, KP)
         tl.store(jf_ptr + (base * C + t[:, None]) * K + i[None, :],
                  tl.where(valid[:, None] & listed[None, :], JF, -1), mask=(i < K)[None, :])
+        if COEF:
+            lam_row = lam_ptr + r * lam_sr + (c * C + t) * lam_st
+            coef = tl.load(lam_row[:, None] + tl.minimum(JF, K - 1), mask=valid[:, None] & listed[None, :], other=0.0)
+            tl.store(coef_ptr + (base * C + t[:, None]) * K + i[None, :], coef.to(tl.float32), mask=(i < K)[None, :])
         tl.store(dest_f_ptr + base * K + i, dest_f, mask=i < K)
         tl.store(dest_ptr + base * C + t, tl.where(valid, dest, -1))
 
 
-def partition_maps(s, size0, T: int, K: int, c0: int, nb: int, *, start_maps: bool, recency: bool):
+def partition_maps(s, size0, T: int, K: int, c0: int, nb: int, *, start_maps: bool, recency: bool,
+                   lam: torch.Tensor | None = None):
     """The backward's partition maps of chunks ``c0 .. c0 + nb - 1`` from the forward's ``DecidedStructure`` ``s``
     and initial sizes ``size0 [R]`` (every row ``T`` long): ``(JF [nb, R, C, K], dest_f [nb, R, K], dest [nb, R,
-    C])`` (int64) with ``start_maps`` and ``J [nb, R, C, C]`` (int32: only the intra-chunk adjoint kernel reads it)
-    with ``recency`` (None where not asked), as ``live_starts.DevicePartition`` builds them (-1 where not listed or
-    past T)."""
+    C])`` with ``start_maps``, ``J [nb, R, C, C]`` with ``recency`` and, given the read weights' rows ``lam [R, >=
+    (c0 + nb) C, K]`` (float32, unit stride over K), ``coef [nb, R, C, K]`` float32 (token t's read weight of start
+    slot i, 0 where not listed); None where not asked. The integer maps int32 (the kernels read them), as
+    ``live_starts.DevicePartition`` builds them (-1 where not listed or past T)."""
     R, NC = s.masks.shape
     C, KP, dev = CHUNK, s.live.shape[-1], s.masks.device
     new = lambda *shape: torch.empty(nb, R, *shape, device=dev, dtype=torch.int32)  # noqa: E731
     jf, dest_f, dest = (new(C, K), new(K), new(C)) if start_maps else (s.size,) * 3
     j = new(C, C) if recency else s.size
+    with_coef = start_maps and lam is not None
+    if with_coef and (lam.dtype != torch.float32 or lam.stride(-1) != 1):
+        raise ValueError(f"partition_maps: lam must be float32 with unit stride over K, got {lam.dtype} {lam.stride()}")
+    coef = torch.empty(nb, R, C, K, device=dev, dtype=torch.float32) if with_coef else None
     dla_delta_partition_maps_kernel[(R, nb)](
-        s.masks, s.death, s.death0, s.live, s.livem, s.fpos, s.size, size0, jf, dest_f, dest, j, R, T, c0, NC, K,
-        C=C, KP=KP, START_MAPS=start_maps, RECENCY=recency, num_warps=4)
-    maps = tuple(x.long() for x in (jf, dest_f, dest)) if start_maps else (None,) * 3
-    return (*maps, j if recency else None)
+        s.masks, s.death, s.death0, s.live, s.livem, s.fpos, s.size, size0, jf, dest_f, dest, j,
+        lam if with_coef else s.size, coef if with_coef else s.size, R, T, c0, NC, K,
+        *(lam.stride()[:2] if with_coef else (0, 0)), C=C, KP=KP, START_MAPS=start_maps, RECENCY=recency,
+        COEF=with_coef, num_warps=4)
+    return ((jf, dest_f, dest) if start_maps else (None,) * 3) + (j if recency else None, coef)
 
 
 def partition_and_intra(s, size0, row_lengths, attn, v, beta, lam, c0: int, o, *, prec: str | None = None,

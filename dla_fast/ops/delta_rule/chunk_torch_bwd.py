@@ -274,7 +274,7 @@ def _partition(structure: Structure, handed, x: _Inputs, R: int, K: int, kernels
     were 106.5 and 103.8 ms, within run 28's noise), else from the trace."""
     decided = handed.decided if handed is not None else None
     if kernels and decided is not None:
-        return KernelPartition(decided, x.T, K)
+        return KernelPartition(decided, x.T, K, x.lamc)
     ones = torch.ones_like(x.gc, dtype=x.cd)  # the token keys khd carry their decay to the chunk end
     # Without stored tables (the kernels' units) the partition never advances a state: its tables only place it.
     args = (structure, R, x.T, x.C, K, ones, x.tables.get("Phi"), x.tables.get("khd", x.kc), x.bv)
