@@ -405,6 +405,34 @@ def test_values_from_16_bit_inputs_are_found_exact_in_tf32():
 
 
 @needs_kernels
+def test_the_api_backward_takes_16_bit_values_as_exact_without_scanning_them(monkeypatch):
+    """``dla_fast.forward``'s backward passes its values' dtype down: the kernels' walks take bf16 values as exact in
+    tf32 (one product fewer) and float32 ones as not, without scanning ``v`` (``exact_in_tf32``: a host
+    synchronisation, the last one in the delta backward's kernel path)."""
+    import dla_fast
+    from dla_fast.ops.delta_rule import chunk_bwd
+
+    if not CUDA:
+        monkeypatch.setenv("DLA_FAST_BACKEND", "triton")
+    monkeypatch.setattr(chunk_bwd, "exact_in_tf32", lambda x: pytest.fail("the values scanned"))
+    taken = []
+    real = chunk_bwd.slot_states_and_reads
+
+    def walk(*args, **kwargs):
+        taken.append(kwargs["v_exact"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chunk_bwd, "slot_states_and_reads", walk)
+    for dtype, exact in ((torch.bfloat16, True), (torch.float32, False)):
+        leaves = [x.to(dtype).requires_grad_() for x in _inputs(1, 130, 2, 16, 4, torch.float32, seed=3)]
+        o, _, _ = dla_fast.forward(*leaves[:5], tau=0.5, beta=leaves[5])
+        o.float().sum().backward()
+        assert all(x.grad is not None and bool(torch.isfinite(x.grad).all()) for x in leaves)
+        assert taken and set(taken) == {exact}, dtype
+        taken.clear()
+
+
+@needs_kernels
 def test_the_backward_starts_from_the_forward_s_slot_checkpoints(monkeypatch):
     """A kernel forward with gradients asked for keeps the slot states at the backward's checkpoints
     (``Structure.slot_checkpoints``: chunks 0 and 2 of 4 here) and its live starts, and the backward starts its

@@ -123,7 +123,7 @@ class _Walks:
         self.part, self.x = part, x
         # The kernels address tokens as [B, T, H, D]: rows as B = R with H = 1.
         self.v_rows = unchunk(x.vc, T).reshape(R, T, 1, Dv)
-        self.v_exact = exact_in_tf32(x.vc)
+        self.v_exact = x.v_exact if x.v_exact is not None else exact_in_tf32(x.vc)  # (the scan synchronises)
         self.dO_rows = dO.reshape(R, T, 1, Dv)
         # Token t's weight of start slot i (the kernels' partition reads them as it writes JF).
         coef = getattr(part, "coef", None)

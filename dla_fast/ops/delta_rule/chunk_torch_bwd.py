@@ -54,8 +54,10 @@ class _Inputs:
     cancels: docs/delta-rule-chunked.md section 5), else in the compute dtype (``T`` is well conditioned), or in
     float64 by the table and adjoint kernels on the kernels' path."""
 
-    def __init__(self, q, k, v, g, beta, lam, dO, C: int, score: bool, kernels: bool = False):
+    def __init__(self, q, k, v, g, beta, lam, dO, C: int, score: bool, kernels: bool = False,
+                 v_exact: bool | None = None):
         T = q.shape[1]
+        self.v_exact = v_exact  # the values exact in tf32 (16-bit inputs upcast); None: not known
         self.C, self.nC, self.T, self.cd = C, max(1, -(-T // C)), T, q.dtype
         self.tdt = F64 if score else q.dtype  # the tables' dtype
         self.score = score  # the score's tables (kt, akap) are built only for its part
@@ -288,7 +290,8 @@ def _partition(structure: Structure, handed, x: _Inputs, R: int, K: int, kernels
 
 def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, dS_final, *, chunk_size: int = 64,
                         checkpoint_every: int | None = None, dscores: torch.Tensor | None = None,
-                        eps: float = 1e-6, norm_eps: float = 1e-6, kernels: bool = False):
+                        eps: float = 1e-6, norm_eps: float = 1e-6, kernels: bool = False,
+                        v_exact: bool | None = None):
     """Gradients of ``<dO, o> + <dS_final, S_final> (+ <dscores, I>)`` for the gated delta rule, partition fixed.
 
     As ``scalar_decay.chunk_torch_bwd.scalar_decay_backward`` with ``beta [R, T]`` added (same layouts, compute
@@ -300,7 +303,9 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     (``DevicePartition``, on every device; equal bit for bit to the numba ``Partition``'s), with one host
     synchronisation for their widths; numba runs only with ``dscores`` (the score's open-norm adjoint).
     ``kernels``: the reverse pass over chunks on the Triton kernels (``chunk_bwd.reverse_pass_kernels``; float32
-    inputs, without ``dscores``, where Triton runs), else in torch chunk by chunk.
+    inputs, without ``dscores``, where Triton runs), else in torch chunk by chunk. ``v_exact``: whether ``v`` holds
+    16-bit numbers (exact in tf32: the kernels' walks then multiply the values in one pass); None: the kernels' path
+    scans ``v`` for it (a host synchronisation).
 
     Returns ``(dq, dk, dv, dg, dbeta, dlam, dinit)`` in the layouts of the inputs.
     """
@@ -310,7 +315,7 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
         dinit = torch.zeros_like(init) if dS_final is None else dS_final.clone()
         return (*(torch.zeros_like(t) for t in (q, k, v, g, beta, lam)), dinit)
     kernels = kernels and dscores is None and cd == torch.float32
-    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None, kernels=kernels)
+    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None, kernels=kernels, v_exact=v_exact)
     nC = x.nC
     handed = structure.slot_checkpoints  # what a kernel forward kept: its live starts and decided structure too
     handed = handed if handed is not None and handed.chunk == C else None
