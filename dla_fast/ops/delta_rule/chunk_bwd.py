@@ -126,8 +126,8 @@ class _Walks:
         self.v_exact = x.v_exact if x.v_exact is not None else exact_in_tf32(x.vc)  # (the scan synchronises)
         self.dO_rows = dO.reshape(R, T, 1, Dv)
         # Token t's weight of start slot i (the kernels' partition reads them as it writes JF).
-        coef = getattr(part, "coef", None)
-        self.coef = coef if coef is not None else torch.gather(x.lamc, -1, part.JF.clamp(min=0)) * (part.JF >= 0)
+        given = part.coef if isinstance(part, KernelPartition) else None
+        self.coef = given if given is not None else torch.gather(x.lamc, -1, part.JF.clamp(min=0)) * (part.JF >= 0)
 
     def walk(self, S, tables, u0: int, a: int, b: int, starts=None) -> None:
         """The slot states ``S`` from chunk a's start to chunk b's (``tables`` indexed from chunk ``u0``), as the
