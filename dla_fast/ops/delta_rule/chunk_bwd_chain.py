@@ -56,21 +56,23 @@ def dla_delta_slot_adjoints_kernel(
     ``do [B, T, H, Dv]`` in their dtype (0 past T). ``K``, ``Dk``, ``Dv`` compile-time constants, as in the forward's
     walk (sm_90 at D = 64, K = 30: 568 B of stack against 1,048 with them as arguments)."""
     t = tl.arange(0, C)
-    col_slot = tl.arange(0, BV * KP) % KP  # the slot of column e KP + i
     # dS[d, e, j] = ds[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j), as the forward holds S.
     r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
     dS = tl.reshape(tl.load(ds_ptr + r * K * Dk * Dv + state_at, mask=s_mask, other=0.0), [BK, BV * KP])
+    # Each chunk's merge map is loaded one chunk ahead: the branch on it and the mask from it then wait on no load.
+    next_dest_f = tl.load(dest_f_ptr + ((NB - 1) * R + r) * K + j, mask=j < K, other=-1)
     for back in range(NB):
         c = NB - 1 - back
         cr = c * R + r
         tl.store(ds_end_ptr + cr * K * Dk * Dv + state_at, tl.reshape(dS, [BK, BV, KP]), mask=s_mask)
+        dest_f = next_dest_f
+        next_dest_f = tl.load(dest_f_ptr + (tl.maximum(c - 1, 0) * R + r) * K + j, mask=j < K, other=-1)
         # The merges' transpose: G[:, e, i] = dS[:, e, dest_f[i]], 0 where start slot i is not listed.
-        dest_f = tl.load(dest_f_ptr + cr * K + j, mask=j < K, other=-1)
         if tl.sum(((dest_f >= 0) & (dest_f != j)).to(tl.int32), 0) > 0:
             from_end = (j[:, None] == dest_f[None, :]).to(tl.float32)  # [KP (j), KP (i)]
             G = tl.reshape(dot_f32(tl.reshape(dS, [BK * BV, KP]), from_end, None, True), [BK, BV * KP])
         else:
-            listed = tl.load(dest_f_ptr + cr * K + col_slot, mask=col_slot < K, other=-1) >= 0
+            listed = tl.reshape(tl.broadcast_to((dest_f >= 0)[None, :], [BV, KP]), [BV * KP])  # column e KP + i
             G = tl.where(listed[None, :], dS, 0.0)
         # The reads' adjoint qt^T Z (Z: dO spread over the slots by coef), then the transition's transpose.
         _, _, _, _, valid, row = chunk_tokens(r, c0 + c, T, H, C)
