@@ -244,6 +244,29 @@ def test_backward_on_kernels_matches_the_float64_torch_backward(case, monkeypatc
 
 
 @needs_kernels
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], (1, 290, 2, 16, 6, torch.float32, 0.6, True, None, True, 1)])
+def test_backward_two_chunks_a_step_matches_the_float64_torch_backward(case, monkeypatch):
+    """The reverse pass on pairs of chunks (``chunk_bwd_pairs``: the rerun, kernel A and kernel B two chunks a step,
+    the composition's adjoint after), float32, against the torch backward in float64, within ``BOUND`` of each
+    gradient's largest entry: segments of two chunks (the last one alone), of four (two pairs in a step's launch),
+    and of three (odd: a chunk a step, the path the pairs fall back to). The pair path must run."""
+    from dla_fast.ops.delta_rule import chunk_bwd, chunk_bwd_pairs
+
+    D = max(case[3], 32) if CUDA else case[3]
+    c = _case(*case[:3], D, *case[4:9])
+    paired = []
+    monkeypatch.setattr(chunk_bwd, "pair_segment",
+                        lambda *a, **kw: paired.append(a[5] - a[4]) or chunk_bwd_pairs.pair_segment(*a, **kw))
+    monkeypatch.setattr(chunk_bwd, "_PAIRS", True)
+    ref = _backward(c, F64, False)
+    for every in (2, 4, 3):
+        got = _backward(c, torch.float32, True, every)
+        for name, x, want in zip(("dq", "dk", "dv", "dg", "dbeta", "dlam", "dinit"), got, ref):
+            assert _rel(x, want) < BOUND, (name, every, _rel(x, want))
+    assert paired and all(n % 2 == 0 for n in paired)
+
+
+@needs_kernels
 def test_a_misaligned_segment_is_caught(monkeypatch):
     """The comparison catches the cotangents (either path) fed the chunk-end adjoints of the wrong chunks (rolled by
     one inside each segment) and the start states left out (zero): dq, dk or the read weights move by far more than

@@ -24,6 +24,7 @@ import torch
 
 from ..common.layout import unchunk
 from .chunk_bwd_chain import slot_adjoints
+from .chunk_bwd_pairs import pair_segment
 from .chunk_bwd_cotangents import table_cotangents
 from .chunk_fwd_partition import partition_maps
 from .chunk_fwd_states import slot_states_and_reads
@@ -33,6 +34,9 @@ _BATCH_BYTES = 1 << 28
 # The cotangents by the kernels of ``chunk_bwd_cotangents`` ("triton") or by batched torch products ("torch"). H200,
 # run 25, fwd+bwd at (2, 16384, 16, 64) moderate 139 against 175 ms, at (8, 4096, 16, 64) 122 against 174 ms.
 _COTANGENTS = "triton"
+# Segments two chunks a step (``chunk_bwd_pairs``: the rerun, kernel A and kernel B on pairs of chunks composed) where
+# a segment starts at an even chunk and spans an even number of them; else a chunk a step. Opt-in until measured.
+_PAIRS = False
 
 
 def _segment_cotangents(a: int, F, E, x, part, coef, tables, cot, grads) -> None:
@@ -144,6 +148,8 @@ class _Walks:
         """Segment ``a .. b - 1`` of the unit from ``u0``, from its start states ``S`` (read only): its start
         states into ``F``, ``dS`` carried to its start with the chunk-end adjoints into ``E``, the cotangents ``cot``
         (the unit's) and ``grads`` accumulated."""
+        if _PAIRS and a % 2 == 0 and (b - a) % 2 == 0:
+            return pair_segment(self, dS, tables, cot, u0, a, b, S, F, E, grads)
         n, (R, K, Dk, Dv) = b - a, dS.shape
         self.walk(S, tables, u0, a, b, starts=F[:n])
         slot_adjoints(dS, tables["Phi"][a - u0:b - u0], tables["qt"][a - u0:b - u0], self.dO_rows, self.coef[a:b],

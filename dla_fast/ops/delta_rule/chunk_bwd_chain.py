@@ -45,21 +45,23 @@ from .chunk_fwd_states import dot_f32, launch_shape, slot_tile
 def dla_delta_slot_adjoints_kernel(
     ds_ptr, ds_end_ptr, phi_ptr, qt_ptr, do_ptr, coef_ptr, dest_f_ptr,
     NB, R, T, H, c0, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
+    C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
 ):
-    """Program (row r = b H + h, Dv block vb): for chunks ``c0 + NB - 1`` down to ``c0`` (a block), the adjoint
-    ``ds [R, K, Dk, Dv]`` (float32) of the slot states at the block's end is carried to its start, in place; the
-    adjoint at each chunk's end goes to ``ds_end [NB, R, K, Dk, Dv]`` (float32).
+    """Program (row r = b H + h, Dv block vb): for steps ``NB - 1`` down to 0 of ``C`` tokens each (``C / CS``
+    chunks of ``CS``, the first step's first chunk ``c0``), the adjoint ``ds [R, K, Dk, Dv]`` (float32) of the slot
+    states at the last step's end is carried to the first one's start, in place; the adjoint at each step's end goes
+    to ``ds_end [NB, R, K, Dk, Dv]`` (float32). A step is a chunk (``C = CS``) or a pair of chunks composed
+    (``chunk_bwd_pairs``); its reads' adjoint goes ``CS`` tokens at a time, so that a longer step holds no larger tile.
 
-    Per chunk (block index ``cr = c * R + r``): ``phi [Dk, Dk]``, ``qt [C, Dk]``, ``coef [C, K]`` (float32);
-    ``dest_f [K]`` int32, each start slot's end slot (-1: not listed); the chunk's output adjoints from
+    Per step (block index ``cr = c * R + r``): ``phi [Dk, Dk]``, ``qt [C, Dk]``, ``coef [C, K]`` (float32);
+    ``dest_f [K]`` int32, each start slot's end slot (-1: not listed); the step's output adjoints from
     ``do [B, T, H, Dv]`` in their dtype (0 past T). ``K``, ``Dk``, ``Dv`` compile-time constants, as in the forward's
     walk (sm_90 at D = 64, K = 30: 568 B of stack against 1,048 with them as arguments)."""
-    t = tl.arange(0, C)
+    t = tl.arange(0, CS)
     # dS[d, e, j] = ds[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j), as the forward holds S.
     r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
     dS = tl.reshape(tl.load(ds_ptr + r * K * Dk * Dv + state_at, mask=s_mask, other=0.0), [BK, BV * KP])
-    # Each chunk's merge map is loaded one chunk ahead: the branch on it and the mask from it then wait on no load.
+    # Each step's merge map is loaded one step ahead: the branch on it and the mask from it then wait on no load.
     next_dest_f = tl.load(dest_f_ptr + ((NB - 1) * R + r) * K + j, mask=j < K, other=-1)
     for back in range(NB):
         c = NB - 1 - back
@@ -75,21 +77,26 @@ def dla_delta_slot_adjoints_kernel(
             listed = tl.reshape(tl.broadcast_to((dest_f >= 0)[None, :], [BV, KP]), [BV * KP])  # column e KP + i
             G = tl.where(listed[None, :], dS, 0.0)
         # The reads' adjoint qt^T Z (Z: dO spread over the slots by coef), then the transition's transpose.
-        _, _, _, _, valid, row = chunk_tokens(r, c0 + c, T, H, C)
-        qt_t = tl.load(qt_ptr + cr * C * Dk + t[None, :] * Dk + dk[:, None], mask=kmask[:, None], other=0.0)
-        coef = tl.load(coef_ptr + cr * C * K + t[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
-        dO = tl.load(do_ptr + row[:, None] * Dv + dv[None, :], mask=valid[:, None] & vmask[None, :],
-                     other=0.0).to(tl.float32)
-        Z = tl.reshape(dO[:, :, None] * coef[:, None, :], [C, BV * KP])
+        for h in tl.static_range(C // CS):
+            at = cr * C + h * CS + t  # the sub-chunk's rows of the step's tables
+            _, _, _, _, valid, row = chunk_tokens(r, c0 + c * (C // CS) + h, T, H, CS)
+            qt_t = tl.load(qt_ptr + at[None, :] * Dk + dk[:, None], mask=kmask[:, None], other=0.0)
+            coef = tl.load(coef_ptr + at[:, None] * K + j[None, :], mask=(j < K)[None, :], other=0.0)
+            dO = tl.load(do_ptr + row[:, None] * Dv + dv[None, :], mask=valid[:, None] & vmask[None, :],
+                         other=0.0).to(tl.float32)
+            Z = tl.reshape(dO[:, :, None] * coef[:, None, :], [CS, BV * KP])
+            if h == 0:
+                dS = dot_f32(qt_t, Z, None, False)
+            else:
+                dS = dot_f32(qt_t, Z, dS, False)
         phi_t = tl.load(phi_ptr + cr * Dk * Dk + dk[None, :] * Dk + dk[:, None],
                         mask=kmask[:, None] & kmask[None, :], other=0.0)
-        dS = dot_f32(qt_t, Z, None, False)
         dS = dot_f32(phi_t, G, dS, False)
     tl.store(ds_ptr + r * K * Dk * Dv + state_at, tl.reshape(dS, [BK, BV, KP]), mask=s_mask)
 
 
 def slot_adjoints(dS, Phi, qt, dO, coef, dest_f, c0: int, dS_end=None,
-                  launch: tuple[int, int, int] | None = None) -> torch.Tensor:
+                  launch: tuple[int, int, int] | None = None, chunk: int | None = None) -> torch.Tensor:
     """Carry the slot states' adjoint ``dS [R, K, Dk, Dv]`` (float32, in place) from the end of the block of ``nb``
     chunks that starts at chunk ``c0`` to its start; returns the adjoint at each chunk's end, ``dS_end [nb, R, K,
     Dk, Dv]`` float32 (written into ``dS_end`` when given). Blocks chain last to first on the same ``dS``.
@@ -97,7 +104,8 @@ def slot_adjoints(dS, Phi, qt, dO, coef, dest_f, c0: int, dS_end=None,
     ``Phi [nb, R, Dk, Dk]``, ``qt [nb, R, C, Dk]``, ``coef [nb, R, C, K]`` (float32) and ``dest_f [nb, R, K]`` (int32,
     -1: not listed) as the forward's ``slot_states_and_reads`` reads them; ``dO [B, T, H, Dv]`` the output's adjoint
     in its dtype. No score term: the backward with ``dscores`` keeps the torch pass. ``launch``: as
-    ``slot_states_and_reads``'."""
+    ``slot_states_and_reads``'. ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans several
+    (pairs composed by ``chunk_bwd_pairs``; ``c0`` counts chunks); None: every step is one chunk."""
     nb, R, C, Dk = qt.shape
     B, T, H, Dv = dO.shape
     K = dS.shape[1]
@@ -110,6 +118,6 @@ def slot_adjoints(dS, Phi, qt, dO, coef, dest_f, c0: int, dS_end=None,
     dla_delta_slot_adjoints_kernel[(R * triton.cdiv(Dv, BV),)](
         dS, dS_end, Phi.contiguous(), qt.contiguous(), dO.contiguous(), coef.contiguous(),
         dest_f.to(torch.int32).contiguous(), nb, R, T, H, c0, K, Dk, Dv,
-        C=C, BK=BK, BV=BV, KP=KP, num_warps=num_warps, num_stages=num_stages,
+        C=C, CS=chunk or C, BK=BK, BV=BV, KP=KP, num_warps=num_warps, num_stages=num_stages,
     )
     return dS_end

@@ -28,28 +28,31 @@ from .chunk_fwd_states import dot_f32
 def dla_delta_start_cotangents_kernel(
     f_ptr, e_ptr, dest_f_ptr, coef_ptr, qt_ptr, do_ptr, dphi_ptr, dqt_ptr, dcoef_ptr, jf_ptr, dlam_ptr,
     R, dlam_sc, dlam_sr, dlam_st, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, SCATTER: tl.constexpr,
+    C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
+    SCATTER: tl.constexpr,
 ):
-    """Program (chunk c of the batch, row r), ``cr = c R + r``: ``F, E [n, R, K, Dk, Dv]`` float32; ``dest_f [n,
-    R, K]`` int32 (-1: not listed); ``coef [n, R, C, K]``, ``qt [n, R, C, Dk]``, ``do [n, R, C, Dv]`` float32
-    (chunk-major). Writes ``dphi [n, R, Dk, Dk]``, ``dqt [n, R, C, Dk]``, and ``dcoef [n, R, C, K]``, or with
-    ``SCATTER`` adds it by recency into the read weights' gradient: ``dlam[t, jf[t, i]] += dcoef[t, i]`` (``jf [n,
-    R, C, K]`` integer, -1: not listed; ``dlam [n, R, C, K]`` float32 by its strides: the program owns its rows)."""
+    """Program (step c of the batch, row r, block of ``CS`` of the step's ``C`` tokens), ``cr = c R + r``: ``F, E
+    [n, R, K, Dk, Dv]`` float32; ``dest_f [n, R, K]`` int32 (-1: not listed); ``coef [n, R, C, K]``, ``qt [n, R, C,
+    Dk]``, ``do [n, R, C, Dv]`` float32 (step-major). Writes ``dphi [n, R, Dk, Dk]`` (the first token block),
+    ``dqt [n, R, C, Dk]``, and ``dcoef [n, R, C, K]``, or with ``SCATTER`` adds it by recency into the read weights'
+    gradient: ``dlam[t, jf[t, i]] += dcoef[t, i]`` (``jf [n, R, C, K]`` integer, -1: not listed; ``dlam [n, R, C,
+    K]`` float32 by its strides: the program owns its rows)."""
     cr = tl.program_id(0) * R + tl.program_id(1)
+    first = tl.program_id(2) == 0  # the token block that sums dPhi
     dk = tl.arange(0, BK)
-    t = tl.arange(0, C)
+    t = tl.program_id(2) * CS + tl.arange(0, CS)
     kmask = dk < Dk
     qt = tl.load(qt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
     dphi = tl.zeros([BK, BK], dtype=tl.float32)
-    dqt = tl.zeros([C, BK], dtype=tl.float32)
+    dqt = tl.zeros([CS, BK], dtype=tl.float32)
     slot = tl.arange(0, KP)
-    dlam = tl.zeros([C, KP], dtype=tl.float32)
+    dlam = tl.zeros([CS, KP], dtype=tl.float32)
     for i in range(K):
         end = tl.load(dest_f_ptr + cr * K + i)
         listed = (end >= 0).to(tl.float32)
         f_at = f_ptr + (cr * K + i) * Dk * Dv
         e_at = e_ptr + (cr * K + tl.maximum(end, 0)) * Dk * Dv
-        zr = tl.zeros([C, BK], dtype=tl.float32)  # dO F_i^T, summed over the Dv blocks
+        zr = tl.zeros([CS, BK], dtype=tl.float32)  # dO F_i^T, summed over the Dv blocks
         for v0 in range(0, Dv, BV):
             dv = v0 + tl.arange(0, BV)
             vmask = dv < Dv
@@ -60,7 +63,8 @@ def dla_delta_start_cotangents_kernel(
             # Summed in registers, not through the products' accumulator: on sm_90 a tensor-core accumulator carried
             # over the K slots and Dv blocks (3 x 8 steps each) took dPhi 9x further from float64 than torch's
             # float32 product (2.2e-6 against 2.5e-7 of its terms' magnitudes at K = 30, D = 64; H200, run 25).
-            dphi += dot_f32(g, f_t, None, False)
+            if first:
+                dphi += dot_f32(g, f_t, None, False)
             zr += dot_f32(dO, f_t, None, False)
         ci = tl.load(coef_ptr + cr * C * K + t * K + i)
         dqt += ci[:, None] * zr
@@ -75,7 +79,8 @@ def dla_delta_start_cotangents_kernel(
         inside = slot[None, :] < K
         tl.store(dlam_at + slot[None, :], tl.load(dlam_at + slot[None, :], mask=inside, other=0.0) + dlam,
                  mask=inside)
-    tl.store(dphi_ptr + cr * Dk * Dk + dk[:, None] * Dk + dk[None, :], dphi, mask=kmask[:, None] & kmask[None, :])
+    if first:
+        tl.store(dphi_ptr + cr * Dk * Dk + dk[:, None] * Dk + dk[None, :], dphi, mask=kmask[:, None] & kmask[None, :])
     tl.store(dqt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], dqt, mask=kmask[None, :])
 
 
@@ -86,24 +91,26 @@ def dla_delta_start_cotangents_kernel(
 def dla_delta_token_cotangents_kernel(
     e_ptr, dest_ptr, khd_ptr, bv_ptr, dkhd_ptr, dbv_ptr,
     R, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, ADD_DBV: tl.constexpr,
+    C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
+    ADD_DBV: tl.constexpr,
 ):
-    """Program (chunk c of the batch, row r), ``cr = c R + r``: ``E [n, R, K, Dk, Dv]`` float32; ``dest [n, R, C]``
-    int32 (each token's end slot, -1: padding); ``khd [n, R, C, Dk]``, ``bv [n, R, C, Dv]`` float32. Writes ``dkhd
-    [n, R, C, Dk]`` and ``dbv [n, R, C, Dv]`` (``ADD_DBV``: adds to it)."""
+    """Program (step c of the batch, row r, block of ``CS`` of the step's ``C`` tokens), ``cr = c R + r``: ``E [n,
+    R, K, Dk, Dv]`` float32; ``dest [n, R, C]`` int32 (each token's end slot, -1: padding); ``khd [n, R, C, Dk]``,
+    ``bv [n, R, C, Dv]`` float32. Writes ``dkhd [n, R, C, Dk]`` and ``dbv [n, R, C, Dv]`` (``ADD_DBV``: adds to
+    it)."""
     cr = tl.program_id(0) * R + tl.program_id(1)
     dk = tl.arange(0, BK)
-    t = tl.arange(0, C)
+    t = tl.program_id(2) * CS + tl.arange(0, CS)
     kmask = dk < Dk
     dest = tl.load(dest_ptr + cr * C + t)
     receives = tl.max(tl.where(dest[:, None] == tl.arange(0, KP)[None, :], 1, 0), 0)  # [KP]: slot j takes a token
     khd = tl.load(khd_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
-    dkhd = tl.zeros([C, BK], dtype=tl.float32)
+    dkhd = tl.zeros([CS, BK], dtype=tl.float32)
     for v0 in range(0, Dv, BV):
         dv = v0 + tl.arange(0, BV)
         vmask = dv < Dv
         bv = tl.load(bv_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :], mask=vmask[None, :], other=0.0)
-        dbv = tl.zeros([C, BV], dtype=tl.float32)
+        dbv = tl.zeros([CS, BV], dtype=tl.float32)
         for j in range(K):
             if tl.sum(tl.where(tl.arange(0, KP) == j, receives, 0), 0) > 0:
                 e_at = e_ptr + (cr * K + j) * Dk * Dv
@@ -122,7 +129,7 @@ def dla_delta_token_cotangents_kernel(
 def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: int | None = None,
                      start_warps: int | None = None, start_stages: int | None = None, out: dict | None = None,
                      read_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     dbv_into: torch.Tensor | None = None):
+                     dbv_into: torch.Tensor | None = None, chunk: int | None = None):
     """The cotangents of a batch of ``n`` chunks: ``(dPhi [n, R, Dk, Dk], dkhd [n, R, C, Dk], d(b v) [n, R, C, Dv],
     dqt [n, R, C, Dk], dcoef [n, R, C, K])`` float32, from ``F, E [n, R, K, Dk, Dv]`` (float32, contiguous),
     ``dest_f [n, R, K]`` and ``dest [n, R, C]`` (integers, -1: none), ``coef [n, R, C, K]``, ``qt``, ``khd [n, R, C,
@@ -133,9 +140,11 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
     listed) and the read weights' gradient ``[n, R, C, K]`` float32 (unit stride over K): ``dcoef`` is added into it
     by recency in the kernel (``dlam[t, JF[t, i]] += dcoef[t, i]``, a scatter without atomics) and None returned.
     ``dbv_into``: ``d(b v)`` added into this contiguous float32 ``[n, R, C, Dv]`` tensor (returned) instead of a new
-    one."""
+    one. ``chunk``: where each of the ``n`` steps spans several chunks of this many tokens (pairs composed by
+    ``chunk_bwd_pairs``), the programs take a chunk's tokens each; None: every step is one chunk."""
     n, R, K, Dk, Dv = F.shape
     C = qt.shape[2]
+    CS = chunk or C
     BK, KP = max(16, next_pow2(Dk)), max(16, next_pow2(K))
     # The token kernel's Dv block (and the start slots' above 64 key features): 64 up to 64 key features, 32 above
     # (sm_90, Triton 3.6: 136 / 144 B of stack at 64 features, 192 / 560 B at 128; a block of 64 there needs 98-115 KB
@@ -172,16 +181,16 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
                                  f"{'' if x.is_contiguous() else ', not contiguous'}")
         dphi, dkhd, dqt = out["Phi"], out["khd"], out["qt"]
     f32 = lambda x: x.to(torch.float32).contiguous()  # noqa: E731
-    dla_delta_start_cotangents_kernel[(n, R)](
+    dla_delta_start_cotangents_kernel[(n, R, C // CS)](
         F, E, dest_f.to(torch.int32).contiguous(), f32(coef), f32(qt), f32(dO), dphi, dqt, dcoef, jf, dlam, R,
         *(dlam.stride()[:3] if read_weights is not None else (0, 0, 0)), K, Dk, Dv,
-        C=C, BK=BK, BV=start_bv, KP=KP, SCATTER=read_weights is not None, num_warps=start_warps,
+        C=C, CS=CS, BK=BK, BV=start_bv, KP=KP, SCATTER=read_weights is not None, num_warps=start_warps,
         num_stages=start_stages,
     )
     # 4 warps below 32 key features: at 8 warps and BK = 16, Triton 3.6's sm_90 build of the token kernel's products
     # reads shared memory out of bounds (BV = 64; compute-sanitizer, H200, run 25) or returns a wrong d(b v) (BV = 32).
-    dla_delta_token_cotangents_kernel[(n, R)](
+    dla_delta_token_cotangents_kernel[(n, R, C // CS)](
         E, dest.to(torch.int32).contiguous(), f32(khd), f32(bv), dkhd, dbv, R, K, Dk, Dv,
-        C=C, BK=BK, BV=BV, KP=KP, ADD_DBV=dbv_into is not None, num_warps=8 if BK >= 32 else 4, num_stages=2,
+        C=C, CS=CS, BK=BK, BV=BV, KP=KP, ADD_DBV=dbv_into is not None, num_warps=8 if BK >= 32 else 4, num_stages=2,
     )
     return dphi, dkhd, dbv, dqt, None if read_weights is not None else dcoef
