@@ -24,8 +24,8 @@ import torch
 
 from ..common.layout import unchunk
 from .chunk_bwd_chain import slot_adjoints
-from .chunk_bwd_pairs import pair_segment
 from .chunk_bwd_cotangents import table_cotangents
+from .chunk_bwd_pairs import pair_segment
 from .chunk_fwd_partition import partition_maps
 from .chunk_fwd_states import slot_states_and_reads
 
