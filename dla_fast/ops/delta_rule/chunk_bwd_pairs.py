@@ -20,17 +20,22 @@ weights' gradient holds for pairs), and their adjoint, from kernel B's cotangent
     dkhd_a = dkhd2_a Phi_b                        dqt_b = dqt2_b Phi_a^T          (the halves of a and b)
 
 with the cross term's adjoint added to ``dqt_b``, ``dkhd_a``, ``d(b v)_a`` and the read weights of ``b``'s tokens.
-The composition and its adjoint are float64 torch products rounded once (a few ``[C, Dk] x [Dk, Dk]`` products a pair:
-~2 % of kernel A's work); the walks, kernel A and kernel B are the chunk kernels with two chunks a step.
+The composition is the forward's pair kernel without its cross term; the adjoint is one kernel a pair (its float64
+torch form, :class:`PairTables`, is the tests' reference); the walks, kernel A and kernel B are the chunk kernels with
+two chunks a step. Segments that start at an odd chunk or span an odd number stay a chunk a step.
 """
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
+from ..common.triton_utils import next_pow2
 from .chunk_bwd_chain import slot_adjoints
 from .chunk_bwd_cotangents import table_cotangents
-from .chunk_fwd_states import slot_states_and_reads
+from .chunk_fwd_states import dot_f32, slot_states_and_reads
+from .chunk_fwd_steps import pair_steps
 
 F64 = torch.float64
 
@@ -63,29 +68,20 @@ def _gathered(src: torch.Tensor, index: torch.Tensor, fill) -> torch.Tensor:
 
 
 class PairTables:
-    """The composed tables of chunks ``a .. b - 1`` (``b - a`` even), as the chunk kernels read a step's, from the
-    unit's float32 tables ``tables`` (chunk ``a`` at index ``lo``), the partition ``part`` and the walks' ``coef``."""
+    """What the composition's adjoint reads of chunks ``a .. b - 1`` (``b - a`` even), from the unit's float32 tables
+    ``tables`` (chunk ``a`` at index ``lo``), the partition ``part`` and the chunks' read weights ``coef``, and the
+    adjoint itself in float64 torch (:meth:`adjoint`): the reference of :func:`pair_adjoint`'s kernel."""
 
     def __init__(self, tables: dict, part, x, coef: torch.Tensor, lo: int, a: int, b: int):
         hi = lo + b - a
         self.Pa, self.Pb = (t.to(F64) for t in _halves(tables["Phi"][lo:hi]))
-        self.khd_a, khd_b = _halves(tables["khd"][lo:hi])
-        qt_a, self.qt_b = _halves(tables["qt"][lo:hi])
-        self.Phi = (self.Pb @ self.Pa).float()
-        self.khd = torch.cat([(self.khd_a.to(F64) @ self.Pb.transpose(-1, -2)).float(), khd_b], 2)
-        self.qt = torch.cat([qt_a, (self.qt_b.to(F64) @ self.Pa).float()], 2)
-        self.kb = self.khd * paired(x.bc[a:b]).to(self.khd.dtype).unsqueeze(-1)
-        dfa, dfb = _halves(part.destF[a:b])
-        self.dest_a, dest_b = _halves(part.dest[a:b])
-        self.dest_f = _gathered(dfb, dfa, -1).to(torch.int32)
-        self.dest = torch.cat([_gathered(dfb, self.dest_a, -1), dest_b], 2).to(torch.int32)
-        coef_a, self.coef_b = _halves(coef)
-        self.coef = torch.cat([coef_a, _gathered(self.coef_b, dfa, 0.0)], 2)
-        JF_a, self.JF_b = _halves(part.JF[a:b])
-        self.JF = torch.cat([JF_a, _gathered(self.JF_b, dfa, -1)], 2)
-        self.bv_a, bv_b = _halves(x.bv[a:b])
+        self.khd_a = _halves(tables["khd"][lo:hi])[0]
+        self.qt_b = _halves(tables["qt"][lo:hi])[1]
+        self.dest_a = _halves(part.dest[a:b])[0]
+        self.coef_b = _halves(coef)[1]
+        self.JF_b = _halves(part.JF[a:b])[1]
+        self.bv_a = _halves(x.bv[a:b])[0]
         self.dO_b = _halves(x.dOc[a:b])[1]
-        self.bv, self.dO = paired(x.bv[a:b]), paired(x.dOc[a:b])
 
     def cross_adjoint(self, dqt_b, dkhd_a, dbv_a, dlam_b) -> None:
         """The cross term's adjoint added (float64, rounded once) into ``dqt_b``, ``dkhd_a`` (float64 ``[m, R, C,
@@ -108,8 +104,9 @@ class PairTables:
 
     def adjoint(self, dPhi2, dkhd2, dqt2, cot: dict, lo: int, grads: dict, a: int) -> None:
         """The chunks' cotangents ``cot`` (``Phi``, ``khd``, ``qt``, chunk ``a`` at ``lo``) from the composed tables'
-        (float32, ``[m, R, ...]``), with the cross term's; ``grads`` (``bv``, ``lam``) added to."""
-        n, C = 2 * self.Phi.shape[0], self.qt_b.shape[2]
+        (float32, ``[m, R, ...]``), with the cross term's; ``grads`` (``bv``, ``lam``) added to. In float64 torch: the
+        reference of :func:`pair_adjoint`'s kernel, which the reverse pass runs."""
+        n, C = 2 * self.Pa.shape[0], self.qt_b.shape[2]
         hi = lo + n
         dPhi2, dkhd2, dqt2 = dPhi2.to(F64), dkhd2.to(F64), dqt2.to(F64)
         dkhd2_a, dqt2_b = dkhd2[:, :, :C], dqt2[:, :, C:]
@@ -128,21 +125,121 @@ class PairTables:
 
 
 def pair_segment(walks, dS, tables, cot, u0: int, a: int, b: int, S, F, E, grads) -> None:
-    """``chunk_bwd._Walks.segment`` two chunks a step (``a`` and ``b - a`` even): the segment's pairs composed, its
-    rerun storing each pair's start states into ``F``, ``dS`` carried to its start with each pair's end adjoint into
-    ``E``, kernel B on the pairs and the composition's adjoint into ``cot`` and ``grads``."""
+    """``chunk_bwd._Walks.segment`` two chunks a step (``a`` and ``b - a`` even): the segment's pairs composed (the
+    forward's ``pair_steps`` without its cross term), its rerun storing each pair's start states into ``F``, ``dS``
+    carried to its start with each pair's end adjoint into ``E``, kernel B on the pairs and the composition's adjoint
+    into ``cot`` and ``grads``."""
     x, part = walks.x, walks.part
-    m, C = (b - a) // 2, x.C
-    P = PairTables(tables, part, x, walks.coef[a:b], a - u0, a, b)
-    slot_states_and_reads(S, P.Phi, P.kb, None, walks.v_rows, None, P.dest_f, P.dest, None, a, read_f32=True,
+    lo, hi, m, C = a - u0, b - u0, (b - a) // 2, x.C
+    Phi, khd, qt, coef, dest_f, dest = pair_steps(
+        tables["Phi"][lo:hi], tables["khd"][lo:hi], tables["qt"][lo:hi], walks.coef[a:b], part.destF[a:b],
+        part.dest[a:b], walks.v_rows, None, a, chunk=C, v_exact=walks.v_exact, cross=False)
+    kb = khd * paired(x.bc[a:b]).to(khd.dtype).unsqueeze(-1)
+    slot_states_and_reads(S, Phi, kb, None, walks.v_rows, None, dest_f, dest, None, a, read_f32=True,
                           v_exact=walks.v_exact, starts=F[:m], store_end=False, chunk=C)
-    slot_adjoints(dS, P.Phi, P.qt, walks.dO_rows, P.coef, P.dest_f, a, dS_end=E[:m], chunk=C)
+    slot_adjoints(dS, Phi, qt, walks.dO_rows, coef, dest_f, a, dS_end=E[:m], chunk=C)
+    JF_a, JF_b = _halves(part.JF[a:b])
+    JF = torch.cat([JF_a, _gathered(JF_b, _halves(part.destF[a:b])[0], -1)], 2)
     R, K, Dk, Dv = dS.shape
-    dPhi2, dkhd2, dqt2 = (torch.empty_like(t) for t in (P.Phi, P.khd, P.qt))
+    cot2 = {"Phi": torch.empty_like(Phi), "khd": torch.empty_like(khd), "qt": torch.empty_like(qt)}
     dlam2 = torch.zeros(m, R, 2 * C, K, device=dS.device, dtype=torch.float32)
     dbv2 = torch.zeros(m, R, 2 * C, Dv, device=dS.device, dtype=torch.float32)
-    table_cotangents(F[:m], E[:m], P.dest_f, P.dest, P.coef, P.qt, P.dO, P.khd, P.bv,
-                     out={"Phi": dPhi2, "khd": dkhd2, "qt": dqt2}, read_weights=(P.JF, dlam2), dbv_into=dbv2, chunk=C)
+    table_cotangents(F[:m], E[:m], dest_f, dest, coef, qt, paired(x.dOc[a:b]), khd, paired(x.bv[a:b]), out=cot2,
+                     read_weights=(JF, dlam2), dbv_into=dbv2, chunk=C)
     grads["lam"][a:b] += unpaired(dlam2)
     grads["bv"][a:b] += unpaired(dbv2)
-    P.adjoint(dPhi2, dkhd2, dqt2, cot, a - u0, grads, a)
+    pair_adjoint(tables, part, x, walks.coef[a:b], lo, a, b, cot2["Phi"], cot2["khd"], cot2["qt"], cot, grads)
+
+
+# Long: one pair's key-axis adjoints, its cross term's and its read weights' by slot in one program.
+@triton.jit
+def dla_delta_pair_adjoint_kernel(
+    phi_ptr, khd_ptr, qt_ptr, coef_ptr, jf_ptr, dest_ptr, bv_ptr, do_ptr, dphi2_ptr, dkhd2_ptr, dqt2_ptr,
+    cphi_ptr, ckhd_ptr, cqt_ptr, dbv_ptr, dlam_ptr, R, dlam_sc, dlam_sr, dlam_st,
+    K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    KP: tl.constexpr,
+):
+    """Program (row r, pair p): :meth:`PairTables.adjoint` for chunks ``a = 2p``, ``b = 2p + 1`` of a segment. In
+    (float32, contiguous, chunk-major ``[2m, R, ...]`` unless said): the chunks' ``phi [Dk, Dk]``, ``khd, qt [C,
+    Dk]``, ``coef [C, K]``, ``jf [C, K]`` and ``dest [C]`` (int32, -1: none), ``bv, do [C, Dv]``; the composed
+    tables' cotangents (``[m, R, ...]``) ``dphi2 [Dk, Dk]``, ``dkhd2, dqt2 [2C, Dk]``. Out: the chunks' cotangents
+    ``cphi``, ``ckhd``, ``cqt``; added to: ``dbv [C, Dv]`` and, by its strides (chunk, row, token), ``dlam [C, K]``
+    (the program owns its pair's rows)."""
+    r = tl.program_id(0)
+    p = tl.program_id(1)
+    a = 2 * p * R + r  # block indices of the pair's chunks and of the pair
+    b = a + R
+    pr = p * R + r
+    dk = tl.arange(0, BK)
+    t = tl.arange(0, C)
+    slot = tl.arange(0, KP)
+    km = dk < Dk
+    square, sq_mask = dk[:, None] * Dk + dk[None, :], km[:, None] & km[None, :]
+    rows = t[:, None] * Dk + dk[None, :]  # a [C, Dk] table's offsets
+    Pa = tl.load(phi_ptr + a * Dk * Dk + square, mask=sq_mask, other=0.0)
+    Pb = tl.load(phi_ptr + b * Dk * Dk + square, mask=sq_mask, other=0.0)
+    dPhi2 = tl.load(dphi2_ptr + pr * Dk * Dk + square, mask=sq_mask, other=0.0)
+    khd_a = tl.load(khd_ptr + a * C * Dk + rows, mask=km[None, :], other=0.0)
+    qt_b = tl.load(qt_ptr + b * C * Dk + rows, mask=km[None, :], other=0.0)
+    dkhd2_a = tl.load(dkhd2_ptr + pr * 2 * C * Dk + rows, mask=km[None, :], other=0.0)
+    dqt2_b = tl.load(dqt2_ptr + (pr * 2 * C + C) * Dk + rows, mask=km[None, :], other=0.0)
+    # Phi2 = Phi_b Phi_a, qt2_b = qt_b Phi_a, khd2_a = khd_a Phi_b^T.
+    cphi_a = dot_f32(tl.trans(qt_b), dqt2_b, dot_f32(tl.trans(Pb), dPhi2, None, False), False)
+    tl.store(cphi_ptr + a * Dk * Dk + square, cphi_a, mask=sq_mask)
+    cphi_b = dot_f32(tl.trans(dkhd2_a), khd_a, dot_f32(dPhi2, tl.trans(Pa), None, False), False)
+    tl.store(cphi_ptr + b * Dk * Dk + square, cphi_b, mask=sq_mask)
+    # The cross term o_b += (reach o W) bv_a, reach = qt_b khd_a^T, W[t, s] = coef_b[t, dest_a[s]].
+    reach = dot_f32(qt_b, tl.trans(khd_a), None, False)
+    dest_a = tl.load(dest_ptr + a * C + t)
+    W = tl.load(coef_ptr + (b * C + t)[:, None] * K + dest_a[None, :], mask=(dest_a >= 0)[None, :], other=0.0)
+    dP = tl.zeros([C, C], dtype=tl.float32)
+    for v0 in range(0, Dv, BV):
+        dv = v0 + tl.arange(0, BV)
+        vm = (dv < Dv)[None, :]
+        dO_b = tl.load(do_ptr + (b * C + t)[:, None] * Dv + dv[None, :], mask=vm, other=0.0)
+        bv_a = tl.load(bv_ptr + (a * C + t)[:, None] * Dv + dv[None, :], mask=vm, other=0.0)
+        dP = dot_f32(dO_b, tl.trans(bv_a), dP, False)
+        dbv_at = dbv_ptr + (a * C + t)[:, None] * Dv + dv[None, :]
+        tl.store(dbv_at, dot_f32(tl.trans(reach * W), dO_b, tl.load(dbv_at, mask=vm, other=0.0), False), mask=vm)
+    dreach = dP * W
+    tl.store(cqt_ptr + b * C * Dk + rows, dot_f32(dreach, khd_a, dot_f32(dqt2_b, tl.trans(Pa), None, False), False),
+             mask=km[None, :])
+    tl.store(ckhd_ptr + a * C * Dk + rows,
+             dot_f32(tl.trans(dreach), qt_b, dot_f32(dkhd2_a, Pb, None, False), False), mask=km[None, :])
+    # The halves that pass through: khd2_b = khd_b, qt2_a = qt_a.
+    tl.store(ckhd_ptr + b * C * Dk + rows, tl.load(dkhd2_ptr + (pr * 2 * C + C) * Dk + rows, mask=km[None, :]),
+             mask=km[None, :])
+    tl.store(cqt_ptr + a * C * Dk + rows, tl.load(dqt2_ptr + pr * 2 * C * Dk + rows, mask=km[None, :]),
+             mask=km[None, :])
+    # b's read weights: dcoef_b[t, i] = sum_s dW[t, s] [dest_a[s] = i], added at b's recency of slot i.
+    dW = dP * reach
+    dlam = tl.zeros([C, KP], dtype=tl.float32)
+    for i in range(K):
+        dcoef = tl.sum(tl.where(dest_a[None, :] == i, dW, 0.0), 1)
+        recency = tl.load(jf_ptr + (b * C + t) * K + i).to(tl.int32)
+        dlam += tl.where(slot[None, :] == recency[:, None], dcoef[:, None], 0.0)
+    dlam_at = dlam_ptr + (2 * p + 1) * dlam_sc + r * dlam_sr + t[:, None] * dlam_st + slot[None, :]
+    inside = slot[None, :] < K
+    tl.store(dlam_at, tl.load(dlam_at, mask=inside, other=0.0) + dlam, mask=inside)
+
+
+def pair_adjoint(tables: dict, part, x, coef, lo: int, a: int, b: int, dPhi2, dkhd2, dqt2, cot: dict,
+                 grads: dict) -> None:
+    """:meth:`PairTables.adjoint` by :func:`dla_delta_pair_adjoint_kernel`: chunks ``a .. b - 1`` (chunk ``a`` at
+    index ``lo`` of the unit's ``tables`` and ``cot``); ``coef`` the chunks' read weights of their start slots."""
+    hi = lo + b - a
+    m, R, C2, Dk = dkhd2.shape
+    K, Dv = coef.shape[-1], x.bv.shape[-1]
+    dlam = grads["lam"][a:b]
+    f32 = lambda t: t.to(torch.float32).contiguous()  # noqa: E731
+    i32 = lambda t: t.to(torch.int32).contiguous()  # noqa: E731
+    for t in (cot["Phi"], cot["khd"], cot["qt"], grads["bv"]):
+        if t.dtype != torch.float32 or not t.is_contiguous():
+            raise ValueError("pair_adjoint: the cotangents and d(b v) must be contiguous float32 tensors")
+    dla_delta_pair_adjoint_kernel[(R, m)](
+        f32(tables["Phi"][lo:hi]), f32(tables["khd"][lo:hi]), f32(tables["qt"][lo:hi]), f32(coef), i32(part.JF[a:b]),
+        i32(part.dest[a:b]), f32(x.bv[a:b]), f32(x.dOc[a:b]), f32(dPhi2), f32(dkhd2), f32(dqt2),
+        cot["Phi"][lo:hi], cot["khd"][lo:hi], cot["qt"][lo:hi], grads["bv"][a:b], dlam, R, *dlam.stride()[:3],
+        K, Dk, Dv, C=C2 // 2, BK=max(16, next_pow2(Dk)), BV=max(16, min(32, next_pow2(Dv))), KP=max(16, next_pow2(K)),
+        num_warps=8,
+    )

@@ -46,7 +46,7 @@ def dla_delta_pair_steps_kernel(
     phi2_ptr, kb2_ptr, qt2_ptr, coef2_ptr, dest_f2_ptr, dest2_ptr,
     R, T, H, c0, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
     CH: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr,
-    V_EXACT: tl.constexpr,
+    V_EXACT: tl.constexpr, CROSS: tl.constexpr,
 ):
     """Program (row r, pair p): steps ``a = 2p`` and ``b = 2p + 1`` of ``CH`` tokens each (``CH / CS`` chunks of
     ``CS``; step ``a``'s first chunk is chunk ``c0 + 2p CH / CS`` of the row) -> step ``p`` of ``2 CH`` tokens.
@@ -54,7 +54,7 @@ def dla_delta_pair_steps_kernel(
     In (``[n, R, ...]``, step-major, float32 unless said): ``phi [Dk, Dk]``, ``kb, qt [CH, Dk]``, ``coef [CH, K]``,
     ``dest_f [K]`` and ``dest [CH]`` int32 (-1: none); out (``[n / 2, R, ...]``): the same with ``2 CH`` tokens. ``v
     [B, T, H, Dv]`` in its dtype (``V_EXACT``: exact in tf32); ``o [B, T, H, Dv]`` float32 receives the cross term
-    at ``b``'s tokens."""
+    at ``b``'s tokens (``CROSS``; else ``v`` and ``o`` are not read)."""
     r = tl.program_id(0)
     a = 2 * tl.program_id(1) * R + r
     b = a + R
@@ -110,7 +110,7 @@ def dla_delta_pair_steps_kernel(
         tl.store(dest2_ptr + at_b2, tl.load(dest_ptr + at_b))
         # The cross term: tile h of b's tokens reads a's tokens (tile sa) through the slots those hold at a's end.
         _, _, _, _, valid_b, row_b = chunk_tokens(r, first + CH // CS + h, T, H, CS)
-        for sa in range(CH // CS):
+        for sa in range(CH // CS if CROSS else 0):
             at_s = a * CH + sa * CS + t
             kb_s = tl.load(kb_ptr + at_s[:, None] * Dk + dk[None, :], mask=cols, other=0.0)
             dest_s = tl.load(dest_ptr + at_s)
@@ -127,13 +127,14 @@ def dla_delta_pair_steps_kernel(
 
 
 def pair_steps(Phi, kb, qt, coef, dest_f, dest, v, o, c0: int, *, chunk: int, v_exact: bool,
-               num_warps: int | None = None):
+               num_warps: int | None = None, cross: bool = True):
     """Compose steps ``2p, 2p + 1`` of ``n`` (even) consecutive walk steps into step ``p`` of ``n / 2``, the first
     step starting at chunk ``c0`` of ``chunk`` tokens; adds the pairs' cross terms to ``o [B, T, H, Dv]`` (float32,
     in place). Takes and returns the tables as ``slot_states_and_reads`` reads them: ``(Phi [n, R, Dk, Dk], kb, qt
     [n, R, C, Dk], coef [n, R, C, K]`` float32, ``dest_f [n, R, K], dest [n, R, C]`` int32), ``C`` tokens a step.
     ``v [B, T, H, Dv]``: the values in their dtype (``v_exact``: exact in tf32). ``num_warps``: None for
-    ``NARROW_WARPS`` up to 64 features, ``WIDE_WARPS`` wider."""
+    ``NARROW_WARPS`` up to 64 features, ``WIDE_WARPS`` wider. ``cross`` False: the tables alone (``v`` and ``o``
+    unread; the backward's pairs, ``chunk_bwd_pairs``, take the cross term's adjoint apart)."""
     n, R, C, Dk = kb.shape
     K, Dv = coef.shape[-1], v.shape[-1]
     if n % 2:
@@ -144,9 +145,9 @@ def pair_steps(Phi, kb, qt, coef, dest_f, dest, v, o, c0: int, *, chunk: int, v_
            new(2 * C, dtype=torch.int32))
     ins = (x.contiguous() for x in (Phi, kb, qt, coef, dest_f, dest, v))
     dla_delta_pair_steps_kernel[(R, m)](
-        *ins, o, *out, R, v.shape[1], v.shape[2], c0, K, Dk, Dv,
+        *ins, o if cross else out[0], *out, R, v.shape[1], v.shape[2], c0, K, Dk, Dv,
         CH=C, CS=chunk, BK=max(16, next_pow2(Dk)), BN=min(max(16, next_pow2(Dk)), 64), KP=max(16, next_pow2(K)),
-        BV=min(max(16, next_pow2(Dv)), 64), V_EXACT=v_exact,
+        BV=min(max(16, next_pow2(Dv)), 64), V_EXACT=v_exact, CROSS=cross,
         num_warps=num_warps or (NARROW_WARPS if max(Dk, Dv) <= 64 else WIDE_WARPS),
         num_stages=1)  # (the loops gain nothing from more; at 128 features Triton's default 3 needs 320 KB, run 51)
     return out
