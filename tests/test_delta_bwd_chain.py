@@ -229,6 +229,7 @@ def test_backward_on_kernels_matches_the_float64_torch_backward(case, monkeypatc
     ran = []
     monkeypatch.setattr(chunk_bwd, "slot_adjoints", lambda *a, **kw: ran.append(1) or slot_adjoints(*a, **kw))
     ref = _backward(c, F64, False)
+    monkeypatch.setattr(chunk_bwd, "_PAIRS", False)  # a chunk a step (the pairs: the next test)
     full, block = chunk_bwd._BATCH_BYTES, chunk_torch_bwd._BLOCK_ELEMENTS
     # (chunks per segment, cotangents' batch, their path, table blocks (1: a unit per segment))
     for every, batch_bytes, cotangents, block_elements in (
@@ -275,6 +276,7 @@ def test_a_misaligned_segment_is_caught(monkeypatch):
 
     c = _case(*CASES[1][:9])
     ref = _backward(c, F64, False)
+    monkeypatch.setattr(chunk_bwd, "_PAIRS", False)  # (the paths of a chunk a step)
     for path, name in (("torch", "_segment_cotangents"), ("triton", "_segment_cotangents_triton")):
         monkeypatch.setattr(chunk_bwd, "_COTANGENTS", path)
         real = getattr(chunk_bwd, name)

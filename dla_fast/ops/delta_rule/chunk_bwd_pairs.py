@@ -224,9 +224,11 @@ def dla_delta_pair_adjoint_kernel(
 
 
 def pair_adjoint(tables: dict, part, x, coef, lo: int, a: int, b: int, dPhi2, dkhd2, dqt2, cot: dict,
-                 grads: dict) -> None:
+                 grads: dict, *, num_warps: int = 8, block_v: int = 32) -> None:
     """:meth:`PairTables.adjoint` by :func:`dla_delta_pair_adjoint_kernel`: chunks ``a .. b - 1`` (chunk ``a`` at
-    index ``lo`` of the unit's ``tables`` and ``cot``); ``coef`` the chunks' read weights of their start slots."""
+    index ``lo`` of the unit's ``tables`` and ``cot``); ``coef`` the chunks' read weights of their start slots.
+    ``num_warps`` and ``block_v`` (the Dv block of the cross term's products): launch settings (sm_90 at 64 features:
+    255 registers, ~1 KB of stack and 128-160 KB of shared memory at 8 warps, one program an SM)."""
     hi = lo + b - a
     m, R, C2, Dk = dkhd2.shape
     K, Dv = coef.shape[-1], x.bv.shape[-1]
@@ -240,6 +242,6 @@ def pair_adjoint(tables: dict, part, x, coef, lo: int, a: int, b: int, dPhi2, dk
         f32(tables["Phi"][lo:hi]), f32(tables["khd"][lo:hi]), f32(tables["qt"][lo:hi]), f32(coef), i32(part.JF[a:b]),
         i32(part.dest[a:b]), f32(x.bv[a:b]), f32(x.dOc[a:b]), f32(dPhi2), f32(dkhd2), f32(dqt2),
         cot["Phi"][lo:hi], cot["khd"][lo:hi], cot["qt"][lo:hi], grads["bv"][a:b], dlam, R, *dlam.stride()[:3],
-        K, Dk, Dv, C=C2 // 2, BK=max(16, next_pow2(Dk)), BV=max(16, min(32, next_pow2(Dv))), KP=max(16, next_pow2(K)),
-        num_warps=8,
+        K, Dk, Dv, C=C2 // 2, BK=max(16, next_pow2(Dk)), BV=max(16, min(block_v, next_pow2(Dv))),
+        KP=max(16, next_pow2(K)), num_warps=num_warps,
     )
