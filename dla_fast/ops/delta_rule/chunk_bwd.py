@@ -12,6 +12,10 @@ segment, last first:
 3. the tables' cotangents from ``F`` and ``E`` by kernel B of the plan (``chunk_bwd_cotangents``), or every chunk of
    the segment in one batch of torch products (``_segment_cotangents``, ``_COTANGENTS = "torch"``);
 
+(where a segment starts at an even chunk and spans an even number, ``paired_segment``, the three go two chunks a step
+on the pairs composed, ``F`` at each pair's start and ``E`` at its end, and the composition's adjoint hands the
+chunks their cotangents: ``chunk_bwd_pairs``, docs/delta-rule-chunked.md section 6.2)
+
 then the unit's cotangents are handed on (``unit_done``: the tables' adjoint, which reads what the unit's table kernel
 left in its scratch, so the backward computes each chunk's tables once). The kernels read the torch backward's own
 tables and maps (``Phi``, ``khd`` (times beta for the walks), ``qt``, the values and ``b v`` in the compute dtype; the
@@ -39,6 +43,11 @@ _COTANGENTS = "triton"
 # at (2, 16384, 16, 64) moderate 52.74 -> 48.29 ms, (8, 4096) moderate 53.88 -> 48.67, (2, 16384) dense 55.73 ->
 # 50.84; gradients within 2.3e-7 of the largest entry of a chunk a step's (float32 inputs).
 _PAIRS = True
+
+
+def paired_segment(a: int, b: int) -> bool:
+    """Whether segment ``a .. b - 1`` goes two chunks a step (``_PAIRS``, an even start and length)."""
+    return _PAIRS and a % 2 == 0 and (b - a) % 2 == 0
 
 
 def _segment_cotangents(a: int, F, E, x, part, coef, tables, cot, grads) -> None:
@@ -150,7 +159,7 @@ class _Walks:
         """Segment ``a .. b - 1`` of the unit from ``u0``, from its start states ``S`` (read only): its start
         states into ``F``, ``dS`` carried to its start with the chunk-end adjoints into ``E``, the cotangents ``cot``
         (the unit's) and ``grads`` accumulated."""
-        if _PAIRS and a % 2 == 0 and (b - a) % 2 == 0:
+        if paired_segment(a, b):
             return pair_segment(self, dS, tables, cot, u0, a, b, S, F, E, grads)
         n, (R, K, Dk, Dv) = b - a, dS.shape
         self.walk(S, tables, u0, a, b, starts=F[:n])
@@ -181,10 +190,12 @@ def reverse_pass_kernels(part, init, every: int, dS, dO, x, grads, units, unit_t
     in_unit = lambda u0, u1: [i for i, (a, _) in enumerate(segments) if u0 <= a < u1]  # noqa: E731
     checkpoints = list(kept) if kept is not None else _walked_checkpoints(walks, init, segments, units, unit_tables,
                                                                             in_unit)
+    # A state a step in F and E: half as many where a segment goes two chunks a step.
+    steps = max((b - a) // 2 if paired_segment(a, b) else b - a for a, b in segments)
     for u0, u1 in units[::-1]:
         tables, payload = unit_tables(u0, u1)
         cot = {n: torch.empty_like(tables[n]) for n in ("qt", "khd", "Phi")}  # each chunk's written by its segment
-        F = torch.empty(min(every, x.nC), *init.shape, device=init.device, dtype=torch.float32)
+        F = torch.empty(steps, *init.shape, device=init.device, dtype=torch.float32)
         E = torch.empty_like(F)
         for i in in_unit(u0, u1)[::-1]:
             # (the forward's checkpoints serve every backward of the graph: the segment only reads them)

@@ -98,8 +98,8 @@ def dla_delta_slot_adjoints_kernel(
 def slot_adjoints(dS, Phi, qt, dO, coef, dest_f, c0: int, dS_end=None,
                   launch: tuple[int, int, int] | None = None, chunk: int | None = None) -> torch.Tensor:
     """Carry the slot states' adjoint ``dS [R, K, Dk, Dv]`` (float32, in place) from the end of the block of ``nb``
-    chunks that starts at chunk ``c0`` to its start; returns the adjoint at each chunk's end, ``dS_end [nb, R, K,
-    Dk, Dv]`` float32 (written into ``dS_end`` when given). Blocks chain last to first on the same ``dS``.
+    steps that starts at chunk ``c0`` to its start; returns the adjoint at each step's end, ``dS_end [nb, R, K, Dk,
+    Dv]`` float32 (written into ``dS_end`` when given). Blocks chain last to first on the same ``dS``.
 
     ``Phi [nb, R, Dk, Dk]``, ``qt [nb, R, C, Dk]``, ``coef [nb, R, C, K]`` (float32) and ``dest_f [nb, R, K]`` (int32,
     -1: not listed) as the forward's ``slot_states_and_reads`` reads them; ``dO [B, T, H, Dv]`` the output's adjoint
