@@ -140,7 +140,7 @@ def pair_segment(walks, dS, tables, cot, u0: int, a: int, b: int, S, F, E, grads
     slot_adjoints(dS, Phi, qt, walks.dO_rows, coef, dest_f, a, dS_end=E[:m], chunk=C)
     JF_a, JF_b = _halves(part.JF[a:b])
     JF = torch.cat([JF_a, _gathered(JF_b, _halves(part.destF[a:b])[0], -1)], 2)
-    R, K, Dk, Dv = dS.shape
+    R, K, _, Dv = dS.shape
     cot2 = {"Phi": torch.empty_like(Phi), "khd": torch.empty_like(khd), "qt": torch.empty_like(qt)}
     dlam2 = torch.zeros(m, R, 2 * C, K, device=dS.device, dtype=torch.float32)
     dbv2 = torch.zeros(m, R, 2 * C, Dv, device=dS.device, dtype=torch.float32)
@@ -238,6 +238,9 @@ def pair_adjoint(tables: dict, part, x, coef, lo: int, a: int, b: int, dPhi2, dk
     for t in (cot["Phi"], cot["khd"], cot["qt"], grads["bv"]):
         if t.dtype != torch.float32 or not t.is_contiguous():
             raise ValueError("pair_adjoint: the cotangents and d(b v) must be contiguous float32 tensors")
+    if dlam.dtype != torch.float32 or dlam.stride(-1) != 1:
+        raise ValueError(f"pair_adjoint: the read weights' gradient must be float32 with unit stride over its slots, "
+                         f"got {dlam.dtype} strides {dlam.stride()}")
     dla_delta_pair_adjoint_kernel[(R, m)](
         f32(tables["Phi"][lo:hi]), f32(tables["khd"][lo:hi]), f32(tables["qt"][lo:hi]), f32(coef), i32(part.JF[a:b]),
         i32(part.dest[a:b]), f32(x.bv[a:b]), f32(x.dOc[a:b]), f32(dPhi2), f32(dkhd2), f32(dqt2),
