@@ -140,7 +140,7 @@ def pair_segment(walks, dS, tables, cot, u0: int, a: int, b: int, S, F, E, grads
     slot_adjoints(dS, Phi, qt, walks.dO_rows, coef, dest_f, a, dS_end=E[:m], chunk=C)
     JF_a, JF_b = _halves(part.JF[a:b])
     JF = torch.cat([JF_a, _gathered(JF_b, _halves(part.destF[a:b])[0], -1)], 2)
-    R, K, _, Dv = dS.shape
+    R, K, Dk, Dv = dS.shape
     cot2 = {"Phi": torch.empty_like(Phi), "khd": torch.empty_like(khd), "qt": torch.empty_like(qt)}
     dlam2 = torch.zeros(m, R, 2 * C, K, device=dS.device, dtype=torch.float32)
     dbv2 = torch.zeros(m, R, 2 * C, Dv, device=dS.device, dtype=torch.float32)
