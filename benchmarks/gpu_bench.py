@@ -741,10 +741,30 @@ def _fla_gdn_fwd_bwd(x, spec):
     return row
 
 
-def time_delta_cell(cfg, wl, cap_ms, samples=1):
+def _dla_gdn_fwd(x, spec):
+    """DLA-GDN's forward through ``dla_fast.forward`` in this process (a ``--dla-samples`` worker's measurement):
+    ``dla_gdn_fwd_ms`` and its peak, as ``time_delta_cell`` measures ``dla_fwd``."""
+    row = {}
+    with torch.no_grad():
+        _measure(row, "dla_gdn_fwd", lambda: dla_gdn(*x), spec["cap_ms"])
+    return row
+
+
+def best_dla_forward(row):
+    """``dla_fwd_ms`` as the best of this process's and the fresh processes' (``dla_gdn_fwd_ms``, their minimum),
+    this process's kept as ``dla_fwd_here_ms``: run 74's bench read the moderate forward at 16K 4 ms above the A/Bs'
+    12.3 ms, which no step of its measurement reproduced alone in a process (run 75)."""
+    if "dla_fwd_ms" in row and "dla_gdn_fwd_ms" in row:
+        row["dla_fwd_here_ms"] = row["dla_fwd_ms"]
+        row["dla_fwd_ms"] = min(row["dla_fwd_ms"], row["dla_gdn_fwd_ms"])
+    return row
+
+
+def time_delta_cell(cfg, wl, cap_ms, samples=1, dla_samples=1):
     """One (config, workload) cell: DLA-GDN (public API with beta) and FLA on the same q, k, v, g, beta; forward
     without grad, then fwd+bwd of <dO, o> into every input; each with its peak memory. The boundary rate comes
-    from one untimed traced call."""
+    from one untimed traced call. ``dla_samples`` > 1: the forward timed in that many fresh processes too, the best
+    taken (``best_dla_forward``)."""
     q, k, v, g, w, beta = x = delta_inputs(*cfg, wl)
     spec = dict(cfg=list(cfg), wl=wl, cap_ms=cap_ms)
     row = {}
@@ -754,6 +774,9 @@ def time_delta_cell(cfg, wl, cap_ms, samples=1):
         except Exception as e:  # noqa: BLE001  (the forward's own measurement records it again, or succeeds)
             row["boundary_rate_note"] = repr(e)[:300]
         _measure(row, "dla_fwd", lambda: dla_gdn(q, k, v, g, w, beta), cap_ms)
+    if dla_samples > 1:
+        row.update(sample_baselines(("dla_gdn_fwd",), x, spec, dla_samples))
+        best_dla_forward(row)
     row.update(sample_baselines(("fla_gdn_fwd",), x, spec, samples))
     leaves = grad_leaves(*x)  # shared; each warm-up call allocates .grad before any peak is measured
     dO = torch.randn_like(v)
@@ -762,12 +785,13 @@ def time_delta_cell(cfg, wl, cap_ms, samples=1):
     return _ratios(row)
 
 
-def time_delta(cfg, fh, quick=False, samples=1):
+def time_delta(cfg, fh, quick=False, samples=1, dla_samples=1):
     """The delta-rule cells of one config, every workload; a cell that fails records its traceback."""
     rows = {}
     for wname, wl in WORKLOADS.items():
         try:
-            rows[wname] = time_delta_cell(cfg, wl, cap_ms=1000.0 if quick else 2000.0, samples=samples)
+            rows[wname] = time_delta_cell(cfg, wl, cap_ms=1000.0 if quick else 2000.0, samples=samples,
+                                          dla_samples=dla_samples)
         except Exception:  # noqa: BLE001
             rows[wname] = dict(error=traceback.format_exc())
         log(f"{cfg} {wname} delta rule: {rows[wname]}", fh)
@@ -789,6 +813,7 @@ BASELINES = {
     "sdpa_fwd_bwd": (_training_base, _sdpa_fwd_bwd, None),
     "fla_gdn_fwd": (lambda cfg, wl: delta_inputs(*cfg, wl), _fla_gdn_fwd, None),  # _measure records FLA's errors
     "fla_gdn_fwd_bwd": (_delta_grad_base, _fla_gdn_fwd_bwd, None),
+    "dla_gdn_fwd": (lambda cfg, wl: delta_inputs(*cfg, wl), _dla_gdn_fwd, None),  # (--dla-samples)
     # and DLA's own forward through the API, in --dla-samples fresh processes (the 4096 cells' times moved 20-40 %
     # between two calls on one machine, run 39: the ratios then take the best process, as the baselines' do)
     "dla_api": (lambda cfg, wl: workload(*cfg, K_SLOTS, **wl, seed=11), _dla_api, None),
@@ -952,8 +977,9 @@ def main():
                     help="time each baseline (FLA, SDPA) in N fresh processes and report the minimum, the N samples "
                          "beside it (default 3); 1: once, in this process")
     ap.add_argument("--dla-samples", type=int, default=1, metavar="N",
-                    help="also time dla_fast.forward in N fresh processes per forward cell and workload; the ratios "
-                         "then take the best of them and this process's (default 1: this process only)")
+                    help="also time dla_fast.forward in N fresh processes per forward cell and workload (scalar decay "
+                         "and the delta rule); the ratios then take the best of them and this process's (default 1: "
+                         "this process only)")
     ap.add_argument("--worker-json", help=argparse.SUPPRESS)  # a worker: its baselines in this process (run_worker)
     args = ap.parse_args()
     if args.fla_samples < 1 or args.dla_samples < 1:
@@ -1038,7 +1064,7 @@ def run(args, fh):
             torch.cuda.empty_cache()
     res["delta_rule"] = {}
     for cfg in ([] if args.skip_delta else cfgs):
-        res["delta_rule"][str(cfg)] = time_delta(cfg, fh, args.quick, args.fla_samples)
+        res["delta_rule"][str(cfg)] = time_delta(cfg, fh, args.quick, args.fla_samples, args.dla_samples)
     if not args.skip_step:
         try:
             res["step"] = time_step(fh, bw)

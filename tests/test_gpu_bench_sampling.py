@@ -138,3 +138,15 @@ def test_alternating_rounds_reverse_their_order_every_other_round(monkeypatch):
     monkeypatch.setattr(gb, "bench_ms", lambda fn, rep=40: fn() or 1.0)
     times = gb.alternating_ms({name: (lambda n=name: seen.append(n)) for name in "abc"}, rounds=3)
     assert seen == list("abccbaabc") and times == {n: [1.0, 1.0, 1.0] for n in "abc"}
+
+
+def test_the_delta_forward_takes_the_best_process_when_sampled():
+    """``--dla-samples`` for the delta rule: the cell's ``dla_fwd_ms`` is the best of this process's and the fresh
+    processes' (``dla_gdn_fwd_ms``, already their minimum), this process's kept beside it; without samples nothing
+    changes. The workers measure it by name."""
+    row = gb.best_dla_forward(dict(dla_fwd_ms=16.56, dla_gdn_fwd_ms=12.2, dla_gdn_fwd_ms_samples=[12.2, 12.4]))
+    assert row["dla_fwd_ms"] == 12.2 and row["dla_fwd_here_ms"] == 16.56
+    row = gb.best_dla_forward(dict(dla_fwd_ms=12.0, dla_gdn_fwd_ms=12.2))
+    assert row["dla_fwd_ms"] == 12.0 and row["dla_fwd_here_ms"] == 12.0
+    assert gb.best_dla_forward(dict(dla_fwd_ms=12.0)) == dict(dla_fwd_ms=12.0)
+    assert "dla_gdn_fwd" in gb.BASELINES
