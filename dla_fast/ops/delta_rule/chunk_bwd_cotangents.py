@@ -31,16 +31,18 @@ def dla_delta_start_cotangents_kernel(
     C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
     SCATTER: tl.constexpr,
 ):
-    """Program (step c of the batch, row r, block of ``CS`` of the step's ``C`` tokens), ``cr = c R + r``: ``F, E
-    [n, R, K, Dk, Dv]`` float32; ``dest_f [n, R, K]`` int32 (-1: not listed); ``coef [n, R, C, K]``, ``qt [n, R, C,
-    Dk]``, ``do [n, R, C, Dv]`` float32 (step-major). Writes ``dphi [n, R, Dk, Dk]`` (the first token block),
-    ``dqt [n, R, C, Dk]``, and ``dcoef [n, R, C, K]``, or with ``SCATTER`` adds it by recency into the read weights'
-    gradient: ``dlam[t, jf[t, i]] += dcoef[t, i]`` (``jf [n, R, C, K]`` integer, -1: not listed; ``dlam [n, R, C,
-    K]`` float32 by its strides: the program owns its rows)."""
+    """Program (step c of the batch, row r, the step's chunk h of ``CS`` of its ``C`` tokens), ``cr = c R + r``:
+    ``F, E [n, R, K, Dk, Dv]`` float32; ``dest_f [n, R, K]`` int32 (-1: not listed); ``coef [n, R, C, K]``, ``qt [n,
+    R, C, Dk]`` float32 (step-major); ``do [n C / CS, R, CS, Dv]`` float32 (chunk-major). Writes ``dphi [n, R, Dk,
+    Dk]`` (the first chunk's program), ``dqt [n, R, C, Dk]``, and ``dcoef [n, R, C, K]``, or with ``SCATTER`` adds it
+    by recency into the read weights' gradient: ``dlam[t, jf[t, i]] += dcoef[t, i]`` (``jf [n, R, C, K]`` integer,
+    -1: not listed; ``dlam [n C / CS, R, CS, K]`` float32 by its strides: the program owns its rows)."""
     cr = tl.program_id(0) * R + tl.program_id(1)
-    first = tl.program_id(2) == 0  # the token block that sums dPhi
+    chunk = tl.program_id(0) * (C // CS) + tl.program_id(2)
+    first = tl.program_id(2) == 0  # the program that sums dPhi
     dk = tl.arange(0, BK)
-    t = tl.program_id(2) * CS + tl.arange(0, CS)
+    t = tl.program_id(2) * CS + tl.arange(0, CS)  # the step's tokens (its tables' rows)
+    own = (chunk * R + tl.program_id(1)) * CS + tl.arange(0, CS)  # their rows of the chunk-major dO
     kmask = dk < Dk
     qt = tl.load(qt_ptr + cr * C * Dk + t[:, None] * Dk + dk[None, :], mask=kmask[None, :], other=0.0)
     dphi = tl.zeros([BK, BK], dtype=tl.float32)
@@ -59,11 +61,14 @@ def dla_delta_start_cotangents_kernel(
             f_t = tl.load(f_at + dv[:, None] + dk[None, :] * Dv, mask=vmask[:, None] & kmask[None, :], other=0.0)
             g = tl.load(e_at + dk[:, None] * Dv + dv[None, :], mask=kmask[:, None] & vmask[None, :], other=0.0)
             g = g * listed  # G_i = E[destF[i]], 0 where start slot i is not listed
-            dO = tl.load(do_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :], mask=vmask[None, :], other=0.0)
+            dO = tl.load(do_ptr + own[:, None] * Dv + dv[None, :], mask=vmask[None, :], other=0.0)
             # Summed in registers, not through the products' accumulator: on sm_90 a tensor-core accumulator carried
             # over the K slots and Dv blocks (3 x 8 steps each) took dPhi 9x further from float64 than torch's
             # float32 product (2.2e-6 against 2.5e-7 of its terms' magnitudes at K = 30, D = 64; H200, run 25).
-            if first:
+            # A chunk a step: no branch in the loop (a compile-time test, kept apart from the program's).
+            if C == CS:  # noqa: SIM114
+                dphi += dot_f32(g, f_t, None, False)
+            elif first:
                 dphi += dot_f32(g, f_t, None, False)
             zr += dot_f32(dO, f_t, None, False)
         ci = tl.load(coef_ptr + cr * C * K + t * K + i)
@@ -75,7 +80,7 @@ def dla_delta_start_cotangents_kernel(
         else:
             tl.store(dcoef_ptr + cr * C * K + t * K + i, dcoef)
     if SCATTER:
-        dlam_at = dlam_ptr + tl.program_id(0) * dlam_sc + tl.program_id(1) * dlam_sr + t[:, None] * dlam_st
+        dlam_at = dlam_ptr + chunk * dlam_sc + tl.program_id(1) * dlam_sr + tl.arange(0, CS)[:, None] * dlam_st
         inside = slot[None, :] < K
         tl.store(dlam_at + slot[None, :], tl.load(dlam_at + slot[None, :], mask=inside, other=0.0) + dlam,
                  mask=inside)
@@ -94,13 +99,14 @@ def dla_delta_token_cotangents_kernel(
     C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
     ADD_DBV: tl.constexpr,
 ):
-    """Program (step c of the batch, row r, block of ``CS`` of the step's ``C`` tokens), ``cr = c R + r``: ``E [n,
-    R, K, Dk, Dv]`` float32; ``dest [n, R, C]`` int32 (each token's end slot, -1: padding); ``khd [n, R, C, Dk]``,
-    ``bv [n, R, C, Dv]`` float32. Writes ``dkhd [n, R, C, Dk]`` and ``dbv [n, R, C, Dv]`` (``ADD_DBV``: adds to
-    it)."""
+    """Program (step c of the batch, row r, the step's chunk h of ``CS`` of its ``C`` tokens), ``cr = c R + r``:
+    ``E [n, R, K, Dk, Dv]`` float32; ``dest [n, R, C]`` int32 (each token's end slot, -1: padding), ``khd [n, R, C,
+    Dk]`` float32 (step-major); ``bv [n C / CS, R, CS, Dv]`` float32 (chunk-major). Writes ``dkhd [n, R, C, Dk]`` and
+    ``dbv`` (as ``bv``; ``ADD_DBV``: adds to it)."""
     cr = tl.program_id(0) * R + tl.program_id(1)
     dk = tl.arange(0, BK)
-    t = tl.program_id(2) * CS + tl.arange(0, CS)
+    t = tl.program_id(2) * CS + tl.arange(0, CS)  # the step's tokens (its tables' rows)
+    own = ((tl.program_id(0) * (C // CS) + tl.program_id(2)) * R + tl.program_id(1)) * CS + tl.arange(0, CS)
     kmask = dk < Dk
     dest = tl.load(dest_ptr + cr * C + t)
     receives = tl.max(tl.where(dest[:, None] == tl.arange(0, KP)[None, :], 1, 0), 0)  # [KP]: slot j takes a token
@@ -109,7 +115,7 @@ def dla_delta_token_cotangents_kernel(
     for v0 in range(0, Dv, BV):
         dv = v0 + tl.arange(0, BV)
         vmask = dv < Dv
-        bv = tl.load(bv_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :], mask=vmask[None, :], other=0.0)
+        bv = tl.load(bv_ptr + own[:, None] * Dv + dv[None, :], mask=vmask[None, :], other=0.0)
         dbv = tl.zeros([CS, BV], dtype=tl.float32)
         for j in range(K):
             if tl.sum(tl.where(tl.arange(0, KP) == j, receives, 0), 0) > 0:
@@ -119,7 +125,7 @@ def dla_delta_token_cotangents_kernel(
                 mine = (dest == j)[:, None]
                 dkhd += tl.where(mine, dot_f32(bv, e_t, None, False), 0.0)
                 dbv += tl.where(mine, dot_f32(khd, e, None, False), 0.0)
-        dbv_at = dbv_ptr + cr * C * Dv + t[:, None] * Dv + dv[None, :]
+        dbv_at = dbv_ptr + own[:, None] * Dv + dv[None, :]
         if ADD_DBV:
             dbv += tl.load(dbv_at, mask=vmask[None, :], other=0.0)
         tl.store(dbv_at, dbv, mask=vmask[None, :])
@@ -130,18 +136,20 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
                      start_warps: int | None = None, start_stages: int | None = None, out: dict | None = None,
                      read_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
                      dbv_into: torch.Tensor | None = None, chunk: int | None = None):
-    """The cotangents of a batch of ``n`` chunks: ``(dPhi [n, R, Dk, Dk], dkhd [n, R, C, Dk], d(b v) [n, R, C, Dv],
-    dqt [n, R, C, Dk], dcoef [n, R, C, K])`` float32, from ``F, E [n, R, K, Dk, Dv]`` (float32, contiguous),
+    """The cotangents of a batch of ``n`` steps: ``(dPhi [n, R, Dk, Dk], dkhd [n, R, C, Dk], d(b v) [nc, R, CS,
+    Dv], dqt [n, R, C, Dk], dcoef [n, R, C, K])`` float32, from ``F, E [n, R, K, Dk, Dv]`` (float32, contiguous),
     ``dest_f [n, R, K]`` and ``dest [n, R, C]`` (integers, -1: none), ``coef [n, R, C, K]``, ``qt``, ``khd [n, R, C,
-    Dk]``, ``dO``, ``bv [n, R, C, Dv]`` (float32). ``start_block``, ``start_warps``, ``start_stages``: the start
-    slots' kernel's Dv block (a power of two from 16) and launch options; None: the defaults below. ``out``: a dict
-    whose contiguous float32 ``Phi``, ``khd`` and ``qt`` receive ``dPhi``, ``dkhd`` and ``dqt`` (returned too).
+    Dk]`` (step-major) and ``dO``, ``bv [nc, R, CS, Dv]`` (float32, chunk-major: ``nc = n C / CS`` chunks of ``CS``
+    tokens, ``CS = chunk or C``; a step is a chunk unless ``chunk`` is given). ``start_block``, ``start_warps``,
+    ``start_stages``: the start slots' kernel's Dv block (a power of two from 16) and launch options; None: the
+    defaults below. ``out``: a dict whose contiguous float32 ``Phi``, ``khd`` and ``qt`` receive ``dPhi``, ``dkhd``
+    and ``dqt`` (returned too).
     ``read_weights``: ``(JF, dlam)``, each token's recency of each start slot ``[n, R, C, K]`` (integer, -1: not
-    listed) and the read weights' gradient ``[n, R, C, K]`` float32 (unit stride over K): ``dcoef`` is added into it
-    by recency in the kernel (``dlam[t, JF[t, i]] += dcoef[t, i]``, a scatter without atomics) and None returned.
-    ``dbv_into``: ``d(b v)`` added into this contiguous float32 ``[n, R, C, Dv]`` tensor (returned) instead of a new
-    one. ``chunk``: where each of the ``n`` steps spans several chunks of this many tokens (pairs composed by
-    ``chunk_bwd_pairs``), the programs take a chunk's tokens each; None: every step is one chunk."""
+    listed) and the read weights' gradient ``[nc, R, CS, K]`` float32 (unit stride over K): ``dcoef`` is added into
+    it by recency in the kernel (``dlam[t, JF[t, i]] += dcoef[t, i]``, a scatter without atomics) and None returned.
+    ``dbv_into``: ``d(b v)`` added into this contiguous float32 ``[nc, R, CS, Dv]`` tensor (returned) instead of a
+    new one. ``chunk``: where each of the ``n`` steps spans several chunks of this many tokens (pairs composed by
+    ``chunk_bwd_pairs``), the programs take a chunk's tokens each and address the chunk-major tensors by chunk."""
     n, R, K, Dk, Dv = F.shape
     C = qt.shape[2]
     CS = chunk or C
@@ -157,17 +165,18 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
     start_bv = max(16, min(start_block or (32 if small else BV), next_pow2(Dv)))
     start_warps = start_warps or (4 if small else 8)
     start_stages = start_stages or (1 if small else 2)
+    nc = n * (C // CS)
     new = lambda *s: torch.empty(n, R, *s, device=F.device, dtype=torch.float32)  # noqa: E731
     if dbv_into is not None and (dbv_into.dtype != torch.float32 or not dbv_into.is_contiguous()
-                                 or tuple(dbv_into.shape) != (n, R, C, Dv)):
-        raise ValueError(f"table_cotangents: dbv_into must be a contiguous float32 tensor of shape {(n, R, C, Dv)}")
-    dbv = new(C, Dv) if dbv_into is None else dbv_into
+                                 or tuple(dbv_into.shape) != (nc, R, CS, Dv)):
+        raise ValueError(f"table_cotangents: dbv_into must be a contiguous float32 tensor of shape {(nc, R, CS, Dv)}")
+    dbv = torch.empty(nc, R, CS, Dv, device=F.device, dtype=torch.float32) if dbv_into is None else dbv_into
     if read_weights is None:
         dcoef, (jf, dlam) = new(C, K), (F, F)  # (unread)
     else:
         (jf, dlam), dcoef = read_weights, F
-        if dlam.dtype != torch.float32 or dlam.stride(-1) != 1 or tuple(dlam.shape) != (n, R, C, K):
-            raise ValueError(f"table_cotangents: read_weights' dlam must be float32 [{n}, {R}, {C}, {K}] with unit "
+        if dlam.dtype != torch.float32 or dlam.stride(-1) != 1 or tuple(dlam.shape) != (nc, R, CS, K):
+            raise ValueError(f"table_cotangents: read_weights' dlam must be float32 [{nc}, {R}, {CS}, {K}] with unit "
                              f"stride over K, got {dlam.dtype} {tuple(dlam.shape)} strides {dlam.stride()}")
         jf = jf.contiguous()
     if out is None:

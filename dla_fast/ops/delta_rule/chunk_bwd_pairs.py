@@ -46,12 +46,6 @@ def paired(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(n // 2, 2, R, C, *rest).transpose(1, 2).reshape(n // 2, R, 2 * C, *rest)
 
 
-def unpaired(y: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`paired`: ``[m, R, 2C, ...]`` -> ``[2m, R, C, ...]``."""
-    m, R, C2, *rest = y.shape
-    return y.reshape(m, R, 2, C2 // 2, *rest).transpose(1, 2).reshape(2 * m, R, C2 // 2, *rest)
-
-
 def _halves(x: torch.Tensor):
     """``[2m, ...]`` chunk-major -> the pairs' first and second chunks, ``[m, ...]`` each (views)."""
     y = x.reshape(x.shape[0] // 2, 2, *x.shape[1:])
@@ -140,14 +134,10 @@ def pair_segment(walks, dS, tables, cot, u0: int, a: int, b: int, S, F, E, grads
     slot_adjoints(dS, Phi, qt, walks.dO_rows, coef, dest_f, a, dS_end=E[:m], chunk=C)
     JF_a, JF_b = _halves(part.JF[a:b])
     JF = torch.cat([JF_a, _gathered(JF_b, _halves(part.destF[a:b])[0], -1)], 2)
-    R, K, Dk, Dv = dS.shape
+    # (kernel B reads dO and b v and adds into the read weights' and d(b v)'s gradients chunk-major, in place)
     cot2 = {"Phi": torch.empty_like(Phi), "khd": torch.empty_like(khd), "qt": torch.empty_like(qt)}
-    dlam2 = torch.zeros(m, R, 2 * C, K, device=dS.device, dtype=torch.float32)
-    dbv2 = torch.zeros(m, R, 2 * C, Dv, device=dS.device, dtype=torch.float32)
-    table_cotangents(F[:m], E[:m], dest_f, dest, coef, qt, paired(x.dOc[a:b]), khd, paired(x.bv[a:b]), out=cot2,
-                     read_weights=(JF, dlam2), dbv_into=dbv2, chunk=C)
-    grads["lam"][a:b] += unpaired(dlam2)
-    grads["bv"][a:b] += unpaired(dbv2)
+    table_cotangents(F[:m], E[:m], dest_f, dest, coef, qt, x.dOc[a:b], khd, x.bv[a:b], out=cot2,
+                     read_weights=(JF, grads["lam"][a:b]), dbv_into=grads["bv"][a:b], chunk=C)
     pair_adjoint(tables, part, x, walks.coef[a:b], lo, a, b, cot2["Phi"], cot2["khd"], cot2["qt"], cot, grads)
 
 
