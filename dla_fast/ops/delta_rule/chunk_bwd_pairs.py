@@ -201,13 +201,14 @@ def dla_delta_pair_adjoint_kernel(
              mask=km[None, :])
     tl.store(cqt_ptr + a * C * Dk + rows, tl.load(dqt2_ptr + pr * 2 * C * Dk + rows, mask=km[None, :]),
              mask=km[None, :])
-    # b's read weights: dcoef_b[t, i] = sum_s dW[t, s] [dest_a[s] = i], added at b's recency of slot i.
-    dW = dP * reach
+    # b's read weights: dcoef_b[t, i] = sum_s dW[t, s] [dest_a[s] = i] (one product with the 0/1 map of a's tokens
+    # to their slots, exact in tf32), added at b's recency of slot i.
+    dcoef = dot_f32(dP * reach, (dest_a[:, None] == slot[None, :]).to(tl.float32), None, True)  # [C, KP]
     dlam = tl.zeros([C, KP], dtype=tl.float32)
     for i in range(K):
-        dcoef = tl.sum(tl.where(dest_a[None, :] == i, dW, 0.0), 1)
+        column = tl.sum(tl.where(slot[None, :] == i, dcoef, 0.0), 1)
         recency = tl.load(jf_ptr + (b * C + t) * K + i).to(tl.int32)
-        dlam += tl.where(slot[None, :] == recency[:, None], dcoef[:, None], 0.0)
+        dlam += tl.where(slot[None, :] == recency[:, None], column[:, None], 0.0)
     dlam_at = dlam_ptr + (2 * p + 1) * dlam_sc + r * dlam_sr + t[:, None] * dlam_st + slot[None, :]
     inside = slot[None, :] < K
     tl.store(dlam_at, tl.load(dlam_at, mask=inside, other=0.0) + dlam, mask=inside)
