@@ -179,7 +179,8 @@ def _memoised_numpy_dtypes() -> None:
 def _bf16_dots() -> None:
     """Under the interpreter: ``tl.dot`` of bfloat16 operands multiplies their values, as a GPU's bf16 tensor cores do
     (exact products, float32 sums), where Triton's interpreter (3.9) multiplies the raw ``uint16`` bits it stores
-    them as (``tests/test_interpreter_speedups.py``). The library itself still gives the interpreter float32 dots
+    them as (``tests/test_interpreter_speedups.py``), and float32 values cast to bfloat16 round to nearest even, as on
+    a GPU, where the interpreter truncates them. The library itself still gives the interpreter float32 dots
     (``chunk_fwd``: a user's interpreter is not patched); this lets a test run a kernel's bf16 products on the CPU. Does
     nothing on an interpreter without ``create_dot``."""
     try:
@@ -203,6 +204,18 @@ def _bf16_dots() -> None:
         return own(self, as_float32(a), as_float32(b), d, input_precision, max_num_imprecise_acc)
 
     builder.create_dot = create_dot
+    own_cast = builder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        # float32 -> bfloat16 rounded to nearest even, as a GPU converts (the interpreter truncates: biased, so sums of
+        # rounded terms drift; run 76 measured 7 unit roundoffs where float16 operands gave 1)
+        if src.dtype.scalar != tl.float32 or dst_type.scalar != tl.bfloat16:
+            return own_cast(self, src, dst_type)
+        bits = np.asarray(src.data, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        return interpreter.TensorHandle(rounded, dst_type.scalar)
+
+    builder.cast_impl = cast_impl
 
 
 def _launches_on_fresh_stacks() -> None:

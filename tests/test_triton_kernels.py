@@ -1804,6 +1804,34 @@ def test_delta_rule_table_adjoint_kernel_matches_autograd(Dk, tables):
 
 
 @needs_kernels
+@pytest.mark.parametrize("Dk", [48, 64])
+@pytest.mark.parametrize("operands", [torch.float16, torch.bfloat16, torch.float32])
+def test_delta_rule_table_adjoint_kernel_with_16bit_operands(Dk, operands):
+    """``wy_tables_adjoint_triton(operands=)`` (16-bit inputs' path: each product's operands rounded to ``operands``,
+    float32 sums) against torch autograd through ``wy_tables`` (float64), as the float64 test above. Bound: 4 unit
+    roundoffs of the operand dtype (2^-11 for float16, 2^-9 for bfloat16) of each gradient's largest entry; measured
+    (interpreter) 0.3-0.95 unit roundoffs for float16, 0.67-2.33 for bfloat16 (``conftest._bf16_dots``: its products
+    and its rounding to nearest as on a GPU; the interpreter's own truncation gave up to 6.9)."""
+    from dla_fast.ops.delta_rule.wy_tables import wy_tables
+    from dla_fast.ops.delta_rule.wy_tables_adjoint_triton import wy_tables_adjoint_triton
+    from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_saved
+
+    q, k, g, b, gen = _table_inputs(Dk)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, g, b)]
+    want_tables, _ = wy_tables(*leaves, scores=False)
+    cot = {n: torch.randn(want_tables[n].shape, generator=gen).float() for n in ("attn", "qt", "khd", "Phi")}
+    want = torch.autograd.grad(sum((cot[n].double() * want_tables[n]).sum() for n in cot), leaves)
+    tab, saved = output_tables_saved(*(x.to(DEV) for x in (q, k, g, b)), dtype=torch.float32)
+    got = wy_tables_adjoint_triton(g.to(DEV), tab, saved, {n: c.to(DEV) for n, c in cot.items()}, operands=operands)
+    u = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-9, torch.float32: 2.0**-11}[operands]  # float32: tf32
+    for name, a, w in zip("qkgb", got, want):
+        np.testing.assert_allclose(a.cpu().numpy(), w.numpy(), rtol=0, atol=4 * u * w.abs().max().item(),
+                                   err_msg=f"d{name}")
+    with pytest.raises(ValueError, match="operands"):
+        wy_tables_adjoint_triton(g.to(DEV), tab, saved, cot, operands=torch.int32)
+
+
+@needs_kernels
 def test_delta_rule_table_adjoint_kernel_writes_into_the_backward_s_chunk_views():
     """``out=``: the gradients written into chunk views of rows, as the backward passes them (``q, k`` float32, each
     float64 result rounded once as stored: the same bits as rounding the float64 results; ``g, b`` float64); an

@@ -549,16 +549,34 @@ def dot_from_memory(a_ptr, sa_m, sa_k, b_ptr, sb_k, sb_n, scale_ptr, m_lim, k_li
     float dtype, multiplied in float64), ``BKD`` of the reduction at a time (``STAGES`` loads in flight). A float64
     ``tl.dot`` operand held whole in registers takes 128 registers a warp at 64 x 64 and spills; read from memory, a
     step's takes a few."""
+    return dot_from_memory_as(a_ptr, sa_m, sa_k, b_ptr, sb_k, sb_n, scale_ptr, m_lim, k_lim, n_lim, BM, BN, BKD,
+                              SCALED, STAGES, "float64")
+
+
+@triton.jit
+def dot_from_memory_as(a_ptr, sa_m, sa_k, b_ptr, sb_k, sb_n, scale_ptr, m_lim, k_lim, n_lim,
+                       BM: tl.constexpr, BN: tl.constexpr, BKD: tl.constexpr, SCALED: tl.constexpr,
+                       STAGES: tl.constexpr, OPD: tl.constexpr):
+    """:func:`dot_from_memory` with the operands rounded to ``OPD`` before their product: ``"float64"`` (summed in
+    float64), ``"bfloat16"``, ``"float16"`` or ``"tf32"`` (summed in float32, as FLA's kernels multiply)."""
+    ACC: tl.constexpr = tl.float64 if OPD == "float64" else tl.float32
     m = tl.arange(0, BM)
     n = tl.arange(0, BN)
-    acc = tl.zeros([BM, BN], dtype=tl.float64)
+    acc = tl.zeros([BM, BN], dtype=ACC)
     for k0 in tl.range(0, k_lim, BKD, num_stages=STAGES):
         kk = k0 + tl.arange(0, BKD)
         a = tl.load(a_ptr + m[:, None] * sa_m + kk[None, :] * sa_k, mask=(m[:, None] < m_lim) & (kk[None, :] < k_lim),
-                    other=0.0).to(tl.float64)
+                    other=0.0).to(ACC)
         b = tl.load(b_ptr + kk[:, None] * sb_k + n[None, :] * sb_n, mask=(kk[:, None] < k_lim) & (n[None, :] < n_lim),
-                    other=0.0).to(tl.float64)
+                    other=0.0).to(ACC)
         if SCALED:
-            b = b * tl.load(scale_ptr + kk, mask=kk < k_lim, other=0.0)[:, None]
-        acc += tl.dot(a, b)
+            b = b * tl.load(scale_ptr + kk, mask=kk < k_lim, other=0.0).to(ACC)[:, None]
+        if OPD == "bfloat16":
+            acc += tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+        elif OPD == "float16":
+            acc += tl.dot(a.to(tl.float16), b.to(tl.float16))
+        elif OPD == "tf32":
+            acc += tl.dot(a, b, input_precision="tf32")
+        else:
+            acc += tl.dot(a, b)
     return acc

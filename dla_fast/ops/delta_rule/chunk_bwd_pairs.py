@@ -215,11 +215,13 @@ def dla_delta_pair_adjoint_kernel(
 
 
 def pair_adjoint(tables: dict, part, x, coef, lo: int, a: int, b: int, dPhi2, dkhd2, dqt2, cot: dict,
-                 grads: dict, *, num_warps: int = 8, block_v: int = 32) -> None:
+                 grads: dict, *, num_warps: int = 4, block_v: int = 32) -> None:
     """:meth:`PairTables.adjoint` by :func:`dla_delta_pair_adjoint_kernel`: chunks ``a .. b - 1`` (chunk ``a`` at
     index ``lo`` of the unit's ``tables`` and ``cot``); ``coef`` the chunks' read weights of their start slots.
     ``num_warps`` and ``block_v`` (the Dv block of the cross term's products): launch settings (sm_90 at 64 features:
-    255 registers, ~1 KB of stack and 128-160 KB of shared memory at 8 warps, one program an SM)."""
+    255 registers, ~1 KB of stack and 128-160 KB of shared memory at 8 warps, one program an SM). H100, run 76,
+    ``benchmarks/delta_pair_adjoint_sweep.py`` at (2, 16384) moderate, a segment with its cotangents' clones (45 us):
+    314 us at 8 warps and ``block_v`` 32, **295** at 4 and 32 (the same bits), 297-322 at the others."""
     hi = lo + b - a
     m, R, C2, Dk = dkhd2.shape
     K, Dv = coef.shape[-1], x.bv.shape[-1]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from ...backend import interpreting
 from ..common.layout import chunks, unchunk
 from ..common.live_starts import DevicePartition, live_starts_from_lists
 from ..common.partition import Partition, open_runs, run_mask, score_adjoint
@@ -43,6 +44,12 @@ from .wy_tables_triton import output_tables_saved_rows
 # 2^22, 200 at 2^23; peak 3.18, 3.18, 3.38 GiB.
 _BLOCK_ELEMENTS = 1 << 22
 F64 = torch.float64
+# The operands of the tables' adjoint kernel's products for 16-bit inputs (float64 for float32 inputs): tf32 (float32
+# operands and sums), within the 16-bit operands the scalar-decay backward takes (docs/precision.md section 8). H100,
+# run 76, (2, 16384, 16, 64) moderate, bf16 inputs: the kernel 7.2 ms in float64, 3.9 in tf32, 3.7 with bf16 operands;
+# the gradients' largest difference from float64's (relative to the largest entry) dq 3.5e-3, dk 3.2e-3 in tf32, about
+# the bf16 outputs' own rounding (float32 inputs against bf16 ones: 3.4e-3), and 7.0e-3, 6.5e-3 with bf16 operands.
+ADJOINT_16BIT_OPERANDS = torch.float32
 
 
 class _Inputs:
@@ -58,6 +65,8 @@ class _Inputs:
                  v_exact: bool | None = None):
         T = q.shape[1]
         self.v_exact = v_exact  # the values exact in tf32 (16-bit inputs upcast); None: not known
+        # Under Triton's interpreter (whose bf16 products are wrong) the tables' adjoint stays float64.
+        self.adjoint_operands = ADJOINT_16BIT_OPERANDS if v_exact and not interpreting() else F64
         self.C, self.nC, self.T, self.cd = C, max(1, -(-T // C)), T, q.dtype
         self.tdt = F64 if score else q.dtype  # the tables' dtype
         self.score = score  # the score's tables (kt, akap) are built only for its part
@@ -238,7 +247,8 @@ def _block_adjoint(part: Partition, x: _Inputs, b0: int, b1: int, tab, saved, co
         c_b["akap"] = (dy @ bv64.transpose(-1, -2)) * run
         grads["bv"][b0:b1] += ((tab["akap"] * run).transpose(-1, -2) @ dy).to(x.cd)
     if x.kernels:  # the table kernel's tables and float64 scratch; written into out (q, k rounded as stored)
-        wy_tables_adjoint_triton(x.gc[b0:b1], tab, saved, c_b, out={n: t[b0:b1] for n, t in out.items()})
+        wy_tables_adjoint_triton(x.gc[b0:b1], tab, saved, c_b, out={n: t[b0:b1] for n, t in out.items()},
+                                 operands=x.adjoint_operands)
     else:
         d = wy_tables_adjoint(*(t[b0:b1].to(x.tdt) for t in (x.qc, x.kc, x.gc, x.bc)), tab, saved, c_b)
         for name, dd in zip(("q", "k", "g", "b"), d):
