@@ -15,13 +15,13 @@ A^T diag(b) X``. The reverse of ``wy_tables``, term by term (``dGc``: the cumula
     Gs, Mq:                  dK += (dGs + dGs^T) K + causal(dMq)^T Q,  dQ += causal(dMq) K
 
 For 16-bit inputs the same steps run in float32 with tf32 products (``operands``, ``OPD``: the scratch float32, the
-gradients within the bf16 outputs' own rounding of the float64 kernel's; run 76: 7.2 -> 3.9 ms a training step at
-(2, 16384, 16, 64)). In float64 (float32 inputs) products are float64 ``tl.dot`` with both operands read from memory (``dot_from_memory``, the FP64 tensor cores); the
-intermediates that later products read (``dX``, ``dQ``, ``dkh``, ``dZ``, ``dT``, ``dT T^T``, ``dGs + dGs^T``,
-``causal(dMq)``) go through a float64 scratch of the program's own (``3 C^2 + 3 C Dk`` values, 192 KB at C = Dk =
-64), where ``dT`` and ``dMq`` also accumulate: held in registers, the two ``[C, C]`` float64 tiles spilled (sm_90, 8
-warps: 504 B of stack, against 320 B this way). Sixteen ``C^2 Dk``-sized products a program: ~8.4 MFLOP at C = Dk =
-64.
+gradients within the bf16 outputs' own rounding of the float64 kernel's; run 76: 7.2 -> 3.9 ms a training step at (2,
+16384, 16, 64)). In float64 (float32 inputs) products are float64 ``tl.dot`` with both operands read from memory
+(``dot_from_memory``, the FP64 tensor cores); the intermediates that later products read (``dX``, ``dQ``, ``dkh``,
+``dZ``, ``dT``, ``dT T^T``, ``dGs + dGs^T``, ``causal(dMq)``) go through a float64 scratch of the program's own (``3 C^2
++ 3 C Dk`` values, 192 KB at C = Dk = 64), where ``dT`` and ``dMq`` also accumulate: held in registers, the two ``[C,
+C]`` float64 tiles spilled (sm_90, 8 warps: 504 B of stack, against 320 B this way). Sixteen ``C^2 Dk``-sized products a
+program: ~8.4 MFLOP at C = Dk = 64.
 """
 
 from __future__ import annotations
