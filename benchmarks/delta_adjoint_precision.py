@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """The delta backward's gradients with the tables' adjoint in 16-bit operands against the same backward with it in
-float64 (``chunk_torch_bwd.ADJOINT_16BIT_OPERANDS``), on one training step's bf16 inputs through ``dla_fast.forward``:
-per gradient, the largest difference relative to its largest entry, and the same for float32 copies of the inputs
-(whose backward keeps float64) against the bf16 run's float64-adjoint gradients: the bf16 inputs' own spread.
+float64 (``chunk_torch_bwd.ADJOINT_16BIT_OPERANDS``), and with kernel A's and kernel B's products in one tf32 pass
+(``ONE_PASS_CHAINS_16BIT``), on one training step's bf16 inputs through ``dla_fast.forward``: per gradient, the
+largest difference relative to its largest entry, and the same for float32 copies of the inputs (whose backward
+keeps float64 and split products) against the bf16 run's float64-adjoint gradients: the bf16 inputs' own spread.
 
     python benchmarks/delta_adjoint_precision.py [--cell 2x16384x64:moderate]
 """
@@ -24,9 +25,11 @@ from dla_fast.ops.delta_rule import chunk_torch_bwd  # noqa: E402
 NAMES = ("dq", "dk", "dv", "dg", "dw", "dbeta")
 
 
-def gradients(x, dO, operands):
-    """The six gradients of one step, the 16-bit inputs' tables adjoint in ``operands``."""
+def gradients(x, dO, operands, one_pass=False):
+    """The six gradients of one step, the 16-bit inputs' tables adjoint in ``operands``, their chains' products in
+    one tf32 pass where ``one_pass``."""
     chunk_torch_bwd.ADJOINT_16BIT_OPERANDS = operands
+    chunk_torch_bwd.ONE_PASS_CHAINS_16BIT = one_pass
     leaves = grad_leaves(*x)
     dla_fast.forward(*leaves[:5], tau=TAU, beta=leaves[5], output_final_cache=False)[0].backward(dO.to(x[0].dtype))
     return [t.grad.double() for t in leaves]
@@ -48,6 +51,8 @@ def main():
     f64 = gradients(x, dO, torch.float64)
     print(f"{args.cell} bf16 inputs, adjoint bf16 against float64:  {spread(gradients(x, dO, torch.bfloat16), f64)}")
     print(f"{args.cell} bf16 inputs, adjoint tf32 against float64:  {spread(gradients(x, dO, torch.float32), f64)}")
+    one = spread(gradients(x, dO, torch.float32, one_pass=True), f64)
+    print(f"{args.cell} bf16 inputs, adjoint tf32, chains one tf32 pass, against float64:  {one}")
     x32 = [t.float() for t in x]
     print(f"{args.cell} float32 inputs against bf16 inputs' float64: {spread(gradients(x32, dO, torch.float64), f64)}")
 

@@ -25,6 +25,7 @@ from dla_ref.synthetic import jittered_regimes as regimes
 F64 = torch.float64
 # The comparisons' bound, relative to the reference's largest entry: float32 rounding (see the first test).
 BOUND = 2e-6
+TF32_BOUND = 4 * 2.0**-11  # four tf32 unit roundoffs: paths with products in one tf32 pass (16-bit inputs)
 
 
 @runs_elsewhere
@@ -200,8 +201,9 @@ def test_a_wrong_gather_or_a_missing_read_is_caught():
         assert _rel(_kernel_chain(c, 3, **mutation)[0], dinit) > 1000 * BOUND, list(mutation)
 
 
-def _backward(c, dtype, kernels: bool, every=None):
-    """``delta_rule_backward`` on the case's trace in ``dtype`` (no score): all seven gradients."""
+def _backward(c, dtype, kernels: bool, every=None, v_exact=None):
+    """``delta_rule_backward`` on the case's trace in ``dtype`` (no score): all seven gradients. ``v_exact``: as the
+    API passes it (True: 16-bit inputs upcast)."""
     from dla_fast.autograd import partition_structure
     from dla_fast.ops.common.layout import rows
     from dla_fast.ops.delta_rule.chunk_torch_bwd import delta_rule_backward
@@ -209,7 +211,7 @@ def _backward(c, dtype, kernels: bool, every=None):
     q, k, v, g, lam, beta = (rows(a, dtype) for a in c["x"])
     structure = partition_structure(c["starts"], c["merged"], c["size0"], lam.shape[-1])
     return delta_rule_backward(q, k, v, g, beta, lam, c["init"].to(dtype), structure, rows(c["dO"], dtype),
-                               c["dS_final"].to(dtype), kernels=kernels, checkpoint_every=every)
+                               c["dS_final"].to(dtype), kernels=kernels, checkpoint_every=every, v_exact=v_exact)
 
 
 @needs_kernels
@@ -269,6 +271,50 @@ def test_backward_two_chunks_a_step_matches_the_float64_torch_backward(case, mon
         for name, x, want in zip(("dq", "dk", "dv", "dg", "dbeta", "dlam", "dinit"), got, ref):
             assert _rel(x, want) < BOUND, (name, every, _rel(x, want))
         assert sorted(ran) == by_pairs[every], (every, ran)
+
+
+@needs_kernels
+def test_one_tf32_pass_in_the_chains_for_16_bit_inputs(monkeypatch):
+    """``chunk_torch_bwd.ONE_PASS_CHAINS_16BIT`` (opt-in): kernel A's and kernel B's products in one tf32 pass for
+    16-bit inputs (``v_exact``), a chunk a step and by pairs, against the torch backward in float64: within
+    ``TF32_BOUND`` of each gradient's largest entry, and farther than ``BOUND`` from it in some gradient (the one
+    pass ran). Measured (interpreter; tf32 rounding explicit, so as on a GPU): 5.7e-5 to 7.3e-4, ``dinit`` the
+    largest (also 8.5e-5 to 6.4e-4 at T = 290, K = 6), against the bound 2e-3 (the split path: 1.4e-7 to 5.7e-7)."""
+    from dla_fast.ops.delta_rule import chunk_torch_bwd
+
+    case = CASES[1]  # bf16 values; three chunks: by pairs and a chunk a step (every 2), a chunk a step (every 3)
+    D = max(case[3], 32) if CUDA else case[3]
+    c = _case(*case[:3], D, *case[4:9])
+    ref = _backward(c, F64, False)
+    monkeypatch.setattr(chunk_torch_bwd, "ONE_PASS_CHAINS_16BIT", True)
+    for every in (2, 3):
+        got = _backward(c, torch.float32, True, every, v_exact=True)
+        errors = [_rel(x, want) for x, want in zip(got, ref)]
+        assert max(errors) < TF32_BOUND, (every, errors)
+        assert max(errors) > BOUND, (every, errors)
+
+
+@needs_kernels
+def test_float32_saved_tables_for_16_bit_inputs(monkeypatch):
+    """``chunk_torch_bwd.FLOAT32_SAVED_TABLES_16BIT`` (opt-in): the backward's tables by the float32 table kernel with
+    its scratch saved in float32, read by the tables' adjoint in tf32 (the 16-bit inputs' default operands; the
+    interpreter, which the library keeps on float64 there, stands in for a GPU), against the torch backward in
+    float64 within ``TF32_BOUND`` (tf32's four unit roundoffs: what a GPU's products allow; measured under the
+    interpreter, whose tf32 products are float32 ones: 8.9e-8 to 4.8e-7)."""
+    from dla_fast.ops.delta_rule import chunk_torch_bwd
+
+    D = 32 if CUDA else 16
+    c = _case(*CASES[1][:3], D, *CASES[1][4:9])
+    ref = _backward(c, F64, False)
+    monkeypatch.setattr(chunk_torch_bwd, "interpreting", lambda: False)
+    monkeypatch.setattr(chunk_torch_bwd, "FLOAT32_SAVED_TABLES_16BIT", True)
+    saved = []
+    real = chunk_torch_bwd.output_tables_rows_f32
+    monkeypatch.setattr(chunk_torch_bwd, "output_tables_rows_f32", lambda *a, **kw: saved.append(kw) or real(*a, **kw))
+    got = _backward(c, torch.float32, True, 2, v_exact=True)
+    errors = [_rel(x, want) for x, want in zip(got, ref)]
+    assert saved and all(kw.get("save") for kw in saved)
+    assert max(errors) < TF32_BOUND, errors
 
 
 @needs_kernels

@@ -112,3 +112,30 @@ def test_wide_heads_take_float32_tables_where_their_products_are_exact(dtype, gp
         want = output_tables_rows(q, k, g, beta, 0, 1, dtype=torch.float32)
     for name in want:
         assert got[name].dtype == torch.float32 and torch.equal(got[name], want[name]), name
+
+
+@needs_kernels
+@pytest.mark.parametrize("B,T,H,D", [(1, 130, 2, 32), (2, 64, 1, 64)])
+def test_saved_float32_tables_match_the_float64_kernel_s(B, T, H, D):
+    """``save=True`` (the backward's tables for its float32 adjoint): ``khd`` in place of ``kb`` and the scratch the
+    adjoint reads (keys and queries, ``b``, ``A``, ``Z``, ``causal(Q K^T)``) against the float64 kernel's
+    ``output_tables_saved_rows``, each within ``TOL`` of its largest entry (``Phi`` of the chunk's ``e^GL``); the
+    tables equal those of ``save=False`` but for ``khd = kb / b``."""
+    from dla_fast.ops.delta_rule.wy_tables_f32_triton import output_tables_rows_f32
+    from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_saved_rows
+
+    q, k, g, beta = _inputs(B, T, H, D, torch.float32, 0.9, seed=T + D)
+    nb = triton.cdiv(T, 64)
+    got, got_saved = output_tables_rows_f32(q, k, g, beta, 0, nb, save=True)
+    want, want_saved = output_tables_saved_rows(q, k, g, beta, 0, nb, dtype=torch.float64)
+    plain = output_tables_rows_f32(q, k, g, beta, 0, nb)
+    for name in ("attn", "qt", "Phi"):
+        assert torch.equal(got[name], plain[name]), name
+    torch.testing.assert_close(got["khd"] * got_saved["b"][..., None], plain["kb"], rtol=2**-23, atol=0)
+    scale = dict(Phi=want["Phi"].abs().amax((-1, -2), keepdim=True).clamp(min=1e-30))
+    for name, x, ref in [(n, got[n], want[n]) for n in ("attn", "qt", "khd", "Phi")] + [
+            (n, got_saved[n], want_saved[n]) for n in ("x", "b", "A", "Z", "Mq")]:
+        assert x.dtype == torch.float32 and x.shape == ref.shape, name
+        err = (x.double() - ref).abs()
+        err = float((err / scale[name]).max() if name in scale else err.max() / ref.abs().max())
+        assert err <= TOL, (name, err)

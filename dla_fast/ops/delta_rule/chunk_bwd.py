@@ -87,12 +87,13 @@ def _add_read_weights(grads, part, a: int, dcoef) -> None:
 
 def _segment_cotangents_triton(a: int, F, E, x, part, coef, tables, cot, grads) -> None:
     """:func:`_segment_cotangents` by the kernels of ``chunk_bwd_cotangents`` (no ``[n, R, K, Dk, C]`` temporaries),
-    which write ``cot`` in place."""
+    which write ``cot`` in place (their products as ``x.split_chains`` says)."""
     b = a + F.shape[0]
     # The read weights' and the values' gradients added by the kernels (a torch scatter of float atomics and an add
     # before).
     table_cotangents(F, E, part.destF[a:b], part.dest[a:b], coef, tables["qt"], x.dOc[a:b], tables["khd"],
-                     x.bv[a:b], out=cot, read_weights=(part.JF[a:b], grads["lam"][a:b]), dbv_into=grads["bv"][a:b])
+                     x.bv[a:b], out=cot, read_weights=(part.JF[a:b], grads["lam"][a:b]), dbv_into=grads["bv"][a:b],
+                     split=x.split_chains)
 
 
 class KernelPartition:
@@ -139,6 +140,7 @@ class _Walks:
         # The kernels address tokens as [B, T, H, D]: rows as B = R with H = 1.
         self.v_rows = unchunk(x.vc, T).reshape(R, T, 1, Dv)
         self.v_exact = x.v_exact if x.v_exact is not None else exact_in_tf32(x.vc)  # (the scan synchronises)
+        self.split = x.split_chains  # kernel A's and kernel B's products float32-accurate, or one tf32 pass
         self.dO_rows = dO.reshape(R, T, 1, Dv)
         # Token t's weight of start slot i (the kernels' partition reads them as it writes JF).
         given = part.coef if isinstance(part, KernelPartition) else None
@@ -164,7 +166,7 @@ class _Walks:
         n, (R, K, Dk, Dv) = b - a, dS.shape
         self.walk(S, tables, u0, a, b, starts=F[:n])
         slot_adjoints(dS, tables["Phi"][a - u0:b - u0], tables["qt"][a - u0:b - u0], self.dO_rows, self.coef[a:b],
-                      self.part.destF[a:b], a, dS_end=E[:n])
+                      self.part.destF[a:b], a, dS_end=E[:n], split=self.split)
         per_batch = max(1, _BATCH_BYTES // (4 * R * K * max(Dk * Dv, Dk * self.x.C, self.x.C * Dv)))
         cotangents = _segment_cotangents_triton if _COTANGENTS == "triton" else _segment_cotangents
         for c0 in range(a, b, per_batch):  # the cotangents' temporaries bounded (each as large as F)

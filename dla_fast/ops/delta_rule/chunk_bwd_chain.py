@@ -38,14 +38,14 @@ import triton
 import triton.language as tl
 
 from ..common.triton_utils import chunk_tokens
-from .chunk_fwd_states import dot_f32, launch_shape, slot_tile
+from .chunk_fwd_states import dot_f32, dot_f32_or_tf32, launch_shape, slot_tile
 
 
 @triton.jit(do_not_specialize=["NB", "T", "H", "c0"])
 def dla_delta_slot_adjoints_kernel(
     ds_ptr, ds_end_ptr, phi_ptr, qt_ptr, do_ptr, coef_ptr, dest_f_ptr,
     NB, R, T, H, c0, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
-    C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
+    C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Program (row r = b H + h, Dv block vb): for steps ``NB - 1`` down to 0 of ``C`` tokens each (``C / CS``
     chunks of ``CS``, the first step's first chunk ``c0``), the adjoint ``ds [R, K, Dk, Dv]`` (float32) of the slot
@@ -56,7 +56,9 @@ def dla_delta_slot_adjoints_kernel(
     Per step (block index ``cr = c * R + r``): ``phi [Dk, Dk]``, ``qt [C, Dk]``, ``coef [C, K]`` (float32);
     ``dest_f [K]`` int32, each start slot's end slot (-1: not listed); the step's output adjoints from
     ``do [B, T, H, Dv]`` in their dtype (0 past T). ``K``, ``Dk``, ``Dv`` compile-time constants, as in the forward's
-    walk (sm_90 at D = 64, K = 30: 568 B of stack against 1,048 with them as arguments)."""
+    walk (sm_90 at D = 64, K = 30: 568 B of stack against 1,048 with them as arguments). ``SPLIT``: the reads' and
+    the transition's products float32-accurate (``dot_f32``), else one tf32 pass each (16-bit inputs, opt-in); the
+    merges' gather stays exact either way."""
     t = tl.arange(0, CS)
     # dS[d, e, j] = ds[r, j, d, vb * BV + e], held as [Dk, BV KP] (column e KP + j), as the forward holds S.
     r, dk, dv, j, kmask, vmask, state_at, s_mask = slot_tile(K, Dk, Dv, BK, BV, KP)
@@ -86,17 +88,18 @@ def dla_delta_slot_adjoints_kernel(
                          other=0.0).to(tl.float32)
             Z = tl.reshape(dO[:, :, None] * coef[:, None, :], [CS, BV * KP])
             if h == 0:
-                dS = dot_f32(qt_t, Z, None, False)
+                dS = dot_f32_or_tf32(qt_t, Z, None, False, SPLIT)
             else:
-                dS = dot_f32(qt_t, Z, dS, False)
+                dS = dot_f32_or_tf32(qt_t, Z, dS, False, SPLIT)
         phi_t = tl.load(phi_ptr + cr * Dk * Dk + dk[None, :] * Dk + dk[:, None],
                         mask=kmask[:, None] & kmask[None, :], other=0.0)
-        dS = dot_f32(phi_t, G, dS, False)
+        dS = dot_f32_or_tf32(phi_t, G, dS, False, SPLIT)
     tl.store(ds_ptr + r * K * Dk * Dv + state_at, tl.reshape(dS, [BK, BV, KP]), mask=s_mask)
 
 
 def slot_adjoints(dS, Phi, qt, dO, coef, dest_f, c0: int, dS_end=None,
-                  launch: tuple[int, int, int] | None = None, chunk: int | None = None) -> torch.Tensor:
+                  launch: tuple[int, int, int] | None = None, chunk: int | None = None,
+                  split: bool = True) -> torch.Tensor:
     """Carry the slot states' adjoint ``dS [R, K, Dk, Dv]`` (float32, in place) from the end of the block of ``nb``
     steps that starts at chunk ``c0`` to its start; returns the adjoint at each step's end, ``dS_end [nb, R, K, Dk,
     Dv]`` float32 (written into ``dS_end`` when given). Blocks chain last to first on the same ``dS``.
@@ -105,7 +108,8 @@ def slot_adjoints(dS, Phi, qt, dO, coef, dest_f, c0: int, dS_end=None,
     -1: not listed) as the forward's ``slot_states_and_reads`` reads them; ``dO [B, T, H, Dv]`` the output's adjoint
     in its dtype. No score term: the backward with ``dscores`` keeps the torch pass. ``launch``: as
     ``slot_states_and_reads``'. ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans several
-    (pairs composed by ``chunk_bwd_pairs``; ``c0`` counts chunks); None: every step is one chunk."""
+    (pairs composed by ``chunk_bwd_pairs``; ``c0`` counts chunks); None: every step is one chunk. ``split``: the
+    products float32-accurate (split tf32), else one tf32 pass (the 16-bit inputs' precision, opt-in)."""
     nb, R, C, Dk = qt.shape
     B, T, H, Dv = dO.shape
     K = dS.shape[1]
@@ -118,6 +122,6 @@ def slot_adjoints(dS, Phi, qt, dO, coef, dest_f, c0: int, dS_end=None,
     dla_delta_slot_adjoints_kernel[(R * triton.cdiv(Dv, BV),)](
         dS, dS_end, Phi.contiguous(), qt.contiguous(), dO.contiguous(), coef.contiguous(),
         dest_f.to(torch.int32).contiguous(), nb, R, T, H, c0, K, Dk, Dv,
-        C=C, CS=chunk or C, BK=BK, BV=BV, KP=KP, num_warps=num_warps, num_stages=num_stages,
+        C=C, CS=chunk or C, BK=BK, BV=BV, KP=KP, SPLIT=split, num_warps=num_warps, num_stages=num_stages,
     )
     return dS_end

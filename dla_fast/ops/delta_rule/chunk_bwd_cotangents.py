@@ -8,9 +8,10 @@ over Dv blocks), so no sum crosses programs:
 - ``dla_delta_token_cotangents_kernel``, over the end slots j that receive a token of the chunk (few: the slots open
   in it): ``dkhd_s = E_j (b v)_s`` and ``d(b v)_s = E_j^T khd_s`` for the tokens s with ``dest[s] = j``.
 
-Every product is float32-accurate (the slot-state kernel's ``dot_f32``). FLOPs per (chunk, row) at C = Dk = Dv = 64,
-K = 30: the start slots' two ``64^3`` products per slot, 31 MFLOP, three passes each; the tokens' two per receiving
-slot. Bytes: ``F`` and ``E`` once (``2 K Dk Dv x 4``, 960 KB), the tables' rows, the cotangents once.
+Every product is float32-accurate (the slot-state kernel's ``dot_f32``), or one tf32 pass (``split=False``, opt-in for
+16-bit inputs). FLOPs per (chunk, row) at C = Dk = Dv = 64, K = 30: the start slots' two ``64^3`` products per slot, 31
+MFLOP, three passes each; the tokens' two per receiving slot. Bytes: ``F`` and ``E`` once (``2 K Dk Dv x 4``, 960 KB),
+the tables' rows, the cotangents once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ..common.triton_utils import next_pow2
-from .chunk_fwd_states import dot_f32
+from .chunk_fwd_states import dot_f32_or_tf32
 
 
 # Long: one program's loop over the start slots, each through every Dv block.
@@ -29,7 +30,7 @@ def dla_delta_start_cotangents_kernel(
     f_ptr, e_ptr, dest_f_ptr, coef_ptr, qt_ptr, do_ptr, dphi_ptr, dqt_ptr, dcoef_ptr, jf_ptr, dlam_ptr,
     R, dlam_sc, dlam_sr, dlam_st, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
     C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
-    SCATTER: tl.constexpr,
+    SCATTER: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Program (step c of the batch, row r, the step's chunk h of ``CS`` of its ``C`` tokens), ``cr = c R + r``:
     ``F, E [n, R, K, Dk, Dv]`` float32; ``dest_f [n, R, K]`` int32 (-1: not listed); ``coef [n, R, C, K]``, ``qt [n,
@@ -67,10 +68,10 @@ def dla_delta_start_cotangents_kernel(
             # float32 product (2.2e-6 against 2.5e-7 of its terms' magnitudes at K = 30, D = 64; H200, run 25).
             # A chunk a step: no branch in the loop (a compile-time test, kept apart from the program's).
             if C == CS:  # noqa: SIM114
-                dphi += dot_f32(g, f_t, None, False)
+                dphi += dot_f32_or_tf32(g, f_t, None, False, SPLIT)
             elif first:
-                dphi += dot_f32(g, f_t, None, False)
-            zr += dot_f32(dO, f_t, None, False)
+                dphi += dot_f32_or_tf32(g, f_t, None, False, SPLIT)
+            zr += dot_f32_or_tf32(dO, f_t, None, False, SPLIT)
         ci = tl.load(coef_ptr + cr * C * K + t * K + i)
         dqt += ci[:, None] * zr
         dcoef = tl.sum(qt * zr, 1)
@@ -97,7 +98,7 @@ def dla_delta_token_cotangents_kernel(
     e_ptr, dest_ptr, khd_ptr, bv_ptr, dkhd_ptr, dbv_ptr,
     R, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
     C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
-    ADD_DBV: tl.constexpr,
+    ADD_DBV: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Program (step c of the batch, row r, the step's chunk h of ``CS`` of its ``C`` tokens), ``cr = c R + r``:
     ``E [n, R, K, Dk, Dv]`` float32; ``dest [n, R, C]`` int32 (each token's end slot, -1: padding), ``khd [n, R, C,
@@ -123,8 +124,8 @@ def dla_delta_token_cotangents_kernel(
                 e = tl.load(e_at + dk[:, None] * Dv + dv[None, :], mask=kmask[:, None] & vmask[None, :], other=0.0)
                 e_t = tl.load(e_at + dv[:, None] + dk[None, :] * Dv, mask=vmask[:, None] & kmask[None, :], other=0.0)
                 mine = (dest == j)[:, None]
-                dkhd += tl.where(mine, dot_f32(bv, e_t, None, False), 0.0)
-                dbv += tl.where(mine, dot_f32(khd, e, None, False), 0.0)
+                dkhd += tl.where(mine, dot_f32_or_tf32(bv, e_t, None, False, SPLIT), 0.0)
+                dbv += tl.where(mine, dot_f32_or_tf32(khd, e, None, False, SPLIT), 0.0)
         dbv_at = dbv_ptr + own[:, None] * Dv + dv[None, :]
         if ADD_DBV:
             dbv += tl.load(dbv_at, mask=vmask[None, :], other=0.0)
@@ -135,7 +136,7 @@ def dla_delta_token_cotangents_kernel(
 def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: int | None = None,
                      start_warps: int | None = None, start_stages: int | None = None, out: dict | None = None,
                      read_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     dbv_into: torch.Tensor | None = None, chunk: int | None = None):
+                     dbv_into: torch.Tensor | None = None, chunk: int | None = None, split: bool = True):
     """The cotangents of a batch of ``n`` steps: ``(dPhi [n, R, Dk, Dk], dkhd [n, R, C, Dk], d(b v) [nc, R, CS,
     Dv], dqt [n, R, C, Dk], dcoef [n, R, C, K])`` float32, from ``F, E [n, R, K, Dk, Dv]`` (float32, contiguous),
     ``dest_f [n, R, K]`` and ``dest [n, R, C]`` (integers, -1: none), ``coef [n, R, C, K]``, ``qt``, ``khd [n, R, C,
@@ -149,7 +150,8 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
     it by recency in the kernel (``dlam[t, JF[t, i]] += dcoef[t, i]``, a scatter without atomics) and None returned.
     ``dbv_into``: ``d(b v)`` added into this contiguous float32 ``[nc, R, CS, Dv]`` tensor (returned) instead of a
     new one. ``chunk``: where each of the ``n`` steps spans several chunks of this many tokens (pairs composed by
-    ``chunk_bwd_pairs``), the programs take a chunk's tokens each and address the chunk-major tensors by chunk."""
+    ``chunk_bwd_pairs``), the programs take a chunk's tokens each and address the chunk-major tensors by chunk.
+    ``split``: the products float32-accurate (split tf32), else one tf32 pass (the 16-bit inputs' precision, opt-in)."""
     n, R, K, Dk, Dv = F.shape
     C = qt.shape[2]
     CS = chunk or C
@@ -193,13 +195,14 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
     dla_delta_start_cotangents_kernel[(n, R, C // CS)](
         F, E, dest_f.to(torch.int32).contiguous(), f32(coef), f32(qt), f32(dO), dphi, dqt, dcoef, jf, dlam, R,
         *(dlam.stride()[:3] if read_weights is not None else (0, 0, 0)), K, Dk, Dv,
-        C=C, CS=CS, BK=BK, BV=start_bv, KP=KP, SCATTER=read_weights is not None, num_warps=start_warps,
+        C=C, CS=CS, BK=BK, BV=start_bv, KP=KP, SCATTER=read_weights is not None, SPLIT=split, num_warps=start_warps,
         num_stages=start_stages,
     )
     # 4 warps below 32 key features: at 8 warps and BK = 16, Triton 3.6's sm_90 build of the token kernel's products
     # reads shared memory out of bounds (BV = 64; compute-sanitizer, H200, run 25) or returns a wrong d(b v) (BV = 32).
     dla_delta_token_cotangents_kernel[(n, R, C // CS)](
         E, dest.to(torch.int32).contiguous(), f32(khd), f32(bv), dkhd, dbv, R, K, Dk, Dv,
-        C=C, CS=CS, BK=BK, BV=BV, KP=KP, ADD_DBV=dbv_into is not None, num_warps=8 if BK >= 32 else 4, num_stages=2,
+        C=C, CS=CS, BK=BK, BV=BV, KP=KP, ADD_DBV=dbv_into is not None, SPLIT=split, num_warps=8 if BK >= 32 else 4,
+        num_stages=2,
     )
     return dphi, dkhd, dbv, dqt, None if read_weights is not None else dcoef

@@ -131,13 +131,13 @@ def pair_segment(walks, dS, tables, cot, u0: int, a: int, b: int, S, F, E, grads
     kb = khd * paired(x.bc[a:b]).to(khd.dtype).unsqueeze(-1)
     slot_states_and_reads(S, Phi, kb, None, walks.v_rows, None, dest_f, dest, None, a, read_f32=True,
                           v_exact=walks.v_exact, starts=F[:m], store_end=False, chunk=C)
-    slot_adjoints(dS, Phi, qt, walks.dO_rows, coef, dest_f, a, dS_end=E[:m], chunk=C)
+    slot_adjoints(dS, Phi, qt, walks.dO_rows, coef, dest_f, a, dS_end=E[:m], chunk=C, split=walks.split)
     JF_a, JF_b = _halves(part.JF[a:b])
     JF = torch.cat([JF_a, _gathered(JF_b, _halves(part.destF[a:b])[0], -1)], 2)
     # (kernel B reads dO and b v and adds into the read weights' and d(b v)'s gradients chunk-major, in place)
     cot2 = {"Phi": torch.empty_like(Phi), "khd": torch.empty_like(khd), "qt": torch.empty_like(qt)}
     table_cotangents(F[:m], E[:m], dest_f, dest, coef, qt, x.dOc[a:b], khd, x.bv[a:b], out=cot2,
-                     read_weights=(JF, grads["lam"][a:b]), dbv_into=grads["bv"][a:b], chunk=C)
+                     read_weights=(JF, grads["lam"][a:b]), dbv_into=grads["bv"][a:b], chunk=C, split=walks.split)
     pair_adjoint(tables, part, x, walks.coef[a:b], lo, a, b, cot2["Phi"], cot2["khd"], cot2["qt"], cot, grads)
 
 

@@ -59,6 +59,17 @@ def dot_f32(a, b, acc, B_EXACT: tl.constexpr):
 
 
 @triton.jit
+def dot_f32_or_tf32(a, b, acc, B_EXACT: tl.constexpr, SPLIT: tl.constexpr):
+    """:func:`dot_f32` where ``SPLIT``, else one tf32 product of the operands rounded to nearest tf32 (``2^-11``
+    relative each; the interpreter computes it exactly as the GPU does, the rounding being explicit)."""
+    if SPLIT:
+        return dot_f32(a, b, acc, B_EXACT)
+    if B_EXACT:
+        return tl.dot(_round_tf32(a), b, acc, input_precision="tf32")
+    return tl.dot(_round_tf32(a), _round_tf32(b), acc, input_precision="tf32")
+
+
+@triton.jit
 def slot_tile(K, Dk, Dv, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr):
     """A program's row and tile of that row's slot states ``[K, Dk, Dv]``: every slot's ``[Dk, BV]`` block of one Dv
     block, held as ``[Dk, BV KP]`` (column ``e KP + j``). The program ids run over the Dv blocks first, so a row's

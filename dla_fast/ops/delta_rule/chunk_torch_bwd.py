@@ -35,8 +35,10 @@ from ..common.structure import Structure, checkpoint_interval
 from .chunk_bwd import KernelPartition, reverse_pass_kernels, segment_units
 from .chunk_bwd_intra import intra_adjoint
 from .chunk_bwd_values import value_grads
+from .chunk_fwd import FLOAT32_TABLES_WIDTH
 from .wy_tables import wy_tables, wy_tables_adjoint
 from .wy_tables_adjoint_triton import wy_tables_adjoint_triton
+from .wy_tables_f32_triton import output_tables_rows_f32
 from .wy_tables_triton import output_tables_saved_rows
 
 # Elements of one [block, R, C, C] tensor in the blocked table passes (scalar decay's size). H200, run 25, (2, 16384,
@@ -50,6 +52,13 @@ F64 = torch.float64
 # the gradients' largest difference from float64's (relative to the largest entry) dq 3.5e-3, dk 3.2e-3 in tf32, about
 # the bf16 outputs' own rounding (float32 inputs against bf16 ones: 3.4e-3), and 7.0e-3, 6.5e-3 with bf16 operands.
 ADJOINT_16BIT_OPERANDS = torch.float32
+# Kernel A's and kernel B's products (the slot-state adjoints' chain and the tables' cotangents) in one tf32 pass for
+# 16-bit inputs, instead of split tf32 (float32-accurate). Opt-in: built in run 76, not yet measured on a GPU.
+ONE_PASS_CHAINS_16BIT = False
+# The backward's tables for 16-bit inputs by the forward's float32 table kernel, its scratch saved in float32 for the
+# tables' adjoint (which multiplies in tf32 there), instead of the float64 kernel's. Opt-in: built in run 76, not yet
+# measured on a GPU.
+FLOAT32_SAVED_TABLES_16BIT = False
 
 
 class _Inputs:
@@ -67,6 +76,9 @@ class _Inputs:
         self.v_exact = v_exact  # the values exact in tf32 (16-bit inputs upcast); None: not known
         # Under Triton's interpreter (whose bf16 products are wrong) the tables' adjoint stays float64.
         self.adjoint_operands = ADJOINT_16BIT_OPERANDS if v_exact and not interpreting() else F64
+        self.split_chains = not (ONE_PASS_CHAINS_16BIT and v_exact)
+        self.float32_tables = (FLOAT32_SAVED_TABLES_16BIT and self.adjoint_operands != F64
+                               and q.shape[-1] <= FLOAT32_TABLES_WIDTH and q.dtype == torch.float32)
         self.C, self.nC, self.T, self.cd = C, max(1, -(-T // C)), T, q.dtype
         self.tdt = F64 if score else q.dtype  # the tables' dtype
         self.score = score  # the score's tables (kt, akap) are built only for its part
@@ -268,7 +280,10 @@ def _kernels_backward(part, init, every: int, dS, dO, x: _Inputs, grads, kept):
 
     def unit_tables(u0: int, u1: int):
         # Stored in the compute dtype (float32), which the walks read and the adjoint's decay sums take as well.
-        tab, saved = output_tables_saved_rows(*inputs, u0, u1 - u0, dtype=x.cd)
+        if x.float32_tables:
+            tab, saved = output_tables_rows_f32(*inputs, u0, u1 - u0, save=True)
+        else:
+            tab, saved = output_tables_saved_rows(*inputs, u0, u1 - u0, dtype=x.cd)
         return {n: tab[n] for n in ("qt", "khd", "Phi")}, (tab, saved)
 
     def unit_done(u0: int, u1: int, cot, payload) -> None:

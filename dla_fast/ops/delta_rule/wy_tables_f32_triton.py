@@ -42,9 +42,9 @@ def _dot_keys(a16, b16, SPLIT16: tl.constexpr):
 
 @triton.jit(do_not_specialize=["R", "T", "H", "c0"])
 def dla_delta_output_tables_f32_kernel(
-    q_ptr, k_ptr, g_ptr, b_ptr, a_ptr, bs_ptr, attn_ptr, qt_ptr, kb_ptr, phi_ptr,
+    q_ptr, k_ptr, g_ptr, b_ptr, a_ptr, bs_ptr, attn_ptr, qt_ptr, kb_ptr, phi_ptr, x_ptr, z_ptr, mq_ptr,
     R, T, H, c0, Dk: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, IB: tl.constexpr, SPLIT16: tl.constexpr = False,
+    C: tl.constexpr, BK: tl.constexpr, IB: tl.constexpr, SPLIT16: tl.constexpr = False, SAVE: tl.constexpr = False,
 ):
     """Program (row r = b H + h, chunk c = c0 + j of ``q, k [B, T, H, Dk]``, ``g, b [B, T, H]``, any float dtypes,
     0 past T) -> at chunk-major index ``j R + r``, float32: ``attn [C, C]``, ``qt [C, Dk]``, ``kb [C, Dk]`` (``b
@@ -52,7 +52,10 @@ def dla_delta_output_tables_f32_kernel(
     FLOPs: six ``2 C^2 Dk``-sized products and ``~C^3 / 3`` for ``A``, each three tf32 passes. SPLIT16 (bf16 ``q``
     and ``k``): the products with a key or query operand take it as it is, exact, in bf16 products (``K K^T`` and
     ``Q K^T`` one pass; the float32 operand of the other three split in three bf16 parts, ``split3``) instead of
-    tf32x3, which splits both operands; the products of two float32 operands stay tf32x3."""
+    tf32x3, which splits both operands; the products of two float32 operands stay tf32x3. SAVE (the backward's
+    tables, which its adjoint reads with what the float64 kernel saves): ``khd`` into ``kb`` (without ``b``), the
+    keys and queries into ``x [.., 2, C, Dk]``, ``Z`` into ``z [.., C, Dk]`` and ``causal(Q K^T)`` into ``mq [.., C,
+    C]``, float32 (``a`` keeps ``A``, ``bs`` keeps ``b``)."""
     r = tl.program_id(0)
     base = tl.program_id(1) * R + r
     _, _, t, _, valid, row = chunk_tokens(r, c0 + tl.program_id(1), T, H, C)
@@ -79,10 +82,17 @@ def dla_delta_output_tables_f32_kernel(
     M = dot_split_t(tl.trans(A * b[None, :]), K16) if SPLIT16 else _dot(A, bK)
     Z = b[:, None] * (K - M)
     N = dot_split_t(b[:, None] * A, K16) if SPLIT16 else _dot(tl.trans(A), bK)
-    kb = (b * tl.exp((GL - Gc).to(tl.float32)))[:, None] * (K - N)  # b e^(GL - Gc) (K - N)
-    tl.store(kb_ptr + (base * C + rows) * Dk + kd[None, :], kb, mask=inside)
+    khd = tl.exp((GL - Gc).to(tl.float32))[:, None] * (K - N)  # e^(GL - Gc) (K - N)
+    tl.store(kb_ptr + (base * C + rows) * Dk + kd[None, :], khd if SAVE else b[:, None] * khd, mask=inside)
+    if SAVE:
+        keys_at = x_ptr + (base * 2 * C + rows) * Dk + kd[None, :]
+        tl.store(keys_at, K, mask=inside)
+        tl.store(keys_at + C * Dk, Q, mask=inside)
+        tl.store(z_ptr + (base * C + rows) * Dk + kd[None, :], Z, mask=inside)
     causal = cols <= rows
     Mq = tl.where(causal, _dot_keys(Q16, tl.trans(K16), SPLIT16), 0.0)
+    if SAVE:
+        tl.store(mq_ptr + (base * C + rows) * C + cols, Mq)
     decay = tl.where(causal, tl.exp(tl.where(causal, Gc[:, None] - Gc[None, :], 0.0).to(tl.float32)), 0.0)
     attn = decay * (Mq - _dot(Mq, b[:, None] * A))  # D o (Mq T), T = I - diag(b) A
     tl.store(attn_ptr + (base * C + rows) * C + cols, attn)
@@ -96,20 +106,26 @@ def dla_delta_output_tables_f32_kernel(
 
 
 def output_tables_rows_f32(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, c0: int, nb: int,
-                           *, chunk: int = 64, num_warps: int = OUTPUT_TABLE_F32_WARPS, split16: bool | None = None):
+                           *, chunk: int = 64, num_warps: int = OUTPUT_TABLE_F32_WARPS, split16: bool | None = None,
+                           save: bool = False):
     """``wy_tables_triton.output_tables_rows``'s tables of chunks ``c0 .. c0 + nb - 1`` (``attn``, ``qt``, ``kb``,
     ``Phi``, chunk-major ``[nb, B H, ...]``, float32) from the API's ``q, k [B, T, H, Dk]``, ``g, beta [B, T, H]``,
     computed in float32 (the decays in float64). ``split16``: the key and query operands in exact bf16 products
     (the kernel's SPLIT16); None: where ``q`` and ``k`` are bf16, on a GPU (Triton's interpreter multiplies bf16
-    operands wrongly: ``triton_utils.bf16_exact_products``)."""
+    operands wrongly: ``triton_utils.bf16_exact_products``). ``save``: returns ``(tables, saved)`` as
+    ``wy_tables_triton.output_tables_saved_rows`` does (``khd`` for ``kb``; ``saved`` float32), for the backward's
+    tables' adjoint in float32 (``wy_tables_adjoint_triton(operands=)`` other than float64)."""
     split16 = bf16_exact_products(split16, q=q, k=k)
     B, T, H, Dk = k.shape
     R = B * H
-    out = empty_output_tables(nb, R, chunk, Dk, k.device, torch.float32, "kb")
-    scratch_a = torch.empty(nb, R, chunk, chunk, device=k.device, dtype=torch.float32)
-    scratch_b = torch.empty(nb, R, chunk, device=k.device, dtype=torch.float32)
+    out = empty_output_tables(nb, R, chunk, Dk, k.device, torch.float32, "khd" if save else "kb")
+    f32 = lambda *shape: torch.empty(nb, R, *shape, device=k.device, dtype=torch.float32)  # noqa: E731
+    saved = dict(b=f32(chunk), A=f32(chunk, chunk))
+    if save:
+        saved.update(x=f32(2, chunk, Dk), Z=f32(chunk, Dk), Mq=f32(chunk, chunk))
     dla_delta_output_tables_f32_kernel[(R, nb)](
-        *(x.contiguous() for x in (q, k, g, beta)), scratch_a, scratch_b, out["attn"], out["qt"], out["kb"],
-        out["Phi"], R, T, H, c0, Dk, C=chunk, BK=max(16, next_pow2(Dk)), IB=min(INVERSE_BLOCK, chunk),
-        SPLIT16=split16, num_warps=num_warps)
-    return out
+        *(x.contiguous() for x in (q, k, g, beta)), saved["A"], saved["b"], out["attn"], out["qt"],
+        out["khd" if save else "kb"], out["Phi"], *(saved.get(n, k) for n in ("x", "Z", "Mq")), R, T, H, c0, Dk,
+        C=chunk, BK=max(16, next_pow2(Dk)), IB=min(INVERSE_BLOCK, chunk), SPLIT16=split16, SAVE=save,
+        num_warps=num_warps)
+    return (out, saved) if save else out
