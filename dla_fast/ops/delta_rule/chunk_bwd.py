@@ -140,7 +140,7 @@ class _Walks:
         # The kernels address tokens as [B, T, H, D]: rows as B = R with H = 1.
         self.v_rows = unchunk(x.vc, T).reshape(R, T, 1, Dv)
         self.v_exact = x.v_exact if x.v_exact is not None else exact_in_tf32(x.vc)  # (the scan synchronises)
-        self.split = x.split_chains  # kernel A's and kernel B's products float32-accurate, or one tf32 pass
+        self.split = x.split_chains  # the reruns', kernel A's, kernel B's products float32-accurate, or one tf32 pass
         self.dO_rows = dO.reshape(R, T, 1, Dv)
         # Token t's weight of start slot i (the kernels' partition reads them as it writes JF).
         given = part.coef if isinstance(part, KernelPartition) else None
@@ -155,7 +155,7 @@ class _Walks:
         kb = tables["khd"][a - u0:b - u0] * x.bc[a:b].to(tables["khd"].dtype).unsqueeze(-1)
         slot_states_and_reads(S, tables["Phi"][a - u0:b - u0], kb, None, self.v_rows, None, part.destF[a:b],
                               part.dest[a:b], None, a, read_f32=True, v_exact=self.v_exact, starts=starts,
-                              store_end=starts is None)
+                              store_end=starts is None, split=self.split)
 
     def segment(self, dS, tables, cot, u0: int, a: int, b: int, S, F, E, grads) -> None:
         """Segment ``a .. b - 1`` of the unit from ``u0``, from its start states ``S`` (read only): its start

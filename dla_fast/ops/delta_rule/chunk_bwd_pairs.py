@@ -130,7 +130,7 @@ def pair_segment(walks, dS, tables, cot, u0: int, a: int, b: int, S, F, E, grads
         part.dest[a:b], walks.v_rows, None, a, chunk=C, v_exact=walks.v_exact, cross=False)
     kb = khd * paired(x.bc[a:b]).to(khd.dtype).unsqueeze(-1)
     slot_states_and_reads(S, Phi, kb, None, walks.v_rows, None, dest_f, dest, None, a, read_f32=True,
-                          v_exact=walks.v_exact, starts=F[:m], store_end=False, chunk=C)
+                          v_exact=walks.v_exact, starts=F[:m], store_end=False, chunk=C, split=walks.split)
     slot_adjoints(dS, Phi, qt, walks.dO_rows, coef, dest_f, a, dS_end=E[:m], chunk=C, split=walks.split)
     JF_a, JF_b = _halves(part.JF[a:b])
     JF = torch.cat([JF_a, _gathered(JF_b, _halves(part.destF[a:b])[0], -1)], 2)

@@ -133,7 +133,7 @@ def dla_delta_states_kernel(
     NB, R, T, H, c0, K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr,
     C: tl.constexpr, CS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr,
     READ_F32: tl.constexpr, V_EXACT: tl.constexpr, READS: tl.constexpr, STORE_STARTS: tl.constexpr,
-    EARLY_LOADS: tl.constexpr, STORE_END: tl.constexpr,
+    EARLY_LOADS: tl.constexpr, STORE_END: tl.constexpr, SPLIT: tl.constexpr = True,
 ):
     """Program (row r = b H + h, Dv block vb): for steps ``0 .. NB - 1`` of ``C`` tokens each (``C / CS`` chunks of
     ``CS`` tokens, the first at chunk ``c0``), ``o[b, t, h, vb] +=`` the reads of each step's start slots (``o [B, T,
@@ -148,7 +148,8 @@ def dla_delta_states_kernel(
     float32 accuracy (else single-pass tf32, for 16-bit inputs); ``V_EXACT``: the values are exact in tf32 (16-bit
     inputs). ``READS``: add the reads to ``o`` (the backward's recomputation takes none); ``STORE_STARTS``: store each
     step's start states to ``starts [NB, R, K, Dk, Dv]`` float32 (the backward's cotangents read them);
-    ``STORE_END``: the end states stored back into ``slots`` (else ``slots`` is only read).
+    ``STORE_END``: the end states stored back into ``slots`` (else ``slots`` is only read). ``SPLIT`` False: the
+    transition's and the tokens' products in one tf32 pass (the backward's reruns for 16-bit inputs, opt-in).
     ``EARLY_LOADS``: the merge map loaded at the step's top and each chunk's ``o`` before its reads' product, so that
     their round trips overlap the query's and weights' (a few registers; the forward's, ``chunk_fwd.EARLY_LOADS``).
     Each sub-chunk's values and end slots are loaded a phase ahead (the first at the step's top, before the reads;
@@ -195,8 +196,8 @@ def dla_delta_states_kernel(
                                                    dv, vmask, CS, KP)
             writes = tl.reshape(v[:, :, None] * one_hot[:, None, :], [CS, BV * KP])
             if h == 0:  # (after the first sub-chunk's keys are loaded: the order every measured build had)
-                S = dot_f32(phi, X, None, False)
-            S = dot_f32(kb_t, writes, S, V_EXACT)
+                S = dot_f32_or_tf32(phi, X, None, False, SPLIT)
+            S = dot_f32_or_tf32(kb_t, writes, S, V_EXACT, SPLIT)
     if STORE_END:
         tl.store(s_at, tl.reshape(S, [BK, BV, KP]), mask=s_mask)
 
@@ -225,7 +226,8 @@ def launch_shape(Dk: int, Dv: int, K: int, launch: tuple[int, int, int] | None):
 
 def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int, *, read_f32: bool,
                           v_exact: bool, starts=None, launch: tuple[int, ...] | None = None,
-                          chunk: int | None = None, early_loads: bool = False, store_end: bool = True) -> None:
+                          chunk: int | None = None, early_loads: bool = False, store_end: bool = True,
+                          split: bool = True) -> None:
     """Advance the slot states ``slots [R, K, Dk, Dv]`` (float32, in place) over the ``nb`` steps (chunks, or
     composed runs of chunks: ``chunk``) that start at chunk ``c0`` and add the reads of each step's start slots to
     ``o [B, T, H, Dv]`` (float32, in place).
@@ -240,7 +242,8 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
     optionally a register cap (for sweeps). ``chunk``: the tokens of one chunk where each of the ``nb`` steps spans
     several (``chunk_fwd_steps``' composed tables, ``C`` tokens a step; ``c0`` counts chunks); None: every step is one
     chunk. ``early_loads``: the kernel's ``EARLY_LOADS``. ``store_end`` False: ``slots`` only read (the backward's
-    segments walk from the forward's checkpoints for their start states, and need no end states)."""
+    segments walk from the forward's checkpoints for their start states, and need no end states). ``split`` False:
+    the states' products in one tf32 pass (the backward's reruns for 16-bit inputs, opt-in: not float32-accurate)."""
     nb, R, C, Dk = kb.shape
     B, T, H, Dv = v.shape
     K = slots.shape[1]
@@ -252,6 +255,6 @@ def slot_states_and_reads(slots, Phi, kb, qt, v, coef, dest_f, dest, o, c0: int,
         slots, Phi.contiguous(), kb.contiguous(), qt, v.contiguous(), coef, dest_f.to(torch.int32).contiguous(),
         dest.to(torch.int32).contiguous(), o if reads else slots, slots if starts is None else starts,
         nb, R, T, H, c0, K, Dk, Dv, C=C, CS=chunk or C, BK=BK, BV=BV, KP=KP, READ_F32=read_f32, V_EXACT=v_exact,
-        READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, STORE_END=store_end, num_warps=num_warps,
-        num_stages=num_stages, **capped,
+        READS=reads, STORE_STARTS=starts is not None, EARLY_LOADS=early_loads, STORE_END=store_end, SPLIT=split,
+        num_warps=num_warps, num_stages=num_stages, **capped,
     )

@@ -52,8 +52,9 @@ F64 = torch.float64
 # the gradients' largest difference from float64's (relative to the largest entry) dq 3.5e-3, dk 3.2e-3 in tf32, about
 # the bf16 outputs' own rounding (float32 inputs against bf16 ones: 3.4e-3), and 7.0e-3, 6.5e-3 with bf16 operands.
 ADJOINT_16BIT_OPERANDS = torch.float32
-# Kernel A's and kernel B's products (the slot-state adjoints' chain and the tables' cotangents) in one tf32 pass for
-# 16-bit inputs, instead of split tf32 (float32-accurate). Opt-in: built in run 76, not yet measured on a GPU.
+# The reruns', kernel A's and kernel B's products (the slot states, their adjoints' chain, the tables' cotangents) in
+# one tf32 pass for 16-bit inputs, instead of split tf32 (float32-accurate). Opt-in: built in run 76, not yet measured
+# on a GPU.
 ONE_PASS_CHAINS_16BIT = False
 # The backward's tables for 16-bit inputs by the forward's float32 table kernel, its scratch saved in float32 for the
 # tables' adjoint (which multiplies in tf32 there), instead of the float64 kernel's. Opt-in: built in run 76, not yet
