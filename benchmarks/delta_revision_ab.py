@@ -5,16 +5,21 @@ exports the other revision and imports both packages).
 
     python benchmarks/forward_revision_ab.py --export REV DIR        # here: DIR/dla_fast as of git REV
     python benchmarks/delta_revision_ab.py CELLS --against DIR [--rounds 3] [--forward-only]   # GPU
+    python benchmarks/delta_revision_ab.py CELLS --switch ops.delta_rule.chunk_torch_bwd.ONE_PASS_CHAINS_16BIT=True
 
 CELLS: ``BxTxD:workload,...`` (``gpu_bench``'s configs and workloads; the delta inputs of ``delta_inputs``). Per
 cell and revision: the forward's output and final slot states, and a training step's gradients, compared bit for
 bit with this tree's; each timed in alternating rounds (medians); each kernel's GPU time in one call (CUPTI). Prints
-the lines and writes them to ``delta_revision_ab_<card>_<date>.txt`` under ``--out``.
+the lines and writes them to ``delta_revision_ab_<card>_<date>.txt`` under ``--out``. ``--switch`` (repeatable): this
+tree again with module attributes set during its calls (``MODULE.NAME=VALUE[,...]``, MODULE under ``dla_fast``,
+VALUE a Python literal or ``torch.<dtype>``): the opt-in switches, measured without a copy of the tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import os
 import statistics
 import sys
@@ -54,6 +59,45 @@ def twice(call, apis: dict) -> dict:
     return {**results, "this again": call(apis["this"])}
 
 
+def switched(api, settings: list):
+    """``api`` called with the module attributes ``settings`` (``[(module, name, value)]``) set, each restored after
+    the call; the call's result also carries them into its backward (``backward`` runs under them)."""
+
+    @contextlib.contextmanager
+    def applied():
+        saved = [(m, n, getattr(m, n)) for m, n, _ in settings]
+        for m, n, v in settings:
+            setattr(m, n, v)
+        try:
+            yield
+        finally:
+            for m, n, v in saved:
+                setattr(m, n, v)
+
+    def call(*args, **kwargs):
+        with applied():
+            return api(*args, **kwargs)
+
+    call.applied = applied
+    return call
+
+
+def switch_settings(spec: str, package: str) -> list:
+    """``[(module, name, value)]`` of ``MODULE.NAME=VALUE[,...]``, MODULE under ``package`` (this tree's, as
+    ``forward_revision_ab.imported`` renamed it); VALUE a Python literal or ``torch.<name>``."""
+    import torch
+
+    out = []
+    for item in spec.split(","):
+        target, value = item.split("=", 1)
+        module, name = target.rsplit(".", 1)
+        found = sys.modules.get(f"{package}.{module}")
+        if found is None or not hasattr(found, name):
+            raise SystemExit(f"delta_revision_ab: --switch {item}: no attribute {name} in dla_fast.{module}")
+        out.append((found, name, getattr(torch, value[6:]) if value.startswith("torch.") else ast.literal_eval(value)))
+    return out
+
+
 def compare_cell(cell: str, apis: dict, rounds: int, backward: bool) -> list[str]:
     import torch
 
@@ -74,7 +118,8 @@ def compare_cell(cell: str, apis: dict, rounds: int, backward: bool) -> list[str
         def step(api):
             for t in leaves:
                 t.grad = None
-            api(*leaves[:5], tau=TAU, beta=leaves[5], output_final_cache=False)[0].backward(dO)
+            with getattr(api, "applied", contextlib.nullcontext)():  # a switched tree's backward under its switches
+                api(*leaves[:5], tau=TAU, beta=leaves[5], output_final_cache=False)[0].backward(dO)
             return [t.grad for t in leaves]
 
         lines += compare("fwd+bwd", {n: lambda a=a: step(a) for n, a in apis.items()},
@@ -85,7 +130,9 @@ def compare_cell(cell: str, apis: dict, rounds: int, backward: bool) -> list[str
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cells", help="BxTxD:workload,... (gpu_bench's configs and workloads)")
-    ap.add_argument("--against", nargs="+", required=True, metavar="DIR", help="directories holding other dla_fast")
+    ap.add_argument("--against", nargs="*", default=[], metavar="DIR", help="directories holding other dla_fast")
+    ap.add_argument("--switch", action="append", default=[], metavar="MODULE.NAME=VALUE[,...]",
+                    help="this tree again with these module attributes set (repeatable)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--forward-only", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -94,9 +141,14 @@ def main():
 
     if not torch.cuda.is_available():
         raise SystemExit("delta_revision_ab: needs a CUDA GPU (the Triton delta rule at benchmark sizes)")
+    if not args.against and not args.switch:
+        raise SystemExit("delta_revision_ab: give --against DIR or --switch SETTINGS")
     apis = imported(args.against, "dla_fast", "forward")
+    for spec in args.switch:  # (this tree's modules are 0_dla_fast.* once imported)
+        apis[f"this+{spec}"] = switched(apis["this"], switch_settings(spec, "0_dla_fast"))
     warm_gpu()
-    header = (f"the delta rule through dla_fast.forward, this tree against {', '.join(args.against)} (tau {TAU}, "
+    others = [*args.against, *(f"this+{spec}" for spec in args.switch)]
+    header = (f"the delta rule through dla_fast.forward, this tree against {', '.join(others)} (tau {TAU}, "
               f"{args.rounds} alternating rounds of 20 calls, medians)")
     report_cells("delta_revision_ab", header, args.cells,
                  lambda cell: compare_cell(cell, apis, args.rounds, not args.forward_only), args.out)

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...backend import interpreting
 from ..common.triton_utils import dot_from_memory_as as _dot
 from .wy_tables_triton import KEY_BLOCK
 
@@ -75,13 +76,13 @@ def dla_delta_wy_adjoint_kernel(
     dq_ptr, dk_ptr, dg_ptr, db_ptr, R, qk_sc, qk_sr, qk_st, gb_sc, gb_sr, gb_st,
     Dk, C: tl.constexpr, KB: tl.constexpr, BKD: tl.constexpr, STAGES: tl.constexpr, OPD: tl.constexpr,
 ):
-    """Program p = c R + r (chunk c, row r of a block, chunk-major) -> ``dq, dk [nb, R, C, Dk]`` (any float dtype,
-    the float64 results rounded once as stored), ``dg, db [nb, R, C]`` (float64), by their strides (chunk, row,
-    token; unit stride over Dk), of ``<c_attn, attn> + <c_qt, qt> + <c_khd, khd> + <c_Phi, Phi>``. Reads the table
-    kernel's scratch ``x [P, 2, C, Dk]`` (keys, queries), ``b [P, C]``, ``A``, ``Mq [P, C, C]``, ``Z [P, C, Dk]``,
-    the log decays ``g [P, C]``, the tables and the cotangents (any float dtypes; ``Phi``'s row-major ``[Dk, Dk]``).
-    ``dx, dt, dm [P, C, C]`` and ``sq, skh, sz, sdk [P, C, Dk]`` are scratch (float64; float32 where ``OPD``, the
-    products' operands as ``dot_from_memory_as`` takes them, is not ``"float64"``)."""
+    """Program p = c R + r (chunk c, row r of a block, chunk-major) -> ``dq, dk [nb, R, C, Dk]`` (any float dtype, the
+    results, float64 or with 16-bit ``OPD`` float32, rounded once as stored), ``dg, db [nb, R, C]`` (float64), by their
+    strides (chunk, row, token; unit stride over Dk), of ``<c_attn, attn> + <c_qt, qt> + <c_khd, khd> + <c_Phi, Phi>``.
+    Reads the table kernel's scratch ``x [P, 2, C, Dk]`` (keys, queries), ``b [P, C]``, ``A``, ``Mq [P, C, C]``, ``Z [P,
+    C, Dk]``, the log decays ``g [P, C]``, the tables and the cotangents (any float dtypes; ``Phi``'s row-major ``[Dk,
+    Dk]``). ``dx, dt, dm [P, C, C]`` and ``sq, skh, sz, sdk [P, C, Dk]`` are scratch (float64; float32 where ``OPD``,
+    the products' operands as ``dot_from_memory_as`` takes them, is not ``"float64"``)."""
     ACC: tl.constexpr = tl.float64 if OPD == "float64" else tl.float32
     p = tl.program_id(0).to(tl.int64)
     t = tl.arange(0, C)
@@ -184,7 +185,7 @@ def dla_delta_wy_adjoint_kernel(
 
 def wy_tables_adjoint_triton(g: torch.Tensor, tables: dict, saved: dict, cot: dict, *, out: dict | None = None,
                              operands: torch.dtype = torch.float64, num_warps: int | None = None, stages: int = 1,
-                             dot_k: int = ADJOINT_DOT_K):
+                             dot_k: int = ADJOINT_DOT_K, maxnreg: int | None = None):
     """``wy_tables_adjoint``'s ``(dq, dk, dg, db)`` (chunk-major ``[nb, R, C, ...]``) for the cotangents ``cot`` of
     ``attn``, ``qt``, ``khd`` and ``Phi`` (any float dtypes), from the log decays ``g [nb, R, C]`` and what
     ``wy_tables_triton.output_tables_saved`` returned for the same block (the score's tables take no part).
@@ -192,7 +193,8 @@ def wy_tables_adjoint_triton(g: torch.Tensor, tables: dict, saved: dict, cot: di
     each float64 result rounded once; ``g, b`` float64), returned; None: new float64 tensors. ``stages`` and
     ``dot_k``: the products' loads in flight and their reduction step. ``operands``: float64 (every product and sum
     in float64), or, for 16-bit inputs, a 16-bit dtype or float32 (tf32 on a GPU): each product's operands rounded to
-    it, sums and scratch in float32 (docs/precision.md section 8); ``num_warps`` None: that precision's default."""
+    it, sums and scratch in float32 (docs/precision.md section 8); ``num_warps`` None: that precision's default.
+    ``maxnreg``: a register cap (for sweeps; None: none)."""
     if operands not in _OPERANDS:
         raise ValueError(f"wy_tables_adjoint_triton: operands must be one of {list(_OPERANDS)}, got {operands}")
     nb, R, C, Dk = tables["qt"].shape
@@ -218,5 +220,5 @@ def wy_tables_adjoint_triton(g: torch.Tensor, tables: dict, saved: dict, cot: di
         *(torch.empty(nb, R, C, n, device=dev, dtype=scratch) for n in (C, C, C, Dk, Dk, Dk, Dk)),
         *d, R, *d[0].stride()[:3], *d[2].stride(), Dk,
         C=C, KB=max(16, min(KEY_BLOCK, triton.next_power_of_2(Dk))), BKD=dot_k, STAGES=stages, OPD=opd,
-        num_warps=num_warps or warps)
+        num_warps=num_warps or warps, **({} if maxnreg is None or interpreting() else dict(maxnreg=maxnreg)))
     return tuple(d)
