@@ -314,7 +314,8 @@ def test_float32_saved_tables_for_16_bit_inputs(monkeypatch):
     got = _backward(c, torch.float32, True, 2, v_exact=True)
     errors = [_rel(x, want) for x, want in zip(got, ref)]
     assert saved and all(kw.get("save") for kw in saved)
-    assert max(errors) < TF32_BOUND, errors
+    # The interpreter's tf32 products are float32 ones: there float32 rounding's bound holds (measured 4.8e-7).
+    assert max(errors) < (TF32_BOUND if CUDA else BOUND), errors
 
 
 @needs_kernels
