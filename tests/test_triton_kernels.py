@@ -1804,14 +1804,16 @@ def test_delta_rule_table_adjoint_kernel_matches_autograd(Dk, tables):
 
 
 @needs_kernels
-@pytest.mark.parametrize("Dk", [48, 64])
+@pytest.mark.parametrize("Dk", [32, 48, 64])
 @pytest.mark.parametrize("operands", [torch.float16, torch.bfloat16, torch.float32])
 def test_delta_rule_table_adjoint_kernel_with_16bit_operands(Dk, operands):
     """``wy_tables_adjoint_triton(operands=)`` (16-bit inputs' path: each product's operands rounded to ``operands``,
     float32 sums) against torch autograd through ``wy_tables`` (float64), as the float64 test above. Bound: 4 unit
     roundoffs of the operand dtype (2^-11 for float16, 2^-9 for bfloat16) of each gradient's largest entry; measured
     (interpreter) 0.3-0.95 unit roundoffs for float16, 0.67-2.33 for bfloat16 (``conftest._bf16_dots``: its products
-    and its rounding to nearest as on a GPU; the interpreter's own truncation gave up to 6.9)."""
+    and its rounding to nearest as on a GPU; the interpreter's own truncation gave up to 6.9). ``Dk = 32``: run 77's
+    H100 gave the keys' gradient 1.04 off with key blocks of 32, which 16-bit operands no longer take; any launch
+    but 8 warps (16 were wrong there too) is refused."""
     from dla_fast.ops.delta_rule.wy_tables import wy_tables
     from dla_fast.ops.delta_rule.wy_tables_adjoint_triton import wy_tables_adjoint_triton
     from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_saved
@@ -1829,6 +1831,8 @@ def test_delta_rule_table_adjoint_kernel_with_16bit_operands(Dk, operands):
                                    err_msg=f"d{name}")
     with pytest.raises(ValueError, match="operands"):
         wy_tables_adjoint_triton(g.to(DEV), tab, saved, cot, operands=torch.int32)
+    with pytest.raises(ValueError, match="num_warps"):
+        wy_tables_adjoint_triton(g.to(DEV), tab, saved, cot, operands=operands, num_warps=16)
 
 
 @needs_kernels

@@ -53,13 +53,22 @@ F64 = torch.float64
 # the bf16 outputs' own rounding (float32 inputs against bf16 ones: 3.4e-3), and 7.0e-3, 6.5e-3 with bf16 operands.
 ADJOINT_16BIT_OPERANDS = torch.float32
 # The reruns', kernel A's and kernel B's products (the slot states, their adjoints' chain, the tables' cotangents) in
-# one tf32 pass for 16-bit inputs, instead of split tf32 (float32-accurate). Opt-in: built in run 76, not yet measured
-# on a GPU.
-ONE_PASS_CHAINS_16BIT = False
+# one tf32 pass for 16-bit inputs, instead of split tf32 (float32-accurate; float32 inputs keep it). H100, run 77, bf16
+# at (2, 16384, 16, 64) moderate: kernel A 6.47 -> 4.68 ms, the start slots' kernel 4.65 -> 3.60, the token kernel
+# 1.75 -> 0.98, the reruns -0.59; the step at (8, 4096) 44.25 -> 40.20 ms (-9.2 %). The gradients' largest change
+# from the split products' (relative to the largest entry): dv 2.8e-3, dg 1.3e-4, dlam 7e-5, dq, dk, dbeta within one
+# bf16 rounding; below the bf16 inputs' own spread (float32 copies of them: dv 4.2e-3, dg 1.1e-3, dlam 1.5e-3).
+ONE_PASS_CHAINS_16BIT = True
 # The backward's tables for 16-bit inputs by the forward's float32 table kernel, its scratch saved in float32 for the
-# tables' adjoint (which multiplies in tf32 there), instead of the float64 kernel's. Opt-in: built in run 76, not yet
-# measured on a GPU.
-FLOAT32_SAVED_TABLES_16BIT = False
+# tables' adjoint (which multiplies in tf32 there), instead of the float64 kernel's. H100, run 77, same cell: the table
+# kernels over every chunk 3.04 -> 2.08 ms (timed alone), the adjoint 3.87 -> 3.17 (half the bytes read); the step at
+# (8, 4096) 44.25 -> 42.91 ms (-3.0 %), both switches 38.83 (-12.3 %). Gradients: dv 1.4e-3, the rest within 5e-7 or
+# one bf16 rounding of the float64 tables'.
+FLOAT32_SAVED_TABLES_16BIT = True
+# The narrowest heads that take them. Run 77, H100: at 32 features the keys' gradient came out 1.04 off with these
+# tables (`test_float32_saved_tables_for_16_bit_inputs`), where the float64 tables passed the same backward's test;
+# root cause not found (docs/performance.md "Run 77"), so narrower heads keep the float64 tables.
+FLOAT32_SAVED_TABLES_NARROWEST = 33
 
 
 class _Inputs:
@@ -79,7 +88,8 @@ class _Inputs:
         self.adjoint_operands = ADJOINT_16BIT_OPERANDS if v_exact and not interpreting() else F64
         self.split_chains = not (ONE_PASS_CHAINS_16BIT and v_exact)
         self.float32_tables = (FLOAT32_SAVED_TABLES_16BIT and self.adjoint_operands != F64
-                               and q.shape[-1] <= FLOAT32_TABLES_WIDTH and q.dtype == torch.float32)
+                               and FLOAT32_SAVED_TABLES_NARROWEST <= q.shape[-1] <= FLOAT32_TABLES_WIDTH
+                               and q.dtype == torch.float32)
         self.C, self.nC, self.T, self.cd = C, max(1, -(-T // C)), T, q.dtype
         self.tdt = F64 if score else q.dtype  # the tables' dtype
         self.score = score  # the score's tables (kt, akap) are built only for its part

@@ -41,9 +41,15 @@ from .wy_tables_triton import KEY_BLOCK
 # program per SM at every setting: a float64 product from memory takes ~100 registers a thread at 8 warps.
 ADJOINT_WARPS = 16
 ADJOINT_DOT_K = 32
-# Warps with 16-bit or tf32 operands (float32 sums and scratch). H100, run 76, the training step at (2, 16384, 16, 64)
-# moderate: bf16 operands 3.69 ms at 8 warps (sm_90: 252 registers, no stack), 4.79 at 4 (255, 496 B), 4.19 at 16
-# (128, 40 B); tf32 3.92 at 8 (3.89 in another call); float64 at 16 warps: 7.2 ms.
+# Warps with 16-bit or tf32 operands (float32 sums and scratch), the only launch these operands take. H100, run 76, the
+# training step at (2, 16384, 16, 64) moderate: bf16 operands 3.69 ms at 8 warps (sm_90: 252 registers, no stack),
+# 4.79 at 4 (255, 496 B), 4.19 at 16 (128, 40 B); tf32 3.92 at 8 (3.89 in another call); float64 at 16 warps: 7.2 ms.
+# Run 77 (H100, Triton 3.6): at 16 warps the tf32 kernel's gradients were wrong (4.6e-1 of the largest entry against
+# torch's float64 adjoint, the same in two calls); at 8 warps and key blocks of 64 they hold (Dk = 48, 64: float16,
+# bf16, tf32 within 4 unit roundoffs), and a 32-feature backward whose keys' gradient came out wrong ran key blocks of
+# 32 (with the float32 tables; with the float64 ones it passed). So 16-bit operands run the launch the tests hold: 8
+# warps, key blocks of 64 (``Dk`` is a run-time argument: narrower heads run the kernel checked at 48 and 64, their
+# keys masked).
 ADJOINT_16BIT_WARPS = 8
 # The products' operands (``operands``) -> (the kernel's ``OPD``, the scratch's dtype, the default warps).
 _OPERANDS = {torch.float64: ("float64", torch.float64, ADJOINT_WARPS),
@@ -122,9 +128,13 @@ def dla_delta_wy_adjoint_kernel(
     dGc -= E_khd
     dGL = tl.sum(E_khd, 0) + _square_product_sum(cphi, phi_ptr + p * Dk * Dk, Dk, KB)
     tl.debug_barrier()  # dQ, dkh and the first terms of dT and dMq are in the scratch for every thread
+    # Each update of a scratch tile waits for every thread's read of it: a thread may store elements that another
+    # has yet to load (the sum's layout is not the load's), and the compiler may place a load after the product.
     dM = tl.load(sM + rows * C + cols) - _dot(sQ, Dk, 1, Z, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES, OPD)
+    tl.debug_barrier()
     tl.store(sM + rows * C + cols, tl.where(cols <= rows, dM, 0.0))  # dMq is complete: causal(dMq)
     dT = tl.load(sT + rows * C + cols) + _dot(K, Dk, 1, sKh, 1, Dk, bk, C, Dk, C, C, C, BKD, False, STAGES, OPD)
+    tl.debug_barrier()
     tl.store(sT + rows * C + cols, dT)
     # dZ = -Mq^T dQ - e^GL K c_Phi (the queries' and Phi's terms).
     for kb in range(0, Dk, KB):
@@ -193,7 +203,8 @@ def wy_tables_adjoint_triton(g: torch.Tensor, tables: dict, saved: dict, cot: di
     each float64 result rounded once; ``g, b`` float64), returned; None: new float64 tensors. ``stages`` and
     ``dot_k``: the products' loads in flight and their reduction step. ``operands``: float64 (every product and sum
     in float64), or, for 16-bit inputs, a 16-bit dtype or float32 (tf32 on a GPU): each product's operands rounded to
-    it, sums and scratch in float32 (docs/precision.md section 8); ``num_warps`` None: that precision's default.
+    it, sums and scratch in float32 (docs/precision.md section 8), at ``ADJOINT_16BIT_WARPS`` and key blocks of 64
+    only; ``num_warps`` None: that precision's default.
     ``maxnreg``: a register cap (for sweeps; None: none)."""
     if operands not in _OPERANDS:
         raise ValueError(f"wy_tables_adjoint_triton: operands must be one of {list(_OPERANDS)}, got {operands}")
@@ -211,14 +222,18 @@ def wy_tables_adjoint_triton(g: torch.Tensor, tables: dict, saved: dict, cot: di
                          f"their strides, got {[x.stride() for x in d]}")
     if d[2].dtype != torch.float64 or d[3].dtype != torch.float64:
         raise ValueError(f"wy_tables_adjoint_triton: out's g and b must be float64, got {d[2].dtype}, {d[3].dtype}")
-    cot = {n: cot[n].contiguous() for n in ("attn", "qt", "khd", "Phi")}
     opd, scratch, warps = _OPERANDS[operands]
+    if opd != "float64" and num_warps not in (None, warps):
+        raise ValueError(f"wy_tables_adjoint_triton: num_warps with {operands} operands must be {warps} (others gave "
+                         f"wrong products on an H100: ADJOINT_16BIT_WARPS), got {num_warps}")
+    key_block = KEY_BLOCK if opd != "float64" else max(16, min(KEY_BLOCK, triton.next_power_of_2(Dk)))
+    cot = {n: cot[n].contiguous() for n in ("attn", "qt", "khd", "Phi")}
     dla_delta_wy_adjoint_kernel[(P,)](
         saved["x"], saved["b"], saved["A"], saved["Z"], saved["Mq"], g.contiguous(),
         tables["attn"], tables["qt"], tables["khd"], tables["Phi"],
         cot["attn"], cot["qt"], cot["khd"], cot["Phi"],
         *(torch.empty(nb, R, C, n, device=dev, dtype=scratch) for n in (C, C, C, Dk, Dk, Dk, Dk)),
         *d, R, *d[0].stride()[:3], *d[2].stride(), Dk,
-        C=C, KB=max(16, min(KEY_BLOCK, triton.next_power_of_2(Dk))), BKD=dot_k, STAGES=stages, OPD=opd,
+        C=C, KB=key_block, BKD=dot_k, STAGES=stages, OPD=opd,
         num_warps=num_warps or warps, **({} if maxnreg is None or interpreting() else dict(maxnreg=maxnreg)))
     return tuple(d)
