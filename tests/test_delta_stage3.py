@@ -27,6 +27,8 @@ def test_interpreter_run(interpreter_rerun):
     interpreter_rerun()
 
 
+ONE_PASS_BOUND = 4 * 2.0**-11  # four tf32 unit roundoffs of the largest entry (the forward walk's one pass)
+
 # (B, T, H, D, K, dtype, initial cache, row lengths or None)
 CASES = [
     (1, 63, 2, 16, 4, torch.float32, False, None),  # one ragged chunk, an empty cache
@@ -178,6 +180,35 @@ def test_stage3_walk_variants(B, T, H, D, K, dtype, lengths, variant, kept, monk
     x, n = after_prefix(x_all, prefix, lengths)
     o, _, _ = _forward_checked(x, cache, tau, n, monkeypatch, keep_checkpoints=kept, **walk)
     assert o.shape == (B, T, H, D) and torch.isfinite(o).all()
+
+
+@needs_kernels
+def test_one_tf32_pass_in_the_forward_walk_for_16_bit_inputs(monkeypatch):
+    """``chunk_fwd.ONE_PASS_WALK_16BIT`` (opt-in): the walk's state products in one tf32 pass for bf16 inputs (three
+    chunks after a call that fills the cache: a step of two composed chunks, then one): the outputs and final slot
+    states within ``ONE_PASS_BOUND`` of the split walk's (relative to the largest entry) and not equal to them (the
+    one pass ran); float32 inputs' forward unchanged (bitwise). Measured (interpreter; the tf32 rounding explicit, so
+    as on a GPU): o 7.2e-5, the slot states 3.9e-4, against the bound 2e-3 (states are the backward's checkpoints and
+    the cache: one tf32 rounding a step, damped by the decays)."""
+    from dla_fast.ops.delta_rule import chunk_fwd
+
+    B, T, H, K, prefix, steps = 1, 130, 2, 8, 40, 2
+    D = 32 if CUDA else 16
+
+    def forward(dtype, one_pass):
+        monkeypatch.setattr(chunk_fwd, "ONE_PASS_WALK_16BIT", one_pass)
+        x = delta_inputs(B, prefix + T, H, D, K, dtype, seed=7, decay=0.99)
+        cache = empty_cache(B, H, K, D)
+        for part in ([a[:, :prefix] for a in x], [a[:, prefix:] for a in x]):
+            o = chunk_fwd.forward_delta_rule_triton(*part, None, *cache, tau=0.5, walk_steps=steps)[0]
+        return o, cache[0]
+
+    split, one = forward(torch.bfloat16, False), forward(torch.bfloat16, True)
+    errors = [((a - b).abs().max() / b.abs().max()).item() for a, b in zip(one, split)]
+    assert max(errors) < ONE_PASS_BOUND, errors
+    assert min(errors) > 0, errors
+    for a, b in zip(forward(torch.float32, True), forward(torch.float32, False)):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.gpu

@@ -66,6 +66,16 @@ WALK_STEPS = 2
 # dense.
 EARLY_LOADS = True
 
+# The walk's state products in one tf32 pass for 16-bit inputs (the kernel's ``SPLIT=False``), where they are split
+# tf32 (float32-accurate) for every dtype. Opt-in (run 77, not measured on a GPU). sm_90, two chunks a step at 64
+# features, K = 30: 4,000 -> 3,120 SASS lines, 104 -> 72 HGMMA, 208 -> 144 B of stack, 96 -> 68 KB of shared memory;
+# the backward's reruns, whose SASS shrank alike (3,208 -> 2,520), went ~5.1 -> ~4.5 ms at (2, 16384, 16, 64) moderate
+# (H100, run 77). Predicted: the forward's walk 4.08 -> 3.5-3.8 ms, the forward and the training step -0.3 to -0.6 ms.
+# The cost: the slot states (the final cache, the backward's checkpoints) tf32-accurate (run 17: single-pass states
+# 4.6e-4 from float32 at 16K; interpreter: 3.9e-4 of the largest) instead of float32-accurate; the reads, already one
+# pass for 16-bit inputs, and the decisions (made before the walk, in float64) do not change.
+ONE_PASS_WALK_16BIT = False
+
 # Elements of the largest tensors of a block of chunks ([block, R, C, C] in the tables' dtype): they bound the
 # stage's memory (~0.5 GB).
 _TABLE_ELEMENTS = 1 << 22
@@ -136,7 +146,8 @@ def _walk(slots, tab, coef, dest_f, dest, v, o, i: int, j: int, c0: int, lowp: b
         while t[1].shape[2] < per * CHUNK:
             t = pair_steps(*t, v, o, c0 + a - i, chunk=CHUNK, v_exact=lowp)
         slot_states_and_reads(slots, t[0], t[1], t[2], v, *t[3:], o, c0 + a - i, read_f32=not lowp, v_exact=lowp,
-                              chunk=CHUNK, early_loads=EARLY_LOADS, launch=launch)
+                              chunk=CHUNK, early_loads=EARLY_LOADS, launch=launch,
+                              split=not (lowp and ONE_PASS_WALK_16BIT))
 
 
 def _states_and_outputs(q, k, v, g, beta, lam, s: DecidedStructure, size0, row_lengths, slots, kept=None,
