@@ -1811,9 +1811,9 @@ def test_delta_rule_table_adjoint_kernel_with_16bit_operands(Dk, operands):
     float32 sums) against torch autograd through ``wy_tables`` (float64), as the float64 test above. Bound: 4 unit
     roundoffs of the operand dtype (2^-11 for float16, 2^-9 for bfloat16) of each gradient's largest entry; measured
     (interpreter) 0.3-0.95 unit roundoffs for float16, 0.67-2.33 for bfloat16 (``conftest._bf16_dots``: its products
-    and its rounding to nearest as on a GPU; the interpreter's own truncation gave up to 6.9). ``Dk = 32``: run 77's
-    H100 gave the keys' gradient 1.04 off with key blocks of 32, which 16-bit operands no longer take; any launch
-    but 8 warps (16 were wrong there too) is refused."""
+    and its rounding to nearest as on a GPU; the interpreter's own truncation gave up to 6.9). ``Dk = 32`` runs the
+    key blocks of 64 that 16-bit operands take at every width since run 77 (the launch the GPU had passed at 48 and
+    64); any launch but 8 warps is refused (at 16 the H100's tf32 gradients were 0.46 off)."""
     from dla_fast.ops.delta_rule.wy_tables import wy_tables
     from dla_fast.ops.delta_rule.wy_tables_adjoint_triton import wy_tables_adjoint_triton
     from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_saved
