@@ -47,9 +47,10 @@ ADJOINT_DOT_K = 32
 # Run 77 (H100, Triton 3.6): at 16 warps the tf32 kernel's gradients were wrong (4.6e-1 of the largest entry against
 # torch's float64 adjoint, the same in two calls); at 8 warps and key blocks of 64 they hold (Dk = 48, 64: float16,
 # bf16, tf32 within 4 unit roundoffs), and a 32-feature backward whose keys' gradient came out wrong ran key blocks of
-# 32 (with the float32 tables; with the float64 ones it passed). So 16-bit operands run the launch the tests hold: 8
-# warps, key blocks of 64 (``Dk`` is a run-time argument: narrower heads run the kernel checked at 48 and 64, their
-# keys masked).
+# 32 (with the float32 tables; with the float64 ones it passed). Both wrong launches, and no other, build wgmma
+# instructions 16 columns wide (sm_90 TTGIR: instrShape [16, 16, 8]; the held launch has only [16, 32, 8]). So 16-bit
+# operands run the launch the tests hold: 8 warps, key blocks of 64 (``Dk`` is a run-time argument: narrower heads run
+# the kernel checked at 48 and 64, their keys masked).
 ADJOINT_16BIT_WARPS = 8
 # The products' operands (``operands``) -> (the kernel's ``OPD``, the scratch's dtype, the default warps).
 _OPERANDS = {torch.float64: ("float64", torch.float64, ADJOINT_WARPS),
