@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -40,6 +41,15 @@ def resources(kernel) -> dict:
     out = sm90_build.cuobjdump(kernel, "-res-usage")
     fields = dict(item.split(":") for item in next(line for line in out.splitlines() if "REG:" in line).split())
     return dict(registers=int(fields["REG"]), stack=int(fields["STACK"]), shared=kernel.metadata.shared)
+
+
+def mma_shapes(kernel) -> list[str]:
+    """The tensor-core layouts of the kernel's products (TTGIR ``#ttg.nvidia_mma``): ``version warpsPerCTA
+    instrShape`` each (run 77: the tables' adjoint went wrong on an H100 exactly where its tf32 ``wgmma`` instructions
+    were 16 columns wide)."""
+    found = re.findall(r"#ttg\.nvidia_mma<\{versionMajor = (\d+), versionMinor = \d+, warpsPerCTA = (\[[\d, ]+\])"
+                       r"(?:, instrShape = (\[[\d, ]+\]))?", kernel.asm["ttgir"])
+    return sorted({f"v{major} {warps} {shape}".strip() for major, warps, shape in found})
 
 
 def programs_per_sm(usage: dict, num_warps: int) -> int:
@@ -71,10 +81,11 @@ def main():
     for text in args.options or [""]:
         options = {k: int(v) for k, v in (o.split("=", 1) for o in filter(None, text.split(",")))}
         options = {**launch["options"], **options}
-        usage = resources(sm90_build.build(dict(launch, options=options)))
+        kernel = sm90_build.build(dict(launch, options=options))
+        usage = resources(kernel)
         print(f"{args.kernel} {options}: {usage['registers']} registers, {usage['stack']} B of stack, "
               f"{usage['shared']} B of shared memory; {programs_per_sm(usage, options.get('num_warps', 4))} "
-              f"programs an SM")
+              f"programs an SM; MMA layouts {mma_shapes(kernel)}")
 
 
 if __name__ == "__main__":

@@ -205,9 +205,9 @@ def test_branch_free_float64_division_and_root_are_ptxas_fast_paths():
         f"div_f64(0.1, b) hands its inline PTX {paths['constant dividend']}, not float64 0.1")
 
 
-def _sm90_usage(launch: dict, values: list, types: str, options: str, tmp_path) -> tuple[int, int, int]:
-    """``(registers, stack bytes, programs an SM)`` of ``launch`` rebuilt by ``benchmarks/sm90_usage.py`` with the GPU
-    machines' Triton (its constexprs ``values`` as ``NAME=VALUE``, pointer ``types`` and launch ``options``)."""
+def _sm90_usage_line(launch: dict, values: list, types: str, options: str, tmp_path) -> str:
+    """``benchmarks/sm90_usage.py``'s line for ``launch`` rebuilt with the GPU machines' Triton (its constexprs
+    ``values`` as ``NAME=VALUE``, pointer ``types`` and launch ``options``)."""
     record = tmp_path / "launch.jsonl"
     record.write_text(json.dumps(launch) + "\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(TESTS.parent)]))
@@ -215,8 +215,14 @@ def _sm90_usage(launch: dict, values: list, types: str, options: str, tmp_path) 
                           launch["kernel"], *values, "--types", types, "--options", options], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"the build process failed:\n{run.stderr[-3000:]}"
-    built = re.search(r"(\d+) registers, (\d+) B of stack, \d+ B of shared memory; (\d+) programs an SM", run.stdout)
-    assert built, run.stdout
+    return run.stdout.strip().splitlines()[-1]
+
+
+def _sm90_usage(launch: dict, values: list, types: str, options: str, tmp_path) -> tuple[int, int, int]:
+    """``(registers, stack bytes, programs an SM)`` of ``launch`` rebuilt as :func:`_sm90_usage_line` says."""
+    line = _sm90_usage_line(launch, values, types, options, tmp_path)
+    built = re.search(r"(\d+) registers, (\d+) B of stack, \d+ B of shared memory; (\d+) programs an SM", line)
+    assert built, line
     return tuple(map(int, built.groups()))
 
 
@@ -236,6 +242,27 @@ def test_the_16_bit_output_kernel_at_64_features_holds_four_programs_an_sm(tmp_p
     registers, stack, programs = _sm90_usage(outputs[0], ["BK=64", "BV=64", "KP=32", "G=1", "LOWP=True",
                                                           "PREC='tf32x3'"], bf16, options, tmp_path)
     assert stack == 0 and programs >= 4, f"{registers} registers, {stack} B of stack, {programs} programs an SM"
+
+
+@pytest.mark.skipif(CUDA, reason="built from the interpreter reruns' launch records (CPU)")
+def test_the_16_bit_tables_adjoint_builds_no_16_column_wgmma(tmp_path):
+    """The tables' adjoint with tf32 operands as the backward launches it for 16-bit inputs (``ADJOINT_16BIT_WARPS``,
+    key blocks of ``KEY_BLOCK`` at every width) builds for sm_90 with the GPU machines' Triton with ``wgmma``
+    instructions 32 columns wide only. Run 77: the two launches that gave wrong gradients on an H100 (16 warps, key
+    blocks of 32) were the two built with 16-column ones (``instrShape = [16, 16, 8]``); a change of its tiles or
+    warps that brings them back fails here."""
+    if not GPU_TRITON.is_dir():
+        pytest.skip(f"no GPU machines' Triton in {GPU_TRITON} (.ci/run installs it: pip install --target)")
+    from dla_fast.ops.delta_rule.wy_tables_adjoint_triton import ADJOINT_16BIT_WARPS
+    from dla_fast.ops.delta_rule.wy_tables_triton import KEY_BLOCK
+
+    adjoints = [launch for launch in _launches() if launch["kernel"] == "dla_delta_wy_adjoint_kernel"
+                and launch["constexprs"].get("OPD") != "float64"]  # (float32 scratch: any 16-bit operands' launch)
+    assert adjoints, "the interpreter reruns recorded no 16-bit launch of the tables' adjoint"
+    line = _sm90_usage_line(adjoints[0], [f"KB={KEY_BLOCK}", "OPD='tf32'"], "", f"num_warps={ADJOINT_16BIT_WARPS}",
+                            tmp_path)
+    layouts = re.findall(r"v3 \[[\d, ]+\] \[16, (\d+), 8\]", line)
+    assert layouts and set(layouts) == {"32"}, line
 
 
 # Delta-rule kernels as the forward and the backward launch them at 64 features, K = 30: (kernel, constexprs, the
