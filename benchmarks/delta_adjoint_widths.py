@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""The tables' adjoint kernel (``wy_tables_adjoint_triton``) at several head widths, each precision and both sources
-of its tables and scratch (the float64 table kernel's, ``output_tables_saved``; the float32 one's,
-``output_tables_rows_f32(save=True)``, up to 64 features), at the launch the library takes: per gradient, the largest
-difference from torch autograd through ``wy_tables`` in float64, relative to the gradient's largest entry, and how
-far two launches on the same inputs differ (a race would show there). Run 77 found wrong keys' gradients on an H100
-with tf32 operands at key blocks of 32 (Dk = 32) and at 16 warps; this checks the widths the tests do not reach. On a
-GPU only: Triton's interpreter multiplies bf16 operands wrongly (the tests patch it: ``conftest._bf16_dots``).
+"""The tables' adjoint kernel (``wy_tables_adjoint_triton``) at several head widths, each precision and both sources of
+its tables and scratch (the float64 table kernel's, ``output_tables_saved``; the float32 one's,
+``output_tables_rows_f32(save=True)`` as ``delta_table_adjoint.saved_f32`` launches it, up to 64 features), at the
+launch the library takes: per gradient, the largest difference from torch autograd through ``wy_tables`` in float64,
+relative to the gradient's largest entry, and how far two launches on the same inputs differ (a race would show there).
+Run 77 found wrong gradients on an H100 with tf32 operands at 16 warps and, on the float32 tables, at 32 features;
+this checks the widths the tests do not reach. On a GPU only: Triton's interpreter multiplies bf16 operands wrongly (the
+tests patch it: ``conftest._bf16_dots``).
 
     python benchmarks/delta_adjoint_widths.py [--widths 16,32,64,128] [--device cuda]
 """
@@ -13,13 +14,17 @@ GPU only: Triton's interpreter multiplies bf16 operands wrongly (the tests patch
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import torch
 
-from dla_fast.ops.delta_rule.wy_tables import wy_tables
-from dla_fast.ops.delta_rule.wy_tables_adjoint_triton import wy_tables_adjoint_triton
-from dla_fast.ops.delta_rule.wy_tables_f32_triton import output_tables_rows_f32
-from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_saved
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from delta_table_adjoint import saved_f32  # noqa: E402
+
+from dla_fast.ops.delta_rule.wy_tables import wy_tables  # noqa: E402
+from dla_fast.ops.delta_rule.wy_tables_adjoint_triton import wy_tables_adjoint_triton  # noqa: E402
+from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_saved  # noqa: E402
 
 WRONG = 0.05  # far above every precision's rounding (bf16 operands: ~3e-3)
 
@@ -32,15 +37,6 @@ def table_inputs(Dk: int, seed: int):
     g = -0.2 * torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
     b = torch.rand(2, 3, 64, generator=gen, dtype=torch.float64)
     return q, k, g, b, gen
-
-
-def float32_tables(q, k, g, b, dev):
-    """The float32 table kernel's tables and scratch for chunk-major inputs (one chunk per row of its layout)."""
-    nb, R, C = k.shape[:3]
-    rows = [x.float().contiguous().view(nb * R, C, 1, *x.shape[3:]).to(dev) for x in (q, k, g, b)]
-    tab, saved = output_tables_rows_f32(*rows, 0, 1, save=True)
-    view = lambda d: {n: t.view(nb, R, *t.shape[2:]) for n, t in d.items()}  # noqa: E731
-    return view(tab), view(saved)
 
 
 def main():
@@ -58,7 +54,7 @@ def main():
         cot = {n: c.to(dev) for n, c in cot.items()}
         sources = [("float64 tables", output_tables_saved(*(x.to(dev) for x in (q, k, g, b)), dtype=torch.float32))]
         if Dk <= 64:
-            sources.append(("float32 tables", float32_tables(q, k, g, b, dev)))
+            sources.append(("float32 tables", saved_f32(*(x.float().to(dev) for x in (q, k, g, b)))))
         for source, (tab, saved) in sources:
             for operands in (torch.float64, torch.float32, torch.bfloat16):
                 runs = [wy_tables_adjoint_triton(g.to(dev), tab, saved, cot, operands=operands) for _ in range(2)]
