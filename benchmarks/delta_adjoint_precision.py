@@ -58,7 +58,7 @@ def main():
     f32 = spread(gradients(x, dO, torch.float32, float32_tables=True), f64)
     print(f"{args.cell} bf16 inputs, adjoint tf32, float32 saved tables, against float64:  {f32}")
     both = spread(gradients(x, dO, torch.float32, one_pass=True, float32_tables=True), f64)
-    print(f"{args.cell} bf16 inputs, adjoint tf32, both opt-ins, against float64:  {both}")
+    print(f"{args.cell} bf16 inputs, adjoint tf32, both switches (the default since run 77), against float64:  {both}")
     x32 = [t.float() for t in x]
     print(f"{args.cell} float32 inputs against bf16 inputs' float64: {spread(gradients(x32, dO, torch.float64), f64)}")
 
