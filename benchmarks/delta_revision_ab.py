@@ -21,6 +21,7 @@ import argparse
 import ast
 import contextlib
 import os
+import re
 import statistics
 import sys
 
@@ -84,11 +85,12 @@ def switched(api, settings: list):
 
 def switch_settings(spec: str, package: str) -> list:
     """``[(module, name, value)]`` of ``MODULE.NAME=VALUE[,...]``, MODULE under ``package`` (this tree's, as
-    ``forward_revision_ab.imported`` renamed it); VALUE a Python literal or ``torch.<name>``."""
+    ``forward_revision_ab.imported`` renamed it); VALUE a Python literal (a tuple too: ``(8,8,1)``) or
+    ``torch.<name>``."""
     import torch
 
     out = []
-    for item in spec.split(","):
+    for item in re.split(r",(?=[\w.]+=)", spec):  # (a value may hold commas: a tuple)
         target, value = item.split("=", 1)
         module, name = target.rsplit(".", 1)
         found = sys.modules.get(f"{package}.{module}")

@@ -10,8 +10,9 @@ removed, docs/performance.md "Run 51").
 
     python benchmarks/delta_walk_steps_ab.py [CELLS] [--variants 1,1e,2e,4e] [--rounds 3]
 
-CELLS default ``2x16384x64:moderate``; a variant is the chunks a step, ``e`` for the early loads, and optionally
-``@BVxWARPSxSTAGES[xMAXNREG]``, the walk kernel's launch (``2e@2x4x1x168``: Dv blocks of 2, capped at 168 registers).
+CELLS default ``2x16384x64:moderate``; a variant is the chunks a step, ``e`` for the early loads, ``p`` for the state
+products in one tf32 pass (``chunk_fwd.ONE_PASS_WALK_16BIT``), and optionally ``@BVxWARPSxSTAGES[xMAXNREG]``, the walk
+kernel's launch (``2e@2x4x1x168``: Dv blocks of 2, capped at 168 registers).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import dla_fast  # noqa: E402
 from dla_fast.ops.delta_rule import chunk_fwd  # noqa: E402
 
 FORWARD = chunk_fwd.forward_delta_rule_triton
-EARLY_LOADS = chunk_fwd.EARLY_LOADS
+DEFAULTS = (chunk_fwd.EARLY_LOADS, chunk_fwd.ONE_PASS_WALK_16BIT)
 # The kernels whose time the walk steps move (the rest of the forward does not depend on them).
 WALK_KERNELS = ("dla_delta_states_kernel", "dla_delta_pair_steps_kernel")
 
@@ -40,9 +41,10 @@ WALK_KERNELS = ("dla_delta_states_kernel", "dla_delta_pair_steps_kernel")
 def forward(x, variant: str):
     steps, _, launch = variant.partition("@")
     walk_launch = tuple(int(f) for f in launch.split("x")) if launch else None
-    chunk_fwd.forward_delta_rule_triton = functools.partial(FORWARD, walk_steps=int(steps.strip("e")),
+    chunk_fwd.forward_delta_rule_triton = functools.partial(FORWARD, walk_steps=int(steps.strip("ep")),
                                                             walk_launch=walk_launch)
     chunk_fwd.EARLY_LOADS = "e" in steps
+    chunk_fwd.ONE_PASS_WALK_16BIT = "p" in steps
     with torch.no_grad():
         return dla_fast.forward(*x[:5], tau=TAU, beta=x[5], output_final_cache=True)
 
@@ -94,7 +96,7 @@ def main():
             print(f"{torch.cuda.get_device_name()}, {spec}: {medians_text(times)}", flush=True)
     finally:
         chunk_fwd.forward_delta_rule_triton = FORWARD
-        chunk_fwd.EARLY_LOADS = EARLY_LOADS
+        chunk_fwd.EARLY_LOADS, chunk_fwd.ONE_PASS_WALK_16BIT = DEFAULTS
 
 
 if __name__ == "__main__":

@@ -279,19 +279,47 @@ def test_one_tf32_pass_in_the_chains_for_16_bit_inputs(monkeypatch):
     one tf32 pass for 16-bit inputs (``v_exact``), a chunk a step and by pairs, against the torch backward in float64:
     within ``TF32_BOUND`` of each gradient's largest entry, and farther than ``BOUND`` from it in some gradient (the
     one pass ran). Measured (interpreter; tf32 rounding explicit, so as on a GPU): 7.2e-5 to 7.3e-4, ``dinit`` the
-    largest, against the bound 2e-3 (the split path: 1.4e-7 to 5.7e-7)."""
-    from dla_fast.ops.delta_rule import chunk_torch_bwd
+    largest, against the bound 2e-3 (the split path: 1.4e-7 to 5.7e-7); with the pairs' adjoint in one pass too
+    (``chunk_bwd_pairs.ONE_PASS_ADJOINT``, opt-in) dq 1.6e-4 -> 2.2e-4, dg 1.6e-4 -> 2.8e-4, dlam 7.2e-5 -> 1.3e-4."""
+    from dla_fast.ops.delta_rule import chunk_bwd_pairs, chunk_torch_bwd
 
     case = CASES[1]  # bf16 values; three chunks: by pairs and a chunk a step (every 2), a chunk a step (every 3)
     D = max(case[3], 32) if CUDA else case[3]
     c = _case(*case[:3], D, *case[4:9])
     ref = _backward(c, F64, False)
     monkeypatch.setattr(chunk_torch_bwd, "ONE_PASS_CHAINS_16BIT", True)
-    for every in (2, 3):
+    for every, adjoint in ((2, False), (3, False), (2, True)):
+        monkeypatch.setattr(chunk_bwd_pairs, "ONE_PASS_ADJOINT", adjoint)
         got = _backward(c, torch.float32, True, every, v_exact=True)
         errors = [_rel(x, want) for x, want in zip(got, ref)]
         assert max(errors) < TF32_BOUND, (every, errors)
         assert max(errors) > BOUND, (every, errors)
+
+
+@needs_kernels
+def test_the_reverse_pass_at_other_launches_gives_the_default_launch_s_gradients(monkeypatch):
+    """``chunk_bwd``'s launch settings (``RERUN_LAUNCH``, ``CHAIN_LAUNCH``, ``START_BLOCK``, for sweeps through the
+    API): the rerun and kernel A on Dv blocks half the default's on 8 warps, the start slots' kernel on blocks of 16
+    (its default below 32 features), by pairs and a chunk a step, give the default launch's gradients to float32
+    rounding: a block's columns are independent, so only the products' summation order may change. Measured
+    (interpreter): bitwise equal; with every Dv block given the first one's columns (a mutant of ``slot_tile``), dq
+    1.58 off."""
+    from dla_fast.ops.delta_rule import chunk_bwd
+    from dla_fast.ops.delta_rule.chunk_fwd_states import launch_shape
+
+    case = CASES[1]  # bf16 values, the 16-bit inputs' one-pass products; three chunks
+    D = max(case[3], 32) if CUDA else case[3]
+    c = _case(*case[:3], D, *case[4:9])
+    half = (launch_shape(D, D, case[4], None)[1] // 2, 8, 1)
+    for every in (2, 3):
+        want = _backward(c, torch.float32, True, every, v_exact=True)
+        with monkeypatch.context() as m:
+            m.setattr(chunk_bwd, "RERUN_LAUNCH", half)
+            m.setattr(chunk_bwd, "CHAIN_LAUNCH", half)
+            m.setattr(chunk_bwd, "START_BLOCK", 16)
+            got = _backward(c, torch.float32, True, every, v_exact=True)
+        for name, x, ref in zip(("dq", "dk", "dv", "dg", "dbeta", "dlam", "dinit"), got, want):
+            assert _rel(x, ref.to(F64)) < 1e-6, (name, every, _rel(x, ref.to(F64)))
 
 
 @needs_kernels
@@ -599,10 +627,13 @@ def test_the_partition_from_the_forward_s_live_starts_equals_the_rebuilt_one(cas
 
 
 @needs_kernels
-def test_the_pair_adjoint_kernel_matches_its_float64_torch_form(monkeypatch):
+@pytest.mark.parametrize("split", [True, False])
+def test_the_pair_adjoint_kernel_matches_its_float64_torch_form(split, monkeypatch):
     """``chunk_bwd_pairs.pair_adjoint`` (the kernel the pairs' reverse pass runs) against ``PairTables.adjoint`` (the
     same adjoint in float64 torch) on every pair segment of a real backward: each cotangent and gradient it writes
-    within ``BOUND`` of the reference's largest entry. Measured (interpreter): 2.2e-7 to 4.4e-7."""
+    within ``BOUND`` of the reference's largest entry with split products (measured, interpreter: 2.2e-7 to 4.4e-7),
+    within ``TF32_BOUND`` in one tf32 pass (``split=False``; 16-bit inputs with ``ONE_PASS_ADJOINT``), and farther
+    than ``BOUND`` in some (the one pass ran; measured: 4.6e-4)."""
     from dla_fast.ops.delta_rule import chunk_bwd, chunk_bwd_pairs
 
     case = (1, 290, 2, 16, 6, torch.float32, 0.6, True, None, True, 1)
@@ -611,19 +642,19 @@ def test_the_pair_adjoint_kernel_matches_its_float64_torch_form(monkeypatch):
     checked = []
     kernel = chunk_bwd_pairs.pair_adjoint
 
-    def both(tables, part, x, coef, lo, a, b, dPhi2, dkhd2, dqt2, cot, grads):
+    def both(tables, part, x, coef, lo, a, b, dPhi2, dkhd2, dqt2, cot, grads, **_):
         ref_cot = {n: t.clone() for n, t in cot.items()}
         ref_grads = {n: t.clone() for n, t in grads.items()}
         chunk_bwd_pairs.PairTables(tables, part, x, coef, lo, a, b).adjoint(dPhi2, dkhd2, dqt2, ref_cot, lo,
                                                                             ref_grads, a)
-        kernel(tables, part, x, coef, lo, a, b, dPhi2, dkhd2, dqt2, cot, grads)
-        for name, got, want in ((n, cot[n][lo:lo + b - a], ref_cot[n][lo:lo + b - a]) for n in cot):
-            assert _rel(got, want) < BOUND, (name, a, b, _rel(got, want))
-        for name in grads:
-            assert _rel(grads[name][a:b], ref_grads[name][a:b]) < BOUND, (name, a, b)
-        checked.append(b - a)
+        kernel(tables, part, x, coef, lo, a, b, dPhi2, dkhd2, dqt2, cot, grads, split=split)
+        errors = [_rel(cot[n][lo:lo + b - a], ref_cot[n][lo:lo + b - a]) for n in cot]
+        errors += [_rel(grads[n][a:b], ref_grads[n][a:b]) for n in grads]
+        assert max(errors) < (BOUND if split else TF32_BOUND), (a, b, errors)
+        checked.append(max(errors))
 
     monkeypatch.setattr(chunk_bwd_pairs, "pair_adjoint", both)
     monkeypatch.setattr(chunk_bwd, "_PAIRS", True)
     _backward(c, torch.float32, True, 4)
     assert checked
+    assert split or max(checked) > BOUND, checked

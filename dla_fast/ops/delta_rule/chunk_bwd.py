@@ -43,6 +43,14 @@ _COTANGENTS = "triton"
 # at (2, 16384, 16, 64) moderate 52.74 -> 48.29 ms, (8, 4096) moderate 53.88 -> 48.67, (2, 16384) dense 55.73 ->
 # 50.84; gradients within 2.3e-7 of the largest entry of a chunk a step's (float32 inputs).
 _PAIRS = True
+# Launch settings of the reverse pass's kernels in place of their defaults (None): the rerun's and kernel A's ``(BV,
+# num_warps, num_stages)`` (``chunk_fwd_states.state_block``'s), the start slots' kernel's Dv block
+# (``table_cotangents``' ``start_block``). Module settings, so that a sweep reaches them through the API
+# (``delta_revision_ab.py --switch ops.delta_rule.chunk_bwd.CHAIN_LAUNCH=(8,8,1)``): the defaults were swept in run 28,
+# before the products went one tf32 pass for 16-bit inputs (sm_90 builds since: docs/performance.md "Run 78").
+RERUN_LAUNCH = None
+CHAIN_LAUNCH = None
+START_BLOCK = None
 
 
 def paired_segment(a: int, b: int) -> bool:
@@ -93,7 +101,7 @@ def _segment_cotangents_triton(a: int, F, E, x, part, coef, tables, cot, grads) 
     # before).
     table_cotangents(F, E, part.destF[a:b], part.dest[a:b], coef, tables["qt"], x.dOc[a:b], tables["khd"],
                      x.bv[a:b], out=cot, read_weights=(part.JF[a:b], grads["lam"][a:b]), dbv_into=grads["bv"][a:b],
-                     split=x.split_chains)
+                     split=x.split_chains, start_block=START_BLOCK)
 
 
 class KernelPartition:
@@ -142,6 +150,7 @@ class _Walks:
         self.v_exact = x.v_exact if x.v_exact is not None else exact_in_tf32(x.vc)  # (the scan synchronises)
         self.split = x.split_chains  # the reruns', kernel A's, kernel B's products float32-accurate, or one tf32 pass
         self.dO_rows = dO.reshape(R, T, 1, Dv)
+        self.rerun_launch, self.chain_launch, self.start_block = RERUN_LAUNCH, CHAIN_LAUNCH, START_BLOCK
         # Token t's weight of start slot i (the kernels' partition reads them as it writes JF).
         given = part.coef if isinstance(part, KernelPartition) else None
         self.coef = given if given is not None else torch.gather(x.lamc, -1, part.JF.clamp(min=0)) * (part.JF >= 0)
@@ -155,7 +164,7 @@ class _Walks:
         kb = tables["khd"][a - u0:b - u0] * x.bc[a:b].to(tables["khd"].dtype).unsqueeze(-1)
         slot_states_and_reads(S, tables["Phi"][a - u0:b - u0], kb, None, self.v_rows, None, part.destF[a:b],
                               part.dest[a:b], None, a, read_f32=True, v_exact=self.v_exact, starts=starts,
-                              store_end=starts is None, split=self.split)
+                              store_end=starts is None, split=self.split, launch=self.rerun_launch)
 
     def segment(self, dS, tables, cot, u0: int, a: int, b: int, S, F, E, grads) -> None:
         """Segment ``a .. b - 1`` of the unit from ``u0``, from its start states ``S`` (read only): its start
@@ -166,7 +175,7 @@ class _Walks:
         n, (R, K, Dk, Dv) = b - a, dS.shape
         self.walk(S, tables, u0, a, b, starts=F[:n])
         slot_adjoints(dS, tables["Phi"][a - u0:b - u0], tables["qt"][a - u0:b - u0], self.dO_rows, self.coef[a:b],
-                      self.part.destF[a:b], a, dS_end=E[:n], split=self.split)
+                      self.part.destF[a:b], a, dS_end=E[:n], split=self.split, launch=self.chain_launch)
         per_batch = max(1, _BATCH_BYTES // (4 * R * K * max(Dk * Dv, Dk * self.x.C, self.x.C * Dv)))
         cotangents = _segment_cotangents_triton if _COTANGENTS == "triton" else _segment_cotangents
         for c0 in range(a, b, per_batch):  # the cotangents' temporaries bounded (each as large as F)

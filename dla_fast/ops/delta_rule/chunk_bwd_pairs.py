@@ -34,10 +34,18 @@ import triton.language as tl
 from ..common.triton_utils import next_pow2
 from .chunk_bwd_chain import slot_adjoints
 from .chunk_bwd_cotangents import table_cotangents
-from .chunk_fwd_states import dot_f32, slot_states_and_reads
+from .chunk_fwd_states import dot_f32_or_tf32, slot_states_and_reads
 from .chunk_fwd_steps import pair_steps
 
 F64 = torch.float64
+# The composition's adjoint in one tf32 pass where the chains take one (16-bit inputs: ``chunk_torch_bwd.
+# ONE_PASS_CHAINS_16BIT``), as kernel B does. Opt-in (run 78, not yet run on a GPU): sm_90 at 64 features on 4 warps
+# (Triton 3.6) 1,272 -> 824 B of stack and 160 -> 96 KB of shared memory, so two programs an SM instead of one, the
+# same wgmma shapes. Predicted: the kernel 1.85 -> 1.0-1.3 ms at (2, 16384, 16, 64) moderate, the training step -0.5
+# to -0.8 ms. Interpreter: its cotangents 4.6e-4 of their largest from the float64 adjoint's (4 tf32 roundoffs: 2e-3);
+# a backward's gradients from 16-bit inputs stay within the one-pass chains' distance from float64 (dinit 7.2e-4 of its
+# largest; dg 1.6e-4 -> 2.8e-4, the most moved).
+ONE_PASS_ADJOINT = False
 
 
 def paired(x: torch.Tensor) -> torch.Tensor:
@@ -130,15 +138,25 @@ def pair_segment(walks, dS, tables, cot, u0: int, a: int, b: int, S, F, E, grads
         part.dest[a:b], walks.v_rows, None, a, chunk=C, v_exact=walks.v_exact, cross=False)
     kb = khd * paired(x.bc[a:b]).to(khd.dtype).unsqueeze(-1)
     slot_states_and_reads(S, Phi, kb, None, walks.v_rows, None, dest_f, dest, None, a, read_f32=True,
-                          v_exact=walks.v_exact, starts=F[:m], store_end=False, chunk=C, split=walks.split)
-    slot_adjoints(dS, Phi, qt, walks.dO_rows, coef, dest_f, a, dS_end=E[:m], chunk=C, split=walks.split)
+                          v_exact=walks.v_exact, starts=F[:m], store_end=False, chunk=C, split=walks.split,
+                          launch=walks.rerun_launch)
+    slot_adjoints(dS, Phi, qt, walks.dO_rows, coef, dest_f, a, dS_end=E[:m], chunk=C, split=walks.split,
+                  launch=walks.chain_launch)
     JF_a, JF_b = _halves(part.JF[a:b])
     JF = torch.cat([JF_a, _gathered(JF_b, _halves(part.destF[a:b])[0], -1)], 2)
     # (kernel B reads dO and b v and adds into the read weights' and d(b v)'s gradients chunk-major, in place)
     cot2 = {"Phi": torch.empty_like(Phi), "khd": torch.empty_like(khd), "qt": torch.empty_like(qt)}
     table_cotangents(F[:m], E[:m], dest_f, dest, coef, qt, x.dOc[a:b], khd, x.bv[a:b], out=cot2,
-                     read_weights=(JF, grads["lam"][a:b]), dbv_into=grads["bv"][a:b], chunk=C, split=walks.split)
-    pair_adjoint(tables, part, x, walks.coef[a:b], lo, a, b, cot2["Phi"], cot2["khd"], cot2["qt"], cot, grads)
+                     read_weights=(JF, grads["lam"][a:b]), dbv_into=grads["bv"][a:b], chunk=C, split=walks.split,
+                     start_block=walks.start_block)
+    pair_adjoint(tables, part, x, walks.coef[a:b], lo, a, b, cot2["Phi"], cot2["khd"], cot2["qt"], cot, grads,
+                 split=walks.split or not ONE_PASS_ADJOINT)
+
+
+@triton.jit
+def _dot(a, b, acc, SPLIT: tl.constexpr):
+    """``acc + a @ b``, float32-accurate where ``SPLIT``, else one tf32 pass (``dot_f32_or_tf32``)."""
+    return dot_f32_or_tf32(a, b, acc, False, SPLIT)
 
 
 # Long: one pair's key-axis adjoints, its cross term's and its read weights' by slot in one program.
@@ -147,14 +165,15 @@ def dla_delta_pair_adjoint_kernel(
     phi_ptr, khd_ptr, qt_ptr, coef_ptr, jf_ptr, dest_ptr, bv_ptr, do_ptr, dphi2_ptr, dkhd2_ptr, dqt2_ptr,
     cphi_ptr, ckhd_ptr, cqt_ptr, dbv_ptr, dlam_ptr, R, dlam_sc, dlam_sr, dlam_st,
     K: tl.constexpr, Dk: tl.constexpr, Dv: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    KP: tl.constexpr,
+    KP: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Program (row r, pair p): :meth:`PairTables.adjoint` for chunks ``a = 2p``, ``b = 2p + 1`` of a segment. In
     (float32, contiguous, chunk-major ``[2m, R, ...]`` unless said): the chunks' ``phi [Dk, Dk]``, ``khd, qt [C,
     Dk]``, ``coef [C, K]``, ``jf [C, K]`` and ``dest [C]`` (int32, -1: none), ``bv, do [C, Dv]``; the composed
     tables' cotangents (``[m, R, ...]``) ``dphi2 [Dk, Dk]``, ``dkhd2, dqt2 [2C, Dk]``. Out: the chunks' cotangents
     ``cphi``, ``ckhd``, ``cqt``; added to: ``dbv [C, Dv]`` and, by its strides (chunk, row, token), ``dlam [C, K]``
-    (the program owns its pair's rows)."""
+    (the program owns its pair's rows). ``SPLIT``: the products float32-accurate (split tf32), else one tf32 pass (the
+    16-bit inputs' precision, as the chains')."""
     r = tl.program_id(0)
     p = tl.program_id(1)
     a = 2 * p * R + r  # block indices of the pair's chunks and of the pair
@@ -174,12 +193,12 @@ def dla_delta_pair_adjoint_kernel(
     dkhd2_a = tl.load(dkhd2_ptr + pr * 2 * C * Dk + rows, mask=km[None, :], other=0.0)
     dqt2_b = tl.load(dqt2_ptr + (pr * 2 * C + C) * Dk + rows, mask=km[None, :], other=0.0)
     # Phi2 = Phi_b Phi_a, qt2_b = qt_b Phi_a, khd2_a = khd_a Phi_b^T.
-    cphi_a = dot_f32(tl.trans(qt_b), dqt2_b, dot_f32(tl.trans(Pb), dPhi2, None, False), False)
+    cphi_a = _dot(tl.trans(qt_b), dqt2_b, _dot(tl.trans(Pb), dPhi2, None, SPLIT), SPLIT)
     tl.store(cphi_ptr + a * Dk * Dk + square, cphi_a, mask=sq_mask)
-    cphi_b = dot_f32(tl.trans(dkhd2_a), khd_a, dot_f32(dPhi2, tl.trans(Pa), None, False), False)
+    cphi_b = _dot(tl.trans(dkhd2_a), khd_a, _dot(dPhi2, tl.trans(Pa), None, SPLIT), SPLIT)
     tl.store(cphi_ptr + b * Dk * Dk + square, cphi_b, mask=sq_mask)
     # The cross term o_b += (reach o W) bv_a, reach = qt_b khd_a^T, W[t, s] = coef_b[t, dest_a[s]].
-    reach = dot_f32(qt_b, tl.trans(khd_a), None, False)
+    reach = _dot(qt_b, tl.trans(khd_a), None, SPLIT)
     dest_a = tl.load(dest_ptr + a * C + t)
     W = tl.load(coef_ptr + (b * C + t)[:, None] * K + dest_a[None, :], mask=(dest_a >= 0)[None, :], other=0.0)
     dP = tl.zeros([C, C], dtype=tl.float32)
@@ -188,14 +207,14 @@ def dla_delta_pair_adjoint_kernel(
         vm = (dv < Dv)[None, :]
         dO_b = tl.load(do_ptr + (b * C + t)[:, None] * Dv + dv[None, :], mask=vm, other=0.0)
         bv_a = tl.load(bv_ptr + (a * C + t)[:, None] * Dv + dv[None, :], mask=vm, other=0.0)
-        dP = dot_f32(dO_b, tl.trans(bv_a), dP, False)
+        dP = _dot(dO_b, tl.trans(bv_a), dP, SPLIT)
         dbv_at = dbv_ptr + (a * C + t)[:, None] * Dv + dv[None, :]
-        tl.store(dbv_at, dot_f32(tl.trans(reach * W), dO_b, tl.load(dbv_at, mask=vm, other=0.0), False), mask=vm)
+        tl.store(dbv_at, _dot(tl.trans(reach * W), dO_b, tl.load(dbv_at, mask=vm, other=0.0), SPLIT), mask=vm)
     dreach = dP * W
-    tl.store(cqt_ptr + b * C * Dk + rows, dot_f32(dreach, khd_a, dot_f32(dqt2_b, tl.trans(Pa), None, False), False),
+    tl.store(cqt_ptr + b * C * Dk + rows, _dot(dreach, khd_a, _dot(dqt2_b, tl.trans(Pa), None, SPLIT), SPLIT),
              mask=km[None, :])
     tl.store(ckhd_ptr + a * C * Dk + rows,
-             dot_f32(tl.trans(dreach), qt_b, dot_f32(dkhd2_a, Pb, None, False), False), mask=km[None, :])
+             _dot(tl.trans(dreach), qt_b, _dot(dkhd2_a, Pb, None, SPLIT), SPLIT), mask=km[None, :])
     # The halves that pass through: khd2_b = khd_b, qt2_a = qt_a.
     tl.store(ckhd_ptr + b * C * Dk + rows, tl.load(dkhd2_ptr + (pr * 2 * C + C) * Dk + rows, mask=km[None, :]),
              mask=km[None, :])
@@ -203,7 +222,7 @@ def dla_delta_pair_adjoint_kernel(
              mask=km[None, :])
     # b's read weights: dcoef_b[t, i] = sum_s dW[t, s] [dest_a[s] = i] (one product with the 0/1 map of a's tokens
     # to their slots, exact in tf32), added at b's recency of slot i.
-    dcoef = dot_f32(dP * reach, (dest_a[:, None] == slot[None, :]).to(tl.float32), None, True)  # [C, KP]
+    dcoef = dot_f32_or_tf32(dP * reach, (dest_a[:, None] == slot[None, :]).to(tl.float32), None, True, SPLIT)  # [C, KP]
     dlam = tl.zeros([C, KP], dtype=tl.float32)
     for i in range(K):
         column = tl.sum(tl.where(slot[None, :] == i, dcoef, 0.0), 1)
@@ -215,9 +234,10 @@ def dla_delta_pair_adjoint_kernel(
 
 
 def pair_adjoint(tables: dict, part, x, coef, lo: int, a: int, b: int, dPhi2, dkhd2, dqt2, cot: dict,
-                 grads: dict, *, num_warps: int = 4, block_v: int = 32) -> None:
+                 grads: dict, *, num_warps: int = 4, block_v: int = 32, split: bool = True) -> None:
     """:meth:`PairTables.adjoint` by :func:`dla_delta_pair_adjoint_kernel`: chunks ``a .. b - 1`` (chunk ``a`` at
     index ``lo`` of the unit's ``tables`` and ``cot``); ``coef`` the chunks' read weights of their start slots.
+    ``split``: the products float32-accurate, else one tf32 pass (``x.split_chains``: 16-bit inputs, as the chains).
     ``num_warps`` and ``block_v`` (the Dv block of the cross term's products): launch settings (sm_90 at 64 features:
     255 registers, ~1 KB of stack and 128-160 KB of shared memory at 8 warps, one program an SM). H100, run 76,
     ``benchmarks/delta_pair_adjoint_sweep.py`` at (2, 16384) moderate, a segment with its cotangents' clones (45 us):
@@ -239,5 +259,5 @@ def pair_adjoint(tables: dict, part, x, coef, lo: int, a: int, b: int, dPhi2, dk
         i32(part.dest[a:b]), f32(x.bv[a:b]), f32(x.dOc[a:b]), f32(dPhi2), f32(dkhd2), f32(dqt2),
         cot["Phi"][lo:hi], cot["khd"][lo:hi], cot["qt"][lo:hi], grads["bv"][a:b], dlam, R, *dlam.stride()[:3],
         K, Dk, Dv, C=C2 // 2, BK=max(16, next_pow2(Dk)), BV=max(16, min(block_v, next_pow2(Dv))),
-        KP=max(16, next_pow2(K)), num_warps=num_warps,
+        KP=max(16, next_pow2(K)), SPLIT=split, num_warps=num_warps,
     )
