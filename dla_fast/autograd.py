@@ -29,13 +29,14 @@ from .validation import compute_dtype
 
 
 def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chunk_size, dscores=None, eps=1e-6,
-                   norm_eps=1e-6, values_16bit: bool | None = None):
+                   norm_eps=1e-6, values_16bit: bool | None = None, keys_bf16: bool = False):
     """The torch backward (any device; the delta rule's reverse pass over chunks on Triton kernels where they run,
     without ``dscores``): ``(dq, dk, dv, dg, dbeta, dlam, dinit)`` in row layout.
 
     ``beta`` None: scalar decay. ``dscores`` ``[R, T]`` float64 or None: a gradient w.r.t. the scores (the
     surrogate's), propagated into the inputs (docs/training.md). ``values_16bit``: whether ``v`` holds 16-bit
-    inputs upcast (the delta rule's kernels then take it as exact in tf32; None: they scan it).
+    inputs upcast (the delta rule's kernels then take it as exact in tf32; None: they scan it); ``keys_bf16``: whether
+    ``q`` and ``k`` hold bf16 inputs upcast (``delta_rule_backward``'s).
     """
     if beta is None:
         dq, dk, dv, dg, dlam, dinit = scalar_decay_backward(q, k, v, g, lam, init, structure, dO, dS_final,
@@ -44,7 +45,8 @@ def torch_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, *, chun
         return dq, dk, dv, dg, None, dlam, dinit
     kernels = dscores is None and uses_delta_kernels(q, q.shape[-1], v.shape[-1], lam.shape[-1])  # its reverse pass
     return delta_rule_backward(q, k, v, g, beta, lam, init, structure, dO, dS_final, chunk_size=chunk_size,
-                               dscores=dscores, eps=eps, norm_eps=norm_eps, kernels=kernels, v_exact=values_16bit)
+                               dscores=dscores, eps=eps, norm_eps=norm_eps, kernels=kernels, v_exact=values_16bit,
+                               keys_bf16=keys_bf16)
 
 
 def shifted_weights(lam: torch.Tensor) -> torch.Tensor:
@@ -147,7 +149,8 @@ def partition_backward(q, k, v, g, lam, beta, init, tau, S_final, rec: _Record, 
         else:
             dq, dk, dv, dg, dbeta, dlam, dinit = torch_backward(
                 *torchrows(rows(lam, cd)), dSf, chunk_size=rec.chunk_size, dscores=dI, eps=rec.eps,
-                norm_eps=rec.norm_eps, values_16bit=v.dtype in (torch.bfloat16, torch.float16))
+                norm_eps=rec.norm_eps, values_16bit=v.dtype in (torch.bfloat16, torch.float16),
+                keys_bf16=q.dtype == torch.bfloat16)  # (q, k and v share one dtype)
             dq, dk, dv, dg, dbeta, dlam = (unrows(x, B, H) for x in (dq, dk, dv, dg, dbeta, dlam))
     back = lambda x, like: None if x is None else x.to(like.dtype)  # noqa: E731
     grads = [back(dq, q), back(dk, k), back(dv, v), back(dg, g), back(dlam, lam), back(dbeta, beta) if

@@ -201,9 +201,9 @@ def test_a_wrong_gather_or_a_missing_read_is_caught():
         assert _rel(_kernel_chain(c, 3, **mutation)[0], dinit) > 1000 * BOUND, list(mutation)
 
 
-def _backward(c, dtype, kernels: bool, every=None, v_exact=None):
-    """``delta_rule_backward`` on the case's trace in ``dtype`` (no score): all seven gradients. ``v_exact``: as the
-    API passes it (True: 16-bit inputs upcast)."""
+def _backward(c, dtype, kernels: bool, every=None, v_exact=None, keys_bf16=False):
+    """``delta_rule_backward`` on the case's trace in ``dtype`` (no score): all seven gradients. ``v_exact``,
+    ``keys_bf16``: as the API passes them (True: 16-bit, bf16 inputs upcast)."""
     from dla_fast.autograd import partition_structure
     from dla_fast.ops.common.layout import rows
     from dla_fast.ops.delta_rule.chunk_torch_bwd import delta_rule_backward
@@ -211,7 +211,8 @@ def _backward(c, dtype, kernels: bool, every=None, v_exact=None):
     q, k, v, g, lam, beta = (rows(a, dtype) for a in c["x"])
     structure = partition_structure(c["starts"], c["merged"], c["size0"], lam.shape[-1])
     return delta_rule_backward(q, k, v, g, beta, lam, c["init"].to(dtype), structure, rows(c["dO"], dtype),
-                               c["dS_final"].to(dtype), kernels=kernels, checkpoint_every=every, v_exact=v_exact)
+                               c["dS_final"].to(dtype), kernels=kernels, checkpoint_every=every, v_exact=v_exact,
+                               keys_bf16=keys_bf16)
 
 
 @needs_kernels
@@ -348,6 +349,33 @@ def test_float32_saved_tables_for_16_bit_inputs(monkeypatch):
     errors = [_rel(x, want) for x, want in zip(got, ref)]
     assert saved and all(kw.get("save") for kw in saved)
     # The interpreter's tf32 products are float32 ones: there float32 rounding's bound holds (measured 4.8e-7).
+    assert max(errors) < (TF32_BOUND if CUDA else BOUND), errors
+
+
+@needs_kernels
+def test_float32_saved_tables_with_exact_bf16_key_products(monkeypatch):
+    """``chunk_torch_bwd.BF16_KEY_TABLES`` (opt-in): the backward's float32 tables with the rows of bf16 keys and
+    queries taken as bf16 in exact products (``output_tables_rows_f32(split16=True, bf16_numbers=True)``), against the
+    torch backward in float64 within ``TF32_BOUND`` (the tf32 adjoint's bound, as the float32 tables' own test).
+    Measured (interpreter, with the root conftest's bf16 ``tl.dot``): 8.9e-8 to 5.7e-7 (without the switch 6.6e-8 to
+    1.8e-7 from these: float32 rounding)."""
+    from dla_fast.ops.delta_rule import chunk_torch_bwd
+
+    D = 64 if CUDA else 16
+    c = _case(*CASES[1][:3], D, *CASES[1][4:9])  # bf16 inputs
+    ref = _backward(c, F64, False)
+    monkeypatch.setattr(chunk_torch_bwd, "interpreting", lambda: False)
+    if not CUDA:
+        monkeypatch.setattr(chunk_torch_bwd, "FLOAT32_SAVED_TABLES_NARROWEST", D)
+    monkeypatch.setattr(chunk_torch_bwd, "ONE_PASS_CHAINS_16BIT", False)  # this switch's error alone
+    monkeypatch.setattr(chunk_torch_bwd, "BF16_KEY_TABLES", True)
+    launches = []
+    real = chunk_torch_bwd.output_tables_rows_f32
+    monkeypatch.setattr(chunk_torch_bwd, "output_tables_rows_f32",
+                        lambda *a, **kw: launches.append(kw) or real(*a, **kw))
+    got = _backward(c, torch.float32, True, 2, v_exact=True, keys_bf16=True)
+    assert launches and all(kw["split16"] and kw["bf16_numbers"] and kw["save"] for kw in launches), launches
+    errors = [_rel(x, want) for x, want in zip(got, ref)]
     assert max(errors) < (TF32_BOUND if CUDA else BOUND), errors
 
 

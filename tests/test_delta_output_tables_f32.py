@@ -139,3 +139,33 @@ def test_saved_float32_tables_match_the_float64_kernel_s(B, T, H, D):
         err = (x.double() - ref).abs()
         err = float((err / scale[name]).max() if name in scale else err.max() / ref.abs().max())
         assert err <= TOL, (name, err)
+
+
+@needs_kernels
+@pytest.mark.parametrize("D", [32, 64])
+def test_saved_tables_of_bf16_numbers_in_float32_are_the_bf16_inputs_tables(D):
+    """``bf16_numbers=True`` (the backward's rows of bf16 inputs, ``chunk_torch_bwd.BF16_KEY_TABLES``): float32 copies
+    of bf16 keys and queries, taken as bf16 in the exact key products (``split16=True``), give the tables and scratch
+    of the bf16 inputs themselves, bit for bit, and those are within ``TOL`` of the float64 kernel's; float32 keys
+    without it are still refused. Under the interpreter with the root conftest's bf16 ``tl.dot``."""
+    from dla_fast.ops.delta_rule.wy_tables_f32_triton import output_tables_rows_f32
+    from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_saved_rows
+
+    q, k, g, beta = _inputs(1, 130, 2, D, torch.bfloat16, 0.9, seed=D)
+    nb = triton.cdiv(130, 64)
+    want, want_saved = output_tables_rows_f32(q, k, g, beta, 0, nb, save=True, split16=True)
+    got, got_saved = output_tables_rows_f32(q.float(), k.float(), g, beta, 0, nb, save=True, split16=True,
+                                            bf16_numbers=True)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    for name in want_saved:
+        assert torch.equal(got_saved[name], want_saved[name]), name
+    ref, ref_saved = output_tables_saved_rows(q, k, g, beta, 0, nb, dtype=torch.float64)
+    scale = dict(Phi=ref["Phi"].abs().amax((-1, -2), keepdim=True).clamp(min=1e-30))
+    for name, x, r in [(n, got[n], ref[n]) for n in ("attn", "qt", "khd", "Phi")] + [
+            (n, got_saved[n], ref_saved[n]) for n in ("x", "b", "A", "Z", "Mq")]:
+        err = (x.double() - r).abs()
+        err = float((err / scale[name]).max() if name in scale else err.max() / r.abs().max())
+        assert err <= TOL, (name, err)
+    with pytest.raises(ValueError, match=r"split16=True needs bf16 q, k"):
+        output_tables_rows_f32(q.float(), k.float(), g, beta, 0, nb, save=True, split16=True)

@@ -69,6 +69,12 @@ FLOAT32_SAVED_TABLES_16BIT = True
 # tables (`test_float32_saved_tables_for_16_bit_inputs`), where the float64 tables passed the same backward's test;
 # root cause not found (docs/performance.md "Run 77"), so narrower heads keep the float64 tables.
 FLOAT32_SAVED_TABLES_NARROWEST = 33
+# Those tables with exact bf16 key and query products (the float32 table kernel's SPLIT16, which the forward's output
+# tables have taken since run 56) for bf16 inputs, whose float32 rows hold bf16 numbers. Opt-in (run 78, not yet run on
+# a GPU): sm_90 (64 features, 4 warps, the backward's SAVE launch) 8,288 -> 6,928 instructions, 168 -> 92 HGMMA, 520
+# -> 376 B of stack; the same change took the forward's launch 2.40 -> 0.97 ms (H100, run 56). Predicted: the backward's
+# table launches ~2.1 -> 1.1-1.4 ms at (2, 16384, 16, 64) moderate, the training step -0.7 to -1.0 ms.
+BF16_KEY_TABLES = False
 
 
 class _Inputs:
@@ -81,7 +87,7 @@ class _Inputs:
     float64 by the table and adjoint kernels on the kernels' path."""
 
     def __init__(self, q, k, v, g, beta, lam, dO, C: int, score: bool, kernels: bool = False,
-                 v_exact: bool | None = None):
+                 v_exact: bool | None = None, keys_bf16: bool = False):
         T = q.shape[1]
         self.v_exact = v_exact  # the values exact in tf32 (16-bit inputs upcast); None: not known
         # Under Triton's interpreter (whose bf16 products are wrong) the tables' adjoint stays float64.
@@ -90,6 +96,7 @@ class _Inputs:
         self.float32_tables = (FLOAT32_SAVED_TABLES_16BIT and self.adjoint_operands != F64
                                and FLOAT32_SAVED_TABLES_NARROWEST <= q.shape[-1] <= FLOAT32_TABLES_WIDTH
                                and q.dtype == torch.float32)
+        self.tables_split16 = BF16_KEY_TABLES and keys_bf16 and self.float32_tables  # (a GPU: float32_tables)
         self.C, self.nC, self.T, self.cd = C, max(1, -(-T // C)), T, q.dtype
         self.tdt = F64 if score else q.dtype  # the tables' dtype
         self.score = score  # the score's tables (kt, akap) are built only for its part
@@ -292,7 +299,8 @@ def _kernels_backward(part, init, every: int, dS, dO, x: _Inputs, grads, kept):
     def unit_tables(u0: int, u1: int):
         # Stored in the compute dtype (float32), which the walks read and the adjoint's decay sums take as well.
         if x.float32_tables:
-            tab, saved = output_tables_rows_f32(*inputs, u0, u1 - u0, save=True)
+            tab, saved = output_tables_rows_f32(*inputs, u0, u1 - u0, save=True, split16=x.tables_split16,
+                                                bf16_numbers=x.tables_split16)
         else:
             tab, saved = output_tables_saved_rows(*inputs, u0, u1 - u0, dtype=x.cd)
         return {n: tab[n] for n in ("qt", "khd", "Phi")}, (tab, saved)
@@ -327,7 +335,7 @@ def _partition(structure: Structure, handed, x: _Inputs, R: int, K: int, kernels
 def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, dS_final, *, chunk_size: int = 64,
                         checkpoint_every: int | None = None, dscores: torch.Tensor | None = None,
                         eps: float = 1e-6, norm_eps: float = 1e-6, kernels: bool = False,
-                        v_exact: bool | None = None):
+                        v_exact: bool | None = None, keys_bf16: bool = False):
     """Gradients of ``<dO, o> + <dS_final, S_final> (+ <dscores, I>)`` for the gated delta rule, partition fixed.
 
     As ``scalar_decay.chunk_torch_bwd.scalar_decay_backward`` with ``beta [R, T]`` added (same layouts, compute
@@ -341,7 +349,8 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
     ``kernels``: the reverse pass over chunks on the Triton kernels (``chunk_bwd.reverse_pass_kernels``; float32
     inputs, without ``dscores``, where Triton runs), else in torch chunk by chunk. ``v_exact``: whether ``v`` holds
     16-bit numbers (exact in tf32: the kernels' walks then multiply the values in one pass); None: the kernels' path
-    scans ``v`` for it (a host synchronisation).
+    scans ``v`` for it (a host synchronisation). ``keys_bf16``: whether ``q`` and ``k`` hold bf16 inputs upcast (the
+    kernels' tables may then multiply them as bf16, exactly: ``BF16_KEY_TABLES``).
 
     Returns ``(dq, dk, dv, dg, dbeta, dlam, dinit)`` in the layouts of the inputs.
     """
@@ -351,7 +360,8 @@ def delta_rule_backward(q, k, v, g, beta, lam, init, structure: Structure, dO, d
         dinit = torch.zeros_like(init) if dS_final is None else dS_final.clone()
         return (*(torch.zeros_like(t) for t in (q, k, v, g, beta, lam)), dinit)
     kernels = kernels and dscores is None and cd == torch.float32
-    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None, kernels=kernels, v_exact=v_exact)
+    x = _Inputs(q, k, v, g, beta, lam, dO, C, dscores is not None, kernels=kernels, v_exact=v_exact,
+                keys_bf16=keys_bf16)
     nC = x.nC
     handed = structure.slot_checkpoints  # what a kernel forward kept: its live starts and decided structure too
     handed = handed if handed is not None and handed.chunk == C else None

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...backend import interpreting
 from ..common.triton_utils import bf16_exact_products, chunk_tokens, dot_split, dot_split_t, load_rows, next_pow2
 from .wy_tables_triton import INVERSE_BLOCK, empty_output_tables, gs_times_inverse
 
@@ -63,6 +64,9 @@ def dla_delta_output_tables_f32_kernel(
     kd = tl.arange(0, BK)
     K16 = load_rows(k_ptr, row, valid, kd, Dk)
     Q16 = load_rows(q_ptr, row, valid, kd, Dk)
+    if SPLIT16:  # (exact: bf16 inputs, or float32 copies of bf16 numbers, as the backward's rows of bf16 inputs are)
+        K16 = K16.to(tl.bfloat16)
+        Q16 = Q16.to(tl.bfloat16)
     K = K16.to(tl.float32)
     Q = Q16.to(tl.float32)
     b = tl.load(b_ptr + row, mask=valid, other=0.0).to(tl.float32)
@@ -107,15 +111,20 @@ def dla_delta_output_tables_f32_kernel(
 
 def output_tables_rows_f32(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, c0: int, nb: int,
                            *, chunk: int = 64, num_warps: int = OUTPUT_TABLE_F32_WARPS, split16: bool | None = None,
-                           save: bool = False):
+                           save: bool = False, bf16_numbers: bool = False):
     """``wy_tables_triton.output_tables_rows``'s tables of chunks ``c0 .. c0 + nb - 1`` (``attn``, ``qt``, ``kb``,
     ``Phi``, chunk-major ``[nb, B H, ...]``, float32) from the API's ``q, k [B, T, H, Dk]``, ``g, beta [B, T, H]``,
     computed in float32 (the decays in float64). ``split16``: the key and query operands in exact bf16 products
     (the kernel's SPLIT16); None: where ``q`` and ``k`` are bf16, on a GPU (Triton's interpreter multiplies bf16
     operands wrongly: ``triton_utils.bf16_exact_products``). ``save``: returns ``(tables, saved)`` as
     ``wy_tables_triton.output_tables_saved_rows`` does (``khd`` for ``kb``; ``saved`` float32), for the backward's
-    tables' adjoint in float32 (``wy_tables_adjoint_triton(operands=)`` other than float64)."""
-    split16 = bf16_exact_products(split16, q=q, k=k)
+    tables' adjoint in float32 (``wy_tables_adjoint_triton(operands=)`` other than float64). ``bf16_numbers``: ``q`` and
+    ``k`` are float32 copies of bf16 numbers (the backward's rows of bf16 inputs), which ``split16`` then takes as
+    bf16, exactly (None: on a GPU)."""
+    if bf16_numbers:
+        split16 = not interpreting() if split16 is None else split16
+    else:
+        split16 = bf16_exact_products(split16, q=q, k=k)
     B, T, H, Dk = k.shape
     R = B * H
     out = empty_output_tables(nb, R, chunk, Dk, k.device, torch.float32, "khd" if save else "kb")
