@@ -24,6 +24,8 @@ partition's ``destF``, ``dest``, ``JF``), so the two passes differ by float32 ro
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from ..common.layout import unchunk
@@ -93,15 +95,16 @@ def _add_read_weights(grads, part, a: int, dcoef) -> None:
     grads["lam"][a:a + dcoef.shape[0]].scatter_add_(-1, JF.clamp(min=0), dcoef * (JF >= 0))
 
 
-def _segment_cotangents_triton(a: int, F, E, x, part, coef, tables, cot, grads) -> None:
+def _segment_cotangents_triton(a: int, F, E, x, part, coef, tables, cot, grads, *, start_block=None) -> None:
     """:func:`_segment_cotangents` by the kernels of ``chunk_bwd_cotangents`` (no ``[n, R, K, Dk, C]`` temporaries),
-    which write ``cot`` in place (their products as ``x.split_chains`` says)."""
+    which write ``cot`` in place (their products as ``x.split_chains`` says; the start slots' Dv block
+    ``start_block``)."""
     b = a + F.shape[0]
     # The read weights' and the values' gradients added by the kernels (a torch scatter of float atomics and an add
     # before).
     table_cotangents(F, E, part.destF[a:b], part.dest[a:b], coef, tables["qt"], x.dOc[a:b], tables["khd"],
                      x.bv[a:b], out=cot, read_weights=(part.JF[a:b], grads["lam"][a:b]), dbv_into=grads["bv"][a:b],
-                     split=x.split_chains, start_block=START_BLOCK)
+                     split=x.split_chains, start_block=start_block)
 
 
 class KernelPartition:
@@ -177,7 +180,8 @@ class _Walks:
         slot_adjoints(dS, tables["Phi"][a - u0:b - u0], tables["qt"][a - u0:b - u0], self.dO_rows, self.coef[a:b],
                       self.part.destF[a:b], a, dS_end=E[:n], split=self.split, launch=self.chain_launch)
         per_batch = max(1, _BATCH_BYTES // (4 * R * K * max(Dk * Dv, Dk * self.x.C, self.x.C * Dv)))
-        cotangents = _segment_cotangents_triton if _COTANGENTS == "triton" else _segment_cotangents
+        cotangents = (partial(_segment_cotangents_triton, start_block=self.start_block) if _COTANGENTS == "triton"
+                      else _segment_cotangents)
         for c0 in range(a, b, per_batch):  # the cotangents' temporaries bounded (each as large as F)
             c1 = min(b, c0 + per_batch)
             local = slice(c0 - u0, c1 - u0)
