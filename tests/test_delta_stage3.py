@@ -184,9 +184,9 @@ def test_stage3_walk_variants(B, T, H, D, K, dtype, lengths, variant, kept, monk
 
 @needs_kernels
 def test_one_tf32_pass_in_the_forward_walk_for_16_bit_inputs(monkeypatch):
-    """``chunk_fwd.ONE_PASS_WALK_16BIT`` (opt-in): the walk's state products in one tf32 pass for bf16 inputs (three
-    chunks after a call that fills the cache: a step of two composed chunks, then one): the outputs and final slot
-    states within ``ONE_PASS_BOUND`` of the split walk's (relative to the largest entry) and not equal to them (the
+    """``chunk_fwd.ONE_PASS_WALK_16BIT`` (on since run 79): the walk's state products in one tf32 pass for bf16 inputs
+    (three chunks after a call that fills the cache: a step of two composed chunks, then one): the outputs and final
+    slot states within ``ONE_PASS_BOUND`` of the split walk's (relative to the largest entry) and not equal to them (the
     one pass ran); float32 inputs' forward unchanged (bitwise). Measured (interpreter; the tf32 rounding explicit, so
     as on a GPU): o 7.2e-5, the slot states 3.9e-4, against the bound 2e-3 (states are the backward's checkpoints and
     the cache: one tf32 rounding a step, damped by the decays)."""

@@ -39,17 +39,18 @@ TESTS = pathlib.Path(__file__).parent
 GPU_TRITON = TESTS.parent / ".ci" / "triton-gpu"  # the GPU machines' Triton (.ci/run: pip install --target)
 
 
-def _recorded() -> list:
-    """The launches the session's reruns recorded, one per kernel, argument types and flags (its boolean and None
-    constexprs, which choose code paths); the first in a fixed order where the tile sizes differ (each build costs
-    ~1-2 s, and the suite launches most kernels at several sizes)."""
+def _recorded(by_types: bool) -> list:
+    """The launches the session's reruns recorded, one per kernel and flags (its boolean and None constexprs, which
+    choose code paths) and, ``by_types``, argument types; the first in a fixed order where the tile sizes differ (each
+    build costs ~1-3 s, and the suite launches most kernels at several sizes)."""
     lines = set()
     for path in sorted(pathlib.Path(conftest.launch_dir()).glob("*.jsonl")):
         lines |= set(path.read_text().splitlines())
     chosen = {}
     for launch in map(json.loads, sorted(lines)):
         flags = sorted((k, v) for k, v in launch["constexprs"].items() if v is None or isinstance(v, bool))
-        key = json.dumps([launch["module"], launch["kernel"], flags, launch["types"]], sort_keys=True)
+        key = json.dumps([launch["module"], launch["kernel"], flags, launch["types"] if by_types else None],
+                         sort_keys=True)
         chosen.setdefault(key, launch)
     return list(chosen.values())
 
@@ -69,10 +70,10 @@ def _with_gpu_only_flags(launches: list) -> list:
     return launches + extra
 
 
-def _launches() -> list:
+def _launches(by_types: bool = True) -> list:
     if not conftest.reruns_finished():
         pytest.skip("no interpreter reruns in this session (run the suite, not this file alone)")
-    launches = _recorded()
+    launches = _recorded(by_types)
     assert launches, "the interpreter reruns recorded no launch"
     return _with_gpu_only_flags(launches)
 
@@ -82,20 +83,28 @@ def _report(failed: list, launches: list, version: str) -> str:
         "\n".join(failed)
 
 
+# Processes that build the launches with the GPU machines' Triton, each every n-th launch: beside this process's own
+# build they keep both of the CI machine's cores busy to the end.
+GPU_TRITON_PROCESSES = 2
+
+
 @functools.cache
 def _gpu_triton_builds():
-    """The build of every recorded launch with the GPU machines' Triton, started once in its own process (``Popen``,
-    its output files), so that it runs beside this process's own build: each takes minutes on one core (CI, 2 cores:
-    ~135 s and ~170 s, one after the other before run 54)."""
+    """The build of every recorded launch with the GPU machines' Triton, started once in ``GPU_TRITON_PROCESSES``
+    processes (each ``Popen`` with its output files), so that it runs beside this process's own build: each build of
+    them all takes minutes on one core (CI, 2 cores, run 78: ~215 launches at ~1.3 s)."""
     launches = _launches()
-    path = pathlib.Path(conftest.launch_dir()) / "sm90_launches.json"
-    path.write_text(json.dumps(launches))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(TESTS.parent), str(TESTS)]))
-    out, err = (tempfile.TemporaryFile(mode="w+") for _ in range(2))  # noqa: SIM115 (closed by the test waiting)
-    process = subprocess.Popen([sys.executable, str(TESTS / "sm90_build.py"), str(path)], env=env, stdout=out,
-                               stderr=err, text=True)
-    atexit.register(process.kill)  # (a session that does not reach the test waiting for it)
-    return launches, process, (out, err)
+    builds = []
+    for i in range(GPU_TRITON_PROCESSES):
+        path = pathlib.Path(conftest.launch_dir()) / f"sm90_launches_{i}.json"
+        path.write_text(json.dumps(launches[i::GPU_TRITON_PROCESSES]))
+        out, err = (tempfile.TemporaryFile(mode="w+") for _ in range(2))  # noqa: SIM115 (closed by the test waiting)
+        process = subprocess.Popen([sys.executable, str(TESTS / "sm90_build.py"), str(path)], env=env, stdout=out,
+                                   stderr=err, text=True)
+        atexit.register(process.kill)  # (a session that does not reach the test waiting for it)
+        builds.append((process, (out, err)))
+    return launches, builds
 
 
 def _read_and_close(f) -> str:
@@ -107,9 +116,11 @@ def _read_and_close(f) -> str:
 
 @pytest.mark.skipif(CUDA, reason="on a GPU every kernel is compiled by the suite itself")
 def test_every_interpreted_launch_compiles_for_sm90():
+    """With the test environment's Triton, one launch per kernel and flags: the next test builds every argument-type
+    variant too, with the Triton the GPU machines run (a build costs ~1.5 s: 124 launches instead of 191, run 79)."""
     if GPU_TRITON.is_dir():
         _gpu_triton_builds()  # started now, checked by the next test
-    launches = _launches()
+    launches = _launches(by_types=False)
     failed = failures(launches)
     assert not failed, _report(failed, launches, triton.__version__)
 
@@ -118,14 +129,17 @@ def test_every_interpreted_launch_compiles_for_sm90():
 def test_every_interpreted_launch_compiles_for_sm90_with_the_gpu_machines_triton():
     if not GPU_TRITON.is_dir():
         pytest.skip(f"no GPU machines' Triton in {GPU_TRITON} (.ci/run installs it: pip install --target)")
-    launches, process, files = _gpu_triton_builds()
-    process.wait(timeout=1200)
-    stdout, stderr = (_read_and_close(f) for f in files)
-    assert process.returncode == 0, f"the build process failed:\n{stderr[-3000:]}"
-    result = json.loads(stdout.strip().splitlines()[-1])
+    launches, builds = _gpu_triton_builds()
     installed = [p.name.removesuffix(".dist-info").split("-")[1] for p in GPU_TRITON.glob("triton-*.dist-info")]
-    assert [result["triton"]] == installed, f"built with Triton {result['triton']}, {GPU_TRITON} holds {installed}"
-    assert not result["failed"], _report(result["failed"], launches, result["triton"])
+    failed = []
+    for process, files in builds:
+        process.wait(timeout=1200)
+        stdout, stderr = (_read_and_close(f) for f in files)
+        assert process.returncode == 0, f"the build process failed:\n{stderr[-3000:]}"
+        result = json.loads(stdout.strip().splitlines()[-1])
+        assert [result["triton"]] == installed, f"built with Triton {result['triton']}, {GPU_TRITON} holds {installed}"
+        failed += result["failed"]
+    assert not failed, _report(failed, launches, installed[0])
 
 
 # The merge simulation as the H200s build it (Triton 3.6, sm_90, K = 30 slots on one warp), in cycles by

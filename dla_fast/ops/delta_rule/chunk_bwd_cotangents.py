@@ -162,9 +162,11 @@ def table_cotangents(F, E, dest_f, dest, coef, qt, dO, khd, bv, *, start_block: 
     BV = max(16, min(64 if BK <= 64 else 32, next_pow2(Dv)))
     # The start slots' kernel up to 64 key features: a Dv block of 32 on 4 warps, one stage (H200, run 28, one segment
     # of 16 chunks at R = 32, K = 30, 64 features: 0.43 ms against 0.79 at 64 on 8 warps and two stages; 16 warps or
-    # 8 slower at every block); above, 8 warps and two stages (not re-measured).
+    # 8 slower at every block), of 64 with one-pass products (H100, run 79, (8, 4096, 16, 64) moderate training step:
+    # the kernel 3.48 -> 2.88 ms, the step -1.6 %; split products at 64 spill: not measured); above, 8 warps and two
+    # stages (not re-measured).
     small = BK <= 64
-    start_bv = max(16, min(start_block or (32 if small else BV), next_pow2(Dv)))
+    start_bv = max(16, min(start_block or (32 if small and split else BV), next_pow2(Dv)))
     start_warps = start_warps or (4 if small else 8)
     start_stages = start_stages or (1 if small else 2)
     nc = n * (C // CS)

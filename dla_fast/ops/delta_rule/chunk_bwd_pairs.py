@@ -39,13 +39,13 @@ from .chunk_fwd_steps import pair_steps
 
 F64 = torch.float64
 # The composition's adjoint in one tf32 pass where the chains take one (16-bit inputs: ``chunk_torch_bwd.
-# ONE_PASS_CHAINS_16BIT``), as kernel B does. Opt-in (run 78, not yet run on a GPU): sm_90 at 64 features on 4 warps
-# (Triton 3.6) 1,272 -> 824 B of stack and 160 -> 96 KB of shared memory, so two programs an SM instead of one, the
-# same wgmma shapes. Predicted: the kernel 1.85 -> 1.0-1.3 ms at (2, 16384, 16, 64) moderate, the training step -0.5
-# to -0.8 ms. Interpreter: its cotangents 4.6e-4 of their largest from the float64 adjoint's (4 tf32 roundoffs: 2e-3);
+# ONE_PASS_CHAINS_16BIT``), as kernel B does (run 78): sm_90 at 64 features on 4 warps (Triton 3.6) 1,272 -> 824 B of
+# stack and 160 -> 96 KB of shared memory, so two programs an SM instead of one. H100, run 79: the kernel 1.76 -> 0.95
+# ms at (8, 4096, 16, 64) moderate, 1.89 -> 0.97 at (2, 16384); the step at (8, 4096) 38.58 -> 37.74 ms (-2.2 %).
+# Interpreter: its cotangents 4.6e-4 of their largest from the float64 adjoint's (4 tf32 roundoffs: 2e-3);
 # a backward's gradients from 16-bit inputs stay within the one-pass chains' distance from float64 (dinit 7.2e-4 of its
 # largest; dg 1.6e-4 -> 2.8e-4, the most moved).
-ONE_PASS_ADJOINT = False
+ONE_PASS_ADJOINT = True
 
 
 def paired(x: torch.Tensor) -> torch.Tensor:

@@ -67,14 +67,14 @@ WALK_STEPS = 2
 EARLY_LOADS = True
 
 # The walk's state products in one tf32 pass for 16-bit inputs (the kernel's ``SPLIT=False``), where they are split
-# tf32 (float32-accurate) for every dtype. Opt-in (run 77, not measured on a GPU). sm_90, two chunks a step at 64
-# features, K = 30: 4,000 -> 3,120 SASS lines, 104 -> 72 HGMMA, 208 -> 144 B of stack, 96 -> 68 KB of shared memory;
-# the backward's reruns, whose SASS shrank alike (3,208 -> 2,520), went ~5.1 -> ~4.5 ms at (2, 16384, 16, 64) moderate
-# (H100, run 77). Predicted: the forward's walk 4.08 -> 3.5-3.8 ms, the forward and the training step -0.3 to -0.6 ms.
-# The cost: the slot states (the final cache, the backward's checkpoints) tf32-accurate (run 17: single-pass states
-# 4.6e-4 from float32 at 16K; interpreter: 3.9e-4 of the largest) instead of float32-accurate; the reads, already one
-# pass for 16-bit inputs, and the decisions (made before the walk, in float64) do not change.
-ONE_PASS_WALK_16BIT = False
+# tf32 (float32-accurate) for every dtype (run 77). sm_90, two chunks a step at 64 features, K = 30: 4,000 -> 3,120
+# SASS lines, 104 -> 72 HGMMA, 208 -> 144 B of stack, 96 -> 68 KB of shared memory. H100, run 79, bf16, moderate: the
+# walk 4.09 -> 3.57 ms at (2, 16384, 16, 64), 4.70 -> 4.14 at (8, 4096); the forward 12.30 -> 11.75 ms (-4.5 %) and
+# 13.56 -> 12.98 (-4.3 %). The cost: the slot states (the final cache, the backward's checkpoints) tf32-accurate
+# (run 17: single-pass states 4.6e-4 from float32 at 16K; interpreter: 3.9e-4 of the largest) instead of
+# float32-accurate; the reads, already one pass for 16-bit inputs, and the decisions (made before the walk, in float64)
+# do not change.
+ONE_PASS_WALK_16BIT = True
 
 # Elements of the largest tensors of a block of chunks ([block, R, C, C] in the tables' dtype): they bound the
 # stage's memory (~0.5 GB).

@@ -65,16 +65,14 @@ ONE_PASS_CHAINS_16BIT = True
 # (8, 4096) 44.25 -> 42.91 ms (-3.0 %), both switches 38.83 (-12.3 %). Gradients: dv 1.4e-3, the rest within 5e-7 or
 # one bf16 rounding of the float64 tables'.
 FLOAT32_SAVED_TABLES_16BIT = True
-# The narrowest heads that take them. Run 77, H100: at 32 features the keys' gradient came out 1.04 off with these
-# tables (`test_float32_saved_tables_for_16_bit_inputs`), where the float64 tables passed the same backward's test;
-# root cause not found (docs/performance.md "Run 77"), so narrower heads keep the float64 tables.
-FLOAT32_SAVED_TABLES_NARROWEST = 33
+# (Run 77's failure at 32 features, the keys' gradient 1.04 off, came with the adjoint's 16-column wgmma launch; since
+# that launch is refused, H100 run 79 measured these tables at 16, 32, 64 features within the float64 tables' errors:
+# docs/performance.md "Run 79".)
 # Those tables with exact bf16 key and query products (the float32 table kernel's SPLIT16, which the forward's output
-# tables have taken since run 56) for bf16 inputs, whose float32 rows hold bf16 numbers. Opt-in (run 78, not yet run on
-# a GPU): sm_90 (64 features, 4 warps, the backward's SAVE launch) 8,288 -> 6,928 instructions, 168 -> 92 HGMMA, 520
-# -> 376 B of stack; the same change took the forward's launch 2.40 -> 0.97 ms (H100, run 56). Predicted: the backward's
-# table launches ~2.1 -> 1.1-1.4 ms at (2, 16384, 16, 64) moderate, the training step -0.7 to -1.0 ms.
-BF16_KEY_TABLES = False
+# tables have taken since run 56) for bf16 inputs, whose float32 rows hold bf16 numbers (run 78). H100, run 79, the
+# step's table launches at (8, 4096, 16, 64) moderate 3.28 -> 2.83 ms, the step 38.58 -> 38.21 ms (-0.9 %); (2, 16384)
+# 3.29 -> 2.84 ms. Gradients 8.9e-8 to 5.7e-7 from float64 (interpreter).
+BF16_KEY_TABLES = True
 
 
 class _Inputs:
@@ -94,7 +92,7 @@ class _Inputs:
         self.adjoint_operands = ADJOINT_16BIT_OPERANDS if v_exact and not interpreting() else F64
         self.split_chains = not (ONE_PASS_CHAINS_16BIT and v_exact)
         self.float32_tables = (FLOAT32_SAVED_TABLES_16BIT and self.adjoint_operands != F64
-                               and FLOAT32_SAVED_TABLES_NARROWEST <= q.shape[-1] <= FLOAT32_TABLES_WIDTH
+                               and q.shape[-1] <= FLOAT32_TABLES_WIDTH
                                and q.dtype == torch.float32)
         self.tables_split16 = BF16_KEY_TABLES and keys_bf16 and self.float32_tables  # (a GPU: float32_tables)
         self.C, self.nC, self.T, self.cd = C, max(1, -(-T // C)), T, q.dtype
