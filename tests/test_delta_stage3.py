@@ -86,14 +86,17 @@ def _forward_checked(x, cache, tau, lengths, monkeypatch, walk_steps=1, keep_che
                      walk_launch=None):
     """The device forward (its slot walk ``walk_steps`` chunks a step at ``walk_launch``, split at the backward's
     checkpoints with ``keep_checkpoints``) with every stage-3 call checked against the torch stage (its pieces too with
-    ``pieces``); returns its ``(o, cache, trace)``. Stage 3 takes the float64 tables here, as the torch stage does, so
-    that the comparison is of its kernels alone: the float32 tables the forward takes at up to 64 features
-    (``chunk_fwd.output_tables``) have their own test against float64 ones (test_delta_output_tables_f32.py) and meet
-    dla_ref's bounds in the forward tests (test_triton_kernels.py, the harness)."""
+    ``pieces``); returns its ``(o, cache, trace)``. Stage 3 takes the float64 tables and the split walk here, as the
+    torch stage computes, so that the comparison is of its kernels alone: the float32 tables the forward takes at up
+    to 64 features (``chunk_fwd.output_tables``) have their own test against float64 ones
+    (test_delta_output_tables_f32.py), the one-pass walk of 16-bit inputs (``ONE_PASS_WALK_16BIT``) its own against
+    the split walk (below), and both meet dla_ref's bounds in the forward tests (test_triton_kernels.py, the
+    harness)."""
     from dla_fast.ops.delta_rule import chunk_fwd
     from dla_fast.ops.delta_rule.chunk_fwd_stage_torch import states_and_outputs_torch
     from dla_fast.ops.delta_rule.wy_tables_triton import output_tables_rows
 
+    monkeypatch.setattr(chunk_fwd, "ONE_PASS_WALK_16BIT", False)
     monkeypatch.setattr(chunk_fwd, "output_tables",
                         lambda q, k, g, beta, b0, nb: output_tables_rows(q, k, g, beta, b0, nb, dtype=torch.float32))
     real, calls = chunk_fwd._states_and_outputs, []

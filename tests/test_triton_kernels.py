@@ -65,7 +65,7 @@ def _np(x):
     return x.detach().float().cpu().numpy() if x.dtype != torch.bool else x.cpu().numpy()
 
 
-def _check(o, cache, trace, ref, tau, *, o_tol):
+def _check(o, cache, trace, ref, tau, *, o_tol, state_tol=1e-5):
     o_r, c_r, tr_r = ref
     same = _np(trace[1]) == tr_r.starts
     if not same.all():
@@ -76,7 +76,7 @@ def _check(o, cache, trace, ref, tau, *, o_tol):
     assert np.linalg.norm(_np(o) - o_r) <= o_tol * np.linalg.norm(o_r)
     assert (cache[1].cpu().numpy() == c_r.counts).all() and (cache[3].cpu().numpy() == c_r.size).all()
     np.testing.assert_allclose(_np(cache[2]), c_r.info, atol=1e-4, rtol=1e-5)
-    assert np.linalg.norm(_np(cache[0]) - c_r.states) <= 1e-5 * np.linalg.norm(c_r.states)
+    assert np.linalg.norm(_np(cache[0]) - c_r.states) <= state_tol * np.linalg.norm(c_r.states)
 
 
 def _fwd(*args, **kw):
@@ -1996,8 +1996,10 @@ def test_delta_rule_forward_through_the_api(monkeypatch):
     cu = torch.tensor([0, 37, 100], device=DEV)
     o, final, trace = dla_fast.forward(qb, kb, vb, _t(g), _t(w), beta=_t(beta), tau=0.6, return_trace=True)
     assert calls and o.dtype == torch.bfloat16
+    # 16-bit inputs' slot walk multiplies in one tf32 pass (chunk_fwd.ONE_PASS_WALK_16BIT, run 79): their final states
+    # are tf32-accurate, bounded by one product's rounding, 2**-10 (interpreter, tf32 rounding explicit: 8.5e-5).
     _check(o, (final.states, final.counts, final.info, final.size), (trace.scores, trace.starts, trace.merged), ref,
-           0.6, o_tol=1e-2)
+           0.6, o_tol=1e-2, state_tol=2.0**-10)
     packed = dla_fast.forward(qb, kb, vb, _t(g), _t(w), beta=_t(beta), tau=0.6, return_trace=True, cu_seqlens=cu)
     for i in range(2):
         a, b = cu[i].item(), cu[i + 1].item()
