@@ -6,10 +6,10 @@ a plain Python global read inside the pair kernel (run 32's review) and a gather
 builds and Triton 3.6, the H200 machines' version, rejects (run 36). Each rerun of a test file under the interpreter
 records the compile-time identity of every launch (``conftest._recorded_launches``: kernel, argument types,
 constexpr values, warps, stages, register cap, the arguments divisible by 16, which the build specialises as the GPU's
-JIT does); these tests wait for the reruns and build one of each kernel's
-variants with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)`` (``sm90_build.py``): per flags with the test
-environment's Triton, and per argument types and flags with the GPU machines' Triton in two subprocesses (``.ci/run``
-installs it into ``.ci/triton-gpu``). The interpreter routes 16-bit inputs to the float32 dot paths, so the bf16 tensor-core variants
+JIT does); these tests wait for the reruns and build one of each kernel's variants with ``triton.compile`` for
+``GPUTarget("cuda", 90, 32)`` (``sm90_build.py``): per flags with the test environment's Triton, and per argument
+types and flags with the GPU machines' Triton in two subprocesses (``.ci/run`` installs it into
+``.ci/triton-gpu``). The interpreter routes 16-bit inputs to the float32 dot paths, so the bf16 tensor-core variants
 are not among them (those are checked on the GPU only, docs/triton.md); the inline PTX that a GPU-only flag
 (``GPU_ONLY_FLAGS``) selects is built here too, from a copy of each such launch with the flag on.
 """
