@@ -1525,6 +1525,38 @@ def test_delta_rule_decisions_match_the_chunked_path(T, split, override, rl, jit
         assert max(per_chunk) > 32
 
 
+@needs_kernels
+def test_delta_rule_token_walk_reading_its_decay_terms_changes_no_bit(monkeypatch):
+    """The token walk with each token's ``exp(g)`` and ``expm1(2 g)`` read from ``decay_terms``' table
+    (``chunk_fwd_decide.DECAY_TABLE``) and computed in its chain: the same scores, starts, masks and open slot, bit
+    for bit (the same functions in both kernels), on float32 inputs after a cache's open slot (one row without one),
+    dense enough that slots open and stay open, rows of two lengths. Mutant: a table whose second term is
+    ``expm1(g)``: other scores."""
+    from dla_fast.ops.delta_rule import chunk_fwd_decide as walk
+
+    B, T, H, D = 2, 90, 2, 16
+    _, k, v, g, _ = regimes(B, T, H, D, D, 5, seed=13, regime_length=2.0, jitter=0.5)
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    beta = np.random.default_rng(13).uniform(0.2, 1.0, size=(B, T, H))
+    x = [_t(a) for a in (k, v, g, beta)]
+    P0 = torch.randn(B, H, D, D, dtype=torch.float64, generator=torch.Generator().manual_seed(13)).to(DEV)
+    size = torch.tensor([[3, 0], [1, 2]], device=DEV)
+
+    def decide(table):
+        monkeypatch.setattr(walk, "DECAY_TABLE", table)
+        P = P0.clone()
+        out = walk.decide_delta_rule_triton(*x, open_states=P, size=size, tau=0.6,
+                                            row_lengths=torch.tensor([T, T - 25], device=DEV))
+        return (*out, P)
+
+    computed, read = decide(False), decide(True)
+    assert 0 < int(computed[1].sum()) < computed[1].numel() - 25 * H
+    for a, b in zip(computed, read):
+        assert torch.equal(a, b)
+    monkeypatch.setattr(walk, "decay_terms", lambda g: torch.stack([g.double().exp(), g.double().expm1()], -1))
+    assert not torch.equal(decide(True)[0], computed[0])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="inline PTX: on a GPU only")
 @pytest.mark.parametrize("override", [False, True])

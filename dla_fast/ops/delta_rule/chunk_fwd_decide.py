@@ -26,16 +26,51 @@ from ..common.triton_utils import float64_on, next_pow2, score_fast_f64
 
 CHUNK = 64  # tokens per boundary mask (one int64), as the scalar-decay forward's chunks
 
+# The decay's two float64 terms of every token, ``a = exp(g)`` and ``expm1(2 g)``, made before the walk by a parallel
+# kernel (:func:`decay_terms`) and read a token ahead with the token's other inputs, instead of computed in its chain
+# (the scalar-decay carry scan reads them from its table likewise). ``benchmarks/sass_loop_model.py`` on the sm_90
+# builds (Triton 3.6, FAST_F64), cycles a token: 64 x 64 heads 2,798 -> 2,271 (836 -> 631 instructions; run 79
+# measured ~2,950: 6.1 ms for 4,096 tokens at 1.98 GHz), 32 x 32 2,503 -> 1,777, 128 x 128 (8 warps) 8,942 -> 5,866,
+# 64 x 64 without FAST_F64 3,330 -> 2,744. The same values bit for bit (the same functions in both kernels). Run 80
+# (2026-12-08, no GPU lent): opt-in until measured.
+DECAY_TABLE = False
+
 
 @triton.jit
-def token_inputs(k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, row, kd, vd, Dk, Dv, OVERRIDE: tl.constexpr):
-    """One token's ``(k, v, g, b, boundary)`` in float64 (the boundary override as int8, 0 without one)."""
+def dla_delta_decay_terms_kernel(g_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    """``out [n, 2]`` float64: each token's ``exp(g)`` and ``expm1(2 g)``, by the functions the walk's chain uses."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    g = tl.load(g_ptr + i, mask=m, other=0.0).to(tl.float64)
+    tl.store(out_ptr + 2 * i, tl.exp(g), mask=m)
+    tl.store(out_ptr + 2 * i + 1, expm1_triton(2.0 * g), mask=m)
+
+
+def decay_terms(g: torch.Tensor) -> torch.Tensor:
+    """``[*g.shape, 2]`` float64: :func:`dla_delta_decay_terms_kernel` over every token of ``g``."""
+    out = torch.empty(*g.shape, 2, device=g.device, dtype=torch.float64)
+    n, block = g.numel(), 1024
+    dla_delta_decay_terms_kernel[(triton.cdiv(n, block),)](g.contiguous(), out, n, BLOCK=block)
+    return out
+
+
+@triton.jit
+def token_inputs(k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, row, kd, vd, Dk, Dv, OVERRIDE: tl.constexpr,
+                 DECAY_TABLE: tl.constexpr):
+    """One token's ``(k, v, g, em1, b, boundary)`` in float64 (the boundary override as int8, 0 without one).
+    ``DECAY_TABLE``: ``g_ptr`` is :func:`decay_terms`' table, and ``g`` the token's ``exp(g)``, ``em1`` its
+    ``expm1(2 g)``; else ``em1`` is 0 (the chain computes both)."""
     k = tl.load(k_ptr + row * Dk + kd, mask=kd < Dk, other=0.0).to(tl.float64)
     v = tl.load(v_ptr + row * Dv + vd, mask=vd < Dv, other=0.0).to(tl.float64)
-    g = tl.load(g_ptr + row).to(tl.float64)
+    if DECAY_TABLE:
+        g = tl.load(g_ptr + 2 * row)
+        em1 = tl.load(g_ptr + 2 * row + 1)
+    else:
+        g = tl.load(g_ptr + row).to(tl.float64)
+        em1 = g * 0.0
     b = tl.load(b_ptr + row).to(tl.float64)
     bnd = tl.load(bnd_ptr + row) if OVERRIDE else 0
-    return k, v, g, b, bnd
+    return k, v, g, em1, b, bnd
 
 
 # Long: one row's sequential chain over its tokens; splitting it would add a round trip per token.
@@ -45,11 +80,13 @@ def dla_delta_decide_kernel(
     score_ptr, start_ptr, mask_ptr, scalars_ptr,
     T, H, Dk, Dv,
     BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, OVERRIDE: tl.constexpr, FAST_F64: tl.constexpr = False,
+    DECAY_TABLE: tl.constexpr = False,
 ):
     """Program (row bh = b * H + h): scores [BH, T] float64, starts [BH, T] int8, the boundary mask of every chunk
     of C tokens [BH, NC] int64, and the open slot after the row's last token back into ``p_ptr``. ``scalars_ptr``:
     ``(tau, eps, norm_eps)`` in float64 (a Python float argument would reach the GPU as float32). FAST_F64: the
-    score's float64 divisions and square roots without slow-path branches (``score_fast_f64``)."""
+    score's float64 divisions and square roots without slow-path branches (``score_fast_f64``). DECAY_TABLE:
+    ``g_ptr`` is :func:`decay_terms`' table (``DECAY_TABLE`` above)."""
     tau = tl.load(scalars_ptr)
     eps = tl.load(scalars_ptr + 1)
     norm_eps = tl.load(scalars_ptr + 2)
@@ -67,20 +104,23 @@ def dla_delta_decide_kernel(
     N = tl.cast(Dk * Dv, tl.float64)  # a plain int when Triton specialises Dk = Dv = 1
     mask = (bh * 0).to(tl.int64)
     row = b_idx * T * H + h
-    k, v, g, b, bnd = token_inputs(k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, row, kd, vd, Dk, Dv, OVERRIDE)
+    k, v, g, em1, b, bnd = token_inputs(k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, row, kd, vd, Dk, Dv, OVERRIDE,
+                                        DECAY_TABLE)
     for t in range(n_tok):
         # The next token's inputs, loaded before this token's chain (its last iteration reads token 0 again).
         row_next = (b_idx * T + tl.where(t + 1 < n_tok, t + 1, 0)) * H + h
-        kn, vn, gn, bn, bndn = token_inputs(k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, row_next, kd, vd, Dk, Dv, OVERRIDE)
-        a = tl.exp(g)
+        kn, vn, gn, em1n, bn, bndn = token_inputs(k_ptr, v_ptr, g_ptr, b_ptr, bnd_ptr, row_next, kd, vd, Dk, Dv,
+                                                  OVERRIDE, DECAY_TABLE)
+        a = g if DECAY_TABLE else tl.exp(g)
         y, yw, ww = delta_rule_increment(P, k, v, a)
         x = b * yw
         # Every thread decides from its own copy of these sums (as the step kernel, fused_recurrent.py). At Dk = 32
         # (one key element a lane) sm_90 contracts k * k into |k|^2's first butterfly step, fma(k_L, k_L, shfl): the
         # lanes still agree, as k (a 16- or 32-bit input; float64 runs no Triton) squares exactly in float64.
         ss = b * b * tl.sum(k * k, 0) * ww
-        score = information_score_from_decay_triton(nP, x, ss, a, expm1_triton(2.0 * g), N, eps, norm_eps,
-                                                    FAST_F64=FAST_F64)
+        if not DECAY_TABLE:  # (computed here, as before the table: earlier in the loop, ptxas schedules it worse)
+            em1 = expm1_triton(2.0 * g)
+        score = information_score_from_decay_triton(nP, x, ss, a, em1, N, eps, norm_eps, FAST_F64=FAST_F64)
         score = tl.where(has_slot, score, 0.0)  # an empty cache's first token opens a slot, score 0
         if OVERRIDE:
             start = (bnd != 0) | (~has_slot)
@@ -96,7 +136,7 @@ def dla_delta_decide_kernel(
         if (t % C == C - 1) | (t == n_tok - 1):
             tl.store(mask_ptr + bh * NC + t // C, mask)
             mask = mask * 0
-        k, v, g, b, bnd = kn, vn, gn, bn, bndn
+        k, v, g, em1, b, bnd = kn, vn, gn, em1n, bn, bndn
     tl.store(p_ptr + bh * Dk * Dv + kd[:, None] * Dv + vd[None, :], P.to(p_ptr.dtype.element_ty), mask=pmask)
 
 
@@ -143,10 +183,11 @@ def walk_rows(k, v, g, beta, open_states, size, tau, boundaries, row_tokens, eps
     bnd = boundaries.to(torch.int8).contiguous() if override else starts
     BK, BV = max(next_pow2(Dk), 16), max(next_pow2(Dv), 16)
     dla_delta_decide_kernel[(BH,)](
-        k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), bnd, row_tokens.contiguous(),
+        k.contiguous(), v.contiguous(), decay_terms(g) if DECAY_TABLE else g.contiguous(), beta.contiguous(), bnd,
+        row_tokens.contiguous(),
         open_states, size.contiguous(), scores, starts, masks,
         float64_on(dev, [tau, eps, norm_eps]), T, H, Dk, Dv,
         BK=BK, BV=BV, C=CHUNK, OVERRIDE=override, FAST_F64=score_fast_f64(eps, norm_eps, k, v, g, beta),
-        num_warps=num_warps or (4 if BK * BV <= 64 * 64 else 8),
+        DECAY_TABLE=DECAY_TABLE, num_warps=num_warps or (4 if BK * BV <= 64 * 64 else 8),
     )
     return scores, starts, masks
