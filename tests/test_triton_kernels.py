@@ -42,18 +42,28 @@ SCHEDULE_TESTS = ("carry_guesses or decisions_by_blocks or deeper_guesses or dee
                   "or decisions_from_either_block_rows")
 
 
+# The rest in two processes, the delta rule's tests and the others: alone on this 2-core machine each ~190 s, where
+# the rest in one process (388 s) was the last rerun to finish, CI's other core idle beside it for ~160 s (run 80).
 @runs_elsewhere
-@pytest.mark.interpreter_rerun("-k", f"not ({SCHEDULE_TESTS})")
+@pytest.mark.interpreter_rerun("-k", f"delta and not ({SCHEDULE_TESTS})")
+def test_interpreter_run_delta_rule(interpreter_rerun):
+    """No GPU and no TRITON_INTERPRET: this file's delta-rule tests in a subprocess under the Triton interpreter
+    (conftest.py), but for the decision schedules' tests."""
+    interpreter_rerun()
+
+
+@runs_elsewhere
+@pytest.mark.interpreter_rerun("-k", f"not delta and not ({SCHEDULE_TESTS})")
 def test_interpreter_run(interpreter_rerun):
-    """No GPU and no TRITON_INTERPRET: this file in a subprocess under the Triton interpreter (conftest.py), but for
-    the decision schedules' tests."""
+    """This file's other tests (scalar decay, the shared kernels) in a second subprocess, but for the decision
+    schedules' tests."""
     interpreter_rerun()
 
 
 @runs_elsewhere
 @pytest.mark.interpreter_rerun("-k", SCHEDULE_TESTS)
 def test_interpreter_run_schedules(interpreter_rerun):
-    """The decision schedules' tests (``SCHEDULE_TESTS``) in a second subprocess under the interpreter."""
+    """The decision schedules' tests (``SCHEDULE_TESTS``) in a third subprocess under the interpreter."""
     interpreter_rerun()
 
 
