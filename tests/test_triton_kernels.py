@@ -60,10 +60,19 @@ def test_interpreter_run(interpreter_rerun):
     interpreter_rerun()
 
 
+# The schedules' tests in two processes too (run 80: 295 CPU-s in one, ~140 of them the carry guesses' seven).
 @runs_elsewhere
-@pytest.mark.interpreter_rerun("-k", SCHEDULE_TESTS)
+@pytest.mark.interpreter_rerun("-k", f"({SCHEDULE_TESTS}) and not carry_guesses")
 def test_interpreter_run_schedules(interpreter_rerun):
-    """The decision schedules' tests (``SCHEDULE_TESTS``) in a third subprocess under the interpreter."""
+    """The decision schedules' tests (``SCHEDULE_TESTS``) but the carry guesses' in a third subprocess under the
+    interpreter."""
+    interpreter_rerun()
+
+
+@runs_elsewhere
+@pytest.mark.interpreter_rerun("-k", "carry_guesses")
+def test_interpreter_run_carry_guesses(interpreter_rerun):
+    """The carry guesses' tests in a fourth subprocess."""
     interpreter_rerun()
 
 
