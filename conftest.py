@@ -10,7 +10,8 @@ another: on the 2-core CI machine they were 701 of the suite's 760 s in series; 
 took 25-29 min; with the first two interpreter speed-ups below (in the reruns' processes only) 12.5 min, CI on a fresh
 clone 14.3-15.5 min, CPU-bound (24-26 CPU-minutes on 2 cores: splitting the longest file's rerun in two gained
 nothing). By 2026-12-06 (run 61) that file's rerun had grown to ~9 CPU-minutes, the run's single-core tail: CI on a
-fresh clone 16.7 min; with it split in two (``tests/test_triton_kernels.py``'s ``SCHEDULE_TESTS``) 14.7 min.
+fresh clone 16.7 min; with it split in two (``tests/test_triton_kernels.py``'s ``SCHEDULE_TESTS``) 14.7 min; since
+run 80 in four (its delta-rule tests and its carry guesses' apart: the longest part had grown to 388 CPU-s).
 
 Each rerun also records every kernel launch's compile-time identity (``_recorded_launches``), and
 ``tests/test_triton_sm90_builds.py`` compiles them for sm_90 once the reruns are done: the interpreter runs code the
