@@ -35,6 +35,11 @@ CHUNK = 64  # tokens per boundary mask (one int64), as the scalar-decay forward'
 # (2026-12-08, no GPU lent): opt-in until measured.
 DECAY_TABLE = False
 
+# The walk's warps where its caller gives none (None: 4 up to 64 x 64 heads, else 8, as ``decide_delta_rule_triton``'s
+# ``num_warps`` says): a module setting, so that the A/B tools can sweep it through the API (run 80: with the table,
+# 8 warps model at 2,120 cycles a warp alone at 64 x 64, two warps a scheduler).
+WALK_WARPS = None
+
 
 @triton.jit
 def dla_delta_decay_terms_kernel(g_ptr, out_ptr, n, BLOCK: tl.constexpr):
@@ -188,6 +193,6 @@ def walk_rows(k, v, g, beta, open_states, size, tau, boundaries, row_tokens, eps
         open_states, size.contiguous(), scores, starts, masks,
         float64_on(dev, [tau, eps, norm_eps]), T, H, Dk, Dv,
         BK=BK, BV=BV, C=CHUNK, OVERRIDE=override, FAST_F64=score_fast_f64(eps, norm_eps, k, v, g, beta),
-        DECAY_TABLE=DECAY_TABLE, num_warps=num_warps or (4 if BK * BV <= 64 * 64 else 8),
+        DECAY_TABLE=DECAY_TABLE, num_warps=num_warps or WALK_WARPS or (4 if BK * BV <= 64 * 64 else 8),
     )
     return scores, starts, masks
