@@ -31,8 +31,9 @@ CHUNK = 64  # tokens per boundary mask (one int64), as the scalar-decay forward'
 # (the scalar-decay carry scan reads them from its table likewise). ``benchmarks/sass_loop_model.py`` on the sm_90
 # builds (Triton 3.6, FAST_F64), cycles a token: 64 x 64 heads 2,798 -> 2,271 (836 -> 631 instructions; run 79
 # measured ~2,950: 6.1 ms for 4,096 tokens at 1.98 GHz), 32 x 32 2,503 -> 1,777, 128 x 128 (8 warps) 8,942 -> 5,866,
-# 64 x 64 without FAST_F64 3,330 -> 2,744. The same values bit for bit (the same functions in both kernels). Run 80
-# (2026-12-08, no GPU lent): opt-in until measured.
+# 64 x 64 without FAST_F64 3,330 -> 2,744. The same values bit for bit (the same functions in both kernels). Its
+# cost: one more launch writing 16 B a token, also where the chunked decisions launch the walk for no row (the host
+# does not know which rows walk). Run 80 (2026-12-08, no GPU lent): opt-in until measured.
 DECAY_TABLE = False
 
 # The walk's warps where its caller gives none (None: 4 up to 64 x 64 heads, else 8, as ``decide_delta_rule_triton``'s
@@ -156,9 +157,10 @@ def decide_delta_rule_triton(k, v, g, beta, *, open_states, size, tau, boundarie
             for an empty one); advanced in place to the open slot after each row's last token.
         size: ``[B, H]`` int64, the initial cache's slot counts (0: the first token opens a slot, score 0).
         row_lengths: ``[B]`` int64 tokens per row (the rest is padding, not decided), or None (all T).
-        num_warps: the program's warps (None: 4 up to 64 x 64 heads, else 8). On an H200 (docs/benchmarks.md, run
-            16) 4 warps took 35 ms where 8 took 52 ms at (2, 16384, 16, 64); at (8, 4096, 16, 128) 8 warps took 17 ms,
-            4 took 25 and 16 took 30; the decisions were the same, the scores within 2e-15.
+        num_warps: the program's warps (None: ``WALK_WARPS``, whose None is 4 up to 64 x 64 heads, else 8). On an
+            H200 (docs/benchmarks.md, run 16) 4 warps took 35 ms where 8 took 52 ms at (2, 16384, 16, 64); at (8,
+            4096, 16, 128) 8 warps took 17 ms, 4 took 25 and 16 took 30; the decisions were the same, the scores
+            within 2e-15.
 
     Returns:
         ``(scores [B, T, H] float64, starts [B, T, H] bool, masks [B * H, ceil(T / 64)] int64)``: the chunks'
